@@ -1,0 +1,24 @@
+// Package authcore is the identity core of the Sigra gateway: users,
+// password hashing, sessions, CSRF tokens, return-URL checks and signed
+// identity assertions. It knows nothing of Caddy or HTTP servers and
+// declares the persistence it needs as the Store interface, which the
+// store package implements.
+package authcore
+
+import "errors"
+
+// Sentinel errors. Only the caddymodule package maps them to HTTP.
+var (
+	// ErrNotFound means the record does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrEmailTaken means another user already has the email address.
+	ErrEmailTaken = errors.New("email address already in use")
+	// ErrInvalidCredentials is the single answer for an unknown user, a
+	// wrong password, a disabled account and a ban: callers must not be
+	// able to tell them apart.
+	ErrInvalidCredentials = errors.New("invalid email or password")
+	// ErrNoSession means the request carries no valid, unexpired session.
+	ErrNoSession = errors.New("no valid session")
+	// ErrInvalidInput means a field failed validation; wrapped errors say which.
+	ErrInvalidInput = errors.New("invalid input")
+)

@@ -1,0 +1,104 @@
+package authcore
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/crypto/argon2"
+)
+
+// Argon2Params are argon2id cost parameters. They are written into every
+// hash string, so raising them later keeps old hashes verifiable.
+type Argon2Params struct {
+	Memory  uint32 // KiB
+	Time    uint32
+	Threads uint8
+	KeyLen  uint32
+	SaltLen uint32
+}
+
+// DefaultArgon2 follows OWASP's argon2id recommendation (19 MiB, t=2, p=1).
+var DefaultArgon2 = Argon2Params{Memory: 19 * 1024, Time: 2, Threads: 1, KeyLen: 32, SaltLen: 16}
+
+// MinPasswordLen is the shortest password accepted when one is set.
+const MinPasswordLen = 10
+
+// MaxPasswordLen bounds the work an attacker can make us do per attempt.
+const MaxPasswordLen = 1024
+
+// HashPassword returns a PHC-format argon2id hash:
+// $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>.
+func (p Argon2Params) HashPassword(password string) (string, error) {
+	if len(password) > MaxPasswordLen {
+		return "", fmt.Errorf("%w: password longer than %d bytes", ErrInvalidInput, MaxPasswordLen)
+	}
+	salt := make([]byte, p.SaltLen)
+	_, _ = rand.Read(salt)
+	key := argon2.IDKey([]byte(password), salt, p.Time, p.Memory, p.Threads, p.KeyLen)
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, p.Memory, p.Time, p.Threads,
+		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key)), nil
+}
+
+var errBadHash = errors.New("malformed argon2id hash")
+
+// VerifyPassword reports whether password matches a hash made by
+// HashPassword, comparing in constant time. A malformed hash never matches.
+func VerifyPassword(hash, password string) bool {
+	if len(password) > MaxPasswordLen {
+		return false
+	}
+	p, salt, key, err := decodeHash(hash)
+	if err != nil {
+		return false
+	}
+	got := argon2.IDKey([]byte(password), salt, p.Time, p.Memory, p.Threads, uint32(len(key)))
+	return subtle.ConstantTimeCompare(got, key) == 1
+}
+
+func decodeHash(hash string) (p Argon2Params, salt, key []byte, err error) {
+	parts := strings.Split(hash, "$")
+	if len(parts) != 6 || parts[1] != "argon2id" {
+		return p, nil, nil, errBadHash
+	}
+	var v int
+	if _, err := fmt.Sscanf(parts[2], "v=%d", &v); err != nil || v != argon2.Version {
+		return p, nil, nil, errBadHash
+	}
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.Memory, &p.Time, &p.Threads); err != nil {
+		return p, nil, nil, errBadHash
+	}
+	// Refuse absurd costs from a tampered store rather than burn the CPU.
+	if p.Memory == 0 || p.Memory > 1<<22 || p.Time == 0 || p.Time > 16 || p.Threads == 0 {
+		return p, nil, nil, errBadHash
+	}
+	if salt, err = base64.RawStdEncoding.DecodeString(parts[4]); err != nil {
+		return p, nil, nil, errBadHash
+	}
+	if key, err = base64.RawStdEncoding.DecodeString(parts[5]); err != nil || len(key) < 16 || len(key) > 64 {
+		return p, nil, nil, errBadHash
+	}
+	return p, salt, key, nil
+}
+
+// CheckNewPassword applies the password policy to a password being set.
+func CheckNewPassword(pw string) error {
+	if len(pw) < MinPasswordLen {
+		return fmt.Errorf("%w: password must be at least %d characters", ErrInvalidInput, MinPasswordLen)
+	}
+	if len(pw) > MaxPasswordLen {
+		return fmt.Errorf("%w: password must be at most %d bytes", ErrInvalidInput, MaxPasswordLen)
+	}
+	return nil
+}
+
+// RandomPassword returns a random password of about 128 bits, for the
+// first admin and for tests.
+func RandomPassword() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}

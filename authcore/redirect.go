@@ -1,0 +1,45 @@
+package authcore
+
+import (
+	"net/url"
+	"strings"
+)
+
+// CleanRedirect returns rd if it is a safe place to send a user after
+// sign-in, and "/" otherwise. Safe means a local path ("/x", never "//x"
+// or "/\x"), or an absolute http(s) URL whose host is host or one of
+// allowedHosts (compared case-insensitively, port included). Anything
+// with control characters, whitespace or backslashes is refused, because
+// browsers repair such URLs into other origins.
+func CleanRedirect(rd, host string, allowedHosts []string) string {
+	if rd == "" || len(rd) > 2048 {
+		return "/"
+	}
+	for i := 0; i < len(rd); i++ {
+		if c := rd[i]; c <= ' ' || c == 0x7f || c == '\\' {
+			return "/"
+		}
+	}
+	u, err := url.Parse(rd)
+	if err != nil || u.User != nil || u.Opaque != "" {
+		return "/"
+	}
+	if u.Scheme == "" && u.Host == "" {
+		if !strings.HasPrefix(rd, "/") || strings.HasPrefix(rd, "//") {
+			return "/"
+		}
+		return rd
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return "/"
+	}
+	if strings.EqualFold(u.Host, host) {
+		return rd
+	}
+	for _, h := range allowedHosts {
+		if strings.EqualFold(u.Host, h) || strings.EqualFold(u.Hostname(), h) && u.Port() == "" {
+			return rd
+		}
+	}
+	return "/"
+}

@@ -1,0 +1,516 @@
+package authcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+	"github.com/sigra-auth/caddy-sigra/internal/ids"
+	"github.com/sigra-auth/caddy-sigra/internal/seal"
+)
+
+// Config tunes the Service. Zero fields take the defaults noted.
+type Config struct {
+	// Idle ends a session unused for this long. Default 30m.
+	Idle time.Duration
+	// Lifetime ends a session this long after sign-in. Default 12h.
+	Lifetime time.Duration
+	// TouchInterval is how often a session's LastSeen is written back to
+	// the store. Default Idle/10, at most 1m.
+	TouchInterval time.Duration
+	// CacheTTL is how long a cached session is trusted before it is read
+	// from the store again (revocations made by this process apply at
+	// once; this bounds how late other writers are seen). Default 10s.
+	CacheTTL time.Duration
+	// CacheSize bounds the number of cached sessions. Default 100000.
+	CacheSize int
+	// Argon2 are the parameters for new password hashes. Default DefaultArgon2.
+	Argon2 Argon2Params
+}
+
+func (c *Config) setDefaults() {
+	if c.Idle <= 0 {
+		c.Idle = 30 * time.Minute
+	}
+	if c.Lifetime <= 0 {
+		c.Lifetime = 12 * time.Hour
+	}
+	if c.TouchInterval <= 0 {
+		c.TouchInterval = min(c.Idle/10, time.Minute)
+	}
+	if c.CacheTTL <= 0 {
+		c.CacheTTL = 10 * time.Second
+	}
+	if c.CacheSize <= 0 {
+		c.CacheSize = 100_000
+	}
+	if c.Argon2 == (Argon2Params{}) {
+		c.Argon2 = DefaultArgon2
+	}
+}
+
+// ClientMeta describes the client of a request, for sessions and audit.
+type ClientMeta struct {
+	IP        string
+	UserAgent string
+}
+
+// Service is the user and session core. It is safe for concurrent use.
+type Service struct {
+	store    Store
+	box      *seal.Box
+	clock    clock.Clock
+	log      *slog.Logger
+	cfg      Config
+	fakeHash string
+	cache    *sessionCache
+
+	touchMu sync.Mutex
+	touched map[SessionID]time.Time
+}
+
+// NewService returns a Service over st; box seals secrets at rest (TOTP
+// secrets and the like).
+func NewService(log *slog.Logger, clk clock.Clock, st Store, box *seal.Box, cfg Config) (*Service, error) {
+	cfg.setDefaults()
+	fake, err := cfg.Argon2.HashPassword("sigra fake password for unknown users")
+	if err != nil {
+		return nil, err
+	}
+	return &Service{
+		store: st, box: box, clock: clk, log: log, cfg: cfg, fakeHash: fake,
+		cache:   newSessionCache(cfg.CacheSize),
+		touched: make(map[SessionID]time.Time),
+	}, nil
+}
+
+// Config returns the effective configuration.
+func (s *Service) Config() Config { return s.cfg }
+
+// Store returns the backing store.
+func (s *Service) Store() Store { return s.store }
+
+// Now is the service clock's time.
+func (s *Service) Now() time.Time { return s.clock.Now() }
+
+// NewUser is the input to CreateUser.
+type NewUser struct {
+	Email    string
+	Name     string
+	Groups   []string
+	Password string // empty: no password sign-in
+	// EmailVerified marks the address as verified (admin-created users).
+	EmailVerified bool
+}
+
+// CreateUser validates and stores a new user.
+func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
+	email, err := NormalizeEmail(in.Email)
+	if err != nil {
+		return nil, err
+	}
+	name, err := CleanName(in.Name)
+	if err != nil {
+		return nil, err
+	}
+	groups, err := NormalizeGroups(in.Groups)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock.Now().UTC()
+	u := &User{ID: ids.New(), Email: email, EmailVerified: in.EmailVerified, Name: name, Groups: groups, CreatedAt: now, UpdatedAt: now}
+	if in.Password != "" {
+		if err := CheckNewPassword(in.Password); err != nil {
+			return nil, err
+		}
+		if u.PasswordHash, err = s.cfg.Argon2.HashPassword(in.Password); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.store.CreateUser(ctx, u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// UpdateUser applies fn to the stored user and saves it. Any change to a
+// user drops that user's cached sessions so headers update at once.
+func (s *Service) UpdateUser(ctx context.Context, id string, fn func(u *User) error) (*User, error) {
+	u, err := s.store.UserByID(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(u); err != nil {
+		return nil, err
+	}
+	u.UpdatedAt = s.clock.Now().UTC()
+	if err := s.store.UpdateUser(ctx, u); err != nil {
+		return nil, err
+	}
+	s.cache.dropUser(id)
+	return u, nil
+}
+
+// SetPassword replaces a user's password and ends all their sessions.
+func (s *Service) SetPassword(ctx context.Context, id, password string) error {
+	if err := CheckNewPassword(password); err != nil {
+		return err
+	}
+	hash, err := s.cfg.Argon2.HashPassword(password)
+	if err != nil {
+		return err
+	}
+	if _, err := s.UpdateUser(ctx, id, func(u *User) error { u.PasswordHash = hash; return nil }); err != nil {
+		return err
+	}
+	_, err = s.RevokeUserSessions(ctx, id)
+	return err
+}
+
+// SetDisabled disables or enables a user; disabling ends their sessions.
+func (s *Service) SetDisabled(ctx context.Context, id string, disabled bool) (*User, error) {
+	u, err := s.UpdateUser(ctx, id, func(u *User) error { u.Disabled = disabled; return nil })
+	if err != nil {
+		return nil, err
+	}
+	if disabled {
+		if _, err := s.RevokeUserSessions(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	return u, nil
+}
+
+// LookupUser finds a user by id, or by email when the argument contains '@'.
+func (s *Service) LookupUser(ctx context.Context, idOrEmail string) (*User, error) {
+	if strings.Contains(idOrEmail, "@") {
+		email, err := NormalizeEmail(idOrEmail)
+		if err != nil {
+			return nil, err
+		}
+		return s.store.UserByEmail(ctx, email)
+	}
+	return s.store.UserByID(ctx, idOrEmail)
+}
+
+// CheckPassword verifies an email and password. Unknown users, wrong
+// passwords, users without a password and disabled users all return
+// ErrInvalidCredentials after the same argon2id work, so neither the
+// answer nor its timing tells them apart. Other errors are storage
+// failures.
+func (s *Service) CheckPassword(ctx context.Context, email, password string) (*User, error) {
+	email, err := NormalizeEmail(email)
+	if err != nil {
+		VerifyPassword(s.fakeHash, password)
+		return nil, ErrInvalidCredentials
+	}
+	u, err := s.store.UserByEmail(ctx, email)
+	if errors.Is(err, ErrNotFound) {
+		VerifyPassword(s.fakeHash, password)
+		return nil, ErrInvalidCredentials
+	}
+	if err != nil {
+		return nil, err
+	}
+	hash := u.PasswordHash
+	if hash == "" {
+		hash = s.fakeHash
+	}
+	ok := VerifyPassword(hash, password)
+	if !ok || u.PasswordHash == "" || u.Disabled {
+		return nil, ErrInvalidCredentials
+	}
+	return u, nil
+}
+
+// StartSession creates a new session for u after the given methods
+// passed. It is always a new id (no fixation). If u has a second factor
+// and amr does not include one, the session is pending.
+func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta ClientMeta) (string, *Session, error) {
+	now := s.clock.Now().UTC()
+	token, id := NewToken()
+	sess := &Session{
+		ID: id, UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
+		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256),
+	}
+	if sess.HasAMR(AMRMFA) {
+		sess.MFAAt = now
+	} else if u.SecondFactor {
+		sess.Pending = true
+	}
+	if err := s.store.PutSession(ctx, sess); err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}
+
+// Authenticate resolves a cookie token to its signed-in principal. It is
+// the gate's hot path: a cached session costs a hash and a map lookup.
+// It returns ErrNoSession for a missing, malformed, expired or revoked
+// session, or a session of a disabled or deleted user; any other error is
+// a storage failure. A pending session is returned with Session.Pending
+// set: callers that need a signed-in user must check it.
+func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, error) {
+	id, ok := TokenID(token)
+	if !ok {
+		return nil, ErrNoSession
+	}
+	now := s.clock.Now()
+	p := s.cache.get(id)
+	if p == nil || now.Sub(p.loadedAt) >= s.cfg.CacheTTL {
+		var err error
+		if p, err = s.load(ctx, id, p, now); err != nil {
+			return nil, err
+		}
+	}
+	last := p.lastSeen.Load()
+	if !now.Before(p.Session.ExpiresAt) || now.UnixNano()-last >= int64(s.cfg.Idle) {
+		s.cache.drop(id)
+		if err := s.store.DeleteSession(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
+			s.log.Warn("deleting expired session", "error", err)
+		}
+		return nil, ErrNoSession
+	}
+	// Refresh the in-memory LastSeen at most once a second (one atomic
+	// store, no contention on busy sessions), and queue a write-back once
+	// per TouchInterval.
+	if now.UnixNano()-last >= int64(time.Second) {
+		p.lastSeen.Store(now.UnixNano())
+		if now.UnixNano()-p.persistedSeen.Load() >= int64(s.cfg.TouchInterval) {
+			p.persistedSeen.Store(now.UnixNano())
+			s.touchMu.Lock()
+			s.touched[id] = now
+			s.touchMu.Unlock()
+		}
+	}
+	return p, nil
+}
+
+// load reads a session and its user from the store into the cache. old
+// is the stale cache entry, if any: its signed assertion is carried over
+// when nothing it asserts has changed.
+func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now time.Time) (*Principal, error) {
+	sess, err := s.store.GetSession(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		s.cache.drop(id)
+		return nil, ErrNoSession
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading session: %w", err)
+	}
+	u, err := s.store.UserByID(ctx, sess.UserID)
+	if errors.Is(err, ErrNotFound) || (err == nil && u.Disabled) {
+		s.cache.drop(id)
+		_ = s.store.DeleteSession(ctx, id)
+		return nil, ErrNoSession
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading session user: %w", err)
+	}
+	p := newPrincipal(sess, u, now)
+	if old != nil {
+		if seen := old.lastSeen.Load(); seen > p.lastSeen.Load() {
+			p.lastSeen.Store(seen)
+		}
+		p.persistedSeen.Store(max(p.persistedSeen.Load(), old.persistedSeen.Load()))
+		if old.fingerprint == p.fingerprint {
+			p.assertion.Store(old.assertion.Load())
+		}
+	}
+	s.cache.put(p)
+	return p, nil
+}
+
+// UpdateSession applies fn to a stored session and saves it, dropping the
+// cached copy.
+func (s *Service) UpdateSession(ctx context.Context, id SessionID, fn func(*Session) error) (*Session, error) {
+	sess, err := s.store.GetSession(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(sess); err != nil {
+		return nil, err
+	}
+	if err := s.store.PutSession(ctx, sess); err != nil {
+		return nil, err
+	}
+	s.cache.drop(id)
+	return sess, nil
+}
+
+// EndSession deletes a session (logout, revocation).
+func (s *Service) EndSession(ctx context.Context, id SessionID) error {
+	s.cache.drop(id)
+	err := s.store.DeleteSession(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// RevokeUserSessions ends every session of a user.
+func (s *Service) RevokeUserSessions(ctx context.Context, userID string) ([]SessionID, error) {
+	s.cache.dropUser(userID)
+	ids, err := s.store.DeleteUserSessions(ctx, userID)
+	s.cache.dropUser(userID) // a request may have re-cached one meanwhile
+	return ids, err
+}
+
+// DropCached forgets cached sessions of a user (after a change made
+// elsewhere, such as a second factor enrolled).
+func (s *Service) DropCached(userID string) { s.cache.dropUser(userID) }
+
+// FlushTouches writes queued LastSeen updates to the store.
+func (s *Service) FlushTouches(ctx context.Context) error {
+	s.touchMu.Lock()
+	if len(s.touched) == 0 {
+		s.touchMu.Unlock()
+		return nil
+	}
+	batch := s.touched
+	s.touched = make(map[SessionID]time.Time, len(batch))
+	s.touchMu.Unlock()
+	return s.store.TouchSessions(ctx, batch)
+}
+
+// Run does the background upkeep (LastSeen write-back every few seconds,
+// expired-session cleanup every few minutes) until ctx is done, then
+// flushes once more.
+func (s *Service) Run(ctx context.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("session upkeep panicked", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	flush := time.NewTicker(min(s.cfg.TouchInterval, 5*time.Second))
+	defer flush.Stop()
+	prune := time.NewTicker(5 * time.Minute)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := s.FlushTouches(fctx); err != nil {
+				s.log.Warn("writing back session activity", "error", err)
+			}
+			cancel()
+			return
+		case <-flush.C:
+			if err := s.FlushTouches(ctx); err != nil {
+				s.log.Warn("writing back session activity", "error", err)
+			}
+		case <-prune.C:
+			if n, err := s.store.DeleteExpiredSessions(ctx, s.clock.Now(), s.cfg.Idle); err != nil {
+				s.log.Warn("pruning expired sessions", "error", err)
+			} else if n > 0 {
+				s.log.Debug("pruned expired sessions", "count", n)
+			}
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// Principal is a signed-in session with its user, as cached for the hot
+// path. Its User and Session are read-only snapshots.
+type Principal struct {
+	User    *User
+	Session *Session
+	// SessionID is Session.ID.String(), computed once.
+	SessionID string
+	// GroupsCSV and AMRCSV are the header forms, computed once.
+	GroupsCSV string
+	AMRCSV    string
+
+	loadedAt      time.Time
+	fingerprint   string
+	lastSeen      atomic.Int64 // unix nanos
+	persistedSeen atomic.Int64
+	assertion     atomic.Pointer[cachedAssertion]
+}
+
+func newPrincipal(sess *Session, u *User, now time.Time) *Principal {
+	p := &Principal{
+		User: u, Session: sess, SessionID: sess.ID.String(),
+		GroupsCSV: strings.Join(u.Groups, ","), AMRCSV: strings.Join(sess.AMR, ","),
+		loadedAt: now,
+	}
+	p.fingerprint = fmt.Sprintf("%s|%d|%s|%s|%d|%t", u.ID, u.UpdatedAt.UnixNano(), p.AMRCSV, sess.AuthTime, sess.MFAAt.UnixNano(), sess.Pending)
+	p.lastSeen.Store(sess.LastSeen.UnixNano())
+	p.persistedSeen.Store(sess.LastSeen.UnixNano())
+	return p
+}
+
+// sessionCache is a sharded map of principals with a size bound.
+type sessionCache struct {
+	shards      [32]cacheShard
+	maxPerShard int
+}
+
+type cacheShard struct {
+	mu sync.RWMutex
+	m  map[SessionID]*Principal
+}
+
+func newSessionCache(size int) *sessionCache {
+	c := &sessionCache{maxPerShard: max(size/32, 1)}
+	for i := range c.shards {
+		c.shards[i].m = make(map[SessionID]*Principal)
+	}
+	return c
+}
+
+func (c *sessionCache) shard(id SessionID) *cacheShard { return &c.shards[id[0]&31] }
+
+func (c *sessionCache) get(id SessionID) *Principal {
+	sh := c.shard(id)
+	sh.mu.RLock()
+	p := sh.m[id]
+	sh.mu.RUnlock()
+	return p
+}
+
+func (c *sessionCache) put(p *Principal) {
+	sh := c.shard(p.Session.ID)
+	sh.mu.Lock()
+	if _, ok := sh.m[p.Session.ID]; !ok && len(sh.m) >= c.maxPerShard {
+		for k := range sh.m { // evict an arbitrary entry
+			delete(sh.m, k)
+			break
+		}
+	}
+	sh.m[p.Session.ID] = p
+	sh.mu.Unlock()
+}
+
+func (c *sessionCache) drop(id SessionID) {
+	sh := c.shard(id)
+	sh.mu.Lock()
+	delete(sh.m, id)
+	sh.mu.Unlock()
+}
+
+func (c *sessionCache) dropUser(userID string) {
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		for id, p := range sh.m {
+			if p.User.ID == userID {
+				delete(sh.m, id)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}

@@ -1,0 +1,133 @@
+package authcore
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"slices"
+	"time"
+)
+
+// TokenLen is the cookie token length in bytes (256 bits).
+const TokenLen = 32
+
+// tokenTextLen is the length of a token or session id as unpadded base64url.
+var tokenTextLen = base64.RawURLEncoding.EncodedLen(TokenLen)
+
+// SessionID is the SHA-256 of the session cookie's token. Only the id is
+// stored; the token lives in the browser alone, so a copy of the store
+// cannot be replayed as cookies.
+type SessionID [32]byte
+
+// String is the id as unpadded base64url: the X-Sigra-Session value and
+// the id shown to users and admins.
+func (id SessionID) String() string { return base64.RawURLEncoding.EncodeToString(id[:]) }
+
+// MarshalText implements encoding.TextMarshaler.
+func (id SessionID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (id *SessionID) UnmarshalText(b []byte) error {
+	p, err := ParseSessionID(string(b))
+	if err != nil {
+		return err
+	}
+	*id = p
+	return nil
+}
+
+var errBadSessionID = errors.New("malformed session id")
+
+// ParseSessionID parses the String form of a SessionID.
+func ParseSessionID(s string) (SessionID, error) {
+	var id SessionID
+	if len(s) != tokenTextLen {
+		return id, errBadSessionID
+	}
+	if n, err := base64.RawURLEncoding.Decode(id[:], []byte(s)); err != nil || n != len(id) {
+		return SessionID{}, errBadSessionID
+	}
+	return id, nil
+}
+
+// NewToken returns a fresh random cookie token and the id it hashes to.
+func NewToken() (token string, id SessionID) {
+	var raw [TokenLen]byte
+	_, _ = rand.Read(raw[:])
+	token = base64.RawURLEncoding.EncodeToString(raw[:])
+	return token, sha256.Sum256(raw[:])
+}
+
+// TokenID hashes a cookie token to its SessionID without allocating. ok is
+// false for anything that is not a well-formed token, so tampered or
+// truncated cookies never reach the store.
+func TokenID(token string) (id SessionID, ok bool) {
+	if len(token) != tokenTextLen {
+		return id, false
+	}
+	var raw [TokenLen]byte
+	var src [64]byte
+	n := copy(src[:], token)
+	if m, err := base64.RawURLEncoding.Decode(raw[:], src[:n]); err != nil || m != TokenLen {
+		return id, false
+	}
+	return sha256.Sum256(raw[:]), true
+}
+
+// Authentication method references (RFC 8176 names where they exist).
+const (
+	AMRPassword = "pwd"
+	AMROTP      = "otp"
+	AMRHardware = "hwk"
+	AMRSoftware = "swk"
+	AMRMFA      = "mfa"
+	AMROIDC     = "oidc"
+	AMRSAML     = "saml"
+	AMREmail    = "email"
+)
+
+// Session is a server-side sign-in.
+type Session struct {
+	ID        SessionID `json:"id"`
+	UserID    string    `json:"user_id"`
+	CreatedAt time.Time `json:"created_at"`
+	// LastSeen is when the session was last used; persisted lazily (see
+	// Service), so it may trail the truth by up to the touch interval.
+	LastSeen time.Time `json:"last_seen"`
+	// ExpiresAt is the absolute end (created + lifetime).
+	ExpiresAt time.Time `json:"expires_at"`
+	// AuthTime is when the user last proved the first factor.
+	AuthTime time.Time `json:"auth_time"`
+	// AMR lists the methods used, in order.
+	AMR []string `json:"amr"`
+	// MFAAt is when a second factor last passed; zero if never.
+	MFAAt time.Time `json:"mfa_at,omitzero"`
+	// Pending is true while a required second factor is outstanding: the
+	// session then counts as anonymous everywhere except the MFA page.
+	Pending   bool   `json:"pending,omitempty"`
+	IP        string `json:"ip,omitempty"`
+	UserAgent string `json:"user_agent,omitempty"`
+}
+
+// HasAMR reports whether the session used method m.
+func (s *Session) HasAMR(m string) bool { return slices.Contains(s.AMR, m) }
+
+// MFA reports whether a second factor has passed in this session.
+func (s *Session) MFA() bool { return !s.MFAAt.IsZero() && s.HasAMR(AMRMFA) }
+
+// Expired reports whether the session is over at now, by the absolute
+// lifetime or by idling longer than idle.
+func (s *Session) Expired(now time.Time, idle time.Duration) bool {
+	if !now.Before(s.ExpiresAt) {
+		return true
+	}
+	return idle > 0 && now.Sub(s.LastSeen) >= idle
+}
+
+// Clone returns a deep copy.
+func (s *Session) Clone() *Session {
+	c := *s
+	c.AMR = slices.Clone(s.AMR)
+	return &c
+}

@@ -1,0 +1,50 @@
+package authcore
+
+import (
+	"context"
+	"time"
+)
+
+// Store is the persistence authcore needs. Implementations return
+// ErrNotFound for missing records and ErrEmailTaken for a duplicate email;
+// any other error is a storage failure and makes callers fail closed.
+type Store interface {
+	// CreateUser inserts u; the email must be unused.
+	CreateUser(ctx context.Context, u *User) error
+	// UpdateUser replaces the stored user with the same id.
+	UpdateUser(ctx context.Context, u *User) error
+	// DeleteUser removes the user, its email index entry and its sessions.
+	DeleteUser(ctx context.Context, id string) error
+	UserByID(ctx context.Context, id string) (*User, error)
+	// UserByEmail looks up a normalised email.
+	UserByEmail(ctx context.Context, email string) (*User, error)
+	// ListUsers returns up to limit users whose id sorts after the given
+	// id ("" for the first page), in id (creation) order.
+	ListUsers(ctx context.Context, after string, limit int) ([]*User, error)
+	CountUsers(ctx context.Context) (int, error)
+
+	PutSession(ctx context.Context, s *Session) error
+	// PutSessions stores many sessions in one transaction.
+	PutSessions(ctx context.Context, ss []*Session) error
+	GetSession(ctx context.Context, id SessionID) (*Session, error)
+	DeleteSession(ctx context.Context, id SessionID) error
+	// UserSessions lists a user's sessions, expired ones included.
+	UserSessions(ctx context.Context, userID string) ([]*Session, error)
+	// DeleteUserSessions removes all of a user's sessions and says which.
+	DeleteUserSessions(ctx context.Context, userID string) ([]SessionID, error)
+	// TouchSessions raises LastSeen of existing sessions; missing ones
+	// are ignored.
+	TouchSessions(ctx context.Context, seen map[SessionID]time.Time) error
+	// DeleteExpiredSessions removes sessions past ExpiresAt or idle for
+	// longer than idle at now, and returns how many.
+	DeleteExpiredSessions(ctx context.Context, now time.Time, idle time.Duration) (int, error)
+
+	// GetSecret returns a named opaque value (callers seal what is secret).
+	GetSecret(ctx context.Context, name string) ([]byte, error)
+	// PutSecret stores a named value. With ifAbsent it keeps an existing
+	// value and returns it, so concurrent first starts agree on one value.
+	PutSecret(ctx context.Context, name string, value []byte, ifAbsent bool) ([]byte, error)
+
+	// Ping checks that the store is readable.
+	Ping(ctx context.Context) error
+}

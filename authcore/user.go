@@ -1,0 +1,86 @@
+package authcore
+
+import (
+	"fmt"
+	"net/mail"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// User is a person who can sign in.
+type User struct {
+	ID            string    `json:"id"` // UUIDv7, stable; X-Sigra-User and the assertion's sub
+	Email         string    `json:"email"`
+	EmailVerified bool      `json:"email_verified"`
+	Name          string    `json:"name"`
+	Groups        []string  `json:"groups"`
+	Disabled      bool      `json:"disabled"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+	// PasswordHash is a PHC-format argon2id string; empty for users who
+	// cannot sign in with a password.
+	PasswordHash string `json:"password_hash,omitempty"`
+	// SecondFactor is true when the user has enrolled TOTP or a passkey,
+	// so a password alone leaves the session pending.
+	SecondFactor bool `json:"second_factor,omitempty"`
+}
+
+// InGroup reports whether the user is a member of group g.
+func (u *User) InGroup(g string) bool { return slices.Contains(u.Groups, g) }
+
+// Clone returns a deep copy, so cached users are never shared mutably.
+func (u *User) Clone() *User {
+	c := *u
+	c.Groups = slices.Clone(u.Groups)
+	return &c
+}
+
+// NormalizeEmail trims and lower-cases an address and checks that it is a
+// plain addr-spec (no display name, no angle brackets).
+func NormalizeEmail(s string) (string, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if s == "" || len(s) > 254 {
+		return "", fmt.Errorf("%w: email must be 1 to 254 characters", ErrInvalidInput)
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Address != s || a.Name != "" {
+		return "", fmt.Errorf("%w: %q is not a valid email address", ErrInvalidInput, s)
+	}
+	return s, nil
+}
+
+// NormalizeGroups trims, drops empties and duplicates, and checks that
+// group names can travel in a comma-separated header.
+func NormalizeGroups(in []string) ([]string, error) {
+	var out []string
+	for _, g := range in {
+		g = strings.TrimSpace(g)
+		if g == "" {
+			continue
+		}
+		if strings.ContainsAny(g, ",\r\n") || !utf8.ValidString(g) || len(g) > 64 {
+			return nil, fmt.Errorf("%w: group name %q (no commas or line breaks, at most 64 bytes)", ErrInvalidInput, g)
+		}
+		if !slices.Contains(out, g) {
+			out = append(out, g)
+		}
+	}
+	return out, nil
+}
+
+// CleanName checks a display name: it travels in a header, so no control
+// characters.
+func CleanName(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if len(s) > 128 || !utf8.ValidString(s) {
+		return "", fmt.Errorf("%w: name must be valid UTF-8 of at most 128 bytes", ErrInvalidInput)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return "", fmt.Errorf("%w: name contains a control character", ErrInvalidInput)
+		}
+	}
+	return s, nil
+}

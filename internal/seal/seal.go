@@ -1,0 +1,123 @@
+// Package seal encrypts small secrets at rest (signing keys, TOTP secrets)
+// with AES-256-GCM under the deployment's encryption key.
+package seal
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// KeySize is the length of an encryption key in bytes.
+const KeySize = 32
+
+// ErrOpen means a sealed value could not be decrypted: the key is wrong or
+// the value was tampered with.
+var ErrOpen = errors.New("seal: cannot decrypt (wrong encryption key or tampered value)")
+
+// Box seals and opens values. It is safe for concurrent use.
+type Box struct {
+	aead cipher.AEAD
+	id   string
+}
+
+// New returns a Box for a 32-byte key.
+func New(key []byte) (*Box, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("seal: encryption key must be %d bytes, got %d", KeySize, len(key))
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(append([]byte("sigra-key-id:"), key...))
+	return &Box{aead: aead, id: hex.EncodeToString(sum[:4])}, nil
+}
+
+// ID is a short fingerprint of the key, safe to log, so an operator can
+// tell which key an instance holds.
+func (b *Box) ID() string { return b.id }
+
+// Seal encrypts plaintext; aad binds the value to its place (for example a
+// user id) so a sealed value cannot be moved to another record.
+func (b *Box) Seal(plaintext, aad []byte) []byte {
+	nonce := make([]byte, b.aead.NonceSize(), b.aead.NonceSize()+len(plaintext)+b.aead.Overhead())
+	_, _ = rand.Read(nonce)
+	return b.aead.Seal(nonce, nonce, plaintext, aad)
+}
+
+// Open decrypts a value made by Seal with the same aad.
+func (b *Box) Open(sealed, aad []byte) ([]byte, error) {
+	n := b.aead.NonceSize()
+	if len(sealed) < n+b.aead.Overhead() {
+		return nil, ErrOpen
+	}
+	pt, err := b.aead.Open(nil, sealed[:n], sealed[n:], aad)
+	if err != nil {
+		return nil, ErrOpen
+	}
+	return pt, nil
+}
+
+// ParseKey decodes a base64 (standard or URL, padded or not) 32-byte key.
+func ParseKey(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if k, err := enc.DecodeString(s); err == nil {
+			if len(k) != KeySize {
+				return nil, fmt.Errorf("encryption key decodes to %d bytes; want %d", len(k), KeySize)
+			}
+			return k, nil
+		}
+	}
+	return nil, errors.New("encryption key is not valid base64")
+}
+
+// LoadOrCreateKeyFile reads a base64 key from path, or creates the file
+// (mode 0600, parent directories 0700) with a new random key.
+func LoadOrCreateKeyFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		k, perr := ParseKey(string(data))
+		if perr != nil {
+			return nil, fmt.Errorf("%s: %w", path, perr)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("reading encryption key: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating directory for encryption key: %w", err)
+	}
+	k := make([]byte, KeySize)
+	_, _ = rand.Read(k)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return LoadOrCreateKeyFile(path) // another process won the race
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating encryption key file: %w", err)
+	}
+	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing encryption key file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return k, f.Close()
+}

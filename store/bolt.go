@@ -1,0 +1,125 @@
+// Package store holds the persistence backends. Each implements the small
+// interfaces that the domain packages declare (authcore.Store, audit's
+// store, ...); the domain packages never import this package.
+//
+// The bbolt file has one versioned root bucket:
+//
+//	sigra/v1/
+//	├── users              user id (16-byte UUIDv7)          → JSON authcore.User
+//	├── users_by_email     normalised email                  → user id (16 bytes)
+//	├── sessions           session id (32-byte SHA-256)      → JSON authcore.Session
+//	├── sessions_by_user   user id (16) ‖ session id (32)    → nil
+//	├── secrets            name                              → opaque bytes (sealed by the caller)
+//	└── …                  buckets declared by the other files of this package
+//
+// Keys sort the way they are queried: raw UUIDv7 bytes sort by creation time.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	rootBucket = []byte("sigra/v1")
+
+	bktUsers          = []byte("users")
+	bktUsersByEmail   = []byte("users_by_email")
+	bktSessions       = []byte("sessions")
+	bktSessionsByUser = []byte("sessions_by_user")
+	bktSecrets        = []byte("secrets")
+
+	authBuckets = [][]byte{bktUsers, bktUsersByEmail, bktSessions, bktSessionsByUser, bktSecrets}
+)
+
+// ErrLocked means another process holds the bbolt file.
+var ErrLocked = errors.New("the database file is locked by another process")
+
+// BoltOptions tune OpenBolt.
+type BoltOptions struct {
+	// LockTimeout is how long to wait for another process to release the
+	// file lock. Default 1s.
+	LockTimeout time.Duration
+	// NoSync disables fsync, for benchmarks that measure something else.
+	// Never set it in production.
+	NoSync bool
+}
+
+// Bolt is the embedded single-file backend.
+type Bolt struct {
+	db   *bolt.DB
+	path string
+}
+
+// OpenBolt opens (creating if needed) the bbolt file at path and makes
+// sure every bucket exists. A file held by another process fails fast
+// with an error that wraps ErrLocked and names the file.
+func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("storage %s: %w (a running Caddy holds it: stop it, or run the command against its admin API)", path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		root, err := tx.CreateBucketIfNotExists(rootBucket)
+		if err != nil {
+			return err
+		}
+		for _, group := range [][][]byte{authBuckets, auditBuckets, mfaBuckets} {
+			for _, name := range group {
+				if _, err := root.CreateBucketIfNotExists(name); err != nil {
+					return fmt.Errorf("bucket %s: %w", name, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("storage %s: initialising buckets: %w", path, err)
+	}
+	return &Bolt{db: db, path: path}, nil
+}
+
+// Path is the file this store was opened from.
+func (b *Bolt) Path() string { return b.path }
+
+// Close releases the file and its lock.
+func (b *Bolt) Close() error { return b.db.Close() }
+
+// Ping checks that the file can still be read.
+func (b *Bolt) Ping(ctx context.Context) error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(rootBucket) == nil {
+			return errors.New("root bucket missing")
+		}
+		return nil
+	})
+}
+
+// bucket returns a bucket under the root. It exists: OpenBolt created it.
+func bucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
+	return tx.Bucket(rootBucket).Bucket(name)
+}
+
+// clone copies a byte slice out of a transaction.
+func clone(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}

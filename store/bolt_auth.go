@@ -1,0 +1,421 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+var _ authcore.Store = (*Bolt)(nil)
+
+func userKey(id string) ([]byte, bool) {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return nil, false
+	}
+	return u[:], true
+}
+
+func getUser(tx *bolt.Tx, key []byte) (*authcore.User, error) {
+	v := bucket(tx, bktUsers).Get(key)
+	if v == nil {
+		return nil, authcore.ErrNotFound
+	}
+	var u authcore.User
+	if err := json.Unmarshal(v, &u); err != nil {
+		return nil, fmt.Errorf("decoding user: %w", err)
+	}
+	return &u, nil
+}
+
+func putUser(tx *bolt.Tx, key []byte, u *authcore.User) error {
+	v, err := json.Marshal(u)
+	if err != nil {
+		return err
+	}
+	return bucket(tx, bktUsers).Put(key, v)
+}
+
+// CreateUser implements authcore.Store.
+func (b *Bolt) CreateUser(ctx context.Context, u *authcore.User) error {
+	key, ok := userKey(u.ID)
+	if !ok {
+		return fmt.Errorf("%w: user id %q is not a UUID", authcore.ErrInvalidInput, u.ID)
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		byEmail := bucket(tx, bktUsersByEmail)
+		if byEmail.Get([]byte(u.Email)) != nil {
+			return authcore.ErrEmailTaken
+		}
+		if bucket(tx, bktUsers).Get(key) != nil {
+			return fmt.Errorf("user id %s exists", u.ID)
+		}
+		if err := byEmail.Put([]byte(u.Email), key); err != nil {
+			return err
+		}
+		return putUser(tx, key, u)
+	})
+}
+
+// UpdateUser implements authcore.Store.
+func (b *Bolt) UpdateUser(ctx context.Context, u *authcore.User) error {
+	key, ok := userKey(u.ID)
+	if !ok {
+		return authcore.ErrNotFound
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		old, err := getUser(tx, key)
+		if err != nil {
+			return err
+		}
+		if old.Email != u.Email {
+			byEmail := bucket(tx, bktUsersByEmail)
+			if byEmail.Get([]byte(u.Email)) != nil {
+				return authcore.ErrEmailTaken
+			}
+			if err := byEmail.Delete([]byte(old.Email)); err != nil {
+				return err
+			}
+			if err := byEmail.Put([]byte(u.Email), key); err != nil {
+				return err
+			}
+		}
+		return putUser(tx, key, u)
+	})
+}
+
+// DeleteUser implements authcore.Store.
+func (b *Bolt) DeleteUser(ctx context.Context, id string) error {
+	key, ok := userKey(id)
+	if !ok {
+		return authcore.ErrNotFound
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		u, err := getUser(tx, key)
+		if err != nil {
+			return err
+		}
+		if _, err := deleteUserSessions(tx, key); err != nil {
+			return err
+		}
+		if err := bucket(tx, bktUsersByEmail).Delete([]byte(u.Email)); err != nil {
+			return err
+		}
+		return bucket(tx, bktUsers).Delete(key)
+	})
+}
+
+// UserByID implements authcore.Store.
+func (b *Bolt) UserByID(ctx context.Context, id string) (u *authcore.User, err error) {
+	key, ok := userKey(id)
+	if !ok {
+		return nil, authcore.ErrNotFound
+	}
+	err = b.db.View(func(tx *bolt.Tx) error {
+		u, err = getUser(tx, key)
+		return err
+	})
+	return u, err
+}
+
+// UserByEmail implements authcore.Store.
+func (b *Bolt) UserByEmail(ctx context.Context, email string) (u *authcore.User, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		key := bucket(tx, bktUsersByEmail).Get([]byte(email))
+		if key == nil {
+			return authcore.ErrNotFound
+		}
+		u, err = getUser(tx, key)
+		return err
+	})
+	return u, err
+}
+
+// ListUsers implements authcore.Store.
+func (b *Bolt) ListUsers(ctx context.Context, after string, limit int) ([]*authcore.User, error) {
+	var out []*authcore.User
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := bucket(tx, bktUsers).Cursor()
+		var k, v []byte
+		if after == "" {
+			k, v = c.First()
+		} else {
+			start, ok := userKey(after)
+			if !ok {
+				return fmt.Errorf("%w: cursor", authcore.ErrInvalidInput)
+			}
+			k, v = c.Seek(start)
+			if k != nil && bytes.Equal(k, start) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Next() {
+			var u authcore.User
+			if err := json.Unmarshal(v, &u); err != nil {
+				return fmt.Errorf("decoding user: %w", err)
+			}
+			out = append(out, &u)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// CountUsers implements authcore.Store.
+func (b *Bolt) CountUsers(ctx context.Context) (n int, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		n = bucket(tx, bktUsers).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+func sessionUserKey(userKey []byte, id authcore.SessionID) []byte {
+	k := make([]byte, 0, len(userKey)+len(id))
+	return append(append(k, userKey...), id[:]...)
+}
+
+func putSession(tx *bolt.Tx, s *authcore.Session) error {
+	uk, ok := userKey(s.UserID)
+	if !ok {
+		return fmt.Errorf("%w: session user id %q", authcore.ErrInvalidInput, s.UserID)
+	}
+	v, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	if err := bucket(tx, bktSessions).Put(s.ID[:], v); err != nil {
+		return err
+	}
+	return bucket(tx, bktSessionsByUser).Put(sessionUserKey(uk, s.ID), nil)
+}
+
+// PutSession implements authcore.Store.
+func (b *Bolt) PutSession(ctx context.Context, s *authcore.Session) error {
+	return b.db.Update(func(tx *bolt.Tx) error { return putSession(tx, s) })
+}
+
+// PutSessions implements authcore.Store.
+func (b *Bolt) PutSessions(ctx context.Context, ss []*authcore.Session) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		for _, s := range ss {
+			if err := putSession(tx, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func decodeSession(v []byte) (*authcore.Session, error) {
+	var s authcore.Session
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, fmt.Errorf("decoding session: %w", err)
+	}
+	return &s, nil
+}
+
+// GetSession implements authcore.Store.
+func (b *Bolt) GetSession(ctx context.Context, id authcore.SessionID) (s *authcore.Session, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		v := bucket(tx, bktSessions).Get(id[:])
+		if v == nil {
+			return authcore.ErrNotFound
+		}
+		s, err = decodeSession(v)
+		return err
+	})
+	return s, err
+}
+
+func deleteSession(tx *bolt.Tx, id authcore.SessionID) (bool, error) {
+	sessions := bucket(tx, bktSessions)
+	v := sessions.Get(id[:])
+	if v == nil {
+		return false, nil
+	}
+	s, err := decodeSession(v)
+	if err == nil {
+		if uk, ok := userKey(s.UserID); ok {
+			if err := bucket(tx, bktSessionsByUser).Delete(sessionUserKey(uk, id)); err != nil {
+				return false, err
+			}
+		}
+	}
+	return true, sessions.Delete(id[:])
+}
+
+// DeleteSession implements authcore.Store.
+func (b *Bolt) DeleteSession(ctx context.Context, id authcore.SessionID) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		found, err := deleteSession(tx, id)
+		if err == nil && !found {
+			return authcore.ErrNotFound
+		}
+		return err
+	})
+}
+
+func userSessionIDs(tx *bolt.Tx, uk []byte) []authcore.SessionID {
+	var ids []authcore.SessionID
+	c := bucket(tx, bktSessionsByUser).Cursor()
+	for k, _ := c.Seek(uk); k != nil && bytes.HasPrefix(k, uk); k, _ = c.Next() {
+		var id authcore.SessionID
+		copy(id[:], k[len(uk):])
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// UserSessions implements authcore.Store.
+func (b *Bolt) UserSessions(ctx context.Context, userID string) ([]*authcore.Session, error) {
+	uk, ok := userKey(userID)
+	if !ok {
+		return nil, nil
+	}
+	var out []*authcore.Session
+	err := b.db.View(func(tx *bolt.Tx) error {
+		sessions := bucket(tx, bktSessions)
+		for _, id := range userSessionIDs(tx, uk) {
+			if v := sessions.Get(id[:]); v != nil {
+				s, err := decodeSession(v)
+				if err != nil {
+					return err
+				}
+				out = append(out, s)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func deleteUserSessions(tx *bolt.Tx, uk []byte) ([]authcore.SessionID, error) {
+	ids := userSessionIDs(tx, uk)
+	for _, id := range ids {
+		if err := bucket(tx, bktSessions).Delete(id[:]); err != nil {
+			return nil, err
+		}
+		if err := bucket(tx, bktSessionsByUser).Delete(sessionUserKey(uk, id)); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
+}
+
+// DeleteUserSessions implements authcore.Store.
+func (b *Bolt) DeleteUserSessions(ctx context.Context, userID string) (ids []authcore.SessionID, err error) {
+	uk, ok := userKey(userID)
+	if !ok {
+		return nil, nil
+	}
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		ids, err = deleteUserSessions(tx, uk)
+		return err
+	})
+	return ids, err
+}
+
+// TouchSessions implements authcore.Store.
+func (b *Bolt) TouchSessions(ctx context.Context, seen map[authcore.SessionID]time.Time) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		sessions := bucket(tx, bktSessions)
+		for id, t := range seen {
+			v := sessions.Get(id[:])
+			if v == nil {
+				continue
+			}
+			s, err := decodeSession(v)
+			if err != nil {
+				return err
+			}
+			if !t.After(s.LastSeen) {
+				continue
+			}
+			s.LastSeen = t.UTC()
+			nv, err := json.Marshal(s)
+			if err != nil {
+				return err
+			}
+			if err := sessions.Put(id[:], nv); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DeleteExpiredSessions implements authcore.Store.
+func (b *Bolt) DeleteExpiredSessions(ctx context.Context, now time.Time, idle time.Duration) (int, error) {
+	var expired []authcore.SessionID
+	err := b.db.View(func(tx *bolt.Tx) error {
+		return bucket(tx, bktSessions).ForEach(func(k, v []byte) error {
+			s, err := decodeSession(v)
+			if err != nil || s.Expired(now, idle) {
+				var id authcore.SessionID
+				copy(id[:], k)
+				expired = append(expired, id)
+			}
+			return nil
+		})
+	})
+	if err != nil || len(expired) == 0 {
+		return 0, err
+	}
+	n := 0
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		for _, id := range expired {
+			// Re-check inside the write: the session may have been used
+			// since the scan.
+			if v := bucket(tx, bktSessions).Get(id[:]); v != nil {
+				if s, err := decodeSession(v); err == nil && !s.Expired(now, idle) {
+					continue
+				}
+			}
+			found, err := deleteSession(tx, id)
+			if err != nil {
+				return err
+			}
+			if found {
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+// GetSecret implements authcore.Store.
+func (b *Bolt) GetSecret(ctx context.Context, name string) (v []byte, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		v = clone(bucket(tx, bktSecrets).Get([]byte(name)))
+		if v == nil {
+			return authcore.ErrNotFound
+		}
+		return nil
+	})
+	return v, err
+}
+
+// PutSecret implements authcore.Store.
+func (b *Bolt) PutSecret(ctx context.Context, name string, value []byte, ifAbsent bool) (out []byte, err error) {
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		bk := bucket(tx, bktSecrets)
+		if ifAbsent {
+			if old := bk.Get([]byte(name)); old != nil {
+				out = clone(old)
+				return nil
+			}
+		}
+		out = clone(value)
+		return bk.Put([]byte(name), value)
+	})
+	return out, err
+}
