@@ -1,0 +1,80 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// running is the started sigra app of this process, for the admin API.
+// During a reload the new app replaces the old one before the old one
+// stops; the old one clears it only if it is still its own.
+var running atomic.Pointer[App]
+
+// adminAPI serves /sigra/ on Caddy's admin endpoint, so the CLI can manage
+// users while Caddy holds the store's file lock.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.sigra",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/sigra/users", Handler: caddy.AdminHandlerFunc(handleAdminUsers)}}
+}
+
+// handleAdminUsers runs one userRequest (POST, JSON body).
+func handleAdminUsers(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
+	}
+	a := running.Load()
+	var rt *runtime
+	if a != nil {
+		rt = a.life.rt.Load()
+	}
+	if rt == nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the sigra app is not running")}
+	}
+	var req userRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody)).Decode(&req); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
+	}
+	res, err := doUser(r.Context(), rt.auth, a.AdminGroup, req)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: userErrorStatus(err), Err: err}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(res)
+}
+
+// userErrorStatus maps a user-operation error to an HTTP status.
+func userErrorStatus(err error) int {
+	switch {
+	case errors.Is(err, errUsage), errors.Is(err, authcore.ErrInvalidInput):
+		return http.StatusBadRequest
+	case errors.Is(err, authcore.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, authcore.ErrEmailTaken):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+// Interface guards
+var _ caddy.AdminRouter = (*adminAPI)(nil)

@@ -1,0 +1,384 @@
+// Package caddymodule is the Caddy glue of the Sigra gateway: the `sigra`
+// app, the `sigra_portal` and `sigra_gate` HTTP handlers, their Caddyfile
+// syntax, admin API routes and CLI subcommands. The identity logic lives
+// in authcore; this package only adapts it to Caddy.
+package caddymodule
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+	"github.com/sigra-auth/caddy-sigra/internal/seal"
+	"github.com/sigra-auth/caddy-sigra/store"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// DefaultPrefix is where the portal is served.
+const DefaultPrefix = "/.sigra"
+
+// App is the `sigra` app: the shared state behind every sigra_portal and
+// sigra_gate handler (storage, keys, sessions) and its global options.
+type App struct {
+	// Storage selects the backend. Default: bbolt at
+	// <Caddy data dir>/sigra/sigra.db.
+	Storage *StorageConfig `json:"storage,omitempty"`
+	// Session sets session timeouts.
+	Session *SessionConfig `json:"session,omitempty"`
+	// Keys configures the identity assertion signing key and the
+	// encryption key for secrets at rest.
+	Keys *KeysConfig `json:"keys,omitempty"`
+	// Prefix is the path under which the portal is served. Default /.sigra.
+	Prefix string `json:"prefix,omitempty"`
+	// AdminGroup names the group whose members may use the admin pages and
+	// API. Default "admins".
+	AdminGroup string `json:"admin_group,omitempty"`
+	// AllowedRedirectHosts lists other hosts that a post-login `rd` may
+	// point at (host or host:port).
+	AllowedRedirectHosts []string `json:"allowed_redirect_hosts,omitempty"`
+	// HeaderAliases turns on extra identity header families. "remote"
+	// sends Remote-User, Remote-Email, Remote-Groups and Remote-Name.
+	HeaderAliases []string `json:"header_aliases,omitempty"`
+	// AssertionAudience is the assertion's `aud`. Default: the site origin.
+	AssertionAudience string `json:"assertion_audience,omitempty"`
+	// BootstrapAdmin is the email of the admin created, with a random
+	// password printed once, when the store has no users. "off" disables
+	// it. Default admin@localhost.
+	BootstrapAdmin string `json:"bootstrap_admin,omitempty"`
+
+	logger *zap.Logger
+	slog   *slog.Logger
+	clock  clock.Clock
+
+	remoteAliases bool
+	storagePath   string
+
+	life *lifecycle
+}
+
+// lifecycle is the App's mutable state between Start and Stop.
+type lifecycle struct {
+	rt     atomic.Pointer[runtime]
+	ready  chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// StorageConfig selects the storage backend.
+type StorageConfig struct {
+	// Backend is "bbolt" (the default).
+	Backend string `json:"backend,omitempty"`
+	// Path is the bbolt file. Default <Caddy data dir>/sigra/sigra.db.
+	Path string `json:"path,omitempty"`
+}
+
+// SessionConfig sets session timeouts.
+type SessionConfig struct {
+	// Idle ends a session unused this long. Default 30m.
+	Idle caddy.Duration `json:"idle,omitempty"`
+	// Lifetime ends a session this long after sign-in. Default 12h.
+	Lifetime caddy.Duration `json:"lifetime,omitempty"`
+}
+
+// KeysConfig configures keys.
+type KeysConfig struct {
+	// Algorithm signs the identity assertion: EdDSA (default) or ES256.
+	Algorithm string `json:"algorithm,omitempty"`
+	// SigningKey is a PEM file with the assertion signing key. Default: a
+	// key generated on first start and kept in storage.
+	SigningKey string `json:"signing_key,omitempty"`
+	// EncryptionKey is base64 of 32 bytes that encrypts secrets at rest.
+	// Default: generated into <Caddy data dir>/sigra/encryption.key.
+	EncryptionKey string `json:"encryption_key,omitempty"`
+	// AssertionTTL is the assertion lifetime. Default 5m.
+	AssertionTTL caddy.Duration `json:"assertion_ttl,omitempty"`
+}
+
+// runtime is what Start builds: everything that needs the open store.
+type runtime struct {
+	store *store.Bolt
+	auth  *authcore.Service
+	keys  *authcore.KeyRing
+	csrf  *authcore.CSRF
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "sigra",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision checks and completes the configuration. It opens nothing, so
+// `caddy validate` has no side effects and works while Caddy runs.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.slog = ctx.Slogger()
+	return a.setDefaults()
+}
+
+// setDefaults completes the configuration (shared by Provision and the
+// CLI, which reads the same config without running Caddy).
+func (a *App) setDefaults() error {
+	if a.clock == nil {
+		a.clock = clock.Real{}
+	}
+	a.life = &lifecycle{ready: make(chan struct{})}
+	if a.Storage == nil {
+		a.Storage = &StorageConfig{}
+	}
+	if a.Storage.Backend == "" {
+		a.Storage.Backend = "bbolt"
+	}
+	if a.Storage.Backend != "bbolt" {
+		return fmt.Errorf("storage: unknown backend %q (this build supports bbolt)", a.Storage.Backend)
+	}
+	repl := caddy.NewReplacer()
+	a.storagePath = repl.ReplaceKnown(a.Storage.Path, "")
+	if a.storagePath == "" {
+		a.storagePath = filepath.Join(caddy.AppDataDir(), "sigra", "sigra.db")
+	}
+	if a.Session == nil {
+		a.Session = &SessionConfig{}
+	}
+	if a.Keys == nil {
+		a.Keys = &KeysConfig{}
+	}
+	if a.Keys.Algorithm == "" {
+		a.Keys.Algorithm = authcore.AlgEdDSA
+	}
+	if a.Prefix == "" {
+		a.Prefix = DefaultPrefix
+	}
+	if a.AdminGroup == "" {
+		a.AdminGroup = "admins"
+	}
+	if a.BootstrapAdmin == "" {
+		a.BootstrapAdmin = "admin@localhost"
+	}
+	for _, al := range a.HeaderAliases {
+		if al != "remote" {
+			return fmt.Errorf("header_aliases: unknown alias family %q (known: remote)", al)
+		}
+		a.remoteAliases = true
+	}
+	return nil
+}
+
+// Validate checks the configuration without side effects.
+func (a *App) Validate() error {
+	if a.Keys.Algorithm != authcore.AlgEdDSA && a.Keys.Algorithm != authcore.AlgES256 {
+		return fmt.Errorf("keys: algorithm %q (want EdDSA or ES256)", a.Keys.Algorithm)
+	}
+	if a.Keys.EncryptionKey != "" {
+		if _, err := seal.ParseKey(caddy.NewReplacer().ReplaceKnown(a.Keys.EncryptionKey, "")); err != nil {
+			return fmt.Errorf("keys: encryption_key: %w", err)
+		}
+	}
+	if time.Duration(a.Session.Idle) < 0 || time.Duration(a.Session.Lifetime) < 0 {
+		return errors.New("session: durations must be positive")
+	}
+	if a.BootstrapAdmin != "off" {
+		if _, err := authcore.NormalizeEmail(a.BootstrapAdmin); err != nil {
+			return fmt.Errorf("bootstrap_admin: %w", err)
+		}
+	}
+	return nil
+}
+
+// dbPool shares one open bbolt file per path across config reloads: the
+// old and the new config run side by side for a moment, and bbolt allows
+// one opener per process.
+var dbPool = caddy.NewUsagePool()
+
+type pooledDB struct{ *store.Bolt }
+
+func (p pooledDB) Destruct() error { return p.Close() }
+
+// Start opens the store and builds the runtime.
+func (a *App) Start() error {
+	val, _, err := dbPool.LoadOrNew(a.storagePath, func() (caddy.Destructor, error) {
+		st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
+		if err != nil {
+			return nil, err
+		}
+		return pooledDB{st}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("sigra: %w", err)
+	}
+	st := val.(pooledDB).Bolt
+	rt, err := a.buildRuntime(st, true)
+	if err != nil {
+		_, _ = dbPool.Delete(a.storagePath)
+		return fmt.Errorf("sigra: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l := a.life
+	l.cancel = cancel
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		rt.auth.Run(ctx)
+	}()
+	l.rt.Store(rt)
+	close(l.ready)
+	running.Store(a)
+	a.logger.Info("sigra started", zap.String("storage", a.storagePath), zap.String("assertion_kid", rt.keys.ActiveKeyID()))
+	return nil
+}
+
+func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	box, err := a.encryptionBox()
+	if err != nil {
+		return nil, err
+	}
+	keys, err := authcore.LoadKeyRing(ctx, a.clock, st, box, authcore.KeyRingConfig{
+		Algorithm: a.Keys.Algorithm,
+		PEMFile:   a.Keys.SigningKey,
+		TTL:       time.Duration(a.Keys.AssertionTTL),
+	})
+	if err != nil {
+		return nil, err
+	}
+	csrfKey, err := loadOrCreateSecret(ctx, st, box, "csrf_key", 32)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := authcore.NewService(a.slog, a.clock, st, box, authcore.Config{
+		Idle:     time.Duration(a.Session.Idle),
+		Lifetime: time.Duration(a.Session.Lifetime),
+	})
+	if err != nil {
+		return nil, err
+	}
+	rt := &runtime{store: st, auth: auth, keys: keys, csrf: authcore.NewCSRF(csrfKey)}
+	if bootstrap {
+		if err := a.bootstrapAdmin(ctx, rt); err != nil {
+			return nil, err
+		}
+	}
+	return rt, nil
+}
+
+// encryptionBox builds the box that seals secrets at rest, from the
+// configured key or a key file generated next to the default store.
+func (a *App) encryptionBox() (*seal.Box, error) {
+	if a.Keys.EncryptionKey != "" {
+		k, err := seal.ParseKey(caddy.NewReplacer().ReplaceKnown(a.Keys.EncryptionKey, ""))
+		if err != nil {
+			return nil, fmt.Errorf("keys: encryption_key: %w", err)
+		}
+		return seal.New(k)
+	}
+	k, err := seal.LoadOrCreateKeyFile(filepath.Join(filepath.Dir(a.storagePath), "encryption.key"))
+	if err != nil {
+		return nil, err
+	}
+	return seal.New(k)
+}
+
+// loadOrCreateSecret returns a sealed random secret kept in the store.
+func loadOrCreateSecret(ctx context.Context, st authcore.Store, box *seal.Box, name string, n int) ([]byte, error) {
+	aad := []byte("sigra:" + name)
+	raw, err := st.GetSecret(ctx, name)
+	if errors.Is(err, authcore.ErrNotFound) {
+		fresh := make([]byte, n)
+		_, _ = rand.Read(fresh)
+		raw, err = st.PutSecret(ctx, name, box.Seal(fresh, aad), true)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secret %s: %w", name, err)
+	}
+	v, err := box.Open(raw, aad)
+	if err != nil {
+		return nil, fmt.Errorf("secret %s: %w (encryption key id %s)", name, err, box.ID())
+	}
+	return v, nil
+}
+
+// bootstrapAdmin creates the first admin with a random password when the
+// store has no users, and prints the credentials once.
+func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
+	if a.BootstrapAdmin == "off" {
+		return nil
+	}
+	n, err := rt.store.CountUsers(ctx)
+	if err != nil || n > 0 {
+		return err
+	}
+	pw := authcore.RandomPassword()
+	u, err := rt.auth.CreateUser(ctx, authcore.NewUser{
+		Email: a.BootstrapAdmin, Name: "Administrator", Groups: []string{a.AdminGroup},
+		Password: pw, EmailVerified: true,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the first admin: %w", err)
+	}
+	a.logger.Warn("created the first admin user; its password is printed once on stderr",
+		zap.String("email", u.Email), zap.String("user_id", u.ID))
+	fmt.Fprintf(os.Stderr, "\n"+
+		"  ┌ Sigra: first admin user created ─────────────────────────\n"+
+		"  │ email:    %s\n"+
+		"  │ password: %s\n"+
+		"  │ (shown once; change it with: caddy sigra user passwd)\n"+
+		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw)
+	return nil
+}
+
+// Stop ends background work and releases the store.
+func (a *App) Stop() error {
+	l := a.life
+	if l == nil || l.cancel == nil {
+		return nil
+	}
+	running.CompareAndSwap(a, nil)
+	l.cancel()
+	l.wg.Wait()
+	l.cancel = nil
+	l.rt.Store(nil)
+	_, err := dbPool.Delete(a.storagePath)
+	return err
+}
+
+// runtime returns the started runtime, waiting briefly if a request
+// arrives while the app is still starting. nil means unavailable.
+func (a *App) runtime(ctx context.Context) *runtime {
+	l := a.life
+	if rt := l.rt.Load(); rt != nil {
+		return rt
+	}
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-l.ready:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return l.rt.Load()
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.Validator   = (*App)(nil)
+)

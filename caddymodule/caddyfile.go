@@ -1,0 +1,267 @@
+package caddymodule
+
+import (
+	"slices"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("sigra", parseGlobal)
+	httpcaddyfile.RegisterHandlerDirective("sigra_portal", parsePortal)
+	httpcaddyfile.RegisterHandlerDirective("sigra_gate", parseGate)
+	// Both run before basic_auth, the portal before the gate, so users
+	// write no `order` line. (Registered in this order on purpose: each
+	// lands immediately before basic_auth.)
+	httpcaddyfile.RegisterDirectiveOrder("sigra_portal", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterDirectiveOrder("sigra_gate", httpcaddyfile.Before, "basic_auth")
+}
+
+// later names global sub-options that belong to capabilities not in this
+// build yet: they fail validation instead of being silently ignored.
+var later = map[string]bool{
+	"regulation": true, "registration": true, "admin_mfa_max_age": true, "webauthn": true,
+	"oidc": true, "saml": true, "mail": true, "billing": true, "flag": true, "policy": true,
+	"audit": true, "oidc_provider": true,
+}
+
+// parseGlobal parses the global `sigra` block:
+//
+//	sigra {
+//		storage bbolt <path>
+//		session {
+//			idle     <duration>
+//			lifetime <duration>
+//		}
+//		keys {
+//			algorithm      EdDSA|ES256
+//			signing_key    <pem file>
+//			encryption_key <base64 of 32 bytes>
+//			assertion_ttl  <duration>
+//		}
+//		prefix                 <path>
+//		admin_group            <group>
+//		allowed_redirect_hosts <host...>
+//		header_aliases         remote
+//		assertion_audience     <aud>
+//		bootstrap_admin        <email>|off
+//	}
+func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(App)
+	if existing != nil {
+		return nil, d.Err("sigra: the global sigra block may appear only once")
+	}
+	d.Next() // option name
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "storage":
+			var backend, path string
+			if !d.Args(&backend) {
+				return nil, d.ArgErr()
+			}
+			if backend != "bbolt" {
+				return nil, d.Errf("storage: unknown backend %q (this build supports bbolt)", backend)
+			}
+			d.Args(&path)
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.Storage = &StorageConfig{Backend: backend, Path: path}
+		case "session":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.Session = new(SessionConfig)
+			for d.NextBlock(1) {
+				switch d.Val() {
+				case "idle":
+					if err := parseDuration(d, &app.Session.Idle); err != nil {
+						return nil, err
+					}
+				case "lifetime":
+					if err := parseDuration(d, &app.Session.Lifetime); err != nil {
+						return nil, err
+					}
+				default:
+					return nil, d.Errf("session: unknown option %q (known: idle, lifetime)", d.Val())
+				}
+			}
+		case "keys":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.Keys = new(KeysConfig)
+			for d.NextBlock(1) {
+				switch d.Val() {
+				case "algorithm":
+					if err := oneArg(d, &app.Keys.Algorithm); err != nil {
+						return nil, err
+					}
+					if a := app.Keys.Algorithm; a != "EdDSA" && a != "ES256" {
+						return nil, d.Errf("keys: algorithm %q (want EdDSA or ES256)", a)
+					}
+				case "signing_key":
+					if err := oneArg(d, &app.Keys.SigningKey); err != nil {
+						return nil, err
+					}
+				case "encryption_key":
+					if err := oneArg(d, &app.Keys.EncryptionKey); err != nil {
+						return nil, err
+					}
+				case "assertion_ttl":
+					if err := parseDuration(d, &app.Keys.AssertionTTL); err != nil {
+						return nil, err
+					}
+				default:
+					return nil, d.Errf("keys: unknown option %q (known: algorithm, signing_key, encryption_key, assertion_ttl)", d.Val())
+				}
+			}
+		case "prefix":
+			if err := oneArg(d, &app.Prefix); err != nil {
+				return nil, err
+			}
+			if len(app.Prefix) < 2 || app.Prefix[0] != '/' || app.Prefix[len(app.Prefix)-1] == '/' {
+				return nil, d.Errf("prefix: %q must start with / and not end with /", app.Prefix)
+			}
+		case "admin_group":
+			if err := oneArg(d, &app.AdminGroup); err != nil {
+				return nil, err
+			}
+		case "allowed_redirect_hosts":
+			app.AllowedRedirectHosts = append(app.AllowedRedirectHosts, d.RemainingArgs()...)
+			if len(app.AllowedRedirectHosts) == 0 {
+				return nil, d.ArgErr()
+			}
+		case "header_aliases":
+			for d.NextArg() {
+				if d.Val() != "remote" {
+					return nil, d.Errf("header_aliases: unknown alias family %q (known: remote)", d.Val())
+				}
+				app.HeaderAliases = append(app.HeaderAliases, d.Val())
+			}
+			if len(app.HeaderAliases) == 0 {
+				return nil, d.ArgErr()
+			}
+		case "assertion_audience":
+			if err := oneArg(d, &app.AssertionAudience); err != nil {
+				return nil, err
+			}
+		case "bootstrap_admin":
+			if err := oneArg(d, &app.BootstrapAdmin); err != nil {
+				return nil, err
+			}
+		default:
+			if later[opt] {
+				return nil, d.Errf("sigra: %q is not available in this build yet", opt)
+			}
+			return nil, d.Errf("sigra: unknown option %q", opt)
+		}
+	}
+	return httpcaddyfile.App{Name: "sigra", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// oneArg reads exactly one argument.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.Args(dst) || d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur <= 0 {
+		return d.Errf("%s: invalid duration %q", d.Val(), s)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// parsePortal parses `sigra_portal` (no arguments, no block).
+func parsePortal(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h.Next() // directive name
+	if h.NextArg() {
+		return nil, h.ArgErr()
+	}
+	if h.NextBlock(0) {
+		return nil, h.Errf("sigra_portal: unknown option %q (portal options live in the global sigra block)", h.Val())
+	}
+	return new(Portal), nil
+}
+
+// laterGate names gate requirements of capabilities not in this build yet.
+var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "policy": true, "hook": true}
+
+// parseGate parses:
+//
+//	sigra_gate [<matcher>] {
+//		optional
+//		mfa [max_age <duration>]
+//		amr <method...>
+//		group <name...>
+//	}
+func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h.Next() // directive name
+	if h.NextArg() {
+		return nil, h.Errf("sigra_gate: unexpected argument %q (requirements go in a block)", h.Val())
+	}
+	g := new(Gate)
+	for h.NextBlock(0) {
+		req := h.Val()
+		switch req {
+		case "optional":
+			if h.NextArg() {
+				return nil, h.ArgErr()
+			}
+			g.Optional = true
+		case "mfa":
+			g.MFA = new(MFARequirement)
+			if h.NextArg() {
+				if h.Val() != "max_age" {
+					return nil, h.Errf("mfa: unknown option %q (known: max_age)", h.Val())
+				}
+				if err := parseDuration(h.Dispenser, &g.MFA.MaxAge); err != nil {
+					return nil, err
+				}
+			}
+		case "amr":
+			methods := h.RemainingArgs()
+			if len(methods) == 0 {
+				return nil, h.ArgErr()
+			}
+			for _, m := range methods {
+				if !slices.Contains(knownAMR, m) {
+					return nil, h.Errf("amr: unknown method %q (known: pwd, otp, hwk, swk, mfa, oidc, saml, email)", m)
+				}
+			}
+			g.AMR = append(g.AMR, methods...)
+		case "group":
+			groups := h.RemainingArgs()
+			if len(groups) == 0 {
+				return nil, h.ArgErr()
+			}
+			g.Groups = append(g.Groups, groups...)
+		default:
+			if laterGate[req] {
+				return nil, h.Errf("sigra_gate: %q is not available in this build yet", req)
+			}
+			return nil, h.Errf("sigra_gate: unknown requirement %q", req)
+		}
+	}
+	if g.Optional && (g.MFA != nil || len(g.AMR) > 0 || len(g.Groups) > 0) {
+		return nil, h.Err("sigra_gate: optional cannot be combined with other requirements")
+	}
+	return g, nil
+}

@@ -1,0 +1,278 @@
+package caddymodule
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/store"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "sigra",
+		Usage: "user <add|list|passwd|disable|enable> --config <file> [flags]",
+		Short: "Manages Sigra gateway users",
+		Long: `
+Manages the users of the Sigra gateway.
+
+The store is found from the config (--config, --adapter). When no Caddy
+holds it, the command opens it directly; when a running Caddy holds its
+lock, the command goes through that Caddy's admin API instead.
+
+  caddy sigra user add    --config Caddyfile --email a@example.com [--name N] [--groups a,b] [--admin] [--password-stdin]
+  caddy sigra user list   --config Caddyfile
+  caddy sigra user passwd --config Caddyfile --email a@example.com --password-stdin
+  caddy sigra user disable|enable --config Caddyfile --email a@example.com
+`,
+		CobraFunc: buildSigraCommand,
+	})
+}
+
+func buildSigraCommand(cmd *cobra.Command) {
+	user := &cobra.Command{Use: "user", Short: "Manages users"}
+	cmd.AddCommand(user)
+
+	var cf cliFlags
+	add := &cobra.Command{
+		Use:   "add --email <email> [--name <name>] [--groups <a,b>] [--admin] [--password-stdin]",
+		Short: "Adds a user (without --password-stdin, a random password is printed)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			req := userRequest{Op: "add", Email: cf.email, Name: cf.name, Admin: cf.admin}
+			if cf.groups != "" {
+				req.Groups = strings.Split(cf.groups, ",")
+			}
+			generated := false
+			if cf.passwordStdin {
+				pw, err := readPassword(c.InOrStdin())
+				if err != nil {
+					return err
+				}
+				req.Password = pw
+			} else {
+				req.Password, generated = authcore.RandomPassword(), true
+			}
+			res, err := runUserOp(c.Context(), cf, req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "added %s (%s)\n", res.User.Email, res.User.ID)
+			if generated {
+				fmt.Fprintf(c.OutOrStdout(), "password: %s\n", req.Password)
+			}
+			return nil
+		},
+	}
+	cf.register(add, true)
+	add.Flags().StringVar(&cf.name, "name", "", "display name")
+	add.Flags().StringVar(&cf.groups, "groups", "", "comma-separated groups")
+	add.Flags().BoolVar(&cf.admin, "admin", false, "add to the admin group")
+	add.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
+
+	list := &cobra.Command{
+		Use: "list", Short: "Lists users", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			tw := tabwriter.NewWriter(c.OutOrStdout(), 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tEMAIL\tNAME\tGROUPS\tSTATUS")
+			after := ""
+			for {
+				res, err := runUserOp(c.Context(), cf, userRequest{Op: "list", After: after})
+				if err != nil {
+					return err
+				}
+				for _, u := range res.Users {
+					status := "active"
+					if u.Disabled {
+						status = "disabled"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.ID, u.Email, u.Name, strings.Join(u.Groups, ","), status)
+				}
+				if res.NextCursor == "" {
+					break
+				}
+				after = res.NextCursor
+			}
+			return tw.Flush()
+		},
+	}
+	cf.register(list, false)
+
+	passwd := &cobra.Command{
+		Use: "passwd --email <email> --password-stdin", Short: "Sets a user's password and ends their sessions", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if !cf.passwordStdin {
+				return errors.New("passwd needs --password-stdin (the new password on the first line of stdin)")
+			}
+			pw, err := readPassword(c.InOrStdin())
+			if err != nil {
+				return err
+			}
+			res, err := runUserOp(c.Context(), cf, userRequest{Op: "passwd", User: cf.email, Password: pw})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "password changed for %s; their sessions have ended\n", res.User.Email)
+			return nil
+		},
+	}
+	cf.register(passwd, true)
+	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
+
+	for _, op := range []string{"disable", "enable"} {
+		c := &cobra.Command{
+			Use: op + " --email <email>", Short: strings.ToUpper(op[:1]) + op[1:] + "s a user", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error {
+				res, err := runUserOp(c.Context(), cf, userRequest{Op: op, User: cf.email})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "%sd %s\n", op, res.User.Email)
+				return nil
+			},
+		}
+		cf.register(c, true)
+		user.AddCommand(c)
+	}
+	user.AddCommand(add, list, passwd)
+}
+
+// cliFlags are the flags shared by the subcommands.
+type cliFlags struct {
+	config, adapter string
+	email, name     string
+	groups          string
+	admin           bool
+	passwordStdin   bool
+}
+
+func (cf *cliFlags) register(c *cobra.Command, needEmail bool) {
+	c.Flags().StringVarP(&cf.config, "config", "c", "", "the Caddy config file that configures sigra")
+	c.Flags().StringVarP(&cf.adapter, "adapter", "a", "", "the config adapter (default: caddyfile for Caddyfiles)")
+	if needEmail {
+		c.Flags().StringVar(&cf.email, "email", "", "the user's email (or, except for add, id)")
+		_ = c.MarkFlagRequired("email")
+	}
+}
+
+// readPassword reads the first line of r.
+func readPassword(r io.Reader) (string, error) {
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	pw := strings.TrimRight(line, "\r\n")
+	if pw == "" {
+		return "", errors.New("no password on stdin")
+	}
+	return pw, nil
+}
+
+// runUserOp runs req on the store named by the config: directly when no
+// Caddy holds it, else through the running Caddy's admin API.
+func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
+	if errors.Is(err, store.ErrLocked) {
+		return viaAdminAPI(cfgJSON, cf, a.storagePath, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	rt, err := a.buildRuntime(st, false)
+	if err != nil {
+		return nil, err
+	}
+	return doUser(ctx, rt.auth, a.AdminGroup, req)
+}
+
+// loadAppConfig adapts the config file and completes its sigra app.
+func loadAppConfig(configFile, adapter string) ([]byte, *App, error) {
+	cfgJSON, _, _, err := caddycmd.LoadConfig(configFile, adapter)
+	if err != nil {
+		return nil, nil, err
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	if len(cfgJSON) > 0 {
+		if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+			return nil, nil, fmt.Errorf("reading config: %w", err)
+		}
+	}
+	a := new(App)
+	if raw := cfg.Apps["sigra"]; raw != nil {
+		if err := json.Unmarshal(raw, a); err != nil {
+			return nil, nil, fmt.Errorf("reading sigra config: %w", err)
+		}
+	}
+	a.logger = caddy.Log()
+	a.slog = slog.New(slog.DiscardHandler)
+	if err := a.setDefaults(); err != nil {
+		return nil, nil, err
+	}
+	if err := a.Validate(); err != nil {
+		return nil, nil, err
+	}
+	return cfgJSON, a, nil
+}
+
+func viaAdminAPI(cfgJSON []byte, cf cliFlags, path string, req userRequest) (*userResult, error) {
+	addr, err := caddycmd.DetermineAdminAPIAddress("", cfgJSON, cf.config, cf.adapter)
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(req)
+	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodPost, "/sigra/users", nil, bytes.NewReader(body))
+	if err != nil {
+		// AdminAPIRequest turns a 4xx/5xx answer into an error carrying
+		// the body: that is Caddy answering, not an unreachable endpoint.
+		if _, answer, ok := strings.Cut(err.Error(), "caddy responded with error: "); ok {
+			var apiErr struct {
+				Error string `json:"error"`
+			}
+			if _, js, ok := strings.Cut(answer, ": "); ok && json.Unmarshal([]byte(js), &apiErr) == nil && apiErr.Error != "" {
+				return nil, errors.New(apiErr.Error)
+			}
+			return nil, fmt.Errorf("admin API at %s: %s", addr, answer)
+		}
+		return nil, fmt.Errorf("%s is locked by a running Caddy, and its admin API at %s did not answer (%v): "+
+			"stop Caddy, or enable its admin endpoint", path, addr, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if resp.StatusCode != http.StatusOK {
+		var apiErr struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &apiErr) == nil && apiErr.Error != "" {
+			return nil, errors.New(apiErr.Error)
+		}
+		return nil, fmt.Errorf("admin API at %s: %s", addr, resp.Status)
+	}
+	var res userResult
+	if err := json.Unmarshal(data, &res); err != nil {
+		return nil, fmt.Errorf("admin API answer: %w", err)
+	}
+	return &res, nil
+}

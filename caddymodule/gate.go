@@ -1,0 +1,237 @@
+package caddymodule
+
+import (
+	"errors"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+func init() {
+	caddy.RegisterModule(Gate{})
+}
+
+// varGateDecided marks a request that a sigra_gate has already decided:
+// the first (most specific) gate decides alone, the others step aside.
+const varGateDecided = "sigra.gate_decided"
+
+// Gate requires a signed-in session plus the listed requirements, then
+// injects identity headers and passes the request on. Every incoming
+// X-Sigra-* header (and the alias family, when on) is removed first, on
+// every request, whatever the outcome.
+type Gate struct {
+	// Optional lets anonymous requests through (with no identity); signed
+	// in requests still get identity headers.
+	Optional bool `json:"optional,omitempty"`
+	// MFA requires a second factor in this session, done within MaxAge.
+	MFA *MFARequirement `json:"mfa,omitempty"`
+	// AMR requires that the session used at least one of these methods
+	// (pwd, otp, hwk, swk, mfa, oidc, saml, email).
+	AMR []string `json:"amr,omitempty"`
+	// Groups requires membership in at least one of these groups.
+	Groups []string `json:"groups,omitempty"`
+
+	app     *App
+	logger  *zap.Logger
+	origins *originCache
+}
+
+// MFARequirement is the `mfa` requirement.
+type MFARequirement struct {
+	// MaxAge is how recent the second factor must be; 0 means any time
+	// in this session.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Gate) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.sigra_gate",
+		New: func() caddy.Module { return new(Gate) },
+	}
+}
+
+// knownAMR are the method names a session can carry.
+var knownAMR = []string{
+	authcore.AMRPassword, authcore.AMROTP, authcore.AMRHardware, authcore.AMRSoftware,
+	authcore.AMRMFA, authcore.AMROIDC, authcore.AMRSAML, authcore.AMREmail,
+}
+
+// Provision finds the sigra app.
+func (g *Gate) Provision(ctx caddy.Context) error {
+	app, err := sigraApp(ctx)
+	if err != nil {
+		return err
+	}
+	g.app = app
+	g.logger = ctx.Logger()
+	g.origins = new(originCache)
+	return nil
+}
+
+// Validate checks the requirements.
+func (g *Gate) Validate() error {
+	for _, m := range g.AMR {
+		if !slices.Contains(knownAMR, m) {
+			return errors.New("amr: unknown method " + m)
+		}
+	}
+	if g.MFA != nil && g.MFA.MaxAge < 0 {
+		return errors.New("mfa: max_age must not be negative")
+	}
+	return nil
+}
+
+// denial is why a request did not pass.
+type denial struct {
+	status int
+	reason string // stable code, also the metrics label
+	detail string // safe for the client
+	stepUp bool   // a browser should go to the MFA page
+}
+
+var (
+	denyMFA   = &denial{status: http.StatusUnauthorized, reason: "mfa_required", detail: "a recent second factor is required", stepUp: true}
+	denyAMR   = &denial{status: http.StatusForbidden, reason: "amr", detail: "this sign-in method is not allowed here"}
+	denyGroup = &denial{status: http.StatusForbidden, reason: "group", detail: "you are not in a group allowed here"}
+)
+
+// check applies the requirements to a signed-in principal.
+func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
+	if g.MFA != nil {
+		s := p.Session
+		if !s.MFA() || (g.MFA.MaxAge > 0 && now.Sub(s.MFAAt) > time.Duration(g.MFA.MaxAge)) {
+			return denyMFA
+		}
+	}
+	if len(g.AMR) > 0 && !slices.ContainsFunc(g.AMR, p.Session.HasAMR) {
+		return denyAMR
+	}
+	if len(g.Groups) > 0 && !slices.ContainsFunc(g.Groups, p.User.InGroup) {
+		return denyGroup
+	}
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	stripIdentity(r.Header, g.app.remoteAliases)
+	ctx := r.Context()
+	if decided, _ := caddyhttp.GetVar(ctx, varGateDecided).(bool); decided {
+		return next.ServeHTTP(w, r)
+	}
+	caddyhttp.SetVar(ctx, varGateDecided, true)
+
+	rt := g.app.runtime(ctx)
+	if rt == nil {
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
+	}
+	var p *authcore.Principal
+	pending := false
+	if token := cookieValue(r, sessionCookieName(isSecure(r))); token != "" {
+		var err error
+		p, err = rt.auth.Authenticate(ctx, token)
+		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
+			// Fail closed: a storage error passes nothing upstream.
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if p != nil && p.Session.Pending {
+			p, pending = nil, true
+		}
+	}
+	if p == nil {
+		if g.Optional {
+			return next.ServeHTTP(w, r)
+		}
+		if pending {
+			return g.deny(w, r, &denial{status: http.StatusUnauthorized, reason: "mfa_pending", detail: "finish signing in with your second factor", stepUp: true})
+		}
+		return g.deny(w, r, &denial{status: http.StatusUnauthorized, reason: "login_required", detail: "sign in required"})
+	}
+	now := rt.auth.Now()
+	if d := g.check(p, now); d != nil {
+		return g.deny(w, r, d)
+	}
+	origin := g.origins.origin(r)
+	aud := g.app.AssertionAudience
+	if aud == "" {
+		aud = origin
+	}
+	assertion, err := rt.keys.Assertion(p, origin, aud, now)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	g.inject(r, p, assertion)
+	return next.ServeHTTP(w, r)
+}
+
+// inject sets the identity headers and placeholders.
+func (g *Gate) inject(r *http.Request, p *authcore.Principal, assertion string) {
+	h := r.Header
+	h[hdrUser] = []string{p.User.ID}
+	h[hdrEmail] = []string{p.User.Email}
+	if p.User.Name != "" {
+		h[hdrName] = []string{p.User.Name}
+	}
+	h[hdrGroups] = []string{p.GroupsCSV}
+	h[hdrAMR] = []string{p.AMRCSV}
+	h[hdrSession] = []string{p.SessionID}
+	h[hdrAssertion] = []string{assertion}
+	if g.app.remoteAliases {
+		h["Remote-User"] = []string{p.User.ID}
+		h["Remote-Email"] = []string{p.User.Email}
+		h["Remote-Groups"] = []string{p.GroupsCSV}
+		if p.User.Name != "" {
+			h["Remote-Name"] = []string{p.User.Name}
+		}
+	}
+	// Placeholders, like Caddy's own authentication handler, so header_up
+	// and log directives can use them.
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.auth.user.id", p.User.ID)
+		repl.Set("http.auth.user.email", p.User.Email)
+	}
+}
+
+// deny answers a request that did not pass: browsers get a redirect (to
+// sign in or step up) or a small page; other clients problem+json.
+func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial) error {
+	prefix := g.app.Prefix
+	if d.status == http.StatusUnauthorized {
+		if wantsHTML(r) {
+			page := "/login"
+			if d.stepUp {
+				page = "/mfa"
+			}
+			w.Header().Set("Cache-Control", "no-store")
+			http.Redirect(w, r, loginURL(prefix, page, r), http.StatusFound)
+			return nil
+		}
+		w.Header().Set("WWW-Authenticate", `Sigra realm="`+requestHost(r)+`", login="`+prefix+`/login"`)
+		writeProblem(w, d.status, d.reason, d.detail)
+		return nil
+	}
+	if wantsHTML(r) {
+		nonce := newNonce()
+		setPageHeaders(w.Header(), nonce, nil)
+		return renderPage(w, d.status, "message", pageData{
+			Title: http.StatusText(d.status), Nonce: nonce, Prefix: prefix,
+			Message: "You do not have access to this page: " + d.detail + ".",
+		})
+	}
+	writeProblem(w, d.status, d.reason, d.detail)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Gate)(nil)
+	_ caddy.Validator             = (*Gate)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Gate)(nil)
+)

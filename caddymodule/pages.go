@@ -1,0 +1,76 @@
+package caddymodule
+
+import (
+	"bytes"
+	"crypto/rand"
+	"embed"
+	"encoding/base64"
+	"html/template"
+	"net/http"
+	"strings"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+// pageNames are the portal pages; each is templates/<name>.html defining
+// "content", rendered inside templates/layout.html.
+var pageNames = []string{"login", "logout", "message", "account"}
+
+var pages = func() map[string]*template.Template {
+	m := make(map[string]*template.Template, len(pageNames))
+	for _, name := range pageNames {
+		m[name] = template.Must(template.New(name).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html"))
+	}
+	return m
+}()
+
+// pageData is what every page template receives.
+type pageData struct {
+	Title  string
+	Nonce  string
+	Prefix string
+	CSRF   string
+	RD     string
+	Wide   bool
+	Error  string
+	Email  string
+	// message page
+	Message string
+	Link    string
+	// account page
+	User           any
+	Sessions       any
+	CurrentSession string
+}
+
+// newNonce returns a per-response CSP nonce.
+func newNonce() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawStdEncoding.EncodeToString(b[:])
+}
+
+// setPageHeaders sets the headers every portal response carries.
+func setPageHeaders(h http.Header, nonce string, formTargets []string) {
+	csp := "default-src 'none'; style-src 'nonce-" + nonce + "'; img-src 'self' data:; " +
+		"form-action 'self'" + strings.Join(formTargets, "") + "; frame-ancestors 'none'; base-uri 'none'"
+	h.Set("Content-Security-Policy", csp)
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+}
+
+// renderPage writes a page with status. Rendering goes to a buffer first
+// so a template error never leaves half a page.
+func renderPage(w http.ResponseWriter, status int, name string, d pageData) error {
+	var buf bytes.Buffer
+	if err := pages[name].ExecuteTemplate(&buf, "layout", d); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_, err := w.Write(buf.Bytes())
+	return err
+}

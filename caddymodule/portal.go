@@ -1,0 +1,395 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+func init() {
+	caddy.RegisterModule(Portal{})
+}
+
+// maxFormBody caps portal form and JSON bodies.
+const maxFormBody = 64 << 10
+
+// Portal serves the sign-in portal under the app's prefix (default
+// /.sigra): login, logout, account, JWKS and health. Requests outside the
+// prefix pass through, with forged identity headers removed.
+type Portal struct {
+	app     *App
+	logger  *zap.Logger
+	origins *originCache
+	// formTargets are extra CSP form-action sources (allowed redirect
+	// hosts), each with a leading space.
+	formTargets []string
+}
+
+// CaddyModule returns the Caddy module information.
+func (Portal) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.sigra_portal",
+		New: func() caddy.Module { return new(Portal) },
+	}
+}
+
+// Provision finds the sigra app.
+func (p *Portal) Provision(ctx caddy.Context) error {
+	app, err := sigraApp(ctx)
+	if err != nil {
+		return err
+	}
+	p.app = app
+	p.logger = ctx.Logger()
+	p.origins = new(originCache)
+	for _, h := range app.AllowedRedirectHosts {
+		p.formTargets = append(p.formTargets, " https://"+h, " http://"+h)
+	}
+	return nil
+}
+
+// sigraApp loads the sigra app (with defaults if the Caddyfile has no
+// global sigra block).
+func sigraApp(ctx caddy.Context) (*App, error) {
+	v, err := ctx.App("sigra")
+	if err != nil {
+		return nil, fmt.Errorf("loading sigra app: %w", err)
+	}
+	return v.(*App), nil
+}
+
+// preq is one portal request being served.
+type preq struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	rt     *runtime
+	p      *Portal
+	origin string
+	secure bool
+	nonce  string
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	stripIdentity(r.Header, p.app.remoteAliases)
+	prefix := p.app.Prefix
+	sub, ok := strings.CutPrefix(r.URL.Path, prefix)
+	if !ok || (sub != "" && sub[0] != '/') {
+		return next.ServeHTTP(w, r)
+	}
+	rt := p.app.runtime(r.Context())
+	if rt == nil {
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
+	}
+	q := &preq{w: w, r: r, rt: rt, p: p, origin: p.origins.origin(r), secure: isSecure(r), nonce: newNonce()}
+	setPageHeaders(w.Header(), q.nonce, p.formTargets)
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
+	}
+	switch sub {
+	case "/login":
+		return q.route(q.loginPage, q.loginSubmit)
+	case "/logout":
+		return q.route(q.logoutPage, q.logoutSubmit)
+	case "", "/", "/account":
+		return q.route(q.accountPage, nil)
+	case "/account/sessions/revoke":
+		return q.route(nil, q.revokeSession)
+	case "/jwks.json":
+		return q.route(q.jwks, nil)
+	case "/healthz":
+		return q.route(q.healthz, nil)
+	}
+	return q.message(http.StatusNotFound, "Not found", "There is no such page.", "")
+}
+
+// route dispatches by method: GET and HEAD never change state; POST is
+// checked for origin and body size before its handler runs.
+func (q *preq) route(get, post func() error) error {
+	switch q.r.Method {
+	case http.MethodGet, http.MethodHead:
+		if get != nil {
+			return get()
+		}
+	case http.MethodPost:
+		if post != nil {
+			if !sameOrigin(q.r, q.origin) {
+				return q.message(http.StatusForbidden, "Request refused", "This form was sent from another site.", "")
+			}
+			if err := q.r.ParseForm(); err != nil {
+				if isTooLarge(err) {
+					return q.message(http.StatusRequestEntityTooLarge, "Request too large", "The form is larger than allowed.", "")
+				}
+				return q.message(http.StatusBadRequest, "Bad request", "The form could not be read.", "")
+			}
+			return post()
+		}
+	}
+	allow := []string{}
+	if get != nil {
+		allow = append(allow, "GET", "HEAD")
+	}
+	if post != nil {
+		allow = append(allow, "POST")
+	}
+	q.w.Header().Set("Allow", strings.Join(allow, ", "))
+	return q.message(http.StatusMethodNotAllowed, "Method not allowed", "This page does not take that method.", "")
+}
+
+func (q *preq) page(status int, name string, d pageData) error {
+	d.Nonce, d.Prefix = q.nonce, q.p.app.Prefix
+	if d.Title == "" {
+		d.Title = "Sign in"
+	}
+	return renderPage(q.w, status, name, d)
+}
+
+func (q *preq) message(status int, title, msg, link string) error {
+	return q.page(status, "message", pageData{Title: title, Message: msg, Link: link})
+}
+
+func (q *preq) ctx() context.Context { return q.r.Context() }
+
+// rd returns the safe return URL from the request (query or form).
+func (q *preq) rd() string {
+	return authcore.CleanRedirect(q.r.FormValue("rd"), requestHost(q.r), q.p.app.AllowedRedirectHosts)
+}
+
+// session returns the signed-in (or pending) principal of the request, or
+// nil. Storage errors are returned.
+func (q *preq) session() (*authcore.Principal, error) {
+	token := cookieValue(q.r, sessionCookieName(q.secure))
+	if token == "" {
+		return nil, nil
+	}
+	p, err := q.rt.auth.Authenticate(q.ctx(), token)
+	if errors.Is(err, authcore.ErrNoSession) {
+		return nil, nil
+	}
+	return p, err
+}
+
+// anonBinding returns the pre-session CSRF binding, setting the cookie
+// that carries it when absent.
+func (q *preq) anonBinding() string {
+	v := cookieValue(q.r, csrfCookieName(q.secure))
+	if len(v) < 16 || len(v) > 64 {
+		_, id := authcore.NewToken()
+		v = id.String()
+		http.SetCookie(q.w, &http.Cookie{
+			Name: csrfCookieName(q.secure), Value: v, Path: "/", HttpOnly: true,
+			Secure: q.secure, SameSite: http.SameSiteLaxMode,
+		})
+	}
+	return "a:" + v
+}
+
+func sessionBinding(p *authcore.Principal) string { return "s:" + p.SessionID }
+
+func (q *preq) loginPage() error {
+	p, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p != nil && !p.Session.Pending {
+		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
+		return nil
+	}
+	return q.page(http.StatusOK, "login", pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd()})
+}
+
+func (q *preq) loginSubmit() error {
+	binding := "a:" + cookieValue(q.r, csrfCookieName(q.secure))
+	email := q.r.PostFormValue("email")
+	rerender := func(status int, msg string) error {
+		return q.page(status, "login", pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd(), Error: msg, Email: email})
+	}
+	if !q.rt.csrf.Valid(binding, q.r.PostFormValue("csrf_token")) {
+		return rerender(http.StatusForbidden, "The form expired. Please try again.")
+	}
+	u, err := q.rt.auth.CheckPassword(q.ctx(), email, q.r.PostFormValue("password"))
+	if errors.Is(err, authcore.ErrInvalidCredentials) {
+		return rerender(http.StatusUnauthorized, "Incorrect email or password.")
+	}
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	// A new session at every sign-in; the old one, if any, ends.
+	if old, _ := q.session(); old != nil {
+		_ = q.rt.auth.EndSession(q.ctx(), old.Session.ID)
+	}
+	token, sess, err := q.rt.auth.StartSession(q.ctx(), u, []string{authcore.AMRPassword},
+		authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent()})
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	q.setSessionCookie(token)
+	target := q.rd()
+	if sess.Pending {
+		target = q.p.app.Prefix + "/mfa?rd=" + url.QueryEscape(target)
+	}
+	http.Redirect(q.w, q.r, target, http.StatusSeeOther)
+	return nil
+}
+
+func (q *preq) setSessionCookie(token string) {
+	http.SetCookie(q.w, &http.Cookie{
+		Name: sessionCookieName(q.secure), Value: token, Path: "/", HttpOnly: true, Secure: q.secure,
+		SameSite: http.SameSiteLaxMode, MaxAge: int(q.rt.auth.Config().Lifetime / time.Second),
+	})
+}
+
+func (q *preq) clearSessionCookie() {
+	http.SetCookie(q.w, &http.Cookie{
+		Name: sessionCookieName(q.secure), Value: "", Path: "/", HttpOnly: true, Secure: q.secure,
+		SameSite: http.SameSiteLaxMode, MaxAge: -1,
+	})
+}
+
+func (q *preq) logoutPage() error {
+	p, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p == nil {
+		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login", http.StatusSeeOther)
+		return nil
+	}
+	return q.page(http.StatusOK, "logout", pageData{Title: "Sign out", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.rd(), Email: p.User.Email})
+}
+
+func (q *preq) logoutSubmit() error {
+	p, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p == nil {
+		q.clearSessionCookie()
+		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login", http.StatusSeeOther)
+		return nil
+	}
+	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
+		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/logout")
+	}
+	if err := q.rt.auth.EndSession(q.ctx(), p.Session.ID); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	q.clearSessionCookie()
+	http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
+	return nil
+}
+
+// signedIn returns the fully signed-in principal, or redirects the
+// browser to sign in and returns nil.
+func (q *preq) signedIn() (*authcore.Principal, error) {
+	p, err := q.session()
+	if err != nil {
+		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p == nil || p.Session.Pending {
+		page := "/login"
+		if p != nil {
+			page = "/mfa"
+		}
+		http.Redirect(q.w, q.r, loginURL(q.p.app.Prefix, page, q.r), http.StatusSeeOther)
+		return nil, nil
+	}
+	return p, nil
+}
+
+func (q *preq) accountPage() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	sessions, err := q.rt.store.UserSessions(q.ctx(), p.User.ID)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	return q.page(http.StatusOK, "account", pageData{
+		Title: "Your account", Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)),
+		User: p.User, Sessions: sessions, CurrentSession: p.SessionID,
+	})
+}
+
+func (q *preq) revokeSession() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
+		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account")
+	}
+	id, err := authcore.ParseSessionID(q.r.PostFormValue("session"))
+	if err != nil {
+		return q.message(http.StatusBadRequest, "Bad request", "No such session.", q.p.app.Prefix+"/account")
+	}
+	s, err := q.rt.store.GetSession(q.ctx(), id)
+	if errors.Is(err, authcore.ErrNotFound) || (err == nil && s.UserID != p.User.ID) {
+		return q.message(http.StatusNotFound, "Not found", "No such session.", q.p.app.Prefix+"/account")
+	}
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
+	return nil
+}
+
+func (q *preq) jwks() error {
+	h := q.w.Header()
+	h.Del("Content-Security-Policy")
+	h.Set("Content-Type", "application/jwk-set+json")
+	h.Set("Cache-Control", "public, max-age=300")
+	h.Set("Access-Control-Allow-Origin", "*")
+	_, err := q.w.Write(q.rt.keys.JWKS())
+	return err
+}
+
+func (q *preq) healthz() error {
+	ctx, cancel := context.WithTimeout(q.ctx(), 2*time.Second)
+	defer cancel()
+	q.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := q.rt.store.Ping(ctx); err != nil {
+		q.p.logger.Error("health check: storage", zap.Error(err))
+		q.w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = q.w.Write([]byte("storage unavailable\n"))
+		return nil
+	}
+	_, err := q.w.Write([]byte("ok\n"))
+	return err
+}
+
+// Cookie names: on HTTPS the __Host- prefix pins the cookie to this exact
+// host, path / and Secure; plain HTTP (the localhost demo) cannot use it.
+func sessionCookieName(secure bool) string {
+	if secure {
+		return "__Host-sigra_session"
+	}
+	return "sigra_session"
+}
+
+func csrfCookieName(secure bool) string {
+	if secure {
+		return "__Host-sigra_csrf"
+	}
+	return "sigra_csrf"
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Portal)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Portal)(nil)
+)

@@ -1,0 +1,200 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Identity headers sent upstream (DESIGN.md section 4).
+const (
+	hdrUser      = "X-Sigra-User"
+	hdrEmail     = "X-Sigra-Email"
+	hdrName      = "X-Sigra-Name"
+	hdrGroups    = "X-Sigra-Groups"
+	hdrOrg       = "X-Sigra-Org"
+	hdrAMR       = "X-Sigra-Amr"
+	hdrFlags     = "X-Sigra-Flags"
+	hdrSession   = "X-Sigra-Session"
+	hdrAssertion = "X-Sigra-Assertion"
+)
+
+// isIdentityHeader reports whether an incoming header name could be read
+// upstream as identity: anything starting with X-Sigra- (any case, and
+// with '_' for '-', which CGI-style upstreams treat alike) and, with the
+// remote alias family on, Remote-User/-Email/-Groups/-Name.
+func isIdentityHeader(name string, remote bool) bool {
+	if hasFoldPrefix(name, "x-sigra-") {
+		return true
+	}
+	if remote && hasFoldPrefix(name, "remote-") {
+		rest := name[len("remote-"):]
+		return foldEq(rest, "user") || foldEq(rest, "email") || foldEq(rest, "groups") || foldEq(rest, "name")
+	}
+	return false
+}
+
+// hasFoldPrefix compares ASCII case-insensitively, '_' matching '-'.
+func hasFoldPrefix(s, prefix string) bool {
+	return len(s) >= len(prefix) && foldEq(s[:len(prefix)], prefix)
+}
+
+func foldEq(s, lower string) bool {
+	if len(s) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		} else if c == '_' {
+			c = '-'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// stripIdentity removes every header a client could use to forge identity.
+func stripIdentity(h http.Header, remote bool) {
+	for k := range h {
+		if isIdentityHeader(k, remote) {
+			delete(h, k)
+		}
+	}
+}
+
+// cookieValue finds a cookie without parsing all cookies (no allocation).
+func cookieValue(r *http.Request, name string) string {
+	for _, line := range r.Header["Cookie"] {
+		for len(line) > 0 {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			part = strings.TrimSpace(part)
+			if len(part) > len(name) && part[len(name)] == '=' && part[:len(name)] == name {
+				v := part[len(name)+1:]
+				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+					v = v[1 : len(v)-1]
+				}
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// isSecure reports whether the client reached Caddy (or a trusted proxy in
+// front of it) over HTTPS.
+func isSecure(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	return trusted(r) && strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+}
+
+func trusted(r *http.Request) bool {
+	t, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	return t
+}
+
+// requestHost is the host (and port) the client asked for; from a trusted
+// proxy, X-Forwarded-Host.
+func requestHost(r *http.Request) string {
+	if trusted(r) {
+		if h := r.Header.Get("X-Forwarded-Host"); h != "" {
+			h, _, _ = strings.Cut(h, ",")
+			return strings.TrimSpace(h)
+		}
+	}
+	return r.Host
+}
+
+// clientIP is the client address as resolved by Caddy (trusted_proxies
+// and all); never a raw X-Forwarded-For.
+func clientIP(r *http.Request) string {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return ip
+}
+
+// originCache remembers the last origin string built, so the hot path
+// does not concatenate one per request.
+type originCache struct {
+	last atomic.Pointer[originEntry]
+}
+
+type originEntry struct {
+	secure bool
+	host   string
+	origin string
+}
+
+// origin returns scheme://host for the request.
+func (c *originCache) origin(r *http.Request) string {
+	secure, host := isSecure(r), requestHost(r)
+	if e := c.last.Load(); e != nil && e.secure == secure && e.host == host {
+		return e.origin
+	}
+	scheme := "http://"
+	if secure {
+		scheme = "https://"
+	}
+	e := &originEntry{secure: secure, host: host, origin: scheme + host}
+	c.last.Store(e)
+	return e.origin
+}
+
+// wantsHTML reports whether the client is a browser navigating.
+func wantsHTML(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// problem is an RFC 9457 problem detail.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	// Reason is a stable machine-readable code (e.g. "login_required").
+	Reason string `json:"reason,omitempty"`
+}
+
+func writeProblem(w http.ResponseWriter, status int, reason, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(problem{
+		Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail, Reason: reason,
+	})
+}
+
+// sameOrigin checks the browser's own statement of where a state-changing
+// request came from: when Sec-Fetch-Site or Origin is present it must say
+// same-origin.
+func sameOrigin(r *http.Request, origin string) bool {
+	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" {
+		return false
+	}
+	if o := r.Header.Get("Origin"); o != "" && o != origin {
+		return false
+	}
+	return true
+}
+
+// loginURL is the portal login page with a return URL.
+func loginURL(prefix, page string, r *http.Request) string {
+	return prefix + page + "?rd=" + url.QueryEscape(r.URL.RequestURI())
+}
+
+// isTooLarge reports whether err came from a body over its limit.
+func isTooLarge(err error) bool {
+	var mbe *http.MaxBytesError
+	return errors.As(err, &mbe)
+}

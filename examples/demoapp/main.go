@@ -1,0 +1,117 @@
+// Command demoapp is the "unmodified application" of the Sigra demo: it
+// knows nothing about sign-in and only reads the identity headers the
+// gateway sends. It also shows how an upstream verifies the signed
+// assertion (X-Sigra-Assertion) against the gateway's JWKS with go-jose.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"html/template"
+	"io"
+	"log"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:3000", "address to serve on")
+	jwksURL := flag.String("jwks", "http://localhost:8080/.sigra/jwks.json", "the gateway's JWKS")
+	flag.Parse()
+	v := &verifier{url: *jwksURL}
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		var hdrs [][2]string
+		for k, vals := range r.Header {
+			if strings.HasPrefix(k, "X-Sigra-") && k != "X-Sigra-Assertion" {
+				hdrs = append(hdrs, [2]string{k, strings.Join(vals, ", ")})
+			}
+		}
+		sort.Slice(hdrs, func(i, j int) bool { return hdrs[i][0] < hdrs[j][0] })
+		claims, verr := v.verify(r.Context(), r.Header.Get("X-Sigra-Assertion"))
+		var claimsJSON string
+		if claims != nil {
+			b, _ := json.MarshalIndent(claims, "", "  ")
+			claimsJSON = string(b)
+		}
+		errText := ""
+		if verr != nil {
+			errText = verr.Error()
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_ = page.Execute(w, map[string]any{"Path": r.URL.Path, "Headers": hdrs, "Claims": claimsJSON, "Err": errText})
+	})
+	log.Printf("demo app on http://%s (behind the gateway: http://localhost:8080)", *listen)
+	log.Fatal(http.ListenAndServe(*listen, nil))
+}
+
+// verifier checks assertions against the JWKS, refetching it when a kid
+// is unknown (key rotation).
+type verifier struct {
+	url  string
+	mu   sync.Mutex
+	keys jose.JSONWebKeySet
+}
+
+func (v *verifier) verify(ctx context.Context, token string) (map[string]any, error) {
+	if token == "" {
+		return nil, errors.New("no assertion (anonymous request)")
+	}
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256})
+	if err != nil {
+		return nil, err
+	}
+	kid := tok.Headers[0].KeyID
+	key, err := v.key(ctx, kid)
+	if err != nil {
+		return nil, err
+	}
+	var std jwt.Claims
+	var all map[string]any
+	if err := tok.Claims(key, &std, &all); err != nil {
+		return nil, fmt.Errorf("signature: %w", err)
+	}
+	if err := std.ValidateWithLeeway(jwt.Expected{Time: time.Now()}, 30*time.Second); err != nil {
+		return nil, err
+	}
+	return all, nil
+}
+
+func (v *verifier) key(ctx context.Context, kid string) (any, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if ks := v.keys.Key(kid); len(ks) > 0 {
+		return ks[0].Key, nil
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, v.url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetching JWKS: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err := json.Unmarshal(body, &v.keys); err != nil {
+		return nil, fmt.Errorf("JWKS: %w", err)
+	}
+	if ks := v.keys.Key(kid); len(ks) > 0 {
+		return ks[0].Key, nil
+	}
+	return nil, fmt.Errorf("no key %q in the JWKS", kid)
+}
+
+var page = template.Must(template.New("p").Parse(`<!doctype html><meta charset="utf-8"><title>Demo app</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem}td{padding:.2rem .8rem .2rem 0;vertical-align:top}code,pre{font-family:ui-monospace,monospace}pre{background:#f3f4f6;padding:1rem;overflow:auto}</style>
+<h1>An unmodified app</h1>
+<p>This page is served by the demo app behind the Sigra gateway. It saw these identity headers for <code>{{.Path}}</code>:</p>
+<table>{{range .Headers}}<tr><td><code>{{index . 0}}</code></td><td><code>{{index . 1}}</code></td></tr>{{else}}<tr><td>none: anonymous</td></tr>{{end}}</table>
+{{if .Claims}}<h2>Assertion verified ✓</h2><p>X-Sigra-Assertion checked against the gateway's JWKS:</p><pre>{{.Claims}}</pre>
+{{else}}<p>Assertion: {{.Err}}</p>{{end}}
+<p><a href="/public/">/public/</a> (sign-in optional) · <a href="/admin/">/admin/</a> (group admins) · <a href="/.sigra/account">account</a> · <a href="/.sigra/logout">sign out</a></p>`))
