@@ -47,4 +47,7 @@ type Store interface {
 
 	// Ping checks that the store is readable.
 	Ping(ctx context.Context) error
+
+	// MFAStore keeps TOTP, recovery codes and regulation state.
+	MFAStore
 }

@@ -22,9 +22,9 @@ func init() {
 const varGateDecided = "sigra.gate_decided"
 
 // Gate requires a signed-in session plus the listed requirements, then
-// injects identity headers and passes the request on. Every incoming
-// X-Sigra-* header (and the alias family, when on) is removed first, on
-// every request, whatever the outcome.
+// injects identity headers and passes the request on. The deciding gate
+// removes every incoming X-Sigra-* header (and the alias family, when on)
+// first, on every request, whatever the outcome.
 type Gate struct {
 	// Optional lets anonymous requests through (with no identity); signed
 	// in requests still get identity headers.
@@ -121,12 +121,14 @@ func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	stripIdentity(r.Header, g.app.remoteAliases)
 	ctx := r.Context()
 	if decided, _ := caddyhttp.GetVar(ctx, varGateDecided).(bool); decided {
+		// The deciding gate already stripped the client's identity
+		// headers and set ours: stripping again would remove ours.
 		return next.ServeHTTP(w, r)
 	}
 	caddyhttp.SetVar(ctx, varGateDecided, true)
+	stripIdentity(r.Header, g.app.remoteAliases)
 
 	rt := g.app.runtime(ctx)
 	if rt == nil {

@@ -201,7 +201,9 @@ func (q *preq) loginPage() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if p != nil && !p.Session.Pending {
+	// Already signed in and on the way somewhere: go there. Without a
+	// return URL the form shows, to sign in as someone else.
+	if p != nil && !p.Session.Pending && q.r.FormValue("rd") != "" {
 		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 		return nil
 	}

@@ -1,5 +1,341 @@
 package store
 
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// The MFA and regulation buckets, under the root bucket:
+//
+//	sigra/v1/
+//	├── totp               user id (16)  → JSON authcore.TOTPRecord (secret sealed by authcore)
+//	├── totp_pending       user id (16)  → JSON authcore.PendingTOTP (secret sealed by authcore)
+//	├── recovery_codes     user id (16)  → unused code hashes, 32 bytes each, concatenated
+//	└── regulation         key (text)    → JSON authcore.RegulationState
+//
+// Regulation keys are "user:<uuid>", "email:<hash>" and "ip:<addr or /64>"
+// (see authcore.Regulator).
+var (
+	bktTOTP          = []byte("totp")
+	bktTOTPPending   = []byte("totp_pending")
+	bktRecoveryCodes = []byte("recovery_codes")
+	bktRegulation    = []byte("regulation")
+)
+
 // mfaBuckets are created by OpenBolt; the MFA and regulation backend lives
 // in this file.
-var mfaBuckets = [][]byte{}
+var mfaBuckets = [][]byte{bktTOTP, bktTOTPPending, bktRecoveryCodes, bktRegulation}
+
+var _ authcore.MFAStore = (*Bolt)(nil)
+
+const recoveryHashLen = 32
+
+func mfaUserKey(userID string) ([]byte, error) {
+	k, ok := userKey(userID)
+	if !ok {
+		return nil, fmt.Errorf("%w: user id %q is not a UUID", authcore.ErrInvalidInput, userID)
+	}
+	return k, nil
+}
+
+func getJSON(b *bolt.Bucket, key []byte, v any) error {
+	data := b.Get(key)
+	if data == nil {
+		return authcore.ErrNotFound
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decoding %s: %w", key, err)
+	}
+	return nil
+}
+
+func putJSON(b *bolt.Bucket, key []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, data)
+}
+
+// PutPendingTOTP implements authcore.MFAStore.
+func (b *Bolt) PutPendingTOTP(ctx context.Context, userID string, p *authcore.PendingTOTP) error {
+	uk, err := mfaUserKey(userID)
+	if err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		return putJSON(bucket(tx, bktTOTPPending), uk, p)
+	})
+}
+
+// PendingTOTP implements authcore.MFAStore.
+func (b *Bolt) PendingTOTP(ctx context.Context, userID string) (*authcore.PendingTOTP, error) {
+	uk, ok := userKey(userID)
+	if !ok {
+		return nil, authcore.ErrNotFound
+	}
+	var p authcore.PendingTOTP
+	err := b.db.View(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTPPending), uk, &p) })
+	if err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// CompleteTOTPEnrolment implements authcore.MFAStore.
+func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, pendingSealed []byte, rec *authcore.TOTPRecord, recoveryHashes [][]byte) error {
+	uk, ok := userKey(userID)
+	if !ok {
+		return authcore.ErrNotFound
+	}
+	codes, err := joinHashes(recoveryHashes)
+	if err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		pending := bucket(tx, bktTOTPPending)
+		var p authcore.PendingTOTP
+		if err := getJSON(pending, uk, &p); err != nil {
+			return err
+		}
+		if !bytes.Equal(p.Sealed, pendingSealed) {
+			return authcore.ErrNotFound // replaced by a newer enrolment
+		}
+		u, err := getUser(tx, uk)
+		if err != nil {
+			return err
+		}
+		if err := pending.Delete(uk); err != nil {
+			return err
+		}
+		if err := putJSON(bucket(tx, bktTOTP), uk, rec); err != nil {
+			return err
+		}
+		if err := putRecoveryCodes(tx, uk, codes); err != nil {
+			return err
+		}
+		u.SecondFactor = true
+		u.UpdatedAt = rec.EnrolledAt
+		return putUser(tx, uk, u)
+	})
+}
+
+// TOTP implements authcore.MFAStore.
+func (b *Bolt) TOTP(ctx context.Context, userID string) (*authcore.TOTPRecord, error) {
+	uk, ok := userKey(userID)
+	if !ok {
+		return nil, authcore.ErrNotFound
+	}
+	var rec authcore.TOTPRecord
+	err := b.db.View(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTP), uk, &rec) })
+	if err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}
+
+// AcceptTOTPStep implements authcore.MFAStore.
+func (b *Bolt) AcceptTOTPStep(ctx context.Context, userID string, step uint64) error {
+	uk, ok := userKey(userID)
+	if !ok {
+		return authcore.ErrNotFound
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := bucket(tx, bktTOTP)
+		var rec authcore.TOTPRecord
+		if err := getJSON(bk, uk, &rec); err != nil {
+			return err
+		}
+		if step <= rec.LastStep {
+			return authcore.ErrTOTPStepUsed
+		}
+		rec.LastStep = step
+		return putJSON(bk, uk, &rec)
+	})
+}
+
+// DeleteTOTP implements authcore.MFAStore.
+func (b *Bolt) DeleteTOTP(ctx context.Context, userID string) error {
+	uk, ok := userKey(userID)
+	if !ok {
+		return authcore.ErrNotFound
+	}
+	found := false
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		if err := bucket(tx, bktTOTPPending).Delete(uk); err != nil {
+			return err
+		}
+		bk := bucket(tx, bktTOTP)
+		found = bk.Get(uk) != nil
+		return bk.Delete(uk)
+	})
+	if err == nil && !found {
+		return authcore.ErrNotFound // the pending delete stands
+	}
+	return err
+}
+
+func joinHashes(hashes [][]byte) ([]byte, error) {
+	out := make([]byte, 0, len(hashes)*recoveryHashLen)
+	for _, h := range hashes {
+		if len(h) != recoveryHashLen {
+			return nil, fmt.Errorf("%w: recovery code hash of %d bytes", authcore.ErrInvalidInput, len(h))
+		}
+		out = append(out, h...)
+	}
+	return out, nil
+}
+
+func putRecoveryCodes(tx *bolt.Tx, uk, codes []byte) error {
+	bk := bucket(tx, bktRecoveryCodes)
+	if len(codes) == 0 {
+		return bk.Delete(uk)
+	}
+	return bk.Put(uk, codes)
+}
+
+// ReplaceRecoveryCodes implements authcore.MFAStore.
+func (b *Bolt) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
+	uk, err := mfaUserKey(userID)
+	if err != nil {
+		return err
+	}
+	codes, err := joinHashes(hashes)
+	if err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error { return putRecoveryCodes(tx, uk, codes) })
+}
+
+// ConsumeRecoveryCode implements authcore.MFAStore. Every stored hash is
+// compared, in constant time, whatever matched.
+func (b *Bolt) ConsumeRecoveryCode(ctx context.Context, userID string, hash []byte) error {
+	uk, ok := userKey(userID)
+	if !ok || len(hash) != recoveryHashLen {
+		return authcore.ErrNotFound
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		codes := bucket(tx, bktRecoveryCodes).Get(uk)
+		found := -1
+		for i := 0; i+recoveryHashLen <= len(codes); i += recoveryHashLen {
+			if subtle.ConstantTimeCompare(codes[i:i+recoveryHashLen], hash) == 1 {
+				found = i
+			}
+		}
+		if found < 0 {
+			return authcore.ErrNotFound
+		}
+		rest := make([]byte, 0, len(codes)-recoveryHashLen)
+		rest = append(append(rest, codes[:found]...), codes[found+recoveryHashLen:]...)
+		return putRecoveryCodes(tx, uk, rest)
+	})
+}
+
+// CountRecoveryCodes implements authcore.MFAStore.
+func (b *Bolt) CountRecoveryCodes(ctx context.Context, userID string) (n int, err error) {
+	uk, ok := userKey(userID)
+	if !ok {
+		return 0, nil
+	}
+	err = b.db.View(func(tx *bolt.Tx) error {
+		n = len(bucket(tx, bktRecoveryCodes).Get(uk)) / recoveryHashLen
+		return nil
+	})
+	return n, err
+}
+
+func getRegulation(bk *bolt.Bucket, key string) (*authcore.RegulationState, error) {
+	var st authcore.RegulationState
+	if err := getJSON(bk, []byte(key), &st); err != nil && !errors.Is(err, authcore.ErrNotFound) {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// UpdateRegulation implements authcore.RegulationStore.
+func (b *Bolt) UpdateRegulation(ctx context.Context, keys []string, fn func([]*authcore.RegulationState) error) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := bucket(tx, bktRegulation)
+		states := make([]*authcore.RegulationState, len(keys))
+		for i, k := range keys {
+			if k == "" {
+				return fmt.Errorf("%w: empty regulation key", authcore.ErrInvalidInput)
+			}
+			st, err := getRegulation(bk, k)
+			if err != nil {
+				return err
+			}
+			states[i] = st
+		}
+		if err := fn(states); err != nil {
+			return err
+		}
+		for i, k := range keys {
+			if states[i].IsZero() {
+				if err := bk.Delete([]byte(k)); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := putJSON(bk, []byte(k), states[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// RegulationState implements authcore.RegulationStore.
+func (b *Bolt) RegulationState(ctx context.Context, key string) (st *authcore.RegulationState, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		st, err = getRegulation(bucket(tx, bktRegulation), key)
+		return err
+	})
+	return st, err
+}
+
+// PruneRegulation implements authcore.RegulationStore.
+func (b *Bolt) PruneRegulation(ctx context.Context, now time.Time) (n int, err error) {
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		bk := bucket(tx, bktRegulation)
+		var stale [][]byte
+		err := bk.ForEach(func(k, v []byte) error {
+			var st authcore.RegulationState
+			if json.Unmarshal(v, &st) != nil || st.Expires.Before(now) {
+				stale = append(stale, clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range stale {
+			if err := bk.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(stale)
+		return nil
+	})
+	return n, err
+}
+
+// deleteUserMFA removes everything this file keeps for a user. DeleteUser
+// should call it in its transaction.
+func deleteUserMFA(tx *bolt.Tx, uk []byte, userID string) error {
+	for _, name := range [][]byte{bktTOTP, bktTOTPPending, bktRecoveryCodes} {
+		if err := bucket(tx, name).Delete(uk); err != nil {
+			return err
+		}
+	}
+	return bucket(tx, bktRegulation).Delete([]byte(authcore.UserAccountKey(userID)))
+}

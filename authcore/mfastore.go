@@ -1,0 +1,115 @@
+package authcore
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrTOTPStepUsed is returned by MFAStore.AcceptTOTPStep when the time step
+// is not newer than the last accepted one: the code was already used (or
+// a newer one was). The Service answers it as ErrInvalidCode.
+var ErrTOTPStepUsed = errors.New("TOTP time step already used")
+
+// PendingTOTP is a TOTP enrolment that was started but not confirmed yet.
+type PendingTOTP struct {
+	// Sealed is the base32 secret sealed with the Service's box, bound to
+	// the user id.
+	Sealed []byte `json:"sealed"`
+	// ExpiresAt is when the enrolment can no longer be confirmed.
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// TOTPRecord is a user's confirmed TOTP authenticator.
+type TOTPRecord struct {
+	// Sealed is the base32 secret sealed with the Service's box, bound to
+	// the user id.
+	Sealed []byte `json:"sealed"`
+	// LastStep is the last accepted time step (Unix time / 30 s). Codes of
+	// this step or an earlier one are refused, so a code works once.
+	LastStep uint64 `json:"last_step"`
+	// EnrolledAt is when the enrolment was confirmed.
+	EnrolledAt time.Time `json:"enrolled_at"`
+}
+
+// MFAStore is the persistence for TOTP authenticators, recovery codes and
+// regulation (lockout) counters. It is part of Store. Implementations
+// return ErrNotFound for missing records; any other error is a storage
+// failure.
+//
+// Methods documented as atomic must do their read, check and write in one
+// transaction that serialises with other writers of the same record
+// (bbolt: one Update; PostgreSQL: SELECT … FOR UPDATE), so that two
+// concurrent uses of one code cannot both succeed.
+type MFAStore interface {
+	// PutPendingTOTP stores a user's pending enrolment, replacing any
+	// earlier one.
+	PutPendingTOTP(ctx context.Context, userID string, p *PendingTOTP) error
+	// PendingTOTP returns the user's pending enrolment, or ErrNotFound.
+	PendingTOTP(ctx context.Context, userID string) (*PendingTOTP, error)
+	// CompleteTOTPEnrolment atomically confirms an enrolment: if the
+	// user's pending enrolment still holds exactly pendingSealed, it
+	// deletes it, stores rec as the user's TOTP (replacing an earlier
+	// one), replaces all recovery codes with recoveryHashes, and sets the
+	// user's SecondFactor flag (UpdatedAt = rec.EnrolledAt). It returns
+	// ErrNotFound, changing nothing, when the pending enrolment is gone or
+	// was replaced, or the user does not exist.
+	CompleteTOTPEnrolment(ctx context.Context, userID string, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) error
+	// TOTP returns the user's confirmed TOTP, or ErrNotFound.
+	TOTP(ctx context.Context, userID string) (*TOTPRecord, error)
+	// AcceptTOTPStep atomically raises the user's LastStep to step. It
+	// returns ErrTOTPStepUsed if step is not greater than LastStep, and
+	// ErrNotFound if the user has no TOTP.
+	AcceptTOTPStep(ctx context.Context, userID string, step uint64) error
+	// DeleteTOTP removes the user's TOTP and any pending enrolment. It
+	// returns ErrNotFound if there was no confirmed TOTP (a pending
+	// enrolment is still removed).
+	DeleteTOTP(ctx context.Context, userID string) error
+
+	// ReplaceRecoveryCodes replaces all of a user's recovery code hashes
+	// (each 32 bytes); an empty list deletes them.
+	ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error
+	// ConsumeRecoveryCode atomically deletes the user's unused recovery
+	// code with this hash, comparing in constant time. It returns
+	// ErrNotFound if there is none.
+	ConsumeRecoveryCode(ctx context.Context, userID string, hash []byte) error
+	// CountRecoveryCodes returns how many unused recovery codes a user has.
+	CountRecoveryCodes(ctx context.Context, userID string) (int, error)
+
+	RegulationStore
+}
+
+// RegulationStore persists regulation counters and bans, so that bans
+// survive restarts and instances sharing one database share them. It
+// stores; the Regulator decides.
+type RegulationStore interface {
+	// UpdateRegulation atomically reads the state of each key (a zero
+	// state for keys it does not hold), calls fn once with them in the
+	// order of keys, and writes back what fn left; states left zero
+	// (IsZero) are deleted. If fn returns an error nothing is written and
+	// UpdateRegulation returns it. Implementations that lock rows lock
+	// them in the order given.
+	UpdateRegulation(ctx context.Context, keys []string, fn func(states []*RegulationState) error) error
+	// RegulationState returns the state of one key (zero if not held).
+	RegulationState(ctx context.Context, key string) (*RegulationState, error)
+	// PruneRegulation deletes states whose Expires is before now and
+	// returns how many.
+	PruneRegulation(ctx context.Context, now time.Time) (int, error)
+}
+
+// RegulationState is what the Regulator keeps per key (an account or a
+// client address).
+type RegulationState struct {
+	// Attempts are the times of counted attempts within the find time,
+	// oldest first: failures, and attempts still being checked.
+	Attempts []time.Time `json:"attempts,omitempty"`
+	// BannedUntil is when the current ban ends; zero if never banned.
+	BannedUntil time.Time `json:"banned_until,omitzero"`
+	// Expires is when the state means nothing any more and may be pruned.
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// IsZero reports whether the state holds nothing worth storing.
+func (s *RegulationState) IsZero() bool {
+	return len(s.Attempts) == 0 && s.BannedUntil.IsZero()
+}

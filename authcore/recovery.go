@@ -1,0 +1,126 @@
+package authcore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// RecoveryCodeCount is how many recovery codes a user gets at a time.
+const RecoveryCodeCount = 10
+
+// Recovery codes are 12 symbols of Crockford's base32 (60 random bits),
+// shown lower-case in groups of four: "7k2m-x9qd-4h0c". The alphabet has no
+// i, l, o or u, and reading them back maps o to 0 and i, l to 1, so codes
+// survive handwriting. 60 bits keep even a stolen hash list out of reach of
+// brute force, so a plain SHA-256 is enough to store them.
+const (
+	recoveryAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+	recoveryLen      = 12
+	recoveryGroup    = 4
+)
+
+// RegenerateRecoveryCodes replaces all of the user's recovery codes with
+// RecoveryCodeCount new ones and returns them in plain text this once. It
+// returns ErrNotEnrolled for a user without a second factor (codes stand
+// in for one). Callers should require a second factor passed recently in
+// the session, as for RemoveTOTP.
+func (s *Service) RegenerateRecoveryCodes(ctx context.Context, userID string) ([]string, error) {
+	u, err := s.store.UserByID(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	if !u.SecondFactor {
+		return nil, ErrNotEnrolled
+	}
+	codes, hashes := newRecoveryCodes(userID)
+	if err := s.store.ReplaceRecoveryCodes(ctx, userID, hashes); err != nil {
+		return nil, err
+	}
+	return codes, nil
+}
+
+// UseRecoveryCode spends one of the user's recovery codes. Case, spaces
+// and dashes do not matter. Each code passes once, also under concurrent
+// requests (the check and the spend are one store transaction).
+//
+// It returns ErrInvalidCode for a malformed, unknown or spent code. On
+// success the caller writes the mfa.recovery_code.used audit row, calls
+// CompleteSecondFactor (AMROTP: a recovery code is a one-time password)
+// and may show RecoveryCodesLeft. Failures count with the Regulator like
+// wrong passwords.
+func (s *Service) UseRecoveryCode(ctx context.Context, userID, code string) error {
+	norm, ok := normalizeRecoveryCode(code)
+	if !ok {
+		return fmt.Errorf("%w: not a recovery code", ErrInvalidCode)
+	}
+	err := s.store.ConsumeRecoveryCode(ctx, userID, recoveryHash(userID, norm))
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: unknown or spent recovery code", ErrInvalidCode)
+	}
+	return err
+}
+
+// RecoveryCodesLeft returns how many unused recovery codes the user has.
+func (s *Service) RecoveryCodesLeft(ctx context.Context, userID string) (int, error) {
+	return s.store.CountRecoveryCodes(ctx, userID)
+}
+
+// newRecoveryCodes returns RecoveryCodeCount fresh codes in display form
+// and their hashes for userID.
+func newRecoveryCodes(userID string) (codes []string, hashes [][]byte) {
+	codes = make([]string, RecoveryCodeCount)
+	hashes = make([][]byte, RecoveryCodeCount)
+	for i := range codes {
+		var raw [recoveryLen]byte
+		_, _ = rand.Read(raw[:])
+		var b strings.Builder
+		for j, r := range raw {
+			if j > 0 && j%recoveryGroup == 0 {
+				b.WriteByte('-')
+			}
+			b.WriteByte(recoveryAlphabet[r&31]) // 32 symbols: unbiased
+		}
+		codes[i] = b.String()
+		norm, _ := normalizeRecoveryCode(codes[i])
+		hashes[i] = recoveryHash(userID, norm)
+	}
+	return codes, hashes
+}
+
+// normalizeRecoveryCode lower-cases a typed code, drops spaces and dashes,
+// and maps the look-alikes o→0 and i, l→1. ok is false unless the result
+// is recoveryLen symbols of the alphabet.
+func normalizeRecoveryCode(s string) (string, bool) {
+	if len(s) > 64 {
+		return "", false
+	}
+	var b strings.Builder
+	for _, r := range strings.ToLower(s) {
+		switch r {
+		case ' ', '-', '\t':
+			continue
+		case 'o':
+			r = '0'
+		case 'i', 'l':
+			r = '1'
+		}
+		if r > 0x7f || !strings.ContainsRune(recoveryAlphabet, r) {
+			return "", false
+		}
+		b.WriteRune(r)
+	}
+	if b.Len() != recoveryLen {
+		return "", false
+	}
+	return b.String(), true
+}
+
+// recoveryHash is the stored form of a normalised code, bound to its user.
+func recoveryHash(userID, norm string) []byte {
+	sum := sha256.Sum256([]byte("sigra/recovery-code/v1\x00" + userID + "\x00" + norm))
+	return sum[:]
+}

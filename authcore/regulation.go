@@ -1,0 +1,379 @@
+package authcore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+)
+
+// RegulationConfig tunes the Regulator (the Caddyfile's regulation block).
+// Zero fields take the defaults noted.
+type RegulationConfig struct {
+	// MaxRetries is how many failed attempts on one account within
+	// FindTime start a ban of the account: the MaxRetries-th failure bans.
+	// Default 5.
+	MaxRetries int
+	// MaxRetriesPerIP is the same for one client address (an IPv4
+	// address, or an IPv6 /64), whatever accounts were tried, so that
+	// trying a few passwords on many accounts is stopped too. Default
+	// 4 × MaxRetries.
+	MaxRetriesPerIP int
+	// FindTime is the window failures are counted in. Default 10m.
+	FindTime time.Duration
+	// BanTime is how long a ban lasts. Default 15m.
+	BanTime time.Duration
+}
+
+func (c *RegulationConfig) setDefaults() {
+	if c.MaxRetries <= 0 {
+		c.MaxRetries = 5
+	}
+	if c.MaxRetriesPerIP <= 0 {
+		c.MaxRetriesPerIP = 4 * c.MaxRetries
+	}
+	if c.FindTime <= 0 {
+		c.FindTime = 10 * time.Minute
+	}
+	if c.BanTime <= 0 {
+		c.BanTime = 15 * time.Minute
+	}
+}
+
+// MaxFailureDelay caps Regulator.Delay.
+const MaxFailureDelay = 3 * time.Second
+
+// Regulator slows down and then bans guessing of passwords and second
+// factors, per account and per client address. Its state lives in a
+// RegulationStore, so bans survive restarts and are shared by instances
+// over one database. It is safe for concurrent use.
+//
+// Every check of a password, TOTP code or recovery code goes like this:
+//
+//	att, err := reg.Begin(ctx, account, ip) // storage error: fail closed
+//	u, err := svc.CheckPassword(ctx, email, pw) // always run it: same work, same timing
+//	if !att.Allowed() || err != nil {
+//		res, _ := att.Fail(ctx)
+//		if res.Lockout() { /* write one auth.lockout row */ }
+//		/* write auth.login.failure (or mfa.challenge.failure), wait res.Delay, answer "invalid email or password" */
+//	}
+//	att.Succeed(ctx, !needsSecondFactor)
+//
+// A refused attempt (Allowed false: a ban, or the account's quota taken by
+// attempts in flight) must look exactly like a wrong password: same page,
+// same status, same delay, whatever the password check said. The account
+// is UserAccountKey(user.ID) for a known user, or Service.AccountKey of
+// what was typed, which gives the same key for every spelling of a known
+// user's email and a stable key for unknown ones, so unknown and known
+// accounts behave alike.
+type Regulator struct {
+	st  RegulationStore
+	clk clock.Clock
+	cfg RegulationConfig
+}
+
+// NewRegulator returns a Regulator over st.
+func NewRegulator(clk clock.Clock, st RegulationStore, cfg RegulationConfig) *Regulator {
+	cfg.setDefaults()
+	return &Regulator{st: st, clk: clk, cfg: cfg}
+}
+
+// Config returns the effective configuration.
+func (r *Regulator) Config() RegulationConfig { return r.cfg }
+
+// UserAccountKey is the regulation key of a known user.
+func UserAccountKey(userID string) string { return "user:" + userID }
+
+// AccountKey returns the regulation key for an identifier typed into a
+// sign-in form: UserAccountKey of the user when it names one, else a key
+// derived from the normalised identifier (hashed: typed strings of
+// strangers are not kept). Errors are storage failures.
+func (s *Service) AccountKey(ctx context.Context, identifier string) (string, error) {
+	norm, err := NormalizeEmail(identifier)
+	if err == nil {
+		u, err := s.store.UserByEmail(ctx, norm)
+		if err == nil {
+			return UserAccountKey(u.ID), nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return "", err
+		}
+	} else {
+		norm = strings.ToLower(strings.TrimSpace(identifier))
+	}
+	sum := sha256.Sum256([]byte("sigra/regulation/v1\x00" + norm))
+	return "email:" + base64.RawURLEncoding.EncodeToString(sum[:16]), nil
+}
+
+// ipKey is the regulation key of a client address: IPv4 addresses count
+// alone, IPv6 addresses by /64 (one subscriber's usual share). "" means
+// no address is known.
+func ipKey(ip string) string {
+	ip = strings.TrimSpace(ip)
+	if ip == "" {
+		return ""
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		ap, perr := netip.ParseAddrPort(ip)
+		if perr != nil {
+			sum := sha256.Sum256([]byte(ip))
+			return "ip:?" + base64.RawURLEncoding.EncodeToString(sum[:16])
+		}
+		a = ap.Addr()
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return "ip:" + p.String()
+	}
+	return "ip:" + a.String()
+}
+
+// Attempt is one regulated check of a credential, from Begin to exactly
+// one call of Fail or Succeed. It is not safe for concurrent use.
+type Attempt struct {
+	r       *Regulator
+	keys    []string // the account, then the address if known
+	limits  []int
+	at      time.Time
+	allowed bool
+	until   time.Time
+	done    bool
+}
+
+// Begin starts an attempt on account (a key from UserAccountKey or
+// Service.AccountKey) from client address ip ("" if unknown). The attempt
+// is allowed unless the account or the address is banned, or attempts in
+// flight already fill the account's or address's quota; an allowed attempt
+// counts as a failure until Succeed says otherwise, so parallel guessing
+// gets no more tries than serial guessing. Errors are storage failures:
+// deny the request.
+func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, error) {
+	if account == "" {
+		return nil, fmt.Errorf("%w: regulation needs an account key", ErrInvalidInput)
+	}
+	a := &Attempt{r: r, keys: []string{account}, limits: []int{r.cfg.MaxRetries}, at: r.clk.Now().UTC()}
+	if k := ipKey(ip); k != "" {
+		a.keys = append(a.keys, k)
+		a.limits = append(a.limits, r.cfg.MaxRetriesPerIP)
+	}
+	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
+		a.allowed, a.until = true, time.Time{}
+		for i, st := range states {
+			r.settle(st, a.at)
+			switch {
+			case a.at.Before(st.BannedUntil):
+				a.allowed = false
+				if st.BannedUntil.After(a.until) {
+					a.until = st.BannedUntil
+				}
+			case len(st.Attempts) >= a.limits[i]:
+				a.allowed = false
+			}
+		}
+		for _, st := range states {
+			if a.allowed {
+				st.Attempts = append(st.Attempts, a.at)
+			}
+			r.stamp(st)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("regulation: %w", err)
+	}
+	return a, nil
+}
+
+// Allowed reports whether the attempt may succeed. When false, the caller
+// still runs the check (same timing) but answers as for a wrong
+// credential, and calls Fail.
+func (a *Attempt) Allowed() bool { return a.allowed }
+
+// BannedUntil is when the ban that refused the attempt ends (zero if
+// none). It is for logs and admins; never tell the client.
+func (a *Attempt) BannedUntil() time.Time { return a.until }
+
+// FailResult is what a failed attempt led to.
+type FailResult struct {
+	// Delay is how long to wait before answering the failure (see
+	// Regulator.Delay): honour ctx while waiting.
+	Delay time.Duration
+	// AccountLocked and IPLocked report that this failure started a ban
+	// of the account or of the client address. Each ban is reported by
+	// exactly one failure.
+	AccountLocked bool
+	IPLocked      bool
+	// Until is when the ban started by this failure ends.
+	Until time.Time
+}
+
+// Lockout reports whether this failure started a ban: write one
+// auth.lockout audit row (metadata: which of account and IP, and Until).
+func (f FailResult) Lockout() bool { return f.AccountLocked || f.IPLocked }
+
+// Fail records that the attempt failed (or was refused). The failure that
+// brings the account to MaxRetries, or the address to MaxRetriesPerIP,
+// within FindTime starts a ban of BanTime and says so once. A refused
+// attempt changes nothing and asks for the longest delay. On a storage
+// error the result still carries a delay to apply.
+func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
+	r := a.r
+	res := FailResult{Delay: MaxFailureDelay}
+	if !a.allowed || a.done {
+		return res, nil
+	}
+	a.done = true
+	now := r.clk.Now().UTC()
+	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
+		res = FailResult{}
+		banned := false
+		failures := 0
+		for i, st := range states {
+			r.settle(st, now)
+			if now.Before(st.BannedUntil) {
+				banned = true
+				r.stamp(st)
+				continue
+			}
+			n := len(st.Attempts)
+			if i > 0 { // the address: scale to the account's threshold
+				n = n * r.cfg.MaxRetries / r.cfg.MaxRetriesPerIP
+			}
+			failures = max(failures, n)
+			if len(st.Attempts) >= a.limits[i] {
+				st.BannedUntil, st.Attempts = now.Add(r.cfg.BanTime), nil
+				res.Until, banned = st.BannedUntil, true
+				if i == 0 {
+					res.AccountLocked = true
+				} else {
+					res.IPLocked = true
+				}
+			}
+			r.stamp(st)
+		}
+		res.Delay = r.Delay(failures)
+		if banned {
+			res.Delay = MaxFailureDelay
+		}
+		return nil
+	})
+	if err != nil {
+		return FailResult{Delay: MaxFailureDelay}, fmt.Errorf("regulation: %w", err)
+	}
+	return res, nil
+}
+
+// Succeed records that the attempt passed: it no longer counts as a
+// failure. With signedIn (every required factor has now passed) the
+// account's earlier failures are cleared as well. Pass signedIn false for
+// a correct password that leaves the session waiting for a second factor,
+// so that a known password cannot reset the count of wrong second-factor
+// codes. The address's other failures always stay (one account's success
+// says nothing about the others tried from there). A ban is never lifted
+// here. Succeed on a refused attempt returns ErrInvalidCredentials: a
+// refused attempt never succeeds.
+func (a *Attempt) Succeed(ctx context.Context, signedIn bool) error {
+	if !a.allowed {
+		return ErrInvalidCredentials
+	}
+	if a.done {
+		return nil
+	}
+	a.done = true
+	r := a.r
+	now := r.clk.Now().UTC()
+	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
+		for i, st := range states {
+			r.settle(st, now)
+			if j := slices.IndexFunc(st.Attempts, a.at.Equal); j >= 0 {
+				st.Attempts = slices.Delete(st.Attempts, j, j+1)
+			}
+			if i == 0 && signedIn {
+				st.Attempts = nil
+			}
+			r.stamp(st)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("regulation: %w", err)
+	}
+	return nil
+}
+
+// Delay is how long to hold back the answer to a failure when this many
+// failures are counted: nothing for the first two, then 0.5 s, 1 s, 2 s,
+// and MaxFailureDelay from the sixth on.
+func (r *Regulator) Delay(failures int) time.Duration {
+	if failures < 3 {
+		return 0
+	}
+	if failures-3 >= 3 {
+		return MaxFailureDelay
+	}
+	return min(500*time.Millisecond<<(failures-3), MaxFailureDelay)
+}
+
+// Unlock lifts a user's account ban and clears its failures (caddy sigra
+// user unlock, the admin API's users/<id>/unlock). Bans of client
+// addresses stay. The caller audits admin.user.unlock.
+func (r *Regulator) Unlock(ctx context.Context, userID string) error {
+	return r.st.UpdateRegulation(ctx, []string{UserAccountKey(userID)}, func(states []*RegulationState) error {
+		*states[0] = RegulationState{}
+		return nil
+	})
+}
+
+// AccountBan returns when the user's account ban ends, or the zero time
+// if the account is not banned (for the admin pages).
+func (r *Regulator) AccountBan(ctx context.Context, userID string) (time.Time, error) {
+	st, err := r.st.RegulationState(ctx, UserAccountKey(userID))
+	if err != nil {
+		return time.Time{}, err
+	}
+	if r.clk.Now().Before(st.BannedUntil) {
+		return st.BannedUntil, nil
+	}
+	return time.Time{}, nil
+}
+
+// Prune forgets states whose failures and bans are all over. Run it now and
+// then (every few minutes); it only bounds the store's size.
+func (r *Regulator) Prune(ctx context.Context) (int, error) {
+	return r.st.PruneRegulation(ctx, r.clk.Now())
+}
+
+// settle brings a state to now: an ended ban is forgotten together with the
+// failures that led to it, and attempts older than FindTime drop out.
+func (r *Regulator) settle(st *RegulationState, now time.Time) {
+	if !st.BannedUntil.IsZero() && !now.Before(st.BannedUntil) {
+		st.BannedUntil, st.Attempts = time.Time{}, nil
+	}
+	cutoff := now.Add(-r.cfg.FindTime)
+	st.Attempts = slices.DeleteFunc(st.Attempts, func(t time.Time) bool { return !t.After(cutoff) })
+	if len(st.Attempts) == 0 {
+		st.Attempts = nil
+	}
+}
+
+// stamp sets when a state can be pruned.
+func (r *Regulator) stamp(st *RegulationState) {
+	st.Expires = st.BannedUntil
+	for _, t := range st.Attempts {
+		if e := t.Add(r.cfg.FindTime); e.After(st.Expires) {
+			st.Expires = e
+		}
+	}
+	if st.IsZero() {
+		st.Expires = time.Time{}
+	}
+}

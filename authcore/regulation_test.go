@@ -1,0 +1,440 @@
+package authcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+)
+
+// memRegulationStore is an in-memory RegulationStore. One mutex stands in
+// for the database transaction.
+type memRegulationStore struct {
+	mu sync.Mutex
+	m  map[string]RegulationState
+}
+
+func newMemRegulationStore() *memRegulationStore {
+	return &memRegulationStore{m: map[string]RegulationState{}}
+}
+
+func (s *memRegulationStore) UpdateRegulation(ctx context.Context, keys []string, fn func([]*RegulationState) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	states := make([]*RegulationState, len(keys))
+	for i, k := range keys {
+		st := s.m[k]
+		st.Attempts = slices.Clone(st.Attempts)
+		states[i] = &st
+	}
+	if err := fn(states); err != nil {
+		return err
+	}
+	for i, k := range keys {
+		if states[i].IsZero() {
+			delete(s.m, k)
+		} else {
+			s.m[k] = *states[i]
+		}
+	}
+	return nil
+}
+
+func (s *memRegulationStore) RegulationState(ctx context.Context, key string) (*RegulationState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.m[key]
+	st.Attempts = slices.Clone(st.Attempts)
+	return &st, nil
+}
+
+func (s *memRegulationStore) PruneRegulation(ctx context.Context, now time.Time) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for k, st := range s.m {
+		if st.Expires.Before(now) {
+			delete(s.m, k)
+			n++
+		}
+	}
+	return n, nil
+}
+
+func (s *memRegulationStore) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+var regStart = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+
+func newTestRegulator(t *testing.T, cfg RegulationConfig) (*Regulator, *clock.Fake, *memRegulationStore) {
+	t.Helper()
+	clk := clock.NewFake(regStart)
+	st := newMemRegulationStore()
+	return NewRegulator(clk, st, cfg), clk, st
+}
+
+// try runs one attempt that fails (ok false) or passes, as a caller would.
+func try(t *testing.T, r *Regulator, account, ip string, correct bool) (allowed bool, res FailResult) {
+	t.Helper()
+	ctx := context.Background()
+	a, err := r.Begin(ctx, account, ip)
+	if err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	if a.Allowed() && correct {
+		if err := a.Succeed(ctx, true); err != nil {
+			t.Fatalf("Succeed: %v", err)
+		}
+		return true, FailResult{}
+	}
+	res, err = a.Fail(ctx)
+	if err != nil {
+		t.Fatalf("Fail: %v", err)
+	}
+	return a.Allowed(), res
+}
+
+func TestRegulationDefaults(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{})
+	want := RegulationConfig{MaxRetries: 5, MaxRetriesPerIP: 20, FindTime: 10 * time.Minute, BanTime: 15 * time.Minute}
+	if got := r.Config(); got != want {
+		t.Errorf("Config() = %+v; want %+v", got, want)
+	}
+}
+
+func TestRegulationBansAfterMaxRetries(t *testing.T) {
+	r, clk, _ := newTestRegulator(t, RegulationConfig{})
+	acct := UserAccountKey("alice")
+	for i := 1; i <= 5; i++ {
+		allowed, res := try(t, r, acct, "192.0.2.1", false)
+		if !allowed {
+			t.Fatalf("attempt %d refused; want allowed before the ban", i)
+		}
+		if got, want := res.AccountLocked, i == 5; got != want {
+			t.Errorf("failure %d: AccountLocked = %v; want %v", i, got, want)
+		}
+		if res.IPLocked {
+			t.Errorf("failure %d: IPLocked; want only the account banned", i)
+		}
+		clk.Advance(time.Second)
+	}
+	// The sixth attempt is refused, even with the right password.
+	allowed, res := try(t, r, acct, "192.0.2.1", true)
+	if allowed {
+		t.Fatal("correct password during the ban was allowed")
+	}
+	if res.Lockout() {
+		t.Error("a refused attempt reported a new lockout; want one report per ban")
+	}
+	if res.Delay != MaxFailureDelay {
+		t.Errorf("refused attempt Delay = %v; want %v", res.Delay, MaxFailureDelay)
+	}
+	// Another address does not help: the account is banned.
+	if allowed, _ := try(t, r, acct, "198.51.100.7", true); allowed {
+		t.Error("correct password from another address during the ban was allowed")
+	}
+	// Another account from the first address is fine.
+	if allowed, _ := try(t, r, UserAccountKey("bob"), "192.0.2.1", true); !allowed {
+		t.Error("another account was refused; want only alice banned")
+	}
+}
+
+func TestRegulationBanExpires(t *testing.T) {
+	r, clk, _ := newTestRegulator(t, RegulationConfig{})
+	ctx := context.Background()
+	acct := UserAccountKey("alice")
+	var until time.Time
+	for range 5 {
+		_, res := try(t, r, acct, "192.0.2.1", false)
+		if res.AccountLocked {
+			until = res.Until
+		}
+	}
+	if want := regStart.Add(15 * time.Minute); !until.Equal(want) {
+		t.Fatalf("ban until %v; want %v", until, want)
+	}
+	if got, _ := r.AccountBan(ctx, "alice"); !got.Equal(until) {
+		t.Errorf("AccountBan = %v; want %v", got, until)
+	}
+	clk.Advance(15*time.Minute - time.Nanosecond)
+	if allowed, _ := try(t, r, acct, "192.0.2.1", true); allowed {
+		t.Fatal("allowed a nanosecond before the ban ends")
+	}
+	clk.Advance(time.Nanosecond)
+	if got, _ := r.AccountBan(ctx, "alice"); !got.IsZero() {
+		t.Errorf("AccountBan after the ban = %v; want zero", got)
+	}
+	// The ban's failures are forgotten with it: four more failures do not ban.
+	for i := range 4 {
+		if allowed, res := try(t, r, acct, "192.0.2.1", false); !allowed || res.Lockout() {
+			t.Fatalf("failure %d after the ban: allowed=%v lockout=%v; want a fresh count", i+1, allowed, res.Lockout())
+		}
+	}
+	if allowed, _ := try(t, r, acct, "192.0.2.1", true); !allowed {
+		t.Error("correct password after the ban was refused")
+	}
+}
+
+func TestRegulationFindTime(t *testing.T) {
+	r, clk, _ := newTestRegulator(t, RegulationConfig{})
+	acct := UserAccountKey("alice")
+	for range 4 {
+		try(t, r, acct, "192.0.2.1", false)
+	}
+	clk.Advance(10 * time.Minute) // those four fall out of the window
+	for i := range 4 {
+		if _, res := try(t, r, acct, "192.0.2.1", false); res.Lockout() {
+			t.Fatalf("failure %d in a new window banned; want old failures forgotten", i+1)
+		}
+	}
+	if _, res := try(t, r, acct, "192.0.2.1", false); !res.AccountLocked {
+		t.Error("fifth failure within the window did not ban")
+	}
+}
+
+func TestRegulationSuccessClearsAccount(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{})
+	ctx := context.Background()
+	acct := UserAccountKey("alice")
+	for range 4 {
+		try(t, r, acct, "192.0.2.1", false)
+	}
+	// A correct password that leaves the session pending does not clear
+	// the count, so a stolen password cannot reset second-factor guesses.
+	a, _ := r.Begin(ctx, acct, "192.0.2.1")
+	if err := a.Succeed(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, res := try(t, r, acct, "192.0.2.1", false); !res.AccountLocked {
+		t.Fatal("fifth failure after a pending success did not ban")
+	}
+	if err := r.Unlock(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		try(t, r, acct, "192.0.2.1", false)
+	}
+	// A complete sign-in clears it.
+	try(t, r, acct, "192.0.2.1", true)
+	for i := range 4 {
+		if _, res := try(t, r, acct, "192.0.2.1", false); res.Lockout() {
+			t.Fatalf("failure %d after a sign-in banned; want the count cleared", i+1)
+		}
+	}
+}
+
+func TestRegulationUnlock(t *testing.T) {
+	r, _, st := newTestRegulator(t, RegulationConfig{})
+	ctx := context.Background()
+	acct := UserAccountKey("alice")
+	for range 5 {
+		try(t, r, acct, "192.0.2.1", false)
+	}
+	if allowed, _ := try(t, r, acct, "192.0.2.1", true); allowed {
+		t.Fatal("not banned after five failures")
+	}
+	if err := r.Unlock(ctx, "alice"); err != nil {
+		t.Fatalf("Unlock: %v", err)
+	}
+	if got, _ := r.AccountBan(ctx, "alice"); !got.IsZero() {
+		t.Errorf("AccountBan after Unlock = %v; want zero", got)
+	}
+	if got, _ := st.RegulationState(ctx, acct); !got.IsZero() {
+		t.Errorf("state after Unlock = %+v; want none", got)
+	}
+	if allowed, _ := try(t, r, acct, "192.0.2.1", true); !allowed {
+		t.Error("correct password after Unlock was refused")
+	}
+}
+
+func TestRegulationStopsSprayingFromOneAddress(t *testing.T) {
+	r, clk, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 5})
+	lockouts := 0
+	for i := 1; i <= 20; i++ {
+		allowed, res := try(t, r, UserAccountKey(fmt.Sprint("victim", i)), "203.0.113.9", false)
+		if !allowed {
+			t.Fatalf("attempt %d refused; want 20 tries before the address ban", i)
+		}
+		if res.AccountLocked {
+			t.Errorf("attempt %d banned an account after one failure", i)
+		}
+		if res.IPLocked {
+			lockouts++
+			if i != 20 {
+				t.Errorf("address banned at attempt %d; want at 20", i)
+			}
+		}
+		clk.Advance(10 * time.Second)
+	}
+	if lockouts != 1 {
+		t.Errorf("address lockout reported %d times; want 1", lockouts)
+	}
+	// A fresh account, even with its right password, from that address: refused.
+	if allowed, _ := try(t, r, UserAccountKey("carol"), "203.0.113.9", true); allowed {
+		t.Error("sign-in from a banned address was allowed")
+	}
+	// The same accounts from elsewhere are fine.
+	if allowed, _ := try(t, r, UserAccountKey("victim1"), "198.51.100.1", true); !allowed {
+		t.Error("sign-in from another address was refused")
+	}
+}
+
+func TestRegulationIPv6CountsBySlash64(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 1, MaxRetriesPerIP: 3})
+	for i := 1; i <= 3; i++ {
+		ip := fmt.Sprintf("2001:db8:1:2::%x", i) // a new address in the same /64 each time
+		if _, res := try(t, r, UserAccountKey(fmt.Sprint("u", i)), ip, false); res.IPLocked != (i == 3) {
+			t.Errorf("attempt %d from %s: IPLocked = %v", i, ip, res.IPLocked)
+		}
+	}
+	if allowed, _ := try(t, r, UserAccountKey("other"), "2001:db8:1:2:ffff::1", true); allowed {
+		t.Error("another address of the banned /64 was allowed")
+	}
+	if allowed, _ := try(t, r, UserAccountKey("other"), "2001:db8:1:3::1", true); !allowed {
+		t.Error("an address of the next /64 was refused")
+	}
+}
+
+func TestIPKey(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"192.0.2.1", "ip:192.0.2.1"},
+		{" 192.0.2.1 ", "ip:192.0.2.1"},
+		{"::ffff:192.0.2.1", "ip:192.0.2.1"},
+		{"192.0.2.1:4431", "ip:192.0.2.1"},
+		{"2001:db8:1:2:3:4:5:6", "ip:2001:db8:1:2::/64"},
+		{"[2001:db8:1:2::9]:443", "ip:2001:db8:1:2::/64"},
+		{"fe80::1%eth0", "ip:fe80::/64"},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		if got := ipKey(tt.in); got != tt.want {
+			t.Errorf("ipKey(%q) = %q; want %q", tt.in, got, tt.want)
+		}
+	}
+	if got := ipKey("not an address"); got == "" || got == ipKey("another") {
+		t.Errorf("ipKey of junk = %q; want a stable, distinct key", got)
+	}
+}
+
+func TestRegulationDelay(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{})
+	want := []time.Duration{0, 0, 0, 500 * time.Millisecond, time.Second, 2 * time.Second, 3 * time.Second, 3 * time.Second}
+	for n, w := range want {
+		if got := r.Delay(n); got != w {
+			t.Errorf("Delay(%d) = %v; want %v", n, got, w)
+		}
+	}
+	if got := r.Delay(1000); got != MaxFailureDelay {
+		t.Errorf("Delay(1000) = %v; want %v", got, MaxFailureDelay)
+	}
+	// Fail reports the delay for the failures so far.
+	acct := UserAccountKey("alice")
+	for i := 1; i <= 4; i++ {
+		_, res := try(t, r, acct, "192.0.2.1", false)
+		if res.Delay != r.Delay(i) {
+			t.Errorf("failure %d: Delay = %v; want %v", i, res.Delay, r.Delay(i))
+		}
+	}
+	if _, res := try(t, r, acct, "192.0.2.1", false); res.Delay != MaxFailureDelay {
+		t.Errorf("banning failure: Delay = %v; want %v", res.Delay, MaxFailureDelay)
+	}
+}
+
+// TestRegulationParallelGuessing: attempts in flight count, so many
+// parallel guesses get no more tries than serial ones, and the ban is
+// reported once.
+func TestRegulationParallelGuessing(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{})
+	ctx := context.Background()
+	acct := UserAccountKey("alice")
+	const n = 50
+	attempts := make([]*Attempt, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			a, err := r.Begin(ctx, acct, fmt.Sprintf("198.51.100.%d", i))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			attempts[i] = a
+		})
+	}
+	wg.Wait()
+	allowed := 0
+	for _, a := range attempts {
+		if a != nil && a.Allowed() {
+			allowed++
+		}
+	}
+	if allowed != 5 {
+		t.Fatalf("%d of %d parallel attempts allowed; want MaxRetries = 5", allowed, n)
+	}
+	var lockouts atomic.Int32
+	for _, a := range attempts {
+		wg.Go(func() {
+			res, err := a.Fail(ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			if res.Lockout() {
+				lockouts.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if got := lockouts.Load(); got != 1 {
+		t.Errorf("lockout reported %d times; want 1", got)
+	}
+}
+
+func TestRegulationRefusedAttemptNeverSucceeds(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 1})
+	ctx := context.Background()
+	try(t, r, UserAccountKey("alice"), "", false)
+	a, err := r.Begin(ctx, UserAccountKey("alice"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Allowed() {
+		t.Fatal("attempt during a ban allowed")
+	}
+	if err := a.Succeed(ctx, true); !errors.Is(err, ErrInvalidCredentials) {
+		t.Errorf("Succeed on a refused attempt = %v; want ErrInvalidCredentials", err)
+	}
+	if _, err := r.Begin(ctx, "", "192.0.2.1"); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("Begin without an account = %v; want ErrInvalidInput", err)
+	}
+}
+
+func TestRegulationPrune(t *testing.T) {
+	r, clk, st := newTestRegulator(t, RegulationConfig{})
+	ctx := context.Background()
+	for range 5 {
+		try(t, r, UserAccountKey("alice"), "192.0.2.1", false) // bans alice
+	}
+	try(t, r, UserAccountKey("bob"), "192.0.2.2", false)
+	if got := st.len(); got != 4 {
+		t.Fatalf("%d states; want 4 (two accounts, two addresses)", got)
+	}
+	clk.Advance(10*time.Minute + time.Second) // bob's failure is over, alice's ban is not
+	if n, err := r.Prune(ctx); err != nil || n != 3 {
+		t.Errorf("Prune = %d, %v; want 3 (bob and both addresses)", n, err)
+	}
+	if got, _ := r.AccountBan(ctx, "alice"); got.IsZero() {
+		t.Error("Prune lifted a running ban")
+	}
+	clk.Advance(5 * time.Minute)
+	if n, err := r.Prune(ctx); err != nil || n != 1 {
+		t.Errorf("Prune after the ban = %d, %v; want 1", n, err)
+	}
+}

@@ -1,0 +1,381 @@
+package authcore
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"image/png"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
+)
+
+// TOTP sentinel errors. Only caddymodule maps them to pages.
+var (
+	// ErrInvalidCode is the single answer for a wrong, malformed, replayed
+	// or out-of-window TOTP code and for an unknown or spent recovery
+	// code. Wrapped errors add a detail for logs; show users only this.
+	ErrInvalidCode = errors.New("invalid code")
+	// ErrNoPendingEnrolment means ConfirmTOTP found no enrolment to
+	// confirm: none was started, it expired, or it was already confirmed.
+	ErrNoPendingEnrolment = errors.New("no pending TOTP enrolment")
+	// ErrNotEnrolled means the user has no TOTP authenticator (or, for
+	// recovery codes, no second factor at all).
+	ErrNotEnrolled = errors.New("no second factor enrolled")
+)
+
+// TOTP parameters. They are what every authenticator app supports: SHA-1,
+// six digits, 30-second steps, a 160-bit secret.
+const (
+	totpPeriod     = 30
+	totpDigits     = otp.DigitsSix
+	totpSecretSize = 20
+	// totpSkew is how many steps either side of now a code may be from:
+	// one step absorbs clock drift and typing time.
+	totpSkew = 1
+)
+
+// TOTPEnrolmentTTL is how long a started TOTP enrolment can be confirmed.
+const TOTPEnrolmentTTL = 15 * time.Minute
+
+// TOTPEnrolment is what the enrolment page shows: the same secret three
+// ways. It is secret itself: never log it, and serve the page with
+// Cache-Control: no-store.
+type TOTPEnrolment struct {
+	// Secret is the base32 secret, for typing into an app by hand.
+	Secret string
+	// URL is the otpauth:// key URI (what the QR code encodes).
+	URL string
+	// QRCode is a 256×256 PNG of URL as a data: URI. html/template
+	// sanitises data: URIs in src attributes, so pass it as template.URL.
+	QRCode string
+	// ExpiresAt is when the enrolment can no longer be confirmed.
+	ExpiresAt time.Time
+}
+
+// String redacts the secret.
+func (e *TOTPEnrolment) String() string { return "TOTPEnrolment{REDACTED}" }
+
+// LogValue implements slog.LogValuer, redacting the secret.
+func (e *TOTPEnrolment) LogValue() slog.Value {
+	return slog.GroupValue(slog.Time("expires_at", e.ExpiresAt))
+}
+
+// Additional data binding sealed TOTP secrets to their user and state, so a
+// sealed value cannot be moved to another user or from pending to
+// confirmed.
+func totpPendingAAD(userID string) []byte { return []byte("sigra/totp-pending/v1\x00" + userID) }
+func totpAAD(userID string) []byte        { return []byte("sigra/totp/v1\x00" + userID) }
+
+func (s *Service) mustBox() error {
+	if s.box == nil {
+		return errors.New("no encryption key configured for TOTP secrets")
+	}
+	return nil
+}
+
+// BeginTOTP starts a TOTP enrolment for u: it generates a secret and keeps
+// it server-side, sealed, as the user's pending enrolment (replacing an
+// earlier pending one) for TOTPEnrolmentTTL. Nothing changes for the user
+// until ConfirmTOTP. issuer names the site in the authenticator app
+// (default "Sigra"); the account name is the user's email.
+//
+// If the user already has TOTP, confirming replaces it: callers should then
+// require a fresh second factor first, as for RemoveTOTP.
+func (s *Service) BeginTOTP(ctx context.Context, u *User, issuer string) (*TOTPEnrolment, error) {
+	if err := s.mustBox(); err != nil {
+		return nil, err
+	}
+	// A colon separates issuer and account in the key URI's label.
+	issuer = strings.TrimSpace(strings.ReplaceAll(issuer, ":", " "))
+	if issuer == "" {
+		issuer = "Sigra"
+	}
+	account := u.Email
+	if account == "" {
+		account = u.ID
+	}
+	key, err := totp.Generate(totp.GenerateOpts{
+		Issuer: issuer, AccountName: account,
+		Period: totpPeriod, SecretSize: totpSecretSize, Digits: totpDigits, Algorithm: otp.AlgorithmSHA1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("generating TOTP secret: %w", err)
+	}
+	img, err := key.Image(256, 256)
+	if err != nil {
+		return nil, fmt.Errorf("drawing TOTP QR code: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		return nil, fmt.Errorf("encoding TOTP QR code: %w", err)
+	}
+	exp := s.clock.Now().UTC().Add(TOTPEnrolmentTTL)
+	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp}
+	if err := s.store.PutPendingTOTP(ctx, u.ID, p); err != nil {
+		return nil, err
+	}
+	return &TOTPEnrolment{
+		Secret:    key.Secret(),
+		URL:       key.URL(),
+		QRCode:    "data:image/png;base64," + base64.StdEncoding.EncodeToString(buf.Bytes()),
+		ExpiresAt: exp,
+	}, nil
+}
+
+// ConfirmTOTP completes the user's pending enrolment if code is valid for
+// its secret. Then, in one store transaction, the secret is stored sealed,
+// the code's time step is spent (so the same code cannot sign in right
+// after), the user is marked as having a second factor, and a new set of
+// RecoveryCodeCount recovery codes replaces any earlier set. The codes are
+// returned in plain text this once; show them and forget them.
+//
+// Errors: ErrNoPendingEnrolment (none started, expired, or confirmed
+// concurrently: start again), ErrInvalidCode (the pending enrolment stays,
+// so the user can retry).
+func (s *Service) ConfirmTOTP(ctx context.Context, userID, code string) ([]string, error) {
+	if err := s.mustBox(); err != nil {
+		return nil, err
+	}
+	p, err := s.store.PendingTOTP(ctx, userID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrNoPendingEnrolment
+	}
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock.Now()
+	if !now.Before(p.ExpiresAt) {
+		return nil, ErrNoPendingEnrolment
+	}
+	secret, err := s.box.Open(p.Sealed, totpPendingAAD(userID))
+	if err != nil {
+		return nil, fmt.Errorf("opening pending TOTP secret: %w", err)
+	}
+	step, err := matchTOTP(string(secret), code, now)
+	if err != nil {
+		return nil, err
+	}
+	codes, hashes := newRecoveryCodes(userID)
+	rec := &TOTPRecord{Sealed: s.box.Seal(secret, totpAAD(userID)), LastStep: step, EnrolledAt: now.UTC()}
+	err = s.store.CompleteTOTPEnrolment(ctx, userID, p.Sealed, rec, hashes)
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrNoPendingEnrolment
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.DropCached(userID)
+	return codes, nil
+}
+
+// VerifyTOTP checks a code from the user's authenticator app. Codes of the
+// current 30-second step and one step either side pass; each step passes at
+// most once, and never after a later one passed, also under concurrent
+// requests (the check and the spend are one store transaction).
+//
+// Errors: ErrInvalidCode (wrong, malformed, replayed, too old or too new;
+// wrapped with a detail for logs), ErrNotEnrolled; anything else is a
+// storage or key failure.
+//
+// Callers count failures with the Regulator like wrong passwords, and on
+// success call CompleteSecondFactor with AMROTP.
+func (s *Service) VerifyTOTP(ctx context.Context, userID, code string) error {
+	if err := s.mustBox(); err != nil {
+		return err
+	}
+	rec, err := s.store.TOTP(ctx, userID)
+	if errors.Is(err, ErrNotFound) {
+		return ErrNotEnrolled
+	}
+	if err != nil {
+		return err
+	}
+	secret, err := s.box.Open(rec.Sealed, totpAAD(userID))
+	if err != nil {
+		return fmt.Errorf("opening TOTP secret: %w", err)
+	}
+	step, err := matchTOTP(string(secret), code, s.clock.Now())
+	if err != nil {
+		return err
+	}
+	if step <= rec.LastStep {
+		return fmt.Errorf("%w: time step already used", ErrInvalidCode)
+	}
+	switch err := s.store.AcceptTOTPStep(ctx, userID, step); {
+	case errors.Is(err, ErrTOTPStepUsed):
+		return fmt.Errorf("%w: time step already used", ErrInvalidCode)
+	case errors.Is(err, ErrNotFound):
+		return ErrNotEnrolled
+	default:
+		return err
+	}
+}
+
+// HasTOTP reports whether the user has a confirmed TOTP authenticator.
+func (s *Service) HasTOTP(ctx context.Context, userID string) (bool, error) {
+	_, err := s.store.TOTP(ctx, userID)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// RemoveTOTP deletes the user's TOTP authenticator and any pending
+// enrolment. If the user has no other second factor left, SecondFactor is
+// cleared (a password alone signs in again) and the recovery codes are
+// deleted. It returns ErrNotEnrolled, changing nothing else, if there was
+// no TOTP. (Should clearing the flag fail after the delete, the account
+// stays on the safe side: still challenged, recovery codes still work.)
+//
+// Removing a factor weakens the account: callers must require a second
+// factor passed recently in this session (Session.MFAAt) before calling.
+func (s *Service) RemoveTOTP(ctx context.Context, userID string) error {
+	if err := s.store.DeleteTOTP(ctx, userID); errors.Is(err, ErrNotFound) {
+		return ErrNotEnrolled
+	} else if err != nil {
+		return err
+	}
+	other, err := s.hasOtherSecondFactor(ctx, userID)
+	if err != nil {
+		return err
+	}
+	if !other {
+		if _, err := s.UpdateUser(ctx, userID, func(u *User) error { u.SecondFactor = false; return nil }); err != nil {
+			return err
+		}
+		if err := s.store.ReplaceRecoveryCodes(ctx, userID, nil); err != nil {
+			return err
+		}
+	}
+	s.DropCached(userID)
+	return nil
+}
+
+// PasskeyCounter is implemented by a Store that keeps passkeys. RemoveTOTP
+// asks it whether the user keeps a second factor; a Store without it is
+// taken to hold no passkeys.
+type PasskeyCounter interface {
+	CountPasskeys(ctx context.Context, userID string) (int, error)
+}
+
+// hasOtherSecondFactor reports whether the user has a second factor other
+// than TOTP.
+func (s *Service) hasOtherSecondFactor(ctx context.Context, userID string) (bool, error) {
+	pc, ok := s.store.(PasskeyCounter)
+	if !ok {
+		return false, nil
+	}
+	n, err := pc.CountPasskeys(ctx, userID)
+	return n > 0, err
+}
+
+// matchTOTP checks a six-digit code against secret at now, allowing
+// totpSkew steps either side, and returns the step it matched. Every
+// candidate step is computed (no early exit), so timing says nothing about
+// which one matched. If several match (a one-in-a-million coincidence), the
+// latest wins.
+func matchTOTP(secret, code string, now time.Time) (uint64, error) {
+	code = strings.Map(func(r rune) rune {
+		if r == ' ' || r == '-' {
+			return -1
+		}
+		return r
+	}, code)
+	if len(code) != totpDigits.Length() || strings.Trim(code, "0123456789") != "" {
+		return 0, fmt.Errorf("%w: not a %d-digit code", ErrInvalidCode, totpDigits.Length())
+	}
+	opts := totp.ValidateOpts{Period: totpPeriod, Skew: 0, Digits: totpDigits, Algorithm: otp.AlgorithmSHA1}
+	cur := totpStep(now)
+	var step uint64
+	found := false
+	for off := -totpSkew; off <= totpSkew; off++ {
+		if off < 0 && cur < uint64(-off) {
+			continue
+		}
+		t := now.Add(time.Duration(off) * totpPeriod * time.Second)
+		ok, err := totp.ValidateCustom(code, secret, t, opts)
+		if err != nil {
+			return 0, fmt.Errorf("validating TOTP code: %w", err)
+		}
+		if ok {
+			step, found = uint64(int64(cur)+int64(off)), true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("%w: no match within ±%d steps", ErrInvalidCode, totpSkew)
+	}
+	return step, nil
+}
+
+// totpStep is the RFC 6238 time step of t.
+func totpStep(t time.Time) uint64 {
+	u := t.Unix()
+	if u < 0 {
+		return 0
+	}
+	return uint64(u) / totpPeriod
+}
+
+// CompleteSecondFactor records on a session that a second factor passed:
+// method (AMROTP for TOTP and recovery codes, AMRHardware or AMRSoftware
+// for passkeys) and AMRMFA are added to the AMR (no duplicates), MFAAt is
+// now, and the session is no longer pending. Use it both to finish a
+// pending sign-in and to step up a signed-in session (admin pages,
+// mfa max_age).
+//
+// The privilege level changes, so the session id changes too: a new token
+// and id replace the old session, which is deleted; creation, expiry and
+// auth time carry over. Set the returned token as the cookie. If the
+// session is gone or expired, or a concurrent call already replaced it,
+// the answer is ErrNoSession and nothing is created.
+//
+// The caller must have verified the factor for sess.UserID, through this
+// Service, in the same request.
+func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method string) (token string, sess *Session, err error) {
+	switch method {
+	case AMROTP, AMRHardware, AMRSoftware:
+	default:
+		return "", nil, fmt.Errorf("%w: %q is not a second-factor method", ErrInvalidInput, method)
+	}
+	old, err := s.store.GetSession(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return "", nil, ErrNoSession
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	now := s.clock.Now().UTC()
+	if !now.Before(old.ExpiresAt) {
+		return "", nil, ErrNoSession
+	}
+	sess = old.Clone()
+	token, sess.ID = NewToken()
+	for _, m := range []string{method, AMRMFA} {
+		if !sess.HasAMR(m) {
+			sess.AMR = append(sess.AMR, m)
+		}
+	}
+	sess.MFAAt = now
+	sess.Pending = false
+	sess.LastSeen = now
+	// Delete first: of two concurrent completions only one finds the old
+	// session, so only one new session comes out of it. Drop the cached
+	// copy before and after, as a request may re-cache it meanwhile.
+	s.cache.drop(id)
+	if err := s.store.DeleteSession(ctx, id); errors.Is(err, ErrNotFound) {
+		return "", nil, ErrNoSession
+	} else if err != nil {
+		return "", nil, err
+	}
+	s.cache.drop(id)
+	if err := s.store.PutSession(ctx, sess); err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}

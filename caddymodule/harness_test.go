@@ -1,0 +1,232 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// testPassword is the password of users made by env.addUser.
+const testPassword = "correct horse battery staple"
+
+// upstream records what the application behind the gate receives.
+type upstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	hdr  http.Header
+	hits int
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.hdr = r.Header.Clone()
+		u.hits++
+		u.mu.Unlock()
+		io.WriteString(w, "app:"+r.URL.Path)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+// last returns the headers of the last request the app saw and how many
+// it has seen.
+func (u *upstream) last() (http.Header, int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.hdr, u.hits
+}
+
+// env is an in-process Caddy running a Caddyfile with the sigra modules
+// in front of an upstream.
+type env struct {
+	t      *testing.T
+	dir    string
+	base   string // http://127.0.0.1:<port>
+	up     *upstream
+	client *http.Client // cookie jar, redirects not followed
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// caddyfile renders a test config: global sigra options, then the site
+// body (directives) in front of the upstream.
+func (e *env) caddyfile(globalSigra, site string) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	storage file_system %s
+	sigra {
+		storage bbolt %s
+		bootstrap_admin off
+		%s
+	}
+}
+%s {
+	sigra_portal
+	%s
+	reverse_proxy %s
+}
+`, freePort(e.t), filepath.Join(e.dir, "caddy"), filepath.Join(e.dir, "sigra.db"), globalSigra, e.base, site, e.up.Listener.Addr())
+}
+
+// startCaddy runs Caddy in-process. Tests using it must not run in
+// parallel: Caddy's running config is process-wide.
+func startCaddy(t *testing.T, globalSigra, site string) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), up: newUpstream(t)}
+	e.base = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	jar, _ := cookiejar.New(nil)
+	e.client = &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+	if err := e.load(e.caddyfile(globalSigra, site)); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping caddy: %v", err)
+		}
+	})
+	return e
+}
+
+// load adapts and loads a Caddyfile.
+func (e *env) load(cf string) error {
+	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return err
+	}
+	_ = warn
+	return caddy.Load(cfg, true)
+}
+
+// rt returns the running sigra runtime.
+func (e *env) rt() *runtime {
+	e.t.Helper()
+	a := running.Load()
+	if a == nil {
+		e.t.Fatal("sigra app is not running")
+	}
+	return a.life.rt.Load()
+}
+
+// addUser creates a user with testPassword.
+func (e *env) addUser(email string, groups ...string) *authcore.User {
+	e.t.Helper()
+	u, err := e.rt().auth.CreateUser(context.Background(), authcore.NewUser{Email: email, Name: "Test " + email, Groups: groups, Password: testPassword})
+	if err != nil {
+		e.t.Fatalf("adding user: %v", err)
+	}
+	return u
+}
+
+func (e *env) do(method, path string, hdr map[string]string, body io.Reader) *http.Response {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.base+path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return resp
+}
+
+// get does a GET and returns the response with its body read.
+func (e *env) get(path string, hdr map[string]string) (*http.Response, string) {
+	e.t.Helper()
+	resp := e.do(http.MethodGet, path, hdr, nil)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// postForm posts a form with the browser's same-origin headers.
+func (e *env) postForm(path string, form url.Values, hdr map[string]string) (*http.Response, string) {
+	e.t.Helper()
+	h := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Origin": e.base, "Sec-Fetch-Site": "same-origin"}
+	for k, v := range hdr {
+		h[k] = v
+	}
+	resp := e.do(http.MethodPost, path, h, strings.NewReader(form.Encode()))
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+var csrfField = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
+
+// csrfFrom extracts the hidden CSRF field of a page.
+func csrfFrom(t *testing.T, page string) string {
+	t.Helper()
+	m := csrfField.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no csrf_token field in page:\n%s", page)
+	}
+	return m[1]
+}
+
+// login signs in through the login form and returns the response to the
+// form post.
+func (e *env) login(email, password, rd string) *http.Response {
+	e.t.Helper()
+	_, page := e.get("/.sigra/login", map[string]string{"Accept": "text/html"})
+	resp, _ := e.postForm("/.sigra/login", url.Values{
+		"email": {email}, "password": {password}, "csrf_token": {csrfFrom(e.t, page)}, "rd": {rd},
+	}, nil)
+	return resp
+}
+
+// mustLogin signs in and fails the test unless it worked.
+func (e *env) mustLogin(email string) {
+	e.t.Helper()
+	resp := e.login(email, testPassword, "/")
+	if resp.StatusCode != http.StatusSeeOther {
+		e.t.Fatalf("login %s: status %d; want 303", email, resp.StatusCode)
+	}
+}
+
+// sessionCookie returns the session cookie value in the jar.
+func (e *env) sessionCookie() string {
+	u, _ := url.Parse(e.base)
+	for _, c := range e.client.Jar.Cookies(u) {
+		if c.Name == "sigra_session" {
+			return c.Value
+		}
+	}
+	return ""
+}
+
+func newJar() (http.CookieJar, error) { return cookiejar.New(nil) }

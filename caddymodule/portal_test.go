@@ -1,0 +1,340 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/store"
+)
+
+func TestLoginAndLogout(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("dora@example.com")
+
+	t.Run("wrong password and unknown user get the same answer", func(t *testing.T) {
+		r1 := e.login("dora@example.com", "wrong password!", "/")
+		r2 := e.login("nobody@example.com", testPassword, "/")
+		if r1.StatusCode != http.StatusUnauthorized || r2.StatusCode != r1.StatusCode {
+			t.Errorf("statuses %d and %d; want 401 for both", r1.StatusCode, r2.StatusCode)
+		}
+		if e.sessionCookie() != "" {
+			t.Error("a failed login set a session cookie")
+		}
+	})
+	t.Run("login page has the security headers", func(t *testing.T) {
+		resp, body := e.get("/.sigra/login", nil)
+		for k, want := range map[string]string{
+			"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+			"Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+		} {
+			if got := resp.Header.Get(k); got != want {
+				t.Errorf("%s = %q; want %q", k, got, want)
+			}
+		}
+		csp := resp.Header.Get("Content-Security-Policy")
+		if !strings.Contains(csp, "frame-ancestors 'none'") || strings.Contains(csp, "unsafe-inline") {
+			t.Errorf("CSP %q; want frame-ancestors 'none' and no unsafe-inline", csp)
+		}
+		if !strings.Contains(body, `data-sigra="login-form"`) {
+			t.Error("login form lacks data-sigra=login-form")
+		}
+	})
+	t.Run("sign in, then a new session id at every login", func(t *testing.T) {
+		resp := e.login("dora@example.com", testPassword, "/somewhere?a=b")
+		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/somewhere?a=b" {
+			t.Fatalf("status %d Location %q; want 303 to /somewhere?a=b", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		for _, c := range resp.Cookies() {
+			if c.Name == "sigra_session" && (!c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/") {
+				t.Errorf("session cookie %+v; want HttpOnly, SameSite=Lax, Path=/", c)
+			}
+		}
+		first := e.sessionCookie()
+		e.mustLogin("dora@example.com")
+		second := e.sessionCookie()
+		if first == second || first == "" {
+			t.Fatalf("session cookie %q after second login; want a new one", second)
+		}
+		// The first session ended with the second login.
+		r, _ := e.get("/x", map[string]string{"Cookie": "sigra_session=" + first, "Accept": "application/json"})
+		if r.StatusCode != http.StatusUnauthorized {
+			t.Errorf("old session status %d; want 401", r.StatusCode)
+		}
+	})
+	t.Run("fixation: a session cookie planted before login is not adopted", func(t *testing.T) {
+		planted, _ := authcore.NewToken()
+		u, _ := url.Parse(e.base)
+		e.client.Jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: planted, Path: "/"}})
+		e.mustLogin("dora@example.com")
+		if e.sessionCookie() == planted {
+			t.Error("the planted session token was kept")
+		}
+	})
+	t.Run("logout needs its CSRF token, then ends the session", func(t *testing.T) {
+		e.mustLogin("dora@example.com")
+		tok := e.sessionCookie()
+		resp, page := e.get("/.sigra/logout", nil)
+		if resp.StatusCode != 200 || !strings.Contains(page, `data-sigra="logout-form"`) {
+			t.Fatalf("GET logout: status %d; want the confirm form", resp.StatusCode)
+		}
+		if r, _ := e.postForm("/.sigra/logout", url.Values{}, nil); r.StatusCode != http.StatusForbidden {
+			t.Errorf("logout without CSRF: status %d; want 403", r.StatusCode)
+		}
+		if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, map[string]string{"Origin": "https://evil.example"}); r.StatusCode != http.StatusForbidden {
+			t.Errorf("cross-origin logout: status %d; want 403", r.StatusCode)
+		}
+		if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+			t.Fatalf("session ended by a refused logout (status %d)", r.StatusCode)
+		}
+		r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, nil)
+		if r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("logout: status %d; want 303", r.StatusCode)
+		}
+		r, _ = e.get("/x", map[string]string{"Cookie": "sigra_session=" + tok, "Accept": "application/json"})
+		if r.StatusCode != http.StatusUnauthorized {
+			t.Errorf("after logout: status %d; want 401", r.StatusCode)
+		}
+	})
+	t.Run("GET never changes state", func(t *testing.T) {
+		e.mustLogin("dora@example.com")
+		e.get("/.sigra/logout?csrf_token=x", nil)
+		if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+			t.Errorf("GET /logout ended the session (status %d)", r.StatusCode)
+		}
+	})
+}
+
+func TestLoginCSRFAndOrigin(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("eve@example.com")
+	_, page := e.get("/.sigra/login", nil)
+	token := csrfFrom(t, page)
+	form := func(csrf string) url.Values {
+		return url.Values{"email": {"eve@example.com"}, "password": {testPassword}, "csrf_token": {csrf}}
+	}
+	cases := []struct {
+		name string
+		form url.Values
+		hdr  map[string]string
+	}{
+		{"missing token", form(""), nil},
+		{"wrong token", form("AAAA" + token[4:]), nil},
+		{"token of another browser", form(token), map[string]string{"Cookie": "sigra_csrf=" + strings.Repeat("x", 43)}},
+		{"cross-site Sec-Fetch-Site", form(token), map[string]string{"Sec-Fetch-Site": "cross-site"}},
+		{"foreign Origin", form(token), map[string]string{"Origin": "https://evil.example"}},
+		{"null Origin", form(token), map[string]string{"Origin": "null"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr := tc.hdr
+			if c, ok := hdr["Cookie"]; ok {
+				jar := e.client.Jar
+				e.client.Jar = nil
+				defer func() { e.client.Jar = jar }()
+				hdr = map[string]string{"Cookie": c}
+			}
+			resp, _ := e.postForm("/.sigra/login", tc.form, hdr)
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("status %d; want 403", resp.StatusCode)
+			}
+			for _, c := range resp.Cookies() {
+				if c.Name == "sigra_session" && c.Value != "" {
+					t.Error("a session cookie was set")
+				}
+			}
+		})
+	}
+	if resp, _ := e.postForm("/.sigra/login", form(token), nil); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("valid login after the refusals: status %d; want 303", resp.StatusCode)
+	}
+}
+
+func TestLoginRedirectTargets(t *testing.T) {
+	e := startCaddy(t, "allowed_redirect_hosts docs.example.com", "sigra_gate")
+	e.addUser("rd@example.com")
+	host := strings.TrimPrefix(e.base, "http://")
+	cases := []struct {
+		name, rd, want string
+	}{
+		{"local path", "/reports?q=1", "/reports?q=1"},
+		{"same origin absolute", e.base + "/x", e.base + "/x"},
+		{"allowed host", "https://docs.example.com/page", "https://docs.example.com/page"},
+		{"protocol-relative //evil", "//evil.example/x", "/"},
+		{"backslash /\\evil", "/\\evil.example", "/"},
+		{"backslash \\\\evil", "\\\\evil.example", "/"},
+		{"other origin", "https://evil.example/", "/"},
+		{"same host other scheme-less port trick", "http://" + host + "@evil.example/", "/"},
+		{"javascript:", "javascript:alert(1)", "/"},
+		{"data:", "data:text/html,hi", "/"},
+		{"tab smuggling", "/\t/evil.example", "/"},
+		{"newline smuggling", "/\n/evil.example", "/"},
+		{"relative without slash", "evil.example", "/"},
+		{"empty", "", "/"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e.client.Jar, _ = newJar()
+			resp := e.login("rd@example.com", testPassword, tc.rd)
+			if resp.StatusCode != http.StatusSeeOther {
+				t.Fatalf("status %d; want 303", resp.StatusCode)
+			}
+			if got := resp.Header.Get("Location"); got != tc.want {
+				t.Errorf("rd %q: Location %q; want %q", tc.rd, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPortalOversizedBody(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	_, page := e.get("/.sigra/login", nil)
+	big := url.Values{"csrf_token": {csrfFrom(t, page)}, "email": {"a@example.com"}, "password": {strings.Repeat("x", 70<<10)}}
+	resp, _ := e.postForm("/.sigra/login", big, nil)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("status %d for a 70 KiB form; want 413", resp.StatusCode)
+	}
+	resp, _ = e.postForm("/.sigra/login", url.Values{"x": {"%zz"}}, map[string]string{"Content-Type": "multipart/form-data; boundary=nope"})
+	if resp.StatusCode >= 500 {
+		t.Errorf("malformed form: status %d; want a 4xx", resp.StatusCode)
+	}
+}
+
+func TestAccountSessions(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("fay@example.com")
+	other := e.addUser("gus@example.com")
+	e.mustLogin("fay@example.com")
+	mine := e.sessionCookie()
+
+	// A second session of fay's, from another browser.
+	second := *e
+	second.client = &http.Client{CheckRedirect: e.client.CheckRedirect}
+	second.client.Jar, _ = newJar()
+	second.mustLogin("fay@example.com")
+	secondID, _ := authcore.TokenID(second.sessionCookie())
+
+	resp, page := e.get("/.sigra/account", nil)
+	if resp.StatusCode != 200 || !strings.Contains(page, secondID.String()) || !strings.Contains(page, `data-sigra="session-list"`) {
+		t.Fatalf("account page (status %d) does not list the second session", resp.StatusCode)
+	}
+	// Someone else's session cannot be revoked from here.
+	_, gusTok := mustSession(t, e, other)
+	gusID, _ := authcore.TokenID(gusTok)
+	r, _ := e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {gusID.String()}}, nil)
+	if r.StatusCode != http.StatusNotFound {
+		t.Errorf("revoking another user's session: status %d; want 404", r.StatusCode)
+	}
+	r, _ = e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {secondID.String()}}, nil)
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("revoke: status %d; want 303", r.StatusCode)
+	}
+	if r, _ := second.get("/x", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("revoked session: status %d; want 401", r.StatusCode)
+	}
+	if e.sessionCookie() != mine {
+		t.Error("own session changed")
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Errorf("own session after revoking the other: status %d; want 200", r.StatusCode)
+	}
+}
+
+// mustSession starts a session for u directly and returns it with its token.
+func mustSession(t *testing.T, e *env, u *authcore.User) (*authcore.Session, string) {
+	t.Helper()
+	tok, s, err := e.rt().auth.StartSession(context.Background(), u, []string{"pwd"}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, tok
+}
+
+func TestLockedStore(t *testing.T) {
+	e := &env{t: t, dir: t.TempDir(), up: newUpstream(t), base: "http://127.0.0.1:1"}
+	path := filepath.Join(e.dir, "sigra.db")
+	held, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	err = e.load(e.caddyfile("", "sigra_gate"))
+	if err == nil {
+		t.Fatal("Caddy started on a locked store")
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "locked") {
+		t.Errorf("error %q; want it to name %s and say it is locked", err, path)
+	}
+}
+
+// TestReloadLeaksNothing loads the config, reloads it many times and
+// checks that our goroutines and the store handle do not pile up.
+func TestReloadLeaksNothing(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("hal@example.com")
+	e.mustLogin("hal@example.com")
+	cf := e.caddyfile("", "sigra_gate")
+	for i := range 12 {
+		// Vary the config so Caddy really reloads.
+		if err := e.load(strings.Replace(cf, "bootstrap_admin off", "bootstrap_admin off\n\t\tadmin_group g"+string(rune('a'+i)), 1)); err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+		if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+			t.Fatalf("after reload %d: status %d; want 200 (sessions survive reloads)", i, r.StatusCode)
+		}
+	}
+	// Exactly one upkeep loop (the running app's) remains.
+	if n := settledSigraGoroutines(1); n != 1 {
+		t.Errorf("%d goroutines run sigra code after 12 reloads; want 1", n)
+	}
+	if _, err := store.OpenBolt(filepath.Join(e.dir, "sigra.db"), store.BoltOptions{LockTimeout: 50 * time.Millisecond}); !errors.Is(err, store.ErrLocked) {
+		t.Errorf("the store should still be held by the running config (err %v)", err)
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := settledSigraGoroutines(0); n != 0 {
+		t.Errorf("%d goroutines run sigra code after stop; want 0", n)
+	}
+	st, err := store.OpenBolt(filepath.Join(e.dir, "sigra.db"), store.BoltOptions{LockTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("the store is still held after stop: %v", err)
+	}
+	st.Close()
+	// Leave a running config for the cleanup's Stop.
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// settledSigraGoroutines waits briefly for exiting goroutines and returns
+// how many have a frame in this module's packages (not counting tests).
+func settledSigraGoroutines(target int) int {
+	count := func() int {
+		var buf bytes.Buffer
+		_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+		n := 0
+		for _, g := range strings.Split(buf.String(), "\n\n") {
+			if strings.Contains(g, "sigra-auth/caddy-sigra/") && !strings.Contains(g, "_test.go") && !strings.Contains(g, "testing.tRunner") {
+				n++
+			}
+		}
+		return n
+	}
+	n := count()
+	for i := 0; i < 50 && n != target; i++ {
+		time.Sleep(20 * time.Millisecond)
+		n = count()
+	}
+	return n
+}
