@@ -71,8 +71,9 @@ func decodeHash(hash string) (p Argon2Params, salt, key []byte, err error) {
 	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.Memory, &p.Time, &p.Threads); err != nil {
 		return p, nil, nil, errBadHash
 	}
-	// Refuse absurd costs from a tampered store rather than burn the CPU.
-	if p.Memory == 0 || p.Memory > 1<<22 || p.Time == 0 || p.Time > 16 || p.Threads == 0 {
+	// Refuse absurd costs from a tampered store (at most 256 MiB, 16 passes,
+	// 16 lanes) rather than let one hash exhaust memory at every sign-in.
+	if p.Memory == 0 || p.Memory > 1<<18 || p.Time == 0 || p.Time > 16 || p.Threads == 0 || p.Threads > 16 {
 		return p, nil, nil, errBadHash
 	}
 	if salt, err = base64.RawStdEncoding.DecodeString(parts[4]); err != nil {

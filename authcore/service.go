@@ -150,6 +150,16 @@ func (s *Service) UpdateUser(ctx context.Context, id string, fn func(u *User) er
 	if err := fn(u); err != nil {
 		return nil, err
 	}
+	// Whatever fn changed is validated like a new user's fields.
+	if u.Email, err = NormalizeEmail(u.Email); err != nil {
+		return nil, err
+	}
+	if u.Name, err = CleanName(u.Name); err != nil {
+		return nil, err
+	}
+	if u.Groups, err = NormalizeGroups(u.Groups); err != nil {
+		return nil, err
+	}
 	u.UpdatedAt = s.clock.Now().UTC()
 	if err := s.store.UpdateUser(ctx, u); err != nil {
 		return nil, err
@@ -265,6 +275,8 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 	now := s.clock.Now()
 	p := s.cache.get(id)
 	if p == nil || now.Sub(p.loadedAt) >= s.cfg.CacheTTL {
+		// Note the cache generation before reading: a revocation racing
+		// with this load then keeps the stale result out of the cache.
 		var err error
 		if p, err = s.load(ctx, id, p, now); err != nil {
 			return nil, err
@@ -297,6 +309,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 // is the stale cache entry, if any: its signed assertion is carried over
 // when nothing it asserts has changed.
 func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now time.Time) (*Principal, error) {
+	gen := s.cache.gen.Load()
 	sess, err := s.store.GetSession(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		s.cache.drop(id)
@@ -324,7 +337,7 @@ func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now ti
 			p.assertion.Store(old.assertion.Load())
 		}
 	}
-	s.cache.put(p)
+	s.cache.put(p, gen)
 	return p, nil
 }
 
@@ -407,7 +420,8 @@ func (s *Service) Run(ctx context.Context) {
 				s.log.Warn("writing back session activity", "error", err)
 			}
 		case <-prune.C:
-			if n, err := s.store.DeleteExpiredSessions(ctx, s.clock.Now(), s.cfg.Idle); err != nil {
+			// The stored LastSeen may trail by up to TouchInterval.
+			if n, err := s.store.DeleteExpiredSessions(ctx, s.clock.Now(), s.cfg.Idle+s.cfg.TouchInterval); err != nil {
 				s.log.Warn("pruning expired sessions", "error", err)
 			} else if n > 0 {
 				s.log.Debug("pruned expired sessions", "count", n)
@@ -453,10 +467,12 @@ func newPrincipal(sess *Session, u *User, now time.Time) *Principal {
 	return p
 }
 
-// sessionCache is a sharded map of principals with a size bound.
+// sessionCache is a sharded map of principals with a size bound. gen
+// counts invalidations: a load that began before one is not cached.
 type sessionCache struct {
 	shards      [32]cacheShard
 	maxPerShard int
+	gen         atomic.Uint64
 }
 
 type cacheShard struct {
@@ -482,9 +498,15 @@ func (c *sessionCache) get(id SessionID) *Principal {
 	return p
 }
 
-func (c *sessionCache) put(p *Principal) {
+// put caches p unless an invalidation happened since generation gen was
+// read (the caller then still uses p for its own request).
+func (c *sessionCache) put(p *Principal, gen uint64) {
 	sh := c.shard(p.Session.ID)
 	sh.mu.Lock()
+	if c.gen.Load() != gen {
+		sh.mu.Unlock()
+		return
+	}
 	if _, ok := sh.m[p.Session.ID]; !ok && len(sh.m) >= c.maxPerShard {
 		for k := range sh.m { // evict an arbitrary entry
 			delete(sh.m, k)
@@ -496,6 +518,7 @@ func (c *sessionCache) put(p *Principal) {
 }
 
 func (c *sessionCache) drop(id SessionID) {
+	c.gen.Add(1)
 	sh := c.shard(id)
 	sh.mu.Lock()
 	delete(sh.m, id)
@@ -503,6 +526,7 @@ func (c *sessionCache) drop(id SessionID) {
 }
 
 func (c *sessionCache) dropUser(userID string) {
+	c.gen.Add(1)
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.Lock()

@@ -12,6 +12,10 @@ import (
 // TokenLen is the cookie token length in bytes (256 bits).
 const TokenLen = 32
 
+// strictB64 rejects non-zero padding bits, so each token has exactly one
+// spelling.
+var strictB64 = base64.RawURLEncoding.Strict()
+
 // tokenTextLen is the length of a token or session id as unpadded base64url.
 var tokenTextLen = base64.RawURLEncoding.EncodedLen(TokenLen)
 
@@ -45,7 +49,7 @@ func ParseSessionID(s string) (SessionID, error) {
 	if len(s) != tokenTextLen {
 		return id, errBadSessionID
 	}
-	if n, err := base64.RawURLEncoding.Decode(id[:], []byte(s)); err != nil || n != len(id) {
+	if n, err := strictB64.Decode(id[:], []byte(s)); err != nil || n != len(id) {
 		return SessionID{}, errBadSessionID
 	}
 	return id, nil
@@ -69,7 +73,7 @@ func TokenID(token string) (id SessionID, ok bool) {
 	var raw [TokenLen]byte
 	var src [64]byte
 	n := copy(src[:], token)
-	if m, err := base64.RawURLEncoding.Decode(raw[:], src[:n]); err != nil || m != TokenLen {
+	if m, err := strictB64.Decode(raw[:], src[:n]); err != nil || m != TokenLen {
 		return id, false
 	}
 	return sha256.Sum256(raw[:]), true

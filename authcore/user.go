@@ -60,8 +60,8 @@ func NormalizeGroups(in []string) ([]string, error) {
 		if g == "" {
 			continue
 		}
-		if strings.ContainsAny(g, ",\r\n") || !utf8.ValidString(g) || len(g) > 64 {
-			return nil, fmt.Errorf("%w: group name %q (no commas or line breaks, at most 64 bytes)", ErrInvalidInput, g)
+		if strings.ContainsRune(g, ',') || strings.ContainsFunc(g, isControl) || !utf8.ValidString(g) || len(g) > 64 {
+			return nil, fmt.Errorf("%w: group name %q (no commas or control characters, at most 64 bytes)", ErrInvalidInput, g)
 		}
 		if !slices.Contains(out, g) {
 			out = append(out, g)
@@ -77,10 +77,11 @@ func CleanName(s string) (string, error) {
 	if len(s) > 128 || !utf8.ValidString(s) {
 		return "", fmt.Errorf("%w: name must be valid UTF-8 of at most 128 bytes", ErrInvalidInput)
 	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return "", fmt.Errorf("%w: name contains a control character", ErrInvalidInput)
-		}
+	if strings.ContainsFunc(s, isControl) {
+		return "", fmt.Errorf("%w: name contains a control character", ErrInvalidInput)
 	}
 	return s, nil
 }
+
+// isControl reports the characters that cannot travel in a header value.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

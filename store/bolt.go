@@ -10,7 +10,11 @@
 //	├── sessions           session id (32-byte SHA-256)      → JSON authcore.Session
 //	├── sessions_by_user   user id (16) ‖ session id (32)    → nil
 //	├── secrets            name                              → opaque bytes (sealed by the caller)
-//	└── …                  buckets declared by the other files of this package
+//	├── totp               user id (16)                      → JSON TOTPRecord (secret sealed, aad = user id)
+//	├── totp_pending       user id (16)                      → JSON PendingTOTP (sealed likewise)
+//	├── recovery_codes     user id (16)                      → concatenated 32-byte code hashes
+//	├── regulation         "user:<id>" | "email:<hash>" | "ip:<addr or /64>" → JSON RegulationState
+//	└── …                  the audit buckets (bolt_audit.go)
 //
 // Keys sort the way they are queried: raw UUIDv7 bytes sort by creation time.
 package store

@@ -91,7 +91,8 @@ func (b *Bolt) UpdateUser(ctx context.Context, u *authcore.User) error {
 	})
 }
 
-// DeleteUser implements authcore.Store.
+// DeleteUser implements authcore.Store. It removes everything kept for
+// the user: sessions, second factors, recovery codes, regulation state.
 func (b *Bolt) DeleteUser(ctx context.Context, id string) error {
 	key, ok := userKey(id)
 	if !ok {
@@ -103,6 +104,11 @@ func (b *Bolt) DeleteUser(ctx context.Context, id string) error {
 			return err
 		}
 		if _, err := deleteUserSessions(tx, key); err != nil {
+			return err
+		}
+		// Second-factor secrets, recovery codes and regulation state go
+		// with the account, in the same transaction.
+		if err := deleteUserMFA(tx, key, id); err != nil {
 			return err
 		}
 		if err := bucket(tx, bktUsersByEmail).Delete([]byte(u.Email)); err != nil {

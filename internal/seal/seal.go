@@ -104,20 +104,32 @@ func LoadOrCreateKeyFile(path string) ([]byte, error) {
 	}
 	k := make([]byte, KeySize)
 	_, _ = rand.Read(k)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return LoadOrCreateKeyFile(path) // another process won the race
-	}
+	// Write the key to a temporary file first and link it into place, so
+	// a concurrent first start never reads a half-written key file.
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".encryption-key-*")
 	if err != nil {
 		return nil, fmt.Errorf("creating encryption key file: %w", err)
 	}
-	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("writing encryption key file: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
 		return nil, err
 	}
-	return k, f.Close()
+	if _, err := tmp.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("writing encryption key file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return nil, err
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Link(tmp.Name(), path); errors.Is(err, os.ErrExist) {
+		return LoadOrCreateKeyFile(path) // another process won the race
+	} else if err != nil {
+		return nil, fmt.Errorf("creating encryption key file: %w", err)
+	}
+	return k, nil
 }

@@ -1,0 +1,674 @@
+package authcore
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+	"github.com/sigra-auth/caddy-sigra/internal/seal"
+)
+
+// The KeyRing tests that need real persistence (a reopened bbolt file,
+// concurrent first starts) are in store/bolt_auth_test.go. Here the store
+// keeps secrets in a map; any other Store method panics through the nil
+// embedded interface.
+type krSecretsStore struct {
+	Store // nil
+
+	mu      sync.Mutex
+	secrets map[string][]byte
+	puts    int
+}
+
+func newKRSecretsStore() *krSecretsStore { return &krSecretsStore{secrets: map[string][]byte{}} }
+
+func (s *krSecretsStore) GetSecret(ctx context.Context, name string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.secrets[name]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return bytes.Clone(v), nil
+}
+
+func (s *krSecretsStore) PutSecret(ctx context.Context, name string, value []byte, ifAbsent bool) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.puts++
+	if old, ok := s.secrets[name]; ok && ifAbsent {
+		return bytes.Clone(old), nil
+	}
+	s.secrets[name] = bytes.Clone(value)
+	return bytes.Clone(value), nil
+}
+
+var krStart = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+func krBox(t *testing.T) *seal.Box {
+	t.Helper()
+	box, err := seal.New(make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return box
+}
+
+func newKR(t *testing.T, clk clock.Clock, st Store, cfg KeyRingConfig) *KeyRing {
+	t.Helper()
+	kr, err := LoadKeyRing(context.Background(), clk, st, krBox(t), cfg)
+	if err != nil {
+		t.Fatalf("LoadKeyRing(%+v): %v", cfg, err)
+	}
+	return kr
+}
+
+// krPrincipal is a signed-in principal as the Service would cache it.
+func krPrincipal(t *testing.T, groups []string) *Principal {
+	t.Helper()
+	_, id := NewToken()
+	u := &User{
+		ID: "0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", Email: "alice@example.com", EmailVerified: true,
+		Name: "Alice Smith", Groups: groups, UpdatedAt: krStart,
+	}
+	s := &Session{
+		ID: id, UserID: u.ID, CreatedAt: krStart, LastSeen: krStart, ExpiresAt: krStart.Add(12 * time.Hour),
+		AuthTime: krStart.Add(-time.Minute), AMR: []string{AMRPassword, AMROTP, AMRMFA}, MFAAt: krStart,
+	}
+	return newPrincipal(s, u, krStart)
+}
+
+// krJWKS parses the published key set.
+func krJWKS(t *testing.T, kr *KeyRing) jose.JSONWebKeySet {
+	t.Helper()
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(kr.JWKS(), &set); err != nil {
+		t.Fatalf("JWKS %s does not parse: %v", kr.JWKS(), err)
+	}
+	return set
+}
+
+func krKIDs(set jose.JSONWebKeySet) []string {
+	var kids []string
+	for _, k := range set.Keys {
+		kids = append(kids, k.KeyID)
+	}
+	return kids
+}
+
+// krVerify checks token the way an upstream application would: with
+// go-jose, only the JWKS document, and standard claim validation.
+func krVerify(t *testing.T, kr *KeyRing, token, iss, aud string, at time.Time) (jwt.Claims, map[string]any) {
+	t.Helper()
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256})
+	if err != nil {
+		t.Fatalf("ParseSigned(%q): %v", token, err)
+	}
+	if len(tok.Headers) != 1 {
+		t.Fatalf("%d signature headers; want 1", len(tok.Headers))
+	}
+	set := krJWKS(t, kr)
+	keys := set.Key(tok.Headers[0].KeyID)
+	if len(keys) != 1 {
+		t.Fatalf("kid %q matches %d keys in the JWKS %s; want 1", tok.Headers[0].KeyID, len(keys), kr.JWKS())
+	}
+	var std jwt.Claims
+	var all map[string]any
+	if err := tok.Claims(keys[0], &std, &all); err != nil {
+		t.Fatalf("verifying with the JWKS key: %v", err)
+	}
+	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: iss, AnyAudience: jwt.Audience{aud}, Time: at}, 0); err != nil {
+		t.Errorf("claim validation at %v: %v", at, err)
+	}
+	return std, all
+}
+
+func krHeader(t *testing.T, token string) map[string]any {
+	t.Helper()
+	seg, _, _ := strings.Cut(token, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(seg)
+	if err != nil {
+		t.Fatalf("header of %q: %v", token, err)
+	}
+	var h map[string]any
+	if err := json.Unmarshal(raw, &h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestLoadKeyRingFirstStart(t *testing.T) {
+	st := newKRSecretsStore()
+	box := krBox(t)
+	kr, err := LoadKeyRing(context.Background(), clock.NewFake(krStart), st, box, KeyRingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kr.TTL() != 5*time.Minute {
+		t.Errorf("TTL() = %v; want the default 5m", kr.TTL())
+	}
+	set := krJWKS(t, kr)
+	if len(set.Keys) != 1 {
+		t.Fatalf("JWKS has %d keys; want 1", len(set.Keys))
+	}
+	k := set.Keys[0]
+	if k.KeyID != kr.ActiveKeyID() || k.Algorithm != "EdDSA" || k.Use != "sig" || !k.IsPublic() {
+		t.Errorf("JWKS key = kid %q alg %q use %q public %t; want kid %q, EdDSA, sig, public", k.KeyID, k.Algorithm, k.Use, k.IsPublic(), kr.ActiveKeyID())
+	}
+	if _, ok := k.Key.(ed25519.PublicKey); !ok {
+		t.Errorf("JWKS key is %T; want ed25519.PublicKey", k.Key)
+	}
+	if bytes.Contains(kr.JWKS(), []byte(`"d"`)) {
+		t.Errorf("JWKS %s contains private key material", kr.JWKS())
+	}
+
+	sealed, ok := st.secrets["assertion_keys"]
+	if !ok {
+		t.Fatalf("no %q secret stored", "assertion_keys")
+	}
+	if bytes.Contains(sealed, []byte("pkcs8")) || bytes.Contains(sealed, []byte(kr.ActiveKeyID())) {
+		t.Errorf("stored key set is not sealed: %q", sealed)
+	}
+	plain, err := box.Open(sealed, []byte("sigra:assertion_keys"))
+	if err != nil {
+		t.Fatalf("stored key set does not open with the box and its aad: %v", err)
+	}
+	if !bytes.Contains(plain, []byte(kr.ActiveKeyID())) {
+		t.Errorf("unsealed key set %s does not hold the active kid %q", plain, kr.ActiveKeyID())
+	}
+}
+
+func TestLoadKeyRingAdoptsStoredKey(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	first := newKR(t, clk, st, KeyRingConfig{})
+	clk.Advance(time.Hour)
+	second := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA})
+	if second.ActiveKeyID() != first.ActiveKeyID() {
+		t.Errorf("second start kid = %q; want the stored %q", second.ActiveKeyID(), first.ActiveKeyID())
+	}
+	if !bytes.Equal(second.JWKS(), first.JWKS()) {
+		t.Errorf("second start JWKS = %s; want %s", second.JWKS(), first.JWKS())
+	}
+	// A token from one instance verifies against the other's JWKS.
+	p := krPrincipal(t, nil)
+	tok, err := first.Assertion(p, "https://app.example.com", "https://app.example.com", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	krVerify(t, second, tok, "https://app.example.com", "https://app.example.com", clk.Now())
+}
+
+func TestLoadKeyRingWrongEncryptionKey(t *testing.T) {
+	st := newKRSecretsStore()
+	newKR(t, clock.NewFake(krStart), st, KeyRingConfig{})
+	k := make([]byte, 32)
+	k[0] = 1
+	other, err := seal.New(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = LoadKeyRing(context.Background(), clock.NewFake(krStart), st, other, KeyRingConfig{})
+	if err == nil {
+		t.Fatal("LoadKeyRing with another encryption key = nil error; want a refusal")
+	}
+	if !errors.Is(err, seal.ErrOpen) {
+		t.Errorf("error %q does not wrap seal.ErrOpen", err)
+	}
+	if !strings.Contains(err.Error(), other.ID()) {
+		t.Errorf("error %q does not name the key id %q", err, other.ID())
+	}
+}
+
+func TestLoadKeyRingMalformedStoredKeys(t *testing.T) {
+	box := krBox(t)
+	for name, plain := range map[string]string{
+		"not json":     "nonsense",
+		"empty list":   "[]",
+		"bad pkcs8":    `[{"kid":"k1","alg":"EdDSA","pkcs8":"AAAA"}]`,
+		"null payload": "null",
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := newKRSecretsStore()
+			st.secrets["assertion_keys"] = box.Seal([]byte(plain), []byte("sigra:assertion_keys"))
+			if kr, err := LoadKeyRing(context.Background(), clock.NewFake(krStart), st, box, KeyRingConfig{}); err == nil {
+				t.Errorf("LoadKeyRing over %q = kid %q, nil; want an error", plain, kr.ActiveKeyID())
+			}
+		})
+	}
+}
+
+func TestLoadKeyRingRejectsAlgorithm(t *testing.T) {
+	for _, alg := range []string{"RS256", "HS256", "none", "eddsa"} {
+		_, err := LoadKeyRing(context.Background(), clock.NewFake(krStart), newKRSecretsStore(), krBox(t), KeyRingConfig{Algorithm: alg})
+		if !errors.Is(err, ErrInvalidInput) {
+			t.Errorf("LoadKeyRing(algorithm %q) = %v; want ErrInvalidInput", alg, err)
+		}
+	}
+}
+
+func TestKeyRingAlgorithmChangeRotates(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	ed := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA})
+	p := krPrincipal(t, nil)
+	const iss = "https://app.example.com"
+	oldTok, err := ed.Assertion(p, iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	clk.Advance(time.Minute)
+	es := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256})
+	if es.ActiveKeyID() == ed.ActiveKeyID() {
+		t.Fatalf("active kid unchanged (%q) after switching to ES256", es.ActiveKeyID())
+	}
+	set := krJWKS(t, es)
+	if got, want := krKIDs(set), []string{es.ActiveKeyID(), ed.ActiveKeyID()}; !slices.Equal(got, want) {
+		t.Fatalf("JWKS kids = %q; want the new key then the retired one %q", got, want)
+	}
+	if set.Keys[0].Algorithm != "ES256" || set.Keys[1].Algorithm != "EdDSA" {
+		t.Errorf("JWKS algorithms = %q, %q; want ES256, EdDSA", set.Keys[0].Algorithm, set.Keys[1].Algorithm)
+	}
+	if _, ok := set.Keys[0].Key.(*ecdsa.PublicKey); !ok {
+		t.Errorf("new JWKS key is %T; want *ecdsa.PublicKey", set.Keys[0].Key)
+	}
+	// An assertion signed before the switch still verifies.
+	krVerify(t, es, oldTok, iss, iss, clk.Now())
+
+	newTok, err := es.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := krHeader(t, newTok); h["alg"] != "ES256" || h["kid"] != es.ActiveKeyID() {
+		t.Errorf("new assertion header = %v; want alg ES256, kid %q", h, es.ActiveKeyID())
+	}
+	krVerify(t, es, newTok, iss, iss, clk.Now())
+
+	// Starting again with ES256 adopts the rotated set: no second rotation.
+	again := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256})
+	if again.ActiveKeyID() != es.ActiveKeyID() || !bytes.Equal(again.JWKS(), es.JWKS()) {
+		t.Errorf("restart after rotation: kid %q, JWKS %s; want kid %q, JWKS %s", again.ActiveKeyID(), again.JWKS(), es.ActiveKeyID(), es.JWKS())
+	}
+}
+
+// TestKeyRingRotateRetiresOldKeys: a retired key stays published for the
+// assertion TTL (plus a minute), and is dropped at the next rotation after
+// that.
+func TestKeyRingRotateRetiresOldKeys(t *testing.T) {
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	kr := newKR(t, clk, st, KeyRingConfig{TTL: 5 * time.Minute})
+	k1 := kr.ActiveKeyID()
+	ctx := context.Background()
+
+	if err := kr.Rotate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	k2 := kr.ActiveKeyID()
+	if h := krJWKS(t, kr); h.Keys[0].Algorithm != "EdDSA" {
+		t.Errorf("Rotate(\"\") made a %s key; want the current algorithm EdDSA", h.Keys[0].Algorithm)
+	}
+	if got := krKIDs(krJWKS(t, kr)); !slices.Equal(got, []string{k2, k1}) {
+		t.Fatalf("after first rotation JWKS kids = %q; want %q", got, []string{k2, k1})
+	}
+
+	clk.Advance(5*time.Minute + time.Minute - time.Second)
+	if err := kr.Rotate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	k3 := kr.ActiveKeyID()
+	if got := krKIDs(krJWKS(t, kr)); !slices.Equal(got, []string{k3, k2, k1}) {
+		t.Fatalf("rotation within TTL+1m: JWKS kids = %q; want %q", got, []string{k3, k2, k1})
+	}
+
+	clk.Advance(time.Second)
+	if err := kr.Rotate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	k4 := kr.ActiveKeyID()
+	if got := krKIDs(krJWKS(t, kr)); !slices.Equal(got, []string{k4, k3, k2}) {
+		t.Errorf("rotation TTL+1m after the first: JWKS kids = %q; want %q (k1 dropped)", got, []string{k4, k3, k2})
+	}
+
+	// The stored set is the rotated one.
+	again := newKR(t, clk, st, KeyRingConfig{TTL: 5 * time.Minute})
+	if !bytes.Equal(again.JWKS(), kr.JWKS()) {
+		t.Errorf("reloaded JWKS = %s; want %s", again.JWKS(), kr.JWKS())
+	}
+}
+
+func TestAssertionClaims(t *testing.T) {
+	for _, alg := range []string{AlgEdDSA, AlgES256} {
+		t.Run(alg, func(t *testing.T) {
+			clk := clock.NewFake(krStart)
+			kr := newKR(t, clk, newKRSecretsStore(), KeyRingConfig{Algorithm: alg, TTL: 5 * time.Minute})
+			p := krPrincipal(t, []string{"dev", "admins"})
+			const iss, aud = "https://app.example.com", "https://api.example.com"
+			now := clk.Now()
+			tok, err := kr.Assertion(p, iss, aud, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			h := krHeader(t, tok)
+			if h["alg"] != alg || h["kid"] != kr.ActiveKeyID() || h["typ"] != "JWT" {
+				t.Errorf("header = %v; want alg %q, kid %q, typ JWT", h, alg, kr.ActiveKeyID())
+			}
+
+			std, all := krVerify(t, kr, tok, iss, aud, now)
+			if std.Subject != p.User.ID {
+				t.Errorf("sub = %q; want %q", std.Subject, p.User.ID)
+			}
+			if got, want := std.Expiry.Time().Sub(std.IssuedAt.Time()), 5*time.Minute; got != want {
+				t.Errorf("exp - iat = %v; want the TTL %v", got, want)
+			}
+
+			want := map[string]any{
+				"iss": iss, "aud": aud, "sub": p.User.ID, "email": "alice@example.com", "email_verified": true,
+				"name": "Alice Smith", "groups": []any{"dev", "admins"}, "amr": []any{"pwd", "otp", "mfa"},
+				"sid": p.Session.ID.String(), "auth_time": float64(krStart.Add(-time.Minute).Unix()),
+				"iat": float64(now.Unix()), "nbf": float64(now.Unix()), "exp": float64(now.Add(5 * time.Minute).Unix()),
+			}
+			for k, w := range want {
+				got, ok := all[k]
+				if !ok {
+					t.Errorf("claim %q missing", k)
+					continue
+				}
+				gj, _ := json.Marshal(got)
+				wj, _ := json.Marshal(w)
+				if !bytes.Equal(gj, wj) {
+					t.Errorf("claim %q = %s; want %s", k, gj, wj)
+				}
+			}
+			for k := range all {
+				if _, ok := want[k]; !ok {
+					t.Errorf("unexpected claim %q = %v", k, all[k])
+				}
+			}
+
+			// The signature covers the payload: a changed claim fails.
+			parts := strings.Split(tok, ".")
+			forged := strings.Replace(string(must64(t, parts[1])), `"dev","admins"`, `"dev","root"`, 1)
+			bad := parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(forged)) + "." + parts[2]
+			if parsed, err := jwt.ParseSigned(bad, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256}); err == nil {
+				var c map[string]any
+				if err := parsed.Claims(krJWKS(t, kr).Keys[0], &c); err == nil {
+					t.Errorf("a forged payload verified: %v", c)
+				}
+			}
+		})
+	}
+}
+
+func must64(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestAssertionEmptyGroupsIsAList(t *testing.T) {
+	kr := newKR(t, clock.NewFake(krStart), newKRSecretsStore(), KeyRingConfig{})
+	for name, groups := range map[string][]string{"nil": nil, "empty": {}} {
+		t.Run(name, func(t *testing.T) {
+			tok, err := kr.Assertion(krPrincipal(t, groups), "https://a.example", "https://a.example", krStart)
+			if err != nil {
+				t.Fatal(err)
+			}
+			payload := must64(t, strings.Split(tok, ".")[1])
+			if !bytes.Contains(payload, []byte(`"groups":[]`)) {
+				t.Errorf("payload %s; want \"groups\":[] (an empty list, not null or absent)", payload)
+			}
+		})
+	}
+}
+
+func TestAssertionOmitsEmptyName(t *testing.T) {
+	kr := newKR(t, clock.NewFake(krStart), newKRSecretsStore(), KeyRingConfig{})
+	p := krPrincipal(t, nil)
+	p.User.Name = ""
+	tok, err := kr.Assertion(p, "https://a.example", "https://a.example", krStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if payload := must64(t, strings.Split(tok, ".")[1]); bytes.Contains(payload, []byte(`"name"`)) {
+		t.Errorf("payload %s has a name claim for a user without a name", payload)
+	}
+}
+
+func TestAssertionCaching(t *testing.T) {
+	clk := clock.NewFake(krStart)
+	kr := newKR(t, clk, newKRSecretsStore(), KeyRingConfig{TTL: 5 * time.Minute})
+	p := krPrincipal(t, []string{"dev"})
+	const iss, aud = "https://app.example.com", "https://app.example.com"
+	sign := func(iss, aud string) string {
+		t.Helper()
+		tok, err := kr.Assertion(p, iss, aud, clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+
+	first := sign(iss, aud)
+	clk.Advance(2*time.Minute + 29*time.Second) // just under TTL/2
+	if got := sign(iss, aud); got != first {
+		t.Errorf("assertion re-signed %v after issue; want the cached one until TTL/2", clk.Now().Sub(krStart))
+	}
+
+	clk.Advance(time.Second) // exactly TTL/2
+	second := sign(iss, aud)
+	if second == first {
+		t.Fatalf("assertion not re-signed at TTL/2")
+	}
+	_, claims := krVerify(t, kr, second, iss, aud, clk.Now())
+	if got := int64(claims["iat"].(float64)); got != clk.Now().Unix() {
+		t.Errorf("re-signed iat = %d; want %d", got, clk.Now().Unix())
+	}
+
+	if got := sign(iss, aud); got != second {
+		t.Errorf("assertion re-signed right after re-signing")
+	}
+	if err := kr.Rotate(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	third := sign(iss, aud)
+	if third == second {
+		t.Fatalf("assertion not re-signed after Rotate")
+	}
+	if h := krHeader(t, third); h["kid"] != kr.ActiveKeyID() {
+		t.Errorf("kid after rotation = %v; want %q", h["kid"], kr.ActiveKeyID())
+	}
+
+	otherIss := sign("https://other.example.com", aud)
+	if otherIss == third {
+		t.Errorf("same token for another issuer")
+	}
+	krVerify(t, kr, otherIss, "https://other.example.com", aud, clk.Now())
+	otherAud := sign("https://other.example.com", "https://api.example.com")
+	if otherAud == otherIss {
+		t.Errorf("same token for another audience")
+	}
+	krVerify(t, kr, otherAud, "https://other.example.com", "https://api.example.com", clk.Now())
+	if back := sign(iss, aud); back == otherAud {
+		t.Errorf("token for the first issuer and audience equals the last one")
+	} else {
+		krVerify(t, kr, back, iss, aud, clk.Now())
+	}
+}
+
+// --- PEM signing keys -------------------------------------------------
+
+func krWritePEM(t *testing.T, typ string, der []byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "assertion.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func krPKCS8(t *testing.T, key any) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func TestKeyRingPEMFile(t *testing.T) {
+	edPub, edPriv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecSEC1, err := x509.MarshalECPrivateKey(ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		alg     string
+		typ     string
+		der     []byte
+		wantPub any
+	}{
+		{"Ed25519 PKCS#8", AlgEdDSA, "PRIVATE KEY", krPKCS8(t, edPriv), edPub},
+		{"Ed25519 PKCS#8, default algorithm", "", "PRIVATE KEY", krPKCS8(t, edPriv), edPub},
+		{"P-256 SEC 1", AlgES256, "EC PRIVATE KEY", ecSEC1, &ec.PublicKey},
+		{"P-256 PKCS#8", AlgES256, "PRIVATE KEY", krPKCS8(t, ec), &ec.PublicKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := newKRSecretsStore()
+			clk := clock.NewFake(krStart)
+			kr := newKR(t, clk, st, KeyRingConfig{Algorithm: tt.alg, PEMFile: krWritePEM(t, tt.typ, tt.der)})
+			set := krJWKS(t, kr)
+			if len(set.Keys) != 1 {
+				t.Fatalf("JWKS has %d keys; want only the file's", len(set.Keys))
+			}
+			type equaler interface{ Equal(crypto.PublicKey) bool }
+			if pub, ok := set.Keys[0].Key.(equaler); !ok || !pub.Equal(tt.wantPub) {
+				t.Errorf("JWKS key %T is not the file's public key", set.Keys[0].Key)
+			}
+			if st.puts != 0 || len(st.secrets) != 0 {
+				t.Errorf("a PEM key ring wrote %d secrets to the store; want none", st.puts)
+			}
+			const iss = "https://app.example.com"
+			tok, err := kr.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			krVerify(t, kr, tok, iss, iss, clk.Now())
+			if err := kr.Rotate(context.Background(), ""); err == nil {
+				t.Errorf("Rotate with a PEM file = nil; want an error")
+			}
+			if kid := kr.ActiveKeyID(); kid != set.Keys[0].KeyID {
+				t.Errorf("active kid changed to %q by a refused rotation", kid)
+			}
+		})
+	}
+}
+
+func TestKeyRingPEMFileRefused(t *testing.T) {
+	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ecSEC1, _ := x509.MarshalECPrivateKey(ec)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("just text\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		alg  string
+		path string
+		want string // in the error
+	}{
+		{"RSA PKCS#8", AlgEdDSA, krWritePEM(t, "PRIVATE KEY", krPKCS8(t, rsaKey)), "unsupported key type"},
+		{"RSA PKCS#1", AlgEdDSA, krWritePEM(t, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsaKey)), "unsupported PEM type"},
+		{"Ed25519 with ES256", AlgES256, krWritePEM(t, "PRIVATE KEY", krPKCS8(t, edPriv)), "Ed25519"},
+		{"P-256 with EdDSA", AlgEdDSA, krWritePEM(t, "EC PRIVATE KEY", ecSEC1), "ES256"},
+		{"P-384", AlgES256, krWritePEM(t, "PRIVATE KEY", krPKCS8(t, p384)), "P-256"},
+		{"public key only", AlgEdDSA, krWritePEM(t, "PUBLIC KEY", []byte{1, 2, 3}), "unsupported PEM type"},
+		{"garbage DER", AlgEdDSA, krWritePEM(t, "PRIVATE KEY", []byte("garbage")), ""},
+		{"not PEM", AlgEdDSA, notPEM, "no PEM block"},
+		{"missing file", AlgEdDSA, filepath.Join(dir, "missing.pem"), "missing.pem"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := newKRSecretsStore()
+			kr, err := LoadKeyRing(context.Background(), clock.NewFake(krStart), st, krBox(t), KeyRingConfig{Algorithm: tt.alg, PEMFile: tt.path})
+			if err == nil {
+				t.Fatalf("LoadKeyRing = kid %q, nil; want an error", kr.ActiveKeyID())
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q; want it to mention %q", err, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.path) {
+				t.Errorf("error %q does not name the file %s", err, tt.path)
+			}
+			if len(st.secrets) != 0 {
+				t.Errorf("a refused PEM key fell back to a generated key in the store")
+			}
+		})
+	}
+}
+
+func TestKeyRingSign(t *testing.T) {
+	kr := newKR(t, clock.NewFake(krStart), newKRSecretsStore(), KeyRingConfig{})
+	tok, err := kr.Sign([]byte(`{"hello":"world"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := krJWKS(t, kr)
+	keys := set.Key(kr.ActiveKeyID())
+	if len(keys) != 1 {
+		t.Fatalf("active kid not in JWKS")
+	}
+	payload, err := obj.Verify(keys[0])
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if string(payload) != `{"hello":"world"}` {
+		t.Errorf("payload = %q; want %q", payload, `{"hello":"world"}`)
+	}
+}

@@ -1,0 +1,180 @@
+package authcore
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestNormalizeEmail(t *testing.T) {
+	// 64 + 1 + 189 = 254 bytes, the longest address accepted.
+	longest := strings.Repeat("a", 64) + "@" + strings.Repeat("b", 185) + ".com"
+	tests := []struct {
+		name    string
+		in      string
+		want    string
+		wantErr bool
+	}{
+		{name: "plain", in: "alice@example.com", want: "alice@example.com"},
+		{name: "upper case folded", in: "Alice@Example.COM", want: "alice@example.com"},
+		{name: "surrounding spaces trimmed", in: "  alice@example.com \t\n", want: "alice@example.com"},
+		{name: "plus tag and subdomain", in: "a.b+tag@mail.example.co.uk", want: "a.b+tag@mail.example.co.uk"},
+		{name: "254 bytes", in: longest, want: longest},
+		{name: "empty", in: "", wantErr: true},
+		{name: "only spaces", in: "   ", wantErr: true},
+		{name: "display name", in: "Alice <alice@example.com>", wantErr: true},
+		{name: "quoted display name", in: `"Alice" <alice@example.com>`, wantErr: true},
+		{name: "angle brackets only", in: "<alice@example.com>", wantErr: true},
+		{name: "comment", in: "alice@example.com (Alice)", wantErr: true},
+		{name: "missing @", in: "alice.example.com", wantErr: true},
+		{name: "missing local part", in: "@example.com", wantErr: true},
+		{name: "missing domain", in: "alice@", wantErr: true},
+		{name: "two @", in: "alice@bob@example.com", wantErr: true},
+		{name: "list of two", in: "alice@example.com, bob@example.com", wantErr: true},
+		{name: "space inside", in: "alice smith@example.com", wantErr: true},
+		{name: "quoted local part", in: `"alice smith"@example.com`, wantErr: true},
+		{name: "header injection", in: "alice@example.com\r\nX-Sigra-User: admin", wantErr: true},
+		{name: "NUL", in: "alice\x00@example.com", wantErr: true},
+		{name: "255 bytes", in: "a" + longest, wantErr: true},
+		{name: "far too long", in: strings.Repeat("a", 5000) + "@example.com", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := NormalizeEmail(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("NormalizeEmail(%q) = %q, nil; want an error", tt.in, got)
+				}
+				if !errors.Is(err, ErrInvalidInput) {
+					t.Errorf("NormalizeEmail(%q) error = %v; want it to wrap ErrInvalidInput", tt.in, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("NormalizeEmail(%q) = %v; want nil", tt.in, err)
+			}
+			if got != tt.want {
+				t.Errorf("NormalizeEmail(%q) = %q; want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNormalizeGroups(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      []string
+		want    []string
+		wantErr bool
+	}{
+		{name: "nil", in: nil, want: nil},
+		{name: "kept in order", in: []string{"dev", "admins"}, want: []string{"dev", "admins"}},
+		{name: "trimmed", in: []string{" admins ", "\tdev\n"}, want: []string{"admins", "dev"}},
+		{name: "empties dropped", in: []string{"", "a", "   ", "b"}, want: []string{"a", "b"}},
+		{name: "only empties", in: []string{"", " "}, want: nil},
+		{name: "duplicates dropped", in: []string{"a", "b", "a", " a ", "b"}, want: []string{"a", "b"}},
+		{name: "case sensitive", in: []string{"Admins", "admins"}, want: []string{"Admins", "admins"}},
+		{name: "inner space kept", in: []string{"release managers"}, want: []string{"release managers"}},
+		{name: "unicode", in: []string{"équipe"}, want: []string{"équipe"}},
+		{name: "64 bytes", in: []string{strings.Repeat("g", 64)}, want: []string{strings.Repeat("g", 64)}},
+		{name: "comma would split the header", in: []string{"a,b"}, wantErr: true},
+		{name: "comma among good ones", in: []string{"ok", "admins,dev"}, wantErr: true},
+		{name: "newline", in: []string{"a\nb"}, wantErr: true},
+		{name: "carriage return", in: []string{"a\rb"}, wantErr: true},
+		{name: "header injection", in: []string{"dev\r\nX-Sigra-User: admin"}, wantErr: true},
+		{name: "65 bytes", in: []string{strings.Repeat("g", 65)}, wantErr: true},
+		{name: "invalid UTF-8", in: []string{"a\xffb"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := NormalizeGroups(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("NormalizeGroups(%q) = %q, nil; want an error", tt.in, got)
+				}
+				if !errors.Is(err, ErrInvalidInput) {
+					t.Errorf("NormalizeGroups(%q) error = %v; want it to wrap ErrInvalidInput", tt.in, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("NormalizeGroups(%q) = %v; want nil", tt.in, err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("NormalizeGroups(%q) = %q; want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCleanName(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    string
+		wantErr bool
+	}{
+		{name: "plain", in: "Alice Smith", want: "Alice Smith"},
+		{name: "empty allowed", in: "", want: ""},
+		{name: "trimmed", in: "  Alice \n", want: "Alice"},
+		{name: "unicode", in: "Zoë Ångström 李", want: "Zoë Ångström 李"},
+		{name: "128 bytes", in: strings.Repeat("n", 128), want: strings.Repeat("n", 128)},
+		{name: "129 bytes", in: strings.Repeat("n", 129), wantErr: true},
+		{name: "NUL", in: "Ali\x00ce", wantErr: true},
+		{name: "inner newline", in: "Alice\nSmith", wantErr: true},
+		{name: "header injection", in: "Alice\r\nX-Sigra-User: admin", wantErr: true},
+		{name: "tab", in: "Alice\tSmith", wantErr: true},
+		{name: "escape", in: "Alice\x1b[31m", wantErr: true},
+		{name: "DEL", in: "Alice\x7f", wantErr: true},
+		{name: "invalid UTF-8", in: "Alice\xff", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := CleanName(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("CleanName(%q) = %q, nil; want an error", tt.in, got)
+				}
+				if !errors.Is(err, ErrInvalidInput) {
+					t.Errorf("CleanName(%q) error = %v; want it to wrap ErrInvalidInput", tt.in, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("CleanName(%q) = %v; want nil", tt.in, err)
+			}
+			if got != tt.want {
+				t.Errorf("CleanName(%q) = %q; want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestUserInGroup(t *testing.T) {
+	u := &User{Groups: []string{"dev", "admins"}}
+	for g, want := range map[string]bool{"dev": true, "admins": true, "Admins": false, "": false, "ops": false} {
+		if got := u.InGroup(g); got != want {
+			t.Errorf("InGroup(%q) = %t; want %t", g, got, want)
+		}
+	}
+	if (&User{}).InGroup("") {
+		t.Errorf("a user without groups is in group %q", "")
+	}
+}
+
+func TestUserCloneIsDeep(t *testing.T) {
+	u := &User{ID: "id", Email: "a@example.com", Groups: []string{"dev"}}
+	c := u.Clone()
+	c.Groups[0] = "admins"
+	c.Email = "b@example.com"
+	if u.Groups[0] != "dev" {
+		t.Errorf("original groups = %q after changing the clone; want %q", u.Groups, []string{"dev"})
+	}
+	if u.Email != "a@example.com" {
+		t.Errorf("original email = %q after changing the clone", u.Email)
+	}
+	if c.ID != u.ID {
+		t.Errorf("clone ID = %q; want %q", c.ID, u.ID)
+	}
+}
