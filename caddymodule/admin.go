@@ -35,7 +35,42 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 
 // Routes returns the admin routes.
 func (adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/sigra/users", Handler: caddy.AdminHandlerFunc(handleAdminUsers)}}
+	return []caddy.AdminRoute{
+		{Pattern: "/sigra/users", Handler: caddy.AdminHandlerFunc(handleAdminUsers)},
+		{Pattern: "/sigra/audit/export", Handler: caddy.AdminHandlerFunc(handleAdminAuditExport)},
+	}
+}
+
+// runningRuntime returns the running app and its runtime.
+func runningRuntime() (*App, *runtime, error) {
+	a := running.Load()
+	var rt *runtime
+	if a != nil {
+		rt = a.life.rt.Load()
+	}
+	if rt == nil {
+		return nil, nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the sigra app is not running")}
+	}
+	return a, rt, nil
+}
+
+// handleAdminAuditExport streams audit rows as NDJSON, oldest first
+// (GET, query parameters since and until).
+func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use GET")}
+	}
+	_, rt, err := runningRuntime()
+	if err != nil {
+		return err
+	}
+	since, until, err := exportRange(r.URL.Query().Get("since"), r.URL.Query().Get("until"), rt.auth.Now())
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	_, err = rt.audit.Export(r.Context(), w, since, until)
+	return err
 }
 
 // handleAdminUsers runs one userRequest (POST, JSON body).
@@ -43,19 +78,15 @@ func handleAdminUsers(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
 	}
-	a := running.Load()
-	var rt *runtime
-	if a != nil {
-		rt = a.life.rt.Load()
-	}
-	if rt == nil {
-		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the sigra app is not running")}
+	a, rt, err := runningRuntime()
+	if err != nil {
+		return err
 	}
 	var req userRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody)).Decode(&req); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
 	}
-	res, err := doUser(r.Context(), rt.auth, a.AdminGroup, req)
+	res, err := doUser(r.Context(), rt, a.AdminGroup, req, nil, "")
 	if err != nil {
 		return caddy.APIError{HTTPStatus: userErrorStatus(err), Err: err}
 	}

@@ -18,7 +18,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/internal/clock"
 	"github.com/sigra-auth/caddy-sigra/internal/seal"
@@ -48,6 +50,9 @@ type App struct {
 	// AdminGroup names the group whose members may use the admin pages and
 	// API. Default "admins".
 	AdminGroup string `json:"admin_group,omitempty"`
+	// AdminMFAMaxAge is how recent an admin's second factor must be for
+	// the admin API. Default 30m.
+	AdminMFAMaxAge caddy.Duration `json:"admin_mfa_max_age,omitempty"`
 	// AllowedRedirectHosts lists other hosts that a post-login `rd` may
 	// point at (host or host:port).
 	AllowedRedirectHosts []string `json:"allowed_redirect_hosts,omitempty"`
@@ -56,14 +61,19 @@ type App struct {
 	HeaderAliases []string `json:"header_aliases,omitempty"`
 	// AssertionAudience is the assertion's `aud`. Default: the site origin.
 	AssertionAudience string `json:"assertion_audience,omitempty"`
+	// Regulation limits failed password and second-factor attempts.
+	Regulation *RegulationConfig `json:"regulation,omitempty"`
+	// Audit configures retention and webhooks of the audit trail.
+	Audit *AuditConfig `json:"audit,omitempty"`
 	// BootstrapAdmin is the email of the admin created, with a random
 	// password printed once, when the store has no users. "off" disables
 	// it. Default admin@localhost.
 	BootstrapAdmin string `json:"bootstrap_admin,omitempty"`
 
-	logger *zap.Logger
-	slog   *slog.Logger
-	clock  clock.Clock
+	logger  *zap.Logger
+	slog    *slog.Logger
+	clock   clock.Clock
+	metrics *metrics // nil outside a running Caddy (the CLI)
 
 	remoteAliases bool
 	storagePath   string
@@ -73,10 +83,11 @@ type App struct {
 
 // lifecycle is the App's mutable state between Start and Stop.
 type lifecycle struct {
-	rt     atomic.Pointer[runtime]
-	ready  chan struct{}
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	rt        atomic.Pointer[runtime]
+	rtForStop *runtime
+	ready     chan struct{}
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // StorageConfig selects the storage backend.
@@ -109,12 +120,47 @@ type KeysConfig struct {
 	AssertionTTL caddy.Duration `json:"assertion_ttl,omitempty"`
 }
 
+// RegulationConfig limits failed attempts (DESIGN.md: regulation).
+type RegulationConfig struct {
+	// MaxRetries failed attempts on one account within FindTime ban it.
+	// Default 5.
+	MaxRetries int `json:"max_retries,omitempty"`
+	// MaxRetriesPerIP failed attempts from one client IP (IPv6: per /64)
+	// within FindTime ban the IP, across accounts. Default 4×MaxRetries.
+	MaxRetriesPerIP int `json:"max_retries_per_ip,omitempty"`
+	// FindTime is the counting window. Default 10m.
+	FindTime caddy.Duration `json:"find_time,omitempty"`
+	// BanTime is how long a ban lasts. Default 15m.
+	BanTime caddy.Duration `json:"ban_time,omitempty"`
+}
+
 // runtime is what Start builds: everything that needs the open store.
 type runtime struct {
 	store *store.Bolt
 	auth  *authcore.Service
 	keys  *authcore.KeyRing
 	csrf  *authcore.CSRF
+	reg   *authcore.Regulator
+	audit *audit.Log
+
+	metrics *metrics // nil in the CLI
+}
+
+// record appends an audit row durably, timing it for the metrics.
+func (rt *runtime) record(ctx context.Context, row audit.Row) error {
+	start := time.Now()
+	err := rt.audit.Record(ctx, row)
+	if rt.metrics != nil {
+		rt.metrics.auditAppend.Observe(time.Since(start).Seconds())
+	}
+	return err
+}
+
+// login counts a sign-in attempt.
+func (rt *runtime) login(method, result string) {
+	if rt.metrics != nil {
+		rt.metrics.logins.WithLabelValues(method, result).Inc()
+	}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -130,14 +176,22 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.slog = ctx.Slogger()
-	return a.setDefaults()
+	if err := a.setDefaults(); err != nil {
+		return err
+	}
+	m, err := newMetrics(ctx.GetMetricsRegistry(), a)
+	if err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	a.metrics = m
+	return nil
 }
 
 // setDefaults completes the configuration (shared by Provision and the
 // CLI, which reads the same config without running Caddy).
 func (a *App) setDefaults() error {
 	if a.clock == nil {
-		a.clock = clock.Real{}
+		a.clock = newClock()
 	}
 	a.life = &lifecycle{ready: make(chan struct{})}
 	if a.Storage == nil {
@@ -181,6 +235,13 @@ func (a *App) setDefaults() error {
 	return nil
 }
 
+func (a *App) adminMFAMaxAge() time.Duration {
+	if a.AdminMFAMaxAge > 0 {
+		return time.Duration(a.AdminMFAMaxAge)
+	}
+	return 30 * time.Minute
+}
+
 // Validate checks the configuration without side effects.
 func (a *App) Validate() error {
 	if a.Keys.Algorithm != authcore.AlgEdDSA && a.Keys.Algorithm != authcore.AlgES256 {
@@ -199,8 +260,14 @@ func (a *App) Validate() error {
 			return fmt.Errorf("bootstrap_admin: %w", err)
 		}
 	}
-	return nil
+	if r := a.Regulation; r != nil && (r.MaxRetries < 0 || r.MaxRetriesPerIP < 0 || r.FindTime < 0 || r.BanTime < 0) {
+		return errors.New("regulation: values must not be negative")
+	}
+	return a.Audit.validate()
 }
+
+// newClock makes the clock of new apps; tests substitute a fake one.
+var newClock = func() clock.Clock { return clock.Real{} }
 
 // dbPool shares one open bbolt file per path across config reloads: the
 // old and the new config run side by side for a moment, and bbolt allows
@@ -232,10 +299,16 @@ func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := a.life
 	l.cancel = cancel
-	l.wg.Add(1)
+	l.rtForStop = rt
+	rt.audit.Start(ctx)
+	l.wg.Add(2)
 	go func() {
 		defer l.wg.Done()
 		rt.auth.Run(ctx)
+	}()
+	go func() {
+		defer l.wg.Done()
+		a.pruneBans(ctx, rt.reg)
 	}()
 	l.rt.Store(rt)
 	close(l.ready)
@@ -270,9 +343,27 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := &runtime{store: st, auth: auth, keys: keys, csrf: authcore.NewCSRF(csrfKey)}
+	var rc authcore.RegulationConfig
+	if r := a.Regulation; r != nil {
+		rc = authcore.RegulationConfig{MaxRetries: r.MaxRetries, MaxRetriesPerIP: r.MaxRetriesPerIP,
+			FindTime: time.Duration(r.FindTime), BanTime: time.Duration(r.BanTime)}
+	}
+	hooks, err := a.Audit.webhooks()
+	if err != nil {
+		return nil, err
+	}
+	auditRows := slog.New(zapslog.NewHandler(a.logger.Core(), zapslog.WithName("sigra.audit")))
+	log, err := audit.New(auditRows, a.clock, st, audit.Options{
+		Webhooks: hooks, Retention: a.Audit.retention(), ErrorLog: a.slog,
+	})
+	if err != nil {
+		return nil, err
+	}
+	rt := &runtime{store: st, auth: auth, keys: keys, csrf: authcore.NewCSRF(csrfKey),
+		reg: authcore.NewRegulator(a.clock, st, rc), audit: log, metrics: a.metrics}
 	if bootstrap {
 		if err := a.bootstrapAdmin(ctx, rt); err != nil {
+			_ = log.Close()
 			return nil, err
 		}
 	}
@@ -344,6 +435,27 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 	return nil
 }
 
+// pruneBans drops expired regulation state every few minutes.
+func (a *App) pruneBans(ctx context.Context, reg *authcore.Regulator) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.logger.Error("regulation upkeep panicked", zap.Any("panic", r))
+		}
+	}()
+	t := time.NewTicker(5 * time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := reg.Prune(ctx); err != nil {
+				a.logger.Warn("pruning regulation state", zap.Error(err))
+			}
+		}
+	}
+}
+
 // Stop ends background work and releases the store.
 func (a *App) Stop() error {
 	l := a.life
@@ -355,6 +467,9 @@ func (a *App) Stop() error {
 	l.wg.Wait()
 	l.cancel = nil
 	l.rt.Store(nil)
+	if err := l.rtForStop.audit.Close(); err != nil {
+		a.logger.Error("closing the audit log", zap.Error(err))
+	}
 	_, err := dbPool.Delete(a.storagePath)
 	return err
 }

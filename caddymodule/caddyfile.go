@@ -1,13 +1,20 @@
 package caddymodule
 
 import (
+	"net/url"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/internal/seal"
 )
 
 func init() {
@@ -24,9 +31,9 @@ func init() {
 // later names global sub-options that belong to capabilities not in this
 // build yet: they fail validation instead of being silently ignored.
 var later = map[string]bool{
-	"regulation": true, "registration": true, "admin_mfa_max_age": true, "webauthn": true,
+	"registration": true, "webauthn": true,
 	"oidc": true, "saml": true, "mail": true, "billing": true, "flag": true, "policy": true,
-	"audit": true, "oidc_provider": true,
+	"oidc_provider": true,
 }
 
 // parseGlobal parses the global `sigra` block:
@@ -45,10 +52,24 @@ var later = map[string]bool{
 //		}
 //		prefix                 <path>
 //		admin_group            <group>
+//		admin_mfa_max_age      <duration>
 //		allowed_redirect_hosts <host...>
 //		header_aliases         remote
 //		assertion_audience     <aud>
 //		bootstrap_admin        <email>|off
+//		regulation {
+//			max_retries        <n>
+//			max_retries_per_ip <n>
+//			find_time          <duration>
+//			ban_time           <duration>
+//		}
+//		audit {
+//			retention <duration>
+//			webhook <url> {
+//				secret  <secret>
+//				actions <pattern...>
+//			}
+//		}
 //	}
 func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
@@ -116,6 +137,13 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 					if err := oneArg(d, &app.Keys.EncryptionKey); err != nil {
 						return nil, err
 					}
+					// A literal key is checked here, where the line is
+					// known; a placeholder when the config loads.
+					if k := app.Keys.EncryptionKey; !strings.Contains(k, "{") {
+						if _, err := seal.ParseKey(k); err != nil {
+							return nil, d.Errf("encryption_key: %v", err)
+						}
+					}
 				case "assertion_ttl":
 					if err := parseDuration(d, &app.Keys.AssertionTTL); err != nil {
 						return nil, err
@@ -133,6 +161,10 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 		case "admin_group":
 			if err := oneArg(d, &app.AdminGroup); err != nil {
+				return nil, err
+			}
+		case "admin_mfa_max_age":
+			if err := parseDuration(d, &app.AdminMFAMaxAge); err != nil {
 				return nil, err
 			}
 		case "allowed_redirect_hosts":
@@ -158,6 +190,43 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if err := oneArg(d, &app.BootstrapAdmin); err != nil {
 				return nil, err
 			}
+			if app.BootstrapAdmin != "off" {
+				if _, err := authcore.NormalizeEmail(app.BootstrapAdmin); err != nil {
+					return nil, d.Errf("bootstrap_admin: want an email or off: %v", err)
+				}
+			}
+		case "regulation":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.Regulation = new(RegulationConfig)
+			for d.NextBlock(1) {
+				var err error
+				switch d.Val() {
+				case "max_retries":
+					err = parseCount(d, &app.Regulation.MaxRetries)
+				case "max_retries_per_ip":
+					err = parseCount(d, &app.Regulation.MaxRetriesPerIP)
+				case "find_time":
+					err = parseDuration(d, &app.Regulation.FindTime)
+				case "ban_time":
+					err = parseDuration(d, &app.Regulation.BanTime)
+				default:
+					err = d.Errf("regulation: unknown option %q (known: max_retries, max_retries_per_ip, find_time, ban_time)", d.Val())
+				}
+				if err != nil {
+					return nil, err
+				}
+			}
+		case "audit":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			cfg, err := parseAudit(d)
+			if err != nil {
+				return nil, err
+			}
+			app.Audit = cfg
 		default:
 			if later[opt] {
 				return nil, d.Errf("sigra: %q is not available in this build yet", opt)
@@ -176,14 +245,84 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	return nil
 }
 
+// parseCount reads one positive integer.
+func parseCount(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return d.Errf("%s: want a positive whole number, got %q", name, s)
+	}
+	*dst = n
+	return nil
+}
+
+// parseAudit parses the audit block:
+//
+//	audit {
+//		retention <duration>
+//		webhook <url> {
+//			secret  <secret>
+//			actions <pattern...>
+//		}
+//	}
+func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
+	cfg := new(AuditConfig)
+	for d.NextBlock(1) {
+		switch d.Val() {
+		case "retention":
+			if err := parseDuration(d, &cfg.Retention); err != nil {
+				return nil, err
+			}
+		case "webhook":
+			w := new(AuditWebhook)
+			if err := oneArg(d, &w.URL); err != nil {
+				return nil, err
+			}
+			if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return nil, d.Errf("webhook: %q is not an http(s) URL", w.URL)
+			}
+			for d.NextBlock(2) {
+				switch d.Val() {
+				case "secret":
+					if err := oneArg(d, &w.Secret); err != nil {
+						return nil, err
+					}
+				case "actions":
+					w.Actions = d.RemainingArgs()
+					if len(w.Actions) == 0 {
+						return nil, d.ArgErr()
+					}
+					if _, err := audit.ParsePatterns(w.Actions); err != nil {
+						return nil, d.Errf("webhook actions: %v", err)
+					}
+				default:
+					return nil, d.Errf("webhook: unknown option %q (known: secret, actions)", d.Val())
+				}
+			}
+			if w.Secret == "" {
+				return nil, d.Errf("webhook %s: secret is required", w.URL)
+			}
+			cfg.Webhooks = append(cfg.Webhooks, w)
+		default:
+			return nil, d.Errf("audit: unknown option %q (known: retention, webhook)", d.Val())
+		}
+	}
+	return cfg, nil
+}
+
 func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
 	var s string
 	if err := oneArg(d, &s); err != nil {
 		return err
 	}
 	dur, err := caddy.ParseDuration(s)
 	if err != nil || dur <= 0 {
-		return d.Errf("%s: invalid duration %q", d.Val(), s)
+		return d.Errf("%s: invalid duration %q", name, s)
 	}
 	*dst = caddy.Duration(dur)
 	return nil

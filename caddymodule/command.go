@@ -10,13 +10,16 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/store"
 )
@@ -24,8 +27,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sigra",
-		Usage: "user <add|list|passwd|disable|enable> --config <file> [flags]",
-		Short: "Manages Sigra gateway users",
+		Usage: "user <add|list|passwd|disable|enable|unlock> | audit export --config <file> [flags]",
+		Short: "Manages Sigra gateway users and exports the audit trail",
 		Long: `
 Manages the users of the Sigra gateway.
 
@@ -36,7 +39,8 @@ lock, the command goes through that Caddy's admin API instead.
   caddy sigra user add    --config Caddyfile --email a@example.com [--name N] [--groups a,b] [--admin] [--password-stdin]
   caddy sigra user list   --config Caddyfile
   caddy sigra user passwd --config Caddyfile --email a@example.com --password-stdin
-  caddy sigra user disable|enable --config Caddyfile --email a@example.com
+  caddy sigra user disable|enable|unlock --config Caddyfile --email a@example.com
+  caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339>]
 `,
 		CobraFunc: buildSigraCommand,
 	})
@@ -132,15 +136,15 @@ func buildSigraCommand(cmd *cobra.Command) {
 	cf.register(passwd, true)
 	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
 
-	for _, op := range []string{"disable", "enable"} {
+	for _, op := range []string{"disable", "enable", "unlock"} {
 		c := &cobra.Command{
-			Use: op + " --email <email>", Short: strings.ToUpper(op[:1]) + op[1:] + "s a user", Args: cobra.NoArgs,
+			Use: op + " --email <email>", Short: strings.ToUpper(op[:1]) + op[1:] + "s a user (unlock: lifts a sign-in ban)", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error {
 				res, err := runUserOp(c.Context(), cf, userRequest{Op: op, User: cf.email})
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(c.OutOrStdout(), "%sd %s\n", op, res.User.Email)
+				fmt.Fprintf(c.OutOrStdout(), "%sed %s\n", strings.TrimSuffix(op, "e"), res.User.Email)
 				return nil
 			},
 		}
@@ -148,6 +152,81 @@ func buildSigraCommand(cmd *cobra.Command) {
 		user.AddCommand(c)
 	}
 	user.AddCommand(add, list, passwd)
+
+	auditCmd := &cobra.Command{Use: "audit", Short: "Reads the audit trail"}
+	cmd.AddCommand(auditCmd)
+	var since, until string
+	export := &cobra.Command{
+		Use:   "export --config <file> [--since <time>] [--until <time>]",
+		Short: "Writes audit rows as NDJSON to stdout, oldest first",
+		Long: `Writes audit rows as NDJSON (one JSON row a line) to stdout, oldest
+first. --since and --until take RFC 3339 times or durations back from now
+(for example 24h or 30d).`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return exportAudit(c, cf, since, until)
+		},
+	}
+	cf.register(export, false)
+	export.Flags().StringVar(&since, "since", "", "first time to include (RFC 3339, or a duration back from now)")
+	export.Flags().StringVar(&until, "until", "", "time to stop before (RFC 3339, or a duration back from now)")
+	auditCmd.AddCommand(export)
+}
+
+// exportRange parses the export window.
+func exportRange(since, until string, now time.Time) (s, u time.Time, err error) {
+	if s, err = audit.ParseTime(since, now); err != nil {
+		return s, u, fmt.Errorf("since: %w", err)
+	}
+	if u, err = audit.ParseTime(until, now); err != nil {
+		return s, u, fmt.Errorf("until: %w", err)
+	}
+	return s, u, nil
+}
+
+// exportAudit writes NDJSON from the store, or through the running
+// Caddy's admin API when it holds the store.
+func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
+	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
+	if err != nil {
+		return err
+	}
+	sinceT, untilT, err := exportRange(since, until, time.Now())
+	if err != nil {
+		return err
+	}
+	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
+	if errors.Is(err, store.ErrLocked) {
+		q := url.Values{}
+		if !sinceT.IsZero() {
+			q.Set("since", sinceT.Format(time.RFC3339Nano))
+		}
+		if !untilT.IsZero() {
+			q.Set("until", untilT.Format(time.RFC3339Nano))
+		}
+		resp, err := adminRequest(cfgJSON, cf, a.storagePath, http.MethodGet, "/sigra/audit/export?"+q.Encode(), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, err = io.Copy(c.OutOrStdout(), resp.Body)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rt, err := a.buildRuntime(st, false)
+	if err != nil {
+		return err
+	}
+	defer rt.audit.Close()
+	n, err := rt.audit.Export(c.Context(), c.OutOrStdout(), sinceT, untilT)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.ErrOrStderr(), "exported %d rows\n", n)
+	return nil
 }
 
 // cliFlags are the flags shared by the subcommands.
@@ -203,7 +282,8 @@ func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, 
 	if err != nil {
 		return nil, err
 	}
-	return doUser(ctx, rt.auth, a.AdminGroup, req)
+	defer rt.audit.Close()
+	return doUser(ctx, rt, a.AdminGroup, req, nil, "")
 }
 
 // loadAppConfig adapts the config file and completes its sigra app.
@@ -238,12 +318,37 @@ func loadAppConfig(configFile, adapter string) ([]byte, *App, error) {
 }
 
 func viaAdminAPI(cfgJSON []byte, cf cliFlags, path string, req userRequest) (*userResult, error) {
+	body, _ := json.Marshal(req)
+	resp, err := adminRequest(cfgJSON, cf, path, http.MethodPost, "/sigra/users", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var res userResult
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&res); err != nil {
+		return nil, fmt.Errorf("admin API answer: %w", err)
+	}
+	return &res, nil
+}
+
+// adminRequest calls the running Caddy's admin API, which holds the store
+// at path. Error answers come back as errors with Caddy's message.
+func adminRequest(cfgJSON []byte, cf cliFlags, path, method, uri string, body io.Reader) (*http.Response, error) {
+	// With the admin endpoint off, nothing of ours listens: never send the
+	// request (a password, perhaps) to whatever holds the default address.
+	var admin struct {
+		Admin *struct {
+			Disabled bool `json:"disabled"`
+		} `json:"admin"`
+	}
+	if err := json.Unmarshal(cfgJSON, &admin); err == nil && admin.Admin != nil && admin.Admin.Disabled {
+		return nil, fmt.Errorf("%s is locked by a running Caddy whose admin endpoint is off (admin off): stop Caddy to run this command", path)
+	}
 	addr, err := caddycmd.DetermineAdminAPIAddress("", cfgJSON, cf.config, cf.adapter)
 	if err != nil {
 		return nil, err
 	}
-	body, _ := json.Marshal(req)
-	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodPost, "/sigra/users", nil, bytes.NewReader(body))
+	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, nil, body)
 	if err != nil {
 		// AdminAPIRequest turns a 4xx/5xx answer into an error carrying
 		// the body: that is Caddy answering, not an unreachable endpoint.
@@ -259,20 +364,5 @@ func viaAdminAPI(cfgJSON []byte, cf cliFlags, path string, req userRequest) (*us
 		return nil, fmt.Errorf("%s is locked by a running Caddy, and its admin API at %s did not answer (%v): "+
 			"stop Caddy, or enable its admin endpoint", path, addr, err)
 	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode != http.StatusOK {
-		var apiErr struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(data, &apiErr) == nil && apiErr.Error != "" {
-			return nil, errors.New(apiErr.Error)
-		}
-		return nil, fmt.Errorf("admin API at %s: %s", addr, resp.Status)
-	}
-	var res userResult
-	if err := json.Unmarshal(data, &res); err != nil {
-		return nil, fmt.Errorf("admin API answer: %w", err)
-	}
-	return &res, nil
+	return resp, nil
 }

@@ -97,9 +97,11 @@ type denial struct {
 }
 
 var (
-	denyMFA   = &denial{status: http.StatusUnauthorized, reason: "mfa_required", detail: "a recent second factor is required", stepUp: true}
-	denyAMR   = &denial{status: http.StatusForbidden, reason: "amr", detail: "this sign-in method is not allowed here"}
-	denyGroup = &denial{status: http.StatusForbidden, reason: "group", detail: "you are not in a group allowed here"}
+	denyLogin   = &denial{status: http.StatusUnauthorized, reason: "login_required", detail: "sign in required"}
+	denyPending = &denial{status: http.StatusUnauthorized, reason: "mfa_pending", detail: "finish signing in with your second factor", stepUp: true}
+	denyMFA     = &denial{status: http.StatusUnauthorized, reason: "mfa_required", detail: "a recent second factor is required", stepUp: true}
+	denyAMR     = &denial{status: http.StatusForbidden, reason: "amr", detail: "this sign-in method is not allowed here"}
+	denyGroup   = &denial{status: http.StatusForbidden, reason: "group", detail: "you are not in a group allowed here"}
 )
 
 // check applies the requirements to a signed-in principal.
@@ -130,8 +132,11 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	caddyhttp.SetVar(ctx, varGateDecided, true)
 	stripIdentity(r.Header, g.app.remoteAliases)
 
+	start := time.Now()
+	m := g.app.metrics
 	rt := g.app.runtime(ctx)
 	if rt == nil {
+		m.gateDecisions.WithLabelValues("error", "not_started").Inc()
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	var p *authcore.Principal
@@ -141,6 +146,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		p, err = rt.auth.Authenticate(ctx, token)
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
+			m.gateDecisions.WithLabelValues("error", "storage").Inc()
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		if p != nil && p.Session.Pending {
@@ -149,16 +155,19 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	if p == nil {
 		if g.Optional {
+			m.gateDecisions.WithLabelValues("allow", "anonymous").Inc()
+			m.gateDuration.Observe(time.Since(start).Seconds())
 			return next.ServeHTTP(w, r)
 		}
+		d := denyLogin
 		if pending {
-			return g.deny(w, r, &denial{status: http.StatusUnauthorized, reason: "mfa_pending", detail: "finish signing in with your second factor", stepUp: true})
+			d = denyPending
 		}
-		return g.deny(w, r, &denial{status: http.StatusUnauthorized, reason: "login_required", detail: "sign in required"})
+		return g.deny(w, r, d, start)
 	}
 	now := rt.auth.Now()
 	if d := g.check(p, now); d != nil {
-		return g.deny(w, r, d)
+		return g.deny(w, r, d, start)
 	}
 	origin := g.origins.origin(r)
 	aud := g.app.AssertionAudience
@@ -167,9 +176,12 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	assertion, err := rt.keys.Assertion(p, origin, aud, now)
 	if err != nil {
+		m.gateDecisions.WithLabelValues("error", "signing").Inc()
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	g.inject(r, p, assertion)
+	m.gateAllow.Inc()
+	m.gateDuration.Observe(time.Since(start).Seconds())
 	return next.ServeHTTP(w, r)
 }
 
@@ -203,7 +215,9 @@ func (g *Gate) inject(r *http.Request, p *authcore.Principal, assertion string) 
 
 // deny answers a request that did not pass: browsers get a redirect (to
 // sign in or step up) or a small page; other clients problem+json.
-func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial) error {
+func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial, start time.Time) error {
+	g.app.metrics.gateDecisions.WithLabelValues("deny", d.reason).Inc()
+	g.app.metrics.gateDuration.Observe(time.Since(start).Seconds())
 	prefix := g.app.Prefix
 	if d.status == http.StatusUnauthorized {
 		if wantsHTML(r) {

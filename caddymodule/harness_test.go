@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -230,3 +231,5 @@ func (e *env) sessionCookie() string {
 }
 
 func newJar() (http.CookieJar, error) { return cookiejar.New(nil) }
+
+func zapSlogNop() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -15,7 +15,7 @@ var templateFS embed.FS
 
 // pageNames are the portal pages; each is templates/<name>.html defining
 // "content", rendered inside templates/layout.html.
-var pageNames = []string{"login", "logout", "message", "account"}
+var pageNames = []string{"login", "logout", "message", "account", "mfa", "totp"}
 
 var pages = func() map[string]*template.Template {
 	m := make(map[string]*template.Template, len(pageNames))
@@ -42,6 +42,13 @@ type pageData struct {
 	User           any
 	Sessions       any
 	CurrentSession string
+	// TOTP pages
+	Codes     []string
+	Enrolled  bool
+	CodesLeft int
+	QR        template.URL
+	Secret    string
+	URI       string
 }
 
 // newNonce returns a per-response CSP nonce.

@@ -105,10 +105,21 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return q.route(q.accountPage, nil)
 	case "/account/sessions/revoke":
 		return q.route(nil, q.revokeSession)
+	case "/mfa":
+		return q.route(q.mfaPage, q.mfaSubmit)
+	case "/account/totp":
+		return q.route(q.totpPage, q.totpSubmit)
+	case "/account/totp/remove":
+		return q.route(nil, q.totpRemove)
+	case "/account/recovery-codes":
+		return q.route(nil, q.recoveryRegenerate)
 	case "/jwks.json":
 		return q.route(q.jwks, nil)
 	case "/healthz":
 		return q.route(q.healthz, nil)
+	}
+	if rest, ok := strings.CutPrefix(sub, "/api/admin"); ok && (rest == "" || rest[0] == '/') {
+		return q.adminAPI(rest)
 	}
 	return q.message(http.StatusNotFound, "Not found", "There is no such page.", "")
 }
@@ -219,11 +230,50 @@ func (q *preq) loginSubmit() error {
 	if !q.rt.csrf.Valid(binding, q.r.PostFormValue("csrf_token")) {
 		return rerender(http.StatusForbidden, "The form expired. Please try again.")
 	}
+	// Regulation: one counter per account whatever was typed, one per
+	// client IP. The password is checked even while banned, so the answer
+	// and its timing are the same as for a wrong password.
+	key, err := q.rt.auth.AccountKey(q.ctx(), email)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
 	u, err := q.rt.auth.CheckPassword(q.ctx(), email, q.r.PostFormValue("password"))
-	if errors.Is(err, authcore.ErrInvalidCredentials) {
+	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCredentials) {
+		res, ferr := att.Fail(q.ctx())
+		if ferr != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, ferr)
+		}
+		subject := ""
+		if u != nil {
+			subject = u.ID
+		} else if known, lerr := q.rt.auth.LookupUser(q.ctx(), email); lerr == nil {
+			subject = known.ID
+		}
+		if err := q.auditLockout(subject, res); err != nil {
+			return err
+		}
+		reason := "invalid_credentials"
+		if !att.Allowed() {
+			reason = "locked"
+		}
+		if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure",
+			meta: map[string]string{"method": "password", "reason": reason}}); err != nil {
+			return err
+		}
+		q.rt.login("password", map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
+		wait(q.ctx(), res.Delay)
 		return rerender(http.StatusUnauthorized, "Incorrect email or password.")
 	}
 	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	// A password alone leaves a user with a second factor pending: the
+	// account counter resets only once they are fully signed in.
+	if err := att.Succeed(q.ctx(), !u.SecondFactor); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	// A new session at every sign-in; the old one, if any, ends.
@@ -236,9 +286,13 @@ func (q *preq) loginSubmit() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	q.setSessionCookie(token)
+	q.rt.login("password", "success")
 	target := q.rd()
 	if sess.Pending {
 		target = q.p.app.Prefix + "/mfa?rd=" + url.QueryEscape(target)
+	} else if err := q.audit(event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
+		meta: map[string]string{"method": "password"}}); err != nil {
+		return err
 	}
 	http.Redirect(q.w, q.r, target, http.StatusSeeOther)
 	return nil
@@ -285,6 +339,9 @@ func (q *preq) logoutSubmit() error {
 	}
 	if err := q.rt.auth.EndSession(q.ctx(), p.Session.ID); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if err := q.audit(event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+		return err
 	}
 	q.clearSessionCookie()
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
@@ -345,6 +402,10 @@ func (q *preq) revokeSession() error {
 	}
 	if err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if err := q.audit(event{action: "session.revoked", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"session": id.String()}}); err != nil {
+		return err
 	}
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil

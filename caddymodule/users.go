@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -13,7 +15,7 @@ import (
 // the store (CLI, Caddy stopped) or inside the running Caddy through the
 // admin API (CLI, Caddy running): the same code serves both.
 type userRequest struct {
-	Op       string   `json:"op"`             // add, list, passwd, disable, enable
+	Op       string   `json:"op"`             // add, list, passwd, disable, enable, unlock
 	User     string   `json:"user,omitempty"` // id or email of an existing user
 	Email    string   `json:"email,omitempty"`
 	Name     string   `json:"name,omitempty"`
@@ -54,8 +56,25 @@ type userResult struct {
 // errUsage marks errors in the request itself (HTTP 400, CLI exit 2).
 var errUsage = errors.New("bad request")
 
-// doUser runs a user-management operation.
-func doUser(ctx context.Context, auth *authcore.Service, adminGroup string, req userRequest) (*userResult, error) {
+// doUser runs a user-management operation on behalf of actor (the admin's
+// user id, or "" for the CLI, recorded as the system) and audits it.
+func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
+	res, subject, err := runUserRequest(ctx, rt, adminGroup, req)
+	if err != nil || req.Op == "list" {
+		return res, err
+	}
+	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: audit.ActorAdmin, subject: subject, outcome: "success"}
+	if actor == "" {
+		ev.actorType = audit.ActorSystem
+	}
+	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
+		return nil, fmt.Errorf("writing audit row: %w", err)
+	}
+	return res, nil
+}
+
+func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req userRequest) (*userResult, string, error) {
+	auth := rt.auth
 	switch req.Op {
 	case "add":
 		groups := req.Groups
@@ -64,10 +83,10 @@ func doUser(ctx context.Context, auth *authcore.Service, adminGroup string, req 
 		}
 		u, err := auth.CreateUser(ctx, authcore.NewUser{Email: req.Email, Name: req.Name, Groups: groups, Password: req.Password, EmailVerified: true})
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		v := viewUser(u)
-		return &userResult{User: &v}, nil
+		return &userResult{User: &v}, u.ID, nil
 	case "list":
 		limit := req.Limit
 		if limit <= 0 || limit > 1000 {
@@ -75,7 +94,7 @@ func doUser(ctx context.Context, auth *authcore.Service, adminGroup string, req 
 		}
 		users, err := auth.Store().ListUsers(ctx, req.After, limit)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		res := &userResult{Users: []userView{}}
 		for _, u := range users {
@@ -84,11 +103,11 @@ func doUser(ctx context.Context, auth *authcore.Service, adminGroup string, req 
 		if len(users) == limit {
 			res.NextCursor = users[len(users)-1].ID
 		}
-		return res, nil
-	case "passwd", "disable", "enable":
+		return res, "", nil
+	case "passwd", "disable", "enable", "unlock":
 		u, err := auth.LookupUser(ctx, req.User)
 		if err != nil {
-			return nil, fmt.Errorf("user %q: %w", req.User, err)
+			return nil, "", fmt.Errorf("user %q: %w", req.User, err)
 		}
 		switch req.Op {
 		case "passwd":
@@ -97,12 +116,14 @@ func doUser(ctx context.Context, auth *authcore.Service, adminGroup string, req 
 			u, err = auth.SetDisabled(ctx, u.ID, true)
 		case "enable":
 			u, err = auth.SetDisabled(ctx, u.ID, false)
+		case "unlock":
+			err = rt.reg.Unlock(ctx, u.ID)
 		}
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		v := viewUser(u)
-		return &userResult{User: &v}, nil
+		return &userResult{User: &v}, u.ID, nil
 	}
-	return nil, fmt.Errorf("%w: unknown operation %q", errUsage, req.Op)
+	return nil, "", fmt.Errorf("%w: unknown operation %q", errUsage, req.Op)
 }

@@ -1,4 +1,904 @@
 package store
 
+// The audit backend: audit.Store on bbolt.
+//
+//	sigra/v1/
+//	├── audit_rows        at(8) ‖ id(16)                    → row JSON (audit.Row wire format)
+//	├── audit_by_actor    actor_id ‖ 0x00 ‖ at(8) ‖ id(16)    → nil
+//	├── audit_by_subject  subject_id ‖ 0x00 ‖ at(8) ‖ id(16)  → nil
+//	├── audit_by_action   action ‖ 0x00 ‖ at(8) ‖ id(16)      → nil
+//	├── audit_unindexed   at(8) ‖ id(16)                    → actor ‖ 0x00 ‖ subject ‖ 0x00 ‖ action
+//	│                     (its bucket sequence counts the keys)
+//	├── audit_outbox      due(8) ‖ hook(8) ‖ at(8) ‖ id(16)   → JSON delivery state
+//	└── audit_dead        at(8) ‖ id(16) ‖ hook(8)            → JSON delivery state
+//
+// at is occurred_at in big-endian Unix nanoseconds, id the row's 16 UUID
+// bytes: together the row's audit.Position, so every bucket sorts by time
+// and the newest entry of an index prefix is found with Seek and Prev. ids
+// and action names never hold a NUL byte (audit validates them), so the
+// 0x00 after the indexed value ends it unambiguously and every key of
+// one actor is contiguous; so are all actions under "auth." for a pattern.
+// due is when the next attempt of a delivery is due (same encoding as at),
+// so the sender reads due deliveries from the front; hook is the webhook's
+// 8-byte id (audit.WebhookConfig.ID, hex-decoded).
+//
+// A row and its pending deliveries are written in the same transaction:
+// the outbox never refers to a missing row and never misses a row.
+//
+// Index entries are written in bulk. A commit of concurrent appends writes
+// the rows, their deliveries and one audit_unindexed entry per row, which
+// all sort by time and so land on a few pages at the end of their
+// buckets. Index keys, by contrast, scatter over one page per actor and
+// subject: written per commit, they made a 64-row commit touch some 140
+// pages. So once audit_unindexed holds auditIndexBatch entries, the commit
+// that crosses the mark also moves them into the three indexes, one page
+// write per distinct actor or subject per batch rather than per commit.
+// Readers see no lag: a timeline query merges the (bounded) unindexed
+// entries with the index it reads. A crash loses nothing: the unindexed
+// entries are committed with their rows.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+)
+
+var (
+	bktAuditRows      = []byte("audit_rows")
+	bktAuditByActor   = []byte("audit_by_actor")
+	bktAuditBySubject = []byte("audit_by_subject")
+	bktAuditByAction  = []byte("audit_by_action")
+	bktAuditUnindexed = []byte("audit_unindexed")
+	bktAuditOutbox    = []byte("audit_outbox")
+	bktAuditDead      = []byte("audit_dead")
+)
+
 // auditBuckets are created by OpenBolt; the audit backend lives in this file.
-var auditBuckets = [][]byte{}
+var auditBuckets = [][]byte{bktAuditRows, bktAuditByActor, bktAuditBySubject, bktAuditByAction, bktAuditUnindexed, bktAuditOutbox, bktAuditDead}
+
+const (
+	auditPosLen    = 8 + 16
+	auditHookLen   = 8
+	auditOutboxLen = 8 + auditHookLen + auditPosLen
+	auditDeadLen   = auditPosLen + auditHookLen
+	// auditPruneChunk bounds the rows one retention transaction deletes,
+	// so recording waits at most a few milliseconds behind it.
+	auditPruneChunk = 1000
+	// auditScanChunk bounds the outbox and dead entries one retention
+	// transaction examines.
+	auditScanChunk = 10_000
+	// auditAppendFill packs the time-ordered buckets densely: their keys
+	// mostly arrive in order.
+	auditAppendFill = 0.9
+	// auditIndexBatch is how many rows wait in audit_unindexed before a
+	// commit moves them into the indexes. Larger batches amortise better;
+	// the commit that indexes takes longer, and timeline queries scan up
+	// to this many short entries.
+	auditIndexBatch = 2048
+)
+
+// ErrAuditKey means an audit key or webhook id could not be decoded.
+var ErrAuditKey = errors.New("store: malformed audit key")
+
+func auditTime(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(t.UnixNano()))
+}
+
+func auditPosKey(p audit.Position) []byte {
+	k := make([]byte, 0, auditPosLen)
+	k = binary.BigEndian.AppendUint64(k, uint64(p.At.UnixNano()))
+	return append(k, p.ID[:]...)
+}
+
+func auditPosOf(k []byte) audit.Position {
+	id, _ := uuid.FromBytes(k[8:auditPosLen])
+	return audit.Position{At: time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC(), ID: id}
+}
+
+func auditIndexKey(value string, pk []byte) []byte {
+	k := make([]byte, 0, len(value)+1+len(pk))
+	k = append(k, value...)
+	k = append(k, 0)
+	return append(k, pk...)
+}
+
+func auditHookBytes(id string) ([]byte, error) {
+	b, err := hex.DecodeString(id)
+	if err != nil || len(b) != auditHookLen {
+		return nil, fmt.Errorf("%w: webhook id %q", ErrAuditKey, id)
+	}
+	return b, nil
+}
+
+func auditOutboxKey(due time.Time, hook, pk []byte) []byte {
+	k := make([]byte, 0, auditOutboxLen)
+	k = binary.BigEndian.AppendUint64(k, uint64(due.UnixNano()))
+	k = append(k, hook...)
+	return append(k, pk...)
+}
+
+// auditDeliveryKeys returns the outbox key of a pending delivery and the
+// dead-list key it would move to.
+func auditDeliveryKeys(d audit.Delivery) (outbox, dead []byte, err error) {
+	hook, err := auditHookBytes(d.HookID)
+	if err != nil {
+		return nil, nil, err
+	}
+	pos, err := audit.PositionOf(audit.Row{ID: d.RowID, OccurredAt: d.OccurredAt})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrAuditKey, err)
+	}
+	pk := auditPosKey(pos)
+	return auditOutboxKey(d.DueAt, hook, pk), append(pk, hook...), nil
+}
+
+// auditIndexedValue is the value of an audit_unindexed entry: the fields
+// the indexes are keyed by.
+func auditIndexedValue(actor, subject, action string) []byte {
+	v := make([]byte, 0, len(actor)+len(subject)+len(action)+2)
+	v = append(v, actor...)
+	v = append(v, 0)
+	v = append(v, subject...)
+	v = append(v, 0)
+	return append(v, action...)
+}
+
+func auditSplitIndexed(v []byte) (actor, subject, action []byte, err error) {
+	parts := bytes.SplitN(v, []byte{0}, 3)
+	if len(parts) != 3 {
+		return nil, nil, nil, fmt.Errorf("%w: unindexed value %q", ErrAuditKey, v)
+	}
+	return parts[0], parts[1], parts[2], nil
+}
+
+// auditIndexPending moves every audit_unindexed entry into the indexes.
+func auditIndexPending(tx *bolt.Tx) error {
+	pending := bucket(tx, bktAuditUnindexed)
+	if pending.Sequence() == 0 {
+		return nil
+	}
+	byActor, bySubject, byAction := bucket(tx, bktAuditByActor), bucket(tx, bktAuditBySubject), bucket(tx, bktAuditByAction)
+	put := func(bk *bolt.Bucket, value, pk []byte) error {
+		k := make([]byte, 0, len(value)+1+len(pk))
+		k = append(append(append(k, value...), 0), pk...)
+		return bk.Put(k, nil)
+	}
+	err := pending.ForEach(func(pk, v []byte) error {
+		actor, subject, action, err := auditSplitIndexed(v)
+		if err != nil {
+			return err
+		}
+		if len(actor) > 0 {
+			if err := put(byActor, actor, pk); err != nil {
+				return fmt.Errorf("actor index: %w", err)
+			}
+		}
+		if len(subject) > 0 {
+			if err := put(bySubject, subject, pk); err != nil {
+				return fmt.Errorf("subject index: %w", err)
+			}
+		}
+		if err := put(byAction, action, pk); err != nil {
+			return fmt.Errorf("action index: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("indexing: %w", err)
+	}
+	// Dropping the bucket frees its pages at once; recreate it empty.
+	root := tx.Bucket(rootBucket)
+	if err := root.DeleteBucket(bktAuditUnindexed); err != nil {
+		return fmt.Errorf("indexing: %w", err)
+	}
+	if _, err := root.CreateBucket(bktAuditUnindexed); err != nil {
+		return fmt.Errorf("indexing: %w", err)
+	}
+	return nil
+}
+
+// auditState is the stored part of a delivery that its key does not hold.
+type auditState struct {
+	Attempts  int       `json:"attempts,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+}
+
+var auditNewState = []byte("{}")
+
+// AppendAudit stores entries in one fsynced transaction with their index
+// entries and pending deliveries, skipping rows already stored. It
+// implements audit.RowStore.
+func (b *Bolt) AppendAudit(ctx context.Context, entries []audit.Entry) ([]bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// Encode outside the write lock.
+	type prepared struct {
+		pk, js []byte
+		hooks  [][]byte
+	}
+	prep := make([]prepared, len(entries))
+	for i, e := range entries {
+		p := prepared{pk: auditPosKey(e.Pos), js: e.JSON}
+		if p.js == nil {
+			js, err := e.Row.MarshalJSON()
+			if err != nil {
+				return nil, fmt.Errorf("audit append: encoding row %s: %w", e.Row.ID, err)
+			}
+			p.js = js
+		}
+		for _, h := range e.Hooks {
+			hb, err := auditHookBytes(h)
+			if err != nil {
+				return nil, fmt.Errorf("audit append: %w", err)
+			}
+			p.hooks = append(p.hooks, hb)
+		}
+		prep[i] = p
+	}
+	inserted := make([]bool, len(entries))
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		rows := bucket(tx, bktAuditRows)
+		outbox := bucket(tx, bktAuditOutbox)
+		pending := bucket(tx, bktAuditUnindexed)
+		rows.FillPercent, outbox.FillPercent, pending.FillPercent = auditAppendFill, auditAppendFill, auditAppendFill
+		added := uint64(0)
+		for i, e := range entries {
+			inserted[i] = false
+			p := prep[i]
+			if rows.Get(p.pk) != nil {
+				continue // idempotent: this row (id + occurred_at) is stored
+			}
+			if err := rows.Put(p.pk, p.js); err != nil {
+				return fmt.Errorf("row %s: %w", e.Row.ID, err)
+			}
+			if err := pending.Put(p.pk, auditIndexedValue(e.Row.ActorID, e.Row.SubjectID, e.Row.Action)); err != nil {
+				return fmt.Errorf("row %s: unindexed: %w", e.Row.ID, err)
+			}
+			added++
+			for _, h := range p.hooks {
+				if err := outbox.Put(auditOutboxKey(e.DueAt, h, p.pk), auditNewState); err != nil {
+					return fmt.Errorf("row %s: outbox: %w", e.Row.ID, err)
+				}
+			}
+			inserted[i] = true
+		}
+		if added == 0 {
+			return nil
+		}
+		n := pending.Sequence() + added
+		if err := pending.SetSequence(n); err != nil {
+			return err
+		}
+		if n >= auditIndexBatch {
+			return auditIndexPending(tx)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit append to %s: %w", b.path, err)
+	}
+	return inserted, nil
+}
+
+// auditIter walks one key prefix of a bucket backwards (newest first),
+// between an inclusive lower bound and an exclusive upper bound on the
+// position suffix.
+type auditIter struct {
+	c      *bolt.Cursor
+	prefix []byte // indexed value ‖ 0x00; empty for audit_rows
+	lo     []byte // prefix ‖ lower bound, inclusive
+	key    []byte // current key; nil when done
+}
+
+// newAuditIter positions an iterator on the newest key of prefix below
+// upper (a position suffix, exclusive; nil for none) and not below lower
+// (a suffix, inclusive; nil for none).
+func newAuditIter(bk *bolt.Bucket, prefix, lower, upper []byte) *auditIter {
+	it := &auditIter{c: bk.Cursor(), prefix: prefix, lo: append(append([]byte(nil), prefix...), lower...)}
+	var hi []byte
+	switch {
+	case upper != nil:
+		hi = append(append([]byte(nil), prefix...), upper...)
+	case len(prefix) > 0:
+		// Just past every key of the prefix: its 0x00 separator raised.
+		hi = append([]byte(nil), prefix...)
+		hi[len(hi)-1]++
+	}
+	var k []byte
+	if hi == nil {
+		k, _ = it.c.Last()
+	} else if k, _ = it.c.Seek(hi); k == nil {
+		k, _ = it.c.Last()
+	} else {
+		k, _ = it.c.Prev()
+	}
+	it.set(k)
+	return it
+}
+
+func (it *auditIter) set(k []byte) {
+	if k == nil || len(k) != len(it.prefix)+auditPosLen || !bytes.HasPrefix(k, it.prefix) || bytes.Compare(k, it.lo) < 0 {
+		it.key = nil
+		return
+	}
+	it.key = k
+}
+
+func (it *auditIter) next() {
+	k, _ := it.c.Prev()
+	it.set(k)
+}
+
+// pk is the current row key, nil when done.
+func (it *auditIter) pk() []byte {
+	if it.key == nil {
+		return nil
+	}
+	return it.key[len(it.prefix):]
+}
+
+// auditCursor yields row keys newest first.
+type auditCursor interface {
+	pk() []byte // nil when done
+	next()
+}
+
+// auditKeyList is an auditCursor over keys already sorted newest first.
+type auditKeyList [][]byte
+
+func (l *auditKeyList) pk() []byte {
+	if len(*l) == 0 {
+		return nil
+	}
+	return (*l)[0]
+}
+
+func (l *auditKeyList) next() { *l = (*l)[1:] }
+
+// auditMerge yields the newest key of several cursors: the actions under a
+// pattern's prefix, and the rows not yet indexed.
+type auditMerge []auditCursor
+
+// top returns the cursor holding the newest key, or nil when all are done.
+func (m auditMerge) top() auditCursor {
+	var best auditCursor
+	var bestKey []byte
+	for _, c := range m {
+		if k := c.pk(); k != nil && (best == nil || bytes.Compare(k, bestKey) > 0) {
+			best, bestKey = c, k
+		}
+	}
+	return best
+}
+
+// auditUnindexed returns the keys of not yet indexed rows whose field
+// (0 actor, 1 subject, 2 action) equals value, or starts with it when
+// prefix is set, within [lower, upper), newest first.
+func auditUnindexed(tx *bolt.Tx, field int, value []byte, prefix bool, lower, upper []byte) (*auditKeyList, error) {
+	var keys auditKeyList
+	err := bucket(tx, bktAuditUnindexed).ForEach(func(pk, v []byte) error {
+		if bytes.Compare(pk, lower) < 0 || (upper != nil && bytes.Compare(pk, upper) >= 0) {
+			return nil
+		}
+		actor, subject, action, err := auditSplitIndexed(v)
+		if err != nil {
+			return err
+		}
+		f := [3][]byte{actor, subject, action}[field]
+		if bytes.Equal(f, value) || (prefix && bytes.HasPrefix(f, value)) {
+			keys = append(keys, clone(pk))
+		}
+		return nil
+	})
+	slices.Reverse(keys)
+	return &keys, err
+}
+
+// auditActions lists the distinct actions starting with prefix, one Seek
+// per action.
+func auditActions(byAction *bolt.Bucket, prefix []byte) [][]byte {
+	var actions [][]byte
+	c := byAction.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); {
+		i := bytes.IndexByte(k, 0)
+		if i < 0 {
+			break
+		}
+		a := append([]byte(nil), k[:i+1]...) // with its separator
+		actions = append(actions, a)
+		after := append([]byte(nil), a...)
+		after[len(after)-1] = 1
+		k, _ = c.Seek(after)
+	}
+	return actions
+}
+
+// AuditTimeline answers a timeline page from the most selective index:
+// subject, else actor, else action, else the rows themselves; filters the
+// index does not cover are checked on the row, within q.Budget. It
+// implements audit.RowStore.
+func (b *Bolt) AuditTimeline(ctx context.Context, q audit.StoreQuery) ([]audit.Row, *audit.Position, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if q.Limit < 1 {
+		return nil, nil, fmt.Errorf("audit timeline: limit %d", q.Limit)
+	}
+	var lower, upper []byte
+	if !q.Since.IsZero() {
+		lower = auditTime(q.Since)
+	}
+	if !q.Until.IsZero() {
+		upper = append(auditTime(q.Until), make([]byte, 16)...)
+	}
+	if q.Before != nil {
+		if bk := auditPosKey(*q.Before); upper == nil || bytes.Compare(bk, upper) < 0 {
+			upper = bk
+		}
+	}
+	var (
+		rows []audit.Row
+		next *audit.Position
+	)
+	err := b.db.View(func(tx *bolt.Tx) error {
+		rowsB := bucket(tx, bktAuditRows)
+		var src auditMerge
+		covered := false // does the index alone decide every filter?
+		prefix, wild := q.Action.Prefix()
+		var (
+			field int // of the unindexed rows to merge in; -1 for none
+			value []byte
+		)
+		switch {
+		case q.SubjectID != "":
+			src = auditMerge{newAuditIter(bucket(tx, bktAuditBySubject), auditIndexKey(q.SubjectID, nil), lower, upper)}
+			field, value = 1, []byte(q.SubjectID)
+			covered = q.ActorID == "" && q.Action.All()
+		case q.ActorID != "":
+			src = auditMerge{newAuditIter(bucket(tx, bktAuditByActor), auditIndexKey(q.ActorID, nil), lower, upper)}
+			field, value = 0, []byte(q.ActorID)
+			covered = q.Action.All()
+		case !q.Action.All():
+			byAction := bucket(tx, bktAuditByAction)
+			if wild {
+				for _, a := range auditActions(byAction, []byte(prefix)) {
+					src = append(src, newAuditIter(byAction, a, lower, upper))
+				}
+			} else {
+				src = auditMerge{newAuditIter(byAction, auditIndexKey(prefix, nil), lower, upper)}
+			}
+			field, value = 2, []byte(prefix)
+			covered = true
+		default:
+			src = auditMerge{newAuditIter(rowsB, nil, lower, upper)}
+			field = -1 // the rows bucket has every row
+			covered = true
+		}
+		if field >= 0 {
+			extra, err := auditUnindexed(tx, field, value, wild && field == 2, lower, upper)
+			if err != nil {
+				return err
+			}
+			src = append(src, extra)
+		}
+		examined := 0
+		var last []byte // the last key examined
+		for it := src.top(); it != nil; it = src.top() {
+			if q.Budget > 0 && examined >= q.Budget {
+				p := auditPosOf(last)
+				next = &p
+				return nil
+			}
+			examined++
+			pk := it.pk()
+			last = append(last[:0], pk...)
+			if covered && len(rows) == q.Limit {
+				// Another row matches: there is a next page.
+				p, _ := audit.PositionOf(rows[len(rows)-1])
+				next = &p
+				return nil
+			}
+			v := rowsB.Get(pk)
+			it.next()
+			if v == nil {
+				continue // an index entry without its row: never written so, skip it
+			}
+			var r audit.Row
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("row %x: %w", pk, err)
+			}
+			if !covered && !q.Match(r) {
+				continue
+			}
+			if len(rows) == q.Limit {
+				p, _ := audit.PositionOf(rows[len(rows)-1])
+				next = &p
+				return nil
+			}
+			rows = append(rows, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit timeline in %s: %w", b.path, err)
+	}
+	return rows, next, nil
+}
+
+// AuditRange reads rows oldest first for export. It implements
+// audit.RowStore.
+func (b *Bolt) AuditRange(ctx context.Context, after *audit.Position, since, until time.Time, limit int) ([]audit.Row, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var rows []audit.Row
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := bucket(tx, bktAuditRows).Cursor()
+		var k, v []byte
+		if after != nil {
+			ak := auditPosKey(*after)
+			if k, v = c.Seek(ak); bytes.Equal(k, ak) {
+				k, v = c.Next()
+			}
+		} else {
+			k, v = c.First()
+		}
+		if !since.IsZero() && k != nil {
+			if sk := auditTime(since); bytes.Compare(k, sk) < 0 {
+				k, v = c.Seek(sk)
+			}
+		}
+		var end []byte
+		if !until.IsZero() {
+			end = auditTime(until)
+		}
+		for ; k != nil && len(rows) < limit; k, v = c.Next() {
+			if end != nil && bytes.Compare(k, end) >= 0 {
+				break
+			}
+			var r audit.Row
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("row %x: %w", k, err)
+			}
+			rows = append(rows, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit range in %s: %w", b.path, err)
+	}
+	return rows, nil
+}
+
+// auditIndexed is the part of a row that its index keys hold.
+type auditIndexed struct {
+	Action    string `json:"action"`
+	ActorID   string `json:"actor_id"`
+	SubjectID string `json:"subject_id"`
+}
+
+// PruneAudit deletes rows older than before with their index entries,
+// pending deliveries and dead deliveries, in transactions of at most
+// auditPruneChunk rows. It implements audit.RowStore.
+func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
+	cut := auditTime(before)
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		n := 0
+		err := b.db.Update(func(tx *bolt.Tx) error {
+			n = 0
+			if err := auditIndexPending(tx); err != nil {
+				return err
+			}
+			rows := bucket(tx, bktAuditRows)
+			type victim struct {
+				pk  []byte
+				idx auditIndexed
+			}
+			var vs []victim
+			c := rows.Cursor()
+			for k, v := c.First(); k != nil && bytes.Compare(k, cut) < 0 && len(vs) < auditPruneChunk; k, v = c.Next() {
+				var idx auditIndexed
+				if err := json.Unmarshal(v, &idx); err != nil {
+					return fmt.Errorf("row %x: %w", k, err)
+				}
+				vs = append(vs, victim{clone(k), idx})
+			}
+			byActor, bySubject, byAction := bucket(tx, bktAuditByActor), bucket(tx, bktAuditBySubject), bucket(tx, bktAuditByAction)
+			for _, vi := range vs {
+				if err := rows.Delete(vi.pk); err != nil {
+					return err
+				}
+				if vi.idx.ActorID != "" {
+					if err := byActor.Delete(auditIndexKey(vi.idx.ActorID, vi.pk)); err != nil {
+						return err
+					}
+				}
+				if vi.idx.SubjectID != "" {
+					if err := bySubject.Delete(auditIndexKey(vi.idx.SubjectID, vi.pk)); err != nil {
+						return err
+					}
+				}
+				if err := byAction.Delete(auditIndexKey(vi.idx.Action, vi.pk)); err != nil {
+					return err
+				}
+			}
+			n = len(vs)
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("audit prune in %s: %w", b.path, err)
+		}
+		total += n
+		if n < auditPruneChunk {
+			break
+		}
+	}
+	// Deliveries of pruned rows: dead ones sort by row, pending ones by
+	// due time, so the outbox is scanned (it is short unless a receiver
+	// has been down for long).
+	if err := b.auditDeleteWhere(ctx, bktAuditDead, func(k []byte) (del, stop bool) {
+		return bytes.Compare(k[:8], cut) < 0, bytes.Compare(k[:8], cut) >= 0
+	}); err != nil {
+		return total, err
+	}
+	if err := b.auditDeleteWhere(ctx, bktAuditOutbox, func(k []byte) (del, stop bool) {
+		return len(k) == auditOutboxLen && bytes.Compare(k[8+auditHookLen:8+auditHookLen+8], cut) < 0, false
+	}); err != nil {
+		return total, err
+	}
+	return total, nil
+}
+
+// auditDeleteWhere walks a bucket from the start, deleting the keys that
+// match, until stop or the end, auditScanChunk keys per transaction.
+func (b *Bolt) auditDeleteWhere(ctx context.Context, name []byte, match func(k []byte) (del, stop bool)) error {
+	var from []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		done := false
+		err := b.db.Update(func(tx *bolt.Tx) error {
+			bk := bucket(tx, name)
+			c := bk.Cursor()
+			var k []byte
+			if from == nil {
+				k, _ = c.First()
+			} else {
+				k, _ = c.Seek(from)
+			}
+			var dels [][]byte
+			seen := 0
+			for ; k != nil; k, _ = c.Next() {
+				if seen == auditScanChunk {
+					from = clone(k)
+					break
+				}
+				seen++
+				del, stop := match(k)
+				if stop {
+					k = nil
+					break
+				}
+				if del {
+					dels = append(dels, clone(k))
+				}
+			}
+			done = k == nil
+			for _, d := range dels {
+				if err := bk.Delete(d); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("audit prune %s in %s: %w", name, b.path, err)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// auditDelivery rebuilds a delivery from its parts and loads its row.
+func auditDelivery(rows *bolt.Bucket, hook, pk []byte, due time.Time, state []byte) (audit.Delivery, error) {
+	pos := auditPosOf(pk)
+	var st auditState
+	if err := json.Unmarshal(state, &st); err != nil {
+		return audit.Delivery{}, fmt.Errorf("delivery state %x: %w", pk, err)
+	}
+	d := audit.Delivery{
+		HookID: hex.EncodeToString(hook), RowID: pos.ID.String(), OccurredAt: pos.At, DueAt: due,
+		Attempts: st.Attempts, LastError: st.LastError, UpdatedAt: st.UpdatedAt,
+	}
+	if v := rows.Get(pk); v != nil {
+		if err := json.Unmarshal(v, &d.Row); err != nil {
+			return audit.Delivery{}, fmt.Errorf("row %x: %w", pk, err)
+		}
+	}
+	return d, nil
+}
+
+// AuditDeliveriesDue reads the front of the outbox. It implements
+// audit.Outbox.
+func (b *Bolt) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]audit.Delivery, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	end := auditTime(now)
+	var ds []audit.Delivery
+	err := b.db.View(func(tx *bolt.Tx) error {
+		rows := bucket(tx, bktAuditRows)
+		c := bucket(tx, bktAuditOutbox).Cursor()
+		for k, v := c.First(); k != nil && len(ds) < limit; k, v = c.Next() {
+			if len(k) != auditOutboxLen {
+				return fmt.Errorf("%w: outbox key %x", ErrAuditKey, k)
+			}
+			if bytes.Compare(k[:8], end) > 0 {
+				break
+			}
+			due := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC()
+			d, err := auditDelivery(rows, k[8:8+auditHookLen], k[8+auditHookLen:], due, v)
+			if err != nil {
+				return err
+			}
+			ds = append(ds, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit outbox in %s: %w", b.path, err)
+	}
+	return ds, nil
+}
+
+// AuditNextDelivery returns the due time at the front of the outbox. It
+// implements audit.Outbox.
+func (b *Bolt) AuditNextDelivery(ctx context.Context) (time.Time, bool, error) {
+	var at time.Time
+	var ok bool
+	err := b.db.View(func(tx *bolt.Tx) error {
+		k, _ := bucket(tx, bktAuditOutbox).Cursor().First()
+		if len(k) >= 8 {
+			at, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC(), true
+		}
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("audit outbox in %s: %w", b.path, err)
+	}
+	return at, ok, nil
+}
+
+// AuditDeliveryDone removes a delivered delivery. It implements
+// audit.Outbox.
+func (b *Bolt) AuditDeliveryDone(ctx context.Context, d audit.Delivery) error {
+	key, _, err := auditDeliveryKeys(d)
+	if err != nil {
+		return err
+	}
+	err = b.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktAuditOutbox).Delete(key) })
+	if err != nil {
+		return fmt.Errorf("audit outbox in %s: %w", b.path, err)
+	}
+	return nil
+}
+
+func auditEncodeState(d audit.Delivery) ([]byte, error) {
+	return json.Marshal(auditState{Attempts: d.Attempts, LastError: d.LastError, UpdatedAt: d.UpdatedAt.UTC()})
+}
+
+// AuditDeliveryRetry moves a pending delivery to its next due time. It
+// implements audit.Outbox.
+func (b *Bolt) AuditDeliveryRetry(ctx context.Context, d audit.Delivery, next time.Time) error {
+	key, _, err := auditDeliveryKeys(d)
+	if err != nil {
+		return err
+	}
+	state, err := auditEncodeState(d)
+	if err != nil {
+		return err
+	}
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		outbox := bucket(tx, bktAuditOutbox)
+		if outbox.Get(key) == nil {
+			return nil // settled by someone else
+		}
+		if err := outbox.Delete(key); err != nil {
+			return err
+		}
+		nk := append(auditTime(next), key[8:]...)
+		return outbox.Put(nk, state)
+	})
+	if err != nil {
+		return fmt.Errorf("audit outbox in %s: %w", b.path, err)
+	}
+	return nil
+}
+
+// AuditDeliveryDead moves a pending delivery to the dead list. It
+// implements audit.Outbox.
+func (b *Bolt) AuditDeliveryDead(ctx context.Context, d audit.Delivery) error {
+	key, deadKey, err := auditDeliveryKeys(d)
+	if err != nil {
+		return err
+	}
+	state, err := auditEncodeState(d)
+	if err != nil {
+		return err
+	}
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		outbox := bucket(tx, bktAuditOutbox)
+		if outbox.Get(key) == nil {
+			return nil
+		}
+		if err := outbox.Delete(key); err != nil {
+			return err
+		}
+		return bucket(tx, bktAuditDead).Put(deadKey, state)
+	})
+	if err != nil {
+		return fmt.Errorf("audit outbox in %s: %w", b.path, err)
+	}
+	return nil
+}
+
+// AuditDeadDeliveries lists dead deliveries, newest row first. It
+// implements audit.Outbox.
+func (b *Bolt) AuditDeadDeliveries(ctx context.Context, limit int) ([]audit.Delivery, error) {
+	var ds []audit.Delivery
+	err := b.db.View(func(tx *bolt.Tx) error {
+		rows := bucket(tx, bktAuditRows)
+		c := bucket(tx, bktAuditDead).Cursor()
+		for k, v := c.Last(); k != nil && len(ds) < limit; k, v = c.Prev() {
+			if len(k) != auditDeadLen {
+				return fmt.Errorf("%w: dead key %x", ErrAuditKey, k)
+			}
+			d, err := auditDelivery(rows, k[auditPosLen:], k[:auditPosLen], time.Time{}, v)
+			if err != nil {
+				return err
+			}
+			ds = append(ds, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit dead deliveries in %s: %w", b.path, err)
+	}
+	return ds, nil
+}
+
+// AuditOutboxStats counts pending and dead deliveries. It implements
+// audit.Outbox.
+func (b *Bolt) AuditOutboxStats(ctx context.Context) (pending, dead int, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		pending = bucket(tx, bktAuditOutbox).Stats().KeyN
+		dead = bucket(tx, bktAuditDead).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("audit outbox stats in %s: %w", b.path, err)
+	}
+	return pending, dead, nil
+}
+
+// Interface guard.
+var _ audit.Store = (*Bolt)(nil)

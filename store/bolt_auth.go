@@ -425,3 +425,13 @@ func (b *Bolt) PutSecret(ctx context.Context, name string, value []byte, ifAbsen
 	})
 	return out, err
 }
+
+// CountSessions returns the number of stored sessions (expired ones not
+// yet pruned included).
+func (b *Bolt) CountSessions(ctx context.Context) (n int, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		n = bucket(tx, bktSessions).Stats().KeyN
+		return nil
+	})
+	return n, err
+}

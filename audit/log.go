@@ -1,0 +1,459 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+	"github.com/sigra-auth/caddy-sigra/internal/ids"
+)
+
+// ErrClosed is returned by Record after Close.
+var ErrClosed = errors.New("audit: log closed")
+
+// Options configure a Log. The zero value records rows, with no webhooks
+// and no retention.
+type Options struct {
+	// Webhooks receive matching rows (see WebhookConfig). Validated by New.
+	Webhooks []WebhookConfig
+	// Delivery tunes the webhook sender.
+	Delivery DeliveryOptions
+	// Retention, when positive, makes Start run a loop that deletes rows
+	// older than this (see RunRetention). Zero keeps rows forever.
+	Retention time.Duration
+	// RetentionEvery is how often that loop runs. Default 1h.
+	RetentionEvery time.Duration
+	// MaxBatch caps how many rows share one commit. Default 1024.
+	MaxBatch int
+	// ErrorLog receives operational messages: failed deliveries, retention
+	// runs, recovered panics. Default: the row logger given to New.
+	ErrorLog *slog.Logger
+	// WakeAt returns a channel that receives once the clock has reached t,
+	// at once if it already has. The default is a real timer for t minus
+	// the clock's Now. Tests pair it with a fake clock to drive backoff and
+	// retention without sleeping; taking a deadline rather than a duration
+	// leaves no race between reading the clock and arming the timer.
+	WakeAt func(t time.Time) <-chan time.Time
+}
+
+// Log is the auditor: it records rows durably and fans them out. Create it
+// with New, start its background work with Start, stop it with Close. All
+// methods are safe for concurrent use.
+type Log struct {
+	rowLog *slog.Logger
+	errLog *slog.Logger
+	clk    clock.Clock
+	st     Store
+	opts   Options
+	wakeAt func(time.Time) <-chan time.Time
+	newID  func() uuid.UUID
+
+	hooks    []*hook
+	hookByID map[string]*hook
+	sender   *sender
+
+	reqs          chan *request
+	fan           chan []Row
+	wake          chan struct{}
+	quit          chan struct{}
+	committerDone chan struct{}
+	fanDone       chan struct{}
+
+	closeMu sync.RWMutex
+	closed  bool
+
+	startMu  sync.Mutex
+	started  bool
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+
+	subMu sync.RWMutex
+	subs  map[*Subscription]struct{}
+
+	dropped atomic.Uint64
+}
+
+type request struct {
+	e    Entry
+	done chan result
+}
+
+type result struct {
+	inserted bool
+	err      error
+}
+
+// New returns a Log that records into st. rows receives every recorded
+// row as one structured entry (message "audit", the row's fields as
+// attributes, metadata as a group); the Caddy glue passes the
+// "sigra.audit" logger. A nil logger discards. clk stamps rows and
+// schedules retries. New fails only on invalid options (webhook URLs,
+// secrets, patterns).
+func New(rows *slog.Logger, clk clock.Clock, st Store, opts Options) (*Log, error) {
+	if st == nil {
+		return nil, errors.New("audit: nil store")
+	}
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	if rows == nil {
+		rows = slog.New(slog.DiscardHandler)
+	}
+	hooks, err := newHooks(opts.Webhooks)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 1024
+	}
+	if opts.RetentionEvery <= 0 {
+		opts.RetentionEvery = time.Hour
+	}
+	if opts.Retention < 0 {
+		return nil, fmt.Errorf("audit: negative retention %s", opts.Retention)
+	}
+	l := &Log{
+		rowLog:        rows,
+		errLog:        opts.ErrorLog,
+		clk:           clk,
+		st:            st,
+		opts:          opts,
+		wakeAt:        opts.WakeAt,
+		newID:         ids.NewV7,
+		hooks:         hooks,
+		hookByID:      make(map[string]*hook, len(hooks)),
+		reqs:          make(chan *request, opts.MaxBatch),
+		fan:           make(chan []Row, 1024),
+		wake:          make(chan struct{}, 1),
+		quit:          make(chan struct{}),
+		committerDone: make(chan struct{}),
+		fanDone:       make(chan struct{}),
+		subs:          map[*Subscription]struct{}{},
+	}
+	if l.errLog == nil {
+		l.errLog = rows
+	}
+	if l.wakeAt == nil {
+		l.wakeAt = func(t time.Time) <-chan time.Time { return time.After(t.Sub(l.clk.Now())) }
+	}
+	for _, h := range hooks {
+		l.hookByID[h.id] = h
+	}
+	l.sender = newSender(l, opts.Delivery)
+	go l.commitLoop()
+	go l.fanLoop()
+	return l, nil
+}
+
+// Record validates r, fills its ID (a new UUIDv7) and OccurredAt (the
+// clock) when empty, and stores it durably together with a pending
+// delivery for every matching webhook. It returns once the row is
+// committed (nil), or with the error that prevented it: ErrInvalidRow for
+// a bad row, ErrClosed after Close, a wrapped storage error. Recording a
+// row whose id and occurred_at are already stored succeeds and changes
+// nothing.
+//
+// If ctx ends first, Record returns its error; the row may then be stored
+// or not. After the commit, the row reaches the logger and subscribers
+// asynchronously, in commit order.
+func (l *Log) Record(ctx context.Context, r Row) error {
+	_, err := l.record(ctx, r)
+	return err
+}
+
+// RecordRow is Record that also returns the row as stored (with its id and
+// time filled in and its fields normalised).
+func (l *Log) RecordRow(ctx context.Context, r Row) (Row, error) {
+	return l.record(ctx, r)
+}
+
+func (l *Log) record(ctx context.Context, r Row) (Row, error) {
+	pos, err := r.normalize(l.newID, l.clk.Now())
+	if err != nil {
+		return Row{}, err
+	}
+	js, err := r.MarshalJSON()
+	if err != nil {
+		return Row{}, fmt.Errorf("audit: encoding %s: %w", r.Action, err)
+	}
+	var hookIDs []string
+	for _, h := range l.hooks {
+		if matchAny(h.patterns, r.Action) {
+			hookIDs = append(hookIDs, h.id)
+		}
+	}
+	req := &request{
+		e:    Entry{Row: r, Pos: pos, JSON: js, Hooks: hookIDs, DueAt: l.clk.Now()},
+		done: make(chan result, 1),
+	}
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return Row{}, ErrClosed
+	}
+	select {
+	case l.reqs <- req:
+	case <-ctx.Done():
+		l.closeMu.RUnlock()
+		return Row{}, fmt.Errorf("audit: %s %s not recorded: %w", r.Action, r.ID, ctx.Err())
+	}
+	l.closeMu.RUnlock()
+	select {
+	case res := <-req.done:
+		if res.err != nil {
+			return Row{}, fmt.Errorf("audit: recording %s %s: %w", r.Action, r.ID, res.err)
+		}
+		return r, nil
+	case <-ctx.Done():
+		return Row{}, fmt.Errorf("audit: %s %s not confirmed: %w", r.Action, r.ID, ctx.Err())
+	}
+}
+
+// commitLoop is the group commit: it takes every request waiting, up to
+// MaxBatch, commits them in one transaction, answers them, and hands the
+// new rows to the fan-out. While a commit runs, the next batch gathers, so
+// the batch size follows the load with no added delay.
+func (l *Log) commitLoop() {
+	defer close(l.committerDone)
+	defer close(l.fan)
+	batch := make([]*request, 0, l.opts.MaxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case r := <-l.reqs:
+			batch = append(batch, r)
+		case <-l.quit:
+			// Close holds no more senders: drain what is queued, then stop.
+			for {
+				select {
+				case r := <-l.reqs:
+					batch = append(batch, r)
+					if len(batch) == l.opts.MaxBatch {
+						l.commit(batch)
+						batch = batch[:0]
+					}
+				default:
+					if len(batch) > 0 {
+						l.commit(batch)
+					}
+					return
+				}
+			}
+		}
+	gather:
+		for len(batch) < l.opts.MaxBatch {
+			select {
+			case r := <-l.reqs:
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		l.commit(batch)
+	}
+}
+
+func (l *Log) commit(batch []*request) {
+	entries := make([]Entry, len(batch))
+	for i, r := range batch {
+		entries[i] = r.e
+	}
+	inserted, err := l.append(entries)
+	if err != nil && len(batch) > 1 {
+		// One bad entry must not sink the others: retry them one by one.
+		for _, r := range batch {
+			l.commit([]*request{r})
+		}
+		return
+	}
+	var fresh []Row
+	poke := false
+	for i, r := range batch {
+		ok := err == nil && inserted[i]
+		r.done <- result{inserted: ok, err: err}
+		if ok {
+			fresh = append(fresh, r.e.Row)
+			poke = poke || len(r.e.Hooks) > 0
+		}
+	}
+	if poke {
+		l.poke()
+	}
+	if len(fresh) > 0 {
+		l.fan <- fresh
+	}
+}
+
+// append calls the store, turning a panic into an error.
+func (l *Log) append(entries []Entry) (inserted []bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("store panicked: %v", p)
+			l.errLog.Error("audit store panicked", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	inserted, err = l.st.AppendAudit(context.Background(), entries)
+	if err == nil && len(inserted) != len(entries) {
+		err = fmt.Errorf("store answered %d results for %d rows", len(inserted), len(entries))
+	}
+	return inserted, err
+}
+
+// poke wakes the webhook sender without blocking.
+func (l *Log) poke() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// fanLoop hands committed rows to the logger and the subscribers, in
+// commit order, off the commit path.
+func (l *Log) fanLoop() {
+	defer close(l.fanDone)
+	for rows := range l.fan {
+		for _, r := range rows {
+			l.logRow(r)
+			l.publish(r)
+		}
+	}
+}
+
+func (l *Log) logRow(r Row) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.errLog.Error("audit logger panicked", "panic", p)
+		}
+	}()
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
+		slog.String("id", r.ID),
+		slog.String("occurred_at", r.OccurredAt.Format(timeLayout)),
+		slog.String("action", r.Action),
+		slog.String("actor_id", r.ActorID),
+		slog.String("actor_type", r.ActorType),
+		slog.String("subject_id", r.SubjectID),
+		slog.String("org_id", r.OrgID),
+		slog.String("ip", r.IP),
+		slog.String("user_agent", r.UserAgent),
+		slog.String("request_id", r.RequestID),
+		slog.String("outcome", r.Outcome),
+	)
+	if len(r.Metadata) > 0 {
+		keys := make([]string, 0, len(r.Metadata))
+		for k := range r.Metadata {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		meta := make([]any, 0, len(keys))
+		for _, k := range keys {
+			meta = append(meta, slog.String(k, r.Metadata[k]))
+		}
+		attrs = append(attrs, slog.Group("metadata", meta...))
+	}
+	l.rowLog.LogAttrs(context.Background(), slog.LevelInfo, "audit", attrs...)
+}
+
+// Start launches the background work: the webhook sender (always, so that
+// deliveries left pending by an earlier run resume) and, when
+// Options.Retention is set, the retention loop. Both stop when ctx ends or
+// Close is called, and survive panics. Calling Start again does nothing.
+func (l *Log) Start(ctx context.Context) {
+	l.startMu.Lock()
+	defer l.startMu.Unlock()
+	if l.started || l.isClosed() {
+		return
+	}
+	l.started = true
+	ctx, l.bgCancel = context.WithCancel(ctx)
+	l.bg.Add(1)
+	go func() {
+		defer l.bg.Done()
+		l.sender.run(ctx)
+	}()
+	if l.opts.Retention > 0 {
+		l.bg.Add(1)
+		go func() {
+			defer l.bg.Done()
+			l.RunRetention(ctx, l.opts.RetentionEvery, l.opts.Retention)
+		}()
+	}
+}
+
+func (l *Log) isClosed() bool {
+	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
+	return l.closed
+}
+
+// Close stops the background work, commits the rows already handed to
+// Record, delivers them to the logger and subscribers, and closes every
+// subscription. It does not close the Store. Later Records fail with
+// ErrClosed. Close is idempotent.
+func (l *Log) Close() error {
+	l.closeMu.Lock()
+	if l.closed {
+		l.closeMu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.closeMu.Unlock()
+
+	l.startMu.Lock()
+	if l.bgCancel != nil {
+		l.bgCancel()
+	}
+	l.startMu.Unlock()
+	l.bg.Wait()
+
+	close(l.quit)
+	<-l.committerDone
+	<-l.fanDone
+
+	l.subMu.Lock()
+	for s := range l.subs {
+		delete(l.subs, s)
+		close(s.c)
+	}
+	l.subMu.Unlock()
+	return nil
+}
+
+// Stats are counters for metrics (sigra_audit_*).
+type Stats struct {
+	// Pending is the outbox depth: deliveries not yet made.
+	Pending int
+	// Dead counts deliveries given up after the retry limit.
+	Dead int
+	// Delivered counts successful deliveries since New.
+	Delivered uint64
+	// Failures counts failed delivery attempts since New.
+	Failures uint64
+	// Dropped counts rows a subscriber missed because its buffer was full.
+	Dropped uint64
+}
+
+// Stats reads the outbox counts from the store and the counters of this
+// Log.
+func (l *Log) Stats(ctx context.Context) (Stats, error) {
+	pending, dead, err := l.st.AuditOutboxStats(ctx)
+	if err != nil {
+		return Stats{}, fmt.Errorf("audit: outbox stats: %w", err)
+	}
+	return Stats{
+		Pending:   pending,
+		Dead:      dead,
+		Delivered: l.sender.delivered.Load(),
+		Failures:  l.sender.failures.Load(),
+		Dropped:   l.dropped.Load(),
+	}, nil
+}

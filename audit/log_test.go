@@ -1,0 +1,471 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+var hookSecret = []byte("0123456789abcdef-secret")
+
+func TestRecordFillsIDAndTime(t *testing.T) {
+	ft := newFakeTime()
+	st := newMemStore()
+	l := newTestLog(t, st, ft, Options{})
+
+	got := mustRecord(t, l, sampleRow("auth.logout"))
+
+	id, err := uuid.Parse(got.ID)
+	if err != nil || id.Version() != 7 {
+		t.Fatalf("id = %q; want a UUIDv7", got.ID)
+	}
+	if !got.OccurredAt.Equal(t0) {
+		t.Fatalf("occurred_at = %v; want the clock's %v", got.OccurredAt, t0)
+	}
+	if n := st.rowCount(); n != 1 {
+		t.Fatalf("stored rows = %d; want 1", n)
+	}
+}
+
+func TestRecordKeepsGivenIDAndTime(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("X", -3600))
+	r := sampleRow("billing.subscription.updated")
+	r.ID, r.OccurredAt, r.ActorType = "0193a4c8-7b1e-7cc3-9d2a-5f0e8b4c1a22", at, ActorBilling
+
+	got := mustRecord(t, l, r)
+	if got.ID != r.ID || !got.OccurredAt.Equal(at) || got.OccurredAt.Location() != time.UTC {
+		t.Fatalf("stored id %q at %v; want %q at %v UTC", got.ID, got.OccurredAt, r.ID, at.UTC())
+	}
+}
+
+func TestRecordRejectsInvalidRows(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	for _, r := range []Row{
+		{Action: "auth.logout", ActorType: "robot"},
+		{Action: "logout", ActorType: ActorUser},
+		{Action: "auth.logout", ActorType: ActorUser, ID: "not-a-uuid"},
+	} {
+		if err := l.Record(context.Background(), r); !errors.Is(err, ErrInvalidRow) {
+			t.Errorf("Record(%+v) = %v; want ErrInvalidRow", r, err)
+		}
+	}
+	if n := st.rowCount(); n != 0 {
+		t.Fatalf("stored rows = %d; want 0", n)
+	}
+}
+
+func TestRecordIsIdempotent(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{Webhooks: []WebhookConfig{
+		{URL: "https://hooks.example.com/a", Secret: hookSecret, Actions: []string{"auth.*"}},
+	}})
+	sub, err := l.Subscribe(nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := sampleRow("auth.login.success")
+	r.ID, r.OccurredAt = uuid.NewString(), t0
+	mustRecord(t, l, r)
+	mustRecord(t, l, r) // a retried request, a replayed event
+
+	// Same id, other time: a different row by the contract (id + occurred_at).
+	other := r
+	other.OccurredAt = t0.Add(time.Second)
+	mustRecord(t, l, other)
+	l.Close()
+
+	if n := st.rowCount(); n != 2 {
+		t.Errorf("stored rows = %d; want 2", n)
+	}
+	if pending, _, _ := st.AuditOutboxStats(context.Background()); pending != 2 {
+		t.Errorf("pending deliveries = %d; want 2 (one per distinct row)", pending)
+	}
+	var seen []time.Time
+	for r := range sub.C {
+		seen = append(seen, r.OccurredAt)
+	}
+	if len(seen) != 2 {
+		t.Errorf("subscriber saw %d rows; want 2 (duplicates are not fanned out)", len(seen))
+	}
+}
+
+func TestRecordEnqueuesMatchingWebhooksOnly(t *testing.T) {
+	st := newMemStore()
+	hooks := []WebhookConfig{
+		{URL: "https://a.example.com/", Secret: hookSecret, Actions: []string{"auth.*", "mfa.*"}},
+		{URL: "https://b.example.com/", Secret: hookSecret, Actions: []string{"billing.*"}},
+		{URL: "https://c.example.com/", Secret: hookSecret, Actions: []string{"*"}},
+	}
+	l := newTestLog(t, st, newFakeTime(), Options{Webhooks: hooks})
+	tests := []struct {
+		action string
+		want   []string // webhook hosts
+	}{
+		{"auth.login.success", []string{"a", "c"}},
+		{"mfa.totp.enrolled", []string{"a", "c"}},
+		{"billing.subscription.updated", []string{"b", "c"}},
+		{"authz.denied", []string{"c"}},
+	}
+	idOf := map[string]string{}
+	for i, h := range hooks {
+		idOf[hooks[i].ID()] = string(h.URL[8])
+	}
+	for _, tt := range tests {
+		r := mustRecord(t, l, sampleRow(tt.action))
+		var got []string
+		st.mu.Lock()
+		for k := range st.pending {
+			if k.pos.ID.String() == r.ID {
+				got = append(got, idOf[k.hook])
+			}
+		}
+		st.mu.Unlock()
+		slices.Sort(got)
+		if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+			t.Errorf("%s went to %v; want %v", tt.action, got, tt.want)
+		}
+	}
+}
+
+// gateStore holds the first AppendAudit until released, so the test can
+// line up writers behind it.
+type gateStore struct {
+	*memStore
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	sizes   []int
+}
+
+func (g *gateStore) AppendAudit(ctx context.Context, es []Entry) ([]bool, error) {
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.release
+	})
+	g.mu.Lock()
+	g.sizes = append(g.sizes, len(es))
+	g.mu.Unlock()
+	return g.memStore.AppendAudit(ctx, es)
+}
+
+func TestRecordSharesCommitsUnderLoad(t *testing.T) {
+	g := &gateStore{memStore: newMemStore(), entered: make(chan struct{}), release: make(chan struct{})}
+	l := newTestLog(t, g, newFakeTime(), Options{})
+
+	errs := make(chan error, 11)
+	go func() { errs <- l.Record(context.Background(), sampleRow("auth.logout")) }()
+	<-g.entered // the first commit is in progress
+	for range 10 {
+		go func() { errs <- l.Record(context.Background(), sampleRow("auth.logout")) }()
+	}
+	// Wait until all ten are queued behind the running commit.
+	deadline := time.Now().Add(waitLimit)
+	for len(l.reqs) < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queued = %d; want 10", len(l.reqs))
+		}
+		runtime.Gosched()
+	}
+	close(g.release)
+	for range 11 {
+		if err := recv(t, errs); err != nil {
+			t.Fatalf("Record: %v", err)
+		}
+	}
+	if fmt.Sprint(g.sizes) != "[1 10]" {
+		t.Fatalf("commit sizes = %v; want [1 10]", g.sizes)
+	}
+}
+
+func TestRecordReturnsStorageErrors(t *testing.T) {
+	st := newMemStore()
+	st.failAppend = errBoom
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	sub, _ := l.Subscribe(nil, 1)
+
+	err := l.Record(context.Background(), sampleRow("auth.logout"))
+	if !errors.Is(err, errBoom) {
+		t.Fatalf("Record = %v; want the store's error", err)
+	}
+	l.Close()
+	if _, ok := <-sub.C; ok {
+		t.Fatal("a row that was not stored reached a subscriber")
+	}
+}
+
+func TestRecordAfterClose(t *testing.T) {
+	l := newTestLog(t, newMemStore(), newFakeTime(), Options{})
+	l.Close()
+	if err := l.Record(context.Background(), sampleRow("auth.logout")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Record after Close = %v; want ErrClosed", err)
+	}
+	l.Close() // idempotent
+}
+
+func TestRecordHonoursContext(t *testing.T) {
+	g := &gateStore{memStore: newMemStore(), entered: make(chan struct{}), release: make(chan struct{})}
+	l := newTestLog(t, g, newFakeTime(), Options{})
+	go l.Record(context.Background(), sampleRow("auth.logout"))
+	<-g.entered
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.Record(ctx, sampleRow("auth.logout")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Record with a cancelled context = %v; want context.Canceled", err)
+	}
+	close(g.release)
+}
+
+func TestLoggerReceivesEveryRow(t *testing.T) {
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewJSONHandler(&buf, nil))
+	l, err := New(logger, newFakeTime(), newMemStore(), Options{ErrorLog: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sampleRow("auth.login.success")
+	r.SubjectID, r.IP, r.Metadata = "u1", "203.0.113.7", map[string]string{"method": "passkey"}
+	got := mustRecord(t, l, r)
+	mustRecord(t, l, sampleRow("auth.logout"))
+	l.Close() // drains the fan-out
+
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("logged %d lines; want 2:\n%s", len(lines), buf.String())
+	}
+	var e map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &e); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"msg": "audit", "id": got.ID, "occurred_at": "2026-11-22T10:00:00.123456789Z",
+		"action": "auth.login.success", "actor_id": "u1", "actor_type": "user", "subject_id": "u1",
+		"ip": "203.0.113.7", "outcome": "success",
+	}
+	for k, v := range want {
+		if e[k] != v {
+			t.Errorf("log field %s = %v; want %v", k, e[k], v)
+		}
+	}
+	if m, _ := e["metadata"].(map[string]any); m["method"] != "passkey" {
+		t.Errorf("log field metadata = %v; want {method: passkey}", e["metadata"])
+	}
+}
+
+type panicHandler struct{ slog.Handler }
+
+func (panicHandler) Enabled(context.Context, slog.Level) bool  { return true }
+func (panicHandler) Handle(context.Context, slog.Record) error { panic("logger exploded") }
+
+func TestPanickingLoggerDoesNotBreakRecording(t *testing.T) {
+	l, err := New(slog.New(panicHandler{}), newFakeTime(), newMemStore(), Options{ErrorLog: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	sub, _ := l.Subscribe([]string{"*"}, 4)
+	for range 3 {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+	for range 3 {
+		recv(t, sub.C)
+	}
+}
+
+func TestSubscribePatterns(t *testing.T) {
+	l := newTestLog(t, newMemStore(), newFakeTime(), Options{})
+	subscribe := func(ps ...string) *Subscription {
+		t.Helper()
+		s, err := l.Subscribe(ps, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	subs := map[string]*Subscription{
+		"auth.*":        subscribe("auth.*"),
+		"mfa.*":         subscribe("mfa.*"),
+		"exact logout":  subscribe("auth.logout"),
+		"*":             subscribe("*"),
+		"none given":    subscribe(),
+		"auth or mfa":   subscribe("auth.*", "mfa.*"),
+		"billing only":  subscribe("billing.*"),
+		"nothing seen":  subscribe("passkey.clone_detected"),
+		"deeper prefix": subscribe("mfa.challenge.*"),
+	}
+	actions := []string{"auth.login.success", "auth.logout", "mfa.totp.enrolled", "mfa.challenge.failure", "authz.denied", "billing.seat.assigned"}
+	for _, a := range actions {
+		mustRecord(t, l, sampleRow(a))
+	}
+	l.Close()
+	want := map[string]string{
+		"auth.*":        "[auth.login.success auth.logout]",
+		"mfa.*":         "[mfa.totp.enrolled mfa.challenge.failure]",
+		"exact logout":  "[auth.logout]",
+		"*":             fmt.Sprint(actions),
+		"none given":    fmt.Sprint(actions),
+		"auth or mfa":   "[auth.login.success auth.logout mfa.totp.enrolled mfa.challenge.failure]",
+		"billing only":  "[billing.seat.assigned]",
+		"nothing seen":  "[]",
+		"deeper prefix": "[mfa.challenge.failure]",
+	}
+	for name, s := range subs {
+		got := []string{}
+		for r := range s.C {
+			got = append(got, r.Action)
+		}
+		if fmt.Sprint(got) != want[name] {
+			t.Errorf("subscriber %s got %v; want %s", name, got, want[name])
+		}
+	}
+}
+
+func TestSubscribeRejectsBadPatterns(t *testing.T) {
+	l := newTestLog(t, newMemStore(), newFakeTime(), Options{})
+	if _, err := l.Subscribe([]string{"auth.*", "*.failure"}, 1); !errors.Is(err, ErrBadPattern) {
+		t.Fatalf("Subscribe = %v; want ErrBadPattern", err)
+	}
+}
+
+func TestSlowSubscriberNeverBlocksRecording(t *testing.T) {
+	l := newTestLog(t, newMemStore(), newFakeTime(), Options{})
+	slow, _ := l.Subscribe(nil, 1) // never read until the end
+	for range 5 {
+		mustRecord(t, l, sampleRow("auth.logout")) // would hang if the tap blocked
+	}
+	l.Close()
+	if got := slow.Dropped(); got != 4 {
+		t.Errorf("Dropped() = %d; want 4 (buffer 1, five rows)", got)
+	}
+	st, _ := l.Stats(context.Background())
+	if st.Dropped != 4 {
+		t.Errorf("Stats().Dropped = %d; want 4", st.Dropped)
+	}
+	if n := len(slow.C); n != 1 {
+		t.Errorf("buffered rows = %d; want 1", n)
+	}
+}
+
+func TestSubscriptionClose(t *testing.T) {
+	l := newTestLog(t, newMemStore(), newFakeTime(), Options{})
+	s, _ := l.Subscribe(nil, 10)
+	s.Close()
+	s.Close() // idempotent
+	mustRecord(t, l, sampleRow("auth.logout"))
+	if _, ok := <-s.C; ok {
+		t.Fatal("a closed subscription received a row")
+	}
+	l.Close()
+	late, _ := l.Subscribe(nil, 1)
+	if _, ok := <-late.C; ok {
+		t.Fatal("a subscription made after Close is open")
+	}
+	late.Close()
+}
+
+func TestConcurrentRecording(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{Webhooks: []WebhookConfig{
+		{URL: "https://hooks.example.com/", Secret: hookSecret, Actions: []string{"mfa.*"}},
+	}})
+	sub, _ := l.Subscribe([]string{"*"}, 2000)
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				a := "auth.logout"
+				if i%3 == 0 {
+					a = "mfa.totp.removed"
+				}
+				r := sampleRow(a)
+				r.ActorID = fmt.Sprintf("u%d", w)
+				if err := l.Record(context.Background(), r); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	l.Close()
+	if n := st.rowCount(); n != 960 {
+		t.Errorf("stored rows = %d; want 960", n)
+	}
+	if pending, _, _ := st.AuditOutboxStats(context.Background()); pending != 320 {
+		t.Errorf("pending deliveries = %d; want 320", pending)
+	}
+	if n := len(sub.C); n != 960 {
+		t.Errorf("subscriber got %d rows; want 960", n)
+	}
+	if st.appends >= 960 {
+		t.Errorf("%d commits for 960 concurrent rows; want shared commits", st.appends)
+	}
+}
+
+func TestNewValidatesWebhooks(t *testing.T) {
+	good := WebhookConfig{URL: "https://hooks.example.com/sigra", Secret: hookSecret, Actions: []string{"auth.*"}}
+	with := func(f func(*WebhookConfig)) WebhookConfig { c := good; f(&c); return c }
+	tests := []struct {
+		name  string
+		hooks []WebhookConfig
+		want  string // "" for valid
+	}{
+		{"https", []WebhookConfig{good}, ""},
+		{"http with port and path", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "http://127.0.0.1:8080/in" })}, ""},
+		{"several", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://other.example.com/" })}, ""},
+		{"ftp scheme", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "ftp://hooks.example.com/" })}, "scheme"},
+		{"relative", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "/hooks" })}, "scheme"},
+		{"no host", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https:///path" })}, "no host"},
+		{"port only", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://:443/" })}, "no host"},
+		{"unparseable", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://[::1" })}, "url"},
+		{"short secret", []WebhookConfig{with(func(c *WebhookConfig) { c.Secret = []byte("short") })}, "secret"},
+		{"no secret", []WebhookConfig{with(func(c *WebhookConfig) { c.Secret = nil })}, "secret"},
+		{"no actions", []WebhookConfig{with(func(c *WebhookConfig) { c.Actions = nil })}, "no actions"},
+		{"bad pattern", []WebhookConfig{with(func(c *WebhookConfig) { c.Actions = []string{"*.failure"} })}, "pattern"},
+		{"duplicate", []WebhookConfig{good, good}, "twice"},
+		{"password redacted in errors", []WebhookConfig{with(func(c *WebhookConfig) {
+			c.URL, c.Secret = "https://user:hunter2@hooks.example.com/", nil
+		})}, "xxxxx"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(nil, nil, newMemStore(), Options{Webhooks: tt.hooks})
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("New = %v; want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrBadWebhook) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("New = %v; want ErrBadWebhook mentioning %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Fatalf("error %q leaks the URL's password", err)
+			}
+		})
+	}
+}
+
+func TestWebhookIDIsStable(t *testing.T) {
+	a := WebhookConfig{URL: "https://hooks.example.com/sigra"}
+	b := WebhookConfig{URL: "https://hooks.example.com/sigra", Actions: []string{"*"}, Secret: []byte("rotated")}
+	if a.ID() != b.ID() || len(a.ID()) != 16 {
+		t.Fatalf("ID() = %q and %q; want the same 16 hex characters for the same URL", a.ID(), b.ID())
+	}
+}

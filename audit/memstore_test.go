@@ -1,0 +1,246 @@
+package audit
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+)
+
+// memStore is the reference Store: everything in slices and maps, every
+// query a scan. Its behaviour is what the bbolt backend must match.
+type memStore struct {
+	mu      sync.Mutex
+	rows    map[Position]Row
+	pending map[deliveryKey]Delivery
+	dead    map[deliveryKey]Delivery
+	appends int // AppendAudit calls, to observe batching
+
+	// failAppend, when set, makes AppendAudit fail with it.
+	failAppend error
+	// panicPrune makes PruneAudit panic.
+	panicPrune bool
+}
+
+type deliveryKey struct {
+	hook string
+	pos  Position
+}
+
+func newMemStore() *memStore {
+	return &memStore{rows: map[Position]Row{}, pending: map[deliveryKey]Delivery{}, dead: map[deliveryKey]Delivery{}}
+}
+
+func keyOf(d Delivery) deliveryKey {
+	pos, err := PositionOf(Row{ID: d.RowID, OccurredAt: d.OccurredAt})
+	if err != nil {
+		panic(err)
+	}
+	return deliveryKey{d.HookID, pos}
+}
+
+func (m *memStore) AppendAudit(ctx context.Context, entries []Entry) ([]bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.appends++
+	if m.failAppend != nil {
+		return nil, m.failAppend
+	}
+	inserted := make([]bool, len(entries))
+	for i, e := range entries {
+		if _, ok := m.rows[e.Pos]; ok {
+			continue
+		}
+		m.rows[e.Pos] = e.Row
+		for _, h := range e.Hooks {
+			m.pending[deliveryKey{h, e.Pos}] = Delivery{HookID: h, RowID: e.Row.ID, OccurredAt: e.Row.OccurredAt, DueAt: e.DueAt}
+		}
+		inserted[i] = true
+	}
+	return inserted, nil
+}
+
+// sorted returns the positions of all rows, oldest first.
+func (m *memStore) sorted() []Position {
+	ps := make([]Position, 0, len(m.rows))
+	for p := range m.rows {
+		ps = append(ps, p)
+	}
+	slices.SortFunc(ps, func(a, b Position) int {
+		if a.Less(b) {
+			return -1
+		}
+		if b.Less(a) {
+			return 1
+		}
+		return 0
+	})
+	return ps
+}
+
+func (m *memStore) AuditTimeline(ctx context.Context, q StoreQuery) ([]Row, *Position, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ps := m.sorted()
+	var out []Row
+	for i := len(ps) - 1; i >= 0; i-- {
+		p := ps[i]
+		if q.Before != nil && !p.Less(*q.Before) {
+			continue
+		}
+		r := m.rows[p]
+		if !q.Match(r) {
+			continue
+		}
+		if len(out) == q.Limit {
+			last, _ := PositionOf(out[len(out)-1])
+			return out, &last, nil
+		}
+		out = append(out, r)
+	}
+	return out, nil, nil
+}
+
+func (m *memStore) AuditRange(ctx context.Context, after *Position, since, until time.Time, limit int) ([]Row, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Row
+	for _, p := range m.sorted() {
+		if after != nil && !after.Less(p) {
+			continue
+		}
+		if (!since.IsZero() && p.At.Before(since)) || (!until.IsZero() && !p.At.Before(until)) {
+			continue
+		}
+		if len(out) == limit {
+			break
+		}
+		out = append(out, m.rows[p])
+	}
+	return out, nil
+}
+
+func (m *memStore) PruneAudit(ctx context.Context, before time.Time) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.panicPrune {
+		panic("prune exploded")
+	}
+	n := 0
+	for p := range m.rows {
+		if p.At.Before(before) {
+			delete(m.rows, p)
+			n++
+		}
+	}
+	for k := range m.pending {
+		if k.pos.At.Before(before) {
+			delete(m.pending, k)
+		}
+	}
+	for k := range m.dead {
+		if k.pos.At.Before(before) {
+			delete(m.dead, k)
+		}
+	}
+	return n, nil
+}
+
+func (m *memStore) withRow(d Delivery) Delivery {
+	d.Row = m.rows[keyOf(d).pos]
+	return d
+}
+
+func (m *memStore) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var due []Delivery
+	for _, d := range m.pending {
+		if !d.DueAt.After(now) {
+			due = append(due, m.withRow(d))
+		}
+	}
+	slices.SortFunc(due, func(a, b Delivery) int { return a.DueAt.Compare(b.DueAt) })
+	if len(due) > limit {
+		due = due[:limit]
+	}
+	return due, nil
+}
+
+func (m *memStore) AuditNextDelivery(ctx context.Context) (time.Time, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var next time.Time
+	for _, d := range m.pending {
+		if next.IsZero() || d.DueAt.Before(next) {
+			next = d.DueAt
+		}
+	}
+	return next, !next.IsZero(), nil
+}
+
+// take removes the pending delivery d if it is still due at d.DueAt.
+func (m *memStore) take(d Delivery) bool {
+	k := keyOf(d)
+	cur, ok := m.pending[k]
+	if !ok || !cur.DueAt.Equal(d.DueAt) {
+		return false
+	}
+	delete(m.pending, k)
+	return true
+}
+
+func (m *memStore) AuditDeliveryDone(ctx context.Context, d Delivery) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.take(d)
+	return nil
+}
+
+func (m *memStore) AuditDeliveryRetry(ctx context.Context, d Delivery, next time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.take(d) {
+		d.DueAt, d.Row = next, Row{}
+		m.pending[keyOf(d)] = d
+	}
+	return nil
+}
+
+func (m *memStore) AuditDeliveryDead(ctx context.Context, d Delivery) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.take(d) {
+		d.Row = Row{}
+		m.dead[keyOf(d)] = d
+	}
+	return nil
+}
+
+func (m *memStore) AuditDeadDeliveries(ctx context.Context, limit int) ([]Delivery, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Delivery
+	for _, d := range m.dead {
+		out = append(out, m.withRow(d))
+	}
+	slices.SortFunc(out, func(a, b Delivery) int { return b.OccurredAt.Compare(a.OccurredAt) })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+func (m *memStore) AuditOutboxStats(ctx context.Context) (int, int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.pending), len(m.dead), nil
+}
+
+func (m *memStore) rowCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.rows)
+}
+
+var _ Store = (*memStore)(nil)

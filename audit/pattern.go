@@ -1,0 +1,92 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrBadPattern means an action pattern is malformed. The admin API answers
+// it with 400.
+var ErrBadPattern = errors.New("audit: bad action pattern")
+
+// Pattern selects actions by name:
+//
+//	""  or "*"          every action
+//	"auth.logout"       exactly that action
+//	"auth.*"            every action under auth. ("auth.login.success",
+//	                    "auth.logout"), but not "auth" itself
+//	"auth.password_reset.*"  a deeper prefix works the same way
+//
+// The wildcard may only end a pattern, after a dot: that is what an index
+// on action names can answer.
+type Pattern string
+
+// ParsePattern validates s as a Pattern.
+func ParsePattern(s string) (Pattern, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "*" {
+		return Pattern(s), nil
+	}
+	name, wild := strings.CutSuffix(s, ".*")
+	if wild {
+		// "auth.*" has a one-segment stem; validAction wants two, so check
+		// the stem with a dummy last segment.
+		if err := validAction(name + ".x"); err != nil || strings.Contains(name, "*") {
+			return "", fmt.Errorf("%w: %q", ErrBadPattern, s)
+		}
+		return Pattern(s), nil
+	}
+	if err := validAction(s); err != nil {
+		return "", fmt.Errorf("%w: %q (%v)", ErrBadPattern, s, err)
+	}
+	return Pattern(s), nil
+}
+
+// ParsePatterns validates each of ss, and returns them.
+func ParsePatterns(ss []string) ([]Pattern, error) {
+	ps := make([]Pattern, 0, len(ss))
+	for _, s := range ss {
+		p, err := ParsePattern(s)
+		if err != nil {
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
+}
+
+// Match reports whether action is selected by p.
+func (p Pattern) Match(action string) bool {
+	prefix, wild := p.Prefix()
+	if wild {
+		return strings.HasPrefix(action, prefix)
+	}
+	return action == prefix
+}
+
+// Prefix tells a store how to look p up: with wild false, the action must
+// equal prefix; with wild true, it must start with prefix ("" for all,
+// "auth." for "auth.*").
+func (p Pattern) Prefix() (prefix string, wild bool) {
+	switch {
+	case p == "" || p == "*":
+		return "", true
+	case strings.HasSuffix(string(p), ".*"):
+		return string(p[:len(p)-1]), true
+	default:
+		return string(p), false
+	}
+}
+
+// All reports whether p selects every action.
+func (p Pattern) All() bool { return p == "" || p == "*" }
+
+func matchAny(ps []Pattern, action string) bool {
+	for _, p := range ps {
+		if p.Match(action) {
+			return true
+		}
+	}
+	return false
+}

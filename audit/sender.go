@@ -1,0 +1,294 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/internal/hmacsig"
+)
+
+// DeliveryOptions tune the webhook sender. Zero fields take the defaults
+// noted. With the defaults a delivery is tried 15 times over about five
+// hours (2s, 4s, 8s, … doubling up to 1h, each with jitter) before it is
+// given up as dead.
+type DeliveryOptions struct {
+	// Timeout bounds one attempt (connect, send, response headers and
+	// body). Default 10s.
+	Timeout time.Duration
+	// MinBackoff is the delay after the first failure. Default 2s.
+	MinBackoff time.Duration
+	// MaxBackoff caps the delay between attempts. Default 1h.
+	MaxBackoff time.Duration
+	// MaxAttempts is the retry limit: after this many failed attempts the
+	// delivery is dead. Default 15.
+	MaxAttempts int
+	// Concurrency is how many attempts run at once. Default 4.
+	Concurrency int
+	// Client sends the requests. Default: a client that does not follow
+	// redirects (a redirect is a failed attempt).
+	Client *http.Client
+}
+
+// EventIDHeader carries the row id on every webhook request, so receivers
+// can drop the duplicates that at-least-once delivery allows.
+const EventIDHeader = "Sigra-Event-Id"
+
+// deliveryBatch is how many due deliveries one pass takes.
+const deliveryBatch = 64
+
+var errRowGone = errors.New("row no longer stored")
+
+type sender struct {
+	l         *Log
+	opts      DeliveryOptions
+	client    *http.Client
+	delivered atomic.Uint64
+	failures  atomic.Uint64
+}
+
+func newSender(l *Log, o DeliveryOptions) *sender {
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 2 * time.Second
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = time.Hour
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = o.MinBackoff
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 15
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	c := o.Client
+	if c == nil {
+		c = &http.Client{
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	return &sender{l: l, opts: o, client: c}
+}
+
+// run delivers until ctx ends: a pass over what is due, then a wait until
+// the next delivery is due or Record enqueues one.
+func (s *sender) run(ctx context.Context) {
+	for {
+		wait, again := s.step(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if again {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.l.wake:
+		case <-wait:
+		}
+	}
+}
+
+// step makes one pass and says how to wait: again means at once; a nil
+// wait means until woken.
+func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.l.errLog.Error("audit webhook sender panicked", "panic", p, "stack", string(debug.Stack()))
+			wait, again = s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
+		}
+	}()
+	n, err := s.deliverDue(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.l.errLog.Error("audit webhook pass failed", "error", err)
+		}
+		return s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
+	}
+	if n == deliveryBatch {
+		return nil, true
+	}
+	next, ok, err := s.l.st.AuditNextDelivery(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.l.errLog.Error("audit webhook outbox unreadable", "error", err)
+		}
+		return s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
+	}
+	if !ok {
+		return nil, false
+	}
+	if !next.After(s.l.clk.Now()) {
+		return nil, true
+	}
+	return s.l.wakeAt(next), false
+}
+
+// DeliverDue makes one delivery pass now: it attempts up to 64 deliveries
+// that are due on the Log's clock, records each outcome, and returns how
+// many it attempted. The background sender started by Start calls it in a
+// loop; the CLI and tests may call it directly.
+func (l *Log) DeliverDue(ctx context.Context) (int, error) { return l.sender.deliverDue(ctx) }
+
+func (s *sender) deliverDue(ctx context.Context) (int, error) {
+	now := s.l.clk.Now()
+	ds, err := s.l.st.AuditDeliveriesDue(ctx, now, deliveryBatch)
+	if err != nil {
+		return 0, fmt.Errorf("reading due deliveries: %w", err)
+	}
+	results := make([]error, len(ds))
+	sem := make(chan struct{}, s.opts.Concurrency)
+	var wg sync.WaitGroup
+	for i := range ds {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() {
+				if p := recover(); p != nil {
+					results[i] = fmt.Errorf("panic: %v", p)
+				}
+				<-sem
+				wg.Done()
+			}()
+			results[i] = s.attempt(ctx, ds[i])
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		// Shutting down: attempts cut short are not the receiver's fault;
+		// leave them pending for the next start.
+		return 0, ctx.Err()
+	}
+	var errs []error
+	for i, d := range ds {
+		if err := s.settle(ctx, d, results[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return len(ds), errors.Join(errs...)
+}
+
+// attempt POSTs the row to the webhook once.
+func (s *sender) attempt(ctx context.Context, d Delivery) error {
+	h := s.l.hookByID[d.HookID]
+	if h == nil {
+		return fmt.Errorf("webhook %s is not configured in this instance", d.HookID)
+	}
+	if d.Row.ID == "" {
+		return errRowGone
+	}
+	body, err := d.Row.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("encoding row: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("building request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "Sigra-Webhook/1")
+	req.Header.Set(EventIDHeader, d.Row.ID)
+	req.Header.Set(hmacsig.Header, hmacsig.Sign(h.secret, s.l.clk.Now(), body))
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("receiver answered %s", resp.Status)
+	}
+	return nil
+}
+
+// settle records the outcome of an attempt in the outbox.
+func (s *sender) settle(ctx context.Context, d Delivery, res error) error {
+	switch {
+	case res == nil:
+		s.delivered.Add(1)
+		if err := s.l.st.AuditDeliveryDone(ctx, d); err != nil {
+			return fmt.Errorf("marking %s for %s delivered: %w", d.RowID, d.HookID, err)
+		}
+		return nil
+	case errors.Is(res, errRowGone):
+		s.l.errLog.Warn("audit webhook delivery dropped: row pruned", "row_id", d.RowID, "hook_id", d.HookID)
+		if err := s.l.st.AuditDeliveryDone(ctx, d); err != nil {
+			return fmt.Errorf("dropping %s for %s: %w", d.RowID, d.HookID, err)
+		}
+		return nil
+	}
+	s.failures.Add(1)
+	now := s.l.clk.Now()
+	d.Attempts++
+	d.LastError = truncate(res.Error(), 512)
+	d.UpdatedAt = now
+	if d.Attempts >= s.opts.MaxAttempts {
+		s.l.errLog.Error("audit webhook delivery dead", "row_id", d.RowID, "hook_id", d.HookID,
+			"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError)
+		if err := s.l.st.AuditDeliveryDead(ctx, d); err != nil {
+			return fmt.Errorf("marking %s for %s dead: %w", d.RowID, d.HookID, err)
+		}
+		return nil
+	}
+	next := now.Add(s.backoff(d.Attempts))
+	s.l.errLog.Warn("audit webhook delivery failed", "row_id", d.RowID, "hook_id", d.HookID,
+		"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError, "retry_at", next)
+	if err := s.l.st.AuditDeliveryRetry(ctx, d, next); err != nil {
+		return fmt.Errorf("rescheduling %s for %s: %w", d.RowID, d.HookID, err)
+	}
+	return nil
+}
+
+// backoff is the delay after the n-th failed attempt: MinBackoff doubled
+// n-1 times, capped at MaxBackoff, then jittered to between half and all
+// of it so that receivers coming back are not hit by every sender at once.
+func (s *sender) backoff(n int) time.Duration {
+	d := s.opts.MinBackoff
+	for i := 1; i < n && d < s.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, s.opts.MaxBackoff)
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+func (s *sender) hookURL(id string) string {
+	if h := s.l.hookByID[id]; h != nil {
+		return redactURL(h.url)
+	}
+	return ""
+}
+
+// DeadDeliveries lists up to limit deliveries given up after the retry
+// limit, newest row first, with their rows and last errors. limit 0 means
+// DefaultLimit; at most MaxLimit.
+func (l *Log) DeadDeliveries(ctx context.Context, limit int) ([]Delivery, error) {
+	limit, err := Query{Limit: limit}.limit()
+	if err != nil {
+		return nil, err
+	}
+	ds, err := l.st.AuditDeadDeliveries(ctx, limit)
+	if err != nil {
+		return nil, fmt.Errorf("audit: dead deliveries: %w", err)
+	}
+	for i := range ds {
+		ds[i].URL = l.sender.hookURL(ds[i].HookID)
+	}
+	return ds, nil
+}

@@ -1,0 +1,245 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/internal/hmacsig"
+)
+
+func hookTo(url string, actions ...string) WebhookConfig {
+	if len(actions) == 0 {
+		actions = []string{"*"}
+	}
+	return WebhookConfig{URL: url, Secret: hookSecret, Actions: actions}
+}
+
+func TestWebhookDeliveryIsSignedOverTheExactBody(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	st := newMemStore()
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL, "auth.*")}})
+
+	row := mustRecord(t, l, sampleRow("auth.login.success"))
+	mustRecord(t, l, sampleRow("mfa.totp.enrolled")) // not subscribed
+	if n, err := l.DeliverDue(context.Background()); err != nil || n != 1 {
+		t.Fatalf("DeliverDue = %d, %v; want 1 delivery", n, err)
+	}
+	got := recv(t, rc.got)
+	if got.eventID != row.ID {
+		t.Errorf("%s = %q; want the row id %q", EventIDHeader, got.eventID, row.ID)
+	}
+	if ct := got.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q; want application/json", ct)
+	}
+	want, _ := row.MarshalJSON()
+	if !bytes.Equal(got.body, want) {
+		t.Errorf("body =\n%s\nwant the row's JSON\n%s", got.body, want)
+	}
+	sig := got.header.Get(hmacsig.Header)
+	if wantSig := hmacsig.Sign(hookSecret, ft.Now(), got.body); sig != wantSig {
+		t.Errorf("%s = %q; want %q", hmacsig.Header, sig, wantSig)
+	}
+	s, _ := l.Stats(context.Background())
+	if s.Pending != 0 || s.Delivered != 1 || s.Failures != 0 {
+		t.Errorf("Stats = %+v; want nothing pending, 1 delivered", s)
+	}
+}
+
+func TestWebhookBacksOffThenGivesUp(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	rc.setStatus(func(int) int { return http.StatusServiceUnavailable })
+	st := newMemStore()
+	opts := DeliveryOptions{MinBackoff: time.Second, MaxBackoff: 4 * time.Second, MaxAttempts: 5}
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
+	row := mustRecord(t, l, sampleRow("auth.logout"))
+	ctx := context.Background()
+
+	// Delay after attempt n: min(1s·2^(n-1), 4s), jittered to [half, all].
+	ceilings := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second}
+	for attempt, ceiling := range ceilings {
+		if n, err := l.DeliverDue(ctx); err != nil || n != 1 {
+			t.Fatalf("attempt %d: DeliverDue = %d, %v; want 1", attempt+1, n, err)
+		}
+		next, ok, _ := st.AuditNextDelivery(ctx)
+		delay := next.Sub(ft.Now())
+		if !ok || delay < ceiling/2 || delay > ceiling {
+			t.Fatalf("after attempt %d the retry is due in %v; want within [%v, %v]", attempt+1, delay, ceiling/2, ceiling)
+		}
+		// Not due yet: nothing is attempted.
+		ft.Advance(ceiling/2 - time.Nanosecond)
+		if delay > ceiling/2-time.Nanosecond {
+			if n, _ := l.DeliverDue(ctx); n != 0 {
+				t.Fatalf("attempt %d: a delivery was retried before its backoff elapsed", attempt+1)
+			}
+		}
+		ft.Advance(ceiling)
+	}
+	if n, err := l.DeliverDue(ctx); err != nil || n != 1 {
+		t.Fatalf("last attempt: DeliverDue = %d, %v; want 1", n, err)
+	}
+	s, _ := l.Stats(ctx)
+	if s.Pending != 0 || s.Dead != 1 || s.Failures != 5 || s.Delivered != 0 {
+		t.Fatalf("Stats = %+v; want 0 pending, 1 dead, 5 failures", s)
+	}
+	dead, err := l.DeadDeliveries(ctx, 0)
+	if err != nil || len(dead) != 1 {
+		t.Fatalf("DeadDeliveries = %v, %v; want one", dead, err)
+	}
+	d := dead[0]
+	if d.RowID != row.ID || d.Row.ID != row.ID || d.Attempts != 5 || d.URL != rc.URL || !strings.Contains(d.LastError, "503") {
+		t.Fatalf("dead delivery = %+v; want row %s, 5 attempts, url %s, last error mentioning 503", d, row.ID, rc.URL)
+	}
+	ft.Advance(24 * time.Hour)
+	if n, _ := l.DeliverDue(ctx); n != 0 {
+		t.Fatal("a dead delivery was attempted again")
+	}
+}
+
+func TestWebhookBackgroundSenderRetriesOnTheInjectedClock(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	rc.setStatus(func(n int) int {
+		if n <= 2 { // down for the first two attempts
+			return http.StatusBadGateway
+		}
+		return 0
+	})
+	opts := DeliveryOptions{MinBackoff: 10 * time.Second, MaxBackoff: time.Minute}
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l.Start(ctx)
+
+	row := mustRecord(t, l, sampleRow("auth.logout"))
+	for attempt, ceiling := range []time.Duration{10 * time.Second, 20 * time.Second} {
+		if n := recv(t, rc.hits); n != attempt+1 {
+			t.Fatalf("request %d; want %d", n, attempt+1)
+		}
+		// The attempt failed; the sender now sleeps on the fake clock.
+		if d := ft.sleeping(t); d <= 0 || d > ceiling {
+			t.Fatalf("after attempt %d the sender waits %v; want within (0, %v]", attempt+1, d, ceiling)
+		}
+		select {
+		case n := <-rc.hits:
+			t.Fatalf("request %d came before the backoff elapsed", n)
+		default:
+		}
+		ft.Advance(ceiling) // the backoff's upper bound: the retry is due
+	}
+	if got := recv(t, rc.got); got.eventID != row.ID {
+		t.Fatalf("delivered %q; want %q", got.eventID, row.ID)
+	}
+	cancel()
+	l.Close() // returns: the sender stopped
+}
+
+func TestWebhookTimeoutIsAFailedAttempt(t *testing.T) {
+	ft := newFakeTime()
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer hang.Close()
+	defer close(release)
+	st := newMemStore()
+	l := newTestLog(t, st, ft, Options{
+		Webhooks: []WebhookConfig{hookTo(hang.URL)},
+		Delivery: DeliveryOptions{Timeout: 50 * time.Millisecond},
+	})
+	mustRecord(t, l, sampleRow("auth.logout"))
+	if _, err := l.DeliverDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	next, ok, _ := st.AuditNextDelivery(context.Background())
+	if s, _ := l.Stats(context.Background()); !ok || s.Failures != 1 || !next.After(ft.Now()) {
+		t.Fatalf("after a timeout: Stats %+v, next due %v; want 1 failure and a retry later", s, next)
+	}
+}
+
+func TestWebhookRedirectIsNotFollowed(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	redirect := httptest.NewServer(http.RedirectHandler(rc.URL, http.StatusTemporaryRedirect))
+	defer redirect.Close()
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(redirect.URL)}})
+	mustRecord(t, l, sampleRow("auth.logout"))
+	l.DeliverDue(context.Background())
+	if s, _ := l.Stats(context.Background()); s.Failures != 1 || s.Delivered != 0 {
+		t.Fatalf("Stats = %+v; want the redirect counted as a failure", s)
+	}
+	select {
+	case <-rc.got:
+		t.Fatal("the redirect was followed")
+	default:
+	}
+}
+
+func TestWebhookNoLongerConfiguredIsRetriedThenDead(t *testing.T) {
+	ft := newFakeTime()
+	st := newMemStore()
+	first := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo("https://gone.example.com/")}})
+	mustRecord(t, first, sampleRow("auth.logout"))
+	first.Close()
+
+	// A new config without that webhook: its deliveries fail without a
+	// request and end on the dead list, where an operator can see them.
+	l := newTestLog(t, st, ft, Options{Delivery: DeliveryOptions{MaxAttempts: 2, MinBackoff: time.Second}})
+	l.DeliverDue(context.Background())
+	ft.Advance(time.Second)
+	l.DeliverDue(context.Background())
+	dead, _ := l.DeadDeliveries(context.Background(), 10)
+	if len(dead) != 1 || !strings.Contains(dead[0].LastError, "not configured") {
+		t.Fatalf("dead = %+v; want one, 'not configured'", dead)
+	}
+}
+
+func TestWebhookRestartResumesPendingDeliveries(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	st := newMemStore()
+	cfg := Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}}
+	before := newTestLog(t, st, ft, cfg)
+	var want []string
+	for range 3 {
+		want = append(want, mustRecord(t, before, sampleRow("auth.logout")).ID)
+	}
+	before.Close() // never started: nothing sent
+
+	after := newTestLog(t, st, ft, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	after.Start(ctx)
+	got := map[string]bool{}
+	for range want {
+		got[recv(t, rc.got).eventID] = true
+	}
+	for _, id := range want {
+		if !got[id] {
+			t.Errorf("row %s was not delivered after the restart", id)
+		}
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	s := newSender(nil, DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour})
+	for n := 1; n <= 40; n++ {
+		ceiling := min(2*time.Second<<min(n-1, 30), time.Hour)
+		for range 50 {
+			if d := s.backoff(n); d < ceiling/2 || d > ceiling {
+				t.Fatalf("backoff(%d) = %v; want within [%v, %v]", n, d, ceiling/2, ceiling)
+			}
+		}
+	}
+}

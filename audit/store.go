@@ -1,0 +1,139 @@
+package audit
+
+import (
+	"context"
+	"time"
+)
+
+// Store is the persistence the audit log needs. The store package
+// implements it for bbolt (store/bolt_audit.go); the in-memory fake in this
+// package's tests is the reference for its semantics.
+//
+// Every method that writes must be durable (fsynced, or committed with
+// synchronous replication) before it returns.
+type Store interface {
+	RowStore
+	Outbox
+}
+
+// RowStore keeps rows and answers timeline queries.
+type RowStore interface {
+	// AppendAudit stores entries in one transaction: each row, its index
+	// entries, and one pending delivery per id in Entry.Hooks, due at
+	// Entry.DueAt. A row whose Position is already stored is skipped
+	// together with its deliveries (idempotency), as is the second of two
+	// entries with the same Position in one call. inserted[i] reports
+	// whether entries[i] was new. On error nothing was stored.
+	AppendAudit(ctx context.Context, entries []Entry) (inserted []bool, err error)
+
+	// AuditTimeline returns up to q.Limit rows matching every filter of q,
+	// newest first (descending Position), strictly before q.Before when it
+	// is set. It examines at most q.Budget stored entries (0: no bound).
+	// next is where the following page starts (pass it back as Before): nil
+	// when no further row matches; set when more rows match, or when the
+	// budget ran out before the answer was known (then rows may hold fewer
+	// than q.Limit rows, even none).
+	AuditTimeline(ctx context.Context, q StoreQuery) (rows []Row, next *Position, err error)
+
+	// AuditRange returns up to limit rows with since <= occurred_at < until
+	// (a zero time is unbounded), strictly after `after` when it is set,
+	// oldest first. Export pages through the log with it.
+	AuditRange(ctx context.Context, after *Position, since, until time.Time, limit int) ([]Row, error)
+
+	// PruneAudit deletes every row with occurred_at < before, its index
+	// entries and its deliveries (pending and dead), in as many bounded
+	// transactions as it needs, and returns how many rows it deleted. It
+	// stops early, with the count so far, when ctx ends.
+	PruneAudit(ctx context.Context, before time.Time) (int, error)
+}
+
+// Outbox keeps pending webhook deliveries and dead ones.
+type Outbox interface {
+	// AuditDeliveriesDue returns up to limit pending deliveries with
+	// DueAt <= now, earliest due first, each with its Row loaded (a zero
+	// Row if the row is gone).
+	AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
+	// AuditNextDelivery returns the earliest DueAt among pending
+	// deliveries; ok is false when none is pending.
+	AuditNextDelivery(ctx context.Context) (at time.Time, ok bool, err error)
+	// AuditDeliveryDone removes the pending delivery d (identified by
+	// HookID, RowID, OccurredAt and DueAt). A missing one is not an error.
+	AuditDeliveryDone(ctx context.Context, d Delivery) error
+	// AuditDeliveryRetry moves the pending delivery d, found at d.DueAt,
+	// to be due at next, storing d.Attempts, d.LastError and d.UpdatedAt.
+	// A missing one is not an error and is not recreated.
+	AuditDeliveryRetry(ctx context.Context, d Delivery, next time.Time) error
+	// AuditDeliveryDead moves the pending delivery d, found at d.DueAt, to
+	// the dead list with d.Attempts, d.LastError and d.UpdatedAt. A missing
+	// one is not an error and is not recreated.
+	AuditDeliveryDead(ctx context.Context, d Delivery) error
+	// AuditDeadDeliveries returns up to limit dead deliveries, newest row
+	// first, each with its Row loaded.
+	AuditDeadDeliveries(ctx context.Context, limit int) ([]Delivery, error)
+	// AuditOutboxStats counts pending and dead deliveries.
+	AuditOutboxStats(ctx context.Context) (pending, dead int, err error)
+}
+
+// Entry is one row handed to AppendAudit.
+type Entry struct {
+	// Row is valid and normalised.
+	Row Row
+	// Pos is the row's position (its key).
+	Pos Position
+	// JSON is the row's wire encoding (Row.MarshalJSON); a store may keep
+	// it verbatim.
+	JSON []byte
+	// Hooks are the ids of the webhooks to deliver the row to.
+	Hooks []string
+	// DueAt is when those deliveries are first due.
+	DueAt time.Time
+}
+
+// StoreQuery is a timeline query as a Store sees it: validated, the cursor
+// decoded.
+type StoreQuery struct {
+	ActorID   string  // "" for any
+	SubjectID string  // "" for any
+	Action    Pattern // "" or "*" for any
+	// Since (inclusive) and Until (exclusive) bound OccurredAt; zero is
+	// unbounded.
+	Since, Until time.Time
+	// Before, when set, only admits rows strictly before it.
+	Before *Position
+	// Limit is the most rows to return, at least 1.
+	Limit int
+	// Budget bounds the stored entries examined; 0 means no bound.
+	Budget int
+}
+
+// Match reports whether r passes q's filters (not Before or Limit).
+func (q StoreQuery) Match(r Row) bool {
+	return (q.ActorID == "" || r.ActorID == q.ActorID) &&
+		(q.SubjectID == "" || r.SubjectID == q.SubjectID) &&
+		q.Action.Match(r.Action) &&
+		(q.Since.IsZero() || !r.OccurredAt.Before(q.Since)) &&
+		(q.Until.IsZero() || r.OccurredAt.Before(q.Until))
+}
+
+// Delivery is one row on its way to one webhook.
+type Delivery struct {
+	// HookID identifies the webhook (WebhookConfig.ID).
+	HookID string `json:"hook_id"`
+	// URL is the webhook's address, filled in by the Log when it still
+	// knows the webhook.
+	URL string `json:"url,omitempty"`
+	// RowID and OccurredAt identify the row.
+	RowID      string    `json:"row_id"`
+	OccurredAt time.Time `json:"occurred_at"`
+	// DueAt is when the next attempt is due (pending deliveries).
+	DueAt time.Time `json:"due_at"`
+	// Attempts counts the attempts made so far.
+	Attempts int `json:"attempts"`
+	// LastError says why the last attempt failed.
+	LastError string `json:"last_error,omitempty"`
+	// UpdatedAt is when the last attempt ended (for dead deliveries: when
+	// the delivery was given up).
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+	// Row is the row itself.
+	Row Row `json:"row"`
+}

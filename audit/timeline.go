@@ -1,0 +1,293 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Timeline page sizes.
+const (
+	// DefaultLimit is the page size when Query.Limit is 0.
+	DefaultLimit = 50
+	// MaxLimit is the largest page size; more is ErrBadLimit.
+	MaxLimit = 500
+	// scanBudget bounds the index entries one page may examine when
+	// several filters are combined, so a page costs the same however large
+	// the log grows (see Page).
+	scanBudget = 10_000
+	// exportChunk is how many rows Export reads per store call (one short
+	// read transaction each).
+	exportChunk = 1000
+)
+
+// Errors of timeline queries. The admin API answers each with 400.
+var (
+	// ErrBadCursor means a cursor was not produced by Timeline for the same
+	// filters: tampered with, truncated, or reused with other filters.
+	ErrBadCursor = errors.New("audit: bad cursor")
+	// ErrBadLimit means a page size outside 1 to MaxLimit.
+	ErrBadLimit = errors.New("audit: bad limit")
+	// ErrBadTime means an unparseable time, or since after until.
+	ErrBadTime = errors.New("audit: bad time")
+)
+
+// Query selects a timeline page. Filters combine with AND; zero values do
+// not filter.
+type Query struct {
+	// ActorID keeps rows done by this actor.
+	ActorID string
+	// SubjectID keeps rows done to this subject.
+	SubjectID string
+	// Action is a Pattern: "auth.*", "auth.logout", "*" or "".
+	Action string
+	// Since (inclusive) and Until (exclusive) bound occurred_at.
+	Since, Until time.Time
+	// Cursor is Page.NextCursor of the previous page; "" for the first.
+	Cursor string
+	// Limit is the page size: 0 means DefaultLimit, at most MaxLimit.
+	Limit int
+}
+
+// Page is one timeline page; its JSON is the admin API's answer
+// ({"rows": [...], "next_cursor": "..."}).
+//
+// A page normally holds Limit rows. When filters are combined (an actor and
+// an action pattern, say), a page examines at most a fixed number of
+// stored entries, so it may hold fewer rows, even none, while NextCursor
+// is still set: keep following NextCursor until it is empty.
+type Page struct {
+	// Rows are newest first.
+	Rows []Row `json:"rows"`
+	// NextCursor continues the timeline; empty on the last page.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// ParseQuery reads the admin API's query parameters: actor, subject,
+// action, since, until (see ParseTime), cursor and limit. Errors wrap
+// ErrBadLimit, ErrBadTime or ErrBadPattern.
+func ParseQuery(v url.Values, now time.Time) (Query, error) {
+	q := Query{
+		ActorID:   v.Get("actor"),
+		SubjectID: v.Get("subject"),
+		Action:    v.Get("action"),
+		Cursor:    v.Get("cursor"),
+	}
+	if _, err := ParsePattern(q.Action); err != nil {
+		return Query{}, err
+	}
+	var err error
+	if q.Since, err = ParseTime(v.Get("since"), now); err != nil {
+		return Query{}, fmt.Errorf("since: %w", err)
+	}
+	if q.Until, err = ParseTime(v.Get("until"), now); err != nil {
+		return Query{}, fmt.Errorf("until: %w", err)
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return Query{}, fmt.Errorf("%w: %q is not a number", ErrBadLimit, s)
+		}
+		q.Limit = n
+	}
+	if _, err := q.limit(); err != nil {
+		return Query{}, err
+	}
+	return q, nil
+}
+
+// ParseTime reads a time as the API and CLI accept it: RFC 3339
+// ("2026-11-22T10:00:00Z", any offset, optional fraction), a date
+// ("2026-11-22", midnight UTC), or a duration before now ("90m", "24h",
+// "7d"). "" is the zero time (unbounded). Errors wrap ErrBadTime.
+func ParseTime(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t.UTC(), nil
+	}
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t.UTC(), nil
+	}
+	var d time.Duration
+	var err error
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		var n int
+		if n, err = strconv.Atoi(days); err == nil && n >= 0 && n <= 365*300 {
+			d = time.Duration(n) * 24 * time.Hour
+		} else {
+			err = errors.New("bad day count")
+		}
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	if err != nil || d < 0 {
+		return time.Time{}, fmt.Errorf("%w: %q is not RFC 3339, a date (2006-01-02) or a duration (24h, 7d)", ErrBadTime, s)
+	}
+	return now.Add(-d).UTC(), nil
+}
+
+func (q Query) limit() (int, error) {
+	switch {
+	case q.Limit == 0:
+		return DefaultLimit, nil
+	case q.Limit < 0 || q.Limit > MaxLimit:
+		return 0, fmt.Errorf("%w: %d is not between 1 and %d", ErrBadLimit, q.Limit, MaxLimit)
+	}
+	return q.Limit, nil
+}
+
+// Timeline returns one page of rows matching q, newest first.
+func (l *Log) Timeline(ctx context.Context, q Query) (Page, error) {
+	limit, err := q.limit()
+	if err != nil {
+		return Page{}, err
+	}
+	pat, err := ParsePattern(q.Action)
+	if err != nil {
+		return Page{}, err
+	}
+	if pat == "*" {
+		pat = ""
+	}
+	sq := StoreQuery{
+		ActorID: q.ActorID, SubjectID: q.SubjectID, Action: pat,
+		Since: q.Since.UTC(), Until: q.Until.UTC(), Limit: limit, Budget: scanBudget,
+	}
+	if !sq.Since.IsZero() && !sq.Until.IsZero() && sq.Since.After(sq.Until) {
+		return Page{}, fmt.Errorf("%w: since %s is after until %s", ErrBadTime, sq.Since.Format(time.RFC3339Nano), sq.Until.Format(time.RFC3339Nano))
+	}
+	if q.Cursor != "" {
+		pos, err := decodeCursor(q.Cursor, sq)
+		if err != nil {
+			return Page{}, err
+		}
+		sq.Before = &pos
+	}
+	rows, next, err := l.st.AuditTimeline(ctx, sq)
+	if err != nil {
+		return Page{}, fmt.Errorf("audit: timeline: %w", err)
+	}
+	p := Page{Rows: rows}
+	if p.Rows == nil {
+		p.Rows = []Row{}
+	}
+	if next != nil {
+		p.NextCursor = encodeCursor(*next, sq)
+	}
+	return p, nil
+}
+
+// A cursor is base64url(version ‖ unix nanos ‖ uuid ‖ check), where check
+// is a truncated SHA-256 over the filters and the position. It is not a
+// secret and grants nothing (the caller may read the whole log anyway);
+// the check catches a mangled cursor or one reused with other filters.
+const (
+	cursorVersion = 1
+	cursorLen     = 1 + 8 + 16 + 8
+)
+
+func cursorCheck(payload []byte, q StoreQuery) []byte {
+	h := sha256.New()
+	h.Write([]byte("sigra.audit.cursor.v1"))
+	for _, s := range []string{q.ActorID, q.SubjectID, string(q.Action)} {
+		h.Write([]byte{0})
+		h.Write([]byte(s))
+	}
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(unixNanos(q.Since)))
+	binary.BigEndian.PutUint64(b[8:], uint64(unixNanos(q.Until)))
+	h.Write(b[:])
+	h.Write(payload)
+	return h.Sum(nil)[:8]
+}
+
+func unixNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func encodeCursor(p Position, q StoreQuery) string {
+	b := make([]byte, 0, cursorLen)
+	b = append(b, cursorVersion)
+	b = binary.BigEndian.AppendUint64(b, uint64(p.At.UnixNano()))
+	b = append(b, p.ID[:]...)
+	b = append(b, cursorCheck(b, q)...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(s string, q StoreQuery) (Position, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) != cursorLen || b[0] != cursorVersion {
+		return Position{}, ErrBadCursor
+	}
+	if !bytes.Equal(b[25:], cursorCheck(b[:25], q)) {
+		return Position{}, ErrBadCursor
+	}
+	nanos := int64(binary.BigEndian.Uint64(b[1:9]))
+	if nanos < 0 {
+		return Position{}, ErrBadCursor
+	}
+	id, _ := uuid.FromBytes(b[9:25])
+	return Position{At: time.Unix(0, nanos).UTC(), ID: id}, nil
+}
+
+// Export writes the rows with since <= occurred_at < until (zero times are
+// unbounded) to w as NDJSON, one row per line in its wire format, oldest
+// first, and returns how many it wrote. It reads the store in short chunks,
+// so a slow reader never holds a long transaction open; rows recorded
+// during the export appear if they fall in the range ahead of it.
+func (l *Log) Export(ctx context.Context, w io.Writer, since, until time.Time) (int, error) {
+	since, until = since.UTC(), until.UTC()
+	if !since.IsZero() && !until.IsZero() && since.After(until) {
+		return 0, fmt.Errorf("%w: since %s is after until %s", ErrBadTime, since.Format(time.RFC3339Nano), until.Format(time.RFC3339Nano))
+	}
+	var after *Position
+	var buf bytes.Buffer
+	n := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, fmt.Errorf("audit: export: %w", err)
+		}
+		rows, err := l.st.AuditRange(ctx, after, since, until, exportChunk)
+		if err != nil {
+			return n, fmt.Errorf("audit: export: %w", err)
+		}
+		buf.Reset()
+		for _, r := range rows {
+			js, err := r.MarshalJSON()
+			if err != nil {
+				return n, fmt.Errorf("audit: export: encoding %s: %w", r.ID, err)
+			}
+			buf.Write(js)
+			buf.WriteByte('\n')
+		}
+		if _, err := w.Write(buf.Bytes()); err != nil {
+			return n, fmt.Errorf("audit: export: writing: %w", err)
+		}
+		n += len(rows)
+		if len(rows) < exportChunk {
+			return n, nil
+		}
+		pos, err := PositionOf(rows[len(rows)-1])
+		if err != nil {
+			return n, fmt.Errorf("audit: export: %w", err)
+		}
+		after = &pos
+	}
+}

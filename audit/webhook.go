@@ -1,0 +1,102 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+)
+
+// ErrBadWebhook means a webhook's configuration is unusable; the message
+// names the webhook (by its redacted URL) and the problem.
+var ErrBadWebhook = errors.New("audit: bad webhook")
+
+// MinSecretLen is the shortest webhook secret accepted, in bytes.
+const MinSecretLen = 16
+
+// WebhookConfig is one webhook receiver. Several may be configured; each
+// gets the rows whose action matches one of its patterns.
+type WebhookConfig struct {
+	// URL receives a POST per row: an http or https URL with a host.
+	// Redirects are not followed.
+	URL string `json:"url"`
+	// Secret keys the Sigra-Signature HMAC. At least MinSecretLen bytes.
+	// It is never serialised; the Caddy glue reads it from its own config
+	// (placeholders such as {env.HOOK_SECRET}).
+	Secret []byte `json:"-"`
+	// Actions are the action patterns to send (see Pattern), for example
+	// "auth.*", "mfa.*", "billing.*". At least one; "*" sends everything.
+	Actions []string `json:"actions"`
+}
+
+// ID is the webhook's stable identifier: derived from its URL, so that a
+// restart or a config reload that keeps the URL resumes the same pending
+// deliveries. It is 16 hex characters.
+func (c WebhookConfig) ID() string {
+	sum := sha256.Sum256([]byte(c.URL))
+	return hex.EncodeToString(sum[:8])
+}
+
+// Validate checks the URL, the secret and the patterns.
+func (c WebhookConfig) Validate() error {
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		return fmt.Errorf("%w: url: %v", ErrBadWebhook, err)
+	}
+	name := u.Redacted()
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%w %s: scheme must be http or https", ErrBadWebhook, name)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return fmt.Errorf("%w %s: no host", ErrBadWebhook, name)
+	}
+	if u.Fragment != "" {
+		return fmt.Errorf("%w %s: a fragment is never sent; remove it", ErrBadWebhook, name)
+	}
+	if len(c.Secret) < MinSecretLen {
+		return fmt.Errorf("%w %s: secret must be at least %d bytes", ErrBadWebhook, name, MinSecretLen)
+	}
+	if len(c.Actions) == 0 {
+		return fmt.Errorf("%w %s: no actions (use \"*\" for every action)", ErrBadWebhook, name)
+	}
+	if _, err := ParsePatterns(c.Actions); err != nil {
+		return fmt.Errorf("%w %s: %w", ErrBadWebhook, name, err)
+	}
+	return nil
+}
+
+// hook is a validated webhook.
+type hook struct {
+	id       string
+	url      string
+	secret   []byte
+	patterns []Pattern
+}
+
+func newHooks(cfgs []WebhookConfig) ([]*hook, error) {
+	hooks := make([]*hook, 0, len(cfgs))
+	seen := map[string]bool{}
+	for _, c := range cfgs {
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		if seen[c.URL] {
+			u, _ := url.Parse(c.URL)
+			return nil, fmt.Errorf("%w %s: configured twice (list every action pattern in one webhook)", ErrBadWebhook, u.Redacted())
+		}
+		seen[c.URL] = true
+		ps, _ := ParsePatterns(c.Actions)
+		hooks = append(hooks, &hook{id: c.ID(), url: c.URL, secret: append([]byte(nil), c.Secret...), patterns: ps})
+	}
+	return hooks, nil
+}
+
+// redactURL hides a password in a URL for logs.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}

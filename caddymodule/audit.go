@@ -1,0 +1,121 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+)
+
+// AuditConfig configures the audit trail.
+type AuditConfig struct {
+	// Retention prunes rows older than this. Default: keep forever.
+	Retention caddy.Duration `json:"retention,omitempty"`
+	// Webhooks receive matching rows, signed, from a durable outbox.
+	Webhooks []*AuditWebhook `json:"webhooks,omitempty"`
+}
+
+// AuditWebhook is one webhook receiver.
+type AuditWebhook struct {
+	// URL receives a POST per row (http or https).
+	URL string `json:"url"`
+	// Secret signs each delivery (Sigra-Signature). Placeholders such as
+	// {env.HOOK_SECRET} are expanded.
+	Secret string `json:"secret"`
+	// Actions are action patterns (auth.*, mfa.challenge.failure, *).
+	// Default: every action.
+	Actions []string `json:"actions,omitempty"`
+}
+
+// webhooks converts the configured webhooks for the audit package.
+func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
+	if c == nil {
+		return nil, nil
+	}
+	var out []audit.WebhookConfig
+	repl := caddy.NewReplacer()
+	for i, w := range c.Webhooks {
+		secret := repl.ReplaceKnown(w.Secret, "")
+		if secret == "" {
+			return nil, fmt.Errorf("audit webhook %d (%s): a secret is required", i+1, w.URL)
+		}
+		actions := w.Actions
+		if len(actions) == 0 {
+			actions = []string{"*"}
+		}
+		if _, err := audit.ParsePatterns(actions); err != nil {
+			return nil, fmt.Errorf("audit webhook %s: %w", w.URL, err)
+		}
+		out = append(out, audit.WebhookConfig{URL: w.URL, Secret: []byte(secret), Actions: actions})
+	}
+	return out, nil
+}
+
+// event is an audit row in the making; the request fills in the rest.
+type event struct {
+	action    string
+	actor     string
+	actorType string // default user
+	subject   string
+	outcome   string
+	meta      map[string]string
+}
+
+// rowFor builds the audit row for an event caused by request r.
+func rowFor(r *http.Request, ev event) audit.Row {
+	row := audit.Row{
+		Action: ev.action, ActorID: ev.actor, ActorType: ev.actorType, SubjectID: ev.subject,
+		Outcome: ev.outcome, Metadata: ev.meta,
+	}
+	if row.ActorType == "" {
+		row.ActorType = audit.ActorUser
+	}
+	if r != nil {
+		row.IP, row.UserAgent = clientIP(r), r.UserAgent()
+		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+			row.RequestID, _ = repl.GetString("http.request.uuid")
+		}
+	}
+	return row
+}
+
+// audit records an event durably before the response is written. A row
+// that cannot be written fails the request (5xx), never silently.
+func (q *preq) audit(ev event) error {
+	if err := q.rt.record(q.ctx(), rowFor(q.r, ev)); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s: %w", ev.action, err))
+	}
+	return nil
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// errAuditConfig marks a bad audit configuration.
+var errAuditConfig = errors.New("audit")
+
+func (c *AuditConfig) validate() error {
+	if c == nil {
+		return nil
+	}
+	if c.Retention < 0 {
+		return fmt.Errorf("%w: retention must not be negative", errAuditConfig)
+	}
+	if _, err := c.webhooks(); err != nil {
+		return fmt.Errorf("%w: %v", errAuditConfig, err)
+	}
+	return nil
+}
+
+// retention returns the configured retention or 0 (keep forever).
+func (c *AuditConfig) retention() time.Duration {
+	if c == nil {
+		return 0
+	}
+	return time.Duration(c.Retention)
+}

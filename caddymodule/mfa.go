@@ -1,0 +1,279 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"html/template"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// freshFactor is how recent a second factor must be to turn TOTP off or
+// make new recovery codes.
+const freshFactor = 10 * time.Minute
+
+// wait applies a regulation delay; tests substitute a no-op.
+var wait = sleepCtx
+
+// sleepCtx sleeps for d unless the request ends first.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// mfaPage shows the second-factor challenge to a pending or signed-in
+// session (step-up).
+func (q *preq) mfaPage() error {
+	p, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p == nil {
+		http.Redirect(q.w, q.r, loginURL(q.p.app.Prefix, "/login", q.r), http.StatusSeeOther)
+		return nil
+	}
+	has, err := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if !has {
+		// Step-up for a user with no second factor: enrol one first.
+		return q.message(http.StatusForbidden, "Two-step verification needed",
+			"This page needs a second factor, and your account has none yet. Set up an authenticator app, then try again.",
+			q.p.app.Prefix+"/account/totp")
+	}
+	return q.page(http.StatusOK, "mfa", pageData{Title: "Two-step verification", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.rd()})
+}
+
+// mfaSubmit checks a TOTP or recovery code under regulation and, on
+// success, rotates the session into a multi-factor one.
+func (q *preq) mfaSubmit() error {
+	p, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p == nil {
+		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login", http.StatusSeeOther)
+		return nil
+	}
+	csrf := q.rt.csrf.Token(sessionBinding(p))
+	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
+		return q.page(http.StatusForbidden, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: "The form expired. Please try again."})
+	}
+	code, recovery := q.r.PostFormValue("code"), q.r.PostFormValue("recovery_code")
+	method, amr := "totp", authcore.AMROTP
+	if recovery != "" {
+		method = "recovery_code"
+	}
+	att, err := q.rt.reg.Begin(q.ctx(), authcore.UserAccountKey(p.User.ID), clientIP(q.r))
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	// While banned nothing is checked, so no TOTP step or recovery code
+	// is spent on an attempt that cannot succeed.
+	if att.Allowed() {
+		if recovery != "" {
+			err = q.rt.auth.UseRecoveryCode(q.ctx(), p.User.ID, recovery)
+		} else {
+			err = q.rt.auth.VerifyTOTP(q.ctx(), p.User.ID, code)
+		}
+	}
+	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrNotEnrolled) {
+		res, ferr := att.Fail(q.ctx())
+		if ferr != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, ferr)
+		}
+		if err := q.auditLockout(p.User.ID, res); err != nil {
+			return err
+		}
+		if err := q.audit(event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
+			meta: map[string]string{"method": method}}); err != nil {
+			return err
+		}
+		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
+		wait(q.ctx(), res.Delay)
+		return q.page(http.StatusUnauthorized, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: "That code did not work."})
+	}
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if err := att.Succeed(q.ctx(), true); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	token, _, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, amr)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	q.setSessionCookie(token)
+	q.rt.login(method, "success")
+	if err := q.audit(event{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"method": method}}); err != nil {
+		return err
+	}
+	if recovery != "" {
+		left, _ := q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID)
+		if err := q.audit(event{action: "mfa.recovery_code.used", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+			meta: map[string]string{"remaining": itoa(left)}}); err != nil {
+			return err
+		}
+	}
+	if p.Session.Pending {
+		if err := q.audit(event{action: "auth.login.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+			meta: map[string]string{"method": method}}); err != nil {
+			return err
+		}
+	}
+	http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
+	return nil
+}
+
+// totpPage shows TOTP status, or starts an enrolment.
+func (q *preq) totpPage() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	d := pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	has, err := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if has {
+		d.Enrolled = true
+		if d.CodesLeft, err = q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		return q.page(http.StatusOK, "totp", d)
+	}
+	return q.enrolPage(p, d, http.StatusOK)
+}
+
+func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
+	enr, err := q.rt.auth.BeginTOTP(q.ctx(), p.User, requestHost(q.r))
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	// The QR code is our own data: URI; html/template would blank it.
+	d.QR, d.Secret, d.URI = template.URL(enr.QRCode), enr.Secret, enr.URL
+	return q.page(status, "totp", d)
+}
+
+// totpSubmit confirms an enrolment with a code and shows the recovery
+// codes once. The session that proved the code counts as multi-factor.
+func (q *preq) totpSubmit() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	d := pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
+		d.Error = "The form expired. Please try again."
+		return q.enrolPage(p, d, http.StatusForbidden)
+	}
+	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, q.r.PostFormValue("code"))
+	if errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrNoPendingEnrolment) {
+		d.Error = "That code did not work. Check the time on your device and try the new key below."
+		return q.enrolPage(p, d, http.StatusBadRequest)
+	}
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	token, _, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, authcore.AMROTP)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	q.setSessionCookie(token)
+	if err := q.audit(event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+		return err
+	}
+	d.Codes = codes
+	return q.page(http.StatusOK, "totp", d)
+}
+
+// requireFresh sends the browser to the MFA page unless the session
+// passed a second factor within freshFactor; it reports whether to go on.
+func (q *preq) requireFresh(p *authcore.Principal, back string) bool {
+	s := p.Session
+	if s.MFA() && q.rt.auth.Now().Sub(s.MFAAt) <= freshFactor {
+		return true
+	}
+	http.Redirect(q.w, q.r, q.p.app.Prefix+"/mfa?rd="+url.QueryEscape(back), http.StatusSeeOther)
+	return false
+}
+
+// totpRemove turns TOTP off (fresh second factor required).
+func (q *preq) totpRemove() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
+		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account/totp")
+	}
+	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
+		return nil
+	}
+	if err := q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID); err != nil && !errors.Is(err, authcore.ErrNotEnrolled) {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if err := q.audit(event{action: "mfa.totp.removed", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+		return err
+	}
+	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
+	return nil
+}
+
+// recoveryRegenerate replaces the recovery codes (fresh second factor
+// required) and shows the new ones once.
+func (q *preq) recoveryRegenerate() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
+		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account/totp")
+	}
+	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
+		return nil
+	}
+	codes, err := q.rt.auth.RegenerateRecoveryCodes(q.ctx(), p.User.ID)
+	if errors.Is(err, authcore.ErrNotEnrolled) {
+		return q.message(http.StatusBadRequest, "No authenticator app", "Recovery codes come with an authenticator app.", q.p.app.Prefix+"/account/totp")
+	}
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if err := q.audit(event{action: "mfa.recovery_code.regenerated", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+		return err
+	}
+	return q.page(http.StatusOK, "totp", pageData{Title: "Recovery codes", Codes: codes})
+}
+
+// auditLockout writes one auth.lockout row when a failure started a ban.
+func (q *preq) auditLockout(subject string, res authcore.FailResult) error {
+	if !res.Lockout() {
+		return nil
+	}
+	meta := map[string]string{"until": res.Until.UTC().Format(time.RFC3339)}
+	switch {
+	case res.AccountLocked && res.IPLocked:
+		meta["scope"] = "account,ip"
+	case res.AccountLocked:
+		meta["scope"] = "account"
+	default:
+		meta["scope"] = "ip"
+	}
+	return q.audit(event{action: "auth.lockout", actorType: "system", subject: subject, outcome: "success", meta: meta})
+}

@@ -1,0 +1,155 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// adminAPI serves /api/admin/* on the portal: JSON for admins, who must be
+// in admin_group and have passed a second factor within
+// admin_mfa_max_age. State-changing calls carry X-CSRF-Token (from GET
+// /api/admin/csrf) and a same-origin Origin/Sec-Fetch-Site.
+func (q *preq) adminAPI(path string) error {
+	q.w.Header().Del("Content-Security-Policy")
+	p, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	switch {
+	case p == nil || p.Session.Pending:
+		writeProblem(q.w, http.StatusUnauthorized, "login_required", "sign in required")
+		return nil
+	case !p.User.InGroup(q.p.app.AdminGroup):
+		writeProblem(q.w, http.StatusForbidden, "admin_required", "this needs an administrator")
+		return nil
+	case !p.Session.MFA() || q.rt.auth.Now().Sub(p.Session.MFAAt) > q.p.app.adminMFAMaxAge():
+		writeProblem(q.w, http.StatusUnauthorized, "mfa_required", "a recent second factor is required")
+		return nil
+	}
+	if q.r.Method != http.MethodGet && q.r.Method != http.MethodHead {
+		if !sameOrigin(q.r, q.origin) || !q.rt.csrf.Valid(sessionBinding(p), q.r.Header.Get("X-CSRF-Token")) {
+			writeProblem(q.w, http.StatusForbidden, "csrf", "missing or invalid X-CSRF-Token, or a cross-site request")
+			return nil
+		}
+	}
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	get, post := q.r.Method == http.MethodGet || q.r.Method == http.MethodHead, q.r.Method == http.MethodPost
+	switch {
+	case get && path == "/csrf":
+		return writeJSON(q.w, map[string]string{"csrf_token": q.rt.csrf.Token(sessionBinding(p))})
+	case get && path == "/audit":
+		query, err := audit.ParseQuery(q.r.URL.Query(), q.rt.auth.Now())
+		if err != nil {
+			writeProblem(q.w, http.StatusBadRequest, "bad_query", err.Error())
+			return nil
+		}
+		page, err := q.rt.audit.Timeline(q.ctx(), query)
+		if errors.Is(err, audit.ErrBadCursor) || errors.Is(err, audit.ErrBadLimit) || errors.Is(err, audit.ErrBadTime) {
+			writeProblem(q.w, http.StatusBadRequest, "bad_query", err.Error())
+			return nil
+		}
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if page.Rows == nil {
+			page.Rows = []audit.Row{}
+		}
+		return writeJSON(q.w, page)
+	case get && path == "/audit/webhooks/dead":
+		dead, err := q.rt.audit.DeadDeliveries(q.ctx(), 500)
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if dead == nil {
+			dead = []audit.Delivery{}
+		}
+		return writeJSON(q.w, map[string]any{"deliveries": dead})
+	case get && path == "/users":
+		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "list", After: q.r.URL.Query().Get("cursor")}, q.r, p.User.ID)
+		if err != nil {
+			return q.adminError(err)
+		}
+		return writeJSON(q.w, map[string]any{"users": res.Users, "next_cursor": res.NextCursor})
+	case get && len(parts) == 2 && parts[0] == "users":
+		u, err := q.rt.store.UserByID(q.ctx(), parts[1])
+		if err != nil {
+			return q.adminError(err)
+		}
+		return writeJSON(q.w, viewUser(u))
+	case get && len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
+		sessions, err := q.rt.store.UserSessions(q.ctx(), parts[1])
+		if err != nil {
+			return q.adminError(err)
+		}
+		out := make([]sessionView, 0, len(sessions))
+		for _, s := range sessions {
+			out = append(out, viewSession(s))
+		}
+		return writeJSON(q.w, map[string]any{"sessions": out})
+	case post && len(parts) == 3 && parts[0] == "users" && (parts[2] == "disable" || parts[2] == "enable" || parts[2] == "unlock"):
+		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1]}, q.r, p.User.ID)
+		if err != nil {
+			return q.adminError(err)
+		}
+		return writeJSON(q.w, res.User)
+	case post && len(parts) == 3 && parts[0] == "sessions" && parts[2] == "revoke":
+		id, err := authcore.ParseSessionID(parts[1])
+		if err != nil {
+			return q.adminError(authcore.ErrNotFound)
+		}
+		s, err := q.rt.store.GetSession(q.ctx(), id)
+		if err != nil {
+			return q.adminError(err)
+		}
+		if err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if err := q.audit(event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
+			meta: map[string]string{"session": id.String()}}); err != nil {
+			return err
+		}
+		return writeJSON(q.w, map[string]string{"revoked": id.String()})
+	}
+	writeProblem(q.w, http.StatusNotFound, "not_found", "no such admin endpoint or method")
+	return nil
+}
+
+func (q *preq) adminError(err error) error {
+	status := userErrorStatus(err)
+	if status == http.StatusInternalServerError {
+		return caddyhttp.Error(status, err)
+	}
+	writeProblem(q.w, status, strings.ReplaceAll(strings.ToLower(http.StatusText(status)), " ", "_"), err.Error())
+	return nil
+}
+
+// sessionView is a session as shown to admins.
+type sessionView struct {
+	ID        string    `json:"id"`
+	UserID    string    `json:"user_id"`
+	CreatedAt time.Time `json:"created_at"`
+	LastSeen  time.Time `json:"last_seen"`
+	ExpiresAt time.Time `json:"expires_at"`
+	AMR       []string  `json:"amr"`
+	Pending   bool      `json:"pending"`
+	IP        string    `json:"ip"`
+	UserAgent string    `json:"user_agent"`
+}
+
+func viewSession(s *authcore.Session) sessionView {
+	return sessionView{ID: s.ID.String(), UserID: s.UserID, CreatedAt: s.CreatedAt, LastSeen: s.LastSeen,
+		ExpiresAt: s.ExpiresAt, AMR: s.AMR, Pending: s.Pending, IP: s.IP, UserAgent: s.UserAgent}
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(v)
+}

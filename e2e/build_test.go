@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestListModules: the binary built from xcaddy.json has the pinned Caddy
+// and all four Sigra modules.
+func TestListModules(t *testing.T) {
+	t.Parallel()
+	h := newHome(t)
+
+	r := runCaddy(t, h, "", "list-modules")
+	if r.code != 0 {
+		t.Fatalf("list-modules failed\n%s", r)
+	}
+	mods := strings.Fields(r.stdout)
+	for _, want := range []string{"sigra", "http.handlers.sigra_portal", "http.handlers.sigra_gate", "admin.api.sigra"} {
+		if !slices.Contains(mods, want) {
+			t.Errorf("list-modules does not show %s\n%s", want, r)
+		}
+	}
+
+	data, err := os.ReadFile(filepath.Join(repoRoot, "xcaddy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recipe struct {
+		Caddy string `json:"caddy"`
+	}
+	if err := json.Unmarshal(data, &recipe); err != nil {
+		t.Fatal(err)
+	}
+	if v := runCaddy(t, h, "", "version"); v.code != 0 || !strings.HasPrefix(v.stdout, recipe.Caddy+" ") {
+		t.Errorf("caddy version = %q; want the version pinned in xcaddy.json, %s\n%s", v.stdout, recipe.Caddy, v)
+	}
+	if bi := runCaddy(t, h, "", "build-info"); !strings.Contains(bi.stdout, "github.com/sigra-auth/caddy-sigra") {
+		t.Errorf("build-info does not list github.com/sigra-auth/caddy-sigra\n%s", bi)
+	}
+	if help := runCaddy(t, h, "", "sigra", "user", "--help"); help.code != 0 ||
+		!strings.Contains(help.stdout, "add") || !strings.Contains(help.stdout, "disable") {
+		t.Errorf("caddy sigra user --help does not list the subcommands\n%s", help)
+	}
+}
+
+// TestValidateExample: Caddyfile.example validates and adapts, and
+// neither command creates anything (no sigra.db, no encryption key).
+func TestValidateExample(t *testing.T) {
+	t.Parallel()
+	h := newHome(t)
+	example := filepath.Join(repoRoot, "Caddyfile.example")
+
+	r := runCaddy(t, h, "", "validate", "--config", example, "--adapter", "caddyfile")
+	if r.code != 0 || !strings.Contains(r.output(), "Valid configuration") {
+		t.Fatalf("caddy validate Caddyfile.example failed\n%s", r)
+	}
+
+	r = runCaddy(t, h, "", "adapt", "--config", example, "--adapter", "caddyfile")
+	if r.code != 0 {
+		t.Fatalf("caddy adapt Caddyfile.example failed\n%s", r)
+	}
+	var cfg struct {
+		Apps struct {
+			Sigra map[string]any  `json:"sigra"`
+			HTTP  json.RawMessage `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &cfg); err != nil {
+		t.Fatalf("caddy adapt printed no JSON config: %v\n%s", err, r)
+	}
+	if cfg.Apps.Sigra["bootstrap_admin"] != "admin@localhost" || cfg.Apps.Sigra["admin_group"] != "admins" {
+		t.Errorf("adapted sigra app = %v; want bootstrap_admin admin@localhost, admin_group admins", cfg.Apps.Sigra)
+	}
+	for _, h := range []string{`"handler":"sigra_portal"`, `"handler":"sigra_gate"`, `"optional":true`, `"groups":["admins"]`} {
+		if !strings.Contains(string(cfg.Apps.HTTP), h) {
+			t.Errorf("adapted http app lacks %s\n%s", h, cfg.Apps.HTTP)
+		}
+	}
+
+	assertNoStore(t, h.dir)
+}
+
+// assertNoStore fails if anything under dir looks like Sigra state.
+func assertNoStore(t *testing.T, dir string) {
+	t.Helper()
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch d.Name() {
+		case "sigra", "sigra.db", "encryption.key":
+			t.Errorf("validate/adapt created %s", path)
+		}
+		return nil
+	})
+}
+
+// TestValidateWhileRunning: `caddy validate` opens nothing, so it works on
+// the config of a running Caddy that holds the store's lock, without
+// waiting for the lock and without disturbing the running process.
+func TestValidateWhileRunning(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	g.start()
+
+	r := runCaddy(t, g.home, "", "validate", "--config", g.caddyfile, "--adapter", "caddyfile")
+	if r.code != 0 || !strings.Contains(r.output(), "Valid configuration") {
+		t.Fatalf("validate while Caddy runs on the same store failed\n%s\n%s", r, g.logs())
+	}
+	if r.elapsed > 5*time.Second {
+		t.Errorf("validate took %s: it should not wait for the store lock", r.elapsed)
+	}
+	waitHealthy(t, g.proc, g.base+"/.sigra/healthz")
+
+	// With the default store (Caddy's data dir) nothing is created either.
+	h := newHome(t)
+	cf := filepath.Join(h.dir, "Caddyfile")
+	writeFile(t, cf, fmt.Sprintf("{\n\tadmin off\n\tsigra\n}\n%s {\n\tsigra_portal\n\tsigra_gate\n\trespond ok\n}\n", g.base))
+	if r := runCaddy(t, h, "", "validate", "--config", cf, "--adapter", "caddyfile"); r.code != 0 {
+		t.Fatalf("validate with the default store failed\n%s", r)
+	}
+	assertNoStore(t, h.dir)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBadCaddyfiles: configuration mistakes fail `caddy validate` and
+// `caddy adapt`, and the message names the file and the line.
+func TestBadCaddyfiles(t *testing.T) {
+	t.Parallel()
+	// Each case is a global sigra block body and a gate block body; line
+	// is where the mistake is, counted in the rendered file below.
+	const tmpl = `{
+	admin off
+	sigra {
+		%s
+	}
+}
+
+http://127.0.0.1:9 {
+	sigra_portal
+	sigra_gate {
+		%s
+	}
+	respond ok
+}
+`
+	const globalLine, gateLine = 4, 11
+	tests := []struct {
+		name      string
+		caddyfile string
+		line      int
+		want      string // also in the message (durations: it names the option)
+	}{
+		{"unknown global option", "{\n\tadmin off\n\tfrobnicate\n}\nhttp://127.0.0.1:9 {\n\trespond ok\n}\n", 3, "frobnicate"},
+		{"unknown sigra option", fmt.Sprintf(tmpl, "frobnicate on", "optional"), globalLine, `unknown option "frobnicate"`},
+		{"storage redis", fmt.Sprintf(tmpl, "storage redis", "optional"), globalLine, `"redis"`},
+		{"storage without backend", fmt.Sprintf(tmpl, "storage", "optional"), globalLine, "storage"},
+		{"keys algorithm RS512", fmt.Sprintf(tmpl, "keys {\n\t\t\talgorithm RS512\n\t\t}", "optional"), globalLine + 1, "RS512"},
+		{"unknown keys option", fmt.Sprintf(tmpl, "keys {\n\t\t\tsize 4096\n\t\t}", "optional"), globalLine + 1, `"size"`},
+		{"bad duration", fmt.Sprintf(tmpl, "session {\n\t\t\tidle fiveminutes\n\t\t}", "optional"), globalLine + 1, `idle: invalid duration "fiveminutes"`},
+		{"negative duration", fmt.Sprintf(tmpl, "session {\n\t\t\tlifetime -1h\n\t\t}", "optional"), globalLine + 1, `lifetime: invalid duration "-1h"`},
+		{"bad header alias", fmt.Sprintf(tmpl, "header_aliases forwarded", "optional"), globalLine, `"forwarded"`},
+		{"bad prefix", fmt.Sprintf(tmpl, "prefix auth", "optional"), globalLine, "prefix"},
+		{"unknown gate requirement", fmt.Sprintf(tmpl, "", "frobnicate"), gateLine, `unknown requirement "frobnicate"`},
+		{"amr unknown method", fmt.Sprintf(tmpl, "", "amr pwd sms"), gateLine, `"sms"`},
+		{"mfa max_agee", fmt.Sprintf(tmpl, "", "mfa max_agee 1s"), gateLine, `"max_agee"`},
+		{"mfa bad max_age", fmt.Sprintf(tmpl, "", "mfa max_age soon"), gateLine, `max_age: invalid duration "soon"`},
+		{"group without names", fmt.Sprintf(tmpl, "", "group"), gateLine, "group"},
+		{"optional with group", fmt.Sprintf(tmpl, "", "optional\n\t\tgroup admins"), gateLine + 2, "optional"},
+		{"rule not in this build", fmt.Sprintf(tmpl, "", "rule `\"admins\" in user.groups`"), gateLine, "not available in this build"},
+		{"sigra_portal with a block", "{\n\tadmin off\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal {\n\t\tprefix /auth\n\t}\n\trespond ok\n}\n", 6, "global sigra block"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHome(t)
+			cf := filepath.Join(h.dir, "Caddyfile")
+			writeFile(t, cf, tt.caddyfile)
+			at := fmt.Sprintf("%s:%d", cf, tt.line)
+			for _, cmd := range []string{"validate", "adapt"} {
+				r := runCaddy(t, h, "", cmd, "--config", cf, "--adapter", "caddyfile")
+				if r.code == 0 {
+					t.Errorf("caddy %s accepted the config\n%s\n--- Caddyfile:\n%s", cmd, r, tt.caddyfile)
+					continue
+				}
+				if out := r.output(); !strings.Contains(out, at) || !strings.Contains(out, tt.want) {
+					t.Errorf("caddy %s: message does not contain %q and %q\n%s\n--- Caddyfile:\n%s", cmd, at, tt.want, r, tt.caddyfile)
+				}
+			}
+			assertNoStore(t, h.dir)
+		})
+	}
+}
+
+// TestValueMistakesNameTheLine: values that the sigra block stores as
+// written and only checks in Validate (an email, a literal key) are config
+// errors too: `caddy adapt` must reject them and every message must name
+// the line, like the parser's own errors (DESIGN.md §2).
+func TestValueMistakesNameTheLine(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, option string
+		line         int
+		want         string
+	}{
+		{"bootstrap_admin not an email", "bootstrap_admin not-an-email", 4, "bootstrap_admin"},
+		{"literal encryption_key too short", "keys {\n\t\t\tencryption_key c2hvcnQ=\n\t\t}", 5, "encryption_key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHome(t)
+			cf := filepath.Join(h.dir, "Caddyfile")
+			writeFile(t, cf, fmt.Sprintf("{\n\tadmin off\n\tsigra {\n\t\t%s\n\t}\n}\n\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\trespond ok\n}\n", tt.option))
+			at := fmt.Sprintf("%s:%d", cf, tt.line)
+			for _, cmd := range []string{"validate", "adapt"} {
+				r := runCaddy(t, h, "", cmd, "--config", cf, "--adapter", "caddyfile")
+				if out := r.output(); r.code == 0 || !strings.Contains(out, at) || !strings.Contains(out, tt.want) {
+					t.Errorf("caddy %s: want a non-zero exit and a message with %q and %q\n%s", cmd, at, tt.want, r)
+				}
+			}
+		})
+	}
+}

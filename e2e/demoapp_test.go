@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDemoApp: the demo app of `make demo` behind the real gateway shows a
+// signed-in user's headers and verifies the assertion against the
+// gateway's JWKS.
+func TestDemoApp(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "demoapp")
+	build := exec.Command("go", "build", "-o", bin, "./examples/demoapp")
+	build.Dir = repoRoot
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./examples/demoapp: %v\n%s", err, out)
+	}
+
+	appAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	g := newGateway(t, gatewayOptions{bootstrap: "admin@localhost", backend: appAddr})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	app := exec.CommandContext(ctx, bin, "-listen", appAddr, "-jwks", g.base+"/.sigra/jwks.json")
+	app.Cancel = func() error { return app.Process.Signal(syscall.SIGTERM) }
+	app.WaitDelay = 5 * time.Second
+	appOut := new(syncBuffer)
+	app.Stdout, app.Stderr = appOut, appOut
+	if err := app.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	appDone := make(chan struct{})
+	go func() { _ = app.Wait(); close(appDone) }()
+	t.Cleanup(func() { cancel(); <-appDone })
+
+	// The demo app answers anonymous requests too.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + appAddr + "/")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the demo app did not answer within 10s: %v\n%s", err, appOut)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	g.start()
+	email, password := firstAdmin(t, g.proc)
+	b := g.browser()
+	html := http.Header{"Accept": {"text/html"}}
+
+	resp, body := b.get("/public/", html)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "none: anonymous") {
+		t.Errorf("anonymous /public/: status %d; want 200 and the demo app's anonymous page\n%s\n%s", resp.StatusCode, body, g.logs())
+	}
+
+	b.mustLogin(email, password, "/hello")
+	resp, body = b.get("/hello", html)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /hello signed in: status %d\n%s\n%s\n--- demo app:\n%s", resp.StatusCode, body, g.logs(), appOut)
+	}
+	for _, want := range []string{"Assertion verified", "X-Sigra-Email", "admin@localhost", "X-Sigra-Groups", "admins"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the demo app's page does not contain %q\n%s\n--- demo app:\n%s", want, body, appOut)
+		}
+	}
+}

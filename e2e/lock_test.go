@@ -1,0 +1,38 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLockedStoreAtStart: a second Caddy on a store that another one
+// holds does not start: it exits non-zero within seconds and names the
+// file and why.
+func TestLockedStoreAtStart(t *testing.T) {
+	t.Parallel()
+	first := newGateway(t, gatewayOptions{})
+	first.start()
+
+	// Its own home, admin and site ports; the same bbolt file.
+	second := newGateway(t, gatewayOptions{dbPath: first.db})
+	start := time.Now()
+	p := startProc(t, second.home, second.caddyfile)
+	code := p.wait(10 * time.Second)
+	if code == -1 {
+		t.Fatalf("the second Caddy still runs after 10s on a locked store\n%s", p.logs())
+	}
+	if code == 0 {
+		t.Errorf("the second Caddy exited 0 on a locked store; want non-zero\n%s", p.logs())
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the second Caddy took %s to give up; want a few seconds at most", d)
+	}
+	out := readable(p.out.String())
+	if !strings.Contains(out, first.db) || !strings.Contains(out, "locked") {
+		t.Errorf("the output does not name %s and say it is locked\n%s", first.db, p.logs())
+	}
+
+	// The first one is unharmed.
+	waitHealthy(t, first.proc, first.base+"/.sigra/healthz")
+}

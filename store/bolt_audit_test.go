@@ -1,0 +1,928 @@
+package store
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+	"github.com/sigra-auth/caddy-sigra/internal/hmacsig"
+)
+
+var (
+	auditT0     = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	auditSecret = []byte("audit-webhook-secret-0123456789")
+)
+
+const auditWait = 20 * time.Second // generous: a hang fails, a pass is fast
+
+func auditOpen(t testing.TB, path string) *Bolt {
+	t.Helper()
+	if path == "" {
+		path = filepath.Join(t.TempDir(), "sigra.db")
+	}
+	b, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatalf("OpenBolt: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func auditNewLog(t testing.TB, st audit.Store, clk clock.Clock, opts audit.Options) *audit.Log {
+	t.Helper()
+	l, err := audit.New(nil, clk, st, opts)
+	if err != nil {
+		t.Fatalf("audit.New: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// auditEntry builds a normalised entry the way audit.Log would.
+func auditEntry(t testing.TB, r audit.Row, due time.Time, hooks ...string) audit.Entry {
+	t.Helper()
+	if r.ID == "" {
+		r.ID = uuid.Must(uuid.NewV7()).String()
+	}
+	if r.ActorType == "" {
+		r.ActorType = audit.ActorUser
+	}
+	r.OccurredAt = r.OccurredAt.UTC()
+	pos, err := audit.PositionOf(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := r.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return audit.Entry{Row: r, Pos: pos, JSON: js, Hooks: hooks, DueAt: due}
+}
+
+// auditKeys counts the keys of an audit bucket.
+func auditKeys(t *testing.T, b *Bolt, name []byte) int {
+	t.Helper()
+	n := 0
+	if err := b.db.View(func(tx *bolt.Tx) error {
+		return bucket(tx, name).ForEach(func(k, v []byte) error { n++; return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestAuditBoltAppendIsIdempotent(t *testing.T) {
+	b := auditOpen(t, "")
+	ctx := context.Background()
+	hook := audit.WebhookConfig{URL: "https://hooks.example.com/"}.ID()
+	e1 := auditEntry(t, audit.Row{Action: "auth.logout", ActorID: "u1", SubjectID: "s1", OccurredAt: auditT0}, auditT0, hook)
+	e2 := auditEntry(t, audit.Row{Action: "auth.logout", ActorID: "u1", OccurredAt: auditT0}, auditT0, hook)
+	sameIDLater := e1
+	sameIDLater.Row.OccurredAt = auditT0.Add(time.Second)
+	sameIDLater = auditEntry(t, sameIDLater.Row, auditT0, hook)
+
+	got, err := b.AppendAudit(ctx, []audit.Entry{e1, e2, e1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[true true false]" {
+		t.Fatalf("inserted = %v; want [true true false] (a duplicate in one batch is skipped)", got)
+	}
+	got, err = b.AppendAudit(ctx, []audit.Entry{e2, sameIDLater})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[false true]" {
+		t.Fatalf("inserted = %v; want [false true] (id + occurred_at is the identity)", got)
+	}
+	for _, c := range []struct {
+		name []byte
+		want int
+	}{{bktAuditRows, 3}, {bktAuditUnindexed, 3}, {bktAuditOutbox, 3}} {
+		if n := auditKeys(t, b, c.name); n != c.want {
+			t.Errorf("%s holds %d keys; want %d", c.name, n, c.want)
+		}
+	}
+}
+
+func TestAuditBoltAppendRejectsBadHookIDs(t *testing.T) {
+	b := auditOpen(t, "")
+	e := auditEntry(t, audit.Row{Action: "auth.logout", OccurredAt: auditT0}, auditT0, "not-hex")
+	if _, err := b.AppendAudit(context.Background(), []audit.Entry{e}); err == nil {
+		t.Fatal("AppendAudit accepted a malformed webhook id")
+	}
+	if n := auditKeys(t, b, bktAuditRows); n != 0 {
+		t.Fatalf("rows = %d; want 0 after a refused batch", n)
+	}
+}
+
+// auditRandomRows stores n rows with few distinct actors, subjects and
+// actions and many equal timestamps (ties are broken by id), and returns
+// them newest first. With n above auditIndexBatch, some rows are indexed
+// and the newest ones are not yet.
+func auditRandomRows(t *testing.T, b *Bolt, n int, seed uint64) []audit.Row {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, seed))
+	actions := []string{"auth.login.success", "auth.login.failure", "auth.logout", "authz.denied",
+		"mfa.challenge.success", "mfa.totp.enrolled", "billing.seat.assigned", "admin.user.disable"}
+	var es []audit.Entry
+	for range n {
+		r := audit.Row{
+			Action:     actions[rng.IntN(len(actions))],
+			OccurredAt: auditT0.Add(time.Duration(rng.IntN(n/3+1)) * time.Second),
+		}
+		if rng.IntN(10) > 0 {
+			r.ActorID = fmt.Sprintf("actor-%d", rng.IntN(5))
+		}
+		if rng.IntN(3) > 0 {
+			r.SubjectID = fmt.Sprintf("subject-%d", rng.IntN(4))
+		}
+		es = append(es, auditEntry(t, r, auditT0))
+	}
+	// In several commits: once auditIndexBatch rows wait, they are
+	// indexed; the rest stay unindexed, so queries read both.
+	for i := 0; i < len(es); i += 700 {
+		if _, err := b.AppendAudit(context.Background(), es[i:min(i+700, len(es))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := make([]audit.Row, len(es))
+	for i, e := range es {
+		rows[i] = e.Row
+	}
+	sort.Slice(rows, func(i, j int) bool {
+		pi, _ := audit.PositionOf(rows[i])
+		pj, _ := audit.PositionOf(rows[j])
+		return pj.Less(pi)
+	})
+	return rows
+}
+
+func auditIDs(rows []audit.Row) []string {
+	ids := make([]string, len(rows))
+	for i, r := range rows {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
+// auditQueries are the filter combinations every backend must answer like
+// a scan would.
+func auditQueries(rows []audit.Row) map[string]audit.StoreQuery {
+	mid := rows[len(rows)/2].OccurredAt
+	late := rows[len(rows)/5].OccurredAt
+	return map[string]audit.StoreQuery{
+		"all":                      {},
+		"actor":                    {ActorID: "actor-1"},
+		"unknown actor":            {ActorID: "actor-99"},
+		"actor prefix is no match": {ActorID: "actor-"},
+		"subject":                  {SubjectID: "subject-2"},
+		"exact action":             {Action: "auth.logout"},
+		"auth.* (not authz)":       {Action: "auth.*"},
+		"auth.login.*":             {Action: "auth.login.*"},
+		"pattern matching nothing": {Action: "oidc.*"},
+		"since":                    {Since: mid},
+		"until":                    {Until: mid},
+		"window":                   {Since: mid, Until: late},
+		"actor and pattern":        {ActorID: "actor-2", Action: "mfa.*"},
+		"subject and actor":        {SubjectID: "subject-0", ActorID: "actor-3"},
+		"subject, action, window":  {SubjectID: "subject-1", Action: "auth.*", Since: mid, Until: late},
+		"pattern and window":       {Action: "auth.*", Since: mid, Until: late},
+		"actor and window":         {ActorID: "actor-4", Until: mid},
+	}
+}
+
+func TestAuditBoltTimelineMatchesAScan(t *testing.T) {
+	b := auditOpen(t, "")
+	rows := auditRandomRows(t, b, 2500, 1)
+	if p := auditKeys(t, b, bktAuditUnindexed); p == 0 || p == len(rows) {
+		t.Fatalf("%d of %d rows unindexed; the test wants both kinds", p, len(rows))
+	}
+	l := auditNewLog(t, b, clock.NewFake(auditT0), audit.Options{})
+	ctx := context.Background()
+	for name, sq := range auditQueries(rows) {
+		var want []string
+		for _, r := range rows {
+			if sq.Match(r) {
+				want = append(want, r.ID)
+			}
+		}
+		for _, limit := range []int{1, 7, 50, 500} {
+			t.Run(fmt.Sprintf("%s/limit=%d", name, limit), func(t *testing.T) {
+				q := audit.Query{ActorID: sq.ActorID, SubjectID: sq.SubjectID, Action: string(sq.Action), Since: sq.Since, Until: sq.Until, Limit: limit}
+				var got []string
+				for pages := 0; ; pages++ {
+					if pages > len(rows)+1 {
+						t.Fatal("pagination does not end")
+					}
+					p, err := l.Timeline(ctx, q)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(p.Rows) > limit {
+						t.Fatalf("page of %d rows; limit %d", len(p.Rows), limit)
+					}
+					got = append(got, auditIDs(p.Rows)...)
+					if p.NextCursor == "" {
+						break
+					}
+					q.Cursor = p.NextCursor
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("got %d rows; want %d newest first", len(got), len(want))
+				}
+			})
+		}
+	}
+}
+
+// A tiny budget forces short and empty pages; following next must still
+// visit exactly the matching rows, in order.
+func TestAuditBoltTimelineBudget(t *testing.T) {
+	b := auditOpen(t, "")
+	rows := auditRandomRows(t, b, 2500, 2)
+	ctx := context.Background()
+	for name, sq := range auditQueries(rows) {
+		t.Run(name, func(t *testing.T) {
+			var want []string
+			for _, r := range rows {
+				if sq.Match(r) {
+					want = append(want, r.ID)
+				}
+			}
+			sq.Limit, sq.Budget = 3, 5
+			var got []string
+			for calls := 0; ; calls++ {
+				if calls > len(rows) {
+					t.Fatal("does not end")
+				}
+				page, next, err := b.AuditTimeline(ctx, sq)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, auditIDs(page)...)
+				if next == nil {
+					break
+				}
+				sq.Before = next
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("got %d rows; want %d", len(got), len(want))
+			}
+		})
+	}
+}
+
+func TestAuditBoltExportAcrossChunks(t *testing.T) {
+	b := auditOpen(t, "")
+	rows := auditRandomRows(t, b, 2600, 3)
+	l := auditNewLog(t, b, clock.NewFake(auditT0), audit.Options{})
+	var buf bytes.Buffer
+	n, err := l.Export(context.Background(), &buf, time.Time{}, time.Time{})
+	if err != nil || n != len(rows) {
+		t.Fatalf("Export = %d, %v; want %d rows", n, err, len(rows))
+	}
+	var got []string
+	sc := bufio.NewScanner(&buf)
+	for sc.Scan() {
+		var r audit.Row
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r.ID)
+	}
+	want := auditIDs(rows)
+	slices.Reverse(want)
+	if !slices.Equal(got, want) {
+		t.Fatal("export is not every row, oldest first")
+	}
+
+	since, until := rows[2000].OccurredAt, rows[100].OccurredAt
+	buf.Reset()
+	n, err = l.Export(context.Background(), &buf, since, until)
+	var wantN int
+	for _, r := range rows {
+		if !r.OccurredAt.Before(since) && r.OccurredAt.Before(until) {
+			wantN++
+		}
+	}
+	if err != nil || n != wantN || strings.Count(buf.String(), "\n") != wantN {
+		t.Fatalf("Export(window) = %d, %v; want %d rows", n, err, wantN)
+	}
+}
+
+func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
+	b := auditOpen(t, "")
+	ctx := context.Background()
+	hook := audit.WebhookConfig{URL: "https://hooks.example.com/"}.ID()
+	var es []audit.Entry
+	const n = 2*auditPruneChunk + 300
+	for i := range n {
+		r := audit.Row{Action: "auth.logout", ActorID: fmt.Sprint("u", i%7), SubjectID: fmt.Sprint("s", i%3),
+			OccurredAt: auditT0.Add(time.Duration(i) * time.Second)}
+		es = append(es, auditEntry(t, r, auditT0.Add(time.Duration(n-i)*time.Second), hook))
+	}
+	if _, err := b.AppendAudit(ctx, es); err != nil {
+		t.Fatal(err)
+	}
+	// Some deliveries die, for old and new rows alike.
+	for _, i := range []int{5, 10, n - 1} {
+		d := audit.Delivery{HookID: hook, RowID: es[i].Row.ID, OccurredAt: es[i].Row.OccurredAt, DueAt: es[i].DueAt, Attempts: 15}
+		if err := b.AuditDeliveryDead(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const keep = 500
+	cut := es[n-keep].Row.OccurredAt
+	deleted, err := b.PruneAudit(ctx, cut)
+	if err != nil || deleted != n-keep {
+		t.Fatalf("PruneAudit = %d, %v; want %d", deleted, err, n-keep)
+	}
+	for _, c := range []struct {
+		name []byte
+		want int
+	}{
+		{bktAuditRows, keep}, {bktAuditByActor, keep}, {bktAuditBySubject, keep}, {bktAuditByAction, keep},
+		{bktAuditOutbox, keep - 1}, {bktAuditDead, 1},
+	} {
+		if got := auditKeys(t, b, c.name); got != c.want {
+			t.Errorf("%s holds %d keys after pruning; want %d", c.name, got, c.want)
+		}
+	}
+	if again, err := b.PruneAudit(ctx, cut); err != nil || again != 0 {
+		t.Fatalf("second PruneAudit = %d, %v; want 0", again, err)
+	}
+}
+
+func TestAuditBoltOutboxLifecycle(t *testing.T) {
+	b := auditOpen(t, "")
+	ctx := context.Background()
+	h1 := audit.WebhookConfig{URL: "https://one.example.com/"}.ID()
+	h2 := audit.WebhookConfig{URL: "https://two.example.com/"}.ID()
+	old := auditEntry(t, audit.Row{Action: "auth.logout", OccurredAt: auditT0}, auditT0.Add(2*time.Second), h1, h2)
+	young := auditEntry(t, audit.Row{Action: "auth.logout", OccurredAt: auditT0.Add(time.Hour)}, auditT0.Add(time.Second), h1)
+	if _, err := b.AppendAudit(ctx, []audit.Entry{old, young}); err != nil {
+		t.Fatal(err)
+	}
+	if at, ok, _ := b.AuditNextDelivery(ctx); !ok || !at.Equal(auditT0.Add(time.Second)) {
+		t.Fatalf("next delivery at %v, %v; want %v", at, ok, auditT0.Add(time.Second))
+	}
+	due, err := b.AuditDeliveriesDue(ctx, auditT0.Add(time.Second), 10)
+	if err != nil || len(due) != 1 || due[0].RowID != young.Row.ID || due[0].Row.ID != young.Row.ID {
+		t.Fatalf("due at +1s = %+v, %v; want the young row's delivery with its row", due, err)
+	}
+	due, _ = b.AuditDeliveriesDue(ctx, auditT0.Add(time.Minute), 10)
+	if len(due) != 3 || !due[0].DueAt.Before(due[1].DueAt) {
+		t.Fatalf("due at +1m: %d deliveries; want 3, earliest due first", len(due))
+	}
+
+	// Retry moves it; a second settle of the stale copy changes nothing.
+	d := due[0]
+	d.Attempts, d.LastError, d.UpdatedAt = 1, "receiver answered 503", auditT0.Add(time.Minute)
+	if err := b.AuditDeliveryRetry(ctx, d, auditT0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AuditDeliveryDone(ctx, due[0]); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _, _ := b.AuditOutboxStats(ctx); pending != 3 {
+		t.Fatalf("pending = %d; want 3 (the stale Done must not remove the rescheduled one)", pending)
+	}
+	later, _ := b.AuditDeliveriesDue(ctx, auditT0.Add(2*time.Hour), 10)
+	var moved audit.Delivery
+	for _, x := range later {
+		if x.DueAt.Equal(auditT0.Add(time.Hour)) {
+			moved = x
+		}
+	}
+	if moved.Attempts != 1 || moved.LastError != "receiver answered 503" || !moved.UpdatedAt.Equal(auditT0.Add(time.Minute)) {
+		t.Fatalf("rescheduled delivery = %+v; want its attempts, error and time kept", moved)
+	}
+
+	// Dead: off the outbox, onto the dead list, newest row first.
+	for _, x := range later {
+		x.Attempts = 15
+		if err := b.AuditDeliveryDead(ctx, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.AuditDeliveryDead(ctx, later[0]); err != nil { // stale: no-op
+		t.Fatal(err)
+	}
+	pending, dead, _ := b.AuditOutboxStats(ctx)
+	if pending != 0 || dead != 3 {
+		t.Fatalf("pending %d, dead %d; want 0 and 3", pending, dead)
+	}
+	list, _ := b.AuditDeadDeliveries(ctx, 10)
+	if len(list) != 3 || list[0].RowID != young.Row.ID || list[0].Row.Action != "auth.logout" || list[1].Attempts != 15 {
+		t.Fatalf("dead list = %+v; want 3, the young row first, rows loaded", list)
+	}
+	if _, ok, _ := b.AuditNextDelivery(ctx); ok {
+		t.Fatal("next delivery reported on an empty outbox")
+	}
+}
+
+// auditReceiver verifies signatures like a real receiver and keeps every
+// request it accepted, duplicates included.
+type auditReceiver struct {
+	*httptest.Server
+	t        *testing.T
+	down     atomic.Bool  // answer 503 without looking
+	flaky    atomic.Int64 // accept, but answer 500, this many more times
+	failures atomic.Int64 // requests refused while down
+	mu       sync.Mutex
+	bodies   map[string][][]byte // event id → bodies received
+	arrived  chan string         // every accepted event id
+}
+
+func newAuditReceiver(t *testing.T) *auditReceiver {
+	rc := &auditReceiver{t: t, bodies: map[string][][]byte{}, arrived: make(chan string, 100000)}
+	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if rc.down.Load() {
+			rc.failures.Add(1)
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		if err := hmacsig.Verify(r.Header.Get(hmacsig.Header), body, [][]byte{auditSecret}, time.Now(), 5*time.Minute); err != nil {
+			t.Errorf("receiver: %v", err)
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		var row audit.Row
+		if err := json.Unmarshal(body, &row); err != nil {
+			t.Errorf("receiver: body: %v", err)
+			return
+		}
+		id := r.Header.Get(audit.EventIDHeader)
+		if id != row.ID {
+			t.Errorf("receiver: %s %q but the body's id is %q", audit.EventIDHeader, id, row.ID)
+		}
+		rc.mu.Lock()
+		rc.bodies[id] = append(rc.bodies[id], body)
+		rc.mu.Unlock()
+		rc.arrived <- id
+		if rc.flaky.Add(-1) >= 0 { // processed, but the answer is lost
+			http.Error(w, "oops", http.StatusInternalServerError)
+		}
+	}))
+	t.Cleanup(rc.Close)
+	return rc
+}
+
+// waitAll waits until every id has arrived at least once.
+func (rc *auditReceiver) waitAll(ids []string) {
+	rc.t.Helper()
+	missing := map[string]bool{}
+	for _, id := range ids {
+		missing[id] = true
+	}
+	deadline := time.After(auditWait)
+	for len(missing) > 0 {
+		select {
+		case id := <-rc.arrived:
+			delete(missing, id)
+		case <-deadline:
+			rc.t.Fatalf("%d of %d events never arrived", len(missing), len(ids))
+		}
+	}
+}
+
+func (rc *auditReceiver) checkDuplicatesIdentical() (dups int) {
+	rc.t.Helper()
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for id, bs := range rc.bodies {
+		for _, b := range bs[1:] {
+			dups++
+			if !bytes.Equal(b, bs[0]) {
+				rc.t.Errorf("event %s was delivered twice with different bodies", id)
+			}
+		}
+	}
+	return dups
+}
+
+var auditFastRetry = audit.DeliveryOptions{MinBackoff: 2 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, MaxAttempts: 1000, Timeout: 5 * time.Second}
+
+func TestAuditWebhookReceiverDownThenUp(t *testing.T) {
+	rc := newAuditReceiver(t)
+	rc.down.Store(true)
+	b := auditOpen(t, "")
+	l := auditNewLog(t, b, clock.Real{}, audit.Options{
+		Webhooks: []audit.WebhookConfig{{URL: rc.URL, Secret: auditSecret, Actions: []string{"auth.*", "mfa.*"}}},
+		Delivery: auditFastRetry,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l.Start(ctx)
+
+	var want []string
+	record := func(n int) {
+		for i := range n {
+			action := []string{"auth.login.success", "mfa.totp.enrolled", "billing.seat.assigned"}[i%3]
+			r, err := l.RecordRow(ctx, audit.Row{Action: action, ActorType: audit.ActorUser, ActorID: "u1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if action != "billing.seat.assigned" {
+				want = append(want, r.ID)
+			}
+		}
+	}
+	record(150)
+	// The receiver refuses for a while: wait for a good number of failures.
+	for deadline := time.Now().Add(auditWait); rc.failures.Load() < 300; {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d failed attempts while the receiver was down", rc.failures.Load())
+		}
+		time.Sleep(time.Millisecond) // polling a counter, not timing the test
+	}
+	record(150)
+	rc.flaky.Store(20) // coming back shaky: some answers are lost
+	rc.down.Store(false)
+	rc.waitAll(want)
+
+	// Everything delivered: the outbox drains.
+	for deadline := time.Now().Add(auditWait); ; {
+		s, err := l.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Pending == 0 {
+			if s.Dead != 0 || s.Failures == 0 {
+				t.Fatalf("Stats = %+v; want no dead deliveries and some failures", s)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox still holds %d deliveries", s.Pending)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Each lost answer was retried and arrived again, same id, same bytes.
+	if dups := rc.checkDuplicatesIdentical(); dups < 20 {
+		t.Errorf("%d duplicates although 20 answers were lost", dups)
+	}
+	rc.mu.Lock()
+	for id := range rc.bodies {
+		if !slices.Contains(want, id) {
+			t.Errorf("event %s was not subscribed to (billing.*) but arrived", id)
+		}
+	}
+	rc.mu.Unlock()
+}
+
+func TestAuditWebhookRestartResumesPending(t *testing.T) {
+	rc := newAuditReceiver(t)
+	rc.down.Store(true)
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	hooks := []audit.WebhookConfig{{URL: rc.URL, Secret: auditSecret, Actions: []string{"*"}}}
+
+	b1, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err := audit.New(nil, clock.Real{}, b1, audit.Options{Webhooks: hooks, Delivery: auditFastRetry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l1.Start(ctx)
+	var want []string
+	for range 50 {
+		r, err := l1.RecordRow(ctx, audit.Row{Action: "auth.logout", ActorType: audit.ActorUser})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.ID)
+	}
+	for deadline := time.Now().Add(auditWait); rc.failures.Load() < 50; {
+		if time.Now().After(deadline) {
+			t.Fatal("the sender made no attempts")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	l1.Close()
+	b1.Close()
+
+	rc.down.Store(false)
+	b2 := auditOpen(t, path)
+	l2 := auditNewLog(t, b2, clock.Real{}, audit.Options{Webhooks: hooks, Delivery: auditFastRetry})
+	l2.Start(context.Background())
+	rc.waitAll(want)
+	rc.checkDuplicatesIdentical()
+}
+
+// TestAuditCrashChild is the child process of TestAuditCrashSafety: it
+// appends rows as fast as it can and prints the id of each row once Record
+// has returned, until it is killed.
+func TestAuditCrashChild(t *testing.T) {
+	path := os.Getenv("SIGRA_AUDIT_CRASH_DB")
+	if path == "" {
+		t.Skip("child process of TestAuditCrashSafety")
+	}
+	b, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	l, err := audit.New(nil, clock.Real{}, b, audit.Options{Webhooks: auditCrashHooks})
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				action := []string{"auth.login.success", "mfa.challenge.failure"}[(w+i)%2]
+				r, err := l.RecordRow(context.Background(), audit.Row{
+					Action: action, ActorType: audit.ActorUser, ActorID: fmt.Sprint("u", w), SubjectID: fmt.Sprint("s", i%5),
+				})
+				mu.Lock()
+				if err != nil {
+					fmt.Fprintln(os.Stdout, "error", err)
+				} else {
+					fmt.Fprintf(os.Stdout, "id %s %d\n", r.ID, r.OccurredAt.UnixNano())
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+var auditCrashHooks = []audit.WebhookConfig{{URL: "http://127.0.0.1:9/never-started", Secret: auditSecret, Actions: []string{"auth.*"}}}
+
+func TestAuditCrashSafety(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns a child process")
+	}
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAuditCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "SIGRA_AUDIT_CRASH_DB="+path)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	defer func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+
+	type reported struct {
+		id string
+		at int64
+	}
+	var acked []reported
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 3 && f[0] == "id":
+			var at int64
+			fmt.Sscan(f[2], &at)
+			acked = append(acked, reported{f[1], at})
+		case len(f) > 0 && f[0] == "error":
+			t.Fatalf("child: %s", sc.Text())
+		}
+		if len(acked) == 3000 && !killed {
+			// Mid-stream: writers are blocked in Record, a commit is
+			// likely under way.
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+		}
+	}
+	cmd.Wait()
+	if !killed {
+		t.Fatalf("the child stopped by itself after %d rows", len(acked))
+	}
+
+	b := auditOpen(t, path) // the lock died with the child
+	ctx := context.Background()
+	stored := map[string]audit.Row{}
+	after := (*audit.Position)(nil)
+	for {
+		rows, err := b.AuditRange(ctx, after, time.Time{}, time.Time{}, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			stored[r.ID] = r
+		}
+		if len(rows) < 1000 {
+			break
+		}
+		p, _ := audit.PositionOf(rows[len(rows)-1])
+		after = &p
+	}
+	for _, a := range acked {
+		r, ok := stored[a.id]
+		if !ok {
+			t.Fatalf("row %s was acknowledged by Record but is not stored", a.id)
+		}
+		if r.OccurredAt.UnixNano() != a.at {
+			t.Fatalf("row %s stored at %d; acknowledged at %d", a.id, r.OccurredAt.UnixNano(), a.at)
+		}
+	}
+	t.Logf("%d rows acknowledged, %d stored after SIGKILL", len(acked), len(stored))
+
+	// The outbox matches the rows exactly: a delivery per auth.* row, none
+	// for others, none pointing at a missing row.
+	hook := auditCrashHooks[0].ID()
+	pending, err := b.AuditDeliveriesDue(ctx, time.Now().Add(time.Hour), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := map[string]bool{}
+	for _, d := range pending {
+		if d.Row.ID == "" {
+			t.Fatalf("outbox entry for %s refers to a missing row", d.RowID)
+		}
+		if d.HookID != hook || !strings.HasPrefix(d.Row.Action, "auth.") {
+			t.Fatalf("outbox entry %+v is not for an auth.* row and the configured hook", d)
+		}
+		if has[d.RowID] {
+			t.Fatalf("row %s has two deliveries", d.RowID)
+		}
+		has[d.RowID] = true
+	}
+	for id, r := range stored {
+		if strings.HasPrefix(r.Action, "auth.") != has[id] {
+			t.Fatalf("row %s (%s): delivery present %v", id, r.Action, has[id])
+		}
+	}
+	// Every row is indexed or waiting to be, exactly once.
+	unindexed := auditKeys(t, b, bktAuditUnindexed)
+	for _, name := range [][]byte{bktAuditByActor, bktAuditBySubject, bktAuditByAction} {
+		if n := auditKeys(t, b, name); n+unindexed != len(stored) {
+			t.Errorf("%s holds %d keys and %d rows wait to be indexed; want %d in all", name, n, unindexed, len(stored))
+		}
+	}
+}
+
+// BenchmarkAuditAppendDurable measures Record with fsync: 64 writers,
+// each waiting for its own row to be durable, as request handlers do.
+func BenchmarkAuditAppendDurable(b *testing.B) {
+	st := auditOpen(b, "")
+	l := auditNewLog(b, st, clock.Real{}, audit.Options{Webhooks: []audit.WebhookConfig{
+		{URL: "https://hooks.example.com/", Secret: auditSecret, Actions: []string{"auth.*"}},
+	}})
+	const writers = 64
+	lat := make([][]time.Duration, writers)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for w := range writers {
+		n := b.N / writers
+		if w < b.N%writers {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			for i := range n {
+				action := []string{"auth.login.success", "mfa.challenge.success", "authz.denied"}[i%3]
+				t0 := time.Now()
+				err := l.Record(ctx, audit.Row{
+					Action: action, ActorType: audit.ActorUser, ActorID: fmt.Sprint("user-", w), SubjectID: fmt.Sprint("user-", w),
+					IP: "203.0.113.7", UserAgent: "Mozilla/5.0 (X11; Linux x86_64)", RequestID: "req", Outcome: audit.OutcomeSuccess,
+					Metadata: map[string]string{"method": "password"},
+				})
+				lat[w] = append(lat[w], time.Since(t0))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	if len(all) > 0 {
+		b.ReportMetric(float64(b.N)/elapsed.Seconds(), "rows/s")
+		b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+		b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
+	}
+}
+
+// BenchmarkAuditTimeline1M measures one timeline page (50 rows) over a log
+// of a million rows: 1,000 actors of 1,000 rows each, 20 actions.
+func BenchmarkAuditTimeline1M(b *testing.B) {
+	const (
+		total   = 1_000_000
+		actors  = 1000
+		actions = 20
+	)
+	path := filepath.Join(b.TempDir(), "audit1m.db")
+	seedStart := time.Now()
+	st, err := OpenBolt(path, BoltOptions{NoSync: true}) // bulk load only
+	if err != nil {
+		b.Fatal(err)
+	}
+	names := make([]string, actions)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s.event%d.done", []string{"auth", "mfa", "billing", "admin"}[i%4], i)
+	}
+	ctx := context.Background()
+	const chunk = 20_000
+	for base := 0; base < total; base += chunk {
+		es := make([]audit.Entry, 0, chunk)
+		for i := base; i < base+chunk; i++ {
+			es = append(es, auditEntry(b, audit.Row{
+				Action: names[(i/actors+i)%actions], ActorID: fmt.Sprintf("user-%04d", i%actors), SubjectID: fmt.Sprintf("user-%04d", (i/7)%actors),
+				OccurredAt: auditT0.Add(time.Duration(i) * 31 * time.Second), IP: "203.0.113.7", Outcome: "success",
+				Metadata: map[string]string{"method": "password"},
+			}, auditT0))
+		}
+		if _, err := st.AppendAudit(ctx, es); err != nil {
+			b.Fatal(err)
+		}
+	}
+	st.Close()
+	st = auditOpen(b, path) // reopened as in production (fsync on)
+	l := auditNewLog(b, st, clock.Real{}, audit.Options{})
+	b.Logf("seeded %d rows in %s", total, time.Since(seedStart).Round(time.Second))
+
+	mid, err := l.Timeline(ctx, audit.Query{ActorID: "user-0042", Limit: 500})
+	if err != nil {
+		b.Fatal(err)
+	}
+	queries := []struct {
+		name string
+		q    audit.Query
+	}{
+		{"actor", audit.Query{ActorID: "user-0042"}},
+		{"actor-page-2", audit.Query{ActorID: "user-0042", Cursor: mustNext(b, l, audit.Query{ActorID: "user-0042"})}},
+		{"subject", audit.Query{SubjectID: "user-0042"}},
+		{"action-exact", audit.Query{Action: names[3]}},
+		{"action-pattern", audit.Query{Action: "auth.*"}},
+		{"actor+pattern", audit.Query{ActorID: "user-0042", Action: "auth.*"}},
+		{"all-in-window", audit.Query{Since: mid.Rows[499].OccurredAt, Until: mid.Rows[0].OccurredAt}},
+	}
+	for _, qq := range queries {
+		b.Run(qq.name, func(b *testing.B) {
+			for b.Loop() {
+				p, err := l.Timeline(ctx, qq.q)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(p.Rows) != audit.DefaultLimit {
+					b.Fatalf("page of %d rows; want %d", len(p.Rows), audit.DefaultLimit)
+				}
+			}
+		})
+	}
+}
+
+func mustNext(b *testing.B, l *audit.Log, q audit.Query) string {
+	b.Helper()
+	p, err := l.Timeline(context.Background(), q)
+	if err != nil || p.NextCursor == "" {
+		b.Fatalf("first page: %v, cursor %q", err, p.NextCursor)
+	}
+	return p.NextCursor
+}
