@@ -40,7 +40,16 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		}),
 	}
 	m.gateAllow = m.gateDecisions.WithLabelValues("allow", "ok")
-	sessions := &cachedGauge{ttl: 30 * time.Second, read: func(ctx context.Context) (float64, error) {
+	// Known series start at zero, so dashboards see them before the first event.
+	for _, method := range []string{"password", "totp", "recovery_code"} {
+		for _, result := range []string{"success", "failure", "locked"} {
+			m.logins.WithLabelValues(method, result)
+		}
+	}
+	for _, reason := range []string{"login_required", "mfa_pending", "mfa_required", "amr", "group"} {
+		m.gateDecisions.WithLabelValues("deny", reason)
+	}
+	sessions := &cachedGauge{ttl: 5 * time.Second, read: func(ctx context.Context) (float64, error) {
 		rt := a.life.rt.Load()
 		if rt == nil {
 			return 0, errNotStarted
@@ -66,7 +75,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	collectors := []prometheus.Collector{
 		m.logins, m.gateDecisions, m.gateDuration, m.auditAppend,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sigra_sessions_active", Help: "Sessions in the store (refreshed at most every 30s).",
+			Name: "sigra_sessions_active", Help: "Sessions in the store (read at most every 5s).",
 		}, sessions.value),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_webhook_outbox_depth", Help: "Webhook deliveries waiting in the outbox.",

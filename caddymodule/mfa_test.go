@@ -316,8 +316,12 @@ func TestBruteForceRegulation(t *testing.T) {
 		for i := range 8 {
 			e.addUser(fmt.Sprintf("spray%d@example.com", i))
 		}
+		// Each attempt claims another client address: Caddy ignores
+		// X-Forwarded-For from a client that is not a trusted proxy.
 		for i := range 8 {
-			e.login(fmt.Sprintf("spray%d@example.com", i), "Winter2026!", "/")
+			_, page := e.get("/.sigra/login", nil)
+			e.postForm("/.sigra/login", url.Values{"email": {fmt.Sprintf("spray%d@example.com", i)}, "password": {"Winter2026!"},
+				"csrf_token": {csrfFrom(t, page)}}, map[string]string{"X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i)})
 		}
 		other := e.addUser("untouched@example.com")
 		if r := e.login(other.Email, testPassword, "/"); r.StatusCode != http.StatusUnauthorized {
