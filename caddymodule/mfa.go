@@ -36,13 +36,9 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // mfaPage shows the second-factor challenge to a pending or signed-in
 // session (step-up).
 func (q *preq) mfaPage() error {
-	p, err := q.session()
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
+	p, err := q.anySession()
 	if p == nil {
-		http.Redirect(q.w, q.r, loginURL(q.p.app.Prefix, "/login", q.r), http.StatusSeeOther)
-		return nil
+		return err
 	}
 	has, err := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
 	if err != nil {
@@ -60,13 +56,9 @@ func (q *preq) mfaPage() error {
 // mfaSubmit checks a TOTP or recovery code under regulation and, on
 // success, rotates the session into a multi-factor one.
 func (q *preq) mfaSubmit() error {
-	p, err := q.session()
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
+	p, err := q.anySession()
 	if p == nil {
-		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login", http.StatusSeeOther)
-		return nil
+		return err
 	}
 	csrf := q.rt.csrf.Token(sessionBinding(p))
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
@@ -215,12 +207,9 @@ func (q *preq) requireFresh(p *authcore.Principal, back string) bool {
 
 // totpRemove turns TOTP off (fresh second factor required).
 func (q *preq) totpRemove() error {
-	p, err := q.signedIn()
-	if p == nil || err != nil {
+	p, err := q.formPrincipal(q.p.app.Prefix + "/account/totp")
+	if p == nil {
 		return err
-	}
-	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
-		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account/totp")
 	}
 	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
 		return nil
@@ -238,12 +227,9 @@ func (q *preq) totpRemove() error {
 // recoveryRegenerate replaces the recovery codes (fresh second factor
 // required) and shows the new ones once.
 func (q *preq) recoveryRegenerate() error {
-	p, err := q.signedIn()
-	if p == nil || err != nil {
+	p, err := q.formPrincipal(q.p.app.Prefix + "/account/totp")
+	if p == nil {
 		return err
-	}
-	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
-		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account/totp")
 	}
 	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
 		return nil

@@ -313,13 +313,9 @@ func (q *preq) clearSessionCookie() {
 }
 
 func (q *preq) logoutPage() error {
-	p, err := q.session()
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
+	p, err := q.anySession()
 	if p == nil {
-		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login", http.StatusSeeOther)
-		return nil
+		return err
 	}
 	return q.page(http.StatusOK, "logout", pageData{Title: "Sign out", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.rd(), Email: p.User.Email})
 }
@@ -366,6 +362,33 @@ func (q *preq) signedIn() (*authcore.Principal, error) {
 	return p, nil
 }
 
+// anySession returns the request's session, pending or signed in, or
+// sends the browser to sign in and returns nil.
+func (q *preq) anySession() (*authcore.Principal, error) {
+	p, err := q.session()
+	if err != nil {
+		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p == nil {
+		http.Redirect(q.w, q.r, loginURL(q.p.app.Prefix, "/login", q.r), http.StatusSeeOther)
+	}
+	return p, nil
+}
+
+// formPrincipal returns the signed-in principal of a form post whose
+// CSRF token is valid. Otherwise it has answered (a redirect to sign in,
+// or a refusal linking back) and returns nil.
+func (q *preq) formPrincipal(back string) (*authcore.Principal, error) {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return nil, err
+	}
+	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
+		return nil, q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", back)
+	}
+	return p, nil
+}
+
 func (q *preq) accountPage() error {
 	p, err := q.signedIn()
 	if p == nil || err != nil {
@@ -382,12 +405,9 @@ func (q *preq) accountPage() error {
 }
 
 func (q *preq) revokeSession() error {
-	p, err := q.signedIn()
-	if p == nil || err != nil {
+	p, err := q.formPrincipal(q.p.app.Prefix + "/account")
+	if p == nil {
 		return err
-	}
-	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
-		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account")
 	}
 	id, err := authcore.ParseSessionID(q.r.PostFormValue("session"))
 	if err != nil {
