@@ -358,28 +358,63 @@ func (b *Bolt) TouchSessions(ctx context.Context, seen map[authcore.SessionID]ti
 	})
 }
 
+// pruneChunk bounds how many sessions one pruning transaction reads, so a
+// large store is never held in one long read transaction.
+const pruneChunk = 10_000
+
 // DeleteExpiredSessions implements authcore.Store.
 func (b *Bolt) DeleteExpiredSessions(ctx context.Context, now time.Time, idle time.Duration) (int, error) {
-	var expired []authcore.SessionID
-	err := b.db.View(func(tx *bolt.Tx) error {
-		return bucket(tx, bktSessions).ForEach(func(k, v []byte) error {
-			s, err := decodeSession(v)
-			if err != nil || s.Expired(now, idle) {
-				var id authcore.SessionID
-				copy(id[:], k)
-				expired = append(expired, id)
+	total := 0
+	var after []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var expired []authcore.SessionID
+		var last []byte
+		err := b.db.View(func(tx *bolt.Tx) error {
+			c := bucket(tx, bktSessions).Cursor()
+			k, v := c.First()
+			if after != nil {
+				k, v = c.Seek(after)
+				if k != nil && bytes.Equal(k, after) {
+					k, v = c.Next()
+				}
+			}
+			for n := 0; k != nil && n < pruneChunk; k, v = c.Next() {
+				n++
+				last = clone(k)
+				if s, err := decodeSession(v); err != nil || s.Expired(now, idle) {
+					var id authcore.SessionID
+					copy(id[:], k)
+					expired = append(expired, id)
+				}
 			}
 			return nil
 		})
-	})
-	if err != nil || len(expired) == 0 {
-		return 0, err
+		if err != nil {
+			return total, err
+		}
+		if len(expired) > 0 {
+			n, err := b.deleteIfExpired(expired, now, idle)
+			total += n
+			if err != nil {
+				return total, err
+			}
+		}
+		if last == nil || bytes.Equal(last, after) {
+			return total, nil
+		}
+		after = last
 	}
+}
+
+// deleteIfExpired deletes the sessions that are still expired inside the
+// write (one may have been used since the scan).
+func (b *Bolt) deleteIfExpired(ids []authcore.SessionID, now time.Time, idle time.Duration) (int, error) {
 	n := 0
-	err = b.db.Update(func(tx *bolt.Tx) error {
-		for _, id := range expired {
-			// Re-check inside the write: the session may have been used
-			// since the scan.
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		for _, id := range ids {
 			if v := bucket(tx, bktSessions).Get(id[:]); v != nil {
 				if s, err := decodeSession(v); err == nil && !s.Expired(now, idle) {
 					continue
