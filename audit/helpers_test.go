@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -91,6 +92,9 @@ func newTestLog(t *testing.T, st Store, ft *fakeTime, opts Options) *Log {
 	t.Helper()
 	if opts.WakeAt == nil {
 		opts.WakeAt = ft.WakeAt
+	}
+	if opts.ErrorLog == nil {
+		opts.ErrorLog = slog.New(slog.DiscardHandler)
 	}
 	l, err := New(nil, ft, st, opts)
 	if err != nil {

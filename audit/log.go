@@ -35,7 +35,8 @@ type Options struct {
 	// MaxBatch caps how many rows share one commit. Default 1024.
 	MaxBatch int
 	// ErrorLog receives operational messages: failed deliveries, retention
-	// runs, recovered panics. Default: the row logger given to New.
+	// runs, recovered panics. They are kept apart from the row logger so
+	// that it carries rows only. Default: slog.Default().
 	ErrorLog *slog.Logger
 	// WakeAt returns a channel that receives once the clock has reached t,
 	// at once if it already has. The default is a real timer for t minus
@@ -140,7 +141,7 @@ func New(rows *slog.Logger, clk clock.Clock, st Store, opts Options) (*Log, erro
 		subs:          map[*Subscription]struct{}{},
 	}
 	if l.errLog == nil {
-		l.errLog = rows
+		l.errLog = slog.Default()
 	}
 	if l.wakeAt == nil {
 		l.wakeAt = func(t time.Time) <-chan time.Time { return time.After(t.Sub(l.clk.Now())) }
@@ -367,6 +368,10 @@ func (l *Log) logRow(r Row) {
 // deliveries left pending by an earlier run resume) and, when
 // Options.Retention is set, the retention loop. Both stop when ctx ends or
 // Close is called, and survive panics. Calling Start again does nothing.
+//
+// During a config reload the old and the new Log may run side by side on
+// one store; both send, and a delivery may reach a receiver twice, as at
+// least once delivery allows (receivers dedupe on Sigra-Event-Id).
 func (l *Log) Start(ctx context.Context) {
 	l.startMu.Lock()
 	defer l.startMu.Unlock()

@@ -37,14 +37,14 @@ func TestRunRetentionPrunesOnScheduleAndStops(t *testing.T) {
 		l.RunRetention(ctx, time.Hour, 24*time.Hour)
 		close(done)
 	}()
-	if d := ft.sleeping(t); d != time.Hour {
+	if d := ft.sleeping(t); d != time.Hour { // the first run has finished
 		t.Fatalf("retention waits %v; want 1h", d)
 	}
 	if n := st.rowCount(); n != 3 {
 		t.Fatalf("rows after the first run = %d; want 3 (none older than 24h)", n)
 	}
-	ft.Advance(24 * time.Hour) // everything is now older than 24h - 3s.. but t0+2s+24h > now-24h
-	ft.sleeping(t)
+	ft.Advance(24 * time.Hour) // the newest row is now 24h+1s old
+	ft.sleeping(t)             // the second run has finished
 	if n := st.rowCount(); n != 0 {
 		t.Fatalf("rows after a day = %d; want 0", n)
 	}

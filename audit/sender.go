@@ -141,7 +141,9 @@ func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
 // DeliverDue makes one delivery pass now: it attempts up to 64 deliveries
 // that are due on the Log's clock, records each outcome, and returns how
 // many it attempted. The background sender started by Start calls it in a
-// loop; the CLI and tests may call it directly.
+// loop; the CLI and tests may call it directly (alongside a running
+// sender, a delivery may then be attempted twice: delivery is at least
+// once either way).
 func (l *Log) DeliverDue(ctx context.Context) (int, error) { return l.sender.deliverDue(ctx) }
 
 func (s *sender) deliverDue(ctx context.Context) (int, error) {

@@ -125,8 +125,8 @@ type Delivery struct {
 	// RowID and OccurredAt identify the row.
 	RowID      string    `json:"row_id"`
 	OccurredAt time.Time `json:"occurred_at"`
-	// DueAt is when the next attempt is due (pending deliveries).
-	DueAt time.Time `json:"due_at"`
+	// DueAt is when the next attempt is due (pending deliveries only).
+	DueAt time.Time `json:"due_at,omitzero"`
 	// Attempts counts the attempts made so far.
 	Attempts int `json:"attempts"`
 	// LastError says why the last attempt failed.

@@ -85,7 +85,7 @@ const (
 	// commit moves them into the indexes. Larger batches amortise better;
 	// the commit that indexes takes longer, and timeline queries scan up
 	// to this many short entries.
-	auditIndexBatch = 2048
+	auditIndexBatch = 1024
 )
 
 // ErrAuditKey means an audit key or webhook id could not be decoded.
@@ -155,11 +155,15 @@ func auditIndexedValue(actor, subject, action string) []byte {
 }
 
 func auditSplitIndexed(v []byte) (actor, subject, action []byte, err error) {
-	parts := bytes.SplitN(v, []byte{0}, 3)
-	if len(parts) != 3 {
+	i := bytes.IndexByte(v, 0)
+	if i < 0 {
 		return nil, nil, nil, fmt.Errorf("%w: unindexed value %q", ErrAuditKey, v)
 	}
-	return parts[0], parts[1], parts[2], nil
+	j := bytes.IndexByte(v[i+1:], 0)
+	if j < 0 {
+		return nil, nil, nil, fmt.Errorf("%w: unindexed value %q", ErrAuditKey, v)
+	}
+	return v[:i], v[i+1 : i+1+j], v[i+2+j:], nil
 }
 
 // auditIndexPending moves every audit_unindexed entry into the indexes.
