@@ -114,4 +114,4 @@ var page = template.Must(template.New("p").Parse(`<!doctype html><meta charset="
 <table>{{range .Headers}}<tr><td><code>{{index . 0}}</code></td><td><code>{{index . 1}}</code></td></tr>{{else}}<tr><td>none: anonymous</td></tr>{{end}}</table>
 {{if .Claims}}<h2>Assertion verified ✓</h2><p>X-Sigra-Assertion checked against the gateway's JWKS:</p><pre>{{.Claims}}</pre>
 {{else}}<p>Assertion: {{.Err}}</p>{{end}}
-<p><a href="/public/">/public/</a> (sign-in optional) · <a href="/admin/">/admin/</a> (group admins) · <a href="/.sigra/account">account</a> · <a href="/.sigra/logout">sign out</a></p>`))
+<p><a href="/public/">/public/</a> (sign-in optional) · <a href="/admin/">/admin/</a> (group admins) · <a href="/secure/">/secure/</a> (second factor) · <a href="/.sigra/account">account</a> · <a href="/.sigra/logout">sign out</a></p>`))
