@@ -21,4 +21,7 @@ var (
 	ErrNoSession = errors.New("no valid session")
 	// ErrInvalidInput means a field failed validation; wrapped errors say which.
 	ErrInvalidInput = errors.New("invalid input")
+	// ErrBusy means too many password checks are running: each takes
+	// tens of MiB, so their number is bounded. Try again shortly.
+	ErrBusy = errors.New("too many sign-in attempts in progress")
 )

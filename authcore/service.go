@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	goruntime "runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -71,6 +72,9 @@ type Service struct {
 	cfg      Config
 	fakeHash string
 	cache    *sessionCache
+	// hashSlots bounds concurrent argon2id checks: each allocates
+	// Argon2.Memory, so a flood of sign-in posts must queue, not OOM.
+	hashSlots chan struct{}
 
 	touchMu sync.Mutex
 	touched map[SessionID]time.Time
@@ -86,8 +90,9 @@ func NewService(log *slog.Logger, clk clock.Clock, st Store, box *seal.Box, cfg 
 	}
 	return &Service{
 		store: st, box: box, clock: clk, log: log, cfg: cfg, fakeHash: fake,
-		cache:   newSessionCache(cfg.CacheSize),
-		touched: make(map[SessionID]time.Time),
+		cache:     newSessionCache(cfg.CacheSize),
+		touched:   make(map[SessionID]time.Time),
+		hashSlots: make(chan struct{}, max(4, 2*goruntime.GOMAXPROCS(0))),
 	}, nil
 }
 
@@ -216,28 +221,52 @@ func (s *Service) LookupUser(ctx context.Context, idOrEmail string) (*User, erro
 // answer nor its timing tells them apart. Other errors are storage
 // failures.
 func (s *Service) CheckPassword(ctx context.Context, email, password string) (*User, error) {
-	email, err := NormalizeEmail(email)
-	if err != nil {
-		VerifyPassword(s.fakeHash, password)
-		return nil, ErrInvalidCredentials
-	}
-	u, err := s.store.UserByEmail(ctx, email)
-	if errors.Is(err, ErrNotFound) {
-		VerifyPassword(s.fakeHash, password)
-		return nil, ErrInvalidCredentials
-	}
+	u, hash, err := s.passwordOf(ctx, email)
 	if err != nil {
 		return nil, err
 	}
-	hash := u.PasswordHash
-	if hash == "" {
-		hash = s.fakeHash
+	ok, err := s.verify(ctx, hash, password)
+	if err != nil {
+		return nil, err
 	}
-	ok := VerifyPassword(hash, password)
-	if !ok || u.PasswordHash == "" || u.Disabled {
+	if !ok || u == nil || u.PasswordHash == "" || u.Disabled {
 		return nil, ErrInvalidCredentials
 	}
 	return u, nil
+}
+
+// passwordOf returns the user of email and the hash to check against: the
+// fake hash when there is no such user or no password.
+func (s *Service) passwordOf(ctx context.Context, email string) (*User, string, error) {
+	email, err := NormalizeEmail(email)
+	if err != nil {
+		return nil, s.fakeHash, nil
+	}
+	u, err := s.store.UserByEmail(ctx, email)
+	if errors.Is(err, ErrNotFound) {
+		return nil, s.fakeHash, nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if u.PasswordHash == "" {
+		return u, s.fakeHash, nil
+	}
+	return u, u.PasswordHash, nil
+}
+
+// verify runs one argon2id check in a bounded slot, waiting at most 5s
+// for one (ErrBusy after that).
+func (s *Service) verify(ctx context.Context, hash, password string) (bool, error) {
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	select {
+	case s.hashSlots <- struct{}{}:
+	case <-wctx.Done():
+		return false, ErrBusy
+	}
+	defer func() { <-s.hashSlots }()
+	return VerifyPassword(hash, password), nil
 }
 
 // StartSession creates a new session for u after the given methods

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"image/png"
 	"log/slog"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -79,6 +81,23 @@ func (s *Service) mustBox() error {
 	return nil
 }
 
+// totpIssuer cleans the issuer: a colon separates issuer and account in
+// the key URI's label.
+func totpIssuer(issuer string) string {
+	issuer = strings.TrimSpace(strings.ReplaceAll(issuer, ":", " "))
+	if issuer == "" {
+		return "Sigra"
+	}
+	return issuer
+}
+
+func totpAccount(u *User) string {
+	if u.Email == "" {
+		return u.ID
+	}
+	return u.Email
+}
+
 // BeginTOTP starts a TOTP enrolment for u: it generates a secret and keeps
 // it server-side, sealed, as the user's pending enrolment (replacing an
 // earlier pending one) for TOTPEnrolmentTTL. Nothing changes for the user
@@ -91,15 +110,7 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User, issuer string) (*TOTPE
 	if err := s.mustBox(); err != nil {
 		return nil, err
 	}
-	// A colon separates issuer and account in the key URI's label.
-	issuer = strings.TrimSpace(strings.ReplaceAll(issuer, ":", " "))
-	if issuer == "" {
-		issuer = "Sigra"
-	}
-	account := u.Email
-	if account == "" {
-		account = u.ID
-	}
+	issuer, account := totpIssuer(issuer), totpAccount(u)
 	key, err := totp.Generate(totp.GenerateOpts{
 		Issuer: issuer, AccountName: account,
 		Period: totpPeriod, SecretSize: totpSecretSize, Digits: totpDigits, Algorithm: otp.AlgorithmSHA1,
@@ -107,6 +118,51 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User, issuer string) (*TOTPE
 	if err != nil {
 		return nil, fmt.Errorf("generating TOTP secret: %w", err)
 	}
+	exp := s.clock.Now().UTC().Add(TOTPEnrolmentTTL)
+	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp}
+	if err := s.store.PutPendingTOTP(ctx, u.ID, p); err != nil {
+		return nil, err
+	}
+	return enrolment(key, exp)
+}
+
+// TOTPEnrolmentFor returns the user's pending enrolment while it has at
+// least a minute left, else begins a new one. Showing the enrolment page
+// again, or a failed confirmation, then keeps the secret the user may
+// already have scanned, and a cross-site page load cannot replace it.
+func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, issuer string) (*TOTPEnrolment, error) {
+	if err := s.mustBox(); err != nil {
+		return nil, err
+	}
+	p, err := s.store.PendingTOTP(ctx, u.ID)
+	if err == nil && s.clock.Now().Before(p.ExpiresAt.Add(-time.Minute)) {
+		if secret, oerr := s.box.Open(p.Sealed, totpPendingAAD(u.ID)); oerr == nil {
+			key, kerr := otp.NewKeyFromURL(totpKeyURL(totpIssuer(issuer), totpAccount(u), string(secret)))
+			if kerr != nil {
+				return nil, fmt.Errorf("rebuilding TOTP key: %w", kerr)
+			}
+			return enrolment(key, p.ExpiresAt)
+		}
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	return s.BeginTOTP(ctx, u, issuer)
+}
+
+// totpKeyURL is the otpauth:// URI for a secret, as totp.Generate makes it.
+func totpKeyURL(issuer, account, secret string) string {
+	v := url.Values{}
+	v.Set("secret", secret)
+	v.Set("issuer", issuer)
+	v.Set("period", strconv.Itoa(totpPeriod))
+	v.Set("digits", totpDigits.String())
+	v.Set("algorithm", otp.AlgorithmSHA1.String())
+	u := url.URL{Scheme: "otpauth", Host: "totp", Path: "/" + issuer + ":" + account, RawQuery: v.Encode()}
+	return u.String()
+}
+
+// enrolment renders a key for the enrolment page.
+func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
 	img, err := key.Image(256, 256)
 	if err != nil {
 		return nil, fmt.Errorf("drawing TOTP QR code: %w", err)
@@ -114,11 +170,6 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User, issuer string) (*TOTPE
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
 		return nil, fmt.Errorf("encoding TOTP QR code: %w", err)
-	}
-	exp := s.clock.Now().UTC().Add(TOTPEnrolmentTTL)
-	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp}
-	if err := s.store.PutPendingTOTP(ctx, u.ID, p); err != nil {
-		return nil, err
 	}
 	return &TOTPEnrolment{
 		Secret:    key.Secret(),

@@ -130,7 +130,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return next.ServeHTTP(w, r)
 	}
 	caddyhttp.SetVar(ctx, varGateDecided, true)
-	stripIdentity(r.Header, g.app.remoteAliases)
+	stripIdentity(r, g.app.remoteAliases)
 
 	start := time.Now()
 	m := g.app.metrics

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -336,4 +337,61 @@ func mustUserID(t *testing.T, e *env, email string) string {
 		t.Fatal(err)
 	}
 	return u.ID
+}
+
+// TestGateHopByHopAndTrailers: a client can neither remove our identity
+// headers by naming them in Connection, nor smuggle identity in trailers.
+func TestGateHopByHopAndTrailers(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("hop@example.com", "staff")
+	e.mustLogin("hop@example.com")
+
+	e.get("/x", map[string]string{"Connection": "keep-alive, X-Sigra-Assertion, x-sigra-groups, X_Sigra_User"})
+	h, _ := e.up.last()
+	if h.Get(hdrAssertion) == "" || h.Get(hdrGroups) != "staff" || h.Get(hdrUser) != u.ID {
+		t.Errorf("identity headers after a Connection trick: user %q groups %q assertion present %v",
+			h.Get(hdrUser), h.Get(hdrGroups), h.Get(hdrAssertion) != "")
+	}
+
+	// A chunked body with identity trailers, declared and undeclared.
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPost, e.base+"/upload", pr)
+	req.Trailer = http.Header{"X-Sigra-User": nil, "X-Sigra-Groups": nil, "X-Checksum": nil}
+	go func() {
+		pw.Write([]byte("data"))
+		req.Trailer.Set("X-Sigra-User", "forged-admin")
+		req.Trailer.Set("X-Sigra-Groups", "admins")
+		req.Trailer.Set("X-Checksum", "abc")
+		pw.Close()
+	}()
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d; want 200", resp.StatusCode)
+	}
+	e.up.mu.Lock()
+	tr := e.up.trailer
+	e.up.mu.Unlock()
+	for k, v := range tr {
+		if isIdentityHeader(k, true) {
+			t.Errorf("identity trailer reached the app: %s: %v", k, v)
+		}
+	}
+	if tr.Get("X-Checksum") != "abc" {
+		t.Errorf("ordinary trailer lost (trailers %v); want X-Checksum passed on", tr)
+	}
+}
+
+// TestGateReturnURLBehindHandlePath: rd is the URI the client asked for,
+// not the one handle_path rewrote.
+func TestGateReturnURLBehindHandlePath(t *testing.T) {
+	e := startCaddy(t, "", "handle_path /app/* {\n\t\tsigra_gate\n\t}")
+	resp, _ := e.get("/app/reports?q=1", map[string]string{"Accept": "text/html"})
+	want := "/.sigra/login?rd=" + url.QueryEscape("/app/reports?q=1")
+	if got := resp.Header.Get("Location"); got != want {
+		t.Errorf("Location %q; want %q", got, want)
+	}
 }

@@ -31,16 +31,19 @@ const testPassword = "correct horse battery staple"
 // upstream records what the application behind the gate receives.
 type upstream struct {
 	*httptest.Server
-	mu   sync.Mutex
-	hdr  http.Header
-	hits int
+	mu      sync.Mutex
+	hdr     http.Header
+	trailer http.Header
+	hits    int
 }
 
 func newUpstream(t *testing.T) *upstream {
 	u := &upstream{}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body) // trailers arrive after the body
 		u.mu.Lock()
 		u.hdr = r.Header.Clone()
+		u.trailer = r.Trailer.Clone()
 		u.hits++
 		u.mu.Unlock()
 		io.WriteString(w, "app:"+r.URL.Path)

@@ -153,7 +153,7 @@ func (q *preq) totpPage() error {
 }
 
 func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
-	enr, err := q.rt.auth.BeginTOTP(q.ctx(), p.User, requestHost(q.r))
+	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, requestHost(q.r))
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -171,12 +171,21 @@ func (q *preq) totpSubmit() error {
 	}
 	d := pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p))}
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
-		d.Error = "The form expired. Please try again."
-		return q.enrolPage(p, d, http.StatusForbidden)
+		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account/totp")
+	}
+	// Enrolling over an existing authenticator would replace it and mark
+	// this session multi-factor: a stale or stolen session could take the
+	// account over. Turning it off first needs a fresh second factor.
+	has, err := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if has {
+		return q.message(http.StatusConflict, "Already on", "An authenticator app is already set up. Turn it off first to set up another.", q.p.app.Prefix+"/account/totp")
 	}
 	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, q.r.PostFormValue("code"))
 	if errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrNoPendingEnrolment) {
-		d.Error = "That code did not work. Check the time on your device and try the new key below."
+		d.Error = "That code did not work. Check the time on your device and try again."
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}
 	if err != nil {
@@ -214,11 +223,14 @@ func (q *preq) totpRemove() error {
 	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
 		return nil
 	}
-	if err := q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID); err != nil && !errors.Is(err, authcore.ErrNotEnrolled) {
+	err = q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID)
+	if err != nil && !errors.Is(err, authcore.ErrNotEnrolled) {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if err := q.audit(event{action: "mfa.totp.removed", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
-		return err
+	if err == nil {
+		if err := q.audit(event{action: "mfa.totp.removed", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+			return err
+		}
 	}
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil

@@ -76,9 +76,12 @@ func enrolTOTP(t *testing.T, e *env, now time.Time) (string, []string) {
 	if bad.StatusCode != http.StatusBadRequest {
 		t.Errorf("enrol with a wrong code: status %d; want 400", bad.StatusCode)
 	}
-	// A failed confirmation starts a new enrolment: read the new secret.
+	// The pending secret survives a failed confirmation and a reload of
+	// the page: the user may already have scanned it.
 	_, page = e.get("/.sigra/account/totp", nil)
-	secret = totpSecret.FindStringSubmatch(page)[1]
+	if again := totpSecret.FindStringSubmatch(page)[1]; again != secret {
+		t.Errorf("secret changed from %s to %s on reload; want it kept", secret, again)
+	}
 	resp, done := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, now)}}, nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("enrol with a right code: status %d", resp.StatusCode)
@@ -140,6 +143,15 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 	// step before (S+1) is unspent and one step back.
 	fake.Advance(60 * time.Second)
 
+	t.Run("enrolling again over an existing authenticator is refused", func(t *testing.T) {
+		// Any session, fresh or old, must not be able to swap the
+		// authenticator and come out multi-factor.
+		_, page := e.get("/.sigra/account", nil)
+		r, _ := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {"000000"}}, nil)
+		if r.StatusCode != http.StatusConflict {
+			t.Errorf("re-enrolment: status %d; want 409", r.StatusCode)
+		}
+	})
 	t.Run("password alone leaves the session pending", func(t *testing.T) {
 		e.client.Jar, _ = newJar()
 		resp := e.login("tess@example.com", testPassword, "/docs?x=1")

@@ -81,7 +81,7 @@ type preq struct {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	stripIdentity(r.Header, p.app.remoteAliases)
+	stripIdentity(r, p.app.remoteAliases)
 	prefix := p.app.Prefix
 	sub, ok := strings.CutPrefix(r.URL.Path, prefix)
 	if !ok || (sub != "" && sub[0] != '/') {
@@ -242,6 +242,12 @@ func (q *preq) loginSubmit() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	u, err := q.rt.auth.CheckPassword(q.ctx(), email, q.r.PostFormValue("password"))
+	if errors.Is(err, authcore.ErrBusy) {
+		// Not counted as a failure: the password was never checked.
+		_ = att.Succeed(q.ctx(), false)
+		q.w.Header().Set("Retry-After", "5")
+		return rerender(http.StatusServiceUnavailable, "Too many sign-ins at the moment. Please try again in a few seconds.")
+	}
 	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCredentials) {
 		res, ferr := att.Fail(q.ctx())
 		if ferr != nil {

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -62,13 +63,79 @@ func foldEq(s, lower string) bool {
 	return true
 }
 
-// stripIdentity removes every header a client could use to forge identity.
-func stripIdentity(h http.Header, remote bool) {
+// stripIdentity removes everything a client could use to forge identity,
+// or to remove ours: identity headers; the same names as trailers (which
+// reverse_proxy forwards, and some upstreams merge into headers); and
+// identity names listed in Connection (which reverse_proxy would drop as
+// hop-by-hop after the gate set them).
+func stripIdentity(r *http.Request, remote bool) {
+	h := r.Header
 	for k := range h {
 		if isIdentityHeader(k, remote) {
 			delete(h, k)
 		}
 	}
+	if conn := h["Connection"]; len(conn) > 0 {
+		h["Connection"] = cleanConnection(conn, remote)
+	}
+	if r.Trailer != nil {
+		// Declared trailers arrive at the end of the body: strip them now
+		// and again when the body has been read.
+		stripTrailers(r.Trailer, remote)
+		r.Body = &trailerScrubber{ReadCloser: r.Body, r: r, remote: remote}
+	}
+}
+
+// cleanConnection drops identity names from Connection header values,
+// allocating only when there is one.
+func cleanConnection(vals []string, remote bool) []string {
+	found := false
+	for _, v := range vals {
+		for tok := range strings.SplitSeq(v, ",") {
+			if isIdentityHeader(strings.TrimSpace(tok), remote) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		return vals
+	}
+	var keep []string
+	for _, v := range vals {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !isIdentityHeader(tok, remote) {
+				keep = append(keep, tok)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return []string{strings.Join(keep, ", ")}
+}
+
+func stripTrailers(t http.Header, remote bool) {
+	for k := range t {
+		if isIdentityHeader(k, remote) {
+			delete(t, k)
+		}
+	}
+}
+
+// trailerScrubber removes identity trailers once net/http has filled them
+// in, at the end of the body, before anything downstream copies them.
+type trailerScrubber struct {
+	io.ReadCloser
+	r      *http.Request
+	remote bool
+}
+
+func (b *trailerScrubber) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		stripTrailers(b.r.Trailer, b.remote)
+	}
+	return n, err
 }
 
 // cookieValue finds a cookie without parsing all cookies (no allocation).
@@ -188,9 +255,14 @@ func sameOrigin(r *http.Request, origin string) bool {
 	return true
 }
 
-// loginURL is the portal login page with a return URL.
+// loginURL is a portal page with a return URL: the URI the client asked
+// for, before any handle_path or uri strip_prefix rewrote it.
 func loginURL(prefix, page string, r *http.Request) string {
-	return prefix + page + "?rd=" + url.QueryEscape(r.URL.RequestURI())
+	uri := r.URL.RequestURI()
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		uri = orig.URL.RequestURI()
+	}
+	return prefix + page + "?rd=" + url.QueryEscape(uri)
 }
 
 // isTooLarge reports whether err came from a body over its limit.
