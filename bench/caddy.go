@@ -1,0 +1,282 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// siteConf is one site block of the generated Caddyfile.
+type siteConf struct {
+	Name string // "A", "B", "C"
+	Port int
+	// Gate puts sigra_portal and sigra_gate in front of reverse_proxy.
+	Gate bool
+	// Require lists the lines inside `sigra_gate { … }`: "mfa" for site C
+	// today; "group bench", "rule `…`", "flag …", "seat …" can be added
+	// (with whatever they need in the global sigra block) to measure each
+	// requirement's cost.
+	Require []string
+}
+
+// caddyConf is everything the generated Caddyfile depends on.
+type caddyConf struct {
+	AdminPort int
+	DBPath    string // the bbolt file of the sigra app
+	Upstream  string // host:port of the upstream
+	Sites     []siteConf
+}
+
+// caddyfile renders the configuration: one Caddy, every site on its own
+// loopback port, all proxying to the same upstream. Only the sites differ,
+// so A, B and C share the process, its runtime and its warm-up.
+func (c caddyConf) caddyfile() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", c.AdminPort)
+	if c.needsSigra() {
+		fmt.Fprintf(&b, "\tsigra {\n\t\tstorage bbolt %s\n\t}\n", c.DBPath)
+	}
+	b.WriteString("}\n")
+	for _, s := range c.Sites {
+		fmt.Fprintf(&b, "\n# site %s\nhttp://127.0.0.1:%d {\n", s.Name, s.Port)
+		if s.Gate {
+			b.WriteString("\tsigra_portal\n")
+			if len(s.Require) == 0 {
+				b.WriteString("\tsigra_gate\n")
+			} else {
+				b.WriteString("\tsigra_gate {\n")
+				for _, r := range s.Require {
+					fmt.Fprintf(&b, "\t\t%s\n", r)
+				}
+				b.WriteString("\t}\n")
+			}
+		}
+		fmt.Fprintf(&b, "\treverse_proxy %s\n}\n", c.Upstream)
+	}
+	return b.String()
+}
+
+func (c caddyConf) needsSigra() bool {
+	for _, s := range c.Sites {
+		if s.Gate {
+			return true
+		}
+	}
+	return false
+}
+
+// caddyProc is a running Caddy.
+type caddyProc struct {
+	cmd     *exec.Cmd
+	PID     string
+	admin   string
+	ports   []int
+	logPath string
+	exited  chan struct{}
+	once    sync.Once
+}
+
+// startCaddy writes the Caddyfile into dir and runs bin on it. HOME and
+// the XDG directories point into dir, so Caddy's data (keys, the dev mail
+// sink, certificates) never touches the user's. procs sets Caddy's
+// GOMAXPROCS when positive.
+func startCaddy(bin, dir string, conf caddyConf, procs int) (*caddyProc, error) {
+	cfg := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(conf.caddyfile()), 0o600); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "caddy.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close() // the child has its own descriptor
+	cmd := exec.Command(bin, "run", "--config", cfg, "--adapter", "caddyfile")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"HOME="+filepath.Join(dir, "home"),
+		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
+	)
+	if procs > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", procs))
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so that a Ctrl-C reaches only the harness,
+	// which then stops the round and the children in order; SIGKILL from
+	// the kernel if the harness dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", bin, err)
+	}
+	p := &caddyProc{
+		cmd:     cmd,
+		PID:     fmt.Sprint(cmd.Process.Pid),
+		admin:   fmt.Sprintf("127.0.0.1:%d", conf.AdminPort),
+		logPath: logPath,
+		exited:  make(chan struct{}),
+	}
+	for _, s := range conf.Sites {
+		p.ports = append(p.ports, s.Port)
+	}
+	go func() { cmd.Wait(); close(p.exited) }()
+	children.add(p.stop)
+	return p, nil
+}
+
+// waitReady polls until the admin endpoint answers and every site port
+// accepts connections, for at most timeout.
+func (p *caddyProc) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	client := &http.Client{Timeout: time.Second}
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.exited:
+			return fmt.Errorf("caddy exited during start-up:\n%s", p.logTail(30))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		resp, err := client.Get("http://" + p.admin + "/config/")
+		if err != nil {
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			continue
+		}
+		up := true
+		for _, port := range p.ports {
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+			if err != nil {
+				up = false
+				break
+			}
+			c.Close()
+		}
+		if up {
+			return nil
+		}
+	}
+	return fmt.Errorf("caddy not ready after %s:\n%s", timeout, p.logTail(30))
+}
+
+// stop asks Caddy to shut down (SIGINT: graceful) and kills it after 10s.
+func (p *caddyProc) stop() {
+	p.once.Do(func() {
+		p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+}
+
+// logTail returns the last n lines of Caddy's output.
+func (p *caddyProc) logTail(n int) string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// checkCaddy makes sure bin runs and, when sigra is needed, that it was
+// built with this module; it returns `caddy version`.
+func checkCaddy(bin string, needSigra bool) (string, error) {
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("%w (build it first: make caddy)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ver, err := exec.CommandContext(ctx, bin, "version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s version: %w", bin, err)
+	}
+	if needSigra {
+		mods, err := exec.CommandContext(ctx, bin, "list-modules").Output()
+		if err != nil {
+			return "", fmt.Errorf("%s list-modules: %w", bin, err)
+		}
+		for _, m := range []string{"sigra", "http.handlers.sigra_portal", "http.handlers.sigra_gate"} {
+			if !hasLine(mods, m) {
+				return "", fmt.Errorf("%s has no module %s: build it with make caddy", bin, m)
+			}
+		}
+	}
+	return strings.TrimSpace(string(ver)), nil
+}
+
+func hasLine(b []byte, line string) bool {
+	for l := range bytes.SplitSeq(b, []byte("\n")) {
+		if string(bytes.TrimSpace(l)) == line {
+			return true
+		}
+	}
+	return false
+}
+
+// staleSource returns a Go source file of the module that is newer than
+// bin, or "" if there is none: a warning that the numbers may not be of
+// the code in the work tree.
+func staleSource(bin string) string {
+	st, err := os.Stat(bin)
+	if err != nil {
+		return ""
+	}
+	var newest string
+	errStop := errors.New("stop")
+	filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() {
+			if path != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "bench" || d.Name() == "testdata" || d.Name() == "examples") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil && fi.ModTime().After(st.ModTime()) {
+			newest = path
+			return errStop
+		}
+		return nil
+	})
+	return newest
+}
+
+// freePorts asks the kernel for n distinct free loopback ports. Another
+// process could take one before Caddy binds it; on loopback that is rare,
+// and Caddy then fails loudly at start.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close() // held until all are chosen, so they differ
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReadResponse(t *testing.T) {
+	tests := []struct {
+		name   string
+		in     string
+		status int
+		body   string // kept body (only for statuses other than 200)
+		close  bool
+		err    bool
+	}{
+		{name: "content length", in: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n", status: 200},
+		{name: "lower-case headers", in: "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", status: 200},
+		{name: "chunked with trailer", in: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n", status: 200},
+		{name: "401 keeps the body", in: "HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\n\r\nsign in, pls", status: 401, body: "sign in, pls"},
+		{name: "chunked 502 keeps the body", in: "HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbad \r\n3\r\ngw!\r\n0\r\n\r\n", status: 502, body: "bad gw!"},
+		{name: "connection close", in: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", status: 200, close: true},
+		{name: "204 has no body", in: "HTTP/1.1 204 No Content\r\n\r\n", status: 204},
+		{name: "no length", in: "HTTP/1.1 200 OK\r\n\r\nok", err: true},
+		{name: "garbage", in: "SSH-2.0-OpenSSH\r\n", err: true},
+		{name: "short body", in: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", err: true},
+		{name: "bad chunk size", in: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", err: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r response
+			err := readResponse(bufio.NewReader(strings.NewReader(tt.in)), &r)
+			if tt.err {
+				if err == nil {
+					t.Fatalf("got %+v, want an error", r)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Status != tt.status || string(r.Body) != tt.body || r.Close != tt.close {
+				t.Errorf("got status %d body %q close %v; want %d %q %v", r.Status, r.Body, r.Close, tt.status, tt.body, tt.close)
+			}
+		})
+	}
+}
+
+func TestReadResponseKeepAlive(t *testing.T) {
+	two := "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+	br := bufio.NewReader(strings.NewReader(two))
+	var r response
+	for i := range 2 {
+		if err := readResponse(br, &r); err != nil || r.Status != 200 {
+			t.Fatalf("response %d: status %d, err %v", i+1, r.Status, err)
+		}
+	}
+	if br.Buffered() != 0 {
+		t.Errorf("%d bytes left over", br.Buffered())
+	}
+}
+
+func TestAppendRequest(t *testing.T) {
+	got := string(appendRequest(nil, "127.0.0.1:8080", "/", []byte("tok")))
+	want := "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: sigra-bench\r\nAccept: application/json\r\nCookie: sigra_session=tok\r\n\r\n"
+	if got != want {
+		t.Errorf("got %q; want %q", got, want)
+	}
+}
+
+func TestTokenSet(t *testing.T) {
+	var s tokenSet
+	for _, tok := range []string{"a", "bc", "", "def"} {
+		s.Add(tok)
+	}
+	if s.Len() != 4 {
+		t.Fatalf("Len %d; want 4", s.Len())
+	}
+	for i, want := range []string{"a", "bc", "", "def"} {
+		if got := string(s.At(i)); got != want {
+			t.Errorf("At(%d) = %q; want %q", i, got, want)
+		}
+	}
+}
+
+// TestGenerator runs both loops briefly against an in-process server; it
+// checks the bookkeeping, not the speed.
+func TestGenerator(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, _ := r.Cookie(sessionCookie); c == nil || c.Value != "good" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		upstreamHandler().ServeHTTP(w, r)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	var g generator
+	tgt := target{Name: "T", Addr: ln.Addr().String(), Path: "/", Tokens: oneToken("good")}
+	var started, ended bool
+	res, err := g.run(context.Background(), tgt, roundSpec{Conns: 4, Duration: 200 * time.Millisecond}, hooks{
+		Start: func() { started = true },
+		End:   func() { ended = true },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !started || !ended || res.Requests == 0 || len(res.Samples) != res.Requests || res.Elapsed < 200*time.Millisecond {
+		t.Errorf("closed loop: started %v ended %v, %d requests, %d samples in %s", started, ended, res.Requests, len(res.Samples), res.Elapsed)
+	}
+
+	res, err = g.run(context.Background(), tgt, roundSpec{Conns: 3, Duration: 300 * time.Millisecond, Rate: 100}, hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 30 {
+		t.Errorf("open loop at 100/s for 0.3 s: %d requests; want 30", res.Requests)
+	}
+
+	tgt.Tokens = oneToken("bad")
+	if _, err := g.run(context.Background(), tgt, roundSpec{Conns: 2, Duration: time.Second}, hooks{}); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("with a refused session: got %v; want an error naming the 401", err)
+	}
+}

@@ -1,0 +1,445 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// roundRecord is one measured round, as written to the JSON file.
+type roundRecord struct {
+	Phase        string  `json:"phase"` // "closed", "open", "sessions"
+	Site         string  `json:"site"`
+	Round        int     `json:"round"`
+	Requests     int     `json:"requests"`
+	Seconds      float64 `json:"seconds"`
+	RPS          float64 `json:"rps"`
+	P50ms        float64 `json:"p50_ms"`
+	P99ms        float64 `json:"p99_ms"`
+	CaddyCPUus   float64 `json:"caddy_cpu_us_per_req"`
+	GenCPUus     float64 `json:"generator_cpu_us_per_req"`
+	UpstreamCPUs float64 `json:"upstream_cpu_us_per_req"`
+	PeakRSSMB    float64 `json:"peak_rss_mb"`
+	Late         int     `json:"late,omitempty"`
+	// OtherCPUPct is the machine's CPU used during the round by anything
+	// but Caddy, the generator and the upstream, in percent of all CPUs;
+	// StealPct is the time the hypervisor gave to other guests. Both are
+	// noise (Noise is their sum).
+	OtherCPUPct float64 `json:"other_cpu_pct"`
+	StealPct    float64 `json:"steal_pct"`
+}
+
+// Noise is the share of the machine that was not ours during the round.
+func (r roundRecord) Noise() float64 { return r.OtherCPUPct + r.StealPct }
+
+// siteAcc accumulates a site's rounds within one phase.
+type siteAcc struct {
+	site, desc string
+	rounds     []roundRecord
+	samples    []uint32
+	requests   int
+	late       int
+	elapsed    time.Duration
+	caddyCPU   time.Duration
+	genCPU     time.Duration
+	upCPU      time.Duration
+	peakRSSMB  float64
+}
+
+// add takes in one round; cpu is Caddy's, the generator's and the
+// upstream's CPU time during it.
+func (a *siteAcc) add(rec roundRecord, res roundResult, cpu [3]time.Duration) {
+	a.rounds = append(a.rounds, rec)
+	a.samples = append(a.samples, res.Samples...)
+	a.requests += res.Requests
+	a.late += res.Late
+	a.elapsed += res.Elapsed
+	a.caddyCPU += cpu[0]
+	a.genCPU += cpu[1]
+	a.upCPU += cpu[2]
+	a.peakRSSMB = max(a.peakRSSMB, rec.PeakRSSMB)
+}
+
+// summary is one site's result in one phase: the table row.
+type summary struct {
+	Site         string  `json:"site"`
+	Desc         string  `json:"description"`
+	Rounds       int     `json:"rounds"`
+	Requests     int     `json:"requests"`
+	Seconds      float64 `json:"seconds"`
+	RPS          float64 `json:"rps"`           // all requests ÷ all measured time
+	RPSSpread    float64 `json:"rps_stdev_pct"` // standard deviation of the rounds' req/s, in % of their mean
+	P50ms        float64 `json:"p50_ms"`
+	P90ms        float64 `json:"p90_ms"`
+	P99ms        float64 `json:"p99_ms"`
+	P999ms       float64 `json:"p999_ms"`
+	Maxms        float64 `json:"max_ms"`
+	CaddyCPUus   float64 `json:"caddy_cpu_us_per_req"`
+	GenCPUus     float64 `json:"generator_cpu_us_per_req"`
+	UpstreamCPUs float64 `json:"upstream_cpu_us_per_req"`
+	PeakRSSMB    float64 `json:"peak_rss_mb"`
+	LatePct      float64 `json:"late_pct,omitempty"`
+	NoisePct     float64 `json:"noise_pct"` // other processes' and the hypervisor's share of the CPUs, mean over the rounds
+}
+
+func (a *siteAcc) summarize() summary {
+	slices.Sort(a.samples)
+	s := summary{
+		Site:      a.site,
+		Desc:      a.desc,
+		Rounds:    len(a.rounds),
+		Requests:  a.requests,
+		Seconds:   a.elapsed.Seconds(),
+		P50ms:     ms(percentile(a.samples, 50)),
+		P90ms:     ms(percentile(a.samples, 90)),
+		P99ms:     ms(percentile(a.samples, 99)),
+		P999ms:    ms(percentile(a.samples, 99.9)),
+		Maxms:     ms(percentile(a.samples, 100)),
+		PeakRSSMB: a.peakRSSMB,
+	}
+	if a.elapsed > 0 {
+		s.RPS = float64(a.requests) / a.elapsed.Seconds()
+	}
+	if a.requests > 0 {
+		n := float64(a.requests)
+		s.CaddyCPUus = float64(a.caddyCPU.Microseconds()) / n
+		s.GenCPUus = float64(a.genCPU.Microseconds()) / n
+		s.UpstreamCPUs = float64(a.upCPU.Microseconds()) / n
+		s.LatePct = 100 * float64(a.late) / n
+	}
+	var rps []float64
+	for _, r := range a.rounds {
+		rps = append(rps, r.RPS)
+		s.NoisePct += r.Noise() / float64(len(a.rounds))
+	}
+	s.RPSSpread = stdevPct(rps)
+	return s
+}
+
+// percentile returns the nearest-rank p-th percentile (0 < p ≤ 100) of
+// sorted, or 0 for no samples.
+func percentile(sorted []uint32, p float64) uint32 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = min(max(rank, 1), len(sorted))
+	return sorted[rank-1]
+}
+
+// stdevPct is the sample standard deviation of v in percent of its mean:
+// how much the rounds of one site disagree, a rough error bar.
+func stdevPct(v []float64) float64 {
+	if len(v) < 2 {
+		return 0
+	}
+	var sum float64
+	for _, x := range v {
+		sum += x
+	}
+	mean := sum / float64(len(v))
+	if mean == 0 {
+		return 0
+	}
+	var sq float64
+	for _, x := range v {
+		sq += (x - mean) * (x - mean)
+	}
+	return 100 * math.Sqrt(sq/float64(len(v)-1)) / mean
+}
+
+func ms(ns uint32) float64 { return float64(ns) / 1e6 }
+
+// ratio compares a site with the baseline (A, or the smallest session
+// count) round by round: round i of the site against round i of the
+// baseline, which ran in the same rotation, moments apart. Each number is
+// the median over those pairs, so one round hit by a noisy neighbour
+// cannot swing it.
+type ratio struct {
+	Name     string  `json:"name"` // "B/A"
+	Pairs    int     `json:"pairs"`
+	RPS      float64 `json:"rps"`
+	P50      float64 `json:"p50"`
+	P99      float64 `json:"p99"`
+	CaddyCPU float64 `json:"caddy_cpu_per_req"`
+	PeakRSS  float64 `json:"peak_rss"`
+	// AddedP99ms is the median of the paired differences of p99, in ms;
+	// AddedP99MinMs and AddedP99MaxMs are their range.
+	AddedP50ms    float64 `json:"added_p50_ms"`
+	AddedP99ms    float64 `json:"added_p99_ms"`
+	AddedP99MinMs float64 `json:"added_p99_min_ms"`
+	AddedP99MaxMs float64 `json:"added_p99_max_ms"`
+	// AddedCPUus is the median of the paired differences of Caddy's CPU
+	// per request, in µs: what the site costs Caddy on top of the baseline.
+	AddedCPUus float64 `json:"added_caddy_cpu_us_per_req"`
+}
+
+func pairedRatio(s, base *siteAcc) ratio {
+	n := min(len(s.rounds), len(base.rounds))
+	q := ratio{Name: s.site + "/" + base.site, Pairs: n}
+	if n == 0 {
+		nan := math.NaN()
+		q.RPS, q.P50, q.P99, q.CaddyCPU, q.PeakRSS = nan, nan, nan, nan, nan
+		q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs, q.AddedCPUus = nan, nan, nan, nan, nan
+		return q
+	}
+	each := func(f func(x, b roundRecord) float64) []float64 {
+		v := make([]float64, n)
+		for i := range n {
+			v[i] = f(s.rounds[i], base.rounds[i])
+		}
+		return v
+	}
+	div := func(a, b float64) float64 {
+		if b == 0 {
+			return math.NaN()
+		}
+		return a / b
+	}
+	q.RPS = median(each(func(x, b roundRecord) float64 { return div(x.RPS, b.RPS) }))
+	q.P50 = median(each(func(x, b roundRecord) float64 { return div(x.P50ms, b.P50ms) }))
+	q.P99 = median(each(func(x, b roundRecord) float64 { return div(x.P99ms, b.P99ms) }))
+	q.CaddyCPU = median(each(func(x, b roundRecord) float64 { return div(x.CaddyCPUus, b.CaddyCPUus) }))
+	q.PeakRSS = median(each(func(x, b roundRecord) float64 { return div(x.PeakRSSMB, b.PeakRSSMB) }))
+	q.AddedP50ms = median(each(func(x, b roundRecord) float64 { return x.P50ms - b.P50ms }))
+	q.AddedCPUus = median(each(func(x, b roundRecord) float64 { return x.CaddyCPUus - b.CaddyCPUus }))
+	d := each(func(x, b roundRecord) float64 { return x.P99ms - b.P99ms })
+	q.AddedP99ms = median(d)
+	q.AddedP99MinMs, q.AddedP99MaxMs = slices.Min(d), slices.Max(d)
+	return q
+}
+
+// median of v (NaN for none); v is reordered.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(v)
+	m := len(v) / 2
+	if len(v)%2 == 1 {
+		return v[m]
+	}
+	return (v[m-1] + v[m]) / 2
+}
+
+// phaseResults is the outcome of one phase: a row per site and the ratios of
+// every site to the first one.
+func phaseResults(accs []*siteAcc) ([]summary, []ratio) {
+	sums := make([]summary, len(accs))
+	var ratios []ratio
+	for i, a := range accs {
+		sums[i] = a.summarize()
+		if i > 0 {
+			ratios = append(ratios, pairedRatio(a, accs[0]))
+		}
+	}
+	return sums, ratios
+}
+
+// goal is one target of issue 5, evaluated.
+type goal struct {
+	Name      string  `json:"name"`
+	Value     float64 `json:"value"`
+	Op        string  `json:"op"` // ">=", "<="
+	Threshold float64 `json:"threshold"`
+	Unit      string  `json:"unit,omitempty"`
+	Pass      bool    `json:"pass"`
+}
+
+func newGoal(name string, value float64, op string, threshold float64, unit string) goal {
+	g := goal{Name: name, Value: value, Op: op, Threshold: threshold, Unit: unit}
+	switch op {
+	case ">=":
+		g.Pass = value >= threshold
+	case "<=":
+		g.Pass = value <= threshold
+	case "<":
+		g.Pass = value < threshold
+	}
+	if math.IsNaN(value) {
+		g.Pass = false
+	}
+	return g
+}
+
+func (g goal) String() string {
+	verdict := "MISS"
+	if g.Pass {
+		verdict = "PASS"
+	}
+	op := map[string]string{">=": "≥", "<=": "≤", "<": "<"}[g.Op]
+	return fmt.Sprintf("%s  %-44s %s %s %s", verdict, g.Name, num(g.Value, 3)+g.Unit, op, num(g.Threshold, 3)+g.Unit)
+}
+
+// results is the whole run, as written to the JSON file.
+type results struct {
+	StartedAt time.Time      `json:"started_at"`
+	Seconds   float64        `json:"seconds"`
+	Host      hostInfo       `json:"host"`
+	Settings  map[string]any `json:"settings"`
+	Caddyfile string         `json:"caddyfile,omitempty"`
+
+	Closed       []summary `json:"closed,omitempty"` // saturation, closed loop
+	ClosedRatios []ratio   `json:"closed_ratios,omitempty"`
+	OpenRate     float64   `json:"open_rate,omitempty"` // req/s of the open-loop phase
+	Open         []summary `json:"open,omitempty"`
+	OpenRatios   []ratio   `json:"open_ratios,omitempty"`
+
+	Sessions       []summary `json:"sessions,omitempty"` // site B with N sessions in the store; Site is N
+	SessionsRatios []ratio   `json:"sessions_ratios,omitempty"`
+
+	Goals  []goal        `json:"goals"`
+	Rounds []roundRecord `json:"rounds"`
+	Notes  []string      `json:"notes,omitempty"`
+}
+
+type hostInfo struct {
+	CPUs       int    `json:"cpus"`
+	CPUModel   string `json:"cpu_model,omitempty"`
+	Kernel     string `json:"kernel,omitempty"`
+	GoVersion  string `json:"go_version"`
+	GenProcs   int    `json:"generator_gomaxprocs"`
+	CaddyProcs int    `json:"caddy_gomaxprocs"` // 0: Caddy's default
+	Caddy      string `json:"caddy_version"`
+}
+
+// writeJSON writes r to path, indented.
+func writeJSON(path string, r *results) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// printReport writes the human-readable tables.
+func printReport(w io.Writer, r *results, conns int) {
+	fmt.Fprintf(w, "\nSigra gate benchmark: %d CPUs (%s), %s, %s\n", r.Host.CPUs, r.Host.CPUModel, r.Host.Caddy, r.Host.GoVersion)
+	if len(r.Closed) > 0 {
+		fmt.Fprintf(w, "\nSaturation (closed loop, %d keep-alive connections; rounds interleaved A,B,C,…)\n", conns)
+		writeTable(w, siteTable(r.Closed, r.ClosedRatios, false))
+		for _, q := range r.ClosedRatios {
+			fmt.Fprintf(w, "added Caddy CPU %s: %+.1f µs per request\n", strings.Replace(q.Name, "/", "−", 1), q.AddedCPUus)
+		}
+	}
+	if len(r.Open) > 0 {
+		fmt.Fprintf(w, "\nModerate load (open loop at %s req/s, latency from the scheduled send time)\n", num(r.OpenRate, 0))
+		writeTable(w, siteTable(r.Open, r.OpenRatios, true))
+		for _, q := range r.OpenRatios {
+			fmt.Fprintf(w, "added latency %s: p50 %+.3f ms, p99 %+.3f ms (p99 per round pair from %+.3f to %+.3f ms)\n",
+				strings.Replace(q.Name, "/", "−", 1), q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs)
+		}
+	}
+	if len(r.Sessions) > 0 {
+		fmt.Fprintf(w, "\nSessions in the store (site B, closed loop, %d connections, a random session per request)\n", conns)
+		writeTable(w, siteTable(r.Sessions, r.SessionsRatios, false))
+		for _, q := range r.SessionsRatios {
+			fmt.Fprintf(w, "added Caddy CPU %s: %+.1f µs per request\n", strings.Replace(q.Name, "/", "−", 1), q.AddedCPUus)
+		}
+	}
+	if len(r.Goals) > 0 {
+		fmt.Fprintln(w, "\nTargets")
+		for _, g := range r.Goals {
+			fmt.Fprintln(w, g)
+		}
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintln(w, "note:", n)
+	}
+}
+
+// siteTable lays out one phase: a row per site, then the ratio rows.
+func siteTable(sums []summary, ratios []ratio, open bool) [][]string {
+	head := []string{"site", "", "req/s", "±%", "p50 ms", "p99 ms", "p99.9 ms", "caddy CPU µs/req", "peak RSS MB", "gen+up CPU µs/req", "noise %"}
+	if open {
+		head[3] = "late%"
+	}
+	rows := [][]string{head}
+	for _, s := range sums {
+		spread := num(s.RPSSpread, 1)
+		if open {
+			spread = num(s.LatePct, 1)
+		}
+		rows = append(rows, []string{
+			s.Site, s.Desc, num(s.RPS, 0), spread, num(s.P50ms, 3), num(s.P99ms, 3), num(s.P999ms, 3),
+			num(s.CaddyCPUus, 1), num(s.PeakRSSMB, 1), num(s.GenCPUus, 1) + "+" + num(s.UpstreamCPUs, 1), num(s.NoisePct, 1),
+		})
+	}
+	for _, q := range ratios {
+		rows = append(rows, []string{
+			q.Name, "ratio (median of round pairs)", num(q.RPS, 3), "", num(q.P50, 2), num(q.P99, 2), "",
+			num(q.CaddyCPU, 2), num(q.PeakRSS, 2), "", "",
+		})
+	}
+	return rows
+}
+
+// writeTable prints rows as columns: the first two left-aligned, the
+// others right-aligned, two spaces apart.
+func writeTable(w io.Writer, rows [][]string) {
+	var widths []int
+	for _, r := range rows {
+		for i, c := range r {
+			if i >= len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], utf8.RuneCountInString(c))
+		}
+	}
+	for _, r := range rows {
+		var b strings.Builder
+		for i, c := range r {
+			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(c))
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			if i < 2 {
+				b.WriteString(c + pad)
+			} else {
+				b.WriteString(pad + c)
+			}
+		}
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+	}
+}
+
+// num formats v with prec decimals; NaN (a missing baseline) prints as "-".
+func num(v float64, prec int) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "-"
+	}
+	return fmt.Sprintf("%.*f", prec, v)
+}
+
+// evaluate checks the targets of issue 5 against what was measured.
+func evaluate(r *results) []goal {
+	var goals []goal
+	for _, q := range r.ClosedRatios {
+		switch q.Name {
+		case "B/A":
+			goals = append(goals, newGoal("saturation throughput B/A (gate)", q.RPS, ">=", 0.95, ""))
+		case "C/A":
+			goals = append(goals, newGoal("saturation throughput C/A (gate + requirements)", q.RPS, ">=", 0.90, ""))
+		}
+	}
+	for _, q := range r.OpenRatios {
+		if q.Name == "B/A" || q.Name == "C/A" {
+			site, _, _ := strings.Cut(q.Name, "/")
+			goals = append(goals, newGoal(fmt.Sprintf("added p99 latency %s−A at %s req/s", site, num(r.OpenRate, 0)), q.AddedP99ms, "<=", 0.2, " ms"))
+		}
+	}
+	if n := len(r.SessionsRatios); n > 0 {
+		q := r.SessionsRatios[n-1]
+		most, fewest, _ := strings.Cut(q.Name, "/")
+		goals = append(goals, newGoal(fmt.Sprintf("CPU per request change, %s→%s sessions", fewest, most), 100*math.Abs(q.CaddyCPU-1), "<", 10, " %"))
+		r.Notes = append(r.Notes, fmt.Sprintf("%s→%s sessions (informational): throughput %+.1f%%, p50 %+.1f%%, p99 %+.1f%%",
+			fewest, most, 100*(q.RPS-1), 100*(q.P50-1), 100*(q.P99-1)))
+	}
+	return goals
+}

@@ -1,0 +1,138 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/sigra-auth/caddy-sigra/internal/hmacsig"
+)
+
+// TestSecureCookieBehindTrustedProxy: when the client reached a trusted
+// proxy over HTTPS, the session cookie is Secure with the __Host- prefix,
+// and only that name is read; from an untrusted client the same header
+// changes nothing.
+func TestSecureCookieBehindTrustedProxy(t *testing.T) {
+	e := &env{t: t, dir: t.TempDir(), up: newUpstream(t)}
+	e.base = "http://127.0.0.1:" + itoa(freePort(t))
+	jar, _ := newJar()
+	e.client = &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+	cf := e.caddyfile("", "sigra_gate")
+	cf = strings.Replace(cf, "\tpersist_config off\n", "\tpersist_config off\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n", 1)
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	e.addUser("sec@example.com")
+
+	// Cookies by hand: a jar would not send Secure cookies over plain HTTP.
+	e.client.Jar = nil
+	https := map[string]string{"X-Forwarded-Proto": "https"}
+	origin := strings.Replace(e.base, "http://", "https://", 1)
+	resp, page := e.get("/.sigra/login", https)
+	var anon string
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "__Host-sigra_csrf" {
+			anon = ck.Value
+			if !ck.Secure {
+				t.Error("__Host-sigra_csrf is not Secure")
+			}
+		}
+	}
+	if anon == "" {
+		t.Fatal("no __Host-sigra_csrf cookie on HTTPS")
+	}
+	resp, _ = e.postForm("/.sigra/login", map[string][]string{
+		"email": {"sec@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)},
+	}, map[string]string{"X-Forwarded-Proto": "https", "Origin": origin, "Cookie": "__Host-sigra_csrf=" + anon})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login over HTTPS: status %d; want 303", resp.StatusCode)
+	}
+	var session *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "__Host-sigra_session" {
+			session = c
+		}
+		if c.Name == "sigra_session" {
+			t.Error("the plain-HTTP cookie name was set on HTTPS")
+		}
+	}
+	if session == nil || !session.Secure || !session.HttpOnly || session.Path != "/" || session.Domain != "" {
+		t.Fatalf("session cookie %+v; want __Host-sigra_session, Secure, HttpOnly, Path=/, no Domain", session)
+	}
+	if r, _ := e.get("/x", map[string]string{"X-Forwarded-Proto": "https", "Cookie": "__Host-sigra_session=" + session.Value}); r.StatusCode != 200 {
+		t.Errorf("HTTPS request with the __Host- cookie: status %d; want 200", r.StatusCode)
+	}
+	// On HTTPS the plain name is not read (it could be planted over HTTP).
+	if r, _ := e.get("/x", map[string]string{"X-Forwarded-Proto": "https", "Cookie": "sigra_session=" + session.Value, "Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("HTTPS request with the plain cookie name: status %d; want 401", r.StatusCode)
+	}
+}
+
+// TestAuditWebhookFromCaddyfile: a webhook configured in the Caddyfile
+// receives signed rows for the actions it asked for, and no others.
+func TestAuditWebhookFromCaddyfile(t *testing.T) {
+	const secret = "a webhook secret of some length"
+	var mu sync.Mutex
+	var got []map[string]any
+	var ids []string
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := hmacsig.Verify(r.Header.Get("Sigra-Signature"), body, [][]byte{[]byte(secret)}, time.Now(), 5*time.Minute); err != nil {
+			t.Errorf("webhook signature: %v", err)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var row map[string]any
+		if err := json.Unmarshal(body, &row); err != nil {
+			t.Errorf("webhook body: %v", err)
+		}
+		mu.Lock()
+		got = append(got, row)
+		ids = append(ids, r.Header.Get("Sigra-Event-Id"))
+		mu.Unlock()
+	}))
+	defer recv.Close()
+	e := startCaddy(t, "audit {\n\t\t\twebhook "+recv.URL+" {\n\t\t\t\tsecret \""+secret+"\"\n\t\t\t\tactions auth.login.*\n\t\t\t}\n\t\t}", "sigra_gate")
+	e.addUser("hook@example.com")
+	e.login("hook@example.com", "wrong wrong wrong", "/")
+	e.mustLogin("hook@example.com")
+	_, page := e.get("/.sigra/logout", nil)
+	e.postForm("/.sigra/logout", map[string][]string{"csrf_token": {csrfFrom(t, page)}}, nil) // auth.logout: not subscribed
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // let an unwanted third delivery show up, if any
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 {
+		t.Fatalf("%d deliveries; want 2 (login failure and success): %v", len(got), got)
+	}
+	actions := map[string]bool{}
+	for i, row := range got {
+		actions[row["action"].(string)] = true
+		if ids[i] != row["id"] {
+			t.Errorf("Sigra-Event-Id %q; want the row id %v", ids[i], row["id"])
+		}
+	}
+	if !actions["auth.login.failure"] || !actions["auth.login.success"] {
+		t.Errorf("delivered actions %v; want auth.login.failure and auth.login.success", actions)
+	}
+}
