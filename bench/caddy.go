@@ -28,7 +28,27 @@ type siteConf struct {
 	// (with whatever they need in the global sigra block) to measure each
 	// requirement's cost.
 	Require []string
+	// HeaderUp adds these request headers in reverse_proxy (site H: the
+	// identity headers' bytes without the gate).
+	HeaderUp [][2]string
 }
+
+// identityLikeHeaders are the gate's identity headers with values of the
+// sizes a real signed-in request carries (the assertion about 650 bytes),
+// for site H: what carrying them costs reverse_proxy and the upstream,
+// without any of the gate's work.
+var identityLikeHeaders = [][2]string{
+	{"X-Sigra-User", siteHUser},
+	{"X-Sigra-Email", "bench@example.com"},
+	{"X-Sigra-Name", "Bench"},
+	{"X-Sigra-Groups", "bench"},
+	{"X-Sigra-Amr", "pwd,otp,mfa"},
+	{"X-Sigra-Session", strings.Repeat("s", 43)},
+	{"X-Sigra-Assertion", strings.Repeat("h", 60) + "." + strings.Repeat("c", 500) + "." + strings.Repeat("g", 86)},
+}
+
+// siteHUser is the user id site H's upstream sees.
+const siteHUser = "00000000-0000-7000-8000-00000000000h"
 
 // caddyConf is everything the generated Caddyfile depends on.
 type caddyConf struct {
@@ -62,7 +82,15 @@ func (c caddyConf) caddyfile() string {
 				b.WriteString("\t}\n")
 			}
 		}
-		fmt.Fprintf(&b, "\treverse_proxy %s\n}\n", c.Upstream)
+		if len(s.HeaderUp) == 0 {
+			fmt.Fprintf(&b, "\treverse_proxy %s\n}\n", c.Upstream)
+			continue
+		}
+		fmt.Fprintf(&b, "\treverse_proxy %s {\n", c.Upstream)
+		for _, h := range s.HeaderUp {
+			fmt.Fprintf(&b, "\t\theader_up %s %q\n", h[0], h[1])
+		}
+		b.WriteString("\t}\n}\n")
 	}
 	return b.String()
 }

@@ -72,6 +72,12 @@ func checkSite(ctx context.Context, s siteConf, token string, seed *seeded) erro
 	if err := expect("GET "+whoamiPath, true, code, body, err); err != nil {
 		return err
 	}
+	if len(s.HeaderUp) > 0 {
+		if body != siteHUser {
+			return fmt.Errorf("site %s: the upstream saw X-Sigra-User %q, want the header_up value %s", s.Name, body, siteHUser)
+		}
+		return nil
+	}
 	if !s.Gate {
 		if body != "forged-by-client" {
 			return fmt.Errorf("site %s has no gate, yet the upstream saw X-Sigra-User %q", s.Name, body)

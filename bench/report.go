@@ -428,6 +428,19 @@ func evaluate(r *results) []goal {
 			goals = append(goals, newGoal("saturation throughput C/A (gate + requirements)", q.RPS, ">=", 0.90, ""))
 		}
 	}
+	var ba, ha *ratio
+	for i := range r.ClosedRatios {
+		switch r.ClosedRatios[i].Name {
+		case "B/A":
+			ba = &r.ClosedRatios[i]
+		case "H/A":
+			ha = &r.ClosedRatios[i]
+		}
+	}
+	if ba != nil && ha != nil {
+		r.Notes = append(r.Notes, fmt.Sprintf("identity headers alone (H, no gate): H/A %.3f, %+.1f µs Caddy CPU per request; the gate's own work is B−H: %+.1f µs",
+			ha.RPS, ha.AddedCPUus, ba.AddedCPUus-ha.AddedCPUus))
+	}
 	for _, q := range r.OpenRatios {
 		if q.Name == "B/A" || q.Name == "C/A" {
 			site, _, _ := strings.Cut(q.Name, "/")

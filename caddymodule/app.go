@@ -114,7 +114,9 @@ type KeysConfig struct {
 	// key generated on first start and kept in storage.
 	SigningKey string `json:"signing_key,omitempty"`
 	// EncryptionKey is base64 of 32 bytes that encrypts secrets at rest.
-	// Default: generated into <Caddy data dir>/sigra/encryption.key.
+	// Default: generated into encryption.key next to the bbolt file (with
+	// the default storage, <Caddy data dir>/sigra/), where the CLI finds
+	// it too. Back it up apart from the database.
 	EncryptionKey string `json:"encryption_key,omitempty"`
 	// AssertionTTL is the assertion lifetime. Default 5m.
 	AssertionTTL caddy.Duration `json:"assertion_ttl,omitempty"`
