@@ -13,6 +13,26 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 )
 
+// wantParseError checks a parse result against the expected error
+// fragment ("" for none) and that an error names the file and line. It
+// reports whether an error was expected (the case is then done).
+func wantParseError(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v; want one containing %q", err, want)
+	}
+	if !strings.Contains(err.Error(), "Testfile:") {
+		t.Errorf("error %q does not name the file and line", err)
+	}
+	return true
+}
+
 func TestParseGate(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -38,17 +58,8 @@ func TestParseGate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser(tc.input)}
 			got, err := parseGate(h)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v; want one containing %q", err, tc.wantErr)
-				}
-				if !strings.Contains(err.Error(), "Testfile:") {
-					t.Errorf("error %q does not name the file and line", err)
-				}
+			if wantParseError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			gotJSON, _ := json.Marshal(got)
 			wantJSON, _ := json.Marshal(&tc.want)
@@ -124,17 +135,8 @@ func TestParseGlobal(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			v, err := parseGlobal(caddyfile.NewTestDispenser(tc.input), nil)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v; want one containing %q", err, tc.wantErr)
-				}
-				if !strings.Contains(err.Error(), "Testfile:") {
-					t.Errorf("error %q does not name the file and line", err)
-				}
+			if wantParseError(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			var a App
 			if err := json.Unmarshal(v.(httpcaddyfile.App).Value, &a); err != nil {
