@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -134,8 +136,6 @@ func TestCLIAdminOff(t *testing.T) {
 	g := newGateway(t, gatewayOptions{adminOff: true})
 	g.start()
 
-	// Nothing may listen on Caddy's default admin address for this part:
-	// see the subtest below for what happens when something does.
 	r := g.cli(eveDummyPassword+"\n", "add", "--email", "eve@example.com", "--password-stdin")
 	if r.code == 0 {
 		t.Fatalf("user add against a running Caddy with admin off succeeded\n%s", r)
@@ -144,14 +144,16 @@ func TestCLIAdminOff(t *testing.T) {
 		t.Errorf("the message does not say that %s is locked\n%s", g.db, r)
 	}
 
-	// The CLI falls back to Caddy's default admin address
-	// (localhost:2019) when the config turns the admin endpoint off, so
-	// the request (with the new user's password) goes to whatever
-	// listens there: another Caddy, or anything else. It must not.
-	t.Run("no request to the default admin address", func(t *testing.T) {
-		l, err := net.Listen("tcp", "127.0.0.1:2019")
+	// Caddy's own lookup of the admin address ignores admin.disabled: it
+	// returns admin.listen, or the default localhost:2019. A config with
+	// the endpoint off but a listen address names a port this test owns,
+	// so a CLI that trusted that lookup would send the user operation
+	// (with the new user's password) to whatever listens there. It must
+	// not send anything.
+	t.Run("no request to the configured-but-disabled admin address", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			t.Skipf("cannot listen on 127.0.0.1:2019 to stand in for another Caddy: %v", err)
+			t.Fatal(err)
 		}
 		var got atomic.Value
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -163,16 +165,29 @@ func TestCLIAdminOff(t *testing.T) {
 		go srv.Serve(l)
 		t.Cleanup(func() { srv.Close() })
 
-		r := g.cli(eveDummyPassword+"\n", "add", "--email", "eve@example.com", "--password-stdin")
-		if v := got.Load(); v != nil {
-			t.Errorf("with `admin off`, the CLI sent the user operation to the default admin address 127.0.0.1:2019 "+
-				"(another process):\n  %s", redactPassword(v.(string)))
+		// The same config as JSON, admin off but with a listen address.
+		adapted := runCaddy(t, g.home, "", "adapt", "--config", g.caddyfile, "--adapter", "caddyfile")
+		if adapted.code != 0 {
+			t.Fatalf("caddy adapt failed\n%s", adapted)
 		}
-		if r.code == 0 {
-			t.Errorf("user add reported success\n%s", r)
-			if resp, _ := g.browser().login("eve@example.com", eveDummyPassword, "/"); resp.StatusCode != http.StatusSeeOther {
-				t.Errorf("… but eve cannot sign in to the running Caddy (status %d): it was not added", resp.StatusCode)
-			}
+		var cfg map[string]any
+		if err := json.Unmarshal([]byte(adapted.stdout), &cfg); err != nil {
+			t.Fatalf("adapted config: %v\n%s", err, adapted)
+		}
+		cfg["admin"] = map[string]any{"disabled": true, "listen": l.Addr().String()}
+		js, _ := json.Marshal(cfg)
+		jsonPath := filepath.Join(g.home.dir, "config.json")
+		if err := os.WriteFile(jsonPath, js, 0o600); err != nil {
+			t.Fatal(err)
+		}
+
+		r := runCaddy(t, g.home, eveDummyPassword+"\n", "sigra", "user", "add", "--email", "eve@example.com", "--password-stdin", "--config", jsonPath)
+		if v := got.Load(); v != nil {
+			t.Errorf("with the admin endpoint disabled, the CLI sent the user operation to %s (another process):\n  %s",
+				l.Addr(), redactPassword(v.(string)))
+		}
+		if r.code == 0 || !strings.Contains(r.output(), "admin endpoint is off") {
+			t.Errorf("user add: want a non-zero exit saying the admin endpoint is off\n%s", r)
 		}
 	})
 }
