@@ -139,11 +139,13 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		m.gateDecisions.WithLabelValues("error", "not_started").Inc()
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
+	now := rt.auth.Now()
+	secure := isSecure(r)
 	var p *authcore.Principal
 	pending := false
-	if token := cookieValue(r, sessionCookieName(isSecure(r))); token != "" {
+	if token := cookieValue(r, sessionCookieName(secure)); token != "" {
 		var err error
-		p, err = rt.auth.Authenticate(ctx, token)
+		p, err = rt.auth.AuthenticateAt(ctx, token, now)
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
 			m.gateDecisions.WithLabelValues("error", "storage").Inc()
@@ -165,11 +167,10 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		}
 		return g.deny(w, r, d, start)
 	}
-	now := rt.auth.Now()
 	if d := g.check(p, now); d != nil {
 		return g.deny(w, r, d, start)
 	}
-	origin := g.origins.origin(r)
+	origin := g.origins.originFor(secure, requestHost(r))
 	aud := g.app.AssertionAudience
 	if aud == "" {
 		aud = origin

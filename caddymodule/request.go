@@ -204,7 +204,11 @@ type originEntry struct {
 
 // origin returns scheme://host for the request.
 func (c *originCache) origin(r *http.Request) string {
-	secure, host := isSecure(r), requestHost(r)
+	return c.originFor(isSecure(r), requestHost(r))
+}
+
+// originFor returns scheme://host, reusing the last string built.
+func (c *originCache) originFor(secure bool, host string) string {
 	if e := c.last.Load(); e != nil && e.secure == secure && e.host == host {
 		return e.origin
 	}
