@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -404,5 +405,30 @@ func TestGateReturnURLBehindHandlePath(t *testing.T) {
 	want := "/.sigra/login?rd=" + url.QueryEscape("/app/reports?q=1")
 	if got := resp.Header.Get("Location"); got != want {
 		t.Errorf("Location %q; want %q", got, want)
+	}
+}
+
+// The identity values share one backing array; a later handler that
+// appends to one header must not change another.
+func TestGateInjectValuesAreIndependent(t *testing.T) {
+	g := &Gate{app: &App{remoteAliases: true}}
+	p := &authcore.Principal{
+		User:      &authcore.User{ID: "u1", Email: "a@example.com", Name: "A"},
+		SessionID: "s1", GroupsCSV: "g1", AMRCSV: "pwd",
+	}
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	g.inject(r, p, "jwt")
+	want := r.Header.Clone()
+	if len(want) != 11 {
+		t.Fatalf("injected %d headers; want 11: %v", len(want), want)
+	}
+	for k := range want {
+		r.Header.Add(k, "appended")
+		for k2, v2 := range want {
+			if k2 != k && r.Header.Get(k2) != v2[0] {
+				t.Fatalf("appending to %s changed %s to %q", k, k2, r.Header.Get(k2))
+			}
+		}
+		r.Header[k] = want[k]
 	}
 }
