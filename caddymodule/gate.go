@@ -143,7 +143,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	secure := isSecure(r)
 	var p *authcore.Principal
 	pending := false
-	if token := cookieValue(r, sessionCookieName(secure)); token != "" {
+	if token := takeOwnCookies(r, secure).session; token != "" {
 		var err error
 		p, err = rt.auth.AuthenticateAt(ctx, token, now)
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {

@@ -74,6 +74,7 @@ type preq struct {
 	r      *http.Request
 	rt     *runtime
 	p      *Portal
+	own    *ownCookies // the gateway's cookies, no longer in r.Header
 	origin string
 	secure bool
 	nonce  string
@@ -82,6 +83,8 @@ type preq struct {
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	stripIdentity(r, p.app.remoteAliases)
+	secure := isSecure(r)
+	own := takeOwnCookies(r, secure)
 	prefix := p.app.Prefix
 	sub, ok := strings.CutPrefix(r.URL.Path, prefix)
 	if !ok || (sub != "" && sub[0] != '/') {
@@ -91,7 +94,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if rt == nil {
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
-	q := &preq{w: w, r: r, rt: rt, p: p, origin: p.origins.origin(r), secure: isSecure(r), nonce: newNonce()}
+	q := &preq{w: w, r: r, rt: rt, p: p, own: own, origin: p.origins.origin(r), secure: secure, nonce: newNonce()}
 	setPageHeaders(w.Header(), q.nonce, p.formTargets)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
@@ -179,7 +182,7 @@ func (q *preq) rd() string {
 // session returns the signed-in (or pending) principal of the request, or
 // nil. Storage errors are returned.
 func (q *preq) session() (*authcore.Principal, error) {
-	token := cookieValue(q.r, sessionCookieName(q.secure))
+	token := q.own.session
 	if token == "" {
 		return nil, nil
 	}
@@ -193,7 +196,7 @@ func (q *preq) session() (*authcore.Principal, error) {
 // anonBinding returns the pre-session CSRF binding, setting the cookie
 // that carries it when absent.
 func (q *preq) anonBinding() string {
-	v := cookieValue(q.r, csrfCookieName(q.secure))
+	v := q.own.csrf
 	if len(v) < 16 || len(v) > 64 {
 		_, id := authcore.NewToken()
 		v = id.String()
@@ -222,7 +225,7 @@ func (q *preq) loginPage() error {
 }
 
 func (q *preq) loginSubmit() error {
-	binding := "a:" + cookieValue(q.r, csrfCookieName(q.secure))
+	binding := "a:" + q.own.csrf
 	email := q.r.PostFormValue("email")
 	rerender := func(status int, msg string) error {
 		return q.page(status, "login", pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd(), Error: msg, Email: email})

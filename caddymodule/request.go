@@ -138,6 +138,104 @@ func (b *trailerScrubber) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// varOwnCookies is the Caddy var that holds the gateway's own cookies of a
+// request once the first sigra handler has taken them out of its headers.
+const varOwnCookies = "sigra.own_cookies"
+
+// ownCookies are the values of the gateway's cookies in one request. The
+// first sigra handler to see a request moves them here from the Cookie
+// header, so the upstream never receives a session it could replay or
+// write to its logs (Pomerium does the same), while a portal or gate later
+// in the same request still reads them. They live in Caddy's vars, which
+// placeholders and log fields can reach, so they never print themselves.
+type ownCookies struct {
+	session, csrf string
+}
+
+func (*ownCookies) String() string { return "[redacted]" }
+
+// MarshalText keeps encoders (JSON, zap) from printing the values.
+func (*ownCookies) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
+// takeOwnCookies returns the request's own cookies, taking them out of its
+// Cookie header on the first call.
+func takeOwnCookies(r *http.Request, secure bool) *ownCookies {
+	ctx := r.Context()
+	if c, ok := caddyhttp.GetVar(ctx, varOwnCookies).(*ownCookies); ok {
+		return c
+	}
+	c := &ownCookies{
+		session: cookieValue(r, sessionCookieName(secure)),
+		csrf:    cookieValue(r, csrfCookieName(secure)),
+	}
+	stripOwnCookies(r.Header)
+	caddyhttp.SetVar(ctx, varOwnCookies, c)
+	return c
+}
+
+// isOwnCookie reports whether a cookie name is one of the gateway's, in
+// either form (with __Host- on HTTPS, without on plain HTTP).
+func isOwnCookie(name string) bool {
+	name = strings.TrimPrefix(strings.TrimSpace(name), "__Host-")
+	return name == "sigra_session" || name == "sigra_csrf"
+}
+
+// stripOwnCookies removes the gateway's cookies from every Cookie header
+// line and keeps the others as the client sent them; a line left empty
+// goes, and so does the header when no line is left. It allocates only
+// when a line mixes ours with the application's.
+func stripOwnCookies(h http.Header) {
+	lines := h["Cookie"]
+	for i, line := range lines {
+		clean := withoutOwnCookies(line)
+		if clean == line {
+			continue
+		}
+		keep := append(make([]string, 0, len(lines)), lines[:i]...)
+		for _, l := range append([]string{clean}, lines[i+1:]...) {
+			if l = withoutOwnCookies(l); l != "" {
+				keep = append(keep, l)
+			}
+		}
+		if len(keep) == 0 {
+			delete(h, "Cookie")
+		} else {
+			h["Cookie"] = keep
+		}
+		return
+	}
+}
+
+// withoutOwnCookies returns a Cookie header line without the gateway's
+// cookies: the line itself when it has none of them.
+func withoutOwnCookies(line string) string {
+	own := false
+	for rest := line; rest != "" && !own; {
+		var part string
+		part, rest, _ = strings.Cut(rest, ";")
+		name, _, _ := strings.Cut(part, "=")
+		own = isOwnCookie(name)
+	}
+	if !own {
+		return line
+	}
+	var b strings.Builder
+	for rest := line; rest != ""; {
+		var part string
+		part, rest, _ = strings.Cut(rest, ";")
+		part = strings.TrimSpace(part)
+		name, _, _ := strings.Cut(part, "=")
+		if part == "" || isOwnCookie(name) {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(part)
+	}
+	return b.String()
+}
+
 // cookieValue finds a cookie without parsing all cookies (no allocation).
 func cookieValue(r *http.Request, name string) string {
 	for _, line := range r.Header["Cookie"] {
