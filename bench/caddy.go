@@ -19,7 +19,7 @@ import (
 
 // siteConf is one site block of the generated Caddyfile.
 type siteConf struct {
-	Name string // "A", "B", "C"
+	Name string // "A", "B", "C", "H", "A2"
 	Port int
 	// Gate puts sigra_portal and sigra_gate in front of reverse_proxy.
 	Gate bool
@@ -45,6 +45,8 @@ var identityLikeHeaders = [][2]string{
 	{"X-Sigra-Amr", "pwd,otp,mfa"},
 	{"X-Sigra-Session", strings.Repeat("s", 43)},
 	{"X-Sigra-Assertion", strings.Repeat("h", 60) + "." + strings.Repeat("c", 500) + "." + strings.Repeat("g", 86)},
+	// The gate keeps its session cookie from the upstream; so does H.
+	{"-Cookie", ""},
 }
 
 // siteHUser is the user id site H's upstream sees.
@@ -88,6 +90,10 @@ func (c caddyConf) caddyfile() string {
 		}
 		fmt.Fprintf(&b, "\treverse_proxy %s {\n", c.Upstream)
 		for _, h := range s.HeaderUp {
+			if strings.HasPrefix(h[0], "-") {
+				fmt.Fprintf(&b, "\t\theader_up %s\n", h[0])
+				continue
+			}
 			fmt.Fprintf(&b, "\t\theader_up %s %q\n", h[0], h[1])
 		}
 		b.WriteString("\t}\n}\n")

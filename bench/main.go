@@ -68,7 +68,7 @@ func main() {
 	var cfg config
 	upstreamServe := flag.String("upstream-serve", "", "internal: serve as the upstream on this address")
 	flag.StringVar(&cfg.caddy, "caddy", "./caddy", "path of the Caddy binary built by make caddy")
-	flag.StringVar(&cfg.sites, "sites", "A,B,C,H", "sites to measure, comma-separated; A (plain reverse_proxy) is the baseline of the ratios; H is A plus identity-sized headers, no gate; empty for none")
+	flag.StringVar(&cfg.sites, "sites", "A,B,C,H,A2", "sites to measure, comma-separated; A (plain reverse_proxy) is the baseline of the ratios; H is A plus identity-sized headers, no gate; A2 is A again, the control that shows this machine's noise; empty for none")
 	flag.StringVar(&cfg.require, "require", "mfa", "site C's gate requirements, ';'-separated lines of the sigra_gate block (e.g. \"mfa;group bench\")")
 	flag.IntVar(&cfg.conns, "conns", 16, "keep-alive connections (one worker each); Caddy keeps 32 idle upstream connections, so stay at or below 32")
 	flag.IntVar(&cfg.rounds, "rounds", 10, "closed-loop (saturation) rounds per site; 0 skips the phase")
@@ -276,10 +276,10 @@ func parseSites(list, require string) ([]siteConf, error) {
 		f = strings.ToUpper(strings.TrimSpace(f))
 		switch f {
 		case "":
-		case "A", "B", "C", "H":
+		case "A", "B", "C", "H", "A2":
 			want[f] = true
 		default:
-			return nil, fmt.Errorf("-sites: unknown site %q (A, B, C or H)", f)
+			return nil, fmt.Errorf("-sites: unknown site %q (A, B, C, H or A2)", f)
 		}
 	}
 	var req []string
@@ -292,7 +292,7 @@ func parseSites(list, require string) ([]siteConf, error) {
 		return nil, errors.New("-require: site C needs at least one requirement (or it is site B)")
 	}
 	var sites []siteConf
-	for _, s := range []siteConf{{Name: "A"}, {Name: "B", Gate: true}, {Name: "C", Gate: true, Require: req}, {Name: "H", HeaderUp: identityLikeHeaders}} {
+	for _, s := range []siteConf{{Name: "A"}, {Name: "B", Gate: true}, {Name: "C", Gate: true, Require: req}, {Name: "H", HeaderUp: identityLikeHeaders}, {Name: "A2"}} {
 		if want[s.Name] {
 			sites = append(sites, s)
 		}
@@ -302,6 +302,8 @@ func parseSites(list, require string) ([]siteConf, error) {
 
 func describe(s siteConf) string {
 	switch {
+	case s.Name == "A2":
+		return "reverse_proxy (A again)"
 	case len(s.HeaderUp) > 0:
 		return "reverse_proxy + identity headers"
 	case !s.Gate:

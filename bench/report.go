@@ -441,6 +441,18 @@ func evaluate(r *results) []goal {
 		r.Notes = append(r.Notes, fmt.Sprintf("identity headers alone (H, no gate): H/A %.3f, %+.1f µs Caddy CPU per request; the gate's own work is B−H: %+.1f µs",
 			ha.RPS, ha.AddedCPUus, ba.AddedCPUus-ha.AddedCPUus))
 	}
+	// A2 is A again: whatever separates it from A is the machine, and a
+	// difference of that size between A and B says nothing about the gate.
+	for _, q := range r.ClosedRatios {
+		if q.Name == "A2/A" {
+			r.Notes = append(r.Notes, fmt.Sprintf("control A2 (A again) at saturation: A2/A %.3f, %+.1f µs Caddy CPU per request: this machine's noise", q.RPS, q.AddedCPUus))
+		}
+	}
+	for _, q := range r.OpenRatios {
+		if q.Name == "A2/A" {
+			r.Notes = append(r.Notes, fmt.Sprintf("control A2 (A again) at %s req/s: added p99 %+.3f ms (per round pair %+.3f to %+.3f ms): this machine's noise", num(r.OpenRate, 0), q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs))
+		}
+	}
 	for _, q := range r.OpenRatios {
 		if q.Name == "B/A" || q.Name == "C/A" {
 			site, _, _ := strings.Cut(q.Name, "/")

@@ -142,6 +142,25 @@ func TestCaddyfile(t *testing.T) {
 	if strings.Contains(plain, "sigra") {
 		t.Errorf("a plain config mentions sigra:\n%s", plain)
 	}
+	// H carries the identity headers and, like the gate, drops the
+	// session cookie; A2 is A again.
+	sites, err = parseSites("A,H,A2", "mfa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range sites {
+		sites[i].Port = 9101 + i
+	}
+	got = caddyConf{AdminPort: 9100, Upstream: "u", Sites: sites}.caddyfile()
+	for _, want := range []string{
+		"		header_up X-Sigra-User \"" + siteHUser + "\"\n",
+		"		header_up -Cookie\n",
+		"http://127.0.0.1:9103 {\n\treverse_proxy u\n}\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Caddyfile lacks %q:\n%s", want, got)
+		}
+	}
 	if _, err := parseSites("A,D", "mfa"); err == nil {
 		t.Error("-sites A,D: got no error")
 	}
@@ -163,6 +182,25 @@ func TestParseCounts(t *testing.T) {
 	for n, want := range map[int]string{1000: "1k", 100000: "100k", 1000000: "1M", 1500: "1500", 2500000: "2500k"} {
 		if got := humanCount(n); got != want {
 			t.Errorf("humanCount(%d) = %q; want %q", n, got, want)
+		}
+	}
+}
+
+// The control A2 is reported as the noise floor, not as a target.
+func TestEvaluateControl(t *testing.T) {
+	r := &results{
+		ClosedRatios: []ratio{{Name: "A2/A", RPS: 0.97, AddedCPUus: 2}},
+		OpenRatios:   []ratio{{Name: "A2/A", AddedP99ms: 0.3, AddedP99MinMs: -1, AddedP99MaxMs: 2}},
+		OpenRate:     1800,
+	}
+	goals := evaluate(r)
+	if len(goals) != 0 {
+		t.Errorf("the control produced targets: %v", goals)
+	}
+	notes := strings.Join(r.Notes, "\n")
+	for _, want := range []string{"A2/A 0.970", "added p99 +0.300 ms (per round pair -1.000 to +2.000 ms)"} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
 		}
 	}
 }
