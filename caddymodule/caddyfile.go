@@ -392,6 +392,22 @@ func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 				return nil, h.ArgErr()
 			}
 			g.Groups = append(g.Groups, groups...)
+		case "assertion":
+			// Not a requirement: what passing requests carry upstream.
+			if !h.NextArg() {
+				return nil, h.ArgErr()
+			}
+			switch h.Val() {
+			case "off":
+				g.OmitAssertion = true
+			case "on":
+				g.OmitAssertion = false
+			default:
+				return nil, h.Errf("assertion: want on or off, not %q", h.Val())
+			}
+			if h.NextArg() {
+				return nil, h.ArgErr()
+			}
 		default:
 			if laterGate[req] {
 				return nil, h.Errf("sigra_gate: %q is not available in this build yet", req)

@@ -53,6 +53,12 @@ func TestParseGate(t *testing.T) {
 		{"group without names", "sigra_gate {\n group\n}", Gate{}, "wrong argument count"},
 		{"inline argument", "sigra_gate optional", Gate{}, "requirements go in a block"},
 		{"optional with requirements", "sigra_gate {\n optional\n mfa\n}", Gate{}, "optional cannot be combined"},
+		{"assertion off", "sigra_gate {\n assertion off\n}", Gate{OmitAssertion: true}, ""},
+		{"assertion on", "sigra_gate {\n assertion on\n}", Gate{}, ""},
+		{"optional without assertion", "sigra_gate {\n optional\n assertion off\n}", Gate{Optional: true, OmitAssertion: true}, ""},
+		{"assertion bad value", "sigra_gate {\n assertion maybe\n}", Gate{}, `want on or off, not "maybe"`},
+		{"assertion without value", "sigra_gate {\n assertion\n}", Gate{}, "wrong argument count"},
+		{"assertion extra value", "sigra_gate {\n assertion off now\n}", Gate{}, "wrong argument count"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

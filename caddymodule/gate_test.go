@@ -432,3 +432,34 @@ func TestGateInjectValuesAreIndependent(t *testing.T) {
 		r.Header[k] = want[k]
 	}
 }
+
+// `assertion off` leaves the JWT out on its routes (a forged one is still
+// removed) and changes nothing else; other routes keep it.
+func TestGateAssertionOff(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate
+	sigra_gate /assets/* {
+		assertion off
+	}`)
+	u := e.addUser("erin@example.com", "staff")
+	e.mustLogin("erin@example.com")
+
+	e.get("/assets/app.css", map[string]string{hdrAssertion: "forged.jwt.value"})
+	h, _ := e.up.last()
+	if v, ok := h[hdrAssertion]; ok {
+		t.Errorf("X-Sigra-Assertion %q reached the app on an assertion-off route", v)
+	}
+	if h.Get(hdrUser) != u.ID || h.Get(hdrEmail) != "erin@example.com" || h.Get(hdrGroups) != "staff" || h.Get(hdrSession) == "" {
+		t.Errorf("identity headers %v; want the user's, without the assertion only", h)
+	}
+
+	e.get("/reports", nil)
+	h, _ = e.up.last()
+	verifyAssertion(t, e, h.Get(hdrAssertion))
+
+	// Still a gate: no session, no entry.
+	e.client.Jar, _ = newJar()
+	if resp, _ := e.get("/assets/app.css", map[string]string{"Accept": "application/json"}); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("anonymous request on an assertion-off route: status %d; want 401", resp.StatusCode)
+	}
+}

@@ -181,6 +181,7 @@ http://127.0.0.1:9 {
 		{"mfa bad max_age", fmt.Sprintf(tmpl, "", "mfa max_age soon"), gateLine, `max_age: invalid duration "soon"`},
 		{"group without names", fmt.Sprintf(tmpl, "", "group"), gateLine, "group"},
 		{"optional with group", fmt.Sprintf(tmpl, "", "optional\n\t\tgroup admins"), gateLine + 2, "optional"},
+		{"assertion maybe", fmt.Sprintf(tmpl, "", "assertion maybe"), gateLine, `want on or off, not "maybe"`},
 		{"rule not in this build", fmt.Sprintf(tmpl, "", "rule `\"admins\" in user.groups`"), gateLine, "not available in this build"},
 		{"sigra_portal with a block", "{\n\tadmin off\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal {\n\t\tprefix /auth\n\t}\n\trespond ok\n}\n", 6, "global sigra block"},
 	}
