@@ -10,8 +10,11 @@ import (
 // or "/\x"), or an absolute http(s) URL whose host is host or one of
 // allowedHosts (compared case-insensitively, port included). Anything
 // with control characters, whitespace or backslashes is refused, because
-// browsers repair such URLs into other origins.
-func CleanRedirect(rd, host string, allowedHosts []string) string {
+// browsers repair such URLs into other origins. On a site served over
+// HTTPS (secure) an http:// target is refused too: following it would
+// send the user, and whatever the target reads from the URL, over
+// plaintext.
+func CleanRedirect(rd, host string, secure bool, allowedHosts []string) string {
 	if rd == "" || len(rd) > 2048 {
 		return "/"
 	}
@@ -30,7 +33,8 @@ func CleanRedirect(rd, host string, allowedHosts []string) string {
 		}
 		return rd
 	}
-	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "https" && (scheme != "http" || secure) || u.Host == "" {
 		return "/"
 	}
 	if strings.EqualFold(u.Host, host) {

@@ -13,10 +13,11 @@ func TestCleanRedirect(t *testing.T) {
 	longPath := "/" + strings.Repeat("a", 2047) // 2048 bytes, the longest kept
 
 	tests := []struct {
-		name string
-		rd   string
-		host string // default host
-		want string // "" means rd itself (kept verbatim)
+		name   string
+		rd     string
+		host   string // default host
+		secure bool   // the site is served over HTTPS
+		want   string // "" means rd itself (kept verbatim)
 	}{
 		// Safe targets are kept exactly as given.
 		{name: "root", rd: "/"},
@@ -87,6 +88,14 @@ func TestCleanRedirect(t *testing.T) {
 		{name: "scheme and no host", rd: "https:///evil.com", want: "/"},
 		{name: "mailto:", rd: "mailto:a@evil.com", want: "/"},
 		{name: "unparsable", rd: "https://app.example.com/%zz", want: "/"},
+
+		// On an HTTPS site, never down to plaintext.
+		{name: "https site, same host https", rd: "https://app.example.com/x", secure: true},
+		{name: "https site, allowed host https", rd: "https://docs.example.com/guide", secure: true},
+		{name: "https site, local path", rd: "/x", secure: true},
+		{name: "https site, same host http", rd: "http://app.example.com/x", secure: true, want: "/"},
+		{name: "https site, same host HTTP", rd: "HTTP://app.example.com/x", secure: true, want: "/"},
+		{name: "https site, allowed host http", rd: "http://docs.example.com/guide", secure: true, want: "/"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,21 +107,21 @@ func TestCleanRedirect(t *testing.T) {
 			if want == "" {
 				want = tt.rd
 			}
-			if got := CleanRedirect(tt.rd, h, allowed); got != want {
-				t.Errorf("CleanRedirect(%q, %q) = %q; want %q", tt.rd, h, got, want)
+			if got := CleanRedirect(tt.rd, h, tt.secure, allowed); got != want {
+				t.Errorf("CleanRedirect(%q, %q, secure %v) = %q; want %q", tt.rd, h, tt.secure, got, want)
 			}
 		})
 	}
 }
 
 func TestCleanRedirectWithoutAllowedHosts(t *testing.T) {
-	if got := CleanRedirect("https://docs.example.com/", "app.example.com", nil); got != "/" {
+	if got := CleanRedirect("https://docs.example.com/", "app.example.com", false, nil); got != "/" {
 		t.Errorf("CleanRedirect to another host with no allowed hosts = %q; want %q", got, "/")
 	}
-	if got := CleanRedirect("https://docs.example.com/", "", nil); got != "/" {
+	if got := CleanRedirect("https://docs.example.com/", "", false, nil); got != "/" {
 		t.Errorf("CleanRedirect with an empty site host = %q; want %q", got, "/")
 	}
-	if got := CleanRedirect("https:///x", "", nil); got != "/" {
+	if got := CleanRedirect("https:///x", "", false, nil); got != "/" {
 		t.Errorf("CleanRedirect of an empty host to an empty site host = %q; want %q", got, "/")
 	}
 }

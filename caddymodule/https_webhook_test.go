@@ -53,9 +53,13 @@ func TestSecureCookieBehindTrustedProxy(t *testing.T) {
 	}
 	resp, _ = e.postForm("/.sigra/login", map[string][]string{
 		"email": {"sec@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)},
+		"rd": {e.base + "/x"}, // plaintext back to our own host
 	}, map[string]string{"X-Forwarded-Proto": "https", "Origin": origin, "Cookie": "__Host-sigra_csrf=" + anon})
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("login over HTTPS: status %d; want 303", resp.StatusCode)
+	}
+	if loc := resp.Header.Get("Location"); loc != "/" {
+		t.Errorf("login over HTTPS with an http:// rd went to %q; want / (no downgrade)", loc)
 	}
 	var session *http.Cookie
 	for _, c := range resp.Cookies() {

@@ -176,7 +176,7 @@ func (q *preq) ctx() context.Context { return q.r.Context() }
 
 // rd returns the safe return URL from the request (query or form).
 func (q *preq) rd() string {
-	return authcore.CleanRedirect(q.r.FormValue("rd"), requestHost(q.r), q.p.app.AllowedRedirectHosts)
+	return authcore.CleanRedirect(q.r.FormValue("rd"), requestHost(q.r), q.secure, q.p.app.AllowedRedirectHosts)
 }
 
 // session returns the signed-in (or pending) principal of the request, or
