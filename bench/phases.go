@@ -107,11 +107,28 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 		}
 		b.res.OpenRate = rate
 		spec := roundSpec{Conns: b.cfg.conns, Duration: b.cfg.openDuration, Rate: rate}
+		var before gateHist
+		if conf.needsSigra() {
+			if before, err = scrapeGateHist(ctx, caddy.admin); err != nil {
+				return fmt.Errorf("reading the gate's own latency: %w", err)
+			}
+		}
 		accs, err := b.rounds(ctx, "open", caddy.PID, sites, targets, spec, b.cfg.openRounds)
 		if err != nil {
 			return err
 		}
 		b.res.Open, b.res.OpenRatios = phaseResults(accs)
+		if conf.needsSigra() {
+			after, err := scrapeGateHist(ctx, caddy.admin)
+			if err != nil {
+				return fmt.Errorf("reading the gate's own latency: %w", err)
+			}
+			g, err := after.since(before)
+			if err != nil {
+				return err
+			}
+			b.res.OpenGate = &g
+		}
 		for _, s := range b.res.Open {
 			if s.LatePct > 1 {
 				b.res.Notes = append(b.res.Notes, fmt.Sprintf("open loop: %.1f%% of site %s's requests were sent late: %s req/s is not a moderate load for it (lower -rate)", s.LatePct, s.Site, num(rate, 0)))

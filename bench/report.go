@@ -290,6 +290,9 @@ type results struct {
 	OpenRate     float64   `json:"open_rate,omitempty"` // req/s of the open-loop phase
 	Open         []summary `json:"open,omitempty"`
 	OpenRatios   []ratio   `json:"open_ratios,omitempty"`
+	// OpenGate is the gates' own time during the open loop, from their
+	// sigra_gate_duration_seconds histogram (sites B and C together).
+	OpenGate *gateLatency `json:"open_gate,omitempty"`
 
 	Sessions       []summary `json:"sessions,omitempty"` // site B with N sessions in the store; Site is N
 	SessionsRatios []ratio   `json:"sessions_ratios,omitempty"`
@@ -334,6 +337,10 @@ func printReport(w io.Writer, r *results, conns int) {
 		for _, q := range r.OpenRatios {
 			fmt.Fprintf(w, "added latency %s: p50 %+.3f ms, p99 %+.3f ms (p99 per round pair from %+.3f to %+.3f ms)\n",
 				strings.Replace(q.Name, "/", "−", 1), q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs)
+		}
+		if g := r.OpenGate; g != nil && g.Decisions > 0 {
+			fmt.Fprintf(w, "the gates' own time inside Caddy (%s, %s decisions): mean %.1f µs, p50 ≤ %s µs, p99 ≤ %s µs\n",
+				gateHistName, num(g.Decisions, 0), g.MeanUs, num(g.P50MaxUs, 1), num(g.P99MaxUs, 1))
 		}
 	}
 	if len(r.Sessions) > 0 {
