@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,13 +139,29 @@ func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
 	return s.l.wakeAt(next), false
 }
 
-// DeliverDue makes one delivery pass now: it attempts up to 64 deliveries
-// that are due on the Log's clock, records each outcome, and returns how
-// many it attempted. The background sender started by Start calls it in a
-// loop; the CLI and tests may call it directly (alongside a running
-// sender, a delivery may then be attempted twice: delivery is at least
-// once either way).
+// DeliverDue makes one delivery pass now: it takes up to 64 deliveries
+// that are due on the Log's clock, attempts them, records each outcome,
+// and returns how many it took. The background sender started by Start
+// calls it in a loop; the CLI and tests may call it directly (alongside a
+// running sender, a delivery may then be attempted twice: delivery is at
+// least once either way).
+//
+// Each webhook is a lane of its own: its deliveries are attempted in
+// order beside the other webhooks', the first alone as a probe, then up
+// to Concurrency at once. Once one attempt to a webhook fails, its
+// deliveries not yet started are deferred, unattempted, to that
+// failure's retry time: a receiver that is down or hangs gets one probe
+// per backoff step instead of a pass full of timeouts, and holds the
+// other webhooks up by at most one timeout per step. The delivery with
+// the most attempts goes first, so the same one keeps probing and its
+// backoff keeps growing.
 func (l *Log) DeliverDue(ctx context.Context) (int, error) { return l.sender.deliverDue(ctx) }
+
+// lane is one webhook's share of a pass.
+type lane struct {
+	items  []int // indexes into the pass's deliveries, in attempt order
+	failed atomic.Bool
+}
 
 func (s *sender) deliverDue(ctx context.Context) (int, error) {
 	now := s.l.clk.Now()
@@ -152,21 +169,26 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("reading due deliveries: %w", err)
 	}
+	var lanes []*lane
+	byHook := map[string]*lane{}
+	for i, d := range ds {
+		ln := byHook[d.HookID]
+		if ln == nil {
+			ln = new(lane)
+			byHook[d.HookID] = ln
+			lanes = append(lanes, ln)
+		}
+		ln.items = append(ln.items, i)
+	}
 	results := make([]error, len(ds))
-	sem := make(chan struct{}, s.opts.Concurrency)
+	started := make([]bool, len(ds))
 	var wg sync.WaitGroup
-	for i := range ds {
-		sem <- struct{}{}
+	for _, ln := range lanes {
+		slices.SortStableFunc(ln.items, func(a, b int) int { return ds[b].Attempts - ds[a].Attempts })
 		wg.Add(1)
 		go func() {
-			defer func() {
-				if p := recover(); p != nil {
-					results[i] = fmt.Errorf("panic: %v", p)
-				}
-				<-sem
-				wg.Done()
-			}()
-			results[i] = s.attempt(ctx, ds[i])
+			defer wg.Done()
+			s.runLane(ctx, ds, ln, results, started)
 		}()
 	}
 	wg.Wait()
@@ -176,12 +198,72 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 		return 0, ctx.Err()
 	}
 	var errs []error
-	for i, d := range ds {
-		if err := s.settle(ctx, d, results[i]); err != nil {
-			errs = append(errs, err)
+	for _, ln := range lanes {
+		// Deferred deliveries follow the lane's failure; if that one was
+		// given up, they come back after the shortest backoff.
+		retryAt := now.Add(s.opts.MinBackoff)
+		deferred := 0
+		for _, i := range ln.items {
+			if !started[i] {
+				if err := s.l.st.AuditDeliveryRetry(ctx, ds[i], retryAt); err != nil {
+					errs = append(errs, fmt.Errorf("deferring %s for %s: %w", ds[i].RowID, ds[i].HookID, err))
+				}
+				deferred++
+				continue
+			}
+			next, err := s.settle(ctx, ds[i], results[i])
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if !next.IsZero() {
+				retryAt = next
+			}
+		}
+		if deferred > 0 {
+			h := ds[ln.items[0]].HookID
+			s.l.errLog.Warn("audit webhook deliveries deferred after a failure", "hook_id", h,
+				"url", s.hookURL(h), "deferred", deferred, "retry_at", retryAt)
 		}
 	}
 	return len(ds), errors.Join(errs...)
+}
+
+// runLane attempts a webhook's deliveries in order and starts no more
+// once one has failed. The first goes alone, as a probe; after it
+// succeeds, up to Concurrency run at once.
+func (s *sender) runLane(ctx context.Context, ds []Delivery, ln *lane, results []error, started []bool) {
+	try := func(i int) {
+		defer func() {
+			if p := recover(); p != nil {
+				results[i] = fmt.Errorf("panic: %v", p)
+			}
+			if results[i] != nil && !errors.Is(results[i], errRowGone) {
+				ln.failed.Store(true)
+			}
+		}()
+		results[i] = s.attempt(ctx, ds[i])
+	}
+	started[ln.items[0]] = true
+	try(ln.items[0])
+	sem := make(chan struct{}, s.opts.Concurrency)
+	var wg sync.WaitGroup
+	for _, i := range ln.items[1:] {
+		sem <- struct{}{}
+		if ln.failed.Load() || ctx.Err() != nil {
+			<-sem
+			break
+		}
+		started[i] = true
+		wg.Add(1)
+		go func() {
+			defer func() {
+				<-sem
+				wg.Done()
+			}()
+			try(i)
+		}()
+	}
+	wg.Wait()
 }
 
 // attempt POSTs the row to the webhook once.
@@ -219,21 +301,22 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	return nil
 }
 
-// settle records the outcome of an attempt in the outbox.
-func (s *sender) settle(ctx context.Context, d Delivery, res error) error {
+// settle records the outcome of an attempt in the outbox and returns the
+// retry time it set, if it set one.
+func (s *sender) settle(ctx context.Context, d Delivery, res error) (time.Time, error) {
 	switch {
 	case res == nil:
 		s.delivered.Add(1)
 		if err := s.l.st.AuditDeliveryDone(ctx, d); err != nil {
-			return fmt.Errorf("marking %s for %s delivered: %w", d.RowID, d.HookID, err)
+			return time.Time{}, fmt.Errorf("marking %s for %s delivered: %w", d.RowID, d.HookID, err)
 		}
-		return nil
+		return time.Time{}, nil
 	case errors.Is(res, errRowGone):
 		s.l.errLog.Warn("audit webhook delivery dropped: row pruned", "row_id", d.RowID, "hook_id", d.HookID)
 		if err := s.l.st.AuditDeliveryDone(ctx, d); err != nil {
-			return fmt.Errorf("dropping %s for %s: %w", d.RowID, d.HookID, err)
+			return time.Time{}, fmt.Errorf("dropping %s for %s: %w", d.RowID, d.HookID, err)
 		}
-		return nil
+		return time.Time{}, nil
 	}
 	s.failures.Add(1)
 	now := s.l.clk.Now()
@@ -244,17 +327,17 @@ func (s *sender) settle(ctx context.Context, d Delivery, res error) error {
 		s.l.errLog.Error("audit webhook delivery dead", "row_id", d.RowID, "hook_id", d.HookID,
 			"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError)
 		if err := s.l.st.AuditDeliveryDead(ctx, d); err != nil {
-			return fmt.Errorf("marking %s for %s dead: %w", d.RowID, d.HookID, err)
+			return time.Time{}, fmt.Errorf("marking %s for %s dead: %w", d.RowID, d.HookID, err)
 		}
-		return nil
+		return time.Time{}, nil
 	}
 	next := now.Add(s.backoff(d.Attempts))
 	s.l.errLog.Warn("audit webhook delivery failed", "row_id", d.RowID, "hook_id", d.HookID,
 		"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError, "retry_at", next)
 	if err := s.l.st.AuditDeliveryRetry(ctx, d, next); err != nil {
-		return fmt.Errorf("rescheduling %s for %s: %w", d.RowID, d.HookID, err)
+		return time.Time{}, fmt.Errorf("rescheduling %s for %s: %w", d.RowID, d.HookID, err)
 	}
-	return nil
+	return next, nil
 }
 
 // backoff is the delay after the n-th failed attempt: MinBackoff doubled

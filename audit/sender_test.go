@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -241,5 +243,136 @@ func TestBackoffBounds(t *testing.T) {
 				t.Fatalf("backoff(%d) = %v; want within [%v, %v]", n, d, ceiling/2, ceiling)
 			}
 		}
+	}
+}
+
+// hitLog is a receiver that records the event id of every request and
+// answers with status(), after delay().
+type hitLog struct {
+	*httptest.Server
+	mu     sync.Mutex
+	ids    []string
+	status int
+	delay  time.Duration
+}
+
+func newHitLog(t *testing.T) *hitLog {
+	h := &hitLog{status: http.StatusOK}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		h.ids = append(h.ids, r.Header.Get(EventIDHeader))
+		status, delay := h.status, h.delay
+		h.mu.Unlock()
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+func (h *hitLog) set(status int, delay time.Duration) {
+	h.mu.Lock()
+	h.status, h.delay = status, delay
+	h.mu.Unlock()
+}
+
+func (h *hitLog) hits() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.ids)
+}
+
+// A webhook that is down gets one probe per pass, always the same
+// delivery, with a growing backoff; the other webhook's deliveries all go
+// out in the same pass; nothing is lost once the receiver is back.
+func TestWebhookLanesProbeADownReceiver(t *testing.T) {
+	ft := newFakeTime()
+	down, up := newHitLog(t), newHitLog(t)
+	down.set(http.StatusServiceUnavailable, 0)
+	st := newMemStore()
+	opts := DeliveryOptions{MinBackoff: time.Second, MaxBackoff: time.Minute, Concurrency: 4}
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(down.URL), hookTo(up.URL)}, Delivery: opts})
+	ctx := context.Background()
+	const rows = 10
+	for range rows {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+
+	if n, err := l.DeliverDue(ctx); err != nil || n != 2*rows {
+		t.Fatalf("pass 1: DeliverDue = %d, %v; want %d taken", n, err, 2*rows)
+	}
+	if got := len(up.hits()); got != rows {
+		t.Fatalf("pass 1: the healthy webhook got %d deliveries; want %d", got, rows)
+	}
+	probes := down.hits()
+	if len(probes) != 1 {
+		t.Fatalf("pass 1: the down webhook got %d requests; want 1 probe", len(probes))
+	}
+	s, _ := l.Stats(ctx)
+	if s.Pending != rows || s.Failures != 1 || s.Delivered != rows {
+		t.Fatalf("after pass 1: Stats = %+v; want %d pending, 1 failure, %d delivered", s, rows, rows)
+	}
+	// Everything of the down webhook waits for the probe's retry time.
+	next, _, _ := st.AuditNextDelivery(ctx)
+	if d := next.Sub(ft.Now()); d < opts.MinBackoff/2 || d > opts.MinBackoff {
+		t.Fatalf("after pass 1 the next delivery is due in %v; want the probe's backoff", d)
+	}
+	if due, _ := st.AuditDeliveriesDue(ctx, next, 100); len(due) != rows {
+		t.Fatalf("%d deliveries due at the probe's retry time; want all %d", len(due), rows)
+	}
+
+	ft.Advance(opts.MinBackoff)
+	if n, err := l.DeliverDue(ctx); err != nil || n != rows {
+		t.Fatalf("pass 2: DeliverDue = %d, %v; want %d taken", n, err, rows)
+	}
+	probes = down.hits()
+	if len(probes) != 2 || probes[1] != probes[0] {
+		t.Fatalf("pass 2: probes %v; want one more, of the same delivery", probes)
+	}
+	next, _, _ = st.AuditNextDelivery(ctx)
+	if d := next.Sub(ft.Now()); d < opts.MinBackoff || d > 2*opts.MinBackoff {
+		t.Fatalf("after the second failure the next try is in %v; want the doubled backoff", d)
+	}
+
+	down.set(http.StatusOK, 0)
+	ft.Advance(2 * opts.MinBackoff)
+	if n, err := l.DeliverDue(ctx); err != nil || n != rows {
+		t.Fatalf("pass 3: DeliverDue = %d, %v; want %d", n, err, rows)
+	}
+	if got := len(down.hits()); got != 2+rows {
+		t.Fatalf("the recovered webhook got %d requests in all; want 2 probes + %d", got, rows)
+	}
+	s, _ = l.Stats(ctx)
+	if s.Pending != 0 || s.Failures != 2 || s.Delivered != 2*rows || s.Dead != 0 {
+		t.Fatalf("at the end: Stats = %+v; want nothing pending, 2 failures, %d delivered", s, 2*rows)
+	}
+}
+
+// A receiver that hangs costs its own lane one timeout and no more; the
+// other webhook is served at full speed in the same pass.
+func TestWebhookLanesIsolateASlowReceiver(t *testing.T) {
+	ft := newFakeTime()
+	slow, fast := newHitLog(t), newHitLog(t)
+	slow.set(http.StatusOK, 10*time.Second)
+	opts := DeliveryOptions{Timeout: 300 * time.Millisecond, MinBackoff: time.Second, Concurrency: 2}
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(slow.URL), hookTo(fast.URL)}, Delivery: opts})
+	const rows = 12
+	for range rows {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+	if n, err := l.DeliverDue(context.Background()); err != nil || n != 2*rows {
+		t.Fatalf("DeliverDue = %d, %v; want %d taken", n, err, 2*rows)
+	}
+	// The probe timed out and the other eleven were deferred. Without
+	// lanes the pass would have waited for 12 timeouts, 2 at a time.
+	if got := len(slow.hits()); got != 1 {
+		t.Errorf("the hanging webhook got %d requests; want 1 probe", got)
+	}
+	if got := len(fast.hits()); got != rows {
+		t.Errorf("the healthy webhook got %d deliveries; want %d", got, rows)
 	}
 }
