@@ -477,11 +477,21 @@ func (a *App) Stop() error {
 }
 
 // runtime returns the started runtime, waiting briefly if a request
-// arrives while the app is still starting. nil means unavailable.
+// arrives while the app is still starting (Caddy starts apps in no set
+// order, so on a reload the new servers can take requests first). A
+// request still in flight on the servers of a config that a reload has
+// already stopped is served by the app that replaced this one: the
+// store is the same, and the new config is the one in force. nil means
+// unavailable.
 func (a *App) runtime(ctx context.Context) *runtime {
 	l := a.life
 	if rt := l.rt.Load(); rt != nil {
 		return rt
+	}
+	select {
+	case <-l.ready:
+		return replacement(a)
+	default:
 	}
 	t := time.NewTimer(5 * time.Second)
 	defer t.Stop()
@@ -490,7 +500,20 @@ func (a *App) runtime(ctx context.Context) *runtime {
 	case <-ctx.Done():
 	case <-t.C:
 	}
-	return l.rt.Load()
+	if rt := l.rt.Load(); rt != nil {
+		return rt
+	}
+	return replacement(a)
+}
+
+// replacement is the runtime of the app started after a, on the same
+// store, or nil.
+func replacement(a *App) *runtime {
+	b := running.Load()
+	if b == nil || b == a || b.storagePath != a.storagePath {
+		return nil
+	}
+	return b.life.rt.Load()
 }
 
 // Interface guards

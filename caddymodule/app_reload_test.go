@@ -1,0 +1,59 @@
+package caddymodule
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// appOn starts a sigra App on the bbolt file at path, without Caddy.
+func appOn(t *testing.T, path string) *App {
+	t.Helper()
+	a := &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"}
+	a.logger = zap.NewNop()
+	a.slog = zapSlogNop()
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := newMetrics(prometheus.NewRegistry(), a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.metrics = m
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// On a reload Caddy starts the new config, then stops the old one, whose
+// servers may still be finishing a request: that request must be served
+// by the new app, not refused because its own app has stopped. With no
+// replacement (Caddy stopping), nothing serves it.
+func TestRuntimeAfterReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	ctx := context.Background()
+	old := appOn(t, path)
+	if old.runtime(ctx) == nil {
+		t.Fatal("a started app has no runtime")
+	}
+	replacing := appOn(t, path)
+	if err := old.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := old.runtime(ctx), replacing.life.rt.Load(); got == nil || got != want {
+		t.Fatalf("a request on the stopped config got runtime %p; want the replacing app's %p", got, want)
+	}
+	if err := replacing.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if rt := old.runtime(ctx); rt != nil {
+		t.Error("with every app stopped, a request still got a runtime")
+	}
+	if rt := replacing.runtime(ctx); rt != nil {
+		t.Error("a stopped app with no replacement still has a runtime")
+	}
+}
