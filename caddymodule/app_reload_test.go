@@ -10,7 +10,7 @@ import (
 )
 
 // appOn starts a sigra App on the bbolt file at path, without Caddy.
-func appOn(t *testing.T, path string) *App {
+func appOn(t testing.TB, path string) *App {
 	t.Helper()
 	a := &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"}
 	a.logger = zap.NewNop()

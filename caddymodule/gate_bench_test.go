@@ -9,7 +9,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -19,21 +18,7 @@ import (
 // for benchmarks of the handlers themselves.
 func startedApp(tb testing.TB) *App {
 	tb.Helper()
-	dir := tb.TempDir()
-	a := &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, BootstrapAdmin: "off"}
-	a.logger = zap.NewNop()
-	a.slog = zapSlogNop()
-	if err := a.setDefaults(); err != nil {
-		tb.Fatal(err)
-	}
-	m, err := newMetrics(prometheus.NewRegistry(), a)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	a.metrics = m
-	if err := a.Start(); err != nil {
-		tb.Fatal(err)
-	}
+	a := appOn(tb, filepath.Join(tb.TempDir(), "sigra.db"))
 	tb.Cleanup(func() { _ = a.Stop() })
 	return a
 }
