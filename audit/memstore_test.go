@@ -231,6 +231,25 @@ func (m *memStore) AuditDeadDeliveries(ctx context.Context, limit int) ([]Delive
 	return out, nil
 }
 
+func (m *memStore) AuditReplayDead(ctx context.Context, hookID string, now time.Time, limit int) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for k, d := range m.dead {
+		if n == limit {
+			break
+		}
+		if hookID != "" && d.HookID != hookID {
+			continue
+		}
+		delete(m.dead, k)
+		d.DueAt, d.Attempts = now, 0
+		m.pending[keyOf(d)] = d
+		n++
+	}
+	return n, nil
+}
+
 func (m *memStore) AuditOutboxStats(ctx context.Context) (int, int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

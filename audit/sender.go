@@ -377,3 +377,35 @@ func (l *Log) DeadDeliveries(ctx context.Context, limit int) ([]Delivery, error)
 	}
 	return ds, nil
 }
+
+// replayChunk bounds one transaction of ReplayDead.
+const replayChunk = 1000
+
+// ReplayDead puts dead deliveries back in the outbox, due now with a
+// fresh retry schedule: every webhook's, or only those of the webhook
+// hookID (a WebhookConfig.ID, as listed by DeadDeliveries). It returns
+// how many it put back and wakes the sender. For operators, once a
+// receiver that was down for longer than the retry schedule is back.
+func (l *Log) ReplayDead(ctx context.Context, hookID string) (int, error) {
+	if hookID != "" && l.hookByID[hookID] == nil {
+		return 0, fmt.Errorf("%w: %q", ErrUnknownWebhook, hookID)
+	}
+	total := 0
+	for {
+		n, err := l.st.AuditReplayDead(ctx, hookID, l.clk.Now(), replayChunk)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("audit: replaying dead deliveries: %w", err)
+		}
+		if n < replayChunk {
+			break
+		}
+	}
+	if total > 0 {
+		l.poke()
+	}
+	return total, nil
+}
+
+// ErrUnknownWebhook is returned for a webhook id this Log does not have.
+var ErrUnknownWebhook = errors.New("no such webhook")

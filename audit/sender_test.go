@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -374,5 +375,48 @@ func TestWebhookLanesIsolateASlowReceiver(t *testing.T) {
 	}
 	if got := len(fast.hits()); got != rows {
 		t.Errorf("the healthy webhook got %d deliveries; want %d", got, rows)
+	}
+}
+
+// Dead deliveries come back on request: due now, a fresh retry schedule,
+// and the sender delivers them once the receiver is up.
+func TestWebhookReplayDead(t *testing.T) {
+	ft := newFakeTime()
+	rc := newHitLog(t)
+	rc.set(http.StatusServiceUnavailable, 0)
+	other := newHitLog(t)
+	st := newMemStore()
+	opts := DeliveryOptions{MinBackoff: time.Second, MaxAttempts: 1}
+	hooks := []WebhookConfig{hookTo(rc.URL), hookTo(other.URL)}
+	l := newTestLog(t, st, ft, Options{Webhooks: hooks, Delivery: opts})
+	ctx := context.Background()
+	row := mustRecord(t, l, sampleRow("auth.logout"))
+	other.set(http.StatusServiceUnavailable, 0)
+	if _, err := l.DeliverDue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 2 || s.Pending != 0 {
+		t.Fatalf("Stats = %+v; want both deliveries dead", s)
+	}
+
+	if _, err := l.ReplayDead(ctx, "0123456789abcdef"); !errors.Is(err, ErrUnknownWebhook) {
+		t.Fatalf("replaying an unknown webhook: %v; want ErrUnknownWebhook", err)
+	}
+	rc.set(http.StatusOK, 0)
+	n, err := l.ReplayDead(ctx, hooks[0].ID())
+	if err != nil || n != 1 {
+		t.Fatalf("ReplayDead = %d, %v; want 1", n, err)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 1 || s.Pending != 1 {
+		t.Fatalf("after replay: Stats = %+v; want 1 pending, the other webhook's still dead", s)
+	}
+	if n, err := l.DeliverDue(ctx); err != nil || n != 1 {
+		t.Fatalf("DeliverDue after replay = %d, %v; want 1, due at once", n, err)
+	}
+	if hits := rc.hits(); len(hits) != 2 || hits[1] != row.ID {
+		t.Fatalf("receiver hits %v; want the failed attempt and the replayed one of %s", hits, row.ID)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 1 || s.Pending != 0 || s.Delivered != 1 {
+		t.Fatalf("at the end: Stats = %+v; want 1 delivered, 1 still dead", s)
 	}
 }

@@ -72,6 +72,11 @@ type Outbox interface {
 	AuditDeadDeliveries(ctx context.Context, limit int) ([]Delivery, error)
 	// AuditOutboxStats counts pending and dead deliveries.
 	AuditOutboxStats(ctx context.Context) (pending, dead int, err error)
+	// AuditReplayDead moves up to limit dead deliveries (all webhooks'
+	// when hookID is empty, else only that webhook's) back to pending, due
+	// at now with their attempts reset and their last error kept, and
+	// returns how many it moved.
+	AuditReplayDead(ctx context.Context, hookID string, now time.Time, limit int) (int, error)
 }
 
 // Entry is one row handed to AppendAudit.

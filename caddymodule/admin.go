@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -38,6 +39,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/sigra/users", Handler: caddy.AdminHandlerFunc(handleAdminUsers)},
 		{Pattern: "/sigra/audit/export", Handler: caddy.AdminHandlerFunc(handleAdminAuditExport)},
+		{Pattern: "/sigra/audit/replay", Handler: caddy.AdminHandlerFunc(handleAdminAuditReplay)},
 	}
 }
 
@@ -71,6 +73,28 @@ func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	_, err = rt.audit.Export(r.Context(), w, since, until)
 	return err
+}
+
+// handleAdminAuditReplay puts dead webhook deliveries back in the outbox
+// (POST, query parameter hook: one webhook's, or all without it) and
+// answers {"replayed": n}.
+func handleAdminAuditReplay(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
+	}
+	_, rt, err := runningRuntime()
+	if err != nil {
+		return err
+	}
+	n, err := replayDead(r.Context(), rt, r.URL.Query().Get("hook"), nil, "")
+	if errors.Is(err, audit.ErrUnknownWebhook) {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(map[string]int{"replayed": n})
 }
 
 // handleAdminUsers runs one userRequest (POST, JSON body).

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -95,6 +96,29 @@ func (q *preq) audit(ev event) error {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// replayDead puts dead webhook deliveries (of one webhook, or all when
+// hook is empty) back in the outbox and writes the admin.webhook.replay
+// row. actor "" is the CLI.
+func replayDead(ctx context.Context, rt *runtime, hook string, r *http.Request, actor string) (int, error) {
+	n, err := rt.audit.ReplayDead(ctx, hook)
+	if err != nil {
+		return n, err
+	}
+	target := hook
+	if target == "" {
+		target = "all"
+	}
+	ev := event{action: "admin.webhook.replay", actor: actor, actorType: audit.ActorAdmin, outcome: "success",
+		meta: map[string]string{"hook_id": target, "count": itoa(n)}}
+	if actor == "" {
+		ev.actorType = audit.ActorSystem
+	}
+	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
+		return n, fmt.Errorf("writing audit row: %w", err)
+	}
+	return n, nil
+}
 
 // errAuditConfig marks a bad audit configuration.
 var errAuditConfig = errors.New("audit")

@@ -27,8 +27,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sigra",
-		Usage: "user <add|list|passwd|disable|enable|unlock> | audit export --config <file> [flags]",
-		Short: "Manages Sigra gateway users and exports the audit trail",
+		Usage: "user <add|list|passwd|disable|enable|unlock> | audit <export|replay> --config <file> [flags]",
+		Short: "Manages Sigra gateway users and the audit trail",
 		Long: `
 Manages the users of the Sigra gateway.
 
@@ -41,6 +41,7 @@ lock, the command goes through that Caddy's admin API instead.
   caddy sigra user passwd --config Caddyfile --email a@example.com --password-stdin
   caddy sigra user disable|enable|unlock --config Caddyfile --email a@example.com
   caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339>]
+  caddy sigra audit replay --config Caddyfile [--hook <id>]
 `,
 		CobraFunc: buildSigraCommand,
 	})
@@ -171,6 +172,73 @@ first. --since and --until take RFC 3339 times or durations back from now
 	export.Flags().StringVar(&since, "since", "", "first time to include (RFC 3339, or a duration back from now)")
 	export.Flags().StringVar(&until, "until", "", "time to stop before (RFC 3339, or a duration back from now)")
 	auditCmd.AddCommand(export)
+	var hook string
+	replay := &cobra.Command{
+		Use:   "replay --config <file> [--hook <id>]",
+		Short: "Puts dead webhook deliveries back in the outbox",
+		Long: `Puts webhook deliveries that were given up after the retry limit back
+in the outbox, due now with a fresh retry schedule: every webhook's, or
+only those of --hook (the hook_id listed by GET
+/.sigra/api/admin/audit/webhooks/dead). Through the running Caddy when it
+holds the store; otherwise they go out when Caddy next starts.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return replayAudit(c, cf, hook)
+		},
+	}
+	cf.register(replay, false)
+	replay.Flags().StringVar(&hook, "hook", "", "only this webhook's deliveries (its hook_id)")
+	auditCmd.AddCommand(replay)
+}
+
+// replayAudit puts dead deliveries back, directly or through the running
+// Caddy's admin API when it holds the store.
+func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
+	return onStore(cf, func(cfgJSON []byte, a *App) error {
+		resp, err := adminRequest(cfgJSON, cf, a.storagePath, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}}.Encode(), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var res struct {
+			Replayed int `json:"replayed"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			return fmt.Errorf("reading the admin API's answer: %w", err)
+		}
+		fmt.Fprintf(c.OutOrStdout(), "replayed %d dead deliveries\n", res.Replayed)
+		return nil
+	}, func(rt *runtime) error {
+		n, err := replayDead(c.Context(), rt, hook, nil, "")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.OutOrStdout(), "replayed %d dead deliveries; they go out when Caddy next starts\n", n)
+		return nil
+	})
+}
+
+// onStore runs direct on the store when no Caddy holds it, or viaAdmin
+// when a running Caddy does (its admin API then does the work).
+func onStore(cf cliFlags, viaAdmin func(cfgJSON []byte, a *App) error, direct func(rt *runtime) error) error {
+	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
+	if err != nil {
+		return err
+	}
+	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
+	if errors.Is(err, store.ErrLocked) {
+		return viaAdmin(cfgJSON, a)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rt, err := a.buildRuntime(st, false)
+	if err != nil {
+		return err
+	}
+	defer rt.audit.Close()
+	return direct(rt)
 }
 
 // exportRange parses the export window.
@@ -187,16 +255,11 @@ func exportRange(since, until string, now time.Time) (s, u time.Time, err error)
 // exportAudit writes NDJSON from the store, or through the running
 // Caddy's admin API when it holds the store.
 func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
-	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
-	if err != nil {
-		return err
-	}
 	sinceT, untilT, err := exportRange(since, until, time.Now())
 	if err != nil {
 		return err
 	}
-	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
-	if errors.Is(err, store.ErrLocked) {
+	return onStore(cf, func(cfgJSON []byte, a *App) error {
 		q := url.Values{}
 		if !sinceT.IsZero() {
 			q.Set("since", sinceT.Format(time.RFC3339Nano))
@@ -211,22 +274,14 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 		defer resp.Body.Close()
 		_, err = io.Copy(c.OutOrStdout(), resp.Body)
 		return err
-	}
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	rt, err := a.buildRuntime(st, false)
-	if err != nil {
-		return err
-	}
-	defer rt.audit.Close()
-	n, err := rt.audit.Export(c.Context(), c.OutOrStdout(), sinceT, untilT)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(c.ErrOrStderr(), "exported %d rows\n", n)
-	return nil
+	}, func(rt *runtime) error {
+		n, err := rt.audit.Export(c.Context(), c.OutOrStdout(), sinceT, untilT)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.ErrOrStderr(), "exported %d rows\n", n)
+		return nil
+	})
 }
 
 // cliFlags are the flags shared by the subcommands.

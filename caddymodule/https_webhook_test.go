@@ -1,17 +1,20 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/internal/hmacsig"
 )
 
@@ -138,5 +141,95 @@ func TestAuditWebhookFromCaddyfile(t *testing.T) {
 	}
 	if !actions["auth.login.failure"] || !actions["auth.login.success"] {
 		t.Errorf("delivered actions %v; want auth.login.failure and auth.login.success", actions)
+	}
+}
+
+// An admin puts dead deliveries back through the admin API once the
+// receiver is up again; they arrive, and the replay is an audit row.
+func TestAdminReplaysDeadWebhooks(t *testing.T) {
+	fake := useFakeClock(t)
+	var down atomic.Bool
+	down.Store(true)
+	arrived := make(chan string, 100)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		arrived <- r.Header.Get("Sigra-Event-Id")
+	}))
+	defer recv.Close()
+	e := startCaddy(t, "audit {\n\t\t\twebhook "+recv.URL+" {\n\t\t\t\tsecret \"0123456789abcdef0123456789abcdef\"\n\t\t\t\tactions auth.login.success\n\t\t\t}\n\t\t}", "sigra_gate")
+	admin := e.addUser("ops@example.com", "admins")
+	e.mustLogin("ops@example.com")
+	enrolTOTP(t, e, fake.Now())
+	login := e.auditRows("auth.login.success")
+	if len(login) != 1 {
+		t.Fatalf("%d login rows; want 1", len(login))
+	}
+
+	// The receiver stays down past the retry limit: once the first attempt
+	// has failed (the fake clock then keeps the retry from coming due),
+	// give the delivery up as the sender would after its last attempt.
+	ctx := context.Background()
+	st := e.rt().store
+	var pending []audit.Delivery
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		pending, _ = st.AuditDeliveriesDue(ctx, fake.Now().Add(24*time.Hour), 10)
+		if len(pending) == 1 && pending[0].Attempts == 1 {
+			break
+		}
+	}
+	if len(pending) != 1 || pending[0].Attempts != 1 {
+		t.Fatalf("pending deliveries %+v; want the login's, after one failed attempt", pending)
+	}
+	pending[0].Attempts = 15
+	if err := st.AuditDeliveryDead(ctx, pending[0]); err != nil {
+		t.Fatal(err)
+	}
+	api := map[string]string{"Accept": "application/json"}
+	_, body := e.get("/.sigra/api/admin/audit/webhooks/dead", api)
+	var dead struct {
+		Deliveries []audit.Delivery `json:"deliveries"`
+	}
+	if err := json.Unmarshal([]byte(body), &dead); err != nil || len(dead.Deliveries) != 1 {
+		t.Fatalf("dead list %s; want the login's delivery", body)
+	}
+	hook := dead.Deliveries[0].HookID
+
+	_, body = e.get("/.sigra/api/admin/csrf", api)
+	var tok struct {
+		CSRF string `json:"csrf_token"`
+	}
+	_ = json.Unmarshal([]byte(body), &tok)
+	post := func(query string, csrf string) (*http.Response, string) {
+		resp := e.do(http.MethodPost, "/.sigra/api/admin/audit/webhooks/dead/replay"+query,
+			map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": csrf}, nil)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	if r, _ := post("", ""); r.StatusCode != http.StatusForbidden {
+		t.Errorf("replay without X-CSRF-Token: status %d; want 403", r.StatusCode)
+	}
+	if r, b := post("?hook=0000000000000000", tok.CSRF); r.StatusCode != http.StatusNotFound {
+		t.Errorf("replay of an unknown webhook: status %d (%s); want 404", r.StatusCode, b)
+	}
+	down.Store(false)
+	r, b := post("?hook="+hook, tok.CSRF)
+	if r.StatusCode != http.StatusOK || !strings.Contains(b, `"replayed":1`) {
+		t.Fatalf("replay: status %d body %s; want 200 and 1 replayed", r.StatusCode, b)
+	}
+	select {
+	case id := <-arrived:
+		if id != login[0].ID {
+			t.Errorf("delivered event %s; want the login row %s", id, login[0].ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the replayed delivery never arrived")
+	}
+	rows := e.auditRows("admin.webhook.replay")
+	if len(rows) != 1 || rows[0].ActorType != audit.ActorAdmin || rows[0].ActorID != admin.ID || rows[0].Metadata["count"] != "1" || rows[0].Metadata["hook_id"] != hook {
+		t.Errorf("admin.webhook.replay rows %+v; want one by %s, count 1, hook %s", rows, admin.ID, hook)
 	}
 }

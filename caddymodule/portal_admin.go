@@ -72,6 +72,16 @@ func (q *preq) adminAPI(path string) error {
 			dead = []audit.Delivery{}
 		}
 		return writeJSON(q.w, map[string]any{"deliveries": dead})
+	case post && path == "/audit/webhooks/dead/replay":
+		n, err := replayDead(q.ctx(), q.rt, q.r.URL.Query().Get("hook"), q.r, p.User.ID)
+		if errors.Is(err, audit.ErrUnknownWebhook) {
+			writeProblem(q.w, http.StatusNotFound, "not_found", err.Error())
+			return nil
+		}
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		return writeJSON(q.w, map[string]int{"replayed": n})
 	case get && path == "/users":
 		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "list", After: q.r.URL.Query().Get("cursor")}, q.r, p.User.ID)
 		if err != nil {

@@ -197,3 +197,36 @@ var passwordField = regexp.MustCompile(`"password":"[^"]*"`)
 func redactPassword(s string) string {
 	return passwordField.ReplaceAllString(s, `"password":"<the new user's password>"`)
 }
+
+// caddy sigra audit replay: directly on the store with Caddy stopped, and
+// through the admin API while Caddy runs; an unknown webhook is an error;
+// each replay is an audit row.
+func TestCLIAuditReplay(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	audit := func(args ...string) result {
+		return runCaddy(t, g.home, "", append(append([]string{"sigra", "audit"}, args...), "--config", g.caddyfile)...)
+	}
+	r := audit("replay")
+	if r.code != 0 || !strings.Contains(r.stdout, "replayed 0 dead deliveries; they go out when Caddy next starts") {
+		t.Fatalf("audit replay with Caddy stopped\n%s", r)
+	}
+	r = audit("replay", "--hook", "0123456789abcdef")
+	if r.code == 0 || !strings.Contains(r.output(), "no such webhook") {
+		t.Errorf("audit replay of an unknown webhook with Caddy stopped: want a non-zero exit naming it\n%s", r)
+	}
+
+	g.start()
+	r = audit("replay")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "replayed 0 dead deliveries" {
+		t.Fatalf("audit replay through the admin API\n%s", r)
+	}
+	r = audit("replay", "--hook", "0123456789abcdef")
+	if r.code == 0 || !strings.Contains(r.output(), "no such webhook") {
+		t.Errorf("audit replay of an unknown webhook through the admin API: want a non-zero exit naming it\n%s", r)
+	}
+	r = audit("export")
+	if r.code != 0 || strings.Count(r.stdout, `"action":"admin.webhook.replay"`) != 2 || !strings.Contains(r.stdout, `"actor_type":"system"`) {
+		t.Errorf("audit export: want two admin.webhook.replay rows by the system\n%s", r)
+	}
+}

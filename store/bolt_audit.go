@@ -890,6 +890,58 @@ func (b *Bolt) AuditDeadDeliveries(ctx context.Context, limit int) ([]audit.Deli
 	return ds, nil
 }
 
+// AuditReplayDead moves dead deliveries back to the outbox. It implements
+// audit.Outbox.
+func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time, limit int) (int, error) {
+	var hook []byte
+	if hookID != "" {
+		var err error
+		if hook, err = auditHookBytes(hookID); err != nil {
+			return 0, err
+		}
+	}
+	n := 0
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		dead, outbox := bucket(tx, bktAuditDead), bucket(tx, bktAuditOutbox)
+		// Collect first: deleting under a cursor skips keys.
+		var keys, states [][]byte
+		c := dead.Cursor()
+		for k, v := c.First(); k != nil && len(keys) < limit; k, v = c.Next() {
+			if len(k) != auditDeadLen {
+				return fmt.Errorf("%w: dead key %x", ErrAuditKey, k)
+			}
+			if hook != nil && !bytes.Equal(k[auditPosLen:], hook) {
+				continue
+			}
+			var st auditState
+			if err := json.Unmarshal(v, &st); err != nil {
+				return fmt.Errorf("%w: dead state of %x: %v", ErrAuditKey, k, err)
+			}
+			st.Attempts = 0
+			state, err := json.Marshal(st)
+			if err != nil {
+				return err
+			}
+			keys = append(keys, slices.Clone(k))
+			states = append(states, state)
+		}
+		for i, k := range keys {
+			if err := dead.Delete(k); err != nil {
+				return err
+			}
+			if err := outbox.Put(auditOutboxKey(now, k[auditPosLen:], k[:auditPosLen]), states[i]); err != nil {
+				return err
+			}
+		}
+		n = len(keys)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("audit dead deliveries in %s: %w", b.path, err)
+	}
+	return n, nil
+}
+
 // AuditOutboxStats counts pending and dead deliveries. It implements
 // audit.Outbox.
 func (b *Bolt) AuditOutboxStats(ctx context.Context) (pending, dead int, err error) {

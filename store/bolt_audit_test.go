@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -453,6 +454,32 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	}
 	if _, ok, _ := b.AuditNextDelivery(ctx); ok {
 		t.Fatal("next delivery reported on an empty outbox")
+	}
+
+	// Replay: one webhook's dead deliveries go back, due now, attempts
+	// reset, last error kept; the other webhook's stay dead.
+	now := auditT0.Add(3 * time.Hour)
+	if n, err := b.AuditReplayDead(ctx, h2, now, 10); err != nil || n != 1 {
+		t.Fatalf("replaying %s: %d, %v; want 1", h2, n, err)
+	}
+	if pending, dead, _ := b.AuditOutboxStats(ctx); pending != 1 || dead != 2 {
+		t.Fatalf("after replaying one webhook: pending %d, dead %d; want 1 and 2", pending, dead)
+	}
+	back, _ := b.AuditDeliveriesDue(ctx, now, 10)
+	if len(back) != 1 || back[0].HookID != h2 || back[0].RowID != old.Row.ID || back[0].Attempts != 0 || !back[0].DueAt.Equal(now) || back[0].Row.ID != old.Row.ID {
+		t.Fatalf("replayed = %+v; want %s's delivery of the old row, due now, no attempts", back, h2)
+	}
+	if n, err := b.AuditReplayDead(ctx, "", now, 1); err != nil || n != 1 {
+		t.Fatalf("replaying with limit 1: %d, %v; want 1", n, err)
+	}
+	if n, err := b.AuditReplayDead(ctx, "", now, 10); err != nil || n != 1 {
+		t.Fatalf("replaying the rest: %d, %v; want 1", n, err)
+	}
+	if pending, dead, _ := b.AuditOutboxStats(ctx); pending != 3 || dead != 0 {
+		t.Fatalf("after replaying all: pending %d, dead %d; want 3 and 0", pending, dead)
+	}
+	if _, err := b.AuditReplayDead(ctx, "not-hex", now, 10); !errors.Is(err, ErrAuditKey) {
+		t.Fatalf("replaying a malformed webhook id: %v; want ErrAuditKey", err)
 	}
 }
 
