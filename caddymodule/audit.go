@@ -109,15 +109,21 @@ func replayDead(ctx context.Context, rt *runtime, hook string, r *http.Request, 
 	if target == "" {
 		target = "all"
 	}
-	ev := event{action: "admin.webhook.replay", actor: actor, actorType: audit.ActorAdmin, outcome: "success",
+	ev := event{action: "admin.webhook.replay", actor: actor, actorType: adminActorType(actor), outcome: "success",
 		meta: map[string]string{"hook_id": target, "count": itoa(n)}}
-	if actor == "" {
-		ev.actorType = audit.ActorSystem
-	}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
 		return n, fmt.Errorf("writing audit row: %w", err)
 	}
 	return n, nil
+}
+
+// adminActorType is the actor type of an admin action: admin for an
+// admin's user id, system for the CLI (no actor).
+func adminActorType(actor string) string {
+	if actor == "" {
+		return audit.ActorSystem
+	}
+	return audit.ActorAdmin
 }
 
 // errAuditConfig marks a bad audit configuration.

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -63,10 +62,7 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 	if err != nil || req.Op == "list" {
 		return res, err
 	}
-	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: audit.ActorAdmin, subject: subject, outcome: "success"}
-	if actor == "" {
-		ev.actorType = audit.ActorSystem
-	}
+	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: adminActorType(actor), subject: subject, outcome: "success"}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
 		return nil, fmt.Errorf("writing audit row: %w", err)
 	}
