@@ -192,7 +192,10 @@ func stripOwnCookies(h http.Header) {
 			continue
 		}
 		keep := append(make([]string, 0, len(lines)), lines[:i]...)
-		for _, l := range append([]string{clean}, lines[i+1:]...) {
+		if clean != "" {
+			keep = append(keep, clean)
+		}
+		for _, l := range lines[i+1:] {
 			if l = withoutOwnCookies(l); l != "" {
 				keep = append(keep, l)
 			}
