@@ -55,6 +55,7 @@ type config struct {
 	upProcs      int
 	loginCheck   bool
 	keep         bool
+	serve        bool
 	strict       bool
 	timeout      time.Duration
 	quick        bool
@@ -86,6 +87,7 @@ func main() {
 	flag.IntVar(&cfg.upProcs, "upstream-procs", 0, "GOMAXPROCS of the upstream; 0 leaves Go's default (all CPUs)")
 	flag.BoolVar(&cfg.loginCheck, "login-check", true, "also sign in once through the portal's password form (a warning if it fails)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (Caddyfile, Caddy's log, bbolt files)")
+	flag.BoolVar(&cfg.serve, "serve", false, "set up and check the sites, print their addresses and a session cookie, then wait (until Ctrl-C or -timeout) instead of measuring: for profiling with wrk and Caddy's /debug/pprof")
 	flag.BoolVar(&cfg.strict, "strict", false, "exit with status 1 when a target is missed")
 	flag.DurationVar(&cfg.timeout, "timeout", 0, "hard limit for the whole run; 0 means 10m, or 45m with -sessions")
 	flag.Float64Var(&cfg.noise, "noise", 10, "percent of the machine's CPU that other processes may use during a round before it is redone (and before one starts); 0 disables")
@@ -199,6 +201,9 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	if len(sites) == 0 && len(counts) == 0 {
 		return false, errors.New("nothing to do: -sites is empty and -sessions is not set")
 	}
+	if cfg.serve && len(sites) == 0 {
+		return false, errors.New("-serve serves -sites, and -sites is empty")
+	}
 	if cfg.conns < 1 || cfg.conns > 1024 || cfg.duration <= 0 || cfg.openDuration <= 0 || cfg.rounds < 0 || cfg.openRounds < 0 {
 		return false, errors.New("-conns must be 1 to 1024, durations positive, rounds not negative")
 	}
@@ -246,6 +251,9 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	if len(sites) > 0 {
 		if err := b.mainPhases(ctx, filepath.Join(tmp, "main"), sites); err != nil {
 			return false, err
+		}
+		if cfg.serve {
+			return true, nil
 		}
 	}
 	if len(counts) > 0 {

@@ -81,6 +81,10 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 	for i, s := range sites {
 		targets[i] = target{Name: s.Name, Addr: fmt.Sprintf("127.0.0.1:%d", s.Port), Path: "/", Tokens: tokens}
 	}
+	if b.cfg.serve {
+		serveUntilDone(ctx, caddy, sites, string(tokens.At(0)))
+		return nil
+	}
 	if err := b.warm(ctx, targets); err != nil {
 		return err
 	}
@@ -416,4 +420,16 @@ func (r *results) hasNote(n string) bool {
 		}
 	}
 	return false
+}
+
+// serveUntilDone is -serve: it prints what a profiling session needs and
+// waits until the run is interrupted or times out.
+func serveUntilDone(ctx context.Context, caddy *caddyProc, sites []siteConf, cookie string) {
+	fmt.Printf("Caddy pid %s; CPU profile: curl -o cpu.pb 'http://%s/debug/pprof/profile?seconds=15'\n", caddy.PID, caddy.admin)
+	for _, s := range sites {
+		fmt.Printf("site %-2s %-34s http://127.0.0.1:%d/\n", s.Name, describe(s), s.Port)
+	}
+	fmt.Printf("load, the request the harness sends: wrk -c 16 -t 1 -d 16s -H 'Cookie: sigra_session=%s' -H 'Accept: application/json' http://127.0.0.1:%d/\n", cookie, sites[0].Port)
+	fmt.Println("serving until Ctrl-C or -timeout")
+	<-ctx.Done()
 }
