@@ -23,15 +23,21 @@ type siteConf struct {
 	Port int
 	// Gate puts sigra_portal and sigra_gate in front of reverse_proxy.
 	Gate bool
-	// Require lists the lines inside `sigra_gate { … }`: "mfa" for site C
-	// today; "group bench", "rule `…`", "flag …", "seat …" can be added
-	// (with whatever they need in the global sigra block) to measure each
-	// requirement's cost.
+	// Require lists the lines inside `sigra_gate { … }` for site C:
+	// defaultRequire unless -require says otherwise.
 	Require []string
 	// HeaderUp adds these request headers in reverse_proxy (site H: the
 	// identity headers' bytes without the gate).
 	HeaderUp [][2]string
 }
+
+// defaultRequire is site C's gate block: every per-route requirement this
+// build has, each one met by the seeded session (a second factor now,
+// AMR pwd+otp+mfa, group bench) and failed by the password-only one. Add
+// each new requirement here as it is built ("rule …", "flag …",
+// "seat …", with what they need in the global sigra block), so that C
+// keeps measuring all of them.
+const defaultRequire = "mfa max_age 12h; amr otp hwk swk; group bench"
 
 // identityLikeHeaders are the gate's identity headers with values of the
 // sizes a real signed-in request carries (the assertion about 650 bytes),

@@ -70,7 +70,7 @@ func main() {
 	upstreamServe := flag.String("upstream-serve", "", "internal: serve as the upstream on this address")
 	flag.StringVar(&cfg.caddy, "caddy", "./caddy", "path of the Caddy binary built by make caddy")
 	flag.StringVar(&cfg.sites, "sites", "A,B,C,H,A2", "sites to measure, comma-separated; A (plain reverse_proxy) is the baseline of the ratios; H is A plus identity-sized headers, no gate; A2 is A again, the control that shows this machine's noise; empty for none")
-	flag.StringVar(&cfg.require, "require", "mfa", "site C's gate requirements, ';'-separated lines of the sigra_gate block (e.g. \"mfa;group bench\")")
+	flag.StringVar(&cfg.require, "require", defaultRequire, "site C's gate requirements, ';'-separated lines of the sigra_gate block (e.g. \"mfa;group bench\")")
 	flag.IntVar(&cfg.conns, "conns", 16, "keep-alive connections (one worker each); Caddy keeps 32 idle upstream connections, so stay at or below 32")
 	flag.IntVar(&cfg.rounds, "rounds", 10, "closed-loop (saturation) rounds per site; 0 skips the phase")
 	flag.DurationVar(&cfg.duration, "duration", 2500*time.Millisecond, "length of a closed-loop round")
