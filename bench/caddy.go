@@ -26,6 +26,9 @@ type siteConf struct {
 	// Require lists the lines inside `sigra_gate { … }` for site C:
 	// defaultRequire unless -require says otherwise.
 	Require []string
+	// Desc describes the site in the report; describe's wording when
+	// empty.
+	Desc string
 	// HeaderUp adds these request headers in reverse_proxy (site H: the
 	// identity headers' bytes without the gate).
 	HeaderUp [][2]string

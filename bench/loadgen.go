@@ -119,7 +119,7 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 		wg       sync.WaitGroup
 		release  = make(chan struct{})
 		t0       time.Time
-		lastEnd  atomic.Int64 // UnixNano of the latest worker end
+		lastEnd  atomic.Int64 // the latest worker end, in ns since t0 (monotonic)
 		late     atomic.Int64
 		errOnce  sync.Once
 		firstErr error
@@ -166,7 +166,7 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 			if err != nil {
 				fail(fmt.Errorf("site %s: %w", t.Name, err))
 			}
-			end := time.Now().UnixNano()
+			end := int64(time.Since(t0))
 			for {
 				cur := lastEnd.Load()
 				if end <= cur || lastEnd.CompareAndSwap(cur, end) {
@@ -179,6 +179,12 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 		h.Start()
 	}
 	t0 = time.Now()
+	if spec.Rate > 0 {
+		// The schedule starts a moment from now, so that the first
+		// requests are not counted late only because the workers are
+		// still waking up.
+		t0 = t0.Add(openLead)
+	}
 	close(release)
 	wg.Wait()
 	if h.End != nil {
@@ -190,7 +196,7 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 	if err := ctx.Err(); err != nil {
 		return roundResult{}, err
 	}
-	res := roundResult{Elapsed: time.Duration(lastEnd.Load() - t0.UnixNano()), Late: int(late.Load())}
+	res := roundResult{Elapsed: time.Duration(lastEnd.Load()), Late: int(late.Load())}
 	for i := range spec.Conns {
 		res.Requests += len(g.bufs[i])
 	}
@@ -200,6 +206,10 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 	}
 	return res, nil
 }
+
+// openLead is how far ahead of the release of the workers an open-loop
+// schedule starts.
+const openLead = time.Millisecond
 
 // worker owns one connection.
 type worker struct {

@@ -74,7 +74,7 @@ func main() {
 	flag.IntVar(&cfg.conns, "conns", 16, "keep-alive connections (one worker each); Caddy keeps 32 idle upstream connections, so stay at or below 32")
 	flag.IntVar(&cfg.rounds, "rounds", 10, "closed-loop (saturation) rounds per site; 0 skips the phase")
 	flag.DurationVar(&cfg.duration, "duration", 2500*time.Millisecond, "length of a closed-loop round")
-	flag.IntVar(&cfg.openRounds, "open-rounds", 8, "open-loop (fixed rate) rounds per site; 0 skips the phase")
+	flag.IntVar(&cfg.openRounds, "open-rounds", 10, "open-loop (fixed rate) rounds per site; 0 skips the phase")
 	flag.DurationVar(&cfg.openDuration, "open-duration", 2500*time.Millisecond, "length of an open-loop round")
 	flag.Float64Var(&cfg.rate, "rate", 0, "open-loop rate in req/s; 0 means -rate-fraction of the slowest site's saturation throughput")
 	flag.Float64Var(&cfg.rateFraction, "rate-fraction", 0.25, "open-loop rate as a fraction of the slowest site's saturation throughput, when -rate is 0")
@@ -201,6 +201,11 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	if len(sites) == 0 && len(counts) == 0 {
 		return false, errors.New("nothing to do: -sites is empty and -sessions is not set")
 	}
+	if cfg.rounds == 0 && cfg.openRounds > 0 && cfg.rate <= 0 && len(sites) > 0 {
+		// The default rate is a fraction of the saturation throughput,
+		// which is not measured then.
+		return false, errors.New("-rounds 0 needs -rate: the default open-loop rate comes from the saturation phase")
+	}
 	if cfg.serve && len(sites) == 0 {
 		return false, errors.New("-serve serves -sites, and -sites is empty")
 	}
@@ -310,6 +315,8 @@ func parseSites(list, require string) ([]siteConf, error) {
 
 func describe(s siteConf) string {
 	switch {
+	case s.Desc != "":
+		return s.Desc
 	case s.Name == "A2":
 		return "reverse_proxy (A again)"
 	case len(s.HeaderUp) > 0:

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,6 +26,15 @@ type bench struct {
 	// noiseSpent is the time spent so far waiting for quiet and on
 	// rounds that were redone; it is bounded by -noise-budget.
 	noiseSpent time.Duration
+}
+
+// samePID is n copies of pid: every site served by one Caddy.
+func samePID(pid string, n int) []string {
+	pids := make([]string, n)
+	for i := range pids {
+		pids[i] = pid
+	}
+	return pids
 }
 
 // mainPhases runs A, B, C in one Caddy: saturation, then moderate load.
@@ -91,7 +101,7 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 
 	if b.cfg.rounds > 0 {
 		spec := roundSpec{Conns: b.cfg.conns, Duration: b.cfg.duration}
-		accs, err := b.rounds(ctx, "closed", caddy.PID, sites, targets, spec, b.cfg.rounds)
+		accs, err := b.rounds(ctx, "closed", samePID(caddy.PID, len(sites)), sites, targets, spec, b.cfg.rounds)
 		if err != nil {
 			return err
 		}
@@ -99,15 +109,12 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 	}
 	if b.cfg.openRounds > 0 {
 		rate := b.cfg.rate
-		if rate <= 0 {
-			rate = 1000
-			if len(b.res.Closed) > 0 {
-				slowest := math.Inf(1)
-				for _, s := range b.res.Closed {
-					slowest = min(slowest, s.RPS)
-				}
-				rate = max(100, math.Floor(slowest*b.cfg.rateFraction/100)*100)
+		if rate <= 0 { // run refuses -rounds 0 without -rate
+			slowest := math.Inf(1)
+			for _, s := range b.res.Closed {
+				slowest = min(slowest, s.RPS)
 			}
+			rate = max(100, math.Floor(slowest*b.cfg.rateFraction/100)*100)
 		}
 		b.res.OpenRate = rate
 		spec := roundSpec{Conns: b.cfg.conns, Duration: b.cfg.openDuration, Rate: rate}
@@ -117,7 +124,7 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 				return fmt.Errorf("reading the gate's own latency: %w", err)
 			}
 		}
-		accs, err := b.rounds(ctx, "open", caddy.PID, sites, targets, spec, b.cfg.openRounds)
+		accs, err := b.rounds(ctx, "open", samePID(caddy.PID, len(sites)), sites, targets, spec, b.cfg.openRounds)
 		if err != nil {
 			return err
 		}
@@ -186,24 +193,37 @@ func (b *bench) sessionsPhase(ctx context.Context, dir string, counts []int) err
 	if err := b.warm(ctx, targets); err != nil {
 		return err
 	}
-	rounds := max(b.cfg.rounds, 1)
-	spec := roundSpec{Conns: b.cfg.conns, Duration: b.cfg.duration}
-	accs := make([]*siteAcc, len(sites))
-	for i, s := range sites {
-		desc := fmt.Sprintf("gate, %d active sessions", min(b.cfg.active, counts[i]))
+	for i := range sites {
+		sites[i].Desc = fmt.Sprintf("gate, %d active sessions", min(b.cfg.active, counts[i]))
 		if b.cfg.active <= 0 {
-			desc = "gate, every stored session active"
-		}
-		accs[i] = &siteAcc{site: s.Name, desc: desc}
-	}
-	for round := range rounds {
-		for k := range sites {
-			i := (round + k) % len(sites)
-			if err := b.measure(ctx, "sessions", round, pids[i], targets[i], spec, accs[i]); err != nil {
-				return err
-			}
+			sites[i].Desc = "gate, every stored session active"
 		}
 	}
+	// Besides each round's own CPU, the whole phase's: a Caddy keeps
+	// working between its rounds (the LastSeen write-back, the prune of
+	// expired sessions), and that work may grow with the store.
+	before := make([]cpuTime, len(pids))
+	for i, pid := range pids {
+		c, err := readCPU(pid)
+		if err != nil {
+			return err
+		}
+		before[i] = c
+	}
+	spec := roundSpec{Conns: b.cfg.conns, Duration: b.cfg.duration}
+	accs, err := b.rounds(ctx, "sessions", pids, sites, targets, spec, max(b.cfg.rounds, 1))
+	if err != nil {
+		return err
+	}
+	var whole []string
+	for i, pid := range pids {
+		after, err := readCPU(pid)
+		if err != nil {
+			return err
+		}
+		whole = append(whole, fmt.Sprintf("%s %.1f", sites[i].Name, float64(after.Sub(before[i]).Total().Microseconds())/float64(max(accs[i].requests, 1))))
+	}
+	b.res.Notes = append(b.res.Notes, "sessions: Caddy CPU µs per request over the whole phase, work between its rounds included: "+strings.Join(whole, ", "))
 	b.res.Sessions, b.res.SessionsRatios = phaseResults(accs)
 	return nil
 }
@@ -239,22 +259,65 @@ func (b *bench) warm(ctx context.Context, targets []target) error {
 	return nil
 }
 
-// rounds runs n rounds of every site, rotating the order each round
-// (A B C, B C A, C A B, …) so that no site always follows the same one.
-func (b *bench) rounds(ctx context.Context, phase, pid string, sites []siteConf, targets []target, spec roundSpec, n int) ([]*siteAcc, error) {
+// rounds runs n rounds of every site; pids[i] is the Caddy serving
+// sites[i]. The order within each round follows roundOrder, so that over
+// a cycle every site runs right after every other one equally often and
+// in every position equally often: drift between rounds reaches all sites
+// alike.
+func (b *bench) rounds(ctx context.Context, phase string, pids []string, sites []siteConf, targets []target, spec roundSpec, n int) ([]*siteAcc, error) {
 	accs := make([]*siteAcc, len(sites))
 	for i, s := range sites {
 		accs[i] = &siteAcc{site: s.Name, desc: describe(s)}
 	}
+	if c := orderCycle(len(sites)); n%c != 0 {
+		logf("%s: %d rounds are not a whole number of order cycles (%d for %d sites): some sites follow others more often", phase, n, c, len(sites))
+	}
 	for round := range n {
-		for k := range sites {
-			i := (round + k) % len(sites)
-			if err := b.measure(ctx, phase, round, pid, targets[i], spec, accs[i]); err != nil {
+		for _, i := range roundOrder(len(sites), round) {
+			if err := b.measure(ctx, phase, round, pids[i], targets[i], spec, accs[i]); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return accs, nil
+}
+
+// orderCycle is how many rounds roundOrder takes to come back to its
+// first order: n for an even number of sites, 2n for an odd one.
+func orderCycle(n int) int {
+	if n%2 == 1 {
+		return 2 * n
+	}
+	return n
+}
+
+// roundOrder is the order of n sites in round r: the rows of a Williams
+// design, a Latin square balanced for the site just before (0, 1, n−1, 2,
+// n−2, … shifted by the row; for odd n each row is followed by its
+// reverse).
+func roundOrder(n, r int) []int {
+	if n <= 0 {
+		return nil
+	}
+	k := r % orderCycle(n)
+	row := make([]int, n)
+	lo, hi := 1, n-1
+	for j := 1; j < n; j++ {
+		if j%2 == 1 {
+			row[j] = lo
+			lo++
+		} else {
+			row[j] = hi
+			hi--
+		}
+	}
+	for j := range row {
+		row[j] = (row[j] + k) % n
+	}
+	if k >= n {
+		slices.Reverse(row)
+	}
+	return row
 }
 
 // measure runs one round of t and adds it to acc. On a shared machine it

@@ -128,7 +128,9 @@ func percentile(sorted []uint32, p float64) uint32 {
 	if len(sorted) == 0 {
 		return 0
 	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	// The small margin keeps float error from rounding an exact rank up
+	// (99.9 % of 1000 is 999, not 1000).
+	rank := int(math.Ceil(p/100*float64(len(sorted)) - 1e-6))
 	rank = min(max(rank, 1), len(sorted))
 	return sorted[rank-1]
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,65 @@ func TestPercentile(t *testing.T) {
 	}
 	if got := percentile([]uint32{7}, 99); got != 7 {
 		t.Errorf("percentile([7], 99) = %d; want 7", got)
+	}
+	// Exact ranks stay exact despite float error: 99.9 % of 1000 samples
+	// is the 999th, 99 % of 300000 the 297000th.
+	for _, n := range []int{1000, 10000, 300000} {
+		s := make([]uint32, n)
+		for i := range s {
+			s[i] = uint32(i + 1)
+		}
+		for _, p := range []float64{50, 90, 99, 99.9} {
+			want := uint32(math.Round(p / 100 * float64(n)))
+			if got := percentile(s, p); got != want {
+				t.Errorf("percentile(1..%d, %v) = %d; want %d", n, p, got, want)
+			}
+		}
+	}
+}
+
+// TestRoundOrder checks the Williams design: within a cycle every site is
+// in every position equally often and right after every other site
+// equally often, and each round holds every site once.
+func TestRoundOrder(t *testing.T) {
+	for n := 1; n <= 7; n++ {
+		cycle := orderCycle(n)
+		pos := make([][]int, n)
+		for i := range pos {
+			pos[i] = make([]int, n)
+		}
+		after := map[[2]int]int{}
+		for r := range cycle {
+			row := roundOrder(n, r)
+			seen := make([]bool, n)
+			for j, i := range row {
+				if seen[i] {
+					t.Fatalf("n=%d round %d: %v has site %d twice", n, r, row, i)
+				}
+				seen[i] = true
+				pos[i][j]++
+				if j > 0 {
+					after[[2]int{row[j-1], i}]++
+				}
+			}
+		}
+		for i := range n {
+			for j := range n {
+				if pos[i][j] != cycle/n {
+					t.Errorf("n=%d: site %d in position %d %d times; want %d", n, i, j, pos[i][j], cycle/n)
+				}
+			}
+		}
+		for a := range n {
+			for b := range n {
+				if a != b && after[[2]int{a, b}] != cycle/n {
+					t.Errorf("n=%d: site %d right after %d %d times; want %d", n, b, a, after[[2]int{a, b}], cycle/n)
+				}
+			}
+		}
+		if got, want := roundOrder(n, cycle), roundOrder(n, 0); !slices.Equal(got, want) {
+			t.Errorf("n=%d: round %d = %v; want the first round again, %v", n, cycle, got, want)
+		}
 	}
 }
 
