@@ -278,6 +278,7 @@ func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta 
 	sess := &Session{
 		ID: id, UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
 		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256),
+		UserEpoch: u.SessionEpoch, // as read when the credential was checked
 	}
 	if sess.HasAMR(AMRMFA) {
 		sess.MFAAt = now
@@ -353,7 +354,7 @@ func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now ti
 		return nil, fmt.Errorf("reading session: %w", err)
 	}
 	u, err := s.store.UserByID(ctx, sess.UserID)
-	if errors.Is(err, ErrNotFound) || (err == nil && u.Disabled) {
+	if errors.Is(err, ErrNotFound) || (err == nil && (u.Disabled || sess.UserEpoch != u.SessionEpoch)) {
 		s.cache.drop(id)
 		_ = s.store.DeleteSession(ctx, id)
 		return nil, ErrNoSession
@@ -392,17 +393,23 @@ func (s *Service) UpdateSession(ctx context.Context, id SessionID, fn func(*Sess
 	return sess, nil
 }
 
-// EndSession deletes a session (logout, revocation).
+// EndSession deletes a session (logout, revocation). The cached copy is
+// dropped before and after the delete: a request that read the session
+// from the store before the delete committed may have cached it again.
 func (s *Service) EndSession(ctx context.Context, id SessionID) error {
 	s.cache.drop(id)
 	err := s.store.DeleteSession(ctx, id)
+	s.cache.drop(id)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	return err
 }
 
-// RevokeUserSessions ends every session of a user.
+// RevokeUserSessions ends every session of a user, including one being
+// started at this moment from a credential checked before the call: the
+// store moves the user's SessionEpoch on with the delete, so such a
+// session is refused when it is loaded, even if it is stored after.
 func (s *Service) RevokeUserSessions(ctx context.Context, userID string) ([]SessionID, error) {
 	s.cache.dropUser(userID)
 	ids, err := s.store.DeleteUserSessions(ctx, userID)

@@ -112,6 +112,9 @@ type Session struct {
 	Pending   bool   `json:"pending,omitempty"`
 	IP        string `json:"ip,omitempty"`
 	UserAgent string `json:"user_agent,omitempty"`
+	// UserEpoch is the user's SessionEpoch when the session started; the
+	// session is valid only while the two are equal.
+	UserEpoch uint64 `json:"user_epoch,omitempty"`
 }
 
 // HasAMR reports whether the session used method m.

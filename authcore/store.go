@@ -30,7 +30,9 @@ type Store interface {
 	DeleteSession(ctx context.Context, id SessionID) error
 	// UserSessions lists a user's sessions, expired ones included.
 	UserSessions(ctx context.Context, userID string) ([]*Session, error)
-	// DeleteUserSessions removes all of a user's sessions and says which.
+	// DeleteUserSessions removes all of a user's sessions and says which,
+	// and in the same transaction increments the user's SessionEpoch (when
+	// the user exists).
 	DeleteUserSessions(ctx context.Context, userID string) ([]SessionID, error)
 	// TouchSessions raises LastSeen of existing sessions; missing ones
 	// are ignored.

@@ -25,6 +25,12 @@ type User struct {
 	// SecondFactor is true when the user has enrolled TOTP or a passkey,
 	// so a password alone leaves the session pending.
 	SecondFactor bool `json:"second_factor,omitempty"`
+	// SessionEpoch moves on each time all the user's sessions are ended
+	// (password change, disabling, "sign out everywhere"). A session
+	// carries the epoch of the user it was started from, and one from an
+	// older epoch is refused: a sign-in whose password was checked just
+	// before the change cannot store a session that outlives it.
+	SessionEpoch uint64 `json:"session_epoch,omitempty"`
 }
 
 // InGroup reports whether the user is a member of group g.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -75,6 +76,9 @@ func (b *Bolt) UpdateUser(ctx context.Context, u *authcore.User) error {
 		if err != nil {
 			return err
 		}
+		// The epoch only moves forward: an update prepared from a copy
+		// read before a revocation must not take the revocation back.
+		u.SessionEpoch = max(u.SessionEpoch, old.SessionEpoch)
 		if old.Email != u.Email {
 			byEmail := bucket(tx, bktUsersByEmail)
 			if byEmail.Get([]byte(u.Email)) != nil {
@@ -316,15 +320,28 @@ func deleteUserSessions(tx *bolt.Tx, uk []byte) ([]authcore.SessionID, error) {
 	return ids, nil
 }
 
-// DeleteUserSessions implements authcore.Store.
+// DeleteUserSessions implements authcore.Store: the sessions go, and the
+// user's SessionEpoch moves on, in one transaction.
 func (b *Bolt) DeleteUserSessions(ctx context.Context, userID string) (ids []authcore.SessionID, err error) {
 	uk, ok := userKey(userID)
 	if !ok {
 		return nil, nil
 	}
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		ids, err = deleteUserSessions(tx, uk)
-		return err
+		deleted, derr := deleteUserSessions(tx, uk)
+		if derr != nil {
+			return derr
+		}
+		ids = deleted
+		u, gerr := getUser(tx, uk)
+		if errors.Is(gerr, authcore.ErrNotFound) {
+			return nil
+		}
+		if gerr != nil {
+			return gerr
+		}
+		u.SessionEpoch++
+		return putUser(tx, uk, u)
 	})
 	return ids, err
 }
