@@ -146,10 +146,19 @@ type runtime struct {
 	audit *audit.Log
 
 	metrics *metrics // nil in the CLI
+
+	// failRecord, when set (tests only), makes record fail for the rows
+	// it returns an error for, as a broken audit store would.
+	failRecord atomic.Pointer[func(audit.Row) error]
 }
 
 // record appends an audit row durably, timing it for the metrics.
 func (rt *runtime) record(ctx context.Context, row audit.Row) error {
+	if f := rt.failRecord.Load(); f != nil {
+		if err := (*f)(row); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	err := rt.audit.Record(ctx, row)
 	if rt.metrics != nil {

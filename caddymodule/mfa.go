@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
@@ -104,29 +105,26 @@ func (q *preq) mfaSubmit() error {
 	if err := att.Succeed(q.ctx(), true); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	token, _, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, amr)
+	token, sess, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, amr)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	q.setSessionCookie(token)
-	q.rt.login(method, "success")
-	if err := q.audit(event{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-		meta: map[string]string{"method": method}}); err != nil {
-		return err
-	}
+	rows := []event{{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"method": method}}}
 	if recovery != "" {
 		left, _ := q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID)
-		if err := q.audit(event{action: "mfa.recovery_code.used", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-			meta: map[string]string{"remaining": itoa(left)}}); err != nil {
-			return err
-		}
+		rows = append(rows, event{action: "mfa.recovery_code.used", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+			meta: map[string]string{"remaining": itoa(left)}})
 	}
 	if p.Session.Pending {
-		if err := q.audit(event{action: "auth.login.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-			meta: map[string]string{"method": method}}); err != nil {
-			return err
-		}
+		rows = append(rows, event{action: "auth.login.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+			meta: map[string]string{"method": method}})
 	}
+	if err := q.auditOrEnd(sess.ID, rows...); err != nil {
+		return err
+	}
+	q.setSessionCookie(token)
+	q.rt.login(method, "success")
 	http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 	return nil
 }
@@ -191,14 +189,18 @@ func (q *preq) totpSubmit() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	token, _, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, authcore.AMROTP)
+	token, sess, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, authcore.AMROTP)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	q.setSessionCookie(token)
-	if err := q.audit(event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+	if err := q.auditOrEnd(sess.ID, event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+		// Not enrolled after all: the user never saw the recovery codes.
+		if rerr := q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID); rerr != nil {
+			q.p.logger.Error("removing a TOTP enrolment whose audit row failed", zap.Error(rerr))
+		}
 		return err
 	}
+	q.setSessionCookie(token)
 	d.Codes = codes
 	return q.page(http.StatusOK, "totp", d)
 }

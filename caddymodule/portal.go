@@ -96,9 +96,9 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	q := &preq{w: w, r: r, rt: rt, p: p, own: own, origin: p.origins.origin(r), secure: secure, nonce: newNonce()}
 	setPageHeaders(w.Header(), q.nonce, p.formTargets)
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
-	}
+	// Every portal body is capped, whatever the method: nothing here
+	// reads more than a form.
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
 	switch sub {
 	case "/login":
 		return q.route(q.loginPage, q.loginSubmit)
@@ -176,7 +176,19 @@ func (q *preq) ctx() context.Context { return q.r.Context() }
 
 // rd returns the safe return URL from the request (query or form).
 func (q *preq) rd() string {
-	return authcore.CleanRedirect(q.r.FormValue("rd"), requestHost(q.r), q.secure, q.p.app.AllowedRedirectHosts)
+	return authcore.CleanRedirect(q.param("rd"), requestHost(q.r), q.secure, q.p.app.AllowedRedirectHosts)
+}
+
+// param returns a request parameter from the query string or, on a POST,
+// also from the urlencoded body that route has parsed. Never FormValue:
+// it parses a multipart body on any method, GET included, and behind
+// Caddy the temporary files of large parts outlive the request (net/http
+// removes them only from its own copy of it).
+func (q *preq) param(name string) string {
+	if q.r.Form == nil {
+		_ = q.r.ParseForm() // GET and HEAD: the query string only
+	}
+	return q.r.Form.Get(name)
 }
 
 // session returns the signed-in (or pending) principal of the request, or
@@ -217,7 +229,7 @@ func (q *preq) loginPage() error {
 	}
 	// Already signed in and on the way somewhere: go there. Without a
 	// return URL the form shows, to sign in as someone else.
-	if p != nil && !p.Session.Pending && q.r.FormValue("rd") != "" {
+	if p != nil && !p.Session.Pending && q.param("rd") != "" {
 		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 		return nil
 	}
@@ -294,16 +306,32 @@ func (q *preq) loginSubmit() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	q.setSessionCookie(token)
-	q.rt.login("password", "success")
 	target := q.rd()
 	if sess.Pending {
 		target = q.p.app.Prefix + "/mfa?rd=" + url.QueryEscape(target)
-	} else if err := q.audit(event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
+	} else if err := q.auditOrEnd(sess.ID, event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
 		meta: map[string]string{"method": "password"}}); err != nil {
 		return err
 	}
+	q.setSessionCookie(token)
+	q.rt.login("password", "success")
 	http.Redirect(q.w, q.r, target, http.StatusSeeOther)
+	return nil
+}
+
+// auditOrEnd writes the audit rows of a step that signs a browser in,
+// before its session cookie is set: if a row cannot be written, the new
+// session ends and the answer is an error, so nobody is signed in without
+// the rows that say so (audit fails closed).
+func (q *preq) auditOrEnd(id authcore.SessionID, evs ...event) error {
+	for _, ev := range evs {
+		if err := q.audit(ev); err != nil {
+			if eerr := q.rt.auth.EndSession(q.ctx(), id); eerr != nil {
+				q.p.logger.Error("ending a session whose audit row failed", zap.Error(eerr))
+			}
+			return err
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,142 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+)
+
+// failAudit makes the running app's audit writes fail for action (none
+// when action is empty), as a broken audit store would.
+func (e *env) failAudit(action string) {
+	if action == "" {
+		e.rt().failRecord.Store(nil)
+		return
+	}
+	f := func(r audit.Row) error {
+		if r.Action == action {
+			return errors.New("audit store unavailable")
+		}
+		return nil
+	}
+	e.rt().failRecord.Store(&f)
+}
+
+// sessionsOf counts the user's sessions in the store.
+func (e *env) sessionsOf(userID string) int {
+	e.t.Helper()
+	ss, err := e.rt().store.UserSessions(context.Background(), userID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(ss)
+}
+
+// TestSignInAuditFailsClosed: when the row saying that a browser signed
+// in (or passed or enrolled a second factor) cannot be written, the
+// browser is not signed in: an error, no session cookie, no session in
+// the store, and no half-done enrolment whose recovery codes nobody saw.
+func TestSignInAuditFailsClosed(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("una@example.com")
+
+	e.failAudit("auth.login.success")
+	resp := e.login("una@example.com", testPassword, "/")
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("password sign-in with a failing audit row: status %d; want 500", resp.StatusCode)
+	}
+	if c := e.sessionCookie(); c != "" {
+		t.Errorf("password sign-in with a failing audit row set a session cookie")
+	}
+	if n := e.sessionsOf(u.ID); n != 0 {
+		t.Errorf("password sign-in with a failing audit row left %d sessions; want 0", n)
+	}
+
+	e.failAudit("")
+	e.mustLogin("una@example.com")
+	_, page := e.get("/.sigra/account/totp", nil)
+	m := totpSecret.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no TOTP secret on the enrol page")
+	}
+	e.failAudit("mfa.totp.enrolled")
+	resp, _ = e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}}, nil)
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("TOTP enrolment with a failing audit row: status %d; want 500", resp.StatusCode)
+	}
+	if has, err := e.rt().auth.HasTOTP(context.Background(), u.ID); err != nil || has {
+		t.Errorf("TOTP enrolment with a failing audit row: enrolled %v (%v); want not enrolled", has, err)
+	}
+	if n := e.sessionsOf(u.ID); n != 0 {
+		t.Errorf("TOTP enrolment with a failing audit row left %d sessions; want 0", n)
+	}
+
+	// Enrol for real, then sign in again: the challenge's row fails.
+	e.failAudit("")
+	e.client.Jar, _ = newJar()
+	e.mustLogin("una@example.com")
+	fake.Advance(30 * time.Second) // the first enrolment spent a step
+	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake.Advance(60 * time.Second)
+	e.client.Jar, _ = newJar()
+	e.login("una@example.com", testPassword, "/")
+	_, page = e.get("/.sigra/mfa", nil)
+	before := e.sessionsOf(u.ID) // the enrolment's session and this pending one
+	e.failAudit("mfa.challenge.success")
+	resp, _ = e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("MFA challenge with a failing audit row: status %d; want 500", resp.StatusCode)
+	}
+	if n := e.sessionsOf(u.ID); n != before-1 {
+		t.Errorf("MFA challenge with a failing audit row: %d sessions, %d before; want the pending one gone and no new one", n, before)
+	}
+	if got := resp.Header.Values("Set-Cookie"); len(got) > 0 {
+		t.Errorf("MFA challenge with a failing audit row set cookies %q", got)
+	}
+}
+
+// TestPortalGETIgnoresBody: a GET's body is never parsed. FormValue would
+// parse a multipart body on any method and write large parts to temporary
+// files that net/http cannot remove behind Caddy: an anonymous way to
+// fill the disk. The return URL comes from the query only.
+func TestPortalGETIgnoresBody(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("gil@example.com")
+	e.mustLogin("gil@example.com")
+
+	var body strings.Builder
+	mw := multipart.NewWriter(&body)
+	_ = mw.WriteField("rd", "/from-the-body")
+	fw, _ := mw.CreateFormFile("f", "big.bin")
+	_, _ = fw.Write([]byte(strings.Repeat("x", 40<<20))) // above net/http's 32 MiB in memory
+	_ = mw.Close()
+	req, _ := http.NewRequest(http.MethodGet, e.base+"/.sigra/login?rd=/from-the-query", strings.NewReader(body.String()))
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err := e.client.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/from-the-query" {
+			t.Errorf("signed-in GET /login?rd=: status %d Location %q; want 303 to /from-the-query", resp.StatusCode, resp.Header.Get("Location"))
+		}
+	} // else: the server answered and closed without reading the body, which is fine
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range entries {
+		if strings.HasPrefix(en.Name(), "multipart-") {
+			t.Errorf("a GET left the temporary file %s", en.Name())
+		}
+	}
+}
