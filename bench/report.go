@@ -180,6 +180,12 @@ type ratio struct {
 	// AddedCPUus is the median of the paired differences of Caddy's CPU
 	// per request, in µs: what the site costs Caddy on top of the baseline.
 	AddedCPUus float64 `json:"added_caddy_cpu_us_per_req"`
+	// Intervals of the medians the targets use (see medianInterval), and
+	// how likely each is to hold the true median.
+	RPSInterval        [2]float64 `json:"rps_interval"`
+	CaddyCPUInterval   [2]float64 `json:"caddy_cpu_per_req_interval"`
+	AddedP99Interval   [2]float64 `json:"added_p99_ms_interval"`
+	IntervalConfidence float64    `json:"interval_confidence"`
 }
 
 func pairedRatio(s, base *siteAcc) ratio {
@@ -189,6 +195,7 @@ func pairedRatio(s, base *siteAcc) ratio {
 		nan := math.NaN()
 		q.RPS, q.P50, q.P99, q.CaddyCPU, q.PeakRSS = nan, nan, nan, nan, nan
 		q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs, q.AddedCPUus = nan, nan, nan, nan, nan
+		q.RPSInterval, q.CaddyCPUInterval, q.AddedP99Interval = [2]float64{nan, nan}, [2]float64{nan, nan}, [2]float64{nan, nan}
 		return q
 	}
 	each := func(f func(x, b roundRecord) float64) []float64 {
@@ -204,17 +211,53 @@ func pairedRatio(s, base *siteAcc) ratio {
 		}
 		return a / b
 	}
-	q.RPS = median(each(func(x, b roundRecord) float64 { return div(x.RPS, b.RPS) }))
+	rps := each(func(x, b roundRecord) float64 { return div(x.RPS, b.RPS) })
+	cpu := each(func(x, b roundRecord) float64 { return div(x.CaddyCPUus, b.CaddyCPUus) })
+	q.RPSInterval, q.IntervalConfidence = medianInterval(rps)
+	q.CaddyCPUInterval, _ = medianInterval(cpu)
+	q.RPS = median(rps)
 	q.P50 = median(each(func(x, b roundRecord) float64 { return div(x.P50ms, b.P50ms) }))
 	q.P99 = median(each(func(x, b roundRecord) float64 { return div(x.P99ms, b.P99ms) }))
-	q.CaddyCPU = median(each(func(x, b roundRecord) float64 { return div(x.CaddyCPUus, b.CaddyCPUus) }))
+	q.CaddyCPU = median(cpu)
 	q.PeakRSS = median(each(func(x, b roundRecord) float64 { return div(x.PeakRSSMB, b.PeakRSSMB) }))
 	q.AddedP50ms = median(each(func(x, b roundRecord) float64 { return x.P50ms - b.P50ms }))
 	q.AddedCPUus = median(each(func(x, b roundRecord) float64 { return x.CaddyCPUus - b.CaddyCPUus }))
 	d := each(func(x, b roundRecord) float64 { return x.P99ms - b.P99ms })
+	q.AddedP99Interval, _ = medianInterval(d)
 	q.AddedP99ms = median(d)
 	q.AddedP99MinMs, q.AddedP99MaxMs = slices.Min(d), slices.Max(d)
 	return q
+}
+
+// medianInterval is a distribution-free interval for the median of the
+// population v was drawn from (the sign-test interval): the k-th smallest
+// and k-th largest of v, with the largest k whose confidence, 1 − 2·P(X <
+// k) for X ~ Binomial(n, ½), is still at least 95 %. With fewer than six
+// values no k reaches 95 %; the interval is then the whole range, with
+// its lower confidence. v is not changed.
+func medianInterval(v []float64) ([2]float64, float64) {
+	n := len(v)
+	if n == 0 {
+		return [2]float64{math.NaN(), math.NaN()}, 0
+	}
+	sorted := slices.Clone(v)
+	slices.Sort(sorted)
+	// below[j] = P(X ≤ j), X ~ Binomial(n, ½)
+	below := make([]float64, n+1)
+	c, sum := 1.0, 0.0
+	for j := 0; j <= n; j++ {
+		if j > 0 {
+			c = c * float64(n-j+1) / float64(j)
+		}
+		sum += c
+		below[j] = sum / math.Pow(2, float64(n))
+	}
+	conf := func(k int) float64 { return 1 - 2*below[k-1] }
+	k := 1
+	for k+1 <= (n+1)/2 && conf(k+1) >= 0.95 {
+		k++
+	}
+	return [2]float64{sorted[k-1], sorted[n-k]}, conf(k)
 }
 
 // median of v (NaN for none); v is reordered.
@@ -252,21 +295,30 @@ type goal struct {
 	Threshold float64 `json:"threshold"`
 	Unit      string  `json:"unit,omitempty"`
 	Pass      bool    `json:"pass"`
+	// Interval is where the value lies with Confidence (the round pairs'
+	// median interval); Settled says it lies wholly on Pass's side of the
+	// threshold, so more rounds would not be expected to change the
+	// verdict.
+	Interval   [2]float64 `json:"interval"`
+	Confidence float64    `json:"confidence"`
+	Settled    bool       `json:"settled"`
 }
 
-func newGoal(name string, value float64, op string, threshold float64, unit string) goal {
-	g := goal{Name: name, Value: value, Op: op, Threshold: threshold, Unit: unit}
-	switch op {
-	case ">=":
-		g.Pass = value >= threshold
-	case "<=":
-		g.Pass = value <= threshold
-	case "<":
-		g.Pass = value < threshold
+func newGoal(name string, value float64, op string, threshold float64, unit string, interval [2]float64, confidence float64) goal {
+	g := goal{Name: name, Value: value, Op: op, Threshold: threshold, Unit: unit, Interval: interval, Confidence: confidence}
+	meets := func(v float64) bool {
+		switch op {
+		case ">=":
+			return v >= threshold
+		case "<=":
+			return v <= threshold
+		case "<":
+			return v < threshold
+		}
+		return false
 	}
-	if math.IsNaN(value) {
-		g.Pass = false
-	}
+	g.Pass = !math.IsNaN(value) && meets(value)
+	g.Settled = !math.IsNaN(interval[0]) && meets(interval[0]) == g.Pass && meets(interval[1]) == g.Pass
 	return g
 }
 
@@ -276,7 +328,15 @@ func (g goal) String() string {
 		verdict = "PASS"
 	}
 	op := map[string]string{">=": "≥", "<=": "≤", "<": "<"}[g.Op]
-	return fmt.Sprintf("%s  %-44s %s %s %s", verdict, g.Name, num(g.Value, 3)+g.Unit, op, num(g.Threshold, 3)+g.Unit)
+	line := fmt.Sprintf("%s  %-48s %s %s %s", verdict, g.Name, num(g.Value, 3)+g.Unit, op, num(g.Threshold, 3)+g.Unit)
+	if math.IsNaN(g.Interval[0]) {
+		return line
+	}
+	line += fmt.Sprintf("   %.0f%% interval %s…%s", 100*g.Confidence, num(g.Interval[0], 3), num(g.Interval[1], 3)+g.Unit)
+	if !g.Settled {
+		line += ": not settled, more rounds needed"
+	}
+	return line
 }
 
 // results is the whole run, as written to the JSON file.
@@ -432,9 +492,9 @@ func evaluate(r *results) []goal {
 	for _, q := range r.ClosedRatios {
 		switch q.Name {
 		case "B/A":
-			goals = append(goals, newGoal("saturation throughput B/A (gate)", q.RPS, ">=", 0.95, ""))
+			goals = append(goals, newGoal("saturation throughput B/A (gate)", q.RPS, ">=", 0.95, "", q.RPSInterval, q.IntervalConfidence))
 		case "C/A":
-			goals = append(goals, newGoal("saturation throughput C/A (gate + requirements)", q.RPS, ">=", 0.90, ""))
+			goals = append(goals, newGoal("saturation throughput C/A (gate + requirements)", q.RPS, ">=", 0.90, "", q.RPSInterval, q.IntervalConfidence))
 		}
 	}
 	var ba, ha *ratio
@@ -465,13 +525,18 @@ func evaluate(r *results) []goal {
 	for _, q := range r.OpenRatios {
 		if q.Name == "B/A" || q.Name == "C/A" {
 			site, _, _ := strings.Cut(q.Name, "/")
-			goals = append(goals, newGoal(fmt.Sprintf("added p99 latency %s−A at %s req/s", site, num(r.OpenRate, 0)), q.AddedP99ms, "<=", 0.2, " ms"))
+			goals = append(goals, newGoal(fmt.Sprintf("added p99 latency %s−A at %s req/s", site, num(r.OpenRate, 0)), q.AddedP99ms, "<=", 0.2, " ms", q.AddedP99Interval, q.IntervalConfidence))
 		}
 	}
 	if n := len(r.SessionsRatios); n > 0 {
 		q := r.SessionsRatios[n-1]
 		most, fewest, _ := strings.Cut(q.Name, "/")
-		goals = append(goals, newGoal(fmt.Sprintf("CPU per request change, %s→%s sessions", fewest, most), 100*math.Abs(q.CaddyCPU-1), "<", 10, " %"))
+		lo, hi := math.Abs(q.CaddyCPUInterval[0]-1), math.Abs(q.CaddyCPUInterval[1]-1)
+		change := [2]float64{100 * min(lo, hi), 100 * max(lo, hi)}
+		if q.CaddyCPUInterval[0] <= 1 && 1 <= q.CaddyCPUInterval[1] {
+			change[0] = 0
+		}
+		goals = append(goals, newGoal(fmt.Sprintf("CPU per request change, %s→%s sessions", fewest, most), 100*math.Abs(q.CaddyCPU-1), "<", 10, " %", change, q.IntervalConfidence))
 		r.Notes = append(r.Notes, fmt.Sprintf("%s→%s sessions (informational): throughput %+.1f%%, p50 %+.1f%%, p99 %+.1f%%",
 			fewest, most, 100*(q.RPS-1), 100*(q.P50-1), 100*(q.P99-1)))
 	}

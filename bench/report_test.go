@@ -125,24 +125,66 @@ func TestPairedRatio(t *testing.T) {
 }
 
 func TestGoal(t *testing.T) {
+	none := [2]float64{math.NaN(), math.NaN()}
 	tests := []struct {
-		g    goal
-		pass bool
-		text string
+		g       goal
+		pass    bool
+		settled bool
+		text    string
 	}{
-		{newGoal("throughput B/A", 0.96, ">=", 0.95, ""), true, "PASS  throughput B/A"},
-		{newGoal("throughput C/A", 0.85, ">=", 0.90, ""), false, "MISS  throughput C/A"},
-		{newGoal("added p99", 0.25, "<=", 0.2, " ms"), false, "0.250 ms ≤ 0.200 ms"},
-		{newGoal("change", 3, "<", 10, " %"), true, "3.000 % < 10.000 %"},
-		{newGoal("nothing measured", math.NaN(), "<", 10, ""), false, "MISS  nothing measured"},
+		{newGoal("throughput B/A", 0.96, ">=", 0.95, "", [2]float64{0.955, 0.97}, 0.98), true, true, "PASS  throughput B/A"},
+		{newGoal("throughput C/A", 0.85, ">=", 0.90, "", [2]float64{0.80, 0.88}, 0.98), false, true, "MISS  throughput C/A"},
+		{newGoal("added p99", 0.25, "<=", 0.2, " ms", [2]float64{0.1, 0.4}, 0.98), false, false, "0.250 ms ≤ 0.200 ms   98% interval 0.100…0.400 ms: not settled"},
+		{newGoal("change", 3, "<", 10, " %", [2]float64{0, 6}, 0.96), true, true, "3.000 % < 10.000 %   96% interval 0.000…6.000 %"},
+		{newGoal("nothing measured", math.NaN(), "<", 10, "", none, 0), false, false, "MISS  nothing measured"},
 	}
 	for _, tt := range tests {
-		if tt.g.Pass != tt.pass {
-			t.Errorf("%s: pass %v; want %v", tt.g.Name, tt.g.Pass, tt.pass)
+		if tt.g.Pass != tt.pass || tt.g.Settled != tt.settled {
+			t.Errorf("%s: pass %v settled %v; want %v, %v", tt.g.Name, tt.g.Pass, tt.g.Settled, tt.pass, tt.settled)
 		}
 		if s := tt.g.String(); !strings.Contains(s, tt.text) {
 			t.Errorf("%q does not contain %q", s, tt.text)
 		}
+	}
+	if s := tests[1].g.String(); strings.Contains(s, "not settled") {
+		t.Errorf("%q: a miss with its whole interval below the target is settled", s)
+	}
+}
+
+// TestMedianInterval checks the sign-test interval against values worked
+// out by hand: for 10 pairs the 2nd smallest and 2nd largest (97.9 %),
+// for 24 the 7th (97.7 %), below 6 the whole range.
+func TestMedianInterval(t *testing.T) {
+	seq := func(n int) []float64 {
+		v := make([]float64, n)
+		for i := range v {
+			v[i] = float64(n - i) // descending: the function must sort
+		}
+		return v
+	}
+	tests := []struct {
+		n      int
+		lo, hi float64
+		conf   float64
+	}{
+		{10, 2, 9, 1 - 2*11.0/1024},
+		{24, 7, 18, 0.9773},
+		{6, 1, 6, 1 - 2.0/64},
+		{5, 1, 5, 1 - 2.0/32},
+		{1, 1, 1, 0},
+	}
+	for _, tt := range tests {
+		v := seq(tt.n)
+		iv, conf := medianInterval(v)
+		if iv[0] != tt.lo || iv[1] != tt.hi || math.Abs(conf-tt.conf) > 1e-4 {
+			t.Errorf("n=%d: [%v, %v] at %.4f; want [%v, %v] at %.4f", tt.n, iv[0], iv[1], conf, tt.lo, tt.hi, tt.conf)
+		}
+		if v[0] != float64(tt.n) {
+			t.Errorf("n=%d: the input was reordered", tt.n)
+		}
+	}
+	if iv, _ := medianInterval(nil); !math.IsNaN(iv[0]) {
+		t.Errorf("no values: %v; want NaN", iv)
 	}
 }
 
