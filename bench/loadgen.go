@@ -48,12 +48,16 @@ type roundResult struct {
 	Elapsed  time.Duration // from the release of the workers to the last response
 	Late     int           // open loop: requests sent behind schedule because their worker was still busy
 	Samples  []uint32      // latency of every request, in nanoseconds
+	// Delays (open loop) are how long after its scheduled time each
+	// on-time request actually went out: the generator's own timer and
+	// scheduling delay, from which such a request's latency counts.
+	Delays []uint32
 }
 
 // generator runs rounds. It keeps the latency buffers between rounds so
 // that measuring allocates nothing.
 type generator struct {
-	bufs [][]uint32
+	bufs, dbufs [][]uint32
 }
 
 // hooks are called around the measured part of a round: after the
@@ -87,12 +91,17 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 	}
 	for len(g.bufs) < spec.Conns {
 		g.bufs = append(g.bufs, nil)
+		g.dbufs = append(g.dbufs, nil)
 	}
 	for i := range spec.Conns {
 		if cap(g.bufs[i]) < perWorker {
 			g.bufs[i] = make([]uint32, 0, perWorker)
 		}
 		g.bufs[i] = g.bufs[i][:0]
+		if spec.Rate > 0 && cap(g.dbufs[i]) < perWorker {
+			g.dbufs[i] = make([]uint32, 0, perWorker)
+		}
+		g.dbufs[i] = g.dbufs[i][:0]
 	}
 
 	// Connect first, outside the measured window.
@@ -141,6 +150,7 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 			toks:  t.Tokens,
 			rng:   rand.New(rand.NewPCG(uint64(i)+1, uint64(time.Now().UnixNano()))),
 			lat:   g.bufs[i],
+			delay: g.dbufs[i],
 			limit: perWorker,
 		}
 		wg.Add(1)
@@ -162,7 +172,7 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 			} else {
 				err = w.closedLoop(&stop, t0.Add(spec.Duration))
 			}
-			g.bufs[i] = w.lat
+			g.bufs[i], g.dbufs[i] = w.lat, w.delay
 			if err != nil {
 				fail(fmt.Errorf("site %s: %w", t.Name, err))
 			}
@@ -203,6 +213,7 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 	res.Samples = make([]uint32, 0, res.Requests)
 	for i := range spec.Conns {
 		res.Samples = append(res.Samples, g.bufs[i]...)
+		res.Delays = append(res.Delays, g.dbufs[i]...)
 	}
 	return res, nil
 }
@@ -222,7 +233,8 @@ type worker struct {
 	req   []byte
 	resp  response
 	lat   []uint32
-	limit int // most requests this worker may send in the round
+	delay []uint32 // open loop: send delay of each on-time request
+	limit int      // most requests this worker may send in the round
 }
 
 // closedLoop sends the next request as soon as the previous answer is in,
@@ -264,6 +276,9 @@ func (w *worker) openLoop(ctx context.Context, first time.Time, interval time.Du
 			case <-t.C:
 			}
 			start = time.Now()
+			if len(w.delay) < cap(w.delay) {
+				w.delay = append(w.delay, uint32(min(start.Sub(due), math.MaxUint32)))
+			}
 		} else {
 			late++
 			if ctx.Err() != nil {

@@ -43,6 +43,7 @@ type siteAcc struct {
 	site, desc string
 	rounds     []roundRecord
 	samples    []uint32
+	delays     []uint32
 	requests   int
 	late       int
 	elapsed    time.Duration
@@ -57,6 +58,7 @@ type siteAcc struct {
 func (a *siteAcc) add(rec roundRecord, res roundResult, cpu [3]time.Duration) {
 	a.rounds = append(a.rounds, rec)
 	a.samples = append(a.samples, res.Samples...)
+	a.delays = append(a.delays, res.Delays...)
 	a.requests += res.Requests
 	a.late += res.Late
 	a.elapsed += res.Elapsed
@@ -85,7 +87,11 @@ type summary struct {
 	UpstreamCPUs float64 `json:"upstream_cpu_us_per_req"`
 	PeakRSSMB    float64 `json:"peak_rss_mb"`
 	LatePct      float64 `json:"late_pct,omitempty"`
-	NoisePct     float64 `json:"noise_pct"` // other processes' and the hypervisor's share of the CPUs, mean over the rounds
+	// SendDelayP50ms and SendDelayP99ms (open loop): how late after their
+	// scheduled time on-time requests went out, the generator's own delay.
+	SendDelayP50ms float64 `json:"send_delay_p50_ms,omitempty"`
+	SendDelayP99ms float64 `json:"send_delay_p99_ms,omitempty"`
+	NoisePct       float64 `json:"noise_pct"` // other processes' and the hypervisor's share of the CPUs, mean over the rounds
 }
 
 func (a *siteAcc) summarize() summary {
@@ -102,6 +108,10 @@ func (a *siteAcc) summarize() summary {
 		P999ms:    ms(percentile(a.samples, 99.9)),
 		Maxms:     ms(percentile(a.samples, 100)),
 		PeakRSSMB: a.peakRSSMB,
+	}
+	if len(a.delays) > 0 {
+		slices.Sort(a.delays)
+		s.SendDelayP50ms, s.SendDelayP99ms = ms(percentile(a.delays, 50)), ms(percentile(a.delays, 99))
 	}
 	if a.elapsed > 0 {
 		s.RPS = float64(a.requests) / a.elapsed.Seconds()
@@ -400,6 +410,11 @@ func printReport(w io.Writer, r *results, conns int) {
 			fmt.Fprintf(w, "added latency %s: p50 %+.3f ms, p99 %+.3f ms (p99 per round pair from %+.3f to %+.3f ms)\n",
 				strings.Replace(q.Name, "/", "−", 1), q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs)
 		}
+		var delays []string
+		for _, x := range r.Open {
+			delays = append(delays, fmt.Sprintf("%s %.3f/%.3f", x.Site, x.SendDelayP50ms, x.SendDelayP99ms))
+		}
+		fmt.Fprintf(w, "the generator's send delay, p50/p99 ms (on-time requests went out this late, and their latency counts from then): %s\n", strings.Join(delays, ", "))
 		if g := r.OpenGate; g != nil && g.Decisions > 0 {
 			fmt.Fprintf(w, "the gates' own time inside Caddy (%s, %s decisions): mean %.1f µs, p50 ≤ %s µs, p99 ≤ %s µs\n",
 				gateHistName, num(g.Decisions, 0), g.MeanUs, num(g.P50MaxUs, 1), num(g.P99MaxUs, 1))
