@@ -67,6 +67,11 @@ type caddyConf struct {
 	DBPath    string // the bbolt file of the sigra app
 	Upstream  string // host:port of the upstream
 	Sites     []siteConf
+	// NoProxyLog leaves reverse_proxy out of Caddy's default log on every
+	// site (-proxy-log=false): Caddy 2.11 JSON-encodes every request
+	// header into reverse_proxy's per-request logger whether or not
+	// anything is logged, unless no log takes the module at all.
+	NoProxyLog bool
 }
 
 // caddyfile renders the configuration: one Caddy, every site on its own
@@ -75,6 +80,9 @@ type caddyConf struct {
 func (c caddyConf) caddyfile() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", c.AdminPort)
+	if c.NoProxyLog {
+		b.WriteString("\tlog default {\n\t\texclude http.handlers.reverse_proxy\n\t}\n")
+	}
 	if c.needsSigra() {
 		fmt.Fprintf(&b, "\tsigra {\n\t\tstorage bbolt %s\n\t}\n", c.DBPath)
 	}

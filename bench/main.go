@@ -54,6 +54,7 @@ type config struct {
 	caddyProcs   int
 	upProcs      int
 	loginCheck   bool
+	proxyLog     bool
 	keep         bool
 	serve        bool
 	strict       bool
@@ -86,6 +87,7 @@ func main() {
 	flag.IntVar(&cfg.caddyProcs, "caddy-procs", 0, "GOMAXPROCS of Caddy; 0 leaves Go's default (all CPUs)")
 	flag.IntVar(&cfg.upProcs, "upstream-procs", 0, "GOMAXPROCS of the upstream; 0 leaves Go's default (all CPUs)")
 	flag.BoolVar(&cfg.loginCheck, "login-check", true, "also sign in once through the portal's password form (a warning if it fails)")
+	flag.BoolVar(&cfg.proxyLog, "proxy-log", true, "keep reverse_proxy in Caddy's default log; false excludes it on every site (log default { exclude http.handlers.reverse_proxy }), which spares the per-request encoding of every request header into its logger")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (Caddyfile, Caddy's log, bbolt files)")
 	flag.BoolVar(&cfg.serve, "serve", false, "set up and check the sites, print their addresses and a session cookie, then wait (until Ctrl-C or -timeout) instead of measuring: for profiling with wrk and Caddy's /debug/pprof")
 	flag.BoolVar(&cfg.strict, "strict", false, "exit with status 1 when a target is missed")
@@ -244,6 +246,9 @@ func run(ctx context.Context, cfg config) (bool, error) {
 			r.Settings[f.Name] = f.Value.String()
 		}
 	})
+	if !cfg.proxyLog {
+		r.Notes = append(r.Notes, "-proxy-log=false: reverse_proxy is out of Caddy's default log on every site, A's included")
+	}
 
 	up, err := startUpstream(ctx, cfg.upProcs)
 	if err != nil {

@@ -43,7 +43,7 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 	if err != nil {
 		return err
 	}
-	conf := caddyConf{AdminPort: ports[0], DBPath: filepath.Join(dir, "sigra.db"), Upstream: b.up.Addr}
+	conf := caddyConf{AdminPort: ports[0], DBPath: filepath.Join(dir, "sigra.db"), Upstream: b.up.Addr, NoProxyLog: !b.cfg.proxyLog}
 	for i := range sites {
 		sites[i].Port = ports[i+1]
 	}
@@ -165,7 +165,7 @@ func (b *bench) sessionsPhase(ctx context.Context, dir string, counts []int) err
 			return err
 		}
 		s := siteConf{Name: humanCount(n), Port: ports[1], Gate: true}
-		conf := caddyConf{AdminPort: ports[0], DBPath: filepath.Join(sub, "sigra.db"), Upstream: b.up.Addr, Sites: []siteConf{s}}
+		conf := caddyConf{AdminPort: ports[0], DBPath: filepath.Join(sub, "sigra.db"), Upstream: b.up.Addr, Sites: []siteConf{s}, NoProxyLog: !b.cfg.proxyLog}
 		logf("seeding %d sessions into %s", n, conf.DBPath)
 		seed, err := seedStore(ctx, conf.DBPath, n, false)
 		if err != nil {

@@ -244,6 +244,16 @@ func TestCaddyfile(t *testing.T) {
 	if strings.Contains(plain, "sigra") {
 		t.Errorf("a plain config mentions sigra:\n%s", plain)
 	}
+	// -proxy-log=false takes reverse_proxy out of the default log, for
+	// every site, in the global block; by default no log is configured.
+	const noProxyLog = "\tlog default {\n\t\texclude http.handlers.reverse_proxy\n\t}\n"
+	if strings.Contains(got, "log default") {
+		t.Errorf("the default config configures a log:\n%s", got)
+	}
+	quiet := caddyConf{AdminPort: 1, Upstream: "u", Sites: sites, NoProxyLog: true}.caddyfile()
+	if head, _, _ := strings.Cut(quiet, "\n}\n"); !strings.Contains(head+"\n", noProxyLog) {
+		t.Errorf("-proxy-log=false: the global block lacks %q:\n%s", noProxyLog, quiet)
+	}
 	// H carries the identity headers and, like the gate, drops the
 	// session cookie; A2 is A again.
 	sites, err = parseSites("A,H,A2", "mfa")
