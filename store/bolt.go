@@ -9,6 +9,8 @@
 //	├── users_by_email     normalised email                  → user id (16 bytes)
 //	├── sessions           session id (32-byte SHA-256)      → JSON authcore.Session
 //	├── sessions_by_user   user id (16) ‖ session id (32)    → nil
+//	├── sessions_by_expiry expires_at (8) ‖ session id (32)  → nil (bolt_session_index.go)
+//	├── sessions_by_seen   last_seen (8) ‖ session id (32)   → nil
 //	├── secrets            name                              → opaque bytes (sealed by the caller)
 //	├── totp               user id (16)                      → JSON TOTPRecord (secret sealed, aad = user id)
 //	├── totp_pending       user id (16)                      → JSON PendingTOTP (sealed likewise)
@@ -83,14 +85,14 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		if err != nil {
 			return err
 		}
-		for _, group := range [][][]byte{authBuckets, auditBuckets, mfaBuckets} {
+		for _, group := range [][][]byte{authBuckets, sessionIndexBuckets, auditBuckets, mfaBuckets} {
 			for _, name := range group {
 				if _, err := root.CreateBucketIfNotExists(name); err != nil {
 					return fmt.Errorf("bucket %s: %w", name, err)
 				}
 			}
 		}
-		return nil
+		return ensureSessionIndexes(tx)
 	})
 	if err != nil {
 		db.Close()

@@ -201,7 +201,19 @@ func putSession(tx *bolt.Tx, s *authcore.Session) error {
 	if err != nil {
 		return err
 	}
-	if err := bucket(tx, bktSessions).Put(s.ID[:], v); err != nil {
+	sessions := bucket(tx, bktSessions)
+	cur := sessionTimesOf(s)
+	if prev := sessions.Get(s.ID[:]); prev == nil {
+		err = indexSession(tx, s.ID, cur)
+	} else if old, derr := decodeSessionTimes(prev); derr == nil {
+		err = reindexSession(tx, s.ID, old, cur)
+	} else {
+		err = indexSession(tx, s.ID, cur) // the old entries, if any, are stale now
+	}
+	if err != nil {
+		return err
+	}
+	if err := sessions.Put(s.ID[:], v); err != nil {
 		return err
 	}
 	return bucket(tx, bktSessionsByUser).Put(sessionUserKey(uk, s.ID), nil)
@@ -258,6 +270,9 @@ func deleteSession(tx *bolt.Tx, id authcore.SessionID) (bool, error) {
 				return false, err
 			}
 		}
+		if err := unindexSession(tx, id, sessionTimesOf(s)); err != nil {
+			return false, err
+		}
 	}
 	return true, sessions.Delete(id[:])
 }
@@ -310,9 +325,10 @@ func (b *Bolt) UserSessions(ctx context.Context, userID string) ([]*authcore.Ses
 func deleteUserSessions(tx *bolt.Tx, uk []byte) ([]authcore.SessionID, error) {
 	ids := userSessionIDs(tx, uk)
 	for _, id := range ids {
-		if err := bucket(tx, bktSessions).Delete(id[:]); err != nil {
+		if _, err := deleteSession(tx, id); err != nil {
 			return nil, err
 		}
+		// deleteSession drops this when it can read the session.
 		if err := bucket(tx, bktSessionsByUser).Delete(sessionUserKey(uk, id)); err != nil {
 			return nil, err
 		}
@@ -362,7 +378,11 @@ func (b *Bolt) TouchSessions(ctx context.Context, seen map[authcore.SessionID]ti
 			if !t.After(s.LastSeen) {
 				continue
 			}
+			old := sessionTimesOf(s)
 			s.LastSeen = t.UTC()
+			if err := reindexSession(tx, id, old, sessionTimesOf(s)); err != nil {
+				return err
+			}
 			nv, err := json.Marshal(s)
 			if err != nil {
 				return err
@@ -373,81 +393,6 @@ func (b *Bolt) TouchSessions(ctx context.Context, seen map[authcore.SessionID]ti
 		}
 		return nil
 	})
-}
-
-// pruneChunk bounds how many sessions one pruning transaction reads, so a
-// large store is never held in one long read transaction.
-const pruneChunk = 10_000
-
-// DeleteExpiredSessions implements authcore.Store.
-func (b *Bolt) DeleteExpiredSessions(ctx context.Context, now time.Time, idle time.Duration) (int, error) {
-	total := 0
-	var after []byte
-	for {
-		if err := ctx.Err(); err != nil {
-			return total, err
-		}
-		var expired []authcore.SessionID
-		var last []byte
-		err := b.db.View(func(tx *bolt.Tx) error {
-			c := bucket(tx, bktSessions).Cursor()
-			k, v := c.First()
-			if after != nil {
-				k, v = c.Seek(after)
-				if k != nil && bytes.Equal(k, after) {
-					k, v = c.Next()
-				}
-			}
-			for n := 0; k != nil && n < pruneChunk; k, v = c.Next() {
-				n++
-				last = clone(k)
-				if s, err := decodeSession(v); err != nil || s.Expired(now, idle) {
-					var id authcore.SessionID
-					copy(id[:], k)
-					expired = append(expired, id)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return total, err
-		}
-		if len(expired) > 0 {
-			n, err := b.deleteIfExpired(expired, now, idle)
-			total += n
-			if err != nil {
-				return total, err
-			}
-		}
-		if last == nil || bytes.Equal(last, after) {
-			return total, nil
-		}
-		after = last
-	}
-}
-
-// deleteIfExpired deletes the sessions that are still expired inside the
-// write (one may have been used since the scan).
-func (b *Bolt) deleteIfExpired(ids []authcore.SessionID, now time.Time, idle time.Duration) (int, error) {
-	n := 0
-	err := b.db.Update(func(tx *bolt.Tx) error {
-		for _, id := range ids {
-			if v := bucket(tx, bktSessions).Get(id[:]); v != nil {
-				if s, err := decodeSession(v); err == nil && !s.Expired(now, idle) {
-					continue
-				}
-			}
-			found, err := deleteSession(tx, id)
-			if err != nil {
-				return err
-			}
-			if found {
-				n++
-			}
-		}
-		return nil
-	})
-	return n, err
 }
 
 // GetSecret implements authcore.Store.
