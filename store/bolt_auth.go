@@ -273,6 +273,11 @@ func deleteSession(tx *bolt.Tx, id authcore.SessionID) (bool, error) {
 		if err := unindexSession(tx, id, sessionTimesOf(s)); err != nil {
 			return false, err
 		}
+	} else if t, err := decodeSessionTimes(v); err == nil {
+		// Unreadable as a session but not as its times: its entries go.
+		if err := unindexSession(tx, id, t); err != nil {
+			return false, err
+		}
 	}
 	return true, sessions.Delete(id[:])
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -18,7 +19,8 @@ func TestDeleteExpiredSessionsAcrossChunks(t *testing.T) {
 	st := openAuthBolt(t)
 	ctx := context.Background()
 	u := authCreate(t, st, "many@example.com")
-	const total = 2*pruneChunk + 500
+	smallPruneChunks(t)
+	total := 2*pruneChunk + 50
 	var batch []*authcore.Session
 	live := 0
 	for i := range total {
@@ -55,7 +57,6 @@ func TestDeleteExpiredSessionsAcrossChunks(t *testing.T) {
 // kept no time indexes: opening builds them, and pruning finds what is due.
 func TestSessionIndexesRebuiltOnOpen(t *testing.T) {
 	st := openAuthBolt(t)
-	ctx := context.Background()
 	u := authCreate(t, st, "old@example.com")
 	live := authNewSession(u.ID, authT0)
 	gone := authNewSession(u.ID, authT0)
@@ -75,15 +76,9 @@ func TestSessionIndexesRebuiltOnOpen(t *testing.T) {
 	}
 	st = reopenBolt(t, st)
 	authCheckIndexes(t, st)
-	if n, err := st.DeleteExpiredSessions(ctx, authT0.Add(time.Hour), 0); err != nil || n != 1 {
-		t.Fatalf("DeleteExpiredSessions = %d, %v; want 1", n, err)
-	}
-	if _, err := st.GetSession(ctx, gone.ID); !errors.Is(err, authcore.ErrNotFound) {
-		t.Errorf("expired session kept: %v", err)
-	}
-	if _, err := st.GetSession(ctx, live.ID); err != nil {
-		t.Errorf("live session: %v", err)
-	}
+	pruneWant(t, st, authT0.Add(time.Hour), 0, 1)
+	pruneWantStored(t, st, gone.ID, false)
+	pruneWantStored(t, st, live.ID, true)
 	authCheckIndexes(t, st)
 }
 
@@ -93,7 +88,6 @@ func TestSessionIndexesRebuiltOnOpen(t *testing.T) {
 // an entry whose session is gone is dropped.
 func TestPruneStaleIndexEntry(t *testing.T) {
 	st := openAuthBolt(t)
-	ctx := context.Background()
 	u := authCreate(t, st, "stale@example.com")
 	const idle = 30 * time.Minute
 	s := authNewSession(u.ID, authT0)
@@ -118,16 +112,10 @@ func TestPruneStaleIndexEntry(t *testing.T) {
 	// By the stale entry the session has been idle for an hour; by the
 	// session itself, for 30 minutes less a second.
 	now := authT0.Add(time.Hour + idle - time.Second)
-	if n, err := st.DeleteExpiredSessions(ctx, now, idle); err != nil || n != 0 {
-		t.Fatalf("DeleteExpiredSessions = %d, %v; want 0", n, err)
-	}
-	if _, err := st.GetSession(ctx, s.ID); err != nil {
-		t.Fatalf("live session deleted: %v", err)
-	}
+	pruneWant(t, st, now, idle, 0)
+	pruneWantStored(t, st, s.ID, true)
 	authCheckIndexes(t, st)
-	if n, err := st.DeleteExpiredSessions(ctx, now.Add(time.Second), idle); err != nil || n != 1 {
-		t.Errorf("DeleteExpiredSessions when idle = %d, %v; want 1", n, err)
-	}
+	pruneWant(t, st, now.Add(time.Second), idle, 1)
 	authCheckIndexes(t, st)
 }
 
@@ -136,17 +124,184 @@ func TestPruneStaleIndexEntry(t *testing.T) {
 // walk ends.
 func TestPruneSameSecond(t *testing.T) {
 	st := openAuthBolt(t)
-	ctx := context.Background()
 	u := authCreate(t, st, "second@example.com")
 	s := authNewSession(u.ID, authT0)
 	s.ExpiresAt = authT0.Add(12*time.Hour + 900*time.Millisecond)
 	authPutSession(t, st, s)
 	now := authT0.Add(12*time.Hour + 100*time.Millisecond)
-	if n, err := st.DeleteExpiredSessions(ctx, now, 0); err != nil || n != 0 {
-		t.Fatalf("DeleteExpiredSessions = %d, %v; want 0", n, err)
+	pruneWant(t, st, now, 0, 0)
+	pruneWant(t, st, now.Add(800*time.Millisecond), 0, 1)
+	authCheckIndexes(t, st)
+}
+
+// TestPruneManyChunks makes more entries due in each index than one chunk
+// holds, with live sessions in the cutoff's own second: every due one
+// goes, across chunk boundaries, and the rest stay.
+func TestPruneManyChunks(t *testing.T) {
+	st := openAuthBolt(t)
+	ctx := context.Background()
+	u := authCreate(t, st, "chunks@example.com")
+	const idle = time.Hour
+	now := authT0.Add(100 * time.Millisecond)
+	smallPruneChunks(t)
+	perIndex := pruneChunk + 77
+	var batch []*authcore.Session
+	mk := func(seen, exp time.Time) {
+		_, id := authcore.NewToken()
+		batch = append(batch, &authcore.Session{ID: id, UserID: u.ID, CreatedAt: authT0.Add(-24 * time.Hour), LastSeen: seen, ExpiresAt: exp})
 	}
-	if n, err := st.DeleteExpiredSessions(ctx, now.Add(800*time.Millisecond), 0); err != nil || n != 1 {
-		t.Fatalf("DeleteExpiredSessions at the end = %d, %v; want 1", n, err)
+	for i := range perIndex {
+		off := time.Duration(i%500) * time.Second
+		mk(now.Add(-time.Minute), now.Add(-time.Second-off))   // past its absolute end
+		mk(now.Add(-idle-time.Second-off), now.Add(time.Hour)) // idle
+	}
+	live := 0
+	for range 300 { // due by the second, live by the nanosecond
+		mk(now, authT0.Add(900*time.Millisecond))
+		mk(authT0.Add(-idle).Add(900*time.Millisecond), now.Add(time.Hour))
+		live += 2
+	}
+	if err := st.PutSessions(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	n, err := st.DeleteExpiredSessions(ctx, now, idle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2*perIndex {
+		t.Errorf("deleted %d; want %d", n, 2*perIndex)
+	}
+	if left, _ := st.CountSessions(ctx); left != live {
+		t.Errorf("%d sessions left; want %d", left, live)
 	}
 	authCheckIndexes(t, st)
+}
+
+// TestPruneZeroAndPre1970Times: keys sort by time across the sign.
+func TestPruneZeroAndPre1970Times(t *testing.T) {
+	st := openAuthBolt(t)
+	u := authCreate(t, st, "zero@example.com")
+	zero := authNewSession(u.ID, authT0)
+	zero.ExpiresAt = time.Time{}
+	old := authNewSession(u.ID, authT0)
+	old.LastSeen = time.Date(1969, 12, 31, 23, 59, 59, 500e6, time.UTC)
+	live := authNewSession(u.ID, authT0)
+	authPutSession(t, st, zero)
+	authPutSession(t, st, old)
+	authPutSession(t, st, live)
+	pruneWant(t, st, authT0, time.Hour, 2)
+	pruneWantStored(t, st, live.ID, true)
+	authCheckIndexes(t, st)
+}
+
+// TestSessionIndexesRebuiltAfterSwap: a release without the indexes ended
+// one session and started another, so the counts still agree; opening
+// sees that the entries name other sessions and rebuilds them.
+func TestSessionIndexesRebuiltAfterSwap(t *testing.T) {
+	st := openAuthBolt(t)
+	u := authCreate(t, st, "downgrade@example.com")
+	a := authNewSession(u.ID, authT0)
+	authPutSession(t, st, a)
+	b := authNewSession(u.ID, authT0.Add(time.Minute))
+	uk, _ := userKey(u.ID)
+	if err := st.db.Update(func(tx *bolt.Tx) error {
+		if err := bucket(tx, bktSessions).Delete(a.ID[:]); err != nil {
+			return err
+		}
+		if err := bucket(tx, bktSessionsByUser).Delete(sessionUserKey(uk, a.ID)); err != nil {
+			return err
+		}
+		v, err := json.Marshal(b)
+		if err != nil {
+			return err
+		}
+		if err := bucket(tx, bktSessions).Put(b.ID[:], v); err != nil {
+			return err
+		}
+		return bucket(tx, bktSessionsByUser).Put(sessionUserKey(uk, b.ID), nil)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st = reopenBolt(t, st)
+	authCheckIndexes(t, st)
+	pruneWant(t, st, authT0.Add(48*time.Hour), 0, 1)
+	pruneWantStored(t, st, b.ID, false)
+}
+
+// TestHalfDecodableRecord: a record whose times decode but the rest does
+// not is undecodable. Deleting it removes the entries its times name;
+// opening a file that holds one deletes it.
+func TestHalfDecodableRecord(t *testing.T) {
+	st := openAuthBolt(t)
+	ctx := context.Background()
+	u := authCreate(t, st, "half@example.com")
+	s := authNewSession(u.ID, authT0)
+	authPutSession(t, st, s)
+	rec := fmt.Sprintf(`{"id":"not-an-id","user_id":"x","last_seen":%q,"expires_at":%q}`,
+		s.LastSeen.Format(time.RFC3339Nano), s.ExpiresAt.Format(time.RFC3339Nano))
+	if err := st.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktSessions).Put(s.ID[:], []byte(rec)) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.db.View(func(tx *bolt.Tx) error {
+		for _, ix := range sessionIndexes {
+			if m := bucket(tx, ix.name).Stats().KeyN; m != 0 {
+				t.Errorf("%s keeps %d entries of a deleted session", ix.name, m)
+			}
+		}
+		return nil
+	})
+
+	var id authcore.SessionID
+	id[0] = 0x42
+	if err := st.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktSessions).Put(id[:], []byte(rec)) }); err != nil {
+		t.Fatal(err)
+	}
+	st = reopenBolt(t, st)
+	pruneWantStored(t, st, id, false)
+	if n, err := st.CountSessions(ctx); err != nil || n != 0 {
+		t.Errorf("%d sessions left (%v); want 0", n, err)
+	}
+}
+
+// TestPruneMalformedIndexKey: a key too short to hold a time is dropped,
+// not a panic that would stop the pruning loop for good.
+func TestPruneMalformedIndexKey(t *testing.T) {
+	st := openAuthBolt(t)
+	if err := st.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktSessionsByExpiry).Put([]byte{0}, nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.DeleteExpiredSessions(context.Background(), authT0, 0); err != nil {
+		t.Fatal(err)
+	}
+	authCheckIndexes(t, st)
+}
+
+// pruneWantStored checks whether the session is still in the store.
+func pruneWantStored(t *testing.T, st *Bolt, id authcore.SessionID, want bool) {
+	t.Helper()
+	_, err := st.GetSession(context.Background(), id)
+	switch {
+	case want && err != nil:
+		t.Errorf("session %s: %v; want it stored", id, err)
+	case !want && !errors.Is(err, authcore.ErrNotFound):
+		t.Errorf("session %s kept (GetSession = %v); want it deleted", id, err)
+	}
+}
+
+// pruneWant prunes at now with idle and checks how many sessions went.
+func pruneWant(t *testing.T, st *Bolt, now time.Time, idle time.Duration, want int) {
+	t.Helper()
+	if n, err := st.DeleteExpiredSessions(context.Background(), now, idle); err != nil || n != want {
+		t.Fatalf("DeleteExpiredSessions(%v, idle %v) = %d, %v; want %d", now, idle, n, err, want)
+	}
+}
+
+// smallPruneChunks makes pruning work in chunks of 200 for this test.
+func smallPruneChunks(t *testing.T) {
+	old := pruneChunk
+	pruneChunk = 200
+	t.Cleanup(func() { pruneChunk = old })
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
 	"time"
@@ -24,8 +25,9 @@ import (
 // same transaction. Pruning re-reads each session before deleting it, so
 // a stale entry (a file written by a release without the indexes) costs
 // a lookup, never a live session, and OpenBolt rebuilds both when their
-// sizes differ from the sessions bucket's. A session no entry points at
-// still ends on time (every read checks it); it only stays on disk.
+// keys do not name the same sessions as the sessions bucket. A session
+// no entry points at would still end on time (every read checks it); it
+// would only stay on disk.
 var (
 	bktSessionsByExpiry = []byte("sessions_by_expiry")
 	bktSessionsBySeen   = []byte("sessions_by_seen")
@@ -112,13 +114,13 @@ func reindexSession(tx *bolt.Tx, id authcore.SessionID, old, cur sessionTimes) e
 	return nil
 }
 
-// ensureSessionIndexes rebuilds both indexes when either does not hold
-// one entry per session: a new bucket in an older file, or a file an
-// older release wrote to. A session that cannot be decoded is deleted,
-// as pruning always has.
+// ensureSessionIndexes rebuilds both indexes unless each names exactly
+// the stored sessions: a new bucket in an older file, or a file an older
+// release wrote to, fails that check. A session that cannot be decoded is
+// deleted, as pruning always has.
 func ensureSessionIndexes(tx *bolt.Tx) error {
-	n := bucket(tx, bktSessions).Stats().KeyN
-	if bucket(tx, bktSessionsByExpiry).Stats().KeyN == n && bucket(tx, bktSessionsBySeen).Stats().KeyN == n {
+	want := sumIDs(bucket(tx, bktSessions), 0)
+	if sumIDs(bucket(tx, bktSessionsByExpiry), timeKeyLen) == want && sumIDs(bucket(tx, bktSessionsBySeen), timeKeyLen) == want {
 		return nil
 	}
 	root := tx.Bucket(rootBucket)
@@ -134,12 +136,12 @@ func ensureSessionIndexes(tx *bolt.Tx) error {
 	err := bucket(tx, bktSessions).ForEach(func(k, v []byte) error {
 		var id authcore.SessionID
 		copy(id[:], k)
-		t, err := decodeSessionTimes(v)
+		sess, err := decodeSession(v)
 		if err != nil {
 			corrupt = append(corrupt, id)
 			return nil
 		}
-		return indexSession(tx, id, t)
+		return indexSession(tx, id, sessionTimesOf(sess))
 	})
 	if err != nil {
 		return err
@@ -152,9 +154,30 @@ func ensureSessionIndexes(tx *bolt.Tx) error {
 	return nil
 }
 
+// idSum is what a walk of a bucket's keys finds: how many, and the XOR
+// of the session ids they end with. Session ids are random, so two
+// buckets that name different sessions practically never agree on it.
+type idSum struct {
+	n int
+	x [len(authcore.SessionID{})]byte
+}
+
+func sumIDs(b *bolt.Bucket, skip int) idSum {
+	var sum idSum
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		sum.n++
+		if len(k) > skip {
+			subtle.XORBytes(sum.x[:], sum.x[:], k[skip:])
+		}
+	}
+	return sum
+}
+
 // pruneChunk bounds how many index entries one pruning transaction
-// handles, so neither a reader nor a writer is held up for long.
-const pruneChunk = 10_000
+// handles, so neither a reader nor a writer is held up for long. Tests
+// lower it to cross chunk boundaries cheaply.
+var pruneChunk = 10_000
 
 // DeleteExpiredSessions implements authcore.Store. It reads the index
 // entries up to now (expiry) and up to now−idle (last seen), never the
@@ -190,7 +213,8 @@ func (b *Bolt) pruneIndex(ctx context.Context, ix sessionIndex, cutoff, now time
 					k, _ = c.Next()
 				}
 			}
-			for ; k != nil && len(keys) < pruneChunk && bytes.Compare(k[:timeKeyLen], limit) <= 0; k, _ = c.Next() {
+			// A key too short for a time is malformed: pruneEntry drops it.
+			for ; k != nil && len(keys) < pruneChunk && (len(k) < timeKeyLen || bytes.Compare(k[:timeKeyLen], limit) <= 0); k, _ = c.Next() {
 				keys = append(keys, clone(k))
 			}
 			return nil
@@ -198,16 +222,20 @@ func (b *Bolt) pruneIndex(ctx context.Context, ix sessionIndex, cutoff, now time
 		if err != nil || len(keys) == 0 {
 			return total, err
 		}
+		deleted := 0
 		err = b.db.Update(func(tx *bolt.Tx) error {
 			for _, k := range keys {
 				n, err := pruneEntry(tx, ix, k, now, idle)
 				if err != nil {
 					return err
 				}
-				total += n
+				deleted += n
 			}
 			return nil
 		})
+		if err == nil {
+			total += deleted
+		}
 		if err != nil || len(keys) < pruneChunk {
 			return total, err
 		}
@@ -228,8 +256,8 @@ func pruneEntry(tx *bolt.Tx, ix sessionIndex, key []byte, now time.Time, idle ti
 	if v == nil { // stale: deleted by a release that kept no index
 		return 0, entries.Delete(key)
 	}
-	t, err := decodeSessionTimes(v)
-	if err != nil || (&authcore.Session{LastSeen: t.LastSeen, ExpiresAt: t.ExpiresAt}).Expired(now, idle) {
+	sess, err := decodeSession(v)
+	if err != nil || sess.Expired(now, idle) {
 		if _, err := deleteSession(tx, id); err != nil {
 			return 0, err
 		}
@@ -238,7 +266,7 @@ func pruneEntry(tx *bolt.Tx, ix sessionIndex, key []byte, now time.Time, idle ti
 		return 1, entries.Delete(key)
 	}
 	// Live. A stale entry makes way for the session's own.
-	want := timeKey(ix.at(t), id)
+	want := timeKey(ix.at(sessionTimesOf(sess)), id)
 	if bytes.Equal(key, want) {
 		return 0, nil
 	}
