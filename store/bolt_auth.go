@@ -258,28 +258,33 @@ func (b *Bolt) GetSession(ctx context.Context, id authcore.SessionID) (s *authco
 }
 
 func deleteSession(tx *bolt.Tx, id authcore.SessionID) (bool, error) {
-	sessions := bucket(tx, bktSessions)
-	v := sessions.Get(id[:])
+	v := bucket(tx, bktSessions).Get(id[:])
 	if v == nil {
 		return false, nil
 	}
-	s, err := decodeSession(v)
-	if err == nil {
+	s, _ := decodeSession(v)
+	return true, removeSession(tx, id, v, s)
+}
+
+// removeSession deletes session id, whose stored record is v, with its
+// index entries. s is v decoded, or nil when v does not decode; then the
+// entries its times name still go, if the times can be read.
+func removeSession(tx *bolt.Tx, id authcore.SessionID, v []byte, s *authcore.Session) error {
+	if s != nil {
 		if uk, ok := userKey(s.UserID); ok {
 			if err := bucket(tx, bktSessionsByUser).Delete(sessionUserKey(uk, id)); err != nil {
-				return false, err
+				return err
 			}
 		}
 		if err := unindexSession(tx, id, sessionTimesOf(s)); err != nil {
-			return false, err
+			return err
 		}
 	} else if t, err := decodeSessionTimes(v); err == nil {
-		// Unreadable as a session but not as its times: its entries go.
 		if err := unindexSession(tx, id, t); err != nil {
-			return false, err
+			return err
 		}
 	}
-	return true, sessions.Delete(id[:])
+	return bucket(tx, bktSessions).Delete(id[:])
 }
 
 // DeleteSession implements authcore.Store.

@@ -258,10 +258,10 @@ func pruneEntry(tx *bolt.Tx, ix sessionIndex, key []byte, now time.Time, idle ti
 	}
 	sess, err := decodeSession(v)
 	if err != nil || sess.Expired(now, idle) {
-		if _, err := deleteSession(tx, id); err != nil {
+		if err := removeSession(tx, id, v, sess); err != nil {
 			return 0, err
 		}
-		// deleteSession removed the entries of the times it read; this
+		// removeSession removed the entries of the times it read; this
 		// one goes too, in case it was stale.
 		return 1, entries.Delete(key)
 	}
