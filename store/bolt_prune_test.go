@@ -14,13 +14,13 @@ import (
 )
 
 // TestDeleteExpiredSessionsAcrossChunks prunes more sessions than one
-// scan chunk holds, with live and expired ones interleaved.
+// chunk of due entries holds, with live and expired ones interleaved.
 func TestDeleteExpiredSessionsAcrossChunks(t *testing.T) {
 	st := openAuthBolt(t)
 	ctx := context.Background()
 	u := authCreate(t, st, "many@example.com")
 	smallPruneChunks(t)
-	total := 2*pruneChunk + 50
+	total := 4*pruneChunk + 50 // a third expire: more than one chunk
 	var batch []*authcore.Session
 	live := 0
 	for i := range total {
