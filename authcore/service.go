@@ -145,35 +145,46 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 	return u, nil
 }
 
-// UpdateUser applies fn to the stored user and saves it. Any change to a
-// user drops that user's cached sessions so headers update at once.
+// UpdateUser applies fn to the stored user and saves it, in one store
+// transaction so that concurrent updates keep each other's changes. Any
+// change to a user drops that user's cached sessions so headers update
+// at once.
 func (s *Service) UpdateUser(ctx context.Context, id string, fn func(u *User) error) (*User, error) {
-	u, err := s.store.UserByID(ctx, id)
+	return s.updateUser(ctx, id, false, fn)
+}
+
+// updateUser is UpdateUser that, with revoke, also ends all the user's
+// sessions in the same transaction.
+func (s *Service) updateUser(ctx context.Context, id string, revoke bool, fn func(u *User) error) (*User, error) {
+	now := s.clock.Now().UTC()
+	s.cache.dropUser(id)
+	u, err := s.store.UpdateUser(ctx, id, revoke, func(u *User) error {
+		if err := fn(u); err != nil {
+			return err
+		}
+		// Whatever fn changed is validated like a new user's fields.
+		var err error
+		if u.Email, err = NormalizeEmail(u.Email); err != nil {
+			return err
+		}
+		if u.Name, err = CleanName(u.Name); err != nil {
+			return err
+		}
+		if u.Groups, err = NormalizeGroups(u.Groups); err != nil {
+			return err
+		}
+		u.UpdatedAt = now
+		return nil
+	})
+	s.cache.dropUser(id) // a request may have re-cached one meanwhile
 	if err != nil {
 		return nil, err
 	}
-	if err := fn(u); err != nil {
-		return nil, err
-	}
-	// Whatever fn changed is validated like a new user's fields.
-	if u.Email, err = NormalizeEmail(u.Email); err != nil {
-		return nil, err
-	}
-	if u.Name, err = CleanName(u.Name); err != nil {
-		return nil, err
-	}
-	if u.Groups, err = NormalizeGroups(u.Groups); err != nil {
-		return nil, err
-	}
-	u.UpdatedAt = s.clock.Now().UTC()
-	if err := s.store.UpdateUser(ctx, u); err != nil {
-		return nil, err
-	}
-	s.cache.dropUser(id)
 	return u, nil
 }
 
-// SetPassword replaces a user's password and ends all their sessions.
+// SetPassword replaces a user's password and ends all their sessions, in
+// one transaction.
 func (s *Service) SetPassword(ctx context.Context, id, password string) error {
 	if err := CheckNewPassword(password); err != nil {
 		return err
@@ -182,25 +193,14 @@ func (s *Service) SetPassword(ctx context.Context, id, password string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.UpdateUser(ctx, id, func(u *User) error { u.PasswordHash = hash; return nil }); err != nil {
-		return err
-	}
-	_, err = s.RevokeUserSessions(ctx, id)
+	_, err = s.updateUser(ctx, id, true, func(u *User) error { u.PasswordHash = hash; return nil })
 	return err
 }
 
-// SetDisabled disables or enables a user; disabling ends their sessions.
+// SetDisabled disables or enables a user; disabling ends their sessions
+// in the same transaction.
 func (s *Service) SetDisabled(ctx context.Context, id string, disabled bool) (*User, error) {
-	u, err := s.UpdateUser(ctx, id, func(u *User) error { u.Disabled = disabled; return nil })
-	if err != nil {
-		return nil, err
-	}
-	if disabled {
-		if _, err := s.RevokeUserSessions(ctx, id); err != nil {
-			return nil, err
-		}
-	}
-	return u, nil
+	return s.updateUser(ctx, id, disabled, func(u *User) error { u.Disabled = disabled; return nil })
 }
 
 // LookupUser finds a user by id, or by email when the argument contains '@'.

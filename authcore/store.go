@@ -11,8 +11,16 @@ import (
 type Store interface {
 	// CreateUser inserts u; the email must be unused.
 	CreateUser(ctx context.Context, u *User) error
-	// UpdateUser replaces the stored user with the same id.
-	UpdateUser(ctx context.Context, u *User) error
+	// UpdateUser reads the user, applies fn to it and stores the result
+	// in one transaction, so that two concurrent updates never undo each
+	// other; when fn fails nothing is stored and its error is returned as
+	// is. With revoke, the same transaction deletes all the user's
+	// sessions and increments SessionEpoch, so a password change or a
+	// disable and the sign-out everywhere land together or not at all.
+	// fn must not change the id, and SessionEpoch never moves back.
+	// fn runs inside the write: it must be quick and must not call the
+	// store.
+	UpdateUser(ctx context.Context, id string, revoke bool, fn func(u *User) error) (*User, error)
 	// DeleteUser removes the user, its email index entry and its sessions.
 	DeleteUser(ctx context.Context, id string) error
 	UserByID(ctx context.Context, id string) (*User, error)

@@ -66,19 +66,32 @@ func (b *Bolt) CreateUser(ctx context.Context, u *authcore.User) error {
 }
 
 // UpdateUser implements authcore.Store.
-func (b *Bolt) UpdateUser(ctx context.Context, u *authcore.User) error {
-	key, ok := userKey(u.ID)
+func (b *Bolt) UpdateUser(ctx context.Context, id string, revoke bool, fn func(u *authcore.User) error) (*authcore.User, error) {
+	key, ok := userKey(id)
 	if !ok {
-		return authcore.ErrNotFound
+		return nil, authcore.ErrNotFound
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
+	var u *authcore.User
+	err := b.db.Update(func(tx *bolt.Tx) error {
 		old, err := getUser(tx, key)
 		if err != nil {
 			return err
 		}
-		// The epoch only moves forward: an update prepared from a copy
-		// read before a revocation must not take the revocation back.
+		u = old.Clone()
+		if err := fn(u); err != nil {
+			return err
+		}
+		if u.ID != old.ID {
+			return fmt.Errorf("%w: a user's id cannot change (%s to %q)", authcore.ErrInvalidInput, old.ID, u.ID)
+		}
+		// The epoch only moves forward, whatever fn did to it.
 		u.SessionEpoch = max(u.SessionEpoch, old.SessionEpoch)
+		if revoke {
+			if _, err := deleteUserSessions(tx, key); err != nil {
+				return err
+			}
+			u.SessionEpoch++
+		}
 		if old.Email != u.Email {
 			byEmail := bucket(tx, bktUsersByEmail)
 			if byEmail.Get([]byte(u.Email)) != nil {
@@ -93,6 +106,10 @@ func (b *Bolt) UpdateUser(ctx context.Context, u *authcore.User) error {
 		}
 		return putUser(tx, key, u)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
 }
 
 // DeleteUser implements authcore.Store. It removes everything kept for

@@ -79,6 +79,12 @@ func authCreate(t *testing.T, st *Bolt, email string) *authcore.User {
 	return u
 }
 
+// authSetEmail changes a user's email through UpdateUser.
+func authSetEmail(st *Bolt, id, email string) error {
+	_, err := st.UpdateUser(context.Background(), id, false, func(u *authcore.User) error { u.Email = email; return nil })
+	return err
+}
+
 // authNewSession is a session of userID created at created, not stored yet.
 func authNewSession(userID string, created time.Time) *authcore.Session {
 	_, id := authcore.NewToken()
@@ -387,8 +393,15 @@ func TestBoltUserCRUD(t *testing.T) {
 	u.Name = "Alice Smith"
 	u.Disabled = true
 	u.UpdatedAt = authT0.Add(time.Hour)
-	if err := st.UpdateUser(ctx, u); err != nil {
+	updated, err := st.UpdateUser(ctx, u.ID, false, func(s *authcore.User) error {
+		s.Name, s.Disabled, s.UpdatedAt = u.Name, u.Disabled, u.UpdatedAt
+		return nil
+	})
+	if err != nil {
 		t.Fatalf("UpdateUser: %v", err)
+	}
+	if authJSON(t, updated) != authJSON(t, u) {
+		t.Errorf("UpdateUser returned %s; want %s", authJSON(t, updated), authJSON(t, u))
 	}
 	if got, _ := st.UserByID(ctx, u.ID); authJSON(t, got) != authJSON(t, u) {
 		t.Errorf("after UpdateUser UserByID = %s; want %s", authJSON(t, got), authJSON(t, u))
@@ -423,8 +436,8 @@ func TestBoltUserNotFound(t *testing.T) {
 		{"UserByID empty", func() error { _, err := st.UserByID(ctx, ""); return err }()},
 		{"UserByEmail unknown", func() error { _, err := st.UserByEmail(ctx, "bob@example.com"); return err }()},
 		{"UserByEmail not normalised", func() error { _, err := st.UserByEmail(ctx, "Alice@example.com"); return err }()},
-		{"UpdateUser unknown", st.UpdateUser(ctx, ghost)},
-		{"UpdateUser not a UUID", st.UpdateUser(ctx, &authcore.User{ID: "x", Email: "x@example.com"})},
+		{"UpdateUser unknown", authSetEmail(st, ghost.ID, ghost.Email)},
+		{"UpdateUser not a UUID", authSetEmail(st, "x", "x@example.com")},
 		{"DeleteUser unknown", st.DeleteUser(ctx, ids.New())},
 		{"DeleteUser not a UUID", st.DeleteUser(ctx, "x")},
 	}
@@ -481,8 +494,7 @@ func TestBoltUpdateUserEmail(t *testing.T) {
 	alice := authCreate(t, st, "alice@example.com")
 	bob := authCreate(t, st, "bob@example.com")
 
-	alice.Email = "alice@new.example.com"
-	if err := st.UpdateUser(ctx, alice); err != nil {
+	if err := authSetEmail(st, alice.ID, "alice@new.example.com"); err != nil {
 		t.Fatalf("UpdateUser with a new email: %v", err)
 	}
 	if _, err := st.UserByEmail(ctx, "alice@example.com"); !errors.Is(err, authcore.ErrNotFound) {
@@ -494,9 +506,11 @@ func TestBoltUpdateUserEmail(t *testing.T) {
 	// The old address is free again.
 	carol := authCreate(t, st, "alice@example.com")
 
-	bob.Email = "alice@new.example.com"
-	bob.Name = "changed"
-	if err := st.UpdateUser(ctx, bob); !errors.Is(err, authcore.ErrEmailTaken) {
+	_, err := st.UpdateUser(ctx, bob.ID, false, func(u *authcore.User) error {
+		u.Email, u.Name = "alice@new.example.com", "changed"
+		return nil
+	})
+	if !errors.Is(err, authcore.ErrEmailTaken) {
 		t.Errorf("UpdateUser to a taken email = %v; want ErrEmailTaken", err)
 	}
 	if got, _ := st.UserByID(ctx, bob.ID); got.Email != "bob@example.com" || got.Name == "changed" {
@@ -1252,9 +1266,7 @@ func TestServiceDisabledUser(t *testing.T) {
 		u := e.user(t, "alice@example.com")
 		token, sess := e.login(t, u)
 		e.mustAuth(t, token)
-		stored, _ := e.st.UserByID(e.ctx, u.ID)
-		stored.Disabled = true
-		if err := e.st.UpdateUser(e.ctx, stored); err != nil {
+		if _, err := e.st.UpdateUser(e.ctx, u.ID, false, func(u *authcore.User) error { u.Disabled = true; return nil }); err != nil {
 			t.Fatal(err)
 		}
 		e.clk.Advance(10 * time.Second)
@@ -1380,9 +1392,7 @@ func TestServiceCacheTTL(t *testing.T) {
 	e.mustAuth(t, token)
 	e.mustAuth(t, other)
 
-	stored, _ := e.st.UserByID(e.ctx, u.ID)
-	stored.Groups = []string{"dev", "admins"}
-	if err := e.st.UpdateUser(e.ctx, stored); err != nil {
+	if _, err := e.st.UpdateUser(e.ctx, u.ID, false, func(u *authcore.User) error { u.Groups = []string{"dev", "admins"}; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.st.DeleteSession(e.ctx, otherSess.ID); err != nil {

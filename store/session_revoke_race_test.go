@@ -140,21 +140,24 @@ func TestSecondFactorCompletionRacingRevocation(t *testing.T) {
 	e.refused(t, r.token)
 }
 
-// The epoch only moves forward: an update made from a copy of the user
-// read before a revocation does not take the revocation back.
+// The epoch only moves forward: an update whose fn writes back a copy of
+// the user read before a revocation does not take the revocation back.
 func TestSessionEpochSurvivesStaleUserUpdate(t *testing.T) {
 	e := newAuthEnv(t, authcore.Config{})
 	u := e.user(t, "alice@example.com")
-	stale, err := e.st.UserByID(e.ctx, u.ID)
+	before, err := e.st.UserByID(e.ctx, u.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := stale.Clone()
 	if _, err := e.svc.RevokeUserSessions(e.ctx, u.ID); err != nil {
 		t.Fatal(err)
 	}
-	stale.Name = "Alice Updated"
-	if err := e.st.UpdateUser(e.ctx, stale); err != nil {
+	_, err = e.st.UpdateUser(e.ctx, u.ID, false, func(s *authcore.User) error {
+		*s = *before.Clone()
+		s.Name = "Alice Updated"
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := e.st.UserByID(e.ctx, u.ID)
