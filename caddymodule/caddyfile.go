@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -418,5 +419,32 @@ func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	if g.Optional && (g.MFA != nil || len(g.AMR) > 0 || len(g.Groups) > 0) {
 		return nil, h.Err("sigra_gate: optional cannot be combined with other requirements")
 	}
+	g.Scope = gateScope(h)
 	return g, nil
+}
+
+// gateScopeMark is what a block's state remembers of its gates' scope.
+type gateScopeMark struct {
+	block uintptr // the BlockState map it was set in
+	id    int
+}
+
+// gateScope numbers the block a gate is written in. Caddy parses sibling
+// directives with one shared BlockState map and gives a nested block
+// (handle, route, handle_path) a copy of it: a mark found in the very map
+// is a sibling's, one copied from the parent is not. Without the
+// adapter's state (a Helper made by hand) it is 0, which sets no scope.
+func gateScope(h httpcaddyfile.Helper) int {
+	if h.State == nil || h.BlockState == nil {
+		return 0
+	}
+	block := reflect.ValueOf(h.BlockState).Pointer()
+	if m, ok := h.BlockState["sigra.gate_scope"].(gateScopeMark); ok && m.block == block {
+		return m.id
+	}
+	n, _ := h.State["sigra.gate_scopes"].(int)
+	n++
+	h.State["sigra.gate_scopes"] = n
+	h.BlockState["sigra.gate_scope"] = gateScopeMark{block: block, id: n}
+	return n
 }

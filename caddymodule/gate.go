@@ -17,9 +17,24 @@ func init() {
 	caddy.RegisterModule(Gate{})
 }
 
-// varGateDecided marks a request that a sigra_gate has already decided:
-// the first (most specific) gate decides alone, the others step aside.
+// varGateDecided holds the *gateDecision of the first sigra_gate a
+// request met.
 const varGateDecided = "sigra.gate_decided"
+
+// gateDecision is what the first gate of a request resolved, for the
+// gates after it: among sibling gates (one scope) the first, most
+// specific decides alone and the others step aside; a gate nested in a
+// handle or route block (another scope) adds its own requirements to the
+// same principal, since the session cookie is no longer on the request.
+type gateDecision struct {
+	scope    int
+	p        *authcore.Principal // nil: anonymous
+	pending  bool                // anonymous because the second factor is still due
+	asserted bool                // X-Sigra-Assertion is set
+}
+
+// String keeps the principal out of a {vars.sigra.gate_decided} placeholder.
+func (*gateDecision) String() string { return "decided" }
 
 // Gate requires a signed-in session plus the listed requirements, then
 // injects identity headers and passes the request on. The deciding gate
@@ -41,6 +56,14 @@ type Gate struct {
 	// assets: about 600 bytes and a signature less per request. The other
 	// identity headers are sent as always.
 	OmitAssertion bool `json:"omit_assertion,omitempty"`
+	// Scope is the block the gate is written in, set by the Caddyfile
+	// adapter. Gates of one scope are siblings that Caddy sorts most
+	// specific first: the first that matches decides alone. A gate of
+	// another scope (nested in handle, route or handle_path) adds its
+	// requirements: nesting can narrow access, never widen it. 0 (JSON
+	// written by hand) is a scope of its own for every gate, so every
+	// gate a request meets applies its requirements.
+	Scope int `json:"scope,omitempty"`
 
 	app     *App
 	logger  *zap.Logger
@@ -129,13 +152,17 @@ func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	ctx := r.Context()
-	if decided, _ := caddyhttp.GetVar(ctx, varGateDecided).(bool); decided {
-		// The deciding gate already stripped the client's identity
-		// headers and set ours: stripping again would remove ours.
+	d, _ := caddyhttp.GetVar(ctx, varGateDecided).(*gateDecision)
+	if d != nil && d.scope != 0 && d.scope == g.Scope {
+		// A more specific sibling decided; stripping again would also
+		// remove the identity it set.
 		return next.ServeHTTP(w, r)
 	}
-	caddyhttp.SetVar(ctx, varGateDecided, true)
-	stripIdentity(r, g.app.remoteAliases)
+	if d == nil {
+		d = &gateDecision{scope: g.Scope}
+		caddyhttp.SetVar(ctx, varGateDecided, d)
+		stripIdentity(r, g.app.remoteAliases)
+	}
 
 	start := time.Now()
 	m := g.app.metrics
@@ -146,37 +173,37 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	now := rt.auth.Now()
 	secure := isSecure(r)
-	var p *authcore.Principal
-	pending := false
 	if token := takeOwnCookies(r, secure).session; token != "" {
-		var err error
-		p, err = rt.auth.AuthenticateAt(ctx, token, now)
+		p, err := rt.auth.AuthenticateAt(ctx, token, now)
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
 			m.gateDecisions.WithLabelValues("error", "storage").Inc()
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		if p != nil && p.Session.Pending {
-			p, pending = nil, true
+			d.pending = true
+		} else {
+			d.p = p
 		}
 	}
+	p := d.p
 	if p == nil {
 		if g.Optional {
 			m.gateDecisions.WithLabelValues("allow", "anonymous").Inc()
 			m.gateDuration.Observe(time.Since(start).Seconds())
 			return next.ServeHTTP(w, r)
 		}
-		d := denyLogin
-		if pending {
-			d = denyPending
+		dn := denyLogin
+		if d.pending {
+			dn = denyPending
 		}
-		return g.deny(w, r, d, start)
+		return g.deny(w, r, dn, start)
 	}
-	if d := g.check(p, now); d != nil {
-		return g.deny(w, r, d, start)
+	if dn := g.check(p, now); dn != nil {
+		return g.deny(w, r, dn, start)
 	}
 	var assertion string
-	if !g.OmitAssertion {
+	if !g.OmitAssertion && !d.asserted {
 		origin := g.origins.originFor(secure, requestHost(r))
 		aud := g.app.AssertionAudience
 		if aud == "" {
@@ -188,6 +215,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			m.gateDecisions.WithLabelValues("error", "signing").Inc()
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
+		d.asserted = true
 	}
 	g.inject(r, p, assertion)
 	m.gateAllow.Inc()

@@ -1,0 +1,195 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+)
+
+var jsonAccept = map[string]string{"Accept": "application/json"}
+
+// A gate nested in a handle block adds its requirements to the bare gate
+// that Caddy runs first: the bare gate letting a user in does not let
+// them past the nested one.
+func TestNestedGateAddsItsRequirements(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate
+	handle /admin/* {
+		sigra_gate {
+			group admins
+		}
+	}
+	route /public/* {
+		sigra_gate {
+			optional
+		}
+	}`)
+	u := e.addUser("mallory@example.com", "staff")
+	e.addUser("ada@example.com", "admins")
+
+	// Anonymous: the outer gate decides first; the nested optional gate
+	// cannot widen what it refused.
+	if resp, _ := e.get("/public/page", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("anonymous on /public/page under a bare gate: status %d; want 401", resp.StatusCode)
+	}
+
+	e.mustLogin("mallory@example.com")
+	if resp, body := e.get("/admin/secret", jsonAccept); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "group") {
+		t.Errorf("non-admin on /admin/secret: status %d, body %q; want 403 for the group", resp.StatusCode, body)
+	}
+	_, hits := e.up.last()
+	if hits != 0 {
+		t.Errorf("the app saw %d requests; want none", hits)
+	}
+	if resp, body := e.get("/elsewhere", nil); resp.StatusCode != http.StatusOK || body != "app:/elsewhere" {
+		t.Errorf("signed-in user elsewhere: status %d, body %q; want the app", resp.StatusCode, body)
+	}
+	if resp, _ := e.get("/public/page", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("signed-in user on /public/page: status %d; want 200", resp.StatusCode)
+	}
+	h, _ := e.up.last()
+	if h.Get(hdrUser) != u.ID || len(h.Values(hdrUser)) != 1 || len(h.Values(hdrAssertion)) != 1 {
+		t.Errorf("identity through two gates: user %q (%d values), %d assertions; want one of each", h.Get(hdrUser), len(h.Values(hdrUser)), len(h.Values(hdrAssertion)))
+	}
+	verifyAssertion(t, e, h.Get(hdrAssertion))
+
+	e.client.Jar, _ = newJar()
+	e.mustLogin("ada@example.com")
+	if resp, body := e.get("/admin/secret", nil); resp.StatusCode != http.StatusOK || body != "app:/admin/secret" {
+		t.Errorf("admin on /admin/secret: status %d, body %q; want the app", resp.StatusCode, body)
+	}
+	h, _ = e.up.last()
+	if h.Get(hdrGroups) != "admins" {
+		t.Errorf("X-Sigra-Groups %q; want admins", h.Get(hdrGroups))
+	}
+}
+
+// Sibling gates still follow the design: the most specific decides alone,
+// so an optional path under a bare gate is optional.
+func TestSiblingGatesMostSpecificDecides(t *testing.T) {
+	e := startCaddy(t, "", testSite)
+	if resp, body := e.get("/public/page", jsonAccept); resp.StatusCode != http.StatusOK || body != "app:/public/page" {
+		t.Errorf("anonymous on the optional sibling: status %d, body %q; want the app", resp.StatusCode, body)
+	}
+	if resp, _ := e.get("/other", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("anonymous elsewhere: status %d; want 401", resp.StatusCode)
+	}
+}
+
+// The adapter gives sibling gates one scope and a nested block's gates
+// another, in the JSON that `caddy adapt` prints.
+func TestGateScopesInAdaptedConfig(t *testing.T) {
+	cf := `:8080 {
+	sigra_gate
+	sigra_gate /a/* {
+		group a
+	}
+	handle /b/* {
+		sigra_gate {
+			group b
+		}
+		sigra_gate /b/c/* {
+			group c
+		}
+	}
+	handle /d/* {
+		sigra_gate {
+			group d
+		}
+	}
+	respond ok
+}
+`
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scopes := map[string]int{} // first group (or "" for the bare gate) -> scope
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if x["handler"] == "sigra_gate" {
+				var g Gate
+				b, _ := json.Marshal(x)
+				if err := json.Unmarshal(b, &g); err != nil {
+					t.Fatal(err)
+				}
+				name := ""
+				if len(g.Groups) > 0 {
+					name = g.Groups[0]
+				}
+				scopes[name] = g.Scope
+			}
+			for _, c := range x {
+				walk(c)
+			}
+		case []any:
+			for _, c := range x {
+				walk(c)
+			}
+		}
+	}
+	var cfg any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	walk(cfg)
+	if len(scopes) != 5 {
+		t.Fatalf("found gates %v; want 5", scopes)
+	}
+	for name, s := range scopes {
+		if s == 0 {
+			t.Errorf("gate %q has no scope", name)
+		}
+	}
+	if scopes[""] != scopes["a"] || scopes["b"] != scopes["c"] {
+		t.Errorf("siblings in different scopes: %v", scopes)
+	}
+	if scopes[""] == scopes["b"] || scopes[""] == scopes["d"] || scopes["b"] == scopes["d"] {
+		t.Errorf("nested blocks share a scope with their parent or each other: %v", scopes)
+	}
+}
+
+// Gates from hand-written JSON carry no scope: each applies its own
+// requirements, the safe reading when nesting cannot be told.
+func TestGatesWithoutScopeAllApply(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate
+	handle /admin/* {
+		sigra_gate {
+			group admins
+		}
+	}`)
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(e.caddyfile("", `
+	sigra_gate
+	handle /admin/* {
+		sigra_gate {
+			group admins
+		}
+	}`)), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unscoped := regexp.MustCompile(`,?"scope":\d+`).ReplaceAll(cfg, nil)
+	if bytes.Contains(unscoped, []byte(`"scope"`)) || bytes.Equal(unscoped, cfg) {
+		t.Fatal("could not take the scopes out of the adapted config")
+	}
+	if err := caddy.Load(unscoped, true); err != nil {
+		t.Fatal(err)
+	}
+	e.addUser("mallory@example.com", "staff")
+	e.mustLogin("mallory@example.com")
+	if resp, _ := e.get("/admin/secret", jsonAccept); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("non-admin on /admin/secret without scopes: status %d; want 403", resp.StatusCode)
+	}
+	if resp, _ := e.get("/elsewhere", jsonAccept); resp.StatusCode != http.StatusOK {
+		t.Errorf("signed-in user elsewhere without scopes: status %d; want 200", resp.StatusCode)
+	}
+}
