@@ -15,7 +15,8 @@ import (
 )
 
 // freshFactor is how recent a second factor must be to turn TOTP off or
-// make new recovery codes.
+// make new recovery codes, and a sign-in to enrol TOTP without the
+// password again.
 const freshFactor = 10 * time.Minute
 
 // wait applies a regulation delay; tests substitute a no-op.
@@ -151,6 +152,7 @@ func (q *preq) totpPage() error {
 }
 
 func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
+	d.NeedPassword = !q.firstFactorFresh(p)
 	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, requestHost(q.r))
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -181,6 +183,29 @@ func (q *preq) totpSubmit() error {
 	if has {
 		return q.message(http.StatusConflict, "Already on", "An authenticator app is already set up. Turn it off first to set up another.", q.p.app.Prefix+"/account/totp")
 	}
+	// The finished enrolment counts as a fresh second factor and binds the
+	// account to this authenticator: a session cookie alone, stolen or
+	// left signed in, must not be enough. A sign-in older than freshFactor
+	// proves the password again (checked before the code, so a wrong
+	// password spends no code).
+	if !q.firstFactorFresh(p) {
+		u, att, err := q.checkPassword(p.User.Email, q.r.PostFormValue("password"), "reauth")
+		if errors.Is(err, authcore.ErrBusy) {
+			q.w.Header().Set("Retry-After", "5")
+			d.Error = "Too many sign-ins at the moment. Please try again in a few seconds."
+			return q.enrolPage(p, d, http.StatusServiceUnavailable)
+		}
+		if err != nil {
+			return err
+		}
+		if u == nil || u.ID != p.User.ID {
+			d.Error = "That password is not right."
+			return q.enrolPage(p, d, http.StatusUnauthorized)
+		}
+		if err := att.Succeed(q.ctx(), !u.SecondFactor); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+	}
 	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, q.r.PostFormValue("code"))
 	if errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrNoPendingEnrolment) {
 		d.Error = "That code did not work. Check the time on your device and try again."
@@ -203,6 +228,12 @@ func (q *preq) totpSubmit() error {
 	q.setSessionCookie(token)
 	d.Codes = codes
 	return q.page(http.StatusOK, "totp", d)
+}
+
+// firstFactorFresh reports whether the session's sign-in is recent
+// enough (freshFactor) to enrol a second factor without the password.
+func (q *preq) firstFactorFresh(p *authcore.Principal) bool {
+	return q.rt.auth.Now().Sub(p.Session.AuthTime) <= freshFactor
 }
 
 // requireFresh sends the browser to the MFA page unless the session

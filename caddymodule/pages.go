@@ -49,6 +49,8 @@ type pageData struct {
 	QR        template.URL
 	Secret    string
 	URI       string
+	// NeedPassword asks for the current password on the enrolment form.
+	NeedPassword bool
 }
 
 // newNonce returns a per-response CSP nonce.

@@ -245,52 +245,16 @@ func (q *preq) loginSubmit() error {
 	if !q.rt.csrf.Valid(binding, q.r.PostFormValue("csrf_token")) {
 		return rerender(http.StatusForbidden, "The form expired. Please try again.")
 	}
-	// Regulation: one counter per account whatever was typed, one per
-	// client IP. The password is checked even while banned, so the answer
-	// and its timing are the same as for a wrong password.
-	key, err := q.rt.auth.AccountKey(q.ctx(), email)
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	u, err := q.rt.auth.CheckPassword(q.ctx(), email, q.r.PostFormValue("password"))
+	u, att, err := q.checkPassword(email, q.r.PostFormValue("password"), "")
 	if errors.Is(err, authcore.ErrBusy) {
-		// Not counted as a failure: the password was never checked.
-		_ = att.Succeed(q.ctx(), false)
 		q.w.Header().Set("Retry-After", "5")
 		return rerender(http.StatusServiceUnavailable, "Too many sign-ins at the moment. Please try again in a few seconds.")
 	}
-	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCredentials) {
-		res, ferr := att.Fail(q.ctx())
-		if ferr != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, ferr)
-		}
-		subject := ""
-		if u != nil {
-			subject = u.ID
-		} else if known, lerr := q.rt.auth.LookupUser(q.ctx(), email); lerr == nil {
-			subject = known.ID
-		}
-		if err := q.auditLockout(subject, res); err != nil {
-			return err
-		}
-		reason := "invalid_credentials"
-		if !att.Allowed() {
-			reason = "locked"
-		}
-		if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure",
-			meta: map[string]string{"method": "password", "reason": reason}}); err != nil {
-			return err
-		}
-		q.rt.login("password", map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
-		wait(q.ctx(), res.Delay)
-		return rerender(http.StatusUnauthorized, "Incorrect email or password.")
-	}
 	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
+		return err
+	}
+	if u == nil {
+		return rerender(http.StatusUnauthorized, "Incorrect email or password.")
 	}
 	// A password alone leaves a user with a second factor pending: the
 	// account counter resets only once they are fully signed in.
@@ -317,6 +281,64 @@ func (q *preq) loginSubmit() error {
 	q.rt.login("password", "success")
 	http.Redirect(q.w, q.r, target, http.StatusSeeOther)
 	return nil
+}
+
+// checkPassword checks a password under regulation, as sign-in does: one
+// counter per account whatever was typed, one per client IP. The password
+// is checked even while banned, so the answer and its timing are the same
+// as for a wrong password. A failure is counted, written as
+// auth.login.failure (and auth.lockout when it starts a ban), waited out,
+// and returned as a nil user. ErrBusy (the password was never checked,
+// nothing counted) and storage errors come back as errors. step, when not
+// empty, goes in the failure row's metadata (a re-check of the password
+// of someone already signed in says "reauth").
+func (q *preq) checkPassword(email, password, step string) (*authcore.User, *authcore.Attempt, error) {
+	key, err := q.rt.auth.AccountKey(q.ctx(), email)
+	if err != nil {
+		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
+	if err != nil {
+		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	u, err := q.rt.auth.CheckPassword(q.ctx(), email, password)
+	if errors.Is(err, authcore.ErrBusy) {
+		_ = att.Succeed(q.ctx(), false)
+		return nil, nil, err
+	}
+	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCredentials) {
+		res, ferr := att.Fail(q.ctx())
+		if ferr != nil {
+			return nil, nil, caddyhttp.Error(http.StatusInternalServerError, ferr)
+		}
+		subject := ""
+		if u != nil {
+			subject = u.ID
+		} else if known, lerr := q.rt.auth.LookupUser(q.ctx(), email); lerr == nil {
+			subject = known.ID
+		}
+		if err := q.auditLockout(subject, res); err != nil {
+			return nil, nil, err
+		}
+		reason := "invalid_credentials"
+		if !att.Allowed() {
+			reason = "locked"
+		}
+		meta := map[string]string{"method": "password", "reason": reason}
+		if step != "" {
+			meta["step"] = step
+		}
+		if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta}); err != nil {
+			return nil, nil, err
+		}
+		q.rt.login("password", map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
+		wait(q.ctx(), res.Delay)
+		return nil, att, nil
+	}
+	if err != nil {
+		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	return u, att, nil
 }
 
 // auditOrEnd writes the audit rows of a step that signs a browser in,

@@ -1,0 +1,119 @@
+package caddymodule
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A session signed in with a password before the user turned TOTP on (a
+// stolen one, say) is pending from then on, like a password-only sign-in
+// after it: every gate treats it as not signed in.
+func TestSessionFromBeforeEnrolmentIsPending(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("vic@example.com", "staff")
+	e.mustLogin("vic@example.com")
+	stolen := e.sessionCookie()
+	if resp, _ := e.get("/app", jsonAccept); resp.StatusCode != http.StatusOK {
+		t.Fatalf("before enrolment the old session: status %d; want 200", resp.StatusCode)
+	}
+
+	e.client.Jar, _ = newJar()
+	e.mustLogin("vic@example.com")
+	enrolTOTP(t, e, fake.Now())
+	if resp, _ := e.get("/app", jsonAccept); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the enrolling session: status %d; want 200", resp.StatusCode)
+	}
+
+	e.client.Jar, _ = newJar()
+	u, _ := url.Parse(e.base)
+	e.client.Jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: stolen, Path: "/"}})
+	fake.Advance(time.Second)
+	resp, body := e.get("/app", jsonAccept)
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "mfa_pending") {
+		t.Errorf("the session from before enrolment: status %d, body %q; want 401 mfa_pending", resp.StatusCode, body)
+	}
+	if resp, _ := e.get("/app", map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusFound || !strings.HasPrefix(resp.Header.Get("Location"), "/.sigra/mfa") {
+		t.Errorf("a browser with that session: status %d to %q; want the MFA page", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// Enrolling TOTP binds the account to an authenticator and counts as a
+// fresh second factor, so a sign-in older than freshFactor must prove the
+// password again: a session cookie alone is not enough.
+func TestEnrolmentOnAnOldSignInNeedsThePassword(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("boss@example.com", "admins")
+	e.mustLogin("boss@example.com")
+	fake.Advance(freshFactor + time.Minute)
+
+	_, page := e.get("/.sigra/account/totp", nil)
+	if !strings.Contains(page, `name="password"`) {
+		t.Fatal("the enrol page of an old sign-in asks for no password")
+	}
+	secret := totpSecret.FindStringSubmatch(page)[1]
+	enrol := func(password string) (*http.Response, string) {
+		_, page := e.get("/.sigra/account/totp", nil)
+		form := url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}
+		if password != "" {
+			form.Set("password", password)
+		}
+		return e.postForm("/.sigra/account/totp", form, nil)
+	}
+	enrolled := func() bool {
+		has, err := e.rt().auth.HasTOTP(context.Background(), u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return has
+	}
+
+	if resp, body := enrol(""); resp.StatusCode != http.StatusUnauthorized || strings.Contains(body, `data-sigra="recovery-codes"`) {
+		t.Errorf("enrol with the code only: status %d; want 401 and no recovery codes", resp.StatusCode)
+	}
+	if resp, _ := enrol("not the password"); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("enrol with a wrong password: status %d; want 401", resp.StatusCode)
+	}
+	if enrolled() {
+		t.Fatal("enrolled without the password")
+	}
+	rows := e.auditRows("auth.login.failure")
+	if len(rows) != 2 || rows[0].SubjectID != u.ID || rows[0].Metadata["step"] != "reauth" {
+		t.Errorf("failure rows %+v; want two for the user with step reauth", rows)
+	}
+	if got := e.amr(); got != "pwd" {
+		t.Errorf("after refused enrolments the session's amr is %q; want pwd", got)
+	}
+
+	// The code the refused attempts carried was not spent: it still works
+	// with the password.
+	resp, body := enrol(testPassword)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `data-sigra="recovery-codes"`) {
+		t.Fatalf("enrol with the password: status %d; want 200 and the recovery codes", resp.StatusCode)
+	}
+	if !enrolled() {
+		t.Error("not enrolled after the password and a right code")
+	}
+	if got := e.amr(); !strings.Contains(got, "otp") {
+		t.Errorf("after enrolment amr %q; want otp", got)
+	}
+}
+
+// A fresh sign-in enrols with the code alone (the form has no password).
+func TestEnrolmentOnAFreshSignInNeedsNoPassword(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	fake.Advance(freshFactor - time.Minute)
+	_, page := e.get("/.sigra/account/totp", nil)
+	if strings.Contains(page, `name="password"`) {
+		t.Error("the enrol page of a fresh sign-in asks for the password")
+	}
+	enrolTOTP(t, e, fake.Now())
+}
