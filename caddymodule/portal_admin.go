@@ -87,7 +87,10 @@ func (q *preq) adminAPI(path string) error {
 		if err != nil {
 			return q.adminError(err)
 		}
-		return writeJSON(q.w, map[string]any{"users": res.Users, "next_cursor": res.NextCursor})
+		return writeJSON(q.w, struct {
+			Users      []userView `json:"users"`
+			NextCursor string     `json:"next_cursor,omitempty"` // none on the last page
+		}{res.Users, res.NextCursor})
 	case get && len(parts) == 2 && parts[0] == "users":
 		u, err := q.rt.store.UserByID(q.ctx(), parts[1])
 		if err != nil {

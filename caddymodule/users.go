@@ -88,15 +88,21 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		if limit <= 0 || limit > 1000 {
 			limit = 1000
 		}
-		users, err := auth.Store().ListUsers(ctx, req.After, limit)
+		// One more than a page says whether another page follows, so the
+		// last page carries no cursor.
+		users, err := auth.Store().ListUsers(ctx, req.After, limit+1)
 		if err != nil {
 			return nil, "", err
+		}
+		more := len(users) > limit
+		if more {
+			users = users[:limit]
 		}
 		res := &userResult{Users: []userView{}}
 		for _, u := range users {
 			res.Users = append(res.Users, viewUser(u))
 		}
-		if len(users) == limit {
+		if more {
 			res.NextCursor = users[len(users)-1].ID
 		}
 		return res, "", nil
