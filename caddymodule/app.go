@@ -147,6 +147,8 @@ type runtime struct {
 
 	metrics *metrics // nil in the CLI
 
+	denied deniedLog // authz.denied rows written lately
+
 	// failRecord, when set (tests only), makes record fail for the rows
 	// it returns an error for, as a broken audit store would.
 	failRecord atomic.Pointer[func(audit.Row) error]

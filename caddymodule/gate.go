@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -200,6 +201,9 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return g.deny(w, r, dn, start)
 	}
 	if dn := g.check(p, now); dn != nil {
+		if dn.status == http.StatusForbidden {
+			g.auditDenied(rt, r, p, dn, now)
+		}
 		return g.deny(w, r, dn, start)
 	}
 	var assertion string
@@ -264,6 +268,64 @@ func (g *Gate) inject(r *http.Request, p *authcore.Principal, assertion string) 
 		repl.Set("http.auth.user.id", p.User.ID)
 		repl.Set("http.auth.user.email", p.User.Email)
 	}
+}
+
+// auditDenied writes the authz.denied row of a signed-in user refused by
+// a requirement, at most once per user, gate and reason a minute. The
+// request is refused either way: a row that cannot be written is logged.
+func (g *Gate) auditDenied(rt *runtime, r *http.Request, p *authcore.Principal, d *denial, now time.Time) {
+	if !rt.denied.due(deniedKey{user: p.User.ID, gate: g, reason: d.reason}, now) {
+		return
+	}
+	path := r.URL.Path
+	if len(path) > 256 {
+		path = path[:256]
+	}
+	ev := event{action: "authz.denied", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
+		meta: map[string]string{"reason": d.reason, "method": r.Method, "path": path, "session": p.SessionID}}
+	if err := rt.record(r.Context(), rowFor(r, ev)); err != nil {
+		g.logger.Error("writing the authz.denied audit row", zap.String("user", p.User.ID), zap.Error(err))
+	}
+}
+
+// deniedLogMax bounds the users, gates and reasons deniedLog remembers.
+const deniedLogMax = 10000
+
+// deniedLog keeps authz.denied rows to one per user, gate and reason a
+// minute, so a client retrying a refused request cannot flood the log.
+type deniedLog struct {
+	mu   sync.Mutex
+	last map[deniedKey]time.Time
+}
+
+type deniedKey struct {
+	user   string
+	gate   *Gate // the route
+	reason string
+}
+
+// due reports whether a row for k is due at now, and if so notes it.
+func (l *deniedLog) due(k deniedKey, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[k]; ok && now.Sub(t) < time.Minute && !now.Before(t) {
+		return false
+	}
+	if l.last == nil {
+		l.last = make(map[deniedKey]time.Time)
+	}
+	if len(l.last) >= deniedLogMax {
+		for old, t := range l.last {
+			if now.Sub(t) >= time.Minute {
+				delete(l.last, old)
+			}
+		}
+		if len(l.last) >= deniedLogMax {
+			clear(l.last) // many users refused at once: a few rows too many
+		}
+	}
+	l.last[k] = now
+	return true
 }
 
 // deny answers a request that did not pass: browsers get a redirect (to

@@ -1,0 +1,86 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// A signed-in user refused by a requirement leaves an authz.denied row,
+// at most one per user, route and reason a minute; not being signed in
+// is not an authorization decision and leaves none.
+func TestGateWritesAuthzDenied(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", `
+	sigra_gate
+	sigra_gate /admin/* {
+		group admins
+	}
+	sigra_gate /keys/* {
+		amr otp
+	}`)
+	if resp, _ := e.get("/admin/x", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("anonymous: status %d; want 401", resp.StatusCode)
+	}
+	if rows := e.auditRows("authz.denied"); len(rows) != 0 {
+		t.Fatalf("an anonymous request wrote %d authz.denied rows; want none", len(rows))
+	}
+
+	u := e.addUser("mallory@example.com", "staff")
+	e.mustLogin("mallory@example.com")
+	for range 3 {
+		if resp, _ := e.get("/admin/x", jsonAccept); resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("non-admin on /admin/x: status %d; want 403", resp.StatusCode)
+		}
+	}
+	rows := e.auditRows("authz.denied")
+	if len(rows) != 1 {
+		t.Fatalf("%d authz.denied rows after three refusals within a minute; want 1", len(rows))
+	}
+	r := rows[0]
+	if r.ActorID != u.ID || r.SubjectID != u.ID || r.Outcome != "failure" || r.Metadata["reason"] != "group" ||
+		r.Metadata["path"] != "/admin/x" || r.Metadata["method"] != "GET" || r.Metadata["session"] == "" || r.IP == "" {
+		t.Errorf("row %+v; want the user as actor and subject, reason group, path, method, session and IP", r)
+	}
+
+	// Another reason on another route is a row of its own.
+	if resp, _ := e.get("/keys/1", jsonAccept); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("password-only session on an amr otp route: status %d; want 403", resp.StatusCode)
+	}
+	if rows := e.auditRows("authz.denied"); len(rows) != 2 || rows[0].Metadata["reason"] != "amr" {
+		t.Errorf("after an amr refusal: %d rows, newest reason %q; want 2 and amr", len(rows), rows[0].Metadata["reason"])
+	}
+
+	fake.Advance(time.Minute)
+	e.get("/admin/y", jsonAccept)
+	if rows := e.auditRows("authz.denied"); len(rows) != 3 || rows[0].Metadata["path"] != "/admin/y" {
+		t.Errorf("a minute later: %d rows; want a third for /admin/y", len(rows))
+	}
+}
+
+// The rate limit remembers a bounded number of keys.
+func TestDeniedLogIsBounded(t *testing.T) {
+	var l deniedLog
+	t0 := time.Unix(1_800_000_000, 0)
+	for i := range deniedLogMax {
+		if !l.due(deniedKey{user: fmt.Sprint(i), reason: "group"}, t0) {
+			t.Fatalf("key %d not due the first time", i)
+		}
+	}
+	if l.due(deniedKey{user: "0", reason: "group"}, t0.Add(59*time.Second)) {
+		t.Error("a key was due again within the minute")
+	}
+	if !l.due(deniedKey{user: "new", reason: "group"}, t0.Add(time.Minute)) {
+		t.Error("a new key was not due")
+	}
+	if len(l.last) != 1 {
+		t.Errorf("%d keys kept after the old ones expired; want 1", len(l.last))
+	}
+	for i := range deniedLogMax + 5 {
+		l.due(deniedKey{user: fmt.Sprint("x", i), reason: "group"}, t0.Add(2*time.Minute))
+	}
+	if len(l.last) > deniedLogMax {
+		t.Errorf("%d keys kept; want at most %d", len(l.last), deniedLogMax)
+	}
+}
