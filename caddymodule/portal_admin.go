@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -18,6 +19,42 @@ import (
 // admin_mfa_max_age. State-changing calls carry X-CSRF-Token (from GET
 // /api/admin/csrf) and a same-origin Origin/Sec-Fetch-Site.
 func (q *preq) adminAPI(path string) error {
+	err := q.adminRoute(path)
+	if err == nil {
+		return nil
+	}
+	// Every answer of the API is JSON, errors problem+json (DESIGN §3);
+	// the cause goes to Caddy's log, not to the client.
+	status := http.StatusInternalServerError
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		status = he.StatusCode
+	}
+	q.p.logger.Error("admin API", zap.String("method", q.r.Method), zap.String("path", path), zap.Int("status", status), zap.Error(err))
+	detail := http.StatusText(status)
+	if status >= 500 {
+		detail = "the request could not be completed; the server log says why"
+	}
+	writeProblem(q.w, status, statusReason(status), detail)
+	return nil
+}
+
+// adminAllow is the Allow header of an admin endpoint, "" for none.
+func adminAllow(path string, parts []string) string {
+	switch {
+	case path == "/csrf" || path == "/audit" || path == "/audit/webhooks/dead" || path == "/users",
+		len(parts) == 2 && parts[0] == "users",
+		len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
+		return "GET, HEAD"
+	case path == "/audit/webhooks/dead/replay",
+		len(parts) == 3 && parts[0] == "users" && (parts[2] == "disable" || parts[2] == "enable" || parts[2] == "unlock"),
+		len(parts) == 3 && parts[0] == "sessions" && parts[2] == "revoke":
+		return "POST"
+	}
+	return ""
+}
+
+func (q *preq) adminRoute(path string) error {
 	q.w.Header().Del("Content-Security-Policy")
 	p, err := q.session()
 	if err != nil {
@@ -131,7 +168,12 @@ func (q *preq) adminAPI(path string) error {
 		}
 		return writeJSON(q.w, map[string]string{"revoked": id.String()})
 	}
-	writeProblem(q.w, http.StatusNotFound, "not_found", "no such admin endpoint or method")
+	if allow := adminAllow(path, parts); allow != "" {
+		q.w.Header().Set("Allow", allow)
+		writeProblem(q.w, http.StatusMethodNotAllowed, "method_not_allowed", "this endpoint takes "+allow)
+		return nil
+	}
+	writeProblem(q.w, http.StatusNotFound, "not_found", "no such admin endpoint")
 	return nil
 }
 
@@ -140,8 +182,13 @@ func (q *preq) adminError(err error) error {
 	if status == http.StatusInternalServerError {
 		return caddyhttp.Error(status, err)
 	}
-	writeProblem(q.w, status, strings.ReplaceAll(strings.ToLower(http.StatusText(status)), " ", "_"), err.Error())
+	writeProblem(q.w, status, statusReason(status), err.Error())
 	return nil
+}
+
+// statusReason is the problem reason of a plain status: "not_found".
+func statusReason(status int) string {
+	return strings.ReplaceAll(strings.ToLower(http.StatusText(status)), " ", "_")
 }
 
 // sessionView is a session as shown to admins.

@@ -1,0 +1,84 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+)
+
+// Every answer of the admin API is JSON: a failure inside is a
+// problem+json 500 that names no internals, and a known endpoint called
+// with the wrong method is a 405 with Allow.
+func TestAdminAPIErrorsAreProblems(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("root@example.com", "admins")
+	target := e.addUser("target@example.com")
+	e.mustLogin("root@example.com")
+	enrolTOTP(t, e, fake.Now())
+	_, body := e.get("/.sigra/api/admin/csrf", jsonAccept)
+	var tok struct {
+		CSRF string `json:"csrf_token"`
+	}
+	if err := json.Unmarshal([]byte(body), &tok); err != nil || tok.CSRF == "" {
+		t.Fatalf("csrf: %s", body)
+	}
+	hdr := map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": tok.CSRF}
+	problem := func(r *http.Response) (reason, detail string) {
+		t.Helper()
+		defer r.Body.Close()
+		if ct := r.Header.Get("Content-Type"); ct != "application/problem+json" {
+			t.Errorf("Content-Type %q; want application/problem+json", ct)
+		}
+		var p struct {
+			Status int    `json:"status"`
+			Reason string `json:"reason"`
+			Detail string `json:"detail"`
+		}
+		b, _ := io.ReadAll(r.Body)
+		if err := json.Unmarshal(b, &p); err != nil || p.Status != r.StatusCode {
+			t.Errorf("body %q is not a problem for status %d", b, r.StatusCode)
+		}
+		return p.Reason, p.Detail
+	}
+
+	fail := func(row audit.Row) error {
+		if row.Action == "admin.user.disable" {
+			return errors.New("bbolt: disk on fire at /var/lib/secret/path")
+		}
+		return nil
+	}
+	e.rt().failRecord.Store(&fail)
+	r := e.do(http.MethodPost, "/.sigra/api/admin/users/"+target.ID+"/disable", hdr, nil)
+	if r.StatusCode != http.StatusInternalServerError {
+		t.Errorf("disable with a failing audit row: status %d; want 500", r.StatusCode)
+	}
+	if reason, detail := problem(r); reason != "internal_server_error" || strings.Contains(detail, "secret") {
+		t.Errorf("500 reason %q detail %q; want internal_server_error and no internals", reason, detail)
+	}
+	e.rt().failRecord.Store(nil)
+
+	for _, c := range []struct{ method, path, allow string }{
+		{http.MethodPost, "/users", "GET, HEAD"},
+		{http.MethodDelete, "/users/" + target.ID, "GET, HEAD"},
+		{http.MethodPut, "/users/" + target.ID + "/disable", "POST"},
+		{http.MethodGet, "/sessions/x/revoke", "POST"},
+	} {
+		r := e.do(c.method, "/.sigra/api/admin"+c.path, hdr, nil)
+		if r.StatusCode != http.StatusMethodNotAllowed || r.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s: status %d, Allow %q; want 405 and %q", c.method, c.path, r.StatusCode, r.Header.Get("Allow"), c.allow)
+		}
+		if reason, _ := problem(r); reason != "method_not_allowed" {
+			t.Errorf("%s %s: reason %q; want method_not_allowed", c.method, c.path, reason)
+		}
+	}
+	r = e.do(http.MethodGet, "/.sigra/api/admin/nothing/here", hdr, nil)
+	if reason, _ := problem(r); r.StatusCode != http.StatusNotFound || reason != "not_found" {
+		t.Errorf("unknown endpoint: status %d reason %q; want 404 not_found", r.StatusCode, reason)
+	}
+}
