@@ -137,7 +137,7 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 // with it have expired. Cached assertions are re-signed on next use.
 func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	if kr.fromFile {
-		return errors.New("the signing key is loaded from a PEM file: replace the file and reload instead")
+		return fmt.Errorf("%w: the signing key is loaded from a PEM file (signing_key): replace the file and reload instead", ErrInvalidInput)
 	}
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
@@ -241,6 +241,26 @@ func (kr *KeyRing) ActiveKeyID() string { return kr.state.Load().active.KID }
 
 // TTL is the assertion lifetime.
 func (kr *KeyRing) TTL() time.Duration { return kr.ttl }
+
+// KeyInfo describes a published signing key, for operators.
+type KeyInfo struct {
+	KID       string    `json:"kid"`
+	Alg       string    `json:"alg"`
+	Active    bool      `json:"active"` // signs new assertions; the others only verify old ones
+	CreatedAt time.Time `json:"created_at,omitzero"`
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+	FromFile  bool      `json:"from_file,omitempty"` // loaded from signing_key: rotate by replacing the file
+}
+
+// Keys lists the published keys, the active one first.
+func (kr *KeyRing) Keys() []KeyInfo {
+	st := kr.state.Load()
+	out := make([]KeyInfo, 0, len(st.keys))
+	for i, k := range st.keys {
+		out = append(out, KeyInfo{KID: k.KID, Alg: k.Alg, Active: i == 0, CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt, FromFile: kr.fromFile})
+	}
+	return out
+}
 
 // Sign signs a JSON payload with the active key as a compact JWS.
 func (kr *KeyRing) Sign(payload []byte) (string, error) {

@@ -40,6 +40,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/sigra/users", Handler: caddy.AdminHandlerFunc(handleAdminUsers)},
 		{Pattern: "/sigra/audit/export", Handler: caddy.AdminHandlerFunc(handleAdminAuditExport)},
 		{Pattern: "/sigra/audit/replay", Handler: caddy.AdminHandlerFunc(handleAdminAuditReplay)},
+		{Pattern: "/sigra/keys", Handler: caddy.AdminHandlerFunc(handleAdminKeys)},
 	}
 }
 
@@ -111,6 +112,27 @@ func handleAdminUsers(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
 	}
 	res, err := doUser(r.Context(), rt, a.AdminGroup, req, nil, "")
+	if err != nil {
+		return caddy.APIError{HTTPStatus: userErrorStatus(err), Err: err}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(res)
+}
+
+// handleAdminKeys runs one keysRequest (POST, JSON body).
+func handleAdminKeys(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
+	}
+	_, rt, err := runningRuntime()
+	if err != nil {
+		return err
+	}
+	var req keysRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody)).Decode(&req); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
+	}
+	res, err := doKeys(r.Context(), rt, req, nil, "")
 	if err != nil {
 		return caddy.APIError{HTTPStatus: userErrorStatus(err), Err: err}
 	}

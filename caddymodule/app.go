@@ -443,7 +443,7 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		"  ┌ Sigra: first admin user created ─────────────────────────\n"+
 		"  │ email:    %s\n"+
 		"  │ password: %s\n"+
-		"  │ (shown once; change it with: caddy sigra user passwd)\n"+
+		"  │ (shown once; change it with: caddy sigra users passwd)\n"+
 		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw)
 	return nil
 }

@@ -27,19 +27,22 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sigra",
-		Usage: "user <add|list|passwd|disable|enable|unlock> | audit <export|replay> --config <file> [flags]",
-		Short: "Manages Sigra gateway users and the audit trail",
+		Usage: "users <add|list|passwd|disable|enable|unlock> | keys <list|rotate> | audit <export|replay> --config <file> [flags]",
+		Short: "Manages Sigra gateway users, assertion keys and the audit trail",
 		Long: `
-Manages the users of the Sigra gateway.
+Manages the users, the identity-assertion keys and the audit trail of the
+Sigra gateway.
 
 The store is found from the config (--config, --adapter). When no Caddy
 holds it, the command opens it directly; when a running Caddy holds its
 lock, the command goes through that Caddy's admin API instead.
 
-  caddy sigra user add    --config Caddyfile --email a@example.com [--name N] [--groups a,b] [--admin] [--password-stdin]
-  caddy sigra user list   --config Caddyfile
-  caddy sigra user passwd --config Caddyfile --email a@example.com --password-stdin
-  caddy sigra user disable|enable|unlock --config Caddyfile --email a@example.com
+  caddy sigra users add    --config Caddyfile --email a@example.com [--name N] [--groups a,b] [--admin] [--password-stdin]
+  caddy sigra users list   --config Caddyfile
+  caddy sigra users passwd --config Caddyfile --email a@example.com --password-stdin
+  caddy sigra users disable|enable|unlock --config Caddyfile --email a@example.com
+  caddy sigra keys list    --config Caddyfile
+  caddy sigra keys rotate  --config Caddyfile
   caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339>]
   caddy sigra audit replay --config Caddyfile [--hook <id>]
 `,
@@ -48,7 +51,8 @@ lock, the command goes through that Caddy's admin API instead.
 }
 
 func buildSigraCommand(cmd *cobra.Command) {
-	user := &cobra.Command{Use: "user", Short: "Manages users"}
+	// "users" as DESIGN names it; "user" as earlier releases did.
+	user := &cobra.Command{Use: "users", Aliases: []string{"user"}, Short: "Manages users"}
 	cmd.AddCommand(user)
 
 	var cf cliFlags
@@ -154,6 +158,8 @@ func buildSigraCommand(cmd *cobra.Command) {
 	}
 	user.AddCommand(add, list, passwd)
 
+	addKeysCommand(cmd)
+
 	auditCmd := &cobra.Command{Use: "audit", Short: "Reads the audit trail"}
 	cmd.AddCommand(auditCmd)
 	var since, until string
@@ -189,6 +195,85 @@ holds the store; otherwise they go out when Caddy next starts.`,
 	cf.register(replay, false)
 	replay.Flags().StringVar(&hook, "hook", "", "only this webhook's deliveries (its hook_id)")
 	auditCmd.AddCommand(replay)
+}
+
+// addKeysCommand adds `keys list` and `keys rotate`.
+func addKeysCommand(cmd *cobra.Command) {
+	keys := &cobra.Command{Use: "keys", Short: "Lists and rotates the identity-assertion signing keys"}
+	cmd.AddCommand(keys)
+	var cf cliFlags
+	run := func(c *cobra.Command, req keysRequest) error {
+		res, err := runKeysOp(c.Context(), cf, req)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(c.OutOrStdout(), 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "KID\tALG\tSTATUS\tCREATED\tRETIRED")
+		for _, k := range res.Keys {
+			status, created, retired := "retired", "-", "-"
+			if k.Active {
+				status = "active"
+			}
+			if k.FromFile {
+				status += " (signing_key file)"
+			}
+			if !k.CreatedAt.IsZero() {
+				created = k.CreatedAt.UTC().Format(time.RFC3339)
+			}
+			if !k.RetiredAt.IsZero() {
+				retired = k.RetiredAt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, status, created, retired)
+		}
+		return tw.Flush()
+	}
+	list := &cobra.Command{
+		Use: "list --config <file>", Short: "Lists the published keys, the active one first", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return run(c, keysRequest{Op: "list"}) },
+	}
+	cf.register(list, false)
+	rotate := &cobra.Command{
+		Use:   "rotate --config <file>",
+		Short: "Makes a new signing key; the old one stays published until its assertions expire",
+		Long: `Makes a new active signing key for the identity assertion. The old key
+stays in /.sigra/jwks.json until the assertions it signed have expired
+(the assertion lifetime), so upstreams verifying against the JWKS see no
+gap. The new key has the configured algorithm (keys { algorithm }; to
+change it, change the config: the next start rotates). Through the
+running Caddy when it holds the store. Not available when the key comes
+from a signing_key file: replace the file and reload.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return run(c, keysRequest{Op: "rotate"}) },
+	}
+	cf.register(rotate, false)
+	keys.AddCommand(list, rotate)
+}
+
+// runKeysOp runs req on the store named by the config: directly when no
+// Caddy holds it, else through the running Caddy's admin API.
+func runKeysOp(ctx context.Context, cf cliFlags, req keysRequest) (*keysResult, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var res *keysResult
+	err := onStore(cf, func(cfgJSON []byte, a *App) error {
+		body, _ := json.Marshal(req)
+		resp, err := adminRequest(cfgJSON, cf, a.storagePath, http.MethodPost, "/sigra/keys", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		res = new(keysResult)
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(res); err != nil {
+			return fmt.Errorf("admin API answer: %w", err)
+		}
+		return nil
+	}, func(rt *runtime) error {
+		var err error
+		res, err = doKeys(ctx, rt, req, nil, "")
+		return err
+	})
+	return res, err
 }
 
 // replayAudit puts dead deliveries back, directly or through the running

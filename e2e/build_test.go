@@ -45,9 +45,16 @@ func TestListModules(t *testing.T) {
 	if bi := runCaddy(t, h, "", "build-info"); !strings.Contains(bi.stdout, "github.com/sigra-auth/caddy-sigra") {
 		t.Errorf("build-info does not list github.com/sigra-auth/caddy-sigra\n%s", bi)
 	}
-	if help := runCaddy(t, h, "", "sigra", "user", "--help"); help.code != 0 ||
-		!strings.Contains(help.stdout, "add") || !strings.Contains(help.stdout, "disable") {
-		t.Errorf("caddy sigra user --help does not list the subcommands\n%s", help)
+	// "users" as DESIGN names it, "user" as earlier releases did.
+	for _, cmd := range []string{"users", "user"} {
+		if help := runCaddy(t, h, "", "sigra", cmd, "--help"); help.code != 0 ||
+			!strings.Contains(help.stdout, "add") || !strings.Contains(help.stdout, "disable") {
+			t.Errorf("caddy sigra %s --help does not list the subcommands\n%s", cmd, help)
+		}
+	}
+	if help := runCaddy(t, h, "", "sigra", "keys", "--help"); help.code != 0 ||
+		!strings.Contains(help.stdout, "list") || !strings.Contains(help.stdout, "rotate") {
+		t.Errorf("caddy sigra keys --help does not list the subcommands\n%s", help)
 	}
 }
 

@@ -147,10 +147,10 @@ func (g *gateway) logs() string {
 	return g.proc.logs()
 }
 
-// cli runs `caddy sigra user <args…> --config <Caddyfile>`.
+// cli runs `caddy sigra users <args…> --config <Caddyfile>`.
 func (g *gateway) cli(stdin string, args ...string) result {
 	g.t.Helper()
-	return runCaddy(g.t, g.home, stdin, append(append([]string{"sigra", "user"}, args...), "--config", g.caddyfile)...)
+	return runCaddy(g.t, g.home, stdin, append(append([]string{"sigra", "users"}, args...), "--config", g.caddyfile)...)
 }
 
 // browser is an HTTP client with a cookie jar that does not follow

@@ -1,0 +1,45 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// keysRequest is one assertion-key operation, from the CLI directly or
+// through Caddy's admin API (POST /sigra/keys).
+type keysRequest struct {
+	Op string `json:"op"` // list or rotate
+}
+
+// keysResult lists the published keys, the active one first.
+type keysResult struct {
+	Keys []authcore.KeyInfo `json:"keys"`
+}
+
+// doKeys runs a key operation on behalf of actor ("" for the CLI, recorded
+// as the system). A rotation writes admin.keys.rotate.
+func doKeys(ctx context.Context, rt *runtime, req keysRequest, r *http.Request, actor string) (*keysResult, error) {
+	switch req.Op {
+	case "list":
+	case "rotate":
+		// The new key has the configured algorithm: the key ring rotated
+		// to it when it was loaded, and a change of algorithm is made in
+		// the config (keys { algorithm }), which rotates at the next start.
+		previous := rt.keys.ActiveKeyID()
+		if err := rt.keys.Rotate(ctx, ""); err != nil {
+			return nil, err
+		}
+		active := rt.keys.Keys()[0]
+		ev := event{action: "admin.keys.rotate", actor: actor, actorType: adminActorType(actor), outcome: "success",
+			meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous}}
+		if err := rt.record(ctx, rowFor(r, ev)); err != nil {
+			return nil, fmt.Errorf("the key was rotated (kid %s), but writing its audit row failed: %w", active.KID, err)
+		}
+	default:
+		return nil, fmt.Errorf("%w: keys operation %q (want list or rotate)", errUsage, req.Op)
+	}
+	return &keysResult{Keys: rt.keys.Keys()}, nil
+}
