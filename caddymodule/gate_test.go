@@ -161,10 +161,17 @@ func TestGateSignedIn(t *testing.T) {
 	t.Run("assertion is cached across requests", func(t *testing.T) {
 		e.get("/a", nil)
 		h1, _ := e.up.last()
+		// Into the next second (well within the TTL/2 re-sign window): an
+		// assertion signed now would carry a new iat, so a byte-identical
+		// one (Ed25519 is deterministic) can only be the cached one.
+		time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second + 20*time.Millisecond)))
 		e.get("/b", nil)
 		h2, _ := e.up.last()
 		if h1.Get(hdrAssertion) != h2.Get(hdrAssertion) {
-			t.Error("assertion re-signed on every request; want it cached")
+			t.Fatal("assertion re-signed on the next request; want it cached")
+		}
+		if iat, _ := verifyAssertion(t, e, h2.Get(hdrAssertion))["iat"].(float64); int64(iat) >= time.Now().Unix() {
+			t.Errorf("iat %v is this second; want the earlier, cached assertion's", iat)
 		}
 	})
 	t.Run("key rotation re-signs with the new key", func(t *testing.T) {

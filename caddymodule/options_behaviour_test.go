@@ -1,0 +1,203 @@
+package caddymodule
+
+// Behaviour tests for global options that caddyfile_test.go only parses:
+// each checks that the option changes what the running gateway does.
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// assertionParts verifies a JWT against the served JWKS (without
+// verifyAssertion's fixed 5m lifetime) and returns its kid and claims.
+func assertionParts(t *testing.T, e *env, token string) (string, map[string]any) {
+	t.Helper()
+	if token == "" {
+		t.Fatal("no assertion")
+	}
+	_, body := e.get("/.sigra/jwks.json", nil)
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal([]byte(body), &set); err != nil {
+		t.Fatalf("JWKS: %v", err)
+	}
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256})
+	if err != nil {
+		t.Fatalf("parsing assertion: %v", err)
+	}
+	kid := tok.Headers[0].KeyID
+	keys := set.Key(kid)
+	if len(keys) != 1 {
+		t.Fatalf("kid %q: %d keys in JWKS; want 1", kid, len(keys))
+	}
+	var claims map[string]any
+	if err := tok.Claims(keys[0].Key, &claims); err != nil {
+		t.Fatalf("verifying assertion against the JWKS: %v", err)
+	}
+	return kid, claims
+}
+
+// signedInAssertion signs a new user in and returns the assertion the app
+// receives.
+func signedInAssertion(t *testing.T, e *env) string {
+	t.Helper()
+	e.addUser("opt@example.com")
+	e.mustLogin("opt@example.com")
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Fatalf("signed-in request: status %d", r.StatusCode)
+	}
+	h, _ := e.up.last()
+	return h.Get(hdrAssertion)
+}
+
+func TestOptionAssertionAudience(t *testing.T) {
+	e := startCaddy(t, "assertion_audience https://api.example.com", "sigra_gate")
+	claims := verifyAssertion(t, e, signedInAssertion(t, e))
+	if claims["aud"] != "https://api.example.com" {
+		t.Errorf("aud %v; want the configured https://api.example.com", claims["aud"])
+	}
+	if claims["iss"] != e.base {
+		t.Errorf("iss %v; want the site origin %s (assertion_audience changes aud only)", claims["iss"], e.base)
+	}
+}
+
+func TestOptionAssertionTTL(t *testing.T) {
+	e := startCaddy(t, "keys {\n\t\t\tassertion_ttl 90s\n\t\t}", "sigra_gate")
+	_, claims := assertionParts(t, e, signedInAssertion(t, e))
+	iat, _ := claims["iat"].(float64)
+	exp, _ := claims["exp"].(float64)
+	if iat == 0 || exp-iat != 90 {
+		t.Errorf("exp-iat = %v s (iat %v, exp %v); want 90 (assertion_ttl 90s)", exp-iat, iat, exp)
+	}
+	if now := float64(time.Now().Unix()); exp < now || exp > now+91 {
+		t.Errorf("exp %v is not within 90s from now (%v)", exp, now)
+	}
+}
+
+func TestOptionSigningKeyPEM(t *testing.T) {
+	edPub, edPriv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecPriv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecDER, err := x509.MarshalECPrivateKey(ecPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edDER, err := x509.MarshalPKCS8PrivateKey(edPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, alg, pemType string
+		der                []byte
+		pub                crypto.PublicKey
+		sigAlg             jose.SignatureAlgorithm
+	}{
+		{"Ed25519 PKCS#8", "EdDSA", "PRIVATE KEY", edDER, edPub, jose.EdDSA},
+		{"P-256 SEC 1", "ES256", "EC PRIVATE KEY", ecDER, &ecPriv.PublicKey, jose.ES256},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "assertion.pem")
+			if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: tc.pemType, Bytes: tc.der}), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			e := startCaddy(t, "keys {\n\t\t\talgorithm "+tc.alg+"\n\t\t\tsigning_key "+path+"\n\t\t}", "sigra_gate")
+			token := signedInAssertion(t, e)
+
+			// The assertion verifies against the PEM's public key itself.
+			tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{tc.sigAlg})
+			if err != nil {
+				t.Fatalf("parsing assertion: %v", err)
+			}
+			var claims map[string]any
+			if err := tok.Claims(tc.pub, &claims); err != nil {
+				t.Fatalf("assertion does not verify with the signing_key's public key: %v", err)
+			}
+			if claims["sub"] == nil || claims["iss"] != e.base {
+				t.Errorf("claims %v; want sub and iss %s", claims, e.base)
+			}
+
+			// The JWKS publishes exactly that key, under the kid used.
+			kid, _ := assertionParts(t, e, token)
+			_, body := e.get("/.sigra/jwks.json", nil)
+			var set jose.JSONWebKeySet
+			if err := json.Unmarshal([]byte(body), &set); err != nil {
+				t.Fatal(err)
+			}
+			if len(set.Keys) != 1 {
+				t.Fatalf("JWKS has %d keys; want only the signing_key's", len(set.Keys))
+			}
+			k := set.Keys[0]
+			if k.KeyID != kid || k.Algorithm != tc.alg {
+				t.Errorf("JWKS key kid %q alg %q; want kid %q alg %s", k.KeyID, k.Algorithm, kid, tc.alg)
+			}
+			eq, ok := k.Key.(interface{ Equal(crypto.PublicKey) bool })
+			if !ok || !eq.Equal(tc.pub) {
+				t.Errorf("JWKS key %T is not the signing_key's public key", k.Key)
+			}
+			if err := e.rt().keys.Rotate(t.Context(), ""); err == nil {
+				t.Error("rotating a PEM-file key succeeded; want it refused")
+			}
+		})
+	}
+}
+
+func TestOptionAuditRetention(t *testing.T) {
+	fake := useFakeClock(t)
+	global := "audit {\n\t\t\tretention 1h\n\t\t}"
+	e := startCaddy(t, global, "sigra_gate")
+	u := e.addUser("ret@example.com")
+	e.mustLogin("ret@example.com") // an auth.login.success row now
+	oldRows := e.auditRows("auth.login.success")
+	if len(oldRows) != 1 {
+		t.Fatalf("%d login rows; want 1", len(oldRows))
+	}
+
+	fake.Advance(2 * time.Hour)
+	e.mustLogin("ret@example.com") // and one 2h later
+	if n := len(e.auditRows("auth.login.success")); n != 2 {
+		t.Fatalf("%d login rows before retention ran; want 2", n)
+	}
+
+	// Retention runs when the app starts (and then hourly): reload.
+	if err := e.load(e.caddyfile(global, "sigra_gate")); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	var rows []string
+	for range 200 {
+		rows = rows[:0]
+		for _, r := range e.auditRows("auth.login.success") {
+			rows = append(rows, r.OccurredAt.Format(time.RFC3339))
+		}
+		if len(rows) == 1 {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if len(rows) != 1 {
+		t.Fatalf("login rows after retention 1h: %v; want only the one from now (the 2h old one pruned)", rows)
+	}
+	if rows[0] == oldRows[0].OccurredAt.Format(time.RFC3339) {
+		t.Errorf("retention kept the old row and pruned the new one: %v", rows)
+	}
+	if got := e.auditRows("auth.login.success")[0].ActorID; got != u.ID {
+		t.Errorf("remaining row by %s; want %s", got, u.ID)
+	}
+}
