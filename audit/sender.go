@@ -148,25 +148,48 @@ func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
 //
 // Each webhook is a lane of its own: its deliveries are attempted in
 // order beside the other webhooks', the first alone as a probe, then up
-// to Concurrency at once. Once one attempt to a webhook fails, its
-// deliveries not yet started are deferred, unattempted, to that
-// failure's retry time: a receiver that is down or hangs gets one probe
-// per backoff step instead of a pass full of timeouts, and holds the
-// other webhooks up by at most one timeout per step. The delivery with
-// the most attempts goes first, so the same one keeps probing and its
-// backoff keeps growing.
+// to Concurrency at once. A failed attempt is backed off by itself. When
+// it says the receiver itself is unavailable (no connection, a timeout,
+// or a 5xx, 429 or 408 answer), the webhook's deliveries not yet started
+// are also deferred, unattempted, to that failure's retry time: a
+// receiver that is down or hangs gets one probe per backoff step instead
+// of a pass full of timeouts, and holds the other webhooks up by at most
+// one timeout per step. The delivery with the most attempts goes first,
+// so the same one keeps probing and its backoff keeps growing. Any other
+// answer (another 4xx, or a redirect, which is not followed) fails that
+// delivery alone: the receiver is up, and an event it rejects does not
+// hold back the others. Outbox entries the store cannot read
+// (ErrDamagedDelivery) are logged, and the pass goes on without them.
 func (l *Log) DeliverDue(ctx context.Context) (int, error) { return l.sender.deliverDue(ctx) }
 
 // lane is one webhook's share of a pass.
 type lane struct {
-	items  []int // indexes into the pass's deliveries, in attempt order
-	failed atomic.Bool
+	items []int // indexes into the pass's deliveries, in attempt order
+	// down is set once an attempt says the receiver is unavailable.
+	down atomic.Bool
+}
+
+// unavailableError is a failed attempt that says the receiver, not the
+// delivery, is the problem: it could not be reached or did not answer in
+// time, answered 5xx, 429 (too many requests) or 408 (request timeout),
+// or is no longer configured. Its lane starts no more attempts.
+type unavailableError struct{ err error }
+
+func (e unavailableError) Error() string { return e.err.Error() }
+func (e unavailableError) Unwrap() error { return e.err }
+
+func receiverUnavailable(err error) bool {
+	var u unavailableError
+	return errors.As(err, &u)
 }
 
 func (s *sender) deliverDue(ctx context.Context) (int, error) {
 	now := s.l.clk.Now()
 	ds, err := s.l.st.AuditDeliveriesDue(ctx, now, deliveryBatch)
-	if err != nil {
+	if errors.Is(err, ErrDamagedDelivery) {
+		// The store took them out of the outbox; the rest go on.
+		s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "error", err)
+	} else if err != nil {
 		return 0, fmt.Errorf("reading due deliveries: %w", err)
 	}
 	var lanes []*lane
@@ -199,8 +222,9 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 	}
 	var errs []error
 	for _, ln := range lanes {
-		// Deferred deliveries follow the lane's failure; if that one was
-		// given up, they come back after the shortest backoff.
+		// Deferred deliveries follow the failure that said the receiver
+		// is unavailable; if that one was given up, they come back after
+		// the shortest backoff.
 		retryAt := now.Add(s.opts.MinBackoff)
 		deferred := 0
 		for _, i := range ln.items {
@@ -215,13 +239,13 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 			if err != nil {
 				errs = append(errs, err)
 			}
-			if !next.IsZero() {
+			if !next.IsZero() && receiverUnavailable(results[i]) {
 				retryAt = next
 			}
 		}
 		if deferred > 0 {
 			h := ds[ln.items[0]].HookID
-			s.l.errLog.Warn("audit webhook deliveries deferred after a failure", "hook_id", h,
+			s.l.errLog.Warn("audit webhook deliveries deferred: receiver unavailable", "hook_id", h,
 				"url", s.hookURL(h), "deferred", deferred, "retry_at", retryAt)
 		}
 	}
@@ -229,16 +253,16 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 }
 
 // runLane attempts a webhook's deliveries in order and starts no more
-// once one has failed. The first goes alone, as a probe; after it
-// succeeds, up to Concurrency run at once.
+// once one says the receiver is unavailable. The first goes alone, as a
+// probe; once it has an answer, up to Concurrency run at once.
 func (s *sender) runLane(ctx context.Context, ds []Delivery, ln *lane, results []error, started []bool) {
 	try := func(i int) {
 		defer func() {
 			if p := recover(); p != nil {
 				results[i] = fmt.Errorf("panic: %v", p)
 			}
-			if results[i] != nil && !errors.Is(results[i], errRowGone) {
-				ln.failed.Store(true)
+			if receiverUnavailable(results[i]) {
+				ln.down.Store(true)
 			}
 		}()
 		results[i] = s.attempt(ctx, ds[i])
@@ -249,7 +273,7 @@ func (s *sender) runLane(ctx context.Context, ds []Delivery, ln *lane, results [
 	var wg sync.WaitGroup
 	for _, i := range ln.items[1:] {
 		sem <- struct{}{}
-		if ln.failed.Load() || ctx.Err() != nil {
+		if ln.down.Load() || ctx.Err() != nil {
 			<-sem
 			break
 		}
@@ -266,11 +290,13 @@ func (s *sender) runLane(ctx context.Context, ds []Delivery, ln *lane, results [
 	wg.Wait()
 }
 
-// attempt POSTs the row to the webhook once.
+// attempt POSTs the row to the webhook once. Failures that say the
+// receiver is unavailable are unavailableErrors.
 func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	h := s.l.hookByID[d.HookID]
 	if h == nil {
-		return fmt.Errorf("webhook %s is not configured in this instance", d.HookID)
+		// Every delivery to it fails alike: one per backoff step is enough.
+		return unavailableError{fmt.Errorf("webhook %s is not configured in this instance", d.HookID)}
 	}
 	if d.Row.ID == "" {
 		return errRowGone
@@ -291,14 +317,19 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	req.Header.Set(hmacsig.Header, hmacsig.Sign(h.secret, s.l.clk.Now(), body))
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return err
+		return unavailableError{err}
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	switch c := resp.StatusCode; {
+	case c >= 200 && c <= 299:
+		return nil
+	case c >= 500 || c == http.StatusTooManyRequests || c == http.StatusRequestTimeout:
+		return unavailableError{fmt.Errorf("receiver answered %s", resp.Status)}
+	default:
+		// The receiver is up and turned this delivery down.
 		return fmt.Errorf("receiver answered %s", resp.Status)
 	}
-	return nil
 }
 
 // settle records the outcome of an attempt in the outbox and returns the
@@ -355,7 +386,7 @@ func (s *sender) backoff(n int) time.Duration {
 
 func (s *sender) hookURL(id string) string {
 	if h := s.l.hookByID[id]; h != nil {
-		return redactURL(h.url)
+		return RedactURL(h.url)
 	}
 	return ""
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -418,5 +421,145 @@ func TestWebhookReplayDead(t *testing.T) {
 	}
 	if s, _ := l.Stats(ctx); s.Dead != 1 || s.Pending != 0 || s.Delivered != 1 {
 		t.Fatalf("at the end: Stats = %+v; want 1 delivered, 1 still dead", s)
+	}
+}
+
+// An event the receiver rejects for itself (a 4xx other than 408 and 429,
+// or a redirect, which is not followed) fails alone: it is backed off by
+// itself and the webhook's other deliveries go out in the same pass,
+// though the rejected one has the most attempts and so goes first.
+func TestWebhookRejectedEventDoesNotHoldBackItsWebhook(t *testing.T) {
+	for _, status := range []int{http.StatusBadRequest, http.StatusNotFound, http.StatusUnprocessableEntity, http.StatusTemporaryRedirect} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			ft := newFakeTime()
+			var (
+				mu      sync.Mutex
+				poison  string
+				healthy int
+			)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				mu.Lock()
+				defer mu.Unlock()
+				if r.Header.Get(EventIDHeader) == poison {
+					w.Header().Set("Location", "/elsewhere")
+					w.WriteHeader(status)
+					return
+				}
+				healthy++
+			}))
+			t.Cleanup(srv.Close)
+			st := newMemStore()
+			l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(srv.URL)}}) // default retry schedule
+			ctx := context.Background()
+			p := mustRecord(t, l, sampleRow("auth.login.failure"))
+			mu.Lock()
+			poison = p.ID
+			mu.Unlock()
+			if _, err := l.DeliverDue(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// Its retry is due; ten ordinary events arrive meanwhile.
+			next, _, _ := st.AuditNextDelivery(ctx)
+			ft.Advance(next.Sub(ft.Now()))
+			const rows = 10
+			for range rows {
+				mustRecord(t, l, sampleRow("auth.login.success"))
+			}
+
+			if n, err := l.DeliverDue(ctx); err != nil || n != rows+1 {
+				t.Fatalf("DeliverDue = %d, %v; want %d taken", n, err, rows+1)
+			}
+			mu.Lock()
+			got := healthy
+			mu.Unlock()
+			if got != rows {
+				t.Fatalf("the webhook got %d of the %d healthy events in the pass after the rejection; want all", got, rows)
+			}
+			s, _ := l.Stats(ctx)
+			if s.Pending != 1 || s.Delivered != rows || s.Failures != 2 {
+				t.Fatalf("Stats = %+v; want the rejected event alone pending, %d delivered, 2 failures", s, rows)
+			}
+			left, _ := st.AuditDeliveriesDue(ctx, ft.Now().Add(24*time.Hour), 100)
+			if len(left) != 1 || left[0].RowID != poison || left[0].Attempts != 2 || !strings.Contains(left[0].LastError, strconv.Itoa(status)) {
+				t.Fatalf("pending = %+v; want the rejected event, 2 attempts, its status as last error", left)
+			}
+		})
+	}
+}
+
+// Answers that say the receiver itself cannot take deliveries now (no
+// connection, 5xx, 429, 408) hold back the rest of the webhook's
+// deliveries until the failed one's retry time: one request per pass.
+func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
+	const rows = 5
+	check := func(t *testing.T, l *Log, st *memStore, requests func() int) {
+		t.Helper()
+		ctx := context.Background()
+		for range rows {
+			mustRecord(t, l, sampleRow("auth.logout"))
+		}
+		if n, err := l.DeliverDue(ctx); err != nil || n != rows {
+			t.Fatalf("DeliverDue = %d, %v; want %d taken", n, err, rows)
+		}
+		if got := requests(); got != 1 {
+			t.Fatalf("the receiver got %d requests; want 1 probe", got)
+		}
+		s, _ := l.Stats(ctx)
+		next, _, _ := st.AuditNextDelivery(ctx)
+		if due, _ := st.AuditDeliveriesDue(ctx, next, 100); s.Failures != 1 || s.Pending != rows || len(due) != rows {
+			t.Fatalf("Stats = %+v, %d due at the probe's retry time; want 1 failure and all %d deferred to it", s, len(due), rows)
+		}
+	}
+	for _, status := range []int{http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable,
+		http.StatusTooManyRequests, http.StatusRequestTimeout} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			rc := newHitLog(t)
+			rc.set(status, 0)
+			st := newMemStore()
+			l := newTestLog(t, st, newFakeTime(), Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}})
+			check(t, l, st, func() int { return len(rc.hits()) })
+		})
+	}
+	t.Run("connection refused", func(t *testing.T) {
+		gone := httptest.NewServer(http.NotFoundHandler())
+		gone.Close()
+		st := newMemStore()
+		l := newTestLog(t, st, newFakeTime(), Options{Webhooks: []WebhookConfig{hookTo(gone.URL)}})
+		check(t, l, st, func() int { s, _ := l.Stats(context.Background()); return int(s.Failures) })
+	})
+}
+
+// damagedOutbox reports, beside every due batch, entries it took out of
+// the outbox because they would not decode, as a store does.
+type damagedOutbox struct{ *memStore }
+
+func (d damagedOutbox) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
+	ds, err := d.memStore.AuditDeliveriesDue(ctx, now, limit)
+	if err != nil {
+		return nil, err
+	}
+	return ds, fmt.Errorf("%w: outbox key 010203: malformed, deleted", ErrDamagedDelivery)
+}
+
+// Unreadable outbox entries are logged; the pass delivers the rest.
+func TestWebhookDamagedOutboxEntriesDoNotStopThePass(t *testing.T) {
+	ft := newFakeTime()
+	rc := newHitLog(t)
+	var logs bytes.Buffer // written by DeliverDue, on this goroutine
+	errLog := slog.New(slog.NewTextHandler(&logs, nil))
+	l := newTestLog(t, damagedOutbox{newMemStore()}, ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, ErrorLog: errLog})
+	const rows = 3
+	for range rows {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+	if n, err := l.DeliverDue(context.Background()); err != nil || n != rows {
+		t.Fatalf("DeliverDue = %d, %v; want %d taken, no error", n, err, rows)
+	}
+	if got := len(rc.hits()); got != rows {
+		t.Fatalf("the receiver got %d deliveries; want %d", got, rows)
+	}
+	if !strings.Contains(logs.String(), "010203") {
+		t.Fatalf("error log %q does not report the damaged entry", logs.String())
 	}
 }
