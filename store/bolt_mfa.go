@@ -303,27 +303,86 @@ func (b *Bolt) RegulationState(ctx context.Context, key string) (st *authcore.Re
 	return st, err
 }
 
-// PruneRegulation implements authcore.RegulationStore.
+// pruneRegulationChunk bounds how many regulation states one pruning
+// pass reads and one transaction deletes. A variable so tests can lower it.
+var pruneRegulationChunk = 10_000
+
+// PruneRegulation implements authcore.RegulationStore. It walks the
+// states in key order, pruneRegulationChunk at a time: each chunk is read
+// and decoded in a View, and only its stale states are deleted in an
+// Update, so logins and audit appends wait for a chunk's deletes at most,
+// never for the whole bucket. It checks ctx between chunks and, when ctx
+// ends, returns how many it deleted so far with ctx's error.
 func (b *Bolt) PruneRegulation(ctx context.Context, now time.Time) (n int, err error) {
-	err = b.db.Update(func(tx *bolt.Tx) error {
-		bk := bucket(tx, bktRegulation)
-		var stale [][]byte
-		err := bk.ForEach(func(k, v []byte) error {
+	var after []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		stale, last, more, err := b.staleRegulation(after, now)
+		if err != nil {
+			return n, err
+		}
+		if len(stale) > 0 {
+			deleted, err := b.deleteRegulation(stale)
+			n += deleted
+			if err != nil {
+				return n, err
+			}
+		}
+		if !more {
+			return n, nil
+		}
+		after = last
+	}
+}
+
+// regulationEntry is a stored state as read, to delete only if unchanged.
+type regulationEntry struct{ key, value []byte }
+
+// staleRegulation reads up to pruneRegulationChunk states after the key
+// after (from the first when nil) and returns those that are stale at
+// now (expired, or undecodable), the last key read, and whether more may
+// follow.
+func (b *Bolt) staleRegulation(after []byte, now time.Time) (stale []regulationEntry, last []byte, more bool, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		c := bucket(tx, bktRegulation).Cursor()
+		k, v := c.First()
+		if after != nil {
+			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+		}
+		seen := 0
+		for ; k != nil && seen < pruneRegulationChunk; k, v = c.Next() {
+			seen++
+			last = k
 			var st authcore.RegulationState
 			if json.Unmarshal(v, &st) != nil || st.Expires.Before(now) {
-				stale = append(stale, clone(k))
+				stale = append(stale, regulationEntry{clone(k), clone(v)})
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
-		for _, k := range stale {
-			if err := bk.Delete(k); err != nil {
+		last, more = clone(last), k != nil
+		return nil
+	})
+	return stale, last, more, err
+}
+
+// deleteRegulation deletes the entries that still hold the value read: one
+// updated since (a new failure) is live again and stays.
+func (b *Bolt) deleteRegulation(entries []regulationEntry) (n int, err error) {
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		c := bucket(tx, bktRegulation).Cursor()
+		for _, e := range entries {
+			if k, v := c.Seek(e.key); !bytes.Equal(k, e.key) || !bytes.Equal(v, e.value) {
+				continue
+			}
+			if err := c.Delete(); err != nil {
 				return err
 			}
+			n++
 		}
-		n = len(stale)
 		return nil
 	})
 	return n, err
