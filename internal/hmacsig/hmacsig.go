@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -62,8 +63,9 @@ func Sign(secret []byte, t time.Time, body []byte) string {
 // Verify checks header against body. It accepts the header when one of its
 // v1 values is the HMAC of "<t>.<body>" under one of secrets (several
 // during rotation; empty secrets are ignored) and t lies within tolerance
-// of now in either direction. Comparison is constant time. Errors are the
-// sentinels above, possibly wrapped with detail: test them with errors.Is.
+// of now in either direction, counted in whole seconds (t has no finer
+// part). Comparison is constant time. Errors are the sentinels above,
+// possibly wrapped with detail: test them with errors.Is.
 func Verify(header string, body []byte, secrets [][]byte, now time.Time, tolerance time.Duration) error {
 	usable := 0
 	for _, s := range secrets {
@@ -82,14 +84,8 @@ func Verify(header string, body []byte, secrets [][]byte, now time.Time, toleran
 	if err != nil {
 		return err
 	}
-	ts := time.Unix(unix, 0)
-	if tolerance < 0 {
-		tolerance = 0
-	}
-	if age := now.Sub(ts); age > tolerance {
-		return fmt.Errorf("%w: signed %s ago, tolerance %s", ErrTooOld, age.Truncate(time.Second), tolerance)
-	} else if -age > tolerance {
-		return fmt.Errorf("%w: signed %s ahead, tolerance %s", ErrFuture, (-age).Truncate(time.Second), tolerance)
+	if err := inWindow(unix, now, tolerance); err != nil {
+		return err
 	}
 	for _, secret := range secrets {
 		if len(secret) == 0 {
@@ -103,6 +99,36 @@ func Verify(header string, body []byte, secrets [][]byte, now time.Time, toleran
 		}
 	}
 	return ErrMismatch
+}
+
+// inWindow checks that unix lies within tolerance of now, either way. t
+// has whole seconds, so the check does too: now's second less t, against
+// tolerance rounded down to whole seconds. t may be any positive int64,
+// far beyond what a time.Duration spans (now.Sub saturates there), so the
+// difference is taken in uint64 in the direction that is not negative,
+// where it is exact.
+func inWindow(unix int64, now time.Time, tolerance time.Duration) error {
+	tolerance = max(tolerance, 0)
+	tol := uint64(tolerance / time.Second)
+	nowUnix := now.Unix()
+	if unix <= nowUnix {
+		if age := uint64(nowUnix) - uint64(unix); age > tol {
+			return fmt.Errorf("%w: signed %s ago, tolerance %s", ErrTooOld, seconds(age), tolerance)
+		}
+		return nil
+	}
+	if ahead := uint64(unix) - uint64(nowUnix); ahead > tol {
+		return fmt.Errorf("%w: signed %s ahead, tolerance %s", ErrFuture, seconds(ahead), tolerance)
+	}
+	return nil
+}
+
+// seconds formats n seconds as a duration when one can hold it.
+func seconds(n uint64) string {
+	if n <= uint64(math.MaxInt64/int64(time.Second)) {
+		return (time.Duration(n) * time.Second).String()
+	}
+	return strconv.FormatUint(n, 10) + "s"
 }
 
 // parse splits "t=…,v1=…[,v1=…]". Unknown schemes (v0, v2) are ignored so

@@ -2,6 +2,8 @@ package hmacsig
 
 import (
 	"errors"
+	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +92,42 @@ func TestVerifyNegativeToleranceMeansExact(t *testing.T) {
 	}
 	if err := Verify(h, body, [][]byte{secret}, now.Add(time.Second), -time.Minute); !errors.Is(err, ErrTooOld) {
 		t.Fatalf("Verify one second later = %v; want ErrTooOld", err)
+	}
+}
+
+// A timestamp far ahead once overflowed now.Sub(ts) to its minimum, whose
+// negation is itself, so neither bound tripped and any MAC over a far
+// future t verified forever. The window is checked in whole seconds, with
+// no arithmetic that can overflow, on both sides.
+func TestVerifyTimestampWindowCannotOverflow(t *testing.T) {
+	const tol = 5 * time.Minute
+	ts := func(unix int64) string {
+		return "t=" + strconv.FormatInt(unix, 10) + ",v1=" + Compute(secret, unix, body)
+	}
+	tests := []struct {
+		name string
+		unix int64
+		now  time.Time
+		want error
+	}{
+		{"exactly tolerance ahead", now.Unix() + 300, now, nil},
+		{"one second beyond tolerance ahead", now.Unix() + 301, now, ErrFuture},
+		{"exactly tolerance behind", now.Unix() - 300, now, nil},
+		{"one second beyond tolerance behind", now.Unix() - 301, now, ErrTooOld},
+		{"an hour ahead", now.Unix() + 3600, now, ErrFuture},
+		{"t=1<<40, about 34,000 years ahead", 1 << 40, now, ErrFuture},
+		{"t=1<<62", 1 << 62, now, ErrFuture},
+		{"largest t", math.MaxInt64, now, ErrFuture},
+		{"largest t, now long before 1970", math.MaxInt64, time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), ErrFuture},
+		{"t=1, now centuries ahead", 1, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), ErrTooOld},
+		{"sub-second part of now ignored", now.Unix() - 300, now.Add(999 * time.Millisecond), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Verify(ts(tt.unix), body, [][]byte{secret}, tt.now, tol)
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("Verify(t=%d) at %v = %v; want %v", tt.unix, tt.now, err, tt.want)
+			}
+		})
 	}
 }
