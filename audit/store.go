@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -47,11 +48,22 @@ type RowStore interface {
 	PruneAudit(ctx context.Context, before time.Time) (int, error)
 }
 
+// ErrDamagedDelivery is wrapped by the error AuditDeliveriesDue returns
+// beside the deliveries it could read when it took unreadable entries out
+// of the outbox.
+var ErrDamagedDelivery = errors.New("audit: damaged webhook delivery")
+
 // Outbox keeps pending webhook deliveries and dead ones.
 type Outbox interface {
 	// AuditDeliveriesDue returns up to limit pending deliveries with
 	// DueAt <= now, earliest due first, each with its Row loaded (a zero
-	// Row if the row is gone).
+	// Row if the row is gone). A due entry that cannot be read (a
+	// malformed key, a state or row that does not decode) must not stop
+	// the others: the store takes it out of the outbox (deleting it, or
+	// moving it to the dead list with a LastError that says why) and
+	// returns the deliveries it could read together with an error that
+	// wraps ErrDamagedDelivery and describes each, for the caller to log.
+	// Damaged entries count towards limit.
 	AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
 	// AuditNextDelivery returns the earliest DueAt among pending
 	// deliveries; ok is false when none is pending.

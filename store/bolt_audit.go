@@ -46,6 +46,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -619,8 +620,11 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 			c := rows.Cursor()
 			for k, v := c.First(); k != nil && bytes.Compare(k, cut) < 0 && len(vs) < auditPruneChunk; k, v = c.Next() {
 				var idx auditIndexed
-				if err := json.Unmarshal(v, &idx); err != nil {
-					return fmt.Errorf("row %x: %w", k, err)
+				if json.Unmarshal(v, &idx) != nil {
+					// A row that does not decode goes too. Its index
+					// entries cannot be found; left without their row,
+					// timelines skip them.
+					idx = auditIndexed{}
 				}
 				vs = append(vs, victim{clone(k), idx})
 			}
@@ -639,8 +643,10 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 						return err
 					}
 				}
-				if err := byAction.Delete(auditIndexKey(vi.idx.Action, vi.pk)); err != nil {
-					return err
+				if vi.idx.Action != "" {
+					if err := byAction.Delete(auditIndexKey(vi.idx.Action, vi.pk)); err != nil {
+						return err
+					}
 				}
 			}
 			n = len(vs)
@@ -656,14 +662,19 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 	}
 	// Deliveries of pruned rows: dead ones sort by row, pending ones by
 	// due time, so the outbox is scanned (it is short unless a receiver
-	// has been down for long).
+	// has been down for long). A key of the wrong length was never
+	// written so and cannot be decoded: it goes.
 	if err := b.auditDeleteWhere(ctx, bktAuditDead, func(k []byte) (del, stop bool) {
-		return bytes.Compare(k[:8], cut) < 0, bytes.Compare(k[:8], cut) >= 0
+		if len(k) != auditDeadLen {
+			return true, false
+		}
+		old := bytes.Compare(k[:8], cut) < 0
+		return old, !old
 	}); err != nil {
 		return total, err
 	}
 	if err := b.auditDeleteWhere(ctx, bktAuditOutbox, func(k []byte) (del, stop bool) {
-		return len(k) == auditOutboxLen && bytes.Compare(k[8+auditHookLen:8+auditHookLen+8], cut) < 0, false
+		return len(k) != auditOutboxLen || bytes.Compare(k[8+auditHookLen:8+auditHookLen+8], cut) < 0, false
 	}); err != nil {
 		return total, err
 	}
@@ -723,46 +734,73 @@ func (b *Bolt) auditDeleteWhere(ctx context.Context, name []byte, match func(k [
 }
 
 // auditDelivery rebuilds a delivery from its parts and loads its row.
+// When its state or its row does not decode, it returns the delivery as
+// far as it could decode it (always its key's part, never a Row) and an
+// error that says which.
 func auditDelivery(rows *bolt.Bucket, hook, pk []byte, due time.Time, state []byte) (audit.Delivery, error) {
 	pos := auditPosOf(pk)
+	d := audit.Delivery{HookID: hex.EncodeToString(hook), RowID: pos.ID.String(), OccurredAt: pos.At, DueAt: due}
 	var st auditState
 	if err := json.Unmarshal(state, &st); err != nil {
-		return audit.Delivery{}, fmt.Errorf("delivery state %x: %w", pk, err)
+		return d, fmt.Errorf("delivery state does not decode: %w", err)
 	}
-	d := audit.Delivery{
-		HookID: hex.EncodeToString(hook), RowID: pos.ID.String(), OccurredAt: pos.At, DueAt: due,
-		Attempts: st.Attempts, LastError: st.LastError, UpdatedAt: st.UpdatedAt,
-	}
+	d.Attempts, d.LastError, d.UpdatedAt = st.Attempts, st.LastError, st.UpdatedAt
 	if v := rows.Get(pk); v != nil {
 		if err := json.Unmarshal(v, &d.Row); err != nil {
-			return audit.Delivery{}, fmt.Errorf("row %x: %w", pk, err)
+			d.Row = audit.Row{}
+			return d, fmt.Errorf("stored row does not decode: %w", err)
 		}
 	}
 	return d, nil
 }
 
-// AuditDeliveriesDue reads the front of the outbox. It implements
-// audit.Outbox.
+// auditDamaged is a due outbox entry that could not be read.
+type auditDamaged struct {
+	key   []byte // its outbox key
+	dead  []byte // the dead-list key it moves to; nil to delete it
+	state []byte // its state on the dead list
+	what  string // for the error: what it was and what became of it
+}
+
+// AuditDeliveriesDue reads the front of the outbox. An entry it cannot
+// read does not stop the others: it takes it out of the outbox (see
+// auditTakeOut) and reports it in an error wrapping
+// audit.ErrDamagedDelivery, returned beside the deliveries it read. It
+// implements audit.Outbox.
 func (b *Bolt) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]audit.Delivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	end := auditTime(now)
-	var ds []audit.Delivery
+	var (
+		ds      []audit.Delivery
+		damaged []auditDamaged
+	)
 	err := b.db.View(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
 		c := bucket(tx, bktAuditOutbox).Cursor()
-		for k, v := c.First(); k != nil && len(ds) < limit; k, v = c.Next() {
-			if len(k) != auditOutboxLen {
-				return fmt.Errorf("%w: outbox key %x", ErrAuditKey, k)
-			}
-			if bytes.Compare(k[:8], end) > 0 {
+		for k, v := c.First(); k != nil && len(ds)+len(damaged) < limit; k, v = c.Next() {
+			if bytes.Compare(k[:min(len(k), 8)], end) > 0 {
 				break
 			}
+			if len(k) != auditOutboxLen {
+				damaged = append(damaged, auditDamaged{key: clone(k), what: fmt.Sprintf("malformed outbox key %x deleted", k)})
+				continue
+			}
 			due := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC()
-			d, err := auditDelivery(rows, k[8:8+auditHookLen], k[8+auditHookLen:], due, v)
+			hook, pk := k[8:8+auditHookLen], k[8+auditHookLen:]
+			d, err := auditDelivery(rows, hook, pk, due, v)
 			if err != nil {
-				return err
+				d.LastError, d.UpdatedAt = "undeliverable: "+err.Error(), now
+				state, serr := auditEncodeState(d)
+				if serr != nil {
+					return serr
+				}
+				damaged = append(damaged, auditDamaged{
+					key: clone(k), dead: append(clone(pk), hook...), state: state,
+					what: fmt.Sprintf("delivery of row %s to webhook %s moved to the dead list: %v", d.RowID, d.HookID, err),
+				})
+				continue
 			}
 			ds = append(ds, d)
 		}
@@ -771,7 +809,43 @@ func (b *Bolt) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int)
 	if err != nil {
 		return nil, fmt.Errorf("audit outbox in %s: %w", b.path, err)
 	}
+	if len(damaged) > 0 {
+		return ds, b.auditTakeOut(damaged)
+	}
 	return ds, nil
+}
+
+// auditTakeOut takes damaged entries out of the outbox in one
+// transaction, so that the sender does not meet them again: a malformed
+// key is deleted (it names no delivery), a delivery whose state or row
+// does not decode moves to the dead list, where operators see why. The
+// error it returns wraps audit.ErrDamagedDelivery and lists them.
+func (b *Bolt) auditTakeOut(damaged []auditDamaged) error {
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		c, dead := bucket(tx, bktAuditOutbox).Cursor(), bucket(tx, bktAuditDead)
+		for _, d := range damaged {
+			if k, _ := c.Seek(d.key); !bytes.Equal(k, d.key) {
+				continue // taken out by someone else
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			if d.dead != nil {
+				if err := dead.Put(d.dead, d.state); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	what := make([]string, len(damaged))
+	for i, d := range damaged {
+		what[i] = d.what
+	}
+	if err != nil {
+		return fmt.Errorf("%w in %s, left in the outbox: %s: %w", audit.ErrDamagedDelivery, b.path, strings.Join(what, "; "), err)
+	}
+	return fmt.Errorf("%w in %s: %s", audit.ErrDamagedDelivery, b.path, strings.Join(what, "; "))
 }
 
 // AuditNextDelivery returns the due time at the front of the outbox. It
@@ -780,9 +854,13 @@ func (b *Bolt) AuditNextDelivery(ctx context.Context) (time.Time, bool, error) {
 	var at time.Time
 	var ok bool
 	err := b.db.View(func(tx *bolt.Tx) error {
-		k, _ := bucket(tx, bktAuditOutbox).Cursor().First()
-		if len(k) >= 8 {
-			at, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC(), true
+		// Malformed keys are skipped: AuditDeliveriesDue takes them out.
+		c := bucket(tx, bktAuditOutbox).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if len(k) == auditOutboxLen {
+				at, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC(), true
+				break
+			}
 		}
 		return nil
 	})
@@ -865,8 +943,9 @@ func (b *Bolt) AuditDeliveryDead(ctx context.Context, d audit.Delivery) error {
 	return nil
 }
 
-// AuditDeadDeliveries lists dead deliveries, newest row first. It
-// implements audit.Outbox.
+// AuditDeadDeliveries lists dead deliveries, newest row first, skipping
+// malformed keys; a delivery whose row does not decode is listed without
+// it. It implements audit.Outbox.
 func (b *Bolt) AuditDeadDeliveries(ctx context.Context, limit int) ([]audit.Delivery, error) {
 	var ds []audit.Delivery
 	err := b.db.View(func(tx *bolt.Tx) error {
@@ -874,11 +953,11 @@ func (b *Bolt) AuditDeadDeliveries(ctx context.Context, limit int) ([]audit.Deli
 		c := bucket(tx, bktAuditDead).Cursor()
 		for k, v := c.Last(); k != nil && len(ds) < limit; k, v = c.Prev() {
 			if len(k) != auditDeadLen {
-				return fmt.Errorf("%w: dead key %x", ErrAuditKey, k)
+				continue // never written so; retention or replay drops it
 			}
 			d, err := auditDelivery(rows, k[auditPosLen:], k[:auditPosLen], time.Time{}, v)
-			if err != nil {
-				return err
+			if err != nil && d.LastError == "" {
+				d.LastError = "unreadable: " + err.Error()
 			}
 			ds = append(ds, d)
 		}
@@ -890,8 +969,8 @@ func (b *Bolt) AuditDeadDeliveries(ctx context.Context, limit int) ([]audit.Deli
 	return ds, nil
 }
 
-// AuditReplayDead moves dead deliveries back to the outbox. It implements
-// audit.Outbox.
+// AuditReplayDead moves dead deliveries back to the outbox, deleting
+// malformed keys it meets. It implements audit.Outbox.
 func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time, limit int) (int, error) {
 	var hook []byte
 	if hookID != "" {
@@ -904,18 +983,19 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		dead, outbox := bucket(tx, bktAuditDead), bucket(tx, bktAuditOutbox)
 		// Collect first: deleting under a cursor skips keys.
-		var keys, states [][]byte
+		var keys, states, malformed [][]byte
 		c := dead.Cursor()
 		for k, v := c.First(); k != nil && len(keys) < limit; k, v = c.Next() {
 			if len(k) != auditDeadLen {
-				return fmt.Errorf("%w: dead key %x", ErrAuditKey, k)
+				malformed = append(malformed, slices.Clone(k))
+				continue
 			}
 			if hook != nil && !bytes.Equal(k[auditPosLen:], hook) {
 				continue
 			}
 			var st auditState
 			if err := json.Unmarshal(v, &st); err != nil {
-				return fmt.Errorf("%w: dead state of %x: %v", ErrAuditKey, k, err)
+				st = auditState{LastError: "delivery state did not decode: " + err.Error()}
 			}
 			st.Attempts = 0
 			state, err := json.Marshal(st)
@@ -924,6 +1004,11 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time
 			}
 			keys = append(keys, slices.Clone(k))
 			states = append(states, state)
+		}
+		for _, k := range malformed {
+			if err := dead.Delete(k); err != nil {
+				return err
+			}
 		}
 		for i, k := range keys {
 			if err := dead.Delete(k); err != nil {
