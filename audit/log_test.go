@@ -442,6 +442,15 @@ func TestNewValidatesWebhooks(t *testing.T) {
 		{"password redacted in errors", []WebhookConfig{with(func(c *WebhookConfig) {
 			c.URL, c.Secret = "https://user:hunter2@hooks.example.com/", nil
 		})}, "xxxxx"},
+		{"query token redacted in errors", []WebhookConfig{with(func(c *WebhookConfig) {
+			c.URL, c.Secret = "https://hooks.example.com/in?token=hunter2", nil
+		})}, "hooks.example.com/in?xxxxx"},
+		{"user-only credential redacted in errors", []WebhookConfig{with(func(c *WebhookConfig) {
+			c.URL, c.Secret = "https://hunter2@hooks.example.com/", nil
+		})}, "xxxxx@hooks.example.com"},
+		{"unparseable URL not echoed", []WebhookConfig{with(func(c *WebhookConfig) {
+			c.URL = "https://user:hunter2@[::1/?token=hunter2"
+		})}, "url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -457,6 +466,30 @@ func TestNewValidatesWebhooks(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "hunter2") {
 				t.Fatalf("error %q leaks the URL's password", err)
+			}
+		})
+	}
+}
+
+// Webhook URLs reach logs, config errors and the admin API; a
+// credential in the userinfo, the query or the fragment must not.
+func TestRedactURLHidesCredentials(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"plain", "https://hooks.example.com/sigra", "https://hooks.example.com/sigra"},
+		{"password", "https://user:hunter2@hooks.example.com/in", "https://xxxxx@hooks.example.com/in"},
+		{"user only (a token as user name)", "https://hunter2@hooks.example.com/in", "https://xxxxx@hooks.example.com/in"},
+		{"query token", "https://hooks.example.com/in?token=hunter2&v=1", "https://hooks.example.com/in?xxxxx"},
+		{"bare query", "https://hooks.example.com/in?hunter2", "https://hooks.example.com/in?xxxxx"},
+		{"fragment", "https://hooks.example.com/in#hunter2", "https://hooks.example.com/in#xxxxx"},
+		{"all at once", "http://u:hunter2@127.0.0.1:8080/in?sig=hunter2#hunter2", "http://xxxxx@127.0.0.1:8080/in?xxxxx#xxxxx"},
+		{"unparseable", "https://u:hunter2@[::1/?token=hunter2", "(unparseable URL)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RedactURL(tt.in); got != tt.want {
+				t.Fatalf("RedactURL(%q) = %q; want %q", tt.in, got, tt.want)
 			}
 		})
 	}

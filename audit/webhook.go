@@ -42,9 +42,14 @@ func (c WebhookConfig) ID() string {
 func (c WebhookConfig) Validate() error {
 	u, err := url.Parse(c.URL)
 	if err != nil {
+		// A *url.Error quotes the whole URL; its cause names no credential.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("%w: url: %v", ErrBadWebhook, err)
 	}
-	name := u.Redacted()
+	name := redacted(u)
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("%w %s: scheme must be http or https", ErrBadWebhook, name)
 	}
@@ -82,8 +87,7 @@ func newHooks(cfgs []WebhookConfig) ([]*hook, error) {
 			return nil, err
 		}
 		if seen[c.URL] {
-			u, _ := url.Parse(c.URL)
-			return nil, fmt.Errorf("%w %s: configured twice (list every action pattern in one webhook)", ErrBadWebhook, u.Redacted())
+			return nil, fmt.Errorf("%w %s: configured twice (list every action pattern in one webhook)", ErrBadWebhook, RedactURL(c.URL))
 		}
 		seen[c.URL] = true
 		ps, _ := ParsePatterns(c.Actions)
@@ -92,11 +96,28 @@ func newHooks(cfgs []WebhookConfig) ([]*hook, error) {
 	return hooks, nil
 }
 
-// redactURL hides a password in a URL for logs.
-func redactURL(s string) string {
+// RedactURL returns a webhook URL fit for logs, error messages and the
+// admin API: scheme, host and path, with whatever may carry a credential
+// replaced by xxxxx: the userinfo (user name and password), the query and
+// the fragment. A URL that does not parse is not shown at all.
+func RedactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "(unparseable URL)"
 	}
-	return u.Redacted()
+	return redacted(u)
+}
+
+func redacted(u *url.URL) string {
+	r := *u
+	if r.User != nil {
+		r.User = url.User("xxxxx")
+	}
+	if r.RawQuery != "" || r.ForceQuery {
+		r.RawQuery, r.ForceQuery = "xxxxx", false
+	}
+	if r.Fragment != "" {
+		r.Fragment, r.RawFragment = "xxxxx", ""
+	}
+	return r.String()
 }

@@ -44,14 +44,14 @@ func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 	for i, w := range c.Webhooks {
 		secret := repl.ReplaceKnown(w.Secret, "")
 		if secret == "" {
-			return nil, fmt.Errorf("audit webhook %d (%s): a secret is required", i+1, w.URL)
+			return nil, fmt.Errorf("audit webhook %d (%s): a secret is required", i+1, audit.RedactURL(w.URL))
 		}
 		actions := w.Actions
 		if len(actions) == 0 {
 			actions = []string{"*"}
 		}
 		if _, err := audit.ParsePatterns(actions); err != nil {
-			return nil, fmt.Errorf("audit webhook %s: %w", w.URL, err)
+			return nil, fmt.Errorf("audit webhook %s: %w", audit.RedactURL(w.URL), err)
 		}
 		out = append(out, audit.WebhookConfig{URL: w.URL, Secret: []byte(secret), Actions: actions})
 	}

@@ -284,7 +284,7 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 				return nil, err
 			}
 			if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return nil, d.Errf("webhook: %q is not an http(s) URL", w.URL)
+				return nil, d.Errf("webhook: %q is not an http(s) URL", audit.RedactURL(w.URL))
 			}
 			for d.NextBlock(2) {
 				switch d.Val() {
@@ -305,7 +305,7 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 				}
 			}
 			if w.Secret == "" {
-				return nil, d.Errf("webhook %s: secret is required", w.URL)
+				return nil, d.Errf("webhook %s: secret is required", audit.RedactURL(w.URL))
 			}
 			cfg.Webhooks = append(cfg.Webhooks, w)
 		default:

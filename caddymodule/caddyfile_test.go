@@ -136,6 +136,8 @@ func TestParseGlobal(t *testing.T) {
 		{"bad prefix", "sigra {\n prefix auth/\n}", nil, "must start with /"},
 		{"webhook without secret", "sigra {\n audit {\n webhook https://h.example.com {\n actions *\n }\n }\n}", nil, "secret is required"},
 		{"webhook bad url", "sigra {\n audit {\n webhook ftp://h.example.com {\n secret s\n }\n }\n}", nil, "not an http(s) URL"},
+		{"webhook without secret hides credentials", "sigra {\n audit {\n webhook https://u:pw@h.example.com/in?token=t0k {\n actions *\n }\n }\n}", nil, "webhook https://xxxxx@h.example.com/in?xxxxx: secret is required"},
+		{"webhook bad url hides credentials", "sigra {\n audit {\n webhook ftp://u:pw@h.example.com/?token=t0k {\n secret s\n }\n }\n}", nil, "ftp://xxxxx@h.example.com/?xxxxx"},
 		{"unknown alias", "sigra {\n header_aliases nginx\n}", nil, `unknown alias family "nginx"`},
 	}
 	for _, tc := range cases {
