@@ -61,10 +61,13 @@ type MFAStore interface {
 	// returns ErrTOTPStepUsed if step is not greater than LastStep, and
 	// ErrNotFound if the user has no TOTP.
 	AcceptTOTPStep(ctx context.Context, userID string, step uint64) error
-	// DeleteTOTP removes the user's TOTP and any pending enrolment. It
-	// returns ErrNotFound if there was no confirmed TOTP (a pending
-	// enrolment is still removed).
-	DeleteTOTP(ctx context.Context, userID string) error
+	// DeleteTOTP removes the user's TOTP and any pending enrolment. With
+	// lastFactor, the same transaction also deletes the recovery codes
+	// and clears the user's SecondFactor (UpdatedAt = at), so the account
+	// is never left with a flag and no factor, or a factor and no flag.
+	// It returns ErrNotFound, changing nothing else, if there was no
+	// confirmed TOTP (a pending enrolment is still removed).
+	DeleteTOTP(ctx context.Context, userID string, lastFactor bool, at time.Time) error
 
 	// ReplaceRecoveryCodes replaces all of a user's recovery code hashes
 	// (each 32 bytes); an empty list deletes them.

@@ -278,34 +278,24 @@ func (s *Service) HasTOTP(ctx context.Context, userID string) (bool, error) {
 }
 
 // RemoveTOTP deletes the user's TOTP authenticator and any pending
-// enrolment. If the user has no other second factor left, SecondFactor is
-// cleared (a password alone signs in again) and the recovery codes are
-// deleted. It returns ErrNotEnrolled, changing nothing else, if there was
-// no TOTP. (Should clearing the flag fail after the delete, the account
-// stays on the safe side: still challenged, recovery codes still work.)
+// enrolment. If the user has no other second factor left, the same store
+// transaction clears SecondFactor (a password alone signs in again) and
+// deletes the recovery codes. It returns ErrNotEnrolled, changing nothing
+// else, if there was no TOTP.
 //
 // Removing a factor weakens the account: callers must require a second
 // factor passed recently in this session (Session.MFAAt) before calling.
 func (s *Service) RemoveTOTP(ctx context.Context, userID string) error {
-	if err := s.store.DeleteTOTP(ctx, userID); errors.Is(err, ErrNotFound) {
-		return ErrNotEnrolled
-	} else if err != nil {
-		return err
-	}
 	other, err := s.hasOtherSecondFactor(ctx, userID)
 	if err != nil {
 		return err
 	}
-	if !other {
-		if _, err := s.UpdateUser(ctx, userID, func(u *User) error { u.SecondFactor = false; return nil }); err != nil {
-			return err
-		}
-		if err := s.store.ReplaceRecoveryCodes(ctx, userID, nil); err != nil {
-			return err
-		}
+	err = s.store.DeleteTOTP(ctx, userID, !other, s.clock.Now().UTC())
+	if errors.Is(err, ErrNotFound) {
+		return ErrNotEnrolled
 	}
 	s.DropCached(userID)
-	return nil
+	return err
 }
 
 // PasskeyCounter is implemented by a Store that keeps passkeys. RemoveTOTP

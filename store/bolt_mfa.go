@@ -164,7 +164,7 @@ func (b *Bolt) AcceptTOTPStep(ctx context.Context, userID string, step uint64) e
 }
 
 // DeleteTOTP implements authcore.MFAStore.
-func (b *Bolt) DeleteTOTP(ctx context.Context, userID string) error {
+func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor bool, at time.Time) error {
 	uk, ok := userKey(userID)
 	if !ok {
 		return authcore.ErrNotFound
@@ -175,8 +175,28 @@ func (b *Bolt) DeleteTOTP(ctx context.Context, userID string) error {
 			return err
 		}
 		bk := bucket(tx, bktTOTP)
-		found = bk.Get(uk) != nil
-		return bk.Delete(uk)
+		if found = bk.Get(uk) != nil; !found {
+			return nil
+		}
+		if err := bk.Delete(uk); err != nil {
+			return err
+		}
+		if !lastFactor {
+			return nil
+		}
+		if err := putRecoveryCodes(tx, uk, nil); err != nil {
+			return err
+		}
+		u, err := getUser(tx, uk)
+		if errors.Is(err, authcore.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		u.SecondFactor = false
+		u.UpdatedAt = at
+		return putUser(tx, uk, u)
 	})
 	if err == nil && !found {
 		return authcore.ErrNotFound // the pending delete stands
