@@ -21,14 +21,7 @@ func TestAdminAPIErrorsAreProblems(t *testing.T) {
 	target := e.addUser("target@example.com")
 	e.mustLogin("root@example.com")
 	enrolTOTP(t, e, fake.Now())
-	_, body := e.get("/.sigra/api/admin/csrf", jsonAccept)
-	var tok struct {
-		CSRF string `json:"csrf_token"`
-	}
-	if err := json.Unmarshal([]byte(body), &tok); err != nil || tok.CSRF == "" {
-		t.Fatalf("csrf: %s", body)
-	}
-	hdr := map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": tok.CSRF}
+	hdr := map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": e.adminCSRF()}
 	problem := func(r *http.Response) (reason, detail string) {
 		t.Helper()
 		defer r.Body.Close()
