@@ -84,3 +84,23 @@ func TestDeniedLogIsBounded(t *testing.T) {
 		t.Errorf("%d keys kept; want at most %d", len(l.last), deniedLogMax)
 	}
 }
+
+// The row names the path the client asked for, not what handle_path left.
+func TestAuthzDeniedPathUnderHandlePath(t *testing.T) {
+	useFakeClock(t)
+	e := startCaddy(t, "", `
+	handle_path /admin/* {
+		sigra_gate {
+			group admins
+		}
+	}`)
+	e.addUser("mallory@example.com", "staff")
+	e.mustLogin("mallory@example.com")
+	if resp, _ := e.get("/admin/secret", jsonAccept); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("status %d; want 403", resp.StatusCode)
+	}
+	rows := e.auditRows("authz.denied")
+	if len(rows) != 1 || rows[0].Metadata["path"] != "/admin/secret" {
+		t.Errorf("rows %+v; want one for /admin/secret", rows)
+	}
+}

@@ -432,8 +432,10 @@ type gateScopeMark struct {
 // gateScope numbers the block a gate is written in. Caddy parses sibling
 // directives with one shared BlockState map and gives a nested block
 // (handle, route, handle_path) a copy of it: a mark found in the very map
-// is a sibling's, one copied from the parent is not. Without the
-// adapter's state (a Helper made by hand) it is 0, which sets no scope.
+// is a sibling's, one copied from the parent is not. The numbers count
+// from 1 in each adaptation, so `caddy adapt` prints the same config
+// every time; routes adapted apart must not be joined by hand. Without
+// the adapter's state (a Helper made by hand) it is 0, which sets none.
 func gateScope(h httpcaddyfile.Helper) int {
 	if h.State == nil || h.BlockState == nil {
 		return 0

@@ -23,15 +23,22 @@ func init() {
 const varGateDecided = "sigra.gate_decided"
 
 // gateDecision is what the first gate of a request resolved, for the
-// gates after it: among sibling gates (one scope) the first, most
-// specific decides alone and the others step aside; a gate nested in a
-// handle or route block (another scope) adds its own requirements to the
-// same principal, since the session cookie is no longer on the request.
+// gates after it. Among sibling gates (one scope) the first, most
+// specific decides alone and the others step aside; a gate of a scope
+// that has not decided yet (nested in a handle or route block) adds its
+// own requirements to the same principal, and then its siblings step
+// aside for it.
 type gateDecision struct {
-	scope    int
+	scopes   []int               // the scopes that have decided
+	buf      [4]int              // backing for scopes: no allocation for a few
 	p        *authcore.Principal // nil: anonymous
 	pending  bool                // anonymous because the second factor is still due
 	asserted bool                // X-Sigra-Assertion is set
+}
+
+// decided reports whether a gate of scope has decided already.
+func (d *gateDecision) decided(scope int) bool {
+	return scope != 0 && slices.Contains(d.scopes, scope)
 }
 
 // String keeps the principal out of a {vars.sigra.gate_decided} placeholder.
@@ -58,12 +65,14 @@ type Gate struct {
 	// identity headers are sent as always.
 	OmitAssertion bool `json:"omit_assertion,omitempty"`
 	// Scope is the block the gate is written in, set by the Caddyfile
-	// adapter. Gates of one scope are siblings that Caddy sorts most
-	// specific first: the first that matches decides alone. A gate of
+	// adapter. Gates of one scope are
+	// siblings that Caddy sorts most specific first (in a route block:
+	// as written): the first that matches decides alone. A gate of
 	// another scope (nested in handle, route or handle_path) adds its
 	// requirements: nesting can narrow access, never widen it. 0 (JSON
-	// written by hand) is a scope of its own for every gate, so every
-	// gate a request meets applies its requirements.
+	// written by hand, or adapted before scopes existed) is a scope of
+	// its own for every gate, so every gate a request meets applies its
+	// requirements; Provision warns about it.
 	Scope int `json:"scope,omitempty"`
 
 	app     *App
@@ -101,6 +110,11 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 	g.app = app
 	g.logger = ctx.Logger()
 	g.origins = new(originCache)
+	if g.Scope == 0 {
+		g.logger.Warn("sigra_gate has no scope (JSON written by hand, or adapted by an older version): " +
+			"it applies its requirements even after a more specific sibling gate decided; " +
+			"adapt the Caddyfile again to have the most specific sibling decide alone")
+	}
 	return nil
 }
 
@@ -154,15 +168,20 @@ func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
 func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	ctx := r.Context()
 	d, _ := caddyhttp.GetVar(ctx, varGateDecided).(*gateDecision)
-	if d != nil && d.scope != 0 && d.scope == g.Scope {
+	if d != nil && d.decided(g.Scope) {
 		// A more specific sibling decided; stripping again would also
 		// remove the identity it set.
 		return next.ServeHTTP(w, r)
 	}
-	if d == nil {
-		d = &gateDecision{scope: g.Scope}
+	first := d == nil
+	if first {
+		d = new(gateDecision)
+		d.scopes = d.buf[:0]
 		caddyhttp.SetVar(ctx, varGateDecided, d)
 		stripIdentity(r, g.app.remoteAliases)
+	}
+	if g.Scope != 0 {
+		d.scopes = append(d.scopes, g.Scope)
 	}
 
 	start := time.Now()
@@ -174,7 +193,8 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	now := rt.auth.Now()
 	secure := isSecure(r)
-	if token := takeOwnCookies(r, secure).session; token != "" {
+	if token := takeOwnCookies(r, secure).session; first && token != "" {
+		// Later gates reuse what the first resolved.
 		p, err := rt.auth.AuthenticateAt(ctx, token, now)
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
@@ -207,6 +227,11 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return g.deny(w, r, dn, start)
 	}
 	var assertion string
+	if g.OmitAssertion && d.asserted {
+		// Nested under a gate that signed one: this route goes without.
+		delete(r.Header, hdrAssertion)
+		d.asserted = false
+	}
 	if !g.OmitAssertion && !d.asserted {
 		origin := g.origins.originFor(secure, requestHost(r))
 		aud := g.app.AssertionAudience
@@ -278,6 +303,9 @@ func (g *Gate) auditDenied(rt *runtime, r *http.Request, p *authcore.Principal, 
 		return
 	}
 	path := r.URL.Path
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		path = orig.URL.Path // before handle_path or uri strip_prefix
+	}
 	if len(path) > 256 {
 		path = path[:256]
 	}

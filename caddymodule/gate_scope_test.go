@@ -193,3 +193,64 @@ func TestGatesWithoutScopeAllApply(t *testing.T) {
 		t.Errorf("signed-in user elsewhere without scopes: status %d; want 200", resp.StatusCode)
 	}
 }
+
+// Sibling gates inside a nested block follow the sibling rule among
+// themselves, after the outer gate decided: the most specific of them
+// decides for its block.
+func TestNestedSiblingsStepAsideForEachOther(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate
+	handle /app/* {
+		sigra_gate /app/admin/* {
+			group admins
+		}
+		sigra_gate {
+			group staff
+		}
+	}`)
+	e.addUser("ada@example.com", "admins")
+	e.addUser("sam@example.com", "staff")
+	e.addUser("oz@example.com", "others")
+	for _, c := range []struct {
+		who, path string
+		want      int
+	}{
+		{"ada@example.com", "/app/admin/x", http.StatusOK}, // the admins sibling decides, not staff
+		{"ada@example.com", "/app/other", http.StatusForbidden},
+		{"sam@example.com", "/app/other", http.StatusOK},
+		{"sam@example.com", "/app/admin/x", http.StatusForbidden},
+		{"oz@example.com", "/elsewhere", http.StatusOK},
+		{"oz@example.com", "/app/other", http.StatusForbidden},
+	} {
+		e.client.Jar, _ = newJar()
+		e.mustLogin(c.who)
+		if resp, body := e.get(c.path, jsonAccept); resp.StatusCode != c.want {
+			t.Errorf("%s on %s: status %d (%s); want %d", c.who, c.path, resp.StatusCode, body, c.want)
+		}
+	}
+}
+
+// `assertion off` on a nested gate leaves the assertion out on its route
+// even when the outer gate signed one.
+func TestNestedAssertionOff(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate
+	handle /assets/* {
+		sigra_gate {
+			assertion off
+		}
+	}`)
+	u := e.addUser("erin@example.com")
+	e.mustLogin("erin@example.com")
+	e.get("/assets/app.css", nil)
+	h, _ := e.up.last()
+	if v, ok := h[hdrAssertion]; ok {
+		t.Errorf("X-Sigra-Assertion %q reached the app under a nested assertion-off gate", v)
+	}
+	if h.Get(hdrUser) != u.ID {
+		t.Errorf("X-Sigra-User %q; want %s", h.Get(hdrUser), u.ID)
+	}
+	e.get("/page", nil)
+	h, _ = e.up.last()
+	verifyAssertion(t, e, h.Get(hdrAssertion))
+}
