@@ -189,6 +189,12 @@ func (q *preq) totpSubmit() error {
 	// proves the password again (checked before the code, so a wrong
 	// password spends no code).
 	if !q.firstFactorFresh(p) {
+		if q.r.PostFormValue("password") == "" {
+			// A form shown while the sign-in was fresh has no password
+			// field: ask, without counting a failure.
+			d.Error = "You signed in a while ago: enter your password to turn this on."
+			return q.enrolPage(p, d, http.StatusUnauthorized)
+		}
 		u, att, err := q.checkPassword(p.User.Email, q.r.PostFormValue("password"), "reauth")
 		if errors.Is(err, authcore.ErrBusy) {
 			q.w.Header().Set("Retry-After", "5")
