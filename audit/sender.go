@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -317,6 +318,12 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	req.Header.Set(hmacsig.Header, hmacsig.Sign(h.secret, s.l.clk.Now(), body))
 	resp, err := s.client.Do(req)
 	if err != nil {
+		// The error goes to logs, the outbox and the admin API: it names
+		// the URL as RedactURL shows it (net/url hides only a password).
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			ue.URL = RedactURL(h.url)
+		}
 		return unavailableError{err}
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -561,5 +562,37 @@ func TestWebhookDamagedOutboxEntriesDoNotStopThePass(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "010203") {
 		t.Fatalf("error log %q does not report the damaged entry", logs.String())
+	}
+}
+
+// A transport error names the webhook URL redacted wherever it is kept:
+// the delivery's last error (the outbox, the dead list, the admin API)
+// and the log. net/url hides only a password, not a query token.
+func TestWebhookTransportErrorHidesURLSecrets(t *testing.T) {
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close()
+	u, _ := url.Parse(gone.URL)
+	u.User = url.UserPassword("hooks", "pa55word")
+	u.RawQuery = "token=s3cret"
+	var logs bytes.Buffer
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{Webhooks: []WebhookConfig{hookTo(u.String())},
+		ErrorLog: slog.New(slog.NewTextHandler(&logs, nil))})
+	mustRecord(t, l, sampleRow("auth.logout"))
+	if _, err := l.DeliverDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	next, _, _ := st.AuditNextDelivery(context.Background())
+	due, _ := st.AuditDeliveriesDue(context.Background(), next, 10)
+	if len(due) != 1 || due[0].LastError == "" {
+		t.Fatalf("due %+v; want the failed delivery with its error", due)
+	}
+	for where, text := range map[string]string{"last error": due[0].LastError, "log": logs.String()} {
+		if strings.Contains(text, "s3cret") || strings.Contains(text, "pa55word") {
+			t.Errorf("the %s shows the URL's secrets: %s", where, text)
+		}
+	}
+	if !strings.Contains(due[0].LastError, "xxxxx@127.0.0.1") || !strings.Contains(due[0].LastError, "?xxxxx") {
+		t.Errorf("last error %q; want the redacted URL", due[0].LastError)
 	}
 }
