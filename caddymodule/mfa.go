@@ -204,7 +204,13 @@ func (q *preq) totpSubmit() error {
 		if err != nil {
 			return err
 		}
-		if u == nil || u.ID != p.User.ID {
+		if u != nil && u.ID != p.User.ID {
+			// The address moved to another account meanwhile: not this
+			// user's password. Nothing to count against either.
+			_ = att.Succeed(q.ctx(), false)
+			u = nil
+		}
+		if u == nil {
 			d.Error = "That password is not right."
 			return q.enrolPage(p, d, http.StatusUnauthorized)
 		}
