@@ -45,9 +45,9 @@ func (d *gateDecision) decided(scope int) bool {
 func (*gateDecision) String() string { return "decided" }
 
 // Gate requires a signed-in session plus the listed requirements, then
-// injects identity headers and passes the request on. The deciding gate
-// removes every incoming X-Sigra-* header (and the alias family, when on)
-// first, on every request, whatever the outcome.
+// injects identity headers and passes the request on. The first gate a
+// request meets removes every incoming X-Sigra-* header (and the alias
+// family, when on) before anything else, whatever the outcome.
 type Gate struct {
 	// Optional lets anonymous requests through (with no identity); signed
 	// in requests still get identity headers.
