@@ -15,12 +15,7 @@ import (
 // problem+json 500 that names no internals, and a known endpoint called
 // with the wrong method is a 405 with Allow.
 func TestAdminAPIErrorsAreProblems(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	e.addUser("root@example.com", "admins")
-	target := e.addUser("target@example.com")
-	e.mustLogin("root@example.com")
-	enrolTOTP(t, e, fake.Now())
+	e, target := startAsAdmin(t)
 	hdr := map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": e.adminCSRF()}
 	problem := func(r *http.Response) (reason, detail string) {
 		t.Helper()

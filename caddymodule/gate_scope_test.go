@@ -160,20 +160,15 @@ func TestGateScopesInAdaptedConfig(t *testing.T) {
 // Gates from hand-written JSON carry no scope: each applies its own
 // requirements, the safe reading when nesting cannot be told.
 func TestGatesWithoutScopeAllApply(t *testing.T) {
-	e := startCaddy(t, "", `
+	const site = `
 	sigra_gate
 	handle /admin/* {
 		sigra_gate {
 			group admins
 		}
-	}`)
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(e.caddyfile("", `
-	sigra_gate
-	handle /admin/* {
-		sigra_gate {
-			group admins
-		}
-	}`)), map[string]any{"filename": "Caddyfile"})
+	}`
+	e := startCaddy(t, "", site)
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(e.caddyfile("", site)), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,6 +71,20 @@ func (e *env) adminCall(method, path string, hdr map[string]string) (int, string
 	return resp.StatusCode, string(b)
 }
 
+// startAsAdmin runs the bare-gate site with root@example.com signed in as
+// an admin who just enrolled TOTP (so the admin API answers), and a second
+// user, target@example.com, to act on.
+func startAsAdmin(t *testing.T) (e *env, target *authcore.User) {
+	t.Helper()
+	fake := useFakeClock(t)
+	e = startCaddy(t, "", "sigra_gate")
+	e.addUser("root@example.com", "admins")
+	target = e.addUser("target@example.com")
+	e.mustLogin("root@example.com")
+	enrolTOTP(t, e, fake.Now())
+	return e, target
+}
+
 // adminCSRF fetches the admin API's CSRF token.
 func (e *env) adminCSRF() string {
 	e.t.Helper()
@@ -195,12 +209,7 @@ func TestAdminAPIMFAMaxAge(t *testing.T) {
 // M3: portal_admin.go — a cross-origin admin POST is refused even with a
 // valid X-CSRF-Token.
 func TestAdminAPIRefusesCrossOriginWithValidToken(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	e.addUser("root@example.com", "admins")
-	target := e.addUser("target@example.com")
-	e.mustLogin("root@example.com")
-	enrolTOTP(t, e, fake.Now())
+	e, target := startAsAdmin(t)
 	tok := e.adminCSRF()
 	path := "/users/" + target.ID + "/disable"
 

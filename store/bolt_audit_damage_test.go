@@ -60,6 +60,17 @@ func auditEntries(t *testing.T, b *Bolt, hook string, n int) []audit.Entry {
 	return es
 }
 
+// auditGiveUp moves the entries' deliveries to hook to the dead list.
+func auditGiveUp(t *testing.T, b *Bolt, hook string, es []audit.Entry) {
+	t.Helper()
+	for _, e := range es {
+		d := audit.Delivery{HookID: hook, RowID: e.Row.ID, OccurredAt: e.Row.OccurredAt, DueAt: e.DueAt, Attempts: 15}
+		if err := b.AuditDeliveryDead(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // Retention prunes past a malformed dead or outbox key (the dead-list
 // scan once sliced k[:8] and panicked on every run) and past a row that
 // does not decode.
@@ -68,12 +79,7 @@ func TestAuditBoltPruneGoesOnPastDamagedEntries(t *testing.T) {
 	ctx := context.Background()
 	hook := audit.WebhookConfig{URL: "https://hooks.example.com/"}.ID()
 	es := auditEntries(t, b, hook, 3)
-	for _, e := range es {
-		d := audit.Delivery{HookID: hook, RowID: e.Row.ID, OccurredAt: e.Row.OccurredAt, DueAt: e.DueAt, Attempts: 15}
-		if err := b.AuditDeliveryDead(ctx, d); err != nil {
-			t.Fatal(err)
-		}
-	}
+	auditGiveUp(t, b, hook, es)
 	short, long := []byte{1, 2, 3}, make([]byte, auditDeadLen+1)
 	auditPut(t, b, bktAuditDead, short, []byte("{}"), long, []byte("{}"))
 	auditPut(t, b, bktAuditOutbox, short, []byte("{}"))
@@ -105,12 +111,7 @@ func TestAuditBoltDeadListSkipsMalformedKeys(t *testing.T) {
 	ctx := context.Background()
 	hook := audit.WebhookConfig{URL: "https://hooks.example.com/"}.ID()
 	es := auditEntries(t, b, hook, 2)
-	for _, e := range es {
-		d := audit.Delivery{HookID: hook, RowID: e.Row.ID, OccurredAt: e.Row.OccurredAt, DueAt: e.DueAt, Attempts: 15}
-		if err := b.AuditDeliveryDead(ctx, d); err != nil {
-			t.Fatal(err)
-		}
-	}
+	auditGiveUp(t, b, hook, es)
 	bad := []byte{0xff, 0xff}
 	auditPut(t, b, bktAuditDead, bad, []byte("{}"))
 	if dead, err := b.AuditDeadDeliveries(ctx, 10); err != nil || len(dead) != 2 {

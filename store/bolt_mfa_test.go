@@ -60,12 +60,7 @@ type mfaEnv struct {
 
 func newMFAEnv(t *testing.T) *mfaEnv {
 	t.Helper()
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "sigra.db"), BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return newMFAEnvOn(t, st)
+	return newMFAEnvOn(t, openAuthBolt(t))
 }
 
 func newMFAEnvOn(t *testing.T, st authcore.Store) *mfaEnv {
@@ -525,11 +520,7 @@ type passkeyBolt struct{ *Bolt }
 func (passkeyBolt) CountPasskeys(ctx context.Context, userID string) (int, error) { return 1, nil }
 
 func TestRemoveTOTPKeepsOtherSecondFactor(t *testing.T) {
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "sigra.db"), BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openAuthBolt(t)
 	e := newMFAEnvOn(t, passkeyBolt{st})
 	e.st = st
 	u := e.user(t, "alice@example.com")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,11 +67,7 @@ func regulationCount(t *testing.T, st *Bolt) (n int) {
 // chunk is visited and the live states stay.
 func TestPruneRegulationAcrossChunks(t *testing.T) {
 	smallRegulationChunks(t, 7)
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "sigra.db"), BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openAuthBolt(t)
 	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	const total = 100 // 15 chunks, the last partial
 	stale := regulationFixture(t, st, total, now)
@@ -114,11 +109,7 @@ func (c *cancelAfter) Err() error {
 // with what it has pruned so far, committed.
 func TestPruneRegulationStopsBetweenChunksWhenCancelled(t *testing.T) {
 	smallRegulationChunks(t, 7)
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "sigra.db"), BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openAuthBolt(t)
 	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	const total = 100
 	stale := regulationFixture(t, st, total, now)

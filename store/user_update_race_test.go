@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -27,11 +26,7 @@ func (s *interleavingStore) UpdateUser(ctx context.Context, id string, revoke bo
 
 func newInterleavingEnv(t *testing.T) (*mfaEnv, *interleavingStore) {
 	t.Helper()
-	st, err := OpenBolt(filepath.Join(t.TempDir(), "sigra.db"), BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := openAuthBolt(t)
 	is := &interleavingStore{Bolt: st}
 	e := newMFAEnvOn(t, is)
 	e.st = st
