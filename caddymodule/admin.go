@@ -100,6 +100,22 @@ func handleAdminAuditReplay(w http.ResponseWriter, r *http.Request) error {
 
 // handleAdminUsers runs one userRequest (POST, JSON body).
 func handleAdminUsers(w http.ResponseWriter, r *http.Request) error {
+	return adminOp(w, r, func(a *App, rt *runtime, req userRequest) (any, error) {
+		return doUser(r.Context(), rt, a.AdminGroup, req, nil, "")
+	})
+}
+
+// handleAdminKeys runs one keysRequest (POST, JSON body).
+func handleAdminKeys(w http.ResponseWriter, r *http.Request) error {
+	return adminOp(w, r, func(_ *App, rt *runtime, req keysRequest) (any, error) {
+		return doKeys(r.Context(), rt, req, nil, "")
+	})
+}
+
+// adminOp serves a CLI operation on the running app: a POST whose JSON
+// body is the request, answered with the result as JSON, errors mapped by
+// userErrorStatus. The CLI is the actor (recorded as the system).
+func adminOp[Req any](w http.ResponseWriter, r *http.Request, run func(a *App, rt *runtime, req Req) (any, error)) error {
 	if r.Method != http.MethodPost {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
 	}
@@ -107,32 +123,11 @@ func handleAdminUsers(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	var req userRequest
+	var req Req
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody)).Decode(&req); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
 	}
-	res, err := doUser(r.Context(), rt, a.AdminGroup, req, nil, "")
-	if err != nil {
-		return caddy.APIError{HTTPStatus: userErrorStatus(err), Err: err}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(res)
-}
-
-// handleAdminKeys runs one keysRequest (POST, JSON body).
-func handleAdminKeys(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodPost {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
-	}
-	_, rt, err := runningRuntime()
-	if err != nil {
-		return err
-	}
-	var req keysRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody)).Decode(&req); err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
-	}
-	res, err := doKeys(r.Context(), rt, req, nil, "")
+	res, err := run(a, rt, req)
 	if err != nil {
 		return caddy.APIError{HTTPStatus: userErrorStatus(err), Err: err}
 	}

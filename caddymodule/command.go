@@ -252,25 +252,34 @@ from a signing_key file: replace the file and reload.`,
 // runKeysOp runs req on the store named by the config: directly when no
 // Caddy holds it, else through the running Caddy's admin API.
 func runKeysOp(ctx context.Context, cf cliFlags, req keysRequest) (*keysResult, error) {
+	return runOp(ctx, cf, "/sigra/keys", req, func(ctx context.Context, rt *runtime, _ *App) (*keysResult, error) {
+		return doKeys(ctx, rt, req, nil, "")
+	})
+}
+
+// runOp runs a CLI operation: direct on the store when no Caddy holds it,
+// else as a POST of req to uri on the running Caddy's admin API, whose
+// JSON answer is the result.
+func runOp[Req, Res any](ctx context.Context, cf cliFlags, uri string, req Req, direct func(ctx context.Context, rt *runtime, a *App) (*Res, error)) (*Res, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	var res *keysResult
-	err := onStore(cf, func(cfgJSON []byte, a *App) error {
+	var res *Res
+	err := onStore(cf, func(cfgJSON []byte, app *App) error {
 		body, _ := json.Marshal(req)
-		resp, err := adminRequest(cfgJSON, cf, a.storagePath, http.MethodPost, "/sigra/keys", bytes.NewReader(body))
+		resp, err := adminRequest(cfgJSON, cf, app.storagePath, http.MethodPost, uri, bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
-		res = new(keysResult)
-		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(res); err != nil {
+		res = new(Res)
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(res); err != nil {
 			return fmt.Errorf("admin API answer: %w", err)
 		}
 		return nil
-	}, func(rt *runtime) error {
+	}, func(rt *runtime, a *App) error {
 		var err error
-		res, err = doKeys(ctx, rt, req, nil, "")
+		res, err = direct(ctx, rt, a)
 		return err
 	})
 	return res, err
@@ -293,7 +302,7 @@ func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
 		}
 		fmt.Fprintf(c.OutOrStdout(), "replayed %d dead deliveries\n", res.Replayed)
 		return nil
-	}, func(rt *runtime) error {
+	}, func(rt *runtime, a *App) error {
 		n, err := replayDead(c.Context(), rt, hook, nil, "")
 		if err != nil {
 			return err
@@ -305,7 +314,7 @@ func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
 
 // onStore runs direct on the store when no Caddy holds it, or viaAdmin
 // when a running Caddy does (its admin API then does the work).
-func onStore(cf cliFlags, viaAdmin func(cfgJSON []byte, a *App) error, direct func(rt *runtime) error) error {
+func onStore(cf cliFlags, viaAdmin func(cfgJSON []byte, a *App) error, direct func(rt *runtime, a *App) error) error {
 	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
 	if err != nil {
 		return err
@@ -323,7 +332,7 @@ func onStore(cf cliFlags, viaAdmin func(cfgJSON []byte, a *App) error, direct fu
 		return err
 	}
 	defer rt.audit.Close()
-	return direct(rt)
+	return direct(rt, a)
 }
 
 // exportRange parses the export window.
@@ -359,7 +368,7 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 		defer resp.Body.Close()
 		_, err = io.Copy(c.OutOrStdout(), resp.Body)
 		return err
-	}, func(rt *runtime) error {
+	}, func(rt *runtime, a *App) error {
 		n, err := rt.audit.Export(c.Context(), c.OutOrStdout(), sinceT, untilT)
 		if err != nil {
 			return err
@@ -403,27 +412,9 @@ func readPassword(r io.Reader) (string, error) {
 // runUserOp runs req on the store named by the config: directly when no
 // Caddy holds it, else through the running Caddy's admin API.
 func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, error) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
-	if err != nil {
-		return nil, err
-	}
-	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
-	if errors.Is(err, store.ErrLocked) {
-		return viaAdminAPI(cfgJSON, cf, a.storagePath, req)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	rt, err := a.buildRuntime(st, false)
-	if err != nil {
-		return nil, err
-	}
-	defer rt.audit.Close()
-	return doUser(ctx, rt, a.AdminGroup, req, nil, "")
+	return runOp(ctx, cf, "/sigra/users", req, func(ctx context.Context, rt *runtime, a *App) (*userResult, error) {
+		return doUser(ctx, rt, a.AdminGroup, req, nil, "")
+	})
 }
 
 // loadAppConfig adapts the config file and completes its sigra app.
@@ -455,20 +446,6 @@ func loadAppConfig(configFile, adapter string) ([]byte, *App, error) {
 		return nil, nil, err
 	}
 	return cfgJSON, a, nil
-}
-
-func viaAdminAPI(cfgJSON []byte, cf cliFlags, path string, req userRequest) (*userResult, error) {
-	body, _ := json.Marshal(req)
-	resp, err := adminRequest(cfgJSON, cf, path, http.MethodPost, "/sigra/users", bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var res userResult
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&res); err != nil {
-		return nil, fmt.Errorf("admin API answer: %w", err)
-	}
-	return &res, nil
 }
 
 // adminRequest calls the running Caddy's admin API, which holds the store
