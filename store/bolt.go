@@ -22,6 +22,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -123,6 +124,18 @@ func bucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
 }
 
 // clone copies a byte slice out of a transaction.
+// seekAfter moves c to the first key after after, or to the first key
+// when after is nil: where a walk in chunks resumes.
+func seekAfter(c *bolt.Cursor, after []byte) (k, v []byte) {
+	if after == nil {
+		return c.First()
+	}
+	if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+		return c.Next()
+	}
+	return k, v
+}
+
 func clone(b []byte) []byte {
 	if b == nil {
 		return nil

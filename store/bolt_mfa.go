@@ -367,12 +367,7 @@ type regulationEntry struct{ key, value []byte }
 func (b *Bolt) staleRegulation(after []byte, now time.Time) (stale []regulationEntry, last []byte, more bool, err error) {
 	err = b.db.View(func(tx *bolt.Tx) error {
 		c := bucket(tx, bktRegulation).Cursor()
-		k, v := c.First()
-		if after != nil {
-			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
-				k, v = c.Next()
-			}
-		}
+		k, v := seekAfter(c, after)
 		seen := 0
 		for ; k != nil && seen < pruneRegulationChunk; k, v = c.Next() {
 			seen++

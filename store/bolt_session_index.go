@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -120,15 +121,15 @@ func reindexSession(tx *bolt.Tx, id authcore.SessionID, old, cur sessionTimes) e
 // deleted, as pruning always has.
 func ensureSessionIndexes(tx *bolt.Tx) error {
 	want := sumIDs(bucket(tx, bktSessions), 0)
-	if sumIDs(bucket(tx, bktSessionsByExpiry), timeKeyLen) == want && sumIDs(bucket(tx, bktSessionsBySeen), timeKeyLen) == want {
+	if !slices.ContainsFunc(sessionIndexes, func(ix sessionIndex) bool { return sumIDs(bucket(tx, ix.name), timeKeyLen) != want }) {
 		return nil
 	}
 	root := tx.Bucket(rootBucket)
-	for _, name := range sessionIndexBuckets {
-		if err := root.DeleteBucket(name); err != nil {
+	for _, ix := range sessionIndexes {
+		if err := root.DeleteBucket(ix.name); err != nil {
 			return err
 		}
-		if _, err := root.CreateBucket(name); err != nil {
+		if _, err := root.CreateBucket(ix.name); err != nil {
 			return err
 		}
 	}
@@ -207,12 +208,7 @@ func (b *Bolt) pruneIndex(ctx context.Context, ix sessionIndex, cutoff, now time
 		var keys [][]byte
 		err := b.db.View(func(tx *bolt.Tx) error {
 			c := bucket(tx, ix.name).Cursor()
-			k, _ := c.First()
-			if after != nil {
-				if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
-					k, _ = c.Next()
-				}
-			}
+			k, _ := seekAfter(c, after)
 			// A key too short for a time is malformed: pruneEntry drops it.
 			for ; k != nil && len(keys) < pruneChunk && (len(k) < timeKeyLen || bytes.Compare(k[:timeKeyLen], limit) <= 0); k, _ = c.Next() {
 				keys = append(keys, clone(k))
