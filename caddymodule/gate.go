@@ -178,6 +178,9 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		d = new(gateDecision)
 		d.scopes = d.buf[:0]
 		caddyhttp.SetVar(ctx, varGateDecided, d)
+		// The portal stripped already, but handlers between it and here
+		// (a route block's request_header, say) may have set one again;
+		// the gate strips right before it decides what goes upstream.
 		stripIdentity(r, g.app.remoteAliases)
 	}
 	if g.Scope != 0 {
