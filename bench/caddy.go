@@ -315,19 +315,3 @@ func staleSource(bin string) string {
 	})
 	return newest
 }
-
-// freePorts asks the kernel for n distinct free loopback ports. Another
-// process could take one before Caddy binds it; on loopback that is rare,
-// and Caddy then fails loudly at start.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer ln.Close() // held until all are chosen, so they differ
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sigra-auth/caddy-sigra/internal/freeport"
 )
 
 // The phases: the main one (A, B and C in one Caddy, saturation then
@@ -39,7 +41,7 @@ func samePID(pid string, n int) []string {
 
 // mainPhases runs A, B, C in one Caddy: saturation, then moderate load.
 func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) error {
-	ports, err := freePorts(len(sites) + 1)
+	ports, err := freeport.Take(len(sites) + 1)
 	if err != nil {
 		return err
 	}
@@ -160,7 +162,7 @@ func (b *bench) sessionsPhase(ctx context.Context, dir string, counts []int) err
 	)
 	for _, n := range counts {
 		sub := filepath.Join(dir, strconv.Itoa(n))
-		ports, err := freePorts(2)
+		ports, err := freeport.Take(2)
 		if err != nil {
 			return err
 		}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -23,6 +22,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/internal/freeport"
 )
 
 // testPassword is the password of users made by env.addUser.
@@ -70,14 +70,15 @@ type env struct {
 	client *http.Client // cookie jar, redirects not followed
 }
 
+// freePort returns a loopback port that no other test of this process
+// was given (see freeport.Take for why that matters to Caddy).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Take(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // caddyfile renders a test config: global sigra options, then the site

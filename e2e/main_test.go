@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sigra-auth/caddy-sigra/internal/freeport"
 )
 
 var (
@@ -265,15 +266,16 @@ func (p *proc) logs() string {
 	return "--- caddy output:\n" + readable(p.out.String())
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// freePort returns a loopback port that was free a moment ago and that
+// no other test of this process was given (see freeport.Take for why that
+// matters to Caddy).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Take(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // waitHealthy polls url until it answers 200, the process exits or 20 s
