@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net/http"
 	"strings"
+	"time"
 )
 
 //go:embed templates/*.html
@@ -15,15 +16,27 @@ var templateFS embed.FS
 
 // pageNames are the portal pages; each is templates/<name>.html defining
 // "content", rendered inside templates/layout.html.
-var pageNames = []string{"login", "logout", "message", "account", "mfa", "totp"}
+var pageNames = []string{"login", "logout", "message", "account", "mfa", "totp", "admin", "admin_users", "admin_user", "admin_audit"}
 
 var pages = func() map[string]*template.Template {
 	m := make(map[string]*template.Template, len(pageNames))
 	for _, name := range pageNames {
-		m[name] = template.Must(template.New(name).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html"))
+		files := []string{"templates/layout.html", "templates/" + name + ".html"}
+		if strings.HasPrefix(name, "admin") {
+			files = append(files, "templates/admin_nav.html")
+		}
+		m[name] = template.Must(template.New(name).Funcs(pageFuncs).ParseFS(templateFS, files...))
 	}
 	return m
 }()
+
+// pageFuncs are the template helpers.
+var pageFuncs = template.FuncMap{
+	// datetime formats a time for a datetime attribute.
+	"datetime": func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
+	// when formats a time for people, to the second.
+	"when": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+}
 
 // pageData is what every page template receives.
 type pageData struct {
@@ -42,6 +55,7 @@ type pageData struct {
 	User           any
 	Sessions       any
 	CurrentSession string
+	IsAdmin        bool // links the admin pages
 	// TOTP pages
 	Codes     []string
 	Enrolled  bool
@@ -51,6 +65,8 @@ type pageData struct {
 	URI       string
 	// NeedPassword asks for the current password on the enrolment form.
 	NeedPassword bool
+	// Admin is what the admin pages show (adminData).
+	Admin adminData
 }
 
 // newNonce returns a per-response CSP nonce.

@@ -124,6 +124,9 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if rest, ok := strings.CutPrefix(sub, "/api/admin"); ok && (rest == "" || rest[0] == '/') {
 		return q.adminAPI(rest)
 	}
+	if rest, ok := strings.CutPrefix(sub, "/admin"); ok && (rest == "" || rest[0] == '/') {
+		return q.adminUI(rest)
+	}
 	return q.message(http.StatusNotFound, "Not found", "There is no such page.", "")
 }
 
@@ -459,7 +462,7 @@ func (q *preq) accountPage() error {
 	}
 	return q.page(http.StatusOK, "account", pageData{
 		Title: "Your account", Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)),
-		User: p.User, Sessions: sessions, CurrentSession: p.SessionID,
+		User: p.User, Sessions: sessions, CurrentSession: p.SessionID, IsAdmin: p.User.InGroup(q.p.app.AdminGroup),
 	})
 }
 

@@ -3,7 +3,9 @@ package caddymodule
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,14 +62,14 @@ func (q *preq) adminRoute(path string) error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	switch {
-	case p == nil || p.Session.Pending:
+	switch q.adminDenial(p) {
+	case adminNeedLogin:
 		writeProblem(q.w, http.StatusUnauthorized, "login_required", "sign in required")
 		return nil
-	case !p.User.InGroup(q.p.app.AdminGroup):
+	case adminNeedGroup:
 		writeProblem(q.w, http.StatusForbidden, "admin_required", "this needs an administrator")
 		return nil
-	case !p.Session.MFA() || q.rt.auth.Now().Sub(p.Session.MFAAt) > q.p.app.adminMFAMaxAge():
+	case adminNeedMFA:
 		writeProblem(q.w, http.StatusUnauthorized, "mfa_required", "a recent second factor is required")
 		return nil
 	}
@@ -89,7 +91,7 @@ func (q *preq) adminRoute(path string) error {
 			return nil
 		}
 		page, err := q.rt.audit.Timeline(q.ctx(), query)
-		if errors.Is(err, audit.ErrBadCursor) || errors.Is(err, audit.ErrBadLimit) || errors.Is(err, audit.ErrBadTime) {
+		if badTimelineQuery(err) {
 			writeProblem(q.w, http.StatusBadRequest, "bad_query", err.Error())
 			return nil
 		}
@@ -120,7 +122,7 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, map[string]int{"replayed": n})
 	case get && path == "/users":
-		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "list", After: q.r.URL.Query().Get("cursor")}, q.r, p.User.ID)
+		res, err := q.adminUserList(0)
 		if err != nil {
 			return q.adminError(err)
 		}
@@ -151,20 +153,9 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, res.User)
 	case post && len(parts) == 3 && parts[0] == "sessions" && parts[2] == "revoke":
-		id, err := authcore.ParseSessionID(parts[1])
-		if err != nil {
-			return q.adminError(authcore.ErrNotFound)
-		}
-		s, err := q.rt.store.GetSession(q.ctx(), id)
+		id, _, err := q.adminRevoke(p, parts[1])
 		if err != nil {
 			return q.adminError(err)
-		}
-		if err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
-		}
-		if err := q.audit(event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
-			meta: map[string]string{"session": id.String()}}); err != nil {
-			return err
 		}
 		return writeJSON(q.w, map[string]string{"revoked": id.String()})
 	}
@@ -175,6 +166,72 @@ func (q *preq) adminRoute(path string) error {
 	}
 	writeProblem(q.w, http.StatusNotFound, "not_found", "no such admin endpoint")
 	return nil
+}
+
+// Why a request may not use the admin surface (adminDenial).
+const (
+	adminNeedLogin = "login_required" // not signed in, or a second factor pending
+	adminNeedGroup = "admin_required" // not in admin_group
+	adminNeedMFA   = "mfa_required"   // no second factor within admin_mfa_max_age
+)
+
+// adminDenial says why p may not use the admin pages and API, "" when it
+// may: both need a full sign-in by a member of admin_group whose second
+// factor is at most admin_mfa_max_age old.
+func (q *preq) adminDenial(p *authcore.Principal) string {
+	switch {
+	case p == nil || p.Session.Pending:
+		return adminNeedLogin
+	case !p.User.InGroup(q.p.app.AdminGroup):
+		return adminNeedGroup
+	case !p.Session.MFA() || q.rt.auth.Now().Sub(p.Session.MFAAt) > q.p.app.adminMFAMaxAge():
+		return adminNeedMFA
+	}
+	return ""
+}
+
+// badTimelineQuery reports whether a Timeline error is the caller's (a
+// cursor, limit or time it cannot use) rather than storage's.
+func badTimelineQuery(err error) bool {
+	return errors.Is(err, audit.ErrBadCursor) || errors.Is(err, audit.ErrBadLimit) || errors.Is(err, audit.ErrBadTime)
+}
+
+// adminUserList is the users list of the API and the admin page: query
+// parameters q (search), cursor and limit (default and most 1000 for the
+// API; the page passes its own default).
+func (q *preq) adminUserList(defaultLimit int) (*userResult, error) {
+	v := q.r.URL.Query()
+	limit := defaultLimit
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%w: limit %q is not a positive number", errUsage, s)
+		}
+		limit = n
+	}
+	return doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "list", After: v.Get("cursor"), Query: v.Get("q"), Limit: limit}, q.r, "")
+}
+
+// adminRevoke ends a session as the admin p and writes session.revoked
+// (actor_type admin). It returns the session id and its user's id; an id
+// that names no session is ErrNotFound.
+func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionID, string, error) {
+	id, err := authcore.ParseSessionID(sid)
+	if err != nil {
+		return id, "", authcore.ErrNotFound
+	}
+	s, err := q.rt.store.GetSession(q.ctx(), id)
+	if err != nil {
+		return id, "", err
+	}
+	if err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
+		return id, "", err
+	}
+	if err := q.audit(event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
+		meta: map[string]string{"session": id.String()}}); err != nil {
+		return id, "", err
+	}
+	return id, s.UserID, nil
 }
 
 func (q *preq) adminError(err error) error {

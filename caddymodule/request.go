@@ -363,11 +363,16 @@ func sameOrigin(r *http.Request, origin string) bool {
 // loginURL is a portal page with a return URL: the URI the client asked
 // for, before any handle_path or uri strip_prefix rewrote it.
 func loginURL(prefix, page string, r *http.Request) string {
-	uri := r.URL.RequestURI()
+	return prefix + page + "?rd=" + url.QueryEscape(originalURI(r))
+}
+
+// originalURI is the request's URI as the client sent it, before
+// handle_path or a uri rewrite changed it.
+func originalURI(r *http.Request) string {
 	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
-		uri = orig.URL.RequestURI()
+		return orig.URL.RequestURI()
 	}
-	return prefix + page + "?rd=" + url.QueryEscape(uri)
+	return r.URL.RequestURI()
 }
 
 // isTooLarge reports whether err came from a body over its limit.

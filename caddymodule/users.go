@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -23,6 +24,7 @@ type userRequest struct {
 	Password string   `json:"password,omitempty"`
 	After    string   `json:"after,omitempty"` // list: cursor
 	Limit    int      `json:"limit,omitempty"` // list: page size
+	Query    string   `json:"q,omitempty"`     // list: search (id, or part of email or name)
 }
 
 // userView is a user as shown to operators (never the password hash).
@@ -88,22 +90,13 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		if limit <= 0 || limit > 1000 {
 			limit = 1000
 		}
-		// One more than a page says whether another page follows, so the
-		// last page carries no cursor.
-		users, err := auth.Store().ListUsers(ctx, req.After, limit+1)
+		users, next, err := searchUsers(ctx, auth.Store(), req.After, req.Query, limit)
 		if err != nil {
 			return nil, "", err
 		}
-		more := len(users) > limit
-		if more {
-			users = users[:limit]
-		}
-		res := &userResult{Users: []userView{}}
+		res := &userResult{Users: []userView{}, NextCursor: next}
 		for _, u := range users {
 			res.Users = append(res.Users, viewUser(u))
-		}
-		if more {
-			res.NextCursor = users[len(users)-1].ID
 		}
 		return res, "", nil
 	case "passwd", "disable", "enable", "unlock":
@@ -128,4 +121,44 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		return &userResult{User: &v}, u.ID, nil
 	}
 	return nil, "", fmt.Errorf("%w: unknown operation %q", errUsage, req.Op)
+}
+
+// searchScanMax bounds the users one filtered list request reads; a
+// search that reaches it returns what it found so far and a cursor that
+// goes on from there.
+var searchScanMax = 20000
+
+// searchUsers returns a page of users in id order after the cursor: all
+// of them, or with query those whose id is the query or whose email or
+// name contains it (case-insensitively). next is empty on the last page.
+func searchUsers(ctx context.Context, st authcore.Store, after, query string, limit int) (users []*authcore.User, next string, err error) {
+	query = strings.ToLower(strings.TrimSpace(query))
+	cursor, scanned := after, 0
+	for {
+		chunk := limit + 1 // one more than a page says whether another follows
+		if query != "" {
+			chunk = min(500, searchScanMax-scanned)
+		}
+		batch, err := st.ListUsers(ctx, cursor, chunk)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, u := range batch {
+			cursor = u.ID
+			scanned++
+			if query != "" && u.ID != query && !strings.Contains(strings.ToLower(u.Email), query) && !strings.Contains(strings.ToLower(u.Name), query) {
+				continue
+			}
+			if len(users) == limit {
+				return users, users[limit-1].ID, nil
+			}
+			users = append(users, u)
+		}
+		switch {
+		case len(batch) < chunk:
+			return users, "", nil
+		case scanned >= searchScanMax:
+			return users, cursor, nil
+		}
+	}
 }
