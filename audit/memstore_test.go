@@ -197,12 +197,14 @@ func (m *memStore) AuditDeliveryDone(ctx context.Context, d Delivery) error {
 	return nil
 }
 
-func (m *memStore) AuditDeliveryRetry(ctx context.Context, d Delivery, next time.Time) error {
+func (m *memStore) AuditDeliveriesRetry(ctx context.Context, ds []Delivery, next time.Time) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.take(d) {
-		d.DueAt, d.Row = next, Row{}
-		m.pending[keyOf(d)] = d
+	for _, d := range ds {
+		if m.take(d) {
+			d.DueAt, d.Row = next, Row{}
+			m.pending[keyOf(d)] = d
+		}
 	}
 	return nil
 }

@@ -227,13 +227,10 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 		// is unavailable; if that one was given up, they come back after
 		// the shortest backoff.
 		retryAt := now.Add(s.opts.MinBackoff)
-		deferred := 0
+		var deferred []Delivery
 		for _, i := range ln.items {
 			if !started[i] {
-				if err := s.l.st.AuditDeliveryRetry(ctx, ds[i], retryAt); err != nil {
-					errs = append(errs, fmt.Errorf("deferring %s for %s: %w", ds[i].RowID, ds[i].HookID, err))
-				}
-				deferred++
+				deferred = append(deferred, ds[i])
 				continue
 			}
 			next, err := s.settle(ctx, ds[i], results[i])
@@ -244,10 +241,15 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 				retryAt = next
 			}
 		}
-		if deferred > 0 {
-			h := ds[ln.items[0]].HookID
+		if len(deferred) > 0 {
+			// One commit for all of them: a receiver that is down must not
+			// cost a disk sync per pending delivery at every backoff step.
+			h := deferred[0].HookID
+			if err := s.l.st.AuditDeliveriesRetry(ctx, deferred, retryAt); err != nil {
+				errs = append(errs, fmt.Errorf("deferring %d deliveries for %s: %w", len(deferred), h, err))
+			}
 			s.l.errLog.Warn("audit webhook deliveries deferred: receiver unavailable", "hook_id", h,
-				"url", s.hookURL(h), "deferred", deferred, "retry_at", retryAt)
+				"url", s.hookURL(h), "deferred", len(deferred), "retry_at", retryAt)
 		}
 	}
 	return len(ds), errors.Join(errs...)
@@ -372,7 +374,7 @@ func (s *sender) settle(ctx context.Context, d Delivery, res error) (time.Time, 
 	next := now.Add(s.backoff(d.Attempts))
 	s.l.errLog.Warn("audit webhook delivery failed", "row_id", d.RowID, "hook_id", d.HookID,
 		"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError, "retry_at", next)
-	if err := s.l.st.AuditDeliveryRetry(ctx, d, next); err != nil {
+	if err := s.l.st.AuditDeliveriesRetry(ctx, []Delivery{d}, next); err != nil {
 		return time.Time{}, fmt.Errorf("rescheduling %s for %s: %w", d.RowID, d.HookID, err)
 	}
 	return next, nil

@@ -71,10 +71,11 @@ type Outbox interface {
 	// AuditDeliveryDone removes the pending delivery d (identified by
 	// HookID, RowID, OccurredAt and DueAt). A missing one is not an error.
 	AuditDeliveryDone(ctx context.Context, d Delivery) error
-	// AuditDeliveryRetry moves the pending delivery d, found at d.DueAt,
-	// to be due at next, storing d.Attempts, d.LastError and d.UpdatedAt.
-	// A missing one is not an error and is not recreated.
-	AuditDeliveryRetry(ctx context.Context, d Delivery, next time.Time) error
+	// AuditDeliveriesRetry moves each pending delivery of ds, found at its
+	// DueAt, to be due at next, storing its Attempts, LastError and
+	// UpdatedAt, all in one commit. A missing one is not an error and is
+	// not recreated.
+	AuditDeliveriesRetry(ctx context.Context, ds []Delivery, next time.Time) error
 	// AuditDeliveryDead moves the pending delivery d, found at d.DueAt, to
 	// the dead list with d.Attempts, d.LastError and d.UpdatedAt. A missing
 	// one is not an error and is not recreated.

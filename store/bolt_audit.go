@@ -888,27 +888,35 @@ func auditEncodeState(d audit.Delivery) ([]byte, error) {
 	return json.Marshal(auditState{Attempts: d.Attempts, LastError: d.LastError, UpdatedAt: d.UpdatedAt.UTC()})
 }
 
-// AuditDeliveryRetry moves a pending delivery to its next due time. It
-// implements audit.Outbox.
-func (b *Bolt) AuditDeliveryRetry(ctx context.Context, d audit.Delivery, next time.Time) error {
-	key, _, err := auditDeliveryKeys(d)
-	if err != nil {
-		return err
-	}
-	state, err := auditEncodeState(d)
-	if err != nil {
-		return err
-	}
-	err = b.db.Update(func(tx *bolt.Tx) error {
-		outbox := bucket(tx, bktAuditOutbox)
-		if outbox.Get(key) == nil {
-			return nil // settled by someone else
-		}
-		if err := outbox.Delete(key); err != nil {
+// AuditDeliveriesRetry moves pending deliveries to their next due time,
+// in one commit: a webhook that is down defers a whole pass of them at
+// once. It implements audit.Outbox.
+func (b *Bolt) AuditDeliveriesRetry(ctx context.Context, ds []audit.Delivery, next time.Time) error {
+	keys, states := make([][]byte, len(ds)), make([][]byte, len(ds))
+	for i, d := range ds {
+		var err error
+		if keys[i], _, err = auditDeliveryKeys(d); err != nil {
 			return err
 		}
-		nk := append(auditTime(next), key[8:]...)
-		return outbox.Put(nk, state)
+		if states[i], err = auditEncodeState(d); err != nil {
+			return err
+		}
+	}
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		outbox := bucket(tx, bktAuditOutbox)
+		for i, key := range keys {
+			if outbox.Get(key) == nil {
+				continue // settled by someone else
+			}
+			if err := outbox.Delete(key); err != nil {
+				return err
+			}
+			nk := append(auditTime(next), key[8:]...)
+			if err := outbox.Put(nk, states[i]); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("audit outbox in %s: %w", b.path, err)

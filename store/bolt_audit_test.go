@@ -414,7 +414,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	// Retry moves it; a second settle of the stale copy changes nothing.
 	d := due[0]
 	d.Attempts, d.LastError, d.UpdatedAt = 1, "receiver answered 503", auditT0.Add(time.Minute)
-	if err := b.AuditDeliveryRetry(ctx, d, auditT0.Add(time.Hour)); err != nil {
+	if err := b.AuditDeliveriesRetry(ctx, []audit.Delivery{d}, auditT0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.AuditDeliveryDone(ctx, due[0]); err != nil {
@@ -432,6 +432,31 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	}
 	if moved.Attempts != 1 || moved.LastError != "receiver answered 503" || !moved.UpdatedAt.Equal(auditT0.Add(time.Minute)) {
 		t.Fatalf("rescheduled delivery = %+v; want its attempts, error and time kept", moved)
+	}
+
+	// Several at once, as a pass defers a webhook that is down: each
+	// moves, keeping its own state, and a stale copy (d, already moved
+	// above) is skipped rather than recreated.
+	var batch []audit.Delivery
+	for i, x := range later {
+		x.Attempts = 2 + i
+		batch = append(batch, x)
+	}
+	if err := b.AuditDeliveriesRetry(ctx, append(batch, d), auditT0.Add(90*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _, _ := b.AuditOutboxStats(ctx); pending != 3 {
+		t.Fatalf("pending = %d after the batch; want 3", pending)
+	}
+	if early, _ := b.AuditDeliveriesDue(ctx, auditT0.Add(89*time.Minute), 10); len(early) != 0 {
+		t.Fatalf("%d deliveries still due before the batch's time", len(early))
+	}
+	later, _ = b.AuditDeliveriesDue(ctx, auditT0.Add(2*time.Hour), 10)
+	for _, x := range later {
+		want := slices.IndexFunc(batch, func(y audit.Delivery) bool { return y.RowID == x.RowID && y.HookID == x.HookID })
+		if !x.DueAt.Equal(auditT0.Add(90*time.Minute)) || want < 0 || x.Attempts != batch[want].Attempts {
+			t.Errorf("after the batch: %+v; want due at +90m with %d attempts", x, batch[max(want, 0)].Attempts)
+		}
 	}
 
 	// Dead: off the outbox, onto the dead list, newest row first.
