@@ -107,6 +107,26 @@ func TestAdminPagesAccess(t *testing.T) {
 	if r, _ := htmlGet(e, userPage); r.StatusCode != http.StatusOK {
 		t.Errorf("after the challenge: status %d; want 200", r.StatusCode)
 	}
+	head := e.do(http.MethodHead, userPage+"/disable", nil, nil)
+	head.Body.Close()
+	if head.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("HEAD on a form action: status %d; want 405", head.StatusCode)
+	}
+
+	// A password alone, second factor pending: the admin is sent to the
+	// challenge, and a form with that session's own token changes nothing.
+	e.client.Jar, _ = newJar()
+	e.login("root@example.com", testPassword, "/")
+	if r, _ := htmlGet(e, userPage); r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/.sigra/mfa?rd="+url.QueryEscape(userPage) {
+		t.Errorf("pending session: status %d Location %q; want 303 to the challenge", r.StatusCode, r.Header.Get("Location"))
+	}
+	_, mfa = e.get("/.sigra/mfa", nil)
+	if r, _ := e.postForm(userPage+"/disable", url.Values{"csrf_token": {csrfFrom(t, mfa)}}, nil); r.StatusCode != http.StatusSeeOther || !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa?") {
+		t.Errorf("pending session's POST: status %d Location %q; want 303 to the challenge", r.StatusCode, r.Header.Get("Location"))
+	}
+	if u, _ := e.rt().store.UserByID(context.Background(), target.ID); u.Disabled {
+		t.Error("a session with its second factor pending disabled a user")
+	}
 }
 
 // startAdminUI signs root@example.com in as an admin with a fresh second
@@ -124,6 +144,10 @@ func startAdminUI(t *testing.T) (*env, *authcore.User) {
 func TestAdminPagesUserList(t *testing.T) {
 	e, _ := startAdminUI(t)
 	ctx := context.Background()
+	target, err := e.rt().store.UserByEmail(ctx, "target@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := map[string]bool{}
 	for i := range 60 {
 		u, err := e.rt().auth.CreateUser(ctx, authcore.NewUser{Email: fmt.Sprintf("u%02d@list.example", i), Name: "Listed", Password: testPassword})
@@ -221,11 +245,23 @@ func TestAdminPagesUserList(t *testing.T) {
 	if len(found) != 60 || calls < 2 {
 		t.Errorf("capped search: %d users over %d calls; want all 60 over several", len(found), calls+1)
 	}
+	// A cap reached exactly at the last user is the last page: no cursor.
+	searchScanMax = len(seen)
+	if code, body := e.adminCall(http.MethodGet, "/users?q=list.example&limit=100", nil); code != 200 || strings.Contains(body, "next_cursor") || strings.Count(body, `"email"`) != 60 {
+		t.Errorf("search capped at the store's size: status %d body %.300s; want all 60 and no next_cursor", code, body)
+	}
+	// An id is looked up, whatever the cap.
+	searchScanMax = 1
+	if code, body := e.adminCall(http.MethodGet, "/users?q="+strings.ToUpper(target.ID), nil); code != 200 || strings.Count(body, `"email"`) != 1 || !strings.Contains(body, target.ID) {
+		t.Errorf("search by id: status %d body %s; want target alone", code, body)
+	}
 	if code, body := e.adminCall(http.MethodGet, "/users?limit=ten", nil); code != http.StatusBadRequest || problemReason(body) != "bad_request" {
 		t.Errorf("API limit=ten: status %d body %s; want 400 bad_request", code, body)
 	}
-	if r, _ := htmlGet(e, "/.sigra/admin/users?limit=-1"); r.StatusCode != http.StatusBadRequest {
-		t.Errorf("page limit=-1: status %d; want 400", r.StatusCode)
+	for _, q := range []string{"limit=-1", "cursor=bogus", "q=x&cursor=bogus"} {
+		if r, _ := htmlGet(e, "/.sigra/admin/users?"+q); r.StatusCode != http.StatusBadRequest {
+			t.Errorf("users page %s: status %d; want 400", q, r.StatusCode)
+		}
 	}
 }
 

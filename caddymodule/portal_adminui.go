@@ -154,8 +154,8 @@ func (q *preq) adminHome(p *authcore.Principal) error {
 func (q *preq) adminUsers(p *authcore.Principal) error {
 	d := adminData{Query: q.r.URL.Query()}
 	res, err := q.adminUserList(adminPageSize)
-	if errors.Is(err, errUsage) {
-		return q.message(http.StatusBadRequest, "Bad request", err.Error(), q.p.app.Prefix+"/admin/users")
+	if status := userErrorStatus(err); err != nil && status != http.StatusInternalServerError {
+		return q.message(status, "Bad request", err.Error(), q.p.app.Prefix+"/admin/users")
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

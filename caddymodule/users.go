@@ -133,6 +133,14 @@ var searchScanMax = 20000
 // name contains it (case-insensitively). next is empty on the last page.
 func searchUsers(ctx context.Context, st authcore.Store, after, query string, limit int) (users []*authcore.User, next string, err error) {
 	query = strings.ToLower(strings.TrimSpace(query))
+	if query != "" && after == "" {
+		// An id names one user: no need to read the others for it.
+		if u, err := st.UserByID(ctx, query); err == nil {
+			return []*authcore.User{u}, "", nil
+		} else if !errors.Is(err, authcore.ErrNotFound) && !errors.Is(err, authcore.ErrInvalidInput) {
+			return nil, "", err
+		}
+	}
 	cursor, scanned := after, 0
 	for {
 		chunk := limit + 1 // one more than a page says whether another follows
@@ -158,6 +166,15 @@ func searchUsers(ctx context.Context, st authcore.Store, after, query string, li
 		case len(batch) < chunk:
 			return users, "", nil
 		case scanned >= searchScanMax:
+			// Stopped by the cap, not by the end: a cursor only if there is
+			// more to read.
+			rest, err := st.ListUsers(ctx, cursor, 1)
+			if err != nil {
+				return nil, "", err
+			}
+			if len(rest) == 0 {
+				cursor = ""
+			}
 			return users, cursor, nil
 		}
 	}
