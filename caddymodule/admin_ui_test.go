@@ -255,8 +255,13 @@ func TestAdminPagesUserList(t *testing.T) {
 	if code, body := e.adminCall(http.MethodGet, "/users?q="+strings.ToUpper(target.ID), nil); code != 200 || strings.Count(body, `"email"`) != 1 || !strings.Contains(body, target.ID) {
 		t.Errorf("search by id: status %d body %s; want target alone", code, body)
 	}
-	if code, body := e.adminCall(http.MethodGet, "/users?limit=ten", nil); code != http.StatusBadRequest || problemReason(body) != "bad_request" {
-		t.Errorf("API limit=ten: status %d body %s; want 400 bad_request", code, body)
+	for _, limit := range []string{"ten", "-1", "1001"} {
+		if code, body := e.adminCall(http.MethodGet, "/users?limit="+limit, nil); code != http.StatusBadRequest || problemReason(body) != "bad_request" {
+			t.Errorf("API limit=%s: status %d body %s; want 400 bad_request", limit, code, body)
+		}
+	}
+	if code, body := e.adminCall(http.MethodGet, "/users?limit=0", nil); code != 200 || strings.Count(body, `"email"`) != 62 {
+		t.Errorf("API limit=0 (the default, as in the audit timeline): status %d; want 200 and all 62 users", code)
 	}
 	for _, q := range []string{"limit=-1", "cursor=bogus", "q=x&cursor=bogus"} {
 		if r, _ := htmlGet(e, "/.sigra/admin/users?"+q); r.StatusCode != http.StatusBadRequest {

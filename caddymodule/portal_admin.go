@@ -197,17 +197,20 @@ func badTimelineQuery(err error) bool {
 }
 
 // adminUserList is the users list of the API and the admin page: query
-// parameters q (search), cursor and limit (default and most 1000 for the
-// API; the page passes its own default).
+// parameters q (search), cursor and limit (1 to maxUserPage; 0 or none is
+// defaultLimit, which for the API is 0 too, meaning maxUserPage), as the
+// audit timeline reads its limit.
 func (q *preq) adminUserList(defaultLimit int) (*userResult, error) {
 	v := q.r.URL.Query()
 	limit := defaultLimit
 	if s := v.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%w: limit %q is not a positive number", errUsage, s)
+		if err != nil || n < 0 || n > maxUserPage {
+			return nil, fmt.Errorf("%w: limit %q is not between 1 and %d", errUsage, s, maxUserPage)
 		}
-		limit = n
+		if n > 0 {
+			limit = n
+		}
 	}
 	return doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "list", After: v.Get("cursor"), Query: v.Get("q"), Limit: limit}, q.r, "")
 }

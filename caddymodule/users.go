@@ -87,8 +87,8 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		return &userResult{User: &v}, u.ID, nil
 	case "list":
 		limit := req.Limit
-		if limit <= 0 || limit > 1000 {
-			limit = 1000
+		if limit <= 0 || limit > maxUserPage {
+			limit = maxUserPage
 		}
 		users, next, err := searchUsers(ctx, auth.Store(), req.After, req.Query, limit)
 		if err != nil {
@@ -122,6 +122,9 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 	}
 	return nil, "", fmt.Errorf("%w: unknown operation %q", errUsage, req.Op)
 }
+
+// maxUserPage is the most users one list request returns.
+const maxUserPage = 1000
 
 // searchScanMax bounds the users one filtered list request reads; a
 // search that reaches it returns what it found so far and a cursor that
