@@ -196,10 +196,10 @@ func badTimelineQuery(err error) bool {
 	return errors.Is(err, audit.ErrBadCursor) || errors.Is(err, audit.ErrBadLimit) || errors.Is(err, audit.ErrBadTime)
 }
 
-// adminUserList is the users list of the API and the admin page: query
-// parameters q (search), cursor and limit (1 to maxUserPage; 0 or none is
-// defaultLimit, which for the API is 0 too, meaning maxUserPage), as the
-// audit timeline reads its limit.
+// adminUserList is the users list of the API and the admin page, from the
+// query parameters q (search), cursor and limit. As in the audit
+// timeline, limit is 1 to maxUserPage, and 0 or none means the default:
+// defaultLimit, or maxUserPage when that is 0 (the API's).
 func (q *preq) adminUserList(defaultLimit int) (*userResult, error) {
 	v := q.r.URL.Query()
 	limit := defaultLimit
