@@ -18,6 +18,10 @@ type memStore struct {
 
 	// failAppend, when set, makes AppendAudit fail with it.
 	failAppend error
+	// failSettle, when set, makes AuditSettle fail with it.
+	failSettle error
+	// settles counts AuditSettle calls, to observe one commit per pass.
+	settles int
 	// panicPrune makes PruneAudit panic.
 	panicPrune bool
 }
@@ -190,31 +194,26 @@ func (m *memStore) take(d Delivery) bool {
 	return true
 }
 
-func (m *memStore) AuditDeliveryDone(ctx context.Context, d Delivery) error {
+func (m *memStore) AuditSettle(ctx context.Context, ss []Settlement) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.take(d)
-	return nil
-}
-
-func (m *memStore) AuditDeliveriesRetry(ctx context.Context, ds []Delivery, next time.Time) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, d := range ds {
-		if m.take(d) {
-			d.DueAt, d.Row = next, Row{}
-			m.pending[keyOf(d)] = d
-		}
+	m.settles++
+	if m.failSettle != nil {
+		return m.failSettle
 	}
-	return nil
-}
-
-func (m *memStore) AuditDeliveryDead(ctx context.Context, d Delivery) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.take(d) {
+	for _, s := range ss {
+		d := s.Delivery
+		if !m.take(d) {
+			continue
+		}
 		d.Row = Row{}
-		m.dead[keyOf(d)] = d
+		switch s.Verdict {
+		case Retry:
+			d.DueAt = s.Next
+			m.pending[keyOf(d)] = d
+		case Dead:
+			m.dead[keyOf(d)] = d
+		}
 	}
 	return nil
 }

@@ -221,38 +221,43 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 		// leave them pending for the next start.
 		return 0, ctx.Err()
 	}
-	var errs []error
+	// The whole pass is settled in one commit: one disk sync per pass,
+	// not one per delivery (a receiver that is down would otherwise cost
+	// a sync per pending delivery at every backoff step). Should the
+	// commit fail, the pass's deliveries stay pending as they were and
+	// are attempted again: delivery is at least once.
+	ss := make([]Settlement, 0, len(ds))
 	for _, ln := range lanes {
 		// Deferred deliveries follow the failure that said the receiver
 		// is unavailable; if that one was given up, they come back after
 		// the shortest backoff.
 		retryAt := now.Add(s.opts.MinBackoff)
-		var deferred []Delivery
+		deferred := 0
+		for _, i := range ln.items {
+			if started[i] {
+				st := s.settle(ds[i], results[i])
+				if st.Verdict == Retry && receiverUnavailable(results[i]) {
+					retryAt = st.Next
+				}
+				ss = append(ss, st)
+			}
+		}
 		for _, i := range ln.items {
 			if !started[i] {
-				deferred = append(deferred, ds[i])
-				continue
-			}
-			next, err := s.settle(ctx, ds[i], results[i])
-			if err != nil {
-				errs = append(errs, err)
-			}
-			if !next.IsZero() && receiverUnavailable(results[i]) {
-				retryAt = next
+				ss = append(ss, Settlement{Delivery: ds[i], Verdict: Retry, Next: retryAt})
+				deferred++
 			}
 		}
-		if len(deferred) > 0 {
-			// One commit for all of them: a receiver that is down must not
-			// cost a disk sync per pending delivery at every backoff step.
-			h := deferred[0].HookID
-			if err := s.l.st.AuditDeliveriesRetry(ctx, deferred, retryAt); err != nil {
-				errs = append(errs, fmt.Errorf("deferring %d deliveries for %s: %w", len(deferred), h, err))
-			}
+		if deferred > 0 {
+			h := ds[ln.items[0]].HookID
 			s.l.errLog.Warn("audit webhook deliveries deferred: receiver unavailable", "hook_id", h,
-				"url", s.hookURL(h), "deferred", len(deferred), "retry_at", retryAt)
+				"url", s.hookURL(h), "deferred", deferred, "retry_at", retryAt)
 		}
 	}
-	return len(ds), errors.Join(errs...)
+	if err := s.l.st.AuditSettle(ctx, ss); err != nil {
+		return len(ds), fmt.Errorf("recording the outcome of %d deliveries: %w", len(ss), err)
+	}
+	return len(ds), nil
 }
 
 // runLane attempts a webhook's deliveries in order and starts no more
@@ -341,22 +346,16 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	}
 }
 
-// settle records the outcome of an attempt in the outbox and returns the
-// retry time it set, if it set one.
-func (s *sender) settle(ctx context.Context, d Delivery, res error) (time.Time, error) {
+// settle turns the outcome of an attempt into its verdict, and logs and
+// counts it.
+func (s *sender) settle(d Delivery, res error) Settlement {
 	switch {
 	case res == nil:
 		s.delivered.Add(1)
-		if err := s.l.st.AuditDeliveryDone(ctx, d); err != nil {
-			return time.Time{}, fmt.Errorf("marking %s for %s delivered: %w", d.RowID, d.HookID, err)
-		}
-		return time.Time{}, nil
+		return Settlement{Delivery: d, Verdict: Delivered}
 	case errors.Is(res, errRowGone):
 		s.l.errLog.Warn("audit webhook delivery dropped: row pruned", "row_id", d.RowID, "hook_id", d.HookID)
-		if err := s.l.st.AuditDeliveryDone(ctx, d); err != nil {
-			return time.Time{}, fmt.Errorf("dropping %s for %s: %w", d.RowID, d.HookID, err)
-		}
-		return time.Time{}, nil
+		return Settlement{Delivery: d, Verdict: Delivered}
 	}
 	s.failures.Add(1)
 	now := s.l.clk.Now()
@@ -366,18 +365,12 @@ func (s *sender) settle(ctx context.Context, d Delivery, res error) (time.Time, 
 	if d.Attempts >= s.opts.MaxAttempts {
 		s.l.errLog.Error("audit webhook delivery dead", "row_id", d.RowID, "hook_id", d.HookID,
 			"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError)
-		if err := s.l.st.AuditDeliveryDead(ctx, d); err != nil {
-			return time.Time{}, fmt.Errorf("marking %s for %s dead: %w", d.RowID, d.HookID, err)
-		}
-		return time.Time{}, nil
+		return Settlement{Delivery: d, Verdict: Dead}
 	}
 	next := now.Add(s.backoff(d.Attempts))
 	s.l.errLog.Warn("audit webhook delivery failed", "row_id", d.RowID, "hook_id", d.HookID,
 		"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError, "retry_at", next)
-	if err := s.l.st.AuditDeliveriesRetry(ctx, []Delivery{d}, next); err != nil {
-		return time.Time{}, fmt.Errorf("rescheduling %s for %s: %w", d.RowID, d.HookID, err)
-	}
-	return next, nil
+	return Settlement{Delivery: d, Verdict: Retry, Next: next}
 }
 
 // backoff is the delay after the n-th failed attempt: MinBackoff doubled

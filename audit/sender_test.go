@@ -596,3 +596,46 @@ func TestWebhookTransportErrorHidesURLSecrets(t *testing.T) {
 		t.Errorf("last error %q; want the redacted URL", due[0].LastError)
 	}
 }
+
+// A pass settles everything it decided in one store commit; if that
+// commit fails, nothing is lost: the deliveries stay pending and the next
+// pass sends them again (at least once).
+func TestWebhookPassSettlesInOneCommit(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	st := newMemStore()
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}})
+	ctx := context.Background()
+	for range 10 {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+
+	st.mu.Lock()
+	st.failSettle = errors.New("disk full")
+	st.mu.Unlock()
+	if _, err := l.DeliverDue(ctx); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("DeliverDue with a failing commit: %v; want the store's error", err)
+	}
+	for range 10 {
+		recv(t, rc.got)
+	}
+	if s, _ := l.Stats(ctx); s.Pending != 10 {
+		t.Fatalf("after a failed commit: %d pending; want all 10 still pending", s.Pending)
+	}
+
+	st.mu.Lock()
+	st.failSettle, st.settles = nil, 0
+	st.mu.Unlock()
+	if n, err := l.DeliverDue(ctx); err != nil || n != 10 {
+		t.Fatalf("DeliverDue = %d, %v; want 10", n, err)
+	}
+	for range 10 {
+		recv(t, rc.got) // sent again: at least once
+	}
+	st.mu.Lock()
+	settles := st.settles
+	st.mu.Unlock()
+	if s, _ := l.Stats(ctx); s.Pending != 0 || settles != 1 {
+		t.Errorf("after the pass: %d pending, %d commits; want 0 pending in 1 commit", s.Pending, settles)
+	}
+}

@@ -53,6 +53,26 @@ type RowStore interface {
 // of the outbox.
 var ErrDamagedDelivery = errors.New("audit: damaged webhook delivery")
 
+// Verdict is what a delivery pass decided for a pending delivery.
+type Verdict int
+
+const (
+	// Delivered: the receiver took it (or its row is gone); it leaves the
+	// outbox.
+	Delivered Verdict = iota
+	// Retry: it is due again at the settlement's Next.
+	Retry
+	// Dead: it is given up and kept on the dead list.
+	Dead
+)
+
+// Settlement is one delivery's verdict, for Outbox.AuditSettle.
+type Settlement struct {
+	Delivery Delivery
+	Verdict  Verdict
+	Next     time.Time // Retry only
+}
+
 // Outbox keeps pending webhook deliveries and dead ones.
 type Outbox interface {
 	// AuditDeliveriesDue returns up to limit pending deliveries with
@@ -68,18 +88,13 @@ type Outbox interface {
 	// AuditNextDelivery returns the earliest DueAt among pending
 	// deliveries; ok is false when none is pending.
 	AuditNextDelivery(ctx context.Context) (at time.Time, ok bool, err error)
-	// AuditDeliveryDone removes the pending delivery d (identified by
-	// HookID, RowID, OccurredAt and DueAt). A missing one is not an error.
-	AuditDeliveryDone(ctx context.Context, d Delivery) error
-	// AuditDeliveriesRetry moves each pending delivery of ds, found at its
-	// DueAt, to be due at next, storing its Attempts, LastError and
-	// UpdatedAt, all in one commit. A missing one is not an error and is
-	// not recreated.
-	AuditDeliveriesRetry(ctx context.Context, ds []Delivery, next time.Time) error
-	// AuditDeliveryDead moves the pending delivery d, found at d.DueAt, to
-	// the dead list with d.Attempts, d.LastError and d.UpdatedAt. A missing
-	// one is not an error and is not recreated.
-	AuditDeliveryDead(ctx context.Context, d Delivery) error
+	// AuditSettle records what a delivery pass decided, in one commit.
+	// Each settlement's delivery is the pending one identified by HookID,
+	// RowID, OccurredAt and DueAt; one no longer there (settled by someone
+	// else) is skipped and not recreated. Delivered removes it; Retry
+	// makes it due at Next, and Dead moves it to the dead list, both
+	// storing its Attempts, LastError and UpdatedAt.
+	AuditSettle(ctx context.Context, ss []Settlement) error
 	// AuditDeadDeliveries returns up to limit dead deliveries, newest row
 	// first, each with its Row loaded.
 	AuditDeadDeliveries(ctx context.Context, limit int) ([]Delivery, error)

@@ -184,7 +184,7 @@ func TestAdminReplaysDeadWebhooks(t *testing.T) {
 		t.Fatalf("pending deliveries %+v; want the login's, after one failed attempt", pending)
 	}
 	pending[0].Attempts = 15
-	if err := st.AuditDeliveryDead(ctx, pending[0]); err != nil {
+	if err := st.AuditSettle(ctx, []audit.Settlement{{Delivery: pending[0], Verdict: audit.Dead}}); err != nil {
 		t.Fatal(err)
 	}
 	api := map[string]string{"Accept": "application/json"}

@@ -870,80 +870,59 @@ func (b *Bolt) AuditNextDelivery(ctx context.Context) (time.Time, bool, error) {
 	return at, ok, nil
 }
 
-// AuditDeliveryDone removes a delivered delivery. It implements
-// audit.Outbox.
-func (b *Bolt) AuditDeliveryDone(ctx context.Context, d audit.Delivery) error {
-	key, _, err := auditDeliveryKeys(d)
-	if err != nil {
-		return err
-	}
-	err = b.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktAuditOutbox).Delete(key) })
-	if err != nil {
-		return fmt.Errorf("audit outbox in %s: %w", b.path, err)
-	}
-	return nil
-}
-
 func auditEncodeState(d audit.Delivery) ([]byte, error) {
 	return json.Marshal(auditState{Attempts: d.Attempts, LastError: d.LastError, UpdatedAt: d.UpdatedAt.UTC()})
 }
 
-// AuditDeliveriesRetry moves pending deliveries to their next due time,
-// in one commit: a webhook that is down defers a whole pass of them at
-// once. It implements audit.Outbox.
-func (b *Bolt) AuditDeliveriesRetry(ctx context.Context, ds []audit.Delivery, next time.Time) error {
-	keys, states := make([][]byte, len(ds)), make([][]byte, len(ds))
-	for i, d := range ds {
-		var err error
-		if keys[i], _, err = auditDeliveryKeys(d); err != nil {
+// AuditSettle records a delivery pass's verdicts in one commit, so that
+// a pass costs one disk sync however many deliveries it settles. It
+// implements audit.Outbox.
+func (b *Bolt) AuditSettle(ctx context.Context, ss []audit.Settlement) error {
+	type change struct {
+		key, dest, state []byte // dest: the new outbox or dead key; nil removes
+		dead             bool
+	}
+	changes := make([]change, len(ss))
+	for i, st := range ss {
+		key, deadKey, err := auditDeliveryKeys(st.Delivery)
+		if err != nil {
 			return err
 		}
-		if states[i], err = auditEncodeState(d); err != nil {
-			return err
+		c := change{key: key}
+		switch st.Verdict {
+		case audit.Retry:
+			c.dest = append(auditTime(st.Next), key[8:]...)
+		case audit.Dead:
+			c.dest, c.dead = deadKey, true
 		}
+		if c.dest != nil {
+			if c.state, err = auditEncodeState(st.Delivery); err != nil {
+				return err
+			}
+		}
+		changes[i] = c
 	}
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		outbox := bucket(tx, bktAuditOutbox)
-		for i, key := range keys {
-			if outbox.Get(key) == nil {
+		outbox, dead := bucket(tx, bktAuditOutbox), bucket(tx, bktAuditDead)
+		for _, c := range changes {
+			if outbox.Get(c.key) == nil {
 				continue // settled by someone else
 			}
-			if err := outbox.Delete(key); err != nil {
+			if err := outbox.Delete(c.key); err != nil {
 				return err
 			}
-			nk := append(auditTime(next), key[8:]...)
-			if err := outbox.Put(nk, states[i]); err != nil {
-				return err
+			switch {
+			case c.dead:
+				if err := dead.Put(c.dest, c.state); err != nil {
+					return err
+				}
+			case c.dest != nil:
+				if err := outbox.Put(c.dest, c.state); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("audit outbox in %s: %w", b.path, err)
-	}
-	return nil
-}
-
-// AuditDeliveryDead moves a pending delivery to the dead list. It
-// implements audit.Outbox.
-func (b *Bolt) AuditDeliveryDead(ctx context.Context, d audit.Delivery) error {
-	key, deadKey, err := auditDeliveryKeys(d)
-	if err != nil {
-		return err
-	}
-	state, err := auditEncodeState(d)
-	if err != nil {
-		return err
-	}
-	err = b.db.Update(func(tx *bolt.Tx) error {
-		outbox := bucket(tx, bktAuditOutbox)
-		if outbox.Get(key) == nil {
-			return nil
-		}
-		if err := outbox.Delete(key); err != nil {
-			return err
-		}
-		return bucket(tx, bktAuditDead).Put(deadKey, state)
 	})
 	if err != nil {
 		return fmt.Errorf("audit outbox in %s: %w", b.path, err)

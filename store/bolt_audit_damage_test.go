@@ -65,7 +65,7 @@ func auditGiveUp(t *testing.T, b *Bolt, hook string, es []audit.Entry) {
 	t.Helper()
 	for _, e := range es {
 		d := audit.Delivery{HookID: hook, RowID: e.Row.ID, OccurredAt: e.Row.OccurredAt, DueAt: e.DueAt, Attempts: 15}
-		if err := b.AuditDeliveryDead(context.Background(), d); err != nil {
+		if err := b.AuditSettle(context.Background(), []audit.Settlement{{Delivery: d, Verdict: audit.Dead}}); err != nil {
 			t.Fatal(err)
 		}
 	}

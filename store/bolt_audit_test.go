@@ -363,7 +363,7 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 	// Some deliveries die, for old and new rows alike.
 	for _, i := range []int{5, 10, n - 1} {
 		d := audit.Delivery{HookID: hook, RowID: es[i].Row.ID, OccurredAt: es[i].Row.OccurredAt, DueAt: es[i].DueAt, Attempts: 15}
-		if err := b.AuditDeliveryDead(ctx, d); err != nil {
+		if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: d, Verdict: audit.Dead}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -414,10 +414,10 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	// Retry moves it; a second settle of the stale copy changes nothing.
 	d := due[0]
 	d.Attempts, d.LastError, d.UpdatedAt = 1, "receiver answered 503", auditT0.Add(time.Minute)
-	if err := b.AuditDeliveriesRetry(ctx, []audit.Delivery{d}, auditT0.Add(time.Hour)); err != nil {
+	if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: d, Verdict: audit.Retry, Next: auditT0.Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.AuditDeliveryDone(ctx, due[0]); err != nil {
+	if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: due[0]}}); err != nil {
 		t.Fatal(err)
 	}
 	if pending, _, _ := b.AuditOutboxStats(ctx); pending != 3 {
@@ -442,7 +442,11 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 		x.Attempts = 2 + i
 		batch = append(batch, x)
 	}
-	if err := b.AuditDeliveriesRetry(ctx, append(batch, d), auditT0.Add(90*time.Minute)); err != nil {
+	var retries []audit.Settlement
+	for _, x := range append(batch, d) {
+		retries = append(retries, audit.Settlement{Delivery: x, Verdict: audit.Retry, Next: auditT0.Add(90 * time.Minute)})
+	}
+	if err := b.AuditSettle(ctx, retries); err != nil {
 		t.Fatal(err)
 	}
 	if pending, _, _ := b.AuditOutboxStats(ctx); pending != 3 {
@@ -459,14 +463,40 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 		}
 	}
 
+	// One pass's verdicts together (in a second store with the same
+	// entries): delivered, retried and dead at once, each as if settled
+	// alone.
+	probe := auditOpen(t, "")
+	if _, err := probe.AppendAudit(ctx, []audit.Entry{old, young}); err != nil {
+		t.Fatal(err)
+	}
+	pdue, _ := probe.AuditDeliveriesDue(ctx, auditT0.Add(time.Minute), 10)
+	if len(pdue) != 3 {
+		t.Fatalf("%d due in the second store; want 3", len(pdue))
+	}
+	mixed := []audit.Settlement{
+		{Delivery: pdue[0]},
+		{Delivery: pdue[1], Verdict: audit.Retry, Next: auditT0.Add(3 * time.Hour)},
+		{Delivery: pdue[2], Verdict: audit.Dead},
+	}
+	if err := probe.AuditSettle(ctx, mixed); err != nil {
+		t.Fatal(err)
+	}
+	if pending, dead, _ := probe.AuditOutboxStats(ctx); pending != 1 || dead != 1 {
+		t.Fatalf("after a mixed settle: pending %d, dead %d; want 1 and 1", pending, dead)
+	}
+	if at, ok, _ := probe.AuditNextDelivery(ctx); !ok || !at.Equal(auditT0.Add(3*time.Hour)) {
+		t.Fatalf("after a mixed settle: next delivery at %v; want the retried one at +3h", at)
+	}
+
 	// Dead: off the outbox, onto the dead list, newest row first.
 	for _, x := range later {
 		x.Attempts = 15
-		if err := b.AuditDeliveryDead(ctx, x); err != nil {
+		if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: x, Verdict: audit.Dead}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := b.AuditDeliveryDead(ctx, later[0]); err != nil { // stale: no-op
+	if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: later[0], Verdict: audit.Dead}}); err != nil { // stale: no-op
 		t.Fatal(err)
 	}
 	pending, dead, _ := b.AuditOutboxStats(ctx)
@@ -905,6 +935,50 @@ func BenchmarkAuditAppendDurable(b *testing.B) {
 		b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
 		b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
 	}
+}
+
+// BenchmarkAuditWebhookDelivery measures the sender draining an outbox
+// of b.N rows to a local receiver that answers 204 at once: deliveries
+// per second, each settled durably in the outbox.
+func BenchmarkAuditWebhookDelivery(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	st := auditOpen(b, "")
+	l := auditNewLog(b, st, clock.Real{}, audit.Options{Webhooks: []audit.WebhookConfig{
+		{URL: srv.URL, Secret: auditSecret, Actions: []string{"*"}},
+	}})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := range 32 { // seeding, not measured
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < b.N; i += 32 {
+				if err := l.Record(ctx, audit.Row{Action: "auth.login.success", ActorType: audit.ActorUser, ActorID: "u1"}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.ResetTimer()
+	start := time.Now()
+	l.Start(ctx)
+	for {
+		s, err := l.Stats(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if s.Pending == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
 }
 
 // BenchmarkAuditTimeline measures one timeline page (50 rows) over a log
