@@ -60,6 +60,8 @@ type gatewayOptions struct {
 	dbPath string
 	// backend overrides the upstream address (host:port).
 	backend string
+	// global is added to the Caddyfile's global options.
+	global string
 }
 
 // gateway is a Caddyfile for one Sigra site in front of an upstream, and
@@ -100,6 +102,7 @@ func newGateway(t *testing.T, opts gatewayOptions) *gateway {
 	g.base = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 	cf := fmt.Sprintf(`{
 	%s
+	%s
 	persist_config off
 	sigra {
 		storage bbolt %s
@@ -122,7 +125,7 @@ func newGateway(t *testing.T, opts gatewayOptions) *gateway {
 
 	reverse_proxy %s
 }
-`, admin, g.db, bootstrap, g.base, backend)
+`, admin, opts.global, g.db, bootstrap, g.base, backend)
 	g.caddyfile = filepath.Join(g.home.dir, "Caddyfile")
 	if err := os.WriteFile(g.caddyfile, []byte(cf), 0o600); err != nil {
 		t.Fatal(err)
