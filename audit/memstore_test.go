@@ -202,6 +202,11 @@ func (m *memStore) AuditSettle(ctx context.Context, ss []Settlement) error {
 		return m.failSettle
 	}
 	for _, s := range ss {
+		if err := s.Check(); err != nil {
+			return err
+		}
+	}
+	for _, s := range ss {
 		d := s.Delivery
 		if !m.take(d) {
 			continue

@@ -226,36 +226,53 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 	// a sync per pending delivery at every backoff step). Should the
 	// commit fail, the pass's deliveries stay pending as they were and
 	// are attempted again: delivery is at least once.
+	// Logs and counters follow the commit, so they never report verdicts
+	// that were not kept.
 	ss := make([]Settlement, 0, len(ds))
+	causes := make([]error, 0, len(ds)) // the attempt's error; nil for deferred ones
+	type deferral struct {
+		hook    string
+		n       int
+		retryAt time.Time
+	}
+	var deferrals []deferral
 	for _, ln := range lanes {
 		// Deferred deliveries follow the failure that said the receiver
 		// is unavailable; if that one was given up, they come back after
 		// the shortest backoff.
 		retryAt := now.Add(s.opts.MinBackoff)
-		deferred := 0
 		for _, i := range ln.items {
 			if started[i] {
-				st := s.settle(ds[i], results[i])
+				st := s.verdict(ds[i], results[i])
 				if st.Verdict == Retry && receiverUnavailable(results[i]) {
 					retryAt = st.Next
 				}
-				ss = append(ss, st)
+				ss, causes = append(ss, st), append(causes, results[i])
 			}
 		}
+		n := 0
 		for _, i := range ln.items {
 			if !started[i] {
-				ss = append(ss, Settlement{Delivery: ds[i], Verdict: Retry, Next: retryAt})
-				deferred++
+				ss, causes = append(ss, Settlement{Delivery: ds[i], Verdict: Retry, Next: retryAt}), append(causes, nil)
+				n++
 			}
 		}
-		if deferred > 0 {
-			h := ds[ln.items[0]].HookID
-			s.l.errLog.Warn("audit webhook deliveries deferred: receiver unavailable", "hook_id", h,
-				"url", s.hookURL(h), "deferred", deferred, "retry_at", retryAt)
+		if n > 0 {
+			deferrals = append(deferrals, deferral{ds[ln.items[0]].HookID, n, retryAt})
 		}
 	}
+	if len(ss) == 0 {
+		return len(ds), nil // nothing to write (every due entry was damaged)
+	}
 	if err := s.l.st.AuditSettle(ctx, ss); err != nil {
-		return len(ds), fmt.Errorf("recording the outcome of %d deliveries: %w", len(ss), err)
+		return len(ds), fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
+	}
+	for i, st := range ss {
+		s.report(st, causes[i])
+	}
+	for _, d := range deferrals {
+		s.l.errLog.Warn("audit webhook deliveries deferred: receiver unavailable", "hook_id", d.hook,
+			"url", s.hookURL(d.hook), "deferred", d.n, "retry_at", d.retryAt)
 	}
 	return len(ds), nil
 }
@@ -346,31 +363,41 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	}
 }
 
-// settle turns the outcome of an attempt into its verdict, and logs and
-// counts it.
-func (s *sender) settle(d Delivery, res error) Settlement {
-	switch {
-	case res == nil:
-		s.delivered.Add(1)
-		return Settlement{Delivery: d, Verdict: Delivered}
-	case errors.Is(res, errRowGone):
-		s.l.errLog.Warn("audit webhook delivery dropped: row pruned", "row_id", d.RowID, "hook_id", d.HookID)
+// verdict turns the outcome of an attempt into its settlement.
+func (s *sender) verdict(d Delivery, res error) Settlement {
+	if res == nil || errors.Is(res, errRowGone) {
 		return Settlement{Delivery: d, Verdict: Delivered}
 	}
-	s.failures.Add(1)
 	now := s.l.clk.Now()
 	d.Attempts++
 	d.LastError = truncate(res.Error(), 512)
 	d.UpdatedAt = now
 	if d.Attempts >= s.opts.MaxAttempts {
-		s.l.errLog.Error("audit webhook delivery dead", "row_id", d.RowID, "hook_id", d.HookID,
-			"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError)
 		return Settlement{Delivery: d, Verdict: Dead}
 	}
-	next := now.Add(s.backoff(d.Attempts))
-	s.l.errLog.Warn("audit webhook delivery failed", "row_id", d.RowID, "hook_id", d.HookID,
-		"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError, "retry_at", next)
-	return Settlement{Delivery: d, Verdict: Retry, Next: next}
+	return Settlement{Delivery: d, Verdict: Retry, Next: now.Add(s.backoff(d.Attempts))}
+}
+
+// report logs and counts a settlement the store has kept; cause is the
+// attempt's error, nil for a delivered or deferred one.
+func (s *sender) report(st Settlement, cause error) {
+	d := st.Delivery
+	switch {
+	case st.Verdict == Delivered && cause == nil:
+		s.delivered.Add(1)
+	case st.Verdict == Delivered:
+		s.l.errLog.Warn("audit webhook delivery dropped: row pruned", "row_id", d.RowID, "hook_id", d.HookID)
+	case cause == nil:
+		// Deferred, unattempted: logged once for its webhook.
+	case st.Verdict == Dead:
+		s.failures.Add(1)
+		s.l.errLog.Error("audit webhook delivery dead", "row_id", d.RowID, "hook_id", d.HookID,
+			"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError)
+	default:
+		s.failures.Add(1)
+		s.l.errLog.Warn("audit webhook delivery failed", "row_id", d.RowID, "hook_id", d.HookID,
+			"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError, "retry_at", st.Next)
+	}
 }
 
 // backoff is the delay after the n-th failed attempt: MinBackoff doubled

@@ -508,8 +508,20 @@ func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
 		}
 		s, _ := l.Stats(ctx)
 		next, _, _ := st.AuditNextDelivery(ctx)
-		if due, _ := st.AuditDeliveriesDue(ctx, next, 100); s.Failures != 1 || s.Pending != rows || len(due) != rows {
+		due, _ := st.AuditDeliveriesDue(ctx, next, 100)
+		if s.Failures != 1 || s.Pending != rows || len(due) != rows {
 			t.Fatalf("Stats = %+v, %d due at the probe's retry time; want 1 failure and all %d deferred to it", s, len(due), rows)
+		}
+		// Only the probe counts an attempt; the deferred ones were not tried.
+		attempts := 0
+		for _, d := range due {
+			attempts += d.Attempts
+			if d.Attempts == 0 && d.LastError != "" {
+				t.Errorf("deferred delivery %s has last error %q; want none (never attempted)", d.RowID, d.LastError)
+			}
+		}
+		if attempts != 1 {
+			t.Errorf("%d attempts recorded over the deferred batch; want 1 (the probe's)", attempts)
 		}
 	}
 	for _, status := range []int{http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable,
@@ -619,8 +631,8 @@ func TestWebhookPassSettlesInOneCommit(t *testing.T) {
 	for range 10 {
 		recv(t, rc.got)
 	}
-	if s, _ := l.Stats(ctx); s.Pending != 10 {
-		t.Fatalf("after a failed commit: %d pending; want all 10 still pending", s.Pending)
+	if s, _ := l.Stats(ctx); s.Pending != 10 || s.Delivered != 0 {
+		t.Fatalf("after a failed commit: Stats %+v; want all 10 still pending and none counted delivered", s)
 	}
 
 	st.mu.Lock()
@@ -635,7 +647,7 @@ func TestWebhookPassSettlesInOneCommit(t *testing.T) {
 	st.mu.Lock()
 	settles := st.settles
 	st.mu.Unlock()
-	if s, _ := l.Stats(ctx); s.Pending != 0 || settles != 1 {
-		t.Errorf("after the pass: %d pending, %d commits; want 0 pending in 1 commit", s.Pending, settles)
+	if s, _ := l.Stats(ctx); s.Pending != 0 || s.Delivered != 10 || settles != 1 {
+		t.Errorf("after the pass: Stats %+v, %d commits; want 0 pending, 10 delivered, in 1 commit", s, settles)
 	}
 }

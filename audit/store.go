@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -56,10 +57,12 @@ var ErrDamagedDelivery = errors.New("audit: damaged webhook delivery")
 // Verdict is what a delivery pass decided for a pending delivery.
 type Verdict int
 
+// Verdicts start at 1, so a settlement without one is an error rather
+// than a delivery quietly removed.
 const (
 	// Delivered: the receiver took it (or its row is gone); it leaves the
 	// outbox.
-	Delivered Verdict = iota
+	Delivered Verdict = iota + 1
 	// Retry: it is due again at the settlement's Next.
 	Retry
 	// Dead: it is given up and kept on the dead list.
@@ -71,6 +74,21 @@ type Settlement struct {
 	Delivery Delivery
 	Verdict  Verdict
 	Next     time.Time // Retry only
+}
+
+// ErrBadSettlement is what AuditSettle returns, writing nothing, for a
+// settlement with no known verdict or a Retry without a time.
+var ErrBadSettlement = errors.New("audit: settlement without a verdict or a retry time")
+
+// Check returns ErrBadSettlement for a settlement no store may apply.
+func (s Settlement) Check() error {
+	switch {
+	case s.Verdict == Retry && s.Next.IsZero():
+		return fmt.Errorf("%w: retry of %s for %s has no time", ErrBadSettlement, s.Delivery.RowID, s.Delivery.HookID)
+	case s.Verdict != Delivered && s.Verdict != Retry && s.Verdict != Dead:
+		return fmt.Errorf("%w: verdict %d for %s of %s", ErrBadSettlement, s.Verdict, s.Delivery.RowID, s.Delivery.HookID)
+	}
+	return nil
 }
 
 // Outbox keeps pending webhook deliveries and dead ones.
@@ -93,7 +111,8 @@ type Outbox interface {
 	// RowID, OccurredAt and DueAt; one no longer there (settled by someone
 	// else) is skipped and not recreated. Delivered removes it; Retry
 	// makes it due at Next, and Dead moves it to the dead list, both
-	// storing its Attempts, LastError and UpdatedAt.
+	// storing its Attempts, LastError and UpdatedAt. A settlement whose
+	// Check fails makes it write nothing and return that error.
 	AuditSettle(ctx context.Context, ss []Settlement) error
 	// AuditDeadDeliveries returns up to limit dead deliveries, newest row
 	// first, each with its Row loaded.

@@ -878,12 +878,18 @@ func auditEncodeState(d audit.Delivery) ([]byte, error) {
 // a pass costs one disk sync however many deliveries it settles. It
 // implements audit.Outbox.
 func (b *Bolt) AuditSettle(ctx context.Context, ss []audit.Settlement) error {
+	if len(ss) == 0 {
+		return nil // no write transaction: bbolt would commit and sync an empty one
+	}
 	type change struct {
 		key, dest, state []byte // dest: the new outbox or dead key; nil removes
 		dead             bool
 	}
 	changes := make([]change, len(ss))
 	for i, st := range ss {
+		if err := st.Check(); err != nil {
+			return err
+		}
 		key, deadKey, err := auditDeliveryKeys(st.Delivery)
 		if err != nil {
 			return err

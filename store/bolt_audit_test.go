@@ -417,7 +417,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: d, Verdict: audit.Retry, Next: auditT0.Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: due[0]}}); err != nil {
+	if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: due[0], Verdict: audit.Delivered}}); err != nil {
 		t.Fatal(err)
 	}
 	if pending, _, _ := b.AuditOutboxStats(ctx); pending != 3 {
@@ -474,10 +474,21 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if len(pdue) != 3 {
 		t.Fatalf("%d due in the second store; want 3", len(pdue))
 	}
+	gone := pdue[2]
+	gone.Attempts, gone.LastError, gone.UpdatedAt = 15, "receiver answered 410 Gone", auditT0.Add(2*time.Minute)
 	mixed := []audit.Settlement{
-		{Delivery: pdue[0]},
+		{Delivery: pdue[0], Verdict: audit.Delivered},
 		{Delivery: pdue[1], Verdict: audit.Retry, Next: auditT0.Add(3 * time.Hour)},
-		{Delivery: pdue[2], Verdict: audit.Dead},
+		{Delivery: gone, Verdict: audit.Dead},
+	}
+	// A batch with one settlement no store may apply writes nothing.
+	for _, bad := range []audit.Settlement{{Delivery: pdue[0]}, {Delivery: pdue[1], Verdict: audit.Retry}, {Delivery: pdue[0], Verdict: 9}} {
+		if err := probe.AuditSettle(ctx, append(slices.Clone(mixed), bad)); !errors.Is(err, audit.ErrBadSettlement) {
+			t.Fatalf("settling with %+v: %v; want ErrBadSettlement", bad, err)
+		}
+	}
+	if pending, dead, _ := probe.AuditOutboxStats(ctx); pending != 3 || dead != 0 {
+		t.Fatalf("after refused batches: pending %d, dead %d; want all 3 pending still", pending, dead)
 	}
 	if err := probe.AuditSettle(ctx, mixed); err != nil {
 		t.Fatal(err)
@@ -487,6 +498,23 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	}
 	if at, ok, _ := probe.AuditNextDelivery(ctx); !ok || !at.Equal(auditT0.Add(3*time.Hour)) {
 		t.Fatalf("after a mixed settle: next delivery at %v; want the retried one at +3h", at)
+	}
+	if dl, _ := probe.AuditDeadDeliveries(ctx, 10); len(dl) != 1 || dl[0].RowID != gone.RowID || dl[0].HookID != gone.HookID ||
+		dl[0].Attempts != 15 || dl[0].LastError != gone.LastError || !dl[0].UpdatedAt.Equal(gone.UpdatedAt) {
+		t.Fatalf("dead list after a mixed settle = %+v; want the one settled dead, with its attempts, error and time", dl)
+	}
+	// Nothing to settle: no write transaction at all.
+	txid := func() int {
+		tx, err := probe.db.Begin(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		return tx.ID()
+	}
+	before := txid()
+	if err := probe.AuditSettle(ctx, nil); err != nil || txid() != before {
+		t.Fatalf("empty settle: %v, transaction id %d → %d; want no commit", err, before, txid())
 	}
 
 	// Dead: off the outbox, onto the dead list, newest row first.
