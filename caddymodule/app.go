@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -261,8 +262,8 @@ func (a *App) Validate() error {
 		return fmt.Errorf("keys: algorithm %q (want EdDSA or ES256)", a.Keys.Algorithm)
 	}
 	if a.Keys.EncryptionKey != "" {
-		if _, err := seal.ParseKey(caddy.NewReplacer().ReplaceKnown(a.Keys.EncryptionKey, "")); err != nil {
-			return fmt.Errorf("keys: encryption_key: %w", err)
+		if _, err := a.configuredEncryptionKey(); err != nil {
+			return err
 		}
 	}
 	if time.Duration(a.Session.Idle) < 0 || time.Duration(a.Session.Lifetime) < 0 {
@@ -383,13 +384,39 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	return rt, nil
 }
 
+// configuredEncryptionKey decodes keys.encryption_key after its
+// placeholders ({env.NAME}). A placeholder that comes out empty is named:
+// sealing with no key, or a new one, because a variable was not set would
+// lock away every secret sealed before.
+func (a *App) configuredEncryptionKey() ([]byte, error) {
+	raw := a.Keys.EncryptionKey
+	val := caddy.NewReplacer().ReplaceKnown(raw, "")
+	if strings.TrimSpace(val) == "" {
+		return nil, fmt.Errorf("keys: encryption_key %s is empty: is the environment variable set for this process?", placeholderName(raw))
+	}
+	k, err := seal.ParseKey(val)
+	if err != nil {
+		return nil, fmt.Errorf("keys: encryption_key %s: %w", placeholderName(raw), err)
+	}
+	return k, nil
+}
+
+// placeholderName shows a configured value in an error only when it is a
+// placeholder; a literal key stays out of logs.
+func placeholderName(raw string) string {
+	if strings.HasPrefix(raw, "{") && strings.HasSuffix(raw, "}") {
+		return raw
+	}
+	return "(the configured value)"
+}
+
 // encryptionBox builds the box that seals secrets at rest, from the
 // configured key or a key file generated next to the default store.
 func (a *App) encryptionBox() (*seal.Box, error) {
 	if a.Keys.EncryptionKey != "" {
-		k, err := seal.ParseKey(caddy.NewReplacer().ReplaceKnown(a.Keys.EncryptionKey, ""))
+		k, err := a.configuredEncryptionKey()
 		if err != nil {
-			return nil, fmt.Errorf("keys: encryption_key: %w", err)
+			return nil, err
 		}
 		return seal.New(k)
 	}

@@ -10,15 +10,19 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
 // assertionParts verifies a JWT against the served JWKS (without
@@ -199,5 +203,33 @@ func TestOptionAuditRetention(t *testing.T) {
 	}
 	if got := e.auditRows("auth.login.success")[0].ActorID; got != u.ID {
 		t.Errorf("remaining row by %s; want %s", got, u.ID)
+	}
+}
+
+// An encryption_key from an unset environment variable is refused, naming
+// the placeholder, instead of sealing with an empty or a fresh key; a
+// literal key never appears in the error.
+func TestEncryptionKeyErrorsNameThePlaceholder(t *testing.T) {
+	const name = "SIGRA_TEST_ENCRYPTION_KEY"
+	validate := func(key string) error {
+		a := &App{Keys: &KeysConfig{Algorithm: authcore.AlgEdDSA, EncryptionKey: key}}
+		return a.Validate()
+	}
+	os.Unsetenv(name)
+	err := validate("{env." + name + "}")
+	if err == nil || !strings.Contains(err.Error(), "{env."+name+"}") || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("unset variable: %v; want an error naming {env.%s} as empty", err, name)
+	}
+	t.Setenv(name, "c2hvcnQ=")
+	if err := validate("{env." + name + "}"); err == nil || !strings.Contains(err.Error(), "{env."+name+"}") || strings.Contains(err.Error(), "c2hvcnQ=") {
+		t.Errorf("short key from the variable: %v; want an error naming the placeholder, not the value", err)
+	}
+	if err := validate("c2hvcnQ="); err == nil || strings.Contains(err.Error(), "c2hvcnQ=") {
+		t.Errorf("short literal key: %v; want an error without the value", err)
+	}
+	t.Setenv(name, base64.StdEncoding.EncodeToString(make([]byte, 32)))
+	a := &App{Keys: &KeysConfig{EncryptionKey: "{env." + name + "}"}}
+	if k, err := a.configuredEncryptionKey(); err != nil || len(k) != 32 {
+		t.Errorf("a 32-byte key from the variable: %d bytes, %v", len(k), err)
 	}
 }
