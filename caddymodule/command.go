@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -252,20 +254,21 @@ from a signing_key file: replace the file and reload.`,
 // runKeysOp runs req on the store named by the config: directly when no
 // Caddy holds it, else through the running Caddy's admin API.
 func runKeysOp(ctx context.Context, cf cliFlags, req keysRequest) (*keysResult, error) {
-	return runOp(ctx, cf, "/sigra/keys", req, func(ctx context.Context, rt *runtime, _ *App) (*keysResult, error) {
+	return runOp(ctx, cf, false, "/sigra/keys", req, func(ctx context.Context, rt *runtime, _ *App) (*keysResult, error) {
 		return doKeys(ctx, rt, req, nil, "")
 	})
 }
 
 // runOp runs a CLI operation: direct on the store when no Caddy holds it,
 // else as a POST of req to uri on the running Caddy's admin API, whose
-// JSON answer is the result.
-func runOp[Req, Res any](ctx context.Context, cf cliFlags, uri string, req Req, direct func(ctx context.Context, rt *runtime, a *App) (*Res, error)) (*Res, error) {
+// JSON answer is the result. create lets it start a store that does not
+// exist yet.
+func runOp[Req, Res any](ctx context.Context, cf cliFlags, create bool, uri string, req Req, direct func(ctx context.Context, rt *runtime, a *App) (*Res, error)) (*Res, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	var res *Res
-	err := onStore(cf, func(cfgJSON []byte, app *App) error {
+	err := onStore(cf, create, func(cfgJSON []byte, app *App) error {
 		body, _ := json.Marshal(req)
 		resp, err := adminRequest(cfgJSON, cf, app.storagePath, http.MethodPost, uri, bytes.NewReader(body))
 		if err != nil {
@@ -288,7 +291,7 @@ func runOp[Req, Res any](ctx context.Context, cf cliFlags, uri string, req Req, 
 // replayAudit puts dead deliveries back, directly or through the running
 // Caddy's admin API when it holds the store.
 func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
-	return onStore(cf, func(cfgJSON []byte, a *App) error {
+	return onStore(cf, false, func(cfgJSON []byte, a *App) error {
 		resp, err := adminRequest(cfgJSON, cf, a.storagePath, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}}.Encode(), nil)
 		if err != nil {
 			return err
@@ -313,11 +316,21 @@ func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
 }
 
 // onStore runs direct on the store when no Caddy holds it, or viaAdmin
-// when a running Caddy does (its admin API then does the work).
-func onStore(cf cliFlags, viaAdmin func(cfgJSON []byte, a *App) error, direct func(rt *runtime, a *App) error) error {
+// when a running Caddy does (its admin API then does the work). Unless
+// create is set, a store that does not exist is an error, not a new empty
+// one: a CLI run whose config or environment differs from the running
+// Caddy's would otherwise answer from (or write to) a store nobody uses.
+func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) error, direct func(rt *runtime, a *App) error) error {
 	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
 	if err != nil {
 		return err
+	}
+	if _, err := os.Stat(a.storagePath); !create && errors.Is(err, fs.ErrNotExist) {
+		where := ""
+		if a.Storage.Path == "" {
+			where = fmt.Sprintf(` Without "storage bbolt <path>" it is in Caddy's data directory (%s), which follows HOME and XDG_DATA_HOME.`, caddy.AppDataDir())
+		}
+		return fmt.Errorf("no Sigra store at %s: is --config the file Caddy runs with, in the same environment?%s", a.storagePath, where)
 	}
 	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
 	if errors.Is(err, store.ErrLocked) {
@@ -332,7 +345,12 @@ func onStore(cf cliFlags, viaAdmin func(cfgJSON []byte, a *App) error, direct fu
 		return err
 	}
 	defer rt.audit.Close()
-	return direct(rt, a)
+	if err := direct(rt, a); errors.Is(err, authcore.ErrNotFound) {
+		return fmt.Errorf("%w (in the store %s)", err, a.storagePath)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // exportRange parses the export window.
@@ -353,7 +371,7 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 	if err != nil {
 		return err
 	}
-	return onStore(cf, func(cfgJSON []byte, a *App) error {
+	return onStore(cf, false, func(cfgJSON []byte, a *App) error {
 		q := url.Values{}
 		if !sinceT.IsZero() {
 			q.Set("since", sinceT.Format(time.RFC3339Nano))
@@ -412,7 +430,9 @@ func readPassword(r io.Reader) (string, error) {
 // runUserOp runs req on the store named by the config: directly when no
 // Caddy holds it, else through the running Caddy's admin API.
 func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, error) {
-	return runOp(ctx, cf, "/sigra/users", req, func(ctx context.Context, rt *runtime, a *App) (*userResult, error) {
+	// Only adding a user may start a new store: every other operation
+	// needs the users of an existing one.
+	return runOp(ctx, cf, req.Op == "add", "/sigra/users", req, func(ctx context.Context, rt *runtime, a *App) (*userResult, error) {
 		return doUser(ctx, rt, a.AdminGroup, req, nil, "")
 	})
 }

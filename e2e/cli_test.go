@@ -37,6 +37,11 @@ func TestCLIUsers(t *testing.T) {
 	t.Parallel()
 	g := newGateway(t, gatewayOptions{})
 
+	// No store yet: only add may start one.
+	if r := g.cli("", "list"); r.code == 0 || !strings.Contains(r.output(), "no Sigra store at "+g.db) {
+		t.Fatalf("user list before any store exists: want a non-zero exit naming %s\n%s", g.db, r)
+	}
+
 	// Caddy stopped: the CLI opens the store itself.
 	r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--name", "Bob", "--groups", "dev", "--password-stdin")
 	if r.code != 0 || !strings.Contains(r.stdout, "added bob@example.com (") {
@@ -54,8 +59,8 @@ func TestCLIUsers(t *testing.T) {
 		t.Fatalf("user list does not show bob (Bob, dev, active)\n%s", r)
 	}
 	r = g.cli("", "disable", "--email", "nobody@example.com")
-	if r.code == 0 || !strings.Contains(r.output(), `"nobody@example.com"`) || !strings.Contains(r.output(), "not found") {
-		t.Errorf("user disable of an unknown email with Caddy stopped: want a non-zero exit and a not-found message naming it\n%s", r)
+	if r.code == 0 || !strings.Contains(r.output(), `"nobody@example.com"`) || !strings.Contains(r.output(), "not found") || !strings.Contains(r.output(), g.db) {
+		t.Errorf("user disable of an unknown email with Caddy stopped: want a non-zero exit and a not-found message naming it and the store\n%s", r)
 	}
 
 	// Caddy running: the store is locked, the CLI uses the admin API.
@@ -206,6 +211,12 @@ func TestCLIAuditReplay(t *testing.T) {
 	g := newGateway(t, gatewayOptions{})
 	audit := func(args ...string) result {
 		return runCaddy(t, g.home, "", append(append([]string{"sigra", "audit"}, args...), "--config", g.caddyfile)...)
+	}
+	if r := audit("export"); r.code == 0 || !strings.Contains(r.output(), "no Sigra store at") {
+		t.Fatalf("audit export before any store exists: want a non-zero exit\n%s", r)
+	}
+	if r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("users add\n%s", r)
 	}
 	r := audit("replay")
 	if r.code != 0 || !strings.Contains(r.stdout, "replayed 0 dead deliveries; they go out when Caddy next starts") {

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"errors"
+	"io/fs"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 )
@@ -34,6 +37,17 @@ func TestCLIKeys(t *testing.T) {
 	keys := func(args ...string) result {
 		return runCaddy(t, g.home, "", append(append([]string{"sigra", "keys"}, args...), "--config", g.caddyfile)...)
 	}
+	// No store yet: an error naming where it looked, and nothing created
+	// (a config that differs from Caddy's must not start a second store).
+	if r := keys("list"); r.code == 0 || !strings.Contains(r.output(), "no Sigra store at "+g.db) {
+		t.Fatalf("keys list before any store exists: want a non-zero exit naming %s\n%s", g.db, r)
+	}
+	if _, err := os.Stat(g.db); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("keys list created %s (%v)", g.db, err)
+	}
+	if r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("users add\n%s", r)
+	}
 	first := keyRows(t, keys("list"))
 	if len(first) != 1 || first[0][1] != "EdDSA" || first[0][2] != "active" {
 		t.Fatalf("keys list on a new store: %v; want one active EdDSA key", first)
@@ -46,9 +60,6 @@ func TestCLIKeys(t *testing.T) {
 		t.Fatalf("after a rotation: %v; want a new active key and %s retired", rotated, first[0][0])
 	}
 
-	if r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
-		t.Fatalf("users add\n%s", r)
-	}
 	g.start()
 	bob := g.browser()
 	bob.mustLogin("bob@example.com", bobPassword, "/")
