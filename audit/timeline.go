@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"strconv"
 	"strings"
@@ -126,7 +127,10 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 	var err error
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		var n int
-		if n, err = strconv.Atoi(days); err == nil && n >= 0 && n <= 365*300 {
+		// At most what a Duration holds (about 292 years), so the product
+		// below cannot overflow.
+		const maxDays = int(math.MaxInt64 / int64(24*time.Hour))
+		if n, err = strconv.Atoi(days); err == nil && n >= 0 && n <= maxDays {
 			d = time.Duration(n) * 24 * time.Hour
 		} else {
 			err = errors.New("bad day count")

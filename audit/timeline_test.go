@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -328,5 +330,22 @@ func TestExportReportsWriteErrors(t *testing.T) {
 	seed(t, l, ft, 3)
 	if _, err := l.Export(context.Background(), failWriter{}, time.Time{}, time.Time{}); !errors.Is(err, errBoom) {
 		t.Fatalf("Export to a failing writer = %v; want its error", err)
+	}
+}
+
+// Day counts go as far as a time.Duration holds, and no further: the
+// largest is accepted as exactly that many days back, one more is
+// ErrBadTime rather than an overflowed product.
+func TestParseTimeDayLimit(t *testing.T) {
+	now := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	maxDays := int(math.MaxInt64 / int64(24*time.Hour))
+	got, err := ParseTime(strconv.Itoa(maxDays)+"d", now)
+	if want := now.Add(-time.Duration(maxDays) * 24 * time.Hour); err != nil || !got.Equal(want) {
+		t.Errorf("ParseTime(%dd) = %v, %v; want %v", maxDays, got, err, want)
+	}
+	for _, s := range []string{strconv.Itoa(maxDays+1) + "d", "109500d", "-1d"} {
+		if _, err := ParseTime(s, now); !errors.Is(err, ErrBadTime) {
+			t.Errorf("ParseTime(%q): %v; want ErrBadTime", s, err)
+		}
 	}
 }
