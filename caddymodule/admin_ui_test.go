@@ -92,7 +92,7 @@ func TestAdminPagesAccess(t *testing.T) {
 		t.Fatalf("stale second factor: status %d Location %q; want 303 to the challenge", r.StatusCode, r.Header.Get("Location"))
 	}
 	// A form posted meanwhile changes nothing and returns to its page.
-	r, _ = e.postForm(userPage+"/disable", url.Values{"csrf_token": {csrf}}, nil)
+	r, _ = e.postForm(userPage+"/disable", url.Values{"csrf_token": {csrf}}, map[string]string{"Accept": "text/html"})
 	if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/.sigra/mfa?rd="+url.QueryEscape(userPage) {
 		t.Errorf("POST with a stale second factor: status %d Location %q; want 303 to the challenge, back to the user page", r.StatusCode, r.Header.Get("Location"))
 	}
@@ -121,7 +121,7 @@ func TestAdminPagesAccess(t *testing.T) {
 		t.Errorf("pending session: status %d Location %q; want 303 to the challenge", r.StatusCode, r.Header.Get("Location"))
 	}
 	_, mfa = e.get("/.sigra/mfa", nil)
-	if r, _ := e.postForm(userPage+"/disable", url.Values{"csrf_token": {csrfFrom(t, mfa)}}, nil); r.StatusCode != http.StatusSeeOther || !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa?") {
+	if r, _ := e.postForm(userPage+"/disable", url.Values{"csrf_token": {csrfFrom(t, mfa)}}, map[string]string{"Accept": "text/html"}); r.StatusCode != http.StatusSeeOther || !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa?") {
 		t.Errorf("pending session's POST: status %d Location %q; want 303 to the challenge", r.StatusCode, r.Header.Get("Location"))
 	}
 	if u, _ := e.rt().store.UserByID(context.Background(), target.ID); u.Disabled {

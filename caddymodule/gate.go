@@ -375,7 +375,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial, start tim
 			http.Redirect(w, r, loginURL(prefix, page, r), http.StatusFound)
 			return nil
 		}
-		w.Header().Set("WWW-Authenticate", `Sigra realm="`+requestHost(r)+`", login="`+prefix+`/login"`)
+		w.Header().Set("WWW-Authenticate", wwwAuthenticate(r, prefix))
 		writeProblem(w, d.status, d.reason, d.detail)
 		return nil
 	}

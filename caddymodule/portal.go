@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -142,6 +144,15 @@ func (q *preq) route(get, post func() error) error {
 		if post != nil {
 			if !sameOrigin(q.r, q.origin) {
 				return q.message(http.StatusForbidden, "Request refused", "This form was sent from another site.", "")
+			}
+			// Every portal form is urlencoded. ParseForm would skip any
+			// other body unread (and so unmeasured): read it to the cap
+			// for a 413, else say what the form must be.
+			if mt, _, _ := mime.ParseMediaType(q.r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
+				if _, err := io.Copy(io.Discard, q.r.Body); isTooLarge(err) {
+					return q.message(http.StatusRequestEntityTooLarge, "Request too large", "The form is larger than allowed.", "")
+				}
+				return q.message(http.StatusUnsupportedMediaType, "Bad request", "This form must be sent as application/x-www-form-urlencoded.", "")
 			}
 			if err := q.r.ParseForm(); err != nil {
 				if isTooLarge(err) {
@@ -418,10 +429,27 @@ func (q *preq) signedIn() (*authcore.Principal, error) {
 		if p != nil {
 			page = "/mfa"
 		}
-		http.Redirect(q.w, q.r, loginURL(q.p.app.Prefix, page, q.r), http.StatusSeeOther)
+		q.toPortal(page, originalURI(q.r))
 		return nil, nil
 	}
 	return p, nil
+}
+
+// toPortal answers a request that needs a sign-in (page "/login") or a
+// second factor ("/mfa") first: a browser goes there, back to back after;
+// a client that does not ask for HTML gets 401 problem+json, as from the
+// gate (DESIGN §3).
+func (q *preq) toPortal(page, back string) {
+	if !wantsHTML(q.r) {
+		reason, detail := "login_required", "sign in required"
+		if page == "/mfa" {
+			reason, detail = "mfa_required", "a recent second factor is required"
+		}
+		q.w.Header().Set("WWW-Authenticate", wwwAuthenticate(q.r, q.p.app.Prefix))
+		writeProblem(q.w, http.StatusUnauthorized, reason, detail)
+		return
+	}
+	http.Redirect(q.w, q.r, q.p.app.Prefix+page+"?rd="+url.QueryEscape(back), http.StatusSeeOther)
 }
 
 // anySession returns the request's session, pending or signed in, or
@@ -432,7 +460,7 @@ func (q *preq) anySession() (*authcore.Principal, error) {
 		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if p == nil {
-		http.Redirect(q.w, q.r, loginURL(q.p.app.Prefix, "/login", q.r), http.StatusSeeOther)
+		q.toPortal("/login", originalURI(q.r))
 	}
 	return p, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -57,7 +58,6 @@ func adminAllow(path string, parts []string) string {
 }
 
 func (q *preq) adminRoute(path string) error {
-	q.w.Header().Del("Content-Security-Policy")
 	p, err := q.session()
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -76,6 +76,12 @@ func (q *preq) adminRoute(path string) error {
 	if q.r.Method != http.MethodGet && q.r.Method != http.MethodHead {
 		if !sameOrigin(q.r, q.origin) || !q.rt.csrf.Valid(sessionBinding(p), q.r.Header.Get("X-CSRF-Token")) {
 			writeProblem(q.w, http.StatusForbidden, "csrf", "missing or invalid X-CSRF-Token, or a cross-site request")
+			return nil
+		}
+		// No endpoint takes a body, but one over the cap is refused as
+		// everywhere else in the portal, not quietly ignored.
+		if _, err := io.Copy(io.Discard, q.r.Body); isTooLarge(err) {
+			writeProblem(q.w, http.StatusRequestEntityTooLarge, "too_large", "the body is larger than allowed")
 			return nil
 		}
 	}

@@ -107,7 +107,7 @@ func (q *preq) adminAccess(back string) (*authcore.Principal, error) {
 	case adminNeedMFA:
 		page = "/mfa"
 	}
-	http.Redirect(q.w, q.r, q.p.app.Prefix+page+"?rd="+url.QueryEscape(back), http.StatusSeeOther)
+	q.toPortal(page, back)
 	return nil, nil
 }
 

@@ -347,15 +347,26 @@ func writeProblem(w http.ResponseWriter, status int, reason, detail string) {
 	})
 }
 
+// wwwAuthenticate is the challenge of a 401 to a client that is not a
+// browser: where to sign in.
+func wwwAuthenticate(r *http.Request, prefix string) string {
+	return `Sigra realm="` + requestHost(r) + `", login="` + prefix + `/login"`
+}
+
 // sameOrigin checks the browser's own statement of where a state-changing
 // request came from: when Sec-Fetch-Site or Origin is present it must say
 // same-origin.
 func sameOrigin(r *http.Request, origin string) bool {
-	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" {
-		return false
+	// Every copy counts: a second header must not slip past the first.
+	for _, s := range r.Header.Values("Sec-Fetch-Site") {
+		if s != "" && s != "same-origin" {
+			return false
+		}
 	}
-	if o := r.Header.Get("Origin"); o != "" && o != origin {
-		return false
+	for _, o := range r.Header.Values("Origin") {
+		if o != "" && o != origin {
+			return false
+		}
 	}
 	return true
 }

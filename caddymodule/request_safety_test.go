@@ -1,0 +1,126 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// sendRaw sends a request whose headers may repeat, and returns its status
+// and body.
+func (e *env) sendRaw(method, path string, hdr http.Header, body []byte) (int, string) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.base+path, bytes.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header = hdr
+	resp, err := e.client.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// DESIGN §3's request safety, for bodies ParseForm would not read and for
+// headers sent twice: a form in another encoding is 415 (413 when over
+// the cap), an admin API body over the cap is 413 though no endpoint
+// reads one, and a second Origin or Sec-Fetch-Site is checked like the
+// first.
+func TestRequestSafetyEdges(t *testing.T) {
+	e, target := startAsAdmin(t)
+	ctx := context.Background()
+	_, page := e.get("/.sigra/account", nil)
+	csrf := csrfFrom(t, page)
+
+	multipartBody := func(size int) ([]byte, string) {
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		mw.WriteField("csrf_token", csrf)
+		mw.WriteField("pad", strings.Repeat("x", size))
+		mw.Close()
+		return buf.Bytes(), mw.FormDataContentType()
+	}
+	same := func(ct string) http.Header {
+		return http.Header{"Content-Type": {ct}, "Origin": {e.base}, "Sec-Fetch-Site": {"same-origin"}}
+	}
+	small, smallCT := multipartBody(10)
+	big, bigCT := multipartBody(maxFormBody)
+	for _, c := range []struct {
+		name, ct string
+		body     []byte
+		want     int
+	}{
+		{"small multipart form", smallCT, small, http.StatusUnsupportedMediaType},
+		{"multipart form over the cap", bigCT, big, http.StatusRequestEntityTooLarge},
+		{"text/plain", "text/plain", []byte("csrf_token=" + csrf), http.StatusUnsupportedMediaType},
+		{"JSON over the cap", "application/json", bytes.Repeat([]byte(" "), maxFormBody+1), http.StatusRequestEntityTooLarge},
+	} {
+		if code, _ := e.sendRaw(http.MethodPost, "/.sigra/logout", same(c.ct), c.body); code != c.want {
+			t.Errorf("logout as %s: status %d; want %d", c.name, code, c.want)
+		}
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("a refused logout form ended the session: status %d", r.StatusCode)
+	}
+
+	// The admin API: a body over the cap on a POST that reads none.
+	api := "/.sigra/api/admin/users/" + target.ID + "/disable"
+	hdr := http.Header{"X-CSRF-Token": {e.adminCSRF()}, "Origin": {e.base}, "Content-Type": {"application/json"}}
+	if code, body := e.sendRaw(http.MethodPost, api, hdr, bytes.Repeat([]byte(" "), maxFormBody+1)); code != http.StatusRequestEntityTooLarge || problemReason(body) != "too_large" {
+		t.Errorf("admin POST with a body over the cap: status %d body %s; want 413 too_large", code, body)
+	}
+	if u, _ := e.rt().store.UserByID(ctx, target.ID); u.Disabled {
+		t.Fatal("an admin POST refused as too large disabled the user")
+	}
+	// Every answer of the API carries the portal's CSP.
+	resp := e.do(http.MethodGet, "/.sigra/api/admin/users", map[string]string{"Accept": "application/json"}, nil)
+	resp.Body.Close()
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") || !strings.Contains(csp, "frame-ancestors 'none'") {
+		t.Errorf("admin API CSP %q; want the portal's", csp)
+	}
+
+	// A second Origin or Sec-Fetch-Site after a same-origin one.
+	for name, h := range map[string]http.Header{
+		"Origin twice":         {"Origin": {e.base, "https://evil.example"}},
+		"Sec-Fetch-Site twice": {"Origin": {e.base}, "Sec-Fetch-Site": {"same-origin", "cross-site"}},
+	} {
+		h.Set("X-CSRF-Token", e.adminCSRF())
+		if code, _ := e.sendRaw(http.MethodPost, api, h, nil); code != http.StatusForbidden {
+			t.Errorf("admin POST, %s: status %d; want 403", name, code)
+		}
+		h.Del("X-CSRF-Token")
+		h.Set("Content-Type", "application/x-www-form-urlencoded")
+		if code, _ := e.sendRaw(http.MethodPost, "/.sigra/logout", h, []byte(url.Values{"csrf_token": {csrf}}.Encode())); code != http.StatusForbidden {
+			t.Errorf("logout form, %s: status %d; want 403", name, code)
+		}
+	}
+	if u, _ := e.rt().store.UserByID(ctx, target.ID); u.Disabled {
+		t.Error("a POST with a cross-site second header disabled the user")
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != http.StatusOK {
+		t.Errorf("a cross-site logout ended the session: status %d", r.StatusCode)
+	}
+}
+
+// Portal pages answer a client that does not ask for HTML as the gate
+// does: 401 problem+json with WWW-Authenticate, not a redirect to a form.
+func TestPortalPagesAnswerAPIClientsWith401(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	for _, path := range []string{"/.sigra/account", "/.sigra/account/totp", "/.sigra/mfa", "/.sigra/logout", "/.sigra/admin/users"} {
+		r, body := e.get(path, map[string]string{"Accept": "application/json"})
+		if r.StatusCode != http.StatusUnauthorized || problemReason(body) != "login_required" || r.Header.Get("WWW-Authenticate") == "" {
+			t.Errorf("GET %s as an API client, signed out: status %d body %s; want 401 login_required with WWW-Authenticate", path, r.StatusCode, body)
+		}
+		if r, _ := e.get(path, map[string]string{"Accept": "text/html"}); r.StatusCode != http.StatusSeeOther || !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/login?rd=") {
+			t.Errorf("GET %s as a browser, signed out: status %d Location %q; want 303 to sign in", path, r.StatusCode, r.Header.Get("Location"))
+		}
+	}
+}
