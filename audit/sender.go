@@ -141,11 +141,11 @@ func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
 }
 
 // DeliverDue makes one delivery pass now: it takes up to 64 deliveries
-// that are due on the Log's clock, attempts them, records each outcome,
-// and returns how many it took. The background sender started by Start
-// calls it in a loop; the CLI and tests may call it directly (alongside a
-// running sender, a delivery may then be attempted twice: delivery is at
-// least once either way).
+// that are due on the Log's clock, attempts them, records their outcomes
+// in one commit, and returns how many it took. The background sender
+// started by Start calls it in a loop; the CLI and tests may call it
+// directly (alongside a running sender, a delivery may then be attempted
+// twice: delivery is at least once either way).
 //
 // Each webhook is a lane of its own: its deliveries are attempted in
 // order beside the other webhooks', the first alone as a probe, then up
@@ -225,9 +225,9 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 	// not one per delivery (a receiver that is down would otherwise cost
 	// a sync per pending delivery at every backoff step). Should the
 	// commit fail, the pass's deliveries stay pending as they were and
-	// are attempted again: delivery is at least once.
-	// Logs and counters follow the commit, so they never report verdicts
-	// that were not kept.
+	// are attempted again: delivery is at least once. Logs and counters
+	// follow the commit, so they never report verdicts that were not
+	// kept.
 	ss := make([]Settlement, 0, len(ds))
 	causes := make([]error, 0, len(ds)) // the attempt's error; nil for deferred ones
 	type deferral struct {
