@@ -152,7 +152,7 @@ func (q *preq) route(get, post func() error) error {
 				if _, err := io.Copy(io.Discard, q.r.Body); isTooLarge(err) {
 					return q.message(http.StatusRequestEntityTooLarge, "Request too large", "The form is larger than allowed.", "")
 				}
-				return q.message(http.StatusUnsupportedMediaType, "Bad request", "This form must be sent as application/x-www-form-urlencoded.", "")
+				return q.message(http.StatusUnsupportedMediaType, "Unsupported form", "This form must be sent as application/x-www-form-urlencoded.", "")
 			}
 			if err := q.r.ParseForm(); err != nil {
 				if isTooLarge(err) {
