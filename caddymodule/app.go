@@ -218,8 +218,13 @@ func (a *App) setDefaults() error {
 		return fmt.Errorf("storage: unknown backend %q (this build supports bbolt)", a.Storage.Backend)
 	}
 	repl := caddy.NewReplacer()
-	a.storagePath = repl.ReplaceKnown(a.Storage.Path, "")
-	if a.storagePath == "" {
+	a.storagePath = strings.TrimSpace(repl.ReplaceKnown(a.Storage.Path, ""))
+	switch {
+	case a.storagePath == "" && a.Storage.Path != "":
+		// A store in the default place because a variable was not set
+		// would be a second, empty store.
+		return fmt.Errorf("storage path %s is empty: is the environment variable set for this process?", a.Storage.Path)
+	case a.storagePath == "":
 		a.storagePath = filepath.Join(caddy.AppDataDir(), "sigra", "sigra.db")
 	}
 	if a.Session == nil {

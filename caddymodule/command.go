@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -325,12 +326,21 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) err
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(a.storagePath); !create && errors.Is(err, fs.ErrNotExist) {
+	abs, _ := filepath.Abs(a.storagePath)
+	if abs == "" {
+		abs = a.storagePath
+	}
+	_, err = os.Stat(a.storagePath)
+	missing := errors.Is(err, fs.ErrNotExist)
+	if missing && !create {
 		where := ""
-		if a.Storage.Path == "" {
+		switch {
+		case a.Storage.Path == "":
 			where = fmt.Sprintf(` Without "storage bbolt <path>" it is in Caddy's data directory (%s), which follows HOME and XDG_DATA_HOME.`, caddy.AppDataDir())
+		case !filepath.IsAbs(a.storagePath):
+			where = fmt.Sprintf(" The configured path %s is relative: it is read from the directory the command runs in, as Caddy reads it from the one it started in.", a.storagePath)
 		}
-		return fmt.Errorf("no Sigra store at %s: is --config the file Caddy runs with, in the same environment?%s", a.storagePath, where)
+		return fmt.Errorf("no Sigra store at %s: is --config the file Caddy runs with, in the same environment?%s Caddy creates the store when it first starts; so does users add.", abs, where)
 	}
 	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
 	if errors.Is(err, store.ErrLocked) {
@@ -339,6 +349,11 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) err
 	if err != nil {
 		return err
 	}
+	if missing {
+		// Said on stderr: a store made where Caddy will not look is
+		// otherwise found out only when nobody can sign in.
+		fmt.Fprintf(os.Stderr, "created a new Sigra store at %s\n", abs)
+	}
 	defer st.Close()
 	rt, err := a.buildRuntime(st, false)
 	if err != nil {
@@ -346,7 +361,7 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) err
 	}
 	defer rt.audit.Close()
 	if err := direct(rt, a); errors.Is(err, authcore.ErrNotFound) {
-		return fmt.Errorf("%w (in the store %s)", err, a.storagePath)
+		return fmt.Errorf("%w (in the store %s)", err, abs)
 	} else if err != nil {
 		return err
 	}

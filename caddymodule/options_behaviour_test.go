@@ -215,6 +215,7 @@ func TestEncryptionKeyErrorsNameThePlaceholder(t *testing.T) {
 		a := &App{Keys: &KeysConfig{Algorithm: authcore.AlgEdDSA, EncryptionKey: key}}
 		return a.Validate()
 	}
+	t.Setenv(name, "") // restored after the test
 	os.Unsetenv(name)
 	err := validate("{env." + name + "}")
 	if err == nil || !strings.Contains(err.Error(), "{env."+name+"}") || !strings.Contains(err.Error(), "empty") {
@@ -231,5 +232,22 @@ func TestEncryptionKeyErrorsNameThePlaceholder(t *testing.T) {
 	a := &App{Keys: &KeysConfig{EncryptionKey: "{env." + name + "}"}}
 	if k, err := a.configuredEncryptionKey(); err != nil || len(k) != 32 {
 		t.Errorf("a 32-byte key from the variable: %d bytes, %v", len(k), err)
+	}
+}
+
+// A storage path from an unset variable is an error naming it, not the
+// default store in Caddy's data directory (a second, empty one).
+func TestStoragePathFromUnsetVariable(t *testing.T) {
+	const name = "SIGRA_TEST_STORE"
+	t.Setenv(name, "")
+	os.Unsetenv(name)
+	a := &App{Storage: &StorageConfig{Path: "{env." + name + "}"}}
+	if err := a.setDefaults(); err == nil || !strings.Contains(err.Error(), "{env."+name+"}") {
+		t.Fatalf("setDefaults with an unset storage variable: %v; want an error naming it", err)
+	}
+	t.Setenv(name, "/tmp/somewhere/sigra.db")
+	a = &App{Storage: &StorageConfig{Path: "{env." + name + "}"}}
+	if err := a.setDefaults(); err != nil || a.storagePath != "/tmp/somewhere/sigra.db" {
+		t.Fatalf("setDefaults with the variable set: path %q, %v", a.storagePath, err)
 	}
 }

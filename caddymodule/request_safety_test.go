@@ -124,3 +124,17 @@ func TestPortalPagesAnswerAPIClientsWith401(t *testing.T) {
 		}
 	}
 }
+
+// A session with its second factor pending (or too old for the admin
+// pages) is told so as JSON too: 401 mfa_required, not a redirect.
+func TestPortalPagesAnswerAPIClientsMFARequired(t *testing.T) {
+	e, _ := startAsAdmin(t) // root@example.com has TOTP
+	e.client.Jar, _ = newJar()
+	e.login("root@example.com", testPassword, "/") // password only: pending
+	for _, path := range []string{"/.sigra/account", "/.sigra/admin/users"} {
+		r, body := e.get(path, map[string]string{"Accept": "application/json"})
+		if r.StatusCode != http.StatusUnauthorized || problemReason(body) != "mfa_required" {
+			t.Errorf("GET %s as an API client, second factor pending: status %d body %s; want 401 mfa_required", path, r.StatusCode, body)
+		}
+	}
+}

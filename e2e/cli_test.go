@@ -53,6 +53,9 @@ func TestCLIUsers(t *testing.T) {
 	if _, err := os.Stat(g.db); err != nil {
 		t.Errorf("user add did not create the store %s: %v", g.db, err)
 	}
+	if !strings.Contains(r.stderr, "created a new Sigra store at "+g.db) {
+		t.Errorf("user add on no store: want a notice naming the new store on stderr\n%s", r)
+	}
 	r = g.cli("", "list")
 	row := listRow(r.stdout, "bob@example.com")
 	if r.code != 0 || row == "" || !strings.Contains(row, "Bob") || !strings.Contains(row, "dev") || !strings.Contains(row, "active") {
