@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -330,8 +329,8 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) err
 	if abs == "" {
 		abs = a.storagePath
 	}
-	_, err = os.Stat(a.storagePath)
-	missing := errors.Is(err, fs.ErrNotExist)
+	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: true})
+	missing := errors.Is(err, store.ErrNoStore)
 	if missing && !create {
 		where := ""
 		switch {
@@ -342,7 +341,9 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) err
 		}
 		return fmt.Errorf("no Sigra store at %s: is --config the file Caddy runs with, in the same environment?%s Caddy creates the store when it first starts; so does users add.", abs, where)
 	}
-	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
+	if missing {
+		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{})
+	}
 	if errors.Is(err, store.ErrLocked) {
 		return viaAdmin(cfgJSON, a)
 	}

@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -48,6 +49,9 @@ var (
 // ErrLocked means another process holds the bbolt file.
 var ErrLocked = errors.New("the database file is locked by another process")
 
+// ErrNoStore means OpenBolt was told the file must exist, and it does not.
+var ErrNoStore = errors.New("no store at this path")
+
 // BoltOptions tune OpenBolt.
 type BoltOptions struct {
 	// LockTimeout is how long to wait for another process to release the
@@ -56,6 +60,10 @@ type BoltOptions struct {
 	// NoSync disables fsync, for benchmarks that measure something else.
 	// Never set it in production.
 	NoSync bool
+	// MustExist opens only a file that is already there: no directory or
+	// file is created, and a missing one is ErrNoStore. The check is the
+	// open itself, so the file cannot vanish between a check and the use.
+	MustExist bool
 }
 
 // Bolt is the embedded single-file backend.
@@ -71,10 +79,18 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	bopts := &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true}
+	if opts.MustExist {
+		bopts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			return os.OpenFile(name, flag&^os.O_CREATE, perm)
+		}
+	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true})
+	db, err := bolt.Open(path, 0o600, bopts)
+	if opts.MustExist && errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("storage %s: %w", path, ErrNoStore)
+	}
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("storage %s: %w (a running Caddy holds it: stop it, or run the command against its admin API)", path, ErrLocked)
 	}

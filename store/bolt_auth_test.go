@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -272,6 +274,36 @@ func TestOpenBoltCreatesFileAndBuckets(t *testing.T) {
 	if err := st.Ping(context.Background()); err != nil {
 		t.Errorf("Ping = %v; want nil", err)
 	}
+}
+
+// MustExist opens an existing store only: a missing one is ErrNoStore,
+// and neither the file nor its directory is created; a held one is still
+// ErrLocked.
+func TestOpenBoltMustExist(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nested")
+	path := filepath.Join(dir, "sigra.db")
+	if st, err := OpenBolt(path, BoltOptions{MustExist: true}); !errors.Is(err, ErrNoStore) || !strings.Contains(fmt.Sprint(err), path) {
+		if st != nil {
+			st.Close()
+		}
+		t.Fatalf("MustExist on a missing store: %v; want ErrNoStore naming %s", err, path)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("MustExist created %s (%v)", dir, err)
+	}
+	first, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenBolt(path, BoltOptions{MustExist: true, LockTimeout: 50 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+		t.Errorf("MustExist on a held store: %v; want ErrLocked", err)
+	}
+	first.Close()
+	again, err := OpenBolt(path, BoltOptions{MustExist: true})
+	if err != nil {
+		t.Fatalf("MustExist on an existing store: %v", err)
+	}
+	again.Close()
 }
 
 func TestOpenBoltLockedFailsFast(t *testing.T) {
