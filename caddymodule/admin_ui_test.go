@@ -129,25 +129,22 @@ func TestAdminPagesAccess(t *testing.T) {
 	}
 }
 
-// startAdminUI signs root@example.com in as an admin with a fresh second
-// factor and returns the admin's id.
-func startAdminUI(t *testing.T) (*env, *authcore.User) {
+// startAdminUI is startAsAdmin (root@example.com signed in as an admin
+// with a fresh second factor; target@example.com to act on) that also
+// returns the admin.
+func startAdminUI(t *testing.T) (e *env, root, target *authcore.User) {
 	t.Helper()
-	e, _ := startAsAdmin(t)
+	e, target = startAsAdmin(t)
 	root, err := e.rt().store.UserByEmail(context.Background(), "root@example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return e, root
+	return e, root, target
 }
 
 func TestAdminPagesUserList(t *testing.T) {
-	e, _ := startAdminUI(t)
+	e, _, target := startAdminUI(t)
 	ctx := context.Background()
-	target, err := e.rt().store.UserByEmail(ctx, "target@example.com")
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := map[string]bool{}
 	for i := range 60 {
 		u, err := e.rt().auth.CreateUser(ctx, authcore.NewUser{Email: fmt.Sprintf("u%02d@list.example", i), Name: "Listed", Password: testPassword})
@@ -271,7 +268,7 @@ func TestAdminPagesUserList(t *testing.T) {
 }
 
 func TestAdminPagesUserActions(t *testing.T) {
-	e, root := startAdminUI(t)
+	e, root, _ := startAdminUI(t)
 	ctx := context.Background()
 	victim, err := e.rt().auth.CreateUser(ctx, authcore.NewUser{Email: "vic@example.com", Name: `<script>alert(1)</script>`, Password: testPassword})
 	if err != nil {
@@ -397,7 +394,7 @@ func assertAdminRow(t *testing.T, e *env, action, admin, subject string) {
 }
 
 func TestAdminPagesAudit(t *testing.T) {
-	e, root := startAdminUI(t)
+	e, root, _ := startAdminUI(t)
 	r, page := htmlGet(e, "/.sigra/admin/audit")
 	if r.StatusCode != http.StatusOK {
 		t.Fatalf("audit page: status %d", r.StatusCode)

@@ -137,6 +137,7 @@ type adminData struct {
 	Rows     []audit.Row
 	Dead     int    // dead webhook deliveries
 	Next     string // URL of the next page, "" on the last
+	Error    string // what is wrong with the page's filters
 }
 
 func (q *preq) adminPage(p *authcore.Principal, status int, name, title string, d adminData) error {
@@ -192,7 +193,8 @@ func (q *preq) adminAudit(p *authcore.Principal) error {
 	v := q.r.URL.Query()
 	d := adminData{Query: v}
 	bad := func(err error) error {
-		return q.page(http.StatusBadRequest, "admin_audit", pageData{Title: "Audit", Wide: true, Email: p.User.Email, Error: err.Error(), Admin: d})
+		d.Error = err.Error()
+		return q.adminPage(p, http.StatusBadRequest, "admin_audit", "Audit", d)
 	}
 	query, err := audit.ParseQuery(v, q.rt.auth.Now())
 	if err != nil {
