@@ -70,8 +70,9 @@ type env struct {
 	client *http.Client // cookie jar, redirects not followed
 }
 
-// freePort returns a loopback port that no other test of this process
-// was given (see freeport.Take for why that matters to Caddy).
+// freePort returns a loopback port that was free a moment ago and that no
+// other test, of this process or of another test package running beside
+// it, was given (see freeport.Take for why that matters to Caddy).
 func freePort(t *testing.T) int {
 	t.Helper()
 	ports, err := freeport.Take(1)

@@ -266,9 +266,9 @@ func (p *proc) logs() string {
 	return "--- caddy output:\n" + readable(p.out.String())
 }
 
-// freePort returns a loopback port that was free a moment ago and that
-// no other test of this process was given (see freeport.Take for why that
-// matters to Caddy).
+// freePort returns a loopback port that was free a moment ago and that no
+// other test, of this process or of another test package running beside
+// it, was given (see freeport.Take for why that matters to Caddy).
 func freePort(t *testing.T) int {
 	t.Helper()
 	ports, err := freeport.Take(1)

@@ -9,21 +9,23 @@ import (
 	"sync"
 )
 
-var (
-	mu    sync.Mutex
-	given = map[int]bool{}
-)
+var mu sync.Mutex
 
 // Take returns n distinct loopback ports that were free a moment ago and
-// that no earlier call in this process returned.
+// that no earlier call returned, in this process or in any other process
+// of this user that is still running.
 //
 // Both conditions matter because Caddy listens with SO_REUSEPORT: when a
-// port it was given is also given to another of our listeners that sets
-// the option (a second site, its own admin endpoint, another Caddy), both
-// bind without error and the kernel splits the connections between them.
-// The kernel readily hands out a port again once its probe listener is
-// closed, so asking it alone is not enough. Another process can still
-// take a port before it is used; on loopback that is rare.
+// port it was given is also given to another listener that sets the
+// option (a second site, its own admin endpoint, another test package's
+// Caddy), both bind without error and the kernel splits the connections
+// between them. The kernel readily hands out a port again once its probe
+// listener is closed, and a port stays unbound between a test's stopping
+// Caddy and starting it again, so asking the kernel alone is not enough:
+// each port is also claimed for the life of the process (see claim). A
+// process that does not use this package, such as another Caddy on the
+// machine, can still take a port before it is used; on loopback that is
+// rare.
 func Take(n int) ([]int, error) {
 	mu.Lock()
 	defer mu.Unlock()
@@ -39,11 +41,13 @@ func Take(n int) ([]int, error) {
 		// Held until all are chosen, so the kernel does not repeat one.
 		defer ln.Close()
 		p := ln.Addr().(*net.TCPAddr).Port
-		if given[p] {
-			continue
+		ok, err := claim(p)
+		if err != nil {
+			return nil, fmt.Errorf("freeport: %w", err)
 		}
-		given[p] = true
-		ports = append(ports, p)
+		if ok {
+			ports = append(ports, p)
+		}
 	}
 	return ports, nil
 }
