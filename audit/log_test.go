@@ -384,6 +384,18 @@ func TestConcurrentRecording(t *testing.T) {
 		{URL: "https://hooks.example.com/", Secret: hookSecret, Actions: []string{"mfa.*"}},
 	}})
 	sub, _ := l.Subscribe([]string{"*"}, 2000)
+	// The first commit is held until other rows are waiting, as they do
+	// behind a real disk sync; the next commit must then take them
+	// together. (Left alone, the instant memStore may commit each row
+	// before the next one arrives on a busy machine.)
+	var first sync.Once
+	st.beforeAppend = func() {
+		first.Do(func() {
+			for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < 2 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
 	var wg sync.WaitGroup
 	for w := range 32 {
 		wg.Add(1)

@@ -24,6 +24,9 @@ type memStore struct {
 	settles int
 	// panicPrune makes PruneAudit panic.
 	panicPrune bool
+	// beforeAppend, when set, runs at the start of every AppendAudit,
+	// before the store's lock is taken (a commit held in progress).
+	beforeAppend func()
 }
 
 type deliveryKey struct {
@@ -44,6 +47,9 @@ func keyOf(d Delivery) deliveryKey {
 }
 
 func (m *memStore) AppendAudit(ctx context.Context, entries []Entry) ([]bool, error) {
+	if m.beforeAppend != nil {
+		m.beforeAppend()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.appends++
