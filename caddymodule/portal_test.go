@@ -339,7 +339,7 @@ func settledSigraGoroutines(target int) int {
 		return n
 	}
 	n := count()
-	for i := 0; i < 50 && n != target; i++ {
+	for i := 0; i < 250 && n != target; i++ { // up to 5 s on a busy machine
 		time.Sleep(20 * time.Millisecond)
 		n = count()
 	}
