@@ -142,7 +142,7 @@ func userErrorStatus(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, authcore.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, authcore.ErrEmailTaken):
+	case errors.Is(err, authcore.ErrEmailTaken), errors.Is(err, errSelfDisable):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
+	"io"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -368,6 +369,43 @@ func TestAdminPagesUserActions(t *testing.T) {
 	}
 	if r, _ := e.get(userPage+"/disable", nil); r.StatusCode != http.StatusMethodNotAllowed || r.Header.Get("Allow") != "POST" {
 		t.Errorf("GET on a form action: status %d Allow %q; want 405 POST", r.StatusCode, r.Header.Get("Allow"))
+	}
+}
+
+// An admin cannot disable their own account from a browser: the page
+// offers no form for it, and the pages and the JSON API refuse it with
+// 409, leaving the account and its sessions as they were and writing no
+// admin row. Another admin, or the CLI, still can.
+func TestAdminCannotDisableThemselves(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	own := "/.sigra/admin/users/" + root.ID
+	_, page := htmlGet(e, own)
+	if strings.Contains(page, `data-sigra="admin-user-disable"`) || !strings.Contains(page, "This is your account") {
+		t.Errorf("the admin's own page offers to disable it, or does not say why not:\n%s", page)
+	}
+	if _, page := htmlGet(e, "/.sigra/admin/users/"+target.ID); !strings.Contains(page, `data-sigra="admin-user-disable"`) {
+		t.Error("another user's page lost its disable form")
+	}
+
+	r, body := e.postForm(own+"/disable", url.Values{"csrf_token": {csrfFrom(t, page)}}, map[string]string{"Accept": "text/html"})
+	if r.StatusCode != http.StatusConflict || !strings.Contains(body, "cannot disable your own account") {
+		t.Errorf("page: disabling oneself: status %d; want 409 saying why\n%s", r.StatusCode, body)
+	}
+	hdr := map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": e.adminCSRF()}
+	api := e.do(http.MethodPost, "/.sigra/api/admin/users/"+root.ID+"/disable", hdr, nil)
+	b, _ := io.ReadAll(api.Body)
+	api.Body.Close()
+	if api.StatusCode != http.StatusConflict || !strings.Contains(string(b), "cannot disable your own account") {
+		t.Errorf("API: disabling oneself: status %d; want 409 saying why\n%s", api.StatusCode, b)
+	}
+	if u, _ := e.rt().store.UserByID(context.Background(), root.ID); u.Disabled {
+		t.Fatal("the admin disabled their own account")
+	}
+	if r, _ := htmlGet(e, "/.sigra/admin"); r.StatusCode != http.StatusOK {
+		t.Errorf("the admin's session after the refusals: status %d; want 200", r.StatusCode)
+	}
+	if rows := e.auditRows("admin.user.disable"); len(rows) != 0 {
+		t.Errorf("a refused self-disable wrote %d admin.user.disable rows", len(rows))
 	}
 }
 

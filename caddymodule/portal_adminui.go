@@ -138,9 +138,11 @@ type adminData struct {
 	Dead     int    // dead webhook deliveries
 	Next     string // URL of the next page, "" on the last
 	Error    string // what is wrong with the page's filters
+	Self     string // the signed-in admin's user id
 }
 
 func (q *preq) adminPage(p *authcore.Principal, status int, name, title string, d adminData) error {
+	d.Self = p.User.ID
 	return q.page(status, name, pageData{Title: title, Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)), Email: p.User.Email, Admin: d})
 }
 

@@ -57,10 +57,15 @@ type userResult struct {
 // errUsage marks errors in the request itself (HTTP 400, CLI exit 2).
 var errUsage = errors.New("bad request")
 
+// errSelfDisable refuses an admin disabling their own account through
+// the API or the pages (HTTP 409), which would sign them out everywhere
+// and could leave nobody able to undo it from a browser.
+var errSelfDisable = errors.New("you cannot disable your own account; another administrator can, or the CLI (caddy sigra users disable)")
+
 // doUser runs a user-management operation on behalf of actor (the admin's
 // user id, or "" for the CLI, recorded as the system) and audits it.
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
-	res, subject, err := runUserRequest(ctx, rt, adminGroup, req)
+	res, subject, err := runUserRequest(ctx, rt, adminGroup, req, actor)
 	if err != nil || req.Op == "list" {
 		return res, err
 	}
@@ -71,7 +76,9 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 	return res, nil
 }
 
-func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req userRequest) (*userResult, string, error) {
+// runUserRequest runs req for actor, the admin's user id ("" for the
+// CLI and Caddy's admin API).
+func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req userRequest, actor string) (*userResult, string, error) {
 	auth := rt.auth
 	switch req.Op {
 	case "add":
@@ -108,6 +115,9 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		case "passwd":
 			err = auth.SetPassword(ctx, u.ID, req.Password)
 		case "disable":
+			if actor != "" && u.ID == actor {
+				return nil, "", errSelfDisable
+			}
 			u, err = auth.SetDisabled(ctx, u.ID, true)
 		case "enable":
 			u, err = auth.SetDisabled(ctx, u.ID, false)
