@@ -124,6 +124,36 @@ func TestPairedRatio(t *testing.T) {
 	}
 }
 
+// With H in the run, B and C are also compared with it: the gate's own
+// cost, apart from the headers it adds. Without H there are no such rows.
+func TestPhaseResultsAgainstH(t *testing.T) {
+	acc := func(site string, rps float64) *siteAcc {
+		a := &siteAcc{site: site}
+		for i := range 3 {
+			a.rounds = append(a.rounds, roundRecord{Round: i + 1, RPS: rps, P50ms: 0.5, P99ms: 1, CaddyCPUus: 1e6 / rps, PeakRSSMB: 50})
+		}
+		return a
+	}
+	names := func(qs []ratio) []string {
+		var n []string
+		for _, q := range qs {
+			n = append(n, q.Name)
+		}
+		return n
+	}
+	_, qs := phaseResults([]*siteAcc{acc("A", 1000), acc("B", 860), acc("C", 850), acc("H", 880), acc("A2", 990)})
+	if got, want := names(qs), []string{"B/A", "C/A", "H/A", "A2/A", "B/H", "C/H"}; !slices.Equal(got, want) {
+		t.Fatalf("ratios %v; want %v", got, want)
+	}
+	if bh := qs[4]; math.Abs(bh.RPS-860.0/880) > 1e-9 || math.Abs(bh.AddedCPUus-(1e6/860-1e6/880)) > 1e-9 {
+		t.Errorf("B/H: throughput %v, added CPU %v µs; want %v, %v", bh.RPS, bh.AddedCPUus, 860.0/880, 1e6/860-1e6/880)
+	}
+	_, qs = phaseResults([]*siteAcc{acc("A", 1000), acc("B", 860), acc("C", 850)})
+	if got, want := names(qs), []string{"B/A", "C/A"}; !slices.Equal(got, want) {
+		t.Errorf("without H: ratios %v; want %v", got, want)
+	}
+}
+
 func TestGoal(t *testing.T) {
 	none := [2]float64{math.NaN(), math.NaN()}
 	tests := []struct {
