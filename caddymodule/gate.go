@@ -305,10 +305,7 @@ func (g *Gate) auditDenied(rt *runtime, r *http.Request, p *authcore.Principal, 
 	if !rt.denied.due(deniedKey{user: p.User.ID, gate: g, reason: d.reason}, now) {
 		return
 	}
-	path := r.URL.Path
-	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
-		path = orig.URL.Path // before handle_path or uri strip_prefix
-	}
+	path := originalURL(r).Path // before handle_path or uri strip_prefix
 	if len(path) > 256 {
 		path = path[:256]
 	}

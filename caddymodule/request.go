@@ -379,11 +379,15 @@ func loginURL(prefix, page string, r *http.Request) string {
 
 // originalURI is the request's URI as the client sent it, before
 // handle_path or a uri rewrite changed it.
-func originalURI(r *http.Request) string {
+func originalURI(r *http.Request) string { return originalURL(r).RequestURI() }
+
+// originalURL is the request's URL before handle_path or a uri rewrite
+// changed it.
+func originalURL(r *http.Request) *url.URL {
 	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
-		return orig.URL.RequestURI()
+		return orig.URL
 	}
-	return r.URL.RequestURI()
+	return r.URL
 }
 
 // isTooLarge reports whether err came from a body over its limit.
