@@ -1,6 +1,7 @@
 package authcore
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -42,9 +43,10 @@ type KeyRing struct {
 	ttl      time.Duration
 	fromFile bool
 
-	mu     sync.Mutex // serialises rotation
-	state  atomic.Pointer[keyState]
-	rotGen atomic.Uint64
+	mu      sync.Mutex // serialises changes to the set
+	unsaved bool       // the set in memory dropped keys the store still has
+	state   atomic.Pointer[keyState]
+	rotGen  atomic.Uint64
 }
 
 type keyState struct {
@@ -52,34 +54,58 @@ type keyState struct {
 	active *signingKey
 	keys   []*signingKey // active first, then retired still published
 	jwks   []byte
+	dropAt time.Time // when the first retired key is due to go; zero if none
 }
 
+// signingKey is a key of the set as stored. Only the active key keeps its
+// private half (PKCS8), and only when it was generated here: a key from
+// signing_key and every retired key keep just the public half (PKIX), as
+// that is all publishing needs.
 type signingKey struct {
 	KID       string    `json:"kid"`
 	Alg       string    `json:"alg"`
-	PKCS8     []byte    `json:"pkcs8"`
+	PKCS8     []byte    `json:"pkcs8,omitempty"`
+	PKIX      []byte    `json:"pkix,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	RetiredAt time.Time `json:"retired_at,omitzero"`
 
+	pub    crypto.PublicKey
 	priv   crypto.Signer
 	signer jose.Signer
+}
+
+// publicOnly is k without its private half.
+func (k *signingKey) publicOnly() (*signingKey, error) {
+	c := &signingKey{KID: k.KID, Alg: k.Alg, PKIX: k.PKIX, CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt, pub: k.pub}
+	if c.PKIX == nil {
+		der, err := x509.MarshalPKIXPublicKey(k.pub)
+		if err != nil {
+			return nil, fmt.Errorf("assertion key %s: %w", k.KID, err)
+		}
+		c.PKIX = der
+	}
+	return c, nil
 }
 
 // KeyRingConfig says where the keys come from.
 type KeyRingConfig struct {
 	// Algorithm is EdDSA (default) or ES256.
 	Algorithm string
-	// PEMFile, if set, is the only signing key (PKCS#8, SEC 1 EC or
-	// Ed25519 PEM); otherwise keys are generated and kept in the store.
+	// PEMFile, if set, is the signing key (PKCS#8, SEC 1 EC or Ed25519
+	// PEM); otherwise keys are generated and kept in the store. Either
+	// way the store keeps the public halves of the keys that signed
+	// before, so that replacing the file keeps the old key published.
 	PEMFile string
 	// TTL is the assertion lifetime; retired keys stay published this
-	// long after rotation. Default 5m.
+	// long (plus a minute for clock skew) after they stop signing.
+	// Default 5m.
 	TTL time.Duration
 }
 
 // LoadKeyRing loads the signing keys, creating the first key on first
-// start. If the configured algorithm differs from the stored active key,
-// it rotates to a new key of that algorithm.
+// start. The key that signed last is retired, and stays published, when
+// the active key changes here: the configured algorithm differs from the
+// stored key's, signing_key names another key, or signing_key was removed.
 func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, cfg KeyRingConfig) (*KeyRing, error) {
 	if cfg.Algorithm == "" {
 		cfg.Algorithm = AlgEdDSA
@@ -90,43 +116,58 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 	if cfg.TTL <= 0 {
 		cfg.TTL = 5 * time.Minute
 	}
-	kr := &KeyRing{store: st, box: box, clock: clk, ttl: cfg.TTL}
-	if cfg.PEMFile != "" {
-		k, err := loadPEMKey(cfg.PEMFile, cfg.Algorithm)
+	kr := &KeyRing{store: st, box: box, clock: clk, ttl: cfg.TTL, fromFile: cfg.PEMFile != ""}
+	now := clk.Now()
+	stored, err := kr.read(ctx)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	var k *signingKey
+	switch {
+	case kr.fromFile:
+		if k, err = loadPEMKey(cfg.PEMFile, cfg.Algorithm); err != nil {
+			return nil, err
+		}
+	case stored == nil:
+		if k, err = newSigningKey(cfg.Algorithm, now); err != nil {
+			return nil, err
+		}
+		sealed, err := kr.seal([]*signingKey{k})
 		if err != nil {
 			return nil, err
 		}
-		kr.fromFile = true
-		return kr, kr.install([]*signingKey{k})
-	}
-	keys, err := kr.read(ctx)
-	if errors.Is(err, ErrNotFound) {
-		k, gerr := newSigningKey(cfg.Algorithm, clk.Now())
-		if gerr != nil {
-			return nil, gerr
-		}
-		sealed, serr := kr.seal([]*signingKey{k})
-		if serr != nil {
-			return nil, serr
-		}
 		// ifAbsent: an instance that started at the same moment wins and
 		// we adopt its key.
-		got, perr := st.PutSecret(ctx, secretAssertionKeys, sealed, true)
-		if perr != nil {
-			return nil, fmt.Errorf("storing assertion key: %w", perr)
+		got, err := st.PutSecret(ctx, secretAssertionKeys, sealed, true)
+		if err != nil {
+			return nil, fmt.Errorf("storing assertion key: %w", err)
 		}
-		if keys, err = kr.unseal(got); err != nil {
+		if stored, err = kr.unseal(got); err != nil {
 			return nil, err
 		}
-	} else if err != nil {
+		fallthrough
+	default:
+		// Keep the key that signed last, unless it came from a
+		// signing_key file now gone, or has another algorithm.
+		if k = stored[0]; k.priv == nil || k.Alg != cfg.Algorithm {
+			if k, err = newSigningKey(cfg.Algorithm, now); err != nil {
+				return nil, err
+			}
+		}
+	}
+	keys, err := kr.succeed(k, stored, now)
+	if err != nil {
 		return nil, err
 	}
 	if err := kr.install(keys); err != nil {
 		return nil, err
 	}
-	if keys[0].Alg != cfg.Algorithm {
-		if err := kr.Rotate(ctx, cfg.Algorithm); err != nil {
-			return nil, err
+	if changed, err := kr.differs(stored, keys); err != nil || changed {
+		if err == nil {
+			err = kr.save(ctx, keys)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("storing assertion keys: %w", err)
 		}
 	}
 	return kr, nil
@@ -134,7 +175,8 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 
 // Rotate makes a new active key of the given algorithm ("" keeps the
 // current one's). The old key stays published until assertions signed
-// with it have expired. Cached assertions are re-signed on next use.
+// with it have expired; its private half is forgotten at once. Cached
+// assertions are re-signed on next use.
 func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	if kr.fromFile {
 		return fmt.Errorf("%w: the signing key is loaded from a PEM file (signing_key): replace the file and reload instead", ErrInvalidInput)
@@ -145,29 +187,148 @@ func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	if alg == "" {
 		alg = cur.active.Alg
 	}
-	now := kr.clock.Now()
-	k, err := newSigningKey(alg, now)
+	k, err := newSigningKey(alg, kr.clock.Now())
 	if err != nil {
 		return err
 	}
-	keys := []*signingKey{k}
-	for i, old := range cur.keys {
-		c := *old
-		if i == 0 {
-			c.RetiredAt = now
+	keys, err := kr.succeed(k, cur.keys, kr.clock.Now())
+	if err != nil {
+		return err
+	}
+	if err := kr.save(ctx, keys); err != nil {
+		return fmt.Errorf("storing rotated keys: %w", err)
+	}
+	kr.unsaved = false
+	return kr.install(keys)
+}
+
+// Prune stops publishing retired keys whose last assertion has expired,
+// and removes them from the store. The published set drops them when
+// they are due whether or not Prune runs; Prune is the store's upkeep.
+func (kr *KeyRing) Prune(ctx context.Context) error {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if err := kr.dropExpiredLocked(); err != nil {
+		return err
+	}
+	if !kr.unsaved {
+		return nil
+	}
+	if err := kr.save(ctx, kr.state.Load().keys); err != nil {
+		return fmt.Errorf("storing pruned assertion keys: %w", err)
+	}
+	kr.unsaved = false
+	return nil
+}
+
+// current is the key state, without retired keys that are due to go.
+func (kr *KeyRing) current() *keyState {
+	st := kr.state.Load()
+	if st.dropAt.IsZero() || kr.clock.Now().Before(st.dropAt) {
+		return st
+	}
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	_ = kr.dropExpiredLocked() // cannot fail: the active key, which installed, stays
+	return kr.state.Load()
+}
+
+func (kr *KeyRing) dropExpiredLocked() error {
+	cur := kr.state.Load()
+	keys := kr.live(cur.keys, kr.clock.Now())
+	if len(keys) == len(cur.keys) {
+		return nil
+	}
+	kr.unsaved = true
+	return kr.install(keys)
+}
+
+// published says whether a retired key may still have valid assertions
+// out: the active key's last one is signed at RetiredAt and lives TTL,
+// and verifiers' clocks may run a minute behind.
+func (kr *KeyRing) published(k *signingKey, now time.Time) bool {
+	return now.Sub(k.RetiredAt) < kr.ttl+time.Minute
+}
+
+// live is keys (active first) without the retired keys that are no
+// longer published.
+func (kr *KeyRing) live(keys []*signingKey, now time.Time) []*signingKey {
+	out := []*signingKey{keys[0]}
+	for _, k := range keys[1:] {
+		if kr.published(k, now) {
+			out = append(out, k)
 		}
-		if now.Sub(c.RetiredAt) < kr.ttl+time.Minute {
-			keys = append(keys, &c)
+	}
+	return out
+}
+
+// succeed makes k the active key of the set prev: prev's active key is
+// retired now unless it is k itself, and of the retired keys those still
+// published stay, without their private halves.
+func (kr *KeyRing) succeed(k *signingKey, prev []*signingKey, now time.Time) ([]*signingKey, error) {
+	out := []*signingKey{k}
+	for i, old := range prev {
+		if old.KID == k.KID {
+			continue
 		}
+		r, err := old.publicOnly()
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 && r.RetiredAt.IsZero() {
+			r.RetiredAt = now.UTC()
+		}
+		if kr.published(r, now) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// stored is keys as the store keeps them: a key from signing_key without
+// its private half.
+func (kr *KeyRing) stored(keys []*signingKey) ([]*signingKey, error) {
+	if !kr.fromFile {
+		return keys, nil
+	}
+	first, err := keys[0].publicOnly()
+	if err != nil {
+		return nil, err
+	}
+	return append([]*signingKey{first}, keys[1:]...), nil
+}
+
+// differs says whether keys must be saved over what the store had.
+func (kr *KeyRing) differs(had, keys []*signingKey) (bool, error) {
+	if had == nil {
+		return true, nil
+	}
+	want, err := kr.stored(keys)
+	if err != nil {
+		return false, err
+	}
+	a, err := json.Marshal(had)
+	if err != nil {
+		return false, err
+	}
+	b, err := json.Marshal(want)
+	if err != nil {
+		return false, err
+	}
+	return !bytes.Equal(a, b), nil
+}
+
+func (kr *KeyRing) save(ctx context.Context, keys []*signingKey) error {
+	keys, err := kr.stored(keys)
+	if err != nil {
+		return err
 	}
 	sealed, err := kr.seal(keys)
 	if err != nil {
 		return err
 	}
-	if _, err := kr.store.PutSecret(ctx, secretAssertionKeys, sealed, false); err != nil {
-		return fmt.Errorf("storing rotated keys: %w", err)
-	}
-	return kr.install(keys)
+	_, err = kr.store.PutSecret(ctx, secretAssertionKeys, sealed, false)
+	return err
 }
 
 func (kr *KeyRing) read(ctx context.Context) ([]*signingKey, error) {
@@ -198,43 +359,68 @@ func (kr *KeyRing) unseal(raw []byte) ([]*signingKey, error) {
 		return nil, fmt.Errorf("assertion keys in storage are malformed")
 	}
 	for _, k := range keys {
-		priv, err := x509.ParsePKCS8PrivateKey(k.PKCS8)
-		if err != nil {
-			return nil, fmt.Errorf("assertion key %s: %w", k.KID, err)
+		switch {
+		case len(k.PKCS8) > 0:
+			priv, err := x509.ParsePKCS8PrivateKey(k.PKCS8)
+			if err != nil {
+				return nil, fmt.Errorf("assertion key %s: %w", k.KID, err)
+			}
+			signer, ok := priv.(crypto.Signer)
+			if !ok {
+				return nil, fmt.Errorf("assertion key %s is not a signing key", k.KID)
+			}
+			k.priv, k.pub = signer, signer.Public()
+		case len(k.PKIX) > 0:
+			pub, err := x509.ParsePKIXPublicKey(k.PKIX)
+			if err != nil {
+				return nil, fmt.Errorf("assertion key %s: %w", k.KID, err)
+			}
+			k.pub = pub
+		default:
+			return nil, fmt.Errorf("assertion key %s in storage has no key", k.KID)
 		}
-		signer, ok := priv.(crypto.Signer)
-		if !ok {
-			return nil, fmt.Errorf("assertion key %s is not a signing key", k.KID)
-		}
-		k.priv = signer
 	}
 	return keys, nil
 }
 
-// install builds signers and the JWKS document, and publishes the new
-// state with a new generation (invalidating cached assertions).
+// install builds the signer and the JWKS document and publishes the new
+// state. A new active key gets a new generation, invalidating cached
+// assertions.
 func (kr *KeyRing) install(keys []*signingKey) error {
-	set := jose.JSONWebKeySet{}
-	for _, k := range keys {
-		alg := jose.SignatureAlgorithm(k.Alg)
-		s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: k.priv, KeyID: k.KID, Algorithm: k.Alg}},
+	active := keys[0]
+	if active.priv == nil {
+		return fmt.Errorf("assertion key %s has no private key", active.KID)
+	}
+	if active.signer == nil {
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(active.Alg), Key: jose.JSONWebKey{Key: active.priv, KeyID: active.KID, Algorithm: active.Alg}},
 			(&jose.SignerOptions{}).WithType("JWT"))
 		if err != nil {
-			return fmt.Errorf("assertion key %s: %w", k.KID, err)
+			return fmt.Errorf("assertion key %s: %w", active.KID, err)
 		}
-		k.signer = s
-		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.priv.Public(), KeyID: k.KID, Algorithm: k.Alg, Use: "sig"})
+		active.signer = s
+	}
+	set := jose.JSONWebKeySet{}
+	var dropAt time.Time
+	for i, k := range keys {
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: k.KID, Algorithm: k.Alg, Use: "sig"})
+		if at := k.RetiredAt.Add(kr.ttl + time.Minute); i > 0 && (dropAt.IsZero() || at.Before(dropAt)) {
+			dropAt = at
+		}
 	}
 	jwks, err := json.Marshal(set)
 	if err != nil {
 		return err
 	}
-	kr.state.Store(&keyState{gen: kr.rotGen.Add(1), active: keys[0], keys: keys, jwks: jwks})
+	gen := kr.rotGen.Load()
+	if cur := kr.state.Load(); cur == nil || cur.active != active {
+		gen = kr.rotGen.Add(1)
+	}
+	kr.state.Store(&keyState{gen: gen, active: active, keys: keys, jwks: jwks, dropAt: dropAt})
 	return nil
 }
 
 // JWKS returns the public key set as JSON (RFC 7517).
-func (kr *KeyRing) JWKS() []byte { return kr.state.Load().jwks }
+func (kr *KeyRing) JWKS() []byte { return kr.current().jwks }
 
 // ActiveKeyID is the kid of the signing key.
 func (kr *KeyRing) ActiveKeyID() string { return kr.state.Load().active.KID }
@@ -254,10 +440,10 @@ type KeyInfo struct {
 
 // Keys lists the published keys, the active one first.
 func (kr *KeyRing) Keys() []KeyInfo {
-	st := kr.state.Load()
+	st := kr.current()
 	out := make([]KeyInfo, 0, len(st.keys))
 	for i, k := range st.keys {
-		out = append(out, KeyInfo{KID: k.KID, Alg: k.Alg, Active: i == 0, CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt, FromFile: kr.fromFile})
+		out = append(out, KeyInfo{KID: k.KID, Alg: k.Alg, Active: i == 0, CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt, FromFile: kr.fromFile && i == 0})
 	}
 	return out
 }
@@ -301,7 +487,7 @@ func keyFromSigner(priv crypto.Signer, alg string, now time.Time) (*signingKey, 
 	if err != nil {
 		return nil, err
 	}
-	return &signingKey{KID: base64.RawURLEncoding.EncodeToString(tp)[:16], Alg: alg, PKCS8: der, CreatedAt: now.UTC(), priv: priv}, nil
+	return &signingKey{KID: base64.RawURLEncoding.EncodeToString(tp)[:16], Alg: alg, PKCS8: der, CreatedAt: now.UTC(), pub: priv.Public(), priv: priv}, nil
 }
 
 func loadPEMKey(path, alg string) (*signingKey, error) {

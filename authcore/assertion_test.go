@@ -580,8 +580,17 @@ func TestKeyRingPEMFile(t *testing.T) {
 			if pub, ok := set.Keys[0].Key.(equaler); !ok || !pub.Equal(tt.wantPub) {
 				t.Errorf("JWKS key %T is not the file's public key", set.Keys[0].Key)
 			}
-			if st.puts != 0 || len(st.secrets) != 0 {
-				t.Errorf("a PEM key ring wrote %d secrets to the store; want none", st.puts)
+			// The store learns the public half only, for the next file.
+			if stored := krStored(t, st); len(stored) != 1 || stored[0].KID != set.Keys[0].KeyID || stored[0].PKCS8 != nil {
+				t.Errorf("store holds %+v; want the file key's public half alone", stored)
+			}
+			if bytes.Contains(krStoredPlain(t, st), []byte(base64.StdEncoding.EncodeToString(tt.der))) {
+				t.Errorf("the file's private key was written to the store")
+			}
+			puts := st.puts
+			newKR(t, clk, st, KeyRingConfig{Algorithm: tt.alg, PEMFile: krWritePEM(t, tt.typ, tt.der)})
+			if st.puts != puts {
+				t.Errorf("loading the same file again wrote to the store")
 			}
 			const iss = "https://app.example.com"
 			tok, err := kr.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
@@ -596,6 +605,203 @@ func TestKeyRingPEMFile(t *testing.T) {
 				t.Errorf("active kid changed to %q by a refused rotation", kid)
 			}
 		})
+	}
+}
+
+// krStoredPlain is the key set as stored, unsealed.
+func krStoredPlain(t *testing.T, st *krSecretsStore) []byte {
+	t.Helper()
+	raw, err := st.GetSecret(context.Background(), secretAssertionKeys)
+	if err != nil {
+		t.Fatalf("stored key set: %v", err)
+	}
+	plain, err := krBox(t).Open(raw, keysAAD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plain
+}
+
+// krStored is the key set as stored, decoded.
+func krStored(t *testing.T, st *krSecretsStore) []*signingKey {
+	t.Helper()
+	var keys []*signingKey
+	if err := json.Unmarshal(krStoredPlain(t, st), &keys); err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+func krStoredKIDs(t *testing.T, st *krSecretsStore) []string {
+	t.Helper()
+	var kids []string
+	for _, k := range krStored(t, st) {
+		kids = append(kids, k.KID)
+	}
+	return kids
+}
+
+// TestKeyRingRetiredKeyLeavesOnTime: a retired key is published until its
+// last assertion has expired (TTL plus a minute of clock skew after it
+// stopped signing) and not after, without waiting for another rotation:
+// an operator who rotates away from a leaked key gets it untrusted within
+// minutes. Its private half is gone from the store at once.
+func TestKeyRingRetiredKeyLeavesOnTime(t *testing.T) {
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	ctx := context.Background()
+	cfg := KeyRingConfig{TTL: 5 * time.Minute}
+	kr := newKR(t, clk, st, cfg)
+	k1 := kr.ActiveKeyID()
+	const iss = "https://app.example.com"
+	clk.Advance(2 * time.Minute)
+	// The last assertion k1 signs: valid until rotation + TTL.
+	last, err := kr.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kr.Rotate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	k2 := kr.ActiveKeyID()
+	for _, k := range krStored(t, st) {
+		if (k.KID == k1) != (k.PKCS8 == nil) {
+			t.Errorf("stored key %s: private half kept = %t; want only the active key's", k.KID, k.PKCS8 != nil)
+		}
+	}
+	gen2 := kr.state.Load().gen
+
+	clk.Advance(5*time.Minute + time.Minute - time.Second)
+	krVerify(t, kr, last, iss, iss, clk.Now().Add(-2*time.Minute)) // a verifier whose clock is behind
+	restarted := newKR(t, clk, st, cfg)
+	for name, r := range map[string]*KeyRing{"running": kr, "restarted": restarted} {
+		if got := krKIDs(krJWKS(t, r)); !slices.Equal(got, []string{k2, k1}) {
+			t.Errorf("%s, TTL+1m−1s after rotation: JWKS kids %q; want %q", name, got, []string{k2, k1})
+		}
+	}
+
+	clk.Advance(time.Second)
+	for name, r := range map[string]*KeyRing{"running": kr, "restarted": restarted, "started now": newKR(t, clk, st, cfg)} {
+		if got := krKIDs(krJWKS(t, r)); !slices.Equal(got, []string{k2}) {
+			t.Errorf("%s, TTL+1m after rotation: JWKS kids %q; want %q", name, got, []string{k2})
+		}
+		if keys := r.Keys(); len(keys) != 1 || keys[0].KID != k2 {
+			t.Errorf("%s: Keys() = %+v; want only %s", name, keys, k2)
+		}
+	}
+	if err := kr.Prune(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := krStoredKIDs(t, st); !slices.Equal(got, []string{k2}) {
+		t.Errorf("after Prune the store holds %q; want %q", got, []string{k2})
+	}
+	puts := st.puts
+	if err := kr.Prune(ctx); err != nil || st.puts != puts {
+		t.Errorf("Prune with nothing to drop: err %v, %d writes; want nil, none", err, st.puts-puts)
+	}
+	// Dropping a retired key keeps the generation: cached assertions of
+	// the active key stay good.
+	if gen := kr.state.Load().gen; gen != gen2 {
+		t.Errorf("generation %d after dropping a retired key; want %d as before", gen, gen2)
+	}
+}
+
+// TestKeyRingOldStoredFormat: a key set stored before retired keys lost
+// their private halves is rewritten without them on load.
+func TestKeyRingOldStoredFormat(t *testing.T) {
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	a, err := newSigningKey(AlgEdDSA, krStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := newSigningKey(AlgEdDSA, krStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.RetiredAt = krStart
+	type oldKey struct {
+		KID       string    `json:"kid"`
+		Alg       string    `json:"alg"`
+		PKCS8     []byte    `json:"pkcs8"`
+		CreatedAt time.Time `json:"created_at"`
+		RetiredAt time.Time `json:"retired_at,omitzero"`
+	}
+	plain, err := json.Marshal([]oldKey{{a.KID, a.Alg, a.PKCS8, a.CreatedAt, time.Time{}}, {b.KID, b.Alg, b.PKCS8, b.CreatedAt, b.RetiredAt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.secrets[secretAssertionKeys] = krBox(t).Seal(plain, keysAAD)
+
+	kr := newKR(t, clk, st, KeyRingConfig{})
+	if got := krKIDs(krJWKS(t, kr)); !slices.Equal(got, []string{a.KID, b.KID}) {
+		t.Errorf("JWKS kids %q; want %q", got, []string{a.KID, b.KID})
+	}
+	stored := krStored(t, st)
+	if len(stored) != 2 || stored[0].PKCS8 == nil || stored[1].PKCS8 != nil || stored[1].PKIX == nil {
+		t.Errorf("rewritten set %+v; want the active key whole and the retired one public only", stored)
+	}
+}
+
+// TestKeyRingPEMFileReplaced: replacing the signing_key file (the way to
+// rotate it) keeps the previous key published until its assertions have
+// expired, and so do switches between a file and generated keys.
+func TestKeyRingPEMFileReplaced(t *testing.T) {
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	_, a, _ := ed25519.GenerateKey(rand.Reader)
+	_, b, _ := ed25519.GenerateKey(rand.Reader)
+	fileA := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, a))}
+	fileB := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, b))}
+	const iss = "https://app.example.com"
+
+	gen := newKR(t, clk, st, KeyRingConfig{})
+	kGen := gen.ActiveKeyID()
+	tokGen, err := gen.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	clk.Advance(time.Second)
+	ra := newKR(t, clk, st, fileA)
+	kA := ra.ActiveKeyID()
+	if got := krKIDs(krJWKS(t, ra)); !slices.Equal(got, []string{kA, kGen}) {
+		t.Fatalf("generated key, then signing_key: JWKS kids %q; want %q", got, []string{kA, kGen})
+	}
+	krVerify(t, ra, tokGen, iss, iss, clk.Now())
+	for _, k := range krStored(t, st) {
+		if k.PKCS8 != nil {
+			t.Errorf("with signing_key, the store keeps the private half of %s", k.KID)
+		}
+	}
+	tokA, err := ra.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	clk.Advance(time.Second)
+	rb := newKR(t, clk, st, fileB)
+	kB := rb.ActiveKeyID()
+	if got := krKIDs(krJWKS(t, rb)); !slices.Equal(got, []string{kB, kA, kGen}) {
+		t.Fatalf("file replaced: JWKS kids %q; want %q", got, []string{kB, kA, kGen})
+	}
+	krVerify(t, rb, tokA, iss, iss, clk.Now())
+
+	// Back to generated keys: a new one, since the store never had the
+	// file's private half.
+	clk.Advance(time.Second)
+	back := newKR(t, clk, st, KeyRingConfig{})
+	kNew := back.ActiveKeyID()
+	if kNew == kB || kNew == kA || kNew == kGen {
+		t.Fatalf("signing_key removed: active kid %s is an old one", kNew)
+	}
+	if got := krKIDs(krJWKS(t, back)); !slices.Equal(got, []string{kNew, kB, kA, kGen}) {
+		t.Errorf("signing_key removed: JWKS kids %q; want %q", got, []string{kNew, kB, kA, kGen})
+	}
+
+	clk.Advance(5*time.Minute + time.Minute)
+	if got := krKIDs(krJWKS(t, newKR(t, clk, st, KeyRingConfig{}))); !slices.Equal(got, []string{kNew}) {
+		t.Errorf("TTL+1m later: JWKS kids %q; want %q", got, []string{kNew})
 	}
 }
 

@@ -327,7 +327,7 @@ func (a *App) Start() error {
 	}()
 	go func() {
 		defer l.wg.Done()
-		a.pruneBans(ctx, rt.reg)
+		a.upkeep(ctx, rt)
 	}()
 	l.rt.Store(rt)
 	close(l.ready)
@@ -480,11 +480,12 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 	return nil
 }
 
-// pruneBans drops expired regulation state every few minutes.
-func (a *App) pruneBans(ctx context.Context, reg *authcore.Regulator) {
+// upkeep drops expired regulation state, and retired assertion keys
+// past their last assertion, every few minutes.
+func (a *App) upkeep(ctx context.Context, rt *runtime) {
 	defer func() {
 		if r := recover(); r != nil {
-			a.logger.Error("regulation upkeep panicked", zap.Any("panic", r))
+			a.logger.Error("upkeep panicked", zap.Any("panic", r))
 		}
 	}()
 	t := time.NewTicker(5 * time.Minute)
@@ -494,8 +495,11 @@ func (a *App) pruneBans(ctx context.Context, reg *authcore.Regulator) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := reg.Prune(ctx); err != nil {
+			if _, err := rt.reg.Prune(ctx); err != nil {
 				a.logger.Warn("pruning regulation state", zap.Error(err))
+			}
+			if err := rt.keys.Prune(ctx); err != nil {
+				a.logger.Warn("pruning retired assertion keys", zap.Error(err))
 			}
 		}
 	}
