@@ -88,12 +88,15 @@ func NewService(log *slog.Logger, clk clock.Clock, st Store, box *seal.Box, cfg 
 	if err != nil {
 		return nil, err
 	}
-	return &Service{
+	s := &Service{
 		store: st, box: box, clock: clk, log: log, cfg: cfg, fakeHash: fake,
 		cache:     newSessionCache(cfg.CacheSize),
 		touched:   make(map[SessionID]time.Time),
 		hashSlots: make(chan struct{}, max(4, 2*goruntime.GOMAXPROCS(0))),
-	}, nil
+	}
+	// An evicted session's latest use must not be lost with it.
+	s.cache.onEvict = s.queueTouch
+	return s, nil
 }
 
 // Config returns the effective configuration.
@@ -331,13 +334,29 @@ func (s *Service) AuthenticateAt(ctx context.Context, token string, now time.Tim
 	if now.UnixNano()-last >= int64(time.Second) {
 		p.lastSeen.Store(now.UnixNano())
 		if now.UnixNano()-p.persistedSeen.Load() >= int64(s.cfg.TouchInterval) {
-			p.persistedSeen.Store(now.UnixNano())
-			s.touchMu.Lock()
-			s.touched[id] = now
-			s.touchMu.Unlock()
+			s.queueTouch(p)
 		}
 	}
 	return p, nil
+}
+
+// queueTouch queues p's in-memory LastSeen for write-back if the store
+// has an older one.
+func (s *Service) queueTouch(p *Principal) {
+	seen := p.lastSeen.Load()
+	if seen <= p.persistedSeen.Load() {
+		return
+	}
+	p.persistedSeen.Store(seen)
+	s.touchMu.Lock()
+	s.requeueLocked(p.Session.ID, time.Unix(0, seen))
+	s.touchMu.Unlock()
+}
+
+func (s *Service) requeueLocked(id SessionID, seen time.Time) {
+	if cur, ok := s.touched[id]; !ok || seen.After(cur) {
+		s.touched[id] = seen
+	}
 }
 
 // load reads a session and its user from the store into the cache. old
@@ -382,23 +401,6 @@ func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now ti
 	return p, nil
 }
 
-// UpdateSession applies fn to a stored session and saves it, dropping the
-// cached copy.
-func (s *Service) UpdateSession(ctx context.Context, id SessionID, fn func(*Session) error) (*Session, error) {
-	sess, err := s.store.GetSession(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	if err := fn(sess); err != nil {
-		return nil, err
-	}
-	if err := s.store.PutSession(ctx, sess); err != nil {
-		return nil, err
-	}
-	s.cache.drop(id)
-	return sess, nil
-}
-
 // EndSession deletes a session (logout, revocation). The cached copy is
 // dropped before and after the delete: a request that read the session
 // from the store before the delete committed may have cached it again.
@@ -427,7 +429,8 @@ func (s *Service) RevokeUserSessions(ctx context.Context, userID string) ([]Sess
 // elsewhere, such as a second factor enrolled).
 func (s *Service) DropCached(userID string) { s.cache.dropUser(userID) }
 
-// FlushTouches writes queued LastSeen updates to the store.
+// FlushTouches writes queued LastSeen updates to the store. When the
+// store fails they stay queued for the next flush.
 func (s *Service) FlushTouches(ctx context.Context) error {
 	s.touchMu.Lock()
 	if len(s.touched) == 0 {
@@ -437,7 +440,31 @@ func (s *Service) FlushTouches(ctx context.Context) error {
 	batch := s.touched
 	s.touched = make(map[SessionID]time.Time, len(batch))
 	s.touchMu.Unlock()
-	return s.store.TouchSessions(ctx, batch)
+	err := s.store.TouchSessions(ctx, batch)
+	if err != nil {
+		s.touchMu.Lock()
+		for id, seen := range batch {
+			s.requeueLocked(id, seen)
+		}
+		s.touchMu.Unlock()
+	}
+	return err
+}
+
+// FlushActivity writes every cached session's latest LastSeen that the
+// store does not have yet, not only those due by TouchInterval, so that a
+// restart or a config reload measures idle time from the last request.
+// Run calls it when it stops.
+func (s *Service) FlushActivity(ctx context.Context) error {
+	for i := range s.cache.shards {
+		sh := &s.cache.shards[i]
+		sh.mu.RLock()
+		for _, p := range sh.m {
+			s.queueTouch(p)
+		}
+		sh.mu.RUnlock()
+	}
+	return s.FlushTouches(ctx)
 }
 
 // Run does the background upkeep (LastSeen write-back every few seconds,
@@ -457,7 +484,7 @@ func (s *Service) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := s.FlushTouches(fctx); err != nil {
+			if err := s.FlushActivity(fctx); err != nil {
 				s.log.Warn("writing back session activity", "error", err)
 			}
 			cancel()
@@ -520,6 +547,7 @@ type sessionCache struct {
 	shards      [32]cacheShard
 	maxPerShard int
 	gen         atomic.Uint64
+	onEvict     func(*Principal) // called with the shard locked
 }
 
 type cacheShard struct {
@@ -555,8 +583,11 @@ func (c *sessionCache) put(p *Principal, gen uint64) {
 		return
 	}
 	if _, ok := sh.m[p.Session.ID]; !ok && len(sh.m) >= c.maxPerShard {
-		for k := range sh.m { // evict an arbitrary entry
+		for k, ev := range sh.m { // evict an arbitrary entry
 			delete(sh.m, k)
+			if c.onEvict != nil {
+				c.onEvict(ev)
+			}
 			break
 		}
 	}

@@ -36,6 +36,10 @@ type Store interface {
 	PutSessions(ctx context.Context, ss []*Session) error
 	GetSession(ctx context.Context, id SessionID) (*Session, error)
 	DeleteSession(ctx context.Context, id SessionID) error
+	// ReplaceSession deletes session old and stores s in its place in one
+	// transaction. When old is gone (ended meanwhile) it stores nothing
+	// and returns ErrNotFound.
+	ReplaceSession(ctx context.Context, old SessionID, s *Session) error
 	// UserSessions lists a user's sessions, expired ones included.
 	UserSessions(ctx context.Context, userID string) ([]*Session, error)
 	// DeleteUserSessions removes all of a user's sessions and says which,

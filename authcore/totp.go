@@ -405,17 +405,17 @@ func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method
 	sess.MFAAt = now
 	sess.Pending = false
 	sess.LastSeen = now
-	// Delete first: of two concurrent completions only one finds the old
-	// session, so only one new session comes out of it. Drop the cached
-	// copy before and after, as a request may re-cache it meanwhile.
+	// One transaction: of two concurrent completions only one finds the
+	// old session, so only one new session comes out of it, and a logout
+	// of the old one that lands first leaves none. Drop the cached copy
+	// before and after, as a request may re-cache it meanwhile.
 	s.cache.drop(id)
-	if err := s.store.DeleteSession(ctx, id); errors.Is(err, ErrNotFound) {
+	err = s.store.ReplaceSession(ctx, id, sess)
+	s.cache.drop(id)
+	if errors.Is(err, ErrNotFound) {
 		return "", nil, ErrNoSession
-	} else if err != nil {
-		return "", nil, err
 	}
-	s.cache.drop(id)
-	if err := s.store.PutSession(ctx, sess); err != nil {
+	if err != nil {
 		return "", nil, err
 	}
 	return token, sess, nil

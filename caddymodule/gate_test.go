@@ -281,13 +281,7 @@ func TestGateBadSessions(t *testing.T) {
 	})
 	t.Run("expired session fails and is deleted", func(t *testing.T) {
 		id, _ := authcore.TokenID(good)
-		_, err := e.rt().auth.UpdateSession(context.Background(), id, func(s *authcore.Session) error {
-			s.ExpiresAt = time.Now().Add(-time.Second)
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		editSession(t, e, id, func(s *authcore.Session) { s.ExpiresAt = time.Now().Add(-time.Second) })
 		check(t, good, 401)
 		if _, err := e.rt().store.GetSession(context.Background(), id); err != authcore.ErrNotFound {
 			t.Errorf("expired session still stored (err %v)", err)
@@ -298,13 +292,26 @@ func TestGateBadSessions(t *testing.T) {
 		e.mustLogin("bob@example.com")
 		tok := e.sessionCookie()
 		id, _ := authcore.TokenID(tok)
-		_, _ = e.rt().auth.UpdateSession(context.Background(), id, func(s *authcore.Session) error {
-			s.LastSeen = time.Now().Add(-31 * time.Minute)
-			return nil
-		})
+		editSession(t, e, id, func(s *authcore.Session) { s.LastSeen = time.Now().Add(-31 * time.Minute) })
 		e.client.Jar = nil
 		check(t, tok, 401)
 	})
+}
+
+// editSession changes a stored session behind the gateway's back and
+// drops the user's cached sessions, so the next request reads it.
+func editSession(t *testing.T, e *env, id authcore.SessionID, fn func(*authcore.Session)) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := e.rt().store.GetSession(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn(s)
+	if err := e.rt().store.PutSession(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	e.rt().auth.DropCached(s.UserID)
 }
 
 func TestGateFailsClosed(t *testing.T) {

@@ -315,6 +315,20 @@ func (b *Bolt) DeleteSession(ctx context.Context, id authcore.SessionID) error {
 	})
 }
 
+// ReplaceSession implements authcore.Store.
+func (b *Bolt) ReplaceSession(ctx context.Context, old authcore.SessionID, s *authcore.Session) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		found, err := deleteSession(tx, old)
+		if err == nil && !found {
+			return authcore.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		return putSession(tx, s)
+	})
+}
+
 func userSessionIDs(tx *bolt.Tx, uk []byte) []authcore.SessionID {
 	var ids []authcore.SessionID
 	c := bucket(tx, bktSessionsByUser).Cursor()

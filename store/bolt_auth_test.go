@@ -1480,24 +1480,24 @@ func TestServicePendingSession(t *testing.T) {
 		})
 	}
 
-	// Completing the second factor through UpdateSession shows at once.
+	// Completing the second factor shows at once, under a new id; the
+	// pending session is gone.
 	token, sess := e.login(t, mfaUser)
 	e.mustAuth(t, token)
 	e.clk.Advance(time.Second)
-	if _, err := e.svc.UpdateSession(e.ctx, sess.ID, func(s *authcore.Session) error {
-		s.Pending = false
-		s.AMR = append(s.AMR, authcore.AMROTP, authcore.AMRMFA)
-		s.MFAAt = e.clk.Now()
-		return nil
-	}); err != nil {
+	token2, sess2, err := e.svc.CompleteSecondFactor(e.ctx, sess.ID, authcore.AMROTP)
+	if err != nil {
 		t.Fatal(err)
 	}
-	p := e.mustAuth(t, token)
+	p := e.mustAuth(t, token2)
 	if p.Session.Pending || !p.Session.MFA() || p.AMRCSV != "pwd,otp,mfa" {
 		t.Errorf("after the second factor: Pending %t, MFA %t, AMRCSV %q; want false, true, %q", p.Session.Pending, p.Session.MFA(), p.AMRCSV, "pwd,otp,mfa")
 	}
-	if p.SessionID != sess.ID.String() {
-		t.Errorf("the session id changed on completing MFA")
+	if p.SessionID == sess.ID.String() || p.SessionID != sess2.ID.String() {
+		t.Errorf("completing MFA kept the session id")
+	}
+	if _, err := e.svc.Authenticate(e.ctx, token); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("the pending session after completion: %v; want ErrNoSession", err)
 	}
 }
 

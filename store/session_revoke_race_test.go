@@ -2,18 +2,19 @@ package store
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"testing"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
-// pausingStore holds one store call (DeleteSession or PutSession) at its
+// pausingStore holds one store call (DeleteSession or ReplaceSession) at its
 // start until released, so a test can run something in the window.
 type pausingStore struct {
 	*Bolt
-	pauseDelete, pausePut bool
-	entered, release      chan struct{}
+	pauseDelete, pauseReplace bool
+	entered, release          chan struct{}
 }
 
 func newPausingStore(b *Bolt) *pausingStore {
@@ -32,11 +33,46 @@ func (s *pausingStore) DeleteSession(ctx context.Context, id authcore.SessionID)
 	return s.Bolt.DeleteSession(ctx, id)
 }
 
-func (s *pausingStore) PutSession(ctx context.Context, sess *authcore.Session) error {
-	if s.pausePut {
+func (s *pausingStore) ReplaceSession(ctx context.Context, old authcore.SessionID, sess *authcore.Session) error {
+	if s.pauseReplace {
 		s.pause()
 	}
-	return s.Bolt.PutSession(ctx, sess)
+	return s.Bolt.ReplaceSession(ctx, old, sess)
+}
+
+// A sign-out of a pending session that lands while its second factor is
+// being completed wins: no signed-in session comes out of it.
+func TestCompleteSecondFactorLosesToConcurrentLogout(t *testing.T) {
+	e := newAuthEnv(t, authcore.Config{})
+	ps := newPausingStore(e.st)
+	ps.pauseReplace = true
+	svc := e.serviceOn(t, ps)
+	u := e.user(t, "alice@example.com")
+	_, pending, err := svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		token string
+		err   error
+	}
+	done := make(chan result)
+	go func() {
+		token, _, err := svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP)
+		done <- result{token, err}
+	}()
+	<-ps.entered // the pending session was read, the new one not yet stored
+	if err := svc.EndSession(e.ctx, pending.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(ps.release)
+	r := <-done
+	if !errors.Is(r.err, authcore.ErrNoSession) {
+		t.Errorf("CompleteSecondFactor after a concurrent logout = %v; want ErrNoSession", r.err)
+	}
+	if ss, _ := e.st.UserSessions(e.ctx, u.ID); len(ss) != 0 {
+		t.Errorf("user has %d sessions after logging out during completion; want none", len(ss))
+	}
 }
 
 // serviceOn is the test Service on a wrapped store, sharing e's clock and
@@ -103,8 +139,8 @@ func TestSessionFromCredentialCheckedBeforePasswordChange(t *testing.T) {
 }
 
 // Completing a second factor replaces the session: if every session of the
-// user is revoked between the old one's delete and the new one's write,
-// the new one must not survive.
+// user is revoked after the old one was read and before the new one is
+// written, no session survives.
 func TestSecondFactorCompletionRacingRevocation(t *testing.T) {
 	e := newAuthEnv(t, authcore.Config{})
 	u := e.user(t, "alice@example.com")
@@ -117,27 +153,24 @@ func TestSecondFactorCompletionRacingRevocation(t *testing.T) {
 		t.Fatal("a password-only session of a user with a second factor is not pending")
 	}
 	ps := newPausingStore(e.st)
-	ps.pausePut = true
+	ps.pauseReplace = true
 	svc := e.serviceOn(t, ps)
-	type result struct {
-		token string
-		err   error
-	}
-	done := make(chan result)
+	done := make(chan error)
 	go func() {
-		token, _, err := svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP)
-		done <- result{token, err}
+		_, _, err := svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP)
+		done <- err
 	}()
-	<-ps.entered // old session deleted, new one not yet written
+	<-ps.entered // old session read, new one not yet written
 	if _, err := e.svc.RevokeUserSessions(e.ctx, u.ID); err != nil {
 		t.Fatal(err)
 	}
 	close(ps.release)
-	r := <-done
-	if r.err != nil {
-		t.Fatal(r.err)
+	if err := <-done; !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("CompleteSecondFactor after the revocation = %v; want ErrNoSession", err)
 	}
-	e.refused(t, r.token)
+	if ss, _ := e.st.UserSessions(e.ctx, u.ID); len(ss) != 0 {
+		t.Errorf("user has %d sessions after the revocation; want none", len(ss))
+	}
 }
 
 // The epoch only moves forward: an update whose fn writes back a copy of
