@@ -18,6 +18,9 @@ type PendingTOTP struct {
 	Sealed []byte `json:"sealed"`
 	// ExpiresAt is when the enrolment can no longer be confirmed.
 	ExpiresAt time.Time `json:"expires_at"`
+	// Session is the id of the session that began it: only that session
+	// is shown the secret and may confirm it.
+	Session string `json:"session"`
 }
 
 // TOTPRecord is a user's confirmed TOTP authenticator.

@@ -98,15 +98,20 @@ func totpAccount(u *User) string {
 	return u.Email
 }
 
-// BeginTOTP starts a TOTP enrolment for u: it generates a secret and keeps
-// it server-side, sealed, as the user's pending enrolment (replacing an
-// earlier pending one) for TOTPEnrolmentTTL. Nothing changes for the user
-// until ConfirmTOTP. issuer names the site in the authenticator app
-// (default "Sigra"); the account name is the user's email.
+// BeginTOTP starts a TOTP enrolment for u in session sid: it generates a
+// secret and keeps it server-side, sealed, as the user's pending enrolment
+// (replacing an earlier pending one) for TOTPEnrolmentTTL. Nothing changes
+// for the user until ConfirmTOTP. issuer names the site in the
+// authenticator app (default "Sigra"); the account name is the user's
+// email.
+//
+// The enrolment belongs to sid: another session of the same user, such as
+// a stolen cookie, is never shown its secret and cannot confirm it, so it
+// cannot learn the authenticator the user is about to scan.
 //
 // If the user already has TOTP, confirming replaces it: callers should then
 // require a fresh second factor first, as for RemoveTOTP.
-func (s *Service) BeginTOTP(ctx context.Context, u *User, issuer string) (*TOTPEnrolment, error) {
+func (s *Service) BeginTOTP(ctx context.Context, u *User, sid SessionID, issuer string) (*TOTPEnrolment, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, err
 	}
@@ -119,23 +124,24 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User, issuer string) (*TOTPE
 		return nil, fmt.Errorf("generating TOTP secret: %w", err)
 	}
 	exp := s.clock.Now().UTC().Add(TOTPEnrolmentTTL)
-	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp}
+	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp, Session: sid.String()}
 	if err := s.store.PutPendingTOTP(ctx, u.ID, p); err != nil {
 		return nil, err
 	}
 	return enrolment(key, exp)
 }
 
-// TOTPEnrolmentFor returns the user's pending enrolment while it has at
-// least a minute left, else begins a new one. Showing the enrolment page
-// again, or a failed confirmation, then keeps the secret the user may
-// already have scanned, and a cross-site page load cannot replace it.
-func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, issuer string) (*TOTPEnrolment, error) {
+// TOTPEnrolmentFor returns the pending enrolment session sid began while
+// it has at least a minute left, else begins a new one. Showing the
+// enrolment page again, or a failed confirmation, then keeps the secret
+// the user may already have scanned, and a cross-site page load cannot
+// replace it.
+func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, sid SessionID, issuer string) (*TOTPEnrolment, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, err
 	}
 	p, err := s.store.PendingTOTP(ctx, u.ID)
-	if err == nil && s.clock.Now().Before(p.ExpiresAt.Add(-time.Minute)) {
+	if err == nil && p.Session == sid.String() && s.clock.Now().Before(p.ExpiresAt.Add(-time.Minute)) {
 		if secret, oerr := s.box.Open(p.Sealed, totpPendingAAD(u.ID)); oerr == nil {
 			key, kerr := otp.NewKeyFromURL(totpKeyURL(totpIssuer(issuer), totpAccount(u), string(secret)))
 			if kerr != nil {
@@ -146,7 +152,7 @@ func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, issuer string) 
 	} else if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	return s.BeginTOTP(ctx, u, issuer)
+	return s.BeginTOTP(ctx, u, sid, issuer)
 }
 
 // totpKeyURL is the otpauth:// URI for a secret, as totp.Generate makes it.
@@ -179,22 +185,22 @@ func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
 	}, nil
 }
 
-// ConfirmTOTP completes the user's pending enrolment if code is valid for
-// its secret. Then, in one store transaction, the secret is stored sealed,
+// ConfirmTOTP completes the user's pending enrolment, begun by session
+// sid, if code is valid for its secret. Then, in one store transaction, the secret is stored sealed,
 // the code's time step is spent (so the same code cannot sign in right
 // after), the user is marked as having a second factor, and a new set of
 // RecoveryCodeCount recovery codes replaces any earlier set. The codes are
 // returned in plain text this once; show them and forget them.
 //
-// Errors: ErrNoPendingEnrolment (none started, expired, or confirmed
-// concurrently: start again), ErrInvalidCode (the pending enrolment stays,
-// so the user can retry).
-func (s *Service) ConfirmTOTP(ctx context.Context, userID, code string) ([]string, error) {
+// Errors: ErrNoPendingEnrolment (none started, expired, begun by another
+// session, or confirmed concurrently: start again), ErrInvalidCode (the
+// pending enrolment stays, so the user can retry).
+func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID, code string) ([]string, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, err
 	}
 	p, err := s.store.PendingTOTP(ctx, userID)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrNotFound) || (err == nil && p.Session != sid.String()) {
 		return nil, ErrNoPendingEnrolment
 	}
 	if err != nil {

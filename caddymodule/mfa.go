@@ -153,7 +153,7 @@ func (q *preq) totpPage() error {
 
 func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
 	d.NeedPassword = !q.firstFactorFresh(p)
-	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, requestHost(q.r))
+	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, p.Session.ID, requestHost(q.r))
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -218,9 +218,15 @@ func (q *preq) totpSubmit() error {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 	}
-	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, q.r.PostFormValue("code"))
-	if errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrNoPendingEnrolment) {
+	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"))
+	if errors.Is(err, authcore.ErrInvalidCode) {
 		d.Error = "That code did not work. Check the time on your device and try again."
+		return q.enrolPage(p, d, http.StatusBadRequest)
+	}
+	if errors.Is(err, authcore.ErrNoPendingEnrolment) {
+		// Expired, or another browser signed in as this user opened the
+		// page since: the secret this one showed is void.
+		d.Error = "This set-up expired or was started again in another browser. Remove the old entry from your app and scan the new code below."
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}
 	if err != nil {

@@ -42,6 +42,62 @@ func TestSessionFromBeforeEnrolmentIsPending(t *testing.T) {
 	}
 }
 
+// A stolen session never sees the secret another session of the user is
+// enrolling: it is shown one of its own, which the user never scans, so
+// once the user enrols the stolen session, pending, cannot pass the
+// second factor with it.
+func TestStolenSessionCannotLearnTheEnrolment(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("vic@example.com", "staff")
+	e.mustLogin("vic@example.com")
+	stolen := e.client.Jar
+	fake.Advance(freshFactor + time.Minute) // the stolen sign-in is stale
+
+	victim, _ := newJar()
+	e.client.Jar = victim
+	e.mustLogin("vic@example.com")
+	_, victimPage := e.get("/.sigra/account/totp", nil)
+	shown := totpSecret.FindStringSubmatch(victimPage)
+
+	e.client.Jar = stolen
+	_, page := e.get("/.sigra/account/totp", nil)
+	leaked := totpSecret.FindStringSubmatch(page)
+	if shown == nil || leaked == nil {
+		t.Fatal("an enrolment page without a secret")
+	}
+	if leaked[1] == shown[1] {
+		t.Fatal("another session of the user was shown the secret being enrolled")
+	}
+
+	// The stolen session's page replaced the victim's enrolment: the
+	// code from the secret they scanned is refused, saying so, and they
+	// start again.
+	e.client.Jar = victim
+	resp, body := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, victimPage)}, "code": {refTOTP(t, shown[1], fake.Now())}}, nil)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "started again") {
+		t.Errorf("confirming a replaced enrolment: status %d; want 400 saying it was started again", resp.StatusCode)
+	}
+	secret, _ := enrolTOTP(t, e, fake.Now())
+	if secret == leaked[1] {
+		t.Fatal("the user enrolled the secret the stolen session was shown")
+	}
+
+	e.client.Jar = stolen
+	fake.Advance(31 * time.Second)
+	if resp, _ := e.get("/app", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the stolen session after enrolment: status %d; want 401 (pending)", resp.StatusCode)
+	}
+	_, mfa := e.get("/.sigra/mfa", nil)
+	resp, _ = e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, mfa)}, "code": {refTOTP(t, leaked[1], fake.Now())}}, nil)
+	if resp.StatusCode == http.StatusSeeOther {
+		t.Error("the stolen session passed the second factor with the secret it was shown")
+	}
+	if resp, _ := e.get("/app", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the stolen session after trying its secret: status %d; want 401", resp.StatusCode)
+	}
+}
+
 // Enrolling TOTP binds the account to an authenticator and counts as a
 // fresh second factor, so a sign-in older than freshFactor must prove the
 // password again: a session cookie alone is not enough.

@@ -91,15 +91,18 @@ func (e *mfaEnv) user(t *testing.T, email string) *authcore.User {
 	return u
 }
 
+// mfaSID is the session the tests' enrolments belong to.
+var mfaSID = authcore.SessionID{1}
+
 // enrol runs a whole TOTP enrolment and returns the secret and the
 // recovery codes.
 func (e *mfaEnv) enrol(t *testing.T, u *authcore.User) (secret string, codes []string) {
 	t.Helper()
-	en, err := e.svc.BeginTOTP(e.ctx, u, "Example")
+	en, err := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
 	if err != nil {
 		t.Fatalf("BeginTOTP: %v", err)
 	}
-	codes, err = e.svc.ConfirmTOTP(e.ctx, u.ID, mfaRefTOTP(t, en.Secret, e.clk.Now()))
+	codes, err = e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now()))
 	if err != nil {
 		t.Fatalf("ConfirmTOTP: %v", err)
 	}
@@ -110,7 +113,7 @@ func TestTOTPEnrolment(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
 
-	en, err := e.svc.BeginTOTP(e.ctx, u, "Example: Inc")
+	en, err := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example: Inc")
 	if err != nil {
 		t.Fatalf("BeginTOTP: %v", err)
 	}
@@ -150,7 +153,7 @@ func TestTOTPEnrolment(t *testing.T) {
 	if err := e.svc.VerifyTOTP(e.ctx, u.ID, mfaRefTOTP(t, en.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNotEnrolled) {
 		t.Errorf("VerifyTOTP before confirming = %v; want ErrNotEnrolled", err)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, "000000"); !errors.Is(err, authcore.ErrInvalidCode) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, "000000"); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("ConfirmTOTP with a wrong code = %v; want ErrInvalidCode", err)
 	}
 	if got, _ := e.st.UserByID(e.ctx, u.ID); got.SecondFactor {
@@ -158,7 +161,7 @@ func TestTOTPEnrolment(t *testing.T) {
 	}
 
 	code := mfaRefTOTP(t, en.Secret, e.clk.Now())
-	codes, err := e.svc.ConfirmTOTP(e.ctx, u.ID, code)
+	codes, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, code)
 	if err != nil {
 		t.Fatalf("ConfirmTOTP after a wrong try: %v", err)
 	}
@@ -178,7 +181,7 @@ func TestTOTPEnrolment(t *testing.T) {
 	if err := e.svc.VerifyTOTP(e.ctx, u.ID, code); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("VerifyTOTP with the confirming code = %v; want ErrInvalidCode", err)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, code); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, code); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
 		t.Errorf("second ConfirmTOTP = %v; want ErrNoPendingEnrolment", err)
 	}
 	// A new password sign-in of alice is now pending.
@@ -202,7 +205,7 @@ func TestTOTPEnrolment(t *testing.T) {
 func TestTOTPSecretSealedAtRest(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
-	en, err := e.svc.BeginTOTP(e.ctx, u, "Example")
+	en, err := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +231,7 @@ func TestTOTPSecretSealedAtRest(t *testing.T) {
 		}
 	}
 	check("pending")
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
 		t.Fatal(err)
 	}
 	check("confirmed")
@@ -261,7 +264,7 @@ func TestTOTPSecretSealedAtRest(t *testing.T) {
 func TestConfirmTOTPExpires(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
-	en, err := e.svc.BeginTOTP(e.ctx, u, "Example")
+	en, err := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,10 +272,10 @@ func TestConfirmTOTPExpires(t *testing.T) {
 		t.Errorf("ExpiresAt = %v; want start + %v", en.ExpiresAt, authcore.TOTPEnrolmentTTL)
 	}
 	e.clk.Advance(authcore.TOTPEnrolmentTTL)
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaRefTOTP(t, en.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
 		t.Errorf("ConfirmTOTP after %v = %v; want ErrNoPendingEnrolment", authcore.TOTPEnrolmentTTL, err)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, e.user(t, "bob@example.com").ID, "123456"); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, e.user(t, "bob@example.com").ID, mfaSID, "123456"); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
 		t.Errorf("ConfirmTOTP without BeginTOTP = %v; want ErrNoPendingEnrolment", err)
 	}
 }
@@ -280,13 +283,46 @@ func TestConfirmTOTPExpires(t *testing.T) {
 func TestConfirmTOTPReplacedEnrolment(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
-	first, _ := e.svc.BeginTOTP(e.ctx, u, "Example")
-	second, _ := e.svc.BeginTOTP(e.ctx, u, "Example")
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaRefTOTP(t, first.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrInvalidCode) {
+	first, _ := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
+	second, _ := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, first.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("ConfirmTOTP with the replaced secret's code = %v; want ErrInvalidCode", err)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaRefTOTP(t, second.Secret, e.clk.Now())); err != nil {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, second.Secret, e.clk.Now())); err != nil {
 		t.Errorf("ConfirmTOTP with the latest secret's code = %v; want nil", err)
+	}
+}
+
+// A pending enrolment belongs to the session that began it: another
+// session of the same user (a stolen cookie) is shown a secret of its own,
+// which replaces it, and cannot confirm the first session's.
+func TestTOTPEnrolmentBelongsToItsSession(t *testing.T) {
+	e := newMFAEnv(t)
+	u := e.user(t, "alice@example.com")
+	other := authcore.SessionID{2}
+	mine, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "Example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "Example")
+	if err != nil || again.Secret != mine.Secret {
+		t.Fatalf("the same session's page again: err %v, same secret %t; want the same secret", err, again.Secret == mine.Secret)
+	}
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, other, mfaRefTOTP(t, mine.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+		t.Errorf("another session confirming = %v; want ErrNoPendingEnrolment", err)
+	}
+	theirs, err := e.svc.TOTPEnrolmentFor(e.ctx, u, other, "Example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if theirs.Secret == mine.Secret {
+		t.Fatal("another session of the user was shown the pending secret")
+	}
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, mine.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+		t.Errorf("confirming an enrolment another session replaced = %v; want ErrNoPendingEnrolment", err)
+	}
+	if has, _ := e.svc.HasTOTP(e.ctx, u.ID); has {
+		t.Error("enrolled by a refused confirmation")
 	}
 }
 

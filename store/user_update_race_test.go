@@ -38,12 +38,12 @@ func newInterleavingEnv(t *testing.T) (*mfaEnv, *interleavingStore) {
 func TestSetPasswordKeepsConcurrentTOTPEnrolment(t *testing.T) {
 	e, is := newInterleavingEnv(t)
 	u := e.user(t, "alice@example.com")
-	en, err := e.svc.BeginTOTP(e.ctx, u, "Example")
+	en, err := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
 	if err != nil {
 		t.Fatal(err)
 	}
 	is.between = func() {
-		if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
+		if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
 			t.Errorf("ConfirmTOTP: %v", err)
 		}
 	}
