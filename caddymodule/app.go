@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -261,8 +263,49 @@ func (a *App) adminMFAMaxAge() time.Duration {
 	return 30 * time.Minute
 }
 
+// checkPrefix accepts a portal prefix: a path of at least one segment of
+// unreserved characters, such as /.sigra or /auth/portal.
+func checkPrefix(p string) error {
+	ok := len(p) >= 2 && p[0] == '/' && p[len(p)-1] != '/'
+	for _, seg := range strings.Split(p[min(1, len(p)):], "/") {
+		ok = ok && seg != "" && seg != "." && seg != ".." &&
+			strings.Trim(seg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") == ""
+	}
+	if !ok {
+		return fmt.Errorf("prefix: %q must be a path such as /.sigra: segments of letters, digits, - . _ ~, no trailing /", p)
+	}
+	return nil
+}
+
+// checkRedirectHost accepts an allowed_redirect_hosts entry: a host name
+// or IP address, with an optional port, exactly as a URL's host part.
+// It also becomes a CSP form-action source, so nothing else may pass.
+func checkRedirectHost(h string) error {
+	u, err := url.Parse("https://" + h)
+	ok := err == nil && u.Host == h && u.Path == "" && u.User == nil && !u.ForceQuery && u.RawQuery == "" && u.Fragment == ""
+	if ok {
+		name := u.Hostname()
+		ok = name != "" && (net.ParseIP(name) != nil ||
+			strings.Trim(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789-.") == "" && !strings.HasPrefix(name, ".") && !strings.HasSuffix(name, "."))
+	}
+	if !ok {
+		return fmt.Errorf("allowed_redirect_hosts: %q is not a host name (with an optional port), such as docs.example.com or docs.example.com:8443", h)
+	}
+	return nil
+}
+
 // Validate checks the configuration without side effects.
 func (a *App) Validate() error {
+	if a.Prefix != "" { // "" is the default, once provisioned
+		if err := checkPrefix(a.Prefix); err != nil {
+			return err
+		}
+	}
+	for _, h := range a.AllowedRedirectHosts {
+		if err := checkRedirectHost(h); err != nil {
+			return err
+		}
+	}
 	if a.Keys.Algorithm != authcore.AlgEdDSA && a.Keys.Algorithm != authcore.AlgES256 {
 		return fmt.Errorf("keys: algorithm %q (want EdDSA or ES256)", a.Keys.Algorithm)
 	}

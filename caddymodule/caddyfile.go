@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"net/url"
 	"reflect"
 	"slices"
@@ -20,13 +21,90 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterGlobalOption("sigra", parseGlobal)
-	httpcaddyfile.RegisterHandlerDirective("sigra_portal", parsePortal)
-	httpcaddyfile.RegisterHandlerDirective("sigra_gate", parseGate)
+	httpcaddyfile.RegisterDirective("sigra_portal", handlerDirective(parsePortal, portalMatcher))
+	httpcaddyfile.RegisterDirective("sigra_gate", handlerDirective(parseGate, gateMatcher))
 	// Both run before basic_auth, the portal before the gate, so users
 	// write no `order` line. (Registered in this order on purpose: each
 	// lands immediately before basic_auth.)
 	httpcaddyfile.RegisterDirectiveOrder("sigra_portal", httpcaddyfile.Before, "basic_auth")
 	httpcaddyfile.RegisterDirectiveOrder("sigra_gate", httpcaddyfile.Before, "basic_auth")
+}
+
+// handlerDirective is httpcaddyfile.RegisterHandlerDirective's parser,
+// with check shown the directive's matcher before setup parses the rest.
+func handlerDirective(setup httpcaddyfile.UnmarshalHandlerFunc, check func(httpcaddyfile.Helper, caddy.ModuleMap) error) httpcaddyfile.UnmarshalFunc {
+	return func(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+		if !h.Next() {
+			return nil, h.ArgErr()
+		}
+		matcherSet, err := h.ExtractMatcherSet()
+		if err != nil {
+			return nil, err
+		}
+		h.Next() // on the directive again, so errors name its line
+		if err := check(h, matcherSet); err != nil {
+			return nil, err
+		}
+		h.Reset()
+		val, err := setup(h)
+		if err != nil {
+			return nil, err
+		}
+		return h.NewRoute(matcherSet, val), nil
+	}
+}
+
+// portalMatcher refuses a matcher on sigra_portal: besides serving its
+// own paths, it strips forged identity headers and the gateway's cookies
+// from every request of the site, gated or not.
+func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
+	if matcherSet != nil {
+		return h.Err("sigra_portal takes no matcher: it must see every request of the site, to serve its own paths and to strip X-Sigra-* headers and the gateway's cookies from all the others")
+	}
+	return nil
+}
+
+// gateSiblings is what a block's state remembers of the matchers of the
+// gates written in it.
+type gateSiblings struct {
+	block   uintptr // the BlockState map it was set in (see gateScope)
+	matched []gateMatch
+}
+
+type gateMatch struct {
+	line       int
+	singlePath bool
+}
+
+// gateMatcher refuses sibling gates whose order Caddy cannot decide by
+// specificity. Caddy sorts a block's sigra_gate directives longest path
+// first only when each has a single path matcher, and one without a
+// matcher last; two gates that both have matchers, one of them another
+// kind (method, header, several paths), keep the order they are written
+// in. Of siblings, the first that matches decides alone, so which gate
+// decides would rest on the writing order while the rule promises the
+// most specific: `@reads method GET` written before `/admin/*` would make
+// /admin/* readable by anyone.
+func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
+	if matcherSet == nil || h.BlockState == nil {
+		return nil
+	}
+	var paths []string
+	single := len(matcherSet) == 1 && json.Unmarshal(matcherSet["path"], &paths) == nil && len(paths) == 1
+	block := reflect.ValueOf(h.BlockState).Pointer()
+	sib, _ := h.BlockState["sigra.gate_siblings"].(*gateSiblings)
+	if sib == nil || sib.block != block {
+		sib = &gateSiblings{block: block}
+		h.BlockState["sigra.gate_siblings"] = sib
+	}
+	for _, m := range sib.matched {
+		if !single || !m.singlePath {
+			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and Caddy orders sibling gates by specificity only when each matches a single path: "+
+				"for a request both match, the one written first would decide alone. Give each one path, or nest the narrower gate in a handle block (a nested gate adds its requirements)", m.line)
+		}
+	}
+	sib.matched = append(sib.matched, gateMatch{line: h.Line(), singlePath: single})
+	return nil
 }
 
 // later names global sub-options that belong to capabilities not in this
@@ -157,8 +235,8 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if err := oneArg(d, &app.Prefix); err != nil {
 				return nil, err
 			}
-			if len(app.Prefix) < 2 || app.Prefix[0] != '/' || app.Prefix[len(app.Prefix)-1] == '/' {
-				return nil, d.Errf("prefix: %q must start with / and not end with /", app.Prefix)
+			if err := checkPrefix(app.Prefix); err != nil {
+				return nil, d.Err(err.Error())
 			}
 		case "admin_group":
 			if err := oneArg(d, &app.AdminGroup); err != nil {
@@ -169,9 +247,14 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, err
 			}
 		case "allowed_redirect_hosts":
-			app.AllowedRedirectHosts = append(app.AllowedRedirectHosts, d.RemainingArgs()...)
-			if len(app.AllowedRedirectHosts) == 0 {
+			if !d.NextArg() {
 				return nil, d.ArgErr()
+			}
+			for ok := true; ok; ok = d.NextArg() {
+				if err := checkRedirectHost(d.Val()); err != nil {
+					return nil, d.Err(err.Error())
+				}
+				app.AllowedRedirectHosts = append(app.AllowedRedirectHosts, d.Val())
 			}
 		case "header_aliases":
 			for d.NextArg() {
@@ -358,8 +441,15 @@ func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return nil, h.Errf("sigra_gate: unexpected argument %q (requirements go in a block)", h.Val())
 	}
 	g := new(Gate)
+	seen := map[string]int{}
 	for h.NextBlock(0) {
 		req := h.Val()
+		if line, ok := seen[req]; ok {
+			// A second line would silently widen the first (a bare mfa
+			// after mfa max_age 5m, more groups): say it once.
+			return nil, h.Errf("sigra_gate: %s is already given on line %d; put it on one line", req, line)
+		}
+		seen[req] = h.Line()
 		switch req {
 		case "optional":
 			if h.NextArg() {

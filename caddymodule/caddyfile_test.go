@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -59,6 +60,11 @@ func TestParseGate(t *testing.T) {
 		{"assertion bad value", "sigra_gate {\n assertion maybe\n}", Gate{}, `want on or off, not "maybe"`},
 		{"assertion without value", "sigra_gate {\n assertion\n}", Gate{}, "wrong argument count"},
 		{"assertion extra value", "sigra_gate {\n assertion off now\n}", Gate{}, "wrong argument count"},
+		// A second line would widen the first: a bare mfa after max_age, or
+		// more groups that any one of passes.
+		{"mfa twice", "sigra_gate {\n mfa max_age 5m\n mfa\n}", Gate{}, "mfa is already given on line 2"},
+		{"group twice", "sigra_gate {\n group admins\n group finance\n}", Gate{}, "group is already given on line 2"},
+		{"amr twice", "sigra_gate {\n amr hwk\n amr pwd\n}", Gate{}, "amr is already given on line 2"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,7 +139,24 @@ func TestParseGlobal(t *testing.T) {
 		{"bad session option", "sigra {\n session {\n idel 1m\n }\n}", nil, `unknown option "idel"`},
 		{"bad duration", "sigra {\n session {\n idle forever\n }\n}", nil, "invalid duration"},
 		{"zero retries", "sigra {\n regulation {\n max_retries 0\n }\n}", nil, "positive whole number"},
-		{"bad prefix", "sigra {\n prefix auth/\n}", nil, "must start with /"},
+		{"bad prefix", "sigra {\n prefix auth/\n}", nil, "must be a path"},
+		{"prefix with a query", "sigra {\n prefix /x?y\n}", nil, "must be a path"},
+		{"prefix with dot segment", "sigra {\n prefix /a/../b\n}", nil, "must be a path"},
+		{"nested prefix", "sigra {\n prefix /auth/portal\n}", func(t *testing.T, a *App) {
+			if a.Prefix != "/auth/portal" {
+				t.Errorf("prefix %q", a.Prefix)
+			}
+		}, ""},
+		{"redirect host with port and IPv6", "sigra {\n allowed_redirect_hosts docs.example.com:8443 [::1]:9000 192.0.2.7\n}", func(t *testing.T, a *App) {
+			if len(a.AllowedRedirectHosts) != 3 {
+				t.Errorf("hosts %q", a.AllowedRedirectHosts)
+			}
+		}, ""},
+		// Each host also becomes a CSP form-action source.
+		{"redirect host injecting CSP", "sigra {\n allowed_redirect_hosts \"docs.example.com; script-src *\"\n}", nil, "is not a host name"},
+		{"redirect host wildcard", "sigra {\n allowed_redirect_hosts *.example.com\n}", nil, "is not a host name"},
+		{"redirect host URL", "sigra {\n allowed_redirect_hosts https://docs.example.com/path\n}", nil, "is not a host name"},
+		{"redirect host without value", "sigra {\n allowed_redirect_hosts\n}", nil, "wrong argument count"},
 		{"webhook without secret", "sigra {\n audit {\n webhook https://h.example.com {\n actions *\n }\n }\n}", nil, "secret is required"},
 		{"webhook bad url", "sigra {\n audit {\n webhook ftp://h.example.com {\n secret s\n }\n }\n}", nil, "not an http(s) URL"},
 		{"webhook without secret hides credentials", "sigra {\n audit {\n webhook https://u:pw@h.example.com/in?token=t0k {\n actions *\n }\n }\n}", nil, "webhook https://xxxxx@h.example.com/in?xxxxx: secret is required"},
@@ -204,5 +227,52 @@ func TestAdaptExample(t *testing.T) {
 	want := "sigra_portal|sigra_gate /public/*|sigra_gate /secure/*|sigra_gate /admin/*|sigra_gate|reverse_proxy"
 	if got := strings.Join(order, "|"); got != want {
 		t.Errorf("handler order %s; want %s", got, want)
+	}
+}
+
+// adaptCaddyfile adapts a Caddyfile the way caddy adapt does.
+func adaptCaddyfile(src string) error {
+	_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "Testfile"})
+	return err
+}
+
+// Sibling gates decide most specific first, which Caddy can only sort
+// when each has one path; otherwise the Caddyfile is refused, naming
+// both lines, rather than letting the writing order decide silently.
+func TestAdaptSiblingGateOrder(t *testing.T) {
+	const site = "{\n\tsigra {\n\t\tstorage bbolt /tmp/never-opened.db\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n%s\n\trespond ok\n}\n"
+	cases := []struct {
+		name, gates, wantErr string
+	}{
+		{"single paths and a bare gate", "\tsigra_gate /public/* {\n\t\toptional\n\t}\n\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\tsigra_gate", ""},
+		{"method matcher before a path", "\t@reads method GET HEAD\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\tsigra_gate",
+			"this gate and the one on line 9 both have matchers"},
+		{"two paths in one matcher", "\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\t@ab path /a/* /b/*\n\tsigra_gate @ab {\n\t\toptional\n\t}",
+			"this gate and the one on line 8 both have matchers"},
+		{"a matched gate and a bare one", "\t@reads method GET\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\tsigra_gate", ""},
+		{"the narrower gate nested", "\t@reads method GET HEAD\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}\n\tsigra_gate", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := adaptCaddyfile(fmt.Sprintf(site, tc.gates))
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "Testfile:") {
+				t.Errorf("adapt error %v; want one containing %q and naming the line", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// The portal must see every request of its site: a matcher would let
+// forged identity headers and the gateway's cookies through elsewhere.
+func TestAdaptPortalRefusesMatcher(t *testing.T) {
+	err := adaptCaddyfile("http://127.0.0.1:9 {\n\tsigra_portal /.sigra/*\n\trespond ok\n}\n")
+	if err == nil || !strings.Contains(err.Error(), "sigra_portal takes no matcher") || !strings.Contains(err.Error(), "Testfile:2") {
+		t.Errorf("adapt error %v; want sigra_portal refusing its matcher at Testfile:2", err)
 	}
 }

@@ -33,8 +33,18 @@ type Portal struct {
 	logger  *zap.Logger
 	origins *originCache
 	// formTargets are extra CSP form-action sources (allowed redirect
-	// hosts), each with a leading space.
-	formTargets []string
+	// hosts), each with a leading space: for HTTPS sites, and for plain
+	// HTTP ones, which may also redirect over http:// (CleanRedirect).
+	formTargets, formTargetsHTTP []string
+}
+
+// formActions are the extra CSP form-action sources of a page served
+// over HTTPS (secure) or plain HTTP.
+func (p *Portal) formActions(secure bool) []string {
+	if secure {
+		return p.formTargets
+	}
+	return p.formTargetsHTTP
 }
 
 // CaddyModule returns the Caddy module information.
@@ -54,10 +64,18 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	p.app = app
 	p.logger = ctx.Logger()
 	p.origins = new(originCache)
-	for _, h := range app.AllowedRedirectHosts {
-		p.formTargets = append(p.formTargets, " https://"+h, " http://"+h)
-	}
+	p.setFormTargets(app.AllowedRedirectHosts)
 	return nil
+}
+
+// setFormTargets makes the allowed redirect hosts form-action sources:
+// an HTTPS page may only post to them over HTTPS, as it may only
+// redirect there over HTTPS.
+func (p *Portal) setFormTargets(hosts []string) {
+	for _, h := range hosts {
+		p.formTargets = append(p.formTargets, " https://"+h)
+		p.formTargetsHTTP = append(p.formTargetsHTTP, " https://"+h, " http://"+h)
+	}
 }
 
 // sigraApp loads the sigra app (with defaults if the Caddyfile has no
@@ -97,7 +115,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	q := &preq{w: w, r: r, rt: rt, p: p, own: own, origin: p.origins.origin(r), secure: secure, nonce: newNonce()}
-	setPageHeaders(w.Header(), q.nonce, p.formTargets)
+	setPageHeaders(w.Header(), q.nonce, p.formActions(secure))
 	// Every portal body is capped, whatever the method: nothing here
 	// reads more than a form.
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)

@@ -196,6 +196,24 @@ func TestLoginRedirectTargets(t *testing.T) {
 	}
 }
 
+// An HTTPS page's CSP lets forms post to the allowed redirect hosts over
+// HTTPS only; a plain HTTP site's, over either.
+func TestFormActionSources(t *testing.T) {
+	var p Portal
+	p.setFormTargets([]string{"docs.example.com", "[::1]:8443"})
+	h := http.Header{}
+	setPageHeaders(h, "n", p.formActions(true))
+	csp := h.Get("Content-Security-Policy")
+	if !strings.Contains(csp, "form-action 'self' https://docs.example.com https://[::1]:8443;") || strings.Contains(csp, "http://") {
+		t.Errorf("HTTPS page CSP %q; want form-action to the hosts over https only", csp)
+	}
+	h = http.Header{}
+	setPageHeaders(h, "n", p.formActions(false))
+	if csp := h.Get("Content-Security-Policy"); !strings.Contains(csp, "form-action 'self' https://docs.example.com http://docs.example.com https://[::1]:8443 http://[::1]:8443;") {
+		t.Errorf("HTTP page CSP %q; want form-action to the hosts over https and http", csp)
+	}
+}
+
 func TestPortalOversizedBody(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	_, page := e.get("/.sigra/login", nil)
