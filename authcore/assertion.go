@@ -565,10 +565,12 @@ func (kr *KeyRing) Assertion(p *Principal, iss, aud string, now time.Time) (stri
 	if groups == nil {
 		groups = []string{}
 	}
+	// Never valid past the session's own end.
+	exp := min(now.Add(kr.ttl).Unix(), p.Session.ExpiresAt.Unix())
 	claims := AssertionClaims{
 		Issuer: iss, Audience: aud, Subject: p.User.ID, Email: p.User.Email, EmailVerified: p.User.EmailVerified,
 		Name: p.User.Name, Groups: groups, AMR: p.Session.AMR, SessionID: p.SessionID,
-		AuthTime: p.Session.AuthTime.Unix(), IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: now.Add(kr.ttl).Unix(),
+		AuthTime: p.Session.AuthTime.Unix(), IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: exp,
 	}
 	payload, err := json.Marshal(claims)
 	if err != nil {

@@ -432,6 +432,23 @@ func must64(t *testing.T, s string) []byte {
 	return b
 }
 
+// An assertion never outlives its session: near the session's end, exp
+// is the session's expiry, not now + TTL.
+func TestAssertionExpiryCappedBySession(t *testing.T) {
+	p := krPrincipal(t, nil)
+	clk := clock.NewFake(p.Session.ExpiresAt.Add(-2 * time.Minute))
+	kr := newKR(t, clk, newKRSecretsStore(), KeyRingConfig{TTL: 5 * time.Minute})
+	const iss = "https://app.example.com"
+	tok, err := kr.Assertion(p, iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	std, _ := krVerify(t, kr, tok, iss, iss, clk.Now())
+	if got, want := std.Expiry.Time(), p.Session.ExpiresAt; !got.Equal(want) {
+		t.Errorf("exp = %v; want the session's expiry %v", got, want)
+	}
+}
+
 func TestAssertionEmptyGroupsIsAList(t *testing.T) {
 	kr := newKR(t, clock.NewFake(krStart), newKRSecretsStore(), KeyRingConfig{})
 	for name, groups := range map[string][]string{"nil": nil, "empty": {}} {
