@@ -467,6 +467,10 @@ func TestNewValidatesWebhooks(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := New(nil, nil, newMemStore(), Options{Webhooks: tt.hooks})
+			// Config layers check with ValidateWebhooks: the same answer.
+			if verr := ValidateWebhooks(tt.hooks); fmt.Sprint(verr) != fmt.Sprint(err) {
+				t.Errorf("ValidateWebhooks = %v; New = %v", verr, err)
+			}
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("New = %v; want nil", err)

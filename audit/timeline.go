@@ -59,6 +59,13 @@ type Query struct {
 	Cursor string
 	// Limit is the page size: 0 means DefaultLimit, at most MaxLimit.
 	Limit int
+
+	// sinceAgo and untilAgo are Since and Until as ParseQuery read them
+	// when given relative to now ("24h"); "" for an absolute bound. The
+	// next page's request resolves "24h" to another instant, so a cursor
+	// is checked against the bound as written and carries the instant
+	// the first page used.
+	sinceAgo, untilAgo string
 }
 
 // Page is one timeline page; its JSON is the admin API's answer
@@ -78,6 +85,11 @@ type Page struct {
 // ParseQuery reads the admin API's query parameters: actor, subject,
 // action, since, until (see ParseTime), cursor and limit. Errors wrap
 // ErrBadLimit, ErrBadTime or ErrBadPattern.
+//
+// A relative since or until ("24h") is resolved against now on the first
+// page only: the pages that follow its cursor keep that first window, so
+// repeating the same parameters with the cursor a moment later goes on
+// where the last page ended.
 func ParseQuery(v url.Values, now time.Time) (Query, error) {
 	q := Query{
 		ActorID:   v.Get("actor"),
@@ -89,10 +101,10 @@ func ParseQuery(v url.Values, now time.Time) (Query, error) {
 		return Query{}, err
 	}
 	var err error
-	if q.Since, err = ParseTime(v.Get("since"), now); err != nil {
+	if q.Since, q.sinceAgo, err = parseTime(v.Get("since"), now); err != nil {
 		return Query{}, fmt.Errorf("since: %w", err)
 	}
-	if q.Until, err = ParseTime(v.Get("until"), now); err != nil {
+	if q.Until, q.untilAgo, err = parseTime(v.Get("until"), now); err != nil {
 		return Query{}, fmt.Errorf("until: %w", err)
 	}
 	if s := v.Get("limit"); s != "" {
@@ -113,18 +125,24 @@ func ParseQuery(v url.Values, now time.Time) (Query, error) {
 // ("2026-11-22", midnight UTC), or a duration before now ("90m", "24h",
 // "7d"). "" is the zero time (unbounded). Errors wrap ErrBadTime.
 func ParseTime(s string, now time.Time) (time.Time, error) {
+	t, _, err := parseTime(s, now)
+	return t, err
+}
+
+// parseTime is ParseTime that also returns, for a duration before now,
+// the duration in a canonical form ("24h0m0s"); "" otherwise.
+func parseTime(s string, now time.Time) (t time.Time, ago string, err error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return time.Time{}, nil
+		return time.Time{}, "", nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t.UTC(), nil
+		return t.UTC(), "", nil
 	}
 	if t, err := time.Parse(time.DateOnly, s); err == nil {
-		return t.UTC(), nil
+		return t.UTC(), "", nil
 	}
 	var d time.Duration
-	var err error
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		var n int
 		// At most what a Duration holds (about 292 years), so the product
@@ -139,9 +157,9 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 		d, err = time.ParseDuration(s)
 	}
 	if err != nil || d < 0 {
-		return time.Time{}, fmt.Errorf("%w: %q is not RFC 3339, a date (2006-01-02) or a duration (24h, 7d)", ErrBadTime, s)
+		return time.Time{}, "", fmt.Errorf("%w: %q is not RFC 3339, a date (2006-01-02) or a duration (24h, 7d)", ErrBadTime, s)
 	}
-	return now.Add(-d).UTC(), nil
+	return now.Add(-d).UTC(), d.String(), nil
 }
 
 func (q Query) limit() (int, error) {
@@ -174,12 +192,21 @@ func (l *Log) Timeline(ctx context.Context, q Query) (Page, error) {
 	if !sq.Since.IsZero() && !sq.Until.IsZero() && sq.Since.After(sq.Until) {
 		return Page{}, fmt.Errorf("%w: since %s is after until %s", ErrBadTime, sq.Since.Format(time.RFC3339Nano), sq.Until.Format(time.RFC3339Nano))
 	}
+	key := q.cursorKey(pat)
 	if q.Cursor != "" {
-		pos, err := decodeCursor(q.Cursor, sq)
+		c, err := decodeCursor(q.Cursor, key)
 		if err != nil {
 			return Page{}, err
 		}
-		sq.Before = &pos
+		sq.Before = &c.pos
+		// A relative bound keeps the instant the first page resolved it
+		// to; an absolute one is the same instant either way.
+		if q.sinceAgo != "" {
+			sq.Since = c.since
+		}
+		if q.untilAgo != "" {
+			sq.Until = c.until
+		}
 	}
 	rows, next, err := l.st.AuditTimeline(ctx, sq)
 	if err != nil {
@@ -190,65 +217,101 @@ func (l *Log) Timeline(ctx context.Context, q Query) (Page, error) {
 		p.Rows = []Row{}
 	}
 	if next != nil {
-		p.NextCursor = encodeCursor(*next, sq)
+		p.NextCursor = encodeCursor(cursor{pos: *next, since: sq.Since, until: sq.Until}, key)
 	}
 	return p, nil
 }
 
-// A cursor is base64url(version ‖ unix nanos ‖ uuid ‖ check), where check
-// is a truncated SHA-256 over the filters and the position. It is not a
-// secret and grants nothing (the caller may read the whole log anyway);
-// the check catches a mangled cursor or one reused with other filters.
+// A cursor is base64url(version ‖ unix nanos ‖ uuid ‖ since ‖ until ‖
+// check): the position of the last row of its page, the time bounds the
+// first page used (each as unix seconds and nanoseconds, so that any time
+// survives), and a truncated SHA-256 over the filters and all of that. It
+// is not a secret and grants nothing (the caller may read the whole log
+// anyway); the check catches a mangled cursor or one reused with other
+// filters.
 const (
-	cursorVersion = 1
-	cursorLen     = 1 + 8 + 16 + 8
+	cursorVersion = 2
+	cursorLen     = 1 + 8 + 16 + 12 + 12 + 8
 )
 
-func cursorCheck(payload []byte, q StoreQuery) []byte {
+// cursor is what a cursor carries.
+type cursor struct {
+	pos          Position
+	since, until time.Time
+}
+
+// cursorKey is what a cursor is checked against: the filters as the
+// caller gave them, a relative bound as written ("ago 24h0m0s") rather
+// than the instant it comes to on this request.
+type cursorKey struct {
+	actor, subject, action, since, until string
+}
+
+func (q Query) cursorKey(action Pattern) cursorKey {
+	bound := func(ago string, t time.Time) string {
+		if ago != "" {
+			return "ago " + ago
+		}
+		return fmt.Sprintf("at %d.%09d", t.Unix(), t.Nanosecond())
+	}
+	return cursorKey{q.ActorID, q.SubjectID, string(action), bound(q.sinceAgo, q.Since), bound(q.untilAgo, q.Until)}
+}
+
+func cursorCheck(payload []byte, k cursorKey) []byte {
 	h := sha256.New()
-	h.Write([]byte("sigra.audit.cursor.v1"))
-	for _, s := range []string{q.ActorID, q.SubjectID, string(q.Action)} {
+	h.Write([]byte("sigra.audit.cursor.v2"))
+	for _, s := range []string{k.actor, k.subject, k.action, k.since, k.until} {
 		h.Write([]byte{0})
 		h.Write([]byte(s))
 	}
-	var b [16]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(unixNanos(q.Since)))
-	binary.BigEndian.PutUint64(b[8:], uint64(unixNanos(q.Until)))
-	h.Write(b[:])
 	h.Write(payload)
 	return h.Sum(nil)[:8]
 }
 
-func unixNanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
+func appendTime(b []byte, t time.Time) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(t.Unix()))
+	return binary.BigEndian.AppendUint32(b, uint32(t.Nanosecond()))
 }
 
-func encodeCursor(p Position, q StoreQuery) string {
+func readTime(b []byte) (time.Time, bool) {
+	nsec := binary.BigEndian.Uint32(b[8:12])
+	if nsec >= 1e9 {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(binary.BigEndian.Uint64(b[:8])), int64(nsec)).UTC(), true
+}
+
+func encodeCursor(c cursor, k cursorKey) string {
 	b := make([]byte, 0, cursorLen)
 	b = append(b, cursorVersion)
-	b = binary.BigEndian.AppendUint64(b, uint64(p.At.UnixNano()))
-	b = append(b, p.ID[:]...)
-	b = append(b, cursorCheck(b, q)...)
+	b = binary.BigEndian.AppendUint64(b, uint64(c.pos.At.UnixNano()))
+	b = append(b, c.pos.ID[:]...)
+	b = appendTime(b, c.since)
+	b = appendTime(b, c.until)
+	b = append(b, cursorCheck(b, k)...)
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func decodeCursor(s string, q StoreQuery) (Position, error) {
+func decodeCursor(s string, k cursorKey) (cursor, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || len(b) != cursorLen || b[0] != cursorVersion {
-		return Position{}, ErrBadCursor
+		return cursor{}, ErrBadCursor
 	}
-	if !bytes.Equal(b[25:], cursorCheck(b[:25], q)) {
-		return Position{}, ErrBadCursor
+	const checkAt = cursorLen - 8
+	if !bytes.Equal(b[checkAt:], cursorCheck(b[:checkAt], k)) {
+		return cursor{}, ErrBadCursor
 	}
 	nanos := int64(binary.BigEndian.Uint64(b[1:9]))
 	if nanos < 0 {
-		return Position{}, ErrBadCursor
+		return cursor{}, ErrBadCursor
 	}
 	id, _ := uuid.FromBytes(b[9:25])
-	return Position{At: time.Unix(0, nanos).UTC(), ID: id}, nil
+	since, ok1 := readTime(b[25:37])
+	until, ok2 := readTime(b[37:49])
+	if !ok1 || !ok2 {
+		return cursor{}, ErrBadCursor
+	}
+	return cursor{pos: Position{At: time.Unix(0, nanos).UTC(), ID: id}, since: since, until: until}, nil
 }
 
 // Export writes the rows with since <= occurred_at < until (zero times are

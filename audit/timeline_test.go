@@ -229,6 +229,70 @@ func TestTimelineRejectsTamperedCursors(t *testing.T) {
 	}
 }
 
+// The admin UI's "Next" link (and a script paging the API) repeats the
+// query with the cursor. A relative bound ("since=24h") is resolved again
+// on every request, a little later each time; the pages must still go on
+// where the last one ended, bounded as the first page was: no 400, no
+// row twice, none skipped.
+func TestTimelineRelativeTimesPage(t *testing.T) {
+	ft := newFakeTime()
+	l := newTestLog(t, newMemStore(), ft, Options{})
+	rows := seed(t, l, ft, 12) // rows[i] at t0+i s; now t0+12s
+	// since 11s ago (rows 1 on), until 2s ago (before row 10).
+	v := url.Values{"since": {"11s"}, "until": {"2s"}, "limit": {"3"}}
+	want := newest(rows[1:10], func(Row) bool { return true })
+	var got []string
+	for pages := 0; ; pages++ {
+		if pages > len(rows) {
+			t.Fatal("pagination does not end")
+		}
+		q, err := ParseQuery(v, ft.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := l.Timeline(context.Background(), q)
+		if err != nil {
+			t.Fatalf("page %d (cursor %q), %s after the first: %v", pages+1, q.Cursor, time.Duration(pages)*time.Second, err)
+		}
+		for _, r := range p.Rows {
+			got = append(got, r.ID)
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		v.Set("cursor", p.NextCursor)
+		// The next request comes a second later: its "11s ago" is
+		// another instant, which would drop the oldest row.
+		ft.Advance(time.Second)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("pages gave %d rows\n%v\nwant the %d of the first page's window\n%v", len(got), got, len(want), want)
+	}
+
+	// The cursor still belongs to its filters: another relative or an
+	// absolute bound is another query.
+	q, _ := ParseQuery(url.Values{"since": {"11s"}, "limit": {"3"}}, ft.Now())
+	p, err := l.Timeline(context.Background(), q)
+	if err != nil || p.NextCursor == "" {
+		t.Fatalf("first page: %v, cursor %q", err, p.NextCursor)
+	}
+	for _, other := range []url.Values{
+		{"since": {"12s"}},
+		{"since": {"11s"}, "until": {"1s"}},
+		{"since": {q.Since.Format(time.RFC3339Nano)}},
+		{},
+	} {
+		other.Set("cursor", p.NextCursor)
+		oq, err := ParseQuery(other, ft.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Timeline(context.Background(), oq); !errors.Is(err, ErrBadCursor) {
+			t.Errorf("cursor of since=11s used with %s = %v; want ErrBadCursor", other.Encode(), err)
+		}
+	}
+}
+
 func TestTimelineRejectsBadTimesAndPatterns(t *testing.T) {
 	l := newTestLog(t, newMemStore(), newFakeTime(), Options{})
 	if _, err := l.Timeline(context.Background(), Query{Since: t0, Until: t0.Add(-time.Second)}); !errors.Is(err, ErrBadTime) {
@@ -252,8 +316,8 @@ func TestParseQuery(t *testing.T) {
 		{"", Query{}, nil},
 		{"actor=u1&subject=u2&action=auth.*&limit=20&cursor=abc", Query{ActorID: "u1", SubjectID: "u2", Action: "auth.*", Limit: 20, Cursor: "abc"}, nil},
 		{"since=2026-11-01T00:00:00Z&until=2026-11-02", Query{Since: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), Until: time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)}, nil},
-		{"since=24h", Query{Since: now.Add(-24 * time.Hour)}, nil},
-		{"since=7d", Query{Since: now.Add(-7 * 24 * time.Hour)}, nil},
+		{"since=24h", Query{Since: now.Add(-24 * time.Hour), sinceAgo: "24h0m0s"}, nil},
+		{"since=7d&until=90m", Query{Since: now.Add(-7 * 24 * time.Hour), Until: now.Add(-90 * time.Minute), sinceAgo: "168h0m0s", untilAgo: "1h30m0s"}, nil},
 		{"limit=501", Query{}, ErrBadLimit},
 		{"limit=-1", Query{}, ErrBadLimit},
 		{"limit=ten", Query{}, ErrBadLimit},

@@ -79,17 +79,31 @@ type hook struct {
 	patterns []Pattern
 }
 
-func newHooks(cfgs []WebhookConfig) ([]*hook, error) {
-	hooks := make([]*hook, 0, len(cfgs))
-	seen := map[string]bool{}
+// ValidateWebhooks checks a set of webhooks as New does: each one
+// (Validate), and no URL twice. Errors wrap ErrBadWebhook; with several
+// problems, the first webhook that has one is named. A configuration
+// layer calls it to refuse, at validation time, a config that New would
+// refuse at start.
+func ValidateWebhooks(cfgs []WebhookConfig) error {
+	seen := make(map[string]bool, len(cfgs))
 	for _, c := range cfgs {
 		if err := c.Validate(); err != nil {
-			return nil, err
+			return err
 		}
 		if seen[c.URL] {
-			return nil, fmt.Errorf("%w %s: configured twice (list every action pattern in one webhook)", ErrBadWebhook, RedactURL(c.URL))
+			return fmt.Errorf("%w %s: configured twice (list every action pattern in one webhook)", ErrBadWebhook, RedactURL(c.URL))
 		}
 		seen[c.URL] = true
+	}
+	return nil
+}
+
+func newHooks(cfgs []WebhookConfig) ([]*hook, error) {
+	if err := ValidateWebhooks(cfgs); err != nil {
+		return nil, err
+	}
+	hooks := make([]*hook, 0, len(cfgs))
+	for _, c := range cfgs {
 		ps, _ := ParsePatterns(c.Actions)
 		hooks = append(hooks, &hook{id: c.ID(), url: c.URL, secret: append([]byte(nil), c.Secret...), patterns: ps})
 	}

@@ -155,10 +155,29 @@ type runtime struct {
 	// failRecord, when set (tests only), makes record fail for the rows
 	// it returns an error for, as a broken audit store would.
 	failRecord atomic.Pointer[func(audit.Row) error]
+
+	owner *App // the app that built it
 }
 
 // record appends an audit row durably, timing it for the metrics.
+//
+// A request loads its runtime once, when it starts. If a reload stops
+// the app that built it before the request writes its row (Caddy stops a
+// config's apps in no set order, so the old servers may still be
+// finishing requests), the audit log is closed: the row then goes to the
+// app that replaced it, on the same store, rather than being lost after
+// the change it records was saved.
 func (rt *runtime) record(ctx context.Context, row audit.Row) error {
+	err := rt.recordHere(ctx, row)
+	if errors.Is(err, audit.ErrClosed) {
+		if next := replacement(rt.owner); next != nil && next != rt {
+			return next.recordHere(ctx, row)
+		}
+	}
+	return err
+}
+
+func (rt *runtime) recordHere(ctx context.Context, row audit.Row) error {
 	if f := rt.failRecord.Load(); f != nil {
 		if err := (*f)(row); err != nil {
 			return err
@@ -422,7 +441,7 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 		return nil, err
 	}
 	rt := &runtime{store: st, auth: auth, keys: keys, csrf: authcore.NewCSRF(csrfKey),
-		reg: authcore.NewRegulator(a.clock, st, rc), audit: log, metrics: a.metrics}
+		reg: authcore.NewRegulator(a.clock, st, rc), audit: log, metrics: a.metrics, owner: a}
 	if bootstrap {
 		if err := a.bootstrapAdmin(ctx, rt); err != nil {
 			_ = log.Close()

@@ -2,11 +2,14 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
 )
 
 // appOn starts a sigra App on the bbolt file at path, without Caddy.
@@ -55,5 +58,42 @@ func TestRuntimeAfterReload(t *testing.T) {
 	}
 	if rt := replacing.runtime(ctx); rt != nil {
 		t.Error("a stopped app with no replacement still has a runtime")
+	}
+}
+
+// A request that loaded its runtime before a reload may write its audit
+// row after Caddy has stopped the old app (apps of a config stop in no
+// set order, so the old servers can still be finishing). The row goes to
+// the replacing app on the same store: neither lost nor a 500.
+func TestRecordAfterReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	ctx := context.Background()
+	old := appOn(t, path)
+	rt := old.runtime(ctx) // the request starts on the old config
+	replacing := appOn(t, path)
+	defer replacing.Stop()
+	if err := old.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	row := audit.Row{Action: "auth.login.success", ActorType: audit.ActorUser, ActorID: "u1", Outcome: "success"}
+	if err := rt.record(ctx, row); err != nil {
+		t.Fatalf("record on the stopped config = %v; want the row written through the replacing app", err)
+	}
+	page, err := replacing.life.rt.Load().audit.Timeline(ctx, audit.Query{ActorID: "u1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Rows) != 1 || page.Rows[0].Action != "auth.login.success" {
+		t.Fatalf("rows by u1 after the reload: %+v; want the one login row", page.Rows)
+	}
+
+	// With no replacement (Caddy stopping), the row is refused, not
+	// dropped silently.
+	rt = replacing.runtime(ctx)
+	if err := replacing.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.record(ctx, row); !errors.Is(err, audit.ErrClosed) {
+		t.Fatalf("record with every app stopped = %v; want audit.ErrClosed", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -34,7 +35,8 @@ type AuditWebhook struct {
 	Actions []string `json:"actions,omitempty"`
 }
 
-// webhooks converts the configured webhooks for the audit package.
+// webhooks converts the configured webhooks for the audit package, their
+// secrets' placeholders expanded, and checks them as audit.New will.
 func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 	if c == nil {
 		return nil, nil
@@ -46,16 +48,37 @@ func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 		if secret == "" {
 			return nil, fmt.Errorf("audit webhook %d (%s): a secret is required", i+1, audit.RedactURL(w.URL))
 		}
-		actions := w.Actions
-		if len(actions) == 0 {
-			actions = []string{"*"}
-		}
-		if _, err := audit.ParsePatterns(actions); err != nil {
-			return nil, fmt.Errorf("audit webhook %s: %w", audit.RedactURL(w.URL), err)
-		}
-		out = append(out, audit.WebhookConfig{URL: w.URL, Secret: []byte(secret), Actions: actions})
+		out = append(out, w.config(secret))
+	}
+	if err := audit.ValidateWebhooks(out); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// config is w for the audit package, with this secret.
+func (w *AuditWebhook) config(secret string) audit.WebhookConfig {
+	actions := w.Actions
+	if len(actions) == 0 {
+		actions = []string{"*"}
+	}
+	return audit.WebhookConfig{URL: w.URL, Secret: []byte(secret), Actions: actions}
+}
+
+// checkWebhooksAsWritten checks webhooks as audit.New will, while a
+// Caddyfile is adapted, where the error can name the line. A secret given
+// as a placeholder ({env.HOOK_SECRET}) has no value yet: webhooks checks
+// it when the config loads.
+func checkWebhooksAsWritten(ws []*AuditWebhook) error {
+	cfgs := make([]audit.WebhookConfig, 0, len(ws))
+	for _, w := range ws {
+		secret := w.Secret
+		if strings.Contains(secret, "{") {
+			secret = strings.Repeat("-", audit.MinSecretLen) // a stand-in of a valid length
+		}
+		cfgs = append(cfgs, w.config(secret))
+	}
+	return audit.ValidateWebhooks(cfgs)
 }
 
 // event is an audit row in the making; the request fills in the rest.

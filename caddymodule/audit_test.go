@@ -37,3 +37,34 @@ func TestAuditConfigErrorsRedactWebhookURL(t *testing.T) {
 		})
 	}
 }
+
+// The checks that audit.New runs at start run when the config is
+// validated (caddy validate, a JSON config through the admin API) too.
+func TestAuditConfigValidateChecksWebhooksAsStartWould(t *testing.T) {
+	t.Setenv("SIGRA_TEST_SHORT_HOOK_SECRET", "short")
+	const secret = "0123456789abcdef"
+	tests := []struct {
+		name  string
+		hooks []*AuditWebhook
+		want  string
+	}{
+		{"short literal secret", []*AuditWebhook{{URL: "https://h.example.com/in", Secret: "short"}}, "secret must be at least 16 bytes"},
+		{"short secret from the environment", []*AuditWebhook{{URL: "https://h.example.com/in", Secret: "{env.SIGRA_TEST_SHORT_HOOK_SECRET}"}}, "secret must be at least 16 bytes"},
+		{"the same URL twice", []*AuditWebhook{{URL: "https://h.example.com/in", Secret: secret}, {URL: "https://h.example.com/in", Secret: secret, Actions: []string{"auth.*"}}}, "configured twice"},
+		{"a fragment", []*AuditWebhook{{URL: "https://h.example.com/in#x", Secret: secret}}, "fragment"},
+		{"no host", []*AuditWebhook{{URL: "https:///in", Secret: secret}}, "no host"},
+		{"ftp", []*AuditWebhook{{URL: "ftp://h.example.com/in", Secret: secret}}, "scheme"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := (&AuditConfig{Webhooks: tt.hooks}).validate()
+			if !errors.Is(err, errAuditConfig) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("validate() = %v; want an audit config error mentioning %q", err, tt.want)
+			}
+		})
+	}
+	ok := &AuditConfig{Webhooks: []*AuditWebhook{{URL: "https://h.example.com/a", Secret: secret}, {URL: "https://h.example.com/b", Secret: secret}}}
+	if err := ok.validate(); err != nil {
+		t.Fatalf("two good webhooks: validate() = %v", err)
+	}
+}

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"encoding/json"
-	"net/url"
 	"reflect"
 	"slices"
 	"strconv"
@@ -362,12 +361,10 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 				return nil, err
 			}
 		case "webhook":
+			at := *d // the webhook's line, for what is checked after its block
 			w := new(AuditWebhook)
 			if err := oneArg(d, &w.URL); err != nil {
 				return nil, err
-			}
-			if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return nil, d.Errf("webhook: %q is not an http(s) URL", audit.RedactURL(w.URL))
 			}
 			for d.NextBlock(2) {
 				switch d.Val() {
@@ -388,9 +385,12 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 				}
 			}
 			if w.Secret == "" {
-				return nil, d.Errf("webhook %s: secret is required", audit.RedactURL(w.URL))
+				return nil, at.Errf("webhook %s: secret is required", audit.RedactURL(w.URL))
 			}
 			cfg.Webhooks = append(cfg.Webhooks, w)
+			if err := checkWebhooksAsWritten(cfg.Webhooks); err != nil {
+				return nil, at.Errf("%v", err)
+			}
 		default:
 			return nil, d.Errf("audit: unknown option %q (known: retention, webhook)", d.Val())
 		}

@@ -158,7 +158,13 @@ func TestParseGlobal(t *testing.T) {
 		{"redirect host URL", "sigra {\n allowed_redirect_hosts https://docs.example.com/path\n}", nil, "is not a host name"},
 		{"redirect host without value", "sigra {\n allowed_redirect_hosts\n}", nil, "wrong argument count"},
 		{"webhook without secret", "sigra {\n audit {\n webhook https://h.example.com {\n actions *\n }\n }\n}", nil, "secret is required"},
-		{"webhook bad url", "sigra {\n audit {\n webhook ftp://h.example.com {\n secret s\n }\n }\n}", nil, "not an http(s) URL"},
+		{"webhook bad url", "sigra {\n audit {\n webhook ftp://h.example.com {\n secret s\n }\n }\n}", nil, "scheme must be http or https, at Testfile:3"},
+		// What audit.New would refuse at start is refused here, at the
+		// webhook's line; a placeholder secret is checked once it is known.
+		{"webhook short secret", "sigra {\n audit {\n webhook https://h.example.com {\n secret short\n }\n }\n}", nil, "secret must be at least 16 bytes, at Testfile:3"},
+		{"webhook twice", "sigra {\n audit {\n webhook https://h.example.com {\n secret 0123456789abcdef\n }\n webhook https://h.example.com {\n secret {env.HOOK}\n }\n }\n}", nil, "configured twice (list every action pattern in one webhook), at Testfile:6"},
+		{"webhook with a fragment", "sigra {\n audit {\n webhook https://h.example.com/in#part {\n secret {env.HOOK}\n }\n }\n}", nil, "a fragment is never sent; remove it, at Testfile:3"},
+		{"webhook no host", "sigra {\n audit {\n webhook https:///in {\n secret {env.HOOK}\n }\n }\n}", nil, "no host, at Testfile:3"},
 		{"webhook without secret hides credentials", "sigra {\n audit {\n webhook https://u:pw@h.example.com/in?token=t0k {\n actions *\n }\n }\n}", nil, "webhook https://xxxxx@h.example.com/in?xxxxx: secret is required"},
 		{"webhook bad url hides credentials", "sigra {\n audit {\n webhook ftp://u:pw@h.example.com/?token=t0k {\n secret s\n }\n }\n}", nil, "ftp://xxxxx@h.example.com/?xxxxx"},
 		{"unknown alias", "sigra {\n header_aliases nginx\n}", nil, `unknown alias family "nginx"`},

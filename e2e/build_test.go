@@ -190,6 +190,10 @@ http://127.0.0.1:9 {
 		{"optional with group", fmt.Sprintf(tmpl, "", "optional\n\t\tgroup admins"), gateLine + 2, "optional"},
 		{"assertion maybe", fmt.Sprintf(tmpl, "", "assertion maybe"), gateLine, `want on or off, not "maybe"`},
 		{"rule not in this build", fmt.Sprintf(tmpl, "", "rule `\"admins\" in user.groups`"), gateLine, "not available in this build"},
+		// Webhooks that audit.New would refuse at start.
+		{"webhook secret too short", fmt.Sprintf(tmpl, "audit {\n\t\t\twebhook https://hooks.example.com/in {\n\t\t\t\tsecret short\n\t\t\t}\n\t\t}", "optional"), globalLine + 1, "secret must be at least 16 bytes"},
+		{"webhook configured twice", fmt.Sprintf(tmpl, "audit {\n\t\t\twebhook https://hooks.example.com/in {\n\t\t\t\tsecret 0123456789abcdef\n\t\t\t}\n\t\t\twebhook https://hooks.example.com/in {\n\t\t\t\tsecret 0123456789abcdef\n\t\t\t\tactions auth.*\n\t\t\t}\n\t\t}", "optional"), globalLine + 4, "configured twice"},
+		{"webhook URL with a fragment", fmt.Sprintf(tmpl, "audit {\n\t\t\twebhook https://hooks.example.com/in#x {\n\t\t\t\tsecret {env.HOOK_SECRET}\n\t\t\t}\n\t\t}", "optional"), globalLine + 1, "fragment"},
 		{"sigra_portal with a block", "{\n\tadmin off\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal {\n\t\tprefix /auth\n\t}\n\trespond ok\n}\n", 6, "global sigra block"},
 	}
 	for _, tt := range tests {
@@ -212,6 +216,25 @@ http://127.0.0.1:9 {
 			assertNoStore(t, h.dir)
 		})
 	}
+}
+
+// TestValidateChecksWebhookSecretFromEnv: a webhook secret given as a
+// placeholder is unknown when the Caddyfile is adapted, but `caddy
+// validate` expands it and refuses one that Caddy would refuse at start.
+// (Not parallel: it sets the environment the binary inherits.)
+func TestValidateChecksWebhookSecretFromEnv(t *testing.T) {
+	t.Setenv("SIGRA_E2E_HOOK_SECRET", "short")
+	h := newHome(t)
+	cf := filepath.Join(h.dir, "Caddyfile")
+	writeFile(t, cf, "{\n\tadmin off\n\tsigra {\n\t\taudit {\n\t\t\twebhook https://hooks.example.com/in {\n\t\t\t\tsecret {env.SIGRA_E2E_HOOK_SECRET}\n\t\t\t}\n\t\t}\n\t}\n}\n\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\trespond ok\n}\n")
+	if r := runCaddy(t, h, "", "adapt", "--config", cf, "--adapter", "caddyfile"); r.code != 0 {
+		t.Errorf("caddy adapt refused a placeholder secret it cannot know\n%s", r)
+	}
+	r := runCaddy(t, h, "", "validate", "--config", cf, "--adapter", "caddyfile")
+	if out := r.output(); r.code == 0 || !strings.Contains(out, "secret must be at least 16 bytes") {
+		t.Errorf("caddy validate with a 5-byte secret in the environment: want a non-zero exit naming the secret's length\n%s", r)
+	}
+	assertNoStore(t, h.dir)
 }
 
 // TestValueMistakesNameTheLine: values that the sigra block stores as
