@@ -187,11 +187,12 @@ func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	if alg == "" {
 		alg = cur.active.Alg
 	}
-	k, err := newSigningKey(alg, kr.clock.Now())
+	now := kr.clock.Now()
+	k, err := newSigningKey(alg, now)
 	if err != nil {
 		return err
 	}
-	keys, err := kr.succeed(k, cur.keys, kr.clock.Now())
+	keys, err := kr.succeed(k, cur.keys, now)
 	if err != nil {
 		return err
 	}
