@@ -114,17 +114,17 @@ func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
 			wait, again = s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
 		}
 	}()
-	n, err := s.deliverDue(ctx)
+	_, more, err := s.deliverDue(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.l.errLog.Error("audit webhook pass failed", "error", err)
 		}
 		return s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
 	}
-	if n == deliveryBatch {
+	if more {
 		return nil, true
 	}
-	next, ok, err := s.l.st.AuditNextDelivery(ctx)
+	next, ok, err := s.nextDue(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.l.errLog.Error("audit webhook outbox unreadable", "error", err)
@@ -141,8 +141,10 @@ func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
 }
 
 // DeliverDue makes one delivery pass now: it takes up to 64 deliveries
-// that are due on the Log's clock, attempts them, records their outcomes
-// in one commit, and returns how many it took. The background sender
+// per webhook that are due on the Log's clock (each webhook's from its
+// own queue, so that one webhook's backlog never crowds out another's),
+// attempts them, records their outcomes in one commit, and returns how
+// many it took. The background sender
 // started by Start calls it in a loop; the CLI and tests may call it
 // directly (alongside a running sender, a delivery may then be attempted
 // twice: delivery is at least once either way).
@@ -161,7 +163,28 @@ func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
 // delivery alone: the receiver is up, and an event it rejects does not
 // hold back the others. Outbox entries the store cannot read
 // (ErrDamagedDelivery) are logged, and the pass goes on without them.
-func (l *Log) DeliverDue(ctx context.Context) (int, error) { return l.sender.deliverDue(ctx) }
+func (l *Log) DeliverDue(ctx context.Context) (int, error) {
+	n, _, err := l.sender.deliverDue(ctx)
+	return n, err
+}
+
+// nextDue is the earliest due time over every webhook's queue.
+func (s *sender) nextDue(ctx context.Context) (next time.Time, ok bool, err error) {
+	hooks, err := s.l.st.AuditOutboxHooks(ctx)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	for _, h := range hooks {
+		at, has, err := s.l.st.AuditNextDelivery(ctx, h)
+		if err != nil {
+			return time.Time{}, false, err
+		}
+		if has && (!ok || at.Before(next)) {
+			next, ok = at, true
+		}
+	}
+	return next, ok, nil
+}
 
 // lane is one webhook's share of a pass.
 type lane struct {
@@ -184,14 +207,25 @@ func receiverUnavailable(err error) bool {
 	return errors.As(err, &u)
 }
 
-func (s *sender) deliverDue(ctx context.Context) (int, error) {
+// deliverDue makes a pass; more reports that some webhook had a full
+// batch due, so another pass should follow at once.
+func (s *sender) deliverDue(ctx context.Context) (n int, more bool, err error) {
 	now := s.l.clk.Now()
-	ds, err := s.l.st.AuditDeliveriesDue(ctx, now, deliveryBatch)
-	if errors.Is(err, ErrDamagedDelivery) {
-		// The store took them out of the outbox; the rest go on.
-		s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "error", err)
-	} else if err != nil {
-		return 0, fmt.Errorf("reading due deliveries: %w", err)
+	hooks, err := s.l.st.AuditOutboxHooks(ctx)
+	if err != nil {
+		return 0, false, fmt.Errorf("listing webhooks with pending deliveries: %w", err)
+	}
+	var ds []Delivery
+	for _, h := range hooks {
+		got, err := s.l.st.AuditDeliveriesDue(ctx, h, now, deliveryBatch)
+		if errors.Is(err, ErrDamagedDelivery) {
+			// The store took them out of the outbox; the rest go on.
+			s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "error", err)
+		} else if err != nil {
+			return 0, false, fmt.Errorf("reading due deliveries: %w", err)
+		}
+		ds = append(ds, got...)
+		more = more || len(got) == deliveryBatch
 	}
 	var lanes []*lane
 	byHook := map[string]*lane{}
@@ -219,7 +253,7 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 	if ctx.Err() != nil {
 		// Shutting down: attempts cut short are not the receiver's fault;
 		// leave them pending for the next start.
-		return 0, ctx.Err()
+		return 0, false, ctx.Err()
 	}
 	// The whole pass is settled in one commit: one disk sync per pass,
 	// not one per delivery (a receiver that is down would otherwise cost
@@ -262,10 +296,10 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 		}
 	}
 	if len(ss) == 0 {
-		return len(ds), nil // nothing to write (every due entry was damaged)
+		return len(ds), more, nil // nothing to write (every due entry was damaged)
 	}
 	if err := s.l.st.AuditSettle(ctx, ss); err != nil {
-		return len(ds), fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
+		return len(ds), more, fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
 	}
 	for i, st := range ss {
 		s.report(st, causes[i])
@@ -274,7 +308,7 @@ func (s *sender) deliverDue(ctx context.Context) (int, error) {
 		s.l.errLog.Warn("audit webhook deliveries deferred: receiver unavailable", "hook_id", d.hook,
 			"url", s.hookURL(d.hook), "deferred", d.n, "retry_at", d.retryAt)
 	}
-	return len(ds), nil
+	return len(ds), more, nil
 }
 
 // runLane attempts a webhook's deliveries in order and starts no more

@@ -75,7 +75,7 @@ func TestWebhookBacksOffThenGivesUp(t *testing.T) {
 		if n, err := l.DeliverDue(ctx); err != nil || n != 1 {
 			t.Fatalf("attempt %d: DeliverDue = %d, %v; want 1", attempt+1, n, err)
 		}
-		next, ok, _ := st.AuditNextDelivery(ctx)
+		next, ok, _ := st.AuditNextDelivery(ctx, hookTo(rc.URL).ID())
 		delay := next.Sub(ft.Now())
 		if !ok || delay < ceiling/2 || delay > ceiling {
 			t.Fatalf("after attempt %d the retry is due in %v; want within [%v, %v]", attempt+1, delay, ceiling/2, ceiling)
@@ -169,7 +169,7 @@ func TestWebhookTimeoutIsAFailedAttempt(t *testing.T) {
 	if _, err := l.DeliverDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	next, ok, _ := st.AuditNextDelivery(context.Background())
+	next, ok, _ := st.AuditNextDelivery(context.Background(), hookTo(hang.URL).ID())
 	if s, _ := l.Stats(context.Background()); !ok || s.Failures != 1 || !next.After(ft.Now()) {
 		t.Fatalf("after a timeout: Stats %+v, next due %v; want 1 failure and a retry later", s, next)
 	}
@@ -322,11 +322,11 @@ func TestWebhookLanesProbeADownReceiver(t *testing.T) {
 		t.Fatalf("after pass 1: Stats = %+v; want %d pending, 1 failure, %d delivered", s, rows, rows)
 	}
 	// Everything of the down webhook waits for the probe's retry time.
-	next, _, _ := st.AuditNextDelivery(ctx)
+	next, _, _ := st.AuditNextDelivery(ctx, hookTo(down.URL).ID())
 	if d := next.Sub(ft.Now()); d < opts.MinBackoff/2 || d > opts.MinBackoff {
 		t.Fatalf("after pass 1 the next delivery is due in %v; want the probe's backoff", d)
 	}
-	if due, _ := st.AuditDeliveriesDue(ctx, next, 100); len(due) != rows {
+	if due, _ := st.AuditDeliveriesDue(ctx, hookTo(down.URL).ID(), next, 100); len(due) != rows {
 		t.Fatalf("%d deliveries due at the probe's retry time; want all %d", len(due), rows)
 	}
 
@@ -338,7 +338,7 @@ func TestWebhookLanesProbeADownReceiver(t *testing.T) {
 	if len(probes) != 2 || probes[1] != probes[0] {
 		t.Fatalf("pass 2: probes %v; want one more, of the same delivery", probes)
 	}
-	next, _, _ = st.AuditNextDelivery(ctx)
+	next, _, _ = st.AuditNextDelivery(ctx, hookTo(down.URL).ID())
 	if d := next.Sub(ft.Now()); d < opts.MinBackoff || d > 2*opts.MinBackoff {
 		t.Fatalf("after the second failure the next try is in %v; want the doubled backoff", d)
 	}
@@ -461,7 +461,7 @@ func TestWebhookRejectedEventDoesNotHoldBackItsWebhook(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Its retry is due; ten ordinary events arrive meanwhile.
-			next, _, _ := st.AuditNextDelivery(ctx)
+			next, _, _ := st.AuditNextDelivery(ctx, hookTo(srv.URL).ID())
 			ft.Advance(next.Sub(ft.Now()))
 			const rows = 10
 			for range rows {
@@ -481,7 +481,7 @@ func TestWebhookRejectedEventDoesNotHoldBackItsWebhook(t *testing.T) {
 			if s.Pending != 1 || s.Delivered != rows || s.Failures != 2 {
 				t.Fatalf("Stats = %+v; want the rejected event alone pending, %d delivered, 2 failures", s, rows)
 			}
-			left, _ := st.AuditDeliveriesDue(ctx, ft.Now().Add(24*time.Hour), 100)
+			left, _ := st.AuditDeliveriesDue(ctx, hookTo(srv.URL).ID(), ft.Now().Add(24*time.Hour), 100)
 			if len(left) != 1 || left[0].RowID != poison || left[0].Attempts != 2 || !strings.Contains(left[0].LastError, strconv.Itoa(status)) {
 				t.Fatalf("pending = %+v; want the rejected event, 2 attempts, its status as last error", left)
 			}
@@ -497,6 +497,7 @@ func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
 	check := func(t *testing.T, l *Log, st *memStore, requests func() int) {
 		t.Helper()
 		ctx := context.Background()
+		hook := l.hooks[0].id
 		for range rows {
 			mustRecord(t, l, sampleRow("auth.logout"))
 		}
@@ -507,8 +508,8 @@ func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
 			t.Fatalf("the receiver got %d requests; want 1 probe", got)
 		}
 		s, _ := l.Stats(ctx)
-		next, _, _ := st.AuditNextDelivery(ctx)
-		due, _ := st.AuditDeliveriesDue(ctx, next, 100)
+		next, _, _ := st.AuditNextDelivery(ctx, hook)
+		due, _ := st.AuditDeliveriesDue(ctx, hook, next, 100)
 		if s.Failures != 1 || s.Pending != rows || len(due) != rows {
 			t.Fatalf("Stats = %+v, %d due at the probe's retry time; want 1 failure and all %d deferred to it", s, len(due), rows)
 		}
@@ -547,8 +548,8 @@ func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
 // the outbox because they would not decode, as a store does.
 type damagedOutbox struct{ *memStore }
 
-func (d damagedOutbox) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
-	ds, err := d.memStore.AuditDeliveriesDue(ctx, now, limit)
+func (d damagedOutbox) AuditDeliveriesDue(ctx context.Context, hookID string, now time.Time, limit int) ([]Delivery, error) {
+	ds, err := d.memStore.AuditDeliveriesDue(ctx, hookID, now, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -594,8 +595,8 @@ func TestWebhookTransportErrorHidesURLSecrets(t *testing.T) {
 	if _, err := l.DeliverDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	next, _, _ := st.AuditNextDelivery(context.Background())
-	due, _ := st.AuditDeliveriesDue(context.Background(), next, 10)
+	next, _, _ := st.AuditNextDelivery(context.Background(), l.hooks[0].id)
+	due, _ := st.AuditDeliveriesDue(context.Background(), l.hooks[0].id, next, 10)
 	if len(due) != 1 || due[0].LastError == "" {
 		t.Fatalf("due %+v; want the failed delivery with its error", due)
 	}
