@@ -14,9 +14,12 @@
 //     (Subscribe), which never slow down or break recording;
 //  3. webhooks: for every configured webhook whose action patterns match, a
 //     pending delivery is written in the same commit as the row (a durable
-//     outbox); a background sender POSTs the row as JSON, signed with
-//     internal/hmacsig, retries with exponential backoff and jitter, and
-//     parks deliveries that keep failing as dead (DeadDeliveries);
+//     outbox, one queue per webhook); a background sender, one loop per
+//     webhook, POSTs the row as JSON, signed with internal/hmacsig, retries
+//     with exponential backoff and jitter, and parks deliveries that keep
+//     failing as dead (DeadDeliveries). A receiver that is slow or down
+//     delays only its own deliveries: while it is down its webhook backs
+//     off as a whole, one probe per step (see DeliverDue);
 //  4. timelines: Timeline pages through rows by actor, subject, action
 //     pattern and time range, newest first, with opaque cursors; Export
 //     streams a time range as NDJSON, oldest first.

@@ -64,7 +64,6 @@ type Log struct {
 
 	reqs          chan *request
 	fan           chan []Row
-	wake          chan struct{}
 	quit          chan struct{}
 	committerDone chan struct{}
 	fanDone       chan struct{}
@@ -134,7 +133,6 @@ func New(rows *slog.Logger, clk clock.Clock, st Store, opts Options) (*Log, erro
 		hookByID:      make(map[string]*hook, len(hooks)),
 		reqs:          make(chan *request, opts.MaxBatch),
 		fan:           make(chan []Row, 1024),
-		wake:          make(chan struct{}, 1),
 		quit:          make(chan struct{}),
 		committerDone: make(chan struct{}),
 		fanDone:       make(chan struct{}),
@@ -277,17 +275,13 @@ func (l *Log) commit(batch []*request) {
 		return
 	}
 	var fresh []Row
-	poke := false
 	for i, r := range batch {
 		ok := err == nil && inserted[i]
 		r.done <- result{inserted: ok, err: err}
 		if ok {
 			fresh = append(fresh, r.e.Row)
-			poke = poke || len(r.e.Hooks) > 0
+			l.sender.poke(r.e.Hooks)
 		}
-	}
-	if poke {
-		l.poke()
 	}
 	if len(fresh) > 0 {
 		l.fan <- fresh
@@ -307,14 +301,6 @@ func (l *Log) append(entries []Entry) (inserted []bool, err error) {
 		err = fmt.Errorf("store answered %d results for %d rows", len(inserted), len(entries))
 	}
 	return inserted, err
-}
-
-// poke wakes the webhook sender without blocking.
-func (l *Log) poke() {
-	select {
-	case l.wake <- struct{}{}:
-	default:
-	}
 }
 
 // fanLoop hands committed rows to the logger and the subscribers, in

@@ -161,32 +161,50 @@ func (m *memStore) withRow(d Delivery) Delivery {
 	return d
 }
 
-func (m *memStore) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
+func (m *memStore) AuditDeliveriesDue(ctx context.Context, hookID string, now time.Time, limit int) ([]Delivery, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var due []Delivery
-	for _, d := range m.pending {
-		if !d.DueAt.After(now) {
+	for k, d := range m.pending {
+		if k.hook == hookID && !d.DueAt.After(now) {
 			due = append(due, m.withRow(d))
 		}
 	}
-	slices.SortFunc(due, func(a, b Delivery) int { return a.DueAt.Compare(b.DueAt) })
+	slices.SortFunc(due, func(a, b Delivery) int {
+		if c := a.DueAt.Compare(b.DueAt); c != 0 {
+			return c
+		}
+		return a.OccurredAt.Compare(b.OccurredAt)
+	})
 	if len(due) > limit {
 		due = due[:limit]
 	}
 	return due, nil
 }
 
-func (m *memStore) AuditNextDelivery(ctx context.Context) (time.Time, bool, error) {
+func (m *memStore) AuditNextDelivery(ctx context.Context, hookID string) (time.Time, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var next time.Time
-	for _, d := range m.pending {
-		if next.IsZero() || d.DueAt.Before(next) {
+	for k, d := range m.pending {
+		if k.hook == hookID && (next.IsZero() || d.DueAt.Before(next)) {
 			next = d.DueAt
 		}
 	}
 	return next, !next.IsZero(), nil
+}
+
+func (m *memStore) AuditOutboxHooks(ctx context.Context) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var hooks []string
+	for k := range m.pending {
+		if !slices.Contains(hooks, k.hook) {
+			hooks = append(hooks, k.hook)
+		}
+	}
+	slices.Sort(hooks)
+	return hooks, nil
 }
 
 // take removes the pending delivery d if it is still due at d.DueAt.

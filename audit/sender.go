@@ -21,7 +21,9 @@ import (
 // DeliveryOptions tune the webhook sender. Zero fields take the defaults
 // noted. With the defaults a delivery is tried 15 times over about five
 // hours (2s, 4s, 8s, … doubling up to 1h, each with jitter) before it is
-// given up as dead.
+// given up as dead. While a receiver is unavailable, its webhook follows
+// that schedule as a whole: one probe per step, and once 15 probes in a
+// row have failed, its deliveries are given up together.
 type DeliveryOptions struct {
 	// Timeout bounds one attempt (connect, send, response headers and
 	// body). Default 10s.
@@ -30,10 +32,13 @@ type DeliveryOptions struct {
 	MinBackoff time.Duration
 	// MaxBackoff caps the delay between attempts. Default 1h.
 	MaxBackoff time.Duration
-	// MaxAttempts is the retry limit: after this many failed attempts the
-	// delivery is dead. Default 15.
+	// MaxAttempts is the retry limit: after this many failed attempts a
+	// delivery is dead, and so is every delivery waiting for a webhook
+	// whose receiver has been unavailable for this many attempts in a
+	// row. Default 15.
 	MaxAttempts int
-	// Concurrency is how many attempts run at once. Default 4.
+	// Concurrency is how many attempts to one webhook run at once; each
+	// webhook has its own sender. Default 4.
 	Concurrency int
 	// Client sends the requests. Default: a client that does not follow
 	// redirects (a redirect is a failed attempt).
@@ -44,17 +49,82 @@ type DeliveryOptions struct {
 // can drop the duplicates that at-least-once delivery allows.
 const EventIDHeader = "Sigra-Event-Id"
 
-// deliveryBatch is how many due deliveries one pass takes.
-const deliveryBatch = 64
+const (
+	// deliveryBatch is how many due deliveries one pass over a webhook's
+	// queue takes.
+	deliveryBatch = 64
+	// deadChunk bounds the deliveries one transaction moves to or from
+	// the dead list (giving up on a webhook, ReplayDead).
+	deadChunk = 1000
+)
 
 var errRowGone = errors.New("row no longer stored")
 
+// sender delivers the outbox: one loop per webhook (a lane), each with
+// its own queue in the store, its own wake-up and its own backoff, so
+// that a receiver that is slow or down delays only its own deliveries.
 type sender struct {
 	l         *Log
 	opts      DeliveryOptions
 	client    *http.Client
 	delivered atomic.Uint64
 	failures  atomic.Uint64
+
+	// lanes are the configured webhooks', fixed at New.
+	lanes map[string]*lane
+
+	mu sync.Mutex
+	// others are the lanes of webhooks no longer configured whose
+	// deliveries are still pending: they fail ("not configured") on the
+	// same schedule and end on the dead list. Bounded by the webhooks
+	// that have deliveries in the store.
+	others map[string]*lane
+	// rescan asks run to look for such webhooks (after ReplayDead).
+	rescan chan struct{}
+}
+
+// lane is one webhook's share of the sender.
+type lane struct {
+	hook string
+	wake chan struct{} // new deliveries, or a replay
+	// running is set while a loop serves the lane (others only; guarded
+	// by sender.mu).
+	running bool
+
+	// What the lane knows of its receiver, in memory only: a restart or
+	// a config reload starts again from a first probe.
+	mu sync.Mutex
+	// down counts the passes in a row that found the receiver
+	// unavailable; 0 while it answers.
+	down      int
+	downSince time.Time // the first of them
+	until     time.Time // no attempt before this while down
+	lastErr   string    // the last unavailable answer
+}
+
+func newLane(hook string) *lane { return &lane{hook: hook, wake: make(chan struct{}, 1)} }
+
+func (ln *lane) poke() {
+	select {
+	case ln.wake <- struct{}{}:
+	default:
+	}
+}
+
+// blockedUntil is when the lane may attempt again; a time in the past or
+// zero means now.
+func (ln *lane) blockedUntil() time.Time {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	return ln.until
+}
+
+// reset forgets the receiver's failures: it answered, or an operator
+// replayed its deliveries.
+func (ln *lane) reset() {
+	ln.mu.Lock()
+	ln.down, ln.downSince, ln.until, ln.lastErr = 0, time.Time{}, time.Time{}, ""
+	ln.mu.Unlock()
 }
 
 func newSender(l *Log, o DeliveryOptions) *sender {
@@ -82,92 +152,254 @@ func newSender(l *Log, o DeliveryOptions) *sender {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	return &sender{l: l, opts: o, client: c}
+	s := &sender{l: l, opts: o, client: c, lanes: map[string]*lane{}, others: map[string]*lane{}, rescan: make(chan struct{}, 1)}
+	if l != nil {
+		for _, h := range l.hooks {
+			s.lanes[h.id] = newLane(h.id)
+		}
+	}
+	return s
 }
 
-// run delivers until ctx ends: a pass over what is due, then a wait until
-// the next delivery is due or Record enqueues one.
+// poke wakes the lanes of webhooks that were just given deliveries.
+func (s *sender) poke(hooks []string) {
+	for _, h := range hooks {
+		if ln := s.lanes[h]; ln != nil {
+			ln.poke()
+		}
+	}
+}
+
+// other returns the lane of a webhook that is not configured, making it
+// if needed.
+func (s *sender) other(hook string) *lane {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ln := s.others[hook]
+	if ln == nil {
+		ln = newLane(hook)
+		s.others[hook] = ln
+	}
+	return ln
+}
+
+// run serves every lane until ctx ends: a loop per configured webhook,
+// and one per webhook no longer configured that has deliveries pending,
+// found at start and after a replay. It returns once every loop has.
 func (s *sender) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	serve := func(ln *lane) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serve(ctx, ln)
+		}()
+	}
+	for _, h := range s.l.hooks {
+		serve(s.lanes[h.id])
+	}
 	for {
-		wait, again := s.step(ctx)
+		var retry <-chan time.Time
+		if err := s.adoptOthers(ctx, serve); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.l.errLog.Error("audit webhook outbox unreadable", "error", err)
+			retry = s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.rescan:
+		case <-retry:
+		}
+	}
+}
+
+// adoptOthers starts a loop for every webhook with pending deliveries
+// that is not configured and not yet served.
+func (s *sender) adoptOthers(ctx context.Context, serve func(*lane)) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	hooks, err := s.l.st.AuditOutboxHooks(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range hooks {
+		if s.lanes[h] != nil {
+			continue
+		}
+		ln := s.other(h)
+		s.mu.Lock()
+		if !ln.running {
+			ln.running = true
+			serve(ln)
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// serve runs one lane: a pass over what is due, then a wait until the
+// next delivery is due, the receiver's backoff ends, or Record enqueues
+// one. The lane of a webhook no longer configured ends with its queue.
+func (s *sender) serve(ctx context.Context, ln *lane) {
+	var (
+		armed time.Time // the deadline timer is set for
+		timer <-chan time.Time
+	)
+	for {
+		next, again, idle := s.step(ctx, ln)
 		if ctx.Err() != nil {
 			return
 		}
 		if again {
 			continue
 		}
+		if idle && s.lanes[ln.hook] == nil && s.retire(ctx, ln) {
+			return
+		}
+		switch {
+		case next.IsZero():
+			armed, timer = time.Time{}, nil
+		case !next.Equal(armed): // a wake-up while waiting for the same time keeps its timer
+			armed, timer = next, s.l.wakeAt(next)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.l.wake:
-		case <-wait:
+		case <-ln.wake:
+		case <-timer:
+			armed = time.Time{}
 		}
 	}
 }
 
-// step makes one pass and says how to wait: again means at once; a nil
-// wait means until woken.
-func (s *sender) step(ctx context.Context) (wait <-chan time.Time, again bool) {
+// retire ends the loop of a webhook that is not configured once it has
+// nothing pending. Under sender.mu, so that a rescan after a replay
+// either sees the loop still running or starts a new one.
+func (s *sender) retire(ctx context.Context, ln *lane) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok, err := s.l.st.AuditNextDelivery(ctx, ln.hook); err != nil || ok {
+		return false
+	}
+	ln.running = false
+	delete(s.others, ln.hook)
+	return true
+}
+
+// step makes one pass over a lane and says when to come back: again
+// means at once, a zero next means when woken; idle means nothing is
+// pending.
+func (s *sender) step(ctx context.Context, ln *lane) (next time.Time, again, idle bool) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.l.errLog.Error("audit webhook sender panicked", "panic", p, "stack", string(debug.Stack()))
-			wait, again = s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
+			s.l.errLog.Error("audit webhook sender panicked", "hook_id", ln.hook, "panic", p, "stack", string(debug.Stack()))
+			next, again, idle = s.l.clk.Now().Add(s.opts.MinBackoff), false, false
 		}
 	}()
-	n, err := s.deliverDue(ctx)
+	if until := ln.blockedUntil(); s.l.clk.Now().Before(until) {
+		return until, false, false // the receiver is backing off: nothing to read
+	}
+	n, err := s.pass(ctx, ln)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.l.errLog.Error("audit webhook pass failed", "error", err)
+			s.l.errLog.Error("audit webhook pass failed", "hook_id", ln.hook, "url", s.hookURL(ln.hook), "error", err)
 		}
-		return s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
+		return s.l.clk.Now().Add(s.opts.MinBackoff), false, false
+	}
+	now := s.l.clk.Now()
+	if until := ln.blockedUntil(); now.Before(until) {
+		return until, false, false
 	}
 	if n == deliveryBatch {
-		return nil, true
+		return time.Time{}, true, false
 	}
-	next, ok, err := s.l.st.AuditNextDelivery(ctx)
+	at, ok, err := s.l.st.AuditNextDelivery(ctx, ln.hook)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.l.errLog.Error("audit webhook outbox unreadable", "error", err)
+			s.l.errLog.Error("audit webhook outbox unreadable", "hook_id", ln.hook, "error", err)
 		}
-		return s.l.wakeAt(s.l.clk.Now().Add(s.opts.MinBackoff)), false
+		return now.Add(s.opts.MinBackoff), false, false
 	}
 	if !ok {
-		return nil, false
+		return time.Time{}, false, true
 	}
-	if !next.After(s.l.clk.Now()) {
-		return nil, true
+	if !at.After(now) {
+		return time.Time{}, true, false
 	}
-	return s.l.wakeAt(next), false
+	return at, false, false
 }
 
-// DeliverDue makes one delivery pass now: it takes up to 64 deliveries
-// that are due on the Log's clock, attempts them, records their outcomes
-// in one commit, and returns how many it took. The background sender
-// started by Start calls it in a loop; the CLI and tests may call it
+// DeliverDue makes one delivery pass now over every webhook's queue
+// (those configured, and those no longer configured that still have
+// deliveries pending), the webhooks side by side, and returns how many
+// deliveries the passes took. The background sender started by Start
+// runs such passes in a loop per webhook; the CLI and tests may call it
 // directly (alongside a running sender, a delivery may then be attempted
 // twice: delivery is at least once either way).
 //
-// Each webhook is a lane of its own: its deliveries are attempted in
-// order beside the other webhooks', the first alone as a probe, then up
-// to Concurrency at once. A failed attempt is backed off by itself. When
-// it says the receiver itself is unavailable (no connection, a timeout,
-// or a 5xx, 429 or 408 answer), the webhook's deliveries not yet started
-// are also deferred, unattempted, to that failure's retry time: a
-// receiver that is down or hangs gets one probe per backoff step instead
-// of a pass full of timeouts, and holds the other webhooks up by at most
-// one timeout per step. The delivery with the most attempts goes first,
-// so the same one keeps probing and its backoff keeps growing. Any other
-// answer (another 4xx, or a redirect, which is not followed) fails that
-// delivery alone: the receiver is up, and an event it rejects does not
-// hold back the others. Outbox entries the store cannot read
-// (ErrDamagedDelivery) are logged, and the pass goes on without them.
-func (l *Log) DeliverDue(ctx context.Context) (int, error) { return l.sender.deliverDue(ctx) }
+// A pass over one webhook takes up to 64 of its deliveries that are due
+// on the Log's clock, attempts them in order, the first alone as a probe,
+// then up to Concurrency at once, and records their outcomes in one
+// commit. The delivery with the most attempts goes first. A failed
+// attempt is backed off by itself when the receiver answered: another
+// 4xx, or a redirect, which is not followed, fails that delivery alone;
+// the receiver is up, and an event it rejects does not hold back the
+// others. A failure that says the receiver itself is unavailable (no
+// connection, a timeout, or a 5xx, 429 or 408 answer) stops the pass:
+// the webhook is then backed off as a whole, in memory, for as long as a
+// delivery would be after that many failures, and its deliveries not
+// attempted are left as they are in the outbox, unwritten. Each backoff
+// step costs one probe, always the same delivery, and holds up no other
+// webhook. The probes count against the webhook: once MaxAttempts of them
+// in a row have failed, every delivery due to it is given up as dead,
+// and so are those that come due while it stays down, at each further
+// failed probe; an answer ends the backoff. Outbox entries the store
+// cannot read (ErrDamagedDelivery) are logged, and the pass goes on
+// without them.
+func (l *Log) DeliverDue(ctx context.Context) (int, error) { return l.sender.passAll(ctx) }
 
-// lane is one webhook's share of a pass.
-type lane struct {
-	items []int // indexes into the pass's deliveries, in attempt order
-	// down is set once an attempt says the receiver is unavailable.
-	down atomic.Bool
+func (s *sender) passAll(ctx context.Context) (int, error) {
+	lanes := make([]*lane, 0, len(s.l.hooks))
+	for _, h := range s.l.hooks {
+		lanes = append(lanes, s.lanes[h.id])
+	}
+	hooks, err := s.l.st.AuditOutboxHooks(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("audit: listing webhooks with pending deliveries: %w", err)
+	}
+	for _, h := range hooks {
+		if s.lanes[h] == nil {
+			lanes = append(lanes, s.other(h))
+		}
+	}
+	taken := make([]int, len(lanes))
+	errs := make([]error, len(lanes))
+	var wg sync.WaitGroup
+	for i, ln := range lanes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if p := recover(); p != nil {
+					errs[i] = fmt.Errorf("webhook %s: panic: %v", ln.hook, p)
+				}
+			}()
+			taken[i], errs[i] = s.pass(ctx, ln)
+		}()
+	}
+	wg.Wait()
+	n := 0
+	for _, t := range taken {
+		n += t
+	}
+	return n, errors.Join(errs...)
 }
 
 // unavailableError is a failed attempt that says the receiver, not the
@@ -184,121 +416,162 @@ func receiverUnavailable(err error) bool {
 	return errors.As(err, &u)
 }
 
-func (s *sender) deliverDue(ctx context.Context) (int, error) {
+// pass makes one pass over a lane (see DeliverDue) and returns how many
+// deliveries it took.
+func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 	now := s.l.clk.Now()
-	ds, err := s.l.st.AuditDeliveriesDue(ctx, now, deliveryBatch)
+	if now.Before(ln.blockedUntil()) {
+		return 0, nil
+	}
+	ds, err := s.l.st.AuditDeliveriesDue(ctx, ln.hook, now, deliveryBatch)
 	if errors.Is(err, ErrDamagedDelivery) {
 		// The store took them out of the outbox; the rest go on.
 		s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "error", err)
 	} else if err != nil {
 		return 0, fmt.Errorf("reading due deliveries: %w", err)
 	}
-	var lanes []*lane
-	byHook := map[string]*lane{}
-	for i, d := range ds {
-		ln := byHook[d.HookID]
-		if ln == nil {
-			ln = new(lane)
-			byHook[d.HookID] = ln
-			lanes = append(lanes, ln)
-		}
-		ln.items = append(ln.items, i)
+	if len(ds) == 0 {
+		return 0, nil
 	}
-	results := make([]error, len(ds))
-	started := make([]bool, len(ds))
-	var wg sync.WaitGroup
-	for _, ln := range lanes {
-		slices.SortStableFunc(ln.items, func(a, b int) int { return ds[b].Attempts - ds[a].Attempts })
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.runLane(ctx, ds, ln, results, started)
-		}()
-	}
-	wg.Wait()
+	// The most attempted first: while the receiver is down, the same
+	// delivery keeps probing.
+	slices.SortStableFunc(ds, func(a, b Delivery) int { return b.Attempts - a.Attempts })
+	results, started := s.attemptAll(ctx, ds)
 	if ctx.Err() != nil {
 		// Shutting down: attempts cut short are not the receiver's fault;
 		// leave them pending for the next start.
 		return 0, ctx.Err()
 	}
-	// The whole pass is settled in one commit: one disk sync per pass,
-	// not one per delivery (a receiver that is down would otherwise cost
-	// a sync per pending delivery at every backoff step). Should the
-	// commit fail, the pass's deliveries stay pending as they were and
-	// are attempted again: delivery is at least once. Logs and counters
-	// follow the commit, so they never report verdicts that were not
-	// kept.
-	ss := make([]Settlement, 0, len(ds))
-	causes := make([]error, 0, len(ds)) // the attempt's error; nil for deferred ones
-	type deferral struct {
-		hook    string
-		n       int
-		retryAt time.Time
-	}
-	var deferrals []deferral
-	for _, ln := range lanes {
-		// Deferred deliveries follow the failure that said the receiver
-		// is unavailable; if that one was given up, they come back after
-		// the shortest backoff.
-		retryAt := now.Add(s.opts.MinBackoff)
-		for _, i := range ln.items {
-			if started[i] {
-				st := s.verdict(ds[i], results[i])
-				if st.Verdict == Retry && receiverUnavailable(results[i]) {
-					retryAt = st.Next
-				}
-				ss, causes = append(ss, st), append(causes, results[i])
+	var (
+		ss          = make([]Settlement, 0, len(ds))
+		causes      = make([]error, 0, len(ds))
+		unavailable error
+		answered    bool
+	)
+	for i, d := range ds {
+		if !started[i] {
+			continue // left as it is: the receiver's backoff holds it
+		}
+		st := s.verdict(d, results[i])
+		if receiverUnavailable(results[i]) {
+			unavailable = results[i]
+			if st.Verdict == Retry {
+				// It keeps its place at the front of the queue: the
+				// webhook's backoff, not its due time, says when the
+				// next probe goes.
+				st.Next = d.DueAt
 			}
+		} else {
+			answered = true
 		}
-		n := 0
-		for _, i := range ln.items {
-			if !started[i] {
-				ss, causes = append(ss, Settlement{Delivery: ds[i], Verdict: Retry, Next: retryAt}), append(causes, nil)
-				n++
-			}
-		}
-		if n > 0 {
-			deferrals = append(deferrals, deferral{ds[ln.items[0]].HookID, n, retryAt})
-		}
+		ss, causes = append(ss, st), append(causes, results[i])
 	}
-	if len(ss) == 0 {
-		return len(ds), nil // nothing to write (every due entry was damaged)
+	// What the pass says of the receiver holds whether or not the commit
+	// below succeeds.
+	if unavailable != nil {
+		s.laneDown(ln, now, unavailable, len(ds)-len(ss))
+	} else if answered {
+		ln.reset()
 	}
+	// The pass is settled in one commit: one disk sync per pass, not one
+	// per delivery. Should the commit fail, the pass's deliveries stay
+	// pending as they were and are attempted again: delivery is at least
+	// once. Logs and counters follow the commit, so they never report
+	// verdicts that were not kept.
 	if err := s.l.st.AuditSettle(ctx, ss); err != nil {
 		return len(ds), fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
 	}
 	for i, st := range ss {
 		s.report(st, causes[i])
 	}
-	for _, d := range deferrals {
-		s.l.errLog.Warn("audit webhook deliveries deferred: receiver unavailable", "hook_id", d.hook,
-			"url", s.hookURL(d.hook), "deferred", d.n, "retry_at", d.retryAt)
+	if err := s.giveUpIfDead(ctx, ln, now); err != nil {
+		return len(ds), err
 	}
 	return len(ds), nil
 }
 
-// runLane attempts a webhook's deliveries in order and starts no more
-// once one says the receiver is unavailable. The first goes alone, as a
-// probe; once it has an answer, up to Concurrency run at once.
-func (s *sender) runLane(ctx context.Context, ds []Delivery, ln *lane, results []error, started []bool) {
+// laneDown backs a webhook off after a pass found its receiver
+// unavailable: as long as a delivery would be after that many failures.
+func (s *sender) laneDown(ln *lane, now time.Time, cause error, held int) {
+	ln.mu.Lock()
+	if ln.down == 0 {
+		ln.downSince = now
+	}
+	ln.down++
+	ln.until = now.Add(s.backoff(ln.down))
+	ln.lastErr = truncate(cause.Error(), 512)
+	down, since, until := ln.down, ln.downSince, ln.until
+	ln.mu.Unlock()
+	s.l.errLog.Warn("audit webhook receiver unavailable: its deliveries wait", "hook_id", ln.hook,
+		"url", s.hookURL(ln.hook), "failed_attempts", down, "down_since", since, "retry_at", until,
+		"held_back", held, "error", cause)
+}
+
+// giveUpIfDead moves every delivery due to a webhook whose receiver has
+// failed MaxAttempts probes in a row to the dead list, deadChunk per
+// commit: the probes counted for all of them.
+func (s *sender) giveUpIfDead(ctx context.Context, ln *lane, now time.Time) error {
+	ln.mu.Lock()
+	down, since, lastErr := ln.down, ln.downSince, ln.lastErr
+	ln.mu.Unlock()
+	if down < s.opts.MaxAttempts {
+		return nil
+	}
+	why := fmt.Sprintf("receiver unavailable since %s, %d attempts in a row failed: %s", since.Format(time.RFC3339), down, lastErr)
+	total := 0
+	defer func() {
+		if total > 0 {
+			s.l.errLog.Error("audit webhook deliveries dead: receiver unavailable past the retry schedule", "hook_id", ln.hook,
+				"url", s.hookURL(ln.hook), "deliveries", total, "down_since", since, "failed_attempts", down, "error", lastErr)
+		}
+	}()
+	for {
+		ds, err := s.l.st.AuditDeliveriesDue(ctx, ln.hook, now, deadChunk)
+		if errors.Is(err, ErrDamagedDelivery) {
+			s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "error", err)
+		} else if err != nil {
+			return fmt.Errorf("reading deliveries to give up: %w", err)
+		}
+		ss := make([]Settlement, len(ds))
+		for i, d := range ds {
+			d.Attempts = max(d.Attempts, s.opts.MaxAttempts)
+			d.LastError, d.UpdatedAt = why, now
+			ss[i] = Settlement{Delivery: d, Verdict: Dead}
+		}
+		if err := s.l.st.AuditSettle(ctx, ss); err != nil {
+			return fmt.Errorf("giving up %d deliveries (tried again after the next probe): %w", len(ss), err)
+		}
+		total += len(ds)
+		if len(ds) < deadChunk || ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// attemptAll attempts ds in order, the first alone as a probe, then up
+// to Concurrency at once, and starts no more once one says the receiver
+// is unavailable. started[i] reports whether ds[i] was attempted.
+func (s *sender) attemptAll(ctx context.Context, ds []Delivery) (results []error, started []bool) {
+	results, started = make([]error, len(ds)), make([]bool, len(ds))
+	var down atomic.Bool
 	try := func(i int) {
 		defer func() {
 			if p := recover(); p != nil {
 				results[i] = fmt.Errorf("panic: %v", p)
 			}
 			if receiverUnavailable(results[i]) {
-				ln.down.Store(true)
+				down.Store(true)
 			}
 		}()
 		results[i] = s.attempt(ctx, ds[i])
 	}
-	started[ln.items[0]] = true
-	try(ln.items[0])
+	started[0] = true
+	try(0)
 	sem := make(chan struct{}, s.opts.Concurrency)
 	var wg sync.WaitGroup
-	for _, i := range ln.items[1:] {
+	for i := 1; i < len(ds); i++ {
 		sem <- struct{}{}
-		if ln.down.Load() || ctx.Err() != nil {
+		if down.Load() || ctx.Err() != nil {
 			<-sem
 			break
 		}
@@ -313,6 +586,7 @@ func (s *sender) runLane(ctx context.Context, ds []Delivery, ln *lane, results [
 		}()
 	}
 	wg.Wait()
+	return results, started
 }
 
 // attempt POSTs the row to the webhook once. Failures that say the
@@ -379,7 +653,7 @@ func (s *sender) verdict(d Delivery, res error) Settlement {
 }
 
 // report logs and counts a settlement the store has kept; cause is the
-// attempt's error, nil for a delivered or deferred one.
+// attempt's error.
 func (s *sender) report(st Settlement, cause error) {
 	d := st.Delivery
 	switch {
@@ -387,12 +661,12 @@ func (s *sender) report(st Settlement, cause error) {
 		s.delivered.Add(1)
 	case st.Verdict == Delivered:
 		s.l.errLog.Warn("audit webhook delivery dropped: row pruned", "row_id", d.RowID, "hook_id", d.HookID)
-	case cause == nil:
-		// Deferred, unattempted: logged once for its webhook.
 	case st.Verdict == Dead:
 		s.failures.Add(1)
 		s.l.errLog.Error("audit webhook delivery dead", "row_id", d.RowID, "hook_id", d.HookID,
 			"url", s.hookURL(d.HookID), "attempts", d.Attempts, "error", d.LastError)
+	case receiverUnavailable(cause):
+		s.failures.Add(1) // logged once for its webhook (laneDown)
 	default:
 		s.failures.Add(1)
 		s.l.errLog.Warn("audit webhook delivery failed", "row_id", d.RowID, "hook_id", d.HookID,
@@ -438,33 +712,58 @@ func (l *Log) DeadDeliveries(ctx context.Context, limit int) ([]Delivery, error)
 	return ds, nil
 }
 
-// replayChunk bounds one transaction of ReplayDead.
-const replayChunk = 1000
-
 // ReplayDead puts dead deliveries back in the outbox, due now with a
 // fresh retry schedule: every webhook's, or only those of the webhook
 // hookID (a WebhookConfig.ID, as listed by DeadDeliveries). It returns
-// how many it put back and wakes the sender. For operators, once a
-// receiver that was down for longer than the retry schedule is back.
+// how many it put back; the webhooks concerned forget their failures and
+// are tried at once. For operators, once a receiver that was down for
+// longer than the retry schedule is back.
 func (l *Log) ReplayDead(ctx context.Context, hookID string) (int, error) {
 	if hookID != "" && l.hookByID[hookID] == nil {
 		return 0, fmt.Errorf("%w: %q", ErrUnknownWebhook, hookID)
 	}
 	total := 0
 	for {
-		n, err := l.st.AuditReplayDead(ctx, hookID, l.clk.Now(), replayChunk)
+		n, err := l.st.AuditReplayDead(ctx, hookID, l.clk.Now(), deadChunk)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("audit: replaying dead deliveries: %w", err)
 		}
-		if n < replayChunk {
+		if n < deadChunk {
 			break
 		}
 	}
 	if total > 0 {
-		l.poke()
+		l.sender.replayed(hookID)
 	}
 	return total, nil
+}
+
+// replayed gives the webhook hookID (every webhook when it is empty) a
+// fresh start after a replay, and looks for replayed deliveries to
+// webhooks no longer configured.
+func (s *sender) replayed(hookID string) {
+	lanes := make([]*lane, 0, len(s.lanes))
+	for id, ln := range s.lanes {
+		if hookID == "" || id == hookID {
+			lanes = append(lanes, ln)
+		}
+	}
+	if hookID == "" {
+		s.mu.Lock()
+		for _, ln := range s.others {
+			lanes = append(lanes, ln)
+		}
+		s.mu.Unlock()
+		select {
+		case s.rescan <- struct{}{}:
+		default:
+		}
+	}
+	for _, ln := range lanes {
+		ln.reset()
+		ln.poke()
+	}
 }
 
 // ErrUnknownWebhook is returned for a webhook id this Log does not have.

@@ -27,6 +27,11 @@ func hookTo(url string, actions ...string) WebhookConfig {
 	return WebhookConfig{URL: url, Secret: hookSecret, Actions: actions}
 }
 
+// blockedFor says how long the webhook at url is backed off for.
+func blockedFor(l *Log, ft *fakeTime, url string) time.Duration {
+	return l.sender.lanes[hookTo(url).ID()].blockedUntil().Sub(ft.Now())
+}
+
 func TestWebhookDeliveryIsSignedOverTheExactBody(t *testing.T) {
 	ft := newFakeTime()
 	rc := newReceiver(t, hookSecret, ft.Now)
@@ -75,9 +80,8 @@ func TestWebhookBacksOffThenGivesUp(t *testing.T) {
 		if n, err := l.DeliverDue(ctx); err != nil || n != 1 {
 			t.Fatalf("attempt %d: DeliverDue = %d, %v; want 1", attempt+1, n, err)
 		}
-		next, ok, _ := st.AuditNextDelivery(ctx)
-		delay := next.Sub(ft.Now())
-		if !ok || delay < ceiling/2 || delay > ceiling {
+		delay := blockedFor(l, ft, rc.URL)
+		if delay < ceiling/2 || delay > ceiling {
 			t.Fatalf("after attempt %d the retry is due in %v; want within [%v, %v]", attempt+1, delay, ceiling/2, ceiling)
 		}
 		// Not due yet: nothing is attempted.
@@ -169,9 +173,8 @@ func TestWebhookTimeoutIsAFailedAttempt(t *testing.T) {
 	if _, err := l.DeliverDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	next, ok, _ := st.AuditNextDelivery(context.Background())
-	if s, _ := l.Stats(context.Background()); !ok || s.Failures != 1 || !next.After(ft.Now()) {
-		t.Fatalf("after a timeout: Stats %+v, next due %v; want 1 failure and a retry later", s, next)
+	if s, _ := l.Stats(context.Background()); s.Failures != 1 || s.Pending != 1 || blockedFor(l, ft, hang.URL) <= 0 {
+		t.Fatalf("after a timeout: Stats %+v, backed off for %v; want 1 failure and a retry later", s, blockedFor(l, ft, hang.URL))
 	}
 }
 
@@ -193,16 +196,23 @@ func TestWebhookRedirectIsNotFollowed(t *testing.T) {
 	}
 }
 
-func TestWebhookNoLongerConfiguredIsRetriedThenDead(t *testing.T) {
+// withoutItsWebhook records a row for a webhook, then returns a Log of
+// a new config without that webhook (2 attempts, 1s backoff), on the same
+// store: the row's delivery is left behind.
+func withoutItsWebhook(t *testing.T) (*fakeTime, *Log) {
+	t.Helper()
 	ft := newFakeTime()
 	st := newMemStore()
 	first := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo("https://gone.example.com/")}})
 	mustRecord(t, first, sampleRow("auth.logout"))
 	first.Close()
+	return ft, newTestLog(t, st, ft, Options{Delivery: DeliveryOptions{MaxAttempts: 2, MinBackoff: time.Second}})
+}
 
+func TestWebhookNoLongerConfiguredIsRetriedThenDead(t *testing.T) {
 	// A new config without that webhook: its deliveries fail without a
 	// request and end on the dead list, where an operator can see them.
-	l := newTestLog(t, st, ft, Options{Delivery: DeliveryOptions{MaxAttempts: 2, MinBackoff: time.Second}})
+	ft, l := withoutItsWebhook(t)
 	l.DeliverDue(context.Background())
 	ft.Advance(time.Second)
 	l.DeliverDue(context.Background())
@@ -210,6 +220,41 @@ func TestWebhookNoLongerConfiguredIsRetriedThenDead(t *testing.T) {
 	if len(dead) != 1 || !strings.Contains(dead[0].LastError, "not configured") {
 		t.Fatalf("dead = %+v; want one, 'not configured'", dead)
 	}
+}
+
+// In the background too: deliveries left for a webhook no longer
+// configured get a loop of their own, which probes on the schedule,
+// gives them up, and ends with its queue; a replay starts it again.
+func TestWebhookNoLongerConfiguredInTheBackground(t *testing.T) {
+	ft, l := withoutItsWebhook(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l.Start(ctx)
+	ft.Advance(ft.sleeping(t)) // the first probe failed; the second is due
+	ft.Advance(ft.sleeping(t)) // the second failed (dead); the loop looks once more
+	others := func() int {
+		l.sender.mu.Lock()
+		defer l.sender.mu.Unlock()
+		return len(l.sender.others)
+	}
+	for deadline := time.Now().Add(waitLimit); others() != 0; time.Sleep(time.Millisecond) { // polling, not timing
+		if time.Now().After(deadline) {
+			t.Fatal("the loop of the webhook no longer configured did not end with its queue")
+		}
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 1 || s.Pending != 0 || s.Failures != 2 {
+		t.Fatalf("Stats = %+v; want the delivery dead after 2 failures", s)
+	}
+
+	if n, err := l.ReplayDead(ctx, ""); err != nil || n != 1 {
+		t.Fatalf("ReplayDead = %d, %v; want 1", n, err)
+	}
+	ft.sleeping(t) // a new loop made its first probe and backs off
+	if s, _ := l.Stats(ctx); s.Pending != 1 || s.Failures != 3 {
+		t.Fatalf("after the replay: Stats = %+v; want it pending again, probed once more", s)
+	}
+	cancel()
+	l.Close()
 }
 
 func TestWebhookRestartResumesPendingDeliveries(t *testing.T) {
@@ -321,13 +366,21 @@ func TestWebhookLanesProbeADownReceiver(t *testing.T) {
 	if s.Pending != rows || s.Failures != 1 || s.Delivered != rows {
 		t.Fatalf("after pass 1: Stats = %+v; want %d pending, 1 failure, %d delivered", s, rows, rows)
 	}
-	// Everything of the down webhook waits for the probe's retry time.
-	next, _, _ := st.AuditNextDelivery(ctx)
-	if d := next.Sub(ft.Now()); d < opts.MinBackoff/2 || d > opts.MinBackoff {
-		t.Fatalf("after pass 1 the next delivery is due in %v; want the probe's backoff", d)
+	// Everything of the down webhook waits for the webhook's backoff,
+	// untouched in the outbox but for the probe.
+	if d := blockedFor(l, ft, down.URL); d < opts.MinBackoff/2 || d > opts.MinBackoff {
+		t.Fatalf("after pass 1 the down webhook is backed off for %v; want within [%v, %v]", d, opts.MinBackoff/2, opts.MinBackoff)
 	}
-	if due, _ := st.AuditDeliveriesDue(ctx, next, 100); len(due) != rows {
-		t.Fatalf("%d deliveries due at the probe's retry time; want all %d", len(due), rows)
+	due, _ := st.AuditDeliveriesDue(ctx, hookTo(down.URL).ID(), ft.Now(), 100)
+	attempts := 0
+	for _, d := range due {
+		attempts += d.Attempts
+	}
+	if len(due) != rows || attempts != 1 {
+		t.Fatalf("%d deliveries to the down webhook with %d attempts in all; want %d, 1 attempt (the probe's)", len(due), attempts, rows)
+	}
+	if n, _ := l.DeliverDue(ctx); n != 0 || len(down.hits()) != 1 {
+		t.Fatalf("a pass during the backoff took %d and made %d requests; want none", n, len(down.hits())-1)
 	}
 
 	ft.Advance(opts.MinBackoff)
@@ -338,8 +391,7 @@ func TestWebhookLanesProbeADownReceiver(t *testing.T) {
 	if len(probes) != 2 || probes[1] != probes[0] {
 		t.Fatalf("pass 2: probes %v; want one more, of the same delivery", probes)
 	}
-	next, _, _ = st.AuditNextDelivery(ctx)
-	if d := next.Sub(ft.Now()); d < opts.MinBackoff || d > 2*opts.MinBackoff {
+	if d := blockedFor(l, ft, down.URL); d < opts.MinBackoff || d > 2*opts.MinBackoff {
 		t.Fatalf("after the second failure the next try is in %v; want the doubled backoff", d)
 	}
 
@@ -461,7 +513,7 @@ func TestWebhookRejectedEventDoesNotHoldBackItsWebhook(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Its retry is due; ten ordinary events arrive meanwhile.
-			next, _, _ := st.AuditNextDelivery(ctx)
+			next, _, _ := st.AuditNextDelivery(ctx, hookTo(srv.URL).ID())
 			ft.Advance(next.Sub(ft.Now()))
 			const rows = 10
 			for range rows {
@@ -481,7 +533,7 @@ func TestWebhookRejectedEventDoesNotHoldBackItsWebhook(t *testing.T) {
 			if s.Pending != 1 || s.Delivered != rows || s.Failures != 2 {
 				t.Fatalf("Stats = %+v; want the rejected event alone pending, %d delivered, 2 failures", s, rows)
 			}
-			left, _ := st.AuditDeliveriesDue(ctx, ft.Now().Add(24*time.Hour), 100)
+			left, _ := st.AuditDeliveriesDue(ctx, hookTo(srv.URL).ID(), ft.Now().Add(24*time.Hour), 100)
 			if len(left) != 1 || left[0].RowID != poison || left[0].Attempts != 2 || !strings.Contains(left[0].LastError, strconv.Itoa(status)) {
 				t.Fatalf("pending = %+v; want the rejected event, 2 attempts, its status as last error", left)
 			}
@@ -491,12 +543,14 @@ func TestWebhookRejectedEventDoesNotHoldBackItsWebhook(t *testing.T) {
 
 // Answers that say the receiver itself cannot take deliveries now (no
 // connection, 5xx, 429, 408) hold back the rest of the webhook's
-// deliveries until the failed one's retry time: one request per pass.
+// deliveries, unwritten, for the webhook's backoff: one request per pass,
+// none until the backoff ends.
 func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
 	const rows = 5
 	check := func(t *testing.T, l *Log, st *memStore, requests func() int) {
 		t.Helper()
 		ctx := context.Background()
+		hook := l.hooks[0].id
 		for range rows {
 			mustRecord(t, l, sampleRow("auth.logout"))
 		}
@@ -507,10 +561,12 @@ func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
 			t.Fatalf("the receiver got %d requests; want 1 probe", got)
 		}
 		s, _ := l.Stats(ctx)
-		next, _, _ := st.AuditNextDelivery(ctx)
-		due, _ := st.AuditDeliveriesDue(ctx, next, 100)
+		due, _ := st.AuditDeliveriesDue(ctx, hook, l.clk.Now(), 100)
 		if s.Failures != 1 || s.Pending != rows || len(due) != rows {
-			t.Fatalf("Stats = %+v, %d due at the probe's retry time; want 1 failure and all %d deferred to it", s, len(due), rows)
+			t.Fatalf("Stats = %+v, %d still due; want 1 failure and all %d pending where they were", s, len(due), rows)
+		}
+		if n, _ := l.DeliverDue(ctx); n != 0 || requests() != 1 {
+			t.Fatalf("a pass during the backoff took %d, %d requests in all; want nothing taken, still 1", n, requests())
 		}
 		// Only the probe counts an attempt; the deferred ones were not tried.
 		attempts := 0
@@ -547,8 +603,8 @@ func TestWebhookUnavailableReceiverHoldsBackItsWebhook(t *testing.T) {
 // the outbox because they would not decode, as a store does.
 type damagedOutbox struct{ *memStore }
 
-func (d damagedOutbox) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
-	ds, err := d.memStore.AuditDeliveriesDue(ctx, now, limit)
+func (d damagedOutbox) AuditDeliveriesDue(ctx context.Context, hookID string, now time.Time, limit int) ([]Delivery, error) {
+	ds, err := d.memStore.AuditDeliveriesDue(ctx, hookID, now, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -594,8 +650,7 @@ func TestWebhookTransportErrorHidesURLSecrets(t *testing.T) {
 	if _, err := l.DeliverDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	next, _, _ := st.AuditNextDelivery(context.Background())
-	due, _ := st.AuditDeliveriesDue(context.Background(), next, 10)
+	due, _ := st.AuditDeliveriesDue(context.Background(), l.hooks[0].id, t0.Add(24*time.Hour), 10)
 	if len(due) != 1 || due[0].LastError == "" {
 		t.Fatalf("due %+v; want the failed delivery with its error", due)
 	}

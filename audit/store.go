@@ -91,21 +91,28 @@ func (s Settlement) Check() error {
 	return nil
 }
 
-// Outbox keeps pending webhook deliveries and dead ones.
+// Outbox keeps pending webhook deliveries and dead ones. Pending
+// deliveries are kept per webhook, in order of due time, so that each
+// webhook's sender reads its own queue: a webhook with a long backlog
+// never sits in front of another's deliveries.
 type Outbox interface {
-	// AuditDeliveriesDue returns up to limit pending deliveries with
-	// DueAt <= now, earliest due first, each with its Row loaded (a zero
-	// Row if the row is gone). A due entry that cannot be read (a
-	// malformed key, a state or row that does not decode) must not stop
-	// the others: the store takes it out of the outbox (deleting it, or
-	// moving it to the dead list with a LastError that says why) and
-	// returns the deliveries it could read together with an error that
-	// wraps ErrDamagedDelivery and describes each, for the caller to log.
-	// Damaged entries count towards limit.
-	AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
-	// AuditNextDelivery returns the earliest DueAt among pending
-	// deliveries; ok is false when none is pending.
-	AuditNextDelivery(ctx context.Context) (at time.Time, ok bool, err error)
+	// AuditDeliveriesDue returns up to limit pending deliveries to the
+	// webhook hookID with DueAt <= now, earliest due first, each with its
+	// Row loaded (a zero Row if the row is gone). A due entry that cannot
+	// be read (a malformed key, a state or row that does not decode) must
+	// not stop the others: the store takes it out of the outbox (deleting
+	// it, or moving it to the dead list with a LastError that says why)
+	// and returns the deliveries it could read together with an error
+	// that wraps ErrDamagedDelivery and describes each, for the caller to
+	// log. Damaged entries count towards limit.
+	AuditDeliveriesDue(ctx context.Context, hookID string, now time.Time, limit int) ([]Delivery, error)
+	// AuditNextDelivery returns the earliest DueAt among the pending
+	// deliveries to the webhook hookID; ok is false when none is pending.
+	AuditNextDelivery(ctx context.Context, hookID string) (at time.Time, ok bool, err error)
+	// AuditOutboxHooks returns the ids of the webhooks that have pending
+	// deliveries, configured or not (a webhook removed from the config
+	// leaves its deliveries behind).
+	AuditOutboxHooks(ctx context.Context) ([]string, error)
 	// AuditSettle records what a delivery pass decided, in one commit.
 	// Each settlement's delivery is the pending one identified by HookID,
 	// RowID, OccurredAt and DueAt; one no longer there (settled by someone

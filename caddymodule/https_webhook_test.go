@@ -175,7 +175,7 @@ func TestAdminReplaysDeadWebhooks(t *testing.T) {
 	st := e.rt().store
 	var pending []audit.Delivery
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		pending, _ = st.AuditDeliveriesDue(ctx, fake.Now().Add(24*time.Hour), 10)
+		pending, _ = st.AuditDeliveriesDue(ctx, audit.WebhookConfig{URL: recv.URL}.ID(), fake.Now().Add(24*time.Hour), 10)
 		if len(pending) == 1 && pending[0].Attempts == 1 {
 			break
 		}

@@ -115,6 +115,10 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		db.Close()
 		return nil, fmt.Errorf("storage %s: initialising buckets: %w", path, err)
 	}
+	if err := migrateAuditOutbox(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("storage %s: %w", path, err)
+	}
 	return &Bolt{db: db, path: path}, nil
 }
 

@@ -9,7 +9,7 @@ package store
 //	├── audit_by_action   action ‖ 0x00 ‖ at(8) ‖ id(16)      → nil
 //	├── audit_unindexed   at(8) ‖ id(16)                    → actor ‖ 0x00 ‖ subject ‖ 0x00 ‖ action
 //	│                     (its bucket sequence counts the keys)
-//	├── audit_outbox      due(8) ‖ hook(8) ‖ at(8) ‖ id(16)   → JSON delivery state
+//	├── audit_pending     hook(8) ‖ due(8) ‖ at(8) ‖ id(16)   → JSON delivery state
 //	└── audit_dead        at(8) ‖ id(16) ‖ hook(8)            → JSON delivery state
 //
 // at is occurred_at in big-endian Unix nanoseconds, id the row's 16 UUID
@@ -18,9 +18,15 @@ package store
 // and action names never hold a NUL byte (audit validates them), so the
 // 0x00 after the indexed value ends it unambiguously and every key of
 // one actor is contiguous; so are all actions under "auth." for a pattern.
-// due is when the next attempt of a delivery is due (same encoding as at),
-// so the sender reads due deliveries from the front; hook is the webhook's
-// 8-byte id (audit.WebhookConfig.ID, hex-decoded).
+// hook is the webhook's 8-byte id (audit.WebhookConfig.ID, hex-decoded)
+// and due is when the next attempt of a delivery is due (same encoding as
+// at): each webhook's pending deliveries are contiguous, earliest due
+// first, so its sender reads its own due deliveries with one Seek and a
+// backlog for one webhook is never in front of another's.
+//
+// Files written before that layout keep their pending deliveries in
+// audit_outbox, keyed due(8) ‖ hook(8) ‖ at(8) ‖ id(16): OpenBolt moves
+// them to audit_pending (migrateAuditOutbox) and drops the old bucket.
 //
 // A row and its pending deliveries are written in the same transaction:
 // the outbox never refers to a missing row and never misses a row.
@@ -61,8 +67,11 @@ var (
 	bktAuditBySubject = []byte("audit_by_subject")
 	bktAuditByAction  = []byte("audit_by_action")
 	bktAuditUnindexed = []byte("audit_unindexed")
-	bktAuditOutbox    = []byte("audit_outbox")
+	bktAuditOutbox    = []byte("audit_pending")
 	bktAuditDead      = []byte("audit_dead")
+	// bktAuditOutboxV1 is the outbox of older files, sorted by due time
+	// across webhooks; migrateAuditOutbox empties it.
+	bktAuditOutboxV1 = []byte("audit_outbox")
 )
 
 // auditBuckets are created by OpenBolt; the audit backend lives in this file.
@@ -122,11 +131,16 @@ func auditHookBytes(id string) ([]byte, error) {
 	return b, nil
 }
 
-func auditOutboxKey(due time.Time, hook, pk []byte) []byte {
+func auditOutboxKey(hook []byte, due time.Time, pk []byte) []byte {
 	k := make([]byte, 0, auditOutboxLen)
-	k = binary.BigEndian.AppendUint64(k, uint64(due.UnixNano()))
 	k = append(k, hook...)
+	k = binary.BigEndian.AppendUint64(k, uint64(due.UnixNano()))
 	return append(k, pk...)
+}
+
+// auditOutboxDue decodes the due time of an outbox key.
+func auditOutboxDue(k []byte) time.Time {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[auditHookLen:auditHookLen+8]))).UTC()
 }
 
 // auditDeliveryKeys returns the outbox key of a pending delivery and the
@@ -141,7 +155,7 @@ func auditDeliveryKeys(d audit.Delivery) (outbox, dead []byte, err error) {
 		return nil, nil, fmt.Errorf("%w: %v", ErrAuditKey, err)
 	}
 	pk := auditPosKey(pos)
-	return auditOutboxKey(d.DueAt, hook, pk), append(pk, hook...), nil
+	return auditOutboxKey(hook, d.DueAt, pk), append(pk, hook...), nil
 }
 
 // auditIndexedValue is the value of an audit_unindexed entry: the fields
@@ -213,6 +227,60 @@ func auditIndexPending(tx *bolt.Tx) error {
 	return nil
 }
 
+// migrateAuditOutbox moves the pending deliveries of a file written with
+// the old outbox layout (audit_outbox, keyed due ‖ hook ‖ at ‖ id) to
+// audit_pending (hook ‖ due ‖ at ‖ id), state unchanged, at most
+// auditScanChunk per transaction, then drops the old bucket. Each chunk
+// moves its entries atomically, so a crash between chunks leaves every
+// delivery in one bucket or the other and the next open goes on. A key of
+// the wrong length names no delivery (the sender deleted such keys as it
+// met them) and is dropped. OpenBolt runs it before anyone else uses the
+// file.
+func migrateAuditOutbox(db *bolt.DB) error {
+	for {
+		done := false
+		err := db.Update(func(tx *bolt.Tx) error {
+			root := tx.Bucket(rootBucket)
+			old := root.Bucket(bktAuditOutboxV1)
+			if old == nil {
+				done = true
+				return nil
+			}
+			// Collect first: deleting under a cursor skips keys.
+			var keys, vals [][]byte
+			c := old.Cursor()
+			for k, v := c.First(); k != nil && len(keys) < auditScanChunk; k, v = c.Next() {
+				keys, vals = append(keys, clone(k)), append(vals, clone(v))
+			}
+			if len(keys) == 0 {
+				done = true
+				return root.DeleteBucket(bktAuditOutboxV1)
+			}
+			outbox := bucket(tx, bktAuditOutbox)
+			for i, k := range keys {
+				if len(k) == auditOutboxLen {
+					// due(8) ‖ hook(8) ‖ pk  →  hook(8) ‖ due(8) ‖ pk
+					nk := make([]byte, 0, auditOutboxLen)
+					nk = append(append(append(nk, k[8:8+auditHookLen]...), k[:8]...), k[8+auditHookLen:]...)
+					if err := outbox.Put(nk, vals[i]); err != nil {
+						return err
+					}
+				}
+				if err := old.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("moving pending webhook deliveries to the per-webhook outbox: %w", err)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
 // auditState is the stored part of a delivery that its key does not hold.
 type auditState struct {
 	Attempts  int       `json:"attempts,omitempty"`
@@ -274,7 +342,7 @@ func (b *Bolt) AppendAudit(ctx context.Context, entries []audit.Entry) ([]bool, 
 			}
 			added++
 			for _, h := range p.hooks {
-				if err := outbox.Put(auditOutboxKey(e.DueAt, h, p.pk), auditNewState); err != nil {
+				if err := outbox.Put(auditOutboxKey(h, e.DueAt, p.pk), auditNewState); err != nil {
 					return fmt.Errorf("row %s: outbox: %w", e.Row.ID, err)
 				}
 			}
@@ -661,9 +729,9 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 		}
 	}
 	// Deliveries of pruned rows: dead ones sort by row, pending ones by
-	// due time, so the outbox is scanned (it is short unless a receiver
-	// has been down for long). A key of the wrong length was never
-	// written so and cannot be decoded: it goes.
+	// webhook and due time, so the outbox is scanned (it is short unless a
+	// receiver has been down for long). A key of the wrong length was
+	// never written so and cannot be decoded: it goes.
 	if err := b.auditDeleteWhere(ctx, bktAuditDead, func(k []byte) (del, stop bool) {
 		if len(k) != auditDeadLen {
 			return true, false
@@ -674,7 +742,7 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 		return total, err
 	}
 	if err := b.auditDeleteWhere(ctx, bktAuditOutbox, func(k []byte) (del, stop bool) {
-		return len(k) != auditOutboxLen || bytes.Compare(k[8+auditHookLen:8+auditHookLen+8], cut) < 0, false
+		return len(k) != auditOutboxLen || bytes.Compare(k[auditHookLen+8:auditHookLen+16], cut) < 0, false
 	}); err != nil {
 		return total, err
 	}
@@ -762,34 +830,37 @@ type auditDamaged struct {
 	what  string // for the error: what it was and what became of it
 }
 
-// AuditDeliveriesDue reads the front of the outbox. An entry it cannot
-// read does not stop the others: it takes it out of the outbox (see
-// auditTakeOut) and reports it in an error wrapping
+// AuditDeliveriesDue reads the front of one webhook's queue. An entry
+// it cannot read does not stop the others: it takes it out of the outbox
+// (see auditTakeOut) and reports it in an error wrapping
 // audit.ErrDamagedDelivery, returned beside the deliveries it read. It
 // implements audit.Outbox.
-func (b *Bolt) AuditDeliveriesDue(ctx context.Context, now time.Time, limit int) ([]audit.Delivery, error) {
+func (b *Bolt) AuditDeliveriesDue(ctx context.Context, hookID string, now time.Time, limit int) ([]audit.Delivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	end := auditTime(now)
+	hook, err := auditHookBytes(hookID)
+	if err != nil {
+		return nil, err
+	}
+	end := append(clone(hook), auditTime(now)...)
 	var (
 		ds      []audit.Delivery
 		damaged []auditDamaged
 	)
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err = b.db.View(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
 		c := bucket(tx, bktAuditOutbox).Cursor()
-		for k, v := c.First(); k != nil && len(ds)+len(damaged) < limit; k, v = c.Next() {
-			if bytes.Compare(k[:min(len(k), 8)], end) > 0 {
+		for k, v := c.Seek(hook); k != nil && bytes.HasPrefix(k, hook) && len(ds)+len(damaged) < limit; k, v = c.Next() {
+			if bytes.Compare(k[:min(len(k), len(end))], end) > 0 {
 				break
 			}
 			if len(k) != auditOutboxLen {
 				damaged = append(damaged, auditDamaged{key: clone(k), what: fmt.Sprintf("malformed outbox key %x deleted", k)})
 				continue
 			}
-			due := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC()
-			hook, pk := k[8:8+auditHookLen], k[8+auditHookLen:]
-			d, err := auditDelivery(rows, hook, pk, due, v)
+			pk := k[auditHookLen+8:]
+			d, err := auditDelivery(rows, hook, pk, auditOutboxDue(k), v)
 			if err != nil {
 				d.LastError, d.UpdatedAt = "undeliverable: "+err.Error(), now
 				state, serr := auditEncodeState(d)
@@ -848,17 +919,21 @@ func (b *Bolt) auditTakeOut(damaged []auditDamaged) error {
 	return fmt.Errorf("%w in %s: %s", audit.ErrDamagedDelivery, b.path, strings.Join(what, "; "))
 }
 
-// AuditNextDelivery returns the due time at the front of the outbox. It
-// implements audit.Outbox.
-func (b *Bolt) AuditNextDelivery(ctx context.Context) (time.Time, bool, error) {
+// AuditNextDelivery returns the due time at the front of one webhook's
+// queue. It implements audit.Outbox.
+func (b *Bolt) AuditNextDelivery(ctx context.Context, hookID string) (time.Time, bool, error) {
+	hook, err := auditHookBytes(hookID)
+	if err != nil {
+		return time.Time{}, false, err
+	}
 	var at time.Time
 	var ok bool
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err = b.db.View(func(tx *bolt.Tx) error {
 		// Malformed keys are skipped: AuditDeliveriesDue takes them out.
 		c := bucket(tx, bktAuditOutbox).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		for k, _ := c.Seek(hook); k != nil && bytes.HasPrefix(k, hook); k, _ = c.Next() {
 			if len(k) == auditOutboxLen {
-				at, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC(), true
+				at, ok = auditOutboxDue(k), true
 				break
 			}
 		}
@@ -868,6 +943,50 @@ func (b *Bolt) AuditNextDelivery(ctx context.Context) (time.Time, bool, error) {
 		return time.Time{}, false, fmt.Errorf("audit outbox in %s: %w", b.path, err)
 	}
 	return at, ok, nil
+}
+
+// AuditOutboxHooks lists the webhooks with pending deliveries, one Seek
+// per webhook. It implements audit.Outbox.
+func (b *Bolt) AuditOutboxHooks(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var hooks []string
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := bucket(tx, bktAuditOutbox).Cursor()
+		for k, _ := c.First(); k != nil; {
+			if len(k) < auditHookLen {
+				// Too short to name a webhook; retention deletes it.
+				k, _ = c.Next()
+				continue
+			}
+			hooks = append(hooks, hex.EncodeToString(k[:auditHookLen]))
+			after, carry := auditPrefixAfter(k[:auditHookLen])
+			if carry {
+				break // the last possible webhook id
+			}
+			k, _ = c.Seek(after)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit outbox in %s: %w", b.path, err)
+	}
+	return hooks, nil
+}
+
+// auditPrefixAfter returns the smallest key after every key that starts
+// with p (p plus one, as a big-endian number); carry reports that p was
+// all 0xff and no such key exists.
+func auditPrefixAfter(p []byte) (after []byte, carry bool) {
+	after = clone(p)
+	for i := len(after) - 1; i >= 0; i-- {
+		after[i]++
+		if after[i] != 0 {
+			return after, false
+		}
+	}
+	return nil, true
 }
 
 func auditEncodeState(d audit.Delivery) ([]byte, error) {
@@ -897,7 +1016,7 @@ func (b *Bolt) AuditSettle(ctx context.Context, ss []audit.Settlement) error {
 		c := change{key: key}
 		switch st.Verdict {
 		case audit.Retry:
-			c.dest = append(auditTime(st.Next), key[8:]...)
+			c.dest = auditOutboxKey(key[:auditHookLen], st.Next, key[auditHookLen+8:])
 		case audit.Dead:
 			c.dest, c.dead = deadKey, true
 		}
@@ -1007,7 +1126,7 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time
 			if err := dead.Delete(k); err != nil {
 				return err
 			}
-			if err := outbox.Put(auditOutboxKey(now, k[auditPosLen:], k[:auditPosLen]), states[i]); err != nil {
+			if err := outbox.Put(auditOutboxKey(k[auditPosLen:], now, k[:auditPosLen]), states[i]); err != nil {
 				return err
 			}
 		}

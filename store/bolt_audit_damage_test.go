@@ -133,21 +133,21 @@ func TestAuditBoltDeliveriesDueSkipsDamagedEntries(t *testing.T) {
 	ctx := context.Background()
 	hook := audit.WebhookConfig{URL: "https://hooks.example.com/"}.ID()
 	es := auditEntries(t, b, hook, 4)
-	short := []byte{0, 1} // sorts first
+	hb, _ := auditHookBytes(hook)
+	short := append(clone(hb), 0, 1) // sorts first in the webhook's queue
 	auditPut(t, b, bktAuditOutbox, short, []byte("{}"))
 	auditPut(t, b, bktAuditRows, auditPosKey(es[1].Pos), []byte("not json"))
-	hb, _ := auditHookBytes(hook)
-	auditPut(t, b, bktAuditOutbox, auditOutboxKey(auditT0, hb, auditPosKey(es[2].Pos)), []byte("{torn"))
+	auditPut(t, b, bktAuditOutbox, auditOutboxKey(hb, auditT0, auditPosKey(es[2].Pos)), []byte("{torn"))
 
-	if at, ok, err := b.AuditNextDelivery(ctx); err != nil || !ok || !at.Equal(auditT0) {
+	if at, ok, err := b.AuditNextDelivery(ctx, hook); err != nil || !ok || !at.Equal(auditT0) {
 		t.Fatalf("AuditNextDelivery = %v, %v, %v; want %v past the short key", at, ok, err, auditT0)
 	}
 	now := auditT0.Add(time.Minute)
-	due, err := b.AuditDeliveriesDue(ctx, now, 10)
+	due, err := b.AuditDeliveriesDue(ctx, hook, now, 10)
 	if !errors.Is(err, audit.ErrDamagedDelivery) {
 		t.Fatalf("AuditDeliveriesDue error = %v; want ErrDamagedDelivery", err)
 	}
-	for _, want := range []string{"0001", es[1].Row.ID, es[2].Row.ID} {
+	for _, want := range []string{hook + "0001", es[1].Row.ID, es[2].Row.ID} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}
@@ -168,7 +168,7 @@ func TestAuditBoltDeliveriesDueSkipsDamagedEntries(t *testing.T) {
 		}
 	}
 	// The next pass is clean.
-	if due, err := b.AuditDeliveriesDue(ctx, now, 10); err != nil || len(due) != 2 {
+	if due, err := b.AuditDeliveriesDue(ctx, hook, now, 10); err != nil || len(due) != 2 {
 		t.Fatalf("second AuditDeliveriesDue = %d, %v; want the 2 good ones, no error", len(due), err)
 	}
 }

@@ -389,6 +389,47 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 	}
 }
 
+// auditAllDue reads the deliveries due at now to every webhook, earliest
+// due first (ties in webhook order).
+func auditAllDue(t *testing.T, b *Bolt, now time.Time) []audit.Delivery {
+	t.Helper()
+	ctx := context.Background()
+	hooks, err := b.AuditOutboxHooks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []audit.Delivery
+	for _, h := range hooks {
+		ds, err := b.AuditDeliveriesDue(ctx, h, now, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, ds...)
+	}
+	slices.SortStableFunc(all, func(a, b audit.Delivery) int { return a.DueAt.Compare(b.DueAt) })
+	return all
+}
+
+// auditNextDue is the earliest due time over every webhook's queue.
+func auditNextDue(t *testing.T, b *Bolt) (next time.Time, ok bool) {
+	t.Helper()
+	ctx := context.Background()
+	hooks, err := b.AuditOutboxHooks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hooks {
+		at, has, err := b.AuditNextDelivery(ctx, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has && (!ok || at.Before(next)) {
+			next, ok = at, true
+		}
+	}
+	return next, ok
+}
+
 func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	b := auditOpen(t, "")
 	ctx := context.Background()
@@ -399,14 +440,23 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if _, err := b.AppendAudit(ctx, []audit.Entry{old, young}); err != nil {
 		t.Fatal(err)
 	}
-	if at, ok, _ := b.AuditNextDelivery(ctx); !ok || !at.Equal(auditT0.Add(time.Second)) {
+	if at, ok, _ := b.AuditNextDelivery(ctx, h1); !ok || !at.Equal(auditT0.Add(time.Second)) {
 		t.Fatalf("next delivery at %v, %v; want %v", at, ok, auditT0.Add(time.Second))
 	}
-	due, err := b.AuditDeliveriesDue(ctx, auditT0.Add(time.Second), 10)
+	if at, ok, _ := b.AuditNextDelivery(ctx, h2); !ok || !at.Equal(auditT0.Add(2*time.Second)) {
+		t.Fatalf("next delivery to %s at %v, %v; want %v: each webhook has its own queue", h2, at, ok, auditT0.Add(2*time.Second))
+	}
+	if hooks, err := b.AuditOutboxHooks(ctx); err != nil || !slices.Equal(hooks, slices.Sorted(slices.Values([]string{h1, h2}))) {
+		t.Fatalf("AuditOutboxHooks = %v, %v; want %s and %s", hooks, err, h1, h2)
+	}
+	if due, _ := b.AuditDeliveriesDue(ctx, h2, auditT0.Add(time.Second), 10); len(due) != 0 {
+		t.Fatalf("due to %s at +1s: %+v; want none (the young row is for %s alone)", h2, due, h1)
+	}
+	due, err := b.AuditDeliveriesDue(ctx, h1, auditT0.Add(time.Second), 10)
 	if err != nil || len(due) != 1 || due[0].RowID != young.Row.ID || due[0].Row.ID != young.Row.ID {
 		t.Fatalf("due at +1s = %+v, %v; want the young row's delivery with its row", due, err)
 	}
-	due, _ = b.AuditDeliveriesDue(ctx, auditT0.Add(time.Minute), 10)
+	due = auditAllDue(t, b, auditT0.Add(time.Minute))
 	if len(due) != 3 || !due[0].DueAt.Before(due[1].DueAt) {
 		t.Fatalf("due at +1m: %d deliveries; want 3, earliest due first", len(due))
 	}
@@ -423,7 +473,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if pending, _, _ := b.AuditOutboxStats(ctx); pending != 3 {
 		t.Fatalf("pending = %d; want 3 (the stale Done must not remove the rescheduled one)", pending)
 	}
-	later, _ := b.AuditDeliveriesDue(ctx, auditT0.Add(2*time.Hour), 10)
+	later := auditAllDue(t, b, auditT0.Add(2*time.Hour))
 	var moved audit.Delivery
 	for _, x := range later {
 		if x.DueAt.Equal(auditT0.Add(time.Hour)) {
@@ -452,10 +502,10 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if pending, _, _ := b.AuditOutboxStats(ctx); pending != 3 {
 		t.Fatalf("pending = %d after the batch; want 3", pending)
 	}
-	if early, _ := b.AuditDeliveriesDue(ctx, auditT0.Add(89*time.Minute), 10); len(early) != 0 {
+	if early := auditAllDue(t, b, auditT0.Add(89*time.Minute)); len(early) != 0 {
 		t.Fatalf("%d deliveries still due before the batch's time", len(early))
 	}
-	later, _ = b.AuditDeliveriesDue(ctx, auditT0.Add(2*time.Hour), 10)
+	later = auditAllDue(t, b, auditT0.Add(2*time.Hour))
 	for _, x := range later {
 		want := slices.IndexFunc(batch, func(y audit.Delivery) bool { return y.RowID == x.RowID && y.HookID == x.HookID })
 		if !x.DueAt.Equal(auditT0.Add(90*time.Minute)) || want < 0 || x.Attempts != batch[want].Attempts {
@@ -470,7 +520,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if _, err := probe.AppendAudit(ctx, []audit.Entry{old, young}); err != nil {
 		t.Fatal(err)
 	}
-	pdue, _ := probe.AuditDeliveriesDue(ctx, auditT0.Add(time.Minute), 10)
+	pdue := auditAllDue(t, probe, auditT0.Add(time.Minute))
 	if len(pdue) != 3 {
 		t.Fatalf("%d due in the second store; want 3", len(pdue))
 	}
@@ -496,7 +546,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if pending, dead, _ := probe.AuditOutboxStats(ctx); pending != 1 || dead != 1 {
 		t.Fatalf("after a mixed settle: pending %d, dead %d; want 1 and 1", pending, dead)
 	}
-	if at, ok, _ := probe.AuditNextDelivery(ctx); !ok || !at.Equal(auditT0.Add(3*time.Hour)) {
+	if at, ok := auditNextDue(t, probe); !ok || !at.Equal(auditT0.Add(3*time.Hour)) {
 		t.Fatalf("after a mixed settle: next delivery at %v; want the retried one at +3h", at)
 	}
 	if dl, _ := probe.AuditDeadDeliveries(ctx, 10); len(dl) != 1 || dl[0].RowID != gone.RowID || dl[0].HookID != gone.HookID ||
@@ -535,7 +585,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if len(list) != 3 || list[0].RowID != young.Row.ID || list[0].Row.Action != "auth.logout" || list[1].Attempts != 15 {
 		t.Fatalf("dead list = %+v; want 3, the young row first, rows loaded", list)
 	}
-	if _, ok, _ := b.AuditNextDelivery(ctx); ok {
+	if _, ok := auditNextDue(t, b); ok {
 		t.Fatal("next delivery reported on an empty outbox")
 	}
 
@@ -548,7 +598,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if pending, dead, _ := b.AuditOutboxStats(ctx); pending != 1 || dead != 2 {
 		t.Fatalf("after replaying one webhook: pending %d, dead %d; want 1 and 2", pending, dead)
 	}
-	back, _ := b.AuditDeliveriesDue(ctx, now, 10)
+	back := auditAllDue(t, b, now)
 	if len(back) != 1 || back[0].HookID != h2 || back[0].RowID != old.Row.ID || back[0].Attempts != 0 || !back[0].DueAt.Equal(now) || back[0].Row.ID != old.Row.ID {
 		t.Fatalf("replayed = %+v; want %s's delivery of the old row, due now, no attempts", back, h2)
 	}
@@ -882,7 +932,7 @@ func TestAuditCrashSafety(t *testing.T) {
 	// The outbox matches the rows exactly: a delivery per auth.* row, none
 	// for others, none pointing at a missing row.
 	hook := auditCrashHooks[0].ID()
-	pending, err := b.AuditDeliveriesDue(ctx, time.Now().Add(time.Hour), 1<<30)
+	pending, err := b.AuditDeliveriesDue(ctx, hook, time.Now().Add(time.Hour), 1<<30)
 	if err != nil {
 		t.Fatal(err)
 	}
