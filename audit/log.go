@@ -357,7 +357,7 @@ func (l *Log) logRow(r Row) {
 //
 // During a config reload the old and the new Log may run side by side on
 // one store; both send, and a delivery may reach a receiver twice, as at
-// least once delivery allows (receivers dedupe on Sigra-Event-Id).
+// least once delivery allows (receivers dedupe on the body's signed id).
 func (l *Log) Start(ctx context.Context) {
 	l.startMu.Lock()
 	defer l.startMu.Unlock()

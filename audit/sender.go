@@ -45,8 +45,10 @@ type DeliveryOptions struct {
 	Client *http.Client
 }
 
-// EventIDHeader carries the row id on every webhook request, so receivers
-// can drop the duplicates that at-least-once delivery allows.
+// EventIDHeader carries the row id on every webhook request (DESIGN's
+// idempotency header). It is not signed: receivers drop the duplicates
+// that at-least-once delivery allows by the body's id, which is, and
+// refuse a request whose header differs from it.
 const EventIDHeader = "Sigra-Event-Id"
 
 const (
