@@ -18,10 +18,12 @@ type PendingTOTP struct {
 	Sealed []byte `json:"sealed"`
 	// ExpiresAt is when the enrolment can no longer be confirmed.
 	ExpiresAt time.Time `json:"expires_at"`
-	// Session is the id of the session that began it: only that session
-	// is shown the secret and may confirm it.
-	Session string `json:"session"`
 }
+
+// MaxPendingTOTP bounds the pending enrolments kept per user: each session
+// has its own, so that another session of the user (a stolen cookie) can
+// neither read nor replace it.
+const MaxPendingTOTP = 8
 
 // TOTPRecord is a user's confirmed TOTP authenticator.
 type TOTPRecord struct {
@@ -45,26 +47,31 @@ type TOTPRecord struct {
 // (bbolt: one Update; PostgreSQL: SELECT … FOR UPDATE), so that two
 // concurrent uses of one code cannot both succeed.
 type MFAStore interface {
-	// PutPendingTOTP stores a user's pending enrolment, replacing any
-	// earlier one.
-	PutPendingTOTP(ctx context.Context, userID string, p *PendingTOTP) error
-	// PendingTOTP returns the user's pending enrolment, or ErrNotFound.
-	PendingTOTP(ctx context.Context, userID string) (*PendingTOTP, error)
-	// CompleteTOTPEnrolment atomically confirms an enrolment: if the
-	// user's pending enrolment still holds exactly pendingSealed, it
-	// deletes it, stores rec as the user's TOTP (replacing an earlier
-	// one), replaces all recovery codes with recoveryHashes, and sets the
-	// user's SecondFactor flag (UpdatedAt = rec.EnrolledAt). It returns
-	// ErrNotFound, changing nothing, when the pending enrolment is gone or
-	// was replaced, or the user does not exist.
-	CompleteTOTPEnrolment(ctx context.Context, userID string, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) error
+	// PutPendingTOTP stores the pending enrolment session sid began for
+	// the user, replacing that session's earlier one. In the same
+	// transaction it drops the user's enrolments that have expired (as
+	// of p.ExpiresAt − TOTPEnrolmentTTL) and, beyond MaxPendingTOTP, those
+	// that expire first.
+	PutPendingTOTP(ctx context.Context, userID string, sid SessionID, p *PendingTOTP) error
+	// PendingTOTP returns the pending enrolment session sid began for
+	// the user, or ErrNotFound.
+	PendingTOTP(ctx context.Context, userID string, sid SessionID) (*PendingTOTP, error)
+	// CompleteTOTPEnrolment atomically confirms an enrolment: if session
+	// sid's pending enrolment still holds exactly pendingSealed, it
+	// deletes all of the user's pending enrolments, stores rec as the
+	// user's TOTP (replacing an earlier one), replaces all recovery codes
+	// with recoveryHashes, and sets the user's SecondFactor flag
+	// (UpdatedAt = rec.EnrolledAt). It returns ErrNotFound, changing
+	// nothing, when that pending enrolment is gone or was replaced, or the
+	// user does not exist.
+	CompleteTOTPEnrolment(ctx context.Context, userID string, sid SessionID, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) error
 	// TOTP returns the user's confirmed TOTP, or ErrNotFound.
 	TOTP(ctx context.Context, userID string) (*TOTPRecord, error)
 	// AcceptTOTPStep atomically raises the user's LastStep to step. It
 	// returns ErrTOTPStepUsed if step is not greater than LastStep, and
 	// ErrNotFound if the user has no TOTP.
 	AcceptTOTPStep(ctx context.Context, userID string, step uint64) error
-	// DeleteTOTP removes the user's TOTP and any pending enrolment. With
+	// DeleteTOTP removes the user's TOTP and all pending enrolments. With
 	// lastFactor, the same transaction also deletes the recovery codes
 	// and clears the user's SecondFactor (UpdatedAt = at), so the account
 	// is never left with a flag and no factor, or a factor and no flag.

@@ -100,14 +100,15 @@ func totpAccount(u *User) string {
 
 // BeginTOTP starts a TOTP enrolment for u in session sid: it generates a
 // secret and keeps it server-side, sealed, as the user's pending enrolment
-// (replacing an earlier pending one) for TOTPEnrolmentTTL. Nothing changes
+// (replacing this session's earlier one) for TOTPEnrolmentTTL. Nothing changes
 // for the user until ConfirmTOTP. issuer names the site in the
 // authenticator app (default "Sigra"); the account name is the user's
 // email.
 //
 // The enrolment belongs to sid: another session of the same user, such as
-// a stolen cookie, is never shown its secret and cannot confirm it, so it
-// cannot learn the authenticator the user is about to scan.
+// a stolen cookie, is never shown its secret, cannot confirm it and cannot
+// replace it, so it cannot learn the authenticator the user is about to
+// scan, nor keep the user from enrolling.
 //
 // If the user already has TOTP, confirming replaces it: callers should then
 // require a fresh second factor first, as for RemoveTOTP.
@@ -124,8 +125,8 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User, sid SessionID, issuer 
 		return nil, fmt.Errorf("generating TOTP secret: %w", err)
 	}
 	exp := s.clock.Now().UTC().Add(TOTPEnrolmentTTL)
-	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp, Session: sid.String()}
-	if err := s.store.PutPendingTOTP(ctx, u.ID, p); err != nil {
+	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp}
+	if err := s.store.PutPendingTOTP(ctx, u.ID, sid, p); err != nil {
 		return nil, err
 	}
 	return enrolment(key, exp)
@@ -140,8 +141,8 @@ func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, sid SessionID, 
 	if err := s.mustBox(); err != nil {
 		return nil, err
 	}
-	p, err := s.store.PendingTOTP(ctx, u.ID)
-	if err == nil && p.Session == sid.String() && s.clock.Now().Before(p.ExpiresAt.Add(-time.Minute)) {
+	p, err := s.store.PendingTOTP(ctx, u.ID, sid)
+	if err == nil && s.clock.Now().Before(p.ExpiresAt.Add(-time.Minute)) {
 		if secret, oerr := s.box.Open(p.Sealed, totpPendingAAD(u.ID)); oerr == nil {
 			key, kerr := otp.NewKeyFromURL(totpKeyURL(totpIssuer(issuer), totpAccount(u), string(secret)))
 			if kerr != nil {
@@ -192,15 +193,15 @@ func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
 // RecoveryCodeCount recovery codes replaces any earlier set. The codes are
 // returned in plain text this once; show them and forget them.
 //
-// Errors: ErrNoPendingEnrolment (none started, expired, begun by another
-// session, or confirmed concurrently: start again), ErrInvalidCode (the
+// Errors: ErrNoPendingEnrolment (none started in this session, expired,
+// or confirmed concurrently: start again), ErrInvalidCode (the
 // pending enrolment stays, so the user can retry).
 func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID, code string) ([]string, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, err
 	}
-	p, err := s.store.PendingTOTP(ctx, userID)
-	if errors.Is(err, ErrNotFound) || (err == nil && p.Session != sid.String()) {
+	p, err := s.store.PendingTOTP(ctx, userID, sid)
+	if errors.Is(err, ErrNotFound) {
 		return nil, ErrNoPendingEnrolment
 	}
 	if err != nil {
@@ -220,7 +221,7 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID,
 	}
 	codes, hashes := newRecoveryCodes(userID)
 	rec := &TOTPRecord{Sealed: s.box.Seal(secret, totpAAD(userID)), LastStep: step, EnrolledAt: now.UTC()}
-	err = s.store.CompleteTOTPEnrolment(ctx, userID, p.Sealed, rec, hashes)
+	err = s.store.CompleteTOTPEnrolment(ctx, userID, sid, p.Sealed, rec, hashes)
 	if errors.Is(err, ErrNotFound) {
 		return nil, ErrNoPendingEnrolment
 	}

@@ -224,9 +224,9 @@ func (q *preq) totpSubmit() error {
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}
 	if errors.Is(err, authcore.ErrNoPendingEnrolment) {
-		// Expired, or another browser signed in as this user opened the
-		// page since: the secret this one showed is void.
-		d.Error = "This set-up expired or was started again in another browser. Remove the old entry from your app and scan the new code below."
+		// Expired, or finished in another tab: the secret this page
+		// showed is void.
+		d.Error = "This set-up expired. Remove the old entry from your app and scan the new code below."
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}
 	if err != nil {

@@ -683,15 +683,15 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	u := authCreate(t, st, "alice@example.com")
 	at := authT0
 
-	if err := st.PutPendingTOTP(ctx, u.ID, &authcore.PendingTOTP{Sealed: []byte("pending-1"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
+	if err := st.PutPendingTOTP(ctx, u.ID, authcore.SessionID{1}, &authcore.PendingTOTP{Sealed: []byte("pending-1"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	code := make([]byte, 32)
-	if err := st.CompleteTOTPEnrolment(ctx, u.ID, []byte("pending-1"),
+	if err := st.CompleteTOTPEnrolment(ctx, u.ID, authcore.SessionID{1}, []byte("pending-1"),
 		&authcore.TOTPRecord{Sealed: []byte("sealed-secret"), EnrolledAt: at}, [][]byte{code}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.PutPendingTOTP(ctx, u.ID, &authcore.PendingTOTP{Sealed: []byte("pending-2"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
+	if err := st.PutPendingTOTP(ctx, u.ID, authcore.SessionID{2}, &authcore.PendingTOTP{Sealed: []byte("pending-2"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	key := authcore.UserAccountKey(u.ID)
@@ -709,7 +709,7 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	if rec, err := st.TOTP(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("TOTP of a deleted user = %+v, %v; want ErrNotFound", rec, err)
 	}
-	if p, err := st.PendingTOTP(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
+	if p, err := st.PendingTOTP(ctx, u.ID, authcore.SessionID{2}); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("PendingTOTP of a deleted user = %+v, %v; want ErrNotFound", p, err)
 	}
 	if n, err := st.CountRecoveryCodes(ctx, u.ID); err != nil || n != 0 {

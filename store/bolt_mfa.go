@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,7 +19,7 @@ import (
 //
 //	sigra/v1/
 //	├── totp               user id (16)  → JSON authcore.TOTPRecord (secret sealed by authcore)
-//	├── totp_pending       user id (16)  → JSON authcore.PendingTOTP (secret sealed by authcore)
+//	├── totp_pending       user id (16) ‖ session id (32) → JSON authcore.PendingTOTP (secret sealed by authcore)
 //	├── recovery_codes     user id (16)  → unused code hashes, 32 bytes each, concatenated
 //	└── regulation         key (text)    → JSON authcore.RegulationState
 //
@@ -66,25 +67,90 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 	return b.Put(key, data)
 }
 
+// pendingKey is the key of session sid's pending enrolment for a user.
+// Files from before enrolments belonged to sessions keyed them by the
+// user id alone; such an entry is never read, and goes with the user's
+// others.
+func pendingKey(uk []byte, sid authcore.SessionID) []byte {
+	return append(clone(uk), sid[:]...)
+}
+
+// userPending lists the keys of a user's pending enrolments, with their
+// expiry (zero when the entry does not decode).
+func userPending(b *bolt.Bucket, uk []byte) (keys [][]byte, expires []time.Time) {
+	c := b.Cursor()
+	for k, v := c.Seek(uk); k != nil && bytes.HasPrefix(k, uk); k, v = c.Next() {
+		var p authcore.PendingTOTP
+		_ = json.Unmarshal(v, &p)
+		keys, expires = append(keys, clone(k)), append(expires, p.ExpiresAt)
+	}
+	return keys, expires
+}
+
+// deleteUserPending deletes all of a user's pending enrolments.
+func deleteUserPending(tx *bolt.Tx, uk []byte) error {
+	bk := bucket(tx, bktTOTPPending)
+	keys, _ := userPending(bk, uk)
+	return deleteKeys(bk, keys)
+}
+
+func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // PutPendingTOTP implements authcore.MFAStore.
-func (b *Bolt) PutPendingTOTP(ctx context.Context, userID string, p *authcore.PendingTOTP) error {
+func (b *Bolt) PutPendingTOTP(ctx context.Context, userID string, sid authcore.SessionID, p *authcore.PendingTOTP) error {
 	uk, err := mfaUserKey(userID)
 	if err != nil {
 		return err
 	}
+	key := pendingKey(uk, sid)
+	now := p.ExpiresAt.Add(-authcore.TOTPEnrolmentTTL)
 	return b.db.Update(func(tx *bolt.Tx) error {
-		return putJSON(bucket(tx, bktTOTPPending), uk, p)
+		bk := bucket(tx, bktTOTPPending)
+		keys, expires := userPending(bk, uk)
+		var drop, keep [][]byte
+		var keepExp []time.Time
+		for i, k := range keys {
+			switch {
+			case bytes.Equal(k, key):
+			case len(k) != len(key) || !expires[i].After(now):
+				drop = append(drop, k)
+			default:
+				keep, keepExp = append(keep, k), append(keepExp, expires[i])
+			}
+		}
+		// Beyond the bound, those that expire first go.
+		for len(keep) >= authcore.MaxPendingTOTP {
+			first := 0
+			for i := range keep {
+				if keepExp[i].Before(keepExp[first]) {
+					first = i
+				}
+			}
+			drop = append(drop, keep[first])
+			keep, keepExp = slices.Delete(keep, first, first+1), slices.Delete(keepExp, first, first+1)
+		}
+		if err := deleteKeys(bk, drop); err != nil {
+			return err
+		}
+		return putJSON(bk, key, p)
 	})
 }
 
 // PendingTOTP implements authcore.MFAStore.
-func (b *Bolt) PendingTOTP(ctx context.Context, userID string) (*authcore.PendingTOTP, error) {
+func (b *Bolt) PendingTOTP(ctx context.Context, userID string, sid authcore.SessionID) (*authcore.PendingTOTP, error) {
 	uk, ok := userKey(userID)
 	if !ok {
 		return nil, authcore.ErrNotFound
 	}
 	var p authcore.PendingTOTP
-	err := b.db.View(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTPPending), uk, &p) })
+	err := b.db.View(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTPPending), pendingKey(uk, sid), &p) })
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +158,7 @@ func (b *Bolt) PendingTOTP(ctx context.Context, userID string) (*authcore.Pendin
 }
 
 // CompleteTOTPEnrolment implements authcore.MFAStore.
-func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, pendingSealed []byte, rec *authcore.TOTPRecord, recoveryHashes [][]byte) error {
+func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, sid authcore.SessionID, pendingSealed []byte, rec *authcore.TOTPRecord, recoveryHashes [][]byte) error {
 	uk, ok := userKey(userID)
 	if !ok {
 		return authcore.ErrNotFound
@@ -104,7 +170,7 @@ func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, pending
 	return b.db.Update(func(tx *bolt.Tx) error {
 		pending := bucket(tx, bktTOTPPending)
 		var p authcore.PendingTOTP
-		if err := getJSON(pending, uk, &p); err != nil {
+		if err := getJSON(pending, pendingKey(uk, sid), &p); err != nil {
 			return err
 		}
 		if !bytes.Equal(p.Sealed, pendingSealed) {
@@ -114,7 +180,7 @@ func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, pending
 		if err != nil {
 			return err
 		}
-		if err := pending.Delete(uk); err != nil {
+		if err := deleteUserPending(tx, uk); err != nil {
 			return err
 		}
 		if err := putJSON(bucket(tx, bktTOTP), uk, rec); err != nil {
@@ -171,7 +237,7 @@ func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor bool, a
 	}
 	found := false
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		if err := bucket(tx, bktTOTPPending).Delete(uk); err != nil {
+		if err := deleteUserPending(tx, uk); err != nil {
 			return err
 		}
 		bk := bucket(tx, bktTOTP)
@@ -406,10 +472,13 @@ func (b *Bolt) deleteRegulation(entries []regulationEntry) (n int, err error) {
 // deleteUserMFA removes everything this file keeps for a user. DeleteUser
 // should call it in its transaction.
 func deleteUserMFA(tx *bolt.Tx, uk []byte, userID string) error {
-	for _, name := range [][]byte{bktTOTP, bktTOTPPending, bktRecoveryCodes} {
+	for _, name := range [][]byte{bktTOTP, bktRecoveryCodes} {
 		if err := bucket(tx, name).Delete(uk); err != nil {
 			return err
 		}
+	}
+	if err := deleteUserPending(tx, uk); err != nil {
+		return err
 	}
 	return bucket(tx, bktRegulation).Delete([]byte(authcore.UserAccountKey(userID)))
 }

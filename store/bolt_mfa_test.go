@@ -295,7 +295,7 @@ func TestConfirmTOTPReplacedEnrolment(t *testing.T) {
 
 // A pending enrolment belongs to the session that began it: another
 // session of the same user (a stolen cookie) is shown a secret of its own,
-// which replaces it, and cannot confirm the first session's.
+// cannot confirm the first session's, and does not replace it.
 func TestTOTPEnrolmentBelongsToItsSession(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
@@ -318,11 +318,68 @@ func TestTOTPEnrolmentBelongsToItsSession(t *testing.T) {
 	if theirs.Secret == mine.Secret {
 		t.Fatal("another session of the user was shown the pending secret")
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, mine.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
-		t.Errorf("confirming an enrolment another session replaced = %v; want ErrNoPendingEnrolment", err)
+	if again, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "Example"); err != nil || again.Secret != mine.Secret {
+		t.Fatalf("the first session's page after another's: err %v, same secret %t; want its own secret kept", err, again.Secret == mine.Secret)
 	}
-	if has, _ := e.svc.HasTOTP(e.ctx, u.ID); has {
-		t.Error("enrolled by a refused confirmation")
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, mine.Secret, e.clk.Now())); err != nil {
+		t.Fatalf("confirming with the first session after another opened the page: %v", err)
+	}
+	// Enrolling ends every pending enrolment of the user.
+	e.clk.Advance(30 * time.Second)
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, other, mfaRefTOTP(t, theirs.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+		t.Errorf("the other session confirming after the enrolment = %v; want ErrNoPendingEnrolment", err)
+	}
+}
+
+// The pending enrolments of a user are bounded: expired ones go when a
+// new one is stored, and beyond MaxPendingTOTP those that expire first.
+func TestPendingTOTPBounded(t *testing.T) {
+	e := newMFAEnv(t)
+	u := e.user(t, "alice@example.com")
+	sid := func(i int) authcore.SessionID { return authcore.SessionID{byte(i + 1)} }
+	for i := range authcore.MaxPendingTOTP + 3 {
+		if _, err := e.svc.BeginTOTP(e.ctx, u, sid(i), "Example"); err != nil {
+			t.Fatal(err)
+		}
+		e.clk.Advance(time.Second)
+	}
+	for i := range authcore.MaxPendingTOTP + 3 {
+		_, err := e.st.PendingTOTP(e.ctx, u.ID, sid(i))
+		if kept := i >= 3; kept != (err == nil) {
+			t.Errorf("session %d's enrolment: err %v; want kept %t (the %d newest)", i, err, kept, authcore.MaxPendingTOTP)
+		}
+	}
+	e.clk.Advance(authcore.TOTPEnrolmentTTL)
+	if _, err := e.svc.BeginTOTP(e.ctx, u, sid(99), "Example"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range authcore.MaxPendingTOTP + 3 {
+		if _, err := e.st.PendingTOTP(e.ctx, u.ID, sid(i)); !errors.Is(err, authcore.ErrNotFound) {
+			t.Errorf("session %d's expired enrolment: err %v; want it dropped", i, err)
+		}
+	}
+	if _, err := e.st.PendingTOTP(e.ctx, u.ID, sid(99)); err != nil {
+		t.Errorf("the newest enrolment: %v", err)
+	}
+
+	// A file from before enrolments belonged to sessions keeps one under
+	// the user id alone: never read, and dropped by the next enrolment.
+	uk, _ := userKey(u.ID)
+	if err := e.st.db.Update(func(tx *bolt.Tx) error {
+		return putJSON(bucket(tx, bktTOTPPending), uk, &authcore.PendingTOTP{Sealed: []byte("old"), ExpiresAt: e.clk.Now().Add(time.Hour)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.BeginTOTP(e.ctx, u, sid(98), "Example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.db.View(func(tx *bolt.Tx) error {
+		if bucket(tx, bktTOTPPending).Get(uk) != nil {
+			t.Error("the old per-user enrolment is still stored")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
