@@ -431,6 +431,9 @@ type Stats struct {
 	Failures uint64
 	// Dropped counts rows a subscriber missed because its buffer was full.
 	Dropped uint64
+	// Down counts the webhooks whose receiver was unavailable at their
+	// last attempt and that are backing off.
+	Down int
 }
 
 // Stats reads the outbox counts from the store and the counters of this
@@ -446,5 +449,6 @@ func (l *Log) Stats(ctx context.Context) (Stats, error) {
 		Delivered: l.sender.delivered.Load(),
 		Failures:  l.sender.failures.Load(),
 		Dropped:   l.dropped.Load(),
+		Down:      l.sender.downCount(),
 	}, nil
 }

@@ -113,6 +113,32 @@ func (ln *lane) poke() {
 	}
 }
 
+// isDown says whether the receiver was unavailable at the last attempt.
+func (ln *lane) isDown() bool {
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	return ln.down > 0
+}
+
+// downCount counts the webhooks, configured or not, whose receiver is
+// down.
+func (s *sender) downCount() int {
+	n := 0
+	for _, ln := range s.lanes {
+		if ln.isDown() {
+			n++
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.others {
+		if ln.isDown() {
+			n++
+		}
+	}
+	return n
+}
+
 // blockedUntil is when the lane may attempt again; a time in the past or
 // zero means now.
 func (ln *lane) blockedUntil() time.Time {

@@ -363,8 +363,8 @@ func TestWebhookLanesProbeADownReceiver(t *testing.T) {
 		t.Fatalf("pass 1: the down webhook got %d requests; want 1 probe", len(probes))
 	}
 	s, _ := l.Stats(ctx)
-	if s.Pending != rows || s.Failures != 1 || s.Delivered != rows {
-		t.Fatalf("after pass 1: Stats = %+v; want %d pending, 1 failure, %d delivered", s, rows, rows)
+	if s.Pending != rows || s.Failures != 1 || s.Delivered != rows || s.Down != 1 {
+		t.Fatalf("after pass 1: Stats = %+v; want %d pending, 1 failure, %d delivered, 1 webhook down", s, rows, rows)
 	}
 	// Everything of the down webhook waits for the webhook's backoff,
 	// untouched in the outbox but for the probe.
@@ -404,8 +404,8 @@ func TestWebhookLanesProbeADownReceiver(t *testing.T) {
 		t.Fatalf("the recovered webhook got %d requests in all; want 2 probes + %d", got, rows)
 	}
 	s, _ = l.Stats(ctx)
-	if s.Pending != 0 || s.Failures != 2 || s.Delivered != 2*rows || s.Dead != 0 {
-		t.Fatalf("at the end: Stats = %+v; want nothing pending, 2 failures, %d delivered", s, 2*rows)
+	if s.Pending != 0 || s.Failures != 2 || s.Delivered != 2*rows || s.Dead != 0 || s.Down != 0 {
+		t.Fatalf("at the end: Stats = %+v; want nothing pending, 2 failures, %d delivered, no webhook down", s, 2*rows)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
 )
 
 // metrics are the gateway's Prometheus collectors, registered in Caddy's
@@ -57,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		n, err := rt.store.CountSessions(ctx)
 		return float64(n), err
 	}}
-	outbox := func(pick func(pending, dead int, failures uint64) float64) func() float64 {
+	outbox := func(pick func(audit.Stats) float64) func() float64 {
 		return func() float64 {
 			rt := a.life.rt.Load()
 			if rt == nil {
@@ -69,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			if err != nil {
 				return 0
 			}
-			return pick(st.Pending, st.Dead, st.Failures)
+			return pick(st)
 		}
 	}
 	collectors := []prometheus.Collector{
@@ -79,13 +81,16 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		}, sessions.value),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_webhook_outbox_depth", Help: "Webhook deliveries waiting in the outbox.",
-		}, outbox(func(p, _ int, _ uint64) float64 { return float64(p) })),
+		}, outbox(func(s audit.Stats) float64 { return float64(s.Pending) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_webhook_dead_deliveries", Help: "Webhook deliveries that gave up after the retry limit.",
-		}, outbox(func(_, d int, _ uint64) float64 { return float64(d) })),
+		}, outbox(func(s audit.Stats) float64 { return float64(s.Dead) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sigra_webhook_failures_total", Help: "Failed webhook delivery attempts since start.",
-		}, outbox(func(_, _ int, f uint64) float64 { return float64(f) })),
+		}, outbox(func(s audit.Stats) float64 { return float64(s.Failures) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sigra_webhooks_down", Help: "Webhooks whose receiver was unavailable at the last attempt, backing off.",
+		}, outbox(func(s audit.Stats) float64 { return float64(s.Down) })),
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {

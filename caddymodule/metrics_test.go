@@ -42,7 +42,7 @@ func TestMetricsExistAndMove(t *testing.T) {
 	for _, name := range []string{
 		"sigra_logins_total", "sigra_gate_decisions_total", "sigra_gate_duration_seconds",
 		"sigra_audit_append_seconds", "sigra_sessions_active", "sigra_webhook_outbox_depth",
-		"sigra_webhook_failures_total", "sigra_webhook_dead_deliveries",
+		"sigra_webhook_failures_total", "sigra_webhook_dead_deliveries", "sigra_webhooks_down",
 	} {
 		if !strings.Contains(body, "# HELP "+name+" ") {
 			t.Errorf("%s is not on /metrics", name)
