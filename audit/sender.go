@@ -40,6 +40,11 @@ type DeliveryOptions struct {
 	// Concurrency is how many attempts to one webhook run at once; each
 	// webhook has its own sender. Default 4.
 	Concurrency int
+	// Recheck is how often, in real time and without being woken, the
+	// sender looks at every webhook's queue: during a config reload the
+	// old Log may still queue deliveries that only the new one will send.
+	// Default 1m.
+	Recheck time.Duration
 	// Client sends the requests. Default: a client that does not follow
 	// redirects (a redirect is a failed attempt).
 	Client *http.Client
@@ -171,6 +176,9 @@ func newSender(l *Log, o DeliveryOptions) *sender {
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 15
 	}
+	if o.Recheck <= 0 {
+		o.Recheck = time.Minute
+	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
@@ -213,7 +221,8 @@ func (s *sender) other(hook string) *lane {
 
 // run serves every lane until ctx ends: a loop per configured webhook,
 // and one per webhook no longer configured that has deliveries pending,
-// found at start and after a replay. It returns once every loop has.
+// found at start, after a replay and every Recheck, when the configured
+// lanes are woken too. It returns once every loop has.
 func (s *sender) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -227,6 +236,8 @@ func (s *sender) run(ctx context.Context) {
 	for _, h := range s.l.hooks {
 		serve(s.lanes[h.id])
 	}
+	recheck := time.NewTicker(s.opts.Recheck)
+	defer recheck.Stop()
 	for {
 		var retry <-chan time.Time
 		if err := s.adoptOthers(ctx, serve); err != nil {
@@ -241,6 +252,10 @@ func (s *sender) run(ctx context.Context) {
 			return
 		case <-s.rescan:
 		case <-retry:
+		case <-recheck.C:
+			for _, ln := range s.lanes {
+				ln.poke()
+			}
 		}
 	}
 }
@@ -495,11 +510,15 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		ss, causes = append(ss, st), append(causes, results[i])
 	}
 	// What the pass says of the receiver holds whether or not the commit
-	// below succeeds.
-	if unavailable != nil {
-		s.laneDown(ln, now, unavailable, len(ds)-len(ss))
-	} else if answered {
+	// below succeeds. A receiver that answered is up, even if it then
+	// turned some away (429, 5xx) or a later attempt timed out: the
+	// webhook starts its backoff afresh rather than count towards giving
+	// up, which only a receiver that answers nothing can bring about.
+	if answered {
 		ln.reset()
+	}
+	if unavailable != nil {
+		s.laneDown(ln, unavailable, len(ds)-len(ss))
 	}
 	// The pass is settled in one commit: one disk sync per pass, not one
 	// per delivery. Should the commit fail, the pass's deliveries stay
@@ -519,8 +538,11 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 }
 
 // laneDown backs a webhook off after a pass found its receiver
-// unavailable: as long as a delivery would be after that many failures.
-func (s *sender) laneDown(ln *lane, now time.Time, cause error, held int) {
+// unavailable: as long as a delivery would be after that many failures,
+// from now, when the pass's attempts are over (a probe that timed out
+// may have taken longer than the first steps).
+func (s *sender) laneDown(ln *lane, cause error, held int) {
+	now := s.l.clk.Now()
 	ln.mu.Lock()
 	if ln.down == 0 {
 		ln.downSince = now

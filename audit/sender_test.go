@@ -706,3 +706,137 @@ func TestWebhookPassSettlesInOneCommit(t *testing.T) {
 		t.Errorf("after the pass: Stats %+v, %d commits; want 0 pending, 10 delivered, in 1 commit", s, settles)
 	}
 }
+
+// A receiver that answers is up, even when it turns some requests away
+// (429) in every pass: its webhook backs off afresh each time and never
+// counts towards giving its deliveries up, which only a receiver that
+// answers nothing can bring about.
+func TestWebhookAnsweringReceiverIsNeverGivenUp(t *testing.T) {
+	ft := newFakeTime()
+	var mu sync.Mutex
+	n := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		k := n
+		mu.Unlock()
+		if k%3 == 0 {
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer srv.Close()
+	opts := DeliveryOptions{MinBackoff: time.Second, MaxBackoff: time.Minute, Concurrency: 1, MaxAttempts: 3}
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(srv.URL)}, Delivery: opts})
+	ctx := context.Background()
+	const rows = 20
+	for range rows {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+	for pass := 1; pass <= 3*opts.MaxAttempts; pass++ {
+		if _, err := l.DeliverDue(ctx); err != nil {
+			t.Fatalf("pass %d: %v", pass, err)
+		}
+		if s, _ := l.Stats(ctx); s.Dead != 0 {
+			t.Fatalf("after pass %d: %d deliveries dead although the receiver answered in every pass", pass, s.Dead)
+		}
+		if d := blockedFor(l, ft, srv.URL); d > opts.MinBackoff {
+			t.Fatalf("after pass %d the webhook is backed off for %v; want a fresh backoff, at most %v", pass, d, opts.MinBackoff)
+		}
+		ft.Advance(opts.MinBackoff)
+	}
+	// The ones turned away are retried on their own schedules.
+	for range 20 {
+		ft.Advance(opts.MaxBackoff)
+		if _, err := l.DeliverDue(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s, _ := l.Stats(ctx); s.Pending != 0 || s.Dead != 0 || s.Delivered != rows {
+		t.Errorf("in the end: %+v; want all %d delivered", s, rows)
+	}
+}
+
+// timeoutTransport fails every request as a timeout that took the
+// attempt's whole 10 s on the fake clock.
+type timeoutTransport struct {
+	ft    *fakeTime
+	mu    sync.Mutex
+	tries int
+}
+
+func (rt *timeoutTransport) RoundTrip(*http.Request) (*http.Response, error) {
+	rt.mu.Lock()
+	rt.tries++
+	rt.mu.Unlock()
+	rt.ft.Advance(10 * time.Second)
+	return nil, context.DeadlineExceeded
+}
+
+// A webhook's backoff runs from when its probe failed, not from when the
+// pass began: a probe that took its whole timeout is not followed by
+// another at once.
+func TestWebhookBackoffStartsWhenTheProbeFails(t *testing.T) {
+	ft := newFakeTime()
+	rt := &timeoutTransport{ft: ft}
+	opts := DeliveryOptions{Client: &http.Client{Transport: rt}} // 10 s timeout, 2 s first backoff
+	const url = "https://hook.example/x"
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(url)}, Delivery: opts})
+	mustRecord(t, l, sampleRow("auth.logout"))
+	for pass := 1; pass <= 4; pass++ {
+		if _, err := l.DeliverDue(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if d := blockedFor(l, ft, url); d <= 0 {
+			t.Fatalf("after pass %d the webhook is backed off for %v; want a backoff still to come", pass, d)
+		}
+	}
+	if rt.tries != 1 {
+		t.Errorf("%d probes with no clock advance between the passes; want 1", rt.tries)
+	}
+}
+
+// During a config reload the old Log may queue a delivery after the new
+// one's lanes looked at the store, and without waking them: the new Log
+// still sends it, or, for a webhook it no longer has, gives it up on the
+// schedule. Nothing stays pending for ever.
+func TestWebhookDeliveryQueuedByTheOldLogIsSent(t *testing.T) {
+	for _, kept := range []bool{true, false} {
+		t.Run(fmt.Sprintf("webhook kept %t", kept), func(t *testing.T) {
+			ft := newFakeTime()
+			hits := newHitLog(t)
+			st := newMemStore()
+			opts := DeliveryOptions{MinBackoff: time.Second, MaxBackoff: time.Minute, MaxAttempts: 3, Recheck: 20 * time.Millisecond}
+			old := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(hits.URL, "auth.*")}, Delivery: opts})
+			var hooks []WebhookConfig
+			if kept {
+				hooks = []WebhookConfig{hookTo(hits.URL, "auth.*")}
+			}
+			replacing := newTestLog(t, st, ft, Options{Webhooks: hooks, Delivery: opts})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			replacing.Start(ctx)
+			time.Sleep(100 * time.Millisecond) // its lanes have looked at the empty store (not required)
+			mustRecord(t, old, sampleRow("auth.logout"))
+			old.Close()
+			mustRecord(t, replacing, sampleRow("mfa.totp.enrolled"))                         // matches no webhook
+			for deadline := time.Now().Add(waitLimit); ; time.Sleep(10 * time.Millisecond) { // polling, not timing
+				if s, _ := replacing.Stats(ctx); s.Pending == 0 {
+					if kept && len(hits.hits()) != 1 {
+						t.Errorf("the kept webhook got %d requests; want the old Log's delivery", len(hits.hits()))
+					}
+					if !kept && s.Dead != 1 {
+						t.Errorf("the removed webhook's delivery: %+v; want it dead", s)
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					s, _ := replacing.Stats(ctx)
+					t.Fatalf("the old Log's delivery still pending after %v: %+v", waitLimit, s)
+				}
+				ft.Advance(time.Minute) // the removed webhook's backoff
+			}
+		})
+	}
+}
