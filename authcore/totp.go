@@ -99,9 +99,9 @@ func totpAccount(u *User) string {
 }
 
 // BeginTOTP starts a TOTP enrolment for u in session sid: it generates a
-// secret and keeps it server-side, sealed, as the user's pending enrolment
-// (replacing this session's earlier one) for TOTPEnrolmentTTL. Nothing changes
-// for the user until ConfirmTOTP. issuer names the site in the
+// secret and keeps it server-side, sealed, as the session's pending
+// enrolment (replacing its earlier one) for TOTPEnrolmentTTL. Nothing
+// changes for the user until ConfirmTOTP. issuer names the site in the
 // authenticator app (default "Sigra"); the account name is the user's
 // email.
 //
@@ -187,15 +187,16 @@ func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
 }
 
 // ConfirmTOTP completes the user's pending enrolment, begun by session
-// sid, if code is valid for its secret. Then, in one store transaction, the secret is stored sealed,
-// the code's time step is spent (so the same code cannot sign in right
-// after), the user is marked as having a second factor, and a new set of
-// RecoveryCodeCount recovery codes replaces any earlier set. The codes are
-// returned in plain text this once; show them and forget them.
+// sid, if code is valid for its secret. Then, in one store transaction,
+// the secret is stored sealed, the code's time step is spent (so the same
+// code cannot sign in right after), the user is marked as having a second
+// factor, and a new set of RecoveryCodeCount recovery codes replaces any
+// earlier set. The codes are returned in plain text this once; show them
+// and forget them.
 //
 // Errors: ErrNoPendingEnrolment (none started in this session, expired,
-// or confirmed concurrently: start again), ErrInvalidCode (the
-// pending enrolment stays, so the user can retry).
+// or confirmed concurrently: start again), ErrInvalidCode (the pending
+// enrolment stays, so the user can retry).
 func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID, code string) ([]string, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, err

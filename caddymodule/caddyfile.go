@@ -63,13 +63,6 @@ func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	return nil
 }
 
-// gateSiblings is what a block's state remembers of the matchers of the
-// gates written in it.
-type gateSiblings struct {
-	block   uintptr // the BlockState map it was set in (see gateScope)
-	matched []gateMatch
-}
-
 type gateMatch struct {
 	line       int
 	singlePath bool
@@ -85,17 +78,12 @@ type gateMatch struct {
 // most specific: `@reads method GET` written before `/admin/*` would make
 // /admin/* readable by anyone.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
-	if matcherSet == nil || h.BlockState == nil {
+	sib := gateBlockOf(h)
+	if matcherSet == nil || sib == nil {
 		return nil
 	}
 	var paths []string
 	single := len(matcherSet) == 1 && json.Unmarshal(matcherSet["path"], &paths) == nil && len(paths) == 1
-	block := reflect.ValueOf(h.BlockState).Pointer()
-	sib, _ := h.BlockState["sigra.gate_siblings"].(*gateSiblings)
-	if sib == nil || sib.block != block {
-		sib = &gateSiblings{block: block}
-		h.BlockState["sigra.gate_siblings"] = sib
-	}
 	for _, m := range sib.matched {
 		if !single || !m.singlePath {
 			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and Caddy orders sibling gates by specificity only when each matches a single path: "+
@@ -513,30 +501,42 @@ func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	return g, nil
 }
 
-// gateScopeMark is what a block's state remembers of its gates' scope.
-type gateScopeMark struct {
-	block uintptr // the BlockState map it was set in
-	id    int
+// gateBlock is what a block's state remembers of the gates written in
+// it: their scope, and their matchers (see gateMatcher).
+type gateBlock struct {
+	block   uintptr // the BlockState map it was set in
+	id      int
+	matched []gateMatch
 }
 
-// gateScope numbers the block a gate is written in. Caddy parses sibling
-// directives with one shared BlockState map and gives a nested block
-// (handle, route, handle_path) a copy of it: a mark found in the very map
-// is a sibling's, one copied from the parent is not. The numbers count
-// from 1 in each adaptation, so `caddy adapt` prints the same config
-// every time; routes adapted apart must not be joined by hand. Without
-// the adapter's state (a Helper made by hand) it is 0, which sets none.
-func gateScope(h httpcaddyfile.Helper) int {
+// gateBlockOf returns the state of the block a gate is written in. Caddy
+// parses sibling directives with one shared BlockState map and gives a
+// nested block (handle, route, handle_path) a copy of it: a mark found in
+// the very map is a sibling's, one copied from the parent is not. Scope
+// ids count from 1 in each adaptation, so `caddy adapt` prints the same
+// config every time; routes adapted apart must not be joined by hand.
+// Without the adapter's state (a Helper made by hand) it is nil.
+func gateBlockOf(h httpcaddyfile.Helper) *gateBlock {
 	if h.State == nil || h.BlockState == nil {
-		return 0
+		return nil
 	}
 	block := reflect.ValueOf(h.BlockState).Pointer()
-	if m, ok := h.BlockState["sigra.gate_scope"].(gateScopeMark); ok && m.block == block {
-		return m.id
+	if b, ok := h.BlockState["sigra.gate_block"].(*gateBlock); ok && b.block == block {
+		return b
 	}
 	n, _ := h.State["sigra.gate_scopes"].(int)
 	n++
 	h.State["sigra.gate_scopes"] = n
-	h.BlockState["sigra.gate_scope"] = gateScopeMark{block: block, id: n}
-	return n
+	b := &gateBlock{block: block, id: n}
+	h.BlockState["sigra.gate_block"] = b
+	return b
+}
+
+// gateScope numbers the block a gate is written in; 0, which sets none,
+// without the adapter's state.
+func gateScope(h httpcaddyfile.Helper) int {
+	if b := gateBlockOf(h); b != nil {
+		return b.id
+	}
+	return 0
 }

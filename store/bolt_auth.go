@@ -319,11 +319,11 @@ func (b *Bolt) DeleteSession(ctx context.Context, id authcore.SessionID) error {
 func (b *Bolt) ReplaceSession(ctx context.Context, old authcore.SessionID, s *authcore.Session) error {
 	return b.db.Update(func(tx *bolt.Tx) error {
 		found, err := deleteSession(tx, old)
-		if err == nil && !found {
-			return authcore.ErrNotFound
-		}
 		if err != nil {
 			return err
+		}
+		if !found {
+			return authcore.ErrNotFound
 		}
 		return putSession(tx, s)
 	})

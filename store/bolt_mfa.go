@@ -75,32 +75,38 @@ func pendingKey(uk []byte, sid authcore.SessionID) []byte {
 	return append(clone(uk), sid[:]...)
 }
 
-// userPending lists the keys of a user's pending enrolments, with their
-// expiry (zero when the entry does not decode).
-func userPending(b *bolt.Bucket, uk []byte) (keys [][]byte, expires []time.Time) {
+// pendingEntry is a stored pending enrolment: its key, and its expiry
+// (zero when the entry does not decode).
+type pendingEntry struct {
+	key     []byte
+	expires time.Time
+}
+
+// userPending lists a user's pending enrolments.
+func userPending(b *bolt.Bucket, uk []byte) []pendingEntry {
+	var es []pendingEntry
 	c := b.Cursor()
 	for k, v := c.Seek(uk); k != nil && bytes.HasPrefix(k, uk); k, v = c.Next() {
 		var p authcore.PendingTOTP
 		_ = json.Unmarshal(v, &p)
-		keys, expires = append(keys, clone(k)), append(expires, p.ExpiresAt)
+		es = append(es, pendingEntry{clone(k), p.ExpiresAt})
 	}
-	return keys, expires
+	return es
+}
+
+func deletePending(b *bolt.Bucket, es []pendingEntry) error {
+	for _, e := range es {
+		if err := b.Delete(e.key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // deleteUserPending deletes all of a user's pending enrolments.
 func deleteUserPending(tx *bolt.Tx, uk []byte) error {
 	bk := bucket(tx, bktTOTPPending)
-	keys, _ := userPending(bk, uk)
-	return deleteKeys(bk, keys)
-}
-
-func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
-	for _, k := range keys {
-		if err := b.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
+	return deletePending(bk, userPending(bk, uk))
 }
 
 // PutPendingTOTP implements authcore.MFAStore.
@@ -113,30 +119,20 @@ func (b *Bolt) PutPendingTOTP(ctx context.Context, userID string, sid authcore.S
 	now := p.ExpiresAt.Add(-authcore.TOTPEnrolmentTTL)
 	return b.db.Update(func(tx *bolt.Tx) error {
 		bk := bucket(tx, bktTOTPPending)
-		keys, expires := userPending(bk, uk)
-		var drop, keep [][]byte
-		var keepExp []time.Time
-		for i, k := range keys {
+		var drop, keep []pendingEntry
+		for _, e := range userPending(bk, uk) {
 			switch {
-			case bytes.Equal(k, key):
-			case len(k) != len(key) || !expires[i].After(now):
-				drop = append(drop, k)
+			case bytes.Equal(e.key, key): // replaced below
+			case len(e.key) != len(key) || !e.expires.After(now):
+				drop = append(drop, e)
 			default:
-				keep, keepExp = append(keep, k), append(keepExp, expires[i])
+				keep = append(keep, e)
 			}
 		}
 		// Beyond the bound, those that expire first go.
-		for len(keep) >= authcore.MaxPendingTOTP {
-			first := 0
-			for i := range keep {
-				if keepExp[i].Before(keepExp[first]) {
-					first = i
-				}
-			}
-			drop = append(drop, keep[first])
-			keep, keepExp = slices.Delete(keep, first, first+1), slices.Delete(keepExp, first, first+1)
-		}
-		if err := deleteKeys(bk, drop); err != nil {
+		slices.SortFunc(keep, func(a, b pendingEntry) int { return b.expires.Compare(a.expires) })
+		drop = append(drop, keep[min(len(keep), authcore.MaxPendingTOTP-1):]...)
+		if err := deletePending(bk, drop); err != nil {
 			return err
 		}
 		return putJSON(bk, key, p)
