@@ -38,7 +38,7 @@ type DeliveryOptions struct {
 	// row. Default 15.
 	MaxAttempts int
 	// Concurrency is how many attempts to one webhook run at once; each
-	// webhook has its own sender. Default 4.
+	// webhook has its own loop. Default 4.
 	Concurrency int
 	// Recheck is how often, in real time and without being woken, the
 	// sender looks at every webhook's queue: during a config reload the
@@ -52,8 +52,8 @@ type DeliveryOptions struct {
 
 // EventIDHeader carries the row id on every webhook request (DESIGN's
 // idempotency header). It is not signed: receivers drop the duplicates
-// that at-least-once delivery allows by the body's id, which is, and
-// refuse a request whose header differs from it.
+// that at-least-once delivery allows by the body's id, which is signed,
+// and refuse a request whose header differs from it.
 const EventIDHeader = "Sigra-Event-Id"
 
 const (
@@ -129,19 +129,27 @@ func (ln *lane) isDown() bool {
 // down.
 func (s *sender) downCount() int {
 	n := 0
-	for _, ln := range s.lanes {
-		if ln.isDown() {
-			n++
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, ln := range s.others {
+	for _, ln := range s.allLanes() {
 		if ln.isDown() {
 			n++
 		}
 	}
 	return n
+}
+
+// allLanes lists the lanes of the configured webhooks and of those no
+// longer configured that have one.
+func (s *sender) allLanes() []*lane {
+	lanes := make([]*lane, 0, len(s.lanes))
+	for _, ln := range s.lanes {
+		lanes = append(lanes, ln)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.others {
+		lanes = append(lanes, ln)
+	}
+	return lanes
 }
 
 // blockedUntil is when the lane may attempt again; a time in the past or
@@ -211,6 +219,10 @@ func (s *sender) poke(hooks []string) {
 func (s *sender) other(hook string) *lane {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.otherLocked(hook)
+}
+
+func (s *sender) otherLocked(hook string) *lane {
 	ln := s.others[hook]
 	if ln == nil {
 		ln = newLane(hook)
@@ -268,23 +280,29 @@ func (s *sender) adoptOthers(ctx context.Context, serve func(*lane)) (err error)
 			err = fmt.Errorf("panic: %v", p)
 		}
 	}()
-	hooks, err := s.l.st.AuditOutboxHooks(ctx)
+	hooks, err := s.unconfigured(ctx)
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, h := range hooks {
-		if s.lanes[h] != nil {
-			continue
-		}
-		ln := s.other(h)
-		s.mu.Lock()
-		if !ln.running {
+		if ln := s.otherLocked(h); !ln.running {
 			ln.running = true
 			serve(ln)
 		}
-		s.mu.Unlock()
 	}
 	return nil
+}
+
+// unconfigured lists the webhooks with pending deliveries that are no
+// longer configured.
+func (s *sender) unconfigured(ctx context.Context) ([]string, error) {
+	hooks, err := s.l.st.AuditOutboxHooks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(hooks, func(h string) bool { return s.lanes[h] != nil }), nil
 }
 
 // serve runs one lane: a pass over what is due, then a wait until the
@@ -346,10 +364,7 @@ func (s *sender) step(ctx context.Context, ln *lane) (next time.Time, again, idl
 			next, again, idle = s.l.clk.Now().Add(s.opts.MinBackoff), false, false
 		}
 	}()
-	if until := ln.blockedUntil(); s.l.clk.Now().Before(until) {
-		return until, false, false // the receiver is backing off: nothing to read
-	}
-	n, err := s.pass(ctx, ln)
+	n, err := s.pass(ctx, ln) // nothing while the receiver backs off
 	if err != nil {
 		if ctx.Err() == nil {
 			s.l.errLog.Error("audit webhook pass failed", "hook_id", ln.hook, "url", s.hookURL(ln.hook), "error", err)
@@ -413,14 +428,12 @@ func (s *sender) passAll(ctx context.Context) (int, error) {
 	for _, h := range s.l.hooks {
 		lanes = append(lanes, s.lanes[h.id])
 	}
-	hooks, err := s.l.st.AuditOutboxHooks(ctx)
+	hooks, err := s.unconfigured(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("audit: listing webhooks with pending deliveries: %w", err)
 	}
 	for _, h := range hooks {
-		if s.lanes[h] == nil {
-			lanes = append(lanes, s.other(h))
-		}
+		lanes = append(lanes, s.other(h))
 	}
 	taken := make([]int, len(lanes))
 	errs := make([]error, len(lanes))
@@ -448,7 +461,7 @@ func (s *sender) passAll(ctx context.Context) (int, error) {
 // unavailableError is a failed attempt that says the receiver, not the
 // delivery, is the problem: it could not be reached or did not answer in
 // time, answered 5xx, 429 (too many requests) or 408 (request timeout),
-// or is no longer configured. Its lane starts no more attempts.
+// or is no longer configured. The pass starts no more attempts.
 type unavailableError struct{ err error }
 
 func (e unavailableError) Error() string { return e.err.Error() }
@@ -459,6 +472,18 @@ func receiverUnavailable(err error) bool {
 	return errors.As(err, &u)
 }
 
+// due reads up to limit of ln's deliveries due at now. Entries the store
+// cannot read it takes out of the outbox (ErrDamagedDelivery): they are
+// logged, and the rest go on.
+func (s *sender) due(ctx context.Context, ln *lane, now time.Time, limit int) ([]Delivery, error) {
+	ds, err := s.l.st.AuditDeliveriesDue(ctx, ln.hook, now, limit)
+	if errors.Is(err, ErrDamagedDelivery) {
+		s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "hook_id", ln.hook, "error", err)
+		return ds, nil
+	}
+	return ds, err
+}
+
 // pass makes one pass over a lane (see DeliverDue) and returns how many
 // deliveries it took.
 func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
@@ -466,11 +491,8 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 	if now.Before(ln.blockedUntil()) {
 		return 0, nil
 	}
-	ds, err := s.l.st.AuditDeliveriesDue(ctx, ln.hook, now, deliveryBatch)
-	if errors.Is(err, ErrDamagedDelivery) {
-		// The store took them out of the outbox; the rest go on.
-		s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "error", err)
-	} else if err != nil {
+	ds, err := s.due(ctx, ln, now, deliveryBatch)
+	if err != nil {
 		return 0, fmt.Errorf("reading due deliveries: %w", err)
 	}
 	if len(ds) == 0 {
@@ -576,10 +598,8 @@ func (s *sender) giveUpIfDead(ctx context.Context, ln *lane, now time.Time) erro
 		}
 	}()
 	for {
-		ds, err := s.l.st.AuditDeliveriesDue(ctx, ln.hook, now, deadChunk)
-		if errors.Is(err, ErrDamagedDelivery) {
-			s.l.errLog.Error("audit webhook outbox entries unreadable, taken out of the outbox", "error", err)
-		} else if err != nil {
+		ds, err := s.due(ctx, ln, now, deadChunk)
+		if err != nil {
 			return fmt.Errorf("reading deliveries to give up: %w", err)
 		}
 		ss := make([]Settlement, len(ds))
@@ -793,22 +813,15 @@ func (l *Log) ReplayDead(ctx context.Context, hookID string) (int, error) {
 // fresh start after a replay, and looks for replayed deliveries to
 // webhooks no longer configured.
 func (s *sender) replayed(hookID string) {
-	lanes := make([]*lane, 0, len(s.lanes))
-	for id, ln := range s.lanes {
-		if hookID == "" || id == hookID {
-			lanes = append(lanes, ln)
-		}
-	}
+	var lanes []*lane
 	if hookID == "" {
-		s.mu.Lock()
-		for _, ln := range s.others {
-			lanes = append(lanes, ln)
-		}
-		s.mu.Unlock()
+		lanes = s.allLanes()
 		select {
 		case s.rescan <- struct{}{}:
 		default:
 		}
+	} else if ln := s.lanes[hookID]; ln != nil {
+		lanes = []*lane{ln}
 	}
 	for _, ln := range lanes {
 		ln.reset()

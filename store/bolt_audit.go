@@ -67,7 +67,7 @@ var (
 	bktAuditBySubject = []byte("audit_by_subject")
 	bktAuditByAction  = []byte("audit_by_action")
 	bktAuditUnindexed = []byte("audit_unindexed")
-	bktAuditOutbox    = []byte("audit_pending")
+	bktAuditPending   = []byte("audit_pending")
 	bktAuditDead      = []byte("audit_dead")
 	// bktAuditOutboxV1 is the outbox of older files, sorted by due time
 	// across webhooks; migrateAuditOutbox empties it.
@@ -75,7 +75,7 @@ var (
 )
 
 // auditBuckets are created by OpenBolt; the audit backend lives in this file.
-var auditBuckets = [][]byte{bktAuditRows, bktAuditByActor, bktAuditBySubject, bktAuditByAction, bktAuditUnindexed, bktAuditOutbox, bktAuditDead}
+var auditBuckets = [][]byte{bktAuditRows, bktAuditByActor, bktAuditBySubject, bktAuditByAction, bktAuditUnindexed, bktAuditPending, bktAuditDead}
 
 const (
 	auditPosLen    = 8 + 16
@@ -256,7 +256,7 @@ func migrateAuditOutbox(db *bolt.DB) error {
 				done = true
 				return root.DeleteBucket(bktAuditOutboxV1)
 			}
-			outbox := bucket(tx, bktAuditOutbox)
+			outbox := bucket(tx, bktAuditPending)
 			for i, k := range keys {
 				if len(k) == auditOutboxLen {
 					// due(8) ‖ hook(8) ‖ pk  →  hook(8) ‖ due(8) ‖ pk
@@ -324,7 +324,7 @@ func (b *Bolt) AppendAudit(ctx context.Context, entries []audit.Entry) ([]bool, 
 	inserted := make([]bool, len(entries))
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
-		outbox := bucket(tx, bktAuditOutbox)
+		outbox := bucket(tx, bktAuditPending)
 		pending := bucket(tx, bktAuditUnindexed)
 		rows.FillPercent, outbox.FillPercent, pending.FillPercent = auditAppendFill, auditAppendFill, auditAppendFill
 		added := uint64(0)
@@ -741,7 +741,7 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 	}); err != nil {
 		return total, err
 	}
-	if err := b.auditDeleteWhere(ctx, bktAuditOutbox, func(k []byte) (del, stop bool) {
+	if err := b.auditDeleteWhere(ctx, bktAuditPending, func(k []byte) (del, stop bool) {
 		return len(k) != auditOutboxLen || bytes.Compare(k[auditHookLen+8:auditHookLen+16], cut) < 0, false
 	}); err != nil {
 		return total, err
@@ -850,7 +850,7 @@ func (b *Bolt) AuditDeliveriesDue(ctx context.Context, hookID string, now time.T
 	)
 	err = b.db.View(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
-		c := bucket(tx, bktAuditOutbox).Cursor()
+		c := bucket(tx, bktAuditPending).Cursor()
 		for k, v := c.Seek(hook); k != nil && bytes.HasPrefix(k, hook) && len(ds)+len(damaged) < limit; k, v = c.Next() {
 			if bytes.Compare(k[:min(len(k), len(end))], end) > 0 {
 				break
@@ -893,7 +893,7 @@ func (b *Bolt) AuditDeliveriesDue(ctx context.Context, hookID string, now time.T
 // error it returns wraps audit.ErrDamagedDelivery and lists them.
 func (b *Bolt) auditTakeOut(damaged []auditDamaged) error {
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		c, dead := bucket(tx, bktAuditOutbox).Cursor(), bucket(tx, bktAuditDead)
+		c, dead := bucket(tx, bktAuditPending).Cursor(), bucket(tx, bktAuditDead)
 		for _, d := range damaged {
 			if k, _ := c.Seek(d.key); !bytes.Equal(k, d.key) {
 				continue // taken out by someone else
@@ -930,7 +930,7 @@ func (b *Bolt) AuditNextDelivery(ctx context.Context, hookID string) (time.Time,
 	var ok bool
 	err = b.db.View(func(tx *bolt.Tx) error {
 		// Malformed keys are skipped: AuditDeliveriesDue takes them out.
-		c := bucket(tx, bktAuditOutbox).Cursor()
+		c := bucket(tx, bktAuditPending).Cursor()
 		for k, _ := c.Seek(hook); k != nil && bytes.HasPrefix(k, hook); k, _ = c.Next() {
 			if len(k) == auditOutboxLen {
 				at, ok = auditOutboxDue(k), true
@@ -953,7 +953,7 @@ func (b *Bolt) AuditOutboxHooks(ctx context.Context) ([]string, error) {
 	}
 	var hooks []string
 	err := b.db.View(func(tx *bolt.Tx) error {
-		c := bucket(tx, bktAuditOutbox).Cursor()
+		c := bucket(tx, bktAuditPending).Cursor()
 		for k, _ := c.First(); k != nil; {
 			if len(k) < auditHookLen {
 				// Too short to name a webhook; retention deletes it.
@@ -1028,7 +1028,7 @@ func (b *Bolt) AuditSettle(ctx context.Context, ss []audit.Settlement) error {
 		changes[i] = c
 	}
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		outbox, dead := bucket(tx, bktAuditOutbox), bucket(tx, bktAuditDead)
+		outbox, dead := bucket(tx, bktAuditPending), bucket(tx, bktAuditDead)
 		for _, c := range changes {
 			if outbox.Get(c.key) == nil {
 				continue // settled by someone else
@@ -1093,7 +1093,7 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time
 	}
 	n := 0
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		dead, outbox := bucket(tx, bktAuditDead), bucket(tx, bktAuditOutbox)
+		dead, outbox := bucket(tx, bktAuditDead), bucket(tx, bktAuditPending)
 		// Collect first: deleting under a cursor skips keys.
 		var keys, states, malformed [][]byte
 		c := dead.Cursor()
@@ -1143,7 +1143,7 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time
 // audit.Outbox.
 func (b *Bolt) AuditOutboxStats(ctx context.Context) (pending, dead int, err error) {
 	err = b.db.View(func(tx *bolt.Tx) error {
-		pending = bucket(tx, bktAuditOutbox).Stats().KeyN
+		pending = bucket(tx, bktAuditPending).Stats().KeyN
 		dead = bucket(tx, bktAuditDead).Stats().KeyN
 		return nil
 	})

@@ -82,14 +82,14 @@ func TestAuditBoltPruneGoesOnPastDamagedEntries(t *testing.T) {
 	auditGiveUp(t, b, hook, es)
 	short, long := []byte{1, 2, 3}, make([]byte, auditDeadLen+1)
 	auditPut(t, b, bktAuditDead, short, []byte("{}"), long, []byte("{}"))
-	auditPut(t, b, bktAuditOutbox, short, []byte("{}"))
+	auditPut(t, b, bktAuditPending, short, []byte("{}"))
 	auditPut(t, b, bktAuditRows, auditPosKey(es[0].Pos), []byte("not json"))
 
 	cut := es[2].Row.OccurredAt // the last row stays
 	if n, err := b.PruneAudit(ctx, cut); err != nil || n != 2 {
 		t.Fatalf("PruneAudit = %d, %v; want 2 rows and no error", n, err)
 	}
-	if auditHas(t, b, bktAuditDead, short) || auditHas(t, b, bktAuditDead, long) || auditHas(t, b, bktAuditOutbox, short) {
+	if auditHas(t, b, bktAuditDead, short) || auditHas(t, b, bktAuditDead, long) || auditHas(t, b, bktAuditPending, short) {
 		t.Error("malformed dead or outbox keys were kept; want them deleted")
 	}
 	if got := auditKeys(t, b, bktAuditRows); got != 1 {
@@ -135,9 +135,9 @@ func TestAuditBoltDeliveriesDueSkipsDamagedEntries(t *testing.T) {
 	es := auditEntries(t, b, hook, 4)
 	hb, _ := auditHookBytes(hook)
 	short := append(clone(hb), 0, 1) // sorts first in the webhook's queue
-	auditPut(t, b, bktAuditOutbox, short, []byte("{}"))
+	auditPut(t, b, bktAuditPending, short, []byte("{}"))
 	auditPut(t, b, bktAuditRows, auditPosKey(es[1].Pos), []byte("not json"))
-	auditPut(t, b, bktAuditOutbox, auditOutboxKey(hb, auditT0, auditPosKey(es[2].Pos)), []byte("{torn"))
+	auditPut(t, b, bktAuditPending, auditOutboxKey(hb, auditT0, auditPosKey(es[2].Pos)), []byte("{torn"))
 
 	if at, ok, err := b.AuditNextDelivery(ctx, hook); err != nil || !ok || !at.Equal(auditT0) {
 		t.Fatalf("AuditNextDelivery = %v, %v, %v; want %v past the short key", at, ok, err, auditT0)
@@ -155,7 +155,7 @@ func TestAuditBoltDeliveriesDueSkipsDamagedEntries(t *testing.T) {
 	if len(due) != 2 || due[0].RowID != es[0].Row.ID || due[1].RowID != es[3].Row.ID || due[1].Row.ID != es[3].Row.ID {
 		t.Fatalf("due = %+v; want the deliveries of rows 0 and 3, rows loaded", due)
 	}
-	if auditHas(t, b, bktAuditOutbox, short) {
+	if auditHas(t, b, bktAuditPending, short) {
 		t.Error("the short outbox key was kept; want it deleted")
 	}
 	dead, err := b.AuditDeadDeliveries(ctx, 10)
@@ -189,7 +189,7 @@ func TestAuditWebhookDeliveryGoesOnPastDamagedOutboxEntries(t *testing.T) {
 	cfg := audit.WebhookConfig{URL: srv.URL, Secret: auditSecret, Actions: []string{"*"}}
 	l := auditNewLog(t, b, clk, audit.Options{Webhooks: []audit.WebhookConfig{cfg}})
 	es := auditEntries(t, b, cfg.ID(), 3)
-	auditPut(t, b, bktAuditOutbox, []byte{0}, []byte("{}"))
+	auditPut(t, b, bktAuditPending, []byte{0}, []byte("{}"))
 	auditPut(t, b, bktAuditRows, auditPosKey(es[0].Pos), []byte("not json"))
 
 	if n, err := l.DeliverDue(context.Background()); err != nil || n != 2 {

@@ -50,7 +50,7 @@ func TestAuditBoltMigratesTheOldOutboxLayout(t *testing.T) {
 		// The rows, the old outbox and, as after a crash mid-migration, a
 		// few deliveries already moved.
 		var bks [3]*bolt.Bucket
-		for i, name := range [][]byte{bktAuditRows, bktAuditOutboxV1, bktAuditOutbox} {
+		for i, name := range [][]byte{bktAuditRows, bktAuditOutboxV1, bktAuditPending} {
 			if bks[i], err = root.CreateBucket(name); err != nil {
 				return err
 			}

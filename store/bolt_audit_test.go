@@ -125,7 +125,7 @@ func TestAuditBoltAppendIsIdempotent(t *testing.T) {
 	for _, c := range []struct {
 		name []byte
 		want int
-	}{{bktAuditRows, 3}, {bktAuditUnindexed, 3}, {bktAuditOutbox, 3}} {
+	}{{bktAuditRows, 3}, {bktAuditUnindexed, 3}, {bktAuditPending, 3}} {
 		if n := auditKeys(t, b, c.name); n != c.want {
 			t.Errorf("%s holds %d keys; want %d", c.name, n, c.want)
 		}
@@ -378,7 +378,7 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 		want int
 	}{
 		{bktAuditRows, keep}, {bktAuditByActor, keep}, {bktAuditBySubject, keep}, {bktAuditByAction, keep},
-		{bktAuditOutbox, keep - 1}, {bktAuditDead, 1},
+		{bktAuditPending, keep - 1}, {bktAuditDead, 1},
 	} {
 		if got := auditKeys(t, b, c.name); got != c.want {
 			t.Errorf("%s holds %d keys after pruning; want %d", c.name, got, c.want)
