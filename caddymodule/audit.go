@@ -46,7 +46,7 @@ func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 	for i, w := range c.Webhooks {
 		secret := repl.ReplaceKnown(w.Secret, "")
 		if secret == "" {
-			return nil, fmt.Errorf("audit webhook %d (%s): a secret is required", i+1, audit.RedactURL(w.URL))
+			return nil, fmt.Errorf("audit: webhook %d (%s): a secret is required", i+1, audit.RedactURL(w.URL))
 		}
 		out = append(out, w.config(secret))
 	}
@@ -149,20 +149,15 @@ func adminActorType(actor string) string {
 	return audit.ActorAdmin
 }
 
-// errAuditConfig marks a bad audit configuration.
-var errAuditConfig = errors.New("audit")
-
 func (c *AuditConfig) validate() error {
 	if c == nil {
 		return nil
 	}
 	if c.Retention < 0 {
-		return fmt.Errorf("%w: retention must not be negative", errAuditConfig)
+		return errors.New("audit: retention must not be negative")
 	}
-	if _, err := c.webhooks(); err != nil {
-		return fmt.Errorf("%w: %v", errAuditConfig, err)
-	}
-	return nil
+	_, err := c.webhooks() // its errors start with "audit: "
+	return err
 }
 
 // retention returns the configured retention or 0 (keep forever).
