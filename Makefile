@@ -8,7 +8,7 @@ caddy: ## ./caddy from the pinned recipe in xcaddy.json
 demo: caddy ## the gateway on http://localhost:8080 in front of the demo app
 	@mkdir -p .demo
 	$(GO) build -o .demo/demoapp ./examples/demoapp
-	@.demo/demoapp -listen 127.0.0.1:3000 -jwks http://localhost:8080/.sigra/jwks.json & \
+	@.demo/demoapp -listen 127.0.0.1:3000 -origin http://localhost:8080 & \
 	app=$$!; trap 'kill $$app 2>/dev/null' EXIT INT TERM; \
 	XDG_DATA_HOME=$(CURDIR)/.demo/data XDG_CONFIG_HOME=$(CURDIR)/.demo/config \
 	./caddy run --config Caddyfile.example --adapter caddyfile

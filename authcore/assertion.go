@@ -491,6 +491,14 @@ func keyFromSigner(priv crypto.Signer, alg string, now time.Time) (*signingKey, 
 	return &signingKey{KID: base64.RawURLEncoding.EncodeToString(tp)[:16], Alg: alg, PKCS8: der, CreatedAt: now.UTC(), pub: priv.Public(), priv: priv}, nil
 }
 
+// CheckSigningKeyFile reports what LoadKeyRing would refuse in the PEM
+// file path for algorithm alg: a missing or unreadable file, no PEM
+// block, a key of another kind.
+func CheckSigningKeyFile(path, alg string) error {
+	_, err := loadPEMKey(path, alg)
+	return err
+}
+
 func loadPEMKey(path, alg string) (*signingKey, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -238,13 +238,17 @@ func (a *App) setDefaults() error {
 	if a.Storage.Backend != "bbolt" {
 		return fmt.Errorf("storage: unknown backend %q (this build supports bbolt)", a.Storage.Backend)
 	}
-	repl := caddy.NewReplacer()
-	a.storagePath = strings.TrimSpace(repl.ReplaceKnown(a.Storage.Path, ""))
+	// A store in another place because a variable was not set, the
+	// default one or a path with a part missing, would be a second, empty
+	// store: every placeholder in the path must have a value.
+	path, err := caddy.NewReplacer().ReplaceOrErr(a.Storage.Path, true, true)
+	if err != nil {
+		return fmt.Errorf("storage path %s: %w: is the environment variable set for this process?", a.Storage.Path, err)
+	}
+	a.storagePath = strings.TrimSpace(path)
 	switch {
 	case a.storagePath == "" && a.Storage.Path != "":
-		// A store in the default place because a variable was not set
-		// would be a second, empty store.
-		return fmt.Errorf("storage path %s is empty: is the environment variable set for this process?", a.Storage.Path)
+		return fmt.Errorf("storage path %q is blank", a.Storage.Path)
 	case a.storagePath == "":
 		a.storagePath = filepath.Join(caddy.AppDataDir(), "sigra", "sigra.db")
 	}
@@ -331,6 +335,13 @@ func (a *App) Validate() error {
 	if a.Keys.EncryptionKey != "" {
 		if _, err := a.configuredEncryptionKey(); err != nil {
 			return err
+		}
+	}
+	if a.Keys.SigningKey != "" {
+		// caddy validate reads the file as the start will, so a missing
+		// or wrong key fails here and not after the store is made.
+		if err := authcore.CheckSigningKeyFile(a.Keys.SigningKey, a.Keys.Algorithm); err != nil {
+			return fmt.Errorf("keys: %w", err)
 		}
 	}
 	if time.Duration(a.Session.Idle) < 0 || time.Duration(a.Session.Lifetime) < 0 {
@@ -537,8 +548,9 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		"  ┌ Sigra: first admin user created ─────────────────────────\n"+
 		"  │ email:    %s\n"+
 		"  │ password: %s\n"+
-		"  │ (shown once; change it with: caddy sigra users passwd)\n"+
-		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw)
+		"  │ shown once; to change it:\n"+
+		"  │   caddy sigra users passwd --config <this config> --email %s --password-stdin\n"+
+		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, u.Email)
 	return nil
 }
 

@@ -48,9 +48,14 @@ func (q *preq) mfaPage() error {
 	}
 	if !has {
 		// Step-up for a user with no second factor: enrol one first.
+		// The set-up carries rd, so its last page leads back to where the
+		// user was going.
+		enrol := q.p.app.Prefix + "/account/totp"
+		if rd := q.givenRD(); rd != "" {
+			enrol += "?rd=" + url.QueryEscape(rd)
+		}
 		return q.message(http.StatusForbidden, "Two-step verification needed",
-			"This page needs a second factor, and your account has none yet. Set up an authenticator app, then try again.",
-			q.p.app.Prefix+"/account/totp")
+			"This page needs a second factor, and your account has none yet. Set up an authenticator app, then try again.", enrol)
 	}
 	return q.page(http.StatusOK, "mfa", pageData{Title: "Two-step verification", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.rd()})
 }
@@ -136,7 +141,7 @@ func (q *preq) totpPage() error {
 	if p == nil || err != nil {
 		return err
 	}
-	d := pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	d := pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.givenRD()}
 	has, err := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -169,7 +174,7 @@ func (q *preq) totpSubmit() error {
 	if p == nil || err != nil {
 		return err
 	}
-	d := pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	d := pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.givenRD()}
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/account/totp")
 	}

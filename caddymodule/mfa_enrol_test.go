@@ -174,3 +174,43 @@ func TestEnrolmentOnAFreshSignInNeedsNoPassword(t *testing.T) {
 	}
 	enrolTOTP(t, e, fake.Now())
 }
+
+// A page that needs a second factor sends a user who has none to set one
+// up, and the set-up leads back to that page (only to a place rd may
+// name, as everywhere).
+func TestStepUpEnrolmentReturnsToThePage(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate /reports* {\n\tmfa\n}")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	html := map[string]string{"Accept": "text/html"}
+
+	resp, _ := e.get("/reports/q3", html)
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusSeeOther && resp.StatusCode != http.StatusFound || !strings.HasPrefix(loc, "/.sigra/mfa?rd=") {
+		t.Fatalf("GET /reports/q3 without a second factor: status %d, Location %q; want the MFA page", resp.StatusCode, loc)
+	}
+	resp, page := e.get(loc, html)
+	enrol := "/.sigra/account/totp?rd=" + url.QueryEscape("/reports/q3")
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(page, `href="`+enrol+`"`) {
+		t.Fatalf("MFA page of a user with no second factor: status %d; want 403 linking to %s\n%s", resp.StatusCode, enrol, page)
+	}
+	// A foreign rd does not become a link or a form field.
+	_, page = e.get("/.sigra/account/totp?rd="+url.QueryEscape("https://evil.example/x"), html)
+	if !strings.Contains(page, `data-sigra="totp-enrol-form"`) || strings.Contains(page, "evil.example") {
+		t.Errorf("enrol page with a foreign rd: want the form without it\n%s", page)
+	}
+	_, page = e.get(enrol, html)
+	if !strings.Contains(page, `name="rd" value="/reports/q3"`) {
+		t.Fatalf("the enrol form does not carry rd\n%s", page)
+	}
+	secret := totpSecret.FindStringSubmatch(page)[1]
+	resp, done := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "rd": {"/reports/q3"},
+		"code": {refTOTP(t, secret, fake.Now())}}, html)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(done, `href="/reports/q3" data-sigra="totp-done"`) {
+		t.Fatalf("after enrolment: status %d; want the recovery codes and Done leading to /reports/q3\n%s", resp.StatusCode, done)
+	}
+	if resp, _ := e.get("/reports/q3", html); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /reports/q3 after enrolment: status %d; want 200", resp.StatusCode)
+	}
+}

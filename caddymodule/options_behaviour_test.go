@@ -245,9 +245,54 @@ func TestStoragePathFromUnsetVariable(t *testing.T) {
 	if err := a.setDefaults(); err == nil || !strings.Contains(err.Error(), "{env."+name+"}") {
 		t.Fatalf("setDefaults with an unset storage variable: %v; want an error naming it", err)
 	}
+	// A variable for a part of the path is checked as well: without it the
+	// path still names a file, in another place.
+	a = &App{Storage: &StorageConfig{Path: "/tmp/stores/{env." + name + "}/sigra.db"}}
+	if err := a.setDefaults(); err == nil || !strings.Contains(err.Error(), "{env."+name+"}") {
+		t.Fatalf("setDefaults with an unset variable in the storage path: %v (path %q); want an error naming it", err, a.storagePath)
+	}
 	t.Setenv(name, "/tmp/somewhere/sigra.db")
 	a = &App{Storage: &StorageConfig{Path: "{env." + name + "}"}}
 	if err := a.setDefaults(); err != nil || a.storagePath != "/tmp/somewhere/sigra.db" {
 		t.Fatalf("setDefaults with the variable set: path %q, %v", a.storagePath, err)
+	}
+}
+
+// caddy validate reads the signing_key file, so a missing file or a key
+// that does not suit the algorithm fails validation, before a start
+// makes the store.
+func TestValidateReadsSigningKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "ed25519.pem")
+	if err := os.WriteFile(good, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	validate := func(path, alg string) error {
+		a := &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, Keys: &KeysConfig{SigningKey: path, Algorithm: alg}}
+		if err := a.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		return a.Validate()
+	}
+	if err := validate(good, authcore.AlgEdDSA); err != nil {
+		t.Errorf("an Ed25519 key with EdDSA: %v", err)
+	}
+	missing := filepath.Join(dir, "missing.pem")
+	if err := validate(missing, authcore.AlgEdDSA); err == nil || !strings.Contains(err.Error(), "missing.pem") {
+		t.Errorf("a missing file: %v; want an error naming it", err)
+	}
+	if err := validate(good, authcore.AlgES256); err == nil || !strings.Contains(err.Error(), "ES256") {
+		t.Errorf("an Ed25519 key with ES256: %v; want an error naming the algorithm", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sigra.db")); !os.IsNotExist(err) {
+		t.Errorf("validation made the store (stat: %v)", err)
 	}
 }

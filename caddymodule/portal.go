@@ -211,6 +211,15 @@ func (q *preq) rd() string {
 	return authcore.CleanRedirect(q.param("rd"), requestHost(q.r), q.secure, q.p.app.AllowedRedirectHosts)
 }
 
+// givenRD is rd() when the request names one, else "": for pages that
+// go back to the account, not to "/", when nobody asked for a place.
+func (q *preq) givenRD() string {
+	if q.param("rd") == "" {
+		return ""
+	}
+	return q.rd()
+}
+
 // param returns a request parameter from the query string or, on a POST,
 // also from the urlencoded body that route has parsed. Never FormValue:
 // it parses a multipart body on any method, GET included, and behind

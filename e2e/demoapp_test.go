@@ -28,7 +28,7 @@ func TestDemoApp(t *testing.T) {
 	g := newGateway(t, gatewayOptions{bootstrap: "admin@localhost", backend: appAddr})
 
 	ctx, cancel := context.WithCancel(context.Background())
-	app := exec.CommandContext(ctx, bin, "-listen", appAddr, "-jwks", g.base+"/.sigra/jwks.json")
+	app := exec.CommandContext(ctx, bin, "-listen", appAddr, "-origin", g.base)
 	app.Cancel = func() error { return app.Process.Signal(syscall.SIGTERM) }
 	app.WaitDelay = 5 * time.Second
 	appOut := new(syncBuffer)

@@ -25,9 +25,13 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:3000", "address to serve on")
-	jwksURL := flag.String("jwks", "http://localhost:8080/.sigra/jwks.json", "the gateway's JWKS")
+	origin := flag.String("origin", "http://localhost:8080", "the gateway's site origin: the assertion's iss and aud")
+	jwksURL := flag.String("jwks", "", "the gateway's JWKS (default: <origin>/.sigra/jwks.json)")
 	flag.Parse()
-	v := &verifier{url: *jwksURL}
+	if *jwksURL == "" {
+		*jwksURL = *origin + "/.sigra/jwks.json"
+	}
+	v := &verifier{url: *jwksURL, origin: *origin}
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		var hdrs [][2]string
 		for k, vals := range r.Header {
@@ -56,9 +60,10 @@ func main() {
 // verifier checks assertions against the JWKS, refetching it when a kid
 // is unknown (key rotation).
 type verifier struct {
-	url  string
-	mu   sync.Mutex
-	keys jose.JSONWebKeySet
+	url    string
+	origin string // iss and aud: the assertion must be for this site
+	mu     sync.Mutex
+	keys   jose.JSONWebKeySet
 }
 
 func (v *verifier) verify(ctx context.Context, token string) (map[string]any, error) {
@@ -79,7 +84,10 @@ func (v *verifier) verify(ctx context.Context, token string) (map[string]any, er
 	if err := tok.Claims(key, &std, &all); err != nil {
 		return nil, fmt.Errorf("signature: %w", err)
 	}
-	if err := std.ValidateWithLeeway(jwt.Expected{Time: time.Now()}, 30*time.Second); err != nil {
+	// An assertion signed for another site (another iss or aud) is not
+	// for this app, even with a good signature.
+	want := jwt.Expected{Issuer: v.origin, AnyAudience: jwt.Audience{v.origin}, Time: time.Now()}
+	if err := std.ValidateWithLeeway(want, 30*time.Second); err != nil {
 		return nil, err
 	}
 	return all, nil
