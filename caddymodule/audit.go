@@ -45,7 +45,10 @@ func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 	repl := caddy.NewReplacer()
 	for i, w := range c.Webhooks {
 		secret := repl.ReplaceKnown(w.Secret, "")
-		if secret == "" {
+		switch {
+		case secret == "" && strings.Contains(w.Secret, "{"):
+			return nil, fmt.Errorf("audit: webhook %d (%s): secret %s is empty: is the environment variable set for this process?", i+1, audit.RedactURL(w.URL), placeholderName(w.Secret))
+		case secret == "":
 			return nil, fmt.Errorf("audit: webhook %d (%s): a secret is required", i+1, audit.RedactURL(w.URL))
 		}
 		out = append(out, w.config(secret))

@@ -14,7 +14,7 @@ func TestAuditConfigErrorsRedactWebhookURL(t *testing.T) {
 		hook AuditWebhook
 		want string
 	}{
-		{"missing secret", AuditWebhook{URL: url, Secret: "{env.SIGRA_TEST_UNSET_HOOK_SECRET}"}, "a secret is required"},
+		{"missing secret", AuditWebhook{URL: url, Secret: "{env.SIGRA_TEST_UNSET_HOOK_SECRET}"}, "secret {env.SIGRA_TEST_UNSET_HOOK_SECRET} is empty"},
 		{"bad action pattern", AuditWebhook{URL: url, Secret: "0123456789abcdef", Actions: []string{"*.failure"}}, "pattern"},
 	}
 	for _, tt := range tests {

@@ -139,15 +139,21 @@ var later = map[string]bool{
 //	}
 func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
+	d.Next() // option name
 	if existing != nil {
 		return nil, d.Err("sigra: the global sigra block may appear only once")
 	}
-	d.Next() // option name
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
+	seen := onceEach{}
 	for d.NextBlock(0) {
 		opt := d.Val()
+		if opt != "allowed_redirect_hosts" && opt != "header_aliases" { // these add up
+			if err := seen.check(d); err != nil {
+				return nil, err
+			}
+		}
 		switch opt {
 		case "storage":
 			var backend, path string
@@ -167,7 +173,11 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.ArgErr()
 			}
 			app.Session = new(SessionConfig)
+			seen := onceEach{}
 			for d.NextBlock(1) {
+				if err := seen.check(d); err != nil {
+					return nil, err
+				}
 				switch d.Val() {
 				case "idle":
 					if err := parseDuration(d, &app.Session.Idle); err != nil {
@@ -186,7 +196,11 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.ArgErr()
 			}
 			app.Keys = new(KeysConfig)
+			seen := onceEach{}
 			for d.NextBlock(1) {
+				if err := seen.check(d); err != nil {
+					return nil, err
+				}
 				switch d.Val() {
 				case "algorithm":
 					if err := oneArg(d, &app.Keys.Algorithm); err != nil {
@@ -271,7 +285,11 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.ArgErr()
 			}
 			app.Regulation = new(RegulationConfig)
+			seen := onceEach{}
 			for d.NextBlock(1) {
+				if err := seen.check(d); err != nil {
+					return nil, err
+				}
 				var err error
 				switch d.Val() {
 				case "max_retries":
@@ -342,7 +360,13 @@ func parseCount(d *caddyfile.Dispenser, dst *int) error {
 //	}
 func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 	cfg := new(AuditConfig)
+	seen := onceEach{}
 	for d.NextBlock(1) {
+		if d.Val() != "webhook" { // one block per receiver
+			if err := seen.check(d); err != nil {
+				return nil, err
+			}
+		}
 		switch d.Val() {
 		case "retention":
 			if err := parseDuration(d, &cfg.Retention); err != nil {
@@ -354,7 +378,11 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 			if err := oneArg(d, &w.URL); err != nil {
 				return nil, err
 			}
+			hookSeen := onceEach{}
 			for d.NextBlock(2) {
+				if err := hookSeen.check(d); err != nil {
+					return nil, err
+				}
 				switch d.Val() {
 				case "secret":
 					if err := oneArg(d, &w.Secret); err != nil {
@@ -384,6 +412,19 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// onceEach refuses an option written twice in one block, by its line:
+// the second would quietly replace the first (a whole audit block with
+// its webhooks, a ban limit).
+type onceEach map[string]int
+
+func (o onceEach) check(d *caddyfile.Dispenser) error {
+	if line, ok := o[d.Val()]; ok {
+		return d.Errf("%s is already set on line %d: write it once", d.Val(), line)
+	}
+	o[d.Val()] = d.Line()
+	return nil
 }
 
 func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
@@ -494,8 +535,8 @@ func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			return nil, h.Errf("sigra_gate: unknown requirement %q", req)
 		}
 	}
-	if g.Optional && (g.MFA != nil || len(g.AMR) > 0 || len(g.Groups) > 0) {
-		return nil, h.Err("sigra_gate: optional cannot be combined with other requirements")
+	if err := g.checkOptional(); err != nil {
+		return nil, h.Err("sigra_gate: " + err.Error())
 	}
 	g.Scope = gateScope(h)
 	return g, nil

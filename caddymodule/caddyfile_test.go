@@ -168,6 +168,20 @@ func TestParseGlobal(t *testing.T) {
 		{"webhook without secret hides credentials", "sigra {\n audit {\n webhook https://u:pw@h.example.com/in?token=t0k {\n actions *\n }\n }\n}", nil, "webhook https://xxxxx@h.example.com/in?xxxxx: secret is required"},
 		{"webhook bad url hides credentials", "sigra {\n audit {\n webhook ftp://u:pw@h.example.com/?token=t0k {\n secret s\n }\n }\n}", nil, "ftp://xxxxx@h.example.com/?xxxxx"},
 		{"unknown alias", "sigra {\n header_aliases nginx\n}", nil, `unknown alias family "nginx"`},
+		// A repeated option would quietly replace the first: refused, by line.
+		{"audit twice", "sigra {\n audit {\n webhook https://h.example.com {\n secret {env.HOOK}\n }\n }\n audit {\n retention 30d\n }\n}", nil, "audit is already set on line 2: write it once, at Testfile:7"},
+		{"regulation twice", "sigra {\n regulation {\n max_retries 3\n }\n regulation {\n ban_time 1h\n }\n}", nil, "regulation is already set on line 2"},
+		{"storage twice", "sigra {\n storage bbolt /a.db\n storage bbolt /b.db\n}", nil, "storage is already set on line 2: write it once, at Testfile:3"},
+		{"max_retries twice", "sigra {\n regulation {\n max_retries 3\n max_retries 50\n }\n}", nil, "max_retries is already set on line 3: write it once, at Testfile:4"},
+		{"idle twice", "sigra {\n session {\n idle 1m\n idle 9h\n }\n}", nil, "idle is already set on line 3"},
+		{"algorithm twice", "sigra {\n keys {\n algorithm ES256\n algorithm EdDSA\n }\n}", nil, "algorithm is already set on line 3"},
+		{"retention twice", "sigra {\n audit {\n retention 30d\n retention 1d\n }\n}", nil, "retention is already set on line 3"},
+		{"webhook secret twice", "sigra {\n audit {\n webhook https://h.example.com {\n secret 0123456789abcdef\n secret {env.HOOK}\n }\n }\n}", nil, "secret is already set on line 4: write it once, at Testfile:5"},
+		{"hosts and aliases add up", "sigra {\n allowed_redirect_hosts a.example.com\n allowed_redirect_hosts b.example.com\n audit {\n webhook https://a.example.com {\n secret {env.HOOK}\n }\n webhook https://b.example.com {\n secret {env.HOOK}\n }\n }\n}", func(t *testing.T, a *App) {
+			if len(a.AllowedRedirectHosts) != 2 || len(a.Audit.Webhooks) != 2 {
+				t.Errorf("hosts %q, %d webhooks; want 2 and 2", a.AllowedRedirectHosts, len(a.Audit.Webhooks))
+			}
+		}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -280,5 +294,13 @@ func TestAdaptPortalRefusesMatcher(t *testing.T) {
 	err := adaptCaddyfile("http://127.0.0.1:9 {\n\tsigra_portal /.sigra/*\n\trespond ok\n}\n")
 	if err == nil || !strings.Contains(err.Error(), "sigra_portal takes no matcher") || !strings.Contains(err.Error(), "Testfile:2") {
 		t.Errorf("adapt error %v; want sigra_portal refusing its matcher at Testfile:2", err)
+	}
+}
+
+// A second sigra block in the global options is refused at its line.
+func TestParseGlobalTwice(t *testing.T) {
+	_, err := parseGlobal(caddyfile.NewTestDispenser("\nsigra {\n storage bbolt /a.db\n}"), new(App))
+	if err == nil || !strings.Contains(err.Error(), "only once, at Testfile:2") {
+		t.Fatalf("a second sigra block: %v; want an error at its line", err)
 	}
 }
