@@ -81,10 +81,17 @@ func (s *Service) mustBox() error {
 	return nil
 }
 
+// maxIssuer bounds the issuer, which comes from the request's host: the
+// key URI, issuer twice, must fit in one QR code with any email.
+const maxIssuer = 100
+
 // totpIssuer cleans the issuer: a colon separates issuer and account in
 // the key URI's label.
 func totpIssuer(issuer string) string {
 	issuer = strings.TrimSpace(strings.ReplaceAll(issuer, ":", " "))
+	if len(issuer) > maxIssuer {
+		issuer = strings.ToValidUTF8(issuer[:maxIssuer], "")
+	}
 	if issuer == "" {
 		return "Sigra"
 	}
@@ -172,7 +179,9 @@ func totpKeyURL(issuer, account, secret string) string {
 func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
 	img, err := key.Image(256, 256)
 	if err != nil {
-		return nil, fmt.Errorf("drawing TOTP QR code: %w", err)
+		// Not wrapped: the encoder's error quotes the URI, secret and all,
+		// and errors end up in logs.
+		return nil, fmt.Errorf("drawing TOTP QR code: the %d-byte key URI does not fit", len(key.URL()))
 	}
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {

@@ -65,8 +65,31 @@ func TestAdminAPIErrorsAreProblems(t *testing.T) {
 			t.Errorf("%s %s: reason %q; want method_not_allowed", c.method, c.path, reason)
 		}
 	}
-	r = e.do(http.MethodGet, "/.sigra/api/admin/nothing/here", hdr, nil)
-	if reason, _ := problem(r); r.StatusCode != http.StatusNotFound || reason != "not_found" {
-		t.Errorf("unknown endpoint: status %d reason %q; want 404 not_found", r.StatusCode, reason)
+	// The method is checked before the CSRF token: a request without one
+	// learns only what the endpoint takes.
+	noCSRF := map[string]string{"Accept": "application/json"}
+	for _, m := range []string{http.MethodOptions, http.MethodPut} {
+		r := e.do(m, "/.sigra/api/admin/users", noCSRF, nil)
+		if r.StatusCode != http.StatusMethodNotAllowed || r.Header.Get("Allow") != "GET, HEAD" {
+			t.Errorf("%s /users without a CSRF token: status %d, Allow %q; want 405 and GET, HEAD", m, r.StatusCode, r.Header.Get("Allow"))
+		}
+		problem(r)
+	}
+	r = e.do(http.MethodPost, "/.sigra/api/admin/users/"+target.ID+"/disable", noCSRF, nil)
+	if reason, _ := problem(r); r.StatusCode != http.StatusForbidden || reason != "csrf" {
+		t.Errorf("POST disable without a CSRF token: status %d reason %q; want 403 csrf", r.StatusCode, reason)
+	}
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		r = e.do(m, "/.sigra/api/admin/nothing/here", hdr, nil)
+		if reason, _ := problem(r); r.StatusCode != http.StatusNotFound || reason != "not_found" {
+			t.Errorf("%s unknown endpoint: status %d reason %q; want 404 not_found", m, r.StatusCode, reason)
+		}
+	}
+	// The sessions of a user who does not exist are 404, like the user.
+	for _, path := range []string{"/users/zzz", "/users/zzz/sessions", "/users/00000000-0000-7000-8000-000000000000/sessions"} {
+		r = e.do(http.MethodGet, "/.sigra/api/admin"+path, hdr, nil)
+		if reason, _ := problem(r); r.StatusCode != http.StatusNotFound || reason != "not_found" {
+			t.Errorf("GET %s: status %d reason %q; want 404 not_found", path, r.StatusCode, reason)
+		}
 	}
 }

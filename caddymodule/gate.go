@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"sync"
@@ -127,6 +128,15 @@ func (g *Gate) Validate() error {
 	}
 	if g.MFA != nil && g.MFA.MaxAge < 0 {
 		return errors.New("mfa: max_age must not be negative")
+	}
+	return g.checkOptional()
+}
+
+// checkOptional refuses optional with requirements, which would pass
+// anonymous requests that the requirements were meant to stop.
+func (g *Gate) checkOptional() error {
+	if g.Optional && (g.MFA != nil || len(g.AMR) > 0 || len(g.Groups) > 0) {
+		return errors.New("optional cannot be combined with other requirements")
 	}
 	return nil
 }
@@ -362,6 +372,13 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial, start tim
 	g.app.metrics.gateDecisions.WithLabelValues("deny", d.reason).Inc()
 	g.app.metrics.gateDuration.Observe(time.Since(start).Seconds())
 	prefix := g.app.Prefix
+	if _, ok := portalPath(r.URL.Path, prefix); ok {
+		// The portal runs before the gates, so a portal page reaching one
+		// means this site has no portal, or one after the gate: sending
+		// the browser to the sign-in page would send it here again.
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf(
+			"sigra_gate: %s is a portal page, but no sigra_portal answered it: a site with sigra_gate needs sigra_portal, before the gates (in a route block, written first)", prefix))
+	}
 	if d.status == http.StatusUnauthorized {
 		if wantsHTML(r) {
 			page := "/login"

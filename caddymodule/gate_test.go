@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -460,5 +461,48 @@ func TestGateAssertionOff(t *testing.T) {
 	e.client.Jar, _ = newJar()
 	if resp, _ := e.get("/assets/app.css", map[string]string{"Accept": "application/json"}); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("anonymous request on an assertion-off route: status %d; want 401", resp.StatusCode)
+	}
+}
+
+// A site whose gate covers the portal's pages (no sigra_portal, or one
+// written after the gate in a route block) answers them with an error
+// that says so, not with a redirect to the sign-in page it is on.
+func TestGateOnPortalPageSaysThePortalIsMissing(t *testing.T) {
+	e := startCaddy(t, "", "")
+	html := map[string]string{"Accept": "text/html"}
+	for _, tc := range []struct{ name, site string }{
+		{"no portal", "sigra_gate"},
+		{"portal after the gate", "route {\n\t\tsigra_gate\n\t\tsigra_portal\n\t}"},
+	} {
+		// A new port each time: no connection of the old server's.
+		e.base = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		if err := e.load(strings.Replace(e.caddyfile("", tc.site), "\tsigra_portal\n", "", 1)); err != nil {
+			t.Fatalf("%s: loading config: %v", tc.name, err)
+		}
+		resp, _ := e.get("/app", html)
+		login := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusFound || !strings.HasPrefix(login, "/.sigra/login?rd=") {
+			t.Fatalf("%s: GET /app: status %d, Location %q; want the sign-in page", tc.name, resp.StatusCode, login)
+		}
+		if resp, _ = e.get(login, html); resp.StatusCode != http.StatusInternalServerError {
+			t.Errorf("%s: GET the sign-in page: status %d, Location %q; want 500, not a redirect to itself", tc.name, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+}
+
+// JSON config gets the Caddyfile's checks: optional with a requirement
+// would let anonymous requests past it.
+func TestGateValidateRefusesOptionalWithRequirements(t *testing.T) {
+	for _, g := range []*Gate{
+		{Optional: true, Groups: []string{"ops"}},
+		{Optional: true, AMR: []string{"otp"}},
+		{Optional: true, MFA: &MFARequirement{}},
+	} {
+		if err := g.Validate(); err == nil || !strings.Contains(err.Error(), "optional cannot be combined") {
+			t.Errorf("Validate(%+v) = %v; want it refused", g, err)
+		}
+	}
+	if err := (&Gate{Optional: true}).Validate(); err != nil {
+		t.Errorf("optional alone: %v", err)
 	}
 }

@@ -100,14 +100,20 @@ type preq struct {
 	nonce  string
 }
 
+// portalPath reports whether path is the portal's (prefix or below it)
+// and returns the part after the prefix.
+func portalPath(path, prefix string) (sub string, ok bool) {
+	sub, ok = strings.CutPrefix(path, prefix)
+	return sub, ok && (sub == "" || sub[0] == '/')
+}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	stripIdentity(r, p.app.remoteAliases)
 	secure := isSecure(r)
 	own := takeOwnCookies(r, secure)
-	prefix := p.app.Prefix
-	sub, ok := strings.CutPrefix(r.URL.Path, prefix)
-	if !ok || (sub != "" && sub[0] != '/') {
+	sub, ok := portalPath(r.URL.Path, p.app.Prefix)
+	if !ok {
 		return next.ServeHTTP(w, r)
 	}
 	rt := p.app.runtime(r.Context())

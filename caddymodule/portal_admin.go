@@ -73,7 +73,21 @@ func (q *preq) adminRoute(path string) error {
 		writeProblem(q.w, http.StatusUnauthorized, "mfa_required", "a recent second factor is required")
 		return nil
 	}
-	if q.r.Method != http.MethodGet && q.r.Method != http.MethodHead {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	get, post := q.r.Method == http.MethodGet || q.r.Method == http.MethodHead, q.r.Method == http.MethodPost
+	// An unknown endpoint or method says so before the CSRF check, which
+	// only a request that could change something needs.
+	allow := adminAllow(path, parts)
+	if allow == "" {
+		writeProblem(q.w, http.StatusNotFound, "not_found", "no such admin endpoint")
+		return nil
+	}
+	if allow == "POST" && !post || allow != "POST" && !get {
+		q.w.Header().Set("Allow", allow)
+		writeProblem(q.w, http.StatusMethodNotAllowed, "method_not_allowed", "this endpoint takes "+allow)
+		return nil
+	}
+	if !get {
 		if !sameOrigin(q.r, q.origin) || !q.rt.csrf.Valid(sessionBinding(p), q.r.Header.Get("X-CSRF-Token")) {
 			writeProblem(q.w, http.StatusForbidden, "csrf", "missing or invalid X-CSRF-Token, or a cross-site request")
 			return nil
@@ -85,8 +99,6 @@ func (q *preq) adminRoute(path string) error {
 			return nil
 		}
 	}
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	get, post := q.r.Method == http.MethodGet || q.r.Method == http.MethodHead, q.r.Method == http.MethodPost
 	switch {
 	case get && path == "/csrf":
 		return writeJSON(q.w, map[string]string{"csrf_token": q.rt.csrf.Token(sessionBinding(p))})
@@ -143,6 +155,10 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, viewUser(u))
 	case get && len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
+		// No such user is 404, as for users/<id>, not an empty list.
+		if _, err := q.rt.store.UserByID(q.ctx(), parts[1]); err != nil {
+			return q.adminError(err)
+		}
 		sessions, err := q.rt.store.UserSessions(q.ctx(), parts[1])
 		if err != nil {
 			return q.adminError(err)
@@ -165,13 +181,8 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, map[string]string{"revoked": id.String()})
 	}
-	if allow := adminAllow(path, parts); allow != "" {
-		q.w.Header().Set("Allow", allow)
-		writeProblem(q.w, http.StatusMethodNotAllowed, "method_not_allowed", "this endpoint takes "+allow)
-		return nil
-	}
-	writeProblem(q.w, http.StatusNotFound, "not_found", "no such admin endpoint")
-	return nil
+	// adminAllow and the cases above disagree: a bug, not the client's.
+	return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("admin API: no handler for %s %s", q.r.Method, path))
 }
 
 // Why a request may not use the admin surface (adminDenial).

@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -871,5 +872,29 @@ func TestRemoveTOTPWithoutTOTP(t *testing.T) {
 	}
 	if got, _ := e.st.UserByID(e.ctx, u.ID); !got.SecondFactor {
 		t.Error("SecondFactor cleared by removing a TOTP that did not exist")
+	}
+}
+
+// The issuer comes from the request's Host, which a client chooses on a
+// catch-all site: a long one is cut so the key URI still fits a QR code,
+// rather than failing the page (with the secret in the error).
+func TestTOTPEnrolmentLongIssuer(t *testing.T) {
+	e := newMFAEnv(t)
+	u := e.user(t, "alice@example.com")
+	long := strings.Repeat("é", 1500) // 3000 bytes; cut inside a rune
+	en, err := e.svc.BeginTOTP(e.ctx, u, mfaSID, long)
+	if err != nil {
+		t.Fatalf("BeginTOTP with a %d-byte issuer: %v", len(long), err)
+	}
+	uri, err := url.Parse(en.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss := uri.Query().Get("issuer")
+	if iss == "" || len(iss) > 100 || !utf8.ValidString(iss) || !strings.HasPrefix(long, iss) {
+		t.Errorf("issuer %d bytes (valid UTF-8 %v); want a valid prefix of at most 100 bytes", len(iss), utf8.ValidString(iss))
+	}
+	if !strings.HasPrefix(en.QRCode, "data:image/png;base64,") {
+		t.Errorf("QRCode = %.40q…; want a PNG data URI", en.QRCode)
 	}
 }
