@@ -304,3 +304,25 @@ func TestParseGlobalTwice(t *testing.T) {
 		t.Fatalf("a second sigra block: %v; want an error at its line", err)
 	}
 }
+
+// The README's Caddyfile, every documented option in it, adapts.
+func TestAdaptReadmeCaddyfile(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "```caddyfile\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("no caddyfile block in README.md")
+	}
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(block), map[string]any{"filename": "README.md"})
+	if err != nil {
+		t.Fatalf("adapting the README's Caddyfile: %v", err)
+	}
+	for _, want := range []string{`"max_retries_per_ip":20`, `"assertion_ttl":300000000000`, `"bootstrap_admin":"admin@localhost"`, `"prefix":"/.sigra"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("adapted README Caddyfile lacks %s", want)
+		}
+	}
+}
