@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync/atomic"
 
@@ -123,9 +124,9 @@ func adminOp[Req any](w http.ResponseWriter, r *http.Request, run func(a *App, r
 	if err != nil {
 		return err
 	}
-	var req Req
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody)).Decode(&req); err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
+	req, err := decodeAdminRequest[Req](w, r)
+	if err != nil {
+		return err
 	}
 	res, err := run(a, rt, req)
 	if err != nil {
@@ -133,6 +134,35 @@ func adminOp[Req any](w http.ResponseWriter, r *http.Request, run func(a *App, r
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(res)
+}
+
+// decodeAdminRequest reads a request body that is one JSON object of
+// Req's fields and nothing else: an unknown field (a misspelt option, or
+// a client of another version) or anything after the object is refused
+// rather than half understood. A body over maxFormBody is a 413.
+func decodeAdminRequest[Req any](w http.ResponseWriter, r *http.Request) (Req, error) {
+	var req Req
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&req)
+	switch {
+	case err == io.EOF:
+		err = errors.New("empty body")
+	case err == nil:
+		// Only white space may follow the object.
+		var extra json.RawMessage
+		if err = dec.Decode(&extra); err == io.EOF {
+			return req, nil
+		} else if err == nil {
+			err = errors.New("a second JSON value")
+		}
+		err = fmt.Errorf("trailing data after the JSON request: %w", err)
+	}
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return req, caddy.APIError{HTTPStatus: http.StatusRequestEntityTooLarge,
+			Err: fmt.Errorf("request body over %d bytes", maxFormBody)}
+	}
+	return req, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
 }
 
 // userErrorStatus maps a user-operation error to an HTTP status.

@@ -66,6 +66,7 @@ type env struct {
 	t      *testing.T
 	dir    string
 	base   string // http://127.0.0.1:<port>
+	admin  string // Caddy's admin endpoint, 127.0.0.1:<port>, of the last config
 	up     *upstream
 	client *http.Client // cookie jar, redirects not followed
 }
@@ -85,8 +86,9 @@ func freePort(t *testing.T) int {
 // caddyfile renders a test config: global sigra options, then the site
 // body (directives) in front of the upstream.
 func (e *env) caddyfile(globalSigra, site string) string {
+	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(e.t))
 	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
+	admin %s
 	persist_config off
 	storage file_system %s
 	sigra {
@@ -100,7 +102,7 @@ func (e *env) caddyfile(globalSigra, site string) string {
 	%s
 	reverse_proxy %s
 }
-`, freePort(e.t), filepath.Join(e.dir, "caddy"), filepath.Join(e.dir, "sigra.db"), globalSigra, e.base, site, e.up.Listener.Addr())
+`, e.admin, filepath.Join(e.dir, "caddy"), filepath.Join(e.dir, "sigra.db"), globalSigra, e.base, site, e.up.Listener.Addr())
 }
 
 // startCaddy runs Caddy in-process. Tests using it must not run in
