@@ -1,9 +1,12 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -77,5 +80,39 @@ func TestAdminCLIRequestBody(t *testing.T) {
 	padded := `{"op":"list"}` + strings.Repeat(" ", maxFormBody)
 	if code, body := e.adminPost("/sigra/users", padded); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("an object followed by white space past the limit: status %d, %s; want 413", code, body)
+	}
+}
+
+// Without --config the CLI reads ./Caddyfile, as caddy run does: the
+// admin endpoint it asks must be the one that file names too, not Caddy's
+// default localhost:2019.
+func TestCLIDefaultCaddyfileAdminAddress(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("bob@example.com")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "Caddyfile"), []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+
+	cfg, err := loadAppConfig("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.file != "Caddyfile" {
+		t.Errorf("config file %q; want the adjacent Caddyfile", cfg.file)
+	}
+	if addr, err := cfg.adminAddress(); err != nil || addr != e.admin {
+		t.Errorf("admin address from ./Caddyfile: %q, %v; want %s (its admin line)", addr, err, e.admin)
+	}
+
+	// The whole command: the running Caddy holds the store, so the CLI
+	// goes through the admin endpoint that ./Caddyfile names.
+	res, err := runUserOp(context.Background(), cliFlags{}, userRequest{Op: "list"})
+	if err != nil {
+		t.Fatalf("users list without --config, next to the running Caddy's Caddyfile: %v", err)
+	}
+	if len(res.Users) != 1 || res.Users[0].Email != "bob@example.com" {
+		t.Errorf("users list without --config: %+v; want bob", res.Users)
 	}
 }

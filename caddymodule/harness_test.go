@@ -67,6 +67,7 @@ type env struct {
 	dir    string
 	base   string // http://127.0.0.1:<port>
 	admin  string // Caddy's admin endpoint, 127.0.0.1:<port>, of the last config
+	config string // the Caddyfile last loaded
 	up     *upstream
 	client *http.Client // cookie jar, redirects not followed
 }
@@ -128,6 +129,7 @@ func startCaddy(t *testing.T, globalSigra, site string) *env {
 
 // load adapts and loads a Caddyfile.
 func (e *env) load(cf string) error {
+	e.config = cf
 	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		return err
