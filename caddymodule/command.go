@@ -327,10 +327,7 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		return err
 	}
 	a := cfg.app
-	abs, _ := filepath.Abs(a.storagePath)
-	if abs == "" {
-		abs = a.storagePath
-	}
+	abs := cfg.store
 	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: true})
 	missing := errors.Is(err, store.ErrNoStore)
 	if missing && !create {
@@ -461,6 +458,7 @@ type cliConfig struct {
 	file    string // the file it came from (./Caddyfile without --config), or "" for none
 	adapter string // the adapter that read it
 	app     *App   // its sigra app, completed
+	store   string // the app's store path, absolute, for messages
 }
 
 // loadAppConfig adapts the config file (without one, ./Caddyfile if there
@@ -492,7 +490,11 @@ func loadAppConfig(configFile, adapter string) (*cliConfig, error) {
 	if err := a.Validate(); err != nil {
 		return nil, err
 	}
-	return &cliConfig{json: cfgJSON, file: file, adapter: adapterUsed, app: a}, nil
+	abs, err := filepath.Abs(a.storagePath)
+	if err != nil {
+		return nil, fmt.Errorf("storage path %s: %w", a.storagePath, err)
+	}
+	return &cliConfig{json: cfgJSON, file: file, adapter: adapterUsed, app: a, store: abs}, nil
 }
 
 // adminAddress is the admin endpoint of the Caddy that runs cfg: its
@@ -504,9 +506,11 @@ func (cfg *cliConfig) adminAddress() (string, error) {
 }
 
 // adminRequest calls the admin API of the running Caddy that holds cfg's
-// store. Error answers come back as errors with Caddy's message.
+// store. Error answers come back as errors with Caddy's message. The
+// request names the store it means, and the Caddy answering refuses it if
+// that is not the store it runs.
 func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Response, error) {
-	path := cfg.app.storagePath
+	path := cfg.store
 	// With the admin endpoint off, nothing of ours listens: never send the
 	// request (a password, perhaps) to whatever holds the default address.
 	var admin struct {
@@ -521,7 +525,19 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 	if err != nil {
 		return nil, err
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, nil, body)
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, err
+	}
+	q := u.Query()
+	// The file the CLI found locked: the answering Caddy must hold that
+	// very file (storeFile resolves both sides' paths alike).
+	q.Set("store", cfg.app.storeFile())
+	if cfg.file != "" {
+		q.Set("config", cfg.file) // for the answer's message only
+	}
+	u.RawQuery = q.Encode()
+	resp, err := caddycmd.AdminAPIRequest(addr, method, u.String(), nil, body)
 	if err != nil {
 		// AdminAPIRequest turns a 4xx/5xx answer into an error carrying
 		// the body: that is Caddy answering, not an unreachable endpoint.
@@ -529,7 +545,17 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			var apiErr struct {
 				Error string `json:"error"`
 			}
+			var status int
+			_, _ = fmt.Sscanf(answer, "HTTP %d:", &status)
 			if _, js, ok := strings.Cut(answer, ": "); ok && json.Unmarshal([]byte(js), &apiErr) == nil && apiErr.Error != "" {
+				if status == http.StatusMisdirectedRequest {
+					// Another Caddy than the one holding the store.
+					msg := "admin API at " + addr + ": " + apiErr.Error
+					if rest, ok := strings.CutPrefix(apiErr.Error, "this Caddy "); ok {
+						msg = "Caddy at " + addr + " " + rest
+					}
+					return nil, fmt.Errorf("%s; nothing was done (the admin address in the config must be that of the Caddy that holds its store)", msg)
+				}
 				return nil, errors.New(apiErr.Error)
 			}
 			return nil, fmt.Errorf("admin API at %s: %s", addr, answer)
