@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -57,13 +60,92 @@ func runningRuntime() (*App, *runtime, error) {
 	return a, rt, nil
 }
 
+// runningFor returns the running app and its runtime for a CLI request,
+// which must name the store it means: query parameter store, the absolute
+// path of the store file as the CLI resolved it from its config. A CLI
+// whose config names one store but the admin address of a Caddy that runs
+// another would otherwise read, or change, the wrong store's users. A
+// request without the parameter is refused too: the CLI is the same
+// binary as the server, so only an outdated or hand-made client omits it,
+// and accepting it would be exactly the unchecked case.
+func runningFor(r *http.Request) (*App, *runtime, error) {
+	a, rt, err := runningRuntime()
+	if err != nil {
+		return nil, nil, err
+	}
+	q := r.URL.Query()
+	want := q.Get("store")
+	if want == "" {
+		return nil, nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
+			Err: errors.New("the request names no store (query parameter store, the absolute path of the Sigra store file it is meant for): use caddy sigra of the same build as this Caddy")}
+	}
+	if !filepath.IsAbs(want) {
+		return nil, nil, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("store %q is not an absolute path", want)}
+	}
+	// The CLI sends the path resolved; resolved again here, a path from
+	// any client is compared as the system opens it.
+	want = storeFile(want)
+	have := a.storeFile()
+	if sameStoreFile(want, have) {
+		return a, rt, nil
+	}
+	named := "the request"
+	if c := q.Get("config"); c != "" {
+		named = c
+	}
+	// 421 Misdirected Request: the request reached a Caddy that is not
+	// the one for it. The CLI recognises this status and puts the address
+	// it dialled in place of "this Caddy".
+	return nil, nil, caddy.APIError{HTTPStatus: http.StatusMisdirectedRequest,
+		Err: fmt.Errorf("this Caddy runs the Sigra store %s, but %s names %s", have, named, want)}
+}
+
+// storeFile is the app's store file (see storeFile).
+func (a *App) storeFile() string { return storeFile(a.storagePath) }
+
+// storeFile is the file a store path opens, as an absolute path: a
+// relative path is taken from the working directory, as OpenBolt takes it,
+// and, when the file exists, symbolic links are resolved in order, so that
+// "link/../x" is where the link's parent is, as the system resolves it,
+// and not where the lexical Clean would put it.
+func storeFile(path string) string {
+	p := path
+	if !filepath.IsAbs(p) {
+		if wd, err := os.Getwd(); err == nil {
+			p = wd + string(filepath.Separator) + p
+		}
+	}
+	if real, err := filepath.EvalSymlinks(p); err == nil {
+		return real
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return filepath.Clean(path)
+}
+
+// sameStoreFile reports whether two absolute paths (from storeFile) are
+// the same store file: the same path, or the same file on disk (a hard
+// link, a bind mount).
+func sameStoreFile(x, y string) bool {
+	if x == y {
+		return true
+	}
+	fx, err := os.Stat(x)
+	if err != nil {
+		return false
+	}
+	fy, err := os.Stat(y)
+	return err == nil && os.SameFile(fx, fy)
+}
+
 // handleAdminAuditExport streams audit rows as NDJSON, oldest first
 // (GET, query parameters since and until).
 func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use GET")}
 	}
-	_, rt, err := runningRuntime()
+	_, rt, err := runningFor(r)
 	if err != nil {
 		return err
 	}
@@ -83,7 +165,7 @@ func handleAdminAuditReplay(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
 	}
-	_, rt, err := runningRuntime()
+	_, rt, err := runningFor(r)
 	if err != nil {
 		return err
 	}
@@ -119,13 +201,13 @@ func adminOp[Req any](w http.ResponseWriter, r *http.Request, run func(a *App, r
 	if r.Method != http.MethodPost {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
 	}
-	a, rt, err := runningRuntime()
+	a, rt, err := runningFor(r)
 	if err != nil {
 		return err
 	}
-	var req Req
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody)).Decode(&req); err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
+	req, err := decodeAdminRequest[Req](w, r)
+	if err != nil {
+		return err
 	}
 	res, err := run(a, rt, req)
 	if err != nil {
@@ -133,6 +215,35 @@ func adminOp[Req any](w http.ResponseWriter, r *http.Request, run func(a *App, r
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(res)
+}
+
+// decodeAdminRequest reads a request body that is one JSON object of
+// Req's fields and nothing else: an unknown field (a misspelt option, or
+// a client of another version) or anything after the object is refused
+// rather than half understood. A body over maxFormBody is a 413.
+func decodeAdminRequest[Req any](w http.ResponseWriter, r *http.Request) (Req, error) {
+	var req Req
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&req)
+	switch {
+	case err == io.EOF:
+		err = errors.New("empty body")
+	case err == nil:
+		// Only white space may follow the object.
+		var extra json.RawMessage
+		if err = dec.Decode(&extra); err == io.EOF {
+			return req, nil
+		} else if err == nil {
+			err = errors.New("a second JSON value")
+		}
+		err = fmt.Errorf("trailing data after the JSON request: %w", err)
+	}
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return req, caddy.APIError{HTTPStatus: http.StatusRequestEntityTooLarge,
+			Err: fmt.Errorf("request body over %d bytes", maxFormBody)}
+	}
+	return req, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
 }
 
 // userErrorStatus maps a user-operation error to an HTTP status.

@@ -35,9 +35,10 @@ func init() {
 Manages the users, the identity-assertion keys and the audit trail of the
 Sigra gateway.
 
-The store is found from the config (--config, --adapter). When no Caddy
-holds it, the command opens it directly; when a running Caddy holds its
-lock, the command goes through that Caddy's admin API instead.
+The store and the admin endpoint are found from the config (--config,
+--adapter; without --config, ./Caddyfile, as caddy run reads it). When no
+Caddy holds the store, the command opens it directly; when a running Caddy
+holds its lock, the command goes through that Caddy's admin API instead.
 
   caddy sigra users add    --config Caddyfile --email a@example.com [--name N] [--groups a,b] [--admin] [--password-stdin]
   caddy sigra users list   --config Caddyfile
@@ -268,9 +269,9 @@ func runOp[Req, Res any](ctx context.Context, cf cliFlags, create bool, uri stri
 		ctx = context.Background()
 	}
 	var res *Res
-	err := onStore(cf, create, func(cfgJSON []byte, app *App) error {
+	err := onStore(cf, create, func(cfg *cliConfig) error {
 		body, _ := json.Marshal(req)
-		resp, err := adminRequest(cfgJSON, cf, app.storagePath, http.MethodPost, uri, bytes.NewReader(body))
+		resp, err := adminRequest(cfg, http.MethodPost, uri, bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -291,8 +292,8 @@ func runOp[Req, Res any](ctx context.Context, cf cliFlags, create bool, uri stri
 // replayAudit puts dead deliveries back, directly or through the running
 // Caddy's admin API when it holds the store.
 func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
-	return onStore(cf, false, func(cfgJSON []byte, a *App) error {
-		resp, err := adminRequest(cfgJSON, cf, a.storagePath, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}}.Encode(), nil)
+	return onStore(cf, false, func(cfg *cliConfig) error {
+		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}}.Encode(), nil)
 		if err != nil {
 			return err
 		}
@@ -320,15 +321,13 @@ func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
 // create is set, a store that does not exist is an error, not a new empty
 // one: a CLI run whose config or environment differs from the running
 // Caddy's would otherwise answer from (or write to) a store nobody uses.
-func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) error, direct func(rt *runtime, a *App) error) error {
-	cfgJSON, a, err := loadAppConfig(cf.config, cf.adapter)
+func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, direct func(rt *runtime, a *App) error) error {
+	cfg, err := loadAppConfig(cf.config, cf.adapter)
 	if err != nil {
 		return err
 	}
-	abs, _ := filepath.Abs(a.storagePath)
-	if abs == "" {
-		abs = a.storagePath
-	}
+	a := cfg.app
+	abs := cfg.store
 	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: true})
 	missing := errors.Is(err, store.ErrNoStore)
 	if missing && !create {
@@ -345,7 +344,7 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfgJSON []byte, a *App) err
 		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{})
 	}
 	if errors.Is(err, store.ErrLocked) {
-		return viaAdmin(cfgJSON, a)
+		return viaAdmin(cfg)
 	}
 	if err != nil {
 		return err
@@ -387,7 +386,7 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 	if err != nil {
 		return err
 	}
-	return onStore(cf, false, func(cfgJSON []byte, a *App) error {
+	return onStore(cf, false, func(cfg *cliConfig) error {
 		q := url.Values{}
 		if !sinceT.IsZero() {
 			q.Set("since", sinceT.Format(time.RFC3339Nano))
@@ -395,7 +394,7 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 		if !untilT.IsZero() {
 			q.Set("until", untilT.Format(time.RFC3339Nano))
 		}
-		resp, err := adminRequest(cfgJSON, cf, a.storagePath, http.MethodGet, "/sigra/audit/export?"+q.Encode(), nil)
+		resp, err := adminRequest(cfg, http.MethodGet, "/sigra/audit/export?"+q.Encode(), nil)
 		if err != nil {
 			return err
 		}
@@ -453,40 +452,65 @@ func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, 
 	})
 }
 
-// loadAppConfig adapts the config file and completes its sigra app.
-func loadAppConfig(configFile, adapter string) ([]byte, *App, error) {
-	cfgJSON, _, _, err := caddycmd.LoadConfig(configFile, adapter)
+// cliConfig is the config a CLI run works with.
+type cliConfig struct {
+	json    []byte // in Caddy's JSON
+	file    string // the file it came from (./Caddyfile without --config), or "" for none
+	adapter string // the adapter that read it
+	app     *App   // its sigra app, completed
+	store   string // the app's store path, absolute, for messages
+}
+
+// loadAppConfig adapts the config file (without one, ./Caddyfile if there
+// is one, as caddy run does) and completes its sigra app.
+func loadAppConfig(configFile, adapter string) (*cliConfig, error) {
+	cfgJSON, file, adapterUsed, err := caddycmd.LoadConfig(configFile, adapter)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var cfg struct {
 		Apps map[string]json.RawMessage `json:"apps"`
 	}
 	if len(cfgJSON) > 0 {
 		if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
-			return nil, nil, fmt.Errorf("reading config: %w", err)
+			return nil, fmt.Errorf("reading config: %w", err)
 		}
 	}
 	a := new(App)
 	if raw := cfg.Apps["sigra"]; raw != nil {
 		if err := json.Unmarshal(raw, a); err != nil {
-			return nil, nil, fmt.Errorf("reading sigra config: %w", err)
+			return nil, fmt.Errorf("reading sigra config: %w", err)
 		}
 	}
 	a.logger = caddy.Log()
 	a.slog = slog.New(slog.DiscardHandler)
 	if err := a.setDefaults(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := a.Validate(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return cfgJSON, a, nil
+	abs, err := filepath.Abs(a.storagePath)
+	if err != nil {
+		return nil, fmt.Errorf("storage path %s: %w", a.storagePath, err)
+	}
+	return &cliConfig{json: cfgJSON, file: file, adapter: adapterUsed, app: a, store: abs}, nil
 }
 
-// adminRequest calls the running Caddy's admin API, which holds the store
-// at path. Error answers come back as errors with Caddy's message.
-func adminRequest(cfgJSON []byte, cf cliFlags, path, method, uri string, body io.Reader) (*http.Response, error) {
+// adminAddress is the admin endpoint of the Caddy that runs cfg: its
+// admin listen address, or Caddy's default. Like caddy reload, it reads
+// the address from the file the config came from, also when that is the
+// ./Caddyfile found without --config.
+func (cfg *cliConfig) adminAddress() (string, error) {
+	return caddycmd.DetermineAdminAPIAddress("", cfg.json, cfg.file, cfg.adapter)
+}
+
+// adminRequest calls the admin API of the running Caddy that holds cfg's
+// store. Error answers come back as errors with Caddy's message. The
+// request names the store it means, and the Caddy answering refuses it if
+// that is not the store it runs.
+func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Response, error) {
+	path := cfg.store
 	// With the admin endpoint off, nothing of ours listens: never send the
 	// request (a password, perhaps) to whatever holds the default address.
 	var admin struct {
@@ -494,14 +518,26 @@ func adminRequest(cfgJSON []byte, cf cliFlags, path, method, uri string, body io
 			Disabled bool `json:"disabled"`
 		} `json:"admin"`
 	}
-	if err := json.Unmarshal(cfgJSON, &admin); err == nil && admin.Admin != nil && admin.Admin.Disabled {
+	if err := json.Unmarshal(cfg.json, &admin); err == nil && admin.Admin != nil && admin.Admin.Disabled {
 		return nil, fmt.Errorf("%s is locked by a running Caddy whose admin endpoint is off (admin off): stop Caddy to run this command", path)
 	}
-	addr, err := caddycmd.DetermineAdminAPIAddress("", cfgJSON, cf.config, cf.adapter)
+	addr, err := cfg.adminAddress()
 	if err != nil {
 		return nil, err
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, nil, body)
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, err
+	}
+	q := u.Query()
+	// The file the CLI found locked: the answering Caddy must hold that
+	// very file (storeFile resolves both sides' paths alike).
+	q.Set("store", cfg.app.storeFile())
+	if cfg.file != "" {
+		q.Set("config", cfg.file) // for the answer's message only
+	}
+	u.RawQuery = q.Encode()
+	resp, err := caddycmd.AdminAPIRequest(addr, method, u.String(), nil, body)
 	if err != nil {
 		// AdminAPIRequest turns a 4xx/5xx answer into an error carrying
 		// the body: that is Caddy answering, not an unreachable endpoint.
@@ -509,7 +545,17 @@ func adminRequest(cfgJSON []byte, cf cliFlags, path, method, uri string, body io
 			var apiErr struct {
 				Error string `json:"error"`
 			}
+			var status int
+			_, _ = fmt.Sscanf(answer, "HTTP %d:", &status)
 			if _, js, ok := strings.Cut(answer, ": "); ok && json.Unmarshal([]byte(js), &apiErr) == nil && apiErr.Error != "" {
+				if status == http.StatusMisdirectedRequest {
+					// Another Caddy than the one holding the store.
+					msg := "admin API at " + addr + ": " + apiErr.Error
+					if rest, ok := strings.CutPrefix(apiErr.Error, "this Caddy "); ok {
+						msg = "Caddy at " + addr + " " + rest
+					}
+					return nil, fmt.Errorf("%s; nothing was done (the admin address in the config must be that of the Caddy that holds its store)", msg)
+				}
 				return nil, errors.New(apiErr.Error)
 			}
 			return nil, fmt.Errorf("admin API at %s: %s", addr, answer)

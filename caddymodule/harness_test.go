@@ -66,6 +66,8 @@ type env struct {
 	t      *testing.T
 	dir    string
 	base   string // http://127.0.0.1:<port>
+	admin  string // Caddy's admin endpoint, 127.0.0.1:<port>, of the last config
+	config string // the Caddyfile last loaded
 	up     *upstream
 	client *http.Client // cookie jar, redirects not followed
 }
@@ -85,8 +87,9 @@ func freePort(t *testing.T) int {
 // caddyfile renders a test config: global sigra options, then the site
 // body (directives) in front of the upstream.
 func (e *env) caddyfile(globalSigra, site string) string {
+	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(e.t))
 	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
+	admin %s
 	persist_config off
 	storage file_system %s
 	sigra {
@@ -100,7 +103,7 @@ func (e *env) caddyfile(globalSigra, site string) string {
 	%s
 	reverse_proxy %s
 }
-`, freePort(e.t), filepath.Join(e.dir, "caddy"), filepath.Join(e.dir, "sigra.db"), globalSigra, e.base, site, e.up.Listener.Addr())
+`, e.admin, filepath.Join(e.dir, "caddy"), filepath.Join(e.dir, "sigra.db"), globalSigra, e.base, site, e.up.Listener.Addr())
 }
 
 // startCaddy runs Caddy in-process. Tests using it must not run in
@@ -126,6 +129,7 @@ func startCaddy(t *testing.T, globalSigra, site string) *env {
 
 // load adapts and loads a Caddyfile.
 func (e *env) load(cf string) error {
+	e.config = cf
 	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		return err

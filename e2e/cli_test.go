@@ -244,3 +244,75 @@ func TestCLIAuditReplay(t *testing.T) {
 		t.Errorf("audit export: want two admin.webhook.replay rows by the system\n%s", r)
 	}
 }
+
+// TestCLIOtherCaddysStore: two Caddy processes, A with its admin endpoint
+// and B with admin off. A config that names B's store but A's admin
+// address must not read or change A's store: the CLI exits non-zero
+// naming both stores. And without --config, next to A's Caddyfile, the
+// CLI takes the admin address from that file (not localhost:2019).
+func TestCLIOtherCaddysStore(t *testing.T) {
+	t.Parallel()
+	a := newGateway(t, gatewayOptions{})
+	b := newGateway(t, gatewayOptions{adminOff: true})
+	if r := a.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("users add on A's store\n%s", r)
+	}
+	a.start()
+	b.start()
+
+	// No --config in A's directory: ./Caddyfile names both the store and
+	// the admin address.
+	if r := runCaddy(t, a.home, "", "sigra", "users", "list"); r.code != 0 || listRow(r.stdout, "bob@example.com") == "" {
+		t.Errorf("users list without --config next to A's running Caddyfile: want bob\n%s", r)
+	}
+
+	// Config B, but with A's admin address.
+	cf, err := os.ReadFile(b.caddyfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cf), "admin off") {
+		t.Fatalf("B's Caddyfile has no admin off line:\n%s", cf)
+	}
+	mixed := filepath.Join(b.home.dir, "Caddyfile.mixed")
+	if err := os.WriteFile(mixed, []byte(strings.Replace(string(cf), "admin off", "admin "+a.adminAddr, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	realA, realB := evalSymlinks(t, a.db), evalSymlinks(t, b.db)
+	want := "Caddy at " + a.adminAddr + " runs the Sigra store " + realA + ", but " + mixed + " names " + realB
+	mixedCLI := func(stdin string, args ...string) result {
+		return runCaddy(t, b.home, stdin, append(args, "--config", mixed)...)
+	}
+	for _, args := range [][]string{
+		{"sigra", "users", "list"},
+		{"sigra", "users", "add", "--email", "mallory@example.com", "--password-stdin"},
+		{"sigra", "users", "disable", "--email", "bob@example.com"},
+		{"sigra", "keys", "rotate"},
+		{"sigra", "audit", "export"},
+	} {
+		r := mixedCLI(eveDummyPassword+"\n", args...)
+		if r.code == 0 || !strings.Contains(r.output(), want) {
+			t.Errorf("%s with B's store and A's admin address: want a non-zero exit saying %q\n%s", strings.Join(args[1:3], " "), want, r)
+		}
+		if strings.Contains(r.stdout, "bob@example.com") {
+			t.Errorf("%s with B's store and A's admin address showed A's user bob\n%s", strings.Join(args[1:3], " "), r)
+		}
+	}
+
+	// A's store is untouched: bob only, still enabled.
+	r := a.cli("", "list")
+	if r.code != 0 || listRow(r.stdout, "mallory@example.com") != "" || !strings.Contains(listRow(r.stdout, "bob@example.com"), "active") {
+		t.Errorf("A's users after the refused commands: want bob, active, and no mallory\n%s", r)
+	}
+	a.browser().mustLogin("bob@example.com", bobPassword, "/")
+}
+
+// evalSymlinks is path with symbolic links resolved, as the CLI sends it.
+func evalSymlinks(t *testing.T, path string) string {
+	t.Helper()
+	p, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

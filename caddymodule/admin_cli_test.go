@@ -1,0 +1,269 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sigra-auth/caddy-sigra/store"
+)
+
+// adminPost posts body to uri on Caddy's admin endpoint the way the CLI
+// does, naming the env's store, and returns the status and the answer.
+func (e *env) adminPost(uri, body string) (int, string) {
+	e.t.Helper()
+	return e.adminDo(http.MethodPost, uri+"?"+url.Values{"store": {e.store()}}.Encode(), body)
+}
+
+// store is the env's store file.
+func (e *env) store() string { return filepath.Join(e.dir, "sigra.db") }
+
+// adminDo sends a request to Caddy's admin endpoint as it is and returns
+// the status and the answer.
+func (e *env) adminDo(method, uri, body string) (int, string) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, "http://"+e.admin+uri, strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, uri, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// apiErrorText is the message of a Caddy admin API error answer, or the
+// body itself when it is not one.
+func apiErrorText(body string) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal([]byte(body), &e) != nil || e.Error == "" {
+		return body
+	}
+	return e.Error
+}
+
+// The CLI's admin endpoints take exactly one JSON object of known fields:
+// a misspelt field or anything after the object is a 400 that says so
+// (not an operation run on half the request), and a body over the limit
+// is a 413.
+func TestAdminCLIRequestBody(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("bob@example.com")
+
+	code, body := e.adminPost("/sigra/users", `{"op":"list"}`+"\n")
+	var res userResult
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &res) != nil || len(res.Users) != 1 {
+		t.Fatalf("a well-formed list: status %d, %s; want 200 and bob", code, body)
+	}
+	if code, body := e.adminPost("/sigra/keys", ` {"op":"list"} `); code != http.StatusOK {
+		t.Errorf("keys list with white space around: status %d, %s; want 200", code, body)
+	}
+
+	for _, c := range []struct{ uri, body, want string }{
+		{"/sigra/users", `{"op":"list"} trailing`, "trailing data"},
+		{"/sigra/users", `{"op":"list"}{"op":"add"}`, "trailing data"},
+		{"/sigra/users", `{"op":"list","limt":5}`, `unknown field "limt"`},
+		{"/sigra/keys", `{"op":"rotate","force":true}`, `unknown field "force"`},
+		{"/sigra/keys", `{"op":"list"} x`, "trailing data"},
+		{"/sigra/users", ``, "empty body"},
+	} {
+		code, body := e.adminPost(c.uri, c.body)
+		if code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), c.want) {
+			t.Errorf("POST %s %q: status %d, %s; want 400 saying %q", c.uri, c.body, code, body, c.want)
+		}
+	}
+
+	big := `{"op":"list","q":"` + strings.Repeat("a", maxFormBody) + `"}`
+	if code, body := e.adminPost("/sigra/users", big); code != http.StatusRequestEntityTooLarge || !strings.Contains(body, "over") {
+		t.Errorf("a body over the limit: status %d, %s; want 413", code, body)
+	}
+	// Within the limit, padding after the object is still read to the end.
+	padded := `{"op":"list"}` + strings.Repeat(" ", maxFormBody)
+	if code, body := e.adminPost("/sigra/users", padded); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("an object followed by white space past the limit: status %d, %s; want 413", code, body)
+	}
+}
+
+// Without --config the CLI reads ./Caddyfile, as caddy run does: the
+// admin endpoint it asks must be the one that file names too, not Caddy's
+// default localhost:2019.
+func TestCLIDefaultCaddyfileAdminAddress(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("bob@example.com")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "Caddyfile"), []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+
+	cfg, err := loadAppConfig("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.file != "Caddyfile" {
+		t.Errorf("config file %q; want the adjacent Caddyfile", cfg.file)
+	}
+	if addr, err := cfg.adminAddress(); err != nil || addr != e.admin {
+		t.Errorf("admin address from ./Caddyfile: %q, %v; want %s (its admin line)", addr, err, e.admin)
+	}
+
+	// The whole command: the running Caddy holds the store, so the CLI
+	// goes through the admin endpoint that ./Caddyfile names.
+	res, err := runUserOp(context.Background(), cliFlags{}, userRequest{Op: "list"})
+	if err != nil {
+		t.Fatalf("users list without --config, next to the running Caddy's Caddyfile: %v", err)
+	}
+	if len(res.Users) != 1 || res.Users[0].Email != "bob@example.com" {
+		t.Errorf("users list without --config: %+v; want bob", res.Users)
+	}
+}
+
+// A config that names one store but the admin address of a Caddy running
+// another must not reach that Caddy's store: the CLI says which store
+// each names, and nothing is read or changed. Here Caddy A runs in this
+// process; the other store is held open, as a Caddy B with the admin
+// endpoint off would hold it, so the CLI has to go through an admin API.
+func TestCLIRefusesAnotherCaddysStore(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("bob@example.com")
+	kid := e.rt().keys.ActiveKeyID()
+
+	otherDir := t.TempDir()
+	other := filepath.Join(otherDir, "data3", "sigra.db")
+	held, err := store.OpenBolt(other, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { held.Close() })
+	cfgB := filepath.Join(t.TempDir(), "Caddyfile")
+	writeB := func(path, admin string) {
+		t.Helper()
+		cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tsigra {\n\t\tstorage bbolt %s\n\t\tbootstrap_admin off\n\t}\n}\n", admin, path)
+		if err := os.WriteFile(cfgB, []byte(cf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeB(other, e.admin)
+	flags := cliFlags{config: cfgB, adapter: "caddyfile"}
+	want := fmt.Sprintf("Caddy at %s runs the Sigra store %s, but %s names %s", e.admin, resolved(t, e.store()), cfgB, resolved(t, other))
+	ctx := context.Background()
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s with config B: %v; want an error saying %q", what, err, want)
+		}
+	}
+
+	res, err := runUserOp(ctx, flags, userRequest{Op: "list"})
+	if err == nil {
+		t.Errorf("users list with config B listed A's users: %+v", res.Users)
+	}
+	check("users list", err)
+	_, err = runUserOp(ctx, flags, userRequest{Op: "add", Email: "mallory@example.com", Password: "mallory's long password"})
+	check("users add", err)
+	_, err = runKeysOp(ctx, flags, keysRequest{Op: "rotate"})
+	check("keys rotate", err)
+	var out strings.Builder
+	c := &cobra.Command{}
+	c.SetOut(&out)
+	c.SetErr(io.Discard)
+	check("audit export", exportAudit(c, flags, "", ""))
+	check("audit replay", replayAudit(c, flags, ""))
+	if out.Len() > 0 {
+		t.Errorf("audit commands with config B wrote %q", out.String())
+	}
+
+	// A's store is as it was.
+	code, body := e.adminPost("/sigra/users", `{"op":"list"}`)
+	var users userResult
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &users) != nil || len(users.Users) != 1 {
+		t.Errorf("A's users after the refused commands: status %d, %s; want only bob", code, body)
+	}
+	if got := e.rt().keys.ActiveKeyID(); got != kid {
+		t.Errorf("A's signing key changed from %s to %s", kid, got)
+	}
+
+	// A path that Clean would make A's store is B's as the system
+	// resolves it: <A's dir>/link/../sigra.db with link -> <B's dir>/sub.
+	if err := os.Mkdir(filepath.Join(otherDir, "data3", "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(otherDir, "data3", "sub"), filepath.Join(e.dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	writeB(e.dir+"/link/../sigra.db", e.admin)
+	res, err = runUserOp(ctx, flags, userRequest{Op: "list"})
+	if err == nil {
+		t.Errorf("users list with B's store spelt as <A's dir>/link/../sigra.db listed A's users: %+v", res.Users)
+	} else if !strings.Contains(err.Error(), "names "+resolved(t, other)) {
+		t.Errorf("users list with B's store spelt through a link: %v; want it to name %s", err, other)
+	}
+
+	// A config naming A's own store works, however it spells the path.
+	aliasDir := filepath.Join(t.TempDir(), "alias")
+	if err := os.Symlink(e.dir, aliasDir); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{e.store(), filepath.Join(aliasDir, "sigra.db"), e.dir + "//./sigra.db"} {
+		writeB(path, e.admin)
+		if res, err := runUserOp(ctx, flags, userRequest{Op: "list"}); err != nil || len(res.Users) != 1 {
+			t.Errorf("users list with A's store as %s: %v; want bob", path, err)
+		}
+	}
+}
+
+// resolved is path with symbolic links resolved, as storeFile has it.
+func resolved(t *testing.T, path string) string {
+	t.Helper()
+	p, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Each CLI endpoint of the admin API checks the store the request names:
+// none (an older client) and a relative path are 400s; another store is a
+// 421 that names both.
+func TestAdminCLIStoreParameter(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	other := filepath.Join(t.TempDir(), "sigra.db")
+	for _, c := range []struct{ method, uri, body string }{
+		{http.MethodPost, "/sigra/users", `{"op":"list"}`},
+		{http.MethodPost, "/sigra/keys", `{"op":"list"}`},
+		{http.MethodGet, "/sigra/audit/export", ``},
+		{http.MethodPost, "/sigra/audit/replay", ``},
+	} {
+		q := func(store string) string {
+			return c.uri + "?" + url.Values{"store": {store}}.Encode()
+		}
+		if code, body := e.adminDo(c.method, q(e.store()), c.body); code != http.StatusOK {
+			t.Errorf("%s %s naming its store: status %d, %s; want 200", c.method, c.uri, code, body)
+		}
+		if code, body := e.adminDo(c.method, c.uri, c.body); code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), "names no store") {
+			t.Errorf("%s %s naming no store: status %d, %s; want 400", c.method, c.uri, code, body)
+		}
+		if code, body := e.adminDo(c.method, q("sigra.db"), c.body); code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), "not an absolute path") {
+			t.Errorf("%s %s naming a relative store: status %d, %s; want 400", c.method, c.uri, code, body)
+		}
+		want := fmt.Sprintf("this Caddy runs the Sigra store %s, but the request names %s", resolved(t, e.store()), filepath.Join(resolved(t, filepath.Dir(other)), "sigra.db"))
+		if code, body := e.adminDo(c.method, q(other), c.body); code != http.StatusMisdirectedRequest || apiErrorText(body) != want {
+			t.Errorf("%s %s naming another store: status %d, %s; want 421 %q", c.method, c.uri, code, body, want)
+		}
+	}
+}
