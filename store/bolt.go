@@ -74,12 +74,13 @@ type Bolt struct {
 
 // OpenBolt opens (creating if needed) the bbolt file at path and makes
 // sure every bucket exists. A file held by another process fails fast
-// with an error that wraps ErrLocked and names the file.
+// with an error that wraps ErrLocked and names the file; a damaged one
+// fails with an error that wraps ErrDamaged and names it (checkBoltFile).
 func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
 	}
-	bopts := &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true}
+	bopts := bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true}
 	if opts.MustExist {
 		bopts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			return os.OpenFile(name, flag&^os.O_CREATE, perm)
@@ -87,17 +88,29 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, bopts)
+	if err := checkBoltFile(path, opts.LockTimeout); err != nil {
+		return nil, err
+	}
+	db, err := openInit(path, bopts, initBolt)
 	if opts.MustExist && errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("storage %s: %w", path, ErrNoStore)
 	}
 	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("storage %s: %w (a running Caddy holds it: stop it, or run the command against its admin API)", path, ErrLocked)
+		return nil, lockedError(path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("storage %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	return &Bolt{db: db, path: path}, nil
+}
+
+func lockedError(path string) error {
+	return fmt.Errorf("storage %s: %w (a running Caddy holds it: stop it, or run the command against its admin API)", path, ErrLocked)
+}
+
+// initBolt makes sure every bucket exists and moves old layouts on.
+func initBolt(db *bolt.DB) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		root, err := tx.CreateBucketIfNotExists(rootBucket)
 		if err != nil {
 			return err
@@ -112,14 +125,74 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		return ensureSessionIndexes(tx)
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("storage %s: initialising buckets: %w", path, err)
+		return fmt.Errorf("initialising buckets: %w", err)
 	}
-	if err := migrateAuditOutbox(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("storage %s: %w", path, err)
+	return migrateAuditOutbox(db)
+}
+
+// checkBoltFile refuses a file that bbolt's open would crash on (see
+// bolt_check.go). A missing or empty file passes: bbolt makes a new one,
+// or OpenBolt reports ErrNoStore; so does one it cannot open, for bbolt
+// to report.
+//
+// The check holds a shared lock: a commit under way in another process
+// rewrites the tree, and a file being made is empty or half written. A
+// read-only bbolt handle is that lock, and bbolt knows each platform's
+// locking. Its open reads the two meta pages only, after checking that
+// the file is long enough for them: no freelist, no walk, nothing that a
+// damaged file makes it fault on. Between its Close and the writable open
+// another process may take the file; then that open fails with ErrLocked.
+func checkBoltFile(path string, lockTimeout time.Duration) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
 	}
-	return &Bolt{db: db, path: path}, nil
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() == 0 {
+		return nil
+	}
+	header := func() (boltHeader, error) {
+		fi, err := f.Stat()
+		if err != nil {
+			return boltHeader{}, err
+		}
+		return readBoltHeader(f, fi.Size())
+	}
+	ro, err := openInit(path, bolt.Options{ReadOnly: true, Timeout: lockTimeout}, nil)
+	if errors.Is(err, bolt.ErrTimeout) {
+		return lockedError(path)
+	}
+	if err != nil {
+		// Not locked, so not being written: say what is wrong with it.
+		if _, herr := header(); herr != nil {
+			return damaged(path, herr)
+		}
+		return fmt.Errorf("storage %s: %w", path, err)
+	}
+	defer ro.Close()
+	h, err := header()
+	if err == nil {
+		err = checkBoltTree(f, h)
+	}
+	if err != nil {
+		return damaged(path, err)
+	}
+	return nil
+}
+
+// openInit runs bolt.Open and then init (if not nil) on the new DB.
+func openInit(path string, bopts bolt.Options, init func(*bolt.DB) error) (*bolt.DB, error) {
+	db, err := bolt.Open(path, 0o600, &bopts)
+	if err != nil {
+		return nil, err
+	}
+	if init != nil {
+		if err := init(db); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	return db, nil
 }
 
 // Path is the file this store was opened from.
