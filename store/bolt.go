@@ -29,6 +29,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -91,7 +92,10 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if err := checkBoltFile(path, opts.LockTimeout); err != nil {
 		return nil, err
 	}
-	db, err := openInit(path, bopts, initBolt)
+	db, err := openGuarded(path, bopts, initBolt)
+	if errors.Is(err, ErrDamaged) {
+		return nil, err
+	}
 	if opts.MustExist && errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("storage %s: %w", path, ErrNoStore)
 	}
@@ -158,7 +162,7 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 		}
 		return readBoltHeader(f, fi.Size())
 	}
-	ro, err := openInit(path, bolt.Options{ReadOnly: true, Timeout: lockTimeout}, nil)
+	ro, err := openGuarded(path, bolt.Options{ReadOnly: true, Timeout: lockTimeout}, nil)
 	if errors.Is(err, bolt.ErrTimeout) {
 		return lockedError(path)
 	}
@@ -166,6 +170,9 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 		// Not locked, so not being written: say what is wrong with it.
 		if _, herr := header(); herr != nil {
 			return damaged(path, herr)
+		}
+		if errors.Is(err, ErrDamaged) {
+			return err
 		}
 		return fmt.Errorf("storage %s: %w", path, err)
 	}
@@ -180,19 +187,84 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 	return nil
 }
 
-// openInit runs bolt.Open and then init (if not nil) on the new DB.
-func openInit(path string, bopts bolt.Options, init func(*bolt.DB) error) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bopts)
-	if err != nil {
-		return nil, err
+// openGuarded runs bolt.Open and then init (if not nil) on the new DB in a
+// goroutine of its own that turns a fault on the mapped file (SIGBUS past
+// its end, SIGSEGV past the mapping) into a panic, and turns any panic
+// there into an error that wraps ErrDamaged and names the file.
+// checkBoltFile has refused what it can see; this is for the rest, for
+// the part of the work done in this goroutine. bbolt's open-time page
+// walk runs in a goroutine bbolt starts (DB.freepages), where nothing
+// here can catch a fault or a panic: that is what checkBoltFile is for.
+//
+// A panic inside init leaves a DB, which is closed: file, lock and
+// mapping released. A panic inside bolt.Open leaves its DB unreachable,
+// with the file open, locked and mapped. The file is caught as bbolt
+// opens it, unlocked and closed, so the path can be opened again once
+// the file is mended. What remains until the process exits: the mapping
+// (address space as large as the file rounded up to a power of two, at
+// least 32 KiB, which also keeps the open file itself alive in the
+// kernel), and, when the panic came from an error of bbolt's page walk,
+// that walk's goroutine, blocked for good on its error channel.
+func openGuarded(path string, bopts bolt.Options, init func(*bolt.DB) error) (*bolt.DB, error) {
+	type result struct {
+		db  *bolt.DB
+		err error
 	}
-	if init != nil {
-		if err := init(db); err != nil {
-			db.Close()
-			return nil, err
+	done := make(chan result, 1)
+	go func() {
+		debug.SetPanicOnFault(true) // for this goroutine, which ends here
+		var file *os.File
+		var db *bolt.DB
+		defer func() {
+			if r := recover(); r != nil {
+				releaseAfterPanic(db, file)
+				done <- result{err: damaged(path, fmt.Errorf("reading it failed: %v", r))}
+			}
+		}()
+		openFile := bopts.OpenFile
+		if openFile == nil {
+			openFile = os.OpenFile
 		}
+		bopts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := openFile(name, flag, perm)
+			file = f
+			return f, err
+		}
+		d, err := bolt.Open(path, 0o600, &bopts)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		db = d
+		if init != nil {
+			if err := init(db); err != nil {
+				db.Close()
+				done <- result{err: err}
+				return
+			}
+		}
+		done <- result{db: db}
+	}()
+	r := <-done
+	return r.db, r.err
+}
+
+// releaseAfterPanic frees what a panic in openGuarded left: the DB if
+// bolt.Open returned one, else the file it opened. A second panic here
+// (closing a DB whose mapping faults) is swallowed: the first one is the
+// error to report.
+func releaseAfterPanic(db *bolt.DB, file *os.File) {
+	defer func() { _ = recover() }()
+	if db != nil {
+		_ = db.Close()
+		return
 	}
-	return db, nil
+	if file != nil {
+		// The mapping holds the open file, and with it the lock, past
+		// Close: unlock first.
+		unlockFile(file)
+		_ = file.Close()
+	}
 }
 
 // Path is the file this store was opened from.

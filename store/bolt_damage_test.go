@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -333,4 +334,74 @@ func TestOpenBoltRandomDamage(t *testing.T) {
 		t.Errorf("all %d damaged files were accepted", rounds)
 	}
 	t.Logf("%d of %d damaged files refused", refused, rounds)
+}
+
+// What the check cannot see, the guard around bbolt's open catches, for
+// the part of it that runs in the guarded goroutine; and the lock is
+// released, so the file opens once mended. A file with a synced freelist
+// cut short after its two meta pages passes bbolt's own checks, and
+// faults (SIGBUS) when DB.loadFreelist reads the freelist page past the
+// end of the file.
+func TestOpenGuardedFaultInOpen(t *testing.T) {
+	path := goodStore(t)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: false}) // writes the freelist
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, int64(2*pageSizeOf(t, path))); err != nil {
+		t.Fatal(err)
+	}
+	// Mapped past the end of the file, as after a file shrinks under it.
+	db, err = openGuarded(path, bolt.Options{Timeout: time.Second, NoFreelistSync: true, InitialMmapSize: len(good)}, nil)
+	if err == nil {
+		db.Close()
+		t.Fatal("bbolt opened a file cut short")
+	}
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("openGuarded = %v; want ErrDamaged naming %s", err, path)
+	}
+	t.Log(err)
+	if err := os.WriteFile(path, good, 0o600); err != nil { // the same file, restored
+		t.Fatal(err)
+	}
+	checkStoreData(t, path)
+}
+
+// A fault while initialising the buckets, on a file cut short under the
+// open DB, is an error too, and the DB is closed.
+func TestOpenGuardedFaultInInit(t *testing.T) {
+	path := goodStore(t)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := pageSizeOf(t, path)
+	db, err := openGuarded(path, bolt.Options{Timeout: time.Second, NoFreelistSync: true}, func(db *bolt.DB) error {
+		if err := os.Truncate(path, int64(2*ps)); err != nil {
+			return err
+		}
+		return db.View(func(tx *bolt.Tx) error {
+			tx.Bucket(rootBucket).Bucket(bktSecrets).ForEach(func(k, v []byte) error { return nil })
+			return nil
+		})
+	})
+	if err == nil {
+		db.Close()
+		t.Fatal("reading past the end of the file succeeded")
+	}
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("openGuarded = %v; want ErrDamaged naming %s", err, path)
+	}
+	t.Log(err)
+	if err := os.WriteFile(path, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checkStoreData(t, path)
 }
