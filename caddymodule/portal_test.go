@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/store"
@@ -293,6 +296,77 @@ func TestLockedStore(t *testing.T) {
 	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "locked") {
 		t.Errorf("error %q; want it to name %s and say it is locked", err, path)
 	}
+}
+
+// damagedStore writes a store with some data at path and cuts the file
+// to half of what it holds, as a full disk or an interrupted copy leaves
+// it. (The file is longer than its pages: bbolt grows it ahead.)
+func damagedStore(t *testing.T, path string) {
+	t.Helper()
+	st, err := store.OpenBolt(path, store.BoltOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		if _, err := st.PutSecret(context.Background(), fmt.Sprintf("s%04d", i), bytes.Repeat([]byte{'x'}, 200), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int64
+	db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil })
+	db.Close()
+	if err := os.Truncate(path, size/2); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A damaged store file is an error naming it, at start and on a reload,
+// and a reload to it keeps the running config serving (DESIGN §9). It
+// used to crash the process (SIGBUS in bbolt), taking every site down.
+func TestDamagedStore(t *testing.T) {
+	damaged := filepath.Join(t.TempDir(), "damaged.db")
+	damagedStore(t, damaged)
+	wantErr := func(what string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("%s on a damaged store succeeded", what)
+		}
+		if msg := err.Error(); !strings.Contains(msg, damaged) || !strings.Contains(msg, store.ErrDamaged.Error()) || !strings.Contains(msg, "backup") {
+			t.Errorf("%s: %q; want it to name %s, say it is damaged and what to do", what, msg, damaged)
+		}
+	}
+
+	e := &env{t: t, dir: t.TempDir(), up: newUpstream(t), base: "http://127.0.0.1:1"}
+	cf := strings.Replace(e.caddyfile("", "sigra_gate"), filepath.Join(e.dir, "sigra.db"), damaged, 1)
+	wantErr("start", e.load(cf))
+
+	// The CLI opens the store itself when no Caddy holds it.
+	cfPath := filepath.Join(e.dir, "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(cf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantErr("the CLI", onStore(cliFlags{config: cfPath, adapter: "caddyfile"}, false,
+		func(*cliConfig) error { return errors.New("went to the admin API") },
+		func(*runtime, *App) error { return errors.New("opened the store") }))
+
+	e = startCaddy(t, "", "sigra_gate")
+	e.addUser("hal@example.com")
+	e.mustLogin("hal@example.com")
+	e.client.Transport = &http.Transport{DisableKeepAlives: true}
+	running := e.rt()
+	wantErr("reload", e.load(strings.Replace(e.caddyfile("", "sigra_gate"), filepath.Join(e.dir, "sigra.db"), damaged, 1)))
+	if code := getRetryingTransport(t, e, "/x"); code != 200 {
+		t.Fatalf("after the failed reload: status %d; want 200 from the running config", code)
+	}
+	if e.rt() != running {
+		t.Error("the failed reload replaced the running sigra app")
+	}
+	e.addUser("ida@example.com") // the running store still takes writes
 }
 
 // TestReloadLeaksNothing loads the config, reloads it many times and

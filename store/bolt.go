@@ -29,6 +29,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -74,12 +75,13 @@ type Bolt struct {
 
 // OpenBolt opens (creating if needed) the bbolt file at path and makes
 // sure every bucket exists. A file held by another process fails fast
-// with an error that wraps ErrLocked and names the file.
+// with an error that wraps ErrLocked and names the file; a damaged one
+// fails with an error that wraps ErrDamaged and names it (checkBoltFile).
 func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
 	}
-	bopts := &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true}
+	bopts := bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true}
 	if opts.MustExist {
 		bopts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			return os.OpenFile(name, flag&^os.O_CREATE, perm)
@@ -87,17 +89,32 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, bopts)
+	if err := checkBoltFile(path, opts.LockTimeout); err != nil {
+		return nil, err
+	}
+	db, err := openGuarded(path, bopts, initBolt)
+	if errors.Is(err, ErrDamaged) {
+		return nil, err
+	}
 	if opts.MustExist && errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("storage %s: %w", path, ErrNoStore)
 	}
 	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("storage %s: %w (a running Caddy holds it: stop it, or run the command against its admin API)", path, ErrLocked)
+		return nil, lockedError(path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("storage %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	return &Bolt{db: db, path: path}, nil
+}
+
+func lockedError(path string) error {
+	return fmt.Errorf("storage %s: %w (a running Caddy holds it: stop it, or run the command against its admin API)", path, ErrLocked)
+}
+
+// initBolt makes sure every bucket exists and moves old layouts on.
+func initBolt(db *bolt.DB) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		root, err := tx.CreateBucketIfNotExists(rootBucket)
 		if err != nil {
 			return err
@@ -112,14 +129,142 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		return ensureSessionIndexes(tx)
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("storage %s: initialising buckets: %w", path, err)
+		return fmt.Errorf("initialising buckets: %w", err)
 	}
-	if err := migrateAuditOutbox(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("storage %s: %w", path, err)
+	return migrateAuditOutbox(db)
+}
+
+// checkBoltFile refuses a file that bbolt's open would crash on (see
+// bolt_check.go). A missing or empty file passes: bbolt makes a new one,
+// or OpenBolt reports ErrNoStore; so does one it cannot open, for bbolt
+// to report.
+//
+// The check holds a shared lock: a commit under way in another process
+// rewrites the tree, and a file being made is empty or half written. A
+// read-only bbolt handle is that lock, and bbolt knows each platform's
+// locking. Its open reads the two meta pages only, after checking that
+// the file is long enough for them: no freelist, no walk, nothing that a
+// damaged file makes it fault on. Between its Close and the writable open
+// another process may take the file; then that open fails with ErrLocked.
+func checkBoltFile(path string, lockTimeout time.Duration) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
 	}
-	return &Bolt{db: db, path: path}, nil
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() == 0 {
+		return nil
+	}
+	header := func() (boltHeader, error) {
+		fi, err := f.Stat()
+		if err != nil {
+			return boltHeader{}, err
+		}
+		return readBoltHeader(f, fi.Size())
+	}
+	ro, err := openGuarded(path, bolt.Options{ReadOnly: true, Timeout: lockTimeout}, nil)
+	if errors.Is(err, bolt.ErrTimeout) {
+		return lockedError(path)
+	}
+	if err != nil {
+		// Not locked, so not being written: say what is wrong with it.
+		if _, herr := header(); herr != nil {
+			return damaged(path, herr)
+		}
+		if errors.Is(err, ErrDamaged) {
+			return err
+		}
+		return fmt.Errorf("storage %s: %w", path, err)
+	}
+	defer ro.Close()
+	h, err := header()
+	if err == nil {
+		err = checkBoltTree(f, h)
+	}
+	if err != nil {
+		return damaged(path, err)
+	}
+	return nil
+}
+
+// openGuarded runs bolt.Open and then init (if not nil) on the new DB in a
+// goroutine of its own that turns a fault on the mapped file (SIGBUS past
+// its end, SIGSEGV past the mapping) into a panic, and turns any panic
+// there into an error that wraps ErrDamaged and names the file.
+// checkBoltFile has refused what it can see; this is for the rest, for
+// the part of the work done in this goroutine. bbolt's open-time page
+// walk runs in a goroutine bbolt starts (DB.freepages), where nothing
+// here can catch a fault or a panic: that is what checkBoltFile is for.
+//
+// A panic inside init leaves a DB, which is closed: file, lock and
+// mapping released. A panic inside bolt.Open leaves its DB unreachable,
+// with the file open, locked and mapped. The file is caught as bbolt
+// opens it, unlocked and closed, so the path can be opened again once
+// the file is mended. What remains until the process exits: the mapping
+// (address space as large as the file rounded up to a power of two, at
+// least 32 KiB, which also keeps the open file itself alive in the
+// kernel), and, when the panic came from an error of bbolt's page walk,
+// that walk's goroutine, blocked for good on its error channel.
+func openGuarded(path string, bopts bolt.Options, init func(*bolt.DB) error) (*bolt.DB, error) {
+	type result struct {
+		db  *bolt.DB
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		debug.SetPanicOnFault(true) // for this goroutine, which ends here
+		var file *os.File
+		var db *bolt.DB
+		defer func() {
+			if r := recover(); r != nil {
+				releaseAfterPanic(db, file)
+				done <- result{err: damaged(path, fmt.Errorf("reading it failed: %v", r))}
+			}
+		}()
+		openFile := bopts.OpenFile
+		if openFile == nil {
+			openFile = os.OpenFile
+		}
+		bopts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := openFile(name, flag, perm)
+			file = f
+			return f, err
+		}
+		d, err := bolt.Open(path, 0o600, &bopts)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		db = d
+		if init != nil {
+			if err := init(db); err != nil {
+				db.Close()
+				done <- result{err: err}
+				return
+			}
+		}
+		done <- result{db: db}
+	}()
+	r := <-done
+	return r.db, r.err
+}
+
+// releaseAfterPanic frees what a panic in openGuarded left: the DB if
+// bolt.Open returned one, else the file it opened. A second panic here
+// (closing a DB whose mapping faults) is swallowed: the first one is the
+// error to report.
+func releaseAfterPanic(db *bolt.DB, file *os.File) {
+	defer func() { _ = recover() }()
+	if db != nil {
+		_ = db.Close()
+		return
+	}
+	if file != nil {
+		// The mapping holds the open file, and with it the lock, past
+		// Close: unlock first.
+		unlockFile(file)
+		_ = file.Close()
+	}
 }
 
 // Path is the file this store was opened from.

@@ -1,0 +1,448 @@
+package store
+
+// A damaged bbolt file must fail OpenBolt with an error, not crash the
+// process. bbolt trusts its file: with NoFreelistSync it walks every page
+// of the tree at open (DB.freepages), in a goroutine of its own, and a
+// page id past the end of the file is a SIGBUS or SIGSEGV on the mapping,
+// a page that is not what its parent says is a panic. Neither can be
+// recovered from outside that goroutine. So before bbolt sees the file,
+// checkBoltFile reads it with plain reads (no mapping, nothing can fault)
+// and checks what bbolt's walk relies on; a file that passes is one that
+// walk can read.
+//
+// The layout below is bbolt v1.5.0's (go.etcd.io/bbolt/internal/common:
+// page.go, meta.go, bucket.go; db.go for how the meta page and the page
+// size are found). Integers are in the machine's byte order, as bbolt
+// writes them through unsafe casts.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"os"
+)
+
+// ErrDamaged means the store file exists but is not a whole bbolt
+// database: cut short, overwritten in part, or not a store at all.
+var ErrDamaged = errors.New("the store file is damaged")
+
+// damaged is the error for a damaged file at path: what is wrong, and
+// what to do, since nothing here can mend it.
+func damaged(path string, what error) error {
+	return fmt.Errorf("storage %s: %w: %v; restore the file from a backup (caddy sigra has no repair)", path, ErrDamaged, what)
+}
+
+const (
+	boltMagic   = 0xED0CDAED
+	boltVersion = 2
+
+	pageHeaderSize   = 16 // id u64, flags u16, count u16, overflow u32
+	metaSize         = 64 // magic, version, pageSize, flags u32; root bucket (root, sequence u64); freelist, pgid, txid, checksum u64
+	metaChecksumAt   = 56 // the checksum is FNV-64a of the meta before it
+	elemSize         = 16 // a branch element (pos, ksize u32, pgid u64) and a leaf element (flags, pos, ksize, vsize u32) alike
+	bucketHeaderSize = 16 // root u64, sequence u64
+
+	branchPageFlag   = 0x01
+	leafPageFlag     = 0x02
+	freelistPageFlag = 0x10
+	bucketLeafFlag   = 0x01
+
+	noFreelist = ^uint64(0) // the meta's freelist with NoFreelistSync
+
+	// metaProbe is how much of a page getPageSize reads to find a meta.
+	metaProbe = 0x1000
+)
+
+var ne = binary.NativeEndian
+
+// boltMeta is a decoded meta page.
+type boltMeta struct {
+	magic, version, pageSize uint32
+	root, freelist, pgid     uint64
+	txid                     uint64
+	valid                    error // nil when magic, version and checksum hold
+}
+
+// parseMeta decodes the meta in page (its header first), as
+// common.Meta.Validate judges it.
+func parseMeta(page []byte) boltMeta {
+	if len(page) < pageHeaderSize+metaSize {
+		return boltMeta{valid: errors.New("cut short")}
+	}
+	b := page[pageHeaderSize : pageHeaderSize+metaSize]
+	m := boltMeta{
+		magic:    ne.Uint32(b[0:]),
+		version:  ne.Uint32(b[4:]),
+		pageSize: ne.Uint32(b[8:]),
+		root:     ne.Uint64(b[16:]),
+		freelist: ne.Uint64(b[32:]),
+		pgid:     ne.Uint64(b[40:]),
+		txid:     ne.Uint64(b[48:]),
+	}
+	h := fnv.New64a()
+	h.Write(b[:metaChecksumAt])
+	switch {
+	case m.magic != boltMagic:
+		m.valid = errors.New("no bbolt magic number")
+	case m.version != boltVersion:
+		m.valid = fmt.Errorf("format version %d, not %d", m.version, boltVersion)
+	case ne.Uint64(b[metaChecksumAt:]) != h.Sum64():
+		m.valid = errors.New("checksum mismatch")
+	}
+	return m
+}
+
+// readFull reads len(buf) bytes at off; a short read is an error.
+func readFull(f *os.File, buf []byte, off int64) error {
+	n, err := f.ReadAt(buf, off)
+	if n == len(buf) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// boltHeader is what the meta pages say about the file.
+type boltHeader struct {
+	pageSize uint64
+	meta     boltMeta // the one bbolt will use
+}
+
+// readBoltHeader finds the page size and the meta page bbolt will use,
+// and checks that the file holds every page that meta counts.
+func readBoltHeader(f *os.File, size int64) (boltHeader, error) {
+	// DB.getPageSize: the page size of meta 0 if it is valid, else that of
+	// the first valid meta found at 1 KiB << i.
+	var ps uint64
+	var buf [metaProbe]byte
+	meta0 := boltMeta{valid: errors.New("cut short")}
+	if n, _ := f.ReadAt(buf[:], 0); n == len(buf) {
+		if meta0 = parseMeta(buf[:]); meta0.valid == nil {
+			ps = uint64(meta0.pageSize)
+		}
+	}
+	for i := 0; ps == 0 && i <= 14; i++ {
+		pos := int64(1024) << i
+		if pos >= size-1024 {
+			break
+		}
+		buf = [metaProbe]byte{}
+		n, err := f.ReadAt(buf[:], pos)
+		if n == len(buf) || (err == io.EOF && int64(n) == size-pos) {
+			if m := parseMeta(buf[:]); m.valid == nil {
+				ps = uint64(m.pageSize)
+			}
+		}
+	}
+	if ps == 0 {
+		if size < metaProbe {
+			return boltHeader{}, fmt.Errorf("it is %d bytes long, too short for a bbolt database", size)
+		}
+		if meta0.magic != boltMagic {
+			return boltHeader{}, errors.New("neither of its two bbolt header (meta) pages is valid: it is not a Sigra store, or its start was overwritten")
+		}
+		return boltHeader{}, fmt.Errorf("neither of its two bbolt header (meta) pages is valid (the first: %v)", meta0.valid)
+	}
+	if ps < pageHeaderSize+metaSize {
+		return boltHeader{}, fmt.Errorf("its header gives a page size of %d bytes", ps)
+	}
+
+	// DB.mmap validates meta 0 at offset 0 and meta 1 at the page size;
+	// DB.meta uses the valid one with the higher transaction id.
+	var metas [2]boltMeta
+	for i := range metas {
+		page := make([]byte, pageHeaderSize+metaSize)
+		if err := readFull(f, page, int64(i)*int64(ps)); err != nil {
+			metas[i] = boltMeta{valid: err}
+			continue
+		}
+		metas[i] = parseMeta(page)
+	}
+	m := metas[0]
+	if metas[0].valid != nil || (metas[1].valid == nil && metas[1].txid > metas[0].txid) {
+		m = metas[1]
+	}
+	if m.valid != nil {
+		return boltHeader{}, fmt.Errorf("neither of its two bbolt header (meta) pages is valid (meta 0: %v; meta 1: %v)", metas[0].valid, metas[1].valid)
+	}
+	if uint64(m.pageSize) != ps {
+		return boltHeader{}, fmt.Errorf("its header pages disagree on the page size (%d and %d bytes)", ps, m.pageSize)
+	}
+	switch {
+	case m.root < 2 || m.root >= m.pgid:
+		return boltHeader{}, fmt.Errorf("its header puts the root at page %d of %d", m.root, m.pgid)
+	case m.freelist != noFreelist && (m.freelist < 2 || m.freelist >= m.pgid):
+		return boltHeader{}, fmt.Errorf("its header puts the freelist at page %d of %d", m.freelist, m.pgid)
+	case uint64(size)/ps < m.pgid:
+		return boltHeader{}, fmt.Errorf("it is %d bytes long, but its header counts %d pages of %d bytes (%d bytes): it was cut short", size, m.pgid, ps, m.pgid*ps)
+	}
+	return boltHeader{pageSize: ps, meta: m}, nil
+}
+
+// pageSet is a set of page ids below the high water mark.
+type pageSet []uint64
+
+func (s pageSet) has(id uint64) bool { return s[id/64]&(1<<(id%64)) != 0 }
+func (s pageSet) add(id uint64)      { s[id/64] |= 1 << (id % 64) }
+
+// boltWalker reads the tree from the file as bbolt's open-time walk will
+// (Tx.recursivelyCheckBucket: every page's id and type, each page used
+// once, keys in order, then each child bucket), and the freelist page as
+// DB.loadFreelist will, checking every offset before it is used.
+type boltWalker struct {
+	f    *os.File
+	ps   uint64
+	hwm  uint64   // the meta's pgid: pages 0 to hwm-1 exist
+	used pageSet  // pages of the tree (and the freelist page)
+	bufs [][]byte // a page buffer per depth, reused
+}
+
+// checkBoltTree walks the file's tree and freelist; the file must be
+// locked against writers, or a commit under way reads as damage.
+func checkBoltTree(f *os.File, h boltHeader) error {
+	w := &boltWalker{f: f, ps: h.pageSize, hwm: h.meta.pgid, used: make(pageSet, h.meta.pgid/64+1)}
+	var free []uint64
+	if h.meta.freelist != noFreelist {
+		var err error
+		if free, err = w.freelist(h.meta.freelist); err != nil {
+			return err
+		}
+	}
+	if _, err := w.tree(h.meta.root, 0, nil, nil); err != nil {
+		return err
+	}
+	for _, id := range free {
+		if w.used.has(id) {
+			return fmt.Errorf("page %d is both free and in use", id)
+		}
+	}
+	return nil
+}
+
+// page reads page id with its overflow pages into the buffer of depth,
+// checking that it is below the high water mark, says it is page id, has
+// flags want, and was not met before.
+func (w *boltWalker) page(id uint64, depth int, want uint16) ([]byte, error) {
+	if id < 2 || id >= w.hwm {
+		return nil, fmt.Errorf("a reference to page %d, outside pages 2 to %d", id, w.hwm-1)
+	}
+	for len(w.bufs) <= depth {
+		w.bufs = append(w.bufs, make([]byte, w.ps))
+	}
+	p := w.bufs[depth][:w.ps]
+	if err := readFull(w.f, p, int64(id*w.ps)); err != nil {
+		return nil, fmt.Errorf("page %d: %w", id, err)
+	}
+	if got := ne.Uint64(p[0:]); got != id {
+		return nil, fmt.Errorf("page %d is damaged (its header says it is page %d)", id, got)
+	}
+	if flags := ne.Uint16(p[8:]); flags == 0 || flags&^want != 0 || flags&(flags-1) != 0 {
+		// One type flag, one of those wanted (Page.FastCheck, then
+		// verifyPageReachable's branch or leaf).
+		return nil, fmt.Errorf("page %d has type flags %#x, not one of %#x", id, flags, want)
+	}
+	overflow := uint64(ne.Uint32(p[12:]))
+	if overflow >= w.hwm-id {
+		return nil, fmt.Errorf("page %d runs %d pages past the last page %d", id, overflow, w.hwm-1)
+	}
+	for i := id; i <= id+overflow; i++ {
+		if w.used.has(i) {
+			return nil, fmt.Errorf("page %d is used twice", i)
+		}
+		w.used.add(i)
+	}
+	if overflow > 0 {
+		size := (overflow + 1) * w.ps
+		if uint64(cap(w.bufs[depth])) < size {
+			w.bufs[depth] = append(w.bufs[depth][:w.ps], make([]byte, size-w.ps)...)
+		}
+		p = w.bufs[depth][:size]
+		if err := readFull(w.f, p[w.ps:], int64((id+1)*w.ps)); err != nil {
+			return nil, fmt.Errorf("page %d: %w", id, err)
+		}
+	}
+	return p, nil
+}
+
+// freelist checks the freelist page (Page.FreelistPageIds) and returns
+// the ids it lists.
+func (w *boltWalker) freelist(id uint64) ([]uint64, error) {
+	p, err := w.page(id, 0, freelistPageFlag)
+	if err != nil {
+		return nil, err
+	}
+	idx, count := uint64(0), uint64(ne.Uint16(p[10:]))
+	if count == 0xFFFF {
+		idx, count = 1, ne.Uint64(p[pageHeaderSize:])
+	}
+	if count > (uint64(len(p))-pageHeaderSize)/8-idx {
+		return nil, fmt.Errorf("freelist page %d lists %d pages, more than it holds", id, count)
+	}
+	free := make([]uint64, count)
+	seen := make(pageSet, w.hwm/64+1)
+	for i := range free {
+		f := ne.Uint64(p[pageHeaderSize+(idx+uint64(i))*8:])
+		if f < 2 || f >= w.hwm {
+			return nil, fmt.Errorf("freelist page %d lists page %d, outside pages 2 to %d", id, f, w.hwm-1)
+		}
+		if seen.has(f) {
+			return nil, fmt.Errorf("freelist page %d lists page %d twice", id, f)
+		}
+		seen.add(f)
+		free[i] = f
+	}
+	return free, nil
+}
+
+// elem is an element of a branch or leaf page, with its key and value
+// (nil for a branch) checked to lie within the page.
+type elem struct {
+	flags uint32
+	key   []byte
+	value []byte
+	child uint64 // a branch element's page
+}
+
+// elemCount returns the number of elements of page p (a page header
+// then the element array), checking that the array fits.
+func elemCount(p []byte) (int, error) {
+	count := uint64(ne.Uint16(p[10:]))
+	if pageHeaderSize+count*elemSize > uint64(len(p)) {
+		return 0, fmt.Errorf("%d elements do not fit in its %d bytes", count, len(p))
+	}
+	return int(count), nil
+}
+
+// elemAt decodes element i of page p, whose array elemCount checked; an
+// element's pos counts from the element itself.
+func elemAt(p []byte, i int, leaf bool) (elem, error) {
+	at := pageHeaderSize + uint64(i)*elemSize
+	b := p[at : at+elemSize]
+	var e elem
+	var pos, ksize, vsize uint64
+	if leaf {
+		e.flags = ne.Uint32(b[0:])
+		pos, ksize, vsize = uint64(ne.Uint32(b[4:])), uint64(ne.Uint32(b[8:])), uint64(ne.Uint32(b[12:]))
+	} else {
+		pos, ksize = uint64(ne.Uint32(b[0:])), uint64(ne.Uint32(b[4:]))
+		e.child = ne.Uint64(b[8:])
+	}
+	start := at + pos
+	if start+ksize+vsize > uint64(len(p)) {
+		return elem{}, fmt.Errorf("element %d lies past the end of the page", i)
+	}
+	e.key = p[start : start+ksize : start+ksize]
+	if leaf {
+		e.value = p[start+ksize : start+ksize+vsize : start+ksize+vsize]
+	}
+	return e, nil
+}
+
+// inOrder is bbolt's verifyKeyOrder: the element at index i with key is
+// after prev (or not before it, for the first one, whose prev comes from
+// the parent) and before maxOpen.
+func inOrder(i int, key, prev, maxOpen []byte) bool {
+	if i == 0 && prev != nil && bytes.Compare(prev, key) > 0 {
+		return false
+	}
+	if i > 0 && bytes.Compare(prev, key) >= 0 {
+		return false
+	}
+	return maxOpen == nil || bytes.Compare(key, maxOpen) < 0
+}
+
+// tree walks the subtree at page id, whose keys lie in [minClosed,
+// maxOpen), and every bucket below it, as
+// Tx.recursivelyCheckPageKeyOrderInternal does; it returns (a copy of)
+// the largest key in the subtree. The page is read into the buffer of
+// depth; what is below it, into deeper ones.
+func (w *boltWalker) tree(id uint64, depth int, minClosed, maxOpen []byte) ([]byte, error) {
+	p, err := w.page(id, depth, branchPageFlag|leafPageFlag)
+	if err != nil {
+		return nil, err
+	}
+	leaf := ne.Uint16(p[8:]) == leafPageFlag
+	n, err := elemCount(p)
+	if err != nil {
+		return nil, fmt.Errorf("page %d: %w", id, err)
+	}
+	if !leaf && n == 0 {
+		// A cursor would read a first element that is not there.
+		return nil, fmt.Errorf("branch page %d is empty", id)
+	}
+	var max []byte
+	prev := minClosed
+	for i := range n {
+		e, err := elemAt(p, i, leaf)
+		if err != nil {
+			return nil, fmt.Errorf("page %d: %w", id, err)
+		}
+		if !inOrder(i, e.key, prev, maxOpen) {
+			return nil, fmt.Errorf("page %d: key %d is out of order", id, i)
+		}
+		if leaf {
+			prev, max = e.key, e.key
+			if e.flags&bucketLeafFlag != 0 {
+				if err := w.bucket(id, depth, i, e.value); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		next := maxOpen
+		if i+1 < n {
+			nx, err := elemAt(p, i+1, false)
+			if err != nil {
+				return nil, fmt.Errorf("page %d: %w", id, err)
+			}
+			next = nx.key
+		}
+		if max, err = w.tree(e.child, depth+1, e.key, next); err != nil {
+			return nil, err
+		}
+		prev = max
+	}
+	return bytes.Clone(max), nil
+}
+
+// bucket walks the bucket whose header is value, element i of leaf page
+// id at depth: a tree of its own, or an inline leaf page after the
+// header.
+func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
+	if len(value) < bucketHeaderSize {
+		return fmt.Errorf("page %d: bucket %d has a %d-byte header", id, i, len(value))
+	}
+	if root := ne.Uint64(value); root != 0 {
+		_, err := w.tree(root, depth+1, nil, nil)
+		return err
+	}
+	p := value[bucketHeaderSize:]
+	if len(p) < pageHeaderSize || ne.Uint16(p[8:]) != leafPageFlag {
+		return fmt.Errorf("page %d: inline bucket %d is not a leaf page", id, i)
+	}
+	n, err := elemCount(p)
+	if err != nil {
+		return fmt.Errorf("page %d: inline bucket %d: %w", id, i, err)
+	}
+	var prev []byte
+	for j := range n {
+		e, err := elemAt(p, j, true)
+		if err != nil {
+			return fmt.Errorf("page %d: inline bucket %d: %w", id, i, err)
+		}
+		if !inOrder(j, e.key, prev, nil) {
+			return fmt.Errorf("page %d: inline bucket %d: key %d is out of order", id, i, j)
+		}
+		prev = e.key
+		if e.flags&bucketLeafFlag != 0 {
+			// bbolt inlines only a bucket without buckets (Bucket.inlineable).
+			return fmt.Errorf("page %d: inline bucket %d holds a bucket", id, i)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,407 @@
+package store
+
+// A damaged store file must fail OpenBolt with an error that wraps
+// ErrDamaged and names the file, never crash the process: bbolt faults
+// (SIGBUS) or panics in a goroutine of its own on such a file, and either
+// ends the test binary, so a test here that fails may take the others
+// with it.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// damageSecrets is how many secrets goodStore writes: enough for branch
+// pages in the secrets bucket.
+const damageSecrets = 2000
+
+func damageSecretName(i int) string { return fmt.Sprintf("secret-%05d", i) }
+
+func damageSecretValue(i int) []byte {
+	return bytes.Repeat([]byte{byte(i)}, 100+i%50)
+}
+
+// goodStore writes a store with some data (many small secrets, one
+// spanning several pages) and closes it.
+func goodStore(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	st, err := OpenBolt(path, BoltOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	err = st.db.Update(func(tx *bolt.Tx) error {
+		b := bucket(tx, bktSecrets)
+		for i := range damageSecrets {
+			if err := b.Put([]byte(damageSecretName(i)), damageSecretValue(i)); err != nil {
+				return err
+			}
+		}
+		return b.Put([]byte("big"), bytes.Repeat([]byte("big"), 20000))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	authCreate(t, st, "ada@example.com")
+	return path
+}
+
+// checkStoreData fails unless the store at path opens and holds what
+// goodStore wrote.
+func checkStoreData(t *testing.T, path string) {
+	t.Helper()
+	st, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatalf("OpenBolt on a good store: %v", err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	for _, i := range []int{0, 1, damageSecrets / 2, damageSecrets - 1} {
+		if v, err := st.GetSecret(ctx, damageSecretName(i)); err != nil || !bytes.Equal(v, damageSecretValue(i)) {
+			t.Fatalf("secret %d after reopen: %q, %v", i, v, err)
+		}
+	}
+	if v, err := st.GetSecret(ctx, "big"); err != nil || len(v) != 60000 {
+		t.Fatalf("big secret after reopen: %d bytes, %v", len(v), err)
+	}
+	if _, err := st.UserByEmail(ctx, "ada@example.com"); err != nil {
+		t.Fatalf("user after reopen: %v", err)
+	}
+}
+
+// pageSizeOf reads the page size of a good bbolt file.
+func pageSizeOf(t *testing.T, path string) int {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	return db.Info().PageSize
+}
+
+func fillRandom(rng *rand.Rand, b []byte) {
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+}
+
+// overwrite writes b at offset off of the file at path.
+func overwrite(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantDamaged opens the file at path and wants ErrDamaged naming it, the
+// file left as it was, and what went wrong in the message.
+func wantDamaged(t *testing.T, path, why string) {
+	t.Helper()
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range []BoltOptions{{}, {MustExist: true}} {
+		st, err := OpenBolt(path, opts)
+		if err == nil {
+			st.Close()
+			t.Fatalf("OpenBolt(%+v) on a damaged file = nil error; want ErrDamaged", opts)
+		}
+		if !errors.Is(err, ErrDamaged) {
+			t.Errorf("OpenBolt(%+v) = %v; want it to wrap ErrDamaged", opts, err)
+		}
+		if msg := err.Error(); !strings.Contains(msg, path) || !strings.Contains(msg, why) || !strings.Contains(msg, "backup") {
+			t.Errorf("OpenBolt(%+v) = %q; want it to name %s, say %q and say what to do", opts, msg, path, why)
+		}
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Error("OpenBolt changed the damaged file")
+	}
+}
+
+// The reproductions: each of these crashed the process.
+
+func TestOpenBoltTruncated(t *testing.T) {
+	path := goodStore(t)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	wantDamaged(t, path, "cut short")
+}
+
+func TestOpenBoltGarbagePages(t *testing.T) {
+	path := goodStore(t)
+	ps := pageSizeOf(t, path)
+	garbage := make([]byte, 8*ps)
+	fillRandom(rand.New(rand.NewPCG(1, 2)), garbage)
+	overwrite(t, path, int64(4*ps), garbage) // pages 4 to 11
+	wantDamaged(t, path, "page")
+}
+
+func TestOpenBoltBothMetasDamaged(t *testing.T) {
+	path := goodStore(t)
+	ps := pageSizeOf(t, path)
+	for _, page := range []int64{0, 1} {
+		overwrite(t, path, page*int64(ps)+pageHeaderSize+20, []byte("scribble")) // inside the root bucket field
+	}
+	wantDamaged(t, path, "checksum mismatch")
+}
+
+// A torn meta page is what a crash in the middle of a commit leaves:
+// bbolt falls back to the other one, and the store to the commit before,
+// and so does the check.
+func TestOpenBoltTornMeta(t *testing.T) {
+	path := goodStore(t)
+	st, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutSecret(context.Background(), "last", []byte("commit"), false); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	ps := pageSizeOf(t, path)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metas [2]boltMeta
+	for i := range metas {
+		page := make([]byte, pageHeaderSize+metaSize)
+		if err := readFull(f, page, int64(i*ps)); err != nil {
+			t.Fatal(err)
+		}
+		metas[i] = parseMeta(page)
+	}
+	f.Close()
+	newest := int64(0)
+	if metas[1].txid > metas[0].txid {
+		newest = 1
+	}
+	overwrite(t, path, newest*int64(ps)+pageHeaderSize+20, []byte("scribble"))
+	checkStoreData(t, path)
+	st, err = OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if v, err := st.GetSecret(context.Background(), "last"); err == nil {
+		t.Errorf("the torn commit's secret is there (%q)", v)
+	}
+}
+
+func TestOpenBoltGoodFileKeepsData(t *testing.T) {
+	checkStoreData(t, goodStore(t))
+}
+
+// A failed open leaves nothing behind that stops the next: another file
+// opens, and so does the damaged one once restored.
+func TestOpenBoltAfterDamage(t *testing.T) {
+	path := goodStore(t)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "other.db")
+	if err := os.WriteFile(other, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, int64(len(good)/2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenBolt(path, BoltOptions{}); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("OpenBolt on the damaged file = %v; want ErrDamaged", err)
+	}
+	checkStoreData(t, other)
+	if err := os.WriteFile(path, good, 0o600); err != nil { // the same file, restored
+		t.Fatal(err)
+	}
+	checkStoreData(t, path)
+}
+
+// The check must never refuse a file bbolt wrote: after many commits of
+// puts and deletes (free pages, merged and split pages, buckets made
+// inline and not), with and without a synced freelist.
+func TestCheckAcceptsChurnedFile(t *testing.T) {
+	for _, noFreelistSync := range []bool{true, false} {
+		t.Run(fmt.Sprint("NoFreelistSync=", noFreelistSync), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "churn.db")
+			db, err := bolt.Open(path, 0o600, &bolt.Options{NoSync: true, NoFreelistSync: noFreelistSync})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(3, 4))
+			for round := range 60 {
+				err := db.Update(func(tx *bolt.Tx) error {
+					for range 50 {
+						name := fmt.Appendf(nil, "b%d", rng.IntN(8))
+						b, err := tx.CreateBucketIfNotExists(name)
+						if err != nil {
+							return err
+						}
+						if rng.IntN(4) == 0 {
+							if _, err := b.CreateBucketIfNotExists(fmt.Appendf(nil, "sub%d", rng.IntN(3))); err != nil {
+								return err
+							}
+						}
+						k := fmt.Appendf(nil, "k%04d", rng.IntN(3000))
+						if rng.IntN(3) == 0 {
+							if err := b.Delete(k); err != nil {
+								return err
+							}
+						} else if err := b.Put(k, make([]byte, rng.IntN(600))); err != nil {
+							return err
+						}
+					}
+					if round%10 == 9 {
+						return tx.DeleteBucket(fmt.Appendf(nil, "b%d", rng.IntN(8)))
+					}
+					return nil
+				})
+				if err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+					t.Fatal(err)
+				}
+			}
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := checkBoltFile(path, 0); err != nil {
+				t.Fatalf("the check refuses a file bbolt wrote: %v", err)
+			}
+		})
+	}
+}
+
+// Damage anywhere, of any size, is refused or harmless; it never crashes.
+func TestOpenBoltRandomDamage(t *testing.T) {
+	good, err := os.ReadFile(goodStore(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(5, 6))
+	refused := 0
+	const rounds = 300
+	for i := range rounds {
+		b := bytes.Clone(good)
+		switch i % 3 {
+		case 0: // a few bytes
+			for range 1 + rng.IntN(4) {
+				b[rng.IntN(len(b))] = byte(rng.Uint32())
+			}
+		case 1: // a run of garbage
+			at, n := rng.IntN(len(b)), 1+rng.IntN(3*4096)
+			fillRandom(rng, b[at:min(at+n, len(b))])
+		case 2: // cut short
+			b = b[:rng.IntN(len(b))]
+		}
+		path := filepath.Join(dir, fmt.Sprintf("d%d.db", i))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st, err := OpenBolt(path, BoltOptions{NoSync: true})
+		if err != nil {
+			refused++
+			if !strings.Contains(err.Error(), path) {
+				t.Errorf("round %d: %q does not name the file", i, err)
+			}
+			continue
+		}
+		st.Close()
+	}
+	if refused == 0 {
+		t.Errorf("all %d damaged files were accepted", rounds)
+	}
+	t.Logf("%d of %d damaged files refused", refused, rounds)
+}
+
+// What the check cannot see, the guard around bbolt's open catches, for
+// the part of it that runs in the guarded goroutine; and the lock is
+// released, so the file opens once mended. A file with a synced freelist
+// cut short after its two meta pages passes bbolt's own checks, and
+// faults (SIGBUS) when DB.loadFreelist reads the freelist page past the
+// end of the file.
+func TestOpenGuardedFaultInOpen(t *testing.T) {
+	path := goodStore(t)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: false}) // writes the freelist
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, int64(2*pageSizeOf(t, path))); err != nil {
+		t.Fatal(err)
+	}
+	// Mapped past the end of the file, as after a file shrinks under it.
+	db, err = openGuarded(path, bolt.Options{Timeout: time.Second, NoFreelistSync: true, InitialMmapSize: len(good)}, nil)
+	if err == nil {
+		db.Close()
+		t.Fatal("bbolt opened a file cut short")
+	}
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("openGuarded = %v; want ErrDamaged naming %s", err, path)
+	}
+	t.Log(err)
+	if err := os.WriteFile(path, good, 0o600); err != nil { // the same file, restored
+		t.Fatal(err)
+	}
+	checkStoreData(t, path)
+}
+
+// A fault while initialising the buckets, on a file cut short under the
+// open DB, is an error too, and the DB is closed.
+func TestOpenGuardedFaultInInit(t *testing.T) {
+	path := goodStore(t)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := pageSizeOf(t, path)
+	db, err := openGuarded(path, bolt.Options{Timeout: time.Second, NoFreelistSync: true}, func(db *bolt.DB) error {
+		if err := os.Truncate(path, int64(2*ps)); err != nil {
+			return err
+		}
+		return db.View(func(tx *bolt.Tx) error {
+			tx.Bucket(rootBucket).Bucket(bktSecrets).ForEach(func(k, v []byte) error { return nil })
+			return nil
+		})
+	})
+	if err == nil {
+		db.Close()
+		t.Fatal("reading past the end of the file succeeded")
+	}
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("openGuarded = %v; want ErrDamaged naming %s", err, path)
+	}
+	t.Log(err)
+	if err := os.WriteFile(path, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checkStoreData(t, path)
+}
