@@ -200,6 +200,34 @@ func (s *Service) SetPassword(ctx context.Context, id, password string) error {
 	return err
 }
 
+// ChangePassword replaces the password of cur's user, who has just proved
+// the current one, and ends all their sessions in one transaction, cur
+// included: whoever else was signed in (with a stolen cookie, say) is out.
+// cur goes on as a new session, with a new token and id, that carries
+// over its methods, its second factor's time, its creation and expiry;
+// its auth time is now. Set the returned token as the cookie.
+func (s *Service) ChangePassword(ctx context.Context, cur *Session, password string) (token string, sess *Session, err error) {
+	if err := CheckNewPassword(password); err != nil {
+		return "", nil, err
+	}
+	hash, err := s.cfg.Argon2.HashPassword(password)
+	if err != nil {
+		return "", nil, err
+	}
+	u, err := s.updateUser(ctx, cur.UserID, true, func(u *User) error { u.PasswordHash = hash; return nil })
+	if err != nil {
+		return "", nil, err
+	}
+	now := s.clock.Now().UTC()
+	sess = cur.Clone()
+	token, sess.ID = NewToken()
+	sess.AuthTime, sess.LastSeen, sess.UserEpoch = now, now, u.SessionEpoch
+	if err := s.store.PutSession(ctx, sess); err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}
+
 // SetDisabled disables or enables a user; disabling ends their sessions
 // in the same transaction.
 func (s *Service) SetDisabled(ctx context.Context, id string, disabled bool) (*User, error) {

@@ -200,27 +200,18 @@ func (q *preq) totpSubmit() error {
 			d.Error = "You signed in a while ago: enter your password to turn this on."
 			return q.enrolPage(p, d, http.StatusUnauthorized)
 		}
-		u, att, err := q.checkPassword(p.User.Email, q.r.PostFormValue("password"), "reauth")
+		ok, err := q.reauth(p, q.r.PostFormValue("password"))
 		if errors.Is(err, authcore.ErrBusy) {
 			q.w.Header().Set("Retry-After", "5")
-			d.Error = "Too many sign-ins at the moment. Please try again in a few seconds."
+			d.Error = busyMessage
 			return q.enrolPage(p, d, http.StatusServiceUnavailable)
 		}
 		if err != nil {
 			return err
 		}
-		if u != nil && u.ID != p.User.ID {
-			// The address moved to another account meanwhile: not this
-			// user's password. Nothing to count against either.
-			_ = att.Succeed(q.ctx(), false)
-			u = nil
-		}
-		if u == nil {
+		if !ok {
 			d.Error = "That password is not right."
 			return q.enrolPage(p, d, http.StatusUnauthorized)
-		}
-		if err := att.Succeed(q.ctx(), !u.SecondFactor); err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 	}
 	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"))

@@ -136,6 +136,8 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return q.route(nil, q.revokeSession)
 	case "/mfa":
 		return q.route(q.mfaPage, q.mfaSubmit)
+	case "/account/password":
+		return q.route(q.passwordPage, q.passwordSubmit)
 	case "/account/totp":
 		return q.route(q.totpPage, q.totpSubmit)
 	case "/account/totp/remove":
@@ -295,7 +297,7 @@ func (q *preq) loginSubmit() error {
 	u, att, err := q.checkPassword(email, q.r.PostFormValue("password"), "")
 	if errors.Is(err, authcore.ErrBusy) {
 		q.w.Header().Set("Retry-After", "5")
-		return rerender(http.StatusServiceUnavailable, "Too many sign-ins at the moment. Please try again in a few seconds.")
+		return rerender(http.StatusServiceUnavailable, busyMessage)
 	}
 	if err != nil {
 		return err

@@ -1,0 +1,99 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// passwordPage shows the form that changes the signed-in user's password.
+func (q *preq) passwordPage() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	return q.page(http.StatusOK, "password", pageData{Title: "Change password", CSRF: q.rt.csrf.Token(sessionBinding(p))})
+}
+
+// passwordSubmit changes the password: the current one first, under the
+// same regulation as a sign-in, then the new one twice. Every session of
+// the user ends; this browser goes on in a new one.
+func (q *preq) passwordSubmit() error {
+	back := q.p.app.Prefix + "/account/password"
+	p, err := q.formPrincipal(back)
+	if p == nil || err != nil {
+		return err
+	}
+	d := pageData{Title: "Change password", CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	again := func(status int, msg string) error {
+		d.Error = msg
+		return q.page(status, "password", d)
+	}
+	current, next := q.r.PostFormValue("current_password"), q.r.PostFormValue("new_password")
+	if current == "" || next == "" {
+		return again(http.StatusBadRequest, "Enter your current password and the new one.")
+	}
+	if next != q.r.PostFormValue("confirm_password") {
+		return again(http.StatusBadRequest, "The two new passwords differ.")
+	}
+	// Checked before the current password, so a too-short new one costs
+	// no attempt.
+	if authcore.CheckNewPassword(next) != nil {
+		return again(http.StatusBadRequest, fmt.Sprintf("The new password must be %d characters or more, and at most %d bytes.", authcore.MinPasswordLen, authcore.MaxPasswordLen))
+	}
+	ok, err := q.reauth(p, current)
+	if errors.Is(err, authcore.ErrBusy) {
+		q.w.Header().Set("Retry-After", "5")
+		return again(http.StatusServiceUnavailable, busyMessage)
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return again(http.StatusUnauthorized, "Your current password is not right.")
+	}
+	token, sess, err := q.rt.auth.ChangePassword(q.ctx(), p.Session, next)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if err := q.auditOrEnd(sess.ID, event{action: "auth.password_change.success", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+		// The password is changed and every session ended; without its
+		// row this browser is not signed in again either.
+		q.p.logger.Error("a password was changed but its audit row failed", zap.String("user", p.User.ID))
+		return err
+	}
+	q.setSessionCookie(token)
+	return q.message(http.StatusOK, "Password changed", "Your password is changed. Your other sessions were signed out.", q.p.app.Prefix+"/account")
+}
+
+// busyMessage answers a password check refused for load (ErrBusy).
+const busyMessage = "Too many sign-ins at the moment. Please try again in a few seconds."
+
+// reauth checks a signed-in user's password again, under regulation like
+// a sign-in (a failure is an auth.login.failure row with step reauth). It
+// reports whether password is p's user's; the error is ErrBusy when too
+// many password checks run at once.
+func (q *preq) reauth(p *authcore.Principal, password string) (bool, error) {
+	u, att, err := q.checkPassword(p.User.Email, password, "reauth")
+	if err != nil {
+		return false, err
+	}
+	if u == nil {
+		return false, nil
+	}
+	if u.ID != p.User.ID {
+		// The address moved to another account meanwhile: not this
+		// user's password. Nothing to count against either.
+		_ = att.Succeed(q.ctx(), false)
+		return false, nil
+	}
+	if err := att.Succeed(q.ctx(), !u.SecondFactor); err != nil {
+		return false, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	return true, nil
+}
