@@ -228,6 +228,16 @@ func (s *Service) ChangePassword(ctx context.Context, cur *Session, password str
 	return token, sess, nil
 }
 
+// DeleteUser removes the user and everything kept for them: sessions
+// (cached ones too), second factors, recovery codes, regulation state.
+// Audit rows about them stay.
+func (s *Service) DeleteUser(ctx context.Context, id string) error {
+	s.cache.dropUser(id)
+	err := s.store.DeleteUser(ctx, id)
+	s.cache.dropUser(id) // a request may have re-cached one meanwhile
+	return err
+}
+
 // SetDisabled disables or enables a user; disabling ends their sessions
 // in the same transaction.
 func (s *Service) SetDisabled(ctx context.Context, id string, disabled bool) (*User, error) {

@@ -16,7 +16,7 @@ var templateFS embed.FS
 
 // pageNames are the portal pages; each is templates/<name>.html defining
 // "content", rendered inside templates/layout.html.
-var pageNames = []string{"login", "logout", "message", "account", "password", "mfa", "totp", "admin", "admin_users", "admin_user", "admin_audit"}
+var pageNames = []string{"login", "logout", "message", "account", "password", "delete", "mfa", "totp", "admin", "admin_users", "admin_user", "admin_audit"}
 
 var pages = func() map[string]*template.Template {
 	m := make(map[string]*template.Template, len(pageNames))

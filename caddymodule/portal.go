@@ -136,6 +136,8 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return q.route(nil, q.revokeSession)
 	case "/mfa":
 		return q.route(q.mfaPage, q.mfaSubmit)
+	case "/account/delete":
+		return q.route(q.deletePage, q.deleteSubmit)
 	case "/account/password":
 		return q.route(q.passwordPage, q.passwordSubmit)
 	case "/account/totp":

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -69,6 +70,98 @@ func (q *preq) passwordSubmit() error {
 	}
 	q.setSessionCookie(token)
 	return q.message(http.StatusOK, "Password changed", "Your password is changed. Your other sessions were signed out.", q.p.app.Prefix+"/account")
+}
+
+// deletePage explains what deleting the account does and asks for the
+// password. A user with a second factor proves it first, as for turning
+// it off.
+func (q *preq) deletePage() error {
+	p, err := q.signedIn()
+	if p == nil || err != nil {
+		return err
+	}
+	if p.User.SecondFactor && !q.requireFresh(p, q.p.app.Prefix+"/account/delete") {
+		return nil
+	}
+	return q.page(http.StatusOK, "delete", pageData{Title: "Delete account", CSRF: q.rt.csrf.Token(sessionBinding(p))})
+}
+
+// deleteSubmit deletes the signed-in user's account and everything kept
+// for it (sessions, second factors, recovery codes); the audit rows about
+// it stay. The account.deletion_execute row is written first: if it
+// cannot be, nothing is deleted.
+func (q *preq) deleteSubmit() error {
+	back := q.p.app.Prefix + "/account/delete"
+	p, err := q.formPrincipal(back)
+	if p == nil || err != nil {
+		return err
+	}
+	if p.User.SecondFactor && !q.requireFresh(p, back) {
+		return nil
+	}
+	d := pageData{Title: "Delete account", CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	again := func(status int, msg string) error {
+		d.Error = msg
+		return q.page(status, "delete", d)
+	}
+	if q.r.PostFormValue("confirm") != "yes" {
+		return again(http.StatusBadRequest, "Tick the box to confirm.")
+	}
+	ok, err := q.reauth(p, q.r.PostFormValue("password"))
+	if errors.Is(err, authcore.ErrBusy) {
+		q.w.Header().Set("Retry-After", "5")
+		return again(http.StatusServiceUnavailable, busyMessage)
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return again(http.StatusUnauthorized, "That password is not right.")
+	}
+	if p.User.InGroup(q.p.app.AdminGroup) {
+		other, err := otherAdmin(q.ctx(), q.rt.store, q.p.app.AdminGroup, p.User.ID)
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if !other {
+			return q.message(http.StatusConflict, "Last administrator",
+				"You are the only administrator. Make someone else one first, or nobody could manage this site.", q.p.app.Prefix+"/account")
+		}
+	}
+	ev := event{action: "account.deletion_execute", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
+	if err := q.audit(ev); err != nil {
+		return err
+	}
+	if err := q.rt.auth.DeleteUser(q.ctx(), p.User.ID); err != nil {
+		ev.outcome, ev.meta = "failure", map[string]string{"reason": "storage"}
+		if aerr := q.audit(ev); aerr != nil {
+			q.p.logger.Error("an account deletion failed, and so did its failure row", zap.String("user", p.User.ID), zap.Error(aerr))
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	q.clearSessionCookie()
+	return q.message(http.StatusOK, "Account deleted", "Your account is deleted, and you are signed out everywhere.", q.p.app.Prefix+"/login")
+}
+
+// otherAdmin reports whether a user other than id is an enabled member of
+// the admin group. Two last admins deleting themselves at the same moment
+// can both see the other; `caddy sigra users add --admin` makes a new one.
+func otherAdmin(ctx context.Context, st authcore.Store, group, id string) (bool, error) {
+	for after := ""; ; {
+		batch, err := st.ListUsers(ctx, after, 500)
+		if err != nil {
+			return false, err
+		}
+		for _, u := range batch {
+			if u.ID != id && !u.Disabled && u.InGroup(group) {
+				return true, nil
+			}
+		}
+		if len(batch) < 500 {
+			return false, nil
+		}
+		after = batch[len(batch)-1].ID
+	}
 }
 
 // busyMessage answers a password check refused for load (ErrBusy).

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -142,4 +143,115 @@ func (rt *runtime) mustPrincipal(t *testing.T, token string) *authcore.Principal
 		t.Fatalf("resolving the session: %v", err)
 	}
 	return p
+}
+
+// deleteAccount posts the delete-account form.
+func (e *env) deleteAccount(password, confirm string) (*http.Response, string) {
+	e.t.Helper()
+	resp, page := e.get("/.sigra/account/delete", map[string]string{"Accept": "text/html"})
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `data-sigra="account-delete-form"`) {
+		e.t.Fatalf("delete-account page: status %d, no form\n%s", resp.StatusCode, page)
+	}
+	return e.postForm("/.sigra/account/delete", url.Values{"csrf_token": {csrfFrom(e.t, page)}, "password": {password}, "confirm": {confirm}}, nil)
+}
+
+// A user deletes their account: it is gone with every session, the row
+// says so, and a refused attempt deletes nothing.
+func TestDeleteAccount(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("dee@example.com")
+	e.mustLogin("dee@example.com")
+	other := e.browser()
+	other.mustLogin("dee@example.com")
+
+	for _, tc := range []struct {
+		name, password, confirm string
+		status                  int
+	}{
+		{"not confirmed", testPassword, "", http.StatusBadRequest},
+		{"wrong password", "not the password", "yes", http.StatusUnauthorized},
+	} {
+		if resp, body := e.deleteAccount(tc.password, tc.confirm); resp.StatusCode != tc.status {
+			t.Errorf("%s: status %d; want %d\n%s", tc.name, resp.StatusCode, tc.status, body)
+		}
+	}
+	if _, err := e.rt().store.UserByID(context.Background(), u.ID); err != nil {
+		t.Fatalf("after refused deletions: %v; want the user kept", err)
+	}
+	// Without the form's token nothing happens either.
+	if resp, _ := e.postForm("/.sigra/account/delete", url.Values{"password": {testPassword}, "confirm": {"yes"}}, nil); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("no CSRF token: status %d; want 403", resp.StatusCode)
+	}
+
+	token := e.sessionCookie()
+	resp, body := e.deleteAccount(testPassword, "yes")
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "Account deleted") {
+		t.Fatalf("delete: status %d\n%s", resp.StatusCode, body)
+	}
+	if e.sessionCookie() != "" {
+		t.Error("the session cookie is still set")
+	}
+	if _, err := e.rt().store.UserByID(context.Background(), u.ID); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("UserByID after deletion: %v; want ErrNotFound", err)
+	}
+	for name, tok := range map[string]string{"this browser's cookie": token, "the other browser": other.sessionCookie()} {
+		if code := e.statusAs(tok, "/x"); code != http.StatusUnauthorized {
+			t.Errorf("%s after deletion: status %d; want 401", name, code)
+		}
+	}
+	if resp := e.browser().login("dee@example.com", testPassword, "/"); resp.StatusCode == http.StatusSeeOther {
+		t.Error("the deleted account still signs in")
+	}
+	rows := e.auditRows("account.deletion_execute")
+	if len(rows) != 1 || rows[0].SubjectID != u.ID || rows[0].ActorID != u.ID || rows[0].Outcome != "success" {
+		t.Errorf("account.deletion_execute rows %+v; want one, by and about the user", rows)
+	}
+}
+
+// The row comes first: when it cannot be written, nothing is deleted.
+func TestDeleteAccountAuditFailsClosed(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("eve@example.com")
+	e.mustLogin("eve@example.com")
+	e.failAudit("account.deletion_execute")
+	if resp, _ := e.deleteAccount(testPassword, "yes"); resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("delete with a failing audit row: status %d; want 500", resp.StatusCode)
+	}
+	if _, err := e.rt().store.UserByID(context.Background(), u.ID); err != nil {
+		t.Errorf("after the failed row: %v; want the user kept", err)
+	}
+	if code := e.statusAs(e.sessionCookie(), "/x"); code != http.StatusOK {
+		t.Errorf("after the failed row: status %d; want the session kept", code)
+	}
+}
+
+// The only administrator cannot delete themselves; with another one, they
+// can. A user with a second factor proves it again first.
+func TestDeleteAccountGuards(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	root := e.addUser("root@example.com", "admins")
+	e.mustLogin("root@example.com")
+	secret, _ := enrolTOTP(t, e, fake.Now())
+
+	fake.Advance(freshFactor + time.Minute)
+	resp, _ := e.get("/.sigra/account/delete", map[string]string{"Accept": "text/html"})
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/.sigra/mfa?rd=") {
+		t.Fatalf("delete page with an old second factor: status %d, Location %q; want the MFA page", resp.StatusCode, loc)
+	}
+	if resp := e.secondFactor("code", refTOTP(t, secret, fake.Now())); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("second factor: status %d", resp.StatusCode)
+	}
+
+	resp, body := e.deleteAccount(testPassword, "yes")
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "only administrator") {
+		t.Fatalf("the last admin deleting themselves: status %d; want 409\n%s", resp.StatusCode, body)
+	}
+	if _, err := e.rt().store.UserByID(context.Background(), root.ID); err != nil {
+		t.Fatalf("the last admin: %v; want kept", err)
+	}
+	e.addUser("ops@example.com", "admins")
+	if resp, body := e.deleteAccount(testPassword, "yes"); resp.StatusCode != http.StatusOK {
+		t.Errorf("an admin with another admin: status %d; want 200\n%s", resp.StatusCode, body)
+	}
 }
