@@ -18,7 +18,7 @@ func (q *preq) passwordPage() error {
 	if p == nil || err != nil {
 		return err
 	}
-	return q.page(http.StatusOK, "password", pageData{Title: "Change password", CSRF: q.rt.csrf.Token(sessionBinding(p))})
+	return q.formPage(p, "password", "Change password")(http.StatusOK, "")
 }
 
 // passwordSubmit changes the password: the current one first, under the
@@ -30,11 +30,7 @@ func (q *preq) passwordSubmit() error {
 	if p == nil || err != nil {
 		return err
 	}
-	d := pageData{Title: "Change password", CSRF: q.rt.csrf.Token(sessionBinding(p))}
-	again := func(status int, msg string) error {
-		d.Error = msg
-		return q.page(status, "password", d)
-	}
+	again := q.formPage(p, "password", "Change password")
 	current, next := q.r.PostFormValue("current_password"), q.r.PostFormValue("new_password")
 	if current == "" || next == "" {
 		return again(http.StatusBadRequest, "Enter your current password and the new one.")
@@ -47,16 +43,8 @@ func (q *preq) passwordSubmit() error {
 	if authcore.CheckNewPassword(next) != nil {
 		return again(http.StatusBadRequest, fmt.Sprintf("The new password must be %d characters or more, and at most %d bytes.", authcore.MinPasswordLen, authcore.MaxPasswordLen))
 	}
-	ok, err := q.reauth(p, current)
-	if errors.Is(err, authcore.ErrBusy) {
-		q.w.Header().Set("Retry-After", "5")
-		return again(http.StatusServiceUnavailable, busyMessage)
-	}
-	if err != nil {
+	if ok, err := q.reauth(p, current, "Your current password is not right.", again); !ok {
 		return err
-	}
-	if !ok {
-		return again(http.StatusUnauthorized, "Your current password is not right.")
 	}
 	token, sess, err := q.rt.auth.ChangePassword(q.ctx(), p.Session, next)
 	if err != nil {
@@ -83,7 +71,7 @@ func (q *preq) deletePage() error {
 	if p.User.SecondFactor && !q.requireFresh(p, q.p.app.Prefix+"/account/delete") {
 		return nil
 	}
-	return q.page(http.StatusOK, "delete", pageData{Title: "Delete account", CSRF: q.rt.csrf.Token(sessionBinding(p))})
+	return q.formPage(p, "delete", "Delete account")(http.StatusOK, "")
 }
 
 // deleteSubmit deletes the signed-in user's account and everything kept
@@ -99,24 +87,12 @@ func (q *preq) deleteSubmit() error {
 	if p.User.SecondFactor && !q.requireFresh(p, back) {
 		return nil
 	}
-	d := pageData{Title: "Delete account", CSRF: q.rt.csrf.Token(sessionBinding(p))}
-	again := func(status int, msg string) error {
-		d.Error = msg
-		return q.page(status, "delete", d)
-	}
+	again := q.formPage(p, "delete", "Delete account")
 	if q.r.PostFormValue("confirm") != "yes" {
 		return again(http.StatusBadRequest, "Tick the box to confirm.")
 	}
-	ok, err := q.reauth(p, q.r.PostFormValue("password"))
-	if errors.Is(err, authcore.ErrBusy) {
-		q.w.Header().Set("Retry-After", "5")
-		return again(http.StatusServiceUnavailable, busyMessage)
-	}
-	if err != nil {
+	if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
 		return err
-	}
-	if !ok {
-		return again(http.StatusUnauthorized, "That password is not right.")
 	}
 	if p.User.InGroup(q.p.app.AdminGroup) {
 		other, err := otherAdmin(q.ctx(), q.rt.store, q.p.app.AdminGroup, p.User.ID)
@@ -167,23 +143,37 @@ func otherAdmin(ctx context.Context, st authcore.Store, group, id string) (bool,
 // busyMessage answers a password check refused for load (ErrBusy).
 const busyMessage = "Too many sign-ins at the moment. Please try again in a few seconds."
 
+// formPage returns the answer of a signed-in form page, the form again
+// with a message (none: "") and a status.
+func (q *preq) formPage(p *authcore.Principal, page, title string) func(status int, msg string) error {
+	d := pageData{Title: title, CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	return func(status int, msg string) error {
+		d.Error = msg
+		return q.page(status, page, d)
+	}
+}
+
 // reauth checks a signed-in user's password again, under regulation like
 // a sign-in (a failure is an auth.login.failure row with step reauth). It
-// reports whether password is p's user's; the error is ErrBusy when too
-// many password checks run at once.
-func (q *preq) reauth(p *authcore.Principal, password string) (bool, error) {
+// reports whether password is p's user's; when not, it has answered with
+// again: 401 and wrong, or 503 when too many password checks run at once.
+func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(int, string) error) (bool, error) {
 	u, att, err := q.checkPassword(p.User.Email, password, "reauth")
+	if errors.Is(err, authcore.ErrBusy) {
+		q.w.Header().Set("Retry-After", "5")
+		return false, again(http.StatusServiceUnavailable, busyMessage)
+	}
 	if err != nil {
 		return false, err
 	}
-	if u == nil {
-		return false, nil
-	}
-	if u.ID != p.User.ID {
+	if u != nil && u.ID != p.User.ID {
 		// The address moved to another account meanwhile: not this
 		// user's password. Nothing to count against either.
 		_ = att.Succeed(q.ctx(), false)
-		return false, nil
+		u = nil
+	}
+	if u == nil {
+		return false, again(http.StatusUnauthorized, wrong)
 	}
 	if err := att.Succeed(q.ctx(), !u.SecondFactor); err != nil {
 		return false, caddyhttp.Error(http.StatusInternalServerError, err)

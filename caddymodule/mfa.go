@@ -200,18 +200,12 @@ func (q *preq) totpSubmit() error {
 			d.Error = "You signed in a while ago: enter your password to turn this on."
 			return q.enrolPage(p, d, http.StatusUnauthorized)
 		}
-		ok, err := q.reauth(p, q.r.PostFormValue("password"))
-		if errors.Is(err, authcore.ErrBusy) {
-			q.w.Header().Set("Retry-After", "5")
-			d.Error = busyMessage
-			return q.enrolPage(p, d, http.StatusServiceUnavailable)
+		again := func(status int, msg string) error {
+			d.Error = msg
+			return q.enrolPage(p, d, status)
 		}
-		if err != nil {
+		if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
 			return err
-		}
-		if !ok {
-			d.Error = "That password is not right."
-			return q.enrolPage(p, d, http.StatusUnauthorized)
 		}
 	}
 	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"))
