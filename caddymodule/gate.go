@@ -372,10 +372,12 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial, start tim
 	g.app.metrics.gateDecisions.WithLabelValues("deny", d.reason).Inc()
 	g.app.metrics.gateDuration.Observe(time.Since(start).Seconds())
 	prefix := g.app.Prefix
-	if _, ok := portalPath(r.URL.Path, prefix); ok {
+	if _, ok := portalPath(originalURL(r).Path, prefix); ok {
 		// The portal runs before the gates, so a portal page reaching one
 		// means this site has no portal, or one after the gate: sending
-		// the browser to the sign-in page would send it here again.
+		// the browser to the sign-in page would send it here again. (The
+		// path as the client sent it: under handle_path /app/*, the app's
+		// own /app/.sigra/… is not the portal's.)
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf(
 			"sigra_gate: %s is a portal page, but no sigra_portal answered it: a site with sigra_gate needs sigra_portal, before the gates (in a route block, written first)", prefix))
 	}

@@ -488,6 +488,18 @@ func TestGateOnPortalPageSaysThePortalIsMissing(t *testing.T) {
 			t.Errorf("%s: GET the sign-in page: status %d, Location %q; want 500, not a redirect to itself", tc.name, resp.StatusCode, resp.Header.Get("Location"))
 		}
 	}
+
+	// With the portal in place, an app path that only looks like the
+	// portal's once handle_path strips it is the app's: the gate sends
+	// the browser to sign in as usual.
+	e.base = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	if err := e.load(e.caddyfile("", "handle_path /app/* {\n\t\tsigra_gate\n\t}")); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := e.get("/app/.sigra/login", html)
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || !strings.HasPrefix(loc, "/.sigra/login?rd=") {
+		t.Errorf("GET /app/.sigra/login under handle_path: status %d, Location %q; want the sign-in page", resp.StatusCode, loc)
+	}
 }
 
 // JSON config gets the Caddyfile's checks: optional with a requirement
