@@ -201,11 +201,13 @@ func (s *Service) SetPassword(ctx context.Context, id, password string) error {
 }
 
 // ChangePassword replaces the password of cur's user, who has just proved
-// the current one, and ends all their sessions in one transaction, cur
-// included: whoever else was signed in (with a stolen cookie, say) is out.
-// cur goes on as a new session, with a new token and id, that carries
-// over its methods, its second factor's time, its creation and expiry;
-// its auth time is now. Set the returned token as the cookie.
+// the current one, and ends all their sessions, cur included: whoever else
+// was signed in (with a stolen cookie, say) is out. cur goes on as a new
+// session, with a new token and id, that carries over its methods, its
+// second factor's time, its creation and expiry; its auth time is now.
+// All in one store transaction, which finds cur still live: a session
+// ended meanwhile (a logout, a revoke) answers ErrNoSession and nothing
+// changes. Set the returned token as the cookie.
 func (s *Service) ChangePassword(ctx context.Context, cur *Session, password string) (token string, sess *Session, err error) {
 	if err := CheckNewPassword(password); err != nil {
 		return "", nil, err
@@ -214,15 +216,20 @@ func (s *Service) ChangePassword(ctx context.Context, cur *Session, password str
 	if err != nil {
 		return "", nil, err
 	}
-	u, err := s.updateUser(ctx, cur.UserID, true, func(u *User) error { u.PasswordHash = hash; return nil })
-	if err != nil {
-		return "", nil, err
-	}
 	now := s.clock.Now().UTC()
 	sess = cur.Clone()
 	token, sess.ID = NewToken()
-	sess.AuthTime, sess.LastSeen, sess.UserEpoch = now, now, u.SessionEpoch
-	if err := s.store.PutSession(ctx, sess); err != nil {
+	sess.AuthTime, sess.LastSeen = now, now
+	s.cache.dropUser(cur.UserID)
+	_, err = s.store.UpdateUserRenewing(ctx, cur.UserID, cur.ID, sess, func(u *User) error {
+		u.PasswordHash, u.UpdatedAt = hash, now
+		return nil
+	})
+	s.cache.dropUser(cur.UserID) // a request may have re-cached one meanwhile
+	if errors.Is(err, ErrNotFound) {
+		return "", nil, ErrNoSession
+	}
+	if err != nil {
 		return "", nil, err
 	}
 	return token, sess, nil

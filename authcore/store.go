@@ -21,6 +21,13 @@ type Store interface {
 	// fn runs inside the write: it must be quick and must not call the
 	// store.
 	UpdateUser(ctx context.Context, id string, revoke bool, fn func(u *User) error) (*User, error)
+	// UpdateUserRenewing is UpdateUser with revoke that carries one
+	// session over, in the same transaction: session cur must exist,
+	// belong to the user and be of the user's current SessionEpoch, else
+	// the answer is ErrNotFound and nothing changes. Then every session
+	// of the user ends, cur included, and next is stored with the new
+	// epoch (the store sets next.UserEpoch).
+	UpdateUserRenewing(ctx context.Context, id string, cur SessionID, next *Session, fn func(u *User) error) (*User, error)
 	// DeleteUser removes the user, its email index entry and its sessions.
 	DeleteUser(ctx context.Context, id string) error
 	UserByID(ctx context.Context, id string) (*User, error)

@@ -46,15 +46,28 @@ func (q *preq) passwordSubmit() error {
 	if ok, err := q.reauth(p, current, "Your current password is not right.", again); !ok {
 		return err
 	}
-	token, sess, err := q.rt.auth.ChangePassword(q.ctx(), p.Session, next)
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if err := q.auditOrEnd(sess.ID, event{action: "auth.password_change.success", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
-		// The password is changed and every session ended; without its
-		// row this browser is not signed in again either.
-		q.p.logger.Error("a password was changed but its audit row failed", zap.String("user", p.User.ID))
+	// The row first: a password never changes without one. If the change
+	// then fails, a failure row follows it.
+	ev := event{action: "auth.password_change.success", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
+	if err := q.audit(ev); err != nil {
 		return err
+	}
+	token, _, err := q.rt.auth.ChangePassword(q.ctx(), p.Session, next)
+	if err != nil {
+		reason := "storage"
+		if errors.Is(err, authcore.ErrNoSession) {
+			reason = "session_ended"
+		}
+		fail := event{action: "auth.password_change.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure", meta: map[string]string{"reason": reason}}
+		if aerr := q.audit(fail); aerr != nil {
+			q.p.logger.Error("a password change failed, and so did its failure row", zap.String("user", p.User.ID), zap.Error(aerr))
+		}
+		if reason == "session_ended" {
+			// Signed out (or revoked) while the form was on its way.
+			q.clearSessionCookie()
+			return q.message(http.StatusUnauthorized, "Signed out", "Your session ended before the change, so your password is unchanged. Sign in again.", q.p.app.Prefix+"/login")
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	q.setSessionCookie(token)
 	return q.message(http.StatusOK, "Password changed", "Your password is changed. Your other sessions were signed out.", q.p.app.Prefix+"/account")

@@ -114,6 +114,24 @@ func TestChangePasswordRefusals(t *testing.T) {
 	}
 }
 
+// The row comes first: when it cannot be written, the password stays.
+func TestChangePasswordAuditFailsClosed(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("fay@example.com")
+	e.mustLogin("fay@example.com")
+	e.failAudit("auth.password_change.success")
+	const next = "a much longer new passphrase"
+	if resp, _ := e.changePassword(testPassword, next, next); resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("change with a failing audit row: status %d; want 500", resp.StatusCode)
+	}
+	if code := e.statusAs(e.sessionCookie(), "/x"); code != http.StatusOK {
+		t.Errorf("after the failed row: status %d; want the session kept", code)
+	}
+	if resp := e.browser().login("fay@example.com", next, "/"); resp.StatusCode == http.StatusSeeOther {
+		t.Error("the new password signs in although its row was never written")
+	}
+}
+
 // The session that goes on keeps its second factor, but not a fresher
 // one: the change proves the password, not the authenticator.
 func TestChangePasswordKeepsSecondFactorTime(t *testing.T) {

@@ -66,50 +66,91 @@ func (b *Bolt) CreateUser(ctx context.Context, u *authcore.User) error {
 }
 
 // UpdateUser implements authcore.Store.
-func (b *Bolt) UpdateUser(ctx context.Context, id string, revoke bool, fn func(u *authcore.User) error) (*authcore.User, error) {
+func (b *Bolt) UpdateUser(ctx context.Context, id string, revoke bool, fn func(u *authcore.User) error) (u *authcore.User, err error) {
 	key, ok := userKey(id)
 	if !ok {
 		return nil, authcore.ErrNotFound
 	}
-	var u *authcore.User
-	err := b.db.Update(func(tx *bolt.Tx) error {
-		old, err := getUser(tx, key)
-		if err != nil {
-			return err
-		}
-		u = old.Clone()
-		if err := fn(u); err != nil {
-			return err
-		}
-		if u.ID != old.ID {
-			return fmt.Errorf("%w: a user's id cannot change (%s to %q)", authcore.ErrInvalidInput, old.ID, u.ID)
-		}
-		// The epoch only moves forward, whatever fn did to it.
-		u.SessionEpoch = max(u.SessionEpoch, old.SessionEpoch)
-		if revoke {
-			if _, err := deleteUserSessions(tx, key); err != nil {
-				return err
-			}
-			u.SessionEpoch++
-		}
-		if old.Email != u.Email {
-			byEmail := bucket(tx, bktUsersByEmail)
-			if byEmail.Get([]byte(u.Email)) != nil {
-				return authcore.ErrEmailTaken
-			}
-			if err := byEmail.Delete([]byte(old.Email)); err != nil {
-				return err
-			}
-			if err := byEmail.Put([]byte(u.Email), key); err != nil {
-				return err
-			}
-		}
-		return putUser(tx, key, u)
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		u, err = updateUser(tx, key, revoke, fn)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return u, nil
+}
+
+// UpdateUserRenewing implements authcore.Store.
+func (b *Bolt) UpdateUserRenewing(ctx context.Context, id string, cur authcore.SessionID, next *authcore.Session, fn func(u *authcore.User) error) (u *authcore.User, err error) {
+	key, ok := userKey(id)
+	if !ok {
+		return nil, authcore.ErrNotFound
+	}
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		old, err := getUser(tx, key)
+		if err != nil {
+			return err
+		}
+		// cur must still be live: ended (a logout, a revoke) or of an
+		// earlier epoch, it must not come back as next.
+		v := bucket(tx, bktSessions).Get(cur[:])
+		if v == nil {
+			return authcore.ErrNotFound
+		}
+		s, err := decodeSession(v)
+		if err != nil {
+			return err
+		}
+		if s.UserID != id || s.UserEpoch != old.SessionEpoch {
+			return authcore.ErrNotFound
+		}
+		if u, err = updateUser(tx, key, true, fn); err != nil {
+			return err
+		}
+		next.UserEpoch = u.SessionEpoch
+		return putSession(tx, next)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// updateUser is UpdateUser inside a write transaction.
+func updateUser(tx *bolt.Tx, key []byte, revoke bool, fn func(u *authcore.User) error) (*authcore.User, error) {
+	old, err := getUser(tx, key)
+	if err != nil {
+		return nil, err
+	}
+	u := old.Clone()
+	if err := fn(u); err != nil {
+		return nil, err
+	}
+	if u.ID != old.ID {
+		return nil, fmt.Errorf("%w: a user's id cannot change (%s to %q)", authcore.ErrInvalidInput, old.ID, u.ID)
+	}
+	// The epoch only moves forward, whatever fn did to it.
+	u.SessionEpoch = max(u.SessionEpoch, old.SessionEpoch)
+	if revoke {
+		if _, err := deleteUserSessions(tx, key); err != nil {
+			return nil, err
+		}
+		u.SessionEpoch++
+	}
+	if old.Email != u.Email {
+		byEmail := bucket(tx, bktUsersByEmail)
+		if byEmail.Get([]byte(u.Email)) != nil {
+			return nil, authcore.ErrEmailTaken
+		}
+		if err := byEmail.Delete([]byte(old.Email)); err != nil {
+			return nil, err
+		}
+		if err := byEmail.Put([]byte(u.Email), key); err != nil {
+			return nil, err
+		}
+	}
+	return u, putUser(tx, key, u)
 }
 
 // DeleteUser implements authcore.Store. It removes everything kept for
