@@ -84,7 +84,28 @@ func (q *preq) deletePage() error {
 	if p.User.SecondFactor && !q.requireFresh(p, q.p.app.Prefix+"/account/delete") {
 		return nil
 	}
+	if last, err := q.refuseLastAdmin(p); last || err != nil {
+		return err
+	}
 	return q.formPage(p, "delete", "Delete account")(http.StatusOK, "")
+}
+
+// refuseLastAdmin answers 409 when p is the only enabled administrator,
+// whose deletion would leave nobody to manage the site; it reports
+// whether it answered.
+func (q *preq) refuseLastAdmin(p *authcore.Principal) (bool, error) {
+	if !p.User.InGroup(q.p.app.AdminGroup) {
+		return false, nil
+	}
+	other, err := otherAdmin(q.ctx(), q.rt.store, q.p.app.AdminGroup, p.User.ID)
+	if err != nil {
+		return true, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if other {
+		return false, nil
+	}
+	return true, q.message(http.StatusConflict, "Last administrator",
+		"You are the only administrator. Add another one first (caddy sigra users add --admin), or nobody could manage this site.", q.p.app.Prefix+"/account")
 }
 
 // deleteSubmit deletes the signed-in user's account and everything kept
@@ -107,15 +128,8 @@ func (q *preq) deleteSubmit() error {
 	if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
 		return err
 	}
-	if p.User.InGroup(q.p.app.AdminGroup) {
-		other, err := otherAdmin(q.ctx(), q.rt.store, q.p.app.AdminGroup, p.User.ID)
-		if err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
-		}
-		if !other {
-			return q.message(http.StatusConflict, "Last administrator",
-				"You are the only administrator. Make someone else one first, or nobody could manage this site.", q.p.app.Prefix+"/account")
-		}
+	if last, err := q.refuseLastAdmin(p); last || err != nil {
+		return err
 	}
 	ev := event{action: "account.deletion_execute", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
 	if err := q.audit(ev); err != nil {
@@ -159,7 +173,7 @@ const busyMessage = "Too many sign-ins at the moment. Please try again in a few 
 // formPage returns the answer of a signed-in form page, the form again
 // with a message (none: "") and a status.
 func (q *preq) formPage(p *authcore.Principal, page, title string) func(status int, msg string) error {
-	d := pageData{Title: title, CSRF: q.rt.csrf.Token(sessionBinding(p))}
+	d := pageData{Title: title, CSRF: q.rt.csrf.Token(sessionBinding(p)), MinPassword: authcore.MinPasswordLen}
 	return func(status int, msg string) error {
 		d.Error = msg
 		return q.page(status, page, d)

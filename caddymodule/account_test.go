@@ -261,7 +261,12 @@ func TestDeleteAccountGuards(t *testing.T) {
 		t.Fatalf("second factor: status %d", resp.StatusCode)
 	}
 
-	resp, body := e.deleteAccount(testPassword, "yes")
+	// The page says so at once, and a post is refused too.
+	if resp, body := e.get("/.sigra/account/delete", map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusConflict || !strings.Contains(body, "only administrator") {
+		t.Fatalf("the last admin's delete page: status %d; want 409\n%s", resp.StatusCode, body)
+	}
+	_, page := e.get("/.sigra/account", nil)
+	resp, body := e.postForm("/.sigra/account/delete", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}, "confirm": {"yes"}}, nil)
 	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "only administrator") {
 		t.Fatalf("the last admin deleting themselves: status %d; want 409\n%s", resp.StatusCode, body)
 	}

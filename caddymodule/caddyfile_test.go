@@ -316,6 +316,10 @@ func TestAdaptReadmeCaddyfile(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatal("no caddyfile block in README.md")
 	}
+	// Copied as it is, it adapts without Caddy's "not formatted" warning.
+	if f := caddyfile.Format([]byte(block)); string(f) != block {
+		t.Errorf("the README's Caddyfile is not as caddy fmt writes it:\n%s", f)
+	}
 	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(block), map[string]any{"filename": "README.md"})
 	if err != nil {
 		t.Fatalf("adapting the README's Caddyfile: %v", err)

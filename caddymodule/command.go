@@ -144,9 +144,14 @@ func buildSigraCommand(cmd *cobra.Command) {
 	cf.register(passwd, true)
 	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
 
+	shorts := map[string]string{
+		"disable": "Disables a user and ends their sessions",
+		"enable":  "Enables a disabled user",
+		"unlock":  "Lifts a user's sign-in ban",
+	}
 	for _, op := range []string{"disable", "enable", "unlock"} {
 		c := &cobra.Command{
-			Use: op + " --email <email>", Short: strings.ToUpper(op[:1]) + op[1:] + "s a user (unlock: lifts a sign-in ban)", Args: cobra.NoArgs,
+			Use: op + " --email <email>", Short: shorts[op], Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error {
 				res, err := runUserOp(c.Context(), cf, userRequest{Op: op, User: cf.email})
 				if err != nil {
@@ -338,7 +343,11 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		case !filepath.IsAbs(a.storagePath):
 			where = fmt.Sprintf(" The configured path %s is relative: it is read from the directory the command runs in, as Caddy reads it from the one it started in.", a.storagePath)
 		}
-		return fmt.Errorf("no Sigra store at %s: is --config the file Caddy runs with, in the same environment?%s Caddy creates the store when it first starts; so does users add.", abs, where)
+		which := "is --config the file Caddy runs with"
+		if cfg.file == "" {
+			which = "no --config was given and there is no ./Caddyfile, so this is the default store: give --config the file Caddy runs with"
+		}
+		return fmt.Errorf("no Sigra store at %s: %s, in the same environment?%s Caddy creates the store when it first starts; so does users add.", abs, which, where)
 	}
 	if missing {
 		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{})

@@ -63,6 +63,8 @@ type pageData struct {
 	QR        template.URL
 	Secret    string
 	URI       string
+	// MinPassword is the shortest new password (authcore.MinPasswordLen).
+	MinPassword int
 	// NeedPassword asks for the current password on the enrolment form.
 	NeedPassword bool
 	// Admin is what the admin pages show (adminData).
