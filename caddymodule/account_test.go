@@ -12,18 +12,26 @@ import (
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
+// submitForm opens the page at path, checks that it holds the form with
+// data-sigra hook and is not cached, and posts fields with its CSRF token.
+func (e *env) submitForm(path, hook string, fields url.Values) (*http.Response, string) {
+	e.t.Helper()
+	resp, page := e.get(path, map[string]string{"Accept": "text/html"})
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `data-sigra="`+hook+`"`) {
+		e.t.Fatalf("%s: status %d, no %s form\n%s", path, resp.StatusCode, hook, page)
+	}
+	if got := resp.Header.Get("Cache-Control"); got != "no-store" {
+		e.t.Errorf("%s: Cache-Control %q; want no-store", path, got)
+	}
+	fields.Set("csrf_token", csrfFrom(e.t, page))
+	return e.postForm(path, fields, nil)
+}
+
 // changePassword posts the change-password form.
 func (e *env) changePassword(current, next, confirm string) (*http.Response, string) {
 	e.t.Helper()
-	resp, page := e.get("/.sigra/account/password", map[string]string{"Accept": "text/html"})
-	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `data-sigra="password-form"`) {
-		e.t.Fatalf("change-password page: status %d, no form\n%s", resp.StatusCode, page)
-	}
-	if got := resp.Header.Get("Cache-Control"); got != "no-store" {
-		e.t.Errorf("change-password page Cache-Control %q; want no-store", got)
-	}
-	return e.postForm("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(e.t, page)},
-		"current_password": {current}, "new_password": {next}, "confirm_password": {confirm}}, nil)
+	return e.submitForm("/.sigra/account/password", "password-form",
+		url.Values{"current_password": {current}, "new_password": {next}, "confirm_password": {confirm}})
 }
 
 // A user changes their password from the account pages: the old one stops
@@ -166,11 +174,7 @@ func (rt *runtime) mustPrincipal(t *testing.T, token string) *authcore.Principal
 // deleteAccount posts the delete-account form.
 func (e *env) deleteAccount(password, confirm string) (*http.Response, string) {
 	e.t.Helper()
-	resp, page := e.get("/.sigra/account/delete", map[string]string{"Accept": "text/html"})
-	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `data-sigra="account-delete-form"`) {
-		e.t.Fatalf("delete-account page: status %d, no form\n%s", resp.StatusCode, page)
-	}
-	return e.postForm("/.sigra/account/delete", url.Values{"csrf_token": {csrfFrom(e.t, page)}, "password": {password}, "confirm": {confirm}}, nil)
+	return e.submitForm("/.sigra/account/delete", "account-delete-form", url.Values{"password": {password}, "confirm": {confirm}})
 }
 
 // A user deletes their account: it is gone with every session, the row
