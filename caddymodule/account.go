@@ -105,7 +105,7 @@ func (q *preq) refuseLastAdmin(p *authcore.Principal) (bool, error) {
 		return false, nil
 	}
 	return true, q.message(http.StatusConflict, "Last administrator",
-		"You are the only administrator. Add another one first (caddy sigra users add --admin), or nobody could manage this site.", q.p.app.Prefix+"/account")
+		"You are the only administrator. Make another one first (caddy sigra users groups --admin, or users add --admin), or nobody could manage this site.", q.p.app.Prefix+"/account")
 }
 
 // deleteSubmit deletes the signed-in user's account and everything kept

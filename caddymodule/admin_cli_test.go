@@ -267,3 +267,49 @@ func TestAdminCLIStoreParameter(t *testing.T) {
 		}
 	}
 }
+
+// `users groups` sets a user's groups, the admin group with --admin, in
+// the running Caddy: the user's session carries them from its next
+// request, and the row names the new groups. An unknown user is an error.
+func TestCLIUserGroups(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("gus@example.com", "dev")
+	e.mustLogin("gus@example.com")
+	cfPath := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := cliFlags{config: cfPath, adapter: "caddyfile"}
+	groupsNow := func() string {
+		t.Helper()
+		e.get("/whoami", nil)
+		h, _ := e.up.last()
+		return h.Get(hdrGroups)
+	}
+	if g := groupsNow(); g != "dev" {
+		t.Fatalf("X-Sigra-Groups before: %q; want dev", g)
+	}
+	res, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "gus@example.com", Groups: []string{"ops", " dev"}, Admin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(res.User.Groups, ","); got != "ops,dev,admins" {
+		t.Errorf("groups after the change: %q; want ops,dev,admins", got)
+	}
+	if g := groupsNow(); g != "ops,dev,admins" {
+		t.Errorf("X-Sigra-Groups after the change: %q; want ops,dev,admins at once", g)
+	}
+	rows := e.auditRows("admin.user.groups")
+	if len(rows) != 1 || rows[0].SubjectID != u.ID || rows[0].ActorType != "system" || rows[0].Metadata["groups"] != "ops,dev,admins" {
+		t.Errorf("admin.user.groups rows %+v; want one about the user, by the system, naming the groups", rows)
+	}
+	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "gus@example.com", Groups: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if g := groupsNow(); g != "" {
+		t.Errorf("X-Sigra-Groups after clearing: %q; want none", g)
+	}
+	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "nobody@example.com", Groups: []string{"x"}}); err == nil {
+		t.Error("groups of an unknown user: no error")
+	}
+}

@@ -43,6 +43,7 @@ holds its lock, the command goes through that Caddy's admin API instead.
   caddy sigra users add    --config Caddyfile --email a@example.com [--name N] [--groups a,b] [--admin] [--password-stdin]
   caddy sigra users list   --config Caddyfile
   caddy sigra users passwd --config Caddyfile --email a@example.com --password-stdin
+  caddy sigra users groups --config Caddyfile --email a@example.com --groups dev,ops [--admin]
   caddy sigra users disable|enable|unlock --config Caddyfile --email a@example.com
   caddy sigra keys list    --config Caddyfile
   caddy sigra keys rotate  --config Caddyfile
@@ -164,7 +165,33 @@ func buildSigraCommand(cmd *cobra.Command) {
 		cf.register(c, true)
 		user.AddCommand(c)
 	}
-	user.AddCommand(add, list, passwd)
+	groups := &cobra.Command{
+		Use:   "groups --email <email> --groups <a,b> [--admin]",
+		Short: "Sets a user's groups (--groups \"\" for none; --admin adds the admin group)",
+		Long: `Sets a user's groups to exactly those of --groups (comma-separated;
+"" for none), plus the admin group with --admin. Their signed-in
+sessions carry the new groups from their next request.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if !c.Flags().Changed("groups") && !cf.admin {
+				return errors.New(`groups needs --groups (comma-separated, or "" for none) or --admin`)
+			}
+			req := userRequest{Op: "groups", User: cf.email, Admin: cf.admin, Groups: []string{}}
+			if cf.groups != "" {
+				req.Groups = strings.Split(cf.groups, ",")
+			}
+			res, err := runUserOp(c.Context(), cf, req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "groups of %s: %s\n", res.User.Email, strings.Join(res.User.Groups, ","))
+			return nil
+		},
+	}
+	cf.register(groups, true)
+	groups.Flags().StringVar(&cf.groups, "groups", "", "comma-separated groups (\"\" for none)")
+	groups.Flags().BoolVar(&cf.admin, "admin", false, "also the admin group")
+	user.AddCommand(add, list, passwd, groups)
 
 	addKeysCommand(cmd)
 

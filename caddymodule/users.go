@@ -15,7 +15,7 @@ import (
 // the store (CLI, Caddy stopped) or inside the running Caddy through the
 // admin API (CLI, Caddy running): the same code serves both.
 type userRequest struct {
-	Op       string   `json:"op"`             // add, list, passwd, disable, enable, unlock
+	Op       string   `json:"op"`             // add, list, passwd, groups, disable, enable, unlock
 	User     string   `json:"user,omitempty"` // id or email of an existing user
 	Email    string   `json:"email,omitempty"`
 	Name     string   `json:"name,omitempty"`
@@ -70,6 +70,9 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 		return res, err
 	}
 	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: adminActorType(actor), subject: subject, outcome: "success"}
+	if req.Op == "groups" {
+		ev.meta = map[string]string{"groups": strings.Join(res.User.Groups, ",")}
+	}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
 		return nil, fmt.Errorf("writing audit row: %w", err)
 	}
@@ -106,7 +109,7 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 			res.Users = append(res.Users, viewUser(u))
 		}
 		return res, "", nil
-	case "passwd", "disable", "enable", "unlock":
+	case "passwd", "groups", "disable", "enable", "unlock":
 		u, err := auth.LookupUser(ctx, req.User)
 		if err != nil {
 			return nil, "", fmt.Errorf("user %q: %w", req.User, err)
@@ -114,6 +117,12 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		switch req.Op {
 		case "passwd":
 			err = auth.SetPassword(ctx, u.ID, req.Password)
+		case "groups":
+			groups := req.Groups
+			if req.Admin {
+				groups = append(groups, adminGroup)
+			}
+			u, err = auth.UpdateUser(ctx, u.ID, func(u *authcore.User) error { u.Groups = groups; return nil })
 		case "disable":
 			if actor != "" && u.ID == actor {
 				return nil, "", errSelfDisable
