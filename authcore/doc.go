@@ -24,4 +24,7 @@ var (
 	// ErrBusy means too many password checks are running: each takes
 	// tens of MiB, so their number is bounded. Try again shortly.
 	ErrBusy = errors.New("too many sign-in attempts in progress")
+	// ErrLastAdmin refuses to delete the only enabled member of the
+	// admin group, which would leave nobody to manage the site.
+	ErrLastAdmin = errors.New("the only enabled administrator cannot be deleted; make another administrator first")
 )

@@ -237,10 +237,12 @@ func (s *Service) ChangePassword(ctx context.Context, cur *Session, password str
 
 // DeleteUser removes the user and everything kept for them: sessions
 // (cached ones too), second factors, recovery codes, regulation state.
-// Audit rows about them stay.
-func (s *Service) DeleteUser(ctx context.Context, id string) error {
+// Audit rows about them stay. The only enabled member of adminGroup is
+// not deleted (ErrLastAdmin); two admins deleting each other at once
+// cannot both succeed.
+func (s *Service) DeleteUser(ctx context.Context, id, adminGroup string) error {
 	s.cache.dropUser(id)
-	err := s.store.DeleteUser(ctx, id)
+	err := s.store.DeleteUser(ctx, id, adminGroup)
 	s.cache.dropUser(id) // a request may have re-cached one meanwhile
 	return err
 }

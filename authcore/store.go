@@ -29,7 +29,10 @@ type Store interface {
 	// epoch (the store sets next.UserEpoch).
 	UpdateUserRenewing(ctx context.Context, id string, cur SessionID, next *Session, fn func(u *User) error) (*User, error)
 	// DeleteUser removes the user, its email index entry and its sessions.
-	DeleteUser(ctx context.Context, id string) error
+	// With keepGroup not empty, a user who is an enabled member of it is
+	// deleted only if another enabled member remains, checked in the same
+	// transaction; otherwise the answer is ErrLastAdmin.
+	DeleteUser(ctx context.Context, id, keepGroup string) error
 	UserByID(ctx context.Context, id string) (*User, error)
 	// UserByEmail looks up a normalised email.
 	UserByEmail(ctx context.Context, email string) (*User, error)

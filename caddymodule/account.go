@@ -104,7 +104,11 @@ func (q *preq) refuseLastAdmin(p *authcore.Principal) (bool, error) {
 	if other {
 		return false, nil
 	}
-	return true, q.message(http.StatusConflict, "Last administrator",
+	return true, q.lastAdminPage()
+}
+
+func (q *preq) lastAdminPage() error {
+	return q.message(http.StatusConflict, "Last administrator",
 		"You are the only administrator. Make another one first (caddy sigra users groups --admin, or users add --admin), or nobody could manage this site.", q.p.app.Prefix+"/account")
 }
 
@@ -135,10 +139,17 @@ func (q *preq) deleteSubmit() error {
 	if err := q.audit(ev); err != nil {
 		return err
 	}
-	if err := q.rt.auth.DeleteUser(q.ctx(), p.User.ID); err != nil {
+	if err := q.rt.auth.DeleteUser(q.ctx(), p.User.ID, q.p.app.AdminGroup); err != nil {
+		last := errors.Is(err, authcore.ErrLastAdmin) // the other admin went meanwhile
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": "storage"}
+		if last {
+			ev.meta["reason"] = "last_admin"
+		}
 		if aerr := q.audit(ev); aerr != nil {
 			q.p.logger.Error("an account deletion failed, and so did its failure row", zap.String("user", p.User.ID), zap.Error(aerr))
+		}
+		if last {
+			return q.lastAdminPage()
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -147,8 +158,10 @@ func (q *preq) deleteSubmit() error {
 }
 
 // otherAdmin reports whether a user other than id is an enabled member of
-// the admin group. Two last admins deleting themselves at the same moment
-// can both see the other; `caddy sigra users add --admin` makes a new one.
+// the admin group. It answers a request early, with a clear page; two
+// last admins deleting themselves at the same moment can both see the
+// other, and then the store's own check (DeleteUser's keepGroup), in the
+// transaction that deletes, refuses one of them.
 func otherAdmin(ctx context.Context, st authcore.Store, group, id string) (bool, error) {
 	for after := ""; ; {
 		batch, err := st.ListUsers(ctx, after, 500)

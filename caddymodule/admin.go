@@ -253,7 +253,8 @@ func userErrorStatus(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, authcore.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, authcore.ErrEmailTaken), errors.Is(err, errSelfDisable):
+	case errors.Is(err, authcore.ErrEmailTaken), errors.Is(err, authcore.ErrLastAdmin), errors.Is(err, errNoAuthenticator),
+		errors.Is(err, errSelfDisable), errors.Is(err, errSelfDelete), errors.Is(err, errSelfMFAReset):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -29,7 +29,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sigra",
-		Usage: "users <add|list|passwd|disable|enable|unlock> | keys <list|rotate> | audit <export|replay> --config <file> [flags]",
+		Usage: "users <add|list|passwd|groups|disable|enable|unlock|mfa-reset|delete> | keys <list|rotate> | audit <export|replay> --config <file> [flags]",
 		Short: "Manages Sigra gateway users, assertion keys and the audit trail",
 		Long: `
 Manages the users, the identity-assertion keys and the audit trail of the
@@ -45,6 +45,7 @@ holds its lock, the command goes through that Caddy's admin API instead.
   caddy sigra users passwd --config Caddyfile --email a@example.com --password-stdin
   caddy sigra users groups --config Caddyfile --email a@example.com --groups dev,ops [--admin]
   caddy sigra users disable|enable|unlock --config Caddyfile --email a@example.com
+  caddy sigra users mfa-reset|delete      --config Caddyfile --email a@example.com
   caddy sigra keys list    --config Caddyfile
   caddy sigra keys rotate  --config Caddyfile
   caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339>]
@@ -145,20 +146,22 @@ func buildSigraCommand(cmd *cobra.Command) {
 	cf.register(passwd, true)
 	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
 
-	shorts := map[string]string{
-		"disable": "Disables a user and ends their sessions",
-		"enable":  "Enables a disabled user",
-		"unlock":  "Lifts a user's sign-in ban",
-	}
-	for _, op := range []string{"disable", "enable", "unlock"} {
+	for _, o := range []struct{ op, short, done string }{
+		{"disable", "Disables a user and ends their sessions", "disabled %s"},
+		{"enable", "Enables a disabled user", "enabled %s"},
+		{"unlock", "Lifts a user's sign-in ban", "unlocked %s"},
+		{"mfa-reset", "Removes a user's authenticator app and recovery codes, and ends their sessions",
+			"second factor of %s reset: they sign in with their password and can enrol again"},
+		{"delete", "Deletes a user, their sessions and second factors (not the last admin; the audit trail stays)", "deleted %s"},
+	} {
 		c := &cobra.Command{
-			Use: op + " --email <email>", Short: shorts[op], Args: cobra.NoArgs,
+			Use: o.op + " --email <email>", Short: o.short, Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error {
-				res, err := runUserOp(c.Context(), cf, userRequest{Op: op, User: cf.email})
+				res, err := runUserOp(c.Context(), cf, userRequest{Op: o.op, User: cf.email})
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(c.OutOrStdout(), "%sed %s\n", strings.TrimSuffix(op, "e"), res.User.Email)
+				fmt.Fprintf(c.OutOrStdout(), o.done+"\n", res.User.Email)
 				return nil
 			},
 		}

@@ -42,6 +42,10 @@ func (q *preq) adminAPI(path string) error {
 	return nil
 }
 
+// adminUserOps are the operations on one user that the API and the pages
+// offer as POST users/<id>/<op>.
+var adminUserOps = map[string]bool{"disable": true, "enable": true, "unlock": true, "mfa-reset": true, "delete": true}
+
 // adminAllow is the Allow header of an admin endpoint, "" for none.
 func adminAllow(path string, parts []string) string {
 	switch {
@@ -50,7 +54,7 @@ func adminAllow(path string, parts []string) string {
 		len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
 		return "GET, HEAD"
 	case path == "/audit/webhooks/dead/replay",
-		len(parts) == 3 && parts[0] == "users" && (parts[2] == "disable" || parts[2] == "enable" || parts[2] == "unlock"),
+		len(parts) == 3 && parts[0] == "users" && adminUserOps[parts[2]],
 		len(parts) == 3 && parts[0] == "sessions" && parts[2] == "revoke":
 		return "POST"
 	}
@@ -168,7 +172,7 @@ func (q *preq) adminRoute(path string) error {
 			out = append(out, viewSession(s))
 		}
 		return writeJSON(q.w, map[string]any{"sessions": out})
-	case post && len(parts) == 3 && parts[0] == "users" && (parts[2] == "disable" || parts[2] == "enable" || parts[2] == "unlock"):
+	case post && len(parts) == 3 && parts[0] == "users" && adminUserOps[parts[2]]:
 		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1]}, q.r, p.User.ID)
 		if err != nil {
 			return q.adminError(err)

@@ -32,10 +32,16 @@ func (q *preq) adminUI(path string) error {
 		return q.route(q.adminGET(q.adminAudit), nil)
 	case len(parts) == 2 && parts[0] == "users":
 		return q.route(q.adminGET(func(p *authcore.Principal) error { return q.adminUser(p, parts[1]) }), nil)
-	case len(parts) == 3 && parts[0] == "users" && (parts[2] == "disable" || parts[2] == "enable" || parts[2] == "unlock"):
+	case len(parts) == 3 && parts[0] == "users" && adminUserOps[parts[2]]:
 		back := q.adminUserPath(parts[1])
 		return q.route(nil, q.adminPOST(back, func(p *authcore.Principal) error {
+			if parts[2] == "delete" && q.r.PostFormValue("confirm") != "yes" {
+				return q.message(http.StatusBadRequest, "Not deleted", "Tick the box to confirm the deletion.", back)
+			}
 			_, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1]}, q.r, p.User.ID)
+			if err == nil && parts[2] == "delete" {
+				back = q.p.app.Prefix + "/admin/users" // the user's page is gone
+			}
 			return q.adminDone(err, back)
 		}))
 	case len(parts) == 3 && parts[0] == "sessions" && parts[2] == "revoke":

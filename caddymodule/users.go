@@ -15,7 +15,7 @@ import (
 // the store (CLI, Caddy stopped) or inside the running Caddy through the
 // admin API (CLI, Caddy running): the same code serves both.
 type userRequest struct {
-	Op       string   `json:"op"`             // add, list, passwd, groups, disable, enable, unlock
+	Op       string   `json:"op"`             // add, list, passwd, groups, disable, enable, unlock, delete, mfa-reset
 	User     string   `json:"user,omitempty"` // id or email of an existing user
 	Email    string   `json:"email,omitempty"`
 	Name     string   `json:"name,omitempty"`
@@ -59,12 +59,37 @@ var errUsage = errors.New("bad request")
 
 // errSelfDisable refuses an admin disabling their own account through
 // the API or the pages (HTTP 409), which would sign them out everywhere
-// and could leave nobody able to undo it from a browser.
-var errSelfDisable = errors.New("you cannot disable your own account; another administrator can, or the CLI (caddy sigra users disable)")
+// and could leave nobody able to undo it from a browser. The other
+// operations an admin may not run on their own account from a browser
+// have their own errors: each has a page of its own on /account.
+var (
+	errSelfDisable  = errors.New("you cannot disable your own account; another administrator can, or the CLI (caddy sigra users disable)")
+	errSelfDelete   = errors.New("you cannot delete your own account here; use your account page, which asks for your password")
+	errSelfMFAReset = errors.New("you cannot reset your own second factor here; use your account page")
+)
+
+// errNoAuthenticator refuses a second-factor reset for a user who has
+// no authenticator app (HTTP 409).
+var errNoAuthenticator = errors.New("this user has no authenticator app to reset")
+
+// rowFirst maps the operations audited under the action of the change
+// itself, whoever makes it, to that action: the user's own deletion and
+// an admin's are both account.deletion_execute, so a consumer erasing a
+// user's data downstream needs one action. Their row is written before
+// the change (a deleted user could not be audited after), and a failure
+// row follows if the change then fails. The other operations write
+// admin.user.<op> after the change.
+var rowFirst = map[string]string{
+	"delete":    "account.deletion_execute",
+	"mfa-reset": "mfa.totp.removed",
+}
 
 // doUser runs a user-management operation on behalf of actor (the admin's
 // user id, or "" for the CLI, recorded as the system) and audits it.
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
+	if action, ok := rowFirst[req.Op]; ok {
+		return doUserRowFirst(ctx, rt, adminGroup, req, r, actor, action)
+	}
 	res, subject, err := runUserRequest(ctx, rt, adminGroup, req, actor)
 	if err != nil || req.Op == "list" {
 		return res, err
@@ -75,6 +100,59 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 	}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
 		return nil, fmt.Errorf("writing audit row: %w", err)
+	}
+	return res, nil
+}
+
+// doUserRowFirst runs a rowFirst operation: it checks what can be
+// checked before writing the row, so a refused request leaves no
+// success row; a refusal that only the change itself can see (a race)
+// leaves a failure row after it.
+func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor, action string) (*userResult, error) {
+	u, err := rt.auth.LookupUser(ctx, req.User)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: %w", req.User, err)
+	}
+	switch {
+	case req.Op == "delete" && actor == u.ID:
+		return nil, errSelfDelete
+	case req.Op == "mfa-reset" && actor == u.ID:
+		return nil, errSelfMFAReset
+	case req.Op == "delete" && u.InGroup(adminGroup) && !u.Disabled:
+		other, err := otherAdmin(ctx, rt.store, adminGroup, u.ID)
+		if err != nil {
+			return nil, err
+		}
+		if !other {
+			return nil, authcore.ErrLastAdmin
+		}
+	case req.Op == "mfa-reset":
+		has, err := rt.auth.HasTOTP(ctx, u.ID)
+		if err != nil {
+			return nil, err
+		}
+		if !has {
+			return nil, errNoAuthenticator
+		}
+	}
+	ev := event{action: action, actor: actor, actorType: adminActorType(actor), subject: u.ID, outcome: "success"}
+	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
+		return nil, fmt.Errorf("writing audit row: %w", err)
+	}
+	res, _, err := runUserRequest(ctx, rt, adminGroup, userRequest{Op: req.Op, User: u.ID}, actor)
+	if err != nil {
+		reason := "storage"
+		switch {
+		case errors.Is(err, authcore.ErrLastAdmin):
+			reason = "last_admin"
+		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrNotEnrolled):
+			reason = "gone" // deleted or reset meanwhile
+		}
+		ev.outcome, ev.meta = "failure", map[string]string{"reason": reason}
+		if aerr := rt.record(ctx, rowFor(r, ev)); aerr != nil {
+			return nil, errors.Join(err, fmt.Errorf("writing the failure row: %w", aerr))
+		}
+		return nil, err
 	}
 	return res, nil
 }
@@ -109,7 +187,7 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 			res.Users = append(res.Users, viewUser(u))
 		}
 		return res, "", nil
-	case "passwd", "groups", "disable", "enable", "unlock":
+	case "passwd", "groups", "disable", "enable", "unlock", "delete", "mfa-reset":
 		u, err := auth.LookupUser(ctx, req.User)
 		if err != nil {
 			return nil, "", fmt.Errorf("user %q: %w", req.User, err)
@@ -132,6 +210,18 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 			u, err = auth.SetDisabled(ctx, u.ID, false)
 		case "unlock":
 			err = rt.reg.Unlock(ctx, u.ID)
+		case "delete":
+			err = auth.DeleteUser(ctx, u.ID, adminGroup)
+		case "mfa-reset":
+			// The factor may be what was lost, or stolen with a device
+			// that is still signed in: every session ends with it, and
+			// none keeps a second factor it passed with the old one.
+			if err = auth.RemoveTOTP(ctx, u.ID); err == nil {
+				_, err = auth.RevokeUserSessions(ctx, u.ID)
+			}
+			if err == nil {
+				u, err = auth.LookupUser(ctx, u.ID)
+			}
 		}
 		if err != nil {
 			return nil, "", err

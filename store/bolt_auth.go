@@ -155,7 +155,7 @@ func updateUser(tx *bolt.Tx, key []byte, revoke bool, fn func(u *authcore.User) 
 
 // DeleteUser implements authcore.Store. It removes everything kept for
 // the user: sessions, second factors, recovery codes, regulation state.
-func (b *Bolt) DeleteUser(ctx context.Context, id string) error {
+func (b *Bolt) DeleteUser(ctx context.Context, id, keepGroup string) error {
 	key, ok := userKey(id)
 	if !ok {
 		return authcore.ErrNotFound
@@ -164,6 +164,15 @@ func (b *Bolt) DeleteUser(ctx context.Context, id string) error {
 		u, err := getUser(tx, key)
 		if err != nil {
 			return err
+		}
+		if keepGroup != "" && !u.Disabled && u.InGroup(keepGroup) {
+			other, err := otherMember(tx, key, keepGroup)
+			if err != nil {
+				return err
+			}
+			if !other {
+				return authcore.ErrLastAdmin
+			}
 		}
 		if _, err := deleteUserSessions(tx, key); err != nil {
 			return err
@@ -178,6 +187,25 @@ func (b *Bolt) DeleteUser(ctx context.Context, id string) error {
 		}
 		return bucket(tx, bktUsers).Delete(key)
 	})
+}
+
+// otherMember reports whether a user other than key is an enabled member
+// of group. It reads every user in the worst case; deletions are rare.
+func otherMember(tx *bolt.Tx, key []byte, group string) (bool, error) {
+	c := bucket(tx, bktUsers).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if bytes.Equal(k, key) {
+			continue
+		}
+		var u authcore.User
+		if err := json.Unmarshal(v, &u); err != nil {
+			return false, fmt.Errorf("decoding user: %w", err)
+		}
+		if !u.Disabled && u.InGroup(group) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // UserByID implements authcore.Store.

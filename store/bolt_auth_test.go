@@ -439,7 +439,7 @@ func TestBoltUserCRUD(t *testing.T) {
 		t.Errorf("after UpdateUser UserByID = %s; want %s", authJSON(t, got), authJSON(t, u))
 	}
 
-	if err := st.DeleteUser(ctx, u.ID); err != nil {
+	if err := st.DeleteUser(ctx, u.ID, ""); err != nil {
 		t.Fatalf("DeleteUser: %v", err)
 	}
 	if _, err := st.UserByID(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
@@ -448,7 +448,7 @@ func TestBoltUserCRUD(t *testing.T) {
 	if _, err := st.UserByEmail(ctx, u.Email); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("UserByEmail after delete = %v; want ErrNotFound", err)
 	}
-	if err := st.DeleteUser(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
+	if err := st.DeleteUser(ctx, u.ID, ""); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("second DeleteUser = %v; want ErrNotFound", err)
 	}
 	authCheckIndexes(t, st)
@@ -470,8 +470,8 @@ func TestBoltUserNotFound(t *testing.T) {
 		{"UserByEmail not normalised", func() error { _, err := st.UserByEmail(ctx, "Alice@example.com"); return err }()},
 		{"UpdateUser unknown", authSetEmail(st, ghost.ID, ghost.Email)},
 		{"UpdateUser not a UUID", authSetEmail(st, "x", "x@example.com")},
-		{"DeleteUser unknown", st.DeleteUser(ctx, ids.New())},
-		{"DeleteUser not a UUID", st.DeleteUser(ctx, "x")},
+		{"DeleteUser unknown", st.DeleteUser(ctx, ids.New(), "")},
+		{"DeleteUser not a UUID", st.DeleteUser(ctx, "x", "")},
 	}
 	for _, tt := range tests {
 		if !errors.Is(tt.err, authcore.ErrNotFound) {
@@ -607,7 +607,7 @@ func TestBoltListUsers(t *testing.T) {
 	}
 
 	// A cursor whose user was deleted meanwhile still continues after it.
-	if err := st.DeleteUser(ctx, want[2]); err != nil {
+	if err := st.DeleteUser(ctx, want[2], ""); err != nil {
 		t.Fatal(err)
 	}
 	rest, err := st.ListUsers(ctx, want[2], 100)
@@ -651,7 +651,7 @@ func TestBoltDeleteUserRemovesSessions(t *testing.T) {
 		authPutSession(t, st, s)
 	}
 
-	if err := st.DeleteUser(ctx, alice.ID); err != nil {
+	if err := st.DeleteUser(ctx, alice.ID, ""); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []*authcore.Session{a1, a2} {
@@ -703,7 +703,7 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := st.DeleteUser(ctx, u.ID); err != nil {
+	if err := st.DeleteUser(ctx, u.ID, ""); err != nil {
 		t.Fatalf("DeleteUser: %v", err)
 	}
 	if rec, err := st.TOTP(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
@@ -1322,7 +1322,7 @@ func TestServiceDeletedUser(t *testing.T) {
 		u := e.user(t, "alice@example.com")
 		token, _ := e.login(t, u)
 		e.mustAuth(t, token)
-		if err := e.st.DeleteUser(e.ctx, u.ID); err != nil {
+		if err := e.st.DeleteUser(e.ctx, u.ID, ""); err != nil {
 			t.Fatal(err)
 		}
 		e.clk.Advance(10 * time.Second)

@@ -1,0 +1,230 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// enrolTOTPFor gives u a confirmed authenticator app through the service,
+// in a session of its own that then passes it, and returns that
+// session's token.
+func enrolTOTPFor(t *testing.T, e *env, u *authcore.User) string {
+	t.Helper()
+	ctx := context.Background()
+	s, _ := mustSession(t, e, u)
+	enr, err := e.rt().auth.BeginTOTP(ctx, u, s.ID, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rt().auth.ConfirmTOTP(ctx, u.ID, s.ID, refTOTP(t, enr.Secret, e.rt().auth.Now())); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := e.rt().auth.CompleteSecondFactor(ctx, s.ID, authcore.AMROTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// apiPost posts to the admin JSON API as the signed-in admin and returns
+// the status and body.
+func (e *env) apiPost(path string) (int, string) {
+	e.t.Helper()
+	hdr := map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": e.adminCSRF()}
+	r := e.do(http.MethodPost, "/.sigra/api/admin"+path, hdr, nil)
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	return r.StatusCode, string(b)
+}
+
+// An admin resets a user's second factor from the user's page: the
+// authenticator app, the recovery codes and every session go, the user
+// signs in with the password alone, and the row is mfa.totp.removed by
+// the admin. A user without one, and the admin's own account, are
+// refused with 409 and no row.
+func TestAdminResetsSecondFactor(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	ctx := context.Background()
+	tok := enrolTOTPFor(t, e, target)
+	if code := e.statusAs(tok, "/x"); code != http.StatusOK {
+		t.Fatalf("the user's session before: status %d", code)
+	}
+	page := "/.sigra/admin/users/" + target.ID
+	body := mustPage(t, e, page)
+	if !strings.Contains(body, `data-sigra="admin-user-mfa-reset"`) {
+		t.Fatal("the page of a user with a second factor has no reset form")
+	}
+	if own := mustPage(t, e, "/.sigra/admin/users/"+root.ID); strings.Contains(own, `data-sigra="admin-user-mfa-reset"`) || strings.Contains(own, `data-sigra="admin-user-delete"`) {
+		t.Error("the admin's own page offers to reset or delete their account")
+	}
+	if r, _ := e.postForm(page+"/mfa-reset", url.Values{}, nil); r.StatusCode != http.StatusForbidden {
+		t.Errorf("reset without the CSRF token: status %d; want 403", r.StatusCode)
+	}
+	if has, _ := e.rt().auth.HasTOTP(ctx, target.ID); !has {
+		t.Fatal("a refused form removed the authenticator")
+	}
+
+	r, _ := e.postForm(page+"/mfa-reset", url.Values{"csrf_token": {csrfFrom(t, body)}}, nil)
+	if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != page {
+		t.Fatalf("reset: status %d Location %q; want 303 to the user's page", r.StatusCode, r.Header.Get("Location"))
+	}
+	if has, _ := e.rt().auth.HasTOTP(ctx, target.ID); has {
+		t.Error("the authenticator is still there")
+	}
+	if u, _ := e.rt().store.UserByID(ctx, target.ID); u.SecondFactor {
+		t.Error("the user still counts as having a second factor")
+	}
+	if n, err := e.rt().auth.RecoveryCodesLeft(ctx, target.ID); n != 0 {
+		t.Errorf("%d recovery codes left (%v); want none", n, err)
+	}
+	if code := e.statusAs(tok, "/x"); code != http.StatusUnauthorized {
+		t.Errorf("the user's session after the reset: status %d; want 401", code)
+	}
+	b := e.browser()
+	if resp := b.login("target@example.com", testPassword, "/"); resp.StatusCode != http.StatusSeeOther || strings.Contains(resp.Header.Get("Location"), "/mfa") {
+		t.Errorf("sign-in after the reset: status %d Location %q; want straight in with the password", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	assertAdminRow(t, e, "mfa.totp.removed", root.ID, target.ID)
+
+	// Again: nothing to reset. Through the API, the same.
+	if code, body := e.apiPost("/users/" + target.ID + "/mfa-reset"); code != http.StatusConflict || !strings.Contains(body, "no authenticator app") {
+		t.Errorf("resetting a user without one: status %d; want 409 saying why\n%s", code, body)
+	}
+	if code, body := e.apiPost("/users/" + root.ID + "/mfa-reset"); code != http.StatusConflict || !strings.Contains(body, "your own second factor") {
+		t.Errorf("resetting one's own: status %d; want 409 saying why\n%s", code, body)
+	}
+	if has, _ := e.rt().auth.HasTOTP(ctx, root.ID); !has {
+		t.Error("the refused self-reset removed the admin's authenticator")
+	}
+	if rows := e.auditRows("mfa.totp.removed"); len(rows) != 1 {
+		t.Errorf("%d mfa.totp.removed rows; want 1 (refusals write none)", len(rows))
+	}
+}
+
+// An admin deletes a user from the user's page, after ticking the box:
+// the account and its sessions go, and the row is
+// account.deletion_execute by the admin, as for a user deleting their
+// own account, so one action covers every deletion.
+func TestAdminDeletesUser(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	ctx := context.Background()
+	_, tok := mustSession(t, e, target)
+	page := "/.sigra/admin/users/" + target.ID
+	body := mustPage(t, e, page)
+	if !strings.Contains(body, `data-sigra="admin-user-delete"`) {
+		t.Fatal("the user's page has no delete form")
+	}
+	csrf := csrfFrom(t, body)
+	if r, _ := e.postForm(page+"/delete", url.Values{"csrf_token": {csrf}}, nil); r.StatusCode != http.StatusBadRequest {
+		t.Errorf("delete without ticking the box: status %d; want 400", r.StatusCode)
+	}
+	if r, _ := e.postForm(page+"/delete", url.Values{"confirm": {"yes"}}, nil); r.StatusCode != http.StatusForbidden {
+		t.Errorf("delete without the CSRF token: status %d; want 403", r.StatusCode)
+	}
+	if _, err := e.rt().store.UserByID(ctx, target.ID); err != nil {
+		t.Fatalf("a refused form deleted the user: %v", err)
+	}
+
+	r, _ := e.postForm(page+"/delete", url.Values{"csrf_token": {csrf}, "confirm": {"yes"}}, nil)
+	if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/.sigra/admin/users" {
+		t.Fatalf("delete: status %d Location %q; want 303 to the user list", r.StatusCode, r.Header.Get("Location"))
+	}
+	if _, err := e.rt().store.UserByID(ctx, target.ID); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("the user after deletion: %v; want ErrNotFound", err)
+	}
+	if code := e.statusAs(tok, "/x"); code != http.StatusUnauthorized {
+		t.Errorf("the user's session after deletion: status %d; want 401", code)
+	}
+	assertAdminRow(t, e, "account.deletion_execute", root.ID, target.ID)
+	if code, _ := e.apiPost("/users/" + target.ID + "/delete"); code != http.StatusNotFound {
+		t.Errorf("deleting them again: status %d; want 404", code)
+	}
+	if code, body := e.apiPost("/users/" + root.ID + "/delete"); code != http.StatusConflict || !strings.Contains(body, "your account page") {
+		t.Errorf("deleting oneself through the API: status %d; want 409 saying where\n%s", code, body)
+	}
+	if _, err := e.rt().store.UserByID(ctx, root.ID); err != nil {
+		t.Fatalf("the refused self-delete: %v", err)
+	}
+	if rows := e.auditRows("account.deletion_execute"); len(rows) != 1 {
+		t.Errorf("%d account.deletion_execute rows; want 1 (refusals write none)", len(rows))
+	}
+}
+
+// The CLI, through the running Caddy, resets a second factor and deletes
+// users, as the system; it refuses to delete the only administrator.
+func TestCLIUserMFAResetAndDelete(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	root := e.addUser("root@example.com", "admins")
+	u := e.addUser("lost@example.com")
+	tok := enrolTOTPFor(t, e, u)
+	cfPath := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := cliFlags{config: cfPath, adapter: "caddyfile"}
+	ctx := context.Background()
+
+	if _, err := runUserOp(ctx, flags, userRequest{Op: "mfa-reset", User: "lost@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if has, _ := e.rt().auth.HasTOTP(ctx, u.ID); has {
+		t.Error("mfa-reset left the authenticator")
+	}
+	if code := e.statusAs(tok, "/x"); code != http.StatusUnauthorized {
+		t.Errorf("the user's session after mfa-reset: status %d; want 401", code)
+	}
+	if rows := e.auditRows("mfa.totp.removed"); len(rows) != 1 || rows[0].ActorType != audit.ActorSystem || rows[0].SubjectID != u.ID {
+		t.Errorf("mfa.totp.removed rows %+v; want one about the user, by the system", rows)
+	}
+	if _, err := runUserOp(ctx, flags, userRequest{Op: "mfa-reset", User: "lost@example.com"}); err == nil || !strings.Contains(err.Error(), "no authenticator app") {
+		t.Errorf("mfa-reset of a user without one: %v; want a refusal saying why", err)
+	}
+
+	if _, err := runUserOp(ctx, flags, userRequest{Op: "delete", User: "root@example.com"}); err == nil || !strings.Contains(err.Error(), "make another administrator first") {
+		t.Errorf("deleting the only admin: %v; want a refusal saying what to do", err)
+	}
+	if _, err := e.rt().store.UserByID(ctx, root.ID); err != nil {
+		t.Fatalf("the only admin after the refusal: %v", err)
+	}
+	if _, err := runUserOp(ctx, flags, userRequest{Op: "delete", User: "lost@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rt().store.UserByID(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("the deleted user: %v; want ErrNotFound", err)
+	}
+	rows := e.auditRows("account.deletion_execute")
+	if len(rows) != 1 || rows[0].ActorType != audit.ActorSystem || rows[0].SubjectID != u.ID || rows[0].Outcome != "success" {
+		t.Errorf("account.deletion_execute rows %+v; want one success about the user, by the system", rows)
+	}
+}
+
+// The row comes before the change: when it cannot be written, neither
+// the deletion nor the reset happens.
+func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
+	e, _, target := startAdminUI(t)
+	ctx := context.Background()
+	enrolTOTPFor(t, e, target)
+	for op, action := range rowFirst {
+		e.failAudit(action)
+		if code, _ := e.apiPost("/users/" + target.ID + "/" + op); code != http.StatusInternalServerError {
+			t.Errorf("%s with a failing audit row: status %d; want 500", op, code)
+		}
+		e.failAudit("")
+	}
+	if _, err := e.rt().store.UserByID(ctx, target.ID); err != nil {
+		t.Errorf("after the failed rows: %v; want the user kept", err)
+	}
+	if has, _ := e.rt().auth.HasTOTP(ctx, target.ID); !has {
+		t.Error("after the failed rows: the authenticator is gone")
+	}
+}
