@@ -228,3 +228,14 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 		t.Error("after the failed rows: the authenticator is gone")
 	}
 }
+
+// A reset that finds the app already gone, removed between the check
+// and the change, is the same 409 as when the check sees it, not a 500.
+func TestMFAResetOfRemovedAppIsConflict(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("gone@example.com")
+	_, _, err := runUserRequest(context.Background(), e.rt(), "admins", userRequest{Op: "mfa-reset", User: u.ID}, "")
+	if status := userErrorStatus(err); status != http.StatusConflict {
+		t.Errorf("reset of a user whose app is gone: %v, status %d; want 409", err, status)
+	}
+}

@@ -145,7 +145,7 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		switch {
 		case errors.Is(err, authcore.ErrLastAdmin):
 			reason = "last_admin"
-		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrNotEnrolled):
+		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, errNoAuthenticator):
 			reason = "gone" // deleted or reset meanwhile
 		}
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": reason}
@@ -216,7 +216,11 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 			// The factor may be what was lost, or stolen with a device
 			// that is still signed in: every session ends with it, and
 			// none keeps a second factor it passed with the old one.
-			if err = auth.RemoveTOTP(ctx, u.ID); err == nil {
+			err = auth.RemoveTOTP(ctx, u.ID)
+			if errors.Is(err, authcore.ErrNotEnrolled) {
+				err = errNoAuthenticator // removed meanwhile
+			}
+			if err == nil {
 				_, err = auth.RevokeUserSessions(ctx, u.ID)
 			}
 			if err == nil {
