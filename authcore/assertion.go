@@ -561,14 +561,32 @@ type cachedAssertion struct {
 	refreshAt int64 // unix nanos
 }
 
+func (c *cachedAssertion) fresh(gen uint64, now int64) bool { return c.gen == gen && now < c.refreshAt }
+
+// cachedAssertions are a principal's signed assertions, newest first,
+// one per issuer and audience: a session used on several origins (one
+// host's ports share cookies) keeps one for each instead of re-signing
+// on every switch. Never changed once stored.
+type cachedAssertions []*cachedAssertion
+
+// maxCachedAssertions bounds the assertions kept per principal.
+const maxCachedAssertions = 4
+
 // Assertion returns the signed identity assertion for p, issued by iss
-// for aud. It is cached on the principal and re-signed once half its
-// lifetime has passed, when the key rotates, or when iss/aud change, so
-// the hot path signs only rarely.
+// for aud. It is cached on the principal, per issuer and audience, and
+// re-signed once half its lifetime has passed or when the key rotates,
+// so the hot path signs only rarely.
 func (kr *KeyRing) Assertion(p *Principal, iss, aud string, now time.Time) (string, error) {
 	st := kr.state.Load()
-	if c := p.assertion.Load(); c != nil && c.gen == st.gen && now.UnixNano() < c.refreshAt && c.iss == iss && c.aud == aud {
-		return c.token, nil
+	nowNs := now.UnixNano()
+	var old cachedAssertions
+	if cs := p.assertion.Load(); cs != nil {
+		old = *cs
+	}
+	for _, c := range old {
+		if c.iss == iss && c.aud == aud && c.fresh(st.gen, nowNs) {
+			return c.token, nil
+		}
 	}
 	groups := p.User.Groups
 	if groups == nil {
@@ -593,6 +611,15 @@ func (kr *KeyRing) Assertion(p *Principal, iss, aud string, now time.Time) (stri
 	if err != nil {
 		return "", err
 	}
-	p.assertion.Store(&cachedAssertion{token: token, gen: st.gen, iss: iss, aud: aud, refreshAt: now.Add(kr.ttl / 2).UnixNano()})
+	next := cachedAssertions{{token: token, gen: st.gen, iss: iss, aud: aud, refreshAt: now.Add(kr.ttl / 2).UnixNano()}}
+	for _, c := range old {
+		if len(next) < maxCachedAssertions && (c.iss != iss || c.aud != aud) && c.fresh(st.gen, nowNs) {
+			next = append(next, c)
+		}
+	}
+	// Requests of the same session racing here may each store their own
+	// set; one wins and the others' signatures are simply done again
+	// later.
+	p.assertion.Store(&next)
 	return token, nil
 }

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -536,6 +537,41 @@ func TestAssertionCaching(t *testing.T) {
 		t.Errorf("token for the first issuer and audience equals the last one")
 	} else {
 		krVerify(t, kr, back, iss, aud, clk.Now())
+	}
+
+	// A session used on several origins keeps one assertion for each:
+	// switching between them signs nothing new.
+	for range 3 {
+		clk.Advance(time.Second) // a re-signed token would differ in iat
+		if got := sign(iss, aud); got != third {
+			t.Fatal("switching back to the first issuer re-signed its assertion")
+		}
+		if got := sign("https://other.example.com", aud); got != otherIss {
+			t.Fatal("switching back to the second issuer re-signed its assertion")
+		}
+		if got := sign("https://other.example.com", "https://api.example.com"); got != otherAud {
+			t.Fatal("switching back to the second audience re-signed its assertion")
+		}
+	}
+	// At most maxCachedAssertions are kept: the least recently signed goes.
+	for i := range maxCachedAssertions {
+		sign(fmt.Sprintf("https://o%d.example.com", i), aud)
+	}
+	cached := *p.assertion.Load()
+	if len(cached) != maxCachedAssertions {
+		t.Errorf("%d assertions cached; want at most %d", len(cached), maxCachedAssertions)
+	}
+	for _, c := range cached {
+		if c.iss == iss {
+			t.Error("the least recently signed assertion was kept past the bound")
+		}
+	}
+	// A rotation re-signs every one of them.
+	if err := kr.Rotate(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := sign("https://o3.example.com", aud); krHeader(t, got)["kid"] != kr.ActiveKeyID() {
+		t.Error("a cached assertion of the old key was served after the rotation")
 	}
 }
 

@@ -573,7 +573,7 @@ type Principal struct {
 	fingerprint   string
 	lastSeen      atomic.Int64 // unix nanos
 	persistedSeen atomic.Int64
-	assertion     atomic.Pointer[cachedAssertion]
+	assertion     atomic.Pointer[cachedAssertions]
 }
 
 func newPrincipal(sess *Session, u *User, now time.Time) *Principal {
