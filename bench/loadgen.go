@@ -57,7 +57,7 @@ type roundResult struct {
 // generator runs rounds. It keeps the latency buffers between rounds so
 // that measuring allocates nothing.
 type generator struct {
-	bufs, dbufs [][]uint32
+	bufs, dbufs [][]uint32 // one per worker and target: [worker*targets+target]
 }
 
 // hooks are called around the measured part of a round: after the
@@ -70,15 +70,26 @@ type hooks struct {
 // errRejected marks a response other than 200: the round is worthless.
 var errRejected = errors.New("request not accepted")
 
-// run loads t for one round. Any failed request (a status other than 200,
-// a broken connection) stops the round and is returned: a benchmark that
-// counts errors as fast responses measures nothing.
-func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) (roundResult, error) {
-	if spec.Conns < 1 || spec.Duration <= 0 {
-		return roundResult{}, fmt.Errorf("round: need at least one connection and a positive duration")
+// run loads ts for one round and returns a result for each. Several
+// targets share an open-loop round: each worker then holds a connection
+// to every target, and the schedule's requests go to the targets in
+// turn (request s of the schedule to target s mod len(ts)), so that all
+// of them are measured in the same moments, under the same noise. Any
+// failed request (a status other than 200, a broken connection) stops
+// the round and is returned: a benchmark that counts errors as fast
+// responses measures nothing.
+func (g *generator) run(ctx context.Context, ts []target, spec roundSpec, h hooks) ([]roundResult, error) {
+	k := len(ts)
+	if spec.Conns < 1 || spec.Duration <= 0 || k == 0 {
+		return nil, fmt.Errorf("round: need a target, at least one connection and a positive duration")
 	}
-	if t.Tokens.Len() == 0 {
-		return roundResult{}, fmt.Errorf("round: target %s has no session token", t.Name)
+	if k > 1 && spec.Rate <= 0 {
+		return nil, fmt.Errorf("round: targets share a round only in an open loop")
+	}
+	for _, t := range ts {
+		if t.Tokens.Len() == 0 {
+			return nil, fmt.Errorf("round: target %s has no session token", t.Name)
+		}
 	}
 	perWorker := int(math.Ceil(spec.Duration.Seconds()*maxRate/float64(spec.Conns))) + 1
 	var total int // open loop: requests scheduled in all
@@ -89,11 +100,12 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 		}
 		perWorker = (total + spec.Conns - 1) / spec.Conns
 	}
-	for len(g.bufs) < spec.Conns {
+	nbuf := spec.Conns * k
+	for len(g.bufs) < nbuf {
 		g.bufs = append(g.bufs, nil)
 		g.dbufs = append(g.dbufs, nil)
 	}
-	for i := range spec.Conns {
+	for i := range nbuf {
 		if cap(g.bufs[i]) < perWorker {
 			g.bufs[i] = make([]uint32, 0, perWorker)
 		}
@@ -105,7 +117,7 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 	}
 
 	// Connect first, outside the measured window.
-	conns := make([]net.Conn, 0, spec.Conns)
+	conns := make([]net.Conn, 0, nbuf)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -114,12 +126,14 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 	limit := time.Now().Add(spec.Duration + 30*time.Second) // nothing may hang past this
 	d := net.Dialer{Timeout: 3 * time.Second}
 	for range spec.Conns {
-		c, err := d.DialContext(ctx, "tcp", t.Addr)
-		if err != nil {
-			return roundResult{}, fmt.Errorf("site %s: %w", t.Name, err)
+		for _, t := range ts {
+			c, err := d.DialContext(ctx, "tcp", t.Addr)
+			if err != nil {
+				return nil, fmt.Errorf("site %s: %w", t.Name, err)
+			}
+			c.SetDeadline(limit)
+			conns = append(conns, c)
 		}
-		c.SetDeadline(limit)
-		conns = append(conns, c)
 	}
 
 	rctx, cancel := context.WithCancel(ctx)
@@ -129,7 +143,6 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 		release  = make(chan struct{})
 		t0       time.Time
 		lastEnd  atomic.Int64 // the latest worker end, in ns since t0 (monotonic)
-		late     atomic.Int64
 		errOnce  sync.Once
 		firstErr error
 	)
@@ -141,18 +154,25 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 		<-rctx.Done()
 		stop.Store(true)
 	}()
-	for i, c := range conns {
-		w := &worker{
+	workers := make([]*worker, nbuf)
+	for j, c := range conns {
+		i, t := j/k, ts[j%k]
+		workers[j] = &worker{
 			conn:  c,
 			br:    bufio.NewReaderSize(c, 16<<10),
+			name:  t.Name,
 			host:  t.Addr,
 			path:  t.Path,
 			toks:  t.Tokens,
-			rng:   rand.New(rand.NewPCG(uint64(i)+1, uint64(time.Now().UnixNano()))),
-			lat:   g.bufs[i],
-			delay: g.dbufs[i],
+			rng:   rand.New(rand.NewPCG(uint64(j)+1, uint64(time.Now().UnixNano()))),
+			lat:   g.bufs[j],
+			delay: g.dbufs[j],
 			limit: perWorker,
 		}
+		if j%k != k-1 {
+			continue
+		}
+		ws := workers[i*k : (i+1)*k] // worker i's connections, one per target
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -166,15 +186,15 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 				if i < total {
 					n = (total-i-1)/spec.Conns + 1
 				}
-				var lt int
-				lt, err = w.openLoop(rctx, t0.Add(offset), interval, n)
-				late.Add(int64(lt))
+				err = openLoop(rctx, ws, i, spec.Conns, t0.Add(offset), interval, n)
 			} else {
-				err = w.closedLoop(&stop, t0.Add(spec.Duration))
+				err = ws[0].closedLoop(&stop, t0.Add(spec.Duration))
 			}
-			g.bufs[i], g.dbufs[i] = w.lat, w.delay
+			for x, w := range ws {
+				g.bufs[i*k+x], g.dbufs[i*k+x] = w.lat, w.delay
+			}
 			if err != nil {
-				fail(fmt.Errorf("site %s: %w", t.Name, err))
+				fail(err)
 			}
 			end := int64(time.Since(t0))
 			for {
@@ -201,21 +221,26 @@ func (g *generator) run(ctx context.Context, t target, spec roundSpec, h hooks) 
 		h.End()
 	}
 	if firstErr != nil {
-		return roundResult{}, firstErr
+		return nil, firstErr
 	}
 	if err := ctx.Err(); err != nil {
-		return roundResult{}, err
+		return nil, err
 	}
-	res := roundResult{Elapsed: time.Duration(lastEnd.Load()), Late: int(late.Load())}
-	for i := range spec.Conns {
-		res.Requests += len(g.bufs[i])
+	out := make([]roundResult, k)
+	for x := range out {
+		res := &out[x]
+		res.Elapsed = time.Duration(lastEnd.Load())
+		for i := range spec.Conns {
+			res.Requests += len(g.bufs[i*k+x])
+			res.Late += workers[i*k+x].late
+		}
+		res.Samples = make([]uint32, 0, res.Requests)
+		for i := range spec.Conns {
+			res.Samples = append(res.Samples, g.bufs[i*k+x]...)
+			res.Delays = append(res.Delays, g.dbufs[i*k+x]...)
+		}
 	}
-	res.Samples = make([]uint32, 0, res.Requests)
-	for i := range spec.Conns {
-		res.Samples = append(res.Samples, g.bufs[i]...)
-		res.Delays = append(res.Delays, g.dbufs[i]...)
-	}
-	return res, nil
+	return out, nil
 }
 
 // openLead is how far ahead of the release of the workers an open-loop
@@ -226,6 +251,7 @@ const openLead = time.Millisecond
 type worker struct {
 	conn  net.Conn
 	br    *bufio.Reader
+	name  string // the target's, for errors
 	host  string
 	path  string
 	toks  tokenSet
@@ -234,6 +260,7 @@ type worker struct {
 	resp  response
 	lat   []uint32
 	delay []uint32 // open loop: send delay of each on-time request
+	late  int      // open loop: requests sent behind schedule
 	limit int      // most requests this worker may send in the round
 }
 
@@ -246,7 +273,7 @@ func (w *worker) closedLoop(stop *atomic.Bool, deadline time.Time) error {
 		}
 		start := time.Now()
 		if err := w.do(); err != nil {
-			return err
+			return fmt.Errorf("site %s: %w", w.name, err)
 		}
 		end := time.Now()
 		w.record(end.Sub(start))
@@ -258,12 +285,15 @@ func (w *worker) closedLoop(stop *atomic.Bool, deadline time.Time) error {
 }
 
 // openLoop sends n requests at first, first+interval, … whether or not the
-// server keeps up. A request's latency counts from its scheduled time when
-// the worker was still busy then (the server's delay, so it is not hidden:
-// no coordinated omission), and from the actual send otherwise (so the
-// timer's own wake-up delay is not charged to the server).
-func (w *worker) openLoop(ctx context.Context, first time.Time, interval time.Duration, n int) (late int, err error) {
+// server keeps up. They are requests slot, slot+stride, … of the round's
+// schedule, and request s goes to ws[s mod len(ws)]: the targets take
+// turns. A request's latency counts from its scheduled time when the
+// connection was still busy then (the server's delay, so it is not
+// hidden: no coordinated omission), and from the actual send otherwise
+// (so the timer's own wake-up delay is not charged to the server).
+func openLoop(ctx context.Context, ws []*worker, slot, stride int, first time.Time, interval time.Duration, n int) error {
 	for j := range n {
+		w := ws[(slot+j*stride)%len(ws)]
 		due := first.Add(time.Duration(j) * interval)
 		now := time.Now()
 		start := due
@@ -272,7 +302,7 @@ func (w *worker) openLoop(ctx context.Context, first time.Time, interval time.Du
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return late, nil
+				return nil
 			case <-t.C:
 			}
 			start = time.Now()
@@ -280,17 +310,17 @@ func (w *worker) openLoop(ctx context.Context, first time.Time, interval time.Du
 				w.delay = append(w.delay, uint32(min(start.Sub(due), math.MaxUint32)))
 			}
 		} else {
-			late++
+			w.late++
 			if ctx.Err() != nil {
-				return late, nil
+				return nil
 			}
 		}
 		if err := w.do(); err != nil {
-			return late, err
+			return fmt.Errorf("site %s: %w", w.name, err)
 		}
 		w.record(time.Since(start))
 	}
-	return late, nil
+	return nil
 }
 
 func (w *worker) record(d time.Duration) {

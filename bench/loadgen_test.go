@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -108,27 +110,65 @@ func TestGenerator(t *testing.T) {
 	var g generator
 	tgt := target{Name: "T", Addr: ln.Addr().String(), Path: "/", Tokens: oneToken("good")}
 	var started, ended bool
-	res, err := g.run(context.Background(), tgt, roundSpec{Conns: 4, Duration: 200 * time.Millisecond}, hooks{
+	out, err := g.run(context.Background(), []target{tgt}, roundSpec{Conns: 4, Duration: 200 * time.Millisecond}, hooks{
 		Start: func() { started = true },
 		End:   func() { ended = true },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !started || !ended || res.Requests == 0 || len(res.Samples) != res.Requests || res.Elapsed < 200*time.Millisecond {
+	if res := out[0]; !started || !ended || res.Requests == 0 || len(res.Samples) != res.Requests || res.Elapsed < 200*time.Millisecond {
 		t.Errorf("closed loop: started %v ended %v, %d requests, %d samples in %s", started, ended, res.Requests, len(res.Samples), res.Elapsed)
 	}
 
-	res, err = g.run(context.Background(), tgt, roundSpec{Conns: 3, Duration: 300 * time.Millisecond, Rate: 100}, hooks{})
+	out, err = g.run(context.Background(), []target{tgt}, roundSpec{Conns: 3, Duration: 300 * time.Millisecond, Rate: 100}, hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Requests != 30 {
-		t.Errorf("open loop at 100/s for 0.3 s: %d requests; want 30", res.Requests)
+	if out[0].Requests != 30 {
+		t.Errorf("open loop at 100/s for 0.3 s: %d requests; want 30", out[0].Requests)
 	}
 
 	tgt.Tokens = oneToken("bad")
-	if _, err := g.run(context.Background(), tgt, roundSpec{Conns: 2, Duration: time.Second}, hooks{}); err == nil || !strings.Contains(err.Error(), "401") {
+	if _, err := g.run(context.Background(), []target{tgt}, roundSpec{Conns: 2, Duration: time.Second}, hooks{}); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Errorf("with a refused session: got %v; want an error naming the 401", err)
+	}
+}
+
+// Targets sharing an open-loop round take turns: each gets its share of
+// the schedule, on its own connections, and its own samples.
+func TestGeneratorSharedRound(t *testing.T) {
+	var targets []target
+	var counts [3]atomic.Int64
+	for i := range counts {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			counts[i].Add(1)
+			upstreamHandler().ServeHTTP(w, r)
+		})}
+		go srv.Serve(ln)
+		defer srv.Close()
+		targets = append(targets, target{Name: fmt.Sprint(i), Addr: ln.Addr().String(), Path: "/", Tokens: oneToken("t")})
+	}
+	var g generator
+	// 4 workers, 3 targets: worker i sends requests i, i+4, … of the
+	// schedule, and they go to targets 0, 1, 2 in turn.
+	out, err := g.run(context.Background(), targets, roundSpec{Conns: 4, Duration: 400 * time.Millisecond, Rate: 300}, hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 3 {
+		t.Fatalf("%d results; want one per target", len(out))
+	}
+	for i, res := range out {
+		if res.Requests != 40 || len(res.Samples) != 40 || counts[i].Load() != 40 {
+			t.Errorf("target %d: %d requests, %d samples, %d served; want 40 each (120 at 300/s over 0.4 s, in turns)", i, res.Requests, len(res.Samples), counts[i].Load())
+		}
+	}
+	if _, err := g.run(context.Background(), targets, roundSpec{Conns: 2, Duration: time.Second}, hooks{}); err == nil {
+		t.Error("targets sharing a closed-loop round: no error")
 	}
 }

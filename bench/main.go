@@ -43,6 +43,7 @@ type config struct {
 	rounds       int
 	duration     time.Duration
 	openRounds   int
+	mixRounds    int
 	openDuration time.Duration
 	rate         float64
 	rateFraction float64
@@ -76,6 +77,7 @@ func main() {
 	flag.IntVar(&cfg.rounds, "rounds", 10, "closed-loop (saturation) rounds per site; 0 skips the phase")
 	flag.DurationVar(&cfg.duration, "duration", 2500*time.Millisecond, "length of a closed-loop round")
 	flag.IntVar(&cfg.openRounds, "open-rounds", 10, "open-loop (fixed rate) rounds per site; 0 skips the phase")
+	flag.IntVar(&cfg.mixRounds, "mix-rounds", 6, "rounds of the interleaved phase, at the open-loop rate: the sites share each round request by request, so the machine's stalls reach all alike and the load is the same for all; it shows what each request gains, without the queueing a site's extra CPU adds; 0 skips it")
 	flag.DurationVar(&cfg.openDuration, "open-duration", 2500*time.Millisecond, "length of an open-loop round")
 	flag.Float64Var(&cfg.rate, "rate", 0, "open-loop rate in req/s; 0 means -rate-fraction of the slowest site's saturation throughput")
 	flag.Float64Var(&cfg.rateFraction, "rate-fraction", 0.25, "open-loop rate as a fraction of the slowest site's saturation throughput, when -rate is 0")
@@ -165,6 +167,9 @@ func (cfg *config) applyQuick() {
 	if !set["open-rounds"] {
 		cfg.openRounds = 2
 	}
+	if !set["mix-rounds"] {
+		cfg.mixRounds = 1
+	}
 	if !set["open-duration"] {
 		cfg.openDuration = 1500 * time.Millisecond
 	}
@@ -203,7 +208,7 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	if len(sites) == 0 && len(counts) == 0 {
 		return false, errors.New("nothing to do: -sites is empty and -sessions is not set")
 	}
-	if cfg.rounds == 0 && cfg.openRounds > 0 && cfg.rate <= 0 && len(sites) > 0 {
+	if cfg.rounds == 0 && (cfg.openRounds > 0 || cfg.mixRounds > 0) && cfg.rate <= 0 && len(sites) > 0 {
 		// The default rate is a fraction of the saturation throughput,
 		// which is not measured then.
 		return false, errors.New("-rounds 0 needs -rate: the default open-loop rate comes from the saturation phase")
@@ -211,7 +216,7 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	if cfg.serve && len(sites) == 0 {
 		return false, errors.New("-serve serves -sites, and -sites is empty")
 	}
-	if cfg.conns < 1 || cfg.conns > 1024 || cfg.duration <= 0 || cfg.openDuration <= 0 || cfg.rounds < 0 || cfg.openRounds < 0 {
+	if cfg.conns < 1 || cfg.conns > 1024 || cfg.duration <= 0 || cfg.openDuration <= 0 || cfg.rounds < 0 || cfg.openRounds < 0 || cfg.mixRounds < 0 {
 		return false, errors.New("-conns must be 1 to 1024, durations positive, rounds not negative")
 	}
 	needSigra := len(counts) > 0 || caddyConf{Sites: sites}.needsSigra()

@@ -109,17 +109,17 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 		}
 		b.res.Closed, b.res.ClosedRatios = phaseResults(accs)
 	}
-	if b.cfg.openRounds > 0 {
-		rate := b.cfg.rate
-		if rate <= 0 { // run refuses -rounds 0 without -rate
-			slowest := math.Inf(1)
-			for _, s := range b.res.Closed {
-				slowest = min(slowest, s.RPS)
-			}
-			rate = max(100, math.Floor(slowest*b.cfg.rateFraction/100)*100)
+	rate := b.cfg.rate
+	if rate <= 0 { // run refuses -rounds 0 without -rate
+		slowest := math.Inf(1)
+		for _, s := range b.res.Closed {
+			slowest = min(slowest, s.RPS)
 		}
+		rate = max(100, math.Floor(slowest*b.cfg.rateFraction/100)*100)
+	}
+	spec := roundSpec{Conns: b.cfg.conns, Duration: b.cfg.openDuration, Rate: rate}
+	if b.cfg.openRounds > 0 {
 		b.res.OpenRate = rate
-		spec := roundSpec{Conns: b.cfg.conns, Duration: b.cfg.openDuration, Rate: rate}
 		var before gateHist
 		if conf.needsSigra() {
 			if before, err = scrapeGateHist(ctx, caddy.admin); err != nil {
@@ -147,6 +147,14 @@ func (b *bench) mainPhases(ctx context.Context, dir string, sites []siteConf) er
 				b.res.Notes = append(b.res.Notes, fmt.Sprintf("open loop: %.1f%% of site %s's requests were sent late: %s req/s is not a moderate load for it (lower -rate)", s.LatePct, s.Site, num(rate, 0)))
 			}
 		}
+	}
+	if b.cfg.mixRounds > 0 && len(sites) > 1 {
+		b.res.MixedRate = rate
+		accs, err := b.mixedRounds(ctx, "mixed", caddy.PID, sites, targets, spec, b.cfg.mixRounds)
+		if err != nil {
+			return err
+		}
+		b.res.Mixed, b.res.MixedRatios = phaseResults(accs)
 	}
 	return nil
 }
@@ -254,7 +262,7 @@ func (b *bench) warm(ctx context.Context, targets []target) error {
 		return nil
 	}
 	for _, t := range targets {
-		if _, err := b.gen.run(ctx, t, roundSpec{Conns: b.cfg.conns, Duration: b.cfg.warmup}, hooks{}); err != nil {
+		if _, err := b.gen.run(ctx, []target{t}, roundSpec{Conns: b.cfg.conns, Duration: b.cfg.warmup}, hooks{}); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
@@ -267,21 +275,48 @@ func (b *bench) warm(ctx context.Context, targets []target) error {
 // in every position equally often: drift between rounds reaches all sites
 // alike.
 func (b *bench) rounds(ctx context.Context, phase string, pids []string, sites []siteConf, targets []target, spec roundSpec, n int) ([]*siteAcc, error) {
-	accs := make([]*siteAcc, len(sites))
-	for i, s := range sites {
-		accs[i] = &siteAcc{site: s.Name, desc: describe(s)}
-	}
+	accs := newAccs(sites)
 	if c := orderCycle(len(sites)); n%c != 0 {
 		logf("%s: %d rounds are not a whole number of order cycles (%d for %d sites): some sites follow others more often", phase, n, c, len(sites))
 	}
 	for round := range n {
 		for _, i := range roundOrder(len(sites), round) {
-			if err := b.measure(ctx, phase, round, pids[i], targets[i], spec, accs[i]); err != nil {
+			if err := b.measure(ctx, phase, round, pids[i], targets[i:i+1], spec, accs[i:i+1]); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return accs, nil
+}
+
+// mixedRounds runs n open-loop rounds in which all the sites of one
+// Caddy (pid) take turns request by request (generator.run), so that
+// each round measures them all in the same moments: a stall of the
+// machine lands on every site alike instead of on whichever site had the
+// round. The load is then the sites' average, the same for all of them:
+// what one site's requests gain over another's is their own latency,
+// without the queueing that a site's extra CPU adds when all the load is
+// its own (which the rounds of the open phase include). spec.Rate is the
+// load Caddy sees; a round lasts spec.Duration per site, so every site
+// gets as many requests as in a round of its own. Caddy's CPU and RSS
+// are the round's, shared by the sites.
+func (b *bench) mixedRounds(ctx context.Context, phase, pid string, sites []siteConf, targets []target, spec roundSpec, n int) ([]*siteAcc, error) {
+	accs := newAccs(sites)
+	spec.Duration *= time.Duration(len(sites))
+	for round := range n {
+		if err := b.measure(ctx, phase, round, pid, targets, spec, accs); err != nil {
+			return nil, err
+		}
+	}
+	return accs, nil
+}
+
+func newAccs(sites []siteConf) []*siteAcc {
+	accs := make([]*siteAcc, len(sites))
+	for i, s := range sites {
+		accs[i] = &siteAcc{site: s.Name, desc: describe(s)}
+	}
+	return accs
 }
 
 // orderCycle is how many rounds roundOrder takes to come back to its
@@ -322,32 +357,54 @@ func roundOrder(n, r int) []int {
 	return row
 }
 
-// measure runs one round of t and adds it to acc. On a shared machine it
+// measure runs one round of ts (one target, or several sharing the
+// round) and adds each one's result to its acc. On a shared machine it
 // first waits (boundedly) until other processes leave the CPUs alone, and
 // redoes a round during which they did not (at most -noise-retries times).
-func (b *bench) measure(ctx context.Context, phase string, round int, pid string, t target, spec roundSpec, acc *siteAcc) error {
+func (b *bench) measure(ctx context.Context, phase string, round int, pid string, ts []target, spec roundSpec, accs []*siteAcc) error {
 	for attempt := 0; ; attempt++ {
 		if err := b.waitQuiet(ctx, pid); err != nil {
 			return err
 		}
 		begin := time.Now()
-		rec, res, cpu, err := b.measureOnce(ctx, phase, round, pid, t, spec)
+		recs, res, cpu, err := b.measureOnce(ctx, phase, round, pid, ts, spec)
 		if err != nil {
 			return err
 		}
-		noisy := b.cfg.noise > 0 && rec.Noise() > b.cfg.noise
+		noisy := b.cfg.noise > 0 && recs[0].Noise() > b.cfg.noise
 		if noisy && attempt < b.cfg.noiseRetries && b.noiseSpent < b.cfg.noiseBudget {
 			b.noiseSpent += time.Since(begin)
-			logf("%-8s round %d  %-4s other processes or the hypervisor took %.0f%% of the CPUs: redoing the round", phase, round+1, t.Name, rec.Noise())
+			logf("%-8s round %d  %-4s other processes or the hypervisor took %.0f%% of the CPUs: redoing the round", phase, round+1, roundName(ts), recs[0].Noise())
 			continue
 		}
 		if noisy && !b.res.hasNote(noteNoise) {
 			b.res.Notes = append(b.res.Notes, noteNoise)
 		}
-		acc.add(rec, res, cpu)
-		b.res.Rounds = append(b.res.Rounds, rec)
+		all := 0
+		for _, r := range res {
+			all += r.Requests
+		}
+		for i, acc := range accs {
+			// Targets that shared the round share its CPU by their
+			// requests, so that each one's CPU per request is the round's.
+			var part [3]time.Duration
+			for j, c := range cpu {
+				part[j] = time.Duration(float64(c) * float64(res[i].Requests) / float64(max(all, 1)))
+			}
+			acc.add(recs[i], res[i], part)
+			b.res.Rounds = append(b.res.Rounds, recs[i])
+		}
 		return nil
 	}
+}
+
+// roundName names the target of a round, or its targets.
+func roundName(ts []target) string {
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = t.Name
+	}
+	return strings.Join(names, "+")
 }
 
 // waitQuiet pauses briefly between rounds (closed connections drain,
@@ -412,7 +469,9 @@ func (b *bench) waitQuiet(ctx context.Context, pid string) error {
 
 // measureOnce runs one round and reads Caddy's, the generator's and the
 // upstream's CPU around it, the machine's, and Caddy's peak RSS during it.
-func (b *bench) measureOnce(ctx context.Context, phase string, round int, pid string, t target, spec roundSpec) (roundRecord, roundResult, [3]time.Duration, error) {
+// It returns a record and a result per target; when targets share the
+// round, the CPU, RSS and noise figures are the round's, in every record.
+func (b *bench) measureOnce(ctx context.Context, phase string, round int, pid string, ts []target, spec roundSpec) ([]roundRecord, []roundResult, [3]time.Duration, error) {
 	var none [3]time.Duration
 	peakReset := resetPeakRSS(pid) == nil
 	var c0, c1, g0, g1, u0, u1 cpuTime
@@ -428,50 +487,63 @@ func (b *bench) measureOnce(ctx context.Context, phase string, round int, pid st
 			cpuErr = err
 		}
 	}
-	res, err := b.gen.run(ctx, t, spec, hooks{
+	res, err := b.gen.run(ctx, ts, spec, hooks{
 		Start: func() { read(&c0, &g0, &u0, &s0) },
 		End:   func() { read(&c1, &g1, &u1, &s1) },
 	})
 	if err != nil {
-		return roundRecord{}, res, none, fmt.Errorf("%s round %d: %w", phase, round+1, err)
+		return nil, nil, none, fmt.Errorf("%s round %d: %w", phase, round+1, err)
 	}
 	if cpuErr != nil {
-		return roundRecord{}, res, none, fmt.Errorf("%s round %d: reading CPU time: %w", phase, round+1, cpuErr)
+		return nil, nil, none, fmt.Errorf("%s round %d: reading CPU time: %w", phase, round+1, cpuErr)
 	}
 	mem, err := readMemory(pid)
 	if err != nil {
-		return roundRecord{}, res, none, fmt.Errorf("%s round %d: reading memory: %w", phase, round+1, err)
+		return nil, nil, none, fmt.Errorf("%s round %d: reading memory: %w", phase, round+1, err)
 	}
 	if !peakReset && !b.res.hasNote(notePeak) {
 		b.res.Notes = append(b.res.Notes, notePeak)
 	}
 	caddyCPU, genCPU, upCPU := c1.Sub(c0).Total(), g1.Sub(g0).Total(), u1.Sub(u0).Total()
-	sorted := append([]uint32(nil), res.Samples...)
-	slices.Sort(sorted)
-	n := float64(max(res.Requests, 1))
-	rec := roundRecord{
-		Phase:        phase,
-		Site:         t.Name,
-		Round:        round + 1,
-		Requests:     res.Requests,
-		Seconds:      res.Elapsed.Seconds(),
-		RPS:          float64(res.Requests) / res.Elapsed.Seconds(),
-		P50ms:        ms(percentile(sorted, 50)),
-		P99ms:        ms(percentile(sorted, 99)),
-		CaddyCPUus:   float64(caddyCPU.Microseconds()) / n,
-		GenCPUus:     float64(genCPU.Microseconds()) / n,
-		UpstreamCPUs: float64(upCPU.Microseconds()) / n,
-		PeakRSSMB:    float64(mem.Peak) / (1 << 20),
-		Late:         res.Late,
+	all := 0
+	for _, r := range res {
+		all += r.Requests
 	}
-	if capacity := float64(runtime.NumCPU()) * res.Elapsed.Seconds(); capacity > 0 {
+	n := float64(max(all, 1))
+	var otherPct, stealPct float64
+	if capacity := float64(runtime.NumCPU()) * res[0].Elapsed.Seconds(); capacity > 0 {
 		other := s1.Busy - s0.Busy - caddyCPU - genCPU - upCPU
-		rec.OtherCPUPct = max(0, 100*other.Seconds()/capacity)
-		rec.StealPct = 100 * (s1.Steal - s0.Steal).Seconds() / capacity
+		otherPct = max(0, 100*other.Seconds()/capacity)
+		stealPct = 100 * (s1.Steal - s0.Steal).Seconds() / capacity
 	}
-	logf("%-8s round %d  %-4s %7.0f req/s  p50 %.3f ms  p99 %.3f ms  caddy %5.1f µs/req  rss %.0f MB  other procs %.0f%%  steal %.0f%%",
-		phase, round+1, t.Name, rec.RPS, rec.P50ms, rec.P99ms, rec.CaddyCPUus, rec.PeakRSSMB, rec.OtherCPUPct, rec.StealPct)
-	return rec, res, [3]time.Duration{caddyCPU, genCPU, upCPU}, nil
+	recs := make([]roundRecord, len(ts))
+	for i, t := range ts {
+		r := res[i]
+		sorted := append([]uint32(nil), r.Samples...)
+		slices.Sort(sorted)
+		recs[i] = roundRecord{
+			Phase:        phase,
+			Site:         t.Name,
+			Round:        round + 1,
+			Requests:     r.Requests,
+			Seconds:      r.Elapsed.Seconds(),
+			RPS:          float64(r.Requests) / r.Elapsed.Seconds(),
+			P50ms:        ms(percentile(sorted, 50)),
+			P99ms:        ms(percentile(sorted, 99)),
+			CaddyCPUus:   float64(caddyCPU.Microseconds()) / n,
+			GenCPUus:     float64(genCPU.Microseconds()) / n,
+			UpstreamCPUs: float64(upCPU.Microseconds()) / n,
+			PeakRSSMB:    float64(mem.Peak) / (1 << 20),
+			Late:         r.Late,
+			OtherCPUPct:  otherPct,
+			StealPct:     stealPct,
+			Shared:       len(ts) > 1,
+		}
+		rec := recs[i]
+		logf("%-8s round %d  %-4s %7.0f req/s  p50 %.3f ms  p99 %.3f ms  caddy %5.1f µs/req  rss %.0f MB  other procs %.0f%%  steal %.0f%%",
+			phase, round+1, t.Name, rec.RPS, rec.P50ms, rec.P99ms, rec.CaddyCPUus, rec.PeakRSSMB, rec.OtherCPUPct, rec.StealPct)
+	}
+	return recs, res, [3]time.Duration{caddyCPU, genCPU, upCPU}, nil
 }
 
 const noteNoise = "other processes or the hypervisor took more than -noise percent of the CPUs during some rounds (column noise %), even after redoing them: the numbers are noisy; rerun on a quiet machine"

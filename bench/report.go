@@ -14,7 +14,7 @@ import (
 
 // roundRecord is one measured round, as written to the JSON file.
 type roundRecord struct {
-	Phase        string  `json:"phase"` // "closed", "open", "sessions"
+	Phase        string  `json:"phase"` // "closed", "open", "mixed", "sessions"
 	Site         string  `json:"site"`
 	Round        int     `json:"round"`
 	Requests     int     `json:"requests"`
@@ -33,6 +33,10 @@ type roundRecord struct {
 	// noise (Noise is their sum).
 	OtherCPUPct float64 `json:"other_cpu_pct"`
 	StealPct    float64 `json:"steal_pct"`
+	// Shared says the site shared the round with others, request by
+	// request (the mixed phase): the CPU, RSS and noise figures are the
+	// round's, the same for all of them.
+	Shared bool `json:"shared,omitempty"`
 }
 
 // Noise is the share of the machine that was not ours during the round.
@@ -379,6 +383,12 @@ type results struct {
 	// sigra_gate_duration_seconds histogram (sites B and C together).
 	OpenGate *gateLatency `json:"open_gate,omitempty"`
 
+	// Mixed is the interleaved phase: the sites share each round,
+	// request by request, at MixedRate req/s in all.
+	MixedRate   float64   `json:"mixed_rate,omitempty"`
+	Mixed       []summary `json:"mixed,omitempty"`
+	MixedRatios []ratio   `json:"mixed_ratios,omitempty"`
+
 	Sessions       []summary `json:"sessions,omitempty"` // site B with N sessions in the store; Site is N
 	SessionsRatios []ratio   `json:"sessions_ratios,omitempty"`
 
@@ -411,14 +421,14 @@ func printReport(w io.Writer, r *results, conns int) {
 	fmt.Fprintf(w, "\nSigra gate benchmark: %d CPUs (%s), %s, %s\n", r.Host.CPUs, r.Host.CPUModel, r.Host.Caddy, r.Host.GoVersion)
 	if len(r.Closed) > 0 {
 		fmt.Fprintf(w, "\nSaturation (closed loop, %d keep-alive connections; rounds interleaved A,B,C,…)\n", conns)
-		writeTable(w, siteTable(r.Closed, r.ClosedRatios, false))
+		writeTable(w, siteTable(r.Closed, r.ClosedRatios, false, false))
 		for _, q := range r.ClosedRatios {
 			fmt.Fprintf(w, "added Caddy CPU %s: %+.1f µs per request\n", strings.Replace(q.Name, "/", "−", 1), q.AddedCPUus)
 		}
 	}
 	if len(r.Open) > 0 {
 		fmt.Fprintf(w, "\nModerate load (open loop at %s req/s, latency from the scheduled send time)\n", num(r.OpenRate, 0))
-		writeTable(w, siteTable(r.Open, r.OpenRatios, true))
+		writeTable(w, siteTable(r.Open, r.OpenRatios, true, false))
 		for _, q := range r.OpenRatios {
 			fmt.Fprintf(w, "added latency %s: p50 %+.3f ms, p99 %+.3f ms (p99 per round pair from %+.3f to %+.3f ms)\n",
 				strings.Replace(q.Name, "/", "−", 1), q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs)
@@ -433,9 +443,17 @@ func printReport(w io.Writer, r *results, conns int) {
 				gateHistName, num(g.Decisions, 0), g.MeanUs, num(g.P50MaxUs, 1), num(g.P99MaxUs, 1))
 		}
 	}
+	if len(r.Mixed) > 0 {
+		fmt.Fprintf(w, "\nThe same load, the sites taking turns request by request in each round (%s req/s in all: the load and the machine's stalls are the same for every site; CPU and RSS are shared)\n", num(r.MixedRate, 0))
+		writeTable(w, siteTable(r.Mixed, r.MixedRatios, true, true))
+		for _, q := range r.MixedRatios {
+			fmt.Fprintf(w, "added latency per request %s: p50 %+.3f ms, p99 %+.3f ms (%.0f%% interval %+.3f…%+.3f ms)\n",
+				strings.Replace(q.Name, "/", "−", 1), q.AddedP50ms, q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1])
+		}
+	}
 	if len(r.Sessions) > 0 {
 		fmt.Fprintf(w, "\nSessions in the store (site B, closed loop, %d connections, a random session per request)\n", conns)
-		writeTable(w, siteTable(r.Sessions, r.SessionsRatios, false))
+		writeTable(w, siteTable(r.Sessions, r.SessionsRatios, false, false))
 		for _, q := range r.SessionsRatios {
 			fmt.Fprintf(w, "added Caddy CPU %s: %+.1f µs per request\n", strings.Replace(q.Name, "/", "−", 1), q.AddedCPUus)
 		}
@@ -452,7 +470,9 @@ func printReport(w io.Writer, r *results, conns int) {
 }
 
 // siteTable lays out one phase: a row per site, then the ratio rows.
-func siteTable(sums []summary, ratios []ratio, open bool) [][]string {
+// shared: the sites shared their rounds, and so their CPU and RSS, which
+// the ratio rows then leave out.
+func siteTable(sums []summary, ratios []ratio, open, shared bool) [][]string {
 	head := []string{"site", "", "req/s", "±%", "p50 ms", "p99 ms", "p99.9 ms", "caddy CPU µs/req", "peak RSS MB", "gen+up CPU µs/req", "noise %"}
 	if open {
 		head[3] = "late%"
@@ -469,9 +489,13 @@ func siteTable(sums []summary, ratios []ratio, open bool) [][]string {
 		})
 	}
 	for _, q := range ratios {
+		cpu, rss := num(q.CaddyCPU, 2), num(q.PeakRSS, 2)
+		if shared {
+			cpu, rss = "", ""
+		}
 		rows = append(rows, []string{
 			q.Name, "ratio (median of round pairs)", num(q.RPS, 3), "", num(q.P50, 2), num(q.P99, 2), "",
-			num(q.CaddyCPU, 2), num(q.PeakRSS, 2), "", "",
+			cpu, rss, "", "",
 		})
 	}
 	return rows
@@ -554,6 +578,15 @@ func evaluate(r *results) []goal {
 		if q.Name == "B/A" || q.Name == "C/A" {
 			site, _, _ := strings.Cut(q.Name, "/")
 			goals = append(goals, newGoal(fmt.Sprintf("added p99 latency %s−A at %s req/s", site, num(r.OpenRate, 0)), q.AddedP99ms, "<=", 0.2, " ms", q.AddedP99Interval, q.IntervalConfidence))
+		}
+	}
+	// The target is judged on rounds of their own, where all the load is
+	// the site's; the interleaved phase splits that figure (a note, not a
+	// target).
+	for _, q := range r.MixedRatios {
+		if q.Name == "B/A" || q.Name == "C/A" {
+			r.Notes = append(r.Notes, fmt.Sprintf("with the load held equal (sites interleaved request by request), %s's requests gain p99 %+.3f ms (%.0f%% interval %+.3f…%+.3f), p50 %+.3f ms: the rest of the added p99 above is the machine busier with the site's extra CPU, and its noise",
+				strings.Replace(q.Name, "/", "−", 1), q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1], q.AddedP50ms))
 		}
 	}
 	if n := len(r.SessionsRatios); n > 0 {

@@ -236,7 +236,7 @@ func TestWriteTable(t *testing.T) {
 
 func TestSiteTableRows(t *testing.T) {
 	sums := []summary{{Site: "A", Desc: "reverse_proxy", RPS: 1000, P50ms: 0.5, P99ms: 1}}
-	rows := siteTable(sums, []ratio{{Name: "B/A", RPS: math.NaN()}}, false)
+	rows := siteTable(sums, []ratio{{Name: "B/A", RPS: math.NaN()}}, false, false)
 	if len(rows) != 3 {
 		t.Fatalf("%d rows; want header, A, B/A", len(rows))
 	}
