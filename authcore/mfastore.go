@@ -75,9 +75,11 @@ type MFAStore interface {
 	// lastFactor, the same transaction also deletes the recovery codes
 	// and clears the user's SecondFactor (UpdatedAt = at), so the account
 	// is never left with a flag and no factor, or a factor and no flag.
+	// With endSessions, the same transaction also ends every session of
+	// the user and moves their SessionEpoch on, as DeleteUserSessions.
 	// It returns ErrNotFound, changing nothing else, if there was no
 	// confirmed TOTP (a pending enrolment is still removed).
-	DeleteTOTP(ctx context.Context, userID string, lastFactor bool, at time.Time) error
+	DeleteTOTP(ctx context.Context, userID string, lastFactor, endSessions bool, at time.Time) error
 
 	// ReplaceRecoveryCodes replaces all of a user's recovery code hashes
 	// (each 32 bytes); an empty list deletes them.

@@ -303,15 +303,29 @@ func (s *Service) HasTOTP(ctx context.Context, userID string) (bool, error) {
 // Removing a factor weakens the account: callers must require a second
 // factor passed recently in this session (Session.MFAAt) before calling.
 func (s *Service) RemoveTOTP(ctx context.Context, userID string) error {
+	return s.removeTOTP(ctx, userID, false)
+}
+
+// ResetTOTP is RemoveTOTP for an administrator resetting a factor that
+// was lost or stolen: the same store transaction also ends every session
+// of the user, so none that passed the old factor, or that stands on a
+// device taken with it, outlives it, and a reset either happens whole or
+// not at all.
+func (s *Service) ResetTOTP(ctx context.Context, userID string) error {
+	return s.removeTOTP(ctx, userID, true)
+}
+
+func (s *Service) removeTOTP(ctx context.Context, userID string, endSessions bool) error {
 	other, err := s.hasOtherSecondFactor(ctx, userID)
 	if err != nil {
 		return err
 	}
-	err = s.store.DeleteTOTP(ctx, userID, !other, s.clock.Now().UTC())
+	s.DropCached(userID)
+	err = s.store.DeleteTOTP(ctx, userID, !other, endSessions, s.clock.Now().UTC())
+	s.DropCached(userID) // a request may have re-cached one meanwhile
 	if errors.Is(err, ErrNotFound) {
 		return ErrNotEnrolled
 	}
-	s.DropCached(userID)
 	return err
 }
 

@@ -226,7 +226,7 @@ func (b *Bolt) AcceptTOTPStep(ctx context.Context, userID string, step uint64) e
 }
 
 // DeleteTOTP implements authcore.MFAStore.
-func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor bool, at time.Time) error {
+func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor, endSessions bool, at time.Time) error {
 	uk, ok := userKey(userID)
 	if !ok {
 		return authcore.ErrNotFound
@@ -243,11 +243,18 @@ func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor bool, a
 		if err := bk.Delete(uk); err != nil {
 			return err
 		}
-		if !lastFactor {
-			return nil
+		if lastFactor {
+			if err := putRecoveryCodes(tx, uk, nil); err != nil {
+				return err
+			}
 		}
-		if err := putRecoveryCodes(tx, uk, nil); err != nil {
-			return err
+		if endSessions {
+			if _, err := deleteUserSessions(tx, uk); err != nil {
+				return err
+			}
+		}
+		if !lastFactor && !endSessions {
+			return nil
 		}
 		u, err := getUser(tx, uk)
 		if errors.Is(err, authcore.ErrNotFound) {
@@ -256,8 +263,13 @@ func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor bool, a
 		if err != nil {
 			return err
 		}
-		u.SecondFactor = false
-		u.UpdatedAt = at
+		if lastFactor {
+			u.SecondFactor = false
+			u.UpdatedAt = at
+		}
+		if endSessions {
+			u.SessionEpoch++ // as DeleteUserSessions: no session started meanwhile survives
+		}
 		return putUser(tx, uk, u)
 	})
 	if err == nil && !found {

@@ -898,3 +898,53 @@ func TestTOTPEnrolmentLongIssuer(t *testing.T) {
 		t.Errorf("QRCode = %.40q…; want a PNG data URI", en.QRCode)
 	}
 }
+
+// ResetTOTP removes the factor and ends every session in one
+// transaction: the sessions, the user's epoch (so a session started from
+// a check made before cannot be stored after), and with no factor, the
+// sessions are left alone.
+func TestResetTOTPEndsSessions(t *testing.T) {
+	e := newMFAEnv(t)
+	u := e.user(t, "alice@example.com")
+	other := e.user(t, "bob@example.com")
+	e.enrol(t, u)
+	tok, _, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherTok, _, err := e.svc.StartSession(e.ctx, other, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := e.st.UserByID(e.ctx, u.ID)
+	if err := e.svc.ResetTOTP(e.ctx, u.ID); err != nil {
+		t.Fatalf("ResetTOTP: %v", err)
+	}
+	if has, _ := e.svc.HasTOTP(e.ctx, u.ID); has {
+		t.Error("HasTOTP after ResetTOTP")
+	}
+	after, _ := e.st.UserByID(e.ctx, u.ID)
+	if after.SecondFactor || after.SessionEpoch != before.SessionEpoch+1 {
+		t.Errorf("after ResetTOTP: SecondFactor %v, epoch %d → %d; want false and moved on by one", after.SecondFactor, before.SessionEpoch, after.SessionEpoch)
+	}
+	if sessions, _ := e.st.UserSessions(e.ctx, u.ID); len(sessions) != 0 {
+		t.Errorf("%d sessions left after ResetTOTP; want none", len(sessions))
+	}
+	if _, err := e.svc.Authenticate(e.ctx, tok); err == nil {
+		t.Error("the user's session still authenticates after ResetTOTP")
+	}
+	if _, err := e.svc.Authenticate(e.ctx, otherTok); err != nil {
+		t.Errorf("another user's session after ResetTOTP: %v", err)
+	}
+	// Nothing to reset: ErrNotEnrolled, and no session ends.
+	tok, _, err = e.svc.StartSession(e.ctx, after, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.ResetTOTP(e.ctx, u.ID); !errors.Is(err, authcore.ErrNotEnrolled) {
+		t.Errorf("ResetTOTP without a factor = %v; want ErrNotEnrolled", err)
+	}
+	if _, err := e.svc.Authenticate(e.ctx, tok); err != nil {
+		t.Errorf("a refused ResetTOTP ended a session: %v", err)
+	}
+}
