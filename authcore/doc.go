@@ -24,7 +24,8 @@ var (
 	// ErrBusy means too many password checks are running: each takes
 	// tens of MiB, so their number is bounded. Try again shortly.
 	ErrBusy = errors.New("too many sign-in attempts in progress")
-	// ErrLastAdmin refuses to delete the only enabled member of the
-	// admin group, which would leave nobody to manage the site.
-	ErrLastAdmin = errors.New("the only enabled administrator cannot be deleted; make another administrator first")
+	// ErrLastAdmin refuses to delete, disable or demote the only enabled
+	// member of the admin group, which would leave nobody to manage the
+	// site.
+	ErrLastAdmin = errors.New("this is the only enabled administrator; make another administrator first")
 )

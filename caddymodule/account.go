@@ -139,7 +139,10 @@ func (q *preq) deleteSubmit() error {
 	if err := q.audit(ev); err != nil {
 		return err
 	}
-	if err := q.rt.auth.DeleteUser(q.ctx(), p.User.ID, q.p.app.AdminGroup); err != nil {
+	adminChange.Lock()
+	err = q.rt.auth.DeleteUser(q.ctx(), p.User.ID, q.p.app.AdminGroup)
+	adminChange.Unlock()
+	if err != nil {
 		last := errors.Is(err, authcore.ErrLastAdmin) // the other admin went meanwhile
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": "storage"}
 		if last {

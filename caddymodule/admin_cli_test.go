@@ -274,6 +274,7 @@ func TestAdminCLIStoreParameter(t *testing.T) {
 func TestCLIUserGroups(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	u := e.addUser("gus@example.com", "dev")
+	e.addUser("root@example.com", "admins") // so gus may leave the admin group again
 	e.mustLogin("gus@example.com")
 	cfPath := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(cfPath, []byte(e.config), 0o600); err != nil {

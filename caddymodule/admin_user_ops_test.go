@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -237,5 +238,75 @@ func TestMFAResetOfRemovedAppIsConflict(t *testing.T) {
 	_, _, err := runUserRequest(context.Background(), e.rt(), "admins", userRequest{Op: "mfa-reset", User: u.ID}, "")
 	if status := userErrorStatus(err); status != http.StatusConflict {
 		t.Errorf("reset of a user whose app is gone: %v, status %d; want 409", err, status)
+	}
+}
+
+// Disabling the only enabled administrator, or taking them out of the
+// admin group, is refused like deleting them, from the CLI too; and two
+// admins disabling each other at the same moment cannot both succeed.
+func TestLastAdminCannotBeDisabledOrDemoted(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	root := e.addUser("root@example.com", "admins")
+	ctx := context.Background()
+	for _, req := range []userRequest{
+		{Op: "disable", User: root.ID},
+		{Op: "groups", User: root.ID, Groups: []string{"dev"}},
+		{Op: "groups", User: root.ID, Groups: []string{}},
+	} {
+		_, err := doUser(ctx, e.rt(), "admins", req, nil, "")
+		if !errors.Is(err, authcore.ErrLastAdmin) || userErrorStatus(err) != http.StatusConflict {
+			t.Errorf("%s %v of the only admin: %v; want ErrLastAdmin (409)", req.Op, req.Groups, err)
+		}
+	}
+	if u, _ := e.rt().store.UserByID(ctx, root.ID); u.Disabled || !u.InGroup("admins") {
+		t.Fatalf("the only admin after the refusals: disabled %v, groups %v", u.Disabled, u.Groups)
+	}
+	if rows := e.auditRows("admin.user.disable"); len(rows) != 0 {
+		t.Errorf("refusals wrote %d admin.user.disable rows", len(rows))
+	}
+	// Keeping the group (explicitly or with --admin) is not a demotion.
+	for _, req := range []userRequest{
+		{Op: "groups", User: root.ID, Groups: []string{"dev", "admins"}},
+		{Op: "groups", User: root.ID, Groups: []string{"ops"}, Admin: true},
+	} {
+		if _, err := doUser(ctx, e.rt(), "admins", req, nil, ""); err != nil {
+			t.Errorf("groups %v admin=%v of the only admin: %v; want it done", req.Groups, req.Admin, err)
+		}
+	}
+
+	for round := range 10 {
+		a := e.addUser(fmt.Sprintf("a%d@example.com", round), "admins")
+		b := e.addUser(fmt.Sprintf("b%d@example.com", round), "admins")
+		// root leaves the group so that a and b are the only admins.
+		if _, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "groups", User: root.ID, Groups: []string{}}, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 2)
+		for _, pair := range [][2]*authcore.User{{a, b}, {b, a}} {
+			go func() {
+				_, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "disable", User: pair[1].ID}, nil, pair[0].ID)
+				errs <- err
+			}()
+		}
+		ok := 0
+		for range 2 {
+			if err := <-errs; err == nil {
+				ok++
+			} else if !errors.Is(err, authcore.ErrLastAdmin) {
+				t.Fatal(err)
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("round %d: %d of two admins disabling each other succeeded; want exactly 1", round, ok)
+		}
+		// Back to one enabled admin in root for the next round.
+		if _, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "groups", User: root.ID, Groups: []string{"admins"}}, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []*authcore.User{a, b} {
+			if _, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "delete", User: u.ID}, nil, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -84,9 +86,56 @@ var rowFirst = map[string]string{
 	"mfa-reset": "mfa.totp.removed",
 }
 
+// adminChange serializes the changes that can take away an enabled
+// administrator (delete, disable, a groups change without the admin
+// group), each made only after checking, under it, that another one
+// remains. One process holds the store (bbolt's file lock), so two
+// admins acting on each other at the same moment cannot leave none.
+// Deletion is also checked in its store transaction (DeleteUser's
+// keepGroup).
+var adminChange sync.Mutex
+
+// keepsAnAdmin refuses (ErrLastAdmin) req when it would leave no enabled
+// member of adminGroup: when it takes u out of the group, disables or
+// deletes u, and u is the only one. Call it holding adminChange.
+func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userRequest, u *authcore.User) error {
+	if !u.InGroup(adminGroup) || u.Disabled {
+		return nil
+	}
+	switch req.Op {
+	case "delete", "disable":
+	case "groups":
+		groups, err := authcore.NormalizeGroups(req.Groups)
+		if err != nil || req.Admin || slices.Contains(groups, adminGroup) {
+			return nil // stays an admin (or the change is refused anyway)
+		}
+	default:
+		return nil
+	}
+	other, err := otherAdmin(ctx, rt.store, adminGroup, u.ID)
+	if err != nil {
+		return err
+	}
+	if !other {
+		return authcore.ErrLastAdmin
+	}
+	return nil
+}
+
 // doUser runs a user-management operation on behalf of actor (the admin's
 // user id, or "" for the CLI, recorded as the system) and audits it.
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
+	if req.Op == "delete" || req.Op == "disable" || req.Op == "groups" {
+		adminChange.Lock()
+		defer adminChange.Unlock()
+		// A lookup error is the operation's own to report, and so is an
+		// admin acting on their own account (refused from a browser).
+		if u, err := rt.auth.LookupUser(ctx, req.User); err == nil && actor != u.ID {
+			if err := keepsAnAdmin(ctx, rt, adminGroup, req, u); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if action, ok := rowFirst[req.Op]; ok {
 		return doUserRowFirst(ctx, rt, adminGroup, req, r, actor, action)
 	}
@@ -118,14 +167,6 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		return nil, errSelfDelete
 	case req.Op == "mfa-reset" && actor == u.ID:
 		return nil, errSelfMFAReset
-	case req.Op == "delete" && u.InGroup(adminGroup) && !u.Disabled:
-		other, err := otherAdmin(ctx, rt.store, adminGroup, u.ID)
-		if err != nil {
-			return nil, err
-		}
-		if !other {
-			return nil, authcore.ErrLastAdmin
-		}
 	case req.Op == "mfa-reset":
 		has, err := rt.auth.HasTOTP(ctx, u.ID)
 		if err != nil {
@@ -150,7 +191,10 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		}
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": reason}
 		if aerr := rt.record(ctx, rowFor(r, ev)); aerr != nil {
-			return nil, errors.Join(err, fmt.Errorf("writing the failure row: %w", aerr))
+			// The trail now holds a success row for a change that did
+			// not happen: that is the server's failure (500, the cause
+			// in the log), whatever refused the change.
+			return nil, fmt.Errorf("%v; and writing the failure row: %w", err, aerr)
 		}
 		return nil, err
 	}
@@ -214,14 +258,12 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 			err = auth.DeleteUser(ctx, u.ID, adminGroup)
 		case "mfa-reset":
 			// The factor may be what was lost, or stolen with a device
-			// that is still signed in: every session ends with it, and
-			// none keeps a second factor it passed with the old one.
-			err = auth.RemoveTOTP(ctx, u.ID)
+			// that is still signed in: every session ends with it, in
+			// the same transaction, and none keeps a second factor it
+			// passed with the old one.
+			err = auth.ResetTOTP(ctx, u.ID)
 			if errors.Is(err, authcore.ErrNotEnrolled) {
 				err = errNoAuthenticator // removed meanwhile
-			}
-			if err == nil {
-				_, err = auth.RevokeUserSessions(ctx, u.ID)
 			}
 			if err == nil {
 				u, err = auth.LookupUser(ctx, u.ID)
