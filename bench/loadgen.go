@@ -71,10 +71,12 @@ type hooks struct {
 var errRejected = errors.New("request not accepted")
 
 // run loads ts for one round and returns a result for each. Several
-// targets share an open-loop round: each worker then holds a connection
-// to every target, and the schedule's requests go to the targets in
-// turn (request s of the schedule to target s mod len(ts)), so that all
-// of them are measured in the same moments, under the same noise. Any
+// targets share an open-loop round: the schedule's requests go to the
+// targets in turn (request s of the schedule to target s mod len(ts)),
+// so that all of them are measured in the same moments, under the same
+// noise. Each target then has spec.Conns connections of its own, each
+// with its own goroutine and its own share of the target's requests, so
+// a slow answer from one target never delays a request to another. Any
 // failed request (a status other than 200, a broken connection) stops
 // the round and is returned: a benchmark that counts errors as fast
 // responses measures nothing.
@@ -156,8 +158,8 @@ func (g *generator) run(ctx context.Context, ts []target, spec roundSpec, h hook
 	}()
 	workers := make([]*worker, nbuf)
 	for j, c := range conns {
-		i, t := j/k, ts[j%k]
-		workers[j] = &worker{
+		i, x, t := j/k, j%k, ts[j%k]
+		w := &worker{
 			conn:  c,
 			br:    bufio.NewReaderSize(c, 16<<10),
 			name:  t.Name,
@@ -169,30 +171,28 @@ func (g *generator) run(ctx context.Context, ts []target, spec roundSpec, h hook
 			delay: g.dbufs[j],
 			limit: perWorker,
 		}
-		if j%k != k-1 {
-			continue
-		}
-		ws := workers[i*k : (i+1)*k] // worker i's connections, one per target
+		workers[j] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-release
 			var err error
 			if spec.Rate > 0 {
-				// Worker i sends requests i, i+W, i+2W, … of the schedule.
-				interval := time.Duration(float64(spec.Conns) / spec.Rate * float64(time.Second))
-				offset := time.Duration(float64(i) / spec.Rate * float64(time.Second))
+				// Connection i of target x sends requests x+k·i,
+				// x+k·(i+W), x+k·(i+2W), … of the schedule: with one
+				// target, i, i+W, i+2W, …
+				first, stride := x+k*i, k*spec.Conns
+				interval := time.Duration(float64(stride) / spec.Rate * float64(time.Second))
+				offset := time.Duration(float64(first) / spec.Rate * float64(time.Second))
 				n := 0
-				if i < total {
-					n = (total-i-1)/spec.Conns + 1
+				if first < total {
+					n = (total-first-1)/stride + 1
 				}
-				err = openLoop(rctx, ws, i, spec.Conns, t0.Add(offset), interval, n)
+				err = w.openLoop(rctx, t0.Add(offset), interval, n)
 			} else {
-				err = ws[0].closedLoop(&stop, t0.Add(spec.Duration))
+				err = w.closedLoop(&stop, t0.Add(spec.Duration))
 			}
-			for x, w := range ws {
-				g.bufs[i*k+x], g.dbufs[i*k+x] = w.lat, w.delay
-			}
+			g.bufs[j], g.dbufs[j] = w.lat, w.delay
 			if err != nil {
 				fail(err)
 			}
@@ -285,15 +285,12 @@ func (w *worker) closedLoop(stop *atomic.Bool, deadline time.Time) error {
 }
 
 // openLoop sends n requests at first, first+interval, … whether or not the
-// server keeps up. They are requests slot, slot+stride, … of the round's
-// schedule, and request s goes to ws[s mod len(ws)]: the targets take
-// turns. A request's latency counts from its scheduled time when the
-// connection was still busy then (the server's delay, so it is not
-// hidden: no coordinated omission), and from the actual send otherwise
-// (so the timer's own wake-up delay is not charged to the server).
-func openLoop(ctx context.Context, ws []*worker, slot, stride int, first time.Time, interval time.Duration, n int) error {
+// server keeps up. A request's latency counts from its scheduled time when
+// the worker was still busy then (the server's delay, so it is not hidden:
+// no coordinated omission), and from the actual send otherwise (so the
+// timer's own wake-up delay is not charged to the server).
+func (w *worker) openLoop(ctx context.Context, first time.Time, interval time.Duration, n int) error {
 	for j := range n {
-		w := ws[(slot+j*stride)%len(ws)]
 		due := first.Add(time.Duration(j) * interval)
 		now := time.Now()
 		start := due

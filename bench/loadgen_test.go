@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -170,5 +171,57 @@ func TestGeneratorSharedRound(t *testing.T) {
 	}
 	if _, err := g.run(context.Background(), targets, roundSpec{Conns: 2, Duration: time.Second}, hooks{}); err == nil {
 		t.Error("targets sharing a closed-loop round: no error")
+	}
+}
+
+// A slow answer from one target of a shared round delays no request to
+// another: here one target answers nothing until the other has served
+// every request of its share.
+func TestGeneratorSharedRoundNoBleed(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	byFast := false
+	serve := func(h http.HandlerFunc) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: h}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().String()
+	}
+	const share = 20 // 40 requests at 100/s over 0.4 s, every other one to each target
+	var fastServed atomic.Int64
+	slow := serve(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		upstreamHandler().ServeHTTP(w, r)
+	})
+	fast := serve(func(w http.ResponseWriter, r *http.Request) {
+		if fastServed.Add(1) == share {
+			once.Do(func() { byFast = true; close(release) })
+		}
+		upstreamHandler().ServeHTTP(w, r)
+	})
+	watchdog := time.AfterFunc(10*time.Second, func() { once.Do(func() { close(release) }) })
+	defer watchdog.Stop()
+
+	var g generator
+	targets := []target{
+		{Name: "slow", Addr: slow, Path: "/", Tokens: oneToken("t")},
+		{Name: "fast", Addr: fast, Path: "/", Tokens: oneToken("t")},
+	}
+	out, err := g.run(context.Background(), targets, roundSpec{Conns: 3, Duration: 400 * time.Millisecond, Rate: 100}, hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !byFast {
+		t.Fatalf("the fast target could not serve its %d requests while the slow one held its answers: its requests waited on the other's (the watchdog let them go)", share)
+	}
+	if out[1].Requests != share || out[1].Late != 0 {
+		t.Errorf("fast target: %d requests, %d late; want %d, none late", out[1].Requests, out[1].Late, share)
+	}
+	if out[0].Requests != share || out[0].Late == 0 {
+		t.Errorf("slow target: %d requests, %d late; want %d, some late", out[0].Requests, out[0].Late, share)
 	}
 }
