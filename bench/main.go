@@ -208,7 +208,7 @@ func run(ctx context.Context, cfg config) (bool, error) {
 	if len(sites) == 0 && len(counts) == 0 {
 		return false, errors.New("nothing to do: -sites is empty and -sessions is not set")
 	}
-	if cfg.rounds == 0 && (cfg.openRounds > 0 || cfg.mixRounds > 0 && len(sites) > 1) && cfg.rate <= 0 && len(sites) > 0 {
+	if cfg.rounds == 0 && (cfg.openRounds > 0 || (cfg.mixRounds > 0 && len(sites) > 1)) && cfg.rate <= 0 && len(sites) > 0 {
 		// The default rate is a fraction of the saturation throughput,
 		// which is not measured then.
 		return false, errors.New("-rounds 0 needs -rate: the default open-loop rate comes from the saturation phase")

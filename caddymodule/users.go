@@ -128,9 +128,14 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 	if req.Op == "delete" || req.Op == "disable" || req.Op == "groups" {
 		adminChange.Lock()
 		defer adminChange.Unlock()
-		// A lookup error is the operation's own to report, and so is an
+		// No such user is the operation's own to report, and so is an
 		// admin acting on their own account (refused from a browser).
-		if u, err := rt.auth.LookupUser(ctx, req.User); err == nil && actor != u.ID {
+		u, err := rt.auth.LookupUser(ctx, req.User)
+		switch {
+		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrInvalidInput):
+		case err != nil:
+			return nil, err
+		case actor != u.ID:
 			if err := keepsAnAdmin(ctx, rt, adminGroup, req, u); err != nil {
 				return nil, err
 			}

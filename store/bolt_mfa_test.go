@@ -948,3 +948,29 @@ func TestResetTOTPEndsSessions(t *testing.T) {
 		t.Errorf("a refused ResetTOTP ended a session: %v", err)
 	}
 }
+
+// noRevokeBolt is a store whose DeleteUserSessions always fails: a reset
+// that ends the sessions with it, in a second step, fails against it.
+type noRevokeBolt struct{ *Bolt }
+
+func (noRevokeBolt) DeleteUserSessions(ctx context.Context, userID string) ([]authcore.SessionID, error) {
+	return nil, errors.New("DeleteUserSessions called")
+}
+
+// ResetTOTP ends the sessions in DeleteTOTP's own transaction, not in a
+// second step that could fail after the factor is gone.
+func TestResetTOTPIsOneTransaction(t *testing.T) {
+	e := newMFAEnvOn(t, noRevokeBolt{openAuthBolt(t)})
+	u := e.user(t, "alice@example.com")
+	e.enrol(t, u)
+	tok, _, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.ResetTOTP(e.ctx, u.ID); err != nil {
+		t.Fatalf("ResetTOTP: %v", err)
+	}
+	if _, err := e.svc.Authenticate(e.ctx, tok); err == nil {
+		t.Error("the user's session still authenticates after ResetTOTP")
+	}
+}
