@@ -135,6 +135,25 @@ func TestCLIUsers(t *testing.T) {
 	if r.code == 0 {
 		t.Errorf("user add of an existing email succeeded\n%s", r)
 	}
+
+	// A second-factor reset of a user without one is refused, saying why;
+	// a deletion ends the account and its sessions.
+	r = g.cli("", "mfa-reset", "--email", "bob@example.com")
+	if r.code == 0 || !strings.Contains(r.output(), "no authenticator app") {
+		t.Errorf("mfa-reset of a user without an authenticator app: want a non-zero exit saying why\n%s", r)
+	}
+	carol = g.browser()
+	carol.mustLogin("carol@example.com", carolPassword, "/")
+	r = g.cli("", "delete", "--email", "carol@example.com")
+	if r.code != 0 || !strings.Contains(r.stdout, "deleted carol@example.com") {
+		t.Fatalf("user delete with Caddy running failed\n%s\n%s", r, g.logs())
+	}
+	if resp, _ := carol.get("/x", http.Header{"Accept": {"application/json"}}); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("deleted user's session: status %d; want 401", resp.StatusCode)
+	}
+	if row := listRow(g.cli("", "list").stdout, "carol@example.com"); row != "" {
+		t.Errorf("user list still shows the deleted carol: %q", row)
+	}
 }
 
 // TestCLIAdminOff: with the admin endpoint off, a running Caddy's store
