@@ -129,13 +129,14 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 		adminChange.Lock()
 		defer adminChange.Unlock()
 		// No such user is the operation's own to report, and so is an
-		// admin acting on their own account (refused from a browser).
+		// admin disabling or deleting their own account (refused with
+		// its own message further on).
 		u, err := rt.auth.LookupUser(ctx, req.User)
 		switch {
 		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrInvalidInput):
 		case err != nil:
 			return nil, err
-		case actor != u.ID:
+		case actor != u.ID || req.Op == "groups":
 			if err := keepsAnAdmin(ctx, rt, adminGroup, req, u); err != nil {
 				return nil, err
 			}
