@@ -310,3 +310,71 @@ func TestLastAdminCannotBeDisabledOrDemoted(t *testing.T) {
 		}
 	}
 }
+
+// An admin sets a user's groups from the user's page or the API: the
+// change shows in the next request's headers, is written as
+// admin.user.groups by the admin, and cannot take the last admin out of
+// the admin group. Bad bodies are 400, oversized ones 413.
+func TestAdminSetsGroups(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	ctx := context.Background()
+	page := "/.sigra/admin/users/" + target.ID
+	body := mustPage(t, e, page)
+	if !strings.Contains(body, `data-sigra="admin-user-groups"`) {
+		t.Fatal("the user's page has no groups form")
+	}
+	if r, _ := e.postForm(page+"/groups", url.Values{"groups": {"ops"}}, nil); r.StatusCode != http.StatusForbidden {
+		t.Errorf("groups without the CSRF token: status %d; want 403", r.StatusCode)
+	}
+	r, _ := e.postForm(page+"/groups", url.Values{"csrf_token": {csrfFrom(t, body)}, "groups": {" dev, ops "}}, nil)
+	if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != page {
+		t.Fatalf("groups: status %d Location %q; want 303 to the user's page", r.StatusCode, r.Header.Get("Location"))
+	}
+	if u, _ := e.rt().store.UserByID(ctx, target.ID); strings.Join(u.Groups, ",") != "dev,ops" {
+		t.Errorf("groups after the form: %v; want dev,ops", u.Groups)
+	}
+	rows := e.auditRows("admin.user.groups")
+	if len(rows) != 1 || rows[0].ActorID != root.ID || rows[0].ActorType != audit.ActorAdmin || rows[0].SubjectID != target.ID || rows[0].Metadata["groups"] != "dev,ops" {
+		t.Errorf("admin.user.groups rows %+v; want one by the admin about the user naming dev,ops", rows)
+	}
+
+	post := func(path, payload string) (int, string) {
+		t.Helper()
+		hdr := map[string]string{"Accept": "application/json", "Content-Type": "application/json", "Origin": e.base, "X-CSRF-Token": e.adminCSRF()}
+		resp := e.do(http.MethodPost, "/.sigra/api/admin"+path, hdr, strings.NewReader(payload))
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	if code, b := post("/users/"+target.ID+"/groups", `{"groups": []}`); code != http.StatusOK || !strings.Contains(b, `"groups":[]`) {
+		t.Errorf("API groups []: status %d; want 200 with no groups\n%s", code, b)
+	}
+	for name, payload := range map[string]string{
+		"no body": "", "not JSON": "groups=dev", "no groups": `{}`, "unknown field": `{"groups": [], "admin": true}`,
+		"two values": `{"groups": []} {"groups": ["x"]}`, "not a list": `{"groups": "dev"}`,
+	} {
+		if code, _ := post("/users/"+target.ID+"/groups", payload); code != http.StatusBadRequest {
+			t.Errorf("API groups, %s: status %d; want 400", name, code)
+		}
+	}
+	if code, _ := post("/users/"+target.ID+"/groups", `{"groups": ["`+strings.Repeat("x", maxFormBody)+`"]}`); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("API groups, oversized: status %d; want 413", code)
+	}
+	// The only admin cannot leave the admin group, from the page or the API.
+	if code, b := post("/users/"+root.ID+"/groups", `{"groups": ["dev"]}`); code != http.StatusConflict || !strings.Contains(b, "only enabled administrator") {
+		t.Errorf("the only admin leaving the admin group: status %d; want 409 saying why\n%s", code, b)
+	}
+	if u, _ := e.rt().store.UserByID(ctx, root.ID); !u.InGroup("admins") {
+		t.Fatal("the only admin left the admin group")
+	}
+	// With another admin, they can, and land on their account page.
+	e.addUser("ops@example.com", "admins")
+	own := "/.sigra/admin/users/" + root.ID
+	r, _ = e.postForm(own+"/groups", url.Values{"csrf_token": {csrfFrom(t, mustPage(t, e, own))}, "groups": {"dev"}}, nil)
+	if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/.sigra/account" {
+		t.Errorf("an admin leaving the admin group: status %d Location %q; want 303 to their account page", r.StatusCode, r.Header.Get("Location"))
+	}
+	if resp, _ := htmlGet(e, "/.sigra/admin"); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("the admin pages after leaving the admin group: status %d; want 403", resp.StatusCode)
+	}
+}

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,7 +55,7 @@ func adminAllow(path string, parts []string) string {
 		len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
 		return "GET, HEAD"
 	case path == "/audit/webhooks/dead/replay",
-		len(parts) == 3 && parts[0] == "users" && adminUserOps[parts[2]],
+		len(parts) == 3 && parts[0] == "users" && (adminUserOps[parts[2]] || parts[2] == "groups"),
 		len(parts) == 3 && parts[0] == "sessions" && parts[2] == "revoke":
 		return "POST"
 	}
@@ -79,6 +80,7 @@ func (q *preq) adminRoute(path string) error {
 	}
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	get, post := q.r.Method == http.MethodGet || q.r.Method == http.MethodHead, q.r.Method == http.MethodPost
+	var body []byte // of a POST
 	// An unknown endpoint or method says so before the CSRF check, which
 	// only a request that could change something needs.
 	allow := adminAllow(path, parts)
@@ -96,10 +98,15 @@ func (q *preq) adminRoute(path string) error {
 			writeProblem(q.w, http.StatusForbidden, "csrf", "missing or invalid X-CSRF-Token, or a cross-site request")
 			return nil
 		}
-		// No endpoint takes a body, but one over the cap is refused as
-		// everywhere else in the portal, not quietly ignored.
-		if _, err := io.Copy(io.Discard, q.r.Body); isTooLarge(err) {
+		// Only users/<id>/groups takes a body, but one over the cap is
+		// refused everywhere, as in the rest of the portal, not quietly
+		// ignored.
+		var err error
+		if body, err = io.ReadAll(q.r.Body); isTooLarge(err) {
 			writeProblem(q.w, http.StatusRequestEntityTooLarge, "too_large", "the body is larger than allowed")
+			return nil
+		} else if err != nil {
+			writeProblem(q.w, http.StatusBadRequest, "bad_request", "the body could not be read")
 			return nil
 		}
 	}
@@ -174,6 +181,21 @@ func (q *preq) adminRoute(path string) error {
 		return writeJSON(q.w, map[string]any{"sessions": out})
 	case post && len(parts) == 3 && parts[0] == "users" && adminUserOps[parts[2]]:
 		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1]}, q.r, p.User.ID)
+		if err != nil {
+			return q.adminError(err)
+		}
+		return writeJSON(q.w, res.User)
+	case post && len(parts) == 3 && parts[0] == "users" && parts[2] == "groups":
+		var in struct {
+			Groups *[]string `json:"groups"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil || in.Groups == nil || dec.More() {
+			writeProblem(q.w, http.StatusBadRequest, "bad_request", `the body must be {"groups": [...]}: every group the user is to have, [] for none`)
+			return nil
+		}
+		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "groups", User: parts[1], Groups: *in.Groups}, q.r, p.User.ID)
 		if err != nil {
 			return q.adminError(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -41,6 +42,19 @@ func (q *preq) adminUI(path string) error {
 			_, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1]}, q.r, p.User.ID)
 			if err == nil && parts[2] == "delete" {
 				back = q.p.app.Prefix + "/admin/users" // the user's page is gone
+			}
+			return q.adminDone(err, back)
+		}))
+	case len(parts) == 3 && parts[0] == "users" && parts[2] == "groups":
+		back := q.adminUserPath(parts[1])
+		return q.route(nil, q.adminPOST(back, func(p *authcore.Principal) error {
+			groups := []string{}
+			if v := strings.TrimSpace(q.r.PostFormValue("groups")); v != "" {
+				groups = strings.Split(v, ",")
+			}
+			res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "groups", User: parts[1], Groups: groups}, q.r, p.User.ID)
+			if err == nil && res.User.ID == p.User.ID && !slices.Contains(res.User.Groups, q.p.app.AdminGroup) {
+				back = q.p.app.Prefix + "/account" // no longer an administrator
 			}
 			return q.adminDone(err, back)
 		}))
