@@ -334,8 +334,14 @@ func TestAdminSetsGroups(t *testing.T) {
 		t.Errorf("groups after the form: %v; want dev,ops", u.Groups)
 	}
 	rows := e.auditRows("admin.user.groups")
-	if len(rows) != 1 || rows[0].ActorID != root.ID || rows[0].ActorType != audit.ActorAdmin || rows[0].SubjectID != target.ID || rows[0].Metadata["groups"] != "dev,ops" {
-		t.Errorf("admin.user.groups rows %+v; want one by the admin about the user naming dev,ops", rows)
+	if len(rows) != 1 || rows[0].ActorID != root.ID || rows[0].ActorType != audit.ActorAdmin || rows[0].SubjectID != target.ID ||
+		rows[0].Metadata["groups"] != "dev,ops" || rows[0].Metadata["previous"] != "" {
+		t.Errorf("admin.user.groups rows %+v; want one by the admin about the user naming dev,ops, and none before", rows)
+	}
+	// The form shows the groups the user has, so that saving it as it
+	// stands changes nothing.
+	if body := mustPage(t, e, page); !strings.Contains(body, `name="groups" value="dev,ops"`) {
+		t.Error("the groups form does not show the user's groups")
 	}
 
 	post := func(path, payload string) (int, string) {
@@ -348,6 +354,12 @@ func TestAdminSetsGroups(t *testing.T) {
 	}
 	if code, b := post("/users/"+target.ID+"/groups", `{"groups": []}`); code != http.StatusOK || !strings.Contains(b, `"groups":[]`) {
 		t.Errorf("API groups []: status %d; want 200 with no groups\n%s", code, b)
+	}
+	if rows := e.auditRows("admin.user.groups"); len(rows) != 2 || rows[0].ActorID != root.ID || rows[0].ActorType != audit.ActorAdmin || rows[0].Metadata["previous"] != "dev,ops" {
+		t.Errorf("admin.user.groups rows after the API call %+v; want the newest by the admin, naming the previous dev,ops", rows)
+	}
+	if code, _ := post("/users/"+target.ID+"/groups", `{"groups": ["a\u0001"]}`); code != http.StatusBadRequest {
+		t.Errorf("API groups with a control character in a name: status %d; want 400", code)
 	}
 	for name, payload := range map[string]string{
 		"no body": "", "not JSON": "groups=dev", "no groups": `{}`, "unknown field": `{"groups": [], "admin": true}`,

@@ -125,6 +125,7 @@ func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userR
 // doUser runs a user-management operation on behalf of actor (the admin's
 // user id, or "" for the CLI, recorded as the system) and audits it.
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
+	var before *authcore.User // the user before a groups change
 	if req.Op == "delete" || req.Op == "disable" || req.Op == "groups" {
 		adminChange.Lock()
 		defer adminChange.Unlock()
@@ -132,6 +133,9 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 		// admin disabling or deleting their own account (refused with
 		// its own message further on).
 		u, err := rt.auth.LookupUser(ctx, req.User)
+		if err == nil {
+			before = u
+		}
 		switch {
 		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrInvalidInput):
 		case err != nil:
@@ -152,6 +156,9 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: adminActorType(actor), subject: subject, outcome: "success"}
 	if req.Op == "groups" {
 		ev.meta = map[string]string{"groups": strings.Join(res.User.Groups, ",")}
+		if before != nil {
+			ev.meta["previous"] = strings.Join(before.Groups, ",")
+		}
 	}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
 		return nil, fmt.Errorf("writing audit row: %w", err)
