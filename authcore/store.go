@@ -33,6 +33,9 @@ type Store interface {
 	// deleted only if another enabled member remains, checked in the same
 	// transaction; otherwise the answer is ErrLastAdmin.
 	DeleteUser(ctx context.Context, id, keepGroup string) error
+	// HasOtherMember reports whether a user other than id is an enabled
+	// member of group: the check DeleteUser's keepGroup makes.
+	HasOtherMember(ctx context.Context, group, id string) (bool, error)
 	UserByID(ctx context.Context, id string) (*User, error)
 	// UserByEmail looks up a normalised email.
 	UserByEmail(ctx context.Context, email string) (*User, error)

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -97,7 +96,9 @@ func (q *preq) refuseLastAdmin(p *authcore.Principal) (bool, error) {
 	if !p.User.InGroup(q.p.app.AdminGroup) {
 		return false, nil
 	}
-	other, err := otherAdmin(q.ctx(), q.rt.store, q.p.app.AdminGroup, p.User.ID)
+	// Early, for a clear page; the change itself checks again under
+	// adminChange, and DeleteUser in its own transaction.
+	other, err := q.rt.store.HasOtherMember(q.ctx(), q.p.app.AdminGroup, p.User.ID)
 	if err != nil {
 		return true, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -158,29 +159,6 @@ func (q *preq) deleteSubmit() error {
 	}
 	q.clearSessionCookie()
 	return q.message(http.StatusOK, "Account deleted", "Your account is deleted, and you are signed out everywhere.", q.p.app.Prefix+"/login")
-}
-
-// otherAdmin reports whether a user other than id is an enabled member of
-// the admin group. It answers a request early, with a clear page; two
-// last admins deleting themselves at the same moment can both see the
-// other, and then the store's own check (DeleteUser's keepGroup), in the
-// transaction that deletes, refuses one of them.
-func otherAdmin(ctx context.Context, st authcore.Store, group, id string) (bool, error) {
-	for after := ""; ; {
-		batch, err := st.ListUsers(ctx, after, 500)
-		if err != nil {
-			return false, err
-		}
-		for _, u := range batch {
-			if u.ID != id && !u.Disabled && u.InGroup(group) {
-				return true, nil
-			}
-		}
-		if len(batch) < 500 {
-			return false, nil
-		}
-		after = batch[len(batch)-1].ID
-	}
 }
 
 // busyMessage answers a password check refused for load (ErrBusy).

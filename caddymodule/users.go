@@ -112,7 +112,7 @@ func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userR
 	default:
 		return nil
 	}
-	other, err := otherAdmin(ctx, rt.store, adminGroup, u.ID)
+	other, err := rt.store.HasOtherMember(ctx, adminGroup, u.ID)
 	if err != nil {
 		return err
 	}

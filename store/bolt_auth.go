@@ -189,6 +189,19 @@ func (b *Bolt) DeleteUser(ctx context.Context, id, keepGroup string) error {
 	})
 }
 
+// HasOtherMember implements authcore.Store.
+func (b *Bolt) HasOtherMember(ctx context.Context, group, id string) (other bool, err error) {
+	key, ok := userKey(id)
+	if !ok {
+		return false, authcore.ErrNotFound
+	}
+	err = b.db.View(func(tx *bolt.Tx) error {
+		other, err = otherMember(tx, key, group)
+		return err
+	})
+	return other, err
+}
+
 // otherMember reports whether a user other than key is an enabled member
 // of group. It reads every user in the worst case; deletions are rare.
 func otherMember(tx *bolt.Tx, key []byte, group string) (bool, error) {

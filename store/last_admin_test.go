@@ -88,3 +88,21 @@ func TestDeleteUserLastAdminRace(t *testing.T) {
 		}
 	}
 }
+
+func TestHasOtherMember(t *testing.T) {
+	st := openAuthBolt(t)
+	ctx := context.Background()
+	a := authCreateIn(t, st, "a@example.com", false, "admins")
+	authCreateIn(t, st, "off@example.com", true, "admins")
+	authCreateIn(t, st, "dev@example.com", false, "dev")
+	if other, err := st.HasOtherMember(ctx, "admins", a.ID); err != nil || other {
+		t.Errorf("HasOtherMember with only a disabled other admin = %v, %v; want false", other, err)
+	}
+	b := authCreateIn(t, st, "b@example.com", false, "admins")
+	if other, err := st.HasOtherMember(ctx, "admins", a.ID); err != nil || !other {
+		t.Errorf("HasOtherMember with b = %v, %v; want true", other, err)
+	}
+	if other, err := st.HasOtherMember(ctx, "admins", b.ID); err != nil || !other {
+		t.Errorf("HasOtherMember for b = %v, %v; want true (a)", other, err)
+	}
+}
