@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -218,32 +220,50 @@ func adminOp[Req any](w http.ResponseWriter, r *http.Request, run func(a *App, r
 }
 
 // decodeAdminRequest reads a request body that is one JSON object of
-// Req's fields and nothing else: an unknown field (a misspelt option, or
-// a client of another version) or anything after the object is refused
-// rather than half understood. A body over maxFormBody is a 413.
+// Req's fields and nothing else (decodeStrictJSON). A body over
+// maxFormBody is a 413.
 func decodeAdminRequest[Req any](w http.ResponseWriter, r *http.Request) (Req, error) {
 	var req Req
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFormBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(&req)
-	switch {
-	case err == io.EOF:
-		err = errors.New("empty body")
-	case err == nil:
-		// Only white space may follow the object.
-		var extra json.RawMessage
-		if err = dec.Decode(&extra); err == io.EOF {
-			return req, nil
-		} else if err == nil {
-			err = errors.New("a second JSON value")
-		}
-		err = fmt.Errorf("trailing data after the JSON request: %w", err)
-	}
-	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxFormBody))
+	if isTooLarge(err) {
 		return req, caddy.APIError{HTTPStatus: http.StatusRequestEntityTooLarge,
 			Err: fmt.Errorf("request body over %d bytes", maxFormBody)}
 	}
-	return req, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
+	if err == nil {
+		err = decodeStrictJSON(body, &req)
+	}
+	if err != nil {
+		return req, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding request: %w", err)}
+	}
+	return req, nil
+}
+
+// decodeStrictJSON decodes data, which must be UTF-8 holding one JSON
+// value and nothing after it but white space, into v, refusing unknown
+// fields: a misspelt option, a client of another version, or bytes that
+// are not text are refused rather than half understood. (Go's decoder
+// would turn invalid UTF-8 into U+FFFD, so a name stored from such a
+// body would not be the one sent.)
+func decodeStrictJSON(data []byte, v any) error {
+	if !utf8.Valid(data) {
+		return errors.New("the body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err == io.EOF {
+		return errors.New("empty body")
+	} else if err != nil {
+		return err
+	}
+	var extra json.RawMessage
+	switch err := dec.Decode(&extra); err {
+	case io.EOF:
+		return nil
+	case nil:
+		return errors.New("trailing data after the JSON value: a second JSON value")
+	default:
+		return fmt.Errorf("trailing data after the JSON value: %w", err)
+	}
 }
 
 // userErrorStatus maps a user-operation error to an HTTP status.

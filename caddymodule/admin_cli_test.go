@@ -81,6 +81,7 @@ func TestAdminCLIRequestBody(t *testing.T) {
 		{"/sigra/keys", `{"op":"rotate","force":true}`, `unknown field "force"`},
 		{"/sigra/keys", `{"op":"list"} x`, "trailing data"},
 		{"/sigra/users", ``, "empty body"},
+		{"/sigra/users", "{\"op\":\"add\",\"email\":\"eve\xff@example.com\"}", "not valid UTF-8"},
 	} {
 		code, body := e.adminPost(c.uri, c.body)
 		if code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), c.want) {

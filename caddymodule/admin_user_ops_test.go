@@ -364,10 +364,17 @@ func TestAdminSetsGroups(t *testing.T) {
 	for name, payload := range map[string]string{
 		"no body": "", "not JSON": "groups=dev", "no groups": `{}`, "unknown field": `{"groups": [], "admin": true}`,
 		"two values": `{"groups": []} {"groups": ["x"]}`, "not a list": `{"groups": "dev"}`,
+		"a stray bracket after": `{"groups": []}]`,
+		// Go's decoder would store U+FFFD for the bad byte: a name that
+		// is not the one sent.
+		"not UTF-8": "{\"groups\": [\"dev\xff\"]}",
 	} {
 		if code, _ := post("/users/"+target.ID+"/groups", payload); code != http.StatusBadRequest {
 			t.Errorf("API groups, %s: status %d; want 400", name, code)
 		}
+	}
+	if u, _ := e.rt().store.UserByID(ctx, target.ID); len(u.Groups) != 0 {
+		t.Errorf("refused bodies changed the groups to %q", u.Groups)
 	}
 	if code, _ := post("/users/"+target.ID+"/groups", `{"groups": ["`+strings.Repeat("x", maxFormBody)+`"]}`); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("API groups, oversized: status %d; want 413", code)

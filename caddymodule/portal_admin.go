@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -189,10 +188,11 @@ func (q *preq) adminRoute(path string) error {
 		var in struct {
 			Groups *[]string `json:"groups"`
 		}
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil || in.Groups == nil || dec.More() {
-			writeProblem(q.w, http.StatusBadRequest, "bad_request", `the body must be {"groups": [...]}: every group the user is to have, [] for none`)
+		if err := decodeStrictJSON(body, &in); err != nil || in.Groups == nil {
+			if err == nil {
+				err = errors.New(`no "groups"`)
+			}
+			writeProblem(q.w, http.StatusBadRequest, "bad_request", `the body must be {"groups": [...]}: every group the user is to have, [] for none (`+err.Error()+")")
 			return nil
 		}
 		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "groups", User: parts[1], Groups: *in.Groups}, q.r, p.User.ID)
