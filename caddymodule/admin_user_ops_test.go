@@ -397,3 +397,74 @@ func TestAdminSetsGroups(t *testing.T) {
 		t.Errorf("the admin pages after leaving the admin group: status %d; want 403", resp.StatusCode)
 	}
 }
+
+// raceAfterRow makes fn run once, in the window between the success row
+// of action and the change it records, as another admin or process
+// could.
+func raceAfterRow(e *env, action string, fn func()) {
+	var once bool
+	f := func(r audit.Row) error {
+		if r.Action == action && r.Outcome == "success" && !once {
+			once = true
+			fn()
+		}
+		return nil
+	}
+	e.rt().failRecord.Store(&f)
+	e.t.Cleanup(func() { e.rt().failRecord.Store(nil) })
+}
+
+// When a change is refused only after its row is written (something
+// changed in between), a failure row with the reason follows the
+// success row, so the trail never shows a change that did not happen
+// without saying so. The last-admin check inside the store's own
+// transaction is the one that refuses here: the check under the lock
+// had passed.
+func TestAdminUserOpRaceLeavesFailureRow(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	ctx := context.Background()
+
+	enrolTOTPFor(t, e, target)
+	raceAfterRow(e, "mfa.totp.removed", func() {
+		if err := e.rt().auth.ResetTOTP(ctx, target.ID); err != nil {
+			t.Error(err)
+		}
+	})
+	if code, body := e.apiPost("/users/" + target.ID + "/mfa-reset"); code != http.StatusConflict || !strings.Contains(body, "no authenticator app") {
+		t.Errorf("reset of an app removed meanwhile: status %d; want 409\n%s", code, body)
+	}
+	checkRaceRows(t, e, "mfa.totp.removed", root.ID, target.ID, "gone")
+
+	// target becomes a second admin; while the delete is under way, the
+	// acting admin is disabled, which leaves target the only one.
+	if _, err := e.rt().auth.UpdateUser(ctx, target.ID, func(u *authcore.User) error { u.Groups = []string{"admins"}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	raceAfterRow(e, "account.deletion_execute", func() {
+		if _, err := e.rt().auth.SetDisabled(ctx, root.ID, true); err != nil {
+			t.Error(err)
+		}
+	})
+	if code, body := e.apiPost("/users/" + target.ID + "/delete"); code != http.StatusConflict || !strings.Contains(body, "only enabled administrator") {
+		t.Errorf("deleting the admin who became the last one meanwhile: status %d; want 409\n%s", code, body)
+	}
+	if _, err := e.rt().store.UserByID(ctx, target.ID); err != nil {
+		t.Errorf("the last admin was deleted: %v", err)
+	}
+	checkRaceRows(t, e, "account.deletion_execute", root.ID, target.ID, "last_admin")
+}
+
+// checkRaceRows checks that action's rows are the admin's success row
+// and, after it, a failure row giving reason.
+func checkRaceRows(t *testing.T, e *env, action, admin, subject, reason string) {
+	t.Helper()
+	rows := e.auditRows(action) // newest first
+	if len(rows) != 2 || rows[1].Outcome != "success" || rows[0].Outcome != "failure" || rows[0].Metadata["reason"] != reason {
+		t.Fatalf("%s rows %+v; want a success row, then a failure row with reason %s", action, rows, reason)
+	}
+	for _, r := range rows {
+		if r.ActorID != admin || r.ActorType != audit.ActorAdmin || r.SubjectID != subject {
+			t.Errorf("%s row: actor %s (%s) subject %s; want admin %s acting on %s", action, r.ActorID, r.ActorType, r.SubjectID, admin, subject)
+		}
+	}
+}
