@@ -384,7 +384,9 @@ type results struct {
 	OpenGate *gateLatency `json:"open_gate,omitempty"`
 
 	// Mixed is the interleaved phase: the sites share each round,
-	// request by request, at MixedRate req/s in all.
+	// request by request, at MixedRate req/s in all. Caddy's CPU and RSS
+	// there are the round's, shared by the sites: only the latency
+	// fields of Mixed and MixedRatios tell sites apart.
 	MixedRate   float64   `json:"mixed_rate,omitempty"`
 	Mixed       []summary `json:"mixed,omitempty"`
 	MixedRatios []ratio   `json:"mixed_ratios,omitempty"`
