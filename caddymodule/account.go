@@ -42,6 +42,12 @@ func (q *preq) passwordSubmit() error {
 	if authcore.CheckNewPassword(next) != nil {
 		return again(http.StatusBadRequest, fmt.Sprintf("The new password must be %d characters or more, and at most %d bytes.", authcore.MinPasswordLen, authcore.MaxPasswordLen))
 	}
+	// The change is often made because the password leaked: keeping it
+	// would leave the account as open as before. This compares the two
+	// fields, not the stored hash, so it tells nothing about the real one.
+	if next == current {
+		return again(http.StatusBadRequest, "The new password is the same as the current one. Choose another.")
+	}
 	if ok, err := q.reauth(p, current, "Your current password is not right.", again); !ok {
 		return err
 	}

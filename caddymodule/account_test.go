@@ -90,6 +90,7 @@ func TestChangePasswordRefusals(t *testing.T) {
 		{"too short", testPassword, "short", "short", http.StatusBadRequest, "characters or more"},
 		{"empty current", "", next, next, http.StatusBadRequest, "current password"},
 		{"wrong current", "not the password", next, next, http.StatusUnauthorized, "not right"},
+		{"the same as the current", testPassword, testPassword, testPassword, http.StatusBadRequest, "same as the current"},
 	} {
 		resp, body := e.changePassword(tc.current, tc.next, tc.confirm)
 		if resp.StatusCode != tc.status || !strings.Contains(body, tc.says) {
