@@ -418,22 +418,31 @@ func writeJSON(path string, r *results) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// writeCPUPhase writes a closed-loop phase: its table, and what each
+// site adds to the baseline's Caddy CPU per request.
+func writeCPUPhase(w io.Writer, sums []summary, ratios []ratio) {
+	writeTable(w, siteTable(sums, ratios, false, false))
+	for _, q := range ratios {
+		fmt.Fprintf(w, "added Caddy CPU %s: %+.1f µs per request\n", difference(q.Name), q.AddedCPUus)
+	}
+}
+
+// difference names a ratio's pair as a difference: "B/A" is "B−A".
+func difference(ratioName string) string { return strings.Replace(ratioName, "/", "−", 1) }
+
 // printReport writes the human-readable tables.
 func printReport(w io.Writer, r *results, conns int) {
 	fmt.Fprintf(w, "\nSigra gate benchmark: %d CPUs (%s), %s, %s\n", r.Host.CPUs, r.Host.CPUModel, r.Host.Caddy, r.Host.GoVersion)
 	if len(r.Closed) > 0 {
 		fmt.Fprintf(w, "\nSaturation (closed loop, %d keep-alive connections; rounds interleaved A,B,C,…)\n", conns)
-		writeTable(w, siteTable(r.Closed, r.ClosedRatios, false, false))
-		for _, q := range r.ClosedRatios {
-			fmt.Fprintf(w, "added Caddy CPU %s: %+.1f µs per request\n", strings.Replace(q.Name, "/", "−", 1), q.AddedCPUus)
-		}
+		writeCPUPhase(w, r.Closed, r.ClosedRatios)
 	}
 	if len(r.Open) > 0 {
 		fmt.Fprintf(w, "\nModerate load (open loop at %s req/s, latency from the scheduled send time)\n", num(r.OpenRate, 0))
 		writeTable(w, siteTable(r.Open, r.OpenRatios, true, false))
 		for _, q := range r.OpenRatios {
 			fmt.Fprintf(w, "added latency %s: p50 %+.3f ms, p99 %+.3f ms (p99 per round pair from %+.3f to %+.3f ms)\n",
-				strings.Replace(q.Name, "/", "−", 1), q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs)
+				difference(q.Name), q.AddedP50ms, q.AddedP99ms, q.AddedP99MinMs, q.AddedP99MaxMs)
 		}
 		var delays []string
 		for _, x := range r.Open {
@@ -450,15 +459,12 @@ func printReport(w io.Writer, r *results, conns int) {
 		writeTable(w, siteTable(r.Mixed, r.MixedRatios, true, true))
 		for _, q := range r.MixedRatios {
 			fmt.Fprintf(w, "added latency per request %s: p50 %+.3f ms, p99 %+.3f ms (%.0f%% interval %+.3f…%+.3f ms)\n",
-				strings.Replace(q.Name, "/", "−", 1), q.AddedP50ms, q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1])
+				difference(q.Name), q.AddedP50ms, q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1])
 		}
 	}
 	if len(r.Sessions) > 0 {
 		fmt.Fprintf(w, "\nSessions in the store (site B, closed loop, %d connections, a random session per request)\n", conns)
-		writeTable(w, siteTable(r.Sessions, r.SessionsRatios, false, false))
-		for _, q := range r.SessionsRatios {
-			fmt.Fprintf(w, "added Caddy CPU %s: %+.1f µs per request\n", strings.Replace(q.Name, "/", "−", 1), q.AddedCPUus)
-		}
+		writeCPUPhase(w, r.Sessions, r.SessionsRatios)
 	}
 	if len(r.Goals) > 0 {
 		fmt.Fprintln(w, "\nTargets")
@@ -588,7 +594,7 @@ func evaluate(r *results) []goal {
 	for _, q := range r.MixedRatios {
 		if q.Name == "B/A" || q.Name == "C/A" {
 			r.Notes = append(r.Notes, fmt.Sprintf("with the load held equal (sites interleaved request by request), %s's requests gain p99 %+.3f ms (%.0f%% interval %+.3f…%+.3f), p50 %+.3f ms: the rest of the added p99 above is the machine busier with the site's extra CPU, and its noise",
-				strings.Replace(q.Name, "/", "−", 1), q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1], q.AddedP50ms))
+				difference(q.Name), q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1], q.AddedP50ms))
 		}
 	}
 	if n := len(r.SessionsRatios); n > 0 {
