@@ -35,6 +35,9 @@ type TOTPRecord struct {
 	LastStep uint64 `json:"last_step"`
 	// EnrolledAt is when the enrolment was confirmed.
 	EnrolledAt time.Time `json:"enrolled_at"`
+	// Failures counts wrong codes in a row: since the last accepted code
+	// or recovery code, or an administrator's unlock (ErrTOTPLocked).
+	Failures int `json:"failures,omitempty"`
 }
 
 // MFAStore is the persistence for TOTP authenticators, recovery codes and
@@ -67,10 +70,17 @@ type MFAStore interface {
 	CompleteTOTPEnrolment(ctx context.Context, userID string, sid SessionID, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) error
 	// TOTP returns the user's confirmed TOTP, or ErrNotFound.
 	TOTP(ctx context.Context, userID string) (*TOTPRecord, error)
-	// AcceptTOTPStep atomically raises the user's LastStep to step. It
-	// returns ErrTOTPStepUsed if step is not greater than LastStep, and
-	// ErrNotFound if the user has no TOTP.
-	AcceptTOTPStep(ctx context.Context, userID string, step uint64) error
+	// AcceptTOTPStep atomically raises the user's LastStep to step and
+	// sets Failures to 0. It returns ErrTOTPLocked if Failures is
+	// maxFailures or more, ErrTOTPStepUsed if step is not greater than
+	// LastStep, and ErrNotFound if the user has no TOTP, changing nothing.
+	AcceptTOTPStep(ctx context.Context, userID string, step uint64, maxFailures int) error
+	// FailTOTP atomically adds one to the user's TOTP Failures and
+	// returns the new count, or ErrNotFound if the user has no TOTP.
+	FailTOTP(ctx context.Context, userID string) (int, error)
+	// ClearTOTPFailures sets the user's TOTP Failures to 0; a user
+	// without a TOTP is not an error.
+	ClearTOTPFailures(ctx context.Context, userID string) error
 	// DeleteTOTP removes the user's TOTP and all pending enrolments. With
 	// lastFactor, the same transaction also deletes the recovery codes
 	// and clears the user's SecondFactor (UpdatedAt = at), so the account
@@ -85,8 +95,10 @@ type MFAStore interface {
 	// (each 32 bytes); an empty list deletes them.
 	ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error
 	// ConsumeRecoveryCode atomically deletes the user's unused recovery
-	// code with this hash, comparing in constant time. It returns
-	// ErrNotFound if there is none.
+	// code with this hash, comparing in constant time, and in the same
+	// transaction sets the user's TOTP Failures to 0 (a recovery code
+	// opens a locked app). It returns ErrNotFound, changing nothing, if
+	// there is no such code.
 	ConsumeRecoveryCode(ctx context.Context, userID string, hash []byte) error
 	// CountRecoveryCodes returns how many unused recovery codes a user has.
 	CountRecoveryCodes(ctx context.Context, userID string) (int, error)

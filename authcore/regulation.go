@@ -310,6 +310,16 @@ func (a *Attempt) Succeed(ctx context.Context, signedIn bool) error {
 	return nil
 }
 
+// Abandon records that the attempt checked nothing that could have
+// passed (an authenticator app locked by wrong codes): it no longer
+// counts, and earlier failures stay. It is Succeed without the success.
+func (a *Attempt) Abandon(ctx context.Context) error {
+	if !a.allowed {
+		return nil
+	}
+	return a.Succeed(ctx, false)
+}
+
 // Delay is how long to hold back the answer to a failure when this many
 // failures are counted: nothing for the first two, then 0.5 s, 1 s, 2 s,
 // and MaxFailureDelay from the sixth on.

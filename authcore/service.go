@@ -34,7 +34,16 @@ type Config struct {
 	CacheSize int
 	// Argon2 are the parameters for new password hashes. Default DefaultArgon2.
 	Argon2 Argon2Params
+	// MaxTOTPFailures is how many wrong codes in a row lock an
+	// authenticator app (ErrTOTPLocked). Default DefaultMaxTOTPFailures.
+	MaxTOTPFailures int
 }
+
+// DefaultMaxTOTPFailures is the default Config.MaxTOTPFailures: NIST SP
+// 800-63B's bound. With three codes in a million passing at any moment,
+// it leaves a guesser a chance of 0.03 % before the owner is locked out
+// and has to notice.
+const DefaultMaxTOTPFailures = 100
 
 func (c *Config) setDefaults() {
 	if c.Idle <= 0 {
@@ -54,6 +63,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Argon2 == (Argon2Params{}) {
 		c.Argon2 = DefaultArgon2
+	}
+	if c.MaxTOTPFailures <= 0 {
+		c.MaxTOTPFailures = DefaultMaxTOTPFailures
 	}
 }
 

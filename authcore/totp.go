@@ -29,6 +29,16 @@ var (
 	// ErrNotEnrolled means the user has no TOTP authenticator (or, for
 	// recovery codes, no second factor at all).
 	ErrNotEnrolled = errors.New("no second factor enrolled")
+	// ErrTOTPLocked means the user's authenticator app took
+	// Config.MaxTOTPFailures wrong codes in a row and accepts none until
+	// a recovery code passes or an administrator unlocks the account
+	// (UnlockTOTP). VerifyTOTP returns it alone when the app was locked
+	// already and nothing was checked, and together with ErrInvalidCode
+	// for the wrong code that locked it (write one auth.lockout row).
+	ErrTOTPLocked = errors.New("the authenticator app is locked after too many wrong codes in a row")
+	// errMalformedCode is a code that is not six digits: not a guess at
+	// one, so not counted towards ErrTOTPLocked.
+	errMalformedCode = fmt.Errorf("%w: not a %d-digit code", ErrInvalidCode, totpDigits.Length())
 )
 
 // TOTP parameters. They are what every authenticator app supports: SHA-1,
@@ -248,11 +258,16 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID,
 // requests (the check and the spend are one store transaction).
 //
 // Errors: ErrInvalidCode (wrong, malformed, replayed, too old or too new;
-// wrapped with a detail for logs), ErrNotEnrolled; anything else is a
-// storage or key failure.
+// wrapped with a detail for logs), ErrTOTPLocked, ErrNotEnrolled;
+// anything else is a storage or key failure.
 //
 // Callers count failures with the Regulator like wrong passwords, and on
-// success call CompleteSecondFactor with AMROTP.
+// success call CompleteSecondFactor with AMROTP. The Regulator's window
+// bounds how fast codes are guessed; the app's own count of wrong codes in
+// a row (every six-digit code that did not pass, replays included) bounds
+// how many: a million codes, three of which pass at any moment, are
+// otherwise found by patience alone (NIST SP 800-63B 5.2.2: at most 100
+// consecutive failures).
 func (s *Service) VerifyTOTP(ctx context.Context, userID, code string) error {
 	if err := s.mustBox(); err != nil {
 		return err
@@ -264,25 +279,67 @@ func (s *Service) VerifyTOTP(ctx context.Context, userID, code string) error {
 	if err != nil {
 		return err
 	}
+	if rec.Failures >= s.cfg.MaxTOTPFailures {
+		return ErrTOTPLocked
+	}
 	secret, err := s.box.Open(rec.Sealed, totpAAD(userID))
 	if err != nil {
 		return fmt.Errorf("opening TOTP secret: %w", err)
 	}
 	step, err := matchTOTP(string(secret), code, s.clock.Now())
-	if err != nil {
+	switch {
+	case errors.Is(err, errMalformedCode):
 		return err
+	case errors.Is(err, ErrInvalidCode):
+		return s.failTOTP(ctx, userID, err)
+	case err != nil:
+		return err
+	case step <= rec.LastStep:
+		return s.failTOTP(ctx, userID, fmt.Errorf("%w: time step already used", ErrInvalidCode))
 	}
-	if step <= rec.LastStep {
-		return fmt.Errorf("%w: time step already used", ErrInvalidCode)
-	}
-	switch err := s.store.AcceptTOTPStep(ctx, userID, step); {
+	switch err := s.store.AcceptTOTPStep(ctx, userID, step, s.cfg.MaxTOTPFailures); {
 	case errors.Is(err, ErrTOTPStepUsed):
-		return fmt.Errorf("%w: time step already used", ErrInvalidCode)
+		return s.failTOTP(ctx, userID, fmt.Errorf("%w: time step already used", ErrInvalidCode))
 	case errors.Is(err, ErrNotFound):
 		return ErrNotEnrolled
 	default:
-		return err
+		return err // nil, ErrTOTPLocked (locked meanwhile), or storage
 	}
+}
+
+// failTOTP counts a wrong code against the user's app and returns wrong,
+// joined with ErrTOTPLocked when this is the failure that locks it.
+func (s *Service) failTOTP(ctx context.Context, userID string, wrong error) error {
+	n, err := s.store.FailTOTP(ctx, userID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return ErrNotEnrolled // removed meanwhile
+	case err != nil:
+		return fmt.Errorf("counting a wrong TOTP code: %w", err)
+	case n == s.cfg.MaxTOTPFailures:
+		return fmt.Errorf("%w (%w)", wrong, ErrTOTPLocked)
+	}
+	return wrong
+}
+
+// TOTPLocked reports whether the user's authenticator app is locked
+// (ErrTOTPLocked); false when they have none.
+func (s *Service) TOTPLocked(ctx context.Context, userID string) (bool, error) {
+	rec, err := s.store.TOTP(ctx, userID)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return rec.Failures >= s.cfg.MaxTOTPFailures, nil
+}
+
+// UnlockTOTP clears the count of wrong codes of the user's authenticator
+// app, so a locked one accepts codes again (an administrator's unlock).
+// A user without one is not an error.
+func (s *Service) UnlockTOTP(ctx context.Context, userID string) error {
+	return s.store.ClearTOTPFailures(ctx, userID)
 }
 
 // HasTOTP reports whether the user has a confirmed TOTP authenticator.
@@ -360,7 +417,7 @@ func matchTOTP(secret, code string, now time.Time) (uint64, error) {
 		return r
 	}, code)
 	if len(code) != totpDigits.Length() || strings.Trim(code, "0123456789") != "" {
-		return 0, fmt.Errorf("%w: not a %d-digit code", ErrInvalidCode, totpDigits.Length())
+		return 0, errMalformedCode
 	}
 	opts := totp.ValidateOpts{Period: totpPeriod, Skew: 0, Digits: totpDigits, Algorithm: otp.AlgorithmSHA1}
 	cur := totpStep(now)

@@ -137,6 +137,10 @@ type RegulationConfig struct {
 	FindTime caddy.Duration `json:"find_time,omitempty"`
 	// BanTime is how long a ban lasts. Default 15m.
 	BanTime caddy.Duration `json:"ban_time,omitempty"`
+	// MaxTOTPFailures wrong authenticator-app codes in a row lock the
+	// app until a recovery code passes or an admin unlocks the account,
+	// however slowly they came. Default 100.
+	MaxTOTPFailures int `json:"max_totp_failures,omitempty"`
 }
 
 // runtime is what Start builds: everything that needs the open store.
@@ -352,7 +356,7 @@ func (a *App) Validate() error {
 			return fmt.Errorf("bootstrap_admin: %w", err)
 		}
 	}
-	if r := a.Regulation; r != nil && (r.MaxRetries < 0 || r.MaxRetriesPerIP < 0 || r.FindTime < 0 || r.BanTime < 0) {
+	if r := a.Regulation; r != nil && (r.MaxRetries < 0 || r.MaxRetriesPerIP < 0 || r.FindTime < 0 || r.BanTime < 0 || r.MaxTOTPFailures < 0) {
 		return errors.New("regulation: values must not be negative")
 	}
 	return a.Audit.validate()
@@ -428,10 +432,14 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	auth, err := authcore.NewService(a.slog, a.clock, st, box, authcore.Config{
+	cfg := authcore.Config{
 		Idle:     time.Duration(a.Session.Idle),
 		Lifetime: time.Duration(a.Session.Lifetime),
-	})
+	}
+	if a.Regulation != nil {
+		cfg.MaxTOTPFailures = a.Regulation.MaxTOTPFailures
+	}
+	auth, err := authcore.NewService(a.slog, a.clock, st, box, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -128,6 +128,7 @@ var later = map[string]bool{
 //			max_retries_per_ip <n>
 //			find_time          <duration>
 //			ban_time           <duration>
+//			max_totp_failures  <n>
 //		}
 //		audit {
 //			retention <duration>
@@ -300,8 +301,10 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 					err = parseDuration(d, &app.Regulation.FindTime)
 				case "ban_time":
 					err = parseDuration(d, &app.Regulation.BanTime)
+				case "max_totp_failures":
+					err = parseCount(d, &app.Regulation.MaxTOTPFailures)
 				default:
-					err = d.Errf("regulation: unknown option %q (known: max_retries, max_retries_per_ip, find_time, ban_time)", d.Val())
+					err = d.Errf("regulation: unknown option %q (known: max_retries, max_retries_per_ip, find_time, ban_time, max_totp_failures)", d.Val())
 				}
 				if err != nil {
 					return nil, err

@@ -113,6 +113,7 @@ func TestParseGlobal(t *testing.T) {
 				max_retries_per_ip 30
 				find_time 5m
 				ban_time 1h
+				max_totp_failures 20
 			}
 			audit {
 				retention 400d
@@ -126,7 +127,7 @@ func TestParseGlobal(t *testing.T) {
 				a.Keys.Algorithm != "ES256" || time.Duration(a.Keys.AssertionTTL) != 2*time.Minute ||
 				a.Prefix != "/auth" || a.AdminGroup != "ops" || len(a.AllowedRedirectHosts) != 2 ||
 				a.HeaderAliases[0] != "remote" || a.BootstrapAdmin != "off" ||
-				a.Regulation.MaxRetries != 3 || a.Regulation.MaxRetriesPerIP != 30 || time.Duration(a.Regulation.BanTime) != time.Hour ||
+				a.Regulation.MaxRetries != 3 || a.Regulation.MaxRetriesPerIP != 30 || time.Duration(a.Regulation.BanTime) != time.Hour || a.Regulation.MaxTOTPFailures != 20 ||
 				time.Duration(a.Audit.Retention) != 400*24*time.Hour || a.Audit.Webhooks[0].Secret != "{env.HOOK}" || len(a.Audit.Webhooks[0].Actions) != 2 {
 				b, _ := json.Marshal(a)
 				t.Errorf("parsed %s", b)

@@ -89,6 +89,20 @@ func (q *preq) mfaSubmit() error {
 			err = q.rt.auth.VerifyTOTP(q.ctx(), p.User.ID, code)
 		}
 	}
+	// An app locked by wrong codes in a row checked nothing: the
+	// attempt is not a guess, and the page says what opens it.
+	appLocked := errors.Is(err, authcore.ErrTOTPLocked) && !errors.Is(err, authcore.ErrInvalidCode)
+	if appLocked {
+		if err := att.Abandon(q.ctx()); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if err := q.audit(event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
+			meta: map[string]string{"method": method, "reason": "totp_locked"}}); err != nil {
+			return err
+		}
+		q.rt.login(method, "locked")
+		return q.page(http.StatusForbidden, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: totpLockedText})
+	}
 	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrNotEnrolled) {
 		res, ferr := att.Fail(q.ctx())
 		if ferr != nil {
@@ -97,13 +111,24 @@ func (q *preq) mfaSubmit() error {
 		if err := q.auditLockout(p.User.ID, res); err != nil {
 			return err
 		}
+		lockedNow := errors.Is(err, authcore.ErrTOTPLocked) // this wrong code locked the app
+		if lockedNow {
+			if err := q.audit(event{action: "auth.lockout", actorType: "system", subject: p.User.ID, outcome: "success",
+				meta: map[string]string{"scope": "totp", "failures": itoa(q.rt.auth.Config().MaxTOTPFailures)}}); err != nil {
+				return err
+			}
+		}
 		if err := q.audit(event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
 			meta: map[string]string{"method": method}}); err != nil {
 			return err
 		}
 		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
 		wait(q.ctx(), res.Delay)
-		return q.page(http.StatusUnauthorized, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: "That code did not work."})
+		msg := "That code did not work."
+		if lockedNow {
+			msg = totpLockedText
+		}
+		return q.page(http.StatusUnauthorized, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: msg})
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -134,6 +159,10 @@ func (q *preq) mfaSubmit() error {
 	http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 	return nil
 }
+
+// totpLockedText tells the owner of an app locked by wrong codes what
+// opens it. Whoever made the wrong guesses had the password or a session.
+const totpLockedText = "Too many wrong codes in a row: codes from your authenticator app are refused until you use a recovery code, or an administrator unlocks your account. If you did not enter those codes, someone else knows your password: change it once you are in."
 
 // totpPage shows TOTP status, or starts an enrolment.
 func (q *preq) totpPage() error {

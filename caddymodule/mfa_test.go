@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/internal/clock"
 )
 
@@ -502,5 +503,117 @@ func TestBannedSignInStillChecksThePassword(t *testing.T) {
 	t.Logf("banned: median %v; wrong password: median %v", b, w)
 	if float64(b) < 0.3*float64(w) {
 		t.Errorf("a banned sign-in answered in %v, under 0.3× a wrong password's %v: the password check was skipped", b, w)
+	}
+}
+
+// Wrong codes in a row lock the authenticator app, however slowly they
+// come (the regulation window alone lets a patient guesser through): one
+// auth.lockout row, a page that says what opens it, and the right code
+// refused until a recovery code passes or an admin unlocks the account.
+func TestTOTPLockedAfterWrongCodesInARow(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "regulation {\n max_totp_failures 3\n }", "sigra_gate")
+	u := e.addUser("pat@example.com")
+	e.mustLogin("pat@example.com")
+	secret, recovery := enrolTOTP(t, e, fake.Now())
+	e.client.Jar, _ = newJar()
+	if r := e.login("pat@example.com", testPassword, "/"); !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa") {
+		t.Fatalf("sign-in went to %q; want the MFA page", r.Header.Get("Location"))
+	}
+	post := func(field, code string) (int, string) {
+		t.Helper()
+		_, page := e.get("/.sigra/mfa", nil)
+		r, body := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, field: {code}}, nil)
+		return r.StatusCode, body
+	}
+	wrong := func() string {
+		near := map[string]bool{}
+		for _, off := range []time.Duration{-30, 0, 30} {
+			near[refTOTP(t, secret, fake.Now().Add(off*time.Second))] = true
+		}
+		for i := 0; ; i++ {
+			if c := fmt.Sprintf("%06d", i); !near[c] {
+				return c
+			}
+		}
+	}
+	// Each wrong code comes after the regulation window has passed, so
+	// only the run of wrong codes can stop them.
+	for i := range 2 {
+		fake.Advance(11 * time.Minute)
+		if code, body := post("code", wrong()); code != http.StatusUnauthorized || !strings.Contains(body, "did not work") {
+			t.Fatalf("wrong code %d: status %d; want 401", i+1, code)
+		}
+	}
+	fake.Advance(11 * time.Minute)
+	if code, body := post("code", wrong()); code != http.StatusUnauthorized || !strings.Contains(body, "recovery code") {
+		t.Fatalf("the third wrong code: status %d; want 401 saying what opens the app\n%s", code, body)
+	}
+	rows := e.auditRows("auth.lockout")
+	if len(rows) != 1 || rows[0].SubjectID != u.ID || rows[0].Metadata["scope"] != "totp" {
+		t.Fatalf("auth.lockout rows %+v; want one, scope totp, for the user", rows)
+	}
+	fake.Advance(11 * time.Minute)
+	if code, body := post("code", refTOTP(t, secret, fake.Now())); code != http.StatusForbidden || !strings.Contains(body, "recovery code") {
+		t.Fatalf("the right code on a locked app: status %d; want 403\n%s", code, body)
+	}
+	fails := e.auditRows("mfa.challenge.failure")
+	if len(fails) != 4 || fails[0].Metadata["reason"] != "totp_locked" {
+		t.Errorf("mfa.challenge.failure rows %+v; want 4, the last with reason totp_locked", fails)
+	}
+	if len(e.auditRows("auth.lockout")) != 1 {
+		t.Error("a refused code on a locked app wrote another auth.lockout row")
+	}
+	// The refused right code was not a guess: it did not count towards a
+	// sign-in ban, so the recovery code below is let through at once.
+	if until, _ := e.rt().reg.AccountBan(context.Background(), u.ID); !until.IsZero() {
+		t.Errorf("account banned until %v by the locked app's refusals", until)
+	}
+
+	// An admin's unlock opens it.
+	if _, err := doUser(context.Background(), e.rt(), "admins", userRequest{Op: "unlock", User: u.ID}, nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	if locked, _ := e.rt().auth.TOTPLocked(context.Background(), u.ID); locked {
+		t.Fatal("still locked after the unlock")
+	}
+	// Lock it again; then a recovery code opens it and signs in.
+	for range 3 {
+		fake.Advance(11 * time.Minute)
+		post("code", wrong())
+	}
+	if locked, _ := e.rt().auth.TOTPLocked(context.Background(), u.ID); !locked {
+		t.Fatal("not locked again")
+	}
+	if code, _ := post("recovery_code", recovery[0]); code != http.StatusSeeOther {
+		t.Fatalf("recovery code on a locked app: status %d; want 303", code)
+	}
+	if locked, _ := e.rt().auth.TOTPLocked(context.Background(), u.ID); locked {
+		t.Error("still locked after a recovery code")
+	}
+}
+
+// The admin user page shows a locked app and a sign-in ban.
+func TestAdminUserPageShowsLocks(t *testing.T) {
+	e, _, target := startAdminUI(t)
+	ctx := context.Background()
+	enrolTOTPFor(t, e, target)
+	page := "/.sigra/admin/users/" + target.ID
+	if body := mustPage(t, e, page); strings.Contains(body, `data-sigra="admin-user-totp-locked"`) || strings.Contains(body, `data-sigra="admin-user-banned"`) {
+		t.Fatal("the page shows locks that are not there")
+	}
+	for range authcore.DefaultMaxTOTPFailures {
+		e.rt().store.FailTOTP(ctx, target.ID)
+	}
+	for range 5 {
+		att, err := e.rt().reg.Begin(ctx, authcore.UserAccountKey(target.ID), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		att.Fail(ctx)
+	}
+	body := mustPage(t, e, page)
+	if !strings.Contains(body, `data-sigra="admin-user-totp-locked"`) || !strings.Contains(body, `data-sigra="admin-user-banned"`) {
+		t.Error("the page does not show the locked app and the ban")
 	}
 }

@@ -266,7 +266,11 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		case "enable":
 			u, err = auth.SetDisabled(ctx, u.ID, false)
 		case "unlock":
-			err = rt.reg.Unlock(ctx, u.ID)
+			// Both locks: sign-in bans, and an authenticator app
+			// locked by wrong codes in a row.
+			if err = rt.reg.Unlock(ctx, u.ID); err == nil {
+				err = auth.UnlockTOTP(ctx, u.ID)
+			}
 		case "delete":
 			err = auth.DeleteUser(ctx, u.ID, adminGroup)
 		case "mfa-reset":

@@ -206,23 +206,77 @@ func (b *Bolt) TOTP(ctx context.Context, userID string) (*authcore.TOTPRecord, e
 }
 
 // AcceptTOTPStep implements authcore.MFAStore.
-func (b *Bolt) AcceptTOTPStep(ctx context.Context, userID string, step uint64) error {
+func (b *Bolt) AcceptTOTPStep(ctx context.Context, userID string, step uint64, maxFailures int) error {
+	return b.updateTOTP(userID, func(rec *authcore.TOTPRecord) error {
+		switch {
+		case rec.Failures >= maxFailures:
+			return authcore.ErrTOTPLocked
+		case step <= rec.LastStep:
+			return authcore.ErrTOTPStepUsed
+		}
+		rec.LastStep, rec.Failures = step, 0
+		return nil
+	})
+}
+
+// FailTOTP implements authcore.MFAStore.
+func (b *Bolt) FailTOTP(ctx context.Context, userID string) (n int, err error) {
+	err = b.updateTOTP(userID, func(rec *authcore.TOTPRecord) error {
+		rec.Failures++
+		n = rec.Failures
+		return nil
+	})
+	return n, err
+}
+
+// ClearTOTPFailures implements authcore.MFAStore.
+func (b *Bolt) ClearTOTPFailures(ctx context.Context, userID string) error {
+	uk, ok := userKey(userID)
+	if !ok {
+		return nil
+	}
+	return b.db.Update(func(tx *bolt.Tx) error { return clearTOTPFailuresIn(tx, uk) })
+}
+
+// clearTOTPFailuresIn sets the user's TOTP Failures to 0, if they have a
+// TOTP and it is not 0 already.
+func clearTOTPFailuresIn(tx *bolt.Tx, uk []byte) error {
+	err := updateTOTPIn(tx, uk, func(rec *authcore.TOTPRecord) error {
+		if rec.Failures == 0 {
+			return errUnchanged
+		}
+		rec.Failures = 0
+		return nil
+	})
+	if errors.Is(err, authcore.ErrNotFound) || errors.Is(err, errUnchanged) {
+		return nil
+	}
+	return err
+}
+
+// errUnchanged makes updateTOTPIn write nothing.
+var errUnchanged = errors.New("unchanged")
+
+// updateTOTP changes the user's TOTP record with fn in one transaction,
+// writing nothing when fn returns an error (ErrNotFound: no TOTP).
+func (b *Bolt) updateTOTP(userID string, fn func(*authcore.TOTPRecord) error) error {
 	uk, ok := userKey(userID)
 	if !ok {
 		return authcore.ErrNotFound
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
-		bk := bucket(tx, bktTOTP)
-		var rec authcore.TOTPRecord
-		if err := getJSON(bk, uk, &rec); err != nil {
-			return err
-		}
-		if step <= rec.LastStep {
-			return authcore.ErrTOTPStepUsed
-		}
-		rec.LastStep = step
-		return putJSON(bk, uk, &rec)
-	})
+	return b.db.Update(func(tx *bolt.Tx) error { return updateTOTPIn(tx, uk, fn) })
+}
+
+func updateTOTPIn(tx *bolt.Tx, uk []byte, fn func(*authcore.TOTPRecord) error) error {
+	bk := bucket(tx, bktTOTP)
+	var rec authcore.TOTPRecord
+	if err := getJSON(bk, uk, &rec); err != nil {
+		return err
+	}
+	if err := fn(&rec); err != nil {
+		return err
+	}
+	return putJSON(bk, uk, &rec)
 }
 
 // DeleteTOTP implements authcore.MFAStore.
@@ -330,7 +384,10 @@ func (b *Bolt) ConsumeRecoveryCode(ctx context.Context, userID string, hash []by
 		}
 		rest := make([]byte, 0, len(codes)-recoveryHashLen)
 		rest = append(append(rest, codes[:found]...), codes[found+recoveryHashLen:]...)
-		return putRecoveryCodes(tx, uk, rest)
+		if err := putRecoveryCodes(tx, uk, rest); err != nil {
+			return err
+		}
+		return clearTOTPFailuresIn(tx, uk) // a recovery code opens a locked app
 	})
 }
 

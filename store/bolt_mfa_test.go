@@ -485,12 +485,162 @@ func TestAcceptTOTPStep(t *testing.T) {
 		{rec.LastStep + 3, nil},
 	}
 	for _, tt := range tests {
-		if err := e.st.AcceptTOTPStep(e.ctx, u.ID, tt.step); !errors.Is(err, tt.want) {
+		if err := e.st.AcceptTOTPStep(e.ctx, u.ID, tt.step, 3); !errors.Is(err, tt.want) {
 			t.Errorf("AcceptTOTPStep(last%+d) = %v; want %v", int64(tt.step)-int64(rec.LastStep), err, tt.want)
 		}
 	}
-	if err := e.st.AcceptTOTPStep(e.ctx, e.user(t, "bob@example.com").ID, 1); !errors.Is(err, authcore.ErrNotFound) {
+	bob := e.user(t, "bob@example.com")
+	if err := e.st.AcceptTOTPStep(e.ctx, bob.ID, 1, 3); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("AcceptTOTPStep without TOTP = %v; want ErrNotFound", err)
+	}
+
+	// Failures: counted, reset by an accepted step, and at the limit no
+	// step is accepted (nor spent).
+	for want := 1; want <= 3; want++ {
+		if n, err := e.st.FailTOTP(e.ctx, u.ID); n != want || err != nil {
+			t.Fatalf("FailTOTP = %d, %v; want %d", n, err, want)
+		}
+	}
+	before, _ := e.st.TOTP(e.ctx, u.ID)
+	if err := e.st.AcceptTOTPStep(e.ctx, u.ID, before.LastStep+1, 3); !errors.Is(err, authcore.ErrTOTPLocked) {
+		t.Errorf("AcceptTOTPStep after 3 failures, limit 3 = %v; want ErrTOTPLocked", err)
+	}
+	if after, _ := e.st.TOTP(e.ctx, u.ID); after.LastStep != before.LastStep || after.Failures != 3 {
+		t.Errorf("a locked app changed: last step %d→%d, failures %d", before.LastStep, after.LastStep, after.Failures)
+	}
+	if err := e.st.AcceptTOTPStep(e.ctx, u.ID, before.LastStep+1, 4); err != nil {
+		t.Errorf("AcceptTOTPStep under a higher limit = %v", err)
+	}
+	if after, _ := e.st.TOTP(e.ctx, u.ID); after.Failures != 0 {
+		t.Errorf("failures after an accepted step: %d; want 0", after.Failures)
+	}
+	if _, err := e.st.FailTOTP(e.ctx, bob.ID); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("FailTOTP without TOTP = %v; want ErrNotFound", err)
+	}
+	if err := e.st.ClearTOTPFailures(e.ctx, bob.ID); err != nil {
+		t.Errorf("ClearTOTPFailures without TOTP = %v; want nil", err)
+	}
+	e.st.FailTOTP(e.ctx, u.ID)
+	if err := e.st.ClearTOTPFailures(e.ctx, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := e.st.TOTP(e.ctx, u.ID); after.Failures != 0 {
+		t.Errorf("failures after ClearTOTPFailures: %d; want 0", after.Failures)
+	}
+}
+
+// wrongTOTP is a six-digit code that no step within ±1 of at accepts.
+func wrongTOTP(t *testing.T, secret string, at time.Time) string {
+	t.Helper()
+	near := map[string]bool{}
+	for _, off := range []time.Duration{-30, 0, 30} {
+		near[mfaRefTOTP(t, secret, at.Add(off*time.Second))] = true
+	}
+	for i := 0; ; i++ {
+		if c := fmt.Sprintf("%06d", i); !near[c] {
+			return c
+		}
+	}
+}
+
+// Wrong codes in a row lock the authenticator app, so that patience
+// alone cannot find one of the three codes in a million that pass: the
+// right code is then refused without being spent, until a recovery code
+// passes or the app is unlocked. Malformed codes are not guesses and do
+// not count; a replayed code does; a right code starts the count again.
+func TestTOTPLocksAfterWrongCodesInARow(t *testing.T) {
+	e := newMFAEnv(t)
+	u := e.user(t, "alice@example.com")
+	secret, codes := e.enrol(t, u)
+	max := authcore.DefaultMaxTOTPFailures
+	verify := func(code string) error { return e.svc.VerifyTOTP(e.ctx, u.ID, code) }
+	locked := func() bool {
+		t.Helper()
+		l, err := e.svc.TOTPLocked(e.ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	// fail makes n wrong attempts, none of them the locking one.
+	fail := func(n int) {
+		t.Helper()
+		wrong := wrongTOTP(t, secret, e.clk.Now())
+		for i := range n {
+			if err := verify(wrong); !errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrTOTPLocked) {
+				t.Fatalf("wrong code %d: %v; want ErrInvalidCode alone", i+1, err)
+			}
+		}
+	}
+	for range 5 {
+		if err := verify("12ab56"); !errors.Is(err, authcore.ErrInvalidCode) {
+			t.Fatalf("malformed code: %v", err)
+		}
+	}
+	fail(max - 2)
+	// The code of the enrolment's step, already used: a replay counts.
+	if err := verify(mfaRefTOTP(t, secret, e.clk.Now())); !errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrTOTPLocked) {
+		t.Fatalf("replayed code: %v; want ErrInvalidCode alone", err)
+	}
+	if locked() {
+		t.Fatalf("locked after %d failures; the limit is %d", max-1, max)
+	}
+	err := verify(wrongTOTP(t, secret, e.clk.Now()))
+	if !errors.Is(err, authcore.ErrInvalidCode) || !errors.Is(err, authcore.ErrTOTPLocked) {
+		t.Fatalf("wrong code %d: %v; want ErrInvalidCode and ErrTOTPLocked (this one locked it)", max, err)
+	}
+	if !locked() {
+		t.Fatal("not locked after the limit")
+	}
+	e.clk.Advance(30 * time.Second)
+	right := mfaRefTOTP(t, secret, e.clk.Now())
+	before, _ := e.st.TOTP(e.ctx, u.ID)
+	if err := verify(right); !errors.Is(err, authcore.ErrTOTPLocked) || errors.Is(err, authcore.ErrInvalidCode) {
+		t.Fatalf("right code on a locked app: %v; want ErrTOTPLocked alone", err)
+	}
+	if after, _ := e.st.TOTP(e.ctx, u.ID); after.LastStep != before.LastStep || after.Failures != before.Failures {
+		t.Error("a refused code on a locked app changed its record")
+	}
+
+	// A recovery code opens it.
+	if err := e.svc.UseRecoveryCode(e.ctx, u.ID, codes[0]); err != nil {
+		t.Fatal(err)
+	}
+	if locked() {
+		t.Fatal("still locked after a recovery code")
+	}
+	if err := verify(right); err != nil {
+		t.Fatalf("right code after a recovery code: %v", err)
+	}
+	// A right code starts the count again.
+	fail(max - 1)
+	e.clk.Advance(30 * time.Second)
+	if err := verify(mfaRefTOTP(t, secret, e.clk.Now())); err != nil {
+		t.Fatalf("right code after %d failures: %v", max-1, err)
+	}
+	fail(max - 1)
+	if locked() {
+		t.Fatal("locked: the right code did not start the count again")
+	}
+	// An administrator's unlock opens it too.
+	if err := verify(wrongTOTP(t, secret, e.clk.Now())); !errors.Is(err, authcore.ErrTOTPLocked) {
+		t.Fatalf("the locking code: %v", err)
+	}
+	if err := e.svc.UnlockTOTP(e.ctx, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.clk.Advance(30 * time.Second)
+	if err := verify(mfaRefTOTP(t, secret, e.clk.Now())); err != nil {
+		t.Fatalf("right code after the unlock: %v", err)
+	}
+	// A new enrolment is a new app, with no failures.
+	fail(max - 1)
+	if err := e.svc.RemoveTOTP(e.ctx, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	secret, _ = e.enrol(t, u)
+	if rec, _ := e.st.TOTP(e.ctx, u.ID); rec.Failures != 0 {
+		t.Errorf("a new enrolment starts with %d failures", rec.Failures)
 	}
 }
 
