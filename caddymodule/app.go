@@ -64,6 +64,10 @@ type App struct {
 	HeaderAliases []string `json:"header_aliases,omitempty"`
 	// AssertionAudience is the assertion's `aud`. Default: the site origin.
 	AssertionAudience string `json:"assertion_audience,omitempty"`
+	// PathParams is "allow" to let through request paths with ';',
+	// which are refused by default (pathRefusal): only for apps that
+	// treat ';' as an ordinary character, as servlet containers do not.
+	PathParams string `json:"path_params,omitempty"`
 	// Regulation limits failed password and second-factor attempts.
 	Regulation *RegulationConfig `json:"regulation,omitempty"`
 	// Audit configures retention and webhooks of the audit trail.
@@ -79,6 +83,7 @@ type App struct {
 	metrics *metrics // nil outside a running Caddy (the CLI)
 
 	remoteAliases bool
+	pathParams    bool // PathParams allow
 	storagePath   string
 
 	life *lifecycle
@@ -279,6 +284,13 @@ func (a *App) setDefaults() error {
 			return fmt.Errorf("header_aliases: unknown alias family %q (known: remote)", al)
 		}
 		a.remoteAliases = true
+	}
+	switch a.PathParams {
+	case "", "refuse":
+	case "allow":
+		a.pathParams = true
+	default:
+		return fmt.Errorf("path_params: %q (want allow or refuse)", a.PathParams)
 	}
 	return nil
 }

@@ -122,6 +122,7 @@ var later = map[string]bool{
 //		allowed_redirect_hosts <host...>
 //		header_aliases         remote
 //		assertion_audience     <aud>
+//		path_params            allow|refuse
 //		bootstrap_admin        <email>|off
 //		regulation {
 //			max_retries        <n>
@@ -271,6 +272,13 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 		case "assertion_audience":
 			if err := oneArg(d, &app.AssertionAudience); err != nil {
 				return nil, err
+			}
+		case "path_params":
+			if err := oneArg(d, &app.PathParams); err != nil {
+				return nil, err
+			}
+			if app.PathParams != "allow" && app.PathParams != "refuse" {
+				return nil, d.Errf("path_params: %q (want allow or refuse)", app.PathParams)
 			}
 		case "bootstrap_admin":
 			if err := oneArg(d, &app.BootstrapAdmin); err != nil {

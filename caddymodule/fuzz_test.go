@@ -8,15 +8,16 @@ import (
 )
 
 // identityHeaderRef is the reference for isIdentityHeader, written the
-// plain way: fold the whole name (ASCII letters to lower case, '_' to
-// '-'), then compare.
+// plain way: fold the whole name (ASCII letters to lower case, every
+// byte that is not a letter or a digit to '-'), then compare.
 func identityHeaderRef(name string, remote bool) bool {
 	b := []byte(name)
 	for i, c := range b {
 		switch {
 		case 'A' <= c && c <= 'Z':
 			b[i] = c + 'a' - 'A'
-		case c == '_':
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		default:
 			b[i] = '-'
 		}
 	}
@@ -43,6 +44,7 @@ func FuzzIsIdentityHeader(f *testing.F) {
 		"Remote-User-X", "Remote-", "Remote-Addr", "Remote", "remote-usr", "X-Forwarded-User",
 		"Content-Type", "", "-", "X-Sigra-\x00", " X-Sigra-User", "X-Sigra-User ", "X\u200b-Sigra-User",
 		"X-\u017figra-User", "\u212a-Sigra-User", "Xx-Sigra-User", "Remote-User\r\n",
+		"X.Sigra.User", "x.sigra_groups", "Remote.User", "remote.Email", "X+Sigra~Amr", "X-Sigra.", "X.Sigr",
 	} {
 		f.Add(name, false)
 		f.Add(name, true)

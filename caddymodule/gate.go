@@ -185,6 +185,12 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	first := d == nil
 	if first {
+		// The portal refused these already; a gate that runs first (in
+		// a route block, say) refuses them as well.
+		if why := pathRefusal(r.URL.Path, g.app.pathParams); why != "" {
+			g.app.metrics.gateDecisions.WithLabelValues("deny", "bad_path").Inc()
+			return refusePath(w, r, g.app.Prefix, why)
+		}
 		d = new(gateDecision)
 		d.scopes = d.buf[:0]
 		caddyhttp.SetVar(ctx, varGateDecided, d)

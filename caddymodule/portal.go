@@ -109,6 +109,11 @@ func portalPath(path, prefix string) (sub string, ok bool) {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	// Every request of the site passes here before any gate's matcher
+	// runs: a path the gates and the app could read apart stops here.
+	if why := pathRefusal(r.URL.Path, p.app.pathParams); why != "" {
+		return refusePath(w, r, p.app.Prefix, why)
+	}
 	stripIdentity(r, p.app.remoteAliases)
 	secure := isSecure(r)
 	own := takeOwnCookies(r, secure)

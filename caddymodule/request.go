@@ -25,10 +25,64 @@ const (
 	hdrAssertion = "X-Sigra-Assertion"
 )
 
+// pathRefusal says why the request's path is refused before any gate
+// decides on it, "" when it is not. Caddy chooses a path-scoped gate on
+// the path decoded and cleaned, while reverse_proxy sends the app the
+// path as written: where an app may resolve the two differently, a gate
+// would decide for one path and the app serve another. /admin/../x (or
+// /admin/%2e%2e/x, /admin/..%2fx) is decided as /x and served as
+// /admin/x by routers that match the raw path; /x/..;/admin/y and
+// /admin;p/y are /admin/y to servlet containers, which drop ';'
+// parameters, and never /admin/* to Caddy; a backslash is a separator
+// to Windows servers. Browsers resolve dot segments and never send
+// them, and paths rarely carry ';' or '\'; refusing them is the only
+// way to be sure that the gate and the app agree. params allows ';'
+// (path_params allow). Cheap: one scan of the path for the usual one.
+func pathRefusal(path string, params bool) string {
+	for i := 0; i < len(path); i++ {
+		switch path[i] {
+		case '\\':
+			return "a backslash"
+		case ';':
+			if !params {
+				return `a ";" parameter`
+			}
+		case '.':
+			if i > 0 && path[i-1] == '/' {
+				end := i + 1
+				if end < len(path) && path[end] == '.' {
+					end++
+				}
+				if end == len(path) || path[end] == '/' {
+					return "a dot segment"
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// refusePath answers a request whose path pathRefusal refused: 400, a
+// small page for browsers, problem+json for other clients.
+func refusePath(w http.ResponseWriter, r *http.Request, prefix, why string) error {
+	detail := "the request path has " + why + ", which this site does not accept"
+	if wantsHTML(r) {
+		nonce := newNonce()
+		setPageHeaders(w.Header(), nonce, nil)
+		return renderPage(w, http.StatusBadRequest, "message", pageData{
+			Title: "Bad request", Nonce: nonce, Prefix: prefix, Message: "This address cannot be served: " + detail + ".",
+		})
+	}
+	writeProblem(w, http.StatusBadRequest, "bad_path", detail)
+	return nil
+}
+
 // isIdentityHeader reports whether an incoming header name could be read
 // upstream as identity: anything starting with X-Sigra- (any case, and
-// with '_' for '-', which CGI-style upstreams treat alike) and, with the
-// remote alias family on, Remote-User/-Email/-Groups/-Name.
+// with any other punctuation for '-': CGI-style upstreams turn '-' into
+// '_', and PHP turns '.' into '_' too, so X.Sigra.User reaches PHP as
+// HTTP_X_SIGRA_USER once Caddy's expected_dot_headers lets it in) and,
+// with the remote alias family on, Remote-User/-Email/-Groups/-Name.
 func isIdentityHeader(name string, remote bool) bool {
 	if hasFoldPrefix(name, "x-sigra-") {
 		return true
@@ -40,7 +94,8 @@ func isIdentityHeader(name string, remote bool) bool {
 	return false
 }
 
-// hasFoldPrefix compares ASCII case-insensitively, '_' matching '-'.
+// hasFoldPrefix compares ASCII case-insensitively, any byte that is not
+// a letter or a digit matching '-'.
 func hasFoldPrefix(s, prefix string) bool {
 	return len(s) >= len(prefix) && foldEq(s[:len(prefix)], prefix)
 }
@@ -51,9 +106,11 @@ func foldEq(s, lower string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if 'A' <= c && c <= 'Z' {
+		switch {
+		case 'A' <= c && c <= 'Z':
 			c += 'a' - 'A'
-		} else if c == '_' {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		default:
 			c = '-'
 		}
 		if c != lower[i] {

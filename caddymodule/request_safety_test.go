@@ -1,14 +1,18 @@
 package caddymodule
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 // sendRaw sends a request whose headers may repeat, and returns its status
@@ -136,5 +140,125 @@ func TestPortalPagesAnswerAPIClientsMFARequired(t *testing.T) {
 		if r.StatusCode != http.StatusUnauthorized || problemReason(body) != "mfa_required" {
 			t.Errorf("GET %s as an API client, second factor pending: status %d body %s; want 401 mfa_required", path, r.StatusCode, body)
 		}
+	}
+}
+
+// rawGet sends the request line exactly as given: no client cleans the
+// path on the way.
+func rawGet(t *testing.T, e *env, target string, hdr map[string]string) (int, string) {
+	t.Helper()
+	addr := strings.TrimPrefix(e.base, "http://")
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var b strings.Builder
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", target, addr)
+	for k, v := range hdr {
+		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+	}
+	b.WriteString("\r\n")
+	if _, err := c.Write([]byte(b.String())); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(body)
+}
+
+// Caddy picks a path-scoped gate on the path decoded and cleaned, and
+// reverse_proxy sends the app the path as written. A path the two read
+// apart (dot segments, plain or encoded; ';' parameters, which servlet
+// containers drop; backslashes) would let a signed-in non-admin, or
+// anyone through an optional gate, reach /admin/… on such an app with
+// only the bare gate's check. Such paths are refused before any gate
+// decides, and never reach the app.
+func TestNonCanonicalPathsAreRefused(t *testing.T) {
+	e := startCaddy(t, "", testSite)
+	e.addUser("mallory@example.com", "staff")
+	e.mustLogin("mallory@example.com")
+	signedIn := map[string]string{"Cookie": "sigra_session=" + e.sessionCookie(), "Accept": "application/json"}
+	anon := map[string]string{"Accept": "application/json"}
+	refused := []string{
+		"/admin/../panel", "/admin/%2e%2e/panel", "/admin/..%2fpanel", "/admin/%2E%2E%2Fpanel",
+		"/admin/x/%2e%2e/%2e%2e/public/x", "/admin/./panel", "/admin/.", "/admin/..",
+		"/admin;x/panel", "/x/..;/admin/panel", "/public/..;/admin/panel", "/admin%3bx/panel",
+		`/admin\panel`, "/admin%5cpanel", "/.sigra/../admin/panel",
+	}
+	for _, target := range refused {
+		for who, hdr := range map[string]map[string]string{"signed in": signedIn, "anonymous": anon} {
+			_, before := e.up.last()
+			code, body := rawGet(t, e, target, hdr)
+			if _, after := e.up.last(); after != before {
+				t.Errorf("%s %s reached the app", who, target)
+			}
+			if code != http.StatusBadRequest || !strings.Contains(body, "bad_path") {
+				t.Errorf("%s %s: status %d %s; want 400 bad_path", who, target, code, body)
+			}
+		}
+	}
+	// Paths that only look alike pass as before.
+	for target, want := range map[string]int{
+		"/admin/panel": http.StatusForbidden, "/public/x": http.StatusOK, "/.well-known/x": http.StatusOK,
+		"/docs/v1.2/..x": http.StatusOK, "/docs/x..": http.StatusOK, "/docs/.x/y.": http.StatusOK,
+		"/docs?q=../x;y": http.StatusOK,
+	} {
+		if code, body := rawGet(t, e, target, signedIn); code != want {
+			t.Errorf("%s: status %d %s; want %d", target, code, body, want)
+		}
+	}
+	if code, body := rawGet(t, e, "/admin/../panel", map[string]string{"Accept": "text/html"}); code != http.StatusBadRequest || !strings.Contains(body, "dot segment") {
+		t.Errorf("a browser's refused path: status %d; want 400 and a page saying why\n%s", code, body)
+	}
+
+	// With no bare gate, no gate runs for these paths at all: the portal,
+	// which sees every request of the site, refuses them.
+	only := startCaddy(t, "", "sigra_gate /admin/* {\n\t\tgroup admins\n\t}")
+	for _, target := range []string{"/x/..;/admin/panel", "/admin/../panel", `/x\..\admin\panel`} {
+		_, before := only.up.last()
+		if code, _ := rawGet(t, only, target, anon); code != http.StatusBadRequest {
+			t.Errorf("only a scoped gate, %s: status %d; want 400", target, code)
+		}
+		if _, after := only.up.last(); after != before {
+			t.Errorf("only a scoped gate, %s reached the app", target)
+		}
+	}
+	if code, _ := rawGet(t, only, "/panel", anon); code != http.StatusOK {
+		t.Errorf("only a scoped gate, /panel: status %d; want 200 (ungated)", code)
+	}
+}
+
+// path_params allow lets ';' through, for apps that treat it as an
+// ordinary character; everything else is still refused.
+func TestPathParamsAllow(t *testing.T) {
+	e := startCaddy(t, "path_params allow", testSite)
+	e.addUser("mallory@example.com", "staff")
+	e.mustLogin("mallory@example.com")
+	hdr := map[string]string{"Cookie": "sigra_session=" + e.sessionCookie(), "Accept": "application/json"}
+	if code, body := rawGet(t, e, "/docs;v=2/x", hdr); code != http.StatusOK {
+		t.Errorf("';' with path_params allow: status %d %s; want 200", code, body)
+	}
+	if code, _ := rawGet(t, e, "/admin/../x", hdr); code != http.StatusBadRequest {
+		t.Errorf("a dot segment with path_params allow: status %d; want 400", code)
+	}
+}
+
+func TestPathRefusal(t *testing.T) {
+	for path, want := range map[string]string{
+		"/": "", "/a/b": "", "/.well-known/x": "", "/a/..b": "", "/a/b..": "", "/a/.b.": "", "/a.b/c": "",
+		"/..": "a dot segment", "/.": "a dot segment", "/a/./b": "a dot segment", "/a/../b": "a dot segment",
+		"/a/..": "a dot segment", "/a/.": "a dot segment", "/a;b": `a ";" parameter`, `/a\b`: "a backslash",
+	} {
+		if got := pathRefusal(path, false); got != want {
+			t.Errorf("pathRefusal(%q) = %q; want %q", path, got, want)
+		}
+	}
+	if got := pathRefusal("/a;b/c", true); got != "" {
+		t.Errorf("pathRefusal with params allowed = %q; want none", got)
 	}
 }
