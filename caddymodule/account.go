@@ -11,23 +11,33 @@ import (
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
-// passwordPage shows the form that changes the signed-in user's password.
+// passwordPage shows the form that changes the signed-in user's
+// password. A user with a second factor proves it first, as for turning
+// it off: with the password alone, a stolen session could otherwise sign
+// the owner out everywhere and keep the account.
 func (q *preq) passwordPage() error {
 	p, err := q.signedIn()
 	if p == nil || err != nil {
 		return err
 	}
+	if p.User.SecondFactor && !q.requireFresh(p, q.p.app.Prefix+"/account/password") {
+		return nil
+	}
 	return q.formPage(p, "password", "Change password")(http.StatusOK, "")
 }
 
-// passwordSubmit changes the password: the current one first, under the
-// same regulation as a sign-in, then the new one twice. Every session of
-// the user ends; this browser goes on in a new one.
+// passwordSubmit changes the password: a recent second factor for a user
+// with one, the current password under the same regulation as a
+// sign-in, then the new one twice. Every session of the user ends; this
+// browser goes on in a new one.
 func (q *preq) passwordSubmit() error {
 	back := q.p.app.Prefix + "/account/password"
 	p, err := q.formPrincipal(back)
 	if p == nil || err != nil {
 		return err
+	}
+	if p.User.SecondFactor && !q.requireFresh(p, back) {
+		return nil
 	}
 	again := q.formPage(p, "password", "Change password")
 	current, next := q.r.PostFormValue("current_password"), q.r.PostFormValue("new_password")

@@ -283,3 +283,35 @@ func TestDeleteAccountGuards(t *testing.T) {
 		t.Errorf("an admin with another admin: status %d; want 200\n%s", resp.StatusCode, body)
 	}
 }
+
+// A user with a second factor proves it again before changing the
+// password, as before turning it off: a stolen session and the password
+// alone must not sign the owner out everywhere and keep the account.
+func TestChangePasswordNeedsFreshSecondFactor(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("fay@example.com")
+	e.mustLogin("fay@example.com")
+	secret, _ := enrolTOTP(t, e, fake.Now())
+	_, page := e.get("/.sigra/account", nil) // a form token, taken while the factor is fresh
+	fake.Advance(freshFactor + time.Minute)
+
+	const next = "a much longer new passphrase"
+	resp, _ := e.postForm("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(t, page)},
+		"current_password": {testPassword}, "new_password": {next}, "confirm_password": {next}}, nil)
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/.sigra/mfa?rd=") {
+		t.Fatalf("change with an old second factor: status %d, Location %q; want the MFA page", resp.StatusCode, loc)
+	}
+	if resp := e.browser().login("fay@example.com", testPassword, "/"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatal("the password changed without a fresh second factor")
+	}
+	if resp, _ := e.get("/.sigra/account/password", map[string]string{"Accept": "text/html"}); !strings.HasPrefix(resp.Header.Get("Location"), "/.sigra/mfa?rd=") {
+		t.Errorf("the form with an old second factor: status %d; want the MFA page first", resp.StatusCode)
+	}
+	if resp := e.secondFactor("code", refTOTP(t, secret, fake.Now())); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("second factor: status %d", resp.StatusCode)
+	}
+	if resp, body := e.changePassword(testPassword, next, next); resp.StatusCode != http.StatusOK {
+		t.Fatalf("change after the second factor: status %d\n%s", resp.StatusCode, body)
+	}
+}
