@@ -92,7 +92,9 @@ type MFAStore interface {
 	DeleteTOTP(ctx context.Context, userID string, lastFactor, endSessions bool, at time.Time) error
 
 	// ReplaceRecoveryCodes replaces all of a user's recovery code hashes
-	// (each 32 bytes); an empty list deletes them.
+	// (each 32 bytes); an empty list deletes them. A non-empty list is
+	// refused with ErrNotEnrolled, in the same transaction, when the
+	// user's SecondFactor is not set (ErrNotFound: no such user).
 	ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error
 	// ConsumeRecoveryCode atomically deletes the user's unused recovery
 	// code with this hash, comparing in constant time, and in the same

@@ -361,7 +361,20 @@ func (b *Bolt) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [
 	if err != nil {
 		return err
 	}
-	return b.db.Update(func(tx *bolt.Tx) error { return putRecoveryCodes(tx, uk, codes) })
+	return b.db.Update(func(tx *bolt.Tx) error {
+		if len(codes) > 0 {
+			// Checked in the transaction that writes them: a second
+			// factor removed since the caller looked leaves no codes.
+			u, err := getUser(tx, uk)
+			if err != nil {
+				return err
+			}
+			if !u.SecondFactor {
+				return authcore.ErrNotEnrolled
+			}
+		}
+		return putRecoveryCodes(tx, uk, codes)
+	})
 }
 
 // ConsumeRecoveryCode implements authcore.MFAStore. Every stored hash is

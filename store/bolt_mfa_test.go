@@ -1124,3 +1124,46 @@ func TestResetTOTPIsOneTransaction(t *testing.T) {
 		t.Error("the user's session still authenticates after ResetTOTP")
 	}
 }
+
+// raceStore runs beforeReplace once, just before ReplaceRecoveryCodes:
+// what a concurrent request can do between RegenerateRecoveryCodes'
+// check that the user has a second factor and its write.
+type raceStore struct {
+	*Bolt
+	beforeReplace func()
+}
+
+func (s *raceStore) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
+	if f := s.beforeReplace; f != nil {
+		s.beforeReplace = nil
+		f()
+	}
+	return s.Bolt.ReplaceRecoveryCodes(ctx, userID, hashes)
+}
+
+// New recovery codes are written only while the user has a second
+// factor, checked in the writing transaction: a reset (or the user's own
+// removal) landing between the check and the write must not leave a user
+// without an authenticator holding working codes.
+func TestRegenerateRecoveryCodesRacesReset(t *testing.T) {
+	rs := &raceStore{Bolt: openAuthBolt(t)}
+	e := newMFAEnvOn(t, rs)
+	e.st = rs.Bolt
+	u := e.user(t, "alice@example.com")
+	e.enrol(t, u)
+	rs.beforeReplace = func() {
+		if err := e.svc.ResetTOTP(e.ctx, u.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	codes, err := e.svc.RegenerateRecoveryCodes(e.ctx, u.ID)
+	if !errors.Is(err, authcore.ErrNotEnrolled) || codes != nil {
+		t.Fatalf("RegenerateRecoveryCodes raced by a reset = %d codes, %v; want ErrNotEnrolled", len(codes), err)
+	}
+	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != 0 {
+		t.Errorf("%d recovery codes left after the reset; want none", n)
+	}
+	if err := e.st.ReplaceRecoveryCodes(e.ctx, e.user(t, "bob@example.com").ID, [][]byte{make([]byte, 32)}); !errors.Is(err, authcore.ErrNotEnrolled) {
+		t.Errorf("ReplaceRecoveryCodes for a user without a second factor = %v; want ErrNotEnrolled", err)
+	}
+}
