@@ -20,7 +20,9 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterGlobalOption("sigra", parseGlobal)
-	httpcaddyfile.RegisterDirective("sigra_portal", handlerDirective(parsePortal, portalMatcher))
+	httpcaddyfile.RegisterDirective("sigra_portal", handlerDirective(func(h httpcaddyfile.Helper, _ caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
+		return parsePortal(h)
+	}, portalMatcher))
 	httpcaddyfile.RegisterDirective("sigra_gate", handlerDirective(parseGate, gateMatcher))
 	// Both run before basic_auth, the portal before the gate, so users
 	// write no `order` line. (Registered in this order on purpose: each
@@ -30,8 +32,9 @@ func init() {
 }
 
 // handlerDirective is httpcaddyfile.RegisterHandlerDirective's parser,
-// with check shown the directive's matcher before setup parses the rest.
-func handlerDirective(setup httpcaddyfile.UnmarshalHandlerFunc, check func(httpcaddyfile.Helper, caddy.ModuleMap) error) httpcaddyfile.UnmarshalFunc {
+// with check shown the directive's matcher before setup parses the rest,
+// and setup shown it too.
+func handlerDirective(setup func(httpcaddyfile.Helper, caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error), check func(httpcaddyfile.Helper, caddy.ModuleMap) error) httpcaddyfile.UnmarshalFunc {
 	return func(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
 		if !h.Next() {
 			return nil, h.ArgErr()
@@ -45,7 +48,7 @@ func handlerDirective(setup httpcaddyfile.UnmarshalHandlerFunc, check func(httpc
 			return nil, err
 		}
 		h.Reset()
-		val, err := setup(h)
+		val, err := setup(h, matcherSet)
 		if err != nil {
 			return nil, err
 		}
@@ -64,34 +67,65 @@ func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 }
 
 type gateMatch struct {
-	line       int
-	singlePath bool
+	line   int
+	prefix bool
 }
 
 // gateMatcher refuses sibling gates whose order Caddy cannot decide by
 // specificity. Caddy sorts a block's sigra_gate directives longest path
-// first only when each has a single path matcher, and one without a
-// matcher last; two gates that both have matchers, one of them another
-// kind (method, header, several paths), keep the order they are written
-// in. Of siblings, the first that matches decides alone, so which gate
-// decides would rest on the writing order while the rule promises the
-// most specific: `@reads method GET` written before `/admin/*` would make
-// /admin/* readable by anyone.
+// first when each has a single path matcher, and one without a matcher
+// last; two gates that both have matchers, one of them another kind
+// (method, header, several paths), keep the order they are written in.
+// And a path's length means specificity only for prefixes: `*.json` is
+// as long as `/api/*` and sorts first, though neither holds the other.
+// Of siblings, the first that matches decides, so which gate decides
+// would rest on the writing order (or on a length that means nothing)
+// while the rule promises the most specific: `@reads method GET` written
+// before `/admin/*` would make /admin/* readable by anyone. So siblings
+// that both have matchers must each be one path prefix (gatePrefix).
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	sib := gateBlockOf(h)
 	if matcherSet == nil || sib == nil {
 		return nil
 	}
-	var paths []string
-	single := len(matcherSet) == 1 && json.Unmarshal(matcherSet["path"], &paths) == nil && len(paths) == 1
+	_, prefix := gatePrefix(matcherSet)
 	for _, m := range sib.matched {
-		if !single || !m.singlePath {
-			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and Caddy orders sibling gates by specificity only when each matches a single path: "+
-				"for a request both match, the one written first would decide alone. Give each one path, or nest the narrower gate in a handle block (a nested gate adds its requirements)", m.line)
+		if !prefix || !m.prefix {
+			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and sibling gates are ordered by specificity only when each matches one path prefix (/admin*, /api/*, /docs): "+
+				"for a request both match, the one Caddy puts first would decide alone. Give each one path prefix, or nest the narrower gate in a handle block (a nested gate adds its requirements)", m.line)
 		}
 	}
-	sib.matched = append(sib.matched, gateMatch{line: h.Line(), singlePath: single})
+	sib.matched = append(sib.matched, gateMatch{line: h.Line(), prefix: prefix})
 	return nil
+}
+
+// gatePrefix returns the prefix a matcher set matches when it is one
+// path pattern that matches by prefix (/admin*, /admin/*) or exactly
+// (/admin): of two such patterns that match one request, the longer is
+// the more specific, which is what Caddy's sort and Gate.Rank rely on.
+func gatePrefix(matcherSet caddy.ModuleMap) (string, bool) {
+	var paths []string
+	if len(matcherSet) != 1 || json.Unmarshal(matcherSet["path"], &paths) != nil || len(paths) != 1 {
+		return "", false
+	}
+	prefix := strings.TrimSuffix(paths[0], "*")
+	if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "*{") {
+		return "", false
+	}
+	return prefix, true
+}
+
+// gateRank is Gate.Rank for a gate with this matcher set: 0 without
+// one, the prefix's length and 2 for a path prefix, 1 for any other
+// (which gateMatcher lets have only siblings without a matcher).
+func gateRank(matcherSet caddy.ModuleMap) int {
+	if matcherSet == nil {
+		return 0
+	}
+	if prefix, ok := gatePrefix(matcherSet); ok {
+		return 2 + len(prefix)
+	}
+	return 1
 }
 
 // later names global sub-options that belong to capabilities not in this
@@ -475,7 +509,7 @@ var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "polic
 //		amr <method...>
 //		group <name...>
 //	}
-func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
 	if h.NextArg() {
 		return nil, h.Errf("sigra_gate: unexpected argument %q (requirements go in a block)", h.Val())
@@ -550,6 +584,7 @@ func parseGate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return nil, h.Err("sigra_gate: " + err.Error())
 	}
 	g.Scope = gateScope(h)
+	g.Rank = gateRank(matcherSet)
 	return g, nil
 }
 

@@ -69,7 +69,7 @@ func TestParseGate(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			h := httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser(tc.input)}
-			got, err := parseGate(h)
+			got, err := parseGate(h, nil)
 			if wantParseError(t, err, tc.wantErr) {
 				return
 			}
@@ -271,6 +271,13 @@ func TestAdaptSiblingGateOrder(t *testing.T) {
 		{"two paths in one matcher", "\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\t@ab path /a/* /b/*\n\tsigra_gate @ab {\n\t\toptional\n\t}",
 			"this gate and the one on line 8 both have matchers"},
 		{"a matched gate and a bare one", "\t@reads method GET\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\tsigra_gate", ""},
+		// *.json is as long as /api/* and sorts first, though neither
+		// holds the other: /api/users.json would escape the group.
+		{"a suffix pattern beside a prefix", "\tsigra_gate /api/* {\n\t\tgroup api\n\t}\n\t@json path *.json\n\tsigra_gate @json {\n\t\toptional\n\t}",
+			"this gate and the one on line 8 both have matchers"},
+		{"a wildcard inside the path", "\tsigra_gate /a/* {\n\t\tgroup a\n\t}\n\tsigra_gate /a/*/open {\n\t\toptional\n\t}",
+			"this gate and the one on line 8 both have matchers"},
+		{"an exact path and prefixes", "\tsigra_gate /admin {\n\t\tgroup admins\n\t}\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /admin/public/* {\n\t\toptional\n\t}", ""},
 		{"the narrower gate nested", "\t@reads method GET HEAD\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}\n\tsigra_gate", ""},
 	}
 	for _, tc := range cases {

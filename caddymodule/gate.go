@@ -28,18 +28,48 @@ const varGateDecided = "sigra.gate_decided"
 // specific decides alone and the others step aside; a gate of a scope
 // that has not decided yet (nested in a handle or route block) adds its
 // own requirements to the same principal, and then its siblings step
-// aside for it.
+// aside for it. A sibling more specific than the one that decided (met
+// after it: in a route block, Caddy keeps the written order) adds its
+// requirements too, rather than let `/docs/* { optional }` written
+// before `/docs/internal/* { group staff }` open the inner one to all.
 type gateDecision struct {
-	scopes   []int               // the scopes that have decided
-	buf      [4]int              // backing for scopes: no allocation for a few
+	scopes   []scopeRank         // the scopes that have decided
+	buf      [4]scopeRank        // backing for scopes: no allocation for a few
 	p        *authcore.Principal // nil: anonymous
 	pending  bool                // anonymous because the second factor is still due
 	asserted bool                // X-Sigra-Assertion is set
 }
 
-// decided reports whether a gate of scope has decided already.
-func (d *gateDecision) decided(scope int) bool {
-	return scope != 0 && slices.Contains(d.scopes, scope)
+// scopeRank is a scope that decided, and the most specific Rank that
+// applied in it.
+type scopeRank struct{ scope, rank int }
+
+// decided reports whether a gate of scope at least as specific as rank
+// has decided already.
+func (d *gateDecision) decided(scope, rank int) bool {
+	if scope == 0 {
+		return false
+	}
+	for _, s := range d.scopes {
+		if s.scope == scope {
+			return s.rank >= rank
+		}
+	}
+	return false
+}
+
+// record notes that a gate of scope and rank applied.
+func (d *gateDecision) record(scope, rank int) {
+	if scope == 0 {
+		return
+	}
+	for i := range d.scopes {
+		if d.scopes[i].scope == scope {
+			d.scopes[i].rank = max(d.scopes[i].rank, rank)
+			return
+		}
+	}
+	d.scopes = append(d.scopes, scopeRank{scope, rank})
 }
 
 // String keeps the principal out of a {vars.sigra.gate_decided} placeholder.
@@ -75,6 +105,11 @@ type Gate struct {
 	// its own for every gate, so every gate a request meets applies its
 	// requirements; Provision warns about it.
 	Scope int `json:"scope,omitempty"`
+	// Rank is how specific the gate's matcher is among its siblings, set
+	// by the Caddyfile adapter as Caddy sorts them: 0 without a matcher,
+	// 2 plus the length of a path prefix, 1 for another matcher. A
+	// sibling met after one of a lower rank decided applies as well.
+	Rank int `json:"rank,omitempty"`
 
 	app     *App
 	logger  *zap.Logger
@@ -178,7 +213,7 @@ func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
 func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	ctx := r.Context()
 	d, _ := caddyhttp.GetVar(ctx, varGateDecided).(*gateDecision)
-	if d != nil && d.decided(g.Scope) {
+	if d != nil && d.decided(g.Scope, g.Rank) {
 		// A more specific sibling decided; stripping again would also
 		// remove the identity it set.
 		return next.ServeHTTP(w, r)
@@ -199,9 +234,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// the gate strips right before it decides what goes upstream.
 		stripIdentity(r, g.app.remoteAliases)
 	}
-	if g.Scope != 0 {
-		d.scopes = append(d.scopes, g.Scope)
-	}
+	d.record(g.Scope, g.Rank)
 
 	start := time.Now()
 	m := g.app.metrics

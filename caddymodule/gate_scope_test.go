@@ -249,3 +249,51 @@ func TestNestedAssertionOff(t *testing.T) {
 	h, _ = e.up.last()
 	verifyAssertion(t, e, h.Get(hdrAssertion))
 }
+
+// In a route block Caddy keeps the written order, so a less specific
+// sibling may come first and decide; the more specific one met after it
+// still applies its requirements, so `/docs/* { optional }` written
+// before `/docs/internal/* { group staff }` does not open the inner
+// pages to all. The less specific one still steps aside when the more
+// specific one came first.
+func TestRouteBlockMoreSpecificSiblingApplies(t *testing.T) {
+	e := startCaddy(t, "", `
+	route {
+		sigra_gate /docs/* {
+			optional
+		}
+		sigra_gate /docs/internal/* {
+			group staff
+		}
+		sigra_gate /api/private/* {
+			group staff
+		}
+		sigra_gate /api/* {
+			optional
+		}
+	}`)
+	e.addUser("sam@example.com", "staff")
+	e.addUser("oz@example.com", "others")
+	for _, c := range []struct {
+		who, path string
+		want      int
+	}{
+		{"", "/docs/x", http.StatusOK},
+		{"", "/docs/internal/plan", http.StatusUnauthorized},
+		{"", "/api/private/x", http.StatusUnauthorized},
+		{"", "/api/x", http.StatusOK},
+		{"oz@example.com", "/docs/internal/plan", http.StatusForbidden},
+		{"oz@example.com", "/api/private/x", http.StatusForbidden},
+		{"oz@example.com", "/docs/x", http.StatusOK},
+		{"sam@example.com", "/docs/internal/plan", http.StatusOK},
+		{"sam@example.com", "/api/private/x", http.StatusOK},
+	} {
+		e.client.Jar, _ = newJar()
+		if c.who != "" {
+			e.mustLogin(c.who)
+		}
+		if resp, body := e.get(c.path, jsonAccept); resp.StatusCode != c.want {
+			t.Errorf("%q on %s: status %d (%s); want %d", c.who, c.path, resp.StatusCode, body, c.want)
+		}
+	}
+}
