@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
+	"hash/fnv"
 	"reflect"
 	"slices"
 	"strconv"
@@ -84,9 +86,9 @@ type gateMatch struct {
 // before `/admin/*` would make /admin/* readable by anyone. So siblings
 // that both have matchers must each be one path prefix (gatePrefix).
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
-	sib := gateBlockOf(h)
-	if matcherSet == nil || sib == nil {
-		return nil
+	sib, err := gateBlockOf(h)
+	if matcherSet == nil || sib == nil || err != nil {
+		return err
 	}
 	_, prefix := gatePrefix(matcherSet)
 	for _, m := range sib.matched {
@@ -99,10 +101,11 @@ func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	return nil
 }
 
-// gatePrefix returns the prefix a matcher set matches when it is one
-// path pattern that matches by prefix (/admin*, /admin/*) or exactly
-// (/admin): of two such patterns that match one request, the longer is
-// the more specific, which is what Caddy's sort and Gate.Rank rely on.
+// gatePrefix returns the path pattern of a matcher set that is one path
+// matching by prefix (/admin*, /admin/*) or exactly (/admin): of two
+// such patterns that match one request, the longer is the more specific
+// (and an exact path more than a prefix as long), which is what Caddy's
+// sort and Gate.Rank rely on.
 func gatePrefix(matcherSet caddy.ModuleMap) (string, bool) {
 	var paths []string
 	if len(matcherSet) != 1 || json.Unmarshal(matcherSet["path"], &paths) != nil || len(paths) != 1 {
@@ -112,20 +115,29 @@ func gatePrefix(matcherSet caddy.ModuleMap) (string, bool) {
 	if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "*{") {
 		return "", false
 	}
-	return prefix, true
+	return paths[0], true
 }
 
 // gateRank is Gate.Rank for a gate with this matcher set: 0 without
-// one, the prefix's length and 2 for a path prefix, 1 for any other
-// (which gateMatcher lets have only siblings without a matcher).
+// one, 1 for one that is not a path prefix (which gateMatcher lets have
+// only siblings without a matcher), and for a path prefix more the
+// longer it is, and one more for an exact path than for the prefix of
+// the same length (/docs is more specific than /docs*, as Caddy sorts
+// them).
 func gateRank(matcherSet caddy.ModuleMap) int {
 	if matcherSet == nil {
 		return 0
 	}
-	if prefix, ok := gatePrefix(matcherSet); ok {
-		return 2 + len(prefix)
+	pattern, ok := gatePrefix(matcherSet)
+	if !ok {
+		return 1
 	}
-	return 1
+	prefix, wild := strings.CutSuffix(pattern, "*")
+	rank := 2 + 2*len(prefix)
+	if !wild {
+		rank++
+	}
+	return rank
 }
 
 // later names global sub-options that belong to capabilities not in this
@@ -583,7 +595,10 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 	if err := g.checkOptional(); err != nil {
 		return nil, h.Err("sigra_gate: " + err.Error())
 	}
-	g.Scope = gateScope(h)
+	var err error
+	if g.Scope, err = gateScope(h); err != nil {
+		return nil, err
+	}
 	g.Rank = gateRank(matcherSet)
 	return g, nil
 }
@@ -599,31 +614,77 @@ type gateBlock struct {
 // gateBlockOf returns the state of the block a gate is written in. Caddy
 // parses sibling directives with one shared BlockState map and gives a
 // nested block (handle, route, handle_path) a copy of it: a mark found in
-// the very map is a sibling's, one copied from the parent is not. Scope
-// ids count from 1 in each adaptation, so `caddy adapt` prints the same
-// config every time; routes adapted apart must not be joined by hand.
+// the very map is a sibling's, one copied from the parent is not. The top
+// level of every site gets the same map, though (the adaptation's State),
+// so there the mark is kept per site (siteOf). Scope ids count from 1 in
+// each adaptation, so `caddy adapt` prints the same config every time;
+// routes adapted apart must not be joined by hand. Named routes are
+// adapted apart, each with a State of its own: their ids are negative
+// and drawn from the route's name (namedRouteBase), so that a gate in
+// an invoked route never counts as a sibling of the site's gates.
 // Without the adapter's state (a Helper made by hand) it is nil.
-func gateBlockOf(h httpcaddyfile.Helper) *gateBlock {
+func gateBlockOf(h httpcaddyfile.Helper) (*gateBlock, error) {
 	if h.State == nil || h.BlockState == nil {
-		return nil
+		return nil, nil
 	}
 	block := reflect.ValueOf(h.BlockState).Pointer()
-	if b, ok := h.BlockState["sigra.gate_block"].(*gateBlock); ok && b.block == block {
-		return b
+	key := "sigra.gate_block"
+	if block == reflect.ValueOf(h.State).Pointer() {
+		key = fmt.Sprintf("sigra.gate_block@%x", siteOf(h))
+	}
+	if b, ok := h.BlockState[key].(*gateBlock); ok && b.block == block {
+		return b, nil
 	}
 	n, _ := h.State["sigra.gate_scopes"].(int)
 	n++
 	h.State["sigra.gate_scopes"] = n
-	b := &gateBlock{block: block, id: n}
-	h.BlockState["sigra.gate_block"] = b
-	return b
+	id := n
+	if h.IsNamedRoute() {
+		if n > 0xff {
+			return nil, h.Err("sigra_gate: more than 255 blocks with gates in one named route")
+		}
+		id = -(namedRouteBase(h)<<8 | n)
+	}
+	b := &gateBlock{block: block, id: id}
+	h.BlockState[key] = b
+	return b, nil
+}
+
+// siteOf tells apart the server blocks whose top-level directives Caddy
+// parses with one BlockState: by the block's own keys (the site
+// addresses), which Caddy's Helper keeps unexported. 0 if this Caddy's
+// Helper has no such field: every site's top level then shares one set
+// of siblings, which can only refuse more configs, never scope fewer
+// gates.
+func siteOf(h httpcaddyfile.Helper) uintptr {
+	keys := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("Keys")
+	if !keys.IsValid() || keys.Kind() != reflect.Slice {
+		return 0
+	}
+	return keys.Pointer()
+}
+
+// namedRouteBase is a number drawn from the name of the named route a
+// gate is written in (23 bits of its FNV-1a hash, never 0), the same in
+// every adaptation.
+func namedRouteBase(h httpcaddyfile.Helper) int {
+	name := ""
+	if keys := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("Keys"); keys.IsValid() && keys.Kind() == reflect.Slice && keys.Len() > 0 {
+		if t := keys.Index(0).FieldByName("Text"); t.IsValid() && t.Kind() == reflect.String {
+			name = t.String()
+		}
+	}
+	f := fnv.New32a()
+	f.Write([]byte(name))
+	return int(f.Sum32()&0x7fffff) | 1
 }
 
 // gateScope numbers the block a gate is written in; 0, which sets none,
 // without the adapter's state.
-func gateScope(h httpcaddyfile.Helper) int {
-	if b := gateBlockOf(h); b != nil {
-		return b.id
+func gateScope(h httpcaddyfile.Helper) (int, error) {
+	b, err := gateBlockOf(h)
+	if b == nil || err != nil {
+		return 0, err
 	}
-	return 0
+	return b.id, nil
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -293,6 +295,30 @@ func TestAdaptSiblingGateOrder(t *testing.T) {
 				t.Errorf("adapt error %v; want one containing %q and naming the line", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// The top-level gates of two sites are not siblings: a request never
+// meets both, so what one site's gates match does not limit the other's.
+// Each site's top level is a scope of its own.
+func TestAdaptGatesOfTwoSitesAreNotSiblings(t *testing.T) {
+	src := "http://a.example:9 {\n\tsigra_portal\n\tsigra_gate /api/* {\n\t\tgroup api\n\t}\n\tsigra_gate\n\trespond ok\n}\n" +
+		"http://b.example:9 {\n\tsigra_portal\n\t@json path *.json\n\tsigra_gate @json {\n\t\toptional\n\t}\n\tsigra_gate\n\trespond ok\n}\n"
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "Testfile"})
+	if err != nil {
+		t.Fatalf("two sites, each with sound siblings: %v", err)
+	}
+	scopes := map[float64]bool{}
+	for _, m := range regexp.MustCompile(`"handler":"sigra_gate"[^}]*"scope":(-?\d+)`).FindAllSubmatch(out, -1) {
+		n, _ := strconv.ParseFloat(string(m[1]), 64)
+		scopes[n] = true
+	}
+	if len(scopes) != 2 {
+		t.Errorf("scopes %v in %s; want one per site", scopes, out)
+	}
+	// Within one site the rule still holds.
+	if err := adaptCaddyfile(strings.Replace(src, "\tsigra_gate\n\trespond ok\n}\n", "\tsigra_gate /files/* {\n\t\tgroup files\n\t}\n\trespond ok\n}\n", 2)); err == nil || !strings.Contains(err.Error(), "both have matchers") {
+		t.Errorf("a suffix and a prefix gate in site b: %v; want refused", err)
 	}
 }
 

@@ -106,9 +106,9 @@ type Gate struct {
 	// requirements; Provision warns about it.
 	Scope int `json:"scope,omitempty"`
 	// Rank is how specific the gate's matcher is among its siblings, set
-	// by the Caddyfile adapter as Caddy sorts them: 0 without a matcher,
-	// 2 plus the length of a path prefix, 1 for another matcher. A
-	// sibling met after one of a lower rank decided applies as well.
+	// by the Caddyfile adapter as Caddy sorts them (gateRank): 0 without
+	// a matcher, higher for a longer path prefix. A sibling met after one
+	// of a lower rank decided applies as well.
 	Rank int `json:"rank,omitempty"`
 
 	app     *App

@@ -206,23 +206,14 @@ func TestNestedSiblingsStepAsideForEachOther(t *testing.T) {
 	e.addUser("ada@example.com", "admins")
 	e.addUser("sam@example.com", "staff")
 	e.addUser("oz@example.com", "others")
-	for _, c := range []struct {
-		who, path string
-		want      int
-	}{
+	checkAccess(t, e, []access{
 		{"ada@example.com", "/app/admin/x", http.StatusOK}, // the admins sibling decides, not staff
 		{"ada@example.com", "/app/other", http.StatusForbidden},
 		{"sam@example.com", "/app/other", http.StatusOK},
 		{"sam@example.com", "/app/admin/x", http.StatusForbidden},
 		{"oz@example.com", "/elsewhere", http.StatusOK},
 		{"oz@example.com", "/app/other", http.StatusForbidden},
-	} {
-		e.client.Jar, _ = newJar()
-		e.mustLogin(c.who)
-		if resp, body := e.get(c.path, jsonAccept); resp.StatusCode != c.want {
-			t.Errorf("%s on %s: status %d (%s); want %d", c.who, c.path, resp.StatusCode, body, c.want)
-		}
-	}
+	})
 }
 
 // `assertion off` on a nested gate leaves the assertion out on its route
@@ -271,23 +262,71 @@ func TestRouteBlockMoreSpecificSiblingApplies(t *testing.T) {
 		sigra_gate /api/* {
 			optional
 		}
+		sigra_gate /team* {
+			optional
+		}
+		sigra_gate /team {
+			group staff
+		}
 	}`)
 	e.addUser("sam@example.com", "staff")
 	e.addUser("oz@example.com", "others")
-	for _, c := range []struct {
-		who, path string
-		want      int
-	}{
+	checkAccess(t, e, []access{
 		{"", "/docs/x", http.StatusOK},
 		{"", "/docs/internal/plan", http.StatusUnauthorized},
 		{"", "/api/private/x", http.StatusUnauthorized},
 		{"", "/api/x", http.StatusOK},
+		{"", "/teams", http.StatusOK},
+		{"", "/team", http.StatusUnauthorized}, // exact is more specific than a prefix as long
 		{"oz@example.com", "/docs/internal/plan", http.StatusForbidden},
 		{"oz@example.com", "/api/private/x", http.StatusForbidden},
 		{"oz@example.com", "/docs/x", http.StatusOK},
 		{"sam@example.com", "/docs/internal/plan", http.StatusOK},
 		{"sam@example.com", "/api/private/x", http.StatusOK},
-	} {
+	})
+}
+
+// A gate in a named route, invoked from a site, adds its requirements
+// like a nested gate: named routes are adapted apart, and a gate there
+// must not count as a sibling of the site's gates that decided before.
+func TestNamedRouteGateAddsItsRequirements(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	cf := e.caddyfile("", `sigra_gate {
+		optional
+	}
+	route /secret* {
+		invoke secret
+	}`) + `
+&(secret) {
+	sigra_gate {
+		group staff
+	}
+}
+`
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	e.addUser("sam@example.com", "staff")
+	e.addUser("oz@example.com", "others")
+	checkAccess(t, e, []access{
+		{"", "/open", http.StatusOK},
+		{"", "/secret", http.StatusUnauthorized},
+		{"oz@example.com", "/secret", http.StatusForbidden},
+		{"sam@example.com", "/secret", http.StatusOK},
+	})
+}
+
+// access is one line of an access table: who signs in ("" for nobody),
+// the path they ask for, and the status they must get.
+type access struct {
+	who, path string
+	want      int
+}
+
+// checkAccess asks for each path, in a fresh browser signed in as who.
+func checkAccess(t *testing.T, e *env, table []access) {
+	t.Helper()
+	for _, c := range table {
 		e.client.Jar, _ = newJar()
 		if c.who != "" {
 			e.mustLogin(c.who)
