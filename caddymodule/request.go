@@ -53,7 +53,9 @@ func pathRefusal(path string, params bool) string {
 				if end < len(path) && path[end] == '.' {
 					end++
 				}
-				if end == len(path) || path[end] == '/' {
+				// ..;x is .. to servlet containers, even with ';'
+				// allowed.
+				if end == len(path) || path[end] == '/' || path[end] == ';' {
 					return "a dot segment"
 				}
 			}

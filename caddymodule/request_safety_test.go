@@ -243,8 +243,10 @@ func TestPathParamsAllow(t *testing.T) {
 	if code, body := rawGet(t, e, "/docs;v=2/x", hdr); code != http.StatusOK {
 		t.Errorf("';' with path_params allow: status %d %s; want 200", code, body)
 	}
-	if code, _ := rawGet(t, e, "/admin/../x", hdr); code != http.StatusBadRequest {
-		t.Errorf("a dot segment with path_params allow: status %d; want 400", code)
+	for _, target := range []string{"/admin/../x", "/public/..;/admin/panel", "/public/.;x/y"} {
+		if code, _ := rawGet(t, e, target, hdr); code != http.StatusBadRequest {
+			t.Errorf("%s with path_params allow: status %d; want 400", target, code)
+		}
 	}
 }
 
@@ -260,5 +262,8 @@ func TestPathRefusal(t *testing.T) {
 	}
 	if got := pathRefusal("/a;b/c", true); got != "" {
 		t.Errorf("pathRefusal with params allowed = %q; want none", got)
+	}
+	if got := pathRefusal("/a/..;b/c", true); got != "a dot segment" {
+		t.Errorf("pathRefusal(/a/..;b/c) with params allowed = %q; want a dot segment", got)
 	}
 }
