@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"unicode/utf8"
 
@@ -245,13 +246,15 @@ func decodeAdminRequest[Req any](w http.ResponseWriter, r *http.Request) (Req, e
 // would turn invalid UTF-8 into U+FFFD, so a name stored from such a
 // body would not be the one sent.)
 func decodeStrictJSON(data []byte, v any) error {
-	if !utf8.Valid(data) {
+	if !utf8.Valid(data) || hasLoneSurrogate(data) {
 		return errors.New("the body is not valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err == io.EOF {
 		return errors.New("empty body")
+	} else if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		return fmt.Errorf("%s cannot be a JSON %s", te.Field, te.Value) // without Go's type names
 	} else if err != nil {
 		return err
 	}
@@ -264,6 +267,41 @@ func decodeStrictJSON(data []byte, v any) error {
 	default:
 		return fmt.Errorf("trailing data after the JSON value: %w", err)
 	}
+}
+
+// hasLoneSurrogate reports whether JSON text escapes half of a UTF-16
+// surrogate pair (\ud800 alone), which Go's decoder, too, turns into
+// U+FFFD rather than refuse.
+func hasLoneSurrogate(data []byte) bool {
+	escaped := func(i int) (rune, bool) { // the \uXXXX at data[i:], if any
+		if i+6 > len(data) || data[i] != '\\' || data[i+1] != 'u' {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(string(data[i+2:i+6]), 16, 16)
+		return rune(n), err == nil
+	}
+	for i := 0; i < len(data); i++ {
+		if data[i] != '\\' {
+			continue
+		}
+		r, ok := escaped(i)
+		if !ok {
+			i++ // an escaped byte, a backslash included
+			continue
+		}
+		i += 5
+		switch {
+		case 0xdc00 <= r && r <= 0xdfff:
+			return true
+		case 0xd800 <= r && r <= 0xdbff:
+			low, ok := escaped(i + 1)
+			if !ok || low < 0xdc00 || low > 0xdfff {
+				return true
+			}
+			i += 6
+		}
+	}
+	return false
 }
 
 // userErrorStatus maps a user-operation error to an HTTP status.

@@ -315,3 +315,23 @@ func TestCLIUserGroups(t *testing.T) {
 		t.Error("groups of an unknown user: no error")
 	}
 }
+
+func TestHasLoneSurrogate(t *testing.T) {
+	for body, want := range map[string]bool{
+		`{"g":["dev"]}`:              false,
+		`{"g":["\ud83d\ude00"]}`:     false, // a pair: 😀
+		`{"g":["\\ud800"]}`:          false, // an escaped backslash, then text
+		`{"g":["a\\\\ud800"]}`:       false,
+		`{"g":["dev\ud800"]}`:        true,
+		`{"g":["dev\udc00"]}`:        true,
+		`{"g":["\ud800\u0041"]}`:     true,
+		`{"g":["\ud800\\ude00"]}`:    true,
+		`{"g":["\uD800"]}`:           true,
+		`{"g":["x"]} "\ud800`:        true,
+		`{"g":["\u00e9\u20ac\u00"]}`: false,
+	} {
+		if got := hasLoneSurrogate([]byte(body)); got != want {
+			t.Errorf("hasLoneSurrogate(%s) = %v; want %v", body, got, want)
+		}
+	}
+}

@@ -367,7 +367,8 @@ func TestAdminSetsGroups(t *testing.T) {
 		"a stray bracket after": `{"groups": []}]`,
 		// Go's decoder would store U+FFFD for the bad byte: a name that
 		// is not the one sent.
-		"not UTF-8": "{\"groups\": [\"dev\xff\"]}",
+		"not UTF-8":             "{\"groups\": [\"dev\xff\"]}",
+		"half a surrogate pair": `{"groups": ["dev\ud800"]}`,
 	} {
 		if code, _ := post("/users/"+target.ID+"/groups", payload); code != http.StatusBadRequest {
 			t.Errorf("API groups, %s: status %d; want 400", name, code)
@@ -375,6 +376,9 @@ func TestAdminSetsGroups(t *testing.T) {
 	}
 	if u, _ := e.rt().store.UserByID(ctx, target.ID); len(u.Groups) != 0 {
 		t.Errorf("refused bodies changed the groups to %q", u.Groups)
+	}
+	if _, b := post("/users/"+target.ID+"/groups", `{"groups": "dev"}`); !strings.Contains(b, "groups cannot be a JSON string") || strings.Contains(b, "[]string") {
+		t.Errorf("a string for the list: %s; want the problem said without Go's type names", b)
 	}
 	if code, _ := post("/users/"+target.ID+"/groups", `{"groups": ["`+strings.Repeat("x", maxFormBody)+`"]}`); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("API groups, oversized: status %d; want 413", code)
