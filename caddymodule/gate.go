@@ -369,7 +369,9 @@ func (g *Gate) auditDenied(rt *runtime, r *http.Request, p *authcore.Principal, 
 const deniedLogMax = 10000
 
 // deniedLog keeps authz.denied rows to one per user, gate and reason a
-// minute, so a client retrying a refused request cannot flood the log.
+// minute, so a client retrying a refused request cannot flood the log
+// (and the rows of codes refused by a locked authenticator app, with no
+// gate, to one per user a minute).
 type deniedLog struct {
 	mu   sync.Mutex
 	last map[deniedKey]time.Time

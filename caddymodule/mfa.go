@@ -90,17 +90,23 @@ func (q *preq) mfaSubmit() error {
 		}
 	}
 	// An app locked by wrong codes in a row checked nothing: the
-	// attempt is not a guess, and the page says what opens it.
+	// attempt is not a guess (it counts towards no ban, which would
+	// also hold back the owner's recovery code), and the page says what
+	// opens it. Such refusals cost nothing to send, so their row is
+	// written once a minute per user, and the answer waits.
 	appLocked := errors.Is(err, authcore.ErrTOTPLocked) && !errors.Is(err, authcore.ErrInvalidCode)
 	if appLocked {
 		if err := att.Abandon(q.ctx()); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
-		if err := q.audit(event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
-			meta: map[string]string{"method": method, "reason": "totp_locked"}}); err != nil {
-			return err
+		if q.rt.denied.due(deniedKey{user: p.User.ID, reason: "totp_locked"}, q.rt.auth.Now()) {
+			if err := q.audit(event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
+				meta: map[string]string{"method": method, "reason": "totp_locked"}}); err != nil {
+				return err
+			}
 		}
 		q.rt.login(method, "locked")
+		wait(q.ctx(), authcore.MaxFailureDelay)
 		return q.page(http.StatusForbidden, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: totpLockedText})
 	}
 	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCode) || errors.Is(err, authcore.ErrNotEnrolled) {

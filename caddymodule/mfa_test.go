@@ -564,6 +564,20 @@ func TestTOTPLockedAfterWrongCodesInARow(t *testing.T) {
 	if len(e.auditRows("auth.lockout")) != 1 {
 		t.Error("a refused code on a locked app wrote another auth.lockout row")
 	}
+	// Refusals cost the sender nothing: one row a minute per user.
+	for range 5 {
+		if code, _ := post("code", refTOTP(t, secret, fake.Now())); code != http.StatusForbidden {
+			t.Fatalf("a code on a locked app: status %d; want 403", code)
+		}
+	}
+	if n := len(e.auditRows("mfa.challenge.failure")); n != 4 {
+		t.Errorf("%d mfa.challenge.failure rows after more refusals within the minute; want still 4", n)
+	}
+	fake.Advance(time.Minute)
+	post("code", refTOTP(t, secret, fake.Now()))
+	if n := len(e.auditRows("mfa.challenge.failure")); n != 5 {
+		t.Errorf("%d mfa.challenge.failure rows a minute later; want 5", n)
+	}
 	// The refused right code was not a guess: it did not count towards a
 	// sign-in ban, so the recovery code below is let through at once.
 	if until, _ := e.rt().reg.AccountBan(context.Background(), u.ID); !until.IsZero() {
