@@ -136,6 +136,13 @@ func TestParseGlobal(t *testing.T) {
 			}
 		}, ""},
 		{"unknown option", "sigra {\n bogus 1\n}", nil, `unknown option "bogus"`},
+		{"path_params bad value", "sigra {\n path_params maybe\n}", nil, "want allow or refuse"},
+		{"path_params allow", "sigra {\n path_params allow\n}", func(t *testing.T, a *App) {
+			if a.PathParams != "allow" {
+				t.Errorf("PathParams %q; want allow", a.PathParams)
+			}
+		}, ""},
+		{"max_totp_failures zero", "sigra {\n regulation {\n max_totp_failures 0\n }\n}", nil, "positive whole number"},
 		{"later option", "sigra {\n oidc google {\n }\n}", nil, `"oidc" is not available in this build yet`},
 		{"unknown backend", "sigra {\n storage redis\n}", nil, `unknown backend "redis"`},
 		{"bad algorithm", "sigra {\n keys {\n algorithm RS512\n }\n}", nil, `algorithm "RS512"`},
