@@ -68,6 +68,11 @@ type signingKey struct {
 	PKIX      []byte    `json:"pkix,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	RetiredAt time.Time `json:"retired_at,omitzero"`
+	// PublishUntil is when a retired key's last assertion has expired,
+	// with the lifetime assertions had when it was retired: lowering
+	// assertion_ttl later must not unpublish keys that signed longer
+	// lived ones. Zero in sets stored before it was kept.
+	PublishUntil time.Time `json:"publish_until,omitzero"`
 
 	pub    crypto.PublicKey
 	priv   crypto.Signer
@@ -76,7 +81,7 @@ type signingKey struct {
 
 // publicOnly is k without its private half.
 func (k *signingKey) publicOnly() (*signingKey, error) {
-	c := &signingKey{KID: k.KID, Alg: k.Alg, PKIX: k.PKIX, CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt, pub: k.pub}
+	c := &signingKey{KID: k.KID, Alg: k.Alg, PKIX: k.PKIX, CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt, PublishUntil: k.PublishUntil, pub: k.pub}
 	if c.PKIX == nil {
 		der, err := x509.MarshalPKIXPublicKey(k.pub)
 		if err != nil {
@@ -245,10 +250,21 @@ func (kr *KeyRing) dropExpiredLocked() error {
 }
 
 // published says whether a retired key may still have valid assertions
-// out: the active key's last one is signed at RetiredAt and lives TTL,
-// and verifiers' clocks may run a minute behind.
+// out (publishUntil).
 func (kr *KeyRing) published(k *signingKey, now time.Time) bool {
-	return now.Sub(k.RetiredAt) < kr.ttl+time.Minute
+	return now.Before(kr.publishUntil(k))
+}
+
+// publishUntil is when a retired key's last assertion has surely
+// expired: it was signed at RetiredAt and lived the TTL of then
+// (PublishUntil) or of now, whichever is longer, and verifiers' clocks
+// may run a minute behind.
+func (kr *KeyRing) publishUntil(k *signingKey) time.Time {
+	until := k.RetiredAt.Add(kr.ttl + time.Minute)
+	if k.PublishUntil.After(until) {
+		return k.PublishUntil
+	}
+	return until
 }
 
 // live is keys (active first) without the retired keys that are no
@@ -278,6 +294,7 @@ func (kr *KeyRing) succeed(k *signingKey, prev []*signingKey, now time.Time) ([]
 		}
 		if i == 0 && r.RetiredAt.IsZero() {
 			r.RetiredAt = now.UTC()
+			r.PublishUntil = r.RetiredAt.Add(kr.ttl + time.Minute)
 		}
 		if kr.published(r, now) {
 			out = append(out, r)
@@ -404,7 +421,7 @@ func (kr *KeyRing) install(keys []*signingKey) error {
 	var dropAt time.Time
 	for i, k := range keys {
 		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: k.KID, Algorithm: k.Alg, Use: "sig"})
-		if at := k.RetiredAt.Add(kr.ttl + time.Minute); i > 0 && (dropAt.IsZero() || at.Before(dropAt)) {
+		if at := kr.publishUntil(k); i > 0 && (dropAt.IsZero() || at.Before(dropAt)) {
 			dropAt = at
 		}
 	}

@@ -759,6 +759,46 @@ func TestKeyRingRetiredKeyLeavesOnTime(t *testing.T) {
 	}
 }
 
+// A retired key stays published for the assertion lifetime it was
+// retired under: lowering assertion_ttl afterwards must not unpublish it
+// while assertions it signed are still valid. Raising it keeps it
+// longer.
+func TestKeyRingRetiredKeyKeepsItsTTL(t *testing.T) {
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	ctx := context.Background()
+	kr := newKR(t, clk, st, KeyRingConfig{TTL: time.Hour})
+	k1 := kr.ActiveKeyID()
+	const iss = "https://app.example.com"
+	last, err := kr.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kr.Rotate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	k2 := kr.ActiveKeyID()
+	clk.Advance(7 * time.Minute)
+	shorter := newKR(t, clk, st, KeyRingConfig{TTL: 5 * time.Minute})
+	if got := krKIDs(krJWKS(t, shorter)); !slices.Equal(got, []string{k2, k1}) {
+		t.Fatalf("TTL lowered to 5m 7m after a rotation under 1h: JWKS kids %q; want %q", got, []string{k2, k1})
+	}
+	krVerify(t, shorter, last, iss, iss, clk.Now())
+	clk.Advance(time.Hour - 7*time.Minute + time.Minute)
+	if got := krKIDs(krJWKS(t, shorter)); !slices.Equal(got, []string{k2}) {
+		t.Errorf("1h+1m after the rotation: JWKS kids %q; want %q", got, []string{k2})
+	}
+	// Raised after a rotation under 5m: the longer TTL holds.
+	kr2 := newKR(t, clk, st, KeyRingConfig{TTL: 5 * time.Minute})
+	if err := kr2.Rotate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(10 * time.Minute)
+	if got := krKIDs(krJWKS(t, newKR(t, clk, st, KeyRingConfig{TTL: time.Hour}))); len(got) != 2 {
+		t.Errorf("TTL raised to 1h 10m after a rotation under 5m: JWKS kids %q; want the retired key kept", got)
+	}
+}
+
 // TestKeyRingOldStoredFormat: a key set stored before retired keys lost
 // their private halves is rewritten without them on load.
 func TestKeyRingOldStoredFormat(t *testing.T) {
