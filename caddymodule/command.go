@@ -275,8 +275,10 @@ func addKeysCommand(cmd *cobra.Command) {
 		Short: "Makes a new signing key; the old one stays published until its assertions expire",
 		Long: `Makes a new active signing key for the identity assertion. The old key
 stays in /.sigra/jwks.json until the assertions it signed have expired
-(the assertion lifetime), so upstreams verifying against the JWKS see no
-gap. The new key has the configured algorithm (keys { algorithm }; to
+(the assertion lifetime it was retired under). The new key signs at
+once: upstreams that cache the JWKS must fetch it again when they meet
+an unknown kid (the JWKS is served with Cache-Control: no-cache, so
+caches in between revalidate). The new key has the configured algorithm (keys { algorithm }; to
 change it, change the config: the next start rotates). Through the
 running Caddy when it holds the store. Not available when the key comes
 from a signing_key file: replace the file and reload.`,

@@ -1,7 +1,10 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -563,14 +566,21 @@ func (q *preq) revokeSession() error {
 	return nil
 }
 
+// jwks serves the key set. A new key signs as soon as it is made (keys
+// rotate, a reload with another key), so a cache in front of verifiers
+// must not answer with the set from before it: caches revalidate every
+// time (no-cache), cheaply, against the set's ETag.
 func (q *preq) jwks() error {
+	set := q.rt.keys.JWKS()
+	sum := sha256.Sum256(set)
 	h := q.w.Header()
 	h.Del("Content-Security-Policy")
 	h.Set("Content-Type", "application/jwk-set+json")
-	h.Set("Cache-Control", "public, max-age=300")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("ETag", `"`+base64.RawURLEncoding.EncodeToString(sum[:16])+`"`)
 	h.Set("Access-Control-Allow-Origin", "*")
-	_, err := q.w.Write(q.rt.keys.JWKS())
-	return err
+	http.ServeContent(q.w, q.r, "", time.Time{}, bytes.NewReader(set))
+	return nil
 }
 
 func (q *preq) healthz() error {

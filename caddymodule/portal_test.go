@@ -456,3 +456,26 @@ func getRetryingTransport(t *testing.T, e *env, path string) int {
 	t.Fatalf("GET %s: the connection failed 5 times", path)
 	return 0
 }
+
+// The key set is revalidated by caches every time (a new key signs at
+// once, so a cached set from before it would fail every new assertion),
+// cheaply: an unchanged set is a 304 against its ETag, a rotated one a
+// new body.
+func TestJWKSRevalidates(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	resp, body := e.get("/.sigra/jwks.json", nil)
+	etag := resp.Header.Get("ETag")
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Cache-Control") != "no-cache" || etag == "" || !strings.Contains(body, `"keys"`) {
+		t.Fatalf("jwks: status %d, Cache-Control %q, ETag %q\n%s", resp.StatusCode, resp.Header.Get("Cache-Control"), etag, body)
+	}
+	if resp, _ := e.get("/.sigra/jwks.json", map[string]string{"If-None-Match": etag}); resp.StatusCode != http.StatusNotModified {
+		t.Errorf("jwks with its ETag: status %d; want 304", resp.StatusCode)
+	}
+	if err := e.rt().keys.Rotate(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	resp, after := e.get("/.sigra/jwks.json", map[string]string{"If-None-Match": etag})
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") == etag || after == body {
+		t.Errorf("jwks after a rotation with the old ETag: status %d, ETag %q; want 200 and the new set", resp.StatusCode, resp.Header.Get("ETag"))
+	}
+}
