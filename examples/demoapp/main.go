@@ -60,11 +60,19 @@ func main() {
 // verifier checks assertions against the JWKS, refetching it when a kid
 // is unknown (key rotation).
 type verifier struct {
-	url    string
-	origin string // iss and aud: the assertion must be for this site
-	mu     sync.Mutex
-	keys   jose.JSONWebKeySet
+	url     string
+	origin  string // iss and aud: the assertion must be for this site
+	mu      sync.Mutex
+	keys    jose.JSONWebKeySet
+	fetched time.Time
+	now     func() time.Time // time.Now; tests move it
 }
+
+// keysMaxAge bounds how long a fetched key set is trusted: a key the
+// gateway stopped publishing (retired, or rotated away because it
+// leaked) stops verifying here within it. An unknown kid is fetched at
+// once: a new key signs as soon as the gateway makes it.
+const keysMaxAge = 5 * time.Minute
 
 func (v *verifier) verify(ctx context.Context, token string) (map[string]any, error) {
 	if token == "" {
@@ -96,7 +104,11 @@ func (v *verifier) verify(ctx context.Context, token string) (map[string]any, er
 func (v *verifier) key(ctx context.Context, kid string) (any, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if ks := v.keys.Key(kid); len(ks) > 0 {
+	now := time.Now
+	if v.now != nil {
+		now = v.now
+	}
+	if ks := v.keys.Key(kid); len(ks) > 0 && now().Sub(v.fetched) < keysMaxAge {
 		return ks[0].Key, nil
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, v.url, nil)
@@ -106,9 +118,11 @@ func (v *verifier) key(ctx context.Context, kid string) (any, error) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err := json.Unmarshal(body, &v.keys); err != nil {
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, fmt.Errorf("JWKS: %w", err)
 	}
+	v.keys, v.fetched = set, now()
 	if ks := v.keys.Key(kid); len(ks) > 0 {
 		return ks[0].Key, nil
 	}

@@ -54,3 +54,47 @@ func TestVerifierChecksIssuerAndAudience(t *testing.T) {
 		}
 	}
 }
+
+// A key the gateway stopped publishing stops verifying within
+// keysMaxAge, however long the app has run: the app fetches the set
+// again once it is that old.
+func TestVerifierDropsUnpublishedKeys(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	published := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		set := jose.JSONWebKeySet{}
+		if published {
+			set.Keys = []jose.JSONWebKey{{Key: pub, KeyID: "k1", Algorithm: string(jose.EdDSA), Use: "sig"}}
+		}
+		_ = json.NewEncoder(w).Encode(set)
+	}))
+	defer srv.Close()
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: jose.JSONWebKey{Key: priv, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const site = "https://app.example.com"
+	now := time.Now()
+	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: site, Audience: jwt.Audience{site}, Subject: "u1",
+		IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(time.Hour))}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := now
+	v := &verifier{url: srv.URL, origin: site, now: func() time.Time { return clock }}
+	if _, err := v.verify(context.Background(), tok); err != nil {
+		t.Fatalf("while published: %v", err)
+	}
+	published = false
+	clock = clock.Add(keysMaxAge - time.Second)
+	if _, err := v.verify(context.Background(), tok); err != nil {
+		t.Errorf("within keysMaxAge of the fetch: %v; want the cached key still used", err)
+	}
+	clock = clock.Add(2 * time.Second)
+	if _, err := v.verify(context.Background(), tok); err == nil || !strings.Contains(err.Error(), "no key") {
+		t.Errorf("after keysMaxAge, the key unpublished: %v; want it refused", err)
+	}
+}
