@@ -58,7 +58,7 @@ func main() {
 }
 
 // verifier checks assertions against the JWKS, refetching it when a kid
-// is unknown (key rotation).
+// is unknown (key rotation) or the set is older than keysMaxAge.
 type verifier struct {
 	url     string
 	origin  string // iss and aud: the assertion must be for this site
