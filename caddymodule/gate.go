@@ -436,16 +436,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial, start tim
 		writeProblem(w, d.status, d.reason, d.detail)
 		return nil
 	}
-	if wantsHTML(r) {
-		nonce := newNonce()
-		setPageHeaders(w.Header(), nonce, nil)
-		return renderPage(w, d.status, "message", pageData{
-			Title: http.StatusText(d.status), Nonce: nonce, Prefix: prefix,
-			Message: "You do not have access to this page: " + d.detail + ".",
-		})
-	}
-	writeProblem(w, d.status, d.reason, d.detail)
-	return nil
+	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, "You do not have access to this page: "+d.detail+".")
 }
 
 // Interface guards

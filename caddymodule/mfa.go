@@ -94,14 +94,16 @@ func (q *preq) mfaSubmit() error {
 	// also hold back the owner's recovery code), and the page says what
 	// opens it. Such refusals cost nothing to send, so their row is
 	// written once a minute per user, and the answer waits.
+	failed := event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
+		meta: map[string]string{"method": method}}
 	appLocked := errors.Is(err, authcore.ErrTOTPLocked) && !errors.Is(err, authcore.ErrInvalidCode)
 	if appLocked {
 		if err := att.Abandon(q.ctx()); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		if q.rt.denied.due(deniedKey{user: p.User.ID, reason: "totp_locked"}, q.rt.auth.Now()) {
-			if err := q.audit(event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
-				meta: map[string]string{"method": method, "reason": "totp_locked"}}); err != nil {
+			failed.meta["reason"] = "totp_locked"
+			if err := q.audit(failed); err != nil {
 				return err
 			}
 		}
@@ -124,8 +126,7 @@ func (q *preq) mfaSubmit() error {
 				return err
 			}
 		}
-		if err := q.audit(event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
-			meta: map[string]string{"method": method}}); err != nil {
+		if err := q.audit(failed); err != nil {
 			return err
 		}
 		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])

@@ -64,18 +64,23 @@ func pathRefusal(path string, params bool) string {
 	return ""
 }
 
-// refusePath answers a request whose path pathRefusal refused: 400, a
-// small page for browsers, problem+json for other clients.
+// refusePath answers a request whose path pathRefusal refused with 400.
 func refusePath(w http.ResponseWriter, r *http.Request, prefix, why string) error {
 	detail := "the request path has " + why + ", which this site does not accept"
+	return writeRefusal(w, r, prefix, http.StatusBadRequest, "bad_path", detail, "This address cannot be served: "+detail+".")
+}
+
+// writeRefusal answers a refused request: a small page saying message
+// for browsers, problem+json with reason and detail for other clients.
+func writeRefusal(w http.ResponseWriter, r *http.Request, prefix string, status int, reason, detail, message string) error {
 	if wantsHTML(r) {
 		nonce := newNonce()
 		setPageHeaders(w.Header(), nonce, nil)
-		return renderPage(w, http.StatusBadRequest, "message", pageData{
-			Title: "Bad request", Nonce: nonce, Prefix: prefix, Message: "This address cannot be served: " + detail + ".",
+		return renderPage(w, status, "message", pageData{
+			Title: http.StatusText(status), Nonce: nonce, Prefix: prefix, Message: message,
 		})
 	}
-	writeProblem(w, http.StatusBadRequest, "bad_path", detail)
+	writeProblem(w, status, reason, detail)
 	return nil
 }
 
