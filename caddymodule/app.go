@@ -234,6 +234,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 // setDefaults completes the configuration (shared by Provision and the
 // CLI, which reads the same config without running Caddy).
 func (a *App) setDefaults() error {
+	if a.logger == nil {
+		a.logger = zap.NewNop()
+	}
 	if a.clock == nil {
 		a.clock = newClock()
 	}
@@ -359,6 +362,7 @@ func (a *App) Validate() error {
 		if err := authcore.CheckSigningKeyFile(a.Keys.SigningKey, a.Keys.Algorithm); err != nil {
 			return fmt.Errorf("keys: %w", err)
 		}
+		warnLooseKeyFile(a.logger, "signing_key", a.Keys.SigningKey)
 	}
 	if time.Duration(a.Session.Idle) < 0 || time.Duration(a.Session.Lifetime) < 0 {
 		return errors.New("session: durations must be positive")
@@ -518,11 +522,28 @@ func (a *App) encryptionBox() (*seal.Box, error) {
 		}
 		return seal.New(k)
 	}
-	k, err := seal.LoadOrCreateKeyFile(filepath.Join(filepath.Dir(a.storagePath), "encryption.key"))
+	path := filepath.Join(filepath.Dir(a.storagePath), "encryption.key")
+	k, err := seal.LoadOrCreateKeyFile(path)
 	if err != nil {
 		return nil, err
 	}
+	warnLooseKeyFile(a.logger, "encryption key", path)
 	return seal.New(k)
+}
+
+// warnLooseKeyFile warns when a key file can be read or replaced by
+// users other than its owner (as ssh does for private keys). It does not
+// refuse: mounted secrets are often 0644 by default, and a refusal there
+// would be an outage. The warning says what to run.
+func warnLooseKeyFile(logger *zap.Logger, what, path string) {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	logger.Warn(what+" file is readable or writable by other users; restrict it to Caddy's user",
+		zap.String("path", path),
+		zap.String("mode", fmt.Sprintf("%#o", fi.Mode().Perm())),
+		zap.String("fix", "chmod 600 "+path))
 }
 
 // loadOrCreateSecret returns a sealed random secret kept in the store.

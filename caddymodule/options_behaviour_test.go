@@ -21,6 +21,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
@@ -294,5 +296,62 @@ func TestValidateReadsSigningKeyFile(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sigra.db")); !os.IsNotExist(err) {
 		t.Errorf("validation made the store (stat: %v)", err)
+	}
+}
+
+// A key file others can read or replace is accepted, with a warning that
+// names the file and the command that fixes it; a private one is not
+// warned about.
+func TestLooseKeyFilesWarn(t *testing.T) {
+	dir := t.TempDir()
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signing := filepath.Join(dir, "assertion.pem")
+	if err := os.WriteFile(signing, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	encryption := filepath.Join(dir, "encryption.key")
+	core, logs := observer.New(zap.WarnLevel)
+	a := &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, Keys: &KeysConfig{SigningKey: signing, Algorithm: authcore.AlgEdDSA}}
+	a.logger = zap.New(core)
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	// warnings validates and loads the encryption key (as a start does),
+	// and returns the paths warned about.
+	warnings := func() map[string]bool {
+		t.Helper()
+		if err := a.Validate(); err != nil {
+			t.Fatalf("validate: %v", err)
+		}
+		if _, err := a.encryptionBox(); err != nil {
+			t.Fatalf("encryption key: %v", err)
+		}
+		got := map[string]bool{}
+		for _, e := range logs.TakeAll() {
+			path, _ := e.ContextMap()["path"].(string)
+			if e.ContextMap()["fix"] == "chmod 600 "+path && strings.Contains(e.Message, "other users") {
+				got[path] = true
+			}
+		}
+		return got
+	}
+
+	if got := warnings(); len(got) != 0 { // also creates encryption.key, 0600
+		t.Errorf("warnings about files only their owner can read: %v", got)
+	}
+	for _, p := range []string{signing, encryption} {
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := warnings(); !got[signing] || !got[encryption] {
+		t.Errorf("warned about %v; want both 0644 files, %s and %s", got, signing, encryption)
 	}
 }
