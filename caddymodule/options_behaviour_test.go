@@ -265,18 +265,7 @@ func TestStoragePathFromUnsetVariable(t *testing.T) {
 // makes the store.
 func TestValidateReadsSigningKeyFile(t *testing.T) {
 	dir := t.TempDir()
-	_, priv, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	good := filepath.Join(dir, "ed25519.pem")
-	if err := os.WriteFile(good, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	good := writeEd25519Key(t, filepath.Join(dir, "ed25519.pem"))
 	validate := func(path, alg string) error {
 		a := &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, Keys: &KeysConfig{SigningKey: path, Algorithm: alg}}
 		if err := a.setDefaults(); err != nil {
@@ -304,18 +293,7 @@ func TestValidateReadsSigningKeyFile(t *testing.T) {
 // warned about.
 func TestLooseKeyFilesWarn(t *testing.T) {
 	dir := t.TempDir()
-	_, priv, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signing := filepath.Join(dir, "assertion.pem")
-	if err := os.WriteFile(signing, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	signing := writeEd25519Key(t, filepath.Join(dir, "assertion.pem"))
 	encryption := filepath.Join(dir, "encryption.key")
 	core, logs := observer.New(zap.WarnLevel)
 	a := &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, Keys: &KeysConfig{SigningKey: signing, Algorithm: authcore.AlgEdDSA}}
@@ -354,4 +332,22 @@ func TestLooseKeyFilesWarn(t *testing.T) {
 	if got := warnings(); !got[signing] || !got[encryption] {
 		t.Errorf("warned about %v; want both 0644 files, %s and %s", got, signing, encryption)
 	}
+}
+
+// writeEd25519Key writes a new Ed25519 private key as PKCS#8 PEM, mode
+// 0600, and returns its path.
+func writeEd25519Key(t *testing.T, path string) string {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
