@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -61,6 +62,16 @@ func (q *preq) passwordSubmit() error {
 	if ok, err := q.reauth(p, current, "Your current password is not right.", again); !ok {
 		return err
 	}
+	// A form sent twice (a double click) waits here for the first, which
+	// replaces this session: the second then says what the first did
+	// instead of writing a success row for a change it cannot make.
+	defer accountChange.lock(p.User.ID)()
+	if _, err := q.rt.store.GetSession(q.ctx(), p.Session.ID); err != nil {
+		if errors.Is(err, authcore.ErrNotFound) {
+			return q.passwordSessionEnded(p, next)
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
 	// The row first: a password never changes without one. If the change
 	// then fails, a failure row follows it.
 	ev := event{action: "auth.password_change.success", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
@@ -68,24 +79,84 @@ func (q *preq) passwordSubmit() error {
 		return err
 	}
 	token, _, err := q.rt.auth.ChangePassword(q.ctx(), p.Session, next)
+	if errors.Is(err, authcore.ErrNoSession) {
+		return q.passwordSessionEnded(p, next)
+	}
 	if err != nil {
-		reason := "storage"
-		if errors.Is(err, authcore.ErrNoSession) {
-			reason = "session_ended"
-		}
-		fail := event{action: "auth.password_change.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure", meta: map[string]string{"reason": reason}}
-		if aerr := q.audit(fail); aerr != nil {
-			q.p.logger.Error("a password change failed, and so did its failure row", zap.String("user", p.User.ID), zap.Error(aerr))
-		}
-		if reason == "session_ended" {
-			// Signed out (or revoked) while the form was on its way.
-			q.clearSessionCookie()
-			return q.message(http.StatusUnauthorized, "Signed out", "Your session ended before the change, so your password is unchanged. Sign in again.", q.p.app.Prefix+"/login")
-		}
+		q.passwordChangeFailed(p, "storage")
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	q.setSessionCookie(token)
 	return q.message(http.StatusOK, "Password changed", "Your password is changed. Your other sessions were signed out.", q.p.app.Prefix+"/account")
+}
+
+// passwordSessionEnded answers a password change whose session ended
+// before it ran. If the password is already next, the same form changed
+// it first (sent twice): say so, and leave the cookie alone, since the
+// browser may hold the first answer's new session. Otherwise the session
+// was signed out or revoked meanwhile, and nothing changed.
+func (q *preq) passwordSessionEnded(p *authcore.Principal, next string) error {
+	_, err := q.rt.auth.CheckPassword(q.ctx(), p.User.Email, next)
+	switch {
+	case err == nil:
+		return q.message(http.StatusOK, "Password changed", "Your password is already changed: the form was sent twice. If you are asked to sign in, use the new password.", q.p.app.Prefix+"/account")
+	case errors.Is(err, authcore.ErrBusy):
+		q.w.Header().Set("Retry-After", "5")
+		return q.message(http.StatusServiceUnavailable, "Busy", busyMessage, q.p.app.Prefix+"/account")
+	case !errors.Is(err, authcore.ErrInvalidCredentials):
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	q.passwordChangeFailed(p, "session_ended")
+	q.clearSessionCookie()
+	return q.message(http.StatusUnauthorized, "Signed out", "Your session ended before the change, so your password is unchanged. Sign in again.", q.p.app.Prefix+"/login")
+}
+
+// passwordChangeFailed writes the failure row of a password change.
+func (q *preq) passwordChangeFailed(p *authcore.Principal, reason string) {
+	fail := event{action: "auth.password_change.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure", meta: map[string]string{"reason": reason}}
+	if err := q.audit(fail); err != nil {
+		q.p.logger.Error("a password change failed, and so did its failure row", zap.String("user", p.User.ID), zap.Error(err))
+	}
+}
+
+// accountChange serializes a user's own password changes, so that a
+// form sent twice runs once and the second sees what the first did.
+var accountChange userLocks
+
+// userLocks is a mutex per user id, kept only while someone holds or
+// waits for it.
+type userLocks struct {
+	mu sync.Mutex
+	m  map[string]*userLock
+}
+
+type userLock struct {
+	sync.Mutex
+	refs int
+}
+
+// lock locks id's mutex and returns its unlock.
+func (l *userLocks) lock(id string) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*userLock{}
+	}
+	u := l.m[id]
+	if u == nil {
+		u = &userLock{}
+		l.m[id] = u
+	}
+	u.refs++
+	l.mu.Unlock()
+	u.Lock()
+	return func() {
+		u.Unlock()
+		l.mu.Lock()
+		if u.refs--; u.refs == 0 {
+			delete(l.m, id)
+		}
+		l.mu.Unlock()
+	}
 }
 
 // deletePage explains what deleting the account does and asks for the
@@ -149,6 +220,17 @@ func (q *preq) deleteSubmit() error {
 	if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
 		return err
 	}
+	// Under adminChange from here, as for an admin's deletion. A form
+	// sent twice (a double click) waits here for the first, and then
+	// finds the account gone: it answers as the first did, with no row.
+	adminChange.Lock()
+	defer adminChange.Unlock()
+	if _, err := q.rt.auth.LookupUser(q.ctx(), p.User.ID); err != nil {
+		if errors.Is(err, authcore.ErrNotFound) {
+			return q.accountDeleted()
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
 	if last, err := q.refuseLastAdmin(p); last || err != nil {
 		return err
 	}
@@ -156,9 +238,7 @@ func (q *preq) deleteSubmit() error {
 	if err := q.audit(ev); err != nil {
 		return err
 	}
-	adminChange.Lock()
 	err = q.rt.auth.DeleteUser(q.ctx(), p.User.ID, q.p.app.AdminGroup)
-	adminChange.Unlock()
 	if err != nil {
 		last := errors.Is(err, authcore.ErrLastAdmin) // the other admin went meanwhile
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": "storage"}
@@ -173,6 +253,10 @@ func (q *preq) deleteSubmit() error {
 		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	return q.accountDeleted()
+}
+
+func (q *preq) accountDeleted() error {
 	q.clearSessionCookie()
 	return q.message(http.StatusOK, "Account deleted", "Your account is deleted, and you are signed out everywhere.", q.p.app.Prefix+"/login")
 }

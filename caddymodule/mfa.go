@@ -250,8 +250,19 @@ func (q *preq) totpSubmit() error {
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}
 	if errors.Is(err, authcore.ErrNoPendingEnrolment) {
-		// Expired, or finished in another tab: the secret this page
-		// showed is void.
+		// Finished meanwhile: the same form sent twice, or another tab.
+		// The app the user just added is the one set up; a new secret
+		// would have them remove it.
+		has, err := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if has {
+			return q.message(http.StatusConflict, "Already on",
+				"Your authenticator app is set up (the form was sent twice): keep its entry. If you did not see your recovery codes, make new ones here.",
+				q.p.app.Prefix+"/account/totp")
+		}
+		// Expired: the secret this page showed is void.
 		d.Error = "This set-up expired. Remove the old entry from your app and scan the new code below."
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}

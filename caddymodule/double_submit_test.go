@@ -1,0 +1,232 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// holdFirstRow makes the first success row of action wait until a second
+// one is on its way, or 2 s: two submits of one form then both pass their
+// checks before either changes anything, unless the second waits for the
+// first, as it should. It returns how many such rows were attempted.
+func (e *env) holdFirstRow(action string) (attempted func() int) {
+	var mu sync.Mutex
+	n := 0
+	second := make(chan struct{})
+	f := func(r audit.Row) error {
+		if r.Action != action || r.Outcome != "success" {
+			return nil
+		}
+		mu.Lock()
+		n++
+		mine := n
+		if mine == 2 {
+			close(second)
+		}
+		mu.Unlock()
+		if mine == 1 {
+			select {
+			case <-second:
+			case <-time.After(2 * time.Second):
+			}
+		}
+		return nil
+	}
+	e.rt().failRecord.Store(&f)
+	e.t.Cleanup(func() { e.rt().failRecord.Store(nil) })
+	return func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// submitTwice posts form to path twice at once, as a double click does,
+// and returns both answers.
+func (e *env) submitTwice(path string, form url.Values) (status [2]int, body [2]string) {
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, b := e.postForm(path, form, nil)
+			status[i], body[i] = resp.StatusCode, b
+		}()
+	}
+	wg.Wait()
+	return status, body
+}
+
+// A delete form sent twice deletes once: the second waits for the first
+// and then answers as it did, with no second row and no 500.
+func TestDeleteAccountSentTwice(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("dee@example.com")
+	e.mustLogin("dee@example.com")
+	_, page := e.get("/.sigra/account/delete", map[string]string{"Accept": "text/html"})
+	rows := e.holdFirstRow("account.deletion_execute")
+	status, body := e.submitTwice("/.sigra/account/delete", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}, "confirm": {"yes"}})
+	for i := range 2 {
+		if status[i] != http.StatusOK || !strings.Contains(body[i], "Account deleted") {
+			t.Errorf("submit %d: status %d; want 200, Account deleted\n%s", i, status[i], body[i])
+		}
+	}
+	if n := rows(); n != 1 {
+		t.Errorf("%d account.deletion_execute success rows attempted; want 1", n)
+	}
+	if got := e.auditRows("account.deletion_execute"); len(got) != 1 || got[0].Outcome != "success" {
+		t.Errorf("account.deletion_execute rows %+v; want one success", got)
+	}
+	if _, err := e.rt().store.UserByID(context.Background(), u.ID); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("UserByID: %v; want the user deleted", err)
+	}
+}
+
+// A password form sent twice changes the password once; the second says
+// it is already changed (not "unchanged"), and leaves the cookie alone:
+// the browser may hold the first answer's new session.
+func TestChangePasswordSentTwice(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("pat@example.com")
+	e.mustLogin("pat@example.com")
+	_, page := e.get("/.sigra/account/password", map[string]string{"Accept": "text/html"})
+	const next = "a brand new passphrase"
+	rows := e.holdFirstRow("auth.password_change.success")
+	var resps [2]*http.Response
+	var bodies [2]string
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resps[i], bodies[i] = e.postForm("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(t, page)},
+				"current_password": {testPassword}, "new_password": {next}, "confirm_password": {next}}, nil)
+		}()
+	}
+	wg.Wait()
+	changed, already := 0, 0
+	for i, resp := range resps {
+		switch {
+		case resp.StatusCode == http.StatusOK && strings.Contains(bodies[i], "Your password is changed."):
+			changed++
+		case resp.StatusCode == http.StatusOK && strings.Contains(bodies[i], "already changed"):
+			already++
+			if c := resp.Header.Get("Set-Cookie"); c != "" {
+				t.Errorf("the second answer sets a cookie %q; want the first's new session left alone", c)
+			}
+		default:
+			t.Errorf("submit %d: status %d\n%s", i, resp.StatusCode, bodies[i])
+		}
+	}
+	if changed != 1 || already != 1 {
+		t.Errorf("%d changed and %d already-changed answers; want one of each", changed, already)
+	}
+	if n := rows(); n != 1 {
+		t.Errorf("%d auth.password_change.success rows attempted; want 1", n)
+	}
+	if got := e.auditRows("auth.password_change.failure"); len(got) != 0 {
+		t.Errorf("failure rows %+v; want none", got)
+	}
+	if resp := e.browser().login("pat@example.com", next, "/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("sign-in with the new password: status %d; want 303", resp.StatusCode)
+	}
+}
+
+// A session signed out while its password form was on the way changes
+// nothing and says so (the password is not the new one).
+func TestChangePasswordSessionEndedMeanwhile(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("sue@example.com")
+	e.mustLogin("sue@example.com")
+	_, page := e.get("/.sigra/account/password", map[string]string{"Accept": "text/html"})
+	// The change waits here, after the form's checks and the password's,
+	// while the session is signed out elsewhere.
+	unlock := accountChange.lock(u.ID)
+	done := make(chan struct{})
+	var resp *http.Response
+	var body string
+	const next = "a brand new passphrase"
+	go func() {
+		defer close(done)
+		resp, body = e.postForm("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(t, page)},
+			"current_password": {testPassword}, "new_password": {next}, "confirm_password": {next}}, nil)
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !accountChange.waiting(u.ID); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			unlock()
+			t.Fatal("the change never reached the lock")
+		}
+	}
+	if _, err := e.rt().auth.RevokeUserSessions(context.Background(), u.ID); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	<-done
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "password is unchanged") {
+		t.Errorf("status %d; want 401, unchanged\n%s", resp.StatusCode, body)
+	}
+	if got := e.auditRows("auth.password_change.*"); len(got) != 1 || got[0].Metadata["reason"] != "session_ended" {
+		t.Errorf("rows %+v; want one failure, session_ended", got)
+	}
+	if resp := e.browser().login("sue@example.com", testPassword, "/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("sign-in with the old password: status %d; want 303", resp.StatusCode)
+	}
+}
+
+// waiting reports whether someone waits for id's lock while another
+// holds it.
+func (l *userLocks) waiting(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u := l.m[id]
+	return u != nil && u.refs > 1
+}
+
+// An enrolment confirmed twice at once (on a sign-in old enough that the
+// password is asked again, so both submits pass the early checks) sets
+// the app up once. The second answer must not show a new secret and ask
+// the user to remove the entry that is now their authenticator.
+func TestTOTPEnrolmentSentTwice(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("tim@example.com")
+	raced := false
+	for try := 0; try < 3 && !raced; try++ {
+		b := e.browser()
+		b.mustLogin("tim@example.com")
+		fake.Advance(freshFactor + time.Minute)
+		_, page := b.get("/.sigra/account/totp", nil)
+		m := totpSecret.FindStringSubmatch(page)
+		if m == nil {
+			t.Fatalf("no secret on the enrolment page\n%s", page)
+		}
+		status, body := b.submitTwice("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}})
+		codes := 0
+		for i := range 2 {
+			if strings.Contains(body[i], `data-sigra="recovery-codes"`) {
+				codes++
+			}
+			if strings.Contains(body[i], "Remove the old entry") || totpSecret.MatchString(body[i]) {
+				t.Errorf("submit %d: status %d, a new secret to scan\n%s", i, status[i], body[i])
+			}
+			if status[i] == http.StatusConflict && strings.Contains(body[i], "sent twice") {
+				raced = true
+			}
+		}
+		if codes != 1 {
+			t.Fatalf("%d answers show recovery codes; want 1 (statuses %v)", codes, status)
+		}
+		// Off again for the next try.
+		if err := e.rt().auth.RemoveTOTP(context.Background(), u.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !raced {
+		t.Error("the second submit never reached the confirmation while the first ran; the race was not tested")
+	}
+}
