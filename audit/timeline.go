@@ -189,8 +189,8 @@ func (l *Log) Timeline(ctx context.Context, q Query) (Page, error) {
 		ActorID: q.ActorID, SubjectID: q.SubjectID, Action: pat,
 		Since: q.Since.UTC(), Until: q.Until.UTC(), Limit: limit, Budget: scanBudget,
 	}
-	if !sq.Since.IsZero() && !sq.Until.IsZero() && sq.Since.After(sq.Until) {
-		return Page{}, fmt.Errorf("%w: since %s is after until %s", ErrBadTime, sq.Since.Format(time.RFC3339Nano), sq.Until.Format(time.RFC3339Nano))
+	if err := CheckRange(sq.Since, sq.Until); err != nil {
+		return Page{}, err
 	}
 	key := q.cursorKey(pat)
 	if q.Cursor != "" {
@@ -314,6 +314,15 @@ func decodeCursor(s string, k cursorKey) (cursor, error) {
 	return cursor{pos: Position{At: time.Unix(0, nanos).UTC(), ID: id}, since: since, until: until}, nil
 }
 
+// CheckRange refuses (ErrBadTime) a time range whose since is after its
+// until; a zero bound is open.
+func CheckRange(since, until time.Time) error {
+	if !since.IsZero() && !until.IsZero() && since.After(until) {
+		return fmt.Errorf("%w: since %s is after until %s", ErrBadTime, since.UTC().Format(time.RFC3339Nano), until.UTC().Format(time.RFC3339Nano))
+	}
+	return nil
+}
+
 // Export writes the rows with since <= occurred_at < until (zero times are
 // unbounded) to w as NDJSON, one row per line in its wire format, oldest
 // first, and returns how many it wrote. It reads the store in short chunks,
@@ -321,8 +330,8 @@ func decodeCursor(s string, k cursorKey) (cursor, error) {
 // during the export appear if they fall in the range ahead of it.
 func (l *Log) Export(ctx context.Context, w io.Writer, since, until time.Time) (int, error) {
 	since, until = since.UTC(), until.UTC()
-	if !since.IsZero() && !until.IsZero() && since.After(until) {
-		return 0, fmt.Errorf("%w: since %s is after until %s", ErrBadTime, since.Format(time.RFC3339Nano), until.Format(time.RFC3339Nano))
+	if err := CheckRange(since, until); err != nil {
+		return 0, err
 	}
 	var after *Position
 	var buf bytes.Buffer

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,9 +12,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/store"
 )
 
@@ -266,6 +269,19 @@ func TestAdminCLIStoreParameter(t *testing.T) {
 		if code, body := e.adminDo(c.method, q(other), c.body); code != http.StatusMisdirectedRequest || apiErrorText(body) != want {
 			t.Errorf("%s %s naming another store: status %d, %s; want 421 %q", c.method, c.uri, code, body, want)
 		}
+	}
+}
+
+// An export range that ends before it starts is the request's mistake: a
+// 400 that says so, from the admin API and from the CLI before it asks.
+func TestAuditExportRangeBackwards(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	q := url.Values{"store": {e.store()}, "since": {"2030-01-01"}, "until": {"2020-01-01"}}
+	if code, body := e.adminDo(http.MethodGet, "/sigra/audit/export?"+q.Encode(), ""); code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), "since 2030-01-01T00:00:00Z is after until") {
+		t.Errorf("since after until: status %d, %s; want 400 naming both", code, body)
+	}
+	if _, _, err := exportRange("2030-01-01", "2020-01-01", time.Now()); !errors.Is(err, audit.ErrBadTime) {
+		t.Errorf("exportRange since after until: %v; want ErrBadTime", err)
 	}
 }
 

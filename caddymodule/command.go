@@ -417,7 +417,7 @@ func exportRange(since, until string, now time.Time) (s, u time.Time, err error)
 	if u, err = audit.ParseTime(until, now); err != nil {
 		return s, u, fmt.Errorf("until: %w", err)
 	}
-	return s, u, nil
+	return s, u, audit.CheckRange(s, u)
 }
 
 // exportAudit writes NDJSON from the store, or through the running
