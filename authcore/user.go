@@ -57,6 +57,16 @@ func NormalizeEmail(s string) (string, error) {
 	return s, nil
 }
 
+// CheckGroupName refuses a group name that could not travel in the
+// comma-separated X-Sigra-Groups header: empty, a comma, a control
+// character, invalid UTF-8, space around it, or over 64 bytes.
+func CheckGroupName(g string) error {
+	if g == "" || g != strings.TrimSpace(g) || strings.ContainsRune(g, ',') || strings.ContainsFunc(g, isControl) || !utf8.ValidString(g) || len(g) > 64 {
+		return fmt.Errorf("%w: group name %q (no commas, control characters or surrounding spaces, 1 to 64 bytes)", ErrInvalidInput, g)
+	}
+	return nil
+}
+
 // NormalizeGroups trims, drops empties and duplicates, and checks that
 // group names can travel in a comma-separated header.
 func NormalizeGroups(in []string) ([]string, error) {
@@ -66,8 +76,8 @@ func NormalizeGroups(in []string) ([]string, error) {
 		if g == "" {
 			continue
 		}
-		if strings.ContainsRune(g, ',') || strings.ContainsFunc(g, isControl) || !utf8.ValidString(g) || len(g) > 64 {
-			return nil, fmt.Errorf("%w: group name %q (no commas or control characters, at most 64 bytes)", ErrInvalidInput, g)
+		if err := CheckGroupName(g); err != nil {
+			return nil, err
 		}
 		if !slices.Contains(out, g) {
 			out = append(out, g)

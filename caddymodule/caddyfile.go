@@ -236,7 +236,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 						return nil, err
 					}
 				default:
-					return nil, d.Errf("session: unknown option %q (known: idle, lifetime)", d.Val())
+					return nil, unknownOption(d, "session: unknown option %q (known: idle, lifetime)", d.Val())
 				}
 			}
 		case "keys":
@@ -277,7 +277,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 						return nil, err
 					}
 				default:
-					return nil, d.Errf("keys: unknown option %q (known: algorithm, signing_key, encryption_key, assertion_ttl)", d.Val())
+					return nil, unknownOption(d, "keys: unknown option %q (known: algorithm, signing_key, encryption_key, assertion_ttl)", d.Val())
 				}
 			}
 		case "prefix":
@@ -289,6 +289,9 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 		case "admin_group":
 			if err := oneArg(d, &app.AdminGroup); err != nil {
+				return nil, err
+			}
+			if err := checkGroup(d, "admin_group", app.AdminGroup); err != nil {
 				return nil, err
 			}
 		case "admin_mfa_max_age":
@@ -358,7 +361,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				case "max_totp_failures":
 					err = parseCount(d, &app.Regulation.MaxTOTPFailures)
 				default:
-					err = d.Errf("regulation: unknown option %q (known: max_retries, max_retries_per_ip, find_time, ban_time, max_totp_failures)", d.Val())
+					err = unknownOption(d, "regulation: unknown option %q (known: max_retries, max_retries_per_ip, find_time, ban_time, max_totp_failures)", d.Val())
 				}
 				if err != nil {
 					return nil, err
@@ -377,7 +380,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if later[opt] {
 				return nil, d.Errf("sigra: %q is not available in this build yet", opt)
 			}
-			return nil, d.Errf("sigra: unknown option %q", opt)
+			return nil, unknownOption(d, "sigra: unknown option %q", opt)
 		}
 	}
 	return httpcaddyfile.App{Name: "sigra", Value: caddyconfig.JSON(app, nil)}, nil
@@ -385,8 +388,32 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 
 // oneArg reads exactly one argument.
 func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
 	if !d.Args(dst) || d.NextArg() {
 		return d.ArgErr()
+	}
+	// "" (or a {$VAR} that is not set) would quietly mean the default:
+	// a generated key instead of the one named, say.
+	if strings.TrimSpace(*dst) == "" {
+		return d.Errf("%s: empty value", name)
+	}
+	return nil
+}
+
+// unknownOption is the error for an option a block does not know. A "{"
+// there opened a block after an option that takes none.
+func unknownOption(d *caddyfile.Dispenser, format string, args ...any) error {
+	if d.Val() == "{" {
+		return d.Err(`unexpected "{": the option on this line takes no block`)
+	}
+	return d.Errf(format, args...)
+}
+
+// checkGroup is the parse-time check of a group name, so that caddy
+// validate names the line.
+func checkGroup(d *caddyfile.Dispenser, option, g string) error {
+	if err := authcore.CheckGroupName(g); err != nil {
+		return d.Errf("%s: %v", option, err)
 	}
 	return nil
 }
@@ -454,7 +481,7 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 						return nil, d.Errf("webhook actions: %v", err)
 					}
 				default:
-					return nil, d.Errf("webhook: unknown option %q (known: secret, actions)", d.Val())
+					return nil, unknownOption(d, "webhook: unknown option %q (known: secret, actions)", d.Val())
 				}
 			}
 			if w.Secret == "" {
@@ -465,7 +492,7 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 				return nil, at.Errf("%v", err)
 			}
 		default:
-			return nil, d.Errf("audit: unknown option %q (known: retention, webhook)", d.Val())
+			return nil, unknownOption(d, "audit: unknown option %q (known: retention, webhook)", d.Val())
 		}
 	}
 	return cfg, nil
@@ -505,7 +532,7 @@ func parsePortal(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return nil, h.ArgErr()
 	}
 	if h.NextBlock(0) {
-		return nil, h.Errf("sigra_portal: unknown option %q (portal options live in the global sigra block)", h.Val())
+		return nil, unknownOption(h.Dispenser, "sigra_portal: unknown option %q (portal options live in the global sigra block)", h.Val())
 	}
 	return new(Portal), nil
 }
@@ -546,7 +573,7 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			g.MFA = new(MFARequirement)
 			if h.NextArg() {
 				if h.Val() != "max_age" {
-					return nil, h.Errf("mfa: unknown option %q (known: max_age)", h.Val())
+					return nil, unknownOption(h.Dispenser, "mfa: unknown option %q (known: max_age)", h.Val())
 				}
 				if err := parseDuration(h.Dispenser, &g.MFA.MaxAge); err != nil {
 					return nil, err
@@ -567,6 +594,11 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			groups := h.RemainingArgs()
 			if len(groups) == 0 {
 				return nil, h.ArgErr()
+			}
+			for _, name := range groups {
+				if err := checkGroup(h.Dispenser, "group", name); err != nil {
+					return nil, err
+				}
 			}
 			g.Groups = append(g.Groups, groups...)
 		case "assertion":
@@ -589,7 +621,7 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			if laterGate[req] {
 				return nil, h.Errf("sigra_gate: %q is not available in this build yet", req)
 			}
-			return nil, h.Errf("sigra_gate: unknown requirement %q", req)
+			return nil, unknownOption(h.Dispenser, "sigra_gate: unknown requirement %q", req)
 		}
 	}
 	if err := g.checkOptional(); err != nil {

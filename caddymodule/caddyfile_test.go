@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -67,6 +68,10 @@ func TestParseGate(t *testing.T) {
 		{"mfa twice", "sigra_gate {\n mfa max_age 5m\n mfa\n}", Gate{}, "mfa is already given on line 2"},
 		{"group twice", "sigra_gate {\n group admins\n group finance\n}", Gate{}, "group is already given on line 2"},
 		{"amr twice", "sigra_gate {\n amr hwk\n amr pwd\n}", Gate{}, "amr is already given on line 2"},
+		// A group no user can be in would refuse everyone, quietly.
+		{"group with a comma", "sigra_gate {\n group \"a,b\"\n}", Gate{}, `group: invalid input: group name "a,b"`},
+		{"empty group", "sigra_gate {\n group admins \"\"\n}", Gate{}, `group: invalid input: group name ""`},
+		{"requirement with a block", "sigra_gate {\n group admins {\n }\n}", Gate{}, `unexpected "{": the option on this line takes no block`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -178,6 +183,14 @@ func TestParseGlobal(t *testing.T) {
 		{"webhook without secret hides credentials", "sigra {\n audit {\n webhook https://u:pw@h.example.com/in?token=t0k {\n actions *\n }\n }\n}", nil, "webhook https://xxxxx@h.example.com/in?xxxxx: secret is required"},
 		{"webhook bad url hides credentials", "sigra {\n audit {\n webhook ftp://u:pw@h.example.com/?token=t0k {\n secret s\n }\n }\n}", nil, "ftp://xxxxx@h.example.com/?xxxxx"},
 		{"unknown alias", "sigra {\n header_aliases nginx\n}", nil, `unknown alias family "nginx"`},
+		{"admin group with a comma", "sigra {\n admin_group \"ops,admins\"\n}", nil, `admin_group: invalid input: group name "ops,admins"`},
+		// An empty value would quietly mean the default: another
+		// audience, another admin group, a generated key.
+		{"empty admin group", "sigra {\n admin_group \"\"\n}", nil, "admin_group: empty value, at Testfile:2"},
+		{"empty audience", "sigra {\n assertion_audience \"\"\n}", nil, "assertion_audience: empty value"},
+		{"empty signing key", "sigra {\n keys {\n signing_key \"\"\n }\n}", nil, "signing_key: empty value, at Testfile:3"},
+		{"option with a block", "sigra {\n admin_group admins {\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:2`},
+		{"keys option with a block", "sigra {\n keys {\n algorithm EdDSA {\n }\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:3`},
 		// A repeated option would quietly replace the first: refused, by line.
 		{"audit twice", "sigra {\n audit {\n webhook https://h.example.com {\n secret {env.HOOK}\n }\n }\n audit {\n retention 30d\n }\n}", nil, "audit is already set on line 2: write it once, at Testfile:7"},
 		{"regulation twice", "sigra {\n regulation {\n max_retries 3\n }\n regulation {\n ban_time 1h\n }\n}", nil, "regulation is already set on line 2"},
@@ -369,5 +382,20 @@ func TestAdaptReadmeCaddyfile(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("adapted README Caddyfile lacks %s", want)
 		}
+	}
+}
+
+// JSON written by hand gets the same group checks as the Caddyfile.
+func TestValidateGroupNames(t *testing.T) {
+	g := &Gate{Groups: []string{"staff", "a,b"}}
+	if err := g.Validate(); err == nil || !strings.Contains(err.Error(), `group name "a,b"`) {
+		t.Errorf("gate group a,b: %v; want refused", err)
+	}
+	a := &App{Storage: &StorageConfig{Path: filepath.Join(t.TempDir(), "sigra.db")}, AdminGroup: "ops,admins"}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), `admin_group: invalid input: group name "ops,admins"`) {
+		t.Errorf("admin_group ops,admins: %v; want refused", err)
 	}
 }

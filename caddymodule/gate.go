@@ -164,6 +164,11 @@ func (g *Gate) Validate() error {
 	if g.MFA != nil && g.MFA.MaxAge < 0 {
 		return errors.New("mfa: max_age must not be negative")
 	}
+	for _, name := range g.Groups {
+		if err := authcore.CheckGroupName(name); err != nil {
+			return fmt.Errorf("group: %w", err)
+		}
+	}
 	return g.checkOptional()
 }
 
