@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"unicode/utf8"
 
@@ -254,8 +256,14 @@ func decodeStrictJSON(data []byte, v any) error {
 	if err := dec.Decode(v); err == io.EOF {
 		return errors.New("empty body")
 	} else if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		if te.Field == "" {
+			return fmt.Errorf("the body must be a JSON object, not a JSON %s", te.Value)
+		}
 		return fmt.Errorf("%s cannot be a JSON %s", te.Field, te.Value) // without Go's type names
 	} else if err != nil {
+		return err
+	}
+	if err := checkKeys(data, jsonFieldNames(v)); err != nil {
 		return err
 	}
 	var extra json.RawMessage
@@ -267,6 +275,82 @@ func decodeStrictJSON(data []byte, v any) error {
 	default:
 		return fmt.Errorf("trailing data after the JSON value: %w", err)
 	}
+}
+
+// checkKeys refuses what Go's decoder lets through: an object that
+// names a key twice (the last would win) and, at the top level, a field
+// spelt in another case than fields has it (Go matches case-blind).
+// Syntax errors are left to the decoder, which has seen data first.
+func checkKeys(data []byte, fields []string) error {
+	type frame struct {
+		keys map[string]bool // nil in an array
+		key  bool            // the next token is a key
+	}
+	var stack []*frame
+	valueDone := func() {
+		if n := len(stack); n > 0 && stack[n-1].keys != nil {
+			stack[n-1].key = true
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		n := len(stack)
+		if n > 0 && stack[n-1].key {
+			k, ok := tok.(string)
+			if !ok { // the object's '}'
+				stack = stack[:n-1]
+				valueDone()
+				continue
+			}
+			if stack[n-1].keys[k] {
+				return fmt.Errorf("%q is given twice", k)
+			}
+			stack[n-1].keys[k] = true
+			stack[n-1].key = false
+			for _, f := range fields {
+				if n == 1 && k != f && strings.EqualFold(k, f) {
+					return fmt.Errorf("unknown field %q (the field is %q)", k, f)
+				}
+			}
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{keys: map[string]bool{}, key: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+		case json.Delim(']'):
+			stack = stack[:n-1]
+			valueDone()
+		default:
+			valueDone()
+		}
+	}
+}
+
+// jsonFieldNames lists the JSON names of the fields of the struct v
+// points to (none for anything else).
+func jsonFieldNames(v any) []string {
+	t := reflect.TypeOf(v)
+	if t == nil || t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	var names []string
+	for f := range t.Elem().Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		names = append(names, name)
+	}
+	return names
 }
 
 // hasLoneSurrogate reports whether JSON text escapes half of a UTF-16

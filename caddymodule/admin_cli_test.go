@@ -85,6 +85,15 @@ func TestAdminCLIRequestBody(t *testing.T) {
 		{"/sigra/keys", `{"op":"list"} x`, "trailing data"},
 		{"/sigra/users", ``, "empty body"},
 		{"/sigra/users", "{\"op\":\"add\",\"email\":\"eve\xff@example.com\"}", "not valid UTF-8"},
+		// Go's decoder keeps the last of two keys and matches names
+		// case-blind: either would run a request that was not the one
+		// written.
+		{"/sigra/users", `{"op":"list","op":"delete","user":"bob@example.com"}`, `"op" is given twice`},
+		{"/sigra/users", `{"op":"add","email":"a@example.com","groups":["x"],"groups":["admins"]}`, `"groups" is given twice`},
+		{"/sigra/users", `{"OP":"list"}`, `unknown field "OP" (the field is "op")`},
+		{"/sigra/users", `{"op":"list","limit":-5}`, "limit must not be negative"},
+		{"/sigra/users", `[{"op":"list"}]`, "the body must be a JSON object, not a JSON array"},
+		{"/sigra/keys", `"list"`, "the body must be a JSON object, not a JSON string"},
 	} {
 		code, body := e.adminPost(c.uri, c.body)
 		if code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), c.want) {
@@ -348,6 +357,24 @@ func TestHasLoneSurrogate(t *testing.T) {
 	} {
 		if got := hasLoneSurrogate([]byte(body)); got != want {
 			t.Errorf("hasLoneSurrogate(%s) = %v; want %v", body, got, want)
+		}
+	}
+}
+
+// checkKeys tells keys from values at every depth: the same key in
+// sibling objects is fine, twice in one object is not.
+func TestCheckKeysNesting(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"a":{"x":1,"y":[1,{"x":2}]},"b":[{"x":1},{"x":2}],"c":"x"}`: "",
+		`{"a":[],"b":{},"c":[[{"x":"x"}]],"x":{"a":1}}`:               "",
+		`{"a":{"x":1,"x":2}}`:           `"x" is given twice`,
+		`{"a":[{"x":1},{"y":1,"y":2}]}`: `"y" is given twice`,
+		`{"a":{},"a":1}`:                `"a" is given twice`,
+		`{"A":{"op":1}}`:                `unknown field "A" (the field is "a")`,
+	} {
+		err := checkKeys([]byte(body), []string{"a", "b", "c", "x"})
+		if got := fmt.Sprint(err); want == "" && err != nil || want != "" && !strings.Contains(got, want) {
+			t.Errorf("%s: %v; want %q", body, err, want)
 		}
 	}
 }

@@ -232,7 +232,10 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		return &userResult{User: &v}, u.ID, nil
 	case "list":
 		limit := req.Limit
-		if limit <= 0 || limit > maxUserPage {
+		if limit < 0 {
+			return nil, "", fmt.Errorf("%w: limit must not be negative (0 is the default page)", authcore.ErrInvalidInput)
+		}
+		if limit == 0 || limit > maxUserPage {
 			limit = maxUserPage
 		}
 		users, next, err := searchUsers(ctx, auth.Store(), req.After, req.Query, limit)
