@@ -145,6 +145,7 @@ type Attempt struct {
 	limits  []int
 	at      time.Time
 	allowed bool
+	addr    bool // the client address refused it (banned or at its quota)
 	until   time.Time
 	done    bool
 }
@@ -166,17 +167,19 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 		a.limits = append(a.limits, r.cfg.MaxRetriesPerIP)
 	}
 	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
-		a.allowed, a.until = true, time.Time{}
+		a.allowed, a.addr, a.until = true, false, time.Time{}
 		for i, st := range states {
 			r.settle(st, a.at)
 			switch {
 			case a.at.Before(st.BannedUntil):
 				a.allowed = false
+				a.addr = a.addr || i == 1
 				if st.BannedUntil.After(a.until) {
 					a.until = st.BannedUntil
 				}
 			case len(st.Attempts) >= a.limits[i]:
 				a.allowed = false
+				a.addr = a.addr || i == 1
 			}
 		}
 		for _, st := range states {
@@ -197,6 +200,10 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 // still runs the check (same timing) but answers as for a wrong
 // credential, and calls Fail.
 func (a *Attempt) Allowed() bool { return a.allowed }
+
+// AddressRefused reports whether the client address refused the attempt
+// (banned, or its quota in flight), whatever the account's state.
+func (a *Attempt) AddressRefused() bool { return a.addr }
 
 // BannedUntil is when the ban that refused the attempt ends (zero if
 // none). It is for logs and admins; never tell the client.

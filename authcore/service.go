@@ -297,6 +297,20 @@ func (s *Service) CheckPassword(ctx context.Context, email, password string) (*U
 	return u, nil
 }
 
+// CheckPasswordFor is CheckPassword under a regulated attempt. While the
+// client's address refuses the attempt, the password is not checked:
+// the answer is a failure either way, its timing then tells the client
+// only about its own address, and a banned address cannot keep the
+// bounded hashing slots busy for everyone else. An attempt refused for
+// the account alone is still checked, so that it takes a wrong
+// password's time.
+func (s *Service) CheckPasswordFor(ctx context.Context, att *Attempt, email, password string) (*User, error) {
+	if !att.Allowed() && att.AddressRefused() {
+		return nil, ErrInvalidCredentials
+	}
+	return s.CheckPassword(ctx, email, password)
+}
+
 // passwordOf returns the user of email and the hash to check against: the
 // fake hash when there is no such user or no password.
 func (s *Service) passwordOf(ctx context.Context, email string) (*User, string, error) {

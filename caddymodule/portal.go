@@ -344,8 +344,9 @@ func (q *preq) loginSubmit() error {
 
 // checkPassword checks a password under regulation, as sign-in does: one
 // counter per account whatever was typed, one per client IP. The password
-// is checked even while banned, so the answer and its timing are the same
-// as for a wrong password. A failure is counted, written as
+// is checked even while the account is banned, so the answer and its
+// timing are the same as for a wrong password (not while the client's
+// address is: CheckPasswordFor). A failure is counted, written as
 // auth.login.failure (and auth.lockout when it starts a ban), waited out,
 // and returned as a nil user. ErrBusy (the password was never checked,
 // nothing counted) and storage errors come back as errors. step, when not
@@ -360,7 +361,7 @@ func (q *preq) checkPassword(email, password, step string) (*authcore.User, *aut
 	if err != nil {
 		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	u, err := q.rt.auth.CheckPassword(q.ctx(), email, password)
+	u, err := q.rt.auth.CheckPasswordFor(q.ctx(), att, email, password)
 	if errors.Is(err, authcore.ErrBusy) {
 		_ = att.Succeed(q.ctx(), false)
 		return nil, nil, err
