@@ -357,6 +357,7 @@ func (q *preq) checkPassword(email, password, step string) (*authcore.User, *aut
 	if err != nil {
 		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	warnLooseProxies(q.r, q.p.logger)
 	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
 	if err != nil {
 		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)

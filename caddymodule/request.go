@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // Identity headers sent upstream (DESIGN.md section 4).
@@ -353,6 +354,32 @@ func requestHost(r *http.Request) string {
 func clientIP(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	return ip
+}
+
+// looseProxiesWarned is set once warnLooseProxies has warned.
+var looseProxiesWarned atomic.Bool
+
+// warnLooseProxies warns, once per process, when a request comes from a
+// trusted proxy on a server without trusted_proxies_strict. Caddy then
+// takes the client address from the left of X-Forwarded-For, which the
+// client wrote if the proxy appends to it (nginx's
+// $proxy_add_x_forwarded_for, cloud load balancers): a client could then
+// choose the address its failed sign-ins are counted under, escape the
+// per-address limit, or get another address banned. (The server's
+// trusted ranges are not readable after provisioning, so this is checked
+// on the first proxied request rather than at start.)
+func warnLooseProxies(r *http.Request, logger *zap.Logger) {
+	if looseProxiesWarned.Load() || !trusted(r) {
+		return
+	}
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || srv.TrustedProxiesStrict > 0 || !looseProxiesWarned.CompareAndSwap(false, true) {
+		return
+	}
+	logger.Warn("this server trusts proxies without trusted_proxies_strict: behind a proxy that appends to "+
+		"X-Forwarded-For, clients choose the address their failed sign-ins are counted and audited under; "+
+		"set trusted_proxies_strict in the servers global options",
+		zap.Strings("listen", srv.Listen))
 }
 
 // originCache remembers the last origin string built, so the hot path
