@@ -88,8 +88,19 @@ func NewRegulator(clk clock.Clock, st RegulationStore, cfg RegulationConfig) *Re
 // Config returns the effective configuration.
 func (r *Regulator) Config() RegulationConfig { return r.cfg }
 
-// UserAccountKey is the regulation key of a known user.
+// UserAccountKey is the regulation key of a known user's password.
 func UserAccountKey(userID string) string { return "user:" + userID }
+
+// UserMFAKey is the regulation key of a user's second-factor codes. It is
+// not the password's: anyone who knows an email can ban its password for
+// a while, and that must not also keep the owner, already signed in, from
+// a step-up.
+func UserMFAKey(userID string) string { return "mfa:" + userID }
+
+// UserRegulationKeys are all the regulation keys of a known user.
+func UserRegulationKeys(userID string) []string {
+	return []string{UserAccountKey(userID), UserMFAKey(userID)}
+}
 
 // AccountKey returns the regulation key for an identifier typed into a
 // sign-in form: UserAccountKey of the user when it names one, else a key
@@ -340,27 +351,34 @@ func (r *Regulator) Delay(failures int) time.Duration {
 	return min(500*time.Millisecond<<(failures-3), MaxFailureDelay)
 }
 
-// Unlock lifts a user's account ban and clears its failures (caddy sigra
-// user unlock, the admin API's users/<id>/unlock). Bans of client
-// addresses stay. The caller audits admin.user.unlock.
+// Unlock lifts a user's bans (password and second factor) and clears
+// their failures (caddy sigra user unlock, the admin API's
+// users/<id>/unlock). Bans of client addresses stay. The caller audits
+// admin.user.unlock.
 func (r *Regulator) Unlock(ctx context.Context, userID string) error {
-	return r.st.UpdateRegulation(ctx, []string{UserAccountKey(userID)}, func(states []*RegulationState) error {
-		*states[0] = RegulationState{}
+	return r.st.UpdateRegulation(ctx, UserRegulationKeys(userID), func(states []*RegulationState) error {
+		for _, st := range states {
+			*st = RegulationState{}
+		}
 		return nil
 	})
 }
 
-// AccountBan returns when the user's account ban ends, or the zero time
-// if the account is not banned (for the admin pages).
+// AccountBan returns when the user's last ban (password or second
+// factor) ends, or the zero time if neither is banned (for the admin
+// pages).
 func (r *Regulator) AccountBan(ctx context.Context, userID string) (time.Time, error) {
-	st, err := r.st.RegulationState(ctx, UserAccountKey(userID))
-	if err != nil {
-		return time.Time{}, err
+	var until time.Time
+	for _, k := range UserRegulationKeys(userID) {
+		st, err := r.st.RegulationState(ctx, k)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if r.clk.Now().Before(st.BannedUntil) && st.BannedUntil.After(until) {
+			until = st.BannedUntil
+		}
 	}
-	if r.clk.Now().Before(st.BannedUntil) {
-		return st.BannedUntil, nil
-	}
-	return time.Time{}, nil
+	return until, nil
 }
 
 // Prune forgets states whose failures and bans are all over. Run it now and

@@ -348,8 +348,10 @@ func (a *App) Validate() error {
 			return err
 		}
 	}
-	if err := authcore.CheckGroupName(a.AdminGroup); err != nil {
-		return fmt.Errorf("admin_group: %w", err)
+	if a.AdminGroup != "" { // "" until setDefaults
+		if err := authcore.CheckGroupName(a.AdminGroup); err != nil {
+			return fmt.Errorf("admin_group: %w", err)
+		}
 	}
 	if a.Keys.Algorithm != authcore.AlgEdDSA && a.Keys.Algorithm != authcore.AlgES256 {
 		return fmt.Errorf("keys: algorithm %q (want EdDSA or ES256)", a.Keys.Algorithm)

@@ -76,7 +76,10 @@ func (q *preq) mfaSubmit() error {
 	if recovery != "" {
 		method = "recovery_code"
 	}
-	att, err := q.rt.reg.Begin(q.ctx(), authcore.UserAccountKey(p.User.ID), clientIP(q.r))
+	// Codes have their own account key: a password banned by strangers
+	// who know the email must not also keep the signed-in owner from a
+	// step-up.
+	att, err := q.rt.reg.Begin(q.ctx(), authcore.UserMFAKey(p.User.ID), clientIP(q.r))
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -116,7 +119,7 @@ func (q *preq) mfaSubmit() error {
 		if ferr != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, ferr)
 		}
-		if err := q.auditLockout(p.User.ID, res); err != nil {
+		if err := q.auditLockout(p.User.ID, res, "mfa"); err != nil {
 			return err
 		}
 		lockedNow := errors.Is(err, authcore.ErrTOTPLocked) // this wrong code locked the app
@@ -347,17 +350,19 @@ func (q *preq) recoveryRegenerate() error {
 	return q.page(http.StatusOK, "totp", pageData{Title: "Recovery codes", Codes: codes})
 }
 
-// auditLockout writes one auth.lockout row when a failure started a ban.
-func (q *preq) auditLockout(subject string, res authcore.FailResult) error {
+// auditLockout writes one auth.lockout row when a failure started a ban;
+// its scope names the ban: account (the password's key) or mfa (the
+// codes'), ip, or both.
+func (q *preq) auditLockout(subject string, res authcore.FailResult, account string) error {
 	if !res.Lockout() {
 		return nil
 	}
 	meta := map[string]string{"until": res.Until.UTC().Format(time.RFC3339)}
 	switch {
 	case res.AccountLocked && res.IPLocked:
-		meta["scope"] = "account,ip"
+		meta["scope"] = account + ",ip"
 	case res.AccountLocked:
-		meta["scope"] = "account"
+		meta["scope"] = account
 	default:
 		meta["scope"] = "ip"
 	}

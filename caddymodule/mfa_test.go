@@ -370,8 +370,13 @@ func TestMFABruteForce(t *testing.T) {
 	if len(fails) != 4 || fails[0].Metadata["method"] != "totp" {
 		t.Errorf("mfa.challenge.failure rows: %d; want 4 with method totp", len(fails))
 	}
-	if n := len(e.auditRows("auth.lockout")); n != 1 {
-		t.Errorf("%d auth.lockout rows; want 1", n)
+	if rows := e.auditRows("auth.lockout"); len(rows) != 1 || rows[0].Metadata["scope"] != "mfa" {
+		t.Errorf("auth.lockout rows %+v; want one, scope mfa", rows)
+	}
+	// Codes have their own ban: the password still signs in (to the
+	// MFA page), so wrong codes do not lock the owner's password too.
+	if r := e.browser().login("wes@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther || !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa") {
+		t.Errorf("password while the codes are banned: status %d, Location %q; want the MFA page", r.StatusCode, r.Header.Get("Location"))
 	}
 	if _, err := doUser(context.Background(), e.rt(), "admins", userRequest{Op: "unlock", User: "wes@example.com"}, nil, ""); err != nil {
 		t.Fatal(err)
@@ -379,6 +384,29 @@ func TestMFABruteForce(t *testing.T) {
 	// The code was not spent while banned: it works after the unlock.
 	if got := post(refTOTP(t, secret, fake.Now())); got != http.StatusSeeOther {
 		t.Errorf("right code after unlock: status %d; want 303", got)
+	}
+}
+
+// Strangers who know an email can ban its password for a while; that
+// must not also keep the owner, signed in already, from a step-up (the
+// admin pages, an mfa max_age gate), which has its own ban.
+func TestPasswordBanLeavesStepUpOpen(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "regulation {\n max_retries 3\n }", "sigra_gate")
+	e.addUser("own@example.com")
+	e.mustLogin("own@example.com")
+	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake.Advance(time.Minute)
+	for i := range 3 {
+		if r := e.browser().login("own@example.com", fmt.Sprint("a stranger's guess ", i), "/"); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("wrong password %d: status %d; want 401", i, r.StatusCode)
+		}
+	}
+	if r := e.browser().login("own@example.com", testPassword, "/"); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("right password while banned: status %d; want 401 (the password ban holds)", r.StatusCode)
+	}
+	if r := e.secondFactor("code", refTOTP(t, secret, fake.Now())); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("the signed-in owner's step-up during the password ban: status %d; want 303", r.StatusCode)
 	}
 }
 

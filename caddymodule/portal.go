@@ -378,7 +378,7 @@ func (q *preq) checkPassword(email, password, step string) (*authcore.User, *aut
 		} else if known, lerr := q.rt.auth.LookupUser(q.ctx(), email); lerr == nil {
 			subject = known.ID
 		}
-		if err := q.auditLockout(subject, res); err != nil {
+		if err := q.auditLockout(subject, res, "account"); err != nil {
 			return nil, nil, err
 		}
 		reason := "invalid_credentials"

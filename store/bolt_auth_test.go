@@ -676,7 +676,7 @@ func TestBoltDeleteUserRemovesSessions(t *testing.T) {
 // TestBoltDeleteUserRemovesSecondFactorData: deleting an account also
 // deletes what bolt_mfa.go keeps for it (sealed TOTP secret, pending
 // enrolment, recovery code hashes, regulation state under
-// UserAccountKey), in the same transaction.
+// UserRegulationKeys), in the same transaction.
 func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	st := openAuthBolt(t)
 	ctx := context.Background()
@@ -694,10 +694,12 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	if err := st.PutPendingTOTP(ctx, u.ID, authcore.SessionID{2}, &authcore.PendingTOTP{Sealed: []byte("pending-2"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	key := authcore.UserAccountKey(u.ID)
-	if err := st.UpdateRegulation(ctx, []string{key}, func(s []*authcore.RegulationState) error {
-		s[0].Attempts = []time.Time{at}
-		s[0].Expires = at.Add(time.Hour)
+	keys := authcore.UserRegulationKeys(u.ID) // the password's and the codes'
+	if err := st.UpdateRegulation(ctx, keys, func(states []*authcore.RegulationState) error {
+		for _, s := range states {
+			s.Attempts = []time.Time{at}
+			s.Expires = at.Add(time.Hour)
+		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -715,8 +717,10 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	if n, err := st.CountRecoveryCodes(ctx, u.ID); err != nil || n != 0 {
 		t.Errorf("CountRecoveryCodes of a deleted user = %d, %v; want 0", n, err)
 	}
-	if s, err := st.RegulationState(ctx, key); err != nil || !s.IsZero() {
-		t.Errorf("RegulationState of a deleted user = %+v, %v; want none", s, err)
+	for _, key := range keys {
+		if s, err := st.RegulationState(ctx, key); err != nil || !s.IsZero() {
+			t.Errorf("RegulationState %s of a deleted user = %+v, %v; want none", key, s, err)
+		}
 	}
 }
 

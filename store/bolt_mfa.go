@@ -558,5 +558,10 @@ func deleteUserMFA(tx *bolt.Tx, uk []byte, userID string) error {
 	if err := deleteUserPending(tx, uk); err != nil {
 		return err
 	}
-	return bucket(tx, bktRegulation).Delete([]byte(authcore.UserAccountKey(userID)))
+	for _, k := range authcore.UserRegulationKeys(userID) {
+		if err := bucket(tx, bktRegulation).Delete([]byte(k)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
