@@ -119,8 +119,9 @@ func (q *preq) passwordChangeFailed(p *authcore.Principal, reason string) {
 	}
 }
 
-// accountChange serializes a user's own password changes, so that a
-// form sent twice runs once and the second sees what the first did.
+// accountChange serializes a user's own password changes and
+// second-factor steps, so that a form sent twice runs once and the
+// second sees what the first did.
 var accountChange userLocks
 
 // userLocks is a mutex per user id, kept only while someone holds or
@@ -135,7 +136,8 @@ type userLock struct {
 	refs int
 }
 
-// lock locks id's mutex and returns its unlock.
+// lock locks id's mutex and returns its unlock, which may be called
+// more than once (only the first call unlocks).
 func (l *userLocks) lock(id string) (unlock func()) {
 	l.mu.Lock()
 	if l.m == nil {
@@ -149,14 +151,14 @@ func (l *userLocks) lock(id string) (unlock func()) {
 	u.refs++
 	l.mu.Unlock()
 	u.Lock()
-	return func() {
+	return sync.OnceFunc(func() {
 		u.Unlock()
 		l.mu.Lock()
 		if u.refs--; u.refs == 0 {
 			delete(l.m, id)
 		}
 		l.mu.Unlock()
-	}
+	})
 }
 
 // deletePage explains what deleting the account does and asks for the

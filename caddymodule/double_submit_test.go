@@ -230,3 +230,42 @@ func TestTOTPEnrolmentSentTwice(t *testing.T) {
 		t.Error("the second submit never reached the confirmation while the first ran; the race was not tested")
 	}
 }
+
+// A code form sent twice signs in once: the second waits for the first,
+// finds its session replaced, and goes where the first went, with no
+// failure row and no failure counted (a replayed code would count as a
+// wrong one).
+func TestMFASentTwice(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("m@example.com")
+	e.mustLogin("m@example.com")
+	secret, codes := enrolTOTP(t, e, fake.Now())
+	for i, field := range []string{"code", "recovery_code", "code"} {
+		fake.Advance(time.Minute)
+		b := e.browser()
+		if r := b.login("m@example.com", testPassword, "/x"); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("sign-in: status %d", r.StatusCode)
+		}
+		_, page := b.get("/.sigra/mfa?rd=%2Fx", nil)
+		v := refTOTP(t, secret, fake.Now())
+		if field == "recovery_code" {
+			v = codes[i]
+		}
+		status, body := b.submitTwice("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, field: {v}, "rd": {"/x"}})
+		for j := range 2 {
+			if status[j] != http.StatusSeeOther {
+				t.Errorf("%s, submit %d: status %d; want 303\n%s", field, j, status[j], body[j])
+			}
+		}
+	}
+	if rows := e.auditRows("mfa.challenge.failure"); len(rows) != 0 {
+		t.Errorf("mfa.challenge.failure rows %+v; want none", rows)
+	}
+	if n := len(e.auditRows("mfa.challenge.success")); n != 3 {
+		t.Errorf("%d mfa.challenge.success rows; want 3 (one per pair)", n)
+	}
+	if st, err := e.rt().store.RegulationState(context.Background(), authcore.UserMFAKey(u.ID)); err != nil || len(st.Attempts) != 0 {
+		t.Errorf("the codes' regulation state %+v, %v; want no failure counted", st, err)
+	}
+}

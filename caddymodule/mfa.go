@@ -71,6 +71,18 @@ func (q *preq) mfaSubmit() error {
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.page(http.StatusForbidden, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: "The form expired. Please try again."})
 	}
+	// A form sent twice (a double click) waits here for the first. If
+	// that one passed, it replaced this session: the second checks no
+	// code (a replay would count as a wrong one) and goes where the
+	// first went. The lock is let go before any failure's wait.
+	unlock := accountChange.lock(p.User.ID)
+	defer unlock()
+	if _, err := q.rt.store.GetSession(q.ctx(), p.Session.ID); errors.Is(err, authcore.ErrNotFound) {
+		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
+		return nil
+	} else if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
 	code, recovery := q.r.PostFormValue("code"), q.r.PostFormValue("recovery_code")
 	method, amr := "totp", authcore.AMROTP
 	if recovery != "" {
@@ -111,6 +123,7 @@ func (q *preq) mfaSubmit() error {
 			}
 		}
 		q.rt.login(method, "locked")
+		unlock()
 		wait(q.ctx(), authcore.MaxFailureDelay)
 		return q.page(http.StatusForbidden, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: totpLockedText})
 	}
@@ -133,6 +146,7 @@ func (q *preq) mfaSubmit() error {
 			return err
 		}
 		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
+		unlock()
 		wait(q.ctx(), res.Delay)
 		msg := "That code did not work."
 		if lockedNow {
