@@ -291,15 +291,16 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 }
 
 // Succeed records that the attempt passed: it no longer counts as a
-// failure. With signedIn (every required factor has now passed) the
-// account's earlier failures are cleared as well. Pass signedIn false for
-// a correct password that leaves the session waiting for a second factor,
-// so that a known password cannot reset the count of wrong second-factor
-// codes. The address's other failures always stay (one account's success
-// says nothing about the others tried from there). A ban is never lifted
-// here. Succeed on a refused attempt returns ErrInvalidCredentials: a
-// refused attempt never succeeds.
-func (a *Attempt) Succeed(ctx context.Context, signedIn bool) error {
+// failure. With proven (the key's own secret passed: the password for
+// UserAccountKey, a code for UserMFAKey) the account key's earlier
+// failures are cleared as well; pass false when nothing was proven for
+// this account (the check did not run). The keys being apart, a known
+// password cannot reset the count of wrong codes. The address's other
+// failures always stay (one account's success says nothing about the
+// others tried from there). A ban is never lifted here. Succeed on a
+// refused attempt returns ErrInvalidCredentials: a refused attempt never
+// succeeds.
+func (a *Attempt) Succeed(ctx context.Context, proven bool) error {
 	if !a.allowed {
 		return ErrInvalidCredentials
 	}
@@ -315,7 +316,7 @@ func (a *Attempt) Succeed(ctx context.Context, signedIn bool) error {
 			if j := slices.IndexFunc(st.Attempts, a.at.Equal); j >= 0 {
 				st.Attempts = slices.Delete(st.Attempts, j, j+1)
 			}
-			if i == 0 && signedIn {
+			if i == 0 && proven {
 				st.Attempts = nil
 			}
 			r.stamp(st)
@@ -364,21 +365,23 @@ func (r *Regulator) Unlock(ctx context.Context, userID string) error {
 	})
 }
 
-// AccountBan returns when the user's last ban (password or second
-// factor) ends, or the zero time if neither is banned (for the admin
-// pages).
+// AccountBan returns when the ban of the user's password ends, or the
+// zero time if there is none (for the admin pages).
 func (r *Regulator) AccountBan(ctx context.Context, userID string) (time.Time, error) {
-	var until time.Time
-	for _, k := range UserRegulationKeys(userID) {
-		st, err := r.st.RegulationState(ctx, k)
-		if err != nil {
-			return time.Time{}, err
-		}
-		if r.clk.Now().Before(st.BannedUntil) && st.BannedUntil.After(until) {
-			until = st.BannedUntil
-		}
+	return r.Ban(ctx, UserAccountKey(userID))
+}
+
+// Ban returns when the ban of a regulation key ends, or the zero time if
+// the key is not banned.
+func (r *Regulator) Ban(ctx context.Context, key string) (time.Time, error) {
+	st, err := r.st.RegulationState(ctx, key)
+	if err != nil {
+		return time.Time{}, err
 	}
-	return until, nil
+	if r.clk.Now().Before(st.BannedUntil) {
+		return st.BannedUntil, nil
+	}
+	return time.Time{}, nil
 }
 
 // Prune forgets states whose failures and bans are all over. Run it now and

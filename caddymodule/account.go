@@ -298,7 +298,7 @@ func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(
 	if u == nil {
 		return false, again(http.StatusUnauthorized, wrong)
 	}
-	if err := att.Succeed(q.ctx(), !u.SecondFactor); err != nil {
+	if err := att.Succeed(q.ctx(), true); err != nil {
 		return false, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	return true, nil

@@ -536,19 +536,20 @@ func (a *App) encryptionBox() (*seal.Box, error) {
 	return seal.New(k)
 }
 
-// warnLooseKeyFile warns when a key file can be read or replaced by
-// users other than its owner (as ssh does for private keys). It does not
+// warnLooseKeyFile warns when every user can read a key file, or its
+// group can write it (as ssh does for private keys). A group may read
+// it: root:caddy 0640 is a usual way to hand a key to Caddy. It does not
 // refuse: mounted secrets are often 0644 by default, and a refusal there
 // would be an outage. The warning says what to run.
 func warnLooseKeyFile(logger *zap.Logger, what, path string) {
 	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+	if err != nil || fi.Mode().Perm()&0o027 == 0 {
 		return
 	}
-	logger.Warn(what+" file is readable or writable by other users; restrict it to Caddy's user",
+	logger.Warn(what+" file is open to other users; restrict it to Caddy",
 		zap.String("path", path),
 		zap.String("mode", fmt.Sprintf("%#o", fi.Mode().Perm())),
-		zap.String("fix", "chmod 600 "+path))
+		zap.String("fix", "chmod o-rwx,g-w "+path))
 }
 
 // loadOrCreateSecret returns a sealed random secret kept in the store.

@@ -392,8 +392,9 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if !d.Args(dst) || d.NextArg() {
 		return d.ArgErr()
 	}
-	// "" (or a {$VAR} that is not set) would quietly mean the default:
-	// a generated key instead of the one named, say.
+	// A literal "" would quietly mean the default: a generated key
+	// instead of the one named, say. (An unset {$VAR} drops its token,
+	// which is already the argument count's error.)
 	if strings.TrimSpace(*dst) == "" {
 		return d.Errf("%s: empty value", name)
 	}

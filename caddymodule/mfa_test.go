@@ -387,6 +387,41 @@ func TestMFABruteForce(t *testing.T) {
 	}
 }
 
+// A right password clears the earlier wrong ones, for a user with a
+// second factor too (the codes are counted apart): the owner's typos
+// before a sign-in do not add up with one typo after it.
+func TestRightPasswordClearsTyposWithSecondFactor(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "regulation {\n max_retries 3\n }", "sigra_gate")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake.Advance(time.Minute)
+	b := e.browser()
+	for i := range 2 {
+		if r := b.login("ann@example.com", fmt.Sprint("typo ", i), "/"); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("typo %d: status %d; want 401", i, r.StatusCode)
+		}
+	}
+	if r := b.login("ann@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther || !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa") {
+		t.Fatalf("password: status %d, Location %q; want the MFA page", r.StatusCode, r.Header.Get("Location"))
+	}
+	if r := b.secondFactor("code", refTOTP(t, secret, fake.Now())); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("code: status %d; want 303", r.StatusCode)
+	}
+	fake.Advance(time.Minute)
+	c := e.browser()
+	if r := c.login("ann@example.com", "one more typo", "/"); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("typo: status %d; want 401", r.StatusCode)
+	}
+	if r := c.login("ann@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("right password after a sign-in and one typo: status %d; want 303", r.StatusCode)
+	}
+	if rows := e.auditRows("auth.lockout"); len(rows) != 0 {
+		t.Errorf("auth.lockout rows %+v; want none", rows)
+	}
+}
+
 // Strangers who know an email can ban its password for a while; that
 // must not also keep the owner, signed in already, from a step-up (the
 // admin pages, an mfa max_age gate), which has its own ban.
@@ -647,15 +682,25 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 	for range authcore.DefaultMaxTOTPFailures {
 		e.rt().store.FailTOTP(ctx, target.ID)
 	}
-	for range 5 {
-		att, err := e.rt().reg.Begin(ctx, authcore.UserAccountKey(target.ID), "")
-		if err != nil {
-			t.Fatal(err)
+	ban := func(key string) {
+		for range 5 {
+			att, err := e.rt().reg.Begin(ctx, key, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			att.Fail(ctx)
 		}
-		att.Fail(ctx)
 	}
+	ban(authcore.UserMFAKey(target.ID))
 	body := mustPage(t, e, page)
-	if !strings.Contains(body, `data-sigra="admin-user-totp-locked"`) || !strings.Contains(body, `data-sigra="admin-user-banned"`) {
-		t.Error("the page does not show the locked app and the ban")
+	if !strings.Contains(body, `data-sigra="admin-user-totp-locked"`) || !strings.Contains(body, `data-sigra="admin-user-codes-banned"`) {
+		t.Error("the page does not show the locked app and the codes' ban")
+	}
+	if strings.Contains(body, `data-sigra="admin-user-banned"`) {
+		t.Error("a ban of the codes shows as a ban of the password's sign-in")
+	}
+	ban(authcore.UserAccountKey(target.ID))
+	if body := mustPage(t, e, page); !strings.Contains(body, `data-sigra="admin-user-banned"`) {
+		t.Error("the page does not show the password's ban")
 	}
 }

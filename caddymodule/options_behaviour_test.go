@@ -288,9 +288,9 @@ func TestValidateReadsSigningKeyFile(t *testing.T) {
 	}
 }
 
-// A key file others can read or replace is accepted, with a warning that
-// names the file and the command that fixes it; a private one is not
-// warned about.
+// A key file every user can read, or its group replace, is accepted with
+// a warning that names the file and the command that fixes it; a private
+// one, or one its group may only read, is not warned about.
 func TestLooseKeyFilesWarn(t *testing.T) {
 	dir := t.TempDir()
 	signing := writeEd25519Key(t, filepath.Join(dir, "assertion.pem"))
@@ -314,7 +314,7 @@ func TestLooseKeyFilesWarn(t *testing.T) {
 		got := map[string]bool{}
 		for _, e := range logs.TakeAll() {
 			path, _ := e.ContextMap()["path"].(string)
-			if e.ContextMap()["fix"] == "chmod 600 "+path && strings.Contains(e.Message, "other users") {
+			if e.ContextMap()["fix"] == "chmod o-rwx,g-w "+path && strings.Contains(e.Message, "other users") {
 				got[path] = true
 			}
 		}
@@ -324,13 +324,23 @@ func TestLooseKeyFilesWarn(t *testing.T) {
 	if got := warnings(); len(got) != 0 { // also creates encryption.key, 0600
 		t.Errorf("warnings about files only their owner can read: %v", got)
 	}
-	for _, p := range []string{signing, encryption} {
-		if err := os.Chmod(p, 0o644); err != nil {
-			t.Fatal(err)
+	for _, c := range []struct {
+		mode os.FileMode
+		warn bool
+	}{
+		{0o640, false}, // root:caddy 0640: the group is Caddy's
+		{0o644, true},
+		{0o604, true},
+		{0o660, true}, // the group could replace the key
+	} {
+		for _, p := range []string{signing, encryption} {
+			if err := os.Chmod(p, c.mode); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	if got := warnings(); !got[signing] || !got[encryption] {
-		t.Errorf("warned about %v; want both 0644 files, %s and %s", got, signing, encryption)
+		if got := warnings(); got[signing] != c.warn || got[encryption] != c.warn {
+			t.Errorf("mode %#o: warned about %v; want both files %v", c.mode, got, c.warn)
+		}
 	}
 }
 

@@ -315,9 +315,8 @@ func (q *preq) loginSubmit() error {
 	if u == nil {
 		return rerender(http.StatusUnauthorized, "Incorrect email or password.")
 	}
-	// A password alone leaves a user with a second factor pending: the
-	// account counter resets only once they are fully signed in.
-	if err := att.Succeed(q.ctx(), !u.SecondFactor); err != nil {
+	// The password's count resets; the codes' has a key of its own.
+	if err := att.Succeed(q.ctx(), true); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	// A new session at every sign-in; the old one, if any, ends.

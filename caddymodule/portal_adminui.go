@@ -160,11 +160,12 @@ type adminData struct {
 	Next     string // URL of the next page, "" on the last
 	Error    string // what is wrong with the page's filters
 	Self     string // the signed-in admin's user id
-	// On a user's page: when their sign-in ban ends (zero: none), and
-	// whether wrong codes in a row locked their authenticator app. The
-	// Unlock button lifts both.
-	BannedUntil time.Time
-	TOTPLocked  bool
+	// On a user's page: when the bans of their password and of their
+	// second-factor codes end (zero: none), and whether wrong codes in a
+	// row locked their authenticator app. The Unlock button lifts all.
+	BannedUntil      time.Time
+	CodesBannedUntil time.Time
+	TOTPLocked       bool
 }
 
 func (q *preq) adminPage(p *authcore.Principal, status int, name, title string, d adminData) error {
@@ -212,6 +213,9 @@ func (q *preq) adminUser(p *authcore.Principal, id string) error {
 	v := viewUser(u)
 	d := adminData{User: &v, Rows: page.Rows}
 	if d.BannedUntil, err = q.rt.reg.AccountBan(q.ctx(), u.ID); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if d.CodesBannedUntil, err = q.rt.reg.Ban(q.ctx(), authcore.UserMFAKey(u.ID)); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if d.TOTPLocked, err = q.rt.auth.TOTPLocked(q.ctx(), u.ID); err != nil {
