@@ -161,13 +161,13 @@ type Attempt struct {
 	done    bool
 }
 
-// Begin starts an attempt on account (a key from UserAccountKey or
-// Service.AccountKey) from client address ip ("" if unknown). The attempt
-// is allowed unless the account or the address is banned, or attempts in
-// flight already fill the account's or address's quota; an allowed attempt
-// counts as a failure until Succeed says otherwise, so parallel guessing
-// gets no more tries than serial guessing. Errors are storage failures:
-// deny the request.
+// Begin starts an attempt on account (a key from UserAccountKey,
+// UserMFAKey or Service.AccountKey) from client address ip ("" if
+// unknown). The attempt is allowed unless the account or the address is
+// banned, or attempts in flight already fill the account's or address's
+// quota; an allowed attempt counts as a failure until Succeed says
+// otherwise, so parallel guessing gets no more tries than serial
+// guessing. Errors are storage failures: deny the request.
 func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, error) {
 	if account == "" {
 		return nil, fmt.Errorf("%w: regulation needs an account key", ErrInvalidInput)
