@@ -474,17 +474,20 @@ func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now ti
 	return p, nil
 }
 
-// EndSession deletes a session (logout, revocation). The cached copy is
-// dropped before and after the delete: a request that read the session
-// from the store before the delete committed may have cached it again.
-func (s *Service) EndSession(ctx context.Context, id SessionID) error {
+// EndSession deletes a session (logout, revocation) and reports whether
+// this call ended it: false when it had ended already (the same logout
+// or revocation sent twice, say), so that one end is audited once. The
+// cached copy is dropped before and after the delete: a request that
+// read the session from the store before the delete committed may have
+// cached it again.
+func (s *Service) EndSession(ctx context.Context, id SessionID) (bool, error) {
 	s.cache.drop(id)
 	err := s.store.DeleteSession(ctx, id)
 	s.cache.drop(id)
 	if errors.Is(err, ErrNotFound) {
-		return nil
+		return false, nil
 	}
-	return err
+	return err == nil, err
 }
 
 // RevokeUserSessions ends every session of a user, including one being

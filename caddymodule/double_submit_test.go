@@ -269,3 +269,54 @@ func TestMFASentTwice(t *testing.T) {
 		t.Errorf("the codes' regulation state %+v, %v; want no failure counted", st, err)
 	}
 }
+
+// A revocation or a sign-out sent twice ends the session once and is
+// audited once; the second answer is the first's (no error).
+func TestRevokeAndLogoutSentTwice(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("rae@example.com")
+	for round := range 5 {
+		e.mustLogin("rae@example.com")
+		other := e.browser()
+		other.mustLogin("rae@example.com")
+		sid := e.rt().mustPrincipal(t, other.sessionCookie()).Session.ID.String()
+		_, page := e.get("/.sigra/account", nil)
+		status, body := e.submitTwice("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {sid}})
+		for i := range 2 {
+			if status[i] != http.StatusSeeOther && status[i] != http.StatusNotFound {
+				t.Errorf("round %d, revoke %d: status %d; want 303 (or 404 once it is gone)\n%s", round, i, status[i], body[i])
+			}
+		}
+		_, page = e.get("/.sigra/account", nil)
+		status, body = e.submitTwice("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}})
+		for i := range 2 {
+			if status[i] != http.StatusSeeOther {
+				t.Errorf("round %d, logout %d: status %d; want 303\n%s", round, i, status[i], body[i])
+			}
+		}
+	}
+	if n := len(e.auditRows("session.revoked")); n != 5 {
+		t.Errorf("%d session.revoked rows; want 5, one per revoked session", n)
+	}
+	if n := len(e.auditRows("auth.logout")); n != 5 {
+		t.Errorf("%d auth.logout rows; want 5, one per session signed out", n)
+	}
+}
+
+// The same for an admin's revocation from the user's page.
+func TestAdminRevokeSentTwice(t *testing.T) {
+	e, _, target := startAdminUI(t)
+	for round := range 5 {
+		sess, _ := mustSession(t, e, target)
+		_, page := htmlGet(e, "/.sigra/admin/users/"+target.ID)
+		status, body := e.submitTwice("/.sigra/admin/sessions/"+sess.ID.String()+"/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}})
+		for i := range 2 {
+			if status[i] != http.StatusSeeOther && status[i] != http.StatusNotFound {
+				t.Errorf("round %d, revoke %d: status %d; want 303 (or 404 once it is gone)\n%s", round, i, status[i], body[i])
+			}
+		}
+	}
+	if n := len(e.auditRows("session.revoked")); n != 5 {
+		t.Errorf("%d session.revoked rows; want 5, one per revoked session", n)
+	}
+}

@@ -321,7 +321,7 @@ func (q *preq) loginSubmit() error {
 	}
 	// A new session at every sign-in; the old one, if any, ends.
 	if old, _ := q.session(); old != nil {
-		_ = q.rt.auth.EndSession(q.ctx(), old.Session.ID)
+		_, _ = q.rt.auth.EndSession(q.ctx(), old.Session.ID)
 	}
 	token, sess, err := q.rt.auth.StartSession(q.ctx(), u, []string{authcore.AMRPassword},
 		authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent()})
@@ -408,7 +408,7 @@ func (q *preq) checkPassword(email, password, step string) (*authcore.User, *aut
 func (q *preq) auditOrEnd(id authcore.SessionID, evs ...event) error {
 	for _, ev := range evs {
 		if err := q.audit(ev); err != nil {
-			if eerr := q.rt.auth.EndSession(q.ctx(), id); eerr != nil {
+			if _, eerr := q.rt.auth.EndSession(q.ctx(), id); eerr != nil {
 				q.p.logger.Error("ending a session whose audit row failed", zap.Error(eerr))
 			}
 			return err
@@ -452,11 +452,14 @@ func (q *preq) logoutSubmit() error {
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/logout")
 	}
-	if err := q.rt.auth.EndSession(q.ctx(), p.Session.ID); err != nil {
+	ended, err := q.rt.auth.EndSession(q.ctx(), p.Session.ID)
+	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if err := q.audit(event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
-		return err
+	if ended { // not again for the same form sent twice
+		if err := q.audit(event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+			return err
+		}
 	}
 	q.clearSessionCookie()
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
@@ -556,12 +559,15 @@ func (q *preq) revokeSession() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
+	ended, err := q.rt.auth.EndSession(q.ctx(), id)
+	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if err := q.audit(event{action: "session.revoked", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-		meta: map[string]string{"session": id.String()}}); err != nil {
-		return err
+	if ended { // not again for the same form sent twice
+		if err := q.audit(event{action: "session.revoked", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+			meta: map[string]string{"session": id.String()}}); err != nil {
+			return err
+		}
 	}
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil

@@ -259,7 +259,7 @@ func (q *preq) adminUserList(defaultLimit int) (*userResult, error) {
 }
 
 // adminRevoke ends a session as the admin p and writes session.revoked
-// (actor_type admin). It returns the session id and its user's id; an id
+// (actor_type admin), unless another request ended it meanwhile. It returns the session id and its user's id; an id
 // that names no session is ErrNotFound.
 func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionID, string, error) {
 	id, err := authcore.ParseSessionID(sid)
@@ -270,8 +270,12 @@ func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionI
 	if err != nil {
 		return id, "", err
 	}
-	if err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
+	ended, err := q.rt.auth.EndSession(q.ctx(), id)
+	if err != nil {
 		return id, "", err
+	}
+	if !ended { // another request ended it meanwhile, and audited that
+		return id, s.UserID, nil
 	}
 	if err := q.audit(event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
 		meta: map[string]string{"session": id.String()}}); err != nil {

@@ -1342,14 +1342,14 @@ func TestServiceEndSession(t *testing.T) {
 	e.mustAuth(t, token)
 	e.mustAuth(t, other)
 
-	if err := e.svc.EndSession(e.ctx, sess.ID); err != nil {
-		t.Fatalf("EndSession: %v", err)
+	if ended, err := e.svc.EndSession(e.ctx, sess.ID); !ended || err != nil {
+		t.Fatalf("EndSession = %v, %v; want true (this call ended it)", ended, err)
 	}
 	e.refused(t, token) // at once, although it was cached
 	e.goneFromStore(t, sess.ID)
 	e.mustAuth(t, other)
-	if err := e.svc.EndSession(e.ctx, sess.ID); err != nil {
-		t.Errorf("EndSession of an ended session = %v; want nil", err)
+	if ended, err := e.svc.EndSession(e.ctx, sess.ID); ended || err != nil {
+		t.Errorf("EndSession of an ended session = %v, %v; want false, nil", ended, err)
 	}
 	authCheckIndexes(t, e.st)
 }

@@ -20,7 +20,7 @@ func TestChangePasswordNeedsALiveSession(t *testing.T) {
 			t.Fatal(err)
 		}
 		if how == "EndSession" {
-			err = e.svc.EndSession(e.ctx, cur.ID)
+			_, err = e.svc.EndSession(e.ctx, cur.ID)
 		} else {
 			_, err = e.svc.RevokeUserSessions(e.ctx, u.ID)
 		}

@@ -62,7 +62,7 @@ func TestCompleteSecondFactorLosesToConcurrentLogout(t *testing.T) {
 		done <- result{token, err}
 	}()
 	<-ps.entered // the pending session was read, the new one not yet stored
-	if err := svc.EndSession(e.ctx, pending.ID); err != nil {
+	if _, err := svc.EndSession(e.ctx, pending.ID); err != nil {
 		t.Fatal(err)
 	}
 	close(ps.release)
@@ -99,7 +99,7 @@ func TestEndSessionNotRecachedByConcurrentLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error)
-	go func() { done <- svc.EndSession(e.ctx, sess.ID) }()
+	go func() { _, err := svc.EndSession(e.ctx, sess.ID); done <- err }()
 	<-ps.entered // the cached copy is gone, the delete not yet committed
 	if _, err := svc.Authenticate(e.ctx, token); err != nil {
 		t.Fatalf("Authenticate while the delete is pending: %v", err)
