@@ -46,15 +46,16 @@ func (e *env) holdFirstRow(action string) (attempted func() int) {
 	return func() int { mu.Lock(); defer mu.Unlock(); return n }
 }
 
-// submitTwice posts form to path twice at once, as a double click does,
-// and returns both answers.
+// submitTwice posts form to path twice at once, as a double click in a
+// browser does, and returns both answers. A twin that comes in after the
+// first has ended its session is sent to sign in, as a browser is.
 func (e *env) submitTwice(path string, form url.Values) (status [2]int, body [2]string) {
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, b := e.postForm(path, form, nil)
+			resp, b := e.postForm(path, form, map[string]string{"Accept": "text/html"})
 			status[i], body[i] = resp.StatusCode, b
 		}()
 	}
