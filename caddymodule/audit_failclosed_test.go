@@ -69,7 +69,7 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 		t.Fatal("no TOTP secret on the enrol page")
 	}
 	e.failAudit("mfa.totp.enrolled")
-	resp, _ = e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}}, nil)
+	resp, _ = e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}}, nil)
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Errorf("TOTP enrolment with a failing audit row: status %d; want 500", resp.StatusCode)
 	}

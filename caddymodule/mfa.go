@@ -14,9 +14,8 @@ import (
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
-// freshFactor is how recent a second factor must be to turn TOTP off or
-// make new recovery codes, and a sign-in to enrol TOTP without the
-// password again.
+// freshFactor is how recent a second factor must be to turn TOTP off,
+// make new recovery codes, change the password or delete the account.
 const freshFactor = 10 * time.Minute
 
 // wait applies a regulation delay; tests substitute a no-op.
@@ -210,7 +209,6 @@ func (q *preq) totpPage() error {
 }
 
 func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
-	d.NeedPassword = !q.firstFactorFresh(p)
 	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, p.Session.ID, requestHost(q.r))
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -243,23 +241,21 @@ func (q *preq) totpSubmit() error {
 	}
 	// The finished enrolment counts as a fresh second factor and binds the
 	// account to this authenticator: a session cookie alone, stolen or
-	// left signed in, must not be enough. A sign-in older than freshFactor
-	// proves the password again (checked before the code, so a wrong
-	// password spends no code).
-	if !q.firstFactorFresh(p) {
-		if q.r.PostFormValue("password") == "" {
-			// A form shown while the sign-in was fresh has no password
-			// field: ask, without counting a failure.
-			d.Error = "You signed in a while ago: enter your password to turn this on."
-			return q.enrolPage(p, d, http.StatusUnauthorized)
-		}
-		again := func(status int, msg string) error {
-			d.Error = msg
-			return q.enrolPage(p, d, status)
-		}
-		if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
-			return err
-		}
+	// left signed in, must not be enough, however fresh (the thief's app
+	// would lock the owner out, and the rotated session sign them out).
+	// So the password, every time (checked before the code, so a wrong
+	// password spends no code), as Authelia asks for an emailed code.
+	if q.r.PostFormValue("password") == "" {
+		// Asked without counting a failure.
+		d.Error = "Enter your password to turn this on."
+		return q.enrolPage(p, d, http.StatusUnauthorized)
+	}
+	again := func(status int, msg string) error {
+		d.Error = msg
+		return q.enrolPage(p, d, status)
+	}
+	if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
+		return err
 	}
 	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"))
 	if errors.Is(err, authcore.ErrInvalidCode) {
@@ -300,12 +296,6 @@ func (q *preq) totpSubmit() error {
 	q.setSessionCookie(token)
 	d.Codes = codes
 	return q.page(http.StatusOK, "totp", d)
-}
-
-// firstFactorFresh reports whether the session's sign-in is recent
-// enough (freshFactor) to enrol a second factor without the password.
-func (q *preq) firstFactorFresh(p *authcore.Principal) bool {
-	return q.rt.auth.Now().Sub(p.Session.AuthTime) <= freshFactor
 }
 
 // requireFresh sends the browser to the MFA page unless the session

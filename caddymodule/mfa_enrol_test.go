@@ -73,7 +73,7 @@ func TestStolenSessionCannotLearnTheEnrolment(t *testing.T) {
 
 	// The victim confirms the secret they were shown, undisturbed.
 	e.client.Jar = victim
-	resp, _ := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, victimPage)}, "code": {refTOTP(t, shown[1], fake.Now())}}, nil)
+	resp, _ := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, victimPage)}, "code": {refTOTP(t, shown[1], fake.Now())}, "password": {testPassword}}, nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("the user confirming after a stolen session opened the page: status %d; want 200", resp.StatusCode)
 	}
@@ -94,18 +94,25 @@ func TestStolenSessionCannotLearnTheEnrolment(t *testing.T) {
 }
 
 // Enrolling TOTP binds the account to an authenticator and counts as a
-// fresh second factor, so a sign-in older than freshFactor must prove the
-// password again: a session cookie alone is not enough.
-func TestEnrolmentOnAnOldSignInNeedsThePassword(t *testing.T) {
+// fresh second factor, so it needs the password, however fresh the
+// sign-in: a session cookie alone (stolen a minute after sign-in, say)
+// must not bind the account to a thief's app and lock the owner out.
+func TestEnrolmentNeedsThePassword(t *testing.T) {
+	for name, age := range map[string]time.Duration{"fresh sign-in": time.Minute, "old sign-in": freshFactor + time.Minute} {
+		t.Run(name, func(t *testing.T) { testEnrolmentNeedsThePassword(t, age) })
+	}
+}
+
+func testEnrolmentNeedsThePassword(t *testing.T, age time.Duration) {
 	fake := useFakeClock(t)
 	e := startCaddy(t, "", "sigra_gate")
 	u := e.addUser("boss@example.com", "admins")
 	e.mustLogin("boss@example.com")
-	fake.Advance(freshFactor + time.Minute)
+	fake.Advance(age)
 
 	_, page := e.get("/.sigra/account/totp", nil)
 	if !strings.Contains(page, `name="password"`) {
-		t.Fatal("the enrol page of an old sign-in asks for no password")
+		t.Fatal("the enrol page asks for no password")
 	}
 	secret := totpSecret.FindStringSubmatch(page)[1]
 	enrol := func(password string) (*http.Response, string) {
@@ -124,8 +131,8 @@ func TestEnrolmentOnAnOldSignInNeedsThePassword(t *testing.T) {
 		return has
 	}
 
-	// The code only (a form shown while the sign-in was fresh): asked for
-	// the password, and no failure is counted.
+	// The code only (a form from before the password was asked): asked
+	// for the password, and no failure is counted.
 	if resp, body := enrol(""); resp.StatusCode != http.StatusUnauthorized || strings.Contains(body, `data-sigra="recovery-codes"`) ||
 		!strings.Contains(body, `name="password"`) {
 		t.Errorf("enrol with the code only: status %d; want 401, a password field and no recovery codes", resp.StatusCode)
@@ -161,20 +168,6 @@ func TestEnrolmentOnAnOldSignInNeedsThePassword(t *testing.T) {
 	}
 }
 
-// A fresh sign-in enrols with the code alone (the form has no password).
-func TestEnrolmentOnAFreshSignInNeedsNoPassword(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	e.addUser("ann@example.com")
-	e.mustLogin("ann@example.com")
-	fake.Advance(freshFactor - time.Minute)
-	_, page := e.get("/.sigra/account/totp", nil)
-	if strings.Contains(page, `name="password"`) {
-		t.Error("the enrol page of a fresh sign-in asks for the password")
-	}
-	enrolTOTP(t, e, fake.Now())
-}
-
 // A page that needs a second factor sends a user who has none to set one
 // up, and the set-up leads back to that page (only to a place rd may
 // name, as everywhere).
@@ -206,7 +199,7 @@ func TestStepUpEnrolmentReturnsToThePage(t *testing.T) {
 	}
 	secret := totpSecret.FindStringSubmatch(page)[1]
 	resp, done := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "rd": {"/reports/q3"},
-		"code": {refTOTP(t, secret, fake.Now())}}, html)
+		"code": {refTOTP(t, secret, fake.Now())}, "password": {testPassword}}, html)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(done, `href="/reports/q3" data-sigra="totp-done"`) {
 		t.Fatalf("after enrolment: status %d; want the recovery codes and Done leading to /reports/q3\n%s", resp.StatusCode, done)
 	}

@@ -74,7 +74,7 @@ func enrolTOTP(t *testing.T, e *env, now time.Time) (string, []string) {
 		t.Fatal("no secret on the enrol page")
 	}
 	secret := m[1]
-	bad, _ := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {"000000"}}, nil)
+	bad, _ := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {"000000"}, "password": {testPassword}}, nil)
 	if bad.StatusCode != http.StatusBadRequest {
 		t.Errorf("enrol with a wrong code: status %d; want 400", bad.StatusCode)
 	}
@@ -84,7 +84,7 @@ func enrolTOTP(t *testing.T, e *env, now time.Time) (string, []string) {
 	if again := totpSecret.FindStringSubmatch(page)[1]; again != secret {
 		t.Errorf("secret changed from %s to %s on reload; want it kept", secret, again)
 	}
-	resp, done := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, now)}}, nil)
+	resp, done := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, now)}, "password": {testPassword}}, nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("enrol with a right code: status %d", resp.StatusCode)
 	}

@@ -65,8 +65,6 @@ type pageData struct {
 	URI       string
 	// MinPassword is the shortest new password (authcore.MinPasswordLen).
 	MinPassword int
-	// NeedPassword asks for the current password on the enrolment form.
-	NeedPassword bool
 	// Admin is what the admin pages show (adminData).
 	Admin adminData
 }

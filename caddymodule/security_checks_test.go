@@ -417,7 +417,7 @@ func TestTOTPSubmitRefusesBadCSRF(t *testing.T) {
 	if n := len(e.auditRows("mfa.totp.enrolled")); n != 0 {
 		t.Errorf("%d mfa.totp.enrolled rows; want 0", n)
 	}
-	r, body := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {good}, "code": {code}}, nil)
+	r, body := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {good}, "code": {code}, "password": {testPassword}}, nil)
 	if r.StatusCode != 200 || !strings.Contains(body, `data-sigra="recovery-codes"`) {
 		t.Fatalf("the same code with the token: status %d; want 200 with recovery codes", r.StatusCode)
 	}

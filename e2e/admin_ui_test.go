@@ -60,7 +60,7 @@ func TestAdminPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp := form("/.sigra/account/totp", url.Values{"csrf_token": {csrf(page)}, "code": {code}}); resp.StatusCode != http.StatusOK {
+	if resp := form("/.sigra/account/totp", url.Values{"csrf_token": {csrf(page)}, "code": {code}, "password": {password}}); resp.StatusCode != http.StatusOK {
 		t.Fatalf("TOTP enrolment: status %d\n%s", resp.StatusCode, g.logs())
 	}
 
