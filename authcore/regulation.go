@@ -58,13 +58,13 @@ const MaxFailureDelay = 3 * time.Second
 // Every check of a password, TOTP code or recovery code goes like this:
 //
 //	att, err := reg.Begin(ctx, account, ip) // storage error: fail closed
-//	u, err := svc.CheckPassword(ctx, email, pw) // always run it: same work, same timing
+//	u, err := svc.CheckPasswordFor(ctx, att, email, pw) // runs unless the address is banned: same work, same timing
 //	if !att.Allowed() || err != nil {
 //		res, _ := att.Fail(ctx)
 //		if res.Lockout() { /* write one auth.lockout row */ }
 //		/* write auth.login.failure (or mfa.challenge.failure), wait res.Delay, answer "invalid email or password" */
 //	}
-//	att.Succeed(ctx, !needsSecondFactor)
+//	att.Succeed(ctx, true) // codes are counted under UserMFAKey, apart
 //
 // A refused attempt (Allowed false: a ban, or the account's quota taken by
 // attempts in flight) must look exactly like a wrong password: same page,

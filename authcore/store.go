@@ -48,6 +48,9 @@ type Store interface {
 	// PutSessions stores many sessions in one transaction.
 	PutSessions(ctx context.Context, ss []*Session) error
 	GetSession(ctx context.Context, id SessionID) (*Session, error)
+	// DeleteSession returns ErrNotFound when there is no such session:
+	// EndSession tells from it which of two ends of one session was
+	// first, and only that one is audited.
 	DeleteSession(ctx context.Context, id SessionID) error
 	// ReplaceSession deletes session old and stores s in its place in one
 	// transaction. When old is gone (ended meanwhile) it stores nothing

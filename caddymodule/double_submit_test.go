@@ -321,3 +321,44 @@ func TestAdminRevokeSentTwice(t *testing.T) {
 		t.Errorf("%d session.revoked rows; want 5, one per revoked session", n)
 	}
 }
+
+// A wrong code's wait happens outside the user's lock: the owner's right
+// code does not queue behind someone else's failure delay.
+func TestMFAFailureWaitsOutsideTheLock(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("w@example.com")
+	e.mustLogin("w@example.com")
+	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake.Advance(time.Minute)
+	release := make(chan struct{})
+	waiting := make(chan struct{}, 1)
+	wait = func(ctx context.Context, d time.Duration) { // useFakeClock puts the old one back
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	}
+	bad := e.browser()
+	bad.login("w@example.com", testPassword, "/")
+	badDone := make(chan struct{})
+	go func() { defer close(badDone); bad.secondFactor("code", "000000") }()
+	defer func() { close(release); <-badDone }()
+	<-waiting // the wrong code is in its failure delay
+	good := e.browser()
+	good.login("w@example.com", testPassword, "/")
+	done := make(chan int, 1)
+	go func() { done <- good.secondFactor("code", refTOTP(t, secret, fake.Now())).StatusCode }()
+	select {
+	case status := <-done:
+		if status != http.StatusSeeOther {
+			t.Errorf("the owner's right code: status %d; want 303", status)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the owner's code waited for another submit's failure delay")
+	}
+}

@@ -643,8 +643,8 @@ func TestTOTPLockedAfterWrongCodesInARow(t *testing.T) {
 	}
 	// The refused right code was not a guess: it did not count towards a
 	// sign-in ban, so the recovery code below is let through at once.
-	if until, _ := e.rt().reg.AccountBan(context.Background(), u.ID); !until.IsZero() {
-		t.Errorf("account banned until %v by the locked app's refusals", until)
+	if until, _ := e.rt().reg.Ban(context.Background(), authcore.UserMFAKey(u.ID)); !until.IsZero() {
+		t.Errorf("codes banned until %v by the locked app's refusals", until)
 	}
 
 	// An admin's unlock opens it.

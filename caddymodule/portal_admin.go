@@ -259,8 +259,9 @@ func (q *preq) adminUserList(defaultLimit int) (*userResult, error) {
 }
 
 // adminRevoke ends a session as the admin p and writes session.revoked
-// (actor_type admin), unless another request ended it meanwhile. It returns the session id and its user's id; an id
-// that names no session is ErrNotFound.
+// (actor_type admin), unless another request ended it meanwhile. It
+// returns the session id and its user's id; an id that names no session
+// is ErrNotFound.
 func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionID, string, error) {
 	id, err := authcore.ParseSessionID(sid)
 	if err != nil {
@@ -274,7 +275,7 @@ func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionI
 	if err != nil {
 		return id, "", err
 	}
-	if !ended { // another request ended it meanwhile, and audited that
+	if !ended { // another request ended it meanwhile; its row is its own
 		return id, s.UserID, nil
 	}
 	if err := q.audit(event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
