@@ -86,6 +86,22 @@ func newKR(t *testing.T, clk clock.Clock, st Store, cfg KeyRingConfig) *KeyRing 
 }
 
 // krPrincipal is a signed-in principal as the Service would cache it.
+// krSignAndRotate signs an assertion for iss with the active key, then
+// rotates: it returns the assertion, the retired key's id and the new
+// one's.
+func krSignAndRotate(t *testing.T, kr *KeyRing, iss string, now time.Time) (last, retired, active string) {
+	t.Helper()
+	retired = kr.ActiveKeyID()
+	last, err := kr.Assertion(krPrincipal(t, nil), iss, iss, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kr.Rotate(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	return last, retired, kr.ActiveKeyID()
+}
+
 func krPrincipal(t *testing.T, groups []string) *Principal {
 	t.Helper()
 	_, id := NewToken()
@@ -705,18 +721,10 @@ func TestKeyRingRetiredKeyLeavesOnTime(t *testing.T) {
 	ctx := context.Background()
 	cfg := KeyRingConfig{TTL: 5 * time.Minute}
 	kr := newKR(t, clk, st, cfg)
-	k1 := kr.ActiveKeyID()
 	const iss = "https://app.example.com"
 	clk.Advance(2 * time.Minute)
 	// The last assertion k1 signs: valid until rotation + TTL.
-	last, err := kr.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kr.Rotate(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	k2 := kr.ActiveKeyID()
+	last, k1, k2 := krSignAndRotate(t, kr, iss, clk.Now())
 	for _, k := range krStored(t, st) {
 		if (k.KID == k1) != (k.PKCS8 == nil) {
 			t.Errorf("stored key %s: private half kept = %t; want only the active key's", k.KID, k.PKCS8 != nil)
@@ -768,16 +776,8 @@ func TestKeyRingRetiredKeyKeepsItsTTL(t *testing.T) {
 	st := newKRSecretsStore()
 	ctx := context.Background()
 	kr := newKR(t, clk, st, KeyRingConfig{TTL: time.Hour})
-	k1 := kr.ActiveKeyID()
 	const iss = "https://app.example.com"
-	last, err := kr.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kr.Rotate(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	k2 := kr.ActiveKeyID()
+	last, k1, k2 := krSignAndRotate(t, kr, iss, clk.Now())
 	clk.Advance(7 * time.Minute)
 	shorter := newKR(t, clk, st, KeyRingConfig{TTL: 5 * time.Minute})
 	if got := krKIDs(krJWKS(t, shorter)); !slices.Equal(got, []string{k2, k1}) {
