@@ -65,12 +65,13 @@ func (q *preq) passwordSubmit() error {
 	// A form sent twice (a double click) waits here for the first, which
 	// replaces this session: the second then says what the first did
 	// instead of writing a success row for a change it cannot make.
-	defer accountChange.lock(p.User.ID)()
-	if _, err := q.rt.store.GetSession(q.ctx(), p.Session.ID); err != nil {
-		if errors.Is(err, authcore.ErrNotFound) {
-			return q.passwordSessionEnded(p, next)
-		}
-		return caddyhttp.Error(http.StatusInternalServerError, err)
+	unlock, live, err := q.lockAccount(p)
+	defer unlock()
+	if err != nil {
+		return err
+	}
+	if !live {
+		return q.passwordSessionEnded(p, next)
 	}
 	// The row first: a password never changes without one. If the change
 	// then fails, a failure row follows it.
@@ -117,6 +118,22 @@ func (q *preq) passwordChangeFailed(p *authcore.Principal, reason string) {
 	if err := q.audit(fail); err != nil {
 		q.p.logger.Error("a password change failed, and so did its failure row", zap.String("user", p.User.ID), zap.Error(err))
 	}
+}
+
+// lockAccount takes p's user's accountChange lock and reports whether
+// p's session is still stored: the twin of a form sent twice finds the
+// session the first replaced gone. unlock is never nil and may be
+// called more than once.
+func (q *preq) lockAccount(p *authcore.Principal) (unlock func(), live bool, err error) {
+	unlock = accountChange.lock(p.User.ID)
+	_, err = q.rt.store.GetSession(q.ctx(), p.Session.ID)
+	if errors.Is(err, authcore.ErrNotFound) {
+		return unlock, false, nil
+	}
+	if err != nil {
+		return unlock, false, caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	return unlock, true, nil
 }
 
 // accountChange serializes a user's own password changes and

@@ -74,13 +74,14 @@ func (q *preq) mfaSubmit() error {
 	// that one passed, it replaced this session: the second checks no
 	// code (a replay would count as a wrong one) and goes where the
 	// first went. The lock is let go before any failure's wait.
-	unlock := accountChange.lock(p.User.ID)
+	unlock, live, err := q.lockAccount(p)
 	defer unlock()
-	if _, err := q.rt.store.GetSession(q.ctx(), p.Session.ID); errors.Is(err, authcore.ErrNotFound) {
+	if err != nil {
+		return err
+	}
+	if !live {
 		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 		return nil
-	} else if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	code, recovery := q.r.PostFormValue("code"), q.r.PostFormValue("recovery_code")
 	method, amr := "totp", authcore.AMROTP
