@@ -288,11 +288,7 @@ func TestDeleteAccountGuards(t *testing.T) {
 // password, as before turning it off: a stolen session and the password
 // alone must not sign the owner out everywhere and keep the account.
 func TestChangePasswordNeedsFreshSecondFactor(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	e.addUser("fay@example.com")
-	e.mustLogin("fay@example.com")
-	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake, e, _, secret, _ := startEnrolled(t, "", "fay@example.com")
 	_, page := e.get("/.sigra/account", nil) // a form token, taken while the factor is fresh
 	fake.Advance(freshFactor + time.Minute)
 

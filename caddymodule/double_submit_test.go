@@ -237,11 +237,7 @@ func TestTOTPEnrolmentSentTwice(t *testing.T) {
 // failure row and no failure counted (a replayed code would count as a
 // wrong one).
 func TestMFASentTwice(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	u := e.addUser("m@example.com")
-	e.mustLogin("m@example.com")
-	secret, codes := enrolTOTP(t, e, fake.Now())
+	fake, e, u, secret, codes := startEnrolled(t, "", "m@example.com")
 	for i, field := range []string{"code", "recovery_code", "code"} {
 		fake.Advance(time.Minute)
 		b := e.browser()
@@ -325,11 +321,7 @@ func TestAdminRevokeSentTwice(t *testing.T) {
 // A wrong code's wait happens outside the user's lock: the owner's right
 // code does not queue behind someone else's failure delay.
 func TestMFAFailureWaitsOutsideTheLock(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	e.addUser("w@example.com")
-	e.mustLogin("w@example.com")
-	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake, e, _, secret, _ := startEnrolled(t, "", "w@example.com")
 	fake.Advance(time.Minute)
 	release := make(chan struct{})
 	waiting := make(chan struct{}, 1)

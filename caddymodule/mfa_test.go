@@ -55,6 +55,19 @@ func useFakeClock(t *testing.T) *clock.Fake {
 var totpSecret = regexp.MustCompile(`data-sigra="totp-secret">([A-Z2-7]+)<`)
 var recoveryCodes = regexp.MustCompile(`(?s)data-sigra="recovery-codes">(.*?)</pre>`)
 
+// startEnrolled starts Caddy with a fake clock and a bare gate (global
+// sigra options as given), signs email in and enrols its authenticator
+// app: the common start of the second-factor tests.
+func startEnrolled(t *testing.T, globalSigra, email string) (fake *clock.Fake, e *env, u *authcore.User, secret string, codes []string) {
+	t.Helper()
+	fake = useFakeClock(t)
+	e = startCaddy(t, globalSigra, "sigra_gate")
+	u = e.addUser(email)
+	e.mustLogin(email)
+	secret, codes = enrolTOTP(t, e, fake.Now())
+	return fake, e, u, secret, codes
+}
+
 // enrolTOTP enrols the signed-in user and returns the secret and the
 // recovery codes shown once.
 func enrolTOTP(t *testing.T, e *env, now time.Time) (string, []string) {
@@ -345,11 +358,7 @@ func TestBruteForceRegulation(t *testing.T) {
 }
 
 func TestMFABruteForce(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "regulation {\n max_retries 3\n }", "sigra_gate")
-	e.addUser("wes@example.com")
-	e.mustLogin("wes@example.com")
-	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
 	fake.Advance(30 * time.Second)
 	e.client.Jar, _ = newJar()
 	e.login("wes@example.com", testPassword, "/")
@@ -391,11 +400,7 @@ func TestMFABruteForce(t *testing.T) {
 // second factor too (the codes are counted apart): the owner's typos
 // before a sign-in do not add up with one typo after it.
 func TestRightPasswordClearsTyposWithSecondFactor(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "regulation {\n max_retries 3\n }", "sigra_gate")
-	e.addUser("ann@example.com")
-	e.mustLogin("ann@example.com")
-	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "ann@example.com")
 	fake.Advance(time.Minute)
 	b := e.browser()
 	for i := range 2 {
@@ -426,11 +431,7 @@ func TestRightPasswordClearsTyposWithSecondFactor(t *testing.T) {
 // must not also keep the owner, signed in already, from a step-up (the
 // admin pages, an mfa max_age gate), which has its own ban.
 func TestPasswordBanLeavesStepUpOpen(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "regulation {\n max_retries 3\n }", "sigra_gate")
-	e.addUser("own@example.com")
-	e.mustLogin("own@example.com")
-	secret, _ := enrolTOTP(t, e, fake.Now())
+	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "own@example.com")
 	fake.Advance(time.Minute)
 	for i := range 3 {
 		if r := e.browser().login("own@example.com", fmt.Sprint("a stranger's guess ", i), "/"); r.StatusCode != http.StatusUnauthorized {
@@ -574,11 +575,7 @@ func TestBannedSignInStillChecksThePassword(t *testing.T) {
 // auth.lockout row, a page that says what opens it, and the right code
 // refused until a recovery code passes or an admin unlocks the account.
 func TestTOTPLockedAfterWrongCodesInARow(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "regulation {\n max_totp_failures 3\n }", "sigra_gate")
-	u := e.addUser("pat@example.com")
-	e.mustLogin("pat@example.com")
-	secret, recovery := enrolTOTP(t, e, fake.Now())
+	fake, e, u, secret, recovery := startEnrolled(t, "regulation {\n max_totp_failures 3\n }", "pat@example.com")
 	e.client.Jar, _ = newJar()
 	if r := e.login("pat@example.com", testPassword, "/"); !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa") {
 		t.Fatalf("sign-in went to %q; want the MFA page", r.Header.Get("Location"))

@@ -332,11 +332,7 @@ func TestAccountFormsRefuseBadCSRF(t *testing.T) {
 // M14: mfa.go mfaSubmit — the challenge form needs its CSRF token, and a
 // refused post spends no code.
 func TestMFASubmitRefusesBadCSRF(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	u := e.addUser("lee@example.com")
-	e.mustLogin("lee@example.com")
-	secret, codes := enrolTOTP(t, e, fake.Now())
+	fake, e, u, secret, codes := startEnrolled(t, "", "lee@example.com")
 	fake.Advance(30 * time.Second)
 
 	e.client.Jar, _ = newJar()
@@ -428,11 +424,7 @@ func TestTOTPSubmitRefusesBadCSRF(t *testing.T) {
 
 // M4: mfa.go recoveryRegenerate — needs a fresh second factor.
 func TestRecoveryRegenerateNeedsFreshFactor(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	e.addUser("ned@example.com")
-	e.mustLogin("ned@example.com")
-	secret, old := enrolTOTP(t, e, fake.Now())
+	fake, e, _, secret, old := startEnrolled(t, "", "ned@example.com")
 	// useOld signs in from another browser with a recovery code.
 	useOld := func(code string) int {
 		t.Helper()
@@ -484,11 +476,7 @@ func TestRecoveryRegenerateNeedsFreshFactor(t *testing.T) {
 // M5: mfa.go — while the challenge is banned, a right recovery code is
 // not checked, so not spent.
 func TestMFABanDoesNotSpendRecoveryCode(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "regulation {\n max_retries 3\n ban_time 15m\n }", "sigra_gate")
-	u := e.addUser("ola@example.com")
-	e.mustLogin("ola@example.com")
-	_, codes := enrolTOTP(t, e, fake.Now())
+	fake, e, u, _, codes := startEnrolled(t, "regulation {\n max_retries 3\n ban_time 15m\n }", "ola@example.com")
 	fake.Advance(30 * time.Second)
 
 	e.client.Jar, _ = newJar()
