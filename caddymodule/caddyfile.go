@@ -69,8 +69,10 @@ func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 }
 
 type gateMatch struct {
-	line   int
-	prefix bool
+	line    int
+	matcher bool   // the gate has a matcher
+	pattern string // its path prefix (gatePrefix), "" without a matcher or when it is not one
+	prefix  bool   // no matcher, or one path prefix
 }
 
 // gateMatcher refuses sibling gates whose order Caddy cannot decide by
@@ -85,19 +87,34 @@ type gateMatch struct {
 // while the rule promises the most specific: `@reads method GET` written
 // before `/admin/*` would make /admin/* readable by anyone. So siblings
 // that both have matchers must each be one path prefix (gatePrefix).
+// Nor may two siblings match the same requests (both without a matcher,
+// or with the same path): they are equally specific, so the one written
+// first would decide alone and the other's requirements would never
+// apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	sib, err := gateBlockOf(h)
-	if matcherSet == nil || sib == nil || err != nil {
+	if sib == nil || err != nil {
 		return err
 	}
-	_, prefix := gatePrefix(matcherSet)
+	g := gateMatch{line: h.Line(), matcher: matcherSet != nil, prefix: true}
+	if g.matcher {
+		g.pattern, g.prefix = gatePrefix(matcherSet)
+	}
 	for _, m := range sib.matched {
-		if !prefix || !m.prefix {
+		if g.matcher && m.matcher && (!g.prefix || !m.prefix) {
 			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and sibling gates are ordered by specificity only when each matches one path prefix (/admin*, /api/*, /docs): "+
 				"for a request both match, the one Caddy puts first would decide alone. Give each one path prefix, or nest the narrower gate in a handle block (a nested gate adds its requirements)", m.line)
 		}
+		if g.prefix && m.prefix && g.pattern == m.pattern {
+			what := "neither has a matcher"
+			if g.matcher {
+				what = "both match " + g.pattern
+			}
+			return h.Errf("sigra_gate: this gate and the one on line %d match the same requests (%s): of sibling gates only the most specific decides, so the first would decide alone and the other's requirements would never apply. "+
+				"Put the requirements in one gate, or nest one gate in a handle block (a nested gate adds its requirements)", m.line, what)
+		}
 	}
-	sib.matched = append(sib.matched, gateMatch{line: h.Line(), prefix: prefix})
+	sib.matched = append(sib.matched, g)
 	return nil
 }
 

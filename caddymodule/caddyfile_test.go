@@ -300,6 +300,15 @@ func TestAdaptSiblingGateOrder(t *testing.T) {
 		{"a wildcard inside the path", "\tsigra_gate /a/* {\n\t\tgroup a\n\t}\n\tsigra_gate /a/*/open {\n\t\toptional\n\t}",
 			"this gate and the one on line 8 both have matchers"},
 		{"an exact path and prefixes", "\tsigra_gate /admin {\n\t\tgroup admins\n\t}\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /admin/public/* {\n\t\toptional\n\t}", ""},
+		// Equally specific siblings: the first would decide alone and
+		// the second's group would never be asked for.
+		{"two gates on one path", "\tsigra_gate /admin* {\n\t\toptional\n\t}\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}",
+			"this gate and the one on line 8 match the same requests (both match /admin*)"},
+		{"one path, written two ways", "\tsigra_gate /admin/* {\n\t\toptional\n\t}\n\t@admin path /admin/*\n\tsigra_gate @admin {\n\t\tgroup admins\n\t}",
+			"this gate and the one on line 8 match the same requests (both match /admin/*)"},
+		{"two bare gates", "\tsigra_gate {\n\t\toptional\n\t}\n\tsigra_gate {\n\t\tgroup admins\n\t}",
+			"this gate and the one on line 8 match the same requests (neither has a matcher)"},
+		{"bare gates in two blocks", "\tsigra_gate {\n\t\toptional\n\t}\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}", ""},
 		{"the narrower gate nested", "\t@reads method GET HEAD\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}\n\tsigra_gate", ""},
 	}
 	for _, tc := range cases {
