@@ -607,6 +607,12 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 					return nil, h.Errf("amr: unknown method %q (known: pwd, otp, hwk, swk, mfa, oidc, saml, email)", m)
 				}
 			}
+			// One listed method is enough; a gate naming only methods no
+			// sign-in here can give would refuse everyone.
+			if !slices.ContainsFunc(methods, func(m string) bool { return slices.Contains(builtAMR, m) }) {
+				return nil, h.Errf("amr: %s not available in this build yet: no sign-in can give it, so this gate would refuse everyone (available: %s)",
+					strings.Join(methods, ", "), strings.Join(builtAMR, ", "))
+			}
 			g.AMR = append(g.AMR, methods...)
 		case "group":
 			groups := h.RemainingArgs()

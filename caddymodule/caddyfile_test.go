@@ -48,7 +48,10 @@ func TestParseGate(t *testing.T) {
 		{"optional", "sigra_gate {\n optional\n}", Gate{Optional: true}, ""},
 		{"mfa", "sigra_gate {\n mfa\n}", Gate{MFA: &MFARequirement{}}, ""},
 		{"mfa max_age", "sigra_gate {\n mfa max_age 15m\n}", Gate{MFA: &MFARequirement{MaxAge: caddy.Duration(15 * time.Minute)}}, ""},
-		{"amr and group", "sigra_gate {\n amr hwk swk\n group admins ops\n}", Gate{AMR: []string{"hwk", "swk"}, Groups: []string{"admins", "ops"}}, ""},
+		{"amr and group", "sigra_gate {\n amr otp hwk swk\n group admins ops\n}", Gate{AMR: []string{"otp", "hwk", "swk"}, Groups: []string{"admins", "ops"}}, ""},
+		// Passkeys, federation and email links are not in this build: a
+		// gate asking only for them would refuse everyone.
+		{"amr none in this build", "sigra_gate {\n amr hwk swk\n}", Gate{}, "amr: hwk, swk not available in this build yet"},
 		{"unknown requirement", "sigra_gate {\n nope\n}", Gate{}, `unknown requirement "nope"`},
 		{"later requirement", "sigra_gate {\n rule `true`\n}", Gate{}, `"rule" is not available in this build yet`},
 		{"unknown amr", "sigra_gate {\n amr fingerprint\n}", Gate{}, `unknown method "fingerprint"`},
@@ -67,7 +70,7 @@ func TestParseGate(t *testing.T) {
 		// more groups that any one of passes.
 		{"mfa twice", "sigra_gate {\n mfa max_age 5m\n mfa\n}", Gate{}, "mfa is already given on line 2"},
 		{"group twice", "sigra_gate {\n group admins\n group finance\n}", Gate{}, "group is already given on line 2"},
-		{"amr twice", "sigra_gate {\n amr hwk\n amr pwd\n}", Gate{}, "amr is already given on line 2"},
+		{"amr twice", "sigra_gate {\n amr otp\n amr pwd\n}", Gate{}, "amr is already given on line 2"},
 		// A group no user can be in would refuse everyone, quietly.
 		{"group with a comma", "sigra_gate {\n group \"a,b\"\n}", Gate{}, `group: invalid input: group name "a,b"`},
 		{"empty group", "sigra_gate {\n group admins \"\"\n}", Gate{}, `group: invalid input: group name ""`},

@@ -137,6 +137,10 @@ var knownAMR = []string{
 	authcore.AMRMFA, authcore.AMROIDC, authcore.AMRSAML, authcore.AMREmail,
 }
 
+// builtAMR are the methods a sign-in in this build can give; the others
+// come with passkeys, federation and email links.
+var builtAMR = []string{authcore.AMRPassword, authcore.AMROTP, authcore.AMRMFA}
+
 // Provision finds the sigra app.
 func (g *Gate) Provision(ctx caddy.Context) error {
 	app, err := sigraApp(ctx)

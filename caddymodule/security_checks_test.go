@@ -120,9 +120,6 @@ func TestGateAMRRequirementDenies(t *testing.T) {
 	sigra_gate /otp/* {
 		amr otp
 	}
-	sigra_gate /hwk/* {
-		amr hwk
-	}
 	sigra_gate /pwd/* {
 		amr pwd
 	}`)
@@ -153,7 +150,6 @@ func TestGateAMRRequirementDenies(t *testing.T) {
 		}
 	}
 	denied("/otp/x")
-	denied("/hwk/x")
 	allowed("/pwd/x")
 
 	enrolTOTP(t, e, fake.Now())
@@ -162,7 +158,6 @@ func TestGateAMRRequirementDenies(t *testing.T) {
 	}
 	allowed("/otp/x")
 	allowed("/pwd/x")
-	denied("/hwk/x")
 }
 
 // M2: portal_admin.go — the admin API needs a second factor within
