@@ -161,8 +161,10 @@ func New(rows *slog.Logger, clk clock.Clock, st Store, opts Options) (*Log, erro
 // row whose id and occurred_at are already stored succeeds and changes
 // nothing.
 //
-// If ctx ends first, Record returns its error; the row may then be stored
-// or not. After the commit, the row reaches the logger and subscribers
+// ctx only keeps a row out: if it has ended, or ends while the row waits
+// for room in the queue, Record returns its error and nothing is stored.
+// Once queued, Record waits for the commit and says how it went, so an
+// error always means the row is not stored. After the commit, the row reaches the logger and subscribers
 // asynchronously, in commit order.
 func (l *Log) Record(ctx context.Context, r Row) error {
 	_, err := l.record(ctx, r)
@@ -194,27 +196,34 @@ func (l *Log) record(ctx context.Context, r Row) (Row, error) {
 		e:    Entry{Row: r, Pos: pos, JSON: js, Hooks: hookIDs, DueAt: l.clk.Now()},
 		done: make(chan result, 1),
 	}
+	// The answer must say what happened to the row: an ended ctx keeps
+	// a row out only before it is queued (checked first, as a select
+	// with both ready picks at random); once queued, the row's fate is
+	// the commit's, which always answers, so it is waited for.
+	notRecorded := func() (Row, error) {
+		return Row{}, fmt.Errorf("audit: %s %s not recorded: %w", r.Action, r.ID, ctx.Err())
+	}
 	l.closeMu.RLock()
 	if l.closed {
 		l.closeMu.RUnlock()
 		return Row{}, ErrClosed
 	}
+	if ctx.Err() != nil {
+		l.closeMu.RUnlock()
+		return notRecorded()
+	}
 	select {
 	case l.reqs <- req:
 	case <-ctx.Done():
 		l.closeMu.RUnlock()
-		return Row{}, fmt.Errorf("audit: %s %s not recorded: %w", r.Action, r.ID, ctx.Err())
+		return notRecorded()
 	}
 	l.closeMu.RUnlock()
-	select {
-	case res := <-req.done:
-		if res.err != nil {
-			return Row{}, fmt.Errorf("audit: recording %s %s: %w", r.Action, r.ID, res.err)
-		}
-		return r, nil
-	case <-ctx.Done():
-		return Row{}, fmt.Errorf("audit: %s %s not confirmed: %w", r.Action, r.ID, ctx.Err())
+	res := <-req.done
+	if res.err != nil {
+		return Row{}, fmt.Errorf("audit: recording %s %s: %w", r.Action, r.ID, res.err)
 	}
+	return r, nil
 }
 
 // commitLoop is the group commit: it takes every request waiting, up to

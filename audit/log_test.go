@@ -218,17 +218,53 @@ func TestRecordAfterClose(t *testing.T) {
 	l.Close() // idempotent
 }
 
-func TestRecordHonoursContext(t *testing.T) {
+// An ended context keeps a row out, and says so, only before the row is
+// queued; a queued row is committed and Record says it was, whatever the
+// context does meanwhile. Either way the answer is the truth: a caller
+// writing the row of a change never hears "not written" for a row that
+// is there, nor "written" for one that is not.
+func TestRecordAnswersWhatHappened(t *testing.T) {
 	g := &gateStore{memStore: newMemStore(), entered: make(chan struct{}), release: make(chan struct{})}
 	l := newTestLog(t, g, newFakeTime(), Options{})
-	go l.Record(context.Background(), sampleRow("auth.logout"))
-	<-g.entered
-	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { first <- l.Record(context.Background(), sampleRow("auth.logout")) }()
+	<-g.entered // the first commit is held, so the queue has room
+
+	ended, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := l.Record(ctx, sampleRow("auth.logout")); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Record with a cancelled context = %v; want context.Canceled", err)
+	for range 50 {
+		if err := l.Record(ended, sampleRow("auth.login.failure")); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Record with an ended context = %v; want context.Canceled", err)
+		}
 	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	queued := make(chan error, 1)
+	go func() { queued <- l.Record(ctx, sampleRow("session.revoked")) }()
+	deadline := time.Now().Add(waitLimit)
+	for len(l.reqs) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the row was never queued")
+		}
+		runtime.Gosched()
+	}
+	cancel() // the client hangs up while the row waits for its commit
 	close(g.release)
+	if err := recv(t, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, queued); err != nil {
+		t.Errorf("Record of a queued row whose context then ended = %v; want nil (it is committed)", err)
+	}
+	got := map[string]int{}
+	g.memStore.mu.Lock()
+	for _, r := range g.rows {
+		got[r.Action]++
+	}
+	g.memStore.mu.Unlock()
+	if got["auth.login.failure"] != 0 || got["session.revoked"] != 1 || got["auth.logout"] != 1 {
+		t.Errorf("stored rows by action %v; want none of the 50 refused, the queued one and the first", got)
+	}
 }
 
 func TestLoggerReceivesEveryRow(t *testing.T) {

@@ -177,6 +177,9 @@ type runtime struct {
 // app that replaced it, on the same store, rather than being lost after
 // the change it records was saved.
 func (rt *runtime) record(ctx context.Context, row audit.Row) error {
+	// A request's context ends when its client hangs up, but the change
+	// the row tells of is made either way: the row must be too.
+	ctx = context.WithoutCancel(ctx)
 	err := rt.recordHere(ctx, row)
 	if errors.Is(err, audit.ErrClosed) {
 		if next := replacement(rt.owner); next != nil && next != rt {
