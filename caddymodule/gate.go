@@ -38,6 +38,8 @@ type gateDecision struct {
 	p        *authcore.Principal // nil: anonymous
 	pending  bool                // anonymous because the second factor is still due
 	asserted bool                // X-Sigra-Assertion is set
+	spent    time.Duration       // the gates' own time so far
+	counted  bool                // a later gate counted the request's decision (a refusal or an error)
 }
 
 // scopeRank is a scope that decided, and the most specific Rank that
@@ -250,6 +252,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	rt := g.app.runtime(ctx)
 	if rt == nil {
 		m.gateDecisions.WithLabelValues("error", "not_started").Inc()
+		d.counted = true
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	now := rt.auth.Now()
@@ -260,6 +263,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
 			m.gateDecisions.WithLabelValues("error", "storage").Inc()
+			d.counted = true
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		if p != nil && p.Session.Pending {
@@ -271,21 +275,19 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	p := d.p
 	if p == nil {
 		if g.Optional {
-			m.gateDecisions.WithLabelValues("allow", "anonymous").Inc()
-			m.gateDuration.Observe(time.Since(start).Seconds())
-			return next.ServeHTTP(w, r)
+			return g.pass(w, r, next, d, first, start)
 		}
 		dn := denyLogin
 		if d.pending {
 			dn = denyPending
 		}
-		return g.deny(w, r, dn, start)
+		return g.deny(w, r, d, dn, start)
 	}
 	if dn := g.check(p, now); dn != nil {
 		if dn.status == http.StatusForbidden {
 			g.auditDenied(rt, r, p, dn, now)
 		}
-		return g.deny(w, r, dn, start)
+		return g.deny(w, r, d, dn, start)
 	}
 	var assertion string
 	if g.OmitAssertion && d.asserted {
@@ -303,14 +305,36 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		assertion, err = rt.keys.Assertion(p, origin, aud, now)
 		if err != nil {
 			m.gateDecisions.WithLabelValues("error", "signing").Inc()
+			d.counted = true
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		d.asserted = true
 	}
 	g.inject(r, p, assertion)
-	m.gateAllow.Inc()
-	m.gateDuration.Observe(time.Since(start).Seconds())
-	return next.ServeHTTP(w, r)
+	return g.pass(w, r, next, d, first, start)
+}
+
+// pass hands an allowed request on. A request is one decision in the
+// metrics however many gates it meets: the first gate counts it once the
+// rest of the route has run (as Caddy counts requests), an allow unless
+// a nested gate refused it or failed and counted that, with the time
+// all its gates spent.
+func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *gateDecision, first bool, start time.Time) error {
+	d.spent += time.Since(start)
+	if !first {
+		return next.ServeHTTP(w, r)
+	}
+	err := next.ServeHTTP(w, r)
+	if !d.counted {
+		m := g.app.metrics
+		if d.p == nil {
+			m.gateDecisions.WithLabelValues("allow", "anonymous").Inc()
+		} else {
+			m.gateAllow.Inc()
+		}
+		m.gateDuration.Observe(d.spent.Seconds())
+	}
+	return err
 }
 
 // inject sets the identity headers and placeholders; an empty assertion
@@ -418,9 +442,10 @@ func (l *deniedLog) due(k deniedKey, now time.Time) bool {
 
 // deny answers a request that did not pass: browsers get a redirect (to
 // sign in or step up) or a small page; other clients problem+json.
-func (g *Gate) deny(w http.ResponseWriter, r *http.Request, d *denial, start time.Time) error {
+func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d *denial, start time.Time) error {
 	g.app.metrics.gateDecisions.WithLabelValues("deny", d.reason).Inc()
-	g.app.metrics.gateDuration.Observe(time.Since(start).Seconds())
+	g.app.metrics.gateDuration.Observe((gd.spent + time.Since(start)).Seconds())
+	gd.counted = true
 	prefix := g.app.Prefix
 	if _, ok := portalPath(originalURL(r).Path, prefix); ok {
 		// The portal runs before the gates, so a portal page reaching one

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -72,5 +73,57 @@ func TestMetricsExistAndMove(t *testing.T) {
 		if strings.HasPrefix(line, "sigra_") && (strings.Contains(line, "@") || strings.Contains(line, "/app")) {
 			t.Errorf("unbounded label value in %q", line)
 		}
+	}
+}
+
+// A request is one decision however many gates it meets: passing a gate
+// and one nested under it is one allow and one latency sample; refused
+// by the nested gate, it is one denial and no allow.
+func TestMetricsCountARequestOnce(t *testing.T) {
+	e := startCaddy(t, "", `sigra_gate /metrics {
+		optional
+	}
+	sigra_gate
+	metrics /metrics
+	handle /n/* {
+		sigra_gate {
+			group staff
+		}
+		respond "nested ok"
+	}`)
+	e.addUser("nest@example.com", "staff")
+	e.addUser("other@example.com")
+	e.mustLogin("nest@example.com")
+	const allow, deny, samples = `sigra_gate_decisions_total{reason="ok",result="allow"}`, `sigra_gate_decisions_total{reason="group",result="deny"}`, `sigra_gate_duration_seconds_count`
+	// Each scrape is a signed-in request through the /metrics gate,
+	// counted once it is answered: it shows in the next scrape. So
+	// between two readings of a series come every scrape from the first
+	// up to (not including) the second.
+	a0, s0 := scrape(t, e, allow), scrape(t, e, samples)
+	const n = 5
+	for range n {
+		if r, body := e.get("/n/x", nil); r.StatusCode != 200 {
+			t.Fatalf("status %d %s", r.StatusCode, body)
+		}
+	}
+	if a, s := scrape(t, e, allow), scrape(t, e, samples); a-a0 != n+2 || s-s0 != n+2 {
+		t.Errorf("%d requests through two gates, and 2 scrapes: allow +%v, latency samples +%v; want +%d for both", n, a-a0, s-s0, n+2)
+	}
+
+	e.client.Jar, _ = newJar()
+	e.mustLogin("other@example.com")
+	a0, s0 = scrape(t, e, allow), scrape(t, e, samples)
+	d0 := scrape(t, e, deny)
+	for range n {
+		if r, _ := e.get("/n/x", nil); r.StatusCode != http.StatusForbidden {
+			t.Fatalf("status %d; want 403 from the nested gate", r.StatusCode)
+		}
+	}
+	// Since a0: the scrapes a0, s0 and d0, and the denials.
+	if a, d := scrape(t, e, allow), scrape(t, e, deny); a-a0 != 3 || d-d0 != n {
+		t.Errorf("%d requests refused by the nested gate: allow +%v (want +3, the scrapes), deny +%v (want +%d)", n, a-a0, d-d0, n)
+	}
+	if s := scrape(t, e, samples); s-s0 != n+4 {
+		t.Errorf("latency samples +%v; want +%d (the denials and four scrapes)", s-s0, n+4)
 	}
 }
