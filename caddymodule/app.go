@@ -372,6 +372,10 @@ func (a *App) Validate() error {
 		}
 		warnLooseKeyFile(a.logger, "signing_key", a.Keys.SigningKey)
 	}
+	if a.Keys.EncryptionKey == "" && a.storagePath != "" {
+		// The generated key's file, when there is one yet (made 0600).
+		warnLooseKeyFile(a.logger, "encryption key", a.encryptionKeyFile())
+	}
 	if time.Duration(a.Session.Idle) < 0 || time.Duration(a.Session.Lifetime) < 0 {
 		return errors.New("session: durations must be positive")
 	}
@@ -530,13 +534,17 @@ func (a *App) encryptionBox() (*seal.Box, error) {
 		}
 		return seal.New(k)
 	}
-	path := filepath.Join(filepath.Dir(a.storagePath), "encryption.key")
-	k, err := seal.LoadOrCreateKeyFile(path)
+	k, err := seal.LoadOrCreateKeyFile(a.encryptionKeyFile())
 	if err != nil {
 		return nil, err
 	}
-	warnLooseKeyFile(a.logger, "encryption key", path)
-	return seal.New(k)
+	return seal.New(k) // Validate warned if the file is open to others
+}
+
+// encryptionKeyFile is where the encryption key is generated and kept
+// when none is configured: next to the store.
+func (a *App) encryptionKeyFile() string {
+	return filepath.Join(filepath.Dir(a.storagePath), "encryption.key")
 }
 
 // warnLooseKeyFile warns when every user can read a key file, or its
