@@ -600,6 +600,14 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 	if err != nil {
 		return fmt.Errorf("creating the first admin: %w", err)
 	}
+	// Every admin made is a row; this one by the gateway itself. A row
+	// that cannot be written does not stop the start: the user exists,
+	// and failing now would lose the only copy of its password.
+	row := rowFor(nil, event{action: "admin.user.add", actorType: audit.ActorSystem, subject: u.ID, outcome: "success",
+		meta: map[string]string{"bootstrap": "true", "groups": strings.Join(u.Groups, ",")}})
+	if err := rt.record(ctx, row); err != nil {
+		a.logger.Error("writing the audit row of the first admin", zap.String("user_id", u.ID), zap.Error(err))
+	}
 	a.logger.Warn("created the first admin user; its password is printed once on stderr",
 		zap.String("email", u.Email), zap.String("user_id", u.ID))
 	fmt.Fprintf(os.Stderr, "\n"+

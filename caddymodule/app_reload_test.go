@@ -15,7 +15,13 @@ import (
 // appOn starts a sigra App on the bbolt file at path, without Caddy.
 func appOn(t testing.TB, path string) *App {
 	t.Helper()
-	a := &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"}
+	return startApp(t, &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"})
+}
+
+// startApp starts a, configured, as Caddy would, with nop logs and
+// metrics of its own.
+func startApp(t testing.TB, a *App) *App {
+	t.Helper()
 	a.logger = zap.NewNop()
 	a.slog = zapSlogNop()
 	if err := a.setDefaults(); err != nil {

@@ -4,6 +4,7 @@ package caddymodule
 // each checks that the option changes what the running gateway does.
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -24,6 +25,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -364,4 +366,41 @@ func writeEd25519Key(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// The first admin, made by the gateway on an empty store, is audited
+// like any admin added: admin.user.add by the system, marked as the
+// bootstrap. A later start makes no user and no row.
+func TestBootstrapAdminAudited(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	ctx := context.Background()
+	rows := func(a *App) []audit.Row {
+		t.Helper()
+		page, err := a.runtime(ctx).audit.Timeline(ctx, audit.Query{Action: "admin.user.add", Limit: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return page.Rows
+	}
+	a := startApp(t, &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "first@example.com"})
+	u, err := a.runtime(ctx).auth.LookupUser(ctx, "first@example.com")
+	if err != nil {
+		t.Fatalf("the first admin: %v", err)
+	}
+	got := rows(a)
+	if len(got) != 1 {
+		t.Fatalf("admin.user.add rows after the first start: %+v; want one", got)
+	}
+	if r := got[0]; r.ActorType != audit.ActorSystem || r.SubjectID != u.ID || r.Outcome != "success" ||
+		r.Metadata["bootstrap"] != "true" || r.Metadata["groups"] != a.AdminGroup {
+		t.Errorf("the first admin's row: %+v; want success by the system, subject %s, bootstrap, groups %s", r, u.ID, a.AdminGroup)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	again := startApp(t, &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "first@example.com"})
+	defer again.Stop()
+	if got := rows(again); len(got) != 1 {
+		t.Errorf("admin.user.add rows after a second start: %d; want still one", len(got))
+	}
 }
