@@ -92,6 +92,9 @@ func (k *signingKey) publicOnly() (*signingKey, error) {
 	return c, nil
 }
 
+// DefaultAssertionTTL is the assertions' lifetime unless configured.
+const DefaultAssertionTTL = 5 * time.Minute
+
 // KeyRingConfig says where the keys come from.
 type KeyRingConfig struct {
 	// Algorithm is EdDSA (default) or ES256.
@@ -119,7 +122,7 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 		return nil, fmt.Errorf("%w: assertion algorithm %q (want EdDSA or ES256)", ErrInvalidInput, cfg.Algorithm)
 	}
 	if cfg.TTL <= 0 {
-		cfg.TTL = 5 * time.Minute
+		cfg.TTL = DefaultAssertionTTL
 	}
 	kr := &KeyRing{store: st, box: box, clock: clk, ttl: cfg.TTL, fromFile: cfg.PEMFile != ""}
 	now := clk.Now()

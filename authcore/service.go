@@ -45,9 +45,12 @@ type Config struct {
 // and has to notice.
 const DefaultMaxTOTPFailures = 100
 
+// DefaultIdle is the default Config.Idle.
+const DefaultIdle = 30 * time.Minute
+
 func (c *Config) setDefaults() {
 	if c.Idle <= 0 {
-		c.Idle = 30 * time.Minute
+		c.Idle = DefaultIdle
 	}
 	if c.Lifetime <= 0 {
 		c.Lifetime = 12 * time.Hour

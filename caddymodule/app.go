@@ -451,7 +451,7 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	keys, err := authcore.LoadKeyRing(ctx, a.clock, st, box, authcore.KeyRingConfig{
 		Algorithm: a.Keys.Algorithm,
 		PEMFile:   a.Keys.SigningKey,
-		TTL:       time.Duration(a.Keys.AssertionTTL),
+		TTL:       a.assertionTTL(),
 	})
 	if err != nil {
 		return nil, err
@@ -496,6 +496,21 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 		}
 	}
 	return rt, nil
+}
+
+// assertionTTL is the assertions' lifetime: assertion_ttl (0: the key
+// ring's default), or the sessions' idle timeout when that is shorter,
+// so that no assertion outlives an idle session it was signed for (each
+// is capped at its session's absolute end as well).
+func (a *App) assertionTTL() time.Duration {
+	ttl, idle := time.Duration(a.Keys.AssertionTTL), time.Duration(a.Session.Idle)
+	if ttl <= 0 {
+		ttl = authcore.DefaultAssertionTTL
+	}
+	if idle <= 0 {
+		idle = authcore.DefaultIdle
+	}
+	return min(ttl, idle)
 }
 
 // configuredEncryptionKey decodes keys.encryption_key after its

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"go.uber.org/zap"
@@ -402,5 +403,30 @@ func TestBootstrapAdminAudited(t *testing.T) {
 	defer again.Stop()
 	if got := rows(again); len(got) != 1 {
 		t.Errorf("admin.user.add rows after a second start: %d; want still one", len(got))
+	}
+}
+
+// An assertion never outlives the session it was signed for: with an
+// idle timeout shorter than assertion_ttl, it lives as long as an idle
+// session does.
+func TestAssertionTTLFollowsShorterIdle(t *testing.T) {
+	e := startCaddy(t, "session {\n\t\t\tidle 1m\n\t\t}\n\t\tkeys {\n\t\t\tassertion_ttl 5m\n\t\t}", "sigra_gate")
+	_, claims := assertionParts(t, e, signedInAssertion(t, e))
+	iat, _ := claims["iat"].(float64)
+	exp, _ := claims["exp"].(float64)
+	if iat == 0 || exp-iat != 60 {
+		t.Errorf("exp-iat = %v s; want 60 (idle 1m, shorter than assertion_ttl 5m)", exp-iat)
+	}
+	for _, c := range []struct {
+		ttl, idle, want time.Duration
+	}{
+		{0, 0, 5 * time.Minute},               // both defaults
+		{time.Hour, 0, 30 * time.Minute},      // the default idle is shorter
+		{time.Minute, time.Hour, time.Minute}, // assertion_ttl is
+	} {
+		a := &App{Keys: &KeysConfig{AssertionTTL: caddy.Duration(c.ttl)}, Session: &SessionConfig{Idle: caddy.Duration(c.idle)}}
+		if got := a.assertionTTL(); got != c.want {
+			t.Errorf("assertion_ttl %v, idle %v: lifetime %v; want %v", c.ttl, c.idle, got, c.want)
+		}
 	}
 }
