@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -87,7 +88,9 @@ func decodeHash(hash string) (p Argon2Params, salt, key []byte, err error) {
 
 // CheckNewPassword applies the password policy to a password being set.
 func CheckNewPassword(pw string) error {
-	if len(pw) < MinPasswordLen {
+	// Characters, not bytes (as NIST SP 800-63B counts them): ten
+	// two-byte letters are ten, not twenty.
+	if utf8.RuneCountInString(pw) < MinPasswordLen {
 		return fmt.Errorf("%w: password must be at least %d characters", ErrInvalidInput, MinPasswordLen)
 	}
 	if len(pw) > MaxPasswordLen {
