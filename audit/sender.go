@@ -105,8 +105,11 @@ type lane struct {
 	// unavailable; 0 while it answers.
 	down      int
 	downSince time.Time // the first of them
-	until     time.Time // no attempt before this while down
+	until     time.Time // no attempt before this while down, or after a failed pass
 	lastErr   string    // the last unavailable answer
+	// failedPasses counts the passes in a row that failed (the outbox
+	// unreadable, the outcome unrecorded); 0 after one that did not.
+	failedPasses int
 }
 
 func newLane(hook string) *lane { return &lane{hook: hook, wake: make(chan struct{}, 1)} }
@@ -361,15 +364,22 @@ func (s *sender) step(ctx context.Context, ln *lane) (next time.Time, again, idl
 	defer func() {
 		if p := recover(); p != nil {
 			s.l.errLog.Error("audit webhook sender panicked", "hook_id", ln.hook, "panic", p, "stack", string(debug.Stack()))
-			next, again, idle = s.l.clk.Now().Add(s.opts.MinBackoff), false, false
+			next, again, idle = s.holdAfterFailure(ln), false, false
 		}
 	}()
 	n, err := s.pass(ctx, ln) // nothing while the receiver backs off
 	if err != nil {
-		if ctx.Err() == nil {
-			s.l.errLog.Error("audit webhook pass failed", "hook_id", ln.hook, "url", s.hookURL(ln.hook), "error", err)
+		if ctx.Err() != nil {
+			return s.l.clk.Now().Add(s.opts.MinBackoff), false, false
 		}
-		return s.l.clk.Now().Add(s.opts.MinBackoff), false, false
+		until := s.holdAfterFailure(ln)
+		s.l.errLog.Error("audit webhook pass failed", "hook_id", ln.hook, "url", s.hookURL(ln.hook), "error", err, "retry_at", until)
+		return until, false, false
+	}
+	if n > 0 { // a pass that took deliveries and recorded what became of them
+		ln.mu.Lock()
+		ln.failedPasses = 0
+		ln.mu.Unlock()
 	}
 	now := s.l.clk.Now()
 	if until := ln.blockedUntil(); now.Before(until) {
@@ -392,6 +402,23 @@ func (s *sender) step(ctx context.Context, ln *lane) (next time.Time, again, idl
 		return time.Time{}, true, false
 	}
 	return at, false, false
+}
+
+// holdAfterFailure holds a lane whose pass failed for a backoff that
+// grows with each failed pass in a row, new deliveries notwithstanding.
+// A pass whose outcome the store could not record (a full disk) sends
+// the same deliveries again on the next one: at a fixed short interval,
+// or at every new row, that would be a steady flood of duplicates for
+// the receiver for as long as the disk stays full.
+func (s *sender) holdAfterFailure(ln *lane) time.Time {
+	now := s.l.clk.Now()
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	ln.failedPasses++
+	if hold := now.Add(s.backoff(ln.failedPasses)); hold.After(ln.until) {
+		ln.until = hold
+	}
+	return ln.until
 }
 
 // DeliverDue makes one delivery pass now over every webhook's queue

@@ -707,6 +707,75 @@ func TestWebhookPassSettlesInOneCommit(t *testing.T) {
 	}
 }
 
+// While the store cannot record a pass's outcome (a full disk), every
+// pass sends the same deliveries again; the webhook is held after each
+// such pass for longer each time, new rows notwithstanding, so the
+// receiver gets a few duplicates, not a flood. A pass that goes through
+// ends the hold.
+func TestWebhookFailedPassesBackOff(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	st := newMemStore()
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}})
+	ctx := context.Background()
+	ln := l.sender.lanes[l.hooks[0].id]
+	for range 10 {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+	st.mu.Lock()
+	st.failSettle = errors.New("no space left on device")
+	st.mu.Unlock()
+	sent := func() int {
+		n := 0
+		for {
+			select {
+			case <-rc.got:
+				n++
+			default:
+				return n
+			}
+		}
+	}
+	// Hold windows: MinBackoff (2s) doubled per failed pass, jittered
+	// to between half and all of it.
+	for i, want := range []struct{ lo, hi time.Duration }{{time.Second, 2 * time.Second}, {2 * time.Second, 4 * time.Second}, {4 * time.Second, 8 * time.Second}} {
+		next, again, _ := l.sender.step(ctx, ln)
+		if n := sent(); n != 10+i || again {
+			t.Fatalf("failed pass %d: sent %d, again %v; want all %d pending sent again, and a wait", i+1, n, again, 10+i)
+		}
+		if d := next.Sub(ft.Now()); d < want.lo || d > want.hi {
+			t.Errorf("failed pass %d: held for %v; want %v to %v", i+1, d, want.lo, want.hi)
+		}
+		// A new row wakes the lane (as every recorded row does): the
+		// hold stands.
+		mustRecord(t, l, sampleRow("auth.login.success"))
+		if again, _, _ := l.sender.step(ctx, ln); sent() != 0 || !again.Equal(next) {
+			t.Errorf("failed pass %d: a wake-up during the hold sent deliveries or moved it (%v, want %v)", i+1, again, next)
+		}
+		ft.Advance(next.Sub(ft.Now()))
+	}
+	st.mu.Lock()
+	st.failSettle = nil
+	st.mu.Unlock()
+	if _, again, idle := l.sender.step(ctx, ln); again || !idle {
+		t.Errorf("a pass that goes through: again %v, idle %v; want everything delivered", again, idle)
+	}
+	if s, _ := l.Stats(ctx); s.Pending != 0 || s.Delivered != 13 {
+		t.Errorf("after the disk came back: %+v; want 13 delivered, none pending", s)
+	}
+	if until := ln.blockedUntil(); until.After(ft.Now()) {
+		t.Errorf("the lane is still held until %v after a pass went through", until)
+	}
+	// and the next failure starts from the shortest hold again.
+	st.mu.Lock()
+	st.failSettle = errors.New("no space left on device")
+	st.mu.Unlock()
+	mustRecord(t, l, sampleRow("auth.logout"))
+	if next, _, _ := l.sender.step(ctx, ln); next.Sub(ft.Now()) > 2*time.Second {
+		t.Errorf("the first failed pass after one that went through: held for %v; want at most 2s", next.Sub(ft.Now()))
+	}
+}
+
 // A receiver that answers is up, even when it turns some requests away
 // (429) in every pass: its webhook backs off afresh each time and never
 // counts towards giving its deliveries up, which only a receiver that
