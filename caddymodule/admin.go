@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -150,7 +151,7 @@ func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use GET")}
 	}
-	_, rt, err := runningFor(r)
+	a, rt, err := runningFor(r)
 	if err != nil {
 		return err
 	}
@@ -159,7 +160,15 @@ func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	_, err = rt.audit.Export(r.Context(), w, since, until)
+	n, err := rt.audit.Export(r.Context(), w, since, until)
+	if err != nil && n > 0 {
+		// The 200 and some rows are out: an error after them would read
+		// as one more line, and the export as complete. Cut the response
+		// short instead, which every HTTP client reports (the CLI exits
+		// non-zero).
+		a.logger.Error("audit export failed part way; the response was cut short", zap.Int("rows_sent", n), zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
 	return err
 }
 

@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/spf13/cobra"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/store"
@@ -376,5 +378,71 @@ func TestCheckKeysNesting(t *testing.T) {
 		if got := fmt.Sprint(err); want == "" && err != nil || want != "" && !strings.Contains(got, want) {
 			t.Errorf("%s: %v; want %q", body, err, want)
 		}
+	}
+}
+
+// An export through the running Caddy that fails part way must not look
+// complete: the 200 and the first rows are out by then, so the answer is
+// cut short, which the HTTP client sees as an error and the CLI exits
+// non-zero with, instead of an error object read as one more row.
+func TestAuditExportFailingPartWayIsCutShort(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	ctx := context.Background()
+	for range 1500 {
+		if err := e.rt().audit.Record(ctx, audit.Row{Action: "session.revoked", ActorType: audit.ActorSystem, SubjectID: "s", Outcome: "success"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A row the store cannot decode, in the second chunk of the export.
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(e.store(), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("sigra/v1")).Bucket([]byte("audit_rows"))
+		c := b.Cursor()
+		k, _ := c.First()
+		for range 1200 {
+			k, _ = c.Next()
+		}
+		return b.Put(append([]byte(nil), k...), []byte("{not json"))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.load(e.config); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := http.Get("http://" + e.admin + "/sigra/audit/export?" + url.Values{"store": {e.store()}}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Errorf("an export that failed after %d bytes read as complete (status %d); want the answer cut short", len(body), resp.StatusCode)
+	}
+	if strings.Contains(string(body), `"error"`) {
+		t.Errorf("the export's rows end with an error object, which readers take for a row")
+	}
+
+	cfg := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	c := &cobra.Command{}
+	c.SetContext(ctx)
+	c.SetOut(&out)
+	c.SetErr(io.Discard)
+	if err := exportAudit(c, cliFlags{config: cfg}, "", ""); err == nil {
+		t.Errorf("caddy sigra audit export of a store that fails part way: no error after %d bytes", out.Len())
 	}
 }
