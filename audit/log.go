@@ -446,18 +446,19 @@ type Stats struct {
 }
 
 // Stats reads the outbox counts from the store and the counters of this
-// Log.
+// Log. If the store cannot be read, the error says so and Pending and
+// Dead are zero; the counters, kept in memory, are filled in all the
+// same.
 func (l *Log) Stats(ctx context.Context) (Stats, error) {
-	pending, dead, err := l.st.AuditOutboxStats(ctx)
-	if err != nil {
-		return Stats{}, fmt.Errorf("audit: outbox stats: %w", err)
-	}
-	return Stats{
-		Pending:   pending,
-		Dead:      dead,
+	s := Stats{
 		Delivered: l.sender.delivered.Load(),
 		Failures:  l.sender.failures.Load(),
 		Dropped:   l.dropped.Load(),
 		Down:      l.sender.downCount(),
-	}, nil
+	}
+	var err error
+	if s.Pending, s.Dead, err = l.st.AuditOutboxStats(ctx); err != nil {
+		return s, fmt.Errorf("audit: outbox stats: %w", err)
+	}
+	return s, nil
 }

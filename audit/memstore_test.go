@@ -20,6 +20,8 @@ type memStore struct {
 	failAppend error
 	// failSettle, when set, makes AuditSettle fail with it.
 	failSettle error
+	// failStats, when set, makes AuditOutboxStats fail with it.
+	failStats error
 	// settles counts AuditSettle calls, to observe one commit per pass.
 	settles int
 	// panicPrune makes PruneAudit panic.
@@ -283,6 +285,9 @@ func (m *memStore) AuditReplayDead(ctx context.Context, hookID string, now time.
 func (m *memStore) AuditOutboxStats(ctx context.Context) (int, int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failStats != nil {
+		return 0, 0, m.failStats
+	}
 	return len(m.pending), len(m.dead), nil
 }
 

@@ -776,6 +776,34 @@ func TestWebhookFailedPassesBackOff(t *testing.T) {
 	}
 }
 
+// Stats keeps the counters held in memory when the store's outbox
+// counts cannot be read: the failures counter must not drop to zero
+// (a counter reset to Prometheus) because of a read error.
+func TestStatsKeepsCountersWhenTheStoreFails(t *testing.T) {
+	ft := newFakeTime()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadRequest) // turned away: a failure, the receiver up
+	}))
+	defer srv.Close()
+	st := newMemStore()
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(srv.URL)}})
+	ctx := context.Background()
+	mustRecord(t, l, sampleRow("auth.logout"))
+	if _, err := l.DeliverDue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	st.failStats = errBoom
+	st.mu.Unlock()
+	s, err := l.Stats(ctx)
+	if !errors.Is(err, errBoom) {
+		t.Errorf("Stats with the outbox unreadable: %v; want the store's error", err)
+	}
+	if s.Failures != 1 || s.Pending != 0 {
+		t.Errorf("Stats with the outbox unreadable: %+v; want the failure counted, no outbox counts", s)
+	}
+}
+
 // A receiver that answers is up, even when it turns some requests away
 // (429) in every pass: its webhook backs off afresh each time and never
 // counts towards giving its deliveries up, which only a receiver that

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -59,7 +60,11 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		n, err := rt.store.CountSessions(ctx)
 		return float64(n), err
 	}}
-	outbox := func(pick func(audit.Stats) float64) func() float64 {
+	// outbox reads one figure of the audit log's Stats. The outbox
+	// counts come from the store: unknown (NaN) when it cannot be read,
+	// rather than a zero an alert would take for an empty outbox. The
+	// rest are kept in memory and stand either way.
+	outbox := func(fromStore bool, pick func(audit.Stats) float64) func() float64 {
 		return func() float64 {
 			rt := a.life.rt.Load()
 			if rt == nil {
@@ -68,8 +73,8 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			st, err := rt.audit.Stats(ctx)
-			if err != nil {
-				return 0
+			if err != nil && fromStore {
+				return math.NaN()
 			}
 			return pick(st)
 		}
@@ -77,20 +82,20 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	collectors := []prometheus.Collector{
 		m.logins, m.gateDecisions, m.gateDuration, m.auditAppend,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sigra_sessions_active", Help: "Sessions in the store (read at most every 5s).",
+			Name: "sigra_sessions_active", Help: "Sessions in the store, including those awaiting a second factor and those ended but not yet pruned (read at most every 5s).",
 		}, sessions.value),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_webhook_outbox_depth", Help: "Webhook deliveries waiting in the outbox.",
-		}, outbox(func(s audit.Stats) float64 { return float64(s.Pending) })),
+		}, outbox(true, func(s audit.Stats) float64 { return float64(s.Pending) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_webhook_dead_deliveries", Help: "Webhook deliveries that gave up after the retry limit.",
-		}, outbox(func(s audit.Stats) float64 { return float64(s.Dead) })),
+		}, outbox(true, func(s audit.Stats) float64 { return float64(s.Dead) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sigra_webhook_failures_total", Help: "Failed webhook delivery attempts since start.",
-		}, outbox(func(s audit.Stats) float64 { return float64(s.Failures) })),
+		}, outbox(false, func(s audit.Stats) float64 { return float64(s.Failures) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_webhooks_down", Help: "Webhooks whose receiver was unavailable at the last attempt, backing off.",
-		}, outbox(func(s audit.Stats) float64 { return float64(s.Down) })),
+		}, outbox(false, func(s audit.Stats) float64 { return float64(s.Down) })),
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
