@@ -50,6 +50,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/sigra/audit/export", Handler: caddy.AdminHandlerFunc(handleAdminAuditExport)},
 		{Pattern: "/sigra/audit/replay", Handler: caddy.AdminHandlerFunc(handleAdminAuditReplay)},
 		{Pattern: "/sigra/keys", Handler: caddy.AdminHandlerFunc(handleAdminKeys)},
+		{Pattern: "/sigra/backup", Handler: caddy.AdminHandlerFunc(handleAdminBackup)},
 	}
 }
 
@@ -148,6 +149,23 @@ func sameStoreFile(x, y string) bool {
 // handleAdminAuditExport streams audit rows as NDJSON, oldest first
 // (GET, query parameters since and until).
 func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
+	return streamToAdmin(w, r, "application/x-ndjson", "audit export", func(rt *runtime) (int64, error) {
+		since, until, err := exportRange(r.URL.Query().Get("since"), r.URL.Query().Get("until"), rt.auth.Now())
+		if err != nil {
+			return 0, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+		}
+		n, err := rt.audit.Export(r.Context(), w, since, until)
+		return int64(n), err
+	})
+}
+
+// streamToAdmin answers a GET on Caddy's admin API with what write
+// streams to w, returning how much it sent. A failure after anything was
+// sent cuts the answer short: the 200 and part of the body are out, and
+// Caddy's error object after them would read as more body, the answer as
+// whole. Every HTTP client reports a cut (the CLI exits non-zero); the
+// cause goes to the log.
+func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what string, write func(rt *runtime) (sent int64, err error)) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use GET")}
 	}
@@ -155,18 +173,10 @@ func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	since, until, err := exportRange(r.URL.Query().Get("since"), r.URL.Query().Get("until"), rt.auth.Now())
-	if err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
-	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	n, err := rt.audit.Export(r.Context(), w, since, until)
+	w.Header().Set("Content-Type", contentType)
+	n, err := write(rt)
 	if err != nil && n > 0 {
-		// The 200 and some rows are out: an error after them would read
-		// as one more line, and the export as complete. Cut the response
-		// short instead, which every HTTP client reports (the CLI exits
-		// non-zero).
-		a.logger.Error("audit export failed part way; the response was cut short", zap.Int("rows_sent", n), zap.Error(err))
+		a.logger.Error(what+" failed part way; the response was cut short", zap.Int64("sent", n), zap.Error(err))
 		panic(http.ErrAbortHandler)
 	}
 	return err

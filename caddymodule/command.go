@@ -29,8 +29,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sigra",
-		Usage: "users <add|list|passwd|groups|disable|enable|unlock|mfa-reset|delete> | keys <list|rotate> | audit <export|replay> --config <file> [flags]",
-		Short: "Manages Sigra gateway users, assertion keys and the audit trail",
+		Usage: "users <add|list|passwd|groups|disable|enable|unlock|mfa-reset|delete> | keys <list|rotate> | audit <export|replay> | backup --config <file> [flags]",
+		Short: "Manages Sigra gateway users, assertion keys and the audit trail, and backs up the store",
 		Long: `
 Manages the users, the identity-assertion keys and the audit trail of the
 Sigra gateway.
@@ -50,6 +50,7 @@ holds its lock, the command goes through that Caddy's admin API instead.
   caddy sigra keys rotate  --config Caddyfile
   caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339>]
   caddy sigra audit replay --config Caddyfile [--hook <id>]
+  caddy sigra backup       --config Caddyfile --out sigra-backup.db
 `,
 		CobraFunc: buildSigraCommand,
 	})
@@ -197,6 +198,7 @@ sessions carry the new groups from their next request.`,
 	user.AddCommand(add, list, passwd, groups)
 
 	addKeysCommand(cmd)
+	addBackupCommand(cmd)
 
 	auditCmd := &cobra.Command{Use: "audit", Short: "Reads the audit trail"}
 	cmd.AddCommand(auditCmd)

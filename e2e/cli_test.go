@@ -308,6 +308,7 @@ func TestCLIOtherCaddysStore(t *testing.T) {
 		{"sigra", "users", "disable", "--email", "bob@example.com"},
 		{"sigra", "keys", "rotate"},
 		{"sigra", "audit", "export"},
+		{"sigra", "backup", "--out", filepath.Join(b.home.dir, "a-copy.db")},
 	} {
 		r := mixedCLI(eveDummyPassword+"\n", args...)
 		if r.code == 0 || !strings.Contains(r.output(), want) {
@@ -316,6 +317,10 @@ func TestCLIOtherCaddysStore(t *testing.T) {
 		if strings.Contains(r.stdout, "bob@example.com") {
 			t.Errorf("%s with B's store and A's admin address showed A's user bob\n%s", strings.Join(args[1:3], " "), r)
 		}
+	}
+
+	if _, err := os.Stat(filepath.Join(b.home.dir, "a-copy.db")); err == nil {
+		t.Errorf("backup with B's store and A's admin address wrote a copy")
 	}
 
 	// A's store is untouched: bob only, still enabled.
