@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -249,14 +250,26 @@ func (m *memStore) AuditSettle(ctx context.Context, ss []Settlement) error {
 	return nil
 }
 
-func (m *memStore) AuditDeadDeliveries(ctx context.Context, limit int) ([]Delivery, error) {
+func (m *memStore) AuditDeadDeliveries(ctx context.Context, before *Delivery, limit int) ([]Delivery, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Newest row first, as the bbolt store keys them: time, row id, hook.
+	order := func(a, b Delivery) int {
+		if c := b.OccurredAt.Compare(a.OccurredAt); c != 0 {
+			return c
+		}
+		if c := strings.Compare(b.RowID, a.RowID); c != 0 {
+			return c
+		}
+		return strings.Compare(b.HookID, a.HookID)
+	}
 	var out []Delivery
 	for _, d := range m.dead {
-		out = append(out, m.withRow(d))
+		if before == nil || order(*before, d) < 0 {
+			out = append(out, m.withRow(d))
+		}
 	}
-	slices.SortFunc(out, func(a, b Delivery) int { return b.OccurredAt.Compare(a.OccurredAt) })
+	slices.SortFunc(out, order)
 	if len(out) > limit {
 		out = out[:limit]
 	}

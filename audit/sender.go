@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/sigra-auth/caddy-sigra/internal/hmacsig"
 )
@@ -791,22 +795,73 @@ func (s *sender) hookURL(id string) string {
 	return ""
 }
 
+// DeadPage is one page of dead deliveries (the admin API's
+// {"deliveries": [...], "next_cursor": "..."}).
+type DeadPage struct {
+	Deliveries []Delivery `json:"deliveries"`
+	// NextCursor continues the list; empty on the last page.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
 // DeadDeliveries lists up to limit deliveries given up after the retry
-// limit, newest row first, with their rows and last errors. limit 0 means
-// DefaultLimit; at most MaxLimit.
-func (l *Log) DeadDeliveries(ctx context.Context, limit int) ([]Delivery, error) {
+// limit, newest row first, with their rows and last errors, from cursor
+// (DeadPage.NextCursor of the page before; "" for the first). limit 0
+// means DefaultLimit; at most MaxLimit. A cursor not made here is
+// ErrBadCursor.
+func (l *Log) DeadDeliveries(ctx context.Context, cursor string, limit int) (DeadPage, error) {
 	limit, err := Query{Limit: limit}.limit()
 	if err != nil {
-		return nil, err
+		return DeadPage{}, err
 	}
-	ds, err := l.st.AuditDeadDeliveries(ctx, limit)
+	var before *Delivery
+	if cursor != "" {
+		d, err := decodeDeadCursor(cursor)
+		if err != nil {
+			return DeadPage{}, err
+		}
+		before = &d
+	}
+	// One more than asked says whether there is a next page.
+	ds, err := l.st.AuditDeadDeliveries(ctx, before, limit+1)
 	if err != nil {
-		return nil, fmt.Errorf("audit: dead deliveries: %w", err)
+		return DeadPage{}, fmt.Errorf("audit: dead deliveries: %w", err)
 	}
-	for i := range ds {
-		ds[i].URL = l.sender.hookURL(ds[i].HookID)
+	page := DeadPage{Deliveries: ds}
+	if len(ds) > limit {
+		page.Deliveries = ds[:limit]
+		page.NextCursor = encodeDeadCursor(ds[limit-1])
 	}
-	return ds, nil
+	for i := range page.Deliveries {
+		page.Deliveries[i].URL = l.sender.hookURL(page.Deliveries[i].HookID)
+	}
+	return page, nil
+}
+
+// A dead-list cursor is base64url(version ‖ unix nanos ‖ row uuid ‖ hook
+// id): the last delivery of its page. It grants nothing (the caller may
+// list them all anyway).
+const deadCursorVersion = 1
+
+func encodeDeadCursor(d Delivery) string {
+	b := []byte{deadCursorVersion}
+	b = binary.BigEndian.AppendUint64(b, uint64(d.OccurredAt.UnixNano()))
+	id, _ := uuid.Parse(d.RowID) // read from the store's key: valid
+	b = append(b, id[:]...)
+	b = append(b, d.HookID...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeDeadCursor(s string) (Delivery, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) < 1+8+16+1 || len(b) > 1+8+16+64 || b[0] != deadCursorVersion {
+		return Delivery{}, ErrBadCursor
+	}
+	id, _ := uuid.FromBytes(b[9:25])
+	return Delivery{
+		OccurredAt: time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9]))).UTC(),
+		RowID:      id.String(),
+		HookID:     string(b[25:]),
+	}, nil
 }
 
 // ReplayDead puts dead deliveries back in the outbox, due now with a

@@ -100,8 +100,9 @@ func TestWebhookBacksOffThenGivesUp(t *testing.T) {
 	if s.Pending != 0 || s.Dead != 1 || s.Failures != 5 || s.Delivered != 0 {
 		t.Fatalf("Stats = %+v; want 0 pending, 1 dead, 5 failures", s)
 	}
-	dead, err := l.DeadDeliveries(ctx, 0)
-	if err != nil || len(dead) != 1 {
+	page, err := l.DeadDeliveries(ctx, "", 0)
+	dead := page.Deliveries
+	if err != nil || len(dead) != 1 || page.NextCursor != "" {
 		t.Fatalf("DeadDeliveries = %v, %v; want one", dead, err)
 	}
 	d := dead[0]
@@ -216,7 +217,8 @@ func TestWebhookNoLongerConfiguredIsRetriedThenDead(t *testing.T) {
 	l.DeliverDue(context.Background())
 	ft.Advance(time.Second)
 	l.DeliverDue(context.Background())
-	dead, _ := l.DeadDeliveries(context.Background(), 10)
+	page, _ := l.DeadDeliveries(context.Background(), "", 10)
+	dead := page.Deliveries
 	if len(dead) != 1 || !strings.Contains(dead[0].LastError, "not configured") {
 		t.Fatalf("dead = %+v; want one, 'not configured'", dead)
 	}

@@ -122,8 +122,10 @@ type Outbox interface {
 	// Check fails makes it write nothing and return that error.
 	AuditSettle(ctx context.Context, ss []Settlement) error
 	// AuditDeadDeliveries returns up to limit dead deliveries, newest row
-	// first, each with its Row loaded.
-	AuditDeadDeliveries(ctx context.Context, limit int) ([]Delivery, error)
+	// first, each with its Row loaded; with before, only those that come
+	// after it in that order (before is identified by its RowID,
+	// OccurredAt and HookID, and need not be there any more).
+	AuditDeadDeliveries(ctx context.Context, before *Delivery, limit int) ([]Delivery, error)
 	// AuditOutboxStats counts pending and dead deliveries.
 	AuditOutboxStats(ctx context.Context) (pending, dead int, err error)
 	// AuditReplayDead moves up to limit dead deliveries (all webhooks'

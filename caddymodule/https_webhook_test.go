@@ -192,10 +192,17 @@ func TestAdminReplaysDeadWebhooks(t *testing.T) {
 	var dead struct {
 		Deliveries []audit.Delivery `json:"deliveries"`
 	}
-	if err := json.Unmarshal([]byte(body), &dead); err != nil || len(dead.Deliveries) != 1 {
-		t.Fatalf("dead list %s; want the login's delivery", body)
+	if err := json.Unmarshal([]byte(body), &dead); err != nil || len(dead.Deliveries) != 1 || strings.Contains(body, "next_cursor") {
+		t.Fatalf("dead list %s; want the login's delivery, and no next cursor", body)
 	}
 	hook := dead.Deliveries[0].HookID
+	// A list like every other: cursor and limit as for the timeline.
+	if r, body := e.get("/.sigra/api/admin/audit/webhooks/dead?cursor=nonsense", api); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "bad_query") {
+		t.Errorf("dead list with a bad cursor: status %d, %s; want 400 bad_query", r.StatusCode, body)
+	}
+	if r, _ := e.get("/.sigra/api/admin/audit/webhooks/dead?limit=501", api); r.StatusCode != http.StatusBadRequest {
+		t.Errorf("dead list with limit 501: status %d; want 400", r.StatusCode)
+	}
 
 	_, body = e.get("/.sigra/api/admin/csrf", api)
 	var tok struct {

@@ -131,14 +131,24 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, page)
 	case get && path == "/audit/webhooks/dead":
-		dead, err := q.rt.audit.DeadDeliveries(q.ctx(), 500)
+		// cursor and limit as for the timeline (its filters do not apply)
+		query, err := audit.ParseQuery(q.r.URL.Query(), q.rt.auth.Now())
+		if err != nil {
+			writeProblem(q.w, http.StatusBadRequest, "bad_query", err.Error())
+			return nil
+		}
+		page, err := q.rt.audit.DeadDeliveries(q.ctx(), query.Cursor, query.Limit)
+		if badTimelineQuery(err) {
+			writeProblem(q.w, http.StatusBadRequest, "bad_query", err.Error())
+			return nil
+		}
 		if err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
-		if dead == nil {
-			dead = []audit.Delivery{}
+		if page.Deliveries == nil {
+			page.Deliveries = []audit.Delivery{}
 		}
-		return writeJSON(q.w, map[string]any{"deliveries": dead})
+		return writeJSON(q.w, page)
 	case post && path == "/audit/webhooks/dead/replay":
 		n, err := replayDead(q.ctx(), q.rt, q.r.URL.Query().Get("hook"), q.r, p.User.ID)
 		if errors.Is(err, audit.ErrUnknownWebhook) {

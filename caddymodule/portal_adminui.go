@@ -174,11 +174,11 @@ func (q *preq) adminPage(p *authcore.Principal, status int, name, title string, 
 }
 
 func (q *preq) adminHome(p *authcore.Principal) error {
-	dead, err := q.rt.audit.DeadDeliveries(q.ctx(), 500)
+	st, err := q.rt.audit.Stats(q.ctx())
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	return q.adminPage(p, http.StatusOK, "admin", "Administration", adminData{Dead: len(dead)})
+	return q.adminPage(p, http.StatusOK, "admin", "Administration", adminData{Dead: st.Dead})
 }
 
 func (q *preq) adminUsers(p *authcore.Principal) error {

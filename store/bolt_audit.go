@@ -1058,12 +1058,34 @@ func (b *Bolt) AuditSettle(ctx context.Context, ss []audit.Settlement) error {
 // AuditDeadDeliveries lists dead deliveries, newest row first, skipping
 // malformed keys; a delivery whose row does not decode is listed without
 // it. It implements audit.Outbox.
-func (b *Bolt) AuditDeadDeliveries(ctx context.Context, limit int) ([]audit.Delivery, error) {
+func (b *Bolt) AuditDeadDeliveries(ctx context.Context, before *audit.Delivery, limit int) ([]audit.Delivery, error) {
+	var from []byte // the key to list from, backwards, itself excluded
+	if before != nil {
+		id, err := uuid.Parse(before.RowID)
+		if err != nil {
+			return nil, fmt.Errorf("%w: row id %q", ErrAuditKey, before.RowID)
+		}
+		hook, err := auditHookBytes(before.HookID)
+		if err != nil {
+			return nil, err
+		}
+		from = append(auditPosKey(audit.Position{At: before.OccurredAt, ID: id}), hook...)
+	}
 	var ds []audit.Delivery
 	err := b.db.View(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
 		c := bucket(tx, bktAuditDead).Cursor()
-		for k, v := c.Last(); k != nil && len(ds) < limit; k, v = c.Prev() {
+		k, v := c.Last()
+		if from != nil {
+			// Seek lands on from or the first key after it (nil past the
+			// end): either way, the one before is the next to list.
+			if k, _ = c.Seek(from); k == nil {
+				k, v = c.Last()
+			} else {
+				k, v = c.Prev()
+			}
+		}
+		for ; k != nil && len(ds) < limit; k, v = c.Prev() {
 			if len(k) != auditDeadLen {
 				continue // never written so; retention or replay drops it
 			}

@@ -95,7 +95,7 @@ func TestAuditBoltPruneGoesOnPastDamagedEntries(t *testing.T) {
 	if got := auditKeys(t, b, bktAuditRows); got != 1 {
 		t.Errorf("%d rows left; want 1 (the undecodable old row pruned too)", got)
 	}
-	dead, err := b.AuditDeadDeliveries(ctx, 10)
+	dead, err := b.AuditDeadDeliveries(ctx, nil, 10)
 	if err != nil || len(dead) != 1 || dead[0].RowID != es[2].Row.ID {
 		t.Fatalf("dead deliveries after pruning = %+v, %v; want the kept row's alone", dead, err)
 	}
@@ -114,7 +114,7 @@ func TestAuditBoltDeadListSkipsMalformedKeys(t *testing.T) {
 	auditGiveUp(t, b, hook, es)
 	bad := []byte{0xff, 0xff}
 	auditPut(t, b, bktAuditDead, bad, []byte("{}"))
-	if dead, err := b.AuditDeadDeliveries(ctx, 10); err != nil || len(dead) != 2 {
+	if dead, err := b.AuditDeadDeliveries(ctx, nil, 10); err != nil || len(dead) != 2 {
 		t.Fatalf("AuditDeadDeliveries = %d, %v; want the 2 good ones", len(dead), err)
 	}
 	if n, err := b.AuditReplayDead(ctx, "", auditT0, 10); err != nil || n != 2 {
@@ -158,7 +158,7 @@ func TestAuditBoltDeliveriesDueSkipsDamagedEntries(t *testing.T) {
 	if auditHas(t, b, bktAuditPending, short) {
 		t.Error("the short outbox key was kept; want it deleted")
 	}
-	dead, err := b.AuditDeadDeliveries(ctx, 10)
+	dead, err := b.AuditDeadDeliveries(ctx, nil, 10)
 	if err != nil || len(dead) != 2 {
 		t.Fatalf("dead deliveries = %+v, %v; want the 2 undecodable ones", dead, err)
 	}

@@ -7,9 +7,11 @@ package store
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -275,13 +277,45 @@ func TestAuditWebhookDeadReceiverFollowsTheRetrySchedule(t *testing.T) {
 	if s.Dead != backlog || s.Pending != 0 || s.Failures != uint64(opts.MaxAttempts) {
 		t.Fatalf("after %d failed probes: Stats = %+v; want all %d dead, %d failures", opts.MaxAttempts, s, backlog, opts.MaxAttempts)
 	}
-	dead, err := l.DeadDeliveries(ctx, 500)
+	page, err := l.DeadDeliveries(ctx, "", 500)
+	dead := page.Deliveries
 	if err != nil || len(dead) != backlog {
 		t.Fatalf("DeadDeliveries = %d, %v; want %d", len(dead), err, backlog)
 	}
 	for _, d := range dead {
 		if d.Attempts < opts.MaxAttempts || !strings.Contains(d.LastError, "503") || d.Row.ID == "" {
 			t.Fatalf("dead delivery %+v; want %d attempts counted, the receiver's 503 as last error, its row", d, opts.MaxAttempts)
+		}
+	}
+	if page.NextCursor != "" {
+		t.Errorf("the whole list in one page has a next cursor %q", page.NextCursor)
+	}
+	// Pages of 7, cursor to cursor: the same list, in the same order,
+	// each delivery once, the last page without a cursor.
+	var paged []string
+	for cursor, pages := "", 0; ; pages++ {
+		p, err := l.DeadDeliveries(ctx, cursor, 7)
+		if err != nil || pages > backlog {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		for _, d := range p.Deliveries {
+			paged = append(paged, d.RowID)
+		}
+		if cursor = p.NextCursor; cursor == "" {
+			break
+		}
+	}
+	if want := func() (ids []string) {
+		for _, d := range dead {
+			ids = append(ids, d.RowID)
+		}
+		return ids
+	}(); !slices.Equal(paged, want) {
+		t.Errorf("paging by 7 gave %d deliveries; want the %d of the whole list, in its order", len(paged), len(want))
+	}
+	for _, bad := range []string{"x", "AQ", strings.Repeat("A", 200)} {
+		if _, err := l.DeadDeliveries(ctx, bad, 7); !errors.Is(err, audit.ErrBadCursor) {
+			t.Errorf("cursor %q: %v; want ErrBadCursor", bad, err)
 		}
 	}
 

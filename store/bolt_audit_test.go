@@ -549,7 +549,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if at, ok := auditNextDue(t, probe); !ok || !at.Equal(auditT0.Add(3*time.Hour)) {
 		t.Fatalf("after a mixed settle: next delivery at %v; want the retried one at +3h", at)
 	}
-	if dl, _ := probe.AuditDeadDeliveries(ctx, 10); len(dl) != 1 || dl[0].RowID != gone.RowID || dl[0].HookID != gone.HookID ||
+	if dl, _ := probe.AuditDeadDeliveries(ctx, nil, 10); len(dl) != 1 || dl[0].RowID != gone.RowID || dl[0].HookID != gone.HookID ||
 		dl[0].Attempts != 15 || dl[0].LastError != gone.LastError || !dl[0].UpdatedAt.Equal(gone.UpdatedAt) {
 		t.Fatalf("dead list after a mixed settle = %+v; want the one settled dead, with its attempts, error and time", dl)
 	}
@@ -581,7 +581,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if pending != 0 || dead != 3 {
 		t.Fatalf("pending %d, dead %d; want 0 and 3", pending, dead)
 	}
-	list, _ := b.AuditDeadDeliveries(ctx, 10)
+	list, _ := b.AuditDeadDeliveries(ctx, nil, 10)
 	if len(list) != 3 || list[0].RowID != young.Row.ID || list[0].Row.Action != "auth.logout" || list[1].Attempts != 15 {
 		t.Fatalf("dead list = %+v; want 3, the young row first, rows loaded", list)
 	}
