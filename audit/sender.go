@@ -112,7 +112,8 @@ type lane struct {
 	until     time.Time // no attempt before this while down, or after a failed pass
 	lastErr   string    // the last unavailable answer
 	// failedPasses counts the passes in a row that failed (the outbox
-	// unreadable, the outcome unrecorded); 0 after one that did not.
+	// unreadable, the outcome unrecorded); 0 after one that ran and did
+	// not (a lane held back runs no pass), and after a replay.
 	failedPasses int
 }
 
@@ -371,6 +372,7 @@ func (s *sender) step(ctx context.Context, ln *lane) (next time.Time, again, idl
 			next, again, idle = s.holdAfterFailure(ln), false, false
 		}
 	}()
+	held := s.l.clk.Now().Before(ln.blockedUntil())
 	n, err := s.pass(ctx, ln) // nothing while the receiver backs off
 	if err != nil {
 		if ctx.Err() != nil {
@@ -380,7 +382,7 @@ func (s *sender) step(ctx context.Context, ln *lane) (next time.Time, again, idl
 		s.l.errLog.Error("audit webhook pass failed", "hook_id", ln.hook, "url", s.hookURL(ln.hook), "error", err, "retry_at", until)
 		return until, false, false
 	}
-	if n > 0 { // a pass that took deliveries and recorded what became of them
+	if !held { // a pass ran, and went through
 		ln.mu.Lock()
 		ln.failedPasses = 0
 		ln.mu.Unlock()
@@ -907,6 +909,9 @@ func (s *sender) replayed(hookID string) {
 	}
 	for _, ln := range lanes {
 		ln.reset()
+		ln.mu.Lock()
+		ln.failedPasses = 0
+		ln.mu.Unlock()
 		ln.poke()
 	}
 }

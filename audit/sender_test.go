@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -775,6 +776,65 @@ func TestWebhookFailedPassesBackOff(t *testing.T) {
 	mustRecord(t, l, sampleRow("auth.logout"))
 	if next, _, _ := l.sender.step(ctx, ln); next.Sub(ft.Now()) > 2*time.Second {
 		t.Errorf("the first failed pass after one that went through: held for %v; want at most 2s", next.Sub(ft.Now()))
+	}
+}
+
+// flakyDue is a store whose reads of due deliveries fail while fail is set.
+type flakyDue struct {
+	*memStore
+	fail atomic.Bool
+}
+
+func (f *flakyDue) AuditDeliveriesDue(ctx context.Context, hookID string, now time.Time, limit int) ([]Delivery, error) {
+	if f.fail.Load() {
+		return nil, errors.New("transient read error")
+	}
+	return f.memStore.AuditDeliveriesDue(ctx, hookID, now, limit)
+}
+
+// Failed passes count in a row only: a pass that goes through, even with
+// nothing due, and a replay each start the count again, so failures days
+// apart never add up to a long hold.
+func TestWebhookFailedPassesCountInARow(t *testing.T) {
+	ft := newFakeTime()
+	rc := newReceiver(t, hookSecret, ft.Now)
+	st := &flakyDue{memStore: newMemStore()}
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}})
+	ctx := context.Background()
+	ln := l.sender.lanes[l.hooks[0].id]
+	failOnce := func() time.Duration {
+		t.Helper()
+		st.fail.Store(true)
+		defer st.fail.Store(false)
+		next, _, _ := l.sender.step(ctx, ln)
+		return next.Sub(ft.Now())
+	}
+	for range 6 { // each failure followed by a pass with nothing due
+		ft.Advance(failOnce() + time.Second)
+		if _, again, idle := l.sender.step(ctx, ln); again || !idle {
+			t.Fatalf("a pass with nothing due: again %v, idle %v", again, idle)
+		}
+	}
+	if d := failOnce(); d > 2*time.Second {
+		t.Errorf("a failure after passes that went through: held for %v; want at most 2s", d)
+	}
+	ft.Advance(time.Hour)
+	for range 4 { // four in a row: a long hold
+		ft.Advance(failOnce())
+	}
+	// A dead delivery, replayed by an operator.
+	mustRecord(t, l, sampleRow("auth.logout"))
+	st.mu.Lock()
+	for k, d := range st.pending {
+		delete(st.pending, k)
+		st.dead[k] = d
+	}
+	st.mu.Unlock()
+	if n, err := l.ReplayDead(ctx, ""); err != nil || n != 1 {
+		t.Fatalf("ReplayDead = %d, %v; want 1", n, err)
+	}
+	if d := failOnce(); d > 2*time.Second {
+		t.Errorf("a failure after a replay: held for %v; want at most 2s", d)
 	}
 }
 
