@@ -73,6 +73,7 @@ type gateMatch struct {
 	matcher bool   // the gate has a matcher
 	pattern string // its path prefix (gatePrefix), "" without a matcher or when it is not one
 	prefix  bool   // no matcher, or one path prefix
+	all     bool   // no matcher, or one that matches every request (path * or /*)
 }
 
 // gateMatcher refuses sibling gates whose order Caddy cannot decide by
@@ -96,18 +97,23 @@ func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	if sib == nil || err != nil {
 		return err
 	}
-	g := gateMatch{line: h.Line(), matcher: matcherSet != nil, prefix: true}
+	g := gateMatch{line: h.Line(), matcher: matcherSet != nil, prefix: true, all: matcherSet == nil}
 	if g.matcher {
 		g.pattern, g.prefix = gatePrefix(matcherSet)
+		g.all = matchesAll(matcherSet)
 	}
 	for _, m := range sib.matched {
 		if g.matcher && m.matcher && (!g.prefix || !m.prefix) {
 			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and sibling gates are ordered by specificity only when each matches one path prefix (/admin*, /api/*, /docs): "+
 				"for a request both match, the one Caddy puts first would decide alone. Give each one path prefix, or nest the narrower gate in a handle block (a nested gate adds its requirements)", m.line)
 		}
-		if g.prefix && m.prefix && g.pattern == m.pattern {
-			what := "neither has a matcher"
-			if g.matcher {
+		// Caddy matches paths without regard to case.
+		if (g.all && m.all) || (g.prefix && m.prefix && strings.EqualFold(g.pattern, m.pattern)) {
+			what := "both match every request"
+			switch {
+			case !g.matcher && !m.matcher:
+				what = "neither has a matcher"
+			case !g.all:
 				what = "both match " + g.pattern
 			}
 			return h.Errf("sigra_gate: this gate and the one on line %d match the same requests (%s): of sibling gates only the most specific decides, so the first would decide alone and the other's requirements would never apply. "+
@@ -133,6 +139,16 @@ func gatePrefix(matcherSet caddy.ModuleMap) (string, bool) {
 		return "", false
 	}
 	return paths[0], true
+}
+
+// matchesAll reports whether a matcher set is one path matcher that
+// matches every request: "*", or "/*" (every path starts with /).
+func matchesAll(matcherSet caddy.ModuleMap) bool {
+	var paths []string
+	if len(matcherSet) != 1 || json.Unmarshal(matcherSet["path"], &paths) != nil {
+		return false
+	}
+	return slices.ContainsFunc(paths, func(p string) bool { return p == "*" || p == "/*" })
 }
 
 // gateRank is Gate.Rank for a gate with this matcher set: 0 without

@@ -311,6 +311,13 @@ func TestAdaptSiblingGateOrder(t *testing.T) {
 			"this gate and the one on line 8 match the same requests (both match /admin/*)"},
 		{"two bare gates", "\tsigra_gate {\n\t\toptional\n\t}\n\tsigra_gate {\n\t\tgroup admins\n\t}",
 			"this gate and the one on line 8 match the same requests (neither has a matcher)"},
+		// Caddy matches paths without regard to case.
+		{"one path in two cases", "\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /ADMIN* {\n\t\toptional\n\t}",
+			"this gate and the one on line 8 match the same requests (both match /ADMIN*)"},
+		{"every path beside a bare gate", "\tsigra_gate /* {\n\t\toptional\n\t}\n\tsigra_gate {\n\t\tgroup admins\n\t}",
+			"this gate and the one on line 8 match the same requests (both match every request)"},
+		{"path * beside a bare gate", "\tsigra_gate {\n\t\tgroup admins\n\t}\n\t@all path *\n\tsigra_gate @all {\n\t\toptional\n\t}",
+			"this gate and the one on line 8 match the same requests (both match every request)"},
 		{"bare gates in two blocks", "\tsigra_gate {\n\t\toptional\n\t}\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}", ""},
 		{"the narrower gate nested", "\t@reads method GET HEAD\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}\n\tsigra_gate", ""},
 	}
