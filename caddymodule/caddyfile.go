@@ -618,16 +618,8 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			if len(methods) == 0 {
 				return nil, h.ArgErr()
 			}
-			for _, m := range methods {
-				if !slices.Contains(knownAMR, m) {
-					return nil, h.Errf("amr: unknown method %q (known: pwd, otp, hwk, swk, mfa, oidc, saml, email)", m)
-				}
-			}
-			// One listed method is enough; a gate naming only methods no
-			// sign-in here can give would refuse everyone.
-			if !slices.ContainsFunc(methods, func(m string) bool { return slices.Contains(builtAMR, m) }) {
-				return nil, h.Errf("amr: %s not available in this build yet: no sign-in can give it, so this gate would refuse everyone (available: %s)",
-					strings.Join(methods, ", "), strings.Join(builtAMR, ", "))
+			if err := checkAMR(methods); err != nil {
+				return nil, h.Err(err.Error())
 			}
 			g.AMR = append(g.AMR, methods...)
 		case "group":

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -39,7 +41,7 @@ type gateDecision struct {
 	pending  bool                // anonymous because the second factor is still due
 	asserted bool                // X-Sigra-Assertion is set
 	spent    time.Duration       // the gates' own time so far
-	counted  bool                // a later gate counted the request's decision (a refusal or an error)
+	counted  bool                // the request's decision is counted (settle)
 }
 
 // scopeRank is a scope that decided, and the most specific Rank that
@@ -160,12 +162,26 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// checkAMR checks an amr requirement's methods: each known, and one at
+// least that a sign-in in this build can give (one listed is enough; a
+// gate naming only others would refuse everyone).
+func checkAMR(methods []string) error {
+	for _, m := range methods {
+		if !slices.Contains(knownAMR, m) {
+			return fmt.Errorf("amr: unknown method %q (known: %s)", m, strings.Join(knownAMR, ", "))
+		}
+	}
+	if len(methods) > 0 && !slices.ContainsFunc(methods, func(m string) bool { return slices.Contains(builtAMR, m) }) {
+		return fmt.Errorf("amr: %s not available in this build yet: no sign-in can give it, so this gate would refuse everyone (available: %s)",
+			strings.Join(methods, ", "), strings.Join(builtAMR, ", "))
+	}
+	return nil
+}
+
 // Validate checks the requirements.
 func (g *Gate) Validate() error {
-	for _, m := range g.AMR {
-		if !slices.Contains(knownAMR, m) {
-			return errors.New("amr: unknown method " + m)
-		}
+	if err := checkAMR(g.AMR); err != nil {
+		return err
 	}
 	if g.MFA != nil && g.MFA.MaxAge < 0 {
 		return errors.New("mfa: max_age must not be negative")
@@ -251,8 +267,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	m := g.app.metrics
 	rt := g.app.runtime(ctx)
 	if rt == nil {
-		m.gateDecisions.WithLabelValues("error", "not_started").Inc()
-		d.counted = true
+		d.settle(m, m.gateDecisions.WithLabelValues("error", "not_started"), 0, false)
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	now := rt.auth.Now()
@@ -262,8 +277,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		p, err := rt.auth.AuthenticateAt(ctx, token, now)
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
-			m.gateDecisions.WithLabelValues("error", "storage").Inc()
-			d.counted = true
+			d.settle(m, m.gateDecisions.WithLabelValues("error", "storage"), 0, false)
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		if p != nil && p.Session.Pending {
@@ -304,8 +318,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		var err error
 		assertion, err = rt.keys.Assertion(p, origin, aud, now)
 		if err != nil {
-			m.gateDecisions.WithLabelValues("error", "signing").Inc()
-			d.counted = true
+			d.settle(m, m.gateDecisions.WithLabelValues("error", "signing"), 0, false)
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		d.asserted = true
@@ -316,25 +329,38 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 
 // pass hands an allowed request on. A request is one decision in the
 // metrics however many gates it meets: the first gate counts it once the
-// rest of the route has run (as Caddy counts requests), an allow unless
-// a nested gate refused it or failed and counted that, with the time
-// all its gates spent.
+// rest of the route has run (as Caddy counts requests; also when a
+// handler aborts it with a panic), an allow unless a nested gate refused
+// it or failed and counted that, with the time all its gates spent.
 func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *gateDecision, first bool, start time.Time) error {
 	d.spent += time.Since(start)
 	if !first {
 		return next.ServeHTTP(w, r)
 	}
-	err := next.ServeHTTP(w, r)
-	if !d.counted {
+	defer func() {
 		m := g.app.metrics
+		c := m.gateAllow
 		if d.p == nil {
-			m.gateDecisions.WithLabelValues("allow", "anonymous").Inc()
-		} else {
-			m.gateAllow.Inc()
+			c = m.gateAnonymous
 		}
-		m.gateDuration.Observe(d.spent.Seconds())
+		d.settle(m, c, d.spent, true)
+	}()
+	return next.ServeHTTP(w, r)
+}
+
+// settle counts the request's one decision in c, with a latency sample
+// of spent when sample is set, unless it is counted already: by a nested
+// gate that refused it, or, for a gate in handle_errors meeting the
+// request again, by the first gate.
+func (d *gateDecision) settle(m *metrics, c prometheus.Counter, spent time.Duration, sample bool) {
+	if d.counted {
+		return
 	}
-	return err
+	d.counted = true
+	c.Inc()
+	if sample {
+		m.gateDuration.Observe(spent.Seconds())
+	}
 }
 
 // inject sets the identity headers and placeholders; an empty assertion
@@ -443,9 +469,8 @@ func (l *deniedLog) due(k deniedKey, now time.Time) bool {
 // deny answers a request that did not pass: browsers get a redirect (to
 // sign in or step up) or a small page; other clients problem+json.
 func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d *denial, start time.Time) error {
-	g.app.metrics.gateDecisions.WithLabelValues("deny", d.reason).Inc()
-	g.app.metrics.gateDuration.Observe((gd.spent + time.Since(start)).Seconds())
-	gd.counted = true
+	m := g.app.metrics
+	gd.settle(m, m.gateDecisions.WithLabelValues("deny", d.reason), gd.spent+time.Since(start), true)
 	prefix := g.app.Prefix
 	if _, ok := portalPath(originalURL(r).Path, prefix); ok {
 		// The portal runs before the gates, so a portal page reaching one

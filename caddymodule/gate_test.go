@@ -518,3 +518,24 @@ func TestGateValidateRefusesOptionalWithRequirements(t *testing.T) {
 		t.Errorf("optional alone: %v", err)
 	}
 }
+
+// JSON config gets the Caddyfile's amr checks too: an unknown method, or
+// only methods no sign-in in this build gives, which would refuse
+// everyone.
+func TestGateValidateChecksAMR(t *testing.T) {
+	for _, c := range []struct {
+		amr  []string
+		want string
+	}{
+		{[]string{"fingerprint"}, `unknown method "fingerprint"`},
+		{[]string{"hwk"}, "hwk not available in this build yet"},
+		{[]string{"hwk", "oidc"}, "hwk, oidc not available in this build yet"},
+		{[]string{"hwk", "otp"}, ""},
+		{nil, ""},
+	} {
+		err := (&Gate{AMR: c.amr}).Validate()
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("Validate(amr %v) = %v; want %q", c.amr, err, c.want)
+		}
+	}
+}

@@ -22,7 +22,8 @@ type metrics struct {
 	gateDuration  prometheus.Histogram
 	auditAppend   prometheus.Histogram
 
-	gateAllow prometheus.Counter // pre-resolved for the hot path
+	gateAllow     prometheus.Counter // pre-resolved for the hot path
+	gateAnonymous prometheus.Counter // allowed without a session (optional)
 }
 
 func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
@@ -43,6 +44,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		}),
 	}
 	m.gateAllow = m.gateDecisions.WithLabelValues("allow", "ok")
+	m.gateAnonymous = m.gateDecisions.WithLabelValues("allow", "anonymous")
 	// Known series start at zero, so dashboards see them before the first event.
 	for _, method := range []string{"password", "totp", "recovery_code"} {
 		for _, result := range []string{"success", "failure", "locked"} {

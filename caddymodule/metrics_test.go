@@ -127,3 +127,47 @@ func TestMetricsCountARequestOnce(t *testing.T) {
 		t.Errorf("latency samples +%v; want +%d (the denials and four scrapes)", s-s0, n+4)
 	}
 }
+
+// An allowed request that a handler aborts (abort, or reverse_proxy
+// cutting a stream short, both a panic) is still one decision; a gate in
+// handle_errors, meeting a request the first gate has counted, counts
+// nothing more.
+func TestMetricsCountAbortedAndErrorRoutes(t *testing.T) {
+	e := startCaddy(t, "", `sigra_gate /metrics {
+		optional
+	}
+	sigra_gate {
+		optional
+	}
+	metrics /metrics
+	abort /ab/*
+	error /boom/* 500
+	handle_errors {
+		sigra_gate {
+			group staff
+		}
+		respond "e"
+	}`)
+	const anon, deny, samples = `sigra_gate_decisions_total{reason="anonymous",result="allow"}`, `sigra_gate_decisions_total{reason="login_required",result="deny"}`, `sigra_gate_duration_seconds_count`
+	a0, d0, s0 := scrape(t, e, anon), scrape(t, e, deny), scrape(t, e, samples)
+	// A new connection each: Go's client sends a GET again when a
+	// kept-alive connection closes without an answer.
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range 3 {
+		if resp, err := fresh.Get(e.base + "/ab/x"); err == nil {
+			resp.Body.Close()
+			t.Fatalf("/ab/x answered %d; want the connection aborted", resp.StatusCode)
+		}
+	}
+	for range 2 {
+		if r, _ := e.get("/boom/x", jsonAPI); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("/boom/x: status %d; want 401 from the gate in handle_errors", r.StatusCode)
+		}
+	}
+	// Between two readings of a series: every scrape from the first up
+	// to (not including) the second, and the five requests.
+	a, d, s := scrape(t, e, anon), scrape(t, e, deny), scrape(t, e, samples)
+	if a-a0 != 3+5 || d-d0 != 0 || s-s0 != 3+5 {
+		t.Errorf("3 aborted and 2 failed requests, each one anonymous allow: allow +%v (want +8), deny +%v (want 0), latency samples +%v (want +8)", a-a0, d-d0, s-s0)
+	}
+}
