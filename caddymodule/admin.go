@@ -176,7 +176,11 @@ func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what str
 	w.Header().Set("Content-Type", contentType)
 	n, err := write(rt)
 	if err != nil && n > 0 {
-		a.logger.Error(what+" failed part way; the response was cut short", zap.Int64("sent", n), zap.Error(err))
+		if r.Context().Err() != nil { // the client stopped reading (| head, say)
+			a.logger.Warn(what+" stopped part way: the client went away", zap.Int64("sent", n), zap.Error(err))
+		} else {
+			a.logger.Error(what+" failed part way; the response was cut short", zap.Int64("sent", n), zap.Error(err))
+		}
 		panic(http.ErrAbortHandler)
 	}
 	return err

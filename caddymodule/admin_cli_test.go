@@ -341,6 +341,16 @@ func TestCLIUserGroups(t *testing.T) {
 	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "nobody@example.com", Groups: []string{"x"}}); err == nil {
 		t.Error("groups of an unknown user: no error")
 	}
+	// A user added with groups: the row says which (the admin group
+	// above all).
+	added, err := runUserOp(context.Background(), flags, userRequest{Op: "add", Email: "ada@example.com", Groups: []string{"ops"}, Admin: true, Password: "ada's long password"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows = e.auditRows("admin.user.add")
+	if len(rows) != 1 || rows[0].SubjectID != added.User.ID || rows[0].Metadata["groups"] != "ops,admins" {
+		t.Errorf("admin.user.add rows %+v; want one about ada naming ops,admins", rows)
+	}
 }
 
 func TestHasLoneSurrogate(t *testing.T) {

@@ -154,7 +154,7 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 		return res, err
 	}
 	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: adminActorType(actor), subject: subject, outcome: "success"}
-	if req.Op == "groups" {
+	if req.Op == "groups" || req.Op == "add" { // who got which groups (the admin group, say)
 		ev.meta = map[string]string{"groups": strings.Join(res.User.Groups, ",")}
 		if before != nil {
 			ev.meta["previous"] = strings.Join(before.Groups, ",")
