@@ -239,7 +239,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 		case "storage":
 			var backend, path string
 			if !d.Args(&backend) {
-				return nil, d.ArgErr()
+				return nil, d.Err("storage: missing value: storage bbolt <path>")
 			}
 			if backend != "bbolt" {
 				return nil, d.Errf("storage: unknown backend %q (this build supports bbolt)", backend)
@@ -250,8 +250,8 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 			app.Storage = &StorageConfig{Backend: backend, Path: path}
 		case "session":
-			if d.NextArg() {
-				return nil, d.ArgErr()
+			if err := blockOnly(d); err != nil {
+				return nil, err
 			}
 			app.Session = new(SessionConfig)
 			seen := onceEach{}
@@ -273,8 +273,8 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				}
 			}
 		case "keys":
-			if d.NextArg() {
-				return nil, d.ArgErr()
+			if err := blockOnly(d); err != nil {
+				return nil, err
 			}
 			app.Keys = new(KeysConfig)
 			seen := onceEach{}
@@ -372,8 +372,8 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				}
 			}
 		case "regulation":
-			if d.NextArg() {
-				return nil, d.ArgErr()
+			if err := blockOnly(d); err != nil {
+				return nil, err
 			}
 			app.Regulation = new(RegulationConfig)
 			seen := onceEach{}
@@ -401,8 +401,8 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				}
 			}
 		case "audit":
-			if d.NextArg() {
-				return nil, d.ArgErr()
+			if err := blockOnly(d); err != nil {
+				return nil, err
 			}
 			cfg, err := parseAudit(d)
 			if err != nil {
@@ -422,14 +422,27 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 // oneArg reads exactly one argument.
 func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	name := d.Val()
-	if !d.Args(dst) || d.NextArg() {
-		return d.ArgErr()
+	if !d.Args(dst) {
+		return d.Errf("%s: missing value", name)
+	}
+	if d.NextArg() {
+		return d.Errf("%s takes one value; %q is one too many (quote a value with spaces)", name, d.Val())
 	}
 	// A literal "" would quietly mean the default: a generated key
 	// instead of the one named, say. (An unset {$VAR} drops its token,
 	// which is already the argument count's error.)
 	if strings.TrimSpace(*dst) == "" {
 		return d.Errf("%s: empty value", name)
+	}
+	return nil
+}
+
+// blockOnly refuses arguments after an option that takes a block
+// (session, keys, regulation, audit).
+func blockOnly(d *caddyfile.Dispenser) error {
+	name := d.Val()
+	if d.NextArg() {
+		return d.Errf("%s takes a block, not a value: %s { … }", name, name)
 	}
 	return nil
 }
@@ -657,7 +670,8 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		}
 	}
 	if err := g.checkOptional(); err != nil {
-		return nil, h.Err("sigra_gate: " + err.Error())
+		// Found at the block's end: say where optional is.
+		return nil, h.Errf("sigra_gate: %v (optional is on line %d)", err, seen["optional"])
 	}
 	var err error
 	if g.Scope, err = gateScope(h); err != nil {

@@ -59,7 +59,7 @@ func TestParseGate(t *testing.T) {
 		{"mfa bad duration", "sigra_gate {\n mfa max_age soon\n}", Gate{}, `invalid duration`},
 		{"group without names", "sigra_gate {\n group\n}", Gate{}, "wrong argument count"},
 		{"inline argument", "sigra_gate optional", Gate{}, "requirements go in a block"},
-		{"optional with requirements", "sigra_gate {\n optional\n mfa\n}", Gate{}, "optional cannot be combined"},
+		{"optional with requirements", "sigra_gate {\n optional\n mfa\n}", Gate{}, "optional cannot be combined with other requirements (optional is on line 2)"},
 		{"assertion off", "sigra_gate {\n assertion off\n}", Gate{OmitAssertion: true}, ""},
 		{"assertion on", "sigra_gate {\n assertion on\n}", Gate{}, ""},
 		{"optional without assertion", "sigra_gate {\n optional\n assertion off\n}", Gate{Optional: true, OmitAssertion: true}, ""},
@@ -192,6 +192,12 @@ func TestParseGlobal(t *testing.T) {
 		{"empty admin group", "sigra {\n admin_group \"\"\n}", nil, "admin_group: empty value, at Testfile:2"},
 		{"empty audience", "sigra {\n assertion_audience \"\"\n}", nil, "assertion_audience: empty value"},
 		{"empty signing key", "sigra {\n keys {\n signing_key \"\"\n }\n}", nil, "signing_key: empty value, at Testfile:3"},
+		// Wrong counts name the option and what it takes.
+		{"duration with a unit word", "sigra {\n session {\n idle 30 minutes\n }\n}", nil, `idle takes one value; "minutes" is one too many (quote a value with spaces), at Testfile:3`},
+		{"option without its value", "sigra {\n admin_group\n}", nil, "admin_group: missing value, at Testfile:2"},
+		{"block option with a value", "sigra {\n session 30m\n}", nil, "session takes a block, not a value: session { … }, at Testfile:2"},
+		{"regulation with a value", "sigra {\n regulation 5\n}", nil, "regulation takes a block, not a value"},
+		{"storage without a value", "sigra {\n storage\n}", nil, "storage: missing value: storage bbolt <path>, at Testfile:2"},
 		{"option with a block", "sigra {\n admin_group admins {\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:2`},
 		{"keys option with a block", "sigra {\n keys {\n algorithm EdDSA {\n }\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:3`},
 		// A repeated option would quietly replace the first: refused, by line.
