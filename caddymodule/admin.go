@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -149,23 +150,24 @@ func sameStoreFile(x, y string) bool {
 // handleAdminAuditExport streams audit rows as NDJSON, oldest first
 // (GET, query parameters since and until).
 func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
-	return streamToAdmin(w, r, "application/x-ndjson", "audit export", func(rt *runtime) (int64, error) {
+	return streamToAdmin(w, r, "application/x-ndjson", "audit export", func(rt *runtime, out io.Writer) (int64, error) {
 		since, until, err := exportRange(r.URL.Query().Get("since"), r.URL.Query().Get("until"), rt.auth.Now())
 		if err != nil {
 			return 0, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 		}
-		n, err := rt.audit.Export(r.Context(), w, since, until)
+		n, err := rt.audit.Export(r.Context(), out, since, until)
 		return int64(n), err
 	})
 }
 
 // streamToAdmin answers a GET on Caddy's admin API with what write
-// streams to w, returning how much it sent. A failure after anything was
-// sent cuts the answer short: the 200 and part of the body are out, and
-// Caddy's error object after them would read as more body, the answer as
-// whole. Every HTTP client reports a cut (the CLI exits non-zero); the
-// cause goes to the log.
-func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what string, write func(rt *runtime) (sent int64, err error)) error {
+// streams to out (w, each write with a deadline: a client that stops
+// reading is let go after a minute), returning how much it sent. A
+// failure after anything was sent cuts the answer short: the 200 and
+// part of the body are out, and Caddy's error object after them would
+// read as more body, the answer as whole. Every HTTP client reports a
+// cut (the CLI exits non-zero); the cause goes to the log.
+func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what string, write func(rt *runtime, out io.Writer) (sent int64, err error)) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use GET")}
 	}
@@ -174,7 +176,7 @@ func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what str
 		return err
 	}
 	w.Header().Set("Content-Type", contentType)
-	n, err := write(rt)
+	n, err := write(rt, deadlineWriter{w: w, rc: http.NewResponseController(w), idle: time.Minute})
 	if err != nil && n > 0 {
 		if r.Context().Err() != nil { // the client stopped reading (| head, say)
 			a.logger.Warn(what+" stopped part way: the client went away", zap.Int64("sent", n), zap.Error(err))
@@ -184,6 +186,18 @@ func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what str
 		panic(http.ErrAbortHandler)
 	}
 	return err
+}
+
+// deadlineWriter gives each write to a client a deadline.
+type deadlineWriter struct {
+	w    io.Writer
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(d.idle)) // not supported: no deadline
+	return d.w.Write(p)
 }
 
 // handleAdminAuditReplay puts dead webhook deliveries back in the outbox

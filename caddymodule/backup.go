@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -16,16 +19,16 @@ import (
 	"github.com/sigra-auth/caddy-sigra/store"
 )
 
-// backupStore writes a consistent copy of the store to w, after its
-// admin.store.backup row: a copy of every password hash and sealed
-// secret is not made unrecorded. (The copy holds that row.) A copy that
-// then fails gets a failure row after it.
-func backupStore(ctx context.Context, rt *runtime, w io.Writer, size func(int64), r *http.Request) (int64, error) {
+// backupStore writes a consistent copy of the store to w, a local file,
+// after its admin.store.backup row: a copy of every password hash and
+// sealed secret is not read out unrecorded. (The copy holds that row.)
+// A copy that then fails gets a failure row after it.
+func backupStore(ctx context.Context, rt *runtime, w io.Writer, r *http.Request) (int64, error) {
 	ev := event{action: "admin.store.backup", actorType: audit.ActorSystem, outcome: "success"}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
 		return 0, fmt.Errorf("writing audit row: %w", err)
 	}
-	n, err := rt.store.Backup(w, size)
+	n, err := rt.store.Backup(w)
 	if err != nil {
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": "incomplete"}
 		if aerr := rt.record(ctx, rowFor(r, ev)); aerr != nil {
@@ -37,12 +40,28 @@ func backupStore(ctx context.Context, rt *runtime, w io.Writer, size func(int64)
 
 // handleAdminBackup answers GET with a copy of the store, its length
 // known in advance (Content-Length), for `caddy sigra backup` while
-// Caddy holds the store.
+// Caddy holds the store. The copy's read transaction holds back any
+// write that must grow the store's map for as long as it lasts, and the
+// reads queued behind that write: so the copy is made to a file next to
+// the store, at disk speed, and that file is what the client reads, at
+// its own pace.
 func handleAdminBackup(w http.ResponseWriter, r *http.Request) error {
-	return streamToAdmin(w, r, "application/octet-stream", "store backup", func(rt *runtime) (int64, error) {
-		return backupStore(r.Context(), rt, w, func(size int64) {
-			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-		}, r)
+	return streamToAdmin(w, r, "application/octet-stream", "store backup", func(rt *runtime, out io.Writer) (int64, error) {
+		f, err := os.CreateTemp(filepath.Dir(rt.store.Path()), ".sigra-backup-*")
+		if err != nil {
+			return 0, fmt.Errorf("backup: %w", err)
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		size, err := backupStore(r.Context(), rt, f, r)
+		if err == nil {
+			_, err = f.Seek(0, io.SeekStart)
+		}
+		if err != nil {
+			return 0, err
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		return io.Copy(out, f)
 	})
 }
 
@@ -55,10 +74,12 @@ func addBackupCommand(cmd *cobra.Command) {
 		Short: "Writes a consistent copy of the store to a file, while Caddy runs or not",
 		Long: `Writes a copy of the Sigra store (the bbolt file) to --out, consistent as
 of one moment: sign-ins and other writes go on meanwhile, and none is
-half in the copy. Through the running Caddy when it holds the store.
+half in the copy. Through the running Caddy when it holds the store
+(which first copies it to a file beside the store: leave room there).
 The copy is written next to --out, checked as a start would check it,
-and only then renamed over --out, with mode 0600. It is an
-admin.store.backup audit row.
+and only then renamed over --out, with mode 0600. An existing --out is
+replaced only if it is an earlier copy. It is an admin.store.backup
+audit row.
 
 The copy's secrets are sealed with the store's encryption key
 (encryption.key next to the store, or keys { encryption_key }): keep
@@ -85,15 +106,28 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 	if err != nil {
 		return err
 	}
-	if sameStoreFile(storeFile(out), cfg.app.storeFile()) {
-		return fmt.Errorf("backup: --out %s is the store itself", out)
+	if err := checkBackupOut(out, cfg); err != nil {
+		return fmt.Errorf("backup: %w", err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(out), ".sigra-backup-*")
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // gone once renamed; left by nothing else
+	defer os.Remove(tmp.Name()) // gone once renamed
 	defer tmp.Close()
+	// Ctrl-C or a TERM mid-copy ends the copy (its writes fail), so the
+	// part copied, password hashes and all, is removed on the way out.
+	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			tmp.Close()
+		case <-done:
+		}
+	}()
 	var n int64
 	err = onStore(cf, false, func(cfg *cliConfig) error {
 		resp, err := adminRequest(cfg, http.MethodGet, "/sigra/backup", nil)
@@ -105,9 +139,12 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 		n, err = io.Copy(tmp, resp.Body)
 		return err
 	}, func(rt *runtime, _ *App) error {
-		n, err = backupStore(c.Context(), rt, tmp, nil, nil)
+		n, err = backupStore(ctx, rt, tmp, nil)
 		return err
 	})
+	if err == nil {
+		err = ctx.Err() // stopped just as the copy ended
+	}
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -120,9 +157,44 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 	if err == nil {
 		err = os.Rename(tmp.Name(), out)
 	}
+	if err == nil {
+		err = syncDir(filepath.Dir(out))
+	}
 	if err != nil {
 		return fmt.Errorf("backup: %w (%s is unchanged)", err, out)
 	}
 	fmt.Fprintf(c.ErrOrStderr(), "wrote a backup of %s to %s (%d bytes)\n", cfg.store, out, n)
 	return nil
+}
+
+// checkBackupOut refuses an --out that is the store itself, a directory,
+// or a file that is not an earlier copy of a store: a typo must not
+// replace the encryption key or the Caddyfile with a copy.
+func checkBackupOut(out string, cfg *cliConfig) error {
+	if sameStoreFile(storeFile(out), cfg.app.storeFile()) {
+		return fmt.Errorf("--out %s is the store itself", out)
+	}
+	fi, err := os.Stat(out)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return fmt.Errorf("--out %s is a directory: name the file to write", out)
+	}
+	if err := store.CheckBackup(out); err != nil {
+		return fmt.Errorf("--out %s exists and is not a copy of a Sigra store, so it is not replaced: remove it first, or choose another name (%v)", out, err)
+	}
+	return nil
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

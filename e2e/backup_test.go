@@ -36,12 +36,29 @@ func TestCLIBackupAndRestore(t *testing.T) {
 	if r := backup(g.db); r.code == 0 || !strings.Contains(r.output(), "is the store itself") {
 		t.Errorf("backup over the store itself: want a refusal\n%s", r)
 	}
+	// A typo must not replace what is not an earlier copy (the key, the
+	// Caddyfile), nor write into a directory; an earlier copy is replaced.
+	if r := backup(g.caddyfile); r.code == 0 || !strings.Contains(r.output(), "is not a copy of a Sigra store, so it is not replaced") {
+		t.Errorf("backup over the Caddyfile: want a refusal\n%s", r)
+	}
+	if cf, err := os.ReadFile(g.caddyfile); err != nil || !strings.Contains(string(cf), "sigra_portal") {
+		t.Fatalf("the Caddyfile after a refused backup over it: %v", err)
+	}
+	if r := backup(t.TempDir()); r.code == 0 || !strings.Contains(r.output(), "is a directory") {
+		t.Errorf("backup into a directory: want a refusal\n%s", r)
+	}
+	if r := backup(copyPath); r.code != 0 {
+		t.Errorf("backup over an earlier copy: want it replaced\n%s", r)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(copyPath), ".sigra-backup-*")); len(left) > 0 {
+		t.Errorf("temporary copies left behind: %v", left)
+	}
 	if r := g.cli("carol's long password\n", "add", "--email", "carol@example.com", "--password-stdin"); r.code != 0 {
 		t.Fatalf("users add carol\n%s", r)
 	}
 	export := runCaddy(t, g.home, "", "sigra", "audit", "export", "--config", g.caddyfile)
-	if export.code != 0 || strings.Count(export.stdout, `"action":"admin.store.backup"`) != 1 {
-		t.Errorf("audit export: want one admin.store.backup row\n%s", export)
+	if export.code != 0 || strings.Count(export.stdout, `"action":"admin.store.backup"`) != 2 {
+		t.Errorf("audit export: want two admin.store.backup rows (the refused ones read nothing)\n%s", export)
 	}
 
 	// Restore: stop Caddy, put the copy in place of the store.

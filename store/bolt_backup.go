@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -10,14 +11,13 @@ import (
 
 // Backup writes a copy of the whole store file to w, consistent as of one
 // read transaction: writes go on meanwhile, and none is half in the copy.
-// size, if not nil, is told the copy's length before anything is written
-// (an HTTP answer can then say how long it is). It returns the bytes
-// written.
-func (b *Bolt) Backup(w io.Writer, size func(int64)) (n int64, err error) {
+// It returns the bytes written.
+//
+// The transaction lasts as long as w takes: while it is open, a write
+// that must grow the store's memory map waits, and reads wait behind
+// that write. w must be fast (a local file), never a network peer.
+func (b *Bolt) Backup(w io.Writer) (n int64, err error) {
 	err = b.db.View(func(tx *bolt.Tx) error {
-		if size != nil {
-			size(tx.Size())
-		}
 		n, err = tx.WriteTo(w)
 		return err
 	})
@@ -31,6 +31,11 @@ func (b *Bolt) Backup(w io.Writer, size func(int64)) (n int64, err error) {
 // (refusing a damaged file with ErrDamaged), and checks that it is a
 // Sigra store.
 func CheckBackup(path string) error {
+	if fi, err := os.Stat(path); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	} else if fi.Size() == 0 {
+		return fmt.Errorf("backup %s: the file is empty", path)
+	}
 	if err := checkBoltFile(path, time.Second); err != nil {
 		return err
 	}
