@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -841,28 +842,35 @@ func (l *Log) DeadDeliveries(ctx context.Context, cursor string, limit int) (Dea
 
 // A dead-list cursor is base64url(version ‖ unix nanos ‖ row uuid ‖ hook
 // id): the last delivery of its page. It grants nothing (the caller may
-// list them all anyway).
-const deadCursorVersion = 1
+// list them all anyway). The hook id is kept as the 8 bytes its hex
+// spells (WebhookConfig.ID), so every cursor that decodes names a key
+// the store can seek to.
+const (
+	deadCursorVersion = 1
+	deadCursorLen     = 1 + 8 + 16 + 8
+)
 
 func encodeDeadCursor(d Delivery) string {
-	b := []byte{deadCursorVersion}
+	b := make([]byte, 0, deadCursorLen)
+	b = append(b, deadCursorVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(d.OccurredAt.UnixNano()))
-	id, _ := uuid.Parse(d.RowID) // read from the store's key: valid
+	id, _ := uuid.Parse(d.RowID)          // read from the store's key: valid
+	hook, _ := hex.DecodeString(d.HookID) // likewise
 	b = append(b, id[:]...)
-	b = append(b, d.HookID...)
+	b = append(b, hook...)
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 func decodeDeadCursor(s string) (Delivery, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 1+8+16+1 || len(b) > 1+8+16+64 || b[0] != deadCursorVersion {
+	if err != nil || len(b) != deadCursorLen || b[0] != deadCursorVersion {
 		return Delivery{}, ErrBadCursor
 	}
 	id, _ := uuid.FromBytes(b[9:25])
 	return Delivery{
 		OccurredAt: time.Unix(0, int64(binary.BigEndian.Uint64(b[1:9]))).UTC(),
 		RowID:      id.String(),
-		HookID:     string(b[25:]),
+		HookID:     hex.EncodeToString(b[25:]),
 	}, nil
 }
 

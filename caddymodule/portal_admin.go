@@ -1,11 +1,13 @@
 package caddymodule
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -131,13 +133,16 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, page)
 	case get && path == "/audit/webhooks/dead":
-		// cursor and limit as for the timeline (its filters do not apply)
-		query, err := audit.ParseQuery(q.r.URL.Query(), q.rt.auth.Now())
+		// cursor and limit read as for the timeline, whose filters do not
+		// apply here; 500 a page unless limit says less, as the list
+		// was before it had pages.
+		v := q.r.URL.Query()
+		query, err := audit.ParseQuery(url.Values{"cursor": v["cursor"], "limit": v["limit"]}, q.rt.auth.Now())
 		if err != nil {
 			writeProblem(q.w, http.StatusBadRequest, "bad_query", err.Error())
 			return nil
 		}
-		page, err := q.rt.audit.DeadDeliveries(q.ctx(), query.Cursor, query.Limit)
+		page, err := q.rt.audit.DeadDeliveries(q.ctx(), query.Cursor, cmp.Or(query.Limit, audit.MaxLimit))
 		if badTimelineQuery(err) {
 			writeProblem(q.w, http.StatusBadRequest, "bad_query", err.Error())
 			return nil

@@ -7,6 +7,7 @@ package store
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net/http"
@@ -313,10 +314,18 @@ func TestAuditWebhookDeadReceiverFollowsTheRetrySchedule(t *testing.T) {
 	}(); !slices.Equal(paged, want) {
 		t.Errorf("paging by 7 gave %d deliveries; want the %d of the whole list, in its order", len(paged), len(want))
 	}
-	for _, bad := range []string{"x", "AQ", strings.Repeat("A", 200)} {
+	// A cursor a client made: refused unless it has a cursor's shape;
+	// any of that shape names a place in the list (no 500).
+	cursor := func(hook []byte) string {
+		return base64.RawURLEncoding.EncodeToString(append(append([]byte{1}, make([]byte, 8+16)...), hook...))
+	}
+	for _, bad := range []string{"x", "AQ", strings.Repeat("A", 200), cursor([]byte("zz")), cursor([]byte("\x00\xff\n"))} {
 		if _, err := l.DeadDeliveries(ctx, bad, 7); !errors.Is(err, audit.ErrBadCursor) {
 			t.Errorf("cursor %q: %v; want ErrBadCursor", bad, err)
 		}
+	}
+	if p, err := l.DeadDeliveries(ctx, cursor([]byte("\xff\x00\n\x01\x02\x03\x04\x05")), 7); err != nil || len(p.Deliveries) != 0 {
+		t.Errorf("a well-formed cursor before every delivery: %d deliveries, %v; want none, no error", len(p.Deliveries), err)
 	}
 
 	// Still down: a new row waits for one more probe, then joins them.
