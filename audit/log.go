@@ -164,8 +164,8 @@ func New(rows *slog.Logger, clk clock.Clock, st Store, opts Options) (*Log, erro
 // ctx only keeps a row out: if it has ended, or ends while the row waits
 // for room in the queue, Record returns its error and nothing is stored.
 // Once queued, Record waits for the commit and says how it went, so an
-// error always means the row is not stored. After the commit, the row reaches the logger and subscribers
-// asynchronously, in commit order.
+// error always means the row is not stored. After the commit, the row
+// reaches the logger and subscribers asynchronously, in commit order.
 func (l *Log) Record(ctx context.Context, r Row) error {
 	_, err := l.record(ctx, r)
 	return err

@@ -88,10 +88,10 @@ type gateMatch struct {
 // while the rule promises the most specific: `@reads method GET` written
 // before `/admin/*` would make /admin/* readable by anyone. So siblings
 // that both have matchers must each be one path prefix (gatePrefix).
-// Nor may two siblings match the same requests (both without a matcher,
-// or with the same path): they are equally specific, so the one written
-// first would decide alone and the other's requirements would never
-// apply.
+// Nor may two siblings match the same requests (both without a matcher
+// or matching every path, or on the same path in any case, as Caddy
+// matches paths): they are equally specific, so the one written first
+// would decide alone and the other's requirements would never apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	sib, err := gateBlockOf(h)
 	if sib == nil || err != nil {
