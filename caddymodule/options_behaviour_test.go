@@ -82,12 +82,23 @@ func TestOptionAssertionAudience(t *testing.T) {
 	}
 }
 
+// assertionLifetime signs a new user in and returns the iat and exp of
+// the assertion the app receives.
+func assertionLifetime(t *testing.T, e *env) (iat, exp float64) {
+	t.Helper()
+	_, claims := assertionParts(t, e, signedInAssertion(t, e))
+	iat, _ = claims["iat"].(float64)
+	exp, _ = claims["exp"].(float64)
+	if iat == 0 {
+		t.Fatalf("the assertion has no iat: %v", claims)
+	}
+	return iat, exp
+}
+
 func TestOptionAssertionTTL(t *testing.T) {
 	e := startCaddy(t, "keys {\n\t\t\tassertion_ttl 90s\n\t\t}", "sigra_gate")
-	_, claims := assertionParts(t, e, signedInAssertion(t, e))
-	iat, _ := claims["iat"].(float64)
-	exp, _ := claims["exp"].(float64)
-	if iat == 0 || exp-iat != 90 {
+	iat, exp := assertionLifetime(t, e)
+	if exp-iat != 90 {
 		t.Errorf("exp-iat = %v s (iat %v, exp %v); want 90 (assertion_ttl 90s)", exp-iat, iat, exp)
 	}
 	if now := float64(time.Now().Unix()); exp < now || exp > now+91 {
@@ -411,10 +422,7 @@ func TestBootstrapAdminAudited(t *testing.T) {
 // session does.
 func TestAssertionTTLFollowsShorterIdle(t *testing.T) {
 	e := startCaddy(t, "session {\n\t\t\tidle 1m\n\t\t}\n\t\tkeys {\n\t\t\tassertion_ttl 5m\n\t\t}", "sigra_gate")
-	_, claims := assertionParts(t, e, signedInAssertion(t, e))
-	iat, _ := claims["iat"].(float64)
-	exp, _ := claims["exp"].(float64)
-	if iat == 0 || exp-iat != 60 {
+	if iat, exp := assertionLifetime(t, e); exp-iat != 60 {
 		t.Errorf("exp-iat = %v s; want 60 (idle 1m, shorter than assertion_ttl 5m)", exp-iat)
 	}
 	for _, c := range []struct {
