@@ -185,6 +185,11 @@ func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what str
 		}
 		panic(http.ErrAbortHandler)
 	}
+	if err != nil {
+		// Nothing sent: Caddy answers with the error, whose length is
+		// not the one write may have announced.
+		w.Header().Del("Content-Length")
+	}
 	return err
 }
 
