@@ -177,6 +177,14 @@ func (ln *lane) reset() {
 	ln.mu.Unlock()
 }
 
+// clearFailedPasses starts the count of failed passes again: one went
+// through, or an operator replayed the webhook's deliveries.
+func (ln *lane) clearFailedPasses() {
+	ln.mu.Lock()
+	ln.failedPasses = 0
+	ln.mu.Unlock()
+}
+
 func newSender(l *Log, o DeliveryOptions) *sender {
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
@@ -384,9 +392,7 @@ func (s *sender) step(ctx context.Context, ln *lane) (next time.Time, again, idl
 		return until, false, false
 	}
 	if !held { // a pass ran, and went through
-		ln.mu.Lock()
-		ln.failedPasses = 0
-		ln.mu.Unlock()
+		ln.clearFailedPasses()
 	}
 	now := s.l.clk.Now()
 	if until := ln.blockedUntil(); now.Before(until) {
@@ -917,9 +923,7 @@ func (s *sender) replayed(hookID string) {
 	}
 	for _, ln := range lanes {
 		ln.reset()
-		ln.mu.Lock()
-		ln.failedPasses = 0
-		ln.mu.Unlock()
+		ln.clearFailedPasses()
 		ln.poke()
 	}
 }
