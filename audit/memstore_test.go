@@ -37,6 +37,14 @@ type deliveryKey struct {
 	pos  Position
 }
 
+// locked runs f under the store's lock: for a test changing what the
+// store does while a Log uses it.
+func (m *memStore) locked(f func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f()
+}
+
 func newMemStore() *memStore {
 	return &memStore{rows: map[Position]Row{}, pending: map[deliveryKey]Delivery{}, dead: map[deliveryKey]Delivery{}}
 }

@@ -680,9 +680,7 @@ func TestWebhookPassSettlesInOneCommit(t *testing.T) {
 		mustRecord(t, l, sampleRow("auth.logout"))
 	}
 
-	st.mu.Lock()
-	st.failSettle = errors.New("disk full")
-	st.mu.Unlock()
+	st.locked(func() { st.failSettle = errors.New("disk full") })
 	if _, err := l.DeliverDue(ctx); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("DeliverDue with a failing commit: %v; want the store's error", err)
 	}
@@ -693,9 +691,7 @@ func TestWebhookPassSettlesInOneCommit(t *testing.T) {
 		t.Fatalf("after a failed commit: Stats %+v; want all 10 still pending and none counted delivered", s)
 	}
 
-	st.mu.Lock()
-	st.failSettle, st.settles = nil, 0
-	st.mu.Unlock()
+	st.locked(func() { st.failSettle, st.settles = nil, 0 })
 	if n, err := l.DeliverDue(ctx); err != nil || n != 10 {
 		t.Fatalf("DeliverDue = %d, %v; want 10", n, err)
 	}
@@ -725,9 +721,7 @@ func TestWebhookFailedPassesBackOff(t *testing.T) {
 	for range 10 {
 		mustRecord(t, l, sampleRow("auth.logout"))
 	}
-	st.mu.Lock()
-	st.failSettle = errors.New("no space left on device")
-	st.mu.Unlock()
+	st.locked(func() { st.failSettle = errors.New("no space left on device") })
 	sent := func() int {
 		n := 0
 		for {
@@ -757,9 +751,7 @@ func TestWebhookFailedPassesBackOff(t *testing.T) {
 		}
 		ft.Advance(next.Sub(ft.Now()))
 	}
-	st.mu.Lock()
-	st.failSettle = nil
-	st.mu.Unlock()
+	st.locked(func() { st.failSettle = nil })
 	if _, again, idle := l.sender.step(ctx, ln); again || !idle {
 		t.Errorf("a pass that goes through: again %v, idle %v; want everything delivered", again, idle)
 	}
@@ -770,9 +762,7 @@ func TestWebhookFailedPassesBackOff(t *testing.T) {
 		t.Errorf("the lane is still held until %v after a pass went through", until)
 	}
 	// and the next failure starts from the shortest hold again.
-	st.mu.Lock()
-	st.failSettle = errors.New("no space left on device")
-	st.mu.Unlock()
+	st.locked(func() { st.failSettle = errors.New("no space left on device") })
 	mustRecord(t, l, sampleRow("auth.logout"))
 	if next, _, _ := l.sender.step(ctx, ln); next.Sub(ft.Now()) > 2*time.Second {
 		t.Errorf("the first failed pass after one that went through: held for %v; want at most 2s", next.Sub(ft.Now()))
@@ -854,9 +844,7 @@ func TestStatsKeepsCountersWhenTheStoreFails(t *testing.T) {
 	if _, err := l.DeliverDue(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st.mu.Lock()
-	st.failStats = errBoom
-	st.mu.Unlock()
+	st.locked(func() { st.failStats = errBoom })
 	s, err := l.Stats(ctx)
 	if !errors.Is(err, errBoom) {
 		t.Errorf("Stats with the outbox unreadable: %v; want the store's error", err)
