@@ -51,7 +51,12 @@ func handleAdminBackup(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return 0, fmt.Errorf("backup: %w", err)
 		}
-		defer os.Remove(f.Name())
+		// Unnamed from the start where the system allows it (the open
+		// file stays readable): a Caddy that dies mid-copy leaves no copy
+		// of the password hashes behind it.
+		if os.Remove(f.Name()) != nil {
+			defer os.Remove(f.Name())
+		}
 		defer f.Close()
 		size, err := backupStore(r.Context(), rt, f, r)
 		if err == nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -69,6 +70,11 @@ func TestBackupStalledClientHoldsNothingUp(t *testing.T) {
 	head := make([]byte, 12)
 	if _, err := conn.Read(head); err != nil || !strings.HasPrefix(string(head), "HTTP/1.1 200") {
 		t.Fatalf("the backup's answer: %q, %v", head, err)
+	}
+	// The copy being read out has no name beside the store: a Caddy that
+	// died now would leave no copy of the password hashes there.
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(e.store()), ".sigra-backup-*")); len(left) > 0 {
+		t.Errorf("while the copy is read out, it has a name beside the store: %v", left)
 	}
 
 	// Writes past the map's end: audit rows, as sign-ins write.
