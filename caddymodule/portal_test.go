@@ -23,7 +23,7 @@ import (
 
 func TestLoginAndLogout(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
-	e.addUser("dora@example.com")
+	dora := e.addUser("dora@example.com")
 
 	t.Run("wrong password and unknown user get the same answer", func(t *testing.T) {
 		r1 := e.login("dora@example.com", "wrong password!", "/")
@@ -91,8 +91,17 @@ func TestLoginAndLogout(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.Contains(page, `data-sigra="logout-form"`) {
 			t.Fatalf("GET logout: status %d; want the confirm form", resp.StatusCode)
 		}
-		if r, _ := e.postForm("/.sigra/logout", url.Values{}, nil); r.StatusCode != http.StatusForbidden {
-			t.Errorf("logout without CSRF: status %d; want 403", r.StatusCode)
+		good := csrfFrom(t, page)
+		tampered := []byte(good)
+		tampered[len(tampered)/2] ^= 1
+		for name, form := range map[string]url.Values{
+			"no token":                {},
+			"tampered token":          {"csrf_token": {string(tampered)}},
+			"another session's token": {"csrf_token": {otherSessionCSRF(t, e, dora)}},
+		} {
+			if r, _ := e.postForm("/.sigra/logout", form, nil); r.StatusCode != http.StatusForbidden {
+				t.Errorf("logout, %s: status %d; want 403", name, r.StatusCode)
+			}
 		}
 		if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, map[string]string{"Origin": "https://evil.example"}); r.StatusCode != http.StatusForbidden {
 			t.Errorf("cross-origin logout: status %d; want 403", r.StatusCode)

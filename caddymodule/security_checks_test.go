@@ -221,6 +221,21 @@ func TestAdminAPIRefusesCrossOriginWithValidToken(t *testing.T) {
 			t.Errorf("%s: status %d body %s; want 403 reason csrf", name, code, body)
 		}
 	}
+	// Same origin, with a token that is not this session's.
+	tampered := []byte(tok)
+	tampered[len(tampered)/2] ^= 1
+	root, _ := e.rt().store.UserByEmail(context.Background(), "root@example.com")
+	for name, bad := range map[string]string{
+		"tampered token":          string(tampered),
+		"another session's token": otherSessionCSRF(t, e, root),
+		"a token for no session":  e.rt().csrf.Token(""),
+		"no token":                "",
+	} {
+		code, body := e.adminCall(http.MethodPost, path, map[string]string{"X-CSRF-Token": bad, "Sec-Fetch-Site": "same-origin"})
+		if code != http.StatusForbidden || problemReason(body) != "csrf" {
+			t.Errorf("same origin, %s: status %d body %s; want 403 reason csrf", name, code, body)
+		}
+	}
 	if u, _ := e.rt().store.UserByID(context.Background(), target.ID); u == nil || u.Disabled {
 		t.Fatal("a cross-origin request disabled the user")
 	}
