@@ -90,6 +90,8 @@ type Service struct {
 	// hashSlots bounds concurrent argon2id checks: each allocates
 	// Argon2.Memory, so a flood of sign-in posts must queue, not OOM.
 	hashSlots chan struct{}
+	// hashChecks counts the argon2id checks run.
+	hashChecks atomic.Uint64
 
 	touchMu sync.Mutex
 	touched map[SessionID]time.Time
@@ -345,8 +347,15 @@ func (s *Service) verify(ctx context.Context, hash, password string) (bool, erro
 		return false, ErrBusy
 	}
 	defer func() { <-s.hashSlots }()
+	s.hashChecks.Add(1)
 	return VerifyPassword(hash, password), nil
 }
+
+// PasswordChecks returns how many argon2id password checks have run: one
+// per CheckPassword, whether the account exists, has a password, is
+// disabled or is banned; none for an attempt refused for the client's
+// address (CheckPasswordFor) or one that found every slot busy.
+func (s *Service) PasswordChecks() uint64 { return s.hashChecks.Load() }
 
 // StartSession creates a new session for u after the given methods
 // passed. It is always a new id (no fixation). If u has a second factor

@@ -83,6 +83,14 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	}
 	collectors := []prometheus.Collector{
 		m.logins, m.gateDecisions, m.gateDuration, m.auditAppend,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sigra_password_checks_total", Help: "Password hashes checked (argon2id, each taking its configured memory and time): one per password typed, for unknown and banned accounts too.",
+		}, func() float64 {
+			if rt := a.life.rt.Load(); rt != nil {
+				return float64(rt.auth.PasswordChecks())
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_sessions_active", Help: "Sessions in the store, including those awaiting a second factor and those ended but not yet pruned (read at most every 5s).",
 		}, sessions.value),

@@ -44,6 +44,7 @@ func TestMetricsExistAndMove(t *testing.T) {
 		"sigra_logins_total", "sigra_gate_decisions_total", "sigra_gate_duration_seconds",
 		"sigra_audit_append_seconds", "sigra_sessions_active", "sigra_webhook_outbox_depth",
 		"sigra_webhook_failures_total", "sigra_webhook_dead_deliveries", "sigra_webhooks_down",
+		"sigra_password_checks_total",
 	} {
 		if !strings.Contains(body, "# HELP "+name+" ") {
 			t.Errorf("%s is not on /metrics", name)
@@ -61,6 +62,7 @@ func TestMetricsExistAndMove(t *testing.T) {
 		{`sigra_gate_duration_seconds_count`, 4},
 		{`sigra_audit_append_seconds_count`, 2},
 		{`sigra_sessions_active`, 1},
+		{`sigra_password_checks_total`, 2},
 	}
 	for _, c := range checks {
 		if v := scrape(t, e, c.series); v < c.min {
