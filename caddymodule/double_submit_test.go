@@ -168,6 +168,9 @@ func TestChangePasswordSessionEndedMeanwhile(t *testing.T) {
 	}
 	unlock()
 	<-done
+	if resp == nil {
+		t.Fatal("the password change got no answer (its error is above)")
+	}
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "password is unchanged") {
 		t.Errorf("status %d; want 401, unchanged\n%s", resp.StatusCode, body)
 	}
@@ -344,9 +347,16 @@ func TestMFAFailureWaitsOutsideTheLock(t *testing.T) {
 	good := e.browser()
 	good.login("w@example.com", testPassword, "/")
 	done := make(chan int, 1)
-	go func() { done <- good.secondFactor("code", refTOTP(t, secret, fake.Now())).StatusCode }()
+	go func() {
+		status := 0 // no answer: the harness failed the test, saying why
+		defer func() { done <- status }()
+		status = good.secondFactor("code", refTOTP(t, secret, fake.Now())).StatusCode
+	}()
 	select {
 	case status := <-done:
+		if status == 0 {
+			t.Fatal("the owner's code got no answer (its error is above)")
+		}
 		if status != http.StatusSeeOther {
 			t.Errorf("the owner's right code: status %d; want 303", status)
 		}

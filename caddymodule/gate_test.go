@@ -539,3 +539,31 @@ func TestGateValidateChecksAMR(t *testing.T) {
 		}
 	}
 }
+
+// The gate sets Caddy's {http.auth.user.id} and {http.auth.user.email}
+// placeholders, as Caddy's own authentication handler does, for
+// reverse_proxy's header_up and for logs.
+func TestGateSetsAuthPlaceholders(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("pia@example.com")
+	addr := e.up.Listener.Addr().String()
+	cf := strings.Replace(e.config, "reverse_proxy "+addr+"\n",
+		"reverse_proxy "+addr+" {\n\t\theader_up X-Id {http.auth.user.id}\n\t\theader_up X-Mail {http.auth.user.email}\n\t}\n", 1)
+	if cf == e.config {
+		t.Fatal("the test config has no reverse_proxy line to extend")
+	}
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	e.mustLogin("pia@example.com")
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Fatalf("status %d; want 200", r.StatusCode)
+	}
+	h, _ := e.up.last()
+	if got := h.Get("X-Id"); got != u.ID {
+		t.Errorf("{http.auth.user.id} upstream: %q; want %q", got, u.ID)
+	}
+	if got := h.Get("X-Mail"); got != "pia@example.com" {
+		t.Errorf("{http.auth.user.email} upstream: %q; want pia@example.com", got)
+	}
+}

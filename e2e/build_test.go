@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestListModules: the binary built from xcaddy.json has the pinned Caddy
@@ -111,8 +110,8 @@ func assertNoStore(t *testing.T, dir string) {
 }
 
 // TestValidateWhileRunning: `caddy validate` opens nothing, so it works on
-// the config of a running Caddy that holds the store's lock, without
-// waiting for the lock and without disturbing the running process.
+// the config of a running Caddy that holds the store's lock (opening it
+// would fail, locked) without disturbing the running process.
 func TestValidateWhileRunning(t *testing.T) {
 	t.Parallel()
 	g := newGateway(t, gatewayOptions{})
@@ -121,9 +120,6 @@ func TestValidateWhileRunning(t *testing.T) {
 	r := runCaddy(t, g.home, "", "validate", "--config", g.caddyfile, "--adapter", "caddyfile")
 	if r.code != 0 || !strings.Contains(r.output(), "Valid configuration") {
 		t.Fatalf("validate while Caddy runs on the same store failed\n%s\n%s", r, g.logs())
-	}
-	if r.elapsed > 5*time.Second {
-		t.Errorf("validate took %s: it should not wait for the store lock", r.elapsed)
 	}
 	waitHealthy(t, g.proc, g.base+"/.sigra/healthz")
 

@@ -16,7 +16,6 @@ func TestLockedStoreAtStart(t *testing.T) {
 
 	// Its own home, admin and site ports; the same bbolt file.
 	second := newGateway(t, gatewayOptions{dbPath: first.db})
-	start := time.Now()
 	p := startProc(t, second.home, second.caddyfile)
 	code := p.wait(10 * time.Second)
 	if code == -1 {
@@ -24,9 +23,6 @@ func TestLockedStoreAtStart(t *testing.T) {
 	}
 	if code == 0 {
 		t.Errorf("the second Caddy exited 0 on a locked store; want non-zero\n%s", p.logs())
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("the second Caddy took %s to give up; want a few seconds at most", d)
 	}
 	out := readable(p.out.String())
 	if !strings.Contains(out, first.db) || !strings.Contains(out, "locked") {

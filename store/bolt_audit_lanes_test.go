@@ -31,6 +31,8 @@ type laneReceiver struct {
 	arrived  chan string  // the event id of every request, as it comes in
 	answered atomic.Int64 // requests answered
 	ended    atomic.Int64 // requests over, answered or not
+	inFlight atomic.Int64
+	maxIn    atomic.Int64 // the most requests in flight at once
 }
 
 func newLaneReceiver(t *testing.T, status int, gate <-chan struct{}) *laneReceiver {
@@ -39,6 +41,10 @@ func newLaneReceiver(t *testing.T, status int, gate <-chan struct{}) *laneReceiv
 	rc.status.Store(int64(status))
 	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer rc.ended.Add(1)
+		n := rc.inFlight.Add(1)
+		defer rc.inFlight.Add(-1)
+		for m := rc.maxIn.Load(); n > m && !rc.maxIn.CompareAndSwap(m, n); m = rc.maxIn.Load() {
+		}
 		_, _ = io.Copy(io.Discard, r.Body)
 		rc.arrived <- r.Header.Get(audit.EventIDHeader)
 		if gate != nil {
@@ -223,6 +229,10 @@ func TestAuditWebhookSlowReceiverDoesNotSetOthersLatency(t *testing.T) {
 			t.Fatalf("the slow receiver got %s; want one of the recorded rows", id)
 		}
 		got[id] = true
+	}
+	// One request at a time on the slow one's lane, its wait included.
+	if m := slow.maxIn.Load(); m != 1 {
+		t.Errorf("the slow receiver had %d requests in flight at once; want 1", m)
 	}
 	// Counted once the pass that made them has committed.
 	for deadline := time.Now().Add(auditWait); ; time.Sleep(time.Millisecond) { // polling a counter, not timing the test

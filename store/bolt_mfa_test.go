@@ -211,31 +211,47 @@ func TestTOTPSecretSealedAtRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	key, _ := base32.StdEncoding.WithPadding(base32.NoPadding).DecodeString(en.Secret)
+	secrets := map[string][]byte{"the TOTP secret": []byte(en.Secret), "the TOTP key": key}
+	// check finds no secret anywhere in the store: any bucket, key or
+	// value.
 	check := func(when string) {
 		t.Helper()
-		err := e.st.db.View(func(tx *bolt.Tx) error {
-			for _, name := range append(slices.Clone(mfaBuckets), bktUsers) {
-				err := bucket(tx, name).ForEach(func(k, v []byte) error {
-					if bytes.Contains(v, []byte(en.Secret)) || bytes.Contains(v, key) {
-						t.Errorf("%s: bucket %s holds the secret in the clear", when, name)
-					}
-					return nil
-				})
-				if err != nil {
-					return err
+		var walk func(path string, b *bolt.Bucket) error
+		walk = func(path string, b *bolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error {
+				if v == nil {
+					return walk(path+"/"+string(k), b.Bucket(k))
 				}
-			}
-			return nil
+				for what, s := range secrets {
+					if bytes.Contains(k, s) || bytes.Contains(v, s) {
+						t.Errorf("%s: %s is in the clear in %s", when, what, path)
+					}
+				}
+				return nil
+			})
+		}
+		err := e.st.db.View(func(tx *bolt.Tx) error {
+			return tx.ForEach(func(name []byte, b *bolt.Bucket) error { return walk(string(name), b) })
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	check("pending")
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
+	codes, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now()))
+	if err != nil {
 		t.Fatal(err)
 	}
+	// The recovery codes are stored hashed: neither as shown nor as typed
+	// without dashes.
+	for i, c := range codes {
+		secrets[fmt.Sprintf("recovery code %d", i)] = []byte(c)
+		secrets[fmt.Sprintf("recovery code %d without dashes", i)] = []byte(strings.ReplaceAll(c, "-", ""))
+	}
 	check("confirmed")
+	if n := len(secrets); n != 2+2*authcore.RecoveryCodeCount {
+		t.Fatalf("checked %d secrets; want the TOTP secret, its key and %d recovery codes in two forms", n, authcore.RecoveryCodeCount)
+	}
 
 	// Another encryption key cannot read it, and says so instead of
 	// calling the code wrong.
@@ -600,6 +616,14 @@ func TestTOTPLocksAfterWrongCodesInARow(t *testing.T) {
 	}
 	if after, _ := e.st.TOTP(e.ctx, u.ID); after.LastStep != before.LastStep || after.Failures != before.Failures {
 		t.Error("a refused code on a locked app changed its record")
+	}
+	// A wrong code on a locked app is refused as locked, and counts no
+	// further.
+	if err := verify(wrongTOTP(t, secret, e.clk.Now())); !errors.Is(err, authcore.ErrTOTPLocked) || errors.Is(err, authcore.ErrInvalidCode) {
+		t.Fatalf("wrong code on a locked app: %v; want ErrTOTPLocked alone", err)
+	}
+	if after, _ := e.st.TOTP(e.ctx, u.ID); after.Failures != before.Failures {
+		t.Errorf("a wrong code on a locked app took its failures from %d to %d", before.Failures, after.Failures)
 	}
 
 	// A recovery code opens it.
