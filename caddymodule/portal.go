@@ -319,20 +319,38 @@ func (q *preq) loginSubmit() error {
 	if err := att.Succeed(q.ctx(), true); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	// A new session at every sign-in; the old one, if any, ends.
-	if old, _ := q.session(); old != nil {
-		_, _ = q.rt.auth.EndSession(q.ctx(), old.Session.ID)
+	// A new session at every sign-in; the old one, if any, ends: signed
+	// out, as the row says, before anyone is signed in anew.
+	old, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if old != nil {
+		ended, err := q.rt.auth.EndSession(q.ctx(), old.Session.ID)
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if ended {
+			if err := q.audit(event{action: "auth.logout", actor: old.User.ID, subject: old.User.ID, outcome: "success",
+				meta: map[string]string{"reason": "signed_in_again"}}); err != nil {
+				return err
+			}
+		}
 	}
 	token, sess, err := q.rt.auth.StartSession(q.ctx(), u, []string{authcore.AMRPassword},
 		authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent()})
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	target := q.rd()
+	// The right password is a row even when a second factor is still
+	// due: a password that works is what an operator must learn of.
+	target, row := q.rd(), event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
+		meta: map[string]string{"method": "password"}}
 	if sess.Pending {
 		target = q.p.app.Prefix + "/mfa?rd=" + url.QueryEscape(target)
-	} else if err := q.auditOrEnd(sess.ID, event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
-		meta: map[string]string{"method": "password"}}); err != nil {
+		row.action = "auth.login.pending"
+	}
+	if err := q.auditOrEnd(sess.ID, row); err != nil {
 		return err
 	}
 	q.setSessionCookie(token)
