@@ -161,6 +161,17 @@ func (q *preq) mfaSubmit() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	token, sess, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, amr)
+	if errors.Is(err, authcore.ErrNoSession) {
+		// Ended meanwhile (revoked, or expired): the code was right,
+		// but nobody is signed in by it.
+		failed.meta["reason"] = "session_ended"
+		if err := q.audit(failed); err != nil {
+			return err
+		}
+		q.clearSessionCookie()
+		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
+		return nil
+	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -284,6 +295,16 @@ func (q *preq) totpSubmit() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	token, sess, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, authcore.AMROTP)
+	if errors.Is(err, authcore.ErrNoSession) {
+		// Signed out or revoked meanwhile: nobody saw the recovery codes,
+		// so the app is not set up after all.
+		if rerr := q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID); rerr != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, rerr)
+		}
+		q.clearSessionCookie()
+		return q.message(http.StatusUnauthorized, "Signed out",
+			"Your session ended before the set-up finished, so nothing was set up: remove the entry from your app, sign in, and set it up again.", q.p.app.Prefix+"/login")
+	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}

@@ -470,6 +470,10 @@ func (q *preq) logoutSubmit() error {
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/logout")
 	}
+	// Not in the middle of a second-factor step or a password change of
+	// the same session: either ends before the other starts.
+	unlock := accountChange.lock(p.User.ID)
+	defer unlock()
 	ended, err := q.rt.auth.EndSession(q.ctx(), p.Session.ID)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -57,5 +58,74 @@ func TestSignInAgainEndsTheOldSessionWithARow(t *testing.T) {
 	e.mustLogin("ann@example.com")
 	if n := len(e.auditRows("auth.logout")); n != 1 {
 		t.Errorf("%d auth.logout rows after signing in over an ended session; want still 1", n)
+	}
+}
+
+// Sign-out waits for a second-factor step (or a password change) of the
+// same user that is under way, instead of ending the session between
+// the step's checks and its new session.
+func TestLogoutWaitsForAStepUnderWay(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("lou@example.com")
+	e.mustLogin("lou@example.com")
+	_, page := e.get("/.sigra/logout", nil)
+	unlock := accountChange.lock(u.ID) // as a second-factor step holds it
+	done := make(chan int, 1)
+	go func() {
+		status := 0 // no answer: the harness failed the test, saying why
+		defer func() { done <- status }()
+		r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, nil)
+		status = r.StatusCode
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !accountChange.waiting(u.ID); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			unlock()
+			t.Fatal("the sign-out did not wait for the step under way")
+		}
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Errorf("while the sign-out waits: status %d; want the session still on (200)", r.StatusCode)
+	}
+	unlock()
+	if status := <-done; status != http.StatusSeeOther {
+		t.Fatalf("sign-out: status %d; want 303", status)
+	}
+	if r, _ := e.get("/x", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("after sign-out: status %d; want 401", r.StatusCode)
+	}
+}
+
+// An authenticator app confirmed by a session that ended meanwhile is
+// not set up: nobody saw its recovery codes.
+func TestTOTPEnrolmentSessionEndedMeanwhile(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("eli@example.com")
+	e.mustLogin("eli@example.com")
+	_, page := e.get("/.sigra/account/totp", nil)
+	m := totpSecret.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no secret on the enrol page")
+	}
+	// Ended in the store behind the session cache's back, which is how
+	// a revocation landing between the form's checks and its last step
+	// looks to that step.
+	p, err := e.rt().auth.Authenticate(context.Background(), e.sessionCookie())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rt().store.DeleteSession(context.Background(), p.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	r, body := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)},
+		"code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}}, nil)
+	if r.StatusCode != http.StatusUnauthorized || strings.Contains(body, `data-sigra="recovery-codes"`) {
+		t.Fatalf("status %d; want 401 and no recovery codes\n%s", r.StatusCode, body)
+	}
+	if has, _ := e.rt().auth.HasTOTP(context.Background(), u.ID); has {
+		t.Error("the authenticator app is set up, though nobody saw its recovery codes")
+	}
+	if n := len(e.auditRows("mfa.totp.enrolled")); n != 0 {
+		t.Errorf("%d mfa.totp.enrolled rows; want 0", n)
 	}
 }
