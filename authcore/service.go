@@ -466,12 +466,7 @@ func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now ti
 	if err != nil {
 		return nil, fmt.Errorf("reading session user: %w", err)
 	}
-	if u.SecondFactor && !sess.MFA() {
-		// A session started before the user enrolled a second factor is
-		// pending like a password-only sign-in after it: enrolling in one
-		// browser must not leave a stolen session in another signed in.
-		sess.Pending = true
-	}
+	sess.Pending = sess.PendingFor(u)
 	p := newPrincipal(sess, u, now)
 	if old != nil {
 		if seen := old.lastSeen.Load(); seen > p.lastSeen.Load() {

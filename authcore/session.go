@@ -123,6 +123,11 @@ func (s *Session) HasAMR(m string) bool { return slices.Contains(s.AMR, m) }
 // MFA reports whether a second factor has passed in this session.
 func (s *Session) MFA() bool { return !s.MFAAt.IsZero() && s.HasAMR(AMRMFA) }
 
+// PendingFor reports whether the session awaits a second factor from u,
+// its user: stored pending, or started before u enrolled one (enrolling
+// in one browser must not leave a stolen session in another signed in).
+func (s *Session) PendingFor(u *User) bool { return s.Pending || u.SecondFactor && !s.MFA() }
+
 // Expired reports whether the session is over at now, by the absolute
 // lifetime or by idling longer than idle.
 func (s *Session) Expired(now time.Time, idle time.Duration) bool {

@@ -181,7 +181,8 @@ func (q *preq) adminRoute(path string) error {
 		return writeJSON(q.w, viewUser(u))
 	case get && len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
 		// No such user is 404, as for users/<id>, not an empty list.
-		if _, err := q.rt.store.UserByID(q.ctx(), parts[1]); err != nil {
+		u, err := q.rt.store.UserByID(q.ctx(), parts[1])
+		if err != nil {
 			return q.adminError(err)
 		}
 		sessions, err := q.rt.store.UserSessions(q.ctx(), parts[1])
@@ -190,7 +191,7 @@ func (q *preq) adminRoute(path string) error {
 		}
 		out := make([]sessionView, 0, len(sessions))
 		for _, s := range sessions {
-			out = append(out, viewSession(s))
+			out = append(out, viewSession(s, u))
 		}
 		return writeJSON(q.w, map[string]any{"sessions": out})
 	case post && len(parts) == 3 && parts[0] == "users" && adminUserOps[parts[2]]:
@@ -327,9 +328,10 @@ type sessionView struct {
 	UserAgent string    `json:"user_agent"`
 }
 
-func viewSession(s *authcore.Session) sessionView {
+// viewSession shows s, a session of u, pending as the gate treats it.
+func viewSession(s *authcore.Session, u *authcore.User) sessionView {
 	return sessionView{ID: s.ID.String(), UserID: s.UserID, CreatedAt: s.CreatedAt, LastSeen: s.LastSeen,
-		ExpiresAt: s.ExpiresAt, AMR: s.AMR, Pending: s.Pending, IP: s.IP, UserAgent: s.UserAgent}
+		ExpiresAt: s.ExpiresAt, AMR: s.AMR, Pending: s.PendingFor(u), IP: s.IP, UserAgent: s.UserAgent}
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {

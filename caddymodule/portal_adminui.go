@@ -222,7 +222,7 @@ func (q *preq) adminUser(p *authcore.Principal, id string) error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	for _, s := range sessions {
-		d.Sessions = append(d.Sessions, viewSession(s))
+		d.Sessions = append(d.Sessions, viewSession(s, u))
 	}
 	return q.adminPage(p, http.StatusOK, "admin_user", u.Email, d)
 }

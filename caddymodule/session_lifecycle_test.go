@@ -129,3 +129,26 @@ func TestTOTPEnrolmentSessionEndedMeanwhile(t *testing.T) {
 		t.Errorf("%d mfa.totp.enrolled rows; want 0", n)
 	}
 }
+
+// The admin's view of a session says pending as the gate treats it: a
+// password-only session of a user who has since set up a second factor
+// awaits one.
+func TestAdminSessionListShowsPendingAsTheGateDoes(t *testing.T) {
+	e, target := startAsAdmin(t)
+	_, tok := mustSession(t, e, target) // before the second factor
+	enrolTOTPFor(t, e, target)
+	if got := e.statusAs(tok, "/x"); got != http.StatusUnauthorized {
+		t.Fatalf("the older password-only session at the gate: status %d; want 401 (pending)", got)
+	}
+	code, body := e.adminCall(http.MethodGet, "/users/"+target.ID+"/sessions", nil)
+	if code != 200 {
+		t.Fatalf("sessions: status %d body %s", code, body)
+	}
+	if !strings.Contains(body, `"amr":["pwd"],"pending":true`) {
+		t.Errorf("sessions %s; want the password-only one pending", body)
+	}
+	_, page := e.get("/.sigra/admin/users/"+target.ID, nil)
+	if !strings.Contains(page, "pwd (second factor pending)") {
+		t.Errorf("the admin user page does not show the password-only session pending")
+	}
+}
