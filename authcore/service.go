@@ -76,6 +76,9 @@ func (c *Config) setDefaults() {
 type ClientMeta struct {
 	IP        string
 	UserAgent string
+	// Host is the request's host (a Host header, port and all): the
+	// session is valid on that host name alone.
+	Host string
 }
 
 // Service is the user and session core. It is safe for concurrent use.
@@ -365,7 +368,7 @@ func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta 
 	token, id := NewToken()
 	sess := &Session{
 		ID: id, UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
-		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256),
+		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256), Host: NormalizeHost(meta.Host),
 		UserEpoch: u.SessionEpoch, // as read when the credential was checked
 	}
 	if sess.HasAMR(AMRMFA) {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -115,6 +116,37 @@ type Session struct {
 	// UserEpoch is the user's SessionEpoch when the session started; the
 	// session is valid only while the two are equal.
 	UserEpoch uint64 `json:"user_epoch,omitempty"`
+	// Host is the host name (lower case, no port) of the site the
+	// session was started on, where alone it is valid (see OnHost).
+	Host string `json:"host,omitempty"`
+}
+
+// OnHost reports whether the session is valid on a request for hostport
+// (a Host header): on its own site's host name, whatever the port, as
+// browsers send one host's cookies to all its ports. A session a leaked
+// cookie carries to another site of the same gateway is not signed in
+// there. A session stored without a host is valid on any.
+func (s *Session) OnHost(hostport string) bool {
+	return s.Host == "" || strings.EqualFold(s.Host, hostName(hostport))
+}
+
+// NormalizeHost returns the host name of hostport as a session keeps it:
+// lower case, without the port, an IPv6 literal's brackets or a final
+// dot.
+func NormalizeHost(hostport string) string { return strings.ToLower(hostName(hostport)) }
+
+// hostName is hostport without its port, an IPv6 literal's brackets or
+// a final dot.
+func hostName(hostport string) string {
+	h := hostport
+	if strings.HasPrefix(h, "[") {
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			h = h[1:i]
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.IndexByte(h, ':') == i {
+		h = h[:i]
+	}
+	return strings.TrimSuffix(h, ".")
 }
 
 // HasAMR reports whether the session used method m.

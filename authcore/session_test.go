@@ -213,3 +213,35 @@ func TestSessionCloneIsDeep(t *testing.T) {
 		t.Errorf("original AMR = %q after changing the clone; want %q", s.AMR, []string{AMRPassword})
 	}
 }
+
+func TestSessionOnHost(t *testing.T) {
+	for _, tc := range []struct {
+		stored, request string
+		want            bool
+	}{
+		{"app.example.com", "app.example.com", true},
+		{"app.example.com", "app.example.com:8443", true}, // one host's ports share cookies
+		{"app.example.com", "APP.Example.com.", true},
+		{"app.example.com", "admin.example.com", false},
+		{"app.example.com", "example.com", false},
+		{"app.example.com", "app.example.com.evil.test", false},
+		{"app.example.com", "", false},
+		{"127.0.0.1", "127.0.0.1:8080", true},
+		{"127.0.0.1", "localhost:8080", false},
+		{"::1", "[::1]:8443", true},
+		{"::1", "[::2]:8443", false},
+		{"", "anything.example", true}, // stored before sessions kept their host
+	} {
+		s := &Session{Host: tc.stored}
+		if got := s.OnHost(tc.request); got != tc.want {
+			t.Errorf("session of %q on %q: %v; want %v", tc.stored, tc.request, got, tc.want)
+		}
+	}
+	for in, want := range map[string]string{
+		"App.Example.com:443": "app.example.com", "[::1]:80": "::1", "example.com.": "example.com", "127.0.0.1": "127.0.0.1",
+	} {
+		if got := NormalizeHost(in); got != want {
+			t.Errorf("NormalizeHost(%q) = %q; want %q", in, got, want)
+		}
+	}
+}

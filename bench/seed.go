@@ -75,6 +75,7 @@ func seedStore(ctx context.Context, path string, n int, extras bool) (*seeded, e
 			AuthTime:  now,
 			AMR:       amr,
 			MFAAt:     mfaAt,
+			Host:      "127.0.0.1", // every site's, as a sign-in there stores it
 		}
 	}
 	s.Tokens.data = make([]byte, 0, n*48)

@@ -280,9 +280,13 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			d.settle(m, m.gateDecisions.WithLabelValues("error", "storage"), 0, false)
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
-		if p != nil && p.Session.Pending {
+		switch {
+		case p == nil:
+		case !p.Session.OnHost(requestHost(r)):
+			// Another site's session (its cookie carried here): none.
+		case p.Session.Pending:
 			d.pending = true
-		} else {
+		default:
 			d.p = p
 		}
 	}

@@ -49,11 +49,13 @@ func BenchmarkGateSignedIn(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			token, sess, err := rt.auth.StartSession(ctx, u, []string{authcore.AMRPassword, authcore.AMROTP, authcore.AMRMFA}, authcore.ClientMeta{})
+			token, sess, err := rt.auth.StartSession(ctx, u, []string{authcore.AMRPassword, authcore.AMROTP, authcore.AMRMFA}, authcore.ClientMeta{Host: "app.example.com"})
 			if err != nil {
 				b.Fatal(err)
 			}
-			_ = sess
+			if sess.Host != "app.example.com" {
+				b.Fatalf("session host %q; want the request's, so that the gate checks it", sess.Host)
+			}
 			g := bc.gate
 			g.app, g.logger, g.origins = a, zap.NewNop(), new(originCache)
 

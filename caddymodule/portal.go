@@ -258,7 +258,7 @@ func (q *preq) session() (*authcore.Principal, error) {
 		return nil, nil
 	}
 	p, err := q.rt.auth.Authenticate(q.ctx(), token)
-	if errors.Is(err, authcore.ErrNoSession) {
+	if errors.Is(err, authcore.ErrNoSession) || p != nil && !p.Session.OnHost(requestHost(q.r)) {
 		return nil, nil
 	}
 	return p, err
@@ -338,7 +338,7 @@ func (q *preq) loginSubmit() error {
 		}
 	}
 	token, sess, err := q.rt.auth.StartSession(q.ctx(), u, []string{authcore.AMRPassword},
-		authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent()})
+		authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent(), Host: requestHost(q.r)})
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}

@@ -326,12 +326,13 @@ type sessionView struct {
 	Pending   bool      `json:"pending"`
 	IP        string    `json:"ip"`
 	UserAgent string    `json:"user_agent"`
+	Host      string    `json:"host,omitempty"`
 }
 
 // viewSession shows s, a session of u, pending as the gate treats it.
 func viewSession(s *authcore.Session, u *authcore.User) sessionView {
 	return sessionView{ID: s.ID.String(), UserID: s.UserID, CreatedAt: s.CreatedAt, LastSeen: s.LastSeen,
-		ExpiresAt: s.ExpiresAt, AMR: s.AMR, Pending: s.PendingFor(u), IP: s.IP, UserAgent: s.UserAgent}
+		ExpiresAt: s.ExpiresAt, AMR: s.AMR, Pending: s.PendingFor(u), IP: s.IP, UserAgent: s.UserAgent, Host: s.Host}
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {

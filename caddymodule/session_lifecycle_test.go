@@ -152,3 +152,59 @@ func TestAdminSessionListShowsPendingAsTheGateDoes(t *testing.T) {
 		t.Errorf("the admin user page does not show the password-only session pending")
 	}
 }
+
+// A session is valid on the host name it was signed in on alone: a
+// cookie carried to another site of the same gateway (leaked, or set by
+// hand) signs nobody in there, at the gate or in the portal.
+func TestSessionsStayOnTheirSite(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	port := strings.TrimPrefix(e.base, "http://127.0.0.1:")
+	site := e.base + " {"
+	cf := strings.Replace(e.config, "\n"+site, "\n"+e.base+", http://localhost:"+port+" {", 1)
+	if cf == e.config {
+		t.Fatal("the test config has no site line to extend")
+	}
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	e.addUser("sol@example.com")
+	e.mustLogin("sol@example.com")
+	tok := e.sessionCookie()
+	as := func(host, path string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, e.base+path, nil)
+		req.Host = host
+		req.Header.Set("Accept", "application/json")
+		req.AddCookie(&http.Cookie{Name: "sigra_session", Value: tok})
+		c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: e.client.CheckRedirect}
+		r, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		return r
+	}
+	if r := as("127.0.0.1:"+port, "/x"); r.StatusCode != 200 {
+		t.Fatalf("on its own site: status %d; want 200", r.StatusCode)
+	}
+	_, hits := e.up.last()
+	if r := as("localhost:"+port, "/x"); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the gate of another site: status %d; want 401", r.StatusCode)
+	}
+	if _, after := e.up.last(); after != hits {
+		t.Error("another site's session reached the app")
+	}
+	if r := as("localhost:"+port, "/.sigra/account"); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the portal of another site: status %d; want 401 (not signed in)", r.StatusCode)
+	}
+	if r := as("127.0.0.1:"+port, "/.sigra/account"); r.StatusCode != 200 {
+		t.Errorf("the portal of its own site: status %d; want 200", r.StatusCode)
+	}
+	// Signed in there, it works there.
+	b := e.browser()
+	b.base = "http://localhost:" + port
+	b.mustLogin("sol@example.com")
+	if r, _ := b.get("/x", nil); r.StatusCode != 200 {
+		t.Errorf("a session signed in on the other site, there: status %d; want 200", r.StatusCode)
+	}
+}
