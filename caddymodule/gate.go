@@ -217,6 +217,9 @@ var (
 	denyMFA     = &denial{status: http.StatusUnauthorized, reason: "mfa_required", detail: "a recent second factor is required", stepUp: true}
 	denyAMR     = &denial{status: http.StatusForbidden, reason: "amr", detail: "this sign-in method is not allowed here"}
 	denyGroup   = &denial{status: http.StatusForbidden, reason: "group", detail: "you are not in a group allowed here"}
+	// Signing in again would not help: the other cookie stays.
+	denyCookieConflict = &denial{status: http.StatusBadRequest, reason: "cookie_conflict",
+		detail: "the browser sent two different session cookies: another site on this host set one; clear this site's cookies and sign in again"}
 )
 
 // check applies the requirements to a signed-in principal.
@@ -272,7 +275,8 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	now := rt.auth.Now()
 	secure := isSecure(r)
-	if token := takeOwnCookies(r, secure).session; first && token != "" {
+	own := takeOwnCookies(r, secure)
+	if token := own.session; first && token != "" {
 		// Later gates reuse what the first resolved.
 		p, err := rt.auth.AuthenticateAt(ctx, token, now)
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
@@ -296,7 +300,10 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			return g.pass(w, r, next, d, first, start)
 		}
 		dn := denyLogin
-		if d.pending {
+		switch {
+		case own.sessionConflict:
+			dn = denyCookieConflict
+		case d.pending:
 			dn = denyPending
 		}
 		return g.deny(w, r, d, dn, start)
@@ -499,7 +506,11 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 		writeProblem(w, d.status, d.reason, d.detail)
 		return nil
 	}
-	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, "You do not have access to this page: "+d.detail+".")
+	msg := "You do not have access to this page: " + d.detail + "."
+	if d == denyCookieConflict {
+		msg = "Your browser sent two different sign-in cookies for this page: another site on this host set one. Clear this site's cookies, then sign in again."
+	}
+	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, msg)
 }
 
 // Interface guards

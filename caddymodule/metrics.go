@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			m.logins.WithLabelValues(method, result)
 		}
 	}
-	for _, reason := range []string{"login_required", "mfa_pending", "mfa_required", "amr", "group"} {
+	for _, reason := range []string{"login_required", "mfa_pending", "mfa_required", "amr", "group", "cookie_conflict"} {
 		m.gateDecisions.WithLabelValues("deny", reason)
 	}
 	sessions := &cachedGauge{ttl: 5 * time.Second, read: func(ctx context.Context) (float64, error) {

@@ -70,9 +70,8 @@ func TestLoginAndLogout(t *testing.T) {
 			t.Fatalf("session cookie %q after second login; want a new one", second)
 		}
 		// The first session ended with the second login.
-		r, _ := e.get("/x", map[string]string{"Cookie": "sigra_session=" + first, "Accept": "application/json"})
-		if r.StatusCode != http.StatusUnauthorized {
-			t.Errorf("old session status %d; want 401", r.StatusCode)
+		if got := e.statusAs(first, "/x"); got != http.StatusUnauthorized {
+			t.Errorf("old session status %d; want 401", got)
 		}
 	})
 	t.Run("fixation: a session cookie planted before login is not adopted", func(t *testing.T) {

@@ -215,6 +215,11 @@ const varOwnCookies = "sigra.own_cookies"
 // placeholders and log fields can reach, so they never print themselves.
 type ownCookies struct {
 	session, csrf string
+	// sessionConflict is set when the request carried two different
+	// session cookies: on plain HTTP, another site on the host (another
+	// port, a sibling subdomain) can set one that the browser sends
+	// first on paths it chooses. Neither is taken (see cookieValue).
+	sessionConflict bool
 }
 
 func (*ownCookies) String() string { return "[redacted]" }
@@ -229,10 +234,9 @@ func takeOwnCookies(r *http.Request, secure bool) *ownCookies {
 	if c, ok := caddyhttp.GetVar(ctx, varOwnCookies).(*ownCookies); ok {
 		return c
 	}
-	c := &ownCookies{
-		session: cookieValue(r, sessionCookieName(secure)),
-		csrf:    cookieValue(r, csrfCookieName(secure)),
-	}
+	c := new(ownCookies)
+	c.session, c.sessionConflict = cookieValue(r, sessionCookieName(secure))
+	c.csrf, _ = cookieValue(r, csrfCookieName(secure)) // none either, on a conflict
 	stripOwnCookies(r.Header)
 	caddyhttp.SetVar(ctx, varOwnCookies, c)
 	return c
@@ -304,23 +308,31 @@ func withoutOwnCookies(line string) string {
 	return b.String()
 }
 
-// cookieValue finds a cookie without parsing all cookies (no allocation).
-func cookieValue(r *http.Request, name string) string {
+// cookieValue finds a cookie without parsing all cookies (no
+// allocation). A name sent twice with different values is a conflict,
+// and neither value is returned: the browser orders same-named cookies
+// by path, so a cookie set by another site on the host would otherwise
+// pick the session for the paths it names.
+func cookieValue(r *http.Request, name string) (v string, conflict bool) {
+	found := false
 	for _, line := range r.Header["Cookie"] {
 		for len(line) > 0 {
 			var part string
 			part, line, _ = strings.Cut(line, ";")
 			part = strings.TrimSpace(part)
 			if len(part) > len(name) && part[len(name)] == '=' && part[:len(name)] == name {
-				v := part[len(name)+1:]
-				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
-					v = v[1 : len(v)-1]
+				val := part[len(name)+1:]
+				if len(val) > 1 && val[0] == '"' && val[len(val)-1] == '"' {
+					val = val[1 : len(val)-1]
 				}
-				return v
+				if found && val != v {
+					return "", true
+				}
+				v, found = val, true
 			}
 		}
 	}
-	return ""
+	return v, false
 }
 
 // isSecure reports whether the client reached Caddy (or a trusted proxy in

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -206,5 +207,66 @@ func TestSessionsStayOnTheirSite(t *testing.T) {
 	b.mustLogin("sol@example.com")
 	if r, _ := b.get("/x", nil); r.StatusCode != 200 {
 		t.Errorf("a session signed in on the other site, there: status %d; want 200", r.StatusCode)
+	}
+}
+
+// Two different session cookies in one request (on plain HTTP, another
+// site on the host can set one for the paths it chooses, and browsers
+// send it first there) sign nobody in: neither is taken, and a gate that
+// needs a sign-in says why instead of sending the browser round a
+// sign-in that cannot help.
+func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
+	e := startCaddy(t, "", `sigra_gate /open* {
+		optional
+	}
+	sigra_gate`)
+	vic := e.addUser("vic@example.com")
+	mal := e.addUser("mal@example.com")
+	_, vicTok := mustSession(t, e, vic)
+	_, malTok := mustSession(t, e, mal)
+	send := func(path, accept string, cookies ...string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, e.base+path, nil)
+		req.Header.Set("Accept", accept)
+		for _, c := range cookies {
+			req.Header.Add("Cookie", "sigra_session="+c)
+		}
+		c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: e.client.CheckRedirect}
+		r, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r, string(b)
+	}
+	for name, cookies := range map[string][]string{
+		"another user's first": {malTok, vicTok},
+		"another user's last":  {vicTok, malTok},
+		"garbage first":        {"AAAA", vicTok},
+	} {
+		r, body := send("/x", "application/json", cookies...)
+		if r.StatusCode != http.StatusBadRequest || problemReason(body) != "cookie_conflict" {
+			t.Errorf("%s: status %d body %s; want 400 cookie_conflict", name, r.StatusCode, body)
+		}
+		if r, _ := send("/.sigra/account", "application/json", cookies...); r.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s, the portal: status %d; want 401 (nobody signed in)", name, r.StatusCode)
+		}
+		if r, _ := send("/open", "application/json", cookies...); r.StatusCode != 200 {
+			t.Errorf("%s, an optional route: status %d; want 200", name, r.StatusCode)
+		} else if h, _ := e.up.last(); h.Get("X-Sigra-User") != "" {
+			t.Errorf("%s, an optional route: the app got user %q; want nobody", name, h.Get("X-Sigra-User"))
+		}
+	}
+	r, body := send("/x", "text/html", malTok, vicTok)
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
+		t.Errorf("a browser: status %d; want 400 with a page saying to clear the cookies\n%s", r.StatusCode, body)
+	}
+	// The same cookie twice is no conflict.
+	if r, _ := send("/x", "application/json", vicTok, vicTok); r.StatusCode != 200 {
+		t.Errorf("the same session cookie twice: status %d; want 200", r.StatusCode)
+	}
+	if h, _ := e.up.last(); h.Get("X-Sigra-User") != vic.ID {
+		t.Errorf("the same session cookie twice: the app got user %q; want vic", h.Get("X-Sigra-User"))
 	}
 }
