@@ -270,3 +270,43 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 		t.Errorf("the same session cookie twice: the app got user %q; want vic", h.Get("X-Sigra-User"))
 	}
 }
+
+// A right code whose session ended while it was checked (here, the
+// session's lifetime ran out while the form waited for the user's lock)
+// signs nobody in, and says so in a row, instead of a 500.
+func TestMFASessionEndedMeanwhile(t *testing.T) {
+	fake, e, u, secret, _ := startEnrolled(t, "", "meg@example.com")
+	b := e.browser()
+	b.login("meg@example.com", testPassword, "/")
+	_, page := b.get("/.sigra/mfa", nil)
+	later := fake.Now().Add(e.rt().auth.Config().Lifetime + time.Hour)
+	unlock := accountChange.lock(u.ID)
+	done := make(chan *http.Response, 1)
+	go func() {
+		var r *http.Response // nil: the harness failed the test, saying why
+		defer func() { done <- r }()
+		r, _ = b.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, later)}}, nil)
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !accountChange.waiting(u.ID); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			unlock()
+			t.Fatal("the form never reached the lock")
+		}
+	}
+	fake.Set(later)
+	unlock()
+	r := <-done
+	if r == nil {
+		t.Fatal("the form got no answer (its error is above)")
+	}
+	if r.StatusCode != http.StatusSeeOther || !strings.Contains(r.Header.Get("Location"), "/.sigra/login") {
+		t.Fatalf("status %d to %q; want 303 to sign in", r.StatusCode, r.Header.Get("Location"))
+	}
+	rows := e.auditRows("mfa.challenge.failure")
+	if len(rows) != 1 || rows[0].Metadata["reason"] != "session_ended" {
+		t.Errorf("mfa.challenge.failure rows %+v; want one, reason session_ended", rows)
+	}
+	if n := len(e.auditRows("auth.login.success")); n != 1 { // the enrolment's own sign-in
+		t.Errorf("%d auth.login.success rows; want 1", n)
+	}
+}
