@@ -5,7 +5,10 @@
 // store package implements.
 package authcore
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Only the caddymodule package maps them to HTTP.
 var (
@@ -19,6 +22,9 @@ var (
 	ErrInvalidCredentials = errors.New("invalid email or password")
 	// ErrNoSession means the request carries no valid, unexpired session.
 	ErrNoSession = errors.New("no valid session")
+	// ErrOtherHost is ErrNoSession for a session of another site (see
+	// Session.OnHost).
+	ErrOtherHost = fmt.Errorf("%w: the session was signed in on another host name", ErrNoSession)
 	// ErrInvalidInput means a field failed validation; wrapped errors say which.
 	ErrInvalidInput = errors.New("invalid input")
 	// ErrBusy means too many password checks are running: each takes

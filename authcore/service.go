@@ -368,7 +368,7 @@ func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta 
 	token, id := NewToken()
 	sess := &Session{
 		ID: id, UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
-		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256), Host: NormalizeHost(meta.Host),
+		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256), Host: truncate(NormalizeHost(meta.Host), 255),
 		UserEpoch: u.SessionEpoch, // as read when the credential was checked
 	}
 	if sess.HasAMR(AMRMFA) {
@@ -392,9 +392,20 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 	return s.AuthenticateAt(ctx, token, s.clock.Now())
 }
 
+// AuthenticateOn is Authenticate for a request to hostport (its Host):
+// a session of another site is ErrOtherHost, and its use there does not
+// keep it from idling out.
+func (s *Service) AuthenticateOn(ctx context.Context, token, hostport string, now time.Time) (*Principal, error) {
+	return s.authenticate(ctx, token, hostport, true, now)
+}
+
 // AuthenticateAt is Authenticate at a time the caller already read from
 // Now, so a request reads the clock once.
 func (s *Service) AuthenticateAt(ctx context.Context, token string, now time.Time) (*Principal, error) {
+	return s.authenticate(ctx, token, "", false, now)
+}
+
+func (s *Service) authenticate(ctx context.Context, token, hostport string, onHost bool, now time.Time) (*Principal, error) {
 	id, ok := TokenID(token)
 	if !ok {
 		return nil, ErrNoSession
@@ -415,6 +426,9 @@ func (s *Service) AuthenticateAt(ctx context.Context, token string, now time.Tim
 			s.log.Warn("deleting expired session", "error", err)
 		}
 		return nil, ErrNoSession
+	}
+	if onHost && !p.Session.OnHost(hostport) {
+		return nil, ErrOtherHost
 	}
 	// Refresh the in-memory LastSeen at most once a second (one atomic
 	// store, no contention on busy sessions), and queue a write-back once

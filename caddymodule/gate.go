@@ -278,19 +278,21 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	own := takeOwnCookies(r, secure)
 	if token := own.session; first && token != "" {
 		// Later gates reuse what the first resolved.
-		p, err := rt.auth.AuthenticateAt(ctx, token, now)
+		host := requestHost(r)
+		p, err := rt.auth.AuthenticateOn(ctx, token, host, now)
+		if errors.Is(err, authcore.ErrOtherHost) {
+			// A cookie carried from another site, or a proxy that sends
+			// another X-Forwarded-Host than at sign-in: nobody here.
+			g.logger.Debug("a session of another site", zap.String("host", host))
+		}
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
 			d.settle(m, m.gateDecisions.WithLabelValues("error", "storage"), 0, false)
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
-		switch {
-		case p == nil:
-		case !p.Session.OnHost(requestHost(r)):
-			// Another site's session (its cookie carried here): none.
-		case p.Session.Pending:
+		if p != nil && p.Session.Pending {
 			d.pending = true
-		default:
+		} else {
 			d.p = p
 		}
 	}
@@ -508,7 +510,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 	}
 	msg := "You do not have access to this page: " + d.detail + "."
 	if d == denyCookieConflict {
-		msg = "Your browser sent two different sign-in cookies for this page: another site on this host set one. Clear this site's cookies, then sign in again."
+		msg = cookieConflictText
 	}
 	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, msg)
 }

@@ -163,11 +163,19 @@ func (q *preq) mfaSubmit() error {
 	token, sess, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, amr)
 	if errors.Is(err, authcore.ErrNoSession) {
 		// Ended meanwhile (revoked, or expired): the code was right,
-		// but nobody is signed in by it.
+		// but nobody is signed in by it. A recovery code is spent all
+		// the same, and its row says so.
 		failed.meta["reason"] = "session_ended"
-		if err := q.audit(failed); err != nil {
-			return err
+		rows := []event{failed}
+		if recovery != "" {
+			rows = append(rows, q.recoveryCodeUsed(p))
 		}
+		for _, ev := range rows {
+			if err := q.audit(ev); err != nil {
+				return err
+			}
+		}
+		q.rt.login(method, "failure")
 		q.clearSessionCookie()
 		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
 		return nil
@@ -178,9 +186,7 @@ func (q *preq) mfaSubmit() error {
 	rows := []event{{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
 		meta: map[string]string{"method": method}}}
 	if recovery != "" {
-		left, _ := q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID)
-		rows = append(rows, event{action: "mfa.recovery_code.used", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-			meta: map[string]string{"remaining": itoa(left)}})
+		rows = append(rows, q.recoveryCodeUsed(p))
 	}
 	if p.Session.Pending {
 		rows = append(rows, event{action: "auth.login.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
@@ -193,6 +199,13 @@ func (q *preq) mfaSubmit() error {
 	q.rt.login(method, "success")
 	http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 	return nil
+}
+
+// recoveryCodeUsed is the row of a recovery code p's user just spent.
+func (q *preq) recoveryCodeUsed(p *authcore.Principal) event {
+	left, _ := q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID)
+	return event{action: "mfa.recovery_code.used", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"remaining": itoa(left)}}
 }
 
 // totpLockedText tells the owner of an app locked by wrong codes what

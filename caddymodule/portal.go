@@ -257,8 +257,8 @@ func (q *preq) session() (*authcore.Principal, error) {
 	if token == "" {
 		return nil, nil
 	}
-	p, err := q.rt.auth.Authenticate(q.ctx(), token)
-	if errors.Is(err, authcore.ErrNoSession) || p != nil && !p.Session.OnHost(requestHost(q.r)) {
+	p, err := q.rt.auth.AuthenticateOn(q.ctx(), token, requestHost(q.r), q.rt.auth.Now())
+	if errors.Is(err, authcore.ErrNoSession) {
 		return nil, nil
 	}
 	return p, err
@@ -292,8 +292,15 @@ func (q *preq) loginPage() error {
 		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 		return nil
 	}
-	return q.page(http.StatusOK, "login", pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd()})
+	d := pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd()}
+	if q.own.sessionConflict {
+		d.Error = cookieConflictText
+	}
+	return q.page(http.StatusOK, "login", d)
 }
+
+// cookieConflictText explains a request with two session cookies.
+const cookieConflictText = "Your browser sent two different sign-in cookies for this page: another site on this host set one. Clear this site's cookies, then sign in again."
 
 func (q *preq) loginSubmit() error {
 	binding := "a:" + q.own.csrf
@@ -320,10 +327,13 @@ func (q *preq) loginSubmit() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	// A new session at every sign-in; the old one, if any, ends: signed
-	// out, as the row says, before anyone is signed in anew.
+	// out, as a sign-out does it (its row once, by whichever of two
+	// twin forms ended it), before anyone is signed in anew. One that
+	// cannot be read (a damaged record) is no session anyone can use,
+	// and must not keep its owner from signing in again.
 	old, err := q.session()
 	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
+		q.p.logger.Error("reading the session a sign-in replaces", zap.Error(err))
 	}
 	if old != nil {
 		ended, err := q.rt.auth.EndSession(q.ctx(), old.Session.ID)
@@ -470,10 +480,6 @@ func (q *preq) logoutSubmit() error {
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/logout")
 	}
-	// Not in the middle of a second-factor step or a password change of
-	// the same session: either ends before the other starts.
-	unlock := accountChange.lock(p.User.ID)
-	defer unlock()
 	ended, err := q.rt.auth.EndSession(q.ctx(), p.Session.ID)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

@@ -62,37 +62,55 @@ func TestSignInAgainEndsTheOldSessionWithARow(t *testing.T) {
 	}
 }
 
-// Sign-out waits for a second-factor step (or a password change) of the
-// same user that is under way, instead of ending the session between
-// the step's checks and its new session.
-func TestLogoutWaitsForAStepUnderWay(t *testing.T) {
-	e := startCaddy(t, "", "sigra_gate")
-	u := e.addUser("lou@example.com")
-	e.mustLogin("lou@example.com")
-	_, page := e.get("/.sigra/logout", nil)
-	unlock := accountChange.lock(u.ID) // as a second-factor step holds it
-	done := make(chan int, 1)
+// A sign-out does not wait for a second-factor step of the same session
+// under way (which would then replace the session, and the new one would
+// outlive the sign-out): it ends the session at once, and the step then
+// signs nobody in and spends no code.
+func TestLogoutDuringASecondFactorStep(t *testing.T) {
+	fake, e, u, secret, _ := startEnrolled(t, "", "lou@example.com")
+	b := e.browser()
+	b.login("lou@example.com", testPassword, "/")
+	_, mfaPage := b.get("/.sigra/mfa", nil)
+	_, logoutPage := b.get("/.sigra/logout", nil)
+	fake.Advance(30 * time.Second)
+	code := refTOTP(t, secret, fake.Now())
+	unlock := accountChange.lock(u.ID) // the step waits here, its checks done
+	done := make(chan *http.Response, 1)
 	go func() {
-		status := 0 // no answer: the harness failed the test, saying why
-		defer func() { done <- status }()
-		r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, nil)
-		status = r.StatusCode
+		var r *http.Response // nil: the harness failed the test, saying why
+		defer func() { done <- r }()
+		r, _ = b.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, mfaPage)}, "code": {code}}, nil)
 	}()
 	for deadline := time.Now().Add(10 * time.Second); !accountChange.waiting(u.ID); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			unlock()
-			t.Fatal("the sign-out did not wait for the step under way")
+			t.Fatal("the step never reached the lock")
 		}
 	}
-	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
-		t.Errorf("while the sign-out waits: status %d; want the session still on (200)", r.StatusCode)
-	}
+	r, _ := b.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, logoutPage)}}, nil)
 	unlock()
-	if status := <-done; status != http.StatusSeeOther {
-		t.Fatalf("sign-out: status %d; want 303", status)
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-out while the step waits: status %d; want 303 at once", r.StatusCode)
 	}
-	if r, _ := e.get("/x", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
-		t.Errorf("after sign-out: status %d; want 401", r.StatusCode)
+	if r := <-done; r == nil {
+		t.Fatal("the step got no answer (its error is above)")
+	}
+	if n := len(e.auditRows("auth.logout")); n != 1 {
+		t.Errorf("%d auth.logout rows; want 1", n)
+	}
+	if n := len(e.auditRows("mfa.challenge.success")); n != 0 {
+		t.Errorf("%d mfa.challenge.success rows; want none", n)
+	}
+	sessions, err := e.rt().store.UserSessions(context.Background(), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sessions) != 1 { // the enrolling browser's
+		t.Errorf("%d sessions after the sign-out; want 1, the other browser's", len(sessions))
+	}
+	// The code was not spent: the owner can still use it.
+	if err := e.rt().auth.VerifyTOTP(context.Background(), u.ID, code); err != nil {
+		t.Errorf("the step's code after the sign-out: %v; want it unspent", err)
 	}
 }
 
@@ -258,9 +276,16 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 			t.Errorf("%s, an optional route: the app got user %q; want nobody", name, h.Get("X-Sigra-User"))
 		}
 	}
+	// As browsers send them: one Cookie line.
+	if r, body := send("/x", "application/json", malTok+"; theme=dark; sigra_session="+vicTok); r.StatusCode != http.StatusBadRequest || problemReason(body) != "cookie_conflict" {
+		t.Errorf("one Cookie line: status %d body %s; want 400 cookie_conflict", r.StatusCode, body)
+	}
 	r, body := send("/x", "text/html", malTok, vicTok)
 	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
 		t.Errorf("a browser: status %d; want 400 with a page saying to clear the cookies\n%s", r.StatusCode, body)
+	}
+	if r, body := send("/.sigra/login", "text/html", malTok, vicTok); r.StatusCode != 200 || !strings.Contains(body, "Clear this site") {
+		t.Errorf("the sign-in page: status %d; want 200 saying to clear the cookies", r.StatusCode)
 	}
 	// The same cookie twice is no conflict.
 	if r, _ := send("/x", "application/json", vicTok, vicTok); r.StatusCode != 200 {
@@ -273,38 +298,48 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 
 // A right code whose session ended while it was checked (here, the
 // session's lifetime ran out while the form waited for the user's lock)
-// signs nobody in, and says so in a row, instead of a 500.
+// signs nobody in, and says so in a row, instead of a 500. A recovery
+// code is spent all the same, and has its row.
 func TestMFASessionEndedMeanwhile(t *testing.T) {
-	fake, e, u, secret, _ := startEnrolled(t, "", "meg@example.com")
-	b := e.browser()
-	b.login("meg@example.com", testPassword, "/")
-	_, page := b.get("/.sigra/mfa", nil)
-	later := fake.Now().Add(e.rt().auth.Config().Lifetime + time.Hour)
-	unlock := accountChange.lock(u.ID)
-	done := make(chan *http.Response, 1)
-	go func() {
-		var r *http.Response // nil: the harness failed the test, saying why
-		defer func() { done <- r }()
-		r, _ = b.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, later)}}, nil)
-	}()
-	for deadline := time.Now().Add(10 * time.Second); !accountChange.waiting(u.ID); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			unlock()
-			t.Fatal("the form never reached the lock")
+	fake, e, u, secret, codes := startEnrolled(t, "", "meg@example.com")
+	for _, field := range []string{"code", "recovery_code"} {
+		b := e.browser()
+		b.login("meg@example.com", testPassword, "/")
+		_, page := b.get("/.sigra/mfa", nil)
+		later := fake.Now().Add(e.rt().auth.Config().Lifetime + time.Hour)
+		value := refTOTP(t, secret, later)
+		if field == "recovery_code" {
+			value = codes[0]
+		}
+		unlock := accountChange.lock(u.ID)
+		done := make(chan *http.Response, 1)
+		go func() {
+			var r *http.Response // nil: the harness failed the test, saying why
+			defer func() { done <- r }()
+			r, _ = b.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, field: {value}}, nil)
+		}()
+		for deadline := time.Now().Add(10 * time.Second); !accountChange.waiting(u.ID); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				unlock()
+				t.Fatalf("%s: the form never reached the lock", field)
+			}
+		}
+		fake.Set(later)
+		unlock()
+		r := <-done
+		if r == nil {
+			t.Fatalf("%s: the form got no answer (its error is above)", field)
+		}
+		if r.StatusCode != http.StatusSeeOther || !strings.Contains(r.Header.Get("Location"), "/.sigra/login") {
+			t.Fatalf("%s: status %d to %q; want 303 to sign in", field, r.StatusCode, r.Header.Get("Location"))
 		}
 	}
-	fake.Set(later)
-	unlock()
-	r := <-done
-	if r == nil {
-		t.Fatal("the form got no answer (its error is above)")
-	}
-	if r.StatusCode != http.StatusSeeOther || !strings.Contains(r.Header.Get("Location"), "/.sigra/login") {
-		t.Fatalf("status %d to %q; want 303 to sign in", r.StatusCode, r.Header.Get("Location"))
-	}
 	rows := e.auditRows("mfa.challenge.failure")
-	if len(rows) != 1 || rows[0].Metadata["reason"] != "session_ended" {
-		t.Errorf("mfa.challenge.failure rows %+v; want one, reason session_ended", rows)
+	if len(rows) != 2 || rows[0].Metadata["reason"] != "session_ended" || rows[1].Metadata["reason"] != "session_ended" {
+		t.Errorf("mfa.challenge.failure rows %+v; want two, reason session_ended", rows)
+	}
+	if used := e.auditRows("mfa.recovery_code.used"); len(used) != 1 || used[0].Metadata["remaining"] != "9" {
+		t.Errorf("mfa.recovery_code.used rows %+v; want one, 9 remaining", used)
 	}
 	if n := len(e.auditRows("auth.login.success")); n != 1 { // the enrolment's own sign-in
 		t.Errorf("%d auth.login.success rows; want 1", n)

@@ -1262,6 +1262,46 @@ func TestServiceIdleTimeout(t *testing.T) {
 	e.refused(t, token) // stays gone
 }
 
+// A session is valid on the host name it was signed in on alone, and
+// its use on another site does not keep it from idling out.
+func TestServiceSessionStaysOnItsHost(t *testing.T) {
+	e := newAuthEnv(t, authcore.Config{Idle: 30 * time.Minute})
+	u := e.user(t, "alice@example.com")
+	token, sess, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{Host: "App.Example.com:8443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess.Host != "app.example.com" {
+		t.Fatalf("stored host %q; want app.example.com", sess.Host)
+	}
+	on := func(host string) error {
+		_, err := e.svc.AuthenticateOn(e.ctx, token, host, e.clk.Now())
+		return err
+	}
+	if err := on("app.example.com"); err != nil {
+		t.Fatalf("on its own host: %v", err)
+	}
+	e.clk.Advance(20 * time.Minute)
+	if err := on("admin.example.com"); !errors.Is(err, authcore.ErrOtherHost) || !errors.Is(err, authcore.ErrNoSession) {
+		t.Fatalf("on another host: %v; want ErrOtherHost, an ErrNoSession", err)
+	}
+	e.clk.Advance(10 * time.Minute) // 30 idle on its own host, 10 since the other's use
+	if err := on("app.example.com:443"); !errors.Is(err, authcore.ErrNoSession) || errors.Is(err, authcore.ErrOtherHost) {
+		t.Errorf("on its own host after idling there: %v; want ErrNoSession (idled out)", err)
+	}
+	e.goneFromStore(t, sess.ID)
+
+	// A host longer than any is kept cut short, and so matches nothing.
+	long := strings.Repeat("a", 300) + ".example"
+	_, sess, err = e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{Host: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sess.Host) > 255 || sess.OnHost(long) {
+		t.Errorf("a %d-byte host: stored %d bytes, valid there %v; want at most 255, not valid", len(long), len(sess.Host), sess.OnHost(long))
+	}
+}
+
 func TestServiceLifetime(t *testing.T) {
 	e := newAuthEnv(t, authcore.Config{Idle: 30 * time.Minute, Lifetime: time.Hour})
 	u := e.user(t, "alice@example.com")
