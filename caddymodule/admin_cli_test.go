@@ -32,6 +32,29 @@ func (e *env) adminPost(uri, body string) (int, string) {
 // store is the env's store file.
 func (e *env) store() string { return filepath.Join(e.dir, "sigra.db") }
 
+// offline stops Caddy, runs fn in one write transaction on the store's
+// bbolt file, and loads the config again: for damage no API can do.
+func (e *env) offline(fn func(tx *bolt.Tx) error) {
+	e.t.Helper()
+	if err := caddy.Stop(); err != nil {
+		e.t.Fatal(err)
+	}
+	db, err := bolt.Open(e.store(), 0o600, &bolt.Options{NoFreelistSync: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	err = db.Update(fn)
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.load(e.config); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // adminDo sends a request to Caddy's admin endpoint as it is and returns
 // the status and the answer.
 func (e *env) adminDo(method, uri, body string) (int, string) {
@@ -404,14 +427,7 @@ func TestAuditExportFailingPartWayIsCutShort(t *testing.T) {
 		}
 	}
 	// A row the store cannot decode, in the second chunk of the export.
-	if err := caddy.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	db, err := bolt.Open(e.store(), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	e.offline(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("sigra/v1")).Bucket([]byte("audit_rows"))
 		c := b.Cursor()
 		k, _ := c.First()
@@ -420,15 +436,6 @@ func TestAuditExportFailingPartWayIsCutShort(t *testing.T) {
 		}
 		return b.Put(append([]byte(nil), k...), []byte("{not json"))
 	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.load(e.config); err != nil {
-		t.Fatal(err)
-	}
 
 	resp, err := http.Get("http://" + e.admin + "/sigra/audit/export?" + url.Values{"store": {e.store()}}.Encode())
 	if err != nil {

@@ -284,7 +284,10 @@ func sessionBinding(p *authcore.Principal) string { return "s:" + p.SessionID }
 func (q *preq) loginPage() error {
 	p, err := q.session()
 	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
+		// The form is the way out of a session that cannot be read (a
+		// damaged record): show it, as to nobody signed in.
+		q.p.logger.Error("reading the session of a sign-in page", zap.Error(err))
+		p = nil
 	}
 	// Already signed in and on the way somewhere: go there. Without a
 	// return URL the form shows, to sign in as someone else.
@@ -333,7 +336,14 @@ func (q *preq) loginSubmit() error {
 	// and must not keep its owner from signing in again.
 	old, err := q.session()
 	if err != nil {
-		q.p.logger.Error("reading the session a sign-in replaces", zap.Error(err))
+		// Ended all the same, by its id, without a row: whose it was
+		// cannot be read.
+		q.p.logger.Error("reading the session a sign-in replaces; ending it", zap.Error(err))
+		if id, ok := authcore.TokenID(q.own.session); ok {
+			if _, err := q.rt.auth.EndSession(q.ctx(), id); err != nil {
+				return caddyhttp.Error(http.StatusInternalServerError, err)
+			}
+		}
 	}
 	if old != nil {
 		ended, err := q.rt.auth.EndSession(q.ctx(), old.Session.ID)

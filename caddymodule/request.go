@@ -353,9 +353,9 @@ func trusted(r *http.Request) bool {
 // proxy, X-Forwarded-Host.
 func requestHost(r *http.Request) string {
 	if trusted(r) {
-		if h := r.Header.Get("X-Forwarded-Host"); h != "" {
-			h, _, _ = strings.Cut(h, ",")
-			return strings.TrimSpace(h)
+		h, _, _ := strings.Cut(r.Header.Get("X-Forwarded-Host"), ",")
+		if h = strings.TrimSpace(h); h != "" {
+			return h
 		}
 	}
 	return r.Host

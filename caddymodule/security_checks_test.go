@@ -30,11 +30,23 @@ func (e *env) browser() *env {
 // statusAs GETs path as an API client holding only this session token.
 func (e *env) statusAs(token, path string) int {
 	e.t.Helper()
+	return e.hostRequest(token, "", path, nil).StatusCode
+}
+
+// hostRequest GETs path from e's listener as an API client holding only
+// the session token, asking for host (the Host header; e's own if
+// empty), with the headers hdr.
+func (e *env) hostRequest(token, host, path string, hdr map[string]string) *http.Response {
+	e.t.Helper()
 	req, err := http.NewRequest(http.MethodGet, e.base+path, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	req.Host = host
 	req.Header.Set("Accept", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
 	req.AddCookie(&http.Cookie{Name: "sigra_session", Value: token})
 	c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: e.client.CheckRedirect}
 	resp, err := c.Do(req)
@@ -42,7 +54,7 @@ func (e *env) statusAs(token, path string) int {
 		e.t.Fatal(err)
 	}
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp
 }
 
 // secondFactor posts the MFA form with a TOTP code (field "code") or a

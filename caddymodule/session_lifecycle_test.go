@@ -2,12 +2,18 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
 // The right password of a user with a second factor is an audit row,
@@ -94,6 +100,10 @@ func TestLogoutDuringASecondFactorStep(t *testing.T) {
 	}
 	if r := <-done; r == nil {
 		t.Fatal("the step got no answer (its error is above)")
+	} else if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/" {
+		// Its session gone, it goes where a twin that passed would have
+		// sent it; the gate there asks for a sign-in.
+		t.Errorf("the step after the sign-out: status %d to %q; want 303 to /", r.StatusCode, r.Header.Get("Location"))
 	}
 	if n := len(e.auditRows("auth.logout")); n != 1 {
 		t.Errorf("%d auth.logout rows; want 1", n)
@@ -177,32 +187,11 @@ func TestAdminSessionListShowsPendingAsTheGateDoes(t *testing.T) {
 // hand) signs nobody in there, at the gate or in the portal.
 func TestSessionsStayOnTheirSite(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
-	port := strings.TrimPrefix(e.base, "http://127.0.0.1:")
-	site := e.base + " {"
-	cf := strings.Replace(e.config, "\n"+site, "\n"+e.base+", http://localhost:"+port+" {", 1)
-	if cf == e.config {
-		t.Fatal("the test config has no site line to extend")
-	}
-	if err := e.load(cf); err != nil {
-		t.Fatal(err)
-	}
+	port := alsoOnLocalhost(t, e)
 	e.addUser("sol@example.com")
 	e.mustLogin("sol@example.com")
 	tok := e.sessionCookie()
-	as := func(host, path string) *http.Response {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, e.base+path, nil)
-		req.Host = host
-		req.Header.Set("Accept", "application/json")
-		req.AddCookie(&http.Cookie{Name: "sigra_session", Value: tok})
-		c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: e.client.CheckRedirect}
-		r, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Body.Close()
-		return r
-	}
+	as := func(host, path string) *http.Response { return e.hostRequest(tok, host, path, nil) }
 	if r := as("127.0.0.1:"+port, "/x"); r.StatusCode != 200 {
 		t.Fatalf("on its own site: status %d; want 200", r.StatusCode)
 	}
@@ -302,6 +291,18 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 // code is spent all the same, and has its row.
 func TestMFASessionEndedMeanwhile(t *testing.T) {
 	fake, e, u, secret, codes := startEnrolled(t, "", "meg@example.com")
+	failures := func() float64 {
+		var n float64
+		for _, method := range []string{"totp", "recovery_code"} {
+			var m dto.Metric
+			if err := e.rt().metrics.logins.WithLabelValues(method, "failure").Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			n += m.GetCounter().GetValue()
+		}
+		return n
+	}
+	before := failures()
 	for _, field := range []string{"code", "recovery_code"} {
 		b := e.browser()
 		b.login("meg@example.com", testPassword, "/")
@@ -343,5 +344,117 @@ func TestMFASessionEndedMeanwhile(t *testing.T) {
 	}
 	if n := len(e.auditRows("auth.login.success")); n != 1 { // the enrolment's own sign-in
 		t.Errorf("%d auth.login.success rows; want 1", n)
+	}
+	if n := failures() - before; n != 2 {
+		t.Errorf("sigra_logins_total failures went up by %v; want 2", n)
+	}
+}
+
+// A session record that cannot be read (damaged) keeps nobody out: the
+// sign-in page shows, and signing in ends that record and starts anew.
+func TestSignInOverADamagedSession(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("dan@example.com")
+	e.mustLogin("dan@example.com")
+	id, ok := authcore.TokenID(e.sessionCookie())
+	if !ok {
+		t.Fatal("the session cookie is not a token")
+	}
+	e.offline(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("sigra/v1")).Bucket([]byte("sessions")).Put(id[:], []byte("{garbage"))
+	})
+	if r, page := e.get("/.sigra/login", nil); r.StatusCode != 200 || !strings.Contains(page, `data-sigra="login-form"`) {
+		t.Fatalf("the sign-in page with a damaged session: status %d; want 200 and the form", r.StatusCode)
+	}
+	e.mustLogin("dan@example.com")
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Errorf("after signing in again: status %d; want 200", r.StatusCode)
+	}
+	if _, err := e.rt().store.GetSession(context.Background(), id); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("the damaged record after the sign-in: %v; want it gone", err)
+	}
+}
+
+// alsoOnLocalhost serves e's site at http://localhost:<its port> too, a
+// second host name, and returns the port.
+func alsoOnLocalhost(t *testing.T, e *env) string {
+	t.Helper()
+	port := strings.TrimPrefix(e.base, "http://127.0.0.1:")
+	cf := strings.Replace(e.config, "\n"+e.base+" {", "\n"+e.base+", http://localhost:"+port+" {", 1)
+	if cf == e.config {
+		t.Fatal("the test config has no site line to extend")
+	}
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// A session's use on another site does not keep it alive: it idles out
+// on its own site as if that use had not happened.
+func TestSessionUsedOnAnotherSiteIdlesOut(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "session {\n\t\t\tidle 30m\n\t\t}", "sigra_gate")
+	port := alsoOnLocalhost(t, e)
+	e.addUser("ida@example.com")
+	e.mustLogin("ida@example.com")
+	tok := e.sessionCookie()
+	fake.Advance(20 * time.Minute)
+	if r := e.hostRequest(tok, "localhost:"+port, "/x", nil); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("on the other site: status %d; want 401", r.StatusCode)
+	}
+	fake.Advance(10 * time.Minute) // 30 idle on its own site
+	if r := e.hostRequest(tok, "127.0.0.1:"+port, "/x", nil); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("on its own site, 30 minutes after its last use there: status %d; want 401 (idled out)", r.StatusCode)
+	}
+}
+
+// Behind a trusted proxy the site's host is the X-Forwarded-Host it
+// sends; a blank one is no host, and the request's own Host stands.
+func TestSessionHostBehindATrustedProxy(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	cf := strings.Replace(e.config, "\tpersist_config off\n", "\tpersist_config off\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n", 1)
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	u := e.addUser("pat@example.com")
+	tok, _, err := e.rt().auth.StartSession(context.Background(), u, []string{"pwd"}, authcore.ClientMeta{Host: "app.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := strings.TrimPrefix(e.base, "http://")
+	for _, c := range []struct {
+		xfh  string
+		want int
+	}{
+		{"app.example.com", 200},
+		{"APP.example.com:443, proxy.internal", 200},
+		{"other.example.com", http.StatusUnauthorized},
+		{"", http.StatusUnauthorized},                   // 127.0.0.1
+		{" , app.example.com", http.StatusUnauthorized}, // blank first: 127.0.0.1
+	} {
+		hdr := map[string]string{}
+		if c.xfh != "" {
+			hdr["X-Forwarded-Host"] = c.xfh
+		}
+		if r := e.hostRequest(tok, own, "/x", hdr); r.StatusCode != c.want {
+			t.Errorf("X-Forwarded-Host %q: status %d; want %d", c.xfh, r.StatusCode, c.want)
+		}
+	}
+	// Signed in through the proxy with a blank X-Forwarded-Host, the
+	// session has the request's host, not none (which would be valid
+	// anywhere).
+	_, page := e.get("/.sigra/login", nil)
+	r, _ := e.postForm("/.sigra/login", url.Values{"email": {"pat@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}},
+		map[string]string{"X-Forwarded-Host": " , evil.example"})
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in with a blank X-Forwarded-Host: status %d; want 303", r.StatusCode)
+	}
+	p, err := e.rt().auth.Authenticate(context.Background(), e.sessionCookie())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Session.Host != "127.0.0.1" {
+		t.Errorf("the session's host: %q; want 127.0.0.1", p.Session.Host)
 	}
 }
