@@ -2,9 +2,11 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -13,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +27,24 @@ import (
 	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/internal/freeport"
 )
+
+// Caddy binds a new socket for each config it loads (SO_REUSEPORT) and
+// closes the old one, which resets a connection that reached the old
+// one's queue meanwhile: a test's request right after a reload dials
+// again rather than fail on Caddy's reload mechanics.
+func init() {
+	t := http.DefaultTransport.(*http.Transport)
+	dial := t.DialContext
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		for try := 0; ; try++ {
+			c, err := dial(ctx, network, addr)
+			if err == nil || try == 10 || !errors.Is(err, syscall.ECONNRESET) {
+				return c, err
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
 
 // testPassword is the password of users made by env.addUser.
 const testPassword = "correct horse battery staple"
