@@ -54,6 +54,23 @@ func useFakeClock(t *testing.T) *clock.Fake {
 var totpSecret = regexp.MustCompile(`data-sigra="totp-secret">([A-Z2-7]+)<`)
 var recoveryCodes = regexp.MustCompile(`(?s)data-sigra="recovery-codes">(.*?)</pre>`)
 
+// startEnrolling starts Caddy with a fake clock and a bare gate, signs
+// email in and opens its authenticator-app page: the page and the
+// secret it shows, not confirmed yet.
+func startEnrolling(t *testing.T, email string) (fake *clock.Fake, e *env, u *authcore.User, page, secret string) {
+	t.Helper()
+	fake = useFakeClock(t)
+	e = startCaddy(t, "", "sigra_gate")
+	u = e.addUser(email)
+	e.mustLogin(email)
+	_, page = e.get("/.sigra/account/totp", nil)
+	m := totpSecret.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no secret on the enrol page")
+	}
+	return fake, e, u, page, m[1]
+}
+
 // startEnrolled starts Caddy with a fake clock and a bare gate (global
 // sigra options as given), signs email in and enrols its authenticator
 // app: the common start of the second-factor tests.

@@ -402,19 +402,11 @@ func TestMFASubmitRefusesBadCSRF(t *testing.T) {
 // M15: mfa.go totpSubmit — confirming an enrolment needs the CSRF token;
 // a refused post enrols nothing.
 func TestTOTPSubmitRefusesBadCSRF(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	u := e.addUser("max@example.com")
-	e.mustLogin("max@example.com")
-	_, page := e.get("/.sigra/account/totp", nil)
-	m := totpSecret.FindStringSubmatch(page)
-	if m == nil {
-		t.Fatal("no secret on the enrol page")
-	}
+	fake, e, u, page, secret := startEnrolling(t, "max@example.com")
 	good := csrfFrom(t, page)
 	tampered := []byte(good)
 	tampered[len(tampered)/2] ^= 1
-	code := refTOTP(t, m[1], fake.Now())
+	code := refTOTP(t, secret, fake.Now())
 	for name, form := range map[string]url.Values{
 		"no token":                {"code": {code}},
 		"empty token":             {"code": {code}, "csrf_token": {""}},

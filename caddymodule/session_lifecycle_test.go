@@ -127,15 +127,7 @@ func TestLogoutDuringASecondFactorStep(t *testing.T) {
 // An authenticator app confirmed by a session that ended meanwhile is
 // not set up: nobody saw its recovery codes.
 func TestTOTPEnrolmentSessionEndedMeanwhile(t *testing.T) {
-	fake := useFakeClock(t)
-	e := startCaddy(t, "", "sigra_gate")
-	u := e.addUser("eli@example.com")
-	e.mustLogin("eli@example.com")
-	_, page := e.get("/.sigra/account/totp", nil)
-	m := totpSecret.FindStringSubmatch(page)
-	if m == nil {
-		t.Fatal("no secret on the enrol page")
-	}
+	fake, e, u, page, secret := startEnrolling(t, "eli@example.com")
 	// Ended in the store behind the session cache's back, which is how
 	// a revocation landing between the form's checks and its last step
 	// looks to that step.
@@ -147,7 +139,7 @@ func TestTOTPEnrolmentSessionEndedMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, body := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)},
-		"code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}}, nil)
+		"code": {refTOTP(t, secret, fake.Now())}, "password": {testPassword}}, nil)
 	if r.StatusCode != http.StatusUnauthorized || strings.Contains(body, `data-sigra="recovery-codes"`) {
 		t.Fatalf("status %d; want 401 and no recovery codes\n%s", r.StatusCode, body)
 	}
