@@ -274,11 +274,10 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	now := rt.auth.Now()
-	secure := isSecure(r)
+	secure, host := isSecure(r), requestHost(r)
 	own := takeOwnCookies(r, secure)
 	if token := own.session; first && token != "" {
 		// Later gates reuse what the first resolved.
-		host := requestHost(r)
 		p, err := rt.auth.AuthenticateOn(ctx, token, host, now)
 		if errors.Is(err, authcore.ErrOtherHost) {
 			// A cookie carried from another site, or a proxy that sends
@@ -323,7 +322,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		d.asserted = false
 	}
 	if !g.OmitAssertion && !d.asserted {
-		origin := g.origins.originFor(secure, requestHost(r))
+		origin := g.origins.originFor(secure, host)
 		aud := g.app.AssertionAudience
 		if aud == "" {
 			aud = origin
