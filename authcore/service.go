@@ -23,6 +23,13 @@ type Config struct {
 	Idle time.Duration
 	// Lifetime ends a session this long after sign-in. Default 12h.
 	Lifetime time.Duration
+	// PendingLifetime ends a pending session (the password of a user
+	// with a second factor, the second factor still to come) this long
+	// after sign-in, if Lifetime does not end it sooner: a stolen
+	// password buys a short window to try codes in, not a whole
+	// session's. Completing the second factor gives the session its
+	// Lifetime from sign-in. Default DefaultPendingLifetime.
+	PendingLifetime time.Duration
 	// TouchInterval is how often a session's LastSeen is written back to
 	// the store. Default Idle/10, at most 1m.
 	TouchInterval time.Duration
@@ -48,12 +55,19 @@ const DefaultMaxTOTPFailures = 100
 // DefaultIdle is the default Config.Idle.
 const DefaultIdle = 30 * time.Minute
 
+// DefaultPendingLifetime is the default Config.PendingLifetime: time to
+// find the phone or the recovery codes.
+const DefaultPendingLifetime = 10 * time.Minute
+
 func (c *Config) setDefaults() {
 	if c.Idle <= 0 {
 		c.Idle = DefaultIdle
 	}
 	if c.Lifetime <= 0 {
 		c.Lifetime = 12 * time.Hour
+	}
+	if c.PendingLifetime <= 0 {
+		c.PendingLifetime = DefaultPendingLifetime
 	}
 	if c.TouchInterval <= 0 {
 		c.TouchInterval = min(c.Idle/10, time.Minute)
@@ -362,7 +376,8 @@ func (s *Service) PasswordChecks() uint64 { return s.hashChecks.Load() }
 
 // StartSession creates a new session for u after the given methods
 // passed. It is always a new id (no fixation). If u has a second factor
-// and amr does not include one, the session is pending.
+// and amr does not include one, the session is pending, and ends after
+// PendingLifetime unless the second factor completes it.
 func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta ClientMeta) (string, *Session, error) {
 	now := s.clock.Now().UTC()
 	token, id := NewToken()
@@ -375,6 +390,7 @@ func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta 
 		sess.MFAAt = now
 	} else if u.SecondFactor {
 		sess.Pending = true
+		sess.ExpiresAt = now.Add(min(s.cfg.Lifetime, s.cfg.PendingLifetime))
 	}
 	if err := s.store.PutSession(ctx, sess); err != nil {
 		return "", nil, err

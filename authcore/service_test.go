@@ -89,7 +89,7 @@ func TestNewServiceDefaults(t *testing.T) {
 	}
 	got := svc.Config()
 	want := Config{
-		Idle: 30 * time.Minute, Lifetime: 12 * time.Hour, TouchInterval: time.Minute,
+		Idle: 30 * time.Minute, Lifetime: 12 * time.Hour, PendingLifetime: 10 * time.Minute, TouchInterval: time.Minute,
 		CacheTTL: 10 * time.Second, CacheSize: 100_000, Argon2: DefaultArgon2, MaxTOTPFailures: 100,
 	}
 	if got != want {

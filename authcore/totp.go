@@ -460,9 +460,10 @@ func totpStep(t time.Time) uint64 {
 //
 // The privilege level changes, so the session id changes too: a new token
 // and id replace the old session, which is deleted; creation, expiry and
-// auth time carry over. Set the returned token as the cookie. If the
-// session is gone or expired, or a concurrent call already replaced it,
-// the answer is ErrNoSession and nothing is created.
+// auth time carry over, except that a pending session's short expiry
+// becomes the full Lifetime from sign-in. Set the returned token as the
+// cookie. If the session is gone or expired, or a concurrent call already
+// replaced it, the answer is ErrNoSession and nothing is created.
 //
 // The caller must have verified the factor for sess.UserID, through this
 // Service, in the same request.
@@ -491,6 +492,9 @@ func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method
 		}
 	}
 	sess.MFAAt = now
+	if old.Pending {
+		sess.ExpiresAt = old.CreatedAt.Add(s.cfg.Lifetime)
+	}
 	sess.Pending = false
 	sess.LastSeen = now
 	// One transaction: of two concurrent completions only one finds the

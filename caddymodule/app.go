@@ -112,6 +112,9 @@ type SessionConfig struct {
 	Idle caddy.Duration `json:"idle,omitempty"`
 	// Lifetime ends a session this long after sign-in. Default 12h.
 	Lifetime caddy.Duration `json:"lifetime,omitempty"`
+	// PendingLifetime ends a session still waiting for its second factor
+	// (the password was right) this long after sign-in. Default 10m.
+	PendingLifetime caddy.Duration `json:"pending_lifetime,omitempty"`
 }
 
 // KeysConfig configures keys.
@@ -376,7 +379,7 @@ func (a *App) Validate() error {
 		// The generated key's file, when there is one yet (made 0600).
 		warnLooseKeyFile(a.logger, "encryption key", a.encryptionKeyFile())
 	}
-	if time.Duration(a.Session.Idle) < 0 || time.Duration(a.Session.Lifetime) < 0 {
+	if a.Session.Idle < 0 || a.Session.Lifetime < 0 || a.Session.PendingLifetime < 0 {
 		return errors.New("session: durations must be positive")
 	}
 	if a.BootstrapAdmin != "off" {
@@ -461,8 +464,9 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 		return nil, err
 	}
 	cfg := authcore.Config{
-		Idle:     time.Duration(a.Session.Idle),
-		Lifetime: time.Duration(a.Session.Lifetime),
+		Idle:            time.Duration(a.Session.Idle),
+		Lifetime:        time.Duration(a.Session.Lifetime),
+		PendingLifetime: time.Duration(a.Session.PendingLifetime),
 	}
 	if a.Regulation != nil {
 		cfg.MaxTOTPFailures = a.Regulation.MaxTOTPFailures

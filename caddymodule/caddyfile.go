@@ -268,8 +268,12 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 					if err := parseDuration(d, &app.Session.Lifetime); err != nil {
 						return nil, err
 					}
+				case "pending_lifetime":
+					if err := parseDuration(d, &app.Session.PendingLifetime); err != nil {
+						return nil, err
+					}
 				default:
-					return nil, unknownOption(d, "session: unknown option %q (known: idle, lifetime)", d.Val())
+					return nil, unknownOption(d, "session: unknown option %q (known: idle, lifetime, pending_lifetime)", d.Val())
 				}
 			}
 		case "keys":

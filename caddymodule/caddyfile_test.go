@@ -105,6 +105,7 @@ func TestParseGlobal(t *testing.T) {
 			session {
 				idle 20m
 				lifetime 8h
+				pending_lifetime 5m
 			}
 			keys {
 				algorithm ES256
@@ -134,6 +135,7 @@ func TestParseGlobal(t *testing.T) {
 			}
 		}`, func(t *testing.T, a *App) {
 			if a.Storage.Path != "/var/lib/sigra/sigra.db" || time.Duration(a.Session.Idle) != 20*time.Minute ||
+				time.Duration(a.Session.Lifetime) != 8*time.Hour || time.Duration(a.Session.PendingLifetime) != 5*time.Minute ||
 				a.Keys.Algorithm != "ES256" || time.Duration(a.Keys.AssertionTTL) != 2*time.Minute ||
 				a.Prefix != "/auth" || a.AdminGroup != "ops" || len(a.AllowedRedirectHosts) != 2 ||
 				a.HeaderAliases[0] != "remote" || a.BootstrapAdmin != "off" ||

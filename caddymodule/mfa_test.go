@@ -577,7 +577,9 @@ func TestBannedSignInStillChecksThePassword(t *testing.T) {
 // auth.lockout row, a page that says what opens it, and the right code
 // refused until a recovery code passes or an admin unlocks the account.
 func TestTOTPLockedAfterWrongCodesInARow(t *testing.T) {
-	fake, e, u, secret, recovery := startEnrolled(t, "regulation {\n max_totp_failures 3\n }", "pat@example.com")
+	// One pending sign-in lasts the whole test, which spaces its codes
+	// past the regulation window.
+	fake, e, u, secret, recovery := startEnrolled(t, "regulation {\n max_totp_failures 3\n }\n session {\n pending_lifetime 12h\n }", "pat@example.com")
 	e.client.Jar, _ = newJar()
 	if r := e.login("pat@example.com", testPassword, "/"); !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa") {
 		t.Fatalf("sign-in went to %q; want the MFA page", r.Header.Get("Location"))

@@ -450,3 +450,50 @@ func TestSessionHostBehindATrustedProxy(t *testing.T) {
 		t.Errorf("the session's host: %q; want 127.0.0.1", p.Session.Host)
 	}
 }
+
+// A right password of a user with a second factor opens a window of
+// pending_lifetime for the code, however busy the browser keeps it;
+// after that the code signs nobody in. A code typed in time gives the
+// session its whole lifetime.
+func TestPendingSignInEndsAfterPendingLifetime(t *testing.T) {
+	fake, e, _, secret, _ := startEnrolled(t, "session {\n pending_lifetime 3m\n }", "pam@example.com")
+	late := e.browser()
+	start := fake.Now()
+	late.login("pam@example.com", testPassword, "/")
+	_, page := late.get("/.sigra/mfa", nil)
+	if !strings.Contains(page, `name="code"`) {
+		t.Fatal("no code form for the pending sign-in")
+	}
+	for range 2 { // busy: never idle
+		fake.Advance(time.Minute)
+		if r, body := late.get("/x", jsonAPI); r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "mfa_pending") {
+			t.Fatalf("pending session, %v in: status %d %s; want 401 mfa_pending", fake.Now().Sub(start), r.StatusCode, body)
+		}
+	}
+	fake.Advance(time.Minute)
+	if r, body := late.get("/x", jsonAPI); r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "login_required") {
+		t.Fatalf("pending session at pending_lifetime: status %d %s; want 401 login_required", r.StatusCode, body)
+	}
+	r, _ := late.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, map[string]string{"Accept": "text/html"})
+	if r.StatusCode != http.StatusSeeOther || !strings.Contains(r.Header.Get("Location"), "/.sigra/login") {
+		t.Fatalf("right code after pending_lifetime: status %d to %q; want 303 to sign in", r.StatusCode, r.Header.Get("Location"))
+	}
+
+	// In time: the session then outlives pending_lifetime.
+	fake.Advance(time.Minute) // a later TOTP step than the code above
+	inTime := e.browser()
+	start = fake.Now()
+	inTime.login("pam@example.com", testPassword, "/")
+	_, page = inTime.get("/.sigra/mfa", nil)
+	fake.Advance(2 * time.Minute)
+	r, _ = inTime.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
+	if r.StatusCode != http.StatusSeeOther || strings.Contains(r.Header.Get("Location"), "/.sigra/login") {
+		t.Fatalf("right code in time: status %d to %q; want 303 on to the app", r.StatusCode, r.Header.Get("Location"))
+	}
+	for range 3 {
+		fake.Advance(time.Minute)
+		if r, _ := inTime.get("/x", jsonAPI); r.StatusCode != http.StatusOK {
+			t.Fatalf("completed session, %v in: status %d; want 200", fake.Now().Sub(start), r.StatusCode)
+		}
+	}
+}

@@ -816,6 +816,9 @@ func TestCompleteSecondFactor(t *testing.T) {
 	if !pending.Pending {
 		t.Fatal("session not pending")
 	}
+	if want := pending.CreatedAt.Add(authcore.DefaultPendingLifetime); !pending.ExpiresAt.Equal(want) {
+		t.Errorf("pending session expires at %v; want %v, PendingLifetime after sign-in", pending.ExpiresAt, want)
+	}
 	e.clk.Advance(20 * time.Second)
 
 	token, sess, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP)
@@ -831,8 +834,11 @@ func TestCompleteSecondFactor(t *testing.T) {
 	if sess.Pending || !sess.MFA() || !sess.MFAAt.Equal(e.clk.Now()) {
 		t.Errorf("Pending=%v MFA()=%v MFAAt=%v; want a completed session with MFAAt now", sess.Pending, sess.MFA(), sess.MFAAt)
 	}
-	if !sess.CreatedAt.Equal(pending.CreatedAt) || !sess.ExpiresAt.Equal(pending.ExpiresAt) || !sess.AuthTime.Equal(pending.AuthTime) || sess.IP != "192.0.2.1" {
-		t.Errorf("rotated session %+v does not carry over creation, expiry, auth time and IP of %+v", sess, pending)
+	if !sess.CreatedAt.Equal(pending.CreatedAt) || !sess.AuthTime.Equal(pending.AuthTime) || sess.IP != "192.0.2.1" {
+		t.Errorf("rotated session %+v does not carry over creation, auth time and IP of %+v", sess, pending)
+	}
+	if want := pending.CreatedAt.Add(e.svc.Config().Lifetime); !sess.ExpiresAt.Equal(want) {
+		t.Errorf("completed session expires at %v; want %v, the full Lifetime after sign-in", sess.ExpiresAt, want)
 	}
 	if _, err := e.svc.Authenticate(e.ctx, oldToken); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("old token after rotation = %v; want ErrNoSession", err)
@@ -851,6 +857,9 @@ func TestCompleteSecondFactor(t *testing.T) {
 	if token2 == token || !slices.Equal(sess2.AMR, sess.AMR) || !sess2.MFAAt.Equal(e.clk.Now()) {
 		t.Errorf("step-up: AMR %q MFAAt %v; want %q, now, and a new token", sess2.AMR, sess2.MFAAt, sess.AMR)
 	}
+	if !sess2.ExpiresAt.Equal(sess.ExpiresAt) {
+		t.Errorf("step-up moved the expiry from %v to %v; want it kept", sess.ExpiresAt, sess2.ExpiresAt)
+	}
 	_, sess3, err := e.svc.CompleteSecondFactor(e.ctx, sess2.ID, authcore.AMRHardware)
 	if err != nil {
 		t.Fatal(err)
@@ -868,6 +877,70 @@ func TestCompleteSecondFactor(t *testing.T) {
 	e.clk.Advance(12 * time.Hour)
 	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, sess3.ID, authcore.AMROTP); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("expired session = %v; want ErrNoSession", err)
+	}
+}
+
+// A password alone, for a user with a second factor, buys a short
+// window: the pending session ends PendingLifetime after sign-in, however
+// busy, and cannot be completed after that.
+func TestPendingSessionEndsSoon(t *testing.T) {
+	e := newMFAEnv(t)
+	u := e.user(t, "alice@example.com")
+	e.enrol(t, u)
+	u, _ = e.st.UserByID(e.ctx, u.ID)
+	token, pending, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Used every minute (never idle) until just before the end.
+	for e.clk.Now().Before(pending.CreatedAt.Add(authcore.DefaultPendingLifetime - time.Minute)) {
+		e.clk.Advance(time.Minute)
+		if p, err := e.svc.Authenticate(e.ctx, token); err != nil || !p.Session.Pending {
+			t.Fatalf("pending session at %v: %v; want it alive and pending", e.clk.Now().Sub(pending.CreatedAt), err)
+		}
+	}
+	e.clk.Advance(time.Minute)
+	if _, err := e.svc.Authenticate(e.ctx, token); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("pending session at PendingLifetime = %v; want ErrNoSession", err)
+	}
+	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("completing it then = %v; want ErrNoSession", err)
+	}
+
+	// Without a second factor a password session gets the full lifetime.
+	plain := e.user(t, "bob@example.com")
+	_, sess, err := e.svc.StartSession(e.ctx, plain, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := sess.CreatedAt.Add(e.svc.Config().Lifetime); sess.Pending || !sess.ExpiresAt.Equal(want) {
+		t.Errorf("password-only user's session: pending %v, expires %v; want not pending, %v", sess.Pending, sess.ExpiresAt, want)
+	}
+}
+
+// A Lifetime shorter than PendingLifetime bounds a pending session too.
+func TestPendingSessionWithinLifetime(t *testing.T) {
+	box, err := seal.New(make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(mfaStart)
+	st := openAuthBolt(t)
+	cfg := authcore.Config{Lifetime: 5 * time.Minute, PendingLifetime: time.Hour, Argon2: authcore.Argon2Params{Memory: 64, Time: 1, Threads: 1, KeyLen: 32, SaltLen: 16}}
+	svc, err := authcore.NewService(slog.New(slog.DiscardHandler), clk, st, box, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &mfaEnv{svc: svc, clk: clk, box: box, ctx: context.Background(), st: st}
+	u := e.user(t, "alice@example.com")
+	e.enrol(t, u)
+	u, _ = st.UserByID(e.ctx, u.ID)
+	_, pending, err := svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := pending.CreatedAt.Add(5 * time.Minute); !pending.ExpiresAt.Equal(want) {
+		t.Errorf("pending session expires at %v; want %v (Lifetime, the shorter)", pending.ExpiresAt, want)
 	}
 }
 
