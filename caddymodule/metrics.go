@@ -47,7 +47,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	m.gateAnonymous = m.gateDecisions.WithLabelValues("allow", "anonymous")
 	// Known series start at zero, so dashboards see them before the first event.
 	for _, method := range []string{"password", "totp", "recovery_code"} {
-		for _, result := range []string{"success", "failure", "locked"} {
+		for _, result := range []string{"success", "failure", "locked", "session_ended"} {
 			m.logins.WithLabelValues(method, result)
 		}
 	}

@@ -175,7 +175,7 @@ func (q *preq) mfaSubmit() error {
 				return err
 			}
 		}
-		q.rt.login(method, "failure")
+		q.rt.login(method, "session_ended")
 		q.clearSessionCookie()
 		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
 		return nil

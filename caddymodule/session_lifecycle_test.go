@@ -283,18 +283,18 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 // code is spent all the same, and has its row.
 func TestMFASessionEndedMeanwhile(t *testing.T) {
 	fake, e, u, secret, codes := startEnrolled(t, "", "meg@example.com")
-	failures := func() float64 {
+	count := func(result string) float64 {
 		var n float64
 		for _, method := range []string{"totp", "recovery_code"} {
 			var m dto.Metric
-			if err := e.rt().metrics.logins.WithLabelValues(method, "failure").Write(&m); err != nil {
+			if err := e.rt().metrics.logins.WithLabelValues(method, result).Write(&m); err != nil {
 				t.Fatal(err)
 			}
 			n += m.GetCounter().GetValue()
 		}
 		return n
 	}
-	before := failures()
+	failuresBefore, endedBefore := count("failure"), count("session_ended")
 	for _, field := range []string{"code", "recovery_code"} {
 		b := e.browser()
 		b.login("meg@example.com", testPassword, "/")
@@ -337,8 +337,12 @@ func TestMFASessionEndedMeanwhile(t *testing.T) {
 	if n := len(e.auditRows("auth.login.success")); n != 1 { // the enrolment's own sign-in
 		t.Errorf("%d auth.login.success rows; want 1", n)
 	}
-	if n := failures() - before; n != 2 {
-		t.Errorf("sigra_logins_total failures went up by %v; want 2", n)
+	// A right code is no failed guess: alerts on failures stay quiet.
+	if n := count("session_ended") - endedBefore; n != 2 {
+		t.Errorf("sigra_logins_total session_ended went up by %v; want 2", n)
+	}
+	if n := count("failure") - failuresBefore; n != 0 {
+		t.Errorf("sigra_logins_total failure went up by %v; want 0", n)
 	}
 }
 
