@@ -51,6 +51,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -101,13 +102,36 @@ const (
 // ErrAuditKey means an audit key or webhook id could not be decoded.
 var ErrAuditKey = errors.New("store: malformed audit key")
 
+// auditTime is t as a key prefix, to seek to or compare with.
 func auditTime(t time.Time) []byte {
-	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(t.UnixNano()))
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), keyNanos(t))
+}
+
+// Keys hold nanoseconds since 1970 in a uint64, so only times from 1970
+// to 2262 have one (rows and deliveries are always stamped now).
+var (
+	keyTimeMin = time.Unix(0, 0)
+	keyTimeMax = time.Unix(0, math.MaxInt64)
+)
+
+// keyNanos is t in a key: nanoseconds since 1970, and a bound outside
+// the keys' years clamped to their first or last instant. Unclamped, a
+// time before 1970 would wrap to one after every row (a long retention
+// would prune them all; a since before 1970 would find none), and one
+// after 2262 would be undefined.
+func keyNanos(t time.Time) uint64 {
+	switch {
+	case t.Before(keyTimeMin):
+		return 0
+	case t.After(keyTimeMax):
+		return math.MaxInt64
+	}
+	return uint64(t.UnixNano())
 }
 
 func auditPosKey(p audit.Position) []byte {
 	k := make([]byte, 0, auditPosLen)
-	k = binary.BigEndian.AppendUint64(k, uint64(p.At.UnixNano()))
+	k = binary.BigEndian.AppendUint64(k, keyNanos(p.At))
 	return append(k, p.ID[:]...)
 }
 
@@ -134,7 +158,7 @@ func auditHookBytes(id string) ([]byte, error) {
 func auditOutboxKey(hook []byte, due time.Time, pk []byte) []byte {
 	k := make([]byte, 0, auditOutboxLen)
 	k = append(k, hook...)
-	k = binary.BigEndian.AppendUint64(k, uint64(due.UnixNano()))
+	k = binary.BigEndian.AppendUint64(k, keyNanos(due))
 	return append(k, pk...)
 }
 

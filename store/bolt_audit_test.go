@@ -389,6 +389,55 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 	}
 }
 
+// Bounds outside the years a key can hold (1970 to 2262) keep their
+// meaning: a retention reaching before 1970 prunes nothing, and a since
+// before 1970 or an until after 2262 leaves every row in.
+func TestAuditBoltBoundsBeyondKeyYears(t *testing.T) {
+	b := auditOpen(t, "")
+	ctx := context.Background()
+	const n = 3
+	var es []audit.Entry
+	for i := range n {
+		r := audit.Row{Action: "auth.logout", ActorID: "u1", SubjectID: "u1", OccurredAt: auditT0.Add(time.Duration(i) * time.Second)}
+		es = append(es, auditEntry(t, r, time.Time{}))
+	}
+	if _, err := b.AppendAudit(ctx, es); err != nil {
+		t.Fatal(err)
+	}
+	early := []time.Time{time.Date(1969, 12, 31, 23, 59, 59, 0, time.UTC), time.Date(1926, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC)}
+	late := []time.Time{time.Date(2263, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)}
+	for _, since := range early {
+		for _, q := range []audit.StoreQuery{{Since: since, Limit: 10}, {ActorID: "u1", Since: since, Limit: 10}, {Action: "auth.*", Since: since, Limit: 10}} {
+			if rows, _, err := b.AuditTimeline(ctx, q); err != nil || len(rows) != n {
+				t.Errorf("AuditTimeline(%+v) = %d rows, %v; want %d", q, len(rows), err, n)
+			}
+		}
+		if rows, err := b.AuditRange(ctx, nil, since, time.Time{}, 10); err != nil || len(rows) != n {
+			t.Errorf("AuditRange since %v = %d rows, %v; want %d", since, len(rows), err, n)
+		}
+		if rows, err := b.AuditRange(ctx, nil, time.Time{}, since, 10); err != nil || len(rows) != 0 {
+			t.Errorf("AuditRange until %v = %d rows, %v; want none", since, len(rows), err)
+		}
+		if deleted, err := b.PruneAudit(ctx, since); err != nil || deleted != 0 {
+			t.Errorf("PruneAudit(%v) = %d, %v; want nothing deleted", since, deleted, err)
+		}
+	}
+	for _, until := range late {
+		if rows, _, err := b.AuditTimeline(ctx, audit.StoreQuery{Until: until, Limit: 10}); err != nil || len(rows) != n {
+			t.Errorf("AuditTimeline until %v = %d rows, %v; want %d", until, len(rows), err, n)
+		}
+		if rows, err := b.AuditRange(ctx, nil, time.Time{}, until, 10); err != nil || len(rows) != n {
+			t.Errorf("AuditRange until %v = %d rows, %v; want %d", until, len(rows), err, n)
+		}
+		if rows, err := b.AuditRange(ctx, nil, until, time.Time{}, 10); err != nil || len(rows) != 0 {
+			t.Errorf("AuditRange since %v = %d rows, %v; want none", until, len(rows), err)
+		}
+	}
+	if got := auditKeys(t, b, bktAuditRows); got != n {
+		t.Errorf("%d rows left; want all %d", got, n)
+	}
+}
+
 // auditAllDue reads the deliveries due at now to every webhook, earliest
 // due first (ties in webhook order).
 func auditAllDue(t *testing.T, b *Bolt, now time.Time) []audit.Delivery {
