@@ -216,6 +216,20 @@ func (a *Attempt) Allowed() bool { return a.allowed }
 // (banned, or its quota in flight), whatever the account's state.
 func (a *Attempt) AddressRefused() bool { return a.addr }
 
+// RefusedBy is the regulation key that refused the attempt: the client
+// address's if it did, else the account's; "" for an allowed attempt.
+// Callers use it to keep one record of a run of refusals, which cost the
+// sender nothing.
+func (a *Attempt) RefusedBy() string {
+	switch {
+	case a.allowed:
+		return ""
+	case a.addr:
+		return a.keys[1]
+	}
+	return a.keys[0]
+}
+
 // BannedUntil is when the ban that refused the attempt ends (zero if
 // none). It is for logs and admins; never tell the client.
 func (a *Attempt) BannedUntil() time.Time { return a.until }

@@ -438,3 +438,42 @@ func TestRegulationPrune(t *testing.T) {
 		t.Errorf("Prune after the ban = %d, %v; want 1", n, err)
 	}
 }
+
+// RefusedBy names the key that refused an attempt: the address when it
+// is banned, whatever the account; the account otherwise; none when
+// allowed.
+func TestRegulationRefusedBy(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 2, MaxRetriesPerIP: 3})
+	ctx := context.Background()
+	refusedBy := func(account, ip string) string {
+		t.Helper()
+		a, err := r.Begin(ctx, account, ip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Fail(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return a.RefusedBy()
+	}
+	alice, bob := UserAccountKey("alice"), UserAccountKey("bob")
+	for range 2 {
+		if got := refusedBy(alice, "192.0.2.1"); got != "" {
+			t.Fatalf("allowed attempt: RefusedBy %q; want none", got)
+		}
+	}
+	if got := refusedBy(alice, "198.51.100.7"); got != alice {
+		t.Errorf("banned account from a fresh address: RefusedBy %q; want the account %q", got, alice)
+	}
+	if got := refusedBy(bob, "192.0.2.1"); got != "" { // the address's third failure bans it
+		t.Fatalf("bob's first attempt: RefusedBy %q; want none", got)
+	}
+	for _, acct := range []string{alice, bob, UserAccountKey("carol")} {
+		if got, want := refusedBy(acct, "192.0.2.1"), ipKey("192.0.2.1"); got != want {
+			t.Errorf("%s from the banned address: RefusedBy %q; want the address %q", acct, got, want)
+		}
+	}
+	if got := refusedBy(alice, ""); got != alice {
+		t.Errorf("banned account, no address: RefusedBy %q; want %q", got, alice)
+	}
+}

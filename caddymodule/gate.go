@@ -442,15 +442,16 @@ const deniedLogMax = 10000
 // deniedLog keeps authz.denied rows to one per user, gate and reason a
 // minute, so a client retrying a refused request cannot flood the log
 // (and the rows of codes refused by a locked authenticator app, with no
-// gate, to one per user a minute).
+// gate, to one per user a minute, and those of sign-ins and codes
+// refused unchecked to one per refusing account or address a minute).
 type deniedLog struct {
 	mu   sync.Mutex
 	last map[deniedKey]time.Time
 }
 
 type deniedKey struct {
-	user   string
-	gate   *Gate // the route
+	user   string // a user id, or a regulation key (refused sign-ins)
+	gate   *Gate  // the route
 	reason string
 }
 

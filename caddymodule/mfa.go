@@ -142,8 +142,10 @@ func (q *preq) mfaSubmit() error {
 				return err
 			}
 		}
-		if err := q.audit(failed); err != nil {
-			return err
+		if q.refusalDue(att) {
+			if err := q.audit(failed); err != nil {
+				return err
+			}
 		}
 		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
 		unlock()
@@ -392,6 +394,17 @@ func (q *preq) recoveryRegenerate() error {
 // auditLockout writes one auth.lockout row when a failure started a ban;
 // its scope names the ban: account (the password's key) or mfa (the
 // codes'), ip, or both.
+// refusalDue reports whether the failure row of att is due: always for a
+// checked credential; for one refused unchecked (a ban, or a quota in
+// flight), once a minute per refusing account or address. Refusals cost
+// the sender no hashing and need not wait for the answer, so a row for
+// each would let anyone grow the store as fast as they can send;
+// sigra_logins_total{result="locked"} still counts every one.
+func (q *preq) refusalDue(att *authcore.Attempt) bool {
+	key := att.RefusedBy()
+	return key == "" || q.rt.denied.due(deniedKey{user: key, reason: "refused"}, q.rt.auth.Now())
+}
+
 func (q *preq) auditLockout(subject string, res authcore.FailResult, account string) error {
 	if !res.Lockout() {
 		return nil

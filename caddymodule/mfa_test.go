@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/internal/clock"
@@ -369,6 +371,37 @@ func TestBruteForceRegulation(t *testing.T) {
 		other := e.addUser("untouched@example.com")
 		if r := e.login(other.Email, testPassword, "/"); r.StatusCode != http.StatusUnauthorized {
 			t.Errorf("right password from a banned IP: status %d; want 401", r.StatusCode)
+		}
+	})
+	// Refusals cost the sender no hashing and need no waiting for the
+	// answer: a row each would let one address grow the store as fast as
+	// it can send. One row a minute per refusing address; the metric
+	// counts them all.
+	t.Run("refusals while banned write one row a minute", func(t *testing.T) {
+		locked := func() float64 {
+			var m dto.Metric
+			if err := e.rt().metrics.logins.WithLabelValues("password", "locked").Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			return m.GetCounter().GetValue()
+		}
+		fake.Advance(time.Minute) // past the row of the refusal above
+		rowsBefore, lockedBefore := len(e.auditRows("auth.login.failure")), locked()
+		for i := range 6 {
+			if r := e.login(fmt.Sprintf("spray%d@example.com", i%3), "guess "+fmt.Sprint(i), "/"); r.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("refused sign-in %d: status %d; want 401", i, r.StatusCode)
+			}
+		}
+		if n := len(e.auditRows("auth.login.failure")) - rowsBefore; n != 1 {
+			t.Errorf("%d auth.login.failure rows for 6 refusals within a minute; want 1", n)
+		}
+		if n := locked() - lockedBefore; n != 6 {
+			t.Errorf("sigra_logins_total{password,locked} went up by %v; want 6", n)
+		}
+		fake.Advance(time.Minute)
+		e.login("spray0@example.com", "guess again", "/")
+		if n := len(e.auditRows("auth.login.failure")) - rowsBefore; n != 2 {
+			t.Errorf("%d auth.login.failure rows a minute later; want 2", n)
 		}
 	})
 }

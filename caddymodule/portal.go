@@ -426,8 +426,10 @@ func (q *preq) checkPassword(email, password, step string) (*authcore.User, *aut
 		if step != "" {
 			meta["step"] = step
 		}
-		if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta}); err != nil {
-			return nil, nil, err
+		if q.refusalDue(att) {
+			if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta}); err != nil {
+				return nil, nil, err
+			}
 		}
 		q.rt.login("password", map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
 		wait(q.ctx(), res.Delay)
