@@ -112,6 +112,9 @@ type lane struct {
 	downSince time.Time // the first of them
 	until     time.Time // no attempt before this while down, or after a failed pass
 	lastErr   string    // the last unavailable answer
+	// failedRow is the row of the last delivery that found the receiver
+	// unavailable: the next pass probes another, if another is due.
+	failedRow string
 	// failedPasses counts the passes in a row that failed (the outbox
 	// unreadable, the outcome unrecorded); 0 after one that ran and did
 	// not (a lane held back runs no pass), and after a replay.
@@ -173,7 +176,7 @@ func (ln *lane) blockedUntil() time.Time {
 // replayed its deliveries.
 func (ln *lane) reset() {
 	ln.mu.Lock()
-	ln.down, ln.downSince, ln.until, ln.lastErr = 0, time.Time{}, time.Time{}, ""
+	ln.down, ln.downSince, ln.until, ln.lastErr, ln.failedRow = 0, time.Time{}, time.Time{}, "", ""
 	ln.mu.Unlock()
 }
 
@@ -538,9 +541,24 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 	if len(ds) == 0 {
 		return 0, nil
 	}
-	// The most attempted first: while the receiver is down, the same
-	// delivery keeps probing.
+	// The most attempted first, so that retries are not starved by new
+	// deliveries; but not the one that last found the receiver
+	// unavailable, while another is due. A receiver that is down fails
+	// every probe alike; one that answers a 5xx to one event alone (its
+	// parser chokes on it, say) then takes the others, and so ends the
+	// webhook's backoff, instead of being probed with that event for
+	// the whole retry schedule and then having every delivery given up.
+	// That event stays last in each pass, and dies alone once its own
+	// attempts run out.
 	slices.SortStableFunc(ds, func(a, b Delivery) int { return b.Attempts - a.Attempts })
+	ln.mu.Lock()
+	failedRow := ln.failedRow
+	ln.mu.Unlock()
+	if len(ds) > 1 && failedRow != "" {
+		if i := slices.IndexFunc(ds, func(d Delivery) bool { return d.RowID == failedRow }); i >= 0 {
+			ds = append(append(ds[:i:i], ds[i+1:]...), ds[i])
+		}
+	}
 	results, started := s.attemptAll(ctx, ds)
 	if ctx.Err() != nil {
 		// Shutting down: attempts cut short are not the receiver's fault;
@@ -551,6 +569,7 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		ss          = make([]Settlement, 0, len(ds))
 		causes      = make([]error, 0, len(ds))
 		unavailable error
+		failed      string // the row of the delivery that said so
 		answered    bool
 	)
 	for i, d := range ds {
@@ -559,7 +578,7 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		}
 		st := s.verdict(d, results[i])
 		if receiverUnavailable(results[i]) {
-			unavailable = results[i]
+			unavailable, failed = results[i], d.RowID
 			if st.Verdict == Retry {
 				// It keeps its place at the front of the queue: the
 				// webhook's backoff, not its due time, says when the
@@ -580,7 +599,7 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		ln.reset()
 	}
 	if unavailable != nil {
-		s.laneDown(ln, unavailable, len(ds)-len(ss))
+		s.laneDown(ln, unavailable, failed, len(ds)-len(ss))
 	}
 	// The pass is settled in one commit: one disk sync per pass, not one
 	// per delivery. Should the commit fail, the pass's deliveries stay
@@ -603,7 +622,7 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 // unavailable: as long as a delivery would be after that many failures,
 // from now, when the pass's attempts are over (a probe that timed out
 // may have taken longer than the first steps).
-func (s *sender) laneDown(ln *lane, cause error, held int) {
+func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 	now := s.l.clk.Now()
 	ln.mu.Lock()
 	if ln.down == 0 {
@@ -612,6 +631,7 @@ func (s *sender) laneDown(ln *lane, cause error, held int) {
 	ln.down++
 	ln.until = now.Add(s.backoff(ln.down))
 	ln.lastErr = truncate(cause.Error(), 512)
+	ln.failedRow = row
 	down, since, until := ln.down, ln.downSince, ln.until
 	ln.mu.Unlock()
 	s.l.errLog.Warn("audit webhook receiver unavailable: its deliveries wait", "hook_id", ln.hook,
