@@ -187,7 +187,7 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 // assertions are re-signed on next use.
 func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	if kr.fromFile {
-		return fmt.Errorf("%w: the signing key is loaded from a PEM file (signing_key): replace the file and reload instead", ErrInvalidInput)
+		return fmt.Errorf("%w: the signing key is loaded from a PEM file (signing_key): replace the file and run caddy reload --force instead (an unchanged config is not reloaded without --force)", ErrInvalidInput)
 	}
 	kr.mu.Lock()
 	defer kr.mu.Unlock()

@@ -447,7 +447,7 @@ func (a *App) Start() error {
 func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	box, err := a.encryptionBox()
+	box, err := a.encryptionBox(ctx, st)
 	if err != nil {
 		return nil, err
 	}
@@ -457,11 +457,11 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 		TTL:       a.assertionTTL(),
 	})
 	if err != nil {
-		return nil, err
+		return nil, a.wrongKey(err, box)
 	}
 	csrfKey, err := loadOrCreateSecret(ctx, st, box, "csrf_key", 32)
 	if err != nil {
-		return nil, err
+		return nil, a.wrongKey(err, box)
 	}
 	cfg := authcore.Config{
 		Idle:            time.Duration(a.Session.Idle),
@@ -544,8 +544,11 @@ func placeholderName(raw string) string {
 }
 
 // encryptionBox builds the box that seals secrets at rest, from the
-// configured key or a key file generated next to the default store.
-func (a *App) encryptionBox() (*seal.Box, error) {
+// configured key or a key file generated next to the store. A store that
+// has started before (it holds the CSRF key, sealed) and whose key file is
+// gone gets no new key: one would read none of its secrets, and would
+// have to be overwritten with the old one once found.
+func (a *App) encryptionBox(ctx context.Context, st authcore.Store) (*seal.Box, error) {
 	if a.Keys.EncryptionKey != "" {
 		k, err := a.configuredEncryptionKey()
 		if err != nil {
@@ -553,11 +556,38 @@ func (a *App) encryptionBox() (*seal.Box, error) {
 		}
 		return seal.New(k)
 	}
-	k, err := seal.LoadOrCreateKeyFile(a.encryptionKeyFile())
+	path := a.encryptionKeyFile()
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		_, serr := st.GetSecret(ctx, "csrf_key")
+		switch {
+		case serr == nil:
+			return nil, fmt.Errorf("the encryption key file %s is missing, but the store %s holds secrets sealed with it: "+
+				"restore the file (from where you back up the store; it is not in the store's backups) and start again. "+
+				"No new key was made: it could not read them. Lost for good, it takes the signing keys and the "+
+				"authenticator apps with it: move the store aside to start a new one", path, a.storagePath)
+		case !errors.Is(serr, authcore.ErrNotFound):
+			return nil, serr
+		}
+	}
+	k, err := seal.LoadOrCreateKeyFile(path)
 	if err != nil {
 		return nil, err
 	}
 	return seal.New(k) // Validate warned if the file is open to others
+}
+
+// wrongKey explains a secret of the store that the encryption key cannot
+// open: which key was used, and from where.
+func (a *App) wrongKey(err error, box *seal.Box) error {
+	if !errors.Is(err, seal.ErrOpen) {
+		return err
+	}
+	from := "the key file " + a.encryptionKeyFile()
+	if a.Keys.EncryptionKey != "" {
+		from = "keys { encryption_key " + placeholderName(a.Keys.EncryptionKey) + " }"
+	}
+	return fmt.Errorf("%w: the store %s was sealed with another encryption key than this one (id %s, from %s); configure the one it was made with",
+		err, a.storagePath, box.ID(), from)
 }
 
 // encryptionKeyFile is where the encryption key is generated and kept

@@ -283,7 +283,8 @@ an unknown kid (the JWKS is served with Cache-Control: no-cache, so
 caches in between revalidate). The new key has the configured algorithm (keys { algorithm }; to
 change it, change the config: the next start rotates). Through the
 running Caddy when it holds the store. Not available when the key comes
-from a signing_key file: replace the file and reload.`,
+from a signing_key file: replace the file and run caddy reload --force
+(without --force, Caddy sees the same config and keeps the old key).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error { return run(c, keysRequest{Op: "rotate"}) },
 	}

@@ -4,6 +4,7 @@ package caddymodule
 // each checks that the option changes what the running gateway does.
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -28,6 +29,7 @@ import (
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/store"
 )
 
 // assertionParts verifies a JWT against the served JWKS (without
@@ -251,6 +253,57 @@ func TestEncryptionKeyErrorsNameThePlaceholder(t *testing.T) {
 	}
 }
 
+// A store that has started whose encryption.key is gone is refused at
+// start, naming the file, and no new key takes the old one's place (it
+// could read nothing, and would have to be overwritten once the old one
+// is found); with the file back, it starts. A key that is not the one
+// the store was sealed with is named, with where it came from.
+func TestMissingOrWrongEncryptionKey(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("kim@example.com")
+	keyFile := filepath.Join(e.dir, "encryption.key")
+	saved, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	err = e.load(e.config)
+	if err == nil || !strings.Contains(err.Error(), keyFile+" is missing") || !strings.Contains(err.Error(), "restore the file") {
+		t.Fatalf("start without the key file: %v; want an error naming %s as missing", err, keyFile)
+	}
+	if _, serr := os.Stat(keyFile); !os.IsNotExist(serr) {
+		t.Fatalf("a start without the key file made a new one (stat: %v)", serr)
+	}
+
+	other := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)) + "\n"
+	if err := os.WriteFile(keyFile, []byte(other), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.load(e.config); err == nil || !strings.Contains(err.Error(), "sealed with another encryption key") || !strings.Contains(err.Error(), "the key file "+keyFile) {
+		t.Fatalf("start with another key file: %v; want an error saying the key is not the store's, naming the file", err)
+	}
+	const name = "SIGRA_TEST_OTHER_KEY"
+	t.Setenv(name, strings.TrimSpace(other))
+	orig := e.config
+	cf := strings.Replace(orig, "sigra {", "sigra {\n\t\tkeys {\n\t\t\tencryption_key {env."+name+"}\n\t\t}", 1)
+	if err := e.load(cf); err == nil || !strings.Contains(err.Error(), "{env."+name+"}") || strings.Contains(err.Error(), strings.TrimSpace(other)) {
+		t.Fatalf("start with another key from the environment: %v; want an error naming the placeholder, not the key", err)
+	}
+
+	if err := os.WriteFile(keyFile, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.load(orig); err != nil {
+		t.Fatalf("start with the key file restored: %v", err)
+	}
+	e.mustLogin("kim@example.com")
+}
+
 // A storage path from an unset variable is an error naming it, not the
 // default store in Caddy's data directory (a second, empty one).
 func TestStoragePathFromUnsetVariable(t *testing.T) {
@@ -315,6 +368,11 @@ func TestLooseKeyFilesWarn(t *testing.T) {
 	if err := a.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
+	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
 	// warnings validates (as caddy validate, the CLI and a start do) and
 	// returns the paths warned about; then it loads the encryption key
 	// as a start does, which must not warn a second time.
@@ -330,7 +388,7 @@ func TestLooseKeyFilesWarn(t *testing.T) {
 				got[path] = true
 			}
 		}
-		if _, err := a.encryptionBox(); err != nil {
+		if _, err := a.encryptionBox(context.Background(), st); err != nil {
 			t.Fatalf("encryption key: %v", err)
 		}
 		if again := logs.TakeAll(); len(again) != 0 {
