@@ -62,6 +62,9 @@ func handlerDirective(setup func(httpcaddyfile.Helper, caddy.ModuleMap) (caddyht
 // own paths, it strips forged identity headers and the gateway's cookies
 // from every request of the site, gated or not.
 func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
+	if err := checkPlacement(h, "sigra_portal"); err != nil {
+		return err
+	}
 	if matcherSet != nil {
 		return h.Err("sigra_portal takes no matcher: it must see every request of the site, to serve its own paths and to strip X-Sigra-* headers and the gateway's cookies from all the others")
 	}
@@ -93,6 +96,9 @@ type gateMatch struct {
 // matches paths): they are equally specific, so the one written first
 // would decide alone and the other's requirements would never apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
+	if err := checkPlacement(h, "sigra_gate"); err != nil {
+		return err
+	}
 	sib, err := gateBlockOf(h)
 	if sib == nil || err != nil {
 		return err

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
@@ -464,19 +466,72 @@ func TestGateAssertionOff(t *testing.T) {
 	}
 }
 
+// swapPortalAfterGate finds, in an adapted config, a list of handlers
+// whose first is the portal and second a gate, and swaps the two.
+func swapPortalAfterGate(v any) bool {
+	handler := func(h any) string {
+		m, _ := h.(map[string]any)
+		name, _ := m["handler"].(string)
+		return name
+	}
+	switch v := v.(type) {
+	case map[string]any:
+		for _, c := range v {
+			if swapPortalAfterGate(c) {
+				return true
+			}
+		}
+	case []any:
+		if len(v) >= 2 && handler(v[0]) == "sigra_portal" && handler(v[1]) == "sigra_gate" {
+			v[0], v[1] = v[1], v[0]
+			return true
+		}
+		for _, c := range v {
+			if swapPortalAfterGate(c) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // A site whose gate covers the portal's pages (no sigra_portal, or one
-// written after the gate in a route block) answers them with an error
-// that says so, not with a redirect to the sign-in page it is on.
+// after the gate, as a JSON config may have it) answers them with an
+// error that says so, not with a redirect to the sign-in page it is on.
+// A portal written after the gate in a route block is refused at adapt.
 func TestGateOnPortalPageSaysThePortalIsMissing(t *testing.T) {
 	e := startCaddy(t, "", "")
 	html := map[string]string{"Accept": "text/html"}
-	for _, tc := range []struct{ name, site string }{
-		{"no portal", "sigra_gate"},
-		{"portal after the gate", "route {\n\t\tsigra_gate\n\t\tsigra_portal\n\t}"},
+	portalAfterGate := strings.Replace(e.caddyfile("", "route {\n\t\tsigra_gate\n\t\tsigra_portal\n\t}"), "\tsigra_portal\n", "", 1)
+	if err := adaptCaddyfile(portalAfterGate); err == nil || !strings.Contains(err.Error(), "comes after this gate") {
+		t.Fatalf("adapting a route with the portal after the gate: %v; want it refused", err)
+	}
+	for _, tc := range []struct {
+		name, site  string
+		portalAfter bool // move the route block's portal after its gate, in the JSON
+	}{
+		{"no portal", "sigra_gate", false},
+		{"portal after the gate", "route {\n\t\tsigra_portal\n\t\tsigra_gate\n\t}", true},
 	} {
 		// A new port each time: no connection of the old server's.
 		e.base = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		if err := e.load(strings.Replace(e.caddyfile("", tc.site), "\tsigra_portal\n", "", 1)); err != nil {
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(strings.Replace(e.caddyfile("", tc.site), "\tsigra_portal\n", "", 1)), nil)
+		if err != nil {
+			t.Fatalf("%s: adapting: %v", tc.name, err)
+		}
+		if tc.portalAfter {
+			var doc any
+			if err := json.Unmarshal(cfg, &doc); err != nil {
+				t.Fatal(err)
+			}
+			if !swapPortalAfterGate(doc) {
+				t.Fatalf("%s: no route block with the portal before the gate in\n%s", tc.name, cfg)
+			}
+			if cfg, err = json.Marshal(doc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := caddy.Load(cfg, true); err != nil {
 			t.Fatalf("%s: loading config: %v", tc.name, err)
 		}
 		resp, _ := e.get("/app", html)

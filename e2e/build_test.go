@@ -263,3 +263,35 @@ func TestValueMistakesNameTheLine(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateRefusesAnUnreachableGate: a gate that an order line puts
+// after reverse_proxy would never run, serving the app to anyone, and a
+// portal inside a matched block would not serve the sign-in pages: the
+// real binary's validate refuses both, at the directive's line.
+func TestValidateRefusesAnUnreachableGate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, global, site string
+		line               int
+		want               string
+	}{
+		{"gate ordered after reverse_proxy", "\torder sigra_gate after reverse_proxy\n",
+			"\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n", 8, "runs reverse_proxy before sigra_gate"},
+		{"portal inside handle /app/*", "",
+			"\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", 7, "sigra_portal: it is inside handle on line 6"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHome(t)
+			cf := filepath.Join(h.dir, "Caddyfile")
+			writeFile(t, cf, "{\n\tadmin off\n"+tt.global+"}\n\nhttp://127.0.0.1:9 {\n"+tt.site+"}\n")
+			at := fmt.Sprintf("%s:%d", cf, tt.line)
+			r := runCaddy(t, h, "", "validate", "--config", cf, "--adapter", "caddyfile")
+			if out := r.output(); r.code == 0 || !strings.Contains(out, at) || !strings.Contains(out, tt.want) {
+				t.Errorf("caddy validate: want a non-zero exit and a message with %q and %q\n%s", at, tt.want, r)
+			}
+			assertNoStore(t, h.dir)
+		})
+	}
+}

@@ -1,0 +1,82 @@
+package caddymodule
+
+import (
+	"strings"
+	"testing"
+)
+
+// A portal or gate placed where it never sees the requests it is written
+// for is refused at adapt, at its line, saying what comes first; the
+// placements the README gives pass.
+func TestAdaptPlacement(t *testing.T) {
+	const global = "{\n\tsigra {\n\t\tstorage bbolt /tmp/never-opened.db\n\t}\n%s}\n"
+	cases := []struct {
+		name, order, site string
+		wantErr           []string // all in the error; none: adapts
+	}{
+		{"default order", "", "\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n", nil},
+		{"gate ordered after reverse_proxy", "\torder sigra_gate after reverse_proxy\n",
+			"\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n",
+			[]string{"Testfile:9", "order option runs reverse_proxy before sigra_gate", "served to anyone"}},
+		{"gate ordered last", "\torder sigra_gate last\n",
+			"\tsigra_portal\n\tsigra_gate\n\trespond ok\n", []string{"Testfile:9", "runs acme_server before sigra_gate"}},
+		{"gate ordered after handle", "\torder sigra_gate after handle_path\n",
+			"\tsigra_portal\n\tsigra_gate\n\thandle /api/* {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", []string{"runs handle_path before sigra_gate"}},
+		{"portal ordered last", "\torder sigra_portal last\n",
+			"\tsigra_portal\n\tsigra_gate\n\trespond ok\n", []string{"Testfile:8", "before sigra_portal"}},
+		{"gate ordered before the portal", "\torder sigra_gate first\n",
+			"\tsigra_portal\n\tsigra_gate\n\trespond ok\n", []string{"Testfile:9", "runs sigra_gate before sigra_portal"}},
+		{"an order line that keeps both early", "\torder sigra_gate before basic_auth\n\torder header first\n",
+			"\tsigra_portal\n\tsigra_gate\n\theader X-A b\n\trespond ok\n", nil},
+		{"route, written in order", "",
+			"\troute {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"route, proxy before the gate", "",
+			"\troute {\n\t\tsigra_portal\n\t\treverse_proxy 127.0.0.1:9\n\t\tsigra_gate\n\t}\n",
+			[]string{"Testfile:10", "reverse_proxy on line 9 comes first in this route block"}},
+		{"route, gate before the portal", "",
+			"\troute {\n\t\tsigra_gate\n\t\tsigra_portal\n\t\trespond ok\n\t}\n",
+			[]string{"Testfile:8", "sigra_portal on line 9 comes after this gate"}},
+		{"route, handle with a proxy before the gate", "",
+			"\tsigra_portal\n\troute {\n\t\thandle /api/* {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t\tsigra_gate\n\t}\n",
+			[]string{"Testfile:12", "handle on line 9 comes first"}},
+		{"route, a respond with a block before the gate", "",
+			"\troute {\n\t\tsigra_portal\n\t\t@get method GET\n\t\theader X-A b\n\t\tsigra_gate\n\t\trespond @get ok\n\t}\n", nil},
+		{"handle blocks sort by the directive order", "",
+			"\tsigra_portal\n\thandle /app/* {\n\t\treverse_proxy 127.0.0.1:9\n\t\tsigra_gate\n\t}\n", nil},
+		{"portal in handle_path", "",
+			"\thandle_path /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\trespond hi\n\t}\n",
+			[]string{"Testfile:8", "inside handle_path /app/* on line 7", "site's top level"}},
+		{"portal in a route with a matcher", "",
+			"\troute /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", []string{"inside route on line 7"}},
+		{"portal in a nested block under a matcher", "",
+			"\thandle /app/* {\n\t\troute {\n\t\t\tsigra_portal\n\t\t\tsigra_gate\n\t\t\trespond hi\n\t\t}\n\t}\n", []string{"Testfile:9", "inside handle on line 7"}},
+		{"portal in a handle without a matcher", "",
+			"\thandle {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", nil},
+		{"portal in a handle with a matcher, in a route", "",
+			"\troute {\n\t\thandle /app/* {\n\t\t\tsigra_portal\n\t\t\tsigra_gate\n\t\t}\n\t}\n", []string{"Testfile:9", "inside handle /app/* on line 8"}},
+		{"gates with matchers beside the portal", "",
+			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate\n\treverse_proxy /api/* 127.0.0.1:9\n\trespond ok\n", nil},
+		{"gate in handle_path", "",
+			"\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(global, "%s", tc.order, 1) + "http://127.0.0.1:9 {\n" + tc.site + "}\n"
+			err := adaptCaddyfile(src)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("adapt: %v\n%s", err, src)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("adapted; want an error with %q\n%s", tc.wantErr, src)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("adapt error %q; want it to contain %q\n%s", err, w, src)
+				}
+			}
+		})
+	}
+}
