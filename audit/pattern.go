@@ -90,3 +90,58 @@ func matchAny(ps []Pattern, action string) bool {
 	}
 	return false
 }
+
+// Actions are the audit actions a webhook may subscribe to: those this
+// build writes, and those DESIGN names for capabilities to come (so that
+// a subscription can be made ahead of them). Besides these, the families
+// in ActionFamilies are open: billing events keep their type verbatim,
+// and admin.user.<verb> grows with the admin's verbs.
+var Actions = []string{
+	// written by this build
+	"auth.login.success", "auth.login.pending", "auth.login.failure", "auth.logout", "auth.lockout",
+	"auth.password_change.success", "auth.password_change.failure",
+	"mfa.totp.enrolled", "mfa.totp.removed", "mfa.challenge.success", "mfa.challenge.failure",
+	"mfa.recovery_code.used", "mfa.recovery_code.regenerated",
+	"session.revoked", "account.deletion_execute", "authz.denied",
+	"admin.keys.rotate", "admin.webhook.replay", "admin.store.backup",
+	// named by DESIGN for capabilities to come
+	"auth.registration", "auth.email_verified", "auth.password_reset.requested", "auth.password_reset.success",
+	"auth.magic_link.sent", "auth.magic_link.consumed", "auth.oidc.login", "auth.saml.login", "auth.account.linked",
+	"passkey.registered", "passkey.removed", "passkey.clone_detected",
+	"billing.admin.cancel", "billing.admin.pause", "billing.admin.resume", "billing.admin.replay",
+}
+
+// ActionFamilies are the prefixes of open-ended action families.
+var ActionFamilies = []string{"billing.", "admin.user."}
+
+// Known reports whether p selects at least one action of Actions or of
+// an open family: a pattern that selects none is a typo (auth.logn.*,
+// auth.login), and a webhook with it would quietly never fire.
+func (p Pattern) Known() bool {
+	prefix, wild := p.Prefix()
+	if wild && prefix == "" {
+		return true
+	}
+	for _, a := range Actions {
+		if p.Match(a) {
+			return true
+		}
+	}
+	for _, f := range ActionFamilies {
+		if strings.HasPrefix(prefix, f) || wild && strings.HasPrefix(f, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckKnown refuses the first of ps that selects no action (Known).
+func CheckKnown(ps []Pattern) error {
+	for _, p := range ps {
+		if !p.Known() {
+			return fmt.Errorf("%w: %q selects no audit action, so a webhook would never fire for it "+
+				"(a whole name such as auth.login.success, or a family such as auth.*; the README lists the actions)", ErrBadPattern, string(p))
+		}
+	}
+	return nil
+}

@@ -65,7 +65,11 @@ func (c WebhookConfig) Validate() error {
 	if len(c.Actions) == 0 {
 		return fmt.Errorf("%w %s: no actions (use \"*\" for every action)", ErrBadWebhook, name)
 	}
-	if _, err := ParsePatterns(c.Actions); err != nil {
+	ps, err := ParsePatterns(c.Actions)
+	if err != nil {
+		return fmt.Errorf("%w %s: %w", ErrBadWebhook, name, err)
+	}
+	if err := CheckKnown(ps); err != nil {
 		return fmt.Errorf("%w %s: %w", ErrBadWebhook, name, err)
 	}
 	return nil

@@ -534,7 +534,11 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 					if len(w.Actions) == 0 {
 						return nil, d.ArgErr()
 					}
-					if _, err := audit.ParsePatterns(w.Actions); err != nil {
+					ps, err := audit.ParsePatterns(w.Actions)
+					if err != nil {
+						return nil, d.Errf("webhook actions: %v", err)
+					}
+					if err := audit.CheckKnown(ps); err != nil {
 						return nil, d.Errf("webhook actions: %v", err)
 					}
 				default:

@@ -178,6 +178,14 @@ func TestParseGlobal(t *testing.T) {
 		{"redirect host URL", "sigra {\n allowed_redirect_hosts https://docs.example.com/path\n}", nil, "is not a host name"},
 		{"redirect host without value", "sigra {\n allowed_redirect_hosts\n}", nil, "wrong argument count"},
 		{"webhook without secret", "sigra {\n audit {\n webhook https://h.example.com {\n actions *\n }\n }\n}", nil, "secret is required"},
+		// A typo would keep a security webhook quiet for ever.
+		{"webhook action typo", "sigra {\n audit {\n webhook https://h.example.com {\n secret {env.HOOK}\n actions auth.* auth.logn.*\n }\n }\n}", nil, `"auth.logn.*" selects no audit action, so a webhook would never fire for it (a whole name such as auth.login.success, or a family such as auth.*; the README lists the actions), at Testfile:5`},
+		{"webhook action without its last part", "sigra {\n audit {\n webhook https://h.example.com {\n secret {env.HOOK}\n actions auth.login\n }\n }\n}", nil, `"auth.login" selects no audit action`},
+		{"webhook actions to come and open families", "sigra {\n audit {\n webhook https://h.example.com {\n secret {env.HOOK}\n actions passkey.* billing.invoice.paid admin.user.*\n }\n }\n}", func(t *testing.T, a *App) {
+			if got := a.Audit.Webhooks[0].Actions; len(got) != 3 {
+				t.Errorf("actions %q; want all three", got)
+			}
+		}, ""},
 		{"webhook bad url", "sigra {\n audit {\n webhook ftp://h.example.com {\n secret s\n }\n }\n}", nil, "scheme must be http or https, at Testfile:3"},
 		// What audit.New would refuse at start is refused here, at the
 		// webhook's line; a placeholder secret is checked once it is known.
