@@ -284,7 +284,7 @@ func (m *memStore) AuditDeadDeliveries(ctx context.Context, before *Delivery, li
 	return out, nil
 }
 
-func (m *memStore) AuditReplayDead(ctx context.Context, hookID string, now time.Time, limit int) (int, error) {
+func (m *memStore) AuditReplayDead(ctx context.Context, hookID, to string, now time.Time, limit int) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := 0
@@ -297,6 +297,9 @@ func (m *memStore) AuditReplayDead(ctx context.Context, hookID string, now time.
 		}
 		delete(m.dead, k)
 		d.DueAt, d.Attempts = now, 0
+		if to != "" {
+			d.HookID = to
+		}
 		m.pending[keyOf(d)] = d
 		n++
 	}

@@ -907,12 +907,34 @@ func decodeDeadCursor(s string) (Delivery, error) {
 // are tried at once. For operators, once a receiver that was down for
 // longer than the retry schedule is back.
 func (l *Log) ReplayDead(ctx context.Context, hookID string) (int, error) {
-	if hookID != "" && l.hookByID[hookID] == nil {
+	return l.replayDead(ctx, hookID, "")
+}
+
+// ReplayDeadTo is ReplayDead for the dead deliveries of the webhook from,
+// which need not be configured any more, sent to the configured webhook
+// to instead: a webhook whose URL changed (a new token in its query, say)
+// is a new webhook, and what was queued for the old URL dies there. All
+// of them go, whatever to's actions select.
+func (l *Log) ReplayDeadTo(ctx context.Context, from, to string) (int, error) {
+	if from == "" {
+		return 0, fmt.Errorf("%w: name the webhook the deliveries are from", ErrUnknownWebhook)
+	}
+	if from == to {
+		return l.replayDead(ctx, from, "")
+	}
+	if l.hookByID[to] == nil {
+		return 0, fmt.Errorf("%w: %q (to)", ErrUnknownWebhook, to)
+	}
+	return l.replayDead(ctx, from, to)
+}
+
+func (l *Log) replayDead(ctx context.Context, hookID, to string) (int, error) {
+	if hookID != "" && to == "" && l.hookByID[hookID] == nil {
 		return 0, fmt.Errorf("%w: %q", ErrUnknownWebhook, hookID)
 	}
 	total := 0
 	for {
-		n, err := l.st.AuditReplayDead(ctx, hookID, l.clk.Now(), deadChunk)
+		n, err := l.st.AuditReplayDead(ctx, hookID, to, l.clk.Now(), deadChunk)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("audit: replaying dead deliveries: %w", err)
@@ -922,6 +944,9 @@ func (l *Log) ReplayDead(ctx context.Context, hookID string) (int, error) {
 		}
 	}
 	if total > 0 {
+		if to != "" {
+			hookID = to
+		}
 		l.sender.replayed(hookID)
 	}
 	return total, nil

@@ -526,6 +526,49 @@ func TestWebhookReplayDead(t *testing.T) {
 	}
 }
 
+// A webhook whose URL changed is a new one: what was queued for the old
+// URL dies as "not configured", and a replay sends it to the new one.
+func TestWebhookReplayDeadToANewURL(t *testing.T) {
+	ft := newFakeTime()
+	st := newMemStore()
+	old := hookTo("https://old.example.invalid/in?token=a")
+	first := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{old}})
+	row := mustRecord(t, first, sampleRow("auth.logout"))
+	first.Close()
+	rc := newHitLog(t)
+	renewed, other := hookTo(rc.URL), hookTo("https://other.example.invalid/")
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{renewed, other}, Delivery: DeliveryOptions{MaxAttempts: 1}})
+	ctx := context.Background()
+	if _, err := l.DeliverDue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 1 {
+		t.Fatalf("Stats = %+v; want the old URL's delivery dead", s)
+	}
+	if _, err := l.ReplayDead(ctx, old.ID()); !errors.Is(err, ErrUnknownWebhook) {
+		t.Errorf("ReplayDead of the old webhook = %v; want ErrUnknownWebhook (it would only die again)", err)
+	}
+	if _, err := l.ReplayDeadTo(ctx, old.ID(), "0123456789abcdef"); !errors.Is(err, ErrUnknownWebhook) {
+		t.Errorf("ReplayDeadTo a webhook not configured = %v; want ErrUnknownWebhook", err)
+	}
+	if _, err := l.ReplayDeadTo(ctx, "", renewed.ID()); !errors.Is(err, ErrUnknownWebhook) {
+		t.Errorf("ReplayDeadTo from no webhook = %v; want an error", err)
+	}
+	n, err := l.ReplayDeadTo(ctx, old.ID(), renewed.ID())
+	if err != nil || n != 1 {
+		t.Fatalf("ReplayDeadTo = %d, %v; want 1", n, err)
+	}
+	if n, err := l.DeliverDue(ctx); err != nil || n != 1 {
+		t.Fatalf("DeliverDue after the replay = %d, %v; want 1, due at once", n, err)
+	}
+	if hits := rc.hits(); len(hits) != 1 || hits[0] != row.ID {
+		t.Fatalf("the new URL got %v; want the old URL's row %s", hits, row.ID)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 0 || s.Pending != 0 || s.Delivered != 1 {
+		t.Fatalf("at the end: Stats = %+v; want it delivered, nothing dead or pending", s)
+	}
+}
+
 // An event the receiver rejects for itself (a 4xx other than 408 and 429,
 // or a redirect, which is not followed) fails alone: it is backed off by
 // itself and the webhook's other deliveries go out in the same pass,

@@ -131,8 +131,9 @@ type Outbox interface {
 	// AuditReplayDead moves up to limit dead deliveries (all webhooks'
 	// when hookID is empty, else only that webhook's) back to pending, due
 	// at now with their attempts reset and their last error kept, and
-	// returns how many it moved.
-	AuditReplayDead(ctx context.Context, hookID string, now time.Time, limit int) (int, error)
+	// returns how many it moved. With to set (and hookID), they go to the
+	// webhook to instead, as a webhook whose URL changed is a new one.
+	AuditReplayDead(ctx context.Context, hookID, to string, now time.Time, limit int) (int, error)
 }
 
 // Entry is one row handed to AppendAudit.

@@ -216,7 +216,7 @@ func handleAdminAuditReplay(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	n, err := replayDead(r.Context(), rt, r.URL.Query().Get("hook"), nil, "")
+	n, err := replayDead(r.Context(), rt, r.URL.Query().Get("hook"), r.URL.Query().Get("to"), nil, "")
 	if errors.Is(err, audit.ErrUnknownWebhook) {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}

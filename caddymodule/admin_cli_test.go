@@ -221,7 +221,7 @@ func TestCLIRefusesAnotherCaddysStore(t *testing.T) {
 	c.SetOut(&out)
 	c.SetErr(io.Discard)
 	check("audit export", exportAudit(c, flags, "", ""))
-	check("audit replay", replayAudit(c, flags, ""))
+	check("audit replay", replayAudit(c, flags, "", ""))
 	if out.Len() > 0 {
 		t.Errorf("audit commands with config B wrote %q", out.String())
 	}

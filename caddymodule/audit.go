@@ -124,10 +124,17 @@ func (q *preq) audit(ev event) error {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 // replayDead puts dead webhook deliveries (of one webhook, or all when
-// hook is empty) back in the outbox and writes the admin.webhook.replay
-// row. actor "" is the CLI.
-func replayDead(ctx context.Context, rt *runtime, hook string, r *http.Request, actor string) (int, error) {
-	n, err := rt.audit.ReplayDead(ctx, hook)
+// hook is empty) back in the outbox, for the webhook to if set (a new URL
+// of the same receiver), and writes the admin.webhook.replay row. actor
+// "" is the CLI.
+func replayDead(ctx context.Context, rt *runtime, hook, to string, r *http.Request, actor string) (int, error) {
+	var n int
+	var err error
+	if to != "" {
+		n, err = rt.audit.ReplayDeadTo(ctx, hook, to)
+	} else {
+		n, err = rt.audit.ReplayDead(ctx, hook)
+	}
 	if err != nil {
 		return n, err
 	}
@@ -135,8 +142,11 @@ func replayDead(ctx context.Context, rt *runtime, hook string, r *http.Request, 
 	if target == "" {
 		target = "all"
 	}
-	ev := event{action: "admin.webhook.replay", actor: actor, actorType: adminActorType(actor), outcome: "success",
-		meta: map[string]string{"hook_id": target, "count": itoa(n)}}
+	meta := map[string]string{"hook_id": target, "count": itoa(n)}
+	if to != "" {
+		meta["to"] = to
+	}
+	ev := event{action: "admin.webhook.replay", actor: actor, actorType: adminActorType(actor), outcome: "success", meta: meta}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
 		return n, fmt.Errorf("writing audit row: %w", err)
 	}

@@ -48,8 +48,8 @@ holds its lock, the command goes through that Caddy's admin API instead.
   caddy sigra users mfa-reset|delete      --config Caddyfile --email a@example.com
   caddy sigra keys list    --config Caddyfile
   caddy sigra keys rotate  --config Caddyfile
-  caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339>]
-  caddy sigra audit replay --config Caddyfile [--hook <id>]
+  caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339 or 1h>]
+  caddy sigra audit replay --config Caddyfile [--hook <id> [--to <id>]]
   caddy sigra backup       --config Caddyfile --out sigra-backup.db
 `,
 		CobraFunc: buildSigraCommand,
@@ -218,22 +218,29 @@ first. --since and --until take RFC 3339 times or durations back from now
 	export.Flags().StringVar(&since, "since", "", "first time to include (RFC 3339, or a duration back from now)")
 	export.Flags().StringVar(&until, "until", "", "time to stop before (RFC 3339, or a duration back from now)")
 	auditCmd.AddCommand(export)
-	var hook string
+	var hook, to string
 	replay := &cobra.Command{
-		Use:   "replay --config <file> [--hook <id>]",
+		Use:   "replay --config <file> [--hook <id> [--to <id>]]",
 		Short: "Puts dead webhook deliveries back in the outbox",
 		Long: `Puts webhook deliveries that were given up after the retry limit back
 in the outbox, due now with a fresh retry schedule: every webhook's, or
 only those of --hook (the hook_id listed by GET
-/.sigra/api/admin/audit/webhooks/dead). Through the running Caddy when it
-holds the store; otherwise they go out when Caddy next starts.`,
+/.sigra/api/admin/audit/webhooks/dead). With --to, those of --hook go to
+that configured webhook instead: a webhook whose URL changed is a new
+one (a new hook_id), and what was queued for the old URL died there.
+Through the running Caddy when it holds the store; otherwise they go out
+when Caddy next starts.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return replayAudit(c, cf, hook)
+			if to != "" && hook == "" {
+				return fmt.Errorf("%w: --to needs --hook, the webhook the deliveries are from", errUsage)
+			}
+			return replayAudit(c, cf, hook, to)
 		},
 	}
 	cf.register(replay, false)
 	replay.Flags().StringVar(&hook, "hook", "", "only this webhook's deliveries (its hook_id)")
+	replay.Flags().StringVar(&to, "to", "", "send them to this configured webhook instead (its hook_id)")
 	auditCmd.AddCommand(replay)
 }
 
@@ -331,9 +338,9 @@ func runOp[Req, Res any](ctx context.Context, cf cliFlags, create bool, uri stri
 
 // replayAudit puts dead deliveries back, directly or through the running
 // Caddy's admin API when it holds the store.
-func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
+func replayAudit(c *cobra.Command, cf cliFlags, hook, to string) error {
 	return onStore(cf, false, func(cfg *cliConfig) error {
-		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}}.Encode(), nil)
+		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}, "to": {to}}.Encode(), nil)
 		if err != nil {
 			return err
 		}
@@ -347,7 +354,7 @@ func replayAudit(c *cobra.Command, cf cliFlags, hook string) error {
 		fmt.Fprintf(c.OutOrStdout(), "replayed %d dead deliveries\n", res.Replayed)
 		return nil
 	}, func(rt *runtime, a *App) error {
-		n, err := replayDead(c.Context(), rt, hook, nil, "")
+		n, err := replayDead(c.Context(), rt, hook, to, nil, "")
 		if err != nil {
 			return err
 		}

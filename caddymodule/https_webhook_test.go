@@ -150,6 +150,30 @@ func TestAuditWebhookFromCaddyfile(t *testing.T) {
 	}
 }
 
+// giveUp waits for the one pending delivery to the webhook at url to
+// fail its first attempt (the fake clock at now then keeps the retry
+// from coming due), and gives it up as the sender would after its last:
+// a receiver down past the retry limit.
+func giveUp(t *testing.T, e *env, now time.Time, url string) {
+	t.Helper()
+	ctx := context.Background()
+	st := e.rt().store
+	var pending []audit.Delivery
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		pending, _ = st.AuditDeliveriesDue(ctx, audit.WebhookConfig{URL: url}.ID(), now.Add(24*time.Hour), 10)
+		if len(pending) == 1 && pending[0].Attempts == 1 {
+			break
+		}
+	}
+	if len(pending) != 1 || pending[0].Attempts != 1 {
+		t.Fatalf("pending deliveries %+v; want one, after one failed attempt", pending)
+	}
+	pending[0].Attempts = 15
+	if err := st.AuditSettle(ctx, []audit.Settlement{{Delivery: pending[0], Verdict: audit.Dead}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // An admin puts dead deliveries back through the admin API once the
 // receiver is up again; they arrive, and the replay is an audit row.
 func TestAdminReplaysDeadWebhooks(t *testing.T) {
@@ -174,25 +198,7 @@ func TestAdminReplaysDeadWebhooks(t *testing.T) {
 		t.Fatalf("%d login rows; want 1", len(login))
 	}
 
-	// The receiver stays down past the retry limit: once the first attempt
-	// has failed (the fake clock then keeps the retry from coming due),
-	// give the delivery up as the sender would after its last attempt.
-	ctx := context.Background()
-	st := e.rt().store
-	var pending []audit.Delivery
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		pending, _ = st.AuditDeliveriesDue(ctx, audit.WebhookConfig{URL: recv.URL}.ID(), fake.Now().Add(24*time.Hour), 10)
-		if len(pending) == 1 && pending[0].Attempts == 1 {
-			break
-		}
-	}
-	if len(pending) != 1 || pending[0].Attempts != 1 {
-		t.Fatalf("pending deliveries %+v; want the login's, after one failed attempt", pending)
-	}
-	pending[0].Attempts = 15
-	if err := st.AuditSettle(ctx, []audit.Settlement{{Delivery: pending[0], Verdict: audit.Dead}}); err != nil {
-		t.Fatal(err)
-	}
+	giveUp(t, e, fake.Now(), recv.URL)
 	api := map[string]string{"Accept": "application/json"}
 	_, body := e.get("/.sigra/api/admin/audit/webhooks/dead", api)
 	var dead struct {
@@ -244,5 +250,43 @@ func TestAdminReplaysDeadWebhooks(t *testing.T) {
 	rows := e.auditRows("admin.webhook.replay")
 	if len(rows) != 1 || rows[0].ActorType != audit.ActorAdmin || rows[0].ActorID != admin.ID || rows[0].Metadata["count"] != "1" || rows[0].Metadata["hook_id"] != hook {
 		t.Errorf("admin.webhook.replay rows %+v; want one by %s, count 1, hook %s", rows, admin.ID, hook)
+	}
+
+	// A delivery that died at a URL no longer configured (the webhook's
+	// URL changed, and with it its hook_id) goes to the new one with to=.
+	down.Store(true)
+	b2 := e.browser()
+	e.addUser("dee@example.com")
+	b2.mustLogin("dee@example.com")
+	giveUp(t, e, fake.Now(), recv.URL)
+	old := hook
+	newURL := recv.URL + "/renewed?token=b"
+	if err := e.load(strings.Replace(e.config, "webhook "+recv.URL+" {", "webhook "+newURL+" {", 1)); err != nil {
+		t.Fatal(err)
+	}
+	renewed := audit.WebhookConfig{URL: newURL}.ID()
+	down.Store(false)
+	_, body = e.get("/.sigra/api/admin/csrf", api)
+	_ = json.Unmarshal([]byte(body), &tok)
+	if r, b := post("?hook="+old, tok.CSRF); r.StatusCode != http.StatusNotFound {
+		t.Errorf("replay of the old URL's webhook alone: status %d (%s); want 404, it is not configured", r.StatusCode, b)
+	}
+	if r, b := post("?hook="+old+"&to=0000000000000000", tok.CSRF); r.StatusCode != http.StatusNotFound {
+		t.Errorf("replay to a webhook not configured: status %d (%s); want 404", r.StatusCode, b)
+	}
+	r, b = post("?hook="+old+"&to="+renewed, tok.CSRF)
+	if r.StatusCode != http.StatusOK || !strings.Contains(b, `"replayed":1`) {
+		t.Fatalf("replay to the new URL: status %d body %s; want 200 and 1 replayed", r.StatusCode, b)
+	}
+	select {
+	case id := <-arrived:
+		if want := e.auditRows("auth.login.success")[0].ID; id != want {
+			t.Errorf("delivered event %s; want dee's login row %s", id, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the delivery replayed to the new URL never arrived")
+	}
+	if rows := e.auditRows("admin.webhook.replay"); len(rows) != 2 || rows[0].Metadata["hook_id"] != old || rows[0].Metadata["to"] != renewed {
+		t.Errorf("admin.webhook.replay rows %+v; want a second, from %s to %s", rows, old, renewed)
 	}
 }

@@ -155,7 +155,7 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, page)
 	case post && path == "/audit/webhooks/dead/replay":
-		n, err := replayDead(q.ctx(), q.rt, q.r.URL.Query().Get("hook"), q.r, p.User.ID)
+		n, err := replayDead(q.ctx(), q.rt, q.r.URL.Query().Get("hook"), q.r.URL.Query().Get("to"), q.r, p.User.ID)
 		if errors.Is(err, audit.ErrUnknownWebhook) {
 			writeProblem(q.w, http.StatusNotFound, "not_found", err.Error())
 			return nil

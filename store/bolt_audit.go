@@ -1129,11 +1129,20 @@ func (b *Bolt) AuditDeadDeliveries(ctx context.Context, before *audit.Delivery, 
 
 // AuditReplayDead moves dead deliveries back to the outbox, deleting
 // malformed keys it meets. It implements audit.Outbox.
-func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time, limit int) (int, error) {
-	var hook []byte
+func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.Time, limit int) (int, error) {
+	var hook, target []byte
 	if hookID != "" {
 		var err error
 		if hook, err = auditHookBytes(hookID); err != nil {
+			return 0, err
+		}
+	}
+	if to != "" {
+		if hook == nil {
+			return 0, fmt.Errorf("%w: a replay to another webhook needs the webhook it is from", ErrAuditKey)
+		}
+		var err error
+		if target, err = auditHookBytes(to); err != nil {
 			return 0, err
 		}
 	}
@@ -1172,7 +1181,11 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID string, now time.Time
 			if err := dead.Delete(k); err != nil {
 				return err
 			}
-			if err := outbox.Put(auditOutboxKey(k[auditPosLen:], now, k[:auditPosLen]), states[i]); err != nil {
+			dest := k[auditPosLen:]
+			if target != nil {
+				dest = target
+			}
+			if err := outbox.Put(auditOutboxKey(dest, now, k[:auditPosLen]), states[i]); err != nil {
 				return err
 			}
 		}

@@ -117,7 +117,7 @@ func TestAuditBoltDeadListSkipsMalformedKeys(t *testing.T) {
 	if dead, err := b.AuditDeadDeliveries(ctx, nil, 10); err != nil || len(dead) != 2 {
 		t.Fatalf("AuditDeadDeliveries = %d, %v; want the 2 good ones", len(dead), err)
 	}
-	if n, err := b.AuditReplayDead(ctx, "", auditT0, 10); err != nil || n != 2 {
+	if n, err := b.AuditReplayDead(ctx, "", "", auditT0, 10); err != nil || n != 2 {
 		t.Fatalf("AuditReplayDead = %d, %v; want the 2 good ones", n, err)
 	}
 	if auditHas(t, b, bktAuditDead, bad) {

@@ -641,7 +641,7 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	// Replay: one webhook's dead deliveries go back, due now, attempts
 	// reset, last error kept; the other webhook's stay dead.
 	now := auditT0.Add(3 * time.Hour)
-	if n, err := b.AuditReplayDead(ctx, h2, now, 10); err != nil || n != 1 {
+	if n, err := b.AuditReplayDead(ctx, h2, "", now, 10); err != nil || n != 1 {
 		t.Fatalf("replaying %s: %d, %v; want 1", h2, n, err)
 	}
 	if pending, dead, _ := b.AuditOutboxStats(ctx); pending != 1 || dead != 2 {
@@ -651,17 +651,40 @@ func TestAuditBoltOutboxLifecycle(t *testing.T) {
 	if len(back) != 1 || back[0].HookID != h2 || back[0].RowID != old.Row.ID || back[0].Attempts != 0 || !back[0].DueAt.Equal(now) || back[0].Row.ID != old.Row.ID {
 		t.Fatalf("replayed = %+v; want %s's delivery of the old row, due now, no attempts", back, h2)
 	}
-	if n, err := b.AuditReplayDead(ctx, "", now, 1); err != nil || n != 1 {
+	if n, err := b.AuditReplayDead(ctx, "", "", now, 1); err != nil || n != 1 {
 		t.Fatalf("replaying with limit 1: %d, %v; want 1", n, err)
 	}
-	if n, err := b.AuditReplayDead(ctx, "", now, 10); err != nil || n != 1 {
+	if n, err := b.AuditReplayDead(ctx, "", "", now, 10); err != nil || n != 1 {
 		t.Fatalf("replaying the rest: %d, %v; want 1", n, err)
 	}
 	if pending, dead, _ := b.AuditOutboxStats(ctx); pending != 3 || dead != 0 {
 		t.Fatalf("after replaying all: pending %d, dead %d; want 3 and 0", pending, dead)
 	}
-	if _, err := b.AuditReplayDead(ctx, "not-hex", now, 10); !errors.Is(err, ErrAuditKey) {
+	if _, err := b.AuditReplayDead(ctx, "not-hex", "", now, 10); !errors.Is(err, ErrAuditKey) {
 		t.Fatalf("replaying a malformed webhook id: %v; want ErrAuditKey", err)
+	}
+
+	// To another webhook: a dead delivery of the old one goes into the
+	// new one's outbox, due now.
+	x := auditAllDue(t, b, now)[0]
+	x.Attempts = 15
+	if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: x, Verdict: audit.Dead}}); err != nil {
+		t.Fatal(err)
+	}
+	renewed := audit.WebhookConfig{URL: "https://renewed.example.com/"}.ID()
+	if _, err := b.AuditReplayDead(ctx, "", renewed, now, 10); !errors.Is(err, ErrAuditKey) {
+		t.Fatalf("replaying every webhook's to one: %v; want an error (from which?)", err)
+	}
+	at := now.Add(time.Minute)
+	if n, err := b.AuditReplayDead(ctx, x.HookID, renewed, at, 10); err != nil || n != 1 {
+		t.Fatalf("replaying %s to %s: %d, %v; want 1", x.HookID, renewed, n, err)
+	}
+	inNew, err := b.AuditDeliveriesDue(ctx, renewed, at, 10)
+	if err != nil || len(inNew) != 1 || inNew[0].RowID != x.RowID || inNew[0].Attempts != 0 || !inNew[0].DueAt.Equal(at) {
+		t.Fatalf("the new webhook's outbox: %+v, %v; want the row %s, due now, no attempts", inNew, err, x.RowID)
+	}
+	if pending, dead, _ := b.AuditOutboxStats(ctx); pending != 3 || dead != 0 {
+		t.Fatalf("after the move: pending %d, dead %d; want 3 and 0", pending, dead)
 	}
 }
 
