@@ -463,3 +463,35 @@ func TestAuditExportFailingPartWayIsCutShort(t *testing.T) {
 		t.Errorf("caddy sigra audit export of a store that fails part way: no error after %d bytes", out.Len())
 	}
 }
+
+// A config that does not use Sigra is the wrong file for the CLI: it is
+// refused, naming it, instead of answering from the default store. One
+// that uses Sigra only through its directives (no sigra options) is fine.
+func TestCLIRefusesAConfigWithoutSigra(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("HOME", dir)
+	t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	plain := write("plain.Caddyfile", "http://127.0.0.1:9 {\n\trespond ok\n}\n")
+	if _, err := loadAppConfig(plain, "caddyfile"); err == nil || !strings.Contains(err.Error(), plain+" does not use Sigra") {
+		t.Errorf("a Caddyfile without Sigra: %v; want it refused, naming the file", err)
+	}
+	plainJSON := write("plain.json", `{"apps":{"http":{"servers":{"a":{"listen":[":9"]}}}}}`)
+	if _, err := loadAppConfig(plainJSON, ""); err == nil || !strings.Contains(err.Error(), "does not use Sigra") {
+		t.Errorf("a JSON config without Sigra: %v; want it refused", err)
+	}
+	portalOnly := write("portal.Caddyfile", "http://127.0.0.1:9 {\n\tsigra_portal\n\trespond ok\n}\n")
+	if cfg, err := loadAppConfig(portalOnly, "caddyfile"); err != nil || !strings.HasSuffix(cfg.store, filepath.Join("sigra", "sigra.db")) {
+		t.Errorf("a Caddyfile with only sigra_portal: %+v, %v; want the default store", cfg, err)
+	}
+	options := write("options.Caddyfile", "{\n\tsigra {\n\t\tstorage bbolt "+filepath.Join(dir, "s.db")+"\n\t}\n}\n")
+	if cfg, err := loadAppConfig(options, "caddyfile"); err != nil || cfg.store != filepath.Join(dir, "s.db") {
+		t.Errorf("a Caddyfile with sigra options only: %+v, %v; want its store", cfg, err)
+	}
+}

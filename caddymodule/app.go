@@ -267,6 +267,10 @@ func (a *App) setDefaults() error {
 	switch {
 	case a.storagePath == "" && a.Storage.Path != "":
 		return fmt.Errorf("storage path %q is blank", a.Storage.Path)
+	case strings.HasPrefix(a.storagePath, "~"):
+		// Only a shell expands ~: this would be a directory named "~"
+		// in the working directory, with a new, empty store in it.
+		return fmt.Errorf("storage path %s starts with ~, which Caddy does not expand: write the whole path ({env.HOME}/… works)", a.storagePath)
 	case a.storagePath == "":
 		a.storagePath = filepath.Join(caddy.AppDataDir(), "sigra", "sigra.db")
 	}

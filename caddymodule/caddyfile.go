@@ -254,6 +254,9 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if d.NextArg() {
 				return nil, d.ArgErr()
 			}
+			if strings.HasPrefix(path, "~") {
+				return nil, d.Errf("storage: %s starts with ~, which Caddy does not expand (it would make a directory named ~ here): write the whole path ({env.HOME}/… works)", path)
+			}
 			app.Storage = &StorageConfig{Backend: backend, Path: path}
 		case "session":
 			if err := blockOnly(d); err != nil {

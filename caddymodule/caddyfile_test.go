@@ -155,6 +155,7 @@ func TestParseGlobal(t *testing.T) {
 		{"max_totp_failures zero", "sigra {\n regulation {\n max_totp_failures 0\n }\n}", nil, "positive whole number"},
 		{"later option", "sigra {\n oidc google {\n }\n}", nil, `"oidc" is not available in this build yet`},
 		{"unknown backend", "sigra {\n storage redis\n}", nil, `unknown backend "redis"`},
+		{"storage under ~", "sigra {\n storage bbolt ~/sigra.db\n}", nil, "storage: ~/sigra.db starts with ~, which Caddy does not expand"},
 		{"bad algorithm", "sigra {\n keys {\n algorithm RS512\n }\n}", nil, `algorithm "RS512"`},
 		{"bad session option", "sigra {\n session {\n idel 1m\n }\n}", nil, `unknown option "idel"`},
 		{"bad duration", "sigra {\n session {\n idle forever\n }\n}", nil, "invalid duration"},

@@ -532,6 +532,11 @@ func loadAppConfig(configFile, adapter string) (*cliConfig, error) {
 		if err := json.Unmarshal(raw, a); err != nil {
 			return nil, fmt.Errorf("reading sigra config: %w", err)
 		}
+	} else if len(cfgJSON) > 0 && !bytes.Contains(cfgJSON, []byte(`"handler":"sigra_`)) {
+		// Without sigra options the store is the default one; a config
+		// that does not use Sigra at all is the wrong file, and would
+		// have the command answer from (or make) a store nobody runs.
+		return nil, fmt.Errorf("%s does not use Sigra (no sigra options, sigra_portal or sigra_gate): give --config the file Caddy runs with", file)
 	}
 	a.logger = caddy.Log()
 	a.slog = slog.New(slog.DiscardHandler)

@@ -325,6 +325,12 @@ func TestStoragePathFromUnsetVariable(t *testing.T) {
 	if err := a.setDefaults(); err != nil || a.storagePath != "/tmp/somewhere/sigra.db" {
 		t.Fatalf("setDefaults with the variable set: path %q, %v", a.storagePath, err)
 	}
+	// ~ is a shell's: Caddy would make a directory named ~ and a new,
+	// empty store in it.
+	a = &App{Storage: &StorageConfig{Path: "~/sigra.db"}}
+	if err := a.setDefaults(); err == nil || !strings.Contains(err.Error(), "does not expand") {
+		t.Fatalf("setDefaults with ~/sigra.db: %v; want it refused", err)
+	}
 }
 
 // caddy validate reads the signing_key file, so a missing file or a key

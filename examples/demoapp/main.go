@@ -53,7 +53,7 @@ func main() {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_ = page.Execute(w, map[string]any{"Path": r.URL.Path, "Headers": hdrs, "Claims": claimsJSON, "Err": errText})
 	})
-	log.Printf("demo app on http://%s (behind the gateway: http://localhost:8080)", *listen)
+	log.Printf("demo app on http://%s (behind the gateway: %s)", *listen, *origin)
 	log.Fatal(http.ListenAndServe(*listen, nil))
 }
 
