@@ -102,7 +102,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 		Use: "list", Short: "Lists users", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			tw := tabwriter.NewWriter(c.OutOrStdout(), 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tEMAIL\tNAME\tGROUPS\tSTATUS")
+			fmt.Fprintln(tw, "ID\tEMAIL\tNAME\tGROUPS\tSECOND FACTOR\tSTATUS")
 			after := ""
 			for {
 				res, err := runUserOp(c.Context(), cf, userRequest{Op: "list", After: after})
@@ -110,11 +110,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 					return err
 				}
 				for _, u := range res.Users {
-					status := "active"
-					if u.Disabled {
-						status = "disabled"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.ID, u.Email, u.Name, strings.Join(u.Groups, ","), status)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", u.ID, u.Email, u.Name, strings.Join(u.Groups, ","), secondFactorText(u), statusText(u))
 				}
 				if res.NextCursor == "" {
 					break
@@ -334,6 +330,36 @@ func runOp[Req, Res any](ctx context.Context, cf cliFlags, create bool, uri stri
 		return err
 	})
 	return res, err
+}
+
+// secondFactorText is the SECOND FACTOR column of users list.
+func secondFactorText(u userView) string {
+	switch {
+	case u.TOTPLocked:
+		return "app (locked: unlock, or a recovery code)"
+	case u.SecondFactor:
+		return "app"
+	}
+	return "-"
+}
+
+// statusText is the STATUS column of users list: disabled, or the bans
+// that keep the user out for now (unlock lifts them), or active.
+func statusText(u userView) string {
+	if u.Disabled {
+		return "disabled"
+	}
+	var bans []string
+	if !u.SignInBannedUntil.IsZero() {
+		bans = append(bans, "sign-in banned until "+u.SignInBannedUntil.UTC().Format("2006-01-02 15:04 MST"))
+	}
+	if !u.CodesBannedUntil.IsZero() {
+		bans = append(bans, "codes banned until "+u.CodesBannedUntil.UTC().Format("2006-01-02 15:04 MST"))
+	}
+	if len(bans) > 0 {
+		return strings.Join(bans, ", ")
+	}
+	return "active"
 }
 
 // replayAudit puts dead deliveries back, directly or through the running

@@ -737,4 +737,36 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 	if body := mustPage(t, e, page); !strings.Contains(body, `data-sigra="admin-user-banned"`) {
 		t.Error("the page does not show the password's ban")
 	}
+
+	// users list (the CLI, the admin API) shows them too.
+	res, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "list"}, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range res.Users {
+		if u.ID != target.ID {
+			if u.TOTPLocked || !u.SignInBannedUntil.IsZero() || statusText(u) != "active" {
+				t.Errorf("user %s listed with locks %+v", u.Email, u)
+			}
+			continue
+		}
+		if !u.TOTPLocked || u.SignInBannedUntil.IsZero() || u.CodesBannedUntil.IsZero() {
+			t.Errorf("listed %+v; want the app locked and both bans", u)
+		}
+		if got := statusText(u); !strings.Contains(got, "sign-in banned until") || !strings.Contains(got, "codes banned until") {
+			t.Errorf("STATUS %q; want both bans", got)
+		}
+		if got := secondFactorText(u); !strings.Contains(got, "locked") {
+			t.Errorf("SECOND FACTOR %q; want the app locked", got)
+		}
+	}
+	if _, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "unlock", User: target.ID}, nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	res, _ = doUser(ctx, e.rt(), "admins", userRequest{Op: "list"}, nil, "")
+	for _, u := range res.Users {
+		if u.ID == target.ID && (statusText(u) != "active" || secondFactorText(u) != "app") {
+			t.Errorf("after unlock: STATUS %q, SECOND FACTOR %q; want active, app", statusText(u), secondFactorText(u))
+		}
+	}
 }

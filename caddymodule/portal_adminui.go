@@ -211,16 +211,10 @@ func (q *preq) adminUser(p *authcore.Principal, id string) error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	v := viewUser(u)
-	d := adminData{User: &v, Rows: page.Rows}
-	if d.BannedUntil, err = q.rt.reg.AccountBan(q.ctx(), u.ID); err != nil {
+	if err := q.rt.addLocks(q.ctx(), &v); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if d.CodesBannedUntil, err = q.rt.reg.Ban(q.ctx(), authcore.UserMFAKey(u.ID)); err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if d.TOTPLocked, err = q.rt.auth.TOTPLocked(q.ctx(), u.ID); err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
+	d := adminData{User: &v, Rows: page.Rows, BannedUntil: v.SignInBannedUntil, CodesBannedUntil: v.CodesBannedUntil, TOTPLocked: v.TOTPLocked}
 	for _, s := range sessions {
 		d.Sessions = append(d.Sessions, viewSession(s, u))
 	}

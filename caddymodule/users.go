@@ -39,6 +39,27 @@ type userView struct {
 	Disabled      bool      `json:"disabled"`
 	SecondFactor  bool      `json:"second_factor"`
 	CreatedAt     time.Time `json:"created_at"`
+	// What keeps the user out for now (listed and shown to admins; see
+	// runtime.addLocks): a sign-in ban after wrong passwords, a ban on
+	// codes after wrong ones, an authenticator app locked after
+	// max_totp_failures wrong codes in a row.
+	SignInBannedUntil time.Time `json:"sign_in_banned_until,omitzero"`
+	CodesBannedUntil  time.Time `json:"codes_banned_until,omitzero"`
+	TOTPLocked        bool      `json:"totp_locked,omitempty"`
+}
+
+// addLocks fills in what keeps v's user out for now.
+func (rt *runtime) addLocks(ctx context.Context, v *userView) (err error) {
+	if v.SignInBannedUntil, err = rt.reg.AccountBan(ctx, v.ID); err != nil {
+		return err
+	}
+	if v.CodesBannedUntil, err = rt.reg.Ban(ctx, authcore.UserMFAKey(v.ID)); err != nil {
+		return err
+	}
+	if v.SecondFactor {
+		v.TOTPLocked, err = rt.auth.TOTPLocked(ctx, v.ID)
+	}
+	return err
 }
 
 func viewUser(u *authcore.User) userView {
@@ -244,7 +265,11 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		}
 		res := &userResult{Users: []userView{}, NextCursor: next}
 		for _, u := range users {
-			res.Users = append(res.Users, viewUser(u))
+			v := viewUser(u)
+			if err := rt.addLocks(ctx, &v); err != nil {
+				return nil, "", err
+			}
+			res.Users = append(res.Users, v)
 		}
 		return res, "", nil
 	case "passwd", "groups", "disable", "enable", "unlock", "delete", "mfa-reset":
