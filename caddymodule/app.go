@@ -348,6 +348,9 @@ func checkRedirectHost(h string) error {
 
 // Validate checks the configuration without side effects.
 func (a *App) Validate() error {
+	if fi, err := os.Stat(a.storagePath); err == nil && fi.IsDir() {
+		return fmt.Errorf("storage path %s is a directory: name the store file in it (%s)", a.storagePath, filepath.Join(a.storagePath, "sigra.db"))
+	}
 	if a.Prefix != "" { // "" is the default, once provisioned
 		if err := checkPrefix(a.Prefix); err != nil {
 			return err

@@ -100,8 +100,11 @@ in place of the store file.`,
 
 // backupCommand runs `caddy sigra backup`.
 func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
-	if out == "" {
+	switch out {
+	case "":
 		return errors.New("backup: --out <file> is required: where to write the copy")
+	case "-":
+		return errors.New("backup: --out -: the copy is checked before it is kept, so it cannot go to standard output: name a file")
 	}
 	out, err := filepath.Abs(out)
 	if err != nil {
@@ -179,6 +182,9 @@ func checkBackupOut(out string, cfg *cliConfig) error {
 	if sameStoreFile(storeFile(out), cfg.app.storeFile()) {
 		return fmt.Errorf("--out %s is the store itself", out)
 	}
+	if dir, err := os.Stat(filepath.Dir(out)); err != nil || !dir.IsDir() {
+		return fmt.Errorf("--out %s: the directory %s does not exist", out, filepath.Dir(out))
+	}
 	fi, err := os.Stat(out)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -189,7 +195,11 @@ func checkBackupOut(out string, cfg *cliConfig) error {
 		return fmt.Errorf("--out %s is a directory: name the file to write", out)
 	}
 	if err := store.CheckBackup(out); err != nil {
-		return fmt.Errorf("--out %s exists and is not a copy of a Sigra store, so it is not replaced: remove it first, or choose another name (%v)", out, err)
+		why := ""
+		if !errors.Is(err, store.ErrDamaged) { // a file that is no store reads as damaged: say nothing of restoring it
+			why = fmt.Sprintf(" (%v)", err)
+		}
+		return fmt.Errorf("--out %s exists and is not a copy of a Sigra store, so it is not replaced: remove it first, or choose another name%s", out, why)
 	}
 	return nil
 }

@@ -426,7 +426,8 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if later[opt] {
 				return nil, d.Errf("sigra: %q is not available in this build yet", opt)
 			}
-			return nil, unknownOption(d, "sigra: unknown option %q", opt)
+			return nil, unknownOption(d, "sigra: unknown option %q (known: storage, session, keys, regulation, audit, prefix, bootstrap_admin, "+
+				"admin_group, admin_mfa_max_age, allowed_redirect_hosts, header_aliases, assertion_audience, path_params)", opt)
 		}
 	}
 	return httpcaddyfile.App{Name: "sigra", Value: caddyconfig.JSON(app, nil)}, nil

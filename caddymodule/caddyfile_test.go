@@ -145,7 +145,7 @@ func TestParseGlobal(t *testing.T) {
 				t.Errorf("parsed %s", b)
 			}
 		}, ""},
-		{"unknown option", "sigra {\n bogus 1\n}", nil, `unknown option "bogus"`},
+		{"unknown option", "sigra {\n bogus 1\n}", nil, `unknown option "bogus" (known: storage, session, keys,`},
 		{"path_params bad value", "sigra {\n path_params maybe\n}", nil, "want allow or refuse"},
 		{"path_params allow", "sigra {\n path_params allow\n}", func(t *testing.T, a *App) {
 			if a.PathParams != "allow" {

@@ -325,6 +325,14 @@ func TestStoragePathFromUnsetVariable(t *testing.T) {
 	if err := a.setDefaults(); err != nil || a.storagePath != "/tmp/somewhere/sigra.db" {
 		t.Fatalf("setDefaults with the variable set: path %q, %v", a.storagePath, err)
 	}
+	// A directory is not a store file, and not a damaged one either.
+	a = &App{Storage: &StorageConfig{Path: t.TempDir()}}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "is a directory: name the store file in it") {
+		t.Fatalf("Validate with a directory as the store: %v; want it named as a directory", err)
+	}
 	// ~ is a shell's: Caddy would make a directory named ~ and a new,
 	// empty store in it.
 	a = &App{Storage: &StorageConfig{Path: "~/sigra.db"}}

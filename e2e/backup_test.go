@@ -38,8 +38,17 @@ func TestCLIBackupAndRestore(t *testing.T) {
 	}
 	// A typo must not replace what is not an earlier copy (the key, the
 	// Caddyfile), nor write into a directory; an earlier copy is replaced.
-	if r := backup(g.caddyfile); r.code == 0 || !strings.Contains(r.output(), "is not a copy of a Sigra store, so it is not replaced") {
-		t.Errorf("backup over the Caddyfile: want a refusal\n%s", r)
+	if r := backup(g.caddyfile); r.code == 0 || !strings.Contains(r.output(), "is not a copy of a Sigra store, so it is not replaced") || strings.Contains(r.output(), "restore") {
+		t.Errorf("backup over the Caddyfile: want a refusal, saying nothing of a damaged store to restore\n%s", r)
+	}
+	if r := backup("-"); r.code == 0 || !strings.Contains(r.output(), "cannot go to standard output") {
+		t.Errorf("backup --out -: want a refusal\n%s", r)
+	}
+	if _, err := os.Stat("-"); err == nil {
+		t.Error(`backup --out - wrote a file named "-"`)
+	}
+	if r := backup(filepath.Join(t.TempDir(), "nodir", "b.db")); r.code == 0 || !strings.Contains(r.output(), "nodir does not exist") || strings.Contains(r.output(), ".sigra-backup-") {
+		t.Errorf("backup into a missing directory: want a refusal naming it\n%s", r)
 	}
 	if cf, err := os.ReadFile(g.caddyfile); err != nil || !strings.Contains(string(cf), "sigra_portal") {
 		t.Fatalf("the Caddyfile after a refused backup over it: %v", err)
