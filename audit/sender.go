@@ -571,6 +571,7 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		unavailable error
 		failed      string // the row of the delivery that said so
 		answered    bool
+		held        []heldBack
 	)
 	for i, d := range ds {
 		if !started[i] {
@@ -580,15 +581,25 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		if receiverUnavailable(results[i]) {
 			unavailable, failed = results[i], d.RowID
 			if st.Verdict == Retry {
-				// It keeps its place at the front of the queue: the
-				// webhook's backoff, not its due time, says when the
-				// next probe goes.
+				// It keeps its place in the queue: while the receiver is
+				// down, the webhook's backoff, not its due time, says
+				// when the next probe goes.
+				held = append(held, heldBack{len(ss), st.Next})
 				st.Next = d.DueAt
 			}
 		} else {
 			answered = true
 		}
 		ss, causes = append(ss, st), append(causes, results[i])
+	}
+	if answered {
+		// The receiver is up, and turned these away (a 5xx to one event
+		// its parser chokes on, say): each waits its own backoff, or,
+		// the webhook's backoff starting afresh, it would be tried at
+		// every pass and spend its attempts in seconds.
+		for _, h := range held {
+			ss[h.i].Next = h.own
+		}
 	}
 	// What the pass says of the receiver holds whether or not the commit
 	// below succeeds. A receiver that answered is up, even if it then
@@ -616,6 +627,13 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		return len(ds), err
 	}
 	return len(ds), nil
+}
+
+// heldBack is a settlement (at index i) of a delivery that found the
+// receiver unavailable, and the due time its own backoff gives it.
+type heldBack struct {
+	i   int
+	own time.Time
 }
 
 // laneDown backs a webhook off after a pass found its receiver

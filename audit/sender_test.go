@@ -458,6 +458,44 @@ func TestWebhookPoisonedEventDiesAlone(t *testing.T) {
 	}
 }
 
+// That event keeps its own retry schedule meanwhile: the others' answers
+// end the webhook's backoff, but not its own, so it is not tried at every
+// pass (its attempts spent in seconds, a brief outage of one event at
+// the receiver enough to kill it).
+func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
+	ft := newFakeTime()
+	var poisonHits atomic.Int64
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("POISON")) {
+			poisonHits.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(rc.Close)
+	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
+	ctx := context.Background()
+	poison := sampleRow("auth.login.failure")
+	poison.UserAgent = "POISON"
+	mustRecord(t, l, poison)
+	// A minute of passes, one good row each, a pass every 2 s.
+	for range 30 {
+		mustRecord(t, l, sampleRow("auth.logout"))
+		if _, err := l.DeliverDue(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ft.Advance(2 * time.Second)
+	}
+	// 2 s, 4 s, 8 s, 16 s, 32 s… (each jittered to between half and all
+	// of it): at most 7 attempts fit in a minute, not 30.
+	if n := poisonHits.Load(); n < 2 || n > 7 {
+		t.Errorf("the poisoned event was tried %d times in a minute; want its own backoff (2 to 7)", n)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 0 || s.Pending != 1 {
+		t.Errorf("Stats %+v; want the poisoned event still pending, the rest delivered", s)
+	}
+}
+
 // A receiver that hangs costs its own lane one timeout and no more; the
 // other webhook is served at full speed in the same pass.
 func TestWebhookLanesIsolateASlowReceiver(t *testing.T) {
