@@ -486,6 +486,11 @@ func TestCLIRefusesAConfigWithoutSigra(t *testing.T) {
 	if _, err := loadAppConfig(plainJSON, ""); err == nil || !strings.Contains(err.Error(), "does not use Sigra") {
 		t.Errorf("a JSON config without Sigra: %v; want it refused", err)
 	}
+	// As caddy adapt --pretty writes it: a .json file is read as written.
+	pretty := write("pretty.json", "{\n  \"apps\": {\n    \"http\": {\"servers\": {\"a\": {\"listen\": [\":9\"], \"routes\": [{\"handle\": [\n      {\"handler\": \"sigra_portal\"}]}]}}}\n  }\n}\n")
+	if _, err := loadAppConfig(pretty, ""); err != nil {
+		t.Errorf("an indented JSON config with sigra_portal: %v; want the default store", err)
+	}
 	portalOnly := write("portal.Caddyfile", "http://127.0.0.1:9 {\n\tsigra_portal\n\trespond ok\n}\n")
 	if cfg, err := loadAppConfig(portalOnly, "caddyfile"); err != nil || !strings.HasSuffix(cfg.store, filepath.Join("sigra", "sigra.db")) {
 		t.Errorf("a Caddyfile with only sigra_portal: %+v, %v; want the default store", cfg, err)

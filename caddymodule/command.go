@@ -558,7 +558,7 @@ func loadAppConfig(configFile, adapter string) (*cliConfig, error) {
 		if err := json.Unmarshal(raw, a); err != nil {
 			return nil, fmt.Errorf("reading sigra config: %w", err)
 		}
-	} else if len(cfgJSON) > 0 && !bytes.Contains(cfgJSON, []byte(`"handler":"sigra_`)) {
+	} else if len(cfgJSON) > 0 && !usesSigra(cfgJSON) {
 		// Without sigra options the store is the default one; a config
 		// that does not use Sigra at all is the wrong file, and would
 		// have the command answer from (or make) a store nobody runs.
@@ -577,6 +577,38 @@ func loadAppConfig(configFile, adapter string) (*cliConfig, error) {
 		return nil, fmt.Errorf("storage path %s: %w", a.storagePath, err)
 	}
 	return &cliConfig{json: cfgJSON, file: file, adapter: adapterUsed, app: a, store: abs}, nil
+}
+
+// usesSigra reports whether a config without a sigra app has a
+// sigra_portal or sigra_gate handler anywhere (Caddy then runs the sigra
+// app with its defaults).
+func usesSigra(cfgJSON []byte) bool {
+	var doc any
+	if json.Unmarshal(cfgJSON, &doc) != nil {
+		return true // read as well as Caddy can: not ours to refuse
+	}
+	var walk func(v any) bool
+	walk = func(v any) bool {
+		switch v := v.(type) {
+		case map[string]any:
+			if h, _ := v["handler"].(string); strings.HasPrefix(h, "sigra_") {
+				return true
+			}
+			for _, c := range v {
+				if walk(c) {
+					return true
+				}
+			}
+		case []any:
+			for _, c := range v {
+				if walk(c) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return walk(doc)
 }
 
 // adminAddress is the admin endpoint of the Caddy that runs cfg: its
