@@ -391,20 +391,20 @@ func (q *preq) recoveryRegenerate() error {
 	return q.page(http.StatusOK, "totp", pageData{Title: "Recovery codes", Codes: codes})
 }
 
-// auditLockout writes one auth.lockout row when a failure started a ban;
-// its scope names the ban: account (the password's key) or mfa (the
-// codes'), ip, or both.
 // refusalDue reports whether the failure row of att is due: always for a
 // checked credential; for one refused unchecked (a ban, or a quota in
 // flight), once a minute per refusing account or address. Refusals cost
-// the sender no hashing and need not wait for the answer, so a row for
-// each would let anyone grow the store as fast as they can send;
+// the sender nothing (it need not even wait for the answer), so a row
+// for each would let anyone grow the store as fast as they can send;
 // sigra_logins_total{result="locked"} still counts every one.
 func (q *preq) refusalDue(att *authcore.Attempt) bool {
 	key := att.RefusedBy()
 	return key == "" || q.rt.denied.due(deniedKey{user: key, reason: "refused"}, q.rt.auth.Now())
 }
 
+// auditLockout writes one auth.lockout row when a failure started a ban;
+// its scope names the ban: account (the password's key) or mfa (the
+// codes'), ip, or both.
 func (q *preq) auditLockout(subject string, res authcore.FailResult, account string) error {
 	if !res.Lockout() {
 		return nil

@@ -3,18 +3,21 @@ package caddymodule
 import (
 	"reflect"
 	"slices"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 )
 
-// answering are the standard directives that answer the requests they
+// answering are Caddy's standard directives that serve the requests they
 // match (or hand them to a block that may) without passing them on:
-// whatever runs after them never sees those requests. redir is left out:
-// it answers before authentication in Caddy's own order, with a
-// redirect and nothing of the site.
+// whatever runs after them never sees those requests. Left out: redir,
+// which answers before authentication in Caddy's own order with a
+// redirect and nothing of the site, abort and error, which serve nothing,
+// and copy_response, which only works in reverse_proxy's handle_response.
+// Other plugins' handlers cannot be known here.
 var answering = []string{
-	"abort", "error", "respond", "reverse_proxy", "php_fastcgi", "file_server", "acme_server",
-	"copy_response", "metrics", "invoke", "handle", "handle_path", "route",
+	"respond", "reverse_proxy", "php_fastcgi", "file_server", "acme_server",
+	"metrics", "invoke", "handle", "handle_path", "route",
 }
 
 // checkPlacement refuses a sigra_portal or sigra_gate (dir, at h) that
@@ -23,7 +26,9 @@ var answering = []string{
 //   - the global `order` option puts an answering directive before it,
 //     or the gate before the portal;
 //   - in a route block, which keeps the written order, an answering
-//     directive is written before it, or the portal after a gate;
+//     directive without a matcher (so for every request) is written
+//     before it, or the portal after a gate; one with a matcher, a
+//     public /healthz say, may well be meant;
 //   - a portal sits in a block with a matcher (handle_path /app/*),
 //     where it sees part of the site only: its sign-in pages are not
 //     served, and forged identity headers not stripped, elsewhere.
@@ -42,10 +47,18 @@ func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 				"Both order themselves (the portal first): remove their order lines, or order sigra_portal before sigra_gate")
 		}
 	}
-	b := blockOf(h)
-	if b == nil {
-		return nil
+	// The same snippet imported twice puts one directive in two places:
+	// each must be right.
+	for _, b := range blocksOf(h) {
+		if err := b.check(h, dir); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// check is checkPlacement for one place the directive dir is written.
+func (b *placedBlock) check(h httpcaddyfile.Helper, dir string) error {
 	if dir == "sigra_portal" && b.matched != "" {
 		return h.Errf("sigra_portal: it is inside %s on line %d, whose matcher shows it part of the site only: its pages are not served, "+
 			"nor forged X-Sigra-* headers stripped, anywhere else. Write sigra_portal at the site's top level", b.matched, b.matchedLine)
@@ -54,8 +67,8 @@ func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 		return nil
 	}
 	for _, d := range b.dirs[:b.self] {
-		if slices.Contains(answering, d.name) {
-			return h.Errf("%s: %s on line %d comes first in this route block (a route keeps the written order), so the requests it answers never reach %s and are served to anyone. "+
+		if slices.Contains(answering, d.name) && !d.matcher {
+			return h.Errf("%s: %s on line %d comes first in this route block (a route keeps the written order) and has no matcher, so no request reaches %s, and the site is served to anyone. "+
 				"Write %s before it", dir, d.name, d.line, dir, dir)
 		}
 	}
@@ -71,36 +84,40 @@ func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 
 // placedDirective is a directive written in a block.
 type placedDirective struct {
-	name string
-	line int
+	name    string
+	line    int
+	matcher bool // an inline matcher follows its name (/path, *, @name)
 }
 
-// placedBlock is the block a directive is written in, as blockOf finds it.
+// placedBlock is a block a directive is written in, as blocksOf finds it.
 type placedBlock struct {
 	dirs    []placedDirective // the block's directives, in written order
 	self    int               // the index of the directive asked about
-	written bool              // the block runs them in written order (route, or a named route's top level)
+	written bool              // a route block, which runs them in written order
 	// matched is the directive, with its matcher, of the innermost
 	// enclosing block that has one ("" if none), and matchedLine its line.
 	matched     string
 	matchedLine int
 }
 
-// blockOf finds the directive h is at among the tokens of its server
+// blocksOf finds the directive h is at among the tokens of its server
 // block (a site, or a named route), which Caddy's Helper keeps
-// unexported, and returns the block it is written in; nil if this
-// Caddy's Helper has no such field, or the directive is not found.
-func blockOf(h httpcaddyfile.Helper) *placedBlock {
+// unexported, and returns each block it is written in (more than one if
+// a snippet holding it is imported more than once); none if this Caddy's
+// Helper has no such field. A directive starts where Caddy starts one:
+// at the first token of a block, or a token on a new line (another file
+// or import counts as a new line).
+func blocksOf(h httpcaddyfile.Helper) []*placedBlock {
 	segs := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("Segments")
 	if !segs.IsValid() || segs.Kind() != reflect.Slice {
 		return nil
 	}
 	file, line, name := h.File(), h.Line(), h.Val()
 	type frame struct {
-		block    *placedBlock
-		lastLine int  // of the last token in this block
-		fresh    bool // the next token starts a directive
+		block *placedBlock
+		fresh bool // the next token starts a directive
 	}
+	var found []*placedBlock
 	for i := range segs.Len() {
 		seg := segs.Index(i)
 		if seg.Kind() != reflect.Slice {
@@ -109,10 +126,10 @@ func blockOf(h httpcaddyfile.Helper) *placedBlock {
 		// Caddy parses a site's top-level directives from the very
 		// tokens kept here, and takes a directive's matcher out of them
 		// (Dispenser.Delete, which shifts the rest down and so leaves the
-		// last token twice): a route or handle block whose matcher is
-		// gone shows as that doubled last token.
+		// last token twice): a segment with one "}" too many is a
+		// top-level block whose matcher is gone.
 		n := seg.Len()
-		lost := n >= 2 && sameToken(seg.Index(n-1), seg.Index(n-2))
+		lost := n >= 2 && isBrace(seg.Index(n-1), "}") && braceBalance(seg) == -1
 		if lost {
 			n--
 		}
@@ -120,19 +137,15 @@ func blockOf(h httpcaddyfile.Helper) *placedBlock {
 		// directive order.
 		stack := []*frame{{block: &placedBlock{self: -1}, fresh: true}}
 		var (
-			found      *placedBlock
-			foundDepth int
 			opener     placedDirective // the directive the last token belongs to
 			openerArgs = -1            // its tokens after the name; -1 if none
 		)
 		for j := range n {
 			t := seg.Index(j)
-			text, quoted := t.FieldByName("Text").String(), t.FieldByName("wasQuoted")
-			tline, tfile := int(t.FieldByName("Line").Int()), t.FieldByName("File").String()
-			plain := !quoted.IsValid() || quoted.Int() == 0
+			text := t.FieldByName("Text").String()
 			cur := stack[len(stack)-1]
 			switch {
-			case plain && text == "{" && openerArgs >= 0:
+			case isBrace(t, "{") && openerArgs >= 0:
 				nb := &placedBlock{self: -1, written: opener.name == "route", matched: cur.block.matched, matchedLine: cur.block.matchedLine}
 				switch {
 				case openerArgs > 0 && opener.name[0] != '@':
@@ -143,44 +156,78 @@ func blockOf(h httpcaddyfile.Helper) *placedBlock {
 				stack = append(stack, &frame{block: nb, fresh: true})
 				openerArgs = -1
 				continue
-			case plain && text == "}" && len(stack) > 1:
-				if found != nil && len(stack) == foundDepth {
-					return found
-				}
+			case isBrace(t, "}") && len(stack) > 1:
 				stack = stack[:len(stack)-1]
 				stack[len(stack)-1].fresh = true
 				openerArgs = -1
 				continue
 			}
-			if cur.fresh || tline > cur.lastLine {
-				opener, openerArgs = placedDirective{name: text, line: tline}, 0
+			if cur.fresh || isNextOnNewLine(seg.Index(j-1), t) {
+				opener, openerArgs = placedDirective{name: text, line: int(t.FieldByName("Line").Int())}, 0
+				if j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)) {
+					next := seg.Index(j + 1).FieldByName("Text").String()
+					opener.matcher = next == "*" || strings.HasPrefix(next, "/") || strings.HasPrefix(next, "@")
+				}
 				cur.block.dirs = append(cur.block.dirs, opener)
 				cur.fresh = false
-				if found == nil && text == name && tline == line && tfile == file {
-					found, foundDepth = cur.block, len(stack)
-					found.self = len(found.dirs) - 1
+				if text == name && opener.line == line && t.FieldByName("File").String() == file {
+					cur.block.self = len(cur.block.dirs) - 1
+					found = append(found, cur.block)
 				}
 			} else if openerArgs >= 0 {
 				openerArgs++
 			}
-			cur.lastLine = tline
-		}
-		if found != nil {
-			return found
 		}
 	}
-	return nil
+	// A block found holds its directives after this one too, now that
+	// its segment has been read to the end.
+	return found
 }
 
-// sameToken reports whether two tokens are one: the same text, at the
-// same line of the same file.
-func sameToken(a, b reflect.Value) bool {
-	for _, f := range []string{"Text", "File"} {
-		if a.FieldByName(f).String() != b.FieldByName(f).String() {
-			return false
+// isBrace reports whether t is the brace b as Caddy reads one: not quoted.
+func isBrace(t reflect.Value, b string) bool {
+	q := t.FieldByName("wasQuoted")
+	return t.FieldByName("Text").String() == b && (!q.IsValid() || q.Int() == 0)
+}
+
+// braceBalance counts seg's opening braces less its closing ones.
+func braceBalance(seg reflect.Value) int {
+	n := 0
+	for j := range seg.Len() {
+		switch t := seg.Index(j); {
+		case isBrace(t, "{"):
+			n++
+		case isBrace(t, "}"):
+			n--
 		}
 	}
-	return a.FieldByName("Line").Int() == b.FieldByName("Line").Int()
+	return n
+}
+
+// isNextOnNewLine is Caddy's test of whether t2 starts a new line after
+// t1 (caddyfile.isNextOnNewLine, unexported): another file or import
+// chain, or a later line than where t1, a heredoc or a quoted value
+// with line breaks perhaps, ends.
+func isNextOnNewLine(t1, t2 reflect.Value) bool {
+	if t1.FieldByName("File").String() != t2.FieldByName("File").String() {
+		return true
+	}
+	i1, i2 := t1.FieldByName("imports"), t2.FieldByName("imports")
+	if i1.IsValid() && i2.IsValid() {
+		if i1.Len() != i2.Len() {
+			return true
+		}
+		for k := range i1.Len() {
+			if i1.Index(k).String() != i2.Index(k).String() {
+				return true
+			}
+		}
+	}
+	breaks := strings.Count(t1.FieldByName("Text").String(), "\n")
+	if q := t1.FieldByName("wasQuoted"); q.IsValid() && q.Int() == '<' {
+		breaks += 2 // a heredoc's opening and closing lines
+	}
+	return int(t1.FieldByName("Line").Int())+breaks < int(t2.FieldByName("Line").Int())
 }
 
 // tokenText joins the texts of seg's tokens from i up to j.

@@ -36,9 +36,11 @@ func TestAdaptPlacement(t *testing.T) {
 		{"route, gate before the portal", "",
 			"\troute {\n\t\tsigra_gate\n\t\tsigra_portal\n\t\trespond ok\n\t}\n",
 			[]string{"Testfile:8", "sigra_portal on line 9 comes after this gate"}},
-		{"route, handle with a proxy before the gate", "",
-			"\tsigra_portal\n\troute {\n\t\thandle /api/* {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t\tsigra_gate\n\t}\n",
-			[]string{"Testfile:12", "handle on line 9 comes first"}},
+		{"route, handle without a matcher before the gate", "",
+			"\tsigra_portal\n\troute {\n\t\thandle {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t\tsigra_gate\n\t}\n",
+			[]string{"Testfile:12", "handle on line 9 comes first", "has no matcher"}},
+		{"route, handle /api/* before the gate (meant public)", "",
+			"\tsigra_portal\n\troute {\n\t\thandle /api/* {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t\tsigra_gate\n\t}\n", nil},
 		{"route, a respond with a block before the gate", "",
 			"\troute {\n\t\tsigra_portal\n\t\t@get method GET\n\t\theader X-A b\n\t\tsigra_gate\n\t\trespond @get ok\n\t}\n", nil},
 		{"handle blocks sort by the directive order", "",
@@ -56,8 +58,37 @@ func TestAdaptPlacement(t *testing.T) {
 			"\troute {\n\t\thandle /app/* {\n\t\t\tsigra_portal\n\t\t\tsigra_gate\n\t\t}\n\t}\n", []string{"Testfile:9", "inside handle /app/* on line 8"}},
 		{"gates with matchers beside the portal", "",
 			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate\n\treverse_proxy /api/* 127.0.0.1:9\n\trespond ok\n", nil},
+		{"route, abort and error with matchers before the gate", "",
+			"\t@scanners path /wp-admin*\n\troute {\n\t\tabort @scanners\n\t\terror /private/* 403\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"route, a public health check before the gate", "",
+			"\troute {\n\t\tsigra_portal\n\t\trespond /healthz 200\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"gate in handle_path", "",
 			"\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", nil},
+	}
+	// Snippets: their tokens keep their own lines, so an imported gate
+	// after reverse_proxy is still a directive of its own, and a snippet
+	// imported twice is checked in each place.
+	snippet := "(gate) {\n\tsigra_gate\n}\n"
+	for _, sc := range []struct {
+		name, site, wantErr string
+	}{
+		{"imported gate after reverse_proxy in a route", "\tsigra_portal\n\troute {\n\t\treverse_proxy 127.0.0.1:9\n\t\timport gate\n\t}\n", "reverse_proxy on line"},
+		{"imported gate in order", "\tsigra_portal\n\troute {\n\t\timport gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", ""},
+		{"snippet imported twice, once misplaced", "\tsigra_portal\n\troute /a/* {\n\t\timport gate\n\t\trespond a\n\t}\n\troute /b/* {\n\t\trespond b\n\t\timport gate\n\t}\n", "respond on line"},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			src := snippet + "http://127.0.0.1:9 {\n" + sc.site + "}\n"
+			err := adaptCaddyfile(src)
+			if sc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("adapt: %v\n%s", err, src)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), sc.wantErr) {
+				t.Fatalf("adapt: %v; want an error with %q\n%s", err, sc.wantErr, src)
+			}
+		})
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
