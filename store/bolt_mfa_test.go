@@ -66,12 +66,19 @@ func newMFAEnv(t *testing.T) *mfaEnv {
 
 func newMFAEnvOn(t *testing.T, st authcore.Store) *mfaEnv {
 	t.Helper()
+	return newMFAEnvWith(t, st, authcore.Config{})
+}
+
+// newMFAEnvWith is newMFAEnvOn with the Service configured as cfg (cheap
+// password hashing added).
+func newMFAEnvWith(t *testing.T, st authcore.Store, cfg authcore.Config) *mfaEnv {
+	t.Helper()
 	box, err := seal.New(make([]byte, 32))
 	if err != nil {
 		t.Fatal(err)
 	}
 	clk := clock.NewFake(mfaStart)
-	cfg := authcore.Config{Argon2: authcore.Argon2Params{Memory: 64, Time: 1, Threads: 1, KeyLen: 32, SaltLen: 16}}
+	cfg.Argon2 = authcore.Argon2Params{Memory: 64, Time: 1, Threads: 1, KeyLen: 32, SaltLen: 16}
 	svc, err := authcore.NewService(slog.New(slog.NewTextHandler(io.Discard, nil)), clk, st, box, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +88,20 @@ func newMFAEnvOn(t *testing.T, st authcore.Store) *mfaEnv {
 		env.st = b
 	}
 	return env
+}
+
+// pendingSession enrols a new user email and signs them in with the
+// password alone: the session is pending.
+func (e *mfaEnv) pendingSession(t *testing.T, email string) (token string, s *authcore.Session) {
+	t.Helper()
+	u := e.user(t, email)
+	e.enrol(t, u)
+	u, _ = e.st.UserByID(e.ctx, u.ID)
+	token, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token, s
 }
 
 func (e *mfaEnv) user(t *testing.T, email string) *authcore.User {
@@ -885,13 +906,7 @@ func TestCompleteSecondFactor(t *testing.T) {
 // busy, and cannot be completed after that.
 func TestPendingSessionEndsSoon(t *testing.T) {
 	e := newMFAEnv(t)
-	u := e.user(t, "alice@example.com")
-	e.enrol(t, u)
-	u, _ = e.st.UserByID(e.ctx, u.ID)
-	token, pending, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	token, pending := e.pendingSession(t, "alice@example.com")
 	// Used every minute (never idle) until just before the end.
 	for e.clk.Now().Before(pending.CreatedAt.Add(authcore.DefaultPendingLifetime - time.Minute)) {
 		e.clk.Advance(time.Minute)
@@ -920,25 +935,8 @@ func TestPendingSessionEndsSoon(t *testing.T) {
 
 // A Lifetime shorter than PendingLifetime bounds a pending session too.
 func TestPendingSessionWithinLifetime(t *testing.T) {
-	box, err := seal.New(make([]byte, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	clk := clock.NewFake(mfaStart)
-	st := openAuthBolt(t)
-	cfg := authcore.Config{Lifetime: 5 * time.Minute, PendingLifetime: time.Hour, Argon2: authcore.Argon2Params{Memory: 64, Time: 1, Threads: 1, KeyLen: 32, SaltLen: 16}}
-	svc, err := authcore.NewService(slog.New(slog.DiscardHandler), clk, st, box, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &mfaEnv{svc: svc, clk: clk, box: box, ctx: context.Background(), st: st}
-	u := e.user(t, "alice@example.com")
-	e.enrol(t, u)
-	u, _ = st.UserByID(e.ctx, u.ID)
-	_, pending, err := svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := newMFAEnvWith(t, openAuthBolt(t), authcore.Config{Lifetime: 5 * time.Minute, PendingLifetime: time.Hour})
+	_, pending := e.pendingSession(t, "alice@example.com")
 	if want := pending.CreatedAt.Add(5 * time.Minute); !pending.ExpiresAt.Equal(want) {
 		t.Errorf("pending session expires at %v; want %v (Lifetime, the shorter)", pending.ExpiresAt, want)
 	}
@@ -946,13 +944,7 @@ func TestPendingSessionWithinLifetime(t *testing.T) {
 
 func TestCompleteSecondFactorConcurrent(t *testing.T) {
 	e := newMFAEnv(t)
-	u := e.user(t, "alice@example.com")
-	e.enrol(t, u)
-	u, _ = e.st.UserByID(e.ctx, u.ID)
-	_, pending, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, pending := e.pendingSession(t, "alice@example.com")
 	const n = 8
 	var ok atomic.Int32
 	var wg sync.WaitGroup
@@ -970,7 +962,7 @@ func TestCompleteSecondFactorConcurrent(t *testing.T) {
 	if ok.Load() != 1 {
 		t.Errorf("%d of %d concurrent completions succeeded; want 1", ok.Load(), n)
 	}
-	if ss, _ := e.st.UserSessions(e.ctx, u.ID); len(ss) != 1 || ss[0].Pending {
+	if ss, _ := e.st.UserSessions(e.ctx, pending.UserID); len(ss) != 1 || ss[0].Pending {
 		t.Errorf("user has %d sessions after concurrent completion; want exactly one, not pending", len(ss))
 	}
 }
