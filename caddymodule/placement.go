@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -8,49 +9,53 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 )
 
-// answering are Caddy's standard directives that serve the requests they
-// match (or hand them to a block that may) without passing them on:
-// whatever runs after them never sees those requests. Left out: redir,
-// which answers before authentication in Caddy's own order with a
-// redirect and nothing of the site, abort and error, which serve nothing,
-// and copy_response, which only works in reverse_proxy's handle_response.
-// Other plugins' handlers cannot be known here.
-var answering = []string{
-	"respond", "reverse_proxy", "php_fastcgi", "file_server", "acme_server",
-	"metrics", "invoke", "handle", "handle_path", "route",
-}
+// answering are Caddy's standard directives that serve every request
+// they match without passing it on: whatever runs after them never sees
+// those requests. Left out: redir, which answers before authentication
+// in Caddy's own order with a redirect and nothing of the site; abort
+// and error, which serve nothing; copy_response, which only works in
+// reverse_proxy's handle_response. Other plugins' handlers cannot be
+// known here.
+var answering = []string{"respond", "reverse_proxy", "php_fastcgi", "file_server", "acme_server", "metrics"}
+
+// subroutes are the blocks that pass a request on when nothing in them
+// answers it: they answer what their contents answer.
+var subroutes = []string{"handle", "handle_path", "route"}
 
 // checkPlacement refuses a sigra_portal or sigra_gate (dir, at h) that
 // would not see the requests it is written for. A gate that never runs
 // serves the app to anyone, and `caddy validate` would pass it:
-//   - the global `order` option puts an answering directive before it,
-//     or the gate before the portal;
-//   - in a route block, which keeps the written order, an answering
-//     directive without a matcher (so for every request) is written
-//     before it, or the portal after a gate; one with a matcher, a
+//   - the global `order` option runs before it a directive of this site
+//     that answers every request (answersAll), or the gate before the
+//     portal;
+//   - in a route block, which keeps the written order (the block it is
+//     in, or one around it), such a directive is written before it, or
+//     the portal after a gate in the same block; one with a matcher, a
 //     public /healthz say, may well be meant;
 //   - a portal sits in a block with a matcher (handle_path /app/*),
 //     where it sees part of the site only: its sign-in pages are not
 //     served, and forged identity headers not stripped, elsewhere.
 func checkPlacement(h httpcaddyfile.Helper, dir string) error {
+	site, places := placesOf(h)
 	if order, ok := h.Option("order").([]string); ok {
 		self := slices.Index(order, dir)
-		before := order[:max(self, 0)]
-		for k := len(before) - 1; k >= 0; k-- { // the nearest, likely the one its line names
-			if d := before[k]; slices.Contains(answering, d) {
-				return h.Errf("%s: the global order option runs %s before %s, so the requests %s answers never reach %s and are served to anyone. "+
-					"%s orders itself (before basic_auth): remove its order line, or order it before %s", dir, d, dir, d, dir, dir, d)
-			}
-		}
 		if dir == "sigra_gate" && slices.Index(order, "sigra_portal") > self {
 			return h.Err("sigra_gate: the global order option runs sigra_gate before sigra_portal, so the gate also covers the sign-in pages. " +
 				"Both order themselves (the portal first): remove their order lines, or order sigra_portal before sigra_gate")
 		}
+		if site != nil {
+			for _, d := range site.dirs {
+				if k := slices.Index(order, d.name); k >= 0 && k < self && d.answersAll() {
+					return h.Errf("%s: the global order option runs %s (line %d) before %s, so the requests it answers never reach %s and are served to anyone. "+
+						"%s orders itself (before basic_auth): remove its order line, or order it before %s", dir, d.name, d.line, dir, dir, dir, d.name)
+				}
+			}
+		}
 	}
 	// The same snippet imported twice puts one directive in two places:
 	// each must be right.
-	for _, b := range blocksOf(h) {
-		if err := b.check(h, dir); err != nil {
+	for _, p := range places {
+		if err := p.check(h, dir); err != nil {
 			return err
 		}
 	}
@@ -58,22 +63,30 @@ func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 }
 
 // check is checkPlacement for one place the directive dir is written.
-func (b *placedBlock) check(h httpcaddyfile.Helper, dir string) error {
-	if dir == "sigra_portal" && b.matched != "" {
-		return h.Errf("sigra_portal: it is inside %s on line %d, whose matcher shows it part of the site only: its pages are not served, "+
-			"nor forged X-Sigra-* headers stripped, anywhere else. Write sigra_portal at the site's top level", b.matched, b.matchedLine)
-	}
-	if !b.written {
-		return nil
-	}
-	for _, d := range b.dirs[:b.self] {
-		if slices.Contains(answering, d.name) && !d.matcher {
-			return h.Errf("%s: %s on line %d comes first in this route block (a route keeps the written order) and has no matcher, so no request reaches %s, and the site is served to anyone. "+
-				"Write %s before it", dir, d.name, d.line, dir, dir)
+func (p place) check(h httpcaddyfile.Helper, dir string) error {
+	for _, s := range p {
+		if dir == "sigra_portal" && s.block.matched != "" {
+			return h.Errf("sigra_portal: it is inside %s on line %d, whose matcher shows it part of the site only: its pages are not served, "+
+				"nor forged X-Sigra-* headers stripped, anywhere else. Write sigra_portal at the site's top level", s.block.matched, s.block.matchedLine)
 		}
 	}
-	if dir == "sigra_gate" {
-		for _, d := range b.dirs[b.self+1:] {
+	for k, s := range p {
+		if !s.block.written {
+			continue
+		}
+		for _, d := range s.block.dirs[:s.at] {
+			if d.answersAll() {
+				what := dir
+				if k < len(p)-1 {
+					what = "the block holding " + dir
+				}
+				return h.Errf("%s: %s on line %d comes first in this route block (a route keeps the written order) and answers every request, so none reaches %s, and the site is served to anyone. "+
+					"Write %s before it", dir, d.name, d.line, what, dir)
+			}
+		}
+	}
+	if s := p[len(p)-1]; dir == "sigra_gate" && s.block.written {
+		for _, d := range s.block.dirs[s.at+1:] {
 			if d.name == "sigra_portal" {
 				return h.Errf("sigra_gate: sigra_portal on line %d comes after this gate in the route block (a route keeps the written order), so the gate also covers the sign-in pages. Write sigra_portal first", d.line)
 			}
@@ -86,13 +99,28 @@ func (b *placedBlock) check(h httpcaddyfile.Helper, dir string) error {
 type placedDirective struct {
 	name    string
 	line    int
-	matcher bool // an inline matcher follows its name (/path, *, @name)
+	matcher bool         // an inline matcher follows its name (/path or @name; not * or /*, which match all)
+	block   *placedBlock // the block it opens, if any
 }
 
-// placedBlock is a block a directive is written in, as blocksOf finds it.
+// answersAll reports whether d answers every request that reaches it:
+// an answering directive without a matcher, or a subroute without one
+// that holds such a directive.
+func (d placedDirective) answersAll() bool {
+	switch {
+	case d.matcher:
+		return false
+	case slices.Contains(answering, d.name):
+		return true
+	case slices.Contains(subroutes, d.name) && d.block != nil:
+		return slices.ContainsFunc(d.block.dirs, placedDirective.answersAll)
+	}
+	return false
+}
+
+// placedBlock is a block of directives, as placesOf reads it.
 type placedBlock struct {
-	dirs    []placedDirective // the block's directives, in written order
-	self    int               // the index of the directive asked about
+	dirs    []placedDirective // in written order
 	written bool              // a route block, which runs them in written order
 	// matched is the directive, with its matcher, of the innermost
 	// enclosing block that has one ("" if none), and matchedLine its line.
@@ -100,94 +128,139 @@ type placedBlock struct {
 	matchedLine int
 }
 
-// blocksOf finds the directive h is at among the tokens of its server
-// block (a site, or a named route), which Caddy's Helper keeps
-// unexported, and returns each block it is written in (more than one if
-// a snippet holding it is imported more than once); none if this Caddy's
-// Helper has no such field. A directive starts where Caddy starts one:
-// at the first token of a block, or a token on a new line (another file
-// or import counts as a new line).
-func blocksOf(h httpcaddyfile.Helper) []*placedBlock {
+// step is a block on the way to a directive, and the index there of the
+// directive on the way (the one asked about, in the last block).
+type step struct {
+	block *placedBlock
+	at    int
+}
+
+// place is the way from the site's top level to one place the directive
+// is written.
+type place []step
+
+// placesOf reads the tokens of h's server block (a site, or a named
+// route), which Caddy's Helper keeps unexported, into blocks of
+// directives, and returns its top level and each place the directive h
+// is at is written (more than one if a snippet holding it is imported
+// more than once); none if this Caddy's Helper has no such field. A
+// directive starts where Caddy starts one: at the first token of a
+// block, or a token on a new line (another file or import counts as a
+// new line).
+func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 	segs := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("Segments")
 	if !segs.IsValid() || segs.Kind() != reflect.Slice {
-		return nil
+		return nil, nil
 	}
 	file, line, name := h.File(), h.Line(), h.Val()
-	type frame struct {
-		block *placedBlock
-		fresh bool // the next token starts a directive
-	}
-	var found []*placedBlock
+	// A named route's top level, like a site's, runs in Caddy's
+	// directive order.
+	top := &placedBlock{}
+	var places []place
 	for i := range segs.Len() {
 		seg := segs.Index(i)
 		if seg.Kind() != reflect.Slice {
-			return nil
+			return nil, nil
 		}
 		// Caddy parses a site's top-level directives from the very
 		// tokens kept here, and takes a directive's matcher out of them
 		// (Dispenser.Delete, which shifts the rest down and so leaves the
-		// last token twice): a segment with one "}" too many is a
-		// top-level block whose matcher is gone.
+		// last token twice): a segment with one "}" too many, or without
+		// braces whose last two tokens are one, is a top-level directive
+		// whose matcher is gone. Which matcher it was (/app/* or *,
+		// which matches all) is read back from its line in the file, if
+		// the file can be read; if not, it counts as a matcher.
 		n := seg.Len()
-		lost := n >= 2 && isBrace(seg.Index(n-1), "}") && braceBalance(seg) == -1
+		lost := n >= 2 && (isBrace(seg.Index(n-1), "}") && braceBalance(seg) == -1 ||
+			!isBrace(seg.Index(n-1), "}") && sameToken(seg.Index(n-1), seg.Index(n-2)))
 		if lost {
 			n--
 		}
-		// A named route's top level, like a site's, runs in Caddy's
-		// directive order.
-		stack := []*frame{{block: &placedBlock{self: -1}, fresh: true}}
-		var (
-			opener     placedDirective // the directive the last token belongs to
-			openerArgs = -1            // its tokens after the name; -1 if none
-		)
+		stack := place{{block: top, at: -1}}
+		fresh := true    // the next token starts a directive
+		openerArgs := -1 // tokens after the last directive's name; -1 if none
+		var opener *placedDirective
 		for j := range n {
 			t := seg.Index(j)
 			text := t.FieldByName("Text").String()
-			cur := stack[len(stack)-1]
+			cur := &stack[len(stack)-1]
 			switch {
 			case isBrace(t, "{") && openerArgs >= 0:
-				nb := &placedBlock{self: -1, written: opener.name == "route", matched: cur.block.matched, matchedLine: cur.block.matchedLine}
-				switch {
-				case openerArgs > 0 && opener.name[0] != '@':
-					nb.matched, nb.matchedLine = opener.name+" "+tokenText(seg, j-openerArgs, j), opener.line
-				case lost && len(stack) == 1:
-					nb.matched, nb.matchedLine = opener.name, opener.line
+				nb := &placedBlock{written: opener.name == "route", matched: cur.block.matched, matchedLine: cur.block.matchedLine}
+				matcher := tokenText(seg, j-openerArgs, j)
+				if lost && len(stack) == 1 {
+					matcher = lostMatcher(t.FieldByName("File").String(), opener.line, opener.name)
 				}
-				stack = append(stack, &frame{block: nb, fresh: true})
-				openerArgs = -1
+				switch {
+				case opener.name[0] == '@' || opener.name == "handle_errors": // a matcher's definition; status codes
+				case matcher != "" && matcher != "*" && matcher != "/*":
+					nb.matched, nb.matchedLine = strings.TrimSpace(opener.name+" "+strings.TrimPrefix(matcher, "?")), opener.line
+				}
+				opener.block = nb
+				stack = append(stack, step{block: nb, at: -1})
+				fresh, openerArgs = true, -1
 				continue
 			case isBrace(t, "}") && len(stack) > 1:
 				stack = stack[:len(stack)-1]
-				stack[len(stack)-1].fresh = true
-				openerArgs = -1
+				fresh, openerArgs = true, -1
 				continue
 			}
-			if cur.fresh || isNextOnNewLine(seg.Index(j-1), t) {
-				opener, openerArgs = placedDirective{name: text, line: int(t.FieldByName("Line").Int())}, 0
-				if j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)) {
-					next := seg.Index(j + 1).FieldByName("Text").String()
-					opener.matcher = next == "*" || strings.HasPrefix(next, "/") || strings.HasPrefix(next, "@")
+			if fresh || isNextOnNewLine(seg.Index(j-1), t) {
+				d := placedDirective{name: text, line: int(t.FieldByName("Line").Int())}
+				next := ""
+				switch {
+				case lost && len(stack) == 1: // the top-level directive, its matcher taken out
+					next = lostMatcher(t.FieldByName("File").String(), d.line, text)
+				case j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)):
+					next = seg.Index(j + 1).FieldByName("Text").String()
 				}
-				cur.block.dirs = append(cur.block.dirs, opener)
-				cur.fresh = false
-				if text == name && opener.line == line && t.FieldByName("File").String() == file {
-					cur.block.self = len(cur.block.dirs) - 1
-					found = append(found, cur.block)
+				d.matcher = next == "?" || next != "/*" && (strings.HasPrefix(next, "/") || strings.HasPrefix(next, "@"))
+				cur.block.dirs = append(cur.block.dirs, d)
+				cur.at = len(cur.block.dirs) - 1
+				opener, openerArgs, fresh = &cur.block.dirs[cur.at], 0, false
+				if text == name && d.line == line && t.FieldByName("File").String() == file {
+					places = append(places, slices.Clone(stack))
 				}
 			} else if openerArgs >= 0 {
 				openerArgs++
 			}
 		}
 	}
-	// A block found holds its directives after this one too, now that
-	// its segment has been read to the end.
-	return found
+	return top, places
 }
 
 // isBrace reports whether t is the brace b as Caddy reads one: not quoted.
 func isBrace(t reflect.Value, b string) bool {
 	q := t.FieldByName("wasQuoted")
 	return t.FieldByName("Text").String() == b && (!q.IsValid() || q.Int() == 0)
+}
+
+// lostMatcher reads back from the Caddyfile the matcher Caddy took out
+// of the top-level directive name on line: the token after its name, or
+// "?" if the file cannot be read (an adapted stdin, say), which counts
+// as a matcher.
+func lostMatcher(file string, line int, name string) string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "?"
+	}
+	lines := strings.Split(string(b), "\n")
+	if line < 1 || line > len(lines) {
+		return "?"
+	}
+	f := strings.Fields(lines[line-1])
+	if len(f) < 2 || f[0] != name {
+		return "?"
+	}
+	return f[1]
+}
+
+// sameToken reports whether two tokens are one: the same text, at the
+// same line of the same file.
+func sameToken(a, b reflect.Value) bool {
+	return a.FieldByName("Text").String() == b.FieldByName("Text").String() &&
+		a.FieldByName("File").String() == b.FieldByName("File").String() &&
+		a.FieldByName("Line").Int() == b.FieldByName("Line").Int()
 }
 
 // braceBalance counts seg's opening braces less its closing ones.

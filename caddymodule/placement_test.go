@@ -1,8 +1,12 @@
 package caddymodule
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // A portal or gate placed where it never sees the requests it is written
@@ -17,11 +21,15 @@ func TestAdaptPlacement(t *testing.T) {
 		{"default order", "", "\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n", nil},
 		{"gate ordered after reverse_proxy", "\torder sigra_gate after reverse_proxy\n",
 			"\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n",
-			[]string{"Testfile:9", "order option runs reverse_proxy before sigra_gate", "served to anyone"}},
+			[]string{"Testfile:9", "order option runs reverse_proxy (line 10) before sigra_gate", "served to anyone"}},
 		{"gate ordered last", "\torder sigra_gate last\n",
-			"\tsigra_portal\n\tsigra_gate\n\trespond ok\n", []string{"Testfile:9", "runs acme_server before sigra_gate"}},
-		{"gate ordered after handle", "\torder sigra_gate after handle_path\n",
-			"\tsigra_portal\n\tsigra_gate\n\thandle /api/* {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", []string{"runs handle_path before sigra_gate"}},
+			"\tsigra_portal\n\tsigra_gate\n\trespond ok\n", []string{"Testfile:9", "runs respond (line 10) before sigra_gate"}},
+		{"gate ordered after a handle that answers all", "\torder sigra_gate after handle_path\n",
+			"\tsigra_portal\n\tsigra_gate\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", []string{"runs handle (line 10) before sigra_gate"}},
+		{"gate ordered after handle /api/* (meant public)", "\torder sigra_gate after handle_path\n",
+			"\tsigra_portal\n\tsigra_gate\n\thandle /api/* {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\treverse_proxy 127.0.0.1:9\n", nil},
+		{"gate ordered before respond, as for other auth plugins", "\torder sigra_gate before respond\n",
+			"\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n", nil},
 		{"portal ordered last", "\torder sigra_portal last\n",
 			"\tsigra_portal\n\tsigra_gate\n\trespond ok\n", []string{"Testfile:8", "before sigra_portal"}},
 		{"gate ordered before the portal", "\torder sigra_gate first\n",
@@ -38,7 +46,18 @@ func TestAdaptPlacement(t *testing.T) {
 			[]string{"Testfile:8", "sigra_portal on line 9 comes after this gate"}},
 		{"route, handle without a matcher before the gate", "",
 			"\tsigra_portal\n\troute {\n\t\thandle {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t\tsigra_gate\n\t}\n",
-			[]string{"Testfile:12", "handle on line 9 comes first", "has no matcher"}},
+			[]string{"Testfile:12", "handle on line 9 comes first", "answers every request"}},
+		{"route, a handle that only sets a header before the gate", "",
+			"\troute {\n\t\tsigra_portal\n\t\thandle {\n\t\t\trequest_header X-Env prod\n\t\t}\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"route, a route that only rewrites before the gate", "",
+			"\troute {\n\t\tsigra_portal\n\t\troute {\n\t\t\turi strip_prefix /app\n\t\t\theader -Server\n\t\t}\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"route, reverse_proxy * before the gate", "",
+			"\tsigra_portal\n\troute {\n\t\treverse_proxy * 127.0.0.1:9\n\t\tsigra_gate\n\t}\n", []string{"reverse_proxy on line 9 comes first"}},
+		{"route, file_server /* before the gate", "",
+			"\tsigra_portal\n\troute {\n\t\tfile_server /* browse\n\t\tsigra_gate\n\t}\n", []string{"file_server on line 9 comes first"}},
+		{"route, proxy before the handle holding the gate", "",
+			"\tsigra_portal\n\troute {\n\t\treverse_proxy 127.0.0.1:9\n\t\thandle /admin/* {\n\t\t\tsigra_gate\n\t\t\trespond hi\n\t\t}\n\t}\n",
+			[]string{"Testfile:11", "reverse_proxy on line 9 comes first", "Write sigra_gate before it"}},
 		{"route, handle /api/* before the gate (meant public)", "",
 			"\tsigra_portal\n\troute {\n\t\thandle /api/* {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t\tsigra_gate\n\t}\n", nil},
 		{"route, a respond with a block before the gate", "",
@@ -87,6 +106,31 @@ func TestAdaptPlacement(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), sc.wantErr) {
 				t.Fatalf("adapt: %v; want an error with %q\n%s", err, sc.wantErr, src)
+			}
+		})
+	}
+	// Caddy takes a top-level directive's matcher out of the tokens the
+	// check reads: it reads the matcher back from the file, so a block
+	// that matches all (* or /*) holds a portal as well as a bare one,
+	// and /app/* is named. (From a file it cannot read, any matcher
+	// counts: the cases above.)
+	for _, fc := range []struct{ name, block, wantErr string }{
+		{"portal in handle *, from a file", "handle *", ""},
+		{"portal in route /*, from a file", "route /*", ""},
+		{"portal in handle /app/*, from a file", "handle /app/*", "inside handle /app/* on line 2"},
+	} {
+		t.Run(fc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "Caddyfile")
+			src := "http://127.0.0.1:9 {\n\t" + fc.block + " {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n"
+			if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": path})
+			switch {
+			case fc.wantErr == "" && err != nil:
+				t.Fatalf("adapt: %v", err)
+			case fc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), fc.wantErr)):
+				t.Fatalf("adapt: %v; want an error with %q", err, fc.wantErr)
 			}
 		})
 	}

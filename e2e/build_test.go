@@ -276,9 +276,9 @@ func TestValidateRefusesAnUnreachableGate(t *testing.T) {
 		want               string
 	}{
 		{"gate ordered after reverse_proxy", "\torder sigra_gate after reverse_proxy\n",
-			"\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n", 8, "runs reverse_proxy before sigra_gate"},
+			"\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n", 8, "runs reverse_proxy (line 9) before sigra_gate"},
 		{"portal inside handle /app/*", "",
-			"\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", 7, "sigra_portal: it is inside handle on line 6"},
+			"\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", 7, "sigra_portal: it is inside handle /app/* on line 6"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
