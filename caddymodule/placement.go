@@ -37,7 +37,10 @@ var subroutes = []string{"handle", "handle_path", "route"}
 //     served, and forged identity headers not stripped, elsewhere.
 func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 	site, places := placesOf(h)
-	if order, ok := h.Option("order").([]string); ok {
+	// The order option places top-level directives; one written in a
+	// block runs in that block's order.
+	topLevel := slices.ContainsFunc(places, func(p place) bool { return len(p) == 1 })
+	if order, ok := h.Option("order").([]string); ok && topLevel {
 		self := slices.Index(order, dir)
 		if dir == "sigra_gate" && slices.Index(order, "sigra_portal") > self {
 			return h.Err("sigra_gate: the global order option runs sigra_gate before sigra_portal, so the gate also covers the sign-in pages. " +
@@ -101,6 +104,9 @@ type placedDirective struct {
 	line    int
 	matcher bool         // an inline matcher follows its name (/path or @name; not * or /*, which match all)
 	block   *placedBlock // the block it opens, if any
+	// readBack is the matcher Caddy took out of a top-level directive,
+	// read back from the file ("?" if it could not be).
+	readBack string
 }
 
 // answersAll reports whether d answers every request that reaches it:
@@ -110,6 +116,8 @@ func (d placedDirective) answersAll() bool {
 	switch {
 	case d.matcher:
 		return false
+	case d.name == "file_server" && d.block != nil && slices.ContainsFunc(d.block.dirs, func(o placedDirective) bool { return o.name == "pass_thru" }):
+		return false // a missing file goes on to what follows
 	case slices.Contains(answering, d.name):
 		return true
 	case slices.Contains(subroutes, d.name) && d.block != nil:
@@ -189,7 +197,7 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 				nb := &placedBlock{written: opener.name == "route", matched: cur.block.matched, matchedLine: cur.block.matchedLine}
 				matcher := tokenText(seg, j-openerArgs, j)
 				if lost && len(stack) == 1 {
-					matcher = lostMatcher(t.FieldByName("File").String(), opener.line, opener.name)
+					matcher = opener.readBack
 				}
 				switch {
 				case opener.name[0] == '@' || opener.name == "handle_errors": // a matcher's definition; status codes
@@ -207,14 +215,19 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 			}
 			if fresh || isNextOnNewLine(seg.Index(j-1), t) {
 				d := placedDirective{name: text, line: int(t.FieldByName("Line").Int())}
-				next := ""
-				switch {
-				case lost && len(stack) == 1: // the top-level directive, its matcher taken out
-					next = lostMatcher(t.FieldByName("File").String(), d.line, text)
-				case j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)):
-					next = seg.Index(j + 1).FieldByName("Text").String()
+				if lost && len(stack) == 1 {
+					// The top-level directive, its matcher taken out: there
+					// was one, and only * or /* would match all.
+					var rest []string
+					for k := j + 1; k < n && !isNextOnNewLine(seg.Index(k-1), seg.Index(k)); k++ {
+						rest = append(rest, seg.Index(k).FieldByName("Text").String())
+					}
+					d.readBack = lostMatcher(t.FieldByName("File").String(), d.line, text, rest)
+					d.matcher = d.readBack != "*" && d.readBack != "/*"
+				} else if j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)) {
+					next := seg.Index(j + 1).FieldByName("Text").String()
+					d.matcher = next != "/*" && (strings.HasPrefix(next, "/") || strings.HasPrefix(next, "@"))
 				}
-				d.matcher = next == "?" || next != "/*" && (strings.HasPrefix(next, "/") || strings.HasPrefix(next, "@"))
 				cur.block.dirs = append(cur.block.dirs, d)
 				cur.at = len(cur.block.dirs) - 1
 				opener, openerArgs, fresh = &cur.block.dirs[cur.at], 0, false
@@ -236,10 +249,12 @@ func isBrace(t reflect.Value, b string) bool {
 }
 
 // lostMatcher reads back from the Caddyfile the matcher Caddy took out
-// of the top-level directive name on line: the token after its name, or
-// "?" if the file cannot be read (an adapted stdin, say), which counts
-// as a matcher.
-func lostMatcher(file string, line int, name string) string {
+// of the top-level directive name on line, whose other tokens on the
+// line are rest: the word after its name, if the line is that directive
+// as written (not a snippet's, a file's that changed since, or a
+// placeholder's); "?" otherwise, as when the file cannot be read (an
+// adapted stdin, say).
+func lostMatcher(file string, line int, name string, rest []string) string {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return "?"
@@ -249,7 +264,7 @@ func lostMatcher(file string, line int, name string) string {
 		return "?"
 	}
 	f := strings.Fields(lines[line-1])
-	if len(f) < 2 || f[0] != name {
+	if len(f) < 2+len(rest) || f[0] != name || !slices.Equal(f[2:2+len(rest)], rest) {
 		return "?"
 	}
 	return f[1]

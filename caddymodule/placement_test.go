@@ -36,6 +36,14 @@ func TestAdaptPlacement(t *testing.T) {
 			"\tsigra_portal\n\tsigra_gate\n\trespond ok\n", []string{"Testfile:9", "runs sigra_gate before sigra_portal"}},
 		{"an order line that keeps both early", "\torder sigra_gate before basic_auth\n\torder header first\n",
 			"\tsigra_portal\n\tsigra_gate\n\theader X-A b\n\trespond ok\n", nil},
+		{"order before respond, the gate in a route", "\torder sigra_gate before respond\n",
+			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"order before respond, the gate in handle_path beside a handle", "\torder sigra_gate before respond\n",
+			"\tsigra_portal\n\thandle_path /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"order last, the gate in a handle", "\torder sigra_gate last\n",
+			"\tsigra_portal\n\thandle {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"route, file_server pass_thru before the gate", "",
+			"\troot * /srv/public\n\tsigra_portal\n\troute {\n\t\tfile_server {\n\t\t\tpass_thru\n\t\t}\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"route, written in order", "",
 			"\troute {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"route, proxy before the gate", "",
@@ -114,14 +122,17 @@ func TestAdaptPlacement(t *testing.T) {
 	// that matches all (* or /*) holds a portal as well as a bare one,
 	// and /app/* is named. (From a file it cannot read, any matcher
 	// counts: the cases above.)
-	for _, fc := range []struct{ name, block, wantErr string }{
-		{"portal in handle *, from a file", "handle *", ""},
-		{"portal in route /*, from a file", "route /*", ""},
-		{"portal in handle /app/*, from a file", "handle /app/*", "inside handle /app/* on line 2"},
+	for _, fc := range []struct{ name, src, wantErr string }{
+		{"portal in handle *, from a file", "http://127.0.0.1:9 {\n\thandle * {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		{"portal in route /*, from a file", "http://127.0.0.1:9 {\n\troute /* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		{"portal in handle /app/*, from a file", "http://127.0.0.1:9 {\n\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "inside handle /app/* on line 2"},
+		// A matcher from a placeholder is a matcher, whatever it holds.
+		{"handle with an env matcher, gate ordered after it, from a file", "{\n\torder sigra_gate after handle\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\thandle {$SIGRA_TEST_UNSET:/api/*} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"handle *, gate ordered after it, from a file", "{\n\torder sigra_gate after handle\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\thandle * {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\tsigra_gate\n}\n", "runs handle (line 6) before sigra_gate"},
 	} {
 		t.Run(fc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "Caddyfile")
-			src := "http://127.0.0.1:9 {\n\t" + fc.block + " {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n"
+			src := fc.src
 			if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
 				t.Fatal(err)
 			}
