@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -160,12 +159,6 @@ type adminData struct {
 	Next     string // URL of the next page, "" on the last
 	Error    string // what is wrong with the page's filters
 	Self     string // the signed-in admin's user id
-	// On a user's page: when the bans of their password and of their
-	// second-factor codes end (zero: none), and whether wrong codes in a
-	// row locked their authenticator app. The Unlock button lifts all.
-	BannedUntil      time.Time
-	CodesBannedUntil time.Time
-	TOTPLocked       bool
 }
 
 func (q *preq) adminPage(p *authcore.Principal, status int, name, title string, d adminData) error {
@@ -214,7 +207,7 @@ func (q *preq) adminUser(p *authcore.Principal, id string) error {
 	if err := q.rt.addLocks(q.ctx(), &v); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	d := adminData{User: &v, Rows: page.Rows, BannedUntil: v.SignInBannedUntil, CodesBannedUntil: v.CodesBannedUntil, TOTPLocked: v.TOTPLocked}
+	d := adminData{User: &v, Rows: page.Rows}
 	for _, s := range sessions {
 		d.Sessions = append(d.Sessions, viewSession(s, u))
 	}
