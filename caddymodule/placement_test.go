@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -105,16 +106,7 @@ func TestAdaptPlacement(t *testing.T) {
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			src := snippet + "http://127.0.0.1:9 {\n" + sc.site + "}\n"
-			err := adaptCaddyfile(src)
-			if sc.wantErr == "" {
-				if err != nil {
-					t.Fatalf("adapt: %v\n%s", err, src)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), sc.wantErr) {
-				t.Fatalf("adapt: %v; want an error with %q\n%s", err, sc.wantErr, src)
-			}
+			checkAdapted(t, src, adaptCaddyfile(src), sc.wantErr)
 		})
 	}
 	// Caddy takes a top-level directive's matcher out of the tokens the
@@ -137,32 +129,31 @@ func TestAdaptPlacement(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": path})
-			switch {
-			case fc.wantErr == "" && err != nil:
-				t.Fatalf("adapt: %v", err)
-			case fc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), fc.wantErr)):
-				t.Fatalf("adapt: %v; want an error with %q", err, fc.wantErr)
-			}
+			checkAdapted(t, src, err, fc.wantErr)
 		})
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			src := strings.Replace(global, "%s", tc.order, 1) + "http://127.0.0.1:9 {\n" + tc.site + "}\n"
-			err := adaptCaddyfile(src)
-			if tc.wantErr == nil {
-				if err != nil {
-					t.Fatalf("adapt: %v\n%s", err, src)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("adapted; want an error with %q\n%s", tc.wantErr, src)
-			}
-			for _, w := range tc.wantErr {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("adapt error %q; want it to contain %q\n%s", err, w, src)
-				}
-			}
+			checkAdapted(t, src, adaptCaddyfile(src), tc.wantErr...)
 		})
+	}
+}
+
+// checkAdapted checks the outcome err of adapting src: none if want is
+// empty, else an error holding every string of want.
+func checkAdapted(t *testing.T, src string, err error, want ...string) {
+	t.Helper()
+	want = slices.DeleteFunc(want, func(w string) bool { return w == "" })
+	switch {
+	case len(want) == 0 && err != nil:
+		t.Fatalf("adapt: %v\n%s", err, src)
+	case len(want) > 0 && err == nil:
+		t.Fatalf("adapted; want an error with %q\n%s", want, src)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("adapt error %q; want it to contain %q\n%s", err, w, src)
+		}
 	}
 }
