@@ -55,6 +55,9 @@ const DefaultMaxTOTPFailures = 100
 // DefaultIdle is the default Config.Idle.
 const DefaultIdle = 30 * time.Minute
 
+// DefaultLifetime is the default Config.Lifetime.
+const DefaultLifetime = 12 * time.Hour
+
 // DefaultPendingLifetime is the default Config.PendingLifetime: time to
 // find the phone or the recovery codes.
 const DefaultPendingLifetime = 10 * time.Minute
@@ -64,7 +67,7 @@ func (c *Config) setDefaults() {
 		c.Idle = DefaultIdle
 	}
 	if c.Lifetime <= 0 {
-		c.Lifetime = 12 * time.Hour
+		c.Lifetime = DefaultLifetime
 	}
 	if c.PendingLifetime <= 0 {
 		c.PendingLifetime = DefaultPendingLifetime

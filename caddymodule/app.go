@@ -117,6 +117,39 @@ type SessionConfig struct {
 	PendingLifetime caddy.Duration `json:"pending_lifetime,omitempty"`
 }
 
+// check refuses a timeout that could never end a session: idle or
+// pending_lifetime longer than the lifetime (the default one when
+// lifetime is not set), which an operator who wrote "idle 24h" would
+// otherwise believe in. It names the option at fault.
+func (s *SessionConfig) check() (option string, err error) {
+	life, which := time.Duration(s.Lifetime), "lifetime"
+	if life <= 0 {
+		life, which = authcore.DefaultLifetime, "the default lifetime"
+	}
+	for _, o := range []struct {
+		name string
+		d    caddy.Duration
+	}{{"idle", s.Idle}, {"pending_lifetime", s.PendingLifetime}} {
+		if time.Duration(o.d) > life {
+			return o.name, fmt.Errorf("session: %s %s is longer than %s %s, which ends every session first: shorten %s, or set a longer lifetime",
+				o.name, shortDuration(time.Duration(o.d)), which, shortDuration(life), o.name)
+		}
+	}
+	return "", nil
+}
+
+// shortDuration writes d as an operator would: 24h, not 24h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
 // KeysConfig configures keys.
 type KeysConfig struct {
 	// Algorithm signs the identity assertion: EdDSA (default) or ES256.
@@ -388,6 +421,9 @@ func (a *App) Validate() error {
 	}
 	if a.Session.Idle < 0 || a.Session.Lifetime < 0 || a.Session.PendingLifetime < 0 {
 		return errors.New("session: durations must be positive")
+	}
+	if _, err := a.Session.check(); err != nil {
+		return err
 	}
 	if a.BootstrapAdmin != "off" {
 		if _, err := authcore.NormalizeEmail(a.BootstrapAdmin); err != nil {

@@ -264,10 +264,12 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 			app.Session = new(SessionConfig)
 			seen := onceEach{}
+			at := map[string]caddyfile.Token{}
 			for d.NextBlock(1) {
 				if err := seen.check(d); err != nil {
 					return nil, err
 				}
+				at[d.Val()] = d.Token()
 				switch d.Val() {
 				case "idle":
 					if err := parseDuration(d, &app.Session.Idle); err != nil {
@@ -284,6 +286,9 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				default:
 					return nil, unknownOption(d, "session: unknown option %q (known: idle, lifetime, pending_lifetime)", d.Val())
 				}
+			}
+			if name, err := app.Session.check(); err != nil {
+				return nil, errAt(at[name], err)
 			}
 		case "keys":
 			if err := blockOnly(d); err != nil {
@@ -574,6 +579,14 @@ func (o onceEach) check(d *caddyfile.Dispenser) error {
 	}
 	o[d.Val()] = d.Line()
 	return nil
+}
+
+// errAt words err as the Dispenser does for the line of tok (with its
+// import chain), for a check that can only run after later lines.
+func errAt(tok caddyfile.Token, err error) error {
+	d := caddyfile.NewDispenser([]caddyfile.Token{tok})
+	d.Next()
+	return d.WrapErr(err)
 }
 
 func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {

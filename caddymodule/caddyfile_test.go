@@ -211,6 +211,15 @@ func TestParseGlobal(t *testing.T) {
 		{"storage without a value", "sigra {\n storage\n}", nil, "storage: missing value: storage bbolt <path>, at Testfile:2"},
 		{"option with a block", "sigra {\n admin_group admins {\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:2`},
 		{"keys option with a block", "sigra {\n keys {\n algorithm EdDSA {\n }\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:3`},
+		// A timeout that can never end a session would be believed in:
+		// refused at its line, whichever order the lines come in.
+		{"idle longer than the default lifetime", "sigra {\n session {\n idle 24h\n }\n}", nil, "session: idle 24h is longer than the default lifetime 12h, which ends every session first: shorten idle, or set a longer lifetime, at Testfile:3"},
+		{"pending longer than lifetime", "sigra {\n session {\n pending_lifetime 90m\n lifetime 1h\n }\n}", nil, "session: pending_lifetime 1h30m is longer than lifetime 1h, which ends every session first: shorten pending_lifetime, or set a longer lifetime, at Testfile:3"},
+		{"idle up to the lifetime", "sigra {\n session {\n lifetime 48h\n idle 48h\n pending_lifetime 12h\n }\n}", func(t *testing.T, a *App) {
+			if a.Session.Idle != caddy.Duration(48*time.Hour) || a.Session.PendingLifetime != caddy.Duration(12*time.Hour) {
+				t.Errorf("session %+v", a.Session)
+			}
+		}, ""},
 		// A repeated option would quietly replace the first: refused, by line.
 		{"audit twice", "sigra {\n audit {\n webhook https://h.example.com {\n secret {env.HOOK}\n }\n }\n audit {\n retention 30d\n }\n}", nil, "audit is already set on line 2: write it once, at Testfile:7"},
 		{"regulation twice", "sigra {\n regulation {\n max_retries 3\n }\n regulation {\n ban_time 1h\n }\n}", nil, "regulation is already set on line 2"},
@@ -433,5 +442,20 @@ func TestValidateGroupNames(t *testing.T) {
 	}
 	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), `admin_group: invalid input: group name "ops,admins"`) {
 		t.Errorf("admin_group ops,admins: %v; want refused", err)
+	}
+}
+
+// JSON written by hand gets the session timeout check too.
+func TestValidateSessionTimeouts(t *testing.T) {
+	a := &App{Storage: &StorageConfig{Path: filepath.Join(t.TempDir(), "sigra.db")}, Session: &SessionConfig{Lifetime: caddy.Duration(time.Hour), Idle: caddy.Duration(2 * time.Hour)}}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "session: idle 2h is longer than lifetime 1h") {
+		t.Errorf("idle 2h, lifetime 1h: %v; want refused", err)
+	}
+	a.Session.Idle = caddy.Duration(time.Hour)
+	if err := a.Validate(); err != nil {
+		t.Errorf("idle equal to lifetime: %v", err)
 	}
 }
