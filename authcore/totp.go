@@ -451,6 +451,44 @@ func totpStep(t time.Time) uint64 {
 	return uint64(u) / totpPeriod
 }
 
+// PendUnprovenSessions gives the user's sessions that a password alone
+// opened before the user enrolled a second factor what a password-only
+// sign-in gets from then on: PendingFor already keeps them out of every
+// gate, and now they also end PendingLifetime from now, unless the new
+// factor completes them (CompleteSecondFactor then restores their
+// lifetime). Without it, a session opened with a stolen password before
+// the owner turned TOTP on could keep guessing codes for the rest of its
+// lifetime. It returns how many sessions it changed; one that ends
+// meanwhile is left ended.
+func (s *Service) PendUnprovenSessions(ctx context.Context, userID string) (int, error) {
+	ss, err := s.store.UserSessions(ctx, userID)
+	if err != nil {
+		return 0, err
+	}
+	now := s.clock.Now().UTC()
+	end := now.Add(min(s.cfg.Lifetime, s.cfg.PendingLifetime))
+	n := 0
+	for _, old := range ss {
+		if old.Pending || old.MFA() || !end.Before(old.ExpiresAt) {
+			continue
+		}
+		next := old.Clone()
+		next.Pending = true
+		next.ExpiresAt = end
+		s.cache.drop(old.ID)
+		err := s.store.ReplaceSession(ctx, old.ID, next)
+		s.cache.drop(old.ID)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
 // CompleteSecondFactor records on a session that a second factor passed:
 // method (AMROTP for TOTP and recovery codes, AMRHardware or AMRSoftware
 // for passkeys) and AMRMFA are added to the AMR (no duplicates), MFAAt is

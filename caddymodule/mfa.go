@@ -330,6 +330,11 @@ func (q *preq) totpSubmit() error {
 		}
 		return err
 	}
+	// The enrolment stands whatever happens here: the user's other
+	// password-only sessions merely keep their longer end if it fails.
+	if _, err := q.rt.auth.PendUnprovenSessions(q.ctx(), p.User.ID); err != nil {
+		q.p.logger.Error("limiting the user's sessions from before the second factor", zap.String("user", p.User.ID), zap.Error(err))
+	}
 	q.setSessionCookie(token)
 	d.Codes = codes
 	return q.page(http.StatusOK, "totp", d)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
 // A session signed in with a password before the user turned TOTP on (a
@@ -29,6 +31,7 @@ func TestSessionFromBeforeEnrolmentIsPending(t *testing.T) {
 		t.Fatalf("the enrolling session: status %d; want 200", resp.StatusCode)
 	}
 
+	enrolling := e.client.Jar
 	e.client.Jar, _ = newJar()
 	u, _ := url.Parse(e.base)
 	e.client.Jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: stolen, Path: "/"}})
@@ -39,6 +42,18 @@ func TestSessionFromBeforeEnrolmentIsPending(t *testing.T) {
 	}
 	if resp, _ := e.get("/app", map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusFound || !strings.HasPrefix(resp.Header.Get("Location"), "/.sigra/mfa") {
 		t.Errorf("a browser with that session: status %d to %q; want the MFA page", resp.StatusCode, resp.Header.Get("Location"))
+	}
+
+	// It has what a password-only sign-in has from now on to find the
+	// code, not the rest of its 12 hours.
+	fake.Advance(authcore.DefaultPendingLifetime)
+	resp, body = e.get("/app", jsonAccept)
+	if resp.StatusCode != http.StatusUnauthorized || strings.Contains(body, "mfa_pending") {
+		t.Errorf("the session from before enrolment, pending_lifetime later: status %d, body %q; want 401, signed out", resp.StatusCode, body)
+	}
+	e.client.Jar = enrolling
+	if resp, _ := e.get("/app", jsonAccept); resp.StatusCode != http.StatusOK {
+		t.Errorf("the enrolling session, pending_lifetime later: status %d; want 200", resp.StatusCode)
 	}
 }
 
