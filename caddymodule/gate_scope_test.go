@@ -86,6 +86,7 @@ func TestSiblingGatesMostSpecificDecides(t *testing.T) {
 // another, in the JSON that `caddy adapt` prints.
 func TestGateScopesInAdaptedConfig(t *testing.T) {
 	cf := `:8080 {
+	sigra_portal
 	sigra_gate
 	sigra_gate /a/* {
 		group a

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -495,6 +496,34 @@ func swapPortalAfterGate(v any) bool {
 	return false
 }
 
+// dropPortal takes the first sigra_portal handler out of an adapted
+// config (decoded JSON); it reports whether there was one.
+func dropPortal(v any) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, c := range v {
+			if hs, ok := c.([]any); ok && k == "handle" {
+				for i, h := range hs {
+					if m, _ := h.(map[string]any); m["handler"] == "sigra_portal" {
+						v[k] = slices.Delete(hs, i, i+1)
+						return true
+					}
+				}
+			}
+			if dropPortal(c) {
+				return true
+			}
+		}
+	case []any:
+		for _, c := range v {
+			if dropPortal(c) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // A site whose gate covers the portal's pages (no sigra_portal, or one
 // after the gate, as a JSON config may have it) answers them with an
 // error that says so, not with a redirect to the sign-in page it is on.
@@ -506,30 +535,37 @@ func TestGateOnPortalPageSaysThePortalIsMissing(t *testing.T) {
 	if err := adaptCaddyfile(portalAfterGate); err == nil || !strings.Contains(err.Error(), "comes after this gate") {
 		t.Fatalf("adapting a route with the portal after the gate: %v; want it refused", err)
 	}
+	noPortal := strings.Replace(e.caddyfile("", "sigra_gate"), "\tsigra_portal\n", "", 1)
+	if err := adaptCaddyfile(noPortal); err == nil || !strings.Contains(err.Error(), "this site has no sigra_portal") {
+		t.Fatalf("adapting a site with a gate and no portal: %v; want it refused", err)
+	}
 	for _, tc := range []struct {
-		name, site  string
-		portalAfter bool // move the route block's portal after its gate, in the JSON
+		name, site string
+		ownPortal  bool           // site holds the portal, not the top level
+		edit       func(any) bool // the JSON, as a config written by hand may have it
 	}{
-		{"no portal", "sigra_gate", false},
-		{"portal after the gate", "route {\n\t\tsigra_portal\n\t\tsigra_gate\n\t}", true},
+		{"no portal", "sigra_gate", false, dropPortal},
+		{"portal after the gate", "route {\n\t\tsigra_portal\n\t\tsigra_gate\n\t}", true, swapPortalAfterGate},
 	} {
 		// A new port each time: no connection of the old server's.
 		e.base = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(strings.Replace(e.caddyfile("", tc.site), "\tsigra_portal\n", "", 1)), nil)
+		src := e.caddyfile("", tc.site)
+		if tc.ownPortal {
+			src = strings.Replace(src, "\tsigra_portal\n", "", 1)
+		}
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
 		if err != nil {
 			t.Fatalf("%s: adapting: %v", tc.name, err)
 		}
-		if tc.portalAfter {
-			var doc any
-			if err := json.Unmarshal(cfg, &doc); err != nil {
-				t.Fatal(err)
-			}
-			if !swapPortalAfterGate(doc) {
-				t.Fatalf("%s: no route block with the portal before the gate in\n%s", tc.name, cfg)
-			}
-			if cfg, err = json.Marshal(doc); err != nil {
-				t.Fatal(err)
-			}
+		var doc any
+		if err := json.Unmarshal(cfg, &doc); err != nil {
+			t.Fatal(err)
+		}
+		if !tc.edit(doc) {
+			t.Fatalf("%s: nothing to change in\n%s", tc.name, cfg)
+		}
+		if cfg, err = json.Marshal(doc); err != nil {
+			t.Fatal(err)
 		}
 		if err := caddy.Load(cfg, true); err != nil {
 			t.Fatalf("%s: loading config: %v", tc.name, err)

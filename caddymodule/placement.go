@@ -22,47 +22,125 @@ var answering = []string{"respond", "reverse_proxy", "php_fastcgi", "file_server
 // answers it: they answer what their contents answer.
 var subroutes = []string{"handle", "handle_path", "route"}
 
+// caddyOrder is Caddy's default directive order (httpcaddyfile keeps it
+// unexported) for the directives the checks compare: where sigra_portal
+// and sigra_gate order themselves, the routing blocks, and the
+// answering directives. TestCaddyOrder holds it to the Caddy this builds
+// with. The global order option, when used, gives the whole order.
+var caddyOrder = []string{
+	"sigra_portal", "sigra_gate", "basic_auth", "forward_auth",
+	"invoke", "handle", "handle_path", "route",
+	"abort", "error", "respond", "metrics", "reverse_proxy", "php_fastcgi", "file_server", "acme_server",
+}
+
 // checkPlacement refuses a sigra_portal or sigra_gate (dir, at h) that
 // would not see the requests it is written for. A gate that never runs
 // serves the app to anyone, and `caddy validate` would pass it:
-//   - the global `order` option runs before it a directive of this site
-//     that answers every request (answersAll), or the gate before the
-//     portal;
+//   - at the site's top level, a directive of the site that answers
+//     every request (answersAll) runs first, in Caddy's directive order
+//     or the global order option's, before dir or the block holding it
+//     (handle runs before route: route { sigra_gate } beside a bare
+//     handle { reverse_proxy … } never runs), or the gate runs before
+//     the portal;
 //   - in a route block, which keeps the written order (the block it is
 //     in, or one around it), such a directive is written before it, or
 //     the portal after a gate in the same block; one with a matcher, a
 //     public /healthz say, may well be meant;
-//   - a portal sits in a block with a matcher (handle_path /app/*),
-//     where it sees part of the site only: its sign-in pages are not
-//     served, and forged identity headers not stripped, elsewhere.
+//   - a portal sits in a block with a matcher (handle_path /app/*), or
+//     in a block that something able to answer runs before, where it
+//     sees part of the site only: its sign-in pages are not served, and
+//     forged identity headers not stripped, elsewhere;
+//   - a site has a gate and no portal (unless it invokes a named route,
+//     which may hold it).
 func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 	site, places := placesOf(h)
-	// The order option places top-level directives; one written in a
-	// block runs in that block's order.
-	topLevel := slices.ContainsFunc(places, func(p place) bool { return len(p) == 1 })
-	if order, ok := h.Option("order").([]string); ok && topLevel {
-		self := slices.Index(order, dir)
-		if dir == "sigra_gate" && slices.Index(order, "sigra_portal") > self {
-			return h.Err("sigra_gate: the global order option runs sigra_gate before sigra_portal, so the gate also covers the sign-in pages. " +
-				"Both order themselves (the portal first): remove their order lines, or order sigra_portal before sigra_gate")
-		}
-		if site != nil {
-			for _, d := range site.dirs {
-				if k := slices.Index(order, d.name); k >= 0 && k < self && d.answersAll() {
-					return h.Errf("%s: the global order option runs %s (line %d) before %s, so the requests it answers never reach %s and are served to anyone. "+
-						"%s orders itself (before basic_auth): remove its order line, or order it before %s", dir, d.name, d.line, dir, dir, dir, d.name)
-				}
-			}
-		}
+	if site == nil {
+		return nil
 	}
-	// The same snippet imported twice puts one directive in two places:
-	// each must be right.
+	order, byOption := h.Option("order").([]string)
+	if !byOption {
+		order = caddyOrder
+	}
+	if dir == "sigra_gate" && slices.Index(order, "sigra_portal") > slices.Index(order, "sigra_gate") && slices.ContainsFunc(places, func(p place) bool { return len(p) == 1 }) {
+		return h.Err("sigra_gate: the global order option runs sigra_gate before sigra_portal, so the gate also covers the sign-in pages. " +
+			"Both order themselves (the portal first): remove their order lines, or order sigra_portal before sigra_gate")
+	}
+	portals := site.holding("sigra_portal")
+	if dir == "sigra_gate" && len(portals) == 0 && !namedRoute(h) && len(site.holding("invoke")) == 0 {
+		return h.Err("sigra_gate: this site has no sigra_portal, so nobody can sign in to pass the gate, and forged X-Sigra-* headers reach the app on the paths no gate covers. " +
+			"Write sigra_portal at the site's top level")
+	}
 	for _, p := range places {
+		// The same snippet imported twice puts one directive in two
+		// places: each must be right.
 		if err := p.check(h, dir); err != nil {
 			return err
 		}
+		a := p[0].at // the top-level directive: dir, or the block holding it
+		outer := site.dirs[a]
+		for i, d := range site.dirs {
+			if i == a || !runsBefore(order, d, i, outer, a) {
+				continue
+			}
+			why := "Caddy's directive order"
+			if byOption {
+				why = "the global order option"
+			}
+			switch {
+			case len(p) == 1 && d.answersAll():
+				return h.Errf("%s: the global order option runs %s (line %d) before %s, so the requests it answers never reach %s and are served to anyone. "+
+					"%s orders itself (before basic_auth): remove its order line, or order it before %s", dir, d.name, d.line, dir, dir, dir, d.name)
+			case d.answersAll():
+				return h.Errf("%s: %s on line %d runs before the %s block on line %d that holds %s (%s) and answers every request, so none reaches %s, and the site is served to anyone. "+
+					"Write %s at the site's top level, where it runs first, or give %s a matcher", dir, d.name, d.line, outer.name, outer.line, dir, why, dir, dir, d.name)
+			case dir == "sigra_portal" && len(p) > 1 && d.mayAnswer():
+				return h.Errf("sigra_portal: %s on line %d runs before the %s block on line %d that holds it (%s), so the portal never sees the requests %s answers: "+
+					"its pages are not served, nor forged X-Sigra-* headers stripped, there. Write sigra_portal at the site's top level, where it runs first", d.name, d.line, outer.name, outer.line, why, d.name)
+			}
+		}
+		for _, i := range portals {
+			if d := site.dirs[i]; dir == "sigra_gate" && i != a && runsBefore(order, outer, a, d, i) {
+				return h.Errf("sigra_gate: it runs before the sigra_portal on line %d (Caddy's directive order, or the global order option), so the gate also covers the sign-in pages. "+
+					"Write sigra_portal at the site's top level, where it runs first", d.line)
+			}
+		}
 	}
 	return nil
+}
+
+// runsBefore reports whether Caddy runs the top-level directive d (the
+// i-th written) before o (the j-th), in the given directive order: by
+// the order, or, for the same directive, one with a matcher first, else
+// as written. Directives the order does not know (other plugins')
+// compare as not before. Both matching a path, Caddy puts the longer
+// path first; that is left out, as is anything else a matcher decides,
+// since a directive that answers every request has none.
+func runsBefore(order []string, d placedDirective, i int, o placedDirective, j int) bool {
+	// Caddy sorts handle_path as handle (normalizeDirectiveName).
+	dn, on := d.name, o.name
+	if dn == "handle_path" {
+		dn = "handle"
+	}
+	if on == "handle_path" {
+		on = "handle"
+	}
+	rd, ro := slices.Index(order, dn), slices.Index(order, on)
+	switch {
+	case rd < 0 || ro < 0:
+		return false
+	case dn != on:
+		return rd < ro
+	case d.matcher != o.matcher:
+		return d.matcher
+	}
+	return i < j
+}
+
+// namedRoute reports whether h is in a named route (&(name) { … }),
+// which sites invoke, rather than in a site.
+func namedRoute(h httpcaddyfile.Helper) bool {
+	nr := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("IsNamedRoute")
+	return nr.IsValid() && nr.Kind() == reflect.Bool && nr.Bool()
 }
 
 // check is checkPlacement for one place the directive dir is written.
@@ -124,6 +202,31 @@ func (d placedDirective) answersAll() bool {
 		return slices.ContainsFunc(d.block.dirs, placedDirective.answersAll)
 	}
 	return false
+}
+
+// mayAnswer reports whether d answers some request it may match: an
+// answering directive, with or without a matcher, or a subroute holding
+// one.
+func (d placedDirective) mayAnswer() bool {
+	switch {
+	case slices.Contains(answering, d.name):
+		return true
+	case slices.Contains(subroutes, d.name) && d.block != nil:
+		return slices.ContainsFunc(d.block.dirs, placedDirective.mayAnswer)
+	}
+	return false
+}
+
+// holding returns the indexes of b's directives that are name or hold it
+// in their blocks, at any depth.
+func (b *placedBlock) holding(name string) []int {
+	var out []int
+	for i, d := range b.dirs {
+		if d.name == name || d.block != nil && len(d.block.holding(name)) > 0 {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // placedBlock is a block of directives, as placesOf reads it.

@@ -1,9 +1,12 @@
 package caddymodule
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -92,6 +95,42 @@ func TestAdaptPlacement(t *testing.T) {
 			"\troute {\n\t\tsigra_portal\n\t\trespond /healthz 200\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"gate in handle_path", "",
 			"\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", nil},
+		// Caddy runs handle and handle_path before route, whatever the
+		// order written: a bare handle beside them answers first.
+		{"portal and gate in a route beside a bare handle", "",
+			"\troute {\n\t\tsigra_portal\n\t\tsigra_gate\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"Testfile:8", "sigra_portal: handle on line 11 runs before the route block on line 7 that holds sigra_portal (Caddy's directive order) and answers every request"}},
+		{"gate in a route beside a bare handle", "",
+			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"Testfile:9", "sigra_gate: handle on line 11 runs before the route block on line 8 that holds sigra_gate"}},
+		{"gate in a route with a matcher beside a bare handle_path", "",
+			"\tsigra_portal\n\troute /app/* {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle_path {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"handle_path on line 12 runs before the route block on line 8"}},
+		{"gate in a route after a public handle /api/*", "",
+			"\tsigra_portal\n\thandle /api/* {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\troute {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"gate in a handle after a handle /api/*", "",
+			"\tsigra_portal\n\thandle {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle /api/* {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"two bare handles, the gate in the second", "",
+			"\tsigra_portal\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"handle on line 8 runs before the handle block on line 11"}},
+		{"an order line that runs reverse_proxy before the gate's route", "\torder reverse_proxy before route\n",
+			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t}\n\treverse_proxy 127.0.0.1:9\n",
+			[]string{"reverse_proxy on line 12 runs before the route block on line 9 that holds sigra_gate (the global order option)"}},
+		// The portal must see every request, also those another block
+		// answers on a path of its own.
+		{"portal in a route after a handle /healthz", "",
+			"\thandle /healthz {\n\t\trespond ok\n\t}\n\troute {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"Testfile:11", "sigra_portal: handle on line 7 runs before the route block on line 10 that holds it", "at the site's top level"}},
+		{"portal in a bare handle beside handle @api", "",
+			"\t@api path /api/*\n\thandle @api {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"sigra_portal: handle on line 8 runs before the handle block on line 11"}},
+		{"portal in a route after a redir", "",
+			"\tredir /old /new\n\troute {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"gate at the top level, portal in a route", "",
+			"\tsigra_gate\n\troute {\n\t\tsigra_portal\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"Testfile:7", "sigra_gate: it runs before the sigra_portal on line 8"}},
+		{"gate and no portal", "",
+			"\tsigra_gate /admin*\n\treverse_proxy 127.0.0.1:9\n", []string{"Testfile:7", "this site has no sigra_portal"}},
 	}
 	// Snippets: their tokens keep their own lines, so an imported gate
 	// after reverse_proxy is still a directive of its own, and a snippet
@@ -115,6 +154,10 @@ func TestAdaptPlacement(t *testing.T) {
 	// and /app/* is named. (From a file it cannot read, any matcher
 	// counts: the cases above.)
 	for _, fc := range []struct{ name, src, wantErr string }{
+		// A named route may hold the portal, or a gate of a site whose
+		// portal is at its top level.
+		{"gate, and a portal in an invoked named route", "&(auth) {\n\tsigra_portal\n}\nhttp://127.0.0.1:9 {\n\troute {\n\t\tinvoke auth\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		{"gate in a named route", "&(gated) {\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tinvoke gated\n}\n", ""},
 		{"portal in handle *, from a file", "http://127.0.0.1:9 {\n\thandle * {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
 		{"portal in route /*, from a file", "http://127.0.0.1:9 {\n\troute /* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
 		{"portal in handle /app/*, from a file", "http://127.0.0.1:9 {\n\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "inside handle /app/* on line 2"},
@@ -155,5 +198,42 @@ func checkAdapted(t *testing.T, src string, err error, want ...string) {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("adapt error %q; want it to contain %q\n%s", err, w, src)
 		}
+	}
+}
+
+// caddyOrder is Caddy's order: each directive written at a site's top
+// level, last first, each on a path of its own, comes out in the
+// adapted routes in caddyOrder's order.
+func TestCaddyOrder(t *testing.T) {
+	args := map[string]string{
+		"sigra_gate": "", "basic_auth": "{\n\t\tu $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n\t}", "forward_auth": "127.0.0.1:9 {\n\t\turi /auth\n\t}",
+		"invoke": "r", "handle": "{\n\t\trespond h\n\t}", "handle_path": "{\n\t\trespond hp\n\t}", "route": "{\n\t\trespond r\n\t}",
+		"abort": "", "error": "500", "respond": "ok", "metrics": "", "reverse_proxy": "127.0.0.1:9", "php_fastcgi": "127.0.0.1:9", "file_server": "", "acme_server": "",
+	}
+	var site strings.Builder
+	for i := len(caddyOrder) - 1; i >= 0; i-- {
+		d := caddyOrder[i]
+		if d == "sigra_portal" || d == "handle_path" { // no matcher; sorted as handle
+			continue
+		}
+		a, ok := args[d]
+		if !ok {
+			t.Fatalf("no arguments for %s", d)
+		}
+		fmt.Fprintf(&site, "\t%s /d%02d %s\n", d, i, a)
+	}
+	src := "&(r) {\n\trespond named\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n" + site.String() + "}\n"
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v\n%s", err, src)
+	}
+	var got []string
+	for _, m := range regexp.MustCompile(`"path":\["/d(\d\d)"\]`).FindAllStringSubmatch(string(out), -1) {
+		n, _ := strconv.Atoi(m[1])
+		got = append(got, caddyOrder[n])
+	}
+	want := slices.DeleteFunc(slices.Clone(caddyOrder), func(d string) bool { return d == "sigra_portal" || d == "handle_path" })
+	if !slices.Equal(got, want) {
+		t.Errorf("Caddy's order of the directives: %q; caddyOrder says %q", got, want)
 	}
 }
