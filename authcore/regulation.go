@@ -91,6 +91,25 @@ func (r *Regulator) Config() RegulationConfig { return r.cfg }
 // UserAccountKey is the regulation key of a known user's password.
 func UserAccountKey(userID string) string { return "user:" + userID }
 
+// UserReauthKey is the regulation key of a signed-in user's password
+// re-checks (before a password change, a TOTP set-up, deleting the
+// account). It is not the sign-in's: anyone who knows an email can ban
+// its sign-in for a while, and that must not keep the owner, signed in,
+// from changing the password then.
+func UserReauthKey(userID string) string { return "reauth:" + userID }
+
+// AccountKeyUser returns the user whose password key is key (from
+// UserAccountKey, UserReauthKey or AccountKey), and false for a key of
+// no known user.
+func AccountKeyUser(key string) (string, bool) {
+	for _, prefix := range []string{"user:", "reauth:"} {
+		if id, ok := strings.CutPrefix(key, prefix); ok {
+			return id, true
+		}
+	}
+	return "", false
+}
+
 // UserMFAKey is the regulation key of a user's second-factor codes. It is
 // not the password's: anyone who knows an email can ban its password for
 // a while, and that must not also keep the owner, already signed in, from
@@ -99,7 +118,7 @@ func UserMFAKey(userID string) string { return "mfa:" + userID }
 
 // UserRegulationKeys are all the regulation keys of a known user.
 func UserRegulationKeys(userID string) []string {
-	return []string{UserAccountKey(userID), UserMFAKey(userID)}
+	return []string{UserAccountKey(userID), UserMFAKey(userID), UserReauthKey(userID)}
 }
 
 // AccountKey returns the regulation key for an identifier typed into a

@@ -477,3 +477,16 @@ func TestRegulationRefusedBy(t *testing.T) {
 		t.Errorf("banned account, no address: RefusedBy %q; want %q", got, alice)
 	}
 }
+
+// Only a known user's password keys name a user: a typed string's
+// hashed key, or a user id typed as the email, names none.
+func TestAccountKeyUser(t *testing.T) {
+	for key, want := range map[string]string{
+		UserAccountKey("u1"): "u1", UserReauthKey("u1"): "u1",
+		UserMFAKey("u1"): "", "email:abc": "", "u1": "",
+	} {
+		if got, ok := AccountKeyUser(key); got != want || ok != (want != "") {
+			t.Errorf("AccountKeyUser(%q) = %q, %t; want %q", key, got, ok, want)
+		}
+	}
+}

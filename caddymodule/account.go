@@ -298,7 +298,7 @@ func (q *preq) formPage(p *authcore.Principal, page, title string) func(status i
 // reports whether password is p's user's; when not, it has answered with
 // again: 401 and wrong, or 503 when too many password checks run at once.
 func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(int, string) error) (bool, error) {
-	u, att, err := q.checkPassword(p.User.Email, password, "reauth")
+	u, att, err := q.checkPassword(p.User.Email, password, p.User.ID)
 	if errors.Is(err, authcore.ErrBusy) {
 		q.w.Header().Set("Retry-After", "5")
 		return false, again(http.StatusServiceUnavailable, busyMessage)
@@ -311,6 +311,11 @@ func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(
 		// user's password. Nothing to count against either.
 		_ = att.Succeed(q.ctx(), false)
 		u = nil
+	}
+	if u == nil && !att.Allowed() {
+		// The user's own re-checks (or a thief's of the session), or
+		// this address's sign-ins: not "not right", which it may be.
+		return false, again(http.StatusTooManyRequests, "Too many wrong passwords: the password cannot be checked for a few minutes. Try again later.")
 	}
 	if u == nil {
 		return false, again(http.StatusUnauthorized, wrong)

@@ -3,6 +3,8 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -120,6 +122,52 @@ func TestChangePasswordRefusals(t *testing.T) {
 	resp, _ = anon.get("/.sigra/account/password", map[string]string{"Accept": "text/html"})
 	if resp.StatusCode != http.StatusSeeOther && resp.StatusCode != http.StatusFound || !strings.Contains(resp.Header.Get("Location"), "/.sigra/login") {
 		t.Errorf("signed out: status %d, Location %q; want the sign-in page", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// A stranger who bans the sign-in of an email does not keep its owner,
+// signed in, from changing the password; the owner's own wrong re-checks
+// ban the re-check alone, and say so. A user id typed as the email is
+// nobody's account: its rows name no subject.
+func TestReauthHasItsOwnBan(t *testing.T) {
+	useFakeClock(t)
+	e := startCaddy(t, "regulation {\n max_retries 3\n }", "sigra_gate")
+	u := e.addUser("own@example.com")
+	e.mustLogin("own@example.com")
+	for i := range 3 {
+		if r := e.browser().login("own@example.com", fmt.Sprint("a stranger's guess ", i), "/"); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("stranger's guess %d: status %d; want 401", i, r.StatusCode)
+		}
+	}
+	if r := e.browser().login("own@example.com", testPassword, "/"); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the right password while the sign-in is banned: status %d; want 401", r.StatusCode)
+	}
+	const next = "a much longer new passphrase"
+	if resp, body := e.changePassword(testPassword, next, next); resp.StatusCode != http.StatusOK || !strings.Contains(body, "Password changed") {
+		t.Fatalf("the owner changing the password during the stranger's ban: status %d\n%s", resp.StatusCode, body)
+	}
+
+	for i := range 3 {
+		if resp, body := e.changePassword(fmt.Sprint("the owner's slip ", i), next+"!", next+"!"); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "not right") {
+			t.Fatalf("wrong current password %d: status %d; want 401, not right\n%s", i, resp.StatusCode, body)
+		}
+	}
+	if resp, body := e.changePassword(next, next+"!", next+"!"); resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "Too many wrong passwords") {
+		t.Errorf("the right password after three wrong ones: status %d; want 429, too many\n%s", resp.StatusCode, body)
+	}
+
+	for i := range 3 {
+		if r := e.browser().login(u.ID, fmt.Sprint("guess ", i), "/"); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("the user id as the email, guess %d: status %d; want 401", i, r.StatusCode)
+		}
+	}
+	scopes := map[string]int{}
+	for _, r := range e.auditRows("auth.lockout") {
+		scopes[r.Metadata["scope"]+" "+r.SubjectID]++
+	}
+	want := map[string]int{"account " + u.ID: 1, "reauth " + u.ID: 1, "account ": 1}
+	if !maps.Equal(scopes, want) {
+		t.Errorf("auth.lockout rows by scope and subject %v; want %v", scopes, want)
 	}
 }
 

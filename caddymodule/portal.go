@@ -386,11 +386,15 @@ func (q *preq) loginSubmit() error {
 // address is: CheckPasswordFor). A failure is counted, written as
 // auth.login.failure (and auth.lockout when it starts a ban), waited out,
 // and returned as a nil user. ErrBusy (the password was never checked,
-// nothing counted) and storage errors come back as errors. step, when not
-// empty, goes in the failure row's metadata (a re-check of the password
-// of someone already signed in says "reauth").
-func (q *preq) checkPassword(email, password, step string) (*authcore.User, *authcore.Attempt, error) {
-	key, err := q.rt.auth.AccountKey(q.ctx(), email)
+// nothing counted) and storage errors come back as errors. reauthOf, when
+// not empty, is the signed-in user whose password this re-checks: it is
+// counted under that user's re-check key, not the sign-in's, and the
+// failure row's metadata says step "reauth".
+func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, *authcore.Attempt, error) {
+	key, err := authcore.UserReauthKey(reauthOf), error(nil)
+	if reauthOf == "" {
+		key, err = q.rt.auth.AccountKey(q.ctx(), email)
+	}
 	if err != nil {
 		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -409,13 +413,14 @@ func (q *preq) checkPassword(email, password, step string) (*authcore.User, *aut
 		if ferr != nil {
 			return nil, nil, caddyhttp.Error(http.StatusInternalServerError, ferr)
 		}
-		subject := ""
-		if u != nil {
-			subject = u.ID
-		} else if known, lerr := q.rt.auth.LookupUser(q.ctx(), email); lerr == nil {
-			subject = known.ID
+		// The account the key counts for, if any: a user id typed as the
+		// email is no account's (LookupUser would find it by id).
+		subject, _ := authcore.AccountKeyUser(key)
+		scope := "account"
+		if reauthOf != "" {
+			scope = "reauth"
 		}
-		if err := q.auditLockout(subject, res, "account"); err != nil {
+		if err := q.auditLockout(subject, res, scope); err != nil {
 			return nil, nil, err
 		}
 		reason := "invalid_credentials"
@@ -423,8 +428,8 @@ func (q *preq) checkPassword(email, password, step string) (*authcore.User, *aut
 			reason = "locked"
 		}
 		meta := map[string]string{"method": "password", "reason": reason}
-		if step != "" {
-			meta["step"] = step
+		if reauthOf != "" {
+			meta["step"] = "reauth"
 		}
 		if q.refusalDue(att) {
 			if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta}); err != nil {
