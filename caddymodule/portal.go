@@ -296,13 +296,14 @@ func (q *preq) loginPage() error {
 		return nil
 	}
 	d := pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd()}
-	if q.own.sessionConflict {
+	if q.own.sessionConflict || q.own.csrfConflict {
 		d.Error = cookieConflictText
 	}
 	return q.page(http.StatusOK, "login", d)
 }
 
-// cookieConflictText explains a request with two session cookies.
+// cookieConflictText explains a request with two session (or form)
+// cookies.
 const cookieConflictText = "Your browser sent two different sign-in cookies for this page: another site on this host set one. Clear this site's cookies, then sign in again."
 
 func (q *preq) loginSubmit() error {
@@ -311,7 +312,13 @@ func (q *preq) loginSubmit() error {
 	rerender := func(status int, msg string) error {
 		return q.page(status, "login", pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd(), Error: msg, Email: email})
 	}
-	if !q.rt.csrf.Valid(binding, q.r.PostFormValue("csrf_token")) {
+	// anonBinding never binds a token to a missing or odd cookie.
+	if n := len(q.own.csrf); n < 16 || n > 64 || !q.rt.csrf.Valid(binding, q.r.PostFormValue("csrf_token")) {
+		if q.own.csrfConflict {
+			// Another site's form cookie comes with ours every time:
+			// "try again" would fail for ever.
+			return rerender(http.StatusForbidden, cookieConflictText)
+		}
 		return rerender(http.StatusForbidden, "The form expired. Please try again.")
 	}
 	u, att, err := q.checkPassword(email, q.r.PostFormValue("password"), "")

@@ -220,6 +220,9 @@ type ownCookies struct {
 	// port, a sibling subdomain) can set one that the browser sends
 	// first on paths it chooses. Neither is taken (see cookieValue).
 	sessionConflict bool
+	// csrfConflict is the same for the form cookie: sign-in forms then
+	// cannot pass, and the page says why.
+	csrfConflict bool
 }
 
 func (*ownCookies) String() string { return "[redacted]" }
@@ -236,7 +239,7 @@ func takeOwnCookies(r *http.Request, secure bool) *ownCookies {
 	}
 	c := new(ownCookies)
 	c.session, c.sessionConflict = cookieValue(r, sessionCookieName(secure))
-	c.csrf, _ = cookieValue(r, csrfCookieName(secure)) // none either, on a conflict
+	c.csrf, c.csrfConflict = cookieValue(r, csrfCookieName(secure)) // none either, on a conflict
 	stripOwnCookies(r.Header)
 	caddyhttp.SetVar(ctx, varOwnCookies, c)
 	return c

@@ -268,6 +268,34 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 	if r, body := send("/.sigra/login", "text/html", malTok, vicTok); r.StatusCode != 200 || !strings.Contains(body, "Clear this site") {
 		t.Errorf("the sign-in page: status %d; want 200 saying to clear the cookies", r.StatusCode)
 	}
+	// Two form cookies: the sign-in cannot pass, and says why instead of
+	// "the form expired" for ever.
+	planted := "sigra_csrf=AAAAAAAAAAAAAAAAAAAAAA; sigra_csrf=BBBBBBBBBBBBBBBBBBBBBB"
+	if r, body := send("/.sigra/login", "text/html", "x; "+planted); r.StatusCode != 200 || !strings.Contains(body, "Clear this site") {
+		t.Errorf("the sign-in page with two form cookies: status %d; want 200 saying to clear the cookies", r.StatusCode)
+	}
+	b := e.browser()
+	_, page := b.get("/.sigra/login", map[string]string{"Accept": "text/html"})
+	ours, at := "", &url.URL{Scheme: "http", Host: strings.TrimPrefix(b.base, "http://")}
+	for _, c := range b.client.Jar.Cookies(at) {
+		if c.Name == "sigra_csrf" {
+			ours = c.Value
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, e.base+"/.sigra/login", strings.NewReader(url.Values{
+		"email": {"vic@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", e.base)
+	req.Header.Set("Cookie", "sigra_csrf=AAAAAAAAAAAAAAAAAAAAAA; sigra_csrf="+ours)
+	r, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body2, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != http.StatusForbidden || !strings.Contains(string(body2), "Clear this site") {
+		t.Errorf("signing in with a planted form cookie beside ours: status %d; want 403 saying to clear the cookies\n%s", r.StatusCode, body2)
+	}
 	// The same cookie twice is no conflict.
 	if r, _ := send("/x", "application/json", vicTok, vicTok); r.StatusCode != 200 {
 		t.Errorf("the same session cookie twice: status %d; want 200", r.StatusCode)
