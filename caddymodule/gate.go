@@ -349,6 +349,16 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 	if !first {
 		return next.ServeHTTP(w, r)
 	}
+	// A shared cache in front (a CDN) must not serve a gated answer to
+	// anyone else: it depends on the cookie, and one for a signed-in
+	// user is theirs alone. Set before the app answers, so an app's own
+	// Cache-Control (public, from before it was gated) comes beside
+	// private, and caches keep to the stricter.
+	h := w.Header()
+	h.Add("Vary", "Cookie")
+	if d.p != nil {
+		h.Add("Cache-Control", "private")
+	}
 	defer func() {
 		m := g.app.metrics
 		c := m.gateAllow

@@ -658,3 +658,53 @@ func TestGateSetsAuthPlaceholders(t *testing.T) {
 		t.Errorf("{http.auth.user.email} upstream: %q; want pia@example.com", got)
 	}
 }
+
+// A gated answer is not for shared caches: every one varies with the
+// cookie, and one for a signed-in user is private, beside whatever the
+// app says (an app that was public before it was gated says public).
+// Refusals say no-store.
+func TestGatedAnswersAreNotForSharedCaches(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate /open* {\n\t\toptional\n\t}\n\tsigra_gate")
+	e.addUser("cat@example.com")
+	e.mustLogin("cat@example.com")
+	for _, tc := range []struct {
+		name, path string
+		cc         []string
+	}{
+		{"signed in, the app says public", "/page?cc=public,+max-age%3D3600", []string{"private", "public, max-age=3600"}},
+		{"signed in, the app says nothing", "/page", []string{"private"}},
+		{"signed in, optional route", "/open/x", []string{"private"}},
+	} {
+		resp, _ := e.get(tc.path, nil)
+		if resp.StatusCode != http.StatusOK || !slices.Equal(resp.Header.Values("Cache-Control"), tc.cc) || resp.Header.Get("Vary") != "Cookie" {
+			t.Errorf("%s: status %d, Cache-Control %q, Vary %q; want 200, %q, Cookie", tc.name, resp.StatusCode, resp.Header.Values("Cache-Control"), resp.Header.Values("Vary"), tc.cc)
+		}
+	}
+	anon := e.browser()
+	resp, _ := anon.get("/open/x?cc=public", nil)
+	if resp.StatusCode != http.StatusOK || !slices.Equal(resp.Header.Values("Cache-Control"), []string{"public"}) || resp.Header.Get("Vary") != "Cookie" {
+		t.Errorf("anonymous on the optional route: status %d, Cache-Control %q, Vary %q; want 200, the app's public, Vary Cookie", resp.StatusCode, resp.Header.Values("Cache-Control"), resp.Header.Values("Vary"))
+	}
+	resp, _ = anon.get("/page?cc=public", jsonAccept)
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("anonymous, refused: status %d, Cache-Control %q; want 401, no-store", resp.StatusCode, resp.Header.Values("Cache-Control"))
+	}
+}
+
+// An h2c upgrade never reaches the app: an upstream that took it would
+// get every later request on the connection past the gates. Other
+// upgrades (WebSocket) pass.
+func TestH2CUpgradeIsNotForwarded(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate /open* {\n\t\toptional\n\t}\n\tsigra_gate")
+	for _, up := range []string{"h2c", "H2C", "websocket, h2c"} {
+		status, _ := e.sendRaw(http.MethodGet, "/open/x", http.Header{"Connection": {"Upgrade, HTTP2-Settings"}, "Upgrade": {up}, "Http2-Settings": {"AAMAAABkAARAAAAAAAIAAAAA"}}, nil)
+		h, _ := e.up.last()
+		if status != http.StatusOK || h.Get("Upgrade") != "" || h.Get("Http2-Settings") != "" {
+			t.Errorf("Upgrade %q: status %d, the app got Upgrade %q, HTTP2-Settings %q; want 200 and neither", up, status, h.Get("Upgrade"), h.Get("Http2-Settings"))
+		}
+	}
+	e.sendRaw(http.MethodGet, "/open/x", http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}, nil)
+	if h, _ := e.up.last(); h.Get("Upgrade") != "websocket" {
+		t.Errorf("a WebSocket upgrade: the app got Upgrade %q; want websocket", h.Get("Upgrade"))
+	}
+}

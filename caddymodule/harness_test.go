@@ -67,6 +67,9 @@ func newUpstream(t *testing.T) *upstream {
 		u.trailer = r.Trailer.Clone()
 		u.hits++
 		u.mu.Unlock()
+		if cc := r.URL.Query().Get("cc"); cc != "" { // an app's own caching
+			w.Header().Set("Cache-Control", cc)
+		}
 		io.WriteString(w, "app:"+r.URL.Path)
 	}))
 	t.Cleanup(u.Close)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Identity headers sent upstream (DESIGN.md section 4).
@@ -142,6 +143,14 @@ func stripIdentity(r *http.Request, remote bool) {
 	}
 	if conn := h["Connection"]; len(conn) > 0 {
 		h["Connection"] = cleanConnection(conn, remote)
+	}
+	if up := h["Upgrade"]; len(up) > 0 && httpguts.HeaderValuesContainsToken(up, "h2c") {
+		// An upstream that took the upgrade (reverse_proxy forwards it
+		// and tunnels the connection after a 101) would get every later
+		// request on it straight from the client, past every gate ("h2c
+		// smuggling"). Caddy serves h2c itself where it is wanted.
+		delete(h, "Upgrade")
+		delete(h, "Http2-Settings")
 	}
 	if r.Trailer != nil {
 		// Declared trailers arrive at the end of the body: strip them now
