@@ -1,12 +1,17 @@
 package caddymodule
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // answering are Caddy's standard directives that serve every request
@@ -35,86 +40,212 @@ var caddyOrder = []string{
 
 // checkPlacement refuses a sigra_portal or sigra_gate (dir, at h) that
 // would not see the requests it is written for. A gate that never runs
-// serves the app to anyone, and `caddy validate` would pass it:
-//   - at the site's top level, a directive of the site that answers
-//     every request (answersAll) runs first, in Caddy's directive order
-//     or the global order option's, before dir or the block holding it
-//     (handle runs before route: route { sigra_gate } beside a bare
-//     handle { reverse_proxy … } never runs), or the gate runs before
-//     the portal;
-//   - in a route block, which keeps the written order (the block it is
-//     in, or one around it), such a directive is written before it, or
-//     the portal after a gate in the same block; one with a matcher, a
-//     public /healthz say, may well be meant;
-//   - a portal sits in a block with a matcher (handle_path /app/*), or
-//     in a block that something able to answer runs before, where it
-//     sees part of the site only: its sign-in pages are not served, and
-//     forged identity headers not stripped, elsewhere;
-//   - a site has a gate and no portal (unless it invokes a named route,
-//     which may hold it).
+// serves the app to anyone, and `caddy validate` would pass it. In every
+// block on the way to dir (the site's top level, each handle, route or
+// handle_path around it), Caddy runs the block's directives in its
+// directive order, or the global order option's (a route block: as
+// written), and it is refused when, in one of them,
+//   - a directive that answers every request (answersAll) runs before
+//     dir, or before the block holding it (handle runs before route:
+//     route { sigra_gate } beside a bare handle { reverse_proxy … } never
+//     runs); one with a matcher, a public /healthz say, may well be
+//     meant;
+//   - for a portal, a directive that answers any request runs first, or
+//     the block has a matcher (handle_path /app/*): the portal would see
+//     part of the site only, and its sign-in pages not be served, nor
+//     forged identity headers stripped, elsewhere;
+//   - for a gate, it (or its block) runs before a portal (or the block
+//     holding one), so the gate covers the sign-in pages.
+//
+// And a site with a gate and no portal is refused, unless it invokes a
+// named route that holds one. Named routes are read from their adapted
+// JSON; a named route's own top level is checked as a site's.
 func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 	site, places := placesOf(h)
 	if site == nil {
 		return nil
 	}
-	order, byOption := h.Option("order").([]string)
-	if !byOption {
-		order = caddyOrder
+	c := placement{h: h, dir: dir, named: namedRoutesOf(h)}
+	c.order, c.byOption = h.Option("order").([]string)
+	if !c.byOption {
+		c.order = caddyOrder
 	}
-	if dir == "sigra_gate" && slices.Index(order, "sigra_portal") > slices.Index(order, "sigra_gate") && slices.ContainsFunc(places, func(p place) bool { return len(p) == 1 }) {
+	if dir == "sigra_gate" && slices.Index(c.order, "sigra_portal") > slices.Index(c.order, "sigra_gate") && slices.ContainsFunc(places, func(p place) bool { return len(p) == 1 }) {
 		return h.Err("sigra_gate: the global order option runs sigra_gate before sigra_portal, so the gate also covers the sign-in pages. " +
 			"Both order themselves (the portal first): remove their order lines, or order sigra_portal before sigra_gate")
 	}
-	portals := site.holding("sigra_portal")
-	if dir == "sigra_gate" && len(portals) == 0 && !namedRoute(h) && len(site.holding("invoke")) == 0 {
+	if dir == "sigra_gate" && !inNamedRoute(h) && len(c.holding(site, "sigra_portal")) == 0 {
 		return h.Err("sigra_gate: this site has no sigra_portal, so nobody can sign in to pass the gate, and forged X-Sigra-* headers reach the app on the paths no gate covers. " +
 			"Write sigra_portal at the site's top level")
 	}
+	// The same snippet imported twice puts one directive in two places:
+	// each must be right.
 	for _, p := range places {
-		// The same snippet imported twice puts one directive in two
-		// places: each must be right.
-		if err := p.check(h, dir); err != nil {
+		if err := c.check(p); err != nil {
 			return err
-		}
-		a := p[0].at // the top-level directive: dir, or the block holding it
-		outer := site.dirs[a]
-		for i, d := range site.dirs {
-			if i == a || !runsBefore(order, d, i, outer, a) {
-				continue
-			}
-			why := "Caddy's directive order"
-			if byOption {
-				why = "the global order option"
-			}
-			switch {
-			case len(p) == 1 && d.answersAll():
-				return h.Errf("%s: the global order option runs %s (line %d) before %s, so the requests it answers never reach %s and are served to anyone. "+
-					"%s orders itself (before basic_auth): remove its order line, or order it before %s", dir, d.name, d.line, dir, dir, dir, d.name)
-			case d.answersAll():
-				return h.Errf("%s: %s on line %d runs before the %s block on line %d that holds %s (%s) and answers every request, so none reaches %s, and the site is served to anyone. "+
-					"Write %s at the site's top level, where it runs first, or give %s a matcher", dir, d.name, d.line, outer.name, outer.line, dir, why, dir, dir, d.name)
-			case dir == "sigra_portal" && len(p) > 1 && d.mayAnswer():
-				return h.Errf("sigra_portal: %s on line %d runs before the %s block on line %d that holds it (%s), so the portal never sees the requests %s answers: "+
-					"its pages are not served, nor forged X-Sigra-* headers stripped, there. Write sigra_portal at the site's top level, where it runs first", d.name, d.line, outer.name, outer.line, why, d.name)
-			}
-		}
-		for _, i := range portals {
-			if d := site.dirs[i]; dir == "sigra_gate" && i != a && runsBefore(order, outer, a, d, i) {
-				return h.Errf("sigra_gate: it runs before the sigra_portal on line %d (Caddy's directive order, or the global order option), so the gate also covers the sign-in pages. "+
-					"Write sigra_portal at the site's top level, where it runs first", d.line)
-			}
 		}
 	}
 	return nil
 }
 
-// runsBefore reports whether Caddy runs the top-level directive d (the
-// i-th written) before o (the j-th), in the given directive order: by
-// the order, or, for the same directive, one with a matcher first, else
-// as written. Directives the order does not know (other plugins')
-// compare as not before. Both matching a path, Caddy puts the longer
-// path first; that is left out, as is anything else a matcher decides,
-// since a directive that answers every request has none.
+// placement is what checkPlacement checks a directive's places with.
+type placement struct {
+	h        httpcaddyfile.Helper
+	dir      string
+	order    []string // Caddy's, or the global order option's
+	byOption bool
+	named    map[string]namedRoute
+}
+
+// check checks one place of the directive: each block on the way.
+func (c placement) check(p place) error {
+	if c.dir == "sigra_portal" {
+		for _, s := range p {
+			if s.block.matched != "" {
+				return c.h.Errf("sigra_portal: it is inside %s on line %d, whose matcher shows it part of the site only: its pages are not served, "+
+					"nor forged X-Sigra-* headers stripped, anywhere else. Write sigra_portal at the site's top level", s.block.matched, s.block.matchedLine)
+			}
+		}
+	}
+	for k, s := range p {
+		b, self := s.block, s.block.dirs[s.at]
+		// what dir is here: itself, or the block holding it
+		what, holder := "it", ""
+		if k < len(p)-1 {
+			holder = fmt.Sprintf("the %s block on %s that holds it", self.name, c.pos(self))
+			what = holder
+		}
+		for i, d := range b.dirs {
+			if i == s.at || !c.runsBefore(b, i, s.at) {
+				continue
+			}
+			why := c.why(b, d, self)
+			switch {
+			case b.written && c.answersAll(d):
+				if holder != "" {
+					what = "the block holding " + c.dir
+				} else {
+					what = c.dir
+				}
+				return c.h.Errf("%s: %s on %s comes first in this route block (a route keeps the written order) and answers every request, so none reaches %s, and the site is served to anyone. "+
+					"Write %s before it", c.dir, d.name, c.pos(d), what, c.dir)
+			case c.answersAll(d) && k == 0 && holder == "" && why == orderOption:
+				return c.h.Errf("%s: the global order option runs %s (%s) before %s, so the requests it answers never reach %s and are served to anyone. "+
+					"%s orders itself (before basic_auth): remove the order line that moves either, or order %s before %s", c.dir, d.name, c.pos(d), c.dir, c.dir, c.dir, c.dir, d.name)
+			case c.answersAll(d):
+				return c.h.Errf("%s: %s on %s runs before %s (%s) and answers every request, so none reaches it, and the site is served to anyone. "+
+					"Write %s at the site's top level, where it runs first, or give %s a matcher%s", c.dir, d.name, c.pos(d), what, why, c.dir, d.name, c.orderAdvice())
+			case c.dir == "sigra_portal" && c.mayAnswer(d):
+				return c.h.Errf("sigra_portal: %s on %s runs before %s (%s), so the portal never sees the requests %s answers: "+
+					"its pages are not served, nor forged X-Sigra-* headers stripped, there. Write sigra_portal at the site's top level, where it runs first%s", d.name, c.pos(d), what, why, d.name, c.orderAdvice())
+			}
+		}
+		if c.dir != "sigra_gate" {
+			continue
+		}
+		for _, i := range c.holding(b, "sigra_portal") {
+			d := b.dirs[i]
+			if i == s.at || !c.runsBefore(b, s.at, i) {
+				continue
+			}
+			portal := "sigra_portal on " + c.pos(d)
+			if d.name != "sigra_portal" {
+				portal = fmt.Sprintf("the %s block on %s that holds sigra_portal", d.name, c.pos(d))
+			}
+			if b.written {
+				return c.h.Errf("sigra_gate: %s comes after this gate in the route block (a route keeps the written order), so the gate also covers the sign-in pages. Write sigra_portal first", portal)
+			}
+			return c.h.Errf("sigra_gate: %s runs before %s (%s), so the gate also covers the sign-in pages. "+
+				"Write sigra_portal at the site's top level, where it runs first%s", what, portal, c.why(b, self, d), c.orderAdvice())
+		}
+	}
+	return nil
+}
+
+// runsBefore reports whether b's i-th directive runs before its j-th: as
+// written in a route block, else in the directive order.
+func (c placement) runsBefore(b *placedBlock, i, j int) bool {
+	if b.written {
+		return i < j
+	}
+	return runsBefore(c.order, b.dirs[i], i, b.dirs[j], j)
+}
+
+// Why one directive runs before another.
+const (
+	writtenOrder = "a route keeps the written order"
+	orderOption  = "the global order option"
+	caddysOrder  = "Caddy's directive order"
+)
+
+// why says what puts d before o in b.
+func (c placement) why(b *placedBlock, d, o placedDirective) string {
+	switch {
+	case b.written:
+		return writtenOrder
+	case c.byOption && !runsBefore(caddyOrder, d, 0, o, 1):
+		return orderOption
+	}
+	return caddysOrder
+}
+
+// orderAdvice adds, when the global order option is used, that it may
+// be what moves them.
+func (c placement) orderAdvice() string {
+	if c.byOption {
+		return " (and check the order lines: sigra_portal and sigra_gate order themselves before basic_auth)"
+	}
+	return ""
+}
+
+// pos is where d is written: its line, with the file when it is not the
+// one being adapted (an imported file).
+func (c placement) pos(d placedDirective) string {
+	if d.file != "" && d.file != c.h.File() {
+		return fmt.Sprintf("%s:%d", d.file, d.line)
+	}
+	return fmt.Sprintf("line %d", d.line)
+}
+
+// answersAll is placedDirective.answersAll, with what invoke's named
+// route does.
+func (c placement) answersAll(d placedDirective) bool {
+	if d.name == "invoke" && !d.matcher {
+		return c.named[d.arg].answersAll
+	}
+	return d.answersAll()
+}
+
+// mayAnswer is placedDirective.mayAnswer, with invoke's named route.
+func (c placement) mayAnswer(d placedDirective) bool {
+	if d.name == "invoke" {
+		return c.named[d.arg].mayAnswer
+	}
+	return d.mayAnswer()
+}
+
+// holding returns the indexes of b's directives that are name, hold it
+// in their blocks at any depth, or invoke a named route that does
+// (sigra_portal only).
+func (c placement) holding(b *placedBlock, name string) []int {
+	var out []int
+	for i, d := range b.dirs {
+		if d.name == name || d.block != nil && len(c.holding(d.block, name)) > 0 ||
+			name == "sigra_portal" && d.name == "invoke" && c.named[d.arg].portal {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// runsBefore reports whether Caddy runs the directive d (the i-th
+// written) before o (the j-th) of a block it sorts (a site's top level, a
+// handle), in the given directive order: by the order, or, for the same
+// directive, one with a matcher first, else as written. Directives the
+// order does not know (other plugins') compare as not before. Both
+// matching a path, Caddy puts the longer path first; that is left out,
+// as is anything else a matcher decides, since a directive that answers
+// every request has none.
 func runsBefore(order []string, d placedDirective, i int, o placedDirective, j int) bool {
 	// Caddy sorts handle_path as handle (normalizeDirectiveName).
 	dn, on := d.name, o.name
@@ -136,50 +267,100 @@ func runsBefore(order []string, d placedDirective, i int, o placedDirective, j i
 	return i < j
 }
 
-// namedRoute reports whether h is in a named route (&(name) { … }),
+// inNamedRoute reports whether h is in a named route (&(name) { … }),
 // which sites invoke, rather than in a site.
-func namedRoute(h httpcaddyfile.Helper) bool {
+func inNamedRoute(h httpcaddyfile.Helper) bool {
 	nr := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("IsNamedRoute")
 	return nr.IsValid() && nr.Kind() == reflect.Bool && nr.Bool()
 }
 
-// check is checkPlacement for one place the directive dir is written.
-func (p place) check(h httpcaddyfile.Helper, dir string) error {
-	for _, s := range p {
-		if dir == "sigra_portal" && s.block.matched != "" {
-			return h.Errf("sigra_portal: it is inside %s on line %d, whose matcher shows it part of the site only: its pages are not served, "+
-				"nor forged X-Sigra-* headers stripped, anywhere else. Write sigra_portal at the site's top level", s.block.matched, s.block.matchedLine)
+// namedRoute is what a named route does, read from its adapted JSON.
+type namedRoute struct {
+	portal     bool // holds sigra_portal
+	answersAll bool // answers every request that invokes it
+	mayAnswer  bool // answers some
+}
+
+// answeringHandlers are the JSON handlers of the answering directives
+// (php_fastcgi is a reverse_proxy; respond and abort a static_response).
+var answeringHandlers = []string{"reverse_proxy", "static_response", "file_server", "acme_server", "metrics"}
+
+// namedRoutesOf reads the named routes Caddy adapted before the sites
+// (the named_routes option).
+func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
+	routes, _ := h.Option("named_routes").(map[string]*caddyhttp.Route)
+	out := make(map[string]namedRoute, len(routes))
+	for name, r := range routes {
+		var handlers []any
+		for _, raw := range r.HandlersRaw {
+			var v any
+			if json.Unmarshal(raw, &v) == nil {
+				handlers = append(handlers, v)
+			}
+		}
+		out[strings.TrimSuffix(strings.TrimPrefix(name, "&("), ")")] = namedRoute{
+			portal:     jsonHas(handlers, "sigra_portal"),
+			answersAll: jsonAnswersAll(handlers),
+			mayAnswer:  jsonHas(handlers, answeringHandlers...),
 		}
 	}
-	for k, s := range p {
-		if !s.block.written {
+	return out
+}
+
+// jsonHas reports whether v (decoded JSON) holds a handler of one of the
+// names, at any depth.
+func jsonHas(v any, names ...string) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		if n, ok := v["handler"].(string); ok && slices.Contains(names, n) {
+			return true
+		}
+		for _, c := range v {
+			if jsonHas(c, names...) {
+				return true
+			}
+		}
+	case []any:
+		for _, c := range v {
+			if jsonHas(c, names...) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// jsonAnswersAll reports whether a list of handlers (decoded JSON)
+// answers every request: one answers, or is a subroute with a route
+// without matchers whose handlers do.
+func jsonAnswersAll(handlers []any) bool {
+	for _, h := range handlers {
+		m, _ := h.(map[string]any)
+		n, _ := m["handler"].(string)
+		if slices.Contains(answeringHandlers, n) {
+			return true
+		}
+		if n != "subroute" {
 			continue
 		}
-		for _, d := range s.block.dirs[:s.at] {
-			if d.answersAll() {
-				what := dir
-				if k < len(p)-1 {
-					what = "the block holding " + dir
-				}
-				return h.Errf("%s: %s on line %d comes first in this route block (a route keeps the written order) and answers every request, so none reaches %s, and the site is served to anyone. "+
-					"Write %s before it", dir, d.name, d.line, what, dir)
+		routes, _ := m["routes"].([]any)
+		for _, r := range routes {
+			rm, _ := r.(map[string]any)
+			inner, _ := rm["handle"].([]any)
+			if _, matched := rm["match"]; !matched && jsonAnswersAll(inner) {
+				return true
 			}
 		}
 	}
-	if s := p[len(p)-1]; dir == "sigra_gate" && s.block.written {
-		for _, d := range s.block.dirs[s.at+1:] {
-			if d.name == "sigra_portal" {
-				return h.Errf("sigra_gate: sigra_portal on line %d comes after this gate in the route block (a route keeps the written order), so the gate also covers the sign-in pages. Write sigra_portal first", d.line)
-			}
-		}
-	}
-	return nil
+	return false
 }
 
 // placedDirective is a directive written in a block.
 type placedDirective struct {
 	name    string
+	file    string
 	line    int
+	arg     string       // the last argument on its line (invoke's route name)
 	matcher bool         // an inline matcher follows its name (/path or @name; not * or /*, which match all)
 	block   *placedBlock // the block it opens, if any
 	// readBack is the matcher Caddy took out of a top-level directive,
@@ -215,18 +396,6 @@ func (d placedDirective) mayAnswer() bool {
 		return slices.ContainsFunc(d.block.dirs, placedDirective.mayAnswer)
 	}
 	return false
-}
-
-// holding returns the indexes of b's directives that are name or hold it
-// in their blocks, at any depth.
-func (b *placedBlock) holding(name string) []int {
-	var out []int
-	for i, d := range b.dirs {
-		if d.name == name || d.block != nil && len(d.block.holding(name)) > 0 {
-			out = append(out, i)
-		}
-	}
-	return out
 }
 
 // placedBlock is a block of directives, as placesOf reads it.
@@ -317,15 +486,18 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 				continue
 			}
 			if fresh || isNextOnNewLine(seg.Index(j-1), t) {
-				d := placedDirective{name: text, line: int(t.FieldByName("Line").Int())}
+				d := placedDirective{name: text, file: t.FieldByName("File").String(), line: int(t.FieldByName("Line").Int())}
+				var rest []string // the other tokens on its line
+				for k := j + 1; k < n && !isNextOnNewLine(seg.Index(k-1), seg.Index(k)); k++ {
+					rest = append(rest, seg.Index(k).FieldByName("Text").String())
+				}
+				if args := slices.DeleteFunc(slices.Clone(rest), func(a string) bool { return a == "{" }); len(args) > 0 {
+					d.arg = args[len(args)-1]
+				}
 				if lost && len(stack) == 1 {
 					// The top-level directive, its matcher taken out: there
 					// was one, and only * or /* would match all.
-					var rest []string
-					for k := j + 1; k < n && !isNextOnNewLine(seg.Index(k-1), seg.Index(k)); k++ {
-						rest = append(rest, seg.Index(k).FieldByName("Text").String())
-					}
-					d.readBack = lostMatcher(t.FieldByName("File").String(), d.line, text, rest)
+					d.readBack = lostMatcher(t, text, rest)
 					d.matcher = d.readBack != "*" && d.readBack != "/*"
 				} else if j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)) {
 					next := seg.Index(j + 1).FieldByName("Text").String()
@@ -352,25 +524,81 @@ func isBrace(t reflect.Value, b string) bool {
 }
 
 // lostMatcher reads back from the Caddyfile the matcher Caddy took out
-// of the top-level directive name on line, whose other tokens on the
+// of the top-level directive name (token t), whose other tokens on the
 // line are rest: the word after its name, if the line is that directive
-// as written (not a snippet's, a file's that changed since, or a
-// placeholder's); "?" otherwise, as when the file cannot be read (an
+// as written (not a file's that changed since), with the {args[N]} of
+// the import that brought a snippet in and {$ENV} placeholders filled
+// in as Caddy does; "?" otherwise, as when the file cannot be read (an
 // adapted stdin, say).
-func lostMatcher(file string, line int, name string, rest []string) string {
+func lostMatcher(t reflect.Value, name string, rest []string) string {
+	f := fileLine(t.FieldByName("File").String(), int(t.FieldByName("Line").Int()))
+	if len(f) < 2+len(rest) || f[0] != name || !slices.EqualFunc(f[2:2+len(rest)], rest, func(w, tok string) bool {
+		return w == tok || w != "{" && strings.Contains(w, "{") // a placeholder, filled in
+	}) {
+		return "?"
+	}
+	m := expandEnv(f[1])
+	if strings.Contains(m, "{args") {
+		// The import that brought the snippet in is the first of the
+		// token's import chain ("file:line (import name)").
+		imports := t.FieldByName("imports")
+		if !imports.IsValid() || imports.Len() == 0 {
+			return "?"
+		}
+		at := strings.Fields(imports.Index(0).String())[0]
+		k := strings.LastIndexByte(at, ':')
+		line, err := strconv.Atoi(at[k+1:])
+		if k < 0 || err != nil {
+			return "?"
+		}
+		imp := fileLine(at[:k], line)
+		if len(imp) < 2 || imp[0] != "import" {
+			return "?"
+		}
+		args := imp[2:]
+		m = argPlaceholder.ReplaceAllStringFunc(m, func(p string) string {
+			n, _ := strconv.Atoi(argPlaceholder.FindStringSubmatch(p)[1])
+			if n < len(args) {
+				return expandEnv(args[n])
+			}
+			return p
+		})
+	}
+	if strings.Contains(m, "{args") || strings.Contains(m, "{$") {
+		return "?"
+	}
+	return m
+}
+
+// argPlaceholder is an import argument in a snippet: {args[N]}.
+var argPlaceholder = regexp.MustCompile(`\{args\[(\d+)\]\}`)
+
+// envPlaceholder is Caddy's {$NAME} or {$NAME:default}, filled in from
+// the environment when the Caddyfile is read.
+var envPlaceholder = regexp.MustCompile(`\{\$([^}:]+)(?::([^}]*))?\}`)
+
+func expandEnv(s string) string {
+	return envPlaceholder.ReplaceAllStringFunc(s, func(p string) string {
+		m := envPlaceholder.FindStringSubmatch(p)
+		if v, ok := os.LookupEnv(m[1]); ok {
+			return v
+		}
+		return m[2]
+	})
+}
+
+// fileLine is the words of line n (from 1) of file; nil if it cannot be
+// read.
+func fileLine(file string, n int) []string {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return "?"
+		return nil
 	}
 	lines := strings.Split(string(b), "\n")
-	if line < 1 || line > len(lines) {
-		return "?"
+	if n < 1 || n > len(lines) {
+		return nil
 	}
-	f := strings.Fields(lines[line-1])
-	if len(f) < 2+len(rest) || f[0] != name || !slices.Equal(f[2:2+len(rest)], rest) {
-		return "?"
-	}
-	return f[1]
+	return strings.Fields(lines[n-1])
 }
 
 // sameToken reports whether two tokens are one: the same text, at the

@@ -44,8 +44,9 @@ func TestAdaptPlacement(t *testing.T) {
 			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"order before respond, the gate in handle_path beside a handle", "\torder sigra_gate before respond\n",
 			"\tsigra_portal\n\thandle_path /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		// A handle sorts its block as a site does.
 		{"order last, the gate in a handle", "\torder sigra_gate last\n",
-			"\tsigra_portal\n\thandle {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+			"\tsigra_portal\n\thandle {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", []string{"Testfile:10", "reverse_proxy on line 11 runs before it (the global order option)"}},
 		{"route, file_server pass_thru before the gate", "",
 			"\troot * /srv/public\n\tsigra_portal\n\troute {\n\t\tfile_server {\n\t\t\tpass_thru\n\t\t}\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"route, written in order", "",
@@ -99,10 +100,10 @@ func TestAdaptPlacement(t *testing.T) {
 		// order written: a bare handle beside them answers first.
 		{"portal and gate in a route beside a bare handle", "",
 			"\troute {\n\t\tsigra_portal\n\t\tsigra_gate\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
-			[]string{"Testfile:8", "sigra_portal: handle on line 11 runs before the route block on line 7 that holds sigra_portal (Caddy's directive order) and answers every request"}},
+			[]string{"Testfile:8", "sigra_portal: handle on line 11 runs before the route block on line 7 that holds it (Caddy's directive order) and answers every request"}},
 		{"gate in a route beside a bare handle", "",
 			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
-			[]string{"Testfile:9", "sigra_gate: handle on line 11 runs before the route block on line 8 that holds sigra_gate"}},
+			[]string{"Testfile:9", "sigra_gate: handle on line 11 runs before the route block on line 8 that holds it"}},
 		{"gate in a route with a matcher beside a bare handle_path", "",
 			"\tsigra_portal\n\troute /app/* {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle_path {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
 			[]string{"handle_path on line 12 runs before the route block on line 8"}},
@@ -115,7 +116,7 @@ func TestAdaptPlacement(t *testing.T) {
 			[]string{"handle on line 8 runs before the handle block on line 11"}},
 		{"an order line that runs reverse_proxy before the gate's route", "\torder reverse_proxy before route\n",
 			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t}\n\treverse_proxy 127.0.0.1:9\n",
-			[]string{"reverse_proxy on line 12 runs before the route block on line 9 that holds sigra_gate (the global order option)"}},
+			[]string{"reverse_proxy on line 12 runs before the route block on line 9 that holds it (the global order option)"}},
 		// The portal must see every request, also those another block
 		// answers on a path of its own.
 		{"portal in a route after a handle /healthz", "",
@@ -128,7 +129,30 @@ func TestAdaptPlacement(t *testing.T) {
 			"\tredir /old /new\n\troute {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"gate at the top level, portal in a route", "",
 			"\tsigra_gate\n\troute {\n\t\tsigra_portal\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
-			[]string{"Testfile:7", "sigra_gate: it runs before the sigra_portal on line 8"}},
+			[]string{"Testfile:7", "sigra_gate: it runs before the route block on line 8 that holds sigra_portal"}},
+		// Inside handle blocks, sorted as a site is, and route blocks
+		// within them.
+		{"gate before respond, a bare handle beside it in handle /app/*", "\torder sigra_gate before respond\n",
+			"\tsigra_portal\n\thandle /app/* {\n\t\tsigra_gate\n\t\thandle {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t}\n",
+			[]string{"Testfile:10", "handle on line 11 runs before it (the global order option)"}},
+		{"in a handle, a bare handle before the gate's route", "",
+			"\tsigra_portal\n\thandle {\n\t\thandle {\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t\troute {\n\t\t\tsigra_gate\n\t\t}\n\t}\n",
+			[]string{"handle on line 9 runs before the route block on line 12 that holds it (Caddy's directive order)"}},
+		{"both in a handle, the gate ordered first", "\torder sigra_gate first\n",
+			"\thandle {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"Testfile:10", "sigra_gate: it runs before sigra_portal on line 9 (the global order option)"}},
+		{"both in a handle, the portal ordered last", "\torder sigra_portal last\n",
+			"\thandle {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"Testfile:9", "sigra_portal: reverse_proxy on line 11 runs before it (the global order option)"}},
+		{"portal ordered after a public handle /api/*", "\torder sigra_portal after handle_path\n\torder sigra_gate after sigra_portal\n",
+			"\tsigra_portal\n\tsigra_gate\n\thandle /api/* {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\treverse_proxy 127.0.0.1:9\n",
+			[]string{"Testfile:9", "sigra_portal: handle on line 11 runs before it (the global order option), so the portal never sees the requests handle answers"}},
+		{"portal in a route after reverse_proxy /api/*", "",
+			"\troute {\n\t\treverse_proxy /api/* 127.0.0.1:9\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"Testfile:9", "sigra_portal: reverse_proxy on line 8 runs before it (a route keeps the written order)"}},
+		{"portal in a route in a handle, after handle /api/*", "",
+			"\thandle {\n\t\troute {\n\t\t\thandle /api/* {\n\t\t\t\treverse_proxy 127.0.0.1:9\n\t\t\t}\n\t\t\tsigra_portal\n\t\t\tsigra_gate\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t}\n",
+			[]string{"sigra_portal: handle on line 9 runs before it (a route keeps the written order)"}},
 		{"gate and no portal", "",
 			"\tsigra_gate /admin*\n\treverse_proxy 127.0.0.1:9\n", []string{"Testfile:7", "this site has no sigra_portal"}},
 	}
@@ -154,6 +178,15 @@ func TestAdaptPlacement(t *testing.T) {
 	// and /app/* is named. (From a file it cannot read, any matcher
 	// counts: the cases above.)
 	for _, fc := range []struct{ name, src, wantErr string }{
+		// A snippet's {args[N]} matcher is read from its import line.
+		{"handle {args[0]} with *, before the gate's route", "(fallback) {\n\thandle {args[0]} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\timport fallback *\n\troute {\n\t\tsigra_gate\n\t}\n}\n",
+			"handle on line 2 runs before the route block on line 9 that holds it"},
+		{"handle {args[0]} with /api/*, before the gate's route", "(fallback) {\n\thandle {args[0]} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\timport fallback /api/*\n\troute {\n\t\tsigra_gate\n\t}\n}\n", ""},
+		{"portal in handle {args[0]} with *", "(wrap) {\n\thandle {args[0]} {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy {args[1]}\n\t}\n}\nhttp://127.0.0.1:9 {\n\timport wrap * 127.0.0.1:9\n}\n", ""},
+		// What an invoked named route does is read from its JSON.
+		{"a named route that answers, invoked before the gate's handle", "&(app) {\n\treverse_proxy 127.0.0.1:9\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tinvoke app\n\thandle {\n\t\tsigra_gate\n\t}\n}\n",
+			"invoke on line 6 runs before the handle block on line 7 that holds it"},
+		{"a named route without the portal", "&(logs) {\n\tlog_append x y\n}\nhttp://127.0.0.1:9 {\n\tsigra_gate /admin*\n\tinvoke logs\n\treverse_proxy 127.0.0.1:9\n}\n", "this site has no sigra_portal"},
 		// A named route may hold the portal, or a gate of a site whose
 		// portal is at its top level.
 		{"gate, and a portal in an invoked named route", "&(auth) {\n\tsigra_portal\n}\nhttp://127.0.0.1:9 {\n\troute {\n\t\tinvoke auth\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
@@ -236,4 +269,20 @@ func TestCaddyOrder(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("Caddy's order of the directives: %q; caddyOrder says %q", got, want)
 	}
+}
+
+// A directive from an imported file is named with its file.
+func TestPlacementNamesAnImportedFile(t *testing.T) {
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "app.caddy")
+	if err := os.WriteFile(sub, []byte("handle {\n\treverse_proxy 127.0.0.1:9\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	src := "http://127.0.0.1:9 {\n\tsigra_portal\n\timport app.caddy\n\troute {\n\t\tsigra_gate\n\t}\n}\n"
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": path})
+	checkAdapted(t, src, err, "handle on "+sub+":1 runs before the route block on line 4 that holds it")
 }

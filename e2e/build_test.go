@@ -281,7 +281,7 @@ func TestValidateRefusesAnUnreachableGate(t *testing.T) {
 			"\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\trespond hi\n\t}\n", 7, "sigra_portal: it is inside handle /app/* on line 6"},
 		// Caddy runs handle before route, whatever the written order.
 		{"gate in a route beside a bare handle", "",
-			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", 8, "handle on line 10 runs before the route block on line 7 that holds sigra_gate"},
+			"\tsigra_portal\n\troute {\n\t\tsigra_gate\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", 8, "handle on line 10 runs before the route block on line 7 that holds it"},
 		{"gate and no portal", "",
 			"\tsigra_gate /admin*\n\treverse_proxy 127.0.0.1:9\n", 6, "this site has no sigra_portal"},
 	}
