@@ -226,13 +226,37 @@ func (q *preq) totpPage() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if has {
-		d.Enrolled = true
-		if d.CodesLeft, err = q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID); err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
-		}
-		return q.page(http.StatusOK, "totp", d)
+		return q.enrolledPage(p, d, http.StatusOK)
 	}
 	return q.enrolPage(p, d, http.StatusOK)
+}
+
+// enrolledPage is the authenticator page of a user who has one: codes
+// left, and the forms to make new ones or turn it off.
+func (q *preq) enrolledPage(p *authcore.Principal, d pageData, status int) error {
+	d.Enrolled = true
+	var err error
+	if d.CodesLeft, err = q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	return q.page(status, "totp", d)
+}
+
+// totpReauth asks for the password again before new recovery codes or
+// turning the authenticator off, as for setting one up: a stolen cookie
+// of a session whose second factor is fresh must not mint second
+// factors that outlast it (each code is a step-up), nor lock the owner
+// out. It reports whether to go on.
+func (q *preq) totpReauth(p *authcore.Principal) (bool, error) {
+	again := func(status int, msg string) error {
+		return q.enrolledPage(p, pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p)), Error: msg}, status)
+	}
+	password := q.r.PostFormValue("password")
+	if password == "" {
+		// Asked without counting a failure.
+		return false, again(http.StatusUnauthorized, "Enter your password to do this.")
+	}
+	return q.reauth(p, password, "That password is not right.", again)
 }
 
 func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
@@ -351,7 +375,8 @@ func (q *preq) requireFresh(p *authcore.Principal, back string) bool {
 	return false
 }
 
-// totpRemove turns TOTP off (fresh second factor required).
+// totpRemove turns TOTP off (fresh second factor and the password
+// required).
 func (q *preq) totpRemove() error {
 	p, err := q.formPrincipal(q.p.app.Prefix + "/account/totp")
 	if p == nil {
@@ -359,6 +384,9 @@ func (q *preq) totpRemove() error {
 	}
 	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
 		return nil
+	}
+	if ok, err := q.totpReauth(p); !ok {
+		return err
 	}
 	err = q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID)
 	if err != nil && !errors.Is(err, authcore.ErrNotEnrolled) {
@@ -374,7 +402,7 @@ func (q *preq) totpRemove() error {
 }
 
 // recoveryRegenerate replaces the recovery codes (fresh second factor
-// required) and shows the new ones once.
+// and the password required) and shows the new ones once.
 func (q *preq) recoveryRegenerate() error {
 	p, err := q.formPrincipal(q.p.app.Prefix + "/account/totp")
 	if p == nil {
@@ -382,6 +410,9 @@ func (q *preq) recoveryRegenerate() error {
 	}
 	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
 		return nil
+	}
+	if ok, err := q.totpReauth(p); !ok {
+		return err
 	}
 	codes, err := q.rt.auth.RegenerateRecoveryCodes(q.ctx(), p.User.ID)
 	if errors.Is(err, authcore.ErrNotEnrolled) {

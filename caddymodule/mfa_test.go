@@ -298,7 +298,17 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 		_, mp = e.get(r.Header.Get("Location"), nil)
 		e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, mp)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
 		_, page = e.get("/.sigra/account/totp", nil)
-		r, _ = e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {csrfFrom(t, page)}}, nil)
+		// A fresh second factor is not enough: a stolen cookie would lock
+		// the owner out. The password too.
+		for _, pw := range []string{"", "not the password"} {
+			if r, body := e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {pw}}, nil); r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, `data-sigra="totp-remove-form"`) {
+				t.Fatalf("remove with password %q: status %d; want 401 and the page again", pw, r.StatusCode)
+			}
+		}
+		if has, _ := e.rt().auth.HasTOTP(context.Background(), u.ID); !has {
+			t.Fatal("TOTP turned off without the password")
+		}
+		r, _ = e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
 		if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/.sigra/account" {
 			t.Fatalf("remove: status %d Location %q", r.StatusCode, r.Header.Get("Location"))
 		}

@@ -340,10 +340,10 @@ func TestAccountFormsRefuseBadCSRF(t *testing.T) {
 	if got := e.statusAs(otherTok, "/x"); got != http.StatusUnauthorized {
 		t.Errorf("the revoked session's cookie: status %d; want 401", got)
 	}
-	if r, body := e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {good}}, nil); r.StatusCode != 200 || !strings.Contains(body, `data-sigra="recovery-codes"`) {
+	if r, body := e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {good}, "password": {testPassword}}, nil); r.StatusCode != 200 || !strings.Contains(body, `data-sigra="recovery-codes"`) {
 		t.Errorf("regenerate with the token: status %d; want 200 with the new codes", r.StatusCode)
 	}
-	if r, _ := e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {good}}, nil); r.StatusCode != http.StatusSeeOther {
+	if r, _ := e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {good}, "password": {testPassword}}, nil); r.StatusCode != http.StatusSeeOther {
 		t.Errorf("remove with the token: status %d; want 303", r.StatusCode)
 	}
 	if has, _ := e.rt().auth.HasTOTP(ctx, u.ID); has {
@@ -470,7 +470,15 @@ func TestRecoveryRegenerateNeedsFreshFactor(t *testing.T) {
 		t.Fatalf("step-up: status %d; want 303", r.StatusCode)
 	}
 	_, page = e.get("/.sigra/account/totp", nil)
-	r, body = e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}}, nil)
+	// A fresh second factor alone (a stolen cookie) makes no codes, each
+	// of which would be a step-up of its own: the password too.
+	for _, pw := range []string{"", "not the password"} {
+		r, body = e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {pw}}, nil)
+		if r.StatusCode != http.StatusUnauthorized || recoveryCodes.MatchString(body) || !strings.Contains(body, `data-sigra="recovery-codes-form"`) {
+			t.Errorf("fresh factor, password %q: status %d; want 401 and the form again, no codes", pw, r.StatusCode)
+		}
+	}
+	r, body = e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
 	rc := recoveryCodes.FindStringSubmatch(body)
 	if r.StatusCode != 200 || rc == nil {
 		t.Fatalf("fresh factor: status %d, codes shown %v; want 200 with new codes", r.StatusCode, rc != nil)
