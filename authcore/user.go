@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -51,7 +52,7 @@ func NormalizeEmail(s string) (string, error) {
 		return "", fmt.Errorf("%w: email must be 1 to 254 characters", ErrInvalidInput)
 	}
 	a, err := mail.ParseAddress(s)
-	if err != nil || a.Address != s || a.Name != "" {
+	if err != nil || a.Address != s || a.Name != "" || strings.ContainsFunc(s, isHidden) {
 		return "", fmt.Errorf("%w: %q is not a valid email address", ErrInvalidInput, s)
 	}
 	return s, nil
@@ -61,8 +62,8 @@ func NormalizeEmail(s string) (string, error) {
 // comma-separated X-Sigra-Groups header: empty, a comma, a control
 // character, invalid UTF-8, space around it, or over 64 bytes.
 func CheckGroupName(g string) error {
-	if g == "" || g != strings.TrimSpace(g) || strings.ContainsRune(g, ',') || strings.ContainsFunc(g, isControl) || !utf8.ValidString(g) || len(g) > 64 {
-		return fmt.Errorf("%w: group name %q (no commas, control characters or surrounding spaces, 1 to 64 bytes)", ErrInvalidInput, g)
+	if g == "" || g != strings.TrimSpace(g) || strings.ContainsRune(g, ',') || strings.ContainsFunc(g, isHidden) || !utf8.ValidString(g) || len(g) > 64 {
+		return fmt.Errorf("%w: group name %q (no commas, control or invisible characters, or surrounding spaces, 1 to 64 bytes)", ErrInvalidInput, g)
 	}
 	return nil
 }
@@ -93,11 +94,29 @@ func CleanName(s string) (string, error) {
 	if len(s) > 128 || !utf8.ValidString(s) {
 		return "", fmt.Errorf("%w: name must be valid UTF-8 of at most 128 bytes", ErrInvalidInput)
 	}
-	if strings.ContainsFunc(s, isControl) {
+	if strings.ContainsFunc(s, func(r rune) bool { return isControl(r) || isBidiOverride(r) }) {
 		return "", fmt.Errorf("%w: name contains a control character", ErrInvalidInput)
 	}
 	return s, nil
 }
 
-// isControl reports the characters that cannot travel in a header value.
-func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+// isControl reports the characters that cannot travel in a header value
+// (C0 and DEL), or that terminals act on or text breaks at when a log
+// line, a CLI listing or an export prints them: C1 (U+0080–U+009F, CSI
+// and OSC among them) and the Unicode line and paragraph separators.
+func isControl(r rune) bool {
+	return r < 0x20 || 0x7f <= r && r <= 0x9f || r == '\u2028' || r == '\u2029'
+}
+
+// isBidiOverride reports the bidirectional embeddings, overrides and
+// isolates, which reorder the text around them when shown.
+func isBidiOverride(r rune) bool {
+	return '\u202a' <= r && r <= '\u202e' || '\u2066' <= r && r <= '\u2069'
+}
+
+// isHidden reports, beyond control characters, the invisible formatting
+// characters (Unicode Cf: zero-width spaces and joiners, bidi marks and
+// overrides, the soft hyphen): an identifier holding one (a group name,
+// an email) looks the same as another that does not, as adm\u200bins
+// looks like admins.
+func isHidden(r rune) bool { return isControl(r) || unicode.Is(unicode.Cf, r) }

@@ -16,7 +16,7 @@ import (
 //
 //	if strings.ContainsFunc(g, func(r rune) bool { return r < 0x20 || r == 0x7f }) || …
 func TestNormalizeGroupsRefusesControlCharacters(t *testing.T) {
-	for _, g := range []string{"dev\x00", "a\x7fb", "a\x1bb"} {
+	for _, g := range []string{"dev\x00", "a\x7fb", "a\x1bb", "dev\u009b2J", "adm\u200bins", "a\u202eb", "a\u2028b", "\ufeffadmins"} {
 		got, err := NormalizeGroups([]string{g})
 		if !errors.Is(err, ErrInvalidInput) {
 			t.Errorf("NormalizeGroups(%q) = %q, %v; want ErrInvalidInput", g, got, err)

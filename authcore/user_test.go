@@ -36,6 +36,12 @@ func TestNormalizeEmail(t *testing.T) {
 		{name: "quoted local part", in: `"alice smith"@example.com`, wantErr: true},
 		{name: "header injection", in: "alice@example.com\r\nX-Sigra-User: admin", wantErr: true},
 		{name: "NUL", in: "alice\x00@example.com", wantErr: true},
+		// Invisible or terminal-active characters would make an address
+		// look like another, or act on a terminal printing it.
+		{name: "zero-width space", in: "ad\u200bmin@example.com", wantErr: true},
+		{name: "right-to-left override", in: "a\u202eb@example.com", wantErr: true},
+		{name: "C1 next line", in: "a\u0085b@example.com", wantErr: true},
+		{name: "international", in: "zoë@例え.jp", want: "zoë@例え.jp"},
 		{name: "255 bytes", in: "a" + longest, wantErr: true},
 		{name: "far too long", in: strings.Repeat("a", 5000) + "@example.com", wantErr: true},
 	}
@@ -128,6 +134,11 @@ func TestCleanName(t *testing.T) {
 		{name: "escape", in: "Alice\x1b[31m", wantErr: true},
 		{name: "DEL", in: "Alice\x7f", wantErr: true},
 		{name: "invalid UTF-8", in: "Alice\xff", wantErr: true},
+		{name: "C1 CSI", in: "Alice\u009b2J", wantErr: true},
+		{name: "line separator", in: "Alice\u2028Smith", wantErr: true},
+		{name: "right-to-left override", in: "Alice\u202eecilA", wantErr: true},
+		{name: "zero-width joiner in an emoji", in: "Ann 👩\u200d💻", want: "Ann 👩\u200d💻"},
+		{name: "Persian with a non-joiner", in: "می\u200cخواهم", want: "می\u200cخواهم"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -770,6 +770,11 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 			t.Errorf("SECOND FACTOR %q; want the app locked", got)
 		}
 	}
+	// The API's one user carries them as its list does.
+	if code, body := e.adminCall(http.MethodGet, "/users/"+target.ID, nil); code != 200 || !strings.Contains(body, `"sign_in_banned_until"`) ||
+		!strings.Contains(body, `"codes_banned_until"`) || !strings.Contains(body, `"totp_locked":true`) {
+		t.Errorf("GET users/<id>: status %d, %s; want both bans and the locked app", code, body)
+	}
 	if _, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "unlock", User: target.ID}, nil, ""); err != nil {
 		t.Fatal(err)
 	}

@@ -178,7 +178,11 @@ func (q *preq) adminRoute(path string) error {
 		if err != nil {
 			return q.adminError(err)
 		}
-		return writeJSON(q.w, viewUser(u))
+		v := viewUser(u)
+		if err := q.rt.addLocks(q.ctx(), &v); err != nil {
+			return q.adminError(err)
+		}
+		return writeJSON(q.w, v)
 	case get && len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
 		// No such user is 404, as for users/<id>, not an empty list.
 		u, err := q.rt.store.UserByID(q.ctx(), parts[1])
