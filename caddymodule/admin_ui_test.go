@@ -557,3 +557,34 @@ func TestAdminPagesAudit(t *testing.T) {
 		}
 	}
 }
+
+// With admin_hosts, the admin pages and API exist on those host names
+// only: elsewhere even a fresh admin finds nothing, and the account
+// page links nowhere. A script in the app, which shares its origin,
+// has no admin surface to call.
+func TestAdminHostsKeepTheAdminSurfaceOffOtherHosts(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "admin_hosts admin.localhost", "sigra_gate")
+	port := e.base[strings.LastIndexByte(e.base, ':')+1:]
+	cf := e.caddyfile("admin_hosts admin.localhost", "sigra_gate")
+	if err := e.load(strings.Replace(cf, e.base+" {", e.base+", http://admin.localhost:"+port+" {", 1)); err != nil {
+		t.Fatal(err)
+	}
+	e.addUser("root@example.com", "admins")
+	e.mustLogin("root@example.com")
+	enrolTOTP(t, e, fake.Now())
+	for _, path := range []string{"/users", "/csrf"} {
+		if code, body := e.adminCall(http.MethodGet, path, nil); code != http.StatusNotFound {
+			t.Errorf("API %s on 127.0.0.1: status %d %s; want 404", path, code, body)
+		}
+	}
+	if r, _ := e.get("/.sigra/admin/users", map[string]string{"Accept": "text/html"}); r.StatusCode != http.StatusNotFound {
+		t.Errorf("admin page on 127.0.0.1: status %d; want 404", r.StatusCode)
+	}
+	if _, body := e.get("/.sigra/account", map[string]string{"Accept": "text/html"}); strings.Contains(body, "/.sigra/admin") {
+		t.Error("the account page links the admin pages on a host without them")
+	}
+	if r := e.hostRequest("", "admin.localhost:"+port, "/.sigra/api/admin/users", nil); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("API on admin.localhost, signed out: status %d; want 401 (it is there)", r.StatusCode)
+	}
+}

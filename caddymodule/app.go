@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,11 @@ type App struct {
 	// AdminMFAMaxAge is how recent an admin's second factor must be for
 	// the admin API. Default 30m.
 	AdminMFAMaxAge caddy.Duration `json:"admin_mfa_max_age,omitempty"`
+	// AdminHosts, when set, are the only host names whose portal serves
+	// the admin pages and API; elsewhere they are not found. A script in
+	// the app (an XSS, an uploaded page) runs with the app's origin, and
+	// on a site that serves them would act as any admin who opens it.
+	AdminHosts []string `json:"admin_hosts,omitempty"`
 	// AllowedRedirectHosts lists other hosts that a post-login `rd` may
 	// point at (host or host:port).
 	AllowedRedirectHosts []string `json:"allowed_redirect_hosts,omitempty"`
@@ -379,6 +385,22 @@ func checkRedirectHost(h string) error {
 	return nil
 }
 
+// checkAdminHost accepts an admin_hosts entry: a host name or IP
+// address, lower case, without a port (a session's host is compared
+// without one).
+func checkAdminHost(h string) error {
+	if h != authcore.NormalizeHost(h) || checkRedirectHost(h) != nil || strings.HasPrefix(h, "[") {
+		return fmt.Errorf("admin_hosts: %q is not a host name without a port, in lower case, such as admin.example.com", h)
+	}
+	return nil
+}
+
+// adminHost reports whether the admin pages and API are served for a
+// request to hostport.
+func (a *App) adminHost(hostport string) bool {
+	return len(a.AdminHosts) == 0 || slices.Contains(a.AdminHosts, authcore.NormalizeHost(hostport))
+}
+
 // Validate checks the configuration without side effects.
 func (a *App) Validate() error {
 	if fi, err := os.Stat(a.storagePath); err == nil && fi.IsDir() {
@@ -386,6 +408,11 @@ func (a *App) Validate() error {
 	}
 	if a.Prefix != "" { // "" is the default, once provisioned
 		if err := checkPrefix(a.Prefix); err != nil {
+			return err
+		}
+	}
+	for _, h := range a.AdminHosts {
+		if err := checkAdminHost(h); err != nil {
 			return err
 		}
 	}

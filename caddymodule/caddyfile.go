@@ -204,6 +204,7 @@ var later = map[string]bool{
 //		prefix                 <path>
 //		admin_group            <group>
 //		admin_mfa_max_age      <duration>
+//		admin_hosts <host...>
 //		allowed_redirect_hosts <host...>
 //		header_aliases         remote
 //		assertion_audience     <aud>
@@ -236,7 +237,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 	seen := onceEach{}
 	for d.NextBlock(0) {
 		opt := d.Val()
-		if opt != "allowed_redirect_hosts" && opt != "header_aliases" { // these add up
+		if opt != "allowed_redirect_hosts" && opt != "header_aliases" && opt != "admin_hosts" { // these add up
 			if err := seen.check(d); err != nil {
 				return nil, err
 			}
@@ -349,6 +350,16 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if err := parseDuration(d, &app.AdminMFAMaxAge); err != nil {
 				return nil, err
 			}
+		case "admin_hosts":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			for ok := true; ok; ok = d.NextArg() {
+				if err := checkAdminHost(d.Val()); err != nil {
+					return nil, d.Err(err.Error())
+				}
+				app.AdminHosts = append(app.AdminHosts, d.Val())
+			}
 		case "allowed_redirect_hosts":
 			if !d.NextArg() {
 				return nil, d.ArgErr()
@@ -432,7 +443,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.Errf("sigra: %q is not available in this build yet", opt)
 			}
 			return nil, unknownOption(d, "sigra: unknown option %q (known: storage, session, keys, regulation, audit, prefix, bootstrap_admin, "+
-				"admin_group, admin_mfa_max_age, allowed_redirect_hosts, header_aliases, assertion_audience, path_params)", opt)
+				"admin_group, admin_mfa_max_age, admin_hosts, allowed_redirect_hosts, header_aliases, assertion_audience, path_params)", opt)
 		}
 	}
 	return httpcaddyfile.App{Name: "sigra", Value: caddyconfig.JSON(app, nil)}, nil

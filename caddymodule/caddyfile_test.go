@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -197,6 +198,13 @@ func TestParseGlobal(t *testing.T) {
 		{"webhook without secret hides credentials", "sigra {\n audit {\n webhook https://u:pw@h.example.com/in?token=t0k {\n actions *\n }\n }\n}", nil, "webhook https://xxxxx@h.example.com/in?xxxxx: secret is required"},
 		{"webhook bad url hides credentials", "sigra {\n audit {\n webhook ftp://u:pw@h.example.com/?token=t0k {\n secret s\n }\n }\n}", nil, "ftp://xxxxx@h.example.com/?xxxxx"},
 		{"unknown alias", "sigra {\n header_aliases nginx\n}", nil, `unknown alias family "nginx"`},
+		{"admin hosts", "sigra {\n admin_hosts admin.example.com\n admin_hosts 10.0.0.5\n}", func(t *testing.T, a *App) {
+			if !slices.Equal(a.AdminHosts, []string{"admin.example.com", "10.0.0.5"}) || !a.adminHost("admin.example.com:8443") || a.adminHost("app.example.com") {
+				t.Errorf("admin hosts %q", a.AdminHosts)
+			}
+		}, ""},
+		{"admin host with a port", "sigra {\n admin_hosts admin.example.com:8443\n}", nil, `admin_hosts: "admin.example.com:8443" is not a host name without a port, in lower case, such as admin.example.com, at Testfile:2`},
+		{"admin host in capitals", "sigra {\n admin_hosts Admin.example.com\n}", nil, "is not a host name without a port"},
 		{"admin group with a comma", "sigra {\n admin_group \"ops,admins\"\n}", nil, `admin_group: invalid input: group name "ops,admins"`},
 		// An empty value would quietly mean the default: another
 		// audience, another admin group, a generated key.

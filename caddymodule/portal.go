@@ -159,11 +159,14 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	case "/healthz":
 		return q.route(q.healthz, nil)
 	}
-	if rest, ok := strings.CutPrefix(sub, "/api/admin"); ok && (rest == "" || rest[0] == '/') {
-		return q.adminAPI(rest)
-	}
-	if rest, ok := strings.CutPrefix(sub, "/admin"); ok && (rest == "" || rest[0] == '/') {
-		return q.adminUI(rest)
+	// Elsewhere than admin_hosts, the admin surface is not there at all.
+	if q.p.app.adminHost(requestHost(q.r)) {
+		if rest, ok := strings.CutPrefix(sub, "/api/admin"); ok && (rest == "" || rest[0] == '/') {
+			return q.adminAPI(rest)
+		}
+		if rest, ok := strings.CutPrefix(sub, "/admin"); ok && (rest == "" || rest[0] == '/') {
+			return q.adminUI(rest)
+		}
 	}
 	return q.message(http.StatusNotFound, "Not found", "There is no such page.", "")
 }
@@ -591,7 +594,7 @@ func (q *preq) accountPage() error {
 	}
 	return q.page(http.StatusOK, "account", pageData{
 		Title: "Your account", Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)),
-		User: p.User, Sessions: sessions, CurrentSession: p.SessionID, IsAdmin: p.User.InGroup(q.p.app.AdminGroup),
+		User: p.User, Sessions: sessions, CurrentSession: p.SessionID, IsAdmin: p.User.InGroup(q.p.app.AdminGroup) && q.p.app.adminHost(requestHost(q.r)),
 	})
 }
 
