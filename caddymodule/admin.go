@@ -216,7 +216,7 @@ func handleAdminAuditReplay(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	n, err := replayDead(r.Context(), rt, r.URL.Query().Get("hook"), r.URL.Query().Get("to"), nil, "")
+	n, err := replayDead(r.Context(), rt, r.URL.Query().Get("hook"), r.URL.Query().Get("to"), r, "")
 	if errors.Is(err, audit.ErrUnknownWebhook) {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
@@ -230,14 +230,14 @@ func handleAdminAuditReplay(w http.ResponseWriter, r *http.Request) error {
 // handleAdminUsers runs one userRequest (POST, JSON body).
 func handleAdminUsers(w http.ResponseWriter, r *http.Request) error {
 	return adminOp(w, r, func(a *App, rt *runtime, req userRequest) (any, error) {
-		return doUser(r.Context(), rt, a.AdminGroup, req, nil, "")
+		return doUser(r.Context(), rt, a.AdminGroup, req, r, "")
 	})
 }
 
 // handleAdminKeys runs one keysRequest (POST, JSON body).
 func handleAdminKeys(w http.ResponseWriter, r *http.Request) error {
 	return adminOp(w, r, func(_ *App, rt *runtime, req keysRequest) (any, error) {
-		return doKeys(r.Context(), rt, req, nil, "")
+		return doKeys(r.Context(), rt, req, r, "")
 	})
 }
 

@@ -352,8 +352,8 @@ func TestCLIUserGroups(t *testing.T) {
 		t.Errorf("X-Sigra-Groups after the change: %q; want ops,dev,admins at once", g)
 	}
 	rows := e.auditRows("admin.user.groups")
-	if len(rows) != 1 || rows[0].SubjectID != u.ID || rows[0].ActorType != "system" || rows[0].Metadata["groups"] != "ops,dev,admins" {
-		t.Errorf("admin.user.groups rows %+v; want one about the user, by the system, naming the groups", rows)
+	if len(rows) != 1 || rows[0].SubjectID != u.ID || rows[0].ActorType != "system" || rows[0].Metadata["groups"] != "ops,dev,admins" || rows[0].IP != "127.0.0.1" {
+		t.Errorf("admin.user.groups rows %+v; want one about the user, by the system, naming the groups, from the CLI's address", rows)
 	}
 	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "gus@example.com", Groups: []string{}}); err != nil {
 		t.Fatal(err)

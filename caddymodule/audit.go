@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -105,6 +106,13 @@ func rowFor(r *http.Request, ev event) audit.Row {
 	}
 	if r != nil {
 		row.IP, row.UserAgent = clientIP(r), r.UserAgent()
+		if row.IP == "" {
+			// Caddy's admin endpoint (the CLI's way in) resolves no client
+			// address: the peer's is the one there is.
+			if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+				row.IP = host
+			}
+		}
 		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 			row.RequestID, _ = repl.GetString("http.request.uuid")
 		}
