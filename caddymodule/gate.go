@@ -271,7 +271,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	rt := g.app.runtime(ctx)
 	if rt == nil {
 		d.settle(m, m.gateDecisions.WithLabelValues("error", "not_started"), 0, false)
-		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
+		return g.fail(w, r, http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	now := rt.auth.Now()
 	secure, host := isSecure(r), requestHost(r)
@@ -287,7 +287,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
 			d.settle(m, m.gateDecisions.WithLabelValues("error", "storage"), 0, false)
-			return caddyhttp.Error(http.StatusInternalServerError, err)
+			return g.fail(w, r, http.StatusInternalServerError, err)
 		}
 		if p != nil && p.Session.Pending {
 			d.pending = true
@@ -331,7 +331,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		assertion, err = rt.keys.Assertion(p, origin, aud, now)
 		if err != nil {
 			d.settle(m, m.gateDecisions.WithLabelValues("error", "signing"), 0, false)
-			return caddyhttp.Error(http.StatusInternalServerError, err)
+			return g.fail(w, r, http.StatusInternalServerError, err)
 		}
 		d.asserted = true
 	}
@@ -501,7 +501,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 		// the browser to the sign-in page would send it here again. (The
 		// path as the client sent it: under handle_path /app/*, the app's
 		// own /app/.sigra/… is not the portal's.)
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf(
+		return g.fail(w, r, http.StatusInternalServerError, fmt.Errorf(
 			"sigra_gate: %s is a portal page, but no sigra_portal answered it: a site with sigra_gate needs sigra_portal, before the gates (in a route block, written first)", prefix))
 	}
 	if d.status == http.StatusUnauthorized {
@@ -523,6 +523,18 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 		msg = cookieConflictText
 	}
 	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, msg)
+}
+
+// fail answers a request the gate could not decide (not started, a
+// storage or signing failure, a site without a portal) with an error of
+// its own, logged here, rather than returning it to Caddy: Caddy would
+// run the site's handle_errors routes with the request, and one that
+// proxies to the app (for its own error pages) would serve it what the
+// gate was to keep, ungated.
+func (g *Gate) fail(w http.ResponseWriter, r *http.Request, status int, err error) error {
+	g.logger.Error("sigra_gate could not decide", zap.Int("status", status), zap.String("uri", r.RequestURI), zap.Error(err))
+	return writeRefusal(w, r, g.app.Prefix, status, "gateway_error", http.StatusText(status),
+		"Signing in is not available right now. Try again in a moment.")
 }
 
 // Interface guards

@@ -318,8 +318,14 @@ func editSession(t *testing.T, e *env, id authcore.SessionID, fn func(*authcore.
 	e.rt().auth.DropCached(s.UserID)
 }
 
+// A gate that cannot decide answers itself, also on a site whose
+// handle_errors proxies to the app (for the app's own error pages):
+// handed to Caddy, the error would run that route with the request.
 func TestGateFailsClosed(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
+	if err := e.load(e.caddyfile("", "sigra_gate\n\thandle_errors {\n\t\treverse_proxy "+e.up.Listener.Addr().String()+"\n\t}")); err != nil {
+		t.Fatal(err)
+	}
 	e.addUser("c@example.com")
 	e.mustLogin("c@example.com")
 	if resp, _ := e.get("/ok", nil); resp.StatusCode != 200 {
