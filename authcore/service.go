@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	goruntime "runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,19 +200,29 @@ func (s *Service) updateUser(ctx context.Context, id string, revoke bool, fn fun
 	now := s.clock.Now().UTC()
 	s.cache.dropUser(id)
 	u, err := s.store.UpdateUser(ctx, id, revoke, func(u *User) error {
+		was := u.Clone()
 		if err := fn(u); err != nil {
 			return err
 		}
-		// Whatever fn changed is validated like a new user's fields.
+		// Whatever fn changed is validated like a new user's fields. What
+		// it left alone stands, though a rule made since would refuse it:
+		// a user stored before must still be disabled, unlocked or given
+		// a new password.
 		var err error
-		if u.Email, err = NormalizeEmail(u.Email); err != nil {
-			return err
+		if u.Email != was.Email {
+			if u.Email, err = NormalizeEmail(u.Email); err != nil {
+				return err
+			}
 		}
-		if u.Name, err = CleanName(u.Name); err != nil {
-			return err
+		if u.Name != was.Name {
+			if u.Name, err = CleanName(u.Name); err != nil {
+				return err
+			}
 		}
-		if u.Groups, err = NormalizeGroups(u.Groups); err != nil {
-			return err
+		if !slices.Equal(u.Groups, was.Groups) {
+			if u.Groups, err = NormalizeGroups(u.Groups); err != nil {
+				return err
+			}
 		}
 		u.UpdatedAt = now
 		return nil

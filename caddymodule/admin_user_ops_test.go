@@ -472,3 +472,28 @@ func checkRaceRows(t *testing.T, e *env, action, admin, subject, reason string) 
 		}
 	}
 }
+
+// A user stored before a rule that now refuses a value of theirs (an
+// invisible character in the name or a group) can still be disabled or
+// given a new password: only what an update changes is checked again.
+// Changing the name to such a value is refused.
+func TestUpdatesOfAUserStoredUnderOlderRules(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("mal@example.com")
+	ctx := context.Background()
+	if _, err := e.rt().store.UpdateUser(ctx, u.ID, false, func(u *authcore.User) error {
+		u.Name, u.Groups = "Mallory \u202egnp.exe", []string{"adm\u00adins"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rt().auth.SetDisabled(ctx, u.ID, true); err != nil {
+		t.Errorf("disabling the user: %v", err)
+	}
+	if err := e.rt().auth.SetPassword(ctx, u.ID, "a new and long passphrase"); err != nil {
+		t.Errorf("a new password for the user: %v", err)
+	}
+	if _, err := e.rt().auth.UpdateUser(ctx, u.ID, func(u *authcore.User) error { u.Name = "Eve \u202e"; return nil }); !errors.Is(err, authcore.ErrInvalidInput) {
+		t.Errorf("renaming to a name with an override: %v; want ErrInvalidInput", err)
+	}
+}
