@@ -383,7 +383,25 @@ func (s *Service) removeTOTP(ctx context.Context, userID string, endSessions boo
 	if errors.Is(err, ErrNotFound) {
 		return ErrNotEnrolled
 	}
-	return err
+	if err != nil || other || endSessions {
+		return err
+	}
+	// The last factor gone, a session still waiting for one (a password
+	// sign-in, or one from before the enrolment that PendUnprovenSessions
+	// marked) would wait for ever: the MFA page has nothing to ask. It
+	// never proved a factor, so it ends, and its holder signs in again.
+	ss, err := s.store.UserSessions(ctx, userID)
+	if err != nil {
+		return err
+	}
+	for _, sess := range ss {
+		if sess.Pending && !sess.MFA() {
+			if _, err := s.EndSession(ctx, sess.ID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // PasskeyCounter is implemented by a Store that keeps passkeys. RemoveTOTP

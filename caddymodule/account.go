@@ -296,7 +296,8 @@ func (q *preq) formPage(p *authcore.Principal, page, title string) func(status i
 // reauth checks a signed-in user's password again, under regulation like
 // a sign-in (a failure is an auth.login.failure row with step reauth). It
 // reports whether password is p's user's; when not, it has answered with
-// again: 401 and wrong, or 503 when too many password checks run at once.
+// again: 401 and wrong, 429 while the user's re-checks (or the address)
+// are banned, or 503 when too many password checks run at once.
 func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(int, string) error) (bool, error) {
 	u, att, err := q.checkPassword(p.User.Email, password, p.User.ID)
 	if errors.Is(err, authcore.ErrBusy) {

@@ -356,6 +356,9 @@ func statusText(u userView) string {
 	if !u.CodesBannedUntil.IsZero() {
 		bans = append(bans, "codes banned until "+u.CodesBannedUntil.UTC().Format("2006-01-02 15:04 MST"))
 	}
+	if !u.ReauthBannedUntil.IsZero() {
+		bans = append(bans, "password re-checks banned until "+u.ReauthBannedUntil.UTC().Format("2006-01-02 15:04 MST"))
+	}
 	if len(bans) > 0 {
 		return strings.Join(bans, ", ")
 	}

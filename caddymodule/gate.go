@@ -532,7 +532,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 // proxies to the app (for its own error pages) would serve it what the
 // gate was to keep, ungated.
 func (g *Gate) fail(w http.ResponseWriter, r *http.Request, status int, err error) error {
-	g.logger.Error("sigra_gate could not decide", zap.Int("status", status), zap.String("uri", r.RequestURI), zap.Error(err))
+	g.logger.Error("sigra_gate could not decide", zap.Int("status", status), zap.String("path", r.URL.Path), zap.Error(err))
 	return writeRefusal(w, r, g.app.Prefix, status, "gateway_error", http.StatusText(status),
 		"Signing in is not available right now. Try again in a moment.")
 }

@@ -57,6 +57,42 @@ func TestSessionFromBeforeEnrolmentIsPending(t *testing.T) {
 	}
 }
 
+// Turning the last factor off ends the sessions still waiting for it
+// (one from before the enrolment, a password sign-in): the MFA page has
+// nothing to ask them, and they would wait in a loop until they expired.
+func TestRemovingTOTPEndsSessionsWaitingForIt(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("vic@example.com")
+	e.mustLogin("vic@example.com")
+	before := e.sessionCookie()
+	e.client.Jar, _ = newJar()
+	e.mustLogin("vic@example.com")
+	enrolTOTP(t, e, fake.Now())
+	if code := e.statusAs(before, "/app"); code != http.StatusUnauthorized {
+		t.Fatalf("the session from before enrolment: status %d; want 401 (pending)", code)
+	}
+	_, page := e.get("/.sigra/account/totp", nil)
+	if r, _ := e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("removing TOTP: status %d; want 303", r.StatusCode)
+	}
+	sessions, err := e.rt().store.UserSessions(context.Background(), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sessions {
+		if s.Pending {
+			t.Errorf("session %v still pending after the last factor went", s.ID)
+		}
+	}
+	if len(sessions) != 1 {
+		t.Errorf("%d sessions after the removal; want 1 (the one that removed it)", len(sessions))
+	}
+	if code := e.statusAs(e.sessionCookie(), "/app"); code != http.StatusOK {
+		t.Errorf("the session that removed it: status %d; want 200", code)
+	}
+}
+
 // A stolen session never sees the secret another session of the user is
 // enrolling: it is shown one of its own, which the user never scans, and
 // opening the page does not disturb the user's enrolment. Once the user

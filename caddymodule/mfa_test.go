@@ -747,6 +747,10 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 	if body := mustPage(t, e, page); !strings.Contains(body, `data-sigra="admin-user-banned"`) {
 		t.Error("the page does not show the password's ban")
 	}
+	ban(authcore.UserReauthKey(target.ID))
+	if body := mustPage(t, e, page); !strings.Contains(body, `data-sigra="admin-user-reauth-banned"`) {
+		t.Error("the page does not show the re-checks' ban")
+	}
 
 	// users list (the CLI, the admin API) shows them too.
 	res, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "list"}, nil, "")
@@ -760,11 +764,11 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 			}
 			continue
 		}
-		if !u.TOTPLocked || u.SignInBannedUntil.IsZero() || u.CodesBannedUntil.IsZero() {
-			t.Errorf("listed %+v; want the app locked and both bans", u)
+		if !u.TOTPLocked || u.SignInBannedUntil.IsZero() || u.CodesBannedUntil.IsZero() || u.ReauthBannedUntil.IsZero() {
+			t.Errorf("listed %+v; want the app locked and the three bans", u)
 		}
-		if got := statusText(u); !strings.Contains(got, "sign-in banned until") || !strings.Contains(got, "codes banned until") {
-			t.Errorf("STATUS %q; want both bans", got)
+		if got := statusText(u); !strings.Contains(got, "sign-in banned until") || !strings.Contains(got, "codes banned until") || !strings.Contains(got, "re-checks banned until") {
+			t.Errorf("STATUS %q; want the three bans", got)
 		}
 		if got := secondFactorText(u); !strings.Contains(got, "locked") {
 			t.Errorf("SECOND FACTOR %q; want the app locked", got)
@@ -772,7 +776,7 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 	}
 	// The API's one user carries them as its list does.
 	if code, body := e.adminCall(http.MethodGet, "/users/"+target.ID, nil); code != 200 || !strings.Contains(body, `"sign_in_banned_until"`) ||
-		!strings.Contains(body, `"codes_banned_until"`) || !strings.Contains(body, `"totp_locked":true`) {
+		!strings.Contains(body, `"codes_banned_until"`) || !strings.Contains(body, `"reauth_banned_until"`) || !strings.Contains(body, `"totp_locked":true`) {
 		t.Errorf("GET users/<id>: status %d, %s; want both bans and the locked app", code, body)
 	}
 	if _, err := doUser(ctx, e.rt(), "admins", userRequest{Op: "unlock", User: target.ID}, nil, ""); err != nil {

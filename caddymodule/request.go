@@ -74,13 +74,18 @@ func refusePath(w http.ResponseWriter, r *http.Request, prefix, why string) erro
 
 // writeRefusal answers a refused request: a small page saying message
 // for browsers, problem+json with reason and detail for other clients.
+// A refusal is final: it returns no error, even when the page could not
+// be written (the client gone), since Caddy would run the site's
+// handle_errors routes with the request, and one that proxies to the
+// app would hand it what was refused.
 func writeRefusal(w http.ResponseWriter, r *http.Request, prefix string, status int, reason, detail, message string) error {
 	if wantsHTML(r) {
 		nonce := newNonce()
 		setPageHeaders(w.Header(), nonce, nil)
-		return renderPage(w, status, "message", pageData{
+		_ = renderPage(w, status, "message", pageData{
 			Title: http.StatusText(status), Nonce: nonce, Prefix: prefix, Message: message,
 		})
+		return nil
 	}
 	writeProblem(w, status, reason, detail)
 	return nil

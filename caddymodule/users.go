@@ -41,10 +41,12 @@ type userView struct {
 	CreatedAt     time.Time `json:"created_at"`
 	// What keeps the user out for now (listed and shown to admins; see
 	// runtime.addLocks): a sign-in ban after wrong passwords, a ban on
-	// codes after wrong ones, an authenticator app locked after
+	// codes after wrong ones, a ban on the password typed again by the
+	// signed-in user after wrong ones, an authenticator app locked after
 	// max_totp_failures wrong codes in a row.
 	SignInBannedUntil time.Time `json:"sign_in_banned_until,omitzero"`
 	CodesBannedUntil  time.Time `json:"codes_banned_until,omitzero"`
+	ReauthBannedUntil time.Time `json:"reauth_banned_until,omitzero"`
 	TOTPLocked        bool      `json:"totp_locked,omitempty"`
 }
 
@@ -54,6 +56,9 @@ func (rt *runtime) addLocks(ctx context.Context, v *userView) (err error) {
 		return err
 	}
 	if v.CodesBannedUntil, err = rt.reg.Ban(ctx, authcore.UserMFAKey(v.ID)); err != nil {
+		return err
+	}
+	if v.ReauthBannedUntil, err = rt.reg.Ban(ctx, authcore.UserReauthKey(v.ID)); err != nil {
 		return err
 	}
 	if v.SecondFactor {
