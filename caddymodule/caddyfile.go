@@ -26,11 +26,16 @@ func init() {
 		return parsePortal(h)
 	}, portalMatcher))
 	httpcaddyfile.RegisterDirective("sigra_gate", handlerDirective(parseGate, gateMatcher))
-	// Both run before basic_auth, the portal before the gate, so users
-	// write no `order` line. (Registered in this order on purpose: each
-	// lands immediately before basic_auth.)
-	httpcaddyfile.RegisterDirectiveOrder("sigra_portal", httpcaddyfile.Before, "basic_auth")
-	httpcaddyfile.RegisterDirectiveOrder("sigra_gate", httpcaddyfile.Before, "basic_auth")
+	// Both run before redir, the portal before the gate, so users write
+	// no `order` line: before anything that changes the path (rewrite,
+	// uri, try_files), so that the gates match, and the portal sees, the
+	// path the client asked for. After a try_files {path} /index.php,
+	// a gate on /admin* would see /index.php and pass the request, while
+	// PHP routes on the REQUEST_URI /admin/users; and the portal's own
+	// pages would be rewritten away. (Registered in this order on
+	// purpose: each lands immediately before redir.)
+	httpcaddyfile.RegisterDirectiveOrder("sigra_portal", httpcaddyfile.Before, "redir")
+	httpcaddyfile.RegisterDirectiveOrder("sigra_gate", httpcaddyfile.Before, "redir")
 }
 
 // handlerDirective is httpcaddyfile.RegisterHandlerDirective's parser,

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -712,5 +714,26 @@ func TestH2CUpgradeIsNotForwarded(t *testing.T) {
 	e.sendRaw(http.MethodGet, "/open/x", http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}, nil)
 	if h, _ := e.up.last(); h.Get("Upgrade") != "websocket" {
 		t.Errorf("a WebSocket upgrade: the app got Upgrade %q; want websocket", h.Get("Upgrade"))
+	}
+}
+
+// The gates match, and the portal sees, the path the client asked for:
+// they run before Caddy's rewriting directives. A front controller's
+// try_files sends /admin/users to /index.php, and the app routes on the
+// original URI: a gate on /admin* after the rewrite would pass it.
+func TestGatesSeeThePathBeforeRewrites(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "index.php"), []byte("<?php"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := startCaddy(t, "", "sigra_gate /admin* {\n\t\tgroup admins\n\t}\n\troot * "+root+"\n\ttry_files {path} /index.php")
+	if resp, body := e.get("/admin/users", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /admin/users, signed out, behind try_files: status %d %q; want 401", resp.StatusCode, body)
+	}
+	if resp, body := e.get("/.sigra/login", map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusOK || !strings.Contains(body, `data-sigra="login-form"`) {
+		t.Errorf("the sign-in page behind try_files: status %d; want the portal's form", resp.StatusCode)
+	}
+	if resp, body := e.get("/blog/post", nil); resp.StatusCode != http.StatusOK || body != "app:/index.php" {
+		t.Errorf("an ungated page: status %d %q; want the app, rewritten to /index.php", resp.StatusCode, body)
 	}
 }

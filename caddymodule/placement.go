@@ -33,7 +33,7 @@ var subroutes = []string{"handle", "handle_path", "route"}
 // answering directives. TestCaddyOrder holds it to the Caddy this builds
 // with. The global order option, when used, gives the whole order.
 var caddyOrder = []string{
-	"sigra_portal", "sigra_gate", "basic_auth", "forward_auth",
+	"sigra_portal", "sigra_gate", "redir", "rewrite", "uri", "basic_auth", "forward_auth",
 	"invoke", "handle", "handle_path", "route",
 	"abort", "error", "respond", "metrics", "reverse_proxy", "php_fastcgi", "file_server", "acme_server",
 }
@@ -131,7 +131,7 @@ func (c placement) check(p place) error {
 					"Write %s before it", c.dir, d.name, c.pos(d), what, c.dir)
 			case c.answersAll(d) && k == 0 && holder == "" && why == orderOption:
 				return c.h.Errf("%s: the global order option runs %s (%s) before %s, so the requests it answers never reach %s and are served to anyone. "+
-					"%s orders itself (before basic_auth): remove the order line that moves either, or order %s before %s", c.dir, d.name, c.pos(d), c.dir, c.dir, c.dir, c.dir, d.name)
+					"%s orders itself (before redir): remove the order line that moves either, or order %s before %s", c.dir, d.name, c.pos(d), c.dir, c.dir, c.dir, c.dir, d.name)
 			case c.answersAll(d):
 				return c.h.Errf("%s: %s on %s runs before %s (%s) and answers every request, so none reaches it, and the site is served to anyone. "+
 					"Write %s at the site's top level, where it runs first, or give %s a matcher%s", c.dir, d.name, c.pos(d), what, why, c.dir, d.name, c.orderAdvice())
@@ -193,7 +193,7 @@ func (c placement) why(b *placedBlock, d, o placedDirective) string {
 // be what moves them.
 func (c placement) orderAdvice() string {
 	if c.byOption {
-		return " (and check the order lines: sigra_portal and sigra_gate order themselves before basic_auth)"
+		return " (and check the order lines: sigra_portal and sigra_gate order themselves before redir)"
 	}
 	return ""
 }

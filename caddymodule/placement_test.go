@@ -239,7 +239,7 @@ func checkAdapted(t *testing.T, src string, err error, want ...string) {
 // adapted routes in caddyOrder's order.
 func TestCaddyOrder(t *testing.T) {
 	args := map[string]string{
-		"sigra_gate": "", "basic_auth": "{\n\t\tu $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n\t}", "forward_auth": "127.0.0.1:9 {\n\t\turi /auth\n\t}",
+		"sigra_gate": "", "redir": "/new", "rewrite": "/new", "uri": "strip_prefix /x", "basic_auth": "{\n\t\tu $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n\t}", "forward_auth": "127.0.0.1:9 {\n\t\turi /auth\n\t}",
 		"invoke": "r", "handle": "{\n\t\trespond h\n\t}", "handle_path": "{\n\t\trespond hp\n\t}", "route": "{\n\t\trespond r\n\t}",
 		"abort": "", "error": "500", "respond": "ok", "metrics": "", "reverse_proxy": "127.0.0.1:9", "php_fastcgi": "127.0.0.1:9", "file_server": "", "acme_server": "",
 	}
