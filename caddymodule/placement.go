@@ -78,6 +78,17 @@ func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 		return h.Err("sigra_gate: this site has no sigra_portal, so nobody can sign in to pass the gate, and forged X-Sigra-* headers reach the app on the paths no gate covers. " +
 			"Write sigra_portal at the site's top level")
 	}
+	// A named route's tokens read as one directive, its name, whose
+	// block holds the route's own top level.
+	if nr := namedTop(h, site); nr != nil && len(nr.dirs) > 1 && slices.ContainsFunc(places, func(p place) bool { return len(p) == 2 }) &&
+		!slices.ContainsFunc(nr.dirs, func(d placedDirective) bool { return d.matcher }) &&
+		len(slices.DeleteFunc(slices.Clone(nr.dirs), func(d placedDirective) bool { return d.name != "handle" && d.name != "handle_path" })) < 2 {
+		// Caddy merges directives without matchers into one route, and of
+		// a named route that is one such route it keeps the first handler
+		// only (httpcaddyfile, named routes): the rest vanish unsaid.
+		return h.Errf("%s: Caddy keeps only the first handler of a named route whose directives have no matcher, so %s or what follows it would be dropped. "+
+			"Write the named route's directives inside route { … }", dir, dir)
+	}
 	// The same snippet imported twice puts one directive in two places:
 	// each must be right.
 	for _, p := range places {
@@ -102,8 +113,8 @@ func (c placement) check(p place) error {
 	if c.dir == "sigra_portal" {
 		for _, s := range p {
 			if s.block.matched != "" {
-				return c.h.Errf("sigra_portal: it is inside %s on line %d, whose matcher shows it part of the site only: its pages are not served, "+
-					"nor forged X-Sigra-* headers stripped, anywhere else. Write sigra_portal at the site's top level", s.block.matched, s.block.matchedLine)
+				return c.h.Errf("sigra_portal: it is inside %s on %s, whose matcher shows it part of the site only: its pages are not served, "+
+					"nor forged X-Sigra-* headers stripped, anywhere else. Write sigra_portal at the site's top level", s.block.matched, c.pos(s.block.matchedAt))
 			}
 		}
 	}
@@ -133,8 +144,12 @@ func (c placement) check(p place) error {
 				return c.h.Errf("%s: the global order option runs %s (%s) before %s, so the requests it answers never reach %s and are served to anyone. "+
 					"%s orders itself (before redir): remove the order line that moves either, or order %s before %s", c.dir, d.name, c.pos(d), c.dir, c.dir, c.dir, c.dir, d.name)
 			case c.answersAll(d):
-				return c.h.Errf("%s: %s on %s runs before %s (%s) and answers every request, so none reaches it, and the site is served to anyone. "+
-					"Write %s at the site's top level, where it runs first, or give %s a matcher%s", c.dir, d.name, c.pos(d), what, why, c.dir, d.name, c.orderAdvice())
+				unread := ""
+				if d.unknown {
+					unread = " (as far as can be told: its matcher, an import argument, could not be read back, so it counts as matching all; write it in the snippet)"
+				}
+				return c.h.Errf("%s: %s on %s runs before %s (%s) and answers every request%s, so none reaches it, and the site is served to anyone. "+
+					"Write %s at the site's top level, where it runs first, or give %s a matcher%s", c.dir, d.name, c.pos(d), what, why, unread, c.dir, d.name, c.orderAdvice())
 			case c.dir == "sigra_portal" && c.mayAnswer(d):
 				return c.h.Errf("sigra_portal: %s on %s runs before %s (%s), so the portal never sees the requests %s answers: "+
 					"its pages are not served, nor forged X-Sigra-* headers stripped, there. Write sigra_portal at the site's top level, where it runs first%s", d.name, c.pos(d), what, why, d.name, c.orderAdvice())
@@ -149,7 +164,10 @@ func (c placement) check(p place) error {
 				continue
 			}
 			portal := "sigra_portal on " + c.pos(d)
-			if d.name != "sigra_portal" {
+			switch {
+			case d.name == "invoke":
+				portal = fmt.Sprintf("invoke %s on %s (its named route holds sigra_portal)", d.arg, c.pos(d))
+			case d.name != "sigra_portal":
 				portal = fmt.Sprintf("the %s block on %s that holds sigra_portal", d.name, c.pos(d))
 			}
 			if b.written {
@@ -207,21 +225,38 @@ func (c placement) pos(d placedDirective) string {
 	return fmt.Sprintf("line %d", d.line)
 }
 
-// answersAll is placedDirective.answersAll, with what invoke's named
-// route does.
+// answersAll reports whether d answers every request that reaches it:
+// an answering directive without a matcher, a subroute without one that
+// holds such a directive, or an invoke of a named route that answers.
 func (c placement) answersAll(d placedDirective) bool {
-	if d.name == "invoke" && !d.matcher {
+	switch {
+	case d.matcher:
+		return false
+	case d.name == "invoke":
 		return c.named[d.arg].answersAll
+	case d.name == "file_server" && d.block != nil && slices.ContainsFunc(d.block.dirs, func(o placedDirective) bool { return o.name == "pass_thru" }):
+		return false // a missing file goes on to what follows
+	case slices.Contains(answering, d.name):
+		return true
+	case slices.Contains(subroutes, d.name) && d.block != nil:
+		return slices.ContainsFunc(d.block.dirs, c.answersAll)
 	}
-	return d.answersAll()
+	return false
 }
 
-// mayAnswer is placedDirective.mayAnswer, with invoke's named route.
+// mayAnswer reports whether d answers some request it may match: an
+// answering directive, with or without a matcher, a subroute holding
+// one, or an invoke of a named route that may.
 func (c placement) mayAnswer(d placedDirective) bool {
-	if d.name == "invoke" {
+	switch {
+	case d.name == "invoke":
 		return c.named[d.arg].mayAnswer
+	case slices.Contains(answering, d.name):
+		return true
+	case slices.Contains(subroutes, d.name) && d.block != nil:
+		return slices.ContainsFunc(d.block.dirs, c.mayAnswer)
 	}
-	return d.mayAnswer()
+	return false
 }
 
 // holding returns the indexes of b's directives that are name, hold it
@@ -267,6 +302,15 @@ func runsBefore(order []string, d placedDirective, i int, o placedDirective, j i
 	return i < j
 }
 
+// namedTop is the block of a named route's top-level directives when h
+// is in one, else nil.
+func namedTop(h httpcaddyfile.Helper, top *placedBlock) *placedBlock {
+	if !inNamedRoute(h) || len(top.dirs) != 1 {
+		return nil
+	}
+	return top.dirs[0].block
+}
+
 // inNamedRoute reports whether h is in a named route (&(name) { … }),
 // which sites invoke, rather than in a site.
 func inNamedRoute(h httpcaddyfile.Helper) bool {
@@ -289,19 +333,48 @@ var answeringHandlers = []string{"reverse_proxy", "static_response", "file_serve
 // (the named_routes option).
 func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 	routes, _ := h.Option("named_routes").(map[string]*caddyhttp.Route)
-	out := make(map[string]namedRoute, len(routes))
+	raw := make(map[string][]any, len(routes))
 	for name, r := range routes {
 		var handlers []any
-		for _, raw := range r.HandlersRaw {
+		for _, msg := range r.HandlersRaw {
 			var v any
-			if json.Unmarshal(raw, &v) == nil {
+			if json.Unmarshal(msg, &v) == nil {
 				handlers = append(handlers, v)
 			}
 		}
-		out[strings.TrimSuffix(strings.TrimPrefix(name, "&("), ")")] = namedRoute{
-			portal:     jsonHas(handlers, "sigra_portal"),
-			answersAll: jsonAnswersAll(handlers),
-			mayAnswer:  jsonHas(handlers, answeringHandlers...),
+		raw[strings.TrimSuffix(strings.TrimPrefix(name, "&("), ")")] = handlers
+	}
+	// An invoke in a named route runs the route it names: in its place, a
+	// subroute of that route's handlers (each route once on a path, as
+	// Caddy refuses a loop anyway).
+	var expand func(v any, seen []string) any
+	expand = func(v any, seen []string) any {
+		switch v := v.(type) {
+		case map[string]any:
+			if name, _ := v["name"].(string); v["handler"] == "invoke" && !slices.Contains(seen, name) {
+				return map[string]any{"handler": "subroute", "routes": []any{map[string]any{"handle": expand(raw[name], slices.Concat(seen, []string{name}))}}}
+			}
+			out := make(map[string]any, len(v))
+			for k, c := range v {
+				out[k] = expand(c, seen)
+			}
+			return out
+		case []any:
+			out := make([]any, len(v))
+			for i, c := range v {
+				out[i] = expand(c, seen)
+			}
+			return out
+		}
+		return v
+	}
+	out := make(map[string]namedRoute, len(raw))
+	for name, handlers := range raw {
+		all, _ := expand(handlers, []string{name}).([]any)
+		out[name] = namedRoute{
+			portal:     jsonHas(all, "sigra_portal"),
+			answersAll: jsonAnswersAll(all),
+			mayAnswer:  jsonHas(all, answeringHandlers...),
 		}
 	}
 	return out
@@ -362,40 +435,11 @@ type placedDirective struct {
 	line    int
 	arg     string       // the last argument on its line (invoke's route name)
 	matcher bool         // an inline matcher follows its name (/path or @name; not * or /*, which match all)
+	unknown bool         // it has a matcher that could not be read back (unknownMatcher)
 	block   *placedBlock // the block it opens, if any
 	// readBack is the matcher Caddy took out of a top-level directive,
 	// read back from the file ("?" if it could not be).
 	readBack string
-}
-
-// answersAll reports whether d answers every request that reaches it:
-// an answering directive without a matcher, or a subroute without one
-// that holds such a directive.
-func (d placedDirective) answersAll() bool {
-	switch {
-	case d.matcher:
-		return false
-	case d.name == "file_server" && d.block != nil && slices.ContainsFunc(d.block.dirs, func(o placedDirective) bool { return o.name == "pass_thru" }):
-		return false // a missing file goes on to what follows
-	case slices.Contains(answering, d.name):
-		return true
-	case slices.Contains(subroutes, d.name) && d.block != nil:
-		return slices.ContainsFunc(d.block.dirs, placedDirective.answersAll)
-	}
-	return false
-}
-
-// mayAnswer reports whether d answers some request it may match: an
-// answering directive, with or without a matcher, or a subroute holding
-// one.
-func (d placedDirective) mayAnswer() bool {
-	switch {
-	case slices.Contains(answering, d.name):
-		return true
-	case slices.Contains(subroutes, d.name) && d.block != nil:
-		return slices.ContainsFunc(d.block.dirs, placedDirective.mayAnswer)
-	}
-	return false
 }
 
 // placedBlock is a block of directives, as placesOf reads it.
@@ -403,9 +447,10 @@ type placedBlock struct {
 	dirs    []placedDirective // in written order
 	written bool              // a route block, which runs them in written order
 	// matched is the directive, with its matcher, of the innermost
-	// enclosing block that has one ("" if none), and matchedLine its line.
-	matched     string
-	matchedLine int
+	// enclosing block that has one ("" if none), and matchedAt where it
+	// is written.
+	matched   string
+	matchedAt placedDirective
 }
 
 // step is a block on the way to a directive, and the index there of the
@@ -466,15 +511,17 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 			cur := &stack[len(stack)-1]
 			switch {
 			case isBrace(t, "{") && openerArgs >= 0:
-				nb := &placedBlock{written: opener.name == "route", matched: cur.block.matched, matchedLine: cur.block.matchedLine}
+				nb := &placedBlock{written: opener.name == "route", matched: cur.block.matched, matchedAt: cur.block.matchedAt}
 				matcher := tokenText(seg, j-openerArgs, j)
 				if lost && len(stack) == 1 {
 					matcher = opener.readBack
 				}
 				switch {
-				case opener.name[0] == '@' || opener.name == "handle_errors": // a matcher's definition; status codes
+				case strings.HasPrefix(opener.name, "@") || opener.name == "handle_errors": // a matcher's definition; status codes
+				case matcher == unknownMatcher:
+					nb.matched, nb.matchedAt = opener.name+" (its matcher an import argument that could not be read back)", *opener
 				case matcher != "" && matcher != "*" && matcher != "/*":
-					nb.matched, nb.matchedLine = strings.TrimSpace(opener.name+" "+strings.TrimPrefix(matcher, "?")), opener.line
+					nb.matched, nb.matchedAt = strings.TrimSpace(opener.name+" "+strings.TrimPrefix(matcher, "?")), *opener
 				}
 				opener.block = nb
 				stack = append(stack, step{block: nb, at: -1})
@@ -498,7 +545,8 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 					// The top-level directive, its matcher taken out: there
 					// was one, and only * or /* would match all.
 					d.readBack = lostMatcher(t, text, rest)
-					d.matcher = d.readBack != "*" && d.readBack != "/*"
+					d.matcher = d.readBack != "*" && d.readBack != "/*" && d.readBack != unknownMatcher
+					d.unknown = d.readBack == unknownMatcher
 				} else if j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)) {
 					next := seg.Index(j + 1).FieldByName("Text").String()
 					d.matcher = next != "/*" && (strings.HasPrefix(next, "/") || strings.HasPrefix(next, "@"))
@@ -538,24 +586,15 @@ func lostMatcher(t reflect.Value, name string, rest []string) string {
 		return "?"
 	}
 	m := expandEnv(f[1])
-	if strings.Contains(m, "{args") {
-		// The import that brought the snippet in is the first of the
-		// token's import chain ("file:line (import name)").
-		imports := t.FieldByName("imports")
-		if !imports.IsValid() || imports.Len() == 0 {
+	// The imports that brought the snippet in, innermost first
+	// ("file:line (import name)"): each fills in the {args[N]} of the
+	// one inside it.
+	imports := t.FieldByName("imports")
+	for k := 0; strings.Contains(m, "{args") && imports.IsValid() && k < imports.Len(); k++ {
+		args := importArgs(imports.Index(k).String())
+		if args == nil {
 			return "?"
 		}
-		at := strings.Fields(imports.Index(0).String())[0]
-		k := strings.LastIndexByte(at, ':')
-		line, err := strconv.Atoi(at[k+1:])
-		if k < 0 || err != nil {
-			return "?"
-		}
-		imp := fileLine(at[:k], line)
-		if len(imp) < 2 || imp[0] != "import" {
-			return "?"
-		}
-		args := imp[2:]
 		m = argPlaceholder.ReplaceAllStringFunc(m, func(p string) string {
 			n, _ := strconv.Atoi(argPlaceholder.FindStringSubmatch(p)[1])
 			if n < len(args) {
@@ -565,9 +604,47 @@ func lostMatcher(t reflect.Value, name string, rest []string) string {
 		})
 	}
 	if strings.Contains(m, "{args") || strings.Contains(m, "{$") {
-		return "?"
+		return unknownMatcher
 	}
 	return m
+}
+
+// unknownMatcher is lostMatcher's answer for a matcher written as an
+// import's argument that it cannot follow (through a snippet imported by
+// another): the checks take it at its worst, as matching all where that
+// would let a request past, and as matching part elsewhere.
+const unknownMatcher = "??"
+
+// importArgs reads the arguments of the import an import chain entry
+// ("file:line (import name)") records; nil if it cannot be read. Caddy
+// records an import with a block at the line of its closing brace, so
+// the import is looked for from there back.
+func importArgs(entry string) []string {
+	at, rest, _ := strings.Cut(entry, " ")
+	name := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(rest), "(import"), ")")
+	name = strings.TrimSpace(name)
+	k := strings.LastIndexByte(at, ':')
+	if k < 0 {
+		return nil
+	}
+	line, err := strconv.Atoi(at[k+1:])
+	if err != nil {
+		return nil
+	}
+	for n := line; n >= 1 && n > line-200; n-- {
+		f := fileLine(at[:k], n)
+		if f == nil && n == line {
+			return nil
+		}
+		if len(f) >= 2 && f[0] == "import" && (name == "" || f[1] == name) {
+			args := f[2:]
+			if i := slices.Index(args, "{"); i >= 0 {
+				args = args[:i]
+			}
+			return append([]string{}, args...)
+		}
+	}
+	return nil
 }
 
 // argPlaceholder is an import argument in a snippet: {args[N]}.
@@ -590,6 +667,11 @@ func expandEnv(s string) string {
 // fileLine is the words of line n (from 1) of file; nil if it cannot be
 // read.
 func fileLine(file string, n int) []string {
+	// A regular file only: reading a named pipe or a device again would
+	// block, or read something else.
+	if fi, err := os.Stat(file); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil

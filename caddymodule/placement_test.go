@@ -190,7 +190,26 @@ func TestAdaptPlacement(t *testing.T) {
 		// A named route may hold the portal, or a gate of a site whose
 		// portal is at its top level.
 		{"gate, and a portal in an invoked named route", "&(auth) {\n\tsigra_portal\n}\nhttp://127.0.0.1:9 {\n\troute {\n\t\tinvoke auth\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
-		{"gate in a named route", "&(gated) {\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tinvoke gated\n}\n", ""},
+		{"gate in a named route", "&(gated) {\n\troute {\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tinvoke gated\n}\n", ""},
+		// Caddy keeps the first handler only of a named route whose
+		// directives have no matcher: the gate, or the proxy, would vanish.
+		{"gate and proxy bare in a named route", "&(gated) {\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tinvoke gated\n}\n", "Caddy keeps only the first handler of a named route"},
+		{"portal and gate bare in a named route", "&(auth) {\n\tsigra_portal\n\tsigra_gate\n}\nhttp://127.0.0.1:9 {\n\tinvoke auth\n\trespond app\n}\n", "Caddy keeps only the first handler of a named route"},
+		// Invokes are followed: in a block, and from a named route to
+		// another.
+		{"a handle invoking a route that answers, before the gate's route", "&(app) {\n\treverse_proxy 127.0.0.1:9\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\thandle {\n\t\tinvoke app\n\t}\n\troute {\n\t\tsigra_gate\n\t}\n}\n",
+			"handle on line 6 runs before the route block on line 9 that holds it"},
+		{"a named route invoking one that answers", "&(b) {\n\treverse_proxy 127.0.0.1:9\n}\n&(a) {\n\tinvoke b\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tinvoke a\n\thandle {\n\t\tsigra_gate\n\t}\n}\n",
+			"invoke on line 9 runs before the handle block on line 10 that holds it"},
+		{"the portal two named routes away", "&(auth2) {\n\tsigra_portal\n}\n&(auth) {\n\tinvoke auth2\n}\nhttp://127.0.0.1:9 {\n\troute {\n\t\tinvoke auth\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		// A snippet imported through another, and one imported with a
+		// block: the matcher is read through the chain.
+		{"handle {args[0]} through two imports", "(fallback) {\n\thandle {args[0]} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n(site) {\n\timport fallback {args[0]}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\timport site *\n\troute {\n\t\tsigra_gate\n\t}\n}\n",
+			"handle on line 2 runs before the route block on line 12 that holds it"},
+		{"handle {args[0]} imported with a block", "(s) {\n\thandle {args[0]} {\n\t\t{block}\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\timport s * {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\troute {\n\t\tsigra_gate\n\t}\n}\n",
+			"handle on line 2 runs before the route block on line 11 that holds it"},
+		// A directive named "" is Caddy's to refuse, not a panic.
+		{"an empty directive name", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\troute {\n\t\t\"\" {\n\t\t}\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n", "unrecognized directive"},
 		{"portal in handle *, from a file", "http://127.0.0.1:9 {\n\thandle * {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
 		{"portal in route /*, from a file", "http://127.0.0.1:9 {\n\troute /* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
 		{"portal in handle /app/*, from a file", "http://127.0.0.1:9 {\n\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "inside handle /app/* on line 2"},
