@@ -113,7 +113,11 @@ type lane struct {
 	until     time.Time // no attempt before this while down, or after a failed pass
 	lastErr   string    // the last unavailable answer
 	// failedRow is the row of the last delivery that found the receiver
-	// unavailable: the next pass probes another, if another is due.
+	// unavailable: later passes probe another, if another is due. It is
+	// kept when the receiver answers again, so that an event it turns
+	// away every time, due again after its own backoff, is not the probe
+	// then: a failed probe looks like a receiver down, and would have it
+	// tried again at the next pass, spending two attempts each time.
 	failedRow string
 	// failedPasses counts the passes in a row that failed (the outbox
 	// unreadable, the outcome unrecorded); 0 after one that ran and did
@@ -173,10 +177,11 @@ func (ln *lane) blockedUntil() time.Time {
 }
 
 // reset forgets the receiver's failures: it answered, or an operator
-// replayed its deliveries.
+// replayed its deliveries. The row that last found it unavailable stays
+// known (failedRow).
 func (ln *lane) reset() {
 	ln.mu.Lock()
-	ln.down, ln.downSince, ln.until, ln.lastErr, ln.failedRow = 0, time.Time{}, time.Time{}, "", ""
+	ln.down, ln.downSince, ln.until, ln.lastErr = 0, time.Time{}, time.Time{}, ""
 	ln.mu.Unlock()
 }
 

@@ -465,9 +465,16 @@ func TestWebhookPoisonedEventDiesAlone(t *testing.T) {
 func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 	ft := newFakeTime()
 	var poisonHits atomic.Int64
+	var (
+		mu  sync.Mutex
+		hit []time.Time
+	)
 	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("POISON")) {
 			poisonHits.Add(1)
+			mu.Lock()
+			hit = append(hit, ft.Now())
+			mu.Unlock()
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	}))
@@ -490,6 +497,17 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 	// of it): at most 7 attempts fit in a minute, not 30.
 	if n := poisonHits.Load(); n < 2 || n > 7 {
 		t.Errorf("the poisoned event was tried %d times in a minute; want its own backoff (2 to 7)", n)
+	}
+	// Only its first failure, a probe, looks like the receiver down and
+	// has it tried again at the next pass; later, another delivery is the
+	// probe, and each of its retries waits its own backoff (at least 2 s
+	// after the second attempt), never a pass.
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 2; i < len(hit); i++ {
+		if hit[i].Sub(hit[i-1]) <= 2*time.Second {
+			t.Errorf("the poisoned event was tried at %v, one pass after %v: it was the probe again", hit[i].Sub(hit[0]), hit[i-1].Sub(hit[0]))
+		}
 	}
 	if s, _ := l.Stats(ctx); s.Dead != 0 || s.Pending != 1 {
 		t.Errorf("Stats %+v; want the poisoned event still pending, the rest delivered", s)
