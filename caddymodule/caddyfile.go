@@ -356,24 +356,12 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, err
 			}
 		case "admin_hosts":
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			for ok := true; ok; ok = d.NextArg() {
-				if err := checkAdminHost(d.Val()); err != nil {
-					return nil, d.Err(err.Error())
-				}
-				app.AdminHosts = append(app.AdminHosts, d.Val())
+			if err := hostArgs(d, checkAdminHost, &app.AdminHosts); err != nil {
+				return nil, err
 			}
 		case "allowed_redirect_hosts":
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			for ok := true; ok; ok = d.NextArg() {
-				if err := checkRedirectHost(d.Val()); err != nil {
-					return nil, d.Err(err.Error())
-				}
-				app.AllowedRedirectHosts = append(app.AllowedRedirectHosts, d.Val())
+			if err := hostArgs(d, checkRedirectHost, &app.AllowedRedirectHosts); err != nil {
+				return nil, err
 			}
 		case "header_aliases":
 			for d.NextArg() {
@@ -594,6 +582,21 @@ func (o onceEach) check(d *caddyfile.Dispenser) error {
 		return d.Errf("%s is already set on line %d: write it once", d.Val(), line)
 	}
 	o[d.Val()] = d.Line()
+	return nil
+}
+
+// hostArgs appends an option's one or more host arguments to dst, each
+// passing check.
+func hostArgs(d *caddyfile.Dispenser, check func(string) error, dst *[]string) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	for ok := true; ok; ok = d.NextArg() {
+		if err := check(d.Val()); err != nil {
+			return d.Err(err.Error())
+		}
+		*dst = append(*dst, d.Val())
+	}
 	return nil
 }
 

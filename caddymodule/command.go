@@ -590,28 +590,7 @@ func usesSigra(cfgJSON []byte) bool {
 	if json.Unmarshal(cfgJSON, &doc) != nil {
 		return true // read as well as Caddy can: not ours to refuse
 	}
-	var walk func(v any) bool
-	walk = func(v any) bool {
-		switch v := v.(type) {
-		case map[string]any:
-			if h, _ := v["handler"].(string); strings.HasPrefix(h, "sigra_") {
-				return true
-			}
-			for _, c := range v {
-				if walk(c) {
-					return true
-				}
-			}
-		case []any:
-			for _, c := range v {
-				if walk(c) {
-					return true
-				}
-			}
-		}
-		return false
-	}
-	return walk(doc)
+	return jsonHandler(doc, func(n string) bool { return strings.HasPrefix(n, "sigra_") })
 }
 
 // adminAddress is the admin endpoint of the Caddy that runs cfg: its

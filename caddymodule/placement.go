@@ -383,19 +383,25 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 // jsonHas reports whether v (decoded JSON) holds a handler of one of the
 // names, at any depth.
 func jsonHas(v any, names ...string) bool {
+	return jsonHandler(v, func(n string) bool { return slices.Contains(names, n) })
+}
+
+// jsonHandler reports whether v (decoded JSON) holds, at any depth, a
+// handler whose name match accepts.
+func jsonHandler(v any, match func(name string) bool) bool {
 	switch v := v.(type) {
 	case map[string]any:
-		if n, ok := v["handler"].(string); ok && slices.Contains(names, n) {
+		if n, ok := v["handler"].(string); ok && match(n) {
 			return true
 		}
 		for _, c := range v {
-			if jsonHas(c, names...) {
+			if jsonHandler(c, match) {
 				return true
 			}
 		}
 	case []any:
 		for _, c := range v {
-			if jsonHas(c, names...) {
+			if jsonHandler(c, match) {
 				return true
 			}
 		}
