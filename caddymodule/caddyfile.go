@@ -113,6 +113,11 @@ func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 		g.pattern, g.prefix = gatePrefix(matcherSet)
 		g.all = matchesAll(matcherSet)
 	}
+	if g.matcher && g.prefix {
+		if err := checkRewriteInto(h, g.pattern); err != nil {
+			return err
+		}
+	}
 	for _, m := range sib.matched {
 		if g.matcher && m.matcher && (!g.prefix || !m.prefix) {
 			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and sibling gates are ordered by specificity only when each matches one path prefix (/admin*, /api/*, /docs): "+

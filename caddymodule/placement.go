@@ -180,6 +180,55 @@ func (c placement) check(p place) error {
 	return nil
 }
 
+// checkRewriteInto refuses a gate on the path pattern (gatePrefix) when
+// a rewrite that runs after it, in a block on the way to it, sends other
+// paths into the gated one: the gates match the path the client asked
+// for (they run before rewrite), so /x/… rewritten to /admin/… reaches
+// the app as /admin/… ungated. A rewrite from a path the gate already
+// covers is no such way in.
+func checkRewriteInto(h httpcaddyfile.Helper, pattern string) error {
+	site, places := placesOf(h)
+	if site == nil || pattern == "" {
+		return nil
+	}
+	c := placement{h: h, dir: "sigra_gate"}
+	c.order, c.byOption = h.Option("order").([]string)
+	if !c.byOption {
+		c.order = caddyOrder
+	}
+	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
+	under := func(path string) bool {
+		lit := strings.ToLower(path)
+		if i := strings.IndexAny(lit, "{?"); i >= 0 {
+			lit = lit[:i] // a placeholder may make it anything after this
+			return strings.HasPrefix(lit, pre) || len(lit) > 1 && strings.HasPrefix(pre, lit)
+		}
+		if !strings.HasSuffix(pattern, "*") {
+			return lit == pre
+		}
+		return strings.HasPrefix(lit, pre)
+	}
+	for _, p := range places {
+		for _, s := range p {
+			for i, d := range s.block.dirs {
+				if d.name != "rewrite" || i == s.at || c.runsBefore(s.block, i, s.at) || !under(d.arg) {
+					continue
+				}
+				from := d.first
+				if d.readBack != "" {
+					from = d.readBack
+				}
+				if from != d.arg && strings.HasPrefix(from, "/") && under(from) {
+					continue // from a path this gate covers already
+				}
+				return h.Errf("sigra_gate: rewrite on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite), so those requests reach the app there ungated. "+
+					"Gate the paths clients ask for as well, or write the rewrite and then the gate in a route block", c.pos(d), d.arg)
+			}
+		}
+	}
+	return nil
+}
+
 // runsBefore reports whether b's i-th directive runs before its j-th: as
 // written in a route block, else in the directive order.
 func (c placement) runsBefore(b *placedBlock, i, j int) bool {
@@ -439,7 +488,8 @@ type placedDirective struct {
 	name    string
 	file    string
 	line    int
-	arg     string       // the last argument on its line (invoke's route name)
+	arg     string       // the last argument on its line (invoke's route name, rewrite's target)
+	first   string       // the first one (a path matcher, unless Caddy took it out: readBack)
 	matcher bool         // an inline matcher follows its name (/path or @name; not * or /*, which match all)
 	unknown bool         // it has a matcher that could not be read back (unknownMatcher)
 	block   *placedBlock // the block it opens, if any
@@ -545,7 +595,7 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 					rest = append(rest, seg.Index(k).FieldByName("Text").String())
 				}
 				if args := slices.DeleteFunc(slices.Clone(rest), func(a string) bool { return a == "{" }); len(args) > 0 {
-					d.arg = args[len(args)-1]
+					d.arg, d.first = args[len(args)-1], args[0]
 				}
 				if lost && len(stack) == 1 {
 					// The top-level directive, its matcher taken out: there

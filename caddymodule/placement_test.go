@@ -153,6 +153,20 @@ func TestAdaptPlacement(t *testing.T) {
 		{"portal in a route in a handle, after handle /api/*", "",
 			"\thandle {\n\t\troute {\n\t\t\thandle /api/* {\n\t\t\t\treverse_proxy 127.0.0.1:9\n\t\t\t}\n\t\t\tsigra_portal\n\t\t\tsigra_gate\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t}\n",
 			[]string{"sigra_portal: handle on line 9 runs before it (a route keeps the written order)"}},
+		// The gates match the path the client asked for: a rewrite after
+		// them into a gated path is a way round.
+		{"a rewrite into the gated path", "",
+			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\trewrite /x/* /admin{uri}\n\treverse_proxy 127.0.0.1:9\n",
+			[]string{"Testfile:8", "sigra_gate: rewrite on line 11 sends requests to /admin{http.request.uri} after this gate has looked at the path the client asked for"}},
+		{"a rewrite within the gated path", "",
+			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\trewrite /admin/old /admin/new\n\treverse_proxy 127.0.0.1:9\n", nil},
+		{"a front controller's rewrite", "",
+			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\trewrite * /index.php?{query}\n\treverse_proxy 127.0.0.1:9\n", nil},
+		{"a rewrite into the gated path, then the gate, in a route", "",
+			"\tsigra_portal\n\troute {\n\t\trewrite /x/* /admin{uri}\n\t\tsigra_gate /admin* {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"the gate, then a rewrite into its path, in a route", "",
+			"\tsigra_portal\n\troute {\n\t\tsigra_gate /admin/* {\n\t\t\tgroup admins\n\t\t}\n\t\trewrite /x /admin/x\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
+			[]string{"rewrite on line 12 sends requests to /admin/x"}},
 		{"gate and no portal", "",
 			"\tsigra_gate /admin*\n\treverse_proxy 127.0.0.1:9\n", []string{"Testfile:7", "this site has no sigra_portal"}},
 	}
