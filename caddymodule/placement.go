@@ -211,7 +211,19 @@ func checkRewriteInto(h httpcaddyfile.Helper, pattern string) error {
 	for _, p := range places {
 		for _, s := range p {
 			for i, d := range s.block.dirs {
-				if d.name != "rewrite" || i == s.at || c.runsBefore(s.block, i, s.at) || !under(d.arg) {
+				if i == s.at || c.runsBefore(s.block, i, s.at) {
+					continue
+				}
+				if d.name == "uri" && slices.Contains(d.args, "strip_prefix") {
+					// /app/admin/x, stripped to /admin/x after the gate
+					// looked at it: a gate on /admin* never saw it.
+					if strip := strings.ToLower(d.arg); strip != "" && !strings.HasPrefix(pre, strip) {
+						return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, which sees %s… where the app will see %s…, so those requests reach the app ungated. "+
+							"Write the gate for the path clients ask for (%s%s), or put it in handle_path %s/* { … }", d.arg, c.pos(d), d.arg+strings.TrimSuffix(pattern, "*"), strings.TrimSuffix(pattern, "*"), d.arg, pattern, d.arg)
+					}
+					continue
+				}
+				if d.name != "rewrite" || !under(d.arg) {
 					continue
 				}
 				from := d.first
@@ -490,6 +502,7 @@ type placedDirective struct {
 	line    int
 	arg     string       // the last argument on its line (invoke's route name, rewrite's target)
 	first   string       // the first one (a path matcher, unless Caddy took it out: readBack)
+	args    []string     // all of them
 	matcher bool         // an inline matcher follows its name (/path or @name; not * or /*, which match all)
 	unknown bool         // it has a matcher that could not be read back (unknownMatcher)
 	block   *placedBlock // the block it opens, if any
@@ -595,7 +608,7 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 					rest = append(rest, seg.Index(k).FieldByName("Text").String())
 				}
 				if args := slices.DeleteFunc(slices.Clone(rest), func(a string) bool { return a == "{" }); len(args) > 0 {
-					d.arg, d.first = args[len(args)-1], args[0]
+					d.args, d.arg, d.first = args, args[len(args)-1], args[0]
 				}
 				if lost && len(stack) == 1 {
 					// The top-level directive, its matcher taken out: there

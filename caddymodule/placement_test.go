@@ -167,6 +167,11 @@ func TestAdaptPlacement(t *testing.T) {
 		{"the gate, then a rewrite into its path, in a route", "",
 			"\tsigra_portal\n\troute {\n\t\tsigra_gate /admin/* {\n\t\t\tgroup admins\n\t\t}\n\t\trewrite /x /admin/x\n\t\treverse_proxy 127.0.0.1:9\n\t}\n",
 			[]string{"rewrite on line 12 sends requests to /admin/x"}},
+		{"a strip_prefix after a gate written for the stripped path", "",
+			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\turi strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n",
+			[]string{"Testfile:8", "uri strip_prefix /app on line 11 runs after this gate, which sees /app/admin… where the app will see /admin…", "handle_path /app/*"}},
+		{"a strip_prefix after a gate written for the path asked for", "",
+			"\tsigra_portal\n\tsigra_gate /app/admin* {\n\t\tgroup admins\n\t}\n\turi strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n", nil},
 		{"gate and no portal", "",
 			"\tsigra_gate /admin*\n\treverse_proxy 127.0.0.1:9\n", []string{"Testfile:7", "this site has no sigra_portal"}},
 	}
@@ -272,7 +277,7 @@ func checkAdapted(t *testing.T, src string, err error, want ...string) {
 // adapted routes in caddyOrder's order.
 func TestCaddyOrder(t *testing.T) {
 	args := map[string]string{
-		"sigra_gate": "", "redir": "/new", "rewrite": "/new", "uri": "strip_prefix /x", "basic_auth": "{\n\t\tu $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n\t}", "forward_auth": "127.0.0.1:9 {\n\t\turi /auth\n\t}",
+		"sigra_gate": "", "redir": "/new", "rewrite": "/new", "uri": "replace /a /b", "basic_auth": "{\n\t\tu $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n\t}", "forward_auth": "127.0.0.1:9 {\n\t\turi /auth\n\t}",
 		"invoke": "r", "handle": "{\n\t\trespond h\n\t}", "handle_path": "{\n\t\trespond hp\n\t}", "route": "{\n\t\trespond r\n\t}",
 		"abort": "", "error": "500", "respond": "ok", "metrics": "", "reverse_proxy": "127.0.0.1:9", "php_fastcgi": "127.0.0.1:9", "file_server": "", "acme_server": "",
 	}
