@@ -67,7 +67,7 @@ func handlerDirective(setup func(httpcaddyfile.Helper, caddy.ModuleMap) (caddyht
 // own paths, it strips forged identity headers and the gateway's cookies
 // from every request of the site, gated or not.
 func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
-	if err := checkPlacement(h, "sigra_portal"); err != nil {
+	if err := checkPlacement(h, "sigra_portal", ""); err != nil {
 		return err
 	}
 	if matcherSet != nil {
@@ -101,7 +101,8 @@ type gateMatch struct {
 // matches paths): they are equally specific, so the one written first
 // would decide alone and the other's requirements would never apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
-	if err := checkPlacement(h, "sigra_gate"); err != nil {
+	pattern, onePrefix := gatePrefix(matcherSet) // "" unless one path prefix
+	if err := checkPlacement(h, "sigra_gate", pattern); err != nil {
 		return err
 	}
 	sib, err := gateBlockOf(h)
@@ -110,13 +111,8 @@ func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	}
 	g := gateMatch{line: h.Line(), matcher: matcherSet != nil, prefix: true, all: matcherSet == nil}
 	if g.matcher {
-		g.pattern, g.prefix = gatePrefix(matcherSet)
+		g.pattern, g.prefix = pattern, onePrefix
 		g.all = matchesAll(matcherSet)
-	}
-	if g.matcher && g.prefix {
-		if err := checkRewriteInto(h, g.pattern); err != nil {
-			return err
-		}
 	}
 	for _, m := range sib.matched {
 		if g.matcher && m.matcher && (!g.prefix || !m.prefix) {
@@ -275,12 +271,10 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 			app.Session = new(SessionConfig)
 			seen := onceEach{}
-			at := map[string]caddyfile.Token{}
 			for d.NextBlock(1) {
 				if err := seen.check(d); err != nil {
 					return nil, err
 				}
-				at[d.Val()] = d.Token()
 				switch d.Val() {
 				case "idle":
 					if err := parseDuration(d, &app.Session.Idle); err != nil {
@@ -299,7 +293,7 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				}
 			}
 			if name, err := app.Session.check(); err != nil {
-				return nil, errAt(at[name], err)
+				return nil, errAt(seen[name], err)
 			}
 		case "keys":
 			if err := blockOnly(d); err != nil {
@@ -580,13 +574,15 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 // onceEach refuses an option written twice in one block, by its line:
 // the second would quietly replace the first (a whole audit block with
 // its webhooks, a ban limit).
-type onceEach map[string]int
+// It keeps where each option is written, for checks that run after the
+// block (errAt).
+type onceEach map[string]caddyfile.Token
 
 func (o onceEach) check(d *caddyfile.Dispenser) error {
-	if line, ok := o[d.Val()]; ok {
-		return d.Errf("%s is already set on line %d: write it once", d.Val(), line)
+	if tok, ok := o[d.Val()]; ok {
+		return d.Errf("%s is already set on line %d: write it once", d.Val(), tok.Line)
 	}
-	o[d.Val()] = d.Line()
+	o[d.Val()] = d.Token()
 	return nil
 }
 

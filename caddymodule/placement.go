@@ -60,7 +60,7 @@ var caddyOrder = []string{
 // And a site with a gate and no portal is refused, unless it invokes a
 // named route that holds one. Named routes are read from their adapted
 // JSON; a named route's own top level is checked as a site's.
-func checkPlacement(h httpcaddyfile.Helper, dir string) error {
+func checkPlacement(h httpcaddyfile.Helper, dir, gatePattern string) error {
 	site, places := placesOf(h)
 	if site == nil {
 		return nil
@@ -93,6 +93,9 @@ func checkPlacement(h httpcaddyfile.Helper, dir string) error {
 	// each must be right.
 	for _, p := range places {
 		if err := c.check(p); err != nil {
+			return err
+		}
+		if err := c.checkRewriteInto(p, gatePattern); err != nil {
 			return err
 		}
 	}
@@ -166,7 +169,7 @@ func (c placement) check(p place) error {
 			portal := "sigra_portal on " + c.pos(d)
 			switch {
 			case d.name == "invoke":
-				portal = fmt.Sprintf("invoke %s on %s (its named route holds sigra_portal)", d.arg, c.pos(d))
+				portal = fmt.Sprintf("invoke %s on %s (its named route holds sigra_portal)", d.lastArg(), c.pos(d))
 			case d.name != "sigra_portal":
 				portal = fmt.Sprintf("the %s block on %s that holds sigra_portal", d.name, c.pos(d))
 			}
@@ -180,22 +183,18 @@ func (c placement) check(p place) error {
 	return nil
 }
 
-// checkRewriteInto refuses a gate on the path pattern (gatePrefix) when
-// a rewrite that runs after it, in a block on the way to it, sends other
-// paths into the gated one: the gates match the path the client asked
-// for (they run before rewrite), so /x/… rewritten to /admin/… reaches
-// the app as /admin/… ungated. A rewrite from a path the gate already
-// covers is no such way in.
-func checkRewriteInto(h httpcaddyfile.Helper, pattern string) error {
-	site, places := placesOf(h)
-	if site == nil || pattern == "" {
+// checkRewriteInto refuses a gate on the path pattern (gatePrefix; none:
+// nothing to check) at place p when a rewrite that runs after it, in a
+// block on the way to it, sends other paths into the gated one: the
+// gates match the path the client asked for (they run before rewrite),
+// so /x/… rewritten to /admin/… reaches the app as /admin/… ungated. A
+// rewrite from a path the gate already covers is no such way in. So is a
+// uri strip_prefix after a gate written for the stripped path.
+func (c placement) checkRewriteInto(p place, pattern string) error {
+	if pattern == "" {
 		return nil
 	}
-	c := placement{h: h, dir: "sigra_gate"}
-	c.order, c.byOption = h.Option("order").([]string)
-	if !c.byOption {
-		c.order = caddyOrder
-	}
+	h := c.h
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
 	under := func(path string) bool {
 		lit := strings.ToLower(path)
@@ -208,34 +207,33 @@ func checkRewriteInto(h httpcaddyfile.Helper, pattern string) error {
 		}
 		return strings.HasPrefix(lit, pre)
 	}
-	for _, p := range places {
-		for _, s := range p {
-			for i, d := range s.block.dirs {
-				if i == s.at || c.runsBefore(s.block, i, s.at) {
-					continue
-				}
-				if d.name == "uri" && slices.Contains(d.args, "strip_prefix") {
-					// /app/admin/x, stripped to /admin/x after the gate
-					// looked at it: a gate on /admin* never saw it.
-					if strip := strings.ToLower(d.arg); strip != "" && !strings.HasPrefix(pre, strip) {
-						return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, which sees %s… where the app will see %s…, so those requests reach the app ungated. "+
-							"Write the gate for the path clients ask for (%s%s), or put it in handle_path %s/* { … }", d.arg, c.pos(d), d.arg+strings.TrimSuffix(pattern, "*"), strings.TrimSuffix(pattern, "*"), d.arg, pattern, d.arg)
-					}
-					continue
-				}
-				if d.name != "rewrite" || !under(d.arg) {
-					continue
-				}
-				from := d.first
-				if d.readBack != "" {
-					from = d.readBack
-				}
-				if from != d.arg && strings.HasPrefix(from, "/") && under(from) {
-					continue // from a path this gate covers already
-				}
-				return h.Errf("sigra_gate: rewrite on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite), so those requests reach the app there ungated. "+
-					"Gate the paths clients ask for as well, or write the rewrite and then the gate in a route block", c.pos(d), d.arg)
+	for _, s := range p {
+		for i, d := range s.block.dirs {
+			if i == s.at || c.runsBefore(s.block, i, s.at) {
+				continue
 			}
+			last, gated := d.lastArg(), strings.TrimSuffix(pattern, "*")
+			if d.name == "uri" && slices.Contains(d.args, "strip_prefix") {
+				// /app/admin/x, stripped to /admin/x after the gate
+				// looked at it: a gate on /admin* never saw it.
+				if strip := strings.ToLower(last); strip != "" && !strings.HasPrefix(pre, strip) {
+					return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, which sees %s… where the app will see %s…, so those requests reach the app ungated. "+
+						"Write the gate for the path clients ask for (%s%s), or put it in handle_path %s/* { … }", last, c.pos(d), last+gated, gated, last, pattern, last)
+				}
+				continue
+			}
+			if d.name != "rewrite" || !under(last) {
+				continue
+			}
+			from := d.args[0]
+			if d.readBack != "" {
+				from = d.readBack
+			}
+			if from != last && strings.HasPrefix(from, "/") && under(from) {
+				continue // from a path this gate covers already
+			}
+			return h.Errf("sigra_gate: rewrite on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite), so those requests reach the app there ungated. "+
+				"Gate the paths clients ask for as well, or write the rewrite and then the gate in a route block", c.pos(d), last)
 		}
 	}
 	return nil
@@ -294,7 +292,7 @@ func (c placement) answersAll(d placedDirective) bool {
 	case d.matcher:
 		return false
 	case d.name == "invoke":
-		return c.named[d.arg].answersAll
+		return c.named[d.lastArg()].answersAll
 	case d.name == "file_server" && d.block != nil && slices.ContainsFunc(d.block.dirs, func(o placedDirective) bool { return o.name == "pass_thru" }):
 		return false // a missing file goes on to what follows
 	case slices.Contains(answering, d.name):
@@ -311,7 +309,7 @@ func (c placement) answersAll(d placedDirective) bool {
 func (c placement) mayAnswer(d placedDirective) bool {
 	switch {
 	case d.name == "invoke":
-		return c.named[d.arg].mayAnswer
+		return c.named[d.lastArg()].mayAnswer
 	case slices.Contains(answering, d.name):
 		return true
 	case slices.Contains(subroutes, d.name) && d.block != nil:
@@ -327,7 +325,7 @@ func (c placement) holding(b *placedBlock, name string) []int {
 	var out []int
 	for i, d := range b.dirs {
 		if d.name == name || d.block != nil && len(c.holding(d.block, name)) > 0 ||
-			name == "sigra_portal" && d.name == "invoke" && c.named[d.arg].portal {
+			name == "sigra_portal" && d.name == "invoke" && c.named[d.lastArg()].portal {
 			out = append(out, i)
 		}
 	}
@@ -500,15 +498,22 @@ type placedDirective struct {
 	name    string
 	file    string
 	line    int
-	arg     string       // the last argument on its line (invoke's route name, rewrite's target)
-	first   string       // the first one (a path matcher, unless Caddy took it out: readBack)
-	args    []string     // all of them
+	args    []string     // the other words on its line, up to a block's "{"
 	matcher bool         // an inline matcher follows its name (/path or @name; not * or /*, which match all)
 	unknown bool         // it has a matcher that could not be read back (unknownMatcher)
 	block   *placedBlock // the block it opens, if any
 	// readBack is the matcher Caddy took out of a top-level directive,
 	// read back from the file ("?" if it could not be).
 	readBack string
+}
+
+// lastArg is the last argument on d's line: invoke's route name,
+// rewrite's target, strip_prefix's prefix; "" if none.
+func (d placedDirective) lastArg() string {
+	if len(d.args) == 0 {
+		return ""
+	}
+	return d.args[len(d.args)-1]
 }
 
 // placedBlock is a block of directives, as placesOf reads it.
@@ -608,7 +613,7 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 					rest = append(rest, seg.Index(k).FieldByName("Text").String())
 				}
 				if args := slices.DeleteFunc(slices.Clone(rest), func(a string) bool { return a == "{" }); len(args) > 0 {
-					d.args, d.arg, d.first = args, args[len(args)-1], args[0]
+					d.args = args
 				}
 				if lost && len(stack) == 1 {
 					// The top-level directive, its matcher taken out: there
@@ -700,11 +705,12 @@ func importArgs(entry string) []string {
 	if err != nil {
 		return nil
 	}
+	lines := fileLines(at[:k])
+	if line < 1 || line > len(lines) {
+		return nil
+	}
 	for n := line; n >= 1 && n > line-200; n-- {
-		f := fileLine(at[:k], n)
-		if f == nil && n == line {
-			return nil
-		}
+		f := strings.Fields(lines[n-1])
 		if len(f) >= 2 && f[0] == "import" && (name == "" || f[1] == name) {
 			args := f[2:]
 			if i := slices.Index(args, "{"); i >= 0 {
@@ -736,8 +742,17 @@ func expandEnv(s string) string {
 // fileLine is the words of line n (from 1) of file; nil if it cannot be
 // read.
 func fileLine(file string, n int) []string {
-	// A regular file only: reading a named pipe or a device again would
-	// block, or read something else.
+	lines := fileLines(file)
+	if n < 1 || n > len(lines) {
+		return nil
+	}
+	return strings.Fields(lines[n-1])
+}
+
+// fileLines is the lines of file; nil if it cannot be read. A regular
+// file only: reading a named pipe or a device again would block, or read
+// something else.
+func fileLines(file string) []string {
 	if fi, err := os.Stat(file); err != nil || !fi.Mode().IsRegular() {
 		return nil
 	}
@@ -745,11 +760,7 @@ func fileLine(file string, n int) []string {
 	if err != nil {
 		return nil
 	}
-	lines := strings.Split(string(b), "\n")
-	if n < 1 || n > len(lines) {
-		return nil
-	}
-	return strings.Fields(lines[n-1])
+	return strings.Split(string(b), "\n")
 }
 
 // sameToken reports whether two tokens are one: the same text, at the

@@ -401,12 +401,12 @@ func (q *preq) loginSubmit() error {
 // counted under that user's re-check key, not the sign-in's, and the
 // failure row's metadata says step "reauth".
 func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, *authcore.Attempt, error) {
-	key, err := authcore.UserReauthKey(reauthOf), error(nil)
+	key := authcore.UserReauthKey(reauthOf)
 	if reauthOf == "" {
-		key, err = q.rt.auth.AccountKey(q.ctx(), email)
-	}
-	if err != nil {
-		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
+		var err error
+		if key, err = q.rt.auth.AccountKey(q.ctx(), email); err != nil {
+			return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
+		}
 	}
 	warnLooseProxies(q.r, q.p.logger)
 	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
