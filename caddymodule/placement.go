@@ -207,36 +207,133 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		}
 		return strings.HasPrefix(lit, pre)
 	}
+	// What runs after the gate: in each block on the way, and inside the
+	// handle, handle_path and route blocks there.
+	var after []placedIn
 	for _, s := range p {
 		for i, d := range s.block.dirs {
-			if i == s.at || c.runsBefore(s.block, i, s.at) {
-				continue
+			if i != s.at && !c.runsBefore(s.block, i, s.at) {
+				after = appendWithin(after, d, s.block)
 			}
-			last, gated := d.lastArg(), strings.TrimSuffix(pattern, "*")
-			if d.name == "uri" && slices.Contains(d.args, "strip_prefix") {
-				// /app/admin/x, stripped to /admin/x after the gate
-				// looked at it: a gate on /admin* never saw it.
-				if strip := strings.ToLower(last); strip != "" && !strings.HasPrefix(pre, strip) {
-					return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, which sees %s… where the app will see %s…, so those requests reach the app ungated. "+
-						"Write the gate for the path clients ask for (%s%s), or put it in handle_path %s/* { … }", last, c.pos(d), last+gated, gated, last, pattern, last)
-				}
-				continue
-			}
-			if d.name != "rewrite" || !under(last) {
-				continue
-			}
-			from := d.args[0]
-			if d.readBack != "" {
-				from = d.readBack
-			}
-			if from != last && strings.HasPrefix(from, "/") && under(from) {
-				continue // from a path this gate covers already
-			}
-			return h.Errf("sigra_gate: rewrite on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite), so those requests reach the app there ungated. "+
-				"Gate the paths clients ask for as well, or write the rewrite and then the gate in a route block", c.pos(d), last)
 		}
 	}
+	for _, a := range after {
+		d := a.d
+		last, gated := d.lastArg(), strings.TrimSuffix(pattern, "*")
+		if d.name == "uri" && slices.Contains(d.args, "strip_prefix") {
+			strip := strings.ToLower(last)
+			if strip == "" {
+				continue
+			}
+			// The app sees /admin/x for a request to /app/admin/x and
+			// for one to /admin/x, which the strip leaves alone: a
+			// gate must cover both.
+			asked, stripped := last+pattern, pattern // the gate is on the path the app sees
+			if strings.HasPrefix(pre, strip) {
+				asked, stripped = pattern, "/"+strings.TrimPrefix(pattern[len(strip):], "/")
+			}
+			if c.gatesToo(p, asked) && c.gatesToo(p, stripped) {
+				continue
+			}
+			both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s", last, asked, stripped)
+			seen := strings.TrimSuffix(stripped, "*")
+			if asked != pattern {
+				// /app/admin/x, stripped to /admin/x after the gate
+				// looked at it: a gate on /admin* never saw it.
+				return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, which sees %s… where the app will see %s…, so those requests reach the app ungated. "+
+					"To gate both ways in, %s", last, c.pos(d), last+gated, gated, both)
+			}
+			// A gate on /app/admin*, where nothing keeps a request
+			// for /admin/x away.
+			if !confinedTo(a.in.matched, strip) {
+				return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app ungated. "+
+					"To gate both ways in, %s", last, c.pos(d), seen, last+seen, seen, both)
+			}
+			continue
+		}
+		if d.name != "rewrite" || !under(last) {
+			continue
+		}
+		from := d.args[0]
+		if d.readBack != "" {
+			from = d.readBack
+		}
+		if from != last && strings.HasPrefix(from, "/") && under(from) {
+			continue // from a path this gate covers already
+		}
+		if paths, ok := matchedPaths(a.in.matched); ok && len(paths) > 0 && !slices.ContainsFunc(paths, func(m string) bool { return !under(m) }) {
+			continue // in a block for such paths
+		}
+		return h.Errf("sigra_gate: rewrite on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite), so those requests reach the app there ungated. "+
+			"Gate the paths clients ask for as well, or write the rewrite and then the gate in a route block", c.pos(d), last)
+	}
 	return nil
+}
+
+// placedIn is a directive and the block it is written in.
+type placedIn struct {
+	d  placedDirective
+	in *placedBlock
+}
+
+// appendWithin appends d, written in block in, and every directive in
+// the handle, handle_path and route blocks it opens, at any depth.
+func appendWithin(to []placedIn, d placedDirective, in *placedBlock) []placedIn {
+	to = append(to, placedIn{d, in})
+	switch d.name {
+	case "handle", "handle_path", "route":
+		if d.block != nil {
+			for _, e := range d.block.dirs {
+				to = appendWithin(to, e, d.block)
+			}
+		}
+	}
+	return to
+}
+
+// matchedPaths is the path matchers of a block's innermost matcher
+// (placedBlock.matched): ok is false when it has another kind, or could
+// not be read back.
+func matchedPaths(matched string) (paths []string, ok bool) {
+	f := strings.Fields(strings.ToLower(matched))
+	if len(f) < 2 {
+		return nil, matched == ""
+	}
+	for _, m := range f[1:] {
+		if !strings.HasPrefix(m, "/") {
+			return nil, false
+		}
+	}
+	return f[1:], true
+}
+
+// confinedTo reports whether a block whose innermost matcher is matched
+// (placedBlock.matched) lets in only paths under prefix: then a request
+// without the prefix never gets to what the block holds. A matcher that
+// cannot be read here (a named one, an import argument, one Caddy took
+// out of a file it cannot read back) counts as meant.
+func confinedTo(matched, prefix string) bool {
+	paths, ok := matchedPaths(matched)
+	switch {
+	case !ok:
+		return true
+	case len(paths) == 0:
+		return false
+	}
+	return !slices.ContainsFunc(paths, func(m string) bool { return !strings.HasPrefix(strings.TrimSuffix(m, "*"), prefix) })
+}
+
+// gatesToo reports whether a gate on the path pattern (in any case) sits
+// in a block on the way p.
+func (c placement) gatesToo(p place, pattern string) bool {
+	for _, s := range p {
+		for _, d := range s.block.dirs {
+			if d.name == "sigra_gate" && strings.EqualFold(d.path(), pattern) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // runsBefore reports whether b's i-th directive runs before its j-th: as
@@ -505,6 +602,18 @@ type placedDirective struct {
 	// readBack is the matcher Caddy took out of a top-level directive,
 	// read back from the file ("?" if it could not be).
 	readBack string
+}
+
+// path is d's path matcher as written ("" if it has none, or another
+// kind): read back at a site's top level, else its first argument.
+func (d placedDirective) path() string {
+	switch {
+	case d.readBack != "":
+		return d.readBack
+	case d.matcher && len(d.args) > 0 && strings.HasPrefix(d.args[0], "/"):
+		return d.args[0]
+	}
+	return ""
 }
 
 // lastArg is the last argument on d's line: invoke's route name,

@@ -170,8 +170,24 @@ func TestAdaptPlacement(t *testing.T) {
 		{"a strip_prefix after a gate written for the stripped path", "",
 			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\turi strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n",
 			[]string{"Testfile:8", "uri strip_prefix /app on line 11 runs after this gate, which sees /app/admin… where the app will see /admin…", "handle_path /app/*"}},
+		// A request for /admin/x is not stripped, and reaches the app as
+		// /app/admin/x does.
 		{"a strip_prefix after a gate written for the path asked for", "",
-			"\tsigra_portal\n\tsigra_gate /app/admin* {\n\t\tgroup admins\n\t}\n\turi strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n", nil},
+			"\tsigra_portal\n\tsigra_gate /app/admin* {\n\t\tgroup admins\n\t}\n\turi strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n",
+			[]string{"Testfile:8", "uri strip_prefix /app on line 11 runs after this gate, so the app sees /admin… for a request to /app/admin…, which the gate covers, and for a request to /admin… itself, which it does not",
+				"handle_path /app/*", "or gate /app/admin* as well as /admin*"}},
+		{"a strip_prefix with its own matcher after a gate written for the path asked for", "",
+			"\tsigra_portal\n\tsigra_gate /app/admin* {\n\t\tgroup admins\n\t}\n\turi /app/* strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n",
+			[]string{"Testfile:8", "for a request to /admin… itself, which it does not"}},
+		{"a strip_prefix in a handle for the prefix", "",
+			"\tsigra_portal\n\thandle /app/* {\n\t\tsigra_gate /app/admin* {\n\t\t\tgroup admins\n\t\t}\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
+		{"a strip_prefix in a route for another path", "",
+			"\tsigra_portal\n\troute {\n\t\thandle /a* {\n\t\t\tsigra_gate /app/admin* {\n\t\t\t\tgroup admins\n\t\t\t}\n\t\t\turi strip_prefix /app\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t}\n",
+			[]string{"for a request to /admin… itself, which it does not"}},
+		{"a strip_prefix in a route for the prefix", "",
+			"\tsigra_portal\n\troute {\n\t\thandle /app* {\n\t\t\tsigra_gate /app/admin* {\n\t\t\t\tgroup admins\n\t\t\t}\n\t\t\turi strip_prefix /app\n\t\t\treverse_proxy 127.0.0.1:9\n\t\t}\n\t}\n", nil},
+		{"handle_path for the prefix", "",
+			"\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate /admin* {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"gate and no portal", "",
 			"\tsigra_gate /admin*\n\treverse_proxy 127.0.0.1:9\n", []string{"Testfile:7", "this site has no sigra_portal"}},
 	}
@@ -231,6 +247,19 @@ func TestAdaptPlacement(t *testing.T) {
 		{"an empty directive name", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\troute {\n\t\t\"\" {\n\t\t}\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n", "unrecognized directive"},
 		{"portal in handle *, from a file", "http://127.0.0.1:9 {\n\thandle * {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
 		{"portal in route /*, from a file", "http://127.0.0.1:9 {\n\troute /* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		// A handle whose matcher lets in only the prefix keeps a request
+		// without it away from a strip_prefix inside.
+		{"a strip_prefix after gates on both paths, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /app/admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /ADMIN* {\n\t\tgroup admins\n\t}\n\turi strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"a strip_prefix after a gate on the stripped path only, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /app/adm* {\n\t\tgroup admins\n\t}\n\turi strip_prefix /app\n\treverse_proxy 127.0.0.1:9\n}\n", "or gate /app/admin* as well as /admin*"},
+		// What runs after the gate inside a handle counts as well.
+		{"a strip_prefix in a later handle, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin*\n\thandle /app/* {\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n",
+			"uri strip_prefix /app on line 5 runs after this gate, which sees /app/admin… where the app will see /admin…"},
+		{"a strip_prefix in a later handle, both gated, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin*\n\tsigra_gate /app/admin*\n\thandle /app/* {\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		{"a rewrite into the gated path in a later handle, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin*\n\thandle /x/* {\n\t\trewrite * /admin{uri}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n",
+			"rewrite on line 5 sends requests to /admin{http.request.uri}"},
+		{"a rewrite within the gated path in a later handle, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin*\n\thandle /admin/* {\n\t\trewrite * /admin/index.php\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		{"a strip_prefix in a handle for the prefix, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /app/* {\n\t\tsigra_gate /app/admin*\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
+		{"a strip_prefix in a handle for another path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /a* {\n\t\tsigra_gate /app/admin*\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "for a request to /admin… itself, which it does not"},
 		{"portal in handle /app/*, from a file", "http://127.0.0.1:9 {\n\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "inside handle /app/* on line 2"},
 		// A matcher from a placeholder is a matcher, whatever it holds.
 		{"handle with an env matcher, gate ordered after it, from a file", "{\n\torder sigra_gate after handle\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\thandle {$SIGRA_TEST_UNSET:/api/*} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
