@@ -79,7 +79,7 @@ type caddyConf struct {
 // so A, B and C share the process, its runtime and its warm-up.
 func (c caddyConf) caddyfile() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n", c.AdminPort)
+	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tdefault_bind 127.0.0.1\n\tauto_https off\n\tpersist_config off\n", c.AdminPort)
 	if c.NoProxyLog {
 		b.WriteString("\tlog default {\n\t\texclude http.handlers.reverse_proxy\n\t}\n")
 	}

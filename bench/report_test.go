@@ -261,6 +261,7 @@ func TestCaddyfile(t *testing.T) {
 	got := caddyConf{AdminPort: 9000, DBPath: "/tmp/x/sigra.db", Upstream: "127.0.0.1:9999", Sites: sites}.caddyfile()
 	for _, want := range []string{
 		"admin 127.0.0.1:9000\n",
+		"default_bind 127.0.0.1\n", // the sites listen on loopback only
 		"\tsigra {\n\t\tstorage bbolt /tmp/x/sigra.db\n\t}\n",
 		"http://127.0.0.1:9001 {\n\treverse_proxy 127.0.0.1:9999\n}\n",
 		"http://127.0.0.1:9002 {\n\tsigra_portal\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9999\n}\n",

@@ -114,6 +114,7 @@ func (e *env) caddyfile(globalSigra, site string) string {
 	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(e.t))
 	return fmt.Sprintf(`{
 	admin %s
+	default_bind 127.0.0.1
 	persist_config off
 	storage file_system %s
 	sigra {

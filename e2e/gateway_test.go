@@ -103,6 +103,7 @@ func newGateway(t *testing.T, opts gatewayOptions) *gateway {
 	cf := fmt.Sprintf(`{
 	%s
 	%s
+	default_bind 127.0.0.1
 	persist_config off
 	sigra {
 		storage bbolt %s
