@@ -324,5 +324,6 @@ func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(
 	if err := att.Succeed(q.ctx(), true); err != nil {
 		return false, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	q.rt.login("reauth", "success")
 	return true, nil
 }

@@ -248,6 +248,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// remove the identity it set.
 		return next.ServeHTTP(w, r)
 	}
+	start := time.Now() // the latency sample includes stripping forged headers
 	first := d == nil
 	if first {
 		// The portal refused these already; a gate that runs first (in
@@ -266,7 +267,6 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	d.record(g.Scope, g.Rank)
 
-	start := time.Now()
 	m := g.app.metrics
 	rt := g.app.runtime(ctx)
 	if rt == nil {

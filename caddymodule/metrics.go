@@ -29,25 +29,28 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	m := &metrics{
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sigra_logins_total", Help: "Sign-in attempts by method (password, totp, recovery_code) and result (success, failure, locked).",
+			Name: "sigra_logins_total", Help: "Sign-in attempts by method (password, totp, recovery_code; reauth: a signed-in user's password checked again) and result (success, pending: a right password with a second factor due, step_up: a second factor for a signed-in session, failure, locked, session_ended).",
 		}, []string{"method", "result"}),
 		gateDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sigra_gate_decisions_total", Help: "Gate decisions by result (allow, deny, error) and reason.",
 		}, []string{"result", "reason"}),
 		gateDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sigra_gate_duration_seconds", Help: "Time the gate spends deciding a request (excluding the upstream).",
-			Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1},
+			Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2, 0.1},
 		}),
 		auditAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sigra_audit_append_seconds", Help: "Time to append an audit row durably.",
 			Buckets: prometheus.ExponentialBuckets(1e-4, 2.5, 10),
 		}),
 	}
-	m.gateAllow = m.gateDecisions.WithLabelValues("allow", "ok")
-	m.gateAnonymous = m.gateDecisions.WithLabelValues("allow", "anonymous")
 	// Known series start at zero, so dashboards see them before the first event.
-	for _, method := range []string{"password", "totp", "recovery_code"} {
-		for _, result := range []string{"success", "failure", "locked", "session_ended"} {
+	for method, results := range map[string][]string{
+		"password":      {"success", "pending", "failure", "locked"},
+		"reauth":        {"success", "failure", "locked"},
+		"totp":          {"success", "step_up", "failure", "locked", "session_ended"},
+		"recovery_code": {"success", "step_up", "failure", "locked", "session_ended"},
+	} {
+		for _, result := range results {
 			m.logins.WithLabelValues(method, result)
 		}
 	}
@@ -62,27 +65,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		n, err := rt.store.CountSessions(ctx)
 		return float64(n), err
 	}}
-	// outbox reads one figure of the audit log's Stats. The outbox
-	// counts come from the store: unknown (NaN) when it cannot be read,
-	// rather than a zero an alert would take for an empty outbox. The
-	// rest are kept in memory and stand either way.
-	outbox := func(fromStore bool, pick func(audit.Stats) float64) func() float64 {
-		return func() float64 {
-			rt := a.life.rt.Load()
-			if rt == nil {
-				return 0
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			st, err := rt.audit.Stats(ctx)
-			if err != nil && fromStore {
-				return math.NaN()
-			}
-			return pick(st)
-		}
-	}
 	collectors := []prometheus.Collector{
-		m.logins, m.gateDecisions, m.gateDuration, m.auditAppend,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sigra_password_checks_total", Help: "Password hashes checked (argon2id, each taking its configured memory and time): one per password typed, for unknown and banned accounts too.",
 		}, func() float64 {
@@ -92,35 +75,91 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			return 0
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sigra_sessions_active", Help: "Sessions in the store, including those awaiting a second factor and those ended but not yet pruned (read at most every 5s).",
+			Name: "sigra_sessions_active", Help: "Sessions in the store, including those awaiting a second factor and those ended but not yet pruned (read at most every 5s; NaN while the store cannot be read).",
 		}, sessions.value),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sigra_webhook_outbox_depth", Help: "Webhook deliveries waiting in the outbox.",
-		}, outbox(true, func(s audit.Stats) float64 { return float64(s.Pending) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sigra_webhook_dead_deliveries", Help: "Webhook deliveries that gave up after the retry limit.",
-		}, outbox(true, func(s audit.Stats) float64 { return float64(s.Dead) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "sigra_webhook_failures_total", Help: "Failed webhook delivery attempts since start.",
-		}, outbox(false, func(s audit.Stats) float64 { return float64(s.Failures) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sigra_webhooks_down", Help: "Webhooks whose receiver was unavailable at the last attempt, backing off.",
-		}, outbox(false, func(s audit.Stats) float64 { return float64(s.Down) })),
+		webhookCollector{a},
+	}
+	var err error
+	if m.logins, err = register(reg, m.logins); err != nil {
+		return nil, err
+	}
+	if m.gateDecisions, err = register(reg, m.gateDecisions); err != nil {
+		return nil, err
+	}
+	if m.gateDuration, err = register(reg, m.gateDuration); err != nil {
+		return nil, err
+	}
+	if m.auditAppend, err = register(reg, m.auditAppend); err != nil {
+		return nil, err
 	}
 	for _, c := range collectors {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return nil, err
-			}
+		if _, err := register(reg, c); err != nil {
+			return nil, err
 		}
 	}
+	m.gateAllow = m.gateDecisions.WithLabelValues("allow", "ok")
+	m.gateAnonymous = m.gateDecisions.WithLabelValues("allow", "anonymous")
 	return m, nil
+}
+
+// register registers c, or, when reg holds one like it already, returns
+// that one: counting into a collector nobody exports would lose every
+// count silently.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if old, ok := are.ExistingCollector.(C); ok {
+			return old, nil
+		}
+	}
+	return c, err
+}
+
+// webhookCollector reports the webhook outbox from one read of the
+// audit log's Stats per scrape. The outbox counts come from the store:
+// unknown (NaN) when it cannot be read, rather than a zero an alert
+// would take for an empty outbox. The rest are kept in memory and stand
+// either way.
+type webhookCollector struct{ a *App }
+
+var (
+	webhookDepthDesc    = prometheus.NewDesc("sigra_webhook_outbox_depth", "Webhook deliveries waiting in the outbox.", nil, nil)
+	webhookDeadDesc     = prometheus.NewDesc("sigra_webhook_dead_deliveries", "Webhook deliveries that gave up after the retry limit.", nil, nil)
+	webhookFailuresDesc = prometheus.NewDesc("sigra_webhook_failures_total", "Failed webhook delivery attempts since start.", nil, nil)
+	webhookDownDesc     = prometheus.NewDesc("sigra_webhooks_down", "Webhooks whose receiver was unavailable at the last attempt, backing off.", nil, nil)
+)
+
+func (webhookCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- webhookDepthDesc
+	ch <- webhookDeadDesc
+	ch <- webhookFailuresDesc
+	ch <- webhookDownDesc
+}
+
+func (w webhookCollector) Collect(ch chan<- prometheus.Metric) {
+	var st audit.Stats
+	depth, dead := 0.0, 0.0
+	if rt := w.a.life.rt.Load(); rt != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var err error
+		st, err = rt.audit.Stats(ctx)
+		cancel()
+		depth, dead = float64(st.Pending), float64(st.Dead)
+		if err != nil {
+			depth, dead = math.NaN(), math.NaN()
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(webhookDepthDesc, prometheus.GaugeValue, depth)
+	ch <- prometheus.MustNewConstMetric(webhookDeadDesc, prometheus.GaugeValue, dead)
+	ch <- prometheus.MustNewConstMetric(webhookFailuresDesc, prometheus.CounterValue, float64(st.Failures))
+	ch <- prometheus.MustNewConstMetric(webhookDownDesc, prometheus.GaugeValue, float64(st.Down))
 }
 
 var errNotStarted = errors.New("sigra is not started")
 
-// cachedGauge reads an expensive value at most once per ttl.
+// cachedGauge reads an expensive value at most once per ttl; NaN when
+// it cannot be read.
 type cachedGauge struct {
 	ttl  time.Duration
 	read func(context.Context) (float64, error)
@@ -138,8 +177,13 @@ func (g *cachedGauge) value() float64 {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if v, err := g.read(ctx); err == nil {
-		g.last, g.at = v, time.Now()
+	v, err := g.read(ctx)
+	if err != nil {
+		// Unknown, rather than a figure an alert would trust; read
+		// again at the next scrape.
+		g.at = time.Time{}
+		return math.NaN()
 	}
-	return g.last
+	g.last, g.at = v, time.Now()
+	return v
 }

@@ -2,10 +2,15 @@ package caddymodule
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 // scrape reads Caddy's /metrics and returns the value of one series.
@@ -171,5 +176,152 @@ func TestMetricsCountAbortedAndErrorRoutes(t *testing.T) {
 	a, d, s := scrape(t, e, anon), scrape(t, e, deny), scrape(t, e, samples)
 	if a-a0 != 3+5 || d-d0 != 0 || s-s0 != 3+5 {
 		t.Errorf("3 aborted and 2 failed requests, each one anonymous allow: allow +%v (want +8), deny +%v (want 0), latency samples +%v (want +8)", a-a0, d-d0, s-s0)
+	}
+}
+
+// sigra_logins_total counts a sign-in once: a right password with a
+// second factor due is pending, the code that completes it the success,
+// and a second factor for a signed-in session a step-up. A signed-in
+// user's password checked again (before a password change) is a
+// re-check, not a sign-in, whichever way it goes.
+func TestMetricsLoginResults(t *testing.T) {
+	fake, e, _, secret, codes := startEnrolled(t, "", "lea@example.com")
+	logins := func() map[string]float64 {
+		got := map[string]float64{}
+		for _, method := range []string{"password", "reauth", "totp", "recovery_code"} {
+			for _, result := range []string{"success", "pending", "step_up", "failure", "locked"} {
+				var m dto.Metric
+				if err := e.rt().metrics.logins.WithLabelValues(method, result).Write(&m); err != nil {
+					t.Fatal(err)
+				}
+				got[method+"/"+result] = m.GetCounter().GetValue()
+			}
+		}
+		return got
+	}
+	step := func(what string, want map[string]float64, do func()) {
+		t.Helper()
+		before := logins()
+		do()
+		for k, after := range logins() {
+			if d := after - before[k]; d != want[k] {
+				t.Errorf("%s: %s went up by %v; want %v", what, k, d, want[k])
+			}
+		}
+	}
+	fake.Advance(time.Minute) // past the step the enrolment spent
+	step("a right password, a code due", map[string]float64{"password/pending": 1}, func() {
+		e.client.Jar, _ = newJar()
+		if r := e.login("lea@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("sign-in: status %d", r.StatusCode)
+		}
+	})
+	step("the code", map[string]float64{"totp/success": 1}, func() {
+		if r := e.secondFactor("code", refTOTP(t, secret, fake.Now())); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("code: status %d", r.StatusCode)
+		}
+	})
+	step("a recovery code", map[string]float64{"password/pending": 1, "recovery_code/success": 1}, func() {
+		b := e.browser()
+		b.login("lea@example.com", testPassword, "/")
+		if r := b.secondFactor("recovery_code", codes[0]); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("recovery code: status %d", r.StatusCode)
+		}
+	})
+	fake.Advance(time.Minute)
+	step("a step-up", map[string]float64{"totp/step_up": 1}, func() {
+		if r := e.secondFactor("code", refTOTP(t, secret, fake.Now())); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("step-up: status %d", r.StatusCode)
+		}
+	})
+	step("a wrong current password", map[string]float64{"reauth/failure": 1}, func() {
+		if r, _ := e.changePassword("not the password", "a much longer new passphrase", "a much longer new passphrase"); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("wrong current password: status %d; want 401", r.StatusCode)
+		}
+	})
+	step("the right current password", map[string]float64{"reauth/success": 1}, func() {
+		if r, body := e.changePassword(testPassword, "a much longer new passphrase", "a much longer new passphrase"); r.StatusCode != http.StatusOK {
+			t.Fatalf("password change: status %d\n%s", r.StatusCode, body)
+		}
+	})
+}
+
+// The webhook figures move: a receiver that fails leaves rows in the
+// outbox, counts failures and is down; once it answers, the outbox
+// drains and it is up again. The failures counter keeps its count.
+func TestMetricsWebhookOutboxMoves(t *testing.T) {
+	var up atomic.Bool
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer recv.Close()
+	e := startCaddy(t, "audit {\n\t\t\twebhook "+recv.URL+" {\n\t\t\t\tsecret \"0123456789abcdef0123456789abcdef\"\n\t\t\t\tactions auth.login.*\n\t\t\t}\n\t\t}", `sigra_gate /metrics {
+		optional
+	}
+	sigra_gate
+	metrics /metrics`)
+	const depth, failures, down = "sigra_webhook_outbox_depth", "sigra_webhook_failures_total", "sigra_webhooks_down"
+	e.addUser("wes@example.com")
+	e.mustLogin("wes@example.com")
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); !ok(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: depth %v, failures %v, down %v", what, scrape(t, e, depth), scrape(t, e, failures), scrape(t, e, down))
+			}
+		}
+	}
+	waitFor("a failing receiver", func() bool {
+		return scrape(t, e, depth) >= 1 && scrape(t, e, failures) >= 1 && scrape(t, e, down) == 1
+	})
+	failed := scrape(t, e, failures)
+	up.Store(true)
+	waitFor("the receiver back", func() bool {
+		return scrape(t, e, depth) == 0 && scrape(t, e, down) == 0
+	})
+	if got := scrape(t, e, failures); got < failed {
+		t.Errorf("failures went from %v back to %v; a counter only grows", failed, got)
+	}
+	if got := scrape(t, e, "sigra_webhook_dead_deliveries"); got != 0 {
+		t.Errorf("dead deliveries %v; want 0", got)
+	}
+}
+
+// Refusals count under their reason: a second factor missing or too
+// old, a sign-in method the route does not take.
+func TestMetricsDenyReasons(t *testing.T) {
+	e := startCaddy(t, "", `sigra_gate
+	sigra_gate /secure/* {
+		mfa
+	}
+	sigra_gate /keys/* {
+		amr otp
+	}`)
+	e.addUser("dee@example.com")
+	e.mustLogin("dee@example.com")
+	denied := func(reason string) float64 {
+		var m dto.Metric
+		if err := e.rt().metrics.gateDecisions.WithLabelValues("deny", reason).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	json := map[string]string{"Accept": "application/json"}
+	for _, c := range []struct {
+		path, reason string
+		status       int
+	}{
+		{"/secure/x", "mfa_required", http.StatusUnauthorized},
+		{"/keys/x", "amr", http.StatusForbidden},
+	} {
+		before := denied(c.reason)
+		if r, body := e.get(c.path, json); r.StatusCode != c.status || !strings.Contains(body, c.reason) {
+			t.Errorf("%s: status %d %s; want %d %s", c.path, r.StatusCode, body, c.status, c.reason)
+		}
+		if d := denied(c.reason) - before; d != 1 {
+			t.Errorf("%s: deny/%s went up by %v; want 1", c.path, c.reason, d)
+		}
 	}
 }

@@ -198,7 +198,7 @@ func (q *preq) mfaSubmit() error {
 		return err
 	}
 	q.setSessionCookie(token)
-	q.rt.login(method, "success")
+	q.rt.login(method, map[bool]string{true: "success", false: "step_up"}[p.Session.Pending])
 	http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
 	return nil
 }

@@ -384,7 +384,7 @@ func (q *preq) loginSubmit() error {
 		return err
 	}
 	q.setSessionCookie(token)
-	q.rt.login("password", "success")
+	q.rt.login("password", map[bool]string{true: "pending", false: "success"}[sess.Pending])
 	http.Redirect(q.w, q.r, target, http.StatusSeeOther)
 	return nil
 }
@@ -426,9 +426,10 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 		// The account the key counts for, if any: a user id typed as the
 		// email is no account's (LookupUser would find it by id).
 		subject, _ := authcore.AccountKeyUser(key)
-		scope := "account"
+		// A re-check is no sign-in: its own lockout scope and metric.
+		scope, counted := "account", "password"
 		if reauthOf != "" {
-			scope = "reauth"
+			scope, counted = "reauth", "reauth"
 		}
 		if err := q.auditLockout(subject, res, scope); err != nil {
 			return nil, nil, err
@@ -446,7 +447,7 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 				return nil, nil, err
 			}
 		}
-		q.rt.login("password", map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
+		q.rt.login(counted, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
 		wait(q.ctx(), res.Delay)
 		return nil, att, nil
 	}
