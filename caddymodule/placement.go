@@ -184,12 +184,15 @@ func (c placement) check(p place) error {
 }
 
 // checkRewriteInto refuses a gate on the path pattern (gatePrefix; none:
-// nothing to check) at place p when a rewrite that runs after it, in a
-// block on the way to it, sends other paths into the gated one: the
-// gates match the path the client asked for (they run before rewrite),
-// so /x/… rewritten to /admin/… reaches the app as /admin/… ungated. A
-// rewrite from a path the gate already covers is no such way in. So is a
-// uri strip_prefix after a gate written for the stripped path.
+// nothing to check) at place p when a directive that runs after it, in a
+// block on the way to it or in a handle, handle_path or route block
+// there, sends other paths into the gated one: a rewrite, a uri replace
+// or path_regexp, a try_files fallback. The gates match the path the
+// client asked for (they run before all of those), so /x/… rewritten to
+// /admin/… reaches the app as /admin/… ungated. One that changes only
+// paths the gate covers already is no such way in. A uri strip_prefix
+// after the gate needs a gate on both paths: the app sees /admin/… for
+// /app/admin/… and for /admin/… itself.
 func (c placement) checkRewriteInto(p place, pattern string) error {
 	if pattern == "" {
 		return nil
@@ -251,21 +254,50 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			}
 			continue
 		}
-		if d.name != "rewrite" || !under(last) {
+		// Where the directive may send a request, and the matcher of the
+		// requests it changes ("" if it has none).
+		var into, from, what string
+		switch op := slices.IndexFunc(d.args, func(a string) bool { return a == "replace" || a == "path_regexp" }); {
+		case d.name == "rewrite":
+			into, what = last, "rewrite"
+			if d.args[0] != last {
+				from = d.args[0]
+			}
+		case d.name == "try_files":
+			// its fallback: a request for no file goes there
+			what = "try_files"
+			files := d.args
+			if d.matcher && d.readBack == "" {
+				from, files = files[0], files[1:]
+			}
+			if i := slices.IndexFunc(files, under); i >= 0 {
+				into = files[i]
+			}
+		case d.name == "uri" && op >= 0 && op+2 < len(d.args):
+			// uri replace /old /admin puts /admin anywhere in the path
+			// (find may be anywhere too): new only if find holds none.
+			what = "uri " + d.args[op]
+			if rep := strings.ToLower(d.args[op+2]); strings.Contains(rep, pre) && (d.args[op] == "path_regexp" || !strings.Contains(strings.ToLower(d.args[op+1]), pre)) {
+				into = d.args[op+2]
+			}
+			if op > 0 {
+				from = d.args[0]
+			}
+		}
+		if into == "" || what == "rewrite" && !under(into) {
 			continue
 		}
-		from := d.args[0]
 		if d.readBack != "" {
 			from = d.readBack
 		}
-		if from != last && strings.HasPrefix(from, "/") && under(from) {
+		if strings.HasPrefix(from, "/") && under(from) {
 			continue // from a path this gate covers already
 		}
 		if paths, ok := matchedPaths(a.in.matched); ok && len(paths) > 0 && !slices.ContainsFunc(paths, func(m string) bool { return !under(m) }) {
 			continue // in a block for such paths
 		}
-		return h.Errf("sigra_gate: rewrite on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite), so those requests reach the app there ungated. "+
-			"Gate the paths clients ask for as well, or write the rewrite and then the gate in a route block", c.pos(d), last)
+		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri and try_files), so those requests reach the app there ungated. "+
+			"Gate the paths clients ask for as well, or write the %s and then the gate in a route block", what, c.pos(d), into, what)
 	}
 	return nil
 }
