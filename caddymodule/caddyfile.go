@@ -257,7 +257,11 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if backend != "bbolt" {
 				return nil, d.Errf("storage: unknown backend %q (this build supports bbolt)", backend)
 			}
-			d.Args(&path)
+			// A missing or empty path (an unset {$VAR} drops its token)
+			// would quietly open another, empty store: the default one.
+			if !d.Args(&path) || strings.TrimSpace(path) == "" {
+				return nil, d.Err("storage: missing path: storage bbolt <path> (leave the storage line out for the default, sigra/sigra.db in Caddy's data directory)")
+			}
 			if d.NextArg() {
 				return nil, d.ArgErr()
 			}

@@ -217,6 +217,11 @@ func TestParseGlobal(t *testing.T) {
 		{"block option with a value", "sigra {\n session 30m\n}", nil, "session takes a block, not a value: session { … }, at Testfile:2"},
 		{"regulation with a value", "sigra {\n regulation 5\n}", nil, "regulation takes a block, not a value"},
 		{"storage without a value", "sigra {\n storage\n}", nil, "storage: missing value: storage bbolt <path>, at Testfile:2"},
+		// Either would open the default store, empty, in place of the one
+		// meant.
+		{"storage without a path", "sigra {\n storage bbolt\n}", nil, "storage: missing path: storage bbolt <path> (leave the storage line out for the default, sigra/sigra.db in Caddy's data directory), at Testfile:2"},
+		{"storage with an empty path", "sigra {\n storage bbolt \"\"\n}", nil, "storage: missing path"},
+		{"storage with an unset variable", "sigra {\n storage bbolt {$SIGRA_TEST_UNSET}\n}", nil, "storage: missing path"},
 		{"option with a block", "sigra {\n admin_group admins {\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:2`},
 		{"keys option with a block", "sigra {\n keys {\n algorithm EdDSA {\n }\n }\n}", nil, `unexpected "{": the option on this line takes no block, at Testfile:3`},
 		// A timeout that can never end a session would be believed in:
