@@ -14,7 +14,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/sigra-auth/caddy-sigra/internal/clock"
+	"github.com/sigra-auth/caddy-sigra/internal/keyfile"
 	"github.com/sigra-auth/caddy-sigra/internal/seal"
 )
 
@@ -520,7 +520,7 @@ func CheckSigningKeyFile(path, alg string) error {
 }
 
 func loadPEMKey(path, alg string) (*signingKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := keyfile.Read(path)
 	if err != nil {
 		return nil, fmt.Errorf("signing_key: %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -363,6 +364,17 @@ func TestValidateReadsSigningKeyFile(t *testing.T) {
 	}
 	if err := validate(good, authcore.AlgES256); err == nil || !strings.Contains(err.Error(), "ES256") {
 		t.Errorf("an Ed25519 key with ES256: %v; want an error naming the algorithm", err)
+	}
+	// Read without end, or blocked for ever, these would hang validation.
+	if err := validate("/dev/zero", authcore.AlgEdDSA); err == nil || !strings.Contains(err.Error(), "/dev/zero is not a regular file") {
+		t.Errorf("signing_key /dev/zero: %v; want it refused as no regular file", err)
+	}
+	fifo := filepath.Join(dir, "fifo.pem")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := validate(fifo, authcore.AlgEdDSA); err == nil || !strings.Contains(err.Error(), "fifo.pem is not a regular file") {
+		t.Errorf("signing_key on a fifo: %v; want it refused as no regular file", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sigra.db")); !os.IsNotExist(err) {
 		t.Errorf("validation made the store (stat: %v)", err)

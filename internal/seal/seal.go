@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/sigra-auth/caddy-sigra/internal/keyfile"
 )
 
 // KeySize is the length of an encryption key in bytes.
@@ -88,7 +90,7 @@ func ParseKey(s string) ([]byte, error) {
 // LoadOrCreateKeyFile reads a base64 key from path, or creates the file
 // (mode 0600, parent directories 0700) with a new random key.
 func LoadOrCreateKeyFile(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
+	data, err := keyfile.Read(path)
 	if err == nil {
 		k, perr := ParseKey(string(data))
 		if perr != nil {
