@@ -590,7 +590,10 @@ func usesSigra(cfgJSON []byte) bool {
 	if json.Unmarshal(cfgJSON, &doc) != nil {
 		return true // read as well as Caddy can: not ours to refuse
 	}
-	return jsonHandler(doc, func(n string) bool { return strings.HasPrefix(n, "sigra_") })
+	return jsonHandler(doc, func(h map[string]any) bool {
+		n, _ := h["handler"].(string)
+		return strings.HasPrefix(n, "sigra_")
+	})
 }
 
 // adminAddress is the admin endpoint of the Caddy that runs cfg: its

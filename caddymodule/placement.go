@@ -75,6 +75,10 @@ func checkPlacement(h httpcaddyfile.Helper, dir, gatePattern string) error {
 			"Both order themselves (the portal first): remove their order lines, or order sigra_portal before sigra_gate")
 	}
 	if dir == "sigra_gate" && !inNamedRoute(h) && len(c.holding(site, "sigra_portal")) == 0 {
+		if d, ok := c.matchedPortalInvoke(site); ok {
+			return h.Errf("sigra_gate: the site's only sigra_portal is in the named route %s, invoked on %s with a matcher: its pages are not served, nor forged X-Sigra-* headers stripped, anywhere else. "+
+				"Invoke it without a matcher, first in a route block, or write sigra_portal at the site's top level", d.lastArg(), c.pos(d))
+		}
 		return h.Err("sigra_gate: this site has no sigra_portal, so nobody can sign in to pass the gate, and forged X-Sigra-* headers reach the app on the paths no gate covers. " +
 			"Write sigra_portal at the site's top level")
 	}
@@ -114,6 +118,12 @@ type placement struct {
 // check checks one place of the directive: each block on the way.
 func (c placement) check(p place) error {
 	if c.dir == "sigra_portal" {
+		for _, s := range p[:len(p)-1] {
+			if d := s.block.dirs[s.at]; d.name == "handle_errors" {
+				return c.h.Errf("sigra_portal: it is inside handle_errors on %s, which runs only for errors: its pages are not served, "+
+					"nor forged X-Sigra-* headers stripped, on any other request. Write sigra_portal at the site's top level", c.pos(d))
+			}
+		}
 		for _, s := range p {
 			if s.block.matched != "" {
 				return c.h.Errf("sigra_portal: it is inside %s on %s, whose matcher shows it part of the site only: its pages are not served, "+
@@ -235,7 +245,11 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if strings.HasPrefix(pre, strip) {
 				asked, stripped = pattern, "/"+strings.TrimPrefix(pattern[len(strip):], "/")
 			}
-			if c.gatesToo(p, asked) && c.gatesToo(p, stripped) {
+			other := stripped // the path this gate does not cover
+			if asked != pattern {
+				other = asked
+			}
+			if c.gatesToo(p, other) {
 				continue
 			}
 			both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s", last, asked, stripped)
@@ -447,14 +461,31 @@ func (c placement) mayAnswer(d placedDirective) bool {
 	return false
 }
 
+// matchedPortalInvoke finds, in b or its blocks, an invoke with a
+// matcher of a named route that holds sigra_portal.
+func (c placement) matchedPortalInvoke(b *placedBlock) (placedDirective, bool) {
+	for _, d := range b.dirs {
+		if d.name == "invoke" && d.matcher && c.named[d.lastArg()].portal {
+			return d, true
+		}
+		if d.block != nil {
+			if found, ok := c.matchedPortalInvoke(d.block); ok {
+				return found, true
+			}
+		}
+	}
+	return placedDirective{}, false
+}
+
 // holding returns the indexes of b's directives that are name, hold it
-// in their blocks at any depth, or invoke a named route that does
-// (sigra_portal only).
+// in their blocks at any depth, or invoke (without a matcher) a named
+// route that does (sigra_portal only). What handle_errors holds serves
+// errors only, and is not counted.
 func (c placement) holding(b *placedBlock, name string) []int {
 	var out []int
 	for i, d := range b.dirs {
-		if d.name == name || d.block != nil && len(c.holding(d.block, name)) > 0 ||
-			name == "sigra_portal" && d.name == "invoke" && c.named[d.lastArg()].portal {
+		if d.name == name || d.block != nil && d.name != "handle_errors" && len(c.holding(d.block, name)) > 0 ||
+			name == "sigra_portal" && d.name == "invoke" && !d.matcher && c.named[d.lastArg()].portal {
 			out = append(out, i)
 		}
 	}
@@ -532,54 +563,48 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 		}
 		raw[strings.TrimSuffix(strings.TrimPrefix(name, "&("), ")")] = handlers
 	}
-	// An invoke in a named route runs the route it names: in its place, a
-	// subroute of that route's handlers (each route once on a path, as
-	// Caddy refuses a loop anyway).
-	var expand func(v any, seen []string) any
-	expand = func(v any, seen []string) any {
-		switch v := v.(type) {
-		case map[string]any:
-			if name, _ := v["name"].(string); v["handler"] == "invoke" && !slices.Contains(seen, name) {
-				return map[string]any{"handler": "subroute", "routes": []any{map[string]any{"handle": expand(raw[name], slices.Concat(seen, []string{name}))}}}
-			}
-			out := make(map[string]any, len(v))
-			for k, c := range v {
-				out[k] = expand(c, seen)
-			}
-			return out
-		case []any:
-			out := make([]any, len(v))
-			for i, c := range v {
-				out[i] = expand(c, seen)
-			}
-			return out
-		}
-		return v
-	}
+	// An invoke runs the route it names in its place: what a route does
+	// takes in what the routes it invokes do, each worked out once (a
+	// chain of routes each invoking the next twice must not be walked
+	// path by path). A loop, which Caddy refuses anyway, counts nothing.
 	out := make(map[string]namedRoute, len(raw))
-	for name, handlers := range raw {
-		all, _ := expand(handlers, []string{name}).([]any)
-		out[name] = namedRoute{
-			portal:     jsonHas(all, "sigra_portal"),
-			answersAll: jsonAnswersAll(all),
-			mayAnswer:  jsonHas(all, answeringHandlers...),
+	busy := map[string]bool{}
+	var facts func(name string) namedRoute
+	facts = func(name string) namedRoute {
+		if f, ok := out[name]; ok || busy[name] {
+			return f
 		}
+		busy[name] = true
+		handlers := raw[name]
+		has := func(pick func(namedRoute) bool, names ...string) bool {
+			return jsonHandler(handlers, func(h map[string]any) bool {
+				n, _ := h["handler"].(string)
+				if route, _ := h["name"].(string); n == "invoke" {
+					return pick(facts(route))
+				}
+				return slices.Contains(names, n)
+			})
+		}
+		f := namedRoute{
+			portal:     has(func(r namedRoute) bool { return r.portal }, "sigra_portal"),
+			answersAll: jsonAnswersAll(handlers, func(route string) bool { return facts(route).answersAll }),
+			mayAnswer:  has(func(r namedRoute) bool { return r.mayAnswer }, answeringHandlers...),
+		}
+		out[name] = f
+		return f
+	}
+	for name := range raw {
+		facts(name)
 	}
 	return out
 }
 
-// jsonHas reports whether v (decoded JSON) holds a handler of one of the
-// names, at any depth.
-func jsonHas(v any, names ...string) bool {
-	return jsonHandler(v, func(n string) bool { return slices.Contains(names, n) })
-}
-
 // jsonHandler reports whether v (decoded JSON) holds, at any depth, a
-// handler whose name match accepts.
-func jsonHandler(v any, match func(name string) bool) bool {
+// handler (an object with a "handler" field) that match accepts.
+func jsonHandler(v any, match func(h map[string]any) bool) bool {
 	switch v := v.(type) {
 	case map[string]any:
-		if n, ok := v["handler"].(string); ok && match(n) {
+		if _, ok := v["handler"].(string); ok && match(v) {
 			return true
 		}
 		for _, c := range v {
@@ -598,13 +623,17 @@ func jsonHandler(v any, match func(name string) bool) bool {
 }
 
 // jsonAnswersAll reports whether a list of handlers (decoded JSON)
-// answers every request: one answers, or is a subroute with a route
-// without matchers whose handlers do.
-func jsonAnswersAll(handlers []any) bool {
+// answers every request: one answers, invokes a route that does
+// (invoked), or is a subroute with a route without matchers whose
+// handlers do.
+func jsonAnswersAll(handlers []any, invoked func(route string) bool) bool {
 	for _, h := range handlers {
 		m, _ := h.(map[string]any)
 		n, _ := m["handler"].(string)
 		if slices.Contains(answeringHandlers, n) {
+			return true
+		}
+		if route, _ := m["name"].(string); n == "invoke" && invoked(route) {
 			return true
 		}
 		if n != "subroute" {
@@ -614,7 +643,7 @@ func jsonAnswersAll(handlers []any) bool {
 		for _, r := range routes {
 			rm, _ := r.(map[string]any)
 			inner, _ := rm["handle"].([]any)
-			if _, matched := rm["match"]; !matched && jsonAnswersAll(inner) {
+			if _, matched := rm["match"]; !matched && jsonAnswersAll(inner, invoked) {
 				return true
 			}
 		}
@@ -693,6 +722,7 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 		return nil, nil
 	}
 	file, line, name := h.File(), h.Line(), h.Val()
+	files := filesOf(h)
 	// A named route's top level, like a site's, runs in Caddy's
 	// directive order.
 	top := &placedBlock{}
@@ -715,6 +745,17 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 			!isBrace(seg.Index(n-1), "}") && sameToken(seg.Index(n-1), seg.Index(n-2)))
 		if lost {
 			n--
+		}
+		if lost && !isBrace(seg.Index(n), "}") {
+			// A last argument written twice looks the same: the file
+			// tells which it is.
+			var rest []string
+			for k := 1; k < n; k++ {
+				rest = append(rest, seg.Index(k).FieldByName("Text").String())
+			}
+			if lostMatcher(files, seg.Index(0), seg.Index(0).FieldByName("Text").String(), rest) == "" {
+				lost, n = false, n+1
+			}
 		}
 		stack := place{{block: top, at: -1}}
 		fresh := true    // the next token starts a directive
@@ -759,7 +800,7 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 				if lost && len(stack) == 1 {
 					// The top-level directive, its matcher taken out: there
 					// was one, and only * or /* would match all.
-					d.readBack = lostMatcher(t, text, rest)
+					d.readBack = lostMatcher(files, t, text, rest)
 					d.matcher = d.readBack != "*" && d.readBack != "/*" && d.readBack != unknownMatcher
 					d.unknown = d.readBack == unknownMatcher
 				} else if j+1 < n && !isNextOnNewLine(t, seg.Index(j+1)) {
@@ -793,12 +834,17 @@ func isBrace(t reflect.Value, b string) bool {
 // the import that brought a snippet in and {$ENV} placeholders filled
 // in as Caddy does; "?" otherwise, as when the file cannot be read (an
 // adapted stdin, say).
-func lostMatcher(t reflect.Value, name string, rest []string) string {
-	f := fileLine(t.FieldByName("File").String(), int(t.FieldByName("Line").Int()))
+func lostMatcher(files fileCache, t reflect.Value, name string, rest []string) string {
+	f := files.line(t.FieldByName("File").String(), int(t.FieldByName("Line").Int()))
 	if len(f) < 2+len(rest) || f[0] != name || !slices.EqualFunc(f[2:2+len(rest)], rest, func(w, tok string) bool {
 		return w == tok || w != "{" && strings.Contains(w, "{") // a placeholder, filled in
 	}) {
 		return "?"
+	}
+	if w := f[1]; w != "*" && !strings.HasPrefix(w, "/") && !strings.HasPrefix(w, "@") && !strings.Contains(w, "{") {
+		// Caddy takes only such a word for a matcher: none was lost
+		// (the last argument is written twice).
+		return ""
 	}
 	m := expandEnv(f[1])
 	// The imports that brought the snippet in, innermost first
@@ -806,7 +852,7 @@ func lostMatcher(t reflect.Value, name string, rest []string) string {
 	// one inside it.
 	imports := t.FieldByName("imports")
 	for k := 0; strings.Contains(m, "{args") && imports.IsValid() && k < imports.Len(); k++ {
-		args := importArgs(imports.Index(k).String())
+		args := importArgs(files, imports.Index(k).String())
 		if args == nil {
 			return "?"
 		}
@@ -834,7 +880,7 @@ const unknownMatcher = "??"
 // ("file:line (import name)") records; nil if it cannot be read. Caddy
 // records an import with a block at the line of its closing brace, so
 // the import is looked for from there back.
-func importArgs(entry string) []string {
+func importArgs(files fileCache, entry string) []string {
 	at, rest, _ := strings.Cut(entry, " ")
 	name := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(rest), "(import"), ")")
 	name = strings.TrimSpace(name)
@@ -846,7 +892,7 @@ func importArgs(entry string) []string {
 	if err != nil {
 		return nil
 	}
-	lines := fileLines(at[:k])
+	lines := files.lines(at[:k])
 	if line < 1 || line > len(lines) {
 		return nil
 	}
@@ -880,10 +926,37 @@ func expandEnv(s string) string {
 	})
 }
 
-// fileLine is the words of line n (from 1) of file; nil if it cannot be
+// fileCache keeps the lines of the Caddyfiles read back during one
+// adaptation, in the Helper's State, so that each is read once however
+// many directives are checked.
+type fileCache map[string][]string
+
+func filesOf(h httpcaddyfile.Helper) fileCache {
+	const key = "sigra.placement.files"
+	if fc, ok := h.State[key].(fileCache); ok {
+		return fc
+	}
+	fc := fileCache{}
+	if h.State != nil {
+		h.State[key] = fc
+	}
+	return fc
+}
+
+// lines is the lines of file (fileLines), read once.
+func (fc fileCache) lines(file string) []string {
+	l, ok := fc[file]
+	if !ok {
+		l = fileLines(file)
+		fc[file] = l
+	}
+	return l
+}
+
+// line is the words of line n (from 1) of file; nil if it cannot be
 // read.
-func fileLine(file string, n int) []string {
-	lines := fileLines(file)
+func (fc fileCache) line(file string, n int) []string {
+	lines := fc.lines(file)
 	if n < 1 || n > len(lines) {
 		return nil
 	}
