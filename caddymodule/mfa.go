@@ -375,17 +375,29 @@ func (q *preq) requireFresh(p *authcore.Principal, back string) bool {
 	return false
 }
 
+// totpChange is the signed-in user of a form that changes the second
+// factor (turning it off, new recovery codes): with a fresh second
+// factor and the password typed again. When nil, it has answered.
+func (q *preq) totpChange() (*authcore.Principal, error) {
+	back := q.p.app.Prefix + "/account/totp"
+	p, err := q.formPrincipal(back)
+	if p == nil {
+		return nil, err
+	}
+	if !q.requireFresh(p, back) {
+		return nil, nil
+	}
+	if ok, err := q.totpReauth(p); !ok {
+		return nil, err
+	}
+	return p, nil
+}
+
 // totpRemove turns TOTP off (fresh second factor and the password
 // required).
 func (q *preq) totpRemove() error {
-	p, err := q.formPrincipal(q.p.app.Prefix + "/account/totp")
+	p, err := q.totpChange()
 	if p == nil {
-		return err
-	}
-	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
-		return nil
-	}
-	if ok, err := q.totpReauth(p); !ok {
 		return err
 	}
 	err = q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID)
@@ -404,14 +416,8 @@ func (q *preq) totpRemove() error {
 // recoveryRegenerate replaces the recovery codes (fresh second factor
 // and the password required) and shows the new ones once.
 func (q *preq) recoveryRegenerate() error {
-	p, err := q.formPrincipal(q.p.app.Prefix + "/account/totp")
+	p, err := q.totpChange()
 	if p == nil {
-		return err
-	}
-	if !q.requireFresh(p, q.p.app.Prefix+"/account/totp") {
-		return nil
-	}
-	if ok, err := q.totpReauth(p); !ok {
 		return err
 	}
 	codes, err := q.rt.auth.RegenerateRecoveryCodes(q.ctx(), p.User.ID)
