@@ -65,7 +65,7 @@ func checkPlacement(h httpcaddyfile.Helper, dir, gatePattern string) error {
 	if site == nil {
 		return nil
 	}
-	c := placement{h: h, dir: dir, named: namedRoutesOf(h)}
+	c := placement{h: h, dir: dir, named: namedRoutesOf(h), site: site}
 	c.order, c.byOption = h.Option("order").([]string)
 	if !c.byOption {
 		c.order = caddyOrder
@@ -99,7 +99,14 @@ func checkPlacement(h httpcaddyfile.Helper, dir, gatePattern string) error {
 		if err := c.check(p); err != nil {
 			return err
 		}
-		if err := c.checkRewriteInto(p, gatePattern); err != nil {
+		pattern := gatePattern
+		if dir == "sigra_gate" && pattern == "" {
+			// A bare gate in a block for one path prefix guards that.
+			if paths, ok := c.matchedPaths(p[len(p)-1].block.matched); ok && len(paths) == 1 {
+				pattern = paths[0]
+			}
+		}
+		if err := c.checkRewriteInto(p, pattern); err != nil {
 			return err
 		}
 	}
@@ -113,6 +120,7 @@ type placement struct {
 	order    []string // Caddy's, or the global order option's
 	byOption bool
 	named    map[string]namedRoute
+	site     *placedBlock // the top level, where named matchers are defined
 }
 
 // check checks one place of the directive: each block on the way.
@@ -207,12 +215,23 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	if pattern == "" {
 		return nil
 	}
+	self := p[len(p)-1].block.dirs[p[len(p)-1].at]
+	if reqs := gateReqs(self); reqs.optional {
+		return nil // it lets anyone in: there is no way round it
+	}
 	h := c.h
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
+	// under reports whether a target path may be under the gate's.
 	under := func(path string) bool {
 		lit := strings.ToLower(path)
-		if i := strings.IndexAny(lit, "{?"); i >= 0 {
-			lit = lit[:i] // a placeholder may make it anything after this
+		if i := strings.IndexAny(lit, "{?$"); i >= 0 {
+			// A placeholder or a capture may make it anything from
+			// there; the request's own path keeps what it was
+			// (placeholderAt says how much of it is known).
+			lit = lit[:i]
+			if lit == "" && !keepsPath(path) {
+				return true
+			}
 			return strings.HasPrefix(lit, pre) || len(lit) > 1 && strings.HasPrefix(pre, lit)
 		}
 		if !strings.HasSuffix(pattern, "*") {
@@ -220,12 +239,19 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		}
 		return strings.HasPrefix(lit, pre)
 	}
-	// What runs after the gate: in each block on the way, and inside the
-	// handle, handle_path and route blocks there.
+	// What may change the path after the gate: what runs after it in
+	// each block on the way, and inside the handle, handle_path and route
+	// blocks there; and the other handle blocks beside one on the way,
+	// whatever their order, as a request that one of them takes never
+	// meets the gate.
 	var after []placedIn
-	for _, s := range p {
+	for k, s := range p {
 		for i, d := range s.block.dirs {
-			if i != s.at && !c.runsBefore(s.block, i, s.at) {
+			switch {
+			case i == s.at:
+			case !c.runsBefore(s.block, i, s.at):
+				after = appendWithin(after, d, s.block)
+			case k < len(p)-1 && isHandle(d.name) && isHandle(s.block.dirs[s.at].name):
 				after = appendWithin(after, d, s.block)
 			}
 		}
@@ -233,38 +259,46 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	for _, a := range after {
 		d := a.d
 		last, gated := d.lastArg(), strings.TrimSuffix(pattern, "*")
-		if d.name == "uri" && slices.Contains(d.args, "strip_prefix") {
-			strip := strings.ToLower(last)
-			if strip == "" {
-				continue
+		strip := ""
+		switch {
+		case d.name == "uri" && slices.Contains(d.args, "strip_prefix"):
+			strip = last
+		case d.name == "handle_path" && d.block != nil && slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool { return slices.Contains(proxies, e.name) }):
+			// handle_path /app/* strips /app before what it holds, which
+			// sends the request on to an upstream
+			if paths, ok := c.matchedPaths(d.name + " " + d.path()); ok && len(paths) == 1 {
+				strip = strings.TrimSuffix(strings.TrimSuffix(paths[0], "*"), "/")
 			}
+		}
+		if strip != "" {
+			lstrip := strings.ToLower(strip)
 			// The app sees /admin/x for a request to /app/admin/x and
 			// for one to /admin/x, which the strip leaves alone: a
 			// gate must cover both.
-			asked, stripped := last+pattern, pattern // the gate is on the path the app sees
-			if strings.HasPrefix(pre, strip) {
-				asked, stripped = pattern, "/"+strings.TrimPrefix(pattern[len(strip):], "/")
+			asked, stripped := strip+pattern, pattern // the gate is on the path the app sees
+			if strings.HasPrefix(pre, lstrip) {
+				asked, stripped = pattern, "/"+strings.TrimPrefix(pattern[len(lstrip):], "/")
 			}
 			other := stripped // the path this gate does not cover
 			if asked != pattern {
 				other = asked
 			}
-			if c.gatesToo(p, other) {
+			if c.gatesToo(p, other) || c.passesAlready(p, []string{other}, self) {
 				continue
 			}
-			both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s", last, asked, stripped)
+			both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s", strip, asked, stripped)
 			seen := strings.TrimSuffix(stripped, "*")
 			if asked != pattern {
 				// /app/admin/x, stripped to /admin/x after the gate
 				// looked at it: a gate on /admin* never saw it.
-				return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, which sees %s… where the app will see %s…, so those requests reach the app ungated. "+
-					"To gate both ways in, %s", last, c.pos(d), last+gated, gated, both)
+				return h.Errf("sigra_gate: %s on %s strips %s after this gate, which sees %s… where the app will see %s…, so those requests reach the app without this gate's requirements. "+
+					"To gate both ways in, %s", stripWord(d), c.pos(d), strip, strip+gated, gated, both)
 			}
 			// A gate on /app/admin*, where nothing keeps a request
 			// for /admin/x away.
-			if !confinedTo(a.in.matched, strip) {
-				return h.Errf("sigra_gate: uri strip_prefix %s on %s runs after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app ungated. "+
-					"To gate both ways in, %s", last, c.pos(d), seen, last+seen, seen, both)
+			if d.name != "handle_path" && !c.confinedTo(a.in.matched, lstrip) {
+				return h.Errf("sigra_gate: %s on %s strips %s after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app without this gate's requirements. "+
+					"To gate both ways in, %s", stripWord(d), c.pos(d), strip, seen, strip+seen, seen, both)
 			}
 			continue
 		}
@@ -288,32 +322,160 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 				into = files[i]
 			}
 		case d.name == "uri" && op >= 0 && op+2 < len(d.args):
-			// uri replace /old /admin puts /admin anywhere in the path
-			// (find may be anywhere too): new only if find holds none.
+			// uri replace /old /admin puts /admin anywhere in the path:
+			// new unless the path it finds starts the gated one (then
+			// only a gated path can start with it); path_regexp's
+			// replacement, from captures, may be anything.
 			what = "uri " + d.args[op]
-			if rep := strings.ToLower(d.args[op+2]); strings.Contains(rep, pre) && (d.args[op] == "path_regexp" || !strings.Contains(strings.ToLower(d.args[op+1]), pre)) {
+			find, rep := strings.ToLower(d.args[op+1]), strings.ToLower(d.args[op+2])
+			if d.args[op] == "path_regexp" && (strings.Contains(rep, pre) || under(rep)) ||
+				d.args[op] == "replace" && strings.Contains(rep, pre) && !strings.HasPrefix(find, pre) {
 				into = d.args[op+2]
 			}
 			if op > 0 {
 				from = d.args[0]
 			}
 		}
-		if into == "" || what == "rewrite" && !under(into) {
-			continue
-		}
 		if d.readBack != "" {
 			from = d.readBack
+		}
+		if into == "" || what == "rewrite" && !under(knownPrefix(into, from)) {
+			continue
 		}
 		if strings.HasPrefix(from, "/") && under(from) {
 			continue // from a path this gate covers already
 		}
-		if paths, ok := matchedPaths(a.in.matched); ok && len(paths) > 0 && !slices.ContainsFunc(paths, func(m string) bool { return !under(m) }) {
-			continue // in a block for such paths
+		froms := []string{from}
+		if paths, ok := c.matchedPaths(a.in.matched); ok && len(paths) > 0 && !strings.HasPrefix(from, "/") {
+			if !slices.ContainsFunc(paths, func(m string) bool { return !under(m) }) {
+				continue // in a block for such paths
+			}
+			froms = paths
 		}
-		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri and try_files), so those requests reach the app there ungated. "+
-			"Gate the paths clients ask for as well, or write the %s and then the gate in a route block", what, c.pos(d), into, what)
+		if !strings.HasPrefix(froms[0], "/") {
+			froms = []string{""} // any path
+		}
+		if c.passesAlready(p, froms, self) {
+			continue // from paths whose gate asks for as much
+		}
+		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri and try_files), so those requests reach the app there without this gate's requirements. "+
+			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, c.pos(d), into)
 	}
 	return nil
+}
+
+// proxies are the directives that send a request on to an upstream.
+var proxies = []string{"reverse_proxy", "php_fastcgi", "invoke"}
+
+// isHandle reports whether name is a handle block, one of a set Caddy
+// runs one of.
+func isHandle(name string) bool { return name == "handle" || name == "handle_path" }
+
+// stripWord names what strips a prefix: uri strip_prefix, or handle_path.
+func stripWord(d placedDirective) string {
+	if d.name == "handle_path" {
+		return "handle_path"
+	}
+	return "uri strip_prefix"
+}
+
+// keepsPath reports whether a rewrite target starts with the request's
+// own path, so that the path's start stays what it was.
+func keepsPath(target string) bool {
+	return strings.HasPrefix(target, "{http.request.uri.path}") || strings.HasPrefix(target, "{path}")
+}
+
+// knownPrefix fills in a rewrite target's leading placeholder for the
+// request's URI or path when from, the rewrite's matcher, is a path
+// prefix: rewrite /v1/* /api{uri} sends /v1/x to /api/v1/x, whose start
+// is known (/api/v1/), and no longer anything after /api.
+func knownPrefix(target, from string) string {
+	if !strings.HasPrefix(from, "/") || strings.ContainsAny(from, "{?") {
+		return target
+	}
+	lit := strings.TrimSuffix(from, "*")
+	for _, ph := range []string{"{http.request.uri}", "{http.request.uri.path}", "{uri}", "{path}"} {
+		if i := strings.Index(target, ph); i >= 0 && !strings.ContainsAny(target[:i], "{$") {
+			return target[:i] + lit + "{…}"
+		}
+	}
+	return target
+}
+
+// gateRequirements is what a gate asks for, from its block as written:
+// its requirement lines (assertion, which asks nothing, left out), and
+// whether it is optional.
+type gateRequirements struct {
+	lines    []string
+	optional bool
+}
+
+func gateReqs(d placedDirective) gateRequirements {
+	var r gateRequirements
+	if d.block == nil {
+		return r
+	}
+	for _, e := range d.block.dirs {
+		switch e.name {
+		case "assertion":
+		case "optional":
+			r.optional = true
+		default:
+			r.lines = append(r.lines, strings.Join(append([]string{e.name}, e.args...), " "))
+		}
+	}
+	return r
+}
+
+// passesAlready reports whether every request to the paths froms (path
+// patterns; "" for any path) meets the requirements of self already, at
+// a gate on the way p: one that decides for all of those paths (the most
+// specific of its siblings that covers them all, none more specific
+// beside it) and asks for at least as much, line by line, without
+// optional. Such a request, sent on into self's path, bypasses nothing.
+func (c placement) passesAlready(p place, froms []string, self placedDirective) bool {
+	want := gateReqs(self)
+	for _, s := range p {
+		var decider *placedDirective
+		best, unsure := -1, false
+		for i := range s.block.dirs {
+			g := &s.block.dirs[i]
+			if g.name != "sigra_gate" || g.line == self.line && g.file == self.file {
+				continue
+			}
+			gp := strings.ToLower(g.path())
+			switch {
+			case !g.matcher && !g.unknown:
+				if best < 0 {
+					decider = g
+				}
+				continue
+			case gp == "" || strings.ContainsAny(gp, "{?") || !strings.HasPrefix(gp, "/"):
+				unsure = true // a matcher that cannot be compared
+				continue
+			}
+			gpre := strings.TrimSuffix(gp, "*")
+			for _, f := range froms {
+				fpre := strings.TrimSuffix(strings.ToLower(f), "*")
+				switch {
+				case f != "" && (gp == strings.ToLower(f) || strings.HasSuffix(gp, "*") && strings.HasPrefix(fpre, gpre)):
+					if len(gpre) > best {
+						best, decider = len(gpre), g
+					}
+				case f == "" || strings.HasPrefix(gpre, fpre):
+					unsure = true // it decides for some of the paths only
+				}
+			}
+		}
+		if unsure || decider == nil {
+			continue
+		}
+		have := gateReqs(*decider)
+		if !have.optional && !slices.ContainsFunc(want.lines, func(l string) bool { return !slices.Contains(have.lines, l) }) {
+			return true
+		}
+	}
+	return false
 }
 
 // placedIn is a directive and the block it is written in.
@@ -338,28 +500,72 @@ func appendWithin(to []placedIn, d placedDirective, in *placedBlock) []placedIn 
 }
 
 // matchedPaths is the path matchers of a block's innermost matcher
-// (placedBlock.matched): ok is false when it has another kind, or could
-// not be read back.
-func matchedPaths(matched string) (paths []string, ok bool) {
+// (placedBlock.matched), a named one read from its definition: ok is
+// false when it has another kind, or could not be read back.
+func (c placement) matchedPaths(matched string) (paths []string, ok bool) {
 	f := strings.Fields(strings.ToLower(matched))
 	if len(f) < 2 {
 		return nil, matched == ""
 	}
 	for _, m := range f[1:] {
-		if !strings.HasPrefix(m, "/") {
+		switch {
+		case strings.HasPrefix(m, "/"):
+			paths = append(paths, m)
+		case strings.HasPrefix(m, "@"):
+			named, ok := c.namedMatcherPaths(m)
+			if !ok {
+				return nil, false
+			}
+			paths = append(paths, named...)
+		default:
 			return nil, false
 		}
 	}
-	return f[1:], true
+	return paths, true
+}
+
+// namedMatcherPaths reads the definition of the named matcher name at
+// the site's top level: its paths, if it is path matchers only.
+func (c placement) namedMatcherPaths(name string) ([]string, bool) {
+	if c.site == nil {
+		return nil, false
+	}
+	for _, d := range c.site.dirs {
+		if !strings.EqualFold(d.name, name) {
+			continue
+		}
+		var lines [][]string
+		if d.block != nil {
+			for _, e := range d.block.dirs {
+				lines = append(lines, append([]string{e.name}, e.args...))
+			}
+		} else {
+			lines = append(lines, d.args)
+		}
+		var paths []string
+		for _, l := range lines {
+			if len(l) < 2 || l[0] != "path" {
+				return nil, false
+			}
+			for _, m := range l[1:] {
+				if !strings.HasPrefix(m, "/") || strings.Contains(m, "{") {
+					return nil, false
+				}
+				paths = append(paths, strings.ToLower(m))
+			}
+		}
+		return paths, len(paths) > 0
+	}
+	return nil, false
 }
 
 // confinedTo reports whether a block whose innermost matcher is matched
 // (placedBlock.matched) lets in only paths under prefix: then a request
 // without the prefix never gets to what the block holds. A matcher that
-// cannot be read here (a named one, an import argument, one Caddy took
-// out of a file it cannot read back) counts as meant.
-func confinedTo(matched, prefix string) bool {
-	paths, ok := matchedPaths(matched)
+// cannot be read here (of another kind, an import argument, one Caddy
+// took out of a file it cannot read back) counts as meant.
+func (c placement) confinedTo(matched, prefix string) bool {
+	paths, ok := c.matchedPaths(matched)
 	switch {
 	case !ok:
 		return true
