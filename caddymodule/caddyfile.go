@@ -653,6 +653,9 @@ var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "polic
 func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
 	if h.NextArg() {
+		if v := h.Val(); strings.ContainsAny(v, "/*") && !strings.HasPrefix(v, "/") {
+			return nil, h.Errf("sigra_gate: unexpected argument %q: a path matcher starts with /: write /%s", v, v)
+		}
 		return nil, h.Errf("sigra_gate: unexpected argument %q (requirements go in a block)", h.Val())
 	}
 	g := new(Gate)
@@ -674,8 +677,11 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		case "mfa":
 			g.MFA = new(MFARequirement)
 			if h.NextArg() {
-				if h.Val() != "max_age" {
-					return nil, unknownOption(h.Dispenser, "mfa: unknown option %q (known: max_age)", h.Val())
+				if v := h.Val(); v != "max_age" {
+					if _, err := caddy.ParseDuration(v); err == nil {
+						return nil, h.Errf("mfa: unknown option %q: write mfa max_age %s", v, v)
+					}
+					return nil, unknownOption(h.Dispenser, "mfa: unknown option %q (known: max_age)", v)
 				}
 				if err := parseDuration(h.Dispenser, &g.MFA.MaxAge); err != nil {
 					return nil, err
@@ -684,7 +690,7 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		case "amr":
 			methods := h.RemainingArgs()
 			if len(methods) == 0 {
-				return nil, h.ArgErr()
+				return nil, h.Err("amr: missing value: amr <method…> (pwd, otp, mfa)")
 			}
 			if err := checkAMR(methods); err != nil {
 				return nil, h.Err(err.Error())
@@ -693,7 +699,7 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		case "group":
 			groups := h.RemainingArgs()
 			if len(groups) == 0 {
-				return nil, h.ArgErr()
+				return nil, h.Err("group: missing value: group <name…> (any one of the names is enough)")
 			}
 			for _, name := range groups {
 				if err := checkGroup(h.Dispenser, "group", name); err != nil {
@@ -721,7 +727,11 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			if laterGate[req] {
 				return nil, h.Errf("sigra_gate: %q is not available in this build yet", req)
 			}
-			return nil, unknownOption(h.Dispenser, "sigra_gate: unknown requirement %q", req)
+			hint := ""
+			if strings.HasPrefix(req, "group") || req == "role" || req == "roles" {
+				hint = "; did you mean group?"
+			}
+			return nil, unknownOption(h.Dispenser, "sigra_gate: unknown requirement %q (known: optional, mfa, amr, group, assertion)%s", req, hint)
 		}
 	}
 	if err := g.checkOptional(); err != nil {
