@@ -153,6 +153,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 	} {
 		c := &cobra.Command{
 			Use: o.op + " --email <email>", Short: o.short, Args: cobra.NoArgs,
+			SuggestFor: map[string][]string{"delete": {"remove", "rm", "del"}, "enable": {"undisable"}}[o.op],
 			RunE: func(c *cobra.Command, _ []string) error {
 				res, err := runUserOp(c.Context(), cf, userRequest{Op: o.op, User: cf.email})
 				if err != nil {
@@ -238,6 +239,9 @@ when Caddy next starts.`,
 	replay.Flags().StringVar(&hook, "hook", "", "only this webhook's deliveries (its hook_id)")
 	replay.Flags().StringVar(&to, "to", "", "send them to this configured webhook instead (its hook_id)")
 	auditCmd.AddCommand(replay)
+	for _, group := range []*cobra.Command{cmd, user, auditCmd} {
+		commandGroup(group)
+	}
 }
 
 // addKeysCommand adds `keys list` and `keys rotate`.
@@ -293,6 +297,33 @@ from a signing_key file: replace the file and run caddy reload --force
 	}
 	cf.register(rotate, false)
 	keys.AddCommand(list, rotate)
+	commandGroup(keys)
+}
+
+// commandGroup makes a command that only holds subcommands refuse what
+// is none of them, with a non-zero exit: by itself cobra prints the help
+// and exits 0 for no subcommand, and for a misspelt one complains of its
+// flags (caddy sigra users remove --config … said "unknown flag:
+// --config").
+func commandGroup(c *cobra.Command) {
+	var names []string
+	for _, sub := range c.Commands() {
+		names = append(names, sub.Name())
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.FParseErrWhitelist.UnknownFlags = true
+	c.SuggestionsMinimumDistance = 2
+	c.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			_ = c.Usage()
+			return fmt.Errorf("%s needs a command: %s", c.CommandPath(), strings.Join(names, ", "))
+		}
+		msg := fmt.Sprintf("unknown command %q for %s (known: %s)", args[0], c.CommandPath(), strings.Join(names, ", "))
+		if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += "; did you mean " + strings.Join(s, " or ") + "?"
+		}
+		return errors.New(msg)
+	}
 }
 
 // runKeysOp runs req on the store named by the config: directly when no
@@ -380,16 +411,25 @@ func replayAudit(c *cobra.Command, cf cliFlags, hook, to string) error {
 		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
 			return fmt.Errorf("reading the admin API's answer: %w", err)
 		}
-		fmt.Fprintf(c.OutOrStdout(), "replayed %d dead deliveries\n", res.Replayed)
+		fmt.Fprintln(c.OutOrStdout(), replayedText(res.Replayed, ""))
 		return nil
 	}, func(rt *runtime, a *App) error {
 		n, err := replayDead(c.Context(), rt, hook, to, nil, "")
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(c.OutOrStdout(), "replayed %d dead deliveries; they go out when Caddy next starts\n", n)
+		fmt.Fprintln(c.OutOrStdout(), replayedText(n, "; they go out when Caddy next starts"))
 		return nil
 	})
+}
+
+// replayedText says how many dead deliveries a replay put back, and
+// then (when there were some).
+func replayedText(n int, then string) string {
+	if n == 0 {
+		return "no dead deliveries to replay"
+	}
+	return fmt.Sprintf("replayed %d dead deliveries%s", n, then)
 }
 
 // onStore runs direct on the store when no Caddy holds it, or viaAdmin
@@ -397,6 +437,10 @@ func replayAudit(c *cobra.Command, cf cliFlags, hook, to string) error {
 // create is set, a store that does not exist is an error, not a new empty
 // one: a CLI run whose config or environment differs from the running
 // Caddy's would otherwise answer from (or write to) a store nobody uses.
+// cliLockWait is how long a command waits for the store's lock before
+// going through the admin API of the Caddy that holds it.
+const cliLockWait = 100 * time.Millisecond
+
 func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, direct func(rt *runtime, a *App) error) error {
 	cfg, err := loadAppConfig(cf.config, cf.adapter)
 	if err != nil {
@@ -404,7 +448,9 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 	}
 	a := cfg.app
 	abs := cfg.store
-	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: true})
+	// Not the second a start waits: a lock held is a running Caddy, whose
+	// admin API serves the command at once.
+	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: true, LockTimeout: cliLockWait})
 	missing := errors.Is(err, store.ErrNoStore)
 	if missing && !create {
 		where := ""
@@ -414,14 +460,14 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		case !filepath.IsAbs(a.storagePath):
 			where = fmt.Sprintf(" The configured path %s is relative: it is read from the directory the command runs in, as Caddy reads it from the one it started in.", a.storagePath)
 		}
-		which := "is --config the file Caddy runs with"
+		which := "check that --config is the file Caddy runs with"
 		if cfg.file == "" {
 			which = "no --config was given and there is no ./Caddyfile, so this is the default store: give --config the file Caddy runs with"
 		}
-		return fmt.Errorf("no Sigra store at %s: %s, in the same environment?%s Caddy creates the store when it first starts; so does users add.", abs, which, where)
+		return fmt.Errorf("no Sigra store at %s: %s, in the same environment.%s Caddy creates the store when it first starts; so does users add.", abs, which, where)
 	}
 	if missing {
-		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{})
+		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{LockTimeout: cliLockWait})
 	}
 	if errors.Is(err, store.ErrLocked) {
 		return viaAdmin(cfg)

@@ -55,6 +55,21 @@ func TestListModules(t *testing.T) {
 		!strings.Contains(help.stdout, "list") || !strings.Contains(help.stdout, "rotate") {
 		t.Errorf("caddy sigra keys --help does not list the subcommands\n%s", help)
 	}
+	// A command that is none fails, naming itself and what there is; a
+	// script must not take it for done.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sigra", "users", "remove", "--config", "Caddyfile", "--email", "a@example.com"}, `unknown command "remove" for caddy sigra users (known: add, delete, `},
+		{[]string{"sigra", "users", "remove"}, "did you mean delete?"},
+		{[]string{"sigra", "kyes"}, `unknown command "kyes" for caddy sigra (known: audit, backup, keys, users); did you mean keys?`},
+		{[]string{"sigra", "audit"}, "caddy sigra audit needs a command: export, replay"},
+	} {
+		if r := runCaddy(t, h, "", c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("caddy %s: exit %d; want a failure saying %q\n%s", strings.Join(c.args, " "), r.code, c.want, r)
+		}
+	}
 }
 
 // TestValidateExample: Caddyfile.example validates and adapts, and

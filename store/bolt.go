@@ -109,7 +109,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 }
 
 func lockedError(path string) error {
-	return fmt.Errorf("storage %s: %w (a running Caddy holds it: stop it, or run the command against its admin API)", path, ErrLocked)
+	return fmt.Errorf("storage %s: %w (another Caddy, or a caddy sigra command working on the store offline: a store serves one Caddy at a time)", path, ErrLocked)
 }
 
 // initBolt makes sure every bucket exists and moves old layouts on.
