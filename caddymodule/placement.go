@@ -102,7 +102,7 @@ func checkPlacement(h httpcaddyfile.Helper, dir, gatePattern string) error {
 		pattern := gatePattern
 		if dir == "sigra_gate" && pattern == "" {
 			// A bare gate in a block for one path prefix guards that.
-			if paths, ok := c.matchedPaths(p[len(p)-1].block.matched); ok && len(paths) == 1 {
+			if paths, kind := c.matchedPaths(p[len(p)-1].block.matched); kind == matchPaths && len(paths) == 1 {
 				pattern = paths[0]
 			}
 		}
@@ -249,26 +249,64 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		for i, d := range s.block.dirs {
 			switch {
 			case i == s.at:
-			case !c.runsBefore(s.block, i, s.at):
-				after = appendWithin(after, d, s.block)
-			case k < len(p)-1 && isHandle(d.name) && isHandle(s.block.dirs[s.at].name):
-				after = appendWithin(after, d, s.block)
+			case !c.runsBefore(s.block, i, s.at), k < len(p)-1 && isHandle(d.name):
+				after = appendWithin(after, d, s.block, k)
 			}
 		}
 	}
+	// The upstreams the gate guards: those proxied to on the way to it,
+	// and in the blocks there that its path goes into.
+	var guarded []string
+	var serve func(b *placedBlock)
+	serve = func(b *placedBlock) {
+		for _, d := range b.dirs {
+			guarded = append(guarded, upstreams(d)...)
+			if d.block == nil || !slices.Contains(subroutes, d.name) {
+				continue
+			}
+			if !d.matcher && !d.unknown {
+				serve(d.block)
+				continue
+			}
+			m := d.path()
+			if m == "" && d.readBack == "" && len(d.args) > 0 {
+				m = d.args[0] // a named matcher
+			}
+			if paths, kind := c.matchedPaths(d.name + " " + m); kind == matchPaths &&
+				slices.ContainsFunc(paths, func(m string) bool { return strings.HasPrefix(pre, strings.TrimSuffix(m, "*")) }) {
+				serve(d.block)
+			}
+		}
+	}
+	for _, s := range p {
+		serve(s.block)
+	}
 	for _, a := range after {
 		d := a.d
+		// The request meets the gates of the blocks it shares with the
+		// gate: down to the one d is written in, or beside.
+		met := p[:a.level+1]
 		last, gated := d.lastArg(), strings.TrimSuffix(pattern, "*")
 		strip := ""
 		switch {
-		case d.name == "uri" && slices.Contains(d.args, "strip_prefix"):
-			strip = last
-		case d.name == "handle_path" && d.block != nil && slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool { return slices.Contains(proxies, e.name) }):
+		case d.name == "uri":
+			if i := slices.Index(d.args, "strip_prefix"); i >= 0 && i+1 < len(d.args) {
+				strip = d.args[i+1]
+			}
+		case d.name == "handle_path" && d.block != nil && len(c.holdingAny(d.block, proxies)) > 0:
 			// handle_path /app/* strips /app before what it holds, which
 			// sends the request on to an upstream
-			if paths, ok := c.matchedPaths(d.name + " " + d.path()); ok && len(paths) == 1 {
-				strip = strings.TrimSuffix(strings.TrimSuffix(paths[0], "*"), "/")
+			if paths, kind := c.matchedPaths(d.name + " " + d.path()); kind == matchPaths && len(paths) == 1 {
+				strip = strings.TrimSuffix(paths[0], "*")
 			}
+		}
+		// as Caddy takes it: a leading /, and the / after it left on the
+		// path
+		if strip = "/" + strings.Trim(strip, "/"); strip == "/" {
+			strip = ""
+		}
+		if strip != "" && !c.sameUpstream(a, guarded) {
+			strip = "" // another app's: what it sees of this app's paths is none of this gate's business
 		}
 		if strip != "" {
 			lstrip := strings.ToLower(strip)
@@ -276,17 +314,20 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			// for one to /admin/x, which the strip leaves alone: a
 			// gate must cover both.
 			asked, stripped := strip+pattern, pattern // the gate is on the path the app sees
-			if strings.HasPrefix(pre, lstrip) {
-				asked, stripped = pattern, "/"+strings.TrimPrefix(pattern[len(lstrip):], "/")
+			if rest, ok := strings.CutPrefix(pre, lstrip); ok {
+				asked, stripped = pattern, "/"+strings.TrimPrefix(rest, "/")
+				if strings.HasSuffix(pattern, "*") {
+					stripped += "*"
+				}
 			}
 			other := stripped // the path this gate does not cover
 			if asked != pattern {
 				other = asked
 			}
-			if c.gatesToo(p, other) || c.passesAlready(p, []string{other}, self) {
+			if c.passesAlready(met, []string{other}, self) {
 				continue
 			}
-			both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s", strip, asked, stripped)
+			both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s, with the same requirements", strip, asked, stripped)
 			seen := strings.TrimSuffix(stripped, "*")
 			if asked != pattern {
 				// /app/admin/x, stripped to /admin/x after the gate
@@ -306,7 +347,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		// requests it changes ("" if it has none).
 		var into, from, what string
 		switch op := slices.IndexFunc(d.args, func(a string) bool { return a == "replace" || a == "path_regexp" }); {
-		case d.name == "rewrite":
+		case d.name == "rewrite" && len(d.args) > 0:
 			into, what = last, "rewrite"
 			if d.args[0] != last {
 				from = d.args[0]
@@ -346,7 +387,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			continue // from a path this gate covers already
 		}
 		froms := []string{from}
-		if paths, ok := c.matchedPaths(a.in.matched); ok && len(paths) > 0 && !strings.HasPrefix(from, "/") {
+		if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(from, "/") {
 			if !slices.ContainsFunc(paths, func(m string) bool { return !under(m) }) {
 				continue // in a block for such paths
 			}
@@ -355,7 +396,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if !strings.HasPrefix(froms[0], "/") {
 			froms = []string{""} // any path
 		}
-		if c.passesAlready(p, froms, self) {
+		if c.passesAlready(met, froms, self) {
 			continue // from paths whose gate asks for as much
 		}
 		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri and try_files), so those requests reach the app there without this gate's requirements. "+
@@ -382,7 +423,8 @@ func stripWord(d placedDirective) string {
 // keepsPath reports whether a rewrite target starts with the request's
 // own path, so that the path's start stays what it was.
 func keepsPath(target string) bool {
-	return strings.HasPrefix(target, "{http.request.uri.path}") || strings.HasPrefix(target, "{path}")
+	return strings.HasPrefix(target, "{http.request.uri.path}") || strings.HasPrefix(target, "{path}") ||
+		strings.HasPrefix(target, "?") // a query only: Caddy keeps the path
 }
 
 // knownPrefix fills in a rewrite target's leading placeholder for the
@@ -390,10 +432,10 @@ func keepsPath(target string) bool {
 // prefix: rewrite /v1/* /api{uri} sends /v1/x to /api/v1/x, whose start
 // is known (/api/v1/), and no longer anything after /api.
 func knownPrefix(target, from string) string {
-	if !strings.HasPrefix(from, "/") || strings.ContainsAny(from, "{?") {
-		return target
-	}
 	lit := strings.TrimSuffix(from, "*")
+	if !strings.HasPrefix(from, "/") || strings.ContainsAny(lit, "{?*[") {
+		return target // not one literal prefix
+	}
 	for _, ph := range []string{"{http.request.uri}", "{http.request.uri.path}", "{uri}", "{path}"} {
 		if i := strings.Index(target, ph); i >= 0 && !strings.ContainsAny(target[:i], "{$") {
 			return target[:i] + lit + "{…}"
@@ -437,7 +479,7 @@ func (c placement) passesAlready(p place, froms []string, self placedDirective) 
 	want := gateReqs(self)
 	for _, s := range p {
 		var decider *placedDirective
-		best, unsure := -1, false
+		best, unsure := -1, false // best: the decider's rank, as gateRank ranks paths
 		for i := range s.block.dirs {
 			g := &s.block.dirs[i]
 			if g.name != "sigra_gate" || g.line == self.line && g.file == self.file {
@@ -459,8 +501,12 @@ func (c placement) passesAlready(p place, froms []string, self placedDirective) 
 				fpre := strings.TrimSuffix(strings.ToLower(f), "*")
 				switch {
 				case f != "" && (gp == strings.ToLower(f) || strings.HasSuffix(gp, "*") && strings.HasPrefix(fpre, gpre)):
-					if len(gpre) > best {
-						best, decider = len(gpre), g
+					rank := 2 * len(gpre)
+					if !strings.HasSuffix(gp, "*") {
+						rank++ // an exact path before a prefix as long
+					}
+					if rank > best {
+						best, decider = rank, g
 					}
 				case f == "" || strings.HasPrefix(gpre, fpre):
 					unsure = true // it decides for some of the paths only
@@ -478,50 +524,130 @@ func (c placement) passesAlready(p place, froms []string, self placedDirective) 
 	return false
 }
 
-// placedIn is a directive and the block it is written in.
+// placedIn is a directive, the block it is written in, and the step of
+// the place checked that it sits in or beside (the blocks above it it
+// shares with the directive checked).
 type placedIn struct {
-	d  placedDirective
-	in *placedBlock
+	d     placedDirective
+	in    *placedBlock
+	level int
 }
 
 // appendWithin appends d, written in block in, and every directive in
 // the handle, handle_path and route blocks it opens, at any depth.
-func appendWithin(to []placedIn, d placedDirective, in *placedBlock) []placedIn {
-	to = append(to, placedIn{d, in})
+func appendWithin(to []placedIn, d placedDirective, in *placedBlock, level int) []placedIn {
+	to = append(to, placedIn{d, in, level})
 	switch d.name {
 	case "handle", "handle_path", "route":
 		if d.block != nil {
 			for _, e := range d.block.dirs {
-				to = appendWithin(to, e, d.block)
+				to = appendWithin(to, e, d.block, level)
 			}
 		}
 	}
 	return to
 }
 
-// matchedPaths is the path matchers of a block's innermost matcher
-// (placedBlock.matched), a named one read from its definition: ok is
-// false when it has another kind, or could not be read back.
-func (c placement) matchedPaths(matched string) (paths []string, ok bool) {
-	f := strings.Fields(strings.ToLower(matched))
-	if len(f) < 2 {
-		return nil, matched == ""
+// upstreams are where d sends requests on: a proxy's upstreams (its
+// arguments after any matcher, and its to lines), or an invoked route's
+// name; none for any other directive.
+func upstreams(d placedDirective) []string {
+	if !slices.Contains(proxies, d.name) {
+		return nil
 	}
+	args := d.args
+	if d.matcher && d.readBack == "" && len(args) > 0 {
+		args = args[1:]
+	}
+	out := slices.Clone(args)
+	if d.block != nil {
+		for _, e := range d.block.dirs {
+			if e.name == "to" {
+				out = append(out, e.args...)
+			}
+		}
+	}
+	for i := range out {
+		out[i] = d.name + " " + out[i]
+	}
+	return out
+}
+
+// sameUpstream reports whether the requests through a, a directive that
+// strips a prefix, go on to an upstream the gate guards: the proxies in
+// a's block (or the handle_path's own) against guarded. When either side
+// names none (a proxy further in, an upstream from a placeholder), it
+// counts as the same.
+func (c placement) sameUpstream(a placedIn, guarded []string) bool {
+	block := a.in
+	if a.d.name == "handle_path" {
+		block = a.d.block
+	}
+	var theirs []string
+	var walk func(b *placedBlock)
+	walk = func(b *placedBlock) {
+		for _, d := range b.dirs {
+			theirs = append(theirs, upstreams(d)...)
+			if d.block != nil && slices.Contains(subroutes, d.name) {
+				walk(d.block)
+			}
+		}
+	}
+	walk(block)
+	if len(theirs) == 0 || len(guarded) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(theirs, func(u string) bool { return slices.Contains(guarded, u) })
+}
+
+// holdingAny returns the indexes of b's directives that are one of names
+// or hold one in their blocks, at any depth.
+func (c placement) holdingAny(b *placedBlock, names []string) []int {
+	var out []int
+	for i, d := range b.dirs {
+		if slices.Contains(names, d.name) || d.block != nil && len(c.holdingAny(d.block, names)) > 0 {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// What a block's matcher is, as matchedPaths reads it.
+type matchKind int
+
+const (
+	matchNone   matchKind = iota // no matcher: every request
+	matchPaths                   // path matchers, as listed
+	matchOther                   // another kind (method, header, a named matcher of those)
+	matchUnread                  // one that could not be read back
+)
+
+// matchedPaths reads a block's innermost matcher (placedBlock.matched):
+// its path matchers, a named one's read from its definition.
+func (c placement) matchedPaths(matched string) ([]string, matchKind) {
+	f := strings.Fields(matched)
+	switch {
+	case matched == "":
+		return nil, matchNone
+	case len(f) < 2 || strings.Contains(matched, "(its matcher"):
+		return nil, matchUnread
+	}
+	var paths []string
 	for _, m := range f[1:] {
 		switch {
 		case strings.HasPrefix(m, "/"):
-			paths = append(paths, m)
+			paths = append(paths, strings.ToLower(m))
 		case strings.HasPrefix(m, "@"):
 			named, ok := c.namedMatcherPaths(m)
 			if !ok {
-				return nil, false
+				return nil, matchOther
 			}
 			paths = append(paths, named...)
 		default:
-			return nil, false
+			return nil, matchOther
 		}
 	}
-	return paths, true
+	return paths, matchPaths
 }
 
 // namedMatcherPaths reads the definition of the named matcher name at
@@ -531,7 +657,7 @@ func (c placement) namedMatcherPaths(name string) ([]string, bool) {
 		return nil, false
 	}
 	for _, d := range c.site.dirs {
-		if !strings.EqualFold(d.name, name) {
+		if d.name != name { // Caddy's matcher names are case-sensitive
 			continue
 		}
 		var lines [][]string
@@ -562,30 +688,18 @@ func (c placement) namedMatcherPaths(name string) ([]string, bool) {
 // confinedTo reports whether a block whose innermost matcher is matched
 // (placedBlock.matched) lets in only paths under prefix: then a request
 // without the prefix never gets to what the block holds. A matcher that
-// cannot be read here (of another kind, an import argument, one Caddy
-// took out of a file it cannot read back) counts as meant.
+// could not be read back (an import argument, one Caddy took out of a
+// file it cannot read) counts as meant; one of another kind (a method)
+// confines nothing.
 func (c placement) confinedTo(matched, prefix string) bool {
-	paths, ok := c.matchedPaths(matched)
-	switch {
-	case !ok:
+	paths, kind := c.matchedPaths(matched)
+	switch kind {
+	case matchUnread:
 		return true
-	case len(paths) == 0:
+	case matchNone, matchOther:
 		return false
 	}
 	return !slices.ContainsFunc(paths, func(m string) bool { return !strings.HasPrefix(strings.TrimSuffix(m, "*"), prefix) })
-}
-
-// gatesToo reports whether a gate on the path pattern (in any case) sits
-// in a block on the way p.
-func (c placement) gatesToo(p place, pattern string) bool {
-	for _, s := range p {
-		for _, d := range s.block.dirs {
-			if d.name == "sigra_gate" && strings.EqualFold(d.path(), pattern) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // runsBefore reports whether b's i-th directive runs before its j-th: as
