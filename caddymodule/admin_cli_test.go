@@ -500,3 +500,35 @@ func TestCLIRefusesAConfigWithoutSigra(t *testing.T) {
 		t.Errorf("a Caddyfile with sigra options only: %+v, %v; want its store", cfg, err)
 	}
 }
+
+// A command that finds the store locked and no Caddy answering on the
+// config's admin address waits for the lock as a start would: another
+// command working offline holds it for a moment, and the two must not
+// fail for being run together.
+func TestCLIWaitsForAnotherOfflineCommand(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sigra.db")
+	st, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "Caddyfile")
+	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tsigra {\n\t\tstorage bbolt %s\n\t\tbootstrap_admin off\n\t}\n}\n", freePort(t), path)
+	if err := os.WriteFile(cfg, []byte(cf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond) // past the 100 ms a command first waits
+		st.Close()
+		close(released)
+	}()
+	res, err := runUserOp(context.Background(), cliFlags{config: cfg, adapter: "caddyfile"}, userRequest{Op: "list"})
+	<-released
+	if err != nil {
+		t.Fatalf("users list while another offline command held the store for 300 ms: %v", err)
+	}
+	if len(res.Users) != 0 {
+		t.Errorf("users list on an empty store: %+v", res.Users)
+	}
+}

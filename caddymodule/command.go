@@ -432,15 +432,21 @@ func replayedText(n int, then string) string {
 	return fmt.Sprintf("replayed %d dead deliveries%s", n, then)
 }
 
+// errAdminSilent is an admin API that did not answer at all.
+type errAdminSilent struct{ err error }
+
+func (e errAdminSilent) Error() string { return e.err.Error() }
+func (e errAdminSilent) Unwrap() error { return e.err }
+
+// cliLockWait is how long a command waits for the store's lock before
+// going through the admin API of the Caddy that holds it.
+const cliLockWait = 100 * time.Millisecond
+
 // onStore runs direct on the store when no Caddy holds it, or viaAdmin
 // when a running Caddy does (its admin API then does the work). Unless
 // create is set, a store that does not exist is an error, not a new empty
 // one: a CLI run whose config or environment differs from the running
 // Caddy's would otherwise answer from (or write to) a store nobody uses.
-// cliLockWait is how long a command waits for the store's lock before
-// going through the admin API of the Caddy that holds it.
-const cliLockWait = 100 * time.Millisecond
-
 func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, direct func(rt *runtime, a *App) error) error {
 	cfg, err := loadAppConfig(cf.config, cf.adapter)
 	if err != nil {
@@ -470,9 +476,17 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{LockTimeout: cliLockWait})
 	}
 	if errors.Is(err, store.ErrLocked) {
-		return viaAdmin(cfg)
-	}
-	if err != nil {
+		err = viaAdmin(cfg)
+		if !errors.As(err, new(errAdminSilent)) {
+			return err
+		}
+		// No Caddy answers: another command, working offline, may hold
+		// the lock for a moment. Wait for it as a start would.
+		var again error
+		if st, again = store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: !create}); again != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	if missing {
@@ -705,8 +719,8 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			}
 			return nil, fmt.Errorf("admin API at %s: %s", addr, answer)
 		}
-		return nil, fmt.Errorf("%s is locked by a running Caddy, and its admin API at %s did not answer (%v): "+
-			"stop Caddy, or enable its admin endpoint", path, addr, err)
+		return nil, fmt.Errorf("%s is locked by a running Caddy, and its admin API at %s did not answer (%w): "+
+			"stop Caddy, or enable its admin endpoint", path, addr, errAdminSilent{err})
 	}
 	return resp, nil
 }
