@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"reflect"
 	"regexp"
@@ -226,10 +227,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		lit := strings.ToLower(path)
 		if i := strings.IndexAny(lit, "{?$"); i >= 0 {
 			// A placeholder or a capture may make it anything from
-			// there; the request's own path keeps what it was
-			// (placeholderAt says how much of it is known).
+			// there; the request's own path keeps what it was.
 			lit = lit[:i]
-			if lit == "" && !keepsPath(path) {
+			if (lit == "" || lit == "/") && !keepsPath(path) {
 				return true
 			}
 			return strings.HasPrefix(lit, pre) || len(lit) > 1 && strings.HasPrefix(pre, lit)
@@ -241,52 +241,27 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	}
 	// What may change the path after the gate: what runs after it in
 	// each block on the way, and inside the handle, handle_path and route
-	// blocks there; and the other handle blocks beside one on the way,
+	// blocks there; the other handle blocks beside one on the way,
 	// whatever their order, as a request that one of them takes never
-	// meets the gate.
+	// meets the gate; and a block that runs before it and may answer.
 	var after []placedIn
 	for k, s := range p {
 		for i, d := range s.block.dirs {
 			switch {
 			case i == s.at:
-			case !c.runsBefore(s.block, i, s.at), k < len(p)-1 && isHandle(d.name):
-				after = appendWithin(after, d, s.block, k)
+			case !c.runsBefore(s.block, i, s.at), k < len(p)-1 && isHandle(d.name),
+				slices.Contains(subroutes, d.name) && c.mayAnswer(d):
+				after = appendWithin(after, d, s.block, k, nil)
 			}
 		}
-	}
-	// The upstreams the gate guards: those proxied to on the way to it,
-	// and in the blocks there that its path goes into.
-	var guarded []string
-	var serve func(b *placedBlock)
-	serve = func(b *placedBlock) {
-		for _, d := range b.dirs {
-			guarded = append(guarded, upstreams(d)...)
-			if d.block == nil || !slices.Contains(subroutes, d.name) {
-				continue
-			}
-			if !d.matcher && !d.unknown {
-				serve(d.block)
-				continue
-			}
-			m := d.path()
-			if m == "" && d.readBack == "" && len(d.args) > 0 {
-				m = d.args[0] // a named matcher
-			}
-			if paths, kind := c.matchedPaths(d.name + " " + m); kind == matchPaths &&
-				slices.ContainsFunc(paths, func(m string) bool { return strings.HasPrefix(pre, strings.TrimSuffix(m, "*")) }) {
-				serve(d.block)
-			}
-		}
-	}
-	for _, s := range p {
-		serve(s.block)
 	}
 	for _, a := range after {
 		d := a.d
 		// The request meets the gates of the blocks it shares with the
-		// gate: down to the one d is written in, or beside.
-		met := p[:a.level+1]
-		last, gated := d.lastArg(), strings.TrimSuffix(pattern, "*")
+		// gate, down to the one d is written in or beside, and those of
+		// the blocks from there to d.
+		met := slices.Concat(p[:a.level+1], a.inner)
+		last := d.lastArg()
 		strip := ""
 		switch {
 		case d.name == "uri":
@@ -300,46 +275,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 				strip = strings.TrimSuffix(paths[0], "*")
 			}
 		}
-		// as Caddy takes it: a leading /, and the / after it left on the
-		// path
-		if strip = "/" + strings.Trim(strip, "/"); strip == "/" {
-			strip = ""
-		}
-		if strip != "" && !c.sameUpstream(a, guarded) {
-			strip = "" // another app's: what it sees of this app's paths is none of this gate's business
-		}
 		if strip != "" {
-			lstrip := strings.ToLower(strip)
-			// The app sees /admin/x for a request to /app/admin/x and
-			// for one to /admin/x, which the strip leaves alone: a
-			// gate must cover both.
-			asked, stripped := strip+pattern, pattern // the gate is on the path the app sees
-			if rest, ok := strings.CutPrefix(pre, lstrip); ok {
-				asked, stripped = pattern, "/"+strings.TrimPrefix(rest, "/")
-				if strings.HasSuffix(pattern, "*") {
-					stripped += "*"
-				}
-			}
-			other := stripped // the path this gate does not cover
-			if asked != pattern {
-				other = asked
-			}
-			if c.passesAlready(met, []string{other}, self) {
-				continue
-			}
-			both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s, with the same requirements", strip, asked, stripped)
-			seen := strings.TrimSuffix(stripped, "*")
-			if asked != pattern {
-				// /app/admin/x, stripped to /admin/x after the gate
-				// looked at it: a gate on /admin* never saw it.
-				return h.Errf("sigra_gate: %s on %s strips %s after this gate, which sees %s… where the app will see %s…, so those requests reach the app without this gate's requirements. "+
-					"To gate both ways in, %s", stripWord(d), c.pos(d), strip, strip+gated, gated, both)
-			}
-			// A gate on /app/admin*, where nothing keeps a request
-			// for /admin/x away.
-			if d.name != "handle_path" && !c.confinedTo(a.in.matched, lstrip) {
-				return h.Errf("sigra_gate: %s on %s strips %s after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app without this gate's requirements. "+
-					"To gate both ways in, %s", stripWord(d), c.pos(d), strip, seen, strip+seen, seen, both)
+			if err := c.checkStrip(p, met, a, strip, pattern, self); err != nil {
+				return err
 			}
 			continue
 		}
@@ -363,14 +301,13 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 				into = files[i]
 			}
 		case d.name == "uri" && op >= 0 && op+2 < len(d.args):
-			// uri replace /old /admin puts /admin anywhere in the path:
-			// new unless the path it finds starts the gated one (then
-			// only a gated path can start with it); path_regexp's
-			// replacement, from captures, may be anything.
+			// uri replace /old /admin may make a gated path of one that
+			// was not; path_regexp's replacement, from captures, may be
+			// anything.
 			what = "uri " + d.args[op]
 			find, rep := strings.ToLower(d.args[op+1]), strings.ToLower(d.args[op+2])
 			if d.args[op] == "path_regexp" && (strings.Contains(rep, pre) || under(rep)) ||
-				d.args[op] == "replace" && strings.Contains(rep, pre) && !strings.HasPrefix(find, pre) {
+				d.args[op] == "replace" && replaceMayForm(find, rep, pre) {
 				into = d.args[op+2]
 			}
 			if op > 0 {
@@ -403,6 +340,139 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, c.pos(d), into)
 	}
 	return nil
+}
+
+// checkStrip checks a strip of prefix strip (a uri strip_prefix, or a
+// handle_path that proxies: a.d) after the gate self on pattern. The app
+// behind it sees /admin/x for a request to /app/admin/x, to /admin/x
+// itself (which the strip leaves alone), and, when the prefix has no
+// trailing slash, to /appadmin/x: a gate must cover them all, unless the
+// strip proxies to another upstream than the gate guards.
+func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, self placedDirective) error {
+	d := a.d
+	slash := strings.HasSuffix(strip, "/") // handle_path /app/* lets in /app/… only: its strip is /app/
+	// as Caddy takes it: a leading /, and the / after it left on the path
+	if strip = "/" + strings.Trim(strip, "/"); strip == "/" {
+		return nil
+	}
+	lstrip := strings.ToLower(strip)
+	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
+	star := ""
+	if strings.HasSuffix(pattern, "*") {
+		star = "*"
+	}
+	asked, stripped := strip+pattern, pattern // the gate is on the path the app sees
+	if rest, ok := strings.CutPrefix(pre, lstrip); ok {
+		asked, stripped = pattern, "/"+strings.TrimPrefix(rest, "/")+star
+	}
+	block := a.in // what the strip's requests go on through
+	if d.name == "handle_path" {
+		block = d.block
+	}
+	theirs := upstreamsIn(block)
+	if !c.sameUpstream(theirs, c.guarded(p, pre)) {
+		return nil // another app's: what it sees of this app's paths is none of this gate's business
+	}
+	// The ways in, and where each reaches the app: the asked path through
+	// the strip, the stripped path directly (unless only the upstream's
+	// block, confined to the prefix, reaches it), and the prefix glued
+	// to the stripped path.
+	other := stripped
+	if asked != pattern {
+		other = asked
+	}
+	inner := met
+	if d.name == "handle_path" {
+		// gates in the handle_path see the stripped path
+		inner = append(slices.Clone(met), step{block: d.block, at: -1})
+	}
+	both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s, with the same requirements", strip, asked, stripped)
+	seen := strings.TrimSuffix(stripped, "*")
+	what := "uri strip_prefix"
+	if d.name == "handle_path" {
+		what = "handle_path"
+	}
+	switch {
+	case asked != pattern && !c.passesAlready(met, []string{other}, self) && !(d.name == "handle_path" && c.passesAlready(inner, []string{stripped}, self)):
+		// /app/admin/x, stripped to /admin/x after the gate looked at
+		// it: a gate on /admin* never saw it.
+		return c.h.Errf("sigra_gate: %s on %s strips %s after this gate, which sees %s… where the app will see %s…, so those requests reach the app without this gate's requirements. "+
+			"To gate both ways in, %s", what, c.pos(d), strip, strip+strings.TrimSuffix(pattern, "*"), strings.TrimSuffix(pattern, "*"), both)
+	case asked == pattern && c.directReaches(p, strings.TrimSuffix(stripped, "*"), theirs) && !c.passesAlready(p, []string{stripped}, self):
+		// A gate on /app/admin*, where a request for /admin/x reaches
+		// the same upstream.
+		return c.h.Errf("sigra_gate: %s on %s strips %s after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app without this gate's requirements. "+
+			"To gate both ways in, %s", what, c.pos(d), strip, seen, strip+seen, seen, both)
+	}
+	if glued := strip + strings.TrimPrefix(stripped, "/"); !slash && !c.confinedTo(a.in.matched, lstrip+"/") && !c.passesAlready(met, []string{glued}, self) {
+		return c.h.Errf("sigra_gate: %s on %s strips %s from any path that starts so, so the app also sees %s… for a request to %s…, which no gate with this one's requirements covers. "+
+			"Strip %s/ instead, or %s", what, c.pos(d), strip, seen, strings.TrimSuffix(glued, "*"), strip, both)
+	}
+	return nil
+}
+
+// directReaches reports whether a request for the path prefix pre,
+// unstripped, may reach one of the upstreams theirs: through the blocks
+// on the way p and the blocks there its path goes into.
+func (c placement) directReaches(p place, pre string, theirs []string) bool {
+	reach := c.guarded(p[:1], strings.ToLower(pre))
+	return len(reach) > 0 && c.sameUpstream(theirs, reach)
+}
+
+// guarded are the upstreams a request for the path prefix pre may reach
+// from the blocks of p: those proxied to there, and in the blocks whose
+// matchers may let it in (any but path matchers that leave it out).
+func (c placement) guarded(p place, pre string) []string {
+	var out []string
+	var serve func(b *placedBlock)
+	serve = func(b *placedBlock) {
+		for _, d := range b.dirs {
+			out = append(out, upstreams(d)...)
+			if d.block == nil || !slices.Contains(subroutes, d.name) {
+				continue
+			}
+			if d.unknown || d.readBack == "?" {
+				continue // a matcher that could not be read back counts as meant
+			}
+			m := d.path()
+			if m == "" && d.readBack == "" && d.matcher && len(d.args) > 0 {
+				m = d.args[0] // a named matcher
+			}
+			paths, kind := c.matchedPaths(strings.TrimSpace(d.name + " " + m))
+			if !d.matcher || kind != matchPaths || slices.ContainsFunc(paths, func(m string) bool {
+				mp := strings.TrimSuffix(m, "*")
+				return strings.HasPrefix(pre, mp) || strings.HasPrefix(mp, pre)
+			}) {
+				serve(d.block)
+			}
+		}
+	}
+	for _, s := range p {
+		serve(s.block)
+	}
+	return out
+}
+
+// replaceMayForm reports whether uri replace find rep may turn a path
+// that does not start with pre into one that does: when the replacement,
+// put in at some point of pre's start, agrees with pre there, and the
+// path found there need not have started with pre already. Merging
+// slashes (// to /) forms nothing: Caddy's path matchers merge them too.
+func replaceMayForm(find, rep, pre string) bool {
+	if rep == "/" && strings.Trim(find, "/") == "" {
+		return false
+	}
+	for k := 0; k < len(pre); k++ {
+		rest := pre[k:]
+		if !strings.HasPrefix(rest, rep) && !strings.HasPrefix(rep, rest) {
+			continue
+		}
+		if strings.HasPrefix(find, rest) || find == rep {
+			continue // the path started with pre already, or nothing changes
+		}
+		return true
+	}
+	return false
 }
 
 // proxies are the directives that send a request on to an upstream.
@@ -470,13 +540,31 @@ func gateReqs(d placedDirective) gateRequirements {
 }
 
 // passesAlready reports whether every request to the paths froms (path
-// patterns; "" for any path) meets the requirements of self already, at
-// a gate on the way p: one that decides for all of those paths (the most
-// specific of its siblings that covers them all, none more specific
-// beside it) and asks for at least as much, line by line, without
-// optional. Such a request, sent on into self's path, bypasses nothing.
+// patterns; "" for any path) meets the requirements of self already: for
+// each pattern, at some block of p, the gate that decides for all its
+// paths (the most specific of its siblings that covers them all, none
+// more specific beside it) asks for at least as much, line by line,
+// without optional. Such a request, sent on into self's path, bypasses
+// nothing.
 func (c placement) passesAlready(p place, froms []string, self placedDirective) bool {
 	want := gateReqs(self)
+	for _, f := range froms {
+		if !c.decidedAlike(p, f, self, want) {
+			return false
+		}
+	}
+	return len(froms) > 0
+}
+
+// decidedAlike reports whether, at some block of p, the gate that
+// decides for every path of the pattern f ("" for any path) asks for at
+// least want, without optional.
+func (c placement) decidedAlike(p place, f string, self placedDirective, want gateRequirements) bool {
+	fl := strings.ToLower(f)
+	fpre := strings.TrimSuffix(fl, "*")
+	if strings.ContainsAny(fpre, "*?[{") {
+		return false // a glob in the middle: which gate decides varies
+	}
 	for _, s := range p {
 		var decider *placedDirective
 		best, unsure := -1, false // best: the decider's rank, as gateRank ranks paths
@@ -497,20 +585,17 @@ func (c placement) passesAlready(p place, froms []string, self placedDirective) 
 				continue
 			}
 			gpre := strings.TrimSuffix(gp, "*")
-			for _, f := range froms {
-				fpre := strings.TrimSuffix(strings.ToLower(f), "*")
-				switch {
-				case f != "" && (gp == strings.ToLower(f) || strings.HasSuffix(gp, "*") && strings.HasPrefix(fpre, gpre)):
-					rank := 2 * len(gpre)
-					if !strings.HasSuffix(gp, "*") {
-						rank++ // an exact path before a prefix as long
-					}
-					if rank > best {
-						best, decider = rank, g
-					}
-				case f == "" || strings.HasPrefix(gpre, fpre):
-					unsure = true // it decides for some of the paths only
+			switch {
+			case f != "" && (gp == fl || strings.HasSuffix(gp, "*") && strings.HasPrefix(fpre, gpre)):
+				rank := 2 * len(gpre)
+				if !strings.HasSuffix(gp, "*") {
+					rank++ // an exact path before a prefix as long
 				}
+				if rank > best {
+					best, decider = rank, g
+				}
+			case f == "" || strings.HasPrefix(gpre, fpre):
+				unsure = true // it decides for some of the paths only
 			}
 		}
 		if unsure || decider == nil {
@@ -524,24 +609,26 @@ func (c placement) passesAlready(p place, froms []string, self placedDirective) 
 	return false
 }
 
-// placedIn is a directive, the block it is written in, and the step of
-// the place checked that it sits in or beside (the blocks above it it
-// shares with the directive checked).
+// placedIn is a directive, the block it is written in, the step of the
+// place checked that it sits in or beside (the blocks above it it shares
+// with the directive checked), and the blocks from there down to it.
 type placedIn struct {
 	d     placedDirective
 	in    *placedBlock
 	level int
+	inner place
 }
 
 // appendWithin appends d, written in block in, and every directive in
 // the handle, handle_path and route blocks it opens, at any depth.
-func appendWithin(to []placedIn, d placedDirective, in *placedBlock, level int) []placedIn {
-	to = append(to, placedIn{d, in, level})
+func appendWithin(to []placedIn, d placedDirective, in *placedBlock, level int, inner place) []placedIn {
+	to = append(to, placedIn{d, in, level, inner})
 	switch d.name {
 	case "handle", "handle_path", "route":
 		if d.block != nil {
+			down := append(slices.Clone(inner), step{block: d.block, at: -1})
 			for _, e := range d.block.dirs {
-				to = appendWithin(to, e, d.block, level)
+				to = appendWithin(to, e, d.block, level, down)
 			}
 		}
 	}
@@ -549,11 +636,15 @@ func appendWithin(to []placedIn, d placedDirective, in *placedBlock, level int) 
 }
 
 // upstreams are where d sends requests on: a proxy's upstreams (its
-// arguments after any matcher, and its to lines), or an invoked route's
-// name; none for any other directive.
+// arguments after any matcher, and its to lines), normalised
+// (upstreamKey); "*" for an invoked route or an upstream from a
+// placeholder, which may be any; none for any other directive.
 func upstreams(d placedDirective) []string {
 	if !slices.Contains(proxies, d.name) {
 		return nil
+	}
+	if d.name == "invoke" {
+		return []string{"*"}
 	}
 	args := d.args
 	if d.matcher && d.readBack == "" && len(args) > 0 {
@@ -568,33 +659,50 @@ func upstreams(d placedDirective) []string {
 		}
 	}
 	for i := range out {
-		out[i] = d.name + " " + out[i]
+		out[i] = upstreamKey(out[i])
 	}
 	return out
 }
 
-// sameUpstream reports whether the requests through a, a directive that
-// strips a prefix, go on to an upstream the gate guards: the proxies in
-// a's block (or the handle_path's own) against guarded. When either side
-// names none (a proxy further in, an upstream from a placeholder), it
-// counts as the same.
-func (c placement) sameUpstream(a placedIn, guarded []string) bool {
-	block := a.in
-	if a.d.name == "handle_path" {
-		block = a.d.block
+// upstreamKey is an upstream address as compared: without a scheme,
+// loopback names as one, in lower case; "*" for a placeholder.
+func upstreamKey(u string) string {
+	if strings.Contains(u, "{") {
+		return "*"
 	}
-	var theirs []string
-	var walk func(b *placedBlock)
-	walk = func(b *placedBlock) {
-		for _, d := range b.dirs {
-			theirs = append(theirs, upstreams(d)...)
-			if d.block != nil && slices.Contains(subroutes, d.name) {
-				walk(d.block)
-			}
+	u = strings.ToLower(u)
+	for _, scheme := range []string{"http://", "https://", "h2c://", "unix//"} {
+		u = strings.TrimPrefix(u, scheme)
+	}
+	host, port, err := net.SplitHostPort(u)
+	if err != nil {
+		host, port = u, ""
+	}
+	switch host {
+	case "localhost", "::1", "[::1]", "127.0.0.1", "":
+		host = "127.0.0.1"
+	}
+	return host + ":" + port
+}
+
+// upstreamsIn are the upstreams the directives of b, and of the blocks
+// in it, proxy to.
+func upstreamsIn(b *placedBlock) []string {
+	var out []string
+	for _, d := range b.dirs {
+		out = append(out, upstreams(d)...)
+		if d.block != nil && slices.Contains(subroutes, d.name) {
+			out = append(out, upstreamsIn(d.block)...)
 		}
 	}
-	walk(block)
-	if len(theirs) == 0 || len(guarded) == 0 {
+	return out
+}
+
+// sameUpstream reports whether the upstreams theirs may be among
+// guarded. When either side names none (a proxy further off), or one
+// may be any ("*"), it counts as the same.
+func (c placement) sameUpstream(theirs, guarded []string) bool {
+	if len(theirs) == 0 || len(guarded) == 0 || slices.Contains(theirs, "*") || slices.Contains(guarded, "*") {
 		return true
 	}
 	return slices.ContainsFunc(theirs, func(u string) bool { return slices.Contains(guarded, u) })
