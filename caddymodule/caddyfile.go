@@ -67,7 +67,7 @@ func handlerDirective(setup func(httpcaddyfile.Helper, caddy.ModuleMap) (caddyht
 // own paths, it strips forged identity headers and the gateway's cookies
 // from every request of the site, gated or not.
 func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
-	if err := checkPlacement(h, "sigra_portal", ""); err != nil {
+	if err := checkPlacement(h, "sigra_portal"); err != nil {
 		return err
 	}
 	if matcherSet != nil {
@@ -102,7 +102,7 @@ type gateMatch struct {
 // would decide alone and the other's requirements would never apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	pattern, onePrefix := gatePrefix(matcherSet) // "" unless one path prefix
-	if err := checkPlacement(h, "sigra_gate", pattern); err != nil {
+	if err := checkPlacement(h, "sigra_gate", gatePaths(matcherSet)...); err != nil {
 		return err
 	}
 	sib, err := gateBlockOf(h)
@@ -151,6 +151,22 @@ func gatePrefix(matcherSet caddy.ModuleMap) (string, bool) {
 		return "", false
 	}
 	return paths[0], true
+}
+
+// gatePaths are the paths of a matcher set that is path matchers only,
+// each a literal path or prefix (/admin, /admin*); none otherwise.
+func gatePaths(matcherSet caddy.ModuleMap) []string {
+	var paths []string
+	if len(matcherSet) != 1 || json.Unmarshal(matcherSet["path"], &paths) != nil {
+		return nil
+	}
+	for _, p := range paths {
+		prefix := strings.TrimSuffix(p, "*")
+		if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "*{[?") {
+			return nil
+		}
+	}
+	return paths
 }
 
 // matchesAll reports whether a matcher set is one path matcher that

@@ -34,7 +34,7 @@ var subroutes = []string{"handle", "handle_path", "route"}
 // answering directives. TestCaddyOrder holds it to the Caddy this builds
 // with. The global order option, when used, gives the whole order.
 var caddyOrder = []string{
-	"sigra_portal", "sigra_gate", "redir", "rewrite", "uri", "basic_auth", "forward_auth",
+	"sigra_portal", "sigra_gate", "redir", "rewrite", "uri", "try_files", "basic_auth", "forward_auth",
 	"invoke", "handle", "handle_path", "route",
 	"abort", "error", "respond", "metrics", "reverse_proxy", "php_fastcgi", "file_server", "acme_server",
 }
@@ -61,7 +61,7 @@ var caddyOrder = []string{
 // And a site with a gate and no portal is refused, unless it invokes a
 // named route that holds one. Named routes are read from their adapted
 // JSON; a named route's own top level is checked as a site's.
-func checkPlacement(h httpcaddyfile.Helper, dir, gatePattern string) error {
+func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) error {
 	site, places := placesOf(h)
 	if site == nil {
 		return nil
@@ -100,15 +100,22 @@ func checkPlacement(h httpcaddyfile.Helper, dir, gatePattern string) error {
 		if err := c.check(p); err != nil {
 			return err
 		}
-		pattern := gatePattern
-		if dir == "sigra_gate" && pattern == "" {
-			// A bare gate in a block for one path prefix guards that.
-			if paths, kind := c.matchedPaths(p[len(p)-1].block.matched); kind == matchPaths && len(paths) == 1 {
-				pattern = paths[0]
+		patterns := gatePatterns
+		if last := p[len(p)-1]; len(patterns) == 1 && last.block.dirs[last.at].path() != "" && !strings.EqualFold(last.block.dirs[last.at].path(), patterns[0]) && !strings.HasPrefix(last.block.dirs[last.at].path(), "?") {
+			// The snippet's gate imported again with another path: that
+			// one is checked when it is parsed.
+			continue
+		}
+		if dir == "sigra_gate" && len(patterns) == 0 {
+			// A bare gate in a block for path prefixes guards those.
+			if paths, kind := c.matchedPaths(p[len(p)-1].block.matched); kind == matchPaths {
+				patterns = paths
 			}
 		}
-		if err := c.checkRewriteInto(p, pattern); err != nil {
-			return err
+		for _, pattern := range patterns {
+			if err := c.checkRewriteInto(p, pattern); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -216,8 +223,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	if pattern == "" {
 		return nil
 	}
-	self := p[len(p)-1].block.dirs[p[len(p)-1].at]
-	if reqs := gateReqs(self); reqs.optional {
+	last := p[len(p)-1]
+	self := &last.block.dirs[last.at] // by address: a snippet imported twice puts two gates on one line
+	if reqs := gateReqs(*self); reqs.optional {
 		return nil // it lets anyone in: there is no way round it
 	}
 	h := c.h
@@ -232,12 +240,18 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if (lit == "" || lit == "/") && !keepsPath(path) {
 				return true
 			}
+			if after := path[strings.IndexByte(path, '}')+1:]; keepsPath(path) && strings.HasSuffix(pre, "/") && strings.HasPrefix(after, "/") {
+				return true // /admin, which /admin/* leaves out, made /admin/…
+			}
 			return strings.HasPrefix(lit, pre) || len(lit) > 1 && strings.HasPrefix(pre, lit)
 		}
 		if !strings.HasSuffix(pattern, "*") {
 			return lit == pre
 		}
 		return strings.HasPrefix(lit, pre)
+	}
+	if err := c.checkBefore(p, pattern, self); err != nil {
+		return err
 	}
 	// What may change the path after the gate: what runs after it in
 	// each block on the way, and inside the handle, handle_path and route
@@ -292,13 +306,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			}
 		case d.name == "try_files":
 			// its fallback: a request for no file goes there
-			what = "try_files"
-			files := d.args
-			if d.matcher && d.readBack == "" {
-				from, files = files[0], files[1:]
-			}
-			if i := slices.IndexFunc(files, under); i >= 0 {
-				into = files[i]
+			what = "try_files" // which takes no matcher: every argument is a file
+			if i := slices.IndexFunc(d.args, under); i >= 0 {
+				into = d.args[i]
 			}
 		case d.name == "uri" && op >= 0 && op+2 < len(d.args):
 			// uri replace /old /admin may make a gated path of one that
@@ -342,13 +352,59 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	return nil
 }
 
+// checkBefore checks what changes the path before the gate on pattern
+// (self, at the end of p) sees it: a handle_path on the way strips its
+// prefix first, so a request for the stripped path itself, outside it,
+// must not reach the same upstream past the gate; and a try_files or a
+// rewrite that runs before a block on the way that has a path matcher
+// may move the block's paths out of it, so the gate never sees them,
+// while php_fastcgi hands the app the original URI.
+func (c placement) checkBefore(p place, pattern string, self *placedDirective) error {
+	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
+	gated := strings.TrimSuffix(pattern, "*")
+	php := len(c.holdingAny(c.site, []string{"php_fastcgi"})) > 0
+	for k := 0; k < len(p)-1; k++ {
+		s := p[k]
+		way := s.block.dirs[s.at]
+		if way.name == "handle_path" && way.block != nil && self.matcher { // a bare gate guards the whole mount
+			reach := c.guarded(p[:1], pre, way.block)
+			if len(reach) > 0 && c.sameUpstream(upstreamsIn(way.block), reach) && !c.passesAlready(p[:k+1], []string{pattern}, self) {
+				return c.h.Errf("sigra_gate: it is inside handle_path on %s, which strips its prefix first, so it sees %s… while a request for %s… itself goes past the handle_path to the same upstream, where no gate asks for this one's requirements. "+
+					"Gate %s at the site's top level as well, with the same requirements, or proxy nothing else to that upstream", c.pos(way), gated, gated, pattern)
+			}
+		}
+		if !php || !way.matcher {
+			continue
+		}
+		for i, d := range s.block.dirs {
+			if i == s.at || !c.runsBefore(s.block, i, s.at) {
+				continue
+			}
+			moves := d.name == "try_files"
+			if d.name == "rewrite" && len(d.args) > 0 {
+				from := d.readBack
+				if from == "" && len(d.args) > 1 {
+					from = d.args[0]
+				}
+				target := strings.ToLower(d.lastArg())
+				moves = !strings.HasPrefix(target, pre) && (!strings.HasPrefix(from, "/") || strings.HasPrefix(strings.ToLower(from), pre) || strings.HasPrefix(pre, strings.ToLower(strings.TrimSuffix(from, "*"))))
+			}
+			if moves {
+				return c.h.Errf("sigra_gate: %s on %s runs before the %s block on %s that holds this gate, and may send its paths elsewhere, so the block and its gate never see them, while php_fastcgi hands the app the path the client asked for. "+
+					"Write the gate at the site's top level, where it sees the path asked for, or move %s into the block, after the gate", d.name, c.pos(d), way.name, c.pos(way), d.name)
+			}
+		}
+	}
+	return nil
+}
+
 // checkStrip checks a strip of prefix strip (a uri strip_prefix, or a
 // handle_path that proxies: a.d) after the gate self on pattern. The app
 // behind it sees /admin/x for a request to /app/admin/x, to /admin/x
 // itself (which the strip leaves alone), and, when the prefix has no
 // trailing slash, to /appadmin/x: a gate must cover them all, unless the
 // strip proxies to another upstream than the gate guards.
-func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, self placedDirective) error {
+func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, self *placedDirective) error {
 	d := a.d
 	slash := strings.HasSuffix(strip, "/") // handle_path /app/* lets in /app/… only: its strip is /app/
 	// as Caddy takes it: a leading /, and the / after it left on the path
@@ -421,14 +477,15 @@ func (c placement) directReaches(p place, pre string, theirs []string) bool {
 
 // guarded are the upstreams a request for the path prefix pre may reach
 // from the blocks of p: those proxied to there, and in the blocks whose
-// matchers may let it in (any but path matchers that leave it out).
-func (c placement) guarded(p place, pre string) []string {
+// matchers may let it in (any but path matchers that leave it out), but
+// for the blocks except.
+func (c placement) guarded(p place, pre string, except ...*placedBlock) []string {
 	var out []string
 	var serve func(b *placedBlock)
 	serve = func(b *placedBlock) {
 		for _, d := range b.dirs {
 			out = append(out, upstreams(d)...)
-			if d.block == nil || !slices.Contains(subroutes, d.name) {
+			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) {
 				continue
 			}
 			if d.unknown || d.readBack == "?" {
@@ -546,8 +603,8 @@ func gateReqs(d placedDirective) gateRequirements {
 // more specific beside it) asks for at least as much, line by line,
 // without optional. Such a request, sent on into self's path, bypasses
 // nothing.
-func (c placement) passesAlready(p place, froms []string, self placedDirective) bool {
-	want := gateReqs(self)
+func (c placement) passesAlready(p place, froms []string, self *placedDirective) bool {
+	want := gateReqs(*self)
 	for _, f := range froms {
 		if !c.decidedAlike(p, f, self, want) {
 			return false
@@ -559,7 +616,7 @@ func (c placement) passesAlready(p place, froms []string, self placedDirective) 
 // decidedAlike reports whether, at some block of p, the gate that
 // decides for every path of the pattern f ("" for any path) asks for at
 // least want, without optional.
-func (c placement) decidedAlike(p place, f string, self placedDirective, want gateRequirements) bool {
+func (c placement) decidedAlike(p place, f string, self *placedDirective, want gateRequirements) bool {
 	fl := strings.ToLower(f)
 	fpre := strings.TrimSuffix(fl, "*")
 	if strings.ContainsAny(fpre, "*?[{") {
@@ -570,7 +627,7 @@ func (c placement) decidedAlike(p place, f string, self placedDirective, want ga
 		best, unsure := -1, false // best: the decider's rank, as gateRank ranks paths
 		for i := range s.block.dirs {
 			g := &s.block.dirs[i]
-			if g.name != "sigra_gate" || g.line == self.line && g.file == self.file {
+			if g.name != "sigra_gate" || g == self {
 				continue
 			}
 			gp := strings.ToLower(g.path())

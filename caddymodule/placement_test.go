@@ -177,7 +177,7 @@ func TestAdaptPlacement(t *testing.T) {
 		{"a front controller's try_files", "",
 			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\ttry_files {path} {path}/ /index.php?{query}\n\treverse_proxy 127.0.0.1:9\n", nil},
 		{"a try_files inside the gated path", "",
-			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\troute {\n\t\ttry_files /admin/* {path} /admin/index.php\n\t}\n\treverse_proxy 127.0.0.1:9\n", nil},
+			"\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\troute /admin/* {\n\t\ttry_files {path} /admin/index.php\n\t}\n\treverse_proxy 127.0.0.1:9\n", nil},
 		{"a rewrite into the gated path, then the gate, in a route", "",
 			"\tsigra_portal\n\troute {\n\t\trewrite /x/* /admin{uri}\n\t\tsigra_gate /admin* {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n", nil},
 		{"the gate, then a rewrite into its path, in a route", "",
@@ -368,6 +368,21 @@ func TestAdaptPlacement(t *testing.T) {
 			""},
 		{"a rewrite in a handle with its own gate alike, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle /old-admin/* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t\turi replace /old-admin/ /admin/\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n",
 			""},
+		// Cases from a last pass over realistic configs.
+		{"a gate in a handle_path, the same app proxied outside, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate /admin* {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"it is inside handle_path on line 3, which strips its prefix first"},
+		{"a gate in a handle_path, another app outside, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate /admin* {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\treverse_proxy 127.0.0.1:10\n}\n",
+			""},
+		{"a PHP front controller's try_files before the gate's handle, from a file", "http://127.0.0.1:9 {\n\troot * /srv/public\n\tsigra_portal\n\ttry_files {path} /index.php?{query}\n\thandle /admin* {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t\tphp_fastcgi 127.0.0.1:9000\n\t}\n\tphp_fastcgi 127.0.0.1:9000\n}\n",
+			"try_files on line 4 runs before the handle block on line 5 that holds this gate"},
+		{"a PHP front controller, the gate at the top, from a file", "http://127.0.0.1:9 {\n\troot * /srv/public\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\ttry_files {path} /index.php?{query}\n\tphp_fastcgi 127.0.0.1:9000\n}\n",
+			""},
+		{"a try_files adding a slash under a gate on /admin/*, from a file", "http://127.0.0.1:9 {\n\troot * /srv/public\n\tsigra_portal\n\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\ttry_files {path} {path}/ /index.php?{query}\n\tphp_fastcgi 127.0.0.1:9000\n}\n",
+			"try_files on line 7 sends requests to {http.request.uri.path}/"},
+		{"a rewrite into a gate on two paths, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\t@admin path /admin* /settings*\n\tsigra_gate @admin {\n\t\tgroup admins\n\t}\n\trewrite /old-admin/* /admin{uri}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"rewrite on line 7 sends requests to /admin{http.request.uri}"},
+		{"a gate snippet imported twice, a rewrite between its paths, from a file", "(gate) {\n\tsigra_gate {args[0]} {\n\t\tgroup {args[1]}\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\timport gate /admin* admins\n\timport gate /old-admin* admins\n\trewrite /old-admin/* /admin{uri}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			""},
 		{"a strip_prefix in a handle for the prefix, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /app/* {\n\t\tsigra_gate /app/admin*\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
 		{"a strip_prefix in a handle for another path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /a* {\n\t\tsigra_gate /app/admin*\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "for a request to /admin… itself, which it does not"},
 		{"portal in handle /app/*, from a file", "http://127.0.0.1:9 {\n\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "inside handle /app/* on line 2"},
@@ -420,7 +435,7 @@ func checkAdapted(t *testing.T, src string, err error, want ...string) {
 // adapted routes in caddyOrder's order.
 func TestCaddyOrder(t *testing.T) {
 	args := map[string]string{
-		"sigra_gate": "", "redir": "/new", "rewrite": "/new", "uri": "replace /a /b", "basic_auth": "{\n\t\tu $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n\t}", "forward_auth": "127.0.0.1:9 {\n\t\turi /auth\n\t}",
+		"sigra_gate": "", "redir": "/new", "rewrite": "/new", "uri": "replace /a /b", "try_files": "{path} /index.html", "basic_auth": "{\n\t\tu $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n\t}", "forward_auth": "127.0.0.1:9 {\n\t\turi /auth\n\t}",
 		"invoke": "r", "handle": "{\n\t\trespond h\n\t}", "handle_path": "{\n\t\trespond hp\n\t}", "route": "{\n\t\trespond r\n\t}",
 		"abort": "", "error": "500", "respond": "ok", "metrics": "", "reverse_proxy": "127.0.0.1:9", "php_fastcgi": "127.0.0.1:9", "file_server": "", "acme_server": "",
 	}
@@ -442,7 +457,11 @@ func TestCaddyOrder(t *testing.T) {
 		t.Fatalf("adapt: %v\n%s", err, src)
 	}
 	var got []string
-	for _, m := range regexp.MustCompile(`"path":\["/d(\d\d)"\]`).FindAllStringSubmatch(string(out), -1) {
+	// try_files takes no matcher: its first file marks it.
+	for _, m := range regexp.MustCompile(`"path":\["/d(\d\d)"\]|"try_files":\["/d(\d\d)"`).FindAllStringSubmatch(string(out), -1) {
+		if m[1] == "" {
+			m[1] = m[2]
+		}
 		n, _ := strconv.Atoi(m[1])
 		got = append(got, caddyOrder[n])
 	}
