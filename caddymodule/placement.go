@@ -223,8 +223,8 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	if pattern == "" {
 		return nil
 	}
-	last := p[len(p)-1]
-	self := &last.block.dirs[last.at] // by address: a snippet imported twice puts two gates on one line
+	end := p[len(p)-1]
+	self := &end.block.dirs[end.at] // by address: a snippet imported twice puts two gates on one line
 	if reqs := gateReqs(*self); reqs.optional {
 		return nil // it lets anyone in: there is no way round it
 	}
@@ -330,15 +330,23 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if into == "" || what == "rewrite" && !under(knownPrefix(into, from)) {
 			continue
 		}
-		if strings.HasPrefix(from, "/") && under(from) {
-			continue // from a path this gate covers already
-		}
-		froms := []string{from}
-		if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(from, "/") {
-			if !slices.ContainsFunc(paths, func(m string) bool { return !under(m) }) {
-				continue // in a block for such paths
+		if a.root != nil && a.root.block != nil && isHandle(a.root.name) {
+			// In a handle beside the gate's way, which a request it takes
+			// never leaves: only a proxy there to the gated upstream
+			// serves the path rewritten.
+			if theirs := c.upstreamsIn(a.root.block); len(theirs) == 0 || !c.sameUpstream(theirs, c.guarded(p, pre)) {
+				continue
 			}
+		}
+		// The paths it changes: its matcher's, or its block's.
+		froms := []string{from}
+		if named, ok := c.namedMatcherPaths(from); ok && strings.HasPrefix(from, "@") {
+			froms = named
+		} else if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(from, "/") {
 			froms = paths
+		}
+		if !slices.ContainsFunc(froms, func(f string) bool { return !strings.HasPrefix(f, "/") || !under(f) }) {
+			continue // from paths this gate covers already
 		}
 		if !strings.HasPrefix(froms[0], "/") {
 			froms = []string{""} // any path
@@ -368,7 +376,7 @@ func (c placement) checkBefore(p place, pattern string, self *placedDirective) e
 		way := s.block.dirs[s.at]
 		if way.name == "handle_path" && way.block != nil && self.matcher { // a bare gate guards the whole mount
 			reach := c.guarded(p[:1], pre, way.block)
-			if len(reach) > 0 && c.sameUpstream(upstreamsIn(way.block), reach) && !c.passesAlready(p[:k+1], []string{pattern}, self) {
+			if len(reach) > 0 && c.sameUpstream(c.upstreamsIn(way.block), reach) && !c.passesAlready(p[:k+1], []string{pattern}, self) {
 				return c.h.Errf("sigra_gate: it is inside handle_path on %s, which strips its prefix first, so it sees %s… while a request for %s… itself goes past the handle_path to the same upstream, where no gate asks for this one's requirements. "+
 					"Gate %s at the site's top level as well, with the same requirements, or proxy nothing else to that upstream", c.pos(way), gated, gated, pattern)
 			}
@@ -386,8 +394,15 @@ func (c placement) checkBefore(p place, pattern string, self *placedDirective) e
 				if from == "" && len(d.args) > 1 {
 					from = d.args[0]
 				}
+				froms := []string{from}
+				if named, ok := c.namedMatcherPaths(from); ok && strings.HasPrefix(from, "@") {
+					froms = named
+				}
 				target := strings.ToLower(d.lastArg())
-				moves = !strings.HasPrefix(target, pre) && (!strings.HasPrefix(from, "/") || strings.HasPrefix(strings.ToLower(from), pre) || strings.HasPrefix(pre, strings.ToLower(strings.TrimSuffix(from, "*"))))
+				moves = !strings.HasPrefix(target, pre) && slices.ContainsFunc(froms, func(f string) bool {
+					f = strings.ToLower(f)
+					return !strings.HasPrefix(f, "/") || strings.HasPrefix(f, pre) || strings.HasPrefix(pre, strings.TrimSuffix(f, "*"))
+				})
 			}
 			if moves {
 				return c.h.Errf("sigra_gate: %s on %s runs before the %s block on %s that holds this gate, and may send its paths elsewhere, so the block and its gate never see them, while php_fastcgi hands the app the path the client asked for. "+
@@ -425,14 +440,20 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 	if d.name == "handle_path" {
 		block = d.block
 	}
-	theirs := upstreamsIn(block)
+	theirs := c.upstreamsIn(block)
+	// A request for the stripped path itself enters the strip's block
+	// only if its matcher lets in more than the prefix.
+	var confined *placedBlock
+	if d.name == "handle_path" || a.in != p[0].block && c.confinedTo(a.in.matched, lstrip) && c.matchedPathsKind(a.in.matched) == matchPaths {
+		confined = block
+	}
 	if !c.sameUpstream(theirs, c.guarded(p, pre)) {
 		return nil // another app's: what it sees of this app's paths is none of this gate's business
 	}
-	// The ways in, and where each reaches the app: the asked path through
-	// the strip, the stripped path directly (unless only the upstream's
-	// block, confined to the prefix, reaches it), and the prefix glued
-	// to the stripped path.
+	// The ways in, each to be gated alike: the asked path through the
+	// strip; the stripped path asked for directly, when it reaches the
+	// same upstream without passing this gate; and, for a prefix without
+	// its slash, the prefix glued to the stripped path.
 	other := stripped
 	if asked != pattern {
 		other = asked
@@ -454,7 +475,7 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 		// it: a gate on /admin* never saw it.
 		return c.h.Errf("sigra_gate: %s on %s strips %s after this gate, which sees %s… where the app will see %s…, so those requests reach the app without this gate's requirements. "+
 			"To gate both ways in, %s", what, c.pos(d), strip, strip+strings.TrimSuffix(pattern, "*"), strings.TrimSuffix(pattern, "*"), both)
-	case asked == pattern && c.directReaches(p, strings.TrimSuffix(stripped, "*"), theirs) && !c.passesAlready(p, []string{stripped}, self):
+	case asked == pattern && c.directReaches(p, strings.TrimSuffix(stripped, "*"), theirs, confined) && !c.passesAlready(p, []string{stripped}, self):
 		// A gate on /app/admin*, where a request for /admin/x reaches
 		// the same upstream.
 		return c.h.Errf("sigra_gate: %s on %s strips %s after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app without this gate's requirements. "+
@@ -469,9 +490,10 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 
 // directReaches reports whether a request for the path prefix pre,
 // unstripped, may reach one of the upstreams theirs: through the blocks
-// on the way p and the blocks there its path goes into.
-func (c placement) directReaches(p place, pre string, theirs []string) bool {
-	reach := c.guarded(p[:1], strings.ToLower(pre))
+// on the way p and the blocks there its path goes into, but for the
+// block of the strip itself, which such a request does not enter.
+func (c placement) directReaches(p place, pre string, theirs []string, strip *placedBlock) bool {
+	reach := c.guarded(p[:1], strings.ToLower(pre), strip)
 	return len(reach) > 0 && c.sameUpstream(theirs, reach)
 }
 
@@ -481,11 +503,19 @@ func (c placement) directReaches(p place, pre string, theirs []string) bool {
 // for the blocks except.
 func (c placement) guarded(p place, pre string, except ...*placedBlock) []string {
 	var out []string
+	covers := func(d placedDirective) bool { // a handle whose path matcher holds every path of pre
+		paths, kind := c.matchedPaths(strings.TrimSpace(d.name + " " + d.path()))
+		return d.matcher && kind == matchPaths && slices.ContainsFunc(paths, func(m string) bool { return strings.HasPrefix(pre, strings.TrimSuffix(m, "*")) })
+	}
 	var serve func(b *placedBlock)
 	serve = func(b *placedBlock) {
+		// Caddy runs one handle of a block, the most specific that
+		// matches: beside one that takes all of pre, the others never
+		// see it.
+		taken := slices.ContainsFunc(b.dirs, func(d placedDirective) bool { return isHandle(d.name) && covers(d) })
 		for _, d := range b.dirs {
-			out = append(out, upstreams(d)...)
-			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) {
+			out = append(out, c.upstreams(d)...)
+			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) || taken && isHandle(d.name) && !covers(d) {
 				continue
 			}
 			if d.unknown || d.readBack == "?" {
@@ -674,18 +704,23 @@ type placedIn struct {
 	in    *placedBlock
 	level int
 	inner place
+	root  *placedDirective // the directive at level that holds d (or d)
 }
 
 // appendWithin appends d, written in block in, and every directive in
 // the handle, handle_path and route blocks it opens, at any depth.
 func appendWithin(to []placedIn, d placedDirective, in *placedBlock, level int, inner place) []placedIn {
-	to = append(to, placedIn{d, in, level, inner})
+	return appendUnder(to, d, in, level, inner, &d)
+}
+
+func appendUnder(to []placedIn, d placedDirective, in *placedBlock, level int, inner place, root *placedDirective) []placedIn {
+	to = append(to, placedIn{d, in, level, inner, root})
 	switch d.name {
 	case "handle", "handle_path", "route":
 		if d.block != nil {
 			down := append(slices.Clone(inner), step{block: d.block, at: -1})
 			for _, e := range d.block.dirs {
-				to = appendWithin(to, e, d.block, level, down)
+				to = appendUnder(to, e, d.block, level, down, root)
 			}
 		}
 	}
@@ -694,13 +729,20 @@ func appendWithin(to []placedIn, d placedDirective, in *placedBlock, level int, 
 
 // upstreams are where d sends requests on: a proxy's upstreams (its
 // arguments after any matcher, and its to lines), normalised
-// (upstreamKey); "*" for an invoked route or an upstream from a
-// placeholder, which may be any; none for any other directive.
-func upstreams(d placedDirective) []string {
+// (upstreamKey); an invoked route's, read from its JSON; "*" for an
+// upstream from a placeholder, which may be any; none for any other
+// directive but file_server, which serves "file_server".
+func (c placement) upstreams(d placedDirective) []string {
+	if d.name == "file_server" {
+		return []string{"file_server"} // the site's files, whatever the root
+	}
 	if !slices.Contains(proxies, d.name) {
 		return nil
 	}
 	if d.name == "invoke" {
+		if r, ok := c.named[d.lastArg()]; ok && len(r.upstreams) > 0 {
+			return r.upstreams
+		}
 		return []string{"*"}
 	}
 	args := d.args
@@ -744,12 +786,12 @@ func upstreamKey(u string) string {
 
 // upstreamsIn are the upstreams the directives of b, and of the blocks
 // in it, proxy to.
-func upstreamsIn(b *placedBlock) []string {
+func (c placement) upstreamsIn(b *placedBlock) []string {
 	var out []string
 	for _, d := range b.dirs {
-		out = append(out, upstreams(d)...)
+		out = append(out, c.upstreams(d)...)
 		if d.block != nil && slices.Contains(subroutes, d.name) {
-			out = append(out, upstreamsIn(d.block)...)
+			out = append(out, c.upstreamsIn(d.block)...)
 		}
 	}
 	return out
@@ -848,6 +890,12 @@ func (c placement) namedMatcherPaths(name string) ([]string, bool) {
 		return paths, len(paths) > 0
 	}
 	return nil, false
+}
+
+// matchedPathsKind is the kind of a block's innermost matcher.
+func (c placement) matchedPathsKind(matched string) matchKind {
+	_, kind := c.matchedPaths(matched)
+	return kind
 }
 
 // confinedTo reports whether a block whose innermost matcher is matched
@@ -1024,9 +1072,10 @@ func inNamedRoute(h httpcaddyfile.Helper) bool {
 
 // namedRoute is what a named route does, read from its adapted JSON.
 type namedRoute struct {
-	portal     bool // holds sigra_portal
-	answersAll bool // answers every request that invokes it
-	mayAnswer  bool // answers some
+	portal     bool     // holds sigra_portal
+	answersAll bool     // answers every request that invokes it
+	mayAnswer  bool     // answers some
+	upstreams  []string // what its proxies dial (upstreamKey; "*" for any)
 }
 
 // answeringHandlers are the JSON handlers of the answering directives
@@ -1075,6 +1124,23 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			answersAll: jsonAnswersAll(handlers, func(route string) bool { return facts(route).answersAll }),
 			mayAnswer:  has(func(r namedRoute) bool { return r.mayAnswer }, answeringHandlers...),
 		}
+		jsonHandler(handlers, func(h map[string]any) bool {
+			switch h["handler"] {
+			case "invoke":
+				route, _ := h["name"].(string)
+				f.upstreams = append(f.upstreams, facts(route).upstreams...)
+			case "reverse_proxy":
+				ups, _ := h["upstreams"].([]any)
+				if len(ups) == 0 {
+					f.upstreams = append(f.upstreams, "*") // dynamic upstreams: any
+				}
+				for _, u := range ups {
+					dial, _ := u.(map[string]any)["dial"].(string)
+					f.upstreams = append(f.upstreams, upstreamKey(dial))
+				}
+			}
+			return false
+		})
 		out[name] = f
 		return f
 	}
