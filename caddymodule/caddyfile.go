@@ -142,19 +142,15 @@ func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 // (and an exact path more than a prefix as long), which is what Caddy's
 // sort and Gate.Rank rely on.
 func gatePrefix(matcherSet caddy.ModuleMap) (string, bool) {
-	var paths []string
-	if len(matcherSet) != 1 || json.Unmarshal(matcherSet["path"], &paths) != nil || len(paths) != 1 {
-		return "", false
+	if paths := gatePaths(matcherSet); len(paths) == 1 {
+		return paths[0], true
 	}
-	prefix := strings.TrimSuffix(paths[0], "*")
-	if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "*{") {
-		return "", false
-	}
-	return paths[0], true
+	return "", false
 }
 
 // gatePaths are the paths of a matcher set that is path matchers only,
-// each a literal path or prefix (/admin, /admin*); none otherwise.
+// each a literal path or prefix (/admin, /admin*: no other wildcard, nor
+// a glob's ? or [, nor a placeholder); none otherwise.
 func gatePaths(matcherSet caddy.ModuleMap) []string {
 	var paths []string
 	if len(matcherSet) != 1 || json.Unmarshal(matcherSet["path"], &paths) != nil {

@@ -153,7 +153,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 	} {
 		c := &cobra.Command{
 			Use: o.op + " --email <email>", Short: o.short, Args: cobra.NoArgs,
-			SuggestFor: map[string][]string{"delete": {"remove", "rm", "del"}, "enable": {"undisable"}}[o.op],
+			SuggestFor: map[string][]string{"delete": {"remove", "rm", "del"}}[o.op],
 			RunE: func(c *cobra.Command, _ []string) error {
 				res, err := runUserOp(c.Context(), cf, userRequest{Op: o.op, User: cf.email})
 				if err != nil {
