@@ -285,7 +285,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		case d.name == "handle_path" && d.block != nil && len(c.holdingAny(d.block, proxies)) > 0:
 			// handle_path /app/* strips /app before what it holds, which
 			// sends the request on to an upstream
-			if paths, kind := c.matchedPaths(d.name + " " + d.path()); kind == matchPaths && len(paths) == 1 {
+			if paths, kind := c.openerPaths(d); kind == matchPaths && len(paths) == 1 {
 				strip = strings.TrimSuffix(paths[0], "*")
 			}
 		}
@@ -444,7 +444,7 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 	// A request for the stripped path itself enters the strip's block
 	// only if its matcher lets in more than the prefix.
 	var confined *placedBlock
-	if d.name == "handle_path" || a.in != p[0].block && c.confinedTo(a.in.matched, lstrip) && c.matchedPathsKind(a.in.matched) == matchPaths {
+	if _, kind := c.matchedPaths(a.in.matched); d.name == "handle_path" || a.in != p[0].block && kind == matchPaths && c.confinedTo(a.in.matched, lstrip) {
 		confined = block
 	}
 	if !c.sameUpstream(theirs, c.guarded(p, pre)) {
@@ -504,8 +504,8 @@ func (c placement) directReaches(p place, pre string, theirs []string, strip *pl
 func (c placement) guarded(p place, pre string, except ...*placedBlock) []string {
 	var out []string
 	covers := func(d placedDirective) bool { // a handle whose path matcher holds every path of pre
-		paths, kind := c.matchedPaths(strings.TrimSpace(d.name + " " + d.path()))
-		return d.matcher && kind == matchPaths && slices.ContainsFunc(paths, func(m string) bool { return strings.HasPrefix(pre, strings.TrimSuffix(m, "*")) })
+		paths, kind := c.openerPaths(d)
+		return kind == matchPaths && slices.ContainsFunc(paths, func(m string) bool { return strings.HasPrefix(pre, strings.TrimSuffix(m, "*")) })
 	}
 	var serve func(b *placedBlock)
 	serve = func(b *placedBlock) {
@@ -518,15 +518,11 @@ func (c placement) guarded(p place, pre string, except ...*placedBlock) []string
 			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) || taken && isHandle(d.name) && !covers(d) {
 				continue
 			}
-			if d.unknown || d.readBack == "?" {
+			paths, kind := c.openerPaths(d)
+			if kind == matchUnread {
 				continue // a matcher that could not be read back counts as meant
 			}
-			m := d.path()
-			if m == "" && d.readBack == "" && d.matcher && len(d.args) > 0 {
-				m = d.args[0] // a named matcher
-			}
-			paths, kind := c.matchedPaths(strings.TrimSpace(d.name + " " + m))
-			if !d.matcher || kind != matchPaths || slices.ContainsFunc(paths, func(m string) bool {
+			if kind != matchPaths || slices.ContainsFunc(paths, func(m string) bool {
 				mp := strings.TrimSuffix(m, "*")
 				return strings.HasPrefix(pre, mp) || strings.HasPrefix(mp, pre)
 			}) {
@@ -568,14 +564,6 @@ var proxies = []string{"reverse_proxy", "php_fastcgi", "invoke"}
 // isHandle reports whether name is a handle block, one of a set Caddy
 // runs one of.
 func isHandle(name string) bool { return name == "handle" || name == "handle_path" }
-
-// stripWord names what strips a prefix: uri strip_prefix, or handle_path.
-func stripWord(d placedDirective) string {
-	if d.name == "handle_path" {
-		return "handle_path"
-	}
-	return "uri strip_prefix"
-}
 
 // keepsPath reports whether a rewrite target starts with the request's
 // own path, so that the path's start stays what it was.
@@ -857,6 +845,22 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 	return paths, matchPaths
 }
 
+// openerPaths reads the matcher of d, a directive that opens a block: its
+// path matchers (a named one's from its definition).
+func (c placement) openerPaths(d placedDirective) ([]string, matchKind) {
+	switch {
+	case !d.matcher && !d.unknown:
+		return nil, matchNone
+	case d.unknown || d.readBack == "?":
+		return nil, matchUnread
+	}
+	m := d.path()
+	if m == "" && d.readBack == "" && len(d.args) > 0 {
+		m = d.args[0] // a named matcher
+	}
+	return c.matchedPaths(d.name + " " + m)
+}
+
 // namedMatcherPaths reads the definition of the named matcher name at
 // the site's top level: its paths, if it is path matchers only.
 func (c placement) namedMatcherPaths(name string) ([]string, bool) {
@@ -890,12 +894,6 @@ func (c placement) namedMatcherPaths(name string) ([]string, bool) {
 		return paths, len(paths) > 0
 	}
 	return nil, false
-}
-
-// matchedPathsKind is the kind of a block's innermost matcher.
-func (c placement) matchedPathsKind(matched string) matchKind {
-	_, kind := c.matchedPaths(matched)
-	return kind
 }
 
 // confinedTo reports whether a block whose innermost matcher is matched
