@@ -330,11 +330,12 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if into == "" || what == "rewrite" && !under(knownPrefix(into, from)) {
 			continue
 		}
-		if a.root != nil && a.root.block != nil && isHandle(a.root.name) {
-			// In a handle beside the gate's way, which a request it takes
-			// never leaves: only a proxy there to the gated upstream
-			// serves the path rewritten.
-			if theirs := c.upstreamsIn(a.root.block); len(theirs) == 0 || !c.sameUpstream(theirs, c.guarded(p, pre)) {
+		if a.root != nil && a.root.block != nil && isHandle(a.root.name) && c.answersAll(*a.root) {
+			// In a handle that answers every request it takes (one that
+			// answers not hands the request, rewritten, on to what
+			// follows): only a proxy there to the gated upstream serves
+			// the path rewritten.
+			if theirs := c.upstreamsIn(a.root.block); len(theirs) > 0 && !c.sameUpstream(theirs, c.guarded(p, pre)) {
 				continue
 			}
 		}
@@ -503,19 +504,25 @@ func (c placement) directReaches(p place, pre string, theirs []string, strip *pl
 // for the blocks except.
 func (c placement) guarded(p place, pre string, except ...*placedBlock) []string {
 	var out []string
-	covers := func(d placedDirective) bool { // a handle whose path matcher holds every path of pre
+	covers := func(d placedDirective) bool { // a handle whose path prefix holds every path of pre
 		paths, kind := c.openerPaths(d)
-		return kind == matchPaths && slices.ContainsFunc(paths, func(m string) bool { return strings.HasPrefix(pre, strings.TrimSuffix(m, "*")) })
+		return kind == matchPaths && slices.ContainsFunc(paths, func(m string) bool {
+			return strings.HasSuffix(m, "*") && strings.HasPrefix(pre, strings.TrimSuffix(m, "*"))
+		})
+	}
+	inside := func(d placedDirective) bool { // a handle for paths under pre, more specific than one that covers it
+		paths, kind := c.openerPaths(d)
+		return kind == matchPaths && slices.ContainsFunc(paths, func(m string) bool { return strings.HasPrefix(strings.TrimSuffix(m, "*"), pre) })
 	}
 	var serve func(b *placedBlock)
 	serve = func(b *placedBlock) {
 		// Caddy runs one handle of a block, the most specific that
-		// matches: beside one that takes all of pre, the others never
-		// see it.
+		// matches: beside one that takes all of pre, only those for
+		// paths under pre see it.
 		taken := slices.ContainsFunc(b.dirs, func(d placedDirective) bool { return isHandle(d.name) && covers(d) })
 		for _, d := range b.dirs {
 			out = append(out, c.upstreams(d)...)
-			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) || taken && isHandle(d.name) && !covers(d) {
+			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) || taken && isHandle(d.name) && !covers(d) && !inside(d) {
 				continue
 			}
 			paths, kind := c.openerPaths(d)
@@ -740,8 +747,11 @@ func (c placement) upstreams(d placedDirective) []string {
 	out := slices.Clone(args)
 	if d.block != nil {
 		for _, e := range d.block.dirs {
-			if e.name == "to" {
+			switch e.name {
+			case "to":
 				out = append(out, e.args...)
+			case "dynamic":
+				return []string{"*"} // found at run time: any
 			}
 		}
 	}
@@ -758,12 +768,20 @@ func upstreamKey(u string) string {
 		return "*"
 	}
 	u = strings.ToLower(u)
+	port := "80" // as Caddy fills it in
 	for _, scheme := range []string{"http://", "https://", "h2c://", "unix//"} {
-		u = strings.TrimPrefix(u, scheme)
+		if rest, ok := strings.CutPrefix(u, scheme); ok {
+			u = rest
+			if scheme == "https://" {
+				port = "443"
+			}
+		}
 	}
-	host, port, err := net.SplitHostPort(u)
+	host, p, err := net.SplitHostPort(u)
 	if err != nil {
-		host, port = u, ""
+		host = strings.TrimSuffix(u, ":")
+	} else if p != "" {
+		port = p
 	}
 	switch host {
 	case "localhost", "::1", "[::1]", "127.0.0.1", "":
@@ -1127,13 +1145,16 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			case "invoke":
 				route, _ := h["name"].(string)
 				f.upstreams = append(f.upstreams, facts(route).upstreams...)
+			case "file_server":
+				f.upstreams = append(f.upstreams, "file_server")
 			case "reverse_proxy":
 				ups, _ := h["upstreams"].([]any)
 				if len(ups) == 0 {
 					f.upstreams = append(f.upstreams, "*") // dynamic upstreams: any
 				}
 				for _, u := range ups {
-					dial, _ := u.(map[string]any)["dial"].(string)
+					m, _ := u.(map[string]any)
+					dial, _ := m["dial"].(string)
 					f.upstreams = append(f.upstreams, upstreamKey(dial))
 				}
 			}
