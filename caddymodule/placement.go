@@ -332,9 +332,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		}
 		if a.root != nil && a.root.block != nil && isHandle(a.root.name) && c.answersAll(*a.root) {
 			// In a handle that answers every request it takes (one that
-			// answers not hands the request, rewritten, on to what
-			// follows): only a proxy there to the gated upstream serves
-			// the path rewritten.
+			// does not hands the request, rewritten, on to what follows):
+			// only a proxy there to the gated upstream serves the path
+			// rewritten.
 			if theirs := c.upstreamsIn(a.root.block); len(theirs) > 0 && !c.sameUpstream(theirs, c.guarded(p, pre)) {
 				continue
 			}
