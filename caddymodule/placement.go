@@ -340,10 +340,8 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			}
 		}
 		// The paths it changes: its matcher's, or its block's.
-		froms := []string{from}
-		if named, ok := c.namedMatcherPaths(from); ok && strings.HasPrefix(from, "@") {
-			froms = named
-		} else if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(from, "/") {
+		froms := c.fromPaths(from)
+		if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(froms[0], "/") {
 			froms = paths
 		}
 		if !slices.ContainsFunc(froms, func(f string) bool { return !strings.HasPrefix(f, "/") || !under(f) }) {
@@ -395,14 +393,9 @@ func (c placement) checkBefore(p place, pattern string, self *placedDirective) e
 				if from == "" && len(d.args) > 1 {
 					from = d.args[0]
 				}
-				froms := []string{from}
-				if named, ok := c.namedMatcherPaths(from); ok && strings.HasPrefix(from, "@") {
-					froms = named
-				}
 				target := strings.ToLower(d.lastArg())
-				moves = !strings.HasPrefix(target, pre) && slices.ContainsFunc(froms, func(f string) bool {
-					f = strings.ToLower(f)
-					return !strings.HasPrefix(f, "/") || strings.HasPrefix(f, pre) || strings.HasPrefix(pre, strings.TrimSuffix(f, "*"))
+				moves = !strings.HasPrefix(target, pre) && slices.ContainsFunc(c.fromPaths(from), func(f string) bool {
+					return !strings.HasPrefix(f, "/") || overlap(strings.ToLower(f), pre)
 				})
 			}
 			if moves {
@@ -529,10 +522,7 @@ func (c placement) guarded(p place, pre string, except ...*placedBlock) []string
 			if kind == matchUnread {
 				continue // a matcher that could not be read back counts as meant
 			}
-			if kind != matchPaths || slices.ContainsFunc(paths, func(m string) bool {
-				mp := strings.TrimSuffix(m, "*")
-				return strings.HasPrefix(pre, mp) || strings.HasPrefix(mp, pre)
-			}) {
+			if kind != matchPaths || slices.ContainsFunc(paths, func(m string) bool { return overlap(m, pre) }) {
 				serve(d.block)
 			}
 		}
@@ -861,6 +851,22 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 		}
 	}
 	return paths, matchPaths
+}
+
+// fromPaths are the paths a directive's matcher from names: a named
+// matcher's from its definition, else from itself.
+func (c placement) fromPaths(from string) []string {
+	if named, ok := c.namedMatcherPaths(from); ok && strings.HasPrefix(from, "@") {
+		return named
+	}
+	return []string{from}
+}
+
+// overlap reports whether the path pattern m (a path, or a prefix
+// ending in *) and the path prefix pre may match one path.
+func overlap(m, pre string) bool {
+	mp := strings.TrimSuffix(m, "*")
+	return strings.HasPrefix(pre, mp) || strings.HasPrefix(mp, pre)
 }
 
 // openerPaths reads the matcher of d, a directive that opens a block: its
