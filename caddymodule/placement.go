@@ -282,7 +282,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if i := slices.Index(d.args, "strip_prefix"); i >= 0 && i+1 < len(d.args) {
 				strip = d.args[i+1]
 			}
-		case d.name == "handle_path" && d.block != nil && len(c.holdingAny(d.block, proxies)) > 0:
+		case d.name == "handle_path" && d.block != nil && slices.ContainsFunc(proxies, func(n string) bool { return len(c.holding(d.block, n)) > 0 }):
 			// handle_path /app/* strips /app before what it holds, which
 			// sends the request on to an upstream
 			if paths, kind := c.openerPaths(d); kind == matchPaths && len(paths) == 1 {
@@ -369,7 +369,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 func (c placement) checkBefore(p place, pattern string, self *placedDirective) error {
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
 	gated := strings.TrimSuffix(pattern, "*")
-	php := len(c.holdingAny(c.site, []string{"php_fastcgi"})) > 0
+	php := len(c.holding(c.site, "php_fastcgi")) > 0
 	for k := 0; k < len(p)-1; k++ {
 		s := p[k]
 		way := s.block.dirs[s.at]
@@ -801,18 +801,6 @@ func (c placement) sameUpstream(theirs, guarded []string) bool {
 		return true
 	}
 	return slices.ContainsFunc(theirs, func(u string) bool { return slices.Contains(guarded, u) })
-}
-
-// holdingAny returns the indexes of b's directives that are one of names
-// or hold one in their blocks, at any depth.
-func (c placement) holdingAny(b *placedBlock, names []string) []int {
-	var out []int
-	for i, d := range b.dirs {
-		if slices.Contains(names, d.name) || d.block != nil && len(c.holdingAny(d.block, names)) > 0 {
-			out = append(out, i)
-		}
-	}
-	return out
 }
 
 // What a block's matcher is, as matchedPaths reads it.
