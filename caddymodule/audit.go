@@ -45,6 +45,9 @@ func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 	var out []audit.WebhookConfig
 	repl := caddy.NewReplacer()
 	for i, w := range c.Webhooks {
+		if w == nil { // "webhooks": [null] in a JSON config
+			return nil, fmt.Errorf("audit: webhook %d is null: give it a url and a secret, or remove it", i+1)
+		}
 		secret := repl.ReplaceKnown(w.Secret, "")
 		switch {
 		case secret == "" && strings.Contains(w.Secret, "{"):

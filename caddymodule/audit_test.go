@@ -61,6 +61,8 @@ func TestAuditConfigValidateChecksWebhooksAsStartWould(t *testing.T) {
 		{"a fragment", []*AuditWebhook{{URL: "https://h.example.com/in#x", Secret: secret}}, "fragment"},
 		{"no host", []*AuditWebhook{{URL: "https:///in", Secret: secret}}, "no host"},
 		{"ftp", []*AuditWebhook{{URL: "ftp://h.example.com/in", Secret: secret}}, "scheme"},
+		// "webhooks": [{…}, null] in a JSON config crashed caddy validate.
+		{"a null entry", []*AuditWebhook{{URL: "https://h.example.com/in", Secret: secret}, nil}, "webhook 2 is null"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
