@@ -23,6 +23,10 @@ type memStore struct {
 	failSettle error
 	// failStats, when set, makes AuditOutboxStats fail with it.
 	failStats error
+	// failReplay, when set, makes AuditReplayDead fail with it once it
+	// has been called replayCalls times.
+	failReplay  error
+	replayCalls int
 	// settles counts AuditSettle calls, to observe one commit per pass.
 	settles int
 	// panicPrune makes PruneAudit panic.
@@ -287,6 +291,10 @@ func (m *memStore) AuditDeadDeliveries(ctx context.Context, before *Delivery, li
 func (m *memStore) AuditReplayDead(ctx context.Context, hookID, to string, now time.Time, limit int) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failReplay != nil && m.replayCalls == 0 {
+		return 0, m.failReplay
+	}
+	m.replayCalls--
 	n := 0
 	for k, d := range m.dead {
 		if n == limit {

@@ -61,14 +61,14 @@ type DeliveryOptions struct {
 // and refuse a request whose header differs from it.
 const EventIDHeader = "Sigra-Event-Id"
 
-const (
-	// deliveryBatch is how many due deliveries one pass over a webhook's
-	// queue takes.
-	deliveryBatch = 64
-	// deadChunk bounds the deliveries one transaction moves to or from
-	// the dead list (giving up on a webhook, ReplayDead).
-	deadChunk = 1000
-)
+// deliveryBatch is how many due deliveries one pass over a webhook's
+// queue takes.
+const deliveryBatch = 64
+
+// deadChunk bounds the deliveries one transaction moves to or from the
+// dead list (giving up on a webhook, ReplayDead). A variable for the tests
+// of what a failure between chunks leaves.
+var deadChunk = 1000
 
 var errRowGone = errors.New("row no longer stored")
 
@@ -956,23 +956,28 @@ func (l *Log) replayDead(ctx context.Context, hookID, to string) (int, error) {
 		return 0, fmt.Errorf("%w: %q", ErrUnknownWebhook, hookID)
 	}
 	total := 0
+	var err error
 	for {
-		n, err := l.st.AuditReplayDead(ctx, hookID, to, l.clk.Now(), deadChunk)
+		var n int
+		n, err = l.st.AuditReplayDead(ctx, hookID, to, l.clk.Now(), deadChunk)
 		total += n
 		if err != nil {
-			return total, fmt.Errorf("audit: replaying dead deliveries: %w", err)
+			err = fmt.Errorf("audit: replaying dead deliveries (%d moved before the error): %w", total, err)
+			break
 		}
 		if n < deadChunk {
 			break
 		}
 	}
+	// Each chunk is its own transaction: what moved before an error is
+	// back in the outbox, and goes now.
 	if total > 0 {
 		if to != "" {
 			hookID = to
 		}
 		l.sender.replayed(hookID)
 	}
-	return total, nil
+	return total, err
 }
 
 // replayed gives the webhook hookID (every webhook when it is empty) a

@@ -582,6 +582,44 @@ func TestWebhookReplayDead(t *testing.T) {
 	}
 }
 
+// A replay moves the dead list a chunk per transaction. When a later
+// chunk fails, the earlier ones are back in the outbox and will be sent:
+// ReplayDead says how many along with the error (the caller's audit row
+// needs the count), and they go out at once like any replay's.
+func TestWebhookReplayDeadFailsPartWay(t *testing.T) {
+	defer func(n int) { deadChunk = n }(deadChunk)
+	deadChunk = 2
+	ft := newFakeTime()
+	rc := newHitLog(t)
+	rc.set(http.StatusServiceUnavailable, 0)
+	st := newMemStore()
+	hooks := []WebhookConfig{hookTo(rc.URL)}
+	l := newTestLog(t, st, ft, Options{Webhooks: hooks, Delivery: DeliveryOptions{MinBackoff: time.Second, MaxAttempts: 1}})
+	ctx := context.Background()
+	for range 5 {
+		mustRecord(t, l, sampleRow("auth.logout"))
+	}
+	if _, err := l.DeliverDue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 5 {
+		t.Fatalf("Stats = %+v; want 5 dead", s)
+	}
+	broken := errors.New("disk on fire")
+	st.locked(func() { st.failReplay, st.replayCalls = broken, 1 })
+	rc.set(http.StatusOK, 0)
+	n, err := l.ReplayDead(ctx, hooks[0].ID())
+	if !errors.Is(err, broken) || n != 2 {
+		t.Fatalf("ReplayDead = %d, %v; want 2 moved and the store's error", n, err)
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 3 || s.Pending != 2 {
+		t.Fatalf("after a failed replay: Stats = %+v; want 2 pending, 3 still dead", s)
+	}
+	if n, err := l.DeliverDue(ctx); err != nil || n != 2 {
+		t.Fatalf("DeliverDue = %d, %v; want the 2 replayed, due at once", n, err)
+	}
+}
+
 // A webhook whose URL changed is a new one: what was queued for the old
 // URL dies as "not configured", and a replay sends it to the new one.
 func TestWebhookReplayDeadToANewURL(t *testing.T) {

@@ -146,7 +146,7 @@ func replayDead(ctx context.Context, rt *runtime, hook, to string, r *http.Reque
 	} else {
 		n, err = rt.audit.ReplayDead(ctx, hook)
 	}
-	if err != nil {
+	if err != nil && n == 0 {
 		return n, err
 	}
 	target := hook
@@ -157,11 +157,15 @@ func replayDead(ctx context.Context, rt *runtime, hook, to string, r *http.Reque
 	if to != "" {
 		meta["to"] = to
 	}
-	ev := event{action: "admin.webhook.replay", actor: actor, actorType: adminActorType(actor), outcome: "success", meta: meta}
-	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
-		return n, fmt.Errorf("writing audit row: %w", err)
+	outcome := "success"
+	if err != nil { // stopped part way: the n already moved are sent, so they need their row
+		outcome = "failure"
 	}
-	return n, nil
+	ev := event{action: "admin.webhook.replay", actor: actor, actorType: adminActorType(actor), outcome: outcome, meta: meta}
+	if rerr := rt.record(ctx, rowFor(r, ev)); rerr != nil {
+		return n, errors.Join(err, fmt.Errorf("writing audit row: %w", rerr))
+	}
+	return n, err
 }
 
 // adminActorType is the actor type of an admin action: admin for an
