@@ -150,24 +150,24 @@ func sameStoreFile(x, y string) bool {
 // handleAdminAuditExport streams audit rows as NDJSON, oldest first
 // (GET, query parameters since and until).
 func handleAdminAuditExport(w http.ResponseWriter, r *http.Request) error {
-	return streamToAdmin(w, r, "application/x-ndjson", "audit export", func(rt *runtime, out io.Writer) (int64, error) {
+	return streamToAdmin(w, r, "application/x-ndjson", "audit export", func(rt *runtime, out io.Writer) error {
 		since, until, err := exportRange(r.URL.Query().Get("since"), r.URL.Query().Get("until"), rt.auth.Now())
 		if err != nil {
-			return 0, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 		}
-		n, err := rt.audit.Export(r.Context(), out, since, until)
-		return int64(n), err
+		_, err = rt.audit.Export(r.Context(), out, since, until)
+		return err
 	})
 }
 
 // streamToAdmin answers a GET on Caddy's admin API with what write
 // streams to out (w, each write with a deadline: a client that stops
-// reading is let go after a minute), returning how much it sent. A
-// failure after anything was sent cuts the answer short: the 200 and
+// reading is let go after a minute). A failure after any byte reached w
+// cuts the answer short: the 200 and
 // part of the body are out, and Caddy's error object after them would
 // read as more body, the answer as whole. Every HTTP client reports a
 // cut (the CLI exits non-zero); the cause goes to the log.
-func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what string, write func(rt *runtime, out io.Writer) (sent int64, err error)) error {
+func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what string, write func(rt *runtime, out io.Writer) error) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use GET")}
 	}
@@ -176,8 +176,9 @@ func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what str
 		return err
 	}
 	w.Header().Set("Content-Type", contentType)
-	n, err := write(rt, deadlineWriter{w: w, rc: http.NewResponseController(w), idle: time.Minute})
-	if err != nil && n > 0 {
+	out := &deadlineWriter{w: w, rc: http.NewResponseController(w), idle: time.Minute}
+	err = write(rt, out)
+	if n := out.sent; err != nil && n > 0 {
 		if r.Context().Err() != nil { // the client stopped reading (| head, say)
 			a.logger.Warn(what+" stopped part way: the client went away", zap.Int64("sent", n), zap.Error(err))
 		} else {
@@ -193,16 +194,21 @@ func streamToAdmin(w http.ResponseWriter, r *http.Request, contentType, what str
 	return err
 }
 
-// deadlineWriter gives each write to a client a deadline.
+// deadlineWriter gives each write to a client a deadline, and counts what
+// it was handed (what the writer counts itself, rows say, may be 0 while
+// part of one is out).
 type deadlineWriter struct {
 	w    io.Writer
 	rc   *http.ResponseController
 	idle time.Duration
+	sent int64
 }
 
-func (d deadlineWriter) Write(p []byte) (int, error) {
+func (d *deadlineWriter) Write(p []byte) (int, error) {
 	_ = d.rc.SetWriteDeadline(time.Now().Add(d.idle)) // not supported: no deadline
-	return d.w.Write(p)
+	n, err := d.w.Write(p)
+	d.sent += int64(n)
+	return n, err
 }
 
 // handleAdminAuditReplay puts dead webhook deliveries back in the outbox

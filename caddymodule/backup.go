@@ -46,10 +46,10 @@ func backupStore(ctx context.Context, rt *runtime, w io.Writer, r *http.Request)
 // the store, at disk speed, and that file is what the client reads, at
 // its own pace.
 func handleAdminBackup(w http.ResponseWriter, r *http.Request) error {
-	return streamToAdmin(w, r, "application/octet-stream", "store backup", func(rt *runtime, out io.Writer) (int64, error) {
+	return streamToAdmin(w, r, "application/octet-stream", "store backup", func(rt *runtime, out io.Writer) error {
 		f, err := os.CreateTemp(filepath.Dir(rt.store.Path()), ".sigra-backup-*")
 		if err != nil {
-			return 0, fmt.Errorf("backup: %w", err)
+			return fmt.Errorf("backup: %w", err)
 		}
 		// Unnamed from the start where the system allows it (the open
 		// file stays readable): a Caddy that dies mid-copy leaves no copy
@@ -63,10 +63,11 @@ func handleAdminBackup(w http.ResponseWriter, r *http.Request) error {
 			_, err = f.Seek(0, io.SeekStart)
 		}
 		if err != nil {
-			return 0, err
+			return err
 		}
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-		return io.Copy(out, f)
+		_, err = io.Copy(out, f)
+		return err
 	})
 }
 
