@@ -146,7 +146,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 	for _, o := range []struct{ op, short, done string }{
 		{"disable", "Disables a user and ends their sessions", "disabled %s"},
 		{"enable", "Enables a disabled user", "enabled %s"},
-		{"unlock", "Lifts a user's sign-in ban, and opens an authenticator app locked by wrong codes", "unlocked %s"},
+		{"unlock", "Lifts a user's bans (sign-in, codes, password re-checks), and opens an authenticator app locked by wrong codes", "unlocked %s"},
 		{"mfa-reset", "Removes a user's authenticator app and recovery codes, and ends their sessions",
 			"second factor of %s reset: they sign in with their password and can enrol again"},
 		{"delete", "Deletes a user, their sessions and second factors (not the last admin; the audit trail stays)", "deleted %s"},
