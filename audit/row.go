@@ -293,15 +293,20 @@ func isWord(s string) bool {
 	return true
 }
 
-// truncate returns s as valid UTF-8 of at most n bytes, cut at a rune
-// boundary.
+// cutMark ends a string truncate cut, so that a reader can tell it from
+// one that was that short.
+const cutMark = "…"
+
+// truncate returns s as valid UTF-8 of at most n bytes: when it is
+// longer, cut at a rune boundary and ended with cutMark.
 func truncate(s string, n int) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= n {
 		return s
 	}
+	n -= len(cutMark)
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}
-	return s[:n]
+	return s[:n] + cutMark
 }

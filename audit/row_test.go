@@ -177,14 +177,19 @@ func TestNormalizeTruncatesClientStrings(t *testing.T) {
 	if _, err := r.normalize(uuid.New, t0); err != nil {
 		t.Fatalf("normalize = %v; want client strings truncated, not rejected", err)
 	}
-	if len(r.UserAgent) != MaxUserAgentLen || !strings.HasSuffix(r.UserAgent, "é") {
-		t.Errorf("user_agent is %d bytes ending %q; want %d bytes cut at a rune", len(r.UserAgent), r.UserAgent[len(r.UserAgent)-2:], MaxUserAgentLen)
+	// Cut at a rune, and marked as cut: a reader must not take a cut list
+	// (of groups, say) for the whole of it.
+	if len(r.UserAgent) > MaxUserAgentLen || len(r.UserAgent) < MaxUserAgentLen-4 || !strings.HasSuffix(r.UserAgent, "é…") {
+		t.Errorf("user_agent is %d bytes ending %q; want at most %d, cut at a rune and marked", len(r.UserAgent), r.UserAgent[len(r.UserAgent)-5:], MaxUserAgentLen)
 	}
-	if len(r.IP) != MaxIPLen {
-		t.Errorf("ip is %d bytes; want %d", len(r.IP), MaxIPLen)
+	if len(r.IP) != MaxIPLen || !strings.HasSuffix(r.IP, "1…") {
+		t.Errorf("ip is %q (%d bytes); want %d bytes, marked as cut", r.IP, len(r.IP), MaxIPLen)
 	}
-	if got := len(r.Metadata["email"]); got != MaxMetaValueLen {
-		t.Errorf("metadata.email is %d bytes; want %d", got, MaxMetaValueLen)
+	if got := r.Metadata["email"]; len(got) != MaxMetaValueLen || !strings.HasSuffix(got, "x…") {
+		t.Errorf("metadata.email is %d bytes ending %q; want %d, marked as cut", len(got), got[len(got)-4:], MaxMetaValueLen)
+	}
+	if got := truncate(strings.Repeat("y", MaxMetaValueLen), MaxMetaValueLen); got != strings.Repeat("y", MaxMetaValueLen) {
+		t.Error("a value of exactly the bound was cut")
 	}
 	if got := r.Metadata["bad"]; got != "\uFFFD" {
 		t.Errorf("metadata.bad = %q; want invalid UTF-8 replaced", got)

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -355,8 +357,30 @@ func TestAdminSetsGroups(t *testing.T) {
 	if code, b := post("/users/"+target.ID+"/groups", `{"groups": []}`); code != http.StatusOK || !strings.Contains(b, `"groups":[]`) {
 		t.Errorf("API groups []: status %d; want 200 with no groups\n%s", code, b)
 	}
-	if rows := e.auditRows("admin.user.groups"); len(rows) != 2 || rows[0].ActorID != root.ID || rows[0].ActorType != audit.ActorAdmin || rows[0].Metadata["previous"] != "dev,ops" {
-		t.Errorf("admin.user.groups rows after the API call %+v; want the newest by the admin, naming the previous dev,ops", rows)
+	if rows := e.auditRows("admin.user.groups"); len(rows) != 2 || rows[0].ActorID != root.ID || rows[0].ActorType != audit.ActorAdmin || rows[0].Metadata["previous"] != "dev,ops" ||
+		rows[0].Metadata["removed"] != "dev,ops" || rows[0].Metadata["added"] != "" {
+		t.Errorf("admin.user.groups rows after the API call %+v; want the newest by the admin, naming the previous dev,ops, removed", rows)
+	}
+	// A grant at the end of a long list: the lists are cut at the row's
+	// bound on a value, the change is not.
+	var many []string
+	for i := range 20 {
+		many = append(many, fmt.Sprintf("team-%02d-%s", i, strings.Repeat("x", 50)))
+	}
+	manyJSON, _ := json.Marshal(map[string][]string{"groups": many})
+	if code, b := post("/users/"+target.ID+"/groups", string(manyJSON)); code != http.StatusOK {
+		t.Fatalf("API groups, 20 long names: status %d\n%s", code, b)
+	}
+	grant, _ := json.Marshal(map[string][]string{"groups": append(slices.Clone(many), "admins")})
+	if code, b := post("/users/"+target.ID+"/groups", string(grant)); code != http.StatusOK {
+		t.Fatalf("API groups, 20 long names and admins: status %d\n%s", code, b)
+	}
+	if rows := e.auditRows("admin.user.groups"); len(rows) != 4 || rows[0].Metadata["added"] != "admins" || rows[0].Metadata["removed"] != "" ||
+		!strings.HasSuffix(rows[0].Metadata["groups"], "…") || strings.Contains(rows[0].Metadata["groups"], "admins") {
+		t.Errorf("the row of a grant at the end of a long list: %+v; want added admins, and the cut list marked as cut", rows[0].Metadata)
+	}
+	if code, _ := post("/users/"+target.ID+"/groups", `{"groups": []}`); code != http.StatusOK {
+		t.Fatal("API groups []: could not clear the groups again")
 	}
 	if code, _ := post("/users/"+target.ID+"/groups", `{"groups": ["a\u0001"]}`); code != http.StatusBadRequest {
 		t.Errorf("API groups with a control character in a name: status %d; want 400", code)

@@ -184,6 +184,14 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 		ev.meta = map[string]string{"groups": strings.Join(res.User.Groups, ",")}
 		if before != nil {
 			ev.meta["previous"] = strings.Join(before.Groups, ",")
+			// The change on its own: the lists are cut at the row's bound
+			// on a value, and a grant at the end of a long one would be lost.
+			if d := groupsNotIn(res.User.Groups, before.Groups); d != "" {
+				ev.meta["added"] = d
+			}
+			if d := groupsNotIn(before.Groups, res.User.Groups); d != "" {
+				ev.meta["removed"] = d
+			}
 		}
 	}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
@@ -386,4 +394,15 @@ func searchUsers(ctx context.Context, st authcore.Store, after, query string, li
 			return users, cursor, nil
 		}
 	}
+}
+
+// groupsNotIn lists, comma-separated, the groups of gs that are not in of.
+func groupsNotIn(gs, of []string) string {
+	var out []string
+	for _, g := range gs {
+		if !slices.Contains(of, g) {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, ",")
 }
