@@ -522,3 +522,34 @@ func TestAssertionTTLFollowsShorterIdle(t *testing.T) {
 		}
 	}
 }
+
+// The first admin's box says how to change the password with the config
+// Caddy was started with, as a path a shell takes whatever the caller's
+// directory.
+func TestStartedConfigForTheFirstAdminBox(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"}, "/etc/caddy/Caddyfile"},
+		{[]string{"caddy", "run", "--adapter", "caddyfile", "-c", "Caddyfile.example"}, filepath.Join(wd, "Caddyfile.example")},
+		{[]string{"caddy", "start", "--config=/srv/my site/Caddyfile"}, "'/srv/my site/Caddyfile'"},
+		{[]string{"caddy", "run", "-config", "/srv/it's;rm"}, `'/srv/it'\''s;rm'`},
+		{[]string{"caddy", "run"}, "<this config>"},
+		{[]string{"caddy", "run", "--config"}, "<this config>"},
+		{[]string{"caddy", "run", "--config="}, "<this config>"},
+		{[]string{"caddy", "run", "--resume"}, "<this config>"},
+		{[]string{"caddy", "adapt", "--config", "/etc/caddy/Caddyfile"}, "<this config>"},
+		{[]string{"/tmp/go-build/caddymodule.test", "-test.run", "x"}, "<this config>"},
+		{nil, "<this config>"},
+	}
+	for _, tt := range tests {
+		if got := startedConfig(tt.args); got != tt.want {
+			t.Errorf("startedConfig(%q) = %q; want %q", tt.args, got, tt.want)
+		}
+	}
+}
