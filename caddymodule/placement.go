@@ -213,7 +213,8 @@ func (c placement) check(p place) error {
 // nothing to check) at place p when a directive that runs after it, in a
 // block on the way to it or in a handle, handle_path or route block
 // there, sends other paths into the gated one: a rewrite, a uri replace
-// or path_regexp, a try_files fallback. The gates match the path the
+// or path_regexp, a try_files fallback, a reverse_proxy's own rewrite (of
+// the URI it sends the gated upstream). The gates match the path the
 // client asked for (they run before all of those), so /x/… rewritten to
 // /admin/… reaches the app as /admin/… ungated. One that changes only
 // paths the gate covers already is no such way in. A uri strip_prefix
@@ -298,10 +299,24 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		// Where the directive may send a request, and the matcher of the
 		// requests it changes ("" if it has none).
 		var into, from, what string
+		at := c.pos(d)
+		rewrite := false // a rewrite to a path written out, which is only a way in when under the gate's
 		switch op := slices.IndexFunc(d.args, func(a string) bool { return a == "replace" || a == "path_regexp" }); {
 		case d.name == "rewrite" && len(d.args) > 0:
-			into, what = last, "rewrite"
+			into, what, rewrite = last, "rewrite", true
 			if d.args[0] != last {
+				from = d.args[0]
+			}
+		case d.name == "reverse_proxy" && d.block != nil:
+			// its rewrite sets the URI the upstream is sent; for another
+			// upstream than the gated one, that app's own business
+			i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "rewrite" && len(e.args) > 0 })
+			if i < 0 || !c.sameUpstream(c.upstreams(d), c.guarded(p, pre)) {
+				continue
+			}
+			into, what, rewrite = d.block.dirs[i].args[0], "the rewrite in reverse_proxy", true
+			at = c.pos(d.block.dirs[i])
+			if d.matcher && len(d.args) > 0 {
 				from = d.args[0]
 			}
 		case d.name == "try_files":
@@ -327,7 +342,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if d.readBack != "" {
 			from = d.readBack
 		}
-		if into == "" || what == "rewrite" && !under(knownPrefix(into, from)) {
+		if into == "" || rewrite && !under(knownPrefix(into, from)) {
 			continue
 		}
 		if a.root != nil && a.root.block != nil && isHandle(a.root.name) && c.answersAll(*a.root) {
@@ -353,8 +368,8 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if c.passesAlready(met, froms, self) {
 			continue // from paths whose gate asks for as much
 		}
-		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri and try_files), so those requests reach the app there without this gate's requirements. "+
-			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, c.pos(d), into)
+		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri, try_files and the proxy), so those requests reach the app there without this gate's requirements. "+
+			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, into)
 	}
 	return nil
 }
