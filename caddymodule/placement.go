@@ -319,6 +319,36 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if d.matcher && len(d.args) > 0 {
 				from = d.args[0]
 			}
+		case d.name == "invoke":
+			// what the named route it runs does to the path, read from
+			// its JSON (placeholders spelt out)
+			r, ok := c.named[d.lastArg()]
+			if !ok || !c.sameUpstream(r.upstreams, c.guarded(p, pre)) {
+				continue
+			}
+			if d.matcher && len(d.args) > 1 {
+				from = d.args[0]
+			}
+			if d.readBack != "" {
+				from = d.readBack
+			}
+			i := slices.IndexFunc(r.rewrites, func(rw routeRewrite) bool {
+				rep := strings.ToLower(rw.into)
+				switch rw.op {
+				case "rewrite":
+					return under(knownPrefix(rw.into, from))
+				case "try_files":
+					return under(rw.into)
+				case "path_regexp":
+					return strings.Contains(rep, pre) || under(rep)
+				}
+				return replaceMayForm(strings.ToLower(rw.find), rep, pre)
+			})
+			if i < 0 {
+				continue
+			}
+			into, what = r.rewrites[i].into, fmt.Sprintf("the %s in the named route %s (invoked", r.rewrites[i].op, d.lastArg())
+			at += ")"
 		case d.name == "try_files":
 			// its fallback: a request for no file goes there
 			what = "try_files" // which takes no matcher: every argument is a file
@@ -1101,6 +1131,58 @@ type namedRoute struct {
 	answersAll bool     // answers every request that invokes it
 	mayAnswer  bool     // answers some
 	upstreams  []string // what its proxies dial (upstreamKey; "*" for any)
+	rewrites   []routeRewrite
+}
+
+// routeRewrite is a change of the path a named route makes: op rewrite
+// (to the URI into: a rewrite, a proxy's own rewrite), try_files (into
+// one of its files), path_regexp or replace (find, by into).
+type routeRewrite struct{ op, find, into string }
+
+// jsonTryFiles are the files the try_files of decoded JSON v (file
+// matchers, at any depth) may rewrite to.
+func jsonTryFiles(v any) []routeRewrite {
+	var out []routeRewrite
+	switch v := v.(type) {
+	case map[string]any:
+		if file, ok := v["file"].(map[string]any); ok {
+			list, _ := file["try_files"].([]any)
+			for _, f := range list {
+				if f, _ := f.(string); f != "" {
+					out = append(out, routeRewrite{op: "try_files", into: f})
+				}
+			}
+		}
+		for _, c := range v {
+			out = append(out, jsonTryFiles(c)...)
+		}
+	case []any:
+		for _, c := range v {
+			out = append(out, jsonTryFiles(c)...)
+		}
+	}
+	return out
+}
+
+// jsonRewrites are the changes of the path a rewrite handler (or a
+// reverse_proxy's rewrite) of decoded JSON makes.
+func jsonRewrites(h map[string]any) []routeRewrite {
+	var out []routeRewrite
+	// try_files's rewrite is to the file its matcher found
+	// (jsonTryFiles has the candidates)
+	if uri, _ := h["uri"].(string); uri != "" && uri != "{http.matchers.file.relative}" {
+		out = append(out, routeRewrite{op: "rewrite", into: uri})
+	}
+	for _, op := range [][2]string{{"path_regexp", "path_regexp"}, {"uri_substring", "replace"}} {
+		list, _ := h[op[0]].([]any)
+		for _, e := range list {
+			m, _ := e.(map[string]any)
+			find, _ := m["find"].(string)
+			rep, _ := m["replace"].(string)
+			out = append(out, routeRewrite{op: op[1], find: find, into: rep})
+		}
+	}
+	return out
 }
 
 // answeringHandlers are the JSON handlers of the answering directives
@@ -1112,15 +1194,23 @@ var answeringHandlers = []string{"reverse_proxy", "static_response", "file_serve
 func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 	routes, _ := h.Option("named_routes").(map[string]*caddyhttp.Route)
 	raw := make(map[string][]any, len(routes))
+	matchers := make(map[string][]any, len(routes)) // their own matcher sets
 	for name, r := range routes {
-		var handlers []any
+		name = strings.TrimSuffix(strings.TrimPrefix(name, "&("), ")")
+		var handlers, sets []any
 		for _, msg := range r.HandlersRaw {
 			var v any
 			if json.Unmarshal(msg, &v) == nil {
 				handlers = append(handlers, v)
 			}
 		}
-		raw[strings.TrimSuffix(strings.TrimPrefix(name, "&("), ")")] = handlers
+		for _, set := range r.MatcherSetsRaw {
+			var v any
+			if msg, ok := set["file"]; ok && json.Unmarshal(msg, &v) == nil {
+				sets = append(sets, map[string]any{"file": v})
+			}
+		}
+		raw[name], matchers[name] = handlers, sets
 	}
 	// An invoke runs the route it names in its place: what a route does
 	// takes in what the routes it invokes do, each worked out once (a
@@ -1154,9 +1244,15 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			case "invoke":
 				route, _ := h["name"].(string)
 				f.upstreams = append(f.upstreams, facts(route).upstreams...)
+				f.rewrites = append(f.rewrites, facts(route).rewrites...)
 			case "file_server":
 				f.upstreams = append(f.upstreams, "file_server")
+			case "rewrite":
+				f.rewrites = append(f.rewrites, jsonRewrites(h)...)
 			case "reverse_proxy":
+				if rw, ok := h["rewrite"].(map[string]any); ok {
+					f.rewrites = append(f.rewrites, jsonRewrites(rw)...)
+				}
 				ups, _ := h["upstreams"].([]any)
 				if len(ups) == 0 {
 					f.upstreams = append(f.upstreams, "*") // dynamic upstreams: any
@@ -1169,6 +1265,8 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			}
 			return false
 		})
+		f.rewrites = append(f.rewrites, jsonTryFiles(handlers)...)
+		f.rewrites = append(f.rewrites, jsonTryFiles(matchers[name])...)
 		out[name] = f
 		return f
 	}
