@@ -19,7 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -735,48 +734,9 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		"  │ email:    %s\n"+
 		"  │ password: %s\n"+
 		"  │ shown once; to change it:\n"+
-		"  │   caddy sigra users passwd --config %s --email %s --password-stdin\n"+
+		"  │   caddy sigra users passwd %s --email %s --password-stdin\n"+
 		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, startedConfig(os.Args), u.Email)
 	return nil
-}
-
-// startedConfig is the config file this process was started with (caddy
-// run or start, --config or -c), absolute, for commands to copy; or a
-// stand-in when Caddy gave none (a config loaded through the admin API,
-// or the Caddyfile found in the working directory). Caddy does not tell
-// a module which file it loaded.
-func startedConfig(args []string) string {
-	const unknown = "<this config>"
-	if len(args) < 2 || (args[1] != "run" && args[1] != "start") {
-		return unknown
-	}
-	for i := 2; i < len(args); i++ {
-		name, val, hasVal := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
-		if !strings.HasPrefix(args[i], "-") || (name != "config" && name != "c") {
-			continue
-		}
-		if !hasVal {
-			if i+1 == len(args) {
-				return unknown
-			}
-			val = args[i+1]
-		}
-		if val == "" {
-			return unknown
-		}
-		if abs, err := filepath.Abs(val); err == nil {
-			val = abs
-		}
-		safe := func(r rune) bool {
-			return r < utf8.RuneSelf && (r == '/' || r == '.' || r == '_' || r == '-' || r == '+' || r == ':' || r == '@' || r == ',' ||
-				'0' <= r && r <= '9' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z')
-		}
-		if strings.IndexFunc(val, func(r rune) bool { return !safe(r) }) >= 0 { // for a shell, quoted
-			val = "'" + strings.ReplaceAll(val, "'", `'\''`) + "'"
-		}
-		return val
-	}
-	return unknown
 }
 
 // upkeep drops expired regulation state, and retired assertion keys

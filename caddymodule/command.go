@@ -16,6 +16,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -723,4 +724,53 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			"stop Caddy, or enable its admin endpoint", path, addr, errAdminSilent{err})
 	}
 	return resp, nil
+}
+
+// startedConfig is the config file this process was started with (caddy
+// run or start, --config or -c), absolute, with its --adapter if one was
+// given, as flags for commands to copy; or a stand-in when Caddy gave
+// none (a config loaded through the admin API, or the Caddyfile found in
+// the working directory). Caddy does not tell a module which file it
+// loaded; the arguments are read with Caddy's own flags for the command.
+func startedConfig(args []string) string {
+	const unknown = "--config <this config>"
+	if len(args) < 2 || (args[1] != "run" && args[1] != "start") {
+		return unknown
+	}
+	fs := (&cobra.Command{}).Flags()
+	fs.SetOutput(io.Discard)
+	fs.ParseErrorsWhitelist.UnknownFlags = true
+	config := fs.StringP("config", "c", "", "")
+	adapter := fs.StringP("adapter", "a", "", "")
+	fs.StringSlice("envfile", nil, "")
+	fs.BoolP("environ", "e", false, "")
+	fs.BoolP("resume", "r", false, "")
+	fs.BoolP("watch", "w", false, "")
+	fs.String("pidfile", "", "")
+	fs.String("pingback", "", "")
+	if fs.Parse(args[2:]) != nil || *config == "" {
+		return unknown
+	}
+	path := *config
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	out := "--config " + shellWord(path)
+	if *adapter != "" {
+		out += " --adapter " + shellWord(*adapter)
+	}
+	return out
+}
+
+// shellWord is s as one word for a POSIX shell: as it is when it holds
+// nothing a shell reads, else single-quoted.
+func shellWord(s string) string {
+	safe := func(r rune) bool {
+		return r < utf8.RuneSelf && (r == '/' || r == '.' || r == '_' || r == '-' || r == '+' || r == ':' || r == '@' || r == ',' ||
+			'0' <= r && r <= '9' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z')
+	}
+	if s != "" && strings.IndexFunc(s, func(r rune) bool { return !safe(r) }) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -535,17 +535,23 @@ func TestStartedConfigForTheFirstAdminBox(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"}, "/etc/caddy/Caddyfile"},
-		{[]string{"caddy", "run", "--adapter", "caddyfile", "-c", "Caddyfile.example"}, filepath.Join(wd, "Caddyfile.example")},
-		{[]string{"caddy", "start", "--config=/srv/my site/Caddyfile"}, "'/srv/my site/Caddyfile'"},
-		{[]string{"caddy", "run", "-config", "/srv/it's;rm"}, `'/srv/it'\''s;rm'`},
-		{[]string{"caddy", "run"}, "<this config>"},
-		{[]string{"caddy", "run", "--config"}, "<this config>"},
-		{[]string{"caddy", "run", "--config="}, "<this config>"},
-		{[]string{"caddy", "run", "--resume"}, "<this config>"},
-		{[]string{"caddy", "adapt", "--config", "/etc/caddy/Caddyfile"}, "<this config>"},
-		{[]string{"/tmp/go-build/caddymodule.test", "-test.run", "x"}, "<this config>"},
-		{nil, "<this config>"},
+		{[]string{"caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"}, "--config /etc/caddy/Caddyfile --adapter caddyfile"},
+		{[]string{"caddy", "run", "--adapter", "caddyfile", "-c", "Caddyfile.example"}, "--config " + filepath.Join(wd, "Caddyfile.example") + " --adapter caddyfile"},
+		// A file not named Caddyfile loads as JSON without its adapter:
+		// the command must repeat it.
+		{[]string{"caddy", "run", "-c", "/etc/caddy/site.conf", "-a", "caddyfile"}, "--config /etc/caddy/site.conf --adapter caddyfile"},
+		{[]string{"caddy", "run", "-c/etc/caddy/site.json"}, "--config /etc/caddy/site.json"},
+		{[]string{"caddy", "start", "--config=/srv/my site/Caddyfile", "--watch"}, "--config '/srv/my site/Caddyfile'"},
+		{[]string{"caddy", "run", "--envfile", "/etc/env", "--config", "/srv/it's;rm"}, `--config '/srv/it'\''s;rm'`},
+		{[]string{"caddy", "run", "--resume", "--pidfile", "/run/caddy.pid", "--config", "/etc/c.json"}, "--config /etc/c.json"},
+		{[]string{"caddy", "run", "--some-plugin-flag", "--config", "/etc/c.json"}, "--config /etc/c.json"},
+		{[]string{"caddy", "run"}, "--config <this config>"},
+		{[]string{"caddy", "run", "--config"}, "--config <this config>"},
+		{[]string{"caddy", "run", "--config="}, "--config <this config>"},
+		{[]string{"caddy", "run", "--resume"}, "--config <this config>"},
+		{[]string{"caddy", "adapt", "--config", "/etc/caddy/Caddyfile"}, "--config <this config>"},
+		{[]string{"/tmp/go-build/caddymodule.test", "-test.run", "x"}, "--config <this config>"},
+		{nil, "--config <this config>"},
 	}
 	for _, tt := range tests {
 		if got := startedConfig(tt.args); got != tt.want {

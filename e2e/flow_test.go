@@ -28,7 +28,7 @@ func TestLoginFlowAndRestart(t *testing.T) {
 		t.Errorf("the first admin's password appears %d times in the output; want once (the box), never in logs", n)
 	}
 	// The box's command to change it names the config Caddy runs on.
-	if want := "caddy sigra users passwd --config " + g.caddyfile + " --email admin@localhost"; !strings.Contains(first.out.String(), want) {
+	if want := "caddy sigra users passwd --config " + g.caddyfile + " --adapter caddyfile --email admin@localhost"; !strings.Contains(first.out.String(), want) {
 		t.Errorf("the first admin box does not say %q\n%s", want, first.logs())
 	}
 
