@@ -307,23 +307,44 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if d.args[0] != last {
 				from = d.args[0]
 			}
-		case d.name == "reverse_proxy" && d.block != nil:
-			// its rewrite sets the URI the upstream is sent; for another
-			// upstream than the gated one, that app's own business
-			i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "rewrite" && len(e.args) > 0 })
-			if i < 0 || !c.sameUpstream(c.upstreams(d), c.guarded(p, pre)) {
+		case (d.name == "reverse_proxy" || d.name == "php_fastcgi") && d.block != nil:
+			// A proxy's rewrite sets the URI the upstream is sent (the
+			// last one written counts), as php_fastcgi's try_files may;
+			// for another upstream than the gated one, that app's own
+			// business. php_fastcgi first redirects a directory asked for
+			// without its slash, unless its index is off: the gates see
+			// {path}/index.php asked for again.
+			if !c.sameUpstream(c.upstreams(d), c.guarded(p, pre)) {
 				continue
 			}
-			into, what, rewrite = d.block.dirs[i].args[0], "the rewrite in reverse_proxy", true
-			at = c.pos(d.block.dirs[i])
+			redirects := d.name == "php_fastcgi" && !slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool {
+				return e.name == "index" && slices.Equal(e.args, []string{"off"})
+			})
+			if i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "try_files" }); d.name == "php_fastcgi" && i >= 0 {
+				if k := slices.IndexFunc(d.block.dirs[i].args, func(f string) bool {
+					return under(f) && !(redirects && (strings.HasPrefix(f, "{path}/") || strings.HasPrefix(f, "{http.request.uri.path}/")) && len(f) > strings.Index(f, "}/")+2)
+				}); k >= 0 {
+					into, what, at = d.block.dirs[i].args[k], "the try_files in "+d.name, c.pos(d.block.dirs[i])
+				}
+			}
+			for i := len(d.block.dirs) - 1; into == "" && i >= 0; i-- {
+				if e := d.block.dirs[i]; e.name == "rewrite" && len(e.args) > 0 {
+					into, what, rewrite, at = e.args[0], "the rewrite in "+d.name, true, c.pos(e)
+				}
+			}
+			if into == "" {
+				continue
+			}
 			if d.matcher && len(d.args) > 0 {
 				from = d.args[0]
 			}
 		case d.name == "invoke":
-			// what the named route it runs does to the path, read from
-			// its JSON (placeholders spelt out)
+			// What the named route it runs does to the path, read from
+			// its JSON (placeholders spelt out). For another upstream
+			// than the gated one, that app's own business, if the route
+			// answers every request it changes.
 			r, ok := c.named[d.lastArg()]
-			if !ok || !c.sameUpstream(r.upstreams, c.guarded(p, pre)) {
+			if !ok || r.answersAll && !c.sameUpstream(r.upstreams, c.guarded(p, pre)) {
 				continue
 			}
 			if d.matcher && len(d.args) > 1 {
@@ -332,22 +353,49 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if d.readBack != "" {
 				from = d.readBack
 			}
-			i := slices.IndexFunc(r.rewrites, func(rw routeRewrite) bool {
-				rep := strings.ToLower(rw.into)
-				switch rw.op {
-				case "rewrite":
-					return under(knownPrefix(rw.into, from))
-				case "try_files":
-					return under(rw.into)
-				case "path_regexp":
-					return strings.Contains(rep, pre) || under(rep)
+			strips := slices.ContainsFunc(r.rewrites, func(rw routeRewrite) bool { return rw.op == "strip" })
+			var found *routeRewrite
+			for _, rw := range r.rewrites {
+				// the paths it changes: those of the route in it with a
+				// path matcher, else the invoke's
+				rwFroms := rw.paths
+				if len(rwFroms) == 0 {
+					rwFroms = []string{from}
 				}
-				return replaceMayForm(strings.ToLower(rw.find), rep, pre)
-			})
-			if i < 0 {
+				if strips {
+					rwFroms = []string{""} // what the strip leaves may be anything
+				}
+				if rw.op == "strip" {
+					sa := a
+					sa.in = &placedBlock{dirs: a.in.dirs, matched: a.in.matched, matchedAt: a.in.matchedAt}
+					if len(rw.paths) > 0 {
+						sa.in.matched = "path " + strings.Join(rw.paths, " ")
+					}
+					if err := c.checkStrip(p, met, sa, rw.into, pattern, self); err != nil {
+						return err
+					}
+					continue
+				}
+				rep := strings.ToLower(rw.into)
+				if slices.ContainsFunc(rwFroms, func(f string) bool {
+					switch rw.op {
+					case "rewrite":
+						return under(knownPrefix(rw.into, f))
+					case "try_files":
+						return under(rw.into)
+					case "path_regexp":
+						return strings.Contains(rep, pre) || under(rep)
+					}
+					return replaceMayForm(strings.ToLower(rw.find), rep, pre)
+				}) && !(len(rw.paths) > 0 && !slices.ContainsFunc(rw.paths, func(f string) bool { return !under(f) })) {
+					found = &rw
+					break
+				}
+			}
+			if found == nil {
 				continue
 			}
-			into, what = r.rewrites[i].into, fmt.Sprintf("the %s in the named route %s (invoked", r.rewrites[i].op, d.lastArg())
+			into, what = found.into, fmt.Sprintf("the %s in the named route %s (invoked", found.op, d.lastArg())
 			at += ")"
 		case d.name == "try_files":
 			// its fallback: a request for no file goes there
@@ -504,25 +552,28 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 	}
 	both := fmt.Sprintf("put the gate and what it guards in handle_path %s/* { … }, written for the path the app sees, or gate %s as well as %s, with the same requirements", strip, asked, stripped)
 	seen := strings.TrimSuffix(stripped, "*")
-	what := "uri strip_prefix"
-	if d.name == "handle_path" {
+	what, at := "uri strip_prefix", c.pos(d)
+	switch d.name {
+	case "handle_path":
 		what = "handle_path"
+	case "invoke":
+		what, at = "the strip in the named route "+d.lastArg()+" (invoked", at+")"
 	}
 	switch {
 	case asked != pattern && !c.passesAlready(met, []string{other}, self) && !(d.name == "handle_path" && c.passesAlready(inner, []string{stripped}, self)):
 		// /app/admin/x, stripped to /admin/x after the gate looked at
 		// it: a gate on /admin* never saw it.
 		return c.h.Errf("sigra_gate: %s on %s strips %s after this gate, which sees %s… where the app will see %s…, so those requests reach the app without this gate's requirements. "+
-			"To gate both ways in, %s", what, c.pos(d), strip, strip+strings.TrimSuffix(pattern, "*"), strings.TrimSuffix(pattern, "*"), both)
+			"To gate both ways in, %s", what, at, strip, strip+strings.TrimSuffix(pattern, "*"), strings.TrimSuffix(pattern, "*"), both)
 	case asked == pattern && c.directReaches(p, strings.TrimSuffix(stripped, "*"), theirs, confined) && !c.passesAlready(p, []string{stripped}, self):
 		// A gate on /app/admin*, where a request for /admin/x reaches
 		// the same upstream.
 		return c.h.Errf("sigra_gate: %s on %s strips %s after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app without this gate's requirements. "+
-			"To gate both ways in, %s", what, c.pos(d), strip, seen, strip+seen, seen, both)
+			"To gate both ways in, %s", what, at, strip, seen, strip+seen, seen, both)
 	}
 	if glued := strip + strings.TrimPrefix(stripped, "/"); !slash && !c.confinedTo(a.in.matched, lstrip+"/") && !c.passesAlready(met, []string{glued}, self) {
 		return c.h.Errf("sigra_gate: %s on %s strips %s from any path that starts so, so the app also sees %s… for a request to %s…, which no gate with this one's requirements covers. "+
-			"Strip %s/ instead, or %s", what, c.pos(d), strip, seen, strings.TrimSuffix(glued, "*"), strip, both)
+			"Strip %s/ instead, or %s", what, at, strip, seen, strings.TrimSuffix(glued, "*"), strip, both)
 	}
 	return nil
 }
@@ -559,7 +610,9 @@ func (c placement) guarded(p place, pre string, except ...*placedBlock) []string
 		// paths under pre see it.
 		taken := slices.ContainsFunc(b.dirs, func(d placedDirective) bool { return isHandle(d.name) && covers(d) })
 		for _, d := range b.dirs {
-			out = append(out, c.upstreams(d)...)
+			if m := strings.ToLower(d.path()); m == "" || overlap(m, pre) {
+				out = append(out, c.upstreams(d)...) // but a proxy only for other paths
+			}
 			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) || taken && isHandle(d.name) && !covers(d) && !inside(d) {
 				continue
 			}
@@ -1136,42 +1189,24 @@ type namedRoute struct {
 
 // routeRewrite is a change of the path a named route makes: op rewrite
 // (to the URI into: a rewrite, a proxy's own rewrite), try_files (into
-// one of its files), path_regexp or replace (find, by into).
-type routeRewrite struct{ op, find, into string }
-
-// jsonTryFiles are the files the try_files of decoded JSON v (file
-// matchers, at any depth) may rewrite to.
-func jsonTryFiles(v any) []routeRewrite {
-	var out []routeRewrite
-	switch v := v.(type) {
-	case map[string]any:
-		if file, ok := v["file"].(map[string]any); ok {
-			list, _ := file["try_files"].([]any)
-			for _, f := range list {
-				if f, _ := f.(string); f != "" {
-					out = append(out, routeRewrite{op: "try_files", into: f})
-				}
-			}
-		}
-		for _, c := range v {
-			out = append(out, jsonTryFiles(c)...)
-		}
-	case []any:
-		for _, c := range v {
-			out = append(out, jsonTryFiles(c)...)
-		}
-	}
-	return out
+// one of its files), path_regexp or replace (find, by into), strip (the
+// prefix into); paths are the path patterns of the innermost route in it
+// that has a path matcher (none: every path that invokes it).
+type routeRewrite struct {
+	op, find, into string
+	paths          []string
 }
 
 // jsonRewrites are the changes of the path a rewrite handler (or a
-// reverse_proxy's rewrite) of decoded JSON makes.
+// reverse_proxy's rewrite) of decoded JSON makes. try_files's rewrite is
+// to the file its matcher found: jsonRouteRewrites reads the candidates.
 func jsonRewrites(h map[string]any) []routeRewrite {
 	var out []routeRewrite
-	// try_files's rewrite is to the file its matcher found
-	// (jsonTryFiles has the candidates)
 	if uri, _ := h["uri"].(string); uri != "" && uri != "{http.matchers.file.relative}" {
 		out = append(out, routeRewrite{op: "rewrite", into: uri})
+	}
+	if strip, _ := h["strip_path_prefix"].(string); strip != "" {
+		out = append(out, routeRewrite{op: "strip", into: strip})
 	}
 	for _, op := range [][2]string{{"path_regexp", "path_regexp"}, {"uri_substring", "replace"}} {
 		list, _ := h[op[0]].([]any)
@@ -1180,6 +1215,110 @@ func jsonRewrites(h map[string]any) []routeRewrite {
 			find, _ := m["find"].(string)
 			rep, _ := m["replace"].(string)
 			out = append(out, routeRewrite{op: op[1], find: find, into: rep})
+		}
+	}
+	return out
+}
+
+// jsonRouteRewrites are the changes of the path that decoded JSON v, a
+// named route's handlers or routes, makes (invoked gives those of a route
+// it invokes), each with the paths of the innermost route around it that
+// has a path matcher (paths, outside v). A try_files candidate
+// {http.request.uri.path}/… is left out where a route beside it
+// redirects such a request to the path with a slash first, as
+// php_fastcgi does: the gates see the request again.
+func jsonRouteRewrites(v any, paths []string, invoked func(name string) []routeRewrite) []routeRewrite {
+	var out []routeRewrite
+	add := func(rws []routeRewrite, paths []string) {
+		for _, rw := range rws {
+			if len(rw.paths) == 0 {
+				rw.paths = paths
+			}
+			out = append(out, rw)
+		}
+	}
+	switch v := v.(type) {
+	case []any:
+		redirected := map[string]bool{}
+		for _, r := range v {
+			rm, _ := r.(map[string]any)
+			if jsonHandler(rm["handle"], func(h map[string]any) bool {
+				code := fmt.Sprint(h["status_code"])
+				return h["handler"] == "static_response" && (code == "308" || code == "301")
+			}) {
+				for _, f := range jsonFiles(rm["match"]) {
+					redirected[f] = true
+				}
+			}
+		}
+		for _, c := range v {
+			for _, rw := range jsonRouteRewrites(c, paths, invoked) {
+				if rw.op == "try_files" && redirected[rw.into] {
+					continue
+				}
+				out = append(out, rw)
+			}
+		}
+	case map[string]any:
+		if name, _ := v["handler"].(string); name != "" {
+			switch name {
+			case "rewrite":
+				add(jsonRewrites(v), paths)
+			case "reverse_proxy":
+				if rw, ok := v["rewrite"].(map[string]any); ok {
+					add(jsonRewrites(rw), paths)
+				}
+			case "invoke":
+				route, _ := v["name"].(string)
+				add(invoked(route), paths)
+			}
+			if routes, ok := v["routes"]; ok {
+				add(jsonRouteRewrites(routes, nil, invoked), paths)
+			}
+			return out
+		}
+		// a route: its matcher sets narrow the paths when each has a
+		// path matcher; its file matchers are try_files
+		if sets, ok := v["match"].([]any); ok && len(sets) > 0 {
+			var narrowed []string
+			for _, set := range sets {
+				m, _ := set.(map[string]any)
+				ps, _ := m["path"].([]any)
+				if len(ps) == 0 {
+					narrowed = nil
+					break
+				}
+				for _, p := range ps {
+					if p, _ := p.(string); p != "" {
+						narrowed = append(narrowed, p)
+					}
+				}
+			}
+			if narrowed != nil {
+				paths = narrowed
+			}
+			for _, f := range jsonFiles(sets) {
+				add([]routeRewrite{{op: "try_files", into: f}}, paths)
+			}
+		}
+		add(jsonRouteRewrites(v["handle"], nil, invoked), paths)
+	}
+	return out
+}
+
+// jsonFiles are the try_files candidates of the file matchers in decoded
+// matcher sets v.
+func jsonFiles(v any) []string {
+	var out []string
+	sets, _ := v.([]any)
+	for _, set := range sets {
+		m, _ := set.(map[string]any)
+		file, _ := m["file"].(map[string]any)
+		list, _ := file["try_files"].([]any)
+		for _, f := range list {
+			if f, _ := f.(string); f != "" {
+				out = append(out, f)
+			}
 		}
 	}
 	return out
@@ -1205,10 +1344,14 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			}
 		}
 		for _, set := range r.MatcherSetsRaw {
-			var v any
-			if msg, ok := set["file"]; ok && json.Unmarshal(msg, &v) == nil {
-				sets = append(sets, map[string]any{"file": v})
+			m := map[string]any{}
+			for key, msg := range set {
+				var v any
+				if json.Unmarshal(msg, &v) == nil {
+					m[key] = v
+				}
 			}
+			sets = append(sets, m)
 		}
 		raw[name], matchers[name] = handlers, sets
 	}
@@ -1244,15 +1387,9 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			case "invoke":
 				route, _ := h["name"].(string)
 				f.upstreams = append(f.upstreams, facts(route).upstreams...)
-				f.rewrites = append(f.rewrites, facts(route).rewrites...)
 			case "file_server":
 				f.upstreams = append(f.upstreams, "file_server")
-			case "rewrite":
-				f.rewrites = append(f.rewrites, jsonRewrites(h)...)
 			case "reverse_proxy":
-				if rw, ok := h["rewrite"].(map[string]any); ok {
-					f.rewrites = append(f.rewrites, jsonRewrites(rw)...)
-				}
 				ups, _ := h["upstreams"].([]any)
 				if len(ups) == 0 {
 					f.upstreams = append(f.upstreams, "*") // dynamic upstreams: any
@@ -1265,8 +1402,11 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			}
 			return false
 		})
-		f.rewrites = append(f.rewrites, jsonTryFiles(handlers)...)
-		f.rewrites = append(f.rewrites, jsonTryFiles(matchers[name])...)
+		self := map[string]any{"handle": handlers}
+		if len(matchers[name]) > 0 {
+			self["match"] = matchers[name]
+		}
+		f.rewrites = jsonRouteRewrites(self, nil, func(route string) []routeRewrite { return facts(route).rewrites })
 		out[name] = f
 		return f
 	}
