@@ -204,7 +204,7 @@ func (b *bench) sessionsPhase(ctx context.Context, dir string, counts []int) err
 		return err
 	}
 	for i := range sites {
-		sites[i].Desc = fmt.Sprintf("gate, %d active sessions", min(b.cfg.active, counts[i]))
+		sites[i].Desc = fmt.Sprintf("gate, %d of %d stored sessions active", min(b.cfg.active, counts[i]), counts[i])
 		if b.cfg.active <= 0 {
 			sites[i].Desc = "gate, every stored session active"
 		}
