@@ -1407,6 +1407,17 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			self["match"] = matchers[name]
 		}
 		f.rewrites = jsonRouteRewrites(self, nil, func(route string) []routeRewrite { return facts(route).rewrites })
+		// once each: a route invoking another twice would double them at
+		// every step of a chain
+		slices.Sort(f.upstreams)
+		f.upstreams = slices.Compact(f.upstreams)
+		seen := map[string]bool{}
+		f.rewrites = slices.DeleteFunc(f.rewrites, func(rw routeRewrite) bool {
+			k := rw.op + "\x00" + rw.find + "\x00" + rw.into + "\x00" + strings.Join(rw.paths, " ")
+			dup := seen[k]
+			seen[k] = true
+			return dup
+		})
 		out[name] = f
 		return f
 	}

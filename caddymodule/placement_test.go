@@ -581,7 +581,9 @@ func TestPlacementNamedRouteChain(t *testing.T) {
 	var b strings.Builder
 	for i := range n {
 		if i == n-1 {
-			fmt.Fprintf(&b, "&(r%d) {\n\trespond x\n}\n", i)
+			// what each route takes in from the ones it invokes (its
+			// upstreams, its changes of the path) must not double either
+			fmt.Fprintf(&b, "&(r%d) {\n\troute {\n\t\trewrite * /x{uri}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", i)
 			continue
 		}
 		fmt.Fprintf(&b, "&(r%d) {\n\troute {\n\t\tinvoke r%d\n\t\tinvoke r%d\n\t}\n}\n", i, i+1, i+1)
