@@ -728,10 +728,11 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 
 // startedConfig is the config file this process was started with (caddy
 // run or start, --config or -c), absolute, with its --adapter if one was
-// given, as flags for commands to copy; or a stand-in when Caddy gave
-// none (a config loaded through the admin API, or the Caddyfile found in
-// the working directory). Caddy does not tell a module which file it
-// loaded; the arguments are read with Caddy's own flags for the command.
+// given, or else the Caddyfile in the working directory that Caddy loads
+// then, as flags for commands to copy; or a stand-in when there is none (a
+// config loaded through the admin API). Caddy does not tell a module
+// which file it loaded; the arguments are read with Caddy's own flags for
+// the command.
 func startedConfig(args []string) string {
 	const unknown = "--config <this config>"
 	if len(args) < 2 || (args[1] != "run" && args[1] != "start") {
@@ -748,10 +749,17 @@ func startedConfig(args []string) string {
 	fs.BoolP("watch", "w", false, "")
 	fs.String("pidfile", "", "")
 	fs.String("pingback", "", "")
-	if fs.Parse(args[2:]) != nil || *config == "" {
+	if fs.Parse(args[2:]) != nil {
 		return unknown
 	}
 	path := *config
+	if path == "" {
+		// as Caddy does: the Caddyfile in the working directory, if any
+		if fi, err := os.Stat("Caddyfile"); err != nil || !fi.Mode().IsRegular() {
+			return unknown
+		}
+		path = "Caddyfile"
+	}
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs
 	}

@@ -558,4 +558,13 @@ func TestStartedConfigForTheFirstAdminBox(t *testing.T) {
 			t.Errorf("startedConfig(%q) = %q; want %q", tt.args, got, tt.want)
 		}
 	}
+	// Without --config, Caddy loads the Caddyfile in its directory.
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("Caddyfile", []byte(":80\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := startedConfig([]string{"caddy", "run"}), "--config "+filepath.Join(dir, "Caddyfile"); got != want {
+		t.Errorf("caddy run beside a Caddyfile: %q; want %q", got, want)
+	}
 }
