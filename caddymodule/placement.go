@@ -66,7 +66,7 @@ func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) 
 	if site == nil {
 		return nil
 	}
-	c := placement{h: h, dir: dir, named: namedRoutesOf(h), site: site}
+	c := placement{h: h, dir: dir, named: namedRoutesOf(h), site: site, upsFor: map[string][]string{}}
 	c.order, c.byOption = h.Option("order").([]string)
 	if !c.byOption {
 		c.order = caddyOrder
@@ -128,7 +128,8 @@ type placement struct {
 	order    []string // Caddy's, or the global order option's
 	byOption bool
 	named    map[string]namedRoute
-	site     *placedBlock // the top level, where named matchers are defined
+	site     *placedBlock        // the top level, where named matchers are defined
+	upsFor   map[string][]string // namedUpstreamsFor's answers
 }
 
 // check checks one place of the directive: each block on the way.
@@ -356,6 +357,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			strips := slices.ContainsFunc(r.rewrites, func(rw routeRewrite) bool { return rw.op == "strip" })
 			var found *routeRewrite
 			for _, rw := range r.rewrites {
+				if len(rw.paths) > 0 && rw.answers && !c.sameUpstream(rw.ups, c.guarded(p, pre)) {
+					continue // in a route of it that serves another app
+				}
 				// the paths it changes: those of the route in it with a
 				// path matcher, else the invoke's
 				rwFroms := rw.paths
@@ -610,8 +614,12 @@ func (c placement) guarded(p place, pre string, except ...*placedBlock) []string
 		// paths under pre see it.
 		taken := slices.ContainsFunc(b.dirs, func(d placedDirective) bool { return isHandle(d.name) && covers(d) })
 		for _, d := range b.dirs {
-			if m := strings.ToLower(d.path()); m == "" || overlap(m, pre) {
-				out = append(out, c.upstreams(d)...) // but a proxy only for other paths
+			switch m := strings.ToLower(d.path()); {
+			case m != "" && !overlap(m, pre): // a proxy only for other paths
+			case d.name == "invoke" && len(c.named[d.lastArg()].handlers) > 0:
+				out = append(out, c.namedUpstreamsFor(d.lastArg(), pre)...)
+			default:
+				out = append(out, c.upstreams(d)...)
 			}
 			if d.block == nil || !slices.Contains(subroutes, d.name) || slices.Contains(except, d.block) || taken && isHandle(d.name) && !covers(d) && !inside(d) {
 				continue
@@ -1185,16 +1193,71 @@ type namedRoute struct {
 	mayAnswer  bool     // answers some
 	upstreams  []string // what its proxies dial (upstreamKey; "*" for any)
 	rewrites   []routeRewrite
+	handlers   []any // its JSON, decoded
+}
+
+// namedUpstreamsFor are the upstreams of the named route name that a
+// request for the path prefix pre may reach: those of its routes whose
+// path matchers may let it in.
+func (c placement) namedUpstreamsFor(name, pre string) []string {
+	key := name + "\x00" + pre
+	if ups, ok := c.upsFor[key]; ok {
+		return ups
+	}
+	c.upsFor[key] = nil // a loop, which Caddy refuses anyway, adds nothing
+	var walk func(v any) []string
+	walk = func(v any) []string {
+		var out []string
+		switch v := v.(type) {
+		case []any:
+			for _, e := range v {
+				out = append(out, walk(e)...)
+			}
+		case map[string]any:
+			if h, _ := v["handler"].(string); h != "" {
+				switch h {
+				case "invoke":
+					route, _ := v["name"].(string)
+					out = append(out, c.namedUpstreamsFor(route, pre)...)
+				case "subroute":
+					out = append(out, walk(v["routes"])...)
+				default:
+					out = append(out, jsonUpstreams(v, func(string) namedRoute { return namedRoute{} })...)
+				}
+				return out
+			}
+			if sets, ok := v["match"].([]any); ok && len(sets) > 0 && !slices.ContainsFunc(sets, func(set any) bool {
+				m, _ := set.(map[string]any)
+				ps, _ := m["path"].([]any)
+				return len(ps) == 0 || slices.ContainsFunc(ps, func(p any) bool { s, _ := p.(string); return overlap(strings.ToLower(s), pre) })
+			}) {
+				return nil // a route for other paths
+			}
+			out = walk(v["handle"])
+		}
+		return out
+	}
+	ups := walk(c.named[name].handlers)
+	slices.Sort(ups)
+	ups = slices.Compact(ups)
+	c.upsFor[key] = ups
+	return ups
 }
 
 // routeRewrite is a change of the path a named route makes: op rewrite
 // (to the URI into: a rewrite, a proxy's own rewrite), try_files (into
 // one of its files), path_regexp or replace (find, by into), strip (the
 // prefix into); paths are the path patterns of the innermost route in it
-// that has a path matcher (none: every path that invokes it).
+// that has a path matcher (none: every path that invokes it, and the
+// named route's own upstreams count).
 type routeRewrite struct {
 	op, find, into string
 	paths          []string
+	// what that route sends on (upstreamKey), and whether it answers
+	// every request it takes: a change there for another upstream is that
+	// app's own
+	ups     []string
+	answers bool
 }
 
 // jsonRewrites are the changes of the path a rewrite handler (or a
@@ -1227,12 +1290,12 @@ func jsonRewrites(h map[string]any) []routeRewrite {
 // {http.request.uri.path}/… is left out where a route beside it
 // redirects such a request to the path with a slash first, as
 // php_fastcgi does: the gates see the request again.
-func jsonRouteRewrites(v any, paths []string, invoked func(name string) []routeRewrite) []routeRewrite {
+func jsonRouteRewrites(v any, scope routeRewrite, facts func(name string) namedRoute) []routeRewrite {
 	var out []routeRewrite
-	add := func(rws []routeRewrite, paths []string) {
+	add := func(rws []routeRewrite, scope routeRewrite) {
 		for _, rw := range rws {
 			if len(rw.paths) == 0 {
-				rw.paths = paths
+				rw.paths, rw.ups, rw.answers = scope.paths, scope.ups, scope.answers
 			}
 			out = append(out, rw)
 		}
@@ -1252,7 +1315,7 @@ func jsonRouteRewrites(v any, paths []string, invoked func(name string) []routeR
 			}
 		}
 		for _, c := range v {
-			for _, rw := range jsonRouteRewrites(c, paths, invoked) {
+			for _, rw := range jsonRouteRewrites(c, scope, facts) {
 				if rw.op == "try_files" && redirected[rw.into] {
 					continue
 				}
@@ -1263,17 +1326,17 @@ func jsonRouteRewrites(v any, paths []string, invoked func(name string) []routeR
 		if name, _ := v["handler"].(string); name != "" {
 			switch name {
 			case "rewrite":
-				add(jsonRewrites(v), paths)
+				add(jsonRewrites(v), scope)
 			case "reverse_proxy":
 				if rw, ok := v["rewrite"].(map[string]any); ok {
-					add(jsonRewrites(rw), paths)
+					add(jsonRewrites(rw), scope)
 				}
 			case "invoke":
 				route, _ := v["name"].(string)
-				add(invoked(route), paths)
+				add(facts(route).rewrites, scope)
 			}
 			if routes, ok := v["routes"]; ok {
-				add(jsonRouteRewrites(routes, nil, invoked), paths)
+				add(jsonRouteRewrites(routes, routeRewrite{}, facts), scope)
 			}
 			return out
 		}
@@ -1295,14 +1358,43 @@ func jsonRouteRewrites(v any, paths []string, invoked func(name string) []routeR
 				}
 			}
 			if narrowed != nil {
-				paths = narrowed
+				handle, _ := v["handle"].([]any)
+				scope = routeRewrite{paths: narrowed, ups: jsonUpstreams(handle, facts),
+					answers: jsonAnswersAll(handle, func(route string) bool { return facts(route).answersAll })}
 			}
 			for _, f := range jsonFiles(sets) {
-				add([]routeRewrite{{op: "try_files", into: f}}, paths)
+				add([]routeRewrite{{op: "try_files", into: f}}, scope)
 			}
 		}
-		add(jsonRouteRewrites(v["handle"], nil, invoked), paths)
+		add(jsonRouteRewrites(v["handle"], routeRewrite{}, facts), scope)
 	}
+	return out
+}
+
+// jsonUpstreams are where the handlers of decoded JSON v send requests
+// on, as upstreams does for directives (facts gives an invoked route's).
+func jsonUpstreams(v any, facts func(name string) namedRoute) []string {
+	var out []string
+	jsonHandler(v, func(h map[string]any) bool {
+		switch h["handler"] {
+		case "invoke":
+			route, _ := h["name"].(string)
+			out = append(out, facts(route).upstreams...)
+		case "file_server":
+			out = append(out, "file_server")
+		case "reverse_proxy":
+			ups, _ := h["upstreams"].([]any)
+			if len(ups) == 0 {
+				out = append(out, "*") // dynamic upstreams: any
+			}
+			for _, u := range ups {
+				m, _ := u.(map[string]any)
+				dial, _ := m["dial"].(string)
+				out = append(out, upstreamKey(dial))
+			}
+		}
+		return false
+	})
 	return out
 }
 
@@ -1382,38 +1474,19 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			answersAll: jsonAnswersAll(handlers, func(route string) bool { return facts(route).answersAll }),
 			mayAnswer:  has(func(r namedRoute) bool { return r.mayAnswer }, answeringHandlers...),
 		}
-		jsonHandler(handlers, func(h map[string]any) bool {
-			switch h["handler"] {
-			case "invoke":
-				route, _ := h["name"].(string)
-				f.upstreams = append(f.upstreams, facts(route).upstreams...)
-			case "file_server":
-				f.upstreams = append(f.upstreams, "file_server")
-			case "reverse_proxy":
-				ups, _ := h["upstreams"].([]any)
-				if len(ups) == 0 {
-					f.upstreams = append(f.upstreams, "*") // dynamic upstreams: any
-				}
-				for _, u := range ups {
-					m, _ := u.(map[string]any)
-					dial, _ := m["dial"].(string)
-					f.upstreams = append(f.upstreams, upstreamKey(dial))
-				}
-			}
-			return false
-		})
+		f.upstreams, f.handlers = jsonUpstreams(handlers, facts), handlers
 		self := map[string]any{"handle": handlers}
 		if len(matchers[name]) > 0 {
 			self["match"] = matchers[name]
 		}
-		f.rewrites = jsonRouteRewrites(self, nil, func(route string) []routeRewrite { return facts(route).rewrites })
+		f.rewrites = jsonRouteRewrites(self, routeRewrite{}, facts)
 		// once each: a route invoking another twice would double them at
 		// every step of a chain
 		slices.Sort(f.upstreams)
 		f.upstreams = slices.Compact(f.upstreams)
 		seen := map[string]bool{}
 		f.rewrites = slices.DeleteFunc(f.rewrites, func(rw routeRewrite) bool {
-			k := rw.op + "\x00" + rw.find + "\x00" + rw.into + "\x00" + strings.Join(rw.paths, " ")
+			k := fmt.Sprint(rw.op, "\x00", rw.find, "\x00", rw.into, "\x00", rw.paths, rw.ups, rw.answers)
 			dup := seen[k]
 			seen[k] = true
 			return dup
