@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"reflect"
 	"regexp"
@@ -234,6 +235,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
 	// under reports whether a target path may be under the gate's.
 	under := func(path string) bool {
+		if u, err := url.PathUnescape(path); err == nil {
+			path = u // Caddy unescapes a rewrite's target: /%61dmin is /admin
+		}
 		lit := strings.ToLower(path)
 		if i := strings.IndexAny(lit, "{?$"); i >= 0 {
 			// A placeholder or a capture may make it anything from

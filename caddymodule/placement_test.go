@@ -361,6 +361,8 @@ func TestAdaptPlacement(t *testing.T) {
 			""},
 		{"a named route mounting the gated app itself, from a file", "&(docs) {\n\thandle_path /docs/* {\n\t\treverse_proxy 127.0.0.1:8080\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tinvoke docs\n\treverse_proxy 127.0.0.1:8080\n}\n",
 			"the strip in the named route docs (invoked on line 12) strips /docs after this gate"},
+		{"a rewrite to a percent-encoded gated path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /public* {\n\t\toptional\n\t}\n\trewrite /x/* /%61dmin{uri}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"rewrite on line 9 sends requests to /%61dmin{http.request.uri}"},
 		{"a handle_path serving files, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /static/* {\n\t\tfile_server\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			""},
 		{"a path_regexp taking a prefix off, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\turi path_regexp ^/app(/.*)$ $1\n\treverse_proxy 127.0.0.1:9\n}\n",
