@@ -471,24 +471,27 @@ func (c placement) checkBefore(p place, pattern string, self *placedDirective) e
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
 	gated := strings.TrimSuffix(pattern, "*")
 	php := len(c.holding(c.site, "php_fastcgi")) > 0
-	for k := 0; k < len(p)-1; k++ {
+	for k := range p {
 		s := p[k]
 		way := s.block.dirs[s.at]
-		if way.name == "handle_path" && way.block != nil && self.matcher { // a bare gate guards the whole mount
+		if k < len(p)-1 && way.name == "handle_path" && way.block != nil && self.matcher { // a bare gate guards the whole mount
 			reach := c.guarded(p[:1], pre, way.block)
 			if len(reach) > 0 && c.sameUpstream(c.upstreamsIn(way.block), reach) && !c.passesAlready(p[:k+1], []string{pattern}, self) {
 				return c.h.Errf("sigra_gate: it is inside handle_path on %s, which strips its prefix first, so it sees %s… while a request for %s… itself goes past the handle_path to the same upstream, where no gate asks for this one's requirements. "+
 					"Gate %s at the site's top level as well, with the same requirements, or proxy nothing else to that upstream", c.pos(way), gated, gated, pattern)
 			}
 		}
-		if !php || !way.matcher {
+		// What moves the path before a block with a path matcher on the
+		// way, or before the gate itself when it has one (written after
+		// it in a route, or ordered so), hides the path from it.
+		if !php || !way.matcher && !self.matcher {
 			continue
 		}
 		for i, d := range s.block.dirs {
 			if i == s.at || !c.runsBefore(s.block, i, s.at) {
 				continue
 			}
-			moves := d.name == "try_files"
+			moves := d.name == "try_files" || d.name == "invoke" && len(c.named[d.lastArg()].rewrites) > 0
 			if d.name == "rewrite" && len(d.args) > 0 {
 				from := d.readBack
 				if from == "" && len(d.args) > 1 {
@@ -499,9 +502,13 @@ func (c placement) checkBefore(p place, pattern string, self *placedDirective) e
 					return !strings.HasPrefix(f, "/") || overlap(strings.ToLower(f), pre)
 				})
 			}
-			if moves {
+			switch {
+			case moves && k < len(p)-1:
 				return c.h.Errf("sigra_gate: %s on %s runs before the %s block on %s that holds this gate, and may send its paths elsewhere, so the block and its gate never see them, while php_fastcgi hands the app the path the client asked for. "+
 					"Write the gate at the site's top level, where it sees the path asked for, or move %s into the block, after the gate", d.name, c.pos(d), way.name, c.pos(way), d.name)
+			case moves:
+				return c.h.Errf("sigra_gate: %s on %s runs before this gate (%s) and may send its paths elsewhere, so the gate never sees them, while php_fastcgi hands the app the path the client asked for. "+
+					"Write the gate first, at the site's top level, where it sees the path asked for", d.name, c.pos(d), c.why(s.block, d, *self))
 			}
 		}
 	}
