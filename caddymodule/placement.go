@@ -84,6 +84,11 @@ func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) 
 		return h.Err("sigra_gate: this site has no sigra_portal, so nobody can sign in to pass the gate, and forged X-Sigra-* headers reach the app on the paths no gate covers. " +
 			"Write sigra_portal at the site's top level")
 	}
+	if !inNamedRoute(h) {
+		if err := c.checkNamedGates(); err != nil {
+			return err
+		}
+	}
 	// A named route's tokens read as one directive, its name, whose
 	// block holds the route's own top level.
 	if nr := namedTop(h, site); nr != nil && len(nr.dirs) > 1 && slices.ContainsFunc(places, func(p place) bool { return len(p) == 2 }) &&
@@ -259,23 +264,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	if err := c.checkBefore(p, pattern, self); err != nil {
 		return err
 	}
-	// What may change the path after the gate: what runs after it in
-	// each block on the way, and inside the handle, handle_path and route
-	// blocks there; the other handle blocks beside one on the way,
-	// whatever their order, as a request that one of them takes never
-	// meets the gate; and a block that runs before it and may answer.
-	var after []placedIn
-	for k, s := range p {
-		for i, d := range s.block.dirs {
-			switch {
-			case i == s.at:
-			case !c.runsBefore(s.block, i, s.at), k < len(p)-1 && isHandle(d.name),
-				slices.Contains(subroutes, d.name) && c.mayAnswer(d):
-				after = appendWithin(after, d, s.block, k, nil)
-			}
-		}
-	}
-	for _, a := range after {
+	for _, a := range c.after(p) {
 		d := a.d
 		// The request meets the gates of the blocks it shares with the
 		// gate, down to the one d is written in or beside, and those of
@@ -458,6 +447,84 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, into)
 	}
 	return nil
+}
+
+// after is what may change the path after the directive at p: what runs
+// after it in each block on the way, and inside the handle, handle_path
+// and route blocks there; the other handle blocks beside one on the way,
+// whatever their order, as a request that one of them takes never meets
+// the directive; and a block that runs before it and may answer.
+func (c placement) after(p place) []placedIn {
+	var after []placedIn
+	for k, s := range p {
+		for i, d := range s.block.dirs {
+			switch {
+			case i == s.at:
+			case !c.runsBefore(s.block, i, s.at), k < len(p)-1 && isHandle(d.name),
+				slices.Contains(subroutes, d.name) && c.mayAnswer(d):
+				after = appendWithin(after, d, s.block, k, nil)
+			}
+		}
+	}
+	return after
+}
+
+// movesPath reports whether d may change a request's path: a rewrite, a
+// uri strip, replace or path_regexp, a try_files, a handle_path that
+// proxies, a proxy's own rewrite or try_files, an invoke of a named route
+// that does any of those.
+func (c placement) movesPath(d placedDirective) bool {
+	switch d.name {
+	case "rewrite", "try_files":
+		return true
+	case "uri":
+		return slices.ContainsFunc(d.args, func(a string) bool { return a == "strip_prefix" || a == "replace" || a == "path_regexp" })
+	case "handle_path":
+		return d.block != nil && slices.ContainsFunc(proxies, func(n string) bool { return len(c.holding(d.block, n)) > 0 })
+	case "reverse_proxy", "php_fastcgi":
+		return d.block != nil && slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "rewrite" || e.name == "try_files" })
+	case "invoke":
+		return len(c.named[d.lastArg()].rewrites) > 0
+	}
+	return false
+}
+
+// checkNamedGates refuses a site that invokes a named route holding a
+// gate and changes the path after it (or, in a PHP site, before it). The
+// gate is checked where it is written, in the route, which cannot know
+// the sites that invoke it; a gate shared through a snippet (import) is
+// checked in each site.
+func (c placement) checkNamedGates() error {
+	php := len(c.holding(c.site, "php_fastcgi")) > 0
+	var walk func(b *placedBlock, p place) error
+	walk = func(b *placedBlock, p place) error {
+		for i, d := range b.dirs {
+			q := append(slices.Clone(p), step{block: b, at: i})
+			if d.name == "invoke" && c.named[d.lastArg()].gate {
+				for _, a := range c.after(q) {
+					if c.movesPath(a.d) {
+						return c.h.Errf("%s: invoke on %s runs the named route %s, which holds a sigra_gate, and %s on %s may change the path after it: the gate saw the path before, so a request may reach a gated path without it. "+
+							"A gate in a named route is checked in the route only: share gates with a snippet (import), whose gates are checked in each site, or write them in the site", c.dir, c.pos(d), d.lastArg(), a.d.name, c.pos(a.d))
+					}
+				}
+				for _, s := range q {
+					for j, e := range s.block.dirs {
+						if php && j != s.at && c.runsBefore(s.block, j, s.at) && c.movesPath(e) {
+							return c.h.Errf("%s: %s on %s runs before invoke on %s, whose named route %s holds a sigra_gate, and may change the path the gate sees, while php_fastcgi hands the app the path the client asked for. "+
+								"Share gates with a snippet (import), whose gates are checked in each site, or write them in the site", c.dir, e.name, c.pos(e), c.pos(d), d.lastArg())
+						}
+					}
+				}
+			}
+			if d.block != nil && d.name != "handle_errors" && !strings.HasPrefix(d.name, "@") {
+				if err := walk(d.block, q); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(c.site, nil)
 }
 
 // checkBefore checks what changes the path before the gate on pattern
@@ -1202,6 +1269,7 @@ type namedRoute struct {
 	portal     bool     // holds sigra_portal
 	answersAll bool     // answers every request that invokes it
 	mayAnswer  bool     // answers some
+	gate       bool     // holds sigra_gate
 	upstreams  []string // what its proxies dial (upstreamKey; "*" for any)
 	rewrites   []routeRewrite
 	handlers   []any // its JSON, decoded
@@ -1484,6 +1552,7 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 			portal:     has(func(r namedRoute) bool { return r.portal }, "sigra_portal"),
 			answersAll: jsonAnswersAll(handlers, func(route string) bool { return facts(route).answersAll }),
 			mayAnswer:  has(func(r namedRoute) bool { return r.mayAnswer }, answeringHandlers...),
+			gate:       has(func(r namedRoute) bool { return r.gate }, "sigra_gate"),
 		}
 		f.upstreams, f.handlers = jsonUpstreams(handlers, facts), handlers
 		self := map[string]any{"handle": handlers}
