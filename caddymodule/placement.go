@@ -293,6 +293,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		// Where the directive may send a request, and the matcher of the
 		// requests it changes ("" if it has none).
 		var into, from, what string
+		var sources []string // the paths it may send into the gate's, when known
 		at := c.pos(d)
 		rewrite := false // a rewrite to a path written out, which is only a way in when under the gate's
 		switch op := slices.IndexFunc(d.args, func(a string) bool { return a == "replace" || a == "path_regexp" }); {
@@ -410,6 +411,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 				d.args[op] == "replace" && replaceMayForm(find, rep, pre) {
 				into = d.args[op+2]
 			}
+			if d.args[op] == "replace" {
+				sources = replaceSources(find, rep, pre)
+			}
 			if op > 0 {
 				from = d.args[0]
 			}
@@ -439,6 +443,18 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		}
 		if !strings.HasPrefix(froms[0], "/") {
 			froms = []string{""} // any path
+		}
+		if rest, ok := uriRest(into, pre); rewrite && ok && froms[0] == "" {
+			sources = []string{rest + "*"} // /v1{uri}: only /admin… becomes /v1/admin…
+		}
+		if len(sources) > 0 && !slices.Contains(sources, "") {
+			// of the paths it changes, those it may send there
+			froms = slices.DeleteFunc(sources, func(src string) bool {
+				return froms[0] != "" && !slices.ContainsFunc(froms, func(f string) bool { return overlap(strings.ToLower(f), strings.TrimSuffix(src, "*")) })
+			})
+			if len(froms) == 0 {
+				continue
+			}
 		}
 		if c.passesAlready(met, froms, self) {
 			continue // from paths whose gate asks for as much
@@ -723,9 +739,18 @@ func (c placement) guarded(p place, pre string, except ...*placedBlock) []string
 // path found there need not have started with pre already. Merging
 // slashes (// to /) forms nothing: Caddy's path matchers merge them too.
 func replaceMayForm(find, rep, pre string) bool {
+	return len(replaceSources(find, rep, pre)) > 0
+}
+
+// replaceSources are the path patterns that uri replace find rep may turn
+// into ones starting with pre (replaceMayForm): for each point of pre's
+// start where the replacement agrees with pre, the path with find there
+// instead; "" when that may be any path (find not a path's start).
+func replaceSources(find, rep, pre string) []string {
 	if rep == "/" && strings.Trim(find, "/") == "" {
-		return false
+		return nil
 	}
+	var out []string
 	for k := 0; k < len(pre); k++ {
 		rest := pre[k:]
 		if !strings.HasPrefix(rest, rep) && !strings.HasPrefix(rep, rest) {
@@ -734,9 +759,40 @@ func replaceMayForm(find, rep, pre string) bool {
 		if strings.HasPrefix(find, rest) || find == rep {
 			continue // the path started with pre already, or nothing changes
 		}
-		return true
+		src := pre[:k] + find
+		if strings.HasPrefix(rest, rep) {
+			src += rest[len(rep):]
+		}
+		if !strings.HasPrefix(src, "/") || strings.ContainsAny(src, "*{") {
+			src = ""
+		} else {
+			src += "*"
+		}
+		out = append(out, src)
 	}
-	return false
+	return out
+}
+
+// uriRest is, for a rewrite target that is a literal start and then the
+// request's own URI or path (/v1{uri}), the start a request's path must
+// have to be sent to a path starting with pre; false if no such start
+// can be told.
+func uriRest(target, pre string) (string, bool) {
+	for _, ph := range []string{"{http.request.uri}", "{http.request.uri.path}", "{uri}", "{path}"} {
+		i := strings.Index(target, ph)
+		if i < 0 || strings.ContainsAny(target[:i], "{$") {
+			continue
+		}
+		lit := strings.ToLower(target[:i])
+		if u, err := url.PathUnescape(lit); err == nil {
+			lit = u
+		}
+		if rest, ok := strings.CutPrefix(pre, lit); ok && strings.HasPrefix(rest, "/") {
+			return rest, true
+		}
+		return "", false
+	}
+	return "", false
 }
 
 // proxies are the directives that send a request on to an upstream.
