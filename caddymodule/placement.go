@@ -244,15 +244,21 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			path = u // Caddy unescapes a rewrite's target: /%61dmin is /admin
 		}
 		lit := strings.ToLower(path)
-		if i := strings.IndexAny(lit, "{?$"); i >= 0 {
+		if i := strings.IndexAny(lit, "{?$"); i > 0 && lit[i] == '?' {
+			lit = lit[:i] // a query after the path: the path is written out
+		} else if i >= 0 {
 			// A placeholder or a capture may make it anything from
 			// there; the request's own path keeps what it was.
 			lit = lit[:i]
 			if (lit == "" || lit == "/") && !keepsPath(path) {
 				return true
 			}
-			if after := path[strings.IndexByte(path, '}')+1:]; keepsPath(path) && strings.HasSuffix(pre, "/") && strings.HasPrefix(after, "/") {
-				return true // /admin, which /admin/* leaves out, made /admin/…
+			if after := path[strings.IndexByte(path, '}')+1:]; keepsPath(path) && strings.HasSuffix(pre, "/") && strings.HasPrefix(after, "/") &&
+				!strings.Contains(strings.TrimPrefix(pre[strings.LastIndex(strings.TrimSuffix(pre, "/"), "/")+1:], "."), ".") {
+				// /admin, which /admin/* leaves out, made /admin/…; but not
+				// /index.php made /index.php/: a file, which try_files
+				// takes as it is
+				return true
 			}
 			return strings.HasPrefix(lit, pre) || len(lit) > 1 && strings.HasPrefix(pre, lit)
 		}

@@ -391,6 +391,8 @@ func TestAdaptPlacement(t *testing.T) {
 			""},
 		{"a default version for unversioned paths, gated for less, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /v1/admin* {\n\t\tgroup admins\n\t}\n\t@unversioned not path /v1/* /v2/*\n\trewrite @unversioned /v1{uri}\n\treverse_proxy 127.0.0.1:8080\n}\n",
 			"rewrite on line 8 sends requests to /v1{http.request.uri}"},
+		{"an nginx-style try_files beside a gate on the front controller's path, from a file", "http://127.0.0.1:9 {\n\troot * /srv/laravel/public\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /index.php/* {\n\t\tgroup admins\n\t}\n\tphp_fastcgi 127.0.0.1:9000 {\n\t\ttry_files {path} {path}/ /index.php?{query}\n\t}\n\tfile_server\n}\n",
+			""},
 		{"a handle_path serving files, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /static/* {\n\t\tfile_server\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			""},
 		{"a path_regexp taking a prefix off, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\turi path_regexp ^/app(/.*)$ $1\n\treverse_proxy 127.0.0.1:9\n}\n",
