@@ -965,7 +965,13 @@ func appendUnder(to []placedIn, d placedDirective, in *placedBlock, level int, i
 // directive but file_server, which serves "file_server".
 func (c placement) upstreams(d placedDirective) []string {
 	if d.name == "file_server" {
-		return []string{"file_server"} // the site's files, whatever the root
+		switch d.root { // the site's files, under its root
+		case "":
+			return []string{"file_server"}
+		case "*":
+			return []string{"*"}
+		}
+		return []string{"file_server root " + d.root}
 	}
 	if !slices.Contains(proxies, d.name) {
 		return nil
@@ -993,6 +999,15 @@ func (c placement) upstreams(d placedDirective) []string {
 	}
 	for i := range out {
 		out[i] = upstreamKey(out[i])
+		if d.name == "php_fastcgi" && out[i] != "*" {
+			switch d.root {
+			case "*":
+				out[i] = "*" // a root that varies: any app there
+			case "":
+			default:
+				out[i] += " root " + d.root
+			}
+		}
 	}
 	return out
 }
@@ -1046,7 +1061,13 @@ func (c placement) sameUpstream(theirs, guarded []string) bool {
 	if len(theirs) == 0 || len(guarded) == 0 || slices.Contains(theirs, "*") || slices.Contains(guarded, "*") {
 		return true
 	}
-	return slices.ContainsFunc(theirs, func(u string) bool { return slices.Contains(guarded, u) })
+	return slices.ContainsFunc(theirs, func(u string) bool {
+		return slices.ContainsFunc(guarded, func(g string) bool {
+			// one whose root is not known (read from JSON, the default)
+			// may be either
+			return u == g || strings.HasPrefix(g, u+" root ") || strings.HasPrefix(u, g+" root ")
+		})
+	})
 }
 
 // What a block's matcher is, as matchedPaths reads it.
@@ -1706,6 +1727,37 @@ type placedDirective struct {
 	// readBack is the matcher Caddy took out of a top-level directive,
 	// read back from the file ("?" if it could not be).
 	readBack string
+	// root is, for a php_fastcgi or a file_server, the site root in
+	// effect where it is written ("" for the default, "*" when a matcher
+	// makes it vary): one FastCGI server runs a different app for each
+	// root, and a file server serves other files.
+	root string
+}
+
+// setRoots sets root on the php_fastcgi directives in b and the blocks
+// in it, root being the one in effect around b.
+func setRoots(b *placedBlock, root string) {
+	for _, d := range b.dirs {
+		if d.name != "root" || len(d.args) == 0 {
+			continue
+		}
+		// root [<matcher>] <path>; a top-level one's matcher read back
+		matcher := d.readBack
+		if matcher == "" && len(d.args) > 1 {
+			matcher = d.args[0]
+		}
+		if root = d.lastArg(); matcher != "" && matcher != "*" && matcher != "/*" {
+			root = "*"
+		}
+	}
+	for i := range b.dirs {
+		if n := b.dirs[i].name; n == "php_fastcgi" || n == "file_server" {
+			b.dirs[i].root = root
+		}
+		if b.dirs[i].block != nil {
+			setRoots(b.dirs[i].block, root)
+		}
+	}
 }
 
 // path is d's path matcher as written ("" if it has none, or another
@@ -1861,6 +1913,7 @@ func placesOf(h httpcaddyfile.Helper) (*placedBlock, []place) {
 			}
 		}
 	}
+	setRoots(top, "")
 	return top, places
 }
 
