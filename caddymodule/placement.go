@@ -1,11 +1,13 @@
 package caddymodule
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"reflect"
 	"regexp"
 	"slices"
@@ -283,7 +285,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if i := slices.Index(d.args, "strip_prefix"); i >= 0 && i+1 < len(d.args) {
 				strip = d.args[i+1]
 			}
-		case d.name == "handle_path" && d.block != nil && slices.ContainsFunc(proxies, func(n string) bool { return len(c.holding(d.block, n)) > 0 }):
+		case d.name == "handle_path" && d.block != nil && slices.ContainsFunc(servers, func(n string) bool { return len(c.holding(d.block, n)) > 0 }):
 			// handle_path /app/* strips /app before what it holds, which
 			// sends the request on to an upstream
 			if paths, kind := c.openerPaths(d); kind == matchPaths && len(paths) == 1 {
@@ -300,11 +302,12 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		// requests it changes ("" if it has none).
 		var into, from, what string
 		var sources []string // the paths it may send into the gate's, when known
+		sends := false       // whether it may send requests into the gate's path (into: where; "" a path cut to nothing)
 		at := c.pos(d)
 		rewrite := false // a rewrite to a path written out, which is only a way in when under the gate's
 		switch op := slices.IndexFunc(d.args, func(a string) bool { return a == "replace" || a == "path_regexp" }); {
 		case d.name == "rewrite" && len(d.args) > 0:
-			into, what, rewrite = last, "rewrite", true
+			into, what, rewrite, sends = last, "rewrite", true, true
 			if d.args[0] != last {
 				from = d.args[0]
 			}
@@ -315,25 +318,29 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			// business. php_fastcgi first redirects a directory asked for
 			// without its slash, unless its index is off: the gates see
 			// {path}/index.php asked for again.
-			if !c.sameUpstream(c.upstreams(d), c.guarded(p, pre)) {
+			if c.takesAll(d) && !c.sameUpstream(c.upstreams(d), c.guarded(p, pre)) {
 				continue
 			}
-			redirects := d.name == "php_fastcgi" && !slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool {
-				return e.name == "index" && slices.Equal(e.args, []string{"off"})
-			})
+			index := "index.php" // php_fastcgi's, unless its index says otherwise ("off": none)
+			if i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "index" && len(e.args) == 1 }); i >= 0 {
+				index = d.block.dirs[i].args[0]
+			}
+			redirected := func(f string) bool { // {path}/index.php, which php_fastcgi redirects to {path}/ first
+				return d.name == "php_fastcgi" && index != "off" && (f == "{path}/"+index || f == "{http.request.uri.path}/"+index)
+			}
 			if i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "try_files" }); d.name == "php_fastcgi" && i >= 0 {
 				if k := slices.IndexFunc(d.block.dirs[i].args, func(f string) bool {
-					return under(f) && !(redirects && (strings.HasPrefix(f, "{path}/") || strings.HasPrefix(f, "{http.request.uri.path}/")) && len(f) > strings.Index(f, "}/")+2)
+					return under(f) && !redirected(f)
 				}); k >= 0 {
-					into, what, at = d.block.dirs[i].args[k], "the try_files in "+d.name, c.pos(d.block.dirs[i])
+					into, what, at, sends = d.block.dirs[i].args[k], "the try_files in "+d.name, c.pos(d.block.dirs[i]), true
 				}
 			}
-			for i := len(d.block.dirs) - 1; into == "" && i >= 0; i-- {
+			for i := len(d.block.dirs) - 1; !sends && i >= 0; i-- {
 				if e := d.block.dirs[i]; e.name == "rewrite" && len(e.args) > 0 {
-					into, what, rewrite, at = e.args[0], "the rewrite in "+d.name, true, c.pos(e)
+					into, what, rewrite, at, sends = e.args[0], "the rewrite in "+d.name, true, c.pos(e), true
 				}
 			}
-			if into == "" {
+			if !sends {
 				continue
 			}
 			if d.matcher && len(d.args) > 0 {
@@ -345,7 +352,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			// than the gated one, that app's own business, if the route
 			// answers every request it changes.
 			r, ok := c.named[d.lastArg()]
-			if !ok || r.answersAll && !c.sameUpstream(r.upstreams, c.guarded(p, pre)) {
+			if !ok || r.keepsAll && !c.sameUpstream(r.upstreams, c.guarded(p, pre)) {
 				continue
 			}
 			if d.matcher && len(d.args) > 1 {
@@ -388,7 +395,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 					case "try_files":
 						return under(rw.into)
 					case "path_regexp":
-						return strings.Contains(rep, pre) || under(rep)
+						return strings.Contains(rep, pre) || under(rep) || rep == "" && !strings.HasSuffix(rw.find, "$")
 					}
 					return replaceMayForm(strings.ToLower(rw.find), rep, pre)
 				}) && !(len(rw.paths) > 0 && !slices.ContainsFunc(rw.paths, func(f string) bool { return !under(f) })) {
@@ -399,25 +406,28 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if found == nil {
 				continue
 			}
-			into, what = found.into, fmt.Sprintf("the %s in the named route %s (invoked", found.op, d.lastArg())
+			into, sends, what = found.into, true, fmt.Sprintf("the %s in the named route %s (invoked", found.op, d.lastArg())
 			at += ")"
 		case d.name == "try_files":
 			// its fallback: a request for no file goes there
 			what = "try_files" // which takes no matcher: every argument is a file
 			if i := slices.IndexFunc(d.args, under); i >= 0 {
-				into = d.args[i]
+				into, sends = d.args[i], true
 			}
 		case d.name == "uri" && op >= 0 && op+2 < len(d.args):
 			// uri replace /old /admin may make a gated path of one that
 			// was not; path_regexp's replacement, from captures, may be
-			// anything.
+			// anything, and one that cuts text out (but at the end) may
+			// join what was around it into anything too.
 			what = "uri " + d.args[op]
 			find, rep := strings.ToLower(d.args[op+1]), strings.ToLower(d.args[op+2])
-			if d.args[op] == "path_regexp" && (strings.Contains(rep, pre) || under(rep)) ||
+			if d.args[op] == "path_regexp" && (strings.Contains(rep, pre) || under(rep) || rep == "" && !strings.HasSuffix(find, "$")) ||
 				d.args[op] == "replace" && replaceMayForm(find, rep, pre) {
-				into = d.args[op+2]
+				into, sends = d.args[op+2], true
 			}
-			if d.args[op] == "replace" {
+			if d.args[op] == "replace" && op+3 < len(d.args) && d.args[op+3] == "1" {
+				// the paths it may send in, when it replaces one
+				// occurrence only (/legacy/legacy/admin loses both)
 				sources = replaceSources(find, rep, pre)
 			}
 			if op > 0 {
@@ -427,10 +437,10 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if d.readBack != "" {
 			from = d.readBack
 		}
-		if into == "" || rewrite && !under(knownPrefix(into, from)) {
+		if !sends || rewrite && !under(knownPrefix(into, from)) {
 			continue
 		}
-		if a.root != nil && a.root.block != nil && isHandle(a.root.name) && c.answersAll(*a.root) {
+		if a.root != nil && a.root.block != nil && isHandle(a.root.name) && c.takesAll(*a.root) {
 			// In a handle that answers every request it takes (one that
 			// does not hands the request, rewritten, on to what follows):
 			// only a proxy there to the gated upstream serves the path
@@ -466,7 +476,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			continue // from paths whose gate asks for as much
 		}
 		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri, try_files and the proxy), so those requests reach the app there without this gate's requirements. "+
-			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, into)
+			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, cmp.Or(into, `"" (cutting the path)`))
 	}
 	return nil
 }
@@ -502,7 +512,7 @@ func (c placement) movesPath(d placedDirective) bool {
 	case "uri":
 		return slices.ContainsFunc(d.args, func(a string) bool { return a == "strip_prefix" || a == "replace" || a == "path_regexp" })
 	case "handle_path":
-		return d.block != nil && slices.ContainsFunc(proxies, func(n string) bool { return len(c.holding(d.block, n)) > 0 })
+		return d.block != nil && slices.ContainsFunc(servers, func(n string) bool { return len(c.holding(d.block, n)) > 0 })
 	case "reverse_proxy", "php_fastcgi":
 		return d.block != nil && slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "rewrite" || e.name == "try_files" })
 	case "invoke":
@@ -512,7 +522,8 @@ func (c placement) movesPath(d placedDirective) bool {
 }
 
 // checkNamedGates refuses a site that invokes a named route holding a
-// gate and changes the path after it (or, in a PHP site, before it). The
+// gate for some paths only and changes the path after it (or, in a PHP
+// site, before it); a bare gate sees every request alike. The
 // gate is checked where it is written, in the route, which cannot know
 // the sites that invoke it; a gate shared through a snippet (import) is
 // checked in each site.
@@ -522,7 +533,7 @@ func (c placement) checkNamedGates() error {
 	walk = func(b *placedBlock, p place) error {
 		for i, d := range b.dirs {
 			q := append(slices.Clone(p), step{block: b, at: i})
-			if d.name == "invoke" && c.named[d.lastArg()].gate {
+			if d.name == "invoke" && c.named[d.lastArg()].pathGate {
 				for _, a := range c.after(q) {
 					if c.movesPath(a.d) {
 						return c.h.Errf("%s: invoke on %s runs the named route %s, which holds a sigra_gate, and %s on %s may change the path after it: the gate saw the path before, so a request may reach a gated path without it. "+
@@ -638,7 +649,7 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 	if _, kind := c.matchedPaths(a.in.matched); d.name == "handle_path" || a.in != p[0].block && kind == matchPaths && c.confinedTo(a.in.matched, lstrip) {
 		confined = block
 	}
-	if !c.sameUpstream(theirs, c.guarded(p, pre)) {
+	if c.blockKeeps(block) && !c.sameUpstream(theirs, c.guarded(p, pre)) {
 		return nil // another app's: what it sees of this app's paths is none of this gate's business
 	}
 	// The ways in, each to be gated alike: the asked path through the
@@ -715,7 +726,7 @@ func (c placement) guarded(p place, pre string, except ...*placedBlock) []string
 		taken := slices.ContainsFunc(b.dirs, func(d placedDirective) bool { return isHandle(d.name) && covers(d) })
 		for _, d := range b.dirs {
 			switch m := strings.ToLower(d.path()); {
-			case m != "" && !overlap(m, pre): // a proxy only for other paths
+			case m != "" && !mayOverlap(m, pre): // a proxy only for other paths
 			case d.name == "invoke" && len(c.named[d.lastArg()].handlers) > 0:
 				out = append(out, c.namedUpstreamsFor(d.lastArg(), pre)...)
 			default:
@@ -803,6 +814,10 @@ func uriRest(target, pre string) (string, bool) {
 
 // proxies are the directives that send a request on to an upstream.
 var proxies = []string{"reverse_proxy", "php_fastcgi", "invoke"}
+
+// servers are the proxies and file_server: what serves a path it is
+// handed, so that a strip before it changes what is served.
+var servers = []string{"reverse_proxy", "php_fastcgi", "invoke", "file_server"}
 
 // isHandle reports whether name is a handle block, one of a set Caddy
 // runs one of.
@@ -1117,6 +1132,15 @@ func (c placement) fromPaths(from string) []string {
 	return []string{from}
 }
 
+// mayOverlap is overlap for any path pattern: one that is not a path
+// prefix (*.php, /*/x) may match paths under pre.
+func mayOverlap(m, pre string) bool {
+	if !strings.HasPrefix(m, "/") || strings.Contains(strings.TrimSuffix(m, "*"), "*") {
+		return true
+	}
+	return overlap(m, pre)
+}
+
 // overlap reports whether the path pattern m (a path, or a prefix
 // ending in *) and the path prefix pre may match one path.
 func overlap(m, pre string) bool {
@@ -1256,6 +1280,34 @@ func (c placement) answersAll(d placedDirective) bool {
 	return false
 }
 
+// takesAll reports whether d answers every request it takes, passing
+// none on (whatever its own matcher): an answering directive but a proxy
+// with handle_response routes or a file_server with pass_thru, a block
+// holding one without a matcher, an invoke of a named route that keeps
+// all. A path changed for such a directive goes to its upstream only.
+func (c placement) takesAll(d placedDirective) bool {
+	has := func(sub string) bool {
+		return d.block != nil && slices.ContainsFunc(d.block.dirs, func(o placedDirective) bool { return o.name == sub })
+	}
+	switch {
+	case d.name == "invoke":
+		return c.named[d.lastArg()].keepsAll
+	case d.name == "file_server" && has("pass_thru"), (d.name == "reverse_proxy" || d.name == "php_fastcgi") && has("handle_response"):
+		return false
+	case slices.Contains(answering, d.name):
+		return true
+	case slices.Contains(subroutes, d.name) && d.block != nil:
+		return c.blockKeeps(d.block)
+	}
+	return false
+}
+
+// blockKeeps reports whether a block answers every request that enters
+// it, passing none on.
+func (c placement) blockKeeps(b *placedBlock) bool {
+	return slices.ContainsFunc(b.dirs, func(e placedDirective) bool { return !e.matcher && c.takesAll(e) })
+}
+
 // mayAnswer reports whether d answers some request it may match: an
 // answering directive, with or without a matcher, a subroute holding
 // one, or an invoke of a named route that may.
@@ -1351,8 +1403,10 @@ func inNamedRoute(h httpcaddyfile.Helper) bool {
 type namedRoute struct {
 	portal     bool     // holds sigra_portal
 	answersAll bool     // answers every request that invokes it
+	keepsAll   bool     // and passes none on (jsonKeepsAll)
 	mayAnswer  bool     // answers some
 	gate       bool     // holds sigra_gate
+	pathGate   bool     // holds one that decides for some requests only (in a route with a matcher)
 	upstreams  []string // what its proxies dial (upstreamKey; "*" for any)
 	rewrites   []routeRewrite
 	handlers   []any // its JSON, decoded
@@ -1391,7 +1445,7 @@ func (c placement) namedUpstreamsFor(name, pre string) []string {
 			if sets, ok := v["match"].([]any); ok && len(sets) > 0 && !slices.ContainsFunc(sets, func(set any) bool {
 				m, _ := set.(map[string]any)
 				ps, _ := m["path"].([]any)
-				return len(ps) == 0 || slices.ContainsFunc(ps, func(p any) bool { s, _ := p.(string); return overlap(strings.ToLower(s), pre) })
+				return len(ps) == 0 || slices.ContainsFunc(ps, func(p any) bool { s, _ := p.(string); return mayOverlap(strings.ToLower(s), pre) })
 			}) {
 				return nil // a route for other paths
 			}
@@ -1427,7 +1481,7 @@ type routeRewrite struct {
 // to the file its matcher found: jsonRouteRewrites reads the candidates.
 func jsonRewrites(h map[string]any) []routeRewrite {
 	var out []routeRewrite
-	if uri, _ := h["uri"].(string); uri != "" && uri != "{http.matchers.file.relative}" {
+	if uri, _ := h["uri"].(string); uri != "" && !strings.HasPrefix(uri, "{http.matchers.file.relative}") {
 		out = append(out, routeRewrite{op: "rewrite", into: uri})
 	}
 	if strip, _ := h["strip_path_prefix"].(string); strip != "" {
@@ -1522,7 +1576,7 @@ func jsonRouteRewrites(v any, scope routeRewrite, facts func(name string) namedR
 			if narrowed != nil {
 				handle, _ := v["handle"].([]any)
 				scope = routeRewrite{paths: narrowed, ups: jsonUpstreams(handle, facts),
-					answers: jsonAnswersAll(handle, func(route string) bool { return facts(route).answersAll })}
+					answers: jsonKeepsAll(handle, func(route string) bool { return facts(route).keepsAll })}
 			}
 			for _, f := range jsonFiles(sets) {
 				add([]routeRewrite{{op: "try_files", into: f}}, scope)
@@ -1531,6 +1585,31 @@ func jsonRouteRewrites(v any, scope routeRewrite, facts func(name string) namedR
 		add(jsonRouteRewrites(v["handle"], routeRewrite{}, facts), scope)
 	}
 	return out
+}
+
+// jsonScopedGate reports whether decoded JSON v holds a sigra_gate in a
+// route with a matcher (scoped: v is in one already), itself or in a
+// route it invokes.
+func jsonScopedGate(v any, scoped bool, facts func(name string) namedRoute) bool {
+	switch v := v.(type) {
+	case []any:
+		return slices.ContainsFunc(v, func(e any) bool { return jsonScopedGate(e, scoped, facts) })
+	case map[string]any:
+		switch h, _ := v["handler"].(string); h {
+		case "":
+			sets, _ := v["match"].([]any)
+			return jsonScopedGate(v["handle"], scoped || len(sets) > 0, facts)
+		case "sigra_gate":
+			return scoped
+		case "invoke":
+			route, _ := v["name"].(string)
+			r := facts(route)
+			return r.pathGate || scoped && r.gate
+		case "subroute":
+			return jsonScopedGate(v["routes"], scoped, facts)
+		}
+	}
+	return false
 }
 
 // jsonUpstreams are where the handlers of decoded JSON v send requests
@@ -1634,9 +1713,11 @@ func namedRoutesOf(h httpcaddyfile.Helper) map[string]namedRoute {
 		f := namedRoute{
 			portal:     has(func(r namedRoute) bool { return r.portal }, "sigra_portal"),
 			answersAll: jsonAnswersAll(handlers, func(route string) bool { return facts(route).answersAll }),
+			keepsAll:   jsonKeepsAll(handlers, func(route string) bool { return facts(route).keepsAll }),
 			mayAnswer:  has(func(r namedRoute) bool { return r.mayAnswer }, answeringHandlers...),
 			gate:       has(func(r namedRoute) bool { return r.gate }, "sigra_gate"),
 		}
+		f.pathGate = jsonScopedGate(handlers, len(matchers[name]) > 0, facts)
 		f.upstreams, f.handlers = jsonUpstreams(handlers, facts), handlers
 		self := map[string]any{"handle": handlers}
 		if len(matchers[name]) > 0 {
@@ -1691,9 +1772,23 @@ func jsonHandler(v any, match func(h map[string]any) bool) bool {
 // (invoked), or is a subroute with a route without matchers whose
 // handlers do.
 func jsonAnswersAll(handlers []any, invoked func(route string) bool) bool {
+	return jsonAnswers(handlers, invoked, false)
+}
+
+// jsonKeepsAll is jsonAnswersAll where a handler that may pass a request
+// on does not answer it: a reverse_proxy with handle_response routes
+// (forward_auth is one), a file_server with pass_thru.
+func jsonKeepsAll(handlers []any, invoked func(route string) bool) bool {
+	return jsonAnswers(handlers, invoked, true)
+}
+
+func jsonAnswers(handlers []any, invoked func(route string) bool, strict bool) bool {
 	for _, h := range handlers {
 		m, _ := h.(map[string]any)
 		n, _ := m["handler"].(string)
+		if _, hr := m["handle_response"]; strict && (hr || m["pass_thru"] == true) {
+			continue
+		}
 		if slices.Contains(answeringHandlers, n) {
 			return true
 		}
@@ -1707,7 +1802,7 @@ func jsonAnswersAll(handlers []any, invoked func(route string) bool) bool {
 		for _, r := range routes {
 			rm, _ := r.(map[string]any)
 			inner, _ := rm["handle"].([]any)
-			if _, matched := rm["match"]; !matched && jsonAnswersAll(inner, invoked) {
+			if _, matched := rm["match"]; !matched && jsonAnswers(inner, invoked, strict) {
 				return true
 			}
 		}
@@ -1737,27 +1832,69 @@ type placedDirective struct {
 // setRoots sets root on the php_fastcgi directives in b and the blocks
 // in it, root being the one in effect around b.
 func setRoots(b *placedBlock, root string) {
-	for _, d := range b.dirs {
-		if d.name != "root" || len(d.args) == 0 {
-			continue
+	// rootOf is the root a directive sets: root [<matcher>] <path> (a
+	// top-level one's matcher read back), or vars root <path>; "*" when
+	// a matcher or a placeholder may make it vary; "" if it sets none.
+	rootOf := func(d placedDirective) string {
+		switch {
+		case d.name == "root" && len(d.args) > 0:
+			matcher := d.readBack
+			if matcher == "" && len(d.args) > 1 {
+				matcher = d.args[0]
+			}
+			if matcher != "" && matcher != "*" && matcher != "/*" {
+				return "*"
+			}
+			return cleanRoot(d.lastArg())
+		case d.name == "vars" && slices.Contains(d.args, "root"):
+			return "*"
 		}
-		// root [<matcher>] <path>; a top-level one's matcher read back
-		matcher := d.readBack
-		if matcher == "" && len(d.args) > 1 {
-			matcher = d.args[0]
+		return ""
+	}
+	set := func(i int, root string) {
+		d := &b.dirs[i]
+		if d.name == "php_fastcgi" || d.name == "file_server" {
+			d.root = root
+			// its own root subdirective decides where the app is
+			if d.block != nil {
+				for _, e := range d.block.dirs {
+					if e.name == "root" && len(e.args) == 1 {
+						d.root = cleanRoot(e.args[0])
+					}
+				}
+			}
 		}
-		if root = d.lastArg(); matcher != "" && matcher != "*" && matcher != "/*" {
-			root = "*"
+		if d.block != nil {
+			setRoots(d.block, root)
+		}
+	}
+	if b.written {
+		// a route block runs as written: a root counts from where it is
+		for i, d := range b.dirs {
+			if r := rootOf(d); r != "" {
+				root = r
+			}
+			set(i, root)
+		}
+		return
+	}
+	for _, d := range b.dirs { // Caddy's order runs root and vars first
+		if r := rootOf(d); r != "" {
+			root = r
 		}
 	}
 	for i := range b.dirs {
-		if n := b.dirs[i].name; n == "php_fastcgi" || n == "file_server" {
-			b.dirs[i].root = root
-		}
-		if b.dirs[i].block != nil {
-			setRoots(b.dirs[i].block, root)
-		}
+		set(i, root)
 	}
+}
+
+// cleanRoot is a root as compared: cleaned, so that /srv/app/ and
+// /srv//app are /srv/app; "*" for a placeholder, which may be any.
+func cleanRoot(r string) string {
+	if strings.Contains(r, "{") {
+		return "*"
+	}
+	return path.Clean(r)
 }
 
 // path is d's path matcher as written ("" if it has none, or another
