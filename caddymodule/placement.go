@@ -245,6 +245,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if u, err := url.PathUnescape(path); err == nil {
 			path = u // Caddy unescapes a rewrite's target: /%61dmin is /admin
 		}
+		if path != "" && !strings.HasPrefix(path, "/") && !strings.HasPrefix(path, "{") && !strings.HasPrefix(path, "?") {
+			path = "/" + path // admin/index.html is /admin/index.html to Caddy
+		}
 		lit := strings.ToLower(path)
 		if i := strings.IndexAny(lit, "{?$"); i > 0 && lit[i] == '?' {
 			lit = lit[:i] // a query after the path: the path is written out
@@ -533,8 +536,15 @@ func (c placement) checkNamedGates() error {
 	walk = func(b *placedBlock, p place) error {
 		for i, d := range b.dirs {
 			q := append(slices.Clone(p), step{block: b, at: i})
-			if d.name == "invoke" && c.named[d.lastArg()].pathGate {
+			// a gate for some paths: one with a matcher in the route, or
+			// any gate there when the invoke, or a block around it, has one
+			r := c.named[d.lastArg()]
+			scoped := r.pathGate || r.gate && (d.matcher || d.unknown || slices.ContainsFunc(q, func(s step) bool { return s.block.matched != "" }))
+			if d.name == "invoke" && scoped {
 				for _, a := range c.after(q) {
+					if a.root != nil && a.root.block != nil && c.takesAll(*a.root) && !c.sameUpstream(c.upstreamsIn(a.root.block), r.upstreams) {
+						continue // a block beside that serves another app what it takes
+					}
 					if c.movesPath(a.d) {
 						return c.h.Errf("%s: invoke on %s runs the named route %s, which holds a sigra_gate, and %s on %s may change the path after it: the gate saw the path before, so a request may reach a gated path without it. "+
 							"A gate in a named route is checked in the route only: share gates with a snippet (import), whose gates are checked in each site, or write them in the site", c.dir, c.pos(d), d.lastArg(), a.d.name, c.pos(a.d))
@@ -685,6 +695,10 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 		// the same upstream.
 		return c.h.Errf("sigra_gate: %s on %s strips %s after this gate, so the app sees %s… for a request to %s…, which the gate covers, and for a request to %s… itself, which it does not: those reach the app without this gate's requirements. "+
 			"To gate both ways in, %s", what, at, strip, seen, strip+seen, seen, both)
+	}
+	ownPath := strings.ToLower(d.path()) // uri /app/* strip_prefix /app strips /app/… only
+	if ownPath != "" && strings.HasPrefix(strings.TrimSuffix(ownPath, "*"), lstrip+"/") {
+		slash = true
 	}
 	if glued := strip + strings.TrimPrefix(stripped, "/"); !slash && !c.confinedTo(a.in.matched, lstrip+"/") && !c.passesAlready(met, []string{glued}, self) {
 		return c.h.Errf("sigra_gate: %s on %s strips %s from any path that starts so, so the app also sees %s… for a request to %s…, which no gate with this one's requirements covers. "+
@@ -1846,7 +1860,7 @@ func setRoots(b *placedBlock, root string) {
 				return "*"
 			}
 			return cleanRoot(d.lastArg())
-		case d.name == "vars" && slices.Contains(d.args, "root"):
+		case d.name == "vars" && (slices.Contains(d.args, "root") || d.block != nil && slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "root" })):
 			return "*"
 		}
 		return ""
