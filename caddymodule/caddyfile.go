@@ -78,10 +78,40 @@ func portalMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 
 type gateMatch struct {
 	line    int
-	matcher bool   // the gate has a matcher
-	pattern string // its path prefix (gatePrefix), "" without a matcher or when it is not one
-	prefix  bool   // no matcher, or one path prefix
-	all     bool   // no matcher, or one that matches every request (path * or /*)
+	matcher bool     // the gate has a matcher
+	pattern string   // its path prefix (gatePrefix), "" without a matcher or when it is not one
+	prefix  bool     // no matcher, or one path prefix
+	all     bool     // no matcher, or one that matches every request (path * or /*)
+	paths   []string // its path patterns when it has nothing but (gatePaths)
+}
+
+// disjointPaths reports whether no request path can match a pattern of
+// ps and one of qs (prefixes ending in *, or exact paths; Caddy compares
+// them without regard to case). Neither may be empty.
+func disjointPaths(ps, qs []string) bool {
+	if len(ps) == 0 || len(qs) == 0 {
+		return false
+	}
+	meet := func(p, q string) bool {
+		p, q = strings.ToLower(p), strings.ToLower(q)
+		pp, pstar := strings.CutSuffix(p, "*")
+		qp, qstar := strings.CutSuffix(q, "*")
+		switch {
+		case pstar && qstar:
+			return strings.HasPrefix(pp, qp) || strings.HasPrefix(qp, pp)
+		case pstar:
+			return strings.HasPrefix(q, pp)
+		case qstar:
+			return strings.HasPrefix(p, qp)
+		}
+		return p == q
+	}
+	for _, p := range ps {
+		if slices.ContainsFunc(qs, func(q string) bool { return meet(p, q) }) {
+			return false
+		}
+	}
+	return true
 }
 
 // gateMatcher refuses sibling gates whose order Caddy cannot decide by
@@ -113,9 +143,11 @@ func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	if g.matcher {
 		g.pattern, g.prefix = pattern, onePrefix
 		g.all = matchesAll(matcherSet)
+		g.paths = gatePaths(matcherSet)
 	}
 	for _, m := range sib.matched {
-		if g.matcher && m.matcher && (!g.prefix || !m.prefix) {
+		// Of two that no request matches both, the order decides nothing.
+		if g.matcher && m.matcher && (!g.prefix || !m.prefix) && !disjointPaths(g.paths, m.paths) {
 			return h.Errf("sigra_gate: this gate and the one on line %d both have matchers, and sibling gates are ordered by specificity only when each matches one path prefix (/admin*, /api/*, /docs): "+
 				"for a request both match, the one Caddy puts first would decide alone. Give each one path prefix, or nest the narrower gate in a handle block (a nested gate adds its requirements)", m.line)
 		}

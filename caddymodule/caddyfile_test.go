@@ -336,8 +336,13 @@ func TestAdaptSiblingGateOrder(t *testing.T) {
 		{"single paths and a bare gate", "\tsigra_gate /public/* {\n\t\toptional\n\t}\n\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\tsigra_gate", ""},
 		{"method matcher before a path", "\t@reads method GET HEAD\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\tsigra_gate",
 			"this gate and the one on line 9 both have matchers"},
-		{"two paths in one matcher", "\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\t@ab path /a/* /b/*\n\tsigra_gate @ab {\n\t\toptional\n\t}",
+		{"two paths in one matcher, one within the other gate's", "\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\t@ab path /admin/public/* /b/*\n\tsigra_gate @ab {\n\t\toptional\n\t}",
 			"this gate and the one on line 8 both have matchers"},
+		{"two paths in one matcher, one holding the other gate's", "\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\t@ab path /ad* /b/*\n\tsigra_gate @ab {\n\t\toptional\n\t}",
+			"this gate and the one on line 8 both have matchers"},
+		// No request matches both: which Caddy puts first decides nothing.
+		{"two paths in one matcher, apart from the other gate's", "\tsigra_gate /config/* {\n\t\tgroup admins\n\t}\n\t@api path /api/* /auth/*\n\tsigra_gate @api {\n\t\toptional\n\t}\n\tsigra_gate", ""},
+		{"two paths in one matcher, apart from an exact path", "\tsigra_gate /admin {\n\t\tgroup admins\n\t}\n\t@ab path /a/* /b\n\tsigra_gate @ab {\n\t\toptional\n\t}", ""},
 		{"a matched gate and a bare one", "\t@reads method GET\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\tsigra_gate", ""},
 		// *.json is as long as /api/* and sorts first, though neither
 		// holds the other: /api/users.json would escape the group.
