@@ -416,6 +416,11 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			what = "try_files" // which takes no matcher: every argument is a file
 			if i := slices.IndexFunc(d.args, under); i >= 0 {
 				into, sends = d.args[i], true
+				if keepsPath(into) && strings.HasSuffix(pre, "/") && !slices.ContainsFunc(d.args, func(f string) bool { return under(f) && !keepsPath(f) }) {
+					// {path}/… only: /admin, which /admin/* leaves out, is
+					// the one path it sends in
+					sources = []string{strings.TrimSuffix(pre, "/")}
+				}
 			}
 		case d.name == "uri" && op >= 0 && op+2 < len(d.args):
 			// uri replace /old /admin may make a gated path of one that

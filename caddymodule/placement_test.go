@@ -443,6 +443,8 @@ func TestAdaptPlacement(t *testing.T) {
 			""},
 		{"a strip without its slash, its own matcher without it, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /app/admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\turi /app* strip_prefix /app\n\treverse_proxy 127.0.0.1:8000\n}\n",
 			"strips /app from any path that starts so"},
+		{"a directory's slash added, its bare path gated alike, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /admin/* {\n\t\tgroup admins\n\t}\n\tsigra_gate /admin {\n\t\tgroup admins\n\t}\n\troot * /srv/spa\n\ttry_files {path} {path}/ /index.html\n\tfile_server\n}\n",
+			""},
 		{"a handle_path serving files, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /static/* {\n\t\tfile_server\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			""},
 		{"a path_regexp taking a prefix off, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\turi path_regexp ^/app(/.*)$ $1\n\treverse_proxy 127.0.0.1:9\n}\n",
