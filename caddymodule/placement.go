@@ -1461,11 +1461,8 @@ func (c placement) namedUpstreamsFor(name, pre string) []string {
 				}
 				return out
 			}
-			if sets, ok := v["match"].([]any); ok && len(sets) > 0 && !slices.ContainsFunc(sets, func(set any) bool {
-				m, _ := set.(map[string]any)
-				ps, _ := m["path"].([]any)
-				return len(ps) == 0 || slices.ContainsFunc(ps, func(p any) bool { s, _ := p.(string); return mayOverlap(strings.ToLower(s), pre) })
-			}) {
+			sets, _ := v["match"].([]any)
+			if paths := jsonRoutePaths(sets); paths != nil && !slices.ContainsFunc(paths, func(p string) bool { return mayOverlap(strings.ToLower(p), pre) }) {
 				return nil // a route for other paths
 			}
 			out = walk(v["handle"])
@@ -1578,21 +1575,7 @@ func jsonRouteRewrites(v any, scope routeRewrite, facts func(name string) namedR
 		// a route: its matcher sets narrow the paths when each has a
 		// path matcher; its file matchers are try_files
 		if sets, ok := v["match"].([]any); ok && len(sets) > 0 {
-			var narrowed []string
-			for _, set := range sets {
-				m, _ := set.(map[string]any)
-				ps, _ := m["path"].([]any)
-				if len(ps) == 0 {
-					narrowed = nil
-					break
-				}
-				for _, p := range ps {
-					if p, _ := p.(string); p != "" {
-						narrowed = append(narrowed, p)
-					}
-				}
-			}
-			if narrowed != nil {
+			if narrowed := jsonRoutePaths(sets); narrowed != nil {
 				handle, _ := v["handle"].([]any)
 				scope = routeRewrite{paths: narrowed, ups: jsonUpstreams(handle, facts),
 					answers: jsonKeepsAll(handle, func(route string) bool { return facts(route).keepsAll })}
@@ -1655,6 +1638,26 @@ func jsonUpstreams(v any, facts func(name string) namedRoute) []string {
 		}
 		return false
 	})
+	return out
+}
+
+// jsonRoutePaths are the path patterns of a route's decoded matcher
+// sets when each set has a path matcher (a request must match one of
+// them); nil when one has none, or there are no sets.
+func jsonRoutePaths(sets []any) []string {
+	var out []string
+	for _, set := range sets {
+		m, _ := set.(map[string]any)
+		ps, _ := m["path"].([]any)
+		if len(ps) == 0 {
+			return nil
+		}
+		for _, p := range ps {
+			if p, _ := p.(string); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
 	return out
 }
 
