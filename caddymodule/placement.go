@@ -645,6 +645,9 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 	}
 	lstrip := strings.ToLower(strip)
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
+	if strings.HasSuffix(pattern, "*") && strings.HasPrefix(lstrip, pre) {
+		return nil // handle_path /admin-ui/* under a gate on /admin*: every request it strips met this gate
+	}
 	star := ""
 	if strings.HasSuffix(pattern, "*") {
 		star = "*"
