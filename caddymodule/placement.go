@@ -462,7 +462,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(froms[0], "/") {
 			froms = paths
 		}
-		if !slices.ContainsFunc(froms, func(f string) bool { return !strings.HasPrefix(f, "/") || !under(f) }) {
+		if !slices.ContainsFunc(froms, func(f string) bool { return !strings.HasPrefix(f, "/") || !under(f) || !c.decidesAlone(p, f, self) }) {
 			continue // from paths this gate covers already
 		}
 		if !strings.HasPrefix(froms[0], "/") {
@@ -575,6 +575,31 @@ func (c placement) checkNamedGates() error {
 	return walk(c.site, nil)
 }
 
+// decidesAlone reports whether self, at the end of p, decides for every
+// path of the pattern f that it covers: no other gate on the way has a
+// matcher that may take some of them and is more specific (a longer
+// prefix decides first), or cannot be compared.
+func (c placement) decidesAlone(p place, f string, self *placedDirective) bool {
+	mine := len(strings.TrimSuffix(self.path(), "*"))
+	fl := strings.ToLower(strings.TrimSuffix(f, "*"))
+	for _, s := range p {
+		for i := range s.block.dirs {
+			g := &s.block.dirs[i]
+			if g.name != "sigra_gate" || g == self || !g.matcher && !g.unknown {
+				continue
+			}
+			gp := strings.ToLower(g.path())
+			if gp == "" || !strings.HasPrefix(gp, "/") || strings.ContainsAny(strings.TrimSuffix(gp, "*"), "*{?[") {
+				return false // a matcher that cannot be compared
+			}
+			if len(strings.TrimSuffix(gp, "*")) > mine && overlap(gp, fl) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // checkBefore checks what changes the path before the gate on pattern
 // (self, at the end of p) sees it: a handle_path on the way strips its
 // prefix first, so a request for the stripped path itself, outside it,
@@ -645,7 +670,7 @@ func (c placement) checkStrip(p, met place, a placedIn, strip, pattern string, s
 	}
 	lstrip := strings.ToLower(strip)
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
-	if strings.HasSuffix(pattern, "*") && strings.HasPrefix(lstrip, pre) {
+	if strings.HasSuffix(pattern, "*") && strings.HasPrefix(lstrip, pre) && c.decidesAlone(p, lstrip+"*", self) {
 		return nil // handle_path /admin-ui/* under a gate on /admin*: every request it strips met this gate
 	}
 	star := ""
