@@ -1329,7 +1329,8 @@ func (c placement) answersAll(d placedDirective) bool {
 
 // takesAll reports whether d answers every request it takes, passing
 // none on (whatever its own matcher): an answering directive but a proxy
-// with handle_response routes or a file_server with pass_thru, a block
+// with a handle_response route that does not answer, or a file_server
+// with pass_thru, a block
 // holding one without a matcher, an invoke of a named route that keeps
 // all. A path changed for such a directive goes to its upstream only.
 func (c placement) takesAll(d placedDirective) bool {
@@ -1339,8 +1340,12 @@ func (c placement) takesAll(d placedDirective) bool {
 	switch {
 	case d.name == "invoke":
 		return c.named[d.lastArg()].keepsAll
-	case d.name == "file_server" && has("pass_thru"), (d.name == "reverse_proxy" || d.name == "php_fastcgi") && has("handle_response"):
+	case d.name == "file_server" && has("pass_thru"):
 		return false
+	case (d.name == "reverse_proxy" || d.name == "php_fastcgi") && d.block != nil && slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool {
+		return e.name == "handle_response" && (e.block == nil || !c.blockKeeps(e.block))
+	}):
+		return false // a response route that does not answer hands the request on
 	case slices.Contains(answering, d.name):
 		return true
 	case slices.Contains(subroutes, d.name) && d.block != nil:
