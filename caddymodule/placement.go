@@ -275,6 +275,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	if err := c.checkBefore(p, pattern, self); err != nil {
 		return err
 	}
+	guarded := c.guarded(p, pre) // the upstreams the gated path may reach
 	for _, a := range c.after(p) {
 		d := a.d
 		// The request meets the gates of the blocks it shares with the
@@ -321,7 +322,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			// business. php_fastcgi first redirects a directory asked for
 			// without its slash, unless its index is off: the gates see
 			// {path}/index.php asked for again.
-			if c.takesAll(d) && !c.sameUpstream(c.upstreams(d), c.guarded(p, pre)) {
+			if c.takesAll(d) && !c.sameUpstream(c.upstreams(d), guarded) {
 				continue
 			}
 			index := "index.php" // php_fastcgi's, unless its index says otherwise ("off": none)
@@ -355,7 +356,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			// than the gated one, that app's own business, if the route
 			// answers every request it changes.
 			r, ok := c.named[d.lastArg()]
-			if !ok || r.keepsAll && !c.sameUpstream(r.upstreams, c.guarded(p, pre)) {
+			if !ok || r.keepsAll && !c.sameUpstream(r.upstreams, guarded) {
 				continue
 			}
 			if d.matcher && len(d.args) > 1 {
@@ -367,7 +368,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			strips := slices.ContainsFunc(r.rewrites, func(rw routeRewrite) bool { return rw.op == "strip" })
 			var found *routeRewrite
 			for _, rw := range r.rewrites {
-				if len(rw.paths) > 0 && rw.answers && !c.sameUpstream(rw.ups, c.guarded(p, pre)) {
+				if len(rw.paths) > 0 && rw.answers && !c.sameUpstream(rw.ups, guarded) {
 					continue // in a route of it that serves another app
 				}
 				// the paths it changes: those of the route in it with a
@@ -453,7 +454,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			// does not hands the request, rewritten, on to what follows):
 			// only a proxy there to the gated upstream serves the path
 			// rewritten.
-			if theirs := c.upstreamsIn(a.root.block); len(theirs) > 0 && !c.sameUpstream(theirs, c.guarded(p, pre)) {
+			if theirs := c.upstreamsIn(a.root.block); len(theirs) > 0 && !c.sameUpstream(theirs, guarded) {
 				continue
 			}
 		}
