@@ -632,7 +632,7 @@ func (c placement) checkBefore(p place, pattern string, self *placedDirective) e
 			if i == s.at || !c.runsBefore(s.block, i, s.at) {
 				continue
 			}
-			moves := d.name == "try_files" || d.name == "invoke" && len(c.named[d.lastArg()].rewrites) > 0
+			moves := (d.name == "try_files" || d.name == "invoke") && c.movesPath(d)
 			if d.name == "rewrite" && len(d.args) > 0 {
 				from := d.readBack
 				if from == "" && len(d.args) > 1 {
