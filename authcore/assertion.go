@@ -613,7 +613,7 @@ func (kr *KeyRing) Assertion(p *Principal, iss, aud string, now time.Time) (stri
 		groups = []string{}
 	}
 	// Never valid past the session's own end.
-	exp := min(now.Add(kr.ttl).Unix(), p.Session.ExpiresAt.Unix())
+	exp := min(now.Add(kr.ttl).Unix(), p.Session.End().Unix())
 	claims := AssertionClaims{
 		Issuer: iss, Audience: aud, Subject: p.User.ID, Email: p.User.Email, EmailVerified: p.User.EmailVerified,
 		Name: p.User.Name, Groups: groups, AMR: p.Session.AMR, SessionID: p.SessionID,

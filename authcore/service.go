@@ -450,7 +450,7 @@ func (s *Service) authenticate(ctx context.Context, token, hostport string, onHo
 		}
 	}
 	last := p.lastSeen.Load()
-	if !now.Before(p.Session.ExpiresAt) || now.UnixNano()-last >= int64(s.cfg.Idle) {
+	if !now.Before(p.Session.End()) || now.UnixNano()-last >= int64(s.cfg.Idle) {
 		s.cache.drop(id)
 		if err := s.store.DeleteSession(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
 			s.log.Warn("deleting expired session", "error", err)

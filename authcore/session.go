@@ -160,10 +160,17 @@ func (s *Session) MFA() bool { return !s.MFAAt.IsZero() && s.HasAMR(AMRMFA) }
 // in one browser must not leave a stolen session in another signed in).
 func (s *Session) PendingFor(u *User) bool { return s.Pending || u.SecondFactor && !s.MFA() }
 
+// End is when the session is over by its absolute lifetime: ExpiresAt
+// cut to its second. An identity assertion's exp is a whole second and
+// never later than the session's end, so a session that lived on into
+// ExpiresAt's last fraction of a second would pass its requests on with
+// an assertion already expired (exp equal to iat).
+func (s *Session) End() time.Time { return s.ExpiresAt.Truncate(time.Second) }
+
 // Expired reports whether the session is over at now, by the absolute
-// lifetime or by idling longer than idle.
+// lifetime (End) or by idling longer than idle.
 func (s *Session) Expired(now time.Time, idle time.Duration) bool {
-	if !now.Before(s.ExpiresAt) {
+	if !now.Before(s.End()) {
 		return true
 	}
 	return idle > 0 && now.Sub(s.LastSeen) >= idle

@@ -168,6 +168,8 @@ func TestSessionExpired(t *testing.T) {
 		{"absolute boundary", sess(created.Add(12*time.Hour - time.Minute)), created.Add(12 * time.Hour), idle, true},
 		{"absolute end despite activity", sess(created.Add(12 * time.Hour)), created.Add(12*time.Hour + time.Second), idle, true},
 		{"absolute end without idle limit", sess(created), created.Add(12 * time.Hour), 0, true},
+		{"within the last second", &Session{CreatedAt: created, LastSeen: created.Add(12 * time.Hour), ExpiresAt: created.Add(12*time.Hour + 700*time.Millisecond)}, created.Add(12*time.Hour + 100*time.Millisecond), idle, true},
+		{"before the last second", &Session{CreatedAt: created, LastSeen: created, ExpiresAt: created.Add(12*time.Hour + 700*time.Millisecond)}, created.Add(12*time.Hour - time.Nanosecond), 0, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

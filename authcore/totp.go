@@ -537,7 +537,7 @@ func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method
 		return "", nil, err
 	}
 	now := s.clock.Now().UTC()
-	if !now.Before(old.ExpiresAt) {
+	if !now.Before(old.End()) {
 		return "", nil, ErrNoSession
 	}
 	sess = old.Clone()

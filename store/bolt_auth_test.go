@@ -1315,6 +1315,29 @@ func TestServiceLifetime(t *testing.T) {
 	e.goneFromStore(t, sess.ID)
 }
 
+// A session ends on the second: an identity assertion's exp is a whole
+// second no later than the session's end, so a request in ExpiresAt's
+// last fraction of a second would reach the app with an assertion whose
+// exp equals its iat, already expired. It is refused instead.
+func TestServiceLifetimeEndsOnTheSecond(t *testing.T) {
+	e := newAuthEnv(t, authcore.Config{Idle: 30 * time.Minute, Lifetime: time.Hour})
+	u := e.user(t, "alice@example.com")
+	e.clk.Advance(time.Minute + 700*time.Millisecond)
+	signedIn := e.clk.Now()
+	token, sess := e.login(t, u)
+	if !sess.ExpiresAt.Equal(signedIn.Add(time.Hour)) {
+		t.Fatalf("ExpiresAt = %v; want sign-in + 1h = %v", sess.ExpiresAt, signedIn.Add(time.Hour))
+	}
+	end := sess.ExpiresAt.Truncate(time.Second)
+	for _, at := range []time.Time{signedIn.Add(20 * time.Minute), signedIn.Add(40 * time.Minute), end.Add(-time.Nanosecond)} {
+		e.clk.Advance(at.Sub(e.clk.Now()))
+		e.mustAuth(t, token)
+	}
+	e.clk.Advance(time.Nanosecond) // 700 ms before ExpiresAt
+	e.refused(t, token)
+	e.goneFromStore(t, sess.ID)
+}
+
 func TestServiceDisabledUser(t *testing.T) {
 	t.Run("through the service", func(t *testing.T) {
 		e := newAuthEnv(t, authcore.Config{})

@@ -120,23 +120,34 @@ func TestPruneStaleIndexEntry(t *testing.T) {
 }
 
 // TestPruneSameSecond: entries hold whole seconds, so a session that
-// expires later in the second pruning runs in is read and kept, and the
-// walk ends.
+// idles out later in the second pruning runs in is read and kept, and
+// the walk ends. A session's absolute end is its ExpiresAt's second
+// (Session.End), so one expiring later in that second is already over.
 func TestPruneSameSecond(t *testing.T) {
 	st := openAuthBolt(t)
 	u := authCreate(t, st, "second@example.com")
+	const idle = 12 * time.Hour
 	s := authNewSession(u.ID, authT0)
-	s.ExpiresAt = authT0.Add(12*time.Hour + 900*time.Millisecond)
+	s.LastSeen = authT0.Add(900 * time.Millisecond)
+	s.ExpiresAt = authT0.Add(48 * time.Hour)
 	authPutSession(t, st, s)
-	now := authT0.Add(12*time.Hour + 100*time.Millisecond)
-	pruneWant(t, st, now, 0, 0)
-	pruneWant(t, st, now.Add(800*time.Millisecond), 0, 1)
+	now := authT0.Add(idle + 100*time.Millisecond)
+	pruneWant(t, st, now, idle, 0)
+	pruneWant(t, st, now.Add(800*time.Millisecond), idle, 1)
+	authCheckIndexes(t, st)
+
+	abs := authNewSession(u.ID, authT0)
+	abs.ExpiresAt = authT0.Add(12*time.Hour + 900*time.Millisecond)
+	authPutSession(t, st, abs)
+	pruneWant(t, st, authT0.Add(12*time.Hour-time.Nanosecond), 0, 0)
+	pruneWant(t, st, authT0.Add(12*time.Hour), 0, 1)
 	authCheckIndexes(t, st)
 }
 
 // TestPruneManyChunks makes more entries due in each index than one chunk
-// holds, with live sessions in the cutoff's own second: every due one
-// goes, across chunk boundaries, and the rest stay.
+// holds, with sessions in the cutoff's own second: every due one goes,
+// across chunk boundaries (an absolute end in that second is due: a
+// session ends on its second), and the rest stay.
 func TestPruneManyChunks(t *testing.T) {
 	st := openAuthBolt(t)
 	ctx := context.Background()
@@ -156,10 +167,10 @@ func TestPruneManyChunks(t *testing.T) {
 		mk(now.Add(-idle-time.Second-off), now.Add(time.Hour)) // idle
 	}
 	live := 0
-	for range 300 { // due by the second, live by the nanosecond
-		mk(now, authT0.Add(900*time.Millisecond))
-		mk(authT0.Add(-idle).Add(900*time.Millisecond), now.Add(time.Hour))
-		live += 2
+	for range 300 {
+		mk(now, authT0.Add(900*time.Millisecond))                           // over: it ends on its second
+		mk(authT0.Add(-idle).Add(900*time.Millisecond), now.Add(time.Hour)) // due by the second, live by the nanosecond
+		live++
 	}
 	if err := st.PutSessions(ctx, batch); err != nil {
 		t.Fatal(err)
@@ -168,8 +179,8 @@ func TestPruneManyChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 2*perIndex {
-		t.Errorf("deleted %d; want %d", n, 2*perIndex)
+	if n != 2*perIndex+300 {
+		t.Errorf("deleted %d; want %d", n, 2*perIndex+300)
 	}
 	if left, _ := st.CountSessions(ctx); left != live {
 		t.Errorf("%d sessions left; want %d", left, live)
