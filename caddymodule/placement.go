@@ -1076,14 +1076,20 @@ func (c placement) upstreams(d placedDirective) []string {
 }
 
 // upstreamKey is an upstream address as compared: without a scheme,
-// loopback names as one, in lower case; "*" for a placeholder.
+// loopback names as one, in lower case; a unix socket by its cleaned
+// path; "*" for a placeholder.
 func upstreamKey(u string) string {
 	if strings.Contains(u, "{") {
 		return "*"
 	}
 	u = strings.ToLower(u)
+	for _, scheme := range []string{"unix//", "unix+h2c//"} {
+		if rest, ok := strings.CutPrefix(u, scheme); ok {
+			return "unix " + path.Clean("/"+rest)
+		}
+	}
 	port := "80" // as Caddy fills it in
-	for _, scheme := range []string{"http://", "https://", "h2c://", "unix//"} {
+	for _, scheme := range []string{"http://", "https://", "h2c://"} {
 		if rest, ok := strings.CutPrefix(u, scheme); ok {
 			u = rest
 			if scheme == "https://" {
