@@ -324,8 +324,8 @@ type goal struct {
 	Pass      bool    `json:"pass"`
 	// Interval is where the value lies with Confidence (the round pairs'
 	// median interval); Settled says it lies wholly on Pass's side of the
-	// threshold, so more rounds would not be expected to change the
-	// verdict.
+	// threshold, with a confidence of at least minSettled, so more rounds
+	// would not be expected to change the verdict.
 	Interval   [2]float64 `json:"interval"`
 	Confidence float64    `json:"confidence"`
 	Settled    bool       `json:"settled"`
@@ -345,9 +345,14 @@ func newGoal(name string, value float64, op string, threshold float64, unit stri
 		return false
 	}
 	g.Pass = !math.IsNaN(value) && meets(value)
-	g.Settled = !math.IsNaN(interval[0]) && meets(interval[0]) == g.Pass && meets(interval[1]) == g.Pass
+	g.Settled = confidence >= minSettled && !math.IsNaN(interval[0]) && meets(interval[0]) == g.Pass && meets(interval[1]) == g.Pass
 	return g
 }
+
+// minSettled is the least confidence a verdict is settled with: two
+// round pairs (-quick) give an interval of their range at 50 %, which
+// may lie on one side of the threshold by chance.
+const minSettled = 0.9
 
 func (g goal) String() string {
 	verdict := "MISS"

@@ -167,6 +167,7 @@ func TestGoal(t *testing.T) {
 		{newGoal("added p99", 0.25, "<=", 0.2, " ms", [2]float64{0.1, 0.4}, 0.98), false, false, "0.250 ms ≤ 0.200 ms   98% interval 0.100…0.400 ms: not settled"},
 		{newGoal("change", 3, "<", 10, " %", [2]float64{0, 6}, 0.96), true, true, "3.000 % < 10.000 %   96% interval 0.000…6.000 %"},
 		{newGoal("nothing measured", math.NaN(), "<", 10, "", none, 0), false, false, "MISS  nothing measured"},
+		{newGoal("two pairs", 0.93, ">=", 0.95, "", [2]float64{0.92, 0.94}, 0.5), false, false, "50% interval 0.920…0.940: not settled"},
 	}
 	for _, tt := range tests {
 		if tt.g.Pass != tt.pass || tt.g.Settled != tt.settled {
