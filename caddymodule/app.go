@@ -232,15 +232,20 @@ func (rt *runtime) record(ctx context.Context, row audit.Row) error {
 }
 
 func (rt *runtime) recordHere(ctx context.Context, row audit.Row) error {
+	var err error
 	if f := rt.failRecord.Load(); f != nil {
-		if err := (*f)(row); err != nil {
-			return err
-		}
+		err = (*f)(row)
 	}
 	start := time.Now()
-	err := rt.audit.Record(ctx, row)
-	if rt.metrics != nil {
-		rt.metrics.auditAppend.Observe(time.Since(start).Seconds())
+	if err == nil {
+		err = rt.audit.Record(ctx, row)
+	}
+	if m := rt.metrics; m != nil {
+		if err != nil {
+			m.auditFailures.Inc()
+		} else {
+			m.auditAppend.Observe(time.Since(start).Seconds())
+		}
 	}
 	return err
 }

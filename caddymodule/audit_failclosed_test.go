@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/sigra-auth/caddy-sigra/audit"
 )
 
@@ -49,10 +51,21 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	u := e.addUser("una@example.com")
 
+	failures := func() float64 {
+		var m dto.Metric
+		if err := e.rt().metrics.auditFailures.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	failed := failures()
 	e.failAudit("auth.login.success")
 	resp := e.login("una@example.com", testPassword, "/")
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Errorf("password sign-in with a failing audit row: status %d; want 500", resp.StatusCode)
+	}
+	if n := failures() - failed; n != 1 {
+		t.Errorf("sigra_audit_append_failures_total +%v; want +1", n)
 	}
 	if c := e.sessionCookie(); c != "" {
 		t.Errorf("password sign-in with a failing audit row set a session cookie")

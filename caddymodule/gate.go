@@ -250,16 +250,17 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	start := time.Now() // the latency sample includes stripping forged headers
 	first := d == nil
+	m := g.app.metrics
 	if first {
-		// The portal refused these already; a gate that runs first (in
-		// a route block, say) refuses them as well.
-		if why := pathRefusal(r.URL.Path, g.app.pathParams); why != "" {
-			g.app.metrics.gateDecisions.WithLabelValues("deny", "bad_path").Inc()
-			return refusePath(w, r, g.app.Prefix, why)
-		}
 		d = new(gateDecision)
 		d.scopes = d.buf[:0]
 		caddyhttp.SetVar(ctx, varGateDecided, d)
+		// The portal refused these already (no gate saw them); a gate
+		// that runs first (in a route block, say) refuses them as well.
+		if why := pathRefusal(r.URL.Path, g.app.pathParams); why != "" {
+			d.settle(m, m.gateDecisions.WithLabelValues("deny", "bad_path"), time.Since(start), true)
+			return refusePath(w, r, g.app.Prefix, why)
+		}
 		// The portal stripped already, but handlers between it and here
 		// (a route block's request_header, say) may have set one again;
 		// the gate strips right before it decides what goes upstream.
@@ -267,10 +268,9 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	d.record(g.Scope, g.Rank)
 
-	m := g.app.metrics
 	rt := g.app.runtime(ctx)
 	if rt == nil {
-		d.settle(m, m.gateDecisions.WithLabelValues("error", "not_started"), 0, false)
+		d.settle(m, m.gateDecisions.WithLabelValues("error", "not_started"), d.spent+time.Since(start), true)
 		return g.fail(w, r, http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	now := rt.auth.Now()
@@ -286,7 +286,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		}
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
-			d.settle(m, m.gateDecisions.WithLabelValues("error", "storage"), 0, false)
+			d.settle(m, m.gateDecisions.WithLabelValues("error", "storage"), d.spent+time.Since(start), true)
 			return g.fail(w, r, http.StatusInternalServerError, err)
 		}
 		if p != nil && p.Session.Pending {
@@ -330,7 +330,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		var err error
 		assertion, err = rt.keys.Assertion(p, origin, aud, now)
 		if err != nil {
-			d.settle(m, m.gateDecisions.WithLabelValues("error", "signing"), 0, false)
+			d.settle(m, m.gateDecisions.WithLabelValues("error", "signing"), d.spent+time.Since(start), true)
 			return g.fail(w, r, http.StatusInternalServerError, err)
 		}
 		d.asserted = true

@@ -21,6 +21,7 @@ type metrics struct {
 	gateDecisions *prometheus.CounterVec
 	gateDuration  prometheus.Histogram
 	auditAppend   prometheus.Histogram
+	auditFailures prometheus.Counter
 
 	gateAllow     prometheus.Counter // pre-resolved for the hot path
 	gateAnonymous prometheus.Counter // allowed without a session (optional)
@@ -32,15 +33,18 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			Name: "sigra_logins_total", Help: "Sign-in attempts by method (password, totp, recovery_code; reauth: a signed-in user's password checked again) and result (success, pending: a right password with a second factor due, step_up: a second factor for a signed-in session, failure, locked, session_ended).",
 		}, []string{"method", "result"}),
 		gateDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sigra_gate_decisions_total", Help: "Gate decisions by result (allow, deny, error) and reason.",
+			Name: "sigra_gate_decisions_total", Help: "Gate decisions by result (allow, deny, error) and reason; one per request, however many gates it meets. A request the portal refuses first (a bad path) meets no gate.",
 		}, []string{"result", "reason"}),
 		gateDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sigra_gate_duration_seconds", Help: "Time the gate spends deciding a request (excluding the upstream).",
+			Name: "sigra_gate_duration_seconds", Help: "Time the gates spend deciding a request (excluding the upstream), one sample per decision, errors included.",
 			Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2, 0.1},
 		}),
 		auditAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sigra_audit_append_seconds", Help: "Time to append an audit row durably.",
+			Name: "sigra_audit_append_seconds", Help: "Time to append an audit row durably (appends that succeed; failures count in sigra_audit_append_failures_total).",
 			Buckets: prometheus.ExponentialBuckets(1e-4, 2.5, 10),
+		}),
+		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sigra_audit_append_failures_total", Help: "Audit rows that could not be appended; each fails the action it records (audit is fail-closed).",
 		}),
 	}
 	// Known series start at zero, so dashboards see them before the first event.
@@ -54,8 +58,11 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			m.logins.WithLabelValues(method, result)
 		}
 	}
-	for _, reason := range []string{"login_required", "mfa_pending", "mfa_required", "amr", "group", "cookie_conflict"} {
+	for _, reason := range []string{"login_required", "mfa_pending", "mfa_required", "amr", "group", "cookie_conflict", "bad_path"} {
 		m.gateDecisions.WithLabelValues("deny", reason)
+	}
+	for _, reason := range []string{"not_started", "storage", "signing"} {
+		m.gateDecisions.WithLabelValues("error", reason)
 	}
 	sessions := &cachedGauge{ttl: 5 * time.Second, read: func(ctx context.Context) (float64, error) {
 		rt := a.life.rt.Load()
@@ -90,6 +97,9 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		return nil, err
 	}
 	if m.auditAppend, err = register(reg, m.auditAppend); err != nil {
+		return nil, err
+	}
+	if m.auditFailures, err = register(reg, m.auditFailures); err != nil {
 		return nil, err
 	}
 	for _, c := range collectors {
@@ -139,7 +149,7 @@ func (webhookCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (w webhookCollector) Collect(ch chan<- prometheus.Metric) {
 	var st audit.Stats
-	depth, dead := 0.0, 0.0
+	depth, dead := math.NaN(), math.NaN() // before the store is open
 	if rt := w.a.life.rt.Load(); rt != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		var err error

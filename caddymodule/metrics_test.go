@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -49,7 +52,7 @@ func TestMetricsExistAndMove(t *testing.T) {
 		"sigra_logins_total", "sigra_gate_decisions_total", "sigra_gate_duration_seconds",
 		"sigra_audit_append_seconds", "sigra_sessions_active", "sigra_webhook_outbox_depth",
 		"sigra_webhook_failures_total", "sigra_webhook_dead_deliveries", "sigra_webhooks_down",
-		"sigra_password_checks_total",
+		"sigra_password_checks_total", "sigra_audit_append_failures_total",
 	} {
 		if !strings.Contains(body, "# HELP "+name+" ") {
 			t.Errorf("%s is not on /metrics", name)
@@ -72,6 +75,18 @@ func TestMetricsExistAndMove(t *testing.T) {
 	for _, c := range checks {
 		if v := scrape(t, e, c.series); v < c.min {
 			t.Errorf("%s = %v; want at least %v", c.series, v, c.min)
+		}
+	}
+	// Series an alert may match start at zero, before their first event.
+	for _, series := range []string{
+		`sigra_gate_decisions_total{reason="bad_path",result="deny"}`,
+		`sigra_gate_decisions_total{reason="not_started",result="error"}`,
+		`sigra_gate_decisions_total{reason="storage",result="error"}`,
+		`sigra_gate_decisions_total{reason="signing",result="error"}`,
+		`sigra_audit_append_failures_total`,
+	} {
+		if v := scrape(t, e, series); v != 0 {
+			t.Errorf("%s = %v; want 0", series, v)
 		}
 	}
 	// Bounded labels: no user ids, emails or paths anywhere in our series.
@@ -323,5 +338,74 @@ func TestMetricsDenyReasons(t *testing.T) {
 		if d := denied(c.reason) - before; d != 1 {
 			t.Errorf("%s: deny/%s went up by %v; want 1", c.path, c.reason, d)
 		}
+	}
+}
+
+// A gate that meets a path the portal would have refused (it runs
+// first, in a JSON config, say) counts one bad_path denial, with its
+// time, and the request goes no further.
+func TestMetricsGateBadPath(t *testing.T) {
+	g := &Gate{}
+	fresh, _ := signedInGate(t, g)
+	m := g.app.metrics
+	var before, after dto.Metric
+	denied := m.gateDecisions.WithLabelValues("deny", "bad_path")
+	if err := denied.Write(&before); err != nil {
+		t.Fatal(err)
+	}
+	samples := func() uint64 {
+		var h dto.Metric
+		if err := m.gateDuration.Write(&h); err != nil {
+			t.Fatal(err)
+		}
+		return h.GetHistogram().GetSampleCount()
+	}
+	sampled := samples()
+	req := fresh()
+	req.URL.Path = "/reports/../admin"
+	w := httptest.NewRecorder()
+	reached := false
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { reached = true; return nil })
+	if err := g.ServeHTTP(w, req, next); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusBadRequest || reached {
+		t.Fatalf("status %d, reached the next handler %t; want 400 and not", w.Code, reached)
+	}
+	if err := denied.Write(&after); err != nil {
+		t.Fatal(err)
+	}
+	if n := after.GetCounter().GetValue() - before.GetCounter().GetValue(); n != 1 {
+		t.Errorf("deny/bad_path +%v; want +1", n)
+	}
+	if n := samples() - sampled; n != 1 {
+		t.Errorf("latency samples +%d; want +1", n)
+	}
+}
+
+// Before Sigra has started (the admin endpoint serves /metrics while a
+// large store opens), what the store holds is unknown: NaN, not a zero
+// an alert would take for an empty outbox.
+func TestMetricsUnknownBeforeStart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if _, err := newMetrics(reg, &App{life: &lifecycle{ready: make(chan struct{})}}); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"sigra_sessions_active": true, "sigra_webhook_outbox_depth": true, "sigra_webhook_dead_deliveries": true}
+	for _, f := range families {
+		if !want[f.GetName()] {
+			continue
+		}
+		delete(want, f.GetName())
+		if v := f.GetMetric()[0].GetGauge().GetValue(); !math.IsNaN(v) {
+			t.Errorf("%s = %v before start; want NaN", f.GetName(), v)
+		}
+	}
+	for name := range want {
+		t.Errorf("%s not gathered", name)
 	}
 }
