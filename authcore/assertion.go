@@ -44,7 +44,7 @@ type KeyRing struct {
 	fromFile bool
 
 	mu      sync.Mutex // serialises changes to the set
-	unsaved bool       // the set in memory dropped keys the store still has
+	unsaved bool       // the set in memory differs from the store's: keys dropped, or a change deferred (DeferSave)
 	state   atomic.Pointer[keyState]
 	rotGen  atomic.Uint64
 }
@@ -108,6 +108,11 @@ type KeyRingConfig struct {
 	// long (plus a minute for clock skew) after they stop signing.
 	// Default 5m.
 	TTL time.Duration
+	// DeferSave keeps a change of the active key (another algorithm, or
+	// signing_key naming another key or removed) in memory until Save:
+	// a configuration that is loaded but then refused (another Caddy app
+	// failed to start) must not rotate the keys in the store.
+	DeferSave bool
 }
 
 // LoadKeyRing loads the signing keys, creating the first key on first
@@ -171,7 +176,9 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 		return nil, err
 	}
 	if changed, err := kr.differs(stored, keys); err != nil || changed {
-		if err == nil {
+		if err == nil && cfg.DeferSave {
+			kr.unsaved = true
+		} else if err == nil {
 			err = kr.save(ctx, keys)
 		}
 		if err != nil {
@@ -179,6 +186,22 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 		}
 	}
 	return kr, nil
+}
+
+// Save stores the set in memory if the store's differs from it: a change
+// LoadKeyRing deferred (KeyRingConfig.DeferSave), or retired keys dropped
+// since. A Rotate in between saved the set already.
+func (kr *KeyRing) Save(ctx context.Context) error {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if !kr.unsaved {
+		return nil
+	}
+	if err := kr.save(ctx, kr.state.Load().keys); err != nil {
+		return fmt.Errorf("storing assertion keys: %w", err)
+	}
+	kr.unsaved = false
+	return nil
 }
 
 // Rotate makes a new active key of the given algorithm ("" keeps the
@@ -216,18 +239,12 @@ func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 // they are due whether or not Prune runs; Prune is the store's upkeep.
 func (kr *KeyRing) Prune(ctx context.Context) error {
 	kr.mu.Lock()
-	defer kr.mu.Unlock()
 	if err := kr.dropExpiredLocked(); err != nil {
+		kr.mu.Unlock()
 		return err
 	}
-	if !kr.unsaved {
-		return nil
-	}
-	if err := kr.save(ctx, kr.state.Load().keys); err != nil {
-		return fmt.Errorf("storing pruned assertion keys: %w", err)
-	}
-	kr.unsaved = false
-	return nil
+	kr.mu.Unlock()
+	return kr.Save(ctx)
 }
 
 // current is the key state, without retired keys that are due to go.

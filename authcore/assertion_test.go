@@ -285,6 +285,41 @@ func TestLoadKeyRingRejectsAlgorithm(t *testing.T) {
 	}
 }
 
+// With DeferSave, a change of algorithm signs with the new key at once
+// but leaves the store as it was until Save: a config Caddy then refuses
+// must not have rotated the stored keys. Nothing is saved when nothing
+// changed.
+func TestKeyRingDeferSave(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	ed := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA})
+	stored := krStoredPlain(t, st)
+
+	same := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA, DeferSave: true})
+	if err := same.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(krStoredPlain(t, st), stored) {
+		t.Error("Save with no change rewrote the stored keys")
+	}
+
+	clk.Advance(time.Minute)
+	es := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+	if es.ActiveKeyID() == ed.ActiveKeyID() {
+		t.Fatal("ES256 ring signs with the EdDSA key")
+	}
+	if !bytes.Equal(krStoredPlain(t, st), stored) {
+		t.Fatal("a deferred change was stored before Save")
+	}
+	if err := es.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	keys := krStored(t, st)
+	if len(keys) != 2 || keys[0].KID != es.ActiveKeyID() || keys[1].KID != ed.ActiveKeyID() {
+		t.Errorf("stored after Save: %d keys; want the ES256 key then the retired EdDSA one", len(keys))
+	}
+}
+
 func TestKeyRingAlgorithmChangeRotates(t *testing.T) {
 	st := newKRSecretsStore()
 	clk := clock.NewFake(krStart)

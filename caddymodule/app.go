@@ -87,6 +87,9 @@ type App struct {
 	slog    *slog.Logger
 	clock   clock.Clock
 	metrics *metrics // nil outside a running Caddy (the CLI)
+	// caddyCtx is the context of the config that holds the app (zero
+	// outside Caddy's config loading: the CLI, tests).
+	caddyCtx caddy.Context
 
 	remoteAliases bool
 	pathParams    bool // PathParams allow
@@ -102,6 +105,10 @@ type lifecycle struct {
 	ready     chan struct{}
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	// prev is the app that ran before this one started, until this
+	// one's config is in force: if Caddy refuses the config after all,
+	// prev goes on running and is the running app again.
+	prev atomic.Pointer[App]
 }
 
 // StorageConfig selects the storage backend.
@@ -268,6 +275,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision checks and completes the configuration. It opens nothing, so
 // `caddy validate` has no side effects and works while Caddy runs.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.caddyCtx = ctx
 	a.logger = ctx.Logger()
 	a.slog = ctx.Slogger()
 	if err := a.setDefaults(); err != nil {
@@ -502,21 +510,68 @@ func (a *App) Start() error {
 	l := a.life
 	l.cancel = cancel
 	l.rtForStop = rt
-	rt.audit.Start(ctx)
 	l.wg.Add(2)
 	go func() {
 		defer l.wg.Done()
 		rt.auth.Run(ctx)
 	}()
-	go func() {
-		defer l.wg.Done()
-		a.upkeep(ctx, rt)
-	}()
 	l.rt.Store(rt)
 	close(l.ready)
-	running.Store(a)
+	l.prev.Store(running.Swap(a))
+	if a.caddyCtx.Context == nil {
+		a.inForce(ctx, rt)
+	}
+	go func() {
+		defer l.wg.Done()
+		if a.caddyCtx.Context != nil {
+			if !a.awaitForce(ctx) {
+				return
+			}
+			a.inForce(ctx, rt)
+		}
+		a.upkeep(ctx, rt)
+	}()
 	a.logger.Info("sigra started", zap.String("storage", a.storagePath), zap.String("assertion_kid", rt.keys.ActiveKeyID()))
 	return nil
+}
+
+// forceWait bounds awaitForce: Caddy refuses a config while it starts
+// its apps, which takes milliseconds; an app still running this long
+// after its start is in force.
+const forceWait = 15 * time.Second
+
+// awaitForce waits until the config that holds a is the one Caddy runs,
+// and reports whether it is; false when a is stopped first (Caddy
+// refused the config: another app failed to start after this one).
+func (a *App) awaitForce(ctx context.Context) bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.NewTimer(forceWait)
+	defer deadline.Stop()
+	for {
+		if app, err := caddy.ActiveContext().AppIfConfigured("sigra"); err == nil && app == any(a) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return true
+		case <-t.C:
+		}
+	}
+}
+
+// inForce starts what changes the store on its own, once a's config is
+// in force: audit retention (which prunes at once, by this config's
+// retention) and webhook delivery, and saving a change of the active
+// assertion key. A config Caddy refuses must leave the store as it was.
+func (a *App) inForce(ctx context.Context, rt *runtime) {
+	a.life.prev.Store(nil)
+	if err := rt.keys.Save(ctx); err != nil {
+		a.logger.Error("the new assertion key signs, but was not stored: it is made again at the next start", zap.Error(err))
+	}
+	rt.audit.Start(ctx)
 }
 
 func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
@@ -530,6 +585,7 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 		Algorithm: a.Keys.Algorithm,
 		PEMFile:   a.Keys.SigningKey,
 		TTL:       a.assertionTTL(),
+		DeferSave: bootstrap, // Start saves it once the config is in force
 	})
 	if err != nil {
 		return nil, a.wrongKey(err, box)
@@ -775,7 +831,13 @@ func (a *App) Stop() error {
 	if l == nil || l.cancel == nil {
 		return nil
 	}
-	running.CompareAndSwap(a, nil)
+	// A refused config's app hands back to the one that ran before it,
+	// if that one still runs.
+	prev := l.prev.Swap(nil)
+	if prev != nil && prev.life.rt.Load() == nil {
+		prev = nil
+	}
+	running.CompareAndSwap(a, prev)
 	l.cancel()
 	l.wg.Wait()
 	l.cancel = nil

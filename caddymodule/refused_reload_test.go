@@ -1,0 +1,153 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+)
+
+// refusingApp is a Caddy app whose Start fails, as an app that cannot
+// bind its port does: Caddy then refuses the whole config and stops the
+// apps it started already. It notes whether a new sigra app had started
+// before it (Caddy starts apps in no set order).
+type refusingApp struct{}
+
+// refusedAfterSigra is set by refusingApp.Start when a sigra app other
+// than the one running before the load had started.
+var (
+	refusedBefore     *App
+	refusedAfterSigra bool
+)
+
+func (refusingApp) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "sigra_test_refusing", New: func() caddy.Module { return refusingApp{} }}
+}
+
+func (refusingApp) Start() error {
+	if a := running.Load(); a != nil && a != refusedBefore {
+		refusedAfterSigra = true
+	}
+	return errors.New("address already in use (test)")
+}
+
+func (refusingApp) Stop() error { return nil }
+
+func init() { caddy.RegisterModule(refusingApp{}) }
+
+// A reload that Caddy refuses leaves everything as it was: the audit
+// rows the refused config's retention would prune, the assertion keys
+// its algorithm would rotate, and the app the admin API and the CLI
+// talk to.
+func TestRefusedReloadChangesNothing(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("ref@example.com")
+	e.mustLogin("ref@example.com")
+	fake.Advance(2 * time.Hour)
+	e.mustLogin("ref@example.com") // rows from now too, which retention 1h keeps
+	rows := len(e.auditRows(""))
+	if rows == 0 {
+		t.Fatal("no audit rows to keep")
+	}
+	ctx := context.Background()
+	keysBefore, err := e.rt().store.GetSecret(ctx, "assertion_keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Retention 1h would prune every row so far; ES256 would retire the
+	// EdDSA key.
+	cf := e.caddyfile("audit {\n\t\t\tretention 1h\n\t\t}\n\t\tkeys {\n\t\t\talgorithm ES256\n\t\t}", "sigra_gate")
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(adapted, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["apps"].(map[string]any)["sigra_test_refusing"] = map[string]any{}
+	refused, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	before := running.Load()
+	refusedBefore, refusedAfterSigra = before, false
+	t.Cleanup(func() { refusedBefore = nil })
+	tries := 0
+	for ; tries < 60 && !refusedAfterSigra; tries++ {
+		if err := caddy.Load(refused, true); err == nil || !strings.Contains(err.Error(), "address already in use (test)") {
+			t.Fatalf("loading the refused config: %v; want it refused", err)
+		}
+	}
+	if !refusedAfterSigra {
+		t.Fatalf("in %d loads Caddy never started sigra before the failing app", tries)
+	}
+	// Give a wrongly started retention its moment.
+	time.Sleep(100 * time.Millisecond)
+
+	if a := running.Load(); a != before {
+		t.Errorf("the running app changed to %p; want the one before the refused loads, %p", a, before)
+	}
+	if _, _, err := runningRuntime(); err != nil {
+		t.Errorf("admin API after a refused reload: %v", err)
+	}
+	// Read through the app that ran before, whatever running says.
+	old := before.life.rt.Load()
+	if old == nil {
+		t.Fatal("the app that ran before the refused loads was stopped")
+	}
+	page, err := old.audit.Timeline(ctx, audit.Query{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(page.Rows); n != rows {
+		t.Errorf("%d audit rows after the refused reloads; want the %d before", n, rows)
+	}
+	keysAfter, err := old.store.GetSecret(ctx, "assertion_keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(keysBefore, keysAfter) {
+		t.Error("the refused config's algorithm changed the stored assertion keys")
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Errorf("a signed-in request after the refused reloads: status %d", r.StatusCode)
+	}
+
+	// The same config without the failing app is in force: its retention
+	// prunes, and its key is stored.
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(e.auditRows("")) >= rows && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(e.auditRows("")); n >= rows {
+		t.Errorf("%d audit rows after loading retention 1h; want the 2h old ones pruned", n)
+	}
+	for {
+		keysNow, err := e.rt().store.GetSecret(ctx, "assertion_keys")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(keysNow, keysBefore) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ES256 key in force was never stored")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
