@@ -27,7 +27,12 @@ type metrics struct {
 	gateAnonymous prometheus.Counter // allowed without a session (optional)
 }
 
-func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
+// processMetrics are the counters and histograms, one set per process
+// and registered in each config's registry: Caddy serves the admin
+// endpoint's /metrics from the newest config's registry even when it
+// then refuses that config, and counts that started again from zero
+// there would be lost, not reset. Across reloads they go on.
+var processMetrics = sync.OnceValue(func() *metrics {
 	m := &metrics{
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sigra_logins_total", Help: "Sign-in attempts by method (password, totp, recovery_code; reauth: a signed-in user's password checked again) and result (success, pending: a right password with a second factor due, step_up: a second factor for a signed-in session, failure, locked, session_ended).",
@@ -64,8 +69,17 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	for _, reason := range []string{"not_started", "storage", "signing"} {
 		m.gateDecisions.WithLabelValues("error", reason)
 	}
+	m.gateAllow = m.gateDecisions.WithLabelValues("allow", "ok")
+	m.gateAnonymous = m.gateDecisions.WithLabelValues("allow", "anonymous")
+	return m
+})
+
+// newMetrics registers the process's counters and a's gauges in reg.
+func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
+	m := new(metrics)
+	*m = *processMetrics()
 	sessions := &cachedGauge{ttl: 5 * time.Second, read: func(ctx context.Context) (float64, error) {
-		rt := a.life.rt.Load()
+		rt := a.liveRuntime()
 		if rt == nil {
 			return 0, errNotStarted
 		}
@@ -76,7 +90,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sigra_password_checks_total", Help: "Password hashes checked (argon2id, each taking its configured memory and time): one per password typed, for unknown and banned accounts too.",
 		}, func() float64 {
-			if rt := a.life.rt.Load(); rt != nil {
+			if rt := a.liveRuntime(); rt != nil {
 				return float64(rt.auth.PasswordChecks())
 			}
 			return 0
@@ -107,9 +121,21 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			return nil, err
 		}
 	}
-	m.gateAllow = m.gateDecisions.WithLabelValues("allow", "ok")
-	m.gateAnonymous = m.gateDecisions.WithLabelValues("allow", "anonymous")
 	return m, nil
+}
+
+// liveRuntime is the runtime whose state a's gauges report: a's own
+// while it runs, or else the running app's (a registry Caddy still
+// serves can outlive the config that registered them, as on a refused
+// reload); nil for none.
+func (a *App) liveRuntime() *runtime {
+	if rt := a.life.rt.Load(); rt != nil {
+		return rt
+	}
+	if b := running.Load(); b != nil && b != a {
+		return b.life.rt.Load()
+	}
+	return nil
 }
 
 // register registers c, or, when reg holds one like it already, returns
@@ -150,7 +176,7 @@ func (webhookCollector) Describe(ch chan<- *prometheus.Desc) {
 func (w webhookCollector) Collect(ch chan<- prometheus.Metric) {
 	var st audit.Stats
 	depth, dead := math.NaN(), math.NaN() // before the store is open
-	if rt := w.a.life.rt.Load(); rt != nil {
+	if rt := w.a.liveRuntime(); rt != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		var err error
 		st, err = rt.audit.Stats(ctx)

@@ -5,6 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -67,19 +71,7 @@ func TestRefusedReloadChangesNothing(t *testing.T) {
 	// Retention 1h would prune every row so far; ES256 would retire the
 	// EdDSA key.
 	cf := e.caddyfile("audit {\n\t\t\tretention 1h\n\t\t}\n\t\tkeys {\n\t\t\talgorithm ES256\n\t\t}", "sigra_gate")
-	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(adapted, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg["apps"].(map[string]any)["sigra_test_refusing"] = map[string]any{}
-	refused, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	refused := e.configWith(t, cf, "sigra_test_refusing")
 
 	before := running.Load()
 	refusedBefore, refusedAfterSigra = before, false
@@ -150,4 +142,86 @@ func TestRefusedReloadChangesNothing(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Caddy serves the admin endpoint's /metrics from the newest config's
+// registry, also when it then refuses that config (Caddy 2.11). Sigra's
+// series there go on from where they were, and its gauges read the app
+// still running.
+func TestMetricsAfterRefusedReload(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("met@example.com")
+	e.mustLogin("met@example.com")
+	for range 3 {
+		if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+			t.Fatalf("status %d", r.StatusCode)
+		}
+	}
+	const allow = `sigra_gate_decisions_total{reason="ok",result="allow"}`
+	adminScrape := func(series string) float64 {
+		t.Helper()
+		resp, err := http.Get("http://" + e.admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(string(body))
+		if m == nil {
+			t.Fatalf("series %s not on the admin endpoint's /metrics", series)
+		}
+		v, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	allowed, sessions := adminScrape(allow), adminScrape("sigra_sessions_active")
+	if allowed < 3 || sessions != 1 {
+		t.Fatalf("before: allow %v, sessions %v; want at least 3 and 1", allowed, sessions)
+	}
+
+	refused := e.configWith(t, e.config, "sigra_test_refusing")
+	before := running.Load()
+	refusedBefore, refusedAfterSigra = before, false
+	t.Cleanup(func() { refusedBefore = nil })
+	for tries := 0; tries < 60 && !refusedAfterSigra; tries++ {
+		if err := caddy.Load(refused, true); err == nil {
+			t.Fatal("the config with a failing app loaded")
+		}
+	}
+	if !refusedAfterSigra {
+		t.Fatal("Caddy never started sigra before the failing app")
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Fatalf("status %d after the refused reloads", r.StatusCode)
+	}
+	if got := adminScrape(allow); got < allowed+1 {
+		t.Errorf("%s = %v after a refused reload and one more allowed request; want at least %v", allow, got, allowed+1)
+	}
+	if got := adminScrape("sigra_sessions_active"); got != 1 {
+		t.Errorf("sigra_sessions_active = %v after a refused reload; want 1, the running app's", got)
+	}
+}
+
+// configWith is the Caddyfile cf adapted to JSON, with the Caddy apps
+// named added (empty).
+func (e *env) configWith(t *testing.T, cf string, apps ...string) []byte {
+	t.Helper()
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(adapted, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range apps {
+		cfg["apps"].(map[string]any)[name] = map[string]any{}
+	}
+	out, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
