@@ -487,6 +487,9 @@ func TestNewValidatesWebhooks(t *testing.T) {
 		{"no actions", []WebhookConfig{with(func(c *WebhookConfig) { c.Actions = nil })}, "no actions"},
 		{"bad pattern", []WebhookConfig{with(func(c *WebhookConfig) { c.Actions = []string{"*.failure"} })}, "pattern"},
 		{"duplicate", []WebhookConfig{good, good}, "twice"},
+		{"duplicate, cased otherwise", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "HTTPS://Hooks.Example.com/sigra" })}, "twice"},
+		{"same host, another path", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/Sigra" })}, ""},
+		{"empty pattern", []WebhookConfig{with(func(c *WebhookConfig) { c.Actions = []string{"auth.*", " "} })}, "empty action pattern"},
 		{"password redacted in errors", []WebhookConfig{with(func(c *WebhookConfig) {
 			c.URL, c.Secret = "https://user:hunter2@hooks.example.com/", nil
 		})}, "xxxxx"},

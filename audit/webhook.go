@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
+	"strings"
 )
 
 // ErrBadWebhook means a webhook's configuration is unusable; the message
@@ -65,6 +67,9 @@ func (c WebhookConfig) Validate() error {
 	if len(c.Actions) == 0 {
 		return fmt.Errorf("%w %s: no actions (use \"*\" for every action)", ErrBadWebhook, name)
 	}
+	if slices.ContainsFunc(c.Actions, func(a string) bool { return strings.TrimSpace(a) == "" }) {
+		return fmt.Errorf("%w %s: an empty action pattern (use \"*\" for every action)", ErrBadWebhook, name)
+	}
 	ps, err := ParsePatterns(c.Actions)
 	if err != nil {
 		return fmt.Errorf("%w %s: %w", ErrBadWebhook, name, err)
@@ -94,10 +99,13 @@ func ValidateWebhooks(cfgs []WebhookConfig) error {
 		if err := c.Validate(); err != nil {
 			return err
 		}
-		if seen[c.URL] {
+		// One receiver however its scheme and host are cased.
+		u, _ := url.Parse(c.URL) // Validate parsed it
+		u.Scheme, u.Host = strings.ToLower(u.Scheme), strings.ToLower(u.Host)
+		if seen[u.String()] {
 			return fmt.Errorf("%w %s: configured twice (list every action pattern in one webhook)", ErrBadWebhook, RedactURL(c.URL))
 		}
-		seen[c.URL] = true
+		seen[u.String()] = true
 	}
 	return nil
 }

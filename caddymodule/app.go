@@ -15,10 +15,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -381,6 +383,17 @@ func checkPrefix(p string) error {
 	return nil
 }
 
+// validLabels reports whether the host name's labels are 1 to 63
+// characters, none starting or ending with a hyphen.
+func validLabels(name string) bool {
+	for _, l := range strings.Split(name, ".") {
+		if l == "" || len(l) > 63 || strings.HasPrefix(l, "-") || strings.HasSuffix(l, "-") {
+			return false
+		}
+	}
+	return true
+}
+
 // checkRedirectHost accepts an allowed_redirect_hosts entry: a host name
 // or IP address, with an optional port, exactly as a URL's host part.
 // It also becomes a CSP form-action source, so nothing else may pass.
@@ -390,7 +403,11 @@ func checkRedirectHost(h string) error {
 	if ok {
 		name := u.Hostname()
 		ok = name != "" && (net.ParseIP(name) != nil ||
-			strings.Trim(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789-.") == "" && !strings.HasPrefix(name, ".") && !strings.HasSuffix(name, "."))
+			strings.Trim(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789-.") == "" && validLabels(name))
+	}
+	if ok && u.Port() != "" {
+		n, err := strconv.Atoi(u.Port())
+		ok = err == nil && n >= 1 && n <= 65535
 	}
 	if !ok {
 		return fmt.Errorf("allowed_redirect_hosts: %q is not a host name (with an optional port), such as docs.example.com or docs.example.com:8443", h)
@@ -402,6 +419,14 @@ func checkRedirectHost(h string) error {
 // address, lower case, without a port (a session's host is compared
 // without one).
 func checkAdminHost(h string) error {
+	if ip := net.ParseIP(h); ip != nil && strings.Contains(h, ":") {
+		// An IPv6 address, bare, as a request's host compares once its
+		// brackets are gone; in one spelling, as browsers write it.
+		if h != ip.String() {
+			return fmt.Errorf("admin_hosts: write the IPv6 address %q as %s, without brackets", h, ip)
+		}
+		return nil
+	}
 	if h != authcore.NormalizeHost(h) || checkRedirectHost(h) != nil || strings.HasPrefix(h, "[") {
 		return fmt.Errorf("admin_hosts: %q is not a host name without a port, in lower case, such as admin.example.com", h)
 	}
@@ -435,7 +460,7 @@ func (a *App) Validate() error {
 		}
 	}
 	if a.AdminGroup != "" { // "" until setDefaults
-		if err := authcore.CheckGroupName(a.AdminGroup); err != nil {
+		if err := checkRequiredGroup(a.AdminGroup); err != nil {
 			return fmt.Errorf("admin_group: %w", err)
 		}
 	}
@@ -472,6 +497,18 @@ func (a *App) Validate() error {
 	}
 	if r := a.Regulation; r != nil && (r.MaxRetries < 0 || r.MaxRetriesPerIP < 0 || r.FindTime < 0 || r.BanTime < 0 || r.MaxTOTPFailures < 0) {
 		return errors.New("regulation: values must not be negative")
+	}
+	if r := a.Regulation; r != nil && (r.MaxRetries > maxCount || r.MaxRetriesPerIP > maxCount || r.MaxTOTPFailures > maxCount) {
+		return fmt.Errorf("regulation: counts must be at most %d", maxCount)
+	}
+	if a.Keys.AssertionTTL < 0 {
+		return errors.New("keys: assertion_ttl must not be negative")
+	}
+	if a.AdminMFAMaxAge < 0 {
+		return errors.New("admin_mfa_max_age must not be negative")
+	}
+	if aud := a.AssertionAudience; aud != "" && (strings.TrimSpace(aud) == "" || strings.ContainsFunc(aud, unicode.IsSpace) || strings.ContainsFunc(aud, unicode.IsControl)) {
+		return fmt.Errorf("assertion_audience: %q must be one value without spaces, such as https://app.example.com", aud)
 	}
 	return a.Audit.validate()
 }

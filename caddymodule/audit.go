@@ -184,8 +184,27 @@ func (c *AuditConfig) validate() error {
 	if c.Retention < 0 {
 		return errors.New("audit: retention must not be negative")
 	}
+	if c.Retention != 0 {
+		if err := checkRetention(c.Retention); err != nil {
+			return err
+		}
+	}
 	_, err := c.webhooks() // its errors start with "audit: "
 	return err
+}
+
+// minRetention is the shortest audit retention: rows younger than it are
+// kept whatever the setting.
+const minRetention = time.Hour
+
+// checkRetention refuses a retention under minRetention: audit rows are
+// deleted once older than it, and "6m" meant as six months is six
+// minutes.
+func checkRetention(r caddy.Duration) error {
+	if time.Duration(r) < minRetention {
+		return fmt.Errorf("audit: retention %s is under an hour, and audit rows older than it are deleted (m is minutes: for months write days, such as 180d)", time.Duration(r))
+	}
+	return nil
 }
 
 // retention returns the configured retention or 0 (keep forever).

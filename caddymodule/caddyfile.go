@@ -529,8 +529,21 @@ func unknownOption(d *caddyfile.Dispenser, format string, args ...any) error {
 // checkGroup is the parse-time check of a group name, so that caddy
 // validate names the line.
 func checkGroup(d *caddyfile.Dispenser, option, g string) error {
-	if err := authcore.CheckGroupName(g); err != nil {
+	if err := checkRequiredGroup(g); err != nil {
 		return d.Errf("%s: %v", option, err)
+	}
+	return nil
+}
+
+// checkRequiredGroup accepts a group name a route or the admin pages
+// require: a valid name (authcore.CheckGroupName) that is not a
+// placeholder, which would be taken as it is written.
+func checkRequiredGroup(g string) error {
+	if err := authcore.CheckGroupName(g); err != nil {
+		return err
+	}
+	if i := strings.IndexByte(g, '{'); i >= 0 && strings.IndexByte(g[i:], '}') > 0 {
+		return fmt.Errorf("group name %q looks like a placeholder: group names are not expanded, so no user would be in it; name the group itself", g)
 	}
 	return nil
 }
@@ -543,12 +556,16 @@ func parseCount(d *caddyfile.Dispenser, dst *int) error {
 		return err
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return d.Errf("%s: want a positive whole number, got %q", name, s)
+	if err != nil || n <= 0 || n > maxCount {
+		return d.Errf("%s: want a whole number from 1 to %d, got %q", name, maxCount, s)
 	}
 	*dst = n
 	return nil
 }
+
+// maxCount bounds the regulation counts: a limit above it is none, and
+// far above it the per-address default (four times max_retries) wraps.
+const maxCount = 1_000_000
 
 // parseAudit parses the audit block:
 //
@@ -572,6 +589,9 @@ func parseAudit(d *caddyfile.Dispenser) (*AuditConfig, error) {
 		case "retention":
 			if err := parseDuration(d, &cfg.Retention); err != nil {
 				return nil, err
+			}
+			if err := checkRetention(cfg.Retention); err != nil {
+				return nil, d.Err(err.Error())
 			}
 		case "webhook":
 			at := *d // the webhook's line, for what is checked after its block

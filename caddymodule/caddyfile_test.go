@@ -157,14 +157,14 @@ func TestParseGlobal(t *testing.T) {
 				t.Errorf("PathParams %q; want allow", a.PathParams)
 			}
 		}, ""},
-		{"max_totp_failures zero", "sigra {\n regulation {\n max_totp_failures 0\n }\n}", nil, "positive whole number"},
+		{"max_totp_failures zero", "sigra {\n regulation {\n max_totp_failures 0\n }\n}", nil, "whole number from 1 to 1000000"},
 		{"later option", "sigra {\n oidc google {\n }\n}", nil, `"oidc" is not available in this build yet`},
 		{"unknown backend", "sigra {\n storage redis\n}", nil, `unknown backend "redis"`},
 		{"storage under ~", "sigra {\n storage bbolt ~/sigra.db\n}", nil, "storage: ~/sigra.db starts with ~, which Caddy does not expand"},
 		{"bad algorithm", "sigra {\n keys {\n algorithm RS512\n }\n}", nil, `algorithm "RS512"`},
 		{"bad session option", "sigra {\n session {\n idel 1m\n }\n}", nil, `unknown option "idel"`},
 		{"bad duration", "sigra {\n session {\n idle forever\n }\n}", nil, "invalid duration"},
-		{"zero retries", "sigra {\n regulation {\n max_retries 0\n }\n}", nil, "positive whole number"},
+		{"zero retries", "sigra {\n regulation {\n max_retries 0\n }\n}", nil, "whole number from 1 to 1000000"},
 		{"bad prefix", "sigra {\n prefix auth/\n}", nil, "must be a path"},
 		{"prefix with a query", "sigra {\n prefix /x?y\n}", nil, "must be a path"},
 		{"prefix with dot segment", "sigra {\n prefix /a/../b\n}", nil, "must be a path"},
@@ -244,6 +244,31 @@ func TestParseGlobal(t *testing.T) {
 		{"max_retries twice", "sigra {\n regulation {\n max_retries 3\n max_retries 50\n }\n}", nil, "max_retries is already set on line 3: write it once, at Testfile:4"},
 		{"idle twice", "sigra {\n session {\n idle 1m\n idle 9h\n }\n}", nil, "idle is already set on line 3"},
 		{"algorithm twice", "sigra {\n keys {\n algorithm ES256\n algorithm EdDSA\n }\n}", nil, "algorithm is already set on line 3"},
+		// From a review of config handling: values that passed and then
+		// did harm or nothing.
+		{"max_retries beyond any count", "sigra {\n regulation {\n max_retries 9223372036854775807\n }\n}", nil, "max_retries: want a whole number from 1 to 1000000, got \"9223372036854775807\", at Testfile:3"},
+		{"retention in minutes", "sigra {\n audit {\n retention 6m\n }\n}", nil, "audit: retention 6m0s is under an hour, and audit rows older than it are deleted (m is minutes: for months write days, such as 180d), at Testfile:3"},
+		{"retention of an hour", "sigra {\n audit {\n retention 1h\n }\n}", func(t *testing.T, a *App) {
+			if a.Audit.Retention != caddy.Duration(time.Hour) {
+				t.Errorf("retention %v", a.Audit.Retention)
+			}
+		}, ""},
+		{"admin group from a placeholder", "sigra {\n admin_group {env.ADMINS}\n}", nil, `admin_group: group name "{env.ADMINS}" looks like a placeholder: group names are not expanded, so no user would be in it; name the group itself, at Testfile:2`},
+		{"redirect host with a port out of range", "sigra {\n allowed_redirect_hosts docs.example.com:99999\n}", nil, "Testfile:2"},
+		{"redirect host with port 0", "sigra {\n allowed_redirect_hosts docs.example.com:0\n}", nil, "Testfile:2"},
+		{"redirect host with a hyphen at a label's end", "sigra {\n allowed_redirect_hosts -bad-.example.com\n}", nil, "Testfile:2"},
+		{"redirect host with an empty label", "sigra {\n allowed_redirect_hosts docs..example.com\n}", nil, "Testfile:2"},
+		{"redirect hosts that are fine", "sigra {\n allowed_redirect_hosts docs.example.com:8443 [::1]:8080 10.0.0.1 x-y.example.com\n}", func(t *testing.T, a *App) {
+			if len(a.AllowedRedirectHosts) != 4 {
+				t.Errorf("allowed_redirect_hosts %q", a.AllowedRedirectHosts)
+			}
+		}, ""},
+		{"admin host IPv6", "sigra {\n admin_hosts ::1 admin.example.com\n}", func(t *testing.T, a *App) {
+			if !slices.Equal(a.AdminHosts, []string{"::1", "admin.example.com"}) {
+				t.Errorf("admin_hosts %q", a.AdminHosts)
+			}
+		}, ""},
+		{"admin host IPv6 in another spelling", "sigra {\n admin_hosts 0:0::1\n}", nil, `admin_hosts: write the IPv6 address "0:0::1" as ::1, without brackets`},
 		{"retention twice", "sigra {\n audit {\n retention 30d\n retention 1d\n }\n}", nil, "retention is already set on line 3"},
 		{"webhook secret twice", "sigra {\n audit {\n webhook https://h.example.com {\n secret 0123456789abcdef\n secret {env.HOOK}\n }\n }\n}", nil, "secret is already set on line 4: write it once, at Testfile:5"},
 		{"hosts and aliases add up", "sigra {\n allowed_redirect_hosts a.example.com\n allowed_redirect_hosts b.example.com\n audit {\n webhook https://a.example.com {\n secret {env.HOOK}\n }\n webhook https://b.example.com {\n secret {env.HOOK}\n }\n }\n}", func(t *testing.T, a *App) {
@@ -479,5 +504,46 @@ func TestValidateSessionTimeouts(t *testing.T) {
 	a.Session.Idle = caddy.Duration(time.Hour)
 	if err := a.Validate(); err != nil {
 		t.Errorf("idle equal to lifetime: %v", err)
+	}
+}
+
+// JSON written by hand is checked as the Caddyfile is, for the values a
+// review found passing there and then doing harm or nothing.
+func TestValidateJSONValues(t *testing.T) {
+	const hook = `{"url":"https://h.example.com/x","secret":"0123456789abcdef"`
+	for _, tc := range []struct{ json, wantErr string }{
+		{`{"regulation":{"max_retries":2305843009213693952}}`, "regulation: counts must be at most 1000000"},
+		{`{"regulation":{"max_retries_per_ip":1000001}}`, "regulation: counts must be at most 1000000"},
+		{`{"keys":{"assertion_ttl":"-5m"}}`, "keys: assertion_ttl must not be negative"},
+		{`{"admin_mfa_max_age":"-5m"}`, "admin_mfa_max_age must not be negative"},
+		{`{"assertion_audience":" "}`, `assertion_audience: " " must be one value without spaces`},
+		{`{"assertion_audience":"https://a.example.com https://b.example.com"}`, "must be one value without spaces"},
+		{`{"audit":{"retention":"30m"}}`, "audit: retention 30m0s is under an hour"},
+		{`{"audit":{"webhooks":[` + hook + `,"actions":[null]}]}}`, "an empty action pattern"},
+		{`{"audit":{"webhooks":[` + hook + `,"actions":["auth.*",""]}]}}`, "an empty action pattern"},
+		{`{"audit":{"webhooks":[{"url":"HTTPS://H.example.com/x","secret":"0123456789abcdef","actions":["*"]},` + hook + `,"actions":["*"]}]}}`, "configured twice"},
+		{`{"admin_group":"{env.ADMINS}"}`, "looks like a placeholder"},
+		{`{"allowed_redirect_hosts":["docs.example.com:99999"]}`, "allowed_redirect_hosts"},
+		{`{"admin_hosts":["::1"],"allowed_redirect_hosts":["[::1]:8443"],"audit":{"retention":"720h","webhooks":[` + hook + `,"actions":["*"]}]},"assertion_audience":"https://app.example.com","regulation":{"max_retries":1000000}}`, ""},
+	} {
+		var a App
+		if err := json.Unmarshal([]byte(tc.json), &a); err != nil {
+			t.Fatalf("%s: %v", tc.json, err)
+		}
+		a.Storage = &StorageConfig{Path: filepath.Join(t.TempDir(), "sigra.db")}
+		if err := a.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		err := a.Validate()
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%s: %v; want it accepted", tc.json, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%s: %v; want an error containing %q", tc.json, err, tc.wantErr)
+		}
+	}
+	g := &Gate{Groups: []string{"{http.request.header.X-Group}"}}
+	if err := g.Validate(); err == nil || !strings.Contains(err.Error(), "looks like a placeholder") {
+		t.Errorf("gate group from a placeholder: %v; want refused", err)
 	}
 }

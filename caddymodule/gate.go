@@ -187,7 +187,7 @@ func (g *Gate) Validate() error {
 		return errors.New("mfa: max_age must not be negative")
 	}
 	for _, name := range g.Groups {
-		if err := authcore.CheckGroupName(name); err != nil {
+		if err := checkRequiredGroup(name); err != nil {
 			return fmt.Errorf("group: %w", err)
 		}
 	}
