@@ -234,8 +234,11 @@ func (rt *runtime) record(ctx context.Context, row audit.Row) error {
 	err := rt.recordHere(ctx, row)
 	if errors.Is(err, audit.ErrClosed) {
 		if next := replacement(rt.owner); next != nil && next != rt {
-			return next.recordHere(ctx, row)
+			err = next.recordHere(ctx, row)
 		}
+	}
+	if err != nil && rt.metrics != nil {
+		rt.metrics.auditFailures.Inc()
 	}
 	return err
 }
@@ -249,12 +252,8 @@ func (rt *runtime) recordHere(ctx context.Context, row audit.Row) error {
 	if err == nil {
 		err = rt.audit.Record(ctx, row)
 	}
-	if m := rt.metrics; m != nil {
-		if err != nil {
-			m.auditFailures.Inc()
-		} else {
-			m.auditAppend.Observe(time.Since(start).Seconds())
-		}
+	if err == nil && rt.metrics != nil {
+		rt.metrics.auditAppend.Observe(time.Since(start).Seconds())
 	}
 	return err
 }
@@ -572,19 +571,16 @@ func (a *App) Start() error {
 	return nil
 }
 
-// forceWait bounds awaitForce: Caddy refuses a config while it starts
-// its apps, which takes milliseconds; an app still running this long
-// after its start is in force.
-const forceWait = 15 * time.Second
-
 // awaitForce waits until the config that holds a is the one Caddy runs,
-// and reports whether it is; false when a is stopped first (Caddy
-// refused the config: another app failed to start after this one).
+// and reports whether it is; false when Caddy refuses it first: it stops
+// a (another app failed to start after this one), or cancels the
+// config's context (a failure after the apps started, such as a bad
+// remote admin setting), and then cleans a up (Cleanup).
 func (a *App) awaitForce(ctx context.Context) bool {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	deadline := time.NewTimer(forceWait)
-	defer deadline.Stop()
+	warn := time.NewTimer(15 * time.Second)
+	defer warn.Stop()
 	for {
 		if app, err := caddy.ActiveContext().AppIfConfigured("sigra"); err == nil && app == any(a) {
 			return true
@@ -592,8 +588,10 @@ func (a *App) awaitForce(ctx context.Context) bool {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-deadline.C:
-			return true
+		case <-a.caddyCtx.Done():
+			return false
+		case <-warn.C:
+			a.logger.Warn("sigra: Caddy has not put this config in force yet; audit retention, webhook delivery and a new signing key's storing wait for it")
 		case <-t.C:
 		}
 	}
@@ -862,6 +860,10 @@ func (a *App) upkeep(ctx context.Context, rt *runtime) {
 	}
 }
 
+// Cleanup stops a if Caddy did not: when it refuses a config after its
+// apps started, it cancels the config's context without stopping them.
+func (a *App) Cleanup() error { return a.Stop() }
+
 // Stop ends background work and releases the store.
 func (a *App) Stop() error {
 	l := a.life
@@ -928,7 +930,8 @@ func replacement(a *App) *runtime {
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
-	_ caddy.Validator   = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

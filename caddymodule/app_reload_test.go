@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
@@ -82,8 +83,19 @@ func TestRecordAfterReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	row := audit.Row{Action: "auth.login.success", ActorType: audit.ActorUser, ActorID: "u1", Outcome: "success"}
+	failures := func() float64 {
+		var m dto.Metric
+		if err := rt.metrics.auditFailures.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	failed := failures()
 	if err := rt.record(ctx, row); err != nil {
 		t.Fatalf("record on the stopped config = %v; want the row written through the replacing app", err)
+	}
+	if n := failures() - failed; n != 0 {
+		t.Errorf("sigra_audit_append_failures_total +%v for a row the replacing app wrote; want +0", n)
 	}
 	page, err := replacing.life.rt.Load().audit.Timeline(ctx, audit.Query{ActorID: "u1"})
 	if err != nil {
@@ -99,7 +111,11 @@ func TestRecordAfterReload(t *testing.T) {
 	if err := replacing.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	failed = failures()
 	if err := rt.record(ctx, row); !errors.Is(err, audit.ErrClosed) {
 		t.Fatalf("record with every app stopped = %v; want audit.ErrClosed", err)
+	}
+	if n := failures() - failed; n != 1 {
+		t.Errorf("sigra_audit_append_failures_total +%v for a row nobody wrote; want +1", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -71,7 +72,7 @@ func TestRefusedReloadChangesNothing(t *testing.T) {
 	// Retention 1h would prune every row so far; ES256 would retire the
 	// EdDSA key.
 	cf := e.caddyfile("audit {\n\t\t\tretention 1h\n\t\t}\n\t\tkeys {\n\t\t\talgorithm ES256\n\t\t}", "sigra_gate")
-	refused := e.configWith(t, cf, "sigra_test_refusing")
+	refused := e.configWith(t, cf, withApps("sigra_test_refusing"))
 
 	before := running.Load()
 	refusedBefore, refusedAfterSigra = before, false
@@ -84,6 +85,14 @@ func TestRefusedReloadChangesNothing(t *testing.T) {
 	}
 	if !refusedAfterSigra {
 		t.Fatalf("in %d loads Caddy never started sigra before the failing app", tries)
+	}
+	// Refused after every app started: Caddy cancels the config without
+	// stopping its apps.
+	lateRefused := e.configWith(t, cf, withBadRemoteAdmin(t))
+	for range 3 {
+		if err := caddy.Load(lateRefused, true); err == nil || !strings.Contains(err.Error(), "remote admin") {
+			t.Fatalf("loading a config with a bad remote admin key: %v; want it refused", err)
+		}
 	}
 	// Give a wrongly started retention its moment.
 	time.Sleep(100 * time.Millisecond)
@@ -181,7 +190,7 @@ func TestMetricsAfterRefusedReload(t *testing.T) {
 		t.Fatalf("before: allow %v, sessions %v; want at least 3 and 1", allowed, sessions)
 	}
 
-	refused := e.configWith(t, e.config, "sigra_test_refusing")
+	refused := e.configWith(t, e.config, withApps("sigra_test_refusing"))
 	before := running.Load()
 	refusedBefore, refusedAfterSigra = before, false
 	t.Cleanup(func() { refusedBefore = nil })
@@ -204,9 +213,30 @@ func TestMetricsAfterRefusedReload(t *testing.T) {
 	}
 }
 
-// configWith is the Caddyfile cf adapted to JSON, with the Caddy apps
-// named added (empty).
-func (e *env) configWith(t *testing.T, cf string, apps ...string) []byte {
+// withApps adds the Caddy apps named (empty) to a JSON config.
+func withApps(apps ...string) func(map[string]any) {
+	return func(cfg map[string]any) {
+		for _, name := range apps {
+			cfg["apps"].(map[string]any)[name] = map[string]any{}
+		}
+	}
+}
+
+// withBadRemoteAdmin gives a JSON config a remote admin endpoint whose
+// key does not decode: Caddy refuses it after starting every app.
+func withBadRemoteAdmin(t *testing.T) func(map[string]any) {
+	return func(cfg map[string]any) {
+		admin := cfg["admin"].(map[string]any)
+		admin["remote"] = map[string]any{
+			"listen":         fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			"access_control": []any{map[string]any{"public_keys": []any{"!!notbase64"}}},
+		}
+	}
+}
+
+// configWith is the Caddyfile cf adapted to JSON, then changed by each
+// of edits.
+func (e *env) configWith(t *testing.T, cf string, edits ...func(map[string]any)) []byte {
 	t.Helper()
 	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
@@ -216,8 +246,8 @@ func (e *env) configWith(t *testing.T, cf string, apps ...string) []byte {
 	if err := json.Unmarshal(adapted, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range apps {
-		cfg["apps"].(map[string]any)[name] = map[string]any{}
+	for _, edit := range edits {
+		edit(cfg)
 	}
 	out, err := json.Marshal(cfg)
 	if err != nil {
