@@ -96,6 +96,14 @@ func CheckNewPassword(pw string) error {
 	if len(pw) > MaxPasswordLen {
 		return fmt.Errorf("%w: password must be at most %d bytes", ErrInvalidInput, MaxPasswordLen)
 	}
+	// A browser sends text as UTF-8: other bytes (set from a file or a
+	// pipe) could never be typed at the sign-in form.
+	if !utf8.ValidString(pw) {
+		return fmt.Errorf("%w: password must be text (UTF-8)", ErrInvalidInput)
+	}
+	if strings.TrimSpace(pw) == "" {
+		return fmt.Errorf("%w: password must not be spaces only", ErrInvalidInput)
+	}
 	return nil
 }
 

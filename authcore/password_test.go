@@ -205,6 +205,9 @@ func TestCheckNewPassword(t *testing.T) {
 		{"passphrase", "correct horse battery staple", false},
 		{"longest", strings.Repeat("p", MaxPasswordLen), false},
 		{"one byte too long", strings.Repeat("p", MaxPasswordLen+1), true},
+		{"not UTF-8", "\xff\xfe\xfdabcdefghijkl", true},
+		{"spaces only", strings.Repeat(" ", 12), true},
+		{"spaces around words", "  two words here  ", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

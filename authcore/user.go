@@ -47,6 +47,9 @@ func (u *User) Clone() *User {
 // NormalizeEmail trims and lower-cases an address and checks that it is a
 // plain addr-spec (no display name, no angle brackets).
 func NormalizeEmail(s string) (string, error) {
+	if !utf8.ValidString(s) { // before ToLower, which makes such bytes U+FFFD
+		return "", fmt.Errorf("%w: email %q is not text (UTF-8)", ErrInvalidInput, s)
+	}
 	s = strings.ToLower(strings.TrimSpace(s))
 	if s == "" || len(s) > 254 {
 		return "", fmt.Errorf("%w: email must be 1 to 254 characters", ErrInvalidInput)

@@ -36,6 +36,7 @@ func TestNormalizeEmail(t *testing.T) {
 		{name: "quoted local part", in: `"alice smith"@example.com`, wantErr: true},
 		{name: "header injection", in: "alice@example.com\r\nX-Sigra-User: admin", wantErr: true},
 		{name: "NUL", in: "alice\x00@example.com", wantErr: true},
+		{name: "not UTF-8", in: "x\xff@example.com", wantErr: true},
 		// Invisible or terminal-active characters would make an address
 		// look like another, or act on a terminal printing it.
 		{name: "zero-width space", in: "ad\u200bmin@example.com", wantErr: true},

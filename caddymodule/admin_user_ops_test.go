@@ -211,24 +211,55 @@ func TestCLIUserMFAResetAndDelete(t *testing.T) {
 	}
 }
 
-// The row comes before the change: when it cannot be written, neither
-// the deletion nor the reset happens.
+// The row comes before the change to an existing user: when it cannot
+// be written, nothing changes (an admin grant made without its row would
+// be unrecorded), from the admin pages and the CLI alike.
 func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 	e, _, target := startAdminUI(t)
 	ctx := context.Background()
 	enrolTOTPFor(t, e, target)
-	for op, action := range rowFirst {
-		e.failAudit(action)
+	before, err := e.rt().store.UserByID(ctx, target.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []string{"delete", "mfa-reset", "disable", "unlock"} {
+		e.failAudit(rowFirst[op])
 		if code, _ := e.apiPost("/users/" + target.ID + "/" + op); code != http.StatusInternalServerError {
 			t.Errorf("%s with a failing audit row: status %d; want 500", op, code)
 		}
 		e.failAudit("")
 	}
-	if _, err := e.rt().store.UserByID(ctx, target.ID); err != nil {
-		t.Errorf("after the failed rows: %v; want the user kept", err)
+	for op, action := range rowFirst {
+		req := userRequest{Op: op, User: target.ID}
+		switch op {
+		case "passwd":
+			req.Password = "a new password, long enough"
+		case "groups":
+			req.Groups, req.Admin = []string{"ops"}, true
+		}
+		e.failAudit(action)
+		if _, err := doUser(ctx, e.rt(), "admins", req, nil, ""); err == nil || !strings.Contains(err.Error(), "nothing was changed") {
+			t.Errorf("CLI %s with a failing audit row: %v; want an error saying nothing was changed", op, err)
+		}
+		e.failAudit("")
+	}
+	after, err := e.rt().store.UserByID(ctx, target.ID)
+	if err != nil {
+		t.Fatalf("after the failed rows: %v; want the user kept", err)
+	}
+	if after.Disabled || !slices.Equal(after.Groups, before.Groups) || after.PasswordHash != before.PasswordHash {
+		t.Errorf("after the failed rows: disabled %t, groups %q, password changed %t; want as before (%q)",
+			after.Disabled, after.Groups, after.PasswordHash != before.PasswordHash, before.Groups)
 	}
 	if has, _ := e.rt().auth.HasTOTP(ctx, target.ID); !has {
 		t.Error("after the failed rows: the authenticator is gone")
+	}
+	for _, action := range rowFirst {
+		for _, r := range e.auditRows(action) {
+			if r.SubjectID == target.ID && r.Outcome == "success" {
+				t.Errorf("a %s success row although its write failed", action)
+			}
+		}
 	}
 }
 

@@ -100,16 +100,24 @@ var (
 // no authenticator app (HTTP 409).
 var errNoAuthenticator = errors.New("this user has no authenticator app to reset")
 
-// rowFirst maps the operations audited under the action of the change
-// itself, whoever makes it, to that action: the user's own deletion and
-// an admin's are both account.deletion_execute, so a consumer erasing a
-// user's data downstream needs one action. Their row is written before
-// the change (a deleted user could not be audited after), and a failure
-// row follows if the change then fails. The other operations write
-// admin.user.<op> after the change.
+// rowFirst maps the operations on an existing user to their audit
+// action. Their row is written before the change, so that no change is
+// made without its row (a deleted user could not be audited after, and
+// an admin grant whose row failed would be made unrecorded); a failure
+// row follows if the change then fails. Deletion and a second-factor
+// reset are audited under the action of the change itself, whoever
+// makes it: the user's own deletion and an admin's are both
+// account.deletion_execute, so a consumer erasing a user's data
+// downstream needs one action. The others are admin.user.<op>. Adding a
+// user, whose id the change makes, writes its row after.
 var rowFirst = map[string]string{
 	"delete":    "account.deletion_execute",
 	"mfa-reset": "mfa.totp.removed",
+	"passwd":    "admin.user.passwd",
+	"groups":    "admin.user.groups",
+	"disable":   "admin.user.disable",
+	"enable":    "admin.user.enable",
+	"unlock":    "admin.user.unlock",
 }
 
 // adminChange serializes the changes that can take away an enabled
@@ -151,7 +159,6 @@ func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userR
 // doUser runs a user-management operation on behalf of actor (the admin's
 // user id, or "" for the CLI, recorded as the system) and audits it.
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
-	var before *authcore.User // the user before a groups change
 	if req.Op == "delete" || req.Op == "disable" || req.Op == "groups" {
 		adminChange.Lock()
 		defer adminChange.Unlock()
@@ -159,9 +166,6 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 		// admin disabling or deleting their own account (refused with
 		// its own message further on).
 		u, err := rt.auth.LookupUser(ctx, req.User)
-		if err == nil {
-			before = u
-		}
 		switch {
 		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrInvalidInput):
 		case err != nil:
@@ -180,24 +184,29 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 		return res, err
 	}
 	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: adminActorType(actor), subject: subject, outcome: "success"}
-	if req.Op == "groups" || req.Op == "add" { // who got which groups (the admin group, say)
-		ev.meta = map[string]string{"groups": strings.Join(res.User.Groups, ",")}
-		if before != nil {
-			ev.meta["previous"] = strings.Join(before.Groups, ",")
-			// The change on its own: the lists are cut at the row's bound
-			// on a value, and a grant at the end of a long one would be lost.
-			if d := groupsNotIn(res.User.Groups, before.Groups); d != "" {
-				ev.meta["added"] = d
-			}
-			if d := groupsNotIn(before.Groups, res.User.Groups); d != "" {
-				ev.meta["removed"] = d
-			}
-		}
-	}
+	ev.meta = groupsMeta(res.User.Groups, nil)
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
-		return nil, fmt.Errorf("writing audit row: %w", err)
+		return nil, fmt.Errorf("the user %s was added, but writing its audit row failed: %w", res.User.Email, err)
 	}
 	return res, nil
+}
+
+// groupsMeta is an audit row's account of a user's groups: who got which
+// (the admin group, say), and, for a change, what they were and the
+// change on its own (the lists are cut at the row's bound on a value,
+// and a grant at the end of a long one would be lost).
+func groupsMeta(groups []string, before *authcore.User) map[string]string {
+	meta := map[string]string{"groups": strings.Join(groups, ",")}
+	if before != nil {
+		meta["previous"] = strings.Join(before.Groups, ",")
+		if d := groupsNotIn(groups, before.Groups); d != "" {
+			meta["added"] = d
+		}
+		if d := groupsNotIn(before.Groups, groups); d != "" {
+			meta["removed"] = d
+		}
+	}
+	return meta
 }
 
 // doUserRowFirst runs a rowFirst operation: it checks what can be
@@ -209,11 +218,14 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 	if err != nil {
 		return nil, fmt.Errorf("user %q: %w", req.User, err)
 	}
+	ev := event{action: action, actor: actor, actorType: adminActorType(actor), subject: u.ID, outcome: "success"}
 	switch {
 	case req.Op == "delete" && actor == u.ID:
 		return nil, errSelfDelete
 	case req.Op == "mfa-reset" && actor == u.ID:
 		return nil, errSelfMFAReset
+	case req.Op == "disable" && actor == u.ID:
+		return nil, errSelfDisable
 	case req.Op == "mfa-reset":
 		has, err := rt.auth.HasTOTP(ctx, u.ID)
 		if err != nil {
@@ -222,12 +234,22 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		if !has {
 			return nil, errNoAuthenticator
 		}
+	case req.Op == "passwd":
+		if err := authcore.CheckNewPassword(req.Password); err != nil {
+			return nil, err
+		}
+	case req.Op == "groups":
+		groups, err := authcore.NormalizeGroups(requestedGroups(req, adminGroup))
+		if err != nil {
+			return nil, err
+		}
+		ev.meta = groupsMeta(groups, u)
 	}
-	ev := event{action: action, actor: actor, actorType: adminActorType(actor), subject: u.ID, outcome: "success"}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
-		return nil, fmt.Errorf("writing audit row: %w", err)
+		return nil, fmt.Errorf("writing audit row (nothing was changed): %w", err)
 	}
-	res, _, err := runUserRequest(ctx, rt, adminGroup, userRequest{Op: req.Op, User: u.ID}, actor)
+	req.User = u.ID
+	res, _, err := runUserRequest(ctx, rt, adminGroup, req, actor)
 	if err != nil {
 		reason := "storage"
 		switch {
@@ -235,6 +257,8 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 			reason = "last_admin"
 		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, errNoAuthenticator):
 			reason = "gone" // deleted or reset meanwhile
+		case errors.Is(err, authcore.ErrInvalidInput):
+			reason = "invalid"
 		}
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": reason}
 		if aerr := rt.record(ctx, rowFor(r, ev)); aerr != nil {
@@ -246,6 +270,16 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		return nil, err
 	}
 	return res, nil
+}
+
+// requestedGroups are the groups req gives a user: its list, and the
+// admin group with --admin.
+func requestedGroups(req userRequest, adminGroup string) []string {
+	groups := slices.Clone(req.Groups)
+	if req.Admin {
+		groups = append(groups, adminGroup)
+	}
+	return groups
 }
 
 // runUserRequest runs req for actor, the admin's user id ("" for the
@@ -294,10 +328,7 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		case "passwd":
 			err = auth.SetPassword(ctx, u.ID, req.Password)
 		case "groups":
-			groups := req.Groups
-			if req.Admin {
-				groups = append(groups, adminGroup)
-			}
+			groups := requestedGroups(req, adminGroup)
 			u, err = auth.UpdateUser(ctx, u.ID, func(u *authcore.User) error { u.Groups = groups; return nil })
 		case "disable":
 			if actor != "" && u.ID == actor {
