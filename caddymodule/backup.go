@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -84,8 +85,8 @@ half in the copy. Through the running Caddy when it holds the store
 (which first copies it to a file beside the store: leave room there).
 The copy is written next to --out, checked as a start would check it,
 and only then renamed over --out, with mode 0600. An existing --out is
-replaced only if it is an earlier copy. It is an admin.store.backup
-audit row.
+replaced only if it is an earlier copy of the same store. It is an
+admin.store.backup audit row.
 
 The copy's secrets are sealed with the store's encryption key
 (encryption.key next to the store, or keys { encryption_key }): keep
@@ -115,15 +116,15 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkBackupOut(out, cfg); err != nil {
-		return fmt.Errorf("backup: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".sigra-backup-*")
+	replacing, err := checkBackupOut(out, cfg)
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // gone once renamed
-	defer tmp.Close()
+	tmp, err := newBackupTemp(filepath.Dir(out))
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	defer tmp.remove()
 	// Ctrl-C or a TERM mid-copy ends the copy (its writes fail), so the
 	// part copied, password hashes and all, is removed on the way out.
 	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
@@ -157,14 +158,14 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 	if err == nil {
 		err = tmp.Sync()
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
+	if err == nil {
+		err = store.CheckBackup(tmp.path)
+	}
+	if err == nil && replacing {
+		err = sameStoreCopy(tmp.path, out)
 	}
 	if err == nil {
-		err = store.CheckBackup(tmp.Name())
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), out)
+		err = tmp.keep(out)
 	}
 	if err == nil {
 		err = syncDir(filepath.Dir(out))
@@ -177,32 +178,104 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 }
 
 // checkBackupOut refuses an --out that is the store itself, a directory,
-// or a file that is not an earlier copy of a store: a typo must not
-// replace the encryption key or the Caddyfile with a copy.
-func checkBackupOut(out string, cfg *cliConfig) error {
+// or a file that is not a copy of a store: a typo must not replace the
+// encryption key or the Caddyfile with a copy. It reports whether --out
+// exists, a store (sameStoreCopy then checks that it is this one's).
+func checkBackupOut(out string, cfg *cliConfig) (bool, error) {
 	if sameStoreFile(storeFile(out), cfg.app.storeFile()) {
-		return fmt.Errorf("--out %s is the store itself", out)
+		return false, fmt.Errorf("--out %s is the store itself", out)
 	}
 	if dir, err := os.Stat(filepath.Dir(out)); err != nil || !dir.IsDir() {
-		return fmt.Errorf("--out %s: the directory %s does not exist", out, filepath.Dir(out))
+		return false, fmt.Errorf("--out %s: the directory %s does not exist", out, filepath.Dir(out))
 	}
 	fi, err := os.Stat(out)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil
+		return false, nil
 	case err != nil:
-		return err
+		return false, err
 	case fi.IsDir():
-		return fmt.Errorf("--out %s is a directory: name the file to write", out)
+		return false, fmt.Errorf("--out %s is a directory: name the file to write", out)
 	}
 	if err := store.CheckBackup(out); err != nil {
 		why := ""
 		if !errors.Is(err, store.ErrDamaged) { // a file that is no store reads as damaged: say nothing of restoring it
 			why = fmt.Sprintf(" (%v)", err)
 		}
-		return fmt.Errorf("--out %s exists and is not a copy of a Sigra store, so it is not replaced: remove it first, or choose another name%s", out, why)
+		return false, fmt.Errorf("--out %s exists and is not a copy of a Sigra store, so it is not replaced: remove it first, or choose another name%s", out, why)
+	}
+	return true, nil
+}
+
+// storeIdentity is the secret that tells one store's copies from
+// another store: made at random, sealed, at the store's first start, and
+// never changed, so every copy holds it byte for byte.
+const storeIdentity = "csrf_key"
+
+// sameStoreCopy refuses to replace out, a store, with the copy at copied
+// unless out is an earlier copy of the same store: a stopped site's own
+// store (which no lock protects) must not be overwritten with this one.
+func sameStoreCopy(copied, out string) error {
+	mine, err := store.ReadSecret(copied, storeIdentity)
+	if err != nil {
+		return err
+	}
+	theirs, err := store.ReadSecret(out, storeIdentity)
+	if err != nil || !bytes.Equal(mine, theirs) {
+		return fmt.Errorf("--out %s is a store, but not a copy of this one (another site's store, say), so it is not replaced: remove it first, or choose another name", out)
 	}
 	return nil
+}
+
+// backupTemp is the file a backup is written to, until it is kept.
+type backupTemp struct {
+	*os.File
+	path string                  // where it opens: its name, or /proc/self/fd/N for an unnamed one
+	link func(name string) error // gives an unnamed one a name; nil for a named one
+}
+
+// namedBackupTemp is a named temporary file in dir.
+func namedBackupTemp(dir string) (*backupTemp, error) {
+	f, err := os.CreateTemp(dir, ".sigra-backup-*")
+	if err != nil {
+		return nil, err
+	}
+	return &backupTemp{File: f, path: f.Name()}, nil
+}
+
+// keep puts the file at out, replacing what is there in one rename.
+func (t *backupTemp) keep(out string) error {
+	name := t.path
+	if t.link != nil {
+		f, err := os.CreateTemp(filepath.Dir(out), ".sigra-backup-*")
+		if err != nil {
+			return err
+		}
+		name = f.Name()
+		f.Close()
+		os.Remove(name) // linkat makes names, never replaces one
+		if err := t.link(name); err != nil {
+			return err
+		}
+	}
+	if err := t.Close(); err != nil {
+		os.Remove(name)
+		return err
+	}
+	if err := os.Rename(name, out); err != nil {
+		os.Remove(name)
+		return err
+	}
+	return nil
+}
+
+// remove closes the file and removes it if it has a name and was not
+// kept.
+func (t *backupTemp) remove() {
+	t.Close()
+	if t.link == nil {
+		os.Remove(t.path)
+	}
 }
 
 // syncDir makes a rename in dir durable.

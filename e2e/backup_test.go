@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -68,6 +69,25 @@ func TestCLIBackupAndRestore(t *testing.T) {
 	export := runCaddy(t, g.home, "", "sigra", "audit", "export", "--config", g.caddyfile)
 	if export.code != 0 || strings.Count(export.stdout, `"action":"admin.store.backup"`) != 2 {
 		t.Errorf("audit export: want two admin.store.backup rows (the refused ones read nothing)\n%s", export)
+	}
+	// Another site's store, stopped (so no lock keeps it), is a store but
+	// no copy of this one: not replaced.
+	other := newGateway(t, gatewayOptions{})
+	if r := other.cli(bobPassword+"\n", "add", "--email", "olga@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("users add on the other site\n%s", r)
+	}
+	before, err := os.ReadFile(other.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := backup(other.db); r.code == 0 || !strings.Contains(r.output(), "not a copy of this one") {
+		t.Errorf("backup over another site's store: want a refusal\n%s", r)
+	}
+	if after, err := os.ReadFile(other.db); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("the other site's store changed under a refused backup: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(other.db), ".sigra-backup-*")); len(left) > 0 {
+		t.Errorf("temporary copies left behind: %v", left)
 	}
 
 	// Restore: stop Caddy, put the copy in place of the store.

@@ -51,3 +51,28 @@ func CheckBackup(path string) error {
 		return nil
 	})
 }
+
+// ReadSecret reads the secret name from the store file at path (a copy
+// made by Backup), opened read-only.
+func ReadSecret(path, name string) ([]byte, error) {
+	db, err := openGuarded(path, bolt.Options{ReadOnly: true, Timeout: time.Second}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	defer db.Close()
+	var v []byte
+	err = db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(rootBucket)
+		if root == nil {
+			return fmt.Errorf("store %s: not a Sigra store (no %s bucket)", path, rootBucket)
+		}
+		if b := root.Bucket(bktSecrets); b != nil {
+			v = clone(b.Get([]byte(name)))
+		}
+		if v == nil {
+			return fmt.Errorf("store %s: no secret %s", path, name)
+		}
+		return nil
+	})
+	return v, err
+}
