@@ -443,6 +443,10 @@ func (e errAdminSilent) Unwrap() error { return e.err }
 // going through the admin API of the Caddy that holds it.
 const cliLockWait = 100 * time.Millisecond
 
+// cliOfflineWait is how long a command waits for the store's lock when
+// no Caddy answers for it: another command working offline holds it.
+const cliOfflineWait = 15 * time.Second
+
 // onStore runs direct on the store when no Caddy holds it, or viaAdmin
 // when a running Caddy does (its admin API then does the work). Unless
 // create is set, a store that does not exist is an error, not a new empty
@@ -482,9 +486,9 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 			return err
 		}
 		// No Caddy answers: another command, working offline, may hold
-		// the lock for a moment. Wait for it as a start would.
+		// the lock for a while (opening a large store takes seconds).
 		var again error
-		if st, again = store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: !create}); again != nil {
+		if st, again = store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: !create, LockTimeout: cliOfflineWait}); again != nil {
 			return err
 		}
 	} else if err != nil {
@@ -720,8 +724,9 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			}
 			return nil, fmt.Errorf("admin API at %s: %s", addr, answer)
 		}
-		return nil, fmt.Errorf("%s is locked by a running Caddy, and its admin API at %s did not answer (%w): "+
-			"stop Caddy, or enable its admin endpoint", path, addr, errAdminSilent{err})
+		return nil, fmt.Errorf("%s is locked by another process, and no Caddy answered at the admin address %s (%w): "+
+			"a Caddy running on this store needs its admin endpoint there for this command (or stop it); "+
+			"another caddy sigra command holds the store only while it runs", path, addr, errAdminSilent{err})
 	}
 	return resp, nil
 }

@@ -10,7 +10,9 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 const (
@@ -339,4 +341,39 @@ func evalSymlinks(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// A command that finds the store locked and no Caddy answering waits for
+// the lock: another command working offline holds it for as long as it
+// runs (opening a large store takes seconds), and the two in a row
+// must both work.
+func TestCLIWaitsForAnotherCommand(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	if r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("users add\n%s", r)
+	}
+	f, err := os.OpenFile(g.db, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil { // as bbolt's writer holds it
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		time.Sleep(2 * time.Second)
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	}()
+	start := time.Now()
+	r := g.cli("", "list")
+	<-released
+	if r.code != 0 || listRow(r.stdout, "bob@example.com") == "" {
+		t.Fatalf("users list while another process held the store for 2 s: want it to wait and list bob\n%s", r)
+	}
+	if waited := time.Since(start); waited < 2*time.Second {
+		t.Errorf("users list answered in %v, before the lock was released", waited)
+	}
 }

@@ -89,6 +89,12 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
 	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+		// bbolt would make a new store of it: but an empty file where a
+		// store should be is one cut short (a copy onto a full disk),
+		// whose users a new one would quietly replace.
+		return nil, fmt.Errorf("storage %s: %w: the file is empty; restore the store from a backup, or remove the file to start a new one", path, ErrDamaged)
+	}
 	if err := checkBoltFile(path, opts.LockTimeout); err != nil {
 		return nil, err
 	}
@@ -136,8 +142,8 @@ func initBolt(db *bolt.DB) error {
 
 // checkBoltFile refuses a file that bbolt's open would crash on (see
 // bolt_check.go). A missing or empty file passes: bbolt makes a new one,
-// or OpenBolt reports ErrNoStore; so does one it cannot open, for bbolt
-// to report.
+// or OpenBolt reports ErrNoStore (or refuses the empty file); so does one
+// it cannot open, for bbolt to report.
 //
 // The check holds a shared lock: a commit under way in another process
 // rewrites the tree, and a file being made is empty or half written. A

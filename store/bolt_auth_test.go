@@ -306,6 +306,28 @@ func TestOpenBoltMustExist(t *testing.T) {
 	again.Close()
 }
 
+// An empty file where the store should be is one cut short (a copy onto
+// a full disk): refused, by Caddy's start and by the CLI, never made a
+// new store that would quietly replace the users it held.
+func TestOpenBoltEmptyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range []BoltOptions{{}, {MustExist: true}} {
+		st, err := OpenBolt(path, opts)
+		if st != nil {
+			st.Close()
+		}
+		if !errors.Is(err, ErrDamaged) || !strings.Contains(fmt.Sprint(err), "the file is empty") {
+			t.Errorf("OpenBolt(MustExist %t) on an empty file: %v; want ErrDamaged saying it is empty", opts.MustExist, err)
+		}
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
+		t.Errorf("the empty file after the refusals: %v, %v; want it untouched", fi, err)
+	}
+}
+
 func TestOpenBoltLockedFailsFast(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sigra.db")
 	first, err := OpenBolt(path, BoltOptions{})
