@@ -152,8 +152,8 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 		n, err = backupStore(ctx, rt, tmp, nil)
 		return err
 	})
-	if err == nil {
-		err = ctx.Err() // stopped just as the copy ended
+	if ctx.Err() != nil {
+		err = errors.New("interrupted") // its writes failed on the closed file; or it stopped just as the copy ended
 	}
 	if err == nil {
 		err = tmp.Sync()

@@ -544,8 +544,12 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 			return err
 		}
 		defer resp.Body.Close()
-		_, err = io.Copy(c.OutOrStdout(), resp.Body)
-		return err
+		lines := &lineCounter{w: c.OutOrStdout()}
+		if _, err := io.Copy(lines, resp.Body); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.ErrOrStderr(), "exported %d rows\n", lines.n)
+		return nil
 	}, func(rt *runtime, a *App) error {
 		n, err := rt.audit.Export(c.Context(), c.OutOrStdout(), sinceT, untilT)
 		if err != nil {
@@ -554,6 +558,18 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 		fmt.Fprintf(c.ErrOrStderr(), "exported %d rows\n", n)
 		return nil
 	})
+}
+
+// lineCounter counts the lines (rows of JSON Lines) written through it.
+type lineCounter struct {
+	w io.Writer
+	n int
+}
+
+func (l *lineCounter) Write(p []byte) (int, error) {
+	n, err := l.w.Write(p)
+	l.n += bytes.Count(p[:n], []byte{'\n'})
+	return n, err
 }
 
 // cliFlags are the flags shared by the subcommands.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -69,6 +70,9 @@ func TestCLIBackupAndRestore(t *testing.T) {
 	export := runCaddy(t, g.home, "", "sigra", "audit", "export", "--config", g.caddyfile)
 	if export.code != 0 || strings.Count(export.stdout, `"action":"admin.store.backup"`) != 2 {
 		t.Errorf("audit export: want two admin.store.backup rows (the refused ones read nothing)\n%s", export)
+	}
+	if want := fmt.Sprintf("exported %d rows", strings.Count(export.stdout, "\n")); !strings.Contains(export.stderr, want) {
+		t.Errorf("audit export through the running Caddy: want %q on stderr\n%s", want, export)
 	}
 	// Another site's store, stopped (so no lock keeps it), is a store but
 	// no copy of this one: not replaced.
