@@ -2,8 +2,8 @@ package caddymodule
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -50,8 +50,9 @@ func (q *preq) passwordSubmit() error {
 	}
 	// Checked before the current password, so a too-short new one costs
 	// no attempt.
-	if authcore.CheckNewPassword(next) != nil {
-		return again(http.StatusBadRequest, fmt.Sprintf("The new password must be %d characters or more, and at most %d bytes.", authcore.MinPasswordLen, authcore.MaxPasswordLen))
+	if err := authcore.CheckNewPassword(next); err != nil {
+		why := strings.TrimPrefix(err.Error(), authcore.ErrInvalidInput.Error()+": ") // "password must be …"
+		return again(http.StatusBadRequest, "The new "+why+".")
 	}
 	// The change is often made because the password leaked: keeping it
 	// would leave the account as open as before. This compares the two

@@ -89,7 +89,8 @@ func TestChangePasswordRefusals(t *testing.T) {
 		says                   string
 	}{
 		{"confirmation differs", testPassword, next, next + "!", http.StatusBadRequest, "differ"},
-		{"too short", testPassword, "short", "short", http.StatusBadRequest, "characters or more"},
+		{"too short", testPassword, "short", "short", http.StatusBadRequest, "The new password must be at least 10 characters."},
+		{"spaces only", testPassword, "            ", "            ", http.StatusBadRequest, "The new password must not be spaces only."},
 		{"empty current", "", next, next, http.StatusBadRequest, "current password"},
 		{"wrong current", "not the password", next, next, http.StatusUnauthorized, "not right"},
 		{"the same as the current", testPassword, testPassword, testPassword, http.StatusBadRequest, "same as the current"},

@@ -243,10 +243,19 @@ func namedBackupTemp(dir string) (*backupTemp, error) {
 	return &backupTemp{File: f, path: f.Name()}, nil
 }
 
-// keep puts the file at out, replacing what is there in one rename.
+// keep puts the file at out, replacing what is there in one rename. An
+// unnamed one is named out itself when nothing is there; else a
+// temporary name, for the moment until the rename.
 func (t *backupTemp) keep(out string) error {
 	name := t.path
 	if t.link != nil {
+		err := t.link(out)
+		if err == nil {
+			return t.Close()
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return err
+		}
 		f, err := os.CreateTemp(filepath.Dir(out), ".sigra-backup-*")
 		if err != nil {
 			return err

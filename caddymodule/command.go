@@ -489,7 +489,10 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		// the lock for a while (opening a large store takes seconds).
 		var again error
 		if st, again = store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: !create, LockTimeout: cliOfflineWait}); again != nil {
-			return err
+			if errors.Is(again, store.ErrLocked) {
+				return err
+			}
+			return again // freed, but then not a store to open (damaged, gone)
 		}
 	} else if err != nil {
 		return err
@@ -606,6 +609,19 @@ func readPassword(r io.Reader) (string, error) {
 // runUserOp runs req on the store named by the config: directly when no
 // Caddy holds it, else through the running Caddy's admin API.
 func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, error) {
+	// Through a running Caddy the request travels as JSON, which turns
+	// bytes that are not UTF-8 into U+FFFD: refused here, as the store
+	// refuses them when the command opens it itself.
+	for what, v := range map[string]string{"password": req.Password, "email": req.Email, "name": req.Name, "user": req.User} {
+		if !utf8.ValidString(v) {
+			return nil, fmt.Errorf("%w: the %s is not text (UTF-8)", authcore.ErrInvalidInput, what)
+		}
+	}
+	for _, g := range req.Groups {
+		if !utf8.ValidString(g) {
+			return nil, fmt.Errorf("%w: group name %q is not text (UTF-8)", authcore.ErrInvalidInput, g)
+		}
+	}
 	// Only adding a user may start a new store: every other operation
 	// needs the users of an existing one.
 	return runOp(ctx, cf, req.Op == "add", "/sigra/users", req, func(ctx context.Context, rt *runtime, a *App) (*userResult, error) {

@@ -89,11 +89,8 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
-		// bbolt would make a new store of it: but an empty file where a
-		// store should be is one cut short (a copy onto a full disk),
-		// whose users a new one would quietly replace.
-		return nil, fmt.Errorf("storage %s: %w: the file is empty; restore the store from a backup, or remove the file to start a new one", path, ErrDamaged)
+	if err := refuseEmpty(path, opts.LockTimeout); err != nil {
+		return nil, err
 	}
 	if err := checkBoltFile(path, opts.LockTimeout); err != nil {
 		return nil, err
@@ -112,6 +109,32 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		return nil, fmt.Errorf("storage %s: %w", path, err)
 	}
 	return &Bolt{db: db, path: path}, nil
+}
+
+// refuseEmpty refuses an empty file where a store should be: bbolt would
+// make a new store of it, but it is one cut short (a copy onto a full
+// disk), whose users a new one would quietly replace. A file another
+// process is making is empty too until it has written its first pages,
+// under its lock: so the file is looked at holding a shared lock, waiting
+// up to timeout for it, as bbolt's own open would.
+func refuseEmpty(path string, timeout time.Duration) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // missing: made, or ErrNoStore; unreadable: bbolt says so
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() > 0 {
+		return nil
+	}
+	unlock, err := lockShared(f, timeout)
+	if err != nil {
+		return lockedError(path)
+	}
+	defer unlock()
+	if fi, err := f.Stat(); err != nil || fi.Size() > 0 {
+		return nil // made meanwhile
+	}
+	return fmt.Errorf("storage %s: %w: the file is empty; restore the store from a backup, or remove the file to start a new one", path, ErrDamaged)
 }
 
 func lockedError(path string) error {

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -326,6 +327,42 @@ func TestOpenBoltEmptyFile(t *testing.T) {
 	if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
 		t.Errorf("the empty file after the refusals: %v, %v; want it untouched", fi, err)
 	}
+}
+
+// A file another process is making is empty until it writes its first
+// pages, under its lock: the open waits for that lock, and then opens
+// the store made, rather than calling it damaged.
+func TestOpenBoltEmptyFileBeingMade(t *testing.T) {
+	dir := t.TempDir()
+	made := filepath.Join(dir, "made.db")
+	st, err := OpenBolt(made, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	content, err := os.ReadFile(made)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "sigra.db")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		_, _ = f.Write(content)
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	}()
+	got, err := OpenBolt(path, BoltOptions{MustExist: true, LockTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("opening a store while another process made it: %v; want it opened once made", err)
+	}
+	got.Close()
 }
 
 func TestOpenBoltLockedFailsFast(t *testing.T) {

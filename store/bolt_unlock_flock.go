@@ -5,6 +5,7 @@ package store
 import (
 	"os"
 	"syscall"
+	"time"
 )
 
 // unlockFile drops the flock bbolt took on f (bolt_unix.go). The lock
@@ -12,4 +13,20 @@ import (
 // closed, so closing alone would not release it.
 func unlockFile(f *os.File) {
 	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+}
+
+// lockShared takes a shared flock on f, as bbolt's readers do, trying
+// until timeout; unlock releases it.
+func lockShared(f *os.File, timeout time.Duration) (unlock func(), err error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+		if err == nil {
+			return func() { unlockFile(f) }, nil
+		}
+		if err != syscall.EWOULDBLOCK || time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
