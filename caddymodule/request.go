@@ -38,11 +38,24 @@ const (
 // parameters, and never /admin/* to Caddy; a backslash is a separator
 // to Windows servers. Browsers resolve dot segments and never send
 // them, and paths rarely carry ';' or '\'; refusing them is the only
-// way to be sure that the gate and the app agree. params allows ';'
-// (path_params allow). Cheap: one scan of the path for the usual one.
+// way to be sure that the gate and the app agree. For an app that
+// decodes a path twice, or reads overlong UTF-8 (%c0%ae is '.' to some
+// old decoders), a dot, slash, backslash or ';' encoded twice
+// (%252e…) and the bytes of overlong forms are refused alike. params
+// allows ';' (path_params allow). Cheap: one scan of the path for the
+// usual one.
 func pathRefusal(path string, params bool) string {
 	for i := 0; i < len(path); i++ {
 		switch path[i] {
+		case '%':
+			if i+2 < len(path) {
+				hi, lo := path[i+1], path[i+2]|0x20 // the second hex digit in lower case
+				if hi == '2' && (lo == 'e' || lo == 'f') || hi == '5' && lo == 'c' || hi == '3' && lo == 'b' && !params {
+					return `a ".", "/", "\" or ";" encoded twice`
+				}
+			}
+		case 0xc0, 0xc1:
+			return "an overlong UTF-8 sequence"
 		case '\\':
 			return "a backslash"
 		case ';':
@@ -428,7 +441,9 @@ func (c *originCache) origin(r *http.Request) string {
 	return c.originFor(isSecure(r), requestHost(r))
 }
 
-// originFor returns scheme://host, reusing the last string built.
+// originFor returns scheme://host, the host in lower case (as browsers
+// write an origin, and as the site matched it), reusing the last string
+// built.
 func (c *originCache) originFor(secure bool, host string) string {
 	if e := c.last.Load(); e != nil && e.secure == secure && e.host == host {
 		return e.origin
@@ -437,7 +452,7 @@ func (c *originCache) originFor(secure bool, host string) string {
 	if secure {
 		scheme = "https://"
 	}
-	e := &originEntry{secure: secure, host: host, origin: scheme + host}
+	e := &originEntry{secure: secure, host: host, origin: scheme + strings.ToLower(host)}
 	c.last.Store(e)
 	return e.origin
 }

@@ -189,6 +189,9 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 		"/admin/x/%2e%2e/%2e%2e/public/x", "/admin/./panel", "/admin/.", "/admin/..",
 		"/admin;x/panel", "/x/..;/admin/panel", "/public/..;/admin/panel", "/admin%3bx/panel",
 		`/admin\panel`, "/admin%5cpanel", "/.sigra/../admin/panel",
+		// For apps that decode twice, or read overlong UTF-8.
+		"/public/%252e%252e/admin/panel", "/public/x/..%252fadmin/panel", "/public/%252E%252E%252Fadmin/panel",
+		"/public/..%255cadmin/panel", "/admin%253bx/panel", "/public/%c0%ae%c0%ae/admin/panel", "/public/%c0%afadmin",
 	}
 	for _, target := range refused {
 		for who, hdr := range map[string]map[string]string{"signed in": signedIn, "anonymous": anon} {
@@ -206,7 +209,7 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 	for target, want := range map[string]int{
 		"/admin/panel": http.StatusForbidden, "/public/x": http.StatusOK, "/.well-known/x": http.StatusOK,
 		"/docs/v1.2/..x": http.StatusOK, "/docs/x..": http.StatusOK, "/docs/.x/y.": http.StatusOK,
-		"/docs?q=../x;y": http.StatusOK,
+		"/docs?q=../x;y": http.StatusOK, "/docs/100%25": http.StatusOK, "/docs/%2561": http.StatusOK, "/docs/caf%c3%a9": http.StatusOK,
 	} {
 		if code, body := rawGet(t, e, target, signedIn); code != want {
 			t.Errorf("%s: status %d %s; want %d", target, code, body, want)
@@ -255,6 +258,9 @@ func TestPathRefusal(t *testing.T) {
 		"/": "", "/a/b": "", "/.well-known/x": "", "/a/..b": "", "/a/b..": "", "/a/.b.": "", "/a.b/c": "",
 		"/..": "a dot segment", "/.": "a dot segment", "/a/./b": "a dot segment", "/a/../b": "a dot segment",
 		"/a/..": "a dot segment", "/a/.": "a dot segment", "/a;b": `a ";" parameter`, `/a\b`: "a backslash",
+		"/a/%2e%2e/b": `a ".", "/", "\" or ";" encoded twice`, "/a%2Fb": `a ".", "/", "\" or ";" encoded twice`,
+		"/a%5Cb": `a ".", "/", "\" or ";" encoded twice`, "/a%3bb": `a ".", "/", "\" or ";" encoded twice`,
+		"/a/\xc0\xae\xc0\xae/b": "an overlong UTF-8 sequence", "/100%": "", "/100%2": "", "/a%61": "", "/caf\xc3\xa9": "",
 	} {
 		if got := pathRefusal(path, false); got != want {
 			t.Errorf("pathRefusal(%q) = %q; want %q", path, got, want)
@@ -263,7 +269,29 @@ func TestPathRefusal(t *testing.T) {
 	if got := pathRefusal("/a;b/c", true); got != "" {
 		t.Errorf("pathRefusal with params allowed = %q; want none", got)
 	}
+	if got := pathRefusal("/a%3bb/c", true); got != "" {
+		t.Errorf("pathRefusal(/a%%3bb/c) with params allowed = %q; want none", got)
+	}
 	if got := pathRefusal("/a/..;b/c", true); got != "a dot segment" {
 		t.Errorf("pathRefusal(/a/..;b/c) with params allowed = %q; want a dot segment", got)
+	}
+}
+
+// The assertion's iss and aud, and the origin forms are checked against,
+// carry the host in lower case, as browsers write an origin and as Caddy
+// matched the site: a client's "Host: App.Example.COM" is no other origin.
+func TestOriginIsLowerCase(t *testing.T) {
+	var c originCache
+	for _, tc := range []struct {
+		secure     bool
+		host, want string
+	}{
+		{false, "App.Example.COM:8443", "http://app.example.com:8443"},
+		{true, "app.example.com", "https://app.example.com"},
+		{false, "App.Example.COM:8443", "http://app.example.com:8443"}, // from the cache
+	} {
+		if got := c.originFor(tc.secure, tc.host); got != tc.want {
+			t.Errorf("originFor(%t, %q) = %q; want %q", tc.secure, tc.host, got, tc.want)
+		}
 	}
 }
