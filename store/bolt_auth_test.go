@@ -353,7 +353,10 @@ func TestOpenBoltEmptyFileBeingMade(t *testing.T) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
+	written := make(chan struct{})
+	defer func() { <-written }() // before f closes
 	go func() {
+		defer close(written)
 		time.Sleep(200 * time.Millisecond)
 		_, _ = f.Write(content)
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
