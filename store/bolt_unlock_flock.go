@@ -16,15 +16,18 @@ func unlockFile(f *os.File) {
 }
 
 // lockShared takes a shared flock on f, as bbolt's readers do, trying
-// until timeout; unlock releases it.
+// until timeout (then an error); unlock releases it. Where the file
+// system takes no locks, it takes none.
 func lockShared(f *os.File, timeout time.Duration) (unlock func(), err error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
-		if err == nil {
+		switch {
+		case err == nil:
 			return func() { unlockFile(f) }, nil
-		}
-		if err != syscall.EWOULDBLOCK || time.Now().After(deadline) {
+		case err != syscall.EWOULDBLOCK:
+			return func() {}, nil
+		case time.Now().After(deadline):
 			return nil, err
 		}
 		time.Sleep(50 * time.Millisecond)
