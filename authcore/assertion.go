@@ -43,8 +43,9 @@ type KeyRing struct {
 	ttl      time.Duration
 	fromFile bool
 
-	mu      sync.Mutex // serialises changes to the set
-	unsaved bool       // the set in memory differs from the store's: keys dropped, or a change deferred (DeferSave)
+	mu      sync.Mutex    // serialises changes to the set
+	unsaved bool          // the set in memory differs from the store's: keys dropped, or a change deferred (DeferSave)
+	pending []*signingKey // the deferred change, which Save makes the set that signs
 	state   atomic.Pointer[keyState]
 	rotGen  atomic.Uint64
 }
@@ -108,10 +109,13 @@ type KeyRingConfig struct {
 	// long (plus a minute for clock skew) after they stop signing.
 	// Default 5m.
 	TTL time.Duration
-	// DeferSave keeps a change of the active key (another algorithm, or
-	// signing_key naming another key or removed) in memory until Save:
-	// a configuration that is loaded but then refused (another Caddy app
-	// failed to start) must not rotate the keys in the store.
+	// DeferSave defers a change of the active key (another algorithm, or
+	// signing_key naming another key or removed) until Save: until then
+	// the stored active key goes on signing, where it can (its private
+	// half is stored), and the store is not changed. A configuration that
+	// is loaded but then refused (another Caddy app failed to start) must
+	// neither rotate the stored keys nor sign with a key that is never
+	// published.
 	DeferSave bool
 }
 
@@ -172,33 +176,54 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 	if err != nil {
 		return nil, err
 	}
+	changed, err := kr.differs(stored, keys)
+	if err != nil {
+		return nil, fmt.Errorf("storing assertion keys: %w", err)
+	}
+	if cfg.DeferSave && changed && len(stored) > 0 && stored[0].priv != nil && stored[0].KID != k.KID {
+		// The stored key signs until Save makes k the active one.
+		if err := kr.install(kr.live(stored, now)); err != nil {
+			return nil, err
+		}
+		kr.pending, kr.unsaved = keys, true
+		return kr, nil
+	}
 	if err := kr.install(keys); err != nil {
 		return nil, err
 	}
-	if changed, err := kr.differs(stored, keys); err != nil || changed {
-		if err == nil && cfg.DeferSave {
-			kr.unsaved = true
-		} else if err == nil {
-			err = kr.save(ctx, keys)
-		}
-		if err != nil {
+	switch {
+	case changed && cfg.DeferSave:
+		kr.unsaved = true
+	case changed:
+		if err := kr.save(ctx, keys); err != nil {
 			return nil, fmt.Errorf("storing assertion keys: %w", err)
 		}
 	}
 	return kr, nil
 }
 
-// Save stores the set in memory if the store's differs from it: a change
-// LoadKeyRing deferred (KeyRingConfig.DeferSave), or retired keys dropped
-// since. A Rotate in between saved the set already.
+// Save stores the set in memory if the store's differs from it, or
+// the change LoadKeyRing deferred (KeyRingConfig.DeferSave), which then
+// becomes the set that signs; or retired keys dropped since. A Rotate in
+// between saved a set already, and the deferred change is dropped.
 func (kr *KeyRing) Save(ctx context.Context) error {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	if !kr.unsaved {
 		return nil
 	}
-	if err := kr.save(ctx, kr.state.Load().keys); err != nil {
+	keys := kr.state.Load().keys
+	if kr.pending != nil {
+		keys = kr.live(kr.pending, kr.clock.Now())
+	}
+	if err := kr.save(ctx, keys); err != nil {
 		return fmt.Errorf("storing assertion keys: %w", err)
+	}
+	if kr.pending != nil {
+		if err := kr.install(keys); err != nil {
+			return err
+		}
+		kr.pending = nil
 	}
 	kr.unsaved = false
 	return nil
@@ -230,7 +255,7 @@ func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	if err := kr.save(ctx, keys); err != nil {
 		return fmt.Errorf("storing rotated keys: %w", err)
 	}
-	kr.unsaved = false
+	kr.unsaved, kr.pending = false, nil
 	return kr.install(keys)
 }
 

@@ -285,10 +285,11 @@ func TestLoadKeyRingRejectsAlgorithm(t *testing.T) {
 	}
 }
 
-// With DeferSave, a change of algorithm signs with the new key at once
-// but leaves the store as it was until Save: a config Caddy then refuses
-// must not have rotated the stored keys. Nothing is saved when nothing
-// changed.
+// With DeferSave, a change of algorithm waits for Save: until then the
+// stored key signs and the store is as it was, so a config Caddy then
+// refuses has neither rotated the stored keys nor signed with a key that
+// nobody publishes. Save stores the change and makes it the key that
+// signs. Nothing is saved when nothing changed.
 func TestKeyRingDeferSave(t *testing.T) {
 	st := newKRSecretsStore()
 	clk := clock.NewFake(krStart)
@@ -305,18 +306,74 @@ func TestKeyRingDeferSave(t *testing.T) {
 
 	clk.Advance(time.Minute)
 	es := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
-	if es.ActiveKeyID() == ed.ActiveKeyID() {
-		t.Fatal("ES256 ring signs with the EdDSA key")
+	if es.ActiveKeyID() != ed.ActiveKeyID() || !bytes.Equal(es.JWKS(), ed.JWKS()) {
+		t.Fatalf("before Save: kid %q, JWKS %s; want the stored key and set, kid %q", es.ActiveKeyID(), es.JWKS(), ed.ActiveKeyID())
 	}
+	const iss = "https://app.example.com"
+	before, err := es.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	krVerify(t, ed, before, iss, iss, clk.Now()) // published by the ring still in force
 	if !bytes.Equal(krStoredPlain(t, st), stored) {
 		t.Fatal("a deferred change was stored before Save")
 	}
 	if err := es.Save(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	if es.ActiveKeyID() == ed.ActiveKeyID() {
+		t.Fatal("after Save the ES256 ring still signs with the EdDSA key")
+	}
 	keys := krStored(t, st)
 	if len(keys) != 2 || keys[0].KID != es.ActiveKeyID() || keys[1].KID != ed.ActiveKeyID() {
 		t.Errorf("stored after Save: %d keys; want the ES256 key then the retired EdDSA one", len(keys))
+	}
+	after, err := es.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := krHeader(t, after); h["alg"] != "ES256" {
+		t.Errorf("after Save: alg %v; want ES256", h["alg"])
+	}
+	krVerify(t, es, before, iss, iss, clk.Now()) // the old key stays published
+	krVerify(t, es, after, iss, iss, clk.Now())
+}
+
+// A deferred change and a rotation before Save: the rotation is saved,
+// and Save leaves it be.
+func TestKeyRingRotateBeforeDeferredSave(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA})
+	es := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+	if err := es.Rotate(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	rotated := krStoredPlain(t, st)
+	if err := es.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(krStoredPlain(t, st), rotated) {
+		t.Error("Save after a Rotate stored the deferred change over the rotation")
+	}
+}
+
+// A signing_key file on a store with no keys yet: the file's key signs
+// at once (there is no stored key to go on), and Save stores it.
+func TestKeyRingDeferSaveFromFileOnNewStore(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	path := krWritePEM(t, "PRIVATE KEY", krPKCS8(t, priv))
+	kr := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA, PEMFile: path, DeferSave: true})
+	if kr.ActiveKeyID() == "" {
+		t.Fatal("no active key")
+	}
+	if err := kr.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if keys := krStored(t, st); len(keys) != 1 || keys[0].KID != kr.ActiveKeyID() {
+		t.Errorf("stored after Save: %d keys; want the file's", len(keys))
 	}
 }
 
