@@ -377,3 +377,30 @@ func TestCLIWaitsForAnotherCommand(t *testing.T) {
 		t.Errorf("users list answered in %v, before the lock was released", waited)
 	}
 }
+
+// Bytes that are not UTF-8 are refused on both of the CLI's ways to the
+// store: offline, and through the running Caddy, where the request
+// travels as JSON (which would turn them into U+FFFD, a password nobody
+// can type). Nothing is added either way.
+func TestCLIRefusesBytesThatAreNotText(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	if r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("users add\n%s", r)
+	}
+	try := func(how string) {
+		t.Helper()
+		if r := g.cli("abc\xff\xfedefghijklmn\n", "add", "--email", "eve@example.com", "--password-stdin"); r.code == 0 || !strings.Contains(r.output(), "not text (UTF-8)") {
+			t.Errorf("%s, a password that is not UTF-8: want a refusal saying so\n%s", how, r)
+		}
+		if r := g.cli(eveDummyPassword+"\n", "add", "--email", "e\xffve@example.com", "--password-stdin"); r.code == 0 || !strings.Contains(r.output(), "not text (UTF-8)") {
+			t.Errorf("%s, an email that is not UTF-8: want a refusal saying so\n%s", how, r)
+		}
+		if r := g.cli("", "list"); r.code != 0 || strings.Contains(r.stdout, "eve") || strings.Contains(r.stdout, "\ufffd") {
+			t.Errorf("%s: users after the refusals\n%s", how, r)
+		}
+	}
+	try("offline")
+	g.start()
+	try("through the running Caddy")
+}
