@@ -43,9 +43,10 @@ type KeyRing struct {
 	ttl      time.Duration
 	fromFile bool
 
-	mu      sync.Mutex    // serialises changes to the set
-	unsaved bool          // the set in memory differs from the store's: keys dropped, or a change deferred (DeferSave)
-	pending []*signingKey // the deferred change, which Save makes the set that signs
+	mu      sync.Mutex  // serialises changes to the set
+	unsaved bool        // the set in memory differs from the store's: keys dropped, or a change deferred (DeferSave)
+	pending *signingKey // the active key of a deferred change, which Save makes the key that signs
+	alg     string      // the configured algorithm, that Rotate("") makes keys of
 	state   atomic.Pointer[keyState]
 	rotGen  atomic.Uint64
 }
@@ -133,7 +134,7 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultAssertionTTL
 	}
-	kr := &KeyRing{store: st, box: box, clock: clk, ttl: cfg.TTL, fromFile: cfg.PEMFile != ""}
+	kr := &KeyRing{store: st, box: box, clock: clk, ttl: cfg.TTL, fromFile: cfg.PEMFile != "", alg: cfg.Algorithm}
 	now := clk.Now()
 	stored, err := kr.read(ctx)
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -185,7 +186,7 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 		if err := kr.install(kr.live(stored, now)); err != nil {
 			return nil, err
 		}
-		kr.pending, kr.unsaved = keys, true
+		kr.pending, kr.unsaved = k, true
 		return kr, nil
 	}
 	if err := kr.install(keys); err != nil {
@@ -202,35 +203,60 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 	return kr, nil
 }
 
-// Save stores the set in memory if the store's differs from it, or
-// the change LoadKeyRing deferred (KeyRingConfig.DeferSave), which then
-// becomes the set that signs; or retired keys dropped since. A Rotate in
-// between saved a set already, and the deferred change is dropped.
+// Save stores the set in memory if the store's differs from it (retired
+// keys dropped, or a key that signed at once), or makes the change
+// LoadKeyRing deferred (KeyRingConfig.DeferSave): on the set stored now,
+// which another instance may have changed since (a reload in quick
+// succession), the old active key retired now, as it signed until now.
+// If the key stored now is already one of the configured algorithm, it
+// goes on signing. A Rotate in between saved a set already, and the
+// deferred change is dropped. Until Save succeeds, the key that signed
+// goes on signing; Prune tries again.
 func (kr *KeyRing) Save(ctx context.Context) error {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	if !kr.unsaved {
 		return nil
 	}
-	keys := kr.state.Load().keys
-	if kr.pending != nil {
-		keys = kr.live(kr.pending, kr.clock.Now())
-	}
-	if err := kr.save(ctx, keys); err != nil {
-		return fmt.Errorf("storing assertion keys: %w", err)
-	}
-	if kr.pending != nil {
-		if err := kr.install(keys); err != nil {
-			return err
+	if kr.pending == nil {
+		if err := kr.save(ctx, kr.state.Load().keys); err != nil {
+			return fmt.Errorf("storing assertion keys: %w", err)
 		}
-		kr.pending = nil
+		kr.unsaved = false
+		return nil
 	}
-	kr.unsaved = false
+	now := kr.clock.Now()
+	stored, err := kr.read(ctx)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if len(stored) == 0 {
+		stored = kr.state.Load().keys
+	}
+	k := kr.pending
+	if !kr.fromFile && stored[0].priv != nil && stored[0].Alg == k.Alg {
+		k = stored[0] // made by another instance meanwhile: no second rotation
+	}
+	keys, err := kr.succeed(k, stored, now)
+	if err != nil {
+		return err
+	}
+	if changed, err := kr.differs(stored, keys); err != nil {
+		return err
+	} else if changed {
+		if err := kr.save(ctx, keys); err != nil {
+			return fmt.Errorf("storing assertion keys: %w", err)
+		}
+	}
+	if err := kr.install(keys); err != nil {
+		return err
+	}
+	kr.pending, kr.unsaved = nil, false
 	return nil
 }
 
-// Rotate makes a new active key of the given algorithm ("" keeps the
-// current one's). The old key stays published until assertions signed
+// Rotate makes a new active key of the given algorithm ("" for the
+// configured one). The old key stays published until assertions signed
 // with it have expired; its private half is forgotten at once. Cached
 // assertions are re-signed on next use.
 func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
@@ -241,7 +267,7 @@ func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	defer kr.mu.Unlock()
 	cur := kr.state.Load()
 	if alg == "" {
-		alg = cur.active.Alg
+		alg = kr.alg // the configured one, also while a change to it waits for Save
 	}
 	now := kr.clock.Now()
 	k, err := newSigningKey(alg, now)

@@ -40,6 +40,7 @@ type krSecretsStore struct {
 	mu      sync.Mutex
 	secrets map[string][]byte
 	puts    int
+	failPut error // PutSecret fails with it when set
 }
 
 func newKRSecretsStore() *krSecretsStore { return &krSecretsStore{secrets: map[string][]byte{}} }
@@ -57,6 +58,9 @@ func (s *krSecretsStore) GetSecret(ctx context.Context, name string) ([]byte, er
 func (s *krSecretsStore) PutSecret(ctx context.Context, name string, value []byte, ifAbsent bool) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.failPut != nil {
+		return nil, s.failPut
+	}
 	s.puts++
 	if old, ok := s.secrets[name]; ok && ifAbsent {
 		return bytes.Clone(old), nil
@@ -355,6 +359,92 @@ func TestKeyRingRotateBeforeDeferredSave(t *testing.T) {
 	}
 	if !bytes.Equal(krStoredPlain(t, st), rotated) {
 		t.Error("Save after a Rotate stored the deferred change over the rotation")
+	}
+}
+
+// Two configs loaded back to back with a change of algorithm (a reload,
+// then another before the first's Save): the second's Save works on the
+// set stored then, so the key the first made and signed with stays
+// published, and as it is of the configured algorithm it goes on
+// signing: no second rotation.
+func TestKeyRingDeferredSavesBackToBack(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	ed := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA})
+	b := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+	c := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+	if err := b.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const iss = "https://app.example.com"
+	tok, err := b.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second)
+	if err := c.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c.ActiveKeyID() != b.ActiveKeyID() {
+		t.Errorf("the second Save made another key %q; want the first's %q, already of the configured algorithm", c.ActiveKeyID(), b.ActiveKeyID())
+	}
+	krVerify(t, c, tok, iss, iss, clk.Now())
+	if got := krKIDs(krJWKS(t, c)); !slices.Contains(got, ed.ActiveKeyID()) {
+		t.Errorf("JWKS %q lost the EdDSA key that signed before", got)
+	}
+}
+
+// A Save long after the load (it waited for the config to be in force,
+// or failed and was tried again): the old key signed until then, so it
+// is retired then, and stays published for the lifetime of what it
+// signed last. Until a Save succeeds, the old key goes on signing.
+func TestKeyRingLateDeferredSave(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	ed := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA, TTL: 5 * time.Minute})
+	es := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, TTL: 5 * time.Minute, DeferSave: true})
+	st.mu.Lock()
+	st.failPut = errors.New("disk full")
+	st.mu.Unlock()
+	if err := es.Save(context.Background()); err == nil {
+		t.Fatal("Save with a failing store: want an error")
+	}
+	if es.ActiveKeyID() != ed.ActiveKeyID() {
+		t.Fatal("after a failed Save the new key signs, unpublished by the store")
+	}
+	clk.Advance(5 * time.Minute)
+	const iss = "https://app.example.com"
+	late, err := es.Assertion(krPrincipal(t, nil), iss, iss, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	st.failPut = nil
+	st.mu.Unlock()
+	if err := es.Prune(context.Background()); err != nil { // upkeep tries again
+		t.Fatal(err)
+	}
+	if es.ActiveKeyID() == ed.ActiveKeyID() {
+		t.Fatal("after the Save that worked, the old key still signs")
+	}
+	clk.Advance(4 * time.Minute) // the late assertion is still valid
+	krVerify(t, es, late, iss, iss, clk.Now())
+	again := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, TTL: 5 * time.Minute})
+	krVerify(t, again, late, iss, iss, clk.Now()) // and the store publishes it
+}
+
+// A rotation through the admin API before the deferred Save makes a key
+// of the configured algorithm, not of the stored key's.
+func TestKeyRingRotateBeforeDeferredSaveUsesConfiguredAlgorithm(t *testing.T) {
+	st := newKRSecretsStore()
+	clk := clock.NewFake(krStart)
+	newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA})
+	es := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+	if err := es.Rotate(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if keys := krStored(t, st); keys[0].Alg != AlgES256 || keys[0].KID != es.ActiveKeyID() {
+		t.Errorf("after Rotate: stored active %s %q, signing %q; want a new ES256 key", keys[0].Alg, keys[0].KID, es.ActiveKeyID())
 	}
 }
 

@@ -604,7 +604,7 @@ func (a *App) awaitForce(ctx context.Context) bool {
 func (a *App) inForce(ctx context.Context, rt *runtime) {
 	a.life.prev.Store(nil)
 	if err := rt.keys.Save(ctx); err != nil {
-		a.logger.Error("the new assertion key signs, but was not stored: it is made again at the next start", zap.Error(err))
+		a.logger.Error("storing the assertion keys failed; the key that signed goes on signing, and storing is tried again every 5 minutes", zap.Error(err))
 	}
 	rt.audit.Start(ctx)
 }
