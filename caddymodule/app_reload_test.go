@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
@@ -83,13 +82,7 @@ func TestRecordAfterReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	row := audit.Row{Action: "auth.login.success", ActorType: audit.ActorUser, ActorID: "u1", Outcome: "success"}
-	failures := func() float64 {
-		var m dto.Metric
-		if err := rt.metrics.auditFailures.Write(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m.GetCounter().GetValue()
-	}
+	failures := func() float64 { return counterValue(t, rt.metrics.auditFailures) }
 	failed := failures()
 	if err := rt.record(ctx, row); err != nil {
 		t.Fatalf("record on the stopped config = %v; want the row written through the replacing app", err)

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/sigra-auth/caddy-sigra/audit"
 )
 
@@ -51,13 +49,7 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	u := e.addUser("una@example.com")
 
-	failures := func() float64 {
-		var m dto.Metric
-		if err := e.rt().metrics.auditFailures.Write(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m.GetCounter().GetValue()
-	}
+	failures := func() float64 { return counterValue(t, e.rt().metrics.auditFailures) }
 	failed := failures()
 	e.failAudit("auth.login.success")
 	resp := e.login("una@example.com", testPassword, "/")

@@ -19,7 +19,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
@@ -342,31 +341,17 @@ func TestGateFailsClosed(t *testing.T) {
 	if err := rt.store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	var before, after dto.Metric
 	errs := rt.metrics.gateDecisions.WithLabelValues("error", "storage")
-	if err := errs.Write(&before); err != nil {
-		t.Fatal(err)
-	}
-	samples := func() uint64 {
-		var m dto.Metric
-		if err := rt.metrics.gateDuration.Write(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m.GetHistogram().GetSampleCount()
-	}
-	sampled := samples()
+	before, sampled := counterValue(t, errs), sampleCount(t, rt.metrics.gateDuration)
 	resp, _ := e.get("/secret", map[string]string{"Accept": "application/json"})
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Errorf("status %d with a broken store; want 500", resp.StatusCode)
 	}
 	// Counted as an error, with its time: a store slow to fail shows.
-	if err := errs.Write(&after); err != nil {
-		t.Fatal(err)
-	}
-	if n := after.GetCounter().GetValue() - before.GetCounter().GetValue(); n != 1 {
+	if n := counterValue(t, errs) - before; n != 1 {
 		t.Errorf("gate decisions error/storage +%v; want +1", n)
 	}
-	if n := samples() - sampled; n != 1 {
+	if n := sampleCount(t, rt.metrics.gateDuration) - sampled; n != 1 {
 		t.Errorf("gate latency samples +%d; want +1", n)
 	}
 	if _, hits := e.up.last(); hits != hitsBefore {

@@ -16,6 +16,26 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
+// counterValue reads a counter.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// sampleCount reads how many samples a histogram holds.
+func sampleCount(t *testing.T, h prometheus.Histogram) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
+}
+
 // scrape reads Caddy's /metrics and returns the value of one series.
 func scrape(t *testing.T, e *env, series string) float64 {
 	t.Helper()
@@ -204,11 +224,7 @@ func TestMetricsLoginResults(t *testing.T) {
 		got := map[string]float64{}
 		for _, method := range []string{"password", "reauth", "totp", "recovery_code"} {
 			for _, result := range []string{"success", "pending", "step_up", "failure", "locked"} {
-				var m dto.Metric
-				if err := e.rt().metrics.logins.WithLabelValues(method, result).Write(&m); err != nil {
-					t.Fatal(err)
-				}
-				got[method+"/"+result] = m.GetCounter().GetValue()
+				got[method+"/"+result] = counterValue(t, e.rt().metrics.logins.WithLabelValues(method, result))
 			}
 		}
 		return got
@@ -316,11 +332,7 @@ func TestMetricsDenyReasons(t *testing.T) {
 	e.addUser("dee@example.com")
 	e.mustLogin("dee@example.com")
 	denied := func(reason string) float64 {
-		var m dto.Metric
-		if err := e.rt().metrics.gateDecisions.WithLabelValues("deny", reason).Write(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m.GetCounter().GetValue()
+		return counterValue(t, e.rt().metrics.gateDecisions.WithLabelValues("deny", reason))
 	}
 	json := map[string]string{"Accept": "application/json"}
 	for _, c := range []struct {
@@ -347,19 +359,8 @@ func TestMetricsGateBadPath(t *testing.T) {
 	g := &Gate{}
 	fresh, _ := signedInGate(t, g)
 	m := g.app.metrics
-	var before, after dto.Metric
 	denied := m.gateDecisions.WithLabelValues("deny", "bad_path")
-	if err := denied.Write(&before); err != nil {
-		t.Fatal(err)
-	}
-	samples := func() uint64 {
-		var h dto.Metric
-		if err := m.gateDuration.Write(&h); err != nil {
-			t.Fatal(err)
-		}
-		return h.GetHistogram().GetSampleCount()
-	}
-	sampled := samples()
+	before, sampled := counterValue(t, denied), sampleCount(t, m.gateDuration)
 	req := fresh()
 	req.URL.Path = "/reports/../admin"
 	w := httptest.NewRecorder()
@@ -371,13 +372,10 @@ func TestMetricsGateBadPath(t *testing.T) {
 	if w.Code != http.StatusBadRequest || reached {
 		t.Fatalf("status %d, reached the next handler %t; want 400 and not", w.Code, reached)
 	}
-	if err := denied.Write(&after); err != nil {
-		t.Fatal(err)
-	}
-	if n := after.GetCounter().GetValue() - before.GetCounter().GetValue(); n != 1 {
+	if n := counterValue(t, denied) - before; n != 1 {
 		t.Errorf("deny/bad_path +%v; want +1", n)
 	}
-	if n := samples() - sampled; n != 1 {
+	if n := sampleCount(t, m.gateDuration) - sampled; n != 1 {
 		t.Errorf("latency samples +%d; want +1", n)
 	}
 }

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/internal/clock"
@@ -388,13 +386,7 @@ func TestBruteForceRegulation(t *testing.T) {
 	// it can send. One row a minute per refusing address; the metric
 	// counts them all.
 	t.Run("refusals while banned write one row a minute", func(t *testing.T) {
-		locked := func() float64 {
-			var m dto.Metric
-			if err := e.rt().metrics.logins.WithLabelValues("password", "locked").Write(&m); err != nil {
-				t.Fatal(err)
-			}
-			return m.GetCounter().GetValue()
-		}
+		locked := func() float64 { return counterValue(t, e.rt().metrics.logins.WithLabelValues("password", "locked")) }
 		fake.Advance(time.Minute) // past the row of the refusal above
 		rowsBefore, lockedBefore := len(e.auditRows("auth.login.failure")), locked()
 		for i := range 6 {

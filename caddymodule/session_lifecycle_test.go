@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -314,11 +313,7 @@ func TestMFASessionEndedMeanwhile(t *testing.T) {
 	count := func(result string) float64 {
 		var n float64
 		for _, method := range []string{"totp", "recovery_code"} {
-			var m dto.Metric
-			if err := e.rt().metrics.logins.WithLabelValues(method, result).Write(&m); err != nil {
-				t.Fatal(err)
-			}
-			n += m.GetCounter().GetValue()
+			n += counterValue(t, e.rt().metrics.logins.WithLabelValues(method, result))
 		}
 		return n
 	}
