@@ -89,9 +89,6 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
 	}
-	if err := refuseEmpty(path, opts.LockTimeout); err != nil {
-		return nil, err
-	}
 	if err := checkBoltFile(path, opts.LockTimeout); err != nil {
 		return nil, err
 	}
@@ -109,32 +106,6 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		return nil, fmt.Errorf("storage %s: %w", path, err)
 	}
 	return &Bolt{db: db, path: path}, nil
-}
-
-// refuseEmpty refuses an empty file where a store should be: bbolt would
-// make a new store of it, but it is one cut short (a copy onto a full
-// disk), whose users a new one would quietly replace. A file another
-// process is making is empty too until it has written its first pages,
-// under its lock: so the file is looked at holding a shared lock, waiting
-// up to timeout for it, as bbolt's own open would.
-func refuseEmpty(path string, timeout time.Duration) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil // missing: made, or ErrNoStore; unreadable: bbolt says so
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() > 0 {
-		return nil
-	}
-	unlock, err := lockShared(f, timeout)
-	if err != nil {
-		return lockedError(path)
-	}
-	defer unlock()
-	if fi, err := f.Stat(); err != nil || fi.Size() > 0 {
-		return nil // made meanwhile
-	}
-	return fmt.Errorf("storage %s: %w: the file is empty; restore the store from a backup, or remove the file to start a new one", path, ErrDamaged)
 }
 
 func lockedError(path string) error {
@@ -164,9 +135,11 @@ func initBolt(db *bolt.DB) error {
 }
 
 // checkBoltFile refuses a file that bbolt's open would crash on (see
-// bolt_check.go). A missing or empty file passes: bbolt makes a new one,
-// or OpenBolt reports ErrNoStore (or refuses the empty file); so does one
-// it cannot open, for bbolt to report.
+// bolt_check.go), and an empty one: bbolt would make a new store of it,
+// but an empty file where a store should be is one cut short (a copy
+// onto a full disk), whose users a new one would quietly replace. A
+// missing file passes (bbolt makes a new one, or OpenBolt reports
+// ErrNoStore); so does one it cannot open, for bbolt to report.
 //
 // The check holds a shared lock: a commit under way in another process
 // rewrites the tree, and a file being made is empty or half written. A
@@ -181,8 +154,20 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 		return nil
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || fi.Size() == 0 {
+	if fi, err := f.Stat(); err != nil || fi.Size() == 0 && !fi.Mode().IsRegular() {
 		return nil
+	} else if fi.Size() == 0 {
+		// A file another process is making is empty until it has written
+		// its first pages, under its lock: look holding a shared one.
+		unlock, err := lockShared(f, lockTimeout)
+		if err != nil {
+			return lockedError(path)
+		}
+		defer unlock()
+		if fi, err := f.Stat(); err != nil || fi.Size() > 0 {
+			return nil // made meanwhile
+		}
+		return fmt.Errorf("storage %s: %w: the file is empty; restore the store from a backup, or remove the file to start a new one", path, ErrDamaged)
 	}
 	header := func() (boltHeader, error) {
 		fi, err := f.Stat()
