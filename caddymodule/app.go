@@ -625,7 +625,7 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	if err != nil {
 		return nil, a.wrongKey(err, box)
 	}
-	csrfKey, err := loadOrCreateSecret(ctx, st, box, "csrf_key", 32)
+	csrfKey, err := loadOrCreateSecret(ctx, st, box, secretCSRFKey, 32)
 	if err != nil {
 		return nil, a.wrongKey(err, box)
 	}
@@ -724,7 +724,7 @@ func (a *App) encryptionBox(ctx context.Context, st authcore.Store) (*seal.Box, 
 	}
 	path := a.encryptionKeyFile()
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		_, serr := st.GetSecret(ctx, "csrf_key")
+		_, serr := st.GetSecret(ctx, secretCSRFKey)
 		switch {
 		case serr == nil:
 			return nil, fmt.Errorf("the encryption key file %s is missing, but the store %s holds secrets sealed with it: "+
@@ -777,6 +777,10 @@ func warnLooseKeyFile(logger *zap.Logger, what, path string) {
 		zap.String("mode", fmt.Sprintf("%#o", fi.Mode().Perm())),
 		zap.String("fix", "chmod o-rwx,g-w "+path))
 }
+
+// secretCSRFKey is the store's secret that keys the CSRF tokens, made
+// at its first start.
+const secretCSRFKey = "csrf_key"
 
 // loadOrCreateSecret returns a sealed random secret kept in the store.
 func loadOrCreateSecret(ctx context.Context, st authcore.Store, box *seal.Box, name string, n int) ([]byte, error) {

@@ -207,20 +207,18 @@ func checkBackupOut(out string, cfg *cliConfig) (bool, error) {
 	return true, nil
 }
 
-// storeIdentity is the secret that tells one store's copies from
-// another store: made at random, sealed, at the store's first start, and
-// never changed, so every copy holds it byte for byte.
-const storeIdentity = "csrf_key"
-
 // sameStoreCopy refuses to replace out, a store, with the copy at copied
 // unless out is an earlier copy of the same store: a stopped site's own
 // store (which no lock protects) must not be overwritten with this one.
 func sameStoreCopy(copied, out string) error {
-	mine, err := store.ReadSecret(copied, storeIdentity)
+	// The CSRF key tells one store's copies from another store: made at
+	// random, sealed, at the store's first start and never changed, every
+	// copy holds it byte for byte.
+	mine, err := store.ReadSecret(copied, secretCSRFKey)
 	if err != nil {
 		return err
 	}
-	theirs, err := store.ReadSecret(out, storeIdentity)
+	theirs, err := store.ReadSecret(out, secretCSRFKey)
 	if err != nil || !bytes.Equal(mine, theirs) {
 		return fmt.Errorf("--out %s is a store, but not a copy of this one (another site's store, say), so it is not replaced: remove it first, or choose another name", out)
 	}
