@@ -250,7 +250,6 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	start := time.Now() // the latency sample includes stripping forged headers
 	first := d == nil
-	m := g.app.metrics
 	if first {
 		d = new(gateDecision)
 		d.scopes = d.buf[:0]
@@ -258,6 +257,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// The portal refused these already (no gate saw them); a gate
 		// that runs first (in a route block, say) refuses them as well.
 		if why := pathRefusal(r.URL.Path, g.app.pathParams); why != "" {
+			m := g.app.metrics
 			d.settle(m, m.gateDecisions.WithLabelValues("deny", "bad_path"), time.Since(start), true)
 			return refusePath(w, r, g.app.Prefix, why)
 		}
@@ -270,8 +270,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 
 	rt := g.app.runtime(ctx)
 	if rt == nil {
-		d.settle(m, m.gateDecisions.WithLabelValues("error", "not_started"), d.spent+time.Since(start), true)
-		return g.fail(w, r, http.StatusServiceUnavailable, errors.New("sigra is not started"))
+		return g.failDecision(w, r, d, start, "not_started", http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
 	now := rt.auth.Now()
 	secure, host := isSecure(r), requestHost(r)
@@ -286,8 +285,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		}
 		if err != nil && !errors.Is(err, authcore.ErrNoSession) {
 			// Fail closed: a storage error passes nothing upstream.
-			d.settle(m, m.gateDecisions.WithLabelValues("error", "storage"), d.spent+time.Since(start), true)
-			return g.fail(w, r, http.StatusInternalServerError, err)
+			return g.failDecision(w, r, d, start, "storage", http.StatusInternalServerError, err)
 		}
 		if p != nil && p.Session.Pending {
 			d.pending = true
@@ -330,8 +328,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		var err error
 		assertion, err = rt.keys.Assertion(p, origin, aud, now)
 		if err != nil {
-			d.settle(m, m.gateDecisions.WithLabelValues("error", "signing"), d.spent+time.Since(start), true)
-			return g.fail(w, r, http.StatusInternalServerError, err)
+			return g.failDecision(w, r, d, start, "signing", http.StatusInternalServerError, err)
 		}
 		d.asserted = true
 	}
@@ -531,6 +528,14 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 // run the site's handle_errors routes with the request, and one that
 // proxies to the app (for its own error pages) would serve it what the
 // gate was to keep, ungated.
+// failDecision counts the request's decision as an error for reason,
+// with the time its gates spent, and answers it (fail).
+func (g *Gate) failDecision(w http.ResponseWriter, r *http.Request, d *gateDecision, start time.Time, reason string, status int, err error) error {
+	m := g.app.metrics
+	d.settle(m, m.gateDecisions.WithLabelValues("error", reason), d.spent+time.Since(start), true)
+	return g.fail(w, r, status, err)
+}
+
 func (g *Gate) fail(w http.ResponseWriter, r *http.Request, status int, err error) error {
 	g.logger.Error("sigra_gate could not decide", zap.Int("status", status), zap.String("path", r.URL.Path), zap.Error(err))
 	return writeRefusal(w, r, g.app.Prefix, status, "gateway_error", http.StatusText(status),
