@@ -159,25 +159,29 @@ func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userR
 // doUser runs a user-management operation on behalf of actor (the admin's
 // user id, or "" for the CLI, recorded as the system) and audits it.
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
+	var u *authcore.User // the user changed, when looked up here already
 	if req.Op == "delete" || req.Op == "disable" || req.Op == "groups" {
 		adminChange.Lock()
 		defer adminChange.Unlock()
 		// No such user is the operation's own to report, and so is an
 		// admin disabling or deleting their own account (refused with
 		// its own message further on).
-		u, err := rt.auth.LookupUser(ctx, req.User)
+		found, err := rt.auth.LookupUser(ctx, req.User)
 		switch {
 		case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrInvalidInput):
 		case err != nil:
 			return nil, err
-		case actor != u.ID || req.Op == "groups":
-			if err := keepsAnAdmin(ctx, rt, adminGroup, req, u); err != nil {
-				return nil, err
+		default:
+			u = found
+			if actor != u.ID || req.Op == "groups" {
+				if err := keepsAnAdmin(ctx, rt, adminGroup, req, u); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
 	if action, ok := rowFirst[req.Op]; ok {
-		return doUserRowFirst(ctx, rt, adminGroup, req, r, actor, action)
+		return doUserRowFirst(ctx, rt, adminGroup, req, r, actor, action, u)
 	}
 	res, subject, err := runUserRequest(ctx, rt, adminGroup, req, actor)
 	if err != nil || req.Op == "list" {
@@ -209,14 +213,16 @@ func groupsMeta(groups []string, before *authcore.User) map[string]string {
 	return meta
 }
 
-// doUserRowFirst runs a rowFirst operation: it checks what can be
-// checked before writing the row, so a refused request leaves no
-// success row; a refusal that only the change itself can see (a race)
-// leaves a failure row after it.
-func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor, action string) (*userResult, error) {
-	u, err := rt.auth.LookupUser(ctx, req.User)
-	if err != nil {
-		return nil, fmt.Errorf("user %q: %w", req.User, err)
+// doUserRowFirst runs a rowFirst operation on u (nil: the user req
+// names, looked up here): it checks what can be checked before writing
+// the row, so a refused request leaves no success row; a refusal that
+// only the change itself can see (a race) leaves a failure row after it.
+func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor, action string, u *authcore.User) (*userResult, error) {
+	if u == nil {
+		var err error
+		if u, err = rt.auth.LookupUser(ctx, req.User); err != nil {
+			return nil, fmt.Errorf("user %q: %w", req.User, err)
+		}
 	}
 	ev := event{action: action, actor: actor, actorType: adminActorType(actor), subject: u.ID, outcome: "success"}
 	switch {
@@ -330,10 +336,7 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 		case "groups":
 			groups := requestedGroups(req, adminGroup)
 			u, err = auth.UpdateUser(ctx, u.ID, func(u *authcore.User) error { u.Groups = groups; return nil })
-		case "disable":
-			if actor != "" && u.ID == actor {
-				return nil, "", errSelfDisable
-			}
+		case "disable": // not oneself: doUserRowFirst refuses that first
 			u, err = auth.SetDisabled(ctx, u.ID, true)
 		case "enable":
 			u, err = auth.SetDisabled(ctx, u.ID, false)
