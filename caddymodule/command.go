@@ -775,21 +775,20 @@ func startedConfig(args []string) string {
 	if len(args) < 2 || (args[1] != "run" && args[1] != "start") {
 		return unknown
 	}
-	fs := (&cobra.Command{}).Flags()
+	def, ok := caddycmd.Commands()[args[1]]
+	if !ok || def.CobraFunc == nil {
+		return unknown
+	}
+	cmd := new(cobra.Command)
+	def.CobraFunc(cmd) // defines the command's flags, as Caddy parsed them
+	fs := cmd.Flags()
 	fs.SetOutput(io.Discard)
 	fs.ParseErrorsWhitelist.UnknownFlags = true
-	config := fs.StringP("config", "c", "", "")
-	adapter := fs.StringP("adapter", "a", "", "")
-	fs.StringSlice("envfile", nil, "")
-	fs.BoolP("environ", "e", false, "")
-	fs.BoolP("resume", "r", false, "")
-	fs.BoolP("watch", "w", false, "")
-	fs.String("pidfile", "", "")
-	fs.String("pingback", "", "")
 	if fs.Parse(args[2:]) != nil {
 		return unknown
 	}
-	path := *config
+	path, _ := fs.GetString("config")
+	adapter, _ := fs.GetString("adapter")
 	if path == "" {
 		// as Caddy does: the Caddyfile in the working directory, if any
 		if fi, err := os.Stat("Caddyfile"); err != nil || !fi.Mode().IsRegular() {
@@ -801,8 +800,8 @@ func startedConfig(args []string) string {
 		path = abs
 	}
 	out := "--config " + shellWord(path)
-	if *adapter != "" {
-		out += " --adapter " + shellWord(*adapter)
+	if adapter != "" {
+		out += " --adapter " + shellWord(adapter)
 	}
 	return out
 }
