@@ -554,12 +554,15 @@ func (a *App) Start() error {
 	l.rt.Store(rt)
 	close(l.ready)
 	l.prev.Store(running.Swap(a))
-	if a.caddyCtx.Context == nil {
+	// Outside Caddy's config loading (the CLI, tests) there is no config
+	// to wait for.
+	loaded := a.caddyCtx.Context != nil
+	if !loaded {
 		a.inForce(ctx, rt)
 	}
 	go func() {
 		defer l.wg.Done()
-		if a.caddyCtx.Context != nil {
+		if loaded {
 			if !a.awaitForce(ctx) {
 				return
 			}
