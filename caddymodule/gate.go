@@ -420,10 +420,17 @@ func (g *Gate) inject(r *http.Request, p *authcore.Principal, assertion string) 
 	// Placeholders, like Caddy's own authentication handler, so header_up
 	// and log directives can use them.
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.auth.user.id", p.User.ID)
-		repl.Set("http.auth.user.email", p.User.Email)
+		repl.Set(phUserID, p.User.ID)
+		repl.Set(phUserEmail, p.User.Email)
 	}
 }
+
+// The identity placeholders, named as Caddy's authentication handler
+// names them.
+const (
+	phUserID    = "http.auth.user.id"
+	phUserEmail = "http.auth.user.email"
+)
 
 // auditDenied writes the authz.denied row of a signed-in user refused by
 // a requirement, at most once per user, gate and reason a minute. The

@@ -676,6 +676,43 @@ func TestGateSetsAuthPlaceholders(t *testing.T) {
 	}
 }
 
+// Where nobody is signed in (an optional gate passing anonymously, a
+// path no gate covers) the placeholders are empty, not unknown: Caddy
+// leaves an unknown one in a header_up as its literal text, which an app
+// would read as a user id.
+func TestAuthPlaceholdersEmptyWhenAnonymous(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate /open* {\n\t\toptional\n\t}\n\tsigra_gate /private*")
+	u := e.addUser("pia@example.com")
+	addr := e.up.Listener.Addr().String()
+	cf := strings.Replace(e.config, "reverse_proxy "+addr+"\n",
+		"reverse_proxy "+addr+" {\n\t\theader_up X-Id {http.auth.user.id}\n\t\theader_up X-Mail {http.auth.user.email}\n\t}\n", 1)
+	if cf == e.config {
+		t.Fatal("the test config has no reverse_proxy line to extend")
+	}
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	check := func(path, wantID, wantMail string) {
+		t.Helper()
+		if r, _ := e.get(path, nil); r.StatusCode != 200 {
+			t.Fatalf("%s: status %d; want 200", path, r.StatusCode)
+		}
+		h, _ := e.up.last()
+		if got := h.Get("X-Id"); got != wantID {
+			t.Errorf("%s: {http.auth.user.id} upstream: %q; want %q", path, got, wantID)
+		}
+		if got := h.Get("X-Mail"); got != wantMail {
+			t.Errorf("%s: {http.auth.user.email} upstream: %q; want %q", path, got, wantMail)
+		}
+	}
+	check("/open/x", "", "")
+	check("/free", "", "")
+	e.mustLogin("pia@example.com")
+	check("/open/x", u.ID, "pia@example.com")
+	check("/private/x", u.ID, "pia@example.com")
+	check("/free", "", "") // no gate: nobody is resolved, as X-Sigra-User is not set
+}
+
 // A gated answer is not for shared caches: every one varies with the
 // cookie, and one for a signed-in user is private, beside whatever the
 // app says (an app that was public before it was gated says public).

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
@@ -151,8 +152,14 @@ func foldEq(s, lower string) bool {
 // or to remove ours: identity headers; the same names as trailers (which
 // reverse_proxy forwards, and some upstreams merge into headers); and
 // identity names listed in Connection (which reverse_proxy would drop as
-// hop-by-hop after the gate set them).
+// hop-by-hop after the gate set them). The identity placeholders become
+// empty until a gate sets them: Caddy leaves an unknown placeholder in a
+// header_up as its literal text, which an app could take for a user.
 func stripIdentity(r *http.Request, remote bool) {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set(phUserID, "")
+		repl.Set(phUserEmail, "")
+	}
 	h := r.Header
 	for k := range h {
 		if isIdentityHeader(k, remote) {
