@@ -574,8 +574,9 @@ func TestAdminHostsKeepTheAdminSurfaceOffOtherHosts(t *testing.T) {
 	e.mustLogin("root@example.com")
 	enrolTOTP(t, e, fake.Now())
 	for _, path := range []string{"/users", "/csrf"} {
-		if code, body := e.adminCall(http.MethodGet, path, nil); code != http.StatusNotFound {
-			t.Errorf("API %s on 127.0.0.1: status %d %s; want 404", path, code, body)
+		// Not there, and said as an API client reads it.
+		if code, body := e.adminCall(http.MethodGet, path, nil); code != http.StatusNotFound || !strings.Contains(body, `"reason":"not_found"`) {
+			t.Errorf("API %s on 127.0.0.1: status %d %s; want a problem+json 404", path, code, body)
 		}
 	}
 	if r, _ := e.get("/.sigra/admin/users", map[string]string{"Accept": "text/html"}); r.StatusCode != http.StatusNotFound {

@@ -168,6 +168,11 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 			return q.adminUI(rest)
 		}
 	}
+	if sub == "/api" || strings.HasPrefix(sub, "/api/") {
+		// An API client reads problem+json, here as on admin_hosts.
+		writeProblem(q.w, http.StatusNotFound, "not_found", "no such endpoint")
+		return nil
+	}
 	return q.message(http.StatusNotFound, "Not found", "There is no such page.", "")
 }
 
