@@ -571,6 +571,7 @@ func (a *App) Start() error {
 		a.upkeep(ctx, rt)
 	}()
 	a.logger.Info("sigra started", zap.String("storage", a.storagePath), zap.String("assertion_kid", rt.keys.ActiveKeyID()))
+	a.warnUnservedAdminHosts()
 	return nil
 }
 
