@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,9 +25,10 @@ import (
 )
 
 // DeliveryOptions tune the webhook sender. Zero fields take the defaults
-// noted. With the defaults a delivery is tried 15 times over about five
-// hours (2s, 4s, 8s, … doubling up to 1h, each with jitter) before it is
-// given up as dead. While a receiver is unavailable, its webhook follows
+// noted. With the defaults a delivery is tried 15 times over two to four
+// hours (2s, 4s, 8s, … doubling up to 1h, each wait jittered to between
+// half and all of it: 14 waits of at most 4.1 h in all, about 3.1 h on
+// average) before it is given up as dead. While a receiver is unavailable, its webhook follows
 // that schedule as a whole: one probe per step, and once 15 probes in a
 // row have failed, its deliveries are given up together.
 type DeliveryOptions struct {
@@ -946,14 +948,14 @@ func (l *Log) ReplayDeadTo(ctx context.Context, from, to string) (int, error) {
 		return l.replayDead(ctx, from, "")
 	}
 	if l.hookByID[to] == nil {
-		return 0, fmt.Errorf("%w: %q (to)", ErrUnknownWebhook, to)
+		return 0, fmt.Errorf("%w: %q (to); %s", ErrUnknownWebhook, to, l.configuredHooks())
 	}
 	return l.replayDead(ctx, from, to)
 }
 
 func (l *Log) replayDead(ctx context.Context, hookID, to string) (int, error) {
 	if hookID != "" && to == "" && l.hookByID[hookID] == nil {
-		return 0, fmt.Errorf("%w: %q", ErrUnknownWebhook, hookID)
+		return 0, fmt.Errorf("%w: %q; %s", ErrUnknownWebhook, hookID, l.configuredHooks())
 	}
 	total := 0
 	var err error
@@ -1003,3 +1005,21 @@ func (s *sender) replayed(hookID string) {
 
 // ErrUnknownWebhook is returned for a webhook id this Log does not have.
 var ErrUnknownWebhook = errors.New("no such webhook")
+
+// configuredHooks names the configured webhooks, id and redacted URL, for
+// an error about an id that is not one of them: an id is drawn from its
+// URL and shown nowhere else until a delivery to it dies.
+func (l *Log) configuredHooks() string {
+	if len(l.hooks) == 0 {
+		return "no webhook is configured"
+	}
+	var b strings.Builder
+	b.WriteString("configured: ")
+	for i, h := range l.hooks {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s (%s)", h.id, RedactURL(h.url))
+	}
+	return b.String()
+}

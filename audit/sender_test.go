@@ -642,8 +642,16 @@ func TestWebhookReplayDeadToANewURL(t *testing.T) {
 	if _, err := l.ReplayDead(ctx, old.ID()); !errors.Is(err, ErrUnknownWebhook) {
 		t.Errorf("ReplayDead of the old webhook = %v; want ErrUnknownWebhook (it would only die again)", err)
 	}
-	if _, err := l.ReplayDeadTo(ctx, old.ID(), "0123456789abcdef"); !errors.Is(err, ErrUnknownWebhook) {
+	// The ids a replay takes are shown nowhere else before a delivery
+	// to them dies: the error names the configured ones.
+	_, err := l.ReplayDeadTo(ctx, old.ID(), "0123456789abcdef")
+	if !errors.Is(err, ErrUnknownWebhook) {
 		t.Errorf("ReplayDeadTo a webhook not configured = %v; want ErrUnknownWebhook", err)
+	}
+	for _, want := range []string{renewed.ID() + " (" + RedactURL(rc.URL) + ")", other.ID() + " (https://other.example.invalid/)"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ReplayDeadTo a webhook not configured = %v; want it to name %s", err, want)
+		}
 	}
 	if _, err := l.ReplayDeadTo(ctx, "", renewed.ID()); !errors.Is(err, ErrUnknownWebhook) {
 		t.Errorf("ReplayDeadTo from no webhook = %v; want an error", err)
