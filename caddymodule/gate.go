@@ -152,7 +152,7 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 		return err
 	}
 	g.app = app
-	g.logger = ctx.Logger()
+	g.logger = app.logger.Named("gate") // under sigra, as DESIGN (11) has it
 	g.origins = new(originCache)
 	if g.Scope == 0 {
 		g.logger.Warn("sigra_gate has no scope (JSON written by hand, or adapted by an older version): " +

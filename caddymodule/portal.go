@@ -65,7 +65,7 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 		return err
 	}
 	p.app = app
-	p.logger = ctx.Logger()
+	p.logger = app.logger.Named("portal") // under sigra, as DESIGN (11) has it
 	p.origins = new(originCache)
 	p.setFormTargets(app.AllowedRedirectHosts)
 	return nil
