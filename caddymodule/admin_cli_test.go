@@ -1,11 +1,13 @@
 package caddymodule
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +21,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
 	"github.com/sigra-auth/caddy-sigra/store"
 )
 
@@ -530,5 +533,69 @@ func TestCLIWaitsForAnotherOfflineCommand(t *testing.T) {
 	}
 	if len(res.Users) != 0 {
 		t.Errorf("users list on an empty store: %+v", res.Users)
+	}
+}
+
+// A Caddy that dies after the CLI's request reached it may have done the
+// work: the CLI says the outcome is unknown and does not do it again on
+// the store the dead Caddy left unlocked (an add would be refused as a
+// duplicate, or succeed a second time, a delete said not found, a
+// rotation made twice). Here a listener at the admin address reads the
+// request, frees the store as a killed Caddy would, and hangs up.
+func TestCLIDoesNotRedoWhenCaddyDiesMidRequest(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sigra.db")
+	st, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := filepath.Join(dir, "Caddyfile")
+	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tsigra {\n\t\tstorage bbolt %s\n\t\tbootstrap_admin off\n\t}\n}\n", ln.Addr(), path)
+	if err := os.WriteFile(cfg, []byte(cf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err != nil { // a probe that only connects
+				c.Close()
+				continue
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			st.Close() // "killed": the lock goes with the process
+			c.Close()
+			got <- req.URL.Path
+			return
+		}
+	}()
+	_, err = runUserOp(context.Background(), cliFlags{config: cfg, adapter: "caddyfile"}, userRequest{Op: "add", Email: "new@example.com", Password: "a long enough password"})
+	if err == nil || !strings.Contains(err.Error(), "may or may not have been done") {
+		t.Errorf("users add when Caddy dies after taking the request: %v; want the outcome said to be unknown", err)
+	}
+	select {
+	case p := <-got:
+		if p != "/sigra/users" {
+			t.Errorf("the admin endpoint got %s; want /sigra/users", p)
+		}
+	default:
+		t.Fatal("the request never reached the admin endpoint")
+	}
+	check, err := store.OpenBolt(path, store.BoltOptions{MustExist: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer check.Close()
+	if _, err := check.UserByEmail(context.Background(), "new@example.com"); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("the CLI added the user itself after the request went through the admin endpoint (lookup: %v)", err)
 	}
 }

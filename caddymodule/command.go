@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -733,6 +734,17 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 		q.Set("config", cfg.file) // for the answer's message only
 	}
 	u.RawQuery = q.Encode()
+	// Only a Caddy that could not be reached may be passed over for the
+	// store itself. One that took the request and then died (killed
+	// mid-commit) may have done the work, and freed the store: doing it
+	// again there would add twice, rotate twice, or call a deleted user
+	// not found. AdminAPIRequest's errors do not tell a failed dial from
+	// a connection lost after the request, so a dial first tells.
+	if err := dialAdmin(addr); err != nil {
+		return nil, fmt.Errorf("%s is locked by another process, and no Caddy answered at the admin address %s (%w): "+
+			"a Caddy running on this store needs its admin endpoint there for this command (or stop it); "+
+			"another caddy sigra command holds the store only while it runs", path, addr, errAdminSilent{err})
+	}
 	resp, err := caddycmd.AdminAPIRequest(addr, method, u.String(), nil, body)
 	if err != nil {
 		// AdminAPIRequest turns a 4xx/5xx answer into an error carrying
@@ -756,11 +768,28 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			}
 			return nil, fmt.Errorf("admin API at %s: %s", addr, answer)
 		}
-		return nil, fmt.Errorf("%s is locked by another process, and no Caddy answered at the admin address %s (%w): "+
-			"a Caddy running on this store needs its admin endpoint there for this command (or stop it); "+
-			"another caddy sigra command holds the store only while it runs", path, addr, errAdminSilent{err})
+		return nil, fmt.Errorf("the Caddy at %s stopped answering after it was sent the request (%w): the command may or may not have been done; "+
+			"check (users list, keys list, audit export) before running it again", addr, err)
 	}
 	return resp, nil
+}
+
+// dialAdmin connects to the admin address and hangs up: an error is a
+// Caddy that cannot have been sent anything.
+func dialAdmin(addr string) error {
+	na, err := caddy.ParseNetworkAddress(addr)
+	if err != nil {
+		return err
+	}
+	host := na.JoinHostPort(0)
+	if na.IsUnixNetwork() {
+		host, _, _ = strings.Cut(host, "|") // socket permission bits, not part of the path
+	}
+	c, err := net.DialTimeout(na.Network, host, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // startedConfig is the config file this process was started with (caddy
