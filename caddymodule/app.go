@@ -864,6 +864,9 @@ func (a *App) upkeep(ctx context.Context, rt *runtime) {
 			if err := rt.keys.Prune(ctx); err != nil {
 				a.logger.Warn("pruning retired assertion keys", zap.Error(err))
 			}
+			if err := rt.store.FileGone(); err != nil {
+				a.logger.Error("the store is not where it was opened", zap.Error(err))
+			}
 		}
 	}
 }

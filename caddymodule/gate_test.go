@@ -362,6 +362,28 @@ func TestGateFailsClosed(t *testing.T) {
 	}
 }
 
+// A store file removed under the running Caddy still reads and writes
+// (the open file lives on), and nothing will open it again: healthz says
+// so, where a read alone said ok.
+func TestHealthzStoreFileRemoved(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	if resp, _ := e.get("/.sigra/healthz", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz status %d; want 200", resp.StatusCode)
+	}
+	if err := os.Rename(e.store(), e.store()+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := e.get("/.sigra/healthz", nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("healthz status %d with the store file removed; want 503", resp.StatusCode)
+	}
+	if err := os.Rename(e.store()+".gone", e.store()); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := e.get("/.sigra/healthz", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("healthz status %d with the file put back; want 200", resp.StatusCode)
+	}
+}
+
 func mustUserID(t *testing.T, e *env, email string) string {
 	t.Helper()
 	u, err := e.rt().store.UserByEmail(context.Background(), email)

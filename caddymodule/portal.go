@@ -655,7 +655,9 @@ func (q *preq) healthz() error {
 	ctx, cancel := context.WithTimeout(q.ctx(), 2*time.Second)
 	defer cancel()
 	q.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if err := q.rt.store.Ping(ctx); err != nil {
+	// Not only readable: a full disk or an immutable file refuses every
+	// sign-in while reads pass, and a removed file loses every change.
+	if err := q.rt.store.Health(ctx); err != nil {
 		q.p.logger.Error("health check: storage", zap.Error(err))
 		q.w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = q.w.Write([]byte("storage unavailable\n"))

@@ -69,8 +69,9 @@ type BoltOptions struct {
 
 // Bolt is the embedded single-file backend.
 type Bolt struct {
-	db   *bolt.DB
-	path string
+	db     *bolt.DB
+	path   string
+	health writeHealth
 }
 
 // OpenBolt opens (creating if needed) the bbolt file at path and makes
@@ -105,7 +106,9 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage %s: %w", path, err)
 	}
-	return &Bolt{db: db, path: path}, nil
+	b := &Bolt{db: db, path: path}
+	b.health.opened, _ = os.Stat(path) // under bbolt's lock: the file just opened
+	return b, nil
 }
 
 func lockedError(path string) error {

@@ -346,7 +346,7 @@ func (b *Bolt) AppendAudit(ctx context.Context, entries []audit.Entry) ([]bool, 
 		prep[i] = p
 	}
 	inserted := make([]bool, len(entries))
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err := b.update(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
 		outbox := bucket(tx, bktAuditPending)
 		pending := bucket(tx, bktAuditUnindexed)
@@ -698,7 +698,7 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 			return total, err
 		}
 		n := 0
-		err := b.db.Update(func(tx *bolt.Tx) error {
+		err := b.update(func(tx *bolt.Tx) error {
 			n = 0
 			if err := auditIndexPending(tx); err != nil {
 				return err
@@ -782,7 +782,7 @@ func (b *Bolt) auditDeleteWhere(ctx context.Context, name []byte, match func(k [
 			return err
 		}
 		done := false
-		err := b.db.Update(func(tx *bolt.Tx) error {
+		err := b.update(func(tx *bolt.Tx) error {
 			bk := bucket(tx, name)
 			c := bk.Cursor()
 			var k []byte
@@ -916,7 +916,7 @@ func (b *Bolt) AuditDeliveriesDue(ctx context.Context, hookID string, now time.T
 // does not decode moves to the dead list, where operators see why. The
 // error it returns wraps audit.ErrDamagedDelivery and lists them.
 func (b *Bolt) auditTakeOut(damaged []auditDamaged) error {
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err := b.update(func(tx *bolt.Tx) error {
 		c, dead := bucket(tx, bktAuditPending).Cursor(), bucket(tx, bktAuditDead)
 		for _, d := range damaged {
 			if k, _ := c.Seek(d.key); !bytes.Equal(k, d.key) {
@@ -1051,7 +1051,7 @@ func (b *Bolt) AuditSettle(ctx context.Context, ss []audit.Settlement) error {
 		}
 		changes[i] = c
 	}
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err := b.update(func(tx *bolt.Tx) error {
 		outbox, dead := bucket(tx, bktAuditPending), bucket(tx, bktAuditDead)
 		for _, c := range changes {
 			if outbox.Get(c.key) == nil {
@@ -1147,7 +1147,7 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.
 		}
 	}
 	n := 0
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err := b.update(func(tx *bolt.Tx) error {
 		dead, outbox := bucket(tx, bktAuditDead), bucket(tx, bktAuditPending)
 		// Collect first: deleting under a cursor skips keys.
 		var keys, states, malformed [][]byte

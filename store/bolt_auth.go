@@ -50,7 +50,7 @@ func (b *Bolt) CreateUser(ctx context.Context, u *authcore.User) error {
 	if !ok {
 		return fmt.Errorf("%w: user id %q is not a UUID", authcore.ErrInvalidInput, u.ID)
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		byEmail := bucket(tx, bktUsersByEmail)
 		if byEmail.Get([]byte(u.Email)) != nil {
 			return authcore.ErrEmailTaken
@@ -71,7 +71,7 @@ func (b *Bolt) UpdateUser(ctx context.Context, id string, revoke bool, fn func(u
 	if !ok {
 		return nil, authcore.ErrNotFound
 	}
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err = b.update(func(tx *bolt.Tx) error {
 		u, err = updateUser(tx, key, revoke, fn)
 		return err
 	})
@@ -87,7 +87,7 @@ func (b *Bolt) UpdateUserRenewing(ctx context.Context, id string, cur authcore.S
 	if !ok {
 		return nil, authcore.ErrNotFound
 	}
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err = b.update(func(tx *bolt.Tx) error {
 		old, err := getUser(tx, key)
 		if err != nil {
 			return err
@@ -160,7 +160,7 @@ func (b *Bolt) DeleteUser(ctx context.Context, id, keepGroup string) error {
 	if !ok {
 		return authcore.ErrNotFound
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		u, err := getUser(tx, key)
 		if err != nil {
 			return err
@@ -320,12 +320,12 @@ func putSession(tx *bolt.Tx, s *authcore.Session) error {
 
 // PutSession implements authcore.Store.
 func (b *Bolt) PutSession(ctx context.Context, s *authcore.Session) error {
-	return b.db.Update(func(tx *bolt.Tx) error { return putSession(tx, s) })
+	return b.update(func(tx *bolt.Tx) error { return putSession(tx, s) })
 }
 
 // PutSessions implements authcore.Store.
 func (b *Bolt) PutSessions(ctx context.Context, ss []*authcore.Session) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		for _, s := range ss {
 			if err := putSession(tx, s); err != nil {
 				return err
@@ -388,7 +388,7 @@ func removeSession(tx *bolt.Tx, id authcore.SessionID, v []byte, s *authcore.Ses
 
 // DeleteSession implements authcore.Store.
 func (b *Bolt) DeleteSession(ctx context.Context, id authcore.SessionID) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		found, err := deleteSession(tx, id)
 		if err == nil && !found {
 			return authcore.ErrNotFound
@@ -399,7 +399,7 @@ func (b *Bolt) DeleteSession(ctx context.Context, id authcore.SessionID) error {
 
 // ReplaceSession implements authcore.Store.
 func (b *Bolt) ReplaceSession(ctx context.Context, old authcore.SessionID, s *authcore.Session) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		found, err := deleteSession(tx, old)
 		if err != nil {
 			return err
@@ -466,7 +466,7 @@ func (b *Bolt) DeleteUserSessions(ctx context.Context, userID string) (ids []aut
 	if !ok {
 		return nil, nil
 	}
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err = b.update(func(tx *bolt.Tx) error {
 		deleted, derr := deleteUserSessions(tx, uk)
 		if derr != nil {
 			return derr
@@ -487,7 +487,7 @@ func (b *Bolt) DeleteUserSessions(ctx context.Context, userID string) (ids []aut
 
 // TouchSessions implements authcore.Store.
 func (b *Bolt) TouchSessions(ctx context.Context, seen map[authcore.SessionID]time.Time) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		sessions := bucket(tx, bktSessions)
 		for id, t := range seen {
 			v := sessions.Get(id[:])
@@ -532,7 +532,7 @@ func (b *Bolt) GetSecret(ctx context.Context, name string) (v []byte, err error)
 
 // PutSecret implements authcore.Store.
 func (b *Bolt) PutSecret(ctx context.Context, name string, value []byte, ifAbsent bool) (out []byte, err error) {
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err = b.update(func(tx *bolt.Tx) error {
 		bk := bucket(tx, bktSecrets)
 		if ifAbsent {
 			if old := bk.Get([]byte(name)); old != nil {

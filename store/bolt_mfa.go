@@ -117,7 +117,7 @@ func (b *Bolt) PutPendingTOTP(ctx context.Context, userID string, sid authcore.S
 	}
 	key := pendingKey(uk, sid)
 	now := p.ExpiresAt.Add(-authcore.TOTPEnrolmentTTL)
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		bk := bucket(tx, bktTOTPPending)
 		var drop, keep []pendingEntry
 		for _, e := range userPending(bk, uk) {
@@ -163,7 +163,7 @@ func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, sid aut
 	if err != nil {
 		return err
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		pending := bucket(tx, bktTOTPPending)
 		var p authcore.PendingTOTP
 		if err := getJSON(pending, pendingKey(uk, sid), &p); err != nil {
@@ -235,7 +235,7 @@ func (b *Bolt) ClearTOTPFailures(ctx context.Context, userID string) error {
 	if !ok {
 		return nil
 	}
-	return b.db.Update(func(tx *bolt.Tx) error { return clearTOTPFailuresIn(tx, uk) })
+	return b.update(func(tx *bolt.Tx) error { return clearTOTPFailuresIn(tx, uk) })
 }
 
 // clearTOTPFailuresIn sets the user's TOTP Failures to 0, if they have a
@@ -264,7 +264,7 @@ func (b *Bolt) updateTOTP(userID string, fn func(*authcore.TOTPRecord) error) er
 	if !ok {
 		return authcore.ErrNotFound
 	}
-	return b.db.Update(func(tx *bolt.Tx) error { return updateTOTPIn(tx, uk, fn) })
+	return b.update(func(tx *bolt.Tx) error { return updateTOTPIn(tx, uk, fn) })
 }
 
 func updateTOTPIn(tx *bolt.Tx, uk []byte, fn func(*authcore.TOTPRecord) error) error {
@@ -286,7 +286,7 @@ func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor, endSes
 		return authcore.ErrNotFound
 	}
 	found := false
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err := b.update(func(tx *bolt.Tx) error {
 		if err := deleteUserPending(tx, uk); err != nil {
 			return err
 		}
@@ -361,7 +361,7 @@ func (b *Bolt) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [
 	if err != nil {
 		return err
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		if len(codes) > 0 {
 			// Checked in the transaction that writes them: a second
 			// factor removed since the caller looked leaves no codes.
@@ -384,7 +384,7 @@ func (b *Bolt) ConsumeRecoveryCode(ctx context.Context, userID string, hash []by
 	if !ok || len(hash) != recoveryHashLen {
 		return authcore.ErrNotFound
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		codes := bucket(tx, bktRecoveryCodes).Get(uk)
 		found := -1
 		for i := 0; i+recoveryHashLen <= len(codes); i += recoveryHashLen {
@@ -427,7 +427,7 @@ func getRegulation(bk *bolt.Bucket, key string) (*authcore.RegulationState, erro
 
 // UpdateRegulation implements authcore.RegulationStore.
 func (b *Bolt) UpdateRegulation(ctx context.Context, keys []string, fn func([]*authcore.RegulationState) error) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
+	return b.update(func(tx *bolt.Tx) error {
 		bk := bucket(tx, bktRegulation)
 		states := make([]*authcore.RegulationState, len(keys))
 		for i, k := range keys {
@@ -530,7 +530,7 @@ func (b *Bolt) staleRegulation(after []byte, now time.Time) (stale []regulationE
 // deleteRegulation deletes the entries that still hold the value read: one
 // updated since (a new failure) is live again and stays.
 func (b *Bolt) deleteRegulation(entries []regulationEntry) (n int, err error) {
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err = b.update(func(tx *bolt.Tx) error {
 		n = 0
 		c := bucket(tx, bktRegulation).Cursor()
 		for _, e := range entries {

@@ -219,7 +219,7 @@ func (b *Bolt) pruneIndex(ctx context.Context, ix sessionIndex, cutoff, now time
 			return total, err
 		}
 		deleted := 0
-		err = b.db.Update(func(tx *bolt.Tx) error {
+		err = b.update(func(tx *bolt.Tx) error {
 			for _, k := range keys {
 				n, err := pruneEntry(tx, ix, k, now, idle)
 				if err != nil {
