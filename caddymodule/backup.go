@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/internal/tmpfile"
 	"github.com/sigra-auth/caddy-sigra/store"
 )
 
@@ -120,11 +121,11 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	tmp, err := newBackupTemp(filepath.Dir(out))
+	tmp, err := tmpfile.New(filepath.Dir(out), ".sigra-backup-*")
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	defer tmp.remove()
+	defer tmp.Remove()
 	// Ctrl-C or a TERM mid-copy ends the copy (its writes fail), so the
 	// part copied, password hashes and all, is removed on the way out.
 	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
@@ -159,16 +160,13 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 		err = tmp.Sync()
 	}
 	if err == nil {
-		err = store.CheckBackup(tmp.path)
+		err = store.CheckBackup(tmp.Path())
 	}
 	if err == nil && replacing {
-		err = sameStoreCopy(tmp.path, out)
+		err = sameStoreCopy(tmp.Path(), out)
 	}
 	if err == nil {
-		err = tmp.keep(out)
-	}
-	if err == nil {
-		err = syncDir(filepath.Dir(out))
+		err = tmp.Keep(out)
 	}
 	if err != nil {
 		return fmt.Errorf("backup: %w (%s is unchanged)", err, out)
@@ -223,74 +221,4 @@ func sameStoreCopy(copied, out string) error {
 		return fmt.Errorf("--out %s is a store, but not a copy of this one (another site's store, say), so it is not replaced: remove it first, or choose another name", out)
 	}
 	return nil
-}
-
-// backupTemp is the file a backup is written to, until it is kept.
-type backupTemp struct {
-	*os.File
-	path string                  // where it opens: its name, or /proc/self/fd/N for an unnamed one
-	link func(name string) error // gives an unnamed one a name; nil for a named one
-}
-
-// namedBackupTemp is a named temporary file in dir.
-func namedBackupTemp(dir string) (*backupTemp, error) {
-	f, err := os.CreateTemp(dir, ".sigra-backup-*")
-	if err != nil {
-		return nil, err
-	}
-	return &backupTemp{File: f, path: f.Name()}, nil
-}
-
-// keep puts the file at out, replacing what is there in one rename. An
-// unnamed one is named out itself when nothing is there; else a
-// temporary name, for the moment until the rename.
-func (t *backupTemp) keep(out string) error {
-	name := t.path
-	if t.link != nil {
-		err := t.link(out)
-		if err == nil {
-			return t.Close()
-		}
-		if !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		f, err := os.CreateTemp(filepath.Dir(out), ".sigra-backup-*")
-		if err != nil {
-			return err
-		}
-		name = f.Name()
-		f.Close()
-		os.Remove(name) // linkat makes names, never replaces one
-		if err := t.link(name); err != nil {
-			return err
-		}
-	}
-	if err := t.Close(); err != nil {
-		os.Remove(name)
-		return err
-	}
-	if err := os.Rename(name, out); err != nil {
-		os.Remove(name)
-		return err
-	}
-	return nil
-}
-
-// remove closes the file and removes it if it has a name and was not
-// kept.
-func (t *backupTemp) remove() {
-	t.Close()
-	if t.link == nil {
-		os.Remove(t.path)
-	}
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

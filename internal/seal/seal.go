@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/sigra-auth/caddy-sigra/internal/keyfile"
+	"github.com/sigra-auth/caddy-sigra/internal/tmpfile"
 )
 
 // KeySize is the length of an encryption key in bytes.
@@ -106,29 +107,21 @@ func LoadOrCreateKeyFile(path string) ([]byte, error) {
 	}
 	k := make([]byte, KeySize)
 	_, _ = rand.Read(k)
-	// Write the key to a temporary file first and link it into place, so
-	// a concurrent first start never reads a half-written key file.
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".encryption-key-*")
+	// Written unnamed and linked into place: a concurrent first start
+	// never reads a half-written key, and a start killed meanwhile leaves
+	// no stray copy of the key beside it (tmpfile).
+	tmp, err := tmpfile.New(filepath.Dir(path), ".encryption-key-*")
 	if err != nil {
 		return nil, fmt.Errorf("creating encryption key file: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return nil, err
-	}
+	defer tmp.Remove()
 	if _, err := tmp.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
-		tmp.Close()
 		return nil, fmt.Errorf("writing encryption key file: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
 		return nil, err
 	}
-	if err := tmp.Close(); err != nil {
-		return nil, err
-	}
-	if err := os.Link(tmp.Name(), path); errors.Is(err, os.ErrExist) {
+	if err := tmp.Link(path); errors.Is(err, os.ErrExist) {
 		return LoadOrCreateKeyFile(path) // another process won the race
 	} else if err != nil {
 		return nil, fmt.Errorf("creating encryption key file: %w", err)

@@ -2,6 +2,7 @@ package seal
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -39,6 +40,10 @@ func TestLoadOrCreateKeyFileConcurrentFirstStartsAgree(t *testing.T) {
 			if !bytes.Equal(keys[i], keys[0]) {
 				t.Fatalf("trial %d: starters 0 and %d got different keys; want one key", trial, i)
 			}
+		}
+		// The losers' keys, written but never linked, leave nothing.
+		if es, err := os.ReadDir(filepath.Dir(path)); err != nil || len(es) != 1 {
+			t.Fatalf("trial %d: the directory holds %v (%v); want the key alone", trial, es, err)
 		}
 	}
 }
