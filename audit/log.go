@@ -167,17 +167,33 @@ func New(rows *slog.Logger, clk clock.Clock, st Store, opts Options) (*Log, erro
 // error always means the row is not stored. After the commit, the row
 // reaches the logger and subscribers asynchronously, in commit order.
 func (l *Log) Record(ctx context.Context, r Row) error {
-	_, err := l.record(ctx, r)
+	_, err := l.record(ctx, r, nil)
 	return err
 }
 
 // RecordRow is Record that also returns the row as stored (with its id and
 // time filled in and its fields normalised).
 func (l *Log) RecordRow(ctx context.Context, r Row) (Row, error) {
-	return l.record(ctx, r)
+	return l.record(ctx, r, nil)
 }
 
-func (l *Log) record(ctx context.Context, r Row) (Row, error) {
+// RecordWith is Record for a row and the change it tells of, made in
+// one transaction of the store (Entry.With): both are stored or neither,
+// even if the process dies, where a row written before its change (or
+// after it) is left alone by a crash in between. change runs on the
+// committer, with the store's write transaction open: nothing slow
+// (hashing a password), and nothing that records. It may run more than
+// once (a batch that fails is retried row by row), each time in a new
+// transaction. Its error keeps the row out too, and is returned wrapped.
+func (l *Log) RecordWith(ctx context.Context, r Row, change func(tx any) error) error {
+	if change == nil {
+		return fmt.Errorf("%w: RecordWith without a change", ErrInvalidRow)
+	}
+	_, err := l.record(ctx, r, change)
+	return err
+}
+
+func (l *Log) record(ctx context.Context, r Row, with func(tx any) error) (Row, error) {
 	pos, err := r.normalize(l.newID, l.clk.Now())
 	if err != nil {
 		return Row{}, err
@@ -193,7 +209,7 @@ func (l *Log) record(ctx context.Context, r Row) (Row, error) {
 		}
 	}
 	req := &request{
-		e:    Entry{Row: r, Pos: pos, JSON: js, Hooks: hookIDs, DueAt: l.clk.Now()},
+		e:    Entry{Row: r, Pos: pos, JSON: js, Hooks: hookIDs, DueAt: l.clk.Now(), With: with},
 		done: make(chan result, 1),
 	}
 	// The answer must say what happened to the row: an ended ctx keeps

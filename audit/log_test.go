@@ -557,3 +557,35 @@ func TestWebhookIDIsStable(t *testing.T) {
 		t.Fatalf("ID() = %q and %q; want the same 16 hex characters for the same URL", a.ID(), b.ID())
 	}
 }
+
+// RecordWith hands the store the change with the row: run, they are
+// stored together; refused, the row is not stored and the change's
+// error comes back.
+func TestRecordWith(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	ctx := context.Background()
+	ran := 0
+	if err := l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(tx any) error {
+		if tx != any(st) {
+			t.Errorf("the change was given %T; want the store's transaction", tx)
+		}
+		ran++
+		return nil
+	}); err != nil || ran != 1 {
+		t.Fatalf("RecordWith = %v, the change ran %d times; want it stored, the change run once", err, ran)
+	}
+	refused := errors.New("the only admin")
+	if err := l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(any) error { return refused }); !errors.Is(err, refused) {
+		t.Errorf("RecordWith of a refused change = %v; want its error", err)
+	}
+	st.mu.Lock()
+	n := len(st.rows)
+	st.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d rows; want the first alone", n)
+	}
+	if err := l.RecordWith(ctx, sampleRow("auth.logout"), nil); !errors.Is(err, ErrInvalidRow) {
+		t.Errorf("RecordWith without a change = %v; want ErrInvalidRow", err)
+	}
+}

@@ -71,6 +71,15 @@ func (m *memStore) AppendAudit(ctx context.Context, entries []Entry) ([]bool, er
 	if m.failAppend != nil {
 		return nil, m.failAppend
 	}
+	// Changes first: one that fails keeps every row of the call out (the
+	// changes made before it are not undone; a test's own changes are).
+	for _, e := range entries {
+		if _, ok := m.rows[e.Pos]; !ok && e.With != nil {
+			if err := e.With(m); err != nil {
+				return nil, err
+			}
+		}
+	}
 	inserted := make([]bool, len(entries))
 	for i, e := range entries {
 		if _, ok := m.rows[e.Pos]; ok {

@@ -149,6 +149,12 @@ type Entry struct {
 	Hooks []string
 	// DueAt is when those deliveries are first due.
 	DueAt time.Time
+	// With, when set, is a change the row tells of, made in the same
+	// transaction as a new row (Log.RecordWith), so that a crash between
+	// two commits cannot keep one without the other. The store passes it
+	// its transaction; its error keeps everything of the call out. A
+	// store that cannot run it must refuse the entry.
+	With func(tx any) error
 }
 
 // StoreQuery is a timeline query as a Store sees it: validated, the cursor

@@ -295,6 +295,31 @@ func (s *Service) DeleteUser(ctx context.Context, id, adminGroup string) error {
 	return err
 }
 
+// ChangeStore is implemented by a Store whose changes can also be made
+// inside a transaction it runs for something else: the audit row that
+// tells of the change, so that the two are stored together or not at
+// all. Each method returns the change, to be given that transaction.
+type ChangeStore interface {
+	DeleteUserIn(id, keepGroup string) func(tx any) error
+}
+
+// DeleteUserWith deletes the user as DeleteUser does, through commit,
+// which must make the change it is given in one transaction with what
+// it records (audit.Log.RecordWith). commit's error is returned as is;
+// the change's own refusals (ErrNotFound, ErrLastAdmin) come back
+// through it. A store without ChangeStore cannot do that: the error
+// says so and nothing is done.
+func (s *Service) DeleteUserWith(id, adminGroup string, commit func(change func(tx any) error) error) error {
+	cs, ok := s.store.(ChangeStore)
+	if !ok {
+		return errors.New("authcore: this store cannot delete a user in the transaction of its audit row")
+	}
+	s.cache.dropUser(id)
+	err := commit(cs.DeleteUserIn(id, adminGroup))
+	s.cache.dropUser(id) // a request may have re-cached one meanwhile
+	return err
+}
+
 // SetDisabled disables or enables a user; disabling ends their sessions
 // in the same transaction.
 func (s *Service) SetDisabled(ctx context.Context, id string, disabled bool) (*User, error) {

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -222,8 +223,8 @@ func (q *preq) lastAdminPage() error {
 
 // deleteSubmit deletes the signed-in user's account and everything kept
 // for it (sessions, second factors, recovery codes); the audit rows about
-// it stay. The account.deletion_execute row is written first: if it
-// cannot be, nothing is deleted.
+// it stay. The account.deletion_execute row is written in the
+// deletion's own transaction: neither is stored without the other.
 func (q *preq) deleteSubmit() error {
 	back := q.p.app.Prefix + "/account/delete"
 	p, err := q.formPrincipal(back)
@@ -254,11 +255,12 @@ func (q *preq) deleteSubmit() error {
 	if last, err := q.refuseLastAdmin(p); last || err != nil {
 		return err
 	}
+	// The row and the deletion in one transaction (runtime.deleteUser).
 	ev := event{action: "account.deletion_execute", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
-	if err := q.audit(ev); err != nil {
-		return err
+	err, aerr := q.rt.deleteUser(q.ctx(), p.User.ID, q.p.app.AdminGroup, rowFor(q.r, ev))
+	if aerr != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s (nothing was deleted): %w", ev.action, aerr))
 	}
-	err = q.rt.auth.DeleteUser(q.ctx(), p.User.ID, q.p.app.AdminGroup)
 	if err != nil {
 		last := errors.Is(err, authcore.ErrLastAdmin) // the other admin went meanwhile
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": "storage"}

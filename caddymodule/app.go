@@ -228,34 +228,77 @@ type runtime struct {
 // app that replaced it, on the same store, rather than being lost after
 // the change it records was saved.
 func (rt *runtime) record(ctx context.Context, row audit.Row) error {
+	_, err := rt.recordChange(ctx, row, nil)
+	return err
+}
+
+// recordChange writes row, and with a change makes it in the same store
+// transaction (audit.Log.RecordWith): both are stored, or neither, even
+// if Caddy dies. refused is the change's own error; err is the row's
+// failure. Either way nothing was stored.
+func (rt *runtime) recordChange(ctx context.Context, row audit.Row, change func(tx any) error) (refused, err error) {
 	// A request's context ends when its client hangs up, but the change
 	// the row tells of is made either way: the row must be too.
 	ctx = context.WithoutCancel(ctx)
-	err := rt.recordHere(ctx, row)
+	var with func(tx any) error
+	if change != nil {
+		// Run on the committer, which answers only after the last run.
+		with = func(tx any) error {
+			refused = change(tx)
+			return refused
+		}
+	}
+	err = rt.recordHere(ctx, row, with)
 	if errors.Is(err, audit.ErrClosed) {
 		if next := replacement(rt.owner); next != nil && next != rt {
-			err = next.recordHere(ctx, row)
+			err = next.recordHere(ctx, row, with)
 		}
+	}
+	if refused != nil {
+		return refused, nil
 	}
 	if err != nil && rt.metrics != nil {
 		rt.metrics.auditFailures.Inc()
 	}
-	return err
+	return nil, err
 }
 
-func (rt *runtime) recordHere(ctx context.Context, row audit.Row) error {
+func (rt *runtime) recordHere(ctx context.Context, row audit.Row, with func(tx any) error) error {
 	var err error
 	if f := rt.failRecord.Load(); f != nil {
 		err = (*f)(row)
 	}
 	start := time.Now()
 	if err == nil {
-		err = rt.audit.Record(ctx, row)
+		if with != nil {
+			err = rt.audit.RecordWith(ctx, row, with)
+		} else {
+			err = rt.audit.Record(ctx, row)
+		}
 	}
 	if err == nil && rt.metrics != nil {
 		rt.metrics.auditAppend.Observe(time.Since(start).Seconds())
 	}
 	return err
+}
+
+// deleteUser deletes the user id and writes row (its
+// account.deletion_execute) in one transaction. refused is the
+// deletion's own refusal (ErrNotFound, ErrLastAdmin); err is the row's
+// failure. Either way nothing was deleted or written.
+func (rt *runtime) deleteUser(ctx context.Context, id, adminGroup string, row audit.Row) (refused, err error) {
+	err = rt.auth.DeleteUserWith(id, adminGroup, func(change func(tx any) error) error {
+		var rerr error
+		refused, rerr = rt.recordChange(ctx, row, change)
+		if refused != nil {
+			return refused
+		}
+		return rerr
+	})
+	if refused != nil {
+		return refused, nil
+	}
+	return nil, err
 }
 
 // login counts a sign-in attempt.

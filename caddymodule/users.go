@@ -104,7 +104,8 @@ var errNoAuthenticator = errors.New("this user has no authenticator app to reset
 // action. Their row is written before the change, so that no change is
 // made without its row (a deleted user could not be audited after, and
 // an admin grant whose row failed would be made unrecorded); a failure
-// row follows if the change then fails. Deletion and a second-factor
+// row follows if the change then fails. A deletion's row is written in
+// the deletion's own transaction instead (runtime.deleteUser). Deletion and a second-factor
 // reset are audited under the action of the change itself, whoever
 // makes it: the user's own deletion and an admin's are both
 // account.deletion_execute, so a consumer erasing a user's data
@@ -251,11 +252,27 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		}
 		ev.meta = groupsMeta(groups, u)
 	}
-	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
-		return nil, fmt.Errorf("writing audit row (nothing was changed): %w", err)
+	var res *userResult
+	var err error
+	if req.Op == "delete" {
+		// The row and the deletion in one transaction: a crash between
+		// two commits would leave a row, delivered to webhooks that may
+		// erase the user's data, for an account still there.
+		var aerr error
+		if err, aerr = rt.deleteUser(ctx, u.ID, adminGroup, rowFor(r, ev)); aerr != nil {
+			return nil, fmt.Errorf("writing audit row (nothing was changed): %w", aerr)
+		}
+		if err == nil {
+			v := viewUser(u)
+			res = &userResult{User: &v}
+		}
+	} else {
+		if err := rt.record(ctx, rowFor(r, ev)); err != nil {
+			return nil, fmt.Errorf("writing audit row (nothing was changed): %w", err)
+		}
+		req.User = u.ID
+		res, _, err = runUserRequest(ctx, rt, adminGroup, req, actor)
 	}
-	req.User = u.ID
-	res, _, err := runUserRequest(ctx, rt, adminGroup, req, actor)
 	if err != nil {
 		reason := "storage"
 		switch {

@@ -364,6 +364,11 @@ func (b *Bolt) AppendAudit(ctx context.Context, entries []audit.Entry) ([]bool, 
 			if err := pending.Put(p.pk, auditIndexedValue(e.Row.ActorID, e.Row.SubjectID, e.Row.Action)); err != nil {
 				return fmt.Errorf("row %s: unindexed: %w", e.Row.ID, err)
 			}
+			if e.With != nil {
+				if err := e.With(tx); err != nil {
+					return fmt.Errorf("row %s: its change: %w", e.Row.ID, err)
+				}
+			}
 			added++
 			for _, h := range p.hooks {
 				if err := outbox.Put(auditOutboxKey(h, e.DueAt, p.pk), auditNewState); err != nil {

@@ -156,37 +156,60 @@ func updateUser(tx *bolt.Tx, key []byte, revoke bool, fn func(u *authcore.User) 
 // DeleteUser implements authcore.Store. It removes everything kept for
 // the user: sessions, second factors, recovery codes, regulation state.
 func (b *Bolt) DeleteUser(ctx context.Context, id, keepGroup string) error {
+	return b.update(func(tx *bolt.Tx) error { return deleteUser(tx, id, keepGroup) })
+}
+
+// DeleteUserIn implements authcore.ChangeStore: DeleteUser, made in a
+// transaction of this store that runs for the audit row telling of it.
+func (b *Bolt) DeleteUserIn(id, keepGroup string) func(tx any) error {
+	return func(tx any) error {
+		btx, err := b.ownTx(tx)
+		if err != nil {
+			return err
+		}
+		return deleteUser(btx, id, keepGroup)
+	}
+}
+
+// ownTx is tx as a write transaction of this store's file.
+func (b *Bolt) ownTx(tx any) (*bolt.Tx, error) {
+	btx, ok := tx.(*bolt.Tx)
+	if !ok || btx.DB() != b.db || !btx.Writable() {
+		return nil, fmt.Errorf("storage %s: a change given a transaction that is not this store's (%T)", b.path, tx)
+	}
+	return btx, nil
+}
+
+func deleteUser(tx *bolt.Tx, id, keepGroup string) error {
 	key, ok := userKey(id)
 	if !ok {
 		return authcore.ErrNotFound
 	}
-	return b.update(func(tx *bolt.Tx) error {
-		u, err := getUser(tx, key)
+	u, err := getUser(tx, key)
+	if err != nil {
+		return err
+	}
+	if keepGroup != "" && !u.Disabled && u.InGroup(keepGroup) {
+		other, err := otherMember(tx, key, keepGroup)
 		if err != nil {
 			return err
 		}
-		if keepGroup != "" && !u.Disabled && u.InGroup(keepGroup) {
-			other, err := otherMember(tx, key, keepGroup)
-			if err != nil {
-				return err
-			}
-			if !other {
-				return authcore.ErrLastAdmin
-			}
+		if !other {
+			return authcore.ErrLastAdmin
 		}
-		if _, err := deleteUserSessions(tx, key); err != nil {
-			return err
-		}
-		// Second-factor secrets, recovery codes and regulation state go
-		// with the account, in the same transaction.
-		if err := deleteUserMFA(tx, key, id); err != nil {
-			return err
-		}
-		if err := bucket(tx, bktUsersByEmail).Delete([]byte(u.Email)); err != nil {
-			return err
-		}
-		return bucket(tx, bktUsers).Delete(key)
-	})
+	}
+	if _, err := deleteUserSessions(tx, key); err != nil {
+		return err
+	}
+	// Second-factor secrets, recovery codes and regulation state go
+	// with the account, in the same transaction.
+	if err := deleteUserMFA(tx, key, id); err != nil {
+		return err
+	}
+	if err := bucket(tx, bktUsersByEmail).Delete([]byte(u.Email)); err != nil {
+		return err
+	}
+	return bucket(tx, bktUsers).Delete(key)
 }
 
 // HasOtherMember implements authcore.Store.

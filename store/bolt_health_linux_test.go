@@ -8,9 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -32,17 +34,40 @@ func openFD(t *testing.T, path string) int {
 	return -1
 }
 
+// failWrites makes this process's writes to the store file at path fail,
+// as a full disk or an immutable file would: bbolt's descriptor is
+// swapped for a read-only one until restore.
+func failWrites(t *testing.T, path string) (restore func()) {
+	t.Helper()
+	fd := openFD(t, path)
+	saved, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := unix.Open(path, unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ro)
+	if err := unix.Dup3(ro, fd, unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		defer unix.Close(saved)
+		if err := unix.Dup3(saved, fd, unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A store whose writes fail (here its descriptor made read-only under
 // bbolt, as a full disk or an immutable file would refuse them) still
 // reads, and Health says it does not work: Ping alone said it did.
 func TestHealthSeesFailingWrites(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "sigra.db")
-	b, err := OpenBolt(path, BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := openTemp(t)
+	path := b.path
 	if err := b.Health(ctx); err != nil {
 		t.Fatalf("Health of a new store: %v", err)
 	}
@@ -50,20 +75,7 @@ func TestHealthSeesFailingWrites(t *testing.T) {
 		t.Errorf("no commit yet, so Health wrote its probe: %q, %v", v, err)
 	}
 
-	fd := openFD(t, path)
-	saved, err := unix.Dup(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(saved)
-	ro, err := unix.Open(path, unix.O_RDONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Dup3(ro, fd, unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(ro)
+	restore := failWrites(t, path)
 	_, werr := b.PutSecret(ctx, "x", []byte("y"), false)
 	if werr == nil {
 		t.Fatal("a write on a read-only descriptor passed; the test cannot see a failed commit")
@@ -71,13 +83,11 @@ func TestHealthSeesFailingWrites(t *testing.T) {
 	if err := b.Ping(ctx); err != nil {
 		t.Fatalf("Ping: %v; want the store still readable", err)
 	}
-	err = b.Health(ctx)
+	err := b.Health(ctx)
 	if err == nil || !strings.Contains(err.Error(), "a write failed") {
 		t.Errorf("Health after a failed commit: %v; want the failure", err)
 	}
-	if err := unix.Dup3(saved, fd, unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	// A caller's own error (nothing to write, a conflict) is not the
 	// storage failing: only the commit's is noted.
 	b.health.failAt.Store(0)
@@ -93,13 +103,8 @@ func TestHealthSeesFailingWrites(t *testing.T) {
 // working in a file nobody will open again, and Health says so.
 func TestHealthSeesTheFileGone(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "sigra.db")
-	b, err := OpenBolt(path, BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := openTemp(t)
+	path := b.path
 	if err := os.Rename(path, path+".moved"); err != nil {
 		t.Fatal(err)
 	}
@@ -117,5 +122,30 @@ func TestHealthSeesTheFileGone(t *testing.T) {
 	}
 	if err := b.Health(ctx); err != nil {
 		t.Errorf("Health with the file put back: %v", err)
+	}
+}
+
+// A commit that fails (the disk refuses it) keeps out the row and its
+// change alike.
+func TestAuditRowWithItsChangeFailingCommit(t *testing.T) {
+	ctx := context.Background()
+	b := openTemp(t)
+	path := b.path
+	u := authCreate(t, b, "kept@example.com")
+	now := time.Now()
+	e := auditEntry(t, audit.Row{Action: "account.deletion_execute", SubjectID: u.ID, Outcome: "success", OccurredAt: now}, now)
+	e.With = b.DeleteUserIn(u.ID, "")
+
+	restore := failWrites(t, path)
+	_, aerr := b.AppendAudit(ctx, []audit.Entry{e})
+	restore()
+	if aerr == nil {
+		t.Fatal("the commit passed on a read-only descriptor")
+	}
+	if _, err := b.UserByID(ctx, u.ID); err != nil {
+		t.Errorf("the failed commit deleted the user: %v", err)
+	}
+	if n := auditKeys(t, b, bktAuditRows); n != 0 {
+		t.Errorf("the failed commit stored %d rows", n)
 	}
 }

@@ -1,0 +1,80 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+func openTemp(t *testing.T) *Bolt {
+	t.Helper()
+	b, err := OpenBolt(filepath.Join(t.TempDir(), "sigra.db"), BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// A row and the deletion it tells of are one transaction: both are
+// stored, or, when the deletion is refused, neither, with the other rows
+// of the call kept out too (the audit log retries them alone).
+func TestAuditRowWithItsChange(t *testing.T) {
+	ctx := context.Background()
+	b := openTemp(t)
+	now := time.Now()
+	gone := authCreate(t, b, "gone@example.com")
+	row := func(action, subject string) audit.Row {
+		return audit.Row{Action: action, SubjectID: subject, Outcome: "success", OccurredAt: now}
+	}
+
+	e := auditEntry(t, row("account.deletion_execute", gone.ID), now, "0123456789abcdef")
+	e.With = b.DeleteUserIn(gone.ID, "")
+	if ins, err := b.AppendAudit(ctx, []audit.Entry{e}); err != nil || !ins[0] {
+		t.Fatalf("AppendAudit with the deletion: %v, %v", ins, err)
+	}
+	if _, err := b.UserByID(ctx, gone.ID); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("the row is stored and the user is not deleted: %v", err)
+	}
+	if n := auditKeys(t, b, bktAuditRows); n != 1 {
+		t.Errorf("%d rows; want the deletion's", n)
+	}
+
+	// Refused inside the transaction: the only admin.
+	last := authCreate(t, b, "last@example.com")
+	if _, err := b.UpdateUser(ctx, last.ID, false, func(u *authcore.User) error { u.Groups = []string{"admins"}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	other := auditEntry(t, row("auth.logout", last.ID), now, "0123456789abcdef")
+	refused := auditEntry(t, row("account.deletion_execute", last.ID), now, "0123456789abcdef")
+	refused.With = b.DeleteUserIn(last.ID, "admins")
+	if _, err := b.AppendAudit(ctx, []audit.Entry{other, refused}); !errors.Is(err, authcore.ErrLastAdmin) {
+		t.Fatalf("AppendAudit with a refused deletion: %v; want ErrLastAdmin", err)
+	}
+	if _, err := b.UserByID(ctx, last.ID); err != nil {
+		t.Errorf("the last admin was deleted: %v", err)
+	}
+	if n := auditKeys(t, b, bktAuditRows); n != 1 {
+		t.Errorf("%d rows after the refusal; want none added", n)
+	}
+	if n := auditKeys(t, b, bktAuditPending); n != 1 {
+		t.Errorf("%d deliveries queued after the refusal; want none added", n)
+	}
+
+	// A change made for another store's transaction is refused, not
+	// made in the wrong file.
+	elsewhere := openTemp(t)
+	stray := auditEntry(t, row("account.deletion_execute", last.ID), now)
+	stray.With = elsewhere.DeleteUserIn(last.ID, "")
+	if _, err := b.AppendAudit(ctx, []audit.Entry{stray}); err == nil {
+		t.Error("AppendAudit ran another store's change")
+	}
+	if _, err := b.UserByID(ctx, last.ID); err != nil {
+		t.Errorf("the user was deleted by another store's change: %v", err)
+	}
+}
