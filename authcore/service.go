@@ -197,9 +197,19 @@ func (s *Service) UpdateUser(ctx context.Context, id string, fn func(u *User) er
 // updateUser is UpdateUser that, with revoke, also ends all the user's
 // sessions in the same transaction.
 func (s *Service) updateUser(ctx context.Context, id string, revoke bool, fn func(u *User) error) (*User, error) {
-	now := s.clock.Now().UTC()
 	s.cache.dropUser(id)
-	u, err := s.store.UpdateUser(ctx, id, revoke, func(u *User) error {
+	u, err := s.store.UpdateUser(ctx, id, revoke, s.checkedUpdate(fn))
+	s.cache.dropUser(id) // a request may have re-cached one meanwhile
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// checkedUpdate is fn, then the checks of what it changed.
+func (s *Service) checkedUpdate(fn func(u *User) error) func(u *User) error {
+	now := s.clock.Now().UTC()
+	return func(u *User) error {
 		was := u.Clone()
 		if err := fn(u); err != nil {
 			return err
@@ -226,12 +236,7 @@ func (s *Service) updateUser(ctx context.Context, id string, revoke bool, fn fun
 		}
 		u.UpdatedAt = now
 		return nil
-	})
-	s.cache.dropUser(id) // a request may have re-cached one meanwhile
-	if err != nil {
-		return nil, err
 	}
-	return u, nil
 }
 
 // SetPassword replaces a user's password and ends all their sessions, in
@@ -301,23 +306,61 @@ func (s *Service) DeleteUser(ctx context.Context, id, adminGroup string) error {
 // all. Each method returns the change, to be given that transaction.
 type ChangeStore interface {
 	DeleteUserIn(id, keepGroup string) func(tx any) error
+	UpdateUserIn(id string, revoke bool, fn func(u *User) error) func(tx any) error
+	DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error
 }
 
-// DeleteUserWith deletes the user as DeleteUser does, through commit,
-// which must make the change it is given in one transaction with what
-// it records (audit.Log.RecordWith). commit's error is returned as is;
-// the change's own refusals (ErrNotFound, ErrLastAdmin) come back
-// through it. A store without ChangeStore cannot do that: the error
-// says so and nothing is done.
-func (s *Service) DeleteUserWith(id, adminGroup string, commit func(change func(tx any) error) error) error {
+// Commit makes a change of a ChangeStore in one transaction with what it
+// records (audit.Log.RecordWith), and returns the change's own error
+// (ErrNotFound, ErrLastAdmin) or its own. The …With methods take one.
+type Commit func(change func(tx any) error) error
+
+// changeStore is the store as a ChangeStore, or an error saying it is
+// not one.
+func (s *Service) changeStore() (ChangeStore, error) {
 	cs, ok := s.store.(ChangeStore)
 	if !ok {
-		return errors.New("authcore: this store cannot delete a user in the transaction of its audit row")
+		return nil, errors.New("authcore: this store cannot make a change in the transaction of its audit row")
+	}
+	return cs, nil
+}
+
+// DeleteUserWith is DeleteUser, made through commit.
+func (s *Service) DeleteUserWith(id, adminGroup string, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
 	}
 	s.cache.dropUser(id)
-	err := commit(cs.DeleteUserIn(id, adminGroup))
+	err = commit(cs.DeleteUserIn(id, adminGroup))
 	s.cache.dropUser(id) // a request may have re-cached one meanwhile
 	return err
+}
+
+// UpdateUserWith is UpdateUser, made through commit; with revoke it also
+// ends all the user's sessions, as SetDisabled and SetPassword do.
+func (s *Service) UpdateUserWith(id string, revoke bool, fn func(u *User) error, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
+	}
+	s.cache.dropUser(id)
+	err = commit(cs.UpdateUserIn(id, revoke, s.checkedUpdate(fn)))
+	s.cache.dropUser(id) // a request may have re-cached one meanwhile
+	return err
+}
+
+// SetPasswordWith is SetPassword, made through commit. The password is
+// checked and hashed first: commit's transaction is not held for that.
+func (s *Service) SetPasswordWith(id, password string, commit Commit) error {
+	if err := CheckNewPassword(password); err != nil {
+		return err
+	}
+	hash, err := s.cfg.Argon2.HashPassword(password)
+	if err != nil {
+		return err
+	}
+	return s.UpdateUserWith(id, true, func(u *User) error { u.PasswordHash = hash; return nil }, commit)
 }
 
 // SetDisabled disables or enables a user; disabling ends their sessions

@@ -372,6 +372,25 @@ func (s *Service) ResetTOTP(ctx context.Context, userID string) error {
 	return s.removeTOTP(ctx, userID, true)
 }
 
+// ResetTOTPWith is ResetTOTP, made through commit (see Commit).
+func (s *Service) ResetTOTPWith(ctx context.Context, userID string, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
+	}
+	other, err := s.hasOtherSecondFactor(ctx, userID)
+	if err != nil {
+		return err
+	}
+	s.DropCached(userID)
+	err = commit(cs.DeleteTOTPIn(userID, !other, true, s.clock.Now().UTC()))
+	s.DropCached(userID) // a request may have re-cached one meanwhile
+	if errors.Is(err, ErrNotFound) {
+		return ErrNotEnrolled
+	}
+	return err
+}
+
 func (s *Service) removeTOTP(ctx context.Context, userID string, endSessions bool) error {
 	other, err := s.hasOtherSecondFactor(ctx, userID)
 	if err != nil {

@@ -264,13 +264,22 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 }
 
 // A reset that finds the app already gone, removed between the check
-// and the change, is the same 409 as when the check sees it, not a 500.
+// and the change, is the same 409 as when the check sees it, not a 500,
+// and its row, in the same transaction, is not kept.
 func TestMFAResetOfRemovedAppIsConflict(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	u := e.addUser("gone@example.com")
-	_, _, err := runUserRequest(context.Background(), e.rt(), "admins", userRequest{Op: "mfa-reset", User: u.ID}, "")
-	if status := userErrorStatus(err); status != http.StatusConflict {
-		t.Errorf("reset of a user whose app is gone: %v, status %d; want 409", err, status)
+	ctx := context.Background()
+	row := rowFor(nil, event{action: "mfa.totp.removed", actorType: audit.ActorSystem, subject: u.ID, outcome: "success"})
+	refused, err := e.rt().changeWithRow(ctx, row, userChange(ctx, e.rt(), "admins", userRequest{Op: "mfa-reset", User: u.ID}, u))
+	if err != nil {
+		t.Fatalf("writing the row: %v", err)
+	}
+	if status := userErrorStatus(refused); status != http.StatusConflict {
+		t.Errorf("reset of a user whose app is gone: %v, status %d; want 409", refused, status)
+	}
+	if rows := e.auditRows("mfa.totp.removed"); len(rows) != 0 {
+		t.Errorf("rows %+v for a reset that was refused in its transaction", rows)
 	}
 }
 
@@ -457,10 +466,10 @@ func TestAdminSetsGroups(t *testing.T) {
 	}
 }
 
-// raceAfterRow makes fn run once, in the window between the success row
-// of action and the change it records, as another admin or process
-// could.
-func raceAfterRow(e *env, action string, fn func()) {
+// raceBeforeCommit makes fn run once, in the window between the checks made
+// before action's success row and the transaction that writes it with
+// its change, as another admin or process could.
+func raceBeforeCommit(e *env, action string, fn func()) {
 	var once bool
 	f := func(r audit.Row) error {
 		if r.Action == action && r.Outcome == "success" && !once {
@@ -473,19 +482,17 @@ func raceAfterRow(e *env, action string, fn func()) {
 	e.t.Cleanup(func() { e.rt().failRecord.Store(nil) })
 }
 
-// When a change is refused only after its row is written (something
-// changed in between), a failure row with the reason follows the
-// success row, so the trail never shows a change that did not happen
-// without saying so. A deletion's row is written in the deletion's own
-// transaction: refused there, it leaves the failure row alone. The
-// last-admin check inside that transaction is the one that refuses
-// here: the check under the lock had passed.
+// A change refused in its own transaction (something changed since the
+// checks before it) takes its success row with it, written in that
+// transaction, and leaves a failure row with the reason. The last-admin
+// check inside the deletion's transaction is the one that refuses here:
+// the check under the lock had passed.
 func TestAdminUserOpRaceLeavesFailureRow(t *testing.T) {
 	e, root, target := startAdminUI(t)
 	ctx := context.Background()
 
 	enrolTOTPFor(t, e, target)
-	raceAfterRow(e, "mfa.totp.removed", func() {
+	raceBeforeCommit(e, "mfa.totp.removed", func() {
 		if err := e.rt().auth.ResetTOTP(ctx, target.ID); err != nil {
 			t.Error(err)
 		}
@@ -493,14 +500,14 @@ func TestAdminUserOpRaceLeavesFailureRow(t *testing.T) {
 	if code, body := e.apiPost("/users/" + target.ID + "/mfa-reset"); code != http.StatusConflict || !strings.Contains(body, "no authenticator app") {
 		t.Errorf("reset of an app removed meanwhile: status %d; want 409\n%s", code, body)
 	}
-	checkRaceRows(t, e, "mfa.totp.removed", root.ID, target.ID, "gone", true)
+	checkRaceRows(t, e, "mfa.totp.removed", root.ID, target.ID, "gone")
 
 	// target becomes a second admin; while the delete is under way, the
 	// acting admin is disabled, which leaves target the only one.
 	if _, err := e.rt().auth.UpdateUser(ctx, target.ID, func(u *authcore.User) error { u.Groups = []string{"admins"}; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	raceAfterRow(e, "account.deletion_execute", func() {
+	raceBeforeCommit(e, "account.deletion_execute", func() {
 		if _, err := e.rt().auth.SetDisabled(ctx, root.ID, true); err != nil {
 			t.Error(err)
 		}
@@ -511,19 +518,15 @@ func TestAdminUserOpRaceLeavesFailureRow(t *testing.T) {
 	if _, err := e.rt().store.UserByID(ctx, target.ID); err != nil {
 		t.Errorf("the last admin was deleted: %v", err)
 	}
-	checkRaceRows(t, e, "account.deletion_execute", root.ID, target.ID, "last_admin", false)
+	checkRaceRows(t, e, "account.deletion_execute", root.ID, target.ID, "last_admin")
 }
 
-// checkRaceRows checks that action's rows are the admin's success row
-// (when the change's row is written before it) and, after it, a failure
-// row giving reason.
-func checkRaceRows(t *testing.T, e *env, action, admin, subject, reason string, success bool) {
+// checkRaceRows checks that action's rows are the admin's failure row
+// giving reason, alone: the success row went with the refused change.
+func checkRaceRows(t *testing.T, e *env, action, admin, subject, reason string) {
 	t.Helper()
 	rows := e.auditRows(action) // newest first
-	switch {
-	case success && (len(rows) != 2 || rows[1].Outcome != "success" || rows[0].Outcome != "failure" || rows[0].Metadata["reason"] != reason):
-		t.Fatalf("%s rows %+v; want a success row, then a failure row with reason %s", action, rows, reason)
-	case !success && (len(rows) != 1 || rows[0].Outcome != "failure" || rows[0].Metadata["reason"] != reason):
+	if len(rows) != 1 || rows[0].Outcome != "failure" || rows[0].Metadata["reason"] != reason {
 		t.Fatalf("%s rows %+v; want a failure row with reason %s alone", action, rows, reason)
 	}
 	for _, r := range rows {

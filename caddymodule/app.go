@@ -282,23 +282,32 @@ func (rt *runtime) recordHere(ctx context.Context, row audit.Row, with func(tx a
 	return err
 }
 
-// deleteUser deletes the user id and writes row (its
-// account.deletion_execute) in one transaction. refused is the
-// deletion's own refusal (ErrNotFound, ErrLastAdmin); err is the row's
-// failure. Either way nothing was deleted or written.
-func (rt *runtime) deleteUser(ctx context.Context, id, adminGroup string, row audit.Row) (refused, err error) {
-	err = rt.auth.DeleteUserWith(id, adminGroup, func(change func(tx any) error) error {
-		var rerr error
-		refused, rerr = rt.recordChange(ctx, row, change)
-		if refused != nil {
-			return refused
+// changeWithRow makes the change apply hands to its commit in one
+// store transaction with row (authcore.Commit, audit.Log.RecordWith).
+// refused is the change's own refusal (ErrNotFound, ErrLastAdmin), or
+// apply's before it got that far (a password too short); err is the
+// row's failure. Either way nothing was changed or written.
+func (rt *runtime) changeWithRow(ctx context.Context, row audit.Row, apply func(authcore.Commit) error) (refused, err error) {
+	refused = apply(func(change func(tx any) error) error {
+		var changeErr error
+		changeErr, err = rt.recordChange(ctx, row, change)
+		if changeErr != nil {
+			return changeErr
 		}
-		return rerr
+		return err
 	})
-	if refused != nil {
-		return refused, nil
+	if err != nil {
+		return nil, err
 	}
-	return nil, err
+	return refused, nil
+}
+
+// deleteUser deletes the user id and writes row, its
+// account.deletion_execute, in one transaction (changeWithRow).
+func (rt *runtime) deleteUser(ctx context.Context, id, adminGroup string, row audit.Row) (refused, err error) {
+	return rt.changeWithRow(ctx, row, func(commit authcore.Commit) error {
+		return rt.auth.DeleteUserWith(id, adminGroup, commit)
+	})
 }
 
 // login counts a sign-in attempt.

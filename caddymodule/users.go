@@ -101,11 +101,11 @@ var (
 var errNoAuthenticator = errors.New("this user has no authenticator app to reset")
 
 // rowFirst maps the operations on an existing user to their audit
-// action. Their row is written before the change, so that no change is
-// made without its row (a deleted user could not be audited after, and
-// an admin grant whose row failed would be made unrecorded); a failure
-// row follows if the change then fails. A deletion's row is written in
-// the deletion's own transaction instead (runtime.deleteUser). Deletion and a second-factor
+// action. No change is made without its row (a deleted user could not
+// be audited after, and an admin grant whose row failed would be made
+// unrecorded): the row is written in the change's own transaction
+// (userChange), or, for unlock, before it; a failure row follows if the
+// change is refused there. Deletion and a second-factor
 // reset are audited under the action of the change itself, whoever
 // makes it: the user's own deletion and an admin's are both
 // account.deletion_execute, so a consumer erasing a user's data
@@ -216,8 +216,10 @@ func groupsMeta(groups []string, before *authcore.User) map[string]string {
 
 // doUserRowFirst runs a rowFirst operation on u (nil: the user req
 // names, looked up here): it checks what can be checked before writing
-// the row, so a refused request leaves no success row; a refusal that
-// only the change itself can see (a race) leaves a failure row after it.
+// the row, so a refused request leaves no success row. Then the row and
+// the change are made in one transaction (userChange), or, for unlock,
+// the row first; a refusal that only the change itself can see (a race)
+// leaves a failure row.
 func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor, action string, u *authcore.User) (*userResult, error) {
 	if u == nil {
 		var err error
@@ -254,17 +256,16 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 	}
 	var res *userResult
 	var err error
-	if req.Op == "delete" {
-		// The row and the deletion in one transaction: a crash between
-		// two commits would leave a row, delivered to webhooks that may
-		// erase the user's data, for an account still there.
+	if apply := userChange(ctx, rt, adminGroup, req, u); apply != nil {
+		// The row and the change in one transaction: a crash between two
+		// commits would leave a row, delivered to webhooks (that may
+		// erase the user's data on a deletion), for a change not made.
 		var aerr error
-		if err, aerr = rt.deleteUser(ctx, u.ID, adminGroup, rowFor(r, ev)); aerr != nil {
+		if err, aerr = rt.changeWithRow(ctx, rowFor(r, ev), apply); aerr != nil {
 			return nil, fmt.Errorf("writing audit row (nothing was changed): %w", aerr)
 		}
 		if err == nil {
-			v := viewUser(u)
-			res = &userResult{User: &v}
+			res = changedUser(ctx, rt, req.Op, u)
 		}
 	} else {
 		if err := rt.record(ctx, rowFor(r, ev)); err != nil {
@@ -285,14 +286,63 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		}
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": reason}
 		if aerr := rt.record(ctx, rowFor(r, ev)); aerr != nil {
-			// The trail now holds a success row for a change that did
-			// not happen: that is the server's failure (500, the cause
-			// in the log), whatever refused the change.
+			// The server's failure (500, the cause in the log), whatever
+			// refused the change; an unlock's trail keeps its success
+			// row for a change that did not happen.
 			return nil, fmt.Errorf("%v; and writing the failure row: %w", err, aerr)
 		}
 		return nil, err
 	}
 	return res, nil
+}
+
+// userChange is req's change to u as one a Commit makes together with
+// its row, or nil for unlock (the sign-in bans and the app's lock: its
+// row is written first).
+func userChange(ctx context.Context, rt *runtime, adminGroup string, req userRequest, u *authcore.User) func(authcore.Commit) error {
+	auth := rt.auth
+	switch req.Op {
+	case "delete":
+		return func(c authcore.Commit) error { return auth.DeleteUserWith(u.ID, adminGroup, c) }
+	case "passwd":
+		return func(c authcore.Commit) error { return auth.SetPasswordWith(u.ID, req.Password, c) }
+	case "groups":
+		groups := requestedGroups(req, adminGroup)
+		return func(c authcore.Commit) error {
+			return auth.UpdateUserWith(u.ID, false, func(u *authcore.User) error { u.Groups = groups; return nil }, c)
+		}
+	case "disable", "enable": // not disabling oneself: doUserRowFirst refuses that first
+		disable := req.Op == "disable"
+		return func(c authcore.Commit) error {
+			// Disabling ends the user's sessions in the same transaction.
+			return auth.UpdateUserWith(u.ID, disable, func(u *authcore.User) error { u.Disabled = disable; return nil }, c)
+		}
+	case "mfa-reset":
+		// The factor may be what was lost, or stolen with a device that
+		// is still signed in: every session ends with it, in the same
+		// transaction, and none keeps a second factor it passed with
+		// the old one.
+		return func(c authcore.Commit) error {
+			err := auth.ResetTOTPWith(ctx, u.ID, c)
+			if errors.Is(err, authcore.ErrNotEnrolled) {
+				return errNoAuthenticator // removed meanwhile
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// changedUser is the answer to op, made on u: the user as now stored,
+// or as before (a deletion, or a user gone since).
+func changedUser(ctx context.Context, rt *runtime, op string, u *authcore.User) *userResult {
+	if op != "delete" {
+		if now, err := rt.auth.LookupUser(ctx, u.ID); err == nil {
+			u = now
+		}
+	}
+	v := viewUser(u)
+	return &userResult{User: &v}
 }
 
 // requestedGroups are the groups req gives a user: its list, and the
@@ -342,41 +392,15 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 			res.Users = append(res.Users, v)
 		}
 		return res, "", nil
-	case "passwd", "groups", "disable", "enable", "unlock", "delete", "mfa-reset":
+	case "unlock": // the others on an existing user: userChange
 		u, err := auth.LookupUser(ctx, req.User)
 		if err != nil {
 			return nil, "", fmt.Errorf("user %q: %w", req.User, err)
 		}
-		switch req.Op {
-		case "passwd":
-			err = auth.SetPassword(ctx, u.ID, req.Password)
-		case "groups":
-			groups := requestedGroups(req, adminGroup)
-			u, err = auth.UpdateUser(ctx, u.ID, func(u *authcore.User) error { u.Groups = groups; return nil })
-		case "disable": // not oneself: doUserRowFirst refuses that first
-			u, err = auth.SetDisabled(ctx, u.ID, true)
-		case "enable":
-			u, err = auth.SetDisabled(ctx, u.ID, false)
-		case "unlock":
-			// Both locks: sign-in bans, and an authenticator app
-			// locked by wrong codes in a row.
-			if err = rt.reg.Unlock(ctx, u.ID); err == nil {
-				err = auth.UnlockTOTP(ctx, u.ID)
-			}
-		case "delete":
-			err = auth.DeleteUser(ctx, u.ID, adminGroup)
-		case "mfa-reset":
-			// The factor may be what was lost, or stolen with a device
-			// that is still signed in: every session ends with it, in
-			// the same transaction, and none keeps a second factor it
-			// passed with the old one.
-			err = auth.ResetTOTP(ctx, u.ID)
-			if errors.Is(err, authcore.ErrNotEnrolled) {
-				err = errNoAuthenticator // removed meanwhile
-			}
-			if err == nil {
-				u, err = auth.LookupUser(ctx, u.ID)
-			}
+		// Both locks: sign-in bans, and an authenticator app locked by
+		// wrong codes in a row.
+		if err = rt.reg.Unlock(ctx, u.ID); err == nil {
+			err = auth.UnlockTOTP(ctx, u.ID)
 		}
 		if err != nil {
 			return nil, "", err

@@ -66,6 +66,25 @@ func TestAuditRowWithItsChange(t *testing.T) {
 		t.Errorf("%d deliveries queued after the refusal; want none added", n)
 	}
 
+	// An update, and a reset of an app the user does not have (refused:
+	// no row for it).
+	upd := auditEntry(t, row("admin.user.disable", last.ID), now)
+	upd.With = b.UpdateUserIn(last.ID, true, func(u *authcore.User) error { u.Disabled = true; return nil })
+	reset := auditEntry(t, row("mfa.totp.removed", last.ID), now)
+	reset.With = b.DeleteTOTPIn(last.ID, true, true, now)
+	if _, err := b.AppendAudit(ctx, []audit.Entry{upd}); err != nil {
+		t.Fatalf("AppendAudit with the update: %v", err)
+	}
+	if u, err := b.UserByID(ctx, last.ID); err != nil || !u.Disabled {
+		t.Errorf("the row is stored and the user is not disabled: %+v, %v", u, err)
+	}
+	if _, err := b.AppendAudit(ctx, []audit.Entry{reset}); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("AppendAudit with a reset of no app: %v; want ErrNotFound", err)
+	}
+	if n := auditKeys(t, b, bktAuditRows); n != 2 {
+		t.Errorf("%d rows; want the deletion's and the update's", n)
+	}
+
 	// A change made for another store's transaction is refused, not
 	// made in the wrong file.
 	elsewhere := openTemp(t)

@@ -81,6 +81,32 @@ func (b *Bolt) UpdateUser(ctx context.Context, id string, revoke bool, fn func(u
 	return u, nil
 }
 
+// UpdateUserIn implements authcore.ChangeStore: UpdateUser, made in a
+// transaction of this store that runs for the audit row telling of it.
+func (b *Bolt) UpdateUserIn(id string, revoke bool, fn func(u *authcore.User) error) func(tx any) error {
+	return b.changeIn(id, func(tx *bolt.Tx, key []byte) error {
+		_, err := updateUser(tx, key, revoke, fn)
+		return err
+	})
+}
+
+// changeIn is fn, a change to the user id (key, its key), as one for a
+// transaction of this store that runs for something else
+// (authcore.ChangeStore).
+func (b *Bolt) changeIn(id string, fn func(tx *bolt.Tx, key []byte) error) func(tx any) error {
+	return func(tx any) error {
+		btx, err := b.ownTx(tx)
+		if err != nil {
+			return err
+		}
+		key, ok := userKey(id)
+		if !ok {
+			return authcore.ErrNotFound
+		}
+		return fn(btx, key)
+	}
+}
+
 // UpdateUserRenewing implements authcore.Store.
 func (b *Bolt) UpdateUserRenewing(ctx context.Context, id string, cur authcore.SessionID, next *authcore.Session, fn func(u *authcore.User) error) (u *authcore.User, err error) {
 	key, ok := userKey(id)
@@ -162,13 +188,7 @@ func (b *Bolt) DeleteUser(ctx context.Context, id, keepGroup string) error {
 // DeleteUserIn implements authcore.ChangeStore: DeleteUser, made in a
 // transaction of this store that runs for the audit row telling of it.
 func (b *Bolt) DeleteUserIn(id, keepGroup string) func(tx any) error {
-	return func(tx any) error {
-		btx, err := b.ownTx(tx)
-		if err != nil {
-			return err
-		}
-		return deleteUser(btx, id, keepGroup)
-	}
+	return b.changeIn(id, func(tx *bolt.Tx, _ []byte) error { return deleteUser(tx, id, keepGroup) })
 }
 
 // ownTx is tx as a write transaction of this store's file.

@@ -287,49 +287,70 @@ func (b *Bolt) DeleteTOTP(ctx context.Context, userID string, lastFactor, endSes
 	}
 	found := false
 	err := b.update(func(tx *bolt.Tx) error {
-		if err := deleteUserPending(tx, uk); err != nil {
-			return err
-		}
-		bk := bucket(tx, bktTOTP)
-		if found = bk.Get(uk) != nil; !found {
-			return nil
-		}
-		if err := bk.Delete(uk); err != nil {
-			return err
-		}
-		if lastFactor {
-			if err := putRecoveryCodes(tx, uk, nil); err != nil {
-				return err
-			}
-		}
-		if endSessions {
-			if _, err := deleteUserSessions(tx, uk); err != nil {
-				return err
-			}
-		}
-		if !lastFactor && !endSessions {
-			return nil
-		}
-		u, err := getUser(tx, uk)
-		if errors.Is(err, authcore.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if lastFactor {
-			u.SecondFactor = false
-			u.UpdatedAt = at
-		}
-		if endSessions {
-			u.SessionEpoch++ // as DeleteUserSessions: no session started meanwhile survives
-		}
-		return putUser(tx, uk, u)
+		var err error
+		found, err = deleteTOTP(tx, uk, lastFactor, endSessions, at)
+		return err
 	})
 	if err == nil && !found {
 		return authcore.ErrNotFound // the pending delete stands
 	}
 	return err
+}
+
+// DeleteTOTPIn implements authcore.ChangeStore: DeleteTOTP, made in a
+// transaction of this store that runs for the audit row telling of it.
+// No app to delete refuses it all (ErrNotFound).
+func (b *Bolt) DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error {
+	return b.changeIn(userID, func(tx *bolt.Tx, uk []byte) error {
+		found, err := deleteTOTP(tx, uk, lastFactor, endSessions, at)
+		if err == nil && !found {
+			return authcore.ErrNotFound
+		}
+		return err
+	})
+}
+
+// deleteTOTP deletes the user's app (and a pending enrolment), and
+// reports whether there was one.
+func deleteTOTP(tx *bolt.Tx, uk []byte, lastFactor, endSessions bool, at time.Time) (found bool, err error) {
+	if err := deleteUserPending(tx, uk); err != nil {
+		return false, err
+	}
+	bk := bucket(tx, bktTOTP)
+	if bk.Get(uk) == nil {
+		return false, nil
+	}
+	if err := bk.Delete(uk); err != nil {
+		return true, err
+	}
+	if lastFactor {
+		if err := putRecoveryCodes(tx, uk, nil); err != nil {
+			return true, err
+		}
+	}
+	if endSessions {
+		if _, err := deleteUserSessions(tx, uk); err != nil {
+			return true, err
+		}
+	}
+	if !lastFactor && !endSessions {
+		return true, nil
+	}
+	u, err := getUser(tx, uk)
+	if errors.Is(err, authcore.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	if lastFactor {
+		u.SecondFactor = false
+		u.UpdatedAt = at
+	}
+	if endSessions {
+		u.SessionEpoch++ // as DeleteUserSessions: no session started meanwhile survives
+	}
+	return true, putUser(tx, uk, u)
 }
 
 func joinHashes(hashes [][]byte) ([]byte, error) {
