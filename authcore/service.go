@@ -262,6 +262,27 @@ func (s *Service) SetPassword(ctx context.Context, id, password string) error {
 // ended meanwhile (a logout, a revoke) answers ErrNoSession and nothing
 // changes. Set the returned token as the cookie.
 func (s *Service) ChangePassword(ctx context.Context, cur *Session, password string) (token string, sess *Session, err error) {
+	return s.changePassword(cur, password, func(sess *Session, fn func(u *User) error) error {
+		_, err := s.store.UpdateUserRenewing(ctx, cur.UserID, cur.ID, sess, fn)
+		return err
+	})
+}
+
+// ChangePasswordWith is ChangePassword, made through commit (see Commit).
+func (s *Service) ChangePasswordWith(cur *Session, password string, commit Commit) (token string, sess *Session, err error) {
+	cs, err := s.changeStore()
+	if err != nil {
+		return "", nil, err
+	}
+	return s.changePassword(cur, password, func(sess *Session, fn func(u *User) error) error {
+		return commit(cs.UpdateUserRenewingIn(cur.UserID, cur.ID, sess, fn))
+	})
+}
+
+// changePassword checks and hashes the password (before any transaction
+// is open: argon2 takes its time), then has save store the user's new
+// hash and the renewed session.
+func (s *Service) changePassword(cur *Session, password string, save func(sess *Session, fn func(u *User) error) error) (token string, sess *Session, err error) {
 	if err := CheckNewPassword(password); err != nil {
 		return "", nil, err
 	}
@@ -274,7 +295,7 @@ func (s *Service) ChangePassword(ctx context.Context, cur *Session, password str
 	token, sess.ID = NewToken()
 	sess.AuthTime, sess.LastSeen = now, now
 	s.cache.dropUser(cur.UserID)
-	_, err = s.store.UpdateUserRenewing(ctx, cur.UserID, cur.ID, sess, func(u *User) error {
+	err = save(sess, func(u *User) error {
 		u.PasswordHash, u.UpdatedAt = hash, now
 		return nil
 	})
@@ -307,6 +328,7 @@ func (s *Service) DeleteUser(ctx context.Context, id, adminGroup string) error {
 type ChangeStore interface {
 	DeleteUserIn(id, keepGroup string) func(tx any) error
 	UpdateUserIn(id string, revoke bool, fn func(u *User) error) func(tx any) error
+	UpdateUserRenewingIn(id string, cur SessionID, next *Session, fn func(u *User) error) func(tx any) error
 	DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error
 }
 

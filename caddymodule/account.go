@@ -75,13 +75,19 @@ func (q *preq) passwordSubmit() error {
 	if !live {
 		return q.passwordSessionEnded(p, next)
 	}
-	// The row first: a password never changes without one. If the change
-	// then fails, a failure row follows it.
+	// The row and the change in one transaction: a password never changes
+	// without its row, nor has one without changing. Refused there, a
+	// failure row says why.
 	ev := event{action: "auth.password_change.success", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
-	if err := q.audit(ev); err != nil {
+	var token string
+	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
+		var err error
+		token, _, err = q.rt.auth.ChangePasswordWith(p.Session, next, commit)
 		return err
+	})
+	if aerr != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s (the password is unchanged): %w", ev.action, aerr))
 	}
-	token, _, err := q.rt.auth.ChangePassword(q.ctx(), p.Session, next)
 	if errors.Is(err, authcore.ErrNoSession) {
 		return q.passwordSessionEnded(p, next)
 	}

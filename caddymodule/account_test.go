@@ -360,3 +360,29 @@ func TestChangePasswordNeedsFreshSecondFactor(t *testing.T) {
 		t.Fatalf("change after the second factor: status %d\n%s", resp.StatusCode, body)
 	}
 }
+
+// A session ended between the checks and the change (here, just before
+// the transaction that writes the row and the new password) changes
+// nothing: the password stays, and the trail has the failure row alone,
+// not a success row for a change that was not made.
+func TestPasswordChangeRefusedInItsTransaction(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	raceBeforeCommit(e, "auth.password_change.success", func() {
+		if _, err := e.rt().auth.RevokeUserSessions(context.Background(), u.ID); err != nil {
+			t.Error(err)
+		}
+	})
+	const next = "a much longer new passphrase"
+	resp, body := e.changePassword(testPassword, next, next)
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "password is unchanged") {
+		t.Errorf("status %d; want 401, unchanged\n%s", resp.StatusCode, body)
+	}
+	if got := e.auditRows("auth.password_change.*"); len(got) != 1 || got[0].Outcome != "failure" || got[0].Metadata["reason"] != "session_ended" {
+		t.Errorf("rows %+v; want the failure row alone, session_ended", got)
+	}
+	if resp := e.browser().login("ann@example.com", testPassword, "/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("sign-in with the old password: status %d; want 303", resp.StatusCode)
+	}
+}

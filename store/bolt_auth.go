@@ -114,33 +114,49 @@ func (b *Bolt) UpdateUserRenewing(ctx context.Context, id string, cur authcore.S
 		return nil, authcore.ErrNotFound
 	}
 	err = b.update(func(tx *bolt.Tx) error {
-		old, err := getUser(tx, key)
-		if err != nil {
-			return err
-		}
-		// cur must still be live: ended (a logout, a revoke) or of an
-		// earlier epoch, it must not come back as next.
-		v := bucket(tx, bktSessions).Get(cur[:])
-		if v == nil {
-			return authcore.ErrNotFound
-		}
-		s, err := decodeSession(v)
-		if err != nil {
-			return err
-		}
-		if s.UserID != id || s.UserEpoch != old.SessionEpoch {
-			return authcore.ErrNotFound
-		}
-		if u, err = updateUser(tx, key, true, fn); err != nil {
-			return err
-		}
-		next.UserEpoch = u.SessionEpoch
-		return putSession(tx, next)
+		u, err = updateUserRenewing(tx, key, id, cur, next, fn)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return u, nil
+}
+
+// UpdateUserRenewingIn implements authcore.ChangeStore: UpdateUserRenewing,
+// made in a transaction of this store that runs for the audit row
+// telling of it.
+func (b *Bolt) UpdateUserRenewingIn(id string, cur authcore.SessionID, next *authcore.Session, fn func(u *authcore.User) error) func(tx any) error {
+	return b.changeIn(id, func(tx *bolt.Tx, key []byte) error {
+		_, err := updateUserRenewing(tx, key, id, cur, next, fn)
+		return err
+	})
+}
+
+func updateUserRenewing(tx *bolt.Tx, key []byte, id string, cur authcore.SessionID, next *authcore.Session, fn func(u *authcore.User) error) (*authcore.User, error) {
+	old, err := getUser(tx, key)
+	if err != nil {
+		return nil, err
+	}
+	// cur must still be live: ended (a logout, a revoke) or of an
+	// earlier epoch, it must not come back as next.
+	v := bucket(tx, bktSessions).Get(cur[:])
+	if v == nil {
+		return nil, authcore.ErrNotFound
+	}
+	s, err := decodeSession(v)
+	if err != nil {
+		return nil, err
+	}
+	if s.UserID != id || s.UserEpoch != old.SessionEpoch {
+		return nil, authcore.ErrNotFound
+	}
+	u, err := updateUser(tx, key, true, fn)
+	if err != nil {
+		return nil, err
+	}
+	next.UserEpoch = u.SessionEpoch
+	return u, putSession(tx, next)
 }
 
 // updateUser is UpdateUser inside a write transaction.
