@@ -875,14 +875,9 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 	if err != nil {
 		return fmt.Errorf("creating the first admin: %w", err)
 	}
-	// Every admin made is a row; this one by the gateway itself. A row
-	// that cannot be written does not stop the start: the user exists,
-	// and failing now would lose the only copy of its password.
-	row := rowFor(nil, event{action: "admin.user.add", actorType: audit.ActorSystem, subject: u.ID, outcome: "success",
-		meta: map[string]string{"bootstrap": "true", "groups": strings.Join(u.Groups, ",")}})
-	if err := rt.record(ctx, row); err != nil {
-		a.logger.Error("writing the audit row of the first admin", zap.String("user_id", u.ID), zap.Error(err))
-	}
+	// The password first, the moment the user is stored: a start killed
+	// while writing the row below (a commit, an fsync) would otherwise
+	// leave an admin whose password nobody saw.
 	a.logger.Warn("created the first admin user; its password is printed once on stderr",
 		zap.String("email", u.Email), zap.String("user_id", u.ID))
 	fmt.Fprintf(os.Stderr, "\n"+
@@ -892,6 +887,14 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		"  │ shown once; to change it:\n"+
 		"  │   caddy sigra users passwd %s --email %s --password-stdin\n"+
 		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, startedConfig(os.Args), u.Email)
+	// Every admin made is a row; this one by the gateway itself. A row
+	// that cannot be written does not stop the start: the user exists,
+	// and its password is out.
+	row := rowFor(nil, event{action: "admin.user.add", actorType: audit.ActorSystem, subject: u.ID, outcome: "success",
+		meta: map[string]string{"bootstrap": "true", "groups": strings.Join(u.Groups, ",")}})
+	if err := rt.record(ctx, row); err != nil {
+		a.logger.Error("writing the audit row of the first admin", zap.String("user_id", u.ID), zap.Error(err))
+	}
 	return nil
 }
 
