@@ -372,32 +372,41 @@ func (s *Service) ResetTOTP(ctx context.Context, userID string) error {
 	return s.removeTOTP(ctx, userID, true)
 }
 
+// RemoveTOTPWith is RemoveTOTP, made through commit (see Commit).
+func (s *Service) RemoveTOTPWith(ctx context.Context, userID string, commit Commit) error {
+	return s.removeTOTPWith(ctx, userID, false, commit)
+}
+
 // ResetTOTPWith is ResetTOTP, made through commit (see Commit).
 func (s *Service) ResetTOTPWith(ctx context.Context, userID string, commit Commit) error {
+	return s.removeTOTPWith(ctx, userID, true, commit)
+}
+
+func (s *Service) removeTOTPWith(ctx context.Context, userID string, endSessions bool, commit Commit) error {
 	cs, err := s.changeStore()
 	if err != nil {
 		return err
 	}
-	other, err := s.hasOtherSecondFactor(ctx, userID)
-	if err != nil {
-		return err
-	}
-	s.DropCached(userID)
-	err = commit(cs.DeleteTOTPIn(userID, !other, true, s.clock.Now().UTC()))
-	s.DropCached(userID) // a request may have re-cached one meanwhile
-	if errors.Is(err, ErrNotFound) {
-		return ErrNotEnrolled
-	}
-	return err
+	return s.removeTOTPVia(ctx, userID, endSessions, func(lastFactor bool, at time.Time) error {
+		return commit(cs.DeleteTOTPIn(userID, lastFactor, endSessions, at))
+	})
 }
 
 func (s *Service) removeTOTP(ctx context.Context, userID string, endSessions bool) error {
+	return s.removeTOTPVia(ctx, userID, endSessions, func(lastFactor bool, at time.Time) error {
+		return s.store.DeleteTOTP(ctx, userID, lastFactor, endSessions, at)
+	})
+}
+
+// removeTOTPVia removes the user's app through del, which is given
+// whether it was their last second factor and the time.
+func (s *Service) removeTOTPVia(ctx context.Context, userID string, endSessions bool, del func(lastFactor bool, at time.Time) error) error {
 	other, err := s.hasOtherSecondFactor(ctx, userID)
 	if err != nil {
 		return err
 	}
 	s.DropCached(userID)
-	err = s.store.DeleteTOTP(ctx, userID, !other, endSessions, s.clock.Now().UTC())
+	err = del(!other, s.clock.Now().UTC())
 	s.DropCached(userID) // a request may have re-cached one meanwhile
 	if errors.Is(err, ErrNotFound) {
 		return ErrNotEnrolled

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -400,14 +401,17 @@ func (q *preq) totpRemove() error {
 	if p == nil {
 		return err
 	}
-	err = q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID)
+	// The row and the removal in one transaction; an app removed already
+	// (the form sent twice) is neither removed nor recorded again.
+	ev := event{action: "mfa.totp.removed", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
+	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
+		return q.rt.auth.RemoveTOTPWith(q.ctx(), p.User.ID, commit)
+	})
+	if aerr != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s (the app is not removed): %w", ev.action, aerr))
+	}
 	if err != nil && !errors.Is(err, authcore.ErrNotEnrolled) {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if err == nil {
-		if err := q.audit(event{action: "mfa.totp.removed", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
-			return err
-		}
 	}
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil

@@ -306,6 +306,16 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 		if has, _ := e.rt().auth.HasTOTP(context.Background(), u.ID); !has {
 			t.Fatal("TOTP turned off without the password")
 		}
+		// Its row and the removal are one transaction: the row refused,
+		// the app stays.
+		e.failAudit("mfa.totp.removed")
+		if r, _ := e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil); r.StatusCode != http.StatusInternalServerError {
+			t.Errorf("remove with its row failing: status %d; want 500", r.StatusCode)
+		}
+		e.failAudit("")
+		if has, _ := e.rt().auth.HasTOTP(context.Background(), u.ID); !has {
+			t.Fatal("TOTP turned off without its row")
+		}
 		r, _ = e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
 		if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/.sigra/account" {
 			t.Fatalf("remove: status %d Location %q", r.StatusCode, r.Header.Get("Location"))
