@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -169,7 +170,21 @@ func (e *env) load(cf string) error {
 	if e.client != nil {
 		e.client.CloseIdleConnections()
 	}
+	lastLoad.Store(time.Now().UnixNano())
 	return nil
+}
+
+// lastLoad is when a test last loaded a config in this process: for a
+// moment after, a new connection may still be accepted by a replaced
+// server, which then closes it (EOF, with nothing answered).
+var lastLoad atomic.Int64
+
+// closedByReload reports whether err, for a request with no body, is a
+// connection closed unanswered just after a load: worth one more try, as
+// a browser makes.
+func closedByReload(req *http.Request, err error) bool {
+	return req.Body == nil && time.Since(time.Unix(0, lastLoad.Load())) < 2*time.Second &&
+		(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
 }
 
 // rt returns the running sigra runtime.
@@ -202,6 +217,9 @@ func (e *env) do(method, path string, hdr map[string]string, body io.Reader) *ht
 		req.Header.Set(k, v)
 	}
 	resp, err := e.client.Do(req)
+	if err != nil && closedByReload(req, err) {
+		resp, err = e.client.Do(req)
+	}
 	if err != nil {
 		e.t.Fatalf("%s %s: %v", method, path, err)
 	}
