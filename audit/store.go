@@ -153,7 +153,9 @@ type Entry struct {
 	// transaction as a new row (Log.RecordWith), so that a crash between
 	// two commits cannot keep one without the other. The store passes it
 	// its transaction; its error keeps everything of the call out. A
-	// store that cannot run it must refuse the entry.
+	// store that cannot run it must refuse the entry, and so must one
+	// that holds the row already (idempotency cannot tell whether its
+	// change was made).
 	With func(tx any) error
 }
 

@@ -356,6 +356,11 @@ func (b *Bolt) AppendAudit(ctx context.Context, entries []audit.Entry) ([]bool, 
 			inserted[i] = false
 			p := prep[i]
 			if rows.Get(p.pk) != nil {
+				if e.With != nil {
+					// Its change cannot be told made: refused, not
+					// answered as stored.
+					return fmt.Errorf("row %s: %w: stored already, so its change is not made with it", e.Row.ID, audit.ErrInvalidRow)
+				}
 				continue // idempotent: this row (id + occurred_at) is stored
 			}
 			if err := rows.Put(p.pk, p.js); err != nil {

@@ -85,6 +85,20 @@ func TestAuditRowWithItsChange(t *testing.T) {
 		t.Errorf("%d rows; want the deletion's and the update's", n)
 	}
 
+	// A row stored already cannot say whether its change was made with
+	// it: refused, not answered as stored with the change left unmade.
+	again := auditEntry(t, row("admin.user.enable", last.ID), now)
+	if _, err := b.AppendAudit(ctx, []audit.Entry{again}); err != nil {
+		t.Fatal(err)
+	}
+	again.With = b.UpdateUserIn(last.ID, false, func(u *authcore.User) error { u.Disabled = false; return nil })
+	if _, err := b.AppendAudit(ctx, []audit.Entry{again}); !errors.Is(err, audit.ErrInvalidRow) {
+		t.Errorf("AppendAudit of a stored row with a change: %v; want ErrInvalidRow", err)
+	}
+	if u, err := b.UserByID(ctx, last.ID); err != nil || !u.Disabled {
+		t.Errorf("the change of a row stored already was made: %+v, %v", u, err)
+	}
+
 	// A change made for another store's transaction is refused, not
 	// made in the wrong file.
 	elsewhere := openTemp(t)
