@@ -103,13 +103,3 @@ func (t *File) Remove() {
 		os.Remove(t.path)
 	}
 }
-
-// syncDir makes a new name in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
