@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,16 @@ const (
 	// tries one itself, and probeEvery how often at most, whoever asks.
 	probeAfter = 30 * time.Second
 	probeEvery = 10 * time.Second
+	// minFree is the least free space Health takes for a working store:
+	// bbolt grows its file by up to 16 MiB at a time (its AllocSize), and
+	// on a full disk a small write can still pass in pages the file has
+	// free while every write that needs it to grow fails.
+	minFree = 16 << 20
 )
+
+// freeSpace is the space free on the file system holding a directory,
+// and whether that is known (statfsFree; a variable for tests).
+var freeSpace = statfsFree
 
 // writeHealth is what the store's commits have said lately.
 type writeHealth struct {
@@ -69,14 +79,18 @@ func (b *Bolt) noteCommit(err error) {
 
 // Health reports whether the store works: it can be read, its file is
 // still the one opened, and it can be written (no commit failed in the
-// last minute; without a successful commit in the last 30 s, it tries a
-// small one itself, at most every 10 s).
+// last minute, 16 MiB free at least on its file system where that is
+// known; without a successful commit in the last 30 s, it tries a small
+// one itself, at most every 10 s).
 func (b *Bolt) Health(ctx context.Context) error {
 	if err := b.Ping(ctx); err != nil {
 		return err
 	}
 	if err := b.FileGone(); err != nil {
 		return err
+	}
+	if free, ok := freeSpace(filepath.Dir(b.path)); ok && free < minFree {
+		return fmt.Errorf("storage %s: %d KiB free on its file system, less than the %d MiB the store may need to grow: writes fail or soon will", b.path, free>>10, minFree>>20)
 	}
 	now := time.Now()
 	if at := b.health.failAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) < writeFailHold {

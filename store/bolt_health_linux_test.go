@@ -149,3 +149,22 @@ func TestAuditRowWithItsChangeFailingCommit(t *testing.T) {
 		t.Errorf("the failed commit stored %d rows", n)
 	}
 }
+
+// A nearly full disk is unhealthy before writes fail, and after: a small
+// write can still pass in pages the file has free, so the probe alone
+// would say the store works while every sign-in that grows it fails.
+func TestHealthSeesADiskNearlyFull(t *testing.T) {
+	ctx := context.Background()
+	b := openTemp(t)
+	if free, ok := statfsFree(filepath.Dir(b.path)); !ok || free == 0 {
+		t.Fatalf("statfs of the temporary directory: %d, %v", free, ok)
+	}
+	if err := b.Health(ctx); err != nil {
+		t.Fatalf("Health: %v", err)
+	}
+	freeSpace = func(string) (uint64, bool) { return 1 << 20, true }
+	t.Cleanup(func() { freeSpace = statfsFree })
+	if err := b.Health(ctx); err == nil || !strings.Contains(err.Error(), "1024 KiB free") {
+		t.Errorf("Health with 1 MiB free: %v; want it to say so", err)
+	}
+}
