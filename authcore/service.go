@@ -158,6 +158,19 @@ type NewUser struct {
 
 // CreateUser validates and stores a new user.
 func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
+	u, err := s.NewUserRecord(in)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.CreateUser(ctx, u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// NewUserRecord is the user CreateUser would store for in, checked, with
+// its id and password hash, not stored: for CreateUserWith.
+func (s *Service) NewUserRecord(in NewUser) (*User, error) {
 	email, err := NormalizeEmail(in.Email)
 	if err != nil {
 		return nil, err
@@ -180,10 +193,17 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 			return nil, err
 		}
 	}
-	if err := s.store.CreateUser(ctx, u); err != nil {
-		return nil, err
-	}
 	return u, nil
+}
+
+// CreateUserWith stores u, made by NewUserRecord, through commit (see
+// Commit).
+func (s *Service) CreateUserWith(u *User, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
+	}
+	return commit(cs.CreateUserIn(u))
 }
 
 // UpdateUser applies fn to the stored user and saves it, in one store
@@ -326,6 +346,7 @@ func (s *Service) DeleteUser(ctx context.Context, id, adminGroup string) error {
 // tells of the change, so that the two are stored together or not at
 // all. Each method returns the change, to be given that transaction.
 type ChangeStore interface {
+	CreateUserIn(u *User) func(tx any) error
 	DeleteUserIn(id, keepGroup string) func(tx any) error
 	UpdateUserIn(id string, revoke bool, fn func(u *User) error) func(tx any) error
 	UpdateUserRenewingIn(id string, cur SessionID, next *Session, fn func(u *User) error) func(tx any) error

@@ -377,6 +377,16 @@ func TestCLIUserGroups(t *testing.T) {
 	if len(rows) != 1 || rows[0].SubjectID != added.User.ID || rows[0].Metadata["groups"] != "ops,admins" {
 		t.Errorf("admin.user.add rows %+v; want one about ada naming ops,admins", rows)
 	}
+	// The user and the row are one transaction: the row refused, no
+	// admin is made unrecorded.
+	e.failAudit("admin.user.add")
+	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "add", Email: "eve@example.com", Admin: true, Password: "eve's long password"}); err == nil || !strings.Contains(err.Error(), "the user was not added") {
+		t.Errorf("add with its row failing: %v; want it refused, nothing added", err)
+	}
+	e.failAudit("")
+	if _, err := e.rt().auth.LookupUser(context.Background(), "eve@example.com"); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("an admin was added without its row: %v", err)
+	}
 }
 
 func TestHasLoneSurrogate(t *testing.T) {

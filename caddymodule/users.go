@@ -184,16 +184,37 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 	if action, ok := rowFirst[req.Op]; ok {
 		return doUserRowFirst(ctx, rt, adminGroup, req, r, actor, action, u)
 	}
-	res, subject, err := runUserRequest(ctx, rt, adminGroup, req, actor)
-	if err != nil || req.Op == "list" {
-		return res, err
+	if req.Op == "add" {
+		return addUser(ctx, rt, adminGroup, req, r, actor)
 	}
-	ev := event{action: "admin.user." + req.Op, actor: actor, actorType: adminActorType(actor), subject: subject, outcome: "success"}
-	ev.meta = groupsMeta(res.User.Groups, nil)
-	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
-		return nil, fmt.Errorf("the user %s was added, but writing its audit row failed: %w", res.User.Email, err)
+	return runUserRequest(ctx, rt, req)
+}
+
+// addUser adds the user req asks for, and its admin.user.add row, in one
+// transaction: an admin is never made unrecorded, nor a row written for
+// one not made. Refused (an email taken), nothing is written.
+func addUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
+	groups := req.Groups
+	if req.Admin {
+		groups = append(groups, adminGroup)
 	}
-	return res, nil
+	u, err := rt.auth.NewUserRecord(authcore.NewUser{Email: req.Email, Name: req.Name, Groups: groups, Password: req.Password, EmailVerified: true})
+	if err != nil {
+		return nil, err
+	}
+	ev := event{action: "admin.user.add", actor: actor, actorType: adminActorType(actor), subject: u.ID, outcome: "success"}
+	ev.meta = groupsMeta(u.Groups, nil)
+	refused, err := rt.changeWithRow(ctx, rowFor(r, ev), func(commit authcore.Commit) error {
+		return rt.auth.CreateUserWith(u, commit)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("writing audit row (the user was not added): %w", err)
+	}
+	if refused != nil {
+		return nil, refused
+	}
+	v := viewUser(u)
+	return &userResult{User: &v}, nil
 }
 
 // groupsMeta is an audit row's account of a user's groups: who got which
@@ -272,7 +293,7 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 			return nil, fmt.Errorf("writing audit row (nothing was changed): %w", err)
 		}
 		req.User = u.ID
-		res, _, err = runUserRequest(ctx, rt, adminGroup, req, actor)
+		res, err = runUserRequest(ctx, rt, req)
 	}
 	if err != nil {
 		reason := "storage"
@@ -355,47 +376,36 @@ func requestedGroups(req userRequest, adminGroup string) []string {
 	return groups
 }
 
-// runUserRequest runs req for actor, the admin's user id ("" for the
-// CLI and Caddy's admin API).
-func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req userRequest, actor string) (*userResult, string, error) {
+// runUserRequest runs req when it is a list or an unlock: an add goes
+// through addUser, the other changes through userChange.
+func runUserRequest(ctx context.Context, rt *runtime, req userRequest) (*userResult, error) {
 	auth := rt.auth
 	switch req.Op {
-	case "add":
-		groups := req.Groups
-		if req.Admin {
-			groups = append(groups, adminGroup)
-		}
-		u, err := auth.CreateUser(ctx, authcore.NewUser{Email: req.Email, Name: req.Name, Groups: groups, Password: req.Password, EmailVerified: true})
-		if err != nil {
-			return nil, "", err
-		}
-		v := viewUser(u)
-		return &userResult{User: &v}, u.ID, nil
 	case "list":
 		limit := req.Limit
 		if limit < 0 {
-			return nil, "", fmt.Errorf("%w: limit must not be negative (0 is the default page)", authcore.ErrInvalidInput)
+			return nil, fmt.Errorf("%w: limit must not be negative (0 is the default page)", authcore.ErrInvalidInput)
 		}
 		if limit == 0 || limit > maxUserPage {
 			limit = maxUserPage
 		}
 		users, next, err := searchUsers(ctx, auth.Store(), req.After, req.Query, limit)
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		res := &userResult{Users: []userView{}, NextCursor: next}
 		for _, u := range users {
 			v := viewUser(u)
 			if err := rt.addLocks(ctx, &v); err != nil {
-				return nil, "", err
+				return nil, err
 			}
 			res.Users = append(res.Users, v)
 		}
-		return res, "", nil
+		return res, nil
 	case "unlock": // the others on an existing user: userChange
 		u, err := auth.LookupUser(ctx, req.User)
 		if err != nil {
-			return nil, "", fmt.Errorf("user %q: %w", req.User, err)
+			return nil, fmt.Errorf("user %q: %w", req.User, err)
 		}
 		// Both locks: sign-in bans, and an authenticator app locked by
 		// wrong codes in a row.
@@ -403,12 +413,12 @@ func runUserRequest(ctx context.Context, rt *runtime, adminGroup string, req use
 			err = auth.UnlockTOTP(ctx, u.ID)
 		}
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		v := viewUser(u)
-		return &userResult{User: &v}, u.ID, nil
+		return &userResult{User: &v}, nil
 	}
-	return nil, "", fmt.Errorf("%w: unknown operation %q", errUsage, req.Op)
+	return nil, fmt.Errorf("%w: unknown operation %q", errUsage, req.Op)
 }
 
 // maxUserPage is the most users one list request returns.

@@ -50,19 +50,27 @@ func (b *Bolt) CreateUser(ctx context.Context, u *authcore.User) error {
 	if !ok {
 		return fmt.Errorf("%w: user id %q is not a UUID", authcore.ErrInvalidInput, u.ID)
 	}
-	return b.update(func(tx *bolt.Tx) error {
-		byEmail := bucket(tx, bktUsersByEmail)
-		if byEmail.Get([]byte(u.Email)) != nil {
-			return authcore.ErrEmailTaken
-		}
-		if bucket(tx, bktUsers).Get(key) != nil {
-			return fmt.Errorf("user id %s exists", u.ID)
-		}
-		if err := byEmail.Put([]byte(u.Email), key); err != nil {
-			return err
-		}
-		return putUser(tx, key, u)
-	})
+	return b.update(func(tx *bolt.Tx) error { return createUser(tx, key, u) })
+}
+
+// CreateUserIn implements authcore.ChangeStore: CreateUser, made in a
+// transaction of this store that runs for the audit row telling of it.
+func (b *Bolt) CreateUserIn(u *authcore.User) func(tx any) error {
+	return b.changeIn(u.ID, func(tx *bolt.Tx, key []byte) error { return createUser(tx, key, u) })
+}
+
+func createUser(tx *bolt.Tx, key []byte, u *authcore.User) error {
+	byEmail := bucket(tx, bktUsersByEmail)
+	if byEmail.Get([]byte(u.Email)) != nil {
+		return authcore.ErrEmailTaken
+	}
+	if bucket(tx, bktUsers).Get(key) != nil {
+		return fmt.Errorf("user id %s exists", u.ID)
+	}
+	if err := byEmail.Put([]byte(u.Email), key); err != nil {
+		return err
+	}
+	return putUser(tx, key, u)
 }
 
 // UpdateUser implements authcore.Store.
