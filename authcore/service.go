@@ -199,11 +199,7 @@ func (s *Service) NewUserRecord(in NewUser) (*User, error) {
 // CreateUserWith stores u, made by NewUserRecord, through commit (see
 // Commit).
 func (s *Service) CreateUserWith(u *User, commit Commit) error {
-	cs, err := s.changeStore()
-	if err != nil {
-		return err
-	}
-	return commit(cs.CreateUserIn(u))
+	return s.commitUserChange(u.ID, commit, func(cs ChangeStore) func(tx any) error { return cs.CreateUserIn(u) })
 }
 
 // UpdateUser applies fn to the stored user and saves it, in one store
@@ -368,29 +364,30 @@ func (s *Service) changeStore() (ChangeStore, error) {
 	return cs, nil
 }
 
-// DeleteUserWith is DeleteUser, made through commit.
-func (s *Service) DeleteUserWith(id, adminGroup string, commit Commit) error {
+// commitUserChange makes the change to the user id that change gives
+// of the store through commit, dropping the user's cached sessions
+// around it.
+func (s *Service) commitUserChange(id string, commit Commit, change func(ChangeStore) func(tx any) error) error {
 	cs, err := s.changeStore()
 	if err != nil {
 		return err
 	}
 	s.cache.dropUser(id)
-	err = commit(cs.DeleteUserIn(id, adminGroup))
+	err = commit(change(cs))
 	s.cache.dropUser(id) // a request may have re-cached one meanwhile
 	return err
+}
+
+// DeleteUserWith is DeleteUser, made through commit.
+func (s *Service) DeleteUserWith(id, adminGroup string, commit Commit) error {
+	return s.commitUserChange(id, commit, func(cs ChangeStore) func(tx any) error { return cs.DeleteUserIn(id, adminGroup) })
 }
 
 // UpdateUserWith is UpdateUser, made through commit; with revoke it also
 // ends all the user's sessions, as SetDisabled and SetPassword do.
 func (s *Service) UpdateUserWith(id string, revoke bool, fn func(u *User) error, commit Commit) error {
-	cs, err := s.changeStore()
-	if err != nil {
-		return err
-	}
-	s.cache.dropUser(id)
-	err = commit(cs.UpdateUserIn(id, revoke, s.checkedUpdate(fn)))
-	s.cache.dropUser(id) // a request may have re-cached one meanwhile
-	return err
+	checked := s.checkedUpdate(fn)
+	return s.commitUserChange(id, commit, func(cs ChangeStore) func(tx any) error { return cs.UpdateUserIn(id, revoke, checked) })
 }
 
 // SetPasswordWith is SetPassword, made through commit. The password is

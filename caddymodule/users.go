@@ -194,11 +194,7 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 // transaction: an admin is never made unrecorded, nor a row written for
 // one not made. Refused (an email taken), nothing is written.
 func addUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
-	groups := req.Groups
-	if req.Admin {
-		groups = append(groups, adminGroup)
-	}
-	u, err := rt.auth.NewUserRecord(authcore.NewUser{Email: req.Email, Name: req.Name, Groups: groups, Password: req.Password, EmailVerified: true})
+	u, err := rt.auth.NewUserRecord(authcore.NewUser{Email: req.Email, Name: req.Name, Groups: requestedGroups(req, adminGroup), Password: req.Password, EmailVerified: true})
 	if err != nil {
 		return nil, err
 	}
