@@ -514,6 +514,18 @@ func TestCLIRefusesAConfigWithoutSigra(t *testing.T) {
 	}
 }
 
+// cliCaddyfile writes, in dir, a Caddyfile with Sigra's store at path
+// and Caddy's admin endpoint at admin, and returns its path.
+func cliCaddyfile(t *testing.T, dir, admin, path string) string {
+	t.Helper()
+	cfg := filepath.Join(dir, "Caddyfile")
+	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tsigra {\n\t\tstorage bbolt %s\n\t\tbootstrap_admin off\n\t}\n}\n", admin, path)
+	if err := os.WriteFile(cfg, []byte(cf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // A command that finds the store locked and no Caddy answering on the
 // config's admin address waits for the lock as a start would: another
 // command working offline holds it for a moment, and the two must not
@@ -525,11 +537,7 @@ func TestCLIWaitsForAnotherOfflineCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(dir, "Caddyfile")
-	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tsigra {\n\t\tstorage bbolt %s\n\t\tbootstrap_admin off\n\t}\n}\n", freePort(t), path)
-	if err := os.WriteFile(cfg, []byte(cf), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := cliCaddyfile(t, dir, fmt.Sprintf("127.0.0.1:%d", freePort(t)), path)
 	released := make(chan struct{})
 	go func() {
 		time.Sleep(300 * time.Millisecond) // past the 100 ms a command first waits
@@ -564,11 +572,7 @@ func TestCLIDoesNotRedoWhenCaddyDiesMidRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cfg := filepath.Join(dir, "Caddyfile")
-	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tsigra {\n\t\tstorage bbolt %s\n\t\tbootstrap_admin off\n\t}\n}\n", ln.Addr(), path)
-	if err := os.WriteFile(cfg, []byte(cf), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := cliCaddyfile(t, dir, ln.Addr().String(), path)
 	got := make(chan string, 1)
 	go func() {
 		for {

@@ -670,21 +670,28 @@ func TestGateValidateChecksAMR(t *testing.T) {
 	}
 }
 
+// sendPlaceholders reloads e's config with reverse_proxy sending the
+// identity placeholders upstream as X-Id and X-Mail.
+func (e *env) sendPlaceholders() {
+	e.t.Helper()
+	addr := e.up.Listener.Addr().String()
+	cf := strings.Replace(e.config, "reverse_proxy "+addr+"\n",
+		"reverse_proxy "+addr+" {\n\t\theader_up X-Id {http.auth.user.id}\n\t\theader_up X-Mail {http.auth.user.email}\n\t}\n", 1)
+	if cf == e.config {
+		e.t.Fatal("the test config has no reverse_proxy line to extend")
+	}
+	if err := e.load(cf); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // The gate sets Caddy's {http.auth.user.id} and {http.auth.user.email}
 // placeholders, as Caddy's own authentication handler does, for
 // reverse_proxy's header_up and for logs.
 func TestGateSetsAuthPlaceholders(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	u := e.addUser("pia@example.com")
-	addr := e.up.Listener.Addr().String()
-	cf := strings.Replace(e.config, "reverse_proxy "+addr+"\n",
-		"reverse_proxy "+addr+" {\n\t\theader_up X-Id {http.auth.user.id}\n\t\theader_up X-Mail {http.auth.user.email}\n\t}\n", 1)
-	if cf == e.config {
-		t.Fatal("the test config has no reverse_proxy line to extend")
-	}
-	if err := e.load(cf); err != nil {
-		t.Fatal(err)
-	}
+	e.sendPlaceholders()
 	e.mustLogin("pia@example.com")
 	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
 		t.Fatalf("status %d; want 200", r.StatusCode)
@@ -705,15 +712,7 @@ func TestGateSetsAuthPlaceholders(t *testing.T) {
 func TestAuthPlaceholdersEmptyWhenAnonymous(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate /open* {\n\t\toptional\n\t}\n\tsigra_gate /private*")
 	u := e.addUser("pia@example.com")
-	addr := e.up.Listener.Addr().String()
-	cf := strings.Replace(e.config, "reverse_proxy "+addr+"\n",
-		"reverse_proxy "+addr+" {\n\t\theader_up X-Id {http.auth.user.id}\n\t\theader_up X-Mail {http.auth.user.email}\n\t}\n", 1)
-	if cf == e.config {
-		t.Fatal("the test config has no reverse_proxy line to extend")
-	}
-	if err := e.load(cf); err != nil {
-		t.Fatal(err)
-	}
+	e.sendPlaceholders()
 	check := func(path, wantID, wantMail string) {
 		t.Helper()
 		if r, _ := e.get(path, nil); r.StatusCode != 200 {
