@@ -586,9 +586,9 @@ func TestCLIDoesNotRedoWhenCaddyDiesMidRequest(t *testing.T) {
 				continue
 			}
 			_, _ = io.Copy(io.Discard, req.Body)
-			st.Close() // "killed": the lock goes with the process
+			got <- req.URL.Path // before the hang-up the CLI reacts to
+			st.Close()          // "killed": the lock goes with the process
 			c.Close()
-			got <- req.URL.Path
 			return
 		}
 	}()
