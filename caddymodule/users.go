@@ -110,7 +110,7 @@ var errNoAuthenticator = errors.New("this user has no authenticator app to reset
 // makes it: the user's own deletion and an admin's are both
 // account.deletion_execute, so a consumer erasing a user's data
 // downstream needs one action. The others are admin.user.<op>. Adding a
-// user, whose id the change makes, writes its row after.
+// user writes its row in the same transaction too (addUser).
 var rowFirst = map[string]string{
 	"delete":    "account.deletion_execute",
 	"mfa-reset": "mfa.totp.removed",
