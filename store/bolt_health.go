@@ -45,8 +45,9 @@ type writeHealth struct {
 	failed atomic.Pointer[error]
 
 	probeMu  sync.Mutex
-	probedAt time.Time
-	probeErr error
+	probedAt time.Time     // when the last test write ended
+	probeErr error         // ... and what it said
+	probing  chan struct{} // closed when the running one ends; nil when none runs
 
 	opened os.FileInfo // the file as opened, to notice it removed or replaced
 }
@@ -81,7 +82,7 @@ func (b *Bolt) noteCommit(err error) {
 // still the one opened, and it can be written (no commit failed in the
 // last minute, 16 MiB free at least on its file system where that is
 // known; without a successful commit in the last 30 s, it tries a small
-// one itself, at most every 10 s).
+// one itself, at most every 10 s, and waits for it no longer than ctx).
 func (b *Bolt) Health(ctx context.Context) error {
 	if err := b.Ping(ctx); err != nil {
 		return err
@@ -101,20 +102,49 @@ func (b *Bolt) Health(ctx context.Context) error {
 	if at := b.health.okAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) < probeAfter {
 		return nil
 	}
+	return b.probe(ctx, now)
+}
+
+// probe runs Health's test write, or waits for the one running, for no
+// longer than ctx allows: a stalled disk holds bbolt's commit for as long
+// as it stalls, and a health check that hangs with it tells nobody
+// anything. The write goes on after a caller gives up, and the next
+// caller waits for it rather than start another.
+func (b *Bolt) probe(ctx context.Context, now time.Time) error {
 	h := &b.health
 	h.probeMu.Lock()
-	defer h.probeMu.Unlock()
-	if !h.probedAt.IsZero() && now.Sub(h.probedAt) < probeEvery {
+	done := h.probing
+	switch {
+	case done != nil:
+	case !h.probedAt.IsZero() && now.Sub(h.probedAt) < probeEvery:
+		err := h.probeErr
+		h.probeMu.Unlock()
+		return err
+	default:
+		done = make(chan struct{})
+		h.probing = done
+		go func() {
+			err := b.update(func(tx *bolt.Tx) error {
+				return bucket(tx, bktSecrets).Put([]byte(secretHealthProbe), []byte(now.UTC().Format(time.RFC3339Nano)))
+			})
+			if err != nil {
+				err = fmt.Errorf("storage %s: a test write failed: %w", b.path, err)
+			}
+			h.probeMu.Lock()
+			h.probedAt, h.probeErr, h.probing = time.Now(), err, nil
+			h.probeMu.Unlock()
+			close(done)
+		}()
+	}
+	h.probeMu.Unlock()
+	select {
+	case <-done:
+		h.probeMu.Lock()
+		defer h.probeMu.Unlock()
 		return h.probeErr
+	case <-ctx.Done():
+		return fmt.Errorf("storage %s: a test write has not finished after %s (a stalled disk, or a long write holding the store): %w", b.path, time.Since(now).Round(time.Millisecond), ctx.Err())
 	}
-	h.probedAt = now
-	h.probeErr = b.update(func(tx *bolt.Tx) error {
-		return bucket(tx, bktSecrets).Put([]byte(secretHealthProbe), []byte(now.UTC().Format(time.RFC3339Nano)))
-	})
-	if h.probeErr != nil {
-		h.probeErr = fmt.Errorf("storage %s: a test write failed: %w", b.path, h.probeErr)
-	}
-	return h.probeErr
 }
 
 // secretHealthProbe is the key Health's test write goes to: the time of
