@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -183,8 +184,9 @@ func (l *Log) RecordRow(ctx context.Context, r Row) (Row, error) {
 // after it) is left alone by a crash in between. change runs on the
 // committer, with the store's write transaction open: nothing slow
 // (hashing a password), and nothing that records. It may run more than
-// once (a batch that fails is retried row by row), each time in a new
-// transaction. Its error keeps the row out too, and is returned wrapped.
+// once (a batch that fails is committed again, without the entry to
+// blame where the store names it, row by row where it does not), each
+// time in a new transaction. Its error keeps the row out too, and is returned wrapped.
 func (l *Log) RecordWith(ctx context.Context, r Row, change func(tx any) error) error {
 	if change == nil {
 		return fmt.Errorf("%w: RecordWith without a change", ErrInvalidRow)
@@ -292,6 +294,14 @@ func (l *Log) commit(batch []*request) {
 		entries[i] = r.e
 	}
 	inserted, err := l.append(entries)
+	var one *EntryError
+	if err != nil && len(batch) > 1 && errors.As(err, &one) && one.Index >= 0 && one.Index < len(batch) {
+		// The store named the entry that kept the call out (a refused
+		// change): answer it, and commit the others again without it.
+		batch[one.Index].done <- result{err: err}
+		l.commit(slices.Delete(slices.Clone(batch), one.Index, one.Index+1))
+		return
+	}
 	if err != nil && len(batch) > 1 {
 		// One bad entry must not sink the others: retry them one by one.
 		for _, r := range batch {

@@ -589,3 +589,51 @@ func TestRecordWith(t *testing.T) {
 		t.Errorf("RecordWith without a change = %v; want ErrInvalidRow", err)
 	}
 }
+
+// A refused change in a shared commit keeps that commit out; the store
+// names the entry to blame, and the log commits the others again at once
+// without it, instead of one commit per row (a burst of disk syncs for
+// everybody who shared the batch).
+func TestRecordWithRefusedInABatch(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	ctx := context.Background()
+	started := make(chan struct{})
+	var first sync.Once
+	st.beforeAppend = func() {
+		first.Do(func() {
+			close(started)
+			for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < 3 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	errs := make(chan error, 4)
+	go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
+	<-started // the first commit is held while three more rows queue
+	refused := errors.New("the only admin")
+	go func() {
+		errs <- l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(any) error { return refused })
+	}()
+	for range 2 {
+		go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
+	}
+	var failed []error
+	for range 4 {
+		if err := <-errs; err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) != 1 || !errors.Is(failed[0], refused) {
+		t.Fatalf("errors %v; want the refused change's alone", failed)
+	}
+	if n := st.rowCount(); n != 3 {
+		t.Errorf("%d rows; want the three without a refused change", n)
+	}
+	st.mu.Lock()
+	appends := st.appends
+	st.mu.Unlock()
+	if appends != 3 {
+		t.Errorf("%d commits; want 3: the first row's, the batch the refusal kept out, and that batch again without it", appends)
+	}
+}

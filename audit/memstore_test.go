@@ -74,15 +74,15 @@ func (m *memStore) AppendAudit(ctx context.Context, entries []Entry) ([]bool, er
 	}
 	// Changes first: one that fails keeps every row of the call out (the
 	// changes made before it are not undone; a test's own changes are).
-	for _, e := range entries {
+	for i, e := range entries {
 		if _, ok := m.rows[e.Pos]; ok && e.With != nil {
-			return nil, fmt.Errorf("%w: stored already", ErrInvalidRow)
+			return nil, &EntryError{Index: i, Err: fmt.Errorf("%w: stored already", ErrInvalidRow)}
 		}
 	}
-	for _, e := range entries {
+	for i, e := range entries {
 		if e.With != nil {
 			if err := e.With(m); err != nil {
-				return nil, err
+				return nil, &EntryError{Index: i, Err: err}
 			}
 		}
 	}

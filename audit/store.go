@@ -159,6 +159,19 @@ type Entry struct {
 	With func(tx any) error
 }
 
+// EntryError is a store's answer when one entry of an AppendAudit call
+// kept the whole call out: its change was refused (With's error), or it
+// came with a change for a row stored already. Nothing of the call is
+// stored; the log answers that entry with the error and commits the
+// others again without it, instead of one by one.
+type EntryError struct {
+	Index int // the entry's index in the call
+	Err   error
+}
+
+func (e *EntryError) Error() string { return e.Err.Error() }
+func (e *EntryError) Unwrap() error { return e.Err }
+
 // StoreQuery is a timeline query as a Store sees it: validated, the cursor
 // decoded.
 type StoreQuery struct {

@@ -23,7 +23,8 @@ func openTemp(t *testing.T) *Bolt {
 
 // A row and the deletion it tells of are one transaction: both are
 // stored, or, when the deletion is refused, neither, with the other rows
-// of the call kept out too (the audit log retries them alone).
+// of the call kept out too (the audit log commits them again without
+// it).
 func TestAuditRowWithItsChange(t *testing.T) {
 	ctx := context.Background()
 	b := openTemp(t)
@@ -53,8 +54,15 @@ func TestAuditRowWithItsChange(t *testing.T) {
 	other := auditEntry(t, row("auth.logout", last.ID), now, "0123456789abcdef")
 	refused := auditEntry(t, row("account.deletion_execute", last.ID), now, "0123456789abcdef")
 	refused.With = b.DeleteUserIn(last.ID, "admins")
-	if _, err := b.AppendAudit(ctx, []audit.Entry{other, refused}); !errors.Is(err, authcore.ErrLastAdmin) {
+	_, err := b.AppendAudit(ctx, []audit.Entry{other, refused})
+	if !errors.Is(err, authcore.ErrLastAdmin) {
 		t.Fatalf("AppendAudit with a refused deletion: %v; want ErrLastAdmin", err)
+	}
+	// It names the entry to blame, so that the log commits the other
+	// again at once.
+	var one *audit.EntryError
+	if !errors.As(err, &one) || one.Index != 1 {
+		t.Errorf("the refusal %v (%+v) does not name entry 1", err, one)
 	}
 	if _, err := b.UserByID(ctx, last.ID); err != nil {
 		t.Errorf("the last admin was deleted: %v", err)
