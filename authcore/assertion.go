@@ -260,6 +260,36 @@ func (kr *KeyRing) Save(ctx context.Context) error {
 // with it have expired; its private half is forgotten at once. Cached
 // assertions are re-signed on next use.
 func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
+	return kr.rotate(alg, func(_ KeyInfo, sealed []byte) error {
+		_, err := kr.store.PutSecret(ctx, secretAssertionKeys, sealed, false)
+		return err
+	})
+}
+
+// SecretChangeStore stores a secret inside a transaction it runs for
+// something else, as ChangeStore changes users.
+type SecretChangeStore interface {
+	PutSecretIn(name string, value []byte) func(tx any) error
+}
+
+// RotateWith is Rotate with the new keys stored through commit, in one
+// transaction with what it records (audit.Log.RecordWith), so that a
+// rotation is never stored without its row or its row without it.
+// commit is told the new active key, for the row to name. Until commit
+// answers, the old key goes on signing; when it fails, nothing changed.
+func (kr *KeyRing) RotateWith(alg string, commit func(active KeyInfo, change func(tx any) error) error) error {
+	cs, ok := kr.store.(SecretChangeStore)
+	if !ok {
+		return errors.New("authcore: this store cannot store keys in the transaction of their audit row")
+	}
+	return kr.rotate(alg, func(active KeyInfo, sealed []byte) error {
+		return commit(active, cs.PutSecretIn(secretAssertionKeys, sealed))
+	})
+}
+
+// rotate makes the new key set and has store keep it (sealed), then
+// installs it.
+func (kr *KeyRing) rotate(alg string, store func(active KeyInfo, sealed []byte) error) error {
 	if kr.fromFile {
 		return fmt.Errorf("%w: the signing key is loaded from a PEM file (signing_key): replace the file and run caddy reload --force instead (an unchanged config is not reloaded without --force)", ErrInvalidInput)
 	}
@@ -278,7 +308,11 @@ func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
 	if err != nil {
 		return err
 	}
-	if err := kr.save(ctx, keys); err != nil {
+	sealed, err := kr.sealStored(keys)
+	if err != nil {
+		return err
+	}
+	if err := store(KeyInfo{KID: k.KID, Alg: k.Alg, Active: true, CreatedAt: k.CreatedAt}, sealed); err != nil {
 		return fmt.Errorf("storing rotated keys: %w", err)
 	}
 	kr.unsaved, kr.pending = false, nil
@@ -408,16 +442,21 @@ func (kr *KeyRing) differs(had, keys []*signingKey) (bool, error) {
 }
 
 func (kr *KeyRing) save(ctx context.Context, keys []*signingKey) error {
-	keys, err := kr.stored(keys)
-	if err != nil {
-		return err
-	}
-	sealed, err := kr.seal(keys)
+	sealed, err := kr.sealStored(keys)
 	if err != nil {
 		return err
 	}
 	_, err = kr.store.PutSecret(ctx, secretAssertionKeys, sealed, false)
 	return err
+}
+
+// sealStored seals keys as the store keeps them (stored).
+func (kr *KeyRing) sealStored(keys []*signingKey) ([]byte, error) {
+	keys, err := kr.stored(keys)
+	if err != nil {
+		return nil, err
+	}
+	return kr.seal(keys)
 }
 
 func (kr *KeyRing) read(ctx context.Context) ([]*signingKey, error) {

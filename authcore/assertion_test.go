@@ -69,6 +69,20 @@ func (s *krSecretsStore) PutSecret(ctx context.Context, name string, value []byt
 	return bytes.Clone(value), nil
 }
 
+// PutSecretIn stores in the "transaction" of the map store itself.
+func (s *krSecretsStore) PutSecretIn(name string, value []byte) func(tx any) error {
+	return func(tx any) error {
+		if tx != any(s) {
+			return fmt.Errorf("PutSecretIn given %T, not the store", tx)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.puts++
+		s.secrets[name] = bytes.Clone(value)
+		return nil
+	}
+}
+
 var krStart = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
 func krBox(t *testing.T) *seal.Box {
@@ -1140,5 +1154,52 @@ func TestKeyRingSign(t *testing.T) {
 	}
 	if string(payload) != `{"hello":"world"}` {
 		t.Errorf("payload = %q; want %q", payload, `{"hello":"world"}`)
+	}
+}
+
+// RotateWith hands the sealed new keys to commit, with the new key to
+// name in its row: stored, the new key signs; refused, nothing changed,
+// neither in the store nor in what signs.
+func TestKeyRingRotateWith(t *testing.T) {
+	ctx := context.Background()
+	st := newKRSecretsStore()
+	kr := newKR(t, clock.NewFake(krStart), st, KeyRingConfig{Algorithm: AlgEdDSA, TTL: 5 * time.Minute})
+	before := kr.ActiveKeyID()
+	stored, _ := st.GetSecret(ctx, secretAssertionKeys)
+	puts := st.puts
+
+	refused := errors.New("its row was not written")
+	var told KeyInfo
+	if err := kr.RotateWith("", func(active KeyInfo, change func(tx any) error) error {
+		told = active
+		return refused
+	}); !errors.Is(err, refused) {
+		t.Fatalf("RotateWith with the commit refused = %v; want its error", err)
+	}
+	if told.KID == "" || told.KID == before || told.Alg != AlgEdDSA || !told.Active {
+		t.Errorf("commit was told %+v; want the new active EdDSA key", told)
+	}
+	now, _ := st.GetSecret(ctx, secretAssertionKeys)
+	if kr.ActiveKeyID() != before || !bytes.Equal(now, stored) || st.puts != puts || len(kr.Keys()) != 1 {
+		t.Fatalf("after a refused commit: active %s (was %s), %d keys, store changed %v; want nothing changed", kr.ActiveKeyID(), before, len(kr.Keys()), !bytes.Equal(now, stored))
+	}
+
+	if err := kr.RotateWith("", func(active KeyInfo, change func(tx any) error) error {
+		told = active
+		return change(st)
+	}); err != nil {
+		t.Fatalf("RotateWith: %v", err)
+	}
+	if kr.ActiveKeyID() != told.KID || kr.ActiveKeyID() == before {
+		t.Fatalf("active key %s after RotateWith; want the one commit was told, %s", kr.ActiveKeyID(), told.KID)
+	}
+	reloaded := newKR(t, clock.NewFake(krStart), st, KeyRingConfig{Algorithm: AlgEdDSA, TTL: 5 * time.Minute})
+	if got := reloaded.Keys(); len(got) != 2 || got[0].KID != told.KID || got[1].KID != before {
+		t.Errorf("the store holds %+v; want %s active and %s retired", got, told.KID, before)
+	}
+
+	plain := newKR(t, clock.NewFake(krStart), struct{ Store }{st}, KeyRingConfig{Algorithm: AlgEdDSA, TTL: 5 * time.Minute})
+	if err := plain.RotateWith("", func(KeyInfo, func(any) error) error { return nil }); err == nil {
+		t.Error("RotateWith on a store that cannot store in another's transaction succeeded")
 	}
 }

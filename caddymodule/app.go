@@ -868,16 +868,28 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		return err
 	}
 	pw := authcore.RandomPassword()
-	u, err := rt.auth.CreateUser(ctx, authcore.NewUser{
+	u, err := rt.auth.NewUserRecord(authcore.NewUser{
 		Email: a.BootstrapAdmin, Name: "Administrator", Groups: []string{a.AdminGroup},
 		Password: pw, EmailVerified: true,
 	})
 	if err != nil {
 		return fmt.Errorf("creating the first admin: %w", err)
 	}
-	// The password first, the moment the user is stored: a start killed
-	// while writing the row below (a commit, an fsync) would otherwise
-	// leave an admin whose password nobody saw.
+	// Every admin made is a row, this one by the gateway itself, in the
+	// user's own transaction: a start killed during the commit leaves
+	// neither, and the next start makes the admin again.
+	ev := event{action: "admin.user.add", actorType: audit.ActorSystem, subject: u.ID, outcome: "success", meta: groupsMeta(u.Groups, nil)}
+	ev.meta["bootstrap"] = "true"
+	refused, err := rt.changeWithRow(ctx, rowFor(nil, ev), func(commit authcore.Commit) error {
+		return rt.auth.CreateUserWith(u, commit)
+	})
+	if err == nil {
+		err = refused
+	}
+	if err != nil {
+		return fmt.Errorf("creating the first admin (nothing was stored): %w", err)
+	}
+	// The password at once, the moment the user is stored.
 	a.logger.Warn("created the first admin user; its password is printed once on stderr",
 		zap.String("email", u.Email), zap.String("user_id", u.ID))
 	fmt.Fprintf(os.Stderr, "\n"+
@@ -887,14 +899,6 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		"  │ shown once; to change it:\n"+
 		"  │   caddy sigra users passwd %s --email %s --password-stdin\n"+
 		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, startedConfig(os.Args), u.Email)
-	// Every admin made is a row; this one by the gateway itself. A row
-	// that cannot be written does not stop the start: the user exists,
-	// and its password is out.
-	row := rowFor(nil, event{action: "admin.user.add", actorType: audit.ActorSystem, subject: u.ID, outcome: "success",
-		meta: map[string]string{"bootstrap": "true", "groups": strings.Join(u.Groups, ",")}})
-	if err := rt.record(ctx, row); err != nil {
-		a.logger.Error("writing the audit row of the first admin", zap.String("user_id", u.ID), zap.Error(err))
-	}
 	return nil
 }
 

@@ -28,15 +28,20 @@ func doKeys(ctx context.Context, rt *runtime, req keysRequest, r *http.Request, 
 		// The new key has the configured algorithm: the key ring rotated
 		// to it when it was loaded, and a change of algorithm is made in
 		// the config (keys { algorithm }), which rotates at the next start.
+		// The new keys and their row are one transaction: a rotation is
+		// never stored without its row, nor its row without it.
 		previous := rt.keys.ActiveKeyID()
-		if err := rt.keys.Rotate(ctx, ""); err != nil {
-			return nil, err
-		}
-		active := rt.keys.Keys()[0]
-		ev := event{action: "admin.keys.rotate", actor: actor, actorType: adminActorType(actor), outcome: "success",
-			meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous}}
-		if err := rt.record(ctx, rowFor(r, ev)); err != nil {
-			return nil, fmt.Errorf("the key was rotated (kid %s), but writing its audit row failed: %w", active.KID, err)
+		err := rt.keys.RotateWith("", func(active authcore.KeyInfo, change func(tx any) error) error {
+			ev := event{action: "admin.keys.rotate", actor: actor, actorType: adminActorType(actor), outcome: "success",
+				meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous}}
+			refused, err := rt.recordChange(ctx, rowFor(r, ev), change)
+			if refused != nil {
+				return refused
+			}
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("the keys were not rotated: %w", err)
 		}
 	default:
 		return nil, fmt.Errorf("%w: keys operation %q (want list or rotate)", errUsage, req.Op)

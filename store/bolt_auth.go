@@ -613,6 +613,18 @@ func (b *Bolt) PutSecret(ctx context.Context, name string, value []byte, ifAbsen
 	return out, err
 }
 
+// PutSecretIn implements authcore.SecretChangeStore: PutSecret (not
+// ifAbsent) in tx.
+func (b *Bolt) PutSecretIn(name string, value []byte) func(tx any) error {
+	return func(tx any) error {
+		btx, err := b.ownTx(tx)
+		if err != nil {
+			return err
+		}
+		return bucket(btx, bktSecrets).Put([]byte(name), value)
+	}
+}
+
 // CountSessions returns the number of stored sessions (expired ones not
 // yet pruned included).
 func (b *Bolt) CountSessions(ctx context.Context) (n int, err error) {
