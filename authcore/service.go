@@ -347,6 +347,7 @@ type ChangeStore interface {
 	UpdateUserIn(id string, revoke bool, fn func(u *User) error) func(tx any) error
 	UpdateUserRenewingIn(id string, cur SessionID, next *Session, fn func(u *User) error) func(tx any) error
 	DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error
+	PutSessionIn(s *Session) func(tx any) error
 }
 
 // Commit makes a change of a ChangeStore in one transaction with what it
@@ -501,6 +502,16 @@ func (s *Service) PasswordChecks() uint64 { return s.hashChecks.Load() }
 // and amr does not include one, the session is pending, and ends after
 // PendingLifetime unless the second factor completes it.
 func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta ClientMeta) (string, *Session, error) {
+	token, sess := s.NewSessionRecord(u, amr, meta)
+	if err := s.store.PutSession(ctx, sess); err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}
+
+// NewSessionRecord is the session StartSession makes, and its cookie
+// token, not stored: for StartSessionWith.
+func (s *Service) NewSessionRecord(u *User, amr []string, meta ClientMeta) (string, *Session) {
 	now := s.clock.Now().UTC()
 	token, id := NewToken()
 	sess := &Session{
@@ -514,10 +525,18 @@ func (s *Service) StartSession(ctx context.Context, u *User, amr []string, meta 
 		sess.Pending = true
 		sess.ExpiresAt = now.Add(min(s.cfg.Lifetime, s.cfg.PendingLifetime))
 	}
-	if err := s.store.PutSession(ctx, sess); err != nil {
-		return "", nil, err
+	return token, sess
+}
+
+// StartSessionWith stores sess, made by NewSessionRecord, through commit
+// (see Commit): the sign-in and its row are stored together or not at
+// all.
+func (s *Service) StartSessionWith(sess *Session, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
 	}
-	return token, sess, nil
+	return commit(cs.PutSessionIn(sess))
 }
 
 // Authenticate resolves a cookie token to its signed-in principal. It is

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
 // AuditConfig configures the audit trail.
@@ -128,6 +129,19 @@ func rowFor(r *http.Request, ev event) audit.Row {
 func (q *preq) audit(ev event) error {
 	if err := q.rt.record(q.ctx(), rowFor(q.r, ev)); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s: %w", ev.action, err))
+	}
+	return nil
+}
+
+// auditWith writes ev's row and the change apply makes through its
+// commit in one store transaction (changeWithRow): both or neither.
+func (q *preq) auditWith(ev event, apply func(authcore.Commit) error) error {
+	refused, err := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), apply)
+	if err == nil {
+		err = refused
+	}
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s with its change: %w", ev.action, err))
 	}
 	return nil
 }

@@ -145,3 +145,23 @@ func TestPortalGETIgnoresBody(t *testing.T) {
 		}
 	}
 }
+
+// A password sign-in's session and its auth.login.success row are one
+// commit: when the row goes to be written, the session is not stored
+// yet (a Caddy killed then leaves neither), and afterwards both are.
+func TestSignInSessionWithItsRow(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("sal@example.com")
+	before := -1
+	raceBeforeCommit(e, "auth.login.success", func() { before = e.sessionsOf(u.ID) })
+	e.mustLogin("sal@example.com")
+	if before != 0 {
+		t.Errorf("%d sessions stored before the sign-in's row was; want the session stored with it", before)
+	}
+	if n := e.sessionsOf(u.ID); n != 1 {
+		t.Errorf("%d sessions after the sign-in; want 1", n)
+	}
+	if got := e.auditRows("auth.login.success"); len(got) != 1 {
+		t.Errorf("%d auth.login.success rows; want 1", len(got))
+	}
+}

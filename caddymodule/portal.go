@@ -372,20 +372,19 @@ func (q *preq) loginSubmit() error {
 			}
 		}
 	}
-	token, sess, err := q.rt.auth.StartSession(q.ctx(), u, []string{authcore.AMRPassword},
+	token, sess := q.rt.auth.NewSessionRecord(u, []string{authcore.AMRPassword},
 		authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent(), Host: requestHost(q.r)})
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
 	// The right password is a row even when a second factor is still
-	// due: a password that works is what an operator must learn of.
+	// due: a password that works is what an operator must learn of. The
+	// session and its row are one commit: nobody is signed in without
+	// the row that says so, even if Caddy dies.
 	target, row := q.rd(), event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
 		meta: map[string]string{"method": "password"}}
 	if sess.Pending {
 		target = q.p.app.Prefix + "/mfa?rd=" + url.QueryEscape(target)
 		row.action = "auth.login.pending"
 	}
-	if err := q.auditOrEnd(sess.ID, row); err != nil {
+	if err := q.auditWith(row, func(commit authcore.Commit) error { return q.rt.auth.StartSessionWith(sess, commit) }); err != nil {
 		return err
 	}
 	q.setSessionCookie(token)

@@ -390,6 +390,17 @@ func (b *Bolt) PutSession(ctx context.Context, s *authcore.Session) error {
 	return b.update(func(tx *bolt.Tx) error { return putSession(tx, s) })
 }
 
+// PutSessionIn implements authcore.ChangeStore: PutSession in tx.
+func (b *Bolt) PutSessionIn(s *authcore.Session) func(tx any) error {
+	return func(tx any) error {
+		btx, err := b.ownTx(tx)
+		if err != nil {
+			return err
+		}
+		return putSession(btx, s)
+	}
+}
+
 // PutSessions implements authcore.Store.
 func (b *Bolt) PutSessions(ctx context.Context, ss []*authcore.Session) error {
 	return b.update(func(tx *bolt.Tx) error {
