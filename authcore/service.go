@@ -348,6 +348,7 @@ type ChangeStore interface {
 	UpdateUserRenewingIn(id string, cur SessionID, next *Session, fn func(u *User) error) func(tx any) error
 	DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error
 	PutSessionIn(s *Session) func(tx any) error
+	DeleteSessionIn(id SessionID) func(tx any) error
 }
 
 // Commit makes a change of a ChangeStore in one transaction with what it
@@ -669,6 +670,19 @@ func (s *Service) EndSession(ctx context.Context, id SessionID) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// EndSessionWith is EndSession made through commit (see Commit): a
+// session already ended is ErrNotFound, and nothing is stored.
+func (s *Service) EndSessionWith(id SessionID, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
+	}
+	s.cache.drop(id)
+	err = commit(cs.DeleteSessionIn(id))
+	s.cache.drop(id)
+	return err
 }
 
 // RevokeUserSessions ends every session of a user, including one being

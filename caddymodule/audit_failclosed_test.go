@@ -165,3 +165,48 @@ func TestSignInSessionWithItsRow(t *testing.T) {
 		t.Errorf("%d auth.login.success rows; want 1", len(got))
 	}
 }
+
+// A sign-out ends its session in the commit of its auth.logout row: when
+// the row goes to be written the session still stands, and afterwards
+// neither does. When the row cannot be written, the browser is signed
+// out all the same (a sign-out does not wait for the audit log), and the
+// answer is the error.
+func TestSignOutWithItsRow(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("sol@example.com")
+	logout := func() *http.Response {
+		t.Helper()
+		_, page := e.get("/.sigra/logout", nil)
+		resp, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, nil)
+		return resp
+	}
+
+	e.mustLogin("sol@example.com")
+	during := -1
+	raceBeforeCommit(e, "auth.logout", func() { during = e.sessionsOf(u.ID) })
+	if resp := logout(); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-out: status %d; want 303", resp.StatusCode)
+	}
+	if during != 1 {
+		t.Errorf("%d sessions when the sign-out's row went to be written; want the session still there, ended with the row", during)
+	}
+	if n := e.sessionsOf(u.ID); n != 0 {
+		t.Errorf("%d sessions after the sign-out; want 0", n)
+	}
+	if n := len(e.auditRows("auth.logout")); n != 1 {
+		t.Errorf("%d auth.logout rows; want 1", n)
+	}
+
+	e.failAudit("")
+	e.mustLogin("sol@example.com")
+	e.failAudit("auth.logout")
+	if resp := logout(); resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("sign-out with a failing audit row: status %d; want 500", resp.StatusCode)
+	}
+	if n := e.sessionsOf(u.ID); n != 0 {
+		t.Errorf("sign-out with a failing audit row left %d sessions; want it signed out all the same", n)
+	}
+	if n := len(e.auditRows("auth.logout")); n != 1 {
+		t.Errorf("%d auth.logout rows; want still 1", n)
+	}
+}

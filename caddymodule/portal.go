@@ -361,15 +361,9 @@ func (q *preq) loginSubmit() error {
 		}
 	}
 	if old != nil {
-		ended, err := q.rt.auth.EndSession(q.ctx(), old.Session.ID)
-		if err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
-		}
-		if ended {
-			if err := q.audit(event{action: "auth.logout", actor: old.User.ID, subject: old.User.ID, outcome: "success",
-				meta: map[string]string{"reason": "signed_in_again"}}); err != nil {
-				return err
-			}
+		if err := q.endSession(old.Session.ID, event{action: "auth.logout", actor: old.User.ID, subject: old.User.ID, outcome: "success",
+			meta: map[string]string{"reason": "signed_in_again"}}); err != nil {
+			return err
 		}
 	}
 	token, sess := q.rt.auth.NewSessionRecord(u, []string{authcore.AMRPassword},
@@ -461,6 +455,30 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 	return u, att, nil
 }
 
+// endSession ends the session id and writes ev, its auth.logout row, in
+// one commit. A session ended already (the same form sent twice, a twin
+// tab) writes no row again. When the row cannot be written the session
+// ends all the same, without it: a sign-out must not wait for the audit
+// log; the answer is then the error.
+func (q *preq) endSession(id authcore.SessionID, ev event) error {
+	refused, err := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
+		return q.rt.auth.EndSessionWith(id, commit)
+	})
+	switch {
+	case err != nil:
+		q.p.logger.Error("writing a sign-out's audit row failed; ending the session without it", zap.String("action", ev.action), zap.Error(err))
+		if _, eerr := q.rt.auth.EndSession(q.ctx(), id); eerr != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, eerr)
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s: %w", ev.action, err))
+	case errors.Is(refused, authcore.ErrNotFound):
+		return nil
+	case refused != nil:
+		return caddyhttp.Error(http.StatusInternalServerError, refused)
+	}
+	return nil
+}
+
 // auditOrEnd writes the audit rows of a step that signs a browser in,
 // before its session cookie is set: if a row cannot be written, the new
 // session ends and the answer is an error, so nobody is signed in without
@@ -512,14 +530,8 @@ func (q *preq) logoutSubmit() error {
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/logout")
 	}
-	ended, err := q.rt.auth.EndSession(q.ctx(), p.Session.ID)
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if ended { // not again for the same form sent twice
-		if err := q.audit(event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
-			return err
-		}
+	if err := q.endSession(p.Session.ID, event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+		return err
 	}
 	q.clearSessionCookie()
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)

@@ -466,13 +466,28 @@ func removeSession(tx *bolt.Tx, id authcore.SessionID, v []byte, s *authcore.Ses
 
 // DeleteSession implements authcore.Store.
 func (b *Bolt) DeleteSession(ctx context.Context, id authcore.SessionID) error {
-	return b.update(func(tx *bolt.Tx) error {
-		found, err := deleteSession(tx, id)
-		if err == nil && !found {
-			return authcore.ErrNotFound
+	return b.update(func(tx *bolt.Tx) error { return deleteSessionFound(tx, id) })
+}
+
+// DeleteSessionIn implements authcore.ChangeStore: DeleteSession in tx.
+func (b *Bolt) DeleteSessionIn(id authcore.SessionID) func(tx any) error {
+	return func(tx any) error {
+		btx, err := b.ownTx(tx)
+		if err != nil {
+			return err
 		}
-		return err
-	})
+		return deleteSessionFound(btx, id)
+	}
+}
+
+// deleteSessionFound deletes the session id, ErrNotFound if there is
+// none.
+func deleteSessionFound(tx *bolt.Tx, id authcore.SessionID) error {
+	found, err := deleteSession(tx, id)
+	if err == nil && !found {
+		return authcore.ErrNotFound
+	}
+	return err
 }
 
 // ReplaceSession implements authcore.Store.
