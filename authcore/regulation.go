@@ -176,8 +176,11 @@ type Attempt struct {
 	at      time.Time
 	allowed bool
 	addr    bool // the client address refused it (banned or at its quota)
-	until   time.Time
-	done    bool
+	// addrOnly: refused for the account alone, the attempt still counts
+	// for the address (see Begin).
+	addrOnly bool
+	until    time.Time
+	done     bool
 }
 
 // Begin starts an attempt on account (a key from UserAccountKey,
@@ -212,8 +215,15 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 				a.addr = a.addr || i == 1
 			}
 		}
-		for _, st := range states {
-			if a.allowed {
+		a.addrOnly = !a.allowed && !a.addr && len(states) > 1
+		for i, st := range states {
+			// An attempt the account refused while its address did not
+			// is still checked (a wrong password's time, and hashing
+			// cost): it counts for the address, so that one address
+			// cannot hash without end at a banned account (any email,
+			// banned by its own first failures) and keep the bounded
+			// hashing slots from everyone else.
+			if a.allowed || (a.addrOnly && i == 1) {
 				st.Attempts = append(st.Attempts, a.at)
 			}
 			r.stamp(st)
@@ -274,16 +284,34 @@ func (f FailResult) Lockout() bool { return f.AccountLocked || f.IPLocked }
 // Fail records that the attempt failed (or was refused). The failure that
 // brings the account to MaxRetries, or the address to MaxRetriesPerIP,
 // within FindTime starts a ban of BanTime and says so once. A refused
-// attempt changes nothing and asks for the longest delay. On a storage
-// error the result still carries a delay to apply.
+// attempt asks for the longest delay, and changes nothing but, when the
+// account alone refused it, the address's count (Begin), which may start
+// the address's ban. On a storage error the result still carries a
+// delay to apply.
 func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 	r := a.r
 	res := FailResult{Delay: MaxFailureDelay}
-	if !a.allowed || a.done {
+	if a.done || (!a.allowed && !a.addrOnly) {
 		return res, nil
 	}
 	a.done = true
 	now := r.clk.Now().UTC()
+	if !a.allowed {
+		err := r.st.UpdateRegulation(ctx, a.keys[1:], func(states []*RegulationState) error {
+			st := states[0]
+			r.settle(st, now)
+			if !now.Before(st.BannedUntil) && len(st.Attempts) >= a.limits[1] {
+				st.BannedUntil, st.Attempts = now.Add(r.cfg.BanTime), nil
+				res.IPLocked, res.Until = true, st.BannedUntil
+			}
+			r.stamp(st)
+			return nil
+		})
+		if err != nil {
+			return FailResult{Delay: MaxFailureDelay}, fmt.Errorf("regulation: %w", err)
+		}
+		return res, nil
+	}
 	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
 		res = FailResult{}
 		banned := false

@@ -490,3 +490,55 @@ func TestAccountKeyUser(t *testing.T) {
 		}
 	}
 }
+
+// Attempts at a banned account are still checked (a wrong password's
+// time), so they count for their address: one address cannot go on
+// hashing at an account its own first failures banned. Its quota
+// reached, the address is banned, says so once, and refuses (checking
+// nothing) from then on, while other addresses are untouched.
+func TestRegulationRefusedByAccountCountsForAddress(t *testing.T) {
+	r, clk, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 5, MaxRetriesPerIP: 20})
+	ctx := context.Background()
+	acct := UserAccountKey("ghost")
+	const ip = "203.0.113.40"
+	for range 5 {
+		try(t, r, acct, ip, false)
+	}
+	lockouts := 0
+	for i := 6; i <= 20; i++ {
+		a, err := r.Begin(ctx, acct, ip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Allowed() || a.AddressRefused() {
+			t.Fatalf("attempt %d: allowed %v, refused by the address %v; want refused by the account alone", i, a.Allowed(), a.AddressRefused())
+		}
+		res, err := a.Fail(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.IPLocked {
+			lockouts++
+			if i != 20 {
+				t.Errorf("address banned at attempt %d; want at 20", i)
+			}
+		}
+		if res.AccountLocked || res.Delay != MaxFailureDelay {
+			t.Errorf("attempt %d: %+v; want the longest delay and no new account ban", i, res)
+		}
+		clk.Advance(time.Second)
+	}
+	if lockouts != 1 {
+		t.Fatalf("address lockout reported %d times; want once", lockouts)
+	}
+	a, err := r.Begin(ctx, UserAccountKey("someone-else"), ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Allowed() || !a.AddressRefused() {
+		t.Errorf("after its quota of attempts at a banned account, the address is not banned (allowed %v)", a.Allowed())
+	}
+	if allowed, _ := try(t, r, UserAccountKey("someone-else"), "198.51.100.40", true); !allowed {
+		t.Error("another address was refused")
+	}
+}
