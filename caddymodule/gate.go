@@ -364,7 +364,7 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 		}
 		d.settle(m, c, d.spent, true)
 	}()
-	return next.ServeHTTP(w, r)
+	return next.ServeHTTP(guardCookies(w, r), r)
 }
 
 // settle counts the request's one decision in c, with a latency sample

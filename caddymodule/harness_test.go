@@ -71,6 +71,9 @@ func newUpstream(t *testing.T) *upstream {
 		if cc := r.URL.Query().Get("cc"); cc != "" { // an app's own caching
 			w.Header().Set("Cache-Control", cc)
 		}
+		for _, sc := range r.URL.Query()["sc"] { // an app's own cookies
+			w.Header().Add("Set-Cookie", sc)
+		}
 		io.WriteString(w, "app:"+r.URL.Path)
 	}))
 	t.Cleanup(u.Close)

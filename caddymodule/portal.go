@@ -122,7 +122,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	own := takeOwnCookies(r, secure)
 	sub, ok := portalPath(r.URL.Path, p.app.Prefix)
 	if !ok {
-		return next.ServeHTTP(w, r)
+		return next.ServeHTTP(guardCookies(w, r), r)
 	}
 	rt := p.app.runtime(r.Context())
 	if rt == nil {

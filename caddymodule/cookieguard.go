@@ -1,0 +1,105 @@
+package caddymodule
+
+import (
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// varCookieGuard marks a request whose answer a cookieGuard already
+// watches (the portal's, so that a gate after it does not wrap again).
+const varCookieGuard = "sigra.cookie_guard"
+
+// guardCookies returns w wrapped so that nothing behind the gateway sets
+// its cookies (cookieGuard), unless an earlier sigra handler wrapped it.
+func guardCookies(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+	ctx := r.Context()
+	if caddyhttp.GetVar(ctx, varCookieGuard) != nil {
+		return w
+	}
+	caddyhttp.SetVar(ctx, varCookieGuard, true)
+	return &cookieGuard{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+}
+
+// cookieGuard drops the gateway's cookies (sigra_session, sigra_csrf, in
+// either form) from the Set-Cookie lines of an answer from behind it,
+// the app's or any handler's after the portal. An app that could be made
+// to set them (a header injection, a "remember this cookie" feature)
+// would otherwise sign its users in as someone else, or break their
+// sign-in with two session cookies; over HTTPS the __Host- prefix stops
+// every other site from doing that, but not the site itself. The
+// portal's own answers do not pass here.
+type cookieGuard struct {
+	caddyhttp.ResponseWriterWrapper
+	sent bool // the final header is out
+}
+
+func (g *cookieGuard) scrub() {
+	if !g.sent {
+		dropOwnSetCookies(g.ResponseWriter.Header())
+	}
+}
+
+// WriteHeader scrubs every header written, informational ones too.
+func (g *cookieGuard) WriteHeader(code int) {
+	g.scrub()
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		g.sent = true
+	}
+	g.ResponseWriter.WriteHeader(code)
+}
+
+func (g *cookieGuard) Write(b []byte) (int, error) {
+	g.scrub()
+	g.sent = true
+	return g.ResponseWriter.Write(b)
+}
+
+// ReadFrom and FlushError write the header too when it is not out yet:
+// scrub first. (http.ResponseController uses FlushError before it
+// unwraps.)
+func (g *cookieGuard) ReadFrom(r io.Reader) (int64, error) {
+	g.scrub()
+	g.sent = true
+	return g.ResponseWriterWrapper.ReadFrom(r)
+}
+
+func (g *cookieGuard) FlushError() error {
+	g.scrub()
+	g.sent = true
+	return http.NewResponseController(g.ResponseWriter).Flush()
+}
+
+// dropOwnSetCookies removes the Set-Cookie lines that set one of the
+// gateway's cookies, allocating only when there is one.
+func dropOwnSetCookies(h http.Header) {
+	lines := h["Set-Cookie"]
+	for i, line := range lines {
+		if !setsOwnCookie(line) {
+			continue
+		}
+		keep := append(make([]string, 0, len(lines)-1), lines[:i]...)
+		for _, l := range lines[i+1:] {
+			if !setsOwnCookie(l) {
+				keep = append(keep, l)
+			}
+		}
+		if len(keep) == 0 {
+			delete(h, "Set-Cookie")
+		} else {
+			h["Set-Cookie"] = keep
+		}
+		return
+	}
+}
+
+// setsOwnCookie reports whether a Set-Cookie line sets one of the
+// gateway's cookies. Browsers take the name as everything before the
+// first '=' of the line, trimmed, and compare it exactly.
+func setsOwnCookie(line string) bool {
+	name, _, _ := strings.Cut(line, ";")
+	name, _, _ = strings.Cut(name, "=")
+	return isOwnCookie(name)
+}

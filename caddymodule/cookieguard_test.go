@@ -1,0 +1,52 @@
+package caddymodule
+
+import (
+	"net/http"
+	"net/url"
+	"slices"
+	"testing"
+)
+
+// Nothing behind the gateway sets its cookies: an app made to send
+// Set-Cookie for the session (a header injection, say) would sign its
+// users in as someone else. The app's own cookies pass, on gated and
+// ungated paths alike.
+func TestUpstreamCannotSetOwnCookies(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate /secure/*")
+	e.addUser("cy@example.com")
+	// The gateway's own answers still set its cookies.
+	if resp, _ := e.get("/.sigra/login", nil); len(resp.Header.Values("Set-Cookie")) == 0 {
+		t.Error("the sign-in page set no cookie; want its form cookie")
+	}
+	e.mustLogin("cy@example.com")
+	q := url.Values{"sc": {
+		"sigra_session=attacker; Path=/; HttpOnly",
+		"app=1; Path=/",
+		" __Host-sigra_session =x; Path=/; Secure",
+		"sigra_csrf=y",
+		"sigra_sessions=kept",
+	}}.Encode()
+	for _, path := range []string{"/open", "/secure/page"} {
+		resp, body := e.get(path+"?"+q, nil)
+		if resp.StatusCode != http.StatusOK || body != "app:"+path {
+			t.Fatalf("%s: status %d %q; want the app's answer", path, resp.StatusCode, body)
+		}
+		got := resp.Header.Values("Set-Cookie")
+		if want := []string{"app=1; Path=/", "sigra_sessions=kept"}; !slices.Equal(got, want) {
+			t.Errorf("%s: Set-Cookie %q; want the app's own cookies alone, %q", path, got, want)
+		}
+	}
+}
+
+// dropOwnSetCookies allocates only when there is something to drop.
+func TestDropOwnSetCookies(t *testing.T) {
+	h := http.Header{"Set-Cookie": {"a=1", "b=2"}}
+	if n := testing.AllocsPerRun(100, func() { dropOwnSetCookies(h) }); n != 0 {
+		t.Errorf("%v allocations with none of ours; want 0", n)
+	}
+	h = http.Header{"Set-Cookie": {"sigra_session=x"}}
+	dropOwnSetCookies(h)
+	if _, ok := h["Set-Cookie"]; ok {
+		t.Errorf("Set-Cookie %q left; want the header gone", h["Set-Cookie"])
+	}
+}
