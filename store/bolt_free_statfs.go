@@ -4,25 +4,21 @@ package store
 
 import "golang.org/x/sys/unix"
 
-// statfsFree is the space free to this process on the file system
-// holding dir.
+// statfsFree is the space free to an unprivileged writer on the file
+// system holding dir. Not what root may use: whether root may write into
+// a file system's reserve depends on its settings and on user
+// namespaces, and ext4 keeps a further reserve that root may not use
+// either, so for root too this is the safe figure.
 func statfsFree(dir string) (uint64, bool) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, false
 	}
-	return freeTo(int64(st.Bavail), uint64(st.Bfree), uint64(st.Bsize), unix.Geteuid() == 0), true
+	return availBytes(int64(st.Bavail), uint64(st.Bsize)), true
 }
 
-// freeTo is the space a writer may still use, from statfs's blocks free
-// to anyone (avail; FreeBSD's goes below zero once the reserve is used)
-// and free at all (free). Root may also write into the blocks a file
-// system keeps in reserve for it (ext4's 5 % by default), so a Caddy
-// running as root, as in most containers, is not unhealthy while its
-// writes still pass.
-func freeTo(avail int64, free, bsize uint64, root bool) uint64 {
-	if root {
-		return free * bsize
-	}
+// availBytes is avail blocks of bsize bytes; FreeBSD's count of blocks
+// free to all goes below zero once root has used the reserve.
+func availBytes(avail int64, bsize uint64) uint64 {
 	return uint64(max(avail, 0)) * bsize
 }
