@@ -669,6 +669,9 @@ func (q *preq) healthz() error {
 	// Not only readable: a full disk or an immutable file refuses every
 	// sign-in while reads pass, and a removed file loses every change.
 	if err := q.rt.store.Health(ctx); err != nil {
+		if q.r.Context().Err() != nil {
+			return nil // the client hung up: nobody to answer, nothing wrong
+		}
 		q.p.logger.Error("health check: storage", zap.Error(err))
 		q.w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = q.w.Write([]byte("storage unavailable\n"))

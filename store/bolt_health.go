@@ -44,10 +44,12 @@ type writeHealth struct {
 	failAt atomic.Int64 // ... and of the last failed one
 	failed atomic.Pointer[error]
 
-	probeMu  sync.Mutex
-	probedAt time.Time     // when the last test write ended
-	probeErr error         // ... and what it said
-	probing  chan struct{} // closed when the running one ends; nil when none runs
+	mu      sync.Mutex
+	running *healthCheck // the check under way, if any
+	// probedAt and probeErr are when the last test write ended and what
+	// it said; only the one running check touches them.
+	probedAt time.Time
+	probeErr error
 
 	opened os.FileInfo // the file as opened, to notice it removed or replaced
 }
@@ -82,9 +84,48 @@ func (b *Bolt) noteCommit(err error) {
 // still the one opened, and it can be written (no commit failed in the
 // last minute, 16 MiB free at least on its file system where that is
 // known; without a successful commit in the last 30 s, it tries a small
-// one itself, at most every 10 s, and waits for it no longer than ctx).
+// one itself, at most every 10 s).
+//
+// It waits for the answer no longer than ctx allows: a stalled disk
+// holds a read, a stat or bbolt's commit for as long as it stalls, and a
+// health check that hangs with it tells nobody anything. One check runs
+// at a time; it goes on after a caller gives up, and later callers wait
+// for it rather than start another.
 func (b *Bolt) Health(ctx context.Context) error {
-	if err := b.Ping(ctx); err != nil {
+	h := &b.health
+	h.mu.Lock()
+	c := h.running
+	if c == nil {
+		c = &healthCheck{done: make(chan struct{}), start: time.Now()}
+		h.running = c
+		go func() {
+			c.err = b.check()
+			h.mu.Lock()
+			h.running = nil
+			h.mu.Unlock()
+			close(c.done)
+		}()
+	}
+	h.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return fmt.Errorf("storage %s: the health check has not finished after %s (a stalled disk, or a long write holding the store): %w", b.path, time.Since(c.start).Round(time.Millisecond), ctx.Err())
+	}
+}
+
+// healthCheck is one run of Health's checks; err is set before done is
+// closed.
+type healthCheck struct {
+	done  chan struct{}
+	start time.Time
+	err   error
+}
+
+// check is Health's work, one run at a time.
+func (b *Bolt) check() error {
+	if err := b.Ping(context.Background()); err != nil {
 		return err
 	}
 	if err := b.FileGone(); err != nil {
@@ -93,58 +134,27 @@ func (b *Bolt) Health(ctx context.Context) error {
 	if free, ok := freeSpace(filepath.Dir(b.path)); ok && free < minFree {
 		return fmt.Errorf("storage %s: %d KiB free on its file system, less than the %d MiB the store may need to grow: writes fail or soon will", b.path, free>>10, minFree>>20)
 	}
+	h := &b.health
 	now := time.Now()
-	if at := b.health.failAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) < writeFailHold {
-		if p := b.health.failed.Load(); p != nil {
+	if at := h.failAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) < writeFailHold {
+		if p := h.failed.Load(); p != nil {
 			return fmt.Errorf("storage %s: a write failed %s ago: %w", b.path, now.Sub(time.Unix(0, at)).Round(time.Second), *p)
 		}
 	}
-	if at := b.health.okAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) < probeAfter {
+	if at := h.okAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) < probeAfter {
 		return nil
 	}
-	return b.probe(ctx, now)
-}
-
-// probe runs Health's test write, or waits for the one running, for no
-// longer than ctx allows: a stalled disk holds bbolt's commit for as long
-// as it stalls, and a health check that hangs with it tells nobody
-// anything. The write goes on after a caller gives up, and the next
-// caller waits for it rather than start another.
-func (b *Bolt) probe(ctx context.Context, now time.Time) error {
-	h := &b.health
-	h.probeMu.Lock()
-	done := h.probing
-	switch {
-	case done != nil:
-	case !h.probedAt.IsZero() && now.Sub(h.probedAt) < probeEvery:
-		err := h.probeErr
-		h.probeMu.Unlock()
-		return err
-	default:
-		done = make(chan struct{})
-		h.probing = done
-		go func() {
-			err := b.update(func(tx *bolt.Tx) error {
-				return bucket(tx, bktSecrets).Put([]byte(secretHealthProbe), []byte(now.UTC().Format(time.RFC3339Nano)))
-			})
-			if err != nil {
-				err = fmt.Errorf("storage %s: a test write failed: %w", b.path, err)
-			}
-			h.probeMu.Lock()
-			h.probedAt, h.probeErr, h.probing = time.Now(), err, nil
-			h.probeMu.Unlock()
-			close(done)
-		}()
-	}
-	h.probeMu.Unlock()
-	select {
-	case <-done:
-		h.probeMu.Lock()
-		defer h.probeMu.Unlock()
+	if !h.probedAt.IsZero() && now.Sub(h.probedAt) < probeEvery {
 		return h.probeErr
-	case <-ctx.Done():
-		return fmt.Errorf("storage %s: a test write has not finished after %s (a stalled disk, or a long write holding the store): %w", b.path, time.Since(now).Round(time.Millisecond), ctx.Err())
 	}
+	err := b.update(func(tx *bolt.Tx) error {
+		return bucket(tx, bktSecrets).Put([]byte(secretHealthProbe), []byte(now.UTC().Format(time.RFC3339Nano)))
+	})
+	if err != nil {
+		err = fmt.Errorf("storage %s: a test write failed: %w", b.path, err)
+	}
+	h.probedAt, h.probeErr = time.Now(), err
+	return err
 }
 
 // secretHealthProbe is the key Health's test write goes to: the time of
