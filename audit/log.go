@@ -289,26 +289,67 @@ func (l *Log) commitLoop() {
 }
 
 func (l *Log) commit(batch []*request) {
-	entries := make([]Entry, len(batch))
-	for i, r := range batch {
-		entries[i] = r.e
-	}
-	inserted, err := l.append(entries)
-	var one *EntryError
-	if err != nil && len(batch) > 1 && errors.As(err, &one) && one.Index >= 0 && one.Index < len(batch) {
-		// The store named the entry that kept the call out (a refused
-		// change): answer it, and commit the others again without it.
-		batch[one.Index].done <- result{err: err}
-		l.commit(slices.Delete(slices.Clone(batch), one.Index, one.Index+1))
-		return
-	}
+	inserted, err := l.appendBatch(batch)
 	if err != nil && len(batch) > 1 {
+		if rest, refused, ins, ok := l.narrow(batch, err); ok {
+			l.answer(rest, ins, nil)
+			for _, r := range refused {
+				r.req.done <- result{err: r.err}
+			}
+			return
+		}
 		// One bad entry must not sink the others: retry them one by one.
 		for _, r := range batch {
 			l.commit([]*request{r})
 		}
 		return
 	}
+	l.answer(batch, inserted, err)
+}
+
+// maxNarrow is how many entries the store may name (EntryError) in one
+// batch before the log gives up narrowing it and commits row by row.
+const maxNarrow = 3
+
+type refusal struct {
+	req *request
+	err error
+}
+
+// narrow commits batch again without the entries the store names as
+// keeping it out (a refused change), one at a time, up to maxNarrow. It
+// reports ok when what is left committed: the refusals stand then, as
+// they were judged beside changes that are now stored. Otherwise (the
+// store named nothing, or too many, or what was left failed) the caller
+// goes row by row, which judges every entry again on its own.
+func (l *Log) narrow(batch []*request, err error) (rest []*request, refused []refusal, inserted []bool, ok bool) {
+	rest = batch
+	for range maxNarrow {
+		var one *EntryError
+		if !errors.As(err, &one) || one.Index < 0 || one.Index >= len(rest) || len(rest) == 1 {
+			return nil, nil, nil, false
+		}
+		refused = append(refused, refusal{rest[one.Index], err})
+		rest = slices.Delete(slices.Clone(rest), one.Index, one.Index+1)
+		if inserted, err = l.appendBatch(rest); err == nil {
+			return rest, refused, inserted, true
+		}
+	}
+	return nil, nil, nil, false
+}
+
+// appendBatch stores the entries of batch in one call.
+func (l *Log) appendBatch(batch []*request) ([]bool, error) {
+	entries := make([]Entry, len(batch))
+	for i, r := range batch {
+		entries[i] = r.e
+	}
+	return l.append(entries)
+}
+
+// answer tells every request of a committed (or, err set, failed) batch
+// its fate, and hands the new rows to the fan-out.
+func (l *Log) answer(batch []*request, inserted []bool, err error) {
 	var fresh []Row
 	for i, r := range batch {
 		ok := err == nil && inserted[i]

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -635,5 +636,57 @@ func TestRecordWithRefusedInABatch(t *testing.T) {
 	st.mu.Unlock()
 	if appends != 3 {
 		t.Errorf("%d commits; want 3: the first row's, the batch the refusal kept out, and that batch again without it", appends)
+	}
+}
+
+// A refusal stands only when the rest of its batch then commits: it was
+// judged beside their changes. When the rest fails (the disk, say), every
+// entry is committed again on its own, the refused one included, and
+// judged against what is stored.
+func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	ctx := context.Background()
+	started := make(chan struct{})
+	calls := 0
+	st.beforeAppend = func() {
+		calls++
+		switch calls {
+		case 1:
+			close(started)
+			for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < 3 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		case 3: // the batch again without the refused entry
+			st.failAppend = errors.New("disk full")
+		case 4:
+			st.failAppend = nil
+		}
+	}
+	errs := make(chan error, 4)
+	go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
+	<-started
+	refused := errors.New("the only admin")
+	var runs atomic.Int32
+	go func() {
+		errs <- l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(any) error { runs.Add(1); return refused })
+	}()
+	for range 2 {
+		go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
+	}
+	var failed []error
+	for range 4 {
+		if err := <-errs; err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) != 1 || !errors.Is(failed[0], refused) {
+		t.Fatalf("errors %v; want the refused change's alone", failed)
+	}
+	if n := st.rowCount(); n != 3 {
+		t.Errorf("%d rows; want the three without a refused change", n)
+	}
+	if n := runs.Load(); n != 2 {
+		t.Errorf("the refused change ran %d times; want twice: in the batch, and alone once the rest failed", n)
 	}
 }
