@@ -260,7 +260,7 @@ func (kr *KeyRing) Save(ctx context.Context) error {
 // with it have expired; its private half is forgotten at once. Cached
 // assertions are re-signed on next use.
 func (kr *KeyRing) Rotate(ctx context.Context, alg string) error {
-	return kr.rotate(alg, func(_ KeyInfo, sealed []byte) error {
+	return kr.rotate(alg, func(_, _ KeyInfo, sealed []byte) error {
 		_, err := kr.store.PutSecret(ctx, secretAssertionKeys, sealed, false)
 		return err
 	})
@@ -275,21 +275,22 @@ type SecretChangeStore interface {
 // RotateWith is Rotate with the new keys stored through commit, in one
 // transaction with what it records (audit.Log.RecordWith), so that a
 // rotation is never stored without its row or its row without it.
-// commit is told the new active key, for the row to name. Until commit
-// answers, the old key goes on signing; when it fails, nothing changed.
-func (kr *KeyRing) RotateWith(alg string, commit func(active KeyInfo, change func(tx any) error) error) error {
+// commit is told the key that signed until now and the new one, for the
+// row to name. Until commit answers, the old key goes on signing; when it
+// fails, nothing changed.
+func (kr *KeyRing) RotateWith(alg string, commit func(previous, active KeyInfo, change func(tx any) error) error) error {
 	cs, ok := kr.store.(SecretChangeStore)
 	if !ok {
 		return errors.New("authcore: this store cannot store keys in the transaction of their audit row")
 	}
-	return kr.rotate(alg, func(active KeyInfo, sealed []byte) error {
-		return commit(active, cs.PutSecretIn(secretAssertionKeys, sealed))
+	return kr.rotate(alg, func(previous, active KeyInfo, sealed []byte) error {
+		return commit(previous, active, cs.PutSecretIn(secretAssertionKeys, sealed))
 	})
 }
 
 // rotate makes the new key set and has store keep it (sealed), then
-// installs it.
-func (kr *KeyRing) rotate(alg string, store func(active KeyInfo, sealed []byte) error) error {
+// installs it; everything that can fail but the store comes first.
+func (kr *KeyRing) rotate(alg string, store func(previous, active KeyInfo, sealed []byte) error) error {
 	if kr.fromFile {
 		return fmt.Errorf("%w: the signing key is loaded from a PEM file (signing_key): replace the file and run caddy reload --force instead (an unchanged config is not reloaded without --force)", ErrInvalidInput)
 	}
@@ -312,11 +313,17 @@ func (kr *KeyRing) rotate(alg string, store func(active KeyInfo, sealed []byte) 
 	if err != nil {
 		return err
 	}
-	if err := store(KeyInfo{KID: k.KID, Alg: k.Alg, Active: true, CreatedAt: k.CreatedAt}, sealed); err != nil {
+	next, err := kr.prepare(keys)
+	if err != nil {
+		return err
+	}
+	previous := KeyInfo{KID: cur.active.KID, Alg: cur.active.Alg, CreatedAt: cur.active.CreatedAt}
+	if err := store(previous, KeyInfo{KID: k.KID, Alg: k.Alg, Active: true, CreatedAt: k.CreatedAt}, sealed); err != nil {
 		return fmt.Errorf("storing rotated keys: %w", err)
 	}
 	kr.unsaved, kr.pending = false, nil
-	return kr.install(keys)
+	kr.publish(next)
+	return nil
 }
 
 // Prune stops publishing retired keys whose last assertion has expired,
@@ -515,15 +522,26 @@ func (kr *KeyRing) unseal(raw []byte) ([]*signingKey, error) {
 // state. A new active key gets a new generation, invalidating cached
 // assertions.
 func (kr *KeyRing) install(keys []*signingKey) error {
+	st, err := kr.prepare(keys)
+	if err != nil {
+		return err
+	}
+	kr.publish(st)
+	return nil
+}
+
+// prepare makes the state that publish installs: the active key's signer
+// and the published set. It changes nothing the ring shows.
+func (kr *KeyRing) prepare(keys []*signingKey) (*keyState, error) {
 	active := keys[0]
 	if active.priv == nil {
-		return fmt.Errorf("assertion key %s has no private key", active.KID)
+		return nil, fmt.Errorf("assertion key %s has no private key", active.KID)
 	}
 	if active.signer == nil {
 		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(active.Alg), Key: jose.JSONWebKey{Key: active.priv, KeyID: active.KID, Algorithm: active.Alg}},
 			(&jose.SignerOptions{}).WithType("JWT"))
 		if err != nil {
-			return fmt.Errorf("assertion key %s: %w", active.KID, err)
+			return nil, fmt.Errorf("assertion key %s: %w", active.KID, err)
 		}
 		active.signer = s
 	}
@@ -537,14 +555,18 @@ func (kr *KeyRing) install(keys []*signingKey) error {
 	}
 	jwks, err := json.Marshal(set)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	gen := kr.rotGen.Load()
-	if cur := kr.state.Load(); cur == nil || cur.active != active {
-		gen = kr.rotGen.Add(1)
+	return &keyState{active: active, keys: keys, jwks: jwks, dropAt: dropAt}, nil
+}
+
+// publish makes st the ring's state.
+func (kr *KeyRing) publish(st *keyState) {
+	st.gen = kr.rotGen.Load()
+	if cur := kr.state.Load(); cur == nil || cur.active != st.active {
+		st.gen = kr.rotGen.Add(1)
 	}
-	kr.state.Store(&keyState{gen: gen, active: active, keys: keys, jwks: jwks, dropAt: dropAt})
-	return nil
+	kr.state.Store(st)
 }
 
 // JWKS returns the public key set as JSON (RFC 7517).

@@ -1170,8 +1170,11 @@ func TestKeyRingRotateWith(t *testing.T) {
 
 	refused := errors.New("its row was not written")
 	var told KeyInfo
-	if err := kr.RotateWith("", func(active KeyInfo, change func(tx any) error) error {
+	if err := kr.RotateWith("", func(previous, active KeyInfo, change func(tx any) error) error {
 		told = active
+		if previous.KID != before {
+			t.Errorf("commit was told the previous key %s; want %s", previous.KID, before)
+		}
 		return refused
 	}); !errors.Is(err, refused) {
 		t.Fatalf("RotateWith with the commit refused = %v; want its error", err)
@@ -1184,7 +1187,7 @@ func TestKeyRingRotateWith(t *testing.T) {
 		t.Fatalf("after a refused commit: active %s (was %s), %d keys, store changed %v; want nothing changed", kr.ActiveKeyID(), before, len(kr.Keys()), !bytes.Equal(now, stored))
 	}
 
-	if err := kr.RotateWith("", func(active KeyInfo, change func(tx any) error) error {
+	if err := kr.RotateWith("", func(_, active KeyInfo, change func(tx any) error) error {
 		told = active
 		return change(st)
 	}); err != nil {
@@ -1199,7 +1202,7 @@ func TestKeyRingRotateWith(t *testing.T) {
 	}
 
 	plain := newKR(t, clock.NewFake(krStart), struct{ Store }{st}, KeyRingConfig{Algorithm: AlgEdDSA, TTL: 5 * time.Minute})
-	if err := plain.RotateWith("", func(KeyInfo, func(any) error) error { return nil }); err == nil {
+	if err := plain.RotateWith("", func(_, _ KeyInfo, _ func(any) error) error { return nil }); err == nil {
 		t.Error("RotateWith on a store that cannot store in another's transaction succeeded")
 	}
 }

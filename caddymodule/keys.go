@@ -30,10 +30,9 @@ func doKeys(ctx context.Context, rt *runtime, req keysRequest, r *http.Request, 
 		// the config (keys { algorithm }), which rotates at the next start.
 		// The new keys and their row are one transaction: a rotation is
 		// never stored without its row, nor its row without it.
-		previous := rt.keys.ActiveKeyID()
-		err := rt.keys.RotateWith("", func(active authcore.KeyInfo, change func(tx any) error) error {
+		err := rt.keys.RotateWith("", func(previous, active authcore.KeyInfo, change func(tx any) error) error {
 			ev := event{action: "admin.keys.rotate", actor: actor, actorType: adminActorType(actor), outcome: "success",
-				meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous}}
+				meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID}}
 			refused, err := rt.recordChange(ctx, rowFor(r, ev), change)
 			if refused != nil {
 				return refused

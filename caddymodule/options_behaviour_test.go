@@ -15,6 +15,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -566,5 +567,77 @@ func TestStartedConfigForTheFirstAdminBox(t *testing.T) {
 	}
 	if got, want := startedConfig([]string{"caddy", "run"}), "--config "+filepath.Join(dir, "Caddyfile"); got != want {
 		t.Errorf("caddy run beside a Caddyfile: %q; want %q", got, want)
+	}
+}
+
+// The first admin and its admin.user.add row are one transaction: when
+// the row cannot be written, no admin is made (the start fails, and the
+// next one tries again), and when it can, both are stored.
+func TestBootstrapAdminWithItsRow(t *testing.T) {
+	ctx := context.Background()
+	a := startApp(t, &App{Storage: &StorageConfig{Path: filepath.Join(t.TempDir(), "sigra.db")}, BootstrapAdmin: "off"})
+	defer a.Stop()
+	rt := a.runtime(ctx)
+	a.BootstrapAdmin = "first@example.com"
+	fail := func(r audit.Row) error {
+		if r.Action == "admin.user.add" {
+			return errors.New("audit store unavailable")
+		}
+		return nil
+	}
+	rt.failRecord.Store(&fail)
+	if err := a.bootstrapAdmin(ctx, rt); err == nil {
+		t.Fatal("the first admin was made while its row failed; want an error")
+	}
+	if n, err := rt.store.CountUsers(ctx); err != nil || n != 0 {
+		t.Fatalf("%d users after the failed row (%v); want none", n, err)
+	}
+	rt.failRecord.Store(nil)
+	if err := a.bootstrapAdmin(ctx, rt); err != nil {
+		t.Fatalf("the next try: %v", err)
+	}
+	u, err := rt.auth.LookupUser(ctx, "first@example.com")
+	if err != nil {
+		t.Fatalf("the first admin: %v", err)
+	}
+	page, err := rt.audit.Timeline(ctx, audit.Query{Action: "admin.user.add", Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Rows) != 1 || page.Rows[0].SubjectID != u.ID {
+		t.Errorf("admin.user.add rows %+v; want one, for %s", page.Rows, u.ID)
+	}
+}
+
+// A key rotation and its admin.keys.rotate row are one transaction: when
+// the row cannot be written the old key still signs and the store holds
+// the old set; when it can, the row names the new key and the old.
+func TestKeysRotateWithItsRow(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	ctx := context.Background()
+	before := e.rt().keys.Keys()
+	stored, err := e.rt().store.GetSecret(ctx, "assertion_keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.failAudit("admin.keys.rotate")
+	if _, err := doKeys(ctx, e.rt(), keysRequest{Op: "rotate"}, nil, ""); err == nil {
+		t.Fatal("the keys were rotated while the row failed; want an error")
+	}
+	now, err := e.rt().store.GetSecret(ctx, "assertion_keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rt().keys.Keys(); len(got) != len(before) || got[0].KID != before[0].KID || !bytes.Equal(now, stored) {
+		t.Fatalf("after a rotation whose row failed: keys %+v (were %+v), store changed %v; want nothing changed", got, before, !bytes.Equal(now, stored))
+	}
+	e.failAudit("")
+	res, err := doKeys(ctx, e.rt(), keysRequest{Op: "rotate"}, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := e.auditRows("admin.keys.rotate")
+	if len(rows) != 1 || rows[0].Metadata["kid"] != res.Keys[0].KID || rows[0].Metadata["previous_kid"] != before[0].KID {
+		t.Errorf("admin.keys.rotate rows %+v; want one naming %s, previous %s", rows, res.Keys[0].KID, before[0].KID)
 	}
 }

@@ -14,7 +14,11 @@ import (
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
-var _ authcore.Store = (*Bolt)(nil)
+var (
+	_ authcore.Store             = (*Bolt)(nil)
+	_ authcore.ChangeStore       = (*Bolt)(nil)
+	_ authcore.SecretChangeStore = (*Bolt)(nil)
+)
 
 func userKey(id string) ([]byte, bool) {
 	u, err := uuid.Parse(id)
