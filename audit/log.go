@@ -186,7 +186,8 @@ func (l *Log) RecordRow(ctx context.Context, r Row) (Row, error) {
 // (hashing a password), and nothing that records. It may run more than
 // once (a batch that fails is committed again, without the entry to
 // blame where the store names it, row by row where it does not), each
-// time in a new transaction. Its error keeps the row out too, and is returned wrapped.
+// time in a new transaction. Its error keeps the row out too, and is
+// returned wrapped.
 func (l *Log) RecordWith(ctx context.Context, r Row, change func(tx any) error) error {
 	if change == nil {
 		return fmt.Errorf("%w: RecordWith without a change", ErrInvalidRow)

@@ -162,8 +162,9 @@ type Entry struct {
 // EntryError is a store's answer when one entry of an AppendAudit call
 // kept the whole call out: its change was refused (With's error), or it
 // came with a change for a row stored already. Nothing of the call is
-// stored; the log answers that entry with the error and commits the
-// others again without it, instead of one by one.
+// stored; the log commits the others again without it, and answers it
+// with the error once they are stored (Log.commit), instead of going one
+// by one.
 type EntryError struct {
 	Index int // the entry's index in the call
 	Err   error
