@@ -320,6 +320,13 @@ func (q *preq) loginSubmit() error {
 	rerender := func(status int, msg string) error {
 		return q.page(status, "login", pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd(), Error: msg, Email: email})
 	}
+	if authcore.NormalizeHost(requestHost(q.r)) == "" {
+		// A session is bound to the site it was made on; one made for
+		// no site (HTTP/1.0 without Host, on a catch-all site) would be
+		// taken for one from before sessions were bound: good on every
+		// site.
+		return rerender(http.StatusBadRequest, "This request names no site (it has no Host header), so nobody can be signed in by it.")
+	}
 	// anonBinding never binds a token to a missing or odd cookie.
 	if n := len(q.own.csrf); n < 16 || n > 64 || !q.rt.csrf.Valid(binding, q.r.PostFormValue("csrf_token")) {
 		if q.own.csrfConflict {

@@ -1,9 +1,12 @@
 package caddymodule
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -523,4 +526,39 @@ func TestPendingSignInEndsAfterPendingLifetime(t *testing.T) {
 			t.Fatalf("completed session, %v in: status %d; want 200", fake.Now().Sub(start), r.StatusCode)
 		}
 	}
+}
+
+// A sign-in that names no site (HTTP/1.0 without Host, which a catch-all
+// site takes) is refused before any password is checked: its session
+// would be bound to no site, and so taken for one from before sessions
+// were bound, good on every site.
+func TestSignInWithoutHostRefused(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("nohost@example.com")
+	port := strings.TrimPrefix(e.base, "http://127.0.0.1:")
+	if err := e.load(strings.Replace(e.caddyfile("", "sigra_gate"), e.base+" {", "http://:"+port+" {", 1)); err != nil {
+		t.Fatal(err)
+	}
+	checks := e.rt().auth.PasswordChecks()
+	conn, err := net.Dial("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := "email=nohost%40example.com&password=" + url.QueryEscape(testPassword)
+	fmt.Fprintf(conn, "POST /.sigra/login HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(page), "no Host header") {
+		t.Errorf("sign-in without Host: status %d; want 400 saying so\n%s", resp.StatusCode, page)
+	}
+	if n := e.rt().auth.PasswordChecks() - checks; n != 0 {
+		t.Errorf("%d passwords checked; want none", n)
+	}
+	// With a Host, the same catch-all site signs in as ever.
+	e.mustLogin("nohost@example.com")
 }
