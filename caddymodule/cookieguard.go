@@ -97,9 +97,14 @@ func dropOwnSetCookies(h http.Header) {
 
 // setsOwnCookie reports whether a Set-Cookie line sets one of the
 // gateway's cookies. Browsers take the name as everything before the
-// first '=' of the line, trimmed, and compare it exactly.
+// first '=' of the line, trimmed, and compare it exactly. A nameless
+// cookie ("=sigra_session=x") is sent back as "sigra_session=x", which
+// reads as ours: its value is checked as a name too.
 func setsOwnCookie(line string) bool {
-	name, _, _ := strings.Cut(line, ";")
-	name, _, _ = strings.Cut(name, "=")
+	pair, _, _ := strings.Cut(line, ";")
+	name, value, _ := strings.Cut(pair, "=")
+	if strings.TrimSpace(name) == "" {
+		name, _, _ = strings.Cut(value, "=")
+	}
 	return isOwnCookie(name)
 }

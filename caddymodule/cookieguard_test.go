@@ -1,10 +1,14 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"slices"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // Nothing behind the gateway sets its cookies: an app made to send
@@ -24,6 +28,8 @@ func TestUpstreamCannotSetOwnCookies(t *testing.T) {
 		"app=1; Path=/",
 		" __Host-sigra_session =x; Path=/; Secure",
 		"sigra_csrf=y",
+		"=sigra_session=nameless; Path=/",
+		" = __Host-sigra_session=nameless",
 		"sigra_sessions=kept",
 	}}.Encode()
 	for _, path := range []string{"/open", "/secure/page"} {
@@ -48,5 +54,35 @@ func TestDropOwnSetCookies(t *testing.T) {
 	dropOwnSetCookies(h)
 	if _, ok := h["Set-Cookie"]; ok {
 		t.Errorf("Set-Cookie %q left; want the header gone", h["Set-Cookie"])
+	}
+}
+
+// A gate with no portal before it (a JSON config; the Caddyfile refuses
+// it) guards the answers it passes on itself.
+func TestUpstreamCannotSetOwnCookiesBehindAGateAlone(t *testing.T) {
+	e := startCaddy(t, "", "")
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(e.caddyfile("", "sigra_gate {\n\t\toptional\n\t}")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if !dropPortal(doc) {
+		t.Fatal("no portal to drop")
+	}
+	if cfg, err = json.Marshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := e.get("/open?"+url.Values{"sc": {"sigra_session=attacker", "app=1"}}.Encode(), nil)
+	if resp.StatusCode != http.StatusOK || body != "app:/open" {
+		t.Fatalf("status %d %q; want the app's answer", resp.StatusCode, body)
+	}
+	if got := resp.Header.Values("Set-Cookie"); !slices.Equal(got, []string{"app=1"}) {
+		t.Errorf("Set-Cookie %q; want the app's own cookie alone", got)
 	}
 }
