@@ -116,6 +116,12 @@ func AccountKeyUser(key string) (string, bool) {
 // a step-up.
 func UserMFAKey(userID string) string { return "mfa:" + userID }
 
+// checkedWhileBanned says whether the caller still checks an attempt on
+// account while the account refuses it: a password is (the same work and
+// time as a wrong one), a second-factor code is not, so only the first
+// costs anything to count against the address.
+func checkedWhileBanned(account string) bool { return !strings.HasPrefix(account, UserMFAKey("")) }
+
 // UserRegulationKeys are all the regulation keys of a known user.
 func UserRegulationKeys(userID string) []string {
 	return []string{UserAccountKey(userID), UserMFAKey(userID), UserReauthKey(userID)}
@@ -215,7 +221,7 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 				a.addr = a.addr || i == 1
 			}
 		}
-		a.addrOnly = !a.allowed && !a.addr && len(states) > 1
+		a.addrOnly = !a.allowed && !a.addr && len(states) > 1 && checkedWhileBanned(account)
 		for i, st := range states {
 			// An attempt the account refused while its address did not
 			// is still checked (a wrong password's time, and hashing
@@ -391,9 +397,29 @@ func (a *Attempt) Succeed(ctx context.Context, proven bool) error {
 }
 
 // Abandon records that the attempt checked nothing that could have
-// passed (an authenticator app locked by wrong codes): it no longer
-// counts, and earlier failures stay. It is Succeed without the success.
+// passed (an authenticator app locked by wrong codes, every hashing slot
+// busy): it no longer counts, and earlier failures stay. It is Succeed
+// without the success; on an attempt the account refused, it takes back
+// what Begin counted for the address.
 func (a *Attempt) Abandon(ctx context.Context) error {
+	if a.addrOnly && !a.done {
+		// Refused for the account and counted for the address (Begin),
+		// but nothing was checked after all (every hashing slot busy):
+		// it no longer counts there either.
+		a.done = true
+		err := a.r.st.UpdateRegulation(ctx, a.keys[1:], func(states []*RegulationState) error {
+			st := states[0]
+			if j := slices.IndexFunc(st.Attempts, a.at.Equal); j >= 0 {
+				st.Attempts = slices.Delete(st.Attempts, j, j+1)
+			}
+			a.r.stamp(st)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("regulation: %w", err)
+		}
+		return nil
+	}
 	if !a.allowed {
 		return nil
 	}

@@ -542,3 +542,56 @@ func TestRegulationRefusedByAccountCountsForAddress(t *testing.T) {
 		t.Error("another address was refused")
 	}
 }
+
+// Only attempts that are still checked while their account is banned
+// count for the address: a banned second factor checks no code, so its
+// retries cost nothing and do not ban the address (nor, through it, the
+// sign-ins of everyone behind the same NAT). And an attempt abandoned
+// before its check (every hashing slot busy) takes its count back.
+func TestRegulationAddressCountsOnlyCheckedRefusals(t *testing.T) {
+	r, _, st := newTestRegulator(t, RegulationConfig{MaxRetries: 5, MaxRetriesPerIP: 20})
+	ctx := context.Background()
+	const ip = "203.0.113.41"
+	mfa := UserMFAKey("u1")
+	for range 5 {
+		try(t, r, mfa, ip, false)
+	}
+	for range 30 {
+		if allowed, res := try(t, r, mfa, ip, false); allowed || res.IPLocked {
+			t.Fatalf("a refused code: allowed %v, address banned %v; want refused, the address untouched", allowed, res.IPLocked)
+		}
+	}
+	addrCount := func() int {
+		t.Helper()
+		s, err := st.RegulationState(ctx, ipKey(ip))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(s.Attempts)
+	}
+	if n := addrCount(); n != 5 {
+		t.Errorf("the address counts %d attempts; want the 5 codes that were checked", n)
+	}
+
+	acct := UserAccountKey("u1")
+	for range 5 {
+		try(t, r, acct, ip, false)
+	}
+	before := addrCount()
+	a, err := r.Begin(ctx, acct, ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Allowed() || a.AddressRefused() {
+		t.Fatalf("want the attempt refused by the account alone")
+	}
+	if n := addrCount(); n != before+1 {
+		t.Fatalf("the address counts %d; want %d with the refused password attempt", n, before+1)
+	}
+	if err := a.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := addrCount(); n != before {
+		t.Errorf("the address counts %d after the attempt was abandoned; want %d again", n, before)
+	}
+}

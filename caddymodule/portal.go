@@ -420,7 +420,7 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 	}
 	u, err := q.rt.auth.CheckPasswordFor(q.ctx(), att, email, password)
 	if errors.Is(err, authcore.ErrBusy) {
-		_ = att.Succeed(q.ctx(), false)
+		_ = att.Abandon(q.ctx())
 		return nil, nil, err
 	}
 	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCredentials) {
