@@ -591,59 +591,14 @@ func TestRecordWith(t *testing.T) {
 	}
 }
 
-// A refused change in a shared commit keeps that commit out; the store
-// names the entry to blame, and the log commits the others again at once
-// without it, instead of one commit per row (a burst of disk syncs for
-// everybody who shared the batch).
-func TestRecordWithRefusedInABatch(t *testing.T) {
-	st := newMemStore()
-	l := newTestLog(t, st, newFakeTime(), Options{})
-	ctx := context.Background()
-	started := make(chan struct{})
-	var first sync.Once
-	st.beforeAppend = func() {
-		first.Do(func() {
-			close(started)
-			for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < 3 && time.Now().Before(deadline); {
-				time.Sleep(time.Millisecond)
-			}
-		})
-	}
-	errs := make(chan error, 4)
-	go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
-	<-started // the first commit is held while three more rows queue
-	refused := errors.New("the only admin")
-	go func() {
-		errs <- l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(any) error { return refused })
-	}()
-	for range 2 {
-		go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
-	}
-	var failed []error
-	for range 4 {
-		if err := <-errs; err != nil {
-			failed = append(failed, err)
-		}
-	}
-	if len(failed) != 1 || !errors.Is(failed[0], refused) {
-		t.Fatalf("errors %v; want the refused change's alone", failed)
-	}
-	if n := st.rowCount(); n != 3 {
-		t.Errorf("%d rows; want the three without a refused change", n)
-	}
-	st.mu.Lock()
-	appends := st.appends
-	st.mu.Unlock()
-	if appends != 3 {
-		t.Errorf("%d commits; want 3: the first row's, the batch the refusal kept out, and that batch again without it", appends)
-	}
-}
-
-// A refusal stands only when the rest of its batch then commits: it was
-// judged beside their changes. When the rest fails (the disk, say), every
-// entry is committed again on its own, the refused one included, and
-// judged against what is stored.
-func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
+// recordBatchWithRefusal holds the first commit (one row) until three
+// more requests queue behind it, so that they share the next batch: two
+// rows, and one RecordWith whose change refuses (counting its runs in
+// runs). hook, when set, runs at every later commit with the store and
+// the commit's number (2 for the shared batch). It checks that the refusal alone failed and
+// the three other rows are stored.
+func recordBatchWithRefusal(t *testing.T, runs *atomic.Int32, hook func(st *memStore, call int)) *memStore {
+	t.Helper()
 	st := newMemStore()
 	l := newTestLog(t, st, newFakeTime(), Options{})
 	ctx := context.Background()
@@ -651,23 +606,19 @@ func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
 	calls := 0
 	st.beforeAppend = func() {
 		calls++
-		switch calls {
-		case 1:
+		if calls == 1 {
 			close(started)
 			for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < 3 && time.Now().Before(deadline); {
 				time.Sleep(time.Millisecond)
 			}
-		case 3: // the batch again without the refused entry
-			st.failAppend = errors.New("disk full")
-		case 4:
-			st.failAppend = nil
+		} else if hook != nil {
+			hook(st, calls)
 		}
 	}
 	errs := make(chan error, 4)
 	go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
-	<-started
+	<-started // the first commit is held while three more rows queue
 	refused := errors.New("the only admin")
-	var runs atomic.Int32
 	go func() {
 		errs <- l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(any) error { runs.Add(1); return refused })
 	}()
@@ -686,6 +637,38 @@ func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
 	if n := st.rowCount(); n != 3 {
 		t.Errorf("%d rows; want the three without a refused change", n)
 	}
+	return st
+}
+
+// A refused change in a shared commit keeps that commit out; the store
+// names the entry to blame, and the log commits the others again at once
+// without it, instead of one commit per row (a burst of disk syncs for
+// everybody who shared the batch).
+func TestRecordWithRefusedInABatch(t *testing.T) {
+	var runs atomic.Int32
+	st := recordBatchWithRefusal(t, &runs, nil)
+	st.mu.Lock()
+	appends := st.appends
+	st.mu.Unlock()
+	if appends != 3 {
+		t.Errorf("%d commits; want 3: the first row's, the batch the refusal kept out, and that batch again without it", appends)
+	}
+}
+
+// A refusal stands only when the rest of its batch then commits: it was
+// judged beside their changes. When the rest fails (the disk, say), every
+// entry is committed again on its own, the refused one included, and
+// judged against what is stored.
+func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
+	var runs atomic.Int32
+	recordBatchWithRefusal(t, &runs, func(st *memStore, call int) {
+		switch call {
+		case 3: // the batch again without the refused entry
+			st.failAppend = errors.New("disk full")
+		case 4:
+			st.failAppend = nil
+		}
+	})
 	if n := runs.Load(); n != 2 {
 		t.Errorf("the refused change ran %d times; want twice: in the batch, and alone once the rest failed", n)
 	}
