@@ -106,16 +106,24 @@ func (b *Bolt) UpdateUserIn(id string, revoke bool, fn func(u *authcore.User) er
 // transaction of this store that runs for something else
 // (authcore.ChangeStore).
 func (b *Bolt) changeIn(id string, fn func(tx *bolt.Tx, key []byte) error) func(tx any) error {
+	return b.inTx(func(tx *bolt.Tx) error {
+		key, ok := userKey(id)
+		if !ok {
+			return authcore.ErrNotFound
+		}
+		return fn(tx, key)
+	})
+}
+
+// inTx is fn as a change to run in a write transaction of this store that
+// another caller opened (ownTx).
+func (b *Bolt) inTx(fn func(tx *bolt.Tx) error) func(tx any) error {
 	return func(tx any) error {
 		btx, err := b.ownTx(tx)
 		if err != nil {
 			return err
 		}
-		key, ok := userKey(id)
-		if !ok {
-			return authcore.ErrNotFound
-		}
-		return fn(btx, key)
+		return fn(btx)
 	}
 }
 
@@ -396,13 +404,7 @@ func (b *Bolt) PutSession(ctx context.Context, s *authcore.Session) error {
 
 // PutSessionIn implements authcore.ChangeStore: PutSession in tx.
 func (b *Bolt) PutSessionIn(s *authcore.Session) func(tx any) error {
-	return func(tx any) error {
-		btx, err := b.ownTx(tx)
-		if err != nil {
-			return err
-		}
-		return putSession(btx, s)
-	}
+	return b.inTx(func(tx *bolt.Tx) error { return putSession(tx, s) })
 }
 
 // PutSessions implements authcore.Store.
@@ -475,13 +477,7 @@ func (b *Bolt) DeleteSession(ctx context.Context, id authcore.SessionID) error {
 
 // DeleteSessionIn implements authcore.ChangeStore: DeleteSession in tx.
 func (b *Bolt) DeleteSessionIn(id authcore.SessionID) func(tx any) error {
-	return func(tx any) error {
-		btx, err := b.ownTx(tx)
-		if err != nil {
-			return err
-		}
-		return deleteSessionFound(btx, id)
-	}
+	return b.inTx(func(tx *bolt.Tx) error { return deleteSessionFound(tx, id) })
 }
 
 // deleteSessionFound deletes the session id, ErrNotFound if there is
@@ -646,13 +642,7 @@ func (b *Bolt) PutSecret(ctx context.Context, name string, value []byte, ifAbsen
 // PutSecretIn implements authcore.SecretChangeStore: PutSecret (not
 // ifAbsent) in tx.
 func (b *Bolt) PutSecretIn(name string, value []byte) func(tx any) error {
-	return func(tx any) error {
-		btx, err := b.ownTx(tx)
-		if err != nil {
-			return err
-		}
-		return bucket(btx, bktSecrets).Put([]byte(name), value)
-	}
+	return b.inTx(func(tx *bolt.Tx) error { return bucket(tx, bktSecrets).Put([]byte(name), value) })
 }
 
 // CountSessions returns the number of stored sessions (expired ones not
