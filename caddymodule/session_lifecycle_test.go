@@ -540,19 +540,32 @@ func TestSignInWithoutHostRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	checks := e.rt().auth.PasswordChecks()
-	conn, err := net.Dial("tcp", "127.0.0.1:"+port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	body := "email=nohost%40example.com&password=" + url.QueryEscape(testPassword)
-	fmt.Fprintf(conn, "POST /.sigra/login HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	post := func() (*http.Response, []byte, error) {
+		conn, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST /.sigra/login HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer resp.Body.Close()
+		page, err := io.ReadAll(resp.Body)
+		return resp, page, err
+	}
+	// Right after the reload, the replaced server may still accept a
+	// connection and close it unanswered (see lastLoad): dial again.
+	resp, page, err := post()
+	for try := 0; err != nil && try < 20; try++ {
+		time.Sleep(50 * time.Millisecond)
+		resp, page, err = post()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(page), "no Host header") {
 		t.Errorf("sign-in without Host: status %d; want 400 saying so\n%s", resp.StatusCode, page)
 	}
