@@ -74,25 +74,14 @@ func (g *cookieGuard) FlushError() error {
 
 // dropOwnSetCookies removes the Set-Cookie lines that set one of the
 // gateway's cookies, allocating only when there is one.
-func dropOwnSetCookies(h http.Header) {
-	lines := h["Set-Cookie"]
-	for i, line := range lines {
-		if !setsOwnCookie(line) {
-			continue
-		}
-		keep := append(make([]string, 0, len(lines)-1), lines[:i]...)
-		for _, l := range lines[i+1:] {
-			if !setsOwnCookie(l) {
-				keep = append(keep, l)
-			}
-		}
-		if len(keep) == 0 {
-			delete(h, "Set-Cookie")
-		} else {
-			h["Set-Cookie"] = keep
-		}
-		return
+func dropOwnSetCookies(h http.Header) { editHeaderLines(h, "Set-Cookie", withoutOwnSetCookie) }
+
+// withoutOwnSetCookie is line, or "" when it sets one of ours.
+func withoutOwnSetCookie(line string) string {
+	if setsOwnCookie(line) {
+		return ""
 	}
+	return line
 }
 
 // setsOwnCookie reports whether a Set-Cookie line sets one of the

@@ -290,10 +290,15 @@ func isOwnCookie(name string) bool {
 // line and keeps the others as the client sent them; a line left empty
 // goes, and so does the header when no line is left. It allocates only
 // when a line mixes ours with the application's.
-func stripOwnCookies(h http.Header) {
-	lines := h["Cookie"]
+func stripOwnCookies(h http.Header) { editHeaderLines(h, "Cookie", withoutOwnCookies) }
+
+// editHeaderLines replaces every line of header name in h with edit's
+// result, dropping lines edited to "" and the header when none is left.
+// It allocates only when edit changes a line.
+func editHeaderLines(h http.Header, name string, edit func(line string) string) {
+	lines := h[name]
 	for i, line := range lines {
-		clean := withoutOwnCookies(line)
+		clean := edit(line)
 		if clean == line {
 			continue
 		}
@@ -302,14 +307,14 @@ func stripOwnCookies(h http.Header) {
 			keep = append(keep, clean)
 		}
 		for _, l := range lines[i+1:] {
-			if l = withoutOwnCookies(l); l != "" {
+			if l = edit(l); l != "" {
 				keep = append(keep, l)
 			}
 		}
 		if len(keep) == 0 {
-			delete(h, "Cookie")
+			delete(h, name)
 		} else {
-			h["Cookie"] = keep
+			h[name] = keep
 		}
 		return
 	}
