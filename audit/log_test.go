@@ -591,13 +591,14 @@ func TestRecordWith(t *testing.T) {
 	}
 }
 
-// recordBatchWithRefusal holds the first commit (one row) until three
-// more requests queue behind it, so that they share the next batch: two
-// rows, and one RecordWith whose change refuses (counting its runs in
-// runs). hook, when set, runs at every later commit with the store and
-// the commit's number (2 for the shared batch). It checks that the refusal alone failed and
-// the three other rows are stored.
-func recordBatchWithRefusal(t *testing.T, runs *atomic.Int32, hook func(st *memStore, call int)) *memStore {
+// recordBatchWithRefusals holds the first commit (one row) until
+// refusing+2 more requests queue behind it, so that they share the next
+// batch: two rows, and refusing RecordWiths whose changes refuse
+// (counting their runs in runs). hook, when set, runs at every later
+// commit with the store and the commit's number (2 for the shared
+// batch). It checks that the refusals alone failed and the three other
+// rows are stored.
+func recordBatchWithRefusals(t *testing.T, refusing int, runs *atomic.Int32, hook func(st *memStore, call int)) *memStore {
 	t.Helper()
 	st := newMemStore()
 	l := newTestLog(t, st, newFakeTime(), Options{})
@@ -608,31 +609,36 @@ func recordBatchWithRefusal(t *testing.T, runs *atomic.Int32, hook func(st *memS
 		calls++
 		if calls == 1 {
 			close(started)
-			for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < 3 && time.Now().Before(deadline); {
+			for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < refusing+2 && time.Now().Before(deadline); {
 				time.Sleep(time.Millisecond)
 			}
 		} else if hook != nil {
 			hook(st, calls)
 		}
 	}
-	errs := make(chan error, 4)
+	errs := make(chan error, refusing+3)
 	go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
-	<-started // the first commit is held while three more rows queue
+	<-started // the first commit is held while the others queue
 	refused := errors.New("the only admin")
-	go func() {
-		errs <- l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(any) error { runs.Add(1); return refused })
-	}()
+	for range refusing {
+		go func() {
+			errs <- l.RecordWith(ctx, sampleRow("account.deletion_execute"), func(any) error { runs.Add(1); return refused })
+		}()
+	}
 	for range 2 {
 		go func() { errs <- l.Record(ctx, sampleRow("auth.logout")) }()
 	}
-	var failed []error
-	for range 4 {
+	failed := 0
+	for range refusing + 3 {
 		if err := <-errs; err != nil {
-			failed = append(failed, err)
+			if !errors.Is(err, refused) {
+				t.Errorf("error %v; want the refused changes' alone", err)
+			}
+			failed++
 		}
 	}
-	if len(failed) != 1 || !errors.Is(failed[0], refused) {
-		t.Fatalf("errors %v; want the refused change's alone", failed)
+	if failed != refusing {
+		t.Fatalf("%d requests failed; want the %d refused changes", failed, refusing)
 	}
 	if n := st.rowCount(); n != 3 {
 		t.Errorf("%d rows; want the three without a refused change", n)
@@ -646,12 +652,35 @@ func recordBatchWithRefusal(t *testing.T, runs *atomic.Int32, hook func(st *memS
 // everybody who shared the batch).
 func TestRecordWithRefusedInABatch(t *testing.T) {
 	var runs atomic.Int32
-	st := recordBatchWithRefusal(t, &runs, nil)
+	st := recordBatchWithRefusals(t, 1, &runs, nil)
 	st.mu.Lock()
 	appends := st.appends
 	st.mu.Unlock()
 	if appends != 3 {
 		t.Errorf("%d commits; want 3: the first row's, the batch the refusal kept out, and that batch again without it", appends)
+	}
+}
+
+// Each refusal the store names is taken out in turn, up to maxNarrow;
+// with more, the batch goes row by row, so a batch full of refusals
+// costs a bounded number of extra commits before that.
+func TestRecordWithRefusalsInABatch(t *testing.T) {
+	for _, tc := range []struct {
+		refusing, commits int
+		why               string
+	}{
+		{2, 4, "the first row's, the batch, without one refusal, without both"},
+		{maxNarrow, 2 + maxNarrow, "the first row's, the batch, and one without each refusal in turn"},
+		{maxNarrow + 1, 2 + maxNarrow + maxNarrow + 3, "the first row's, the batch, maxNarrow tries, then one per row"},
+	} {
+		var runs atomic.Int32
+		st := recordBatchWithRefusals(t, tc.refusing, &runs, nil)
+		st.mu.Lock()
+		appends := st.appends
+		st.mu.Unlock()
+		if appends != tc.commits {
+			t.Errorf("%d refusals: %d commits; want %d: %s", tc.refusing, appends, tc.commits, tc.why)
+		}
 	}
 }
 
@@ -661,7 +690,7 @@ func TestRecordWithRefusedInABatch(t *testing.T) {
 // judged against what is stored.
 func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
 	var runs atomic.Int32
-	recordBatchWithRefusal(t, &runs, func(st *memStore, call int) {
+	recordBatchWithRefusals(t, 1, &runs, func(st *memStore, call int) {
 		switch call {
 		case 3: // the batch again without the refused entry
 			st.failAppend = errors.New("disk full")
