@@ -80,3 +80,49 @@ func TestHealthDoesNotHangOnAStalledWrite(t *testing.T) {
 		t.Errorf("the test write, once the store moved: %q, %v", v, err)
 	}
 }
+
+// A check can stall before any write: statfs on a hung network mount, a
+// read from a disk that stopped answering. Health gives up with its
+// context there too, and the next check after the stall ends passes.
+func TestHealthDoesNotHangOnAStalledStat(t *testing.T) {
+	b := openTemp(t)
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	old := freeSpace
+	freeSpace = func(dir string) (uint64, bool) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+		return old(dir)
+	}
+	t.Cleanup(func() { freeSpace = old })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	got := make(chan error, 1)
+	go func() { got <- b.Health(ctx) }()
+	select {
+	case err := <-got:
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "has not finished") {
+			t.Fatalf("Health with statfs stalled: %v; want the check reported unfinished", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Health still waiting 5 s after its context ended; want it to give up with it")
+	}
+	<-entered // the check did reach the stalled call
+
+	close(release)
+	released = true
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if err := b.Health(ctx2); err != nil {
+		t.Fatalf("Health once statfs answers again: %v", err)
+	}
+}
