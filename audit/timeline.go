@@ -123,7 +123,9 @@ func ParseQuery(v url.Values, now time.Time) (Query, error) {
 // ParseTime reads a time as the API and CLI accept it: RFC 3339
 // ("2026-11-22T10:00:00Z", any offset, optional fraction), a date
 // ("2026-11-22", midnight UTC), or a duration before now ("90m", "24h",
-// "7d"). "" is the zero time (unbounded). Errors wrap ErrBadTime.
+// "7d"). A time before 1970 reads as 1970-01-01T00:00:00Z, when the
+// oldest possible row was recorded. "" is the zero time (unbounded).
+// Errors wrap ErrBadTime.
 func ParseTime(s string, now time.Time) (time.Time, error) {
 	t, _, err := parseTime(s, now)
 	return t, err
@@ -137,10 +139,10 @@ func parseTime(s string, now time.Time) (t time.Time, ago string, err error) {
 		return time.Time{}, "", nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t.UTC(), "", nil
+		return notBeforeRows(t), "", nil
 	}
 	if t, err := time.Parse(time.DateOnly, s); err == nil {
-		return t.UTC(), "", nil
+		return notBeforeRows(t), "", nil
 	}
 	var d time.Duration
 	if days, ok := strings.CutSuffix(s, "d"); ok {
@@ -159,8 +161,21 @@ func parseTime(s string, now time.Time) (t time.Time, ago string, err error) {
 	if err != nil || d < 0 {
 		return time.Time{}, "", fmt.Errorf("%w: %q is not RFC 3339, a date (2006-01-02) or a duration (24h, 7d)", ErrBadTime, s)
 	}
-	return now.Add(-d).UTC(), d.String(), nil
+	return notBeforeRows(now.Add(-d)), d.String(), nil
 }
+
+// notBeforeRows is t in UTC, or 1970-01-01 if t is earlier: no row is
+// older (rows are stamped when recorded, and stored as nanoseconds since
+// 1970), and the zero time, 0001-01-01, would read as no bound at all:
+// until=0001-01-01 would return every row rather than none.
+func notBeforeRows(t time.Time) time.Time {
+	if t.Before(unixEpoch) {
+		return unixEpoch
+	}
+	return t.UTC()
+}
+
+var unixEpoch = time.Unix(0, 0).UTC()
 
 func (q Query) limit() (int, error) {
 	switch {

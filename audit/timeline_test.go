@@ -401,7 +401,7 @@ func TestExportReportsWriteErrors(t *testing.T) {
 // largest is accepted as exactly that many days back, one more is
 // ErrBadTime rather than an overflowed product.
 func TestParseTimeDayLimit(t *testing.T) {
-	now := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	now := time.Unix(0, math.MaxInt64).UTC() // late enough that the days back stay after 1970
 	maxDays := int(math.MaxInt64 / int64(24*time.Hour))
 	got, err := ParseTime(strconv.Itoa(maxDays)+"d", now)
 	if want := now.Add(-time.Duration(maxDays) * 24 * time.Hour); err != nil || !got.Equal(want) {
@@ -412,4 +412,44 @@ func TestParseTimeDayLimit(t *testing.T) {
 			t.Errorf("ParseTime(%q): %v; want ErrBadTime", s, err)
 		}
 	}
+}
+
+// No row is older than 1970, so every time before it reads as 1970: the
+// zero time would read as no bound, and until=0001-01-01 would return
+// every row instead of none.
+func TestParseTimeBefore1970(t *testing.T) {
+	now := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	for _, s := range []string{"0001-01-01", "0001-01-01T00:00:00Z", "0000-01-01T00:00:00+01:00", "1969-12-31T23:59:59.999999999Z", "106751d"} {
+		if got, err := ParseTime(s, now); err != nil || !got.Equal(time.Unix(0, 0)) {
+			t.Errorf("ParseTime(%q) = %v, %v; want 1970-01-01T00:00:00Z", s, got, err)
+		}
+	}
+	ft := newFakeTime()
+	l := newTestLog(t, newMemStore(), ft, Options{})
+	seed(t, l, ft, 3)
+	for _, v := range []string{"until=0001-01-01", "until=0001-01-01T00:00:00Z"} {
+		q, err := ParseQuery(mustParseQuery(t, v), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := all(t, l, q); len(got) != 0 {
+			t.Errorf("%s: %d rows; want none", v, len(got))
+		}
+	}
+	q, err := ParseQuery(mustParseQuery(t, "since=0001-01-01"), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := all(t, l, q); len(got) != 3 {
+		t.Errorf("since=0001-01-01: %d rows; want all 3", len(got))
+	}
+}
+
+func mustParseQuery(t *testing.T, s string) url.Values {
+	t.Helper()
+	v, err := url.ParseQuery(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
