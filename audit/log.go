@@ -504,7 +504,8 @@ type Stats struct {
 	Dead int
 	// Delivered counts successful deliveries since New.
 	Delivered uint64
-	// Failures counts failed delivery attempts since New.
+	// Failures counts failed delivery attempts since New (in
+	// DeliveryOptions.Failures, when set).
 	Failures uint64
 	// Dropped counts rows a subscriber missed because its buffer was full.
 	Dropped uint64

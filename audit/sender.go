@@ -55,6 +55,10 @@ type DeliveryOptions struct {
 	// Client sends the requests. Default: a client that does not follow
 	// redirects (a redirect is a failed attempt).
 	Client *http.Client
+	// Failures, when set, is where the sender counts failed attempts
+	// (Stats.Failures): one counter shared by the logs that replace each
+	// other keeps a count across them. Default: the log's own.
+	Failures *atomic.Uint64
 }
 
 // EventIDHeader carries the row id on every webhook request (DESIGN's
@@ -82,7 +86,7 @@ type sender struct {
 	opts      DeliveryOptions
 	client    *http.Client
 	delivered atomic.Uint64
-	failures  atomic.Uint64
+	failures  *atomic.Uint64 // opts.Failures
 
 	// lanes are the configured webhooks', fixed at New.
 	lanes map[string]*lane
@@ -217,13 +221,16 @@ func newSender(l *Log, o DeliveryOptions) *sender {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
+	if o.Failures == nil {
+		o.Failures = new(atomic.Uint64)
+	}
 	c := o.Client
 	if c == nil {
 		c = &http.Client{
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	s := &sender{l: l, opts: o, client: c, lanes: map[string]*lane{}, others: map[string]*lane{}, rescan: make(chan struct{}, 1)}
+	s := &sender{l: l, opts: o, client: c, failures: o.Failures, lanes: map[string]*lane{}, others: map[string]*lane{}, rescan: make(chan struct{}, 1)}
 	if l != nil {
 		for _, h := range l.hooks {
 			s.lanes[h.id] = newLane(h.id)

@@ -45,6 +45,11 @@ type Config struct {
 	// MaxTOTPFailures is how many wrong codes in a row lock an
 	// authenticator app (ErrTOTPLocked). Default DefaultMaxTOTPFailures.
 	MaxTOTPFailures int
+	// PasswordChecks, when set, is where the service counts its argon2id
+	// checks (PasswordChecks): one counter shared by the services that
+	// replace each other keeps a count across them. Default: the
+	// service's own.
+	PasswordChecks *atomic.Uint64
 }
 
 // DefaultMaxTOTPFailures is the default Config.MaxTOTPFailures: NIST SP
@@ -111,8 +116,8 @@ type Service struct {
 	// hashSlots bounds concurrent argon2id checks: each allocates
 	// Argon2.Memory, so a flood of sign-in posts must queue, not OOM.
 	hashSlots chan struct{}
-	// hashChecks counts the argon2id checks run.
-	hashChecks atomic.Uint64
+	// hashChecks counts the argon2id checks run (Config.PasswordChecks).
+	hashChecks *atomic.Uint64
 
 	touchMu sync.Mutex
 	touched map[SessionID]time.Time
@@ -128,9 +133,13 @@ func NewService(log *slog.Logger, clk clock.Clock, st Store, box *seal.Box, cfg 
 	}
 	s := &Service{
 		store: st, box: box, clock: clk, log: log, cfg: cfg, fakeHash: fake,
-		cache:     newSessionCache(cfg.CacheSize),
-		touched:   make(map[SessionID]time.Time),
-		hashSlots: make(chan struct{}, max(4, 2*goruntime.GOMAXPROCS(0))),
+		cache:      newSessionCache(cfg.CacheSize),
+		touched:    make(map[SessionID]time.Time),
+		hashSlots:  make(chan struct{}, max(4, 2*goruntime.GOMAXPROCS(0))),
+		hashChecks: cfg.PasswordChecks,
+	}
+	if s.hashChecks == nil {
+		s.hashChecks = new(atomic.Uint64)
 	}
 	// An evicted session's latest use must not be lost with it.
 	s.cache.onEvict = s.queueTouch
@@ -495,7 +504,8 @@ func (s *Service) verify(ctx context.Context, hash, password string) (bool, erro
 // PasswordChecks returns how many argon2id password checks have run: one
 // per CheckPassword, whether the account exists, has a password, is
 // disabled or is banned; none for an attempt refused for the client's
-// address (CheckPasswordFor) or one that found every slot busy.
+// address (CheckPasswordFor) or one that found every slot busy. With
+// Config.PasswordChecks shared, the count is every sharer's.
 func (s *Service) PasswordChecks() uint64 { return s.hashChecks.Load() }
 
 // StartSession creates a new session for u after the given methods

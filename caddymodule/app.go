@@ -689,6 +689,7 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 		Idle:            time.Duration(a.Session.Idle),
 		Lifetime:        time.Duration(a.Session.Lifetime),
 		PendingLifetime: time.Duration(a.Session.PendingLifetime),
+		PasswordChecks:  &processCounts.passwordChecks,
 	}
 	if a.Regulation != nil {
 		cfg.MaxTOTPFailures = a.Regulation.MaxTOTPFailures
@@ -709,6 +710,7 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	auditRows := slog.New(zapslog.NewHandler(a.logger.Core(), zapslog.WithName("sigra.audit")))
 	log, err := audit.New(auditRows, a.clock, st, audit.Options{
 		Webhooks: hooks, Retention: a.Audit.retention(), ErrorLog: a.slog,
+		Delivery: audit.DeliveryOptions{Failures: &processCounts.webhookFailures},
 	})
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,11 +75,23 @@ var processMetrics = sync.OnceValue(func() *metrics {
 	return m
 })
 
+// processCounts are the counts that the runtimes replacing each other at
+// a reload share, for the process's counters to go on across reloads as
+// processMetrics do.
+var processCounts struct {
+	passwordChecks  atomic.Uint64 // authcore.Config.PasswordChecks
+	webhookFailures atomic.Uint64 // audit.DeliveryOptions.Failures
+}
+
+// sessionsReadEvery is how often at most sigra_sessions_active counts the
+// store's sessions (a variable for tests).
+var sessionsReadEvery = 5 * time.Second
+
 // newMetrics registers the process's counters and a's gauges in reg.
 func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	m := new(metrics)
 	*m = *processMetrics()
-	sessions := &cachedGauge{ttl: 5 * time.Second, read: func(ctx context.Context) (float64, error) {
+	sessions := &cachedGauge{ttl: sessionsReadEvery, read: func(ctx context.Context) (float64, error) {
 		rt := a.liveRuntime()
 		if rt == nil {
 			return 0, errNotStarted
@@ -89,12 +102,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	collectors := []prometheus.Collector{
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sigra_password_checks_total", Help: "Password hashes checked (argon2id, each taking its configured memory and time): one per password typed, for unknown and banned accounts too.",
-		}, func() float64 {
-			if rt := a.liveRuntime(); rt != nil {
-				return float64(rt.auth.PasswordChecks())
-			}
-			return 0
-		}),
+		}, func() float64 { return float64(processCounts.passwordChecks.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_sessions_active", Help: "Sessions in the store, including those awaiting a second factor and those ended but not yet pruned (read at most every 5s; NaN while the store cannot be read).",
 		}, sessions.value),
@@ -162,7 +170,7 @@ type webhookCollector struct{ a *App }
 var (
 	webhookDepthDesc    = prometheus.NewDesc("sigra_webhook_outbox_depth", "Webhook deliveries waiting in the outbox.", nil, nil)
 	webhookDeadDesc     = prometheus.NewDesc("sigra_webhook_dead_deliveries", "Webhook deliveries that gave up after the retry limit.", nil, nil)
-	webhookFailuresDesc = prometheus.NewDesc("sigra_webhook_failures_total", "Failed webhook delivery attempts since start.", nil, nil)
+	webhookFailuresDesc = prometheus.NewDesc("sigra_webhook_failures_total", "Failed webhook delivery attempts since Caddy started.", nil, nil)
 	webhookDownDesc     = prometheus.NewDesc("sigra_webhooks_down", "Webhooks whose receiver was unavailable at the last attempt, backing off.", nil, nil)
 )
 
@@ -188,7 +196,7 @@ func (w webhookCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(webhookDepthDesc, prometheus.GaugeValue, depth)
 	ch <- prometheus.MustNewConstMetric(webhookDeadDesc, prometheus.GaugeValue, dead)
-	ch <- prometheus.MustNewConstMetric(webhookFailuresDesc, prometheus.CounterValue, float64(st.Failures))
+	ch <- prometheus.MustNewConstMetric(webhookFailuresDesc, prometheus.CounterValue, float64(processCounts.webhookFailures.Load()))
 	ch <- prometheus.MustNewConstMetric(webhookDownDesc, prometheus.GaugeValue, float64(st.Down))
 }
 

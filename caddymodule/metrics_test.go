@@ -53,11 +53,34 @@ func scrape(t *testing.T, e *env, series string) float64 {
 }
 
 func TestMetricsExistAndMove(t *testing.T) {
+	defer func(d time.Duration) { sessionsReadEvery = d }(sessionsReadEvery)
+	sessionsReadEvery = 0 // counted at every scrape, to see it move
 	e := startCaddy(t, "", `sigra_gate /metrics {
 		optional
 	}
 	sigra_gate
 	metrics /metrics`)
+	// The counters are the process's: earlier tests counted into them,
+	// so what this test does is the difference.
+	checks := []struct {
+		series string
+		min    float64
+	}{
+		{`sigra_logins_total{method="password",result="failure"}`, 1},
+		{`sigra_logins_total{method="password",result="success"}`, 1},
+		{`sigra_gate_decisions_total{reason="ok",result="allow"}`, 3},
+		{`sigra_gate_decisions_total{reason="login_required",result="deny"}`, 1},
+		{`sigra_gate_duration_seconds_count`, 4},
+		{`sigra_audit_append_seconds_count`, 2},
+		{`sigra_password_checks_total`, 2},
+	}
+	before := make([]float64, len(checks))
+	for i, c := range checks {
+		before[i] = scrape(t, e, c.series)
+	}
+	if v := scrape(t, e, `sigra_sessions_active`); v != 0 {
+		t.Errorf("sigra_sessions_active = %v in a new store; want 0", v)
+	}
 	e.addUser("mo@example.com", "staff")
 	e.login("mo@example.com", "wrong wrong wrong", "/")
 	e.mustLogin("mo@example.com")
@@ -79,23 +102,13 @@ func TestMetricsExistAndMove(t *testing.T) {
 		}
 	}
 
-	checks := []struct {
-		series string
-		min    float64
-	}{
-		{`sigra_logins_total{method="password",result="failure"}`, 1},
-		{`sigra_logins_total{method="password",result="success"}`, 1},
-		{`sigra_gate_decisions_total{reason="ok",result="allow"}`, 3},
-		{`sigra_gate_decisions_total{reason="login_required",result="deny"}`, 1},
-		{`sigra_gate_duration_seconds_count`, 4},
-		{`sigra_audit_append_seconds_count`, 2},
-		{`sigra_sessions_active`, 1},
-		{`sigra_password_checks_total`, 2},
-	}
-	for _, c := range checks {
-		if v := scrape(t, e, c.series); v < c.min {
-			t.Errorf("%s = %v; want at least %v", c.series, v, c.min)
+	for i, c := range checks {
+		if v := scrape(t, e, c.series) - before[i]; v < c.min {
+			t.Errorf("%s rose by %v; want at least %v", c.series, v, c.min)
 		}
+	}
+	if v := scrape(t, e, `sigra_sessions_active`); v != 1 {
+		t.Errorf("sigra_sessions_active = %v; want the one signed in", v)
 	}
 	// Series an alert may match are there before their first event (at
 	// zero in a new process; the counters are the process's).
@@ -293,6 +306,7 @@ func TestMetricsWebhookOutboxMoves(t *testing.T) {
 	sigra_gate
 	metrics /metrics`)
 	const depth, failures, down = "sigra_webhook_outbox_depth", "sigra_webhook_failures_total", "sigra_webhooks_down"
+	start := scrape(t, e, failures) // the process's count: earlier tests' failures are in it
 	e.addUser("wes@example.com")
 	e.mustLogin("wes@example.com")
 	waitFor := func(what string, ok func() bool) {
@@ -304,7 +318,7 @@ func TestMetricsWebhookOutboxMoves(t *testing.T) {
 		}
 	}
 	waitFor("a failing receiver", func() bool {
-		return scrape(t, e, depth) >= 1 && scrape(t, e, failures) >= 1 && scrape(t, e, down) == 1
+		return scrape(t, e, depth) >= 1 && scrape(t, e, failures) > start && scrape(t, e, down) == 1
 	})
 	failed := scrape(t, e, failures)
 	up.Store(true)
@@ -316,6 +330,50 @@ func TestMetricsWebhookOutboxMoves(t *testing.T) {
 	}
 	if got := scrape(t, e, "sigra_webhook_dead_deliveries"); got != 0 {
 		t.Errorf("dead deliveries %v; want 0", got)
+	}
+}
+
+// A reload replaces the runtime, its password checker and its webhook
+// sender; the counters they feed go on from where they were rather than
+// start again from zero, which Prometheus would take for a restart and
+// a rate() would read as a drop.
+func TestMetricsCountersGoOnAcrossReload(t *testing.T) {
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer recv.Close()
+	global := "audit {\n\t\t\twebhook " + recv.URL + " {\n\t\t\t\tsecret \"0123456789abcdef0123456789abcdef\"\n\t\t\t\tactions auth.login.*\n\t\t\t}\n\t\t}"
+	site := `sigra_gate /metrics {
+		optional
+	}
+	sigra_gate
+	metrics /metrics`
+	e := startCaddy(t, global, site)
+	const checks, failures = "sigra_password_checks_total", "sigra_webhook_failures_total"
+	e.addUser("rel@example.com")
+	e.login("rel@example.com", "wrong wrong wrong", "/")
+	for deadline := time.Now().Add(15 * time.Second); scrape(t, e, failures) == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no failed webhook delivery counted")
+		}
+	}
+	c0, f0 := scrape(t, e, checks), scrape(t, e, failures)
+	if c0 == 0 {
+		t.Fatal("no password check counted")
+	}
+	old := e.rt()
+	if err := e.load(e.caddyfile(global, site+"\n\theader X-Reloaded 1")); err != nil {
+		t.Fatal(err)
+	}
+	if e.rt() == old {
+		t.Fatal("the reload kept the runtime; want a new one, as a changed config makes")
+	}
+	if c, f := scrape(t, e, checks), scrape(t, e, failures); c < c0 || f < f0 {
+		t.Errorf("after a reload: %s %v (was %v), %s %v (was %v); want neither to go back", checks, c, c0, failures, f, f0)
+	}
+	e.login("rel@example.com", "wrong wrong wrong", "/")
+	if c := scrape(t, e, checks); c != c0+1 {
+		t.Errorf("%s = %v after one more password; want %v", checks, c, c0+1)
 	}
 }
 
