@@ -109,6 +109,8 @@ var Actions = []string{
 	"auth.magic_link.sent", "auth.magic_link.consumed", "auth.oidc.login", "auth.saml.login", "auth.account.linked",
 	"passkey.registered", "passkey.removed", "passkey.clone_detected",
 	"billing.admin.cancel", "billing.admin.pause", "billing.admin.resume", "billing.admin.replay",
+	"oidc.authorize", "oidc.consent.granted",
+	"oidc.token.issued", "oidc.token.refreshed", "oidc.token.revoked", "oidc.token.reuse_detected",
 }
 
 // ActionFamilies are the prefixes of open-ended action families.
