@@ -401,7 +401,7 @@ func (l *Log) logRow(r Row) {
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
 		slog.String("id", r.ID),
-		slog.String("occurred_at", r.OccurredAt.Format(timeLayout)),
+		slog.String("occurred_at", r.OccurredAt.Format(TimeLayout)),
 		slog.String("action", r.Action),
 		slog.String("actor_id", r.ActorID),
 		slog.String("actor_type", r.ActorType),

@@ -94,9 +94,9 @@ type Row struct {
 	Metadata map[string]string `json:"metadata"`
 }
 
-// timeLayout always prints nine fractional digits so that occurred_at has a
-// fixed width and sorts as text too.
-const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
+// TimeLayout is occurred_at's layout: it always prints nine fractional
+// digits, so that the text has a fixed width and sorts as the times do.
+const TimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 
 // rowWire is Row's JSON shape with occurred_at already formatted.
 type rowWire struct {
@@ -119,7 +119,7 @@ var emptyMeta = map[string]string{}
 // MarshalJSON encodes the row in its wire format (see Row).
 func (r Row) MarshalJSON() ([]byte, error) {
 	w := rowWire{
-		ID: r.ID, OccurredAt: r.OccurredAt.UTC().Format(timeLayout), Action: r.Action,
+		ID: r.ID, OccurredAt: r.OccurredAt.UTC().Format(TimeLayout), Action: r.Action,
 		ActorID: r.ActorID, ActorType: r.ActorType, SubjectID: r.SubjectID, OrgID: r.OrgID,
 		IP: r.IP, UserAgent: r.UserAgent, RequestID: r.RequestID, Outcome: r.Outcome,
 		Metadata: r.Metadata,
@@ -206,7 +206,7 @@ func (r *Row) normalize(newID func() uuid.UUID, now time.Time) (Position, error)
 	}
 	r.OccurredAt = r.OccurredAt.UTC().Round(0)
 	if r.OccurredAt.Before(minTime) || !r.OccurredAt.Before(maxTime) {
-		return Position{}, fmt.Errorf("%w: occurred_at %s out of range", ErrInvalidRow, r.OccurredAt.Format(timeLayout))
+		return Position{}, fmt.Errorf("%w: occurred_at %s out of range", ErrInvalidRow, r.OccurredAt.Format(TimeLayout))
 	}
 	if err := validAction(r.Action); err != nil {
 		return Position{}, fmt.Errorf("%w: %v", ErrInvalidRow, err)

@@ -74,7 +74,7 @@ func TestRowUnmarshalAcceptsAnyRFC3339(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"occurred_at":"2026-11-22T11:00:00+01:00"}`), &r); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := r.OccurredAt.Format(timeLayout), "2026-11-22T10:00:00.000000000Z"; got != want {
+	if got, want := r.OccurredAt.Format(TimeLayout), "2026-11-22T10:00:00.000000000Z"; got != want {
 		t.Fatalf("occurred_at = %q; want %q", got, want)
 	}
 	if err := json.Unmarshal([]byte(`{"occurred_at":"yesterday"}`), &r); err == nil {

@@ -494,8 +494,33 @@ func TestAdminPagesAudit(t *testing.T) {
 	if r.StatusCode != http.StatusOK {
 		t.Fatalf("audit page: status %d", r.StatusCode)
 	}
-	if !regexp.MustCompile(`data-sigra="admin-audit-row" data-row-id="[^"]+">\s*<td><time datetime="\d{4}-\d\d-\d\dT[^"]+Z">`).MatchString(page) {
-		t.Error("audit rows lack data-sigra=admin-audit-row with a <time datetime>")
+	stamped := regexp.MustCompile(`data-sigra="admin-audit-row" data-row-id="([^"]+)">\s*<td><time datetime="([^"]+)">`).FindAllStringSubmatch(page, -1)
+	if len(stamped) == 0 {
+		t.Fatal("audit rows lack data-sigra=admin-audit-row with a <time datetime>")
+	}
+	// The datetime is the row's occurred_at, to the character, as the API
+	// and the webhooks give it: a script can match the two.
+	_, body := e.get("/.sigra/api/admin/audit?limit=500", map[string]string{"Accept": "application/json"})
+	var api struct {
+		Rows []struct {
+			ID         string `json:"id"`
+			OccurredAt string `json:"occurred_at"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal([]byte(body), &api); err != nil {
+		t.Fatalf("audit API: %v: %s", err, body)
+	}
+	occurred := map[string]string{}
+	for _, r := range api.Rows {
+		occurred[r.ID] = r.OccurredAt
+	}
+	for _, m := range stamped {
+		if occurred[m[1]] != m[2] {
+			t.Errorf("row %s: <time datetime=%q>; want its occurred_at %q", m[1], m[2], occurred[m[1]])
+		}
+	}
+	if !regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$`).MatchString(stamped[0][2]) {
+		t.Errorf("datetime %q; want nine fractional digits, as occurred_at has", stamped[0][2])
 	}
 
 	// The filter narrows to the action; pages go on from the cursor.

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
 )
 
 //go:embed templates/*.html
@@ -33,7 +35,7 @@ var pages = func() map[string]*template.Template {
 // pageFuncs are the template helpers.
 var pageFuncs = template.FuncMap{
 	// datetime formats a time for a datetime attribute.
-	"datetime": func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
+	"datetime": func(t time.Time) string { return t.UTC().Format(audit.TimeLayout) },
 	// when formats a time for people, to the second.
 	"when": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
 }
