@@ -94,10 +94,24 @@ func checkSite(ctx context.Context, s siteConf, token string, seed *seeded) erro
 	if code != http.StatusUnauthorized {
 		return fmt.Errorf("site %s, GET / without a session as a JSON client: got HTTP %d, want 401", s.Name, code)
 	}
-	if seed.PwdOnly != "" {
-		needsMFA := slices.ContainsFunc(s.Require, func(r string) bool { return strings.Fields(r)[0] == "mfa" })
-		code, body, err = httpGet(ctx, client, base+"/", seed.PwdOnly, nil)
-		if err := expect("GET / with a password-only session", !needsMFA, code, body, err); err != nil {
+	// Each requirement of the site refuses the session that lacks it, so
+	// that C is measured deciding them, not passing a gate that ignores
+	// them; B takes every one of these sessions.
+	requires := func(kind string) bool {
+		return slices.ContainsFunc(s.Require, func(r string) bool { return strings.Fields(r)[0] == kind })
+	}
+	for _, c := range []struct {
+		what, token, lacks string
+	}{
+		{"a password-only session", seed.PwdOnly, "mfa"},
+		{"a session whose second factor was an emailed code", seed.NoAppFactor, "amr"},
+		{"a session of a user outside the group", seed.Outsider, "group"},
+	} {
+		if c.token == "" {
+			continue
+		}
+		code, body, err = httpGet(ctx, client, base+"/", c.token, nil)
+		if err := expect("GET / with "+c.what, !requires(c.lacks), code, body, err); err != nil {
 			return err
 		}
 	}

@@ -1,15 +1,17 @@
 // Command bench measures what the Sigra gate costs: one Caddy, built by
-// `make caddy`, serves three loopback sites from one Caddyfile, all
-// proxying to the same tiny upstream:
+// `make caddy`, serves loopback sites from one Caddyfile, all proxying to
+// the same tiny upstream:
 //
-//	A  reverse_proxy                                   (the baseline)
-//	B  sigra_portal + sigra_gate + reverse_proxy       (a signed-in session)
-//	C  B with requirements on the gate: mfa            (more can be added)
+//	A   reverse_proxy                                  (the baseline)
+//	B   sigra_portal + sigra_gate + reverse_proxy      (a signed-in session)
+//	C   B with every requirement on the gate: mfa, amr, group
+//	H   A sending the identity headers B sends         (their cost alone)
+//	A2  A again                                        (the machine's noise)
 //
-// A load generator in this process drives them in interleaved rounds
-// (A B C, then B C A, then C A B, …, so drift hits all alike): a closed loop for
-// saturation throughput, then an open loop at a fixed moderate rate for
-// latency. It prints req/s, p50/p99, Caddy's CPU per request and peak RSS,
+// A load generator in this process drives them in interleaved rounds (a
+// Williams design, so that drift reaches every site alike): a closed loop
+// for saturation throughput, then an open loop at a fixed moderate rate
+// for latency, then the sites interleaved request by request. It prints req/s, p50/p99, Caddy's CPU per request and peak RSS,
 // the ratios to A, and PASS/MISS against the targets of issue 5, and
 // writes the same as JSON. With -sessions it also measures B with many
 // sessions in the store. See bench/README.md.

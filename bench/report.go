@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"os"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -243,6 +246,15 @@ func pairedRatio(s, base *siteAcc) ratio {
 	return q
 }
 
+// intervalText gives q's added-p99 interval and its confidence, or says
+// there is none: a single round pair bounds nothing.
+func intervalText(q ratio) string {
+	if q.Pairs < 2 {
+		return fmt.Sprintf("%d round: no interval", q.Pairs)
+	}
+	return fmt.Sprintf("%.0f%% interval %+.3f…%+.3f ms", 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1])
+}
+
 // medianInterval is a distribution-free interval for the median of the
 // population v was drawn from (the sign-test interval): the k-th smallest
 // and k-th largest of v, with the largest k whose confidence, 1 − 2·P(X <
@@ -414,13 +426,49 @@ type hostInfo struct {
 	Caddy      string `json:"caddy_version"`
 }
 
-// writeJSON writes r to path, indented.
+// writeJSON writes r to path, indented. A figure that is not a number
+// (a ratio to a round that measured nothing, a percentile past the
+// histogram's last bound) is null, which JSON has and NaN and ±Inf are
+// not: encoding/json refuses them, and the whole file with them. r's
+// non-finite figures are changed to do so.
 func writeJSON(path string, r *results) error {
+	unknownToSentinel(reflect.ValueOf(r).Elem())
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
+	b = bytes.ReplaceAll(b, []byte(strconv.FormatFloat(jsonUnknown, 'g', -1, 64)), []byte("null"))
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// jsonUnknown stands in for a non-finite figure until it is written as
+// null: encoding/json writes it as 1.7976931348623157e+308, and no
+// measured figure is that.
+const jsonUnknown = math.MaxFloat64
+
+// unknownToSentinel sets every NaN or ±Inf float reachable from v
+// (exported struct fields, slices, arrays, pointers) to jsonUnknown.
+func unknownToSentinel(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Float32, reflect.Float64:
+		if f := v.Float(); v.CanSet() && (math.IsNaN(f) || math.IsInf(f, 0)) {
+			v.SetFloat(jsonUnknown)
+		}
+	case reflect.Pointer:
+		if !v.IsNil() {
+			unknownToSentinel(v.Elem())
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				unknownToSentinel(v.Field(i))
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			unknownToSentinel(v.Index(i))
+		}
+	}
 }
 
 // writeCPUPhase writes a closed-loop phase: its table, and what each
@@ -463,8 +511,8 @@ func printReport(w io.Writer, r *results, conns int) {
 		fmt.Fprintf(w, "\nThe same load, the sites taking turns request by request in each round (%s req/s in all: the load and the machine's stalls are the same for every site; CPU and RSS are shared)\n", num(r.MixedRate, 0))
 		writeTable(w, siteTable(r.Mixed, r.MixedRatios, true, true))
 		for _, q := range r.MixedRatios {
-			fmt.Fprintf(w, "added latency per request %s: p50 %+.3f ms, p99 %+.3f ms (%.0f%% interval %+.3f…%+.3f ms)\n",
-				difference(q.Name), q.AddedP50ms, q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1])
+			fmt.Fprintf(w, "added latency per request %s: p50 %+.3f ms, p99 %+.3f ms (%s)\n",
+				difference(q.Name), q.AddedP50ms, q.AddedP99ms, intervalText(q))
 		}
 	}
 	if len(r.Sessions) > 0 {
@@ -598,8 +646,8 @@ func evaluate(r *results) []goal {
 	// target).
 	for _, q := range r.MixedRatios {
 		if q.Name == "B/A" || q.Name == "C/A" {
-			r.Notes = append(r.Notes, fmt.Sprintf("with the load held equal (sites interleaved request by request), %s's requests gain p99 %+.3f ms (%.0f%% interval %+.3f…%+.3f), p50 %+.3f ms: the rest of the added p99 above is the machine busier with the site's extra CPU, and its noise",
-				difference(q.Name), q.AddedP99ms, 100*q.IntervalConfidence, q.AddedP99Interval[0], q.AddedP99Interval[1], q.AddedP50ms))
+			r.Notes = append(r.Notes, fmt.Sprintf("with the load held equal (sites interleaved request by request), %s's requests gain p99 %+.3f ms (%s), p50 %+.3f ms: the rest of the added p99 above is the machine busier with the site's extra CPU, and its noise",
+				difference(q.Name), q.AddedP99ms, intervalText(q), q.AddedP50ms))
 		}
 	}
 	if n := len(r.SessionsRatios); n > 0 {
@@ -613,6 +661,9 @@ func evaluate(r *results) []goal {
 		goals = append(goals, newGoal(fmt.Sprintf("CPU per request change, %s→%s sessions", fewest, most), 100*math.Abs(q.CaddyCPU-1), "<", 10, " %", change, q.IntervalConfidence))
 		r.Notes = append(r.Notes, fmt.Sprintf("%s→%s sessions (informational): throughput %+.1f%%, p50 %+.1f%%, p99 %+.1f%%",
 			fewest, most, 100*(q.RPS-1), 100*(q.P50-1), 100*(q.P99-1)))
+		if a, _ := r.Settings["active"].(string); a != "0" {
+			r.Notes = append(r.Notes, fmt.Sprintf("sessions: with %s sessions in use (-active), the gate's session cache answers nearly every request, so this target shows what a big store costs the usual request; what a store read costs at each size is BenchmarkSessionLookup's (go test ./bench -run '^$' -bench SessionLookup)", a))
+		}
 	}
 	return goals
 }

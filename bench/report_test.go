@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -346,5 +349,47 @@ func TestEvaluateControl(t *testing.T) {
 		if !strings.Contains(notes, want) {
 			t.Errorf("notes lack %q:\n%s", want, notes)
 		}
+	}
+}
+
+// A figure that is not a number (a ratio to a round that measured no
+// CPU, a percentile past the histogram's last bound) is written as null:
+// encoding/json refuses NaN and Inf, and the run would lose its whole
+// results file after printing the table.
+func TestWriteJSONUnknownFigures(t *testing.T) {
+	r := &results{
+		Seconds:      12.5,
+		ClosedRatios: []ratio{{Name: "B/A", RPS: 0.9, CaddyCPU: math.NaN(), RPSInterval: [2]float64{math.Inf(-1), 1}}},
+		OpenGate:     &gateLatency{Decisions: 3, MeanUs: 7, P50MaxUs: 10, P99MaxUs: math.Inf(1)},
+	}
+	path := filepath.Join(t.TempDir(), "results.json")
+	if err := writeJSON(path, r); err != nil {
+		t.Fatalf("writeJSON: %v", err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Seconds      float64 `json:"seconds"`
+		ClosedRatios []struct {
+			RPS         float64     `json:"rps"`
+			CaddyCPU    *float64    `json:"caddy_cpu_per_req"`
+			RPSInterval [2]*float64 `json:"rps_interval"`
+		} `json:"closed_ratios"`
+		OpenGate struct {
+			P50 *float64 `json:"p50_at_most_us"`
+			P99 *float64 `json:"p99_at_most_us"`
+		} `json:"open_gate"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("the file is not JSON: %v\n%s", err, b)
+	}
+	q := got.ClosedRatios[0]
+	if got.Seconds != 12.5 || q.RPS != 0.9 || q.RPSInterval[1] == nil || *q.RPSInterval[1] != 1 || got.OpenGate.P50 == nil || *got.OpenGate.P50 != 10 {
+		t.Errorf("finite figures changed: %s", b)
+	}
+	if q.CaddyCPU != nil || q.RPSInterval[0] != nil || got.OpenGate.P99 != nil {
+		t.Errorf("NaN and Inf not written as null: %s", b)
 	}
 }

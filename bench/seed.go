@@ -26,7 +26,12 @@ type seeded struct {
 	// PwdOnly is the cookie of a session signed in with a password only:
 	// site B must accept it and site C (mfa) must not.
 	PwdOnly string
-	Took    time.Duration
+	// NoAppFactor is a session whose second factor was none that an
+	// `amr otp hwk swk` route takes (an emailed code), and Outsider a
+	// fully signed-in session of another user, outside the group bench:
+	// B accepts both, C refuses both.
+	NoAppFactor, Outsider string
+	Took                  time.Duration
 }
 
 // seedStore creates one user with n fully signed-in sessions in the bbolt
@@ -98,7 +103,22 @@ func seedStore(ctx context.Context, path string, n int, extras bool) (*seeded, e
 	if extras {
 		tok, id := authcore.NewToken()
 		s.PwdOnly = tok
-		if err := st.PutSessions(ctx, []*authcore.Session{newSession(id, []string{"pwd"}, time.Time{})}); err != nil {
+		tok2, id2 := authcore.NewToken()
+		s.NoAppFactor = tok2
+		other := &authcore.User{ID: ids.New(), Email: "outsider@example.com", EmailVerified: true, Name: "Outsider",
+			Groups: []string{"staff"}, CreatedAt: now, UpdatedAt: now}
+		if err := st.CreateUser(ctx, other); err != nil {
+			return nil, fmt.Errorf("seeding: creating the outsider: %w", err)
+		}
+		tok3, id3 := authcore.NewToken()
+		s.Outsider = tok3
+		outsider := newSession(id3, []string{"pwd", "otp", "mfa"}, now)
+		outsider.UserID = other.ID
+		if err := st.PutSessions(ctx, []*authcore.Session{
+			newSession(id, []string{"pwd"}, time.Time{}),
+			newSession(id2, []string{"pwd", "email", "mfa"}, now),
+			outsider,
+		}); err != nil {
 			return nil, fmt.Errorf("seeding: sessions: %w", err)
 		}
 	}
