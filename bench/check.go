@@ -96,22 +96,28 @@ func checkSite(ctx context.Context, s siteConf, token string, seed *seeded) erro
 	}
 	// Each requirement of the site refuses the session that lacks it, so
 	// that C is measured deciding them, not passing a gate that ignores
-	// them; B takes every one of these sessions.
-	requires := func(kind string) bool {
-		return slices.ContainsFunc(s.Require, func(r string) bool { return strings.Fields(r)[0] == kind })
+	// them; B takes every one of these sessions. refuses reports whether a
+	// requirement line of kind names none of has (a line "mfa …" always
+	// refuses the session without a second factor).
+	refuses := func(kind string, has ...string) bool {
+		return slices.ContainsFunc(s.Require, func(r string) bool {
+			f := strings.Fields(r)
+			return f[0] == kind && (kind == "mfa" || !slices.ContainsFunc(f[1:], func(v string) bool { return slices.Contains(has, v) }))
+		})
 	}
 	for _, c := range []struct {
-		what, token, lacks string
+		what, token string
+		refused     bool
 	}{
-		{"a password-only session", seed.PwdOnly, "mfa"},
-		{"a session whose second factor was an emailed code", seed.NoAppFactor, "amr"},
-		{"a session of a user outside the group", seed.Outsider, "group"},
+		{"a password-only session", seed.PwdOnly, refuses("mfa")},
+		{"a session whose second factor was an emailed code", seed.NoAppFactor, refuses("amr", "pwd", "email", "mfa")},
+		{"a session of a user outside the group", seed.Outsider, refuses("group", "staff")},
 	} {
 		if c.token == "" {
 			continue
 		}
 		code, body, err = httpGet(ctx, client, base+"/", c.token, nil)
-		if err := expect("GET / with "+c.what, !requires(c.lacks), code, body, err); err != nil {
+		if err := expect("GET / with "+c.what, !c.refused, code, body, err); err != nil {
 			return err
 		}
 	}
