@@ -94,24 +94,36 @@ func checkSite(ctx context.Context, s siteConf, token string, seed *seeded) erro
 	if code != http.StatusUnauthorized {
 		return fmt.Errorf("site %s, GET / without a session as a JSON client: got HTTP %d, want 401", s.Name, code)
 	}
-	// Each requirement of the site refuses the session that lacks it, so
+	// Each requirement of the site refuses the sessions that lack it, so
 	// that C is measured deciding them, not passing a gate that ignores
-	// them; B takes every one of these sessions. refuses reports whether a
-	// requirement line of kind names none of has (a line "mfa …" always
-	// refuses the session without a second factor).
-	refuses := func(kind string, has ...string) bool {
+	// them; B takes every one of these sessions. A session is refused
+	// when any line of -require refuses it: mfa without a second factor,
+	// an amr line naming none of its methods, a group line none of its
+	// user's groups.
+	refused := func(amr []string, groups []string) bool {
 		return slices.ContainsFunc(s.Require, func(r string) bool {
 			f := strings.Fields(r)
-			return f[0] == kind && (kind == "mfa" || !slices.ContainsFunc(f[1:], func(v string) bool { return slices.Contains(has, v) }))
+			names := func(has []string) bool {
+				return slices.ContainsFunc(f[1:], func(v string) bool { return slices.Contains(has, v) })
+			}
+			switch f[0] {
+			case "mfa":
+				return !slices.Contains(amr, "mfa")
+			case "amr":
+				return !names(amr)
+			case "group":
+				return !names(groups)
+			}
+			return false
 		})
 	}
 	for _, c := range []struct {
 		what, token string
 		refused     bool
 	}{
-		{"a password-only session", seed.PwdOnly, refuses("mfa")},
-		{"a session whose second factor was an emailed code", seed.NoAppFactor, refuses("amr", "pwd", "email", "mfa")},
-		{"a session of a user outside the group", seed.Outsider, refuses("group", "staff")},
+		{"a password-only session", seed.PwdOnly, refused(seedPwdOnlyAMR, seedGroups)},
+		{"a session whose second factor was an emailed code", seed.NoAppFactor, refused(seedNoAppFactorAMR, seedGroups)},
+		{"a session of a user outside the group", seed.Outsider, refused(seedAMR, seedOutsiderGroups)},
 	} {
 		if c.token == "" {
 			continue

@@ -17,6 +17,17 @@ const sessionCookie = "sigra_session"
 // seedChunk is how many sessions go into one bbolt transaction.
 const seedChunk = 10_000
 
+// What the seeded sessions and users carry: the measured sessions sign in
+// with a password and an authenticator app, the user in group bench; the
+// check sessions each lack one of that (see checkSite).
+var (
+	seedAMR            = []string{"pwd", "otp", "mfa"}
+	seedPwdOnlyAMR     = []string{"pwd"}
+	seedNoAppFactorAMR = []string{"pwd", "email", "mfa"}
+	seedGroups         = []string{"bench"}
+	seedOutsiderGroups = []string{"staff"}
+)
+
 // seeded is what the harness put into a store before Caddy opened it.
 type seeded struct {
 	UserID   string
@@ -35,9 +46,9 @@ type seeded struct {
 }
 
 // seedStore creates one user with n fully signed-in sessions in the bbolt
-// file at path (and, when extras is set, a password and a password-only
-// session for the checks). Caddy must not be running on the file: it holds
-// bbolt's lock while it runs.
+// file at path (and, when extras is set, the user's password and the three
+// sessions for the checks, one of them a second user's). Caddy must not
+// be running on the file: it holds bbolt's lock while it runs.
 func seedStore(ctx context.Context, path string, n int, extras bool) (*seeded, error) {
 	begin := time.Now()
 	// NoSync: the file is written once and read by Caddy right after; a
@@ -55,7 +66,7 @@ func seedStore(ctx context.Context, path string, n int, extras bool) (*seeded, e
 		Email:         s.Email,
 		EmailVerified: true,
 		Name:          "Bench",
-		Groups:        []string{"bench"},
+		Groups:        seedGroups,
 		CreatedAt:     now,
 		UpdatedAt:     now,
 	}
@@ -94,7 +105,7 @@ func seedStore(ctx context.Context, path string, n int, extras bool) (*seeded, e
 		for ; i < n && len(batch) < seedChunk; i++ {
 			tok, id := authcore.NewToken()
 			s.Tokens.Add(tok)
-			batch = append(batch, newSession(id, []string{"pwd", "otp", "mfa"}, now))
+			batch = append(batch, newSession(id, seedAMR, now))
 		}
 		if err := st.PutSessions(ctx, batch); err != nil {
 			return nil, fmt.Errorf("seeding: sessions: %w", err)
@@ -106,17 +117,17 @@ func seedStore(ctx context.Context, path string, n int, extras bool) (*seeded, e
 		tok2, id2 := authcore.NewToken()
 		s.NoAppFactor = tok2
 		other := &authcore.User{ID: ids.New(), Email: "outsider@example.com", EmailVerified: true, Name: "Outsider",
-			Groups: []string{"staff"}, CreatedAt: now, UpdatedAt: now}
+			Groups: seedOutsiderGroups, CreatedAt: now, UpdatedAt: now}
 		if err := st.CreateUser(ctx, other); err != nil {
 			return nil, fmt.Errorf("seeding: creating the outsider: %w", err)
 		}
 		tok3, id3 := authcore.NewToken()
 		s.Outsider = tok3
-		outsider := newSession(id3, []string{"pwd", "otp", "mfa"}, now)
+		outsider := newSession(id3, seedAMR, now)
 		outsider.UserID = other.ID
 		if err := st.PutSessions(ctx, []*authcore.Session{
-			newSession(id, []string{"pwd"}, time.Time{}),
-			newSession(id2, []string{"pwd", "email", "mfa"}, now),
+			newSession(id, seedPwdOnlyAMR, time.Time{}),
+			newSession(id2, seedNoAppFactorAMR, now),
 			outsider,
 		}); err != nil {
 			return nil, fmt.Errorf("seeding: sessions: %w", err)
