@@ -338,8 +338,11 @@ func TestMetricsWebhookOutboxMoves(t *testing.T) {
 // start again from zero, which Prometheus would take for a restart and
 // a rate() would read as a drop.
 func TestMetricsCountersGoOnAcrossReload(t *testing.T) {
+	var up atomic.Bool
 	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusServiceUnavailable)
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
 	}))
 	defer recv.Close()
 	global := "audit {\n\t\t\twebhook " + recv.URL + " {\n\t\t\t\tsecret \"0123456789abcdef0123456789abcdef\"\n\t\t\t\tactions auth.login.*\n\t\t\t}\n\t\t}"
@@ -350,9 +353,10 @@ func TestMetricsCountersGoOnAcrossReload(t *testing.T) {
 	metrics /metrics`
 	e := startCaddy(t, global, site)
 	const checks, failures = "sigra_password_checks_total", "sigra_webhook_failures_total"
+	start := scrape(t, e, failures) // the process's: earlier tests' failures are in it
 	e.addUser("rel@example.com")
 	e.login("rel@example.com", "wrong wrong wrong", "/")
-	for deadline := time.Now().Add(15 * time.Second); scrape(t, e, failures) == 0; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(15 * time.Second); scrape(t, e, failures) <= start; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no failed webhook delivery counted")
 		}
@@ -361,6 +365,9 @@ func TestMetricsCountersGoOnAcrossReload(t *testing.T) {
 	if c0 == 0 {
 		t.Fatal("no password check counted")
 	}
+	// The receiver answers from now on: no failure after the reload can
+	// bring a count that started again from zero back up to f0.
+	up.Store(true)
 	old := e.rt()
 	if err := e.load(e.caddyfile(global, site+"\n\theader X-Reloaded 1")); err != nil {
 		t.Fatal(err)
