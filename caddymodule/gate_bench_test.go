@@ -57,7 +57,7 @@ func signedInGate(tb testing.TB, g *Gate) (fresh func() *http.Request, userID st
 		"Accept":     {"application/json"},
 		"User-Agent": {"bench"},
 	}
-	target, err := url.Parse("http://app.example.com/reports/q1")
+	target, err := url.ParseRequestURI("/reports/q1")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -70,12 +70,17 @@ func signedInGate(tb testing.TB, g *Gate) (fresh func() *http.Request, userID st
 		for k, v := range template {
 			h[k] = v
 		}
-		u := *target
+		u, orig := *target, *target
+		req := &http.Request{Method: http.MethodGet, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: h, Body: http.NoBody, Host: "app.example.com", RemoteAddr: "127.0.0.1:40000", RequestURI: target.RequestURI()}
+		// What caddyhttp.PrepareRequest adds: the replacer, the vars, and
+		// a copy of the request as it came in.
+		original := *req
+		original.URL = &orig
 		vars := map[string]any{caddyhttp.ClientIPVarKey: "127.0.0.1", caddyhttp.TrustedProxyVarKey: false}
 		rctx := context.WithValue(context.Background(), caddy.ReplacerCtxKey, caddy.NewReplacer())
+		rctx = context.WithValue(rctx, caddyhttp.OriginalRequestCtxKey, original)
 		rctx = context.WithValue(rctx, caddyhttp.VarsCtxKey, vars)
-		req := &http.Request{Method: http.MethodGet, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-			Header: h, Body: http.NoBody, Host: target.Host, RemoteAddr: "127.0.0.1:40000", RequestURI: target.RequestURI()}
 		return req.WithContext(rctx)
 	}
 	w := httptest.NewRecorder()
