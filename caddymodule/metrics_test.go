@@ -55,11 +55,7 @@ func scrape(t *testing.T, e *env, series string) float64 {
 func TestMetricsExistAndMove(t *testing.T) {
 	defer func(d time.Duration) { sessionsReadEvery = d }(sessionsReadEvery)
 	sessionsReadEvery = 0 // counted at every scrape, to see it move
-	e := startCaddy(t, "", `sigra_gate /metrics {
-		optional
-	}
-	sigra_gate
-	metrics /metrics`)
+	e := startCaddy(t, "", metricsSite)
 	// The counters are the process's: earlier tests counted into them,
 	// so what this test does is the difference.
 	checks := []struct {
@@ -289,22 +285,32 @@ func TestMetricsLoginResults(t *testing.T) {
 	})
 }
 
-// The webhook figures move: a receiver that fails leaves rows in the
-// outbox, counts failures and is down; once it answers, the outbox
-// drains and it is up again. The failures counter keeps its count.
-func TestMetricsWebhookOutboxMoves(t *testing.T) {
-	var up atomic.Bool
+// metricsSite serves /metrics to anyone and gates the rest.
+const metricsSite = `sigra_gate /metrics {
+		optional
+	}
+	sigra_gate
+	metrics /metrics`
+
+// downReceiver is a webhook receiver that answers 503 until up is set,
+// and the global sigra options sending it the sign-in rows.
+func downReceiver(t *testing.T) (up *atomic.Bool, global string) {
+	up = new(atomic.Bool)
 	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !up.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	}))
-	defer recv.Close()
-	e := startCaddy(t, "audit {\n\t\t\twebhook "+recv.URL+" {\n\t\t\t\tsecret \"0123456789abcdef0123456789abcdef\"\n\t\t\t\tactions auth.login.*\n\t\t\t}\n\t\t}", `sigra_gate /metrics {
-		optional
-	}
-	sigra_gate
-	metrics /metrics`)
+	t.Cleanup(recv.Close)
+	return up, "audit {\n\t\t\twebhook " + recv.URL + " {\n\t\t\t\tsecret \"0123456789abcdef0123456789abcdef\"\n\t\t\t\tactions auth.login.*\n\t\t\t}\n\t\t}"
+}
+
+// The webhook figures move: a receiver that fails leaves rows in the
+// outbox, counts failures and is down; once it answers, the outbox
+// drains and it is up again. The failures counter keeps its count.
+func TestMetricsWebhookOutboxMoves(t *testing.T) {
+	up, global := downReceiver(t)
+	e := startCaddy(t, global, metricsSite)
 	const depth, failures, down = "sigra_webhook_outbox_depth", "sigra_webhook_failures_total", "sigra_webhooks_down"
 	start := scrape(t, e, failures) // the process's count: earlier tests' failures are in it
 	e.addUser("wes@example.com")
@@ -338,19 +344,8 @@ func TestMetricsWebhookOutboxMoves(t *testing.T) {
 // start again from zero, which Prometheus would take for a restart and
 // a rate() would read as a drop.
 func TestMetricsCountersGoOnAcrossReload(t *testing.T) {
-	var up atomic.Bool
-	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !up.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-	}))
-	defer recv.Close()
-	global := "audit {\n\t\t\twebhook " + recv.URL + " {\n\t\t\t\tsecret \"0123456789abcdef0123456789abcdef\"\n\t\t\t\tactions auth.login.*\n\t\t\t}\n\t\t}"
-	site := `sigra_gate /metrics {
-		optional
-	}
-	sigra_gate
-	metrics /metrics`
+	up, global := downReceiver(t)
+	site := metricsSite
 	e := startCaddy(t, global, site)
 	const checks, failures = "sigra_password_checks_total", "sigra_webhook_failures_total"
 	start := scrape(t, e, failures) // the process's: earlier tests' failures are in it
