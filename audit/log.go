@@ -83,8 +83,11 @@ type Log struct {
 	dropped atomic.Uint64
 }
 
+// request is one Record call: one entry, or for RecordAllWith several,
+// the change on the first. A request's entries go into a commit
+// together or not at all.
 type request struct {
-	e    Entry
+	es   []Entry
 	done chan result
 }
 
@@ -168,14 +171,18 @@ func New(rows *slog.Logger, clk clock.Clock, st Store, opts Options) (*Log, erro
 // error always means the row is not stored. After the commit, the row
 // reaches the logger and subscribers asynchronously, in commit order.
 func (l *Log) Record(ctx context.Context, r Row) error {
-	_, err := l.record(ctx, r, nil)
+	_, err := l.record(ctx, []Row{r}, nil)
 	return err
 }
 
 // RecordRow is Record that also returns the row as stored (with its id and
 // time filled in and its fields normalised).
 func (l *Log) RecordRow(ctx context.Context, r Row) (Row, error) {
-	return l.record(ctx, r, nil)
+	rows, err := l.record(ctx, []Row{r}, nil)
+	if err != nil {
+		return Row{}, err
+	}
+	return rows[0], nil
 }
 
 // RecordWith is Record for a row and the change it tells of, made in
@@ -189,43 +196,65 @@ func (l *Log) RecordRow(ctx context.Context, r Row) (Row, error) {
 // time in a new transaction. Its error keeps the row out too, and is
 // returned wrapped.
 func (l *Log) RecordWith(ctx context.Context, r Row, change func(tx any) error) error {
+	return l.RecordAllWith(ctx, []Row{r}, change)
+}
+
+// RecordAllWith is RecordWith for a change that several rows tell of
+// (a second factor passed, a recovery code spent on it, and the sign-in
+// it completed): the rows and the change are stored in one transaction,
+// or none of them.
+func (l *Log) RecordAllWith(ctx context.Context, rows []Row, change func(tx any) error) error {
 	if change == nil {
 		return fmt.Errorf("%w: RecordWith without a change", ErrInvalidRow)
 	}
-	_, err := l.record(ctx, r, change)
+	if len(rows) == 0 {
+		return fmt.Errorf("%w: RecordWith without a row", ErrInvalidRow)
+	}
+	_, err := l.record(ctx, rows, change)
 	return err
 }
 
-func (l *Log) record(ctx context.Context, r Row, with func(tx any) error) (Row, error) {
-	pos, err := r.normalize(l.newID, l.clk.Now())
-	if err != nil {
-		return Row{}, err
-	}
-	js, err := r.MarshalJSON()
-	if err != nil {
-		return Row{}, fmt.Errorf("audit: encoding %s: %w", r.Action, err)
-	}
-	var hookIDs []string
-	for _, h := range l.hooks {
-		if matchAny(h.patterns, r.Action) {
-			hookIDs = append(hookIDs, h.id)
+// record queues rows as one request, with on the first, and waits for
+// its commit. It returns the rows as stored.
+func (l *Log) record(ctx context.Context, rows []Row, with func(tx any) error) ([]Row, error) {
+	rows = slices.Clone(rows)
+	req := &request{es: make([]Entry, len(rows)), done: make(chan result, 1)}
+	for i := range rows {
+		r := &rows[i]
+		pos, err := r.normalize(l.newID, l.clk.Now())
+		if err != nil {
+			return nil, err
 		}
+		js, err := r.MarshalJSON()
+		if err != nil {
+			return nil, fmt.Errorf("audit: encoding %s: %w", r.Action, err)
+		}
+		var hookIDs []string
+		for _, h := range l.hooks {
+			if matchAny(h.patterns, r.Action) {
+				hookIDs = append(hookIDs, h.id)
+			}
+		}
+		req.es[i] = Entry{Row: *r, Pos: pos, JSON: js, Hooks: hookIDs, DueAt: l.clk.Now()}
 	}
-	req := &request{
-		e:    Entry{Row: r, Pos: pos, JSON: js, Hooks: hookIDs, DueAt: l.clk.Now(), With: with},
-		done: make(chan result, 1),
+	req.es[0].With = with
+	// The answer must say what happened to the rows: an ended ctx keeps
+	// them out only before they are queued (checked first, as a select
+	// with both ready picks at random); once queued, their fate is the
+	// commit's, which always answers, so it is waited for.
+	name := func() string {
+		if len(rows) == 1 {
+			return rows[0].Action + " " + rows[0].ID
+		}
+		return fmt.Sprintf("%s %s and %d more", rows[0].Action, rows[0].ID, len(rows)-1)
 	}
-	// The answer must say what happened to the row: an ended ctx keeps
-	// a row out only before it is queued (checked first, as a select
-	// with both ready picks at random); once queued, the row's fate is
-	// the commit's, which always answers, so it is waited for.
-	notRecorded := func() (Row, error) {
-		return Row{}, fmt.Errorf("audit: %s %s not recorded: %w", r.Action, r.ID, ctx.Err())
+	notRecorded := func() ([]Row, error) {
+		return nil, fmt.Errorf("audit: %s not recorded: %w", name(), ctx.Err())
 	}
 	l.closeMu.RLock()
 	if l.closed {
 		l.closeMu.RUnlock()
-		return Row{}, ErrClosed
+		return nil, ErrClosed
 	}
 	if ctx.Err() != nil {
 		l.closeMu.RUnlock()
@@ -240,9 +269,9 @@ func (l *Log) record(ctx context.Context, r Row, with func(tx any) error) (Row, 
 	l.closeMu.RUnlock()
 	res := <-req.done
 	if res.err != nil {
-		return Row{}, fmt.Errorf("audit: recording %s %s: %w", r.Action, r.ID, res.err)
+		return nil, fmt.Errorf("audit: recording %s: %w", name(), res.err)
 	}
-	return r, nil
+	return rows, nil
 }
 
 // commitLoop is the group commit: it takes every request waiting, up to
@@ -317,21 +346,26 @@ type refusal struct {
 	err error
 }
 
-// narrow commits batch again without the entries the store names as
-// keeping it out (a refused change), one at a time, up to maxNarrow. It
-// reports ok when what is left committed: the refusals stand then, as
-// they were judged beside changes that are now stored. Otherwise (the
-// store named nothing, or too many, or what was left failed) the caller
-// goes row by row, which judges every entry again on its own.
-func (l *Log) narrow(batch []*request, err error) (rest []*request, refused []refusal, inserted []bool, ok bool) {
+// narrow commits batch again without the requests whose entries the
+// store names as keeping it out (a refused change), one at a time, up
+// to maxNarrow. It reports ok when what is left committed: the refusals
+// stand then, as they were judged beside changes that are now stored.
+// Otherwise (the store named nothing, or too many, or what was left
+// failed) the caller goes request by request, which judges every one
+// again on its own.
+func (l *Log) narrow(batch []*request, err error) (rest []*request, refused []refusal, inserted [][]bool, ok bool) {
 	rest = batch
 	for range maxNarrow {
 		var one *EntryError
-		if !errors.As(err, &one) || one.Index < 0 || one.Index >= len(rest) || len(rest) == 1 {
+		k := -1
+		if errors.As(err, &one) {
+			k = requestOf(rest, one.Index)
+		}
+		if k < 0 || len(rest) == 1 {
 			return nil, nil, nil, false
 		}
-		refused = append(refused, refusal{rest[one.Index], err})
-		rest = slices.Delete(slices.Clone(rest), one.Index, one.Index+1)
+		refused = append(refused, refusal{rest[k], err})
+		rest = slices.Delete(slices.Clone(rest), k, k+1)
 		if inserted, err = l.appendBatch(rest); err == nil {
 			return rest, refused, inserted, true
 		}
@@ -339,25 +373,53 @@ func (l *Log) narrow(batch []*request, err error) (rest []*request, refused []re
 	return nil, nil, nil, false
 }
 
-// appendBatch stores the entries of batch in one call.
-func (l *Log) appendBatch(batch []*request) ([]bool, error) {
-	entries := make([]Entry, len(batch))
-	for i, r := range batch {
-		entries[i] = r.e
+// requestOf is the index in batch of the request that holds entry i of
+// the batch's entries, or -1 if there is no such entry.
+func requestOf(batch []*request, i int) int {
+	if i < 0 {
+		return -1
 	}
-	return l.append(entries)
+	for k, r := range batch {
+		if i < len(r.es) {
+			return k
+		}
+		i -= len(r.es)
+	}
+	return -1
+}
+
+// appendBatch stores the entries of batch in one call, and returns for
+// each request whether each of its rows is new.
+func (l *Log) appendBatch(batch []*request) ([][]bool, error) {
+	var entries []Entry
+	for _, r := range batch {
+		entries = append(entries, r.es...)
+	}
+	flat, err := l.append(entries)
+	if err != nil {
+		return nil, err
+	}
+	inserted := make([][]bool, len(batch))
+	for k, r := range batch {
+		inserted[k], flat = flat[:len(r.es)], flat[len(r.es):]
+	}
+	return inserted, nil
 }
 
 // answer tells every request of a committed (or, err set, failed) batch
 // its fate, and hands the new rows to the fan-out.
-func (l *Log) answer(batch []*request, inserted []bool, err error) {
+func (l *Log) answer(batch []*request, inserted [][]bool, err error) {
 	var fresh []Row
-	for i, r := range batch {
-		ok := err == nil && inserted[i]
-		r.done <- result{inserted: ok, err: err}
-		if ok {
-			fresh = append(fresh, r.e.Row)
-			l.sender.poke(r.e.Hooks)
+	for k, r := range batch {
+		r.done <- result{inserted: err == nil && inserted[k][0], err: err}
+		if err != nil {
+			continue
+		}
+		for i, e := range r.es {
+			if inserted[k][i] {
+				fresh = append(fresh, e.Row)
+				l.sender.poke(e.Hooks)
+			}
 		}
 	}
 	if len(fresh) > 0 {

@@ -702,3 +702,138 @@ func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
 		t.Errorf("the refused change ran %d times; want twice: in the batch, and alone once the rest failed", n)
 	}
 }
+
+// RecordAllWith stores several rows and the change they tell of in one
+// commit, or none of them.
+func TestRecordAllWith(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	ctx := context.Background()
+	sub, err := l.Subscribe(nil, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	rows := []Row{sampleRow("mfa.challenge.success"), sampleRow("mfa.recovery_code.used"), sampleRow("auth.login.success")}
+	ran := 0
+	if err := l.RecordAllWith(ctx, rows, func(any) error { ran++; return nil }); err != nil || ran != 1 {
+		t.Fatalf("RecordAllWith = %v, the change ran %d times; want the rows stored, the change run once", err, ran)
+	}
+	if n := st.rowCount(); n != 3 {
+		t.Errorf("%d rows; want the three", n)
+	}
+	for _, want := range rows {
+		select {
+		case got := <-sub.C:
+			if got.Action != want.Action {
+				t.Errorf("fanned out %s; want %s, in the order given", got.Action, want.Action)
+			}
+		case <-time.After(waitLimit):
+			t.Fatalf("%s not fanned out", want.Action)
+		}
+	}
+	refused := errors.New("session ended")
+	if err := l.RecordAllWith(ctx, rows[:2], func(any) error { return refused }); !errors.Is(err, refused) {
+		t.Errorf("RecordAllWith of a refused change = %v; want its error", err)
+	}
+	if n := st.rowCount(); n != 3 {
+		t.Errorf("%d rows after a refused change; want none of its rows", n)
+	}
+	if err := l.RecordAllWith(ctx, nil, func(any) error { return nil }); !errors.Is(err, ErrInvalidRow) {
+		t.Errorf("RecordAllWith without rows = %v; want ErrInvalidRow", err)
+	}
+	bad := sampleRow("auth.logout")
+	bad.ActorType = "robot"
+	if err := l.RecordAllWith(ctx, []Row{sampleRow("auth.logout"), bad}, func(any) error { t.Error("a change ran with an invalid row"); return nil }); !errors.Is(err, ErrInvalidRow) {
+		t.Errorf("RecordAllWith with an invalid second row = %v; want ErrInvalidRow", err)
+	}
+	if n := st.rowCount(); n != 3 {
+		t.Errorf("%d rows after an invalid row; want none of its request's rows", n)
+	}
+}
+
+// In a shared commit, the store names a refused entry by its place among
+// all the batch's entries; the log takes out the request holding it (all
+// its rows) and commits the others again, the rows of several-row
+// requests before and after it included.
+func TestRecordAllWithInABatch(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		refusedAt  int // which queued request refuses its change
+		wantStored int
+	}{
+		{"a single row refused after a request of three", 1, 1 + 3 + 1},
+		{"a request of three refused", 0, 1 + 1 + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newMemStore()
+			l := newTestLog(t, st, newFakeTime(), Options{})
+			ctx := context.Background()
+			started := make(chan struct{})
+			calls := 0
+			const queued = 3
+			st.beforeAppend = func() {
+				calls++
+				if calls == 1 {
+					close(started)
+					for deadline := time.Now().Add(10 * time.Second); len(l.reqs) < queued && time.Now().Before(deadline); {
+						time.Sleep(time.Millisecond)
+					}
+				}
+			}
+			refused := errors.New("refused")
+			change := func(i int) func(any) error {
+				return func(any) error {
+					if i == tc.refusedAt {
+						return refused
+					}
+					return nil
+				}
+			}
+			errs := make([]chan error, queued)
+			first := make(chan error, 1)
+			go func() { first <- l.Record(ctx, sampleRow("auth.logout")) }()
+			<-started // the first commit is held while the others queue, in order
+			three := []Row{sampleRow("mfa.challenge.success"), sampleRow("mfa.recovery_code.used"), sampleRow("auth.login.success")}
+			for i := range queued {
+				errs[i] = make(chan error, 1)
+				go func() {
+					switch i {
+					case 0:
+						errs[i] <- l.RecordAllWith(ctx, three, change(i))
+					case 1:
+						errs[i] <- l.RecordWith(ctx, sampleRow("admin.user.unlock"), change(i))
+					default:
+						errs[i] <- l.Record(ctx, sampleRow("auth.logout"))
+					}
+				}()
+				// The last one queued lets the held commit go, which takes
+				// them all: no waiting for it to be seen in the queue.
+				for deadline := time.Now().Add(10 * time.Second); i < queued-1 && len(l.reqs) < i+1 && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			if err := <-first; err != nil {
+				t.Fatal(err)
+			}
+			for i := range queued {
+				err := <-errs[i]
+				if i == tc.refusedAt && !errors.Is(err, refused) {
+					t.Errorf("request %d = %v; want its refusal", i, err)
+				}
+				if i != tc.refusedAt && err != nil {
+					t.Errorf("request %d = %v; want it stored", i, err)
+				}
+			}
+			if n := st.rowCount(); n != tc.wantStored {
+				t.Errorf("%d rows; want %d", n, tc.wantStored)
+			}
+			st.mu.Lock()
+			appends := st.appends
+			st.mu.Unlock()
+			if appends != 3 {
+				t.Errorf("%d commits; want 3: the first row's, the batch, the batch without the refused request", appends)
+			}
+		})
+	}
+}
