@@ -29,6 +29,25 @@ const (
 // in for one). Callers should require a second factor passed recently in
 // the session, as for RemoveTOTP.
 func (s *Service) RegenerateRecoveryCodes(ctx context.Context, userID string) ([]string, error) {
+	return s.regenerateRecoveryCodes(ctx, userID, func(hashes [][]byte) error {
+		return s.store.ReplaceRecoveryCodes(ctx, userID, hashes)
+	})
+}
+
+// RegenerateRecoveryCodesWith is RegenerateRecoveryCodes made through
+// commit (see Commit): the old codes stop working when the row telling
+// of it is stored, not before.
+func (s *Service) RegenerateRecoveryCodesWith(ctx context.Context, userID string, commit Commit) ([]string, error) {
+	cs, err := s.changeStore()
+	if err != nil {
+		return nil, err
+	}
+	return s.regenerateRecoveryCodes(ctx, userID, func(hashes [][]byte) error {
+		return commit(cs.ReplaceRecoveryCodesIn(userID, hashes))
+	})
+}
+
+func (s *Service) regenerateRecoveryCodes(ctx context.Context, userID string, replace func(hashes [][]byte) error) ([]string, error) {
 	u, err := s.store.UserByID(ctx, userID)
 	if err != nil {
 		return nil, err
@@ -37,7 +56,7 @@ func (s *Service) RegenerateRecoveryCodes(ctx context.Context, userID string) ([
 		return nil, ErrNotEnrolled
 	}
 	codes, hashes := newRecoveryCodes(userID)
-	if err := s.store.ReplaceRecoveryCodes(ctx, userID, hashes); err != nil {
+	if err := replace(hashes); err != nil {
 		return nil, err
 	}
 	return codes, nil
@@ -51,13 +70,48 @@ func (s *Service) RegenerateRecoveryCodes(ctx context.Context, userID string) ([
 // success the caller writes the mfa.recovery_code.used audit row, calls
 // CompleteSecondFactor (AMROTP: a recovery code is a one-time password)
 // and may show RecoveryCodesLeft. Failures count with the Regulator like
-// wrong passwords.
+// wrong passwords. UseRecoveryCodeWith does the spend, the session and
+// the rows in one transaction.
 func (s *Service) UseRecoveryCode(ctx context.Context, userID, code string) error {
+	hash, err := recoveryCodeHash(userID, code)
+	if err != nil {
+		return err
+	}
+	return spentRecoveryCode(s.store.ConsumeRecoveryCode(ctx, userID, hash))
+}
+
+// UseRecoveryCodeWith is UseRecoveryCode and CompleteSecondFactor
+// (AMROTP) for the session id, made through commit (see Commit): the
+// code is spent with the new session and the rows telling of them, or
+// not at all. A session ended meanwhile is ErrNoSession, and the code is
+// not spent on it (nor checked).
+func (s *Service) UseRecoveryCodeWith(ctx context.Context, userID string, id SessionID, code string, commit Commit) (token string, sess *Session, err error) {
+	hash, err := recoveryCodeHash(userID, code)
+	if err != nil {
+		return "", nil, err
+	}
+	token, sess, err = s.passSecondFactorWith(ctx, id, AMROTP, commit, func(cs ChangeStore) func(tx any) error {
+		return cs.ConsumeRecoveryCodeIn(userID, hash)
+	})
+	if err = spentRecoveryCode(err); err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}
+
+// recoveryCodeHash is the stored form of a typed recovery code, or
+// ErrInvalidCode for one that is not a recovery code.
+func recoveryCodeHash(userID, code string) ([]byte, error) {
 	norm, ok := normalizeRecoveryCode(code)
 	if !ok {
-		return fmt.Errorf("%w: not a recovery code", ErrInvalidCode)
+		return nil, fmt.Errorf("%w: not a recovery code", ErrInvalidCode)
 	}
-	err := s.store.ConsumeRecoveryCode(ctx, userID, recoveryHash(userID, norm))
+	return recoveryHash(userID, norm), nil
+}
+
+// spentRecoveryCode is the answer to a code the store spent with err:
+// none such is ErrInvalidCode.
+func spentRecoveryCode(err error) error {
 	if errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("%w: unknown or spent recovery code", ErrInvalidCode)
 	}

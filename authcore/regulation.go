@@ -444,12 +444,33 @@ func (r *Regulator) Delay(failures int) time.Duration {
 // users/<id>/unlock). Bans of client addresses stay. The caller audits
 // admin.user.unlock.
 func (r *Regulator) Unlock(ctx context.Context, userID string) error {
-	return r.st.UpdateRegulation(ctx, UserRegulationKeys(userID), func(states []*RegulationState) error {
-		for _, st := range states {
-			*st = RegulationState{}
+	return r.st.UpdateRegulation(ctx, UserRegulationKeys(userID), clearStates)
+}
+
+// UnlockWith is Unlock of the user's bans and UnlockTOTP of their app,
+// made through commit (see Commit) in one transaction with the
+// admin.user.unlock row: both locks are lifted with their row, or
+// neither is.
+func (s *Service) UnlockWith(userID string, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
+	}
+	bans, app := cs.UpdateRegulationIn(UserRegulationKeys(userID), clearStates), cs.ClearTOTPFailuresIn(userID)
+	return commit(func(tx any) error {
+		if err := bans(tx); err != nil {
+			return err
 		}
-		return nil
+		return app(tx)
 	})
+}
+
+// clearStates forgets every failure and ban of states.
+func clearStates(states []*RegulationState) error {
+	for _, st := range states {
+		*st = RegulationState{}
+	}
+	return nil
 }
 
 // AccountBan returns when the ban of the user's password ends, or the

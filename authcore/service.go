@@ -358,6 +358,13 @@ type ChangeStore interface {
 	DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error
 	PutSessionIn(s *Session) func(tx any) error
 	DeleteSessionIn(id SessionID) func(tx any) error
+	ReplaceSessionIn(old SessionID, s *Session) func(tx any) error
+	CompleteTOTPEnrolmentIn(userID string, sid SessionID, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) func(tx any) error
+	AcceptTOTPStepIn(userID string, step uint64, maxFailures int) func(tx any) error
+	ClearTOTPFailuresIn(userID string) func(tx any) error
+	ReplaceRecoveryCodesIn(userID string, hashes [][]byte) func(tx any) error
+	ConsumeRecoveryCodeIn(userID string, hash []byte) func(tx any) error
+	UpdateRegulationIn(keys []string, fn func(states []*RegulationState) error) func(tx any) error
 }
 
 // Commit makes a change of a ChangeStore in one transaction with what it

@@ -217,39 +217,81 @@ func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
 // or confirmed concurrently: start again), ErrInvalidCode (the pending
 // enrolment stays, so the user can retry).
 func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID, code string) ([]string, error) {
-	if err := s.mustBox(); err != nil {
+	codes, done, err := s.checkEnrolment(ctx, userID, sid, code)
+	if err != nil {
 		return nil, err
+	}
+	return codes, s.endEnrolment(userID, s.store.CompleteTOTPEnrolment(ctx, userID, sid, done.pendingSealed, done.rec, done.hashes))
+}
+
+// ConfirmTOTPWith is ConfirmTOTP and CompleteSecondFactor (AMROTP) for
+// the session sid, made through commit (see Commit): the app, the
+// multi-factor session and the row telling of them are stored together
+// or not at all, so no app is set up whose recovery codes nobody saw.
+// A session ended meanwhile is ErrNoSession, and nothing is set up.
+func (s *Service) ConfirmTOTPWith(ctx context.Context, userID string, sid SessionID, code string, commit Commit) (codes []string, token string, sess *Session, err error) {
+	codes, done, err := s.checkEnrolment(ctx, userID, sid, code)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	token, sess, err = s.passSecondFactorWith(ctx, sid, AMROTP, commit, func(cs ChangeStore) func(tx any) error {
+		return cs.CompleteTOTPEnrolmentIn(userID, sid, done.pendingSealed, done.rec, done.hashes)
+	})
+	if err = s.endEnrolment(userID, err); err != nil {
+		return nil, "", nil, err
+	}
+	return codes, token, sess, nil
+}
+
+// checkedEnrolment is what a checked code completes: the pending enrolment it
+// was checked against, the app to store, and the new recovery codes'
+// hashes.
+type checkedEnrolment struct {
+	pendingSealed []byte
+	rec           *TOTPRecord
+	hashes        [][]byte
+}
+
+// checkEnrolment checks code against the user's pending enrolment of
+// session sid, and makes the app and recovery codes it completes.
+func (s *Service) checkEnrolment(ctx context.Context, userID string, sid SessionID, code string) ([]string, *checkedEnrolment, error) {
+	if err := s.mustBox(); err != nil {
+		return nil, nil, err
 	}
 	p, err := s.store.PendingTOTP(ctx, userID, sid)
 	if errors.Is(err, ErrNotFound) {
-		return nil, ErrNoPendingEnrolment
+		return nil, nil, ErrNoPendingEnrolment
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := s.clock.Now()
 	if !now.Before(p.ExpiresAt) {
-		return nil, ErrNoPendingEnrolment
+		return nil, nil, ErrNoPendingEnrolment
 	}
 	secret, err := s.box.Open(p.Sealed, totpPendingAAD(userID))
 	if err != nil {
-		return nil, fmt.Errorf("opening pending TOTP secret: %w", err)
+		return nil, nil, fmt.Errorf("opening pending TOTP secret: %w", err)
 	}
 	step, err := matchTOTP(string(secret), code, now)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	codes, hashes := newRecoveryCodes(userID)
 	rec := &TOTPRecord{Sealed: s.box.Seal(secret, totpAAD(userID)), LastStep: step, EnrolledAt: now.UTC()}
-	err = s.store.CompleteTOTPEnrolment(ctx, userID, sid, p.Sealed, rec, hashes)
+	return codes, &checkedEnrolment{pendingSealed: p.Sealed, rec: rec, hashes: hashes}, nil
+}
+
+// endEnrolment is the answer to an enrolment the store completed with
+// err: a pending one gone or replaced is ErrNoPendingEnrolment.
+func (s *Service) endEnrolment(userID string, err error) error {
 	if errors.Is(err, ErrNotFound) {
-		return nil, ErrNoPendingEnrolment
+		return ErrNoPendingEnrolment
 	}
-	if err != nil {
-		return nil, err
+	if err == nil {
+		s.DropCached(userID)
 	}
-	s.DropCached(userID)
-	return codes, nil
+	return err
 }
 
 // VerifyTOTP checks a code from the user's authenticator app. Codes of the
@@ -269,41 +311,77 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID,
 // otherwise found by patience alone (NIST SP 800-63B 5.2.2: at most 100
 // consecutive failures).
 func (s *Service) VerifyTOTP(ctx context.Context, userID, code string) error {
-	if err := s.mustBox(); err != nil {
+	step, err := s.totpStep(ctx, userID, code)
+	if err != nil {
 		return err
+	}
+	return s.acceptedStep(ctx, userID, s.store.AcceptTOTPStep(ctx, userID, step, s.cfg.MaxTOTPFailures))
+}
+
+// VerifyTOTPWith is VerifyTOTP and CompleteSecondFactor (AMROTP) for the
+// session id, made through commit (see Commit): the code's time step is
+// spent with the new session and the rows telling of them, or not at
+// all. A session ended meanwhile is ErrNoSession, and a right code is
+// not spent on it.
+func (s *Service) VerifyTOTPWith(ctx context.Context, userID string, id SessionID, code string, commit Commit) (token string, sess *Session, err error) {
+	step, err := s.totpStep(ctx, userID, code)
+	if err != nil {
+		return "", nil, err
+	}
+	token, sess, err = s.passSecondFactorWith(ctx, id, AMROTP, commit, func(cs ChangeStore) func(tx any) error {
+		return cs.AcceptTOTPStepIn(userID, step, s.cfg.MaxTOTPFailures)
+	})
+	if err = s.acceptedStep(ctx, userID, err); err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}
+
+// totpStep returns the time step of a code from the user's app that may
+// pass: a wrong one, or one of a step spent already, is counted against
+// the app (failTOTP).
+func (s *Service) totpStep(ctx context.Context, userID, code string) (uint64, error) {
+	if err := s.mustBox(); err != nil {
+		return 0, err
 	}
 	rec, err := s.store.TOTP(ctx, userID)
 	if errors.Is(err, ErrNotFound) {
-		return ErrNotEnrolled
+		return 0, ErrNotEnrolled
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if rec.Failures >= s.cfg.MaxTOTPFailures {
-		return ErrTOTPLocked
+		return 0, ErrTOTPLocked
 	}
 	secret, err := s.box.Open(rec.Sealed, totpAAD(userID))
 	if err != nil {
-		return fmt.Errorf("opening TOTP secret: %w", err)
+		return 0, fmt.Errorf("opening TOTP secret: %w", err)
 	}
 	step, err := matchTOTP(string(secret), code, s.clock.Now())
 	switch {
 	case errors.Is(err, errMalformedCode):
-		return err
+		return 0, err
 	case errors.Is(err, ErrInvalidCode):
-		return s.failTOTP(ctx, userID, err)
+		return 0, s.failTOTP(ctx, userID, err)
 	case err != nil:
-		return err
+		return 0, err
 	case step <= rec.LastStep:
-		return s.failTOTP(ctx, userID, fmt.Errorf("%w: time step already used", ErrInvalidCode))
+		return 0, s.failTOTP(ctx, userID, fmt.Errorf("%w: time step already used", ErrInvalidCode))
 	}
-	switch err := s.store.AcceptTOTPStep(ctx, userID, step, s.cfg.MaxTOTPFailures); {
+	return step, nil
+}
+
+// acceptedStep is the answer to a time step the store spent with err
+// (AcceptTOTPStep): one spent meanwhile counts as a wrong code.
+func (s *Service) acceptedStep(ctx context.Context, userID string, err error) error {
+	switch {
 	case errors.Is(err, ErrTOTPStepUsed):
 		return s.failTOTP(ctx, userID, fmt.Errorf("%w: time step already used", ErrInvalidCode))
 	case errors.Is(err, ErrNotFound):
 		return ErrNotEnrolled
 	default:
-		return err // nil, ErrTOTPLocked (locked meanwhile), or storage
+		return err // nil, ErrNoSession, ErrTOTPLocked (locked meanwhile), or storage
 	}
 }
 
@@ -552,6 +630,61 @@ func (s *Service) PendUnprovenSessions(ctx context.Context, userID string) (int,
 // The caller must have verified the factor for sess.UserID, through this
 // Service, in the same request.
 func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method string) (token string, sess *Session, err error) {
+	token, sess, err = s.secondFactorSession(ctx, id, method)
+	if err != nil {
+		return "", nil, err
+	}
+	// One transaction: of two concurrent completions only one finds the
+	// old session, so only one new session comes out of it, and a logout
+	// of the old one that lands first leaves none. Drop the cached copy
+	// before and after, as a request may re-cache it meanwhile.
+	s.cache.drop(id)
+	err = s.store.ReplaceSession(ctx, id, sess)
+	s.cache.drop(id)
+	if errors.Is(err, ErrNotFound) {
+		return "", nil, ErrNoSession
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}
+
+// passSecondFactorWith is CompleteSecondFactor made through commit, with
+// the change spend gives of the store: the factor's proof spent (a time
+// step, a recovery code) or what it completes (an enrolment). The
+// session is replaced first, so a session gone is ErrNoSession whatever
+// the proof; spend's own refusal (its ErrNotFound) comes back as it is.
+func (s *Service) passSecondFactorWith(ctx context.Context, id SessionID, method string, commit Commit, spend func(ChangeStore) func(tx any) error) (token string, sess *Session, err error) {
+	cs, err := s.changeStore()
+	if err != nil {
+		return "", nil, err
+	}
+	token, sess, err = s.secondFactorSession(ctx, id, method)
+	if err != nil {
+		return "", nil, err
+	}
+	replace, proof := cs.ReplaceSessionIn(id, sess), spend(cs)
+	s.cache.drop(id)
+	err = commit(func(tx any) error {
+		if err := replace(tx); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				return ErrNoSession
+			}
+			return err
+		}
+		return proof(tx)
+	})
+	s.cache.drop(id)
+	if err != nil {
+		return "", nil, err
+	}
+	return token, sess, nil
+}
+
+// secondFactorSession is the session that replaces session id once a
+// second factor passed by method (CompleteSecondFactor), and its token.
+func (s *Service) secondFactorSession(ctx context.Context, id SessionID, method string) (token string, sess *Session, err error) {
 	switch method {
 	case AMROTP, AMRHardware, AMRSoftware:
 	default:
@@ -581,18 +714,5 @@ func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method
 	}
 	sess.Pending = false
 	sess.LastSeen = now
-	// One transaction: of two concurrent completions only one finds the
-	// old session, so only one new session comes out of it, and a logout
-	// of the old one that lands first leaves none. Drop the cached copy
-	// before and after, as a request may re-cache it meanwhile.
-	s.cache.drop(id)
-	err = s.store.ReplaceSession(ctx, id, sess)
-	s.cache.drop(id)
-	if errors.Is(err, ErrNotFound) {
-		return "", nil, ErrNoSession
-	}
-	if err != nil {
-		return "", nil, err
-	}
 	return token, sess, nil
 }

@@ -492,13 +492,14 @@ func deleteSessionFound(tx *bolt.Tx, id authcore.SessionID) error {
 
 // ReplaceSession implements authcore.Store.
 func (b *Bolt) ReplaceSession(ctx context.Context, old authcore.SessionID, s *authcore.Session) error {
-	return b.update(func(tx *bolt.Tx) error {
-		found, err := deleteSession(tx, old)
-		if err != nil {
+	return b.updateWith(b.ReplaceSessionIn(old, s))
+}
+
+// ReplaceSessionIn implements authcore.ChangeStore: ReplaceSession in tx.
+func (b *Bolt) ReplaceSessionIn(old authcore.SessionID, s *authcore.Session) func(tx any) error {
+	return b.inTx(func(tx *bolt.Tx) error {
+		if err := deleteSessionFound(tx, old); err != nil {
 			return err
-		}
-		if !found {
-			return authcore.ErrNotFound
 		}
 		return putSession(tx, s)
 	})

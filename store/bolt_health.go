@@ -70,6 +70,12 @@ func (b *Bolt) update(fn func(*bolt.Tx) error) error {
 	return err
 }
 
+// updateWith runs change, one of this store's …In changes, in a write
+// transaction of its own.
+func (b *Bolt) updateWith(change func(tx any) error) error {
+	return b.update(func(tx *bolt.Tx) error { return change(tx) })
+}
+
 func (b *Bolt) noteCommit(err error) {
 	now := time.Now().UnixNano()
 	if err == nil {

@@ -155,15 +155,17 @@ func (b *Bolt) PendingTOTP(ctx context.Context, userID string, sid authcore.Sess
 
 // CompleteTOTPEnrolment implements authcore.MFAStore.
 func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, sid authcore.SessionID, pendingSealed []byte, rec *authcore.TOTPRecord, recoveryHashes [][]byte) error {
-	uk, ok := userKey(userID)
-	if !ok {
-		return authcore.ErrNotFound
-	}
+	return b.updateWith(b.CompleteTOTPEnrolmentIn(userID, sid, pendingSealed, rec, recoveryHashes))
+}
+
+// CompleteTOTPEnrolmentIn implements authcore.ChangeStore:
+// CompleteTOTPEnrolment in tx.
+func (b *Bolt) CompleteTOTPEnrolmentIn(userID string, sid authcore.SessionID, pendingSealed []byte, rec *authcore.TOTPRecord, recoveryHashes [][]byte) func(tx any) error {
 	codes, err := joinHashes(recoveryHashes)
-	if err != nil {
-		return err
-	}
-	return b.update(func(tx *bolt.Tx) error {
+	return b.changeIn(userID, func(tx *bolt.Tx, uk []byte) error {
+		if err != nil {
+			return err
+		}
 		pending := bucket(tx, bktTOTPPending)
 		var p authcore.PendingTOTP
 		if err := getJSON(pending, pendingKey(uk, sid), &p); err != nil {
@@ -207,15 +209,22 @@ func (b *Bolt) TOTP(ctx context.Context, userID string) (*authcore.TOTPRecord, e
 
 // AcceptTOTPStep implements authcore.MFAStore.
 func (b *Bolt) AcceptTOTPStep(ctx context.Context, userID string, step uint64, maxFailures int) error {
-	return b.updateTOTP(userID, func(rec *authcore.TOTPRecord) error {
-		switch {
-		case rec.Failures >= maxFailures:
-			return authcore.ErrTOTPLocked
-		case step <= rec.LastStep:
-			return authcore.ErrTOTPStepUsed
-		}
-		rec.LastStep, rec.Failures = step, 0
-		return nil
+	return b.updateWith(b.AcceptTOTPStepIn(userID, step, maxFailures))
+}
+
+// AcceptTOTPStepIn implements authcore.ChangeStore: AcceptTOTPStep in tx.
+func (b *Bolt) AcceptTOTPStepIn(userID string, step uint64, maxFailures int) func(tx any) error {
+	return b.changeIn(userID, func(tx *bolt.Tx, uk []byte) error {
+		return updateTOTPIn(tx, uk, func(rec *authcore.TOTPRecord) error {
+			switch {
+			case rec.Failures >= maxFailures:
+				return authcore.ErrTOTPLocked
+			case step <= rec.LastStep:
+				return authcore.ErrTOTPStepUsed
+			}
+			rec.LastStep, rec.Failures = step, 0
+			return nil
+		})
 	})
 }
 
@@ -231,11 +240,19 @@ func (b *Bolt) FailTOTP(ctx context.Context, userID string) (n int, err error) {
 
 // ClearTOTPFailures implements authcore.MFAStore.
 func (b *Bolt) ClearTOTPFailures(ctx context.Context, userID string) error {
-	uk, ok := userKey(userID)
-	if !ok {
-		return nil
-	}
-	return b.update(func(tx *bolt.Tx) error { return clearTOTPFailuresIn(tx, uk) })
+	return b.updateWith(b.ClearTOTPFailuresIn(userID))
+}
+
+// ClearTOTPFailuresIn implements authcore.ChangeStore: ClearTOTPFailures
+// in tx.
+func (b *Bolt) ClearTOTPFailuresIn(userID string) func(tx any) error {
+	return b.inTx(func(tx *bolt.Tx) error {
+		uk, ok := userKey(userID)
+		if !ok {
+			return nil
+		}
+		return clearTOTPFailuresIn(tx, uk)
+	})
 }
 
 // clearTOTPFailuresIn sets the user's TOTP Failures to 0, if they have a
@@ -374,38 +391,50 @@ func putRecoveryCodes(tx *bolt.Tx, uk, codes []byte) error {
 
 // ReplaceRecoveryCodes implements authcore.MFAStore.
 func (b *Bolt) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
+	return b.updateWith(b.ReplaceRecoveryCodesIn(userID, hashes))
+}
+
+// ReplaceRecoveryCodesIn implements authcore.ChangeStore:
+// ReplaceRecoveryCodes in tx.
+func (b *Bolt) ReplaceRecoveryCodesIn(userID string, hashes [][]byte) func(tx any) error {
 	uk, err := mfaUserKey(userID)
-	if err != nil {
-		return err
-	}
-	codes, err := joinHashes(hashes)
-	if err != nil {
-		return err
-	}
-	return b.update(func(tx *bolt.Tx) error {
-		if len(codes) > 0 {
-			// Checked in the transaction that writes them: a second
-			// factor removed since the caller looked leaves no codes.
-			u, err := getUser(tx, uk)
-			if err != nil {
-				return err
-			}
-			if !u.SecondFactor {
-				return authcore.ErrNotEnrolled
-			}
+	if err == nil {
+		var codes []byte
+		if codes, err = joinHashes(hashes); err == nil {
+			return b.inTx(func(tx *bolt.Tx) error { return replaceRecoveryCodes(tx, uk, codes) })
 		}
-		return putRecoveryCodes(tx, uk, codes)
-	})
+	}
+	return func(any) error { return err }
+}
+
+func replaceRecoveryCodes(tx *bolt.Tx, uk, codes []byte) error {
+	if len(codes) > 0 {
+		// Checked in the transaction that writes them: a second
+		// factor removed since the caller looked leaves no codes.
+		u, err := getUser(tx, uk)
+		if err != nil {
+			return err
+		}
+		if !u.SecondFactor {
+			return authcore.ErrNotEnrolled
+		}
+	}
+	return putRecoveryCodes(tx, uk, codes)
 }
 
 // ConsumeRecoveryCode implements authcore.MFAStore. Every stored hash is
 // compared, in constant time, whatever matched.
 func (b *Bolt) ConsumeRecoveryCode(ctx context.Context, userID string, hash []byte) error {
-	uk, ok := userKey(userID)
-	if !ok || len(hash) != recoveryHashLen {
-		return authcore.ErrNotFound
-	}
-	return b.update(func(tx *bolt.Tx) error {
+	return b.updateWith(b.ConsumeRecoveryCodeIn(userID, hash))
+}
+
+// ConsumeRecoveryCodeIn implements authcore.ChangeStore:
+// ConsumeRecoveryCode in tx.
+func (b *Bolt) ConsumeRecoveryCodeIn(userID string, hash []byte) func(tx any) error {
+	return b.changeIn(userID, func(tx *bolt.Tx, uk []byte) error {
+		if len(hash) != recoveryHashLen {
+			return authcore.ErrNotFound
+		}
 		codes := bucket(tx, bktRecoveryCodes).Get(uk)
 		found := -1
 		for i := 0; i+recoveryHashLen <= len(codes); i += recoveryHashLen {
@@ -448,7 +477,13 @@ func getRegulation(bk *bolt.Bucket, key string) (*authcore.RegulationState, erro
 
 // UpdateRegulation implements authcore.RegulationStore.
 func (b *Bolt) UpdateRegulation(ctx context.Context, keys []string, fn func([]*authcore.RegulationState) error) error {
-	return b.update(func(tx *bolt.Tx) error {
+	return b.updateWith(b.UpdateRegulationIn(keys, fn))
+}
+
+// UpdateRegulationIn implements authcore.ChangeStore: UpdateRegulation
+// in tx.
+func (b *Bolt) UpdateRegulationIn(keys []string, fn func([]*authcore.RegulationState) error) func(tx any) error {
+	return b.inTx(func(tx *bolt.Tx) error {
 		bk := bucket(tx, bktRegulation)
 		states := make([]*authcore.RegulationState, len(keys))
 		for i, k := range keys {

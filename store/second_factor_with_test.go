@@ -1,0 +1,287 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// withRows gives the …With methods of e's Service a real audit log on the
+// same file: commit(rows...) stores the rows with the change, and
+// failing(rows...) runs the change in the rows' transaction, then fails
+// that transaction, as a full disk or a crash before the commit would.
+// What the change did must be gone with it.
+type withRows struct {
+	t   *testing.T
+	log *audit.Log
+	b   *Bolt
+}
+
+var errCommitFailed = errors.New("commit failed")
+
+func newWithRows(t *testing.T, e *mfaEnv) *withRows {
+	t.Helper()
+	l, err := audit.New(nil, e.clk, e.st, audit.Options{ErrorLog: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return &withRows{t: t, log: l, b: e.st}
+}
+
+func rowsOf(actions []string) []audit.Row {
+	rows := make([]audit.Row, len(actions))
+	for i, a := range actions {
+		rows[i] = audit.Row{Action: a, ActorType: audit.ActorUser, Outcome: audit.OutcomeSuccess}
+	}
+	return rows
+}
+
+func (w *withRows) commit(actions ...string) authcore.Commit {
+	return func(change func(tx any) error) error {
+		return w.log.RecordAllWith(context.Background(), rowsOf(actions), change)
+	}
+}
+
+func (w *withRows) failing(actions ...string) authcore.Commit {
+	return func(change func(tx any) error) error {
+		return w.log.RecordAllWith(context.Background(), rowsOf(actions), func(tx any) error {
+			if err := change(tx); err != nil {
+				return err
+			}
+			return errCommitFailed
+		})
+	}
+}
+
+func (w *withRows) rows() int {
+	w.t.Helper()
+	return auditKeys(w.t, w.b, bktAuditRows)
+}
+
+func (e *mfaEnv) sessionExists(t *testing.T, id authcore.SessionID) bool {
+	t.Helper()
+	_, err := e.st.GetSession(e.ctx, id)
+	if err != nil && !errors.Is(err, authcore.ErrNotFound) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+// A code from the app, the session it makes multi-factor, and their rows
+// are one transaction.
+func TestVerifyTOTPWithItsRows(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	_, s := e.pendingSession(t, "alice@example.com")
+	secret, _ := e.enrol(t, &authcore.User{ID: s.UserID})
+	e.clk.Advance(30 * time.Second)
+	code := mfaRefTOTP(t, secret, e.clk.Now())
+
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, s.ID, code, w.failing("mfa.challenge.success", "auth.login.success")); !errors.Is(err, errCommitFailed) {
+		t.Fatalf("VerifyTOTPWith, the commit failing: %v; want its error", err)
+	}
+	if !e.sessionExists(t, s.ID) || w.rows() != 0 {
+		t.Fatalf("the commit failed, and the session was replaced or a row stored (%d rows)", w.rows())
+	}
+	// The code was not spent: it passes now.
+	token, next, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, s.ID, code, w.commit("mfa.challenge.success", "auth.login.success"))
+	if err != nil {
+		t.Fatalf("VerifyTOTPWith after a failed commit: %v; want the unspent code to pass", err)
+	}
+	if token == "" || next.Pending || !next.MFA() || e.sessionExists(t, s.ID) || !e.sessionExists(t, next.ID) {
+		t.Errorf("after the commit: pending %v, mfa %v, old session kept %v, new one stored %v", next.Pending, next.MFA(), e.sessionExists(t, s.ID), e.sessionExists(t, next.ID))
+	}
+	if n := w.rows(); n != 2 {
+		t.Errorf("%d rows; want both", n)
+	}
+	// Spent with it: the same code again is a replay.
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, next.ID, code, w.commit("mfa.challenge.success")); !errors.Is(err, authcore.ErrInvalidCode) {
+		t.Errorf("the code again: %v; want ErrInvalidCode", err)
+	}
+
+	// A session ended meanwhile: nobody is signed in, and the next
+	// step's code is not spent on it.
+	if _, err := e.svc.EndSession(e.ctx, next.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.clk.Advance(30 * time.Second)
+	code = mfaRefTOTP(t, secret, e.clk.Now())
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, next.ID, code, w.commit("mfa.challenge.success")); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("VerifyTOTPWith on an ended session: %v; want ErrNoSession", err)
+	}
+	if err := e.svc.VerifyTOTP(e.ctx, s.UserID, code); err != nil {
+		t.Errorf("the code refused for an ended session was spent: %v", err)
+	}
+	if n := w.rows(); n != 2 {
+		t.Errorf("%d rows; want none for the ended session", n)
+	}
+}
+
+// A recovery code, the session, and their rows are one transaction.
+func TestUseRecoveryCodeWithItsRows(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "bob@example.com")
+	_, codes := e.enrol(t, u)
+	u, _ = e.st.UserByID(e.ctx, u.ID)
+	_, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := []string{"mfa.challenge.success", "mfa.recovery_code.used", "auth.login.success"}
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], w.failing(used...)); !errors.Is(err, errCommitFailed) {
+		t.Fatalf("UseRecoveryCodeWith, the commit failing: %v; want its error", err)
+	}
+	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount || !e.sessionExists(t, s.ID) || w.rows() != 0 {
+		t.Fatalf("the commit failed: %d codes left, session kept %v, %d rows; want all codes, the session, no rows", n, e.sessionExists(t, s.ID), w.rows())
+	}
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, "0000-0000-0000", w.commit(used...)); !errors.Is(err, authcore.ErrInvalidCode) {
+		t.Errorf("an unknown code: %v; want ErrInvalidCode", err)
+	}
+	_, next, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], w.commit(used...))
+	if err != nil {
+		t.Fatalf("UseRecoveryCodeWith: %v", err)
+	}
+	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount-1 || e.sessionExists(t, s.ID) || !next.MFA() || w.rows() != 3 {
+		t.Errorf("after the commit: %d codes left, old session kept %v, mfa %v, %d rows", n, e.sessionExists(t, s.ID), next.MFA(), w.rows())
+	}
+	// An ended session spends no code, and the code is not even checked.
+	if _, err := e.svc.EndSession(e.ctx, next.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{codes[1], "0000-0000-0000"} {
+		if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, next.ID, c, w.commit(used...)); !errors.Is(err, authcore.ErrNoSession) {
+			t.Errorf("UseRecoveryCodeWith(%s) on an ended session: %v; want ErrNoSession", c, err)
+		}
+	}
+	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount-1 {
+		t.Errorf("%d codes left; want none spent on an ended session", n)
+	}
+}
+
+// An enrolment, the session it makes multi-factor, and its row are one
+// transaction.
+func TestConfirmTOTPWithItsRow(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "carol@example.com")
+	_, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	en, err := e.svc.BeginTOTP(e.ctx, u, s.ID, "Example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := mfaRefTOTP(t, en.Secret, e.clk.Now())
+	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, w.failing("mfa.totp.enrolled")); !errors.Is(err, errCommitFailed) {
+		t.Fatalf("ConfirmTOTPWith, the commit failing: %v; want its error", err)
+	}
+	if has, _ := e.svc.HasTOTP(e.ctx, u.ID); has {
+		t.Fatal("the commit failed, and the app is set up")
+	}
+	if got, _ := e.st.UserByID(e.ctx, u.ID); got.SecondFactor || !e.sessionExists(t, s.ID) || w.rows() != 0 {
+		t.Fatalf("the commit failed: second factor %v, session kept %v, %d rows", got.SecondFactor, e.sessionExists(t, s.ID), w.rows())
+	}
+	codes, token, next, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, w.commit("mfa.totp.enrolled"))
+	if err != nil {
+		t.Fatalf("ConfirmTOTPWith after a failed commit: %v; want the pending enrolment kept", err)
+	}
+	if len(codes) != authcore.RecoveryCodeCount || token == "" || !next.MFA() || e.sessionExists(t, s.ID) || w.rows() != 1 {
+		t.Errorf("after the commit: %d codes, mfa %v, old session kept %v, %d rows", len(codes), next.MFA(), e.sessionExists(t, s.ID), w.rows())
+	}
+	if has, _ := e.svc.HasTOTP(e.ctx, u.ID); !has {
+		t.Error("the app is not set up")
+	}
+
+	// A session ended before the confirmation sets nothing up.
+	v := e.user(t, "dave@example.com")
+	_, s, err = e.svc.StartSession(e.ctx, v, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if en, err = e.svc.BeginTOTP(e.ctx, v, s.ID, "Example"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.EndSession(e.ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, v.ID, s.ID, mfaRefTOTP(t, en.Secret, e.clk.Now()), w.commit("mfa.totp.enrolled")); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("ConfirmTOTPWith for an ended session: %v; want ErrNoSession", err)
+	}
+	if has, _ := e.svc.HasTOTP(e.ctx, v.ID); has {
+		t.Error("an app was set up for an ended session")
+	}
+}
+
+// New recovery codes replace the old ones with their row, and an unlock
+// lifts both locks with its row, or nothing changes.
+func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "erin@example.com")
+	secret, old := e.enrol(t, u)
+	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, w.failing("mfa.recovery_code.regenerated")); !errors.Is(err, errCommitFailed) {
+		t.Fatalf("RegenerateRecoveryCodesWith, the commit failing: %v; want its error", err)
+	}
+	if err := e.svc.UseRecoveryCode(e.ctx, u.ID, old[0]); err != nil {
+		t.Errorf("an old code after a failed regeneration: %v; want it still good", err)
+	}
+	fresh, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, w.commit("mfa.recovery_code.regenerated"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.UseRecoveryCode(e.ctx, u.ID, old[1]); !errors.Is(err, authcore.ErrInvalidCode) {
+		t.Errorf("an old code after the regeneration: %v; want ErrInvalidCode", err)
+	}
+	if err := e.svc.UseRecoveryCode(e.ctx, u.ID, fresh[0]); err != nil {
+		t.Errorf("a new code: %v", err)
+	}
+
+	// Lock the app with wrong codes and the sign-in with a ban.
+	for range e.svc.Config().MaxTOTPFailures {
+		_ = e.svc.VerifyTOTP(e.ctx, u.ID, wrongTOTP(t, secret, e.clk.Now()))
+	}
+	if locked, _ := e.svc.TOTPLocked(e.ctx, u.ID); !locked {
+		t.Fatal("the app did not lock")
+	}
+	reg := authcore.NewRegulator(e.clk, e.st, authcore.RegulationConfig{})
+	for range reg.Config().MaxRetries {
+		a, err := reg.Begin(e.ctx, authcore.UserAccountKey(u.ID), "198.51.100.7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Fail(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	banned := func() bool {
+		until, err := reg.AccountBan(e.ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !until.IsZero()
+	}
+	if !banned() {
+		t.Fatal("the sign-in was not banned")
+	}
+	rows := w.rows()
+	if err := e.svc.UnlockWith(u.ID, w.failing("admin.user.unlock")); !errors.Is(err, errCommitFailed) {
+		t.Fatalf("UnlockWith, the commit failing: %v; want its error", err)
+	}
+	if locked, _ := e.svc.TOTPLocked(e.ctx, u.ID); !locked || !banned() || w.rows() != rows {
+		t.Errorf("the commit failed: app locked %v, banned %v, %d new rows; want both locks, no row", locked, banned(), w.rows()-rows)
+	}
+	if err := e.svc.UnlockWith(u.ID, w.commit("admin.user.unlock")); err != nil {
+		t.Fatal(err)
+	}
+	if locked, _ := e.svc.TOTPLocked(e.ctx, u.ID); locked || banned() || w.rows() != rows+1 {
+		t.Errorf("after the unlock: app locked %v, banned %v, %d new rows; want neither lock, its row", locked, banned(), w.rows()-rows)
+	}
+}
