@@ -211,9 +211,10 @@ func TestCLIUserMFAResetAndDelete(t *testing.T) {
 	}
 }
 
-// The row comes before the change to an existing user: when it cannot
-// be written, nothing changes (an admin grant made without its row would
-// be unrecorded), from the admin pages and the CLI alike.
+// The row and the change to an existing user are one transaction: when
+// the row cannot be written, nothing changes (an admin grant made
+// without its row would be unrecorded), from the admin pages and the CLI
+// alike.
 func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 	e, _, target := startAdminUI(t)
 	ctx := context.Background()
@@ -223,13 +224,13 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, op := range []string{"delete", "mfa-reset", "disable", "unlock"} {
-		e.failAudit(rowFirst[op])
+		e.failAudit(userChangeActions[op])
 		if code, _ := e.apiPost("/users/" + target.ID + "/" + op); code != http.StatusInternalServerError {
 			t.Errorf("%s with a failing audit row: status %d; want 500", op, code)
 		}
 		e.failAudit("")
 	}
-	for op, action := range rowFirst {
+	for op, action := range userChangeActions {
 		req := userRequest{Op: op, User: target.ID}
 		switch op {
 		case "passwd":
@@ -254,7 +255,7 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 	if has, _ := e.rt().auth.HasTOTP(ctx, target.ID); !has {
 		t.Error("after the failed rows: the authenticator is gone")
 	}
-	for _, action := range rowFirst {
+	for _, action := range userChangeActions {
 		for _, r := range e.auditRows(action) {
 			if r.SubjectID == target.ID && r.Outcome == "success" {
 				t.Errorf("a %s success row although its write failed", action)

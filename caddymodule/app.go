@@ -213,7 +213,9 @@ type runtime struct {
 	denied deniedLog // authz.denied rows written lately
 
 	// failRecord, when set (tests only), makes record fail for the rows
-	// it returns an error for, as a broken audit store would.
+	// it returns an error for, as a broken audit store would: a row with
+	// a change fails in the store transaction, after the change ran, so
+	// the change is undone with it only if it was made there.
 	failRecord atomic.Pointer[func(audit.Row) error]
 
 	owner *App // the app that built it
@@ -228,17 +230,17 @@ type runtime struct {
 // app that replaced it, on the same store, rather than being lost after
 // the change it records was saved.
 func (rt *runtime) record(ctx context.Context, row audit.Row) error {
-	_, err := rt.recordChange(ctx, row, nil)
+	_, err := rt.recordChange(ctx, []audit.Row{row}, nil)
 	return err
 }
 
-// recordChange writes row, and with a change makes it in the same store
-// transaction (audit.Log.RecordWith): both are stored, or neither, even
-// if Caddy dies. refused is the change's own error; err is the row's
+// recordChange writes rows, and with a change makes it in the same store
+// transaction (audit.Log.RecordAllWith): all are stored, or none, even
+// if Caddy dies. refused is the change's own error; err is the rows'
 // failure. Either way nothing was stored.
-func (rt *runtime) recordChange(ctx context.Context, row audit.Row, change func(tx any) error) (refused, err error) {
+func (rt *runtime) recordChange(ctx context.Context, rows []audit.Row, change func(tx any) error) (refused, err error) {
 	// A request's context ends when its client hangs up, but the change
-	// the row tells of is made either way: the row must be too.
+	// the rows tell of is made either way: the rows must be too.
 	ctx = context.WithoutCancel(ctx)
 	var with func(tx any) error
 	if change != nil {
@@ -248,10 +250,10 @@ func (rt *runtime) recordChange(ctx context.Context, row audit.Row, change func(
 			return refused
 		}
 	}
-	err = rt.recordHere(ctx, row, with)
+	err = rt.recordHere(ctx, rows, with)
 	if errors.Is(err, audit.ErrClosed) {
 		if next := replacement(rt.owner); next != nil && next != rt {
-			err = next.recordHere(ctx, row, with)
+			err = next.recordHere(ctx, rows, with)
 		}
 	}
 	if refused != nil {
@@ -263,18 +265,31 @@ func (rt *runtime) recordChange(ctx context.Context, row audit.Row, change func(
 	return nil, err
 }
 
-func (rt *runtime) recordHere(ctx context.Context, row audit.Row, with func(tx any) error) error {
-	var err error
+func (rt *runtime) recordHere(ctx context.Context, rows []audit.Row, with func(tx any) error) error {
+	var fail error
 	if f := rt.failRecord.Load(); f != nil {
-		err = (*f)(row)
+		for _, r := range rows {
+			if fail = (*f)(r); fail != nil {
+				break
+			}
+		}
 	}
 	start := time.Now()
-	if err == nil {
-		if with != nil {
-			err = rt.audit.RecordWith(ctx, row, with)
-		} else {
-			err = rt.audit.Record(ctx, row)
-		}
+	var err error
+	switch {
+	case fail != nil && with != nil:
+		err = rt.audit.RecordAllWith(ctx, rows, func(tx any) error {
+			if err := with(tx); err != nil {
+				return err
+			}
+			return fail // the change made, then undone with the transaction
+		})
+	case fail != nil:
+		err = fail
+	case with != nil:
+		err = rt.audit.RecordAllWith(ctx, rows, with)
+	default:
+		err = rt.audit.Record(ctx, rows[0])
 	}
 	if err == nil && rt.metrics != nil {
 		rt.metrics.auditAppend.Observe(time.Since(start).Seconds())
@@ -288,9 +303,15 @@ func (rt *runtime) recordHere(ctx context.Context, row audit.Row, with func(tx a
 // apply's before it got that far (a password too short); err is the
 // row's failure. Either way nothing was changed or written.
 func (rt *runtime) changeWithRow(ctx context.Context, row audit.Row, apply func(authcore.Commit) error) (refused, err error) {
+	return rt.changeWithRows(ctx, []audit.Row{row}, apply)
+}
+
+// changeWithRows is changeWithRow for a change that several rows tell
+// of.
+func (rt *runtime) changeWithRows(ctx context.Context, rows []audit.Row, apply func(authcore.Commit) error) (refused, err error) {
 	refused = apply(func(change func(tx any) error) error {
 		var changeErr error
-		changeErr, err = rt.recordChange(ctx, row, change)
+		changeErr, err = rt.recordChange(ctx, rows, change)
 		if changeErr != nil {
 			return changeErr
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
 // failAudit makes the running app's audit writes fail for action (none
@@ -42,8 +43,10 @@ func (e *env) sessionsOf(userID string) int {
 
 // TestSignInAuditFailsClosed: when the row saying that a browser signed
 // in (or passed or enrolled a second factor) cannot be written, the
-// browser is not signed in: an error, no session cookie, no session in
-// the store, and no half-done enrolment whose recovery codes nobody saw.
+// browser is not signed in: an error, no session cookie, no new session
+// in the store, and no half-done enrolment whose recovery codes nobody
+// saw. A second factor's rows fail with nothing changed: the session
+// stays as it was, and the code unspent.
 func TestSignInAuditFailsClosed(t *testing.T) {
 	fake := useFakeClock(t)
 	e := startCaddy(t, "", "sigra_gate")
@@ -74,23 +77,29 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 		t.Fatal("no TOTP secret on the enrol page")
 	}
 	e.failAudit("mfa.totp.enrolled")
-	resp, _ = e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}}, nil)
+	cookie := e.sessionCookie()
+	enrol := url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}}
+	resp, _ = e.postForm("/.sigra/account/totp", enrol, nil)
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Errorf("TOTP enrolment with a failing audit row: status %d; want 500", resp.StatusCode)
 	}
 	if has, err := e.rt().auth.HasTOTP(context.Background(), u.ID); err != nil || has {
 		t.Errorf("TOTP enrolment with a failing audit row: enrolled %v (%v); want not enrolled", has, err)
 	}
-	if n := e.sessionsOf(u.ID); n != 0 {
-		t.Errorf("TOTP enrolment with a failing audit row left %d sessions; want 0", n)
+	if n := e.sessionsOf(u.ID); n != 1 || e.sessionCookie() != cookie {
+		t.Errorf("TOTP enrolment with a failing audit row: %d sessions, cookie changed %v; want the one, as it was", n, e.sessionCookie() != cookie)
+	}
+	// Nothing was spent: the same form goes through once rows are written.
+	e.failAudit("")
+	if resp, body := e.postForm("/.sigra/account/totp", enrol, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, `data-sigra="recovery-codes"`) {
+		t.Fatalf("the same enrolment with rows written: status %d; want 200 with the recovery codes", resp.StatusCode)
+	}
+	if has, _ := e.rt().auth.HasTOTP(context.Background(), u.ID); !has {
+		t.Fatal("the same enrolment with rows written: not enrolled")
 	}
 
-	// Enrol for real, then sign in again: the challenge's row fails.
-	e.failAudit("")
-	e.client.Jar, _ = newJar()
-	e.mustLogin("una@example.com")
-	fake.Advance(30 * time.Second) // the first enrolment spent a step
-	secret, _ := enrolTOTP(t, e, fake.Now())
+	// Sign in again: the challenge's row fails.
+	secret := m[1]
 	fake.Advance(60 * time.Second)
 	e.client.Jar, _ = newJar()
 	e.login("una@example.com", testPassword, "/")
@@ -101,11 +110,20 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Errorf("MFA challenge with a failing audit row: status %d; want 500", resp.StatusCode)
 	}
-	if n := e.sessionsOf(u.ID); n != before-1 {
-		t.Errorf("MFA challenge with a failing audit row: %d sessions, %d before; want the pending one gone and no new one", n, before)
+	if n := e.sessionsOf(u.ID); n != before {
+		t.Errorf("MFA challenge with a failing audit row: %d sessions, %d before; want the pending one kept and no new one", n, before)
 	}
 	if got := resp.Header.Values("Set-Cookie"); len(got) > 0 {
 		t.Errorf("MFA challenge with a failing audit row set cookies %q", got)
+	}
+	if n := len(e.auditRows("mfa.challenge.success")); n != 0 {
+		t.Errorf("%d mfa.challenge.success rows; want none", n)
+	}
+	// The code was not spent: it passes once rows are written.
+	e.failAudit("")
+	resp, _ = e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
+	if resp.StatusCode != http.StatusSeeOther || e.sessionsOf(u.ID) != before {
+		t.Errorf("the same code with rows written: status %d, %d sessions; want 303, the pending one replaced", resp.StatusCode, e.sessionsOf(u.ID))
 	}
 }
 
@@ -208,5 +226,45 @@ func TestSignOutWithItsRow(t *testing.T) {
 	}
 	if n := len(e.auditRows("auth.logout")); n != 1 {
 		t.Errorf("%d auth.logout rows; want still 1", n)
+	}
+}
+
+// A session ended from the account or admin pages ends with its
+// session.revoked row, in one transaction; when the row cannot be
+// written the session ends all the same (a stolen session must not
+// outlive a broken audit store), and the answer is an error.
+func TestRevokeWithAFailingRow(t *testing.T) {
+	e, _, target := startAdminUI(t)
+	ctx := context.Background()
+	ended := func(id authcore.SessionID) bool {
+		_, err := e.rt().store.GetSession(ctx, id)
+		if err != nil && !errors.Is(err, authcore.ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err != nil
+	}
+	sess, _ := mustSession(t, e, target)
+	_, page := htmlGet(e, "/.sigra/admin/users/"+target.ID)
+	e.failAudit("session.revoked")
+	resp, _ := e.postForm("/.sigra/admin/sessions/"+sess.ID.String()+"/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}}, nil)
+	if resp.StatusCode != http.StatusInternalServerError || !ended(sess.ID) {
+		t.Errorf("an admin's revocation with a failing row: status %d, ended %v; want 500, ended", resp.StatusCode, ended(sess.ID))
+	}
+
+	e.failAudit("")
+	other := e.browser()
+	other.mustLogin(target.Email)
+	sid := e.rt().mustPrincipal(t, other.sessionCookie()).Session.ID
+	own := e.browser()
+	own.mustLogin(target.Email)
+	_, page = own.get("/.sigra/account", nil)
+	e.failAudit("session.revoked")
+	resp, _ = own.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {sid.String()}}, nil)
+	if resp.StatusCode != http.StatusInternalServerError || !ended(sid) {
+		t.Errorf("a user's revocation with a failing row: status %d, ended %v; want 500, ended", resp.StatusCode, ended(sid))
+	}
+	e.failAudit("")
+	if n := len(e.auditRows("session.revoked")); n != 0 {
+		t.Errorf("%d session.revoked rows; want none", n)
 	}
 }

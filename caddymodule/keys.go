@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -33,7 +34,7 @@ func doKeys(ctx context.Context, rt *runtime, req keysRequest, r *http.Request, 
 		err := rt.keys.RotateWith("", func(previous, active authcore.KeyInfo, change func(tx any) error) error {
 			ev := event{action: "admin.keys.rotate", actor: actor, actorType: adminActorType(actor), outcome: "success",
 				meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID}}
-			refused, err := rt.recordChange(ctx, rowFor(r, ev), change)
+			refused, err := rt.recordChange(ctx, []audit.Row{rowFor(r, ev)}, change)
 			if refused != nil {
 				return refused
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -85,7 +86,7 @@ func (q *preq) mfaSubmit() error {
 		return nil
 	}
 	code, recovery := q.r.PostFormValue("code"), q.r.PostFormValue("recovery_code")
-	method, amr := "totp", authcore.AMROTP
+	method := "totp"
 	if recovery != "" {
 		method = "recovery_code"
 	}
@@ -98,12 +99,9 @@ func (q *preq) mfaSubmit() error {
 	}
 	// While banned nothing is checked, so no TOTP step or recovery code
 	// is spent on an attempt that cannot succeed.
+	var token string
 	if att.Allowed() {
-		if recovery != "" {
-			err = q.rt.auth.UseRecoveryCode(q.ctx(), p.User.ID, recovery)
-		} else {
-			err = q.rt.auth.VerifyTOTP(q.ctx(), p.User.ID, code)
-		}
+		token, err = q.passSecondFactor(p, method, code, recovery)
 	}
 	// An app locked by wrong codes in a row checked nothing: the
 	// attempt is not a guess (it counts towards no ban, which would
@@ -157,26 +155,16 @@ func (q *preq) mfaSubmit() error {
 		}
 		return q.page(http.StatusUnauthorized, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: msg})
 	}
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if err := att.Succeed(q.ctx(), true); err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	token, sess, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, amr)
 	if errors.Is(err, authcore.ErrNoSession) {
-		// Ended meanwhile (revoked, or expired): the code was right,
-		// but nobody is signed in by it. A recovery code is spent all
-		// the same, and its row says so.
-		failed.meta["reason"] = "session_ended"
-		rows := []event{failed}
-		if recovery != "" {
-			rows = append(rows, q.recoveryCodeUsed(p))
+		// Ended meanwhile (revoked, or expired): nobody is signed in by
+		// the code, and it is not spent (a recovery code is not even
+		// checked).
+		if err := att.Abandon(q.ctx()); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
-		for _, ev := range rows {
-			if err := q.audit(ev); err != nil {
-				return err
-			}
+		failed.meta["reason"] = "session_ended"
+		if err := q.audit(failed); err != nil {
+			return err
 		}
 		q.rt.login(method, "session_ended")
 		q.clearSessionCookie()
@@ -184,19 +172,16 @@ func (q *preq) mfaSubmit() error {
 		return nil
 	}
 	if err != nil {
+		// The store or the rows failed: nothing was proven or spent.
+		if aerr := att.Abandon(q.ctx()); aerr != nil {
+			q.p.logger.Error("taking back a second-factor attempt", zap.String("user", p.User.ID), zap.Error(aerr))
+		}
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	rows := []event{{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-		meta: map[string]string{"method": method}}}
-	if recovery != "" {
-		rows = append(rows, q.recoveryCodeUsed(p))
-	}
-	if p.Session.Pending {
-		rows = append(rows, event{action: "auth.login.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-			meta: map[string]string{"method": method}})
-	}
-	if err := q.auditOrEnd(sess.ID, rows...); err != nil {
-		return err
+	// The sign-in is made and recorded: a failure to count it as passed
+	// leaves one attempt counted, and must not cost the user the session.
+	if err := att.Succeed(q.ctx(), true); err != nil {
+		q.p.logger.Error("counting a passed second factor", zap.String("user", p.User.ID), zap.Error(err))
 	}
 	q.setSessionCookie(token)
 	q.rt.login(method, map[bool]string{true: "success", false: "step_up"}[p.Session.Pending])
@@ -204,11 +189,48 @@ func (q *preq) mfaSubmit() error {
 	return nil
 }
 
-// recoveryCodeUsed is the row of a recovery code p's user just spent.
-func (q *preq) recoveryCodeUsed(p *authcore.Principal) event {
-	left, _ := q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID)
-	return event{action: "mfa.recovery_code.used", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-		meta: map[string]string{"remaining": itoa(left)}}
+// passSecondFactor checks a code from p's authenticator app, or a
+// recovery code, and when it passes spends it, rotates p's session into
+// a multi-factor one, and writes the rows telling of them, all in one
+// store transaction: a crash or a failing row leaves the code unspent
+// and the session as it was. It returns the new session's token, or the
+// check's error (ErrInvalidCode, ErrTOTPLocked, ErrNotEnrolled), or
+// ErrNoSession, or the store's or the rows' failure.
+func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery string) (string, error) {
+	evs := []event{{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"method": method}}}
+	if recovery != "" {
+		// The count as the code is spent: the account's lock keeps the
+		// user's other forms out meanwhile.
+		left, err := q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID)
+		if err != nil {
+			return "", err
+		}
+		evs = append(evs, event{action: "mfa.recovery_code.used", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+			meta: map[string]string{"remaining": itoa(max(left-1, 0))}})
+	}
+	if p.Session.Pending {
+		evs = append(evs, event{action: "auth.login.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+			meta: map[string]string{"method": method}})
+	}
+	rows := make([]audit.Row, len(evs))
+	for i, ev := range evs {
+		rows[i] = rowFor(q.r, ev)
+	}
+	var token string
+	refused, err := q.rt.changeWithRows(q.ctx(), rows, func(commit authcore.Commit) error {
+		var err error
+		if recovery != "" {
+			token, _, err = q.rt.auth.UseRecoveryCodeWith(q.ctx(), p.User.ID, p.Session.ID, recovery, commit)
+		} else {
+			token, _, err = q.rt.auth.VerifyTOTPWith(q.ctx(), p.User.ID, p.Session.ID, code, commit)
+		}
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("writing audit rows %s (the code is not spent): %w", evs[0].action, err)
+	}
+	return token, refused
 }
 
 // totpLockedText tells the owner of an app locked by wrong codes what
@@ -309,7 +331,20 @@ func (q *preq) totpSubmit() error {
 	if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
 		return err
 	}
-	codes, err := q.rt.auth.ConfirmTOTP(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"))
+	// The app, the session rotated into a multi-factor one, and the row
+	// are one transaction: no app is set up whose recovery codes nobody
+	// saw.
+	var codes []string
+	var token string
+	ev := event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
+	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
+		var err error
+		codes, token, _, err = q.rt.auth.ConfirmTOTPWith(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"), commit)
+		return err
+	})
+	if aerr != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s (nothing was set up): %w", ev.action, aerr))
+	}
 	if errors.Is(err, authcore.ErrInvalidCode) {
 		d.Error = "That code did not work. Check the time on your device and try again."
 		return q.enrolPage(p, d, http.StatusBadRequest)
@@ -331,29 +366,14 @@ func (q *preq) totpSubmit() error {
 		d.Error = "This set-up expired. Remove the old entry from your app and scan the new code below."
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	token, sess, err := q.rt.auth.CompleteSecondFactor(q.ctx(), p.Session.ID, authcore.AMROTP)
 	if errors.Is(err, authcore.ErrNoSession) {
-		// Signed out or revoked meanwhile: nobody saw the recovery codes,
-		// so the app is not set up after all.
-		if rerr := q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID); rerr != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, rerr)
-		}
+		// Signed out or revoked meanwhile: nothing was set up.
 		q.clearSessionCookie()
 		return q.message(http.StatusUnauthorized, "Signed out",
 			"Your session ended before the set-up finished, so nothing was set up: remove the entry from your app, sign in, and set it up again.", q.p.app.Prefix+"/login")
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if err := q.auditOrEnd(sess.ID, event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
-		// Not enrolled after all: the user never saw the recovery codes.
-		if rerr := q.rt.auth.RemoveTOTP(q.ctx(), p.User.ID); rerr != nil {
-			q.p.logger.Error("removing a TOTP enrolment whose audit row failed", zap.Error(rerr))
-		}
-		return err
 	}
 	// The enrolment stands whatever happens here: the user's other
 	// password-only sessions merely keep their longer end if it fails.
@@ -424,15 +444,23 @@ func (q *preq) recoveryRegenerate() error {
 	if p == nil {
 		return err
 	}
-	codes, err := q.rt.auth.RegenerateRecoveryCodes(q.ctx(), p.User.ID)
+	// The new codes and their row in one transaction: the old codes
+	// stop working only when the row is stored.
+	var codes []string
+	ev := event{action: "mfa.recovery_code.regenerated", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
+	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
+		var err error
+		codes, err = q.rt.auth.RegenerateRecoveryCodesWith(q.ctx(), p.User.ID, commit)
+		return err
+	})
+	if aerr != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s (the codes are as they were): %w", ev.action, aerr))
+	}
 	if errors.Is(err, authcore.ErrNotEnrolled) {
 		return q.message(http.StatusBadRequest, "No authenticator app", "Recovery codes come with an authenticator app.", q.p.app.Prefix+"/account/totp")
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if err := q.audit(event{action: "mfa.recovery_code.regenerated", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
-		return err
 	}
 	return q.page(http.StatusOK, "totp", pageData{Title: "Recovery codes", Codes: codes})
 }

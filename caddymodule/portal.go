@@ -462,18 +462,19 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 	return u, att, nil
 }
 
-// endSession ends the session id and writes ev, its auth.logout row, in
-// one commit. A session ended already (the same form sent twice, a twin
-// tab) writes no row again. When the row cannot be written the session
-// ends all the same, without it: a sign-out must not wait for the audit
-// log; the answer is then the error.
+// endSession ends the session id and writes ev, its auth.logout or
+// session.revoked row, in one commit. A session ended already (the same
+// form sent twice, a twin tab) writes no row again. When the row cannot
+// be written the session ends all the same, without it: a sign-out or
+// the revocation of a stolen session must not wait for the audit log;
+// the answer is then the error.
 func (q *preq) endSession(id authcore.SessionID, ev event) error {
 	refused, err := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		return q.rt.auth.EndSessionWith(id, commit)
 	})
 	switch {
 	case err != nil:
-		q.p.logger.Error("writing a sign-out's audit row failed; ending the session without it", zap.String("action", ev.action), zap.Error(err))
+		q.p.logger.Error("writing the audit row of a session's end failed; ending the session without it", zap.String("action", ev.action), zap.Error(err))
 		if _, eerr := q.rt.auth.EndSession(q.ctx(), id); eerr != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, eerr)
 		}
@@ -482,22 +483,6 @@ func (q *preq) endSession(id authcore.SessionID, ev event) error {
 		return nil
 	case refused != nil:
 		return caddyhttp.Error(http.StatusInternalServerError, refused)
-	}
-	return nil
-}
-
-// auditOrEnd writes the audit rows of a step that signs a browser in,
-// before its session cookie is set: if a row cannot be written, the new
-// session ends and the answer is an error, so nobody is signed in without
-// the rows that say so (audit fails closed).
-func (q *preq) auditOrEnd(id authcore.SessionID, evs ...event) error {
-	for _, ev := range evs {
-		if err := q.audit(ev); err != nil {
-			if _, eerr := q.rt.auth.EndSession(q.ctx(), id); eerr != nil {
-				q.p.logger.Error("ending a session whose audit row failed", zap.Error(eerr))
-			}
-			return err
-		}
 	}
 	return nil
 }
@@ -638,15 +623,12 @@ func (q *preq) revokeSession() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	ended, err := q.rt.auth.EndSession(q.ctx(), id)
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	if ended { // not again for the same form sent twice
-		if err := q.audit(event{action: "session.revoked", actor: p.User.ID, subject: p.User.ID, outcome: "success",
-			meta: map[string]string{"session": id.String()}}); err != nil {
-			return err
-		}
+	// The end and its row in one transaction; a session ended already
+	// (the same form sent twice) is neither ended nor recorded again.
+	ev := event{action: "session.revoked", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"session": id.String()}}
+	if err := q.endSession(id, ev); err != nil {
+		return err
 	}
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil

@@ -291,15 +291,11 @@ func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionI
 	if err != nil {
 		return id, "", err
 	}
-	ended, err := q.rt.auth.EndSession(q.ctx(), id)
-	if err != nil {
-		return id, "", err
-	}
-	if !ended { // another request ended it meanwhile; its row is its own
-		return id, s.UserID, nil
-	}
-	if err := q.audit(event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
-		meta: map[string]string{"session": id.String()}}); err != nil {
+	// One transaction with its row; ended meanwhile by another request,
+	// it has that one's row.
+	ev := event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
+		meta: map[string]string{"session": id.String()}}
+	if err := q.endSession(id, ev); err != nil {
 		return id, "", err
 	}
 	return id, s.UserID, nil

@@ -100,18 +100,18 @@ var (
 // no authenticator app (HTTP 409).
 var errNoAuthenticator = errors.New("this user has no authenticator app to reset")
 
-// rowFirst maps the operations on an existing user to their audit
-// action. No change is made without its row (a deleted user could not
-// be audited after, and an admin grant whose row failed would be made
-// unrecorded): the row is written in the change's own transaction
-// (userChange), or, for unlock, before it; a failure row follows if the
-// change is refused there. Deletion and a second-factor
-// reset are audited under the action of the change itself, whoever
-// makes it: the user's own deletion and an admin's are both
-// account.deletion_execute, so a consumer erasing a user's data
-// downstream needs one action. The others are admin.user.<op>. Adding a
-// user writes its row in the same transaction too (addUser).
-var rowFirst = map[string]string{
+// userChangeActions maps the operations on an existing user to their
+// audit action. No change is made without its row (a deleted user could
+// not be audited after, and an admin grant whose row failed would be
+// made unrecorded): the row is written in the change's own transaction
+// (userChange); a failure row follows if the change is refused there.
+// Deletion and a second-factor reset are audited under the action of the
+// change itself, whoever makes it: the user's own deletion and an
+// admin's are both account.deletion_execute, so a consumer erasing a
+// user's data downstream needs one action. The others are
+// admin.user.<op>. Adding a user writes its row in the same transaction
+// too (addUser).
+var userChangeActions = map[string]string{
 	"delete":    "account.deletion_execute",
 	"mfa-reset": "mfa.totp.removed",
 	"passwd":    "admin.user.passwd",
@@ -181,8 +181,8 @@ func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest
 			}
 		}
 	}
-	if action, ok := rowFirst[req.Op]; ok {
-		return doUserRowFirst(ctx, rt, adminGroup, req, r, actor, action, u)
+	if action, ok := userChangeActions[req.Op]; ok {
+		return doUserChange(ctx, rt, adminGroup, req, r, actor, action, u)
 	}
 	if req.Op == "add" {
 		return addUser(ctx, rt, adminGroup, req, r, actor)
@@ -231,13 +231,12 @@ func groupsMeta(groups []string, before *authcore.User) map[string]string {
 	return meta
 }
 
-// doUserRowFirst runs a rowFirst operation on u (nil: the user req
+// doUserChange runs a userChangeActions operation on u (nil: the user req
 // names, looked up here): it checks what can be checked before writing
 // the row, so a refused request leaves no success row. Then the row and
-// the change are made in one transaction (userChange), or, for unlock,
-// the row first; a refusal that only the change itself can see (a race)
-// leaves a failure row.
-func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor, action string, u *authcore.User) (*userResult, error) {
+// the change are made in one transaction (userChange); a refusal that
+// only the change itself can see (a race) leaves a failure row.
+func doUserChange(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor, action string, u *authcore.User) (*userResult, error) {
 	if u == nil {
 		var err error
 		if u, err = rt.auth.LookupUser(ctx, req.User); err != nil {
@@ -271,25 +270,13 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		}
 		ev.meta = groupsMeta(groups, u)
 	}
-	var res *userResult
-	var err error
-	if apply := userChange(ctx, rt, adminGroup, req, u); apply != nil {
-		// The row and the change in one transaction: a crash between two
-		// commits would leave a row, delivered to webhooks (that may
-		// erase the user's data on a deletion), for a change not made.
-		var aerr error
-		if err, aerr = rt.changeWithRow(ctx, rowFor(r, ev), apply); aerr != nil {
-			return nil, fmt.Errorf("writing audit row (nothing was changed): %w", aerr)
-		}
-		if err == nil {
-			res = changedUser(ctx, rt, req.Op, u)
-		}
-	} else {
-		if err := rt.record(ctx, rowFor(r, ev)); err != nil {
-			return nil, fmt.Errorf("writing audit row (nothing was changed): %w", err)
-		}
-		req.User = u.ID
-		res, err = runUserRequest(ctx, rt, req)
+	// The row and the change in one transaction: a crash between two
+	// commits would leave a row, delivered to webhooks (that may erase
+	// the user's data on a deletion), for a change not made, or a change
+	// made unrecorded.
+	err, aerr := rt.changeWithRow(ctx, rowFor(r, ev), userChange(ctx, rt, adminGroup, req, u))
+	if aerr != nil {
+		return nil, fmt.Errorf("writing audit row (nothing was changed): %w", aerr)
 	}
 	if err != nil {
 		reason := "storage"
@@ -304,18 +291,16 @@ func doUserRowFirst(ctx context.Context, rt *runtime, adminGroup string, req use
 		ev.outcome, ev.meta = "failure", map[string]string{"reason": reason}
 		if aerr := rt.record(ctx, rowFor(r, ev)); aerr != nil {
 			// The server's failure (500, the cause in the log), whatever
-			// refused the change; an unlock's trail keeps its success
-			// row for a change that did not happen.
+			// refused the change.
 			return nil, fmt.Errorf("%v; and writing the failure row: %w", err, aerr)
 		}
 		return nil, err
 	}
-	return res, nil
+	return changedUser(ctx, rt, req.Op, u), nil
 }
 
 // userChange is req's change to u as one a Commit makes together with
-// its row, or nil for unlock (the sign-in bans and the app's lock: its
-// row is written first).
+// its row.
 func userChange(ctx context.Context, rt *runtime, adminGroup string, req userRequest, u *authcore.User) func(authcore.Commit) error {
 	auth := rt.auth
 	switch req.Op {
@@ -328,7 +313,7 @@ func userChange(ctx context.Context, rt *runtime, adminGroup string, req userReq
 		return func(c authcore.Commit) error {
 			return auth.UpdateUserWith(u.ID, false, func(u *authcore.User) error { u.Groups = groups; return nil }, c)
 		}
-	case "disable", "enable": // not disabling oneself: doUserRowFirst refuses that first
+	case "disable", "enable": // not disabling oneself: doUserChange refuses that first
 		disable := req.Op == "disable"
 		return func(c authcore.Commit) error {
 			// Disabling ends the user's sessions in the same transaction.
@@ -346,8 +331,12 @@ func userChange(ctx context.Context, rt *runtime, adminGroup string, req userReq
 			}
 			return err
 		}
+	case "unlock":
+		// Both locks: sign-in bans, and an authenticator app locked by
+		// wrong codes in a row.
+		return func(c authcore.Commit) error { return auth.UnlockWith(u.ID, c) }
 	}
-	return nil
+	return func(authcore.Commit) error { return fmt.Errorf("%w: unknown operation %q", errUsage, req.Op) }
 }
 
 // changedUser is the answer to op, made on u: the user as now stored,
@@ -372,8 +361,8 @@ func requestedGroups(req userRequest, adminGroup string) []string {
 	return groups
 }
 
-// runUserRequest runs req when it is a list or an unlock: an add goes
-// through addUser, the other changes through userChange.
+// runUserRequest runs req when it is a list: an add goes through
+// addUser, the changes through userChange.
 func runUserRequest(ctx context.Context, rt *runtime, req userRequest) (*userResult, error) {
 	auth := rt.auth
 	switch req.Op {
@@ -398,21 +387,6 @@ func runUserRequest(ctx context.Context, rt *runtime, req userRequest) (*userRes
 			res.Users = append(res.Users, v)
 		}
 		return res, nil
-	case "unlock": // the others on an existing user: userChange
-		u, err := auth.LookupUser(ctx, req.User)
-		if err != nil {
-			return nil, fmt.Errorf("user %q: %w", req.User, err)
-		}
-		// Both locks: sign-in bans, and an authenticator app locked by
-		// wrong codes in a row.
-		if err = rt.reg.Unlock(ctx, u.ID); err == nil {
-			err = auth.UnlockTOTP(ctx, u.ID)
-		}
-		if err != nil {
-			return nil, err
-		}
-		v := viewUser(u)
-		return &userResult{User: &v}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown operation %q", errUsage, req.Op)
 }
