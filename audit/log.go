@@ -33,7 +33,8 @@ type Options struct {
 	Retention time.Duration
 	// RetentionEvery is how often that loop runs. Default 1h.
 	RetentionEvery time.Duration
-	// MaxBatch caps how many rows share one commit. Default 1024.
+	// MaxBatch caps how many requests share one commit: rows, or the
+	// rows of one RecordAllWith. Default 1024.
 	MaxBatch int
 	// ErrorLog receives operational messages: failed deliveries, retention
 	// runs, recovered panics. They are kept apart from the row logger so
@@ -92,8 +93,7 @@ type request struct {
 }
 
 type result struct {
-	inserted bool
-	err      error
+	err error
 }
 
 // New returns a Log that records into st. rows receives every recorded
@@ -205,10 +205,10 @@ func (l *Log) RecordWith(ctx context.Context, r Row, change func(tx any) error) 
 // or none of them.
 func (l *Log) RecordAllWith(ctx context.Context, rows []Row, change func(tx any) error) error {
 	if change == nil {
-		return fmt.Errorf("%w: RecordWith without a change", ErrInvalidRow)
+		return fmt.Errorf("%w: recording a change without the change", ErrInvalidRow)
 	}
 	if len(rows) == 0 {
-		return fmt.Errorf("%w: RecordWith without a row", ErrInvalidRow)
+		return fmt.Errorf("%w: recording a change without a row", ErrInvalidRow)
 	}
 	_, err := l.record(ctx, rows, change)
 	return err
@@ -237,7 +237,16 @@ func (l *Log) record(ctx context.Context, rows []Row, with func(tx any) error) (
 		}
 		req.es[i] = Entry{Row: *r, Pos: pos, JSON: js, Hooks: hookIDs, DueAt: l.clk.Now()}
 	}
-	req.es[0].With = with
+	if with != nil {
+		// The change goes with the first row; the others get one that
+		// does nothing, so that a store refuses each of them too if it
+		// holds it already (a row stored before cannot say whether the
+		// change was made with it).
+		for i := range req.es {
+			req.es[i].With = noChange
+		}
+		req.es[0].With = with
+	}
 	// The answer must say what happened to the rows: an ended ctx keeps
 	// them out only before they are queued (checked first, as a select
 	// with both ready picks at random); once queued, their fate is the
@@ -273,6 +282,10 @@ func (l *Log) record(ctx context.Context, rows []Row, with func(tx any) error) (
 	}
 	return rows, nil
 }
+
+// noChange is the change of a row that comes with another's
+// (RecordAllWith).
+func noChange(any) error { return nil }
 
 // commitLoop is the group commit: it takes every request waiting, up to
 // MaxBatch, commits them in one transaction, answers them, and hands the
@@ -411,7 +424,7 @@ func (l *Log) appendBatch(batch []*request) ([][]bool, error) {
 func (l *Log) answer(batch []*request, inserted [][]bool, err error) {
 	var fresh []Row
 	for k, r := range batch {
-		r.done <- result{inserted: err == nil && inserted[k][0], err: err}
+		r.done <- result{err: err}
 		if err != nil {
 			continue
 		}

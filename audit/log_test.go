@@ -750,6 +750,16 @@ func TestRecordAllWith(t *testing.T) {
 	if n := st.rowCount(); n != 3 {
 		t.Errorf("%d rows after an invalid row; want none of its request's rows", n)
 	}
+	// A row stored already, second in a request: it cannot say whether
+	// the change was made with it, so the request is refused.
+	stored := mustRecord(t, l, sampleRow("auth.logout"))
+	ran = 0
+	if err := l.RecordAllWith(ctx, []Row{sampleRow("mfa.challenge.success"), stored}, func(any) error { ran++; return nil }); !errors.Is(err, ErrInvalidRow) {
+		t.Errorf("RecordAllWith with a stored second row = %v; want ErrInvalidRow", err)
+	}
+	if n := st.rowCount(); n != 4 {
+		t.Errorf("%d rows after a stored second row; want none of its request's rows", n)
+	}
 }
 
 // In a shared commit, the store names a refused entry by its place among

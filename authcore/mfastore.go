@@ -79,7 +79,8 @@ type MFAStore interface {
 	// returns the new count, or ErrNotFound if the user has no TOTP.
 	FailTOTP(ctx context.Context, userID string) (int, error)
 	// ClearTOTPFailures sets the user's TOTP Failures to 0; a user
-	// without a TOTP is not an error.
+	// without a TOTP is not an error, one that does not exist is
+	// ErrNotFound.
 	ClearTOTPFailures(ctx context.Context, userID string) error
 	// DeleteTOTP removes the user's TOTP and all pending enrolments. With
 	// lastFactor, the same transaction also deletes the recovery codes
@@ -104,6 +105,9 @@ type MFAStore interface {
 	ConsumeRecoveryCode(ctx context.Context, userID string, hash []byte) error
 	// CountRecoveryCodes returns how many unused recovery codes a user has.
 	CountRecoveryCodes(ctx context.Context, userID string) (int, error)
+	// HasRecoveryCode reports whether the user has an unused recovery
+	// code with this hash, comparing in constant time. It spends nothing.
+	HasRecoveryCode(ctx context.Context, userID string, hash []byte) (bool, error)
 
 	RegulationStore
 }

@@ -84,11 +84,20 @@ func (s *Service) UseRecoveryCode(ctx context.Context, userID, code string) erro
 // (AMROTP) for the session id, made through commit (see Commit): the
 // code is spent with the new session and the rows telling of them, or
 // not at all. A session ended meanwhile is ErrNoSession, and the code is
-// not spent on it (nor checked).
+// not spent on it.
 func (s *Service) UseRecoveryCodeWith(ctx context.Context, userID string, id SessionID, code string, commit Commit) (token string, sess *Session, err error) {
 	hash, err := recoveryCodeHash(userID, code)
 	if err != nil {
 		return "", nil, err
+	}
+	// A wrong code is answered here, read-only: it never reaches the
+	// commit, where its refusal would make the audit log commit the
+	// rows it shared a batch with again. The spend checks again.
+	switch has, err := s.store.HasRecoveryCode(ctx, userID, hash); {
+	case err != nil:
+		return "", nil, err
+	case !has:
+		return "", nil, spentRecoveryCode(ErrNotFound)
 	}
 	token, sess, err = s.passSecondFactorWith(ctx, id, AMROTP, commit, func(cs ChangeStore) func(tx any) error {
 		return cs.ConsumeRecoveryCodeIn(userID, hash)

@@ -440,9 +440,10 @@ func (r *Regulator) Delay(failures int) time.Duration {
 }
 
 // Unlock lifts a user's bans (password and second factor) and clears
-// their failures (caddy sigra user unlock, the admin API's
-// users/<id>/unlock). Bans of client addresses stay. The caller audits
-// admin.user.unlock.
+// their failures. Bans of client addresses stay. An administrator's
+// unlock (caddy sigra user unlock, the admin API's users/<id>/unlock) is
+// Service.UnlockWith, which does this and UnlockTOTP in one transaction
+// with its admin.user.unlock row.
 func (r *Regulator) Unlock(ctx context.Context, userID string) error {
 	return r.st.UpdateRegulation(ctx, UserRegulationKeys(userID), clearStates)
 }

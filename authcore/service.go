@@ -368,8 +368,9 @@ type ChangeStore interface {
 }
 
 // Commit makes a change of a ChangeStore in one transaction with what it
-// records (audit.Log.RecordWith), and returns the change's own error
-// (ErrNotFound, ErrLastAdmin) or its own. The …With methods take one.
+// records (audit.Log.RecordWith, RecordAllWith), and returns the
+// change's own error (ErrNotFound, ErrLastAdmin) or its own. The …With
+// methods take one.
 type Commit func(change func(tx any) error) error
 
 // changeStore is the store as a ChangeStore, or an error saying it is

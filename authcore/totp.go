@@ -304,7 +304,8 @@ func (s *Service) endEnrolment(userID string, err error) error {
 // anything else is a storage or key failure.
 //
 // Callers count failures with the Regulator like wrong passwords, and on
-// success call CompleteSecondFactor with AMROTP. The Regulator's window
+// success call CompleteSecondFactor with AMROTP (VerifyTOTPWith does
+// both, in one transaction with the rows). The Regulator's window
 // bounds how fast codes are guessed; the app's own count of wrong codes in
 // a row (every six-digit code that did not pass, replays included) bounds
 // how many: a million codes, three of which pass at any moment, are
@@ -414,8 +415,8 @@ func (s *Service) TOTPLocked(ctx context.Context, userID string) (bool, error) {
 }
 
 // UnlockTOTP clears the count of wrong codes of the user's authenticator
-// app, so a locked one accepts codes again (an administrator's unlock).
-// A user without one is not an error.
+// app, so a locked one accepts codes again. A user without one is not an
+// error. An administrator's unlock is UnlockWith.
 func (s *Service) UnlockTOTP(ctx context.Context, userID string) error {
 	return s.store.ClearTOTPFailures(ctx, userID)
 }

@@ -223,6 +223,21 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Both locks on, for the unlock to leave on.
+	for range e.rt().auth.Config().MaxTOTPFailures {
+		if _, err := e.rt().store.FailTOTP(ctx, target.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range e.rt().reg.Config().MaxRetries {
+		a, err := e.rt().reg.Begin(ctx, authcore.UserAccountKey(target.ID), "198.51.100.9")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Fail(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, op := range []string{"delete", "mfa-reset", "disable", "unlock"} {
 		e.failAudit(userChangeActions[op])
 		if code, _ := e.apiPost("/users/" + target.ID + "/" + op); code != http.StatusInternalServerError {
@@ -254,6 +269,12 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 	}
 	if has, _ := e.rt().auth.HasTOTP(ctx, target.ID); !has {
 		t.Error("after the failed rows: the authenticator is gone")
+	}
+	if locked, _ := e.rt().auth.TOTPLocked(ctx, target.ID); !locked {
+		t.Error("after the failed rows: the authenticator is unlocked")
+	}
+	if until, _ := e.rt().reg.AccountBan(ctx, target.ID); until.IsZero() {
+		t.Error("after the failed rows: the sign-in ban is lifted")
 	}
 	for _, action := range userChangeActions {
 		for _, r := range e.auditRows(action) {

@@ -268,3 +268,53 @@ func TestRevokeWithAFailingRow(t *testing.T) {
 		t.Errorf("%d session.revoked rows; want none", n)
 	}
 }
+
+// A recovery code's rows fail, any of them: the code stays unspent and
+// the session pending; new recovery codes' row fails: the old codes stay
+// good. Each change is undone with its rows' transaction.
+func TestRecoveryCodesAuditFailsClosed(t *testing.T) {
+	_, e, u, _, codes := startEnrolled(t, "", "rhea@example.com")
+	ctx := context.Background()
+	left := func() int {
+		n, err := e.rt().auth.RecoveryCodesLeft(ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// New codes, their row failing: the old ones stay.
+	_, page := e.get("/.sigra/account/totp", nil)
+	e.failAudit("mfa.recovery_code.regenerated")
+	if r, body := e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil); r.StatusCode != http.StatusInternalServerError || strings.Contains(body, `data-sigra="recovery-codes"`) {
+		t.Errorf("new recovery codes with a failing row: status %d; want 500 without codes", r.StatusCode)
+	}
+	e.failAudit("")
+
+	// A sign-in with a recovery code, each of its rows failing in turn.
+	b := e.browser()
+	b.login(u.Email, testPassword, "/")
+	pending := b.sessionCookie()
+	for _, action := range []string{"mfa.challenge.success", "mfa.recovery_code.used", "auth.login.success"} {
+		_, page = b.get("/.sigra/mfa", nil)
+		e.failAudit(action)
+		r, _ := b.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "recovery_code": {codes[0]}}, nil)
+		e.failAudit("")
+		if r.StatusCode != http.StatusInternalServerError || len(r.Header.Values("Set-Cookie")) > 0 {
+			t.Errorf("%s failing: status %d, cookies %q; want 500, none", action, r.StatusCode, r.Header.Values("Set-Cookie"))
+		}
+		if n := left(); n != authcore.RecoveryCodeCount {
+			t.Errorf("%s failing: %d codes left; want all %d (none spent, the old ones kept)", action, n, authcore.RecoveryCodeCount)
+		}
+		if p := e.rt().mustPrincipal(t, pending); !p.Session.Pending {
+			t.Errorf("%s failing: the session is no longer pending", action)
+		}
+	}
+	if n := len(e.auditRows("mfa.*")) - len(e.auditRows("mfa.totp.enrolled")); n != 0 {
+		t.Errorf("%d mfa rows besides the enrolment; want none", n)
+	}
+	// The old first code, neither replaced nor spent, signs in.
+	_, page = b.get("/.sigra/mfa", nil)
+	if r, _ := b.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "recovery_code": {codes[0]}}, nil); r.StatusCode != http.StatusSeeOther || left() != authcore.RecoveryCodeCount-1 {
+		t.Errorf("the code once rows are written: status %d, %d left; want 303, one spent", r.StatusCode, left())
+	}
+}

@@ -209,7 +209,14 @@ func TestTOTPEnrolmentSentTwice(t *testing.T) {
 		if m == nil {
 			t.Fatalf("no secret on the enrolment page\n%s", page)
 		}
+		// On every other try, both submits reach their commits before
+		// either is made: the second's session is replaced by the first's
+		// commit, and its own commit refused.
+		if try%2 == 0 {
+			e.holdFirstRow("mfa.totp.enrolled")
+		}
 		status, body := b.submitTwice("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}})
+		e.rt().failRecord.Store(nil)
 		codes := 0
 		for i := range 2 {
 			if strings.Contains(body[i], `data-sigra="recovery-codes"`) {
@@ -217,6 +224,9 @@ func TestTOTPEnrolmentSentTwice(t *testing.T) {
 			}
 			if strings.Contains(body[i], "Remove the old entry") || totpSecret.MatchString(body[i]) {
 				t.Errorf("submit %d: status %d, a new secret to scan\n%s", i, status[i], body[i])
+			}
+			if strings.Contains(body[i], "nothing was set up") {
+				t.Errorf("submit %d: status %d, told that nothing was set up\n%s", i, status[i], body[i])
 			}
 			if status[i] == http.StatusConflict && strings.Contains(body[i], "sent twice") {
 				raced = true

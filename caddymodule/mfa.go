@@ -157,8 +157,7 @@ func (q *preq) mfaSubmit() error {
 	}
 	if errors.Is(err, authcore.ErrNoSession) {
 		// Ended meanwhile (revoked, or expired): nobody is signed in by
-		// the code, and it is not spent (a recovery code is not even
-		// checked).
+		// the code, and it is not spent.
 		if err := att.Abandon(q.ctx()); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
@@ -200,8 +199,9 @@ func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery st
 	evs := []event{{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
 		meta: map[string]string{"method": method}}}
 	if recovery != "" {
-		// The count as the code is spent: the account's lock keeps the
-		// user's other forms out meanwhile.
+		// The count before the code is spent, less that one. Another
+		// form that changes the codes meanwhile (new codes, the app
+		// turned off) makes this code fail, and the row is not written.
 		left, err := q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID)
 		if err != nil {
 			return "", err
@@ -349,28 +349,29 @@ func (q *preq) totpSubmit() error {
 		d.Error = "That code did not work. Check the time on your device and try again."
 		return q.enrolPage(p, d, http.StatusBadRequest)
 	}
-	if errors.Is(err, authcore.ErrNoPendingEnrolment) {
-		// Finished meanwhile: the same form sent twice, or another tab.
-		// The app the user just added is the one set up; a new secret
-		// would have them remove it.
-		has, err := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
-		if err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
+	if errors.Is(err, authcore.ErrNoPendingEnrolment) || errors.Is(err, authcore.ErrNoSession) {
+		// Finished meanwhile: the same form sent twice, or another tab
+		// (whose commit replaced this session, too). The app the user
+		// just added is the one set up; a new secret, or being told
+		// that nothing was set up, would have them remove it.
+		has, herr := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
+		if herr != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, herr)
 		}
 		if has {
 			return q.message(http.StatusConflict, "Already on",
 				"Your authenticator app is set up (the form was sent twice): keep its entry. If you did not see your recovery codes, make new ones here.",
 				q.p.app.Prefix+"/account/totp")
 		}
+		if errors.Is(err, authcore.ErrNoSession) {
+			// Signed out or revoked meanwhile: nothing was set up.
+			q.clearSessionCookie()
+			return q.message(http.StatusUnauthorized, "Signed out",
+				"Your session ended before the set-up finished, so nothing was set up: remove the entry from your app, sign in, and set it up again.", q.p.app.Prefix+"/login")
+		}
 		// Expired: the secret this page showed is void.
 		d.Error = "This set-up expired. Remove the old entry from your app and scan the new code below."
 		return q.enrolPage(p, d, http.StatusBadRequest)
-	}
-	if errors.Is(err, authcore.ErrNoSession) {
-		// Signed out or revoked meanwhile: nothing was set up.
-		q.clearSessionCookie()
-		return q.message(http.StatusUnauthorized, "Signed out",
-			"Your session ended before the set-up finished, so nothing was set up: remove the entry from your app, sign in, and set it up again.", q.p.app.Prefix+"/login")
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

@@ -246,10 +246,9 @@ func (b *Bolt) ClearTOTPFailures(ctx context.Context, userID string) error {
 // ClearTOTPFailuresIn implements authcore.ChangeStore: ClearTOTPFailures
 // in tx.
 func (b *Bolt) ClearTOTPFailuresIn(userID string) func(tx any) error {
-	return b.inTx(func(tx *bolt.Tx) error {
-		uk, ok := userKey(userID)
-		if !ok {
-			return nil
+	return b.changeIn(userID, func(tx *bolt.Tx, uk []byte) error {
+		if _, err := getUser(tx, uk); err != nil {
+			return err // gone: nothing to unlock, and no row saying so
 		}
 		return clearTOTPFailuresIn(tx, uk)
 	})
@@ -432,16 +431,8 @@ func (b *Bolt) ConsumeRecoveryCode(ctx context.Context, userID string, hash []by
 // ConsumeRecoveryCode in tx.
 func (b *Bolt) ConsumeRecoveryCodeIn(userID string, hash []byte) func(tx any) error {
 	return b.changeIn(userID, func(tx *bolt.Tx, uk []byte) error {
-		if len(hash) != recoveryHashLen {
-			return authcore.ErrNotFound
-		}
 		codes := bucket(tx, bktRecoveryCodes).Get(uk)
-		found := -1
-		for i := 0; i+recoveryHashLen <= len(codes); i += recoveryHashLen {
-			if subtle.ConstantTimeCompare(codes[i:i+recoveryHashLen], hash) == 1 {
-				found = i
-			}
-		}
+		found := findRecoveryCode(codes, hash)
 		if found < 0 {
 			return authcore.ErrNotFound
 		}
@@ -452,6 +443,35 @@ func (b *Bolt) ConsumeRecoveryCodeIn(userID string, hash []byte) func(tx any) er
 		}
 		return clearTOTPFailuresIn(tx, uk) // a recovery code opens a locked app
 	})
+}
+
+// findRecoveryCode returns the offset of hash in codes, the user's
+// stored hashes, or -1. Every stored hash is compared, in constant time,
+// whatever matched.
+func findRecoveryCode(codes, hash []byte) int {
+	if len(hash) != recoveryHashLen {
+		return -1
+	}
+	found := -1
+	for i := 0; i+recoveryHashLen <= len(codes); i += recoveryHashLen {
+		if subtle.ConstantTimeCompare(codes[i:i+recoveryHashLen], hash) == 1 {
+			found = i
+		}
+	}
+	return found
+}
+
+// HasRecoveryCode implements authcore.MFAStore.
+func (b *Bolt) HasRecoveryCode(ctx context.Context, userID string, hash []byte) (found bool, err error) {
+	uk, ok := userKey(userID)
+	if !ok {
+		return false, nil
+	}
+	err = b.db.View(func(tx *bolt.Tx) error {
+		found = findRecoveryCode(bucket(tx, bktRecoveryCodes).Get(uk), hash) >= 0
+		return nil
+	})
+	return found, err
 }
 
 // CountRecoveryCodes implements authcore.MFAStore.

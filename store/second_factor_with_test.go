@@ -64,6 +64,30 @@ func (w *withRows) rows() int {
 	return auditKeys(w.t, w.b, bktAuditRows)
 }
 
+// enrolled makes a user with an authenticator app, and returns it as
+// stored now, the app's secret and the recovery codes.
+func (e *mfaEnv) enrolled(t *testing.T, email string) (*authcore.User, string, []string) {
+	t.Helper()
+	u := e.user(t, email)
+	secret, codes := e.enrol(t, u)
+	u, err := e.st.UserByID(e.ctx, u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u, secret, codes
+}
+
+// passwordSession signs u in with the password alone (pending when u has
+// a second factor).
+func (e *mfaEnv) passwordSession(t *testing.T, u *authcore.User) *authcore.Session {
+	t.Helper()
+	_, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func (e *mfaEnv) sessionExists(t *testing.T, id authcore.SessionID) bool {
 	t.Helper()
 	_, err := e.st.GetSession(e.ctx, id)
@@ -127,13 +151,8 @@ func TestVerifyTOTPWithItsRows(t *testing.T) {
 func TestUseRecoveryCodeWithItsRows(t *testing.T) {
 	e := newMFAEnv(t)
 	w := newWithRows(t, e)
-	u := e.user(t, "bob@example.com")
-	_, codes := e.enrol(t, u)
-	u, _ = e.st.UserByID(e.ctx, u.ID)
-	_, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	u, _, codes := e.enrolled(t, "bob@example.com")
+	s := e.passwordSession(t, u)
 	used := []string{"mfa.challenge.success", "mfa.recovery_code.used", "auth.login.success"}
 	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], w.failing(used...)); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("UseRecoveryCodeWith, the commit failing: %v; want its error", err)
@@ -141,8 +160,14 @@ func TestUseRecoveryCodeWithItsRows(t *testing.T) {
 	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount || !e.sessionExists(t, s.ID) || w.rows() != 0 {
 		t.Fatalf("the commit failed: %d codes left, session kept %v, %d rows; want all codes, the session, no rows", n, e.sessionExists(t, s.ID), w.rows())
 	}
-	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, "0000-0000-0000", w.commit(used...)); !errors.Is(err, authcore.ErrInvalidCode) {
-		t.Errorf("an unknown code: %v; want ErrInvalidCode", err)
+	// An unknown code is refused before the commit: its refusal would
+	// have the audit log commit the rows it shared a batch with again.
+	committed := false
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, "0000-0000-0000", func(change func(tx any) error) error {
+		committed = true
+		return w.commit(used...)(change)
+	}); !errors.Is(err, authcore.ErrInvalidCode) || committed {
+		t.Errorf("an unknown code: %v, committed %v; want ErrInvalidCode before any commit", err, committed)
 	}
 	_, next, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], w.commit(used...))
 	if err != nil {
@@ -151,14 +176,12 @@ func TestUseRecoveryCodeWithItsRows(t *testing.T) {
 	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount-1 || e.sessionExists(t, s.ID) || !next.MFA() || w.rows() != 3 {
 		t.Errorf("after the commit: %d codes left, old session kept %v, mfa %v, %d rows", n, e.sessionExists(t, s.ID), next.MFA(), w.rows())
 	}
-	// An ended session spends no code, and the code is not even checked.
+	// An ended session spends no code.
 	if _, err := e.svc.EndSession(e.ctx, next.ID); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []string{codes[1], "0000-0000-0000"} {
-		if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, next.ID, c, w.commit(used...)); !errors.Is(err, authcore.ErrNoSession) {
-			t.Errorf("UseRecoveryCodeWith(%s) on an ended session: %v; want ErrNoSession", c, err)
-		}
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, next.ID, codes[1], w.commit(used...)); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("UseRecoveryCodeWith on an ended session: %v; want ErrNoSession", err)
 	}
 	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount-1 {
 		t.Errorf("%d codes left; want none spent on an ended session", n)
@@ -171,10 +194,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 	e := newMFAEnv(t)
 	w := newWithRows(t, e)
 	u := e.user(t, "carol@example.com")
-	_, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := e.passwordSession(t, u)
 	en, err := e.svc.BeginTOTP(e.ctx, u, s.ID, "Example")
 	if err != nil {
 		t.Fatal(err)
@@ -202,10 +222,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 
 	// A session ended before the confirmation sets nothing up.
 	v := e.user(t, "dave@example.com")
-	_, s, err = e.svc.StartSession(e.ctx, v, []string{authcore.AMRPassword}, authcore.ClientMeta{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = e.passwordSession(t, v)
 	if en, err = e.svc.BeginTOTP(e.ctx, v, s.ID, "Example"); err != nil {
 		t.Fatal(err)
 	}
@@ -225,8 +242,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 	e := newMFAEnv(t)
 	w := newWithRows(t, e)
-	u := e.user(t, "erin@example.com")
-	secret, old := e.enrol(t, u)
+	u, secret, old := e.enrolled(t, "erin@example.com")
 	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, w.failing("mfa.recovery_code.regenerated")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("RegenerateRecoveryCodesWith, the commit failing: %v; want its error", err)
 	}
@@ -281,7 +297,47 @@ func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 	if err := e.svc.UnlockWith(u.ID, w.commit("admin.user.unlock")); err != nil {
 		t.Fatal(err)
 	}
+	// A user deleted meanwhile: nothing to unlock, and no row saying so.
+	if err := e.svc.UnlockWith("0190a3c4-0000-7000-8000-000000000000", w.commit("admin.user.unlock")); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("UnlockWith of no user: %v; want ErrNotFound", err)
+	}
 	if locked, _ := e.svc.TOTPLocked(e.ctx, u.ID); locked || banned() || w.rows() != rows+1 {
 		t.Errorf("after the unlock: app locked %v, banned %v, %d new rows; want neither lock, its row", locked, banned(), w.rows()-rows)
+	}
+}
+
+// A session that ends between the check of a code and the commit (here,
+// just before the commit) signs nobody in, and spends no code: the
+// session is replaced in the commit, before the code is spent.
+func TestSecondFactorSessionEndedBeforeTheCommit(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u, secret, codes := e.enrolled(t, "fay@example.com")
+	ending := func(id authcore.SessionID) authcore.Commit {
+		return func(change func(tx any) error) error {
+			if _, err := e.svc.EndSession(e.ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			return w.commit("mfa.challenge.success")(change)
+		}
+	}
+	e.clk.Advance(30 * time.Second)
+	code := mfaRefTOTP(t, secret, e.clk.Now())
+	s := e.passwordSession(t, u)
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, u.ID, s.ID, code, ending(s.ID)); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("VerifyTOTPWith, the session ended before the commit: %v; want ErrNoSession", err)
+	}
+	if err := e.svc.VerifyTOTP(e.ctx, u.ID, code); err != nil {
+		t.Errorf("the code refused for an ended session was spent: %v", err)
+	}
+	s = e.passwordSession(t, u)
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], ending(s.ID)); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("UseRecoveryCodeWith, the session ended before the commit: %v; want ErrNoSession", err)
+	}
+	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount {
+		t.Errorf("%d recovery codes left; want none spent on an ended session", n)
+	}
+	if n := w.rows(); n != 0 {
+		t.Errorf("%d rows; want none", n)
 	}
 }
