@@ -768,17 +768,24 @@ func TestRecordAllWith(t *testing.T) {
 // requests before and after it included.
 func TestRecordAllWithInABatch(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		refusedAt  int // which queued request refuses its change
-		wantStored int
+		name         string
+		refusedAt    int  // which queued request refuses its change
+		storedSecond bool // the request of three refused for its second row, stored already
+		wantStored   int
 	}{
-		{"a single row refused after a request of three", 1, 1 + 3 + 1},
-		{"a request of three refused", 0, 1 + 1 + 1},
+		{"a single row refused after a request of three", 1, false, 1 + 3 + 1},
+		{"a request of three refused", 0, false, 1 + 1 + 1},
+		{"a request of three refused for its second row", -1, true, 1 + 1 + 1 + 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := newMemStore()
 			l := newTestLog(t, st, newFakeTime(), Options{})
 			ctx := context.Background()
+			three := []Row{sampleRow("mfa.challenge.success"), sampleRow("mfa.recovery_code.used"), sampleRow("auth.login.success")}
+			if tc.storedSecond {
+				three[1] = mustRecord(t, l, three[1])
+				tc.refusedAt = 0
+			}
 			started := make(chan struct{})
 			calls := 0
 			const queued = 3
@@ -792,9 +799,12 @@ func TestRecordAllWithInABatch(t *testing.T) {
 				}
 			}
 			refused := errors.New("refused")
+			if tc.storedSecond {
+				refused = ErrInvalidRow
+			}
 			change := func(i int) func(any) error {
 				return func(any) error {
-					if i == tc.refusedAt {
+					if i == tc.refusedAt && !tc.storedSecond {
 						return refused
 					}
 					return nil
@@ -804,7 +814,6 @@ func TestRecordAllWithInABatch(t *testing.T) {
 			first := make(chan error, 1)
 			go func() { first <- l.Record(ctx, sampleRow("auth.logout")) }()
 			<-started // the first commit is held while the others queue, in order
-			three := []Row{sampleRow("mfa.challenge.success"), sampleRow("mfa.recovery_code.used"), sampleRow("auth.login.success")}
 			for i := range queued {
 				errs[i] = make(chan error, 1)
 				go func() {
@@ -841,6 +850,9 @@ func TestRecordAllWithInABatch(t *testing.T) {
 			st.mu.Lock()
 			appends := st.appends
 			st.mu.Unlock()
+			if tc.storedSecond {
+				appends-- // the stored row's own
+			}
 			if appends != 3 {
 				t.Errorf("%d commits; want 3: the first row's, the batch, the batch without the refused request", appends)
 			}

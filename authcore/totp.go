@@ -394,7 +394,8 @@ func (s *Service) failTOTP(ctx context.Context, userID string, wrong error) erro
 	case errors.Is(err, ErrNotFound):
 		return ErrNotEnrolled // removed meanwhile
 	case err != nil:
-		return fmt.Errorf("counting a wrong TOTP code: %w", err)
+		// Still the wrong code it was: callers count the attempt.
+		return fmt.Errorf("%w; and counting it against the app: %w", wrong, err)
 	case n == s.cfg.MaxTOTPFailures:
 		return fmt.Errorf("%w (%w)", wrong, ErrTOTPLocked)
 	}
@@ -416,7 +417,8 @@ func (s *Service) TOTPLocked(ctx context.Context, userID string) (bool, error) {
 
 // UnlockTOTP clears the count of wrong codes of the user's authenticator
 // app, so a locked one accepts codes again. A user without one is not an
-// error. An administrator's unlock is UnlockWith.
+// error; one that does not exist is ErrNotFound. An administrator's
+// unlock is UnlockWith.
 func (s *Service) UnlockTOTP(ctx context.Context, userID string) error {
 	return s.store.ClearTOTPFailures(ctx, userID)
 }

@@ -318,3 +318,38 @@ func TestRecoveryCodesAuditFailsClosed(t *testing.T) {
 		t.Errorf("the code once rows are written: status %d, %d left; want 303, one spent", r.StatusCode, left())
 	}
 }
+
+// A session replaced between the admin's page and the revocation (its
+// user passed a second factor in it, which gives it a new id) is not
+// revoked by the old id's form, and the answer says so: a success would
+// leave the session that stands alive behind it.
+func TestRevokeOfAReplacedSession(t *testing.T) {
+	e, _, target := startAdminUI(t)
+	ctx := context.Background()
+	sess, _ := mustSession(t, e, target)
+	var next *authcore.Session
+	replace := func(r audit.Row) error {
+		if r.Action == "session.revoked" && next == nil {
+			var err error
+			if _, next, err = e.rt().auth.CompleteSecondFactor(ctx, sess.ID, authcore.AMROTP); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	}
+	e.rt().failRecord.Store(&replace)
+	t.Cleanup(func() { e.rt().failRecord.Store(nil) })
+	code, body := e.apiPost("/sessions/" + sess.ID.String() + "/revoke")
+	if code != http.StatusNotFound {
+		t.Errorf("revoking a session replaced meanwhile: status %d; want 404\n%s", code, body)
+	}
+	if next == nil {
+		t.Fatal("the session was not replaced")
+	}
+	if _, err := e.rt().store.GetSession(ctx, next.ID); err != nil {
+		t.Errorf("the session that replaced it: %v; want it alive", err)
+	}
+	if n := len(e.auditRows("session.revoked")); n != 0 {
+		t.Errorf("%d session.revoked rows; want none", n)
+	}
+}

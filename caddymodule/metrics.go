@@ -46,11 +46,11 @@ var processMetrics = sync.OnceValue(func() *metrics {
 			Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2, 0.1},
 		}),
 		auditAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sigra_audit_append_seconds", Help: "Time to append an audit row durably (appends that succeed; failures count in sigra_audit_append_failures_total).",
+			Name: "sigra_audit_append_seconds", Help: "Time to append audit rows durably, one sample per append (a row, or the rows of one change; appends that succeed; failures count in sigra_audit_append_failures_total).",
 			Buckets: prometheus.ExponentialBuckets(1e-4, 2.5, 10),
 		}),
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sigra_audit_append_failures_total", Help: "Audit rows that could not be appended; each fails the action it records (audit is fail-closed).",
+			Name: "sigra_audit_append_failures_total", Help: "Audit appends (a row, or the rows of one change) that could not be written; each fails the action it records (audit is fail-closed), except a sign-out or a revocation, which ends the session all the same.",
 		}),
 	}
 	// Known series start at zero, so dashboards see them before the first event.

@@ -157,9 +157,17 @@ func (q *preq) mfaSubmit() error {
 	}
 	if errors.Is(err, authcore.ErrNoSession) {
 		// Ended meanwhile (revoked, or expired): nobody is signed in by
-		// the code, and it is not spent.
-		if err := att.Abandon(q.ctx()); err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
+		// the code, and it is not spent. It still counts as an attempt
+		// (not a failed guess, for the metrics): whoever can end the
+		// session at the right moment (a sign-out sent with the code)
+		// must not be able to test codes without spending or counting
+		// them.
+		res, ferr := att.Fail(q.ctx())
+		if ferr != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, ferr)
+		}
+		if err := q.auditLockout(p.User.ID, res, "mfa"); err != nil {
+			return err
 		}
 		failed.meta["reason"] = "session_ended"
 		if err := q.audit(failed); err != nil {
@@ -171,7 +179,9 @@ func (q *preq) mfaSubmit() error {
 		return nil
 	}
 	if err != nil {
-		// The store or the rows failed: nothing was proven or spent.
+		// The store or the rows failed: nothing was spent, and no guess
+		// was refused (a wrong code is ErrInvalidCode, even when
+		// counting it failed).
 		if aerr := att.Abandon(q.ctx()); aerr != nil {
 			q.p.logger.Error("taking back a second-factor attempt", zap.String("user", p.User.ID), zap.Error(aerr))
 		}
@@ -445,6 +455,10 @@ func (q *preq) recoveryRegenerate() error {
 	if p == nil {
 		return err
 	}
+	// A form sent twice makes two sets, one after the other: the second
+	// answer, the one a browser shows, lists the set that stands.
+	unlock := accountChange.lock(p.User.ID)
+	defer unlock()
 	// The new codes and their row in one transaction: the old codes
 	// stop working only when the row is stored.
 	var codes []string

@@ -368,7 +368,7 @@ func (q *preq) loginSubmit() error {
 		}
 	}
 	if old != nil {
-		if err := q.endSession(old.Session.ID, event{action: "auth.logout", actor: old.User.ID, subject: old.User.ID, outcome: "success",
+		if _, err := q.endSession(old.Session.ID, event{action: "auth.logout", actor: old.User.ID, subject: old.User.ID, outcome: "success",
 			meta: map[string]string{"reason": "signed_in_again"}}); err != nil {
 			return err
 		}
@@ -463,12 +463,14 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 }
 
 // endSession ends the session id and writes ev, its auth.logout or
-// session.revoked row, in one commit. A session ended already (the same
-// form sent twice, a twin tab) writes no row again. When the row cannot
-// be written the session ends all the same, without it: a sign-out or
-// the revocation of a stolen session must not wait for the audit log;
-// the answer is then the error.
-func (q *preq) endSession(id authcore.SessionID, ev event) error {
+// session.revoked row, in one commit, and reports whether this call
+// ended it. A session ended already (the same form sent twice, a twin
+// tab), or replaced by a new one (a second factor passed), is not
+// ended here, and writes no row. When the row cannot be written the
+// session ends all the same, without it: a sign-out or the revocation
+// of a stolen session must not wait for the audit log; the answer is
+// then the error.
+func (q *preq) endSession(id authcore.SessionID, ev event) (ended bool, _ error) {
 	refused, err := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		return q.rt.auth.EndSessionWith(id, commit)
 	})
@@ -476,16 +478,21 @@ func (q *preq) endSession(id authcore.SessionID, ev event) error {
 	case err != nil:
 		q.p.logger.Error("writing the audit row of a session's end failed; ending the session without it", zap.String("action", ev.action), zap.Error(err))
 		if _, eerr := q.rt.auth.EndSession(q.ctx(), id); eerr != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, eerr)
+			return false, caddyhttp.Error(http.StatusInternalServerError, eerr)
 		}
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s: %w", ev.action, err))
+		return true, caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s: %w", ev.action, err))
 	case errors.Is(refused, authcore.ErrNotFound):
-		return nil
+		return false, nil
 	case refused != nil:
-		return caddyhttp.Error(http.StatusInternalServerError, refused)
+		return false, caddyhttp.Error(http.StatusInternalServerError, refused)
 	}
-	return nil
+	return true, nil
 }
+
+// sessionGone is what a revocation says of a session that ended, or was
+// replaced, before it: its user may have passed a second factor since
+// the list was shown, and the session that stands has another id.
+const sessionGone = "That session has ended, or it changed (a second factor passed in it gives it a new entry): check the list again."
 
 func (q *preq) setSessionCookie(token string) {
 	http.SetCookie(q.w, &http.Cookie{
@@ -522,7 +529,7 @@ func (q *preq) logoutSubmit() error {
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/logout")
 	}
-	if err := q.endSession(p.Session.ID, event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+	if _, err := q.endSession(p.Session.ID, event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
 		return err
 	}
 	q.clearSessionCookie()
@@ -627,8 +634,12 @@ func (q *preq) revokeSession() error {
 	// (the same form sent twice) is neither ended nor recorded again.
 	ev := event{action: "session.revoked", actor: p.User.ID, subject: p.User.ID, outcome: "success",
 		meta: map[string]string{"session": id.String()}}
-	if err := q.endSession(id, ev); err != nil {
+	ended, err := q.endSession(id, ev)
+	if err != nil {
 		return err
+	}
+	if !ended {
+		return q.message(http.StatusNotFound, "Not found", sessionGone, q.p.app.Prefix+"/account")
 	}
 	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil

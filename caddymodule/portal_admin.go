@@ -279,9 +279,9 @@ func (q *preq) adminUserList(defaultLimit int) (*userResult, error) {
 }
 
 // adminRevoke ends a session as the admin p and writes session.revoked
-// (actor_type admin), unless another request ended it meanwhile. It
-// returns the session id and its user's id; an id that names no session
-// is ErrNotFound.
+// (actor_type admin). It returns the session id and its user's id; an
+// id that names no session, or one ended or replaced meanwhile, is
+// ErrNotFound.
 func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionID, string, error) {
 	id, err := authcore.ParseSessionID(sid)
 	if err != nil {
@@ -291,12 +291,18 @@ func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionI
 	if err != nil {
 		return id, "", err
 	}
-	// One transaction with its row; ended meanwhile by another request,
-	// it has that one's row.
+	// One transaction with its row. Ended meanwhile by another request,
+	// it has that one's row; replaced meanwhile (a second factor passed
+	// in it), the session that stands is another: neither is revoked
+	// here.
 	ev := event{action: "session.revoked", actor: p.User.ID, actorType: audit.ActorAdmin, subject: s.UserID, outcome: "success",
 		meta: map[string]string{"session": id.String()}}
-	if err := q.endSession(id, ev); err != nil {
+	ended, err := q.endSession(id, ev)
+	if err != nil {
 		return id, "", err
+	}
+	if !ended {
+		return id, "", fmt.Errorf("%w: %s", authcore.ErrNotFound, sessionGone)
 	}
 	return id, s.UserID, nil
 }

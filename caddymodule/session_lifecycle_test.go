@@ -310,7 +310,8 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 // A right code whose session ended while it was checked (here, the
 // session's lifetime ran out while the form waited for the user's lock)
 // signs nobody in, and says so in a row, instead of a 500. Nor is the
-// code spent: a recovery code stays good, and has no row.
+// code spent: a recovery code stays good, and has no row. The attempt
+// counts with the Regulator all the same.
 func TestMFASessionEndedMeanwhile(t *testing.T) {
 	fake, e, u, secret, codes := startEnrolled(t, "", "meg@example.com")
 	count := func(result string) float64 {
@@ -351,6 +352,15 @@ func TestMFASessionEndedMeanwhile(t *testing.T) {
 		}
 		if r.StatusCode != http.StatusSeeOther || !strings.Contains(r.Header.Get("Location"), "/.sigra/login") {
 			t.Fatalf("%s: status %d to %q; want 303 to sign in", field, r.StatusCode, r.Header.Get("Location"))
+		}
+		// Not spent, but counted against the codes' key: ending the
+		// session at the right moment is no free way to test codes.
+		st, err := e.rt().store.RegulationState(context.Background(), authcore.UserMFAKey(u.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(st.Attempts); n != 1 {
+			t.Errorf("%s: %d attempts counted for the codes; want this one", field, n)
 		}
 	}
 	rows := e.auditRows("mfa.challenge.failure")

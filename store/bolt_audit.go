@@ -359,7 +359,7 @@ func (b *Bolt) AppendAudit(ctx context.Context, entries []audit.Entry) ([]bool, 
 				if e.With != nil {
 					// Its change cannot be told made: refused, not
 					// answered as stored.
-					return &audit.EntryError{Index: i, Err: fmt.Errorf("row %s: %w: stored already, so its change is not made with it", e.Row.ID, audit.ErrInvalidRow)}
+					return &audit.EntryError{Index: i, Err: fmt.Errorf("row %s: %w: stored already, so the change it comes with is not made", e.Row.ID, audit.ErrInvalidRow)}
 				}
 				continue // idempotent: this row (id + occurred_at) is stored
 			}

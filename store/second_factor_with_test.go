@@ -341,3 +341,55 @@ func TestSecondFactorSessionEndedBeforeTheCommit(t *testing.T) {
 		t.Errorf("%d rows; want none", n)
 	}
 }
+
+// failTOTPStore fails to count wrong codes.
+type failTOTPStore struct{ *Bolt }
+
+func (failTOTPStore) FailTOTP(context.Context, string) (int, error) {
+	return 0, errors.New("disk full")
+}
+
+// A wrong code whose count fails is still a wrong code: callers count
+// the attempt with the Regulator instead of taking it back as one that
+// checked nothing.
+func TestWrongTOTPCodeWhoseCountFails(t *testing.T) {
+	e := newMFAEnvOn(t, failTOTPStore{openAuthBolt(t)})
+	u := e.user(t, "gus@example.com")
+	secret, _ := e.enrol(t, u)
+	s := e.passwordSession(t, u)
+	wrong := wrongTOTP(t, secret, e.clk.Now())
+	if err := e.svc.VerifyTOTP(e.ctx, u.ID, wrong); !errors.Is(err, authcore.ErrInvalidCode) {
+		t.Errorf("VerifyTOTP of a wrong code, its count failing: %v; want ErrInvalidCode", err)
+	}
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, u.ID, s.ID, wrong, func(func(tx any) error) error {
+		t.Error("a wrong code reached the commit")
+		return nil
+	}); !errors.Is(err, authcore.ErrInvalidCode) {
+		t.Errorf("VerifyTOTPWith of a wrong code, its count failing: %v; want ErrInvalidCode", err)
+	}
+}
+
+// A change whose second row is stored already is not made: that row
+// cannot say whether the change went with it. On bbolt the change runs
+// with the first row, then the second is found, and the transaction
+// takes both back.
+func TestChangeWithAStoredSecondRow(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "hal@example.com")
+	stored, err := w.log.RecordRow(e.ctx, rowsOf([]string{"auth.logout"})[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := []audit.Row{rowsOf([]string{"admin.user.disable"})[0], stored}
+	err = w.log.RecordAllWith(e.ctx, rows, e.st.UpdateUserIn(u.ID, true, func(u *authcore.User) error { u.Disabled = true; return nil }))
+	if !errors.Is(err, audit.ErrInvalidRow) {
+		t.Errorf("RecordAllWith with a stored second row: %v; want ErrInvalidRow", err)
+	}
+	if got, err := e.st.UserByID(e.ctx, u.ID); err != nil || got.Disabled {
+		t.Errorf("the change of a request with a stored row was made: %+v, %v", got, err)
+	}
+	if n := w.rows(); n != 1 {
+		t.Errorf("%d rows; want the stored one alone", n)
+	}
+}
