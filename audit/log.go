@@ -89,11 +89,7 @@ type Log struct {
 // together or not at all.
 type request struct {
 	es   []Entry
-	done chan result
-}
-
-type result struct {
-	err error
+	done chan error // the commit's answer: nil once stored
 }
 
 // New returns a Log that records into st. rows receives every recorded
@@ -218,7 +214,7 @@ func (l *Log) RecordAllWith(ctx context.Context, rows []Row, change func(tx any)
 // its commit. It returns the rows as stored.
 func (l *Log) record(ctx context.Context, rows []Row, with func(tx any) error) ([]Row, error) {
 	rows = slices.Clone(rows)
-	req := &request{es: make([]Entry, len(rows)), done: make(chan result, 1)}
+	req := &request{es: make([]Entry, len(rows)), done: make(chan error, 1)}
 	for i := range rows {
 		r := &rows[i]
 		pos, err := r.normalize(l.newID, l.clk.Now())
@@ -276,9 +272,8 @@ func (l *Log) record(ctx context.Context, rows []Row, with func(tx any) error) (
 		return notRecorded()
 	}
 	l.closeMu.RUnlock()
-	res := <-req.done
-	if res.err != nil {
-		return nil, fmt.Errorf("audit: recording %s: %w", name(), res.err)
+	if err := <-req.done; err != nil {
+		return nil, fmt.Errorf("audit: recording %s: %w", name(), err)
 	}
 	return rows, nil
 }
@@ -337,7 +332,7 @@ func (l *Log) commit(batch []*request) {
 		if rest, refused, ins, ok := l.narrow(batch, err); ok {
 			l.answer(rest, ins, nil)
 			for _, r := range refused {
-				r.req.done <- result{err: r.err}
+				r.req.done <- r.err
 			}
 			return
 		}
@@ -424,7 +419,7 @@ func (l *Log) appendBatch(batch []*request) ([][]bool, error) {
 func (l *Log) answer(batch []*request, inserted [][]bool, err error) {
 	var fresh []Row
 	for k, r := range batch {
-		r.done <- result{err: err}
+		r.done <- err
 		if err != nil {
 			continue
 		}

@@ -396,14 +396,17 @@ func (b *Bolt) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [
 // ReplaceRecoveryCodesIn implements authcore.ChangeStore:
 // ReplaceRecoveryCodes in tx.
 func (b *Bolt) ReplaceRecoveryCodesIn(userID string, hashes [][]byte) func(tx any) error {
-	uk, err := mfaUserKey(userID)
-	if err == nil {
-		var codes []byte
-		if codes, err = joinHashes(hashes); err == nil {
-			return b.inTx(func(tx *bolt.Tx) error { return replaceRecoveryCodes(tx, uk, codes) })
+	codes, hashErr := joinHashes(hashes)
+	return b.inTx(func(tx *bolt.Tx) error {
+		uk, err := mfaUserKey(userID)
+		if err != nil {
+			return err
 		}
-	}
-	return func(any) error { return err }
+		if hashErr != nil {
+			return hashErr
+		}
+		return replaceRecoveryCodes(tx, uk, codes)
+	})
 }
 
 func replaceRecoveryCodes(tx *bolt.Tx, uk, codes []byte) error {
