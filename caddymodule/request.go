@@ -40,23 +40,28 @@ const (
 // to Windows servers. Browsers resolve dot segments and never send
 // them, and paths rarely carry ';' or '\'; refusing them is the only
 // way to be sure that the gate and the app agree. For an app that
-// decodes a path twice, or reads overlong UTF-8 (%c0%ae is '.' to some
-// old decoders), a dot, slash, backslash or ';' encoded twice
-// (%252e…) and the bytes of overlong forms are refused alike. params
-// allows ';' (path_params allow). Cheap: one scan of the path for the
-// usual one.
+// decodes a path twice, any character encoded twice (%252e, %2561: the
+// gate decides on /%61dmin, the app serves /admin) is refused, and for
+// one that reads overlong UTF-8 (%c0%ae, %e0%80%ae are '.' to some old
+// decoders) the lead bytes of overlong forms are. params allows ';'
+// (path_params allow), also encoded twice. Cheap: one scan of the path
+// for the usual one.
 func pathRefusal(path string, params bool) string {
 	for i := 0; i < len(path); i++ {
 		switch path[i] {
 		case '%':
-			if i+2 < len(path) {
-				hi, lo := path[i+1], path[i+2]|0x20 // the second hex digit in lower case
-				if hi == '2' && (lo == 'e' || lo == 'f') || hi == '5' && lo == 'c' || hi == '3' && lo == 'b' && !params {
-					return `a ".", "/", "\" or ";" encoded twice`
-				}
+			// The path is decoded once: a '%' left before two hex digits
+			// was written as %25XX.
+			if i+2 < len(path) && isHex(path[i+1]) && isHex(path[i+2]) &&
+				!(params && path[i+1] == '3' && path[i+2]|0x20 == 'b') {
+				return "a character encoded twice"
 			}
 		case 0xc0, 0xc1:
 			return "an overlong UTF-8 sequence"
+		case 0xe0, 0xf0, 0xf8, 0xfc:
+			if i+1 < len(path) && overlongUTF8(path[i], path[i+1]) {
+				return "an overlong UTF-8 sequence"
+			}
 		case '\\':
 			return "a backslash"
 		case ';':
@@ -78,6 +83,31 @@ func pathRefusal(path string, params bool) string {
 		}
 	}
 	return ""
+}
+
+// overlongUTF8 reports whether lead, followed by next, starts an
+// overlong UTF-8 form: one of more bytes than its value needs, which
+// decoders that accept it read as the shorter character ('.' or '/'
+// among them). 0xc0 and 0xc1 start nothing else; these lead bytes start
+// an overlong form only before a low continuation byte, so Latin-1
+// paths (0xe0 is 'à') still pass.
+func overlongUTF8(lead, next byte) bool {
+	var limit byte // the lowest continuation byte of a form that is not overlong
+	switch lead {
+	case 0xe0:
+		limit = 0xa0
+	case 0xf0:
+		limit = 0x90
+	case 0xf8:
+		limit = 0x88
+	case 0xfc:
+		limit = 0x84
+	}
+	return 0x80 <= next && next < limit
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // refusePath answers a request whose path pathRefusal refused with 400.

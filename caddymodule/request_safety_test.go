@@ -192,6 +192,12 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 		// For apps that decode twice, or read overlong UTF-8.
 		"/public/%252e%252e/admin/panel", "/public/x/..%252fadmin/panel", "/public/%252E%252E%252Fadmin/panel",
 		"/public/..%255cadmin/panel", "/admin%253bx/panel", "/public/%c0%ae%c0%ae/admin/panel", "/public/%c0%afadmin",
+		// Any character encoded twice: /%61dmin to the gate, /admin to
+		// an app that decodes twice.
+		"/%2561dmin/panel", "/%2541DMIN/panel", "/docs/%2561",
+		// Overlong forms of every length.
+		"/public/%e0%80%ae%e0%80%ae/admin/panel", "/public/%e0%80%ae%e0%80%ae%e0%80%afadmin",
+		"/public/%f0%80%80%ae%f0%80%80%ae/admin/panel", "/public/%f8%80%80%80%ae/admin", "/public/%fc%80%80%80%80%ae/admin",
 	}
 	for _, target := range refused {
 		for who, hdr := range map[string]map[string]string{"signed in": signedIn, "anonymous": anon} {
@@ -209,7 +215,9 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 	for target, want := range map[string]int{
 		"/admin/panel": http.StatusForbidden, "/public/x": http.StatusOK, "/.well-known/x": http.StatusOK,
 		"/docs/v1.2/..x": http.StatusOK, "/docs/x..": http.StatusOK, "/docs/.x/y.": http.StatusOK,
-		"/docs?q=../x;y": http.StatusOK, "/docs/100%25": http.StatusOK, "/docs/%2561": http.StatusOK, "/docs/caf%c3%a9": http.StatusOK,
+		"/docs?q=../x;y": http.StatusOK, "/docs/100%25": http.StatusOK, "/docs/50%25off": http.StatusOK, "/docs/%25zz": http.StatusOK,
+		"/docs/caf%c3%a9": http.StatusOK, "/docs/caf%e9": http.StatusOK, "/docs/%e0la": http.StatusOK, "/docs/%e0%a4%85": http.StatusOK,
+		"/docs/%f0%9f%98%80": http.StatusOK,
 	} {
 		if code, body := rawGet(t, e, target, signedIn); code != want {
 			t.Errorf("%s: status %d %s; want %d", target, code, body, want)
@@ -258,9 +266,14 @@ func TestPathRefusal(t *testing.T) {
 		"/": "", "/a/b": "", "/.well-known/x": "", "/a/..b": "", "/a/b..": "", "/a/.b.": "", "/a.b/c": "",
 		"/..": "a dot segment", "/.": "a dot segment", "/a/./b": "a dot segment", "/a/../b": "a dot segment",
 		"/a/..": "a dot segment", "/a/.": "a dot segment", "/a;b": `a ";" parameter`, `/a\b`: "a backslash",
-		"/a/%2e%2e/b": `a ".", "/", "\" or ";" encoded twice`, "/a%2Fb": `a ".", "/", "\" or ";" encoded twice`,
-		"/a%5Cb": `a ".", "/", "\" or ";" encoded twice`, "/a%3bb": `a ".", "/", "\" or ";" encoded twice`,
-		"/a/\xc0\xae\xc0\xae/b": "an overlong UTF-8 sequence", "/100%": "", "/100%2": "", "/a%61": "", "/caf\xc3\xa9": "",
+		"/a/%2e%2e/b": "a character encoded twice", "/a%2Fb": "a character encoded twice",
+		"/a%5Cb": "a character encoded twice", "/a%3bb": "a character encoded twice", "/a%61": "a character encoded twice",
+		"/a%6A": "a character encoded twice", "/a%Zb": "", "/a%6": "", "/a%%61": "a character encoded twice",
+		"/a/\xc0\xae\xc0\xae/b": "an overlong UTF-8 sequence", "/100%": "", "/100%2": "", "/caf\xc3\xa9": "",
+		"/a/\xe0\x80\xae": "an overlong UTF-8 sequence", "/a/\xe0\x9f\xbf": "an overlong UTF-8 sequence",
+		"/a/\xf0\x80\x80\xae": "an overlong UTF-8 sequence", "/a/\xf0\x8f\xbf\xbf": "an overlong UTF-8 sequence",
+		"/a/\xf8\x80\x80\x80\xae": "an overlong UTF-8 sequence", "/a/\xfc\x80\x80\x80\x80\xae": "an overlong UTF-8 sequence",
+		"/a/\xe0\xa0\x80": "", "/a/\xf0\x90\x80\x80": "", "/caf\xe9": "", "/\xe0la": "", "/\xe0": "", "/\xf8\xf8": "",
 	} {
 		if got := pathRefusal(path, false); got != want {
 			t.Errorf("pathRefusal(%q) = %q; want %q", path, got, want)
@@ -269,11 +282,13 @@ func TestPathRefusal(t *testing.T) {
 	if got := pathRefusal("/a;b/c", true); got != "" {
 		t.Errorf("pathRefusal with params allowed = %q; want none", got)
 	}
-	if got := pathRefusal("/a%3bb/c", true); got != "" {
-		t.Errorf("pathRefusal(/a%%3bb/c) with params allowed = %q; want none", got)
-	}
-	if got := pathRefusal("/a/..;b/c", true); got != "a dot segment" {
-		t.Errorf("pathRefusal(/a/..;b/c) with params allowed = %q; want a dot segment", got)
+	// With ';' allowed, ';' encoded twice is allowed too, and nothing else.
+	for path, want := range map[string]string{
+		"/a%3bb/c": "", "/a%3Bb/c": "", "/a%61b/c": "a character encoded twice", "/a/..;b/c": "a dot segment",
+	} {
+		if got := pathRefusal(path, true); got != want {
+			t.Errorf("pathRefusal(%q) with params allowed = %q; want %q", path, got, want)
+		}
 	}
 }
 
