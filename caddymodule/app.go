@@ -680,8 +680,13 @@ func (a *App) awaitForce(ctx context.Context) bool {
 // assertion key. A config Caddy refuses must leave the store as it was.
 func (a *App) inForce(ctx context.Context, rt *runtime) {
 	a.life.prev.Store(nil)
+	before := rt.keys.ActiveKeyID()
 	if err := rt.keys.Save(ctx); err != nil {
 		a.logger.Error("storing the assertion keys failed; the key that signed goes on signing, and storing is tried again every 5 minutes", zap.Error(err))
+	} else if now := rt.keys.ActiveKeyID(); now != before {
+		// "sigra started" named the key that signed until this config
+		// was in force (another algorithm or signing_key).
+		a.logger.Info("the assertion key changed with the config", zap.String("assertion_kid", now), zap.String("retired_kid", before))
 	}
 	rt.audit.Start(ctx)
 }

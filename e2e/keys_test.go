@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // keyRows parses `caddy sigra keys list`: kid, alg and status per key,
@@ -90,6 +91,52 @@ func TestCLIKeys(t *testing.T) {
 	// An assertion signed before the rotation still verifies.
 	if kid, _ := g.verifyAssertion(old); kid != rotated[0][0] {
 		t.Errorf("the old assertion's kid %s", kid)
+	}
+
+	// A reload with another algorithm retires the key once the config
+	// is in force, and the log names the key that signs from then on
+	// ("sigra started" named the one that signed until then).
+	data, err := os.ReadFile(g.caddyfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := strings.Replace(string(data), "\tsigra {\n", "\tsigra {\n\t\tkeys {\n\t\t\talgorithm ES256\n\t\t}\n", 1)
+	if es == string(data) {
+		t.Fatal("the test Caddyfile has no global sigra block")
+	}
+	writeFile(t, g.caddyfile, es)
+	if r := runCaddy(t, g.home, "", "reload", "--config", g.caddyfile, "--adapter", "caddyfile"); r.code != 0 {
+		t.Fatalf("caddy reload to ES256\n%s\n%s", r, g.logs())
+	}
+	bob.client.CloseIdleConnections() // the old server closes them
+	var esKID string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if rows := keyRows(t, keys("list")); rows[0][1] == "ES256" && rows[0][2] == "active" {
+			esKID = rows[0][0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no active ES256 key after the reload\n%s", g.logs())
+		}
+	}
+	if kid, _ := g.verifyAssertion(assertion()); kid != esKID {
+		t.Errorf("after the reload to ES256 the assertion's kid is %s; want %s", kid, esKID)
+	}
+	changed := func() string {
+		for line := range strings.Lines(g.logs()) {
+			if strings.Contains(line, "the assertion key changed with the config") {
+				return line
+			}
+		}
+		return ""
+	}
+	for deadline := time.Now().Add(5 * time.Second); changed() == ""; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line naming the new key after the reload\n%s", g.logs())
+		}
+	}
+	if line := changed(); !strings.Contains(line, "assertion_kid="+esKID) || !strings.Contains(line, "retired_kid="+now[0][0]) {
+		t.Errorf("the key change's log line should name %s (signing) and %s (retired)\n%s", esKID, now[0][0], line)
 	}
 
 	export := runCaddy(t, g.home, "", "sigra", "audit", "export", "--config", g.caddyfile)
