@@ -37,9 +37,10 @@ const (
 // /admin/x by routers that match the raw path; /x/..;/admin/y and
 // /admin;p/y are /admin/y to servlet containers, which drop ';'
 // parameters, and never /admin/* to Caddy; a backslash is a separator
-// to Windows servers. Browsers resolve dot segments and never send
-// them, and paths rarely carry ';' or '\'; refusing them is the only
-// way to be sure that the gate and the app agree. For an app that
+// to Windows servers, which also read "..." and ".. " as "..".
+// Browsers resolve dot segments and never send them, and paths rarely
+// carry ';' or '\'; refusing them is the only way to be sure that the
+// gate and the app agree. For an app that
 // decodes a path twice, any character encoded twice (%252e, %2561: the
 // gate decides on /%61dmin, the app serves /admin) is refused, and for
 // one that reads overlong UTF-8 (%c0%ae, %e0%80%ae are '.' to some old
@@ -70,12 +71,13 @@ func pathRefusal(path string, params bool) string {
 			}
 		case '.':
 			if i > 0 && path[i-1] == '/' {
+				// Windows servers drop trailing dots and spaces, so
+				// "..." and ".. " are ".." to them; ..;x is .. to
+				// servlet containers, even with ';' allowed.
 				end := i + 1
-				if end < len(path) && path[end] == '.' {
+				for end < len(path) && (path[end] == '.' || path[end] == ' ') {
 					end++
 				}
-				// ..;x is .. to servlet containers, even with ';'
-				// allowed.
 				if end == len(path) || path[end] == '/' || path[end] == ';' {
 					return "a dot segment"
 				}

@@ -198,6 +198,8 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 		// Overlong forms of every length.
 		"/public/%e0%80%ae%e0%80%ae/admin/panel", "/public/%e0%80%ae%e0%80%ae%e0%80%afadmin",
 		"/public/%f0%80%80%ae%f0%80%80%ae/admin/panel", "/public/%f8%80%80%80%ae/admin", "/public/%fc%80%80%80%80%ae/admin",
+		// ".." to Windows servers, which drop trailing dots and spaces.
+		"/public/..%20/admin/panel", "/public/.../admin/panel", "/public/.%20./admin/panel",
 	}
 	for _, target := range refused {
 		for who, hdr := range map[string]map[string]string{"signed in": signedIn, "anonymous": anon} {
@@ -274,6 +276,9 @@ func TestPathRefusal(t *testing.T) {
 		"/a/\xf0\x80\x80\xae": "an overlong UTF-8 sequence", "/a/\xf0\x8f\xbf\xbf": "an overlong UTF-8 sequence",
 		"/a/\xf8\x80\x80\x80\xae": "an overlong UTF-8 sequence", "/a/\xfc\x80\x80\x80\x80\xae": "an overlong UTF-8 sequence",
 		"/a/\xe0\xa0\x80": "", "/a/\xf0\x90\x80\x80": "", "/caf\xe9": "", "/\xe0la": "", "/\xe0": "", "/\xf8\xf8": "",
+		// Windows servers drop trailing dots and spaces: all these are "..".
+		"/a/.../b": "a dot segment", "/a/.. /b": "a dot segment", "/a/. ": "a dot segment", "/a/. . ;x": "a dot segment",
+		"/a/.. x/b": "", "/a/ ../b": "", "/a/...x": "",
 	} {
 		if got := pathRefusal(path, false); got != want {
 			t.Errorf("pathRefusal(%q) = %q; want %q", path, got, want)
