@@ -71,10 +71,18 @@ func CheckGroupName(g string) error {
 	return nil
 }
 
+// MaxGroupsLen bounds a user's groups joined by commas, as they travel
+// in X-Sigra-Groups and the assertion, and in one audit metadata value
+// (audit.MaxMetaValueLen): a list cut there would hide a grant at its
+// end from the trail.
+const MaxGroupsLen = 1024
+
 // NormalizeGroups trims, drops empties and duplicates, and checks that
-// group names can travel in a comma-separated header.
+// group names can travel in a comma-separated header, and all of them
+// together in MaxGroupsLen.
 func NormalizeGroups(in []string) ([]string, error) {
 	var out []string
+	n := -1 // the commas between
 	for _, g := range in {
 		g = strings.TrimSpace(g)
 		if g == "" {
@@ -85,7 +93,11 @@ func NormalizeGroups(in []string) ([]string, error) {
 		}
 		if !slices.Contains(out, g) {
 			out = append(out, g)
+			n += len(g) + 1
 		}
+	}
+	if n > MaxGroupsLen {
+		return nil, fmt.Errorf("%w: %d groups of %d bytes in all (joined by commas); at most %d bytes", ErrInvalidInput, len(out), n, MaxGroupsLen)
 	}
 	return out, nil
 }

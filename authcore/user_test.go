@@ -2,6 +2,7 @@ package authcore
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -69,6 +70,14 @@ func TestNormalizeEmail(t *testing.T) {
 }
 
 func TestNormalizeGroups(t *testing.T) {
+	// n groups of 64 bytes, and one of last bytes: 65*n+last in all.
+	long := func(n, last int) []string {
+		var gs []string
+		for i := range n {
+			gs = append(gs, fmt.Sprintf("%02d", i)+strings.Repeat("g", 62))
+		}
+		return append(gs, strings.Repeat("z", last))
+	}
 	tests := []struct {
 		name    string
 		in      []string
@@ -92,6 +101,10 @@ func TestNormalizeGroups(t *testing.T) {
 		{name: "header injection", in: []string{"dev\r\nX-Sigra-User: admin"}, wantErr: true},
 		{name: "65 bytes", in: []string{strings.Repeat("g", 65)}, wantErr: true},
 		{name: "invalid UTF-8", in: []string{"a\xffb"}, wantErr: true},
+		// The list travels in one audit metadata value, cut beyond it.
+		{name: "1024 bytes in all", in: long(15, 49), want: long(15, 49)},
+		{name: "duplicates not counted", in: append(long(15, 49), long(15, 49)...), want: long(15, 49)},
+		{name: "1025 bytes in all", in: long(15, 50), wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -319,6 +320,42 @@ func TestAuditExportRangeBackwards(t *testing.T) {
 	}
 	if _, _, err := exportRange("2030-01-01", "2020-01-01", time.Now()); !errors.Is(err, audit.ErrBadTime) {
 		t.Errorf("exportRange since after until: %v; want ErrBadTime", err)
+	}
+}
+
+// A user's groups are bounded so that the audit row names every one: a
+// grant at the end of a longer list was cut from the row's metadata (and
+// X-Sigra-Groups grew without bound). The bound counts the admin group
+// that --admin adds.
+func TestGroupsBoundedByTheAuditRow(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("root@example.com", "admins")
+	e.addUser("gil@example.com", "dev")
+	cfPath := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := cliFlags{config: cfPath, adapter: "caddyfile"}
+	var groups []string // 15 × 64 bytes and 14 commas: 974
+	for i := range 15 {
+		groups = append(groups, fmt.Sprintf("%02d", i)+strings.Repeat("g", 62))
+	}
+	// With ",admins" that is 981; with a 43-byte group as well, 1025.
+	over := append(slices.Clone(groups), strings.Repeat("x", 43))
+	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "gil@example.com", Groups: over, Admin: true}); err == nil || !strings.Contains(err.Error(), "at most 1024 bytes") {
+		t.Errorf("1025 bytes of groups with --admin: %v; want an error naming the bound", err)
+	}
+	if rows := e.auditRows("admin.user.groups"); len(rows) != 0 {
+		t.Errorf("a refused groups change wrote rows: %+v", rows)
+	}
+	fits := append(slices.Clone(groups), strings.Repeat("x", 42))
+	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "gil@example.com", Groups: fits, Admin: true}); err != nil {
+		t.Fatalf("1024 bytes of groups with --admin: %v", err)
+	}
+	rows := e.auditRows("admin.user.groups")
+	want := strings.Join(append(fits, "admins"), ",")
+	if len(rows) != 1 || rows[0].Metadata["groups"] != want || !strings.HasSuffix(rows[0].Metadata["added"], ",admins") {
+		t.Errorf("admin.user.groups rows %+v; want the whole list, and admins among the added", rows)
 	}
 }
 
