@@ -141,6 +141,10 @@ func (q *preq) mfaSubmit() error {
 				return err
 			}
 		}
+		failed.meta["reason"] = "invalid_code"
+		if !att.Allowed() {
+			failed.meta["reason"] = "locked" // refused unchecked
+		}
 		if q.refusalDue(att) {
 			if err := q.audit(failed); err != nil {
 				return err
@@ -149,11 +153,17 @@ func (q *preq) mfaSubmit() error {
 		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
 		unlock()
 		wait(q.ctx(), res.Delay)
-		msg := "That code did not work."
-		if lockedNow {
+		status, msg := http.StatusUnauthorized, "That code did not work."
+		switch {
+		case lockedNow:
 			msg = totpLockedText
+		case !att.Allowed():
+			// Whoever is here knows the password: saying that codes are
+			// held back tells them nothing a guess could use, and keeps
+			// the owner from taking a right code for a wrong one.
+			status, msg = http.StatusTooManyRequests, codesBannedText
 		}
-		return q.page(http.StatusUnauthorized, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: msg})
+		return q.page(status, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: msg})
 	}
 	if errors.Is(err, authcore.ErrNoSession) {
 		// Ended meanwhile (revoked, or expired): nobody is signed in by
@@ -245,6 +255,8 @@ func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery st
 
 // totpLockedText tells the owner of an app locked by wrong codes what
 // opens it. Whoever made the wrong guesses had the password or a session.
+const codesBannedText = "Too many wrong codes: codes cannot be checked for a few minutes, and this one was not. Try again later."
+
 const totpLockedText = "Too many wrong codes in a row: codes from your authenticator app are refused until you use a recovery code, or an administrator unlocks your account. If you did not enter those codes, someone else knows your password: change it once you are in."
 
 // totpPage shows TOTP status, or starts an enrolment.
