@@ -49,9 +49,10 @@ func backupStore(ctx context.Context, rt *runtime, w io.Writer, r *http.Request)
 // its own pace.
 func handleAdminBackup(w http.ResponseWriter, r *http.Request) error {
 	return streamToAdmin(w, r, "application/octet-stream", "store backup", func(rt *runtime, out io.Writer) error {
-		f, err := os.CreateTemp(filepath.Dir(rt.store.Path()), ".sigra-backup-*")
+		dir := filepath.Dir(rt.store.Path())
+		f, err := os.CreateTemp(dir, ".sigra-backup-*")
 		if err != nil {
-			return fmt.Errorf("backup: %w", err)
+			return fmt.Errorf("the running Caddy copies the store into its own directory (%s) before sending it, and could not: %w", dir, err)
 		}
 		// Unnamed from the start where the system allows it (the open
 		// file stays readable): a Caddy that dies mid-copy leaves no copy
