@@ -103,7 +103,7 @@ var Actions = []string{
 	"mfa.totp.enrolled", "mfa.totp.removed", "mfa.challenge.success", "mfa.challenge.failure",
 	"mfa.recovery_code.used", "mfa.recovery_code.regenerated",
 	"session.revoked", "account.deletion_execute", "authz.denied",
-	"admin.keys.rotate", "admin.webhook.replay", "admin.store.backup",
+	"admin.keys.rotate", "admin.address.unlock", "admin.webhook.replay", "admin.store.backup",
 	// named by DESIGN for capabilities to come
 	"auth.registration", "auth.email_verified", "auth.password_reset.requested", "auth.password_reset.success",
 	"auth.magic_link.sent", "auth.magic_link.consumed", "auth.oidc.login", "auth.saml.login", "auth.account.linked",

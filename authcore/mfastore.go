@@ -128,6 +128,9 @@ type RegulationStore interface {
 	// PruneRegulation deletes states whose Expires is before now and
 	// returns how many.
 	PruneRegulation(ctx context.Context, now time.Time) (int, error)
+	// RegulationStates calls fn with each state whose key starts with
+	// prefix, in key order, until fn returns false.
+	RegulationStates(ctx context.Context, prefix string, fn func(key string, st *RegulationState) bool) error
 }
 
 // RegulationState is what the Regulator keeps per key (an account or a

@@ -161,17 +161,20 @@ func ipKey(ip string) string {
 		ap, perr := netip.ParseAddrPort(ip)
 		if perr != nil {
 			sum := sha256.Sum256([]byte(ip))
-			return "ip:?" + base64.RawURLEncoding.EncodeToString(sum[:16])
+			return ipKeyPrefix + "?" + base64.RawURLEncoding.EncodeToString(sum[:16])
 		}
 		a = ap.Addr()
 	}
 	a = a.Unmap().WithZone("")
 	if a.Is6() {
 		p, _ := a.Prefix(64)
-		return "ip:" + p.String()
+		return ipKeyPrefix + p.String()
 	}
-	return "ip:" + a.String()
+	return ipKeyPrefix + a.String()
 }
+
+// ipKeyPrefix starts every client address's regulation key.
+const ipKeyPrefix = "ip:"
 
 // Attempt is one regulated check of a credential, from Begin to exactly
 // one call of Fail or Succeed. It is not safe for concurrent use.
@@ -464,6 +467,70 @@ func (s *Service) UnlockWith(userID string, commit Commit) error {
 		}
 		return app(tx)
 	})
+}
+
+// AddressBan is a ban of a client address: MaxRetriesPerIP failures
+// from it within FindTime, whatever accounts they tried.
+type AddressBan struct {
+	// Address is an IPv4 address or an IPv6 /64.
+	Address string    `json:"address"`
+	Until   time.Time `json:"banned_until"`
+}
+
+// AddressBans lists the client addresses banned now, in key order.
+func (r *Regulator) AddressBans(ctx context.Context) ([]AddressBan, error) {
+	now := r.clk.Now()
+	var bans []AddressBan
+	err := r.st.RegulationStates(ctx, ipKeyPrefix, func(key string, st *RegulationState) bool {
+		if now.Before(st.BannedUntil) {
+			bans = append(bans, AddressBan{Address: KeyAddress(key), Until: st.BannedUntil})
+		}
+		return true
+	})
+	return bans, err
+}
+
+// AddressKey is the regulation key of a client address as an
+// administrator writes it (an IPv4 or IPv6 address, or as AddressBans
+// lists it: an IPv6 /64, or "?…" for a client address that was no IP
+// address): ErrInvalidInput for anything else.
+func AddressKey(addr string) (string, error) {
+	addr = strings.TrimSpace(addr)
+	if strings.HasPrefix(addr, "?") && len(addr) > 1 {
+		return ipKeyPrefix + addr, nil // listed so: a client address that was no IP address
+	}
+	if p, err := netip.ParsePrefix(addr); err == nil && p.Addr().Is6() && !p.Addr().Is4In6() && p.Bits() == 64 {
+		addr = p.Addr().String()
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil || a.Zone() != "" {
+		return "", fmt.Errorf("%w: %q is not an IP address (or an IPv6 /64)", ErrInvalidInput, addr)
+	}
+	return ipKey(a.String()), nil
+}
+
+// KeyAddress is the client address of an AddressKey, as AddressBans
+// lists it.
+func KeyAddress(key string) string { return strings.TrimPrefix(key, ipKeyPrefix) }
+
+// UnlockAddressWith lifts the ban of a client address (key from
+// AddressKey) and forgets its failures, made through commit (see Commit)
+// in one transaction with the row telling of it. An address with
+// neither is ErrNotFound, and nothing is written.
+func (s *Service) UnlockAddressWith(ctx context.Context, reg *Regulator, key string, commit Commit) error {
+	cs, err := s.changeStore()
+	if err != nil {
+		return err
+	}
+	st, err := reg.st.RegulationState(ctx, key)
+	if err != nil {
+		return err
+	}
+	reg.settle(st, reg.clk.Now())
+	if st.BannedUntil.IsZero() && len(st.Attempts) == 0 {
+		return fmt.Errorf("%w: no ban or failures recorded for %s", ErrNotFound, KeyAddress(key))
+	}
+	return commit(cs.UpdateRegulationIn([]string{key}, clearStates))
 }
 
 // clearStates forgets every failure and ban of states.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -52,6 +54,22 @@ func (s *memRegulationStore) RegulationState(ctx context.Context, key string) (*
 	st := s.m[key]
 	st.Attempts = slices.Clone(st.Attempts)
 	return &st, nil
+}
+
+func (s *memRegulationStore) RegulationStates(ctx context.Context, prefix string, fn func(string, *RegulationState) bool) error {
+	s.mu.Lock()
+	keys := slices.Sorted(maps.Keys(s.m))
+	s.mu.Unlock()
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		st, _ := s.RegulationState(ctx, k)
+		if !fn(k, st) {
+			return nil
+		}
+	}
+	return nil
 }
 
 func (s *memRegulationStore) PruneRegulation(ctx context.Context, now time.Time) (int, error) {
@@ -593,5 +611,52 @@ func TestRegulationAddressCountsOnlyCheckedRefusals(t *testing.T) {
 	}
 	if n := addrCount(); n != before {
 		t.Errorf("the address counts %d after the attempt was abandoned; want %d again", n, before)
+	}
+}
+
+// AddressBans lists the banned client addresses, as AddressKey reads
+// them back; an address with failures but no ban, an ended ban and the
+// accounts' bans are not listed.
+func TestAddressBans(t *testing.T) {
+	r, clk, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 2, MaxRetriesPerIP: 3})
+	for i := range 3 { // three accounts from one address: the address's ban
+		try(t, r, fmt.Sprint("acct:", i), "192.0.2.7", false)
+	}
+	for i := range 3 {
+		try(t, r, fmt.Sprint("other:", i), "2001:db8:1:2:3::9", false)
+	}
+	try(t, r, "acct:x", "198.51.100.1", false) // failures, no ban
+	bans, err := r.AddressBans(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []AddressBan{
+		{Address: "192.0.2.7", Until: clk.Now().Add(15 * time.Minute)},
+		{Address: "2001:db8:1:2::/64", Until: clk.Now().Add(15 * time.Minute)},
+	}
+	if !slices.EqualFunc(bans, want, func(a, b AddressBan) bool { return a.Address == b.Address && a.Until.Equal(b.Until) }) {
+		t.Errorf("AddressBans = %+v; want %+v", bans, want)
+	}
+	for _, b := range want {
+		if key, err := AddressKey(b.Address); err != nil || key != "ip:"+b.Address {
+			t.Errorf("AddressKey(%q) = %q, %v; want the listed address's key", b.Address, key, err)
+		}
+	}
+	for in, want := range map[string]string{
+		" 192.0.2.7 ": "ip:192.0.2.7", "::ffff:192.0.2.7": "ip:192.0.2.7", "2001:db8:1:2:ffff::1": "ip:2001:db8:1:2::/64",
+		"?abc": "ip:?abc",
+	} {
+		if key, err := AddressKey(in); err != nil || key != want {
+			t.Errorf("AddressKey(%q) = %q, %v; want %q", in, key, err, want)
+		}
+	}
+	for _, bad := range []string{"", "?", "example.com", "192.0.2.0/24", "2001:db8::/48", "fe80::1%eth0", "192.0.2.7:80"} {
+		if key, err := AddressKey(bad); !errors.Is(err, ErrInvalidInput) {
+			t.Errorf("AddressKey(%q) = %q, %v; want ErrInvalidInput", bad, key, err)
+		}
+	}
+	clk.Advance(16 * time.Minute)
+	if bans, err := r.AddressBans(context.Background()); err != nil || len(bans) != 0 {
+		t.Errorf("AddressBans after the bans ended = %+v, %v; want none", bans, err)
 	}
 }

@@ -51,6 +51,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/sigra/audit/export", Handler: caddy.AdminHandlerFunc(handleAdminAuditExport)},
 		{Pattern: "/sigra/audit/replay", Handler: caddy.AdminHandlerFunc(handleAdminAuditReplay)},
 		{Pattern: "/sigra/keys", Handler: caddy.AdminHandlerFunc(handleAdminKeys)},
+		{Pattern: "/sigra/bans", Handler: caddy.AdminHandlerFunc(handleAdminBans)},
 		{Pattern: "/sigra/backup", Handler: caddy.AdminHandlerFunc(handleAdminBackup)},
 	}
 }

@@ -123,6 +123,7 @@ func TestAdminCLIRequestBody(t *testing.T) {
 		{"/sigra/users", `{"op":"list","limit":-5}`, "limit must not be negative"},
 		{"/sigra/users", `[{"op":"list"}]`, "the body must be a JSON object, not a JSON array"},
 		{"/sigra/keys", `"list"`, "the body must be a JSON object, not a JSON string"},
+		{"/sigra/bans", `{"op":"lift","ip":"127.0.0.1"}`, `unknown field "ip"`},
 	} {
 		code, body := e.adminPost(c.uri, c.body)
 		if code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), c.want) {
@@ -288,6 +289,7 @@ func TestAdminCLIStoreParameter(t *testing.T) {
 	for _, c := range []struct{ method, uri, body string }{
 		{http.MethodPost, "/sigra/users", `{"op":"list"}`},
 		{http.MethodPost, "/sigra/keys", `{"op":"list"}`},
+		{http.MethodPost, "/sigra/bans", `{"op":"list"}`},
 		{http.MethodGet, "/sigra/audit/export", ``},
 		{http.MethodPost, "/sigra/audit/replay", ``},
 	} {

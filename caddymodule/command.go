@@ -31,11 +31,11 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sigra",
-		Usage: "users <add|list|passwd|groups|disable|enable|unlock|mfa-reset|delete> | keys <list|rotate> | audit <export|replay> | backup --config <file> [flags]",
-		Short: "Manages Sigra gateway users, assertion keys and the audit trail, and backs up the store",
+		Usage: "users <add|list|passwd|groups|disable|enable|unlock|mfa-reset|delete> | keys <list|rotate> | bans <list|lift> | audit <export|replay> | backup --config <file> [flags]",
+		Short: "Manages Sigra gateway users, assertion keys, address bans and the audit trail, and backs up the store",
 		Long: `
-Manages the users, the identity-assertion keys and the audit trail of the
-Sigra gateway.
+Manages the users, the identity-assertion keys, the bans of client
+addresses and the audit trail of the Sigra gateway.
 
 The store and the admin endpoint are found from the config (--config,
 --adapter; without --config, ./Caddyfile, as caddy run reads it). When no
@@ -50,6 +50,8 @@ holds its lock, the command goes through that Caddy's admin API instead.
   caddy sigra users mfa-reset|delete      --config Caddyfile --email a@example.com
   caddy sigra keys list    --config Caddyfile
   caddy sigra keys rotate  --config Caddyfile
+  caddy sigra bans list    --config Caddyfile
+  caddy sigra bans lift    --config Caddyfile --address 203.0.113.7
   caddy sigra audit export --config Caddyfile [--since 24h] [--until <RFC 3339 or 1h>]
   caddy sigra audit replay --config Caddyfile [--hook <id> [--to <id>]]
   caddy sigra backup       --config Caddyfile --out sigra-backup.db
@@ -197,6 +199,7 @@ sessions carry the new groups from their next request.`,
 	user.AddCommand(add, list, passwd, groups)
 
 	addKeysCommand(cmd)
+	addBansCommand(cmd)
 	addBackupCommand(cmd)
 
 	auditCmd := &cobra.Command{Use: "audit", Short: "Reads the audit trail"}

@@ -63,7 +63,7 @@ func TestListModules(t *testing.T) {
 	}{
 		{[]string{"sigra", "users", "remove", "--config", "Caddyfile", "--email", "a@example.com"}, `unknown command "remove" for caddy sigra users (known: add, delete, `},
 		{[]string{"sigra", "users", "remove"}, "did you mean delete?"},
-		{[]string{"sigra", "kyes"}, `unknown command "kyes" for caddy sigra (known: audit, backup, keys, users); did you mean keys?`},
+		{[]string{"sigra", "kyes"}, `unknown command "kyes" for caddy sigra (known: audit, backup, bans, keys, users); did you mean keys?`},
 		{[]string{"sigra", "audit"}, "caddy sigra audit needs a command: export, replay"},
 	} {
 		if r := runCaddy(t, h, "", c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {

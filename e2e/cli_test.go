@@ -156,6 +156,21 @@ func TestCLIUsers(t *testing.T) {
 	if row := listRow(g.cli("", "list").stdout, "carol@example.com"); row != "" {
 		t.Errorf("user list still shows the deleted carol: %q", row)
 	}
+
+	// The bans of client addresses: none here, and a lift of one with
+	// nothing recorded says so.
+	bans := func(args ...string) result {
+		return runCaddy(t, g.home, "", append(append([]string{"sigra", "bans"}, args...), "--config", g.caddyfile)...)
+	}
+	if r := bans("list"); r.code != 0 || strings.TrimSpace(r.stdout) != "ADDRESS  BANNED UNTIL" {
+		t.Errorf("bans list with none: want the header alone\n%s", r)
+	}
+	if r := bans("lift", "--address", "192.0.2.1"); r.code == 0 || !strings.Contains(r.output(), "no ban or failures recorded for 192.0.2.1") {
+		t.Errorf("bans lift of an address with nothing recorded: want a non-zero exit saying so\n%s", r)
+	}
+	if r := bans("lift"); r.code == 0 || !strings.Contains(r.output(), `"address" not set`) {
+		t.Errorf("bans lift without --address: want a non-zero exit naming the flag\n%s", r)
+	}
 }
 
 // TestCLIAdminOff: with the admin endpoint off, a running Caddy's store

@@ -546,6 +546,24 @@ func (b *Bolt) RegulationState(ctx context.Context, key string) (st *authcore.Re
 	return st, err
 }
 
+// RegulationStates implements authcore.RegulationStore. fn runs inside
+// a read transaction: it must not write to the store.
+func (b *Bolt) RegulationStates(ctx context.Context, prefix string, fn func(key string, st *authcore.RegulationState) bool) error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		c := bucket(tx, bktRegulation).Cursor()
+		for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
+			var st authcore.RegulationState
+			if json.Unmarshal(v, &st) != nil {
+				continue // pruned as stale
+			}
+			if !fn(string(k), &st) {
+				return nil
+			}
+		}
+		return ctx.Err()
+	})
+}
+
 // pruneRegulationChunk bounds how many regulation states one pruning
 // pass reads and one transaction deletes. A variable so tests can lower it.
 var pruneRegulationChunk = 10_000

@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -303,6 +305,72 @@ func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 	}
 	if locked, _ := e.svc.TOTPLocked(e.ctx, u.ID); locked || banned() || w.rows() != rows+1 {
 		t.Errorf("after the unlock: app locked %v, banned %v, %d new rows; want neither lock, its row", locked, banned(), w.rows()-rows)
+	}
+}
+
+// An address's ban is lifted with its row, or not at all; one with no
+// ban or failures is ErrNotFound, and writes nothing. The bans are read
+// from the store by prefix (RegulationStates), in key order.
+func TestUnlockAddressWithItsRow(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	reg := authcore.NewRegulator(e.clk, e.st, authcore.RegulationConfig{MaxRetries: 2, MaxRetriesPerIP: 3})
+	for _, ip := range []string{"203.0.113.9", "192.0.2.7"} {
+		for i := range 3 {
+			a, err := reg.Begin(e.ctx, fmt.Sprint("user:", ip, i), ip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Fail(e.ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	listed := func() []string {
+		t.Helper()
+		bans, err := reg.AddressBans(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, b := range bans {
+			out = append(out, b.Address)
+		}
+		return out
+	}
+	if got := listed(); !slices.Equal(got, []string{"192.0.2.7", "203.0.113.9"}) {
+		t.Fatalf("address bans %q; want both, in key order", got)
+	}
+	var seen []string
+	if err := e.st.RegulationStates(e.ctx, "ip:", func(k string, _ *authcore.RegulationState) bool {
+		seen = append(seen, k)
+		return false
+	}); err != nil || !slices.Equal(seen, []string{"ip:192.0.2.7"}) {
+		t.Errorf("RegulationStates stopped by fn: %q, %v; want the first address only", seen, err)
+	}
+	key, err := authcore.AddressKey("192.0.2.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := w.rows()
+	if err := e.svc.UnlockAddressWith(e.ctx, reg, key, w.failing("admin.address.unlock")); !errors.Is(err, errCommitFailed) {
+		t.Fatalf("UnlockAddressWith, the commit failing: %v; want its error", err)
+	}
+	if got := listed(); len(got) != 2 || w.rows() != rows {
+		t.Errorf("the commit failed: bans %q, %d new rows; want both bans, no row", got, w.rows()-rows)
+	}
+	if err := e.svc.UnlockAddressWith(e.ctx, reg, key, w.commit("admin.address.unlock")); err != nil {
+		t.Fatal(err)
+	}
+	if got := listed(); !slices.Equal(got, []string{"203.0.113.9"}) || w.rows() != rows+1 {
+		t.Errorf("after the unlock: bans %q, %d new rows; want the other ban, its row", got, w.rows()-rows)
+	}
+	if a, err := reg.Begin(e.ctx, "user:fresh", "192.0.2.7"); err != nil || !a.Allowed() {
+		t.Errorf("an attempt from the unlocked address: allowed %v, %v; want allowed", a != nil && a.Allowed(), err)
+	}
+	none, _ := authcore.AddressKey("198.51.100.1")
+	if err := e.svc.UnlockAddressWith(e.ctx, reg, none, w.commit("admin.address.unlock")); !errors.Is(err, authcore.ErrNotFound) || w.rows() != rows+1 {
+		t.Errorf("unlocking an address with nothing recorded: %v, %d new rows; want ErrNotFound and no row", err, w.rows()-rows-1)
 	}
 }
 

@@ -1,0 +1,86 @@
+package caddymodule
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// A client address banned by failures on other accounts keeps out a user
+// whose own account has no ban (users unlock cannot help): `bans list`
+// shows the address, and `bans lift` lets them in again, with an
+// admin.address.unlock row; through the running Caddy, and on the store
+// when none runs.
+func TestBansListAndLift(t *testing.T) {
+	e := startCaddy(t, "regulation {\n max_retries_per_ip 3\n }", "sigra_gate")
+	e.addUser("oscar@example.com")
+	cfPath := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := cliFlags{config: cfPath, adapter: "caddyfile"}
+	ctx := context.Background()
+	banAddress := func() {
+		t.Helper()
+		for _, who := range []string{"a@example.com", "b@example.com", "c@example.com"} {
+			if r := e.browser().login(who, "wrong wrong wrong", "/"); r.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("a wrong password for %s: status %d", who, r.StatusCode)
+			}
+		}
+		if r := e.browser().login("oscar@example.com", testPassword, "/"); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("oscar from the banned address: status %d; want 401", r.StatusCode)
+		}
+	}
+	banAddress()
+	res, err := runBansOp(ctx, flags, bansRequest{Op: "list"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Bans) != 1 || res.Bans[0].Address != "127.0.0.1" || !res.Bans[0].Until.After(e.rt().auth.Now()) {
+		t.Fatalf("bans list: %+v; want 127.0.0.1, banned for a while", res.Bans)
+	}
+	for addr, want := range map[string]string{"not an address": "not an IP address", "198.51.100.1": "no ban or failures recorded for 198.51.100.1"} {
+		if _, err := runBansOp(ctx, flags, bansRequest{Op: "lift", Address: addr}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("bans lift %q: %v; want an error saying %q", addr, err, want)
+		}
+	}
+	if _, err := runBansOp(ctx, flags, bansRequest{Op: "unban"}); err == nil || !strings.Contains(err.Error(), "want list or lift") {
+		t.Errorf("an unknown bans operation: %v", err)
+	}
+	if rows := e.auditRows("admin.address.unlock"); len(rows) != 0 {
+		t.Errorf("refused lifts wrote rows: %+v", rows)
+	}
+	if res, err = runBansOp(ctx, flags, bansRequest{Op: "lift", Address: " 127.0.0.1 "}); err != nil || len(res.Bans) != 0 {
+		t.Fatalf("bans lift 127.0.0.1: %+v, %v; want no bans left", res, err)
+	}
+	rows := e.auditRows("admin.address.unlock")
+	if len(rows) != 1 || rows[0].ActorType != "system" || rows[0].Metadata["address"] != "127.0.0.1" || rows[0].Outcome != "success" {
+		t.Errorf("admin.address.unlock rows %+v; want one by the system naming the address", rows)
+	}
+	if r := e.browser().login("oscar@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("oscar after the lift: status %d; want 303", r.StatusCode)
+	}
+
+	// With no Caddy running, on the store.
+	banAddress()
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err = runBansOp(ctx, flags, bansRequest{Op: "lift", Address: "127.0.0.1"}); err != nil || len(res.Bans) != 0 {
+		t.Fatalf("bans lift on the store: %+v, %v; want no bans left", res, err)
+	}
+	if err := e.load(e.config); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.browser().login("oscar@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("oscar after the lift on the store: status %d; want 303", r.StatusCode)
+	}
+	if rows := e.auditRows("admin.address.unlock"); len(rows) != 2 {
+		t.Errorf("%d admin.address.unlock rows; want 2", len(rows))
+	}
+}
