@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -651,4 +652,81 @@ func TestCLIDoesNotRedoWhenCaddyDiesMidRequest(t *testing.T) {
 	if _, err := check.UserByEmail(context.Background(), "new@example.com"); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("the CLI added the user itself after the request went through the admin endpoint (lookup: %v)", err)
 	}
+}
+
+// A Caddy that took a CLI request and never answers (stopped with
+// SIGSTOP, say) held the command silent for good: after a while the
+// command says it is still waiting, and what Ctrl-C would leave.
+func TestAdminRequestSaysItIsStillWaiting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	hangUp := func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	defer hangUp()
+	cfPath := filepath.Join(t.TempDir(), "Caddyfile")
+	cf := fmt.Sprintf("{\n\tadmin %s\n\tsigra {\n\t\tstorage bbolt %s\n\t}\n}\n\nhttp://127.0.0.1:1 {\n\tsigra_portal\n\tsigra_gate\n}\n", ln.Addr(), filepath.Join(t.TempDir(), "sigra.db"))
+	if err := os.WriteFile(cfPath, []byte(cf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadAppConfig(cfPath, "caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncWriter
+	wait, stderr := adminWaitNotice, cliStderr
+	adminWaitNotice, cliStderr = 50*time.Millisecond, &out
+	defer func() { adminWaitNotice, cliStderr = wait, stderr }()
+	done := make(chan error, 1)
+	go func() {
+		_, err := adminRequest(cfg, http.MethodPost, "/sigra/users", strings.NewReader(`{"op":"list"}`))
+		done <- err
+	}()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "still waiting for the Caddy at "+ln.Addr().String()); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no notice while the admin endpoint stays silent; stderr %q", out.String())
+		}
+	}
+	hangUp()
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "may or may not have been done") {
+		t.Errorf("the silent Caddy hung up: %v; want the may-or-may-not error", err)
+	}
+}
+
+// syncWriter is a strings.Builder safe for a writer and a reader apart.
+type syncWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

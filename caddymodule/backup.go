@@ -137,6 +137,10 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 		select {
 		case <-ctx.Done():
 			tmp.Close()
+			// A copy waiting on a Caddy that does not answer is not ended
+			// by its writes failing: the next Ctrl-C ends the command.
+			stop()
+			fmt.Fprintln(c.ErrOrStderr(), "backup: interrupted; the partial copy is removed (Ctrl-C again if this does not end)")
 		case <-done:
 		}
 	}()

@@ -705,6 +705,13 @@ func (cfg *cliConfig) adminAddress() (string, error) {
 	return caddycmd.DetermineAdminAPIAddress("", cfg.json, cfg.file, cfg.adapter)
 }
 
+// adminWaitNotice is how long adminRequest waits for an answer before it
+// says it is still waiting, on cliStderr (variables for the tests).
+var (
+	adminWaitNotice           = 15 * time.Second
+	cliStderr       io.Writer = os.Stderr
+)
+
 // adminRequest calls the admin API of the running Caddy that holds cfg's
 // store. Error answers come back as errors with Caddy's message. The
 // request names the store it means, and the Caddy answering refuses it if
@@ -748,7 +755,16 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			"a Caddy running on this store needs its admin endpoint there for this command (or stop it); "+
 			"another caddy sigra command holds the store only while it runs", path, addr, errAdminSilent{err})
 	}
+	// A Caddy that took the request and then stops answering (stopped
+	// with SIGSTOP, a disk that hangs) would hold the command silent for
+	// good; a long one (a backup) answers late. Say which it may be.
+	notice := time.AfterFunc(adminWaitNotice, func() {
+		fmt.Fprintf(cliStderr, "still waiting for the Caddy at %s, which took the request and has not answered yet: "+
+			"it is busy (a big backup or export), or stopped answering. Ctrl-C gives up; the command may or may not "+
+			"have been done then: check (users list, keys list, audit export) before running it again\n", addr)
+	})
 	resp, err := caddycmd.AdminAPIRequest(addr, method, u.String(), nil, body)
+	notice.Stop()
 	if err != nil {
 		// AdminAPIRequest turns a 4xx/5xx answer into an error carrying
 		// the body: that is Caddy answering, not an unreachable endpoint.
