@@ -672,12 +672,15 @@ func loadPEMKey(path, alg string) (*signingKey, error) {
 	switch k := key.(type) {
 	case ed25519.PrivateKey:
 		if alg != AlgEdDSA {
-			return nil, fmt.Errorf("signing_key %s is Ed25519 but algorithm is %s", path, alg)
+			return nil, fmt.Errorf("signing_key %s is Ed25519 but algorithm is %s (set algorithm EdDSA)", path, alg)
 		}
 		return keyFromSigner(k, alg, time.Time{})
 	case *ecdsa.PrivateKey:
-		if alg != AlgES256 || k.Curve != elliptic.P256() {
-			return nil, fmt.Errorf("signing_key %s is ECDSA; it must be P-256 with algorithm ES256", path)
+		switch {
+		case k.Curve != elliptic.P256():
+			return nil, fmt.Errorf("signing_key %s is ECDSA on %s; only P-256 (with algorithm ES256) is supported", path, k.Curve.Params().Name)
+		case alg != AlgES256:
+			return nil, fmt.Errorf("signing_key %s is ECDSA P-256 but algorithm is %s (set algorithm ES256)", path, alg)
 		}
 		return keyFromSigner(k, alg, time.Time{})
 	default:

@@ -684,8 +684,11 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 		return err
 	}
 	dur, err := caddy.ParseDuration(s)
-	if err != nil || dur <= 0 {
-		return d.Errf("%s: invalid duration %q", name, s)
+	switch {
+	case err != nil:
+		return d.Errf("%s: invalid duration %q (write it as 30s, 15m, 12h or 7d)", name, s)
+	case dur <= 0:
+		return d.Errf("%s: %q must be longer than zero", name, s)
 	}
 	*dst = caddy.Duration(dur)
 	return nil

@@ -363,8 +363,33 @@ func TestValidateReadsSigningKeyFile(t *testing.T) {
 	if err := validate(missing, authcore.AlgEdDSA); err == nil || !strings.Contains(err.Error(), "missing.pem") {
 		t.Errorf("a missing file: %v; want an error naming it", err)
 	}
-	if err := validate(good, authcore.AlgES256); err == nil || !strings.Contains(err.Error(), "ES256") {
-		t.Errorf("an Ed25519 key with ES256: %v; want an error naming the algorithm", err)
+	if err := validate(good, authcore.AlgES256); err == nil || !strings.Contains(err.Error(), "is Ed25519 but algorithm is ES256 (set algorithm EdDSA)") {
+		t.Errorf("an Ed25519 key with ES256: %v; want an error naming the algorithm to set", err)
+	}
+	// An ECDSA key: the curve, or the algorithm to set, whichever is wrong.
+	for curve, c := range map[string]struct {
+		curve elliptic.Curve
+		alg   string
+		want  string
+	}{
+		"P-256 with EdDSA": {elliptic.P256(), authcore.AlgEdDSA, "is ECDSA P-256 but algorithm is EdDSA (set algorithm ES256)"},
+		"P-384 with ES256": {elliptic.P384(), authcore.AlgES256, "is ECDSA on P-384; only P-256 (with algorithm ES256) is supported"},
+	} {
+		k, err := ecdsa.GenerateKey(c.curve, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.MarshalECPrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, strings.ReplaceAll(curve, " ", "-")+".pem")
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := validate(path, c.alg); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", curve, err, c.want)
+		}
 	}
 	// Read without end, or blocked for ever, these would hang validation.
 	if err := validate("/dev/zero", authcore.AlgEdDSA); err == nil || !strings.Contains(err.Error(), "/dev/zero is not a regular file") {

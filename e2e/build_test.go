@@ -190,7 +190,7 @@ http://127.0.0.1:9 {
 		{"keys algorithm RS512", fmt.Sprintf(tmpl, "keys {\n\t\t\talgorithm RS512\n\t\t}", "optional"), globalLine + 1, "RS512"},
 		{"unknown keys option", fmt.Sprintf(tmpl, "keys {\n\t\t\tsize 4096\n\t\t}", "optional"), globalLine + 1, `"size"`},
 		{"bad duration", fmt.Sprintf(tmpl, "session {\n\t\t\tidle fiveminutes\n\t\t}", "optional"), globalLine + 1, `idle: invalid duration "fiveminutes"`},
-		{"negative duration", fmt.Sprintf(tmpl, "session {\n\t\t\tlifetime -1h\n\t\t}", "optional"), globalLine + 1, `lifetime: invalid duration "-1h"`},
+		{"negative duration", fmt.Sprintf(tmpl, "session {\n\t\t\tlifetime -1h\n\t\t}", "optional"), globalLine + 1, `lifetime: "-1h" must be longer than zero`},
 		{"bad header alias", fmt.Sprintf(tmpl, "header_aliases forwarded", "optional"), globalLine, `"forwarded"`},
 		{"bad prefix", fmt.Sprintf(tmpl, "prefix auth", "optional"), globalLine, "prefix"},
 		{"unknown gate requirement", fmt.Sprintf(tmpl, "", "frobnicate"), gateLine, `unknown requirement "frobnicate"`},
