@@ -213,6 +213,15 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 // deferred change is dropped. Until Save succeeds, the key that signed
 // goes on signing; Prune tries again.
 func (kr *KeyRing) Save(ctx context.Context) error {
+	return kr.SaveWith(ctx, nil)
+}
+
+// SaveWith is Save with the deferred change of the active key, when this
+// instance makes it (not one that another instance made meanwhile, which
+// it adopts), stored through commit as RotateWith stores a rotation: in
+// one transaction with the admin.keys.rotate row that tells of it. A nil
+// commit, or a store that cannot, stores it alone.
+func (kr *KeyRing) SaveWith(ctx context.Context, commit func(previous, active KeyInfo, change func(tx any) error) error) error {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	if !kr.unsaved {
@@ -241,9 +250,21 @@ func (kr *KeyRing) Save(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if changed, err := kr.differs(stored, keys); err != nil {
+	cs, canCommit := kr.store.(SecretChangeStore)
+	switch changed, err := kr.differs(stored, keys); {
+	case err != nil:
 		return err
-	} else if changed {
+	case changed && commit != nil && canCommit && k.KID != stored[0].KID:
+		sealed, err := kr.sealStored(keys)
+		if err != nil {
+			return err
+		}
+		previous := KeyInfo{KID: stored[0].KID, Alg: stored[0].Alg, CreatedAt: stored[0].CreatedAt}
+		active := KeyInfo{KID: k.KID, Alg: k.Alg, Active: true, CreatedAt: k.CreatedAt, FromFile: kr.fromFile}
+		if err := commit(previous, active, cs.PutSecretIn(secretAssertionKeys, sealed)); err != nil {
+			return fmt.Errorf("storing assertion keys: %w", err)
+		}
+	case changed:
 		if err := kr.save(ctx, keys); err != nil {
 			return fmt.Errorf("storing assertion keys: %w", err)
 		}

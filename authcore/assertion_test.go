@@ -1206,3 +1206,44 @@ func TestKeyRingRotateWith(t *testing.T) {
 		t.Error("RotateWith on a store that cannot store in another's transaction succeeded")
 	}
 }
+
+// SaveWith hands a deferred change of the active key to commit, as
+// RotateWith does; an instance that finds the change made by another
+// meanwhile adopts its key, and has nothing to commit.
+func TestKeyRingSaveWith(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	old := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA}).ActiveKeyID()
+	first := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+	second := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+
+	refused := errors.New("its row was not written")
+	calls := 0
+	if err := first.SaveWith(ctx, func(_, _ KeyInfo, _ func(any) error) error { calls++; return refused }); !errors.Is(err, refused) {
+		t.Fatalf("SaveWith with the commit refused = %v; want its error", err)
+	}
+	if first.ActiveKeyID() != old {
+		t.Errorf("after a refused commit the active key is %s; want %s still", first.ActiveKeyID(), old)
+	}
+	var told, was KeyInfo
+	if err := first.SaveWith(ctx, func(previous, active KeyInfo, change func(any) error) error {
+		calls++
+		told, was = active, previous
+		return change(st)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 || was.KID != old || told.Alg != AlgES256 || !told.Active || first.ActiveKeyID() != told.KID {
+		t.Errorf("SaveWith told previous %+v, active %+v; signs with %s; want %s retired for the new ES256 key that signs", was, told, first.ActiveKeyID(), old)
+	}
+	if err := second.SaveWith(ctx, func(_, _ KeyInfo, _ func(any) error) error {
+		t.Error("the second instance committed a rotation of its own")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if second.ActiveKeyID() != told.KID {
+		t.Errorf("the second instance signs with %s; want the first's %s", second.ActiveKeyID(), told.KID)
+	}
+}

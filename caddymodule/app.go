@@ -681,7 +681,18 @@ func (a *App) awaitForce(ctx context.Context) bool {
 func (a *App) inForce(ctx context.Context, rt *runtime) {
 	a.life.prev.Store(nil)
 	before := rt.keys.ActiveKeyID()
-	if err := rt.keys.Save(ctx); err != nil {
+	// A change of algorithm or signing_key rotates here, once the config
+	// is in force, with its admin.keys.rotate row as keys rotate does.
+	err := rt.keys.SaveWith(ctx, func(previous, active authcore.KeyInfo, change func(tx any) error) error {
+		ev := event{action: "admin.keys.rotate", actorType: audit.ActorSystem, outcome: "success",
+			meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID, "reason": "config"}}
+		refused, err := rt.recordChange(ctx, []audit.Row{rowFor(nil, ev)}, change)
+		if refused != nil {
+			return refused
+		}
+		return err
+	})
+	if err != nil {
 		a.logger.Error("storing the assertion keys failed; the key that signed goes on signing, and storing is tried again every 5 minutes", zap.Error(err))
 	} else if now := rt.keys.ActiveKeyID(); now != before {
 		// "sigra started" named the key that signed until this config

@@ -140,7 +140,20 @@ func TestCLIKeys(t *testing.T) {
 	}
 
 	export := runCaddy(t, g.home, "", "sigra", "audit", "export", "--config", g.caddyfile)
-	if export.code != 0 || strings.Count(export.stdout, `"action":"admin.keys.rotate"`) != 2 || !strings.Contains(export.stdout, `"previous_kid":"`+rotated[0][0]+`"`) {
-		t.Errorf("audit export: want two admin.keys.rotate rows, the second naming %s as previous\n%s", rotated[0][0], export)
+	if export.code != 0 || strings.Count(export.stdout, `"action":"admin.keys.rotate"`) != 3 || !strings.Contains(export.stdout, `"previous_kid":"`+rotated[0][0]+`"`) {
+		t.Errorf("audit export: want three admin.keys.rotate rows, the second naming %s as previous\n%s", rotated[0][0], export)
+	}
+	// The reload's change of algorithm has its row too.
+	var byConfig int
+	for line := range strings.Lines(export.stdout) {
+		if strings.Contains(line, `"action":"admin.keys.rotate"`) && strings.Contains(line, `"reason":"config"`) {
+			byConfig++
+			if !strings.Contains(line, `"kid":"`+esKID+`"`) || !strings.Contains(line, `"previous_kid":"`+now[0][0]+`"`) || !strings.Contains(line, `"alg":"ES256"`) {
+				t.Errorf("the reload's admin.keys.rotate row: want kid %s, alg ES256, previous %s\n%s", esKID, now[0][0], line)
+			}
+		}
+	}
+	if byConfig != 1 {
+		t.Errorf("%d admin.keys.rotate rows with reason config; want 1 (the reload to ES256)\n%s", byConfig, export)
 	}
 }
