@@ -645,6 +645,7 @@ func (a *App) Start() error {
 	}()
 	a.logger.Info("sigra started", zap.String("storage", a.storagePath), zap.String("assertion_kid", rt.keys.ActiveKeyID()))
 	a.warnUnservedAdminHosts()
+	a.warnNoAdmin(rt)
 	return nil
 }
 
@@ -894,6 +895,19 @@ func loadOrCreateSecret(ctx context.Context, st authcore.Store, box *seal.Box, n
 		return nil, fmt.Errorf("secret %s: %w (encryption key id %s)", name, err, box.ID())
 	}
 	return v, nil
+}
+
+// warnNoAdmin warns when no enabled user is in admin_group (bootstrap_admin
+// off, say): the admin pages and API are closed to everyone until the CLI
+// makes one.
+func (a *App) warnNoAdmin(rt *runtime) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	const noUser = "00000000-0000-0000-0000-000000000000" // no user's id: every member is another
+	if any, err := rt.store.HasOtherMember(ctx, a.AdminGroup, noUser); err == nil && !any {
+		a.logger.Warn("no enabled user is in admin_group, so nobody can use the admin pages and API: make one with caddy sigra users add --admin (or users groups --admin)",
+			zap.String("admin_group", a.AdminGroup))
+	}
 }
 
 // bootstrapAdmin creates the first admin with a random password when the

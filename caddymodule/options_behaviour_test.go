@@ -666,3 +666,24 @@ func TestKeysRotateWithItsRow(t *testing.T) {
 		t.Errorf("admin.keys.rotate rows %+v; want one naming %s, previous %s", rows, res.Keys[0].KID, before[0].KID)
 	}
 }
+
+// A start with nobody in admin_group (bootstrap_admin off) warns that the
+// admin surface is closed to all, and says how to make an admin; with
+// one, it does not.
+func TestNoAdminWarns(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate") // the tests' stores start empty: bootstrap_admin off
+	a := running.Load()
+	core, logs := observer.New(zap.WarnLevel)
+	logger := a.logger
+	a.logger = zap.New(core)
+	t.Cleanup(func() { a.logger = logger })
+	a.warnNoAdmin(e.rt())
+	if got := logs.TakeAll(); len(got) != 1 || !strings.Contains(got[0].Message, "no enabled user is in admin_group") || got[0].ContextMap()["admin_group"] != "admins" {
+		t.Errorf("warnings with no admin: %+v; want one naming admin_group admins", got)
+	}
+	e.addUser("boss@example.com", "admins")
+	a.warnNoAdmin(e.rt())
+	if got := logs.TakeAll(); len(got) != 0 {
+		t.Errorf("warnings with an admin: %+v; want none", got)
+	}
+}
