@@ -68,6 +68,18 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 	if n := e.sessionsOf(u.ID); n != 0 {
 		t.Errorf("password sign-in with a failing audit row left %d sessions; want 0", n)
 	}
+	// A browser is told what happened, not given an empty page; an API
+	// client gets Caddy's answer, as before.
+	_, loginPage := e.get("/.sigra/login", map[string]string{"Accept": "text/html"})
+	form := url.Values{"email": {"una@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, loginPage)}, "rd": {"/"}}
+	if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusInternalServerError ||
+		!strings.Contains(body, "Something went wrong") || resp.Header.Get("Content-Security-Policy") == "" {
+		t.Errorf("a browser's sign-in with a failing audit row: status %d; want 500 and a page saying so\n%s", resp.StatusCode, body)
+	}
+	if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": "application/json"}); resp.StatusCode != http.StatusInternalServerError ||
+		strings.Contains(body, "Something went wrong") {
+		t.Errorf("an API client's sign-in with a failing audit row: status %d, %q; want Caddy's 500", resp.StatusCode, body)
+	}
 
 	e.failAudit("")
 	e.mustLogin("una@example.com")
@@ -351,5 +363,18 @@ func TestRevokeOfAReplacedSession(t *testing.T) {
 	}
 	if n := len(e.auditRows("session.revoked")); n != 0 {
 		t.Errorf("%d session.revoked rows; want none", n)
+	}
+}
+
+// A site with handle_errors answers a portal's server error as the
+// operator wrote it, browsers included.
+func TestPortalServerErrorGoesToHandleErrors(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate\n\thandle_errors {\n\t\trespond \"custom {err.status_code}\" {err.status_code}\n\t}")
+	e.addUser("una@example.com")
+	e.failAudit("auth.login.success")
+	_, page := e.get("/.sigra/login", map[string]string{"Accept": "text/html"})
+	form := url.Values{"email": {"una@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}, "rd": {"/"}}
+	if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusInternalServerError || body != "custom 500" {
+		t.Errorf("a browser's sign-in with a failing audit row and handle_errors: status %d, %q; want the site's own 500", resp.StatusCode, body)
 	}
 }

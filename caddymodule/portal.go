@@ -128,11 +128,70 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if rt == nil {
 		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("sigra is not started"))
 	}
-	q := &preq{w: w, r: r, rt: rt, p: p, own: own, origin: p.origins.origin(r), secure: secure, nonce: newNonce()}
+	tw := &writeTracker{ResponseWriter: w}
+	q := &preq{w: tw, r: r, rt: rt, p: p, own: own, origin: p.origins.origin(r), secure: secure, nonce: newNonce()}
 	setPageHeaders(w.Header(), q.nonce, p.formActions(secure))
 	// Every portal body is capped, whatever the method: nothing here
 	// reads more than a form.
-	r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
+	r.Body = http.MaxBytesReader(tw, r.Body, maxFormBody)
+	err := q.serve(sub)
+	if status := serverErrorStatus(err); status != 0 && !tw.wrote && wantsHTML(r) && !hasErrorRoutes(r) {
+		// Caddy would answer a browser with an empty page: say what
+		// happened instead, and log the cause as Caddy would have.
+		p.logger.Error("portal request failed", zap.Int("status", status), zap.String("method", r.Method),
+			zap.String("uri", r.RequestURI), zap.Error(err))
+		return q.message(status, "Something went wrong", "The server could not complete this request. Try again in a moment; if it goes on, tell the site's administrator.", "")
+	}
+	return err
+}
+
+// serverErrorStatus is the 5xx status of a handler's error, 0 for none
+// or for another status.
+func serverErrorStatus(err error) int {
+	if err == nil {
+		return 0
+	}
+	status := http.StatusInternalServerError
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		status = he.StatusCode
+	}
+	if status < 500 {
+		return 0
+	}
+	return status
+}
+
+// hasErrorRoutes reports whether the request's server has handle_errors
+// routes, which answer a handler's error as the operator wrote them.
+func hasErrorRoutes(r *http.Request) bool {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
+}
+
+// writeTracker remembers whether anything of the answer was written.
+type writeTracker struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (t *writeTracker) WriteHeader(status int) {
+	if status >= 200 {
+		t.wrote = true
+	}
+	t.ResponseWriter.WriteHeader(status)
+}
+
+func (t *writeTracker) Write(p []byte) (int, error) {
+	t.wrote = true
+	return t.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (t *writeTracker) Unwrap() http.ResponseWriter { return t.ResponseWriter }
+
+// serve answers a portal path (sub, below the prefix).
+func (q *preq) serve(sub string) error {
 	switch sub {
 	case "/login":
 		return q.route(q.loginPage, q.loginSubmit)
