@@ -730,3 +730,33 @@ func (w *syncWriter) String() string {
 	defer w.mu.Unlock()
 	return w.b.String()
 }
+
+// users add with a config whose relative storage path, read from another
+// directory, names no store made a second store there that the running
+// Caddy never reads (its users then could not sign in). When a Caddy at
+// the config's admin address runs another store, the command refuses,
+// naming both, and makes nothing.
+func TestUserAddRefusesAStoreBesideTheRunningOne(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	dir := t.TempDir()
+	rel := strings.Replace(e.config, "storage bbolt "+e.store(), "storage bbolt elsewhere/sigra.db", 1)
+	if rel == e.config {
+		t.Fatal("the test config names no store to replace")
+	}
+	cfPath := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(rel), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	_, err := runUserOp(context.Background(), cliFlags{config: cfPath, adapter: "caddyfile"},
+		userRequest{Op: "add", Email: "ann@example.com", Password: "ann's long password"})
+	if err == nil || !strings.Contains(err.Error(), "nothing was done") || !strings.Contains(err.Error(), resolved(t, e.store())) {
+		t.Errorf("users add naming a store beside the running Caddy's: %v; want an error naming the running store", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "elsewhere")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused command made %s (%v)", filepath.Join(dir, "elsewhere"), err)
+	}
+	if _, err := e.rt().auth.LookupUser(context.Background(), "ann@example.com"); err == nil {
+		t.Error("the refused add reached the running Caddy's store")
+	}
+}

@@ -443,6 +443,12 @@ type errAdminSilent struct{ err error }
 func (e errAdminSilent) Error() string { return e.err.Error() }
 func (e errAdminSilent) Unwrap() error { return e.err }
 
+// errOtherStore is a Caddy at the config's admin address that runs
+// another Sigra store than the one the command names.
+type errOtherStore struct{ msg string }
+
+func (e errOtherStore) Error() string { return e.msg }
+
 // cliLockWait is how long a command waits for the store's lock before
 // going through the admin API of the Caddy that holds it.
 const cliLockWait = 100 * time.Millisecond
@@ -482,6 +488,17 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		return fmt.Errorf("no Sigra store at %s: %s, in the same environment.%s Caddy creates the store when it first starts; so does users add.", abs, which, where)
 	}
 	if missing {
+		// A Caddy answering at the config's admin address that runs a
+		// store elsewhere (a relative path read from another directory,
+		// another HOME) would never read one made here: let it say so.
+		// One without Sigra, or that cannot be reached, leaves the
+		// command to make the store, as before a first start.
+		switch err := viaAdmin(cfg); {
+		case err == nil:
+			return nil // that Caddy runs this very store, made meanwhile
+		case errors.As(err, new(errOtherStore)):
+			return err
+		}
 		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{LockTimeout: cliLockWait})
 	}
 	if errors.Is(err, store.ErrLocked) {
@@ -781,7 +798,7 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 					if rest, ok := strings.CutPrefix(apiErr.Error, "this Caddy "); ok {
 						msg = "Caddy at " + addr + " " + rest
 					}
-					return nil, fmt.Errorf("%s; nothing was done (the admin address in the config must be that of the Caddy that holds its store)", msg)
+					return nil, errOtherStore{msg + "; nothing was done (the admin address in the config must be that of the Caddy that holds its store)"}
 				}
 				return nil, errors.New(apiErr.Error)
 			}
