@@ -216,12 +216,17 @@ func (kr *KeyRing) Save(ctx context.Context) error {
 	return kr.SaveWith(ctx, nil)
 }
 
+// KeyCommit stores a change of the active key (change, given the store's
+// transaction) in one transaction with the row that tells of it, naming
+// the key that signed and the one that signs now.
+type KeyCommit func(previous, active KeyInfo, change func(tx any) error) error
+
 // SaveWith is Save with the deferred change of the active key, when this
 // instance makes it (not one that another instance made meanwhile, which
 // it adopts), stored through commit as RotateWith stores a rotation: in
 // one transaction with the admin.keys.rotate row that tells of it. A nil
 // commit, or a store that cannot, stores it alone.
-func (kr *KeyRing) SaveWith(ctx context.Context, commit func(previous, active KeyInfo, change func(tx any) error) error) error {
+func (kr *KeyRing) SaveWith(ctx context.Context, commit KeyCommit) error {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	if !kr.unsaved {
@@ -299,7 +304,7 @@ type SecretChangeStore interface {
 // commit is told the key that signed until now and the new one, for the
 // row to name. Until commit answers, the old key goes on signing; when it
 // fails, nothing changed.
-func (kr *KeyRing) RotateWith(alg string, commit func(previous, active KeyInfo, change func(tx any) error) error) error {
+func (kr *KeyRing) RotateWith(alg string, commit KeyCommit) error {
 	cs, ok := kr.store.(SecretChangeStore)
 	if !ok {
 		return errors.New("authcore: this store cannot store keys in the transaction of their audit row")
@@ -351,13 +356,20 @@ func (kr *KeyRing) rotate(alg string, store func(previous, active KeyInfo, seale
 // and removes them from the store. The published set drops them when
 // they are due whether or not Prune runs; Prune is the store's upkeep.
 func (kr *KeyRing) Prune(ctx context.Context) error {
+	return kr.PruneWith(ctx, nil)
+}
+
+// PruneWith is Prune, storing what Save would through SaveWith with
+// commit: a deferred change of the active key whose commit failed at
+// first is tried again with its row, never stored without it.
+func (kr *KeyRing) PruneWith(ctx context.Context, commit KeyCommit) error {
 	kr.mu.Lock()
 	if err := kr.dropExpiredLocked(); err != nil {
 		kr.mu.Unlock()
 		return err
 	}
 	kr.mu.Unlock()
-	return kr.Save(ctx)
+	return kr.SaveWith(ctx, commit)
 }
 
 // current is the key state, without retired keys that are due to go.

@@ -1247,3 +1247,31 @@ func TestKeyRingSaveWith(t *testing.T) {
 		t.Errorf("the second instance signs with %s; want the first's %s", second.ActiveKeyID(), told.KID)
 	}
 }
+
+// A deferred change of the active key whose commit failed stays
+// deferred: the upkeep's PruneWith tries it again with its commit (the
+// row), and the key that signed goes on signing until then.
+func TestKeyRingPruneWithRetriesTheCommit(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	old := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA}).ActiveKeyID()
+	kr := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgES256, DeferSave: true})
+	refused := errors.New("its row was not written")
+	if err := kr.SaveWith(ctx, func(_, _ KeyInfo, _ func(any) error) error { return refused }); !errors.Is(err, refused) {
+		t.Fatalf("SaveWith with the commit refused = %v; want its error", err)
+	}
+	if err := kr.PruneWith(ctx, func(_, _ KeyInfo, _ func(any) error) error { return refused }); !errors.Is(err, refused) || kr.ActiveKeyID() != old {
+		t.Fatalf("PruneWith with the commit refused = %v, signing with %s; want its error, and %s signing still", err, kr.ActiveKeyID(), old)
+	}
+	var told KeyInfo
+	if err := kr.PruneWith(ctx, func(_, active KeyInfo, change func(any) error) error {
+		told = active
+		return change(st)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if told.Alg != AlgES256 || kr.ActiveKeyID() != told.KID {
+		t.Errorf("after PruneWith: told %+v, signing with %s; want the new ES256 key, committed", told, kr.ActiveKeyID())
+	}
+}

@@ -760,3 +760,44 @@ func TestUserAddRefusesAStoreBesideTheRunningOne(t *testing.T) {
 		t.Error("the refused add reached the running Caddy's store")
 	}
 }
+
+// Before making a store, users add asks whatever answers at the config's
+// admin address only a keys list: the password never goes there, and a
+// listener that is no Sigra Caddy leaves the command to make the store.
+func TestUserAddAsksTheAdminAddressNothingSecret(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, r.URL.Path+" "+string(b))
+		mu.Unlock()
+		http.NotFound(w, r)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	dir := t.TempDir()
+	db := filepath.Join(dir, "sigra.db")
+	cfPath := filepath.Join(dir, "Caddyfile")
+	cf := fmt.Sprintf("{\n\tadmin %s\n\tsigra {\n\t\tstorage bbolt %s\n\t\tbootstrap_admin off\n\t}\n}\n\nhttp://127.0.0.1:1 {\n\tsigra_portal\n\tsigra_gate\n}\n", ln.Addr(), db)
+	if err := os.WriteFile(cfPath, []byte(cf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const pw = "ann's long secret password"
+	if _, err := runUserOp(context.Background(), cliFlags{config: cfPath, adapter: "caddyfile"},
+		userRequest{Op: "add", Email: "ann@example.com", Password: pw}); err != nil {
+		t.Fatalf("users add beside a listener that is no Sigra Caddy: %v", err)
+	}
+	if _, err := os.Stat(db); err != nil {
+		t.Errorf("the store was not made: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || !strings.HasPrefix(seen[0], "/sigra/keys ") || strings.Contains(seen[0], pw) {
+		t.Errorf("requests at the admin address: %q; want one keys list, no password", seen)
+	}
+}

@@ -641,12 +641,34 @@ func (a *App) Start() error {
 			}
 			a.inForce(ctx, rt)
 		}
+		a.warnNoAdmin(rt) // reads every user: off the start's path
 		a.upkeep(ctx, rt)
 	}()
 	a.logger.Info("sigra started", zap.String("storage", a.storagePath), zap.String("assertion_kid", rt.keys.ActiveKeyID()))
 	a.warnUnservedAdminHosts()
-	a.warnNoAdmin(rt)
 	return nil
+}
+
+// saveKeys stores what the key ring holds unsaved, through save (its
+// SaveWith, or PruneWith): a change of algorithm or signing_key, which
+// rotates once the config is in force, is stored with its
+// admin.keys.rotate row as keys rotate stores one, and a change of the
+// key that signs is logged ("sigra started" named the one before).
+func (a *App) saveKeys(ctx context.Context, rt *runtime, save func(context.Context, authcore.KeyCommit) error) error {
+	before := rt.keys.ActiveKeyID()
+	err := save(ctx, func(previous, active authcore.KeyInfo, change func(tx any) error) error {
+		ev := event{action: "admin.keys.rotate", actorType: audit.ActorSystem, outcome: "success",
+			meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID, "reason": "config"}}
+		refused, err := rt.recordChange(ctx, []audit.Row{rowFor(nil, ev)}, change)
+		if refused != nil {
+			return refused
+		}
+		return err
+	})
+	if now := rt.keys.ActiveKeyID(); err == nil && now != before {
+		a.logger.Info("the assertion key changed with the config", zap.String("assertion_kid", now), zap.String("retired_kid", before))
+	}
+	return err
 }
 
 // awaitForce waits until the config that holds a is the one Caddy runs,
@@ -681,24 +703,8 @@ func (a *App) awaitForce(ctx context.Context) bool {
 // assertion key. A config Caddy refuses must leave the store as it was.
 func (a *App) inForce(ctx context.Context, rt *runtime) {
 	a.life.prev.Store(nil)
-	before := rt.keys.ActiveKeyID()
-	// A change of algorithm or signing_key rotates here, once the config
-	// is in force, with its admin.keys.rotate row as keys rotate does.
-	err := rt.keys.SaveWith(ctx, func(previous, active authcore.KeyInfo, change func(tx any) error) error {
-		ev := event{action: "admin.keys.rotate", actorType: audit.ActorSystem, outcome: "success",
-			meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID, "reason": "config"}}
-		refused, err := rt.recordChange(ctx, []audit.Row{rowFor(nil, ev)}, change)
-		if refused != nil {
-			return refused
-		}
-		return err
-	})
-	if err != nil {
+	if err := a.saveKeys(ctx, rt, rt.keys.SaveWith); err != nil {
 		a.logger.Error("storing the assertion keys failed; the key that signed goes on signing, and storing is tried again every 5 minutes", zap.Error(err))
-	} else if now := rt.keys.ActiveKeyID(); now != before {
-		// "sigra started" named the key that signed until this config
-		// was in force (another algorithm or signing_key).
-		a.logger.Info("the assertion key changed with the config", zap.String("assertion_kid", now), zap.String("retired_kid", before))
 	}
 	rt.audit.Start(ctx)
 }
@@ -973,7 +979,7 @@ func (a *App) upkeep(ctx context.Context, rt *runtime) {
 			if _, err := rt.reg.Prune(ctx); err != nil {
 				a.logger.Warn("pruning regulation state", zap.Error(err))
 			}
-			if err := rt.keys.Prune(ctx); err != nil {
+			if err := a.saveKeys(ctx, rt, rt.keys.PruneWith); err != nil {
 				a.logger.Warn("pruning retired assertion keys", zap.Error(err))
 			}
 			if err := rt.store.FileGone(); err != nil {

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -367,14 +371,35 @@ func TestRevokeOfAReplacedSession(t *testing.T) {
 }
 
 // A site with handle_errors answers a portal's server error as the
-// operator wrote it, browsers included.
+// operator wrote it, browsers included; another site's (the Caddyfile
+// puts both in one server, matched by host) leaves it to the portal's
+// page.
 func TestPortalServerErrorGoesToHandleErrors(t *testing.T) {
-	e := startCaddy(t, "", "sigra_gate\n\thandle_errors {\n\t\trespond \"custom {err.status_code}\" {err.status_code}\n\t}")
-	e.addUser("una@example.com")
-	e.failAudit("auth.login.success")
-	_, page := e.get("/.sigra/login", map[string]string{"Accept": "text/html"})
-	form := url.Values{"email": {"una@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}, "rd": {"/"}}
-	if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusInternalServerError || body != "custom 500" {
-		t.Errorf("a browser's sign-in with a failing audit row and handle_errors: status %d, %q; want the site's own 500", resp.StatusCode, body)
+	for _, c := range []struct{ errors, want string }{
+		{"handle_errors", "custom 500"},
+		{"handle_errors 5xx", "custom 500"},
+	} {
+		e := startCaddy(t, "", "sigra_gate\n\t"+c.errors+" {\n\t\trespond \"custom {err.status_code}\" {err.status_code}\n\t}")
+		e.addUser("una@example.com")
+		e.failAudit("auth.login.success")
+		_, page := e.get("/.sigra/login", map[string]string{"Accept": "text/html"})
+		form := url.Values{"email": {"una@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}, "rd": {"/"}}
+		if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusInternalServerError || !strings.Contains(body, c.want) {
+			t.Errorf("%s: a browser's sign-in with a failing audit row: status %d, %q; want 500 and %q", c.errors, resp.StatusCode, body, c.want)
+		}
+	}
+}
+
+func TestHasErrorRoutesIsPerSite(t *testing.T) {
+	srv := &caddyhttp.Server{Errors: &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{
+		{MatcherSets: caddyhttp.MatcherSets{{caddyhttp.MatchHost{"other.example"}}}},
+	}}}
+	for host, want := range map[string]bool{"app.example": false, "other.example": true} {
+		r := httptest.NewRequest(http.MethodPost, "http://"+host+"/.sigra/login", nil)
+		ctx := context.WithValue(r.Context(), caddyhttp.ServerCtxKey, srv)
+		ctx = context.WithValue(ctx, caddy.ReplacerCtxKey, caddy.NewReplacer())
+		if got := hasErrorRoutes(r.WithContext(ctx), errors.New("store unavailable")); got != want {
+			t.Errorf("an error on %s with handle_errors on other.example: taken %v; want %v", host, got, want)
+		}
 	}
 }

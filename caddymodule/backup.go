@@ -136,7 +136,10 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 	go func() {
 		select {
 		case <-ctx.Done():
-			tmp.Close()
+			// Closed and, where the system cannot keep it unnamed,
+			// removed now: a second Ctrl-C ends the process before
+			// the deferred Remove.
+			tmp.Remove()
 			// A copy waiting on a Caddy that does not answer is not ended
 			// by its writes failing: the next Ctrl-C ends the command.
 			stop()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -86,8 +85,9 @@ func addBansCommand(cmd *cobra.Command) {
 		if err != nil {
 			return err
 		}
-		if req.Op == "lift" {
-			fmt.Fprintf(c.ErrOrStderr(), "lifted the ban and failures of %s\n", strings.TrimSpace(req.Address))
+		if key, err := authcore.AddressKey(req.Address); req.Op == "lift" && err == nil {
+			// As listed: an IPv6 address's /64 was lifted.
+			fmt.Fprintf(c.ErrOrStderr(), "lifted the ban and failures of %s\n", authcore.KeyAddress(key))
 		}
 		tw := tabwriter.NewWriter(c.OutOrStdout(), 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ADDRESS\tBANNED UNTIL")

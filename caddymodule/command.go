@@ -449,6 +449,35 @@ type errOtherStore struct{ msg string }
 
 func (e errOtherStore) Error() string { return e.msg }
 
+// otherStoreAtAdmin asks the Caddy at cfg's admin address, if one
+// answers, whether it runs another Sigra store than cfg's (which does
+// not exist yet): errOtherStore if so. The question is a keys list,
+// which carries nothing secret to whatever listens there; anything but
+// that answer within otherStoreWait (nothing listening, a Caddy without
+// Sigra, this very store made meanwhile) is nil, and the command makes
+// the store, as before a first start.
+func otherStoreAtAdmin(cfg *cliConfig) error {
+	answer := make(chan error, 1)
+	go func() {
+		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/keys", strings.NewReader(`{"op":"list"}`))
+		if err == nil {
+			resp.Body.Close()
+		}
+		answer <- err
+	}()
+	select {
+	case err := <-answer:
+		if errors.As(err, new(errOtherStore)) {
+			return err
+		}
+	case <-time.After(otherStoreWait):
+	}
+	return nil
+}
+
+// otherStoreWait bounds otherStoreAtAdmin's question.
+var otherStoreWait = 5 * time.Second
+
 // cliLockWait is how long a command waits for the store's lock before
 // going through the admin API of the Caddy that holds it.
 const cliLockWait = 100 * time.Millisecond
@@ -491,12 +520,7 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		// A Caddy answering at the config's admin address that runs a
 		// store elsewhere (a relative path read from another directory,
 		// another HOME) would never read one made here: let it say so.
-		// One without Sigra, or that cannot be reached, leaves the
-		// command to make the store, as before a first start.
-		switch err := viaAdmin(cfg); {
-		case err == nil:
-			return nil // that Caddy runs this very store, made meanwhile
-		case errors.As(err, new(errOtherStore)):
+		if err := otherStoreAtAdmin(cfg); err != nil {
 			return err
 		}
 		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{LockTimeout: cliLockWait})

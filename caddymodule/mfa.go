@@ -158,10 +158,14 @@ func (q *preq) mfaSubmit() error {
 		case lockedNow:
 			msg = totpLockedText
 		case !att.Allowed():
-			// Whoever is here knows the password: saying that codes are
-			// held back tells them nothing a guess could use, and keeps
-			// the owner from taking a right code for a wrong one.
+			// Whoever is here holds a session (signed in with the
+			// password, or stepping up): saying that codes are held back
+			// tells them nothing a guess could use, and keeps the owner
+			// from taking a right code for a wrong one.
 			status, msg = http.StatusTooManyRequests, codesBannedText
+			if att.AddressRefused() {
+				msg = addressBannedText
+			}
 		}
 		return q.page(status, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: msg})
 	}
@@ -255,6 +259,8 @@ func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery st
 
 // totpLockedText tells the owner of an app locked by wrong codes what
 // opens it. Whoever made the wrong guesses had the password or a session.
+const addressBannedText = "Too many failed attempts from your network: codes cannot be checked for a few minutes, and this one was not. Try again later."
+
 const codesBannedText = "Too many wrong codes: codes cannot be checked for a few minutes, and this one was not. Try again later."
 
 const totpLockedText = "Too many wrong codes in a row: codes from your authenticator app are refused until you use a recovery code, or an administrator unlocks your account. If you did not enter those codes, someone else knows your password: change it once you are in."

@@ -672,11 +672,9 @@ func TestKeysRotateWithItsRow(t *testing.T) {
 // one, it does not.
 func TestNoAdminWarns(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate") // the tests' stores start empty: bootstrap_admin off
-	a := running.Load()
 	core, logs := observer.New(zap.WarnLevel)
-	logger := a.logger
-	a.logger = zap.New(core)
-	t.Cleanup(func() { a.logger = logger })
+	// The running app's own warning went to its logger at the start.
+	a := &App{AdminGroup: running.Load().AdminGroup, logger: zap.New(core)}
 	a.warnNoAdmin(e.rt())
 	if got := logs.TakeAll(); len(got) != 1 || !strings.Contains(got[0].Message, "no enabled user is in admin_group") || got[0].ContextMap()["admin_group"] != "admins" {
 		t.Errorf("warnings with no admin: %+v; want one naming admin_group admins", got)

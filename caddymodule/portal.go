@@ -135,7 +135,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	// reads more than a form.
 	r.Body = http.MaxBytesReader(tw, r.Body, maxFormBody)
 	err := q.serve(sub)
-	if status := serverErrorStatus(err); status != 0 && !tw.wrote && wantsHTML(r) && !hasErrorRoutes(r) {
+	if status := serverErrorStatus(err); status != 0 && !tw.wrote && wantsHTML(r) && !hasErrorRoutes(r, err) {
 		// Caddy would answer a browser with an empty page: say what
 		// happened instead, and log the cause as Caddy would have.
 		p.logger.Error("portal request failed", zap.Int("status", status), zap.String("method", r.Method),
@@ -162,11 +162,27 @@ func serverErrorStatus(err error) int {
 	return status
 }
 
-// hasErrorRoutes reports whether the request's server has handle_errors
-// routes, which answer a handler's error as the operator wrote them.
-func hasErrorRoutes(r *http.Request) bool {
+// hasErrorRoutes reports whether an error route of the request's server
+// takes the request with err (the site's handle_errors: the Caddyfile
+// puts every site's into its server, matched by host, and maybe by the
+// error's status), which answers err as the operator wrote it.
+func hasErrorRoutes(r *http.Request, err error) bool {
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	return srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
+	if srv == nil || srv.Errors == nil || len(srv.Errors.Routes) == 0 {
+		return false
+	}
+	if !errors.As(err, new(caddyhttp.HandlerError)) {
+		err = caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	// The error's placeholders, as Caddy sets them before its error
+	// routes run (it sets them again then).
+	r = srv.Errors.WithError(r, err)
+	for _, route := range srv.Errors.Routes {
+		if ok, merr := route.MatcherSets.AnyMatchWithError(r); ok && merr == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // writeTracker remembers whether anything of the answer was written.

@@ -42,7 +42,8 @@ const (
 // carry ';' or '\'; refusing them is the only way to be sure that the
 // gate and the app agree. For an app that
 // decodes a path twice, any character encoded twice (%252e, %2561: the
-// gate decides on /%61dmin, the app serves /admin) is refused, and for
+// gate decides on /%61dmin, the app serves /admin; and IIS's %u0061
+// written as %25u0061) is refused, and for
 // one that reads overlong UTF-8 (%c0%ae, %e0%80%ae are '.' to some old
 // decoders) the lead bytes of overlong forms are. params allows ';'
 // (path_params allow), also encoded twice. Cheap: one scan of the path
@@ -53,8 +54,11 @@ func pathRefusal(path string, params bool) string {
 		case '%':
 			// The path is decoded once: a '%' left before two hex digits
 			// was written as %25XX.
-			if i+2 < len(path) && isHex(path[i+1]) && isHex(path[i+2]) &&
-				!(params && path[i+1] == '3' && path[i+2]|0x20 == 'b') {
+			if i+2 < len(path) && isHex(path[i+1]) && isHex(path[i+2]) && !(params && encodedSemicolon(path[i:])) {
+				return "a character encoded twice"
+			}
+			// %uXXXX, which IIS decodes, written as %25uXXXX.
+			if i+5 < len(path) && path[i+1]|0x20 == 'u' && isHex(path[i+2]) && isHex(path[i+3]) && isHex(path[i+4]) && isHex(path[i+5]) {
 				return "a character encoded twice"
 			}
 		case 0xc0, 0xc1:
@@ -78,7 +82,7 @@ func pathRefusal(path string, params bool) string {
 				for end < len(path) && (path[end] == '.' || path[end] == ' ') {
 					end++
 				}
-				if end == len(path) || path[end] == '/' || path[end] == ';' {
+				if end == len(path) || path[end] == '/' || path[end] == ';' || encodedSemicolon(path[end:]) {
 					return "a dot segment"
 				}
 			}
@@ -106,6 +110,12 @@ func overlongUTF8(lead, next byte) bool {
 		limit = 0x84
 	}
 	return 0x80 <= next && next < limit
+}
+
+// encodedSemicolon reports whether s starts with ';' encoded (%3b), which
+// is left in a path decoded once only where it was encoded twice.
+func encodedSemicolon(s string) bool {
+	return len(s) >= 3 && s[0] == '%' && s[1] == '3' && s[2]|0x20 == 'b'
 }
 
 func isHex(c byte) bool {

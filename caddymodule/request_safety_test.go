@@ -271,6 +271,7 @@ func TestPathRefusal(t *testing.T) {
 		"/a/%2e%2e/b": "a character encoded twice", "/a%2Fb": "a character encoded twice",
 		"/a%5Cb": "a character encoded twice", "/a%3bb": "a character encoded twice", "/a%61": "a character encoded twice",
 		"/a%6A": "a character encoded twice", "/a%Zb": "", "/a%6": "", "/a%%61": "a character encoded twice",
+		"/%u0061dmin": "a character encoded twice", "/%U0061": "a character encoded twice", "/%u006": "", "/%uzzzz": "",
 		"/a/\xc0\xae\xc0\xae/b": "an overlong UTF-8 sequence", "/100%": "", "/100%2": "", "/caf\xc3\xa9": "",
 		"/a/\xe0\x80\xae": "an overlong UTF-8 sequence", "/a/\xe0\x9f\xbf": "an overlong UTF-8 sequence",
 		"/a/\xf0\x80\x80\xae": "an overlong UTF-8 sequence", "/a/\xf0\x8f\xbf\xbf": "an overlong UTF-8 sequence",
@@ -290,6 +291,7 @@ func TestPathRefusal(t *testing.T) {
 	// With ';' allowed, ';' encoded twice is allowed too, and nothing else.
 	for path, want := range map[string]string{
 		"/a%3bb/c": "", "/a%3Bb/c": "", "/a%61b/c": "a character encoded twice", "/a/..;b/c": "a dot segment",
+		"/a/..%3bb/c": "a dot segment", "/a/.%3B/c": "a dot segment", "/a/..x%3b/c": "",
 	} {
 		if got := pathRefusal(path, true); got != want {
 			t.Errorf("pathRefusal(%q) with params allowed = %q; want %q", path, got, want)
