@@ -257,12 +257,15 @@ func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery st
 	return token, refused
 }
 
+// codesBannedText and addressBannedText answer a code refused unchecked
+// while the user's codes, or the client's address, are banned.
+const (
+	codesBannedText   = "Too many wrong codes: codes cannot be checked for a few minutes, and this one was not. Try again later."
+	addressBannedText = "Too many failed attempts from your network: codes cannot be checked for a few minutes, and this one was not. Try again later."
+)
+
 // totpLockedText tells the owner of an app locked by wrong codes what
 // opens it. Whoever made the wrong guesses had the password or a session.
-const addressBannedText = "Too many failed attempts from your network: codes cannot be checked for a few minutes, and this one was not. Try again later."
-
-const codesBannedText = "Too many wrong codes: codes cannot be checked for a few minutes, and this one was not. Try again later."
-
 const totpLockedText = "Too many wrong codes in a row: codes from your authenticator app are refused until you use a recovery code, or an administrator unlocks your account. If you did not enter those codes, someone else knows your password: change it once you are in."
 
 // totpPage shows TOTP status, or starts an enrolment.

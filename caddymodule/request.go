@@ -40,14 +40,13 @@ const (
 // to Windows servers, which also read "..." and ".. " as "..".
 // Browsers resolve dot segments and never send them, and paths rarely
 // carry ';' or '\'; refusing them is the only way to be sure that the
-// gate and the app agree. For an app that
-// decodes a path twice, any character encoded twice (%252e, %2561: the
-// gate decides on /%61dmin, the app serves /admin; and IIS's %u0061
-// written as %25u0061) is refused, and for
-// one that reads overlong UTF-8 (%c0%ae, %e0%80%ae are '.' to some old
-// decoders) the lead bytes of overlong forms are. params allows ';'
-// (path_params allow), also encoded twice. Cheap: one scan of the path
-// for the usual one.
+// gate and the app agree. For an app that decodes a path twice, any
+// character encoded twice (%252e, %2561: the gate decides on /%61dmin,
+// the app serves /admin; and IIS's %u0061 written as %25u0061) is
+// refused, and for one that reads overlong UTF-8 (%c0%ae, %e0%80%ae are
+// '.' to some old decoders) the lead bytes of overlong forms are. params
+// allows ';' (path_params allow), also encoded twice. Cheap: one scan of
+// the path for the usual one.
 func pathRefusal(path string, params bool) string {
 	for i := 0; i < len(path); i++ {
 		switch path[i] {
