@@ -656,15 +656,7 @@ func (a *App) Start() error {
 // key that signs is logged ("sigra started" named the one before).
 func (a *App) saveKeys(ctx context.Context, rt *runtime, save func(context.Context, authcore.KeyCommit) error) error {
 	before := rt.keys.ActiveKeyID()
-	err := save(ctx, func(previous, active authcore.KeyInfo, change func(tx any) error) error {
-		ev := event{action: "admin.keys.rotate", actorType: audit.ActorSystem, outcome: "success",
-			meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID, "reason": "config"}}
-		refused, err := rt.recordChange(ctx, []audit.Row{rowFor(nil, ev)}, change)
-		if refused != nil {
-			return refused
-		}
-		return err
-	})
+	err := save(ctx, rt.keyCommit(ctx, nil, "", "config"))
 	if now := rt.keys.ActiveKeyID(); err == nil && now != before {
 		a.logger.Info("the assertion key changed with the config", zap.String("assertion_kid", now), zap.String("retired_kid", before))
 	}

@@ -20,6 +20,24 @@ type keysResult struct {
 	Keys []authcore.KeyInfo `json:"keys"`
 }
 
+// keyCommit stores a change of the active key with its admin.keys.rotate
+// row, by actor ("" for the system), with metadata.reason when given
+// ("config": a reloaded config's change of algorithm or signing_key).
+func (rt *runtime) keyCommit(ctx context.Context, r *http.Request, actor, reason string) authcore.KeyCommit {
+	return func(previous, active authcore.KeyInfo, change func(tx any) error) error {
+		ev := event{action: "admin.keys.rotate", actor: actor, actorType: adminActorType(actor), outcome: "success",
+			meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID}}
+		if reason != "" {
+			ev.meta["reason"] = reason
+		}
+		refused, err := rt.recordChange(ctx, []audit.Row{rowFor(r, ev)}, change)
+		if refused != nil {
+			return refused
+		}
+		return err
+	}
+}
+
 // doKeys runs a key operation on behalf of actor ("" for the CLI, recorded
 // as the system). A rotation writes admin.keys.rotate.
 func doKeys(ctx context.Context, rt *runtime, req keysRequest, r *http.Request, actor string) (*keysResult, error) {
@@ -31,16 +49,7 @@ func doKeys(ctx context.Context, rt *runtime, req keysRequest, r *http.Request, 
 		// the config (keys { algorithm }), which rotates at the next start.
 		// The new keys and their row are one transaction: a rotation is
 		// never stored without its row, nor its row without it.
-		err := rt.keys.RotateWith("", func(previous, active authcore.KeyInfo, change func(tx any) error) error {
-			ev := event{action: "admin.keys.rotate", actor: actor, actorType: adminActorType(actor), outcome: "success",
-				meta: map[string]string{"kid": active.KID, "alg": active.Alg, "previous_kid": previous.KID}}
-			refused, err := rt.recordChange(ctx, []audit.Row{rowFor(r, ev)}, change)
-			if refused != nil {
-				return refused
-			}
-			return err
-		})
-		if err != nil {
+		if err := rt.keys.RotateWith("", rt.keyCommit(ctx, r, actor, "")); err != nil {
 			return nil, fmt.Errorf("the keys were not rotated: %w", err)
 		}
 	default:
