@@ -34,7 +34,8 @@ type Store interface {
 	// transaction; otherwise the answer is ErrLastAdmin.
 	DeleteUser(ctx context.Context, id, keepGroup string) error
 	// HasOtherMember reports whether a user other than id is an enabled
-	// member of group: the check DeleteUser's keepGroup makes.
+	// member of group: the check DeleteUser's keepGroup makes. With id
+	// "", whether any user is.
 	HasOtherMember(ctx context.Context, group, id string) (bool, error)
 	UserByID(ctx context.Context, id string) (*User, error)
 	// UserByEmail looks up a normalised email.

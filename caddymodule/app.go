@@ -901,8 +901,7 @@ func loadOrCreateSecret(ctx context.Context, st authcore.Store, box *seal.Box, n
 func (a *App) warnNoAdmin(rt *runtime) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	const noUser = "00000000-0000-0000-0000-000000000000" // no user's id: every member is another
-	if any, err := rt.store.HasOtherMember(ctx, a.AdminGroup, noUser); err == nil && !any {
+	if any, err := rt.store.HasOtherMember(ctx, a.AdminGroup, ""); err == nil && !any {
 		a.logger.Warn("no enabled user is in admin_group, so nobody can use the admin pages and API: make one with caddy sigra users add --admin (or users groups --admin)",
 			zap.String("admin_group", a.AdminGroup))
 	}

@@ -270,9 +270,12 @@ func deleteUser(tx *bolt.Tx, id, keepGroup string) error {
 
 // HasOtherMember implements authcore.Store.
 func (b *Bolt) HasOtherMember(ctx context.Context, group, id string) (other bool, err error) {
-	key, ok := userKey(id)
-	if !ok {
-		return false, authcore.ErrNotFound
+	var key []byte // none for id "": every member is another
+	if id != "" {
+		var ok bool
+		if key, ok = userKey(id); !ok {
+			return false, authcore.ErrNotFound
+		}
 	}
 	err = b.db.View(func(tx *bolt.Tx) error {
 		other, err = otherMember(tx, key, group)

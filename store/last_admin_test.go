@@ -105,4 +105,13 @@ func TestHasOtherMember(t *testing.T) {
 	if other, err := st.HasOtherMember(ctx, "admins", b.ID); err != nil || !other {
 		t.Errorf("HasOtherMember for b = %v, %v; want true (a)", other, err)
 	}
+	// No id: whether the group has any enabled member.
+	for group, want := range map[string]bool{"admins": true, "dev": true, "ops": false} {
+		if any, err := st.HasOtherMember(ctx, group, ""); err != nil || any != want {
+			t.Errorf("HasOtherMember(%s, no id) = %v, %v; want %v", group, any, err, want)
+		}
+	}
+	if _, err := st.HasOtherMember(ctx, "admins", "not a uuid"); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("HasOtherMember of a malformed id: %v; want ErrNotFound", err)
+	}
 }
