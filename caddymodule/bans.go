@@ -24,13 +24,17 @@ type bansRequest struct {
 
 // bansResult lists the addresses banned now (after a lift, the rest).
 type bansResult struct {
-	Bans []authcore.AddressBan `json:"bans"`
+	// Lifted is the address a lift cleared, as listed (an IPv6
+	// address's /64).
+	Lifted string                `json:"lifted,omitempty"`
+	Bans   []authcore.AddressBan `json:"bans"`
 }
 
 // doBans runs a bans operation on behalf of actor ("" for the CLI,
 // recorded as the system). A lift writes admin.address.unlock, in one
 // transaction with the lift.
 func doBans(ctx context.Context, rt *runtime, req bansRequest, r *http.Request, actor string) (*bansResult, error) {
+	var lifted string
 	switch req.Op {
 	case "list":
 	case "lift":
@@ -49,6 +53,7 @@ func doBans(ctx context.Context, rt *runtime, req bansRequest, r *http.Request, 
 		if refused != nil {
 			return nil, refused
 		}
+		lifted = authcore.KeyAddress(key)
 	default:
 		return nil, fmt.Errorf("%w: bans operation %q (want list or lift)", errUsage, req.Op)
 	}
@@ -56,7 +61,7 @@ func doBans(ctx context.Context, rt *runtime, req bansRequest, r *http.Request, 
 	if err != nil {
 		return nil, err
 	}
-	return &bansResult{Bans: bans}, nil
+	return &bansResult{Lifted: lifted, Bans: bans}, nil
 }
 
 // handleAdminBans runs one bansRequest (POST, JSON body).
@@ -85,9 +90,8 @@ func addBansCommand(cmd *cobra.Command) {
 		if err != nil {
 			return err
 		}
-		if key, err := authcore.AddressKey(req.Address); req.Op == "lift" && err == nil {
-			// As listed: an IPv6 address's /64 was lifted.
-			fmt.Fprintf(c.ErrOrStderr(), "lifted the ban and failures of %s\n", authcore.KeyAddress(key))
+		if res.Lifted != "" {
+			fmt.Fprintf(c.ErrOrStderr(), "lifted the ban and failures of %s\n", res.Lifted)
 		}
 		tw := tabwriter.NewWriter(c.OutOrStdout(), 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ADDRESS\tBANNED UNTIL")
