@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -27,11 +28,7 @@ func TestBansListAndLift(t *testing.T) {
 	ctx := context.Background()
 	banAddress := func() {
 		t.Helper()
-		for _, who := range []string{"a@example.com", "b@example.com", "c@example.com"} {
-			if r := e.browser().login(who, "wrong wrong wrong", "/"); r.StatusCode != http.StatusUnauthorized {
-				t.Fatalf("a wrong password for %s: status %d", who, r.StatusCode)
-			}
-		}
+		e.failSignIns(3)
 		if r := e.browser().login("oscar@example.com", testPassword, "/"); r.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("oscar from the banned address: status %d; want 401", r.StatusCode)
 		}
@@ -82,5 +79,18 @@ func TestBansListAndLift(t *testing.T) {
 	}
 	if rows := e.auditRows("admin.address.unlock"); len(rows) != 2 {
 		t.Errorf("%d admin.address.unlock rows; want 2", len(rows))
+	}
+}
+
+// failSignIns sends n wrong passwords for n different unknown emails from
+// the test client's address: with max_retries_per_ip n, the address's
+// ban, whoever signs in from it next.
+func (e *env) failSignIns(n int) {
+	e.t.Helper()
+	for i := range n {
+		who := fmt.Sprintf("stranger%d@example.com", i)
+		if r := e.browser().login(who, "wrong wrong wrong", "/"); r.StatusCode != http.StatusUnauthorized {
+			e.t.Fatalf("a wrong password for %s: status %d", who, r.StatusCode)
+		}
 	}
 }
