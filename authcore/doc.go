@@ -20,6 +20,11 @@ var (
 	// wrong password, a disabled account and a ban: callers must not be
 	// able to tell them apart.
 	ErrInvalidCredentials = errors.New("invalid email or password")
+	// ErrAccountDisabled is ErrInvalidCredentials for the right password
+	// of a disabled account. Callers answer it as ErrInvalidCredentials;
+	// it is for the audit row, which tells the operator that someone
+	// they shut out still holds the password.
+	ErrAccountDisabled = fmt.Errorf("%w: the account is disabled", ErrInvalidCredentials)
 	// ErrNoSession means the request carries no valid, unexpired session.
 	ErrNoSession = errors.New("no valid session")
 	// ErrOtherHost is ErrNoSession for a session of another site (see

@@ -443,8 +443,9 @@ func (s *Service) LookupUser(ctx context.Context, idOrEmail string) (*User, erro
 // CheckPassword verifies an email and password. Unknown users, wrong
 // passwords, users without a password and disabled users all return
 // ErrInvalidCredentials after the same argon2id work, so neither the
-// answer nor its timing tells them apart. Other errors are storage
-// failures.
+// answer nor its timing tells them apart; the right password of a
+// disabled user wraps it as ErrAccountDisabled, for the audit row only.
+// Other errors are storage failures.
 func (s *Service) CheckPassword(ctx context.Context, email, password string) (*User, error) {
 	u, hash, err := s.passwordOf(ctx, email)
 	if err != nil {
@@ -454,8 +455,11 @@ func (s *Service) CheckPassword(ctx context.Context, email, password string) (*U
 	if err != nil {
 		return nil, err
 	}
-	if !ok || u == nil || u.PasswordHash == "" || u.Disabled {
+	switch {
+	case !ok || u == nil || u.PasswordHash == "":
 		return nil, ErrInvalidCredentials
+	case u.Disabled:
+		return nil, ErrAccountDisabled
 	}
 	return u, nil
 }

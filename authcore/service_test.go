@@ -134,7 +134,10 @@ func TestCheckPassword(t *testing.T) {
 		{"user without a password, empty password", "nopass@example.com", "", ErrInvalidCredentials},
 		// The fake hash stands in for a missing one; its password opens nothing.
 		{"user without a password, the fake password", "nopass@example.com", "sigra fake password for unknown users", ErrInvalidCredentials},
-		{"disabled user, right password", "disabled@example.com", pw, ErrInvalidCredentials},
+		// The right password of a disabled user is an ErrInvalidCredentials
+		// that the audit row can tell apart; a wrong one is not.
+		{"disabled user, right password", "disabled@example.com", pw, ErrAccountDisabled},
+		{"disabled user, wrong password", "disabled@example.com", pw + "!", ErrInvalidCredentials},
 		{"over-long password", "alice@example.com", string(make([]byte, MaxPasswordLen+1)), ErrInvalidCredentials},
 	}
 	for _, tt := range tests {
@@ -186,16 +189,17 @@ func TestCheckPasswordHashesOnEveryPath(t *testing.T) {
 	ctx := context.Background()
 	for _, p := range []struct {
 		name, email, pw string
+		want            error
 	}{
-		{"wrong password", "alice@example.com", "wrong password!"},
-		{"unknown user", "nobody@example.com", "wrong password!"},
-		{"malformed email", "nobody", "wrong password!"},
-		{"user without a password", "nopass@example.com", "wrong password!"},
-		{"disabled user", "disabled@example.com", pw},
+		{"wrong password", "alice@example.com", "wrong password!", ErrInvalidCredentials},
+		{"unknown user", "nobody@example.com", "wrong password!", ErrInvalidCredentials},
+		{"malformed email", "nobody", "wrong password!", ErrInvalidCredentials},
+		{"user without a password", "nopass@example.com", "wrong password!", ErrInvalidCredentials},
+		{"disabled user", "disabled@example.com", pw, ErrAccountDisabled},
 	} {
 		before := svc.PasswordChecks()
-		if _, err := svc.CheckPassword(ctx, p.email, p.pw); err != ErrInvalidCredentials {
-			t.Fatalf("%s: CheckPassword = %v; want ErrInvalidCredentials", p.name, err)
+		if _, err := svc.CheckPassword(ctx, p.email, p.pw); err != p.want {
+			t.Fatalf("%s: CheckPassword = %v; want %v", p.name, err, p.want)
 		}
 		if n := svc.PasswordChecks() - before; n != 1 {
 			t.Errorf("%s: %d argon2id checks; want 1, as for any password typed", p.name, n)

@@ -515,8 +515,11 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 			return nil, nil, err
 		}
 		reason := "invalid_credentials"
-		if !att.Allowed() {
+		switch {
+		case !att.Allowed():
 			reason = "locked"
+		case errors.Is(err, authcore.ErrAccountDisabled):
+			reason = "disabled"
 		}
 		meta := map[string]string{"method": "password", "reason": reason}
 		if reauthOf != "" {

@@ -640,8 +640,17 @@ func TestAdminUsersAndSessionsAPI(t *testing.T) {
 	if code, body := e.adminCall(http.MethodPost, "/users/"+target.ID+"/disable", map[string]string{"X-CSRF-Token": tok}); code != 200 || !strings.Contains(body, `"disabled":true`) {
 		t.Fatalf("disable: status %d body %s", code, body)
 	}
-	if r := tom.login("tom@example.com", testPassword, "/"); r.StatusCode == http.StatusSeeOther {
+	right := tom.login("tom@example.com", testPassword, "/")
+	if right.StatusCode == http.StatusSeeOther {
 		t.Fatal("a disabled user signed in")
+	}
+	// The right password of a disabled account is answered as a wrong one;
+	// only the row says why.
+	if wrong := tom.login("tom@example.com", "not tom's password", "/"); wrong.StatusCode != right.StatusCode {
+		t.Errorf("disabled, right password: status %d; a wrong password: %d; want the same", right.StatusCode, wrong.StatusCode)
+	}
+	if rows := e.auditRows("auth.login.failure"); len(rows) < 2 || rows[1].Metadata["reason"] != "disabled" || rows[0].Metadata["reason"] != "invalid_credentials" {
+		t.Errorf("auth.login.failure rows %+v; want reason disabled for the right password, then invalid_credentials", rows)
 	}
 	code, body = e.adminCall(http.MethodPost, "/users/"+target.ID+"/enable", map[string]string{"X-CSRF-Token": tok})
 	var en map[string]any

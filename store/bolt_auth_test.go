@@ -1411,8 +1411,11 @@ func TestServiceDisabledUser(t *testing.T) {
 		}
 		e.refused(t, token) // at once, not after the cache TTL
 		e.goneFromStore(t, sess.ID)
-		if _, err := e.svc.CheckPassword(e.ctx, u.Email, authPassword); !errors.Is(err, authcore.ErrInvalidCredentials) {
-			t.Errorf("CheckPassword of a disabled user = %v; want ErrInvalidCredentials", err)
+		if _, err := e.svc.CheckPassword(e.ctx, u.Email, authPassword); !errors.Is(err, authcore.ErrAccountDisabled) || !errors.Is(err, authcore.ErrInvalidCredentials) {
+			t.Errorf("CheckPassword of a disabled user = %v; want ErrAccountDisabled, an ErrInvalidCredentials", err)
+		}
+		if _, err := e.svc.CheckPassword(e.ctx, u.Email, "wrong password!"); err != authcore.ErrInvalidCredentials {
+			t.Errorf("CheckPassword of a disabled user, wrong password = %v; want exactly ErrInvalidCredentials", err)
 		}
 		if _, err := e.svc.SetDisabled(e.ctx, u.ID, false); err != nil {
 			t.Fatal(err)
