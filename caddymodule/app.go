@@ -556,6 +556,11 @@ func (a *App) Validate() error {
 		// The generated key's file, when there is one yet (made 0600).
 		warnLooseKeyFile(a.logger, "encryption key", a.encryptionKeyFile())
 	}
+	if a.storagePath != "" {
+		// Made 0600 too; a copy restored with cp or a mounted volume may
+		// not be. It holds the password hashes and the audit trail.
+		warnLooseKeyFile(a.logger, "store", a.storagePath)
+	}
 	if a.Session.Idle < 0 || a.Session.Lifetime < 0 || a.Session.PendingLifetime < 0 {
 		return errors.New("session: durations must be positive")
 	}
@@ -856,8 +861,8 @@ func (a *App) encryptionKeyFile() string {
 	return filepath.Join(filepath.Dir(a.storagePath), "encryption.key")
 }
 
-// warnLooseKeyFile warns when every user can read a key file, or its
-// group can write it (as ssh does for private keys). A group may read
+// warnLooseKeyFile warns when every user can read a key file or the
+// store, or its group can write it (as ssh does for private keys). A group may read
 // it: root:caddy 0640 is a usual way to hand a key to Caddy. It does not
 // refuse: mounted secrets are often 0644 by default, and a refusal there
 // would be an outage. The warning says what to run.

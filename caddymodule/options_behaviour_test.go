@@ -407,9 +407,10 @@ func TestValidateReadsSigningKeyFile(t *testing.T) {
 	}
 }
 
-// A key file every user can read, or its group replace, is accepted with
-// a warning that names the file and the command that fixes it; a private
-// one, or one its group may only read, is not warned about.
+// A key file or store every user can read, or its group replace, is
+// accepted with a warning that names the file and the command that
+// fixes it; a private one, or one its group may only read, is not
+// warned about.
 func TestLooseKeyFilesWarn(t *testing.T) {
 	dir := t.TempDir()
 	signing := writeEd25519Key(t, filepath.Join(dir, "assertion.pem"))
@@ -461,13 +462,18 @@ func TestLooseKeyFilesWarn(t *testing.T) {
 		{0o604, true},
 		{0o660, true}, // the group could replace the key
 	} {
-		for _, p := range []string{signing, encryption} {
+		files := []string{signing, encryption, a.storagePath}
+		for _, p := range files {
 			if err := os.Chmod(p, c.mode); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if got := warnings(); got[signing] != c.warn || got[encryption] != c.warn {
-			t.Errorf("mode %#o: warned about %v; want both files %v", c.mode, got, c.warn)
+		got := warnings()
+		for _, p := range files {
+			if got[p] != c.warn {
+				t.Errorf("mode %#o: warned about %v; want each of %v: %v", c.mode, got, files, c.warn)
+				break
+			}
 		}
 	}
 }
