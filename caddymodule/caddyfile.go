@@ -490,6 +490,19 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 }
 
 // oneArg reads exactly one argument.
+// switchArg reads an option's one value, yes or no (on or off, say),
+// as true or false.
+func switchArg(d *caddyfile.Dispenser, yes, no string) (bool, error) {
+	name, v := d.Val(), ""
+	if err := oneArg(d, &v); err != nil {
+		return false, err
+	}
+	if v != yes && v != no {
+		return false, d.Errf("%s: want %s or %s, not %q", name, yes, no, v)
+	}
+	return v == yes, nil
+}
+
 func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	name := d.Val()
 	if !d.Args(dst) {
@@ -716,6 +729,8 @@ var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "polic
 //		mfa [max_age <duration>]
 //		amr <method...>
 //		group <name...>
+//		assertion on|off
+//		preflight allow|refuse
 //	}
 func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
@@ -776,20 +791,19 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			g.Groups = append(g.Groups, groups...)
 		case "assertion":
 			// Not a requirement: what passing requests carry upstream.
-			if !h.NextArg() {
-				return nil, h.ArgErr()
+			on, err := switchArg(h.Dispenser, "on", "off")
+			if err != nil {
+				return nil, err
 			}
-			switch h.Val() {
-			case "off":
-				g.OmitAssertion = true
-			case "on":
-				g.OmitAssertion = false
-			default:
-				return nil, h.Errf("assertion: want on or off, not %q", h.Val())
+			g.OmitAssertion = !on
+		case "preflight":
+			// Not a requirement either: CORS preflights, which carry no
+			// cookie, pass without one.
+			allow, err := switchArg(h.Dispenser, "allow", "refuse")
+			if err != nil {
+				return nil, err
 			}
-			if h.NextArg() {
-				return nil, h.ArgErr()
-			}
+			g.AllowPreflight = allow
 		default:
 			if laterGate[req] {
 				return nil, h.Errf("sigra_gate: %q is not available in this build yet", req)
@@ -798,7 +812,7 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			if strings.HasPrefix(req, "group") || req == "role" || req == "roles" {
 				hint = "; did you mean group?"
 			}
-			return nil, unknownOption(h.Dispenser, "sigra_gate: unknown requirement %q (known: optional, mfa, amr, group, assertion)%s", req, hint)
+			return nil, unknownOption(h.Dispenser, "sigra_gate: unknown requirement %q (known: optional, mfa, amr, group, assertion, preflight)%s", req, hint)
 		}
 	}
 	if err := g.checkOptional(); err != nil {

@@ -53,8 +53,8 @@ func TestParseGate(t *testing.T) {
 		// Passkeys, federation and email links are not in this build: a
 		// gate asking only for them would refuse everyone.
 		{"amr none in this build", "sigra_gate {\n amr hwk swk\n}", Gate{}, "amr: hwk, swk not available in this build yet"},
-		{"unknown requirement", "sigra_gate {\n nope\n}", Gate{}, `unknown requirement "nope" (known: optional, mfa, amr, group, assertion)`},
-		{"groups for group", "sigra_gate {\n groups admins\n}", Gate{}, `unknown requirement "groups" (known: optional, mfa, amr, group, assertion); did you mean group?`},
+		{"unknown requirement", "sigra_gate {\n nope\n}", Gate{}, `unknown requirement "nope" (known: optional, mfa, amr, group, assertion, preflight)`},
+		{"groups for group", "sigra_gate {\n groups admins\n}", Gate{}, `unknown requirement "groups" (known: optional, mfa, amr, group, assertion, preflight); did you mean group?`},
 		{"later requirement", "sigra_gate {\n rule `true`\n}", Gate{}, `"rule" is not available in this build yet`},
 		{"unknown amr", "sigra_gate {\n amr fingerprint\n}", Gate{}, `unknown method "fingerprint"`},
 		{"mfa bad option", "sigra_gate {\n mfa max_agee 1s\n}", Gate{}, `unknown option "max_agee"`},
@@ -69,8 +69,13 @@ func TestParseGate(t *testing.T) {
 		{"assertion on", "sigra_gate {\n assertion on\n}", Gate{}, ""},
 		{"optional without assertion", "sigra_gate {\n optional\n assertion off\n}", Gate{Optional: true, OmitAssertion: true}, ""},
 		{"assertion bad value", "sigra_gate {\n assertion maybe\n}", Gate{}, `want on or off, not "maybe"`},
-		{"assertion without value", "sigra_gate {\n assertion\n}", Gate{}, "wrong argument count"},
-		{"assertion extra value", "sigra_gate {\n assertion off now\n}", Gate{}, "wrong argument count"},
+		{"assertion without value", "sigra_gate {\n assertion\n}", Gate{}, "assertion: missing value"},
+		{"assertion extra value", "sigra_gate {\n assertion off now\n}", Gate{}, `assertion takes one value; "now" is one too many`},
+		{"preflight allow", "sigra_gate {\n group admins\n preflight allow\n}", Gate{Groups: []string{"admins"}, AllowPreflight: true}, ""},
+		{"preflight refuse", "sigra_gate {\n preflight refuse\n}", Gate{}, ""},
+		{"preflight bad value", "sigra_gate {\n preflight yes\n}", Gate{}, `preflight: want allow or refuse, not "yes"`},
+		{"preflight without value", "sigra_gate {\n preflight\n}", Gate{}, "preflight: missing value"},
+		{"preflight twice", "sigra_gate {\n preflight allow\n preflight refuse\n}", Gate{}, "preflight is already given on line 2"},
 		// A second line would widen the first: a bare mfa after max_age, or
 		// more groups that any one of passes.
 		{"mfa twice", "sigra_gate {\n mfa max_age 5m\n mfa\n}", Gate{}, "mfa is already given on line 2"},
@@ -471,7 +476,7 @@ func TestAdaptReadmeCaddyfile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("adapting the README's Caddyfile: %v", err)
 	}
-	for _, want := range []string{`"max_retries_per_ip":20`, `"assertion_ttl":300000000000`, `"bootstrap_admin":"admin@localhost"`, `"prefix":"/.sigra"`} {
+	for _, want := range []string{`"max_retries_per_ip":20`, `"assertion_ttl":300000000000`, `"bootstrap_admin":"admin@localhost"`, `"prefix":"/.sigra"`, `"allow_preflight":true`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("adapted README Caddyfile lacks %s", want)
 		}

@@ -99,6 +99,12 @@ type Gate struct {
 	// assets: about 600 bytes and a signature less per request. The other
 	// identity headers are sent as always.
 	OmitAssertion bool `json:"omit_assertion,omitempty"`
+	// AllowPreflight passes CORS preflights (OPTIONS with Origin and
+	// Access-Control-Request-Method) without a session, and without
+	// identity, for the app to answer: browsers send them without
+	// cookies, so otherwise every cross-origin call to the route that
+	// needs one fails. Only what the app answers to OPTIONS is exposed.
+	AllowPreflight bool `json:"allow_preflight,omitempty"`
 	// Scope is the block the gate is written in, set by the Caddyfile
 	// adapter. Gates of one scope are
 	// siblings that Caddy sorts most specific first (in a route block:
@@ -192,6 +198,13 @@ func (g *Gate) Validate() error {
 		}
 	}
 	return g.checkOptional()
+}
+
+// isPreflight reports whether r is a CORS preflight: what a browser
+// sends, without cookies, before a cross-origin request it may not send
+// unasked.
+func isPreflight(r *http.Request) bool {
+	return r.Method == http.MethodOptions && r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != ""
 }
 
 // checkOptional refuses optional with requirements, which would pass
@@ -295,7 +308,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	p := d.p
 	if p == nil {
-		if g.Optional {
+		if g.Optional || g.AllowPreflight && isPreflight(r) {
 			return g.pass(w, r, next, d, first, start)
 		}
 		dn := denyLogin

@@ -804,3 +804,42 @@ func TestGatesSeeThePathBeforeRewrites(t *testing.T) {
 		t.Errorf("an ungated page: status %d %q; want the app, rewritten to /index.php", resp.StatusCode, body)
 	}
 }
+
+// With preflight allow, a CORS preflight (which browsers send without
+// cookies) reaches the app, with no identity; nothing else passes
+// signed out, and a gate without it refuses preflights as any request.
+func TestGatePreflight(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate /api/* {\n\t\tgroup staff\n\t\tpreflight allow\n\t}\n\tsigra_gate /other/* {\n\t\tgroup staff\n\t}")
+	preflight := map[string]string{"Origin": "https://spa.example", "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type", "X-Sigra-User": "forged"}
+	do := func(method, path string, h map[string]string) (int, string) {
+		t.Helper()
+		resp := e.do(method, path, h, nil)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := do(http.MethodOptions, "/api/items", preflight); code != http.StatusOK || body != "app:/api/items" {
+		t.Fatalf("preflight to a gate with preflight allow: status %d body %q; want the app's 200", code, body)
+	}
+	h, _ := e.up.last()
+	assertNoForged(t, h)
+	if h.Get(hdrUser) != "" || h.Get(hdrAssertion) != "" {
+		t.Errorf("a preflight reached the app with identity: %v", h)
+	}
+	for _, c := range []struct {
+		name, method, path string
+		h                  map[string]string
+	}{
+		{"preflight to a gate without it", http.MethodOptions, "/other/items", preflight},
+		{"OPTIONS without Access-Control-Request-Method", http.MethodOptions, "/api/items", map[string]string{"Origin": "https://spa.example"}},
+		{"OPTIONS without Origin", http.MethodOptions, "/api/items", map[string]string{"Access-Control-Request-Method": "PUT"}},
+		{"the request itself", http.MethodPut, "/api/items", preflight},
+	} {
+		if code, _ := do(c.method, c.path, c.h); code != http.StatusUnauthorized {
+			t.Errorf("%s, signed out: status %d; want 401", c.name, code)
+		}
+	}
+	if _, n := e.up.last(); n != 1 {
+		t.Errorf("the app saw %d requests; want only the one preflight", n)
+	}
+}

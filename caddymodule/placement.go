@@ -896,11 +896,13 @@ func knownPrefix(target, from string) string {
 }
 
 // gateRequirements is what a gate asks for, from its block as written:
-// its requirement lines (assertion, which asks nothing, left out), and
-// whether it is optional.
+// its requirement lines (assertion and preflight, which ask nothing,
+// left out), whether it is optional, and whether it lets CORS
+// preflights through.
 type gateRequirements struct {
-	lines    []string
-	optional bool
+	lines     []string
+	optional  bool
+	preflight bool
 }
 
 func gateReqs(d placedDirective) gateRequirements {
@@ -913,6 +915,8 @@ func gateReqs(d placedDirective) gateRequirements {
 		case "assertion":
 		case "optional":
 			r.optional = true
+		case "preflight":
+			r.preflight = len(e.args) == 1 && e.args[0] == "allow"
 		default:
 			r.lines = append(r.lines, strings.Join(append([]string{e.name}, e.args...), " "))
 		}
@@ -939,7 +943,8 @@ func (c placement) passesAlready(p place, froms []string, self *placedDirective)
 
 // decidedAlike reports whether, at some block of p, the gate that
 // decides for every path of the pattern f ("" for any path) asks for at
-// least want, without optional.
+// least want, without optional, and lets no preflight through that want
+// would not.
 func (c placement) decidedAlike(p place, f string, self *placedDirective, want gateRequirements) bool {
 	fl := strings.ToLower(f)
 	fpre := strings.TrimSuffix(fl, "*")
@@ -983,7 +988,7 @@ func (c placement) decidedAlike(p place, f string, self *placedDirective, want g
 			continue
 		}
 		have := gateReqs(*decider)
-		if !have.optional && !slices.ContainsFunc(want.lines, func(l string) bool { return !slices.Contains(have.lines, l) }) {
+		if !have.optional && (!have.preflight || want.preflight) && !slices.ContainsFunc(want.lines, func(l string) bool { return !slices.Contains(have.lines, l) }) {
 			return true
 		}
 	}
