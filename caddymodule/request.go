@@ -163,6 +163,17 @@ func isIdentityHeader(name string, remote bool) bool {
 	return false
 }
 
+// isPathOverride reports whether a header could make the app serve
+// another path than the one the gates matched: X-Original-URL and
+// X-Rewrite-URL, which IIS's URL Rewrite sets for the app, and which
+// older Symfony and Zend apps take as the request's URL (CVE-2018-14773).
+// Only the proxy in front may set them, and the gateway is that proxy.
+// Spelt in any case, and with '_' or '.' for '-', as CGI and PHP read
+// them.
+func isPathOverride(name string) bool {
+	return foldEq(name, "x-original-url") || foldEq(name, "x-rewrite-url")
+}
+
 // hasFoldPrefix compares ASCII case-insensitively, any byte that is not
 // a letter or a digit matching '-'.
 func hasFoldPrefix(s, prefix string) bool {
@@ -193,7 +204,9 @@ func foldEq(s, lower string) bool {
 // or to remove ours: identity headers; the same names as trailers (which
 // reverse_proxy forwards, and some upstreams merge into headers); and
 // identity names listed in Connection (which reverse_proxy would drop as
-// hop-by-hop after the gate set them). The identity placeholders become
+// hop-by-hop after the gate set them); and the headers that would have
+// the app serve another path than the gates matched (isPathOverride).
+// The identity placeholders become
 // empty until a gate sets them: Caddy leaves an unknown placeholder in a
 // header_up as its literal text, which an app could take for a user.
 func stripIdentity(r *http.Request, remote bool) {
@@ -203,7 +216,7 @@ func stripIdentity(r *http.Request, remote bool) {
 	}
 	h := r.Header
 	for k := range h {
-		if isIdentityHeader(k, remote) {
+		if isIdentityHeader(k, remote) || isPathOverride(k) {
 			delete(h, k)
 		}
 	}
