@@ -28,6 +28,12 @@ func TestStripOwnCookies(t *testing.T) {
 		{"several lines", []string{"a=1", "sigra_session=tok", "b=2; sigra_csrf=x"}, []string{"a=1", "b=2"}},
 		{"look-alike names stay", []string{"sigra_sessions=1; my_sigra_session=2; Sigra_Session=3"}, []string{"sigra_sessions=1; my_sigra_session=2; Sigra_Session=3"}},
 		{"empty parts", []string{";; sigra_session=tok;; a=1;"}, []string{"a=1"}},
+		// RFC 2965's comma, from a client or a proxy that joins lines.
+		{"after a comma", []string{"a=1, sigra_session=tok"}, []string{"a=1"}},
+		{"commas and semicolons", []string{"a=1,sigra_csrf=x; b=2, __Host-sigra_session=tok, c=3"}, []string{"a=1; b=2, c=3"}},
+		{"only ours, by commas", []string{"sigra_session=tok, sigra_csrf=x"}, nil},
+		{"an app's value with commas stays", []string{"list=a,b,c; sigra_session=tok"}, []string{"list=a,b,c"}},
+		{"commas, none of ours", []string{"list=a, b=c"}, []string{"list=a, b=c"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := http.Header{"Cookie": append([]string(nil), tc.in...), "Accept": {"*/*"}}

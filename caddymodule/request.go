@@ -375,29 +375,52 @@ func editHeaderLines(h http.Header, name string, edit func(line string) string) 
 }
 
 // withoutOwnCookies returns a Cookie header line without the gateway's
-// cookies: the line itself when it has none of them.
+// cookies: the line itself when it has none of them. Pairs end at ';',
+// and also at ',', RFC 2965's separator: browsers never send it, but a
+// client or a proxy that joins Cookie lines may, and some apps' cookie
+// parsers split there, so a session after a comma would reach them.
 func withoutOwnCookies(line string) string {
-	own := false
-	for rest := line; rest != "" && !own; {
-		var part string
-		part, rest, _ = strings.Cut(rest, ";")
-		name, _, _ := strings.Cut(part, "=")
-		own = isOwnCookie(name)
-	}
-	if !own {
+	if !hasOwnCookie(line, ";,") {
 		return line
 	}
-	var b strings.Builder
+	return dropOwnCookies(line, ";", "; ")
+}
+
+// hasOwnCookie reports whether any pair of line, split at any byte of
+// seps, is one of the gateway's cookies. It does not allocate.
+func hasOwnCookie(line, seps string) bool {
 	for rest := line; rest != ""; {
+		part := rest
+		if i := strings.IndexAny(rest, seps); i >= 0 {
+			part, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
+		if name, _, _ := strings.Cut(part, "="); isOwnCookie(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// dropOwnCookies joins the pairs of s, split at sep, with join, without
+// the gateway's cookies; a pair holding a comma is split there too when
+// one of its own pairs is a gateway cookie.
+func dropOwnCookies(s, sep, join string) string {
+	var b strings.Builder
+	for rest := s; rest != ""; {
 		var part string
-		part, rest, _ = strings.Cut(rest, ";")
+		part, rest, _ = strings.Cut(rest, sep)
 		part = strings.TrimSpace(part)
+		if sep == ";" && strings.IndexByte(part, ',') >= 0 && hasOwnCookie(part, ",") {
+			part = dropOwnCookies(part, ",", ", ")
+		}
 		name, _, _ := strings.Cut(part, "=")
 		if part == "" || isOwnCookie(name) {
 			continue
 		}
 		if b.Len() > 0 {
-			b.WriteString("; ")
+			b.WriteString(join)
 		}
 		b.WriteString(part)
 	}
