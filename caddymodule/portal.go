@@ -444,7 +444,7 @@ func (q *preq) loginSubmit() error {
 	}
 	if old != nil {
 		if _, err := q.endSession(old.Session.ID, event{action: "auth.logout", actor: old.User.ID, subject: old.User.ID, outcome: "success",
-			meta: map[string]string{"reason": "signed_in_again"}}); err != nil {
+			meta: map[string]string{"reason": "signed_in_again", "session": old.Session.ID.String()}}); err != nil {
 			return err
 		}
 	}
@@ -607,7 +607,10 @@ func (q *preq) logoutSubmit() error {
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
 		return q.message(http.StatusForbidden, "Request refused", "The form expired. Please go back and try again.", q.p.app.Prefix+"/logout")
 	}
-	if _, err := q.endSession(p.Session.ID, event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success"}); err != nil {
+	// The session, as X-Sigra-Session named it: an app holding a socket
+	// open for it can close it on this row.
+	if _, err := q.endSession(p.Session.ID, event{action: "auth.logout", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"session": p.Session.ID.String()}}); err != nil {
 		return err
 	}
 	q.clearSessionCookie()

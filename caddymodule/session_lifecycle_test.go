@@ -57,8 +57,9 @@ func TestSignInAgainEndsTheOldSessionWithARow(t *testing.T) {
 		t.Errorf("ann's session after ben signed in in the same browser: status %d; want 401", got)
 	}
 	rows := e.auditRows("auth.logout")
-	if len(rows) != 1 || rows[0].ActorID != ann.ID || rows[0].SubjectID != ann.ID || rows[0].Metadata["reason"] != "signed_in_again" {
-		t.Fatalf("auth.logout rows %+v; want one for ann, reason signed_in_again", rows)
+	oldID, _ := authcore.TokenID(old)
+	if len(rows) != 1 || rows[0].ActorID != ann.ID || rows[0].SubjectID != ann.ID || rows[0].Metadata["reason"] != "signed_in_again" || rows[0].Metadata["session"] != oldID.String() {
+		t.Fatalf("auth.logout rows %+v; want one for ann, reason signed_in_again, session %s", rows, oldID)
 	}
 	// A session already over ends nothing, and says nothing.
 	e.client.Jar, _ = newJar()
