@@ -46,7 +46,7 @@ func redirectHostOK(u *url.URL, h string) bool {
 // CleanRedirect must keep: "/" then only unreserved and a few harmless
 // URL characters, no "//" at the start.
 func conservativePath(rd string) bool {
-	if len(rd) == 0 || len(rd) > 2048 || rd[0] != '/' || strings.HasPrefix(rd, "//") {
+	if len(rd) == 0 || len(rd) > MaxRedirectLen || rd[0] != '/' || strings.HasPrefix(rd, "//") {
 		return false
 	}
 	for i := 0; i < len(rd); i++ {
@@ -64,7 +64,7 @@ func conservativePath(rd string) bool {
 // not "//" or "/\"; a kept absolute URL is http(s) (https only on an HTTPS
 // site), has no user info, no opaque part, and names the site host or an
 // allowed host; nothing kept carries control characters, whitespace or
-// backslashes, or exceeds 2048 bytes; cleaning is idempotent; and a plain
+// backslashes, or exceeds MaxRedirectLen bytes; cleaning is idempotent; and a plain
 // local path is always kept.
 func FuzzCleanRedirect(f *testing.F) {
 	const site = "app.example.com"
@@ -74,7 +74,7 @@ func FuzzCleanRedirect(f *testing.F) {
 		"/", "/dashboard", "/a/b?x=1&y=2#top", "/search?next=//evil.com", "/a//b",
 		"/%2F%2Fevil.com", "/%5Cevil.com", "https://app.example.com/reports?id=1",
 		"http://app.example.com/", "HTTPS://APP.Example.com/x", "https://docs.example.com/guide",
-		"https://api.example.com:8443/v1", "https://docs.example.com:/x", "/" + strings.Repeat("a", 2047),
+		"https://api.example.com:8443/v1", "https://docs.example.com:/x", "/" + strings.Repeat("a", MaxRedirectLen-1),
 		// Bad.
 		"", "//evil.com/x", "//app.example.com/x", "///evil.com", "/\\evil.com", "\\\\evil.com",
 		"https://app.example.com\\@evil.com/", "https://evil.com/", "https://app.example.com.evil.com/",
@@ -86,7 +86,7 @@ func FuzzCleanRedirect(f *testing.F) {
 		"https:/evil.com", "https:///evil.com", "https://app.example.com/%zz", "https://:/", "https://[::1]/",
 		"https://[]/", "https://app.example.com:443/", "https://x.docs.example.com/",
 		"https://\u212aey.example.com/", "https://%E2%84%AAey.example.com/", "https://a%C3%A9/",
-		"/" + strings.Repeat("a", 2048),
+		"/" + strings.Repeat("a", MaxRedirectLen),
 	} {
 		f.Add(rd, site, false, allowed)
 		f.Add(rd, site, true, allowed)
@@ -115,8 +115,8 @@ func FuzzCleanRedirect(f *testing.F) {
 		if got != "/" && got != rd {
 			t.Fatalf("CleanRedirect(%q) = %q; want rd itself or \"/\"", rd, got)
 		}
-		if len(got) > 2048 {
-			t.Fatalf("CleanRedirect(%q) kept %d bytes; at most 2048", rd, len(got))
+		if len(got) > MaxRedirectLen {
+			t.Fatalf("CleanRedirect(%q) kept %d bytes; at most %d", rd, len(got), MaxRedirectLen)
 		}
 		for i := 0; i < len(got); i++ {
 			if c := got[i]; c <= ' ' || c == 0x7f || c == '\\' {

@@ -5,6 +5,11 @@ import (
 	"strings"
 )
 
+// MaxRedirectLen bounds a return target: 8 KiB, the request line most
+// servers take (nginx, Apache), so that a dashboard's long link with
+// its many query parameters still brings the user back after sign-in.
+const MaxRedirectLen = 8192
+
 // CleanRedirect returns rd if it is a safe place to send a user after
 // sign-in, and "/" otherwise. Safe means a local path ("/x", never "//x"
 // or "/\x"), or an absolute http(s) URL whose host is host or one of
@@ -13,9 +18,9 @@ import (
 // browsers repair such URLs into other origins. On a site served over
 // HTTPS (secure) an http:// target is refused too: following it would
 // send the user, and whatever the target reads from the URL, over
-// plaintext.
+// plaintext. A target longer than MaxRedirectLen is refused too.
 func CleanRedirect(rd, host string, secure bool, allowedHosts []string) string {
-	if rd == "" || len(rd) > 2048 {
+	if rd == "" || len(rd) > MaxRedirectLen {
 		return "/"
 	}
 	for i := 0; i < len(rd); i++ {

@@ -10,7 +10,7 @@ import (
 func TestCleanRedirect(t *testing.T) {
 	const host = "app.example.com"
 	allowed := []string{"docs.example.com", "api.example.com:8443"}
-	longPath := "/" + strings.Repeat("a", 2047) // 2048 bytes, the longest kept
+	longPath := "/" + strings.Repeat("a", MaxRedirectLen-1) // the longest kept
 
 	tests := []struct {
 		name   string
@@ -35,7 +35,7 @@ func TestCleanRedirect(t *testing.T) {
 		{name: "allowed host", rd: "https://docs.example.com/guide"},
 		{name: "allowed host, other case", rd: "https://DOCS.example.COM/guide"},
 		{name: "allowed host with its port", rd: "https://api.example.com:8443/v1"},
-		{name: "2048 bytes", rd: longPath},
+		{name: "MaxRedirectLen bytes", rd: longPath},
 
 		// Attacks and junk all become "/".
 		{name: "empty", rd: "", want: "/"},

@@ -528,7 +528,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 				page = "/mfa"
 			}
 			w.Header().Set("Cache-Control", "no-store")
-			http.Redirect(w, r, loginURL(prefix, page, r), http.StatusFound)
+			redirect(w, loginURL(prefix, page, r), http.StatusFound)
 			return nil
 		}
 		w.Header().Set("WWW-Authenticate", wwwAuthenticate(r, prefix))

@@ -82,7 +82,7 @@ func (q *preq) mfaSubmit() error {
 		return err
 	}
 	if !live {
-		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
+		redirect(q.w, q.rd(), http.StatusSeeOther)
 		return nil
 	}
 	code, recovery := q.r.PostFormValue("code"), q.r.PostFormValue("recovery_code")
@@ -189,7 +189,7 @@ func (q *preq) mfaSubmit() error {
 		}
 		q.rt.login(method, "session_ended")
 		q.clearSessionCookie()
-		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
+		redirect(q.w, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
 		return nil
 	}
 	if err != nil {
@@ -208,7 +208,7 @@ func (q *preq) mfaSubmit() error {
 	}
 	q.setSessionCookie(token)
 	q.rt.login(method, map[bool]string{true: "success", false: "step_up"}[p.Session.Pending])
-	http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
+	redirect(q.w, q.rd(), http.StatusSeeOther)
 	return nil
 }
 
@@ -424,7 +424,7 @@ func (q *preq) requireFresh(p *authcore.Principal, back string) bool {
 	if s.MFA() && q.rt.auth.Now().Sub(s.MFAAt) <= freshFactor {
 		return true
 	}
-	http.Redirect(q.w, q.r, q.p.app.Prefix+"/mfa?rd="+url.QueryEscape(back), http.StatusSeeOther)
+	redirect(q.w, q.p.app.Prefix+"/mfa?rd="+url.QueryEscape(back), http.StatusSeeOther)
 	return false
 }
 
@@ -465,7 +465,7 @@ func (q *preq) totpRemove() error {
 	if err != nil && !errors.Is(err, authcore.ErrNotEnrolled) {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
+	redirect(q.w, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil
 }
 

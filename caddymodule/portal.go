@@ -375,7 +375,7 @@ func (q *preq) loginPage() error {
 	// Already signed in and on the way somewhere: go there. Without a
 	// return URL the form shows, to sign in as someone else.
 	if p != nil && !p.Session.Pending && q.param("rd") != "" {
-		http.Redirect(q.w, q.r, q.rd(), http.StatusSeeOther)
+		redirect(q.w, q.rd(), http.StatusSeeOther)
 		return nil
 	}
 	d := pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd()}
@@ -465,7 +465,7 @@ func (q *preq) loginSubmit() error {
 	}
 	q.setSessionCookie(token)
 	q.rt.login("password", map[bool]string{true: "pending", false: "success"}[sess.Pending])
-	http.Redirect(q.w, q.r, target, http.StatusSeeOther)
+	redirect(q.w, target, http.StatusSeeOther)
 	return nil
 }
 
@@ -601,7 +601,7 @@ func (q *preq) logoutSubmit() error {
 	}
 	if p == nil {
 		q.clearSessionCookie()
-		http.Redirect(q.w, q.r, q.p.app.Prefix+"/login", http.StatusSeeOther)
+		redirect(q.w, q.p.app.Prefix+"/login", http.StatusSeeOther)
 		return nil
 	}
 	if !q.rt.csrf.Valid(sessionBinding(p), q.r.PostFormValue("csrf_token")) {
@@ -614,7 +614,7 @@ func (q *preq) logoutSubmit() error {
 		return err
 	}
 	q.clearSessionCookie()
-	http.Redirect(q.w, q.r, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
+	redirect(q.w, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
 	return nil
 }
 
@@ -650,7 +650,7 @@ func (q *preq) toPortal(page, back string) {
 		writeProblem(q.w, http.StatusUnauthorized, reason, detail)
 		return
 	}
-	http.Redirect(q.w, q.r, q.p.app.Prefix+page+"?rd="+url.QueryEscape(back), http.StatusSeeOther)
+	redirect(q.w, q.p.app.Prefix+page+"?rd="+url.QueryEscape(back), http.StatusSeeOther)
 }
 
 // anySession returns the request's session, pending or signed in, or
@@ -722,7 +722,7 @@ func (q *preq) revokeSession() error {
 	if !ended {
 		return q.message(http.StatusNotFound, "Not found", sessionGone, q.p.app.Prefix+"/account")
 	}
-	http.Redirect(q.w, q.r, q.p.app.Prefix+"/account", http.StatusSeeOther)
+	redirect(q.w, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil
 }
 

@@ -135,7 +135,7 @@ func (q *preq) adminAccess(back string) (*authcore.Principal, error) {
 // naming what went wrong otherwise (storage errors stay in the log).
 func (q *preq) adminDone(err error, back string) error {
 	if err == nil {
-		http.Redirect(q.w, q.r, back, http.StatusSeeOther)
+		redirect(q.w, back, http.StatusSeeOther)
 		return nil
 	}
 	switch status := userErrorStatus(err); status {

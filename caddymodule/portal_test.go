@@ -179,6 +179,11 @@ func TestLoginRedirectTargets(t *testing.T) {
 		name, rd, want string
 	}{
 		{"local path", "/reports?q=1", "/reports?q=1"},
+		// The app's own URL, exactly: http.Redirect would clean it.
+		{"double slash kept", "/repo/blob/main//README.md", "/repo/blob/main//README.md"},
+		{"dot segment kept", "/a/./b/../c", "/a/./b/../c"},
+		{"a dashboard's long link", "/d?" + strings.Repeat("var-host=server0&", 200), "/d?" + strings.Repeat("var-host=server0&", 200)},
+		{"non-ASCII escaped", "/caf\u00e9", "/caf%C3%A9"},
 		{"same origin absolute", e.base + "/x", e.base + "/x"},
 		{"allowed host", "https://docs.example.com/page", "https://docs.example.com/page"},
 		{"protocol-relative //evil", "//evil.example/x", "/"},

@@ -595,6 +595,26 @@ func sameOrigin(r *http.Request, origin string) bool {
 	return true
 }
 
+// redirect sends the client to target as it is. http.Redirect cleans a
+// local path, which would take a user back to another URL than the one
+// they asked for (the app's /a//b as /a/b). target is the portal's own,
+// or one CleanRedirect kept. Bytes outside ASCII are escaped, as
+// http.Redirect does.
+func redirect(w http.ResponseWriter, target string, code int) {
+	var b strings.Builder
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c >= 0x80 {
+			b.WriteByte('%')
+			b.WriteByte("0123456789ABCDEF"[c>>4])
+			b.WriteByte("0123456789ABCDEF"[c&15])
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	w.Header().Set("Location", b.String())
+	w.WriteHeader(code)
+}
+
 // loginURL is a portal page with a return URL: the URI the client asked
 // for, before any handle_path or uri strip_prefix rewrote it.
 func loginURL(prefix, page string, r *http.Request) string {
