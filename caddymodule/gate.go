@@ -522,16 +522,16 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 			"sigra_gate: %s is a portal page, but no sigra_portal answered it: a site with sigra_gate needs sigra_portal, before the gates (in a route block, written first)", prefix))
 	}
 	if d.status == http.StatusUnauthorized {
-		if wantsHTML(r) {
-			page := "/login"
-			if d.stepUp {
-				page = "/mfa"
-			}
+		page := "/login"
+		if d.stepUp {
+			page = "/mfa"
+		}
+		if navigates(r) {
 			w.Header().Set("Cache-Control", "no-store")
 			redirect(w, loginURL(prefix, page, r), http.StatusFound)
 			return nil
 		}
-		w.Header().Set("WWW-Authenticate", wwwAuthenticate(r, prefix))
+		w.Header().Set("WWW-Authenticate", wwwAuthenticate(r, prefix, page))
 		writeProblem(w, d.status, d.reason, d.detail)
 		return nil
 	}

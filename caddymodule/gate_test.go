@@ -92,6 +92,22 @@ func TestGateAnonymous(t *testing.T) {
 			t.Errorf("body %s; want a problem with status 401 and reason login_required", body)
 		}
 	})
+	// A script that accepts HTML would get the sign-in page as its
+	// fragment if it followed a redirect: it gets the 401.
+	for name, h := range map[string]map[string]string{
+		"jQuery load":       {"Accept": "text/html, */*; q=0.01", "X-Requested-With": "XMLHttpRequest"},
+		"fetch":             {"Accept": "text/html", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+		"same-origin fetch": {"Accept": "text/vnd.turbo-stream.html, text/html, application/xhtml+xml", "Sec-Fetch-Mode": "same-origin"},
+	} {
+		resp, body := e.get("/fragment", h)
+		if resp.StatusCode != http.StatusUnauthorized || problemReason(body) != "login_required" || resp.Header.Get("WWW-Authenticate") == "" {
+			t.Errorf("%s, signed out: status %d body %s; want 401 login_required with WWW-Authenticate", name, resp.StatusCode, body)
+		}
+	}
+	resp, _ := e.get("/page", map[string]string{"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+	if resp.StatusCode != http.StatusFound {
+		t.Errorf("a navigation, signed out: status %d; want 302 to sign in", resp.StatusCode)
+	}
 	if _, hits := e.up.last(); hits != 0 {
 		t.Errorf("the app saw %d anonymous requests; want 0", hits)
 	}

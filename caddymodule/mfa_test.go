@@ -245,8 +245,8 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 			t.Fatalf("stale second factor: status %d Location %q; want 302 to %s", r.StatusCode, r.Header.Get("Location"), want)
 		}
 		r, body := e.get("/secure/report", map[string]string{"Accept": "application/json"})
-		if r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "mfa_required") {
-			t.Errorf("API client: status %d body %s; want 401 mfa_required", r.StatusCode, body)
+		if r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "mfa_required") || !strings.HasSuffix(r.Header.Get("WWW-Authenticate"), `login="/.sigra/mfa"`) {
+			t.Errorf("API client: status %d WWW-Authenticate %q body %s; want 401 mfa_required, pointing at the MFA page", r.StatusCode, r.Header.Get("WWW-Authenticate"), body)
 		}
 		fake.Advance(30 * time.Second) // a new TOTP step
 		_, page := e.get(want, nil)

@@ -641,12 +641,12 @@ func (q *preq) signedIn() (*authcore.Principal, error) {
 // a client that does not ask for HTML gets 401 problem+json, as from the
 // gate (DESIGN §3).
 func (q *preq) toPortal(page, back string) {
-	if !wantsHTML(q.r) {
+	if !navigates(q.r) {
 		reason, detail := "login_required", "sign in required"
 		if page == "/mfa" {
 			reason, detail = "mfa_required", "a recent second factor is required"
 		}
-		q.w.Header().Set("WWW-Authenticate", wwwAuthenticate(q.r, q.p.app.Prefix))
+		q.w.Header().Set("WWW-Authenticate", wwwAuthenticate(q.r, q.p.app.Prefix, page))
 		writeProblem(q.w, http.StatusUnauthorized, reason, detail)
 		return
 	}

@@ -551,6 +551,20 @@ func wantsHTML(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
+// navigates reports whether a request that is to sign in should be sent
+// to the sign-in page: a browser loading a page. A script's request that
+// accepts HTML (jQuery's load, a Turbo frame, a fetch) gets the 401
+// instead, which it can act on: followed, the redirect would hand it
+// the sign-in page as the fragment it asked for. Scripts say so with
+// X-Requested-With, and browsers with Sec-Fetch-Mode.
+func navigates(r *http.Request) bool {
+	if !wantsHTML(r) || r.Header.Get("X-Requested-With") != "" {
+		return false
+	}
+	mode := r.Header.Get("Sec-Fetch-Mode")
+	return mode == "" || mode == "navigate"
+}
+
 // problem is an RFC 9457 problem detail.
 type problem struct {
 	Type   string `json:"type"`
@@ -572,9 +586,9 @@ func writeProblem(w http.ResponseWriter, status int, reason, detail string) {
 }
 
 // wwwAuthenticate is the challenge of a 401 to a client that is not a
-// browser: where to sign in.
-func wwwAuthenticate(r *http.Request, prefix string) string {
-	return `Sigra realm="` + requestHost(r) + `", login="` + prefix + `/login"`
+// browser: where to sign in, or to pass the second factor (page).
+func wwwAuthenticate(r *http.Request, prefix, page string) string {
+	return `Sigra realm="` + requestHost(r) + `", login="` + prefix + page + `"`
 }
 
 // sameOrigin checks the browser's own statement of where a state-changing

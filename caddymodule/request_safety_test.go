@@ -137,8 +137,8 @@ func TestPortalPagesAnswerAPIClientsMFARequired(t *testing.T) {
 	e.login("root@example.com", testPassword, "/") // password only: pending
 	for _, path := range []string{"/.sigra/account", "/.sigra/admin/users"} {
 		r, body := e.get(path, map[string]string{"Accept": "application/json"})
-		if r.StatusCode != http.StatusUnauthorized || problemReason(body) != "mfa_required" {
-			t.Errorf("GET %s as an API client, second factor pending: status %d body %s; want 401 mfa_required", path, r.StatusCode, body)
+		if r.StatusCode != http.StatusUnauthorized || problemReason(body) != "mfa_required" || !strings.HasSuffix(r.Header.Get("WWW-Authenticate"), `login="/.sigra/mfa"`) {
+			t.Errorf("GET %s as an API client, second factor pending: status %d WWW-Authenticate %q body %s; want 401 mfa_required, pointing at the MFA page", path, r.StatusCode, r.Header.Get("WWW-Authenticate"), body)
 		}
 	}
 }
