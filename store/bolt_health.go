@@ -2,8 +2,11 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -52,19 +55,30 @@ type writeHealth struct {
 	probeErr error
 
 	opened os.FileInfo // the file as opened, to notice it removed or replaced
+	// tx is the id of the store's last commit: the file's meta pages say
+	// the same unless something else wrote them (writtenOver). Only this
+	// process commits: bbolt's lock keeps every other out.
+	tx atomic.Uint64
+	// pageSize is the store's, noted at the start: the store's own
+	// record of it lies in the memory map, which a file written over may
+	// no longer back (a read there ends the process).
+	pageSize int
 }
 
 // update is db.Update, noting whether the commit itself failed: an error
 // from fn is the caller's (a conflict, not found), one after fn returned
 // nil is the storage's.
 func (b *Bolt) update(fn func(*bolt.Tx) error) error {
-	ran := false
+	ran, id := false, uint64(0)
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		err := fn(tx)
-		ran = err == nil
+		ran, id = err == nil, uint64(tx.ID())
 		return err
 	})
 	if ran {
+		if err == nil {
+			b.health.tx.Store(id)
+		}
 		b.noteCommit(err)
 	}
 	return err
@@ -105,7 +119,7 @@ func (b *Bolt) Health(ctx context.Context) error {
 		c = &healthCheck{done: make(chan struct{}), start: time.Now()}
 		h.running = c
 		go func() {
-			c.err = b.check()
+			c.err = b.checkSafely()
 			h.mu.Lock()
 			h.running = nil
 			h.mu.Unlock()
@@ -129,12 +143,25 @@ type healthCheck struct {
 	err   error
 }
 
+// checkSafely is check, with a panic for its error: bbolt panics on
+// pages that are not its own (a file written over while open), and a
+// health check must say so rather than end Caddy.
+func (b *Bolt) checkSafely() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("storage %s: reading the store failed (%v): was its file written over while in use?", b.path, r)
+		}
+	}()
+	return b.check()
+}
+
 // check is Health's work, one run at a time.
 func (b *Bolt) check() error {
-	if err := b.Ping(context.Background()); err != nil {
+	// The file first: reading a store written over can crash.
+	if err := b.FileGone(); err != nil {
 		return err
 	}
-	if err := b.FileGone(); err != nil {
+	if err := b.Ping(context.Background()); err != nil {
 		return err
 	}
 	if free, ok := freeSpace(filepath.Dir(b.path)); ok && free < minFree {
@@ -183,5 +210,63 @@ func (b *Bolt) FileGone() error {
 	case !os.SameFile(fi, b.health.opened):
 		return fmt.Errorf("storage %s: the file was replaced while in use: changes since go to the old one; restart to open the new one, or put the old one back", b.path)
 	}
+	return b.writtenOver()
+}
+
+// writtenOver reports the file written over in place (a backup copied
+// onto it with cp, say): the same file, but its last commit is no longer
+// the open store's. bbolt reads the file through its memory map, so the
+// store then reads another store's pages, and a read can crash Caddy.
+func (b *Bolt) writtenOver() error {
+	over := fmt.Errorf("storage %s: the file was written over while in use (a copy put onto it?): the store now reads pages that are not its own; stop Caddy, put back the file you want, and start it", b.path)
+	before := b.health.tx.Load()
+	f, err := os.Open(b.path)
+	if err != nil {
+		return fmt.Errorf("storage %s: %w", b.path, err)
+	}
+	defer f.Close()
+	size := b.health.pageSize
+	buf := make([]byte, 2*size)
+	if n, err := f.ReadAt(buf, 0); n < len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			return over // shorter than a store's two meta pages
+		}
+		return fmt.Errorf("storage %s: %w", b.path, err)
+	}
+	t0, ok0 := metaTx(buf[:size])
+	t1, ok1 := metaTx(buf[size:])
+	if !ok0 && !ok1 {
+		return over
+	}
+	if !ok0 || ok1 && t1 > t0 {
+		t0 = t1
+	}
+	// Commits go on meanwhile: the file's may be any from the one before
+	// to one after the last noted (written, and not noted yet).
+	if t0 < before || t0 > b.health.tx.Load()+1 {
+		return over
+	}
 	return nil
+}
+
+// metaTx reads a bbolt meta page (a 16-byte page header, then the meta:
+// magic, version, page size and flags of 4 bytes, the root bucket of 16,
+// then freelist, high water mark, txid and checksum of 8; little-endian as bbolt writes it on the machines
+// Caddy runs on) and returns its transaction id, if the page is a valid
+// one.
+func metaTx(page []byte) (uint64, bool) {
+	const hdr = 16
+	if len(page) < hdr+64 {
+		return 0, false
+	}
+	m := page[hdr : hdr+64]
+	if binary.LittleEndian.Uint32(m[0:4]) != 0xED0CDAED || binary.LittleEndian.Uint32(m[4:8]) != 2 {
+		return 0, false
+	}
+	h := fnv.New64a()
+	_, _ = h.Write(m[:56])
+	if h.Sum64() != binary.LittleEndian.Uint64(m[56:64]) {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(m[48:56]), true
 }

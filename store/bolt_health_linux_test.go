@@ -126,6 +126,40 @@ func TestHealthSeesTheFileGone(t *testing.T) {
 	}
 }
 
+// A store file written over in place (cp of a backup onto it): the same
+// file, but another store's pages under the open one. Health says so,
+// before it reads anything through them, while the store's own commits,
+// made before or during the check, pass.
+func TestHealthSeesTheFileWrittenOver(t *testing.T) {
+	ctx := context.Background()
+	b := openTemp(t)
+	authCreate(t, b, "mine@example.com")
+	if err := b.Health(ctx); err != nil {
+		t.Fatalf("Health of a working store: %v", err)
+	}
+	mine, err := os.ReadFile(b.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A backup from a moment ago: the same store, a commit behind.
+	authCreate(t, b, "later@example.com")
+	if err := b.FileGone(); err != nil {
+		t.Fatalf("FileGone after a commit of its own: %v", err)
+	}
+	for name, bytes := range map[string][]byte{
+		"an older copy of itself": mine,
+		"nothing":                 {},
+		"not a store":             []byte("not a bbolt file at all"),
+	} {
+		if err := os.WriteFile(b.path, bytes, 0o600); err != nil { // in place: the same inode
+			t.Fatal(err)
+		}
+		if err := b.Health(ctx); err == nil || !strings.Contains(err.Error(), "was written over while in use") {
+			t.Errorf("Health with the file written over by %s: %v", name, err)
+		}
+	}
+}
+
 // A commit that fails (the disk refuses it) keeps out the row and its
 // change alike.
 func TestAuditRowWithItsChangeFailingCommit(t *testing.T) {
