@@ -415,6 +415,58 @@ func TestRegulationParallelGuessing(t *testing.T) {
 	}
 }
 
+// Sign-ins in flight from one address (an office behind one NAT
+// address) fill its quota: the next, to any account, is crowded out,
+// uncounted and without a ban, and gets in once one ends. An account's
+// own quota, or a ban, is never called crowded: that would tell the
+// client about the account, or let it retry a ban.
+func TestRegulationCrowdedAddress(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 2, MaxRetriesPerIP: 3})
+	ctx := context.Background()
+	const ip = "192.0.2.7"
+	var flying []*Attempt
+	for i := range 3 {
+		a, err := r.Begin(ctx, UserAccountKey(fmt.Sprintf("user%d", i)), ip)
+		if err != nil || !a.Allowed() || a.Crowded() {
+			t.Fatalf("attempt %d: %v, allowed %v, crowded %v; want allowed", i, err, a.Allowed(), a.Crowded())
+		}
+		flying = append(flying, a)
+	}
+	a, err := r.Begin(ctx, UserAccountKey("user9"), ip)
+	if err != nil || a.Allowed() || !a.Crowded() || !a.BannedUntil().IsZero() {
+		t.Fatalf("a fourth at once: %v, allowed %v, crowded %v; want crowded out, no ban", err, a.Allowed(), a.Crowded())
+	}
+	if _, err := (&Service{}).CheckPasswordFor(ctx, a, "user9@example.com", "pw"); !errors.Is(err, ErrCrowded) || !errors.Is(err, ErrBusy) {
+		t.Errorf("CheckPasswordFor a crowded attempt = %v; want ErrCrowded, an ErrBusy", err)
+	}
+	if err := a.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := flying[0].Succeed(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := r.Begin(ctx, UserAccountKey("user9"), ip); err != nil || !a.Allowed() {
+		t.Errorf("after one ended: %v, allowed %v; want allowed (the crowded one was not counted)", err, a.Allowed())
+	}
+
+	// The account's quota: refused, not crowded.
+	for range 2 {
+		if a, _ := r.Begin(ctx, UserAccountKey("bob"), "198.51.100.1"); !a.Allowed() {
+			t.Fatal("bob's first attempts refused")
+		}
+	}
+	if a, _ := r.Begin(ctx, UserAccountKey("bob"), "198.51.100.2"); a.Allowed() || a.Crowded() {
+		t.Errorf("bob's third in flight: allowed %v, crowded %v; want refused, not crowded", a.Allowed(), a.Crowded())
+	}
+	// A banned address: refused, not crowded.
+	for range 3 {
+		try(t, r, UserAccountKey("carol"+fmt.Sprint(time.Now().UnixNano())), "203.0.113.9", false)
+	}
+	if a, _ := r.Begin(ctx, UserAccountKey("dave"), "203.0.113.9"); a.Allowed() || a.Crowded() || a.BannedUntil().IsZero() {
+		t.Errorf("from a banned address: allowed %v, crowded %v, until %v; want refused by the ban", a.Allowed(), a.Crowded(), a.BannedUntil())
+	}
+}
+
 func TestRegulationRefusedAttemptNeverSucceeds(t *testing.T) {
 	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 1})
 	ctx := context.Background()

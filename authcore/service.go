@@ -464,7 +464,8 @@ func (s *Service) CheckPassword(ctx context.Context, email, password string) (*U
 	return u, nil
 }
 
-// CheckPasswordFor is CheckPassword under a regulated attempt. While the
+// CheckPasswordFor is CheckPassword under a regulated attempt. An attempt
+// crowded out by its address's others in flight is ErrCrowded. While the
 // client's address refuses the attempt, the password is not checked:
 // the answer is a failure either way, its timing then tells the client
 // only about its own address, and a banned address cannot keep the
@@ -472,6 +473,9 @@ func (s *Service) CheckPassword(ctx context.Context, email, password string) (*U
 // the account alone is still checked, so that it takes a wrong
 // password's time.
 func (s *Service) CheckPasswordFor(ctx context.Context, att *Attempt, email, password string) (*User, error) {
+	if att.Crowded() {
+		return nil, ErrCrowded
+	}
 	if !att.Allowed() && att.AddressRefused() {
 		return nil, ErrInvalidCredentials
 	}

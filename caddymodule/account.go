@@ -292,6 +292,16 @@ func (q *preq) accountDeleted() error {
 // busyMessage answers a password check refused for load (ErrBusy).
 const busyMessage = "Too many sign-ins at the moment. Please try again in a few seconds."
 
+// busyStatus is the status of an ErrBusy answer: 429 when the client's
+// own address has too many sign-ins in flight (ErrCrowded), 503 when the
+// server's password checks are all taken.
+func busyStatus(err error) int {
+	if errors.Is(err, authcore.ErrCrowded) {
+		return http.StatusTooManyRequests
+	}
+	return http.StatusServiceUnavailable
+}
+
 // formPage returns the answer of a signed-in form page, the form again
 // with a message (none: "") and a status.
 func (q *preq) formPage(p *authcore.Principal, page, title string) func(status int, msg string) error {
@@ -311,7 +321,7 @@ func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(
 	u, att, err := q.checkPassword(p.User.Email, password, p.User.ID)
 	if errors.Is(err, authcore.ErrBusy) {
 		q.w.Header().Set("Retry-After", "5")
-		return false, again(http.StatusServiceUnavailable, busyMessage)
+		return false, again(busyStatus(err), busyMessage)
 	}
 	if err != nil {
 		return false, err

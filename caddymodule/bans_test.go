@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
 // A client address banned by failures on other accounts keeps out a user
@@ -92,5 +94,37 @@ func (e *env) failSignIns(n int) {
 		if r := e.browser().login(who, "wrong wrong wrong", "/"); r.StatusCode != http.StatusUnauthorized {
 			e.t.Fatalf("a wrong password for %s: status %d", who, r.StatusCode)
 		}
+	}
+}
+
+// Sign-ins in flight from one address fill its quota (an office behind
+// one NAT address): the next user's right password is answered 429,
+// try again, not "Incorrect email or password", and once one ends it
+// gets in; nothing is banned or counted against it.
+func TestCrowdedAddressSignInIsAskedToRetry(t *testing.T) {
+	e := startCaddy(t, "regulation {\n max_retries_per_ip 3\n }", "sigra_gate")
+	e.addUser("nell@example.com")
+	ctx := context.Background()
+	var flying []*authcore.Attempt
+	for i := range 3 { // sign-ins under way, from the test client's address
+		a, err := e.rt().reg.Begin(ctx, authcore.UserAccountKey(fmt.Sprintf("colleague%d", i)), "127.0.0.1")
+		if err != nil || !a.Allowed() {
+			t.Fatalf("colleague %d: %v", i, err)
+		}
+		flying = append(flying, a)
+	}
+	_, page := e.get("/.sigra/login", nil)
+	resp, body := e.postForm("/.sigra/login", url.Values{"email": {"nell@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}}, nil)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "try again in a few seconds") || strings.Contains(body, "Incorrect") {
+		t.Errorf("nell while her network's sign-ins fill its quota: status %d Retry-After %q; want 429, try again", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if rows := e.auditRows("auth.login.failure"); len(rows) != 0 {
+		t.Errorf("auth.login.failure rows %+v; want none: nothing failed", rows)
+	}
+	if err := flying[0].Succeed(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.login("nell@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("nell once a colleague's sign-in ended: status %d; want 303", r.StatusCode)
 	}
 }

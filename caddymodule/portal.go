@@ -414,7 +414,7 @@ func (q *preq) loginSubmit() error {
 	u, att, err := q.checkPassword(email, q.r.PostFormValue("password"), "")
 	if errors.Is(err, authcore.ErrBusy) {
 		q.w.Header().Set("Retry-After", "5")
-		return rerender(http.StatusServiceUnavailable, busyMessage)
+		return rerender(busyStatus(err), busyMessage)
 	}
 	if err != nil {
 		return err
@@ -470,16 +470,16 @@ func (q *preq) loginSubmit() error {
 }
 
 // checkPassword checks a password under regulation, as sign-in does: one
-// counter per account whatever was typed, one per client IP. The password
-// is checked even while the account is banned, so the answer and its
-// timing are the same as for a wrong password (not while the client's
-// address is: CheckPasswordFor). A failure is counted, written as
-// auth.login.failure (and auth.lockout when it starts a ban), waited out,
-// and returned as a nil user. ErrBusy (the password was never checked,
-// nothing counted) and storage errors come back as errors. reauthOf, when
-// not empty, is the signed-in user whose password this re-checks: it is
-// counted under that user's re-check key, not the sign-in's, and the
-// failure row's metadata says step "reauth".
+// counter per account whatever was typed, one per client IP. The
+// password is checked even while the account is banned, so the answer
+// and its timing are the same as for a wrong password (not while the
+// client's address is: CheckPasswordFor). A failure is counted, written
+// as auth.login.failure (and auth.lockout when it starts a ban), waited
+// out, and returned as a nil user. ErrBusy and ErrCrowded (the password
+// was never checked, nothing counted) and storage errors come back as
+// errors. reauthOf, when not empty, is the signed-in user whose password
+// this re-checks: it is counted under that user's re-check key, not the
+// sign-in's, and the failure row's metadata says step "reauth".
 func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, *authcore.Attempt, error) {
 	key := authcore.UserReauthKey(reauthOf)
 	if reauthOf == "" {
