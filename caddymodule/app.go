@@ -96,6 +96,8 @@ type App struct {
 	remoteAliases bool
 	pathParams    bool // PathParams allow
 	storagePath   string
+	// poolKey is the key the store is open under in dbPool (Start).
+	poolKey string
 
 	life *lifecycle
 }
@@ -598,13 +600,31 @@ var newClock = func() clock.Clock { return clock.Real{} }
 // one opener per process.
 var dbPool = caddy.NewUsagePool()
 
+// storePoolKey is the key a's store goes under in dbPool: the key it is
+// open under already when the same file is (a reload that writes the
+// path another way: through a symbolic link, with ./ or //, relative),
+// else its path. Under a key of its own, the reload would open the file
+// a second time and be refused as locked "by another process".
+func (a *App) storePoolKey() string {
+	key, file := a.storagePath, a.storeFile()
+	dbPool.Range(func(k, _ any) bool {
+		if p, _ := k.(string); sameStoreFile(storeFile(p), file) {
+			key = p
+			return false
+		}
+		return true
+	})
+	return key
+}
+
 type pooledDB struct{ *store.Bolt }
 
 func (p pooledDB) Destruct() error { return p.Close() }
 
 // Start opens the store and builds the runtime.
 func (a *App) Start() error {
-	val, _, err := dbPool.LoadOrNew(a.storagePath, func() (caddy.Destructor, error) {
+	a.poolKey = a.storePoolKey()
+	val, _, err := dbPool.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
 		if err != nil {
 			return nil, err
@@ -617,7 +637,7 @@ func (a *App) Start() error {
 	st := val.(pooledDB).Bolt
 	rt, err := a.buildRuntime(st, true)
 	if err != nil {
-		_, _ = dbPool.Delete(a.storagePath)
+		_, _ = dbPool.Delete(a.poolKey)
 		return fmt.Errorf("sigra: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -1009,7 +1029,7 @@ func (a *App) Stop() error {
 	if err := l.rtForStop.audit.Close(); err != nil {
 		a.logger.Error("closing the audit log", zap.Error(err))
 	}
-	_, err := dbPool.Delete(a.storagePath)
+	_, err := dbPool.Delete(a.poolKey)
 	return err
 }
 
@@ -1047,7 +1067,7 @@ func (a *App) runtime(ctx context.Context) *runtime {
 // store, or nil.
 func replacement(a *App) *runtime {
 	b := running.Load()
-	if b == nil || b == a || b.storagePath != a.storagePath {
+	if b == nil || b == a || b.poolKey != a.poolKey {
 		return nil
 	}
 	return b.life.rt.Load()

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -64,6 +65,45 @@ func TestRuntimeAfterReload(t *testing.T) {
 	}
 	if rt := replacing.runtime(ctx); rt != nil {
 		t.Error("a stopped app with no replacement still has a runtime")
+	}
+}
+
+// A reload that writes the store's path another way (through a
+// symbolic link, with ./ or //) shares the store the running config has
+// open, instead of being refused as locked by another process; and a
+// request on the old config is served by the new one.
+func TestReloadWithTheStorePathSpeltAnotherWay(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "data", "sigra.db")
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(filepath.Join(dir, "data"), link); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	current := appOn(t, path)
+	for _, spelt := range []string{
+		filepath.Join(link, "sigra.db"),
+		dir + "/data/./sigra.db",
+		dir + "//data//sigra.db",
+		path,
+	} {
+		next := appOn(t, spelt) // fails the test if the store is refused
+		if got, want := next.life.rt.Load().store, current.life.rt.Load().store; got != want {
+			t.Errorf("%s: the reload opened store %p; want the one open, %p", spelt, got, want)
+		}
+		if err := current.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := current.runtime(ctx), next.life.rt.Load(); got != want {
+			t.Errorf("%s: a request on the stopped config got runtime %p; want the new one's %p", spelt, got, want)
+		}
+		current = next
+	}
+	if err := current.Stop(); err != nil {
+		t.Fatal(err)
 	}
 }
 
