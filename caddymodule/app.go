@@ -617,6 +617,12 @@ func (a *App) storePoolKey() string {
 	return key
 }
 
+// startLockWait is how long a start waits for a store another process
+// holds, after the first second: as long as a command working offline
+// may take on a large store, well within a service manager's start
+// timeout (systemd's is 90 s).
+const startLockWait = 30 * time.Second
+
 type pooledDB struct{ *store.Bolt }
 
 func (p pooledDB) Destruct() error { return p.Close() }
@@ -626,6 +632,14 @@ func (a *App) Start() error {
 	a.poolKey = a.storePoolKey()
 	val, _, err := dbPool.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		st, err := store.OpenBolt(a.storagePath, store.BoltOptions{})
+		if errors.Is(err, store.ErrLocked) {
+			// A caddy sigra command working on the store offline (a
+			// backup, an export) holds it for as long as it takes: a
+			// start meanwhile, at boot, say, waits rather than fail
+			// every site.
+			a.logger.Warn("the store is locked by another process; waiting for it", zap.String("path", a.storagePath), zap.Duration("at_most", startLockWait))
+			st, err = store.OpenBolt(a.storagePath, store.BoltOptions{LockTimeout: startLockWait})
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -6,11 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/store"
 )
 
 // appOn starts a sigra App on the bbolt file at path, without Caddy.
@@ -104,6 +107,43 @@ func TestReloadWithTheStorePathSpeltAnotherWay(t *testing.T) {
 	}
 	if err := current.Stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A start while a command working offline holds the store (a backup at
+// boot) waits for it, saying so, rather than failing every site.
+func TestStartWaitsForAStoreHeldOffline(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	holder, err := store.OpenBolt(path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(1500 * time.Millisecond) // past the first second's wait
+		holder.Close()
+		close(released)
+	}()
+	core, logs := observer.New(zap.WarnLevel)
+	a := &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	a.logger, a.slog = zap.New(core), zapSlogNop()
+	if a.metrics, err = newMetrics(prometheus.NewRegistry(), a); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatalf("start while another process held the store for 1.5 s: %v", err)
+	}
+	defer a.Stop()
+	select {
+	case <-released:
+	default:
+		t.Error("started before the holder let go")
+	}
+	if n := logs.FilterMessage("the store is locked by another process; waiting for it").Len(); n != 1 {
+		t.Errorf("%d warnings about the wait; want 1", n)
 	}
 }
 
