@@ -166,20 +166,19 @@ func (m *memStore) PruneAudit(ctx context.Context, before time.Time) (int, error
 	if m.panicPrune {
 		panic("prune exploded")
 	}
+	held := map[Position]bool{} // rows a pending delivery still needs
+	for k := range m.pending {
+		held[k.pos] = true
+	}
 	n := 0
 	for p := range m.rows {
-		if p.At.Before(before) {
+		if p.At.Before(before) && !held[p] {
 			delete(m.rows, p)
 			n++
 		}
 	}
-	for k := range m.pending {
-		if k.pos.At.Before(before) {
-			delete(m.pending, k)
-		}
-	}
 	for k := range m.dead {
-		if k.pos.At.Before(before) {
+		if k.pos.At.Before(before) && !held[k.pos] {
 			delete(m.dead, k)
 		}
 	}

@@ -6,22 +6,43 @@ import (
 	"time"
 )
 
+// Rows older than the cut go, unless a delivery of theirs is still
+// pending (the receiver has been down for longer than the retention):
+// those stay until it is settled.
 func TestPruneRemovesOldRowsAndTheirDeliveries(t *testing.T) {
 	ft := newFakeTime()
 	st := newMemStore()
-	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hookTo("https://hooks.example.com/")}})
+	hook := hookTo("https://hooks.example.com/")
+	l := newTestLog(t, st, ft, Options{Webhooks: []WebhookConfig{hook}})
 	rows := seed(t, l, ft, 10) // t0 … t0+9s
+	ctx := context.Background()
 
-	n, err := l.Prune(context.Background(), rows[4].OccurredAt)
-	if err != nil || n != 4 {
-		t.Fatalf("Prune = %d, %v; want 4", n, err)
+	if n, err := l.Prune(ctx, rows[4].OccurredAt); err != nil || n != 0 {
+		t.Fatalf("Prune with every delivery pending = %d, %v; want 0", n, err)
 	}
-	p, _ := l.Timeline(context.Background(), Query{})
-	if len(p.Rows) != 6 || p.Rows[5].ID != rows[4].ID {
-		t.Fatalf("%d rows left, oldest %s; want 6, oldest %s", len(p.Rows), p.Rows[len(p.Rows)-1].ID, rows[4].ID)
+	ds, err := st.AuditDeliveriesDue(ctx, hook.ID(), ft.Now().Add(time.Hour), 100)
+	if err != nil || len(ds) != 10 {
+		t.Fatalf("deliveries due = %d, %v; want 10", len(ds), err)
 	}
-	if s, _ := l.Stats(context.Background()); s.Pending != 6 {
-		t.Fatalf("pending deliveries = %d; want 6", s.Pending)
+	var ss []Settlement
+	for _, d := range ds {
+		if d.OccurredAt.Before(rows[3].OccurredAt) { // rows 0 to 2 delivered; row 3's still pending
+			ss = append(ss, Settlement{Delivery: d, Verdict: Delivered})
+		}
+	}
+	if err := st.AuditSettle(ctx, ss); err != nil {
+		t.Fatal(err)
+	}
+	n, err := l.Prune(ctx, rows[4].OccurredAt)
+	if err != nil || n != 3 {
+		t.Fatalf("Prune = %d, %v; want 3", n, err)
+	}
+	p, _ := l.Timeline(ctx, Query{})
+	if len(p.Rows) != 7 || p.Rows[6].ID != rows[3].ID {
+		t.Fatalf("%d rows left, oldest %s; want 7, oldest %s (its delivery pending)", len(p.Rows), p.Rows[len(p.Rows)-1].ID, rows[3].ID)
+	}
+	if s, _ := l.Stats(ctx); s.Pending != 7 {
+		t.Fatalf("pending deliveries = %d; want 7", s.Pending)
 	}
 }
 

@@ -43,9 +43,11 @@ type RowStore interface {
 	AuditRange(ctx context.Context, after *Position, since, until time.Time, limit int) ([]Row, error)
 
 	// PruneAudit deletes every row with occurred_at < before, its index
-	// entries and its deliveries (pending and dead), in as many bounded
-	// transactions as it needs, and returns how many rows it deleted. It
-	// stops early, with the count so far, when ctx ends.
+	// entries and its dead deliveries, in as many bounded transactions as
+	// it needs, and returns how many rows it deleted. A row with a
+	// delivery still pending stays, with its deliveries, until that is
+	// settled: a receiver down for longer than the retention still gets
+	// every event. It stops early, with the count so far, when ctx ends.
 	PruneAudit(ctx context.Context, before time.Time) (int, error)
 }
 

@@ -697,17 +697,25 @@ type auditIndexed struct {
 	SubjectID string `json:"subject_id"`
 }
 
-// PruneAudit deletes rows older than before with their index entries,
-// pending deliveries and dead deliveries, in transactions of at most
-// auditPruneChunk rows. It implements audit.RowStore.
+// PruneAudit deletes rows older than before with their index entries
+// and dead deliveries, in transactions of at most auditPruneChunk rows.
+// A row with a delivery still pending stays, with its deliveries, until
+// the delivery is settled: a retention shorter than a receiver's outage
+// must not drop events the receiver never had. It implements
+// audit.RowStore.
 func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 	cut := auditTime(before)
+	held, err := b.auditHeldRows(ctx, cut)
+	if err != nil {
+		return 0, err
+	}
 	total := 0
+	var from []byte // where the next transaction starts; nil: the first row
 	for {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		n := 0
+		n, done := 0, false
 		err := b.update(func(tx *bolt.Tx) error {
 			n = 0
 			if err := auditIndexPending(tx); err != nil {
@@ -720,7 +728,14 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 			}
 			var vs []victim
 			c := rows.Cursor()
-			for k, v := c.First(); k != nil && bytes.Compare(k, cut) < 0 && len(vs) < auditPruneChunk; k, v = c.Next() {
+			k, v := c.First()
+			if from != nil {
+				k, v = c.Seek(from)
+			}
+			for ; k != nil && bytes.Compare(k, cut) < 0 && len(vs) < auditPruneChunk; k, v = c.Next() {
+				if held[string(k)] {
+					continue
+				}
 				var idx auditIndexed
 				if json.Unmarshal(v, &idx) != nil {
 					// A row that does not decode goes too. Its index
@@ -752,35 +767,75 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 				}
 			}
 			n = len(vs)
+			from, done = clone(k), k == nil || bytes.Compare(k, cut) >= 0
 			return nil
 		})
 		if err != nil {
 			return total, fmt.Errorf("audit prune in %s: %w", b.path, err)
 		}
 		total += n
-		if n < auditPruneChunk {
+		if done {
 			break
 		}
 	}
-	// Deliveries of pruned rows: dead ones sort by row, pending ones by
-	// webhook and due time, so the outbox is scanned (it is short unless a
-	// receiver has been down for long). A key of the wrong length was
-	// never written so and cannot be decoded: it goes.
+	// Dead deliveries of pruned rows (they sort by row); those of a row
+	// held for another webhook's pending delivery stay with it. A key of
+	// the wrong length was never written so and cannot be decoded: it
+	// goes, from the outbox too. A pending delivery whose row is gone
+	// (pruned before rows were held for it) is the sender's: it finds
+	// the row gone and lets the delivery go.
 	if err := b.auditDeleteWhere(ctx, bktAuditDead, func(k []byte) (del, stop bool) {
 		if len(k) != auditDeadLen {
 			return true, false
 		}
 		old := bytes.Compare(k[:8], cut) < 0
-		return old, !old
+		return old && !held[string(k[:auditPosLen])], !old
 	}); err != nil {
 		return total, err
 	}
 	if err := b.auditDeleteWhere(ctx, bktAuditPending, func(k []byte) (del, stop bool) {
-		return len(k) != auditOutboxLen || bytes.Compare(k[auditHookLen+8:auditHookLen+16], cut) < 0, false
+		return len(k) != auditOutboxLen, false
 	}); err != nil {
 		return total, err
 	}
 	return total, nil
+}
+
+// auditHeldRows returns the rows older than cut (by key) that a pending
+// delivery still needs. The outbox is scanned in bounded transactions:
+// it is short unless a receiver has been down for long.
+func (b *Bolt) auditHeldRows(ctx context.Context, cut []byte) (map[string]bool, error) {
+	held := map[string]bool{}
+	var from []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		done := false
+		err := b.db.View(func(tx *bolt.Tx) error {
+			c := bucket(tx, bktAuditPending).Cursor()
+			k, _ := c.First()
+			if from != nil {
+				k, _ = c.Seek(from)
+			}
+			for seen := 0; k != nil && seen < auditScanChunk; k, _ = c.Next() {
+				seen++
+				if len(k) == auditOutboxLen {
+					if pk := k[auditHookLen+8:]; bytes.Compare(pk, cut) < 0 {
+						held[string(pk)] = true
+					}
+				}
+			}
+			from, done = clone(k), k == nil
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("audit prune in %s: %w", b.path, err)
+		}
+		if done {
+			return held, nil
+		}
+	}
 }
 
 // auditDeleteWhere walks a bucket from the start, deleting the keys that

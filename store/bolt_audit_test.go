@@ -360,33 +360,60 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 	if _, err := b.AppendAudit(ctx, es); err != nil {
 		t.Fatal(err)
 	}
-	// Some deliveries die, for old and new rows alike.
-	for _, i := range []int{5, 10, n - 1} {
-		d := audit.Delivery{HookID: hook, RowID: es[i].Row.ID, OccurredAt: es[i].Row.OccurredAt, DueAt: es[i].DueAt, Attempts: 15}
-		if err := b.AuditSettle(ctx, []audit.Settlement{{Delivery: d, Verdict: audit.Dead}}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	const keep = 500
 	cut := es[n-keep].Row.OccurredAt
-	deleted, err := b.PruneAudit(ctx, cut)
-	if err != nil || deleted != n-keep {
-		t.Fatalf("PruneAudit = %d, %v; want %d", deleted, err, n-keep)
+	settle := func(i int, v audit.Verdict) audit.Settlement {
+		d := audit.Delivery{HookID: hook, RowID: es[i].Row.ID, OccurredAt: es[i].Row.OccurredAt, DueAt: es[i].DueAt, Attempts: 15}
+		return audit.Settlement{Delivery: d, Verdict: v}
 	}
-	for _, c := range []struct {
-		name []byte
-		want int
-	}{
-		{bktAuditRows, keep}, {bktAuditByActor, keep}, {bktAuditBySubject, keep}, {bktAuditByAction, keep},
-		{bktAuditPending, keep - 1}, {bktAuditDead, 1},
-	} {
-		if got := auditKeys(t, b, c.name); got != c.want {
-			t.Errorf("%s holds %d keys after pruning; want %d", c.name, got, c.want)
+	// The receiver took the old rows' deliveries but two, still pending
+	// (it has been down since); some died, for old and new rows alike.
+	pending := map[int]bool{7: true, 8: true}
+	var ss []audit.Settlement
+	for i := range n - keep {
+		if !pending[i] && i != 5 && i != 10 {
+			ss = append(ss, settle(i, audit.Delivered))
+		}
+	}
+	for _, i := range []int{5, 10, n - 1} {
+		ss = append(ss, settle(i, audit.Dead))
+	}
+	if err := b.AuditSettle(ctx, ss); err != nil {
+		t.Fatal(err)
+	}
+	deleted, err := b.PruneAudit(ctx, cut)
+	if err != nil || deleted != n-keep-len(pending) {
+		t.Fatalf("PruneAudit = %d, %v; want %d, the rows still pending kept", deleted, err, n-keep-len(pending))
+	}
+	counts := func(want map[string]int) {
+		t.Helper()
+		for name, w := range want {
+			if got := auditKeys(t, b, []byte(name)); got != w {
+				t.Errorf("%s holds %d keys after pruning; want %d", name, got, w)
+			}
+		}
+	}
+	held := keep + len(pending)
+	counts(map[string]int{
+		string(bktAuditRows): held, string(bktAuditByActor): held, string(bktAuditBySubject): held, string(bktAuditByAction): held,
+		string(bktAuditPending): keep - 1 + len(pending), string(bktAuditDead): 1,
+	})
+	for i := range pending {
+		if r, err := b.AuditRange(ctx, nil, es[i].Row.OccurredAt, es[i].Row.OccurredAt.Add(time.Nanosecond), 1); err != nil || len(r) != 1 || r[0].ID != es[i].Row.ID {
+			t.Errorf("row %d, its delivery pending: %v, %v; want it kept", i, r, err)
 		}
 	}
 	if again, err := b.PruneAudit(ctx, cut); err != nil || again != 0 {
 		t.Fatalf("second PruneAudit = %d, %v; want 0", again, err)
 	}
+	// Once settled, delivered or dead, they go at the next prune.
+	if err := b.AuditSettle(ctx, []audit.Settlement{settle(7, audit.Delivered), settle(8, audit.Dead)}); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := b.PruneAudit(ctx, cut); err != nil || again != len(pending) {
+		t.Fatalf("PruneAudit after they settled = %d, %v; want %d", again, err, len(pending))
+	}
+	counts(map[string]int{string(bktAuditRows): keep, string(bktAuditPending): keep - 1, string(bktAuditDead): 1})
 }
 
 // Bounds outside the years a key can hold (1970 to 2262) keep their
