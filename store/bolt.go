@@ -109,7 +109,11 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	b := &Bolt{db: db, path: path}
 	b.health.opened, _ = os.Stat(path) // under bbolt's lock: the file just opened
 	b.health.pageSize = db.Info().PageSize
-	if err := db.View(func(tx *bolt.Tx) error { b.health.tx.Store(uint64(tx.ID())); return nil }); err != nil {
+	if err := db.View(func(tx *bolt.Tx) error {
+		b.health.committed.Store(uint64(tx.ID()))
+		b.health.begun.Store(uint64(tx.ID()))
+		return nil
+	}); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage %s: %w", path, err)
 	}

@@ -2,14 +2,13 @@ package store
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,10 +54,13 @@ type writeHealth struct {
 	probeErr error
 
 	opened os.FileInfo // the file as opened, to notice it removed or replaced
-	// tx is the id of the store's last commit: the file's meta pages say
-	// the same unless something else wrote them (writtenOver). Only this
-	// process commits: bbolt's lock keeps every other out.
-	tx atomic.Uint64
+	// committed and begun bound the id of the store's last commit, as
+	// its file's meta pages say it unless something else wrote them
+	// (writtenOver): at least the last commit that returned (only ever
+	// raised: commits return in no set order), at most the last one that
+	// began (noted under bbolt's writer lock). Only this process commits:
+	// bbolt's file lock keeps every other out.
+	committed, begun atomic.Uint64
 	// pageSize is the store's, noted at the start: the store's own
 	// record of it lies in the memory map, which a file written over may
 	// no longer back (a read there ends the process).
@@ -73,11 +75,14 @@ func (b *Bolt) update(fn func(*bolt.Tx) error) error {
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		err := fn(tx)
 		ran, id = err == nil, uint64(tx.ID())
+		if ran {
+			b.health.begun.Store(id)
+		}
 		return err
 	})
 	if ran {
 		if err == nil {
-			b.health.tx.Store(id)
+			raise(&b.health.committed, id)
 		}
 		b.noteCommit(err)
 	}
@@ -88,6 +93,15 @@ func (b *Bolt) update(fn func(*bolt.Tx) error) error {
 // transaction of its own.
 func (b *Bolt) updateWith(change func(tx any) error) error {
 	return b.update(func(tx *bolt.Tx) error { return change(tx) })
+}
+
+// raise sets a to v unless it holds more already.
+func raise(a *atomic.Uint64, v uint64) {
+	for c := a.Load(); c < v; c = a.Load() {
+		if a.CompareAndSwap(c, v) {
+			return
+		}
+	}
 }
 
 func (b *Bolt) noteCommit(err error) {
@@ -119,6 +133,9 @@ func (b *Bolt) Health(ctx context.Context) error {
 		c = &healthCheck{done: make(chan struct{}), start: time.Now()}
 		h.running = c
 		go func() {
+			// A read of the memory map where a file written over no longer
+			// backs it faults: a panic (checkSafely), not the end of Caddy.
+			debug.SetPanicOnFault(true)
 			c.err = b.checkSafely()
 			h.mu.Lock()
 			h.running = nil
@@ -219,7 +236,7 @@ func (b *Bolt) FileGone() error {
 // store then reads another store's pages, and a read can crash Caddy.
 func (b *Bolt) writtenOver() error {
 	over := fmt.Errorf("storage %s: the file was written over while in use (a copy put onto it?): the store now reads pages that are not its own; stop Caddy, put back the file you want, and start it", b.path)
-	before := b.health.tx.Load()
+	before := b.health.committed.Load()
 	f, err := os.Open(b.path)
 	if err != nil {
 		return fmt.Errorf("storage %s: %w", b.path, err)
@@ -233,40 +250,18 @@ func (b *Bolt) writtenOver() error {
 		}
 		return fmt.Errorf("storage %s: %w", b.path, err)
 	}
-	t0, ok0 := metaTx(buf[:size])
-	t1, ok1 := metaTx(buf[size:])
-	if !ok0 && !ok1 {
+	m0, m1 := parseMeta(buf[:size]), parseMeta(buf[size:])
+	if m0.valid != nil && m1.valid != nil {
 		return over
 	}
-	if !ok0 || ok1 && t1 > t0 {
-		t0 = t1
+	last := m0.txid
+	if m0.valid != nil || m1.valid == nil && m1.txid > last {
+		last = m1.txid
 	}
-	// Commits go on meanwhile: the file's may be any from the one before
-	// to one after the last noted (written, and not noted yet).
-	if t0 < before || t0 > b.health.tx.Load()+1 {
+	// Commits go on meanwhile: the file's last may be any from the one
+	// returned before the read to the one begun after it.
+	if last < before || last > b.health.begun.Load() {
 		return over
 	}
 	return nil
-}
-
-// metaTx reads a bbolt meta page (a 16-byte page header, then the meta:
-// magic, version, page size and flags of 4 bytes, the root bucket of 16,
-// then freelist, high water mark, txid and checksum of 8; little-endian as bbolt writes it on the machines
-// Caddy runs on) and returns its transaction id, if the page is a valid
-// one.
-func metaTx(page []byte) (uint64, bool) {
-	const hdr = 16
-	if len(page) < hdr+64 {
-		return 0, false
-	}
-	m := page[hdr : hdr+64]
-	if binary.LittleEndian.Uint32(m[0:4]) != 0xED0CDAED || binary.LittleEndian.Uint32(m[4:8]) != 2 {
-		return 0, false
-	}
-	h := fnv.New64a()
-	_, _ = h.Write(m[:56])
-	if h.Sum64() != binary.LittleEndian.Uint64(m[56:64]) {
-		return 0, false
-	}
-	return binary.LittleEndian.Uint64(m[48:56]), true
 }

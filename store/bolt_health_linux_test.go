@@ -3,13 +3,16 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
@@ -128,8 +131,8 @@ func TestHealthSeesTheFileGone(t *testing.T) {
 
 // A store file written over in place (cp of a backup onto it): the same
 // file, but another store's pages under the open one. Health says so,
-// before it reads anything through them, while the store's own commits,
-// made before or during the check, pass.
+// before it reads anything through them; the store's own commits, made
+// before the check or while it runs, pass (TestWrittenOverNotFooledByCommits).
 func TestHealthSeesTheFileWrittenOver(t *testing.T) {
 	ctx := context.Background()
 	b := openTemp(t)
@@ -157,6 +160,45 @@ func TestHealthSeesTheFileWrittenOver(t *testing.T) {
 		if err := b.Health(ctx); err == nil || !strings.Contains(err.Error(), "was written over while in use") {
 			t.Errorf("Health with the file written over by %s: %v", name, err)
 		}
+	}
+}
+
+// Commits running while the check reads the file, returning in any
+// order, are the store's own: never "written over".
+func TestWrittenOverNotFooledByCommits(t *testing.T) {
+	b := openTemp(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := b.update(func(tx *bolt.Tx) error {
+					return bucket(tx, bktSecrets).Put([]byte(fmt.Sprintf("w%d", w)), []byte(fmt.Sprint(i)))
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	deadline := time.Now().Add(time.Second)
+	checks := 0
+	for ; time.Now().Before(deadline); checks++ {
+		if err := b.writtenOver(); err != nil {
+			t.Errorf("check %d, with commits running: %v", checks, err)
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if checks < 100 {
+		t.Errorf("%d checks in a second; want many, for the test to mean something", checks)
 	}
 }
 
