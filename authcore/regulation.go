@@ -188,8 +188,8 @@ type Attempt struct {
 	// addrOnly: refused for the account alone, the attempt still counts
 	// for the address (see Begin).
 	addrOnly bool
-	// crowded: refused by the address's attempts in flight alone, with no
-	// ban and the account allowing it (see Crowded).
+	// crowded: the address's attempts fill its quota, with no ban of the
+	// address (see Crowded).
 	crowded bool
 	until   time.Time
 	done    bool
@@ -212,8 +212,7 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 		a.limits = append(a.limits, r.cfg.MaxRetriesPerIP)
 	}
 	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
-		a.allowed, a.addr, a.until = true, false, time.Time{}
-		full := false // the address's quota, with no ban
+		a.allowed, a.addr, a.until, a.crowded = true, false, time.Time{}, false
 		for i, st := range states {
 			r.settle(st, a.at)
 			switch {
@@ -226,12 +225,11 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 			case len(st.Attempts) >= a.limits[i]:
 				a.allowed = false
 				a.addr = a.addr || i == 1
-				full = full || i == 1
+				// The address's quota, not a ban of it: whatever the
+				// account's state, which the answer must not tell.
+				a.crowded = i == 1
 			}
 		}
-		// Only the address: the account's own count would tell the
-		// client that someone else is signing in to it.
-		a.crowded = full && a.until.IsZero() && len(states[0].Attempts) < a.limits[0]
 		a.addrOnly = !a.allowed && !a.addr && len(states) > 1 && checkedWhileBanned(account)
 		for i, st := range states {
 			// An attempt the account refused while its address did not
@@ -262,9 +260,11 @@ func (a *Attempt) Allowed() bool { return a.allowed }
 // (banned, or its quota in flight), whatever the account's state.
 func (a *Attempt) AddressRefused() bool { return a.addr }
 
-// Crowded reports an attempt refused only because the client address's
-// attempts in flight fill its quota: no ban, and the account would have
-// taken it. It was not counted; answer ErrCrowded.
+// Crowded reports an attempt refused because the client address's
+// attempts (in flight, and its failures within the window) fill its
+// quota, without a ban of the address. It is decided by the address
+// alone, whatever the account's state, so that the answer tells nothing
+// of the account. It was not counted; answer ErrCrowded.
 func (a *Attempt) Crowded() bool { return a.crowded }
 
 // RefusedBy is the regulation key that refused the attempt: the client

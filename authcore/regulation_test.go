@@ -417,9 +417,10 @@ func TestRegulationParallelGuessing(t *testing.T) {
 
 // Sign-ins in flight from one address (an office behind one NAT
 // address) fill its quota: the next, to any account, is crowded out,
-// uncounted and without a ban, and gets in once one ends. An account's
-// own quota, or a ban, is never called crowded: that would tell the
-// client about the account, or let it retry a ban.
+// uncounted and without a ban, and gets in once one ends. Crowded is
+// the address's alone: a banned account and a free one are answered
+// alike from a full address, and an account's own quota, or a ban of
+// the address, is never called crowded.
 func TestRegulationCrowdedAddress(t *testing.T) {
 	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 2, MaxRetriesPerIP: 3})
 	ctx := context.Background()
@@ -441,6 +442,16 @@ func TestRegulationCrowdedAddress(t *testing.T) {
 	}
 	if err := a.Abandon(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// An account banned by failures from elsewhere looks the same from
+	// the full address as one that is not.
+	for range 2 {
+		try(t, r, UserAccountKey("victim"), "198.51.100.77", false)
+	}
+	for _, acct := range []string{"victim", "bystander"} {
+		if a, _ := r.Begin(ctx, UserAccountKey(acct), ip); a.Allowed() || !a.Crowded() {
+			t.Errorf("%s from the full address: allowed %v, crowded %v; want crowded, whatever the account's state", acct, a.Allowed(), a.Crowded())
+		}
 	}
 	if err := flying[0].Succeed(ctx, true); err != nil {
 		t.Fatal(err)
