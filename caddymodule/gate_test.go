@@ -104,9 +104,14 @@ func TestGateAnonymous(t *testing.T) {
 			t.Errorf("%s, signed out: status %d body %s; want 401 login_required with WWW-Authenticate", name, resp.StatusCode, body)
 		}
 	}
-	resp, _ := e.get("/page", map[string]string{"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
-	if resp.StatusCode != http.StatusFound {
-		t.Errorf("a navigation, signed out: status %d; want 302 to sign in", resp.StatusCode)
+	for name, h := range map[string]map[string]string{
+		"a navigation":         {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
+		"an Android WebView's": {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "X-Requested-With": "com.example.app"},
+		"an older WebView's":   {"Accept": "text/html", "X-Requested-With": "com.example.app"},
+	} {
+		if resp, _ := e.get("/page", h); resp.StatusCode != http.StatusFound {
+			t.Errorf("%s page load, signed out: status %d; want 302 to sign in", name, resp.StatusCode)
+		}
 	}
 	if _, hits := e.up.last(); hits != 0 {
 		t.Errorf("the app saw %d anonymous requests; want 0", hits)

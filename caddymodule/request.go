@@ -555,14 +555,18 @@ func wantsHTML(r *http.Request) bool {
 // to the sign-in page: a browser loading a page. A script's request that
 // accepts HTML (jQuery's load, a Turbo frame, a fetch) gets the 401
 // instead, which it can act on: followed, the redirect would hand it
-// the sign-in page as the fragment it asked for. Scripts say so with
-// X-Requested-With, and browsers with Sec-Fetch-Mode.
+// the sign-in page as the fragment it asked for. Browsers say which it
+// is with Sec-Fetch-Mode; without it, X-Requested-With: XMLHttpRequest
+// (jQuery's) marks a script. (Android's WebView sends its app's name in
+// X-Requested-With on every request, page loads included.)
 func navigates(r *http.Request) bool {
-	if !wantsHTML(r) || r.Header.Get("X-Requested-With") != "" {
+	if !wantsHTML(r) {
 		return false
 	}
-	mode := r.Header.Get("Sec-Fetch-Mode")
-	return mode == "" || mode == "navigate"
+	if mode := r.Header.Get("Sec-Fetch-Mode"); mode != "" {
+		return mode == "navigate"
+	}
+	return !strings.EqualFold(r.Header.Get("X-Requested-With"), "XMLHttpRequest")
 }
 
 // problem is an RFC 9457 problem detail.
