@@ -166,19 +166,20 @@ func (m *memStore) PruneAudit(ctx context.Context, before time.Time) (int, error
 	if m.panicPrune {
 		panic("prune exploded")
 	}
-	held := map[Position]bool{} // rows a pending delivery still needs
-	for k := range m.pending {
-		held[k.pos] = true
+	for k := range m.pending { // no further than the oldest row still pending
+		if k.pos.At.Before(before) {
+			before = k.pos.At
+		}
 	}
 	n := 0
 	for p := range m.rows {
-		if p.At.Before(before) && !held[p] {
+		if p.At.Before(before) {
 			delete(m.rows, p)
 			n++
 		}
 	}
 	for k := range m.dead {
-		if k.pos.At.Before(before) && !held[k.pos] {
+		if k.pos.At.Before(before) {
 			delete(m.dead, k)
 		}
 	}

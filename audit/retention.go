@@ -8,8 +8,10 @@ import (
 )
 
 // Prune deletes rows with occurred_at before `before`, with their index
-// entries and webhook deliveries, and returns how many rows it deleted.
-// The store works in bounded transactions, so recording goes on meanwhile.
+// entries and dead webhook deliveries, and returns how many rows it
+// deleted. It goes no further than the oldest row a pending delivery
+// still needs (Store.PruneAudit). The store works in bounded
+// transactions, so recording goes on meanwhile.
 func (l *Log) Prune(ctx context.Context, before time.Time) (int, error) {
 	n, err := l.st.PruneAudit(ctx, before.UTC())
 	if err != nil {

@@ -44,10 +44,10 @@ type RowStore interface {
 
 	// PruneAudit deletes every row with occurred_at < before, its index
 	// entries and its dead deliveries, in as many bounded transactions as
-	// it needs, and returns how many rows it deleted. A row with a
-	// delivery still pending stays, with its deliveries, until that is
-	// settled: a receiver down for longer than the retention still gets
-	// every event. It stops early, with the count so far, when ctx ends.
+	// it needs, and returns how many rows it deleted. It goes no further
+	// than the oldest row a pending delivery still needs, so that a
+	// receiver down for longer than the retention still gets every
+	// event. It stops early, with the count so far, when ctx ends.
 	PruneAudit(ctx context.Context, before time.Time) (int, error)
 }
 

@@ -699,23 +699,24 @@ type auditIndexed struct {
 
 // PruneAudit deletes rows older than before with their index entries
 // and dead deliveries, in transactions of at most auditPruneChunk rows.
-// A row with a delivery still pending stays, with its deliveries, until
-// the delivery is settled: a retention shorter than a receiver's outage
-// must not drop events the receiver never had. It implements
-// audit.RowStore.
+// It stops at the oldest row a pending delivery still needs: a
+// retention shorter than a receiver's outage must not drop events the
+// receiver never had, and that row, with those after it, is pruned once
+// the delivery is settled (delivered, or dead after its retries). It
+// implements audit.RowStore.
 func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 	cut := auditTime(before)
-	held, err := b.auditHeldRows(ctx, cut)
-	if err != nil {
+	if held, err := b.auditOldestPending(ctx); err != nil {
 		return 0, err
+	} else if held != nil && bytes.Compare(held, cut) < 0 {
+		cut = held
 	}
 	total := 0
-	var from []byte // where the next transaction starts; nil: the first row
 	for {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		n, done := 0, false
+		n := 0
 		err := b.update(func(tx *bolt.Tx) error {
 			n = 0
 			if err := auditIndexPending(tx); err != nil {
@@ -728,14 +729,7 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 			}
 			var vs []victim
 			c := rows.Cursor()
-			k, v := c.First()
-			if from != nil {
-				k, v = c.Seek(from)
-			}
-			for ; k != nil && bytes.Compare(k, cut) < 0 && len(vs) < auditPruneChunk; k, v = c.Next() {
-				if held[string(k)] {
-					continue
-				}
+			for k, v := c.First(); k != nil && bytes.Compare(k, cut) < 0 && len(vs) < auditPruneChunk; k, v = c.Next() {
 				var idx auditIndexed
 				if json.Unmarshal(v, &idx) != nil {
 					// A row that does not decode goes too. Its index
@@ -767,29 +761,25 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 				}
 			}
 			n = len(vs)
-			from, done = clone(k), k == nil || bytes.Compare(k, cut) >= 0
 			return nil
 		})
 		if err != nil {
 			return total, fmt.Errorf("audit prune in %s: %w", b.path, err)
 		}
 		total += n
-		if done {
+		if n < auditPruneChunk {
 			break
 		}
 	}
-	// Dead deliveries of pruned rows (they sort by row); those of a row
-	// held for another webhook's pending delivery stay with it. A key of
-	// the wrong length was never written so and cannot be decoded: it
-	// goes, from the outbox too. A pending delivery whose row is gone
-	// (pruned before rows were held for it) is the sender's: it finds
-	// the row gone and lets the delivery go.
+	// Dead deliveries of pruned rows (they sort by row). A key of the
+	// wrong length was never written so and cannot be decoded: it goes,
+	// from the outbox too. No pending delivery is of a pruned row.
 	if err := b.auditDeleteWhere(ctx, bktAuditDead, func(k []byte) (del, stop bool) {
 		if len(k) != auditDeadLen {
 			return true, false
 		}
-		old := bytes.Compare(k[:8], cut) < 0
-		return old && !held[string(k[:auditPosLen])], !old
+		old := bytes.Compare(k[:auditPosLen], cut) < 0
+		return old, !old
 	}); err != nil {
 		return total, err
 	}
@@ -801,12 +791,13 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 	return total, nil
 }
 
-// auditHeldRows returns the rows older than cut (by key) that a pending
-// delivery still needs. The outbox is scanned in bounded transactions:
-// it is short unless a receiver has been down for long.
-func (b *Bolt) auditHeldRows(ctx context.Context, cut []byte) (map[string]bool, error) {
-	held := map[string]bool{}
-	var from []byte
+// auditOldestPending returns the oldest row (its key) that a pending
+// delivery needs, or nil when none is pending. Each webhook's queue
+// sorts by due time, not by row, so the outbox is read through, in
+// bounded transactions: it is short unless a receiver has been down for
+// long.
+func (b *Bolt) auditOldestPending(ctx context.Context) ([]byte, error) {
+	var oldest, from []byte
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -820,10 +811,8 @@ func (b *Bolt) auditHeldRows(ctx context.Context, cut []byte) (map[string]bool, 
 			}
 			for seen := 0; k != nil && seen < auditScanChunk; k, _ = c.Next() {
 				seen++
-				if len(k) == auditOutboxLen {
-					if pk := k[auditHookLen+8:]; bytes.Compare(pk, cut) < 0 {
-						held[string(pk)] = true
-					}
+				if pk := k[min(len(k), auditHookLen+8):]; len(k) == auditOutboxLen && (oldest == nil || bytes.Compare(pk, oldest) < 0) {
+					oldest = clone(pk)
 				}
 			}
 			from, done = clone(k), k == nil
@@ -833,7 +822,7 @@ func (b *Bolt) auditHeldRows(ctx context.Context, cut []byte) (map[string]bool, 
 			return nil, fmt.Errorf("audit prune in %s: %w", b.path, err)
 		}
 		if done {
-			return held, nil
+			return oldest, nil
 		}
 	}
 }

@@ -381,9 +381,10 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 	if err := b.AuditSettle(ctx, ss); err != nil {
 		t.Fatal(err)
 	}
+	// Pruning stops at the oldest row still pending (7): rows 0 to 6 go.
 	deleted, err := b.PruneAudit(ctx, cut)
-	if err != nil || deleted != n-keep-len(pending) {
-		t.Fatalf("PruneAudit = %d, %v; want %d, the rows still pending kept", deleted, err, n-keep-len(pending))
+	if err != nil || deleted != 7 {
+		t.Fatalf("PruneAudit = %d, %v; want 7, up to the oldest row still pending", deleted, err)
 	}
 	counts := func(want map[string]int) {
 		t.Helper()
@@ -393,10 +394,10 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 			}
 		}
 	}
-	held := keep + len(pending)
+	held := n - 7
 	counts(map[string]int{
 		string(bktAuditRows): held, string(bktAuditByActor): held, string(bktAuditBySubject): held, string(bktAuditByAction): held,
-		string(bktAuditPending): keep - 1 + len(pending), string(bktAuditDead): 1,
+		string(bktAuditPending): keep - 1 + len(pending), string(bktAuditDead): 2, // rows 10 and n-1; 5's went with it
 	})
 	for i := range pending {
 		if r, err := b.AuditRange(ctx, nil, es[i].Row.OccurredAt, es[i].Row.OccurredAt.Add(time.Nanosecond), 1); err != nil || len(r) != 1 || r[0].ID != es[i].Row.ID {
@@ -410,8 +411,8 @@ func TestAuditBoltPruneRemovesRowsIndexesAndDeliveries(t *testing.T) {
 	if err := b.AuditSettle(ctx, []audit.Settlement{settle(7, audit.Delivered), settle(8, audit.Dead)}); err != nil {
 		t.Fatal(err)
 	}
-	if again, err := b.PruneAudit(ctx, cut); err != nil || again != len(pending) {
-		t.Fatalf("PruneAudit after they settled = %d, %v; want %d", again, err, len(pending))
+	if again, err := b.PruneAudit(ctx, cut); err != nil || again != n-keep-7 {
+		t.Fatalf("PruneAudit after they settled = %d, %v; want %d", again, err, n-keep-7)
 	}
 	counts(map[string]int{string(bktAuditRows): keep, string(bktAuditPending): keep - 1, string(bktAuditDead): 1})
 }
