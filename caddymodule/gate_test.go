@@ -435,11 +435,12 @@ func TestGateHopByHopAndTrailers(t *testing.T) {
 	// A chunked body with identity trailers, declared and undeclared.
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest(http.MethodPost, e.base+"/upload", pr)
-	req.Trailer = http.Header{"X-Sigra-User": nil, "X-Sigra-Groups": nil, "X-Checksum": nil}
+	req.Trailer = http.Header{"X-Sigra-User": nil, "X-Sigra-Groups": nil, "X-Original-Url": nil, "X-Checksum": nil}
 	go func() {
 		pw.Write([]byte("data"))
 		req.Trailer.Set("X-Sigra-User", "forged-admin")
 		req.Trailer.Set("X-Sigra-Groups", "admins")
+		req.Trailer.Set("X-Original-URL", "/admin")
 		req.Trailer.Set("X-Checksum", "abc")
 		pw.Close()
 	}()
@@ -455,8 +456,8 @@ func TestGateHopByHopAndTrailers(t *testing.T) {
 	tr := e.up.trailer
 	e.up.mu.Unlock()
 	for k, v := range tr {
-		if isIdentityHeader(k, true) {
-			t.Errorf("identity trailer reached the app: %s: %v", k, v)
+		if isIdentityHeader(k, true) || isPathOverride(k) {
+			t.Errorf("identity or path trailer reached the app: %s: %v", k, v)
 		}
 	}
 	if tr.Get("X-Checksum") != "abc" {

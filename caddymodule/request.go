@@ -269,7 +269,7 @@ func cleanConnection(vals []string, remote bool) []string {
 
 func stripTrailers(t http.Header, remote bool) {
 	for k := range t {
-		if isIdentityHeader(k, remote) {
+		if isIdentityHeader(k, remote) || isPathOverride(k) {
 			delete(t, k)
 		}
 	}
