@@ -201,10 +201,12 @@ func (g *Gate) Validate() error {
 }
 
 // isPreflight reports whether r is a CORS preflight: what a browser
-// sends, without cookies, before a cross-origin request it may not send
-// unasked.
+// sends, without cookies or a body, before a cross-origin request it may
+// not send unasked. One with a body (chunked: ContentLength -1) is not,
+// so an app that serves any method alike gets nothing through it.
 func isPreflight(r *http.Request) bool {
-	return r.Method == http.MethodOptions && r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != ""
+	return r.Method == http.MethodOptions && r.ContentLength == 0 &&
+		r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != ""
 }
 
 // checkOptional refuses optional with requirements, which would pass

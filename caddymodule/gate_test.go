@@ -865,6 +865,13 @@ func TestGatePreflight(t *testing.T) {
 			t.Errorf("%s, signed out: status %d; want 401", c.name, code)
 		}
 	}
+	// Browsers send no body with a preflight: one with a body is not one,
+	// for an app that serves every method alike.
+	resp := e.do(http.MethodOptions, "/api/items", preflight, strings.NewReader("x=1"))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("OPTIONS with preflight headers and a body, signed out: status %d; want 401", resp.StatusCode)
+	}
 	if _, n := e.up.last(); n != 1 {
 		t.Errorf("the app saw %d requests; want only the one preflight", n)
 	}
