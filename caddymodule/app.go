@@ -600,16 +600,16 @@ var newClock = func() clock.Clock { return clock.Real{} }
 // one opener per process.
 var dbPool = caddy.NewUsagePool()
 
-// storePoolKey is the key a's store goes under in dbPool: the key it is
-// open under already when the same file is (a reload that writes the
-// path another way: through a symbolic link, with ./ or //, relative),
-// else its path. Under a key of its own, the reload would open the file
-// a second time and be refused as locked "by another process".
+// storePoolKey is the key a's store goes under in dbPool: the key of a
+// store open already on the file a's path names (a reload that writes
+// the path another way: through a symbolic link, with ./ or //), else
+// the path. Under a key of its own, the reload would open the file a
+// second time and be refused as locked "by another process".
 func (a *App) storePoolKey() string {
-	key, file := a.storagePath, a.storeFile()
-	dbPool.Range(func(k, _ any) bool {
-		if p, _ := k.(string); sameStoreFile(storeFile(p), file) {
-			key = p
+	key := a.storagePath
+	dbPool.Range(func(k, v any) bool {
+		if db, ok := v.(pooledDB); ok && db.IsFile(a.storagePath) {
+			key, _ = k.(string)
 			return false
 		}
 		return true

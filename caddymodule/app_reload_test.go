@@ -105,6 +105,20 @@ func TestReloadWithTheStorePathSpeltAnotherWay(t *testing.T) {
 		}
 		current = next
 	}
+	// Another file is another store, even where a link once led.
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(link, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	other := appOn(t, filepath.Join(link, "sigra.db"))
+	if other.life.rt.Load().store == current.life.rt.Load().store {
+		t.Error("a new file at the link's old path shared the store open on the old one")
+	}
+	if err := other.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	if err := current.Stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -211,6 +211,13 @@ func (b *Bolt) check() error {
 // the last one, nothing secret.
 const secretHealthProbe = "health_probe"
 
+// IsFile reports whether path names the file this store opened (the
+// same file, however the path is written).
+func (b *Bolt) IsFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && b.health.opened != nil && os.SameFile(fi, b.health.opened)
+}
+
 // FileGone reports the store's file removed, or replaced by another,
 // since it was opened: the store goes on working in the file it has
 // open, which nothing will open again (a start makes a new, empty one).
