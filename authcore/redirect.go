@@ -5,10 +5,12 @@ import (
 	"strings"
 )
 
-// MaxRedirectLen bounds a return target: 8 KiB, the request line most
-// servers take (nginx, Apache), so that a dashboard's long link with
-// its many query parameters still brings the user back after sign-in.
-const MaxRedirectLen = 8192
+// MaxRedirectLen bounds a return target: 4 KiB, so that a dashboard's
+// long link with its many query parameters still brings the user back
+// after sign-in, while the sign-in page's URL that carries it, escaped
+// (a third longer for a query string, three times at worst), stays
+// within the 8 KiB request line a proxy in front takes (nginx, Apache).
+const MaxRedirectLen = 4096
 
 // CleanRedirect returns rd if it is a safe place to send a user after
 // sign-in, and "/" otherwise. Safe means a local path ("/x", never "//x"
