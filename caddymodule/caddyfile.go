@@ -425,12 +425,11 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, err
 			}
 		case "path_params":
-			if err := oneArg(d, &app.PathParams); err != nil {
+			allow, err := switchArg(d, "allow", "refuse")
+			if err != nil {
 				return nil, err
 			}
-			if app.PathParams != "allow" && app.PathParams != "refuse" {
-				return nil, d.Errf("path_params: %q (want allow or refuse)", app.PathParams)
-			}
+			app.PathParams = map[bool]string{true: "allow", false: "refuse"}[allow]
 		case "bootstrap_admin":
 			if err := oneArg(d, &app.BootstrapAdmin); err != nil {
 				return nil, err
@@ -489,7 +488,6 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 	return httpcaddyfile.App{Name: "sigra", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
-// oneArg reads exactly one argument.
 // switchArg reads an option's one value, yes or no (on or off, say),
 // as true or false.
 func switchArg(d *caddyfile.Dispenser, yes, no string) (bool, error) {
@@ -503,6 +501,7 @@ func switchArg(d *caddyfile.Dispenser, yes, no string) (bool, error) {
 	return v == yes, nil
 }
 
+// oneArg reads exactly one argument.
 func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	name := d.Val()
 	if !d.Args(dst) {
