@@ -201,12 +201,11 @@ func (g *Gate) Validate() error {
 }
 
 // isPreflight reports whether r is a CORS preflight: what a browser
-// sends, without cookies or a body, before a cross-origin request it may
-// not send unasked. One with a body (chunked: ContentLength -1) is not,
-// so an app that serves any method alike gets nothing through it.
+// sends, without cookies, before a cross-origin request it may not send
+// unasked. (Whether a body follows cannot be told from ContentLength:
+// over HTTP/3 it is -1 unless the client sent Content-Length.)
 func isPreflight(r *http.Request) bool {
-	return r.Method == http.MethodOptions && r.ContentLength == 0 &&
-		r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != ""
+	return r.Method == http.MethodOptions && r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != ""
 }
 
 // checkOptional refuses optional with requirements, which would pass
@@ -310,7 +309,14 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	p := d.p
 	if p == nil {
-		if g.Optional || g.AllowPreflight && isPreflight(r) {
+		if g.AllowPreflight && isPreflight(r) {
+			// A browser's preflight has no body: none goes to the app
+			// with one, for an app that serves every method alike.
+			r.Body, r.ContentLength, r.TransferEncoding = http.NoBody, 0, nil
+			r.Header.Del("Content-Length")
+			return g.pass(w, r, next, d, first, start)
+		}
+		if g.Optional {
 			return g.pass(w, r, next, d, first, start)
 		}
 		dn := denyLogin

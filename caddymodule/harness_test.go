@@ -56,14 +56,16 @@ type upstream struct {
 	mu      sync.Mutex
 	hdr     http.Header
 	trailer http.Header
+	body    int64 // the last request's body, in bytes
 	hits    int
 }
 
 func newUpstream(t *testing.T) *upstream {
 	u := &upstream{}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body) // trailers arrive after the body
+		n, _ := io.Copy(io.Discard, r.Body) // trailers arrive after the body
 		u.mu.Lock()
+		u.body = n
 		u.hdr = r.Header.Clone()
 		u.trailer = r.Trailer.Clone()
 		u.hits++
