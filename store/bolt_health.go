@@ -61,6 +61,10 @@ type writeHealth struct {
 	// began (noted under bbolt's writer lock). Only this process commits:
 	// bbolt's file lock keeps every other out.
 	committed, begun atomic.Uint64
+	// foreign is set for good when a commit began from an id that no
+	// commit of this store's left (the file written over with another
+	// store's, which bbolt then goes on from).
+	foreign atomic.Bool
 	// pageSize is the store's, noted at the start: the store's own
 	// record of it lies in the memory map, which a file written over may
 	// no longer back (a read there ends the process).
@@ -76,6 +80,11 @@ func (b *Bolt) update(fn func(*bolt.Tx) error) error {
 		err := fn(tx)
 		ran, id = err == nil, uint64(tx.ID())
 		if ran {
+			// The last commit that began either landed (this one is the
+			// next) or failed (this one has its id again).
+			if prev := b.health.begun.Load(); id != prev+1 && id != prev {
+				b.health.foreign.Store(true)
+			}
 			b.health.begun.Store(id)
 		}
 		return err
@@ -243,6 +252,9 @@ func (b *Bolt) FileGone() error {
 // store then reads another store's pages, and a read can crash Caddy.
 func (b *Bolt) writtenOver() error {
 	over := fmt.Errorf("storage %s: the file was written over while in use (a copy put onto it?): the store now reads pages that are not its own; stop Caddy, put back the file you want, and start it", b.path)
+	if b.health.foreign.Load() {
+		return over
+	}
 	before := b.health.committed.Load()
 	f, err := os.Open(b.path)
 	if err != nil {
