@@ -649,6 +649,12 @@ func (a *App) Start() error {
 		return fmt.Errorf("sigra: %w", err)
 	}
 	st := val.(pooledDB).Bolt
+	if _, serr := os.Stat(a.storagePath); serr == nil && !st.IsFile(a.storagePath) {
+		// The same path, another file (a link that now leads elsewhere,
+		// a file put in the store's place): the store open is not it.
+		_, _ = dbPool.Delete(a.poolKey)
+		return fmt.Errorf("sigra: storage %s: the path now names another file than the store open under it (a link changed, or a file was put in its place); restart Caddy to open it", a.storagePath)
+	}
 	rt, err := a.buildRuntime(st, true)
 	if err != nil {
 		_, _ = dbPool.Delete(a.poolKey)

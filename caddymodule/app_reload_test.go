@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,7 +120,39 @@ func TestReloadWithTheStorePathSpeltAnotherWay(t *testing.T) {
 	if err := other.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	// The very path the store is open under, leading to another file now
+	// (the link retargeted): refused, not the old store shared.
 	if err := current.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	again := filepath.Join(dir, "again")
+	if err := os.Symlink(filepath.Join(dir, "data"), again); err != nil {
+		t.Fatal(err)
+	}
+	first := appOn(t, filepath.Join(again, "sigra.db"))
+	if err := os.Remove(again); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(link, again); err != nil { // link is a directory holding another store now
+		t.Fatal(err)
+	}
+	retargeted := &App{Storage: &StorageConfig{Path: filepath.Join(again, "sigra.db")}, BootstrapAdmin: "off"}
+	retargeted.logger, retargeted.slog = zap.NewNop(), zapSlogNop()
+	if err := retargeted.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := newMetrics(prometheus.NewRegistry(), retargeted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retargeted.metrics = m
+	if err := retargeted.Start(); err == nil || !strings.Contains(err.Error(), "names another file than the store open under it") {
+		t.Errorf("a reload through a retargeted link: %v; want refused, naming the change", err)
+		if err == nil {
+			retargeted.Stop()
+		}
+	}
+	if err := first.Stop(); err != nil {
 		t.Fatal(err)
 	}
 }
