@@ -35,11 +35,11 @@ var (
 	// ErrBusy means too many password checks are running: each takes
 	// tens of MiB, so their number is bounded. Try again shortly.
 	ErrBusy = errors.New("too many sign-in attempts in progress")
-	// ErrCrowded is ErrBusy for one client address: its attempts in
-	// flight fill its quota (a busy office behind one NAT address), and
-	// this one was refused unchecked and uncounted, without a ban. Ask
-	// the client to try again shortly (429): that tells it nothing of the
-	// password.
+	// ErrCrowded is ErrBusy for one client address: its attempts (in
+	// flight, a busy office behind one NAT address, and its recent
+	// failures) fill its quota, and this one was refused unchecked and
+	// uncounted, without a ban. Ask the client to try again shortly
+	// (429): that tells it nothing of the password or the account.
 	ErrCrowded = fmt.Errorf("%w from this address", ErrBusy)
 	// ErrLastAdmin refuses to delete, disable or demote the only enabled
 	// member of the admin group, which would leave nobody to manage the

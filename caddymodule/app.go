@@ -902,10 +902,10 @@ func (a *App) encryptionKeyFile() string {
 }
 
 // warnLooseKeyFile warns when every user can read a key file or the
-// store, or its group can write it (as ssh does for private keys). A group may read
-// it: root:caddy 0640 is a usual way to hand a key to Caddy. It does not
-// refuse: mounted secrets are often 0644 by default, and a refusal there
-// would be an outage. The warning says what to run.
+// store, or its group can write it (as ssh does for private keys). A
+// group may read it: root:caddy 0640 is a usual way to hand a key to
+// Caddy. It does not refuse: mounted secrets are often 0644 by default,
+// and a refusal there would be an outage. The warning says what to run.
 func warnLooseKeyFile(logger *zap.Logger, what, path string) {
 	fi, err := os.Stat(path)
 	if err != nil || fi.Mode().Perm()&0o027 == 0 {

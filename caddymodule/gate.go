@@ -103,7 +103,8 @@ type Gate struct {
 	// Access-Control-Request-Method) without a session, and without
 	// identity, for the app to answer: browsers send them without
 	// cookies, so otherwise every cross-origin call to the route that
-	// needs one fails. Only what the app answers to OPTIONS is exposed.
+	// needs one fails. Only what the app answers to OPTIONS is exposed;
+	// a body sent with one is not passed on.
 	AllowPreflight bool `json:"allow_preflight,omitempty"`
 	// Scope is the block the gate is written in, set by the Caddyfile
 	// adapter. Gates of one scope are

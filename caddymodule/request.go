@@ -202,13 +202,13 @@ func foldEq(s, lower string) bool {
 
 // stripIdentity removes everything a client could use to forge identity,
 // or to remove ours: identity headers; the same names as trailers (which
-// reverse_proxy forwards, and some upstreams merge into headers); and
+// reverse_proxy forwards, and some upstreams merge into headers);
 // identity names listed in Connection (which reverse_proxy would drop as
 // hop-by-hop after the gate set them); and the headers that would have
 // the app serve another path than the gates matched (isPathOverride).
-// The identity placeholders become
-// empty until a gate sets them: Caddy leaves an unknown placeholder in a
-// header_up as its literal text, which an app could take for a user.
+// The identity placeholders become empty until a gate sets them: Caddy
+// leaves an unknown placeholder in a header_up as its literal text,
+// which an app could take for a user.
 func stripIdentity(r *http.Request, remote bool) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(phUserID, "")
