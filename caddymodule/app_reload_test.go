@@ -27,8 +27,17 @@ func appOn(t testing.TB, path string) *App {
 // metrics of its own.
 func startApp(t testing.TB, a *App) *App {
 	t.Helper()
-	a.logger = zap.NewNop()
-	a.slog = zapSlogNop()
+	if err := readyApp(t, a, zap.NewNop()).Start(); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// readyApp configures a as Caddy would before it starts it, logging to
+// logger, with metrics of its own.
+func readyApp(t testing.TB, a *App, logger *zap.Logger) *App {
+	t.Helper()
+	a.logger, a.slog = logger, zapSlogNop()
 	if err := a.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
@@ -37,9 +46,6 @@ func startApp(t testing.TB, a *App) *App {
 		t.Fatal(err)
 	}
 	a.metrics = m
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
 	return a
 }
 
@@ -136,16 +142,7 @@ func TestReloadWithTheStorePathSpeltAnotherWay(t *testing.T) {
 	if err := os.Symlink(link, again); err != nil { // link is a directory holding another store now
 		t.Fatal(err)
 	}
-	retargeted := &App{Storage: &StorageConfig{Path: filepath.Join(again, "sigra.db")}, BootstrapAdmin: "off"}
-	retargeted.logger, retargeted.slog = zap.NewNop(), zapSlogNop()
-	if err := retargeted.setDefaults(); err != nil {
-		t.Fatal(err)
-	}
-	m, err := newMetrics(prometheus.NewRegistry(), retargeted)
-	if err != nil {
-		t.Fatal(err)
-	}
-	retargeted.metrics = m
+	retargeted := readyApp(t, &App{Storage: &StorageConfig{Path: filepath.Join(again, "sigra.db")}, BootstrapAdmin: "off"}, zap.NewNop())
 	if err := retargeted.Start(); err == nil || !strings.Contains(err.Error(), "names another file than the store open under it") {
 		t.Errorf("a reload through a retargeted link: %v; want refused, naming the change", err)
 		if err == nil {
@@ -172,14 +169,7 @@ func TestStartWaitsForAStoreHeldOffline(t *testing.T) {
 		close(released)
 	}()
 	core, logs := observer.New(zap.WarnLevel)
-	a := &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"}
-	if err := a.setDefaults(); err != nil {
-		t.Fatal(err)
-	}
-	a.logger, a.slog = zap.New(core), zapSlogNop()
-	if a.metrics, err = newMetrics(prometheus.NewRegistry(), a); err != nil {
-		t.Fatal(err)
-	}
+	a := readyApp(t, &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"}, zap.New(core))
 	if err := a.Start(); err != nil {
 		t.Fatalf("start while another process held the store for 1.5 s: %v", err)
 	}
