@@ -811,7 +811,10 @@ func (b *Bolt) auditOldestPending(ctx context.Context) ([]byte, error) {
 			}
 			for seen := 0; k != nil && seen < auditScanChunk; k, _ = c.Next() {
 				seen++
-				if pk := k[min(len(k), auditHookLen+8):]; len(k) == auditOutboxLen && (oldest == nil || bytes.Compare(pk, oldest) < 0) {
+				if len(k) != auditOutboxLen {
+					continue // malformed: PruneAudit deletes it
+				}
+				if pk := k[auditHookLen+8:]; oldest == nil || bytes.Compare(pk, oldest) < 0 {
 					oldest = clone(pk)
 				}
 			}

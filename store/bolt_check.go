@@ -107,6 +107,31 @@ func readFull(f *os.File, buf []byte, off int64) error {
 	return err
 }
 
+// readMetas reads the two meta pages of a file of page size ps, where
+// DB.mmap validates them: meta 0 at offset 0, meta 1 at the page size.
+// A page that cannot be read whole is invalid, with the read's error.
+func readMetas(f *os.File, ps uint64) [2]boltMeta {
+	var metas [2]boltMeta
+	for i := range metas {
+		page := make([]byte, pageHeaderSize+metaSize)
+		if err := readFull(f, page, int64(i)*int64(ps)); err != nil {
+			metas[i] = boltMeta{valid: err}
+			continue
+		}
+		metas[i] = parseMeta(page)
+	}
+	return metas
+}
+
+// currentMeta is the meta DB.meta uses: the valid one with the higher
+// transaction id (invalid when neither is valid).
+func currentMeta(metas [2]boltMeta) boltMeta {
+	if metas[0].valid != nil || (metas[1].valid == nil && metas[1].txid > metas[0].txid) {
+		return metas[1]
+	}
+	return metas[0]
+}
+
 // boltHeader is what the meta pages say about the file.
 type boltHeader struct {
 	pageSize uint64
@@ -152,21 +177,8 @@ func readBoltHeader(f *os.File, size int64) (boltHeader, error) {
 		return boltHeader{}, fmt.Errorf("its header gives a page size of %d bytes", ps)
 	}
 
-	// DB.mmap validates meta 0 at offset 0 and meta 1 at the page size;
-	// DB.meta uses the valid one with the higher transaction id.
-	var metas [2]boltMeta
-	for i := range metas {
-		page := make([]byte, pageHeaderSize+metaSize)
-		if err := readFull(f, page, int64(i)*int64(ps)); err != nil {
-			metas[i] = boltMeta{valid: err}
-			continue
-		}
-		metas[i] = parseMeta(page)
-	}
-	m := metas[0]
-	if metas[0].valid != nil || (metas[1].valid == nil && metas[1].txid > metas[0].txid) {
-		m = metas[1]
-	}
+	metas := readMetas(f, ps)
+	m := currentMeta(metas)
 	if m.valid != nil {
 		return boltHeader{}, fmt.Errorf("neither of its two bbolt header (meta) pages is valid (meta 0: %v; meta 1: %v)", metas[0].valid, metas[1].valid)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -261,25 +260,19 @@ func (b *Bolt) writtenOver() error {
 		return fmt.Errorf("storage %s: %w", b.path, err)
 	}
 	defer f.Close()
-	size := b.health.pageSize
-	buf := make([]byte, 2*size)
-	if n, err := f.ReadAt(buf, 0); n < len(buf) {
-		if err == nil || errors.Is(err, io.EOF) {
-			return over // shorter than a store's two meta pages
+	metas := readMetas(f, uint64(b.health.pageSize))
+	for _, m := range metas {
+		var pe *fs.PathError
+		if errors.As(m.valid, &pe) {
+			return fmt.Errorf("storage %s: %w", b.path, m.valid) // the read failed, not the page
 		}
-		return fmt.Errorf("storage %s: %w", b.path, err)
 	}
-	m0, m1 := parseMeta(buf[:size]), parseMeta(buf[size:])
-	if m0.valid != nil && m1.valid != nil {
-		return over
-	}
-	last := m0.txid
-	if m0.valid != nil || m1.valid == nil && m1.txid > last {
-		last = m1.txid
-	}
+	// Neither page valid (shorter than a store's meta pages, or no store
+	// at all) is another file.
+	m := currentMeta(metas)
 	// Commits go on meanwhile: the file's last may be any from the one
 	// returned before the read to the one begun after it.
-	if last < before || last > b.health.begun.Load() {
+	if m.valid != nil || m.txid < before || m.txid > b.health.begun.Load() {
 		return over
 	}
 	return nil
