@@ -531,17 +531,10 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 			"sigra_gate: %s is a portal page, but no sigra_portal answered it: a site with sigra_gate needs sigra_portal, before the gates (in a route block, written first)", prefix))
 	}
 	if d.status == http.StatusUnauthorized {
-		page := "/login"
-		if d.stepUp {
-			page = "/mfa"
-		}
-		if navigates(r) {
-			w.Header().Set("Cache-Control", "no-store")
-			redirect(w, loginURL(prefix, page, r), http.StatusFound)
-			return nil
-		}
-		w.Header().Set("WWW-Authenticate", wwwAuthenticate(r, prefix, page))
-		writeProblem(w, d.status, d.reason, d.detail)
+		// Back to the URI the client asked for, before any handle_path
+		// or uri strip_prefix rewrote it.
+		w.Header().Set("Cache-Control", "no-store")
+		toSignIn(w, r, prefix, d, originalURI(r), http.StatusFound)
 		return nil
 	}
 	msg := "You do not have access to this page: " + d.detail + "."

@@ -189,7 +189,7 @@ func (q *preq) mfaSubmit() error {
 		}
 		q.rt.login(method, "session_ended")
 		q.clearSessionCookie()
-		redirect(q.w, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
+		redirect(q.w, portalURL(q.p.app.Prefix, "/login", q.rd()), http.StatusSeeOther)
 		return nil
 	}
 	if err != nil {
@@ -424,7 +424,7 @@ func (q *preq) requireFresh(p *authcore.Principal, back string) bool {
 	if s.MFA() && q.rt.auth.Now().Sub(s.MFAAt) <= freshFactor {
 		return true
 	}
-	redirect(q.w, q.p.app.Prefix+"/mfa?rd="+url.QueryEscape(back), http.StatusSeeOther)
+	redirect(q.w, portalURL(q.p.app.Prefix, "/mfa", back), http.StatusSeeOther)
 	return false
 }
 

@@ -10,7 +10,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -457,7 +456,7 @@ func (q *preq) loginSubmit() error {
 	target, row := q.rd(), event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
 		meta: map[string]string{"method": "password"}}
 	if sess.Pending {
-		target = q.p.app.Prefix + "/mfa?rd=" + url.QueryEscape(target)
+		target = portalURL(q.p.app.Prefix, "/mfa", target)
 		row.action = "auth.login.pending"
 	}
 	if err := q.auditWith(row, func(commit authcore.Commit) error { return q.rt.auth.StartSessionWith(sess, commit) }); err != nil {
@@ -614,7 +613,7 @@ func (q *preq) logoutSubmit() error {
 		return err
 	}
 	q.clearSessionCookie()
-	redirect(q.w, q.p.app.Prefix+"/login?rd="+url.QueryEscape(q.rd()), http.StatusSeeOther)
+	redirect(q.w, portalURL(q.p.app.Prefix, "/login", q.rd()), http.StatusSeeOther)
 	return nil
 }
 
@@ -641,16 +640,11 @@ func (q *preq) signedIn() (*authcore.Principal, error) {
 // a client that does not ask for HTML gets 401 problem+json, as from the
 // gate (DESIGN §3).
 func (q *preq) toPortal(page, back string) {
-	if !navigates(q.r) {
-		reason, detail := "login_required", "sign in required"
-		if page == "/mfa" {
-			reason, detail = "mfa_required", "a recent second factor is required"
-		}
-		q.w.Header().Set("WWW-Authenticate", wwwAuthenticate(q.r, q.p.app.Prefix, page))
-		writeProblem(q.w, http.StatusUnauthorized, reason, detail)
-		return
+	d := denyLogin
+	if page == "/mfa" {
+		d = denyMFA
 	}
-	redirect(q.w, q.p.app.Prefix+page+"?rd="+url.QueryEscape(back), http.StatusSeeOther)
+	toSignIn(q.w, q.r, q.p.app.Prefix, d, back, http.StatusSeeOther)
 }
 
 // anySession returns the request's session, pending or signed in, or

@@ -633,10 +633,27 @@ func redirect(w http.ResponseWriter, target string, code int) {
 	w.WriteHeader(code)
 }
 
-// loginURL is a portal page with a return URL: the URI the client asked
-// for, before any handle_path or uri strip_prefix rewrote it.
-func loginURL(prefix, page string, r *http.Request) string {
-	return prefix + page + "?rd=" + url.QueryEscape(originalURI(r))
+// portalURL is a portal page with a return URL, back.
+func portalURL(prefix, page, back string) string {
+	return prefix + page + "?rd=" + url.QueryEscape(back)
+}
+
+// toSignIn answers a request that needs what d denies first (a 401: a
+// sign-in, or a second factor when d.stepUp): a browser loading a page
+// goes to the portal page for it, back to back after (code: 302 from the
+// gate, 303 from a portal page); any other client gets 401
+// problem+json, with a challenge naming that page (DESIGN §3).
+func toSignIn(w http.ResponseWriter, r *http.Request, prefix string, d *denial, back string, code int) {
+	page := "/login"
+	if d.stepUp {
+		page = "/mfa"
+	}
+	if navigates(r) {
+		redirect(w, portalURL(prefix, page, back), code)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", wwwAuthenticate(r, prefix, page))
+	writeProblem(w, d.status, d.reason, d.detail)
 }
 
 // originalURI is the request's URI as the client sent it, before
