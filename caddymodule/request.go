@@ -174,6 +174,13 @@ func isPathOverride(name string) bool {
 	return foldEq(name, "x-original-url") || foldEq(name, "x-rewrite-url")
 }
 
+// stripped reports whether a client's header (or trailer) name goes
+// before anything reaches the app: an identity header, or a path
+// override.
+func stripped(name string, remote bool) bool {
+	return isIdentityHeader(name, remote) || isPathOverride(name)
+}
+
 // hasFoldPrefix compares ASCII case-insensitively, any byte that is not
 // a letter or a digit matching '-'.
 func hasFoldPrefix(s, prefix string) bool {
@@ -216,7 +223,7 @@ func stripIdentity(r *http.Request, remote bool) {
 	}
 	h := r.Header
 	for k := range h {
-		if isIdentityHeader(k, remote) || isPathOverride(k) {
+		if stripped(k, remote) {
 			delete(h, k)
 		}
 	}
@@ -269,7 +276,7 @@ func cleanConnection(vals []string, remote bool) []string {
 
 func stripTrailers(t http.Header, remote bool) {
 	for k := range t {
-		if isIdentityHeader(k, remote) || isPathOverride(k) {
+		if stripped(k, remote) {
 			delete(t, k)
 		}
 	}
