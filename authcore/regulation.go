@@ -306,64 +306,50 @@ func (f FailResult) Lockout() bool { return f.AccountLocked || f.IPLocked }
 // Fail records that the attempt failed (or was refused). The failure that
 // brings the account to MaxRetries, or the address to MaxRetriesPerIP,
 // within FindTime starts a ban of BanTime and says so once. A refused
-// attempt asks for the longest delay, and changes nothing but, when the
-// account alone refused it, the address's count (Begin), which may start
-// the address's ban. On a storage error the result still carries a
+// attempt changes nothing but, when the account alone refused it, the
+// address's count (Begin), which may start the address's ban.
+//
+// The delay comes from the client address alone (the account's count
+// only when no address is known): the longest while the address is
+// banned, else Delay of its failures scaled to MaxRetries. So its
+// timing tells a client nothing of the account tried, not whether it is
+// banned nor how many failures others left on it; the account's own
+// protection is its ban. On a storage error the result still carries a
 // delay to apply.
 func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 	r := a.r
-	res := FailResult{Delay: MaxFailureDelay}
 	if a.done || (!a.allowed && !a.addrOnly) {
-		return res, nil
+		return FailResult{Delay: MaxFailureDelay}, nil
 	}
 	a.done = true
 	now := r.clk.Now().UTC()
+	skip := 0 // keys before this one are not counted: the account refused the attempt
 	if !a.allowed {
-		err := r.st.UpdateRegulation(ctx, a.keys[1:], func(states []*RegulationState) error {
-			st := states[0]
-			r.settle(st, now)
-			if !now.Before(st.BannedUntil) && len(st.Attempts) >= a.limits[1] {
-				st.BannedUntil, st.Attempts = now.Add(r.cfg.BanTime), nil
-				res.IPLocked, res.Until = true, st.BannedUntil
-			}
-			r.stamp(st)
-			return nil
-		})
-		if err != nil {
-			return FailResult{Delay: MaxFailureDelay}, fmt.Errorf("regulation: %w", err)
-		}
-		return res, nil
+		skip = 1
 	}
-	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
+	var res FailResult
+	err := r.st.UpdateRegulation(ctx, a.keys[skip:], func(states []*RegulationState) error {
 		res = FailResult{}
-		banned := false
-		failures := 0
 		for i, st := range states {
+			k := skip + i
 			r.settle(st, now)
-			if now.Before(st.BannedUntil) {
-				banned = true
-				r.stamp(st)
-				continue
-			}
-			n := len(st.Attempts)
-			if i > 0 { // the address: scale to the account's threshold
-				n = n * r.cfg.MaxRetries / r.cfg.MaxRetriesPerIP
-			}
-			failures = max(failures, n)
-			if len(st.Attempts) >= a.limits[i] {
+			banned := now.Before(st.BannedUntil)
+			if !banned && len(st.Attempts) >= a.limits[k] {
 				st.BannedUntil, st.Attempts = now.Add(r.cfg.BanTime), nil
 				res.Until, banned = st.BannedUntil, true
-				if i == 0 {
+				if k == 0 {
 					res.AccountLocked = true
 				} else {
 					res.IPLocked = true
 				}
 			}
 			r.stamp(st)
-		}
-		res.Delay = r.Delay(failures)
-		if banned {
-			res.Delay = MaxFailureDelay
+			if k == len(a.keys)-1 { // the address if known: it sets the delay
+				res.Delay = MaxFailureDelay
+				if !banned {
+					res.Delay = r.Delay(len(st.Attempts) * r.cfg.MaxRetries / a.limits[k])
+				}
+			}
 		}
 		return nil
 	})
@@ -443,8 +429,9 @@ func (a *Attempt) Abandon(ctx context.Context) error {
 }
 
 // Delay is how long to hold back the answer to a failure when this many
-// failures are counted: nothing for the first two, then 0.5 s, 1 s, 2 s,
-// and MaxFailureDelay from the sixth on.
+// failures are counted (an address's scaled to MaxRetries, see Fail):
+// nothing for the first two, then 0.5 s, 1 s, 2 s, and MaxFailureDelay
+// from the sixth on.
 func (r *Regulator) Delay(failures int) time.Duration {
 	if failures < 3 {
 		return 0

@@ -153,8 +153,8 @@ func TestRegulationBansAfterMaxRetries(t *testing.T) {
 	if res.Lockout() {
 		t.Error("a refused attempt reported a new lockout; want one report per ban")
 	}
-	if res.Delay != MaxFailureDelay {
-		t.Errorf("refused attempt Delay = %v; want %v", res.Delay, MaxFailureDelay)
+	if want := r.Delay(6 * 5 / 20); res.Delay != want {
+		t.Errorf("refused attempt Delay = %v; want %v, the address's sixth failure's", res.Delay, want)
 	}
 	// Another address does not help: the account is banned.
 	if allowed, _ := try(t, r, acct, "198.51.100.7", true); allowed {
@@ -354,16 +354,66 @@ func TestRegulationDelay(t *testing.T) {
 	if got := r.Delay(1000); got != MaxFailureDelay {
 		t.Errorf("Delay(1000) = %v; want %v", got, MaxFailureDelay)
 	}
-	// Fail reports the delay for the failures so far.
+	// Fail reports the delay for the address's failures so far, scaled
+	// to the account's threshold (20 to 5), on whichever accounts: the
+	// longest from the failure that bans the address on.
+	for i := 1; i <= 21; i++ {
+		_, res := try(t, r, UserAccountKey(fmt.Sprint("user", i)), "192.0.2.1", false)
+		want := r.Delay(i * 5 / 20)
+		if i >= 20 {
+			want = MaxFailureDelay
+		}
+		if res.Delay != want {
+			t.Errorf("address failure %d: Delay = %v; want %v", i, res.Delay, want)
+		}
+	}
+	// With no address known, the account's failures set it.
 	acct := UserAccountKey("alice")
 	for i := 1; i <= 4; i++ {
-		_, res := try(t, r, acct, "192.0.2.1", false)
+		_, res := try(t, r, acct, "", false)
 		if res.Delay != r.Delay(i) {
 			t.Errorf("failure %d: Delay = %v; want %v", i, res.Delay, r.Delay(i))
 		}
 	}
-	if _, res := try(t, r, acct, "192.0.2.1", false); res.Delay != MaxFailureDelay {
+	if _, res := try(t, r, acct, "", false); res.Delay != MaxFailureDelay {
 		t.Errorf("banning failure: Delay = %v; want %v", res.Delay, MaxFailureDelay)
+	}
+}
+
+// TestRegulationDelayTellsNothingOfTheAccount: a failure's delay is the
+// same whether the account tried is fresh, carries others' failures, or
+// is banned, so a prober cannot time the answer to learn which accounts
+// are banned (or how close to it they are).
+func TestRegulationDelayTellsNothingOfTheAccount(t *testing.T) {
+	r, clk, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 5, MaxRetriesPerIP: 20})
+	// Others' failures: banned's five ban it, worn's four do not.
+	for i := range 5 {
+		try(t, r, UserAccountKey("banned"), fmt.Sprint("198.51.100.", i+1), false)
+	}
+	for i := range 4 {
+		try(t, r, UserAccountKey("worn"), fmt.Sprint("198.51.100.", i+10), false)
+	}
+	clk.Advance(time.Second)
+	delays := func(account, ip string) []time.Duration {
+		var ds []time.Duration
+		for range 22 {
+			_, res := try(t, r, account, ip, false)
+			ds = append(ds, res.Delay)
+		}
+		return ds
+	}
+	fresh := delays(UserAccountKey("fresh"), "203.0.113.1")
+	for _, tc := range []struct{ account, ip string }{
+		{UserAccountKey("banned"), "203.0.113.2"},
+		{UserAccountKey("worn"), "203.0.113.3"},
+	} {
+		if got := delays(tc.account, tc.ip); !slices.Equal(got, fresh) {
+			t.Errorf("delays at %s = %v; want those at a fresh account %v", tc.account, got, fresh)
+		}
+	}
+	// The delay still grows with the address's failures.
+	if fresh[10] != 0 || fresh[11] != 500*time.Millisecond || fresh[19] != MaxFailureDelay || fresh[21] != MaxFailureDelay {
+		t.Errorf("delays from one address = %v; want none up to its 11th failure, 0.5 s at its 12th, the longest from its ban", fresh)
 	}
 }
 
@@ -604,8 +654,12 @@ func TestRegulationRefusedByAccountCountsForAddress(t *testing.T) {
 				t.Errorf("address banned at attempt %d; want at 20", i)
 			}
 		}
-		if res.AccountLocked || res.Delay != MaxFailureDelay {
-			t.Errorf("attempt %d: %+v; want the longest delay and no new account ban", i, res)
+		want := r.Delay(i * 5 / 20)
+		if i == 20 {
+			want = MaxFailureDelay
+		}
+		if res.AccountLocked || res.Delay != want {
+			t.Errorf("attempt %d: %+v; want the address's delay %v and no new account ban", i, res, want)
 		}
 		clk.Advance(time.Second)
 	}

@@ -7,8 +7,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -126,5 +128,61 @@ func TestCrowdedAddressSignInIsAskedToRetry(t *testing.T) {
 	}
 	if r := e.login("nell@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther {
 		t.Errorf("nell once a colleague's sign-in ended: status %d; want 303", r.StatusCode)
+	}
+}
+
+// The answer to a refused sign-in waits as long as a wrong password's
+// for a fresh account from the same address: a prober cannot time it to
+// learn that an account is banned.
+func TestBannedAccountFailsInAWrongPasswordsTime(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("vic@example.com")
+	var waits []time.Duration
+	old := wait
+	wait = func(_ context.Context, d time.Duration) { waits = append(waits, d) }
+	t.Cleanup(func() { wait = old })
+	// Vic's password guessed at from elsewhere until it is banned.
+	key, err := e.rt().auth.AccountKey(context.Background(), "vic@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		a, err := e.rt().reg.Begin(context.Background(), key, fmt.Sprint("198.51.100.", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Fail(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ten failures from the client's address already, so its delays
+	// have begun to grow.
+	for i := range 10 {
+		a, err := e.rt().reg.Begin(context.Background(), authcore.UserAccountKey(fmt.Sprint("earlier", i)), "127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Fail(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Then from there, alternately: a stranger's wrong password, and
+	// vic's right one, refused.
+	for i := range 6 {
+		who, pw := fmt.Sprintf("stranger%d@example.com", i), "wrong wrong wrong"
+		if i%2 == 1 {
+			who, pw = "vic@example.com", testPassword
+		}
+		if r := e.browser().login(who, pw, "/"); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("sign-in %d as %s: status %d; want 401", i, who, r.StatusCode)
+		}
+	}
+	rt := e.rt().reg
+	want := make([]time.Duration, 6)
+	for i := range want {
+		want[i] = rt.Delay((i + 11) * rt.Config().MaxRetries / rt.Config().MaxRetriesPerIP)
+	}
+	if !slices.Equal(waits, want) {
+		t.Errorf("failure delays %v; want %v, the address's alone, banned account or not", waits, want)
 	}
 }
