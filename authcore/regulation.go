@@ -256,6 +256,13 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 // credential, and calls Fail.
 func (a *Attempt) Allowed() bool { return a.allowed }
 
+// Checked reports whether the caller checks the credential of this
+// attempt and it counts as a failure somewhere if wrong: an allowed
+// attempt, or a password the account alone refused (see Begin), which
+// counts for its address. A refused attempt that is not Checked cost its
+// sender nothing.
+func (a *Attempt) Checked() bool { return a.allowed || a.addrOnly }
+
 // AddressRefused reports whether the client address refused the attempt
 // (banned, or its quota in flight), whatever the account's state.
 func (a *Attempt) AddressRefused() bool { return a.addr }

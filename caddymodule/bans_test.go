@@ -131,9 +131,10 @@ func TestCrowdedAddressSignInIsAskedToRetry(t *testing.T) {
 	}
 }
 
-// The answer to a refused sign-in waits as long as a wrong password's
-// for a fresh account from the same address: a prober cannot time it to
-// learn that an account is banned.
+// A sign-in refused by a banned account is answered as a wrong password
+// for a fresh account from the same address is: after the same delay,
+// and with its own row (its commit takes time too), so a prober cannot
+// time it to learn that an account is banned.
 func TestBannedAccountFailsInAWrongPasswordsTime(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	e.addUser("vic@example.com")
@@ -184,5 +185,12 @@ func TestBannedAccountFailsInAWrongPasswordsTime(t *testing.T) {
 	}
 	if !slices.Equal(waits, want) {
 		t.Errorf("failure delays %v; want %v, the address's alone, banned account or not", waits, want)
+	}
+	var reasons []string
+	for _, r := range e.auditRows("auth.login.failure") {
+		reasons = append(reasons, r.Metadata["reason"])
+	}
+	if want := []string{"locked", "invalid_credentials", "locked", "invalid_credentials", "locked", "invalid_credentials"}; !slices.Equal(reasons, want) {
+		t.Errorf("auth.login.failure reasons, newest first: %q; want %q, a row for each", reasons, want)
 	}
 }

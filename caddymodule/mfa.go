@@ -502,14 +502,16 @@ func (q *preq) recoveryRegenerate() error {
 }
 
 // refusalDue reports whether the failure row of att is due: always for a
-// checked credential; for one refused unchecked (a ban, or a quota in
-// flight), once a minute per refusing account or address. Refusals cost
-// the sender nothing (it need not even wait for the answer), so a row
-// for each would let anyone grow the store as fast as they can send;
+// checked credential (a password at a banned account too: it counts for
+// the address as a wrong one does, so its rows are as bounded, and it
+// must take a wrong password's time, commit included); for one refused
+// unchecked (a ban of the address or of codes, or a quota in flight),
+// once a minute per refusing account or address. Those cost the sender
+// nothing (it need not even wait for the answer), so a row for each
+// would let anyone grow the store as fast as they can send;
 // sigra_logins_total{result="locked"} still counts every one.
 func (q *preq) refusalDue(att *authcore.Attempt) bool {
-	key := att.RefusedBy()
-	return key == "" || q.rt.denied.due(deniedKey{user: key, reason: "refused"}, q.rt.auth.Now())
+	return att.Checked() || q.rt.denied.due(deniedKey{user: att.RefusedBy(), reason: "refused"}, q.rt.auth.Now())
 }
 
 // auditLockout writes one auth.lockout row when a failure started a ban;
