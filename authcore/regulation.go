@@ -92,20 +92,29 @@ func (r *Regulator) Config() RegulationConfig { return r.cfg }
 func UserAccountKey(userID string) string { return "user:" + userID }
 
 // UserReauthKey is the regulation key of a signed-in user's password
-// re-checks (before a password change, a TOTP set-up, deleting the
-// account). It is not the sign-in's: anyone who knows an email can ban
-// its sign-in for a while, and that must not keep the owner, signed in,
-// from changing the password then.
-func UserReauthKey(userID string) string { return "reauth:" + userID }
+// re-checks in one session (before a password change, a TOTP set-up,
+// revoking another session, deleting the account). It is not the
+// sign-in's: anyone who knows an email can ban its sign-in for a while,
+// and that must not keep the owner, signed in, from changing the
+// password then. It is the session's, not the user's: whoever holds a
+// stolen session cookie bans only that session's re-checks by guessing,
+// not the owner's in another session, who can still change the password
+// or revoke the thief's session.
+func UserReauthKey(userID, sessionID string) string { return UserReauthPrefix(userID) + sessionID }
+
+// UserReauthPrefix starts the re-check keys of every session of a user.
+func UserReauthPrefix(userID string) string { return "reauth:" + userID + "/" }
 
 // AccountKeyUser returns the user whose password key is key (from
 // UserAccountKey, UserReauthKey or AccountKey), and false for a key of
 // no known user.
 func AccountKeyUser(key string) (string, bool) {
-	for _, prefix := range []string{"user:", "reauth:"} {
-		if id, ok := strings.CutPrefix(key, prefix); ok {
-			return id, true
-		}
+	if id, ok := strings.CutPrefix(key, "user:"); ok {
+		return id, true
+	}
+	if rest, ok := strings.CutPrefix(key, "reauth:"); ok {
+		id, _, _ := strings.Cut(rest, "/")
+		return id, true
 	}
 	return "", false
 }
@@ -122,9 +131,22 @@ func UserMFAKey(userID string) string { return "mfa:" + userID }
 // costs anything to count against the address.
 func checkedWhileBanned(account string) bool { return !strings.HasPrefix(account, UserMFAKey("")) }
 
-// UserRegulationKeys are all the regulation keys of a known user.
+// UserRegulationKeys are the regulation keys of a known user but for
+// the re-check keys of its sessions, which start with UserReauthPrefix.
 func UserRegulationKeys(userID string) []string {
-	return []string{UserAccountKey(userID), UserMFAKey(userID), UserReauthKey(userID)}
+	return []string{UserAccountKey(userID), UserMFAKey(userID)}
+}
+
+// userRegulationKeys are all the regulation keys of a known user held in
+// st: UserRegulationKeys, and the re-check keys of the sessions that
+// have any.
+func userRegulationKeys(ctx context.Context, st RegulationStore, userID string) ([]string, error) {
+	keys := UserRegulationKeys(userID)
+	err := st.RegulationStates(ctx, UserReauthPrefix(userID), func(key string, _ *RegulationState) bool {
+		keys = append(keys, key)
+		return true
+	})
+	return keys, err
 }
 
 // AccountKey returns the regulation key for an identifier typed into a
@@ -455,19 +477,27 @@ func (r *Regulator) Delay(failures int) time.Duration {
 // Service.UnlockWith, which does this and UnlockTOTP in one transaction
 // with its admin.user.unlock row.
 func (r *Regulator) Unlock(ctx context.Context, userID string) error {
-	return r.st.UpdateRegulation(ctx, UserRegulationKeys(userID), clearStates)
+	keys, err := userRegulationKeys(ctx, r.st, userID)
+	if err != nil {
+		return err
+	}
+	return r.st.UpdateRegulation(ctx, keys, clearStates)
 }
 
 // UnlockWith is Unlock of the user's bans and UnlockTOTP of their app,
 // made through commit (see Commit) in one transaction with the
 // admin.user.unlock row: both locks are lifted with their row, or
 // neither is.
-func (s *Service) UnlockWith(userID string, commit Commit) error {
+func (s *Service) UnlockWith(ctx context.Context, userID string, commit Commit) error {
 	cs, err := s.changeStore()
 	if err != nil {
 		return err
 	}
-	bans, app := cs.UpdateRegulationIn(UserRegulationKeys(userID), clearStates), cs.ClearTOTPFailuresIn(userID)
+	keys, err := userRegulationKeys(ctx, s.store, userID)
+	if err != nil {
+		return err
+	}
+	bans, app := cs.UpdateRegulationIn(keys, clearStates), cs.ClearTOTPFailuresIn(userID)
 	return commit(func(tx any) error {
 		if err := bans(tx); err != nil {
 			return err
@@ -565,6 +595,20 @@ func (r *Regulator) Ban(ctx context.Context, key string) (time.Time, error) {
 		return st.BannedUntil, nil
 	}
 	return time.Time{}, nil
+}
+
+// ReauthBan is when the latest ban of a user's password re-checks ends,
+// among their sessions (zero if none is banned now).
+func (r *Regulator) ReauthBan(ctx context.Context, userID string) (time.Time, error) {
+	now := r.clk.Now()
+	var until time.Time
+	err := r.st.RegulationStates(ctx, UserReauthPrefix(userID), func(_ string, st *RegulationState) bool {
+		if now.Before(st.BannedUntil) && st.BannedUntil.After(until) {
+			until = st.BannedUntil
+		}
+		return true
+	})
+	return until, err
 }
 
 // Prune forgets states whose failures and bans are all over. Run it now and

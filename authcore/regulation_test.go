@@ -274,6 +274,45 @@ func TestRegulationUnlock(t *testing.T) {
 	}
 }
 
+// Password re-checks are counted per session: a thief's wrong guesses in
+// a stolen session ban that session's re-checks, not the owner's in
+// another, and an unlock lifts every session's ban.
+func TestRegulationReauthBansOneSession(t *testing.T) {
+	r, _, st := newTestRegulator(t, RegulationConfig{})
+	ctx := context.Background()
+	stolen, own := UserReauthKey("alice", "s-stolen"), UserReauthKey("alice", "s-own")
+	for i := range 5 {
+		try(t, r, stolen, fmt.Sprint("198.51.100.", i+1), false)
+	}
+	if allowed, _ := try(t, r, stolen, "198.51.100.9", true); allowed {
+		t.Fatal("the stolen session's re-checks are not banned after five failures")
+	}
+	if allowed, _ := try(t, r, own, "192.0.2.1", true); !allowed {
+		t.Error("the owner's re-check in another session was refused by the thief's failures")
+	}
+	until, err := r.ReauthBan(ctx, "alice")
+	if err != nil || until.IsZero() {
+		t.Errorf("ReauthBan = %v, %v; want the stolen session's ban", until, err)
+	}
+	if until, _ := r.ReauthBan(ctx, "bob"); !until.IsZero() {
+		t.Errorf("ReauthBan of another user = %v; want none", until)
+	}
+	// alice2's keys share alice's prefix but for the separator.
+	try(t, r, UserReauthKey("alice2", "s"), "192.0.2.2", false)
+	if err := r.Unlock(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if until, _ := r.ReauthBan(ctx, "alice"); !until.IsZero() {
+		t.Errorf("ReauthBan after Unlock = %v; want none", until)
+	}
+	if s, _ := st.RegulationState(ctx, stolen); !s.IsZero() {
+		t.Errorf("the stolen session's state after Unlock = %+v; want none", s)
+	}
+	if s, _ := st.RegulationState(ctx, UserReauthKey("alice2", "s")); s.IsZero() {
+		t.Error("alice's unlock cleared alice2's re-check failures")
+	}
+}
+
 func TestRegulationStopsSprayingFromOneAddress(t *testing.T) {
 	r, clk, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 5})
 	lockouts := 0
@@ -613,7 +652,7 @@ func TestRegulationRefusedBy(t *testing.T) {
 // hashed key, or a user id typed as the email, names none.
 func TestAccountKeyUser(t *testing.T) {
 	for key, want := range map[string]string{
-		UserAccountKey("u1"): "u1", UserReauthKey("u1"): "u1",
+		UserAccountKey("u1"): "u1", UserReauthKey("u1", "s1"): "u1",
 		UserMFAKey("u1"): "", "email:abc": "", "u1": "",
 	} {
 		if got, ok := AccountKeyUser(key); got != want || ok != (want != "") {

@@ -318,7 +318,7 @@ func (q *preq) formPage(p *authcore.Principal, page, title string) func(status i
 // again: 401 and wrong, 429 while the user's re-checks (or the address)
 // are banned, or 503 when too many password checks run at once.
 func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(int, string) error) (bool, error) {
-	u, att, err := q.checkPassword(p.User.Email, password, p.User.ID)
+	u, att, err := q.checkPassword(p.User.Email, password, p)
 	if errors.Is(err, authcore.ErrBusy) {
 		q.w.Header().Set("Retry-After", "5")
 		return false, again(busyStatus(err), busyMessage)

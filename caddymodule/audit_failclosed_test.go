@@ -280,7 +280,7 @@ func TestRevokeWithAFailingRow(t *testing.T) {
 	own.mustLogin(target.Email)
 	_, page = own.get("/.sigra/account", nil)
 	e.failAudit("session.revoked")
-	resp, _ = own.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {sid.String()}}, nil)
+	resp, _ = own.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {sid.String()}, "password": {testPassword}}, nil)
 	if resp.StatusCode != http.StatusInternalServerError || !ended(sid) {
 		t.Errorf("a user's revocation with a failing row: status %d, ended %v; want 500, ended", resp.StatusCode, ended(sid))
 	}

@@ -288,7 +288,7 @@ func TestRevokeAndLogoutSentTwice(t *testing.T) {
 		other.mustLogin("rae@example.com")
 		sid := e.rt().mustPrincipal(t, other.sessionCookie()).Session.ID.String()
 		_, page := e.get("/.sigra/account", nil)
-		status, body := e.submitTwice("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {sid}})
+		status, body := e.submitTwice("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {sid}, "password": {testPassword}})
 		for i := range 2 {
 			if status[i] != http.StatusSeeOther && status[i] != http.StatusNotFound {
 				t.Errorf("round %d, revoke %d: status %d; want 303 (or 404 once it is gone)\n%s", round, i, status[i], body[i])

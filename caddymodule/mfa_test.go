@@ -758,7 +758,7 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 	if body := mustPage(t, e, page); !strings.Contains(body, `data-sigra="admin-user-banned"`) {
 		t.Error("the page does not show the password's ban")
 	}
-	ban(authcore.UserReauthKey(target.ID))
+	ban(authcore.UserReauthKey(target.ID, "a-session"))
 	if body := mustPage(t, e, page); !strings.Contains(body, `data-sigra="admin-user-reauth-banned"`) {
 		t.Error("the page does not show the re-checks' ban")
 	}

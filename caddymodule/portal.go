@@ -410,7 +410,7 @@ func (q *preq) loginSubmit() error {
 		}
 		return rerender(http.StatusForbidden, "The form expired. Please try again.")
 	}
-	u, att, err := q.checkPassword(email, q.r.PostFormValue("password"), "")
+	u, att, err := q.checkPassword(email, q.r.PostFormValue("password"), nil)
 	if errors.Is(err, authcore.ErrBusy) {
 		q.w.Header().Set("Retry-After", "5")
 		return rerender(busyStatus(err), busyMessage)
@@ -476,12 +476,15 @@ func (q *preq) loginSubmit() error {
 // as auth.login.failure (and auth.lockout when it starts a ban), waited
 // out, and returned as a nil user. ErrBusy and ErrCrowded (the password
 // was never checked, nothing counted) and storage errors come back as
-// errors. reauthOf, when not empty, is the signed-in user whose password
-// this re-checks: it is counted under that user's re-check key, not the
-// sign-in's, and the failure row's metadata says step "reauth".
-func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, *authcore.Attempt, error) {
-	key := authcore.UserReauthKey(reauthOf)
-	if reauthOf == "" {
+// errors. reauthOf, when not nil, is the signed-in user whose password
+// this re-checks: it is counted under the re-check key of that session,
+// not the sign-in's, and the failure row's metadata says step "reauth"
+// (and names the session).
+func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principal) (*authcore.User, *authcore.Attempt, error) {
+	var key string
+	if reauthOf != nil {
+		key = authcore.UserReauthKey(reauthOf.User.ID, reauthOf.SessionID)
+	} else {
 		var err error
 		if key, err = q.rt.auth.AccountKey(q.ctx(), email); err != nil {
 			return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)
@@ -507,7 +510,7 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 		subject, _ := authcore.AccountKeyUser(key)
 		// A re-check is no sign-in: its own lockout scope and metric.
 		scope, counted := "account", "password"
-		if reauthOf != "" {
+		if reauthOf != nil {
 			scope, counted = "reauth", "reauth"
 		}
 		if err := q.auditLockout(subject, res, scope); err != nil {
@@ -521,8 +524,8 @@ func (q *preq) checkPassword(email, password, reauthOf string) (*authcore.User, 
 			reason = "disabled"
 		}
 		meta := map[string]string{"method": "password", "reason": reason}
-		if reauthOf != "" {
-			meta["step"] = "reauth"
+		if reauthOf != nil {
+			meta["step"], meta["session"] = "reauth", reauthOf.SessionID
 		}
 		if q.refusalDue(att) {
 			if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta}); err != nil {
@@ -704,6 +707,20 @@ func (q *preq) revokeSession() error {
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if id != p.Session.ID {
+		// Another session takes the password: a stolen cookie alone must
+		// not sign the owner out of each session they sign in with, and
+		// so keep them from changing the password (which ends the
+		// thief's) or revoking the thief's. The re-check is counted for
+		// this session alone (UserReauthKey), so the thief's guesses do
+		// not ban the owner's.
+		again := func(status int, msg string) error {
+			return q.message(status, "Session not revoked", msg, q.p.app.Prefix+"/account")
+		}
+		if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
+			return err
+		}
 	}
 	// The end and its row in one transaction; a session ended already
 	// (the same form sent twice) is neither ended nor recorded again.

@@ -262,6 +262,9 @@ func TestAccountSessions(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(page, secondID.String()) || !strings.Contains(page, `data-sigra="session-list"`) {
 		t.Fatalf("account page (status %d) does not list the second session", resp.StatusCode)
 	}
+	if n := strings.Count(page, `name="password"`); n != 1 {
+		t.Errorf("%d password fields on the account page; want one, in the other session's revoke form", n)
+	}
 	// Someone else's session cannot be revoked from here.
 	_, gusTok := mustSession(t, e, other)
 	gusID, _ := authcore.TokenID(gusTok)
@@ -269,7 +272,20 @@ func TestAccountSessions(t *testing.T) {
 	if r.StatusCode != http.StatusNotFound {
 		t.Errorf("revoking another user's session: status %d; want 404", r.StatusCode)
 	}
-	r, _ = e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {secondID.String()}}, nil)
+	// Another session of one's own takes the password.
+	for _, pw := range []string{"", "not the password"} {
+		r, body := e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {secondID.String()}, "password": {pw}}, nil)
+		if r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "That password is not right.") {
+			t.Errorf("revoke with password %q: status %d; want 401, not right", pw, r.StatusCode)
+		}
+		if r, _ := second.get("/x", nil); r.StatusCode != 200 {
+			t.Fatalf("the session after a revoke with password %q: status %d; want it kept", pw, r.StatusCode)
+		}
+	}
+	if rows := e.auditRows("auth.login.failure"); len(rows) != 2 || rows[0].Metadata["step"] != "reauth" || rows[0].Metadata["session"] != e.rt().mustPrincipal(t, mine).SessionID {
+		t.Errorf("auth.login.failure rows %+v; want two re-checks of this session", rows)
+	}
+	r, _ = e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {secondID.String()}, "password": {testPassword}}, nil)
 	if r.StatusCode != http.StatusSeeOther {
 		t.Fatalf("revoke: status %d; want 303", r.StatusCode)
 	}
@@ -281,6 +297,53 @@ func TestAccountSessions(t *testing.T) {
 	}
 	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
 		t.Errorf("own session after revoking the other: status %d; want 200", r.StatusCode)
+	}
+	// This session itself needs no password: it is a sign-out.
+	_, page = e.get("/.sigra/account", nil)
+	myID, _ := authcore.TokenID(mine)
+	if r, _ := e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {myID.String()}}, nil); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("revoking this session: status %d; want 303", r.StatusCode)
+	}
+	if r, _ := e.get("/x", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("after revoking this session: status %d; want 401", r.StatusCode)
+	}
+}
+
+// A stolen session cookie, without the password, can neither sign the
+// owner out of the sessions they sign in with nor, by guessing, keep the
+// owner from the password re-check that revokes the thief's session.
+func TestStolenSessionCannotLockTheOwnerOut(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("ona@example.com")
+	thief := e.browser()
+	thief.mustLogin("ona@example.com") // the cookie it stole, in effect
+	owner := e.browser()
+	owner.mustLogin("ona@example.com")
+	ownerID := e.rt().mustPrincipal(t, owner.sessionCookie()).SessionID
+	thiefID := e.rt().mustPrincipal(t, thief.sessionCookie()).SessionID
+
+	_, page := thief.get("/.sigra/account", nil)
+	if r, _ := thief.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {ownerID}}, nil); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the thief's revoke of the owner's session: status %d; want 401", r.StatusCode)
+	}
+	for i := range 6 { // past max_retries: the thief's re-checks are banned
+		_, page := thief.get("/.sigra/account/password", nil)
+		thief.postForm("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(t, page)}, "current_password": {fmt.Sprint("guess ", i)},
+			"new_password": {"a new password 1"}, "confirm_password": {"a new password 1"}}, nil)
+	}
+	_, page = thief.get("/.sigra/account", nil)
+	if r, _ := thief.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {ownerID}, "password": {testPassword}}, nil); r.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("the thief's re-checks after its guesses: status %d; want 429, banned", r.StatusCode)
+	}
+	if r, _ := owner.get("/x", nil); r.StatusCode != 200 {
+		t.Fatalf("the owner's session: status %d; want kept", r.StatusCode)
+	}
+	_, page = owner.get("/.sigra/account", nil)
+	if r, _ := owner.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {csrfFrom(t, page)}, "session": {thiefID}, "password": {testPassword}}, nil); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("the owner's revoke of the thief's session: status %d; want 303", r.StatusCode)
+	}
+	if r, _ := thief.get("/x", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the thief after the owner's revoke: status %d; want 401", r.StatusCode)
 	}
 }
 

@@ -306,7 +306,7 @@ func TestAccountFormsRefuseBadCSRF(t *testing.T) {
 		}
 	}
 
-	refused("/.sigra/account/sessions/revoke", url.Values{"session": {other.ID.String()}})
+	refused("/.sigra/account/sessions/revoke", url.Values{"session": {other.ID.String()}, "password": {testPassword}})
 	// (Enrolment left the other session pending, not ended.)
 	if _, err := e.rt().store.GetSession(ctx, other.ID); err != nil {
 		t.Errorf("the other session after refused revocations: %v; want it still stored", err)
@@ -331,7 +331,7 @@ func TestAccountFormsRefuseBadCSRF(t *testing.T) {
 
 	// With the token, each form works (so the refusals above were the
 	// token's doing).
-	if r, _ := e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {good}, "session": {other.ID.String()}}, nil); r.StatusCode != http.StatusSeeOther {
+	if r, _ := e.postForm("/.sigra/account/sessions/revoke", url.Values{"csrf_token": {good}, "session": {other.ID.String()}, "password": {testPassword}}, nil); r.StatusCode != http.StatusSeeOther {
 		t.Errorf("revoke with the token: status %d; want 303", r.StatusCode)
 	}
 	if _, err := e.rt().store.GetSession(ctx, other.ID); err != authcore.ErrNotFound {

@@ -42,7 +42,8 @@ type userView struct {
 	// What keeps the user out for now (listed and shown to admins; see
 	// runtime.addLocks): a sign-in ban after wrong passwords, a ban on
 	// codes after wrong ones, a ban on the password typed again by the
-	// signed-in user after wrong ones, an authenticator app locked after
+	// signed-in user after wrong ones (in one of their sessions, the
+	// latest), an authenticator app locked after
 	// max_totp_failures wrong codes in a row.
 	SignInBannedUntil time.Time `json:"sign_in_banned_until,omitzero"`
 	CodesBannedUntil  time.Time `json:"codes_banned_until,omitzero"`
@@ -58,7 +59,7 @@ func (rt *runtime) addLocks(ctx context.Context, v *userView) (err error) {
 	if v.CodesBannedUntil, err = rt.reg.Ban(ctx, authcore.UserMFAKey(v.ID)); err != nil {
 		return err
 	}
-	if v.ReauthBannedUntil, err = rt.reg.Ban(ctx, authcore.UserReauthKey(v.ID)); err != nil {
+	if v.ReauthBannedUntil, err = rt.reg.ReauthBan(ctx, v.ID); err != nil {
 		return err
 	}
 	if v.SecondFactor {
@@ -334,7 +335,7 @@ func userChange(ctx context.Context, rt *runtime, adminGroup string, req userReq
 	case "unlock":
 		// Both locks: sign-in bans, and an authenticator app locked by
 		// wrong codes in a row.
-		return func(c authcore.Commit) error { return auth.UnlockWith(u.ID, c) }
+		return func(c authcore.Commit) error { return auth.UnlockWith(ctx, u.ID, c) }
 	}
 	return func(authcore.Commit) error { return fmt.Errorf("%w: unknown operation %q", errUsage, req.Op) }
 }

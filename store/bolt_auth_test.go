@@ -738,7 +738,7 @@ func TestBoltDeleteUserRemovesSessions(t *testing.T) {
 // TestBoltDeleteUserRemovesSecondFactorData: deleting an account also
 // deletes what bolt_mfa.go keeps for it (sealed TOTP secret, pending
 // enrolment, recovery code hashes, regulation state under
-// UserRegulationKeys), in the same transaction.
+// UserRegulationKeys and UserReauthPrefix), in the same transaction.
 func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	st := openAuthBolt(t)
 	ctx := context.Background()
@@ -756,8 +756,11 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	if err := st.PutPendingTOTP(ctx, u.ID, authcore.SessionID{2}, &authcore.PendingTOTP{Sealed: []byte("pending-2"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	keys := authcore.UserRegulationKeys(u.ID) // the password's and the codes'
-	if err := st.UpdateRegulation(ctx, keys, func(states []*authcore.RegulationState) error {
+	// The password's, the codes', and a session's re-checks'; and
+	// another user's whose id starts with this one's.
+	keys := append(authcore.UserRegulationKeys(u.ID), authcore.UserReauthKey(u.ID, "a-session"))
+	other := authcore.UserReauthKey(u.ID+"0", "a-session")
+	if err := st.UpdateRegulation(ctx, append(keys, other), func(states []*authcore.RegulationState) error {
 		for _, s := range states {
 			s.Attempts = []time.Time{at}
 			s.Expires = at.Add(time.Hour)
@@ -783,6 +786,9 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 		if s, err := st.RegulationState(ctx, key); err != nil || !s.IsZero() {
 			t.Errorf("RegulationState %s of a deleted user = %+v, %v; want none", key, s, err)
 		}
+	}
+	if s, err := st.RegulationState(ctx, other); err != nil || s.IsZero() {
+		t.Errorf("RegulationState %s of another user = %+v, %v; want it kept", other, s, err)
 	}
 }
 

@@ -655,8 +655,16 @@ func deleteUserMFA(tx *bolt.Tx, uk []byte, userID string) error {
 	if err := deleteUserPending(tx, uk); err != nil {
 		return err
 	}
+	reg := bucket(tx, bktRegulation)
 	for _, k := range authcore.UserRegulationKeys(userID) {
-		if err := bucket(tx, bktRegulation).Delete([]byte(k)); err != nil {
+		if err := reg.Delete([]byte(k)); err != nil {
+			return err
+		}
+	}
+	prefix := []byte(authcore.UserReauthPrefix(userID))
+	c := reg.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
 			return err
 		}
 	}

@@ -290,17 +290,17 @@ func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 		t.Fatal("the sign-in was not banned")
 	}
 	rows := w.rows()
-	if err := e.svc.UnlockWith(u.ID, w.failing("admin.user.unlock")); !errors.Is(err, errCommitFailed) {
+	if err := e.svc.UnlockWith(e.ctx, u.ID, w.failing("admin.user.unlock")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("UnlockWith, the commit failing: %v; want its error", err)
 	}
 	if locked, _ := e.svc.TOTPLocked(e.ctx, u.ID); !locked || !banned() || w.rows() != rows {
 		t.Errorf("the commit failed: app locked %v, banned %v, %d new rows; want both locks, no row", locked, banned(), w.rows()-rows)
 	}
-	if err := e.svc.UnlockWith(u.ID, w.commit("admin.user.unlock")); err != nil {
+	if err := e.svc.UnlockWith(e.ctx, u.ID, w.commit("admin.user.unlock")); err != nil {
 		t.Fatal(err)
 	}
 	// A user deleted meanwhile: nothing to unlock, and no row saying so.
-	if err := e.svc.UnlockWith("0190a3c4-0000-7000-8000-000000000000", w.commit("admin.user.unlock")); !errors.Is(err, authcore.ErrNotFound) {
+	if err := e.svc.UnlockWith(e.ctx, "0190a3c4-0000-7000-8000-000000000000", w.commit("admin.user.unlock")); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("UnlockWith of no user: %v; want ErrNotFound", err)
 	}
 	if locked, _ := e.svc.TOTPLocked(e.ctx, u.ID); locked || banned() || w.rows() != rows+1 {
