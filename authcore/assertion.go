@@ -46,9 +46,13 @@ type KeyRing struct {
 	mu      sync.Mutex  // serialises changes to the set
 	unsaved bool        // the set in memory differs from the store's: keys dropped, or a change deferred (DeferSave)
 	pending *signingKey // the active key of a deferred change, which Save makes the key that signs
-	alg     string      // the configured algorithm, that Rotate("") makes keys of
-	state   atomic.Pointer[keyState]
-	rotGen  atomic.Uint64
+	// replaced is the stored active key that a key signing at once took
+	// over from (it could not go on signing: a signing_key file's, whose
+	// private half is not stored), for Save to store with its row.
+	replaced *KeyInfo
+	alg      string // the configured algorithm, that Rotate("") makes keys of
+	state    atomic.Pointer[keyState]
+	rotGen   atomic.Uint64
 }
 
 type keyState struct {
@@ -195,6 +199,9 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 	switch {
 	case changed && cfg.DeferSave:
 		kr.unsaved = true
+		if len(stored) > 0 && stored[0].KID != k.KID {
+			kr.replaced = &KeyInfo{KID: stored[0].KID, Alg: stored[0].Alg, CreatedAt: stored[0].CreatedAt}
+		}
 	case changed:
 		if err := kr.save(ctx, keys); err != nil {
 			return nil, fmt.Errorf("storing assertion keys: %w", err)
@@ -233,10 +240,23 @@ func (kr *KeyRing) SaveWith(ctx context.Context, commit KeyCommit) error {
 		return nil
 	}
 	if kr.pending == nil {
-		if err := kr.save(ctx, kr.state.Load().keys); err != nil {
+		keys := kr.state.Load().keys
+		cs, canCommit := kr.store.(SecretChangeStore)
+		if kr.replaced != nil && commit != nil && canCommit {
+			// The key that signs changed already (LoadKeyRing): its
+			// row goes with the set that tells of it all the same.
+			sealed, err := kr.sealStored(keys)
+			if err != nil {
+				return err
+			}
+			active := KeyInfo{KID: keys[0].KID, Alg: keys[0].Alg, Active: true, CreatedAt: keys[0].CreatedAt, FromFile: kr.fromFile}
+			if err := commit(*kr.replaced, active, cs.PutSecretIn(secretAssertionKeys, sealed)); err != nil {
+				return fmt.Errorf("storing assertion keys: %w", err)
+			}
+		} else if err := kr.save(ctx, keys); err != nil {
 			return fmt.Errorf("storing assertion keys: %w", err)
 		}
-		kr.unsaved = false
+		kr.unsaved, kr.replaced = false, nil
 		return nil
 	}
 	now := kr.clock.Now()
@@ -347,7 +367,7 @@ func (kr *KeyRing) rotate(alg string, store func(previous, active KeyInfo, seale
 	if err := store(previous, KeyInfo{KID: k.KID, Alg: k.Alg, Active: true, CreatedAt: k.CreatedAt}, sealed); err != nil {
 		return fmt.Errorf("storing rotated keys: %w", err)
 	}
-	kr.unsaved, kr.pending = false, nil
+	kr.unsaved, kr.pending, kr.replaced = false, nil, nil
 	kr.publish(next)
 	return nil
 }

@@ -700,10 +700,15 @@ func (a *App) Start() error {
 // admin.keys.rotate row as keys rotate stores one, and a change of the
 // key that signs is logged ("sigra started" named the one before).
 func (a *App) saveKeys(ctx context.Context, rt *runtime, save func(context.Context, authcore.KeyCommit) error) error {
-	before := rt.keys.ActiveKeyID()
-	err := save(ctx, rt.keyCommit(ctx, nil, "", "config"))
-	if now := rt.keys.ActiveKeyID(); err == nil && now != before {
-		a.logger.Info("the assertion key changed with the config", zap.String("assertion_kid", now), zap.String("retired_kid", before))
+	retired, commit := rt.keys.ActiveKeyID(), rt.keyCommit(ctx, nil, "", "config")
+	err := save(ctx, func(previous, active authcore.KeyInfo, change func(tx any) error) error {
+		// A new signing_key file's key signed from the start: the
+		// one it retired is the stored one.
+		retired = previous.KID
+		return commit(previous, active, change)
+	})
+	if now := rt.keys.ActiveKeyID(); err == nil && now != retired {
+		a.logger.Info("the assertion key changed with the config", zap.String("assertion_kid", now), zap.String("retired_kid", retired))
 	}
 	return err
 }

@@ -183,6 +183,50 @@ func TestOptionSigningKeyPEM(t *testing.T) {
 	}
 }
 
+// A new key in the signing_key file, reloaded, signs at once (the old
+// one's private half was never stored, so it cannot go on signing), and
+// the change is an admin.keys.rotate row as a change of algorithm is.
+func TestSigningKeyFileChangeIsARow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "assertion.pem")
+	writeKey := func() {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeKey()
+	e := startCaddy(t, "keys {\n\t\t\tsigning_key "+path+"\n\t\t}", "sigra_gate")
+	before, _ := assertionParts(t, e, signedInAssertion(t, e))
+	writeKey()
+	if err := e.load(e.config); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != 200 {
+		t.Fatalf("signed-in request after the reload: status %d", r.StatusCode)
+	}
+	h, _ := e.up.last()
+	after, _ := assertionParts(t, e, h.Get(hdrAssertion))
+	if after == before {
+		t.Fatal("the reload with a new signing_key file kept the old key")
+	}
+	var rows []audit.Row
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if rows = e.auditRows("admin.keys.rotate"); len(rows) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(rows) != 1 || rows[0].Metadata["reason"] != "config" || rows[0].Metadata["kid"] != after || rows[0].Metadata["previous_kid"] != before {
+		t.Errorf("admin.keys.rotate rows %+v; want one, reason config, kid %s, previous %s", rows, after, before)
+	}
+}
+
 func TestOptionAuditRetention(t *testing.T) {
 	fake := useFakeClock(t)
 	global := "audit {\n\t\t\tretention 1h\n\t\t}"
