@@ -180,6 +180,31 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 // NewUserRecord is the user CreateUser would store for in, checked, with
 // its id and password hash, not stored: for CreateUserWith.
 func (s *Service) NewUserRecord(in NewUser) (*User, error) {
+	u, err := checkNewUser(in)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock.Now().UTC()
+	u.ID, u.CreatedAt, u.UpdatedAt = ids.New(), now, now
+	if in.Password != "" {
+		if u.PasswordHash, err = s.cfg.Argon2.HashPassword(in.Password); err != nil {
+			return nil, err
+		}
+	}
+	return u, nil
+}
+
+// CheckNewUser refuses in as NewUserRecord would (ErrInvalidInput),
+// without a Service: for a caller that checks before it opens, or
+// creates, a store.
+func CheckNewUser(in NewUser) error {
+	_, err := checkNewUser(in)
+	return err
+}
+
+// checkNewUser checks in and returns the user it describes, without id,
+// times or password hash.
+func checkNewUser(in NewUser) (*User, error) {
 	email, err := NormalizeEmail(in.Email)
 	if err != nil {
 		return nil, err
@@ -192,17 +217,12 @@ func (s *Service) NewUserRecord(in NewUser) (*User, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := s.clock.Now().UTC()
-	u := &User{ID: ids.New(), Email: email, EmailVerified: in.EmailVerified, Name: name, Groups: groups, CreatedAt: now, UpdatedAt: now}
 	if in.Password != "" {
 		if err := CheckNewPassword(in.Password); err != nil {
 			return nil, err
 		}
-		if u.PasswordHash, err = s.cfg.Argon2.HashPassword(in.Password); err != nil {
-			return nil, err
-		}
 	}
-	return u, nil
+	return &User{Email: email, EmailVerified: in.EmailVerified, Name: name, Groups: groups}, nil
 }
 
 // CreateUserWith stores u, made by NewUserRecord, through commit (see

@@ -801,3 +801,27 @@ func TestUserAddAsksTheAdminAddressNothingSecret(t *testing.T) {
 		t.Errorf("requests at the admin address: %q; want one keys list, no password", seen)
 	}
 }
+
+// users add refuses a user it could not add (a short password, a bad
+// email) before it creates a store, so a typo leaves no empty store
+// behind for a later start to adopt.
+func TestCLIAddRefusedLeavesNoStore(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "data", "sigra.db")
+	cf := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cf, []byte(fmt.Sprintf("{\n\tadmin 127.0.0.1:1\n\tsigra {\n\t\tstorage bbolt %s\n\t}\n}\n", path)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := cliFlags{config: cf, adapter: "caddyfile"}
+	for _, req := range []userRequest{
+		{Op: "add", Email: "ann@example.com", Password: "short"},
+		{Op: "add", Email: "not an email", Password: "a long enough password"},
+	} {
+		if _, err := runUserOp(context.Background(), flags, req); !errors.Is(err, authcore.ErrInvalidInput) {
+			t.Errorf("users add %+v: %v; want ErrInvalidInput", req, err)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after the refused users add %q: store %v; want none made", req.Email, err)
+		}
+	}
+}

@@ -668,7 +668,13 @@ func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, 
 		}
 	}
 	// Only adding a user may start a new store: every other operation
-	// needs the users of an existing one.
+	// needs the users of an existing one. A user it would refuse is
+	// refused first, leaving no empty store behind.
+	if req.Op == "add" {
+		if err := authcore.CheckNewUser(authcore.NewUser{Email: req.Email, Name: req.Name, Groups: req.Groups, Password: req.Password}); err != nil {
+			return nil, err
+		}
+	}
 	return runOp(ctx, cf, req.Op == "add", "/sigra/users", req, func(ctx context.Context, rt *runtime, a *App) (*userResult, error) {
 		return doUser(ctx, rt, a.AdminGroup, req, nil, "")
 	})
