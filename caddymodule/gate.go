@@ -311,10 +311,17 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	p := d.p
 	if p == nil {
 		if g.AllowPreflight && isPreflight(r) {
-			// A browser's preflight has no body: none goes to the app
-			// with one, for an app that serves every method alike.
-			r.Body, r.ContentLength, r.TransferEncoding = http.NoBody, 0, nil
+			// A browser's preflight has no body, nor a method of its
+			// own to stand in for: neither goes to the app, for an app
+			// that serves every method alike or takes a method
+			// override from any request.
+			r.Body, r.ContentLength, r.TransferEncoding, r.Trailer = http.NoBody, 0, nil, nil
 			r.Header.Del("Content-Length")
+			for name := range r.Header {
+				if isMethodOverride(name) {
+					delete(r.Header, name)
+				}
+			}
 			return g.pass(w, r, next, d, first, start)
 		}
 		if g.Optional {

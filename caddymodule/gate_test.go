@@ -834,9 +834,25 @@ func TestGatesSeeThePathBeforeRewrites(t *testing.T) {
 // With preflight allow, a CORS preflight (which browsers send without
 // cookies) reaches the app, with no identity; nothing else passes
 // signed out, and a gate without it refuses preflights as any request.
+// Method overrides are known in any spelling an app could read as one
+// (PHP reads X_HTTP_METHOD_OVERRIDE as X-HTTP-Method-Override).
+func TestIsMethodOverride(t *testing.T) {
+	for _, name := range []string{"X-HTTP-Method-Override", "x_http_method_override", "X.Http.Method", "X-METHOD-OVERRIDE"} {
+		if !isMethodOverride(name) {
+			t.Errorf("isMethodOverride(%q) = false; want true", name)
+		}
+	}
+	for _, name := range []string{"X-HTTP-Method-Overrides", "Access-Control-Request-Method", "Method"} {
+		if isMethodOverride(name) {
+			t.Errorf("isMethodOverride(%q) = true; want false", name)
+		}
+	}
+}
+
 func TestGatePreflight(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate /api/* {\n\t\tgroup staff\n\t\tpreflight allow\n\t}\n\tsigra_gate /other/* {\n\t\tgroup staff\n\t}")
-	preflight := map[string]string{"Origin": "https://spa.example", "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type", "X-Sigra-User": "forged"}
+	preflight := map[string]string{"Origin": "https://spa.example", "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type", "X-Sigra-User": "forged",
+		"X-HTTP-Method-Override": "DELETE", "X-Http-Method": "DELETE", "X-Method-Override": "DELETE"}
 	do := func(method, path string, h map[string]string) (int, string) {
 		t.Helper()
 		resp := e.do(method, path, h, nil)
@@ -851,6 +867,11 @@ func TestGatePreflight(t *testing.T) {
 	assertNoForged(t, h)
 	if h.Get(hdrUser) != "" || h.Get(hdrAssertion) != "" {
 		t.Errorf("a preflight reached the app with identity: %v", h)
+	}
+	for name := range h {
+		if strings.Contains(strings.ToLower(name), "method") && !strings.HasPrefix(name, "Access-Control") {
+			t.Errorf("a preflight reached the app with %s: %s; want no method override", name, h[name])
+		}
 	}
 	for _, c := range []struct {
 		name, method, path string

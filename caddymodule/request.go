@@ -174,6 +174,13 @@ func isPathOverride(name string) bool {
 	return foldEq(name, "x-original-url") || foldEq(name, "x-rewrite-url")
 }
 
+// isMethodOverride reports whether name is, in any spelling an app could
+// read as one, a header with which frameworks let a request stand for
+// another method (Symfony, Laravel, Express's method-override, ASP.NET).
+func isMethodOverride(name string) bool {
+	return foldEq(name, "x-http-method-override") || foldEq(name, "x-http-method") || foldEq(name, "x-method-override")
+}
+
 // stripped reports whether a client's header (or trailer) name goes
 // before anything reaches the app: an identity header, or a path
 // override.
