@@ -242,9 +242,27 @@ func (kr *KeyRing) SaveWith(ctx context.Context, commit KeyCommit) error {
 	if kr.pending == nil {
 		keys := kr.state.Load().keys
 		cs, canCommit := kr.store.(SecretChangeStore)
-		if kr.replaced != nil && commit != nil && canCommit {
+		row := kr.replaced != nil && commit != nil && canCommit
+		merged := false
+		if row {
 			// The key that signs changed already (LoadKeyRing): its
-			// row goes with the set that tells of it all the same.
+			// row goes with the set that tells of it all the same, on
+			// the set stored now, unless another instance (a reload in
+			// quick succession) stored the change meanwhile, row and
+			// all.
+			stored, err := kr.read(ctx)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			if len(stored) > 0 {
+				row, merged = stored[0].KID != keys[0].KID, true
+				kr.replaced = &KeyInfo{KID: stored[0].KID, Alg: stored[0].Alg, CreatedAt: stored[0].CreatedAt}
+				if keys, err = kr.succeed(keys[0], stored, kr.clock.Now()); err != nil {
+					return err
+				}
+			}
+		}
+		if row {
 			sealed, err := kr.sealStored(keys)
 			if err != nil {
 				return err
@@ -255,6 +273,11 @@ func (kr *KeyRing) SaveWith(ctx context.Context, commit KeyCommit) error {
 			}
 		} else if err := kr.save(ctx, keys); err != nil {
 			return fmt.Errorf("storing assertion keys: %w", err)
+		}
+		if merged {
+			if err := kr.install(keys); err != nil {
+				return err
+			}
 		}
 		kr.unsaved, kr.replaced = false, nil
 		return nil

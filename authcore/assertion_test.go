@@ -1275,3 +1275,40 @@ func TestKeyRingPruneWithRetriesTheCommit(t *testing.T) {
 		t.Errorf("after PruneWith: told %+v, signing with %s; want the new ES256 key, committed", told, kr.ActiveKeyID())
 	}
 }
+
+// Two configs loaded back to back, each with a new signing_key file in
+// place of the stored one's (a reload, then another before the first's
+// Save): the change is one rotation, with one row; the second Save finds
+// it stored and adopts it.
+func TestKeyRingPEMFileReplacedOneRow(t *testing.T) {
+	clk := clock.NewFake(krStart)
+	st := newKRSecretsStore()
+	_, a, _ := ed25519.GenerateKey(rand.Reader)
+	_, b, _ := ed25519.GenerateKey(rand.Reader)
+	fileA := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, a))}
+	fileB := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, b)), DeferSave: true}
+	kA := newKR(t, clk, st, fileA).ActiveKeyID()
+
+	clk.Advance(time.Second)
+	first, second := newKR(t, clk, st, fileB), newKR(t, clk, st, fileB)
+	var rows []string
+	commit := func(previous, active KeyInfo, change func(tx any) error) error {
+		rows = append(rows, previous.KID+" → "+active.KID)
+		return change(st)
+	}
+	for _, kr := range []*KeyRing{first, second} {
+		if err := kr.SaveWith(context.Background(), commit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kB := first.ActiveKeyID()
+	if want := []string{kA + " → " + kB}; !slices.Equal(rows, want) {
+		t.Errorf("rows %q; want one, %q", rows, want)
+	}
+	if got := krStoredKIDs(t, st); !slices.Equal(got, []string{kB, kA}) {
+		t.Errorf("stored kids %q; want %q", got, []string{kB, kA})
+	}
+	if second.ActiveKeyID() != kB {
+		t.Errorf("the second config signs with %s; want %s", second.ActiveKeyID(), kB)
+	}
+}
