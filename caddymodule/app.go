@@ -762,7 +762,10 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 		Algorithm: a.Keys.Algorithm,
 		PEMFile:   a.Keys.SigningKey,
 		TTL:       a.assertionTTL(),
-		DeferSave: bootstrap, // Start saves it once the config is in force
+		// Start saves a change once the config is in force, with its
+		// admin.keys.rotate row; a CLI run never does: the next start
+		// (or the running Caddy's reload) makes it, row and all.
+		DeferSave: true,
 	})
 	if err != nil {
 		return nil, a.wrongKey(err, box)

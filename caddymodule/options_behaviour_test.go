@@ -185,7 +185,8 @@ func TestOptionSigningKeyPEM(t *testing.T) {
 
 // A new key in the signing_key file, reloaded, signs at once (the old
 // one's private half was never stored, so it cannot go on signing), and
-// the change is an admin.keys.rotate row as a change of algorithm is.
+// the change is an admin.keys.rotate row as a change of algorithm is,
+// even when a CLI run met the new file first.
 func TestSigningKeyFileChangeIsARow(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "assertion.pem")
 	writeKey := func() {
@@ -224,6 +225,33 @@ func TestSigningKeyFileChangeIsARow(t *testing.T) {
 	}
 	if len(rows) != 1 || rows[0].Metadata["reason"] != "config" || rows[0].Metadata["kid"] != after || rows[0].Metadata["previous_kid"] != before {
 		t.Errorf("admin.keys.rotate rows %+v; want one, reason config, kid %s, previous %s", rows, after, before)
+	}
+
+	// A CLI run on the stopped store after the next change of file
+	// stores nothing of it: the start that follows does, with its row.
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	writeKey()
+	cf := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(cf, []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listed, err := runKeysOp(context.Background(), cliFlags{config: cf, adapter: "caddyfile"}, keysRequest{Op: "list"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	third := listed.Keys[0].KID
+	if err := e.load(e.config); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if rows = e.auditRows("admin.keys.rotate"); len(rows) > 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(rows) != 2 || rows[0].Metadata["kid"] != third || rows[0].Metadata["previous_kid"] != after {
+		t.Errorf("admin.keys.rotate rows after a CLI run and a start %+v; want a second, kid %s, previous %s", rows, third, after)
 	}
 }
 
