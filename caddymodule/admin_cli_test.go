@@ -813,9 +813,24 @@ func TestCLIAddRefusedLeavesNoStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	flags := cliFlags{config: cf, adapter: "caddyfile"}
+	// Groups that fit, until --admin adds the admin group to them.
+	var full []string
+	for i := 0; ; i++ {
+		full = append(full, fmt.Sprintf("g%d", i))
+		if _, err := authcore.NormalizeGroups(append(slices.Clone(full), "admins")); err != nil {
+			break
+		}
+	}
+	if _, err := authcore.NormalizeGroups(full); err != nil {
+		t.Fatalf("the groups alone should fit: %v", err)
+	}
+	if _, err := authcore.NormalizeGroups(append(slices.Clone(full), "admins")); err == nil {
+		t.Fatal("the groups with admins should not fit")
+	}
 	for _, req := range []userRequest{
 		{Op: "add", Email: "ann@example.com", Password: "short"},
 		{Op: "add", Email: "not an email", Password: "a long enough password"},
+		{Op: "add", Email: "ann@example.com", Password: "a long enough password", Groups: full, Admin: true},
 	} {
 		if _, err := runUserOp(context.Background(), flags, req); !errors.Is(err, authcore.ErrInvalidInput) {
 			t.Errorf("users add %+v: %v; want ErrInvalidInput", req, err)

@@ -148,7 +148,7 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 		}
 	}()
 	var n int64
-	err = onStore(cf, false, func(cfg *cliConfig) error {
+	err = onStore(cf, nil, func(cfg *cliConfig) error {
 		resp, err := adminRequest(cfg, http.MethodGet, "/sigra/backup", nil)
 		if err != nil {
 			return err

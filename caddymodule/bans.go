@@ -74,7 +74,7 @@ func handleAdminBans(w http.ResponseWriter, r *http.Request) error {
 // runBansOp runs req on the store named by the config: directly when no
 // Caddy holds it, else through the running Caddy's admin API.
 func runBansOp(ctx context.Context, cf cliFlags, req bansRequest) (*bansResult, error) {
-	return runOp(ctx, cf, false, "/sigra/bans", req, func(ctx context.Context, rt *runtime, _ *App) (*bansResult, error) {
+	return runOp(ctx, cf, nil, "/sigra/bans", req, func(ctx context.Context, rt *runtime, _ *App) (*bansResult, error) {
 		return doBans(ctx, rt, req, nil, "")
 	})
 }

@@ -334,16 +334,16 @@ func commandGroup(c *cobra.Command) {
 // runKeysOp runs req on the store named by the config: directly when no
 // Caddy holds it, else through the running Caddy's admin API.
 func runKeysOp(ctx context.Context, cf cliFlags, req keysRequest) (*keysResult, error) {
-	return runOp(ctx, cf, false, "/sigra/keys", req, func(ctx context.Context, rt *runtime, _ *App) (*keysResult, error) {
+	return runOp(ctx, cf, nil, "/sigra/keys", req, func(ctx context.Context, rt *runtime, _ *App) (*keysResult, error) {
 		return doKeys(ctx, rt, req, nil, "")
 	})
 }
 
 // runOp runs a CLI operation: direct on the store when no Caddy holds it,
 // else as a POST of req to uri on the running Caddy's admin API, whose
-// JSON answer is the result. create lets it start a store that does not
-// exist yet.
-func runOp[Req, Res any](ctx context.Context, cf cliFlags, create bool, uri string, req Req, direct func(ctx context.Context, rt *runtime, a *App) (*Res, error)) (*Res, error) {
+// JSON answer is the result. create, when not nil, lets it start a store
+// that does not exist yet (see onStore).
+func runOp[Req, Res any](ctx context.Context, cf cliFlags, create func(a *App) error, uri string, req Req, direct func(ctx context.Context, rt *runtime, a *App) (*Res, error)) (*Res, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -404,7 +404,7 @@ func statusText(u userView) string {
 // replayAudit puts dead deliveries back, directly or through the running
 // Caddy's admin API when it holds the store.
 func replayAudit(c *cobra.Command, cf cliFlags, hook, to string) error {
-	return onStore(cf, false, func(cfg *cliConfig) error {
+	return onStore(cf, nil, func(cfg *cliConfig) error {
 		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}, "to": {to}}.Encode(), nil)
 		if err != nil {
 			return err
@@ -488,10 +488,12 @@ const cliOfflineWait = 15 * time.Second
 
 // onStore runs direct on the store when no Caddy holds it, or viaAdmin
 // when a running Caddy does (its admin API then does the work). Unless
-// create is set, a store that does not exist is an error, not a new empty
-// one: a CLI run whose config or environment differs from the running
-// Caddy's would otherwise answer from (or write to) a store nobody uses.
-func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, direct func(rt *runtime, a *App) error) error {
+// create is given, a store that does not exist is an error, not a new
+// empty one: a CLI run whose config or environment differs from the
+// running Caddy's would otherwise answer from (or write to) a store
+// nobody uses. Given, it checks the work first, for the config's app:
+// refused there, no store is made either.
+func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfig) error, direct func(rt *runtime, a *App) error) error {
 	cfg, err := loadAppConfig(cf.config, cf.adapter)
 	if err != nil {
 		return err
@@ -502,7 +504,7 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 	// admin API serves the command at once.
 	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: true, LockTimeout: cliLockWait})
 	missing := errors.Is(err, store.ErrNoStore)
-	if missing && !create {
+	if missing && create == nil {
 		where := ""
 		switch {
 		case a.Storage.Path == "":
@@ -517,6 +519,9 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		return fmt.Errorf("no Sigra store at %s: %s, in the same environment.%s Caddy creates the store when it first starts; so does users add.", abs, which, where)
 	}
 	if missing {
+		if err := create(a); err != nil {
+			return err
+		}
 		// A Caddy answering at the config's admin address that runs a
 		// store elsewhere (a relative path read from another directory,
 		// another HOME) would never read one made here: let it say so.
@@ -533,7 +538,7 @@ func onStore(cf cliFlags, create bool, viaAdmin func(cfg *cliConfig) error, dire
 		// No Caddy answers: another command, working offline, may hold
 		// the lock for a while (opening a large store takes seconds).
 		var again error
-		if st, again = store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: !create, LockTimeout: cliOfflineWait}); again != nil {
+		if st, again = store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: create == nil, LockTimeout: cliOfflineWait}); again != nil {
 			if errors.Is(again, store.ErrLocked) {
 				return err
 			}
@@ -579,7 +584,7 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 	if err != nil {
 		return err
 	}
-	return onStore(cf, false, func(cfg *cliConfig) error {
+	return onStore(cf, nil, func(cfg *cliConfig) error {
 		q := url.Values{}
 		if !sinceT.IsZero() {
 			q.Set("since", sinceT.Format(time.RFC3339Nano))
@@ -670,12 +675,13 @@ func runUserOp(ctx context.Context, cf cliFlags, req userRequest) (*userResult, 
 	// Only adding a user may start a new store: every other operation
 	// needs the users of an existing one. A user it would refuse is
 	// refused first, leaving no empty store behind.
+	var create func(a *App) error
 	if req.Op == "add" {
-		if err := authcore.CheckNewUser(authcore.NewUser{Email: req.Email, Name: req.Name, Groups: req.Groups, Password: req.Password}); err != nil {
-			return nil, err
+		create = func(a *App) error {
+			return authcore.CheckNewUser(authcore.NewUser{Email: req.Email, Name: req.Name, Groups: requestedGroups(req, a.AdminGroup), Password: req.Password})
 		}
 	}
-	return runOp(ctx, cf, req.Op == "add", "/sigra/users", req, func(ctx context.Context, rt *runtime, a *App) (*userResult, error) {
+	return runOp(ctx, cf, create, "/sigra/users", req, func(ctx context.Context, rt *runtime, a *App) (*userResult, error) {
 		return doUser(ctx, rt, a.AdminGroup, req, nil, "")
 	})
 }

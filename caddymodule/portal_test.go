@@ -426,7 +426,7 @@ func TestDamagedStore(t *testing.T) {
 	if err := os.WriteFile(cfPath, []byte(cf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wantErr("the CLI", onStore(cliFlags{config: cfPath, adapter: "caddyfile"}, false,
+	wantErr("the CLI", onStore(cliFlags{config: cfPath, adapter: "caddyfile"}, nil,
 		func(*cliConfig) error { return errors.New("went to the admin API") },
 		func(*runtime, *App) error { return errors.New("opened the store") }))
 
