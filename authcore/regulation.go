@@ -132,9 +132,11 @@ func UserMFAKey(userID string) string { return "mfa:" + userID }
 func checkedWhileBanned(account string) bool { return !strings.HasPrefix(account, UserMFAKey("")) }
 
 // UserRegulationKeys are the regulation keys of a known user but for
-// the re-check keys of its sessions, which start with UserReauthPrefix.
+// the re-check keys of its sessions, which start with UserReauthPrefix;
+// and the one re-check key per user of versions before those, so that a
+// deletion or an unlock clears what an older version left.
 func UserRegulationKeys(userID string) []string {
-	return []string{UserAccountKey(userID), UserMFAKey(userID)}
+	return []string{UserAccountKey(userID), UserMFAKey(userID), "reauth:" + userID}
 }
 
 // userRegulationKeys are all the regulation keys of a known user held in
