@@ -188,24 +188,10 @@ func TestOptionSigningKeyPEM(t *testing.T) {
 // the change is an admin.keys.rotate row as a change of algorithm is,
 // even when a CLI run met the new file first.
 func TestSigningKeyFileChangeIsARow(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "assertion.pem")
-	writeKey := func() {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(priv)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeKey()
+	path := writeEd25519Key(t, filepath.Join(t.TempDir(), "assertion.pem"))
 	e := startCaddy(t, "keys {\n\t\t\tsigning_key "+path+"\n\t\t}", "sigra_gate")
 	before, _ := assertionParts(t, e, signedInAssertion(t, e))
-	writeKey()
+	writeEd25519Key(t, path)
 	if err := e.load(e.config); err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +218,7 @@ func TestSigningKeyFileChangeIsARow(t *testing.T) {
 	if err := caddy.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	writeKey()
+	writeEd25519Key(t, path)
 	cf := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(cf, []byte(e.config), 0o600); err != nil {
 		t.Fatal(err)
