@@ -46,13 +46,14 @@ type KeyRing struct {
 	mu      sync.Mutex  // serialises changes to the set
 	unsaved bool        // the set in memory differs from the store's: keys dropped, or a change deferred (DeferSave)
 	pending *signingKey // the active key of a deferred change, which Save makes the key that signs
-	// replaced is the stored active key that a key signing at once took
-	// over from (it could not go on signing: a signing_key file's, whose
-	// private half is not stored), for Save to store with its row.
-	replaced *KeyInfo
-	alg      string // the configured algorithm, that Rotate("") makes keys of
-	state    atomic.Pointer[keyState]
-	rotGen   atomic.Uint64
+	// pendingSigns: pending signs already. It took over at load from a
+	// stored key that could not go on signing (a signing_key file's,
+	// whose private half is not stored), so Save stores it, with its
+	// row, rather than adopt a key another instance stored meanwhile.
+	pendingSigns bool
+	alg          string // the configured algorithm, that Rotate("") makes keys of
+	state        atomic.Pointer[keyState]
+	rotGen       atomic.Uint64
 }
 
 type keyState struct {
@@ -200,7 +201,7 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 	case changed && cfg.DeferSave:
 		kr.unsaved = true
 		if len(stored) > 0 && stored[0].KID != k.KID {
-			kr.replaced = &KeyInfo{KID: stored[0].KID, Alg: stored[0].Alg, CreatedAt: stored[0].CreatedAt}
+			kr.pending, kr.pendingSigns = k, true
 		}
 	case changed:
 		if err := kr.save(ctx, keys); err != nil {
@@ -216,7 +217,7 @@ func LoadKeyRing(ctx context.Context, clk clock.Clock, st Store, box *seal.Box, 
 // which another instance may have changed since (a reload in quick
 // succession), the old active key retired now, as it signed until now.
 // If the key stored now is already one of the configured algorithm, it
-// goes on signing. A Rotate in between saved a set already, and the
+// goes on signing (unless the new key signs already: pendingSigns). A Rotate in between saved a set already, and the
 // deferred change is dropped. Until Save succeeds, the key that signed
 // goes on signing; Prune tries again.
 func (kr *KeyRing) Save(ctx context.Context) error {
@@ -240,46 +241,10 @@ func (kr *KeyRing) SaveWith(ctx context.Context, commit KeyCommit) error {
 		return nil
 	}
 	if kr.pending == nil {
-		keys := kr.state.Load().keys
-		cs, canCommit := kr.store.(SecretChangeStore)
-		row := kr.replaced != nil && commit != nil && canCommit
-		merged := false
-		if row {
-			// The key that signs changed already (LoadKeyRing): its
-			// row goes with the set that tells of it all the same, on
-			// the set stored now, unless another instance (a reload in
-			// quick succession) stored the change meanwhile, row and
-			// all.
-			stored, err := kr.read(ctx)
-			if err != nil && !errors.Is(err, ErrNotFound) {
-				return err
-			}
-			if len(stored) > 0 {
-				row, merged = stored[0].KID != keys[0].KID, true
-				kr.replaced = &KeyInfo{KID: stored[0].KID, Alg: stored[0].Alg, CreatedAt: stored[0].CreatedAt}
-				if keys, err = kr.succeed(keys[0], stored, kr.clock.Now()); err != nil {
-					return err
-				}
-			}
-		}
-		if row {
-			sealed, err := kr.sealStored(keys)
-			if err != nil {
-				return err
-			}
-			active := KeyInfo{KID: keys[0].KID, Alg: keys[0].Alg, Active: true, CreatedAt: keys[0].CreatedAt, FromFile: kr.fromFile}
-			if err := commit(*kr.replaced, active, cs.PutSecretIn(secretAssertionKeys, sealed)); err != nil {
-				return fmt.Errorf("storing assertion keys: %w", err)
-			}
-		} else if err := kr.save(ctx, keys); err != nil {
+		if err := kr.save(ctx, kr.state.Load().keys); err != nil {
 			return fmt.Errorf("storing assertion keys: %w", err)
 		}
-		if merged {
-			if err := kr.install(keys); err != nil {
-				return err
-			}
-		}
-		kr.unsaved, kr.replaced = false, nil
+		kr.unsaved = false
 		return nil
 	}
 	now := kr.clock.Now()
@@ -291,7 +256,7 @@ func (kr *KeyRing) SaveWith(ctx context.Context, commit KeyCommit) error {
 		stored = kr.state.Load().keys
 	}
 	k := kr.pending
-	if !kr.fromFile && stored[0].priv != nil && stored[0].Alg == k.Alg {
+	if !kr.fromFile && !kr.pendingSigns && stored[0].priv != nil && stored[0].Alg == k.Alg {
 		k = stored[0] // made by another instance meanwhile: no second rotation
 	}
 	keys, err := kr.succeed(k, stored, now)
@@ -320,7 +285,7 @@ func (kr *KeyRing) SaveWith(ctx context.Context, commit KeyCommit) error {
 	if err := kr.install(keys); err != nil {
 		return err
 	}
-	kr.pending, kr.unsaved = nil, false
+	kr.pending, kr.pendingSigns, kr.unsaved = nil, false, false
 	return nil
 }
 
@@ -390,7 +355,7 @@ func (kr *KeyRing) rotate(alg string, store func(previous, active KeyInfo, seale
 	if err := store(previous, KeyInfo{KID: k.KID, Alg: k.Alg, Active: true, CreatedAt: k.CreatedAt}, sealed); err != nil {
 		return fmt.Errorf("storing rotated keys: %w", err)
 	}
-	kr.unsaved, kr.pending, kr.replaced = false, nil, nil
+	kr.unsaved, kr.pending, kr.pendingSigns = false, nil, false
 	kr.publish(next)
 	return nil
 }
