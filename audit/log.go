@@ -171,6 +171,13 @@ func (l *Log) Record(ctx context.Context, r Row) error {
 	return err
 }
 
+// RecordAll is Record for rows that go together (a failure and the ban
+// it started): one request, stored in one commit, or none of them.
+func (l *Log) RecordAll(ctx context.Context, rows []Row) error {
+	_, err := l.record(ctx, rows, nil)
+	return err
+}
+
 // RecordRow is Record that also returns the row as stored (with its id and
 // time filled in and its fields normalised).
 func (l *Log) RecordRow(ctx context.Context, r Row) (Row, error) {

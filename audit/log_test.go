@@ -703,6 +703,31 @@ func TestRecordWithRefusalJudgedAgainWhenTheRestFails(t *testing.T) {
 	}
 }
 
+// RecordAll stores rows that go together in one commit, or none of
+// them: a failure that starts a ban costs no commit more than another.
+func TestRecordAll(t *testing.T) {
+	st := newMemStore()
+	l := newTestLog(t, st, newFakeTime(), Options{})
+	ctx := context.Background()
+	if err := l.RecordAll(ctx, []Row{sampleRow("auth.lockout"), sampleRow("auth.login.failure")}); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	rows, appends := len(st.rows), st.appends
+	st.mu.Unlock()
+	if rows != 2 || appends != 1 {
+		t.Errorf("%d rows in %d commits; want 2 in 1", rows, appends)
+	}
+	bad := sampleRow("auth.login.failure")
+	bad.ActorType = "robot"
+	if err := l.RecordAll(ctx, []Row{sampleRow("auth.lockout"), bad}); !errors.Is(err, ErrInvalidRow) {
+		t.Errorf("RecordAll with an invalid second row = %v; want ErrInvalidRow", err)
+	}
+	if n := st.rowCount(); n != 2 {
+		t.Errorf("%d rows after an invalid row; want none of its request's rows", n)
+	}
+}
+
 // RecordAllWith stores several rows and the change they tell of in one
 // commit, or none of them.
 func TestRecordAllWith(t *testing.T) {

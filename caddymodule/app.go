@@ -291,7 +291,7 @@ func (rt *runtime) recordHere(ctx context.Context, rows []audit.Row, with func(t
 	case with != nil:
 		err = rt.audit.RecordAllWith(ctx, rows, with)
 	default:
-		err = rt.audit.Record(ctx, rows[0])
+		err = rt.audit.RecordAll(ctx, rows)
 	}
 	if err == nil && rt.metrics != nil {
 		rt.metrics.auditAppend.Observe(time.Since(start).Seconds())

@@ -124,11 +124,19 @@ func rowFor(r *http.Request, ev event) audit.Row {
 	return row
 }
 
-// audit records an event durably before the response is written. A row
-// that cannot be written fails the request (5xx), never silently.
-func (q *preq) audit(ev event) error {
-	if err := q.rt.record(q.ctx(), rowFor(q.r, ev)); err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s: %w", ev.action, err))
+// audit records events durably, in one commit, before the response is
+// written. A row that cannot be written fails the request (5xx), never
+// silently.
+func (q *preq) audit(evs ...event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	rows := make([]audit.Row, len(evs))
+	for i, ev := range evs {
+		rows[i] = rowFor(q.r, ev)
+	}
+	if _, err := q.rt.recordChange(q.ctx(), rows, nil); err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s: %w", evs[len(evs)-1].action, err))
 	}
 	return nil
 }

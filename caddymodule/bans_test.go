@@ -194,3 +194,23 @@ func TestBannedAccountFailsInAWrongPasswordsTime(t *testing.T) {
 		t.Errorf("auth.login.failure reasons, newest first: %q; want %q, a row for each", reasons, want)
 	}
 }
+
+// The failure that bans an account writes its auth.lockout row in the
+// one commit of its auth.login.failure row, as another failure writes
+// its row alone: no commit more tells a prober, by the time it takes,
+// which try banned the account. Both are stored, or neither.
+func TestBanningFailureIsOneCommit(t *testing.T) {
+	e := startCaddy(t, "regulation {\n max_retries 2\n }", "sigra_gate")
+	e.addUser("bea@example.com")
+	if r := e.browser().login("bea@example.com", "wrong wrong wrong", "/"); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a first wrong password: status %d", r.StatusCode)
+	}
+	e.failAudit("auth.login.failure")
+	if r := e.browser().login("bea@example.com", "wrong wrong wrong", "/"); r.StatusCode != http.StatusInternalServerError {
+		t.Errorf("the banning failure with its failure row failing: status %d; want 500", r.StatusCode)
+	}
+	e.failAudit("")
+	if rows := e.auditRows("auth.lockout"); len(rows) != 0 {
+		t.Errorf("auth.lockout rows %+v; want none stored without the failure's row", rows)
+	}
+}

@@ -131,24 +131,21 @@ func (q *preq) mfaSubmit() error {
 		if ferr != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, ferr)
 		}
-		if err := q.auditLockout(p.User.ID, res, "mfa"); err != nil {
-			return err
-		}
+		evs := lockoutEvents(p.User.ID, res, "mfa")
 		lockedNow := errors.Is(err, authcore.ErrTOTPLocked) // this wrong code locked the app
 		if lockedNow {
-			if err := q.audit(event{action: "auth.lockout", actorType: "system", subject: p.User.ID, outcome: "success",
-				meta: map[string]string{"scope": "totp", "failures": itoa(q.rt.auth.Config().MaxTOTPFailures)}}); err != nil {
-				return err
-			}
+			evs = append(evs, event{action: "auth.lockout", actorType: "system", subject: p.User.ID, outcome: "success",
+				meta: map[string]string{"scope": "totp", "failures": itoa(q.rt.auth.Config().MaxTOTPFailures)}})
 		}
 		failed.meta["reason"] = "invalid_code"
 		if !att.Allowed() {
 			failed.meta["reason"] = "locked" // refused unchecked
 		}
 		if q.refusalDue(att) {
-			if err := q.audit(failed); err != nil {
-				return err
-			}
+			evs = append(evs, failed)
+		}
+		if err := q.audit(evs...); err != nil {
+			return err
 		}
 		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
 		unlock()
@@ -180,11 +177,8 @@ func (q *preq) mfaSubmit() error {
 		if ferr != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, ferr)
 		}
-		if err := q.auditLockout(p.User.ID, res, "mfa"); err != nil {
-			return err
-		}
 		failed.meta["reason"] = "session_ended"
-		if err := q.audit(failed); err != nil {
+		if err := q.audit(append(lockoutEvents(p.User.ID, res, "mfa"), failed)...); err != nil {
 			return err
 		}
 		q.rt.login(method, "session_ended")
@@ -514,10 +508,13 @@ func (q *preq) refusalDue(att *authcore.Attempt) bool {
 	return att.Checked() || q.rt.denied.due(deniedKey{user: att.RefusedBy(), reason: "refused"}, q.rt.auth.Now())
 }
 
-// auditLockout writes one auth.lockout row when a failure started a ban;
-// its scope names the ban: account (the password's key) or mfa (the
+// lockoutEvents is the auth.lockout row of a failure that started a ban
+// (none for one that did not), to be written in one commit with the
+// failure's own row: a commit more for the failure that bans would tell
+// a prober, by its time, which of their tries banned the account. Its
+// scope names the ban: account (the password's key) or mfa (the
 // codes'), ip, or both.
-func (q *preq) auditLockout(subject string, res authcore.FailResult, account string) error {
+func lockoutEvents(subject string, res authcore.FailResult, account string) []event {
 	if !res.Lockout() {
 		return nil
 	}
@@ -530,5 +527,5 @@ func (q *preq) auditLockout(subject string, res authcore.FailResult, account str
 	default:
 		meta["scope"] = "ip"
 	}
-	return q.audit(event{action: "auth.lockout", actorType: "system", subject: subject, outcome: "success", meta: meta})
+	return []event{{action: "auth.lockout", actorType: "system", subject: subject, outcome: "success", meta: meta}}
 }

@@ -513,9 +513,7 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		if reauthOf != nil {
 			scope, counted = "reauth", "reauth"
 		}
-		if err := q.auditLockout(subject, res, scope); err != nil {
-			return nil, nil, err
-		}
+		evs := lockoutEvents(subject, res, scope)
 		reason := "invalid_credentials"
 		switch {
 		case !att.Allowed():
@@ -528,9 +526,10 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 			meta["step"], meta["session"] = "reauth", reauthOf.SessionID
 		}
 		if q.refusalDue(att) {
-			if err := q.audit(event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta}); err != nil {
-				return nil, nil, err
-			}
+			evs = append(evs, event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta})
+		}
+		if err := q.audit(evs...); err != nil {
+			return nil, nil, err
 		}
 		q.rt.login(counted, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
 		wait(q.ctx(), res.Delay)
