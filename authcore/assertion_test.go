@@ -456,9 +456,7 @@ func TestKeyRingLateDeferredSave(t *testing.T) {
 func TestKeyRingDeferSaveFromFileOnNewStore(t *testing.T) {
 	st := newKRSecretsStore()
 	clk := clock.NewFake(krStart)
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	path := krWritePEM(t, "PRIVATE KEY", krPKCS8(t, priv))
-	kr := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA, PEMFile: path, DeferSave: true})
+	kr := newKR(t, clk, st, KeyRingConfig{Algorithm: AlgEdDSA, PEMFile: krEdPEMFile(t), DeferSave: true})
 	if kr.ActiveKeyID() == "" {
 		t.Fatal("no active key")
 	}
@@ -787,6 +785,17 @@ func krWritePEM(t *testing.T, typ string, der []byte) string {
 	return path
 }
 
+// krEdPEMFile writes a new Ed25519 key as a signing_key file and
+// returns its path.
+func krEdPEMFile(t *testing.T) string {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return krWritePEM(t, "PRIVATE KEY", krPKCS8(t, priv))
+}
+
 func krPKCS8(t *testing.T, key any) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(key)
@@ -1027,10 +1036,7 @@ func TestKeyRingOldStoredFormat(t *testing.T) {
 func TestKeyRingPEMFileReplaced(t *testing.T) {
 	clk := clock.NewFake(krStart)
 	st := newKRSecretsStore()
-	_, a, _ := ed25519.GenerateKey(rand.Reader)
-	_, b, _ := ed25519.GenerateKey(rand.Reader)
-	fileA := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, a))}
-	fileB := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, b))}
+	fileA, fileB := KeyRingConfig{PEMFile: krEdPEMFile(t)}, KeyRingConfig{PEMFile: krEdPEMFile(t)}
 	const iss = "https://app.example.com"
 
 	gen := newKR(t, clk, st, KeyRingConfig{})
@@ -1283,10 +1289,7 @@ func TestKeyRingPruneWithRetriesTheCommit(t *testing.T) {
 func TestKeyRingPEMFileReplacedOneRow(t *testing.T) {
 	clk := clock.NewFake(krStart)
 	st := newKRSecretsStore()
-	_, a, _ := ed25519.GenerateKey(rand.Reader)
-	_, b, _ := ed25519.GenerateKey(rand.Reader)
-	fileA := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, a))}
-	fileB := KeyRingConfig{PEMFile: krWritePEM(t, "PRIVATE KEY", krPKCS8(t, b)), DeferSave: true}
+	fileA, fileB := KeyRingConfig{PEMFile: krEdPEMFile(t)}, KeyRingConfig{PEMFile: krEdPEMFile(t), DeferSave: true}
 	kA := newKR(t, clk, st, fileA).ActiveKeyID()
 
 	clk.Advance(time.Second)
