@@ -147,8 +147,9 @@ func TestBannedAccountFailsInAWrongPasswordsTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 5 {
-		a, err := e.rt().reg.Begin(context.Background(), key, fmt.Sprint("198.51.100.", i+1))
+	fail := func(key, ip string) {
+		t.Helper()
+		a, err := e.rt().reg.Begin(context.Background(), key, ip)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,16 +157,13 @@ func TestBannedAccountFailsInAWrongPasswordsTime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	for i := range 5 {
+		fail(key, fmt.Sprint("198.51.100.", i+1))
+	}
 	// Ten failures from the client's address already, so its delays
 	// have begun to grow.
 	for i := range 10 {
-		a, err := e.rt().reg.Begin(context.Background(), authcore.UserAccountKey(fmt.Sprint("earlier", i)), "127.0.0.1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := a.Fail(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		fail(authcore.UserAccountKey(fmt.Sprint("earlier", i)), "127.0.0.1")
 	}
 	// Then from there, alternately: a stranger's wrong password, and
 	// vic's right one, refused.
