@@ -495,11 +495,7 @@ func (s *Service) UnlockWith(ctx context.Context, userID string, commit Commit) 
 	if err != nil {
 		return err
 	}
-	keys, err := userRegulationKeys(ctx, s.store, userID)
-	if err != nil {
-		return err
-	}
-	bans, app := cs.UpdateRegulationIn(keys, clearStates), cs.ClearTOTPFailuresIn(userID)
+	bans, app := cs.ClearUserRegulationIn(userID), cs.ClearTOTPFailuresIn(userID)
 	return commit(func(tx any) error {
 		if err := bans(tx); err != nil {
 			return err

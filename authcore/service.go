@@ -385,6 +385,7 @@ type ChangeStore interface {
 	ReplaceRecoveryCodesIn(userID string, hashes [][]byte) func(tx any) error
 	ConsumeRecoveryCodeIn(userID string, hash []byte) func(tx any) error
 	UpdateRegulationIn(keys []string, fn func(states []*RegulationState) error) func(tx any) error
+	ClearUserRegulationIn(userID string) func(tx any) error
 }
 
 // Commit makes a change of a ChangeStore in one transaction with what it

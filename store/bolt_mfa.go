@@ -655,6 +655,19 @@ func deleteUserMFA(tx *bolt.Tx, uk []byte, userID string) error {
 	if err := deleteUserPending(tx, uk); err != nil {
 		return err
 	}
+	return clearUserRegulation(tx, userID)
+}
+
+// ClearUserRegulationIn implements authcore.ChangeStore: it deletes the
+// user's regulation keys (authcore.UserRegulationKeys) and the re-check
+// keys of every session (authcore.UserReauthPrefix), found in tx, so a
+// session's ban that starts meanwhile is cleared too.
+func (b *Bolt) ClearUserRegulationIn(userID string) func(tx any) error {
+	return b.inTx(func(tx *bolt.Tx) error { return clearUserRegulation(tx, userID) })
+}
+
+// clearUserRegulation is ClearUserRegulationIn in tx.
+func clearUserRegulation(tx *bolt.Tx, userID string) error {
 	reg := bucket(tx, bktRegulation)
 	for _, k := range authcore.UserRegulationKeys(userID) {
 		if err := reg.Delete([]byte(k)); err != nil {

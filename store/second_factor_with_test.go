@@ -461,3 +461,43 @@ func TestChangeWithAStoredSecondRow(t *testing.T) {
 		t.Errorf("%d rows; want the stored one alone", n)
 	}
 }
+
+// A session's re-check ban that starts while an unlock is on its way to
+// its transaction is lifted with the others: the unlock finds the
+// sessions' keys in its transaction, not before it.
+func TestUnlockWithClearsABanStartedBeforeItsCommit(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "fay@example.com")
+	reg := authcore.NewRegulator(e.clk, e.st, authcore.RegulationConfig{})
+	key := authcore.UserReauthKey(u.ID, "thief-session")
+	banned := func() bool {
+		t.Helper()
+		until, err := reg.ReauthBan(e.ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !until.IsZero()
+	}
+	commit := func(change func(tx any) error) error {
+		for range reg.Config().MaxRetries {
+			a, err := reg.Begin(e.ctx, key, "198.51.100.9")
+			if err != nil {
+				return err
+			}
+			if _, err := a.Fail(e.ctx); err != nil {
+				return err
+			}
+		}
+		if !banned() {
+			t.Fatal("the session's re-checks were not banned")
+		}
+		return w.commit("admin.user.unlock")(change)
+	}
+	if err := e.svc.UnlockWith(e.ctx, u.ID, commit); err != nil {
+		t.Fatal(err)
+	}
+	if banned() {
+		t.Error("after the unlock, the session's re-check ban that started before its commit is still there")
+	}
+}
