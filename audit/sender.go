@@ -114,7 +114,15 @@ type lane struct {
 	mu sync.Mutex
 	// down counts the passes in a row that found the receiver
 	// unavailable; 0 while it answers.
-	down      int
+	down int
+	// silent counts those of them whose failure had no answer at all (no
+	// connection, a timeout): only such a receiver is given up as a
+	// whole (giveUpIfDead). One that answers, if only a 5xx to what it
+	// was sent, is there: its webhook backs off, but each delivery ends
+	// dead on its own attempts alone, so the events a client can shape
+	// (a user agent a receiver's parser chokes on) can never have the
+	// others given up.
+	silent    int
 	downSince time.Time // the first of them
 	until     time.Time // no attempt before this while down, or after a failed pass
 	lastErr   string    // the last unavailable answer
@@ -187,7 +195,7 @@ func (ln *lane) blockedUntil() time.Time {
 // known (failedRow).
 func (ln *lane) reset() {
 	ln.mu.Lock()
-	ln.down, ln.downSince, ln.until, ln.lastErr = 0, time.Time{}, time.Time{}, ""
+	ln.down, ln.silent, ln.downSince, ln.until, ln.lastErr = 0, 0, time.Time{}, time.Time{}, ""
 	ln.mu.Unlock()
 }
 
@@ -519,7 +527,11 @@ func (s *sender) passAll(ctx context.Context) (int, error) {
 // delivery, is the problem: it could not be reached or did not answer in
 // time, answered 5xx, 429 (too many requests) or 408 (request timeout),
 // or is no longer configured. The pass starts no more attempts.
-type unavailableError struct{ err error }
+// Answered says the receiver answered (a 5xx, 429 or 408).
+type unavailableError struct {
+	err      error
+	answered bool
+}
 
 func (e unavailableError) Error() string { return e.err.Error() }
 func (e unavailableError) Unwrap() error { return e.err }
@@ -556,23 +568,24 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		return 0, nil
 	}
 	// The most attempted first, so that retries are not starved by new
-	// deliveries; but not the one that last found the receiver
-	// unavailable, while another is due. A receiver that is down fails
-	// every probe alike; one that answers a 5xx to one event alone (its
-	// parser chokes on it, say) then takes the others, and so ends the
-	// webhook's backoff, instead of being probed with that event for
-	// the whole retry schedule and then having every delivery given up.
-	// That event stays last in each pass, and dies alone once its own
+	// deliveries; but the probe, the first, is the least attempted (the
+	// newest of those), and never the one that last found the receiver
+	// unavailable while another is due. A receiver that is down fails
+	// every probe alike; one that answers a 5xx to some events alone
+	// (its parser chokes on a user agent, say) then takes the others,
+	// and so ends the webhook's backoff, instead of being probed with
+	// those events, which have failed before, pass after pass. They
+	// keep their own retry schedules, and die alone once their own
 	// attempts run out.
 	slices.SortStableFunc(ds, func(a, b Delivery) int { return b.Attempts - a.Attempts })
 	ln.mu.Lock()
 	failedRow := ln.failedRow
 	ln.mu.Unlock()
-	if len(ds) > 1 && failedRow != "" {
-		if i := slices.IndexFunc(ds, func(d Delivery) bool { return d.RowID == failedRow }); i >= 0 {
-			ds = append(append(ds[:i:i], ds[i+1:]...), ds[i])
-		}
+	probe := len(ds) - 1
+	if probe > 0 && ds[probe].RowID == failedRow {
+		probe--
 	}
+	ds = append(append([]Delivery{ds[probe]}, ds[:probe]...), ds[probe+1:]...)
 	results, started := s.attemptAll(ctx, ds)
 	if ctx.Err() != nil {
 		// Shutting down: attempts cut short are not the receiver's fault;
@@ -661,6 +674,11 @@ func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 		ln.downSince = now
 	}
 	ln.down++
+	if u := (unavailableError{}); errors.As(cause, &u) && u.answered {
+		ln.silent = 0
+	} else {
+		ln.silent++
+	}
 	ln.until = now.Add(s.backoff(ln.down))
 	ln.lastErr = truncate(cause.Error(), 512)
 	ln.failedRow = row
@@ -676,7 +694,7 @@ func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 // commit: the probes counted for all of them.
 func (s *sender) giveUpIfDead(ctx context.Context, ln *lane, now time.Time) error {
 	ln.mu.Lock()
-	down, since, lastErr := ln.down, ln.downSince, ln.lastErr
+	down, since, lastErr := ln.silent, ln.downSince, ln.lastErr
 	ln.mu.Unlock()
 	if down < s.opts.MaxAttempts {
 		return nil
@@ -757,7 +775,7 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	h := s.l.hookByID[d.HookID]
 	if h == nil {
 		// Every delivery to it fails alike: one per backoff step is enough.
-		return unavailableError{fmt.Errorf("webhook %s is not configured in this instance", d.HookID)}
+		return unavailableError{err: fmt.Errorf("webhook %s is not configured in this instance", d.HookID)}
 	}
 	if d.Row.ID == "" {
 		return errRowGone
@@ -784,7 +802,7 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 		if errors.As(err, &ue) {
 			ue.URL = RedactURL(h.url)
 		}
-		return unavailableError{err}
+		return unavailableError{err: err}
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
@@ -792,7 +810,7 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	case c >= 200 && c <= 299:
 		return nil
 	case c >= 500 || c == http.StatusTooManyRequests || c == http.StatusRequestTimeout:
-		return unavailableError{fmt.Errorf("receiver answered %s", resp.Status)}
+		return unavailableError{fmt.Errorf("receiver answered %s", resp.Status), true}
 	default:
 		// The receiver is up and turned this delivery down.
 		return fmt.Errorf("receiver answered %s", resp.Status)
