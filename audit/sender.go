@@ -690,21 +690,21 @@ func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 }
 
 // giveUpIfDead moves every delivery due to a webhook whose receiver has
-// failed MaxAttempts probes in a row to the dead list, deadChunk per
-// commit: the probes counted for all of them.
+// not answered MaxAttempts probes in a row (lane.silent) to the dead
+// list, deadChunk per commit: the probes counted for all of them.
 func (s *sender) giveUpIfDead(ctx context.Context, ln *lane, now time.Time) error {
 	ln.mu.Lock()
-	down, since, lastErr := ln.silent, ln.downSince, ln.lastErr
+	silent, since, lastErr := ln.silent, ln.downSince, ln.lastErr
 	ln.mu.Unlock()
-	if down < s.opts.MaxAttempts {
+	if silent < s.opts.MaxAttempts {
 		return nil
 	}
-	why := fmt.Sprintf("receiver unavailable since %s, %d attempts in a row failed: %s", since.Format(time.RFC3339), down, lastErr)
+	why := fmt.Sprintf("receiver unavailable since %s, %d attempts in a row had no answer: %s", since.Format(time.RFC3339), silent, lastErr)
 	total := 0
 	defer func() {
 		if total > 0 {
 			s.l.errLog.Error("audit webhook deliveries dead: receiver unavailable past the retry schedule", "hook_id", ln.hook,
-				"url", s.hookURL(ln.hook), "deliveries", total, "down_since", since, "failed_attempts", down, "error", lastErr)
+				"url", s.hookURL(ln.hook), "deliveries", total, "down_since", since, "failed_attempts", silent, "error", lastErr)
 		}
 	}()
 	for {
