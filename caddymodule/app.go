@@ -155,6 +155,33 @@ func (s *SessionConfig) check() (option string, err error) {
 	return "", nil
 }
 
+// durationFloors are the shortest values of the duration options that
+// still do what they say, and what a shorter one would do instead:
+// "find_time 1ns" is accepted as a duration, and turns lockout off.
+var durationFloors = map[string]struct {
+	section string
+	floor   time.Duration
+	why     string
+}{
+	"find_time":         {"regulation: ", time.Minute, "failures older than it are forgotten, so nobody is ever banned"},
+	"ban_time":          {"regulation: ", time.Minute, "a ban that short stops no guessing"},
+	"idle":              {"session: ", time.Minute, "sessions would end between two clicks"},
+	"lifetime":          {"session: ", time.Minute, "sessions would end before they are used"},
+	"pending_lifetime":  {"session: ", time.Minute, "nobody could type a second factor in time"},
+	"assertion_ttl":     {"keys: ", 30 * time.Second, "assertions would expire on their way to the app, whose clock may differ"},
+	"admin_mfa_max_age": {"", time.Minute, "admins would be sent to their second factor on every page"},
+}
+
+// checkFloor refuses a value of the duration option name under its
+// durationFloors entry; other options have none.
+func checkFloor(name string, d time.Duration) error {
+	f, ok := durationFloors[name]
+	if !ok || d >= f.floor {
+		return nil
+	}
+	return fmt.Errorf("%s%s %s is under %s: %s", f.section, name, d, shortDuration(f.floor), f.why)
+}
+
 // shortDuration writes d as an operator would: 24h, not 24h0m0s.
 func shortDuration(d time.Duration) string {
 	s := d.String()
@@ -585,6 +612,23 @@ func (a *App) Validate() error {
 	}
 	if a.AdminMFAMaxAge < 0 {
 		return errors.New("admin_mfa_max_age must not be negative")
+	}
+	type option struct {
+		name string
+		d    caddy.Duration
+	}
+	durations := []option{{"idle", a.Session.Idle}, {"lifetime", a.Session.Lifetime}, {"pending_lifetime", a.Session.PendingLifetime},
+		{"assertion_ttl", a.Keys.AssertionTTL}, {"admin_mfa_max_age", a.AdminMFAMaxAge}}
+	if r := a.Regulation; r != nil {
+		durations = append(durations, option{"find_time", r.FindTime}, option{"ban_time", r.BanTime})
+	}
+	for _, o := range durations {
+		if o.d == 0 { // the default
+			continue
+		}
+		if err := checkFloor(o.name, time.Duration(o.d)); err != nil {
+			return err
+		}
 	}
 	if aud := a.AssertionAudience; aud != "" && (strings.TrimSpace(aud) == "" || strings.ContainsFunc(aud, unicode.IsSpace) || strings.ContainsFunc(aud, unicode.IsControl)) {
 		return fmt.Errorf("assertion_audience: %q must be one value without spaces, such as https://app.example.com", aud)

@@ -702,6 +702,9 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	case dur <= 0:
 		return d.Errf("%s: %q must be longer than zero", name, s)
 	}
+	if err := checkFloor(name, dur); err != nil {
+		return d.Err(err.Error())
+	}
 	*dst = caddy.Duration(dur)
 	return nil
 }

@@ -171,6 +171,18 @@ func TestParseGlobal(t *testing.T) {
 		{"bad duration", "sigra {\n session {\n idle forever\n }\n}", nil, `idle: invalid duration "forever" (write it as 30s, 15m, 12h or 7d)`},
 		{"zero duration", "sigra {\n session {\n idle 0s\n }\n}", nil, `idle: "0s" must be longer than zero`},
 		{"zero retries", "sigra {\n regulation {\n max_retries 0\n }\n}", nil, "whole number from 1 to 1000000"},
+		// Durations that parse, and would undo what their option is for.
+		{"find_time too short", "sigra {\n regulation {\n find_time 1ns\n }\n}", nil, "regulation: find_time 1ns is under 1m: failures older than it are forgotten, so nobody is ever banned, at Testfile:3"},
+		{"ban_time too short", "sigra {\n regulation {\n ban_time 59s\n }\n}", nil, "regulation: ban_time 59s is under 1m"},
+		{"idle too short", "sigra {\n session {\n idle 30s\n }\n}", nil, "session: idle 30s is under 1m"},
+		{"pending_lifetime too short", "sigra {\n session {\n pending_lifetime 1ms\n }\n}", nil, "session: pending_lifetime 1ms is under 1m"},
+		{"assertion_ttl too short", "sigra {\n keys {\n assertion_ttl 1ns\n }\n}", nil, "keys: assertion_ttl 1ns is under 30s"},
+		{"admin_mfa_max_age too short", "sigra {\n admin_mfa_max_age 1ns\n}", nil, "admin_mfa_max_age 1ns is under 1m: admins would be sent to their second factor on every page, at Testfile:2"},
+		{"shortest durations", "sigra {\n admin_mfa_max_age 1m\n regulation {\n find_time 1m\n ban_time 1m\n }\n session {\n idle 1m\n lifetime 1m\n pending_lifetime 1m\n }\n keys {\n assertion_ttl 30s\n }\n}", func(t *testing.T, a *App) {
+			if time.Duration(a.Regulation.FindTime) != time.Minute || time.Duration(a.Keys.AssertionTTL) != 30*time.Second {
+				t.Errorf("find_time %v, assertion_ttl %v; want 1m, 30s", a.Regulation.FindTime, a.Keys.AssertionTTL)
+			}
+		}, ""},
 		{"bad prefix", "sigra {\n prefix auth/\n}", nil, "must be a path"},
 		{"prefix with a query", "sigra {\n prefix /x?y\n}", nil, "must be a path"},
 		{"prefix with dot segment", "sigra {\n prefix /a/../b\n}", nil, "must be a path"},
@@ -522,6 +534,11 @@ func TestValidateJSONValues(t *testing.T) {
 		{`{"regulation":{"max_retries_per_ip":1000001}}`, "regulation: counts must be at most 1000000"},
 		{`{"keys":{"assertion_ttl":"-5m"}}`, "keys: assertion_ttl must not be negative"},
 		{`{"admin_mfa_max_age":"-5m"}`, "admin_mfa_max_age must not be negative"},
+		{`{"admin_mfa_max_age":"1s"}`, "admin_mfa_max_age 1s is under 1m"},
+		{`{"regulation":{"find_time":1}}`, "regulation: find_time 1ns is under 1m"},
+		{`{"regulation":{"ban_time":"10s"}}`, "regulation: ban_time 10s is under 1m"},
+		{`{"session":{"lifetime":"1s"}}`, "session: lifetime 1s is under 1m"},
+		{`{"keys":{"assertion_ttl":1000000}}`, "keys: assertion_ttl 1ms is under 30s"},
 		{`{"assertion_audience":" "}`, `assertion_audience: " " must be one value without spaces`},
 		{`{"assertion_audience":"https://a.example.com https://b.example.com"}`, "must be one value without spaces"},
 		{`{"audit":{"retention":"30m"}}`, "audit: retention 30m0s is under an hour"},
