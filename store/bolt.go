@@ -30,6 +30,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -52,6 +54,10 @@ var ErrLocked = errors.New("the database file is locked by another process")
 
 // ErrNoStore means OpenBolt was told the file must exist, and it does not.
 var ErrNoStore = errors.New("no store at this path")
+
+// ErrNotStore means the file is a bbolt file of another program: it
+// has buckets, and not Sigra's.
+var ErrNotStore = errors.New("not a Sigra store")
 
 // BoltOptions tune OpenBolt.
 type BoltOptions struct {
@@ -97,6 +103,9 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if errors.Is(err, ErrDamaged) {
 		return nil, err
 	}
+	if errors.Is(err, ErrNotStore) {
+		return nil, fmt.Errorf("storage %s: %w", path, err)
+	}
 	if opts.MustExist && errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("storage %s: %w", path, ErrNoStore)
 	}
@@ -124,8 +133,27 @@ func lockedError(path string) error {
 	return fmt.Errorf("storage %s: %w (another Caddy, or a caddy sigra command working on the store offline: a store serves one Caddy at a time)", path, ErrLocked)
 }
 
-// initBolt makes sure every bucket exists and moves old layouts on.
+// initBolt makes sure every bucket exists and moves old layouts on. It
+// refuses a bbolt file of another program (ErrNotStore), writing
+// nothing to it: a store path mistyped as another program's database
+// must not get Sigra's buckets beside that program's.
 func initBolt(db *bolt.DB) error {
+	if err := db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(rootBucket) != nil {
+			return nil
+		}
+		var names []string
+		c := tx.Cursor() // the top-level buckets
+		for k, _ := c.First(); k != nil && len(names) < 3; k, _ = c.Next() {
+			names = append(names, strconv.Quote(string(k)))
+		}
+		if len(names) == 0 {
+			return nil // a new file
+		}
+		return fmt.Errorf("%w: a bbolt file of another program (its buckets include %s), left as it is; name a file of Sigra's own", ErrNotStore, strings.Join(names, ", "))
+	}); err != nil {
+		return err
+	}
 	err := db.Update(func(tx *bolt.Tx) error {
 		root, err := tx.CreateBucketIfNotExists(rootBucket)
 		if err != nil {

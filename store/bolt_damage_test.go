@@ -436,3 +436,54 @@ func TestOpenGuardedFaultInInit(t *testing.T) {
 	}
 	checkStoreData(t, path)
 }
+
+// A bbolt file of another program (a store path mistyped as its
+// database) is refused, naming the file and a bucket of it, and left
+// byte for byte as it was; a bbolt file with no buckets yet is a new
+// store.
+func TestOpenBoltRefusesAnotherProgramsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "other.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("otherapp"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("k"), []byte("precious"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenBolt(path, BoltOptions{})
+	if err == nil {
+		st.Close()
+		t.Fatal("OpenBolt took another program's bbolt file as a store")
+	}
+	if !errors.Is(err, ErrNotStore) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), `"otherapp"`) {
+		t.Errorf("OpenBolt = %v; want ErrNotStore naming the file and its bucket", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("the refused file was written to")
+	}
+
+	empty := filepath.Join(t.TempDir(), "empty.db")
+	db, err = bolt.Open(empty, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	st, err = OpenBolt(empty, BoltOptions{})
+	if err != nil {
+		t.Fatalf("a bbolt file with no buckets: %v; want a new store", err)
+	}
+	st.Close()
+}
