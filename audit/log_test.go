@@ -490,6 +490,18 @@ func TestNewValidatesWebhooks(t *testing.T) {
 		{"duplicate", []WebhookConfig{good, good}, "twice"},
 		{"duplicate, cased otherwise", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "HTTPS://Hooks.Example.com/sigra" })}, "twice"},
 		{"same host, another path", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/Sigra" })}, ""},
+		// Spellings of one URL are one receiver, sent every row twice.
+		{"duplicate, default port", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:443/sigra" })}, "twice"},
+		{"duplicate, no path and /", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "http://127.0.0.1:9" }), with(func(c *WebhookConfig) { c.URL = "http://127.0.0.1:9/" })}, "twice"},
+		{"duplicate, empty query", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/sigra?" })}, "twice"},
+		{"another port", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:8443/sigra" })}, ""},
+		// URLs no delivery could ever reach.
+		{"port out of range", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:99999/sigra" })}, `port "99999" is not from 1 to 65535`},
+		{"port zero", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:0/" })}, `port "0"`},
+		{"empty port", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:/" })}, `port ""`},
+		{"empty label", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks..example.com/" })}, `"hooks..example.com" is not a host name`},
+		{"label starting with -", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://-bad-.example.com/" })}, "is not a host name"},
+		{"container name and IPv6", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "http://sigra_hooks:8080/in" }), with(func(c *WebhookConfig) { c.URL = "http://[::1]:8080/in" })}, ""},
 		{"empty pattern", []WebhookConfig{with(func(c *WebhookConfig) { c.Actions = []string{"auth.*", " "} })}, "empty action pattern"},
 		{"password redacted in errors", []WebhookConfig{with(func(c *WebhookConfig) {
 			c.URL, c.Secret = "https://user:hunter2@hooks.example.com/", nil

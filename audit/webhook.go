@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -58,6 +60,14 @@ func (c WebhookConfig) Validate() error {
 	if u.Host == "" || u.Hostname() == "" {
 		return fmt.Errorf("%w %s: no host", ErrBadWebhook, name)
 	}
+	if !hostLike(u.Hostname()) {
+		return fmt.Errorf("%w %s: %q is not a host name or IP address", ErrBadWebhook, name, u.Hostname())
+	}
+	if p := u.Port(); p != "" || strings.HasSuffix(u.Host, ":") {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%w %s: port %q is not from 1 to 65535", ErrBadWebhook, name, p)
+		}
+	}
 	if u.Fragment != "" {
 		return fmt.Errorf("%w %s: a fragment is never sent; remove it", ErrBadWebhook, name)
 	}
@@ -80,6 +90,42 @@ func (c WebhookConfig) Validate() error {
 	return nil
 }
 
+// hostLike says whether h (a URL's host name, without brackets or port)
+// could be dialled: an IP address, or dot-separated labels of letters,
+// digits, '-' and '_' (container names have them), none empty and none
+// starting or ending with '-'.
+func hostLike(h string) bool {
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") ||
+			strings.ContainsFunc(label, func(r rune) bool {
+				return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_')
+			}) {
+			return false
+		}
+	}
+	return true
+}
+
+// receiverKey is the webhook URL u as one receiver: scheme and host in
+// lower case, no default port, an empty path as "/", no empty query, so
+// that two spellings of one URL are not two webhooks each sent every
+// row.
+func receiverKey(u *url.URL) string {
+	k := *u
+	k.Scheme, k.Host = strings.ToLower(k.Scheme), strings.ToLower(k.Host)
+	if p := k.Port(); k.Scheme == "http" && p == "80" || k.Scheme == "https" && p == "443" {
+		k.Host = strings.TrimSuffix(k.Host, ":"+p)
+	}
+	if k.Path == "" && k.RawPath == "" {
+		k.Path = "/"
+	}
+	k.ForceQuery = false
+	return k.String()
+}
+
 // hook is a validated webhook.
 type hook struct {
 	id       string
@@ -99,13 +145,12 @@ func ValidateWebhooks(cfgs []WebhookConfig) error {
 		if err := c.Validate(); err != nil {
 			return err
 		}
-		// One receiver however its scheme and host are cased.
 		u, _ := url.Parse(c.URL) // Validate parsed it
-		u.Scheme, u.Host = strings.ToLower(u.Scheme), strings.ToLower(u.Host)
-		if seen[u.String()] {
+		key := receiverKey(u)
+		if seen[key] {
 			return fmt.Errorf("%w %s: configured twice (list every action pattern in one webhook)", ErrBadWebhook, RedactURL(c.URL))
 		}
-		seen[u.String()] = true
+		seen[key] = true
 	}
 	return nil
 }

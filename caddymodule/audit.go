@@ -33,7 +33,7 @@ type AuditWebhook struct {
 	// {env.HOOK_SECRET} are expanded.
 	Secret string `json:"secret"`
 	// Actions are action patterns (auth.*, mfa.challenge.failure, *).
-	// Default: every action.
+	// Default, when not set: every action. An empty list is refused.
 	Actions []string `json:"actions,omitempty"`
 }
 
@@ -67,7 +67,7 @@ func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 // config is w for the audit package, with this secret.
 func (w *AuditWebhook) config(secret string) audit.WebhookConfig {
 	actions := w.Actions
-	if len(actions) == 0 {
+	if actions == nil { // not set; an empty list written in JSON selects nothing, and is refused
 		actions = []string{"*"}
 	}
 	return audit.WebhookConfig{URL: w.URL, Secret: []byte(secret), Actions: actions}

@@ -543,6 +543,9 @@ func TestValidateJSONValues(t *testing.T) {
 		{`{"assertion_audience":"https://a.example.com https://b.example.com"}`, "must be one value without spaces"},
 		{`{"audit":{"retention":"30m"}}`, "audit: retention 30m0s is under an hour"},
 		{`{"audit":{"webhooks":[` + hook + `,"actions":[null]}]}}`, "an empty action pattern"},
+		// Meant as "none for now", it would be every row, to a receiver
+		// chosen for a few.
+		{`{"audit":{"webhooks":[` + hook + `,"actions":[]}]}}`, `no actions (use "*" for every action)`},
 		{`{"audit":{"webhooks":[` + hook + `,"actions":["auth.*",""]}]}}`, "an empty action pattern"},
 		{`{"audit":{"webhooks":[{"url":"HTTPS://H.example.com/x","secret":"0123456789abcdef","actions":["*"]},` + hook + `,"actions":["*"]}]}}`, "configured twice"},
 		{`{"admin_group":"{env.ADMINS}"}`, "looks like a placeholder"},
