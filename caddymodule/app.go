@@ -96,6 +96,8 @@ type App struct {
 	remoteAliases bool
 	pathParams    bool // PathParams allow
 	storagePath   string
+	// signingKeyPath is keys.signing_key with its placeholders replaced.
+	signingKeyPath string
 	// poolKey is the key the store is open under in dbPool (Start).
 	poolKey string
 
@@ -438,6 +440,11 @@ func (a *App) setDefaults() error {
 	if a.Keys.Algorithm == "" {
 		a.Keys.Algorithm = authcore.AlgEdDSA
 	}
+	// The signing key's path, as the store's: every placeholder in it
+	// must have a value.
+	if a.signingKeyPath, err = caddy.NewReplacer().ReplaceOrErr(a.Keys.SigningKey, true, true); err != nil {
+		return fmt.Errorf("keys: signing_key %s: %w: is the environment variable set for this process?", a.Keys.SigningKey, err)
+	}
 	if a.Prefix == "" {
 		a.Prefix = DefaultPrefix
 	}
@@ -573,13 +580,13 @@ func (a *App) Validate() error {
 			return err
 		}
 	}
-	if a.Keys.SigningKey != "" {
+	if a.signingKeyPath != "" {
 		// caddy validate reads the file as the start will, so a missing
 		// or wrong key fails here and not after the store is made.
-		if err := authcore.CheckSigningKeyFile(a.Keys.SigningKey, a.Keys.Algorithm); err != nil {
+		if err := authcore.CheckSigningKeyFile(a.signingKeyPath, a.Keys.Algorithm); err != nil {
 			return fmt.Errorf("keys: %w", err)
 		}
-		warnLooseKeyFile(a.logger, "signing_key", a.Keys.SigningKey)
+		warnLooseKeyFile(a.logger, "signing_key", a.signingKeyPath)
 	}
 	if a.Keys.EncryptionKey == "" && a.storagePath != "" {
 		// The generated key's file, when there is one yet (made 0600).
@@ -804,7 +811,7 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	}
 	keys, err := authcore.LoadKeyRing(ctx, a.clock, st, box, authcore.KeyRingConfig{
 		Algorithm: a.Keys.Algorithm,
-		PEMFile:   a.Keys.SigningKey,
+		PEMFile:   a.signingKeyPath,
 		TTL:       a.assertionTTL(),
 		// Start saves a change once the config is in force, with its
 		// admin.keys.rotate row; a CLI run never does: the next start

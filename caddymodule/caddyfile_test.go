@@ -573,3 +573,26 @@ func TestValidateJSONValues(t *testing.T) {
 		t.Errorf("gate group from a placeholder: %v; want refused", err)
 	}
 }
+
+// signing_key takes placeholders as the storage path does: {env.X} is
+// read when the config loads, and an unset one is an error naming it,
+// not a file named "{env.X}".
+func TestValidateSigningKeyFromTheEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	key := writeEd25519Key(t, filepath.Join(dir, "assertion.pem"))
+	t.Setenv("SIGRA_TEST_SIGNING_KEY", key)
+	a := &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, Keys: &KeysConfig{SigningKey: "{env.SIGRA_TEST_SIGNING_KEY}"}}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Validate(); err != nil {
+		t.Fatalf("signing_key {env.SIGRA_TEST_SIGNING_KEY} set to %s: %v", key, err)
+	}
+	if a.signingKeyPath != key {
+		t.Errorf("signing key path %q; want %q", a.signingKeyPath, key)
+	}
+	a = &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, Keys: &KeysConfig{SigningKey: "{env.SIGRA_TEST_UNSET_KEY}"}}
+	if err := a.setDefaults(); err == nil || !strings.Contains(err.Error(), "keys: signing_key {env.SIGRA_TEST_UNSET_KEY}") || !strings.Contains(err.Error(), "environment variable") {
+		t.Errorf("signing_key from an unset variable: %v; want an error naming it", err)
+	}
+}
