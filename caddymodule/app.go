@@ -523,6 +523,15 @@ func checkRedirectHost(h string) error {
 	return nil
 }
 
+// checkAudience refuses an assertion_audience that is not one value: a
+// verifier compares aud whole.
+func checkAudience(aud string) error {
+	if aud != "" && (strings.TrimSpace(aud) == "" || strings.ContainsFunc(aud, unicode.IsSpace) || strings.ContainsFunc(aud, unicode.IsControl)) {
+		return fmt.Errorf("assertion_audience: %q must be one value without spaces, such as https://app.example.com", aud)
+	}
+	return nil
+}
+
 // checkAdminHost accepts an admin_hosts entry: a host name or IP
 // address, lower case, without a port (a session's host is compared
 // without one).
@@ -637,8 +646,8 @@ func (a *App) Validate() error {
 			return err
 		}
 	}
-	if aud := a.AssertionAudience; aud != "" && (strings.TrimSpace(aud) == "" || strings.ContainsFunc(aud, unicode.IsSpace) || strings.ContainsFunc(aud, unicode.IsControl)) {
-		return fmt.Errorf("assertion_audience: %q must be one value without spaces, such as https://app.example.com", aud)
+	if err := checkAudience(a.AssertionAudience); err != nil {
+		return err
 	}
 	return a.Audit.validate()
 }

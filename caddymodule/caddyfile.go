@@ -424,6 +424,9 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if err := oneArg(d, &app.AssertionAudience); err != nil {
 				return nil, err
 			}
+			if err := checkAudience(app.AssertionAudience); err != nil {
+				return nil, d.Err(err.Error())
+			}
 		case "path_params":
 			allow, err := switchArg(d, "allow", "refuse")
 			if err != nil {

@@ -170,6 +170,7 @@ func TestParseGlobal(t *testing.T) {
 		{"bad session option", "sigra {\n session {\n idel 1m\n }\n}", nil, `unknown option "idel"`},
 		{"bad duration", "sigra {\n session {\n idle forever\n }\n}", nil, `idle: invalid duration "forever" (write it as 30s, 15m, 12h or 7d)`},
 		{"zero duration", "sigra {\n session {\n idle 0s\n }\n}", nil, `idle: "0s" must be longer than zero`},
+		{"audience with a space", "sigra {\n assertion_audience \"https://a b\"\n}", nil, `assertion_audience: "https://a b" must be one value without spaces, such as https://app.example.com, at Testfile:2`},
 		{"zero retries", "sigra {\n regulation {\n max_retries 0\n }\n}", nil, "whole number from 1 to 1000000"},
 		// Durations that parse, and would undo what their option is for.
 		{"find_time too short", "sigra {\n regulation {\n find_time 1ns\n }\n}", nil, "regulation: find_time 1ns is under 1m: failures older than it are forgotten, so nobody is ever banned, at Testfile:3"},
