@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
@@ -100,6 +101,11 @@ func CheckNewPassword(pw string) error {
 	// pipe) could never be typed at the sign-in form.
 	if !utf8.ValidString(pw) {
 		return fmt.Errorf("%w: password must be text (UTF-8)", ErrInvalidInput)
+	}
+	// Nor could control characters (a NUL, a newline, a tab, which moves
+	// on to the next field).
+	if strings.ContainsFunc(pw, unicode.IsControl) {
+		return fmt.Errorf("%w: password must not contain control characters (such as a tab, a line break or a NUL)", ErrInvalidInput)
 	}
 	if strings.TrimSpace(pw) == "" {
 		return fmt.Errorf("%w: password must not be spaces only", ErrInvalidInput)

@@ -207,6 +207,11 @@ func TestCheckNewPassword(t *testing.T) {
 		{"one byte too long", strings.Repeat("p", MaxPasswordLen+1), true},
 		{"not UTF-8", "\xff\xfe\xfdabcdefghijkl", true},
 		{"spaces only", strings.Repeat(" ", 12), true},
+		{"a NUL", "abcdefghij\x00k", true},
+		{"a tab", "abcde\tfghijk", true},
+		{"a line break", "abcdefghijk\n", true},
+		{"DEL", "abcdefghijk\x7f", true},
+		{"a C1 control", "abcdefghijk\u0085", true},
 		{"spaces around words", "  two words here  ", false},
 	}
 	for _, tt := range tests {

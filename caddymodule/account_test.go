@@ -91,6 +91,7 @@ func TestChangePasswordRefusals(t *testing.T) {
 		{"confirmation differs", testPassword, next, next + "!", http.StatusBadRequest, "differ"},
 		{"too short", testPassword, "short", "short", http.StatusBadRequest, "The new password must be at least 10 characters."},
 		{"spaces only", testPassword, "            ", "            ", http.StatusBadRequest, "The new password must not be spaces only."},
+		{"a NUL", testPassword, "abcdefghij\x00k", "abcdefghij\x00k", http.StatusBadRequest, "The new password must not contain control characters"},
 		{"empty current", "", next, next, http.StatusBadRequest, "current password"},
 		{"wrong current", "not the password", next, next, http.StatusUnauthorized, "not right"},
 		{"the same as the current", testPassword, testPassword, testPassword, http.StatusBadRequest, "same as the current"},
