@@ -840,3 +840,24 @@ func TestCLIAddRefusedLeavesNoStore(t *testing.T) {
 		}
 	}
 }
+
+// --password-stdin takes the first line, and refuses more lines from a
+// file or a pipe rather than drop them.
+func TestReadPasswordOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		err      bool
+	}{
+		{"first-password-1\n", "first-password-1", false},
+		{"first-password-1", "first-password-1", false},
+		{"first-password-1\r\n\n  \n", "first-password-1", false},
+		{"first-password-1\nsecond-line-2\n", "", true},
+		{"\n", "", true},
+		{"", "", true},
+	} {
+		got, err := readPassword(strings.NewReader(tc.in))
+		if tc.err != (err != nil) || got != tc.want {
+			t.Errorf("readPassword(%q) = %q, %v; want %q, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -100,7 +100,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 	add.Flags().StringVar(&cf.name, "name", "", "display name")
 	add.Flags().StringVar(&cf.groups, "groups", "", "comma-separated groups")
 	add.Flags().BoolVar(&cf.admin, "admin", false, "add to the admin group")
-	add.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
+	add.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from stdin: one line (a file or pipe with more is refused)")
 
 	list := &cobra.Command{
 		Use: "list", Short: "Lists users", Args: cobra.NoArgs,
@@ -145,7 +145,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 		},
 	}
 	cf.register(passwd, true)
-	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
+	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from stdin: one line (a file or pipe with more is refused)")
 
 	for _, o := range []struct{ op, short, done string }{
 		{"disable", "Disables a user and ends their sessions", "disabled %s"},
@@ -645,7 +645,8 @@ func (cf *cliFlags) register(c *cobra.Command, needEmail bool) {
 
 // readPassword reads the first line of r.
 func readPassword(r io.Reader) (string, error) {
-	line, err := bufio.NewReader(r).ReadString('\n')
+	br := bufio.NewReader(r)
+	line, err := br.ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return "", err
 	}
@@ -653,7 +654,25 @@ func readPassword(r io.Reader) (string, error) {
 	if pw == "" {
 		return "", errors.New("no password on stdin")
 	}
+	// A file or a pipe is read to its end: a second line would otherwise
+	// be dropped without a word (a password file in two lines, say). A
+	// terminal is not: its user has typed the line and pressed Enter.
+	if f, ok := r.(*os.File); !ok || !isTerminal(f) {
+		rest, err := io.ReadAll(io.LimitReader(br, 1<<16))
+		if err != nil {
+			return "", err
+		}
+		if strings.TrimSpace(string(rest)) != "" {
+			return "", fmt.Errorf("%w: stdin holds more than one line; the password is the first line, alone", authcore.ErrInvalidInput)
+		}
+	}
 	return pw, nil
+}
+
+// isTerminal says whether f is a terminal (a character device).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // runUserOp runs req on the store named by the config: directly when no

@@ -133,6 +133,12 @@ func TestCLIUsers(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.output(), "password") {
 		t.Errorf("user add with a too short password: want a non-zero exit and a message about the password\n%s", r)
 	}
+	// A second line would be dropped without a word: a password file in
+	// two lines is refused.
+	r = g.cli("first-password-1\nsecond-line-2\n", "add", "--email", "dave@example.com", "--password-stdin")
+	if r.code == 0 || !strings.Contains(r.output(), "more than one line") {
+		t.Errorf("user add with two lines on stdin: want a non-zero exit and a message saying so\n%s", r)
+	}
 	r = g.cli(carolPassword+"\n", "add", "--email", "carol@example.com", "--password-stdin")
 	if r.code == 0 {
 		t.Errorf("user add of an existing email succeeded\n%s", r)
