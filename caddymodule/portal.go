@@ -131,8 +131,15 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	q := &preq{w: tw, r: r, rt: rt, p: p, own: own, origin: p.origins.origin(r), secure: secure, nonce: newNonce()}
 	setPageHeaders(w.Header(), q.nonce, p.formActions(secure))
 	// Every portal body is capped, whatever the method: nothing here
-	// reads more than a form.
-	r.Body = http.MaxBytesReader(tw, r.Body, maxFormBody)
+	// reads more than a form. One declared over the cap is refused
+	// before a byte is read, not after waiting for bytes a client may
+	// never send; the connection then closes rather than wait for them.
+	if r.ContentLength > maxFormBody {
+		w.Header().Set("Connection", "close")
+		r.Body = tooLargeBody{}
+	} else {
+		r.Body = http.MaxBytesReader(tw, r.Body, maxFormBody)
+	}
 	err := q.serve(sub)
 	if status := serverErrorStatus(err); status != 0 && !tw.wrote && wantsHTML(r) && !hasErrorRoutes(r, err) {
 		// Caddy would answer a browser with an empty page: say what
@@ -143,6 +150,13 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	return err
 }
+
+// tooLargeBody stands for a body declared over maxFormBody: every read
+// fails as http.MaxBytesReader's would at the cap.
+type tooLargeBody struct{}
+
+func (tooLargeBody) Read([]byte) (int, error) { return 0, &http.MaxBytesError{Limit: maxFormBody} }
+func (tooLargeBody) Close() error             { return nil }
 
 // serverErrorStatus is the 5xx status of a handler's error, 0 for none
 // or for another status.

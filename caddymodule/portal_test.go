@@ -1,10 +1,12 @@
 package caddymodule
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -241,6 +243,25 @@ func TestPortalOversizedBody(t *testing.T) {
 	resp, _ = e.postForm("/.sigra/login", url.Values{"x": {"%zz"}}, map[string]string{"Content-Type": "multipart/form-data; boundary=nope"})
 	if resp.StatusCode >= 500 {
 		t.Errorf("malformed form: status %d; want a 4xx", resp.StatusCode)
+	}
+	// A body declared over the cap is refused at once, though its bytes
+	// never come: a client cannot hold the handler waiting for them.
+	for _, path := range []string{"/.sigra/login", "/.sigra/account/password"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(e.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\nOrigin: %s\r\nContent-Length: %d\r\n\r\nx", path, strings.TrimPrefix(e.base, "http://"), e.base, maxFormBody+1)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s, a body declared over the cap and never sent: %v; want a 413 at once", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+			t.Errorf("%s, a body declared over the cap: status %d, close %v; want 413 and the connection closed", path, resp.StatusCode, resp.Close)
+		}
 	}
 }
 
