@@ -7,6 +7,7 @@ package keyfile
 import (
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 )
 
@@ -22,8 +23,11 @@ func Read(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+	switch t := fi.Mode().Type(); {
+	case t == fs.ModeDir:
+		return nil, fmt.Errorf("%s is a directory, not a key file", path)
+	case t != 0:
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, t)
 	}
 	f, err := os.Open(path)
 	if err != nil {

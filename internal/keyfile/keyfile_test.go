@@ -29,7 +29,7 @@ func TestRead(t *testing.T) {
 	if _, err := Read(big); err == nil || !strings.Contains(err.Error(), "too large for a key file") {
 		t.Errorf("Read(a file over the limit) = %v; want it refused", err)
 	}
-	if _, err := Read(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+	if _, err := Read(dir); err == nil || !strings.Contains(err.Error(), "is a directory, not a key file") {
 		t.Errorf("Read(a directory) = %v; want it refused", err)
 	}
 	// A fifo with no writer would block a plain read for ever; a device
