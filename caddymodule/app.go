@@ -649,7 +649,42 @@ func (a *App) Validate() error {
 	if err := checkAudience(a.AssertionAudience); err != nil {
 		return err
 	}
-	return a.Audit.validate()
+	if err := a.Audit.validate(); err != nil {
+		return err
+	}
+	hooks, _ := a.Audit.webhooks() // validate read them
+	warnWebhooks(a.logger, hooks)
+	return nil
+}
+
+// warnWebhooks warns of webhooks that work, and are not what an
+// operator would choose knowingly: rows (client addresses, user agents,
+// user ids) sent over plain http beyond this machine, and a secret
+// shared by two receivers, either of which could then replay the
+// deliveries it gets to the other within the signature's five minutes
+// (the signature does not name the receiver).
+func warnWebhooks(logger *zap.Logger, hooks []audit.WebhookConfig) {
+	bySecret := make(map[string]string, len(hooks))
+	for _, h := range hooks {
+		if u, err := url.Parse(h.URL); err == nil && u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+			logger.Warn("webhook over plain http to another machine: its rows travel unencrypted; use https",
+				zap.String("url", audit.RedactURL(h.URL)))
+		}
+		if other, ok := bySecret[string(h.Secret)]; ok {
+			logger.Warn("two webhooks share a secret: either receiver could replay its deliveries to the other; give each its own",
+				zap.String("url", audit.RedactURL(h.URL)), zap.String("other_url", other))
+			continue
+		}
+		bySecret[string(h.Secret)] = audit.RedactURL(h.URL)
+	}
+}
+
+// loopbackHost says whether host (no port) names this machine.
+func loopbackHost(host string) bool {
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost")
 }
 
 // newClock makes the clock of new apps; tests substitute a fake one.

@@ -16,6 +16,10 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/sigra-auth/caddy-sigra/audit"
 )
 
 // wantParseError checks a parse result against the expected error
@@ -595,5 +599,31 @@ func TestValidateSigningKeyFromTheEnvironment(t *testing.T) {
 	a = &App{Storage: &StorageConfig{Path: filepath.Join(dir, "sigra.db")}, Keys: &KeysConfig{SigningKey: "{env.SIGRA_TEST_UNSET_KEY}"}}
 	if err := a.setDefaults(); err == nil || !strings.Contains(err.Error(), "keys: signing_key {env.SIGRA_TEST_UNSET_KEY}") || !strings.Contains(err.Error(), "environment variable") {
 		t.Errorf("signing_key from an unset variable: %v; want an error naming it", err)
+	}
+}
+
+// Webhooks that work but that an operator would not choose knowingly
+// are warned of: plain http beyond loopback, and one secret for two
+// receivers. https, loopback and distinct secrets are not.
+func TestWarnWebhooks(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	s1, s2 := []byte("0123456789abcdef-one"), []byte("0123456789abcdef-two")
+	warnWebhooks(zap.New(core), []audit.WebhookConfig{
+		{URL: "http://127.0.0.1:9000/in", Secret: s1},
+		{URL: "http://localhost:9001/in", Secret: s2},
+		{URL: "https://siem.example.com/in", Secret: []byte("0123456789abcdef-three")},
+		{URL: "http://hooks.example.com/in?token=hunter2", Secret: []byte("0123456789abcdef-four")},
+		{URL: "https://other.example.com/in", Secret: s1},
+	})
+	var got []string
+	for _, e := range logs.All() {
+		got = append(got, e.Message+" "+e.ContextMap()["url"].(string))
+	}
+	want := []string{
+		"webhook over plain http to another machine: its rows travel unencrypted; use https http://hooks.example.com/in?xxxxx",
+		"two webhooks share a secret: either receiver could replay its deliveries to the other; give each its own https://other.example.com/in",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("warnings:\n%q\nwant:\n%q", got, want)
 	}
 }
