@@ -292,6 +292,13 @@ func (q *preq) route(get, post func() error) error {
 				}
 				return q.message(http.StatusBadRequest, "Bad request", "The form could not be read.", "")
 			}
+			// No portal form has a field twice: which of two emails, or
+			// of two passwords, was meant is not for the portal to guess.
+			for name, vs := range q.r.PostForm {
+				if len(vs) > 1 {
+					return q.message(http.StatusBadRequest, "Bad request", fmt.Sprintf("The form has the field %q more than once.", name), "")
+				}
+			}
 			return post()
 		}
 	}

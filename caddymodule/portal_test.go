@@ -232,6 +232,28 @@ func TestFormActionSources(t *testing.T) {
 	}
 }
 
+// A form with a field twice is refused, not read by its first value:
+// which of two emails was meant is not for the portal to guess.
+func TestPortalRepeatedFields(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("bob@example.com")
+	e.addUser("ann@example.com")
+	_, page := e.get("/.sigra/login", nil)
+	csrf := csrfFrom(t, page)
+	for name, form := range map[string]url.Values{
+		"email":    {"csrf_token": {csrf}, "email": {"bob@example.com", "ann@example.com"}, "password": {testPassword}},
+		"password": {"csrf_token": {csrf}, "email": {"bob@example.com"}, "password": {testPassword, "x"}},
+	} {
+		resp, body := e.postForm("/.sigra/login", form, nil)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "more than once") {
+			t.Errorf("sign-in with %s twice: status %d; want 400 saying so\n%s", name, resp.StatusCode, body)
+		}
+		if e.sessionCookie() != "" {
+			t.Fatalf("sign-in with %s twice made a session", name)
+		}
+	}
+}
+
 func TestPortalOversizedBody(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	_, page := e.get("/.sigra/login", nil)
