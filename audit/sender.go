@@ -114,15 +114,7 @@ type lane struct {
 	mu sync.Mutex
 	// down counts the passes in a row that found the receiver
 	// unavailable; 0 while it answers.
-	down int
-	// silent counts those of them whose failure had no answer at all (no
-	// connection, a timeout): only such a receiver is given up as a
-	// whole (giveUpIfDead). One that answers, if only a 5xx to what it
-	// was sent, is there: its webhook backs off, but each delivery ends
-	// dead on its own attempts alone, so the events a client can shape
-	// (a user agent a receiver's parser chokes on) can never have the
-	// others given up.
-	silent    int
+	down      int
 	downSince time.Time // the first of them
 	until     time.Time // no attempt before this while down, or after a failed pass
 	lastErr   string    // the last unavailable answer
@@ -195,7 +187,7 @@ func (ln *lane) blockedUntil() time.Time {
 // known (failedRow).
 func (ln *lane) reset() {
 	ln.mu.Lock()
-	ln.down, ln.silent, ln.downSince, ln.until, ln.lastErr = 0, 0, time.Time{}, time.Time{}, ""
+	ln.down, ln.downSince, ln.until, ln.lastErr = 0, time.Time{}, time.Time{}, ""
 	ln.mu.Unlock()
 }
 
@@ -527,11 +519,7 @@ func (s *sender) passAll(ctx context.Context) (int, error) {
 // delivery, is the problem: it could not be reached or did not answer in
 // time, answered 5xx, 429 (too many requests) or 408 (request timeout),
 // or is no longer configured. The pass starts no more attempts.
-// Answered says the receiver answered (a 5xx, 429 or 408).
-type unavailableError struct {
-	err      error
-	answered bool
-}
+type unavailableError struct{ err error }
 
 func (e unavailableError) Error() string { return e.err.Error() }
 func (e unavailableError) Unwrap() error { return e.err }
@@ -572,11 +560,12 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 	// newest of those), and never the one that last found the receiver
 	// unavailable while another is due. A receiver that is down fails
 	// every probe alike; one that answers a 5xx to some events alone
-	// (its parser chokes on a user agent, say) then takes the others,
-	// and so ends the webhook's backoff, instead of being probed with
-	// those events, which have failed before, pass after pass. They
-	// keep their own retry schedules, and die alone once their own
-	// attempts run out.
+	// (its parser chokes on a user agent a client chose, say) then
+	// takes one of the others, and so ends the webhook's backoff,
+	// instead of being probed with those events, which have failed
+	// before, until the retry schedule ends and every delivery is given
+	// up. They keep their own retry schedules, and die alone once their
+	// own attempts run out.
 	slices.SortStableFunc(ds, func(a, b Delivery) int { return b.Attempts - a.Attempts })
 	ln.mu.Lock()
 	failedRow := ln.failedRow
@@ -674,11 +663,6 @@ func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 		ln.downSince = now
 	}
 	ln.down++
-	if u := (unavailableError{}); errors.As(cause, &u) && u.answered {
-		ln.silent = 0
-	} else {
-		ln.silent++
-	}
 	ln.until = now.Add(s.backoff(ln.down))
 	ln.lastErr = truncate(cause.Error(), 512)
 	ln.failedRow = row
@@ -690,21 +674,21 @@ func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 }
 
 // giveUpIfDead moves every delivery due to a webhook whose receiver has
-// not answered MaxAttempts probes in a row (lane.silent) to the dead
-// list, deadChunk per commit: the probes counted for all of them.
+// failed MaxAttempts probes in a row to the dead list, deadChunk per
+// commit: the probes counted for all of them.
 func (s *sender) giveUpIfDead(ctx context.Context, ln *lane, now time.Time) error {
 	ln.mu.Lock()
-	silent, since, lastErr := ln.silent, ln.downSince, ln.lastErr
+	down, since, lastErr := ln.down, ln.downSince, ln.lastErr
 	ln.mu.Unlock()
-	if silent < s.opts.MaxAttempts {
+	if down < s.opts.MaxAttempts {
 		return nil
 	}
-	why := fmt.Sprintf("receiver unavailable since %s, %d attempts in a row had no answer: %s", since.Format(time.RFC3339), silent, lastErr)
+	why := fmt.Sprintf("receiver unavailable since %s, %d attempts in a row failed: %s", since.Format(time.RFC3339), down, lastErr)
 	total := 0
 	defer func() {
 		if total > 0 {
 			s.l.errLog.Error("audit webhook deliveries dead: receiver unavailable past the retry schedule", "hook_id", ln.hook,
-				"url", s.hookURL(ln.hook), "deliveries", total, "down_since", since, "failed_attempts", silent, "error", lastErr)
+				"url", s.hookURL(ln.hook), "deliveries", total, "down_since", since, "failed_attempts", down, "error", lastErr)
 		}
 	}()
 	for {
@@ -775,7 +759,7 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	h := s.l.hookByID[d.HookID]
 	if h == nil {
 		// Every delivery to it fails alike: one per backoff step is enough.
-		return unavailableError{err: fmt.Errorf("webhook %s is not configured in this instance", d.HookID)}
+		return unavailableError{fmt.Errorf("webhook %s is not configured in this instance", d.HookID)}
 	}
 	if d.Row.ID == "" {
 		return errRowGone
@@ -802,7 +786,7 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 		if errors.As(err, &ue) {
 			ue.URL = RedactURL(h.url)
 		}
-		return unavailableError{err: err}
+		return unavailableError{err}
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
@@ -810,7 +794,7 @@ func (s *sender) attempt(ctx context.Context, d Delivery) error {
 	case c >= 200 && c <= 299:
 		return nil
 	case c >= 500 || c == http.StatusTooManyRequests || c == http.StatusRequestTimeout:
-		return unavailableError{fmt.Errorf("receiver answered %s", resp.Status), true}
+		return unavailableError{fmt.Errorf("receiver answered %s", resp.Status)}
 	default:
 		// The receiver is up and turned this delivery down.
 		return fmt.Errorf("receiver answered %s", resp.Status)
