@@ -861,3 +861,40 @@ func TestReadPasswordOneLine(t *testing.T) {
 		}
 	}
 }
+
+// From a pipe, readPassword takes what came with the first line and
+// does not wait for the pipe's end, which a parent holding it open (or
+// someone typing into docker exec -i) would never send; a second line
+// written with the first is still refused.
+func TestReadPasswordFromAnOpenPipe(t *testing.T) {
+	for _, tc := range []struct {
+		in  string
+		err bool
+	}{
+		{"first-password-1\n", false},
+		{"first-password-1\nsecond-line-2\n", true},
+	} {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pw.WriteString(tc.in); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := readPassword(pr)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if tc.err != (err != nil) {
+				t.Errorf("readPassword(pipe %q) error %v; want error %v", tc.in, err, tc.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("readPassword(pipe %q) still waits for the pipe's end", tc.in)
+		}
+		pw.Close()
+		pr.Close()
+	}
+}

@@ -100,7 +100,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 	add.Flags().StringVar(&cf.name, "name", "", "display name")
 	add.Flags().StringVar(&cf.groups, "groups", "", "comma-separated groups")
 	add.Flags().BoolVar(&cf.admin, "admin", false, "add to the admin group")
-	add.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from stdin: one line (a file or pipe with more is refused)")
+	add.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from stdin: one line (more lines sent with it are refused)")
 
 	list := &cobra.Command{
 		Use: "list", Short: "Lists users", Args: cobra.NoArgs,
@@ -145,7 +145,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 		},
 	}
 	cf.register(passwd, true)
-	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from stdin: one line (a file or pipe with more is refused)")
+	passwd.Flags().BoolVar(&cf.passwordStdin, "password-stdin", false, "read the password from stdin: one line (more lines sent with it are refused)")
 
 	for _, o := range []struct{ op, short, done string }{
 		{"disable", "Disables a user and ends their sessions", "disabled %s"},
@@ -654,25 +654,30 @@ func readPassword(r io.Reader) (string, error) {
 	if pw == "" {
 		return "", errors.New("no password on stdin")
 	}
-	// A file or a pipe is read to its end: a second line would otherwise
-	// be dropped without a word (a password file in two lines, say). A
-	// terminal is not: its user has typed the line and pressed Enter.
-	if f, ok := r.(*os.File); !ok || !isTerminal(f) {
-		rest, err := io.ReadAll(io.LimitReader(br, 1<<16))
+	// A second line would otherwise be dropped without a word (a
+	// password file in two lines, say). A file is read to its end; of a
+	// pipe or a terminal, only what came with the first line: a parent
+	// may keep a pipe open, and someone may type into one (docker exec
+	// -i), so waiting for its end could wait for ever.
+	rest := make([]byte, br.Buffered())
+	_, _ = br.Read(rest)
+	if f, ok := r.(*os.File); !ok || isRegular(f) {
+		more, err := io.ReadAll(io.LimitReader(br, 1<<16))
 		if err != nil {
 			return "", err
 		}
-		if strings.TrimSpace(string(rest)) != "" {
-			return "", fmt.Errorf("%w: stdin holds more than one line; the password is the first line, alone", authcore.ErrInvalidInput)
-		}
+		rest = append(rest, more...)
+	}
+	if strings.TrimSpace(string(rest)) != "" {
+		return "", fmt.Errorf("%w: stdin holds more than one line; the password is the first line, alone", authcore.ErrInvalidInput)
 	}
 	return pw, nil
 }
 
-// isTerminal says whether f is a terminal (a character device).
-func isTerminal(f *os.File) bool {
+// isRegular says whether f is a regular file (stdin from < file).
+func isRegular(f *os.File) bool {
 	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // runUserOp runs req on the store named by the config: directly when no
