@@ -502,6 +502,10 @@ func TestNewValidatesWebhooks(t *testing.T) {
 		{"empty label", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks..example.com/" })}, `"hooks..example.com" is not a host name`},
 		{"label starting with -", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://-bad-.example.com/" })}, "is not a host name"},
 		{"container name and IPv6", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "http://sigra_hooks:8080/in" }), with(func(c *WebhookConfig) { c.URL = "http://[::1]:8080/in" })}, ""},
+		{"IPv6 with a zone, a name in another script, a trailing dot", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "http://[fe80::1%25eth0]:9000/" }),
+			with(func(c *WebhookConfig) { c.URL = "https://bücher.example/in" }), with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com./in" })}, ""},
+		{"duplicate, trailing dot", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com./sigra" })}, "twice"},
+		{"duplicate IPv6, default port", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://[::1]/in" }), with(func(c *WebhookConfig) { c.URL = "https://[::1]:443/in" })}, "twice"},
 		{"empty pattern", []WebhookConfig{with(func(c *WebhookConfig) { c.Actions = []string{"auth.*", " "} })}, "empty action pattern"},
 		{"password redacted in errors", []WebhookConfig{with(func(c *WebhookConfig) {
 			c.URL, c.Secret = "https://user:hunter2@hooks.example.com/", nil

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // ErrBadWebhook means a webhook's configuration is unusable; the message
@@ -91,17 +92,18 @@ func (c WebhookConfig) Validate() error {
 }
 
 // hostLike says whether h (a URL's host name, without brackets or port)
-// could be dialled: an IP address, or dot-separated labels of letters,
-// digits, '-' and '_' (container names have them), none empty and none
-// starting or ending with '-'.
+// could be dialled: an IP address (IPv6 with a zone too), or
+// dot-separated labels of letters (any script: the transport converts
+// them), digits, '-' and '_' (container names have them), none empty and
+// none starting or ending with '-'.
 func hostLike(h string) bool {
-	if net.ParseIP(h) != nil {
+	if ip, _, _ := strings.Cut(h, "%"); net.ParseIP(ip) != nil {
 		return true
 	}
 	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
 		if label == "" || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") ||
 			strings.ContainsFunc(label, func(r rune) bool {
-				return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_')
+				return !unicode.IsLetter(r) && !unicode.IsDigit(r) && r != '-' && r != '_'
 			}) {
 			return false
 		}
@@ -110,14 +112,23 @@ func hostLike(h string) bool {
 }
 
 // receiverKey is the webhook URL u as one receiver: scheme and host in
-// lower case, no default port, an empty path as "/", no empty query, so
+// lower case, no trailing dot, no default port, an empty path as "/",
+// no empty query, so
 // that two spellings of one URL are not two webhooks each sent every
 // row.
 func receiverKey(u *url.URL) string {
 	k := *u
 	k.Scheme, k.Host = strings.ToLower(k.Scheme), strings.ToLower(k.Host)
-	if p := k.Port(); k.Scheme == "http" && p == "80" || k.Scheme == "https" && p == "443" {
-		k.Host = strings.TrimSuffix(k.Host, ":"+p)
+	host, port := strings.TrimSuffix(k.Hostname(), "."), k.Port()
+	if k.Scheme == "http" && port == "80" || k.Scheme == "https" && port == "443" {
+		port = ""
+	}
+	k.Host = host
+	if strings.Contains(host, ":") {
+		k.Host = "[" + host + "]"
+	}
+	if port != "" {
+		k.Host += ":" + port
 	}
 	if k.Path == "" && k.RawPath == "" {
 		k.Path = "/"

@@ -610,7 +610,7 @@ func TestWarnWebhooks(t *testing.T) {
 	s1, s2 := []byte("0123456789abcdef-one"), []byte("0123456789abcdef-two")
 	warnWebhooks(zap.New(core), []audit.WebhookConfig{
 		{URL: "http://127.0.0.1:9000/in", Secret: s1},
-		{URL: "http://localhost:9001/in", Secret: s2},
+		{URL: "http://localhost.:9001/in", Secret: s2},
 		{URL: "https://siem.example.com/in", Secret: []byte("0123456789abcdef-three")},
 		{URL: "http://hooks.example.com/in?token=hunter2", Secret: []byte("0123456789abcdef-four")},
 		{URL: "https://other.example.com/in", Secret: s1},

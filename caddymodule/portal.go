@@ -135,7 +135,9 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	// before a byte is read, not after waiting for bytes a client may
 	// never send; the connection then closes rather than wait for them.
 	if r.ContentLength > maxFormBody {
-		w.Header().Set("Connection", "close")
+		if r.ProtoMajor == 1 { // HTTP/2 and 3 have no such header: their streams end alone
+			w.Header().Set("Connection", "close")
+		}
 		r.Body = tooLargeBody{}
 	} else {
 		r.Body = http.MaxBytesReader(tw, r.Body, maxFormBody)
