@@ -172,6 +172,7 @@ var durationFloors = map[string]struct {
 	"pending_lifetime":  {"session: ", time.Minute, "nobody could type a second factor in time"},
 	"assertion_ttl":     {"keys: ", 30 * time.Second, "assertions would expire on their way to the app, whose clock may differ"},
 	"admin_mfa_max_age": {"", time.Minute, "admins would be sent to their second factor on every page"},
+	"max_age":           {"mfa: ", time.Minute, "users would be sent to their second factor on every request"},
 }
 
 // checkFloor refuses a value of the duration option name under its

@@ -63,6 +63,7 @@ func TestParseGate(t *testing.T) {
 		{"unknown amr", "sigra_gate {\n amr fingerprint\n}", Gate{}, `unknown method "fingerprint"`},
 		{"mfa bad option", "sigra_gate {\n mfa max_agee 1s\n}", Gate{}, `unknown option "max_agee"`},
 		{"mfa bad duration", "sigra_gate {\n mfa max_age soon\n}", Gate{}, `invalid duration`},
+		{"mfa max_age too short", "sigra_gate {\n mfa max_age 1s\n}", Gate{}, `mfa: max_age 1s is under 1m: users would be sent to their second factor on every request, at Testfile:2`},
 		{"mfa with a bare duration", "sigra_gate {\n mfa 15m\n}", Gate{}, `mfa: unknown option "15m": write mfa max_age 15m`},
 		{"group without names", "sigra_gate {\n group\n}", Gate{}, "group: missing value: group <name…>"},
 		{"amr without methods", "sigra_gate {\n amr\n}", Gate{}, "amr: missing value: amr <method…>"},
@@ -576,6 +577,10 @@ func TestValidateJSONValues(t *testing.T) {
 	g := &Gate{Groups: []string{"{http.request.header.X-Group}"}}
 	if err := g.Validate(); err == nil || !strings.Contains(err.Error(), "looks like a placeholder") {
 		t.Errorf("gate group from a placeholder: %v; want refused", err)
+	}
+	g = &Gate{MFA: &MFARequirement{MaxAge: caddy.Duration(time.Second)}}
+	if err := g.Validate(); err == nil || !strings.Contains(err.Error(), "mfa: max_age 1s is under 1m") {
+		t.Errorf("gate mfa max_age 1s: %v; want refused", err)
 	}
 }
 

@@ -193,6 +193,11 @@ func (g *Gate) Validate() error {
 	if g.MFA != nil && g.MFA.MaxAge < 0 {
 		return errors.New("mfa: max_age must not be negative")
 	}
+	if g.MFA != nil && g.MFA.MaxAge > 0 {
+		if err := checkFloor("max_age", time.Duration(g.MFA.MaxAge)); err != nil {
+			return err
+		}
+	}
 	for _, name := range g.Groups {
 		if err := checkRequiredGroup(name); err != nil {
 			return fmt.Errorf("group: %w", err)

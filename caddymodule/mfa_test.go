@@ -149,7 +149,7 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 	fake := useFakeClock(t)
 	e := startCaddy(t, "", `sigra_gate
 	sigra_gate /secure/* {
-		mfa max_age 1s
+		mfa max_age 1m
 	}
 	sigra_gate /keys/* {
 		amr otp hwk
@@ -234,11 +234,11 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 			t.Fatalf("fresh code: status %d; want 303", r.StatusCode)
 		}
 	})
-	t.Run("step-up: mfa max_age 1s re-challenges once the age passes", func(t *testing.T) {
+	t.Run("step-up: mfa max_age 1m re-challenges once the age passes", func(t *testing.T) {
 		if r, _ := e.get("/secure/report", nil); r.StatusCode != 200 {
 			t.Fatalf("fresh second factor: status %d; want 200", r.StatusCode)
 		}
-		fake.Advance(2 * time.Second)
+		fake.Advance(61 * time.Second)
 		r, _ := e.get("/secure/report?q=1", map[string]string{"Accept": "text/html"})
 		want := "/.sigra/mfa?rd=" + url.QueryEscape("/secure/report?q=1")
 		if r.StatusCode != http.StatusFound || r.Header.Get("Location") != want {
