@@ -603,6 +603,11 @@ func (a *App) Validate() error {
 		warnLooseKeyFile(a.logger, "encryption key", a.encryptionKeyFile())
 	}
 	if a.storagePath != "" {
+		// A path to another file is refused here, by caddy validate too,
+		// not only when Caddy starts, and is not told to be chmodded.
+		if err := store.CheckIsBolt(a.storagePath); err != nil {
+			return err
+		}
 		// Made 0600 too; a copy restored with cp or a mounted volume may
 		// not be. It holds the password hashes and the audit trail.
 		warnLooseKeyFile(a.logger, "store", a.storagePath)

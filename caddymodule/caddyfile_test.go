@@ -632,3 +632,25 @@ func TestWarnWebhooks(t *testing.T) {
 		t.Errorf("warnings:\n%q\nwant:\n%q", got, want)
 	}
 }
+
+// A storage path naming a file that is no store (a typo for another
+// file) fails caddy validate, not only the start, and gets no chmod
+// advice for that file.
+func TestValidateStoragePathToAnotherFile(t *testing.T) {
+	other := filepath.Join(t.TempDir(), "passwd")
+	if err := os.WriteFile(other, []byte(strings.Repeat("root:x:0:0:root:/root:/bin/sh\n", 200)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	a := &App{Storage: &StorageConfig{Path: other}}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	a.logger = zap.New(core)
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "not a Sigra store") || !strings.Contains(err.Error(), other) {
+		t.Errorf("storage at a text file: %v; want refused, naming it", err)
+	}
+	if n := logs.Len(); n != 0 {
+		t.Errorf("%d warnings (%v); want none: the file is no store to chmod", n, logs.All()[0].Message)
+	}
+}

@@ -458,3 +458,37 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 	}
 	return nil
 }
+
+// CheckIsBolt refuses, without a lock and without writing, a file at
+// path that carries no bbolt magic number in any place a header page
+// could be: a store path that names another file (/etc/passwd, a
+// Caddyfile). It is for caddy validate, which must not wait for the
+// lock a running Caddy holds; OpenBolt makes the whole check at start.
+// A missing, empty or unreadable file passes: the start says what is
+// wrong with it. A magic number never changes once written, so a store
+// being committed to meanwhile passes.
+func CheckIsBolt(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
+		return nil
+	}
+	var b [pageHeaderSize + 4]byte
+	for i := -1; i <= 14; i++ {
+		pos := int64(0)
+		if i >= 0 {
+			pos = int64(1024) << i
+		}
+		if pos >= fi.Size() {
+			break
+		}
+		if n, _ := f.ReadAt(b[:], pos); n == len(b) && ne.Uint32(b[pageHeaderSize:]) == boltMagic {
+			return nil
+		}
+	}
+	return fmt.Errorf("storage %s: %w: it is no bbolt file (no header page); check the storage path", path, ErrNotStore)
+}

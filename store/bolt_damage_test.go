@@ -487,3 +487,38 @@ func TestOpenBoltRefusesAnotherProgramsFile(t *testing.T) {
 	}
 	st.Close()
 }
+
+// CheckIsBolt, for caddy validate, refuses a file with no bbolt header
+// at all, and passes a store (while it is open, too), a missing file and
+// an empty one.
+func TestCheckIsBolt(t *testing.T) {
+	dir := t.TempDir()
+	text := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(text, []byte(strings.Repeat("root:x:0:0:root:/root:/bin/bash\n", 300)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckIsBolt(text); !errors.Is(err, ErrNotStore) || !strings.Contains(err.Error(), text) {
+		t.Errorf("CheckIsBolt(a text file) = %v; want ErrNotStore naming it", err)
+	}
+	good := goodStore(t)
+	if err := CheckIsBolt(good); err != nil {
+		t.Errorf("CheckIsBolt(a store) = %v", err)
+	}
+	st, err := OpenBolt(good, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := CheckIsBolt(good); err != nil {
+		t.Errorf("CheckIsBolt(an open store) = %v", err)
+	}
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{empty, filepath.Join(dir, "missing.db")} {
+		if err := CheckIsBolt(p); err != nil {
+			t.Errorf("CheckIsBolt(%s) = %v; want it left to the start", p, err)
+		}
+	}
+}
