@@ -113,9 +113,8 @@ func hostLike(h string) bool {
 
 // receiverKey is the webhook URL u as one receiver: scheme and host in
 // lower case, no trailing dot, no default port, an empty path as "/",
-// no empty query, so
-// that two spellings of one URL are not two webhooks each sent every
-// row.
+// no empty query, so that two spellings of one URL are not two webhooks
+// each sent every row.
 func receiverKey(u *url.URL) string {
 	k := *u
 	k.Scheme, k.Host = strings.ToLower(k.Scheme), strings.ToLower(k.Host)

@@ -643,7 +643,7 @@ func (cf *cliFlags) register(c *cobra.Command, needEmail bool) {
 	}
 }
 
-// readPassword reads the first line of r.
+// readPassword reads the password, the one line of r.
 func readPassword(r io.Reader) (string, error) {
 	br := bufio.NewReader(r)
 	line, err := br.ReadString('\n')

@@ -55,8 +55,9 @@ var ErrLocked = errors.New("the database file is locked by another process")
 // ErrNoStore means OpenBolt was told the file must exist, and it does not.
 var ErrNoStore = errors.New("no store at this path")
 
-// ErrNotStore means the file is a bbolt file of another program: it
-// has buckets, and not Sigra's.
+// ErrNotStore means the file is no Sigra store: a bbolt file of another
+// program, with buckets and not Sigra's (OpenBolt), or no bbolt file at
+// all (CheckIsBolt).
 var ErrNotStore = errors.New("not a Sigra store")
 
 // BoltOptions tune OpenBolt.
