@@ -413,12 +413,10 @@ func TestWebhookLanesProbeADownReceiver(t *testing.T) {
 	}
 }
 
-// A receiver that answers 500 to one event alone (here, any event whose
-// user agent holds a word its parser chokes on: a client can choose it)
-// gets the others between its attempts, and the webhook is never given
-// up as a whole: that event dies alone after its own MaxAttempts.
-func TestWebhookPoisonedEventDiesAlone(t *testing.T) {
-	ft := newFakeTime()
+// newPoisonReceiver is a receiver that answers 500 to any event whose
+// user agent holds POISON (poisonRow), a word its parser chokes on, and
+// counts the others it takes.
+func newPoisonReceiver(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	var good atomic.Int64
 	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("POISON")) {
@@ -428,12 +426,28 @@ func TestWebhookPoisonedEventDiesAlone(t *testing.T) {
 		good.Add(1)
 	}))
 	t.Cleanup(rc.Close)
+	return rc, &good
+}
+
+// poisonRow is a failed sign-in whose user agent a client chose to make
+// newPoisonReceiver choke.
+func poisonRow() Row {
+	r := sampleRow("auth.login.failure")
+	r.UserAgent = "POISON"
+	return r
+}
+
+// A receiver that answers 500 to one event alone (here, any event whose
+// user agent holds a word its parser chokes on: a client can choose it)
+// gets the others between its attempts, and the webhook is never given
+// up as a whole: that event dies alone after its own MaxAttempts.
+func TestWebhookPoisonedEventDiesAlone(t *testing.T) {
+	ft := newFakeTime()
+	rc, good := newPoisonReceiver(t)
 	opts := DeliveryOptions{MinBackoff: time.Second, MaxBackoff: 10 * time.Minute, MaxAttempts: 6}
 	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
 	ctx := context.Background()
-	poison := sampleRow("auth.login.failure")
-	poison.UserAgent = "POISON"
-	poisoned := mustRecord(t, l, poison)
+	poisoned := mustRecord(t, l, poisonRow())
 	recorded := 0
 	for range 40 {
 		for range 3 {
@@ -482,9 +496,7 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
 	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
 	ctx := context.Background()
-	poison := sampleRow("auth.login.failure")
-	poison.UserAgent = "POISON"
-	mustRecord(t, l, poison)
+	mustRecord(t, l, poisonRow())
 	// A minute of passes, one good row each, a pass every 2 s.
 	for range 30 {
 		mustRecord(t, l, sampleRow("auth.logout"))
@@ -522,23 +534,13 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 // good delivery was tried, and every delivery was given up.)
 func TestWebhookPoisonedEventsDoNotHoldBackTheOthers(t *testing.T) {
 	ft := newFakeTime()
-	var good atomic.Int64
-	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("POISON")) {
-			w.WriteHeader(http.StatusInternalServerError)
-			return
-		}
-		good.Add(1)
-	}))
-	t.Cleanup(rc.Close)
+	rc, good := newPoisonReceiver(t)
 	opts := DeliveryOptions{MinBackoff: time.Second, MaxBackoff: 10 * time.Minute, MaxAttempts: 4, Concurrency: 1}
 	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
 	ctx := context.Background()
 	const poisoned = 10
 	for range poisoned {
-		poison := sampleRow("auth.login.failure")
-		poison.UserAgent = "POISON"
-		mustRecord(t, l, poison)
+		mustRecord(t, l, poisonRow())
 	}
 	ft.Advance(time.Second)
 	const goods = 3
