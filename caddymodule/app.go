@@ -655,10 +655,10 @@ func (a *App) Validate() error {
 	if err := checkAudience(a.AssertionAudience); err != nil {
 		return err
 	}
-	if err := a.Audit.validate(); err != nil {
+	hooks, err := a.Audit.validate()
+	if err != nil {
 		return err
 	}
-	hooks, _ := a.Audit.webhooks() // validate read them
 	warnWebhooks(a.logger, hooks)
 	return nil
 }

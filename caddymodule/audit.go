@@ -199,20 +199,21 @@ func adminActorType(actor string) string {
 	return audit.ActorAdmin
 }
 
-func (c *AuditConfig) validate() error {
+// validate checks the audit options and returns the webhooks they
+// configure.
+func (c *AuditConfig) validate() ([]audit.WebhookConfig, error) {
 	if c == nil {
-		return nil
+		return nil, nil
 	}
 	if c.Retention < 0 {
-		return errors.New("audit: retention must not be negative")
+		return nil, errors.New("audit: retention must not be negative")
 	}
 	if c.Retention != 0 {
 		if err := checkRetention(c.Retention); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	_, err := c.webhooks() // its errors start with "audit: "
-	return err
+	return c.webhooks() // its errors start with "audit: "
 }
 
 // minRetention is the shortest audit retention: rows younger than it are

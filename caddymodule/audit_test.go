@@ -28,7 +28,7 @@ func TestAuditConfigErrorsRedactWebhookURL(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &AuditConfig{Webhooks: []*AuditWebhook{&tt.hook}}
-			err := c.validate()
+			_, err := c.validate()
 			if !isAuditConfigError(err) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("validate() = %v; want an audit config error mentioning %q", err, tt.want)
 			}
@@ -66,14 +66,14 @@ func TestAuditConfigValidateChecksWebhooksAsStartWould(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := (&AuditConfig{Webhooks: tt.hooks}).validate()
+			_, err := (&AuditConfig{Webhooks: tt.hooks}).validate()
 			if !isAuditConfigError(err) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("validate() = %v; want an audit config error mentioning %q", err, tt.want)
 			}
 		})
 	}
 	ok := &AuditConfig{Webhooks: []*AuditWebhook{{URL: "https://h.example.com/a", Secret: secret}, {URL: "https://h.example.com/b", Secret: secret}}}
-	if err := ok.validate(); err != nil {
+	if _, err := ok.validate(); err != nil {
 		t.Fatalf("two good webhooks: validate() = %v", err)
 	}
 }
