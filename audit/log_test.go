@@ -494,6 +494,9 @@ func TestNewValidatesWebhooks(t *testing.T) {
 		{"duplicate, default port", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:443/sigra" })}, "twice"},
 		{"duplicate, no path and /", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "http://127.0.0.1:9" }), with(func(c *WebhookConfig) { c.URL = "http://127.0.0.1:9/" })}, "twice"},
 		{"duplicate, empty query", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/sigra?" })}, "twice"},
+		{"duplicate, an unreserved character escaped", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/~sigra" }), with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/%7esigra" })}, "twice"},
+		{"duplicate, escapes in either case", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/a%2fb" }), with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/a%2Fb" })}, "twice"},
+		{"an escaped slash is another path", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/a%2Fb" }), with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com/a/b" })}, ""},
 		{"another port", []WebhookConfig{good, with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:8443/sigra" })}, ""},
 		// URLs no delivery could ever reach.
 		{"port out of range", []WebhookConfig{with(func(c *WebhookConfig) { c.URL = "https://hooks.example.com:99999/sigra" })}, `port "99999" is not from 1 to 65535`},

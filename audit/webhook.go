@@ -113,7 +113,8 @@ func hostLike(h string) bool {
 
 // receiverKey is the webhook URL u as one receiver: scheme and host in
 // lower case, no trailing dot, no default port, an empty path as "/",
-// no empty query, so that two spellings of one URL are not two webhooks
+// percent-encoding in the path as RFC 3986 §6.2.2 normalises it, no
+// empty query, so that two spellings of one URL are not two webhooks
 // each sent every row.
 func receiverKey(u *url.URL) string {
 	k := *u
@@ -132,8 +133,39 @@ func receiverKey(u *url.URL) string {
 	if k.Path == "" && k.RawPath == "" {
 		k.Path = "/"
 	}
+	k.RawPath = normalEscapes(k.EscapedPath())
 	k.ForceQuery = false
 	return k.String()
+}
+
+// normalEscapes decodes the percent-encoded unreserved characters of an
+// escaped path (%7E is ~) and writes the other escapes' hex digits in
+// upper case (%2f is %2F). Every other byte stays as it is.
+func normalEscapes(p string) string {
+	if !strings.Contains(p, "%") {
+		return p
+	}
+	const digits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] != '%' || i+2 >= len(p) {
+			b.WriteByte(p[i])
+			continue
+		}
+		v, err := strconv.ParseUint(p[i+1:i+3], 16, 8)
+		if err != nil {
+			b.WriteByte(p[i])
+			continue
+		}
+		switch c := byte(v); {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', strings.IndexByte("-._~", c) >= 0:
+			b.WriteByte(c)
+		default:
+			b.WriteString("%" + string(digits[c>>4]) + string(digits[c&15]))
+		}
+		i += 2
+	}
+	return b.String()
 }
 
 // hook is a validated webhook.
