@@ -591,6 +591,11 @@ type Stats struct {
 	Down int
 }
 
+// WebhooksDown counts the webhooks whose receiver was unavailable at
+// their last attempt and that are backing off (Stats.Down), without
+// reading the store.
+func (l *Log) WebhooksDown() int { return l.sender.downCount() }
+
 // Stats reads the outbox counts from the store and the counters of this
 // Log. If the store cannot be read, the error says so and Pending and
 // Dead are zero; the counters, kept in memory, are filled in all the

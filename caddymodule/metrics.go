@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/sigra-auth/caddy-sigra/audit"
 )
 
 // metrics are the gateway's Prometheus collectors, registered in Caddy's
@@ -83,15 +81,17 @@ var processCounts struct {
 	webhookFailures atomic.Uint64 // audit.DeliveryOptions.Failures
 }
 
-// sessionsReadEvery is how often at most sigra_sessions_active counts the
-// store's sessions (a variable for tests).
-var sessionsReadEvery = 5 * time.Second
+// storeReadEvery is how often at most the gauges that count the store's
+// keys read them: sigra_sessions_active, and the webhook outbox's depth
+// and dead deliveries. Counting walks a bucket's pages, and /metrics may
+// be scraped often, or be public. A variable for tests.
+var storeReadEvery = 5 * time.Second
 
 // newMetrics registers the process's counters and a's gauges in reg.
 func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	m := new(metrics)
 	*m = *processMetrics()
-	sessions := &cachedGauge{ttl: sessionsReadEvery, read: func(ctx context.Context) (float64, error) {
+	sessions := &cached[float64]{ttl: storeReadEvery, read: func(ctx context.Context) (float64, error) {
 		rt := a.liveRuntime()
 		if rt == nil {
 			return 0, errNotStarted
@@ -99,14 +99,20 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		n, err := rt.store.CountSessions(ctx)
 		return float64(n), err
 	}}
+	sessionsActive := func() float64 {
+		if n, ok := sessions.get(); ok {
+			return n
+		}
+		return math.NaN()
+	}
 	collectors := []prometheus.Collector{
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sigra_password_checks_total", Help: "Password hashes checked (argon2id, each taking its configured memory and time): one per password typed, for unknown and banned accounts too.",
 		}, func() float64 { return float64(processCounts.passwordChecks.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_sessions_active", Help: "Sessions in the store, including those awaiting a second factor and those ended but not yet pruned (read at most every 5s; NaN while the store cannot be read).",
-		}, sessions.value),
-		webhookCollector{a},
+		}, sessionsActive),
+		newWebhookCollector(a),
 	}
 	var err error
 	if m.logins, err = register(reg, m.logins); err != nil {
@@ -160,74 +166,88 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 	return c, err
 }
 
-// webhookCollector reports the webhook outbox from one read of the
-// audit log's Stats per scrape. The outbox counts come from the store:
-// unknown (NaN) when it cannot be read, rather than a zero an alert
-// would take for an empty outbox. The rest are kept in memory and stand
+// webhookCollector reports the webhook outbox. The outbox counts come
+// from the store, read at most every storeReadEvery: unknown (NaN) when
+// it cannot be read, rather than a zero an alert would take for an empty
+// outbox. The rest are kept in memory, read at each scrape, and stand
 // either way.
-type webhookCollector struct{ a *App }
+type webhookCollector struct {
+	a      *App
+	outbox *cached[[2]int] // pending, dead
+}
+
+func newWebhookCollector(a *App) *webhookCollector {
+	w := &webhookCollector{a: a}
+	w.outbox = &cached[[2]int]{ttl: storeReadEvery, read: func(ctx context.Context) ([2]int, error) {
+		rt := a.liveRuntime()
+		if rt == nil {
+			return [2]int{}, errNotStarted
+		}
+		st, err := rt.audit.Stats(ctx)
+		return [2]int{st.Pending, st.Dead}, err
+	}}
+	return w
+}
 
 var (
-	webhookDepthDesc    = prometheus.NewDesc("sigra_webhook_outbox_depth", "Webhook deliveries waiting in the outbox.", nil, nil)
-	webhookDeadDesc     = prometheus.NewDesc("sigra_webhook_dead_deliveries", "Webhook deliveries that gave up after the retry limit.", nil, nil)
+	webhookDepthDesc    = prometheus.NewDesc("sigra_webhook_outbox_depth", "Webhook deliveries waiting in the outbox (read at most every 5s; NaN while the store cannot be read).", nil, nil)
+	webhookDeadDesc     = prometheus.NewDesc("sigra_webhook_dead_deliveries", "Webhook deliveries that gave up after the retry limit (read at most every 5s; NaN while the store cannot be read).", nil, nil)
 	webhookFailuresDesc = prometheus.NewDesc("sigra_webhook_failures_total", "Failed webhook delivery attempts since Caddy started.", nil, nil)
 	webhookDownDesc     = prometheus.NewDesc("sigra_webhooks_down", "Webhooks whose receiver was unavailable at the last attempt, backing off.", nil, nil)
 )
 
-func (webhookCollector) Describe(ch chan<- *prometheus.Desc) {
+func (*webhookCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- webhookDepthDesc
 	ch <- webhookDeadDesc
 	ch <- webhookFailuresDesc
 	ch <- webhookDownDesc
 }
 
-func (w webhookCollector) Collect(ch chan<- prometheus.Metric) {
-	var st audit.Stats
+func (w *webhookCollector) Collect(ch chan<- prometheus.Metric) {
 	depth, dead := math.NaN(), math.NaN() // before the store is open
+	if n, ok := w.outbox.get(); ok {
+		depth, dead = float64(n[0]), float64(n[1])
+	}
+	down := 0
 	if rt := w.a.liveRuntime(); rt != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		var err error
-		st, err = rt.audit.Stats(ctx)
-		cancel()
-		depth, dead = float64(st.Pending), float64(st.Dead)
-		if err != nil {
-			depth, dead = math.NaN(), math.NaN()
-		}
+		down = rt.audit.WebhooksDown()
 	}
 	ch <- prometheus.MustNewConstMetric(webhookDepthDesc, prometheus.GaugeValue, depth)
 	ch <- prometheus.MustNewConstMetric(webhookDeadDesc, prometheus.GaugeValue, dead)
 	ch <- prometheus.MustNewConstMetric(webhookFailuresDesc, prometheus.CounterValue, float64(processCounts.webhookFailures.Load()))
-	ch <- prometheus.MustNewConstMetric(webhookDownDesc, prometheus.GaugeValue, float64(st.Down))
+	ch <- prometheus.MustNewConstMetric(webhookDownDesc, prometheus.GaugeValue, float64(down))
 }
 
 var errNotStarted = errors.New("sigra is not started")
 
-// cachedGauge reads an expensive value at most once per ttl; NaN when
-// it cannot be read.
-type cachedGauge struct {
+// cached reads an expensive value at most once per ttl.
+type cached[T any] struct {
 	ttl  time.Duration
-	read func(context.Context) (float64, error)
+	read func(context.Context) (T, error)
 
 	mu   sync.Mutex
 	at   time.Time
-	last float64
+	last T
 }
 
-func (g *cachedGauge) value() float64 {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if time.Since(g.at) < g.ttl {
-		return g.last
+// get is the value read last, or read now if that was ttl ago or more;
+// false when it cannot be read.
+func (c *cached[T]) get() (T, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < c.ttl {
+		return c.last, true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	v, err := g.read(ctx)
+	v, err := c.read(ctx)
 	if err != nil {
 		// Unknown, rather than a figure an alert would trust; read
 		// again at the next scrape.
-		g.at = time.Time{}
-		return math.NaN()
+		var zero T
+		c.at, c.last = time.Time{}, zero
+		return zero, false
 	}
-	g.last, g.at = v, time.Now()
-	return v
+	c.last, c.at = v, time.Now()
+	return v, true
 }

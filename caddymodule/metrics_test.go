@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"context"
+	"errors"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -53,8 +55,8 @@ func scrape(t *testing.T, e *env, series string) float64 {
 }
 
 func TestMetricsExistAndMove(t *testing.T) {
-	defer func(d time.Duration) { sessionsReadEvery = d }(sessionsReadEvery)
-	sessionsReadEvery = 0 // counted at every scrape, to see it move
+	defer func(d time.Duration) { storeReadEvery = d }(storeReadEvery)
+	storeReadEvery = 0 // counted at every scrape, to see it move
 	e := startCaddy(t, "", metricsSite)
 	// The counters are the process's: earlier tests counted into them,
 	// so what this test does is the difference.
@@ -309,6 +311,8 @@ func downReceiver(t *testing.T) (up *atomic.Bool, global string) {
 // outbox, counts failures and is down; once it answers, the outbox
 // drains and it is up again. The failures counter keeps its count.
 func TestMetricsWebhookOutboxMoves(t *testing.T) {
+	defer func(d time.Duration) { storeReadEvery = d }(storeReadEvery)
+	storeReadEvery = 0 // counted at every scrape, to see it move
 	up, global := downReceiver(t)
 	e := startCaddy(t, global, metricsSite)
 	const depth, failures, down = "sigra_webhook_outbox_depth", "sigra_webhook_failures_total", "sigra_webhooks_down"
@@ -466,5 +470,35 @@ func TestMetricsUnknownBeforeStart(t *testing.T) {
 	}
 	for name := range want {
 		t.Errorf("%s not gathered", name)
+	}
+}
+
+// The gauges that count the store's keys read it at most once per ttl,
+// however often /metrics is scraped; a failed read is unknown, and is
+// not kept.
+func TestCachedReadsAtMostOncePerTTL(t *testing.T) {
+	reads, fail := 0, false
+	c := &cached[int]{ttl: time.Hour, read: func(context.Context) (int, error) {
+		reads++
+		if fail {
+			return 0, errors.New("store locked")
+		}
+		return reads, nil
+	}}
+	for range 3 {
+		if v, ok := c.get(); !ok || v != 1 {
+			t.Fatalf("get = %v, %t; want the first read's 1", v, ok)
+		}
+	}
+	if reads != 1 {
+		t.Fatalf("%d reads for 3 gets within the ttl; want 1", reads)
+	}
+	c.at, fail = c.at.Add(-time.Hour), true // the ttl is over; the store fails
+	if v, ok := c.get(); ok {
+		t.Fatalf("get = %v, true after a failed read; want unknown", v)
+	}
+	fail = false
+	if v, ok := c.get(); !ok || v != 3 || reads != 3 {
+		t.Fatalf("get = %v, %t after %d reads; want a new read (3) once the store answers", v, ok, reads)
 	}
 }
