@@ -108,6 +108,11 @@ func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) 
 		if err := c.check(p); err != nil {
 			return err
 		}
+		if dir == "sigra_gate" {
+			if err := c.checkMethodMatchers(p); err != nil {
+				return err
+			}
+		}
 		patterns := gatePatterns
 		if last := p[len(p)-1]; len(patterns) == 1 && last.block.dirs[last.at].path() != "" && !strings.EqualFold(last.block.dirs[last.at].path(), patterns[0]) && !strings.HasPrefix(last.block.dirs[last.at].path(), "?") {
 			// The snippet's gate imported again with another path: that
@@ -240,8 +245,10 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	}
 	h := c.h
 	pre := strings.ToLower(strings.TrimSuffix(pattern, "*"))
-	// under reports whether a target path may be under the gate's.
-	under := func(path string) bool {
+	// prefixUnder reports whether a path, or a path pattern, may be under
+	// the gate's, as written: a placeholder extends what is written
+	// before it.
+	prefixUnder := func(path string) bool {
 		if u, err := url.PathUnescape(path); err == nil {
 			path = u // Caddy unescapes a rewrite's target: /%61dmin is /admin
 		}
@@ -271,6 +278,12 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			return lit == pre
 		}
 		return strings.HasPrefix(lit, pre)
+	}
+	// under reports whether a target path may be under the gate's: as
+	// written, or anywhere when a placeholder in it may hold ../.
+	capturesOK := c.capturesFromPath()
+	under := func(path string) bool {
+		return prefixUnder(path) || !fromPathOnly(path, capturesOK)
 	}
 	if err := c.checkBefore(p, pattern, self); err != nil {
 		return err
@@ -398,11 +411,13 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 						return under(knownPrefix(rw.into, f))
 					case "try_files":
 						return under(rw.into)
+					case "strip_suffix":
+						return suffixMayForm(pattern)
 					case "path_regexp":
 						return strings.Contains(rep, pre) || under(rep) || rep == "" && !strings.HasSuffix(rw.find, "$")
 					}
 					return replaceMayForm(strings.ToLower(rw.find), rep, pre)
-				}) && !(len(rw.paths) > 0 && !slices.ContainsFunc(rw.paths, func(f string) bool { return !under(f) })) {
+				}) && !(len(rw.paths) > 0 && !slices.ContainsFunc(rw.paths, func(f string) bool { return !prefixUnder(f) })) {
 					found = &rw
 					break
 				}
@@ -411,6 +426,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 				continue
 			}
 			into, sends, what = found.into, true, fmt.Sprintf("the %s in the named route %s (invoked", found.op, d.lastArg())
+			if found.op == "strip_suffix" {
+				into = pattern // where it sends; found.into is the suffix
+			}
 			at += ")"
 		case d.name == "try_files":
 			// its fallback: a request for no file goes there
@@ -421,6 +439,19 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 					// {path}/… only: /admin, which /admin/* leaves out, is
 					// the one path it sends in
 					sources = []string{strings.TrimSuffix(pre, "/")}
+				}
+			}
+		case d.name == "uri" && slices.Contains(d.args, "strip_suffix"):
+			// /secret/ made /secret: a gate on a path prefix covers both
+			// already, one on a path exactly (or a suffix, a glob) may not
+			what = "uri strip_suffix"
+			if i := slices.Index(d.args, "strip_suffix"); suffixMayForm(pattern) {
+				into, sends = pattern, true
+				if i+1 < len(d.args) && !strings.HasSuffix(pattern, "*") && strings.HasPrefix(pattern, "/") && !strings.ContainsAny(pattern, "{?[*") {
+					sources = []string{pre + strings.ToLower(d.args[i+1])}
+				}
+				if i > 0 {
+					from = d.args[0]
 				}
 			}
 		case d.name == "uri" && op >= 0 && op+2 < len(d.args):
@@ -463,7 +494,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(froms[0], "/") {
 			froms = paths
 		}
-		if !slices.ContainsFunc(froms, func(f string) bool { return !strings.HasPrefix(f, "/") || !under(f) || !c.decidesAlone(p, f, self) }) {
+		if !slices.ContainsFunc(froms, func(f string) bool {
+			return !strings.HasPrefix(f, "/") || !prefixUnder(f) || !c.decidesAlone(p, f, self)
+		}) {
 			continue // from paths this gate covers already
 		}
 		if !strings.HasPrefix(froms[0], "/") {
@@ -484,8 +517,12 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		if c.passesAlready(met, froms, self) {
 			continue // from paths whose gate asks for as much
 		}
-		return h.Errf("sigra_gate: %s on %s sends requests to %s after this gate has looked at the path the client asked for (the gates run before rewrite, uri, try_files and the proxy), so those requests reach the app there without this gate's requirements. "+
-			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, cmp.Or(into, `"" (cutting the path)`))
+		anywhere := ""
+		if into != "" && !fromPathOnly(into, capturesOK) {
+			anywhere = " (a placeholder there takes a value the client sends, not from the path, and ../ in it leads anywhere)"
+		}
+		return h.Errf("sigra_gate: %s on %s sends requests to %s%s after this gate has looked at the path the client asked for (the gates run before rewrite, uri, try_files and the proxy), so those requests reach the app there without this gate's requirements. "+
+			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, cmp.Or(into, `"" (cutting the path)`), anywhere)
 	}
 	return nil
 }
@@ -519,7 +556,9 @@ func (c placement) movesPath(d placedDirective) bool {
 	case "rewrite", "try_files":
 		return true
 	case "uri":
-		return slices.ContainsFunc(d.args, func(a string) bool { return a == "strip_prefix" || a == "replace" || a == "path_regexp" })
+		return slices.ContainsFunc(d.args, func(a string) bool {
+			return a == "strip_prefix" || a == "strip_suffix" || a == "replace" || a == "path_regexp"
+		})
 	case "handle_path":
 		return d.block != nil && slices.ContainsFunc(servers, func(n string) bool { return len(c.holding(d.block, n)) > 0 })
 	case "reverse_proxy", "php_fastcgi":
@@ -870,6 +909,74 @@ var servers = []string{"reverse_proxy", "php_fastcgi", "invoke", "file_server"}
 // isHandle reports whether name is a handle block, one of a set Caddy
 // runs one of.
 func isHandle(name string) bool { return name == "handle" || name == "handle_path" }
+
+// suffixMayForm reports whether uri strip_suffix may turn a path the
+// gate on pattern leaves out into one it covers: not for a path prefix
+// (/admin* covers /admin/x.html as well as /admin/x), but for a path
+// exactly (/secret/ becomes /secret) or a suffix or glob (*.php, which
+// /x.php.bak is not).
+func suffixMayForm(pattern string) bool {
+	return !strings.HasPrefix(pattern, "/") || !strings.HasSuffix(pattern, "*") || strings.ContainsAny(strings.TrimSuffix(pattern, "*"), "*?[{")
+}
+
+// pathPlaceholders are the placeholders whose values come from the
+// request's path, with the prefixes of their families (path.1, a
+// segment), and knownPrefix's {…}: the portal has refused a path with a
+// dot segment, so none of them holds ../. And the operator's own: the
+// environment's.
+var pathPlaceholders = []string{"…", "env.", "path", "path.", "uri", "file", "file.", "dir",
+	"http.request.uri", "http.request.uri.path", "http.request.uri.path.",
+	"http.request.orig_uri", "http.request.orig_uri.path", "http.request.orig_uri.path.", "http.matchers.file."}
+
+// fromPathOnly reports whether every placeholder in the path of target
+// (before its query) takes its value from the request's path; with
+// captures, a regexp's too. Any other (a query or form value, a header,
+// a cookie, the host, a variable) may hold ../, which a file server, or
+// the app, resolves out of what is written before it: /x/{query.file}
+// may be /x/../admin.
+func fromPathOnly(target string, captures bool) bool {
+	for rest := target; ; {
+		i := strings.IndexAny(rest, "{?")
+		if i < 0 || rest[i] == '?' {
+			return true
+		}
+		end := strings.IndexByte(rest[i:], '}')
+		if end < 0 {
+			return false
+		}
+		name := rest[i+1 : i+end]
+		rest = rest[i+end+1:]
+		if captures && (strings.HasPrefix(name, "re.") || strings.HasPrefix(name, "http.regexp.")) {
+			continue
+		}
+		if !slices.ContainsFunc(pathPlaceholders, func(ph string) bool {
+			return name == ph || strings.HasSuffix(ph, ".") && strings.HasPrefix(name, ph) && !strings.Contains(name, "query")
+		}) {
+			return false
+		}
+	}
+}
+
+// capturesFromPath reports whether the site's regexp matchers all match
+// the path (path_regexp), so that a {re.…} capture holds part of the
+// path; a header_regexp's or vars_regexp's may hold anything.
+func (c placement) capturesFromPath() bool {
+	var walk func(b *placedBlock) bool
+	walk = func(b *placedBlock) bool {
+		for _, d := range b.dirs {
+			if slices.ContainsFunc(append([]string{d.name}, d.args...), func(t string) bool {
+				return strings.Contains(t, "header_regexp") || strings.Contains(t, "vars_regexp")
+			}) {
+				return false
+			}
+			if d.block != nil && !walk(d.block) {
+				return false
+			}
+		}
+		return true
+	}
+	return c.site != nil && walk(c.site)
+}
 
 // keepsPath reports whether a rewrite target starts with the request's
 // own path, so that the path's start stays what it was.
@@ -1223,11 +1330,54 @@ func (c placement) openerPaths(d placedDirective) ([]string, matchKind) {
 	return c.matchedPaths(d.name + " " + m)
 }
 
-// namedMatcherPaths reads the definition of the named matcher name at
-// the site's top level: its paths, if it is path matchers only.
-func (c placement) namedMatcherPaths(name string) ([]string, bool) {
+// checkMethodMatchers refuses a gate (at the end of p) picked by a
+// method matcher, its own or a block's on the way, that leaves out POST:
+// most web frameworks (Rails, Laravel, Symfony, Express) serve a POST
+// with _method=DELETE in its form or query, or an X-HTTP-Method-Override
+// header, as a DELETE, so the app would serve such a POST as a method
+// the gate is for, without it. The form field cannot be stripped.
+func (c placement) checkMethodMatchers(p place) error {
+	end := p[len(p)-1]
+	if gateReqs(end.block.dirs[end.at]).optional {
+		return nil // it lets anyone in
+	}
+	for _, s := range p {
+		d := s.block.dirs[s.at]
+		name := d.readBack
+		if name == "" && d.matcher && len(d.args) > 0 {
+			name = d.args[0]
+		}
+		if !strings.HasPrefix(name, "@") {
+			continue
+		}
+		def, lines, ok := c.namedMatcherLines(name)
+		if !ok {
+			continue
+		}
+		for _, l := range lines {
+			text := strings.ToUpper(strings.Join(l, " "))
+			expr := l[0] == "expression" || len(l) == 1 && strings.ContainsAny(l[0], "('=")
+			if (l[0] == "method" || expr && strings.Contains(text, "METHOD")) && !strings.Contains(text, "POST") {
+				methods, example := strings.Join(l[1:], " "), "DELETE"
+				if expr {
+					methods = "an expression"
+				} else if len(l) > 1 {
+					example = strings.ToUpper(l[1])
+				}
+				return c.h.Errf("sigra_gate: the matcher %s (%s) picks requests by method (%s) and leaves out POST, while most web frameworks serve a POST with _method=%s in its form or query, or an X-HTTP-Method-Override header, as that method: such a request reaches the app without this gate's requirements. "+
+					"Add POST to the method matcher, or pick the gate's requests by path", name, c.pos(def), methods, example)
+			}
+		}
+	}
+	return nil
+}
+
+// namedMatcherLines reads the definition of the named matcher name at
+// the site's top level: the directive defining it, and its lines (one,
+// written inline, or those of its block).
+func (c placement) namedMatcherLines(name string) (placedDirective, [][]string, bool) {
 	if c.site == nil {
-		return nil, false
+		return placedDirective{}, nil, false
 	}
 	for _, d := range c.site.dirs {
 		if d.name != name { // Caddy's matcher names are case-sensitive
@@ -1238,9 +1388,18 @@ func (c placement) namedMatcherPaths(name string) ([]string, bool) {
 			for _, e := range d.block.dirs {
 				lines = append(lines, append([]string{e.name}, e.args...))
 			}
-		} else {
+		} else if len(d.args) > 0 {
 			lines = append(lines, d.args)
 		}
+		return d, lines, true
+	}
+	return placedDirective{}, nil, false
+}
+
+// namedMatcherPaths reads the definition of the named matcher name at
+// the site's top level: its paths, if it is path matchers only.
+func (c placement) namedMatcherPaths(name string) ([]string, bool) {
+	if _, lines, ok := c.namedMatcherLines(name); ok {
 		var paths []string
 		for _, l := range lines {
 			if len(l) < 2 || l[0] != "path" {
@@ -1547,6 +1706,9 @@ func jsonRewrites(h map[string]any) []routeRewrite {
 	}
 	if strip, _ := h["strip_path_prefix"].(string); strip != "" {
 		out = append(out, routeRewrite{op: "strip", into: strip})
+	}
+	if strip, _ := h["strip_path_suffix"].(string); strip != "" {
+		out = append(out, routeRewrite{op: "strip_suffix", into: strip})
 	}
 	for _, op := range [][2]string{{"path_regexp", "path_regexp"}, {"uri_substring", "replace"}} {
 		list, _ := h[op[0]].([]any)

@@ -583,6 +583,38 @@ func TestAdaptPlacement(t *testing.T) {
 		{"a strip_prefix in a handle for the prefix, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /app/* {\n\t\tsigra_gate /app/admin*\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", ""},
 		{"a strip_prefix in a handle for another path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /a* {\n\t\tsigra_gate /app/admin*\n\t\turi strip_prefix /app\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "for a request to /admin… itself, which it does not"},
 		{"portal in handle /app/*, from a file", "http://127.0.0.1:9 {\n\thandle /app/* {\n\t\tsigra_portal\n\t\tsigra_gate\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n", "inside handle /app/* on line 2"},
+		// A placeholder that takes a value the client sends may hold ../,
+		// which a file server or the app resolves out of what is written
+		// before it, from a review.
+		{"a rewrite to a file named by the query, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\troot * /srv\n\trewrite /x/* /x/{query.file}\n\tfile_server\n}\n",
+			"rewrite on line 7 sends requests to /x/{http.request.uri.query.file} (a placeholder there takes a value the client sends, not from the path, and ../ in it leads anywhere)"},
+		{"a rewrite from a header, under a bare gate, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\trewrite * /x/{header.X-P}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"rewrite on line 7 sends requests to /x/{http.request.header.X-P}"},
+		{"a try_files fallback from the query, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\troot * /srv\n\ttry_files {path} /x/{query.p}\n\tfile_server\n}\n",
+			"try_files on line 7 sends requests to /x/{http.request.uri.query.p}"},
+		{"a proxy's rewrite from the query, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\treverse_proxy 127.0.0.1:9 {\n\t\trewrite /x/{query.p}\n\t}\n}\n",
+			"the rewrite in reverse_proxy on line 7 sends requests to /x/{http.request.uri.query.p}"},
+		{"a rewrite to a capture of a header_regexp, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\t@t header_regexp t X-Tenant (.*)\n\trewrite @t /tenants/{re.t.1}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"sends requests to /tenants/{http.regexp.t.1}"},
+		{"a rewrite gated alike on the paths it changes, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /x/* {\n\t\tgroup admins\n\t}\n\trewrite /x/* /x/{query.file}\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"the query in a rewrite's query, a capture of the path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\t@v path_regexp v ^/v1/(.*)$\n\trewrite @v /api/{re.v.1}\n\trewrite /p/* /index.php?file={query.f}&p={path}\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"a rewrite from the environment, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\trewrite /x/* /x/{env.SIGRA_TEST_PREFIX}{path}\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		// uri strip_suffix makes /secret of /secret/, from a review.
+		{"a strip_suffix after a gate on one path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /secret {\n\t\tgroup admins\n\t}\n\tsigra_gate\n\turi strip_suffix /\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"uri strip_suffix on line 7 sends requests to /secret after this gate"},
+		{"a strip_suffix with a matcher, after a gate on one path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin {\n\t\tgroup admins\n\t}\n\turi /adm* strip_suffix .html\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"uri strip_suffix on line 6 sends requests to /admin after"},
+		{"a strip_suffix after a gate on a path prefix, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate\n\turi strip_suffix .html\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"a strip_suffix under a bare gate asking as much, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /secret {\n\t\tgroup admins\n\t}\n\tsigra_gate {\n\t\tgroup admins\n\t}\n\turi strip_suffix /\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"a strip_suffix in an invoked named route, from a file", "&(app) {\n\troute {\n\t\turi strip_suffix /\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\tsigra_gate /secret {\n\t\tgroup admins\n\t}\n\tinvoke app\n}\n",
+			"the strip_suffix in the named route app (invoked on line 13) sends requests to /secret after"},
+		// A POST with _method=DELETE is a DELETE to most frameworks.
+		{"a gate picked by DELETE alone, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\t@deletes method DELETE\n\troute @deletes {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"the matcher @deletes (line 4) picks requests by method (DELETE) and leaves out POST, while most web frameworks serve a POST with _method=DELETE"},
+		{"a gate with a method matcher of its own in a block, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\t@writes {\n\t\tmethod PUT PATCH\n\t\tpath /items/*\n\t}\n\tsigra_gate @writes {\n\t\tmfa\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"the matcher @writes (line 4) picks requests by method (PUT PATCH)"},
+		{"a gate picked by writes, POST among them, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\t@writes method POST PUT PATCH DELETE\n\tsigra_gate @writes {\n\t\tmfa\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"an optional gate picked by GET, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\t@reads method GET\n\tsigra_gate @reads {\n\t\toptional\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
 		// A matcher from a placeholder is a matcher, whatever it holds.
 		{"handle with an env matcher, gate ordered after it, from a file", "{\n\torder sigra_gate after handle\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\thandle {$SIGRA_TEST_UNSET:/api/*} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
 		// Caddy leaves the last token twice where it took a matcher out;
