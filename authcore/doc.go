@@ -45,4 +45,9 @@ var (
 	// member of the admin group, which would leave nobody to manage the
 	// site.
 	ErrLastAdmin = errors.New("this is the only enabled administrator; make another administrator first")
+	// ErrFactorsChanged refuses to store a sign-in's session made from a
+	// user whose second factor came (or went) since it was read: set up
+	// while the password was checked, say. Nothing is stored; make the
+	// session again from the user as stored now.
+	ErrFactorsChanged = errors.New("the user's second factor changed during the sign-in")
 )

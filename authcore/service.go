@@ -376,6 +376,9 @@ type ChangeStore interface {
 	UpdateUserIn(id string, revoke bool, fn func(u *User) error) func(tx any) error
 	UpdateUserRenewingIn(id string, cur SessionID, next *Session, fn func(u *User) error) func(tx any) error
 	DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error
+	// PutSessionIn stores a sign-in's new session, if the user's second
+	// factor still agrees with it (s is pending when, and only when, the
+	// user has one and s has no AMRMFA), else ErrFactorsChanged.
 	PutSessionIn(s *Session) func(tx any) error
 	DeleteSessionIn(id SessionID) func(tx any) error
 	ReplaceSessionIn(old SessionID, s *Session) func(tx any) error
@@ -578,7 +581,9 @@ func (s *Service) NewSessionRecord(u *User, amr []string, meta ClientMeta) (stri
 
 // StartSessionWith stores sess, made by NewSessionRecord, through commit
 // (see Commit): the sign-in and its row are stored together or not at
-// all.
+// all. A second factor set up (or removed) since u was read is
+// ErrFactorsChanged: sess would not wait for it, or wait for none, and
+// its row say so.
 func (s *Service) StartSessionWith(sess *Session, commit Commit) error {
 	cs, err := s.changeStore()
 	if err != nil {

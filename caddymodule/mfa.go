@@ -376,16 +376,17 @@ func (q *preq) totpSubmit() error {
 	}
 	if errors.Is(err, authcore.ErrNoPendingEnrolment) || errors.Is(err, authcore.ErrNoSession) {
 		// Finished meanwhile: the same form sent twice, or another tab
-		// (whose commit replaced this session, too). The app the user
-		// just added is the one set up; a new secret, or being told
-		// that nothing was set up, would have them remove it.
+		// (whose commit replaced this session, too), or another device's
+		// session with its own secret. The app the user just added may
+		// be the one set up; a new secret, or being told that nothing
+		// was set up, would have them remove it.
 		has, herr := q.rt.auth.HasTOTP(q.ctx(), p.User.ID)
 		if herr != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, herr)
 		}
 		if has {
 			return q.message(http.StatusConflict, "Already on",
-				"Your authenticator app is set up (the form was sent twice): keep its entry. If you did not see your recovery codes, make new ones here.",
+				"Your authenticator app is set up: this form was sent twice, or another of your devices set one up first. Check that the entry you just added shows codes that work; if they do not, it is not the one set up: remove it, and keep the other. If you did not see your recovery codes, make new ones here.",
 				q.p.app.Prefix+"/account/totp")
 		}
 		if errors.Is(err, authcore.ErrNoSession) {

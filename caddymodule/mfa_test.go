@@ -816,3 +816,53 @@ func TestMFARefusedByTheAddressSaysSo(t *testing.T) {
 		t.Errorf("a code from a banned address: status %d; want 429 saying the network is held back\n%s", r.StatusCode, body)
 	}
 }
+
+// A sign-in whose password is checked while the owner sets up an
+// authenticator app (a reviewer's race, with the password stolen) waits
+// for a code like any sign-in after the enrolment: for the pending
+// lifetime, not twelve hours, with auth.login.pending and no
+// auth.login.success.
+func TestSignInDuringEnrolmentWaitsForTheCode(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("owner@example.com")
+	e.mustLogin("owner@example.com") // the owner, in this browser
+	owner := *e
+	attacker := *e
+	jar, _ := newJar()
+	attacker.client = &http.Client{Jar: jar, CheckRedirect: e.client.CheckRedirect}
+	enrolled := false
+	signInChecked = func(id string) {
+		if id == u.ID && !enrolled {
+			enrolled = true
+			enrolTOTP(t, &owner, fake.Now())
+		}
+	}
+	t.Cleanup(func() { signInChecked = func(string) {} })
+
+	successes := len(e.auditRows("auth.login.success"))
+	resp := attacker.login("owner@example.com", testPassword, "/")
+	if !enrolled {
+		t.Fatal("the owner's enrolment did not run during the sign-in")
+	}
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/.sigra/mfa") {
+		t.Fatalf("sign-in: status %d to %q; want 303 to the code page", resp.StatusCode, loc)
+	}
+	if n := len(e.auditRows("auth.login.success")) - successes; n != 0 {
+		t.Errorf("%d auth.login.success rows for a sign-in still waiting for its code; want 0", n)
+	}
+	if rows := e.auditRows("auth.login.pending"); len(rows) != 1 || rows[0].SubjectID != u.ID {
+		t.Errorf("auth.login.pending rows %+v; want one, the owner's", rows)
+	}
+	id, ok := authcore.TokenID(attacker.sessionCookie())
+	if !ok {
+		t.Fatal("the sign-in set no session cookie")
+	}
+	sess, err := e.rt().store.GetSession(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sess.Pending || sess.ExpiresAt.Sub(sess.CreatedAt) > authcore.DefaultPendingLifetime {
+		t.Errorf("session pending %t, lasting %v; want pending, for at most %v", sess.Pending, sess.ExpiresAt.Sub(sess.CreatedAt), authcore.DefaultPendingLifetime)
+	}
+}

@@ -407,6 +407,11 @@ func (q *preq) loginPage() error {
 	return q.page(http.StatusOK, "login", d)
 }
 
+// signInChecked runs when a sign-in's password has passed, before its
+// session is made: tests set up a second factor there, as an owner may
+// while an attacker's password is checked.
+var signInChecked = func(userID string) {}
+
 // cookieConflictText explains a request with two session (or form)
 // cookies.
 const cookieConflictText = "Your browser sent two different sign-in cookies for this page: another site on this host set one. Clear this site's cookies, then sign in again."
@@ -444,6 +449,7 @@ func (q *preq) loginSubmit() error {
 	if u == nil {
 		return rerender(http.StatusUnauthorized, "Incorrect email or password.")
 	}
+	signInChecked(u.ID)
 	// The password's count resets; the codes' has a key of its own.
 	if err := att.Succeed(q.ctx(), true); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -470,20 +476,34 @@ func (q *preq) loginSubmit() error {
 			return err
 		}
 	}
-	token, sess := q.rt.auth.NewSessionRecord(u, []string{authcore.AMRPassword},
-		authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent(), Host: requestHost(q.r)})
 	// The right password is a row even when a second factor is still
 	// due: a password that works is what an operator must learn of. The
 	// session and its row are one commit: nobody is signed in without
-	// the row that says so, even if Caddy dies.
-	target, row := q.rd(), event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
-		meta: map[string]string{"method": "password"}}
-	if sess.Pending {
-		target = portalURL(q.p.app.Prefix, "/mfa", target)
-		row.action = "auth.login.pending"
-	}
-	if err := q.auditWith(row, func(commit authcore.Commit) error { return q.rt.auth.StartSessionWith(sess, commit) }); err != nil {
-		return err
+	// the row that says so, even if Caddy dies. A second factor set up
+	// while the password was checked makes the session anew, waiting for
+	// it (and its row auth.login.pending), from the user as stored now.
+	var token, target string
+	var sess *authcore.Session
+	for tries := 0; ; tries++ {
+		token, sess = q.rt.auth.NewSessionRecord(u, []string{authcore.AMRPassword},
+			authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent(), Host: requestHost(q.r)})
+		target = q.rd()
+		row := event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
+			meta: map[string]string{"method": "password"}}
+		if sess.Pending {
+			target = portalURL(q.p.app.Prefix, "/mfa", target)
+			row.action = "auth.login.pending"
+		}
+		err := q.auditWith(row, func(commit authcore.Commit) error { return q.rt.auth.StartSessionWith(sess, commit) })
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, authcore.ErrFactorsChanged) || tries == 2 {
+			return err
+		}
+		if u, err = q.rt.auth.LookupUser(q.ctx(), u.ID); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
 	}
 	q.setSessionCookie(token)
 	q.rt.login("password", map[bool]string{true: "pending", false: "success"}[sess.Pending])

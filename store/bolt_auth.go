@@ -405,9 +405,22 @@ func (b *Bolt) PutSession(ctx context.Context, s *authcore.Session) error {
 	return b.update(func(tx *bolt.Tx) error { return putSession(tx, s) })
 }
 
-// PutSessionIn implements authcore.ChangeStore: PutSession in tx.
+// PutSessionIn implements authcore.ChangeStore: PutSession in tx, if the
+// user's second factor agrees with the session's pending state. A user
+// gone meanwhile is no matter: their session is refused at its first use.
 func (b *Bolt) PutSessionIn(s *authcore.Session) func(tx any) error {
-	return b.inTx(func(tx *bolt.Tx) error { return putSession(tx, s) })
+	return b.inTx(func(tx *bolt.Tx) error {
+		if uk, ok := userKey(s.UserID); ok {
+			u, err := getUser(tx, uk)
+			switch {
+			case err == nil && s.Pending != (u.SecondFactor && !s.HasAMR(authcore.AMRMFA)):
+				return authcore.ErrFactorsChanged
+			case err != nil && !errors.Is(err, authcore.ErrNotFound):
+				return err
+			}
+		}
+		return putSession(tx, s)
+	})
 }
 
 // PutSessions implements authcore.Store.

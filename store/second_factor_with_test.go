@@ -501,3 +501,54 @@ func TestUnlockWithClearsABanStartedBeforeItsCommit(t *testing.T) {
 		t.Error("after the unlock, the session's re-check ban that started before its commit is still there")
 	}
 }
+
+// A sign-in reads the user, checks the password (slowly), and then
+// stores its session: an authenticator app set up in between must not
+// give the session a password-only sign-in's lifetime, passing no gate
+// and yet waiting twelve hours for a code, with a row saying signed in.
+// The commit refuses it, row and all; made again from the user as
+// stored now, it waits for the code, for PendingLifetime.
+func TestSignInThatMissedAnEnrolment(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "race@example.com") // read by the sign-in: no second factor yet
+	_, stale := e.svc.NewSessionRecord(u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if stale.Pending {
+		t.Fatal("a session of a user without a second factor is pending")
+	}
+	e.enrol(t, u) // meanwhile, the owner sets up the app
+	before := w.rows()
+	if err := e.svc.StartSessionWith(stale, w.commit("auth.login.success")); !errors.Is(err, authcore.ErrFactorsChanged) {
+		t.Fatalf("StartSessionWith = %v; want ErrFactorsChanged", err)
+	}
+	if _, err := e.st.GetSession(e.ctx, stale.ID); !errors.Is(err, authcore.ErrNotFound) {
+		t.Errorf("the refused session was stored (%v)", err)
+	}
+	if n := w.rows() - before; n != 0 {
+		t.Errorf("%d rows written with the refused session; want none", n)
+	}
+	now, err := e.st.UserByID(e.ctx, u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fresh := e.svc.NewSessionRecord(now, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err := e.svc.StartSessionWith(fresh, w.commit("auth.login.pending")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.st.GetSession(e.ctx, fresh.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Pending || got.ExpiresAt.Sub(got.CreatedAt) >= time.Hour {
+		t.Errorf("stored session pending %t, lasting %v; want pending, for the pending lifetime", got.Pending, got.ExpiresAt.Sub(got.CreatedAt))
+	}
+
+	// The other way round: a factor removed meanwhile leaves a pending
+	// session nothing could complete.
+	if err := e.svc.RemoveTOTP(e.ctx, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.StartSessionWith(fresh.Clone(), w.commit("auth.login.pending")); !errors.Is(err, authcore.ErrFactorsChanged) {
+		t.Errorf("a pending session for a user with no factor left: %v; want ErrFactorsChanged", err)
+	}
+}
