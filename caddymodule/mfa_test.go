@@ -866,3 +866,26 @@ func TestSignInDuringEnrolmentWaitsForTheCode(t *testing.T) {
 		t.Errorf("session pending %t, lasting %v; want pending, for at most %v", sess.Pending, sess.ExpiresAt.Sub(sess.CreatedAt), authcore.DefaultPendingLifetime)
 	}
 }
+
+// A code sent after the sign-in waiting for it ended (pending_lifetime
+// passed) signs nobody in, and the sign-in it is sent to goes on to the
+// page the first one was for, not to the code page.
+func TestCodeAfterThePendingSignInEndedKeepsTheReturnURL(t *testing.T) {
+	fake, e, _, secret, _ := startEnrolled(t, "", "pat@example.com")
+	e.client.Jar, _ = newJar()
+	resp := e.login("pat@example.com", testPassword, "/reports/q3")
+	if loc := resp.Header.Get("Location"); !strings.HasPrefix(loc, "/.sigra/mfa") {
+		t.Fatalf("sign-in went to %q; want the code page", loc)
+	}
+	_, page := e.get("/.sigra/mfa?rd=%2Freports%2Fq3", nil)
+	csrf := csrfFrom(t, page)
+	fake.Advance(authcore.DefaultPendingLifetime + time.Minute)
+	resp, _ = e.postForm("/.sigra/mfa", url.Values{"code": {refTOTP(t, secret, fake.Now())}, "csrf_token": {csrf}, "rd": {"/reports/q3"}}, map[string]string{"Accept": "text/html"})
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/.sigra/login") {
+		t.Fatalf("code after the sign-in ended: status %d to %q; want 303 to sign in", resp.StatusCode, loc)
+	}
+	if u, err := url.Parse(loc); err != nil || u.Query().Get("rd") != "/reports/q3" {
+		t.Errorf("sign-in link %q; want rd=/reports/q3, where the first sign-in was going", loc)
+	}
+}

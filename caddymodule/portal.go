@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -693,14 +694,16 @@ func (q *preq) toPortal(page, back string) {
 }
 
 // anySession returns the request's session, pending or signed in, or
-// sends the browser to sign in and returns nil.
+// sends the browser to sign in and returns nil: then back to where the
+// request was going (its rd: a code sent after the sign-in waiting for
+// it ended goes on to the page the sign-in was for), or else to itself.
 func (q *preq) anySession() (*authcore.Principal, error) {
 	p, err := q.session()
 	if err != nil {
 		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if p == nil {
-		q.toPortal("/login", originalURI(q.r))
+		q.toPortal("/login", cmp.Or(q.givenRD(), originalURI(q.r)))
 	}
 	return p, nil
 }
