@@ -132,7 +132,7 @@ func disjointPaths(ps, qs []string) bool {
 // would decide alone and the other's requirements would never apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	pattern, onePrefix := gatePrefix(matcherSet) // "" unless one path prefix
-	if err := checkPlacement(h, "sigra_gate", gatePaths(matcherSet)...); err != nil {
+	if err := checkPlacement(h, "sigra_gate", append(gatePaths(matcherSet), globPaths(matcherSet)...)...); err != nil {
 		return err
 	}
 	sib, err := gateBlockOf(h)
@@ -178,6 +178,22 @@ func gatePrefix(matcherSet caddy.ModuleMap) (string, bool) {
 		return paths[0], true
 	}
 	return "", false
+}
+
+// globPaths are the paths of a matcher set that is path matchers only,
+// when one of them has a wildcard inside (/reports/*.pdf), a glob's ?
+// or [: gatePaths has none of them; none otherwise.
+func globPaths(matcherSet caddy.ModuleMap) []string {
+	var paths []string
+	if len(matcherSet) != 1 || json.Unmarshal(matcherSet["path"], &paths) != nil || gatePaths(matcherSet) != nil {
+		return nil
+	}
+	if !slices.ContainsFunc(paths, func(p string) bool {
+		return strings.HasPrefix(p, "/") && strings.ContainsAny(strings.TrimSuffix(p, "*"), "*?[")
+	}) {
+		return nil
+	}
+	return slices.DeleteFunc(paths, func(p string) bool { return !strings.HasPrefix(p, "/") })
 }
 
 // gatePaths are the paths of a matcher set that is path matchers only,

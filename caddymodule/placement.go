@@ -114,9 +114,10 @@ func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) 
 			}
 		}
 		patterns := gatePatterns
-		if last := p[len(p)-1]; len(patterns) == 1 && last.block.dirs[last.at].path() != "" && !strings.EqualFold(last.block.dirs[last.at].path(), patterns[0]) && !strings.HasPrefix(last.block.dirs[last.at].path(), "?") {
+		if last := p[len(p)-1]; len(patterns) == 1 && strings.HasPrefix(last.block.dirs[last.at].path(), "/") && !strings.EqualFold(last.block.dirs[last.at].path(), patterns[0]) {
 			// The snippet's gate imported again with another path: that
-			// one is checked when it is parsed.
+			// one is checked when it is parsed. (A named matcher, @adm,
+			// is the path it names: checked here.)
 			continue
 		}
 		if dir == "sigra_gate" && len(patterns) == 0 {
@@ -126,7 +127,11 @@ func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) 
 			}
 		}
 		for _, pattern := range patterns {
-			if err := c.checkRewriteInto(p, pattern); err != nil {
+			check := c.checkRewriteInto
+			if strings.ContainsAny(strings.TrimSuffix(pattern, "*"), "*?[") {
+				check = c.checkGlobMoves
+			}
+			if err := check(p, pattern); err != nil {
 				return err
 			}
 		}
@@ -281,7 +286,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	}
 	// under reports whether a target path may be under the gate's: as
 	// written, or anywhere when a placeholder in it may hold ../.
-	capturesOK := c.capturesFromPath()
+	capturesOK := c.clientCaptures()
 	under := func(path string) bool {
 		return prefixUnder(path) || !fromPathOnly(path, capturesOK)
 	}
@@ -416,7 +421,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 					case "path_regexp":
 						return strings.Contains(rep, pre) || under(rep) || rep == "" && !strings.HasSuffix(rw.find, "$")
 					}
-					return replaceMayForm(strings.ToLower(rw.find), rep, pre)
+					return replaceMayForm(strings.ToLower(rw.find), rep, pre) || !fromPathOnly(rw.into, capturesOK)
 				}) && !(len(rw.paths) > 0 && !slices.ContainsFunc(rw.paths, func(f string) bool { return !prefixUnder(f) })) {
 					found = &rw
 					break
@@ -462,7 +467,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			what = "uri " + d.args[op]
 			find, rep := strings.ToLower(d.args[op+1]), strings.ToLower(d.args[op+2])
 			if d.args[op] == "path_regexp" && (strings.Contains(rep, pre) || under(rep) || rep == "" && !strings.HasSuffix(find, "$")) ||
-				d.args[op] == "replace" && replaceMayForm(find, rep, pre) {
+				d.args[op] == "replace" && (replaceMayForm(find, rep, pre) || !fromPathOnly(d.args[op+2], capturesOK)) {
 				into, sends = d.args[op+2], true
 			}
 			if d.args[op] == "replace" && op+3 < len(d.args) && d.args[op+3] == "1" {
@@ -491,8 +496,8 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		}
 		// The paths it changes: its matcher's, or its block's.
 		froms := c.fromPaths(from)
-		if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(froms[0], "/") {
-			froms = paths
+		if paths, kind := c.matchedPaths(a.in.matched); kind == matchPaths && !strings.HasPrefix(froms[0], "/") && !strings.HasPrefix(a.in.matched, "handle_path ") {
+			froms = paths // (in a handle_path, what it holds sees the path stripped of them)
 		}
 		if !slices.ContainsFunc(froms, func(f string) bool {
 			return !strings.HasPrefix(f, "/") || !prefixUnder(f) || !c.decidesAlone(p, f, self)
@@ -523,6 +528,31 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 		}
 		return h.Errf("sigra_gate: %s on %s sends requests to %s%s after this gate has looked at the path the client asked for (the gates run before rewrite, uri, try_files and the proxy), so those requests reach the app there without this gate's requirements. "+
 			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, cmp.Or(into, `"" (cutting the path)`), anywhere)
+	}
+	return nil
+}
+
+// checkGlobMoves refuses a gate on a path glob (/reports/*.pdf, at the
+// end of p) when anything after it may change the path (movesPath):
+// which paths a rewrite or a strip sends into a glob cannot be told as
+// for a prefix, and /reports/q.pdf.bak stripped of .bak is
+// /reports/q.pdf. A block beside that serves another upstream all it
+// takes is that app's own business.
+func (c placement) checkGlobMoves(p place, pattern string) error {
+	end := p[len(p)-1]
+	if gateReqs(end.block.dirs[end.at]).optional {
+		return nil // it lets anyone in
+	}
+	lit := pattern[:strings.IndexAny(pattern, "*?[")]
+	guarded := c.guarded(p, strings.ToLower(lit))
+	for _, a := range c.after(p) {
+		if a.root != nil && a.root.block != nil && isHandle(a.root.name) && c.takesAll(*a.root) && !c.sameUpstream(c.upstreamsIn(a.root.block), guarded) {
+			continue
+		}
+		if c.movesPath(a.d) {
+			return c.h.Errf("sigra_gate: it is on the path pattern %s, and %s on %s may change the path after this gate has looked at it: which paths that sends into a pattern with a wildcard inside cannot be told, so a request may reach the app there without this gate's requirements. "+
+				"Gate a path prefix (%s*) instead, or put the gate in a handle block for its paths, which sees the path changed", pattern, a.d.name, c.pos(a.d), lit)
+		}
 	}
 	return nil
 }
@@ -929,12 +959,13 @@ var pathPlaceholders = []string{"…", "env.", "path", "path.", "uri", "file", "
 	"http.request.orig_uri", "http.request.orig_uri.path", "http.request.orig_uri.path.", "http.matchers.file."}
 
 // fromPathOnly reports whether every placeholder in the path of target
-// (before its query) takes its value from the request's path; with
-// captures, a regexp's too. Any other (a query or form value, a header,
-// a cookie, the host, a variable) may hold ../, which a file server, or
+// (before its query) takes its value from the request's path, a
+// regexp's capture included unless its regexp is among client
+// (clientCaptures). Any other (a query or form value, a header, a
+// cookie, the host, a variable) may hold ../, which a file server, or
 // the app, resolves out of what is written before it: /x/{query.file}
 // may be /x/../admin.
-func fromPathOnly(target string, captures bool) bool {
+func fromPathOnly(target string, client map[string]bool) bool {
 	for rest := target; ; {
 		i := strings.IndexAny(rest, "{?")
 		if i < 0 || rest[i] == '?' {
@@ -946,7 +977,17 @@ func fromPathOnly(target string, captures bool) bool {
 		}
 		name := rest[i+1 : i+end]
 		rest = rest[i+end+1:]
-		if captures && (strings.HasPrefix(name, "re.") || strings.HasPrefix(name, "http.regexp.")) {
+		if re, ok := strings.CutPrefix(name, "re."); ok || strings.HasPrefix(name, "http.regexp.") {
+			if !ok {
+				re = strings.TrimPrefix(name, "http.regexp.")
+			}
+			rx := "" // {re.1}: an unnamed regexp's, which any may be
+			if i := strings.LastIndexByte(re, '.'); i >= 0 {
+				rx = re[:i]
+			}
+			if client[rx] {
+				return false
+			}
 			continue
 		}
 		if !slices.ContainsFunc(pathPlaceholders, func(ph string) bool {
@@ -957,25 +998,63 @@ func fromPathOnly(target string, captures bool) bool {
 	}
 }
 
-// capturesFromPath reports whether the site's regexp matchers all match
-// the path (path_regexp), so that a {re.…} capture holds part of the
-// path; a header_regexp's or vars_regexp's may hold anything.
-func (c placement) capturesFromPath() bool {
-	var walk func(b *placedBlock) bool
-	walk = func(b *placedBlock) bool {
+// clientCaptures are the names of the regexps whose captures hold
+// what a client sends other than the path: those of header_regexp and
+// vars_regexp matchers, in the site's named matchers (a matcher's own
+// name for an unnamed one) and in the named routes it may invoke. Their
+// captures ({re.t.1}) may hold anything; a path_regexp's hold part of
+// the path.
+func (c placement) clientCaptures() map[string]bool {
+	client := map[string]bool{}
+	var walk func(b *placedBlock)
+	walk = func(b *placedBlock) {
 		for _, d := range b.dirs {
-			if slices.ContainsFunc(append([]string{d.name}, d.args...), func(t string) bool {
-				return strings.Contains(t, "header_regexp") || strings.Contains(t, "vars_regexp")
-			}) {
-				return false
+			if strings.HasPrefix(d.name, "@") {
+				lines := [][]string{d.args}
+				if d.block != nil {
+					lines = nil
+					for _, e := range d.block.dirs {
+						lines = append(lines, append([]string{e.name}, e.args...))
+					}
+				}
+				for _, l := range lines {
+					if len(l) > 0 && (l[0] == "header_regexp" || l[0] == "vars_regexp") {
+						name := strings.TrimPrefix(d.name, "@")
+						if len(l) > 3 {
+							name = l[1]
+						}
+						client[name], client[""] = true, true
+					}
+				}
 			}
-			if d.block != nil && !walk(d.block) {
-				return false
+			if d.block != nil {
+				walk(d.block)
 			}
 		}
-		return true
 	}
-	return c.site != nil && walk(c.site)
+	if c.site != nil {
+		walk(c.site)
+	}
+	var walkJSON func(v any, under bool)
+	walkJSON = func(v any, under bool) {
+		switch v := v.(type) {
+		case []any:
+			for _, e := range v {
+				walkJSON(e, under)
+			}
+		case map[string]any:
+			for k, e := range v {
+				if n, ok := e.(string); ok && k == "name" && under {
+					client[n], client[""] = true, true
+				}
+				walkJSON(e, under || k == "header_regexp" || k == "vars_regexp")
+			}
+		}
+	}
+	for _, r := range c.named {
+		walkJSON(r.handlers, false)
+	}
+	return client
 }
 
 // keepsPath reports whether a rewrite target starts with the request's
@@ -1331,17 +1410,22 @@ func (c placement) openerPaths(d placedDirective) ([]string, matchKind) {
 }
 
 // checkMethodMatchers refuses a gate (at the end of p) picked by a
-// method matcher, its own or a block's on the way, that leaves out POST:
-// most web frameworks (Rails, Laravel, Symfony, Express) serve a POST
-// with _method=DELETE in its form or query, or an X-HTTP-Method-Override
+// method matcher, its own or a block's on the way, that may leave out
+// POST, unless a POST there meets a gate that asks for as much: most web
+// frameworks (Rails, Laravel, Symfony, Express) serve a POST with
+// _method=DELETE in its form or query, or an X-HTTP-Method-Override
 // header, as a DELETE, so the app would serve such a POST as a method
-// the gate is for, without it. The form field cannot be stripped.
+// the gate is for, without it. The form field cannot be stripped. And
+// it refuses Caddy's method directive after such a gate, which changes
+// the method the gate saw.
 func (c placement) checkMethodMatchers(p place) error {
 	end := p[len(p)-1]
-	if gateReqs(end.block.dirs[end.at]).optional {
+	self := &end.block.dirs[end.at]
+	if gateReqs(*self).optional {
 		return nil // it lets anyone in
 	}
-	for _, s := range p {
+	picked := false
+	for k, s := range p {
 		d := s.block.dirs[s.at]
 		name := d.readBack
 		if name == "" && d.matcher && len(d.args) > 0 {
@@ -1350,50 +1434,113 @@ func (c placement) checkMethodMatchers(p place) error {
 		if !strings.HasPrefix(name, "@") {
 			continue
 		}
-		def, lines, ok := c.namedMatcherLines(name)
+		def, lines, ok := c.matcherOn(p[:k+1], name)
 		if !ok {
 			continue
 		}
-		for _, l := range lines {
-			text := strings.ToUpper(strings.Join(l, " "))
-			expr := l[0] == "expression" || len(l) == 1 && strings.ContainsAny(l[0], "('=")
-			if (l[0] == "method" || expr && strings.Contains(text, "METHOD")) && !strings.Contains(text, "POST") {
-				methods, example := strings.Join(l[1:], " "), "DELETE"
-				if expr {
-					methods = "an expression"
-				} else if len(l) > 1 {
-					example = strings.ToUpper(l[1])
-				}
-				return c.h.Errf("sigra_gate: the matcher %s (%s) picks requests by method (%s) and leaves out POST, while most web frameworks serve a POST with _method=%s in its form or query, or an X-HTTP-Method-Override header, as that method: such a request reaches the app without this gate's requirements. "+
-					"Add POST to the method matcher, or pick the gate's requests by path", name, c.pos(def), methods, example)
+		listed, picks, post, known := methodsOf(lines)
+		if !picks {
+			continue // not picked by method
+		}
+		picked = true
+		// A POST does not enter the block d opens: what decides for it
+		// is in the blocks up to d's.
+		if post || c.passesAlready(p[:k+1], []string{""}, self) {
+			continue
+		}
+		if !known {
+			return c.h.Errf("sigra_gate: the matcher %s (%s) looks at the method in a way that cannot be read (an expression, a header) to tell whether it takes POST, while most web frameworks serve a POST with _method=DELETE in its form or query, or an X-HTTP-Method-Override header, as a DELETE: such a request may reach the app without this gate's requirements. "+
+				"Write it as a method matcher that takes POST (method POST PUT PATCH DELETE, or not method GET HEAD), pick the gate's requests by path, or gate every POST there with as much", name, c.pos(def))
+		}
+		example := "DELETE"
+		if f := strings.Fields(listed); len(f) > 0 && f[0] != "NOT" {
+			example = f[0]
+		}
+		return c.h.Errf("sigra_gate: the matcher %s (%s) picks requests by method (%s) and leaves out POST, while most web frameworks serve a POST with _method=%s in its form or query, or an X-HTTP-Method-Override header, as that method: such a request reaches the app without this gate's requirements. "+
+			"Add POST to the method matcher, pick the gate's requests by path, or gate every POST there with as much", name, c.pos(def), listed, example)
+	}
+	if picked {
+		for _, a := range c.after(p) {
+			if a.d.name == "method" {
+				return c.h.Errf("sigra_gate: it picks requests by method, and the method directive on %s changes the method after it: the app serves the request as a method this gate did not see. "+
+					"Change the method before the gates (in a route block, before sigra_gate), or pick the gate's requests by path", c.pos(a.d))
 			}
 		}
 	}
 	return nil
 }
 
-// namedMatcherLines reads the definition of the named matcher name at
-// the site's top level: the directive defining it, and its lines (one,
-// written inline, or those of its block).
-func (c placement) namedMatcherLines(name string) (placedDirective, [][]string, bool) {
-	if c.site == nil {
-		return placedDirective{}, nil, false
+// methodsOf reads what a named matcher's lines ask of the method:
+// picks, whether any line looks at it; post, whether a POST may pass;
+// known false when a line looks at it in a way that cannot be read (an
+// expression, a header), post then false. Its method lines (and a vars
+// {method}) list the methods it takes, one list however many lines; a
+// not method line those it does not (listed after "not").
+func methodsOf(lines [][]string) (listed string, picks, post, known bool) {
+	var in, out []string
+	for _, l := range lines {
+		switch {
+		case l[0] == "method":
+			in = append(in, l[1:]...)
+		case l[0] == "vars" && len(l) > 2 && (l[1] == "{method}" || l[1] == "{http.request.method}"):
+			in = append(in, l[2:]...)
+		case l[0] == "not" && len(l) > 2 && l[1] == "method":
+			out = append(out, l[2:]...)
+		case strings.Contains(strings.ToLower(strings.Join(l, " ")), "method"):
+			return "", true, false, false
+		}
 	}
-	for _, d := range c.site.dirs {
-		if d.name != name { // Caddy's matcher names are case-sensitive
+	isPost := func(m string) bool { return strings.EqualFold(m, "POST") }
+	post = (len(in) == 0 || slices.ContainsFunc(in, isPost)) && !slices.ContainsFunc(out, isPost)
+	listed = strings.ToUpper(strings.Join(in, " "))
+	if len(out) > 0 {
+		listed = strings.TrimSpace(listed + " not " + strings.ToUpper(strings.Join(out, " ")))
+	}
+	return listed, len(in)+len(out) > 0, post, true
+}
+
+// matcherOn reads the definition of the named matcher name as the
+// directive at the end of p sees it: written in its own block, or in
+// one around it, out to the site's top level (or a named route's). It
+// returns the directive defining it, and its lines (one, written inline,
+// or those of its block; a not block's lines each start with not).
+func (c placement) matcherOn(p place, name string) (placedDirective, [][]string, bool) {
+	blocks := []*placedBlock{c.site}
+	for _, s := range p {
+		blocks = append(blocks, s.block)
+	}
+	for i := len(blocks) - 1; i >= 0; i-- {
+		if blocks[i] == nil {
 			continue
 		}
-		var lines [][]string
-		if d.block != nil {
-			for _, e := range d.block.dirs {
-				lines = append(lines, append([]string{e.name}, e.args...))
+		for _, d := range blocks[i].dirs {
+			if d.name != name { // Caddy's matcher names are case-sensitive
+				continue
 			}
-		} else if len(d.args) > 0 {
-			lines = append(lines, d.args)
+			var lines [][]string
+			if d.block != nil {
+				for _, e := range d.block.dirs {
+					if e.name == "not" && e.block != nil {
+						for _, f := range e.block.dirs {
+							lines = append(lines, append([]string{"not", f.name}, f.args...))
+						}
+						continue
+					}
+					lines = append(lines, append([]string{e.name}, e.args...))
+				}
+			} else if len(d.args) > 0 {
+				lines = append(lines, d.args)
+			}
+			return d, lines, true
 		}
-		return d, lines, true
 	}
 	return placedDirective{}, nil, false
+}
+
+// namedMatcherLines reads the definition of the named matcher name at
+// the site's top level (matcherOn).
+func (c placement) namedMatcherLines(name string) (placedDirective, [][]string, bool) {
+	return c.matcherOn(nil, name)
 }
 
 // namedMatcherPaths reads the definition of the named matcher name at
