@@ -141,7 +141,7 @@ func (q *preq) mfaSubmit() error {
 		if !att.Allowed() {
 			failed.meta["reason"] = "locked" // refused unchecked
 		}
-		if q.refusalDue(att) {
+		if q.refusalDue(att, failed.action) {
 			evs = append(evs, failed)
 		}
 		if err := q.audit(evs...); err != nil {
@@ -501,12 +501,13 @@ func (q *preq) recoveryRegenerate() error {
 // the address as a wrong one does, so its rows are as bounded, and it
 // must take a wrong password's time, commit included); for one refused
 // unchecked (a ban of the address or of codes, or a quota in flight),
-// once a minute per refusing account or address. Those cost the sender
-// nothing (it need not even wait for the answer), so a row for each
-// would let anyone grow the store as fast as they can send;
+// once a minute per refusing account or address and action (a refused
+// sign-in's row does not stand for a refused code's). Those cost the
+// sender nothing (it need not even wait for the answer), so a row for
+// each would let anyone grow the store as fast as they can send;
 // sigra_logins_total{result="locked"} still counts every one.
-func (q *preq) refusalDue(att *authcore.Attempt) bool {
-	return att.Checked() || q.rt.denied.due(deniedKey{user: att.RefusedBy(), reason: "refused"}, q.rt.auth.Now())
+func (q *preq) refusalDue(att *authcore.Attempt, action string) bool {
+	return att.Checked() || q.rt.denied.due(deniedKey{user: att.RefusedBy(), reason: "refused " + action}, q.rt.auth.Now())
 }
 
 // lockoutEvents is the auth.lockout row of a failure that started a ban

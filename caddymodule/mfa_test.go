@@ -811,9 +811,20 @@ func TestMFARefusedByTheAddressSaysSo(t *testing.T) {
 	e.login("ned@example.com", testPassword, "/")
 	_, page := e.get("/.sigra/mfa", nil)
 	e.failSignIns(3)
+	// A sign-in refused by the ban has its row (one a minute): the code
+	// refused in the same minute has its own.
+	other := *e
+	other.client = &http.Client{CheckRedirect: e.client.CheckRedirect}
+	other.client.Jar, _ = newJar()
+	if r := other.login("ned@example.com", "guess", "/"); r.StatusCode != http.StatusUnauthorized && r.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("a sign-in from the banned address: status %d", r.StatusCode)
+	}
 	r, body := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
 	if r.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "Too many failed attempts from your network") {
 		t.Errorf("a code from a banned address: status %d; want 429 saying the network is held back\n%s", r.StatusCode, body)
+	}
+	if rows := e.auditRows("mfa.challenge.failure"); len(rows) != 1 || rows[0].Metadata["reason"] != "locked" {
+		t.Errorf("mfa.challenge.failure rows %+v; want one, reason locked, beside the sign-in's refusal row", rows)
 	}
 }
 

@@ -569,7 +569,7 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		if reauthOf != nil {
 			meta["step"], meta["session"] = "reauth", reauthOf.SessionID
 		}
-		if q.refusalDue(att) {
+		if q.refusalDue(att, "auth.login.failure") {
 			evs = append(evs, event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta})
 		}
 		if err := q.audit(evs...); err != nil {
