@@ -132,7 +132,7 @@ func disjointPaths(ps, qs []string) bool {
 // would decide alone and the other's requirements would never apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	pattern, onePrefix := gatePrefix(matcherSet) // "" unless one path prefix
-	if err := checkPlacement(h, "sigra_gate", append(gatePaths(matcherSet), globPaths(matcherSet)...)...); err != nil {
+	if err := checkPlacement(h, "sigra_gate", slices.Concat(gatePaths(matcherSet), globPaths(matcherSet), scopePaths(matcherSet))...); err != nil {
 		return err
 	}
 	sib, err := gateBlockOf(h)
@@ -194,6 +194,31 @@ func globPaths(matcherSet caddy.ModuleMap) []string {
 		return nil
 	}
 	return slices.DeleteFunc(paths, func(p string) bool { return !strings.HasPrefix(p, "/") })
+}
+
+// scopePaths are, for a gate whose matcher set has more than path
+// matchers (a path and a method, not path), the path patterns it
+// confines the gate to (scopeOfLines), read from the set's JSON.
+func scopePaths(matcherSet caddy.ModuleMap) []string {
+	if len(matcherSet) == 0 || gatePaths(matcherSet) != nil || globPaths(matcherSet) != nil {
+		return nil
+	}
+	var lines [][]string
+	for name, raw := range matcherSet {
+		switch name {
+		case "path":
+			var paths []string
+			if json.Unmarshal(raw, &paths) != nil {
+				return []string{unreadablePaths}
+			}
+			lines = append(lines, append([]string{name}, paths...))
+		case "not", "expression":
+			lines = append(lines, []string{name, strings.ToLower(string(raw))})
+		default:
+			lines = append(lines, []string{name})
+		}
+	}
+	return scopeOfLines(lines)
 }
 
 // gatePaths are the paths of a matcher set that is path matchers only,

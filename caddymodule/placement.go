@@ -121,9 +121,20 @@ func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) 
 			continue
 		}
 		if dir == "sigra_gate" && len(patterns) == 0 {
-			// A bare gate in a block for path prefixes guards those.
-			if paths, kind := c.matchedPaths(p[len(p)-1].block.matched); kind == matchPaths {
+			// A bare gate in a block for path prefixes guards those; in
+			// one whose matcher has more than paths, what its paths are.
+			switch paths, kind := c.matchedPaths(p[len(p)-1].block.matched); kind {
+			case matchPaths:
 				patterns = paths
+			case matchOther:
+				at := p[len(p)-1].block.matchedAt
+				name := at.readBack
+				if name == "" && len(at.args) > 0 {
+					name = at.args[0]
+				}
+				if _, lines, ok := c.matcherOn(p, name); ok && strings.HasPrefix(name, "@") {
+					patterns = scopeOfLines(lines)
+				}
 			}
 		}
 		for _, pattern := range patterns {
@@ -276,6 +287,12 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 				// /index.php made /index.php/: a file, which try_files
 				// takes as it is
 				return true
+			}
+			if after := strings.ToLower(path[strings.IndexByte(path, '}')+1:]); keepsPath(path) && !strings.HasSuffix(pattern, "*") &&
+				after != "" && !strings.ContainsAny(after, "{?$") {
+				// {path}.html: the path asked for and a suffix, which
+				// makes /report.html of /report
+				return len(pre) > len(after) && strings.HasSuffix(pre, after)
 			}
 			return strings.HasPrefix(lit, pre) || len(lit) > 1 && strings.HasPrefix(pre, lit)
 		}
@@ -444,6 +461,10 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 					// {path}/… only: /admin, which /admin/* leaves out, is
 					// the one path it sends in
 					sources = []string{strings.TrimSuffix(pre, "/")}
+				} else if after := strings.ToLower(into[strings.IndexByte(into, '}')+1:]); keepsPath(into) && !strings.HasSuffix(pattern, "*") && strings.HasSuffix(pre, after) &&
+					!slices.ContainsFunc(d.args, func(f string) bool { return under(f) && !keepsPath(f) }) {
+					// {path}.html only: /report, for the gate on /report.html
+					sources = []string{strings.TrimSuffix(pre, after)}
 				}
 			}
 		case d.name == "uri" && slices.Contains(d.args, "strip_suffix"):
@@ -532,6 +553,43 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	return nil
 }
 
+// unreadablePaths stands, among a gate's path patterns, for paths its
+// matcher picks in a way that cannot be read (a path_regexp, a not
+// path, an expression): checked as a glob is (checkGlobMoves).
+const unreadablePaths = "/?*"
+
+// scopeOfLines are the path patterns that a named matcher's lines (a
+// gate's, or its block's) confine it to: those of its path lines, when
+// the rest (a method, a client address) only narrow which requests of
+// those paths it takes; unreadablePaths when a path_regexp, a not with
+// a path, or an expression that may look at the path picks them; none
+// when nothing in it looks at the path (a method alone: every path
+// alike, as for a gate without a matcher).
+func scopeOfLines(lines [][]string) []string {
+	var paths []string
+	for _, l := range lines {
+		text := strings.ToLower(strings.Join(l, " "))
+		switch {
+		case l[0] == "path":
+			for _, m := range l[1:] {
+				if !strings.HasPrefix(m, "/") || strings.Contains(m, "{") {
+					return []string{unreadablePaths}
+				}
+				paths = append(paths, strings.ToLower(m))
+			}
+		case l[0] == "path_regexp", (l[0] == "not" || !slices.Contains(caddyMatchers, l[0])) && strings.Contains(text, "path"):
+			return []string{unreadablePaths}
+		}
+	}
+	return paths
+}
+
+// caddyMatchers are Caddy's standard request matchers, as a named
+// matcher's lines start; a line that starts otherwise is an expression
+// (the backquoted shorthand), as is one that starts with expression.
+var caddyMatchers = []string{"client_ip", "file", "header", "header_regexp", "host", "method", "path",
+	"path_regexp", "protocol", "query", "remote_ip", "vars", "vars_regexp"}
+
 // checkGlobMoves refuses a gate on a path glob (/reports/*.pdf, at the
 // end of p) when anything after it may change the path (movesPath):
 // which paths a rewrite or a strip sends into a glob cannot be told as
@@ -549,10 +607,15 @@ func (c placement) checkGlobMoves(p place, pattern string) error {
 		if a.root != nil && a.root.block != nil && isHandle(a.root.name) && c.takesAll(*a.root) && !c.sameUpstream(c.upstreamsIn(a.root.block), guarded) {
 			continue
 		}
-		if c.movesPath(a.d) {
-			return c.h.Errf("sigra_gate: it is on the path pattern %s, and %s on %s may change the path after this gate has looked at it: which paths that sends into a pattern with a wildcard inside cannot be told, so a request may reach the app there without this gate's requirements. "+
-				"Gate a path prefix (%s*) instead, or put the gate in a handle block for its paths, which sees the path changed", pattern, a.d.name, c.pos(a.d), lit)
+		if !c.movesPath(a.d) {
+			continue
 		}
+		if pattern == unreadablePaths {
+			return c.h.Errf("sigra_gate: its matcher picks paths in a way that cannot be read (a path_regexp, a not path, an expression), and %s on %s may change the path after this gate has looked at it: whether that sends requests into this gate's paths cannot be told, so a request may reach the app there without this gate's requirements. "+
+				"Pick the gate's paths with path matchers, or put the gate in a handle block for its paths, which sees the path changed", a.d.name, c.pos(a.d))
+		}
+		return c.h.Errf("sigra_gate: it is on the path pattern %s, and %s on %s may change the path after this gate has looked at it: which paths that sends into a pattern with a wildcard inside cannot be told, so a request may reach the app there without this gate's requirements. "+
+			"Gate a path prefix (%s*) instead, or put the gate in a handle block for its paths, which sees the path changed", pattern, a.d.name, c.pos(a.d), lit)
 	}
 	return nil
 }
@@ -1025,6 +1088,7 @@ func (c placement) clientCaptures() map[string]bool {
 						}
 						client[name], client[""] = true, true
 					}
+					celCaptures(client, strings.Join(l, " "), strings.TrimPrefix(d.name, "@"))
 				}
 			}
 			if d.block != nil {
@@ -1047,6 +1111,9 @@ func (c placement) clientCaptures() map[string]bool {
 				if n, ok := e.(string); ok && k == "name" && under {
 					client[n], client[""] = true, true
 				}
+				if x, ok := e.(string); ok && k == "expression" {
+					celCaptures(client, x, "")
+				}
 				walkJSON(e, under || k == "header_regexp" || k == "vars_regexp")
 			}
 		}
@@ -1055,6 +1122,23 @@ func (c placement) clientCaptures() map[string]bool {
 		walkJSON(r.handlers, false)
 	}
 	return client
+}
+
+// celRegexps are the CEL functions of Caddy's expression matcher that
+// match client data other than the path with a regexp, and their
+// arguments.
+var celRegexps = regexp.MustCompile(`(?:header|vars)_regexp\(([^)]*)\)`)
+
+// celCaptures marks in client the regexps that an expression's
+// header_regexp() or vars_regexp() calls name: any quoted argument may
+// be the name, and an unnamed one takes the matcher's (matcher).
+func celCaptures(client map[string]bool, expr, matcher string) {
+	for _, m := range celRegexps.FindAllStringSubmatch(expr, -1) {
+		client[matcher], client[""] = true, true
+		for arg := range strings.SplitSeq(m[1], ",") {
+			client[strings.Trim(strings.TrimSpace(arg), `'"`+"`")] = true
+		}
+	}
 }
 
 // keepsPath reports whether a rewrite target starts with the request's
@@ -1453,7 +1537,7 @@ func (c placement) checkMethodMatchers(p place) error {
 				"Write it as a method matcher that takes POST (method POST PUT PATCH DELETE, or not method GET HEAD), pick the gate's requests by path, or gate every POST there with as much", name, c.pos(def))
 		}
 		example := "DELETE"
-		if f := strings.Fields(listed); len(f) > 0 && f[0] != "NOT" {
+		if f := strings.Fields(listed); len(f) > 0 && !strings.EqualFold(f[0], "not") {
 			example = f[0]
 		}
 		return c.h.Errf("sigra_gate: the matcher %s (%s) picks requests by method (%s) and leaves out POST, while most web frameworks serve a POST with _method=%s in its form or query, or an X-HTTP-Method-Override header, as that method: such a request reaches the app without this gate's requirements. "+
