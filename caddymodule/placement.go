@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -144,6 +145,9 @@ func checkPlacement(h httpcaddyfile.Helper, dir string, gatePatterns ...string) 
 			}
 			if err := check(p, pattern); err != nil {
 				return err
+			}
+			if warning := c.phpSplit(p, pattern); warning != "" {
+				placementWarning(warning)
 			}
 		}
 	}
@@ -551,6 +555,83 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			"Gate the paths clients ask for as well, with the same requirements, or put the gate in a handle block for its path, which sees the path rewritten", what, at, cmp.Or(into, `"" (cutting the path)`), anywhere)
 	}
 	return nil
+}
+
+// placementWarning logs what the placement checks warn of (a variable
+// for tests).
+var placementWarning = func(msg string) { caddy.Log().Named("caddyfile").Warn(msg) }
+
+// phpSplit is a warning for a gate on pattern (at the end of p) in a
+// PHP site, unless the same path behind the front controller's name
+// (/index.php/admin…) meets a gate that asks for as much, or the site
+// refuses such paths (respond, error or abort on /index.php/*):
+// php_fastcgi splits the path at .php and hands the app the rest as
+// PATH_INFO, and Laravel and Symfony route /index.php/admin/users as
+// /admin/users, which no /admin* gate matched. A warning, not a
+// refusal: WordPress and other apps that serve their admin pages as
+// files of their own route nothing so, and some use such paths for
+// their pages. A gate on a script (/admin.php) is no route of the front
+// controller's.
+func (c placement) phpSplit(p place, pattern string) string {
+	end := p[len(p)-1]
+	self := &end.block.dirs[end.at]
+	if gateReqs(*self).optional || !strings.HasPrefix(pattern, "/") || strings.Contains(strings.ToLower(pattern), ".php") {
+		return ""
+	}
+	index := ""
+	var walk func(b *placedBlock)
+	walk = func(b *placedBlock) {
+		for _, d := range b.dirs {
+			if d.name == "php_fastcgi" && index == "" {
+				index = "index.php"
+				if d.block != nil {
+					if i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "index" && len(e.args) == 1 }); i >= 0 {
+						index = d.block.dirs[i].args[0]
+					}
+				}
+			}
+			if d.block != nil && d.name != "handle_errors" {
+				walk(d.block)
+			}
+		}
+	}
+	walk(c.site)
+	if index == "" || index == "off" {
+		return ""
+	}
+	split := "/" + strings.ToLower(index)
+	if c.passesAlready(p, []string{split + pattern}, self) {
+		return ""
+	}
+	// Refused outright: respond /index.php/* 404, or one in a handle on it.
+	refuses := false
+	var look func(b *placedBlock, matched []string)
+	look = func(b *placedBlock, matched []string) {
+		for _, d := range b.dirs {
+			paths := matched
+			if d.matcher && len(d.args) > 0 {
+				paths = c.fromPaths(cmp.Or(d.readBack, d.args[0]))
+			} else if d.readBack != "" {
+				paths = c.fromPaths(d.readBack)
+			}
+			if (d.name == "respond" || d.name == "error" || d.name == "abort") && slices.ContainsFunc(paths, func(m string) bool {
+				m = strings.ToLower(m)
+				return m == split+"/*" || m == split+"*"
+			}) {
+				refuses = true
+			}
+			if d.block != nil && (d.name == "handle" || d.name == "route") {
+				look(d.block, paths)
+			}
+		}
+	}
+	look(c.site, nil)
+	if refuses {
+		return ""
+	}
+	shown := strings.TrimSuffix(pattern, "*") + "…"
+	return fmt.Sprintf("sigra_gate %s on %s: this is a PHP site (php_fastcgi, front controller %s), which splits the path at .php and hands the app the rest: Laravel and Symfony route %s%s as %s, which this gate does not see. "+
+		"If your app routes so, gate %s%s as well, with the same requirements, or refuse such paths (respond %s/* 404)", pattern, c.pos(*self), index, split, shown, shown, split, pattern, split)
 }
 
 // unreadablePaths stands, among a gate's path patterns, for paths its

@@ -802,3 +802,34 @@ func TestPlacementNamedRouteChain(t *testing.T) {
 		t.Fatal("adapting a chain of 22 named routes did not finish in 30 s")
 	}
 }
+
+// A PHP site's path gate is warned of, not refused: Laravel and Symfony
+// route /index.php/admin/… as /admin/…, past it, while WordPress serves
+// its admin pages as files and routes nothing so.
+func TestPlacementWarnsOfThePHPSplit(t *testing.T) {
+	var warned []string
+	defer func(f func(string)) { placementWarning = f }(placementWarning)
+	placementWarning = func(msg string) { warned = append(warned, msg) }
+	const site = "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n%s\troot * /srv\n\tphp_fastcgi 127.0.0.1:9000\n}\n"
+	for _, c := range []struct {
+		name, more string
+		warns      bool
+	}{
+		{"a path gate alone", "", true},
+		{"the split path gated alike", "\tsigra_gate /index.php/admin* {\n\t\tgroup admins\n\t}\n", false},
+		{"the split path refused", "\trespond /index.php/* 404\n", false},
+		{"the split path gated with less", "\tsigra_gate /index.php/admin*\n", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			warned = nil
+			src := fmt.Sprintf(site, c.more)
+			checkAdapted(t, src, adaptCaddyfile(src))
+			if got := len(warned) > 0; got != c.warns {
+				t.Fatalf("warnings %q; want some: %t", warned, c.warns)
+			}
+			if c.warns && !strings.Contains(warned[0], "sigra_gate /admin* on line 3: this is a PHP site (php_fastcgi, front controller index.php)") {
+				t.Errorf("warning %q; want it to name the gate, its line and the front controller", warned[0])
+			}
+		})
+	}
+}
