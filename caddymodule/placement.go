@@ -328,9 +328,10 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if i := slices.Index(d.args, "strip_prefix"); i >= 0 && i+1 < len(d.args) {
 				strip = d.args[i+1]
 			}
-		case d.name == "handle_path" && d.block != nil && slices.ContainsFunc(servers, func(n string) bool { return len(c.holding(d.block, n)) > 0 }):
+		case d.name == "handle_path" && c.stripsForApp(d):
 			// handle_path /app/* strips /app before what it holds, which
-			// sends the request on to an upstream
+			// sends the request on to an upstream, or before what follows
+			// it, when what it holds does not answer every request
 			if paths, kind := c.openerPaths(d); kind == matchPaths && len(paths) == 1 {
 				strip = strings.TrimSuffix(paths[0], "*")
 			}
@@ -721,6 +722,14 @@ func (c placement) after(p place) []placedIn {
 	return after
 }
 
+// stripsForApp reports whether the handle_path d strips its prefix from
+// requests that then reach an app: one it holds a server for, or, when
+// what it holds may not answer (a request_header alone), the site's
+// directives after it.
+func (c placement) stripsForApp(d placedDirective) bool {
+	return d.block != nil && (slices.ContainsFunc(servers, func(n string) bool { return len(c.holding(d.block, n)) > 0 }) || !c.blockKeeps(d.block))
+}
+
 // movesPath reports whether d may change a request's path: a rewrite, a
 // uri strip, replace or path_regexp, a try_files, a handle_path that
 // proxies, a proxy's own rewrite or try_files, an invoke of a named route
@@ -734,7 +743,7 @@ func (c placement) movesPath(d placedDirective) bool {
 			return a == "strip_prefix" || a == "strip_suffix" || a == "replace" || a == "path_regexp"
 		})
 	case "handle_path":
-		return d.block != nil && slices.ContainsFunc(servers, func(n string) bool { return len(c.holding(d.block, n)) > 0 })
+		return c.stripsForApp(d)
 	case "reverse_proxy", "php_fastcgi":
 		return d.block != nil && slices.ContainsFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "rewrite" || e.name == "try_files" })
 	case "invoke":

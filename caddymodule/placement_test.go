@@ -571,7 +571,7 @@ func TestAdaptPlacement(t *testing.T) {
 		{"a handle that rewrites and answers nothing, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle /x/* {\n\t\trewrite * /admin{uri}\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			"rewrite on line 7 sends requests to /admin{http.request.uri}"},
 		{"a handle_path that rewrites old URLs and answers nothing, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /old-admin/* {\n\t\trewrite * /admin{path}\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
-			"rewrite on line 7 sends requests to /admin{http.request.uri.path}"},
+			"handle_path on line 6 strips /old-admin after this gate"},
 		{"a rewrite into a more specific handle than the one covering the gate, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /api/* {\n\t\tgroup users\n\t}\n\thandle /api/v2/* {\n\t\treverse_proxy 127.0.0.1:8081\n\t}\n\thandle /api/* {\n\t\treverse_proxy 127.0.0.1:8080\n\t}\n\thandle /legacy/* {\n\t\trewrite * /api/v2{uri}\n\t\treverse_proxy 127.0.0.1:8081\n\t}\n}\n",
 			"rewrite on line 13 sends requests to /api/v2{http.request.uri}"},
 		{"an exact handle beside a gate in a handle_path, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate /admin* {\n\t\t\tgroup admins\n\t\t}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\thandle /admin {\n\t\trespond 404\n\t}\n\thandle {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n",
@@ -665,6 +665,9 @@ func TestAdaptPlacement(t *testing.T) {
 			"sends requests to /files/{http.regexp.m.1}"},
 		{"a not method block, named in the refusal by what it takes, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\t@del {\n\t\tnot {\n\t\t\tmethod GET HEAD POST\n\t\t}\n\t}\n\tsigra_gate @del {\n\t\tgroup admins\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			"with _method=DELETE"},
+		{"a handle_path that answers nothing, the site's proxy after it, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /app/* {\n\t\trequest_header X-Forwarded-Prefix /app\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"handle_path on line 6 strips /app after this gate, which sees /app/admin… where the app will see /admin…"},
+		{"a handle_path that answers all with another app, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /old/* {\n\t\trespond 410\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
 		// A matcher from a placeholder is a matcher, whatever it holds.
 		{"handle with an env matcher, gate ordered after it, from a file", "{\n\torder sigra_gate after handle\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\thandle {$SIGRA_TEST_UNSET:/api/*} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
 		// Caddy leaves the last token twice where it took a matcher out;
