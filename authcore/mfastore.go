@@ -139,6 +139,11 @@ type RegulationState struct {
 	// Attempts are the times of counted attempts within the find time,
 	// oldest first: failures, and attempts still being checked.
 	Attempts []time.Time `json:"attempts,omitempty"`
+	// InFlight are those of Attempts still being checked: they count
+	// against a new attempt's quota (parallel guessing gets no more tries
+	// than serial), but a failure bans only once the failures alone,
+	// without them, reach the limit (what is under way may yet pass).
+	InFlight []time.Time `json:"in_flight,omitempty"`
 	// BannedUntil is when the current ban ends; zero if never banned.
 	BannedUntil time.Time `json:"banned_until,omitzero"`
 	// Expires is when the state means nothing any more and may be pruned.

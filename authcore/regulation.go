@@ -264,6 +264,7 @@ func (r *Regulator) Begin(ctx context.Context, account, ip string) (*Attempt, er
 			// hashing slots from everyone else.
 			if a.allowed || (a.addrOnly && i == 1) {
 				st.Attempts = append(st.Attempts, a.at)
+				st.InFlight = append(st.InFlight, a.at)
 			}
 			r.stamp(st)
 		}
@@ -364,9 +365,10 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 		for i, st := range states {
 			k := skip + i
 			r.settle(st, now)
+			landed(st, a.at)
 			banned := now.Before(st.BannedUntil)
-			if !banned && len(st.Attempts) >= a.limits[k] {
-				st.BannedUntil, st.Attempts = now.Add(r.cfg.BanTime), nil
+			if !banned && st.failures() >= a.limits[k] {
+				st.BannedUntil, st.Attempts, st.InFlight = now.Add(r.cfg.BanTime), nil, nil
 				res.Until, banned = st.BannedUntil, true
 				if k == 0 {
 					res.AccountLocked = true
@@ -378,7 +380,7 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 			if k == len(a.keys)-1 { // the address if known: it sets the delay
 				res.Delay = MaxFailureDelay
 				if !banned {
-					res.Delay = r.Delay(len(st.Attempts) * r.cfg.MaxRetries / a.limits[k])
+					res.Delay = r.Delay(st.failures() * r.cfg.MaxRetries / a.limits[k])
 				}
 			}
 		}
@@ -413,11 +415,12 @@ func (a *Attempt) Succeed(ctx context.Context, proven bool) error {
 	err := r.st.UpdateRegulation(ctx, a.keys, func(states []*RegulationState) error {
 		for i, st := range states {
 			r.settle(st, now)
+			landed(st, a.at)
 			if j := slices.IndexFunc(st.Attempts, a.at.Equal); j >= 0 {
 				st.Attempts = slices.Delete(st.Attempts, j, j+1)
 			}
 			if i == 0 && proven {
-				st.Attempts = nil
+				st.Attempts, st.InFlight = nil, nil
 			}
 			r.stamp(st)
 		}
@@ -427,6 +430,44 @@ func (a *Attempt) Succeed(ctx context.Context, proven bool) error {
 		return fmt.Errorf("regulation: %w", err)
 	}
 	return nil
+}
+
+// Busy reports an attempt the account refused only because its quota of
+// attempts was under way, not for a ban: its password is still checked
+// and counts for the address (see Begin), and a right one is Excused.
+func (a *Attempt) Busy() bool { return a.addrOnly && a.until.IsZero() }
+
+// Excuse records that a Busy attempt's password was right after all:
+// it is answered as a wrong one (the account's state must not show),
+// but it is no failure of the address, which it counted for while in
+// flight. Otherwise, or done already, it is Fail. The delay is the
+// address's, as for a failure.
+func (a *Attempt) Excuse(ctx context.Context) (FailResult, error) {
+	if !a.Busy() || a.done {
+		return a.Fail(ctx)
+	}
+	a.done = true
+	r := a.r
+	now := r.clk.Now().UTC()
+	res := FailResult{Delay: MaxFailureDelay}
+	err := r.st.UpdateRegulation(ctx, a.keys[1:], func(states []*RegulationState) error {
+		st := states[0]
+		r.settle(st, now)
+		landed(st, a.at)
+		if j := slices.IndexFunc(st.Attempts, a.at.Equal); j >= 0 {
+			st.Attempts = slices.Delete(st.Attempts, j, j+1)
+		}
+		r.stamp(st)
+		res.Delay = MaxFailureDelay
+		if !now.Before(st.BannedUntil) {
+			res.Delay = r.Delay(st.failures() * r.cfg.MaxRetries / a.limits[1])
+		}
+		return nil
+	})
+	if err != nil {
+		return FailResult{Delay: MaxFailureDelay}, fmt.Errorf("regulation: %w", err)
+	}
+	return res, nil
 }
 
 // Abandon records that the attempt checked nothing that could have
@@ -442,6 +483,7 @@ func (a *Attempt) Abandon(ctx context.Context) error {
 		a.done = true
 		err := a.r.st.UpdateRegulation(ctx, a.keys[1:], func(states []*RegulationState) error {
 			st := states[0]
+			landed(st, a.at)
 			if j := slices.IndexFunc(st.Attempts, a.at.Equal); j >= 0 {
 				st.Attempts = slices.Delete(st.Attempts, j, j+1)
 			}
@@ -619,14 +661,33 @@ func (r *Regulator) Prune(ctx context.Context) (int, error) {
 // failures that led to it, and attempts older than FindTime drop out.
 func (r *Regulator) settle(st *RegulationState, now time.Time) {
 	if !st.BannedUntil.IsZero() && !now.Before(st.BannedUntil) {
-		st.BannedUntil, st.Attempts = time.Time{}, nil
+		st.BannedUntil, st.Attempts, st.InFlight = time.Time{}, nil, nil
 	}
 	cutoff := now.Add(-r.cfg.FindTime)
-	st.Attempts = slices.DeleteFunc(st.Attempts, func(t time.Time) bool { return !t.After(cutoff) })
+	old := func(t time.Time) bool { return !t.After(cutoff) }
+	st.Attempts = slices.DeleteFunc(st.Attempts, old)
+	st.InFlight = slices.DeleteFunc(st.InFlight, old)
 	if len(st.Attempts) == 0 {
 		st.Attempts = nil
 	}
+	if len(st.InFlight) == 0 {
+		st.InFlight = nil
+	}
 }
+
+// landed takes the attempt begun at at out of st's attempts in flight:
+// it failed, passed or was given up, and is no longer under way.
+func landed(st *RegulationState, at time.Time) {
+	if j := slices.IndexFunc(st.InFlight, at.Equal); j >= 0 {
+		st.InFlight = slices.Delete(st.InFlight, j, j+1)
+	}
+	if len(st.InFlight) == 0 {
+		st.InFlight = nil
+	}
+}
+
+// failures are st's counted attempts that failed: those not in flight.
+func (st *RegulationState) failures() int { return len(st.Attempts) - len(st.InFlight) }
 
 // stamp sets when a state can be pruned.
 func (r *Regulator) stamp(st *RegulationState) {

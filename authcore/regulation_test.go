@@ -32,7 +32,7 @@ func (s *memRegulationStore) UpdateRegulation(ctx context.Context, keys []string
 	states := make([]*RegulationState, len(keys))
 	for i, k := range keys {
 		st := s.m[k]
-		st.Attempts = slices.Clone(st.Attempts)
+		st.Attempts, st.InFlight = slices.Clone(st.Attempts), slices.Clone(st.InFlight)
 		states[i] = &st
 	}
 	if err := fn(states); err != nil {
@@ -814,5 +814,108 @@ func TestAddressBans(t *testing.T) {
 	clk.Advance(16 * time.Minute)
 	if bans, err := r.AddressBans(context.Background()); err != nil || len(bans) != 0 {
 		t.Errorf("AddressBans after the bans ended = %+v, %v; want none", bans, err)
+	}
+}
+
+// Sign-ins under way from one address (an office at nine, a retry
+// storm) that then pass are no failures: one typo among them does not
+// ban the address, whose failures alone must reach the limit; they do,
+// as those under way fail, exactly once.
+func TestRegulationInFlightIsNoFailure(t *testing.T) {
+	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 5, MaxRetriesPerIP: 20})
+	ctx := context.Background()
+	const ip = "192.0.2.50"
+	var flying []*Attempt
+	for i := range 19 {
+		a, err := r.Begin(ctx, UserAccountKey(fmt.Sprintf("staff%d", i)), ip)
+		if err != nil || !a.Allowed() {
+			t.Fatalf("attempt %d: %v, allowed %v", i, err, a != nil && a.Allowed())
+		}
+		flying = append(flying, a)
+	}
+	if allowed, res := try(t, r, UserAccountKey("typo"), ip, false); !allowed || res.IPLocked {
+		t.Fatalf("a typo with 19 sign-ins under way: allowed %v, address banned %v; want allowed, no ban", allowed, res.IPLocked)
+	}
+	bans := 0
+	for i, a := range flying {
+		res, err := a.Fail(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.IPLocked {
+			bans++
+			if i != len(flying)-1 {
+				t.Errorf("address banned at failure %d of those under way; want at the last, the 20th failure", i+1)
+			}
+		}
+	}
+	if bans != 1 {
+		t.Errorf("address banned %d times; want once", bans)
+	}
+}
+
+// The account's quota under way (a script signing in twenty times at
+// once): the refused attempts are checked and, while in flight, count
+// for the address; a right password among them is answered as a wrong
+// one but is no failure of the address, and a wrong one is.
+func TestRegulationBusyAccountRightPasswords(t *testing.T) {
+	r, _, st := newTestRegulator(t, RegulationConfig{MaxRetries: 5, MaxRetriesPerIP: 20})
+	ctx := context.Background()
+	acct := UserAccountKey("scripted")
+	const ip = "192.0.2.60"
+	var flying, busy []*Attempt
+	for range 20 {
+		a, err := r.Begin(ctx, acct, ip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Allowed() {
+			flying = append(flying, a)
+			continue
+		}
+		if !a.Busy() || !a.Checked() || a.Crowded() || a.AddressRefused() {
+			t.Fatalf("refused by the account's quota: busy %v, checked %v, crowded %v, by the address %v; want busy and checked", a.Busy(), a.Checked(), a.Crowded(), a.AddressRefused())
+		}
+		busy = append(busy, a)
+	}
+	if len(flying) != 5 || len(busy) != 15 {
+		t.Fatalf("%d allowed, %d busy; want 5 and 15", len(flying), len(busy))
+	}
+	for _, a := range busy {
+		res, err := a.Excuse(ctx)
+		if err != nil || res.Lockout() {
+			t.Fatalf("Excuse: %v, %+v; want no ban", err, res)
+		}
+	}
+	for _, a := range flying {
+		if err := a.Succeed(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := st.RegulationState(ctx, ipKey(ip))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Attempts) != 0 || !s.BannedUntil.IsZero() {
+		t.Errorf("the address after 20 right passwords: %d attempts, banned until %v; want none", len(s.Attempts), s.BannedUntil)
+	}
+	// A banned account's refusals are not busy: right or wrong, they
+	// count for the address (README: one address must not hash without
+	// end at an account it banned).
+	for range 5 {
+		try(t, r, UserAccountKey("banned"), ip, false)
+	}
+	a, err := r.Begin(ctx, UserAccountKey("banned"), ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Busy() || !a.Checked() {
+		t.Errorf("at a banned account: busy %v, checked %v; want checked, not busy", a.Busy(), a.Checked())
+	}
+	if _, err := a.Excuse(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := st.RegulationState(ctx, ipKey(ip)); s.failures() != 6 {
+		t.Errorf("the address counts %d failures; want the 5 wrong passwords and the banned account's refusal", s.failures())
 	}
 }

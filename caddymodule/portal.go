@@ -545,7 +545,16 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		return nil, nil, err
 	}
 	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCredentials) {
-		res, ferr := att.Fail(q.ctx())
+		fail := att.Fail
+		if err == nil && att.Busy() {
+			// The right password, refused only because the account had
+			// its quota of sign-ins under way (a script, many tabs):
+			// answered as a wrong one, as the account's state must not
+			// show, but no failure of the address, which everyone behind
+			// it would otherwise share the ban of.
+			fail = att.Excuse
+		}
+		res, ferr := fail(q.ctx())
 		if ferr != nil {
 			return nil, nil, caddyhttp.Error(http.StatusInternalServerError, ferr)
 		}
@@ -560,6 +569,8 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		evs := lockoutEvents(subject, res, scope)
 		reason := "invalid_credentials"
 		switch {
+		case att.Busy():
+			reason = "busy" // the account's quota under way, no ban
 		case !att.Allowed():
 			reason = "locked"
 		case errors.Is(err, authcore.ErrAccountDisabled):
