@@ -767,6 +767,17 @@ func (c placement) checkNamedGates() error {
 			// a gate for some paths: one with a matcher in the route, or
 			// any gate there when the invoke, or a block around it, has one
 			r := c.named[d.lastArg()]
+			if d.name == "invoke" && r.gate && d.matcher && len(d.args) > 1 && strings.HasPrefix(d.args[0], "@") {
+				// invoke @del route-with-a-gate: the gate is picked by the
+				// invoke's matcher, which a POST with _method=DELETE
+				// passes by (checkMethodMatchers)
+				if def, lines, ok := c.matcherOn(q, d.args[0]); ok {
+					if listed, picks, post, _ := methodsOf(lines); picks && !post {
+						return c.h.Errf("%s: invoke on %s runs the named route %s, which holds a sigra_gate, only for the matcher %s (%s), which picks requests by method (%s) and leaves out POST, while most web frameworks serve a POST with _method=DELETE in its form or query, or an X-HTTP-Method-Override header, as a DELETE: such a request reaches the app without the gate. "+
+							"Add POST to the method matcher, or invoke the route by path", c.dir, c.pos(d), d.lastArg(), d.args[0], c.pos(def), cmp.Or(listed, "an expression"))
+					}
+				}
+			}
 			scoped := r.pathGate || r.gate && (d.matcher || d.unknown || slices.ContainsFunc(q, func(s step) bool { return s.block.matched != "" }))
 			if d.name == "invoke" && scoped {
 				for _, a := range c.after(q) {

@@ -668,6 +668,8 @@ func TestAdaptPlacement(t *testing.T) {
 		{"a handle_path that answers nothing, the site's proxy after it, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /app/* {\n\t\trequest_header X-Forwarded-Prefix /app\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			"handle_path on line 6 strips /app after this gate, which sees /app/admin… where the app will see /admin…"},
 		{"a handle_path that answers all with another app, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /old/* {\n\t\trespond 410\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
+		{"an invoke by DELETE of a route holding a gate, from a file", "&(admin-gate) {\n\troute {\n\t\tsigra_gate {\n\t\t\tgroup admins\n\t\t}\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\t@del method DELETE\n\tinvoke @del admin-gate\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"invoke on line 12 runs the named route admin-gate, which holds a sigra_gate, only for the matcher @del (line 11), which picks requests by method (DELETE) and leaves out POST"},
 		// A matcher from a placeholder is a matcher, whatever it holds.
 		{"handle with an env matcher, gate ordered after it, from a file", "{\n\torder sigra_gate after handle\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\thandle {$SIGRA_TEST_UNSET:/api/*} {\n\t\treverse_proxy 127.0.0.1:9\n\t}\n\tsigra_gate\n\treverse_proxy 127.0.0.1:9\n}\n", ""},
 		// Caddy leaves the last token twice where it took a matcher out;
