@@ -432,44 +432,6 @@ func (a *Attempt) Succeed(ctx context.Context, proven bool) error {
 	return nil
 }
 
-// Busy reports an attempt the account refused only because its quota of
-// attempts was under way, not for a ban: its password is still checked
-// and counts for the address (see Begin), and a right one is Excused.
-func (a *Attempt) Busy() bool { return a.addrOnly && a.until.IsZero() }
-
-// Excuse records that a Busy attempt's password was right after all:
-// it is answered as a wrong one (the account's state must not show),
-// but it is no failure of the address, which it counted for while in
-// flight. Otherwise, or done already, it is Fail. The delay is the
-// address's, as for a failure.
-func (a *Attempt) Excuse(ctx context.Context) (FailResult, error) {
-	if !a.Busy() || a.done {
-		return a.Fail(ctx)
-	}
-	a.done = true
-	r := a.r
-	now := r.clk.Now().UTC()
-	res := FailResult{Delay: MaxFailureDelay}
-	err := r.st.UpdateRegulation(ctx, a.keys[1:], func(states []*RegulationState) error {
-		st := states[0]
-		r.settle(st, now)
-		landed(st, a.at)
-		if j := slices.IndexFunc(st.Attempts, a.at.Equal); j >= 0 {
-			st.Attempts = slices.Delete(st.Attempts, j, j+1)
-		}
-		r.stamp(st)
-		res.Delay = MaxFailureDelay
-		if !now.Before(st.BannedUntil) {
-			res.Delay = r.Delay(st.failures() * r.cfg.MaxRetries / a.limits[1])
-		}
-		return nil
-	})
-	if err != nil {
-		return FailResult{Delay: MaxFailureDelay}, fmt.Errorf("regulation: %w", err)
-	}
-	return res, nil
-}
-
 // Abandon records that the attempt checked nothing that could have
 // passed (an authenticator app locked by wrong codes, every hashing slot
 // busy): it no longer counts, and earlier failures stay. It is Succeed

@@ -131,42 +131,6 @@ func TestCrowdedAddressSignInIsAskedToRetry(t *testing.T) {
 	}
 }
 
-// One account signed in many times at once from one address (a script,
-// a retry storm) fills the account's quota under way: the next is
-// answered as a wrong password (the account's state must not show),
-// with the reason busy, and a right password there is no failure of the
-// address, which is not banned however many come, so everyone behind it
-// still signs in. A wrong one still counts.
-func TestBusyAccountRightPasswordsBanNobody(t *testing.T) {
-	e := startCaddy(t, "regulation {\n max_retries 2\n max_retries_per_ip 4\n }", "sigra_gate")
-	bot := e.addUser("bot@example.com")
-	e.addUser("colleague@example.com")
-	ctx := context.Background()
-	for range 2 { // the account's quota under way, from the test client's address
-		if a, err := e.rt().reg.Begin(ctx, authcore.UserAccountKey(bot.ID), "127.0.0.1"); err != nil || !a.Allowed() {
-			t.Fatalf("an attempt under way: %v", err)
-		}
-	}
-	for i := range 6 {
-		b := e.browser()
-		_, page := b.get("/.sigra/login", nil)
-		r, body := b.postForm("/.sigra/login", url.Values{"email": {"bot@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}}, nil)
-		if r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "Incorrect email or password") {
-			t.Fatalf("right password %d at the busy account: status %d; want 401, as a wrong one", i, r.StatusCode)
-		}
-	}
-	rows := e.auditRows("auth.login.failure")
-	if len(rows) == 0 || rows[0].Metadata["reason"] != "busy" {
-		t.Errorf("auth.login.failure rows %+v; want reason busy", rows)
-	}
-	if rows := e.auditRows("auth.lockout"); len(rows) != 0 {
-		t.Fatalf("auth.lockout rows %+v after right passwords only; want none", rows)
-	}
-	if r := e.browser().login("colleague@example.com", testPassword, "/"); r.StatusCode != http.StatusSeeOther {
-		t.Errorf("a colleague behind the same address: status %d; want 303", r.StatusCode)
-	}
-}
-
 // A sign-in refused by a banned account is answered as a wrong password
 // for a fresh account from the same address is: after the same delay,
 // and with its own row (its commit takes time too), so a prober cannot

@@ -545,16 +545,7 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		return nil, nil, err
 	}
 	if !att.Allowed() || errors.Is(err, authcore.ErrInvalidCredentials) {
-		fail := att.Fail
-		if err == nil && att.Busy() {
-			// The right password, refused only because the account had
-			// its quota of sign-ins under way (a script, many tabs):
-			// answered as a wrong one, as the account's state must not
-			// show, but no failure of the address, which everyone behind
-			// it would otherwise share the ban of.
-			fail = att.Excuse
-		}
-		res, ferr := fail(q.ctx())
+		res, ferr := att.Fail(q.ctx())
 		if ferr != nil {
 			return nil, nil, caddyhttp.Error(http.StatusInternalServerError, ferr)
 		}
@@ -569,8 +560,6 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		evs := lockoutEvents(subject, res, scope)
 		reason := "invalid_credentials"
 		switch {
-		case att.Busy():
-			reason = "busy" // the account's quota under way, no ban
 		case !att.Allowed():
 			reason = "locked"
 		case errors.Is(err, authcore.ErrAccountDisabled):
