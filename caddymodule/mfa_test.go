@@ -900,3 +900,37 @@ func TestCodeAfterThePendingSignInEndedKeepsTheReturnURL(t *testing.T) {
 		t.Errorf("sign-in link %q; want rd=/reports/q3, where the first sign-in was going", loc)
 	}
 }
+
+// A sign-in whose password was checked before an admin changed the
+// password and reset the second factor (a reviewer's race) signs nobody
+// in: the session it would make anew after the reset would carry the
+// new epoch and outlive the change meant to end it.
+func TestSignInDuringAPasswordResetSignsNobodyIn(t *testing.T) {
+	_, e, u, _, _ := startEnrolled(t, "", "kim@example.com")
+	attacker := e.browser()
+	reset := false
+	signInChecked = func(id string) {
+		if id == u.ID && !reset {
+			reset = true
+			ctx := context.Background()
+			if err := e.rt().auth.SetPassword(ctx, u.ID, "a brand new passphrase"); err != nil {
+				t.Error(err)
+			}
+			if err := e.rt().auth.ResetTOTP(ctx, u.ID); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(func() { signInChecked = func(string) {} })
+	successes, pendings := len(e.auditRows("auth.login.success")), len(e.auditRows("auth.login.pending"))
+	resp := attacker.login("kim@example.com", testPassword, "/")
+	if !reset {
+		t.Fatal("the reset did not run during the sign-in")
+	}
+	if resp.StatusCode != http.StatusConflict || attacker.sessionCookie() != "" {
+		t.Fatalf("sign-in with the old password across a reset: status %d, cookie %t; want 409 and no session", resp.StatusCode, attacker.sessionCookie() != "")
+	}
+	if s, p := len(e.auditRows("auth.login.success"))-successes, len(e.auditRows("auth.login.pending"))-pendings; s != 0 || p != 0 {
+		t.Errorf("%d success and %d pending rows for it; want none", s, p)
+	}
+}

@@ -502,9 +502,17 @@ func (q *preq) loginSubmit() error {
 		if !errors.Is(err, authcore.ErrFactorsChanged) || tries == 2 {
 			return err
 		}
-		if u, err = q.rt.auth.LookupUser(q.ctx(), u.ID); err != nil {
+		now, err := q.rt.auth.LookupUser(q.ctx(), u.ID)
+		if err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
+		if now.SessionEpoch != u.SessionEpoch || now.PasswordHash != u.PasswordHash || now.Disabled {
+			// The password was checked against what changed meanwhile (a
+			// new password, a reset that ended every session): a session
+			// made now would carry the new epoch and outlive that.
+			return rerender(http.StatusConflict, "Your account changed while you were signing in. Please sign in again.")
+		}
+		u = now
 	}
 	q.setSessionCookie(token)
 	q.rt.login("password", map[bool]string{true: "pending", false: "success"}[sess.Pending])
