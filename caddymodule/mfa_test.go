@@ -933,4 +933,7 @@ func TestSignInDuringAPasswordResetSignsNobodyIn(t *testing.T) {
 	if s, p := len(e.auditRows("auth.login.success"))-successes, len(e.auditRows("auth.login.pending"))-pendings; s != 0 || p != 0 {
 		t.Errorf("%d success and %d pending rows for it; want none", s, p)
 	}
+	if rows := e.auditRows("auth.login.failure"); len(rows) != 1 || rows[0].Metadata["reason"] != "account_changed" || rows[0].SubjectID != u.ID {
+		t.Errorf("auth.login.failure rows %+v; want one, reason account_changed: the old password worked", rows)
+	}
 }

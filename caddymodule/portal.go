@@ -509,7 +509,13 @@ func (q *preq) loginSubmit() error {
 		if now.SessionEpoch != u.SessionEpoch || now.PasswordHash != u.PasswordHash || now.Disabled {
 			// The password was checked against what changed meanwhile (a
 			// new password, a reset that ended every session): a session
-			// made now would carry the new epoch and outlive that.
+			// made now would carry the new epoch and outlive that. The
+			// password worked, which the operator must learn of.
+			if err := q.audit(event{action: "auth.login.failure", actor: u.ID, subject: u.ID, outcome: "failure",
+				meta: map[string]string{"method": "password", "reason": "account_changed"}}); err != nil {
+				return err
+			}
+			q.rt.login("password", "failure")
 			return rerender(http.StatusConflict, "Your account changed while you were signing in. Please sign in again.")
 		}
 		u = now
