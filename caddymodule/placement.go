@@ -307,9 +307,9 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 	}
 	// under reports whether a target path may be under the gate's: as
 	// written, or anywhere when a placeholder in it may hold ../.
-	capturesOK := c.clientCaptures()
+	clientRx := c.clientCaptures()
 	under := func(path string) bool {
-		return prefixUnder(path) || !fromPathOnly(path, capturesOK)
+		return prefixUnder(path) || !fromPathOnly(path, clientRx)
 	}
 	if err := c.checkBefore(p, pattern, self); err != nil {
 		return err
@@ -443,7 +443,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 					case "path_regexp":
 						return strings.Contains(rep, pre) || under(rep) || rep == "" && !strings.HasSuffix(rw.find, "$")
 					}
-					return replaceMayForm(strings.ToLower(rw.find), rep, pre) || !fromPathOnly(rw.into, capturesOK)
+					return replaceMayForm(strings.ToLower(rw.find), rep, pre) || !fromPathOnly(rw.into, clientRx)
 				}) && !(len(rw.paths) > 0 && !slices.ContainsFunc(rw.paths, func(f string) bool { return !prefixUnder(f) })) {
 					found = &rw
 					break
@@ -493,7 +493,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			what = "uri " + d.args[op]
 			find, rep := strings.ToLower(d.args[op+1]), strings.ToLower(d.args[op+2])
 			if d.args[op] == "path_regexp" && (strings.Contains(rep, pre) || under(rep) || rep == "" && !strings.HasSuffix(find, "$")) ||
-				d.args[op] == "replace" && (replaceMayForm(find, rep, pre) || !fromPathOnly(d.args[op+2], capturesOK)) {
+				d.args[op] == "replace" && (replaceMayForm(find, rep, pre) || !fromPathOnly(d.args[op+2], clientRx)) {
 				into, sends = d.args[op+2], true
 			}
 			if d.args[op] == "replace" && op+3 < len(d.args) && d.args[op+3] == "1" {
@@ -549,7 +549,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			continue // from paths whose gate asks for as much
 		}
 		anywhere := ""
-		if into != "" && !fromPathOnly(into, capturesOK) {
+		if into != "" && !fromPathOnly(into, clientRx) {
 			anywhere = " (a placeholder there takes a value the client sends, not from the path, and ../ in it leads anywhere)"
 		}
 		return h.Errf("sigra_gate: %s on %s sends requests to %s%s after this gate has looked at the path the client asked for (the gates run before rewrite, uri, try_files and the proxy), so those requests reach the app there without this gate's requirements. "+
@@ -1722,16 +1722,10 @@ func (c placement) matcherOn(p place, name string) (placedDirective, [][]string,
 	return placedDirective{}, nil, false
 }
 
-// namedMatcherLines reads the definition of the named matcher name at
-// the site's top level (matcherOn).
-func (c placement) namedMatcherLines(name string) (placedDirective, [][]string, bool) {
-	return c.matcherOn(nil, name)
-}
-
 // namedMatcherPaths reads the definition of the named matcher name at
 // the site's top level: its paths, if it is path matchers only.
 func (c placement) namedMatcherPaths(name string) ([]string, bool) {
-	if _, lines, ok := c.namedMatcherLines(name); ok {
+	if _, lines, ok := c.matcherOn(nil, name); ok {
 		var paths []string
 		for _, l := range lines {
 			if len(l) < 2 || l[0] != "path" {
