@@ -365,10 +365,7 @@ func (c placement) checkRewriteInto(p place, pattern string) error {
 			if c.takesAll(d) && !c.sameUpstream(c.upstreams(d), guarded) {
 				continue
 			}
-			index := "index.php" // php_fastcgi's, unless its index says otherwise ("off": none)
-			if i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "index" && len(e.args) == 1 }); i >= 0 {
-				index = d.block.dirs[i].args[0]
-			}
+			index := phpIndex(d)
 			redirected := func(f string) bool { // {path}/index.php, which php_fastcgi redirects to {path}/ first
 				return d.name == "php_fastcgi" && index != "off" && (f == "{path}/"+index || f == "{http.request.uri.path}/"+index)
 			}
@@ -584,12 +581,7 @@ func (c placement) phpSplit(p place, pattern string) string {
 	walk = func(b *placedBlock) {
 		for _, d := range b.dirs {
 			if d.name == "php_fastcgi" && index == "" {
-				index = "index.php"
-				if d.block != nil {
-					if i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "index" && len(e.args) == 1 }); i >= 0 {
-						index = d.block.dirs[i].args[0]
-					}
-				}
+				index = phpIndex(d)
 			}
 			if d.block != nil && d.name != "handle_errors" {
 				walk(d.block)
@@ -1174,14 +1166,7 @@ func (c placement) clientCaptures() map[string]bool {
 	walk = func(b *placedBlock) {
 		for _, d := range b.dirs {
 			if strings.HasPrefix(d.name, "@") {
-				lines := [][]string{d.args}
-				if d.block != nil {
-					lines = nil
-					for _, e := range d.block.dirs {
-						lines = append(lines, append([]string{e.name}, e.args...))
-					}
-				}
-				for _, l := range lines {
+				for _, l := range matcherLines(d) {
 					if len(l) > 0 && (l[0] == "header_regexp" || l[0] == "vars_regexp") {
 						name := strings.TrimPrefix(d.name, "@")
 						if len(l) > 3 {
@@ -1699,27 +1684,46 @@ func (c placement) matcherOn(p place, name string) (placedDirective, [][]string,
 			continue
 		}
 		for _, d := range blocks[i].dirs {
-			if d.name != name { // Caddy's matcher names are case-sensitive
-				continue
+			if d.name == name { // Caddy's matcher names are case-sensitive
+				return d, matcherLines(d), true
 			}
-			var lines [][]string
-			if d.block != nil {
-				for _, e := range d.block.dirs {
-					if e.name == "not" && e.block != nil {
-						for _, f := range e.block.dirs {
-							lines = append(lines, append([]string{"not", f.name}, f.args...))
-						}
-						continue
-					}
-					lines = append(lines, append([]string{e.name}, e.args...))
-				}
-			} else if len(d.args) > 0 {
-				lines = append(lines, d.args)
-			}
-			return d, lines, true
 		}
 	}
 	return placedDirective{}, nil, false
+}
+
+// matcherLines are the lines of d, a named matcher's definition: one,
+// written inline, or those of its block, a not block's lines each
+// starting with not.
+func matcherLines(d placedDirective) [][]string {
+	if d.block == nil {
+		if len(d.args) == 0 {
+			return nil
+		}
+		return [][]string{d.args}
+	}
+	var lines [][]string
+	for _, e := range d.block.dirs {
+		if e.name == "not" && e.block != nil {
+			for _, f := range e.block.dirs {
+				lines = append(lines, append([]string{"not", f.name}, f.args...))
+			}
+			continue
+		}
+		lines = append(lines, append([]string{e.name}, e.args...))
+	}
+	return lines
+}
+
+// phpIndex is the index (front controller) of the php_fastcgi d:
+// index.php unless its block says otherwise ("off": none).
+func phpIndex(d placedDirective) string {
+	if d.block != nil {
+		if i := slices.IndexFunc(d.block.dirs, func(e placedDirective) bool { return e.name == "index" && len(e.args) == 1 }); i >= 0 {
+			return d.block.dirs[i].args[0]
+		}
+	}
+	return "index.php"
 }
 
 // namedMatcherPaths reads the definition of the named matcher name at
