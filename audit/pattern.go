@@ -102,7 +102,7 @@ var Actions = []string{
 	"auth.password_change.success", "auth.password_change.failure",
 	"mfa.totp.enrolled", "mfa.totp.removed", "mfa.challenge.success", "mfa.challenge.failure",
 	"mfa.recovery_code.used", "mfa.recovery_code.regenerated",
-	"session.revoked", "account.deletion_execute", "authz.denied",
+	"session.revoked", "session.revoked_others", "account.deletion_execute", "authz.denied",
 	"admin.keys.rotate", "admin.address.unlock", "admin.webhook.replay", "admin.store.backup",
 	// named by DESIGN for capabilities to come
 	"auth.registration", "auth.email_verified", "auth.password_reset.requested", "auth.password_reset.success",

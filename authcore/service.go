@@ -335,13 +335,38 @@ func (s *Service) changePassword(cur *Session, password string, save func(sess *
 	if err != nil {
 		return "", nil, err
 	}
+	return s.renewAlone(cur, save, func(u *User, now time.Time) {
+		u.PasswordHash, u.UpdatedAt = hash, now
+	})
+}
+
+// EndOtherSessionsWith ends every session of cur's user but cur, whose
+// user has just proved their password again: as ChangePassword does,
+// without changing the password. cur goes on as a new session (a new
+// token and id; its auth time is now), so that nothing signed in before,
+// a stolen cookie of this very session included, stays in. Made through
+// commit (see Commit); ErrNoSession if cur ended meanwhile.
+func (s *Service) EndOtherSessionsWith(cur *Session, commit Commit) (token string, sess *Session, err error) {
+	cs, err := s.changeStore()
+	if err != nil {
+		return "", nil, err
+	}
+	save := func(sess *Session, fn func(u *User) error) error {
+		return commit(cs.UpdateUserRenewingIn(cur.UserID, cur.ID, sess, fn))
+	}
+	return s.renewAlone(cur, save, func(*User, time.Time) {})
+}
+
+// renewAlone has save end all sessions of cur's user, change the user by
+// change, and store cur renewed: a new token and id, auth time now.
+func (s *Service) renewAlone(cur *Session, save func(sess *Session, fn func(u *User) error) error, change func(u *User, now time.Time)) (token string, sess *Session, err error) {
 	now := s.clock.Now().UTC()
 	sess = cur.Clone()
 	token, sess.ID = NewToken()
 	sess.AuthTime, sess.LastSeen = now, now
 	s.cache.dropUser(cur.UserID)
 	err = save(sess, func(u *User) error {
-		u.PasswordHash, u.UpdatedAt = hash, now
+		change(u, now)
 		return nil
 	})
 	s.cache.dropUser(cur.UserID) // a request may have re-cached one meanwhile

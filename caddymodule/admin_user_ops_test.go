@@ -163,6 +163,89 @@ func TestAdminDeletesUser(t *testing.T) {
 	}
 }
 
+// An admin signs a user out everywhere from the user's page or the API:
+// every session of theirs ends, nothing else changes (they sign in again
+// with the same password), and the row is admin.user.signout by the
+// admin. Other users' sessions stay. The CLI does the same as the
+// system.
+func TestAdminSignsUserOutEverywhere(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	ctx := context.Background()
+	_, tok1 := mustSession(t, e, target)
+	_, tok2 := mustSession(t, e, target)
+	page := "/.sigra/admin/users/" + target.ID
+	body := mustPage(t, e, page)
+	if !strings.Contains(body, `data-sigra="admin-user-signout"`) {
+		t.Fatal("the user's page has no sign-out form")
+	}
+	if own := mustPage(t, e, "/.sigra/admin/users/"+root.ID); strings.Contains(own, `data-sigra="admin-user-signout"`) {
+		t.Error("the admin's own page offers to sign them out everywhere; their account page does that, keeping this session")
+	}
+	if r, _ := e.postForm(page+"/signout", url.Values{}, nil); r.StatusCode != http.StatusForbidden {
+		t.Errorf("without the CSRF token: status %d; want 403", r.StatusCode)
+	}
+	if code := e.statusAs(tok1, "/x"); code != http.StatusOK {
+		t.Fatalf("the user's session after a refused form: status %d; want kept", code)
+	}
+	before, err := e.rt().store.UserByID(ctx, target.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r, _ := e.postForm(page+"/signout", url.Values{"csrf_token": {csrfFrom(t, body)}}, nil)
+	if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != page {
+		t.Fatalf("sign out: status %d Location %q; want 303 to the user's page", r.StatusCode, r.Header.Get("Location"))
+	}
+	for i, tok := range []string{tok1, tok2} {
+		if code := e.statusAs(tok, "/x"); code != http.StatusUnauthorized {
+			t.Errorf("the user's session %d after: status %d; want 401", i, code)
+		}
+	}
+	if r, _ := htmlGet(e, "/.sigra/admin"); r.StatusCode != http.StatusOK {
+		t.Errorf("the admin's own session after: status %d; want 200", r.StatusCode)
+	}
+	after, err := e.rt().store.UserByID(ctx, target.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Disabled || after.PasswordHash != before.PasswordHash || !slices.Equal(after.Groups, before.Groups) {
+		t.Errorf("the user after: disabled %t, password changed %t, groups %q; want only the sessions gone", after.Disabled, after.PasswordHash != before.PasswordHash, after.Groups)
+	}
+	assertAdminRow(t, e, "admin.user.signout", root.ID, target.ID)
+	b := e.browser()
+	b.mustLogin("target@example.com")
+
+	// The API, the same; a user that does not exist is 404 with no row.
+	if code, body := e.apiPost("/users/" + target.ID + "/signout"); code != http.StatusOK || !strings.Contains(body, target.ID) {
+		t.Errorf("through the API: status %d; want 200 with the user\n%s", code, body)
+	}
+	if code := e.statusAs(b.sessionCookie(), "/x"); code != http.StatusUnauthorized {
+		t.Errorf("the session signed in again, after the API's sign-out: status %d; want 401", code)
+	}
+	if code, _ := e.apiPost("/users/nobody/signout"); code != http.StatusNotFound {
+		t.Errorf("an unknown user: status %d; want 404", code)
+	}
+	if rows := e.auditRows("admin.user.signout"); len(rows) != 2 {
+		t.Errorf("%d admin.user.signout rows; want 2", len(rows))
+	}
+
+	// The CLI, through the running Caddy.
+	b.mustLogin("target@example.com")
+	cfPath := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(e.config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runUserOp(ctx, cliFlags{config: cfPath, adapter: "caddyfile"}, userRequest{Op: "signout", User: "target@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if code := e.statusAs(b.sessionCookie(), "/x"); code != http.StatusUnauthorized {
+		t.Errorf("the session after the CLI's sign-out: status %d; want 401", code)
+	}
+	if rows := e.auditRows("admin.user.signout"); len(rows) != 3 || rows[0].ActorType != audit.ActorSystem || rows[0].SubjectID != target.ID {
+		t.Errorf("admin.user.signout rows %+v; want the newest by the system about the user", rows)
+	}
+}
+
 // The CLI, through the running Caddy, resets a second factor and deletes
 // users, as the system; it refuses to delete the only administrator.
 func TestCLIUserMFAResetAndDelete(t *testing.T) {
@@ -218,7 +301,7 @@ func TestCLIUserMFAResetAndDelete(t *testing.T) {
 func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 	e, _, target := startAdminUI(t)
 	ctx := context.Background()
-	enrolTOTPFor(t, e, target)
+	tok := enrolTOTPFor(t, e, target)
 	before, err := e.rt().store.UserByID(ctx, target.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +321,7 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, op := range []string{"delete", "mfa-reset", "disable", "unlock"} {
+	for _, op := range []string{"delete", "mfa-reset", "disable", "unlock", "signout"} {
 		e.failAudit(userChangeActions[op])
 		if code, _ := e.apiPost("/users/" + target.ID + "/" + op); code != http.StatusInternalServerError {
 			t.Errorf("%s with a failing audit row: status %d; want 500", op, code)
@@ -275,6 +358,9 @@ func TestAdminUserOpsAuditFailsClosed(t *testing.T) {
 	}
 	if until, _ := e.rt().reg.AccountBan(ctx, target.ID); until.IsZero() {
 		t.Error("after the failed rows: the sign-in ban is lifted")
+	}
+	if code := e.statusAs(tok, "/x"); code != http.StatusOK {
+		t.Errorf("after the failed rows: the user's session: status %d; want it kept", code)
 	}
 	for _, action := range userChangeActions {
 		for _, r := range e.auditRows(action) {

@@ -31,7 +31,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sigra",
-		Usage: "users <add|list|passwd|groups|disable|enable|unlock|mfa-reset|delete> | keys <list|rotate> | bans <list|lift> | audit <export|replay> | backup --config <file> [flags]",
+		Usage: "users <add|list|passwd|groups|disable|enable|unlock|signout|mfa-reset|delete> | keys <list|rotate> | bans <list|lift> | audit <export|replay> | backup --config <file> [flags]",
 		Short: "Manages Sigra gateway users, assertion keys, address bans and the audit trail, and backs up the store",
 		Long: `
 Manages the users, the identity-assertion keys, the bans of client
@@ -46,7 +46,7 @@ holds its lock, the command goes through that Caddy's admin API instead.
   caddy sigra users list   --config Caddyfile
   caddy sigra users passwd --config Caddyfile --email a@example.com --password-stdin
   caddy sigra users groups --config Caddyfile --email a@example.com --groups dev,ops [--admin]
-  caddy sigra users disable|enable|unlock --config Caddyfile --email a@example.com
+  caddy sigra users disable|enable|unlock|signout --config Caddyfile --email a@example.com
   caddy sigra users mfa-reset|delete      --config Caddyfile --email a@example.com
   caddy sigra keys list    --config Caddyfile
   caddy sigra keys rotate  --config Caddyfile
@@ -151,13 +151,14 @@ func buildSigraCommand(cmd *cobra.Command) {
 		{"disable", "Disables a user and ends their sessions", "disabled %s"},
 		{"enable", "Enables a disabled user", "enabled %s"},
 		{"unlock", "Lifts a user's bans (sign-in, codes, password re-checks), and opens an authenticator app locked by wrong codes", "unlocked %s"},
+		{"signout", "Ends all of a user's sessions (they sign in again; nothing else changes)", "signed %s out everywhere"},
 		{"mfa-reset", "Removes a user's authenticator app and recovery codes, and ends their sessions",
 			"second factor of %s reset: they sign in with their password and can enrol again"},
 		{"delete", "Deletes a user, their sessions and second factors (not the last admin; the audit trail stays)", "deleted %s"},
 	} {
 		c := &cobra.Command{
 			Use: o.op + " --email <email>", Short: o.short, Args: cobra.NoArgs,
-			SuggestFor: map[string][]string{"delete": {"remove", "rm", "del"}}[o.op],
+			SuggestFor: map[string][]string{"delete": {"remove", "rm", "del"}, "signout": {"logout", "revoke"}}[o.op],
 			RunE: func(c *cobra.Command, _ []string) error {
 				res, err := runUserOp(c.Context(), cf, userRequest{Op: o.op, User: cf.email})
 				if err != nil {

@@ -50,17 +50,26 @@ func (e *env) holdFirstRow(action string) (attempted func() int) {
 // browser does, and returns both answers. A twin that comes in after the
 // first has ended its session is sent to sign in, as a browser is.
 func (e *env) submitTwice(path string, form url.Values) (status [2]int, body [2]string) {
+	resps, body := e.postTwice(path, form, map[string]string{"Accept": "text/html"})
+	for i, r := range resps {
+		status[i] = r.StatusCode
+	}
+	return status, body
+}
+
+// postTwice posts form to path twice at once, with the headers hdr, and
+// returns both responses and their bodies.
+func (e *env) postTwice(path string, form url.Values, hdr map[string]string) (resps [2]*http.Response, bodies [2]string) {
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, b := e.postForm(path, form, map[string]string{"Accept": "text/html"})
-			status[i], body[i] = resp.StatusCode, b
+			resps[i], bodies[i] = e.postForm(path, form, hdr)
 		}()
 	}
 	wg.Wait()
-	return status, body
+	return resps, bodies
 }
 
 // A delete form sent twice deletes once: the second waits for the first
@@ -98,18 +107,8 @@ func TestChangePasswordSentTwice(t *testing.T) {
 	_, page := e.get("/.sigra/account/password", map[string]string{"Accept": "text/html"})
 	const next = "a brand new passphrase"
 	rows := e.holdFirstRow("auth.password_change.success")
-	var resps [2]*http.Response
-	var bodies [2]string
-	var wg sync.WaitGroup
-	for i := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resps[i], bodies[i] = e.postForm("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(t, page)},
-				"current_password": {testPassword}, "new_password": {next}, "confirm_password": {next}}, nil)
-		}()
-	}
-	wg.Wait()
+	resps, bodies := e.postTwice("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(t, page)},
+		"current_password": {testPassword}, "new_password": {next}, "confirm_password": {next}}, nil)
 	changed, already := 0, 0
 	for i, resp := range resps {
 		switch {
@@ -307,6 +306,47 @@ func TestRevokeAndLogoutSentTwice(t *testing.T) {
 	}
 	if n := len(e.auditRows("auth.logout")); n != 5 {
 		t.Errorf("%d auth.logout rows; want 5, one per session signed out", n)
+	}
+}
+
+// "Sign out all other sessions" sent twice signs them out once. The
+// twin, waiting for the first, finds its session replaced: it says the
+// first may have done it, writes no row, and leaves the cookie alone
+// (the browser holds the first answer's).
+func TestRevokeOthersSentTwice(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("rex@example.com")
+	e.mustLogin("rex@example.com")
+	other := e.browser()
+	other.mustLogin("rex@example.com")
+	_, page := e.get("/.sigra/account", nil)
+	rows := e.holdFirstRow("session.revoked_others")
+	resps, bodies := e.postTwice("/.sigra/account/sessions/revoke-others", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
+	done, twin := 0, 0
+	for i, resp := range resps {
+		switch {
+		case resp.StatusCode == http.StatusOK && strings.Contains(bodies[i], "Your other sessions are signed out."):
+			done++
+		case resp.StatusCode == http.StatusConflict && strings.Contains(bodies[i], "If you sent the form twice"):
+			twin++
+			if c := resp.Header.Get("Set-Cookie"); c != "" {
+				t.Errorf("the twin's answer sets a cookie %q; want the first's session left alone", c)
+			}
+		default:
+			t.Errorf("submit %d: status %d\n%s", i, resp.StatusCode, bodies[i])
+		}
+	}
+	if done != 1 || twin != 1 {
+		t.Errorf("%d done and %d twin answers; want one of each", done, twin)
+	}
+	if n := rows(); n != 1 {
+		t.Errorf("%d session.revoked_others success rows attempted; want 1", n)
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != http.StatusOK {
+		t.Errorf("this browser after: status %d; want signed in, under the first answer's cookie", r.StatusCode)
+	}
+	if r, _ := other.get("/x", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the other session after: status %d; want 401", r.StatusCode)
 	}
 }
 

@@ -56,6 +56,7 @@ type pageData struct {
 	// account page
 	User           any
 	Sessions       any
+	MoreSessions   int // not listed
 	CurrentSession string
 	IsAdmin        bool // links the admin pages
 	// TOTP pages

@@ -11,6 +11,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -233,6 +234,8 @@ func (q *preq) serve(sub string) error {
 		return q.route(q.accountPage, nil)
 	case "/account/sessions/revoke":
 		return q.route(nil, q.revokeSession)
+	case "/account/sessions/revoke-others":
+		return q.route(nil, q.revokeOtherSessions)
 	case "/mfa":
 		return q.route(q.mfaPage, q.mfaSubmit)
 	case "/account/delete":
@@ -745,10 +748,35 @@ func (q *preq) accountPage() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	shown, more := listedSessions(sessions, p.Session.ID)
 	return q.page(http.StatusOK, "account", pageData{
 		Title: "Your account", Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)),
-		User: p.User, Sessions: sessions, CurrentSession: p.SessionID, IsAdmin: p.User.InGroup(q.p.app.AdminGroup) && q.p.app.adminHost(requestHost(q.r)),
+		User: p.User, Sessions: shown, MoreSessions: more, CurrentSession: p.SessionID, IsAdmin: p.User.InGroup(q.p.app.AdminGroup) && q.p.app.adminHost(requestHost(q.r)),
 	})
+}
+
+// accountSessionsListed is how many sessions the account page lists. A
+// user may hold any number (each sign-in makes one), and a page listing
+// thousands helps nobody: "Sign out all other sessions" ends the rest.
+const accountSessionsListed = 50
+
+// listedSessions orders ss for the account page, current first, then the
+// most recently used, and cuts the list at accountSessionsListed. more is
+// how many were left out.
+func listedSessions(ss []*authcore.Session, current authcore.SessionID) (shown []*authcore.Session, more int) {
+	slices.SortStableFunc(ss, func(a, b *authcore.Session) int {
+		switch {
+		case a.ID == current:
+			return -1
+		case b.ID == current:
+			return 1
+		}
+		return b.LastSeen.Compare(a.LastSeen)
+	})
+	if len(ss) <= accountSessionsListed {
+		return ss, 0
+	}
+	return ss[:accountSessionsListed], len(ss) - accountSessionsListed
 }
 
 func (q *preq) revokeSession() error {
@@ -794,6 +822,54 @@ func (q *preq) revokeSession() error {
 	}
 	redirect(q.w, q.p.app.Prefix+"/account", http.StatusSeeOther)
 	return nil
+}
+
+// revokeOtherSessions ends every session of the user but this one: the
+// one click after seeing a session they do not know. It takes the
+// password, as revoking one other session does. This session goes on
+// under a new id, so that a stolen copy of its cookie ends too.
+func (q *preq) revokeOtherSessions() error {
+	back := q.p.app.Prefix + "/account"
+	p, err := q.formPrincipal(back)
+	if p == nil {
+		return err
+	}
+	again := func(status int, msg string) error {
+		return q.message(status, "Sessions not signed out", msg, back)
+	}
+	if ok, err := q.reauth(p, q.r.PostFormValue("password"), "That password is not right.", again); !ok {
+		return err
+	}
+	// A form sent twice waits here for the first, which replaces this
+	// session.
+	unlock, live, err := q.lockAccount(p)
+	defer unlock()
+	if err != nil {
+		return err
+	}
+	ev := event{action: "session.revoked_others", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
+	var token string
+	if live {
+		var aerr error
+		err, aerr = q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
+			var err error
+			token, _, err = q.rt.auth.EndOtherSessionsWith(p.Session, commit)
+			return err
+		})
+		if aerr != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("writing audit row %s (no session ended): %w", ev.action, aerr))
+		}
+	}
+	if !live || errors.Is(err, authcore.ErrNoSession) {
+		// The cookie is left alone: the browser may hold the first
+		// answer's, of the session that went on.
+		return q.message(http.StatusConflict, "Session ended", "This session ended before the form was handled. If you sent the form twice, the first one signed your other sessions out, and this browser is still signed in. Otherwise, sign in again.", back)
+	}
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	q.setSessionCookie(token)
+	return q.message(http.StatusOK, "Signed out elsewhere", "Your other sessions are signed out. This one goes on.", back)
 }
 
 // jwks serves the key set. A new key signs as soon as it is made (keys

@@ -46,7 +46,7 @@ func (q *preq) adminAPI(path string) error {
 
 // adminUserOps are the operations on one user that the API and the pages
 // offer as POST users/<id>/<op>.
-var adminUserOps = map[string]bool{"disable": true, "enable": true, "unlock": true, "mfa-reset": true, "delete": true}
+var adminUserOps = map[string]bool{"disable": true, "enable": true, "unlock": true, "signout": true, "mfa-reset": true, "delete": true}
 
 // adminAllow is the Allow header of an admin endpoint, "" for none.
 func adminAllow(path string, parts []string) string {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -305,8 +306,8 @@ func TestAccountSessions(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(page, secondID.String()) || !strings.Contains(page, `data-sigra="session-list"`) {
 		t.Fatalf("account page (status %d) does not list the second session", resp.StatusCode)
 	}
-	if n := strings.Count(page, `name="password"`); n != 1 {
-		t.Errorf("%d password fields on the account page; want one, in the other session's revoke form", n)
+	if n := strings.Count(page, `name="password"`); n != 2 {
+		t.Errorf("%d password fields on the account page; want two, in the other session's revoke form and in signing out all others", n)
 	}
 	// Someone else's session cannot be revoked from here.
 	_, gusTok := mustSession(t, e, other)
@@ -349,6 +350,114 @@ func TestAccountSessions(t *testing.T) {
 	}
 	if r, _ := e.get("/x", map[string]string{"Accept": "application/json"}); r.StatusCode != http.StatusUnauthorized {
 		t.Errorf("after revoking this session: status %d; want 401", r.StatusCode)
+	}
+}
+
+// "Sign out all other sessions" ends every other session of the user,
+// after the password, in one step; this one goes on under a new id, so
+// that a copy of its cookie ends too. Other users' sessions stay.
+func TestAccountSignsOutOtherSessions(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	fay := e.addUser("fay@example.com")
+	gus := e.addUser("gus@example.com")
+	e.mustLogin("fay@example.com")
+	mine := e.sessionCookie()
+	_, page := e.get("/.sigra/account", nil)
+	if strings.Contains(page, `data-sigra="session-revoke-others"`) {
+		t.Error("the account page of a user with one session offers to sign out the others")
+	}
+	second := e.browser()
+	second.mustLogin("fay@example.com")
+	_, third := mustSession(t, e, fay)
+	_, gusTok := mustSession(t, e, gus)
+	_, page = e.get("/.sigra/account", nil)
+	if !strings.Contains(page, `data-sigra="session-revoke-others"`) {
+		t.Fatalf("the account page with three sessions has no form to sign out the others:\n%s", page)
+	}
+	const path = "/.sigra/account/sessions/revoke-others"
+	if r, _ := e.postForm(path, url.Values{"password": {testPassword}}, nil); r.StatusCode != http.StatusForbidden {
+		t.Errorf("without the CSRF token: status %d; want 403", r.StatusCode)
+	}
+	for _, pw := range []string{"", "not the password"} {
+		r, body := e.postForm(path, url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {pw}}, nil)
+		if r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "That password is not right.") {
+			t.Errorf("with password %q: status %d; want 401, not right\n%s", pw, r.StatusCode, body)
+		}
+	}
+	if r, _ := second.get("/x", nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("the other session after refused forms: status %d; want it kept", r.StatusCode)
+	}
+	if rows := e.auditRows("auth.login.failure"); len(rows) != 2 || rows[0].Metadata["step"] != "reauth" {
+		t.Errorf("auth.login.failure rows %+v; want two re-checks", rows)
+	}
+	if rows := e.auditRows("session.revoked_others"); len(rows) != 0 {
+		t.Errorf("session.revoked_others rows %+v after refusals; want none", rows)
+	}
+
+	r, body := e.postForm(path, url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
+	if r.StatusCode != http.StatusOK || !strings.Contains(body, "Your other sessions are signed out.") {
+		t.Fatalf("sign out the others: status %d; want 200 saying so\n%s", r.StatusCode, body)
+	}
+	now := e.sessionCookie()
+	if now == mine || now == "" {
+		t.Fatal("this session kept its cookie; want a new one")
+	}
+	if code := e.statusAs(now, "/x"); code != http.StatusOK {
+		t.Errorf("this session under its new cookie: status %d; want 200", code)
+	}
+	for name, tok := range map[string]string{"the old cookie of this session": mine, "the second browser": second.sessionCookie(), "the third session": third} {
+		if code := e.statusAs(tok, "/x"); code != http.StatusUnauthorized {
+			t.Errorf("%s: status %d; want 401", name, code)
+		}
+	}
+	if code := e.statusAs(gusTok, "/x"); code != http.StatusOK {
+		t.Errorf("another user's session: status %d; want it kept", code)
+	}
+	rows := e.auditRows("session.revoked_others")
+	if len(rows) != 1 || rows[0].ActorID != fay.ID || rows[0].SubjectID != fay.ID || rows[0].Outcome != "success" || rows[0].Metadata["session"] != "" {
+		t.Errorf("session.revoked_others rows %+v; want one success by fay about fay, naming no session", rows)
+	}
+	_, page = e.get("/.sigra/account", nil)
+	if n := strings.Count(page, "data-session-id="); n != 1 || strings.Contains(page, `data-sigra="session-revoke-others"`) {
+		t.Errorf("the account page after: %d sessions listed, form shown %t; want this one alone, no form", n, strings.Contains(page, "session-revoke-others"))
+	}
+}
+
+// The account page lists the current session and the most recently used
+// others, up to accountSessionsListed, and says how many it left out.
+func TestAccountListsRecentSessions(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("many@example.com")
+	ctx := context.Background()
+	var newest authcore.SessionID
+	for i := range accountSessionsListed + 3 {
+		started, _ := mustSession(t, e, u)
+		s := started.Clone()
+		s.LastSeen = time.Date(2026, 1, 1, 0, i, 0, 0, time.UTC) // later ones used more recently
+		if err := e.rt().store.PutSessions(ctx, []*authcore.Session{s}); err != nil {
+			t.Fatal(err)
+		}
+		newest = s.ID
+	}
+	e.mustLogin("many@example.com")
+	me := e.rt().mustPrincipal(t, e.sessionCookie()).Session.Clone()
+	me.LastSeen = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC) // the oldest: listed all the same
+	if err := e.rt().store.PutSessions(ctx, []*authcore.Session{me}); err != nil {
+		t.Fatal(err)
+	}
+	_, page := e.get("/.sigra/account", nil)
+	ids := regexp.MustCompile(`data-session-id="([^"]+)"`).FindAllStringSubmatch(page, -1)
+	if len(ids) != accountSessionsListed {
+		t.Fatalf("%d sessions listed; want %d", len(ids), accountSessionsListed)
+	}
+	if ids[0][1] != me.ID.String() || ids[1][1] != newest.String() {
+		t.Errorf("listed first %s, %s; want this session %s, then the last used %s", ids[0][1], ids[1][1], me.ID, newest)
+	}
+	if !strings.Contains(page, `data-sigra="session-list-more">4 older sessions are not listed.`) {
+		t.Errorf("the page does not say 4 sessions are left out:\n%s", page)
+	}
+	if !strings.Contains(page, `data-sigra="session-revoke-others"`) {
+		t.Error("no form to sign out the others")
 	}
 }
 

@@ -120,6 +120,7 @@ var userChangeActions = map[string]string{
 	"disable":   "admin.user.disable",
 	"enable":    "admin.user.enable",
 	"unlock":    "admin.user.unlock",
+	"signout":   "admin.user.signout",
 }
 
 // adminChange serializes the changes that can take away an enabled
@@ -331,6 +332,12 @@ func userChange(ctx context.Context, rt *runtime, adminGroup string, req userReq
 				return errNoAuthenticator // removed meanwhile
 			}
 			return err
+		}
+	case "signout":
+		// Every session ends, and nothing else changes: a lost laptop,
+		// or a session the user does not know.
+		return func(c authcore.Commit) error {
+			return auth.UpdateUserWith(u.ID, true, func(*authcore.User) error { return nil }, c)
 		}
 	case "unlock":
 		// Both locks: sign-in bans, and an authenticator app locked by

@@ -65,3 +65,56 @@ func TestChangePasswordNeedsALiveSession(t *testing.T) {
 		t.Errorf("the new password: %v", err)
 	}
 }
+
+// Signing out one's other sessions ends each but cur, which goes on as a
+// new session, in the transaction of its row: a failed commit ends none,
+// and a cur ended meanwhile comes back as ErrNoSession with no row.
+func TestEndOtherSessionsWith(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "eve@example.com")
+	start := func() (string, *authcore.Session) {
+		t.Helper()
+		tok, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok, s
+	}
+	live := func(tok string) bool {
+		_, err := e.svc.Authenticate(e.ctx, tok)
+		return err == nil
+	}
+	curTok, cur := start()
+	otherTok, _ := start()
+
+	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.failing("session.revoked_others")); !errors.Is(err, errCommitFailed) {
+		t.Fatalf("a failing commit: %v; want it returned", err)
+	}
+	if !live(curTok) || !live(otherTok) || w.rows() != 0 {
+		t.Fatalf("after a failed commit: this session live %t, the other %t, %d rows; want both live, no row", live(curTok), live(otherTok), w.rows())
+	}
+
+	token, sess, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess.ID == cur.ID || !live(token) || live(curTok) || live(otherTok) {
+		t.Errorf("after: new id %t, new token live %t, old token live %t, other live %t; want a new live session alone",
+			sess.ID != cur.ID, live(token), live(curTok), live(otherTok))
+	}
+	if w.rows() != 1 {
+		t.Errorf("%d rows; want 1", w.rows())
+	}
+	if _, err := e.svc.CheckPassword(e.ctx, u.Email, "correct horse battery"); err != nil {
+		t.Errorf("the password after: %v; want unchanged", err)
+	}
+
+	// cur, replaced now, cannot do it again.
+	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrNoSession) {
+		t.Errorf("again with the replaced session: %v; want ErrNoSession", err)
+	}
+	if !live(token) || w.rows() != 1 {
+		t.Errorf("after the refusal: the session live %t, %d rows; want live, 1 row", live(token), w.rows())
+	}
+}
