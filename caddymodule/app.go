@@ -1102,8 +1102,8 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		"  │ email:    %s\n"+
 		"  │ password: %s\n"+
 		"  │ shown once; to change it:\n"+
-		"  │   caddy sigra users passwd %s --email %s --password-stdin\n"+
-		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, startedConfig(os.Args), u.Email)
+		"  │   %s\n"+
+		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, passwdCommand(os.Args, a.storagePath, u.Email))
 	return nil
 }
 

@@ -932,6 +932,25 @@ func startedConfig(args []string) string {
 	return out
 }
 
+// passwdCommand is the command that changes email's password, to paste
+// into a shell: this very binary (there may be no caddy on the PATH, as
+// in the demo, or another build), the config this process was started
+// with, and, for a store named relative to the working directory, a cd
+// there first, where the command finds it.
+func passwdCommand(args []string, storagePath, email string) string {
+	exe := "caddy"
+	if p, err := os.Executable(); err == nil {
+		exe = shellWord(p)
+	}
+	cmd := exe + " sigra users passwd " + startedConfig(args) + " --email " + shellWord(email) + " --password-stdin"
+	if !filepath.IsAbs(storagePath) {
+		if wd, err := os.Getwd(); err == nil {
+			cmd = "cd " + shellWord(wd) + " && " + cmd
+		}
+	}
+	return cmd
+}
+
 // shellWord is s as one word for a POSIX shell: as it is when it holds
 // nothing a shell reads, else single-quoted.
 func shellWord(s string) string {

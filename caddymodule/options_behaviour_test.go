@@ -659,6 +659,27 @@ func TestStartedConfigForTheFirstAdminBox(t *testing.T) {
 	}
 }
 
+// The first admin's box names this binary, which may not be the caddy on
+// the PATH (the demo's ./caddy), and, for a store named relative to the
+// working directory, goes there first: run elsewhere, the command would
+// find no store.
+func TestPasswdCommand(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Chdir(dir)
+	args := []string{"caddy", "run", "--config", "/etc/caddy/Caddyfile"}
+	want := shellWord(exe) + " sigra users passwd --config /etc/caddy/Caddyfile --email 'a b@example.com' --password-stdin"
+	if got := passwdCommand(args, "/var/lib/sigra/sigra.db", "a b@example.com"); got != want {
+		t.Errorf("an absolute store: %q; want %q", got, want)
+	}
+	if got := passwdCommand(args, ".demo/sigra.db", "a b@example.com"); got != "cd "+shellWord(dir)+" && "+want {
+		t.Errorf("a relative store: %q; want %q", got, "cd "+shellWord(dir)+" && "+want)
+	}
+}
+
 // The first admin and its admin.user.add row are one transaction: when
 // the row cannot be written, no admin is made (the start fails, and the
 // next one tries again), and when it can, both are stored.

@@ -27,8 +27,9 @@ func TestLoginFlowAndRestart(t *testing.T) {
 	if n := strings.Count(first.out.String(), password); n != 1 {
 		t.Errorf("the first admin's password appears %d times in the output; want once (the box), never in logs", n)
 	}
-	// The box's command to change it names the config Caddy runs on.
-	if want := "caddy sigra users passwd --config " + g.caddyfile + " --adapter caddyfile --email admin@localhost"; !strings.Contains(first.out.String(), want) {
+	// The box's command to change it names this binary and the config
+	// Caddy runs on.
+	if want := caddyBin + " sigra users passwd --config " + g.caddyfile + " --adapter caddyfile --email admin@localhost"; !strings.Contains(first.out.String(), want) {
 		t.Errorf("the first admin box does not say %q\n%s", want, first.logs())
 	}
 

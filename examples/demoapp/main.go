@@ -13,7 +13,9 @@ import (
 	"html/template"
 	"io"
 	"log"
+	"net"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -27,7 +29,35 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:3000", "address to serve on")
 	origin := flag.String("origin", "http://localhost:8080", "the gateway's site origin: the assertion's iss and aud")
 	jwksURL := flag.String("jwks", "", "the gateway's JWKS (default: <origin>/.sigra/jwks.json)")
+	needFree := flag.String("need-free", "", "comma-separated addresses the gateway will listen on (\":8080,localhost:2019\"): refuse to start if one is taken")
+	ready := flag.String("ready", "", "a file to create once the app is listening")
 	flag.Parse()
+	// Caddy shares a port another Caddy holds (SO_REUSEPORT) without a
+	// word, and requests then go to either: a demo beside another Caddy
+	// would answer at random. A plain listen on the port is refused if
+	// anything holds it.
+	for _, addr := range strings.Split(*needFree, ",") {
+		if addr == "" {
+			continue
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			log.Fatalf("%s is taken (%v): stop what listens there (another Caddy, or an earlier demo) and start again", addr, err)
+		}
+		l.Close()
+	}
+	// Listen before saying so, and before the gateway starts: if the port
+	// is taken, the gateway must not send signed-in users' identity to
+	// whatever holds it.
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatalf("the demo app cannot listen on %s (%v): stop what listens there and start again", *listen, err)
+	}
+	if *ready != "" {
+		if err := os.WriteFile(*ready, nil, 0o600); err != nil {
+			log.Fatal(err)
+		}
+	}
 	if *jwksURL == "" {
 		*jwksURL = *origin + "/.sigra/jwks.json"
 	}
@@ -54,7 +84,7 @@ func main() {
 		_ = page.Execute(w, map[string]any{"Path": r.URL.Path, "Headers": hdrs, "Claims": claimsJSON, "Err": errText})
 	})
 	log.Printf("demo app on http://%s (behind the gateway: %s)", *listen, *origin)
-	log.Fatal(http.ListenAndServe(*listen, nil))
+	log.Fatal(http.Serve(ln, nil))
 }
 
 // verifier checks assertions against the JWKS, refetching it when a kid
