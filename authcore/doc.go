@@ -48,6 +48,8 @@ var (
 	// ErrFactorsChanged refuses to store a sign-in's session made from a
 	// user whose second factor came (or went) since it was read: set up
 	// while the password was checked, say. Nothing is stored; make the
-	// session again from the user as stored now.
+	// session again from the user as stored now. A session renewed for a
+	// password change or a sign-out of the others is refused so too when
+	// a second factor came since and the session passed none.
 	ErrFactorsChanged = errors.New("the user's second factor changed during the sign-in")
 )

@@ -26,7 +26,10 @@ type Store interface {
 	// belong to the user and be of the user's current SessionEpoch, else
 	// the answer is ErrNotFound and nothing changes. Then every session
 	// of the user ends, cur included, and next is stored with the new
-	// epoch (the store sets next.UserEpoch).
+	// epoch. next is cur as stored in that transaction, with next's ID,
+	// AuthTime and LastSeen: the store sets the rest of next so. A cur
+	// that passed no second factor and is not pending, of a user with
+	// one, is refused with ErrFactorsChanged (set up since cur was read).
 	UpdateUserRenewing(ctx context.Context, id string, cur SessionID, next *Session, fn func(u *User) error) (*User, error)
 	// DeleteUser removes the user, its email index entry and its sessions.
 	// With keepGroup not empty, a user who is an enabled member of it is

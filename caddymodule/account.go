@@ -91,6 +91,10 @@ func (q *preq) passwordSubmit() error {
 	if errors.Is(err, authcore.ErrNoSession) {
 		return q.passwordSessionEnded(p, next)
 	}
+	if errors.Is(err, authcore.ErrFactorsChanged) {
+		q.passwordChangeFailed(p, "factors_changed")
+		return again(http.StatusConflict, factorsChanged)
+	}
 	if err != nil {
 		q.passwordChangeFailed(p, "storage")
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -116,8 +120,11 @@ func (q *preq) passwordSessionEnded(p *authcore.Principal, next string) error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	q.passwordChangeFailed(p, "session_ended")
-	q.clearSessionCookie()
-	return q.message(http.StatusUnauthorized, "Signed out", "Your session ended before the change, so your password is unchanged. Sign in again.", q.p.app.Prefix+"/login")
+	// The cookie is left alone: another tab's sign-out of the other
+	// sessions may have replaced this session, and the browser holds the
+	// one that went on. A cookie of an ended session only leads to
+	// signing in.
+	return q.message(http.StatusUnauthorized, "Signed out", "This session ended before the change (signed out, or replaced in another tab), so your password is unchanged. Sign in again if you are asked to.", q.p.app.Prefix+"/account")
 }
 
 // passwordChangeFailed writes the failure row of a password change.

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -331,6 +332,66 @@ func TestDeleteAccountGuards(t *testing.T) {
 	e.addUser("ops@example.com", "admins")
 	if resp, body := e.deleteAccount(testPassword, "yes"); resp.StatusCode != http.StatusOK {
 		t.Errorf("an admin with another admin: status %d; want 200\n%s", resp.StatusCode, body)
+	}
+}
+
+// A user with a second factor proves it again before revoking another
+// session or signing out all the others: a stolen cookie and the
+// password, without the factor, must not keep signing the owner out of
+// each session they sign in with (624 times in 75 s, in a review).
+func TestRevokingOthersNeedsFreshSecondFactor(t *testing.T) {
+	fake, e, u, secret, _ := startEnrolled(t, "", "fay@example.com")
+	// The owner's other session, signed in with both factors.
+	_, other := mustSession(t, e, u)
+	otherID, _ := authcore.TokenID(other)
+	if _, _, err := e.rt().auth.CompleteSecondFactor(context.Background(), otherID, authcore.AMROTP); err != nil {
+		t.Fatal(err)
+	}
+	_, page := e.get("/.sigra/account", nil)
+	ids := regexp.MustCompile(`data-session-id="([^"]+)"`).FindAllStringSubmatch(page, -1)
+	var otherListed string
+	for _, m := range ids {
+		if m[1] != e.rt().mustPrincipal(t, e.sessionCookie()).SessionID {
+			otherListed = m[1]
+		}
+	}
+	if otherListed == "" {
+		t.Fatalf("the account page lists no other session:\n%s", page)
+	}
+	fake.Advance(freshFactor + time.Minute)
+	sessionsNow := func() int {
+		ss, err := e.rt().store.UserSessions(context.Background(), u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ss)
+	}
+	before := sessionsNow()
+	for path, form := range map[string]url.Values{
+		"/.sigra/account/sessions/revoke":        {"csrf_token": {csrfFrom(t, page)}, "session": {otherListed}, "password": {testPassword}},
+		"/.sigra/account/sessions/revoke-others": {"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}},
+	} {
+		resp, _ := e.postForm(path, form, nil)
+		if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/.sigra/mfa?rd=%2F.sigra%2Faccount" {
+			t.Errorf("%s with an old second factor: status %d, Location %q; want the MFA page, back to the account", path, resp.StatusCode, loc)
+		}
+		if n := sessionsNow(); n != before {
+			t.Errorf("%s with an old second factor: %d sessions; want %d, none ended", path, n, before)
+		}
+	}
+	if rows := e.auditRows("session.*"); len(rows) != 0 {
+		t.Errorf("rows %+v; want none", rows)
+	}
+	if resp := e.secondFactor("code", refTOTP(t, secret, fake.Now())); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("second factor: status %d", resp.StatusCode)
+	}
+	_, page = e.get("/.sigra/account", nil)
+	resp, body := e.postForm("/.sigra/account/sessions/revoke-others", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "Your other sessions are signed out.") {
+		t.Fatalf("with a fresh second factor: status %d; want 200\n%s", resp.StatusCode, body)
+	}
+	if n := sessionsNow(); n != 1 {
+		t.Errorf("%d sessions after; want this one alone", n)
 	}
 }
 

@@ -445,7 +445,7 @@ func userErrorStatus(err error) int {
 	case errors.Is(err, authcore.ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, authcore.ErrEmailTaken), errors.Is(err, authcore.ErrLastAdmin), errors.Is(err, errNoAuthenticator),
-		errors.Is(err, errSelfDisable), errors.Is(err, errSelfDelete), errors.Is(err, errSelfMFAReset):
+		errors.Is(err, errSelfDisable), errors.Is(err, errSelfDelete), errors.Is(err, errSelfMFAReset), errors.Is(err, errSelfSignout):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -225,6 +225,12 @@ func TestAdminSignsUserOutEverywhere(t *testing.T) {
 	if code, _ := e.apiPost("/users/nobody/signout"); code != http.StatusNotFound {
 		t.Errorf("an unknown user: status %d; want 404", code)
 	}
+	if code, body := e.apiPost("/users/" + root.ID + "/signout"); code != http.StatusConflict || !strings.Contains(body, "your account page") {
+		t.Errorf("signing oneself out everywhere: status %d; want 409 saying where\n%s", code, body)
+	}
+	if r, _ := htmlGet(e, "/.sigra/admin"); r.StatusCode != http.StatusOK {
+		t.Errorf("the admin's session after the refusal: status %d; want 200", r.StatusCode)
+	}
 	if rows := e.auditRows("admin.user.signout"); len(rows) != 2 {
 		t.Errorf("%d admin.user.signout rows; want 2", len(rows))
 	}

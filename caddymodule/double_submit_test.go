@@ -173,6 +173,11 @@ func TestChangePasswordSessionEndedMeanwhile(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "password is unchanged") {
 		t.Errorf("status %d; want 401, unchanged\n%s", resp.StatusCode, body)
 	}
+	// Another tab may have replaced the session: the browser's cookie is
+	// left as it is.
+	if c := resp.Header.Values("Set-Cookie"); len(c) != 0 {
+		t.Errorf("the answer sets cookies %q; want none", c)
+	}
 	if got := e.auditRows("auth.password_change.*"); len(got) != 1 || got[0].Metadata["reason"] != "session_ended" {
 		t.Errorf("rows %+v; want one failure, session_ended", got)
 	}

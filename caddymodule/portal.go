@@ -748,6 +748,10 @@ func (q *preq) accountPage() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	cfg := q.rt.auth.Config()
+	sessions = slices.DeleteFunc(sessions, func(s *authcore.Session) bool {
+		return s.ID != p.Session.ID && s.Expired(q.rt.auth.Now(), cfg.Idle+cfg.TouchInterval) // ended, not swept yet
+	})
 	shown, more := listedSessions(sessions, p.Session.ID)
 	return q.page(http.StatusOK, "account", pageData{
 		Title: "Your account", Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)),
@@ -796,6 +800,12 @@ func (q *preq) revokeSession() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if id != p.Session.ID {
+		// And a recent second factor, for a user with one (as a password
+		// change does): a stolen cookie and the password, without the
+		// factor, must not keep signing the owner out.
+		if p.User.SecondFactor && !q.requireFresh(p, q.p.app.Prefix+"/account") {
+			return nil
+		}
 		// Another session takes the password: a stolen cookie alone must
 		// not sign the owner out of each session they sign in with, and
 		// so keep them from changing the password (which ends the
@@ -824,6 +834,11 @@ func (q *preq) revokeSession() error {
 	return nil
 }
 
+// factorsChanged answers a change refused because an authenticator app
+// was set up for the account while it was on its way: this session now
+// needs the app's code first.
+const factorsChanged = "An authenticator app was set up for your account meanwhile, so this session needs its code first. Nothing was changed: give the code, then try again."
+
 // revokeOtherSessions ends every session of the user but this one: the
 // one click after seeing a session they do not know. It takes the
 // password, as revoking one other session does. This session goes on
@@ -833,6 +848,12 @@ func (q *preq) revokeOtherSessions() error {
 	p, err := q.formPrincipal(back)
 	if p == nil {
 		return err
+	}
+	// A recent second factor too, for a user with one: a stolen cookie
+	// and the password, without the factor, must not sign the owner out
+	// of each session they sign in with, as fast as they do.
+	if p.User.SecondFactor && !q.requireFresh(p, back) {
+		return nil
 	}
 	again := func(status int, msg string) error {
 		return q.message(status, "Sessions not signed out", msg, back)
@@ -864,6 +885,9 @@ func (q *preq) revokeOtherSessions() error {
 		// The cookie is left alone: the browser may hold the first
 		// answer's, of the session that went on.
 		return q.message(http.StatusConflict, "Session ended", "This session ended before the form was handled. If you sent the form twice, the first one signed your other sessions out, and this browser is still signed in. Otherwise, sign in again.", back)
+	}
+	if errors.Is(err, authcore.ErrFactorsChanged) {
+		return q.message(http.StatusConflict, "Sessions not signed out", factorsChanged, back)
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

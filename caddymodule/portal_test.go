@@ -425,23 +425,31 @@ func TestAccountSignsOutOtherSessions(t *testing.T) {
 
 // The account page lists the current session and the most recently used
 // others, up to accountSessionsListed, and says how many it left out.
+// Sessions ended by idling, not swept yet, are neither listed nor counted.
 func TestAccountListsRecentSessions(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate")
 	u := e.addUser("many@example.com")
 	ctx := context.Background()
+	now := e.rt().auth.Now()
 	var newest authcore.SessionID
 	for i := range accountSessionsListed + 3 {
 		started, _ := mustSession(t, e, u)
 		s := started.Clone()
-		s.LastSeen = time.Date(2026, 1, 1, 0, i, 0, 0, time.UTC) // later ones used more recently
+		s.LastSeen = now.Add(time.Duration(i-100) * time.Second) // later ones used more recently
 		if err := e.rt().store.PutSessions(ctx, []*authcore.Session{s}); err != nil {
 			t.Fatal(err)
 		}
 		newest = s.ID
 	}
+	idled, _ := mustSession(t, e, u)
+	idled = idled.Clone()
+	idled.LastSeen = now.Add(-24 * time.Hour)
+	if err := e.rt().store.PutSessions(ctx, []*authcore.Session{idled}); err != nil {
+		t.Fatal(err)
+	}
 	e.mustLogin("many@example.com")
 	me := e.rt().mustPrincipal(t, e.sessionCookie()).Session.Clone()
-	me.LastSeen = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC) // the oldest: listed all the same
+	me.LastSeen = now.Add(-10 * time.Minute) // the least recently used: listed all the same
 	if err := e.rt().store.PutSessions(ctx, []*authcore.Session{me}); err != nil {
 		t.Fatal(err)
 	}
@@ -453,8 +461,11 @@ func TestAccountListsRecentSessions(t *testing.T) {
 	if ids[0][1] != me.ID.String() || ids[1][1] != newest.String() {
 		t.Errorf("listed first %s, %s; want this session %s, then the last used %s", ids[0][1], ids[1][1], me.ID, newest)
 	}
-	if !strings.Contains(page, `data-sigra="session-list-more">4 older sessions are not listed.`) {
+	if !strings.Contains(page, `data-sigra="session-list-more">4 less recently used sessions are not listed.`) {
 		t.Errorf("the page does not say 4 sessions are left out:\n%s", page)
+	}
+	if strings.Contains(page, idled.ID.String()) {
+		t.Error("a session ended by idling is listed")
 	}
 	if !strings.Contains(page, `data-sigra="session-revoke-others"`) {
 		t.Error("no form to sign out the others")

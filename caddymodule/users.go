@@ -95,6 +95,7 @@ var (
 	errSelfDisable  = errors.New("you cannot disable your own account; another administrator can, or the CLI (caddy sigra users disable)")
 	errSelfDelete   = errors.New("you cannot delete your own account here; use your account page, which asks for your password")
 	errSelfMFAReset = errors.New("you cannot reset your own second factor here; use your account page")
+	errSelfSignout  = errors.New("you cannot sign yourself out everywhere here; use Sign out all other sessions on your account page, which keeps this one")
 )
 
 // errNoAuthenticator refuses a second-factor reset for a user who has
@@ -253,6 +254,8 @@ func doUserChange(ctx context.Context, rt *runtime, adminGroup string, req userR
 		return nil, errSelfMFAReset
 	case req.Op == "disable" && actor == u.ID:
 		return nil, errSelfDisable
+	case req.Op == "signout" && actor == u.ID:
+		return nil, errSelfSignout
 	case req.Op == "mfa-reset":
 		has, err := rt.auth.HasTOTP(ctx, u.ID)
 		if err != nil {

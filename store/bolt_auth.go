@@ -171,11 +171,22 @@ func updateUserRenewing(tx *bolt.Tx, key []byte, id string, cur authcore.Session
 	if s.UserID != id || s.UserEpoch != old.SessionEpoch {
 		return nil, authcore.ErrNotFound
 	}
+	// next is cur as stored now, not as the request read it, with only
+	// its new id and times: a change made meanwhile (pending for a second
+	// factor set up since, with its short expiry) carries over.
+	renewed := s.Clone()
+	renewed.ID, renewed.AuthTime, renewed.LastSeen = next.ID, next.AuthTime, next.LastSeen
+	// A second factor set up since, before its pending mark reached cur:
+	// cur must not come back as a session that passed none.
+	if old.SecondFactor && !renewed.Pending && !renewed.HasAMR(authcore.AMRMFA) {
+		return nil, authcore.ErrFactorsChanged
+	}
 	u, err := updateUser(tx, key, true, fn)
 	if err != nil {
 		return nil, err
 	}
-	next.UserEpoch = u.SessionEpoch
+	renewed.UserEpoch = u.SessionEpoch
+	*next = *renewed
 	return u, putSession(tx, next)
 }
 

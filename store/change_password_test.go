@@ -118,3 +118,56 @@ func TestEndOtherSessionsWith(t *testing.T) {
 		t.Errorf("after the refusal: the session live %t, %d rows; want live, 1 row", live(token), w.rows())
 	}
 }
+
+// A renewal (a password change, a sign-out of the others) carries cur
+// over as stored in its transaction, not as the request read it: pending
+// for a second factor set up meanwhile, it stays pending, with its short
+// expiry. A cur neither pending nor multi-factor, of a user who has a
+// second factor now, is refused (ErrFactorsChanged): it must not come
+// back as a session that passed none.
+func TestRenewalCarriesTheStoredSession(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "ivy@example.com")
+	_, read, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read = read.Clone() // the request's copy
+
+	// The owner sets up an app; the store marks the session pending.
+	e.enrol(t, u)
+	if n, err := e.svc.PendUnprovenSessions(e.ctx, u.ID); err != nil || n != 1 {
+		t.Fatalf("PendUnprovenSessions: %d, %v; want 1", n, err)
+	}
+	stored, err := e.st.GetSession(e.ctx, read.ID)
+	if err != nil || !stored.Pending {
+		t.Fatalf("the stored session: %+v, %v; want pending", stored, err)
+	}
+	_, sess, err := e.svc.EndOtherSessionsWith(read, w.commit("session.revoked_others"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.st.GetSession(e.ctx, sess.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Pending || !got.ExpiresAt.Equal(stored.ExpiresAt) || !sess.Pending {
+		t.Errorf("renewed: pending %t (returned %t), expires %v; want pending, expiring as stored, %v", got.Pending, sess.Pending, got.ExpiresAt, stored.ExpiresAt)
+	}
+
+	// A second factor set up before its pending mark reached the session.
+	v := e.user(t, "jay@example.com")
+	_, cur, err := e.svc.StartSession(e.ctx, v, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.enrol(t, v) // no PendUnprovenSessions yet
+	rows := w.rows()
+	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrFactorsChanged) {
+		t.Errorf("a session that passed no second factor, of a user with one: %v; want ErrFactorsChanged", err)
+	}
+	if _, err := e.st.GetSession(e.ctx, cur.ID); err != nil || w.rows() != rows {
+		t.Errorf("after the refusal: the session %v, %d new rows; want it kept, no row", err, w.rows()-rows)
+	}
+}
