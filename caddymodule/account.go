@@ -124,7 +124,7 @@ func (q *preq) passwordSessionEnded(p *authcore.Principal, next string) error {
 	// sessions may have replaced this session, and the browser holds the
 	// one that went on. A cookie of an ended session only leads to
 	// signing in.
-	return q.message(http.StatusUnauthorized, "Signed out", "This session ended before the change (signed out, or replaced in another tab), so your password is unchanged. Sign in again if you are asked to.", q.p.app.Prefix+"/account")
+	return q.message(http.StatusUnauthorized, "Session ended", "This session ended before the change (signed out, or replaced in another tab), so your password is unchanged. Sign in again if you are asked to.", q.p.app.Prefix+"/account")
 }
 
 // passwordChangeFailed writes the failure row of a password change.

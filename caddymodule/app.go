@@ -1103,7 +1103,7 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		"  │ password: %s\n"+
 		"  │ shown once; to change it:\n"+
 		"  │   %s\n"+
-		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, passwdCommand(os.Args, a.storagePath, u.Email))
+		"  └───────────────────────────────────────────────────────────\n\n", u.Email, pw, passwdCommand(os.Args, u.Email))
 	return nil
 }
 

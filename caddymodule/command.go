@@ -935,18 +935,16 @@ func startedConfig(args []string) string {
 // passwdCommand is the command that changes email's password, to paste
 // into a shell: this very binary (there may be no caddy on the PATH, as
 // in the demo, or another build), the config this process was started
-// with, and, for a store named relative to the working directory, a cd
-// there first, where the command finds it.
-func passwdCommand(args []string, storagePath, email string) string {
+// with, and a cd to the working directory first, where the config's
+// relative paths (a store, a signing key) are found.
+func passwdCommand(args []string, email string) string {
 	exe := "caddy"
 	if p, err := os.Executable(); err == nil {
 		exe = shellWord(p)
 	}
 	cmd := exe + " sigra users passwd " + startedConfig(args) + " --email " + shellWord(email) + " --password-stdin"
-	if !filepath.IsAbs(storagePath) {
-		if wd, err := os.Getwd(); err == nil {
-			cmd = "cd " + shellWord(wd) + " && " + cmd
-		}
+	if wd, err := os.Getwd(); err == nil {
+		cmd = "cd " + shellWord(wd) + " && " + cmd
 	}
 	return cmd
 }

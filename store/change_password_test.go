@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
@@ -120,11 +121,11 @@ func TestEndOtherSessionsWith(t *testing.T) {
 }
 
 // A renewal (a password change, a sign-out of the others) carries cur
-// over as stored in its transaction, not as the request read it: pending
-// for a second factor set up meanwhile, it stays pending, with its short
-// expiry. A cur neither pending nor multi-factor, of a user who has a
-// second factor now, is refused (ErrFactorsChanged): it must not come
-// back as a session that passed none.
+// over as stored in its transaction, not as the request read it; and a
+// cur that passed no second factor (pending, or not yet marked so) of a
+// user who has one now is refused (ErrFactorsChanged), changing nothing:
+// it must not go on, or change the password, as a session that passed
+// none.
 func TestRenewalCarriesTheStoredSession(t *testing.T) {
 	e := newMFAEnv(t)
 	w := newWithRows(t, e)
@@ -134,40 +135,101 @@ func TestRenewalCarriesTheStoredSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	read = read.Clone() // the request's copy
-
-	// The owner sets up an app; the store marks the session pending.
-	e.enrol(t, u)
+	e.enrol(t, u)       // the owner sets up an app meanwhile
+	refused := func(what string) {
+		t.Helper()
+		rows := w.rows()
+		if _, _, err := e.svc.EndOtherSessionsWith(read, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrFactorsChanged) {
+			t.Errorf("%s: sign-out of the others: %v; want ErrFactorsChanged", what, err)
+		}
+		if _, _, err := e.svc.ChangePasswordWith(read, "a much longer new passphrase", w.commit("auth.password_change.success")); !errors.Is(err, authcore.ErrFactorsChanged) {
+			t.Errorf("%s: password change: %v; want ErrFactorsChanged", what, err)
+		}
+		if _, err := e.st.GetSession(e.ctx, read.ID); err != nil || w.rows() != rows {
+			t.Errorf("%s: after the refusals: the session %v, %d new rows; want it kept, no row", what, err, w.rows()-rows)
+		}
+	}
+	refused("not yet pending")
 	if n, err := e.svc.PendUnprovenSessions(e.ctx, u.ID); err != nil || n != 1 {
 		t.Fatalf("PendUnprovenSessions: %d, %v; want 1", n, err)
 	}
-	stored, err := e.st.GetSession(e.ctx, read.ID)
-	if err != nil || !stored.Pending {
-		t.Fatalf("the stored session: %+v, %v; want pending", stored, err)
+	refused("pending")
+	if stored, err := e.st.GetSession(e.ctx, read.ID); err != nil || !stored.Pending {
+		t.Errorf("the stored session: %+v, %v; want still pending", stored, err)
 	}
-	_, sess, err := e.svc.EndOtherSessionsWith(read, w.commit("session.revoked_others"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := e.st.GetSession(e.ctx, sess.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !got.Pending || !got.ExpiresAt.Equal(stored.ExpiresAt) || !sess.Pending {
-		t.Errorf("renewed: pending %t (returned %t), expires %v; want pending, expiring as stored, %v", got.Pending, sess.Pending, got.ExpiresAt, stored.ExpiresAt)
+	if _, err := e.svc.CheckPassword(e.ctx, u.Email, "correct horse battery"); err != nil {
+		t.Errorf("the password: %v; want unchanged", err)
 	}
 
-	// A second factor set up before its pending mark reached the session.
+	// Passed meanwhile (a step-up in another tab kept the id): the
+	// renewal carries the second factor over.
 	v := e.user(t, "jay@example.com")
 	_, cur, err := e.svc.StartSession(e.ctx, v, []string{authcore.AMRPassword}, authcore.ClientMeta{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.enrol(t, v) // no PendUnprovenSessions yet
-	rows := w.rows()
-	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrFactorsChanged) {
-		t.Errorf("a session that passed no second factor, of a user with one: %v; want ErrFactorsChanged", err)
+	stored := cur.Clone()
+	stored.AMR, stored.MFAAt = []string{authcore.AMRPassword, authcore.AMROTP, authcore.AMRMFA}, e.clk.Now()
+	if err := e.st.PutSessions(e.ctx, []*authcore.Session{stored}); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := e.st.GetSession(e.ctx, cur.ID); err != nil || w.rows() != rows {
-		t.Errorf("after the refusal: the session %v, %d new rows; want it kept, no row", err, w.rows()-rows)
+	_, sess, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.st.GetSession(e.ctx, sess.ID); err != nil || !got.MFA() || !sess.MFA() {
+		t.Errorf("renewed: %+v, %v; want the second factor carried over as stored", got, err)
+	}
+}
+
+// For a user with a second factor, a sign-out of the others from cur
+// ends no session started after cur last passed it (ErrNewerSession),
+// changing nothing; sessions started before, expired or of an earlier
+// epoch do not count.
+func TestEndOtherSessionsSparesNewerOnes(t *testing.T) {
+	e := newMFAEnv(t)
+	w := newWithRows(t, e)
+	u := e.user(t, "kim@example.com")
+	e.enrol(t, u)
+	u, err := e.st.UserByID(e.ctx, u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proven := func() (string, *authcore.Session) {
+		t.Helper()
+		tok, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, s, err = e.svc.CompleteSecondFactor(e.ctx, s.ID, authcore.AMROTP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok, s
+	}
+	olderTok, _ := proven()
+	e.clk.Advance(time.Minute)
+	_, cur := proven()
+	e.clk.Advance(time.Minute)
+	newerTok, _ := proven()
+	live := func(tok string) bool { _, err := e.svc.Authenticate(e.ctx, tok); return err == nil }
+
+	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrNewerSession) {
+		t.Fatalf("with a newer session: %v; want ErrNewerSession", err)
+	}
+	if !live(olderTok) || !live(newerTok) || w.rows() != 0 {
+		t.Errorf("after the refusal: older live %t, newer live %t, %d rows; want both live, no row", live(olderTok), live(newerTok), w.rows())
+	}
+	// From the newest, all end.
+	newer, err := e.svc.Authenticate(e.ctx, newerTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := e.svc.EndOtherSessionsWith(newer.Session, w.commit("session.revoked_others"))
+	if err != nil {
+		t.Fatalf("from the newest session: %v", err)
+	}
+	if !live(tok) || live(olderTok) || live(newerTok) {
+		t.Errorf("after: renewed live %t, older live %t, old token live %t; want the renewed one alone", live(tok), live(olderTok), live(newerTok))
 	}
 }
