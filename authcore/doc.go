@@ -52,7 +52,4 @@ var (
 	// password change or a sign-out of the others is refused so too when
 	// a second factor came since and the session passed none.
 	ErrFactorsChanged = errors.New("the user's second factor changed during the sign-in")
-	// ErrNewerSession refuses to end, without a fresh second factor,
-	// another session that started after the one asking last passed it.
-	ErrNewerSession = errors.New("another session started after this one last passed its second factor")
 )

@@ -119,11 +119,29 @@ func AccountKeyUser(key string) (string, bool) {
 	return "", false
 }
 
-// UserMFAKey is the regulation key of a user's second-factor codes. It is
-// not the password's: anyone who knows an email can ban its password for
-// a while, and that must not also keep the owner, already signed in, from
-// a step-up.
+// UserMFAKey is the regulation key of a user's second-factor codes at
+// sign-in. It is not the password's: anyone who knows an email can ban
+// its password for a while, and that must not also keep the owner,
+// already signed in, from a step-up.
 func UserMFAKey(userID string) string { return "mfa:" + userID }
+
+// UserStepUpKey is the regulation key of the codes given in one session
+// that has passed the second factor already (a step-up), apart from the
+// sign-in's (UserMFAKey): whoever holds a stolen cookie of such a
+// session must not, by guessing, ban the owner's step-ups in their own
+// sessions, which would keep the owner from ending the thief's. Such a
+// session cannot be had without a code, so per-session counting gives a
+// thief no more guesses than the sessions it stole (the address's count
+// and the app's lock after max_totp_failures still apply).
+func UserStepUpKey(userID, sessionID string) string { return UserStepUpPrefix(userID) + sessionID }
+
+// UserStepUpPrefix starts the step-up keys of every session of a user.
+func UserStepUpPrefix(userID string) string { return "mfa:" + userID + "/" }
+
+// userSessionPrefixes start the per-session regulation keys of a user.
+func userSessionPrefixes(userID string) []string {
+	return []string{UserReauthPrefix(userID), UserStepUpPrefix(userID)}
+}
 
 // checkedWhileBanned says whether the caller still checks an attempt on
 // account while the account refuses it: a password is (the same work and
@@ -132,7 +150,8 @@ func UserMFAKey(userID string) string { return "mfa:" + userID }
 func checkedWhileBanned(account string) bool { return !strings.HasPrefix(account, UserMFAKey("")) }
 
 // UserRegulationKeys are the regulation keys of a known user but for
-// the re-check keys of its sessions, which start with UserReauthPrefix;
+// the re-check and step-up keys of its sessions, which start with
+// UserReauthPrefix and UserStepUpPrefix;
 // and the one re-check key per user of versions before those, so that a
 // deletion or an unlock clears what an older version left.
 func UserRegulationKeys(userID string) []string {
@@ -140,15 +159,20 @@ func UserRegulationKeys(userID string) []string {
 }
 
 // userRegulationKeys are all the regulation keys of a known user held in
-// st: UserRegulationKeys, and the re-check keys of the sessions that
-// have any.
+// st: UserRegulationKeys, and the re-check and step-up keys of the
+// sessions that have any.
 func userRegulationKeys(ctx context.Context, st RegulationStore, userID string) ([]string, error) {
 	keys := UserRegulationKeys(userID)
-	err := st.RegulationStates(ctx, UserReauthPrefix(userID), func(key string, _ *RegulationState) bool {
-		keys = append(keys, key)
-		return true
-	})
-	return keys, err
+	for _, prefix := range userSessionPrefixes(userID) {
+		err := st.RegulationStates(ctx, prefix, func(key string, _ *RegulationState) bool {
+			keys = append(keys, key)
+			return true
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return keys, nil
 }
 
 // AccountKey returns the regulation key for an identifier typed into a
@@ -602,9 +626,30 @@ func (r *Regulator) Ban(ctx context.Context, key string) (time.Time, error) {
 // ReauthBan is when the latest ban of a user's password re-checks ends,
 // among their sessions (zero if none is banned now).
 func (r *Regulator) ReauthBan(ctx context.Context, userID string) (time.Time, error) {
+	return r.latestBan(ctx, UserReauthPrefix(userID))
+}
+
+// CodesBan is when the latest ban of a user's second-factor codes ends,
+// at sign-in (UserMFAKey) or in a session stepping up (zero if none is
+// banned now).
+func (r *Regulator) CodesBan(ctx context.Context, userID string) (time.Time, error) {
+	until, err := r.Ban(ctx, UserMFAKey(userID))
+	if err != nil {
+		return time.Time{}, err
+	}
+	stepUp, err := r.latestBan(ctx, UserStepUpPrefix(userID))
+	if stepUp.After(until) {
+		until = stepUp
+	}
+	return until, err
+}
+
+// latestBan is when the latest ban of the keys starting with prefix ends
+// (zero if none is banned now).
+func (r *Regulator) latestBan(ctx context.Context, prefix string) (time.Time, error) {
 	now := r.clk.Now()
 	var until time.Time
-	err := r.st.RegulationStates(ctx, UserReauthPrefix(userID), func(_ string, st *RegulationState) bool {
+	err := r.st.RegulationStates(ctx, prefix, func(_ string, st *RegulationState) bool {
 		if now.Before(st.BannedUntil) && st.BannedUntil.After(until) {
 			until = st.BannedUntil
 		}

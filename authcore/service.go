@@ -344,19 +344,15 @@ func (s *Service) changePassword(cur *Session, password string, save func(sess *
 // user has just proved their password again: as ChangePassword does,
 // without changing the password. cur goes on as a new session (a new
 // token and id; its auth time is now), so that nothing signed in before,
-// a stolen cookie of this very session included, stays in. For a user
-// with a second factor, it ends no session started after cur last
-// passed it (ErrNewerSession: pass it again first), so that a stolen
-// cookie and the password cannot sign the owner out of each new sign-in,
-// while the owner's newest session ends any older one. Made through
+// a stolen cookie of this very session included, stays in. Made through
 // commit (see Commit); ErrNoSession if cur ended meanwhile.
 func (s *Service) EndOtherSessionsWith(cur *Session, commit Commit) (token string, sess *Session, err error) {
 	cs, err := s.changeStore()
 	if err != nil {
 		return "", nil, err
 	}
-	save := func(sess *Session, _ func(u *User) error) error {
-		return commit(cs.EndOtherSessionsIn(cur.UserID, cur.ID, sess))
+	save := func(sess *Session, fn func(u *User) error) error {
+		return commit(cs.UpdateUserRenewingIn(cur.UserID, cur.ID, sess, fn))
 	}
 	return s.renewAlone(cur, save, func(*User, time.Time) {})
 }
@@ -404,11 +400,6 @@ type ChangeStore interface {
 	DeleteUserIn(id, keepGroup string) func(tx any) error
 	UpdateUserIn(id string, revoke bool, fn func(u *User) error) func(tx any) error
 	UpdateUserRenewingIn(id string, cur SessionID, next *Session, fn func(u *User) error) func(tx any) error
-	// EndOtherSessionsIn is UpdateUserRenewingIn changing nothing in the
-	// user, but, for a user with a second factor, refusing with
-	// ErrNewerSession when another live session started after the time
-	// cur (as stored) last passed it.
-	EndOtherSessionsIn(id string, cur SessionID, next *Session) func(tx any) error
 	DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time.Time) func(tx any) error
 	// PutSessionIn stores a sign-in's new session, if the user's second
 	// factor still agrees with it (s is pending when, and only when, the

@@ -28,8 +28,9 @@ type Store interface {
 	// of the user ends, cur included, and next is stored with the new
 	// epoch. next is cur as stored in that transaction, with next's ID,
 	// AuthTime and LastSeen: the store sets the rest of next so. A cur
-	// that passed no second factor and is not pending, of a user with
-	// one, is refused with ErrFactorsChanged (set up since cur was read).
+	// that has not passed the second factor of a user who has one (set
+	// up since cur was read; pending or not) is refused with
+	// ErrFactorsChanged.
 	UpdateUserRenewing(ctx context.Context, id string, cur SessionID, next *Session, fn func(u *User) error) (*User, error)
 	// DeleteUser removes the user, its email index entry and its sessions.
 	// With keepGroup not empty, a user who is an enabled member of it is

@@ -92,8 +92,14 @@ func (q *preq) mfaSubmit() error {
 	}
 	// Codes have their own account key: a password banned by strangers
 	// who know the email must not also keep the signed-in owner from a
-	// step-up.
-	att, err := q.rt.reg.Begin(q.ctx(), authcore.UserMFAKey(p.User.ID), clientIP(q.r))
+	// step-up. A session that passed the second factor already counts
+	// its step-ups apart: a thief holding a copy of one must not ban the
+	// owner's step-ups, which revoking the thief's session needs.
+	key := authcore.UserMFAKey(p.User.ID)
+	if !p.Session.Pending && p.Session.MFA() {
+		key = authcore.UserStepUpKey(p.User.ID, p.SessionID)
+	}
+	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}

@@ -752,7 +752,7 @@ func (q *preq) accountPage() error {
 	sessions = slices.DeleteFunc(sessions, func(s *authcore.Session) bool {
 		return s.ID != p.Session.ID && s.Expired(q.rt.auth.Now(), cfg.Idle+cfg.TouchInterval) // ended, not swept yet
 	})
-	shown, more := listedSessions(sessions, p.Session.ID)
+	shown, more := listedSessions(sessions, p.Session.ID, p.User)
 	return q.page(http.StatusOK, "account", pageData{
 		Title: "Your account", Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)),
 		User: p.User, Sessions: shown, MoreSessions: more, CurrentSession: p.SessionID, IsAdmin: p.User.InGroup(q.p.app.AdminGroup) && q.p.app.adminHost(requestHost(q.r)),
@@ -764,16 +764,25 @@ func (q *preq) accountPage() error {
 // thousands helps nobody: "Sign out all other sessions" ends the rest.
 const accountSessionsListed = 50
 
-// listedSessions orders ss for the account page, current first, then the
-// most recently used, and cuts the list at accountSessionsListed. more is
-// how many were left out.
-func listedSessions(ss []*authcore.Session, current authcore.SessionID) (shown []*authcore.Session, more int) {
+// listedSessions orders ss of user u for the account page: current
+// first, then those signed in before those still waiting for a second
+// factor (sign-ins anyone with the password can start, which must not
+// push a stolen session out of the list), each the most recently used
+// first; and cuts the list at accountSessionsListed. more is how many
+// were left out.
+func listedSessions(ss []*authcore.Session, current authcore.SessionID, u *authcore.User) (shown []*authcore.Session, more int) {
 	slices.SortStableFunc(ss, func(a, b *authcore.Session) int {
 		switch {
 		case a.ID == current:
 			return -1
 		case b.ID == current:
 			return 1
+		}
+		if pa, pb := a.PendingFor(u), b.PendingFor(u); pa != pb {
+			if pa {
+				return 1
+			}
+			return -1
 		}
 		return b.LastSeen.Compare(a.LastSeen)
 	})
@@ -800,13 +809,11 @@ func (q *preq) revokeSession() error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if id != p.Session.ID {
-		// A session started after this one last passed the second
-		// factor takes it again: a stolen cookie and the password,
-		// without the factor, must not sign the owner out of each new
-		// sign-in, while the owner's newest session ends older ones
-		// without a code (which a thief could have banned by guessing).
-		if p.User.SecondFactor && s.CreatedAt.After(p.Session.MFAAt) {
-			return q.newerSession()
+		// And a recent second factor, for a user with one (as a password
+		// change does): a stolen cookie and the password, without the
+		// factor, must not keep signing the owner out.
+		if p.User.SecondFactor && !q.requireFresh(p, q.p.app.Prefix+"/account") {
+			return nil
 		}
 		// Another session takes the password: a stolen cookie alone must
 		// not sign the owner out of each session they sign in with, and
@@ -841,24 +848,21 @@ func (q *preq) revokeSession() error {
 // needs the app's code first.
 const factorsChanged = "An authenticator app was set up for your account meanwhile, so this session needs its code first. Nothing was changed: give the code, then try again."
 
-// newerSession refuses to end a session started after this one last
-// passed the second factor (authcore.ErrNewerSession), linking to the
-// step-up that lifts it.
-func (q *preq) newerSession() error {
-	return q.message(http.StatusConflict, "Code needed", "A session was started after you last gave a code from your authenticator app here. Give one, then try again.",
-		portalURL(q.p.app.Prefix, "/mfa", q.p.app.Prefix+"/account"))
-}
-
 // revokeOtherSessions ends every session of the user but this one: the
 // one click after seeing a session they do not know. It takes the
-// password, and a code if a session started since this one last passed
-// one, as revoking one other session does. This session goes on under a
-// new id, so that a stolen copy of its cookie ends too.
+// password, as revoking one other session does. This session goes on
+// under a new id, so that a stolen copy of its cookie ends too.
 func (q *preq) revokeOtherSessions() error {
 	back := q.p.app.Prefix + "/account"
 	p, err := q.formPrincipal(back)
 	if p == nil {
 		return err
+	}
+	// A recent second factor too, for a user with one: a stolen cookie
+	// and the password, without the factor, must not sign the owner out
+	// of each session they sign in with, as fast as they do.
+	if p.User.SecondFactor && !q.requireFresh(p, back) {
+		return nil
 	}
 	again := func(status int, msg string) error {
 		return q.message(status, "Sessions not signed out", msg, back)
@@ -893,9 +897,6 @@ func (q *preq) revokeOtherSessions() error {
 	}
 	if errors.Is(err, authcore.ErrFactorsChanged) {
 		return q.message(http.StatusConflict, "Sessions not signed out", factorsChanged, back)
-	}
-	if errors.Is(err, authcore.ErrNewerSession) {
-		return q.newerSession()
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

@@ -444,7 +444,12 @@ func TestAccountListsRecentSessions(t *testing.T) {
 	idled, _ := mustSession(t, e, u)
 	idled = idled.Clone()
 	idled.LastSeen = now.Add(-24 * time.Hour)
-	if err := e.rt().store.PutSessions(ctx, []*authcore.Session{idled}); err != nil {
+	// A sign-in waiting for a second factor, the last used of all: listed
+	// after those signed in (anyone with the password can start them).
+	pending, _ := mustSession(t, e, u)
+	pending = pending.Clone()
+	pending.Pending = true
+	if err := e.rt().store.PutSessions(ctx, []*authcore.Session{idled, pending}); err != nil {
 		t.Fatal(err)
 	}
 	e.mustLogin("many@example.com")
@@ -461,11 +466,14 @@ func TestAccountListsRecentSessions(t *testing.T) {
 	if ids[0][1] != me.ID.String() || ids[1][1] != newest.String() {
 		t.Errorf("listed first %s, %s; want this session %s, then the last used %s", ids[0][1], ids[1][1], me.ID, newest)
 	}
-	if !strings.Contains(page, `data-sigra="session-list-more">4 less recently used sessions are not listed.`) {
-		t.Errorf("the page does not say 4 sessions are left out:\n%s", page)
+	if !strings.Contains(page, `data-sigra="session-list-more">5 more sessions are not listed.`) {
+		t.Errorf("the page does not say 5 sessions are left out:\n%s", page)
 	}
 	if strings.Contains(page, idled.ID.String()) {
 		t.Error("a session ended by idling is listed")
+	}
+	if strings.Contains(page, pending.ID.String()) {
+		t.Error("a pending sign-in is listed before sessions signed in")
 	}
 	if !strings.Contains(page, `data-sigra="session-revoke-others"`) {
 		t.Error("no form to sign out the others")

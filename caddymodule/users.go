@@ -56,7 +56,7 @@ func (rt *runtime) addLocks(ctx context.Context, v *userView) (err error) {
 	if v.SignInBannedUntil, err = rt.reg.AccountBan(ctx, v.ID); err != nil {
 		return err
 	}
-	if v.CodesBannedUntil, err = rt.reg.Ban(ctx, authcore.UserMFAKey(v.ID)); err != nil {
+	if v.CodesBannedUntil, err = rt.reg.CodesBan(ctx, v.ID); err != nil {
 		return err
 	}
 	if v.ReauthBannedUntil, err = rt.reg.ReauthBan(ctx, v.ID); err != nil {

@@ -134,7 +134,7 @@ func (b *Bolt) UpdateUserRenewing(ctx context.Context, id string, cur authcore.S
 		return nil, authcore.ErrNotFound
 	}
 	err = b.update(func(tx *bolt.Tx) error {
-		u, err = updateUserRenewing(tx, key, id, cur, next, fn, false)
+		u, err = updateUserRenewing(tx, key, id, cur, next, fn)
 		return err
 	})
 	if err != nil {
@@ -148,24 +148,12 @@ func (b *Bolt) UpdateUserRenewing(ctx context.Context, id string, cur authcore.S
 // telling of it.
 func (b *Bolt) UpdateUserRenewingIn(id string, cur authcore.SessionID, next *authcore.Session, fn func(u *authcore.User) error) func(tx any) error {
 	return b.changeIn(id, func(tx *bolt.Tx, key []byte) error {
-		_, err := updateUserRenewing(tx, key, id, cur, next, fn, false)
+		_, err := updateUserRenewing(tx, key, id, cur, next, fn)
 		return err
 	})
 }
 
-// EndOtherSessionsIn implements authcore.ChangeStore.
-func (b *Bolt) EndOtherSessionsIn(id string, cur authcore.SessionID, next *authcore.Session) func(tx any) error {
-	return b.changeIn(id, func(tx *bolt.Tx, key []byte) error {
-		_, err := updateUserRenewing(tx, key, id, cur, next, func(*authcore.User) error { return nil }, true)
-		return err
-	})
-}
-
-// updateUserRenewing is UpdateUserRenewing inside a write transaction.
-// With olderOnly, for a user with a second factor, every other live
-// session must have started by the time cur last passed it, else
-// ErrNewerSession (see ChangeStore.EndOtherSessionsIn).
-func updateUserRenewing(tx *bolt.Tx, key []byte, id string, cur authcore.SessionID, next *authcore.Session, fn func(u *authcore.User) error, olderOnly bool) (*authcore.User, error) {
+func updateUserRenewing(tx *bolt.Tx, key []byte, id string, cur authcore.SessionID, next *authcore.Session, fn func(u *authcore.User) error) (*authcore.User, error) {
 	old, err := getUser(tx, key)
 	if err != nil {
 		return nil, err
@@ -192,21 +180,6 @@ func updateUserRenewing(tx *bolt.Tx, key []byte, id string, cur authcore.Session
 	// cur must not go on as a session that passed none.
 	if old.SecondFactor && !renewed.MFA() {
 		return nil, authcore.ErrFactorsChanged
-	}
-	if olderOnly && old.SecondFactor {
-		for _, oid := range userSessionIDs(tx, key) {
-			v := bucket(tx, bktSessions).Get(oid[:])
-			if oid == cur || v == nil {
-				continue
-			}
-			o, err := decodeSession(v)
-			if err != nil {
-				return nil, err
-			}
-			if o.UserEpoch == old.SessionEpoch && next.LastSeen.Before(o.End()) && o.CreatedAt.After(s.MFAAt) {
-				return nil, authcore.ErrNewerSession
-			}
-		}
 	}
 	u, err := updateUser(tx, key, true, fn)
 	if err != nil {

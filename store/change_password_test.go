@@ -3,7 +3,6 @@ package store
 import (
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
@@ -179,57 +178,5 @@ func TestRenewalCarriesTheStoredSession(t *testing.T) {
 	}
 	if got, err := e.st.GetSession(e.ctx, sess.ID); err != nil || !got.MFA() || !sess.MFA() {
 		t.Errorf("renewed: %+v, %v; want the second factor carried over as stored", got, err)
-	}
-}
-
-// For a user with a second factor, a sign-out of the others from cur
-// ends no session started after cur last passed it (ErrNewerSession),
-// changing nothing; sessions started before, expired or of an earlier
-// epoch do not count.
-func TestEndOtherSessionsSparesNewerOnes(t *testing.T) {
-	e := newMFAEnv(t)
-	w := newWithRows(t, e)
-	u := e.user(t, "kim@example.com")
-	e.enrol(t, u)
-	u, err := e.st.UserByID(e.ctx, u.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proven := func() (string, *authcore.Session) {
-		t.Helper()
-		tok, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, s, err = e.svc.CompleteSecondFactor(e.ctx, s.ID, authcore.AMROTP)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok, s
-	}
-	olderTok, _ := proven()
-	e.clk.Advance(time.Minute)
-	_, cur := proven()
-	e.clk.Advance(time.Minute)
-	newerTok, _ := proven()
-	live := func(tok string) bool { _, err := e.svc.Authenticate(e.ctx, tok); return err == nil }
-
-	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrNewerSession) {
-		t.Fatalf("with a newer session: %v; want ErrNewerSession", err)
-	}
-	if !live(olderTok) || !live(newerTok) || w.rows() != 0 {
-		t.Errorf("after the refusal: older live %t, newer live %t, %d rows; want both live, no row", live(olderTok), live(newerTok), w.rows())
-	}
-	// From the newest, all end.
-	newer, err := e.svc.Authenticate(e.ctx, newerTok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := e.svc.EndOtherSessionsWith(newer.Session, w.commit("session.revoked_others"))
-	if err != nil {
-		t.Fatalf("from the newest session: %v", err)
-	}
-	if !live(tok) || live(olderTok) || live(newerTok) {
-		t.Errorf("after: renewed live %t, older live %t, old token live %t; want the renewed one alone", live(tok), live(olderTok), live(newerTok))
 	}
 }
