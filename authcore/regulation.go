@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -125,15 +126,20 @@ func AccountKeyUser(key string) (string, bool) {
 // already signed in, from a step-up.
 func UserMFAKey(userID string) string { return "mfa:" + userID }
 
-// UserStepUpKey is the regulation key of the codes given in one session
-// that has passed the second factor already (a step-up), apart from the
-// sign-in's (UserMFAKey): whoever holds a stolen cookie of such a
-// session must not, by guessing, ban the owner's step-ups in their own
-// sessions, which would keep the owner from ending the thief's. Such a
-// session cannot be had without a code, so per-session counting gives a
-// thief no more guesses than the sessions it stole (the address's count
-// and the app's lock after max_totp_failures still apply).
-func UserStepUpKey(userID, sessionID string) string { return UserStepUpPrefix(userID) + sessionID }
+// UserStepUpKey is the regulation key of the codes given, as step-ups,
+// in the sessions of one sign-in that passed the second factor (started
+// at started: a session's CreatedAt, which its renewals and step-ups
+// carry over with a new id), apart from the sign-in's (UserMFAKey):
+// whoever holds a stolen cookie of one sign-in must not, by guessing,
+// ban the owner's step-ups in their others, which would keep the owner
+// from ending the thief's. Such a sign-in cannot be had without a code,
+// and renewing a session keeps its key, so a thief gets no more guesses
+// than the sign-ins it stole (the address's count and the app's lock
+// after max_totp_failures still apply). A copy of the owner's own
+// session shares its key: signing out there ends both.
+func UserStepUpKey(userID string, started time.Time) string {
+	return UserStepUpPrefix(userID) + strconv.FormatInt(started.UnixNano(), 36)
+}
 
 // UserStepUpPrefix starts the step-up keys of every session of a user.
 func UserStepUpPrefix(userID string) string { return "mfa:" + userID + "/" }

@@ -445,6 +445,39 @@ func TestThiefCannotBanTheOwnersStepUp(t *testing.T) {
 	}
 }
 
+// Step-up codes count per sign-in, not per session id: a renewal (here
+// a sign-out of the others, in the fresh window) keeps the count, so it
+// mints no new quota of guesses; and a copy of the session shares it,
+// so the page says how to end a copy: sign out there.
+func TestStepUpCountsBySignIn(t *testing.T) {
+	fake, e, _, secret, _ := startEnrolled(t, "", "fay@example.com")
+	copied := e.browser()
+	base, _ := url.Parse(e.base)
+	copied.client.Jar.SetCookies(base, []*http.Cookie{{Name: "sigra_session", Value: e.sessionCookie(), Path: "/"}})
+	for range 3 {
+		if code := copied.secondFactor("code", "000000").StatusCode; code != http.StatusUnauthorized {
+			t.Fatalf("a wrong code: status %d; want 401", code)
+		}
+	}
+	_, page := e.get("/.sigra/account", nil)
+	if resp, body := e.postForm("/.sigra/account/sessions/revoke-others", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("sign-out of the others: status %d\n%s", resp.StatusCode, body)
+	}
+	for range 2 {
+		e.secondFactor("code", "000000")
+	}
+	fake.Advance(30 * time.Second)
+	_, page = e.get("/.sigra/mfa", nil)
+	resp, body := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "sign out, which ends it") {
+		t.Errorf("a right code after five wrong ones across the renewal: status %d; want 429, saying how to end a copy\n%s", resp.StatusCode, body)
+	}
+	rows := e.auditRows("mfa.challenge.failure")
+	if len(rows) == 0 || rows[0].Metadata["step"] != "step_up" || rows[0].Metadata["session"] == "" {
+		t.Errorf("mfa.challenge.failure rows %+v; want step-ups naming their session", rows)
+	}
+}
+
 // A user with a second factor proves it again before changing the
 // password, as before turning it off: a stolen session and the password
 // alone must not sign the owner out everywhere and keep the account.

@@ -92,12 +92,12 @@ func (q *preq) mfaSubmit() error {
 	}
 	// Codes have their own account key: a password banned by strangers
 	// who know the email must not also keep the signed-in owner from a
-	// step-up. A session that passed the second factor already counts
-	// its step-ups apart: a thief holding a copy of one must not ban the
-	// owner's step-ups, which revoking the thief's session needs.
-	key := authcore.UserMFAKey(p.User.ID)
-	if !p.Session.Pending && p.Session.MFA() {
-		key = authcore.UserStepUpKey(p.User.ID, p.SessionID)
+	// step-up. A sign-in that passed the second factor already counts
+	// its step-ups apart: a thief holding a copy of another must not ban
+	// the owner's step-ups, which revoking the thief's session needs.
+	key, stepUp := authcore.UserMFAKey(p.User.ID), !p.Session.Pending && p.Session.MFA()
+	if stepUp {
+		key = authcore.UserStepUpKey(p.User.ID, p.Session.CreatedAt)
 	}
 	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
 	if err != nil {
@@ -116,6 +116,9 @@ func (q *preq) mfaSubmit() error {
 	// written once a minute per user, and the answer waits.
 	failed := event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
 		meta: map[string]string{"method": method}}
+	if stepUp {
+		failed.meta["step"], failed.meta["session"] = "step_up", p.SessionID
+	}
 	appLocked := errors.Is(err, authcore.ErrTOTPLocked) && !errors.Is(err, authcore.ErrInvalidCode)
 	if appLocked {
 		if err := att.Abandon(q.ctx()); err != nil {
@@ -166,6 +169,9 @@ func (q *preq) mfaSubmit() error {
 			// tells them nothing a guess could use, and keeps the owner
 			// from taking a right code for a wrong one.
 			status, msg = http.StatusTooManyRequests, codesBannedText
+			if stepUp {
+				msg = stepUpBannedText
+			}
 			if att.AddressRefused() {
 				msg = addressBannedText
 			}
@@ -262,6 +268,7 @@ func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery st
 const (
 	codesBannedText   = "Too many wrong codes: codes cannot be checked for a few minutes, and this one was not. Try again later."
 	addressBannedText = "Too many failed attempts from your network: codes cannot be checked for a few minutes, and this one was not. Try again later."
+	stepUpBannedText  = codesBannedText + " If you did not type wrong codes here, someone may hold a copy of this session: sign out, which ends it, then sign in again."
 )
 
 // totpLockedText tells the owner of an app locked by wrong codes what
