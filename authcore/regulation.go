@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -127,9 +126,9 @@ func AccountKeyUser(key string) (string, bool) {
 func UserMFAKey(userID string) string { return "mfa:" + userID }
 
 // UserStepUpKey is the regulation key of the codes given, as step-ups,
-// in the sessions of one sign-in that passed the second factor (started
-// at started: a session's CreatedAt, which its renewals and step-ups
-// carry over with a new id), apart from the sign-in's (UserMFAKey):
+// in the sessions of one sign-in that passed the second factor (signIn:
+// a session's SignInKey, which its renewals and step-ups carry over with
+// a new id), apart from the sign-in's (UserMFAKey):
 // whoever holds a stolen cookie of one sign-in must not, by guessing,
 // ban the owner's step-ups in their others, which would keep the owner
 // from ending the thief's. Such a sign-in cannot be had without a code,
@@ -137,9 +136,7 @@ func UserMFAKey(userID string) string { return "mfa:" + userID }
 // than the sign-ins it stole (the address's count and the app's lock
 // after max_totp_failures still apply). A copy of the owner's own
 // session shares its key: signing out there ends both.
-func UserStepUpKey(userID string, started time.Time) string {
-	return UserStepUpPrefix(userID) + strconv.FormatInt(started.UnixNano(), 36)
-}
+func UserStepUpKey(userID, signIn string) string { return UserStepUpPrefix(userID) + signIn }
 
 // UserStepUpPrefix starts the step-up keys of every session of a user.
 func UserStepUpPrefix(userID string) string { return "mfa:" + userID + "/" }

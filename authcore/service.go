@@ -591,7 +591,7 @@ func (s *Service) NewSessionRecord(u *User, amr []string, meta ClientMeta) (stri
 	now := s.clock.Now().UTC()
 	token, id := NewToken()
 	sess := &Session{
-		ID: id, UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
+		ID: id, SignIn: id.String(), UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
 		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256), Host: truncate(NormalizeHost(meta.Host), 255),
 		UserEpoch: u.SessionEpoch, // as read when the credential was checked
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -116,6 +117,10 @@ type Session struct {
 	// UserEpoch is the user's SessionEpoch when the session started; the
 	// session is valid only while the two are equal.
 	UserEpoch uint64 `json:"user_epoch,omitempty"`
+	// SignIn names the sign-in the session comes from: the id of its
+	// first session, kept by its renewals and step-ups, which change the
+	// id. Sessions stored before it have none (see SignInKey).
+	SignIn string `json:"sign_in,omitempty"`
 	// Host is the host name (lower case, no port) of the site the
 	// session was started on, where alone it is valid (see OnHost).
 	Host string `json:"host,omitempty"`
@@ -174,6 +179,15 @@ func (s *Session) Expired(now time.Time, idle time.Duration) bool {
 		return true
 	}
 	return idle > 0 && now.Sub(s.LastSeen) >= idle
+}
+
+// SignInKey names the session's sign-in: SignIn, or for a session stored
+// without one, its start, which renewals and step-ups keep as well.
+func (s *Session) SignInKey() string {
+	if s.SignIn != "" {
+		return s.SignIn
+	}
+	return "t" + strconv.FormatInt(s.CreatedAt.UnixNano(), 36)
 }
 
 // Clone returns a deep copy.

@@ -472,9 +472,11 @@ func TestStepUpCountsBySignIn(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "sign out, which ends it") {
 		t.Errorf("a right code after five wrong ones across the renewal: status %d; want 429, saying how to end a copy\n%s", resp.StatusCode, body)
 	}
-	rows := e.auditRows("mfa.challenge.failure")
-	if len(rows) == 0 || rows[0].Metadata["step"] != "step_up" || rows[0].Metadata["session"] == "" {
-		t.Errorf("mfa.challenge.failure rows %+v; want step-ups naming their session", rows)
+	for _, action := range []string{"mfa.challenge.failure", "auth.lockout"} {
+		rows := e.auditRows(action)
+		if len(rows) == 0 || rows[0].Metadata["step"] != "step_up" || rows[0].Metadata["session"] == "" {
+			t.Errorf("%s rows %+v; want step-ups naming their session", action, rows)
+		}
 	}
 }
 

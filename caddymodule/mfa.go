@@ -97,7 +97,7 @@ func (q *preq) mfaSubmit() error {
 	// the owner's step-ups, which revoking the thief's session needs.
 	key, stepUp := authcore.UserMFAKey(p.User.ID), !p.Session.Pending && p.Session.MFA()
 	if stepUp {
-		key = authcore.UserStepUpKey(p.User.ID, p.Session.CreatedAt)
+		key = authcore.UserStepUpKey(p.User.ID, p.Session.SignInKey())
 	}
 	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
 	if err != nil {
@@ -141,6 +141,11 @@ func (q *preq) mfaSubmit() error {
 			return caddyhttp.Error(http.StatusInternalServerError, ferr)
 		}
 		evs := lockoutEvents(p.User.ID, res, "mfa")
+		if stepUp {
+			for _, ev := range evs {
+				ev.meta["step"], ev.meta["session"] = "step_up", p.SessionID
+			}
+		}
 		lockedNow := errors.Is(err, authcore.ErrTOTPLocked) // this wrong code locked the app
 		if lockedNow {
 			evs = append(evs, event{action: "auth.lockout", actorType: "system", subject: p.User.ID, outcome: "success",

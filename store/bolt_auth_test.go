@@ -1258,7 +1258,7 @@ func TestServiceAuthenticate(t *testing.T) {
 		t.Fatalf("session not stored: %v", err)
 	}
 	want := &authcore.Session{
-		ID: sess.ID, UserID: u.ID, CreatedAt: authT0, LastSeen: authT0, ExpiresAt: authT0.Add(12 * time.Hour),
+		ID: sess.ID, SignIn: sess.ID.String(), UserID: u.ID, CreatedAt: authT0, LastSeen: authT0, ExpiresAt: authT0.Add(12 * time.Hour),
 		AuthTime: authT0, AMR: []string{"pwd"}, IP: "192.0.2.1", UserAgent: "test-agent",
 	}
 	if authJSON(t, stored) != authJSON(t, want) {

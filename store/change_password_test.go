@@ -99,6 +99,14 @@ func TestEndOtherSessionsWith(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if sess.SignIn == "" || sess.SignIn != cur.SignIn || sess.SignInKey() != cur.SignInKey() {
+		t.Errorf("renewed sign-in %q (key %q); want the first's %q: step-ups are counted per sign-in", sess.SignIn, sess.SignInKey(), cur.SignIn)
+	}
+	// Two sign-ins at the same instant are two sign-ins.
+	_, same := start()
+	if same.CreatedAt.Equal(sess.CreatedAt) && same.SignInKey() == sess.SignInKey() {
+		t.Errorf("two sign-ins at one instant share the sign-in key %q", same.SignInKey())
+	}
 	if sess.ID == cur.ID || !live(token) || live(curTok) || live(otherTok) {
 		t.Errorf("after: new id %t, new token live %t, old token live %t, other live %t; want a new live session alone",
 			sess.ID != cur.ID, live(token), live(curTok), live(otherTok))
