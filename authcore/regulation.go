@@ -138,11 +138,12 @@ func UserMFAKey(userID string) string { return "mfa:" + userID }
 // session shares its key: signing out there ends both.
 func UserStepUpKey(userID, signIn string) string { return UserStepUpPrefix(userID) + signIn }
 
-// UserStepUpPrefix starts the step-up keys of every session of a user.
+// UserStepUpPrefix starts the step-up keys of every sign-in of a user.
 func UserStepUpPrefix(userID string) string { return "mfa:" + userID + "/" }
 
-// userSessionPrefixes start the per-session regulation keys of a user.
-func userSessionPrefixes(userID string) []string {
+// UserSessionPrefixes start the regulation keys a user has per session
+// or sign-in: password re-checks and step-ups.
+func UserSessionPrefixes(userID string) []string {
 	return []string{UserReauthPrefix(userID), UserStepUpPrefix(userID)}
 }
 
@@ -166,7 +167,7 @@ func UserRegulationKeys(userID string) []string {
 // sessions that have any.
 func userRegulationKeys(ctx context.Context, st RegulationStore, userID string) ([]string, error) {
 	keys := UserRegulationKeys(userID)
-	for _, prefix := range userSessionPrefixes(userID) {
+	for _, prefix := range UserSessionPrefixes(userID) {
 		err := st.RegulationStates(ctx, prefix, func(key string, _ *RegulationState) bool {
 			keys = append(keys, key)
 			return true

@@ -850,8 +850,9 @@ const factorsChanged = "An authenticator app was set up for your account meanwhi
 
 // revokeOtherSessions ends every session of the user but this one: the
 // one click after seeing a session they do not know. It takes the
-// password, as revoking one other session does. This session goes on
-// under a new id, so that a stolen copy of its cookie ends too.
+// password, and a recent second factor from a user who has one, as
+// revoking one other session does. This session goes on under a new id,
+// so that a stolen copy of its cookie ends too.
 func (q *preq) revokeOtherSessions() error {
 	back := q.p.app.Prefix + "/account"
 	p, err := q.formPrincipal(back)

@@ -660,9 +660,8 @@ func deleteUserMFA(tx *bolt.Tx, uk []byte, userID string) error {
 
 // ClearUserRegulationIn implements authcore.ChangeStore: it deletes the
 // user's regulation keys (authcore.UserRegulationKeys) and the re-check
-// and step-up keys of every session (authcore.UserReauthPrefix,
-// UserStepUpPrefix), found in tx, so a session's ban that starts
-// meanwhile is cleared too.
+// and step-up keys of every session (authcore.UserSessionPrefixes),
+// found in tx, so a session's ban that starts meanwhile is cleared too.
 func (b *Bolt) ClearUserRegulationIn(userID string) func(tx any) error {
 	return b.inTx(func(tx *bolt.Tx) error { return clearUserRegulation(tx, userID) })
 }
@@ -675,7 +674,7 @@ func clearUserRegulation(tx *bolt.Tx, userID string) error {
 			return err
 		}
 	}
-	for _, p := range []string{authcore.UserReauthPrefix(userID), authcore.UserStepUpPrefix(userID)} {
+	for _, p := range authcore.UserSessionPrefixes(userID) {
 		prefix := []byte(p)
 		c := reg.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
