@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -477,6 +478,66 @@ func TestStepUpCountsBySignIn(t *testing.T) {
 		if len(rows) == 0 || rows[0].Metadata["step"] != "step_up" || rows[0].Metadata["session"] == "" {
 			t.Errorf("%s rows %+v; want step-ups naming their session", action, rows)
 		}
+	}
+}
+
+// A second factor set up between a renewal's checks and its transaction
+// (another device finishing a TOTP set-up) refuses the renewal: the
+// session, which passed none, must not go on or change the password as
+// if it had. The answer says so (409); nothing changes, and the
+// password change leaves its failure row.
+func TestRenewalRefusedWhenAFactorCameMeanwhile(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	u := e.addUser("ned@example.com")
+	e.mustLogin("ned@example.com")
+	e.browser().mustLogin("ned@example.com")
+	ctx := context.Background()
+	setFactor := func(on bool) {
+		t.Helper()
+		if _, err := e.rt().store.UpdateUser(ctx, u.ID, false, func(x *authcore.User) error { x.SecondFactor = on; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Just before the row and the change are written, the factor lands.
+	hook := func(r audit.Row) error {
+		if r.Outcome == "success" && (r.Action == "session.revoked_others" || r.Action == "auth.password_change.success") {
+			setFactor(true)
+		}
+		return nil
+	}
+	e.rt().failRecord.Store(&hook)
+	t.Cleanup(func() { e.rt().failRecord.Store(nil) })
+	sessions := func() int {
+		ss, err := e.rt().store.UserSessions(ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ss)
+	}
+
+	_, page := e.get("/.sigra/account", nil)
+	resp, body := e.postForm("/.sigra/account/sessions/revoke-others", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "An authenticator app was set up for your account meanwhile") {
+		t.Errorf("sign-out of the others: status %d; want 409 saying why\n%s", resp.StatusCode, body)
+	}
+	if n := sessions(); n != 2 {
+		t.Errorf("%d sessions after the refusal; want 2", n)
+	}
+	if rows := e.auditRows("session.revoked_others"); len(rows) != 0 {
+		t.Errorf("session.revoked_others rows %+v; want none", rows)
+	}
+
+	setFactor(false)
+	const next = "a much longer new passphrase"
+	resp, body = e.changePassword(testPassword, next, next)
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "An authenticator app was set up for your account meanwhile") {
+		t.Errorf("password change: status %d; want 409 saying why\n%s", resp.StatusCode, body)
+	}
+	if _, err := e.rt().auth.CheckPassword(ctx, u.Email, testPassword); err != nil {
+		t.Errorf("the password after the refusal: %v; want unchanged", err)
+	}
+	if rows := e.auditRows("auth.password_change.*"); len(rows) != 1 || rows[0].Outcome != "failure" || rows[0].Metadata["reason"] != "factors_changed" {
+		t.Errorf("password change rows %+v; want one failure, factors_changed", rows)
 	}
 }
 
