@@ -514,14 +514,7 @@ func TestRegulationCrowdedAddress(t *testing.T) {
 	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 2, MaxRetriesPerIP: 3})
 	ctx := context.Background()
 	const ip = "192.0.2.7"
-	var flying []*Attempt
-	for i := range 3 {
-		a, err := r.Begin(ctx, UserAccountKey(fmt.Sprintf("user%d", i)), ip)
-		if err != nil || !a.Allowed() || a.Crowded() {
-			t.Fatalf("attempt %d: %v, allowed %v, crowded %v; want allowed", i, err, a.Allowed(), a.Crowded())
-		}
-		flying = append(flying, a)
-	}
+	flying := beginFrom(t, r, ip, "user", 3)
 	a, err := r.Begin(ctx, UserAccountKey("user9"), ip)
 	if err != nil || a.Allowed() || !a.Crowded() || !a.BannedUntil().IsZero() {
 		t.Fatalf("a fourth at once: %v, allowed %v, crowded %v; want crowded out, no ban", err, a.Allowed(), a.Crowded())
@@ -825,14 +818,7 @@ func TestRegulationInFlightIsNoFailure(t *testing.T) {
 	r, _, _ := newTestRegulator(t, RegulationConfig{MaxRetries: 5, MaxRetriesPerIP: 20})
 	ctx := context.Background()
 	const ip = "192.0.2.50"
-	var flying []*Attempt
-	for i := range 19 {
-		a, err := r.Begin(ctx, UserAccountKey(fmt.Sprintf("staff%d", i)), ip)
-		if err != nil || !a.Allowed() {
-			t.Fatalf("attempt %d: %v, allowed %v", i, err, a != nil && a.Allowed())
-		}
-		flying = append(flying, a)
-	}
+	flying := beginFrom(t, r, ip, "staff", 19)
 	if allowed, res := try(t, r, UserAccountKey("typo"), ip, false); !allowed || res.IPLocked {
 		t.Fatalf("a typo with 19 sign-ins under way: allowed %v, address banned %v; want allowed, no ban", allowed, res.IPLocked)
 	}
@@ -852,4 +838,20 @@ func TestRegulationInFlightIsNoFailure(t *testing.T) {
 	if bans != 1 {
 		t.Errorf("address banned %d times; want once", bans)
 	}
+}
+
+// beginFrom begins n sign-ins from ip, to the accounts <name>0, <name>1,
+// …, each of which must be allowed and not crowded out, and returns them
+// under way.
+func beginFrom(t *testing.T, r *Regulator, ip, name string, n int) []*Attempt {
+	t.Helper()
+	var flying []*Attempt
+	for i := range n {
+		a, err := r.Begin(context.Background(), UserAccountKey(fmt.Sprintf("%s%d", name, i)), ip)
+		if err != nil || !a.Allowed() || a.Crowded() {
+			t.Fatalf("attempt %d: %v, allowed %v, crowded %v; want allowed", i, err, a != nil && a.Allowed(), a != nil && a.Crowded())
+		}
+		flying = append(flying, a)
+	}
+	return flying
 }

@@ -57,6 +57,36 @@ func (e *env) submitTwice(path string, form url.Values) (status [2]int, body [2]
 	return status, body
 }
 
+// answer is a status and a text its body holds.
+type answer struct {
+	status int
+	text   string
+}
+
+// oneDoneOneTwin checks the two answers to a form sent twice that
+// replaces the session: one is done's, the other the twin's, which
+// sets no cookie (the browser may hold the first answer's new session).
+func oneDoneOneTwin(t *testing.T, resps [2]*http.Response, bodies [2]string, done, twin answer) {
+	t.Helper()
+	var got [2]int
+	for i, resp := range resps {
+		switch {
+		case resp.StatusCode == done.status && strings.Contains(bodies[i], done.text):
+			got[0]++
+		case resp.StatusCode == twin.status && strings.Contains(bodies[i], twin.text):
+			got[1]++
+			if c := resp.Header.Get("Set-Cookie"); c != "" {
+				t.Errorf("the twin's answer sets a cookie %q; want the first's session left alone", c)
+			}
+		default:
+			t.Errorf("submit %d: status %d\n%s", i, resp.StatusCode, bodies[i])
+		}
+	}
+	if got != [2]int{1, 1} {
+		t.Errorf("%d done (%q) and %d twin (%q) answers; want one of each", got[0], done.text, got[1], twin.text)
+	}
+}
+
 // postTwice posts form to path twice at once, with the headers hdr, and
 // returns both responses and their bodies.
 func (e *env) postTwice(path string, form url.Values, hdr map[string]string) (resps [2]*http.Response, bodies [2]string) {
@@ -109,23 +139,7 @@ func TestChangePasswordSentTwice(t *testing.T) {
 	rows := e.holdFirstRow("auth.password_change.success")
 	resps, bodies := e.postTwice("/.sigra/account/password", url.Values{"csrf_token": {csrfFrom(t, page)},
 		"current_password": {testPassword}, "new_password": {next}, "confirm_password": {next}}, nil)
-	changed, already := 0, 0
-	for i, resp := range resps {
-		switch {
-		case resp.StatusCode == http.StatusOK && strings.Contains(bodies[i], "Your password is changed."):
-			changed++
-		case resp.StatusCode == http.StatusOK && strings.Contains(bodies[i], "already changed"):
-			already++
-			if c := resp.Header.Get("Set-Cookie"); c != "" {
-				t.Errorf("the second answer sets a cookie %q; want the first's new session left alone", c)
-			}
-		default:
-			t.Errorf("submit %d: status %d\n%s", i, resp.StatusCode, bodies[i])
-		}
-	}
-	if changed != 1 || already != 1 {
-		t.Errorf("%d changed and %d already-changed answers; want one of each", changed, already)
-	}
+	oneDoneOneTwin(t, resps, bodies, answer{http.StatusOK, "Your password is changed."}, answer{http.StatusOK, "already changed"})
 	if n := rows(); n != 1 {
 		t.Errorf("%d auth.password_change.success rows attempted; want 1", n)
 	}
@@ -327,23 +341,7 @@ func TestRevokeOthersSentTwice(t *testing.T) {
 	_, page := e.get("/.sigra/account", nil)
 	rows := e.holdFirstRow("session.revoked_others")
 	resps, bodies := e.postTwice("/.sigra/account/sessions/revoke-others", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
-	done, twin := 0, 0
-	for i, resp := range resps {
-		switch {
-		case resp.StatusCode == http.StatusOK && strings.Contains(bodies[i], "Your other sessions are signed out."):
-			done++
-		case resp.StatusCode == http.StatusConflict && strings.Contains(bodies[i], "If you sent the form twice"):
-			twin++
-			if c := resp.Header.Get("Set-Cookie"); c != "" {
-				t.Errorf("the twin's answer sets a cookie %q; want the first's session left alone", c)
-			}
-		default:
-			t.Errorf("submit %d: status %d\n%s", i, resp.StatusCode, bodies[i])
-		}
-	}
-	if done != 1 || twin != 1 {
-		t.Errorf("%d done and %d twin answers; want one of each", done, twin)
-	}
+	oneDoneOneTwin(t, resps, bodies, answer{http.StatusOK, "Your other sessions are signed out."}, answer{http.StatusConflict, "If you sent the form twice"})
 	if n := rows(); n != 1 {
 		t.Errorf("%d session.revoked_others success rows attempted; want 1", n)
 	}
