@@ -586,14 +586,14 @@ type Stats struct {
 	Failures uint64
 	// Dropped counts rows a subscriber missed because its buffer was full.
 	Dropped uint64
-	// Down counts the webhooks whose receiver was unavailable at their
-	// last attempt and that are backing off.
+	// Down counts the configured webhooks whose receiver was
+	// unavailable at their last attempt and that are backing off.
 	Down int
 }
 
-// WebhooksDown counts the webhooks whose receiver was unavailable at
-// their last attempt and that are backing off (Stats.Down), without
-// reading the store.
+// WebhooksDown counts the configured webhooks whose receiver was
+// unavailable at their last attempt and that are backing off
+// (Stats.Down), without reading the store.
 func (l *Log) WebhooksDown() int { return l.sender.downCount() }
 
 // Stats reads the outbox counts from the store and the counters of this

@@ -231,8 +231,8 @@ func (r *Row) normalize(newID func() uuid.UUID, now time.Time) (Position, error)
 	if len(r.Outcome) > MaxOutcomeLen || !isWord(r.Outcome) {
 		return Position{}, fmt.Errorf("%w: outcome %q is not a short lower-case word", ErrInvalidRow, r.Outcome)
 	}
-	r.IP = truncate(r.IP, MaxIPLen)
-	r.UserAgent = truncate(r.UserAgent, MaxUserAgentLen)
+	r.IP = Truncate(r.IP, MaxIPLen)
+	r.UserAgent = Truncate(r.UserAgent, MaxUserAgentLen)
 	if len(r.Metadata) > MaxMetadataKeys {
 		return Position{}, fmt.Errorf("%w: %d metadata entries, at most %d", ErrInvalidRow, len(r.Metadata), MaxMetadataKeys)
 	}
@@ -244,7 +244,7 @@ func (r *Row) normalize(newID func() uuid.UUID, now time.Time) (Position, error)
 			if k == "" || len(k) > MaxMetaKeyLen || !utf8.ValidString(k) {
 				return Position{}, fmt.Errorf("%w: metadata key %q must be 1 to %d bytes of UTF-8", ErrInvalidRow, k, MaxMetaKeyLen)
 			}
-			meta[k] = truncate(v, MaxMetaValueLen)
+			meta[k] = Truncate(v, MaxMetaValueLen)
 		}
 		r.Metadata = meta
 	}
@@ -293,13 +293,15 @@ func isWord(s string) bool {
 	return true
 }
 
-// cutMark ends a string truncate cut, so that a reader can tell it from
+// cutMark ends a string Truncate cut, so that a reader can tell it from
 // one that was that short.
 const cutMark = "…"
 
-// truncate returns s as valid UTF-8 of at most n bytes: when it is
-// longer, cut at a rune boundary and ended with cutMark.
-func truncate(s string, n int) string {
+// Truncate returns s as valid UTF-8 of at most n bytes: when it is
+// longer, cut at a rune boundary and ended with "…". Rows get their
+// client strings cut so; callers that keep less of one use it too, so
+// that every cut in a row looks alike.
+func Truncate(s string, n int) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= n {
 		return s

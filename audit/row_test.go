@@ -188,7 +188,7 @@ func TestNormalizeTruncatesClientStrings(t *testing.T) {
 	if got := r.Metadata["email"]; len(got) != MaxMetaValueLen || !strings.HasSuffix(got, "x…") {
 		t.Errorf("metadata.email is %d bytes ending %q; want %d, marked as cut", len(got), got[len(got)-4:], MaxMetaValueLen)
 	}
-	if got := truncate(strings.Repeat("y", MaxMetaValueLen), MaxMetaValueLen); got != strings.Repeat("y", MaxMetaValueLen) {
+	if got := Truncate(strings.Repeat("y", MaxMetaValueLen), MaxMetaValueLen); got != strings.Repeat("y", MaxMetaValueLen) {
 		t.Error("a value of exactly the bound was cut")
 	}
 	if got := r.Metadata["bad"]; got != "\uFFFD" {

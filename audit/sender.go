@@ -147,11 +147,14 @@ func (ln *lane) isDown() bool {
 	return ln.down > 0
 }
 
-// downCount counts the webhooks, configured or not, whose receiver is
-// down.
+// downCount counts the configured webhooks whose receiver is down. A
+// webhook no longer configured has no receiver to be down: its
+// deliveries fail on the same schedule until dead, and show in the
+// outbox's depth, but an operator who changed a URL is not told for
+// hours that a receiver is down when every configured one is up.
 func (s *sender) downCount() int {
 	n := 0
-	for _, ln := range s.allLanes() {
+	for _, ln := range s.lanes {
 		if ln.isDown() {
 			n++
 		}
@@ -664,7 +667,7 @@ func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 	}
 	ln.down++
 	ln.until = now.Add(s.backoff(ln.down))
-	ln.lastErr = truncate(cause.Error(), 512)
+	ln.lastErr = Truncate(cause.Error(), 512)
 	ln.failedRow = row
 	down, since, until := ln.down, ln.downSince, ln.until
 	ln.mu.Unlock()
@@ -808,7 +811,7 @@ func (s *sender) verdict(d Delivery, res error) Settlement {
 	}
 	now := s.l.clk.Now()
 	d.Attempts++
-	d.LastError = truncate(res.Error(), 512)
+	d.LastError = Truncate(res.Error(), 512)
 	d.UpdatedAt = now
 	if d.Attempts >= s.opts.MaxAttempts {
 		return Settlement{Delivery: d, Verdict: Dead}

@@ -216,6 +216,10 @@ func TestWebhookNoLongerConfiguredIsRetriedThenDead(t *testing.T) {
 	// request and end on the dead list, where an operator can see them.
 	ft, l := withoutItsWebhook(t)
 	l.DeliverDue(context.Background())
+	// No receiver of this config is down: the webhook has none.
+	if s, _ := l.Stats(context.Background()); s.Pending != 1 || s.Failures != 1 || s.Down != 0 || l.WebhooksDown() != 0 {
+		t.Fatalf("after a failed try: Stats = %+v, WebhooksDown %d; want it pending, one failure, none down", s, l.WebhooksDown())
+	}
 	ft.Advance(time.Second)
 	l.DeliverDue(context.Background())
 	page, _ := l.DeadDeliveries(context.Background(), "", 10)

@@ -3,8 +3,10 @@ package caddymodule
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // A signed-in user refused by a requirement leaves an authz.denied row,
@@ -56,6 +58,16 @@ func TestGateWritesAuthzDenied(t *testing.T) {
 	e.get("/admin/y", jsonAccept)
 	if rows := e.auditRows("authz.denied"); len(rows) != 3 || rows[0].Metadata["path"] != "/admin/y" {
 		t.Errorf("a minute later: %d rows; want a third for /admin/y", len(rows))
+	}
+
+	// A long path is cut as every client string of a row is: whole
+	// characters, and a mark saying so.
+	fake.Advance(time.Minute)
+	e.get("/admin/"+strings.Repeat("é", 200), jsonAccept)
+	rows = e.auditRows("authz.denied")
+	if got := rows[0].Metadata["path"]; len(rows) != 4 || len(got) > 256 || !utf8.ValidString(got) ||
+		!strings.HasPrefix(got, "/admin/éé") || !strings.HasSuffix(got, "é…") {
+		t.Errorf("%d rows, the newest path %q (%d bytes); want a fourth, cut to 256 bytes after a whole é and ended with …", len(rows), got, len(got))
 	}
 }
 

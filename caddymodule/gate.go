@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -473,10 +474,7 @@ func (g *Gate) auditDenied(rt *runtime, r *http.Request, p *authcore.Principal, 
 	if !rt.denied.due(deniedKey{user: p.User.ID, gate: g, reason: d.reason}, now) {
 		return
 	}
-	path := originalURL(r).Path // before handle_path or uri strip_prefix
-	if len(path) > 256 {
-		path = path[:256]
-	}
+	path := audit.Truncate(originalURL(r).Path, 256) // before handle_path or uri strip_prefix
 	ev := event{action: "authz.denied", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
 		meta: map[string]string{"reason": d.reason, "method": r.Method, "path": path, "session": p.SessionID}}
 	if err := rt.record(r.Context(), rowFor(r, ev)); err != nil {

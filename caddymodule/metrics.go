@@ -193,7 +193,7 @@ var (
 	webhookDepthDesc    = prometheus.NewDesc("sigra_webhook_outbox_depth", "Webhook deliveries waiting in the outbox (read at most every 5s; NaN while the store cannot be read).", nil, nil)
 	webhookDeadDesc     = prometheus.NewDesc("sigra_webhook_dead_deliveries", "Webhook deliveries that gave up after the retry limit (read at most every 5s; NaN while the store cannot be read).", nil, nil)
 	webhookFailuresDesc = prometheus.NewDesc("sigra_webhook_failures_total", "Failed webhook delivery attempts since Caddy started.", nil, nil)
-	webhookDownDesc     = prometheus.NewDesc("sigra_webhooks_down", "Webhooks whose receiver was unavailable at the last attempt, backing off.", nil, nil)
+	webhookDownDesc     = prometheus.NewDesc("sigra_webhooks_down", "Configured webhooks whose receiver was unavailable at the last attempt, backing off.", nil, nil)
 )
 
 func (*webhookCollector) Describe(ch chan<- *prometheus.Desc) {
