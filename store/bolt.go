@@ -32,6 +32,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -79,6 +80,15 @@ type Bolt struct {
 	db     *bolt.DB
 	path   string
 	health writeHealth
+
+	// replays counts the replays of dead deliveries, which put deliveries
+	// of old rows back in the outbox: a prune whose scan of the outbox
+	// is older than one starts again (PruneAudit). The file is this
+	// process's alone, so memory is enough.
+	replays atomic.Uint64
+	// pruneScanned, set by tests, runs between a prune's scan of the
+	// outbox and its deletions.
+	pruneScanned func()
 }
 
 // OpenBolt opens (creating if needed) the bbolt file at path and makes

@@ -705,12 +705,67 @@ type auditIndexed struct {
 // the delivery is settled (delivered, or dead after its retries). It
 // implements audit.RowStore.
 func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
-	cut := auditTime(before)
-	if held, err := b.auditOldestPending(ctx); err != nil {
-		return 0, err
-	} else if held != nil && bytes.Compare(held, cut) < 0 {
-		cut = held
+	var cut []byte
+	total := 0
+	for scans := 1; ; scans++ {
+		replays := b.replays.Load()
+		cut = auditTime(before)
+		if held, err := b.auditOldestPending(ctx); err != nil {
+			return total, err
+		} else if held != nil && bytes.Compare(held, cut) < 0 {
+			cut = held
+		}
+		if b.pruneScanned != nil {
+			b.pruneScanned()
+		}
+		n, err := b.pruneAuditRows(ctx, cut, replays)
+		total += n
+		if errors.Is(err, errAuditReplayed) {
+			// A replay put deliveries of old rows back in the outbox
+			// since the scan: read it again, a few times at most, then
+			// leave the rest to the next prune.
+			if scans < auditPruneScans {
+				continue
+			}
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		break
 	}
+	// Dead deliveries of pruned rows (they sort by row). A key of the
+	// wrong length was never written so and cannot be decoded: it goes,
+	// from the outbox too. No pending delivery is of a pruned row.
+	if err := b.auditDeleteWhere(ctx, bktAuditDead, func(k []byte) (del, stop bool) {
+		if len(k) != auditDeadLen {
+			return true, false
+		}
+		old := bytes.Compare(k[:auditPosLen], cut) < 0
+		return old, !old
+	}); err != nil {
+		return total, err
+	}
+	if err := b.auditDeleteWhere(ctx, bktAuditPending, func(k []byte) (del, stop bool) {
+		return len(k) != auditOutboxLen, false
+	}); err != nil {
+		return total, err
+	}
+	return total, nil
+}
+
+// auditPruneScans bounds the scans of the outbox in one PruneAudit that
+// replays made stale.
+const auditPruneScans = 3
+
+// errAuditReplayed stops pruneAuditRows when a replay of dead deliveries
+// came after the scan of the outbox that its cut came from.
+var errAuditReplayed = errors.New("audit: dead deliveries were replayed during the prune")
+
+// pruneAuditRows deletes the rows before cut with their index entries,
+// in transactions of at most auditPruneChunk rows, as long as no replay
+// has come since the count replays was read.
+func (b *Bolt) pruneAuditRows(ctx context.Context, cut []byte, replays uint64) (int, error) {
 	total := 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -719,6 +774,11 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 		n := 0
 		err := b.update(func(tx *bolt.Tx) error {
 			n = 0
+			// Replays run in write transactions too, so one that
+			// committed before this one began has counted.
+			if b.replays.Load() != replays {
+				return errAuditReplayed
+			}
 			if err := auditIndexPending(tx); err != nil {
 				return err
 			}
@@ -763,32 +823,17 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 			n = len(vs)
 			return nil
 		})
+		if errors.Is(err, errAuditReplayed) {
+			return total, err
+		}
 		if err != nil {
 			return total, fmt.Errorf("audit prune in %s: %w", b.path, err)
 		}
 		total += n
 		if n < auditPruneChunk {
-			break
+			return total, nil
 		}
 	}
-	// Dead deliveries of pruned rows (they sort by row). A key of the
-	// wrong length was never written so and cannot be decoded: it goes,
-	// from the outbox too. No pending delivery is of a pruned row.
-	if err := b.auditDeleteWhere(ctx, bktAuditDead, func(k []byte) (del, stop bool) {
-		if len(k) != auditDeadLen {
-			return true, false
-		}
-		old := bytes.Compare(k[:auditPosLen], cut) < 0
-		return old, !old
-	}); err != nil {
-		return total, err
-	}
-	if err := b.auditDeleteWhere(ctx, bktAuditPending, func(k []byte) (del, stop bool) {
-		return len(k) != auditOutboxLen, false
-	}); err != nil {
-		return total, err
-	}
-	return total, nil
 }
 
 // auditOldestPending returns the oldest row (its key) that a pending
@@ -1185,7 +1230,8 @@ func (b *Bolt) AuditDeadDeliveries(ctx context.Context, before *audit.Delivery, 
 }
 
 // AuditReplayDead moves dead deliveries back to the outbox, deleting
-// malformed keys it meets. It implements audit.Outbox.
+// malformed keys it meets and the deliveries of rows retention has
+// deleted (there is nothing left to send). It implements audit.Outbox.
 func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.Time, limit int) (int, error) {
 	var hook, target []byte
 	if hookID != "" {
@@ -1205,16 +1251,20 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.
 	}
 	n := 0
 	err := b.update(func(tx *bolt.Tx) error {
-		dead, outbox := bucket(tx, bktAuditDead), bucket(tx, bktAuditPending)
+		dead, outbox, rows := bucket(tx, bktAuditDead), bucket(tx, bktAuditPending), bucket(tx, bktAuditRows)
 		// Collect first: deleting under a cursor skips keys.
 		var keys, states, malformed [][]byte
 		c := dead.Cursor()
-		for k, v := c.First(); k != nil && len(keys) < limit; k, v = c.Next() {
+		for k, v := c.First(); k != nil && len(keys) < limit && len(malformed) < limit; k, v = c.Next() {
 			if len(k) != auditDeadLen {
 				malformed = append(malformed, slices.Clone(k))
 				continue
 			}
 			if hook != nil && !bytes.Equal(k[auditPosLen:], hook) {
+				continue
+			}
+			if rows.Get(k[:auditPosLen]) == nil {
+				malformed = append(malformed, slices.Clone(k)) // pruned with its row
 				continue
 			}
 			var st auditState
@@ -1247,6 +1297,9 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.
 			}
 		}
 		n = len(keys)
+		if n > 0 {
+			b.replays.Add(1) // before the commit: see pruneAuditRows
+		}
 		return nil
 	})
 	if err != nil {

@@ -1245,3 +1245,64 @@ func mustNext(b *testing.B, l *audit.Log, q audit.Query) string {
 	}
 	return p.NextCursor
 }
+
+// A replay of dead deliveries that lands while a prune runs, after its
+// scan of the outbox, puts deliveries of old rows back in the outbox:
+// the prune must not then delete those rows (the sender would mark them
+// delivered without sending them). A dead delivery whose row retention
+// already deleted is dropped by a replay, not sent out empty.
+func TestAuditBoltPruneAfterAReplayKeepsTheReplayedRows(t *testing.T) {
+	b := auditOpen(t, "")
+	ctx := context.Background()
+	hook := audit.WebhookConfig{URL: "https://hooks.example.com/"}.ID()
+	var es []audit.Entry
+	for i := range 10 {
+		r := audit.Row{Action: "auth.logout", ActorID: "u", OccurredAt: auditT0.Add(time.Duration(i) * time.Second)}
+		es = append(es, auditEntry(t, r, auditT0, hook))
+	}
+	if _, err := b.AppendAudit(ctx, es); err != nil {
+		t.Fatal(err)
+	}
+	// Every delivery died: nothing holds the rows back.
+	var ss []audit.Settlement
+	for _, e := range es {
+		d := audit.Delivery{HookID: hook, RowID: e.Row.ID, OccurredAt: e.Row.OccurredAt, DueAt: e.DueAt, Attempts: 15}
+		ss = append(ss, audit.Settlement{Delivery: d, Verdict: audit.Dead})
+	}
+	if err := b.AuditSettle(ctx, ss); err != nil {
+		t.Fatal(err)
+	}
+	replayed := 0
+	b.pruneScanned = func() {
+		if replayed == 0 {
+			n, err := b.AuditReplayDead(ctx, "", "", auditT0, 100)
+			if err != nil {
+				t.Errorf("AuditReplayDead during the prune: %v", err)
+			}
+			replayed = n
+		}
+	}
+	deleted, err := b.PruneAudit(ctx, auditT0.Add(time.Hour))
+	if err != nil || replayed != len(es) || deleted != 0 {
+		t.Fatalf("PruneAudit = %d, %v with %d replayed after its scan; want nothing deleted", deleted, err, replayed)
+	}
+	if got := auditKeys(t, b, bktAuditRows); got != len(es) {
+		t.Fatalf("%d rows kept; want all %d, their deliveries pending again", got, len(es))
+	}
+	b.pruneScanned = nil
+
+	// A dead delivery whose row is gone (retention took the row first)
+	// is dropped by the replay and not counted.
+	if err := b.AuditSettle(ctx, ss[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.db.Update(func(tx *bolt.Tx) error {
+		return bucket(tx, bktAuditRows).Delete(auditPosKey(es[0].Pos))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dead := auditKeys(t, b, bktAuditDead)
+	if n, err := b.AuditReplayDead(ctx, "", "", auditT0, 100); err != nil || n != 0 || dead != 1 || auditKeys(t, b, bktAuditDead) != 0 {
+		t.Fatalf("AuditReplayDead of a delivery without its row = %d, %v (dead %d, then %d); want 0 and it dropped", n, err, dead, auditKeys(t, b, bktAuditDead))
+	}
+}
