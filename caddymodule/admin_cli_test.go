@@ -404,6 +404,20 @@ func TestCLIUserGroups(t *testing.T) {
 	if g := groupsNow(); g != "" {
 		t.Errorf("X-Sigra-Groups after clearing: %q; want none", g)
 	}
+	// Keep adds to the groups the user has (users groups --admin
+	// without --groups): it takes none away.
+	for _, req := range []userRequest{{Groups: []string{"ops"}}, {Groups: []string{}, Admin: true, Keep: true}, {Groups: []string{"dev", "ops"}, Keep: true}} {
+		req.Op, req.User = "groups", "gus@example.com"
+		if _, err := runUserOp(context.Background(), flags, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g := groupsNow(); g != "ops,admins,dev" {
+		t.Errorf("X-Sigra-Groups after ops, then the admin group kept with them, then dev and ops kept: %q; want ops,admins,dev", g)
+	}
+	if rows := e.auditRows("admin.user.groups"); len(rows) != 5 || rows[1].Metadata["previous"] != "ops" || rows[1].Metadata["added"] != "admins" || rows[1].Metadata["removed"] != "" {
+		t.Errorf("the row of the admin group added: %+v; want previous ops, added admins, nothing removed", rows[1])
+	}
 	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "nobody@example.com", Groups: []string{"x"}}); err == nil {
 		t.Error("groups of an unknown user: no error")
 	}

@@ -175,14 +175,15 @@ func buildSigraCommand(cmd *cobra.Command) {
 		Use:   "groups --email <email> --groups <a,b> [--admin]",
 		Short: "Sets a user's groups (--groups \"\" for none; --admin adds the admin group)",
 		Long: `Sets a user's groups to exactly those of --groups (comma-separated;
-"" for none), plus the admin group with --admin. Their signed-in
+"" for none), plus the admin group with --admin. --admin without
+--groups adds the admin group and keeps the others. Their signed-in
 sessions carry the new groups from their next request.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if !c.Flags().Changed("groups") && !cf.admin {
 				return errors.New(`groups needs --groups (comma-separated, or "" for none) or --admin`)
 			}
-			req := userRequest{Op: "groups", User: cf.email, Admin: cf.admin, Groups: []string{}}
+			req := userRequest{Op: "groups", User: cf.email, Admin: cf.admin, Groups: []string{}, Keep: !c.Flags().Changed("groups")}
 			if cf.groups != "" {
 				req.Groups = strings.Split(cf.groups, ",")
 			}

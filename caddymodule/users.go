@@ -17,16 +17,19 @@ import (
 // the store (CLI, Caddy stopped) or inside the running Caddy through the
 // admin API (CLI, Caddy running): the same code serves both.
 type userRequest struct {
-	Op       string   `json:"op"`             // add, list, passwd, groups, disable, enable, unlock, delete, mfa-reset
-	User     string   `json:"user,omitempty"` // id or email of an existing user
-	Email    string   `json:"email,omitempty"`
-	Name     string   `json:"name,omitempty"`
-	Groups   []string `json:"groups,omitempty"`
-	Admin    bool     `json:"admin,omitempty"`
-	Password string   `json:"password,omitempty"`
-	After    string   `json:"after,omitempty"` // list: cursor
-	Limit    int      `json:"limit,omitempty"` // list: page size
-	Query    string   `json:"q,omitempty"`     // list: search (id, or part of email or name)
+	Op     string   `json:"op"`             // add, list, passwd, groups, disable, enable, unlock, delete, mfa-reset
+	User   string   `json:"user,omitempty"` // id or email of an existing user
+	Email  string   `json:"email,omitempty"`
+	Name   string   `json:"name,omitempty"`
+	Groups []string `json:"groups,omitempty"`
+	Admin  bool     `json:"admin,omitempty"`
+	// Keep, for groups, keeps the user's groups and adds those of Groups
+	// and Admin to them, instead of setting them.
+	Keep     bool   `json:"keep,omitempty"`
+	Password string `json:"password,omitempty"`
+	After    string `json:"after,omitempty"` // list: cursor
+	Limit    int    `json:"limit,omitempty"` // list: page size
+	Query    string `json:"q,omitempty"`     // list: search (id, or part of email or name)
 }
 
 // userView is a user as shown to operators (never the password hash).
@@ -269,7 +272,7 @@ func doUserChange(ctx context.Context, rt *runtime, adminGroup string, req userR
 			return nil, err
 		}
 	case req.Op == "groups":
-		groups, err := authcore.NormalizeGroups(requestedGroups(req, adminGroup))
+		groups, err := authcore.NormalizeGroups(newGroups(req, adminGroup, u.Groups))
 		if err != nil {
 			return nil, err
 		}
@@ -314,9 +317,8 @@ func userChange(ctx context.Context, rt *runtime, adminGroup string, req userReq
 	case "passwd":
 		return func(c authcore.Commit) error { return auth.SetPasswordWith(u.ID, req.Password, c) }
 	case "groups":
-		groups := requestedGroups(req, adminGroup)
 		return func(c authcore.Commit) error {
-			return auth.UpdateUserWith(u.ID, false, func(u *authcore.User) error { u.Groups = groups; return nil }, c)
+			return auth.UpdateUserWith(u.ID, false, func(u *authcore.User) error { u.Groups = newGroups(req, adminGroup, u.Groups); return nil }, c)
 		}
 	case "disable", "enable": // not disabling oneself: doUserChange refuses that first
 		disable := req.Op == "disable"
@@ -364,6 +366,15 @@ func changedUser(ctx context.Context, rt *runtime, op string, u *authcore.User) 
 
 // requestedGroups are the groups req gives a user: its list, and the
 // admin group with --admin.
+// newGroups is the groups req gives a user who has groups now: those
+// req asks for, after the user's own with req.Keep.
+func newGroups(req userRequest, adminGroup string, groups []string) []string {
+	if !req.Keep {
+		return requestedGroups(req, adminGroup)
+	}
+	return append(slices.Clone(groups), requestedGroups(req, adminGroup)...)
+}
+
 func requestedGroups(req userRequest, adminGroup string) []string {
 	groups := slices.Clone(req.Groups)
 	if req.Admin {

@@ -125,6 +125,12 @@ func TestCLIUsers(t *testing.T) {
 	}
 	g.browser().mustLogin("bob@example.com", bobNewPassword, "/")
 
+	// --admin alone adds the admin group to those bob has.
+	r = g.cli("", "groups", "--email", "bob@example.com", "--admin")
+	if r.code != 0 || !strings.Contains(r.stdout, "groups of bob@example.com: dev,admins\n") {
+		t.Errorf("user groups --admin: want bob's dev kept and admins added\n%s", r)
+	}
+
 	r = g.cli("", "disable", "--email", "nobody@example.com")
 	if r.code == 0 || !strings.Contains(r.output(), `"nobody@example.com"`) || !strings.Contains(r.output(), "not found") {
 		t.Errorf("user disable of an unknown email with Caddy running: want a non-zero exit and a not-found message naming it\n%s", r)
