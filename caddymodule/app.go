@@ -98,6 +98,9 @@ type App struct {
 	storagePath   string
 	// signingKeyPath is keys.signing_key with its placeholders replaced.
 	signingKeyPath string
+	// assertionAudience is AssertionAudience with its placeholders
+	// replaced.
+	assertionAudience string
 	// poolKey is the key the store is open under in dbPool (Start).
 	poolKey string
 
@@ -446,6 +449,11 @@ func (a *App) setDefaults() error {
 	if a.signingKeyPath, err = caddy.NewReplacer().ReplaceOrErr(a.Keys.SigningKey, true, true); err != nil {
 		return fmt.Errorf("keys: signing_key %s: %w: is the environment variable set for this process?", a.Keys.SigningKey, err)
 	}
+	// The audience too: taken as written, {env.AUD} would be signed as
+	// it stands, and no verifier would accept an assertion.
+	if a.assertionAudience, err = caddy.NewReplacer().ReplaceOrErr(a.AssertionAudience, true, true); err != nil {
+		return fmt.Errorf("assertion_audience %s: %w: is the environment variable set for this process?", a.AssertionAudience, err)
+	}
 	if a.Prefix == "" {
 		a.Prefix = DefaultPrefix
 	}
@@ -652,7 +660,7 @@ func (a *App) Validate() error {
 			return err
 		}
 	}
-	if err := checkAudience(a.AssertionAudience); err != nil {
+	if err := checkAudience(a.assertionAudience); err != nil {
 		return err
 	}
 	hooks, err := a.Audit.validate()

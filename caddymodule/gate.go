@@ -356,7 +356,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	if !g.OmitAssertion && !d.asserted {
 		origin := g.origins.originFor(secure, host)
-		aud := g.app.AssertionAudience
+		aud := g.app.assertionAudience
 		if aud == "" {
 			aud = origin
 		}

@@ -86,6 +86,20 @@ func TestOptionAssertionAudience(t *testing.T) {
 	}
 }
 
+// Like the store's path, the audience may come from the environment:
+// taken as written, every verifier would refuse the assertion.
+func TestOptionAssertionAudienceFromTheEnvironment(t *testing.T) {
+	t.Setenv("SIGRA_TEST_AUD", "https://env.example.com")
+	e := startCaddy(t, "assertion_audience {env.SIGRA_TEST_AUD}", "sigra_gate")
+	if aud := verifyAssertion(t, e, signedInAssertion(t, e))["aud"]; aud != "https://env.example.com" {
+		t.Errorf("aud %v; want https://env.example.com from {env.SIGRA_TEST_AUD}", aud)
+	}
+	a := &App{AssertionAudience: "{env.SIGRA_TEST_UNSET_AUD}", Storage: &StorageConfig{Path: filepath.Join(t.TempDir(), "sigra.db")}}
+	if err := a.setDefaults(); err == nil || !strings.Contains(err.Error(), "assertion_audience {env.SIGRA_TEST_UNSET_AUD}") {
+		t.Errorf("an audience from a variable not set: %v; want it refused, naming it", err)
+	}
+}
+
 // assertionLifetime signs a new user in and returns the iat and exp of
 // the assertion the app receives.
 func assertionLifetime(t *testing.T, e *env) (iat, exp float64) {
