@@ -243,9 +243,15 @@ func (e *env) get(path string, hdr map[string]string) (*http.Response, string) {
 // postForm posts a form with the browser's same-origin headers.
 func (e *env) postForm(path string, form url.Values, hdr map[string]string) (*http.Response, string) {
 	e.t.Helper()
-	h := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Origin": e.base, "Sec-Fetch-Site": "same-origin"}
+	// What a browser sends with a portal page's form: the pages are
+	// served with Referrer-Policy no-referrer, under which the Origin
+	// of a form is null (Fetch); Sec-Fetch-Site says where it was.
+	h := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Origin": "null", "Sec-Fetch-Site": "same-origin"}
 	for k, v := range hdr {
 		h[k] = v
+		if v == "" {
+			delete(h, k) // not sent
+		}
 	}
 	resp := e.do(http.MethodPost, path, h, strings.NewReader(form.Encode()))
 	defer resp.Body.Close()

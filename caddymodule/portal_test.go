@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,7 +149,11 @@ func TestLoginCSRFAndOrigin(t *testing.T) {
 		{"token of another browser", form(token), map[string]string{"Cookie": "sigra_csrf=" + strings.Repeat("x", 43)}},
 		{"cross-site Sec-Fetch-Site", form(token), map[string]string{"Sec-Fetch-Site": "cross-site"}},
 		{"foreign Origin", form(token), map[string]string{"Origin": "https://evil.example"}},
-		{"null Origin", form(token), map[string]string{"Origin": "null"}},
+		{"null Origin without Sec-Fetch-Site", form(token), map[string]string{"Origin": "null", "Sec-Fetch-Site": ""}},
+		{"null Origin from another site", form(token), map[string]string{"Origin": "null", "Sec-Fetch-Site": "cross-site"}},
+		{"null Origin from a sibling site", form(token), map[string]string{"Origin": "null", "Sec-Fetch-Site": "same-site"}},
+		{"null Origin, same-origin and cross-site", form(token), map[string]string{"Origin": "null", "Sec-Fetch-Site": "same-origin, cross-site"}},
+		{"foreign Origin said same-origin", form(token), map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "same-origin"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -171,6 +177,14 @@ func TestLoginCSRFAndOrigin(t *testing.T) {
 	}
 	if resp, _ := e.postForm("/.sigra/login", form(token), nil); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("valid login after the refusals: status %d; want 303", resp.StatusCode)
+	}
+	// The page's own origin, as a browser without the no-referrer policy
+	// would send it, passes too.
+	e.client.Jar, _ = cookiejar.New(nil)
+	_, page = e.get("/.sigra/login", nil)
+	resp, _ := e.postForm("/.sigra/login", form(csrfFrom(t, page)), map[string]string{"Origin": e.base, "Sec-Fetch-Site": ""})
+	if resp.StatusCode != http.StatusSeeOther || !slices.ContainsFunc(resp.Cookies(), func(c *http.Cookie) bool { return c.Name == "sigra_session" && c.Value != "" }) {
+		t.Errorf("a login with this site's Origin: status %d; want 303 and a session", resp.StatusCode)
 	}
 }
 

@@ -612,15 +612,24 @@ func wwwAuthenticate(r *http.Request, prefix, page string) string {
 // sameOrigin checks the browser's own statement of where a state-changing
 // request came from: when Sec-Fetch-Site or Origin is present it must say
 // same-origin.
+//
+// Origin "null" passes when Sec-Fetch-Site says same-origin: portal pages
+// are served with Referrer-Policy no-referrer (DESIGN §3), and under that
+// policy browsers send their own forms with Origin: null (Fetch, "append
+// a request Origin header"), but Sec-Fetch-Site with the truth. Without
+// Sec-Fetch-Site (a browser from before 2023), null stays refused: a
+// sandboxed frame of another site sends it too.
 func sameOrigin(r *http.Request, origin string) bool {
 	// Every copy counts: a second header must not slip past the first.
+	site := false
 	for _, s := range r.Header.Values("Sec-Fetch-Site") {
 		if s != "" && s != "same-origin" {
 			return false
 		}
+		site = site || s == "same-origin"
 	}
 	for _, o := range r.Header.Values("Origin") {
-		if o != "" && o != origin {
+		if o != "" && o != origin && (o != "null" || !site) {
 			return false
 		}
 	}

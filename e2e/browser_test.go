@@ -1,0 +1,75 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pquerna/otp/totp"
+)
+
+// TestBrowserForms signs in, sets up an authenticator app, signs out and
+// signs in again with a recovery code, in a real Chromium, through the
+// portal's own forms. A browser sends what hand-made requests do not:
+// portal pages are served with Referrer-Policy no-referrer, under which
+// a form goes out with Origin: null, and every form's check must take
+// that from the page it was on.
+func TestBrowserForms(t *testing.T) {
+	t.Parallel()
+	b := startChrome(t)
+	g := newGateway(t, gatewayOptions{})
+	const email, password = "rita@example.com", "rita's browser password"
+	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	g.start()
+
+	// An app page sends the browser to sign in, and back.
+	b.open(g.base + "/x")
+	b.waitPrefix(g.base + "/.sigra/login")
+	b.fill(`[data-sigra=login-form] input[name=email]`, email)
+	b.fill(`[data-sigra=login-form] input[name=password]`, password)
+	b.click(`[data-sigra=login-form] button[type=submit]`)
+	b.waitAt(g.base + "/x")
+	if src := b.source(); !strings.Contains(src, "app:/x") {
+		t.Fatalf("after signing in, the browser shows no app page:\n%s\n%s", src, g.logs())
+	}
+	if req, _ := g.up.last(); req == nil || req.Header.Get("X-Sigra-Email") != email {
+		t.Fatalf("the app did not see %s signed in", email)
+	}
+
+	// The account's forms: an authenticator app, with its code.
+	b.open(g.base + "/.sigra/account/totp")
+	secret := b.text(`[data-sigra=totp-secret]`)
+	code, err := totp.GenerateCode(secret, time.Now())
+	if err != nil {
+		t.Fatalf("a code for the secret %q: %v", secret, err)
+	}
+	b.fill(`[data-sigra=totp-enrol-form] input[name=password]`, password)
+	b.fill(`[data-sigra=totp-enrol-form] input[name=code]`, code)
+	b.click(`[data-sigra=totp-enrol-form] button[type=submit]`)
+	codes := strings.Fields(b.text(`[data-sigra=recovery-codes]`))
+	if len(codes) == 0 {
+		t.Fatalf("no recovery codes after setting up the app:\n%s", b.source())
+	}
+
+	// Signing out, through the sign-out page's form.
+	b.open(g.base + "/.sigra/logout")
+	b.click(`[data-sigra=logout-form] button[type=submit]`)
+	b.open(g.base + "/x")
+	b.waitPrefix(g.base + "/.sigra/login")
+
+	// Signing in again takes the password, then the second factor: a
+	// recovery code here (the app's code of this minute is spent).
+	b.fill(`[data-sigra=login-form] input[name=email]`, email)
+	b.fill(`[data-sigra=login-form] input[name=password]`, password)
+	b.click(`[data-sigra=login-form] button[type=submit]`)
+	b.waitPrefix(g.base + "/.sigra/mfa")
+	b.click(`summary`)
+	b.fill(`#recovery_code`, codes[0])
+	b.click(`form:has(#recovery_code) button[type=submit]`)
+	b.waitAt(g.base + "/x")
+	if req, _ := g.up.last(); req == nil || req.Header.Get("X-Sigra-Email") != email || !strings.Contains(req.Header.Get("X-Sigra-Amr"), "mfa") {
+		t.Fatalf("after the recovery code, the app did not see %s signed in with a second factor", email)
+	}
+}
