@@ -649,9 +649,19 @@ func (q *preq) clearSessionCookie() {
 }
 
 func (q *preq) logoutPage() error {
-	p, err := q.anySession()
+	p, err := q.session()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if p == nil && wantsHTML(q.r) {
+		// Signed out already (an app's "Sign out" link after the session
+		// ended, say): asking for the password first, to then offer to
+		// sign out, would make no sense.
+		return q.message(http.StatusOK, "Signed out", "You are not signed in.", portalURL(q.p.app.Prefix, "/login", q.rd()))
+	}
 	if p == nil {
-		return err
+		q.toPortal("/login", originalURI(q.r)) // 401, as every page to an API client
+		return nil
 	}
 	return q.page(http.StatusOK, "logout", pageData{Title: "Sign out", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.rd(), Email: p.User.Email})
 }

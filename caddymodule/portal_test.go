@@ -129,6 +129,13 @@ func TestLoginAndLogout(t *testing.T) {
 			t.Errorf("GET /logout ended the session (status %d)", r.StatusCode)
 		}
 	})
+	t.Run("the sign-out page of a browser signed out already says so", func(t *testing.T) {
+		e.client.Jar, _ = cookiejar.New(nil)
+		resp, page := e.get("/.sigra/logout?rd=/app", map[string]string{"Accept": "text/html"})
+		if resp.StatusCode != http.StatusOK || !strings.Contains(page, "You are not signed in.") || !strings.Contains(page, `href="/.sigra/login?rd=%2Fapp"`) {
+			t.Errorf("GET /logout signed out: status %d, Location %q; want 200 saying so, linking to sign in\n%s", resp.StatusCode, resp.Header.Get("Location"), page)
+		}
+	})
 }
 
 func TestLoginCSRFAndOrigin(t *testing.T) {
