@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -8,9 +9,9 @@ import (
 	"github.com/pquerna/otp/totp"
 )
 
-// TestBrowserForms signs in, sets up an authenticator app, signs out and
-// signs in again with a recovery code, in a real Chromium, through the
-// portal's own forms. A browser sends what hand-made requests do not:
+// TestBrowserForms signs in, sets up an authenticator app, signs out,
+// signs in again with a recovery code and disables a user on an admin
+// page, in a real Chromium, through the portal's own forms. A browser sends what hand-made requests do not:
 // portal pages are served with Referrer-Policy no-referrer, under which
 // a form goes out with Origin: null, and every form's check must take
 // that from the page it was on.
@@ -19,7 +20,12 @@ func TestBrowserForms(t *testing.T) {
 	b := startChrome(t)
 	g := newGateway(t, gatewayOptions{})
 	const email, password = "rita@example.com", "rita's browser password"
-	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+	if r := g.cli(password+"\n", "add", "--email", email, "--admin", "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	r := g.cli("", "add", "--email", "sam@example.com")
+	sam := regexp.MustCompile(`added sam@example\.com \(([0-9a-f-]{36})\)`).FindStringSubmatch(r.stdout)
+	if r.code != 0 || sam == nil {
 		t.Fatalf("user add: %s", r)
 	}
 	g.start()
@@ -71,5 +77,13 @@ func TestBrowserForms(t *testing.T) {
 	b.waitAt(g.base + "/x")
 	if req, _ := g.up.last(); req == nil || req.Header.Get("X-Sigra-Email") != email || !strings.Contains(req.Header.Get("X-Sigra-Amr"), "mfa") {
 		t.Fatalf("after the recovery code, the app did not see %s signed in with a second factor", email)
+	}
+
+	// An admin page's form (the admin pages need that second factor).
+	b.open(g.base + "/.sigra/admin/users/" + sam[1])
+	b.click(`[data-sigra=admin-user-disable] button[type=submit]`)
+	b.find(`[data-sigra=admin-user-enable]`)
+	if row := listRow(g.cli("", "list").stdout, "sam@example.com"); !strings.Contains(row, "disabled") {
+		t.Errorf("sam is not disabled after the admin page's form: %q", row)
 	}
 }
