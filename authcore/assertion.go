@@ -694,9 +694,29 @@ func loadPEMKey(path, alg string) (*signingKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing_key: %w", err)
 	}
-	block, _ := pem.Decode(data)
-	if block == nil {
+	// One key per file. An operator who appends the next key during a
+	// rotation would otherwise go on signing with the first without a
+	// word. The EC PARAMETERS block that `openssl ecparam -genkey` writes
+	// before its key is not a key.
+	var block *pem.Block
+	keys := 0
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type == "EC PARAMETERS" {
+			continue
+		}
+		if keys++; keys == 1 {
+			block = b
+		}
+	}
+	switch {
+	case block == nil:
 		return nil, fmt.Errorf("signing_key %s: no PEM block", path)
+	case keys > 1:
+		return nil, fmt.Errorf("signing_key %s: the file holds %d keys; it must hold one, the key to sign with (to rotate, replace the file and run caddy reload --force: the previous key stays published)", path, keys)
 	}
 	var key any
 	switch block.Type {

@@ -1099,6 +1099,12 @@ func TestKeyRingPEMFileRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	edPKCS8 := krPKCS8(t, edPriv)
+	twoKeys := filepath.Join(dir, "two.pem")
+	two := append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: edPKCS8}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: krPKCS8(t, ec)})...)
+	if err := os.WriteFile(twoKeys, two, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	notPEM := filepath.Join(dir, "not.pem")
 	if err := os.WriteFile(notPEM, []byte("just text\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -1117,6 +1123,7 @@ func TestKeyRingPEMFileRefused(t *testing.T) {
 		{"public key only", AlgEdDSA, krWritePEM(t, "PUBLIC KEY", []byte{1, 2, 3}), "unsupported PEM type"},
 		{"garbage DER", AlgEdDSA, krWritePEM(t, "PRIVATE KEY", []byte("garbage")), ""},
 		{"not PEM", AlgEdDSA, notPEM, "no PEM block"},
+		{"two keys", AlgEdDSA, twoKeys, "holds 2 keys"},
 		{"missing file", AlgEdDSA, filepath.Join(dir, "missing.pem"), "missing.pem"},
 	}
 	for _, tt := range tests {
@@ -1136,6 +1143,22 @@ func TestKeyRingPEMFileRefused(t *testing.T) {
 				t.Errorf("a refused PEM key fell back to a generated key in the store")
 			}
 		})
+	}
+}
+
+// `openssl ecparam -name prime256v1 -genkey` writes an EC PARAMETERS
+// block before the key: that file is one key.
+func TestKeyRingPEMFileWithECParameters(t *testing.T) {
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sec1, _ := x509.MarshalECPrivateKey(ec)
+	oid := []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07} // prime256v1
+	path := filepath.Join(t.TempDir(), "ec.pem")
+	data := append(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: oid}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1})...)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckSigningKeyFile(path, AlgES256); err != nil {
+		t.Fatalf("an openssl ecparam key file: %v; want it taken", err)
 	}
 }
 
