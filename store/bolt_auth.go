@@ -33,9 +33,19 @@ func getUser(tx *bolt.Tx, key []byte) (*authcore.User, error) {
 	if v == nil {
 		return nil, authcore.ErrNotFound
 	}
+	return decodeUser(key, v)
+}
+
+// decodeUser decodes the user stored under key. A record that does not
+// decode is named, so an operator can tell which one is damaged.
+func decodeUser(key, v []byte) (*authcore.User, error) {
 	var u authcore.User
 	if err := json.Unmarshal(v, &u); err != nil {
-		return nil, fmt.Errorf("decoding user: %w", err)
+		id := fmt.Sprintf("%x", key)
+		if k, err := uuid.FromBytes(key); err == nil {
+			id = k.String()
+		}
+		return nil, fmt.Errorf("the stored record of user %s does not decode (damaged; restore the store from a backup): %w", id, err)
 	}
 	return &u, nil
 }
@@ -303,9 +313,9 @@ func otherMember(tx *bolt.Tx, key []byte, group string) (bool, error) {
 		if bytes.Equal(k, key) {
 			continue
 		}
-		var u authcore.User
-		if err := json.Unmarshal(v, &u); err != nil {
-			return false, fmt.Errorf("decoding user: %w", err)
+		u, err := decodeUser(k, v)
+		if err != nil {
+			return false, err
 		}
 		if !u.Disabled && u.InGroup(group) {
 			return true, nil
@@ -359,11 +369,11 @@ func (b *Bolt) ListUsers(ctx context.Context, after string, limit int) ([]*authc
 			}
 		}
 		for ; k != nil && len(out) < limit; k, v = c.Next() {
-			var u authcore.User
-			if err := json.Unmarshal(v, &u); err != nil {
-				return fmt.Errorf("decoding user: %w", err)
+			u, err := decodeUser(k, v)
+			if err != nil {
+				return err
 			}
-			out = append(out, &u)
+			out = append(out, u)
 		}
 		return nil
 	})

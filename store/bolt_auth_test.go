@@ -1917,3 +1917,25 @@ func TestServiceAssertionFollowsUser(t *testing.T) {
 		t.Errorf("re-signed assertion payload %s; want the new groups", payload)
 	}
 }
+
+// A user record that does not decode is named in the error, so the
+// operator can tell which one is damaged.
+func TestDamagedUserRecordIsNamed(t *testing.T) {
+	st := openAuthBolt(t)
+	ok := authCreate(t, st, "ok@example.com")
+	bad := authCreate(t, st, "bad@example.com")
+	key, _ := userKey(bad.ID)
+	if err := st.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktUsers).Put(key, []byte("{not json")) }); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := st.ListUsers(ctx, "", 10); err == nil || !strings.Contains(err.Error(), "user "+bad.ID) || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("ListUsers over a damaged record: %v; want an error naming user %s as damaged", err, bad.ID)
+	}
+	if _, err := st.UserByID(ctx, bad.ID); err == nil || !strings.Contains(err.Error(), "user "+bad.ID) {
+		t.Errorf("UserByID of a damaged record: %v; want an error naming it", err)
+	}
+	if u, err := st.UserByID(ctx, ok.ID); err != nil || u.Email != "ok@example.com" {
+		t.Errorf("UserByID of the other user: %v, %v; want it read", u, err)
+	}
+}
