@@ -73,6 +73,9 @@ type BoltOptions struct {
 	// file is created, and a missing one is ErrNoStore. The check is the
 	// open itself, so the file cannot vanish between a check and the use.
 	MustExist bool
+
+	// openFile, set by tests, opens the file in place of os.OpenFile.
+	openFile func(name string, flag int, perm os.FileMode) (*os.File, error)
 }
 
 // Bolt is the embedded single-file backend.
@@ -99,18 +102,28 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
 	}
-	bopts := bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true}
+	bopts := bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, NoFreelistSync: true, OpenFile: opts.openFile}
+	fresh := false // this open makes the file
 	if opts.MustExist {
+		openFile := opts.openFile
+		if openFile == nil {
+			openFile = os.OpenFile
+		}
 		bopts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
-			return os.OpenFile(name, flag&^os.O_CREATE, perm)
+			return openFile(name, flag&^os.O_CREATE, perm)
 		}
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
+	} else if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		fresh = true
 	}
 	if err := checkBoltFile(path, opts.LockTimeout); err != nil {
 		return nil, err
 	}
 	db, err := openGuarded(path, bopts, initBolt)
+	if err != nil && fresh && !errors.Is(err, bolt.ErrTimeout) {
+		removeUnmade(path)
+	}
 	if errors.Is(err, ErrDamaged) {
 		return nil, err
 	}
@@ -250,6 +263,28 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 		return damaged(path, err)
 	}
 	return nil
+}
+
+// removeUnmade removes the file at path that OpenBolt created when
+// making the store failed before bbolt had written its first pages (a
+// full disk, say): left behind, it would be taken for a damaged store at
+// the next start. Not while another process holds the file, nor once it
+// is long enough to hold a store's first pages.
+func removeUnmade(path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	unlock, err := lockShared(f, 0)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() >= 4*int64(os.Getpagesize()) {
+		return
+	}
+	_ = os.Remove(path)
 }
 
 // openGuarded runs bolt.Open and then init (if not nil) on the new DB in a

@@ -1939,3 +1939,32 @@ func TestDamagedUserRecordIsNamed(t *testing.T) {
 		t.Errorf("UserByID of the other user: %v, %v; want it read", u, err)
 	}
 }
+
+// A first start that cannot write the new store (a full disk) leaves no
+// empty file, which the next start would call a damaged store: once the
+// disk has room, that start makes the store.
+func TestOpenBoltFailedFirstWriteLeavesNoFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new", "sigra.db")
+	readOnly := func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		return os.OpenFile(name, flag&^(os.O_RDWR|os.O_WRONLY)|os.O_RDONLY, perm) // creates, but every write fails
+	}
+	if _, err := OpenBolt(path, BoltOptions{openFile: readOnly}); err == nil {
+		t.Fatal("OpenBolt with writes failing: no error")
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("after the failed first open: %v; want no file left", err)
+	}
+	st, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatalf("the next open: %v; want a new store", err)
+	}
+	st.Close()
+
+	// A store that is there is never removed, whatever fails.
+	if _, err := OpenBolt(path, BoltOptions{openFile: readOnly}); err == nil {
+		t.Fatal("OpenBolt of the store with writes failing: no error")
+	}
+	if _, err := OpenBolt(path, BoltOptions{}); err != nil {
+		t.Fatalf("the store after a failed open: %v; want it kept", err)
+	}
+}
