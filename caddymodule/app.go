@@ -765,7 +765,7 @@ func (a *App) Start() error {
 		_, _ = dbPool.Delete(a.poolKey)
 		return fmt.Errorf("sigra: storage %s: the path now names another file than the store open under it (a link changed, or a file was put in its place); restart Caddy to open it", a.storagePath)
 	}
-	rt, err := a.buildRuntime(st, true)
+	rt, err := a.buildRuntime(st)
 	if err != nil {
 		_, _ = dbPool.Delete(a.poolKey)
 		return fmt.Errorf("sigra: %w", err)
@@ -850,18 +850,23 @@ func (a *App) awaitForce(ctx context.Context) bool {
 }
 
 // inForce starts what changes the store on its own, once a's config is
-// in force: audit retention (which prunes at once, by this config's
-// retention) and webhook delivery, and saving a change of the active
-// assertion key. A config Caddy refuses must leave the store as it was.
+// in force: the first admin of an empty store, audit retention (which
+// prunes at once, by this config's retention) and webhook delivery, and
+// saving a change of the active assertion key. A config Caddy refuses
+// must leave the store as it was: a first admin made by a start that
+// then failed would have its only password printed by that failed run.
 func (a *App) inForce(ctx context.Context, rt *runtime) {
 	a.life.prev.Store(nil)
+	if err := a.bootstrapAdmin(ctx, rt); err != nil {
+		a.logger.Error("making the first admin failed; the next start tries again", zap.Error(err))
+	}
 	if err := a.saveKeys(ctx, rt, rt.keys.SaveWith); err != nil {
 		a.logger.Error("storing the assertion keys failed; the key that signed goes on signing, and storing is tried again every 5 minutes", zap.Error(err))
 	}
 	rt.audit.Start(ctx)
 }
 
-func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
+func (a *App) buildRuntime(st *store.Bolt) (*runtime, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	box, err := a.encryptionBox(ctx, st)
@@ -914,15 +919,8 @@ func (a *App) buildRuntime(st *store.Bolt, bootstrap bool) (*runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := &runtime{store: st, auth: auth, keys: keys, csrf: authcore.NewCSRF(csrfKey),
-		reg: authcore.NewRegulator(a.clock, st, rc), audit: log, metrics: a.metrics, owner: a}
-	if bootstrap {
-		if err := a.bootstrapAdmin(ctx, rt); err != nil {
-			_ = log.Close()
-			return nil, err
-		}
-	}
-	return rt, nil
+	return &runtime{store: st, auth: auth, keys: keys, csrf: authcore.NewCSRF(csrfKey),
+		reg: authcore.NewRegulator(a.clock, st, rc), audit: log, metrics: a.metrics, owner: a}, nil
 }
 
 // assertionTTL is the assertions' lifetime: assertion_ttl (0: the key

@@ -555,7 +555,7 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		fmt.Fprintf(os.Stderr, "created a new Sigra store at %s\n", abs)
 	}
 	defer st.Close()
-	rt, err := a.buildRuntime(st, false)
+	rt, err := a.buildRuntime(st)
 	if err != nil {
 		return err
 	}

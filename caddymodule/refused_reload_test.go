@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
+	"github.com/sigra-auth/caddy-sigra/store"
 )
 
 // refusingApp is a Caddy app whose Start fails, as an app that cannot
@@ -259,4 +261,48 @@ func (e *env) configWith(t *testing.T, cf string, edits ...func(map[string]any))
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A start that Caddy refuses makes no first admin: its only password
+// would be printed by the run that failed, and the start that works
+// would print none. The config in force makes it.
+func TestRefusedStartMakesNoFirstAdmin(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	fresh := filepath.Join(t.TempDir(), "fresh.db")
+	cf := e.caddyfile("", "sigra_gate")
+	cf = strings.Replace(cf, "bootstrap_admin off", "bootstrap_admin first@example.com", 1)
+	cf = strings.Replace(cf, filepath.Join(e.dir, "sigra.db"), fresh, 1)
+	refused := e.configWith(t, cf, withApps("sigra_test_refusing"))
+	refusedBefore, refusedAfterSigra = running.Load(), false
+	t.Cleanup(func() { refusedBefore = nil })
+	tries := 0
+	for ; tries < 60 && !refusedAfterSigra; tries++ {
+		if err := caddy.Load(refused, true); err == nil || !strings.Contains(err.Error(), "address already in use (test)") {
+			t.Fatalf("loading the refused config: %v; want it refused", err)
+		}
+	}
+	if !refusedAfterSigra {
+		t.Fatalf("in %d loads Caddy never started sigra before the failing app", tries)
+	}
+	st, err := store.OpenBolt(fresh, store.BoltOptions{MustExist: true})
+	if err != nil {
+		t.Fatalf("the refused config's store: %v", err)
+	}
+	n, err := st.CountUsers(context.Background())
+	st.Close()
+	if err != nil || n != 0 {
+		t.Fatalf("%d users (%v) in the store of a config Caddy refused; want none", n, err)
+	}
+
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := e.rt().auth.LookupUser(context.Background(), "first@example.com"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the config in force made no first admin")
+		}
+	}
 }
