@@ -462,11 +462,12 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 // CheckIsBolt refuses, without a lock and without writing, a file at
 // path that carries no bbolt magic number in any place a header page
 // could be: a store path that names another file (/etc/passwd, a
-// Caddyfile). It is for caddy validate, which must not wait for the
-// lock a running Caddy holds; OpenBolt makes the whole check at start.
-// A missing, empty or unreadable file passes: the start says what is
-// wrong with it. A magic number never changes once written, so a store
-// being committed to meanwhile passes.
+// Caddyfile); and a bbolt file whose header pages say it was cut short,
+// or are both damaged. It is for caddy validate, which must not wait for
+// the lock a running Caddy holds; OpenBolt makes the whole check at
+// start. A missing, empty or unreadable file passes: the start says what
+// is wrong with it. A magic number never changes once written, so a
+// store being committed to meanwhile passes.
 func CheckIsBolt(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -487,6 +488,13 @@ func CheckIsBolt(path string) error {
 			break
 		}
 		if n, _ := f.ReadAt(b[:], pos); n == len(b) && ne.Uint32(b[pageHeaderSize:]) == boltMagic {
+			// A bbolt file: one cut short, or whose header pages are both
+			// damaged, is refused here as at the start. A commit under way
+			// leaves one header page valid, and grows the file before it
+			// writes the header that counts the new pages.
+			if _, err := readBoltHeader(f, fi.Size()); err != nil {
+				return damaged(path, err)
+			}
 			return nil
 		}
 	}

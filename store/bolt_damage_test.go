@@ -489,8 +489,8 @@ func TestOpenBoltRefusesAnotherProgramsFile(t *testing.T) {
 }
 
 // CheckIsBolt, for caddy validate, refuses a file with no bbolt header
-// at all, and passes a store (while it is open, too), a missing file and
-// an empty one.
+// at all and a store cut short, and passes a store (while it is open,
+// too), a missing file and an empty one.
 func TestCheckIsBolt(t *testing.T) {
 	dir := t.TempDir()
 	text := filepath.Join(dir, "passwd")
@@ -519,6 +519,51 @@ func TestCheckIsBolt(t *testing.T) {
 	for _, p := range []string{empty, filepath.Join(dir, "missing.db")} {
 		if err := CheckIsBolt(p); err != nil {
 			t.Errorf("CheckIsBolt(%s) = %v; want it left to the start", p, err)
+		}
+	}
+	// A store cut short is a bbolt file, and refused as damaged.
+	data, err := os.ReadFile(goodStore(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(dir, "cut.db")
+	if err := os.WriteFile(cut, data[:len(data)*2/3], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckIsBolt(cut); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "cut short") || !strings.Contains(err.Error(), cut) {
+		t.Errorf("CheckIsBolt(a store cut short) = %v; want ErrDamaged naming it, cut short", err)
+	}
+}
+
+// CheckIsBolt takes no lock: it must pass a store that another handle
+// commits to all the while, growing it.
+func TestCheckIsBoltDuringCommits(t *testing.T) {
+	path := goodStore(t)
+	st, err := OpenBolt(path, BoltOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 300 {
+			_ = st.db.Update(func(tx *bolt.Tx) error {
+				return bucket(tx, bktSecrets).Put([]byte(fmt.Sprint("grow", i)), bytes.Repeat([]byte{byte(i)}, 4000))
+			})
+		}
+	}()
+	for checks := 0; ; checks++ {
+		select {
+		case <-done:
+			if checks == 0 {
+				t.Fatal("no check ran during the commits")
+			}
+			return
+		default:
+		}
+		if err := CheckIsBolt(path); err != nil {
+			t.Fatalf("CheckIsBolt during commits, check %d: %v", checks, err)
 		}
 	}
 }
