@@ -46,9 +46,23 @@ var (
 	bktSessions       = []byte("sessions")
 	bktSessionsByUser = []byte("sessions_by_user")
 	bktSecrets        = []byte("secrets")
+	// bktFormat holds keyFormat: the layout of the store's buckets.
+	bktFormat = []byte("format")
+	keyFormat = []byte("format")
 
-	authBuckets = [][]byte{bktUsers, bktUsersByEmail, bktSessions, bktSessionsByUser, bktSecrets}
+	authBuckets = [][]byte{bktUsers, bktUsersByEmail, bktSessions, bktSessionsByUser, bktSecrets, bktFormat}
 )
+
+// storeFormat is the layout this build writes and reads. A change of
+// layout that an older build would misread (a bucket renamed, records it
+// would rewrite without their new fields) raises it, so that the older
+// build refuses the store instead of running on it. Stores from before
+// the number was kept are format 1.
+const storeFormat = 1
+
+// ErrNewerStore means the store was written by a newer Sigra, in a
+// layout this build does not know.
+var ErrNewerStore = errors.New("the store was written by a newer Sigra")
 
 // ErrLocked means another process holds the bbolt file.
 var ErrLocked = errors.New("the database file is locked by another process")
@@ -163,8 +177,8 @@ func lockedError(path string) error {
 // must not get Sigra's buckets beside that program's.
 func initBolt(db *bolt.DB) error {
 	if err := db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(rootBucket) != nil {
-			return nil
+		if root := tx.Bucket(rootBucket); root != nil {
+			return checkFormat(root)
 		}
 		var names []string
 		c := tx.Cursor() // the top-level buckets
@@ -195,7 +209,34 @@ func initBolt(db *bolt.DB) error {
 	if err != nil {
 		return fmt.Errorf("initialising buckets: %w", err)
 	}
-	return migrateAuditOutbox(db)
+	if err := migrateAuditOutbox(db); err != nil {
+		return err
+	}
+	// The format is written once the layout is this build's: a store
+	// left half migrated keeps the older number, and is migrated again.
+	return db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(rootBucket).Bucket(bktFormat).Put(keyFormat, []byte(strconv.Itoa(storeFormat)))
+	})
+}
+
+// checkFormat refuses a store in a layout newer than this build's.
+func checkFormat(root *bolt.Bucket) error {
+	b := root.Bucket(bktFormat)
+	if b == nil {
+		return nil // from before the format was kept: format 1
+	}
+	v := b.Get(keyFormat)
+	if v == nil {
+		return nil
+	}
+	n, err := strconv.Atoi(string(v))
+	if err != nil || n < 1 {
+		return fmt.Errorf("its store format number %q does not read: the file is damaged; restore it from a backup", v)
+	}
+	if n > storeFormat {
+		return fmt.Errorf("%w (store format %d; this build reads up to %d): run that version or a newer one, or restore a backup that this version made", ErrNewerStore, n, storeFormat)
+	}
+	return nil
 }
 
 // checkBoltFile refuses a file that bbolt's open would crash on (see

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -1966,5 +1967,53 @@ func TestOpenBoltFailedFirstWriteLeavesNoFile(t *testing.T) {
 	}
 	if _, err := OpenBolt(path, BoltOptions{}); err != nil {
 		t.Fatalf("the store after a failed open: %v; want it kept", err)
+	}
+}
+
+// A store records its layout's format. One written by a newer Sigra, in
+// a layout this build does not know, is refused, not run on; one from
+// before the format was kept opens and is marked.
+func TestStoreFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	st, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	format := func(v []byte) {
+		t.Helper()
+		if err := st.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(rootBucket).Bucket(bktFormat)
+			if v == nil {
+				return b.Delete(keyFormat)
+			}
+			return b.Put(keyFormat, v)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() string {
+		t.Helper()
+		var v string
+		_ = st.db.View(func(tx *bolt.Tx) error {
+			v = string(tx.Bucket(rootBucket).Bucket(bktFormat).Get(keyFormat))
+			return nil
+		})
+		return v
+	}
+	if got := read(); got != strconv.Itoa(storeFormat) {
+		t.Fatalf("a new store's format = %q; want %d", got, storeFormat)
+	}
+	format(nil) // as before the format was kept
+	st.Close()
+	if st, err = OpenBolt(path, BoltOptions{}); err != nil {
+		t.Fatalf("a store without a format: %v; want it opened", err)
+	}
+	if got := read(); got != strconv.Itoa(storeFormat) {
+		t.Errorf("the format after opening an older store = %q; want %d", got, storeFormat)
+	}
+	format([]byte(strconv.Itoa(storeFormat + 1)))
+	st.Close()
+	if _, err := OpenBolt(path, BoltOptions{}); !errors.Is(err, ErrNewerStore) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("a store of a newer format: %v; want ErrNewerStore naming the file", err)
 	}
 }
