@@ -416,7 +416,7 @@ func (b *Bolt) Close() error { return b.db.Close() }
 
 // Ping checks that the file can still be read.
 func (b *Bolt) Ping(ctx context.Context) error {
-	return b.db.View(func(tx *bolt.Tx) error {
+	return b.view(func(tx *bolt.Tx) error {
 		if tx.Bucket(rootBucket) == nil {
 			return errors.New("root bucket missing")
 		}

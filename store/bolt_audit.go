@@ -560,7 +560,7 @@ func (b *Bolt) AuditTimeline(ctx context.Context, q audit.StoreQuery) ([]audit.R
 		rows []audit.Row
 		next *audit.Position
 	)
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.view(func(tx *bolt.Tx) error {
 		rowsB := bucket(tx, bktAuditRows)
 		var src auditMerge
 		covered := false // does the index alone decide every filter?
@@ -652,7 +652,7 @@ func (b *Bolt) AuditRange(ctx context.Context, after *audit.Position, since, unt
 		return nil, err
 	}
 	var rows []audit.Row
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.view(func(tx *bolt.Tx) error {
 		c := bucket(tx, bktAuditRows).Cursor()
 		var k, v []byte
 		if after != nil {
@@ -848,7 +848,7 @@ func (b *Bolt) auditOldestPending(ctx context.Context) ([]byte, error) {
 			return nil, err
 		}
 		done := false
-		err := b.db.View(func(tx *bolt.Tx) error {
+		err := b.view(func(tx *bolt.Tx) error {
 			c := bucket(tx, bktAuditPending).Cursor()
 			k, _ := c.First()
 			if from != nil {
@@ -974,7 +974,7 @@ func (b *Bolt) AuditDeliveriesDue(ctx context.Context, hookID string, now time.T
 		ds      []audit.Delivery
 		damaged []auditDamaged
 	)
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
 		c := bucket(tx, bktAuditPending).Cursor()
 		for k, v := c.Seek(hook); k != nil && bytes.HasPrefix(k, hook) && len(ds)+len(damaged) < limit; k, v = c.Next() {
@@ -1054,7 +1054,7 @@ func (b *Bolt) AuditNextDelivery(ctx context.Context, hookID string) (time.Time,
 	}
 	var at time.Time
 	var ok bool
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		// Malformed keys are skipped: AuditDeliveriesDue takes them out.
 		c := bucket(tx, bktAuditPending).Cursor()
 		for k, _ := c.Seek(hook); k != nil && bytes.HasPrefix(k, hook); k, _ = c.Next() {
@@ -1078,7 +1078,7 @@ func (b *Bolt) AuditOutboxHooks(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	var hooks []string
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.view(func(tx *bolt.Tx) error {
 		c := bucket(tx, bktAuditPending).Cursor()
 		for k, _ := c.First(); k != nil; {
 			if len(k) < auditHookLen {
@@ -1198,7 +1198,7 @@ func (b *Bolt) AuditDeadDeliveries(ctx context.Context, before *audit.Delivery, 
 		from = append(auditPosKey(audit.Position{At: before.OccurredAt, ID: id}), hook...)
 	}
 	var ds []audit.Delivery
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.view(func(tx *bolt.Tx) error {
 		rows := bucket(tx, bktAuditRows)
 		c := bucket(tx, bktAuditDead).Cursor()
 		k, v := c.Last()
@@ -1311,7 +1311,7 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.
 // AuditOutboxStats counts pending and dead deliveries. It implements
 // audit.Outbox.
 func (b *Bolt) AuditOutboxStats(ctx context.Context) (pending, dead int, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		pending = bucket(tx, bktAuditPending).Stats().KeyN
 		dead = bucket(tx, bktAuditDead).Stats().KeyN
 		return nil

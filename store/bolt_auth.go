@@ -298,7 +298,7 @@ func (b *Bolt) HasOtherMember(ctx context.Context, group, id string) (other bool
 			return false, authcore.ErrNotFound
 		}
 	}
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		other, err = otherMember(tx, key, group)
 		return err
 	})
@@ -330,7 +330,7 @@ func (b *Bolt) UserByID(ctx context.Context, id string) (u *authcore.User, err e
 	if !ok {
 		return nil, authcore.ErrNotFound
 	}
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		u, err = getUser(tx, key)
 		return err
 	})
@@ -339,7 +339,7 @@ func (b *Bolt) UserByID(ctx context.Context, id string) (u *authcore.User, err e
 
 // UserByEmail implements authcore.Store.
 func (b *Bolt) UserByEmail(ctx context.Context, email string) (u *authcore.User, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		key := bucket(tx, bktUsersByEmail).Get([]byte(email))
 		if key == nil {
 			return authcore.ErrNotFound
@@ -353,7 +353,7 @@ func (b *Bolt) UserByEmail(ctx context.Context, email string) (u *authcore.User,
 // ListUsers implements authcore.Store.
 func (b *Bolt) ListUsers(ctx context.Context, after string, limit int) ([]*authcore.User, error) {
 	var out []*authcore.User
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.view(func(tx *bolt.Tx) error {
 		c := bucket(tx, bktUsers).Cursor()
 		var k, v []byte
 		if after == "" {
@@ -382,7 +382,7 @@ func (b *Bolt) ListUsers(ctx context.Context, after string, limit int) ([]*authc
 
 // CountUsers implements authcore.Store.
 func (b *Bolt) CountUsers(ctx context.Context) (n int, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		n = bucket(tx, bktUsers).Stats().KeyN
 		return nil
 	})
@@ -466,7 +466,7 @@ func decodeSession(v []byte) (*authcore.Session, error) {
 
 // GetSession implements authcore.Store.
 func (b *Bolt) GetSession(ctx context.Context, id authcore.SessionID) (s *authcore.Session, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		v := bucket(tx, bktSessions).Get(id[:])
 		if v == nil {
 			return authcore.ErrNotFound
@@ -560,7 +560,7 @@ func (b *Bolt) UserSessions(ctx context.Context, userID string) ([]*authcore.Ses
 		return nil, nil
 	}
 	var out []*authcore.Session
-	err := b.db.View(func(tx *bolt.Tx) error {
+	err := b.view(func(tx *bolt.Tx) error {
 		sessions := bucket(tx, bktSessions)
 		for _, id := range userSessionIDs(tx, uk) {
 			if v := sessions.Get(id[:]); v != nil {
@@ -651,7 +651,7 @@ func (b *Bolt) TouchSessions(ctx context.Context, seen map[authcore.SessionID]ti
 
 // GetSecret implements authcore.Store.
 func (b *Bolt) GetSecret(ctx context.Context, name string) (v []byte, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		v = clone(bucket(tx, bktSecrets).Get([]byte(name)))
 		if v == nil {
 			return authcore.ErrNotFound
@@ -686,7 +686,7 @@ func (b *Bolt) PutSecretIn(name string, value []byte) func(tx any) error {
 // CountSessions returns the number of stored sessions (expired ones not
 // yet pruned included).
 func (b *Bolt) CountSessions(ctx context.Context) (n int, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		n = bucket(tx, bktSessions).Stats().KeyN
 		return nil
 	})

@@ -17,7 +17,7 @@ import (
 // that must grow the store's memory map waits, and reads wait behind
 // that write. w must be fast (a local file), never a network peer.
 func (b *Bolt) Backup(w io.Writer) (n int64, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		n, err = tx.WriteTo(w)
 		return err
 	})

@@ -18,7 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
 // damageSecrets is how many secrets goodStore writes: enough for branch
@@ -565,5 +568,33 @@ func TestCheckIsBoltDuringCommits(t *testing.T) {
 		if err := CheckIsBolt(path); err != nil {
 			t.Fatalf("CheckIsBolt during commits, check %d: %v", checks, err)
 		}
+	}
+}
+
+// A store file cut short while open (a smaller copy put in its place
+// with cp, say) makes reads past its new end fault: an error for that
+// read, not the end of the process and every site in it.
+func TestStoreCutShortWhileOpenIsAnError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	st, err := OpenBolt(path, BoltOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	for i := range 400 {
+		u := &authcore.User{ID: uuid.Must(uuid.NewV7()).String(), Email: fmt.Sprintf("u%d@example.com", i), Name: strings.Repeat("n", 500), CreatedAt: time.Now()}
+		if err := st.CreateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Truncate(path, 16<<10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ListUsers(ctx, "", 1000); err == nil || !strings.Contains(err.Error(), "cut short or written over") {
+		t.Fatalf("listing users of a store cut short under it: %v; want an error saying what may have happened", err)
+	}
+	if err := st.Health(ctx); err == nil {
+		t.Error("Health of a store cut short under it: nil; want it to say so")
 	}
 }

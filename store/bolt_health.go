@@ -70,12 +70,35 @@ type writeHealth struct {
 	pageSize int
 }
 
+// view is db.View with a fault in bbolt's memory map as an error. bbolt
+// reads the file through a shared mapping: when the file is cut short or
+// written over while Caddy has it open (a copy put in its place against
+// README's advice), a read past its new end faults, which would end the
+// process and every site with it. As a panic it ends the transaction
+// (bbolt rolls back as it passes) and the caller gets the error; Health
+// says what happened to the file.
+func (b *Bolt) view(fn func(*bolt.Tx) error) (err error) {
+	defer b.fault(&err, debug.SetPanicOnFault(true))
+	return b.db.View(fn)
+}
+
+// fault, deferred, turns a panic into *err and puts the goroutine's
+// panic-on-fault setting back as it was.
+func (b *Bolt) fault(err *error, was bool) {
+	debug.SetPanicOnFault(was)
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("storage %s: reading the store failed (%v): if its file was cut short or written over while in use, restore it and restart Caddy", b.path, r)
+	}
+}
+
 // update is db.Update, noting whether the commit itself failed: an error
 // from fn is the caller's (a conflict, not found), one after fn returned
-// nil is the storage's.
-func (b *Bolt) update(fn func(*bolt.Tx) error) error {
+// nil is the storage's. A fault in the memory map is an error, as in
+// view.
+func (b *Bolt) update(fn func(*bolt.Tx) error) (err error) {
+	defer b.fault(&err, debug.SetPanicOnFault(true))
 	ran, id := false, uint64(0)
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err = b.db.Update(func(tx *bolt.Tx) error {
 		err := fn(tx)
 		ran, id = err == nil, uint64(tx.ID())
 		if ran {

@@ -146,7 +146,7 @@ func (b *Bolt) PendingTOTP(ctx context.Context, userID string, sid authcore.Sess
 		return nil, authcore.ErrNotFound
 	}
 	var p authcore.PendingTOTP
-	err := b.db.View(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTPPending), pendingKey(uk, sid), &p) })
+	err := b.view(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTPPending), pendingKey(uk, sid), &p) })
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +200,7 @@ func (b *Bolt) TOTP(ctx context.Context, userID string) (*authcore.TOTPRecord, e
 		return nil, authcore.ErrNotFound
 	}
 	var rec authcore.TOTPRecord
-	err := b.db.View(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTP), uk, &rec) })
+	err := b.view(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTP), uk, &rec) })
 	if err != nil {
 		return nil, err
 	}
@@ -470,7 +470,7 @@ func (b *Bolt) HasRecoveryCode(ctx context.Context, userID string, hash []byte) 
 	if !ok {
 		return false, nil
 	}
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		found = findRecoveryCode(bucket(tx, bktRecoveryCodes).Get(uk), hash) >= 0
 		return nil
 	})
@@ -483,7 +483,7 @@ func (b *Bolt) CountRecoveryCodes(ctx context.Context, userID string) (n int, er
 	if !ok {
 		return 0, nil
 	}
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		n = len(bucket(tx, bktRecoveryCodes).Get(uk)) / recoveryHashLen
 		return nil
 	})
@@ -539,7 +539,7 @@ func (b *Bolt) UpdateRegulationIn(keys []string, fn func([]*authcore.RegulationS
 
 // RegulationState implements authcore.RegulationStore.
 func (b *Bolt) RegulationState(ctx context.Context, key string) (st *authcore.RegulationState, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		st, err = getRegulation(bucket(tx, bktRegulation), key)
 		return err
 	})
@@ -549,7 +549,7 @@ func (b *Bolt) RegulationState(ctx context.Context, key string) (st *authcore.Re
 // RegulationStates implements authcore.RegulationStore. fn runs inside
 // a read transaction: it must not write to the store.
 func (b *Bolt) RegulationStates(ctx context.Context, prefix string, fn func(key string, st *authcore.RegulationState) bool) error {
-	return b.db.View(func(tx *bolt.Tx) error {
+	return b.view(func(tx *bolt.Tx) error {
 		c := bucket(tx, bktRegulation).Cursor()
 		for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
 			var st authcore.RegulationState
@@ -606,7 +606,7 @@ type regulationEntry struct{ key, value []byte }
 // now (expired, or undecodable), the last key read, and whether more may
 // follow.
 func (b *Bolt) staleRegulation(after []byte, now time.Time) (stale []regulationEntry, last []byte, more bool, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
+	err = b.view(func(tx *bolt.Tx) error {
 		c := bucket(tx, bktRegulation).Cursor()
 		k, v := seekAfter(c, after)
 		seen := 0

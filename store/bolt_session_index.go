@@ -206,7 +206,7 @@ func (b *Bolt) pruneIndex(ctx context.Context, ix sessionIndex, cutoff, now time
 			return total, err
 		}
 		var keys [][]byte
-		err := b.db.View(func(tx *bolt.Tx) error {
+		err := b.view(func(tx *bolt.Tx) error {
 			c := bucket(tx, ix.name).Cursor()
 			k, _ := seekAfter(c, after)
 			// A key too short for a time is malformed: pruneEntry drops it.
