@@ -28,6 +28,10 @@ import (
 func backupStore(ctx context.Context, rt *runtime, w io.Writer, r *http.Request) (int64, error) {
 	ev := event{action: "admin.store.backup", actorType: audit.ActorSystem, outcome: "success"}
 	if err := rt.record(ctx, rowFor(r, ev)); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			// The copy may be going elsewhere; its row cannot.
+			return 0, fmt.Errorf("writing audit row (a backup is recorded before it is made): the store's file system is full, free space there first: %w", err)
+		}
 		return 0, fmt.Errorf("writing audit row: %w", err)
 	}
 	n, err := rt.store.Backup(w)

@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,5 +117,24 @@ func TestBackupStalledClientHoldsNothingUp(t *testing.T) {
 	}
 	if size < 16<<20 {
 		t.Fatalf("the store is %d bytes; the writes were to take it past 16 MiB, where its map grows", size)
+	}
+}
+
+// A backup is recorded before it is made: on a full disk its row
+// cannot be written, and the refusal says what to do.
+func TestBackupOnAFullDiskSaysSo(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	rt := e.rt()
+	fail := func(r audit.Row) error {
+		if r.Action == "admin.store.backup" {
+			return &os.PathError{Op: "write", Path: e.store(), Err: syscall.ENOSPC}
+		}
+		return nil
+	}
+	rt.failRecord.Store(&fail)
+	defer rt.failRecord.Store(nil)
+	n, err := backupStore(context.Background(), rt, io.Discard, nil)
+	if err == nil || n != 0 || !strings.Contains(err.Error(), "full, free space there first") {
+		t.Fatalf("a backup whose row hits a full disk: %d bytes, %v; want nothing copied and the error saying to free space", n, err)
 	}
 }
