@@ -48,6 +48,24 @@ func (refusingApp) Start() error {
 
 func (refusingApp) Stop() error { return nil }
 
+// loadRefusedAfterSigra loads cfg, which holds a refusingApp, until Caddy
+// has started its sigra app before refusing it (it starts apps in no set
+// order), so that the sigra app has begun and been stopped.
+func loadRefusedAfterSigra(t *testing.T, cfg []byte) {
+	t.Helper()
+	refusedBefore, refusedAfterSigra = running.Load(), false
+	t.Cleanup(func() { refusedBefore = nil })
+	tries := 0
+	for ; tries < 60 && !refusedAfterSigra; tries++ {
+		if err := caddy.Load(cfg, true); err == nil || !strings.Contains(err.Error(), "address already in use (test)") {
+			t.Fatalf("loading the refused config: %v; want it refused", err)
+		}
+	}
+	if !refusedAfterSigra {
+		t.Fatalf("in %d loads Caddy never started sigra before the failing app", tries)
+	}
+}
+
 func init() { caddy.RegisterModule(refusingApp{}) }
 
 // A reload that Caddy refuses leaves everything as it was: the audit
@@ -74,20 +92,8 @@ func TestRefusedReloadChangesNothing(t *testing.T) {
 	// Retention 1h would prune every row so far; ES256 would retire the
 	// EdDSA key.
 	cf := e.caddyfile("audit {\n\t\t\tretention 1h\n\t\t}\n\t\tkeys {\n\t\t\talgorithm ES256\n\t\t}", "sigra_gate")
-	refused := e.configWith(t, cf, withApps("sigra_test_refusing"))
-
 	before := running.Load()
-	refusedBefore, refusedAfterSigra = before, false
-	t.Cleanup(func() { refusedBefore = nil })
-	tries := 0
-	for ; tries < 60 && !refusedAfterSigra; tries++ {
-		if err := caddy.Load(refused, true); err == nil || !strings.Contains(err.Error(), "address already in use (test)") {
-			t.Fatalf("loading the refused config: %v; want it refused", err)
-		}
-	}
-	if !refusedAfterSigra {
-		t.Fatalf("in %d loads Caddy never started sigra before the failing app", tries)
-	}
+	loadRefusedAfterSigra(t, e.configWith(t, cf, withApps("sigra_test_refusing")))
 	// Refused after every app started: Caddy cancels the config without
 	// stopping its apps.
 	lateRefused := e.configWith(t, cf, withBadRemoteAdmin(t))
@@ -272,18 +278,7 @@ func TestRefusedStartMakesNoFirstAdmin(t *testing.T) {
 	cf := e.caddyfile("", "sigra_gate")
 	cf = strings.Replace(cf, "bootstrap_admin off", "bootstrap_admin first@example.com", 1)
 	cf = strings.Replace(cf, filepath.Join(e.dir, "sigra.db"), fresh, 1)
-	refused := e.configWith(t, cf, withApps("sigra_test_refusing"))
-	refusedBefore, refusedAfterSigra = running.Load(), false
-	t.Cleanup(func() { refusedBefore = nil })
-	tries := 0
-	for ; tries < 60 && !refusedAfterSigra; tries++ {
-		if err := caddy.Load(refused, true); err == nil || !strings.Contains(err.Error(), "address already in use (test)") {
-			t.Fatalf("loading the refused config: %v; want it refused", err)
-		}
-	}
-	if !refusedAfterSigra {
-		t.Fatalf("in %d loads Caddy never started sigra before the failing app", tries)
-	}
+	loadRefusedAfterSigra(t, e.configWith(t, cf, withApps("sigra_test_refusing")))
 	st, err := store.OpenBolt(fresh, store.BoltOptions{MustExist: true})
 	if err != nil {
 		t.Fatalf("the refused config's store: %v", err)

@@ -31,11 +31,15 @@ func TestBrowserForms(t *testing.T) {
 	g.start()
 
 	// An app page sends the browser to sign in, and back.
-	b.open(g.base + "/x")
-	b.waitPrefix(g.base + "/.sigra/login")
-	b.fill(`[data-sigra=login-form] input[name=email]`, email)
-	b.fill(`[data-sigra=login-form] input[name=password]`, password)
-	b.click(`[data-sigra=login-form] button[type=submit]`)
+	signIn := func() {
+		t.Helper()
+		b.open(g.base + "/x")
+		b.waitPrefix(g.base + "/.sigra/login")
+		b.fill(`[data-sigra=login-form] input[name=email]`, email)
+		b.fill(`[data-sigra=login-form] input[name=password]`, password)
+		b.click(`[data-sigra=login-form] button[type=submit]`)
+	}
+	signIn()
 	b.waitAt(g.base + "/x")
 	if src := b.source(); !strings.Contains(src, "app:/x") {
 		t.Fatalf("after signing in, the browser shows no app page:\n%s\n%s", src, g.logs())
@@ -62,14 +66,10 @@ func TestBrowserForms(t *testing.T) {
 	// Signing out, through the sign-out page's form.
 	b.open(g.base + "/.sigra/logout")
 	b.click(`[data-sigra=logout-form] button[type=submit]`)
-	b.open(g.base + "/x")
-	b.waitPrefix(g.base + "/.sigra/login")
 
 	// Signing in again takes the password, then the second factor: a
 	// recovery code here (the app's code of this minute is spent).
-	b.fill(`[data-sigra=login-form] input[name=email]`, email)
-	b.fill(`[data-sigra=login-form] input[name=password]`, password)
-	b.click(`[data-sigra=login-form] button[type=submit]`)
+	signIn()
 	b.waitPrefix(g.base + "/.sigra/mfa")
 	b.click(`summary`)
 	b.fill(`#recovery_code`, codes[0])
