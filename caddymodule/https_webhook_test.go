@@ -54,10 +54,17 @@ func TestSecureCookieBehindTrustedProxy(t *testing.T) {
 	if anon == "" {
 		t.Fatal("no __Host-sigra_csrf cookie on HTTPS")
 	}
-	resp, _ = e.postForm("/.sigra/login", map[string][]string{
+	login := map[string][]string{
 		"email": {"sec@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)},
 		"rd": {e.base + "/x"}, // plaintext back to our own host
-	}, map[string]string{"X-Forwarded-Proto": "https", "Origin": origin, "Cookie": "__Host-sigra_csrf=" + anon})
+	}
+	// Over HTTPS browsers send Sec-Fetch-Site: a null Origin without it
+	// (a sandboxed frame of another site) is refused.
+	resp, _ = e.postForm("/.sigra/login", login, map[string]string{"X-Forwarded-Proto": "https", "Origin": "null", "Sec-Fetch-Site": "", "Cookie": "__Host-sigra_csrf=" + anon})
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("login over HTTPS with a null Origin and no Sec-Fetch-Site: status %d; want 403", resp.StatusCode)
+	}
+	resp, _ = e.postForm("/.sigra/login", login, map[string]string{"X-Forwarded-Proto": "https", "Origin": origin, "Cookie": "__Host-sigra_csrf=" + anon})
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("login over HTTPS: status %d; want 303", resp.StatusCode)
 	}

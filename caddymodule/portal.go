@@ -280,7 +280,7 @@ func (q *preq) route(get, post func() error) error {
 		}
 	case http.MethodPost:
 		if post != nil {
-			if !sameOrigin(q.r, q.origin) {
+			if !sameOrigin(q.r, q.origin, true) {
 				return q.message(http.StatusForbidden, "Request refused", "This form was sent from another site.", "")
 			}
 			// Every portal form is urlencoded. ParseForm would skip any

@@ -95,7 +95,7 @@ func (q *preq) adminRoute(path string) error {
 		return nil
 	}
 	if !get {
-		if !sameOrigin(q.r, q.origin) || !q.rt.csrf.Valid(sessionBinding(p), q.r.Header.Get("X-CSRF-Token")) {
+		if !sameOrigin(q.r, q.origin, false) || !q.rt.csrf.Valid(sessionBinding(p), q.r.Header.Get("X-CSRF-Token")) {
 			writeProblem(q.w, http.StatusForbidden, "csrf", "missing or invalid X-CSRF-Token, or a cross-site request")
 			return nil
 		}

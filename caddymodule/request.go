@@ -611,25 +611,34 @@ func wwwAuthenticate(r *http.Request, prefix, page string) string {
 
 // sameOrigin checks the browser's own statement of where a state-changing
 // request came from: when Sec-Fetch-Site or Origin is present it must say
-// same-origin.
+// same-origin. It comes on top of the CSRF token, which every form and
+// API call must carry in any case.
 //
-// Origin "null" passes when Sec-Fetch-Site says same-origin: portal pages
-// are served with Referrer-Policy no-referrer (DESIGN §3), and under that
-// policy browsers send their own forms with Origin: null (Fetch, "append
-// a request Origin header"), but Sec-Fetch-Site with the truth. Without
-// Sec-Fetch-Site (a browser from before 2023), null stays refused: a
-// sandboxed frame of another site sends it too.
-func sameOrigin(r *http.Request, origin string) bool {
+// Origin "null" is what browsers send with the forms of a page served
+// with Referrer-Policy no-referrer, as every portal page is (DESIGN §3;
+// Fetch, "append a request Origin header"); a script's fetch sends its
+// page's origin. For a form (form set) null passes:
+//   - with Sec-Fetch-Site same-origin, which browsers send to HTTPS
+//     sites and to localhost, and which pages cannot forge;
+//   - on a plain-HTTP site (origin http://…) when Sec-Fetch-Site is
+//     absent: browsers send none to a plain-HTTP host that is not
+//     localhost, so there the token alone decides, as it does for a
+//     request without Origin. Over HTTPS, a null Origin without
+//     Sec-Fetch-Site (a browser from before 2023, or a sandboxed frame
+//     of another site) stays refused.
+func sameOrigin(r *http.Request, origin string, form bool) bool {
 	// Every copy counts: a second header must not slip past the first.
-	site := false
+	site, fetchSite := false, false
 	for _, s := range r.Header.Values("Sec-Fetch-Site") {
 		if s != "" && s != "same-origin" {
 			return false
 		}
 		site = site || s == "same-origin"
+		fetchSite = fetchSite || s != ""
 	}
+	nullOK := form && (site || !fetchSite && strings.HasPrefix(origin, "http://"))
 	for _, o := range r.Header.Values("Origin") {
-		if o != "" && o != origin && (o != "null" || !site) {
+		if o != "" && o != origin && (o != "null" || !nullOK) {
 			return false
 		}
 	}

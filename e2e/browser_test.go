@@ -87,3 +87,33 @@ func TestBrowserForms(t *testing.T) {
 		t.Errorf("sam is not disabled after the admin page's form: %q", row)
 	}
 }
+
+// On a plain-HTTP site whose host is not localhost (an intranet name, a
+// LAN address), browsers send a form with Origin: null and without
+// Sec-Fetch-Site, which they send to HTTPS and localhost only: the
+// portal's forms must work there too. lan.test is mapped to 127.0.0.1
+// inside Chromium only.
+func TestBrowserSignInOnAPlainHTTPHost(t *testing.T) {
+	t.Parallel()
+	b := startChrome(t, "--host-resolver-rules=MAP lan.test 127.0.0.1")
+	g := newGateway(t, gatewayOptions{anyHost: true})
+	const email, password = "lena@example.com", "lena's browser password"
+	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	g.start()
+	base := strings.Replace(g.base, "127.0.0.1", "lan.test", 1)
+	b.open(base + "/x")
+	b.waitPrefix(base + "/.sigra/login")
+	b.fill(`[data-sigra=login-form] input[name=email]`, email)
+	b.fill(`[data-sigra=login-form] input[name=password]`, password)
+	b.click(`[data-sigra=login-form] button[type=submit]`)
+	b.waitAt(base + "/x")
+	if req, _ := g.up.last(); req == nil || req.Header.Get("X-Sigra-Email") != email || req.Host != strings.TrimPrefix(base, "http://") {
+		t.Fatalf("the app did not see %s signed in on %s", email, base)
+	}
+	b.open(base + "/.sigra/logout")
+	b.click(`[data-sigra=logout-form] button[type=submit]`)
+	b.open(base + "/x")
+	b.waitPrefix(base + "/.sigra/login")
+}

@@ -62,6 +62,9 @@ type gatewayOptions struct {
 	backend string
 	// global is added to the Caddyfile's global options.
 	global string
+	// anyHost serves the site on its port for every host name, not only
+	// 127.0.0.1 (base still names 127.0.0.1).
+	anyHost bool
 }
 
 // gateway is a Caddyfile for one Sigra site in front of an upstream, and
@@ -99,7 +102,12 @@ func newGateway(t *testing.T, opts gatewayOptions) *gateway {
 	if bootstrap == "" {
 		bootstrap = "off"
 	}
-	g.base = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	port := freePort(t)
+	g.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	site := g.base
+	if opts.anyHost {
+		site = fmt.Sprintf("http://:%d", port)
+	}
 	cf := fmt.Sprintf(`{
 	%s
 	%s
@@ -126,7 +134,7 @@ func newGateway(t *testing.T, opts gatewayOptions) *gateway {
 
 	reverse_proxy %s
 }
-`, admin, opts.global, g.db, bootstrap, g.base, backend)
+`, admin, opts.global, g.db, bootstrap, site, backend)
 	g.caddyfile = filepath.Join(g.home.dir, "Caddyfile")
 	if err := os.WriteFile(g.caddyfile, []byte(cf), 0o600); err != nil {
 		t.Fatal(err)

@@ -33,9 +33,9 @@ type chrome struct {
 const elementKey = "element-6066-11e4-a52e-4f735466cecf"
 
 // startChrome starts ChromeDriver and a browser session, both ended when
-// the test ends. Debian's chromium and chromium-driver packages provide
+// the test ends; args are more Chromium flags. Debian's chromium and chromium-driver packages provide
 // them (.ci/run installs them); without them the test fails, saying so.
-func startChrome(t *testing.T) *chrome {
+func startChrome(t *testing.T, args ...string) *chrome {
 	t.Helper()
 	driver, err := exec.LookPath("chromedriver")
 	if err != nil {
@@ -68,11 +68,11 @@ func startChrome(t *testing.T) *chrome {
 			t.Fatalf("chromedriver did not become ready within 20s\n%s", c.logs())
 		}
 	}
-	opts := map[string]any{"args": []string{
+	opts := map[string]any{"args": append([]string{
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
 		"--no-proxy-server", "--user-data-dir=" + filepath.Join(dir, "profile"),
-	}}
+	}, args...)}
 	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
 		opts["binary"] = "/usr/bin/chromium"
 	}
