@@ -173,7 +173,9 @@ func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, sid SessionID, 
 	return s.BeginTOTP(ctx, u, sid, issuer)
 }
 
-// totpKeyURL is the otpauth:// URI for a secret, as totp.Generate makes it.
+// totpKeyURL is the otpauth:// URI for a secret, as totp.Generate makes
+// it: a space (an issuer of a host with a port) is %20 in the query, not
+// +, which some authenticator apps show as it is.
 func totpKeyURL(issuer, account, secret string) string {
 	v := url.Values{}
 	v.Set("secret", secret)
@@ -181,7 +183,8 @@ func totpKeyURL(issuer, account, secret string) string {
 	v.Set("period", strconv.Itoa(totpPeriod))
 	v.Set("digits", totpDigits.String())
 	v.Set("algorithm", otp.AlgorithmSHA1.String())
-	u := url.URL{Scheme: "otpauth", Host: "totp", Path: "/" + issuer + ":" + account, RawQuery: v.Encode()}
+	// Encode writes a space as + and a literal + as %2B: every + is a space.
+	u := url.URL{Scheme: "otpauth", Host: "totp", Path: "/" + issuer + ":" + account, RawQuery: strings.ReplaceAll(v.Encode(), "+", "%20")}
 	return u.String()
 }
 

@@ -180,3 +180,16 @@ func TestTOTPEnrolmentRedacts(t *testing.T) {
 		}
 	}
 }
+
+// A key shown again (after a wrong code) has the URI it had when first
+// made: an issuer with a space (a host with a port) written %20, not +,
+// which some authenticator apps show as it is.
+func TestTOTPKeyURLAsGenerated(t *testing.T) {
+	key, err := totp.Generate(totp.GenerateOpts{Issuer: "localhost 24080", AccountName: "a+b@example.com", Period: totpPeriod, Digits: totpDigits, Algorithm: otp.AlgorithmSHA1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := totpKeyURL("localhost 24080", "a+b@example.com", key.Secret()); got != key.URL() {
+		t.Errorf("totpKeyURL = %s\nwant the generated %s", got, key.URL())
+	}
+}
