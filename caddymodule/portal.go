@@ -653,6 +653,12 @@ func (q *preq) logoutPage() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	if p == nil && q.own.sessionConflict {
+		// Two session cookies (one set by another site on this host):
+		// the real session may well go on; "not signed in" would be
+		// untrue.
+		return q.message(http.StatusBadRequest, "Sign-in cookies in conflict", cookieConflictText, "")
+	}
 	if p == nil && wantsHTML(q.r) {
 		// Signed out already (an app's "Sign out" link after the session
 		// ended, say): asking for the password first, to then offer to

@@ -135,6 +135,16 @@ func TestLoginAndLogout(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || !strings.Contains(page, "You are not signed in.") || !strings.Contains(page, `href="/.sigra/login?rd=%2Fapp"`) {
 			t.Errorf("GET /logout signed out: status %d, Location %q; want 200 saying so, linking to sign in\n%s", resp.StatusCode, resp.Header.Get("Location"), page)
 		}
+		// Two session cookies, one tossed by another site on this host:
+		// the real one may still work, so "not signed in" would be false.
+		e.client.Jar, _ = cookiejar.New(nil)
+		e.mustLogin("dora@example.com")
+		tok := e.sessionCookie()
+		e.client.Jar = nil
+		resp, page = e.get("/.sigra/logout", map[string]string{"Accept": "text/html", "Cookie": "sigra_session=" + tok + "; sigra_session=" + strings.Repeat("A", 43)})
+		if resp.StatusCode == http.StatusOK || strings.Contains(page, "You are not signed in.") || !strings.Contains(page, "two different sign-in cookies") {
+			t.Errorf("GET /logout with two session cookies: status %d; want the conflict explained, not 'not signed in'\n%s", resp.StatusCode, page)
+		}
 	})
 }
 
