@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -694,23 +695,31 @@ func loadPEMKey(path, alg string) (*signingKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing_key: %w", err)
 	}
-	// One key per file. An operator who appends the next key during a
-	// rotation would otherwise go on signing with the first without a
-	// word. The EC PARAMETERS block that `openssl ecparam -genkey` writes
-	// before its key is not a key.
-	var block *pem.Block
+	// One private key per file. An operator who appends the next key
+	// during a rotation would otherwise go on signing with the first
+	// without a word. Other blocks (the EC PARAMETERS that `openssl
+	// ecparam -genkey` writes before its key, a certificate or public key
+	// kept with it) are not keys to sign with; without a private key,
+	// the first block is what the error names.
+	var block, first *pem.Block
 	keys := 0
 	for rest := data; ; {
 		var b *pem.Block
 		if b, rest = pem.Decode(rest); b == nil {
 			break
 		}
-		if b.Type == "EC PARAMETERS" {
+		if first == nil {
+			first = b
+		}
+		if !strings.HasSuffix(b.Type, "PRIVATE KEY") {
 			continue
 		}
 		if keys++; keys == 1 {
 			block = b
 		}
+	}
+	if block == nil {
+		block = first
 	}
 	switch {
 	case block == nil:

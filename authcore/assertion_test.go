@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -1147,7 +1148,8 @@ func TestKeyRingPEMFileRefused(t *testing.T) {
 }
 
 // `openssl ecparam -name prime256v1 -genkey` writes an EC PARAMETERS
-// block before the key: that file is one key.
+// block before the key: that file is one key, as is a key followed by
+// its certificate.
 func TestKeyRingPEMFileWithECParameters(t *testing.T) {
 	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	sec1, _ := x509.MarshalECPrivateKey(ec)
@@ -1159,6 +1161,19 @@ func TestKeyRingPEMFileWithECParameters(t *testing.T) {
 	}
 	if err := CheckSigningKeyFile(path, AlgES256); err != nil {
 		t.Fatalf("an openssl ecparam key file: %v; want it taken", err)
+	}
+	// A key kept with its certificate is one key too.
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	cert, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &ec.PublicKey, ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert := filepath.Join(t.TempDir(), "kc.pem")
+	if err := os.WriteFile(withCert, append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert})...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckSigningKeyFile(withCert, AlgES256); err != nil {
+		t.Fatalf("a key file with its certificate: %v; want it taken", err)
 	}
 }
 
