@@ -106,6 +106,13 @@ type Bolt struct {
 	// pruneScanned, set by tests, runs between a prune's scan of the
 	// outbox and its deletions.
 	pruneScanned func()
+
+	// mapped is the store's size in bytes at its last transaction's
+	// start, which its file must keep (usable); broken, once set, is why
+	// the store's file can no longer be read (cut short under it), and
+	// refuses every transaction.
+	mapped atomic.Int64
+	broken atomic.Pointer[error]
 }
 
 // OpenBolt opens (creating if needed) the bbolt file at path and makes

@@ -572,29 +572,78 @@ func TestCheckIsBoltDuringCommits(t *testing.T) {
 }
 
 // A store file cut short while open (a smaller copy put in its place
-// with cp, say) makes reads past its new end fault: an error for that
-// read, not the end of the process and every site in it.
+// with cp, say) is refused, reads and writes alike, with an error, not
+// the end of the process and every site in it: before a transaction, by
+// the file's size; in a read that faults before any size was known, by
+// the fault. A write must never begin: bbolt's rollback of it reads
+// every page in a goroutine of its own.
 func TestStoreCutShortWhileOpenIsAnError(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "sigra.db")
-	st, err := OpenBolt(path, BoltOptions{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	ctx := context.Background()
-	for i := range 400 {
-		u := &authcore.User{ID: uuid.Must(uuid.NewV7()).String(), Email: fmt.Sprintf("u%d@example.com", i), Name: strings.Repeat("n", 500), CreatedAt: time.Now()}
-		if err := st.CreateUser(ctx, u); err != nil {
+	open := func(t *testing.T) (*Bolt, string) {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), "sigra.db")
+		st, err := OpenBolt(path, BoltOptions{NoSync: true})
+		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { st.Close() })
+		for i := range 400 {
+			u := &authcore.User{ID: uuid.Must(uuid.NewV7()).String(), Email: fmt.Sprintf("u%d@example.com", i), Name: strings.Repeat("n", 500), CreatedAt: time.Now()}
+			if err := st.CreateUser(ctx, u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return st, path
 	}
-	if err := os.Truncate(path, 16<<10); err != nil {
-		t.Fatal(err)
+	writeFails := func(t *testing.T, st *Bolt) {
+		t.Helper()
+		u := &authcore.User{ID: uuid.Must(uuid.NewV7()).String(), Email: "late@example.com", CreatedAt: time.Now()}
+		if err := st.CreateUser(ctx, u); err == nil || !strings.Contains(err.Error(), "restore it and restart Caddy") {
+			t.Errorf("a write to the store cut short: %v; want it refused, saying what to do", err)
+		}
+		if err := st.Health(ctx); err == nil {
+			t.Error("Health of a store cut short under it: nil; want it to say so")
+		}
 	}
-	if _, err := st.ListUsers(ctx, "", 1000); err == nil || !strings.Contains(err.Error(), "cut short or written over") {
-		t.Fatalf("listing users of a store cut short under it: %v; want an error saying what may have happened", err)
+	t.Run("known by its size", func(t *testing.T) {
+		st, path := open(t)
+		if err := os.Truncate(path, 16<<10); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.ListUsers(ctx, "", 1000); err == nil || !strings.Contains(err.Error(), "cut short while in use") {
+			t.Fatalf("listing users of a store cut short under it: %v; want it refused by the file's size", err)
+		}
+		writeFails(t, st)
+	})
+	t.Run("found by a read's fault", func(t *testing.T) {
+		st, path := open(t)
+		st.mapped.Store(0) // as if no size were known yet
+		if err := os.Truncate(path, 16<<10); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.ListUsers(ctx, "", 1000); err == nil || !strings.Contains(err.Error(), "reading the store's file failed") {
+			t.Fatalf("listing users of a store cut short under it: %v; want the fault as an error", err)
+		}
+		writeFails(t, st)
+	})
+}
+
+// Only a fault of the memory map is the file's: any other panic in a
+// read is a bug, and goes on as one, leaving the store usable.
+func TestStoreReadPanicIsNotTakenForTheFile(t *testing.T) {
+	st := auditOpen(t, "")
+	func() {
+		defer func() {
+			if r := recover(); r != "a bug" {
+				t.Errorf("recovered %v; want the read's own panic", r)
+			}
+		}()
+		_ = st.view(func(*bolt.Tx) error { panic("a bug") })
+	}()
+	if err := st.Ping(context.Background()); err != nil {
+		t.Errorf("after a read's panic: %v; want the store usable", err)
 	}
-	if err := st.Health(ctx); err == nil {
-		t.Error("Health of a store cut short under it: nil; want it to say so")
+	if _, err := st.ListUsers(context.Background(), "", 1); err != nil {
+		t.Errorf("after a read's panic: %v; want the store usable", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -70,35 +71,81 @@ type writeHealth struct {
 	pageSize int
 }
 
-// view is db.View with a fault in bbolt's memory map as an error. bbolt
-// reads the file through a shared mapping: when the file is cut short or
-// written over while Caddy has it open (a copy put in its place against
+// view is db.View, refused once the store's file is known to be cut
+// short (usable), and with a fault in bbolt's memory map as an error.
+// bbolt reads the file through a shared mapping: when the file is cut
+// short while Caddy has it open (a smaller copy put in its place against
 // README's advice), a read past its new end faults, which would end the
-// process and every site with it. As a panic it ends the transaction
-// (bbolt rolls back as it passes) and the caller gets the error; Health
-// says what happened to the file.
+// process and every site with it. In a read transaction the fault is a
+// panic that ends the transaction only (its rollback reads nothing), and
+// the store is marked broken.
 func (b *Bolt) view(fn func(*bolt.Tx) error) (err error) {
+	if err := b.usable(); err != nil {
+		return err
+	}
 	defer b.fault(&err, debug.SetPanicOnFault(true))
-	return b.db.View(fn)
+	return b.db.View(func(tx *bolt.Tx) error {
+		b.mapped.Store(tx.Size())
+		return fn(tx)
+	})
 }
 
-// fault, deferred, turns a panic into *err and puts the goroutine's
-// panic-on-fault setting back as it was.
+// fault, deferred by view, puts the goroutine's panic-on-fault setting
+// back, and turns a fault in the memory map into *err, marking the store
+// broken. Any other panic goes on: it is a bug, not the file.
 func (b *Bolt) fault(err *error, was bool) {
 	debug.SetPanicOnFault(was)
-	if r := recover(); r != nil {
-		*err = fmt.Errorf("storage %s: reading the store failed (%v): if its file was cut short or written over while in use, restore it and restart Caddy", b.path, r)
+	r := recover()
+	if r == nil {
+		return
 	}
+	// A fault under panic-on-fault is a runtime.Error that gives the
+	// address (a nil pointer's has none).
+	if _, ok := r.(interface {
+		runtime.Error
+		Addr() uintptr
+	}); !ok {
+		panic(r)
+	}
+	e := fmt.Errorf("storage %s: reading the store's file failed (%v): it was cut short or written over while in use; restore it and restart Caddy", b.path, r)
+	b.broken.CompareAndSwap(nil, &e)
+	*err = e
+}
+
+// usable refuses a transaction on a store whose file was found cut
+// short: before each one, the file at the store's path, when it is still
+// the one opened, must be as long as the store was at its last
+// transaction. A write on a file cut short cannot be made safe once
+// begun: bbolt's rollback of it reads every page, in a goroutine of its
+// own, where a fault ends the process. (A file cut short between this
+// check and the transaction still can.)
+func (b *Bolt) usable() error {
+	if p := b.broken.Load(); p != nil {
+		return *p
+	}
+	need := b.mapped.Load()
+	if need <= 0 || b.health.opened == nil {
+		return nil
+	}
+	fi, err := os.Stat(b.path)
+	if err != nil || !os.SameFile(fi, b.health.opened) || fi.Size() >= need {
+		return nil // gone or replaced: the file opened is whole (FileGone says so)
+	}
+	e := fmt.Errorf("storage %s: the file is %d bytes, shorter than the %d bytes the store holds: it was cut short while in use (a copy put in its place?); restore it and restart Caddy", b.path, fi.Size(), need)
+	b.broken.CompareAndSwap(nil, &e)
+	return *b.broken.Load()
 }
 
 // update is db.Update, noting whether the commit itself failed: an error
 // from fn is the caller's (a conflict, not found), one after fn returned
-// nil is the storage's. A fault in the memory map is an error, as in
-// view.
-func (b *Bolt) update(fn func(*bolt.Tx) error) (err error) {
-	defer b.fault(&err, debug.SetPanicOnFault(true))
+// nil is the storage's. It is refused, as view is, on a file cut short.
+func (b *Bolt) update(fn func(*bolt.Tx) error) error {
+	if err := b.usable(); err != nil {
+		return err
+	}
 	ran, id := false, uint64(0)
-	err = b.db.Update(func(tx *bolt.Tx) error {
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		b.mapped.Store(tx.Size())
 		err := fn(tx)
 		ran, id = err == nil, uint64(tx.ID())
 		if ran {
@@ -207,6 +254,9 @@ func (b *Bolt) checkSafely() (err error) {
 func (b *Bolt) check() error {
 	// The file first: reading a store written over can crash.
 	if err := b.FileGone(); err != nil {
+		return err
+	}
+	if err := b.usable(); err != nil {
 		return err
 	}
 	if err := b.Ping(context.Background()); err != nil {
