@@ -107,12 +107,14 @@ type Bolt struct {
 	// outbox and its deletions.
 	pruneScanned func()
 
-	// mapped is the store's size in bytes at its last transaction's
-	// start, which its file must keep (usable); broken, once set, is why
-	// the store's file can no longer be read (cut short under it), and
-	// refuses every transaction.
-	mapped atomic.Int64
-	broken atomic.Pointer[error]
+	// mapped is the size in bytes of the store's file after its last
+	// commit, which the file must keep (writable); sizeFile is that
+	// file, opened again to read its size. broken, once set, is why the store's file
+	// can no longer be read (cut short under it), and refuses every
+	// transaction.
+	mapped   atomic.Uint64
+	sizeFile *os.File
+	broken   atomic.Pointer[error]
 }
 
 // OpenBolt opens (creating if needed) the bbolt file at path and makes
@@ -163,15 +165,30 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	b := &Bolt{db: db, path: path}
 	b.health.opened, _ = os.Stat(path) // under bbolt's lock: the file just opened
 	b.health.pageSize = db.Info().PageSize
+	if f, err := os.Open(path); err == nil {
+		if fi, err := f.Stat(); err == nil && b.health.opened != nil && os.SameFile(fi, b.health.opened) {
+			b.sizeFile = f
+		} else {
+			f.Close()
+		}
+	}
 	if err := db.View(func(tx *bolt.Tx) error {
 		b.health.committed.Store(uint64(tx.ID()))
 		b.health.begun.Store(uint64(tx.ID()))
 		return nil
 	}); err != nil {
+		b.closeSizeFile()
 		_ = db.Close()
 		return nil, fmt.Errorf("storage %s: %w", path, err)
 	}
+	b.noteSize()
 	return b, nil
+}
+
+func (b *Bolt) closeSizeFile() {
+	if b.sizeFile != nil {
+		_ = b.sizeFile.Close()
+	}
 }
 
 func lockedError(path string) error {
@@ -419,7 +436,10 @@ func releaseAfterPanic(db *bolt.DB, file *os.File) {
 func (b *Bolt) Path() string { return b.path }
 
 // Close releases the file and its lock.
-func (b *Bolt) Close() error { return b.db.Close() }
+func (b *Bolt) Close() error {
+	b.closeSizeFile()
+	return b.db.Close()
+}
 
 // Ping checks that the file can still be read.
 func (b *Bolt) Ping(ctx context.Context) error {

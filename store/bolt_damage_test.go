@@ -573,12 +573,15 @@ func TestCheckIsBoltDuringCommits(t *testing.T) {
 
 // A store file cut short while open (a smaller copy put in its place
 // with cp, say) is refused, reads and writes alike, with an error, not
-// the end of the process and every site in it: before a transaction, by
-// the file's size; in a read that faults before any size was known, by
-// the fault. A write must never begin: bbolt's rollback of it reads
-// every page in a goroutine of its own.
+// the end of the process and every site in it. A write must never
+// begin: bbolt's rollback of it reads every page in a goroutine of its
+// own. So a write is refused by the file's size, against the size the
+// last commit left; a read that faults marks the store broken too.
 func TestStoreCutShortWhileOpenIsAnError(t *testing.T) {
 	ctx := context.Background()
+	newUser := func(i int) *authcore.User {
+		return &authcore.User{ID: uuid.Must(uuid.NewV7()).String(), Email: fmt.Sprintf("u%d@example.com", i), Name: strings.Repeat("n", 500), CreatedAt: time.Now()}
+	}
 	open := func(t *testing.T) (*Bolt, string) {
 		t.Helper()
 		path := filepath.Join(t.TempDir(), "sigra.db")
@@ -588,43 +591,60 @@ func TestStoreCutShortWhileOpenIsAnError(t *testing.T) {
 		}
 		t.Cleanup(func() { st.Close() })
 		for i := range 400 {
-			u := &authcore.User{ID: uuid.Must(uuid.NewV7()).String(), Email: fmt.Sprintf("u%d@example.com", i), Name: strings.Repeat("n", 500), CreatedAt: time.Now()}
-			if err := st.CreateUser(ctx, u); err != nil {
+			if err := st.CreateUser(ctx, newUser(i)); err != nil {
 				t.Fatal(err)
 			}
 		}
 		return st, path
 	}
-	writeFails := func(t *testing.T, st *Bolt) {
+	refused := func(t *testing.T, st *Bolt, want string) {
 		t.Helper()
-		u := &authcore.User{ID: uuid.Must(uuid.NewV7()).String(), Email: "late@example.com", CreatedAt: time.Now()}
-		if err := st.CreateUser(ctx, u); err == nil || !strings.Contains(err.Error(), "restore it and restart Caddy") {
-			t.Errorf("a write to the store cut short: %v; want it refused, saying what to do", err)
+		if err := st.CreateUser(ctx, newUser(-1)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("a write to the store cut short: %v; want it refused: %q", err, want)
+		}
+		if _, err := st.ListUsers(ctx, "", 1000); err == nil || !strings.Contains(err.Error(), "restore it and restart Caddy") {
+			t.Errorf("a read of the store cut short: %v; want it refused", err)
 		}
 		if err := st.Health(ctx); err == nil {
 			t.Error("Health of a store cut short under it: nil; want it to say so")
 		}
 	}
-	t.Run("known by its size", func(t *testing.T) {
+	t.Run("a write, by the file's size", func(t *testing.T) {
 		st, path := open(t)
 		if err := os.Truncate(path, 16<<10); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.ListUsers(ctx, "", 1000); err == nil || !strings.Contains(err.Error(), "cut short while in use") {
-			t.Fatalf("listing users of a store cut short under it: %v; want it refused by the file's size", err)
-		}
-		writeFails(t, st)
+		refused(t, st, "cut short while in use")
 	})
-	t.Run("found by a read's fault", func(t *testing.T) {
+	t.Run("cut to the size before the last write grew it", func(t *testing.T) {
 		st, path := open(t)
-		st.mapped.Store(0) // as if no size were known yet
+		size := func() int64 {
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fi.Size()
+		}
+		before := size()
+		for i := 400; size() == before; i++ {
+			if err := st.CreateUser(ctx, newUser(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Truncate(path, before); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, st, "cut short while in use")
+	})
+	t.Run("a read, by its fault", func(t *testing.T) {
+		st, path := open(t)
 		if err := os.Truncate(path, 16<<10); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.ListUsers(ctx, "", 1000); err == nil || !strings.Contains(err.Error(), "reading the store's file failed") {
 			t.Fatalf("listing users of a store cut short under it: %v; want the fault as an error", err)
 		}
-		writeFails(t, st)
+		refused(t, st, "reading the store's file failed")
 	})
 }
 

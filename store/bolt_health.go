@@ -71,23 +71,20 @@ type writeHealth struct {
 	pageSize int
 }
 
-// view is db.View, refused once the store's file is known to be cut
-// short (usable), and with a fault in bbolt's memory map as an error.
-// bbolt reads the file through a shared mapping: when the file is cut
-// short while Caddy has it open (a smaller copy put in its place against
-// README's advice), a read past its new end faults, which would end the
-// process and every site with it. In a read transaction the fault is a
-// panic that ends the transaction only (its rollback reads nothing), and
-// the store is marked broken.
+// view is db.View, refused once the store is known broken (its file
+// cut short under it), and with a fault in bbolt's memory map as an
+// error. bbolt reads the file through a shared mapping: when the file is
+// cut short while Caddy has it open (a smaller copy put in its place
+// against README's advice), a read past its new end faults, which would
+// end the process and every site with it. In a read transaction the
+// fault is a panic that ends the transaction only (its rollback reads
+// nothing), and the store is marked broken.
 func (b *Bolt) view(fn func(*bolt.Tx) error) (err error) {
-	if err := b.usable(); err != nil {
-		return err
+	if p := b.broken.Load(); p != nil {
+		return *p
 	}
 	defer b.fault(&err, debug.SetPanicOnFault(true))
-	return b.db.View(func(tx *bolt.Tx) error {
-		b.mapped.Store(tx.Size())
-		return fn(tx)
-	})
+	return b.db.View(fn)
 }
 
 // fault, deferred by view, puts the goroutine's panic-on-fault setting
@@ -112,24 +109,25 @@ func (b *Bolt) fault(err *error, was bool) {
 	*err = e
 }
 
-// usable refuses a transaction on a store whose file was found cut
-// short: before each one, the file at the store's path, when it is still
-// the one opened, must be as long as the store was at its last
-// transaction. A write on a file cut short cannot be made safe once
-// begun: bbolt's rollback of it reads every page, in a goroutine of its
+// writable refuses a write on a store whose file was cut short: the
+// file opened (not whatever its path names now) must be as long as it
+// was after the store's last commit. A write on a file cut short cannot be
+// made safe once begun: it reads pages past the end in the caller's
+// goroutine, and bbolt's rollback reads every page in a goroutine of its
 // own, where a fault ends the process. (A file cut short between this
-// check and the transaction still can.)
-func (b *Bolt) usable() error {
+// check and the transaction still can.) Reads need no such check: a
+// fault in one is caught (view).
+func (b *Bolt) writable() error {
 	if p := b.broken.Load(); p != nil {
 		return *p
 	}
 	need := b.mapped.Load()
-	if need <= 0 || b.health.opened == nil {
+	if need == 0 || b.sizeFile == nil {
 		return nil
 	}
-	fi, err := os.Stat(b.path)
-	if err != nil || !os.SameFile(fi, b.health.opened) || fi.Size() >= need {
-		return nil // gone or replaced: the file opened is whole (FileGone says so)
+	fi, err := b.sizeFile.Stat()
+	if err != nil || uint64(fi.Size()) >= need {
+		return nil
 	}
 	e := fmt.Errorf("storage %s: the file is %d bytes, shorter than the %d bytes the store holds: it was cut short while in use (a copy put in its place?); restore it and restart Caddy", b.path, fi.Size(), need)
 	b.broken.CompareAndSwap(nil, &e)
@@ -138,14 +136,13 @@ func (b *Bolt) usable() error {
 
 // update is db.Update, noting whether the commit itself failed: an error
 // from fn is the caller's (a conflict, not found), one after fn returned
-// nil is the storage's. It is refused, as view is, on a file cut short.
+// nil is the storage's. It is refused on a file cut short (writable).
 func (b *Bolt) update(fn func(*bolt.Tx) error) error {
-	if err := b.usable(); err != nil {
+	if err := b.writable(); err != nil {
 		return err
 	}
 	ran, id := false, uint64(0)
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		b.mapped.Store(tx.Size())
 		err := fn(tx)
 		ran, id = err == nil, uint64(tx.ID())
 		if ran {
@@ -161,10 +158,23 @@ func (b *Bolt) update(fn func(*bolt.Tx) error) error {
 	if ran {
 		if err == nil {
 			raise(&b.health.committed, id)
+			b.noteSize()
 		}
 		b.noteCommit(err)
 	}
 	return err
+}
+
+// noteSize raises mapped to the size of the store's file, which bbolt
+// grows before it writes a commit's pages and never shrinks: a later
+// size below it is a file cut short.
+func (b *Bolt) noteSize() {
+	if b.sizeFile == nil {
+		return
+	}
+	if fi, err := b.sizeFile.Stat(); err == nil && fi.Size() > 0 {
+		raise(&b.mapped, uint64(fi.Size()))
+	}
 }
 
 // updateWith runs change, one of this store's …In changes, in a write
@@ -256,8 +266,8 @@ func (b *Bolt) check() error {
 	if err := b.FileGone(); err != nil {
 		return err
 	}
-	if err := b.usable(); err != nil {
-		return err
+	if p := b.broken.Load(); p != nil {
+		return *p
 	}
 	if err := b.Ping(context.Background()); err != nil {
 		return err
