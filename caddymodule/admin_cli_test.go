@@ -418,6 +418,14 @@ func TestCLIUserGroups(t *testing.T) {
 	if rows := e.auditRows("admin.user.groups"); len(rows) != 5 || rows[1].Metadata["previous"] != "ops" || rows[1].Metadata["added"] != "admins" || rows[1].Metadata["removed"] != "" {
 		t.Errorf("the row of the admin group added: %+v; want previous ops, added admins, nothing removed", rows[1])
 	}
+	// Keeping takes no one out of the admin group, so it is never
+	// refused as leaving no admin, even from the last one.
+	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "root@example.com", Groups: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "gus@example.com", Groups: []string{"x"}, Keep: true}); err != nil {
+		t.Errorf("adding a group to the last admin, keeping the others: %v; want it done", err)
+	}
 	if _, err := runUserOp(context.Background(), flags, userRequest{Op: "groups", User: "nobody@example.com", Groups: []string{"x"}}); err == nil {
 		t.Error("groups of an unknown user: no error")
 	}

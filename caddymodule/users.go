@@ -147,7 +147,7 @@ func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userR
 	case "delete", "disable":
 	case "groups":
 		groups, err := authcore.NormalizeGroups(req.Groups)
-		if err != nil || req.Admin || slices.Contains(groups, adminGroup) {
+		if err != nil || req.Admin || req.Keep || slices.Contains(groups, adminGroup) {
 			return nil // stays an admin (or the change is refused anyway)
 		}
 	default:
@@ -364,8 +364,6 @@ func changedUser(ctx context.Context, rt *runtime, op string, u *authcore.User) 
 	return &userResult{User: &v}
 }
 
-// requestedGroups are the groups req gives a user: its list, and the
-// admin group with --admin.
 // newGroups is the groups req gives a user who has groups now: those
 // req asks for, after the user's own with req.Keep.
 func newGroups(req userRequest, adminGroup string, groups []string) []string {
@@ -375,6 +373,8 @@ func newGroups(req userRequest, adminGroup string, groups []string) []string {
 	return append(slices.Clone(groups), requestedGroups(req, adminGroup)...)
 }
 
+// requestedGroups are the groups req gives a user: its list, and the
+// admin group with --admin.
 func requestedGroups(req userRequest, adminGroup string) []string {
 	groups := slices.Clone(req.Groups)
 	if req.Admin {
