@@ -109,9 +109,9 @@ type Bolt struct {
 
 	// mapped is the size in bytes of the store's file after its last
 	// commit, which the file must keep (writable); sizeFile is that
-	// file, opened again to read its size. broken, once set, is why the store's file
-	// can no longer be read (cut short under it), and refuses every
-	// transaction.
+	// file, opened again to read its size. broken, once set, is why the
+	// store's file can no longer be read (cut short under it), and
+	// refuses every transaction.
 	mapped   atomic.Uint64
 	sizeFile *os.File
 	broken   atomic.Pointer[error]
