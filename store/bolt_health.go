@@ -111,8 +111,8 @@ func (b *Bolt) fault(err *error, was bool) {
 
 // writable refuses a write on a store whose file was cut short: the
 // file opened (not whatever its path names now) must be as long as it
-// was after the store's last commit. A write on a file cut short cannot be
-// made safe once begun: it reads pages past the end in the caller's
+// was after the store's last commit. A write on a file cut short cannot
+// be made safe once begun: it reads pages past the end in the caller's
 // goroutine, and bbolt's rollback reads every page in a goroutine of its
 // own, where a fault ends the process. (A file cut short between this
 // check and the transaction still can.) Reads need no such check: a
