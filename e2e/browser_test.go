@@ -31,14 +31,7 @@ func TestBrowserForms(t *testing.T) {
 	g.start()
 
 	// An app page sends the browser to sign in, and back.
-	signIn := func() {
-		t.Helper()
-		b.open(g.base + "/x")
-		b.waitPrefix(g.base + "/.sigra/login")
-		b.fill(`[data-sigra=login-form] input[name=email]`, email)
-		b.fill(`[data-sigra=login-form] input[name=password]`, password)
-		b.click(`[data-sigra=login-form] button[type=submit]`)
-	}
+	signIn := func() { b.signIn(g.base+"/x", email, password) }
 	signIn()
 	b.waitAt(g.base + "/x")
 	if src := b.source(); !strings.Contains(src, "app:/x") {
@@ -103,11 +96,7 @@ func TestBrowserSignInOnAPlainHTTPHost(t *testing.T) {
 	}
 	g.start()
 	base := strings.Replace(g.base, "127.0.0.1", "lan.test", 1)
-	b.open(base + "/x")
-	b.waitPrefix(base + "/.sigra/login")
-	b.fill(`[data-sigra=login-form] input[name=email]`, email)
-	b.fill(`[data-sigra=login-form] input[name=password]`, password)
-	b.click(`[data-sigra=login-form] button[type=submit]`)
+	b.signIn(base+"/x", email, password)
 	b.waitAt(base + "/x")
 	if req, _ := g.up.last(); req == nil || req.Header.Get("X-Sigra-Email") != email || req.Host != strings.TrimPrefix(base, "http://") {
 		t.Fatalf("the app did not see %s signed in on %s", email, base)

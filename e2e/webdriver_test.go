@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -218,4 +219,16 @@ func (c *chrome) waitAt(url string) {
 func (c *chrome) waitPrefix(prefix string) {
 	c.t.Helper()
 	c.waitURL(prefix+"…", func(u string) bool { return strings.HasPrefix(u, prefix) })
+}
+
+// signIn opens page, which must send the browser to the portal's sign-in
+// form, and sends the form with email and password.
+func (c *chrome) signIn(page, email, password string) {
+	c.t.Helper()
+	c.open(page)
+	u, _ := url.Parse(page)
+	c.waitPrefix(u.Scheme + "://" + u.Host + "/.sigra/login")
+	c.fill(`[data-sigra=login-form] input[name=email]`, email)
+	c.fill(`[data-sigra=login-form] input[name=password]`, password)
+	c.click(`[data-sigra=login-form] button[type=submit]`)
 }
