@@ -103,8 +103,9 @@ type MFAStore interface {
 	// opens a locked app). It returns ErrNotFound, changing nothing, if
 	// there is no such code.
 	ConsumeRecoveryCode(ctx context.Context, userID string, hash []byte) error
-	// CountRecoveryCodes returns how many unused recovery codes a user has.
-	CountRecoveryCodes(ctx context.Context, userID string) (int, error)
+	// RecoveryCodeSet returns how many unused recovery codes a user has,
+	// and the set's stamp: RecoverySetStamp of the stored hashes.
+	RecoveryCodeSet(ctx context.Context, userID string) (left int, stamp string, err error)
 	// HasRecoveryCode reports whether the user has an unused recovery
 	// code with this hash, comparing in constant time. It spends nothing.
 	HasRecoveryCode(ctx context.Context, userID string, hash []byte) (bool, error)

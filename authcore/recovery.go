@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -34,16 +35,34 @@ func (s *Service) RegenerateRecoveryCodes(ctx context.Context, userID string) ([
 	})
 }
 
+// ErrRecoveryCodesChanged refuses new recovery codes asked for against a
+// set that has changed since it was read: the form was sent twice (a
+// reload of the page that showed the new codes), or a code was spent
+// meanwhile. Making a set again then would leave the user holding a
+// set that no longer works.
+var ErrRecoveryCodesChanged = errors.New("the recovery codes changed since they were shown")
+
+// RecoverySetStamp names a set of recovery codes by its stored hashes
+// (SHA-256 sums, concatenated in stored order): it
+// changes whenever the set does, new codes or one spent. It tells
+// nothing of the codes (they are 60 random bits each, hashed).
+func RecoverySetStamp(stored []byte) string {
+	sum := sha256.Sum256(stored)
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
+}
+
 // RegenerateRecoveryCodesWith is RegenerateRecoveryCodes made through
 // commit (see Commit): the old codes stop working when the row telling
-// of it is stored, not before.
-func (s *Service) RegenerateRecoveryCodesWith(ctx context.Context, userID string, commit Commit) ([]string, error) {
+// of it is stored, not before. stamp is the stamp of the set the user
+// was shown (RecoveryCodeSet); if the stored set has another,
+// nothing changes and it returns ErrRecoveryCodesChanged.
+func (s *Service) RegenerateRecoveryCodesWith(ctx context.Context, userID, stamp string, commit Commit) ([]string, error) {
 	cs, err := s.changeStore()
 	if err != nil {
 		return nil, err
 	}
 	return s.regenerateRecoveryCodes(ctx, userID, func(hashes [][]byte) error {
-		return commit(cs.ReplaceRecoveryCodesIn(userID, hashes))
+		return commit(cs.ReplaceRecoveryCodesIn(userID, stamp, hashes))
 	})
 }
 
@@ -129,7 +148,15 @@ func spentRecoveryCode(err error) error {
 
 // RecoveryCodesLeft returns how many unused recovery codes the user has.
 func (s *Service) RecoveryCodesLeft(ctx context.Context, userID string) (int, error) {
-	return s.store.CountRecoveryCodes(ctx, userID)
+	left, _, err := s.store.RecoveryCodeSet(ctx, userID)
+	return left, err
+}
+
+// RecoveryCodeSet returns how many unused recovery codes the user has,
+// and the set's stamp, for a form that replaces it
+// (RegenerateRecoveryCodesWith).
+func (s *Service) RecoveryCodeSet(ctx context.Context, userID string) (left int, stamp string, err error) {
+	return s.store.RecoveryCodeSet(ctx, userID)
 }
 
 // newRecoveryCodes returns RecoveryCodeCount fresh codes in display form

@@ -306,7 +306,7 @@ func TestRecoveryCodesAuditFailsClosed(t *testing.T) {
 	// New codes, their row failing: the old ones stay.
 	_, page := e.get("/.sigra/account/totp", nil)
 	e.failAudit("mfa.recovery_code.regenerated")
-	if r, body := e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil); r.StatusCode != http.StatusInternalServerError || strings.Contains(body, `data-sigra="recovery-codes"`) {
+	if r, body := e.postForm("/.sigra/account/recovery-codes", newCodesForm(t, page, testPassword), nil); r.StatusCode != http.StatusInternalServerError || strings.Contains(body, `data-sigra="recovery-codes"`) {
 		t.Errorf("new recovery codes with a failing row: status %d; want 500 without codes", r.StatusCode)
 	}
 	e.failAudit("")

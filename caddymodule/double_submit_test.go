@@ -414,3 +414,56 @@ func TestMFAFailureWaitsOutsideTheLock(t *testing.T) {
 		t.Fatal("the owner's code waited for another submit's failure delay")
 	}
 }
+
+// New recovery codes sent twice make one set. A reload of the page that
+// lists them (or Back and send again) is refused, and the codes shown
+// are the ones that work; sent at once, the second waits for the first
+// and is refused the same way. The refusal shows the form again, for a
+// set made on purpose.
+func TestRecoveryCodesSentTwice(t *testing.T) {
+	_, e, u, _, _ := startEnrolled(t, "", "rue@example.com")
+	ctx := context.Background()
+	const path = "/.sigra/account/recovery-codes"
+	const changed = "Your recovery codes changed after this page was shown"
+	_, page := e.get("/.sigra/account/totp", nil)
+	form := newCodesForm(t, page, testPassword)
+	r, body := e.postForm(path, form, nil)
+	rc := recoveryCodes.FindStringSubmatch(body)
+	if r.StatusCode != http.StatusOK || rc == nil {
+		t.Fatalf("new codes: status %d, codes shown %v; want 200 with codes\n%s", r.StatusCode, rc != nil, body)
+	}
+	shown := strings.Fields(rc[1])
+	r, body = e.postForm(path, form, nil)
+	if r.StatusCode != http.StatusConflict || recoveryCodes.MatchString(body) || !strings.Contains(body, changed) || !strings.Contains(body, `data-sigra="recovery-codes-form"`) {
+		t.Errorf("the form sent again: status %d; want 409, the form with why, no codes\n%s", r.StatusCode, body)
+	}
+	if err := e.rt().auth.UseRecoveryCode(ctx, u.ID, shown[0]); err != nil {
+		t.Errorf("a code shown, after the form was sent again: %v; want it good", err)
+	}
+	// The refusal's page, a code spent since it was shown, is refused
+	// too; a page shown now makes a set.
+	if r, body := e.postForm(path, newCodesForm(t, body, testPassword), nil); r.StatusCode != http.StatusConflict || !strings.Contains(body, changed) {
+		t.Errorf("the refusal's page, a code spent since: status %d; want 409\n%s", r.StatusCode, body)
+	}
+	if n := len(e.auditRows("mfa.recovery_code.regenerated")); n != 1 {
+		t.Errorf("%d mfa.recovery_code.regenerated rows; want 1", n)
+	}
+
+	// At once: the first is held in its commit until the second is in,
+	// or 2 s (the second waits for the first).
+	_, page = e.get("/.sigra/account/totp", nil)
+	e.holdFirstRow("mfa.recovery_code.regenerated")
+	resps, bodies := e.postTwice(path, newCodesForm(t, page, testPassword), nil)
+	e.rt().failRecord.Store(nil)
+	oneDoneOneTwin(t, resps, bodies, answer{http.StatusOK, `data-sigra="recovery-codes"`}, answer{http.StatusConflict, changed})
+	if n := len(e.auditRows("mfa.recovery_code.regenerated")); n != 2 {
+		t.Errorf("%d mfa.recovery_code.regenerated rows; want 2", n)
+	}
+	for i, b := range bodies {
+		if rc := recoveryCodes.FindStringSubmatch(b); rc != nil {
+			if err := e.rt().auth.UseRecoveryCode(ctx, u.ID, strings.Fields(rc[1])[0]); err != nil {
+				t.Errorf("a code of answer %d: %v; want it good", i, err)
+			}
+		}
+	}
+}

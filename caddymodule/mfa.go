@@ -302,7 +302,7 @@ func (q *preq) totpPage() error {
 func (q *preq) enrolledPage(p *authcore.Principal, d pageData, status int) error {
 	d.Enrolled = true
 	var err error
-	if d.CodesLeft, err = q.rt.auth.RecoveryCodesLeft(q.ctx(), p.User.ID); err != nil {
+	if d.CodesLeft, d.CodeSet, err = q.rt.auth.RecoveryCodeSet(q.ctx(), p.User.ID); err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	return q.page(status, "totp", d)
@@ -482,6 +482,10 @@ func (q *preq) totpRemove() error {
 	return nil
 }
 
+// recoveryCodesChangedText answers a form for new recovery codes whose
+// set is no longer the one stored.
+const recoveryCodesChangedText = "Your recovery codes changed after this page was shown: new ones were made (perhaps this form was sent twice) or one was used. The codes that work are the last ones you were shown; nothing was changed now. To make a new set anyway, enter your password again."
+
 // recoveryRegenerate replaces the recovery codes (fresh second factor
 // and the password required) and shows the new ones once.
 func (q *preq) recoveryRegenerate() error {
@@ -489,17 +493,18 @@ func (q *preq) recoveryRegenerate() error {
 	if p == nil {
 		return err
 	}
-	// A form sent twice makes two sets, one after the other: the second
-	// answer, the one a browser shows, lists the set that stands.
 	unlock := accountChange.lock(p.User.ID)
 	defer unlock()
 	// The new codes and their row in one transaction: the old codes
-	// stop working only when the row is stored.
+	// stop working only when the row is stored. Only the set the form
+	// was shown with is replaced: a form sent again (a reload of the
+	// page listing the new codes, Back and send) must not put a set
+	// nobody saw behind the one the user saved.
 	var codes []string
 	ev := event{action: "mfa.recovery_code.regenerated", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
 	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		var err error
-		codes, err = q.rt.auth.RegenerateRecoveryCodesWith(q.ctx(), p.User.ID, commit)
+		codes, err = q.rt.auth.RegenerateRecoveryCodesWith(q.ctx(), p.User.ID, q.r.PostFormValue("code_set"), commit)
 		return err
 	})
 	if aerr != nil {
@@ -507,6 +512,9 @@ func (q *preq) recoveryRegenerate() error {
 	}
 	if errors.Is(err, authcore.ErrNotEnrolled) {
 		return q.message(http.StatusBadRequest, "No authenticator app", "Recovery codes come with an authenticator app.", q.p.app.Prefix+"/account/totp")
+	}
+	if errors.Is(err, authcore.ErrRecoveryCodesChanged) {
+		return q.enrolledPage(p, pageData{Title: "Authenticator app", CSRF: q.rt.csrf.Token(sessionBinding(p)), Error: recoveryCodesChangedText}, http.StatusConflict)
 	}
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)

@@ -54,6 +54,19 @@ func useFakeClock(t *testing.T) *clock.Fake {
 var totpSecret = regexp.MustCompile(`data-sigra="totp-secret">([A-Z2-7]+)<`)
 var recoveryCodes = regexp.MustCompile(`(?s)data-sigra="recovery-codes">(.*?)</pre>`)
 
+var codeSetField = regexp.MustCompile(`name="code_set" value="([^"]+)"`)
+
+// newCodesForm is the form for new recovery codes on page, the
+// authenticator page of an enrolled user, sent with password.
+func newCodesForm(t *testing.T, page, password string) url.Values {
+	t.Helper()
+	m := codeSetField.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no code_set field in page:\n%s", page)
+	}
+	return url.Values{"csrf_token": {csrfFrom(t, page)}, "code_set": {m[1]}, "password": {password}}
+}
+
 // startEnrolling starts Caddy with a fake clock and a bare gate, signs
 // email in and opens its authenticator-app page: the page and the
 // secret it shows, not confirmed yet.

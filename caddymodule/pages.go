@@ -63,6 +63,7 @@ type pageData struct {
 	Codes     []string
 	Enrolled  bool
 	CodesLeft int
+	CodeSet   string // the stamp of the codes left (new ones replace it)
 	QR        template.URL
 	Secret    string
 	URI       string

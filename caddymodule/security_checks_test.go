@@ -340,7 +340,10 @@ func TestAccountFormsRefuseBadCSRF(t *testing.T) {
 	if got := e.statusAs(otherTok, "/x"); got != http.StatusUnauthorized {
 		t.Errorf("the revoked session's cookie: status %d; want 401", got)
 	}
-	if r, body := e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {good}, "password": {testPassword}}, nil); r.StatusCode != 200 || !strings.Contains(body, `data-sigra="recovery-codes"`) {
+	_, page = e.get("/.sigra/account/totp", nil)
+	form := newCodesForm(t, page, testPassword)
+	form.Set("csrf_token", good)
+	if r, body := e.postForm("/.sigra/account/recovery-codes", form, nil); r.StatusCode != 200 || !strings.Contains(body, `data-sigra="recovery-codes"`) {
 		t.Errorf("regenerate with the token: status %d; want 200 with the new codes", r.StatusCode)
 	}
 	if r, _ := e.postForm("/.sigra/account/totp/remove", url.Values{"csrf_token": {good}, "password": {testPassword}}, nil); r.StatusCode != http.StatusSeeOther {
@@ -473,12 +476,12 @@ func TestRecoveryRegenerateNeedsFreshFactor(t *testing.T) {
 	// A fresh second factor alone (a stolen cookie) makes no codes, each
 	// of which would be a step-up of its own: the password too.
 	for _, pw := range []string{"", "not the password"} {
-		r, body = e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {pw}}, nil)
+		r, body = e.postForm("/.sigra/account/recovery-codes", newCodesForm(t, page, pw), nil)
 		if r.StatusCode != http.StatusUnauthorized || recoveryCodes.MatchString(body) || !strings.Contains(body, `data-sigra="recovery-codes-form"`) {
 			t.Errorf("fresh factor, password %q: status %d; want 401 and the form again, no codes", pw, r.StatusCode)
 		}
 	}
-	r, body = e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
+	r, body = e.postForm("/.sigra/account/recovery-codes", newCodesForm(t, page, testPassword), nil)
 	rc := recoveryCodes.FindStringSubmatch(body)
 	if r.StatusCode != 200 || rc == nil {
 		t.Fatalf("fresh factor: status %d, codes shown %v; want 200 with new codes", r.StatusCode, rc != nil)

@@ -9,9 +9,9 @@ import (
 	"github.com/pquerna/otp/totp"
 )
 
-// TestBrowserForms signs in, sets up an authenticator app, signs out,
-// signs in again with a recovery code and disables a user on an admin
-// page, in a real Chromium, through the portal's own forms. A browser sends what hand-made requests do not:
+// TestBrowserForms signs in, sets up an authenticator app, makes new
+// recovery codes, signs out, signs in again with one of them and
+// disables a user on an admin page, in a real Chromium, through the portal's own forms. A browser sends what hand-made requests do not:
 // portal pages are served with Referrer-Policy no-referrer, under which
 // a form goes out with Origin: null, and every form's check must take
 // that from the page it was on.
@@ -51,9 +51,22 @@ func TestBrowserForms(t *testing.T) {
 	b.fill(`[data-sigra=totp-enrol-form] input[name=password]`, password)
 	b.fill(`[data-sigra=totp-enrol-form] input[name=code]`, code)
 	b.click(`[data-sigra=totp-enrol-form] button[type=submit]`)
+	if codes := strings.Fields(b.text(`[data-sigra=recovery-codes]`)); len(codes) == 0 {
+		t.Fatalf("no recovery codes after setting up the app:\n%s", b.source())
+	}
+
+	// New recovery codes; the page listing them reloaded sends the form
+	// again, which must not make a set behind the one shown.
+	b.open(g.base + "/.sigra/account/totp")
+	b.fill(`[data-sigra=recovery-codes-form] input[name=password]`, password)
+	b.click(`[data-sigra=recovery-codes-form] button[type=submit]`)
 	codes := strings.Fields(b.text(`[data-sigra=recovery-codes]`))
 	if len(codes) == 0 {
-		t.Fatalf("no recovery codes after setting up the app:\n%s", b.source())
+		t.Fatalf("no new recovery codes:\n%s", b.source())
+	}
+	b.refresh()
+	if msg := b.text(`[role=alert]`); !strings.Contains(msg, "Your recovery codes changed") {
+		t.Fatalf("the new codes' page reloaded says %q; want that the codes changed", msg)
 	}
 
 	// Signing out, through the sign-out page's form.
@@ -61,7 +74,8 @@ func TestBrowserForms(t *testing.T) {
 	b.click(`[data-sigra=logout-form] button[type=submit]`)
 
 	// Signing in again takes the password, then the second factor: a
-	// recovery code here (the app's code of this minute is spent).
+	// recovery code here, one of the set shown (the app's code of this
+	// minute is spent).
 	signIn()
 	b.waitPrefix(g.base + "/.sigra/mfa")
 	b.click(`summary`)

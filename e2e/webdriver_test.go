@@ -145,6 +145,13 @@ func (c *chrome) open(url string) {
 	c.must(http.MethodPost, "/url", map[string]string{"url": url}, nil)
 }
 
+// refresh reloads the page, as the browser's reload button does (a
+// page that answered a form sends the form again).
+func (c *chrome) refresh() {
+	c.t.Helper()
+	c.must(http.MethodPost, "/refresh", map[string]any{}, nil)
+}
+
 // url is the page's address now.
 func (c *chrome) url() string {
 	var u string

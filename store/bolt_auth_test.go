@@ -780,8 +780,8 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	if p, err := st.PendingTOTP(ctx, u.ID, authcore.SessionID{2}); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("PendingTOTP of a deleted user = %+v, %v; want ErrNotFound", p, err)
 	}
-	if n, err := st.CountRecoveryCodes(ctx, u.ID); err != nil || n != 0 {
-		t.Errorf("CountRecoveryCodes of a deleted user = %d, %v; want 0", n, err)
+	if n, _, err := st.RecoveryCodeSet(ctx, u.ID); err != nil || n != 0 {
+		t.Errorf("RecoveryCodeSet of a deleted user = %d, %v; want 0", n, err)
 	}
 	for _, key := range keys {
 		if s, err := st.RegulationState(ctx, key); err != nil || !s.IsZero() {

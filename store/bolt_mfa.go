@@ -390,12 +390,18 @@ func putRecoveryCodes(tx *bolt.Tx, uk, codes []byte) error {
 
 // ReplaceRecoveryCodes implements authcore.MFAStore.
 func (b *Bolt) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
-	return b.updateWith(b.ReplaceRecoveryCodesIn(userID, hashes))
+	return b.updateWith(b.replaceRecoveryCodesIn(userID, nil, hashes))
 }
 
 // ReplaceRecoveryCodesIn implements authcore.ChangeStore:
-// ReplaceRecoveryCodes in tx.
-func (b *Bolt) ReplaceRecoveryCodesIn(userID string, hashes [][]byte) func(tx any) error {
+// ReplaceRecoveryCodes in tx, if the stored set's stamp is stamp.
+func (b *Bolt) ReplaceRecoveryCodesIn(userID, stamp string, hashes [][]byte) func(tx any) error {
+	return b.replaceRecoveryCodesIn(userID, &stamp, hashes)
+}
+
+// replaceRecoveryCodesIn replaces the set if its stamp is *stamp, or
+// whatever it is (stamp nil).
+func (b *Bolt) replaceRecoveryCodesIn(userID string, stamp *string, hashes [][]byte) func(tx any) error {
 	codes, hashErr := joinHashes(hashes)
 	return b.inTx(func(tx *bolt.Tx) error {
 		uk, err := mfaUserKey(userID)
@@ -404,6 +410,9 @@ func (b *Bolt) ReplaceRecoveryCodesIn(userID string, hashes [][]byte) func(tx an
 		}
 		if hashErr != nil {
 			return hashErr
+		}
+		if stamp != nil && authcore.RecoverySetStamp(bucket(tx, bktRecoveryCodes).Get(uk)) != *stamp {
+			return authcore.ErrRecoveryCodesChanged
 		}
 		return replaceRecoveryCodes(tx, uk, codes)
 	})
@@ -477,17 +486,18 @@ func (b *Bolt) HasRecoveryCode(ctx context.Context, userID string, hash []byte) 
 	return found, err
 }
 
-// CountRecoveryCodes implements authcore.MFAStore.
-func (b *Bolt) CountRecoveryCodes(ctx context.Context, userID string) (n int, err error) {
+// RecoveryCodeSet implements authcore.MFAStore.
+func (b *Bolt) RecoveryCodeSet(ctx context.Context, userID string) (left int, stamp string, err error) {
 	uk, ok := userKey(userID)
 	if !ok {
-		return 0, nil
+		return 0, authcore.RecoverySetStamp(nil), nil
 	}
 	err = b.view(func(tx *bolt.Tx) error {
-		n = len(bucket(tx, bktRecoveryCodes).Get(uk)) / recoveryHashLen
+		codes := bucket(tx, bktRecoveryCodes).Get(uk)
+		left, stamp = len(codes)/recoveryHashLen, authcore.RecoverySetStamp(codes)
 		return nil
 	})
-	return n, err
+	return left, stamp, err
 }
 
 func getRegulation(bk *bolt.Bucket, key string) (*authcore.RegulationState, error) {

@@ -1090,7 +1090,7 @@ func TestDeleteUserMFA(t *testing.T) {
 	if _, err := e.st.TOTP(e.ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("TOTP after deleteUserMFA = %v; want ErrNotFound", err)
 	}
-	if n, _ := e.st.CountRecoveryCodes(e.ctx, u.ID); n != 0 {
+	if n, _, _ := e.st.RecoveryCodeSet(e.ctx, u.ID); n != 0 {
 		t.Errorf("%d recovery codes after deleteUserMFA; want 0", n)
 	}
 	if st, _ := e.st.RegulationState(e.ctx, authcore.UserAccountKey(u.ID)); !st.IsZero() {

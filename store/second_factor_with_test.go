@@ -245,15 +245,40 @@ func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 	e := newMFAEnv(t)
 	w := newWithRows(t, e)
 	u, secret, old := e.enrolled(t, "erin@example.com")
-	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, w.failing("mfa.recovery_code.regenerated")); !errors.Is(err, errCommitFailed) {
+	shown := func() string {
+		t.Helper()
+		_, stamp, err := e.svc.RecoveryCodeSet(e.ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stamp
+	}
+	stamp := shown()
+	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.failing("mfa.recovery_code.regenerated")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("RegenerateRecoveryCodesWith, the commit failing: %v; want its error", err)
 	}
 	if err := e.svc.UseRecoveryCode(e.ctx, u.ID, old[0]); err != nil {
 		t.Errorf("an old code after a failed regeneration: %v; want it still good", err)
 	}
-	fresh, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, w.commit("mfa.recovery_code.regenerated"))
+	rows := w.rows()
+	// The set shown had old[0], spent since.
+	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.commit("mfa.recovery_code.regenerated")); !errors.Is(err, authcore.ErrRecoveryCodesChanged) {
+		t.Errorf("RegenerateRecoveryCodesWith for a set with a code spent since: %v; want ErrRecoveryCodesChanged", err)
+	}
+	stamp = shown()
+	fresh, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.commit("mfa.recovery_code.regenerated"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The same form sent again makes no set behind the one shown.
+	if again, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.commit("mfa.recovery_code.regenerated")); !errors.Is(err, authcore.ErrRecoveryCodesChanged) || again != nil {
+		t.Errorf("RegenerateRecoveryCodesWith sent twice: %v, %d codes; want ErrRecoveryCodesChanged", err, len(again))
+	}
+	if got := w.rows(); got != rows+1 {
+		t.Errorf("%d rows after a regeneration and two refused; want %d", got, rows+1)
+	}
+	if left, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); left != authcore.RecoveryCodeCount {
+		t.Errorf("%d codes left after the regeneration; want %d", left, authcore.RecoveryCodeCount)
 	}
 	if err := e.svc.UseRecoveryCode(e.ctx, u.ID, old[1]); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("an old code after the regeneration: %v; want ErrInvalidCode", err)
@@ -289,7 +314,7 @@ func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 	if !banned() {
 		t.Fatal("the sign-in was not banned")
 	}
-	rows := w.rows()
+	rows = w.rows()
 	if err := e.svc.UnlockWith(e.ctx, u.ID, w.failing("admin.user.unlock")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("UnlockWith, the commit failing: %v; want its error", err)
 	}
