@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestListModules: the binary built from xcaddy.json has the pinned Caddy
@@ -146,6 +148,52 @@ func TestValidateWhileRunning(t *testing.T) {
 		t.Fatalf("validate with the default store failed\n%s", r)
 	}
 	assertNoStore(t, h.dir)
+}
+
+// TestValidateRefusesWhatTheStartWould: `caddy validate` refuses a
+// storage path naming a file that is no store, as the start would,
+// naming the file, and leaves it as it was: another file, an empty one
+// (a store copied onto a full disk), another program's bbolt database.
+func TestValidateRefusesWhatTheStartWould(t *testing.T) {
+	t.Parallel()
+	h := newHome(t)
+	other := filepath.Join(h.dir, "other.db")
+	db, err := bolt.Open(other, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucket([]byte("otherapp"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	text := filepath.Join(h.dir, "notes.txt")
+	writeFile(t, text, strings.Repeat("not a store\n", 500))
+	empty := filepath.Join(h.dir, "empty.db")
+	writeFile(t, empty, "")
+	for _, tt := range []struct{ path, want string }{
+		{text, "no bbolt file"},
+		{empty, "the file is empty"},
+		{other, `another program (its buckets include "otherapp")`},
+	} {
+		before, err := os.ReadFile(tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf := filepath.Join(h.dir, "Caddyfile")
+		writeFile(t, cf, fmt.Sprintf("{\n\tadmin off\n\tsigra {\n\t\tstorage bbolt %s\n\t}\n}\nhttp://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\trespond ok\n}\n", tt.path))
+		r := runCaddy(t, h, "", "validate", "--config", cf, "--adapter", "caddyfile")
+		if out := r.output(); r.code == 0 || !strings.Contains(out, tt.path) || !strings.Contains(out, tt.want) {
+			t.Errorf("caddy validate with the store %s: exit %d; want it refused, naming the file, %q\n%s", filepath.Base(tt.path), r.code, tt.want, r)
+		}
+		if after, _ := os.ReadFile(tt.path); string(after) != string(before) {
+			t.Errorf("caddy validate changed %s", filepath.Base(tt.path))
+		}
+	}
 }
 
 func writeFile(t *testing.T, path, content string) {

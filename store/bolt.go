@@ -200,20 +200,7 @@ func lockedError(path string) error {
 // nothing to it: a store path mistyped as another program's database
 // must not get Sigra's buckets beside that program's.
 func initBolt(db *bolt.DB) error {
-	if err := db.View(func(tx *bolt.Tx) error {
-		if root := tx.Bucket(rootBucket); root != nil {
-			return checkFormat(root)
-		}
-		var names []string
-		c := tx.Cursor() // the top-level buckets
-		for k, _ := c.First(); k != nil && len(names) < 3; k, _ = c.Next() {
-			names = append(names, strconv.Quote(string(k)))
-		}
-		if len(names) == 0 {
-			return nil // a new file
-		}
-		return fmt.Errorf("%w: a bbolt file of another program (its buckets include %s), left as it is; name a file of Sigra's own", ErrNotStore, strings.Join(names, ", "))
-	}); err != nil {
+	if err := db.View(checkIsStore); err != nil {
 		return err
 	}
 	err := db.Update(func(tx *bolt.Tx) error {
@@ -241,6 +228,24 @@ func initBolt(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(rootBucket).Bucket(bktFormat).Put(keyFormat, []byte(strconv.Itoa(storeFormat)))
 	})
+}
+
+// checkIsStore refuses a bbolt file of another program (ErrNotStore)
+// and a store in a layout newer than this build's. A file without
+// buckets passes: a new store is made of it.
+func checkIsStore(tx *bolt.Tx) error {
+	if root := tx.Bucket(rootBucket); root != nil {
+		return checkFormat(root)
+	}
+	var names []string
+	c := tx.Cursor() // the top-level buckets
+	for k, _ := c.First(); k != nil && len(names) < 3; k, _ = c.Next() {
+		names = append(names, strconv.Quote(string(k)))
+	}
+	if len(names) == 0 {
+		return nil // a new file
+	}
+	return fmt.Errorf("%w: a bbolt file of another program (its buckets include %s), left as it is; name a file of Sigra's own", ErrNotStore, strings.Join(names, ", "))
 }
 
 // checkFormat refuses a store in a layout newer than this build's.
@@ -296,7 +301,7 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 		if fi, err := f.Stat(); err != nil || fi.Size() > 0 {
 			return nil // made meanwhile
 		}
-		return fmt.Errorf("storage %s: %w: the file is empty; restore the store from a backup, or remove the file to start a new one", path, ErrDamaged)
+		return emptyStore(path)
 	}
 	header := func() (boltHeader, error) {
 		fi, err := f.Stat()
@@ -328,6 +333,10 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 		return damaged(path, err)
 	}
 	return nil
+}
+
+func emptyStore(path string) error {
+	return fmt.Errorf("storage %s: %w: the file is empty; restore the store from a backup, or remove the file to start a new one", path, ErrDamaged)
 }
 
 // removeUnmade removes the file at path that OpenBolt created when

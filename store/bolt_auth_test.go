@@ -2016,4 +2016,7 @@ func TestStoreFormat(t *testing.T) {
 	if _, err := OpenBolt(path, BoltOptions{}); !errors.Is(err, ErrNewerStore) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("a store of a newer format: %v; want ErrNewerStore naming the file", err)
 	}
+	if err := CheckIsBolt(path); !errors.Is(err, ErrNewerStore) || !strings.Contains(err.Error(), path) {
+		t.Errorf("CheckIsBolt (caddy validate) of a store of a newer format: %v; want ErrNewerStore naming the file", err)
+	}
 }

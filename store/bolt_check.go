@@ -23,6 +23,9 @@ import (
 	"hash/fnv"
 	"io"
 	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // ErrDamaged means the store file exists but is not a whole bbolt
@@ -459,15 +462,19 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 	return nil
 }
 
-// CheckIsBolt refuses, without a lock and without writing, a file at
-// path that carries no bbolt magic number in any place a header page
-// could be: a store path that names another file (/etc/passwd, a
-// Caddyfile); and a bbolt file whose header pages say it was cut short,
-// or are both damaged. It is for caddy validate, which must not wait for
-// the lock a running Caddy holds; OpenBolt makes the whole check at
-// start. A missing, empty or unreadable file passes: the start says what
-// is wrong with it. A magic number never changes once written, so a
-// store being committed to meanwhile passes.
+// CheckIsBolt refuses, without waiting for a lock and without writing,
+// a file at path that carries no bbolt magic number in any place a
+// header page could be: a store path that names another file
+// (/etc/passwd, a Caddyfile); and a bbolt file whose header pages say it
+// was cut short, or are both damaged. It is for caddy validate, which
+// must not wait for the lock a running Caddy holds; a magic number never
+// changes once written, so a store being committed to meanwhile passes.
+//
+// When no process holds the file, it refuses what the start would
+// refuse, short of walking the whole tree (OpenBolt does): an empty
+// file, a bbolt file of another program, a store of a newer format
+// (checkUnheld). A missing or unreadable file passes: the start says
+// what is wrong with it.
 func CheckIsBolt(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -475,8 +482,11 @@ func CheckIsBolt(path string) error {
 	}
 	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
+	if err != nil || !fi.Mode().IsRegular() {
 		return nil
+	}
+	if fi.Size() == 0 {
+		return checkUnheld(f, path)
 	}
 	var b [pageHeaderSize + 4]byte
 	for i := -1; i <= 14; i++ {
@@ -495,8 +505,49 @@ func CheckIsBolt(path string) error {
 			if _, err := readBoltHeader(f, fi.Size()); err != nil {
 				return damaged(path, err)
 			}
-			return nil
+			return checkUnheld(f, path)
 		}
 	}
 	return fmt.Errorf("storage %s: %w: it is no bbolt file (no header page); check the storage path", path, ErrNotStore)
+}
+
+// checkUnheld checks f, the file at path, as a store the way the start
+// would, if no process holds it: an empty file is refused, and so is a
+// bbolt file of another program or a store of a newer format
+// (checkIsStore). A file held (by a running Caddy; by this one, during a
+// reload) passes: it was checked when it was opened, and its lock is not
+// waited for. So is one taken between the look and the read-only open,
+// which waits for it briefly.
+func checkUnheld(f *os.File, path string) error {
+	unlock, err := lockShared(f, 0)
+	if err != nil {
+		return nil
+	}
+	defer unlock()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	if fi.Size() == 0 {
+		return emptyStore(path)
+	}
+	// Read under the shared lock: the header again (the file may have
+	// changed since it was read without one), then the top buckets,
+	// turning a fault on a damaged file into an error.
+	if _, err := readBoltHeader(f, fi.Size()); err != nil {
+		return damaged(path, err)
+	}
+	ro, err := openGuarded(path, bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond}, func(db *bolt.DB) error {
+		return db.View(checkIsStore)
+	})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil
+	}
+	if err != nil {
+		if errors.Is(err, ErrDamaged) {
+			return err
+		}
+		return fmt.Errorf("storage %s: %w", path, err)
+	}
+	return ro.Close()
 }

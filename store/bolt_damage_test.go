@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -466,6 +467,9 @@ func TestOpenBoltRefusesAnotherProgramsFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := CheckIsBolt(path); !errors.Is(err, ErrNotStore) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), `"otherapp"`) {
+		t.Errorf("CheckIsBolt (caddy validate) = %v; want ErrNotStore naming the file and its bucket", err)
+	}
 	st, err := OpenBolt(path, BoltOptions{})
 	if err == nil {
 		st.Close()
@@ -492,8 +496,9 @@ func TestOpenBoltRefusesAnotherProgramsFile(t *testing.T) {
 }
 
 // CheckIsBolt, for caddy validate, refuses a file with no bbolt header
-// at all and a store cut short, and passes a store (while it is open,
-// too), a missing file and an empty one.
+// at all, a store cut short and an empty file, and passes a store (while
+// it is open, too), a missing file, and an empty one that another
+// process holds (it is making a store).
 func TestCheckIsBolt(t *testing.T) {
 	dir := t.TempDir()
 	text := filepath.Join(dir, "passwd")
@@ -519,10 +524,22 @@ func TestCheckIsBolt(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{empty, filepath.Join(dir, "missing.db")} {
-		if err := CheckIsBolt(p); err != nil {
-			t.Errorf("CheckIsBolt(%s) = %v; want it left to the start", p, err)
-		}
+	if err := CheckIsBolt(empty); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "empty") || !strings.Contains(err.Error(), empty) {
+		t.Errorf("CheckIsBolt(an empty file) = %v; want ErrDamaged naming it, empty", err)
+	}
+	maker, err := os.Open(empty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maker.Close()
+	if err := syscall.Flock(int(maker.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckIsBolt(empty); err != nil {
+		t.Errorf("CheckIsBolt(an empty file being made) = %v; want it passed", err)
+	}
+	if err := CheckIsBolt(filepath.Join(dir, "missing.db")); err != nil {
+		t.Errorf("CheckIsBolt(a missing file) = %v; want it left to the start", err)
 	}
 	// A store cut short is a bbolt file, and refused as damaged.
 	data, err := os.ReadFile(goodStore(t))
