@@ -104,8 +104,8 @@ type MFAStore interface {
 	// there is no such code.
 	ConsumeRecoveryCode(ctx context.Context, userID string, hash []byte) error
 	// RecoveryCodeSet returns how many unused recovery codes a user has,
-	// and the set's stamp: RecoverySetStamp of the stored hashes.
-	RecoveryCodeSet(ctx context.Context, userID string) (left int, stamp string, err error)
+	// and RecoverySetDigest of the stored hashes.
+	RecoveryCodeSet(ctx context.Context, userID string) (left int, digest string, err error)
 	// HasRecoveryCode reports whether the user has an unused recovery
 	// code with this hash, comparing in constant time. It spends nothing.
 	HasRecoveryCode(ctx context.Context, userID string, hash []byte) (bool, error)

@@ -42,27 +42,29 @@ func (s *Service) RegenerateRecoveryCodes(ctx context.Context, userID string) ([
 // set that no longer works.
 var ErrRecoveryCodesChanged = errors.New("the recovery codes changed since they were shown")
 
-// RecoverySetStamp names a set of recovery codes by its stored hashes
-// (SHA-256 sums, concatenated in stored order): it
-// changes whenever the set does, new codes or one spent. It tells
-// nothing of the codes (they are 60 random bits each, hashed).
-func RecoverySetStamp(stored []byte) string {
+// RecoverySetDigest names a set of recovery codes by its stored hashes
+// (SHA-256 sums, concatenated in stored order): it changes whenever the
+// set does, new codes or one spent. It is not for showing: with one code
+// left, it would confirm guesses of that code offline. A form shows a
+// keyed MAC of it.
+func RecoverySetDigest(stored []byte) string {
 	sum := sha256.Sum256(stored)
-	return base64.RawURLEncoding.EncodeToString(sum[:12])
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // RegenerateRecoveryCodesWith is RegenerateRecoveryCodes made through
 // commit (see Commit): the old codes stop working when the row telling
-// of it is stored, not before. stamp is the stamp of the set the user
-// was shown (RecoveryCodeSet); if the stored set has another,
-// nothing changes and it returns ErrRecoveryCodesChanged.
-func (s *Service) RegenerateRecoveryCodesWith(ctx context.Context, userID, stamp string, commit Commit) ([]string, error) {
+// of it is stored, not before. shown tells, in that transaction,
+// whether the stored set's digest (RecoverySetDigest) is the one of the
+// set the user was shown (RecoveryCodeSet); if not, nothing changes and
+// it returns ErrRecoveryCodesChanged.
+func (s *Service) RegenerateRecoveryCodesWith(ctx context.Context, userID string, shown func(digest string) bool, commit Commit) ([]string, error) {
 	cs, err := s.changeStore()
 	if err != nil {
 		return nil, err
 	}
 	return s.regenerateRecoveryCodes(ctx, userID, func(hashes [][]byte) error {
-		return commit(cs.ReplaceRecoveryCodesIn(userID, stamp, hashes))
+		return commit(cs.ReplaceRecoveryCodesIn(userID, shown, hashes))
 	})
 }
 
@@ -153,9 +155,9 @@ func (s *Service) RecoveryCodesLeft(ctx context.Context, userID string) (int, er
 }
 
 // RecoveryCodeSet returns how many unused recovery codes the user has,
-// and the set's stamp, for a form that replaces it
+// and the set's digest (RecoverySetDigest), for a form that replaces it
 // (RegenerateRecoveryCodesWith).
-func (s *Service) RecoveryCodeSet(ctx context.Context, userID string) (left int, stamp string, err error) {
+func (s *Service) RecoveryCodeSet(ctx context.Context, userID string) (left int, digest string, err error) {
 	return s.store.RecoveryCodeSet(ctx, userID)
 }
 

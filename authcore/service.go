@@ -410,10 +410,10 @@ type ChangeStore interface {
 	CompleteTOTPEnrolmentIn(userID string, sid SessionID, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) func(tx any) error
 	AcceptTOTPStepIn(userID string, step uint64, maxFailures int) func(tx any) error
 	ClearTOTPFailuresIn(userID string) func(tx any) error
-	// ReplaceRecoveryCodesIn is ReplaceRecoveryCodes in tx, if the
-	// stored set's stamp (RecoverySetStamp) is stamp, else
+	// ReplaceRecoveryCodesIn is ReplaceRecoveryCodes in tx, if shown
+	// holds for the stored set's digest (RecoverySetDigest), else
 	// ErrRecoveryCodesChanged.
-	ReplaceRecoveryCodesIn(userID, stamp string, hashes [][]byte) func(tx any) error
+	ReplaceRecoveryCodesIn(userID string, shown func(digest string) bool, hashes [][]byte) func(tx any) error
 	ConsumeRecoveryCodeIn(userID string, hash []byte) func(tx any) error
 	UpdateRegulationIn(keys []string, fn func(states []*RegulationState) error) func(tx any) error
 	ClearUserRegulationIn(userID string) func(tx any) error

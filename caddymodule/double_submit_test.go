@@ -427,6 +427,12 @@ func TestRecoveryCodesSentTwice(t *testing.T) {
 	const changed = "Your recovery codes changed after this page was shown"
 	_, page := e.get("/.sigra/account/totp", nil)
 	form := newCodesForm(t, page, testPassword)
+	// The field names the set by a MAC under the server's key: a hash of
+	// the stored hashes alone would, with one code left, confirm guesses
+	// of it offline.
+	if _, digest, err := e.rt().auth.RecoveryCodeSet(ctx, u.ID); err != nil || strings.Contains(digest, form.Get("code_set")[:16]) {
+		t.Errorf("code_set %q is a part of the set's unkeyed digest %q (%v)", form.Get("code_set"), digest, err)
+	}
 	r, body := e.postForm(path, form, nil)
 	rc := recoveryCodes.FindStringSubmatch(body)
 	if r.StatusCode != http.StatusOK || rc == nil {

@@ -301,12 +301,19 @@ func (q *preq) totpPage() error {
 // left, and the forms to make new ones or turn it off.
 func (q *preq) enrolledPage(p *authcore.Principal, d pageData, status int) error {
 	d.Enrolled = true
-	var err error
-	if d.CodesLeft, d.CodeSet, err = q.rt.auth.RecoveryCodeSet(q.ctx(), p.User.ID); err != nil {
+	left, digest, err := q.rt.auth.RecoveryCodeSet(q.ctx(), p.User.ID)
+	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	d.CodesLeft, d.CodeSet = left, q.rt.csrf.Token(codeSetBinding(digest))
 	return q.page(status, "totp", d)
 }
+
+// codeSetBinding binds the form for new recovery codes to the set it
+// was shown with: the form carries a MAC of the set's digest under the
+// server's key (as a CSRF token is of a session), so that it tells
+// nothing of the codes.
+func codeSetBinding(digest string) string { return "r:" + digest }
 
 // totpReauth asks for the password again before new recovery codes or
 // turning the authenticator off, as for setting one up: a stolen cookie
@@ -504,7 +511,10 @@ func (q *preq) recoveryRegenerate() error {
 	ev := event{action: "mfa.recovery_code.regenerated", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
 	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		var err error
-		codes, err = q.rt.auth.RegenerateRecoveryCodesWith(q.ctx(), p.User.ID, q.r.PostFormValue("code_set"), commit)
+		shown := func(digest string) bool {
+			return q.rt.csrf.Valid(codeSetBinding(digest), q.r.PostFormValue("code_set"))
+		}
+		codes, err = q.rt.auth.RegenerateRecoveryCodesWith(q.ctx(), p.User.ID, shown, commit)
 		return err
 	})
 	if aerr != nil {

@@ -63,7 +63,7 @@ type pageData struct {
 	Codes     []string
 	Enrolled  bool
 	CodesLeft int
-	CodeSet   string // the stamp of the codes left (new ones replace it)
+	CodeSet   string // names the codes left (new ones replace them): codeSetBinding
 	QR        template.URL
 	Secret    string
 	URI       string

@@ -394,14 +394,17 @@ func (b *Bolt) ReplaceRecoveryCodes(ctx context.Context, userID string, hashes [
 }
 
 // ReplaceRecoveryCodesIn implements authcore.ChangeStore:
-// ReplaceRecoveryCodes in tx, if the stored set's stamp is stamp.
-func (b *Bolt) ReplaceRecoveryCodesIn(userID, stamp string, hashes [][]byte) func(tx any) error {
-	return b.replaceRecoveryCodesIn(userID, &stamp, hashes)
+// ReplaceRecoveryCodes in tx, if shown holds for the stored set's digest.
+func (b *Bolt) ReplaceRecoveryCodesIn(userID string, shown func(digest string) bool, hashes [][]byte) func(tx any) error {
+	if shown == nil {
+		shown = func(string) bool { return false }
+	}
+	return b.replaceRecoveryCodesIn(userID, shown, hashes)
 }
 
-// replaceRecoveryCodesIn replaces the set if its stamp is *stamp, or
-// whatever it is (stamp nil).
-func (b *Bolt) replaceRecoveryCodesIn(userID string, stamp *string, hashes [][]byte) func(tx any) error {
+// replaceRecoveryCodesIn replaces the set if shown holds for its digest,
+// or whatever it is (shown nil).
+func (b *Bolt) replaceRecoveryCodesIn(userID string, shown func(digest string) bool, hashes [][]byte) func(tx any) error {
 	codes, hashErr := joinHashes(hashes)
 	return b.inTx(func(tx *bolt.Tx) error {
 		uk, err := mfaUserKey(userID)
@@ -411,7 +414,7 @@ func (b *Bolt) replaceRecoveryCodesIn(userID string, stamp *string, hashes [][]b
 		if hashErr != nil {
 			return hashErr
 		}
-		if stamp != nil && authcore.RecoverySetStamp(bucket(tx, bktRecoveryCodes).Get(uk)) != *stamp {
+		if shown != nil && !shown(authcore.RecoverySetDigest(bucket(tx, bktRecoveryCodes).Get(uk))) {
 			return authcore.ErrRecoveryCodesChanged
 		}
 		return replaceRecoveryCodes(tx, uk, codes)
@@ -487,17 +490,17 @@ func (b *Bolt) HasRecoveryCode(ctx context.Context, userID string, hash []byte) 
 }
 
 // RecoveryCodeSet implements authcore.MFAStore.
-func (b *Bolt) RecoveryCodeSet(ctx context.Context, userID string) (left int, stamp string, err error) {
+func (b *Bolt) RecoveryCodeSet(ctx context.Context, userID string) (left int, digest string, err error) {
 	uk, ok := userKey(userID)
 	if !ok {
-		return 0, authcore.RecoverySetStamp(nil), nil
+		return 0, authcore.RecoverySetDigest(nil), nil
 	}
 	err = b.view(func(tx *bolt.Tx) error {
 		codes := bucket(tx, bktRecoveryCodes).Get(uk)
-		left, stamp = len(codes)/recoveryHashLen, authcore.RecoverySetStamp(codes)
+		left, digest = len(codes)/recoveryHashLen, authcore.RecoverySetDigest(codes)
 		return nil
 	})
-	return left, stamp, err
+	return left, digest, err
 }
 
 func getRegulation(bk *bolt.Bucket, key string) (*authcore.RegulationState, error) {

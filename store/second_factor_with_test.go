@@ -245,16 +245,16 @@ func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 	e := newMFAEnv(t)
 	w := newWithRows(t, e)
 	u, secret, old := e.enrolled(t, "erin@example.com")
-	shown := func() string {
+	shown := func() func(string) bool {
 		t.Helper()
-		_, stamp, err := e.svc.RecoveryCodeSet(e.ctx, u.ID)
+		_, digest, err := e.svc.RecoveryCodeSet(e.ctx, u.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return stamp
+		return func(stored string) bool { return stored == digest }
 	}
-	stamp := shown()
-	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.failing("mfa.recovery_code.regenerated")); !errors.Is(err, errCommitFailed) {
+	set := shown()
+	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, set, w.failing("mfa.recovery_code.regenerated")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("RegenerateRecoveryCodesWith, the commit failing: %v; want its error", err)
 	}
 	if err := e.svc.UseRecoveryCode(e.ctx, u.ID, old[0]); err != nil {
@@ -262,20 +262,24 @@ func TestRegenerateAndUnlockWithTheirRows(t *testing.T) {
 	}
 	rows := w.rows()
 	// The set shown had old[0], spent since.
-	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.commit("mfa.recovery_code.regenerated")); !errors.Is(err, authcore.ErrRecoveryCodesChanged) {
+	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, set, w.commit("mfa.recovery_code.regenerated")); !errors.Is(err, authcore.ErrRecoveryCodesChanged) {
 		t.Errorf("RegenerateRecoveryCodesWith for a set with a code spent since: %v; want ErrRecoveryCodesChanged", err)
 	}
-	stamp = shown()
-	fresh, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.commit("mfa.recovery_code.regenerated"))
+	set = shown()
+	fresh, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, set, w.commit("mfa.recovery_code.regenerated"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The same form sent again makes no set behind the one shown.
-	if again, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, stamp, w.commit("mfa.recovery_code.regenerated")); !errors.Is(err, authcore.ErrRecoveryCodesChanged) || again != nil {
+	if again, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, set, w.commit("mfa.recovery_code.regenerated")); !errors.Is(err, authcore.ErrRecoveryCodesChanged) || again != nil {
 		t.Errorf("RegenerateRecoveryCodesWith sent twice: %v, %d codes; want ErrRecoveryCodesChanged", err, len(again))
 	}
+	// No check given refuses, never replaces.
+	if _, err := e.svc.RegenerateRecoveryCodesWith(e.ctx, u.ID, nil, w.commit("mfa.recovery_code.regenerated")); !errors.Is(err, authcore.ErrRecoveryCodesChanged) {
+		t.Errorf("RegenerateRecoveryCodesWith without a check: %v; want ErrRecoveryCodesChanged", err)
+	}
 	if got := w.rows(); got != rows+1 {
-		t.Errorf("%d rows after a regeneration and two refused; want %d", got, rows+1)
+		t.Errorf("%d rows after a regeneration and three refused; want %d", got, rows+1)
 	}
 	if left, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); left != authcore.RecoveryCodeCount {
 		t.Errorf("%d codes left after the regeneration; want %d", left, authcore.RecoveryCodeCount)
