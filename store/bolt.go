@@ -292,16 +292,15 @@ func checkBoltFile(path string, lockTimeout time.Duration) error {
 		return nil
 	} else if fi.Size() == 0 {
 		// A file another process is making is empty until it has written
-		// its first pages, under its lock: look holding a shared one.
-		unlock, err := lockShared(f, lockTimeout)
-		if err != nil {
+		// its first pages.
+		empty, held := settledEmpty(f, lockTimeout)
+		if held {
 			return lockedError(path)
 		}
-		defer unlock()
-		if fi, err := f.Stat(); err != nil || fi.Size() > 0 {
-			return nil // made meanwhile
+		if empty {
+			return emptyStore(path)
 		}
-		return emptyStore(path)
+		return nil // made meanwhile
 	}
 	header := func() (boltHeader, error) {
 		fi, err := f.Stat()

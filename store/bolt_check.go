@@ -215,6 +215,11 @@ type boltWalker struct {
 	hwm  uint64   // the meta's pgid: pages 0 to hwm-1 exist
 	used pageSet  // pages of the tree (and the freelist page)
 	bufs [][]byte // a page buffer per depth, reused
+	// only, if set, limits the walk to the buckets on one path: the
+	// top-level tree, then at each level the bucket only names (level
+	// counts the buckets entered).
+	only  [][]byte
+	level int
 }
 
 // checkBoltTree walks the file's tree and freelist; the file must be
@@ -237,6 +242,17 @@ func checkBoltTree(f *os.File, h boltHeader) error {
 		}
 	}
 	return nil
+}
+
+// checkBoltTop walks the pages that checkIsStore reads: the top-level
+// tree, Sigra's root bucket and its format bucket, as checkBoltTree
+// does (so no page is met twice: a tree that loops back on itself would
+// send bbolt's search into endless recursion). The file must be locked
+// against writers.
+func checkBoltTop(f *os.File, h boltHeader) error {
+	w := &boltWalker{f: f, ps: h.pageSize, hwm: h.meta.pgid, used: make(pageSet, h.meta.pgid/64+1), only: [][]byte{rootBucket, bktFormat}}
+	_, err := w.tree(h.meta.root, 0, nil, nil)
+	return err
 }
 
 // page reads page id with its overflow pages into the buffer of depth,
@@ -402,8 +418,11 @@ func (w *boltWalker) tree(id uint64, depth int, minClosed, maxOpen []byte) ([]by
 		}
 		if leaf {
 			prev, max = e.key, e.key
-			if e.flags&bucketLeafFlag != 0 {
-				if err := w.bucket(id, depth, i, e.value); err != nil {
+			if e.flags&bucketLeafFlag != 0 && w.enters(e.key) {
+				w.level++
+				err := w.bucket(id, depth, i, e.value)
+				w.level--
+				if err != nil {
 					return nil, err
 				}
 			}
@@ -423,6 +442,12 @@ func (w *boltWalker) tree(id uint64, depth int, minClosed, maxOpen []byte) ([]by
 		prev = max
 	}
 	return bytes.Clone(max), nil
+}
+
+// enters reports whether the walk enters the bucket named key, at the
+// current level.
+func (w *boltWalker) enters(key []byte) bool {
+	return w.only == nil || w.level < len(w.only) && bytes.Equal(key, w.only[w.level])
 }
 
 // bucket walks the bucket whose header is value, element i of leaf page
@@ -501,9 +526,20 @@ func CheckIsBolt(path string) error {
 			// A bbolt file: one cut short, or whose header pages are both
 			// damaged, is refused here as at the start. A commit under way
 			// leaves one header page valid, and grows the file before it
-			// writes the header that counts the new pages.
-			if _, err := readBoltHeader(f, fi.Size()); err != nil {
-				return damaged(path, err)
+			// writes the header that counts the new pages: a header that
+			// counts more pages than the file had is read again with the
+			// size the file has now.
+			size := fi.Size()
+			for tries := 0; ; tries++ {
+				_, err := readBoltHeader(f, size)
+				if err == nil {
+					break
+				}
+				now, serr := f.Stat()
+				if serr != nil || now.Size() == size || tries == 3 {
+					return damaged(path, err)
+				}
+				size = now.Size()
 			}
 			return checkUnheld(f, path)
 		}
@@ -512,29 +548,43 @@ func CheckIsBolt(path string) error {
 }
 
 // checkUnheld checks f, the file at path, as a store the way the start
-// would, if no process holds it: an empty file is refused, and so is a
-// bbolt file of another program or a store of a newer format
-// (checkIsStore). A file held (by a running Caddy; by this one, during a
-// reload) passes: it was checked when it was opened, and its lock is not
-// waited for. So is one taken between the look and the read-only open,
-// which waits for it briefly.
+// would, if no process holds it: an empty file is refused (settledEmpty),
+// and so is a bbolt file of another program or a store of a newer format
+// (checkIsStore, after checkBoltTop has walked the pages it reads). A
+// file held (by a running Caddy; by this one, during a reload) passes:
+// it was checked when it was opened, and its lock is not waited for. So
+// does one taken between the look and the read-only open, which waits
+// for it briefly.
 func checkUnheld(f *os.File, path string) error {
+	if fi, err := f.Stat(); err != nil {
+		return nil
+	} else if fi.Size() == 0 {
+		empty, held := settledEmpty(f, 0)
+		if empty {
+			return emptyStore(path)
+		}
+		if held {
+			return nil
+		}
+	}
 	unlock, err := lockShared(f, 0)
 	if err != nil {
 		return nil
 	}
 	defer unlock()
 	fi, err := f.Stat()
-	if err != nil {
-		return nil
-	}
-	if fi.Size() == 0 {
-		return emptyStore(path)
+	if err != nil || fi.Size() == 0 {
+		return nil // emptied meanwhile: for the start to judge
 	}
 	// Read under the shared lock: the header again (the file may have
-	// changed since it was read without one), then the top buckets,
-	// turning a fault on a damaged file into an error.
-	if _, err := readBoltHeader(f, fi.Size()); err != nil {
+	// changed since it was read without one), the pages the check below
+	// reads, then the top buckets, turning a fault on a damaged file
+	// into an error.
+	h, err := readBoltHeader(f, fi.Size())
+	if err == nil {
+		err = checkBoltTop(f, h)
+	}
+	if err != nil {
 		return damaged(path, err)
 	}
 	ro, err := openGuarded(path, bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond}, func(db *bolt.DB) error {
@@ -550,4 +600,30 @@ func checkUnheld(f *os.File, path string) error {
 		return fmt.Errorf("storage %s: %w", path, err)
 	}
 	return ro.Close()
+}
+
+// settledEmpty looks at f, a file found empty: empty reports that it is
+// an empty file and not one being made, held that another process holds
+// it (for lockTimeout). bbolt makes a store by creating the file, then
+// locking it, then writing its first pages: an empty file that nobody
+// holds may be between the first two steps. So an empty file counts as
+// empty only once it has not changed for a second (waiting for that,
+// without holding the lock that the maker is about to take).
+func settledEmpty(f *os.File, lockTimeout time.Duration) (empty, held bool) {
+	for range 30 {
+		unlock, err := lockShared(f, lockTimeout)
+		if err != nil {
+			return false, true
+		}
+		fi, err := f.Stat()
+		unlock()
+		if err != nil || fi.Size() > 0 {
+			return false, false
+		}
+		if age := time.Since(fi.ModTime()); age >= time.Second || age < -time.Minute {
+			return true, false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true, false
 }

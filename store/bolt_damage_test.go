@@ -555,6 +555,76 @@ func TestCheckIsBolt(t *testing.T) {
 	}
 }
 
+// A store whose top tree loops back on itself is refused as damaged by
+// CheckIsBolt (caddy validate, and every config load, reloads of a
+// running Caddy included): bbolt's own search would recurse until the
+// stack overflows, which no recover stops.
+func TestCheckIsBoltRefusesALoopingTree(t *testing.T) {
+	path := goodStore(t)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := readBoltHeader(f, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The root page, as a branch page whose one child is itself.
+	root := h.meta.root
+	p := make([]byte, h.pageSize)
+	ne.PutUint64(p[0:], root)
+	ne.PutUint16(p[8:], branchPageFlag)
+	ne.PutUint16(p[10:], 1)
+	ne.PutUint32(p[pageHeaderSize:], elemSize) // the key, after the element
+	ne.PutUint32(p[pageHeaderSize+4:], 1)
+	ne.PutUint64(p[pageHeaderSize+8:], root)
+	p[pageHeaderSize+elemSize] = 'a'
+	if _, err := f.WriteAt(p, int64(root*h.pageSize)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := CheckIsBolt(path); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "used twice") || !strings.Contains(err.Error(), path) {
+		t.Errorf("CheckIsBolt(a tree looping back on itself) = %v; want ErrDamaged naming the file, a page used twice", err)
+	}
+}
+
+// An empty file that bbolt is making (it creates the file, then locks
+// it, then writes its first pages) is not refused as an empty store
+// between the first two steps, by caddy validate or by a start.
+func TestEmptyFileBeingMadeIsNoEmptyStore(t *testing.T) {
+	for _, check := range []struct {
+		name string
+		f    func(path string) error
+	}{
+		{"CheckIsBolt", CheckIsBolt},
+		{"checkBoltFile", func(path string) error { return checkBoltFile(path, time.Second) }},
+	} {
+		path := filepath.Join(t.TempDir(), "sigra.db")
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		made := make(chan error, 1)
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			db, err := bolt.Open(path, 0o600, nil)
+			if err == nil {
+				err = db.Close()
+			}
+			made <- err
+		}()
+		if err := check.f(path); err != nil {
+			t.Errorf("%s of an empty file being made: %v; want it passed", check.name, err)
+		}
+		if err := <-made; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // CheckIsBolt takes no lock: it must pass a store that another handle
 // commits to all the while, growing it.
 func TestCheckIsBoltDuringCommits(t *testing.T) {
