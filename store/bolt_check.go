@@ -57,6 +57,17 @@ const (
 
 	// metaProbe is how much of a page getPageSize reads to find a meta.
 	metaProbe = 0x1000
+
+	// What the walk of a file's pages allows: bbolt makes pages of the
+	// system's page size (4 to 64 KiB), a tree is a few pages deep per
+	// bucket (log of its pages), and no value Sigra stores comes near a
+	// run of pages of maxPageRun. A file beyond these is damaged or made
+	// to exhaust the checker's stack or memory.
+	minPageSize   = 1 << 10
+	maxPageSize   = 1 << 20
+	maxWalkDepth  = 100 // pages from the top root down, through every bucket
+	maxPageRun    = 32 << 20
+	maxWalkBuffer = 64 << 20 // all the walk's page buffers together
 )
 
 var ne = binary.NativeEndian
@@ -176,8 +187,8 @@ func readBoltHeader(f *os.File, size int64) (boltHeader, error) {
 		}
 		return boltHeader{}, fmt.Errorf("neither of its two bbolt header (meta) pages is valid (the first: %v)", meta0.valid)
 	}
-	if ps < pageHeaderSize+metaSize {
-		return boltHeader{}, fmt.Errorf("its header gives a page size of %d bytes", ps)
+	if ps < minPageSize || ps > maxPageSize || ps&(ps-1) != 0 {
+		return boltHeader{}, fmt.Errorf("its header gives a page size of %d bytes, which bbolt does not make", ps)
 	}
 
 	metas := readMetas(f, ps)
@@ -220,6 +231,8 @@ type boltWalker struct {
 	// counts the buckets entered).
 	only  [][]byte
 	level int
+	// buffered is the size of bufs in all.
+	buffered uint64
 }
 
 // checkBoltTree walks the file's tree and freelist; the file must be
@@ -262,7 +275,13 @@ func (w *boltWalker) page(id uint64, depth int, want uint16) ([]byte, error) {
 	if id < 2 || id >= w.hwm {
 		return nil, fmt.Errorf("a reference to page %d, outside pages 2 to %d", id, w.hwm-1)
 	}
+	if depth > maxWalkDepth {
+		return nil, fmt.Errorf("page %d lies more than %d pages below the root", id, maxWalkDepth)
+	}
 	for len(w.bufs) <= depth {
+		if err := w.grow(w.ps); err != nil {
+			return nil, fmt.Errorf("page %d: %w", id, err)
+		}
 		w.bufs = append(w.bufs, make([]byte, w.ps))
 	}
 	p := w.bufs[depth][:w.ps]
@@ -289,8 +308,16 @@ func (w *boltWalker) page(id uint64, depth int, want uint16) ([]byte, error) {
 	}
 	if overflow > 0 {
 		size := (overflow + 1) * w.ps
-		if uint64(cap(w.bufs[depth])) < size {
-			w.bufs[depth] = append(w.bufs[depth][:w.ps], make([]byte, size-w.ps)...)
+		if size > maxPageRun {
+			return nil, fmt.Errorf("page %d runs over %d pages (%d bytes): no store has such a page", id, overflow+1, size)
+		}
+		if have := uint64(cap(w.bufs[depth])); have < size {
+			if err := w.grow(size - have); err != nil {
+				return nil, fmt.Errorf("page %d: %w", id, err)
+			}
+			grown := make([]byte, size)
+			copy(grown, w.bufs[depth][:w.ps])
+			w.bufs[depth] = grown
 		}
 		p = w.bufs[depth][:size]
 		if err := readFull(w.f, p[w.ps:], int64((id+1)*w.ps)); err != nil {
@@ -298,6 +325,15 @@ func (w *boltWalker) page(id uint64, depth int, want uint16) ([]byte, error) {
 		}
 	}
 	return p, nil
+}
+
+// grow counts n more bytes of page buffers, within maxWalkBuffer.
+func (w *boltWalker) grow(n uint64) error {
+	if w.buffered+n > maxWalkBuffer {
+		return fmt.Errorf("its pages on one path from the root hold over %d bytes: no store has such pages", maxWalkBuffer)
+	}
+	w.buffered += n
+	return nil
 }
 
 // freelist checks the freelist page (Page.FreelistPageIds) and returns

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -589,6 +590,96 @@ func TestCheckIsBoltRefusesALoopingTree(t *testing.T) {
 	f.Close()
 	if err := CheckIsBolt(path); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "used twice") || !strings.Contains(err.Error(), path) {
 		t.Errorf("CheckIsBolt(a tree looping back on itself) = %v; want ErrDamaged naming the file, a page used twice", err)
+	}
+}
+
+// craftBolt writes a bbolt file of page size ps whose header counts pgid
+// pages, with its root at page 2, and pages (from page 2 on) as given;
+// the file is made as long as pgid pages (sparse).
+func craftBolt(t *testing.T, ps, pgid uint64, pages ...[]byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "crafted.db")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range uint64(2) {
+		p := make([]byte, ps)
+		ne.PutUint64(p[0:], i)
+		ne.PutUint16(p[8:], 0x04) // a meta page
+		m := p[pageHeaderSize:]
+		ne.PutUint32(m[0:], boltMagic)
+		ne.PutUint32(m[4:], boltVersion)
+		ne.PutUint32(m[8:], uint32(ps))
+		ne.PutUint64(m[16:], 2) // the root
+		ne.PutUint64(m[32:], noFreelist)
+		ne.PutUint64(m[40:], pgid)
+		ne.PutUint64(m[48:], i) // txid
+		h := fnv.New64a()
+		h.Write(m[:metaChecksumAt])
+		ne.PutUint64(m[metaChecksumAt:], h.Sum64())
+		if _, err := f.WriteAt(p, int64(i*ps)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, p := range pages {
+		if _, err := f.WriteAt(p, int64((uint64(i)+2)*ps)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(int64(pgid * ps)); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// craftPage is page id of page size ps, with flags, count elements and
+// overflow pages after it; elements are to be written in.
+func craftPage(ps, id uint64, flags, count uint16, overflow uint32) []byte {
+	p := make([]byte, ps)
+	ne.PutUint64(p[0:], id)
+	ne.PutUint16(p[8:], flags)
+	ne.PutUint16(p[10:], count)
+	ne.PutUint32(p[12:], overflow)
+	return p
+}
+
+// Files shaped to exhaust the checks' stack or memory are refused as
+// damaged, by caddy validate (CheckIsBolt) and the start alike: a tree
+// deeper than any store's (a chain of branch pages, each the one child
+// of the one before), and a page whose overflow count would have the
+// check read the whole (sparse) file into memory.
+func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
+	const ps = 4096
+	var chain [][]byte
+	for id := uint64(2); id < 2+2*maxWalkDepth; id++ {
+		p := craftPage(ps, id, branchPageFlag, 1, 0)
+		ne.PutUint32(p[pageHeaderSize:], elemSize)
+		ne.PutUint32(p[pageHeaderSize+4:], 1)
+		ne.PutUint64(p[pageHeaderSize+8:], id+1)
+		p[pageHeaderSize+elemSize] = 'a'
+		chain = append(chain, p)
+	}
+	chain = append(chain, craftPage(ps, 2+2*maxWalkDepth, leafPageFlag, 0, 0))
+	deep := craftBolt(t, ps, uint64(len(chain))+2, chain...)
+
+	const pgid = 1 << 18 // 1 GiB
+	big := craftBolt(t, ps, pgid, craftPage(ps, 2, leafPageFlag, 0, pgid-3))
+
+	for _, tt := range []struct{ path, want string }{
+		{deep, "pages below the root"},
+		{big, "no store has such a page"},
+	} {
+		if err := CheckIsBolt(tt.path); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CheckIsBolt = %v; want ErrDamaged, %q", err, tt.want)
+		}
+		if st, err := OpenBolt(tt.path, BoltOptions{MustExist: true}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), tt.want) {
+			if err == nil {
+				st.Close()
+			}
+			t.Errorf("OpenBolt = %v; want ErrDamaged, %q", err, tt.want)
+		}
 	}
 }
 
