@@ -240,7 +240,11 @@ func checkIsStore(tx *bolt.Tx) error {
 	var names []string
 	c := tx.Cursor() // the top-level buckets
 	for k, _ := c.First(); k != nil && len(names) < 3; k, _ = c.Next() {
-		names = append(names, strconv.Quote(string(k)))
+		name := strconv.Quote(string(k[:min(len(k), 64)]))
+		if len(k) > 64 {
+			name += "…"
+		}
+		names = append(names, name)
 	}
 	if len(names) == 0 {
 		return nil // a new file

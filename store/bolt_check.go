@@ -300,6 +300,10 @@ func (w *boltWalker) page(id uint64, depth int, want uint16) ([]byte, error) {
 	if overflow >= w.hwm-id {
 		return nil, fmt.Errorf("page %d runs %d pages past the last page %d", id, overflow, w.hwm-1)
 	}
+	size := (overflow + 1) * w.ps
+	if size > maxPageRun {
+		return nil, fmt.Errorf("page %d runs over %d pages (%d bytes): no store has such a page", id, overflow+1, size)
+	}
 	for i := id; i <= id+overflow; i++ {
 		if w.used.has(i) {
 			return nil, fmt.Errorf("page %d is used twice", i)
@@ -307,10 +311,6 @@ func (w *boltWalker) page(id uint64, depth int, want uint16) ([]byte, error) {
 		w.used.add(i)
 	}
 	if overflow > 0 {
-		size := (overflow + 1) * w.ps
-		if size > maxPageRun {
-			return nil, fmt.Errorf("page %d runs over %d pages (%d bytes): no store has such a page", id, overflow+1, size)
-		}
 		if have := uint64(cap(w.bufs[depth])); have < size {
 			if err := w.grow(size - have); err != nil {
 				return nil, fmt.Errorf("page %d: %w", id, err)
@@ -375,12 +375,38 @@ type elem struct {
 	child uint64 // a branch element's page
 }
 
+// maxKeySize is bbolt's MaxKeySize: Put refuses longer keys.
+const maxKeySize = 32768
+
 // elemCount returns the number of elements of page p (a page header
-// then the element array), checking that the array fits.
-func elemCount(p []byte) (int, error) {
+// then the element array), checking that the array fits, and that the
+// elements' keys and values lie after it and each after the one
+// before, none overlapping, with keys no longer than bbolt writes, as
+// node.write lays them out: so the work of comparing keys, and of
+// walking inline buckets (values), is bounded by the page's size.
+func elemCount(p []byte, leaf bool) (int, error) {
 	count := uint64(ne.Uint16(p[10:]))
-	if pageHeaderSize+count*elemSize > uint64(len(p)) {
+	end := pageHeaderSize + count*elemSize
+	if end > uint64(len(p)) {
 		return 0, fmt.Errorf("%d elements do not fit in its %d bytes", count, len(p))
+	}
+	for i := range count {
+		at := pageHeaderSize + i*elemSize
+		b := p[at : at+elemSize]
+		var pos, ksize, vsize uint64
+		if leaf {
+			pos, ksize, vsize = uint64(ne.Uint32(b[4:])), uint64(ne.Uint32(b[8:])), uint64(ne.Uint32(b[12:]))
+		} else {
+			pos, ksize = uint64(ne.Uint32(b[0:])), uint64(ne.Uint32(b[4:]))
+		}
+		if ksize > maxKeySize {
+			return 0, fmt.Errorf("element %d has a key of %d bytes, longer than bbolt writes", i, ksize)
+		}
+		start := at + pos
+		if start < end {
+			return 0, fmt.Errorf("element %d overlaps the element array or the element before it", i)
+		}
+		end = start + ksize + vsize
 	}
 	return int(count), nil
 }
@@ -434,7 +460,7 @@ func (w *boltWalker) tree(id uint64, depth int, minClosed, maxOpen []byte) ([]by
 		return nil, err
 	}
 	leaf := ne.Uint16(p[8:]) == leafPageFlag
-	n, err := elemCount(p)
+	n, err := elemCount(p, leaf)
 	if err != nil {
 		return nil, fmt.Errorf("page %d: %w", id, err)
 	}
@@ -501,7 +527,7 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 	if len(p) < pageHeaderSize || ne.Uint16(p[8:]) != leafPageFlag {
 		return fmt.Errorf("page %d: inline bucket %d is not a leaf page", id, i)
 	}
-	n, err := elemCount(p)
+	n, err := elemCount(p, true)
 	if err != nil {
 		return fmt.Errorf("page %d: inline bucket %d: %w", id, i, err)
 	}

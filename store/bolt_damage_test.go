@@ -667,9 +667,28 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 	const pgid = 1 << 18 // 1 GiB
 	big := craftBolt(t, ps, pgid, craftPage(ps, 2, leafPageFlag, 0, pgid-3))
 
+	// Keys that share their bytes: each compared with the next costs a
+	// page's worth, so a page of them costs its size squared.
+	shared := craftPage(ps, 2, leafPageFlag, 2, 0)
+	for i := range 2 {
+		at := pageHeaderSize + i*elemSize
+		ne.PutUint32(shared[at+4:], uint32(pageHeaderSize+2*elemSize-at)) // both at the array's end
+		ne.PutUint32(shared[at+8:], 1000)
+	}
+	overlap := craftBolt(t, ps, 3, shared)
+
+	// A key longer than bbolt writes.
+	long := craftPage(ps, 2, leafPageFlag, 1, 9)
+	ne.PutUint32(long[pageHeaderSize+4:], elemSize)
+	ne.PutUint32(long[pageHeaderSize+8:], maxKeySize+1)
+	long = append(long, make([]byte, 9*ps)...)
+	longKey := craftBolt(t, ps, 12, long)
+
 	for _, tt := range []struct{ path, want string }{
 		{deep, "pages below the root"},
 		{big, "no store has such a page"},
+		{overlap, "element 1 overlaps"},
+		{longKey, "longer than bbolt writes"},
 	} {
 		if err := CheckIsBolt(tt.path); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("CheckIsBolt = %v; want ErrDamaged, %q", err, tt.want)
@@ -680,6 +699,30 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 			}
 			t.Errorf("OpenBolt = %v; want ErrDamaged, %q", err, tt.want)
 		}
+	}
+}
+
+// Another program's bbolt file is named by its first buckets, each cut
+// to 64 bytes: a name is up to 32 KiB, and quoted whole in a log line
+// (escaped, 4 bytes to 1) it would flood the log.
+func TestAnotherProgramsLongBucketNamesAreCut(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "other.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucket(bytes.Repeat([]byte{0}, maxKeySize))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err = CheckIsBolt(path)
+	if !errors.Is(err, ErrNotStore) || len(err.Error()) > 1000 || !strings.Contains(err.Error(), `\x00"…`) {
+		t.Errorf("CheckIsBolt = %d bytes: %.300v; want ErrNotStore, the bucket's name cut", len(err.Error()), err)
 	}
 }
 
