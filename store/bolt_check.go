@@ -238,6 +238,9 @@ type boltWalker struct {
 // checkBoltTree walks the file's tree and freelist; the file must be
 // locked against writers, or a commit under way reads as damage.
 func checkBoltTree(f *os.File, h boltHeader) error {
+	if err := checkNotHollow(f, h); err != nil {
+		return err
+	}
 	w := &boltWalker{f: f, ps: h.pageSize, hwm: h.meta.pgid, used: make(pageSet, h.meta.pgid/64+1)}
 	var free []uint64
 	if h.meta.freelist != noFreelist {
@@ -263,9 +266,25 @@ func checkBoltTree(f *os.File, h boltHeader) error {
 // send bbolt's search into endless recursion). The file must be locked
 // against writers.
 func checkBoltTop(f *os.File, h boltHeader) error {
+	if err := checkNotHollow(f, h); err != nil {
+		return err
+	}
 	w := &boltWalker{f: f, ps: h.pageSize, hwm: h.meta.pgid, used: make(pageSet, h.meta.pgid/64+1), only: [][]byte{rootBucket, bktFormat}}
 	_, err := w.tree(h.meta.root, 0, nil, nil)
 	return err
+}
+
+// checkNotHollow refuses a file whose header counts pages that are mostly
+// holes in the file: bbolt writes every page it counts before it counts
+// it, but a tiny sparse file counting a huge number would cost the walk
+// and bbolt's own open (it lists every page id below the count) time
+// and memory in proportion to the count, not to the file.
+func checkNotHollow(f *os.File, h boltHeader) error {
+	counted := int64(h.meta.pgid * h.pageSize)
+	if data := dataBytes(f, counted); data < counted/2 {
+		return fmt.Errorf("its header counts %d pages (%d bytes), but only %d bytes of them hold data: bbolt writes every page it counts", h.meta.pgid, counted, data)
+	}
+	return nil
 }
 
 // page reads page id with its overflow pages into the buffer of depth,
@@ -375,15 +394,12 @@ type elem struct {
 	child uint64 // a branch element's page
 }
 
-// maxKeySize is bbolt's MaxKeySize: Put refuses longer keys.
-const maxKeySize = 32768
-
 // elemCount returns the number of elements of page p (a page header
 // then the element array), checking that the array fits, and that the
 // elements' keys and values lie after it and each after the one
-// before, none overlapping, with keys no longer than bbolt writes, as
-// node.write lays them out: so the work of comparing keys, and of
-// walking inline buckets (values), is bounded by the page's size.
+// before, none overlapping, as node.write lays them out: so the work of
+// comparing keys, and of walking inline buckets (values), is bounded by
+// the page's size.
 func elemCount(p []byte, leaf bool) (int, error) {
 	count := uint64(ne.Uint16(p[10:]))
 	end := pageHeaderSize + count*elemSize
@@ -398,9 +414,6 @@ func elemCount(p []byte, leaf bool) (int, error) {
 			pos, ksize, vsize = uint64(ne.Uint32(b[4:])), uint64(ne.Uint32(b[8:])), uint64(ne.Uint32(b[12:]))
 		} else {
 			pos, ksize = uint64(ne.Uint32(b[0:])), uint64(ne.Uint32(b[4:]))
-		}
-		if ksize > maxKeySize {
-			return 0, fmt.Errorf("element %d has a key of %d bytes, longer than bbolt writes", i, ksize)
 		}
 		start := at + pos
 		if start < end {

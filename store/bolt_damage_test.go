@@ -664,8 +664,13 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 	chain = append(chain, craftPage(ps, 2+2*maxWalkDepth, leafPageFlag, 0, 0))
 	deep := craftBolt(t, ps, uint64(len(chain))+2, chain...)
 
-	const pgid = 1 << 18 // 1 GiB
-	big := craftBolt(t, ps, pgid, craftPage(ps, 2, leafPageFlag, 0, pgid-3))
+	// A sparse 1 GiB file counting its every page, one run of them.
+	const pgid = 1 << 18
+	hollow := craftBolt(t, ps, pgid, craftPage(ps, 2, leafPageFlag, 0, pgid-3))
+
+	// A run of pages over maxPageRun, written out.
+	const run = maxPageRun/ps + 1
+	big := craftBolt(t, ps, run+2, append(craftPage(ps, 2, leafPageFlag, 0, run-1), make([]byte, (run-1)*ps)...))
 
 	// Keys that share their bytes: each compared with the next costs a
 	// page's worth, so a page of them costs its size squared.
@@ -677,18 +682,11 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 	}
 	overlap := craftBolt(t, ps, 3, shared)
 
-	// A key longer than bbolt writes.
-	long := craftPage(ps, 2, leafPageFlag, 1, 9)
-	ne.PutUint32(long[pageHeaderSize+4:], elemSize)
-	ne.PutUint32(long[pageHeaderSize+8:], maxKeySize+1)
-	long = append(long, make([]byte, 9*ps)...)
-	longKey := craftBolt(t, ps, 12, long)
-
 	for _, tt := range []struct{ path, want string }{
 		{deep, "pages below the root"},
+		{hollow, "hold data"},
 		{big, "no store has such a page"},
 		{overlap, "element 1 overlaps"},
-		{longKey, "longer than bbolt writes"},
 	} {
 		if err := CheckIsBolt(tt.path); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("CheckIsBolt = %v; want ErrDamaged, %q", err, tt.want)
@@ -703,8 +701,9 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 }
 
 // Another program's bbolt file is named by its first buckets, each cut
-// to 64 bytes: a name is up to 32 KiB, and quoted whole in a log line
-// (escaped, 4 bytes to 1) it would flood the log.
+// to 64 bytes: a name has no bound but the page's (bbolt limits keys
+// put, not bucket names), and quoted whole in a log line (escaped, 4
+// bytes to 1) it would flood the log.
 func TestAnotherProgramsLongBucketNamesAreCut(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "other.db")
 	db, err := bolt.Open(path, 0o600, nil)
@@ -712,7 +711,7 @@ func TestAnotherProgramsLongBucketNamesAreCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucket(bytes.Repeat([]byte{0}, maxKeySize))
+		_, err := tx.CreateBucket(bytes.Repeat([]byte{0}, 40000))
 		return err
 	}); err != nil {
 		t.Fatal(err)
