@@ -274,15 +274,16 @@ func checkBoltTop(f *os.File, h boltHeader) error {
 	return err
 }
 
-// checkNotHollow refuses a file whose header counts pages that are mostly
-// holes in the file: bbolt writes every page it counts before it counts
-// it, but a tiny sparse file counting a huge number would cost the walk
-// and bbolt's own open (it lists every page id below the count) time
-// and memory in proportion to the count, not to the file.
+// checkNotHollow refuses a file most of whose counted pages begin in a
+// hole: bbolt writes every page it counts, header first, before it
+// counts it, but a tiny sparse file counting a huge number of pages
+// would cost the walk and bbolt's own open (it lists every page id below
+// the count) time and memory in proportion to the count, not to the
+// file. Holes inside pages pass: a sparse copy of a store turns the zero
+// tails of its pages into holes.
 func checkNotHollow(f *os.File, h boltHeader) error {
-	counted := int64(h.meta.pgid * h.pageSize)
-	if data := dataBytes(f, counted); data < counted/2 {
-		return fmt.Errorf("its header counts %d pages (%d bytes), but only %d bytes of them hold data: bbolt writes every page it counts", h.meta.pgid, counted, data)
+	if n := dataPages(f, h.pageSize, h.meta.pgid); n < h.meta.pgid/2 {
+		return fmt.Errorf("its header counts %d pages, but only %d of them begin with data: bbolt writes every page it counts", h.meta.pgid, n)
 	}
 	return nil
 }

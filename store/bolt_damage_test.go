@@ -684,7 +684,7 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 
 	for _, tt := range []struct{ path, want string }{
 		{deep, "pages below the root"},
-		{hollow, "hold data"},
+		{hollow, "begin with data"},
 		{big, "no store has such a page"},
 		{overlap, "element 1 overlaps"},
 	} {
@@ -698,6 +698,64 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 			t.Errorf("OpenBolt = %v; want ErrDamaged, %q", err, tt.want)
 		}
 	}
+}
+
+// A sparse copy of a store (cp --sparse=always, rsync --sparse) turns
+// the zero tails of its pages into holes; with pages larger than the
+// file system's blocks (bbolt makes 64 KiB pages on a 64 KiB-page
+// kernel), most of the file. Such a copy is a good store.
+func TestSparseCopyOfAStoreIsAStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigra.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{PageSize: 65536, NoFreelistSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenBolt(path, BoltOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	authCreate(t, st, "ada@example.com")
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sparse := filepath.Join(t.TempDir(), "copy.db")
+	f, err := os.Create(sparse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero, written := make([]byte, 4096), 0
+	for off := 0; off < len(data); off += len(zero) {
+		block := data[off:min(off+len(zero), len(data))]
+		if bytes.Equal(block, zero[:len(block)]) {
+			continue
+		}
+		if _, err := f.WriteAt(block, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		written += len(block)
+	}
+	if err := f.Truncate(int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if written*2 >= len(data) {
+		t.Fatalf("the copy holds %d of %d bytes as data: the test needs it mostly holes", written, len(data))
+	}
+	if err := CheckIsBolt(sparse); err != nil {
+		t.Errorf("CheckIsBolt(a sparse copy of a store) = %v", err)
+	}
+	st, err = OpenBolt(sparse, BoltOptions{MustExist: true})
+	if err != nil {
+		t.Fatalf("OpenBolt(a sparse copy of a store) = %v", err)
+	}
+	st.Close()
 }
 
 // Another program's bbolt file is named by its first buckets, each cut

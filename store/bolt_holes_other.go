@@ -4,5 +4,5 @@ package store
 
 import "os"
 
-// dataBytes returns end: this system's file holes are not looked for.
-func dataBytes(_ *os.File, end int64) int64 { return end }
+// dataPages returns pages: this system's file holes are not looked for.
+func dataPages(_ *os.File, _, pages uint64) uint64 { return pages }
