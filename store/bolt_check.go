@@ -59,12 +59,12 @@ const (
 	metaProbe = 0x1000
 
 	// What the walk of a file's pages allows: bbolt makes pages of the
-	// system's page size (4 to 64 KiB), a tree is a few pages deep per
+	// system's page size (4 to 64 KiB; 1 KiB in tests), a tree is a few pages deep per
 	// bucket (log of its pages), and no value Sigra stores comes near a
 	// run of pages of maxPageRun. A file beyond these is damaged or made
 	// to exhaust the checker's stack or memory.
 	minPageSize   = 1 << 10
-	maxPageSize   = 1 << 20
+	maxPageSize   = 64 << 10
 	maxWalkDepth  = 100 // pages from the top root down, through every bucket
 	maxPageRun    = 32 << 20
 	maxWalkBuffer = 64 << 20 // all the walk's page buffers together
@@ -275,12 +275,15 @@ func checkBoltTop(f *os.File, h boltHeader) error {
 }
 
 // checkNotHollow refuses a file most of whose counted pages begin in a
-// hole: bbolt writes every page it counts, header first, before it
-// counts it, but a tiny sparse file counting a huge number of pages
+// hole: bbolt writes every page it counts before it counts it, and every
+// page but the continuation of a multi-page value starts with its header,
+// never zero; but a tiny sparse file counting a huge number of pages
 // would cost the walk and bbolt's own open (it lists every page id below
 // the count) time and memory in proportion to the count, not to the
 // file. Holes inside pages pass: a sparse copy of a store turns the zero
-// tails of its pages into holes.
+// tails of its pages into holes, and the zero continuation pages of a
+// value too (Sigra stores no such values; another program's file of
+// mostly those is called damaged, not named).
 func checkNotHollow(f *os.File, h boltHeader) error {
 	if n := dataPages(f, h.pageSize, h.meta.pgid); n < h.meta.pgid/2 {
 		return fmt.Errorf("its header counts %d pages, but only %d of them begin with data: bbolt writes every page it counts", h.meta.pgid, n)

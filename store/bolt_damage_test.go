@@ -682,8 +682,14 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 	}
 	overlap := craftBolt(t, ps, 3, shared)
 
+	// Pages larger than bbolt makes: with holes after each page's start,
+	// the file's size would stand to its data as they do to a block.
+	const huge = maxPageSize * 2
+	largePages := craftBolt(t, huge, 3, craftPage(huge, 2, leafPageFlag, 0, 0))
+
 	for _, tt := range []struct{ path, want string }{
 		{deep, "pages below the root"},
+		{largePages, "a page size of 131072 bytes"},
 		{hollow, "begin with data"},
 		{big, "no store has such a page"},
 		{overlap, "element 1 overlaps"},

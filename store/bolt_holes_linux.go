@@ -17,8 +17,8 @@ const (
 // dataPages returns how many of the first pages of f, of ps bytes each,
 // begin with data, as the file system tells (SEEK_DATA, SEEK_HOLE), or
 // pages when it cannot tell. A page's start holds its header, never
-// zero; the rest may be zeros that a sparse copy (cp --sparse=always)
-// has turned into holes.
+// zero (checkNotHollow); the rest may be zeros that a sparse copy (cp
+// --sparse=always) has turned into holes.
 func dataPages(f *os.File, ps, pages uint64) uint64 {
 	end := int64(ps * pages)
 	var n uint64
@@ -34,8 +34,8 @@ func dataPages(f *os.File, ps, pages uint64) uint64 {
 			break
 		}
 		hole, err := f.Seek(data, seekHole)
-		if err != nil {
-			return pages
+		if err != nil || hole <= data {
+			return pages // no answer, or one that does not move on
 		}
 		hole = min(hole, end)
 		// The pages whose start lies in [data, hole).
