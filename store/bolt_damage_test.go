@@ -442,28 +442,38 @@ func TestOpenGuardedFaultInInit(t *testing.T) {
 	checkStoreData(t, path)
 }
 
+// plainBolt makes a bbolt file (not a store) with opts, fill run in a
+// transaction (when not nil), and returns its path.
+func plainBolt(t *testing.T, opts *bolt.Options, fill func(tx *bolt.Tx) error) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "plain.db")
+	db, err := bolt.Open(path, 0o600, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fill != nil {
+		if err := db.Update(fill); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // A bbolt file of another program (a store path mistyped as its
 // database) is refused, naming the file and a bucket of it, and left
 // byte for byte as it was; a bbolt file with no buckets yet is a new
 // store.
 func TestOpenBoltRefusesAnotherProgramsFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "other.db")
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
+	path := plainBolt(t, nil, func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucket([]byte("otherapp"))
 		if err != nil {
 			return err
 		}
 		return b.Put([]byte("k"), []byte("precious"))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	})
 	before, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -483,13 +493,7 @@ func TestOpenBoltRefusesAnotherProgramsFile(t *testing.T) {
 		t.Error("the refused file was written to")
 	}
 
-	empty := filepath.Join(t.TempDir(), "empty.db")
-	db, err = bolt.Open(empty, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	st, err = OpenBolt(empty, BoltOptions{})
+	st, err = OpenBolt(plainBolt(t, nil, nil), BoltOptions{})
 	if err != nil {
 		t.Fatalf("a bbolt file with no buckets: %v; want a new store", err)
 	}
@@ -711,14 +715,7 @@ func TestCheckRefusesFilesShapedToExhaustIt(t *testing.T) {
 // file system's blocks (bbolt makes 64 KiB pages on a 64 KiB-page
 // kernel), most of the file. Such a copy is a good store.
 func TestSparseCopyOfAStoreIsAStore(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "sigra.db")
-	db, err := bolt.Open(path, 0o600, &bolt.Options{PageSize: 65536, NoFreelistSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := plainBolt(t, &bolt.Options{PageSize: 65536, NoFreelistSync: true}, nil)
 	st, err := OpenBolt(path, BoltOptions{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -769,21 +766,11 @@ func TestSparseCopyOfAStoreIsAStore(t *testing.T) {
 // put, not bucket names), and quoted whole in a log line (escaped, 4
 // bytes to 1) it would flood the log.
 func TestAnotherProgramsLongBucketNamesAreCut(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "other.db")
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
+	path := plainBolt(t, nil, func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucket(bytes.Repeat([]byte{0}, 40000))
 		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	err = CheckIsBolt(path)
+	})
+	err := CheckIsBolt(path)
 	if !errors.Is(err, ErrNotStore) || len(err.Error()) > 1000 || !strings.Contains(err.Error(), `\x00"…`) {
 		t.Errorf("CheckIsBolt = %d bytes: %.300v; want ErrNotStore, the bucket's name cut", len(err.Error()), err)
 	}
