@@ -634,16 +634,30 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 // a session of another site is ErrOtherHost, and its use there does not
 // keep it from idling out.
 func (s *Service) AuthenticateOn(ctx context.Context, token, hostport string, now time.Time) (*Principal, error) {
-	return s.authenticate(ctx, token, hostport, true, now)
+	return s.authenticate(ctx, token, hostport, true, now, now)
 }
 
 // AuthenticateAt is Authenticate at a time the caller already read from
 // Now, so a request reads the clock once.
 func (s *Service) AuthenticateAt(ctx context.Context, token string, now time.Time) (*Principal, error) {
-	return s.authenticate(ctx, token, "", false, now)
+	return s.authenticate(ctx, token, "", false, now, now)
 }
 
-func (s *Service) authenticate(ctx context.Context, token, hostport string, onHost bool, now time.Time) (*Principal, error) {
+// Recheck is AuthenticateOn for a connection let through earlier (an
+// upgraded one, a WebSocket), to learn whether its session goes on. used
+// is when the connection last carried the client's traffic, zero if it
+// has not since the last check: that counts as a use of the session
+// then, as a request would, if the session had not idled out by then.
+func (s *Service) Recheck(ctx context.Context, token, hostport string, used, now time.Time) (*Principal, error) {
+	if used.IsZero() || used.After(now) {
+		used = time.Time{}
+	}
+	return s.authenticate(ctx, token, hostport, true, used, now)
+}
+
+// authenticate resolves token at now; used is when the session was used
+// (now for a request; zero for none).
+func (s *Service) authenticate(ctx context.Context, token, hostport string, onHost bool, used, now time.Time) (*Principal, error) {
 	id, ok := TokenID(token)
 	if !ok {
 		return nil, ErrNoSession
@@ -657,7 +671,15 @@ func (s *Service) authenticate(ctx context.Context, token, hostport string, onHo
 			return nil, err
 		}
 	}
-	last := p.lastSeen.Load()
+	seen := p.lastSeen.Load()
+	var u int64 // when used, unix nanos; 0 if not
+	if !used.IsZero() {
+		u = used.UnixNano()
+	}
+	last := seen
+	if u > last && u-last < int64(s.cfg.Idle) {
+		last = u // used while it was alive: idle from then
+	}
 	if !now.Before(p.Session.End()) || now.UnixNano()-last >= int64(s.cfg.Idle) {
 		s.cache.drop(id)
 		if err := s.store.DeleteSession(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
@@ -671,9 +693,9 @@ func (s *Service) authenticate(ctx context.Context, token, hostport string, onHo
 	// Refresh the in-memory LastSeen at most once a second (one atomic
 	// store, no contention on busy sessions), and queue a write-back once
 	// per TouchInterval.
-	if now.UnixNano()-last >= int64(time.Second) {
-		p.lastSeen.Store(now.UnixNano())
-		if now.UnixNano()-p.persistedSeen.Load() >= int64(s.cfg.TouchInterval) {
+	if u-seen >= int64(time.Second) {
+		p.lastSeen.Store(u)
+		if u-p.persistedSeen.Load() >= int64(s.cfg.TouchInterval) {
 			s.queueTouch(p)
 		}
 	}
@@ -899,6 +921,7 @@ type sessionCache struct {
 	maxPerShard int
 	gen         atomic.Uint64
 	onEvict     func(*Principal) // called with the shard locked
+	watch       watchSet         // told of every drop
 }
 
 type cacheShard struct {
@@ -952,6 +975,7 @@ func (c *sessionCache) drop(id SessionID) {
 	sh.mu.Lock()
 	delete(sh.m, id)
 	sh.mu.Unlock()
+	c.watch.session(id)
 }
 
 func (c *sessionCache) dropUser(userID string) {
@@ -966,4 +990,5 @@ func (c *sessionCache) dropUser(userID string) {
 		}
 		sh.mu.Unlock()
 	}
+	c.watch.user(userID)
 }

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -43,6 +44,8 @@ type gateDecision struct {
 	asserted bool                // X-Sigra-Assertion is set
 	spent    time.Duration       // the gates' own time so far
 	counted  bool                // the request's decision is counted (settle)
+	token    string              // p's session cookie
+	sock     *socket             // set when p's request may be upgraded
 }
 
 // scopeRank is a scope that decided, and the most specific Rank that
@@ -311,7 +314,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		if p != nil && p.Session.Pending {
 			d.pending = true
 		} else {
-			d.p = p
+			d.p, d.token = p, token
 		}
 	}
 	p := d.p
@@ -379,6 +382,9 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *gateDecision, first bool, start time.Time) error {
 	d.spent += time.Since(start)
 	if !first {
+		if d.p != nil {
+			d.sock.met(g)
+		}
 		return next.ServeHTTP(w, r)
 	}
 	// A shared cache in front (a CDN) must not serve a gated answer to
@@ -399,6 +405,13 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 		}
 		d.settle(m, c, d.spent, true)
 	}()
+	if d.p != nil && mayUpgrade(r) {
+		// A WebSocket outlives its handshake: it is closed when its
+		// session ends.
+		var cancel context.CancelFunc
+		w, r, cancel = g.watchSocket(w, r, d)
+		defer cancel()
+	}
 	return next.ServeHTTP(guardCookies(w, r), r)
 }
 

@@ -65,6 +65,8 @@ type gatewayOptions struct {
 	// anyHost serves the site on its port for every host name, not only
 	// 127.0.0.1 (base still names 127.0.0.1).
 	anyHost bool
+	// env is added to Caddy's environment (KEY=value).
+	env []string
 }
 
 // gateway is a Caddyfile for one Sigra site in front of an upstream, and
@@ -84,6 +86,7 @@ type gateway struct {
 func newGateway(t *testing.T, opts gatewayOptions) *gateway {
 	t.Helper()
 	g := &gateway{t: t, home: newHome(t)}
+	g.home.extra = opts.env
 	g.db = opts.dbPath
 	if g.db == "" {
 		g.db = filepath.Join(g.home.dir, "sigra.db")

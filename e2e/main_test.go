@@ -97,6 +97,7 @@ func (b *syncBuffer) String() string {
 // XDG_DATA_HOME and XDG_CONFIG_HOME, so nothing touches the user's.
 type home struct {
 	dir, data, config string
+	extra             []string // more of the environment, KEY=value
 }
 
 func newHome(t *testing.T) *home {
@@ -123,8 +124,9 @@ func (h *home) env() []string {
 		}
 		env = append(env, kv)
 	}
-	return append(env, "HOME="+h.dir, "XDG_DATA_HOME="+h.data, "XDG_CONFIG_HOME="+h.config,
+	env = append(env, "HOME="+h.dir, "XDG_DATA_HOME="+h.data, "XDG_CONFIG_HOME="+h.config,
 		"XDG_CACHE_HOME="+filepath.Join(h.dir, "cache"))
+	return append(env, h.extra...)
 }
 
 // result is a finished command.

@@ -1,0 +1,243 @@
+package caddymodule
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+)
+
+// socketRecheck is how often an upgraded connection's session is
+// checked again when nothing told of a change: for its idle end, and
+// changes made by another process on the store. A var for tests.
+var socketRecheck = time.Minute
+
+// socket is an upgraded connection (a WebSocket; over HTTP/2 and HTTP/3,
+// an extended CONNECT) let through with a session. It lasts while its
+// session does and the gates that let it through would let its
+// handshake through again: the request's context is cancelled when they
+// would not, which has reverse_proxy close both ends.
+type socket struct {
+	gate   *Gate   // the first gate
+	gates  []*Gate // every gate whose requirements it met
+	token  string
+	host   string
+	id     authcore.SessionID
+	user   string
+	now    func() time.Time // the sessions' clock
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// used is when the client last sent on the connection (the
+	// sessions' clock, unix nanos), 0 if not since the last check: the
+	// use of an open socket keeps its session from idling out, as
+	// requests do.
+	used atomic.Int64
+
+	connect bool // an extended CONNECT: a 2xx answer opens it
+	started bool
+}
+
+// mayUpgrade reports whether r asks for an upgraded connection: one
+// that outlives its handshake.
+func mayUpgrade(r *http.Request) bool {
+	return r.Method == http.MethodConnect || r.Header.Get("Upgrade") != ""
+}
+
+// watchSocket prepares r, an allowed request with a session that may
+// become an upgraded connection, to be closed when its session ends.
+// The caller must call the returned cancel when the request is done.
+func (g *Gate) watchSocket(w http.ResponseWriter, r *http.Request, d *gateDecision) (http.ResponseWriter, *http.Request, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	s := &socket{
+		gate: g, gates: []*Gate{g}, token: d.token, host: requestHost(r),
+		id: d.p.Session.ID, user: d.p.User.ID, now: g.app.clock.Now,
+		ctx: ctx, cancel: cancel, connect: r.Method == http.MethodConnect,
+	}
+	d.sock = s
+	r = r.WithContext(ctx)
+	if s.connect {
+		// Over HTTP/2 and HTTP/3 the client's side of the connection is
+		// the request body. (An HTTP/1.1 upgrade has none: a body there
+		// would have the proxy send the handshake chunked.)
+		r.Body = &usedBody{ReadCloser: r.Body, s: s}
+	}
+	return &socketWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, s: s}, r, cancel
+}
+
+// met adds a gate whose requirements the connection met.
+func (s *socket) met(g *Gate) {
+	if s != nil && s.gates[len(s.gates)-1] != g {
+		s.gates = append(s.gates, g)
+	}
+}
+
+func (s *socket) noteUse() { s.used.Store(s.now().UnixNano()) }
+
+// watch rechecks the connection's session when told of a change to it,
+// and every socketRecheck, until the request is done or its session
+// would not pass, when it closes the connection.
+func (s *socket) watch() {
+	defer func() {
+		if r := recover(); r != nil {
+			s.gate.logger.Error("watching an upgraded connection panicked; closing it", zap.Any("panic", r), zap.Stack("stack"))
+			s.cancel()
+		}
+	}()
+	var (
+		rt *runtime
+		w  *authcore.Watch
+	)
+	defer func() {
+		if w != nil {
+			w.Stop()
+		}
+	}()
+	t := time.NewTimer(socketRecheck)
+	defer t.Stop()
+	for {
+		cur := s.gate.app.runtime(s.ctx)
+		if cur == nil {
+			// Caddy is stopping: it closes upgraded connections itself.
+			return
+		}
+		if cur != rt {
+			// A new config's runtime after a reload: told of changes
+			// made through it from now on. Watch before checking, so
+			// that a change between the two is not missed.
+			if w != nil {
+				w.Stop()
+			}
+			rt, w = cur, cur.auth.WatchSession(s.id, s.user)
+		}
+		next, why, err := s.check(rt)
+		if why != "" {
+			if s.ctx.Err() != nil {
+				return // done meanwhile; a check failing with it says nothing
+			}
+			log := s.gate.logger.Info
+			if err != nil {
+				log = s.gate.logger.Error
+			}
+			log("closing an upgraded connection: its session would not pass now",
+				zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.host), zap.Error(err))
+			s.cancel()
+			return
+		}
+		t.Reset(next)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-w.C:
+		case <-t.C:
+		}
+	}
+}
+
+// check resolves the connection's session again and applies the gates
+// it met. It returns why it would not pass ("" if it would), and
+// otherwise how long until it should be checked again at the latest.
+func (s *socket) check(rt *runtime) (next time.Duration, why string, err error) {
+	now := rt.auth.Now()
+	var used time.Time
+	if u := s.used.Swap(0); u != 0 {
+		used = time.Unix(0, u)
+	}
+	p, err := rt.auth.Recheck(s.ctx, s.token, s.host, used, now)
+	switch {
+	case errors.Is(err, authcore.ErrNoSession):
+		return 0, "session_ended", nil
+	case err != nil:
+		// Fail closed, as the gate does.
+		return 0, "storage", err
+	case p.Session.Pending:
+		return 0, denyPending.reason, nil
+	}
+	next = min(socketRecheck, p.Session.End().Sub(now))
+	for _, g := range s.gates {
+		if dn := g.check(p, now); dn != nil {
+			return 0, dn.reason, nil
+		}
+		if g.MFA != nil && g.MFA.MaxAge > 0 {
+			next = min(next, p.Session.MFAAt.Add(time.Duration(g.MFA.MaxAge)).Sub(now))
+		}
+	}
+	// A deadline reached still passes (it ends just after): not too soon
+	// again.
+	return max(next, min(time.Second, socketRecheck)), "", nil
+}
+
+// socketWriter starts the watch when the connection opens: a 101 answer
+// to an HTTP/1.1 upgrade, a 2xx to an extended CONNECT. It notes the
+// client's traffic on a hijacked connection.
+type socketWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	s *socket
+}
+
+func (w *socketWriter) WriteHeader(code int) {
+	s := w.s
+	if !s.started && (code == http.StatusSwitchingProtocols || s.connect && code >= 200 && code < 300) {
+		// Every gate the request meets has run: the watch may read
+		// s.gates from here on.
+		s.started = true
+		go s.watch()
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Hijack is how reverse_proxy takes an HTTP/1.1 connection it upgrades.
+func (w *socketWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &usedConn{Conn: c, s: w.s}, brw, nil
+}
+
+// usedConn is a hijacked connection that notes the client's traffic.
+type usedConn struct {
+	net.Conn
+	s *socket
+}
+
+// CloseWrite passes on the half-close reverse_proxy makes when the app
+// ends its side.
+func (c *usedConn) CloseWrite() error {
+	if wc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return wc.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+func (c *usedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.s.noteUse()
+	}
+	return n, err
+}
+
+// usedBody is an extended CONNECT's body (the client's side) that notes
+// the client's traffic.
+type usedBody struct {
+	io.ReadCloser
+	s *socket
+}
+
+func (b *usedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.s.noteUse()
+	}
+	return n, err
+}

@@ -1,0 +1,323 @@
+package caddymodule
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
+	"github.com/sigra-auth/caddy-sigra/internal/sockettest"
+)
+
+// socketSite is a site body with the socket app at app under /ws, and
+// under /ws/gated behind a second gate with the options wsGate; the
+// site's own gate (no requirement) covers both.
+func socketSite(app, wsGate string) string {
+	return fmt.Sprintf("sigra_gate\nhandle /ws/gated* {\n\tsigra_gate %s\n\treverse_proxy %s\n}\nhandle /ws* {\n\treverse_proxy %s\n}", wsGate, app, app)
+}
+
+// startSockets runs Caddy with socketSite beside the usual upstream.
+func startSockets(t *testing.T, globalSigra, wsGate string) *env {
+	t.Helper()
+	return startCaddy(t, globalSigra, socketSite(sockettest.Start(t), wsGate))
+}
+
+// wsConn is a client's upgraded connection.
+type wsConn struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+// openSocket upgrades a connection to path as the holder of token, and
+// fails the test unless the app takes it.
+func (e *env) openSocket(path, token string) *wsConn {
+	e.t.Helper()
+	s, status := e.trySocket(path, token)
+	if status != http.StatusSwitchingProtocols {
+		e.t.Fatalf("upgrade of %s: status %d; want 101", path, status)
+	}
+	s.echo("hello")
+	return s
+}
+
+// trySocket asks for an upgrade, returning the connection and the status.
+func (e *env) trySocket(path, token string) (*wsConn, int) {
+	e.t.Helper()
+	u, _ := url.Parse(e.base)
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: sigra_session=%s\r\n\r\n", path, u.Host, token)
+	s := &wsConn{t: e.t, c: c, r: bufio.NewReader(c)}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(s.r, nil)
+	if err != nil {
+		e.t.Fatalf("upgrade of %s: %v", path, err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		resp.Body.Close()
+	}
+	return s, resp.StatusCode
+}
+
+// echo sends msg and fails the test unless the app echoes it.
+func (s *wsConn) echo(msg string) {
+	s.t.Helper()
+	s.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(s.c, msg); err != nil {
+		s.t.Fatalf("sending on the socket: %v", err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(s.r, got); err != nil || string(got) != msg {
+		s.t.Fatalf("echo of %q: %q, %v", msg, got, err)
+	}
+}
+
+// closed reports whether the connection is closed within d, with nothing
+// more read.
+func (s *wsConn) closed(d time.Duration) bool {
+	s.t.Helper()
+	s.c.SetReadDeadline(time.Now().Add(d))
+	n, err := s.r.Read(make([]byte, 1))
+	if n > 0 {
+		s.t.Fatal("read something the client never sent")
+	}
+	var ne net.Error
+	return !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// open fails the test if the connection closes for a while (a few
+// rechecks with the test's short socketRecheck).
+func (s *wsConn) open(what string) {
+	s.t.Helper()
+	if s.closed(300 * time.Millisecond) {
+		s.t.Fatalf("%s: the socket closed; want it open", what)
+	}
+}
+
+func (s *wsConn) mustClose(what string) {
+	s.t.Helper()
+	if !s.closed(5 * time.Second) {
+		s.t.Fatalf("%s: the socket is still open 5s on; want it closed", what)
+	}
+}
+
+func fastRecheck(t *testing.T) {
+	old := socketRecheck
+	socketRecheck = 20 * time.Millisecond
+	t.Cleanup(func() { socketRecheck = old })
+}
+
+// A socket lasts while its session does: signing out, being signed out
+// everywhere by an admin, or being disabled closes it, at once (the
+// test's rechecks are off: only being told of the change can close it),
+// and nobody else's.
+func TestSocketClosesWhenItsSessionEnds(t *testing.T) {
+	e := startSockets(t, "", "")
+	ann := e.addUser("ann@example.com")
+	e.addUser("bob@example.com")
+	e.mustLogin("ann@example.com")
+	annOne := e.sessionCookie()
+	two := e.browser()
+	two.mustLogin("ann@example.com")
+	annTwo := two.sessionCookie()
+	bob := e.browser()
+	bob.mustLogin("bob@example.com")
+
+	s1, s2, sb := e.openSocket("/ws", annOne), e.openSocket("/ws", annTwo), e.openSocket("/ws/b", bob.sessionCookie())
+	second := e.openSocket("/ws", annOne) // two sockets of one session
+
+	_, logoutPage := e.get("/.sigra/logout", nil)
+	if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, logoutPage)}}, nil); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-out: status %d", r.StatusCode)
+	}
+	s1.mustClose("ann signed out")
+	second.mustClose("ann signed out, her second socket of that session")
+	s2.echo("ann's other session")
+	sb.echo("bob")
+	if _, status := e.trySocket("/ws", annOne); status != http.StatusUnauthorized {
+		t.Errorf("a new socket with the ended session: status %d; want 401", status)
+	}
+
+	if _, err := e.rt().auth.SetDisabled(context.Background(), ann.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	s2.mustClose("ann disabled")
+	sb.echo("bob, after ann was disabled")
+}
+
+// Rechecks alone (nobody told of a change) close nothing that would
+// pass: a socket of a live session stays open across many.
+func TestSocketOfALiveSessionStaysOpen(t *testing.T) {
+	fastRecheck(t)
+	e := startSockets(t, "", "")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	s := e.openSocket("/ws", e.sessionCookie())
+	for range 5 {
+		s.open("a live session")
+		s.echo("still there")
+	}
+}
+
+// A socket lasts while the gates that let it through would: losing the
+// group one requires closes it; a socket whose gate asks for no group
+// stays.
+func TestSocketClosesWhenItsGateWouldRefuse(t *testing.T) {
+	e := startSockets(t, "", "{\n\t\tgroup staff\n\t}")
+	u := e.addUser("ann@example.com", "staff", "dev")
+	e.mustLogin("ann@example.com")
+	tok := e.sessionCookie()
+	staff, free := e.openSocket("/ws/gated", tok), e.openSocket("/ws", tok)
+
+	if _, err := e.rt().auth.UpdateUser(context.Background(), u.ID, func(u *authcore.User) error { u.Groups = []string{"dev"}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	staff.mustClose("ann left staff")
+	free.echo("the socket of a gate with no group")
+	free.open("the socket of a gate with no group, after the change")
+	if _, status := e.trySocket("/ws/gated", tok); status != http.StatusForbidden {
+		t.Errorf("a new socket where staff is required: status %d; want 403", status)
+	}
+}
+
+// signedInSocket runs Caddy with globalSigra and fast rechecks on a
+// fake clock, signs ann in and opens a socket of her session at /ws.
+func signedInSocket(t *testing.T, globalSigra string) (*clock.Fake, *env, *wsConn) {
+	t.Helper()
+	fastRecheck(t)
+	fake := useFakeClock(t)
+	e := startSockets(t, globalSigra, "")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	return fake, e, e.openSocket("/ws", e.sessionCookie())
+}
+
+// The client's traffic on a socket is a use of its session, as a
+// request is: a socket in use keeps it from idling out; one idle for the
+// session's idle time closes, as its session ends then.
+func TestSocketTrafficKeepsItsSessionAlive(t *testing.T) {
+	fake, e, s := signedInSocket(t, "session {\n\t\t\tidle 30m\n\t\t}")
+	tok := e.sessionCookie()
+	fake.Advance(20 * time.Minute)
+	s.echo("in use at 20m")
+	s.open("after use at 20m")
+	fake.Advance(20 * time.Minute) // 40m after sign-in, 20m idle
+	s.open("20m after the last use")
+	if e.statusAs(tok, "/x") != http.StatusOK {
+		t.Fatal("the session idled out though its socket was in use")
+	}
+	// That request was a use at 40m too; now nothing for 30m.
+	fake.Advance(30 * time.Minute)
+	s.mustClose("30m unused")
+	if got := e.statusAs(tok, "/x"); got != http.StatusUnauthorized {
+		t.Errorf("the session after 30m unused: status %d; want 401", got)
+	}
+}
+
+// A socket's session ends at its lifetime, in use or not.
+func TestSocketEndsWithItsSessionsLifetime(t *testing.T) {
+	fake, _, s := signedInSocket(t, "session {\n\t\t\tlifetime 1h\n\t\t}")
+	for range 3 {
+		fake.Advance(19 * time.Minute)
+		s.echo("in use")
+		s.open("within the lifetime")
+	}
+	fake.Advance(4 * time.Minute)
+	s.mustClose("past the session's lifetime")
+}
+
+// A socket the mfa gate let through closes when the second factor is
+// older than its max_age.
+func TestSocketEndsAsItsSecondFactorAges(t *testing.T) {
+	fastRecheck(t)
+	fake, e, _, _, _ := startEnrolled(t, "", "tia@example.com")
+	if err := e.load(strings.Replace(e.config, "sigra_gate\n", socketSite(sockettest.Start(t), "{\n\t\tmfa max_age 10m\n\t}")+"\n", 1)); err != nil {
+		t.Fatal(err)
+	}
+	s := e.openSocket("/ws/gated", e.sessionCookie())
+	fake.Advance(9 * time.Minute)
+	s.echo("within max_age")
+	s.open("9m after the second factor")
+	fake.Advance(2 * time.Minute)
+	s.mustClose("11m after the second factor")
+}
+
+// A request that asks for an upgrade the app does not make is answered
+// as any other: the gate's wrapping passes the plain answer on.
+func TestSocketRefusedUpgradeIsAPlainRequest(t *testing.T) {
+	e := startSockets(t, "", "")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	req, _ := http.NewRequest(http.MethodGet, e.base+"/plain", nil)
+	req.Header.Set("Upgrade", "nonsense")
+	req.Header.Set("Connection", "Upgrade")
+	req.AddCookie(&http.Cookie{Name: "sigra_session", Value: e.sessionCookie()})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "app:/plain" {
+		t.Errorf("a plain answer to a request asking for an upgrade: %d %q", resp.StatusCode, body)
+	}
+}
+
+// A socket that a reload leaves open (reverse_proxy's
+// stream_close_delay) is watched through the new config: a sign-out
+// made through it closes the socket at once.
+func TestSocketLeftOpenByAReloadIsStillWatched(t *testing.T) {
+	app := sockettest.Start(t)
+	site := fmt.Sprintf("sigra_gate\nhandle /ws* {\n\treverse_proxy %s {\n\t\tstream_close_delay 1m\n\t}\n}", app)
+	e := startCaddy(t, "", site)
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	s := e.openSocket("/ws", e.sessionCookie())
+	if err := e.load(e.config + "\n# reloaded\n"); err != nil {
+		t.Fatal(err)
+	}
+	s.echo("after the reload")
+	_, logoutPage := e.get("/.sigra/logout", nil)
+	if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, logoutPage)}}, nil); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-out: status %d", r.StatusCode)
+	}
+	s.mustClose("signed out through the new config")
+}
+
+// A second factor enrolled closes the sockets of the user's other
+// sessions opened with a password alone: they no longer pass a gate
+// until they give it.
+func TestSocketClosesWhenASecondFactorIsEnrolled(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startSockets(t, "", "")
+	e.addUser("tia@example.com")
+	e.mustLogin("tia@example.com")
+	other := e.browser()
+	other.mustLogin("tia@example.com")
+	before := e.sessionCookie()
+	s := e.openSocket("/ws", other.sessionCookie())
+	own := e.openSocket("/ws", before)
+	enrolTOTP(t, e, fake.Now())
+	s.mustClose("a second factor enrolled in another session")
+	// The enrolling session goes on, renewed under a new id (it has
+	// the second factor now): the old id's socket closes, as the
+	// X-Sigra-Session it carried ended.
+	if after := e.sessionCookie(); after == before || e.statusAs(after, "/x") != http.StatusOK {
+		t.Fatalf("the enrolling session after enrolment: renewed %v, status %d; want renewed, 200", after != before, e.statusAs(after, "/x"))
+	}
+	own.mustClose("the enrolling session renewed")
+	e.openSocket("/ws", e.sessionCookie()).open("a socket of the renewed session")
+}
