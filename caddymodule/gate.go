@@ -405,9 +405,9 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 		}
 		d.settle(m, c, d.spent, true)
 	}()
-	if d.p != nil && mayUpgrade(r) {
-		// A WebSocket outlives its handshake: it is closed when its
-		// session ends.
+	if d.p != nil && longLived(r) {
+		// A WebSocket or an event stream outlives its handshake: it is
+		// closed when its session ends.
 		var cancel context.CancelFunc
 		w, r, cancel = g.watchSocket(w, r, d)
 		defer cancel()

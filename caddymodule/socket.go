@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,16 +17,16 @@ import (
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
-// socketRecheck is how often an upgraded connection's session is
-// checked again when nothing told of a change: for its idle end, and
-// changes made by another process on the store. A var for tests.
+// socketRecheck is how often a socket's session is checked again when
+// nothing told of a change: for its idle end, say. A var for tests.
 var socketRecheck = time.Minute
 
-// socket is an upgraded connection (a WebSocket; over HTTP/2 and HTTP/3,
-// an extended CONNECT) let through with a session. It lasts while its
-// session does and the gates that let it through would let its
-// handshake through again: the request's context is cancelled when they
-// would not, which has reverse_proxy close both ends.
+// socket is a connection that outlives its handshake, let through with
+// a session: an upgraded one (a WebSocket; over HTTP/2 and HTTP/3, an
+// extended CONNECT) or an event stream (text/event-stream). It lasts
+// while its session does and the gates that let it through would let
+// its handshake through again: the request's context is cancelled when
+// they would not, which has reverse_proxy close both ends.
 type socket struct {
 	gate   *Gate   // the first gate
 	gates  []*Gate // every gate whose requirements it met
@@ -43,18 +44,23 @@ type socket struct {
 	// requests do.
 	used atomic.Int64
 
-	connect bool // an extended CONNECT: a 2xx answer opens it
+	connect bool // an extended CONNECT
+	on2xx   bool // a 2xx answer opens it: an extended CONNECT, an event stream
 	started bool
 }
 
-// mayUpgrade reports whether r asks for an upgraded connection: one
-// that outlives its handshake.
-func mayUpgrade(r *http.Request) bool {
-	return r.Method == http.MethodConnect || r.Header.Get("Upgrade") != ""
+// longLived reports whether r asks for a connection that outlives its
+// handshake: an upgrade, or an event stream (what EventSource asks for).
+func longLived(r *http.Request) bool {
+	return r.Method == http.MethodConnect || r.Header.Get("Upgrade") != "" || wantsEvents(r)
+}
+
+func wantsEvents(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 }
 
 // watchSocket prepares r, an allowed request with a session that may
-// become an upgraded connection, to be closed when its session ends.
+// become a socket, to be closed when its session ends.
 // The caller must call the returned cancel when the request is done.
 func (g *Gate) watchSocket(w http.ResponseWriter, r *http.Request, d *gateDecision) (http.ResponseWriter, *http.Request, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(r.Context())
@@ -63,6 +69,7 @@ func (g *Gate) watchSocket(w http.ResponseWriter, r *http.Request, d *gateDecisi
 		id: d.p.Session.ID, user: d.p.User.ID, now: g.app.clock.Now,
 		ctx: ctx, cancel: cancel, connect: r.Method == http.MethodConnect,
 	}
+	s.on2xx = s.connect || wantsEvents(r)
 	d.sock = s
 	r = r.WithContext(ctx)
 	if s.connect {
@@ -89,7 +96,7 @@ func (s *socket) noteUse() { s.used.Store(s.now().UnixNano()) }
 func (s *socket) watch() {
 	defer func() {
 		if r := recover(); r != nil {
-			s.gate.logger.Error("watching an upgraded connection panicked; closing it", zap.Any("panic", r), zap.Stack("stack"))
+			s.gate.logger.Error("watching a socket panicked; closing it", zap.Any("panic", r), zap.Stack("stack"))
 			s.cancel()
 		}
 	}()
@@ -107,7 +114,7 @@ func (s *socket) watch() {
 	for {
 		cur := s.gate.app.runtime(s.ctx)
 		if cur == nil {
-			// Caddy is stopping: it closes upgraded connections itself.
+			// Caddy is stopping: it closes sockets itself.
 			return
 		}
 		if cur != rt {
@@ -128,7 +135,7 @@ func (s *socket) watch() {
 			if err != nil {
 				log = s.gate.logger.Error
 			}
-			log("closing an upgraded connection: its session would not pass now",
+			log("closing a socket or event stream: its session would not pass now",
 				zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.host), zap.Error(err))
 			s.cancel()
 			return
@@ -176,9 +183,9 @@ func (s *socket) check(rt *runtime) (next time.Duration, why string, err error) 
 	return max(next, min(time.Second, socketRecheck)), "", nil
 }
 
-// socketWriter starts the watch when the connection opens: a 101 answer
-// to an HTTP/1.1 upgrade, a 2xx to an extended CONNECT. It notes the
-// client's traffic on a hijacked connection.
+// socketWriter starts the watch when the socket opens: a 101 answer to
+// an HTTP/1.1 upgrade, a 2xx to an extended CONNECT or an event stream's
+// request. It notes the client's traffic on a hijacked connection.
 type socketWriter struct {
 	caddyhttp.ResponseWriterWrapper
 	s *socket
@@ -186,7 +193,7 @@ type socketWriter struct {
 
 func (w *socketWriter) WriteHeader(code int) {
 	s := w.s
-	if !s.started && (code == http.StatusSwitchingProtocols || s.connect && code >= 200 && code < 300) {
+	if !s.started && (code == http.StatusSwitchingProtocols || s.on2xx && code >= 200 && code < 300) {
 		// Every gate the request meets has run: the watch may read
 		// s.gates from here on.
 		s.started = true

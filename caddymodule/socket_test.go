@@ -321,3 +321,24 @@ func TestSocketClosesWhenASecondFactorIsEnrolled(t *testing.T) {
 	own.mustClose("the enrolling session renewed")
 	e.openSocket("/ws", e.sessionCookie()).open("a socket of the renewed session")
 }
+
+// An event stream (EventSource) lasts while its session does, as a
+// socket: signing out ends it at once, and nobody else's.
+func TestEventStreamEndsWithItsSession(t *testing.T) {
+	e := startSockets(t, "", "")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	other := e.browser()
+	other.mustLogin("ann@example.com")
+	tok := e.sessionCookie()
+	mine, theirs := sockettest.Events(t, e.base+"/ws/events", tok), sockettest.Events(t, e.base+"/ws/events", other.sessionCookie())
+	_, logoutPage := e.get("/.sigra/logout", nil)
+	if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, logoutPage)}}, nil); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-out: status %d", r.StatusCode)
+	}
+	mine.MustEnd("signed out")
+	if got := e.hostRequest(tok, "", "/ws/events", map[string]string{"Accept": "text/event-stream"}).StatusCode; got != http.StatusUnauthorized {
+		t.Errorf("EventSource trying again with the ended session: status %d; want 401", got)
+	}
+	theirs.Event("another session's stream after the sign-out")
+}

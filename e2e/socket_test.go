@@ -149,8 +149,8 @@ func (s *socket) closed(d time.Duration) bool {
 
 // WebSockets through the real binary, over HTTP/1.1 and over HTTP/2
 // (extended CONNECT, which Go's HTTP/2 server offers with
-// GODEBUG=http2xconnect=1), close when their session is signed out,
-// at once, and the sockets of other sessions stay open.
+// GODEBUG=http2xconnect=1), and event streams, close when their session
+// is signed out, at once, and those of other sessions stay open.
 func TestSocketsCloseWhenTheirSessionEnds(t *testing.T) {
 	t.Parallel()
 	g := newGateway(t, gatewayOptions{
@@ -172,6 +172,7 @@ func TestSocketsCloseWhenTheirSessionEnds(t *testing.T) {
 	for _, s := range []*socket{annH1, annH2, bobH1, bobH2} {
 		s.echo("hello")
 	}
+	annEvents, bobEvents := sockettest.Events(t, g.base+"/events", ann.session()), sockettest.Events(t, g.base+"/events", bob.session())
 
 	_, page := ann.get("/.sigra/logout", http.Header{"Accept": {"text/html"}})
 	m := csrfRe.FindStringSubmatch(page)
@@ -189,13 +190,15 @@ func TestSocketsCloseWhenTheirSessionEnds(t *testing.T) {
 			t.Errorf("%s of the signed-out session: still open 5s on\n%s", s.what, g.logs())
 		}
 	}
+	annEvents.MustEnd("ann's event stream after she signed out")
+	bobEvents.Event("bob's event stream after ann signed out")
 	for _, s := range []*socket{bobH1, bobH2} {
 		s.echo("bob's socket after ann signed out")
 		if s.closed(200 * time.Millisecond) {
 			t.Errorf("bob's %s closed when ann signed out", s.what)
 		}
 	}
-	if !strings.Contains(g.logs(), "closing an upgraded connection: its session would not pass now") {
+	if !strings.Contains(g.logs(), "closing a socket or event stream: its session would not pass now") {
 		t.Errorf("no log line for the sockets closed\n%s", g.logs())
 	}
 }

@@ -1,20 +1,30 @@
-// Package sockettest is an app for tests of upgraded connections: it
-// takes WebSocket upgrades and echoes what the client sends. Frames are
-// the app's business and a proxy passes bytes, so it echoes bytes.
+// Package sockettest is an app for tests of connections that outlive
+// their handshake: it takes WebSocket upgrades and echoes what the
+// client sends (frames are the app's business and a proxy passes bytes,
+// so it echoes bytes), and sends an event stream to a request that
+// accepts one.
 package sockettest
 
 import (
+	"bufio"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 )
 
 // Start runs the app on loopback until the test ends and returns its
-// address. A request that asks for no WebSocket gets "app".
+// address. A request that asks for neither gets "app".
 func Start(t testing.TB) string {
 	t.Helper()
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+			events(w, r)
+			return
+		}
 		if r.Header.Get("Upgrade") != "websocket" {
 			io.WriteString(w, "app")
 			return
@@ -34,4 +44,103 @@ func Start(t testing.TB) string {
 		app.Close()
 	})
 	return app.Listener.Addr().String()
+}
+
+// events sends an event every 20 ms until the request ends.
+func events(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	rc := http.NewResponseController(w)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for n := 0; ; n++ {
+		if _, err := fmt.Fprintf(w, "data: %d\n\n", n); err != nil || rc.Flush() != nil {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Stream is a client reading an event stream.
+type Stream struct {
+	t     testing.TB
+	lines chan string // closed when the stream ends
+}
+
+// Events asks for an event stream at url as the holder of the session
+// token, as EventSource does, and fails the test unless the first event
+// comes.
+func Events(t testing.TB, url, token string) *Stream {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.AddCookie(&http.Cookie{Name: "sigra_session", Value: token})
+	resp, err := (&http.Transport{}).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("event stream at %s: status %d", url, resp.StatusCode)
+	}
+	s := &Stream{t: t, lines: make(chan string, 1000)}
+	go func() {
+		defer close(s.lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			select {
+			case s.lines <- sc.Text():
+			default: // nobody reads now; drop
+			}
+		}
+	}()
+	s.Event("the first event")
+	return s
+}
+
+// Event fails the test unless an event comes within 5 s, after those
+// that came before the call.
+func (s *Stream) Event(what string) {
+	s.t.Helper()
+	for range len(s.lines) {
+		if _, ok := <-s.lines; !ok {
+			s.t.Fatalf("%s: the stream ended", what)
+		}
+	}
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				s.t.Fatalf("%s: the stream ended", what)
+			}
+			if strings.HasPrefix(l, "data: ") {
+				return
+			}
+		case <-timeout:
+			s.t.Fatalf("%s: no event in 5s", what)
+		}
+	}
+}
+
+// MustEnd fails the test unless the stream ends within 5 s.
+func (s *Stream) MustEnd(what string) {
+	s.t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case _, ok := <-s.lines:
+			if !ok {
+				return
+			}
+		case <-timeout:
+			s.t.Fatalf("%s: the stream goes on 5s on; want it ended", what)
+		}
+	}
 }
