@@ -114,6 +114,15 @@ func (s *wsConn) mustClose(what string) {
 	}
 }
 
+// signOut signs out through the portal's form.
+func (e *env) signOut() {
+	e.t.Helper()
+	_, page := e.get("/.sigra/logout", nil)
+	if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(e.t, page)}}, nil); r.StatusCode != http.StatusSeeOther {
+		e.t.Fatalf("sign-out: status %d", r.StatusCode)
+	}
+}
+
 func fastRecheck(t *testing.T) {
 	old := socketRecheck
 	socketRecheck = 20 * time.Millisecond
@@ -139,10 +148,7 @@ func TestSocketClosesWhenItsSessionEnds(t *testing.T) {
 	s1, s2, sb := e.openSocket("/ws", annOne), e.openSocket("/ws", annTwo), e.openSocket("/ws/b", bob.sessionCookie())
 	second := e.openSocket("/ws", annOne) // two sockets of one session
 
-	_, logoutPage := e.get("/.sigra/logout", nil)
-	if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, logoutPage)}}, nil); r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("sign-out: status %d", r.StatusCode)
-	}
+	e.signOut()
 	s1.mustClose("ann signed out")
 	second.mustClose("ann signed out, her second socket of that session")
 	s2.echo("ann's other session")
@@ -290,10 +296,7 @@ func TestSocketLeftOpenByAReloadIsStillWatched(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.echo("after the reload")
-	_, logoutPage := e.get("/.sigra/logout", nil)
-	if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, logoutPage)}}, nil); r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("sign-out: status %d", r.StatusCode)
-	}
+	e.signOut()
 	s.mustClose("signed out through the new config")
 }
 
@@ -332,10 +335,7 @@ func TestEventStreamEndsWithItsSession(t *testing.T) {
 	other.mustLogin("ann@example.com")
 	tok := e.sessionCookie()
 	mine, theirs := sockettest.Events(t, e.base+"/ws/events", tok), sockettest.Events(t, e.base+"/ws/events", other.sessionCookie())
-	_, logoutPage := e.get("/.sigra/logout", nil)
-	if r, _ := e.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, logoutPage)}}, nil); r.StatusCode != http.StatusSeeOther {
-		t.Fatalf("sign-out: status %d", r.StatusCode)
-	}
+	e.signOut()
 	mine.MustEnd("signed out")
 	if got := e.hostRequest(tok, "", "/ws/events", map[string]string{"Accept": "text/event-stream"}).StatusCode; got != http.StatusUnauthorized {
 		t.Errorf("EventSource trying again with the ended session: status %d; want 401", got)
