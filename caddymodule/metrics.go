@@ -21,6 +21,7 @@ type metrics struct {
 	gateDuration  prometheus.Histogram
 	auditAppend   prometheus.Histogram
 	auditFailures prometheus.Counter
+	streamsClosed *prometheus.CounterVec
 
 	gateAllow     prometheus.Counter // pre-resolved for the hot path
 	gateAnonymous prometheus.Counter // allowed without a session (optional)
@@ -50,6 +51,9 @@ var processMetrics = sync.OnceValue(func() *metrics {
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sigra_audit_append_failures_total", Help: "Audit appends (a row, or the rows of one change) that could not be written; each fails the action it records (audit is fail-closed), except a sign-out or a revocation, which ends the session all the same.",
 		}),
+		streamsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sigra_streams_closed_total", Help: "WebSockets and event streams closed because their session would not pass a gate now, by reason: session_ended (signed out, revoked, expired, its user disabled), or the gate's deny reason (mfa_pending, mfa_required, amr, group), or storage (the store could not be read).",
+		}, []string{"reason"}),
 	}
 	// Known series start at zero, so dashboards see them before the first event.
 	for method, results := range map[string][]string{
@@ -68,6 +72,9 @@ var processMetrics = sync.OnceValue(func() *metrics {
 	for _, reason := range []string{"not_started", "storage", "signing"} {
 		m.gateDecisions.WithLabelValues("error", reason)
 	}
+	for _, reason := range []string{"session_ended", "mfa_pending", "mfa_required", "amr", "group", "storage"} {
+		m.streamsClosed.WithLabelValues(reason)
+	}
 	m.gateAllow = m.gateDecisions.WithLabelValues("allow", "ok")
 	m.gateAnonymous = m.gateDecisions.WithLabelValues("allow", "anonymous")
 	return m
@@ -79,6 +86,7 @@ var processMetrics = sync.OnceValue(func() *metrics {
 var processCounts struct {
 	passwordChecks  atomic.Uint64 // authcore.Config.PasswordChecks
 	webhookFailures atomic.Uint64 // audit.DeliveryOptions.Failures
+	streamsOpen     atomic.Int64  // sockets and event streams watched
 }
 
 // storeReadEvery is how often at most the gauges that count the store's
@@ -112,6 +120,9 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sigra_sessions_active", Help: "Sessions in the store, including those awaiting a second factor and those ended but not yet pruned (read at most every 5s; NaN while the store cannot be read).",
 		}, sessionsActive),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sigra_streams_open", Help: "WebSockets and event streams open through the gates with a session, watched to be closed when it ends.",
+		}, func() float64 { return float64(processCounts.streamsOpen.Load()) }),
 		newWebhookCollector(a),
 	}
 	var err error
@@ -128,6 +139,9 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		return nil, err
 	}
 	if m.auditFailures, err = register(reg, m.auditFailures); err != nil {
+		return nil, err
+	}
+	if m.streamsClosed, err = register(reg, m.streamsClosed); err != nil {
 		return nil, err
 	}
 	for _, c := range collectors {

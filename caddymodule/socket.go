@@ -100,6 +100,8 @@ func (s *socket) watch() {
 			s.cancel()
 		}
 	}()
+	processCounts.streamsOpen.Add(1)
+	defer processCounts.streamsOpen.Add(-1)
 	var (
 		rt *runtime
 		w  *authcore.Watch
@@ -137,6 +139,7 @@ func (s *socket) watch() {
 			}
 			log("closing a socket or event stream: its session would not pass now",
 				zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.host), zap.Error(err))
+			processMetrics().streamsClosed.WithLabelValues(why).Inc()
 			s.cancel()
 			return
 		}

@@ -145,12 +145,20 @@ func TestSocketClosesWhenItsSessionEnds(t *testing.T) {
 	bob := e.browser()
 	bob.mustLogin("bob@example.com")
 
+	base := processCounts.streamsOpen.Load()
+	ended := processMetrics().streamsClosed.WithLabelValues("session_ended")
+	closed := counterValue(t, ended)
 	s1, s2, sb := e.openSocket("/ws", annOne), e.openSocket("/ws", annTwo), e.openSocket("/ws/b", bob.sessionCookie())
 	second := e.openSocket("/ws", annOne) // two sockets of one session
+	streamsOpen(t, base+4)
 
 	e.signOut()
 	s1.mustClose("ann signed out")
 	second.mustClose("ann signed out, her second socket of that session")
+	streamsOpen(t, base+2)
+	if got := counterValue(t, ended) - closed; got != 2 {
+		t.Errorf("sigra_streams_closed_total{reason=session_ended} went up by %v; want 2", got)
+	}
 	s2.echo("ann's other session")
 	sb.echo("bob")
 	if _, status := e.trySocket("/ws", annOne); status != http.StatusUnauthorized {
@@ -162,6 +170,17 @@ func TestSocketClosesWhenItsSessionEnds(t *testing.T) {
 	}
 	s2.mustClose("ann disabled")
 	sb.echo("bob, after ann was disabled")
+}
+
+// streamsOpen fails the test unless sigra_streams_open comes to want
+// within 2 s (a watch starts and ends beside the request).
+func streamsOpen(t *testing.T, want int64) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); processCounts.streamsOpen.Load() != want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("sigra_streams_open %d; want %d", processCounts.streamsOpen.Load(), want)
+		}
+	}
 }
 
 // Rechecks alone (nobody told of a change) close nothing that would
@@ -188,10 +207,15 @@ func TestSocketClosesWhenItsGateWouldRefuse(t *testing.T) {
 	tok := e.sessionCookie()
 	staff, free := e.openSocket("/ws/gated", tok), e.openSocket("/ws", tok)
 
+	group := processMetrics().streamsClosed.WithLabelValues("group")
+	before := counterValue(t, group)
 	if _, err := e.rt().auth.UpdateUser(context.Background(), u.ID, func(u *authcore.User) error { u.Groups = []string{"dev"}; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	staff.mustClose("ann left staff")
+	if got := counterValue(t, group) - before; got != 1 {
+		t.Errorf("sigra_streams_closed_total{reason=group} went up by %v; want 1", got)
+	}
 	free.echo("the socket of a gate with no group")
 	free.open("the socket of a gate with no group, after the change")
 	if _, status := e.trySocket("/ws/gated", tok); status != http.StatusForbidden {
