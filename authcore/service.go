@@ -634,30 +634,26 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 // a session of another site is ErrOtherHost, and its use there does not
 // keep it from idling out.
 func (s *Service) AuthenticateOn(ctx context.Context, token, hostport string, now time.Time) (*Principal, error) {
-	return s.authenticate(ctx, token, hostport, true, now, now)
+	return s.authenticate(ctx, token, hostport, true, true, now)
 }
 
 // AuthenticateAt is Authenticate at a time the caller already read from
 // Now, so a request reads the clock once.
 func (s *Service) AuthenticateAt(ctx context.Context, token string, now time.Time) (*Principal, error) {
-	return s.authenticate(ctx, token, "", false, now, now)
+	return s.authenticate(ctx, token, "", false, true, now)
 }
 
-// Recheck is AuthenticateOn for a connection let through earlier (an
-// upgraded one, a WebSocket), to learn whether its session goes on. used
-// is when the connection last carried the client's traffic, zero if it
-// has not since the last check: that counts as a use of the session
-// then, as a request would, if the session had not idled out by then.
-func (s *Service) Recheck(ctx context.Context, token, hostport string, used, now time.Time) (*Principal, error) {
-	if used.IsZero() || used.After(now) {
-		used = time.Time{}
-	}
-	return s.authenticate(ctx, token, hostport, true, used, now)
+// Recheck is AuthenticateOn for a connection let through earlier (a
+// WebSocket), to learn whether its session goes on, without counting
+// as a use of the session: the connection's traffic is counted as it
+// comes, by AuthenticateOn.
+func (s *Service) Recheck(ctx context.Context, token, hostport string, now time.Time) (*Principal, error) {
+	return s.authenticate(ctx, token, hostport, true, false, now)
 }
 
-// authenticate resolves token at now; used is when the session was used
-// (now for a request; zero for none).
-func (s *Service) authenticate(ctx context.Context, token, hostport string, onHost bool, used, now time.Time) (*Principal, error) {
+// authenticate resolves token at now, counting that as a use of the
+// session if use is set.
+func (s *Service) authenticate(ctx context.Context, token, hostport string, onHost, use bool, now time.Time) (*Principal, error) {
 	id, ok := TokenID(token)
 	if !ok {
 		return nil, ErrNoSession
@@ -671,15 +667,7 @@ func (s *Service) authenticate(ctx context.Context, token, hostport string, onHo
 			return nil, err
 		}
 	}
-	seen := p.lastSeen.Load()
-	var u int64 // when used, unix nanos; 0 if not
-	if !used.IsZero() {
-		u = used.UnixNano()
-	}
-	last := seen
-	if u > last && u-last < int64(s.cfg.Idle) {
-		last = u // used while it was alive: idle from then
-	}
+	last := p.lastSeen.Load()
 	if !now.Before(p.Session.End()) || now.UnixNano()-last >= int64(s.cfg.Idle) {
 		s.cache.drop(id)
 		if err := s.store.DeleteSession(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
@@ -693,9 +681,9 @@ func (s *Service) authenticate(ctx context.Context, token, hostport string, onHo
 	// Refresh the in-memory LastSeen at most once a second (one atomic
 	// store, no contention on busy sessions), and queue a write-back once
 	// per TouchInterval.
-	if u-seen >= int64(time.Second) {
-		p.lastSeen.Store(u)
-		if u-p.persistedSeen.Load() >= int64(s.cfg.TouchInterval) {
+	if use && now.UnixNano()-last >= int64(time.Second) {
+		p.lastSeen.Store(now.UnixNano())
+		if now.UnixNano()-p.persistedSeen.Load() >= int64(s.cfg.TouchInterval) {
 			s.queueTouch(p)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -18,8 +19,12 @@ import (
 )
 
 // socketRecheck is how often a socket's session is checked again when
-// nothing told of a change: for its idle end, say. A var for tests.
-var socketRecheck = time.Minute
+// nothing told of a change: for its idle end, say. Tests shorten it.
+var socketRecheck atomic.Int64
+
+func init() { socketRecheck.Store(int64(time.Minute)) }
+
+func recheckEvery() time.Duration { return time.Duration(socketRecheck.Load()) }
 
 // socket is a connection that outlives its handshake, let through with
 // a session: an upgraded one (a WebSocket; over HTTP/2 and HTTP/3, an
@@ -38,10 +43,10 @@ type socket struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// used is when the client last sent on the connection (the
-	// sessions' clock, unix nanos), 0 if not since the last check: the
-	// use of an open socket keeps its session from idling out, as
-	// requests do.
+	// used is when the client's traffic was last counted as a use of
+	// the session (the sessions' clock, unix nanos): at most once a
+	// second, as requests are, so that an app used through its socket
+	// alone does not idle out.
 	used atomic.Int64
 
 	connect bool // an extended CONNECT
@@ -88,7 +93,28 @@ func (s *socket) met(g *Gate) {
 	}
 }
 
-func (s *socket) noteUse() { s.used.Store(s.now().UnixNano()) }
+// noteUse counts the client's traffic as a use of the session, as a
+// request is, at most once a second. A session found ended meanwhile is
+// dropped, which tells the watch.
+func (s *socket) noteUse() {
+	now := s.now()
+	last := s.used.Load()
+	if now.UnixNano()-last < int64(time.Second) || !s.used.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	if rt := s.gate.app.runtime(s.ctx); rt != nil {
+		_, _ = rt.auth.AuthenticateOn(s.ctx, s.token, s.host, now)
+	}
+}
+
+// start starts the watch, once: the socket is open. Every gate the
+// request meets has run; the watch may read s.gates from here on.
+func (s *socket) start() {
+	if !s.started {
+		s.started = true
+		go s.watch()
+	}
+}
 
 // watch rechecks the connection's session when told of a change to it,
 // and every socketRecheck, until the request is done or its session
@@ -111,12 +137,17 @@ func (s *socket) watch() {
 			w.Stop()
 		}
 	}()
-	t := time.NewTimer(socketRecheck)
+	t := time.NewTimer(recheckEvery())
 	defer t.Stop()
 	for {
 		cur := s.gate.app.runtime(s.ctx)
+		if cur == nil && caddy.Exiting() {
+			return // Caddy closes sockets itself, the way it likes
+		}
 		if cur == nil {
-			// Caddy is stopping: it closes sockets itself.
+			// A reload to a config with no sigra app on this store:
+			// nothing can tell whether its session goes on.
+			s.close("not_started", nil)
 			return
 		}
 		if cur != rt {
@@ -130,17 +161,7 @@ func (s *socket) watch() {
 		}
 		next, why, err := s.check(rt)
 		if why != "" {
-			if s.ctx.Err() != nil {
-				return // done meanwhile; a check failing with it says nothing
-			}
-			log := s.gate.logger.Info
-			if err != nil {
-				log = s.gate.logger.Error
-			}
-			log("closing a socket or event stream: its session would not pass now",
-				zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.host), zap.Error(err))
-			processMetrics().streamsClosed.WithLabelValues(why).Inc()
-			s.cancel()
+			s.close(why, err)
 			return
 		}
 		t.Reset(next)
@@ -153,16 +174,27 @@ func (s *socket) watch() {
 	}
 }
 
+// close closes the socket, saying why.
+func (s *socket) close(why string, err error) {
+	if s.ctx.Err() != nil {
+		return // done meanwhile; a check failing with it says nothing
+	}
+	log := s.gate.logger.Info
+	if err != nil {
+		log = s.gate.logger.Error
+	}
+	log("closing a socket or event stream: its session would not pass now",
+		zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.host), zap.Error(err))
+	processMetrics().streamsClosed.WithLabelValues(why).Inc()
+	s.cancel()
+}
+
 // check resolves the connection's session again and applies the gates
 // it met. It returns why it would not pass ("" if it would), and
 // otherwise how long until it should be checked again at the latest.
 func (s *socket) check(rt *runtime) (next time.Duration, why string, err error) {
 	now := rt.auth.Now()
-	var used time.Time
-	if u := s.used.Swap(0); u != 0 {
-		used = time.Unix(0, u)
-	}
-	p, err := rt.auth.Recheck(s.ctx, s.token, s.host, used, now)
+	p, err := rt.auth.Recheck(s.ctx, s.token, s.host, now)
 	switch {
 	case errors.Is(err, authcore.ErrNoSession):
 		return 0, "session_ended", nil
@@ -172,7 +204,8 @@ func (s *socket) check(rt *runtime) (next time.Duration, why string, err error) 
 	case p.Session.Pending:
 		return 0, denyPending.reason, nil
 	}
-	next = min(socketRecheck, p.Session.End().Sub(now))
+	every := recheckEvery()
+	next = min(every, p.Session.End().Sub(now))
 	for _, g := range s.gates {
 		if dn := g.check(p, now); dn != nil {
 			return 0, dn.reason, nil
@@ -183,7 +216,7 @@ func (s *socket) check(rt *runtime) (next time.Duration, why string, err error) 
 	}
 	// A deadline reached still passes (it ends just after): not too soon
 	// again.
-	return max(next, min(time.Second, socketRecheck)), "", nil
+	return max(next, min(time.Second, every)), "", nil
 }
 
 // socketWriter starts the watch when the socket opens: a 101 answer to
@@ -196,21 +229,21 @@ type socketWriter struct {
 
 func (w *socketWriter) WriteHeader(code int) {
 	s := w.s
-	if !s.started && (code == http.StatusSwitchingProtocols || s.on2xx && code >= 200 && code < 300) {
-		// Every gate the request meets has run: the watch may read
-		// s.gates from here on.
-		s.started = true
-		go s.watch()
+	if code == http.StatusSwitchingProtocols || s.on2xx && code >= 200 && code < 300 {
+		s.start()
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// Hijack is how reverse_proxy takes an HTTP/1.1 connection it upgrades.
+// Hijack is how reverse_proxy takes an HTTP/1.1 connection it upgrades
+// (after its 101). A handler that writes its own 101 on the connection
+// it takes starts the watch here.
 func (w *socketWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
+	w.s.start()
 	return &usedConn{Conn: c, s: w.s}, brw, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -124,9 +125,8 @@ func (e *env) signOut() {
 }
 
 func fastRecheck(t *testing.T) {
-	old := socketRecheck
-	socketRecheck = 20 * time.Millisecond
-	t.Cleanup(func() { socketRecheck = old })
+	old := socketRecheck.Swap(int64(20 * time.Millisecond))
+	t.Cleanup(func() { socketRecheck.Store(old) })
 }
 
 // A socket lasts while its session does: signing out, being signed out
@@ -257,6 +257,25 @@ func TestSocketTrafficKeepsItsSessionAlive(t *testing.T) {
 	}
 }
 
+// Traffic counts as a use when it comes, as a request does, not at the
+// next recheck: a socket busy again just before its session's idle end
+// keeps the session (no recheck runs here: they are a minute apart).
+func TestSocketTrafficCountsWhenItComes(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startSockets(t, "session {\n\t\t\tidle 30m\n\t\t}", "")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	tok := e.sessionCookie()
+	s := e.openSocket("/ws", tok)
+	fake.Advance(29*time.Minute + 30*time.Second)
+	s.echo("busy again at 29m30s")
+	fake.Advance(time.Minute)
+	s.echo("busy at 30m30s")
+	if got := e.statusAs(tok, "/x"); got != http.StatusOK {
+		t.Errorf("a request at 30m30s, the socket busy since 29m30s: status %d; want 200", got)
+	}
+}
+
 // A socket's session ends at its lifetime, in use or not.
 func TestSocketEndsWithItsSessionsLifetime(t *testing.T) {
 	fake, _, s := signedInSocket(t, "session {\n\t\t\tlifetime 1h\n\t\t}")
@@ -365,4 +384,25 @@ func TestEventStreamEndsWithItsSession(t *testing.T) {
 		t.Errorf("EventSource trying again with the ended session: status %d; want 401", got)
 	}
 	theirs.Event("another session's stream after the sign-out")
+}
+
+// A socket that a reload leaves open, to a config with no sigra app,
+// closes: nothing can tell whether its session goes on.
+func TestSocketLeftWithoutSigraByAReloadCloses(t *testing.T) {
+	app := sockettest.Start(t)
+	e := startCaddy(t, "", fmt.Sprintf("sigra_gate\nhandle /ws* {\n\treverse_proxy %s {\n\t\tstream_close_delay 1m\n\t}\n}", app))
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	s := e.openSocket("/ws", e.sessionCookie())
+	c := processMetrics().streamsClosed.WithLabelValues("not_started")
+	before := counterValue(t, c)
+	plain := fmt.Sprintf("{\n\tadmin %s\n\tdefault_bind 127.0.0.1\n\tpersist_config off\n\tstorage file_system %s\n}\n%s {\n\treverse_proxy %s\n}\n",
+		e.admin, filepath.Join(e.dir, "caddy"), e.base, app)
+	if err := e.load(plain); err != nil {
+		t.Fatal(err)
+	}
+	s.mustClose("a reload to a config without sigra")
+	if got := counterValue(t, c) - before; got != 1 {
+		t.Errorf("sigra_streams_closed_total{reason=not_started} went up by %v; want 1", got)
+	}
 }

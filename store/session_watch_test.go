@@ -86,78 +86,37 @@ func TestWatchIsToldOfItsSessionsChanges(t *testing.T) {
 	}
 }
 
-// Recheck counts the client's traffic on a connection as a use of its
-// session, at the time it came, if the session was alive then; a recheck
-// without traffic does not keep it alive.
-func TestRecheckCountsTrafficWhileAlive(t *testing.T) {
+// Recheck is no use of the session: rechecks alone let it idle out,
+// from its last use.
+func TestRecheckIsNoUse(t *testing.T) {
 	e := newAuthEnv(t, authcore.Config{Idle: 30 * time.Minute})
 	u := e.user(t, "alice@example.com")
-	at := func(d time.Duration) time.Time { return authT0.Add(d) }
-	recheck := func(token string, used time.Time, now time.Duration) error {
-		e.clk.Set(at(now))
-		_, err := e.svc.Recheck(e.ctx, token, "", used, at(now))
+	token, sess := e.login(t, u)
+	recheck := func(at time.Duration) error {
+		e.clk.Set(authT0.Add(at))
+		_, err := e.svc.Recheck(e.ctx, token, "", e.clk.Now())
 		return err
 	}
-
-	token, _ := e.login(t, u)
-	if err := recheck(token, at(19*time.Minute), 20*time.Minute); err != nil {
-		t.Fatalf("traffic at 19m, recheck at 20m: %v", err)
+	for _, at := range []time.Duration{time.Minute, 10 * time.Minute, 29 * time.Minute} {
+		if err := recheck(at); err != nil {
+			t.Fatalf("recheck at %v: %v", at, err)
+		}
 	}
-	if err := recheck(token, time.Time{}, 48*time.Minute); err != nil {
-		t.Fatalf("no traffic since 19m, recheck at 48m: %v; want alive (29m idle)", err)
-	}
-	if err := recheck(token, time.Time{}, 49*time.Minute); !errors.Is(err, authcore.ErrNoSession) {
-		t.Fatalf("no traffic since 19m, recheck at 49m: %v; want ErrNoSession (30m idle)", err)
-	}
-
-	// Rechecks alone are no use of the session.
-	e.clk.Set(at(time.Hour))
-	token, _ = e.login(t, u)
-	if err := recheck(token, time.Time{}, time.Hour+29*time.Minute); err != nil {
-		t.Fatalf("recheck at 29m idle: %v", err)
-	}
-	if err := recheck(token, time.Time{}, time.Hour+30*time.Minute); !errors.Is(err, authcore.ErrNoSession) {
+	if err := recheck(30 * time.Minute); !errors.Is(err, authcore.ErrNoSession) {
 		t.Fatalf("recheck at 30m idle, after rechecks only: %v; want ErrNoSession", err)
 	}
+	e.goneFromStore(t, sess.ID)
 
-	// Traffic after the session idled out does not bring it back.
-	e.clk.Set(at(2 * time.Hour))
+	// A use between rechecks counts from when it came.
+	e.clk.Set(authT0.Add(time.Hour))
 	token, _ = e.login(t, u)
-	if err := recheck(token, at(2*time.Hour+31*time.Minute), 2*time.Hour+32*time.Minute); !errors.Is(err, authcore.ErrNoSession) {
-		t.Fatalf("traffic at 31m idle: %v; want ErrNoSession", err)
+	e.clk.Set(authT0.Add(time.Hour + 20*time.Minute))
+	e.mustAuth(t, token)
+	if err := recheck(time.Hour + 49*time.Minute); err != nil {
+		t.Fatalf("recheck 29m after a use: %v", err)
 	}
-
-	// Traffic dated later than now counts for nothing.
-	e.clk.Set(at(3 * time.Hour))
-	token, _ = e.login(t, u)
-	if err := recheck(token, at(4*time.Hour), 3*time.Hour+time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if err := recheck(token, time.Time{}, 3*time.Hour+30*time.Minute); !errors.Is(err, authcore.ErrNoSession) {
-		t.Fatalf("after traffic dated in the future: %v; want ErrNoSession at 30m idle", err)
-	}
-}
-
-// Traffic counted by Recheck reaches the store like a request's use, so
-// that a restart measures idle time from it.
-func TestRecheckTrafficIsWrittenBack(t *testing.T) {
-	e := newAuthEnv(t, authcore.Config{Idle: 30 * time.Minute, TouchInterval: time.Minute})
-	u := e.user(t, "alice@example.com")
-	token, sess := e.login(t, u)
-	used := authT0.Add(10 * time.Minute)
-	e.clk.Set(authT0.Add(11 * time.Minute))
-	if _, err := e.svc.Recheck(e.ctx, token, "", used, e.clk.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.svc.FlushTouches(e.ctx); err != nil {
-		t.Fatal(err)
-	}
-	got, err := e.st.GetSession(e.ctx, sess.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !got.LastSeen.Equal(used) {
-		t.Errorf("stored LastSeen T0+%v; want T0+10m, the traffic's time", got.LastSeen.Sub(authT0))
+	if err := recheck(time.Hour + 50*time.Minute); !errors.Is(err, authcore.ErrNoSession) {
+		t.Fatalf("recheck 30m after a use: %v; want ErrNoSession", err)
 	}
 }
 
@@ -171,10 +130,10 @@ func TestRecheckKeepsToTheSessionsHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := e.clk.Now()
-	if _, err := e.svc.Recheck(e.ctx, token, "app.example.com:443", time.Time{}, now); err != nil {
+	if _, err := e.svc.Recheck(e.ctx, token, "app.example.com:443", now); err != nil {
 		t.Errorf("on its host: %v", err)
 	}
-	if _, err := e.svc.Recheck(e.ctx, token, "admin.example.com", now, now); !errors.Is(err, authcore.ErrOtherHost) {
+	if _, err := e.svc.Recheck(e.ctx, token, "admin.example.com", now); !errors.Is(err, authcore.ErrOtherHost) {
 		t.Errorf("on another host: %v; want ErrOtherHost", err)
 	}
 }
