@@ -75,6 +75,7 @@ func (g *Gate) watchSocket(w http.ResponseWriter, r *http.Request, d *gateDecisi
 		ctx: ctx, cancel: cancel, connect: r.Method == http.MethodConnect,
 	}
 	s.on2xx = s.connect || wantsEvents(r)
+	s.used.Store(s.now().UnixNano()) // the handshake was one
 	d.sock = s
 	r = r.WithContext(ctx)
 	if s.connect {
