@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/pquerna/otp/totp"
+
+	"github.com/sigra-auth/caddy-sigra/internal/sockettest"
 )
 
 // TestBrowserForms signs in, sets up an authenticator app, makes new
@@ -119,4 +121,27 @@ func TestBrowserSignInOnAPlainHTTPHost(t *testing.T) {
 	b.click(`[data-sigra=logout-form] button[type=submit]`)
 	b.open(base + "/x")
 	b.waitPrefix(base + "/.sigra/login")
+}
+
+// A real Chromium's WebSocket and EventSource, open on a signed-in page,
+// end when an operator signs the user out: the socket closes (code
+// 1006), and EventSource, trying again, is refused and gives up.
+func TestBrowserSocketsEndWithTheSession(t *testing.T) {
+	t.Parallel()
+	b := startChrome(t)
+	g := newGateway(t, gatewayOptions{backend: sockettest.Start(t)})
+	const email, password = "wes@example.com", "wes's browser password"
+	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	g.start()
+	b.signIn(g.base+"/page", email, password)
+	b.waitAt(g.base + "/page")
+	b.waitText("#ws", "open")
+	b.waitText("#es", "open")
+	if r := g.cli("", "signout", "--email", email); r.code != 0 {
+		t.Fatalf("signout: %s", r)
+	}
+	b.waitText("#ws", "closed 1006")
+	b.waitText("#es", "closed")
 }

@@ -202,6 +202,20 @@ func (c *chrome) text(css string) string {
 	return s
 }
 
+// waitText waits up to 15 s for the element css selects to show want.
+func (c *chrome) waitText(css, want string) {
+	c.t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		got := c.text(css)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s shows %q, not %q, after 15s\n--- page:\n%s", css, got, want, c.source())
+		}
+	}
+}
+
 // waitURL waits up to 10 s for the page's address to satisfy ok.
 func (c *chrome) waitURL(what string, ok func(string) bool) {
 	c.t.Helper()

@@ -7,6 +7,8 @@ package sockettest
 
 import (
 	"bufio"
+	"crypto/sha1"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net/http"
@@ -25,6 +27,11 @@ func Start(t testing.TB) string {
 			events(w, r)
 			return
 		}
+		if r.URL.Path == "/page" {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			io.WriteString(w, page)
+			return
+		}
 		if r.Header.Get("Upgrade") != "websocket" {
 			io.WriteString(w, "app")
 			return
@@ -34,7 +41,13 @@ func Start(t testing.TB) string {
 			return
 		}
 		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n")
+		if key := r.Header.Get("Sec-WebSocket-Key"); key != "" {
+			// What a browser checks (RFC 6455, 4.2.2).
+			sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+			brw.WriteString("Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(sum[:]) + "\r\n")
+		}
+		brw.WriteString("\r\n")
 		if brw.Flush() == nil {
 			io.Copy(c, brw)
 		}
@@ -45,6 +58,24 @@ func Start(t testing.TB) string {
 	})
 	return app.Listener.Addr().String()
 }
+
+// page opens a WebSocket and an event stream, and shows what becomes of
+// them in #ws and #es: "open", then "closed <code>" for the socket, and
+// "closed" for the stream once EventSource gives up (its retry refused).
+const page = `<!doctype html>
+<title>sockets</title>
+<p id="ws">connecting</p>
+<p id="es">connecting</p>
+<script>
+const show = (id, s) => { document.getElementById(id).textContent = s; };
+const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+ws.onopen = () => show("ws", "open");
+ws.onclose = e => show("ws", "closed " + e.code);
+const es = new EventSource("/events");
+es.onopen = () => show("es", "open");
+es.onerror = () => { if (es.readyState === EventSource.CLOSED) show("es", "closed"); };
+</script>
+`
 
 // events sends an event every 20 ms until the request ends.
 func events(w http.ResponseWriter, r *http.Request) {
