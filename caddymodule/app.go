@@ -1202,6 +1202,14 @@ func (a *App) runtime(ctx context.Context) *runtime {
 	return replacement(a)
 }
 
+// runtimeNow is runtime without the wait: nil while a is starting.
+func (a *App) runtimeNow() *runtime {
+	if rt := a.life.rt.Load(); rt != nil {
+		return rt
+	}
+	return replacement(a)
+}
+
 // replacement is the runtime of the app started after a, on the same
 // store, or nil.
 func replacement(a *App) *runtime {

@@ -103,7 +103,7 @@ func (s *socket) noteUse() {
 	if now.UnixNano()-last < int64(time.Second) || !s.used.CompareAndSwap(last, now.UnixNano()) {
 		return
 	}
-	if rt := s.gate.app.runtime(s.ctx); rt != nil {
+	if rt := s.gate.app.runtimeNow(); rt != nil { // no wait in the copy
 		_, _ = rt.auth.AuthenticateOn(s.ctx, s.token, s.host, now)
 	}
 }
@@ -159,6 +159,11 @@ func (s *socket) watch() {
 				w.Stop()
 			}
 			rt, w = cur, cur.auth.WatchSession(s.id, s.user)
+			if s.gate.app.runtimeNow() != cur {
+				// Replaced meanwhile, its watches woken before this one
+				// was made: watch through the new one.
+				continue
+			}
 		}
 		next, why, err := s.check(rt)
 		if why != "" {
