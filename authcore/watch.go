@@ -12,7 +12,7 @@ import (
 // for a session merely reaching its end of life; the holder checks that
 // itself (Recheck).
 //
-// The gate holds one for each upgraded connection (a WebSocket) it let
+// The gate holds one for each WebSocket and event stream it let
 // through, to close it when its session ends.
 type Watch struct {
 	C <-chan struct{}

@@ -1162,7 +1162,8 @@ func (a *App) Stop() error {
 	l.wg.Wait()
 	l.cancel = nil
 	l.rt.Store(nil)
-	// Upgraded connections left open by this config (reverse_proxy's
+	// Sockets and event streams that outlive this config (event
+	// streams; upgraded connections under reverse_proxy's
 	// stream_close_delay) watch their sessions through the next one.
 	l.rtForStop.auth.WakeWatches()
 	if err := l.rtForStop.audit.Close(); err != nil {

@@ -45,7 +45,7 @@ type gateDecision struct {
 	spent    time.Duration       // the gates' own time so far
 	counted  bool                // the request's decision is counted (settle)
 	token    string              // p's session cookie
-	sock     *socket             // set when p's request may be upgraded
+	sock     *socket             // set when p's request may outlive its handshake
 }
 
 // scopeRank is a scope that decided, and the most specific Rank that
