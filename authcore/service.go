@@ -910,6 +910,7 @@ type sessionCache struct {
 	gen         atomic.Uint64
 	onEvict     func(*Principal) // called with the shard locked
 	watch       watchSet         // told of every drop
+	peers       atomic.Pointer[Peers]
 }
 
 type cacheShard struct {
@@ -957,7 +958,15 @@ func (c *sessionCache) put(p *Principal, gen uint64) {
 	sh.mu.Unlock()
 }
 
+// drop forgets session id here and in the peers' caches.
 func (c *sessionCache) drop(id SessionID) {
+	c.forget(id)
+	for _, o := range c.others() {
+		o.forget(id)
+	}
+}
+
+func (c *sessionCache) forget(id SessionID) {
 	c.gen.Add(1)
 	sh := c.shard(id)
 	sh.mu.Lock()
@@ -966,7 +975,15 @@ func (c *sessionCache) drop(id SessionID) {
 	c.watch.session(id)
 }
 
+// dropUser forgets the user's sessions here and in the peers' caches.
 func (c *sessionCache) dropUser(userID string) {
+	c.forgetUser(userID)
+	for _, o := range c.others() {
+		o.forgetUser(userID)
+	}
+}
+
+func (c *sessionCache) forgetUser(userID string) {
 	c.gen.Add(1)
 	for i := range c.shards {
 		sh := &c.shards[i]

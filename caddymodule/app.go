@@ -733,7 +733,10 @@ func (a *App) storePoolKey() string {
 // timeout (systemd's is 90 s).
 const startLockWait = 30 * time.Second
 
-type pooledDB struct{ *store.Bolt }
+type pooledDB struct {
+	*store.Bolt
+	peers *authcore.Peers // the runtimes on it (a reload runs two)
+}
 
 func (p pooledDB) Destruct() error { return p.Close() }
 
@@ -753,12 +756,12 @@ func (a *App) Start() error {
 		if err != nil {
 			return nil, err
 		}
-		return pooledDB{st}, nil
+		return pooledDB{st, new(authcore.Peers)}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("sigra: %w", err)
 	}
-	st := val.(pooledDB).Bolt
+	st, peers := val.(pooledDB).Bolt, val.(pooledDB).peers
 	if _, serr := os.Stat(a.storagePath); serr == nil && !st.IsFile(a.storagePath) {
 		// The same path, another file (a link that now leads elsewhere,
 		// a file put in the store's place): the store open is not it.
@@ -779,6 +782,7 @@ func (a *App) Start() error {
 		defer l.wg.Done()
 		rt.auth.Run(ctx)
 	}()
+	rt.auth.Join(peers)
 	l.rt.Store(rt)
 	close(l.ready)
 	l.prev.Store(running.Swap(a))
@@ -1145,11 +1149,18 @@ func (a *App) upkeep(ctx context.Context, rt *runtime) {
 // apps started, it cancels the config's context without stopping them.
 func (a *App) Cleanup() error { return a.Stop() }
 
+// stopping, when set (tests only), runs as a started app begins to
+// stop: its replacement, if any, runs beside it.
+var stopping func(*App)
+
 // Stop ends background work and releases the store.
 func (a *App) Stop() error {
 	l := a.life
 	if l == nil || l.cancel == nil {
 		return nil
+	}
+	if h := stopping; h != nil {
+		h(a)
 	}
 	// A refused config's app hands back to the one that ran before it,
 	// if that one still runs.
@@ -1162,6 +1173,7 @@ func (a *App) Stop() error {
 	l.wg.Wait()
 	l.cancel = nil
 	l.rt.Store(nil)
+	l.rtForStop.auth.Leave()
 	// Sockets and event streams that outlive this config (event
 	// streams; upgraded connections under reverse_proxy's
 	// stream_close_delay) watch their sessions through the next one.

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -404,5 +405,54 @@ func TestSocketLeftWithoutSigraByAReloadCloses(t *testing.T) {
 	s.mustClose("a reload to a config without sigra")
 	if got := counterValue(t, c) - before; got != 1 {
 		t.Errorf("sigra_streams_closed_total{reason=not_started} went up by %v; want 1", got)
+	}
+}
+
+// At a reload the old config's runtime and the new one's run side by
+// side for a moment. A sign-out served by the old one then, for a socket
+// already watched through the new one, closes it at once, and the new
+// one refuses the session at once: the runtimes of one store are peers,
+// and drop each other's copies.
+func TestSocketOfASessionEndedByTheOldConfigDuringAReload(t *testing.T) {
+	app := sockettest.Start(t)
+	e := startCaddy(t, "", fmt.Sprintf("sigra_gate\nhandle /ws* {\n\treverse_proxy %s {\n\t\tstream_close_delay 1m\n\t}\n}", app))
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	tok := e.sessionCookie()
+	id, _ := authcore.TokenID(tok)
+	s := e.openSocket("/ws", tok)
+	// Its config replaced once: it follows whichever runtime runs now.
+	if err := e.load(e.config + "\n# reloaded\n"); err != nil {
+		t.Fatal(err)
+	}
+	s.echo("after the first reload")
+	fastRecheck(t)
+	var ended atomic.Bool
+	stopping = func(a *App) {
+		old, cur := a.life.rt.Load(), running.Load().life.rt.Load()
+		if old == nil || cur == nil || old == cur || ended.Load() {
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // the socket now watches through cur
+		socketRecheck.Store(int64(time.Hour))
+		time.Sleep(100 * time.Millisecond) // and no recheck comes soon
+		if _, err := cur.auth.AuthenticateAt(context.Background(), tok, cur.auth.Now()); err != nil {
+			t.Errorf("the new runtime: %v", err) // and caches the session
+		}
+		if ok, err := old.auth.EndSession(context.Background(), id); !ok || err != nil {
+			t.Errorf("ending the session through the old runtime: %v, %v", ok, err)
+		}
+		ended.Store(true)
+	}
+	t.Cleanup(func() { stopping = nil })
+	if err := e.load(e.config + "\n# reloaded again\n"); err != nil {
+		t.Fatal(err)
+	}
+	if !ended.Load() {
+		t.Fatal("the reload ran no overlap")
+	}
+	s.mustClose("the session ended through the old config during the reload")
+	if got := e.statusAs(tok, "/x"); got != http.StatusUnauthorized {
+		t.Errorf("a request with that session on the new config: status %d; want 401", got)
 	}
 }

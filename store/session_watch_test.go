@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/internal/clock"
 )
 
 // told reports whether w was told of a change, and takes the news.
@@ -135,5 +136,66 @@ func TestRecheckKeepsToTheSessionsHost(t *testing.T) {
 	}
 	if _, err := e.svc.Recheck(e.ctx, token, "admin.example.com", now); !errors.Is(err, authcore.ErrOtherHost) {
 		t.Errorf("on another host: %v; want ErrOtherHost", err)
+	}
+}
+
+// Two Services on one store (the runtimes of two configs, side by side
+// at a reload): a session one ends, or a user it changes, is dropped
+// from the other's cache at once and told to its watches; without the
+// peers, the other goes on trusting its cached copy.
+func TestPeersDropEachOthersCopies(t *testing.T) {
+	st := openAuthBolt(t)
+	clk := clock.NewFake(authT0)
+	oldSvc := newAuthEnvOn(t, st, clk, authcore.Config{})
+	newSvc := newAuthEnvOn(t, st, clk, authcore.Config{})
+	u := oldSvc.user(t, "alice@example.com")
+	token, sess := oldSvc.login(t, u)
+	newSvc.mustAuth(t, token) // cached by the new one
+
+	// Apart, the new Service trusts its copy after the old ended it.
+	if ended, err := oldSvc.svc.EndSession(oldSvc.ctx, sess.ID); err != nil || !ended {
+		t.Fatalf("EndSession: %v %v", ended, err)
+	}
+	if _, err := newSvc.svc.Authenticate(newSvc.ctx, token); err != nil {
+		t.Fatalf("control: without peers the cached copy should still pass (CacheTTL); got %v", err)
+	}
+
+	var peers authcore.Peers
+	oldSvc.svc.Join(&peers)
+	newSvc.svc.Join(&peers)
+	token, sess = oldSvc.login(t, u)
+	newSvc.mustAuth(t, token)
+	w := newSvc.svc.WatchSession(sess.ID, u.ID)
+	defer w.Stop()
+	if ended, err := oldSvc.svc.EndSession(oldSvc.ctx, sess.ID); err != nil || !ended {
+		t.Fatalf("EndSession: %v %v", ended, err)
+	}
+	if !told(w) {
+		t.Error("a session ended by a peer was not told to this Service's watch")
+	}
+	newSvc.refused(t, token)
+
+	token, sess = oldSvc.login(t, u)
+	newSvc.mustAuth(t, token)
+	w2 := newSvc.svc.WatchSession(sess.ID, u.ID)
+	defer w2.Stop()
+	if _, err := oldSvc.svc.SetDisabled(oldSvc.ctx, u.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if !told(w2) {
+		t.Error("a user changed by a peer was not told to this Service's watch")
+	}
+	newSvc.refused(t, token)
+
+	// One that left is told nothing more.
+	if _, err := oldSvc.svc.SetDisabled(oldSvc.ctx, u.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	told(w2)
+	newSvc.svc.Leave()
+	newSvc.svc.Leave() // twice is harmless
+	oldSvc.svc.DropCached(u.ID)
+	if told(w2) {
+		t.Error("a Service that left its peers was told of a peer's change")
 	}
 }
