@@ -24,9 +24,11 @@ func (s *Service) Join(p *Peers) {
 	s.cache.peers.Store(p)
 }
 
-// Leave takes s out of the peers it joined, if any.
+// Leave takes s out of the peers it joined, if any: it is told of their
+// changes no more. Its own changes still reach them: a request that
+// began before its app stopped may still end a session through it.
 func (s *Service) Leave() {
-	p := s.cache.peers.Swap(nil)
+	p := s.cache.peers.Load()
 	if p == nil {
 		return
 	}
@@ -43,10 +45,10 @@ func (c *sessionCache) others() []*sessionCache {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.caches) < 2 {
+	if len(p.caches) == 0 || len(p.caches) == 1 && p.caches[0] == c {
 		return nil
 	}
-	out := make([]*sessionCache, 0, len(p.caches)-1)
+	out := make([]*sessionCache, 0, len(p.caches))
 	for _, o := range p.caches {
 		if o != c {
 			out = append(out, o)

@@ -456,3 +456,43 @@ func TestSocketOfASessionEndedByTheOldConfigDuringAReload(t *testing.T) {
 		t.Errorf("a request with that session on the new config: status %d; want 401", got)
 	}
 }
+
+// A sign-out in flight over a reload, its body sent after the old
+// config's sigra app stopped (Caddy does not wait for the old requests),
+// ends the session through the old runtime: the new one, which had it
+// cached, refuses it at once.
+func TestSignOutInFlightOverAReload(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	tok := e.sessionCookie()
+	_, page := e.get("/.sigra/logout", nil)
+	body := url.Values{"csrf_token": {csrfFrom(t, page)}}.Encode()
+	host := strings.TrimPrefix(e.base, "http://")
+	c, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /.sigra/logout HTTP/1.1\r\nHost: %s\r\nOrigin: %s\r\nCookie: sigra_session=%s\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n",
+		host, e.base, tok, len(body))
+	time.Sleep(300 * time.Millisecond) // the portal waits for the body
+	if err := e.load(e.config + "\n# reloaded\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.statusAs(tok, "/x"); got != http.StatusOK {
+		t.Fatalf("the new config before the sign-out: status %d; want 200", got)
+	}
+	io.WriteString(c, body)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the sign-out: status %d; want 303", resp.StatusCode)
+	}
+	if got := e.statusAs(tok, "/x"); got != http.StatusUnauthorized {
+		t.Errorf("after the sign-out in flight: status %d on the new config; want 401", got)
+	}
+}

@@ -198,4 +198,15 @@ func TestPeersDropEachOthersCopies(t *testing.T) {
 	if told(w2) {
 		t.Error("a Service that left its peers was told of a peer's change")
 	}
+
+	// One that left still tells the others: a request that began before
+	// its app stopped may end a session through it.
+	newSvc.svc.Join(&peers)
+	oldSvc.svc.Leave()
+	token, sess = newSvc.login(t, newSvc.user(t, "bob@example.com"))
+	newSvc.mustAuth(t, token)
+	if ended, err := oldSvc.svc.EndSession(oldSvc.ctx, sess.ID); err != nil || !ended {
+		t.Fatalf("EndSession through the one that left: %v %v", ended, err)
+	}
+	newSvc.refused(t, token)
 }
