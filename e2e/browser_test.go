@@ -71,9 +71,12 @@ func TestBrowserForms(t *testing.T) {
 		t.Fatalf("the new codes' page reloaded says %q; want that the codes changed", msg)
 	}
 
-	// Signing out, through the sign-out page's form.
+	// Signing out, through the sign-out page's form. The click does not
+	// wait for the answer: wait for the sign-in page it leads to, or the
+	// next page opened can be replaced by it (and its rd).
 	b.open(g.base + "/.sigra/logout")
 	b.click(`[data-sigra=logout-form] button[type=submit]`)
+	b.waitPrefix(g.base + "/.sigra/login")
 
 	// Signing in again takes the password, then the second factor: a
 	// recovery code here, one of the set shown (the app's code of this
