@@ -49,7 +49,6 @@ type socket struct {
 	// alone does not idle out.
 	used atomic.Int64
 
-	connect bool // an extended CONNECT
 	on2xx   bool // a 2xx answer opens it: an extended CONNECT, an event stream
 	started bool
 }
@@ -72,13 +71,14 @@ func (g *Gate) watchSocket(w http.ResponseWriter, r *http.Request, d *gateDecisi
 	s := &socket{
 		gate: g, gates: []*Gate{g}, token: d.token, host: requestHost(r),
 		id: d.p.Session.ID, user: d.p.User.ID, now: g.app.clock.Now,
-		ctx: ctx, cancel: cancel, connect: r.Method == http.MethodConnect,
+		ctx: ctx, cancel: cancel,
 	}
-	s.on2xx = s.connect || wantsEvents(r)
+	connect := r.Method == http.MethodConnect
+	s.on2xx = connect || wantsEvents(r)
 	s.used.Store(s.now().UnixNano()) // the handshake was one
 	d.sock = s
 	r = r.WithContext(ctx)
-	if s.connect {
+	if connect {
 		// Over HTTP/2 and HTTP/3 the client's side of the connection is
 		// the request body. (An HTTP/1.1 upgrade has none: a body there
 		// would have the proxy send the handshake chunked.)

@@ -116,6 +116,12 @@ func (s *wsConn) mustClose(what string) {
 	}
 }
 
+// keptSocketSite is a site body with the socket app at app under /ws,
+// its sockets kept open across a reload (stream_close_delay).
+func keptSocketSite(app string) string {
+	return fmt.Sprintf("sigra_gate\nhandle /ws* {\n\treverse_proxy %s {\n\t\tstream_close_delay 1m\n\t}\n}", app)
+}
+
 // signOut signs out through the portal's form.
 func (e *env) signOut() {
 	e.t.Helper()
@@ -331,7 +337,7 @@ func TestSocketRefusedUpgradeIsAPlainRequest(t *testing.T) {
 // made through it closes the socket at once.
 func TestSocketLeftOpenByAReloadIsStillWatched(t *testing.T) {
 	app := sockettest.Start(t)
-	site := fmt.Sprintf("sigra_gate\nhandle /ws* {\n\treverse_proxy %s {\n\t\tstream_close_delay 1m\n\t}\n}", app)
+	site := keptSocketSite(app)
 	e := startCaddy(t, "", site)
 	e.addUser("ann@example.com")
 	e.mustLogin("ann@example.com")
@@ -391,7 +397,7 @@ func TestEventStreamEndsWithItsSession(t *testing.T) {
 // closes: nothing can tell whether its session goes on.
 func TestSocketLeftWithoutSigraByAReloadCloses(t *testing.T) {
 	app := sockettest.Start(t)
-	e := startCaddy(t, "", fmt.Sprintf("sigra_gate\nhandle /ws* {\n\treverse_proxy %s {\n\t\tstream_close_delay 1m\n\t}\n}", app))
+	e := startCaddy(t, "", keptSocketSite(app))
 	e.addUser("ann@example.com")
 	e.mustLogin("ann@example.com")
 	s := e.openSocket("/ws", e.sessionCookie())
@@ -415,7 +421,7 @@ func TestSocketLeftWithoutSigraByAReloadCloses(t *testing.T) {
 // and drop each other's copies.
 func TestSocketOfASessionEndedByTheOldConfigDuringAReload(t *testing.T) {
 	app := sockettest.Start(t)
-	e := startCaddy(t, "", fmt.Sprintf("sigra_gate\nhandle /ws* {\n\treverse_proxy %s {\n\t\tstream_close_delay 1m\n\t}\n}", app))
+	e := startCaddy(t, "", keptSocketSite(app))
 	e.addUser("ann@example.com")
 	e.mustLogin("ann@example.com")
 	tok := e.sessionCookie()
