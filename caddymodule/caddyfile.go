@@ -221,6 +221,29 @@ func scopePaths(matcherSet caddy.ModuleMap) []string {
 	return scopeOfLines(lines)
 }
 
+// caseSensitivePaths names the matcher of a set that compares the path
+// with regard to case (path_regexp without (?i), an expression reading
+// the path's placeholder or calling path_regexp), "" when none does.
+func caseSensitivePaths(matcherSet caddy.ModuleMap) string {
+	if raw, ok := matcherSet["path_regexp"]; ok {
+		var re struct {
+			Pattern string `json:"pattern"`
+		}
+		if json.Unmarshal(raw, &re) == nil && !strings.Contains(re.Pattern, "(?i") {
+			return "path_regexp"
+		}
+	}
+	if raw, ok := matcherSet["expression"]; ok {
+		e := string(raw)
+		for _, p := range []string{"{path", "{http.request.uri", "{uri}", "path_regexp("} {
+			if strings.Contains(e, p) && !strings.Contains(e, "(?i") {
+				return "expression"
+			}
+		}
+	}
+	return ""
+}
+
 // gatePaths are the paths of a matcher set that is path matchers only,
 // each a literal path or prefix (/admin, /admin*: no other wildcard, nor
 // a glob's ? or [, nor a placeholder); none otherwise.
@@ -780,6 +803,7 @@ var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "polic
 //	}
 func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
+	line := h.Line()
 	if h.NextArg() {
 		if v := h.Val(); strings.ContainsAny(v, "/*") && !strings.HasPrefix(v, "/") {
 			return nil, h.Errf("sigra_gate: unexpected argument %q: a path matcher starts with /: write /%s", v, v)
@@ -870,6 +894,14 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		return nil, err
 	}
 	g.Rank = gateRank(matcherSet)
+	if m := caseSensitivePaths(matcherSet); m != "" && !g.Optional {
+		placementWarning(fmt.Sprintf("sigra_gate on line %d: its %s matcher compares the path with regard to case, unlike Caddy's path matcher and many apps (Express, ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss this gate and meet only the requirements of the gates beside it. Use a path matcher, or start the pattern with (?i)", line, m))
+	}
+	if paths := slices.Concat(gatePaths(matcherSet), globPaths(matcherSet)); !slices.ContainsFunc(paths, func(p string) bool { return strings.Contains(p, "{") }) {
+		// A placeholder's value is not known here: such a gate is
+		// taken as written but for the slashes (Gate.asWritten).
+		g.Paths = paths
+	}
 	return g, nil
 }
 

@@ -362,7 +362,7 @@ func TestAdaptExample(t *testing.T) {
 			}
 		}
 	}
-	want := "sigra_portal|sigra_gate /public/*|sigra_gate /secure/*|sigra_gate /admin*|sigra_gate|reverse_proxy"
+	want := "sigra_portal|sigra_gate /public/*|sigra_gate /secure*|sigra_gate /admin*|sigra_gate|reverse_proxy"
 	if got := strings.Join(order, "|"); got != want {
 		t.Errorf("handler order %s; want %s", got, want)
 	}

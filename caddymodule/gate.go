@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -125,6 +126,14 @@ type Gate struct {
 	// a matcher, higher for a longer path prefix. A sibling met after one
 	// of a lower rank decided applies as well.
 	Rank int `json:"rank,omitempty"`
+	// Paths are the path patterns of the gate's matcher when it has
+	// nothing else, set by the Caddyfile adapter. Caddy matches them
+	// without regard to case, on the path decoded and with doubled
+	// slashes merged, but the app gets the path as written and may
+	// route /PUBLIC/x, /public%2Fx or //public/x elsewhere than
+	// /public/x: a gate decides for its siblings only for a path that
+	// matches as written (asWritten).
+	Paths []string `json:"paths,omitempty"`
 
 	app     *App
 	logger  *zap.Logger
@@ -246,6 +255,56 @@ var (
 		detail: "the browser sent two different session cookies: another site on this host set one; clear this site's cookies and sign in again"}
 )
 
+// asWritten reports whether the gate may decide for its less specific
+// siblings on r: it has no matcher, or r's path, as the app gets it,
+// matches what the matcher names. Caddy's path matcher ignores case and
+// reads the path decoded, with doubled slashes merged, and so does
+// path_regexp but for case; an app may not. Where `/public/* { optional
+// }` matched /PUBLIC/x, /public%2Fx or //public/x, an app that is
+// case-sensitive, keeps %2F in its segment or leaves // alone routes it
+// to its private pages, so the gate only adds its requirements (none,
+// for optional) to its siblings', and the bare gate still asks for a
+// session. A gate whose matcher is not a path pattern (path_regexp,
+// expression) is taken as written but for an encoded slash and a
+// doubled one.
+func (g *Gate) asWritten(r *http.Request) bool {
+	if g.Rank == 0 {
+		return true
+	}
+	u := r.URL
+	encoded := u.RawPath != "" && encodedSlash(u.RawPath) >= 0
+	if len(g.Paths) == 0 {
+		return !encoded && !strings.Contains(u.Path, "//")
+	}
+	p := u.Path
+	if encoded {
+		p = slashesKept(u.RawPath)
+	}
+	for _, pattern := range g.Paths {
+		if strings.Contains(pattern, "%") {
+			// Caddy compares such a pattern with the path as written.
+			if matchesAsWritten(pattern, u.EscapedPath()) {
+				return true
+			}
+		} else if matchesAsWritten(pattern, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchesAsWritten reports whether path p matches a path matcher's
+// pattern as Caddy would match it if it heeded case and did not clean
+// the path: a prefix (/public/*), otherwise a glob, exact without
+// wildcards.
+func matchesAsWritten(pattern, p string) bool {
+	if prefix, ok := strings.CutSuffix(pattern, "*"); ok && !strings.ContainsAny(prefix, "*?[\\") {
+		return strings.HasPrefix(p, prefix)
+	}
+	ok, _ := path.Match(pattern, p)
+	return ok
+}
+
 // check applies the requirements to a signed-in principal.
 func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
 	if g.MFA != nil {
@@ -290,7 +349,9 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// the gate strips right before it decides what goes upstream.
 		stripIdentity(r, g.app.remoteAliases)
 	}
-	d.record(g.Scope, g.Rank)
+	if g.asWritten(r) {
+		d.record(g.Scope, g.Rank)
+	}
 
 	rt := g.app.runtime(ctx)
 	if rt == nil {

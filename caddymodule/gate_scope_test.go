@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -79,6 +80,111 @@ func TestSiblingGatesMostSpecificDecides(t *testing.T) {
 	}
 	if resp, _ := e.get("/other", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("anonymous elsewhere: status %d; want 401", resp.StatusCode)
+	}
+}
+
+// A sibling decides alone only for the path it names as the app reads
+// it. Caddy's path matcher ignores case and merges slashes, and reads
+// %2F as a slash; a case-sensitive app, or one that keeps %2F in its
+// segment or leaves // alone, routes /PUBLIC/x, /public%2Fx and
+// //public/x to its private pages, so there the optional sibling adds
+// nothing and the bare gate still asks for a session (and its group).
+func TestSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate {
+		group staff
+	}
+	sigra_gate /admin/* {
+		group admins
+	}
+	sigra_gate /public/* {
+		optional
+	}`)
+	e.addUser("sam@example.com", "staff")
+	e.addUser("olga@example.com", "others")
+	for target, want := range map[string]int{
+		"/public/page": 200, "/public/a%2Fb": 200, "/public/a//b": 200, "/public/caf%C3%A9": 200,
+		"/PUBLIC/page": 401, "/Public/page": 401, "//public/page": 401, "/public%2Fpage": 401, "/public%2fpage": 401,
+		"/%70ublic/page": 200, // decoded, as every app reads it
+		"/other":         401,
+	} {
+		if code, body := rawGet(t, e, target, jsonAccept); code != want {
+			t.Errorf("anonymous GET %s: status %d %s; want %d", target, code, body, want)
+		}
+	}
+	// Signed in, but not in the bare gate's group: the optional sibling
+	// lets them in only where it is the path the app reads.
+	e.mustLogin("olga@example.com")
+	for target, want := range map[string]int{"/public/page": 200, "/PUBLIC/page": 403, "/public%2Fpage": 403, "//public/page": 403} {
+		if resp, body := e.get(target, jsonAccept); resp.StatusCode != want {
+			t.Errorf("olga (others) GET %s: status %d %s; want %d", target, resp.StatusCode, body, want)
+		}
+	}
+	// A stricter sibling matched in another case still applies, and the
+	// bare gate's requirements with it.
+	e.client.Jar, _ = newJar()
+	e.mustLogin("sam@example.com")
+	for target, want := range map[string]int{"/ADMIN/x": 403, "/admin/x": 403, "/PUBLIC/page": 200, "/other": 200} {
+		if resp, body := e.get(target, jsonAccept); resp.StatusCode != want {
+			t.Errorf("sam (staff) GET %s: status %d %s; want %d", target, resp.StatusCode, body, want)
+		}
+	}
+}
+
+// A sibling whose matcher is not a path pattern is taken as written but
+// for the slashes: path_regexp matches the path decoded and cleaned.
+func TestRegexpSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate
+	@feed path_regexp ^/feed/
+	sigra_gate @feed {
+		optional
+	}`)
+	for target, want := range map[string]int{"/feed/x": 200, "/feed/a%2Fb": 401, "/feed%2Fx": 401, "//feed/x": 401, "/other": 401} {
+		if code, body := rawGet(t, e, target, jsonAccept); code != want {
+			t.Errorf("anonymous GET %s: status %d %s; want %d", target, code, body, want)
+		}
+	}
+}
+
+func TestMatchesAsWritten(t *testing.T) {
+	for _, tc := range []struct {
+		paths []string
+		rank  int
+		raw   string
+		want  bool
+	}{
+		{nil, 0, "/PUBLIC//x%2F", true}, // no matcher: nothing to read apart
+		{[]string{"/public/*"}, 16, "/public/x", true},
+		{[]string{"/public/*"}, 16, "/public/a%2Fb//c", true},
+		{[]string{"/public/*"}, 16, "/Public/x", false},
+		{[]string{"/public/*"}, 16, "//public/x", false},
+		{[]string{"/public/*"}, 16, "/public%2fx", false},
+		{[]string{"/docs", "/docs/*"}, 12, "/docs", true},
+		{[]string{"/docs", "/docs/*"}, 12, "/DOCS", false},
+		{[]string{"/admin*"}, 13, "/administrator", true},
+		{[]string{"/reports/*.pdf"}, 1, "/reports/a.pdf", true},
+		{[]string{"/reports/*.pdf"}, 1, "/reports/a.PDF", false},
+		{[]string{"/caf%C3%A9/*"}, 1, "/caf%C3%A9/x", true},
+		{[]string{"/café/*"}, 1, "/caf%C3%A9/x", true},
+		{nil, 1, "/feed/x", true},
+		{nil, 1, "/FEED/x", true}, // path_regexp heeds case itself
+		{nil, 1, "/feed/a%2fb", false},
+		{nil, 1, "/feed//x", false},
+	} {
+		u, err := url.Parse(tc.raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := &Gate{Paths: tc.paths, Rank: tc.rank}
+		if got := g.asWritten(&http.Request{URL: u}); got != tc.want {
+			t.Errorf("gate %v (rank %d) on %s: asWritten %t; want %t", tc.paths, tc.rank, tc.raw, got, tc.want)
+		}
+	}
+	for raw, want := range map[string]string{"/a%2Fb%20c": "/a%2Fb c", "/a%2f%2F": "/a%2F%2F", "%2F": "%2F", "/x%": "/x%", "/%41%2fb%": "/A%2Fb%"} {
+		if got := slashesKept(raw); got != want {
+			t.Errorf("slashesKept(%q) = %q; want %q", raw, got, want)
+		}
 	}
 }
 

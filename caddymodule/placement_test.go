@@ -838,3 +838,35 @@ func TestPlacementWarnsOfThePHPSplit(t *testing.T) {
 		})
 	}
 }
+
+// A gate picked by a matcher that heeds case (path_regexp, an expression
+// on the path) is warned of: Caddy's path matcher, and many apps, do
+// not, so /ADMIN/x would miss it and meet only the gates beside it.
+func TestCaseSensitiveGateMatcherIsWarnedOf(t *testing.T) {
+	var warned []string
+	defer func(f func(string)) { placementWarning = f }(placementWarning)
+	placementWarning = func(msg string) { warned = append(warned, msg) }
+	for _, c := range []struct {
+		name, matcher, reqs string
+		warns               bool
+	}{
+		{"path_regexp", "@adm path_regexp ^/admin", "group admins", true},
+		{"path_regexp with (?i)", "@adm path_regexp (?i)^/admin", "group admins", false},
+		{"expression on {path}", "@adm expression {path}.startsWith('/admin')", "group admins", true},
+		{"expression with path()", "@adm expression path('/admin*')", "group admins", false},
+		{"path", "@adm path /admin*", "group admins", false},
+		{"optional path_regexp", "@adm path_regexp ^/feed", "optional", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			warned = nil
+			src := fmt.Sprintf("http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate\n\t%s\n\tsigra_gate @adm {\n\t\t%s\n\t}\n\trespond ok\n}\n", c.matcher, c.reqs)
+			checkAdapted(t, src, adaptCaddyfile(src))
+			if got := len(warned) > 0; got != c.warns {
+				t.Fatalf("warnings %q; want some: %t", warned, c.warns)
+			}
+			if c.warns && !strings.Contains(warned[0], "sigra_gate on line 5: its ") {
+				t.Errorf("warning %q; want it to name the gate's line", warned[0])
+			}
+		})
+	}
+}

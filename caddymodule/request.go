@@ -72,22 +72,123 @@ func pathRefusal(path string, params bool) string {
 			if !params {
 				return `a ";" parameter`
 			}
-		case '.':
-			if i > 0 && path[i-1] == '/' {
-				// Windows servers drop trailing dots and spaces, so
-				// "..." and ".. " are ".." to them; ..;x is .. to
-				// servlet containers, even with ';' allowed.
-				end := i + 1
-				for end < len(path) && (path[end] == '.' || path[end] == ' ') {
-					end++
-				}
-				if end == len(path) || path[end] == '/' || path[end] == ';' || encodedSemicolon(path[end:]) {
-					return "a dot segment"
-				}
+		case '/':
+			if dotSegment(path[i+1:]) {
+				return "a dot segment"
 			}
+		case 0xef:
+			// A fullwidth or small solidus: "/" to an app that folds
+			// Unicode (NFKC), which makes "..／" a dot segment there.
+			if n := foldedSlash(path[i:]); n > 0 && dotSegment(path[i+n:]) {
+				return "a dot segment"
+			}
+		case 0:
+			// Where C strings end: /public/..%00/admin is /public/..
+			// to an app that stops there.
+			return "a NUL character"
 		}
 	}
 	return ""
+}
+
+// encodedSlash is the index of the first encoded slash (%2F) in an
+// escaped path, -1 when it has none: one segment to many apps, two to
+// Caddy's matchers.
+func encodedSlash(raw string) int {
+	for off := 0; ; {
+		i := strings.IndexByte(raw[off:], '%')
+		if i < 0 {
+			return -1
+		}
+		i += off
+		if i+2 < len(raw) && raw[i+1] == '2' && raw[i+2]|0x20 == 'f' {
+			return i
+		}
+		off = i + 1
+	}
+}
+
+// slashesKept decodes an escaped path but for its encoded slashes,
+// which stay %2F: the path as an app that splits segments before it
+// decodes them reads it.
+func slashesKept(raw string) string {
+	var b strings.Builder
+	for {
+		i := encodedSlash(raw)
+		part := raw
+		if i >= 0 {
+			part = raw[:i]
+		}
+		s, err := url.PathUnescape(part)
+		if err != nil {
+			s = part
+		}
+		b.WriteString(s)
+		if i < 0 {
+			return b.String()
+		}
+		b.WriteString("%2F")
+		raw = raw[i+3:]
+	}
+}
+
+// dotSegment reports whether s, the rest of a path after a separator,
+// starts with a segment that some server reads as "." or "..": dots,
+// then dots and spaces (Windows servers drop trailing ones, so "..." and
+// ".. " are ".." to them), up to the segment's end. A ';' ends it too:
+// ..;x is .. to servlet containers, even with ';' allowed. Characters
+// that Unicode folds (NFKC) to a dot or a slash count as those, for apps
+// that fold paths: "．．" and "..／" are dot segments there.
+func dotSegment(s string) bool {
+	i := foldedDot(s)
+	if i == 0 {
+		return false
+	}
+	for i < len(s) {
+		if n := foldedDot(s[i:]); n > 0 {
+			i += n
+		} else if s[i] == ' ' {
+			i++
+		} else {
+			break
+		}
+	}
+	return i == len(s) || s[i] == '/' || s[i] == ';' || encodedSemicolon(s[i:]) || foldedSlash(s[i:]) > 0
+}
+
+// foldedDot is the length of the dot, or the character NFKC folds to
+// dots, that s starts with (0 when it does not): the fullwidth and small
+// full stops and the one-, two- and three-dot leaders.
+func foldedDot(s string) int {
+	switch {
+	case s == "":
+		return 0
+	case s[0] == '.':
+		return 1
+	case s[0] != 0xef && s[0] != 0xe2:
+		return 0
+	}
+	for _, d := range [...]string{"\uff0e", "\ufe52", "\u2024", "\u2025", "\u2026"} {
+		if strings.HasPrefix(s, d) {
+			return len(d)
+		}
+	}
+	return 0
+}
+
+// foldedSlash is the length of the character NFKC folds to "/" or "\"
+// that s starts with (the fullwidth solidus and reverse solidus, the
+// small reverse solidus), 0 when it starts with none.
+func foldedSlash(s string) int {
+	if s == "" || s[0] != 0xef {
+		return 0
+	}
+	for _, d := range [...]string{"\uff0f", "\uff3c", "\ufe68"} {
+		if strings.HasPrefix(s, d) {
+			return len(d)
+		}
+	}
+	return 0
 }
 
 // overlongUTF8 reports whether lead, followed by next, starts an

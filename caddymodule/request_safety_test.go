@@ -203,6 +203,9 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 		"/public/%f0%80%80%ae%f0%80%80%ae/admin/panel", "/public/%f8%80%80%80%ae/admin", "/public/%fc%80%80%80%80%ae/admin",
 		// ".." to Windows servers, which drop trailing dots and spaces.
 		"/public/..%20/admin/panel", "/public/.../admin/panel", "/public/.%20./admin/panel",
+		// The end of the path to apps that stop at NUL, and dot segments
+		// to apps that fold Unicode (a fullwidth solidus, full stops).
+		"/public/..%00/admin/panel", "/public/..%ef%bc%8fadmin/panel", "/public/%ef%bc%8e%ef%bc%8e/admin/panel",
 	}
 	for _, target := range refused {
 		for who, hdr := range map[string]map[string]string{"signed in": signedIn, "anonymous": anon} {
@@ -222,7 +225,7 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 		"/docs/v1.2/..x": http.StatusOK, "/docs/x..": http.StatusOK, "/docs/.x/y.": http.StatusOK,
 		"/docs?q=../x;y": http.StatusOK, "/docs/100%25": http.StatusOK, "/docs/50%25off": http.StatusOK, "/docs/%25zz": http.StatusOK,
 		"/docs/caf%c3%a9": http.StatusOK, "/docs/caf%e9": http.StatusOK, "/docs/%e0la": http.StatusOK, "/docs/%e0%a4%85": http.StatusOK,
-		"/docs/%f0%9f%98%80": http.StatusOK,
+		"/docs/%f0%9f%98%80": http.StatusOK, "/docs/a%ef%bc%8epdf": http.StatusOK, "/docs/2024%ef%bc%8f12": http.StatusOK,
 	} {
 		if code, body := rawGet(t, e, target, signedIn); code != want {
 			t.Errorf("%s: status %d %s; want %d", target, code, body, want)
@@ -283,6 +286,14 @@ func TestPathRefusal(t *testing.T) {
 		// Windows servers drop trailing dots and spaces: all these are "..".
 		"/a/.../b": "a dot segment", "/a/.. /b": "a dot segment", "/a/. ": "a dot segment", "/a/. . ;x": "a dot segment",
 		"/a/.. x/b": "", "/a/ ../b": "", "/a/...x": "",
+		// NUL ends the path for apps that stop at it.
+		"/public/..\x00/admin": "a NUL character", "/a\x00": "a NUL character",
+		// Dots and slashes that Unicode folds (NFKC) to them, for apps
+		// that fold paths; the same characters inside a name pass.
+		"/public/..\uff0fadmin": "a dot segment", "/public/\uff0e\uff0e/admin": "a dot segment",
+		"/public\uff0f..\uff0fadmin": "a dot segment", "/a/\u2025/b": "a dot segment", "/a/.\ufe52": "a dot segment",
+		"/a/\u2026 /b": "a dot segment", "/a\uff3c..": "a dot segment", "/a\ufe68..\ufe68b": "a dot segment",
+		"/files/\u30ec\u30dd\u30fc\u30c8\uff0epdf": "", "/blog/2024\uff0f12": "", "/a/\u2024x": "", "/a\uff0fb": "",
 	} {
 		if got := pathRefusal(path, false); got != want {
 			t.Errorf("pathRefusal(%q) = %q; want %q", path, got, want)
