@@ -77,6 +77,12 @@ func remove[K comparable](m map[K]map[*Watch]struct{}, k K, w *Watch) {
 	}
 }
 
+// Changes counts the changes this Service was told of: every session
+// ended and every user changed, through it or a peer, adds to it. A
+// holder of a principal that reads the same count later knows that
+// nothing it holds was changed meanwhile (it may have ended by time).
+func (s *Service) Changes() uint64 { return s.cache.gen.Load() }
+
 // WakeWatches tells every watch: the Service is being replaced (a new
 // config), and holders should watch through its successor.
 func (s *Service) WakeWatches() {

@@ -46,7 +46,11 @@ type gateDecision struct {
 	spent    time.Duration       // the gates' own time so far
 	counted  bool                // the request's decision is counted (settle)
 	token    string              // p's session cookie
+	host     string              // the request's Host, which p's session is on
+	met      []*Gate             // the gates whose requirements p met, in order
+	metBuf   [2]*Gate            // backing for met
 	sock     *socket             // set when p's request may outlive its handshake
+	answer   answerWriter        // the writer of p's answer otherwise
 }
 
 // scopeRank is a scope that decided, and the most specific Rank that
@@ -375,7 +379,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		if p != nil && p.Session.Pending {
 			d.pending = true
 		} else {
-			d.p, d.token = p, token
+			d.p, d.token, d.host = p, token, host
 		}
 	}
 	p := d.p
@@ -442,10 +446,13 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // it or failed and counted that, with the time all its gates spent.
 func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *gateDecision, first bool, start time.Time) error {
 	d.spent += time.Since(start)
-	if !first {
-		if d.p != nil {
-			d.sock.met(g)
+	if d.p != nil && (len(d.met) == 0 || d.met[len(d.met)-1] != g) {
+		if d.met == nil {
+			d.met = d.metBuf[:0]
 		}
+		d.met = append(d.met, g)
+	}
+	if !first {
 		return next.ServeHTTP(w, r)
 	}
 	// A shared cache in front (a CDN) must not serve a gated answer to
@@ -466,12 +473,18 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 		}
 		d.settle(m, c, d.spent, true)
 	}()
-	if d.p != nil && longLived(r) {
+	switch {
+	case d.p == nil:
+	case longLived(r):
 		// A WebSocket or an event stream outlives its handshake: it is
 		// closed when its session ends.
 		var cancel context.CancelFunc
 		w, r, cancel = g.watchSocket(w, r, d)
 		defer cancel()
+	default:
+		// Any other answer is cut off at its next write once its
+		// session ends: a download, a stream read with fetch.
+		w = d.answer.wrap(w, r, g, d)
 	}
 	return next.ServeHTTP(guardCookies(w, r), r)
 }

@@ -52,7 +52,7 @@ var processMetrics = sync.OnceValue(func() *metrics {
 			Name: "sigra_audit_append_failures_total", Help: "Audit appends (a row, or the rows of one change) that could not be written; each fails the action it records (audit is fail-closed), except a sign-out or a revocation, which ends the session all the same.",
 		}),
 		streamsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sigra_streams_closed_total", Help: "WebSockets and event streams closed because their session would not pass a gate now, by reason: session_ended (signed out, revoked, expired, its user disabled), or the gate's deny reason (mfa_pending, mfa_required, amr, group), storage (the store could not be read), or not_started (a reload left no sigra app on its store).",
+			Name: "sigra_streams_closed_total", Help: "WebSockets and event streams closed, and other answers cut off at a write, because their session would not pass a gate now, by reason: session_ended (signed out, revoked, expired, its user disabled), or the gate's deny reason (mfa_pending, mfa_required, amr, group), storage (the store could not be read), or not_started (a reload left no sigra app on its store).",
 		}, []string{"reason"}),
 	}
 	// Known series start at zero, so dashboards see them before the first event.

@@ -33,10 +33,8 @@ func recheckEvery() time.Duration { return time.Duration(socketRecheck.Load()) }
 // its handshake through again: the request's context is cancelled when
 // they would not, which has reverse_proxy close both ends.
 type socket struct {
-	gate   *Gate   // the first gate
-	gates  []*Gate // every gate whose requirements it met
-	token  string
-	host   string
+	gate   *Gate         // the first gate
+	d      *gateDecision // the gates' decision on its handshake
 	id     authcore.SessionID
 	user   string
 	now    func() time.Time // the sessions' clock
@@ -69,7 +67,7 @@ func wantsEvents(r *http.Request) bool {
 func (g *Gate) watchSocket(w http.ResponseWriter, r *http.Request, d *gateDecision) (http.ResponseWriter, *http.Request, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(r.Context())
 	s := &socket{
-		gate: g, gates: []*Gate{g}, token: d.token, host: requestHost(r),
+		gate: g, d: d,
 		id: d.p.Session.ID, user: d.p.User.ID, now: g.app.clock.Now,
 		ctx: ctx, cancel: cancel,
 	}
@@ -87,13 +85,6 @@ func (g *Gate) watchSocket(w http.ResponseWriter, r *http.Request, d *gateDecisi
 	return &socketWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, s: s}, r, cancel
 }
 
-// met adds a gate whose requirements the connection met.
-func (s *socket) met(g *Gate) {
-	if s != nil && s.gates[len(s.gates)-1] != g {
-		s.gates = append(s.gates, g)
-	}
-}
-
 // noteUse counts the client's traffic as a use of the session, as a
 // request is, at most once a second. A session found ended meanwhile is
 // dropped, which tells the watch.
@@ -104,12 +95,12 @@ func (s *socket) noteUse() {
 		return
 	}
 	if rt := s.gate.app.runtimeNow(); rt != nil { // no wait in the copy
-		_, _ = rt.auth.AuthenticateOn(s.ctx, s.token, s.host, now)
+		_, _ = rt.auth.AuthenticateOn(s.ctx, s.d.token, s.d.host, now)
 	}
 }
 
 // start starts the watch, once: the socket is open. Every gate the
-// request meets has run; the watch may read s.gates from here on.
+// request meets has run; the watch may read s.d from here on.
 func (s *socket) start() {
 	if !s.started {
 		s.started = true
@@ -190,7 +181,7 @@ func (s *socket) close(why string, err error) {
 		log = s.gate.logger.Error
 	}
 	log("closing a socket or event stream: its session would not pass now",
-		zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.host), zap.Error(err))
+		zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.d.host), zap.Error(err))
 	processMetrics().streamsClosed.WithLabelValues(why).Inc()
 	s.cancel()
 }
@@ -199,30 +190,7 @@ func (s *socket) close(why string, err error) {
 // it met. It returns why it would not pass ("" if it would), and
 // otherwise how long until it should be checked again at the latest.
 func (s *socket) check(rt *runtime) (next time.Duration, why string, err error) {
-	now := rt.auth.Now()
-	p, err := rt.auth.Recheck(s.ctx, s.token, s.host, now)
-	switch {
-	case errors.Is(err, authcore.ErrNoSession):
-		return 0, "session_ended", nil
-	case err != nil:
-		// Fail closed, as the gate does.
-		return 0, "storage", err
-	case p.Session.Pending:
-		return 0, denyPending.reason, nil
-	}
-	every := recheckEvery()
-	next = min(every, p.Session.End().Sub(now))
-	for _, g := range s.gates {
-		if dn := g.check(p, now); dn != nil {
-			return 0, dn.reason, nil
-		}
-		if g.MFA != nil && g.MFA.MaxAge > 0 {
-			next = min(next, p.Session.MFAAt.Add(time.Duration(g.MFA.MaxAge)).Sub(now))
-		}
-	}
-	// A deadline reached still passes (it ends just after): not too soon
-	// again.
-	return max(next, min(time.Second, every)), "", nil
+	return s.d.recheck(s.ctx, rt, false, recheckEvery(), rt.auth.Now())
 }
 
 // socketWriter starts the watch when the socket opens: a 101 answer to

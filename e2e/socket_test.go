@@ -150,7 +150,9 @@ func (s *socket) closed(d time.Duration) bool {
 // WebSockets through the real binary, over HTTP/1.1 and over HTTP/2
 // (extended CONNECT, which Go's HTTP/2 server offers with
 // GODEBUG=http2xconnect=1), and event streams, close when their session
-// is signed out, at once, and those of other sessions stay open.
+// is signed out, at once, and those of other sessions stay open. A
+// stream asked for without saying it is one (fetch) is cut off at its
+// next write.
 func TestSocketsCloseWhenTheirSessionEnds(t *testing.T) {
 	t.Parallel()
 	g := newGateway(t, gatewayOptions{
@@ -173,6 +175,7 @@ func TestSocketsCloseWhenTheirSessionEnds(t *testing.T) {
 		s.echo("hello")
 	}
 	annEvents, bobEvents := sockettest.Events(t, g.base+"/events", ann.session()), sockettest.Events(t, g.base+"/events", bob.session())
+	annFetch, annFetchedEvents := sockettest.Read(t, g.base+"/stream", ann.session(), ""), sockettest.Read(t, g.base+"/stream/events", ann.session(), "*/*")
 
 	_, page := ann.get("/.sigra/logout", http.Header{"Accept": {"text/html"}})
 	m := csrfRe.FindStringSubmatch(page)
@@ -191,6 +194,8 @@ func TestSocketsCloseWhenTheirSessionEnds(t *testing.T) {
 		}
 	}
 	annEvents.MustEnd("ann's event stream after she signed out")
+	annFetch.MustBeCut("ann's streamed answer after she signed out")
+	annFetchedEvents.MustBeCut("ann's event stream asked for as */* after she signed out")
 	bobEvents.Event("bob's event stream after ann signed out")
 	for _, s := range []*socket{bobH1, bobH2} {
 		s.echo("bob's socket after ann signed out")
@@ -198,7 +203,9 @@ func TestSocketsCloseWhenTheirSessionEnds(t *testing.T) {
 			t.Errorf("bob's %s closed when ann signed out", s.what)
 		}
 	}
-	if !strings.Contains(g.logs(), "closing a socket or event stream: its session would not pass now") {
-		t.Errorf("no log line for the sockets closed\n%s", g.logs())
+	for _, line := range []string{"closing a socket or event stream: its session would not pass now", "cutting off an answer: its session would not pass now"} {
+		if !strings.Contains(g.logs(), line) {
+			t.Errorf("no log line %q\n%s", line, g.logs())
+		}
 	}
 }

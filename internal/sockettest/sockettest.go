@@ -2,7 +2,9 @@
 // their handshake: it takes WebSocket upgrades and echoes what the
 // client sends (frames are the app's business and a proxy passes bytes,
 // so it echoes bytes), and sends an event stream to a request that
-// accepts one.
+// accepts one. At a path with /stream in it, it streams whatever the
+// request accepts: events at one ending in /stream/events, lines of
+// JSON otherwise.
 package sockettest
 
 import (
@@ -23,8 +25,12 @@ import (
 func Start(t testing.TB) string {
 	t.Helper()
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
-			events(w, r)
+		switch {
+		case strings.Contains(r.Header.Get("Accept"), "text/event-stream"), strings.HasSuffix(r.URL.Path, "/stream/events"):
+			events(w, r, "text/event-stream")
+			return
+		case strings.Contains(r.URL.Path, "/stream"):
+			events(w, r, "application/x-ndjson")
 			return
 		}
 		if r.URL.Path == "/page" {
@@ -77,9 +83,10 @@ es.onerror = () => { if (es.readyState === EventSource.CLOSED) show("es", "close
 </script>
 `
 
-// events sends an event every 20 ms until the request ends.
-func events(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/event-stream")
+// events sends an event every 20 ms until the request ends, as
+// contentType (the lines are the same).
+func events(w http.ResponseWriter, r *http.Request, contentType string) {
+	w.Header().Set("Content-Type", contentType)
 	rc := http.NewResponseController(w)
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -99,6 +106,7 @@ func events(w http.ResponseWriter, r *http.Request) {
 type Stream struct {
 	t     testing.TB
 	lines chan string // closed when the stream ends
+	err   error       // why it ended, nil if whole: read once lines is closed
 }
 
 // Events asks for an event stream at url as the holder of the session
@@ -106,11 +114,21 @@ type Stream struct {
 // comes.
 func Events(t testing.TB, url, token string) *Stream {
 	t.Helper()
+	return Read(t, url, token, "text/event-stream")
+}
+
+// Read asks for a stream at url as the holder of the session token,
+// saying it accepts accept (nothing if empty), as fetch does, and fails
+// the test unless the first event comes.
+func Read(t testing.TB, url, token, accept string) *Stream {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Accept", "text/event-stream")
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
 	req.AddCookie(&http.Cookie{Name: "sigra_session", Value: token})
 	resp, err := (&http.Transport{}).RoundTrip(req)
 	if err != nil {
@@ -118,7 +136,7 @@ func Events(t testing.TB, url, token string) *Stream {
 	}
 	t.Cleanup(func() { resp.Body.Close() })
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("event stream at %s: status %d", url, resp.StatusCode)
+		t.Fatalf("stream at %s: status %d", url, resp.StatusCode)
 	}
 	s := &Stream{t: t, lines: make(chan string, 1000)}
 	go func() {
@@ -130,6 +148,7 @@ func Events(t testing.TB, url, token string) *Stream {
 			default: // nobody reads now; drop
 			}
 		}
+		s.err = sc.Err()
 	}()
 	s.Event("the first event")
 	return s
@@ -157,6 +176,16 @@ func (s *Stream) Event(what string) {
 		case <-timeout:
 			s.t.Fatalf("%s: no event in 5s", what)
 		}
+	}
+}
+
+// MustBeCut fails the test unless the stream ends within 5 s cut off,
+// not whole (a chunked answer without its last chunk, say).
+func (s *Stream) MustBeCut(what string) {
+	s.t.Helper()
+	s.MustEnd(what)
+	if s.err == nil {
+		s.t.Errorf("%s: the stream ended whole; want it cut off", what)
 	}
 }
 

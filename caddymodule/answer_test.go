@@ -1,0 +1,109 @@
+package caddymodule
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/sigra-auth/caddy-sigra/authcore"
+	"github.com/sigra-auth/caddy-sigra/internal/sockettest"
+)
+
+// An answer still being written when its session ends is cut off at its
+// next write, whatever the request said it accepts: a stream read with
+// fetch (no Accept: text/event-stream, which would make it a watched
+// event stream) as much as a download. Nobody else's is.
+func TestAnswerIsCutWhenItsSessionEnds(t *testing.T) {
+	e := startSockets(t, "", "")
+	ann := e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	other := e.browser()
+	other.mustLogin("ann@example.com")
+	tok := e.sessionCookie()
+	ended := processMetrics().streamsClosed.WithLabelValues("session_ended")
+	before := counterValue(t, ended)
+	lines := sockettest.Read(t, e.base+"/ws/stream", tok, "")
+	events := sockettest.Read(t, e.base+"/ws/stream/events", tok, "*/*")
+	theirs := sockettest.Read(t, e.base+"/ws/stream", other.sessionCookie(), "")
+
+	e.signOut()
+	lines.MustBeCut("signed out")
+	events.MustBeCut("signed out, an event stream asked for without saying so")
+	if got := counterValue(t, ended) - before; got != 2 {
+		t.Errorf("sigra_streams_closed_total{reason=session_ended} went up by %v; want 2", got)
+	}
+	theirs.Event("another session's answer after the sign-out")
+
+	if _, err := e.rt().auth.SetDisabled(context.Background(), ann.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	theirs.MustBeCut("ann disabled")
+}
+
+// An answer lasts while the gates that let it through would: losing the
+// group one requires cuts it off; an answer whose gate asks for no group
+// goes on.
+func TestAnswerIsCutWhenItsGateWouldRefuse(t *testing.T) {
+	e := startSockets(t, "", "{\n\t\tgroup staff\n\t}")
+	u := e.addUser("ann@example.com", "staff", "dev")
+	e.mustLogin("ann@example.com")
+	tok := e.sessionCookie()
+	staff, free := sockettest.Read(t, e.base+"/ws/gated/stream", tok, ""), sockettest.Read(t, e.base+"/ws/stream", tok, "")
+	if _, err := e.rt().auth.UpdateUser(context.Background(), u.ID, func(u *authcore.User) error { u.Groups = []string{"dev"}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	staff.MustBeCut("ann left staff")
+	free.Event("the answer of a gate with no group, after the change")
+}
+
+// An answer being written is a use of its session, as a request is, so
+// that a long download does not idle its session out; an event stream's
+// writes are not, as a watched one's are not, so the session of a page
+// left open with one idles out.
+func TestAnswerInProgressIsAUseOfItsSession(t *testing.T) {
+	for _, c := range []struct {
+		path string
+		use  bool
+	}{{"/ws/stream", true}, {"/ws/stream/events", false}} {
+		t.Run(c.path, func(t *testing.T) {
+			fastRecheck(t)
+			fake := useFakeClock(t)
+			e := startSockets(t, "session {\n\t\t\tidle 30m\n\t\t}", "")
+			e.addUser("ann@example.com")
+			e.mustLogin("ann@example.com")
+			tok := e.sessionCookie()
+			s := sockettest.Read(t, e.base+c.path, tok, "")
+			fake.Advance(20 * time.Minute)
+			s.Event("20m on")
+			fake.Advance(20 * time.Minute)
+			if !c.use {
+				s.MustBeCut("an event stream, 40m after the last request")
+				if got := e.statusAs(tok, "/x"); got != http.StatusUnauthorized {
+					t.Errorf("the session after 40m of an event stream: status %d; want 401", got)
+				}
+				return
+			}
+			s.Event("40m on, 20m after the last look")
+			if got := e.statusAs(tok, "/x"); got != http.StatusOK {
+				t.Errorf("the session after 40m of a download: status %d; want 200", got)
+			}
+		})
+	}
+}
+
+// An answer's session ends at its lifetime, in use or not.
+func TestAnswerEndsWithItsSessionsLifetime(t *testing.T) {
+	fastRecheck(t)
+	fake := useFakeClock(t)
+	e := startSockets(t, "session {\n\t\t\tlifetime 1h\n\t\t}", "")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	s := sockettest.Read(t, e.base+"/ws/stream", e.sessionCookie(), "")
+	for range 3 {
+		fake.Advance(19 * time.Minute)
+		s.Event("within the lifetime")
+	}
+	fake.Advance(4 * time.Minute)
+	s.MustBeCut("past the session's lifetime")
+}
