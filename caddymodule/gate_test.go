@@ -797,7 +797,7 @@ func TestGatedAnswersAreNotForSharedCaches(t *testing.T) {
 // upgrades (WebSocket) pass.
 func TestH2CUpgradeIsNotForwarded(t *testing.T) {
 	e := startCaddy(t, "", "sigra_gate /open* {\n\t\toptional\n\t}\n\tsigra_gate")
-	for _, up := range []string{"h2c", "H2C", "websocket, h2c"} {
+	for _, up := range []string{"h2c", "H2C", "websocket, h2c", "h2c;x", "H2c/1", " websocket,h2c "} {
 		status, _ := e.sendRaw(http.MethodGet, "/open/x", http.Header{"Connection": {"Upgrade, HTTP2-Settings"}, "Upgrade": {up}, "Http2-Settings": {"AAMAAABkAARAAAAAAAIAAAAA"}}, nil)
 		h, _ := e.up.last()
 		if status != http.StatusOK || h.Get("Upgrade") != "" || h.Get("Http2-Settings") != "" {

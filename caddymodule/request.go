@@ -6,13 +6,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"golang.org/x/net/http/httpguts"
 )
 
 // Identity headers sent upstream (DESIGN.md section 4).
@@ -338,11 +338,13 @@ func stripIdentity(r *http.Request, remote bool) {
 	if conn := h["Connection"]; len(conn) > 0 {
 		h["Connection"] = cleanConnection(conn, remote)
 	}
-	if up := h["Upgrade"]; len(up) > 0 && httpguts.HeaderValuesContainsToken(up, "h2c") {
+	if up := h["Upgrade"]; len(up) > 0 && slices.ContainsFunc(up, mentionsH2C) {
 		// An upstream that took the upgrade (reverse_proxy forwards it
 		// and tunnels the connection after a 101) would get every later
 		// request on it straight from the client, past every gate ("h2c
-		// smuggling"). Caddy serves h2c itself where it is wanted.
+		// smuggling"). Caddy serves h2c itself where it is wanted. Any
+		// value that names h2c at all goes (h2c;x, h2c/1), for a server
+		// that reads the header more loosely than a token list.
 		delete(h, "Upgrade")
 		delete(h, "Http2-Settings")
 	}
@@ -352,6 +354,17 @@ func stripIdentity(r *http.Request, remote bool) {
 		stripTrailers(r.Trailer, remote)
 		r.Body = &trailerScrubber{ReadCloser: r.Body, r: r, remote: remote}
 	}
+}
+
+// mentionsH2C reports whether an Upgrade header value names h2c, in any
+// case, anywhere.
+func mentionsH2C(v string) bool {
+	for i := 0; i+3 <= len(v); i++ {
+		if v[i]|0x20 == 'h' && v[i+1] == '2' && v[i+2]|0x20 == 'c' {
+			return true
+		}
+	}
+	return false
 }
 
 // cleanConnection drops identity names from Connection header values,
