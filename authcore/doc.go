@@ -28,8 +28,8 @@ var (
 	// ErrNoSession means the request carries no valid, unexpired session.
 	ErrNoSession = errors.New("no valid session")
 	// ErrOtherHost is ErrNoSession for a session of another site (see
-	// Session.OnHost).
-	ErrOtherHost = fmt.Errorf("%w: the session was signed in on another host name", ErrNoSession)
+	// Session.OnSite): another host name, or plain HTTP for an HTTPS one.
+	ErrOtherHost = fmt.Errorf("%w: the session was signed in on another site", ErrNoSession)
 	// ErrInvalidInput means a field failed validation; wrapped errors say which.
 	ErrInvalidInput = errors.New("invalid input")
 	// ErrBusy means too many password checks are running: each takes

@@ -105,8 +105,8 @@ func (s *Service) UseRecoveryCode(ctx context.Context, userID, code string) erro
 // (AMROTP) for the session id, made through commit (see Commit): the
 // code is spent with the new session and the rows telling of them, or
 // not at all. A session ended meanwhile is ErrNoSession, and the code is
-// not spent on it.
-func (s *Service) UseRecoveryCodeWith(ctx context.Context, userID string, id SessionID, code string, commit Commit) (token string, sess *Session, err error) {
+// not spent on it. secure is as for CompleteSecondFactor.
+func (s *Service) UseRecoveryCodeWith(ctx context.Context, userID string, id SessionID, code string, secure bool, commit Commit) (token string, sess *Session, err error) {
 	hash, err := recoveryCodeHash(userID, code)
 	if err != nil {
 		return "", nil, err
@@ -120,7 +120,7 @@ func (s *Service) UseRecoveryCodeWith(ctx context.Context, userID string, id Ses
 	case !has:
 		return "", nil, spentRecoveryCode(ErrNotFound)
 	}
-	token, sess, err = s.passSecondFactorWith(ctx, id, AMROTP, commit, func(cs ChangeStore) func(tx any) error {
+	token, sess, err = s.passSecondFactorWith(ctx, id, AMROTP, secure, commit, func(cs ChangeStore) func(tx any) error {
 		return cs.ConsumeRecoveryCodeIn(userID, hash)
 	})
 	if err = spentRecoveryCode(err); err != nil {

@@ -102,6 +102,9 @@ type ClientMeta struct {
 	// Host is the request's host (a Host header, port and all): the
 	// session is valid on that host name alone.
 	Host string
+	// Secure is set when the request came over HTTPS. A session made
+	// without it is Plain: not valid on HTTPS.
+	Secure bool
 }
 
 // Service is the user and session core. It is safe for concurrent use.
@@ -305,21 +308,23 @@ func (s *Service) SetPassword(ctx context.Context, id, password string) error {
 // second factor's time, its creation and expiry; its auth time is now.
 // All in one store transaction, which finds cur still live: a session
 // ended meanwhile (a logout, a revoke) answers ErrNoSession and nothing
-// changes. Set the returned token as the cookie.
-func (s *Service) ChangePassword(ctx context.Context, cur *Session, password string) (token string, sess *Session, err error) {
-	return s.changePassword(cur, password, func(sess *Session, fn func(u *User) error) error {
+// changes. Set the returned token as the cookie. secure says whether the
+// request came over HTTPS: the new session is Plain if not (or if cur
+// was).
+func (s *Service) ChangePassword(ctx context.Context, cur *Session, password string, secure bool) (token string, sess *Session, err error) {
+	return s.changePassword(cur, password, secure, func(sess *Session, fn func(u *User) error) error {
 		_, err := s.store.UpdateUserRenewing(ctx, cur.UserID, cur.ID, sess, fn)
 		return err
 	})
 }
 
 // ChangePasswordWith is ChangePassword, made through commit (see Commit).
-func (s *Service) ChangePasswordWith(cur *Session, password string, commit Commit) (token string, sess *Session, err error) {
+func (s *Service) ChangePasswordWith(cur *Session, password string, secure bool, commit Commit) (token string, sess *Session, err error) {
 	cs, err := s.changeStore()
 	if err != nil {
 		return "", nil, err
 	}
-	return s.changePassword(cur, password, func(sess *Session, fn func(u *User) error) error {
+	return s.changePassword(cur, password, secure, func(sess *Session, fn func(u *User) error) error {
 		return commit(cs.UpdateUserRenewingIn(cur.UserID, cur.ID, sess, fn))
 	})
 }
@@ -327,7 +332,7 @@ func (s *Service) ChangePasswordWith(cur *Session, password string, commit Commi
 // changePassword checks and hashes the password (before any transaction
 // is open: argon2 takes its time), then has save store the user's new
 // hash and the renewed session.
-func (s *Service) changePassword(cur *Session, password string, save func(sess *Session, fn func(u *User) error) error) (token string, sess *Session, err error) {
+func (s *Service) changePassword(cur *Session, password string, secure bool, save func(sess *Session, fn func(u *User) error) error) (token string, sess *Session, err error) {
 	if err := CheckNewPassword(password); err != nil {
 		return "", nil, err
 	}
@@ -335,7 +340,7 @@ func (s *Service) changePassword(cur *Session, password string, save func(sess *
 	if err != nil {
 		return "", nil, err
 	}
-	return s.renewAlone(cur, save, func(u *User, now time.Time) {
+	return s.renewAlone(cur, secure, save, func(u *User, now time.Time) {
 		u.PasswordHash, u.UpdatedAt = hash, now
 	})
 }
@@ -345,8 +350,9 @@ func (s *Service) changePassword(cur *Session, password string, save func(sess *
 // without changing the password. cur goes on as a new session (a new
 // token and id; its auth time is now), so that nothing signed in before,
 // a stolen cookie of this very session included, stays in. Made through
-// commit (see Commit); ErrNoSession if cur ended meanwhile.
-func (s *Service) EndOtherSessionsWith(cur *Session, commit Commit) (token string, sess *Session, err error) {
+// commit (see Commit); ErrNoSession if cur ended meanwhile. secure is as
+// for ChangePassword.
+func (s *Service) EndOtherSessionsWith(cur *Session, secure bool, commit Commit) (token string, sess *Session, err error) {
 	cs, err := s.changeStore()
 	if err != nil {
 		return "", nil, err
@@ -354,16 +360,18 @@ func (s *Service) EndOtherSessionsWith(cur *Session, commit Commit) (token strin
 	save := func(sess *Session, fn func(u *User) error) error {
 		return commit(cs.UpdateUserRenewingIn(cur.UserID, cur.ID, sess, fn))
 	}
-	return s.renewAlone(cur, save, func(*User, time.Time) {})
+	return s.renewAlone(cur, secure, save, func(*User, time.Time) {})
 }
 
 // renewAlone has save end all sessions of cur's user, change the user by
-// change, and store cur renewed: a new token and id, auth time now.
-func (s *Service) renewAlone(cur *Session, save func(sess *Session, fn func(u *User) error) error, change func(u *User, now time.Time)) (token string, sess *Session, err error) {
+// change, and store cur renewed: a new token and id, auth time now, and
+// Plain if the request that renews it is not secure.
+func (s *Service) renewAlone(cur *Session, secure bool, save func(sess *Session, fn func(u *User) error) error, change func(u *User, now time.Time)) (token string, sess *Session, err error) {
 	now := s.clock.Now().UTC()
 	sess = cur.Clone()
 	token, sess.ID = NewToken()
 	sess.AuthTime, sess.LastSeen = now, now
+	sess.Plain = sess.Plain || !secure
 	s.cache.dropUser(cur.UserID)
 	err = save(sess, func(u *User) error {
 		change(u, now)
@@ -595,7 +603,7 @@ func (s *Service) NewSessionRecord(u *User, amr []string, meta ClientMeta) (stri
 	token, id := NewToken()
 	sess := &Session{
 		ID: id, SignIn: id.String(), UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
-		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256), Host: truncate(NormalizeHost(meta.Host), 255),
+		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256), Host: truncate(NormalizeHost(meta.Host), 255), Plain: !meta.Secure,
 		UserEpoch: u.SessionEpoch, // as read when the credential was checked
 	}
 	if sess.HasAMR(AMRMFA) {
@@ -630,30 +638,32 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Principal, e
 	return s.AuthenticateAt(ctx, token, s.clock.Now())
 }
 
-// AuthenticateOn is Authenticate for a request to hostport (its Host):
-// a session of another site is ErrOtherHost, and its use there does not
-// keep it from idling out.
-func (s *Service) AuthenticateOn(ctx context.Context, token, hostport string, now time.Time) (*Principal, error) {
-	return s.authenticate(ctx, token, hostport, true, true, now)
+// AuthenticateOn is Authenticate for a request to hostport (its Host),
+// made over HTTPS if secure: a session of another site (see
+// Session.OnSite) is ErrOtherHost, and its use there does not keep it
+// from idling out.
+func (s *Service) AuthenticateOn(ctx context.Context, token, hostport string, secure bool, now time.Time) (*Principal, error) {
+	return s.authenticate(ctx, token, hostport, true, secure, true, now)
 }
 
 // AuthenticateAt is Authenticate at a time the caller already read from
 // Now, so a request reads the clock once.
 func (s *Service) AuthenticateAt(ctx context.Context, token string, now time.Time) (*Principal, error) {
-	return s.authenticate(ctx, token, "", false, true, now)
+	return s.authenticate(ctx, token, "", false, false, true, now)
 }
 
 // Recheck is AuthenticateOn for a connection let through earlier (a
 // WebSocket), to learn whether its session goes on, without counting
 // as a use of the session: the connection's traffic is counted as it
 // comes, by AuthenticateOn.
-func (s *Service) Recheck(ctx context.Context, token, hostport string, now time.Time) (*Principal, error) {
-	return s.authenticate(ctx, token, hostport, true, false, now)
+func (s *Service) Recheck(ctx context.Context, token, hostport string, secure bool, now time.Time) (*Principal, error) {
+	return s.authenticate(ctx, token, hostport, true, secure, false, now)
 }
 
 // authenticate resolves token at now, counting that as a use of the
-// session if use is set.
-func (s *Service) authenticate(ctx context.Context, token, hostport string, onHost, use bool, now time.Time) (*Principal, error) {
+// session if use is set. With onHost, a session not valid on hostport
+// over HTTPS if secure (Session.OnSite) is ErrOtherHost.
+func (s *Service) authenticate(ctx context.Context, token, hostport string, onHost, secure, use bool, now time.Time) (*Principal, error) {
 	id, ok := TokenID(token)
 	if !ok {
 		return nil, ErrNoSession
@@ -675,7 +685,7 @@ func (s *Service) authenticate(ctx context.Context, token, hostport string, onHo
 		}
 		return nil, ErrNoSession
 	}
-	if onHost && !p.Session.OnHost(hostport) {
+	if onHost && !p.Session.OnSite(hostport, secure) {
 		return nil, ErrOtherHost
 	}
 	// Refresh the in-memory LastSeen at most once a second (one atomic

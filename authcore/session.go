@@ -124,6 +124,18 @@ type Session struct {
 	// Host is the host name (lower case, no port) of the site the
 	// session was started on, where alone it is valid (see OnHost).
 	Host string `json:"host,omitempty"`
+	// Plain is set on a session signed in, or renewed, over plain HTTP:
+	// its token went in the clear, so it is not valid on HTTPS (see
+	// OnSite). Sessions stored before it have it unset.
+	Plain bool `json:"plain,omitempty"`
+}
+
+// OnSite reports whether the session is valid on a request for hostport
+// (see OnHost) made over HTTPS if secure: a session whose token went in
+// the clear (Plain) is not valid on HTTPS, where its cookie would sign
+// in whoever read it on the network.
+func (s *Session) OnSite(hostport string, secure bool) bool {
+	return !(secure && s.Plain) && s.OnHost(hostport)
 }
 
 // OnHost reports whether the session is valid on a request for hostport

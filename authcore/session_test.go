@@ -247,3 +247,23 @@ func TestSessionOnHost(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionOnSite(t *testing.T) {
+	for _, tc := range []struct {
+		plain, secure bool
+		want          bool
+	}{
+		{false, false, true},
+		{false, true, true}, // signed in over HTTPS, or stored before sessions kept the scheme
+		{true, false, true}, // plain HTTP, on plain HTTP
+		{true, true, false}, // its token went in the clear: not on HTTPS
+	} {
+		s := &Session{Host: "app.example.com", Plain: tc.plain}
+		if got := s.OnSite("app.example.com:443", tc.secure); got != tc.want {
+			t.Errorf("session plain %v on a request secure %v: %v; want %v", tc.plain, tc.secure, got, tc.want)
+		}
+		if s.OnSite("admin.example.com", tc.secure) {
+			t.Errorf("session plain %v on another host, secure %v: valid; want not", tc.plain, tc.secure)
+		}
+	}
+}

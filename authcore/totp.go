@@ -232,12 +232,13 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID,
 // multi-factor session and the row telling of them are stored together
 // or not at all, so no app is set up whose recovery codes nobody saw.
 // A session ended meanwhile is ErrNoSession, and nothing is set up.
-func (s *Service) ConfirmTOTPWith(ctx context.Context, userID string, sid SessionID, code string, commit Commit) (codes []string, token string, sess *Session, err error) {
+// secure is as for CompleteSecondFactor.
+func (s *Service) ConfirmTOTPWith(ctx context.Context, userID string, sid SessionID, code string, secure bool, commit Commit) (codes []string, token string, sess *Session, err error) {
 	codes, done, err := s.checkEnrolment(ctx, userID, sid, code)
 	if err != nil {
 		return nil, "", nil, err
 	}
-	token, sess, err = s.passSecondFactorWith(ctx, sid, AMROTP, commit, func(cs ChangeStore) func(tx any) error {
+	token, sess, err = s.passSecondFactorWith(ctx, sid, AMROTP, secure, commit, func(cs ChangeStore) func(tx any) error {
 		return cs.CompleteTOTPEnrolmentIn(userID, sid, done.pendingSealed, done.rec, done.hashes)
 	})
 	if err = s.endEnrolment(userID, err); err != nil {
@@ -326,13 +327,13 @@ func (s *Service) VerifyTOTP(ctx context.Context, userID, code string) error {
 // session id, made through commit (see Commit): the code's time step is
 // spent with the new session and the rows telling of them, or not at
 // all. A session ended meanwhile is ErrNoSession, and a right code is
-// not spent on it.
-func (s *Service) VerifyTOTPWith(ctx context.Context, userID string, id SessionID, code string, commit Commit) (token string, sess *Session, err error) {
+// not spent on it. secure is as for CompleteSecondFactor.
+func (s *Service) VerifyTOTPWith(ctx context.Context, userID string, id SessionID, code string, secure bool, commit Commit) (token string, sess *Session, err error) {
 	step, err := s.totpStep(ctx, userID, code)
 	if err != nil {
 		return "", nil, err
 	}
-	token, sess, err = s.passSecondFactorWith(ctx, id, AMROTP, commit, func(cs ChangeStore) func(tx any) error {
+	token, sess, err = s.passSecondFactorWith(ctx, id, AMROTP, secure, commit, func(cs ChangeStore) func(tx any) error {
 		return cs.AcceptTOTPStepIn(userID, step, s.cfg.MaxTOTPFailures)
 	})
 	if err = s.acceptedStep(ctx, userID, err); err != nil {
@@ -629,14 +630,16 @@ func (s *Service) PendUnprovenSessions(ctx context.Context, userID string) (int,
 // The privilege level changes, so the session id changes too: a new token
 // and id replace the old session, which is deleted; creation, expiry and
 // auth time carry over, except that a pending session's short expiry
-// becomes the full Lifetime from sign-in. Set the returned token as the
-// cookie. If the session is gone or expired, or a concurrent call already
-// replaced it, the answer is ErrNoSession and nothing is created.
+// becomes the full Lifetime from sign-in; it is Plain if the old one
+// was, or if the request is not secure (not over HTTPS). Set the
+// returned token as the cookie. If the session is gone or expired, or a
+// concurrent call already replaced it, the answer is ErrNoSession and
+// nothing is created.
 //
 // The caller must have verified the factor for sess.UserID, through this
 // Service, in the same request.
-func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method string) (token string, sess *Session, err error) {
-	token, sess, err = s.secondFactorSession(ctx, id, method)
+func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method string, secure bool) (token string, sess *Session, err error) {
+	token, sess, err = s.secondFactorSession(ctx, id, method, secure)
 	if err != nil {
 		return "", nil, err
 	}
@@ -661,12 +664,12 @@ func (s *Service) CompleteSecondFactor(ctx context.Context, id SessionID, method
 // step, a recovery code) or what it completes (an enrolment). The
 // session is replaced first, so a session gone is ErrNoSession whatever
 // the proof; spend's own refusal (its ErrNotFound) comes back as it is.
-func (s *Service) passSecondFactorWith(ctx context.Context, id SessionID, method string, commit Commit, spend func(ChangeStore) func(tx any) error) (token string, sess *Session, err error) {
+func (s *Service) passSecondFactorWith(ctx context.Context, id SessionID, method string, secure bool, commit Commit, spend func(ChangeStore) func(tx any) error) (token string, sess *Session, err error) {
 	cs, err := s.changeStore()
 	if err != nil {
 		return "", nil, err
 	}
-	token, sess, err = s.secondFactorSession(ctx, id, method)
+	token, sess, err = s.secondFactorSession(ctx, id, method, secure)
 	if err != nil {
 		return "", nil, err
 	}
@@ -690,7 +693,7 @@ func (s *Service) passSecondFactorWith(ctx context.Context, id SessionID, method
 
 // secondFactorSession is the session that replaces session id once a
 // second factor passed by method (CompleteSecondFactor), and its token.
-func (s *Service) secondFactorSession(ctx context.Context, id SessionID, method string) (token string, sess *Session, err error) {
+func (s *Service) secondFactorSession(ctx context.Context, id SessionID, method string, secure bool) (token string, sess *Session, err error) {
 	switch method {
 	case AMROTP, AMRHardware, AMRSoftware:
 	default:
@@ -720,5 +723,6 @@ func (s *Service) secondFactorSession(ctx context.Context, id SessionID, method 
 	}
 	sess.Pending = false
 	sess.LastSeen = now
+	sess.Plain = old.Plain || !secure
 	return token, sess, nil
 }

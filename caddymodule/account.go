@@ -82,7 +82,7 @@ func (q *preq) passwordSubmit() error {
 	var token string
 	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		var err error
-		token, _, err = q.rt.auth.ChangePasswordWith(p.Session, next, commit)
+		token, _, err = q.rt.auth.ChangePasswordWith(p.Session, next, q.secure, commit)
 		return err
 	})
 	if aerr != nil {

@@ -345,7 +345,7 @@ func TestRevokingOthersNeedsFreshSecondFactor(t *testing.T) {
 	// The owner's other session, signed in with both factors.
 	_, other := mustSession(t, e, u)
 	otherID, _ := authcore.TokenID(other)
-	if _, _, err := e.rt().auth.CompleteSecondFactor(context.Background(), otherID, authcore.AMROTP); err != nil {
+	if _, _, err := e.rt().auth.CompleteSecondFactor(context.Background(), otherID, authcore.AMROTP, false); err != nil {
 		t.Fatal(err)
 	}
 	_, page := e.get("/.sigra/account", nil)

@@ -32,7 +32,7 @@ func enrolTOTPFor(t *testing.T, e *env, u *authcore.User) string {
 	if _, err := e.rt().auth.ConfirmTOTP(ctx, u.ID, s.ID, refTOTP(t, enr.Secret, e.rt().auth.Now())); err != nil {
 		t.Fatal(err)
 	}
-	tok, _, err := e.rt().auth.CompleteSecondFactor(ctx, s.ID, authcore.AMROTP)
+	tok, _, err := e.rt().auth.CompleteSecondFactor(ctx, s.ID, authcore.AMROTP, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ func (d *gateDecision) recheck(ctx context.Context, rt *runtime, use bool, every
 	if use {
 		resolve = rt.auth.AuthenticateOn
 	}
-	p, err := resolve(ctx, d.token, d.host, now)
+	p, err := resolve(ctx, d.token, d.host, d.secure, now)
 	switch {
 	case errors.Is(err, authcore.ErrNoSession):
 		return 0, "session_ended", nil

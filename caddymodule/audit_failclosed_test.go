@@ -352,7 +352,7 @@ func TestRevokeOfAReplacedSession(t *testing.T) {
 	replace := func(r audit.Row) error {
 		if r.Action == "session.revoked" && next == nil {
 			var err error
-			if _, next, err = e.rt().auth.CompleteSecondFactor(ctx, sess.ID, authcore.AMROTP); err != nil {
+			if _, next, err = e.rt().auth.CompleteSecondFactor(ctx, sess.ID, authcore.AMROTP, false); err != nil {
 				t.Error(err)
 			}
 		}

@@ -47,6 +47,7 @@ type gateDecision struct {
 	counted  bool                // the request's decision is counted (settle)
 	token    string              // p's session cookie
 	host     string              // the request's Host, which p's session is on
+	secure   bool                // the request came over HTTPS (see isSecure)
 	met      []*Gate             // the gates whose requirements p met, in order
 	metBuf   [2]*Gate            // backing for met
 	sock     *socket             // set when p's request may outlive its handshake
@@ -366,7 +367,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	own := takeOwnCookies(r, secure)
 	if token := own.session; first && token != "" {
 		// Later gates reuse what the first resolved.
-		p, err := rt.auth.AuthenticateOn(ctx, token, host, now)
+		p, err := rt.auth.AuthenticateOn(ctx, token, host, secure, now)
 		if errors.Is(err, authcore.ErrOtherHost) {
 			// A cookie carried from another site, or a proxy that sends
 			// another X-Forwarded-Host than at sign-in: nobody here.
@@ -379,7 +380,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		if p != nil && p.Session.Pending {
 			d.pending = true
 		} else {
-			d.p, d.token, d.host = p, token, host
+			d.p, d.token, d.host, d.secure = p, token, host, secure
 		}
 	}
 	p := d.p

@@ -256,9 +256,9 @@ func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery st
 	refused, err := q.rt.changeWithRows(q.ctx(), rows, func(commit authcore.Commit) error {
 		var err error
 		if recovery != "" {
-			token, _, err = q.rt.auth.UseRecoveryCodeWith(q.ctx(), p.User.ID, p.Session.ID, recovery, commit)
+			token, _, err = q.rt.auth.UseRecoveryCodeWith(q.ctx(), p.User.ID, p.Session.ID, recovery, q.secure, commit)
 		} else {
-			token, _, err = q.rt.auth.VerifyTOTPWith(q.ctx(), p.User.ID, p.Session.ID, code, commit)
+			token, _, err = q.rt.auth.VerifyTOTPWith(q.ctx(), p.User.ID, p.Session.ID, code, q.secure, commit)
 		}
 		return err
 	})
@@ -389,7 +389,7 @@ func (q *preq) totpSubmit() error {
 	ev := event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
 	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		var err error
-		codes, token, _, err = q.rt.auth.ConfirmTOTPWith(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"), commit)
+		codes, token, _, err = q.rt.auth.ConfirmTOTPWith(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"), q.secure, commit)
 		return err
 	})
 	if aerr != nil {

@@ -366,7 +366,7 @@ func (q *preq) session() (*authcore.Principal, error) {
 	if token == "" {
 		return nil, nil
 	}
-	p, err := q.rt.auth.AuthenticateOn(q.ctx(), token, requestHost(q.r), q.rt.auth.Now())
+	p, err := q.rt.auth.AuthenticateOn(q.ctx(), token, requestHost(q.r), q.secure, q.rt.auth.Now())
 	if errors.Is(err, authcore.ErrNoSession) {
 		return nil, nil
 	}
@@ -490,7 +490,7 @@ func (q *preq) loginSubmit() error {
 	var sess *authcore.Session
 	for tries := 0; ; tries++ {
 		token, sess = q.rt.auth.NewSessionRecord(u, []string{authcore.AMRPassword},
-			authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent(), Host: requestHost(q.r)})
+			authcore.ClientMeta{IP: clientIP(q.r), UserAgent: q.r.UserAgent(), Host: requestHost(q.r), Secure: q.secure})
 		target = q.rd()
 		row := event{action: "auth.login.success", actor: u.ID, subject: u.ID, outcome: "success",
 			meta: map[string]string{"method": "password"}}
@@ -900,7 +900,7 @@ func (q *preq) revokeOtherSessions() error {
 		var aerr error
 		err, aerr = q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 			var err error
-			token, _, err = q.rt.auth.EndOtherSessionsWith(p.Session, commit)
+			token, _, err = q.rt.auth.EndOtherSessionsWith(p.Session, q.secure, commit)
 			return err
 		})
 		if aerr != nil {

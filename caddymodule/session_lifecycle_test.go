@@ -495,6 +495,139 @@ func TestSessionHostBehindATrustedProxy(t *testing.T) {
 	}
 }
 
+// trustLoopback has e's server trust its loopback clients as proxies:
+// one that says X-Forwarded-Proto: https reached them over HTTPS.
+func trustLoopback(t *testing.T, e *env) {
+	t.Helper()
+	cf := strings.Replace(e.config, "\tpersist_config off\n", "\tpersist_config off\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n", 1)
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// httpsStatus GETs path as an API client holding only the session
+// token, as the HTTPS cookie, through a trusted proxy it reached over
+// HTTPS (see trustLoopback).
+func (e *env) httpsStatus(token, path string) int {
+	e.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, e.base+path, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("X-Forwarded-Proto", "https")
+	req.AddCookie(&http.Cookie{Name: "__Host-sigra_session", Value: token})
+	resp, err := (&http.Client{Timeout: 10 * time.Second, CheckRedirect: e.client.CheckRedirect}).Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// A session signed in over plain HTTP, whose cookie anyone on the
+// network could read, signs nobody in over HTTPS on the same host name:
+// not at the gate, in the portal or in the admin API.
+func TestPlainSessionsStayOffHTTPS(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	trustLoopback(t, e)
+	e.addUser("root@example.com", "admins")
+	check := func(paths ...string) {
+		t.Helper()
+		tok := e.sessionCookie()
+		for _, path := range paths {
+			if code := e.statusAs(tok, path); code != 200 {
+				t.Fatalf("%s over plain HTTP: status %d; want 200", path, code)
+			}
+			_, hits := e.up.last()
+			if code := e.httpsStatus(tok, path); code != http.StatusUnauthorized {
+				t.Errorf("%s over HTTPS: status %d; want 401 (nobody signed in)", path, code)
+			}
+			if _, after := e.up.last(); after != hits {
+				t.Errorf("%s over HTTPS: the plain session reached the app", path)
+			}
+		}
+	}
+	e.mustLogin("root@example.com")
+	check("/x", "/.sigra/account")
+	enrolTOTP(t, e, fake.Now()) // the admin API wants a recent second factor
+	check("/.sigra/api/admin/users")
+}
+
+// A renewal over plain HTTP (a password change, a sign-out of the
+// others, an authenticator set up, a step-up with a code or a recovery
+// code) sends its new session's cookie in the clear: that session is
+// not valid on HTTPS, even when the one it renews was signed in there.
+func TestSessionsRenewedOverPlainHTTPStayOffHTTPS(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	trustLoopback(t, e)
+	base, _ := url.Parse(e.base)
+	overHTTPS := func(u *authcore.User) string {
+		t.Helper()
+		tok, _, err := e.rt().auth.StartSession(context.Background(), u, []string{authcore.AMRPassword},
+			authcore.ClientMeta{Host: base.Host, Secure: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	// renewed has renew run in a browser holding tok over plain HTTP, and
+	// checks the session it renews tok into.
+	renewed := func(what, tok string, renew func(b *env)) {
+		t.Helper()
+		b := e.browser()
+		b.client.Jar.SetCookies(base, []*http.Cookie{{Name: "sigra_session", Value: tok, Path: "/"}})
+		renew(b)
+		next := b.sessionCookie()
+		if next == "" || next == tok {
+			t.Fatalf("%s: no new session", what)
+		}
+		if code := e.statusAs(next, "/x"); code != 200 {
+			t.Errorf("%s, over plain HTTP: status %d; want 200", what, code)
+		}
+		if code := e.httpsStatus(next, "/x"); code != http.StatusUnauthorized {
+			t.Errorf("%s, over HTTPS: status %d; want 401", what, code)
+		}
+	}
+	const next = "a much longer new passphrase"
+	tok := overHTTPS(e.addUser("pam@example.com"))
+	if code := e.httpsStatus(tok, "/x"); code != 200 {
+		t.Fatalf("signed in over HTTPS, there: status %d; want 200", code)
+	}
+	renewed("a password change", tok, func(b *env) {
+		if r, body := b.changePassword(testPassword, next, next); r.StatusCode != 200 {
+			t.Fatalf("password change: status %d\n%s", r.StatusCode, body)
+		}
+	})
+	renewed("a sign-out of the others", overHTTPS(e.addUser("sam@example.com")), func(b *env) {
+		_, page := b.get("/.sigra/account", nil)
+		if r, body := b.postForm("/.sigra/account/sessions/revoke-others", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil); r.StatusCode != 200 {
+			t.Fatalf("sign-out of the others: status %d\n%s", r.StatusCode, body)
+		}
+	})
+	u := e.addUser("tom@example.com")
+	var secret string
+	var codes []string
+	renewed("an authenticator set up", overHTTPS(u), func(b *env) { secret, codes = enrolTOTP(t, b, fake.Now()) })
+	u, err := e.rt().auth.LookupUser(context.Background(), u.ID) // with its second factor
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Advance(30 * time.Second) // the set-up spent its code's step
+	renewed("a step-up with a code", overHTTPS(u), func(b *env) {
+		if r := b.secondFactor("code", refTOTP(t, secret, fake.Now())); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("second factor: status %d", r.StatusCode)
+		}
+	})
+	renewed("a step-up with a recovery code", overHTTPS(u), func(b *env) {
+		if r := b.secondFactor("recovery_code", codes[0]); r.StatusCode != http.StatusSeeOther {
+			t.Fatalf("recovery code: status %d", r.StatusCode)
+		}
+	})
+}
+
 // A right password of a user with a second factor opens a window of
 // pending_lifetime for the code, however busy the browser keeps it;
 // after that the code signs nobody in. A code typed in time gives the

@@ -95,7 +95,7 @@ func (s *socket) noteUse() {
 		return
 	}
 	if rt := s.gate.app.runtimeNow(); rt != nil { // no wait in the copy
-		_, _ = rt.auth.AuthenticateOn(s.ctx, s.d.token, s.d.host, now)
+		_, _ = rt.auth.AuthenticateOn(s.ctx, s.d.token, s.d.host, s.d.secure, now)
 	}
 }
 

@@ -182,10 +182,12 @@ func updateUserRenewing(tx *bolt.Tx, key []byte, id string, cur authcore.Session
 		return nil, authcore.ErrNotFound
 	}
 	// next is cur as stored now, not as the request read it, with only
-	// its new id and times: a change made meanwhile (pending for a second
-	// factor set up since, with its short expiry) carries over.
+	// its new id and times, and Plain if renewed over plain HTTP: a
+	// change made meanwhile (pending for a second factor set up since,
+	// with its short expiry) carries over.
 	renewed := s.Clone()
 	renewed.ID, renewed.AuthTime, renewed.LastSeen = next.ID, next.AuthTime, next.LastSeen
+	renewed.Plain = renewed.Plain || next.Plain
 	// A second factor set up since cur was read (pending or not yet):
 	// cur must not go on as a session that passed none.
 	if old.SecondFactor && !renewed.MFA() {

@@ -1260,7 +1260,7 @@ func TestServiceAuthenticate(t *testing.T) {
 	}
 	want := &authcore.Session{
 		ID: sess.ID, SignIn: sess.ID.String(), UserID: u.ID, CreatedAt: authT0, LastSeen: authT0, ExpiresAt: authT0.Add(12 * time.Hour),
-		AuthTime: authT0, AMR: []string{"pwd"}, IP: "192.0.2.1", UserAgent: "test-agent",
+		AuthTime: authT0, AMR: []string{"pwd"}, IP: "192.0.2.1", UserAgent: "test-agent", Plain: true, // not said to be over HTTPS
 	}
 	if authJSON(t, stored) != authJSON(t, want) {
 		t.Errorf("stored session = %s; want %s", authJSON(t, stored), authJSON(t, want))
@@ -1344,7 +1344,7 @@ func TestServiceSessionStaysOnItsHost(t *testing.T) {
 		t.Fatalf("stored host %q; want app.example.com", sess.Host)
 	}
 	on := func(host string) error {
-		_, err := e.svc.AuthenticateOn(e.ctx, token, host, e.clk.Now())
+		_, err := e.svc.AuthenticateOn(e.ctx, token, host, false, e.clk.Now())
 		return err
 	}
 	if err := on("app.example.com"); err != nil {
@@ -1368,6 +1368,90 @@ func TestServiceSessionStaysOnItsHost(t *testing.T) {
 	}
 	if len(sess.Host) > 255 || sess.OnHost(long) {
 		t.Errorf("a %d-byte host: stored %d bytes, valid there %v; want at most 255, not valid", len(long), len(sess.Host), sess.OnHost(long))
+	}
+}
+
+// A session signed in over plain HTTP, whose token went in the clear,
+// is not valid on HTTPS, even on its own host name, to a request or to
+// a socket's recheck; nor is one renewed over plain HTTP (at a second
+// factor, a password change), whatever it was before. One signed in,
+// and renewed, over HTTPS is valid on both, as is one stored before
+// sessions kept the scheme.
+func TestServicePlainSessionStaysOffHTTPS(t *testing.T) {
+	e := newAuthEnv(t, authcore.Config{})
+	const host = "app.example.com"
+	start := func(u *authcore.User, secure bool) (string, *authcore.Session) {
+		t.Helper()
+		token, sess, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{Host: host, Secure: secure})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return token, sess
+	}
+	check := func(what, token string, onHTTPS bool) {
+		t.Helper()
+		now := e.clk.Now()
+		if _, err := e.svc.AuthenticateOn(e.ctx, token, host+":8080", false, now); err != nil {
+			t.Errorf("%s, over plain HTTP: %v", what, err)
+		}
+		want := error(nil)
+		if !onHTTPS {
+			want = authcore.ErrOtherHost
+		}
+		if _, err := e.svc.AuthenticateOn(e.ctx, token, host, true, now); !errors.Is(err, want) {
+			t.Errorf("%s, over HTTPS: %v; want %v", what, err, want)
+		}
+		if _, err := e.svc.Recheck(e.ctx, token, host, true, now); !errors.Is(err, want) {
+			t.Errorf("%s, rechecked over HTTPS: %v; want %v", what, err, want)
+		}
+	}
+	u := e.user(t, "alice@example.com")
+	plainToken, plain := start(u, false)
+	if !plain.Plain {
+		t.Error("a session signed in over plain HTTP is not Plain")
+	}
+	check("signed in over plain HTTP", plainToken, false)
+	secureToken, secure := start(u, true)
+	check("signed in over HTTPS", secureToken, true)
+
+	token, _, err := e.svc.CompleteSecondFactor(e.ctx, secure.ID, authcore.AMROTP, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("signed in over HTTPS, its second factor over plain HTTP", token, false)
+	token, _, err = e.svc.CompleteSecondFactor(e.ctx, plain.ID, authcore.AMROTP, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("signed in over plain HTTP, its second factor over HTTPS", token, false)
+	_, secure = start(u, true)
+	token, _, err = e.svc.CompleteSecondFactor(e.ctx, secure.ID, authcore.AMROTP, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("signed in and stepped up over HTTPS", token, true)
+
+	// A password change is stored from the session as the store has it.
+	_, secure = start(e.user(t, "bob@example.com"), true)
+	token, _, err = e.svc.ChangePassword(e.ctx, secure, "a much longer new passphrase", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("signed in over HTTPS, its password changed over plain HTTP", token, false)
+	_, secure = start(e.user(t, "carol@example.com"), true)
+	token, _, err = e.svc.ChangePassword(e.ctx, secure, "a much longer new passphrase", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("signed in over HTTPS, its password changed there", token, true)
+
+	// As an older version stored it: no "plain".
+	old, err := decodeSession([]byte(`{"id":"` + secure.ID.String() + `","user_id":"u","host":"app.example.com"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !old.OnSite(host, true) {
+		t.Error("a session stored before sessions kept the scheme is not valid on HTTPS")
 	}
 }
 
@@ -1624,7 +1708,7 @@ func TestServicePendingSession(t *testing.T) {
 	token, sess := e.login(t, mfaUser)
 	e.mustAuth(t, token)
 	e.clk.Advance(time.Second)
-	token2, sess2, err := e.svc.CompleteSecondFactor(e.ctx, sess.ID, authcore.AMROTP)
+	token2, sess2, err := e.svc.CompleteSecondFactor(e.ctx, sess.ID, authcore.AMROTP, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -842,7 +842,7 @@ func TestCompleteSecondFactor(t *testing.T) {
 	}
 	e.clk.Advance(20 * time.Second)
 
-	token, sess, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP)
+	token, sess, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP, false)
 	if err != nil {
 		t.Fatalf("CompleteSecondFactor: %v", err)
 	}
@@ -871,7 +871,7 @@ func TestCompleteSecondFactor(t *testing.T) {
 
 	// Step-up later: no duplicate methods, a fresh MFAAt, another rotation.
 	e.clk.Advance(time.Hour)
-	token2, sess2, err := e.svc.CompleteSecondFactor(e.ctx, sess.ID, authcore.AMROTP)
+	token2, sess2, err := e.svc.CompleteSecondFactor(e.ctx, sess.ID, authcore.AMROTP, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -881,7 +881,7 @@ func TestCompleteSecondFactor(t *testing.T) {
 	if !sess2.ExpiresAt.Equal(sess.ExpiresAt) {
 		t.Errorf("step-up moved the expiry from %v to %v; want it kept", sess.ExpiresAt, sess2.ExpiresAt)
 	}
-	_, sess3, err := e.svc.CompleteSecondFactor(e.ctx, sess2.ID, authcore.AMRHardware)
+	_, sess3, err := e.svc.CompleteSecondFactor(e.ctx, sess2.ID, authcore.AMRHardware, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -889,14 +889,14 @@ func TestCompleteSecondFactor(t *testing.T) {
 		t.Errorf("AMR after a passkey = %q; want %q", sess3.AMR, want)
 	}
 
-	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, sess3.ID, authcore.AMRPassword); !errors.Is(err, authcore.ErrInvalidInput) {
+	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, sess3.ID, authcore.AMRPassword, false); !errors.Is(err, authcore.ErrInvalidInput) {
 		t.Errorf("method pwd = %v; want ErrInvalidInput", err)
 	}
-	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP, false); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("replaced session = %v; want ErrNoSession", err)
 	}
 	e.clk.Advance(12 * time.Hour)
-	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, sess3.ID, authcore.AMROTP); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, sess3.ID, authcore.AMROTP, false); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("expired session = %v; want ErrNoSession", err)
 	}
 }
@@ -918,7 +918,7 @@ func TestPendingSessionEndsSoon(t *testing.T) {
 	if _, err := e.svc.Authenticate(e.ctx, token); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("pending session at PendingLifetime = %v; want ErrNoSession", err)
 	}
-	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP, false); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("completing it then = %v; want ErrNoSession", err)
 	}
 
@@ -950,7 +950,7 @@ func TestCompleteSecondFactorConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			switch _, _, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP); {
+			switch _, _, err := e.svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP, false); {
 			case err == nil:
 				ok.Add(1)
 			case !errors.Is(err, authcore.ErrNoSession):

@@ -27,7 +27,7 @@ func TestChangePasswordNeedsALiveSession(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := e.svc.ChangePassword(e.ctx, cur, next); !errors.Is(err, authcore.ErrNoSession) {
+		if _, _, err := e.svc.ChangePassword(e.ctx, cur, next, false); !errors.Is(err, authcore.ErrNoSession) {
 			t.Errorf("%s, then ChangePassword: %v; want ErrNoSession", how, err)
 		}
 		if ss, _ := e.st.UserSessions(e.ctx, u.ID); len(ss) != 0 {
@@ -51,7 +51,7 @@ func TestChangePasswordNeedsALiveSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, sess, err := e.svc.ChangePassword(e.ctx, cur, next)
+	token, sess, err := e.svc.ChangePassword(e.ctx, cur, next, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,14 +88,14 @@ func TestEndOtherSessionsWith(t *testing.T) {
 	curTok, cur := start()
 	otherTok, _ := start()
 
-	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.failing("session.revoked_others")); !errors.Is(err, errCommitFailed) {
+	if _, _, err := e.svc.EndOtherSessionsWith(cur, false, w.failing("session.revoked_others")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("a failing commit: %v; want it returned", err)
 	}
 	if !live(curTok) || !live(otherTok) || w.rows() != 0 {
 		t.Fatalf("after a failed commit: this session live %t, the other %t, %d rows; want both live, no row", live(curTok), live(otherTok), w.rows())
 	}
 
-	token, sess, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others"))
+	token, sess, err := e.svc.EndOtherSessionsWith(cur, false, w.commit("session.revoked_others"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestEndOtherSessionsWith(t *testing.T) {
 	}
 
 	// cur, replaced now, cannot do it again.
-	if _, _, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.EndOtherSessionsWith(cur, false, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("again with the replaced session: %v; want ErrNoSession", err)
 	}
 	if !live(token) || w.rows() != 1 {
@@ -146,10 +146,10 @@ func TestRenewalCarriesTheStoredSession(t *testing.T) {
 	refused := func(what string) {
 		t.Helper()
 		rows := w.rows()
-		if _, _, err := e.svc.EndOtherSessionsWith(read, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrFactorsChanged) {
+		if _, _, err := e.svc.EndOtherSessionsWith(read, false, w.commit("session.revoked_others")); !errors.Is(err, authcore.ErrFactorsChanged) {
 			t.Errorf("%s: sign-out of the others: %v; want ErrFactorsChanged", what, err)
 		}
-		if _, _, err := e.svc.ChangePasswordWith(read, "a much longer new passphrase", w.commit("auth.password_change.success")); !errors.Is(err, authcore.ErrFactorsChanged) {
+		if _, _, err := e.svc.ChangePasswordWith(read, "a much longer new passphrase", false, w.commit("auth.password_change.success")); !errors.Is(err, authcore.ErrFactorsChanged) {
 			t.Errorf("%s: password change: %v; want ErrFactorsChanged", what, err)
 		}
 		if _, err := e.st.GetSession(e.ctx, read.ID); err != nil || w.rows() != rows {
@@ -180,7 +180,7 @@ func TestRenewalCarriesTheStoredSession(t *testing.T) {
 	if err := e.st.PutSessions(e.ctx, []*authcore.Session{stored}); err != nil {
 		t.Fatal(err)
 	}
-	_, sess, err := e.svc.EndOtherSessionsWith(cur, w.commit("session.revoked_others"))
+	_, sess, err := e.svc.EndOtherSessionsWith(cur, false, w.commit("session.revoked_others"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,14 +109,14 @@ func TestVerifyTOTPWithItsRows(t *testing.T) {
 	e.clk.Advance(30 * time.Second)
 	code := mfaRefTOTP(t, secret, e.clk.Now())
 
-	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, s.ID, code, w.failing("mfa.challenge.success", "auth.login.success")); !errors.Is(err, errCommitFailed) {
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, s.ID, code, false, w.failing("mfa.challenge.success", "auth.login.success")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("VerifyTOTPWith, the commit failing: %v; want its error", err)
 	}
 	if !e.sessionExists(t, s.ID) || w.rows() != 0 {
 		t.Fatalf("the commit failed, and the session was replaced or a row stored (%d rows)", w.rows())
 	}
 	// The code was not spent: it passes now.
-	token, next, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, s.ID, code, w.commit("mfa.challenge.success", "auth.login.success"))
+	token, next, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, s.ID, code, false, w.commit("mfa.challenge.success", "auth.login.success"))
 	if err != nil {
 		t.Fatalf("VerifyTOTPWith after a failed commit: %v; want the unspent code to pass", err)
 	}
@@ -127,7 +127,7 @@ func TestVerifyTOTPWithItsRows(t *testing.T) {
 		t.Errorf("%d rows; want both", n)
 	}
 	// Spent with it: the same code again is a replay.
-	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, next.ID, code, w.commit("mfa.challenge.success")); !errors.Is(err, authcore.ErrInvalidCode) {
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, next.ID, code, false, w.commit("mfa.challenge.success")); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("the code again: %v; want ErrInvalidCode", err)
 	}
 
@@ -138,7 +138,7 @@ func TestVerifyTOTPWithItsRows(t *testing.T) {
 	}
 	e.clk.Advance(30 * time.Second)
 	code = mfaRefTOTP(t, secret, e.clk.Now())
-	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, next.ID, code, w.commit("mfa.challenge.success")); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, s.UserID, next.ID, code, false, w.commit("mfa.challenge.success")); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("VerifyTOTPWith on an ended session: %v; want ErrNoSession", err)
 	}
 	if err := e.svc.VerifyTOTP(e.ctx, s.UserID, code); err != nil {
@@ -156,7 +156,7 @@ func TestUseRecoveryCodeWithItsRows(t *testing.T) {
 	u, _, codes := e.enrolled(t, "bob@example.com")
 	s := e.passwordSession(t, u)
 	used := []string{"mfa.challenge.success", "mfa.recovery_code.used", "auth.login.success"}
-	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], w.failing(used...)); !errors.Is(err, errCommitFailed) {
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], false, w.failing(used...)); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("UseRecoveryCodeWith, the commit failing: %v; want its error", err)
 	}
 	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount || !e.sessionExists(t, s.ID) || w.rows() != 0 {
@@ -165,13 +165,13 @@ func TestUseRecoveryCodeWithItsRows(t *testing.T) {
 	// An unknown code is refused before the commit: its refusal would
 	// have the audit log commit the rows it shared a batch with again.
 	committed := false
-	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, "0000-0000-0000", func(change func(tx any) error) error {
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, "0000-0000-0000", false, func(change func(tx any) error) error {
 		committed = true
 		return w.commit(used...)(change)
 	}); !errors.Is(err, authcore.ErrInvalidCode) || committed {
 		t.Errorf("an unknown code: %v, committed %v; want ErrInvalidCode before any commit", err, committed)
 	}
-	_, next, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], w.commit(used...))
+	_, next, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], false, w.commit(used...))
 	if err != nil {
 		t.Fatalf("UseRecoveryCodeWith: %v", err)
 	}
@@ -182,7 +182,7 @@ func TestUseRecoveryCodeWithItsRows(t *testing.T) {
 	if _, err := e.svc.EndSession(e.ctx, next.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, next.ID, codes[1], w.commit(used...)); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, next.ID, codes[1], false, w.commit(used...)); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("UseRecoveryCodeWith on an ended session: %v; want ErrNoSession", err)
 	}
 	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount-1 {
@@ -202,7 +202,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 		t.Fatal(err)
 	}
 	code := mfaRefTOTP(t, en.Secret, e.clk.Now())
-	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, w.failing("mfa.totp.enrolled")); !errors.Is(err, errCommitFailed) {
+	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, false, w.failing("mfa.totp.enrolled")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("ConfirmTOTPWith, the commit failing: %v; want its error", err)
 	}
 	if has, _ := e.svc.HasTOTP(e.ctx, u.ID); has {
@@ -211,7 +211,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 	if got, _ := e.st.UserByID(e.ctx, u.ID); got.SecondFactor || !e.sessionExists(t, s.ID) || w.rows() != 0 {
 		t.Fatalf("the commit failed: second factor %v, session kept %v, %d rows", got.SecondFactor, e.sessionExists(t, s.ID), w.rows())
 	}
-	codes, token, next, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, w.commit("mfa.totp.enrolled"))
+	codes, token, next, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, false, w.commit("mfa.totp.enrolled"))
 	if err != nil {
 		t.Fatalf("ConfirmTOTPWith after a failed commit: %v; want the pending enrolment kept", err)
 	}
@@ -231,7 +231,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 	if _, err := e.svc.EndSession(e.ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, v.ID, s.ID, mfaRefTOTP(t, en.Secret, e.clk.Now()), w.commit("mfa.totp.enrolled")); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, v.ID, s.ID, mfaRefTOTP(t, en.Secret, e.clk.Now()), false, w.commit("mfa.totp.enrolled")); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("ConfirmTOTPWith for an ended session: %v; want ErrNoSession", err)
 	}
 	if has, _ := e.svc.HasTOTP(e.ctx, v.ID); has {
@@ -421,14 +421,14 @@ func TestSecondFactorSessionEndedBeforeTheCommit(t *testing.T) {
 	e.clk.Advance(30 * time.Second)
 	code := mfaRefTOTP(t, secret, e.clk.Now())
 	s := e.passwordSession(t, u)
-	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, u.ID, s.ID, code, ending(s.ID)); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, u.ID, s.ID, code, false, ending(s.ID)); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("VerifyTOTPWith, the session ended before the commit: %v; want ErrNoSession", err)
 	}
 	if err := e.svc.VerifyTOTP(e.ctx, u.ID, code); err != nil {
 		t.Errorf("the code refused for an ended session was spent: %v", err)
 	}
 	s = e.passwordSession(t, u)
-	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], ending(s.ID)); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, err := e.svc.UseRecoveryCodeWith(e.ctx, u.ID, s.ID, codes[0], false, ending(s.ID)); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("UseRecoveryCodeWith, the session ended before the commit: %v; want ErrNoSession", err)
 	}
 	if n, _ := e.svc.RecoveryCodesLeft(e.ctx, u.ID); n != authcore.RecoveryCodeCount {
@@ -458,7 +458,7 @@ func TestWrongTOTPCodeWhoseCountFails(t *testing.T) {
 	if err := e.svc.VerifyTOTP(e.ctx, u.ID, wrong); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("VerifyTOTP of a wrong code, its count failing: %v; want ErrInvalidCode", err)
 	}
-	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, u.ID, s.ID, wrong, func(func(tx any) error) error {
+	if _, _, err := e.svc.VerifyTOTPWith(e.ctx, u.ID, s.ID, wrong, false, func(func(tx any) error) error {
 		t.Error("a wrong code reached the commit")
 		return nil
 	}); !errors.Is(err, authcore.ErrInvalidCode) {

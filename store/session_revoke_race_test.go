@@ -58,7 +58,7 @@ func TestCompleteSecondFactorLosesToConcurrentLogout(t *testing.T) {
 	}
 	done := make(chan result)
 	go func() {
-		token, _, err := svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP)
+		token, _, err := svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP, false)
 		done <- result{token, err}
 	}()
 	<-ps.entered // the pending session was read, the new one not yet stored
@@ -157,7 +157,7 @@ func TestSecondFactorCompletionRacingRevocation(t *testing.T) {
 	svc := e.serviceOn(t, ps)
 	done := make(chan error)
 	go func() {
-		_, _, err := svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP)
+		_, _, err := svc.CompleteSecondFactor(e.ctx, pending.ID, authcore.AMROTP, false)
 		done <- err
 	}()
 	<-ps.entered // old session read, new one not yet written

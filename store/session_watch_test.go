@@ -95,7 +95,7 @@ func TestRecheckIsNoUse(t *testing.T) {
 	token, sess := e.login(t, u)
 	recheck := func(at time.Duration) error {
 		e.clk.Set(authT0.Add(at))
-		_, err := e.svc.Recheck(e.ctx, token, "", e.clk.Now())
+		_, err := e.svc.Recheck(e.ctx, token, "", false, e.clk.Now())
 		return err
 	}
 	for _, at := range []time.Duration{time.Minute, 10 * time.Minute, 29 * time.Minute} {
@@ -131,10 +131,10 @@ func TestRecheckKeepsToTheSessionsHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := e.clk.Now()
-	if _, err := e.svc.Recheck(e.ctx, token, "app.example.com:443", now); err != nil {
+	if _, err := e.svc.Recheck(e.ctx, token, "app.example.com:443", false, now); err != nil {
 		t.Errorf("on its host: %v", err)
 	}
-	if _, err := e.svc.Recheck(e.ctx, token, "admin.example.com", now); !errors.Is(err, authcore.ErrOtherHost) {
+	if _, err := e.svc.Recheck(e.ctx, token, "admin.example.com", false, now); !errors.Is(err, authcore.ErrOtherHost) {
 		t.Errorf("on another host: %v; want ErrOtherHost", err)
 	}
 }
