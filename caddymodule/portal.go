@@ -657,7 +657,7 @@ func (q *preq) logoutPage() error {
 		// Two session cookies (one set by another site on this host):
 		// the real session may well go on; "not signed in" would be
 		// untrue.
-		return q.message(http.StatusBadRequest, "Sign-in cookies in conflict", cookieConflictText, "")
+		return q.cookieConflict()
 	}
 	if p == nil && wantsHTML(q.r) {
 		// Signed out already (an app's "Sign out" link after the session
@@ -696,22 +696,43 @@ func (q *preq) logoutSubmit() error {
 	return nil
 }
 
-// signedIn returns the fully signed-in principal, or redirects the
-// browser to sign in and returns nil.
+// signedIn returns the fully signed-in principal, or sends the browser
+// to sign in (toLogin) or to its second factor and returns nil.
 func (q *preq) signedIn() (*authcore.Principal, error) {
 	p, err := q.session()
 	if err != nil {
 		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if p == nil || p.Session.Pending {
-		page := "/login"
-		if p != nil {
-			page = "/mfa"
-		}
-		q.toPortal(page, originalURI(q.r))
+	if p == nil {
+		return nil, q.toLogin(originalURI(q.r))
+	}
+	if p.Session.Pending {
+		q.toPortal("/mfa", originalURI(q.r))
 		return nil, nil
 	}
 	return p, nil
+}
+
+// toLogin answers a page that needs a session when the request has
+// none: toPortal("/login"), unless it carried two different session
+// cookies (another site on this host set one for this path) and a
+// browser would follow. The sign-in page, on a path the other cookie is
+// not sent to, would find the session and send the browser back here,
+// round and round with nothing said: it is told why instead, as at the
+// gate and the sign-in and sign-out pages.
+func (q *preq) toLogin(back string) error {
+	if q.own.sessionConflict && navigates(q.r) {
+		return q.cookieConflict()
+	}
+	q.toPortal("/login", back)
+	return nil
+}
+
+// cookieConflict answers a request with two different session cookies
+// that is signed in as nobody for it: 400, saying to clear the site's
+// cookies.
+func (q *preq) cookieConflict() error {
+	return q.message(http.StatusBadRequest, "Sign-in cookies in conflict", cookieConflictText, "")
 }
 
 // toPortal answers a request that needs a sign-in (page "/login") or a
@@ -727,16 +748,17 @@ func (q *preq) toPortal(page, back string) {
 }
 
 // anySession returns the request's session, pending or signed in, or
-// sends the browser to sign in and returns nil: then back to where the
-// request was going (its rd: a code sent after the sign-in waiting for
-// it ended goes on to the page the sign-in was for), or else to itself.
+// sends the browser to sign in (toLogin) and returns nil: then back to
+// where the request was going (its rd: a code sent after the sign-in
+// waiting for it ended goes on to the page the sign-in was for), or else
+// to itself.
 func (q *preq) anySession() (*authcore.Principal, error) {
 	p, err := q.session()
 	if err != nil {
 		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if p == nil {
-		q.toPortal("/login", cmp.Or(q.givenRD(), originalURI(q.r)))
+		return nil, q.toLogin(cmp.Or(q.givenRD(), originalURI(q.r)))
 	}
 	return p, nil
 }

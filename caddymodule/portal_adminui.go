@@ -105,9 +105,10 @@ func (q *preq) adminPOST(back string, run func(p *authcore.Principal) error) fun
 }
 
 // adminAccess returns the principal of an admin page request, or answers
-// it and returns nil: a browser not signed in goes to sign in, one whose
-// second factor is missing or too old to the challenge, each with back as
-// the return URL; a signed-in user outside admin_group gets 403.
+// it and returns nil: a browser not signed in goes to sign in (toLogin),
+// one whose second factor is missing or too old to the challenge, each
+// with back as the return URL; a signed-in user outside admin_group gets
+// 403.
 func (q *preq) adminAccess(back string) (*authcore.Principal, error) {
 	p, err := q.session()
 	if err != nil {
@@ -120,10 +121,10 @@ func (q *preq) adminAccess(back string) (*authcore.Principal, error) {
 	case adminNeedGroup:
 		return nil, q.message(http.StatusForbidden, "Administrators only", "This page is for administrators.", q.p.app.Prefix+"/account")
 	case adminNeedLogin:
-		page = "/login"
-		if p != nil {
-			page = "/mfa"
+		if p == nil {
+			return nil, q.toLogin(back)
 		}
+		page = "/mfa"
 	case adminNeedMFA:
 		page = "/mfa"
 	}

@@ -308,6 +308,40 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 	}
 }
 
+// A second session cookie that another site on the host (over plain
+// HTTP) sets for a portal page's path, /.sigra/mfa say, does not send
+// the browser round: that page sent it to sign in, and the sign-in page,
+// which does not get the cookie, found the session and sent it back.
+// The page says why instead, with 400, as the gate does.
+func TestConflictingSessionCookiesOnPortalPagesSayWhy(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("vic@example.com", "admins")
+	e.mustLogin("vic@example.com")
+	html := map[string]string{"Accept": "text/html"}
+	tossedAt := func(path string) *env {
+		t.Helper()
+		b := e.browser()
+		site, _ := url.Parse(e.base)
+		at, _ := url.Parse(e.base + path)
+		b.client.Jar.SetCookies(site, []*http.Cookie{{Name: "sigra_session", Value: e.sessionCookie(), Path: "/"}})
+		b.client.Jar.SetCookies(at, []*http.Cookie{{Name: "sigra_session", Value: "tossed", Path: path}})
+		return b
+	}
+	for _, path := range []string{"/.sigra/mfa", "/.sigra/account", "/.sigra/account/password", "/.sigra/account/totp", "/.sigra/admin"} {
+		b := tossedAt(path)
+		if r, body := b.get(path, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
+			t.Errorf("%s: status %d (to %q); want 400 saying to clear the cookies", path, r.StatusCode, r.Header.Get("Location"))
+		}
+		if r, _ := b.get("/.sigra/login?rd="+url.QueryEscape(path), html); r.StatusCode != http.StatusSeeOther {
+			t.Errorf("the sign-in page, which does not get the cookie, with rd %s: status %d; want 303 (signed in)", path, r.StatusCode)
+		}
+	}
+	b := tossedAt("/.sigra/mfa")
+	if r, body := b.postForm("/.sigra/mfa", url.Values{"code": {"123456"}}, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
+		t.Errorf("a code sent there: status %d (to %q); want 400 saying to clear the cookies", r.StatusCode, r.Header.Get("Location"))
+	}
+}
+
 // A right code whose session ended while it was checked (here, the
 // session's lifetime ran out while the form waited for the user's lock)
 // signs nobody in, and says so in a row, instead of a 500. Nor is the
