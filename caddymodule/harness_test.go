@@ -186,10 +186,11 @@ var lastLoad atomic.Int64
 
 // closedByReload reports whether err, for a request with no body, is a
 // connection closed unanswered just after a load: worth one more try, as
-// a browser makes.
+// a browser makes. (http.ReadResponse reads such an end as an unexpected
+// EOF.)
 func closedByReload(req *http.Request, err error) bool {
 	return req.Body == nil && time.Since(time.Unix(0, lastLoad.Load())) < 2*time.Second &&
-		(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
+		(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET))
 }
 
 // rt returns the running sigra runtime.

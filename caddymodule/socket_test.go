@@ -53,25 +53,32 @@ func (e *env) openSocket(path, token string) *wsConn {
 }
 
 // trySocket asks for an upgrade, returning the connection and the status.
+// A connection closed unanswered just after a config load (closedByReload)
+// is tried once more.
 func (e *env) trySocket(path, token string) (*wsConn, int) {
 	e.t.Helper()
 	u, _ := url.Parse(e.base)
-	c, err := net.Dial("tcp", u.Host)
-	if err != nil {
-		e.t.Fatal(err)
+	for try := 0; ; try++ {
+		c, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: sigra_session=%s\r\n\r\n", path, u.Host, token)
+		s := &wsConn{t: e.t, c: c, r: bufio.NewReader(c)}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(s.r, nil)
+		if err != nil && try == 0 && closedByReload(&http.Request{}, err) {
+			continue
+		}
+		if err != nil {
+			e.t.Fatalf("upgrade of %s: %v", path, err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Body.Close()
+		}
+		return s, resp.StatusCode
 	}
-	e.t.Cleanup(func() { c.Close() })
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: sigra_session=%s\r\n\r\n", path, u.Host, token)
-	s := &wsConn{t: e.t, c: c, r: bufio.NewReader(c)}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(s.r, nil)
-	if err != nil {
-		e.t.Fatalf("upgrade of %s: %v", path, err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		resp.Body.Close()
-	}
-	return s, resp.StatusCode
 }
 
 // echo sends msg and fails the test unless the app echoes it.
