@@ -85,6 +85,17 @@ func TestAdminAPIErrorsAreProblems(t *testing.T) {
 			t.Errorf("%s unknown endpoint: status %d reason %q; want 404 not_found", m, r.StatusCode, reason)
 		}
 	}
+	// A query parameter given twice is refused, as a form field given
+	// twice is: which of the two was meant is not for the API to guess.
+	for _, path := range []string{"/audit?limit=1&limit=2", "/users?q=a&q=b", "/audit/webhooks/dead?cursor=&cursor="} {
+		r = e.do(http.MethodGet, "/.sigra/api/admin"+path, hdr, nil)
+		if reason, detail := problem(r); r.StatusCode != http.StatusBadRequest || reason != "bad_query" || !strings.Contains(detail, "more than once") {
+			t.Errorf("GET %s: status %d reason %q detail %q; want 400 bad_query saying which", path, r.StatusCode, reason, detail)
+		}
+	}
+	if r, page := htmlGet(e, "/.sigra/admin/audit?action=auth.*&action=mfa.*"); r.StatusCode != http.StatusBadRequest || !strings.Contains(page, "more than once") {
+		t.Errorf("the audit page with action twice: status %d; want 400 saying so", r.StatusCode)
+	}
 	// The sessions of a user who does not exist are 404, like the user.
 	for _, path := range []string{"/users/zzz", "/users/zzz/sessions", "/users/00000000-0000-7000-8000-000000000000/sessions"} {
 		r = e.do(http.MethodGet, "/.sigra/api/admin"+path, hdr, nil)

@@ -61,6 +61,9 @@ func doBans(ctx context.Context, rt *runtime, req bansRequest, r *http.Request, 
 	if err != nil {
 		return nil, err
 	}
+	if bans == nil {
+		bans = []authcore.AddressBan{} // a list, empty: not null
+	}
 	return &bansResult{Lifted: lifted, Bans: bans}, nil
 }
 

@@ -56,8 +56,8 @@ func TestBansListAndLift(t *testing.T) {
 	if rows := e.auditRows("admin.address.unlock"); len(rows) != 0 {
 		t.Errorf("refused lifts wrote rows: %+v", rows)
 	}
-	if res, err = runBansOp(ctx, flags, bansRequest{Op: "lift", Address: " 127.0.0.1 "}); err != nil || len(res.Bans) != 0 || res.Lifted != "127.0.0.1" {
-		t.Fatalf("bans lift 127.0.0.1: %+v, %v; want it lifted, no bans left", res, err)
+	if res, err = runBansOp(ctx, flags, bansRequest{Op: "lift", Address: " 127.0.0.1 "}); err != nil || res.Bans == nil || len(res.Bans) != 0 || res.Lifted != "127.0.0.1" {
+		t.Fatalf("bans lift 127.0.0.1: %+v, %v; want it lifted, an empty list of bans left", res, err)
 	}
 	rows := e.auditRows("admin.address.unlock")
 	if len(rows) != 1 || rows[0].ActorType != "system" || rows[0].Metadata["address"] != "127.0.0.1" || rows[0].Outcome != "success" {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -300,10 +301,8 @@ func (q *preq) route(get, post func() error) error {
 			}
 			// No portal form has a field twice: which of two emails, or
 			// of two passwords, was meant is not for the portal to guess.
-			for name, vs := range q.r.PostForm {
-				if len(vs) > 1 {
-					return q.message(http.StatusBadRequest, "Bad request", fmt.Sprintf("The form has the field %q more than once.", name), "")
-				}
+			if name := repeatedParam(q.r.PostForm); name != "" {
+				return q.message(http.StatusBadRequest, "Bad request", fmt.Sprintf("The form has the field %q more than once.", name), "")
 			}
 			return post()
 		}
@@ -711,6 +710,17 @@ func (q *preq) signedIn() (*authcore.Principal, error) {
 		return nil, nil
 	}
 	return p, nil
+}
+
+// repeatedParam names a parameter of v given more than once ("" if
+// none): which of two values was meant is not for the portal to guess.
+func repeatedParam(v url.Values) string {
+	for name, vs := range v {
+		if len(vs) > 1 {
+			return name
+		}
+	}
+	return ""
 }
 
 // toLogin answers a page that needs a session when the request has

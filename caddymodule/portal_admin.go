@@ -94,6 +94,12 @@ func (q *preq) adminRoute(path string) error {
 		writeProblem(q.w, http.StatusMethodNotAllowed, "method_not_allowed", "this endpoint takes "+allow)
 		return nil
 	}
+	if name := repeatedParam(q.r.URL.Query()); name != "" {
+		// ?limit=1&limit=2 would read as the first; say so instead, as
+		// a form with a field twice is refused.
+		writeProblem(q.w, http.StatusBadRequest, "bad_query", fmt.Sprintf("the query parameter %q is given more than once", name))
+		return nil
+	}
 	if !get {
 		if !sameOrigin(q.r, q.origin, false) || !q.rt.csrf.Valid(sessionBinding(p), q.r.Header.Get("X-CSRF-Token")) {
 			writeProblem(q.w, http.StatusForbidden, "csrf", "missing or invalid X-CSRF-Token, or a cross-site request")

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
@@ -84,6 +85,9 @@ func (q *preq) adminGET(page func(p *authcore.Principal) error) func() error {
 		p, err := q.adminAccess(originalURI(q.r))
 		if p == nil {
 			return err
+		}
+		if name := repeatedParam(q.r.URL.Query()); name != "" {
+			return q.message(http.StatusBadRequest, "Bad request", fmt.Sprintf("The address has the parameter %q more than once.", name), q.p.app.Prefix+"/admin")
 		}
 		return page(p)
 	}
