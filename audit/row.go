@@ -297,12 +297,24 @@ func isWord(s string) bool {
 // one that was that short.
 const cutMark = "…"
 
-// Truncate returns s as valid UTF-8 of at most n bytes: when it is
-// longer, cut at a rune boundary and ended with "…". Rows get their
+// Truncate returns s as valid UTF-8 of at most n bytes, its bidi
+// controls replaced: when it is longer, cut at a rune boundary and ended
+// with "…". Rows get their
 // client strings cut so; callers that keep less of one use it too, so
 // that every cut in a row looks alike.
 func Truncate(s string, n int) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
+	if strings.ContainsFunc(s, isBidiControl) {
+		// A right-to-left override in a user agent shows the rest of a
+		// log line reversed in a terminal: the row keeps that it was
+		// there, not what it does.
+		s = strings.Map(func(r rune) rune {
+			if isBidiControl(r) {
+				return '\uFFFD'
+			}
+			return r
+		}, s)
+	}
 	if len(s) <= n {
 		return s
 	}
@@ -311,4 +323,10 @@ func Truncate(s string, n int) string {
 		n--
 	}
 	return s[:n] + cutMark
+}
+
+// isBidiControl reports the characters that reorder the text around
+// them: the directional marks, embeddings, overrides and isolates.
+func isBidiControl(r rune) bool {
+	return r == '\u061c' || r == '\u200e' || r == '\u200f' || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069'
 }

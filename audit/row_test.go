@@ -194,6 +194,9 @@ func TestNormalizeTruncatesClientStrings(t *testing.T) {
 	if got := r.Metadata["bad"]; got != "\uFFFD" {
 		t.Errorf("metadata.bad = %q; want invalid UTF-8 replaced", got)
 	}
+	if got := Truncate("Mozilla\u202e <b>x</b>\u2066é\u200d", 64); got != "Mozilla\uFFFD <b>x</b>\uFFFDé\u200d" {
+		t.Errorf("Truncate of bidi controls = %q; want them replaced, other characters kept", got)
+	}
 	caller["late"] = "change"
 	if _, ok := r.Metadata["late"]; ok {
 		t.Error("the row shares the caller's metadata map; want a private copy")
