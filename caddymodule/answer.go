@@ -107,13 +107,22 @@ func (a *answerWriter) Write(b []byte) (int, error) {
 	return a.ResponseWriter.Write(b)
 }
 
-// ReadFrom is how file_server sends a file (sendfile): it is looked at
-// before, not while.
-func (a *answerWriter) ReadFrom(r io.Reader) (int64, error) {
-	if err := a.still(); err != nil {
-		return 0, err
+// answerChunk is how much of a file ReadFrom sends between two looks.
+const answerChunk = 1 << 20
+
+// ReadFrom is how file_server sends a file: a chunk at a time, with a
+// look between two (sendfile takes a limited file as well as a file).
+func (a *answerWriter) ReadFrom(r io.Reader) (n int64, err error) {
+	for {
+		if err := a.still(); err != nil {
+			return n, err
+		}
+		m, err := a.ResponseWriterWrapper.ReadFrom(io.LimitReader(r, answerChunk))
+		n += m
+		if err != nil || m < answerChunk {
+			return n, err
+		}
 	}
-	return a.ResponseWriterWrapper.ReadFrom(r)
 }
 
 // still returns errAnswerCut once the answer's session would not pass.

@@ -2,7 +2,10 @@ package caddymodule
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -106,4 +109,36 @@ func TestAnswerEndsWithItsSessionsLifetime(t *testing.T) {
 	}
 	fake.Advance(4 * time.Minute)
 	s.MustBeCut("past the session's lifetime")
+}
+
+// A file that file_server sends is looked at between chunks of it
+// (sendfile takes a limited file): a download is cut off too once its
+// session ends.
+func TestFileDownloadIsCutWhenItsSessionEnds(t *testing.T) {
+	dir := t.TempDir()
+	const size = 48 << 20
+	if err := os.WriteFile(filepath.Join(dir, "big.bin"), make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := startCaddy(t, "", "sigra_gate\n\thandle_path /files/* {\n\t\troot * "+dir+"\n\t\tfile_server\n\t}")
+	e.addUser("ann@example.com")
+	e.mustLogin("ann@example.com")
+	req, _ := http.NewRequest(http.MethodGet, e.base+"/files/big.bin", nil)
+	req.AddCookie(&http.Cookie{Name: "sigra_session", Value: e.sessionCookie()})
+	resp, err := (&http.Transport{}).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != size {
+		t.Fatalf("download: status %d, length %d; want 200 and %d", resp.StatusCode, resp.ContentLength, size)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+		t.Fatalf("the first MiB: %v", err)
+	}
+	e.signOut()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err == nil || n+1<<20 >= size {
+		t.Errorf("the download after the sign-out: %d more bytes, %v; want it cut off short", n, err)
+	}
 }

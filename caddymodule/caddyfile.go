@@ -222,26 +222,35 @@ func scopePaths(matcherSet caddy.ModuleMap) []string {
 }
 
 // caseSensitivePaths names the matcher of a set that compares the path
-// with regard to case (path_regexp without (?i), an expression reading
-// the path's placeholder or calling path_regexp), "" when none does.
+// with regard to case (path_regexp not started with (?i), an expression
+// reading the path's placeholder or calling path_regexp), "" when none
+// does.
 func caseSensitivePaths(matcherSet caddy.ModuleMap) string {
 	if raw, ok := matcherSet["path_regexp"]; ok {
 		var re struct {
 			Pattern string `json:"pattern"`
 		}
-		if json.Unmarshal(raw, &re) == nil && !strings.Contains(re.Pattern, "(?i") {
+		if json.Unmarshal(raw, &re) == nil && !strings.HasPrefix(strings.TrimPrefix(re.Pattern, "^"), "(?i)") {
 			return "path_regexp"
 		}
 	}
 	if raw, ok := matcherSet["expression"]; ok {
 		e := string(raw)
-		for _, p := range []string{"{path", "{http.request.uri", "{uri}", "path_regexp("} {
-			if strings.Contains(e, p) && !strings.Contains(e, "(?i") {
+		for _, p := range []string{"{path", "{uri}", "{http.request.uri}", "{http.request.uri.path", "{http.request.orig_uri}", "{http.request.orig_uri.path", "path_regexp("} {
+			if strings.Contains(e, p) {
 				return "expression"
 			}
 		}
 	}
 	return ""
+}
+
+// callsPath reports whether a matcher set's expression calls path(),
+// Caddy's path matcher, which ignores case: its patterns are not known
+// here.
+func callsPath(matcherSet caddy.ModuleMap) bool {
+	raw, ok := matcherSet["expression"]
+	return ok && strings.Contains(strings.ReplaceAll(string(raw), "path_regexp(", ""), "path(")
 }
 
 // gatePaths are the paths of a matcher set that is path matchers only,
@@ -897,10 +906,14 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 	if m := caseSensitivePaths(matcherSet); m != "" && !g.Optional {
 		placementWarning(fmt.Sprintf("sigra_gate on line %d: its %s matcher compares the path with regard to case, unlike Caddy's path matcher and many apps (Express, ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss this gate and meet only the requirements of the gates beside it. Use a path matcher, or start the pattern with (?i)", line, m))
 	}
-	if paths := slices.Concat(gatePaths(matcherSet), globPaths(matcherSet)); !slices.ContainsFunc(paths, func(p string) bool { return strings.Contains(p, "{") }) {
-		// A placeholder's value is not known here: such a gate is
-		// taken as written but for the slashes (Gate.asWritten).
-		g.Paths = paths
+	if g.Rank > 0 {
+		// Its path patterns, whatever else the set asks (they are
+		// ANDed): asWritten compares them with the path as written.
+		_ = json.Unmarshal(matcherSet["path"], &g.Paths)
+		if callsPath(matcherSet) {
+			g.AddsOnly = true
+			placementWarning(fmt.Sprintf("sigra_gate on line %d: its expression calls path(), which ignores case and cleans the path as the app may not, so this gate cannot tell /public/x from /PUBLIC/x as the app reads them: it only adds its requirements to those of the gates beside it and never decides alone (an optional one opens nothing they close). Use a path matcher for it to decide", line))
+		}
 	}
 	return g, nil
 }

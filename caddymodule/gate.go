@@ -139,6 +139,11 @@ type Gate struct {
 	// /public/x: a gate decides for its siblings only for a path that
 	// matches as written (asWritten).
 	Paths []string `json:"paths,omitempty"`
+	// AddsOnly, set by the Caddyfile adapter for a gate whose matcher
+	// reads the path in a way that cannot be compared with the path as
+	// the app gets it (path() in an expression), has it only add its
+	// requirements to its siblings', never decide alone.
+	AddsOnly bool `json:"adds_only,omitempty"`
 
 	app     *App
 	logger  *zap.Logger
@@ -183,6 +188,11 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 		g.logger.Warn("sigra_gate has no scope (JSON written by hand, or adapted by an older version): " +
 			"it applies its requirements even after a more specific sibling gate decided; " +
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
+	}
+	if g.Rank >= 2 && len(g.Paths) == 0 {
+		g.logger.Warn("sigra_gate has a path rank but no paths (adapted by an older version): " +
+			"it only adds its requirements to its siblings' and never decides alone, so an optional one opens nothing; " +
+			"adapt the Caddyfile again")
 	}
 	return nil
 }
@@ -265,24 +275,33 @@ var (
 // matches what the matcher names. Caddy's path matcher ignores case and
 // reads the path decoded, with doubled slashes merged, and so does
 // path_regexp but for case; an app may not. Where `/public/* { optional
-// }` matched /PUBLIC/x, /public%2Fx or //public/x, an app that is
-// case-sensitive, keeps %2F in its segment or leaves // alone routes it
-// to its private pages, so the gate only adds its requirements (none,
-// for optional) to its siblings', and the bare gate still asks for a
-// session. A gate whose matcher is not a path pattern (path_regexp,
-// expression) is taken as written but for an encoded slash and a
-// doubled one.
+// }` matched /PUBLIC/x, /public%2Fx, /%70ublic/x or //public/x, an app
+// that is case-sensitive, keeps %2F in its segment, routes on the path
+// undecoded or leaves // alone routes it to its private pages, so the
+// gate only adds its requirements (none, for optional) to its
+// siblings', and the bare gate still asks for a session. The path's
+// patterns (Paths) must match as written; a gate whose matcher has none
+// (path_regexp, an expression on {path}, a header) is taken as written
+// but for an encoded slash, a doubled one, or a character encoded that
+// no browser encodes. One that cannot be compared so (AddsOnly, or a
+// path gate adapted without its Paths) never decides alone.
 func (g *Gate) asWritten(r *http.Request) bool {
-	if g.Rank == 0 {
+	switch {
+	case g.Rank == 0:
 		return true
+	case g.AddsOnly || g.Rank >= 2 && len(g.Paths) == 0:
+		return false
 	}
 	u := r.URL
-	encoded := u.RawPath != "" && encodedSlash(u.RawPath) >= 0
+	slash, needless := rawEscapes(u.RawPath)
+	if needless {
+		return false
+	}
 	if len(g.Paths) == 0 {
-		return !encoded && !strings.Contains(u.Path, "//")
+		return !slash && !strings.Contains(u.Path, "//")
 	}
 	p := u.Path
-	if encoded {
+	if slash {
 		p = slashesKept(u.RawPath)
 	}
 	for _, pattern := range g.Paths {
@@ -300,11 +319,20 @@ func (g *Gate) asWritten(r *http.Request) bool {
 
 // matchesAsWritten reports whether path p matches a path matcher's
 // pattern as Caddy would match it if it heeded case and did not clean
-// the path: a prefix (/public/*), otherwise a glob, exact without
-// wildcards.
+// the path: a substring (*x*), a suffix (*.css), a prefix (/public/*),
+// otherwise a glob, exact without wildcards. A pattern with a
+// placeholder matches nothing here: its value is not known.
 func matchesAsWritten(pattern, p string) bool {
-	if prefix, ok := strings.CutSuffix(pattern, "*"); ok && !strings.ContainsAny(prefix, "*?[\\") {
-		return strings.HasPrefix(p, prefix)
+	if strings.Contains(pattern, "{") {
+		return false
+	}
+	switch stars := strings.Count(pattern, "*"); {
+	case stars == 2 && len(pattern) >= 2 && pattern[0] == '*' && pattern[len(pattern)-1] == '*':
+		return strings.Contains(p, pattern[1:len(pattern)-1])
+	case stars == 1 && pattern[0] == '*':
+		return strings.HasSuffix(p, pattern[1:])
+	case stars == 1 && pattern[len(pattern)-1] == '*':
+		return strings.HasPrefix(p, pattern[:len(pattern)-1])
 	}
 	ok, _ := path.Match(pattern, p)
 	return ok

@@ -105,7 +105,7 @@ func TestSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
 	for target, want := range map[string]int{
 		"/public/page": 200, "/public/a%2Fb": 200, "/public/a//b": 200, "/public/caf%C3%A9": 200,
 		"/PUBLIC/page": 401, "/Public/page": 401, "//public/page": 401, "/public%2Fpage": 401, "/public%2fpage": 401,
-		"/%70ublic/page": 200, // decoded, as every app reads it
+		"/%70ublic/page": 401, // /public/page decoded, but no browser writes it so: an app routing undecoded does not read it so
 		"/other":         401,
 	} {
 		if code, body := rawGet(t, e, target, jsonAccept); code != want {
@@ -147,6 +147,39 @@ func TestRegexpSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
 	}
 }
 
+// A gate picked by a path and something more (a method) compares the
+// path as written too; one picked by path() in an expression, whose
+// patterns are not known, never decides alone.
+func TestCombinedSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
+	e := startCaddy(t, "", `
+	sigra_gate
+	@pub {
+		path /public/* *.css
+		method GET HEAD
+	}
+	sigra_gate @pub {
+		optional
+	}`)
+	for target, want := range map[string]int{
+		"/public/x": 200, "/a/site.css": 200, "/PUBLIC/x": 401, "/public%2Fx": 401, "//public/x": 401, "/secret.CSS": 401,
+	} {
+		if code, body := rawGet(t, e, target, jsonAccept); code != want {
+			t.Errorf("anonymous GET %s: status %d %s; want %d", target, code, body, want)
+		}
+	}
+	e = startCaddy(t, "", `
+	sigra_gate
+	@feed expression path('/feed/*')
+	sigra_gate @feed {
+		optional
+	}`)
+	for _, target := range []string{"/feed/x", "/FEED/x"} {
+		if code, body := rawGet(t, e, target, jsonAccept); code != http.StatusUnauthorized {
+			t.Errorf("anonymous GET %s past an optional path() gate: status %d %s; want 401", target, code, body)
+		}
+	}
+}
+
 func TestMatchesAsWritten(t *testing.T) {
 	for _, tc := range []struct {
 		paths []string
@@ -171,6 +204,17 @@ func TestMatchesAsWritten(t *testing.T) {
 		{nil, 1, "/FEED/x", true}, // path_regexp heeds case itself
 		{nil, 1, "/feed/a%2fb", false},
 		{nil, 1, "/feed//x", false},
+		{[]string{"/public/*"}, 16, "/%70ublic/x", false},
+		{[]string{"/public/*"}, 16, "/public/%C3%A9", true},
+		{nil, 1, "/feed/%61", false},
+		{nil, 1, "/feed/%C3%A9%20x", true},
+		{[]string{"*.css"}, 1, "/a/b.css", true},
+		{[]string{"*.css"}, 1, "/a/b.CSS", false},
+		{[]string{"*/edit*"}, 1, "/a/edit/b", true},
+		{[]string{"*/edit*"}, 1, "/a/EDIT/b", false},
+		{[]string{"/{env.PUBLIC}/*"}, 1, "/public/x", false}, // a placeholder's value is not known
+		{[]string{"/public/*"}, 16, "/public/x", true},
+		{nil, 16, "/public/x", false}, // a path rank adapted without its paths
 	} {
 		u, err := url.Parse(tc.raw)
 		if err != nil {
@@ -179,6 +223,9 @@ func TestMatchesAsWritten(t *testing.T) {
 		g := &Gate{Paths: tc.paths, Rank: tc.rank}
 		if got := g.asWritten(&http.Request{URL: u}); got != tc.want {
 			t.Errorf("gate %v (rank %d) on %s: asWritten %t; want %t", tc.paths, tc.rank, tc.raw, got, tc.want)
+		}
+		if g.AddsOnly = true; g.asWritten(&http.Request{URL: u}) && tc.rank > 0 {
+			t.Errorf("gate %v (rank %d), adds only, on %s: asWritten; want never", tc.paths, tc.rank, tc.raw)
 		}
 	}
 	for raw, want := range map[string]string{"/a%2Fb%20c": "/a%2Fb c", "/a%2f%2F": "/a%2F%2F", "%2F": "%2F", "/x%": "/x%", "/%41%2fb%": "/A%2Fb%"} {

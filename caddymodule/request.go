@@ -108,6 +108,39 @@ func encodedSlash(raw string) int {
 	}
 }
 
+// rawEscapes reports what an escaped path's escapes encode: a slash
+// (%2F), or a character that needs no escape (a letter, a digit, -._~),
+// which no browser encodes: /%70ublic is /public to Caddy's matchers and
+// not to an app that routes on the path undecoded.
+func rawEscapes(raw string) (slash, needless bool) {
+	for i := strings.IndexByte(raw, '%'); i >= 0 && i+2 < len(raw); {
+		if isHex(raw[i+1]) && isHex(raw[i+2]) {
+			switch c := unhex(raw[i+1])<<4 | unhex(raw[i+2]); {
+			case c == '/':
+				slash = true
+			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '.', c == '_', c == '~':
+				needless = true
+			}
+		}
+		next := strings.IndexByte(raw[i+1:], '%')
+		if next < 0 {
+			break
+		}
+		i += 1 + next
+	}
+	return slash, needless
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= 'a':
+		return c - 'a' + 10
+	case c >= 'A':
+		return c - 'A' + 10
+	}
+	return c - '0'
+}
+
 // slashesKept decodes an escaped path but for its encoded slashes,
 // which stay %2F: the path as an app that splits segments before it
 // decodes them reads it.
@@ -158,7 +191,8 @@ func dotSegment(s string) bool {
 
 // foldedDot is the length of the dot, or the character NFKC folds to
 // dots, that s starts with (0 when it does not): the fullwidth and small
-// full stops and the one-, two- and three-dot leaders.
+// full stops, the one-, two- and three-dot leaders, and the vertical
+// forms of the last two.
 func foldedDot(s string) int {
 	switch {
 	case s == "":
@@ -168,7 +202,7 @@ func foldedDot(s string) int {
 	case s[0] != 0xef && s[0] != 0xe2:
 		return 0
 	}
-	for _, d := range [...]string{"\uff0e", "\ufe52", "\u2024", "\u2025", "\u2026"} {
+	for _, d := range [...]string{"\uff0e", "\ufe52", "\u2024", "\u2025", "\u2026", "\ufe30", "\ufe19"} {
 		if strings.HasPrefix(s, d) {
 			return len(d)
 		}
