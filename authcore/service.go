@@ -603,7 +603,7 @@ func (s *Service) NewSessionRecord(u *User, amr []string, meta ClientMeta) (stri
 	token, id := NewToken()
 	sess := &Session{
 		ID: id, SignIn: id.String(), UserID: u.ID, CreatedAt: now, LastSeen: now, ExpiresAt: now.Add(s.cfg.Lifetime),
-		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(meta.UserAgent, 256), Host: truncate(NormalizeHost(meta.Host), 255), Plain: !meta.Secure,
+		AuthTime: now, AMR: amr, IP: meta.IP, UserAgent: truncate(visible(meta.UserAgent), 256), Host: truncate(NormalizeHost(meta.Host), 255), Plain: !meta.Secure,
 		UserEpoch: u.SessionEpoch, // as read when the credential was checked
 	}
 	if sess.HasAMR(AMRMFA) {

@@ -135,3 +135,18 @@ func isBidiOverride(r rune) bool {
 // an email) looks the same as another that does not, as adm\u200bins
 // looks like admins.
 func isHidden(r rune) bool { return isControl(r) || unicode.Is(unicode.Cf, r) }
+
+// visible is s with its hidden characters (isHidden) replaced by U+FFFD:
+// a right-to-left override in a user agent would show the rest of a
+// sessions list reversed.
+func visible(s string) string {
+	if !strings.ContainsFunc(s, isHidden) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if isHidden(r) {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
+}

@@ -83,6 +83,9 @@ func runningFor(r *http.Request) (*App, *runtime, error) {
 		return nil, nil, err
 	}
 	q := r.URL.Query()
+	if name := repeatedParam(q); name != "" {
+		return nil, nil, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("the query parameter %q is given more than once", name)}
+	}
 	want := q.Get("store")
 	if want == "" {
 		return nil, nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,

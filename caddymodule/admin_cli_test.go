@@ -306,6 +306,10 @@ func TestAdminCLIStoreParameter(t *testing.T) {
 		if code, body := e.adminDo(c.method, q("sigra.db"), c.body); code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), "not an absolute path") {
 			t.Errorf("%s %s naming a relative store: status %d, %s; want 400", c.method, c.uri, code, body)
 		}
+		twice := c.uri + "?" + url.Values{"store": {e.store(), other}}.Encode()
+		if code, body := e.adminDo(c.method, twice, c.body); code != http.StatusBadRequest || !strings.Contains(apiErrorText(body), "more than once") {
+			t.Errorf("%s %s naming two stores: status %d, %s; want 400", c.method, c.uri, code, body)
+		}
 		want := fmt.Sprintf("this Caddy runs the Sigra store %s, but the request names %s", resolved(t, e.store()), filepath.Join(resolved(t, filepath.Dir(other)), "sigra.db"))
 		if code, body := e.adminDo(c.method, q(other), c.body); code != http.StatusMisdirectedRequest || apiErrorText(body) != want {
 			t.Errorf("%s %s naming another store: status %d, %s; want 421 %q", c.method, c.uri, code, body, want)

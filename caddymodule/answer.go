@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -107,23 +108,21 @@ func (a *answerWriter) Write(b []byte) (int, error) {
 	return a.ResponseWriter.Write(b)
 }
 
-// answerChunk is how much of a file ReadFrom sends between two looks.
-const answerChunk = 1 << 20
+// copyBufs are ReadFrom's buffers.
+var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
 
-// ReadFrom is how file_server sends a file: a chunk at a time, with a
-// look between two (sendfile takes a limited file as well as a file).
-func (a *answerWriter) ReadFrom(r io.Reader) (n int64, err error) {
-	for {
-		if err := a.still(); err != nil {
-			return n, err
-		}
-		m, err := a.ResponseWriterWrapper.ReadFrom(io.LimitReader(r, answerChunk))
-		n += m
-		if err != nil || m < answerChunk {
-			return n, err
-		}
-	}
+// ReadFrom is how file_server sends a file: through Write, 32 KiB at a
+// time, each looked at, so that a download however slow is cut off, and
+// kept in use, as it goes. (Caddy's writers before this one keep
+// sendfile out already.)
+func (a *answerWriter) ReadFrom(r io.Reader) (int64, error) {
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	return io.CopyBuffer(writeOnly{a}, r, buf[:])
 }
+
+// writeOnly hides a writer's ReadFrom from io.CopyBuffer.
+type writeOnly struct{ io.Writer }
 
 // still returns errAnswerCut once the answer's session would not pass.
 func (a *answerWriter) still() error {

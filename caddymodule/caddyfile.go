@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -222,7 +224,7 @@ func scopePaths(matcherSet caddy.ModuleMap) []string {
 }
 
 // caseSensitivePaths names the matcher of a set that compares the path
-// with regard to case (path_regexp not started with (?i), an expression
+// with regard to case (path_regexp without an i flag, an expression
 // reading the path's placeholder or calling path_regexp), "" when none
 // does.
 func caseSensitivePaths(matcherSet caddy.ModuleMap) string {
@@ -230,7 +232,7 @@ func caseSensitivePaths(matcherSet caddy.ModuleMap) string {
 		var re struct {
 			Pattern string `json:"pattern"`
 		}
-		if json.Unmarshal(raw, &re) == nil && !strings.HasPrefix(strings.TrimPrefix(re.Pattern, "^"), "(?i)") {
+		if json.Unmarshal(raw, &re) == nil && !ignoresCase.MatchString(re.Pattern) {
 			return "path_regexp"
 		}
 	}
@@ -245,12 +247,34 @@ func caseSensitivePaths(matcherSet caddy.ModuleMap) string {
 	return ""
 }
 
-// callsPath reports whether a matcher set's expression calls path(),
-// Caddy's path matcher, which ignores case: its patterns are not known
-// here.
-func callsPath(matcherSet caddy.ModuleMap) bool {
-	raw, ok := matcherSet["expression"]
-	return ok && strings.Contains(strings.ReplaceAll(string(raw), "path_regexp(", ""), "path(")
+// ignoresCase matches a regexp that sets the i flag: (?i), (?is), (?i:…).
+var ignoresCase = regexp.MustCompile(`\(\?[a-zA-Z]*i[a-zA-Z]*[:)]`)
+
+// pathUnknown says how a matcher set reads the path in a way a gate
+// cannot compare with the path as the app gets it ("" when it does
+// not): a path pattern with a placeholder, a path_regexp with flags
+// ((?i) ignores case, as Caddy's path matcher does), or any other
+// matcher that reads the path or the URI (an expression, not, vars):
+// those the gate's Paths cannot stand for.
+func pathUnknown(matcherSet caddy.ModuleMap) string {
+	for _, name := range slices.Sorted(maps.Keys(matcherSet)) {
+		raw := string(matcherSet[name])
+		switch name {
+		case "path":
+			if strings.Contains(raw, "{") {
+				return "its path pattern has a placeholder, whose value is not known then"
+			}
+		case "path_regexp":
+			if strings.Contains(raw, "(?") {
+				return "its path_regexp sets flags ((?i) ignores case)"
+			}
+		default:
+			if lower := strings.ToLower(raw); strings.Contains(lower, "path") || strings.Contains(lower, "uri") {
+				return "its " + name + " matcher reads the path"
+			}
+		}
+	}
+	return ""
 }
 
 // gatePaths are the paths of a matcher set that is path matchers only,
@@ -909,10 +933,11 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 	if g.Rank > 0 {
 		// Its path patterns, whatever else the set asks (they are
 		// ANDed): asWritten compares them with the path as written.
+		g.PathsKnown = true
 		_ = json.Unmarshal(matcherSet["path"], &g.Paths)
-		if callsPath(matcherSet) {
+		if why := pathUnknown(matcherSet); why != "" {
 			g.AddsOnly = true
-			placementWarning(fmt.Sprintf("sigra_gate on line %d: its expression calls path(), which ignores case and cleans the path as the app may not, so this gate cannot tell /public/x from /PUBLIC/x as the app reads them: it only adds its requirements to those of the gates beside it and never decides alone (an optional one opens nothing they close). Use a path matcher for it to decide", line))
+			placementWarning(fmt.Sprintf("sigra_gate on line %d: %s, which cannot be compared with the path as the app gets it (/public/x and /PUBLIC/x, say): this gate only adds its requirements to those of the gates beside it and never decides alone, so an optional one opens nothing a bare gate closes. Pick it by path patterns for it to decide", line, why))
 		}
 	}
 	return g, nil

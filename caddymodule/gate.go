@@ -144,6 +144,10 @@ type Gate struct {
 	// the app gets it (path() in an expression), has it only add its
 	// requirements to its siblings', never decide alone.
 	AddsOnly bool `json:"adds_only,omitempty"`
+	// PathsKnown is set on a gate with a matcher by the Caddyfile
+	// adapter of this version, which records Paths and AddsOnly: one
+	// adapted before never decides alone.
+	PathsKnown bool `json:"paths_known,omitempty"`
 
 	app     *App
 	logger  *zap.Logger
@@ -189,8 +193,8 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 			"it applies its requirements even after a more specific sibling gate decided; " +
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
 	}
-	if g.Rank >= 2 && len(g.Paths) == 0 {
-		g.logger.Warn("sigra_gate has a path rank but no paths (adapted by an older version): " +
+	if g.Scope != 0 && g.Rank > 0 && !g.PathsKnown {
+		g.logger.Warn("sigra_gate with a matcher was adapted by an older version, which did not record its paths: " +
 			"it only adds its requirements to its siblings' and never decides alone, so an optional one opens nothing; " +
 			"adapt the Caddyfile again")
 	}
@@ -283,18 +287,22 @@ var (
 // patterns (Paths) must match as written; a gate whose matcher has none
 // (path_regexp, an expression on {path}, a header) is taken as written
 // but for an encoded slash, a doubled one, or a character encoded that
-// no browser encodes. One that cannot be compared so (AddsOnly, or a
-// path gate adapted without its Paths) never decides alone.
+// no browser encodes, or one an app may take for the end of the path
+// (?, #). One that cannot be compared so (AddsOnly, or one adapted by an
+// older version) never decides alone.
 func (g *Gate) asWritten(r *http.Request) bool {
 	switch {
 	case g.Rank == 0:
 		return true
-	case g.AddsOnly || g.Rank >= 2 && len(g.Paths) == 0:
+	case g.AddsOnly || g.Scope != 0 && !g.PathsKnown:
 		return false
 	}
 	u := r.URL
-	slash, needless := rawEscapes(u.RawPath)
-	if needless {
+	slash, unsure := rawEscapes(u.RawPath)
+	if unsure || strings.ContainsAny(u.Path, "?#") {
+		// A ? or # in the path came encoded: an app that decodes the
+		// URL before it splits it ends the path there, and
+		// /admin/x%3F.css ends in .css to Caddy only.
 		return false
 	}
 	if len(g.Paths) == 0 {

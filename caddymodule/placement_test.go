@@ -852,7 +852,8 @@ func TestCaseSensitiveGateMatcherIsWarnedOf(t *testing.T) {
 		warns               bool
 	}{
 		{"path_regexp", "@adm path_regexp ^/admin", "group admins", true},
-		{"path_regexp with (?i)", "@adm path_regexp (?i)^/admin", "group admins", false},
+		{"path_regexp with (?i)", "@adm path_regexp (?i)^/admin", "group admins", true}, // never decides alone
+		{"path", "@adm path /admin* /ops*", "group admins", false},
 		{"expression on {path}", "@adm expression {path}.startsWith('/admin')", "group admins", true},
 		{"expression with path()", "@adm expression path('/admin*')", "group admins", true},
 		{"optional expression with path()", "@adm expression path('/feed*')", "optional", true},

@@ -109,17 +109,17 @@ func encodedSlash(raw string) int {
 }
 
 // rawEscapes reports what an escaped path's escapes encode: a slash
-// (%2F), or a character that needs no escape (a letter, a digit, -._~),
-// which no browser encodes: /%70ublic is /public to Caddy's matchers and
-// not to an app that routes on the path undecoded.
-func rawEscapes(raw string) (slash, needless bool) {
+// (%2F); or (unsure) a character that needs no escape (a letter, a
+// digit, -._), which no browser encodes: /%70ublic is /public to Caddy's
+// matchers and not to an app that routes on the path undecoded.
+func rawEscapes(raw string) (slash, unsure bool) {
 	for i := strings.IndexByte(raw, '%'); i >= 0 && i+2 < len(raw); {
 		if isHex(raw[i+1]) && isHex(raw[i+2]) {
 			switch c := unhex(raw[i+1])<<4 | unhex(raw[i+2]); {
 			case c == '/':
 				slash = true
-			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '.', c == '_', c == '~':
-				needless = true
+			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '.', c == '_':
+				unsure = true
 			}
 		}
 		next := strings.IndexByte(raw[i+1:], '%')
@@ -128,7 +128,7 @@ func rawEscapes(raw string) (slash, needless bool) {
 		}
 		i += 1 + next
 	}
-	return slash, needless
+	return slash, unsure
 }
 
 func unhex(c byte) byte {

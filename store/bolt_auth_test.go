@@ -1312,6 +1312,14 @@ func TestServiceStartSessionTruncatesUserAgent(t *testing.T) {
 	if got, _ := e.st.GetSession(e.ctx, sess.ID); len(got.UserAgent) != 256 {
 		t.Errorf("stored user agent is %d bytes; want 256", len(got.UserAgent))
 	}
+	// A right-to-left override would show a sessions list reversed.
+	_, sess, err = e.svc.StartSession(e.ctx, u, []string{"pwd"}, authcore.ClientMeta{UserAgent: "Mozilla\u202e <b>x</b>\u2066é"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.st.GetSession(e.ctx, sess.ID); got.UserAgent != "Mozilla\ufffd <b>x</b>\ufffdé" {
+		t.Errorf("stored user agent %q; want its bidi controls replaced", got.UserAgent)
+	}
 }
 
 func TestServiceIdleTimeout(t *testing.T) {
