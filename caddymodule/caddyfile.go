@@ -250,31 +250,83 @@ func caseSensitivePaths(matcherSet caddy.ModuleMap) string {
 // ignoresCase matches a regexp that sets the i flag: (?i), (?is), (?i:…).
 var ignoresCase = regexp.MustCompile(`\(\?[a-zA-Z]*i[a-zA-Z]*[:)]`)
 
+// setsFlags matches a regexp that sets flags, (?i) or (?s-m:…), and not
+// a group that sets none, (?:…) or (?P<name>…).
+var setsFlags = regexp.MustCompile(`\(\?[a-zA-Z-]+[:)]`)
+
+// pathBlind are the matchers that read nothing of the path, unless a
+// placeholder in their values does.
+var pathBlind = map[string]bool{
+	"host": true, "method": true, "protocol": true, "remote_ip": true, "client_ip": true, "tls": true,
+	"header": true, "header_regexp": true, "query": true,
+}
+
 // pathUnknown says how a matcher set reads the path in a way a gate
 // cannot compare with the path as the app gets it ("" when it does
-// not): a path pattern with a placeholder, a path_regexp with flags
-// ((?i) ignores case, as Caddy's path matcher does), or any other
-// matcher that reads the path or the URI (an expression, not, vars):
-// those the gate's Paths cannot stand for.
+// not). Only these are known: path patterns without a placeholder (the
+// gate's Paths), a path_regexp without flags ((?i) would ignore case, as
+// Caddy's path matcher does), a not of such path patterns (which can
+// only narrow the gate), and matchers that read nothing of the path
+// (pathBlind) with no placeholder. Any other (an expression, vars, file,
+// a map's output) may read the path any way.
 func pathUnknown(matcherSet caddy.ModuleMap) string {
 	for _, name := range slices.Sorted(maps.Keys(matcherSet)) {
 		raw := string(matcherSet[name])
-		switch name {
-		case "path":
+		switch {
+		case name == "path":
 			if strings.Contains(raw, "{") {
 				return "its path pattern has a placeholder, whose value is not known then"
 			}
-		case "path_regexp":
-			if strings.Contains(raw, "(?") {
+		case name == "path_regexp":
+			var re struct {
+				Pattern string `json:"pattern"`
+			}
+			if json.Unmarshal(matcherSet[name], &re) != nil || setsFlags.MatchString(re.Pattern) {
 				return "its path_regexp sets flags ((?i) ignores case)"
 			}
-		default:
-			if lower := strings.ToLower(raw); strings.Contains(lower, "path") || strings.Contains(lower, "uri") {
-				return "its " + name + " matcher reads the path"
+		case name == "not":
+			var sets []map[string]json.RawMessage
+			if json.Unmarshal(matcherSet[name], &sets) != nil || slices.ContainsFunc(sets, func(set map[string]json.RawMessage) bool {
+				_, onlyPath := set["path"]
+				return len(set) != 1 || !onlyPath || strings.Contains(string(set["path"]), "{")
+			}) {
+				return "its not matcher reads the path otherwise than by path patterns"
 			}
+		case pathBlind[name]:
+			if hasPlaceholder(matcherSet[name]) {
+				return "its " + name + " matcher has a placeholder, which may read the path"
+			}
+		default:
+			return "its " + name + " matcher may read the path"
 		}
 	}
 	return ""
+}
+
+// hasPlaceholder reports whether a matcher's JSON has a string with a {
+// in it (a placeholder), in keys or values.
+func hasPlaceholder(raw json.RawMessage) bool {
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return true
+	}
+	var walk func(v any) bool
+	walk = func(v any) bool {
+		switch v := v.(type) {
+		case string:
+			return strings.Contains(v, "{")
+		case []any:
+			return slices.ContainsFunc(v, walk)
+		case map[string]any:
+			for k, x := range v {
+				if strings.Contains(k, "{") || walk(x) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return walk(v)
 }
 
 // gatePaths are the paths of a matcher set that is path matchers only,

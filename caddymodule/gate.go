@@ -194,9 +194,9 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
 	}
 	if g.Scope != 0 && g.Rank > 0 && !g.PathsKnown {
-		g.logger.Warn("sigra_gate with a matcher was adapted by an older version, which did not record its paths: " +
-			"it only adds its requirements to its siblings' and never decides alone, so an optional one opens nothing; " +
-			"adapt the Caddyfile again")
+		g.logger.Warn("sigra_gate with a matcher was adapted by an older version, which did not record its paths: "+
+			"it only adds its requirements to its siblings' and never decides alone, so an optional one opens nothing; "+
+			"adapt the Caddyfile again", zap.Int("scope", g.Scope), zap.Int("rank", g.Rank), zap.Bool("optional", g.Optional))
 	}
 	return nil
 }

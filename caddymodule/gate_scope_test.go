@@ -170,11 +170,31 @@ func TestCombinedSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
 	// Matchers that read the path in ways not compared as written: the
 	// gate never decides alone, so the bare gate asks for a session.
 	for _, m := range []string{"expression path('/feed/*')", "expression path ('/feed/*')", "path_regexp (?i)^/feed/",
-		"expression {path}.lowerAscii().startsWith('/feed/')", "not path_regexp ^/private/", "vars_regexp {path} ^/feed/"} {
+		"expression {path}.lowerAscii().startsWith('/feed/')", "not path_regexp ^/private/", "vars_regexp {path} ^/feed/",
+		"vars {feed} yes\n\tmap {path} {feed} {\n\t\t~(?i)^/(feed|private)/ yes\n\t\tdefault no\n\t}", "expression file()"} {
 		e = startCaddy(t, "", "sigra_gate\n\t@feed "+m+"\n\tsigra_gate @feed {\n\t\toptional\n\t}")
 		for _, target := range []string{"/feed/x", "/FEED/x", "/PRIVATE/x"} {
 			if code, body := rawGet(t, e, target, jsonAccept); code != http.StatusUnauthorized {
 				t.Errorf("anonymous GET %s past an optional gate on %s: status %d %s; want 401", target, m, code, body)
+			}
+		}
+	}
+}
+
+// Matchers that read nothing of the path, a path_regexp with groups but
+// no flags, and a not of path patterns leave a gate deciding alone.
+func TestPathBlindSiblingDecidesAlone(t *testing.T) {
+	for m, cases := range map[string]map[string]int{
+		"{\n\t\tpath /public/*\n\t\theader User-Agent *curious*\n\t}":                   {"/public/x": 200, "/PUBLIC/x": 401},
+		"path_regexp ^/(?:public|assets)/":                                              {"/public/x": 200, "/assets/x": 200, "/PUBLIC/x": 401},
+		"{\n\t\tpath /public/*\n\t\tnot path /public/secret/*\n\t}":                     {"/public/x": 200, "/public/secret/x": 401, "/public/SECRET/x": 401},
+		"{\n\t\tpath /public/*\n\t\thost 127.0.0.1 uri.example pathfinder.example\n\t}": {"/public/x": 200},
+	} {
+		e := startCaddy(t, "", "sigra_gate\n\t@pub "+m+"\n\tsigra_gate @pub {\n\t\toptional\n\t}")
+		for target, want := range cases {
+			hdr := map[string]string{"Accept": "application/json", "User-Agent": "a curious client"}
+			if code, body := rawGet(t, e, target, hdr); code != want {
+				t.Errorf("anonymous GET %s, gate on %q: status %d %s; want %d", target, m, code, body, want)
 			}
 		}
 	}
