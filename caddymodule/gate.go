@@ -131,8 +131,8 @@ type Gate struct {
 	// a matcher, higher for a longer path prefix. A sibling met after one
 	// of a lower rank decided applies as well.
 	Rank int `json:"rank,omitempty"`
-	// Paths are the path patterns of the gate's matcher when it has
-	// nothing else, set by the Caddyfile adapter. Caddy matches them
+	// Paths are the path patterns of the gate's matcher, whatever else
+	// it asks, set by the Caddyfile adapter. Caddy matches them
 	// without regard to case, on the path decoded and with doubled
 	// slashes merged, but the app gets the path as written and may
 	// route /PUBLIC/x, /public%2Fx or //public/x elsewhere than
@@ -140,9 +140,10 @@ type Gate struct {
 	// matches as written (asWritten).
 	Paths []string `json:"paths,omitempty"`
 	// AddsOnly, set by the Caddyfile adapter for a gate whose matcher
-	// reads the path in a way that cannot be compared with the path as
-	// the app gets it (path() in an expression), has it only add its
-	// requirements to its siblings', never decide alone.
+	// may read the path in a way that cannot be compared with the path
+	// as the app gets it (an expression, vars, file, a path_regexp with
+	// flags: see pathUnknown), has it only add its requirements to its
+	// siblings', never decide alone.
 	AddsOnly bool `json:"adds_only,omitempty"`
 	// PathsKnown is set on a gate with a matcher by the Caddyfile
 	// adapter of this version, which records Paths and AddsOnly: one
@@ -285,11 +286,11 @@ var (
 // gate only adds its requirements (none, for optional) to its
 // siblings', and the bare gate still asks for a session. The path's
 // patterns (Paths) must match as written; a gate whose matcher has none
-// (path_regexp, an expression on {path}, a header) is taken as written
-// but for an encoded slash, a doubled one, or a character encoded that
-// no browser encodes, or one an app may take for the end of the path
-// (?, #). One that cannot be compared so (AddsOnly, or one adapted by an
-// older version) never decides alone.
+// (a path_regexp without flags, a header) is taken as written but for an
+// encoded slash, a doubled one. Neither decides for a path with a
+// character encoded that no browser encodes, or one an app may take for
+// the end of the path (?, #). One that cannot be compared so (AddsOnly,
+// or one adapted by an older version) never decides alone.
 func (g *Gate) asWritten(r *http.Request) bool {
 	switch {
 	case g.Rank == 0:
