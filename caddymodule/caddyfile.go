@@ -285,12 +285,21 @@ func pathUnknown(matcherSet caddy.ModuleMap) string {
 				return "its path_regexp sets flags ((?i) ignores case)"
 			}
 		case name == "not":
+			// A not of path patterns only narrows a gate whose own path
+			// patterns bound it, compared as written; alone, it opens
+			// every spelling of the excluded paths that Caddy does not
+			// match and an app does (/admin./x to IIS).
+			_, bounded := matcherSet["path"]
 			var sets []map[string]json.RawMessage
 			if json.Unmarshal(matcherSet[name], &sets) != nil || slices.ContainsFunc(sets, func(set map[string]json.RawMessage) bool {
-				_, onlyPath := set["path"]
-				return len(set) != 1 || !onlyPath || strings.Contains(string(set["path"]), "{")
+				for k, v := range set {
+					if hasPlaceholder(v) || !(pathBlind[k] || k == "path" && bounded) {
+						return true
+					}
+				}
+				return false
 			}) {
-				return "its not matcher reads the path otherwise than by path patterns"
+				return "its not matcher reads the path otherwise than to narrow path patterns of its own"
 			}
 		case pathBlind[name]:
 			if hasPlaceholder(matcherSet[name]) {
@@ -303,8 +312,8 @@ func pathUnknown(matcherSet caddy.ModuleMap) string {
 	return ""
 }
 
-// hasPlaceholder reports whether a matcher's JSON has a string with a {
-// in it (a placeholder), in keys or values.
+// hasPlaceholder reports whether a matcher's JSON has a placeholder (a {
+// before a letter) in a string, key or value; a regexp's {3} is none.
 func hasPlaceholder(raw json.RawMessage) bool {
 	var v any
 	if json.Unmarshal(raw, &v) != nil {
@@ -314,12 +323,12 @@ func hasPlaceholder(raw json.RawMessage) bool {
 	walk = func(v any) bool {
 		switch v := v.(type) {
 		case string:
-			return strings.Contains(v, "{")
+			return placeholderIn(v)
 		case []any:
 			return slices.ContainsFunc(v, walk)
 		case map[string]any:
 			for k, x := range v {
-				if strings.Contains(k, "{") || walk(x) {
+				if placeholderIn(k) || walk(x) {
 					return true
 				}
 			}
@@ -327,6 +336,21 @@ func hasPlaceholder(raw json.RawMessage) bool {
 		return false
 	}
 	return walk(v)
+}
+
+// placeholderIn reports whether s has a { before a letter.
+func placeholderIn(s string) bool {
+	for i := strings.IndexByte(s, '{'); i >= 0 && i+1 < len(s); {
+		if c := s[i+1] | 0x20; 'a' <= c && c <= 'z' {
+			return true
+		}
+		next := strings.IndexByte(s[i+1:], '{')
+		if next < 0 {
+			break
+		}
+		i += 1 + next
+	}
+	return false
 }
 
 // gatePaths are the paths of a matcher set that is path matchers only,

@@ -171,7 +171,8 @@ func TestCombinedSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
 	// gate never decides alone, so the bare gate asks for a session.
 	for _, m := range []string{"expression path('/feed/*')", "expression path ('/feed/*')", "path_regexp (?i)^/feed/",
 		"expression {path}.lowerAscii().startsWith('/feed/')", "not path_regexp ^/private/", "vars_regexp {path} ^/feed/",
-		"vars {feed} yes\n\tmap {path} {feed} {\n\t\t~(?i)^/(feed|private)/ yes\n\t\tdefault no\n\t}", "expression file()"} {
+		"vars {feed} yes\n\tmap {path} {feed} {\n\t\t~(?i)^/(feed|private)/ yes\n\t\tdefault no\n\t}", "expression file()",
+		"not path /private/*"} {
 		e = startCaddy(t, "", "sigra_gate\n\t@feed "+m+"\n\tsigra_gate @feed {\n\t\toptional\n\t}")
 		for _, target := range []string{"/feed/x", "/FEED/x", "/PRIVATE/x"} {
 			if code, body := rawGet(t, e, target, jsonAccept); code != http.StatusUnauthorized {
@@ -185,10 +186,11 @@ func TestCombinedSiblingDecidesOnlyForThePathAsWritten(t *testing.T) {
 // no flags, and a not of path patterns leave a gate deciding alone.
 func TestPathBlindSiblingDecidesAlone(t *testing.T) {
 	for m, cases := range map[string]map[string]int{
-		"{\n\t\tpath /public/*\n\t\theader User-Agent *curious*\n\t}":                   {"/public/x": 200, "/PUBLIC/x": 401},
-		"path_regexp ^/(?:public|assets)/":                                              {"/public/x": 200, "/assets/x": 200, "/PUBLIC/x": 401},
-		"{\n\t\tpath /public/*\n\t\tnot path /public/secret/*\n\t}":                     {"/public/x": 200, "/public/secret/x": 401, "/public/SECRET/x": 401},
-		"{\n\t\tpath /public/*\n\t\thost 127.0.0.1 uri.example pathfinder.example\n\t}": {"/public/x": 200},
+		"{\n\t\tpath /public/*\n\t\theader User-Agent *curious*\n\t}":                          {"/public/x": 200, "/PUBLIC/x": 401},
+		"path_regexp ^/(?:public|assets)/":                                                     {"/public/x": 200, "/assets/x": 200, "/PUBLIC/x": 401},
+		"{\n\t\tpath /public/*\n\t\tnot path /public/secret/*\n\t}":                            {"/public/x": 200, "/public/secret/x": 401, "/public/SECRET/x": 401},
+		"{\n\t\tpath /public/*\n\t\thost 127.0.0.1 uri.example pathfinder.example\n\t}":        {"/public/x": 200},
+		"{\n\t\tpath /public/*\n\t\theader_regexp User-Agent ^a.{3}\n\t\tnot method POST\n\t}": {"/public/x": 200, "/PUBLIC/x": 401},
 	} {
 		e := startCaddy(t, "", "sigra_gate\n\t@pub "+m+"\n\tsigra_gate @pub {\n\t\toptional\n\t}")
 		for target, want := range cases {
