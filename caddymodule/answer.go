@@ -58,6 +58,18 @@ func (d *gateDecision) judge(p *authcore.Principal, every time.Duration, now tim
 	return max(next, min(time.Second, every)), ""
 }
 
+// ended logs msg for a socket or an answer of the decision's session
+// ended for why (an error at Error level), and counts it in
+// sigra_streams_closed_total.
+func (d *gateDecision) ended(l *zap.Logger, msg, why string, err error) {
+	log := l.Info
+	if err != nil {
+		log = l.Error
+	}
+	log(msg, zap.String("reason", why), zap.String("session", d.p.Session.ID.String()), zap.String("host", d.host), zap.Error(err))
+	processMetrics().streamsClosed.WithLabelValues(why).Inc()
+}
+
 // errAnswerCut is what a write of an answer whose session ended returns:
 // reverse_proxy then aborts the answer, so the client sees it cut off
 // rather than complete.
@@ -161,13 +173,7 @@ func (a *answerWriter) still() error {
 		return nil
 	}
 	a.cut = true
-	log := a.g.logger.Info
-	if err != nil {
-		log = a.g.logger.Error
-	}
-	log("cutting off an answer: its session would not pass now",
-		zap.String("reason", why), zap.String("session", a.d.p.Session.ID.String()), zap.String("host", a.d.host), zap.Error(err))
-	processMetrics().streamsClosed.WithLabelValues(why).Inc()
+	a.d.ended(a.g.logger, "cutting off an answer: its session would not pass now", why, err)
 	return errAnswerCut
 }
 

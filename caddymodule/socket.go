@@ -176,13 +176,7 @@ func (s *socket) close(why string, err error) {
 	if s.ctx.Err() != nil {
 		return // done meanwhile; a check failing with it says nothing
 	}
-	log := s.gate.logger.Info
-	if err != nil {
-		log = s.gate.logger.Error
-	}
-	log("closing a socket or event stream: its session would not pass now",
-		zap.String("reason", why), zap.String("session", s.id.String()), zap.String("host", s.d.host), zap.Error(err))
-	processMetrics().streamsClosed.WithLabelValues(why).Inc()
+	s.d.ended(s.gate.logger, "closing a socket or event stream: its session would not pass now", why, err)
 	s.cancel()
 }
 
