@@ -371,7 +371,7 @@ func (s *Service) renewAlone(cur *Session, secure bool, save func(sess *Session,
 	sess = cur.Clone()
 	token, sess.ID = NewToken()
 	sess.AuthTime, sess.LastSeen = now, now
-	sess.Plain = sess.Plain || !secure
+	sess.RenewedOver(secure)
 	s.cache.dropUser(cur.UserID)
 	err = save(sess, func(u *User) error {
 		change(u, now)

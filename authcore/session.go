@@ -130,6 +130,11 @@ type Session struct {
 	Plain bool `json:"plain,omitempty"`
 }
 
+// RenewedOver marks the session as renewed by a request over HTTPS if
+// secure: it is Plain if it was, or if the renewal's token goes in the
+// clear.
+func (s *Session) RenewedOver(secure bool) { s.Plain = s.Plain || !secure }
+
 // OnSite reports whether the session is valid on a request for hostport
 // (see OnHost) made over HTTPS if secure: a session whose token went in
 // the clear (Plain) is not valid on HTTPS, where its cookie would sign

@@ -723,6 +723,6 @@ func (s *Service) secondFactorSession(ctx context.Context, id SessionID, method 
 	}
 	sess.Pending = false
 	sess.LastSeen = now
-	sess.Plain = old.Plain || !secure
+	sess.RenewedOver(secure)
 	return token, sess, nil
 }
