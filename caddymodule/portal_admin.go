@@ -339,12 +339,15 @@ type sessionView struct {
 	IP        string    `json:"ip"`
 	UserAgent string    `json:"user_agent"`
 	Host      string    `json:"host,omitempty"`
+	// Plain is a session signed in or renewed over plain HTTP, whose
+	// cookie anyone on the network could read; it is not valid on HTTPS.
+	Plain bool `json:"plain,omitempty"`
 }
 
 // viewSession shows s, a session of u, pending as the gate treats it.
 func viewSession(s *authcore.Session, u *authcore.User) sessionView {
 	return sessionView{ID: s.ID.String(), UserID: s.UserID, CreatedAt: s.CreatedAt, LastSeen: s.LastSeen,
-		ExpiresAt: s.ExpiresAt, AMR: s.AMR, Pending: s.PendingFor(u), IP: s.IP, UserAgent: s.UserAgent, Host: s.Host}
+		ExpiresAt: s.ExpiresAt, AMR: s.AMR, Pending: s.PendingFor(u), IP: s.IP, UserAgent: s.UserAgent, Host: s.Host, Plain: s.Plain}
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {

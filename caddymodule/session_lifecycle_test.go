@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -755,4 +756,54 @@ func TestSignInWithoutHostRefused(t *testing.T) {
 	}
 	// With a Host, the same catch-all site signs in as ever.
 	e.mustLogin("nohost@example.com")
+}
+
+// Where a session was signed in shows beside it, and whether its cookie
+// went in the clear: in the admin API, on the admin's user page and on
+// the user's own account page, so an admin or the user can end a plain
+// session they did not expect.
+func TestSessionListsShowPlainSessions(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	base, _ := url.Parse(e.base)
+	e.addUser("root@example.com", "admins")
+	pam := e.addUser("pam@example.com")
+	if _, _, err := e.rt().auth.StartSession(context.Background(), pam, []string{authcore.AMRPassword},
+		authcore.ClientMeta{Host: base.Host, Secure: true}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.browser()
+	b.mustLogin("pam@example.com") // over plain HTTP
+
+	e.mustLogin("root@example.com")
+	enrolTOTP(t, e, fake.Now())
+	code, body := e.adminCall(http.MethodGet, "/users/"+pam.ID+"/sessions", nil)
+	var v struct {
+		Sessions []map[string]any `json:"sessions"`
+	}
+	if err := json.Unmarshal([]byte(body), &v); code != 200 || err != nil {
+		t.Fatalf("GET sessions: status %d body %s", code, body)
+	}
+	plain := 0
+	for _, s := range v.Sessions {
+		if s["host"] != base.Hostname() {
+			t.Errorf("session %v: host %v; want %s", s["id"], s["host"], base.Hostname())
+		}
+		if s["plain"] == true {
+			plain++
+		}
+	}
+	if len(v.Sessions) != 2 || plain != 1 {
+		t.Errorf("pam's sessions %s; want two, one of them plain", body)
+	}
+	_, adminPage := e.get("/.sigra/admin/users/"+pam.ID, nil)
+	_, accountPage := b.get("/.sigra/account", nil)
+	for who, page := range map[string]string{"admin's user page": adminPage, "account page": accountPage} {
+		if n := strings.Count(page, `data-sigra="session-plain"`); n != 1 {
+			t.Errorf("%s marks %d sessions plain; want 1", who, n)
+		}
+		if n := strings.Count(page, "on "+base.Hostname()); n != 2 {
+			t.Errorf("%s names the host of %d sessions; want 2", who, n)
+		}
+	}
 }
