@@ -725,13 +725,13 @@ func repeatedParam(v url.Values) string {
 
 // toLogin answers a page that needs a session when the request has
 // none: toPortal("/login"), unless it carried two different session
-// cookies (another site on this host set one for this path) and a
-// browser would follow. The sign-in page, on a path the other cookie is
-// not sent to, would find the session and send the browser back here,
-// round and round with nothing said: it is told why instead, as at the
-// gate and the sign-in and sign-out pages.
+// cookies (another site on this host set one for this path). The
+// sign-in page, on a path the other cookie is not sent to, would find
+// the session and send the browser back here, round and round with
+// nothing said; a script told 401 would send it there too. It is told
+// why instead, as at the gate and the sign-in and sign-out pages.
 func (q *preq) toLogin(back string) error {
-	if q.own.sessionConflict && navigates(q.r) {
+	if q.own.sessionConflict {
 		return q.cookieConflict()
 	}
 	q.toPortal("/login", back)
@@ -740,8 +740,13 @@ func (q *preq) toLogin(back string) error {
 
 // cookieConflict answers a request with two different session cookies
 // that is signed in as nobody for it: 400, saying to clear the site's
-// cookies.
+// cookies; as problem+json (cookie_conflict) to a client that does not
+// ask for HTML, as the gate answers it.
 func (q *preq) cookieConflict() error {
+	if !wantsHTML(q.r) {
+		writeProblem(q.w, denyCookieConflict.status, denyCookieConflict.reason, denyCookieConflict.detail)
+		return nil
+	}
 	return q.message(http.StatusBadRequest, "Sign-in cookies in conflict", cookieConflictText, "")
 }
 

@@ -70,6 +70,9 @@ func (q *preq) adminRoute(path string) error {
 	}
 	switch q.adminDenial(p) {
 	case adminNeedLogin:
+		if p == nil && q.own.sessionConflict {
+			return q.cookieConflict()
+		}
 		writeProblem(q.w, http.StatusUnauthorized, "login_required", "sign in required")
 		return nil
 	case adminNeedGroup:

@@ -252,8 +252,8 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 		if r.StatusCode != http.StatusBadRequest || problemReason(body) != "cookie_conflict" {
 			t.Errorf("%s: status %d body %s; want 400 cookie_conflict", name, r.StatusCode, body)
 		}
-		if r, _ := send("/.sigra/account", "application/json", cookies...); r.StatusCode != http.StatusUnauthorized {
-			t.Errorf("%s, the portal: status %d; want 401 (nobody signed in)", name, r.StatusCode)
+		if r, body := send("/.sigra/account", "application/json", cookies...); r.StatusCode != http.StatusBadRequest || problemReason(body) != "cookie_conflict" {
+			t.Errorf("%s, the portal: status %d body %s; want 400 cookie_conflict (nobody signed in)", name, r.StatusCode, body)
 		}
 		if r, _ := send("/open", "application/json", cookies...); r.StatusCode != 200 {
 			t.Errorf("%s, an optional route: status %d; want 200", name, r.StatusCode)
@@ -335,6 +335,14 @@ func TestConflictingSessionCookiesOnPortalPagesSayWhy(t *testing.T) {
 		}
 		if r, _ := b.get("/.sigra/login?rd="+url.QueryEscape(path), html); r.StatusCode != http.StatusSeeOther {
 			t.Errorf("the sign-in page, which does not get the cookie, with rd %s: status %d; want 303 (signed in)", path, r.StatusCode)
+		}
+	}
+	// A script is told the same, as problem+json: a 401 would have it
+	// send the browser to sign in, and round.
+	for _, path := range []string{"/.sigra/account", "/.sigra/admin", "/.sigra/api/admin/users"} {
+		r, body := tossedAt(path).get(path, map[string]string{"Accept": "application/json"})
+		if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"cookie_conflict"`) {
+			t.Errorf("%s, asked for JSON: status %d %s; want 400 cookie_conflict", path, r.StatusCode, body)
 		}
 	}
 	b := tossedAt("/.sigra/mfa")
