@@ -94,7 +94,8 @@ type App struct {
 	caddyCtx caddy.Context
 
 	remoteAliases bool
-	pathParams    bool // PathParams allow
+	pathParams    bool       // PathParams allow
+	gateReads     *gateReads // set by Provision
 	storagePath   string
 	// signingKeyPath is keys.signing_key with its placeholders replaced.
 	signingKeyPath string
@@ -385,6 +386,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // `caddy validate` has no side effects and works while Caddy runs.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.caddyCtx = ctx
+	a.gateReads = new(gateReads)
 	a.logger = ctx.Logger()
 	a.slog = ctx.Slogger()
 	if err := a.setDefaults(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"reflect"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strconv"
 	"strings"
@@ -277,12 +278,22 @@ func pathUnknown(matcherSet caddy.ModuleMap) string {
 			if strings.Contains(raw, "{") {
 				return "its path pattern has a placeholder, whose value is not known then"
 			}
+			var patterns []string
+			_ = json.Unmarshal(matcherSet[name], &patterns)
+			for _, p := range patterns {
+				if !strings.HasPrefix(p, "/") {
+					return fmt.Sprintf("its path pattern %q does not start at the path's start, so it matches within any path (*.css matches /admin/users.css, and /admin/users.php/x.css, which PHP runs as users.php)", p)
+				}
+			}
 		case name == "path_regexp":
 			var re struct {
 				Pattern string `json:"pattern"`
 			}
 			if json.Unmarshal(matcherSet[name], &re) != nil || setsFlags.MatchString(re.Pattern) {
 				return "its path_regexp sets flags ((?i) ignores case)"
+			}
+			if !anchoredAtPath(re.Pattern) {
+				return "its path_regexp does not start with ^ and a literal path (^/public/), so it may match within any path (\\.css$ matches /admin/users.css)"
 			}
 		case name == "not":
 			// A not of path patterns only narrows a gate whose own path
@@ -310,6 +321,96 @@ func pathUnknown(matcherSet caddy.ModuleMap) string {
 		}
 	}
 	return ""
+}
+
+// excludesPaths reports whether a matcher set has a not of path or
+// path_regexp patterns.
+func excludesPaths(matcherSet caddy.ModuleMap) bool {
+	var sets []map[string]json.RawMessage
+	_ = json.Unmarshal(matcherSet["not"], &sets)
+	return slices.ContainsFunc(sets, func(set map[string]json.RawMessage) bool {
+		_, p := set["path"]
+		_, re := set["path_regexp"]
+		return p || re
+	})
+}
+
+// anchoredAtPath reports whether a regexp is anchored at the path's
+// start (^ or \A) with a literal slash and more literal text after it,
+// or a choice of literals (^/public/, ^/(?:public|assets)/): every path
+// it matches starts so, as every path a /public/* pattern matches does.
+func anchoredAtPath(expr string) bool {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return false
+	}
+	re = re.Simplify()
+	if re.Op != syntax.OpConcat || len(re.Sub) < 2 {
+		return false
+	}
+	if op := re.Sub[0].Op; op != syntax.OpBeginText && op != syntax.OpBeginLine {
+		return false
+	}
+	lead := ""
+	rest := re.Sub[1:]
+	for len(rest) > 0 && rest[0].Op == syntax.OpLiteral && rest[0].Flags&syntax.FoldCase == 0 {
+		lead += string(rest[0].Rune)
+		rest = rest[1:]
+	}
+	switch {
+	case !strings.HasPrefix(lead, "/"):
+		return false
+	case len(lead) > 1:
+		return true
+	}
+	return len(rest) > 0 && startsLiteral(rest[0])
+}
+
+// startsLiteral reports whether every string re matches starts with
+// literal text (not case folded) it names.
+func startsLiteral(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpLiteral:
+		return re.Flags&syntax.FoldCase == 0
+	case syntax.OpCapture, syntax.OpConcat:
+		return len(re.Sub) > 0 && startsLiteral(re.Sub[0])
+	case syntax.OpAlternate:
+		return !slices.ContainsFunc(re.Sub, func(s *syntax.Regexp) bool { return !startsLiteral(s) })
+	}
+	return false
+}
+
+// pathsRead returns the path patterns under a matcher set's not (all of
+// them when negated, a set under not) and its path_regexp patterns,
+// under not or not.
+func pathsRead(matcherSet map[string]json.RawMessage, negated bool) (notPaths, regexps []string) {
+	for name, raw := range matcherSet {
+		switch name {
+		case "path":
+			if negated {
+				var ps []string
+				_ = json.Unmarshal(raw, &ps)
+				notPaths = append(notPaths, ps...)
+			}
+		case "path_regexp":
+			var re struct {
+				Pattern string `json:"pattern"`
+			}
+			if json.Unmarshal(raw, &re) == nil && re.Pattern != "" {
+				regexps = append(regexps, re.Pattern)
+			}
+		case "not":
+			var sets []map[string]json.RawMessage
+			_ = json.Unmarshal(raw, &sets)
+			for _, set := range sets {
+				n, r := pathsRead(set, true)
+				notPaths, regexps = append(notPaths, n...), append(regexps, r...)
+			}
+		}
+	}
+	slices.Sort(notPaths)
+	slices.Sort(regexps)
+	return notPaths, regexps
 }
 
 // hasPlaceholder reports whether a matcher's JSON has a placeholder (a {
@@ -1006,11 +1107,15 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 	if m := caseSensitivePaths(matcherSet); m != "" && !g.Optional {
 		placementWarning(fmt.Sprintf("sigra_gate on line %d: its %s matcher compares the path with regard to case, unlike Caddy's path matcher and many apps (Express, ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss this gate and meet only the requirements of the gates beside it. Use a path matcher, or start the pattern with (?i)", line, m))
 	}
+	if _, bounded := matcherSet["path"]; !bounded && !g.Optional && excludesPaths(matcherSet) {
+		placementWarning(fmt.Sprintf("sigra_gate on line %d: it is picked by a not of path patterns, which Caddy compares with the path decoded and doubled slashes merged (and a path pattern without regard to case): /public%%2Fx, //public/x (and /PUBLIC/x) skip this gate as /public/x does, though many apps serve them as other pages. Gate the whole site with a bare sigra_gate, and make those paths optional beside it", line))
+	}
 	if g.Rank > 0 {
 		// Its path patterns, whatever else the set asks (they are
 		// ANDed): asWritten compares them with the path as written.
 		g.PathsKnown = true
 		_ = json.Unmarshal(matcherSet["path"], &g.Paths)
+		g.NotPaths, g.PathRegexps = pathsRead(matcherSet, false)
 		if why := pathUnknown(matcherSet); why != "" {
 			g.AddsOnly = true
 			placementWarning(fmt.Sprintf("sigra_gate on line %d: %s, which cannot be compared with the path as the app gets it (/public/x and /PUBLIC/x, say): this gate only adds its requirements to those of the gates beside it and never decides alone, so an optional one opens nothing a bare gate closes. Pick it by path patterns for it to decide", line, why))

@@ -149,8 +149,15 @@ type Gate struct {
 	// adapter of this version, which records Paths and AddsOnly: one
 	// adapted before never decides alone.
 	PathsKnown bool `json:"paths_known,omitempty"`
+	// NotPaths are the path patterns under the matcher's not, and
+	// PathRegexps its path_regexp patterns (under not or not), set by the
+	// Caddyfile adapter. With Paths they tell a gate which paths its
+	// siblings tell apart (see appReading).
+	NotPaths    []string `json:"not_paths,omitempty"`
+	PathRegexps []string `json:"path_regexps,omitempty"`
 
 	app     *App
+	reads   *scopeReads // the patterns of the gate's scope: its siblings'
 	logger  *zap.Logger
 	origins *originCache
 }
@@ -193,6 +200,11 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 		g.logger.Warn("sigra_gate has no scope (JSON written by hand, or adapted by an older version): " +
 			"it applies its requirements even after a more specific sibling gate decided; " +
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
+	}
+	if g.Scope != 0 {
+		if g.reads, err = app.gateReads.add(g.Scope, g.Paths, g.NotPaths, g.PathRegexps); err != nil {
+			return fmt.Errorf("sigra_gate: %v", err)
+		}
 	}
 	if g.Scope != 0 && g.Rank > 0 && !g.PathsKnown {
 		g.logger.Warn("sigra_gate with a matcher was adapted by an older version, which did not record its paths: "+
@@ -347,6 +359,14 @@ func matchesAsWritten(pattern, p string) bool {
 	return ok
 }
 
+// refusePath answers a request whose path is refused (why: see
+// pathRefusal) before the gate decides, and counts it.
+func (g *Gate) refusePath(w http.ResponseWriter, r *http.Request, d *gateDecision, start time.Time, why string) error {
+	m := g.app.metrics
+	d.settle(m, m.gateDecisions.WithLabelValues("deny", "bad_path"), d.spent+time.Since(start), true)
+	return refusePath(w, r, g.app.Prefix, why)
+}
+
 // check applies the requirements to a signed-in principal.
 func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
 	if g.MFA != nil {
@@ -382,14 +402,16 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// The portal refused these already (no gate saw them); a gate
 		// that runs first (in a route block, say) refuses them as well.
 		if why := pathRefusal(r.URL.Path, g.app.pathParams); why != "" {
-			m := g.app.metrics
-			d.settle(m, m.gateDecisions.WithLabelValues("deny", "bad_path"), time.Since(start), true)
-			return refusePath(w, r, g.app.Prefix, why)
+			return g.refusePath(w, r, d, start, why)
 		}
 		// The portal stripped already, but handlers between it and here
 		// (a route block's request_header, say) may have set one again;
 		// the gate strips right before it decides what goes upstream.
 		stripIdentity(r, g.app.remoteAliases)
+	}
+	if read, other := appReading(r.URL.Path); other && g.reads.readsApart(r.URL.Path, read) {
+		return g.refusePath(w, r, d, start, "a spelling that some apps read as another path (a dot or space ending a segment, "+
+			"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart")
 	}
 	if g.asWritten(r) {
 		d.record(g.Scope, g.Rank)

@@ -859,6 +859,10 @@ func TestCaseSensitiveGateMatcherIsWarnedOf(t *testing.T) {
 		{"optional expression with path()", "@adm expression path('/feed*')", "optional", true},
 		{"path", "@adm path /admin*", "group admins", false},
 		{"optional path_regexp", "@adm path_regexp ^/feed", "optional", false},
+		{"not path", "@adm not path /public/*", "group admins", true},
+		{"not path_regexp", "@adm not path_regexp ^/public/", "group admins", true},
+		{"not path beside path", "@adm {\n\t\tpath /admin*\n\t\tnot path /admin/help*\n\t}", "group admins", false},
+		{"suffix path", "@adm path *.css", "optional", true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			warned = nil
@@ -867,7 +871,7 @@ func TestCaseSensitiveGateMatcherIsWarnedOf(t *testing.T) {
 			if got := len(warned) > 0; got != c.warns {
 				t.Fatalf("warnings %q; want some: %t", warned, c.warns)
 			}
-			if c.warns && !strings.Contains(warned[0], "sigra_gate on line 5: its ") && !strings.Contains(warned[0], "never decides alone") {
+			if c.warns && !strings.Contains(warned[0], "sigra_gate on line 5: it") && !strings.Contains(warned[0], "never decides alone") {
 				t.Errorf("warning %q; want it to name the gate's line", warned[0])
 			}
 		})

@@ -1,0 +1,121 @@
+package caddymodule
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+
+	"golang.org/x/text/unicode/norm"
+)
+
+// Some apps read a path more loosely than Caddy's matchers: Windows
+// servers (IIS, .NET) drop the dots and spaces that end a segment and
+// an NTFS stream name (/admin./x, /admin%20/x and
+// /admin::$INDEX_ALLOCATION/x are /admin/x to them), and apps that fold
+// Unicode (NFKC) read a fullwidth ａ as a, ﬁ as fi. Caddy picks the gate
+// for the path as written, so such a spelling of a gated path meets the
+// gates of another: /docs/internal./x meets an optional /docs/* gate and
+// not the /docs/internal/* one, and /ａdmin/x passes a gate picked by
+// `not path /admin/*`. A gate refuses a path that reads so as another
+// path whenever the path patterns of its siblings tell the two apart
+// (readsApart): which gates the app's reading would meet cannot be known.
+
+// appReading is path p (decoded) as such an app reads it; other is false
+// when it reads no other way, as almost every path does (one scan).
+func appReading(p string) (read string, other bool) {
+	ascii, loose := true, false
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c >= 0x80:
+			ascii = false
+		case c == '.' || c == ' ':
+			loose = loose || i+1 == len(p) || p[i+1] == '/'
+		case c == ':':
+			loose = loose || strings.HasPrefix(p[i:], ":$") || strings.HasPrefix(p[i:], "::$")
+		}
+	}
+	if ascii && !loose {
+		return p, false
+	}
+	q := p
+	if !ascii {
+		q = norm.NFKC.String(q)
+	}
+	segs := strings.Split(q, "/")
+	for i, s := range segs {
+		if strings.Contains(s, ":$") {
+			s = s[:strings.IndexByte(s, ':')] // name::$INDEX_ALLOCATION, name:stream:$DATA
+		}
+		segs[i] = strings.TrimRight(s, ". ")
+	}
+	read = strings.Join(segs, "/")
+	return read, read != p
+}
+
+// scopeReads are the path patterns (from path, and from a not's path)
+// and path regexps of the matchers of one scope's gates: siblings.
+type scopeReads struct {
+	paths []string // lower case, as Caddy matches them
+	res   []*regexp.Regexp
+}
+
+// readsApart reports whether a pattern of the scope's gates matches one
+// of p and read, and not the other: a gate that one meets and the other
+// does not.
+func (s *scopeReads) readsApart(p, read string) bool {
+	if s == nil {
+		return false
+	}
+	lp, lr := strings.ToLower(p), strings.ToLower(read)
+	for _, pattern := range s.paths {
+		if matchesAsWritten(pattern, lp) != matchesAsWritten(pattern, lr) {
+			return true
+		}
+	}
+	for _, re := range s.res {
+		if re.MatchString(p) != re.MatchString(read) {
+			return true
+		}
+	}
+	return false
+}
+
+// gateReads keeps each scope's scopeReads for the App's gates: filled
+// as they are provisioned, read once the config serves.
+type gateReads struct {
+	mu     sync.Mutex
+	scopes map[int]*scopeReads
+}
+
+// add records the patterns of a gate of scope and returns that scope's
+// reads, which the gate keeps. Patterns with a placeholder or an escape
+// (compared with the path as written) are left out: they are not known,
+// or not compared with the decoded path.
+func (g *gateReads) add(scope int, paths, notPaths, regexps []string) (*scopeReads, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.scopes == nil {
+		g.scopes = map[int]*scopeReads{}
+	}
+	s := g.scopes[scope]
+	if s == nil {
+		s = new(scopeReads)
+		g.scopes[scope] = s
+	}
+	for _, list := range [][]string{paths, notPaths} {
+		for _, pattern := range list {
+			if !strings.ContainsAny(pattern, "{%") {
+				s.paths = append(s.paths, strings.ToLower(pattern))
+			}
+		}
+	}
+	for _, expr := range regexps {
+		re, err := regexp.Compile(expr)
+		if err != nil {
+			return nil, fmt.Errorf("path regexp %q: %v", expr, err)
+		}
+		s.res = append(s.res, re)
+	}
+	return s, nil
+}
