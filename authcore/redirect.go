@@ -20,7 +20,12 @@ const MaxRedirectLen = 4096
 // browsers repair such URLs into other origins. On a site served over
 // HTTPS (secure) an http:// target is refused too: following it would
 // send the user, and whatever the target reads from the URL, over
-// plaintext. A target longer than MaxRedirectLen is refused too.
+// plaintext. A target longer than MaxRedirectLen is refused too, and one
+// whose path has a dot segment: a browser resolves /.//evil.com to the
+// path //evil.com, which an app that echoes the path into a redirect
+// (adding a trailing slash, say) sends to another origin. Browsers
+// resolve such segments before they send a URL, so a page's own address
+// never has one.
 func CleanRedirect(rd, host string, secure bool, allowedHosts []string) string {
 	if rd == "" || len(rd) > MaxRedirectLen {
 		return "/"
@@ -31,7 +36,7 @@ func CleanRedirect(rd, host string, secure bool, allowedHosts []string) string {
 		}
 	}
 	u, err := url.Parse(rd)
-	if err != nil || u.User != nil || u.Opaque != "" {
+	if err != nil || u.User != nil || u.Opaque != "" || hasDotSegment(u.EscapedPath()) {
 		return "/"
 	}
 	if u.Scheme == "" && u.Host == "" {
@@ -53,4 +58,16 @@ func CleanRedirect(rd, host string, secure bool, allowedHosts []string) string {
 		}
 	}
 	return "/"
+}
+
+// hasDotSegment reports whether an escaped path has a segment "." or
+// "..", either dot also written %2e, as browsers read it.
+func hasDotSegment(escaped string) bool {
+	for _, seg := range strings.Split(escaped, "/") {
+		seg = strings.ReplaceAll(strings.ToLower(seg), "%2e", ".")
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }

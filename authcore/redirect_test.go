@@ -25,6 +25,7 @@ func TestCleanRedirect(t *testing.T) {
 		{name: "local path with query and fragment", rd: "/a/b?x=1&y=2#top"},
 		{name: "query holding a scheme-relative url", rd: "/search?next=//evil.com"},
 		{name: "double slash later in the path", rd: "/a//b"},
+		{name: "dots in names", rd: "/v1.2/a..b/.well-known/x.?q=/./"},
 		{name: "percent-encoded slashes stay a path", rd: "/%2F%2Fevil.com"},
 		{name: "percent-encoded backslash stays a path", rd: "/%5Cevil.com"},
 		{name: "percent-encoded tab stays a path", rd: "/%09/evil.com"},
@@ -38,6 +39,12 @@ func TestCleanRedirect(t *testing.T) {
 		{name: "MaxRedirectLen bytes", rd: longPath},
 
 		// Attacks and junk all become "/".
+		{name: "dot segment resolving to //evil.com", rd: "/.//evil.com", want: "/"},
+		{name: "encoded dot segment", rd: "/%2e//evil.com", want: "/"},
+		{name: "dot-dot segment", rd: "/a/..//evil.com", want: "/"},
+		{name: "encoded dot-dot segment", rd: "/a/%2E%2e//evil.com", want: "/"},
+		{name: "dot segment on the same host", rd: "https://app.example.com/.//evil.com", want: "/"},
+		{name: "dot segment at the end", rd: "/a/.", want: "/"},
 		{name: "empty", rd: "", want: "/"},
 		{name: "scheme-relative //evil", rd: "//evil.com/x", want: "/"},
 		{name: "scheme-relative to our own host", rd: "//app.example.com/x", want: "/"},

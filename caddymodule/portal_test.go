@@ -222,7 +222,10 @@ func TestLoginRedirectTargets(t *testing.T) {
 		{"local path", "/reports?q=1", "/reports?q=1"},
 		// The app's own URL, exactly: http.Redirect would clean it.
 		{"double slash kept", "/repo/blob/main//README.md", "/repo/blob/main//README.md"},
-		{"dot segment kept", "/a/./b/../c", "/a/./b/../c"},
+		// A dot segment is not: a browser resolves /.//evil.com to the
+		// path //evil.com, which an app's redirect may send elsewhere.
+		{"dot segment", "/a/./b/../c", "/"},
+		{"dot segment before //", "/.//evil.com", "/"},
 		{"a dashboard's long link", "/d?" + strings.Repeat("var-host=server0&", 200), "/d?" + strings.Repeat("var-host=server0&", 200)},
 		{"non-ASCII escaped", "/caf\u00e9", "/caf%C3%A9"},
 		{"same origin absolute", e.base + "/x", e.base + "/x"},
