@@ -547,12 +547,19 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		"sigra_gate\n\t@pub {\n\t\tpath /*\n\t\tnot path /admin/*\n\t}\n\tsigra_gate @pub {\n\t\toptional\n\t}": {
 			"/admin/x": 401, "/x": 200, "/admin./x": 400, "/admin%20/x": 400, "/%EF%BD%81dmin/x": 400,
 			"/admin::$INDEX_ALLOCATION/x": 400, "/wiki/Washington,_D.C.": 200, "/caf%C3%A9/x": 200,
+			"//admin./x": 400, "//%EF%BD%81dmin/x": 400,
 		},
 		// A stricter gate nested in an optional one.
 		"sigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}\n\tsigra_gate /docs/internal/* {\n\t\tgroup staff\n\t}": {
 			"/docs/x": 200, "/docs/internal/x": 401, "/docs/internal./x": 400, "/docs/internal%20/x": 400,
 			"/docs/internal::$INDEX_ALLOCATION/x": 400, "/docs/%EF%BD%89nternal/x": 400, "/docs/%EF%AC%81le": 200,
 			"/docs/a./b": 200, "/docs/v1.2./x": 200,
+			"/docs//internal./x": 400, "/docs///internal%20/x": 400, "/docs/%2Finternal./x": 400,
+		},
+		// A pattern that names a loose spelling itself does not refuse
+		// the paths it names.
+		"sigra_gate\n\tsigra_gate /ｶﾀﾛｸﾞ/* {\n\t\toptional\n\t}\n\tsigra_gate /wiki/* {\n\t\toptional\n\t}\n\tsigra_gate /wiki/Washington,_D.C. {\n\t\tgroup staff\n\t}": {
+			"/%EF%BD%B6%EF%BE%80%EF%BE%9B%EF%BD%B8%EF%BE%9E/item1": 200, "/wiki/Washington,_D.C.": 401, "/wiki/x": 200,
 		},
 		// A stricter gate picked by a path_regexp.
 		"sigra_gate\n\t@adm path_regexp ^/admin/\n\tsigra_gate @adm {\n\t\tgroup staff\n\t}": {
@@ -577,6 +584,8 @@ func TestAppReading(t *testing.T) {
 		"/admin./x":                   "/admin/x",
 		"/admin. . /x":                "/admin/x",
 		"/admin::$INDEX_ALLOCATION/x": "/admin/x",
+		"//admin.//x":                 "/admin/x",
+		"/a//b":                       "",
 		"/admin:s:$DATA":              "/admin",
 		"/a:b/x":                      "",
 		"/ａdmin/x":                    "/admin/x",

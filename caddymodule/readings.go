@@ -21,8 +21,9 @@ import (
 // path whenever the path patterns of its siblings tell the two apart
 // (readsApart): which gates the app's reading would meet cannot be known.
 
-// appReading is path p (decoded) as such an app reads it; other is false
-// when it reads no other way, as almost every path does (one scan).
+// appReading is path p (decoded) as such an app reads it, doubled
+// slashes merged as Caddy's matchers merge them; other is false when it
+// reads no other way, as almost every path does (one scan).
 func appReading(p string) (read string, other bool) {
 	ascii, loose := true, false
 	for i := 0; i < len(p); i++ {
@@ -49,8 +50,17 @@ func appReading(p string) (read string, other bool) {
 		}
 		segs[i] = strings.TrimRight(s, ". ")
 	}
-	read = strings.Join(segs, "/")
-	return read, read != p
+	read = mergeSlashes(strings.Join(segs, "/"))
+	return read, read != mergeSlashes(p)
+}
+
+// mergeSlashes is p with each run of slashes made one, as Caddy's path
+// matchers read it.
+func mergeSlashes(p string) string {
+	for strings.Contains(p, "//") {
+		p = strings.ReplaceAll(p, "//", "/")
+	}
+	return p
 }
 
 // scopeReads are the path patterns (from path, and from a not's path)
@@ -67,6 +77,7 @@ func (s *scopeReads) readsApart(p, read string) bool {
 	if s == nil {
 		return false
 	}
+	p = mergeSlashes(p)
 	lp, lr := strings.ToLower(p), strings.ToLower(read)
 	for _, pattern := range s.paths {
 		if matchesAsWritten(pattern, lp) != matchesAsWritten(pattern, lr) {
@@ -105,12 +116,18 @@ func (g *gateReads) add(scope int, paths, notPaths, regexps []string) (*scopeRea
 	}
 	for _, list := range [][]string{paths, notPaths} {
 		for _, pattern := range list {
-			if !strings.ContainsAny(pattern, "{%") {
+			// A pattern that names a loose spelling itself (/ｶﾀﾛｸﾞ/*,
+			// /wiki/Washington,_D.C.) would have every path it matches
+			// told apart from its reading, and refused.
+			if _, loose := appReading(pattern); !loose && !strings.ContainsAny(pattern, "{%") {
 				s.paths = append(s.paths, strings.ToLower(pattern))
 			}
 		}
 	}
 	for _, expr := range regexps {
+		if _, loose := appReading(expr); loose {
+			continue // as a loose path pattern: ^/ｶﾀﾛｸﾞ/
+		}
 		re, err := regexp.Compile(expr)
 		if err != nil {
 			return nil, fmt.Errorf("path regexp %q: %v", expr, err)
