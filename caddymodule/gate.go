@@ -157,7 +157,7 @@ type Gate struct {
 	PathRegexps []string `json:"path_regexps,omitempty"`
 
 	app     *App
-	reads   *scopeReads // the patterns of the gate's scope: its siblings'
+	reads   *pathReads // the patterns of every gate of the config
 	logger  *zap.Logger
 	origins *originCache
 }
@@ -202,7 +202,7 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
 	}
 	if g.Scope != 0 {
-		if g.reads, err = app.gateReads.add(g.Scope, g.Paths, g.NotPaths, g.PathRegexps); err != nil {
+		if g.reads, err = app.gateReads.add([][]string{g.Paths, g.NotPaths}, g.PathRegexps); err != nil {
 			return fmt.Errorf("sigra_gate: %v", err)
 		}
 	}

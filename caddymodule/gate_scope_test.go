@@ -556,6 +556,10 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 			"/docs/a./b": 200, "/docs/v1.2./x": 200,
 			"/docs//internal./x": 400, "/docs///internal%20/x": 400, "/docs/%2Finternal./x": 400,
 		},
+		// A stricter gate in a block of its own (another scope).
+		"sigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}\n\troute {\n\t\tsigra_gate /docs/internal/* {\n\t\t\tgroup staff\n\t\t}\n\t}": {
+			"/docs/x": 200, "/docs/internal/x": 401, "/docs/internal./x": 400, "/docs/%EF%BD%89nternal/x": 400,
+		},
 		// A pattern that names a loose spelling itself does not refuse
 		// the paths it names.
 		"sigra_gate\n\tsigra_gate /ｶﾀﾛｸﾞ/* {\n\t\toptional\n\t}\n\tsigra_gate /wiki/* {\n\t\toptional\n\t}\n\tsigra_gate /wiki/Washington,_D.C. {\n\t\tgroup staff\n\t}": {

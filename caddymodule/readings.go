@@ -18,8 +18,9 @@ import (
 // gates of another: /docs/internal./x meets an optional /docs/* gate and
 // not the /docs/internal/* one, and /ａdmin/x passes a gate picked by
 // `not path /admin/*`. A gate refuses a path that reads so as another
-// path whenever the path patterns of its siblings tell the two apart
-// (readsApart): which gates the app's reading would meet cannot be known.
+// path whenever the path patterns of the config's gates tell the two
+// apart (readsApart): which gates the app's reading would meet cannot be
+// known.
 
 // appReading is path p (decoded) as such an app reads it, doubled
 // slashes merged as Caddy's matchers merge them; other is false when it
@@ -63,17 +64,17 @@ func mergeSlashes(p string) string {
 	return p
 }
 
-// scopeReads are the path patterns (from path, and from a not's path)
-// and path regexps of the matchers of one scope's gates: siblings.
-type scopeReads struct {
+// pathReads are the path patterns (from path, and from a not's path)
+// and path regexps of the matchers of the gates.
+type pathReads struct {
 	paths []string // lower case, as Caddy matches them
 	res   []*regexp.Regexp
 }
 
-// readsApart reports whether a pattern of the scope's gates matches one
+// readsApart reports whether a pattern of the gates matches one
 // of p and read, and not the other: a gate that one meets and the other
 // does not.
-func (s *scopeReads) readsApart(p, read string) bool {
+func (s *pathReads) readsApart(p, read string) bool {
 	if s == nil {
 		return false
 	}
@@ -92,29 +93,27 @@ func (s *scopeReads) readsApart(p, read string) bool {
 	return false
 }
 
-// gateReads keeps each scope's scopeReads for the App's gates: filled
-// as they are provisioned, read once the config serves.
+// gateReads keeps the pathReads of all the App's gates: filled as they
+// are provisioned, read once the config serves. One set for every scope
+// and site: a stricter gate nested in a block of its own counts as a
+// sibling's would, and refusing a loose spelling where another site's
+// gates tell it apart costs nothing a browser sends. The matchers of
+// the blocks themselves (handle /admin/* { sigra_gate … }) are not
+// known here.
 type gateReads struct {
-	mu     sync.Mutex
-	scopes map[int]*scopeReads
+	mu  sync.Mutex
+	all pathReads
 }
 
-// add records the patterns of a gate of scope and returns that scope's
-// reads, which the gate keeps. Patterns with a placeholder or an escape
-// (compared with the path as written) are left out: they are not known,
-// or not compared with the decoded path.
-func (g *gateReads) add(scope int, paths, notPaths, regexps []string) (*scopeReads, error) {
+// add records the patterns of a gate and returns the reads, which the
+// gate keeps. Patterns with a placeholder or an escape (compared with
+// the path as written) are left out: they are not known, or not
+// compared with the decoded path.
+func (g *gateReads) add(lists [][]string, regexps []string) (*pathReads, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.scopes == nil {
-		g.scopes = map[int]*scopeReads{}
-	}
-	s := g.scopes[scope]
-	if s == nil {
-		s = new(scopeReads)
-		g.scopes[scope] = s
-	}
-	for _, list := range [][]string{paths, notPaths} {
+	s := &g.all
+	for _, list := range lists {
 		for _, pattern := range list {
 			// A pattern that names a loose spelling itself (/ｶﾀﾛｸﾞ/*,
 			// /wiki/Washington,_D.C.) would have every path it matches
