@@ -1014,6 +1014,7 @@ var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "polic
 func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
 	line := h.Line()
+	blockPaths := enclosingPaths(h) // while h is at the name
 	if h.NextArg() {
 		if v := h.Val(); strings.ContainsAny(v, "/*") && !strings.HasPrefix(v, "/") {
 			return nil, h.Errf("sigra_gate: unexpected argument %q: a path matcher starts with /: write /%s", v, v)
@@ -1110,6 +1111,7 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 	if _, bounded := matcherSet["path"]; !bounded && !g.Optional && excludesPaths(matcherSet) {
 		placementWarning(fmt.Sprintf("sigra_gate on line %d: it is picked by a not of path patterns, which Caddy compares with the path decoded and doubled slashes merged (and a path pattern without regard to case): /public%%2Fx, //public/x (and /PUBLIC/x) skip this gate as /public/x does, though many apps serve them as other pages. Gate the whole site with a bare sigra_gate, and make those paths optional beside it", line))
 	}
+	g.BlockPaths = blockPaths
 	if g.Rank > 0 {
 		// Its path patterns, whatever else the set asks (they are
 		// ANDed): asWritten compares them with the path as written.

@@ -155,6 +155,11 @@ type Gate struct {
 	// siblings tell apart (see appReading).
 	NotPaths    []string `json:"not_paths,omitempty"`
 	PathRegexps []string `json:"path_regexps,omitempty"`
+	// BlockPaths are the path patterns of the handle, handle_path and
+	// route blocks the gate is written in, set by the Caddyfile adapter:
+	// handle /admin/* { sigra_gate { group staff } } tells /admin./x
+	// apart from /admin/x as much as a gate's own pattern would.
+	BlockPaths []string `json:"block_paths,omitempty"`
 
 	app     *App
 	reads   *pathReads // the patterns of every gate of the config
@@ -202,7 +207,7 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
 	}
 	if g.Scope != 0 {
-		if g.reads, err = app.gateReads.add([][]string{g.Paths, g.NotPaths}, g.PathRegexps); err != nil {
+		if g.reads, err = app.gateReads.add([][]string{g.Paths, g.NotPaths, g.BlockPaths}, g.PathRegexps); err != nil {
 			return fmt.Errorf("sigra_gate: %v", err)
 		}
 	}

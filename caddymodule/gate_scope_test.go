@@ -560,6 +560,14 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		"sigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}\n\troute {\n\t\tsigra_gate /docs/internal/* {\n\t\t\tgroup staff\n\t\t}\n\t}": {
 			"/docs/x": 200, "/docs/internal/x": 401, "/docs/internal./x": 400, "/docs/%EF%BD%89nternal/x": 400,
 		},
+		// A stricter gate in a block picked by path: the block's pattern
+		// counts as the gate's.
+		"sigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}\n\troute /docs/internal/* {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}": {
+			"/docs/x": 200, "/docs/internal/x": 401, "/docs/internal./x": 400, "/docs/%EF%BD%89nternal/x": 400,
+		},
+		"@adm path /admin/*\n\thandle @adm {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\thandle {\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}": {
+			"/x": 200, "/admin/x": 401, "/admin./x": 400, "/admin::$INDEX_ALLOCATION/x": 400, "/%EF%BD%81dmin/x": 400,
+		},
 		// A pattern that names a loose spelling itself does not refuse
 		// the paths it names.
 		"sigra_gate\n\tsigra_gate /ｶﾀﾛｸﾞ/* {\n\t\toptional\n\t}\n\tsigra_gate /wiki/* {\n\t\toptional\n\t}\n\tsigra_gate /wiki/Washington,_D.C. {\n\t\tgroup staff\n\t}": {

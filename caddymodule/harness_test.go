@@ -11,6 +11,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -161,7 +162,13 @@ func startCaddy(t *testing.T, globalSigra, site string) *env {
 // load adapts and loads a Caddyfile.
 func (e *env) load(cf string) error {
 	e.config = cf
-	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	// On disk, as caddy run reads it: the adapter reads a matcher that
+	// Caddy took out of the tokens back from the file.
+	file := filepath.Join(e.dir, "Caddyfile")
+	if err := os.WriteFile(file, []byte(cf), 0o600); err != nil {
+		return err
+	}
+	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": file})
 	if err != nil {
 		return err
 	}

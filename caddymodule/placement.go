@@ -1538,6 +1538,28 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 	return paths, matchPaths
 }
 
+// enclosingPaths are the path patterns of the handle, handle_path and
+// route blocks the directive h is at is written in (a named matcher's if
+// it has path patterns only): none for a matcher of another kind. h
+// must be at the directive's name: its line finds it.
+func enclosingPaths(h httpcaddyfile.Helper) []string {
+	site, places := placesOf(h)
+	if site == nil {
+		return nil
+	}
+	c := placement{h: h, site: site}
+	var out []string
+	for _, p := range places {
+		for _, s := range p {
+			if paths, kind := c.matchedPaths(s.block.matched); kind == matchPaths {
+				out = append(out, paths...)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // fromPaths are the paths a directive's matcher from names: a named
 // matcher's from its definition, else from itself.
 func (c placement) fromPaths(from string) []string {

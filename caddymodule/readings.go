@@ -65,7 +65,8 @@ func mergeSlashes(p string) string {
 }
 
 // pathReads are the path patterns (from path, and from a not's path)
-// and path regexps of the matchers of the gates.
+// and path regexps of the matchers of the gates, and the path patterns
+// of the blocks that hold them.
 type pathReads struct {
 	paths []string // lower case, as Caddy matches them
 	res   []*regexp.Regexp
@@ -93,13 +94,12 @@ func (s *pathReads) readsApart(p, read string) bool {
 	return false
 }
 
-// gateReads keeps the pathReads of all the App's gates: filled as they
-// are provisioned, read once the config serves. One set for every scope
-// and site: a stricter gate nested in a block of its own counts as a
+// gateReads keeps the pathReads of all the App's gates, and of the
+// blocks they are written in (BlockPaths): filled as they are
+// provisioned, read once the config serves. One set for every scope and
+// site: a stricter gate nested in a block of its own counts as a
 // sibling's would, and refusing a loose spelling where another site's
-// gates tell it apart costs nothing a browser sends. The matchers of
-// the blocks themselves (handle /admin/* { sigra_gate … }) are not
-// known here.
+// gates tell it apart costs nothing a browser sends.
 type gateReads struct {
 	mu  sync.Mutex
 	all pathReads
