@@ -38,20 +38,34 @@ const varGateDecided = "sigra.gate_decided"
 // requirements too, rather than let `/docs/* { optional }` written
 // before `/docs/internal/* { group staff }` open the inner one to all.
 type gateDecision struct {
-	scopes   []scopeRank         // the scopes that have decided
-	buf      [4]scopeRank        // backing for scopes: no allocation for a few
-	p        *authcore.Principal // nil: anonymous
-	pending  bool                // anonymous because the second factor is still due
-	asserted bool                // X-Sigra-Assertion is set
-	spent    time.Duration       // the gates' own time so far
-	counted  bool                // the request's decision is counted (settle)
-	token    string              // p's session cookie
-	host     string              // the request's Host, which p's session is on
-	secure   bool                // the request came over HTTPS (see isSecure)
-	met      []*Gate             // the gates whose requirements p met, in order
-	metBuf   [2]*Gate            // backing for met
-	sock     *socket             // set when p's request may outlive its handshake
-	answer   answerWriter        // the writer of p's answer otherwise
+	scopes    []scopeRank         // the scopes that have decided
+	buf       [4]scopeRank        // backing for scopes: no allocation for a few
+	p         *authcore.Principal // nil: anonymous
+	pending   bool                // anonymous because the second factor is still due
+	asserted  bool                // X-Sigra-Assertion is set
+	spent     time.Duration       // the gates' own time so far
+	counted   bool                // the request's decision is counted (settle)
+	token     string              // p's session cookie
+	host      string              // the request's Host, which p's session is on
+	secure    bool                // the request came over HTTPS (see isSecure)
+	met       []*Gate             // the gates whose requirements p met, in order
+	metBuf    [2]*Gate            // backing for met
+	sock      *socket             // set when p's request may outlive its handshake
+	answer    answerWriter        // the writer of p's answer otherwise
+	readOf    string              // the path read is appReading's of
+	read      string              // appReading(readOf), if readOther
+	readDone  bool                // readOf, read and readOther are set
+	readOther bool                // readOf reads as another path (read)
+}
+
+// reading is appReading(p), worked out once for the request's gates
+// (again if a handler between them changed the path).
+func (d *gateDecision) reading(p string) (string, bool) {
+	if !d.readDone || d.readOf != p {
+		d.read, d.readOther = appReading(p)
+		d.readOf, d.readDone = p, true
+	}
+	return d.read, d.readOther
 }
 
 // scopeRank is a scope that decided, and the most specific Rank that
@@ -414,9 +428,15 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// the gate strips right before it decides what goes upstream.
 		stripIdentity(r, g.app.remoteAliases)
 	}
-	if read, other := appReading(r.URL.Path); other && g.reads.readsApart(r.URL.Path, read) {
-		return g.refusePath(w, r, d, start, "a spelling that some apps read as another path (a dot or space ending a segment, "+
-			"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart")
+	if g.reads.any() {
+		if read, other := d.reading(r.URL.Path); other && g.reads.readsApart(r.URL.Path, read) {
+			return g.refusePath(w, r, d, start, "a spelling that some apps read as another path (a dot or space ending a segment, "+
+				"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart")
+		}
+		if shortName(r.URL.Path) {
+			return g.refusePath(w, r, d, start, "a segment that Windows servers may read as a short name (ADMIN~1) for another, "+
+				"and the gates here tell paths apart")
+		}
 	}
 	if g.asWritten(r) {
 		d.record(g.Scope, g.Rank)

@@ -547,7 +547,7 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		"sigra_gate\n\t@pub {\n\t\tpath /*\n\t\tnot path /admin/*\n\t}\n\tsigra_gate @pub {\n\t\toptional\n\t}": {
 			"/admin/x": 401, "/x": 200, "/admin./x": 400, "/admin%20/x": 400, "/%EF%BD%81dmin/x": 400,
 			"/admin::$INDEX_ALLOCATION/x": 400, "/wiki/Washington,_D.C.": 200, "/caf%C3%A9/x": 200,
-			"//admin./x": 400, "//%EF%BD%81dmin/x": 400,
+			"//admin./x": 400, "//%EF%BD%81dmin/x": 400, "/ADMIN~1/x": 400, "/adm%C4%B1n/x": 400, "/~ann/x": 200,
 		},
 		// A stricter gate nested in an optional one.
 		"sigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}\n\tsigra_gate /docs/internal/* {\n\t\tgroup staff\n\t}": {
@@ -605,10 +605,22 @@ func TestAppReading(t *testing.T) {
 		"/proﬁle":                     "/profile",
 		"/café/x":                     "", // NFKC already
 		"/ｃafé./x":                    "/café/x",
+		"/admın/x":                    "/admin/x",
 	} {
 		got, other := appReading(p)
 		if want == "" && (other || got != p) || want != "" && (!other || got != want) {
 			t.Errorf("appReading(%q) = %q, %t; want %q", p, got, other, want)
+		}
+	}
+}
+
+func TestShortName(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/ADMIN~1/x": true, "/docs/INTERN~12": true, "/a/REPORT~1.PDF": true, "/a~1.htm/x": true,
+		"/~ann/x": false, "/a/x~": false, "/a/b~c": false, "/abcdefg~1/x": false, "/a~1.html5/x": false, "/a/~1": false,
+	} {
+		if got := shortName(p); got != want {
+			t.Errorf("shortName(%q) = %t; want %t", p, got, want)
 		}
 	}
 }

@@ -42,7 +42,8 @@ func appReading(p string) (read string, other bool) {
 	}
 	q := p
 	if !ascii {
-		q = norm.NFKC.String(q)
+		// ı too: Java's equalsIgnoreCase takes it for i.
+		q = strings.ReplaceAll(norm.NFKC.String(q), "ı", "i")
 	}
 	segs := strings.Split(q, "/")
 	for i, s := range segs {
@@ -53,6 +54,34 @@ func appReading(p string) (read string, other bool) {
 	}
 	read = mergeSlashes(strings.Join(segs, "/"))
 	return read, read != mergeSlashes(p)
+}
+
+// shortName reports whether path p has a segment that may be a Windows
+// 8.3 short name (ADMIN~1, INTERN~2.HTM), which IIS serves as the file
+// or folder whose long name it stands for: which one cannot be known.
+func shortName(p string) bool {
+	for off := 0; ; {
+		i := strings.IndexByte(p[off:], '~')
+		if i < 0 {
+			return false
+		}
+		i += off
+		start := strings.LastIndexByte(p[:i], '/') + 1
+		j := i + 1
+		for j < len(p) && '0' <= p[j] && p[j] <= '9' {
+			j++
+		}
+		end := strings.IndexByte(p[j:], '/')
+		if end < 0 {
+			end = len(p)
+		} else {
+			end += j
+		}
+		if n := i - start; n >= 1 && n <= 6 && j > i+1 && (j == end || p[j] == '.' && end-j <= 4) {
+			return true
+		}
+		off = i + 1
+	}
 }
 
 // mergeSlashes is p with each run of slashes made one, as Caddy's path
@@ -72,13 +101,14 @@ type pathReads struct {
 	res   []*regexp.Regexp
 }
 
+// any reports whether the gates have patterns at all: without any, no
+// path meets other gates than its reading would.
+func (s *pathReads) any() bool { return s != nil && (len(s.paths) > 0 || len(s.res) > 0) }
+
 // readsApart reports whether a pattern of the gates matches one
 // of p and read, and not the other: a gate that one meets and the other
 // does not.
 func (s *pathReads) readsApart(p, read string) bool {
-	if s == nil {
-		return false
-	}
 	p = mergeSlashes(p)
 	lp, lr := strings.ToLower(p), strings.ToLower(read)
 	for _, pattern := range s.paths {
