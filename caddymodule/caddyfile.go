@@ -1108,7 +1108,9 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 	if m := caseSensitivePaths(matcherSet); m != "" && !g.Optional {
 		placementWarning(fmt.Sprintf("sigra_gate on line %d: its %s matcher compares the path with regard to case, unlike Caddy's path matcher and many apps (Express, ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss this gate and meet only the requirements of the gates beside it. Use a path matcher, or start the pattern with (?i)", line, m))
 	}
-	if _, bounded := matcherSet["path"]; !bounded && !g.Optional && excludesPaths(matcherSet) {
+	_, bounded := matcherSet["path"]
+	picksByNot := !bounded && !g.Optional && excludesPaths(matcherSet)
+	if picksByNot {
 		placementWarning(fmt.Sprintf("sigra_gate on line %d: it is picked by a not of path patterns, which Caddy compares with the path decoded and doubled slashes merged (and a path pattern without regard to case): /public%%2Fx, //public/x (and /PUBLIC/x) skip this gate as /public/x does, though many apps serve them as other pages. Gate the whole site with a bare sigra_gate, and make those paths optional beside it", line))
 	}
 	g.BlockPaths = blockPaths
@@ -1118,8 +1120,11 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		g.PathsKnown = true
 		_ = json.Unmarshal(matcherSet["path"], &g.Paths)
 		g.NotPaths, g.PathRegexps = pathsRead(matcherSet, false)
-		if why := pathUnknown(matcherSet); why != "" {
-			g.AddsOnly = true
+		why := pathUnknown(matcherSet)
+		g.AddsOnly = why != ""
+		// One picked by a not alone is warned of above, with what to
+		// write instead.
+		if g.AddsOnly && !picksByNot {
 			placementWarning(fmt.Sprintf("sigra_gate on line %d: %s, which cannot be compared with the path as the app gets it (/public/x and /PUBLIC/x, say): this gate only adds its requirements to those of the gates beside it and never decides alone, so an optional one opens nothing a bare gate closes. Pick it by path patterns for it to decide", line, why))
 		}
 	}

@@ -832,6 +832,9 @@ func TestPlacementWarnsOfThePHPSplit(t *testing.T) {
 			if got := len(warned) > 0; got != c.warns {
 				t.Fatalf("warnings %q; want some: %t", warned, c.warns)
 			}
+			if strings.HasPrefix(c.name, "not path") && len(warned) > 1 {
+				t.Errorf("warnings %q; want one, saying what to write instead", warned)
+			}
 			if c.warns && !strings.Contains(warned[0], "sigra_gate /admin* on line 3: this is a PHP site (php_fastcgi, front controller index.php)") {
 				t.Errorf("warning %q; want it to name the gate, its line and the front controller", warned[0])
 			}
@@ -870,6 +873,9 @@ func TestCaseSensitiveGateMatcherIsWarnedOf(t *testing.T) {
 			checkAdapted(t, src, adaptCaddyfile(src))
 			if got := len(warned) > 0; got != c.warns {
 				t.Fatalf("warnings %q; want some: %t", warned, c.warns)
+			}
+			if strings.HasPrefix(c.name, "not path") && len(warned) > 1 {
+				t.Errorf("warnings %q; want one, saying what to write instead", warned)
 			}
 			if c.warns && !strings.Contains(warned[0], "sigra_gate on line 5: it") && !strings.Contains(warned[0], "never decides alone") {
 				t.Errorf("warning %q; want it to name the gate's line", warned[0])
