@@ -989,13 +989,20 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 // parsePortal parses `sigra_portal` (no arguments, no block).
 func parsePortal(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
+	line := h.Line()
 	if h.NextArg() {
 		return nil, h.ArgErr()
 	}
 	if h.NextBlock(0) {
 		return nil, unknownOption(h.Dispenser, "sigra_portal: unknown option %q (portal options live in the global sigra block)", h.Val())
 	}
-	return new(Portal), nil
+	p := new(Portal)
+	var unread []placedDirective
+	p.SitePaths, p.SiteRegexps, unread = sitePatterns(h)
+	for _, d := range unread {
+		placementWarning(fmt.Sprintf("sigra_portal on line %d: the matcher of the %s on line %d could not be read back (a Caddyfile given on stdin, or an import argument): a spelling of its paths that some apps read as another (/admin./x to IIS) is not refused; give the gates in it path patterns of their own", line, d.name, d.line))
+	}
+	return p, nil
 }
 
 // laterGate names gate requirements of capabilities not in this build yet.
@@ -1014,7 +1021,6 @@ var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "polic
 func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
 	line := h.Line()
-	blockPaths := enclosingPaths(h) // while h is at the name
 	if h.NextArg() {
 		if v := h.Val(); strings.ContainsAny(v, "/*") && !strings.HasPrefix(v, "/") {
 			return nil, h.Errf("sigra_gate: unexpected argument %q: a path matcher starts with /: write /%s", v, v)
@@ -1113,7 +1119,6 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 	if picksByNot {
 		placementWarning(fmt.Sprintf("sigra_gate on line %d: it is picked by a not of path patterns, which Caddy compares with the path decoded and doubled slashes merged (and a path pattern without regard to case): /public%%2Fx, //public/x (and /PUBLIC/x) skip this gate as /public/x does, though many apps serve them as other pages. Gate the whole site with a bare sigra_gate, and make those paths optional beside it", line))
 	}
-	g.BlockPaths = blockPaths
 	if g.Rank > 0 {
 		// Its path patterns, whatever else the set asks (they are
 		// ANDed): asWritten compares them with the path as written.

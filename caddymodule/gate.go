@@ -169,11 +169,6 @@ type Gate struct {
 	// siblings tell apart (see appReading).
 	NotPaths    []string `json:"not_paths,omitempty"`
 	PathRegexps []string `json:"path_regexps,omitempty"`
-	// BlockPaths are the path patterns of the handle, handle_path and
-	// route blocks the gate is written in, set by the Caddyfile adapter:
-	// handle /admin/* { sigra_gate { group staff } } tells /admin./x
-	// apart from /admin/x as much as a gate's own pattern would.
-	BlockPaths []string `json:"block_paths,omitempty"`
 
 	app     *App
 	reads   *pathReads // the patterns of every gate of the config
@@ -221,7 +216,7 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
 	}
 	if g.Scope != 0 {
-		if g.reads, err = app.gateReads.add([][]string{g.Paths, g.NotPaths, g.BlockPaths}, g.PathRegexps); err != nil {
+		if g.reads, err = app.gateReads.add([][]string{g.Paths, g.NotPaths}, g.PathRegexps); err != nil {
 			return fmt.Errorf("sigra_gate: %v", err)
 		}
 	}
@@ -428,15 +423,8 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// the gate strips right before it decides what goes upstream.
 		stripIdentity(r, g.app.remoteAliases)
 	}
-	if g.reads.any() {
-		if read, other := d.reading(r.URL.Path); other && g.reads.readsApart(r.URL.Path, read) {
-			return g.refusePath(w, r, d, start, "a spelling that some apps read as another path (a dot or space ending a segment, "+
-				"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart")
-		}
-		if shortName(r.URL.Path) {
-			return g.refusePath(w, r, d, start, "a segment that Windows servers may read as a short name (ADMIN~1) for another, "+
-				"and the gates here tell paths apart")
-		}
+	if why := looseRefusal(g.reads, r.URL.Path, d.reading); why != "" {
+		return g.refusePath(w, r, d, start, why)
 	}
 	if g.asWritten(r) {
 		d.record(g.Scope, g.Rank)

@@ -553,6 +553,8 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		"sigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}\n\tsigra_gate /docs/internal/* {\n\t\tgroup staff\n\t}": {
 			"/docs/x": 200, "/docs/internal/x": 401, "/docs/internal./x": 400, "/docs/internal%20/x": 400,
 			"/docs/internal::$INDEX_ALLOCATION/x": 400, "/docs/%EF%BD%89nternal/x": 400, "/docs/%EF%AC%81le": 200,
+			"/docs/INTERN~1%20/x": 400, "/docs/INTERN~1::$INDEX_ALLOCATION/x": 400, "/docs/%20internal/x": 400,
+			"/docs/internal%0A/x": 400, "/docs/file~1.txt": 200, "/docs/HEAD~1": 200,
 			"/docs/a./b": 200, "/docs/v1.2./x": 200,
 			"/docs//internal./x": 400, "/docs///internal%20/x": 400, "/docs/%2Finternal./x": 400,
 		},
@@ -567,6 +569,18 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		},
 		"@adm path /admin/*\n\thandle @adm {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\thandle {\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}": {
 			"/x": 200, "/admin/x": 401, "/admin./x": 400, "/admin::$INDEX_ALLOCATION/x": 400, "/%EF%BD%81dmin/x": 400,
+		},
+		// A handle picked by a named matcher that asks more than a path,
+		// or by a path_regexp.
+		"@adm {\n\t\tpath /admin/*\n\t\tmethod GET POST\n\t}\n\thandle @adm {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\thandle {\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}": {
+			"/x": 200, "/admin/x": 401, "/admin./x": 400, "/%EF%BD%81dmin/x": 400, "/ADMIN~1/x": 400,
+		},
+		"@adm path_regexp ^/admin/\n\thandle @adm {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\thandle {\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}": {
+			"/x": 200, "/admin/x": 401, "/admin./x": 400, "/%EF%BD%81dmin/x": 400,
+		},
+		// A site gated in part: the portal refuses what no gate meets.
+		"handle /nest/* {\n\t\troute /nest/in/* {\n\t\t\tsigra_gate\n\t\t}\n\t}": {
+			"/nest/x": 200, "/nest/in/x": 401, "/nest/in./x": 400,
 		},
 		// A pattern that names a loose spelling itself does not refuse
 		// the paths it names.
@@ -616,8 +630,8 @@ func TestAppReading(t *testing.T) {
 
 func TestShortName(t *testing.T) {
 	for p, want := range map[string]bool{
-		"/ADMIN~1/x": true, "/docs/INTERN~12": true, "/a/REPORT~1.PDF": true, "/a~1.htm/x": true,
-		"/~ann/x": false, "/a/x~": false, "/a/b~c": false, "/abcdefg~1/x": false, "/a~1.html5/x": false, "/a/~1": false,
+		"/ADMIN~1/x": true, "/docs/INTERN~12/": true, "/a/REPORT~1.PDF/x": true, "/a~1.htm/x": true,
+		"/docs/INTERN~12": false, "/a/FILE~1.TXT": false, "/repo/commit/HEAD~1": false, "/~ann/x": false, "/a/x~": false, "/a/b~c": false, "/abcdefg~1/x": false, "/a~1.html5/x": false, "/a/~1": false,
 	} {
 		if got := shortName(p); got != want {
 			t.Errorf("shortName(%q) = %t; want %t", p, got, want)

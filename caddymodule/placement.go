@@ -1538,26 +1538,71 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 	return paths, matchPaths
 }
 
-// enclosingPaths are the path patterns of the handle, handle_path and
-// route blocks the directive h is at is written in (a named matcher's if
-// it has path patterns only): none for a matcher of another kind. h
-// must be at the directive's name: its line finds it.
-func enclosingPaths(h httpcaddyfile.Helper) []string {
-	site, places := placesOf(h)
+// sitePatterns are the path patterns and path regexps of the matchers
+// of the handle, handle_path and route blocks of the site (or named
+// route) that the directive h is at is written in, a named matcher's
+// whatever else it asks (they are ANDed), and under not; and the block
+// openers whose matcher could not be read back (unread).
+func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []placedDirective) {
+	site, _ := placesOf(h)
 	if site == nil {
-		return nil
+		return nil, nil, nil
 	}
 	c := placement{h: h, site: site}
-	var out []string
-	for _, p := range places {
-		for _, s := range p {
-			if paths, kind := c.matchedPaths(s.block.matched); kind == matchPaths {
-				out = append(out, paths...)
+	var walk func(b *placedBlock)
+	walk = func(b *placedBlock) {
+		for _, d := range b.dirs {
+			if d.block == nil || !slices.Contains(subroutes, d.name) {
+				continue
+			}
+			if d.unknown || d.readBack == "?" {
+				unread = append(unread, d) // its matcher is gone from the tokens, and no file holds it
+			} else if m := d.block.matched; m != b.matched && m != "" {
+				p, re, ok := c.matcherPatterns(m)
+				paths, regexps = append(paths, p...), append(regexps, re...)
+				if !ok {
+					unread = append(unread, d)
+				}
+			}
+			walk(d.block)
+		}
+	}
+	walk(site)
+	slices.Sort(paths)
+	slices.Sort(regexps)
+	return slices.Compact(paths), slices.Compact(regexps), unread
+}
+
+// matcherPatterns reads a block's matcher (placedBlock.matched): its
+// path patterns and path regexps, a named matcher's from its definition
+// whatever else it asks; ok is false if it could not be read.
+func (c placement) matcherPatterns(matched string) (paths, regexps []string, ok bool) {
+	if strings.Contains(matched, "(its matcher") {
+		return nil, nil, false
+	}
+	for _, m := range strings.Fields(matched)[1:] {
+		switch {
+		case strings.HasPrefix(m, "/"):
+			paths = append(paths, m)
+		case strings.HasPrefix(m, "@"):
+			_, lines, found := c.matcherOn(nil, m)
+			if !found {
+				return paths, regexps, false
+			}
+			for _, l := range lines {
+				if len(l) > 1 && l[0] == "not" {
+					l = l[1:]
+				}
+				switch {
+				case len(l) > 1 && l[0] == "path":
+					paths = append(paths, l[1:]...)
+				case len(l) > 1 && l[0] == "path_regexp":
+					regexps = append(regexps, l[len(l)-1])
+				}
 			}
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	return paths, regexps, true
 }
 
 // fromPaths are the paths a directive's matcher from names: a named

@@ -883,3 +883,39 @@ func TestCaseSensitiveGateMatcherIsWarnedOf(t *testing.T) {
 		})
 	}
 }
+
+// A block whose matcher cannot be read back (written before the portal
+// in a Caddyfile on stdin: Caddy took the matcher out of the tokens, and
+// no file holds it) is warned of: a loose spelling of its paths is not
+// refused. Written after the portal, its tokens are still whole.
+func TestUnreadBlockMatcherIsWarnedOf(t *testing.T) {
+	var warned []string
+	defer func(f func(string)) { placementWarning = f }(placementWarning)
+	placementWarning = func(msg string) { warned = append(warned, msg) }
+	src := "http://127.0.0.1:9 {\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\tsigra_portal\n\trespond ok\n}\n"
+	if err := adaptCaddyfile(src); err != nil { // "Testfile": no such file
+		t.Fatal(err)
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "sigra_portal on line 7: the matcher of the handle on line 2 could not be read back") {
+		t.Errorf("warnings %q; want one naming the handle on line 2", warned)
+	}
+	warned = nil
+	after := "http://127.0.0.1:9 {\n\tsigra_portal\n\thandle /admin/* {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\trespond ok\n}\n"
+	if err := adaptCaddyfile(after); err != nil {
+		t.Fatal(err)
+	}
+	if len(warned) != 0 {
+		t.Errorf("warnings %q with the handle after the portal; want none", warned)
+	}
+	warned = nil
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(file, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": file}); err != nil {
+		t.Fatal(err)
+	}
+	if len(warned) != 0 {
+		t.Errorf("warnings %q with the file on disk; want none", warned)
+	}
+}

@@ -34,7 +34,15 @@ const maxFormBody = 64 << 10
 // /.sigra): login, logout, account, JWKS and health. Requests outside the
 // prefix pass through, with forged identity headers removed.
 type Portal struct {
+	// SitePaths and SiteRegexps are the path patterns and path regexps
+	// of the matchers of the site's handle, handle_path and route
+	// blocks, set by the Caddyfile adapter: with the gates' own, they
+	// tell which loose spellings of a path are refused (looseRefusal).
+	SitePaths   []string `json:"site_paths,omitempty"`
+	SiteRegexps []string `json:"site_regexps,omitempty"`
+
 	app     *App
+	reads   *pathReads // the patterns of every gate and portal of the config
 	logger  *zap.Logger
 	origins *originCache
 	// formTargets are extra CSP form-action sources (allowed redirect
@@ -70,6 +78,9 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	p.logger = app.logger.Named("portal") // under sigra, as DESIGN (11) has it
 	p.origins = new(originCache)
 	p.setFormTargets(app.AllowedRedirectHosts)
+	if p.reads, err = app.gateReads.add([][]string{p.SitePaths}, p.SiteRegexps); err != nil {
+		return fmt.Errorf("sigra_portal: %v", err)
+	}
 	return nil
 }
 
@@ -117,6 +128,9 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	// Every request of the site passes here before any gate's matcher
 	// runs: a path the gates and the app could read apart stops here.
 	if why := pathRefusal(r.URL.Path, p.app.pathParams); why != "" {
+		return refusePath(w, r, p.app.Prefix, why)
+	}
+	if why := looseRefusal(p.reads, r.URL.Path, appReading); why != "" {
 		return refusePath(w, r, p.app.Prefix, why)
 	}
 	stripIdentity(r, p.app.remoteAliases)

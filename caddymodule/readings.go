@@ -31,8 +31,12 @@ func appReading(p string) (read string, other bool) {
 		switch c := p[i]; {
 		case c >= 0x80:
 			ascii = false
-		case c == '.' || c == ' ':
+		case c == '.':
 			loose = loose || i+1 == len(p) || p[i+1] == '/'
+		case c == ' ':
+			loose = loose || i+1 == len(p) || p[i+1] == '/' || i > 0 && p[i-1] == '/'
+		case c == '\t' || c == '\r' || c == '\n':
+			loose = true
 		case c == ':':
 			loose = loose || strings.HasPrefix(p[i:], ":$") || strings.HasPrefix(p[i:], "::$")
 		}
@@ -50,15 +54,18 @@ func appReading(p string) (read string, other bool) {
 		if strings.Contains(s, ":$") {
 			s = s[:strings.IndexByte(s, ':')] // name::$INDEX_ALLOCATION, name:stream:$DATA
 		}
-		segs[i] = strings.TrimRight(s, ". ")
+		// Spring before 4.3 trimmed whitespace around a segment too.
+		segs[i] = strings.TrimRight(strings.TrimLeft(s, " \t\r\n"), ". \t\r\n")
 	}
 	read = mergeSlashes(strings.Join(segs, "/"))
 	return read, read != mergeSlashes(p)
 }
 
-// shortName reports whether path p has a segment that may be a Windows
-// 8.3 short name (ADMIN~1, INTERN~2.HTM), which IIS serves as the file
-// or folder whose long name it stands for: which one cannot be known.
+// shortName reports whether path p has a folder segment (not the last)
+// that may be a Windows 8.3 short name (ADMIN~1, INTERN~2.HTM), which
+// IIS serves as the folder whose long name it stands for: which one
+// cannot be known. A last segment (file~1.txt, HEAD~1) passes: it names
+// no folder that a path prefix gates.
 func shortName(p string) bool {
 	for off := 0; ; {
 		i := strings.IndexByte(p[off:], '~')
@@ -73,10 +80,9 @@ func shortName(p string) bool {
 		}
 		end := strings.IndexByte(p[j:], '/')
 		if end < 0 {
-			end = len(p)
-		} else {
-			end += j
+			return false
 		}
+		end += j
 		if n := i - start; n >= 1 && n <= 6 && j > i+1 && (j == end || p[j] == '.' && end-j <= 4) {
 			return true
 		}
@@ -164,4 +170,23 @@ func (g *gateReads) add(lists [][]string, regexps []string) (*pathReads, error) 
 		s.res = append(s.res, re)
 	}
 	return s, nil
+}
+
+// looseRefusal is why a request for path p is refused when the config's
+// gates (reads) tell p apart from the path an app that reads paths
+// loosely takes it for ("" if not): read is appReading(p).
+func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool)) string {
+	if !reads.any() {
+		return ""
+	}
+	read, other := reading(p)
+	if other && reads.readsApart(p, read) {
+		return "a spelling that some apps read as another path (a dot or space ending a segment, " +
+			"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart"
+	}
+	if shortName(p) || other && shortName(read) {
+		return "a folder that Windows servers may read as a short name (ADMIN~1) for another, " +
+			"and the gates here tell paths apart"
+	}
+	return ""
 }
