@@ -165,13 +165,13 @@ type Gate struct {
 	PathsKnown bool `json:"paths_known,omitempty"`
 	// NotPaths are the path patterns under the matcher's not, and
 	// PathRegexps its path_regexp patterns (under not or not), set by the
-	// Caddyfile adapter. With Paths they tell a gate which paths its
-	// siblings tell apart (see appReading).
+	// Caddyfile adapter. With Paths they join the config's patterns that
+	// tell a path apart from its loose reading (looseRefusal).
 	NotPaths    []string `json:"not_paths,omitempty"`
 	PathRegexps []string `json:"path_regexps,omitempty"`
 
 	app     *App
-	reads   *pathReads // the patterns of every gate of the config
+	reads   *pathReads // the patterns of every gate and portal of the config
 	logger  *zap.Logger
 	origins *originCache
 }

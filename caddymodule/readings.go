@@ -17,8 +17,9 @@ import (
 // for the path as written, so such a spelling of a gated path meets the
 // gates of another: /docs/internal./x meets an optional /docs/* gate and
 // not the /docs/internal/* one, and /ａdmin/x passes a gate picked by
-// `not path /admin/*`. A gate refuses a path that reads so as another
-// path whenever the path patterns of the config's gates tell the two
+// `not path /admin/*`. The portal, and each gate, refuse a path that
+// reads so as another whenever the path patterns of the config's gates,
+// or of its sites' handle, handle_path and route blocks, tell the two
 // apart (readsApart): which gates the app's reading would meet cannot be
 // known.
 
@@ -100,15 +101,15 @@ func mergeSlashes(p string) string {
 }
 
 // pathReads are the path patterns (from path, and from a not's path)
-// and path regexps of the matchers of the gates, and the path patterns
-// of the blocks that hold them.
+// and path regexps of the matchers of the gates, and of the sites'
+// handle, handle_path and route blocks (Portal.SitePaths).
 type pathReads struct {
 	paths []string // lower case, as Caddy matches them
 	res   []*regexp.Regexp
 }
 
-// any reports whether the gates have patterns at all: without any, no
-// path meets other gates than its reading would.
+// any reports whether there are patterns at all: without any, no path
+// meets other gates than its reading would.
 func (s *pathReads) any() bool { return s != nil && (len(s.paths) > 0 || len(s.res) > 0) }
 
 // readsApart reports whether a pattern of the gates matches one
@@ -130,19 +131,18 @@ func (s *pathReads) readsApart(p, read string) bool {
 	return false
 }
 
-// gateReads keeps the pathReads of all the App's gates, and of the
-// blocks they are written in (BlockPaths): filled as they are
-// provisioned, read once the config serves. One set for every scope and
-// site: a stricter gate nested in a block of its own counts as a
-// sibling's would, and refusing a loose spelling where another site's
-// gates tell it apart costs nothing a browser sends.
+// gateReads keeps the pathReads of all the App's gates and portals:
+// filled as they are provisioned, read once the config serves. One set
+// for every scope and site: a stricter gate nested in a block of its
+// own counts as a sibling's would, and refusing a loose spelling where
+// another site's gates tell it apart costs nothing a browser sends.
 type gateReads struct {
 	mu  sync.Mutex
 	all pathReads
 }
 
-// add records the patterns of a gate and returns the reads, which the
-// gate keeps. Patterns with a placeholder or an escape (compared with
+// add records the patterns of a gate or a portal's site and returns
+// the reads, which it keeps. Patterns with a placeholder or an escape (compared with
 // the path as written) are left out: they are not known, or not
 // compared with the decoded path.
 func (g *gateReads) add(lists [][]string, regexps []string) (*pathReads, error) {
@@ -173,8 +173,9 @@ func (g *gateReads) add(lists [][]string, regexps []string) (*pathReads, error) 
 }
 
 // looseRefusal is why a request for path p is refused when the config's
-// gates (reads) tell p apart from the path an app that reads paths
-// loosely takes it for ("" if not): read is appReading(p).
+// patterns (reads) tell p apart from the path an app that reads paths
+// loosely takes it for ("" if not); reading is appReading, or a cache
+// of it.
 func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool)) string {
 	if !reads.any() {
 		return ""
