@@ -997,12 +997,21 @@ func parsePortal(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return nil, unknownOption(h.Dispenser, "sigra_portal: unknown option %q (portal options live in the global sigra block)", h.Val())
 	}
 	p := new(Portal)
-	var unread []placedDirective
-	p.SitePaths, p.SiteRegexps, unread = sitePatterns(h)
-	for _, d := range unread {
-		placementWarning(fmt.Sprintf("sigra_portal on line %d: the matcher of the %s on line %d could not be read back (a Caddyfile given on stdin, or an import argument): a spelling of its paths that some apps read as another (/admin./x to IIS) is not refused; give the gates in it path patterns of their own", line, d.name, d.line))
-	}
+	p.SitePaths, p.SiteRegexps = blockPatterns(h, "sigra_portal", line)
 	return p, nil
+}
+
+// blockPatterns are sitePatterns for the directive dir on line, with
+// what could not be read warned of.
+func blockPatterns(h httpcaddyfile.Helper, dir string, line int) (paths, regexps []string) {
+	paths, regexps, unread, caseBlind := sitePatterns(h)
+	for _, u := range unread {
+		placementWarning(fmt.Sprintf("%s on line %d: the matcher of the %s on line %d %s: a spelling of its paths that some apps read as another (/admin./x to IIS) is not refused; give the gates in it path patterns of their own", dir, line, u.d.name, u.d.line, u.why))
+	}
+	for _, d := range caseBlind {
+		placementWarning(fmt.Sprintf("%s on line %d: the path_regexp of the %s on line %d compares the path with regard to case, unlike Caddy's path matcher and many apps (ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss the gates in it. Start the pattern with (?i)", dir, line, d.name, d.line))
+	}
+	return paths, regexps
 }
 
 // laterGate names gate requirements of capabilities not in this build yet.
@@ -1021,13 +1030,26 @@ var laterGate = map[string]bool{"rule": true, "flag": true, "seat": true, "polic
 func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.MiddlewareHandler, error) {
 	h.Next() // directive name
 	line := h.Line()
+	g := new(Gate)
+	if h.IsNamedRoute() {
+		// No portal reads a named route's blocks: its gates do, once
+		// for the route (while h is at the name).
+		key := fmt.Sprintf("sigra.route_patterns@%d", namedRouteBase(h))
+		if known, ok := h.State[key].([2][]string); ok {
+			g.SitePaths, g.SiteRegexps = known[0], known[1]
+		} else {
+			g.SitePaths, g.SiteRegexps = blockPatterns(h, "sigra_gate", line)
+			if h.State != nil {
+				h.State[key] = [2][]string{g.SitePaths, g.SiteRegexps}
+			}
+		}
+	}
 	if h.NextArg() {
 		if v := h.Val(); strings.ContainsAny(v, "/*") && !strings.HasPrefix(v, "/") {
 			return nil, h.Errf("sigra_gate: unexpected argument %q: a path matcher starts with /: write /%s", v, v)
 		}
 		return nil, h.Errf("sigra_gate: unexpected argument %q (requirements go in a block)", h.Val())
 	}
-	g := new(Gate)
 	seen := map[string]int{}
 	for h.NextBlock(0) {
 		req := h.Val()

@@ -555,6 +555,7 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 			"/docs/internal::$INDEX_ALLOCATION/x": 400, "/docs/%EF%BD%89nternal/x": 400, "/docs/%EF%AC%81le": 200,
 			"/docs/INTERN~1%20/x": 400, "/docs/INTERN~1::$INDEX_ALLOCATION/x": 400, "/docs/%20internal/x": 400,
 			"/docs/internal%0A/x": 400, "/docs/file~1.txt": 200, "/docs/HEAD~1": 200,
+			"/docs/internal%0B/x": 400, "/docs/%0Cinternal/x": 400, "/docs/internal%1F/x": 400,
 			"/docs/a./b": 200, "/docs/v1.2./x": 200,
 			"/docs//internal./x": 400, "/docs///internal%20/x": 400, "/docs/%2Finternal./x": 400,
 		},
@@ -577,6 +578,18 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		},
 		"@adm path_regexp ^/admin/\n\thandle @adm {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\thandle {\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}": {
 			"/x": 200, "/admin/x": 401, "/admin./x": 400, "/%EF%BD%81dmin/x": 400,
+		},
+		// A handle_path: the patterns in it are the stripped path's.
+		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /app/* {\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}": {
+			"/app/x": 200, "/app/admin/x": 401, "/app/admin./x": 400, "/app/%EF%BD%81dmin/x": 400, "/admin./x": 200,
+		},
+		// A named matcher defined in the block around the handle.
+		"handle {\n\t\t@adm path /admin/*\n\t\thandle @adm {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}": {
+			"/x": 200, "/admin/x": 401, "/admin./x": 400,
+		},
+		// An exact pattern: a file's short name is refused too.
+		"sigra_gate {\n\t\toptional\n\t}\n\tsigra_gate /reports/financials.pdf {\n\t\tgroup staff\n\t}": {
+			"/reports/financials.pdf": 401, "/reports/FINANC~1.PDF": 400, "/reports/FINANC~1.PDF%20": 400, "/reports/x.pdf": 200,
 		},
 		// A site gated in part: the portal refuses what no gate meets.
 		"handle /nest/* {\n\t\troute /nest/in/* {\n\t\t\tsigra_gate\n\t\t}\n\t}": {
@@ -633,8 +646,47 @@ func TestShortName(t *testing.T) {
 		"/ADMIN~1/x": true, "/docs/INTERN~12/": true, "/a/REPORT~1.PDF/x": true, "/a~1.htm/x": true,
 		"/docs/INTERN~12": false, "/a/FILE~1.TXT": false, "/repo/commit/HEAD~1": false, "/~ann/x": false, "/a/x~": false, "/a/b~c": false, "/abcdefg~1/x": false, "/a~1.html5/x": false, "/a/~1": false,
 	} {
-		if got := shortName(p); got != want {
-			t.Errorf("shortName(%q) = %t; want %t", p, got, want)
+		if got := shortName(p, false); got != want {
+			t.Errorf("shortName(%q, false) = %t; want %t", p, got, want)
+		}
+	}
+	// Where a pattern may name a file, the last segment counts too.
+	for p, want := range map[string]bool{
+		"/reports/FINANC~1.PDF": true, "/a/FILE~1.TXT": true, "/repo/commit/HEAD~1": true, "/ADMIN~1/x": true,
+		"/~ann": false, "/a/b~c": false, "/abcdefg~1": false,
+	} {
+		if got := shortName(p, true); got != want {
+			t.Errorf("shortName(%q, true) = %t; want %t", p, got, want)
+		}
+	}
+}
+
+// A named route's blocks are read by its gates, as a site's are by its
+// portal: a loose spelling of a path its handle gates is refused.
+func TestNamedRouteBlocksTellLooseSpellingsApart(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	cf := e.caddyfile("", "invoke app") + `
+&(app) {
+	route {
+		handle /admin/* {
+			sigra_gate {
+				group staff
+			}
+		}
+		handle {
+			sigra_gate {
+				optional
+			}
+		}
+	}
+}
+`
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	for target, want := range map[string]int{"/x": 200, "/admin/x": 401, "/admin./x": 400, "/%EF%BD%81dmin/x": 400, "/ADMIN~1/x": 400} {
+		if code, body := rawGet(t, e, target, jsonAccept); code != want {
+			t.Errorf("anonymous GET %s: status %d %s; want %d", target, code, body, want)
 		}
 	}
 }

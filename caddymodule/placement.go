@@ -1540,54 +1540,92 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 
 // sitePatterns are the path patterns and path regexps of the matchers
 // of the handle, handle_path and route blocks of the site (or named
-// route) that the directive h is at is written in, a named matcher's
-// whatever else it asks (they are ANDed), and under not; and the block
-// openers whose matcher could not be read back (unread).
-func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []placedDirective) {
+// route) that the directive h is at is written in: a named matcher's
+// whatever else it asks (they are ANDed), and under not; those under a
+// handle_path with its prefix, as the request has it before the strip.
+// unread are the blocks whose matcher could not be read so, each with
+// why; caseBlind the path_regexps of blocks that hold a gate and heed
+// case.
+func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unreadBlock, caseBlind []placedDirective) {
 	site, _ := placesOf(h)
 	if site == nil {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	c := placement{h: h, site: site}
-	var walk func(b *placedBlock)
-	walk = func(b *placedBlock) {
-		for _, d := range b.dirs {
+	if nr := namedTop(h, site); nr != nil {
+		site = nr // the route's own directives, under its name
+	}
+	var walk func(b *placedBlock, at place, prefix string)
+	walk = func(b *placedBlock, at place, prefix string) {
+		for k, d := range b.dirs {
 			if d.block == nil || !slices.Contains(subroutes, d.name) {
 				continue
 			}
-			if d.unknown || d.readBack == "?" {
-				unread = append(unread, d) // its matcher is gone from the tokens, and no file holds it
-			} else if m := d.block.matched; m != b.matched && m != "" {
-				p, re, ok := c.matcherPatterns(m)
-				paths, regexps = append(paths, p...), append(regexps, re...)
-				if !ok {
-					unread = append(unread, d)
+			inner := append(slices.Clone(at), step{block: b, at: k})
+			strip := prefix
+			switch m := d.block.matched; {
+			case d.unknown || d.readBack == "?" || strings.Contains(m, "(its matcher"):
+				unread = append(unread, unreadBlock{d, "could not be read back (a Caddyfile given on stdin, or an import argument)"})
+			case m != b.matched && m != "":
+				p, re, why := c.matcherPatterns(inner, m)
+				if why != "" {
+					unread = append(unread, unreadBlock{d, why})
+				}
+				for _, x := range p {
+					paths = append(paths, prefix+x)
+				}
+				for _, x := range re {
+					if after, ok := strings.CutPrefix(x, "^"); ok || prefix == "" {
+						regexps = append(regexps, "^"+regexp.QuoteMeta(prefix)+after)
+					} else {
+						unread = append(unread, unreadBlock{d, "has a path_regexp not anchored with ^ under a handle_path"})
+					}
+				}
+				if len(re) > 0 && holdsGate(d.block) && slices.ContainsFunc(re, func(x string) bool { return !ignoresCase.MatchString(x) }) {
+					caseBlind = append(caseBlind, d)
+				}
+				if d.name == "handle_path" && len(p) == 1 {
+					strip = prefix + strings.TrimSuffix(strings.TrimSuffix(p[0], "*"), "/")
 				}
 			}
-			walk(d.block)
+			walk(d.block, inner, strip)
 		}
 	}
-	walk(site)
+	walk(site, nil, "")
 	slices.Sort(paths)
 	slices.Sort(regexps)
-	return slices.Compact(paths), slices.Compact(regexps), unread
+	return slices.Compact(paths), slices.Compact(regexps), unread, caseBlind
 }
 
-// matcherPatterns reads a block's matcher (placedBlock.matched): its
-// path patterns and path regexps, a named matcher's from its definition
-// whatever else it asks; ok is false if it could not be read.
-func (c placement) matcherPatterns(matched string) (paths, regexps []string, ok bool) {
-	if strings.Contains(matched, "(its matcher") {
-		return nil, nil, false
-	}
+// unreadBlock is a block whose matcher sitePatterns could not read, and
+// why.
+type unreadBlock struct {
+	d   placedDirective
+	why string
+}
+
+// holdsGate reports whether a sigra_gate is written in b, at any depth.
+func holdsGate(b *placedBlock) bool {
+	return slices.ContainsFunc(b.dirs, func(d placedDirective) bool {
+		return d.name == "sigra_gate" || d.block != nil && holdsGate(d.block)
+	})
+}
+
+// matcherPatterns reads a block's matcher (placedBlock.matched), found
+// at place at: its path patterns and path regexps, a named matcher's
+// from its definition (in the blocks on the way, or the site's) whatever
+// else it asks. why says what could not be read: a named matcher not
+// found, or a matcher that may read the path otherwise (an expression,
+// vars).
+func (c placement) matcherPatterns(at place, matched string) (paths, regexps []string, why string) {
 	for _, m := range strings.Fields(matched)[1:] {
 		switch {
 		case strings.HasPrefix(m, "/"):
 			paths = append(paths, m)
 		case strings.HasPrefix(m, "@"):
-			_, lines, found := c.matcherOn(nil, m)
+			_, lines, found := c.matcherOn(at, m)
 			if !found {
-				return paths, regexps, false
+				return paths, regexps, "is a named matcher not found where the adapter looks (the site's top level, or a block on the way)"
 			}
 			for _, l := range lines {
 				if len(l) > 1 && l[0] == "not" {
@@ -1598,11 +1636,13 @@ func (c placement) matcherPatterns(matched string) (paths, regexps []string, ok 
 					paths = append(paths, l[1:]...)
 				case len(l) > 1 && l[0] == "path_regexp":
 					regexps = append(regexps, l[len(l)-1])
+				case len(l) > 0 && !pathBlind[l[0]]:
+					why = "has a matcher (" + l[0] + ") that may pick by path in a way not read here"
 				}
 			}
 		}
 	}
-	return paths, regexps, true
+	return paths, regexps, why
 }
 
 // fromPaths are the paths a directive's matcher from names: a named

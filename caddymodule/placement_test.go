@@ -907,6 +907,27 @@ func TestUnreadBlockMatcherIsWarnedOf(t *testing.T) {
 	if len(warned) != 0 {
 		t.Errorf("warnings %q with the handle after the portal; want none", warned)
 	}
+	// Matchers that pick by path in ways not read: an expression, vars.
+	// And a path_regexp that heeds case, around a gate.
+	for m, want := range map[string]string{
+		"@adm expression path('/admin/*')":               "the matcher of the handle on line 4 has a matcher (expression)",
+		"@adm vars {section} admin":                      "the matcher of the handle on line 4 has a matcher (vars)",
+		"@adm path_regexp ^/Admin/":                      "the path_regexp of the handle on line 4 compares the path with regard to case",
+		"@adm {\n\t\tpath /admin/*\n\t\tmethod GET\n\t}": "",
+		"@adm path_regexp (?i)^/admin/":                  "",
+	} {
+		warned = nil
+		src := "http://127.0.0.1:9 {\n\tsigra_portal\n\t" + m + "\n\thandle @adm {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\trespond ok\n}\n"
+		if err := adaptCaddyfile(src); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case want == "" && len(warned) > 0:
+			t.Errorf("%s: warnings %q; want none", m, warned)
+		case want != "" && (len(warned) != 1 || !strings.Contains(warned[0], want)):
+			t.Errorf("%s: warnings %q; want one saying %q", m, warned, want)
+		}
+	}
 	warned = nil
 	file := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(file, []byte(src), 0o600); err != nil {

@@ -36,8 +36,8 @@ func appReading(p string) (read string, other bool) {
 			loose = loose || i+1 == len(p) || p[i+1] == '/'
 		case c == ' ':
 			loose = loose || i+1 == len(p) || p[i+1] == '/' || i > 0 && p[i-1] == '/'
-		case c == '\t' || c == '\r' || c == '\n':
-			loose = true
+		case c < ' ':
+			loose = true // a control character, which Java's trim() drops
 		case c == ':':
 			loose = loose || strings.HasPrefix(p[i:], ":$") || strings.HasPrefix(p[i:], "::$")
 		}
@@ -55,19 +55,25 @@ func appReading(p string) (read string, other bool) {
 		if strings.Contains(s, ":$") {
 			s = s[:strings.IndexByte(s, ':')] // name::$INDEX_ALLOCATION, name:stream:$DATA
 		}
-		// Spring before 4.3 trimmed whitespace around a segment too.
-		segs[i] = strings.TrimRight(strings.TrimLeft(s, " \t\r\n"), ". \t\r\n")
+		// Spring before 4.3 trimmed a segment (Java's trim(): every
+		// character up to the space) on both sides.
+		segs[i] = strings.TrimRightFunc(strings.TrimLeftFunc(s, trimmed), func(r rune) bool { return r == '.' || trimmed(r) })
 	}
 	read = mergeSlashes(strings.Join(segs, "/"))
 	return read, read != mergeSlashes(p)
 }
 
-// shortName reports whether path p has a folder segment (not the last)
-// that may be a Windows 8.3 short name (ADMIN~1, INTERN~2.HTM), which
-// IIS serves as the folder whose long name it stands for: which one
-// cannot be known. A last segment (file~1.txt, HEAD~1) passes: it names
-// no folder that a path prefix gates.
-func shortName(p string) bool {
+// trimmed reports whether Java's String.trim() drops r.
+func trimmed(r rune) bool { return r <= ' ' }
+
+// shortName reports whether path p has a folder segment that may be a
+// Windows 8.3 short name (ADMIN~1, INTERN~2.HTM), which IIS serves as
+// the folder whose long name it stands for: which one cannot be known.
+// The last segment counts too when last: it may name a file that an
+// exact pattern gates (/reports/FINANC~1.PDF); otherwise it passes
+// (file~1.txt, HEAD~1), as nothing a path prefix gates is told apart by
+// it.
+func shortName(p string, last bool) bool {
 	for off := 0; ; {
 		i := strings.IndexByte(p[off:], '~')
 		if i < 0 {
@@ -81,9 +87,13 @@ func shortName(p string) bool {
 		}
 		end := strings.IndexByte(p[j:], '/')
 		if end < 0 {
-			return false
+			if !last {
+				return false
+			}
+			end = len(p)
+		} else {
+			end += j
 		}
-		end += j
 		if n := i - start; n >= 1 && n <= 6 && j > i+1 && (j == end || p[j] == '.' && end-j <= 4) {
 			return true
 		}
@@ -106,6 +116,7 @@ func mergeSlashes(p string) string {
 type pathReads struct {
 	paths []string // lower case, as Caddy matches them
 	res   []*regexp.Regexp
+	files bool // a pattern may name a file: exact, a suffix (*.pdf), a regexp
 }
 
 // any reports whether there are patterns at all: without any, no path
@@ -156,6 +167,7 @@ func (g *gateReads) add(lists [][]string, regexps []string) (*pathReads, error) 
 			// told apart from its reading, and refused.
 			if _, loose := appReading(pattern); !loose && !strings.ContainsAny(pattern, "{%") {
 				s.paths = append(s.paths, strings.ToLower(pattern))
+				s.files = s.files || !strings.HasSuffix(pattern, "*") || strings.HasPrefix(pattern, "*")
 			}
 		}
 	}
@@ -168,6 +180,7 @@ func (g *gateReads) add(lists [][]string, regexps []string) (*pathReads, error) 
 			return nil, fmt.Errorf("path regexp %q: %v", expr, err)
 		}
 		s.res = append(s.res, re)
+		s.files = true
 	}
 	return s, nil
 }
@@ -185,7 +198,7 @@ func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool
 		return "a spelling that some apps read as another path (a dot or space ending a segment, " +
 			"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart"
 	}
-	if shortName(p) || other && shortName(read) {
+	if shortName(p, reads.files) || other && shortName(read, reads.files) {
 		return "a folder that Windows servers may read as a short name (ADMIN~1) for another, " +
 			"and the gates here tell paths apart"
 	}
