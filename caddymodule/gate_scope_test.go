@@ -581,7 +581,24 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		},
 		// A handle_path: the patterns in it are the stripped path's.
 		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /app/* {\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}": {
-			"/app/x": 200, "/app/admin/x": 401, "/app/admin./x": 400, "/app/%EF%BD%81dmin/x": 400, "/admin./x": 200,
+			"/app/x": 200, "/app/admin/x": 401, "/app/admin./x": 400, "/app/%EF%BD%81dmin/x": 400,
+			"/admin./x": 400, // the patterns count for any prefix stripped
+		},
+		// Prefixes stripped otherwise: handle_path /app* (no slash), a
+		// uri strip_prefix, a handle_path in a handle_path.
+		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /app* {\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}": {
+			"/appadmin/x": 401, "/appadmin./x": 400, "/appadmin%20/x": 400, "/app/x": 200,
+		},
+		"sigra_gate {\n\t\toptional\n\t}\n\thandle /app/* {\n\t\turi strip_prefix /app\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}": {
+			"/app/admin/x": 401, "/app/admin./x": 400, "/app/x": 200,
+		},
+		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /app/* {\n\t\thandle_path /app/* {\n\t\t\thandle /admin/* {\n\t\t\t\tsigra_gate {\n\t\t\t\t\tgroup staff\n\t\t\t\t}\n\t\t\t}\n\t\t}\n\t}": {
+			"/app/app/admin/x": 401, "/app/app/admin./x": 400,
+		},
+		// Suffix patterns and alternations under a handle_path.
+		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /app/* {\n\t\t@aspx path *.aspx\n\t\thandle @aspx {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t\t@adm path_regexp ^(?i)/admin/|^/secret/\n\t\thandle @adm {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}": {
+			"/app/secret.aspx": 401, "/app/secret.aspx.": 400, "/app/secret.aspx::$DATA": 400,
+			"/app/admin./x": 400, "/app/secret./x": 400, "/app/x": 200,
 		},
 		// A named matcher defined in the block around the handle.
 		"handle {\n\t\t@adm path /admin/*\n\t\thandle @adm {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}": {
@@ -685,6 +702,29 @@ func TestNamedRouteBlocksTellLooseSpellingsApart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for target, want := range map[string]int{"/x": 200, "/admin/x": 401, "/admin./x": 400, "/%EF%BD%81dmin/x": 400, "/ADMIN~1/x": 400} {
+		if code, body := rawGet(t, e, target, jsonAccept); code != want {
+			t.Errorf("anonymous GET %s: status %d %s; want %d", target, code, body, want)
+		}
+	}
+}
+
+// A named route invoked in a handle_path sees the stripped path: the
+// request's loose spellings are tried with the prefix stripped.
+func TestNamedRouteUnderHandlePathTellsLooseSpellingsApart(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	cf := e.caddyfile("", "handle_path /app/* {\n\t\tinvoke app\n\t}") + `
+&(app) {
+	handle /admin/* {
+		sigra_gate {
+			group staff
+		}
+	}
+}
+`
+	if err := e.load(cf); err != nil {
+		t.Fatal(err)
+	}
+	for target, want := range map[string]int{"/app/x": 200, "/app/admin/x": 401, "/app/admin./x": 400, "/app/%EF%BD%81dmin/x": 400} {
 		if code, body := rawGet(t, e, target, jsonAccept); code != want {
 			t.Errorf("anonymous GET %s: status %d %s; want %d", target, code, body, want)
 		}

@@ -1541,11 +1541,12 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 // sitePatterns are the path patterns and path regexps of the matchers
 // of the handle, handle_path and route blocks of the site (or named
 // route) that the directive h is at is written in: a named matcher's
-// whatever else it asks (they are ANDed), and under not; those under a
-// handle_path with its prefix, as the request has it before the strip.
+// whatever else it asks (they are ANDed), and under not. They are kept
+// as written, for the path the block sees: a handle_path, a uri
+// strip_prefix or an invoking block may have stripped a prefix, and
+// looseRefusal tries the request's path with its prefixes stripped.
 // unread are the blocks whose matcher could not be read so, each with
-// why; caseBlind the path_regexps of blocks that hold a gate and heed
-// case.
+// why; caseBlind the blocks around a gate whose path_regexp heeds case.
 func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unreadBlock, caseBlind []placedDirective) {
 	site, _ := placesOf(h)
 	if site == nil {
@@ -1555,14 +1556,13 @@ func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unr
 	if nr := namedTop(h, site); nr != nil {
 		site = nr // the route's own directives, under its name
 	}
-	var walk func(b *placedBlock, at place, prefix string)
-	walk = func(b *placedBlock, at place, prefix string) {
+	var walk func(b *placedBlock, at place)
+	walk = func(b *placedBlock, at place) {
 		for k, d := range b.dirs {
 			if d.block == nil || !slices.Contains(subroutes, d.name) {
 				continue
 			}
 			inner := append(slices.Clone(at), step{block: b, at: k})
-			strip := prefix
 			switch m := d.block.matched; {
 			case d.unknown || d.readBack == "?" || strings.Contains(m, "(its matcher"):
 				unread = append(unread, unreadBlock{d, "could not be read back (a Caddyfile given on stdin, or an import argument)"})
@@ -1571,30 +1571,35 @@ func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unr
 				if why != "" {
 					unread = append(unread, unreadBlock{d, why})
 				}
-				for _, x := range p {
-					paths = append(paths, prefix+x)
-				}
-				for _, x := range re {
-					if after, ok := strings.CutPrefix(x, "^"); ok || prefix == "" {
-						regexps = append(regexps, "^"+regexp.QuoteMeta(prefix)+after)
-					} else {
-						unread = append(unread, unreadBlock{d, "has a path_regexp not anchored with ^ under a handle_path"})
-					}
-				}
-				if len(re) > 0 && holdsGate(d.block) && slices.ContainsFunc(re, func(x string) bool { return !ignoresCase.MatchString(x) }) {
+				paths, regexps = append(paths, p...), append(regexps, re...)
+				if holdsGate(d.block) && slices.ContainsFunc(re, heedsCase) {
 					caseBlind = append(caseBlind, d)
 				}
-				if d.name == "handle_path" && len(p) == 1 {
-					strip = prefix + strings.TrimSuffix(strings.TrimSuffix(p[0], "*"), "/")
-				}
 			}
-			walk(d.block, inner, strip)
+			walk(d.block, inner)
 		}
 	}
-	walk(site, nil, "")
+	walk(site, nil)
 	slices.Sort(paths)
 	slices.Sort(regexps)
 	return slices.Compact(paths), slices.Compact(regexps), unread, caseBlind
+}
+
+// heedsCase reports whether a path regexp compares letters with regard
+// to case: it names one (not as an escape, \d) without the i flag.
+func heedsCase(expr string) bool {
+	if ignoresCase.MatchString(expr) {
+		return false
+	}
+	for i := 0; i < len(expr); i++ {
+		switch c := expr[i] | 0x20; {
+		case expr[i] == '\\':
+			i++ // \d, \w, \.: no letter of the path
+		case 'a' <= c && c <= 'z':
+			return true
+		}
+	}
+	return false
 }
 
 // unreadBlock is a block whose matcher sitePatterns could not read, and

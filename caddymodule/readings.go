@@ -194,7 +194,10 @@ func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool
 		return ""
 	}
 	read, other := reading(p)
-	if other && reads.readsApart(p, read) {
+	if other && (reads.readsApart(p, read) || !strippedForms(p, func(q string) bool {
+		r, o := appReading(q)
+		return !o || !reads.readsApart(q, r)
+	})) {
 		return "a spelling that some apps read as another path (a dot or space ending a segment, " +
 			"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart"
 	}
@@ -203,4 +206,43 @@ func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool
 			"and the gates here tell paths apart"
 	}
 	return ""
+}
+
+// maxStrips bounds the prefixes strippedForms strips at slashes (a
+// handle_path in a handle_path is deep; sixteen is more than any config
+// nests), and maxPartStrip those within the first segment (/app* is
+// short): an attacker's long path costs a few dozen readings at most.
+const (
+	maxStrips    = 16
+	maxPartStrip = 32
+)
+
+// strippedForms calls yield with each path a block may see for p once a
+// prefix is stripped before it (handle_path, uri strip_prefix, an
+// invoking handle_path): p from each of its first maxStrips slashes on,
+// and from each byte of its first segment (handle_path /app* strips
+// /app from /appadmin/x, leaving /admin/x), each starting with a slash;
+// it stops early when yield returns false, and reports whether it ran
+// to the end. Only a path with a loose reading comes here.
+func strippedForms(p string, yield func(string) bool) bool {
+	first := strings.IndexByte(p[min(1, len(p)):], '/') + 1 // the first segment's end (0: none)
+	if first == 0 {
+		first = len(p)
+	}
+	for i := 2; i < min(first, 2+maxPartStrip); i++ {
+		if !yield("/" + p[i:]) {
+			return false
+		}
+	}
+	for n, i := 0, first; i < len(p) && n < maxStrips; n++ {
+		if !yield(p[i:]) {
+			return false
+		}
+		next := strings.IndexByte(p[i+1:], '/')
+		if next < 0 {
+			break
+		}
+		i += 1 + next
+	}
+	return true
 }
