@@ -997,21 +997,21 @@ func parsePortal(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return nil, unknownOption(h.Dispenser, "sigra_portal: unknown option %q (portal options live in the global sigra block)", h.Val())
 	}
 	p := new(Portal)
-	p.SitePaths, p.SiteRegexps = blockPatterns(h, "sigra_portal", line)
+	p.SitePaths, p.SiteRegexps, p.SiteStrips = blockPatterns(h, "sigra_portal", line)
 	return p, nil
 }
 
 // blockPatterns are sitePatterns for the directive dir on line, with
 // what could not be read warned of.
-func blockPatterns(h httpcaddyfile.Helper, dir string, line int) (paths, regexps []string) {
-	paths, regexps, unread, caseBlind := sitePatterns(h)
+func blockPatterns(h httpcaddyfile.Helper, dir string, line int) (paths, regexps, strips []string) {
+	paths, regexps, strips, unread, caseBlind := sitePatterns(h)
 	for _, u := range unread {
 		placementWarning(fmt.Sprintf("%s on line %d: the matcher of the %s on line %d %s: a spelling of its paths that some apps read as another (/admin./x to IIS) is not refused; give the gates in it path patterns of their own", dir, line, u.d.name, u.d.line, u.why))
 	}
 	for _, d := range caseBlind {
 		placementWarning(fmt.Sprintf("%s on line %d: the path_regexp of the %s on line %d compares the path with regard to case, unlike Caddy's path matcher and many apps (ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss the gates in it. Start the pattern with (?i)", dir, line, d.name, d.line))
 	}
-	return paths, regexps
+	return paths, regexps, strips
 }
 
 // laterGate names gate requirements of capabilities not in this build yet.
@@ -1035,12 +1035,12 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		// No portal reads a named route's blocks: its gates do, once
 		// for the route (while h is at the name).
 		key := fmt.Sprintf("sigra.route_patterns@%d", namedRouteBase(h))
-		if known, ok := h.State[key].([2][]string); ok {
-			g.SitePaths, g.SiteRegexps = known[0], known[1]
+		if known, ok := h.State[key].([3][]string); ok {
+			g.SitePaths, g.SiteRegexps, g.SiteStrips = known[0], known[1], known[2]
 		} else {
-			g.SitePaths, g.SiteRegexps = blockPatterns(h, "sigra_gate", line)
+			g.SitePaths, g.SiteRegexps, g.SiteStrips = blockPatterns(h, "sigra_gate", line)
 			if h.State != nil {
-				h.State[key] = [2][]string{g.SitePaths, g.SiteRegexps}
+				h.State[key] = [3][]string{g.SitePaths, g.SiteRegexps, g.SiteStrips}
 			}
 		}
 	}

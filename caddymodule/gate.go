@@ -169,11 +169,13 @@ type Gate struct {
 	// tell a path apart from its loose reading (looseRefusal).
 	NotPaths    []string `json:"not_paths,omitempty"`
 	PathRegexps []string `json:"path_regexps,omitempty"`
-	// SitePaths and SiteRegexps are, for a gate in a named route, what
-	// they are for a portal: the patterns of the route's handle,
-	// handle_path and route blocks, set by the Caddyfile adapter.
+	// SitePaths, SiteRegexps and SiteStrips are, for a gate in a named
+	// route, what they are for a portal: the patterns of the route's
+	// handle, handle_path and route blocks, and the prefixes they strip,
+	// set by the Caddyfile adapter.
 	SitePaths   []string `json:"site_paths,omitempty"`
 	SiteRegexps []string `json:"site_regexps,omitempty"`
+	SiteStrips  []string `json:"site_strips,omitempty"`
 
 	app     *App
 	reads   *pathReads // the patterns of every gate and portal of the config
@@ -221,7 +223,7 @@ func (g *Gate) Provision(ctx caddy.Context) error {
 			"adapt the Caddyfile again to have the most specific sibling decide alone")
 	}
 	if g.Scope != 0 {
-		if g.reads, err = app.gateReads.add([][]string{g.Paths, g.NotPaths, g.SitePaths}, slices.Concat(g.PathRegexps, g.SiteRegexps)); err != nil {
+		if g.reads, err = app.gateReads.add([][]string{g.Paths, g.NotPaths, g.SitePaths}, slices.Concat(g.PathRegexps, g.SiteRegexps), g.SiteStrips); err != nil {
 			return fmt.Errorf("sigra_gate: %v", err)
 		}
 	}

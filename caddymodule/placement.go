@@ -1542,15 +1542,15 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 // of the handle, handle_path and route blocks of the site (or named
 // route) that the directive h is at is written in: a named matcher's
 // whatever else it asks (they are ANDed), and under not. They are kept
-// as written, for the path the block sees: a handle_path, a uri
-// strip_prefix or an invoking block may have stripped a prefix, and
-// looseRefusal tries the request's path with its prefixes stripped.
+// as written, for the path the block sees; strips are the prefixes a
+// handle_path or a uri strip_prefix strips, which looseRefusal strips
+// from the request's path in turn.
 // unread are the blocks whose matcher could not be read so, each with
 // why; caseBlind the blocks around a gate whose path_regexp heeds case.
-func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unreadBlock, caseBlind []placedDirective) {
+func sitePatterns(h httpcaddyfile.Helper) (paths, regexps, strips []string, unread []unreadBlock, caseBlind []placedDirective) {
 	site, _ := placesOf(h)
 	if site == nil {
-		return nil, nil, nil, nil
+		return nil, nil, nil, nil, nil
 	}
 	c := placement{h: h, site: site}
 	if nr := namedTop(h, site); nr != nil {
@@ -1559,6 +1559,9 @@ func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unr
 	var walk func(b *placedBlock, at place)
 	walk = func(b *placedBlock, at place) {
 		for k, d := range b.dirs {
+			if i := slices.Index(d.args, "strip_prefix"); d.name == "uri" && i >= 0 && i+1 < len(d.args) {
+				strips = append(strips, "/"+strings.TrimPrefix(d.args[i+1], "/"))
+			}
 			if d.block == nil || !slices.Contains(subroutes, d.name) {
 				continue
 			}
@@ -1572,6 +1575,9 @@ func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unr
 					unread = append(unread, unreadBlock{d, why})
 				}
 				paths, regexps = append(paths, p...), append(regexps, re...)
+				if d.name == "handle_path" && len(p) == 1 {
+					strips = append(strips, strings.TrimSuffix(p[0], "*"))
+				}
 				if holdsGate(d.block) && slices.ContainsFunc(re, heedsCase) {
 					caseBlind = append(caseBlind, d)
 				}
@@ -1582,7 +1588,8 @@ func sitePatterns(h httpcaddyfile.Helper) (paths, regexps []string, unread []unr
 	walk(site, nil)
 	slices.Sort(paths)
 	slices.Sort(regexps)
-	return slices.Compact(paths), slices.Compact(regexps), unread, caseBlind
+	slices.Sort(strips)
+	return slices.Compact(paths), slices.Compact(regexps), slices.Compact(strips), unread, caseBlind
 }
 
 // heedsCase reports whether a path regexp compares letters with regard

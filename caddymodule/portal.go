@@ -40,6 +40,9 @@ type Portal struct {
 	// tell which loose spellings of a path are refused (looseRefusal).
 	SitePaths   []string `json:"site_paths,omitempty"`
 	SiteRegexps []string `json:"site_regexps,omitempty"`
+	// SiteStrips are the prefixes the site's handle_path blocks and uri
+	// strip_prefix strip before a block matches, set by the adapter.
+	SiteStrips []string `json:"site_strips,omitempty"`
 
 	app     *App
 	reads   *pathReads // the patterns of every gate and portal of the config
@@ -78,7 +81,7 @@ func (p *Portal) Provision(ctx caddy.Context) error {
 	p.logger = app.logger.Named("portal") // under sigra, as DESIGN (11) has it
 	p.origins = new(originCache)
 	p.setFormTargets(app.AllowedRedirectHosts)
-	if p.reads, err = app.gateReads.add([][]string{p.SitePaths}, p.SiteRegexps); err != nil {
+	if p.reads, err = app.gateReads.add([][]string{p.SitePaths}, p.SiteRegexps, p.SiteStrips); err != nil {
 		return fmt.Errorf("sigra_portal: %v", err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -114,9 +115,10 @@ func mergeSlashes(p string) string {
 // and path regexps of the matchers of the gates, and of the sites'
 // handle, handle_path and route blocks (Portal.SitePaths).
 type pathReads struct {
-	paths []string // lower case, as Caddy matches them
-	res   []*regexp.Regexp
-	files bool // a pattern may name a file: exact, a suffix (*.pdf), a regexp
+	paths  []string // lower case, as Caddy matches them
+	res    []*regexp.Regexp
+	files  bool     // a pattern may name a file: exact, a suffix (*.pdf), a regexp
+	strips []string // the prefixes handle_path and uri strip_prefix strip
 }
 
 // any reports whether there are patterns at all: without any, no path
@@ -156,10 +158,15 @@ type gateReads struct {
 // the reads, which it keeps. Patterns with a placeholder or an escape (compared with
 // the path as written) are left out: they are not known, or not
 // compared with the decoded path.
-func (g *gateReads) add(lists [][]string, regexps []string) (*pathReads, error) {
+func (g *gateReads) add(lists [][]string, regexps, strips []string) (*pathReads, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := &g.all
+	for _, x := range strips {
+		if x != "" && x != "/" && !strings.ContainsAny(x, "{%") && !slices.Contains(s.strips, x) {
+			s.strips = append(s.strips, x)
+		}
+	}
 	for _, list := range lists {
 		for _, pattern := range list {
 			// A pattern that names a loose spelling itself (/ｶﾀﾛｸﾞ/*,
@@ -194,10 +201,7 @@ func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool
 		return ""
 	}
 	read, other := reading(p)
-	if other && (reads.readsApart(p, read) || !strippedForms(p, func(q string) bool {
-		r, o := appReading(q)
-		return !o || !reads.readsApart(q, r)
-	})) {
+	if other && reads.readsApart(p, read) || reads.strippedApart(p) {
 		return "a spelling that some apps read as another path (a dot or space ending a segment, " +
 			"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart"
 	}
@@ -208,41 +212,38 @@ func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool
 	return ""
 }
 
-// maxStrips bounds the prefixes strippedForms strips at slashes (a
-// handle_path in a handle_path is deep; sixteen is more than any config
-// nests), and maxPartStrip those within the first segment (/app* is
-// short): an attacker's long path costs a few dozen readings at most.
-const (
-	maxStrips    = 16
-	maxPartStrip = 32
-)
+// maxStripped bounds the paths strippedApart tries: a handle_path in a
+// handle_path is deep, and a hostile long path costs that many readings
+// at most.
+const maxStripped = 16
 
-// strippedForms calls yield with each path a block may see for p once a
-// prefix is stripped before it (handle_path, uri strip_prefix, an
-// invoking handle_path): p from each of its first maxStrips slashes on,
-// and from each byte of its first segment (handle_path /app* strips
-// /app from /appadmin/x, leaving /admin/x), each starting with a slash;
-// it stops early when yield returns false, and reports whether it ran
-// to the end. Only a path with a loose reading comes here.
-func strippedForms(p string, yield func(string) bool) bool {
-	first := strings.IndexByte(p[min(1, len(p)):], '/') + 1 // the first segment's end (0: none)
-	if first == 0 {
-		first = len(p)
+// strippedApart reports whether p, with a prefix stripped as the
+// config's handle_path and uri strip_prefix strip one before a block
+// matches (Caddy compares it without regard to case), reads as another
+// path that the patterns tell apart: /app%20admin/x is / admin/x under
+// handle_path /app*, which Java's trim() reads as /admin/x. Prefixes
+// are stripped in turn, nested ones too.
+func (s *pathReads) strippedApart(p string) bool {
+	if len(s.strips) == 0 {
+		return false
 	}
-	for i := 2; i < min(first, 2+maxPartStrip); i++ {
-		if !yield("/" + p[i:]) {
-			return false
+	tried := 0
+	var try func(q string, depth int) bool
+	try = func(q string, depth int) bool {
+		for _, x := range s.strips {
+			if tried >= maxStripped || len(q) < len(x) || !strings.EqualFold(q[:len(x)], x) {
+				continue
+			}
+			tried++
+			rest := q[len(x):]
+			if !strings.HasPrefix(rest, "/") {
+				rest = "/" + rest
+			}
+			if r, o := appReading(rest); o && s.readsApart(rest, r) || depth < 3 && try(rest, depth+1) {
+				return true
+			}
 		}
+		return false
 	}
-	for n, i := 0, first; i < len(p) && n < maxStrips; n++ {
-		if !yield(p[i:]) {
-			return false
-		}
-		next := strings.IndexByte(p[i+1:], '/')
-		if next < 0 {
-			break
-		}
-		i += 1 + next
-	}
-	return true
+	return try(p, 0)
 }
