@@ -588,7 +588,7 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		// uri strip_prefix, a handle_path in a handle_path.
 		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /app* {\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}": {
 			"/appadmin/x": 401, "/appadmin./x": 400, "/appadmin%20/x": 400, "/app/x": 200,
-			"/app%20admin/x": 400, "/app%09admin/x": 400,
+			"/app%20admin/x": 400, "/app%09admin/x": 400, "//app/%20admin/x": 400, "//app/admin./x": 400, "///app%20admin/x": 400,
 		},
 		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /api/v1* {\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}\n\thandle / {\n\t\trespond home\n\t}\n\thandle /public/* {\n\t\trespond public\n\t}": {
 			"/api/v1admin/x": 401, "/api/v1admin./x": 400, "/api/v1%EF%BD%81dmin/x": 400,

@@ -230,6 +230,7 @@ func (s *pathReads) strippedApart(p string) bool {
 	tried := 0
 	var try func(q string, depth int) bool
 	try = func(q string, depth int) bool {
+		q = mergeSlashes(q) // as Caddy cleans the path before it strips: //app/x loses /app
 		for _, x := range s.strips {
 			if tried >= maxStripped || len(q) < len(x) || !strings.EqualFold(q[:len(x)], x) {
 				continue
