@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -102,14 +103,9 @@ func shortName(p string, last bool) bool {
 	}
 }
 
-// mergeSlashes is p with each run of slashes made one, as Caddy's path
-// matchers read it.
-func mergeSlashes(p string) string {
-	for strings.Contains(p, "//") {
-		p = strings.ReplaceAll(p, "//", "/")
-	}
-	return p
-}
+// mergeSlashes is p cleaned as Caddy's path matchers read it, each run
+// of slashes made one (dot segments are refused before any of this).
+func mergeSlashes(p string) string { return caddyhttp.CleanPath(p, true) }
 
 // pathReads are the path patterns (from path, and from a not's path)
 // and path regexps of the matchers of the gates, and of the sites'
