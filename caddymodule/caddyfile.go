@@ -997,13 +997,13 @@ func parsePortal(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return nil, unknownOption(h.Dispenser, "sigra_portal: unknown option %q (portal options live in the global sigra block)", h.Val())
 	}
 	p := new(Portal)
-	p.SitePaths, p.SiteRegexps, p.SiteStrips = blockPatterns(h, "sigra_portal", line)
+	p.SiteScope = blockPatterns(h, "sigra_portal", line)
 	return p, nil
 }
 
 // blockPatterns are sitePatterns for the directive dir on line, with
 // what could not be read warned of.
-func blockPatterns(h httpcaddyfile.Helper, dir string, line int) (paths, regexps, strips []string) {
+func blockPatterns(h httpcaddyfile.Helper, dir string, line int) SiteScope {
 	paths, regexps, strips, unread, caseBlind := sitePatterns(h)
 	for _, u := range unread {
 		placementWarning(fmt.Sprintf("%s on line %d: the matcher of the %s on line %d %s: a spelling of its paths that some apps read as another (/admin./x to IIS) is not refused; give the gates in it path patterns of their own", dir, line, u.d.name, u.d.line, u.why))
@@ -1011,7 +1011,7 @@ func blockPatterns(h httpcaddyfile.Helper, dir string, line int) (paths, regexps
 	for _, d := range caseBlind {
 		placementWarning(fmt.Sprintf("%s on line %d: the path_regexp of the %s on line %d compares the path with regard to case, unlike Caddy's path matcher and many apps (ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss the gates in it. Start the pattern with (?i)", dir, line, d.name, d.line))
 	}
-	return paths, regexps, strips
+	return SiteScope{SitePaths: paths, SiteRegexps: regexps, SiteStrips: strips}
 }
 
 // laterGate names gate requirements of capabilities not in this build yet.
@@ -1035,12 +1035,12 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		// No portal reads a named route's blocks: its gates do, once
 		// for the route (while h is at the name).
 		key := fmt.Sprintf("sigra.route_patterns@%d", namedRouteBase(h))
-		if known, ok := h.State[key].([3][]string); ok {
-			g.SitePaths, g.SiteRegexps, g.SiteStrips = known[0], known[1], known[2]
+		if known, ok := h.State[key].(SiteScope); ok {
+			g.SiteScope = known
 		} else {
-			g.SitePaths, g.SiteRegexps, g.SiteStrips = blockPatterns(h, "sigra_gate", line)
+			g.SiteScope = blockPatterns(h, "sigra_gate", line)
 			if h.State != nil {
-				h.State[key] = [3][]string{g.SitePaths, g.SiteRegexps, g.SiteStrips}
+				h.State[key] = g.SiteScope
 			}
 		}
 	}

@@ -169,13 +169,9 @@ type Gate struct {
 	// tell a path apart from its loose reading (looseRefusal).
 	NotPaths    []string `json:"not_paths,omitempty"`
 	PathRegexps []string `json:"path_regexps,omitempty"`
-	// SitePaths, SiteRegexps and SiteStrips are, for a gate in a named
-	// route, what they are for a portal: the patterns of the route's
-	// handle, handle_path and route blocks, and the prefixes they strip,
-	// set by the Caddyfile adapter.
-	SitePaths   []string `json:"site_paths,omitempty"`
-	SiteRegexps []string `json:"site_regexps,omitempty"`
-	SiteStrips  []string `json:"site_strips,omitempty"`
+	// SiteScope is, for a gate in a named route, what it is for a
+	// portal: read from the route's blocks by the Caddyfile adapter.
+	SiteScope
 
 	app     *App
 	reads   *pathReads // the patterns of every gate and portal of the config

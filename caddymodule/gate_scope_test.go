@@ -736,3 +736,26 @@ func TestNamedRouteUnderHandlePathTellsLooseSpellingsApart(t *testing.T) {
 		}
 	}
 }
+
+// The adapter writes what it reads from the blocks around a portal, and
+// around a named route's gates, as site_paths, site_regexps and
+// site_strips: names a JSON config may use too.
+func TestSiteScopeIsWrittenToTheJSONConfig(t *testing.T) {
+	cf := "{\n\tsigra {\n\t\tstorage bbolt /tmp/never-opened.db\n\t}\n}\n" +
+		"&(gated) {\n\thandle /r/* {\n\t\tsigra_gate {\n\t\t\tgroup r\n\t\t}\n\t}\n}\n" +
+		"http://127.0.0.1:9 {\n\tsigra_portal\n\thandle_path /app/* {\n\t\tsigra_gate /admin* {\n\t\t\tgroup admins\n\t\t}\n\t\tsigra_gate\n\t}\n" +
+		"\t@api path_regexp ^/(?i)api/\n\thandle @api {\n\t\tsigra_gate\n\t}\n\trespond ok\n}\n" +
+		"http://127.0.0.1:10 {\n\tsigra_portal\n\tinvoke gated\n}\n"
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`{"handler":"sigra_portal","site_paths":["/app/*"],"site_regexps":["^/(?i)api/"],"site_strips":["/app/"]}`,
+		`"site_paths":["/r/*"]`,
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("adapted config lacks %s:\n%s", want, out)
+		}
+	}
+}

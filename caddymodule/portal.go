@@ -34,15 +34,8 @@ const maxFormBody = 64 << 10
 // /.sigra): login, logout, account, JWKS and health. Requests outside the
 // prefix pass through, with forged identity headers removed.
 type Portal struct {
-	// SitePaths and SiteRegexps are the path patterns and path regexps
-	// of the matchers of the site's handle, handle_path and route
-	// blocks, set by the Caddyfile adapter: with the gates' own, they
-	// tell which loose spellings of a path are refused (looseRefusal).
-	SitePaths   []string `json:"site_paths,omitempty"`
-	SiteRegexps []string `json:"site_regexps,omitempty"`
-	// SiteStrips are the prefixes the site's handle_path blocks and uri
-	// strip_prefix strip before a block matches, set by the adapter.
-	SiteStrips []string `json:"site_strips,omitempty"`
+	// SiteScope is read from the site's blocks by the Caddyfile adapter.
+	SiteScope
 
 	app     *App
 	reads   *pathReads // the patterns of every gate and portal of the config

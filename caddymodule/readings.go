@@ -107,9 +107,23 @@ func shortName(p string, last bool) bool {
 // of slashes made one (dot segments are refused before any of this).
 func mergeSlashes(p string) string { return caddyhttp.CleanPath(p, true) }
 
+// SiteScope is what the Caddyfile adapter reads from the handle,
+// handle_path and route blocks around a portal (the whole site) or a
+// named route's gates: with the gates' own patterns, it tells which
+// loose spellings of a path are refused (looseRefusal).
+type SiteScope struct {
+	// SitePaths and SiteRegexps are the path patterns and path regexps
+	// of the blocks' matchers.
+	SitePaths   []string `json:"site_paths,omitempty"`
+	SiteRegexps []string `json:"site_regexps,omitempty"`
+	// SiteStrips are the prefixes the blocks' handle_path and uri
+	// strip_prefix strip before a block inside them matches.
+	SiteStrips []string `json:"site_strips,omitempty"`
+}
+
 // pathReads are the path patterns (from path, and from a not's path)
 // and path regexps of the matchers of the gates, and of the sites'
-// handle, handle_path and route blocks (Portal.SitePaths).
+// handle, handle_path and route blocks (SiteScope).
 type pathReads struct {
 	paths  []string // lower case, as Caddy matches them
 	res    []*regexp.Regexp
