@@ -686,6 +686,13 @@ func (q *preq) logoutSubmit() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	if p == nil && q.own.sessionConflict {
+		// As on the page: which of the two sessions the form was for is
+		// not for the portal to guess, and answering "signed out" while
+		// it goes on would be untrue. Nor is the cookie cleared: that
+		// would leave the other one, another site's, in its place.
+		return q.cookieConflict()
+	}
 	if p == nil {
 		q.clearSessionCookie()
 		redirect(q.w, q.p.app.Prefix+"/login", http.StatusSeeOther)

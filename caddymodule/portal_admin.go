@@ -71,7 +71,9 @@ func (q *preq) adminRoute(path string) error {
 	switch q.adminDenial(p) {
 	case adminNeedLogin:
 		if p == nil && q.own.sessionConflict {
-			return q.cookieConflict()
+			// JSON, as every answer of the API, whatever Accept says.
+			writeProblem(q.w, denyCookieConflict.status, denyCookieConflict.reason, denyCookieConflict.detail)
+			return nil
 		}
 		writeProblem(q.w, http.StatusUnauthorized, "login_required", "sign in required")
 		return nil

@@ -345,7 +345,25 @@ func TestConflictingSessionCookiesOnPortalPagesSayWhy(t *testing.T) {
 			t.Errorf("%s, asked for JSON: status %d %s; want 400 cookie_conflict", path, r.StatusCode, body)
 		}
 	}
-	b := tossedAt("/.sigra/mfa")
+	// The admin API answers JSON whatever the client asks for.
+	if r, body := tossedAt("/.sigra/api/").get("/.sigra/api/admin/users", html); r.StatusCode != http.StatusBadRequest ||
+		r.Header.Get("Content-Type") != "application/problem+json" || !strings.Contains(body, `"cookie_conflict"`) {
+		t.Errorf("the admin API, asked for HTML: status %d %s %s; want 400 cookie_conflict as problem+json", r.StatusCode, r.Header.Get("Content-Type"), body)
+	}
+	// Signing out with a form from a page without the other cookie: the
+	// portal cannot tell which session the form is for, and says so
+	// rather than clear the cookie and answer "signed out" while the
+	// session goes on.
+	_, page := e.get("/.sigra/logout", html)
+	b := tossedAt("/.sigra/logout")
+	r, body := b.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, html)
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") || len(r.Cookies()) != 0 {
+		t.Errorf("signing out: status %d (to %q), cookies %v; want 400 saying to clear the cookies, none set", r.StatusCode, r.Header.Get("Location"), r.Cookies())
+	}
+	if r, _ := e.get("/x", nil); r.StatusCode != http.StatusOK {
+		t.Errorf("the session after that: status %d; want 200 (not ended, and not said to be)", r.StatusCode)
+	}
+	b = tossedAt("/.sigra/mfa")
 	if r, body := b.postForm("/.sigra/mfa", url.Values{"code": {"123456"}}, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
 		t.Errorf("a code sent there: status %d (to %q); want 400 saying to clear the cookies", r.StatusCode, r.Header.Get("Location"))
 	}
