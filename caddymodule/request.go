@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Identity headers sent upstream (DESIGN.md section 4).
@@ -631,11 +632,13 @@ func trusted(r *http.Request) bool {
 }
 
 // requestHost is the host (and port) the client asked for; from a trusted
-// proxy, X-Forwarded-Host.
+// proxy, X-Forwarded-Host, when it is one that Go would take in a Host
+// header (a proxy passing on what a client wrote must not put quotes,
+// markup or bidi controls in an origin, a realm or a session's host).
 func requestHost(r *http.Request) string {
 	if trusted(r) {
 		h, _, _ := strings.Cut(r.Header.Get("X-Forwarded-Host"), ",")
-		if h = strings.TrimSpace(h); h != "" {
+		if h = strings.TrimSpace(h); h != "" && httpguts.ValidHostHeader(h) {
 			return h
 		}
 	}

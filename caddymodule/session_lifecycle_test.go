@@ -554,6 +554,21 @@ func TestSessionHostBehindATrustedProxy(t *testing.T) {
 	if p.Session.Host != "127.0.0.1" {
 		t.Errorf("the session's host: %q; want 127.0.0.1", p.Session.Host)
 	}
+	// Nor is a host taken that Go would refuse in a Host header: a proxy
+	// passing on what a client wrote would put it in the lists of
+	// sessions, with a bidi control to reorder what they show.
+	_, page = e.get("/.sigra/login", nil)
+	r, _ = e.postForm("/.sigra/login", url.Values{"email": {"pat@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, page)}},
+		map[string]string{"X-Forwarded-Host": "app.example.com\"><b>\u202egnp.exe"})
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in with an odd X-Forwarded-Host: status %d; want 303", r.StatusCode)
+	}
+	if p, err = e.rt().auth.Authenticate(context.Background(), e.sessionCookie()); err != nil {
+		t.Fatal(err)
+	}
+	if p.Session.Host != "127.0.0.1" {
+		t.Errorf("the session's host: %q; want 127.0.0.1", p.Session.Host)
+	}
 }
 
 // trustLoopback has e's server trust its loopback clients as proxies:
