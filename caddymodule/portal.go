@@ -814,19 +814,29 @@ func (q *preq) accountPage() error {
 	if p == nil || err != nil {
 		return err
 	}
-	sessions, err := q.rt.store.UserSessions(q.ctx(), p.User.ID)
+	sessions, err := q.liveSessions(p.User.ID, p.Session.ID)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	cfg := q.rt.auth.Config()
-	sessions = slices.DeleteFunc(sessions, func(s *authcore.Session) bool {
-		return s.ID != p.Session.ID && s.Expired(q.rt.auth.Now(), cfg.Idle+cfg.TouchInterval) // ended, not swept yet
-	})
 	shown, more := listedSessions(sessions, p.Session.ID, p.User)
 	return q.page(http.StatusOK, "account", pageData{
 		Title: "Your account", Wide: true, CSRF: q.rt.csrf.Token(sessionBinding(p)),
 		User: p.User, Sessions: shown, MoreSessions: more, CurrentSession: p.SessionID, IsAdmin: p.User.InGroup(q.p.app.AdminGroup) && q.p.app.adminHost(requestHost(q.r)),
 	})
+}
+
+// liveSessions lists the sessions of the user with id user, leaving out
+// those that have ended and are not swept yet; keep (the request's own)
+// stays whatever its times say.
+func (q *preq) liveSessions(user string, keep authcore.SessionID) ([]*authcore.Session, error) {
+	sessions, err := q.rt.store.UserSessions(q.ctx(), user)
+	if err != nil {
+		return nil, err
+	}
+	cfg, now := q.rt.auth.Config(), q.rt.auth.Now()
+	return slices.DeleteFunc(sessions, func(s *authcore.Session) bool {
+		return s.ID != keep && s.Expired(now, cfg.Idle+cfg.TouchInterval)
+	}), nil
 }
 
 // accountSessionsListed is how many sessions the account page lists. A

@@ -200,7 +200,7 @@ func (q *preq) adminRoute(path string) error {
 		if err != nil {
 			return q.adminError(err)
 		}
-		sessions, err := q.rt.store.UserSessions(q.ctx(), parts[1])
+		sessions, err := q.liveSessions(parts[1], authcore.SessionID{})
 		if err != nil {
 			return q.adminError(err)
 		}

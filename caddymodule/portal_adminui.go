@@ -200,7 +200,7 @@ func (q *preq) adminUser(p *authcore.Principal, id string) error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	sessions, err := q.rt.store.UserSessions(q.ctx(), u.ID)
+	sessions, err := q.liveSessions(u.ID, authcore.SessionID{})
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}

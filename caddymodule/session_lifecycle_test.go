@@ -809,6 +809,14 @@ func TestSessionListsShowPlainSessions(t *testing.T) {
 	base, _ := url.Parse(e.base)
 	e.addUser("root@example.com", "admins")
 	pam := e.addUser("pam@example.com")
+	// One that ended, not swept yet, is not listed anywhere.
+	now := fake.Now()
+	fake.Set(now.Add(-e.rt().auth.Config().Lifetime - time.Minute))
+	if _, _, err := e.rt().auth.StartSession(context.Background(), pam, []string{authcore.AMRPassword},
+		authcore.ClientMeta{Host: base.Host, Secure: true}); err != nil {
+		t.Fatal(err)
+	}
+	fake.Set(now)
 	if _, _, err := e.rt().auth.StartSession(context.Background(), pam, []string{authcore.AMRPassword},
 		authcore.ClientMeta{Host: base.Host, Secure: true}); err != nil {
 		t.Fatal(err)
