@@ -169,19 +169,25 @@ func slashesKept(raw string) string {
 // dotSegment reports whether s, the rest of a path after a separator,
 // starts with a segment that some server reads as "." or "..": dots,
 // then dots and spaces (Windows servers drop trailing ones, so "..." and
-// ".. " are ".." to them), up to the segment's end. A ';' ends it too:
+// ".. " are ".." to them), up to the segment's end; control characters
+// count as spaces, and may come first too (Java's trim() drops them on
+// both sides: "\t..\t" is ".."). A ';' ends it too:
 // ..;x is .. to servlet containers, even with ';' allowed. Characters
 // that Unicode folds (NFKC) to a dot or a slash count as those, for apps
 // that fold paths: "．．" and "..／" are dot segments there.
 func dotSegment(s string) bool {
-	i := foldedDot(s)
+	lead := 0
+	for lead < len(s) && trimmedByte(s[lead]) {
+		lead++ // Java's trim() drops them before the dots, as after
+	}
+	i := foldedDot(s[lead:])
 	if i == 0 {
 		return false
 	}
-	for i < len(s) {
+	for i += lead; i < len(s); {
 		if n := foldedDot(s[i:]); n > 0 {
 			i += n
-		} else if s[i] == ' ' {
+		} else if trimmedByte(s[i]) {
 			i++
 		} else {
 			break
@@ -189,6 +195,10 @@ func dotSegment(s string) bool {
 	}
 	return i == len(s) || s[i] == '/' || s[i] == ';' || encodedSemicolon(s[i:]) || foldedSlash(s[i:]) > 0
 }
+
+// trimmedByte reports whether Java's trim() drops c, but for NUL, which
+// ends a C string and is refused as such.
+func trimmedByte(c byte) bool { return c <= ' ' && c != 0 }
 
 // foldedDot is the length of the dot, or the character NFKC folds to
 // dots, that s starts with (0 when it does not): the fullwidth and small

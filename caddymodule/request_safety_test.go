@@ -203,6 +203,8 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 		"/public/%f0%80%80%ae%f0%80%80%ae/admin/panel", "/public/%f8%80%80%80%ae/admin", "/public/%fc%80%80%80%80%ae/admin",
 		// ".." to Windows servers, which drop trailing dots and spaces.
 		"/public/..%20/admin/panel", "/public/.../admin/panel", "/public/.%20./admin/panel",
+		// ".." to apps that trim control characters too (Java's trim()).
+		"/public/..%09/admin/panel", "/public/%09../admin/panel", "/public/%09%E2%80%A5/admin/panel",
 		// The end of the path to apps that stop at NUL, and dot segments
 		// to apps that fold Unicode (a fullwidth solidus, full stops).
 		"/public/..%00/admin/panel", "/public/..%ef%bc%8fadmin/panel", "/public/%ef%bc%8e%ef%bc%8e/admin/panel",
@@ -285,7 +287,11 @@ func TestPathRefusal(t *testing.T) {
 		"/a/\xe0\xa0\x80": "", "/a/\xf0\x90\x80\x80": "", "/caf\xe9": "", "/\xe0la": "", "/\xe0": "", "/\xf8\xf8": "",
 		// Windows servers drop trailing dots and spaces: all these are "..".
 		"/a/.../b": "a dot segment", "/a/.. /b": "a dot segment", "/a/. ": "a dot segment", "/a/. . ;x": "a dot segment",
-		"/a/.. x/b": "", "/a/ ../b": "", "/a/...x": "",
+		"/a/.. x/b": "", "/a/...x": "",
+		// Java's trim() drops control characters and spaces on both
+		// sides of a segment.
+		"/a/ ../b": "a dot segment", "/a/\t../b": "a dot segment", "/a/..\t/b": "a dot segment",
+		"/a/\t\u2025/b": "a dot segment", "/a/\x1f.\x0b": "a dot segment", "/a/\t..x/b": "",
 		// NUL ends the path for apps that stop at it.
 		"/public/..\x00/admin": "a NUL character", "/a\x00": "a NUL character",
 		// Dots and slashes that Unicode folds (NFKC) to them, for apps
