@@ -589,6 +589,8 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /app* {\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}": {
 			"/appadmin/x": 401, "/appadmin./x": 400, "/appadmin%20/x": 400, "/app/x": 200,
 			"/app%20admin/x": 400, "/app%09admin/x": 400, "//app/%20admin/x": 400, "//app/admin./x": 400, "///app%20admin/x": 400,
+			// Short names of the stripped path.
+			"/appADMIN~1/x": 400, "/appADMIN~1./x": 400, "/appADMIN~1.PDF": 400, "/appHEAD~1/x": 200,
 		},
 		"sigra_gate {\n\t\toptional\n\t}\n\thandle_path /api/v1* {\n\t\thandle /admin/* {\n\t\t\tsigra_gate {\n\t\t\t\tgroup staff\n\t\t\t}\n\t\t}\n\t}\n\thandle / {\n\t\trespond home\n\t}\n\thandle /public/* {\n\t\trespond public\n\t}": {
 			"/api/v1admin/x": 401, "/api/v1admin./x": 400, "/api/v1%EF%BD%81dmin/x": 400,
@@ -613,6 +615,12 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 		// An exact pattern: a file's short name is refused too.
 		"sigra_gate {\n\t\toptional\n\t}\n\tsigra_gate /reports/financials.pdf {\n\t\tgroup staff\n\t}": {
 			"/reports/financials.pdf": 401, "/reports/FINANC~1.PDF": 400, "/reports/FINANC~1.PDF%20": 400, "/reports/x.pdf": 200,
+		},
+		// A prefix that ends within a name: the short names of files it
+		// gates are refused too (plain and hashed), others pass.
+		"sigra_gate {\n\t\toptional\n\t}\n\tsigra_gate /docs/internal* {\n\t\tgroup staff\n\t}": {
+			"/docs/internal-roadmap.pdf": 401, "/docs/INTERN~1/x": 400, "/docs/INTERN~1.PDF": 400, "/docs/INTERN~1.PDF%20": 400,
+			"/docs/INTERN~1.PDF::$DATA": 400, "/docs/IN3F2A~1.PDF": 400, "/docs/HEAD~1": 200, "/repo/blob/HEAD~1/x": 200,
 		},
 		// A site gated in part: the portal refuses what no gate meets.
 		"handle /nest/* {\n\t\troute /nest/in/* {\n\t\t\tsigra_gate\n\t\t}\n\t}": {
@@ -664,23 +672,46 @@ func TestAppReading(t *testing.T) {
 	}
 }
 
-func TestShortName(t *testing.T) {
+func TestShortNamesOfPatternedNames(t *testing.T) {
+	var g gateReads
+	reads, err := g.add([][]string{{"/admin/*", "/docs/internal*", "/reports/financials.pdf", "/a+b/*", "/x/*/y"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for p, want := range map[string]bool{
-		"/ADMIN~1/x": true, "/docs/INTERN~12/": true, "/a/REPORT~1.PDF/x": true, "/a~1.htm/x": true,
-		"/docs/INTERN~12": false, "/a/FILE~1.TXT": false, "/repo/commit/HEAD~1": false, "/~ann/x": false, "/a/x~": false, "/a/b~c": false, "/abcdefg~1/x": false, "/a~1.html5/x": false, "/a/~1": false,
+		// Folders and files whose long names a pattern spells, in the
+		// plain and the hashed form.
+		"/ADMIN~1/x": true, "/admin~2": true, "/ADMIN~1.HTM/x": true, "/docs/INTERN~12/": true, "/docs/INTERN~1.PDF": true,
+		"/docs/IN3F2A~1.PDF": true, "/reports/FINANC~1.PDF": true, "/REPORT~1/x": true, "/A_B~1/x": true, "/Y~1": true,
+		"/a/ADM~1/x": true, "/I~1/x": true,
+		// Others, and names not shaped like a short one.
+		"/repo/commit/HEAD~1": false, "/a/FILE~1.TXT": false, "/~ann/x": false, "/a/x~": false, "/a/b~c": false,
+		"/abcdefg~1/x": false, "/a~1.html5/x": false, "/a/~1": false, "/ZZ3F2A~1/x": false, "/main~2": false,
 	} {
-		if got := shortName(p, false); got != want {
-			t.Errorf("shortName(%q, false) = %t; want %t", p, got, want)
+		if got := reads.shortApart(p); got != want {
+			t.Errorf("shortApart(%q) = %t; want %t", p, got, want)
 		}
 	}
-	// Where a pattern may name a file, the last segment counts too.
-	for p, want := range map[string]bool{
-		"/reports/FINANC~1.PDF": true, "/a/FILE~1.TXT": true, "/repo/commit/HEAD~1": true, "/ADMIN~1/x": true,
-		"/~ann": false, "/a/b~c": false, "/abcdefg~1": false,
-	} {
-		if got := shortName(p, true); got != want {
-			t.Errorf("shortName(%q, true) = %t; want %t", p, got, want)
-		}
+	// Past a few, short-shaped segments are refused without comparing:
+	// the comparing would cost a long path that much more.
+	if p := strings.Repeat("/ZZZ~1", maxShortNames+1); !reads.shortApart(p) {
+		t.Errorf("shortApart of %d segments like ZZZ~1 = false; want true", maxShortNames+1)
+	}
+	// A regexp, or a suffix pattern, cannot be compared: any short name
+	// may stand for a name it matches.
+	var h gateReads
+	if reads, _ := h.add([][]string{{"/admin/*", "*.aspx"}}, nil, nil); !reads.shortApart("/repo/HEAD~1") {
+		t.Error("with a suffix pattern, shortApart(/repo/HEAD~1) = false; want true")
+	}
+}
+
+// A long path of tildes costs one scan, not one per tilde.
+func BenchmarkShortApartTildes(b *testing.B) {
+	var g gateReads
+	reads, _ := g.add([][]string{{"/admin/*"}}, nil, nil)
+	p := "/" + strings.Repeat("~", 20000) + "/x"
+	for b.Loop() {
+		reads.shortApart(p)
 	}
 }
 

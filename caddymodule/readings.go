@@ -68,38 +68,123 @@ func appReading(p string) (read string, other bool) {
 // trimmed reports whether Java's String.trim() drops r.
 func trimmed(r rune) bool { return r <= ' ' }
 
-// shortName reports whether path p has a folder segment that may be a
-// Windows 8.3 short name (ADMIN~1, INTERN~2.HTM), which IIS serves as
-// the folder whose long name it stands for: which one cannot be known.
-// The last segment counts too when last: it may name a file that an
-// exact pattern gates (/reports/FINANC~1.PDF); otherwise it passes
-// (file~1.txt, HEAD~1), as nothing a path prefix gates is told apart by
-// it.
-func shortName(p string, last bool) bool {
-	for off := 0; ; {
-		i := strings.IndexByte(p[off:], '~')
-		if i < 0 {
+// maxShortNames bounds the segments shaped like a short name that
+// shortApart compares with the patterns: beyond it, no path a person
+// writes, it refuses without comparing.
+const maxShortNames = 8
+
+// shortApart reports whether path p has a segment that may be a Windows
+// 8.3 short name (ADMIN~1, INTERN~2.HTM, the hashed IN3F2A~1.PDF), which
+// IIS serves as the folder or file whose long name it stands for, of a
+// name a path pattern spells (mayStandFor): which one cannot be known,
+// so neither which gates the app's reading would meet. Others
+// (HEAD~1, file~1.txt where no pattern names a FILE…) pass. One scan.
+func (s *pathReads) shortApart(p string) bool {
+	seen := 0
+	for seg := range strings.SplitSeq(p, "/") {
+		// The name before ~ is one to six characters, ~ among them:
+		// a~b~cdef may be A~B~CD~1.
+		for i := 1; i <= 6 && i < len(seg); i++ {
+			if seg[i] != '~' || !shortTail(seg[i+1:]) {
+				continue
+			}
+			if seen++; seen > maxShortNames || s.mayStandFor(seg[:i]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// shortTail reports whether t, what follows a short name's ~, is its
+// number and an extension of up to three characters, if any.
+func shortTail(t string) bool {
+	j := 0
+	for j < len(t) && '0' <= t[j] && t[j] <= '9' {
+		j++
+	}
+	return j > 0 && (j == len(t) || t[j] == '.' && len(t)-j <= 4)
+}
+
+// mayStandFor reports whether the short name whose part before ~ is
+// name may stand for a segment a path pattern spells: one whose long
+// name, upper case without its dots and spaces (as Windows makes the
+// short one), starts with name, or with its first characters where the
+// last four are hex (the hashed form). Where a pattern cannot be read
+// so (a regexp, *.pdf, a name not in ASCII), any may.
+func (s *pathReads) mayStandFor(name string) bool {
+	if s.shortAll {
+		return true
+	}
+	name = strings.ToUpper(name)
+	heads := []string{name}
+	if n := len(name); n >= 5 && isHex(name[n-4]) && isHex(name[n-3]) && isHex(name[n-2]) && isHex(name[n-1]) {
+		heads = append(heads, name[:n-4])
+	}
+	for _, lit := range s.literals {
+		for _, h := range heads {
+			if shortPrefix(h, lit.name) || lit.open && shortPrefix(lit.name, h) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// shortPrefix reports whether a is a prefix of b, an _ in either
+// standing for any character (Windows writes _ for + , ; = [ ]).
+func shortPrefix(a, b string) bool {
+	if len(a) > len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if a[i] != b[i] && a[i] != '_' && b[i] != '_' {
 			return false
 		}
-		i += off
-		start := strings.LastIndexByte(p[:i], '/') + 1
-		j := i + 1
-		for j < len(p) && '0' <= p[j] && p[j] <= '9' {
-			j++
+	}
+	return true
+}
+
+// patternLiteral is a segment of a path pattern as a short name is
+// compared with it: upper case, without dots and spaces, up to a *
+// (open: more may follow).
+type patternLiteral struct {
+	name string
+	open bool
+}
+
+// addLiterals records the segments of pattern (lower case) that a short
+// name may stand for, or sets shortAll when one cannot be read so.
+func (s *pathReads) addLiterals(pattern string) {
+	for seg := range strings.SplitSeq(pattern, "/") {
+		lit, open := seg, false
+		if i := strings.IndexByte(seg, '*'); i >= 0 {
+			lit, open = seg[:i], true
 		}
-		end := strings.IndexByte(p[j:], '/')
-		if end < 0 {
-			if !last {
-				return false
+		if lit == "" {
+			// * alone matches any name, short or long; *.pdf, a suffix,
+			// is not compared.
+			s.shortAll = s.shortAll || len(seg) > 1
+			continue
+		}
+		var b strings.Builder
+		for i := 0; i < len(lit); i++ {
+			switch c := lit[i]; {
+			case c >= 0x80:
+				s.shortAll = true
+				return
+			case c == '.' || c == ' ':
+			case strings.IndexByte("+,;=[]", c) >= 0:
+				b.WriteByte('_')
+			case 'a' <= c && c <= 'z':
+				b.WriteByte(c - 'a' + 'A')
+			default:
+				b.WriteByte(c)
 			}
-			end = len(p)
-		} else {
-			end += j
 		}
-		if n := i - start; n >= 1 && n <= 6 && j > i+1 && (j == end || p[j] == '.' && end-j <= 4) {
-			return true
+		if l := (patternLiteral{b.String(), open}); !slices.Contains(s.literals, l) {
+			s.literals = append(s.literals, l)
 		}
-		off = i + 1
 	}
 }
 
@@ -127,8 +212,11 @@ type SiteScope struct {
 type pathReads struct {
 	paths  []string // lower case, as Caddy matches them
 	res    []*regexp.Regexp
-	files  bool     // a pattern may name a file: exact, a suffix (*.pdf), a regexp
 	strips []string // the prefixes handle_path and uri strip_prefix strip
+	// literals are the paths' segments as a short name is compared with
+	// them (mayStandFor); shortAll, that some pattern cannot be.
+	literals []patternLiteral
+	shortAll bool
 }
 
 // any reports whether there are patterns at all: without any, no path
@@ -184,7 +272,7 @@ func (g *gateReads) add(lists [][]string, regexps, strips []string) (*pathReads,
 			// told apart from its reading, and refused.
 			if _, loose := appReading(pattern); !loose && !strings.ContainsAny(pattern, "{%") {
 				s.paths = append(s.paths, strings.ToLower(pattern))
-				s.files = s.files || !strings.HasSuffix(pattern, "*") || strings.HasPrefix(pattern, "*")
+				s.addLiterals(strings.ToLower(pattern))
 			}
 		}
 	}
@@ -197,7 +285,7 @@ func (g *gateReads) add(lists [][]string, regexps, strips []string) (*pathReads,
 			return nil, fmt.Errorf("path regexp %q: %v", expr, err)
 		}
 		s.res = append(s.res, re)
-		s.files = true
+		s.shortAll = true
 	}
 	return s, nil
 }
@@ -205,41 +293,56 @@ func (g *gateReads) add(lists [][]string, regexps, strips []string) (*pathReads,
 // looseRefusal is why a request for path p is refused when the config's
 // patterns (reads) tell p apart from the path an app that reads paths
 // loosely takes it for ("" if not); reading is appReading, or a cache
-// of it.
+// of it. The path as it is after a prefix that the config strips is
+// checked too (strippedLoose).
 func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool)) string {
 	if !reads.any() {
 		return ""
 	}
 	read, other := reading(p)
-	if other && reads.readsApart(p, read) || reads.strippedApart(p) {
-		return "a spelling that some apps read as another path (a dot or space ending a segment, " +
-			"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart"
+	if why := reads.loose(p, read, other); why != "" {
+		return why
 	}
-	if shortName(p, reads.files) || other && shortName(read, reads.files) {
-		return "a folder that Windows servers may read as a short name (ADMIN~1) for another, " +
-			"and the gates here tell paths apart"
+	return reads.strippedLoose(p)
+}
+
+const (
+	looseSpelling = "a spelling that some apps read as another path (a dot or space ending a segment, " +
+		"an NTFS stream, a Unicode compatibility character), and the gates here tell the two apart"
+	looseShortName = "a folder or file that Windows servers may read as a short name (ADMIN~1) for another, " +
+		"and the gates here tell paths apart"
+)
+
+// loose is why path p, which the app reads as read (other when that is
+// not p), is refused ("" if not).
+func (s *pathReads) loose(p, read string, other bool) string {
+	switch {
+	case other && s.readsApart(p, read):
+		return looseSpelling
+	case s.shortApart(p) || other && s.shortApart(read):
+		return looseShortName
 	}
 	return ""
 }
 
-// maxStripped bounds the paths strippedApart tries: a handle_path in a
+// maxStripped bounds the paths strippedLoose tries: a handle_path in a
 // handle_path is deep, and a hostile long path costs that many readings
 // at most.
 const maxStripped = 16
 
-// strippedApart reports whether p, with a prefix stripped as the
-// config's handle_path and uri strip_prefix strip one before a block
-// matches (Caddy compares it without regard to case), reads as another
-// path that the patterns tell apart: /app%20admin/x is / admin/x under
-// handle_path /app*, which Java's trim() reads as /admin/x. Prefixes
-// are stripped in turn, nested ones too.
-func (s *pathReads) strippedApart(p string) bool {
+// strippedLoose is why p is refused ("" if not) as the path it is with
+// a prefix stripped as the config's handle_path and uri strip_prefix
+// strip one before a block matches (Caddy compares it without regard to
+// case): /app%20admin/x is / admin/x under handle_path /app*, which
+// Java's trim() reads as /admin/x, and /appADMIN~1/x is /ADMIN~1/x.
+// Prefixes are stripped in turn, nested ones too.
+func (s *pathReads) strippedLoose(p string) string {
 	if len(s.strips) == 0 {
-		return false
+		return ""
 	}
 	tried := 0
-	var try func(q string, depth int) bool
-	try = func(q string, depth int) bool {
+	var try func(q string, depth int) string
+	try = func(q string, depth int) string {
 		q = mergeSlashes(q) // as Caddy cleans the path before it strips: //app/x loses /app
 		for _, x := range s.strips {
 			if tried >= maxStripped || len(q) < len(x) || !strings.EqualFold(q[:len(x)], x) {
@@ -250,11 +353,17 @@ func (s *pathReads) strippedApart(p string) bool {
 			if !strings.HasPrefix(rest, "/") {
 				rest = "/" + rest
 			}
-			if r, o := appReading(rest); o && s.readsApart(rest, r) || depth < 3 && try(rest, depth+1) {
-				return true
+			r, o := appReading(rest)
+			if why := s.loose(rest, r, o); why != "" {
+				return why
+			}
+			if depth < 3 {
+				if why := try(rest, depth+1); why != "" {
+					return why
+				}
 			}
 		}
-		return false
+		return ""
 	}
 	return try(p, 0)
 }
