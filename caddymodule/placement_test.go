@@ -940,3 +940,34 @@ func TestUnreadBlockMatcherIsWarnedOf(t *testing.T) {
 		t.Errorf("warnings %q with the file on disk; want none", warned)
 	}
 }
+
+// A path pattern that some apps read as another spelling is warned of,
+// on a gate or on a block around one, naming the other spelling.
+func TestLoosePatternIsWarnedOf(t *testing.T) {
+	var warned []string
+	defer func(f func(string)) { placementWarning = f }(placementWarning)
+	placementWarning = func(msg string) { warned = append(warned, msg) }
+	for _, c := range []struct {
+		name, site, want string
+	}{
+		{"gate", "\tsigra_gate\n\tsigra_gate /ｶﾀﾛｸﾞ/* {\n\t\tgroup staff\n\t}", "sigra_gate on line 4: the path pattern /ｶﾀﾛｸﾞ/* is a spelling that some apps read as /カタログ/*"},
+		{"not", "\t@pub not path /wiki/Washington,_D.C.\n\tsigra_gate @pub {\n\t\toptional\n\t}\n\tsigra_gate", "the path pattern /wiki/Washington,_D.C. is a spelling that some apps read as /wiki/Washington,_D.C"},
+		{"block", "\thandle /docs./* {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\tsigra_gate", "sigra_portal on line 2: the path pattern /docs./* is a spelling that some apps read as /docs/*"},
+		{"none", "\tsigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			warned = nil
+			src := fmt.Sprintf("http://127.0.0.1:9 {\n\tsigra_portal\n%s\n\trespond ok\n}\n", c.site)
+			checkAdapted(t, src, adaptCaddyfile(src))
+			var loose []string
+			for _, w := range warned {
+				if strings.Contains(w, "is a spelling that some apps read as") {
+					loose = append(loose, w)
+				}
+			}
+			if c.want == "" && len(loose) > 0 || c.want != "" && (len(loose) != 1 || !strings.Contains(loose[0], c.want)) {
+				t.Errorf("warnings %q; want one with %q", loose, c.want)
+			}
+		})
+	}
+}
