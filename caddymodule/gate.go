@@ -301,7 +301,7 @@ var (
 	denyGroup   = &denial{status: http.StatusForbidden, reason: "group", detail: "you are not in a group allowed here"}
 	// Signing in again would not help: the other cookie stays.
 	denyCookieConflict = &denial{status: http.StatusBadRequest, reason: "cookie_conflict",
-		detail: "the browser sent two different session cookies: another site on this host set one; clear this site's cookies and sign in again"}
+		detail: "the browser sent two different session cookies: another site on this host set one; both are forgotten (Set-Cookie): sign in again"}
 )
 
 // asWritten reports whether the gate may decide for its less specific
@@ -713,6 +713,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 	msg := "You do not have access to this page: " + d.detail + "."
 	if d == denyCookieConflict {
 		msg = cookieConflictText
+		forgetCookies(w, r, sessionCookieName(isSecure(r)), isSecure(r))
 	}
 	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, msg)
 }

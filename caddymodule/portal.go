@@ -413,6 +413,7 @@ func (q *preq) loginPage() error {
 		redirect(q.w, q.rd(), http.StatusSeeOther)
 		return nil
 	}
+	q.forgetConflicts() // before anonBinding sets a form cookie, which the browser keeps
 	d := pageData{CSRF: q.rt.csrf.Token(q.anonBinding()), RD: q.rd()}
 	if q.own.sessionConflict || q.own.csrfConflict {
 		d.Error = cookieConflictText
@@ -427,7 +428,8 @@ var signInChecked = func(userID string) {}
 
 // cookieConflictText explains a request with two session (or form)
 // cookies.
-const cookieConflictText = "Your browser sent two different sign-in cookies for this page: another site on this host set one. Clear this site's cookies, then sign in again."
+const cookieConflictText = "Your browser sent two different sign-in cookies for this page: another site on this host set one. " +
+	"It has been asked to forget both: sign in again. If this page comes back, clear this site's cookies."
 
 func (q *preq) loginSubmit() error {
 	binding := "a:" + q.own.csrf
@@ -446,7 +448,8 @@ func (q *preq) loginSubmit() error {
 	if n := len(q.own.csrf); n < 16 || n > 64 || !q.rt.csrf.Valid(binding, q.r.PostFormValue("csrf_token")) {
 		if q.own.csrfConflict {
 			// Another site's form cookie comes with ours every time:
-			// "try again" would fail for ever.
+			// "try again" would fail for ever, unless both are forgotten.
+			q.forgetConflicts()
 			return rerender(http.StatusForbidden, cookieConflictText)
 		}
 		return rerender(http.StatusForbidden, "The form expired. Please try again.")
@@ -756,15 +759,30 @@ func (q *preq) toLogin(back string) error {
 }
 
 // cookieConflict answers a request with two different session cookies
-// that is signed in as nobody for it: 400, saying to clear the site's
-// cookies; as problem+json (cookie_conflict) to a client that does not
-// ask for HTML, as the gate answers it.
+// that is signed in as nobody for it: 400, with both cookies forgotten
+// (forgetCookies), saying to sign in again; as problem+json
+// (cookie_conflict) to a client that does not ask for HTML, as the gate
+// answers it.
 func (q *preq) cookieConflict() error {
+	q.forgetConflicts()
 	if !wantsHTML(q.r) {
 		writeProblem(q.w, denyCookieConflict.status, denyCookieConflict.reason, denyCookieConflict.detail)
 		return nil
 	}
 	return q.message(http.StatusBadRequest, "Sign-in cookies in conflict", cookieConflictText, "")
+}
+
+// forgetConflicts has the browser forget the session cookies, and the
+// form cookies, of which the request carried two different ones
+// (forgetCookies). A form cookie set after this in the same answer is
+// kept: the browser takes the lines in turn.
+func (q *preq) forgetConflicts() {
+	if q.own.sessionConflict {
+		forgetCookies(q.w, q.r, sessionCookieName(q.secure), q.secure)
+	}
+	if q.own.csrfConflict {
+		forgetCookies(q.w, q.r, csrfCookieName(q.secure), q.secure)
+	}
 }
 
 // toPortal answers a request that needs a sign-in (page "/login") or a

@@ -72,6 +72,7 @@ func (q *preq) adminRoute(path string) error {
 	case adminNeedLogin:
 		if p == nil && q.own.sessionConflict {
 			// JSON, as every answer of the API, whatever Accept says.
+			q.forgetConflicts()
 			writeProblem(q.w, denyCookieConflict.status, denyCookieConflict.reason, denyCookieConflict.detail)
 			return nil
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/sigra-auth/caddy-sigra/authcore"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
@@ -866,4 +868,64 @@ func originalURL(r *http.Request) *url.URL {
 func isTooLarge(err error) bool {
 	var mbe *http.MaxBytesError
 	return errors.As(err, &mbe)
+}
+
+// Bounds on the Set-Cookie lines of forgetCookies: a deep path
+// or a long host name costs that many at most.
+const (
+	maxForgetPaths   = 12
+	maxForgetDomains = 4
+)
+
+// forgetCookies has the browser forget every cookie called name that it
+// may have sent with r, which carried two different ones (cookieValue):
+// which is the user's own cannot be told, so both go, and the page says
+// to sign in again. On plain HTTP the other may have been set for this
+// host or a parent domain, at any path that r's path matches (RFC 6265
+// 5.1.4), and a cookie is forgotten only by a line naming the same
+// domain and path: one line for each. (A line for a public suffix,
+// Domain=co.uk, is ignored by the browser.) On HTTPS a __Host- name can
+// only be set for the host, at /, so one line does.
+func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure bool) {
+	forget := func(domain, path string) {
+		http.SetCookie(w, &http.Cookie{Name: name, Value: "", Domain: domain, Path: path, MaxAge: -1,
+			HttpOnly: true, Secure: secure, SameSite: http.SameSiteLaxMode})
+	}
+	if secure {
+		forget("", "/")
+		return
+	}
+	domains := []string{""} // host-only
+	if host := authcore.NormalizeHost(requestHost(r)); net.ParseIP(host) == nil {
+		for d := host; strings.Contains(d, ".") && len(domains) <= maxForgetDomains; _, d, _ = strings.Cut(d, ".") {
+			domains = append(domains, d)
+		}
+	}
+	for _, path := range cookiePaths(originalURL(r).EscapedPath()) {
+		for _, d := range domains {
+			forget(d, path)
+		}
+	}
+}
+
+// cookiePaths are the cookie paths that a browser sends with a request
+// for path p: "/", each prefix of p that ends before or at a "/", and p
+// itself, up to maxForgetPaths of them.
+func cookiePaths(p string) []string {
+	paths := []string{"/"}
+	add := func(s string) {
+		if len(paths) < maxForgetPaths && s != paths[len(paths)-1] {
+			paths = append(paths, s)
+		}
+	}
+	for i := 1; i < len(p); i++ {
+		if p[i] == '/' {
+			add(p[:i])
+			add(p[:i+1])
+		}
+	}
+	if strings.HasPrefix(p, "/") {
+		add(p)
+	}
+	return paths
 }

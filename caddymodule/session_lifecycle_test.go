@@ -266,16 +266,16 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 		t.Errorf("one Cookie line: status %d body %s; want 400 cookie_conflict", r.StatusCode, body)
 	}
 	r, body := send("/x", "text/html", malTok, vicTok)
-	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "asked to forget both") {
 		t.Errorf("a browser: status %d; want 400 with a page saying to clear the cookies\n%s", r.StatusCode, body)
 	}
-	if r, body := send("/.sigra/login", "text/html", malTok, vicTok); r.StatusCode != 200 || !strings.Contains(body, "Clear this site") {
+	if r, body := send("/.sigra/login", "text/html", malTok, vicTok); r.StatusCode != 200 || !strings.Contains(body, "asked to forget both") {
 		t.Errorf("the sign-in page: status %d; want 200 saying to clear the cookies", r.StatusCode)
 	}
 	// Two form cookies: the sign-in cannot pass, and says why instead of
 	// "the form expired" for ever.
 	planted := "sigra_csrf=AAAAAAAAAAAAAAAAAAAAAA; sigra_csrf=BBBBBBBBBBBBBBBBBBBBBB"
-	if r, body := send("/.sigra/login", "text/html", "x; "+planted); r.StatusCode != 200 || !strings.Contains(body, "Clear this site") {
+	if r, body := send("/.sigra/login", "text/html", "x; "+planted); r.StatusCode != 200 || !strings.Contains(body, "asked to forget both") {
 		t.Errorf("the sign-in page with two form cookies: status %d; want 200 saying to clear the cookies", r.StatusCode)
 	}
 	b := e.browser()
@@ -297,7 +297,7 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 	}
 	body2, _ := io.ReadAll(r.Body)
 	r.Body.Close()
-	if r.StatusCode != http.StatusForbidden || !strings.Contains(string(body2), "Clear this site") {
+	if r.StatusCode != http.StatusForbidden || !strings.Contains(string(body2), "asked to forget both") {
 		t.Errorf("signing in with a planted form cookie beside ours: status %d; want 403 saying to clear the cookies\n%s", r.StatusCode, body2)
 	}
 	// The same cookie twice is no conflict.
@@ -330,11 +330,18 @@ func TestConflictingSessionCookiesOnPortalPagesSayWhy(t *testing.T) {
 	}
 	for _, path := range []string{"/.sigra/mfa", "/.sigra/account", "/.sigra/account/password", "/.sigra/account/totp", "/.sigra/admin"} {
 		b := tossedAt(path)
-		if r, body := b.get(path, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
+		if r, body := b.get(path, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "asked to forget both") {
 			t.Errorf("%s: status %d (to %q); want 400 saying to clear the cookies", path, r.StatusCode, r.Header.Get("Location"))
 		}
-		if r, _ := b.get("/.sigra/login?rd="+url.QueryEscape(path), html); r.StatusCode != http.StatusSeeOther {
-			t.Errorf("the sign-in page, which does not get the cookie, with rd %s: status %d; want 303 (signed in)", path, r.StatusCode)
+		// Both cookies are forgotten, the other one at its path too: the
+		// page asks for a sign-in, which ends the conflict.
+		if r, body := b.get("/.sigra/login?rd="+url.QueryEscape(path), html); r.StatusCode != http.StatusOK || strings.Contains(body, "asked to forget both") {
+			t.Errorf("the sign-in page after that, with rd %s: status %d; want 200, the form without a conflict", path, r.StatusCode)
+		}
+		for _, c := range b.client.Jar.Cookies(&url.URL{Scheme: "http", Host: strings.TrimPrefix(e.base, "http://"), Path: path}) {
+			if c.Name == "sigra_session" {
+				t.Errorf("%s: the browser still holds a session cookie; want none", path)
+			}
 		}
 	}
 	// A script is told the same, as problem+json: a 401 would have it
@@ -357,14 +364,23 @@ func TestConflictingSessionCookiesOnPortalPagesSayWhy(t *testing.T) {
 	_, page := e.get("/.sigra/logout", html)
 	b := tossedAt("/.sigra/logout")
 	r, body := b.postForm("/.sigra/logout", url.Values{"csrf_token": {csrfFrom(t, page)}}, html)
-	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") || len(r.Cookies()) != 0 {
-		t.Errorf("signing out: status %d (to %q), cookies %v; want 400 saying to clear the cookies, none set", r.StatusCode, r.Header.Get("Location"), r.Cookies())
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "asked to forget both") || r.Header.Get("Location") != "" {
+		t.Errorf("signing out: status %d (to %q); want 400 saying to sign in again", r.StatusCode, r.Header.Get("Location"))
 	}
 	if r, _ := e.get("/x", nil); r.StatusCode != http.StatusOK {
 		t.Errorf("the session after that: status %d; want 200 (not ended, and not said to be)", r.StatusCode)
 	}
+	// The browser was asked to forget both cookies, the other one at its
+	// path too: signing in again works, and the page has no conflict.
+	if r, _ := b.get("/.sigra/logout", html); r.StatusCode != http.StatusUnauthorized && r.StatusCode != http.StatusOK {
+		t.Errorf("the sign-out page after that: status %d; want no conflict", r.StatusCode)
+	}
+	b.mustLogin("vic@example.com")
+	if r, _ := b.get("/.sigra/logout", html); r.StatusCode != http.StatusOK {
+		t.Errorf("the sign-out page after signing in again: status %d; want 200", r.StatusCode)
+	}
 	b = tossedAt("/.sigra/mfa")
-	if r, body := b.postForm("/.sigra/mfa", url.Values{"code": {"123456"}}, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Clear this site") {
+	if r, body := b.postForm("/.sigra/mfa", url.Values{"code": {"123456"}}, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "asked to forget both") {
 		t.Errorf("a code sent there: status %d (to %q); want 400 saying to clear the cookies", r.StatusCode, r.Header.Get("Location"))
 	}
 }

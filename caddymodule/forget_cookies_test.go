@@ -1,0 +1,71 @@
+package caddymodule
+
+import (
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// The lines that answer a cookie conflict reach the other cookie
+// wherever another site on the host could have set it for the request:
+// for the host or a parent domain, at a path the request's path matches.
+// The app's own cookies stay.
+func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
+	u, _ := url.Parse("http://app.example.com/a/b/c")
+	jar, _ := cookiejar.New(nil)
+	jar.SetCookies(u, []*http.Cookie{
+		{Name: "sigra_session", Value: "own", Path: "/"},
+		{Name: "theme", Value: "dark", Path: "/"},
+	})
+	jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: "tossed", Domain: "example.com", Path: "/a/b"}})
+	jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: "tossed2", Domain: "app.example.com", Path: "/a/"}})
+	if n := len(jar.Cookies(u)); n != 4 {
+		t.Fatalf("the jar holds %d cookies for %s; want 4", n, u)
+	}
+	w := httptest.NewRecorder()
+	forgetCookies(w, httptest.NewRequest(http.MethodGet, u.String(), nil), "sigra_session", false)
+	jar.SetCookies(u, w.Result().Cookies())
+	if got := jar.Cookies(u); len(got) != 1 || got[0].Name != "theme" {
+		t.Errorf("after the lines, the jar holds %v; want theme only", got)
+	}
+
+	// Bounded, for a deep path and a long host name.
+	deep := "http://a.b.c.d.e.f.example.com/" + strings.Repeat("x/", 200)
+	w = httptest.NewRecorder()
+	forgetCookies(w, httptest.NewRequest(http.MethodGet, deep, nil), "sigra_session", false)
+	if n := len(w.Result().Cookies()); n > maxForgetPaths*(maxForgetDomains+1) {
+		t.Errorf("%d lines for %s; want at most %d", n, deep, maxForgetPaths*(maxForgetDomains+1))
+	}
+	// An address has no parent domains.
+	w = httptest.NewRecorder()
+	forgetCookies(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1:8080/a", nil), "sigra_session", false)
+	for _, c := range w.Result().Cookies() {
+		if c.Domain != "" {
+			t.Errorf("a line for %s on an address; want host-only ones", c.Domain)
+		}
+	}
+	// On HTTPS the __Host- name lives at / on the host only.
+	w = httptest.NewRecorder()
+	forgetCookies(w, httptest.NewRequest(http.MethodGet, "https://app.example.com/a/b", nil), "__Host-sigra_session", true)
+	if cs := w.Result().Cookies(); len(cs) != 1 || cs[0].Path != "/" || cs[0].Domain != "" || !cs[0].Secure || cs[0].MaxAge >= 0 {
+		t.Errorf("HTTPS lines %v; want one, Secure, at /, host-only, expired", cs)
+	}
+}
+
+func TestCookiePaths(t *testing.T) {
+	for p, want := range map[string]string{
+		"/":       "/",
+		"/a":      "/ /a",
+		"/a/":     "/ /a /a/",
+		"/a/b/c":  "/ /a /a/ /a/b /a/b/ /a/b/c",
+		"//a":     "/ // //a",
+		"/a%2Fb/": "/ /a%2Fb /a%2Fb/",
+	} {
+		if got := strings.Join(cookiePaths(p), " "); got != want {
+			t.Errorf("cookiePaths(%q) = %q; want %q", p, got, want)
+		}
+	}
+}
