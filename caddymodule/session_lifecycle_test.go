@@ -300,6 +300,17 @@ func TestConflictingSessionCookiesSignNobodyIn(t *testing.T) {
 	if r.StatusCode != http.StatusForbidden || !strings.Contains(string(body2), "asked to forget both") {
 		t.Errorf("signing in with a planted form cookie beside ours: status %d; want 403 saying to clear the cookies\n%s", r.StatusCode, body2)
 	}
+	// In a browser, the sign-in page has it forget both form cookies
+	// (the other one at its path) and set a fresh one: the next sign-in
+	// passes.
+	tb := e.browser()
+	tb.get("/.sigra/login", map[string]string{"Accept": "text/html"}) // its own form cookie, at /
+	loginURL, _ := url.Parse(e.base + "/.sigra/login")
+	tb.client.Jar.SetCookies(loginURL, []*http.Cookie{{Name: "sigra_csrf", Value: "AAAAAAAAAAAAAAAAAAAAAA", Path: "/.sigra/login"}})
+	if _, body := tb.get("/.sigra/login", map[string]string{"Accept": "text/html"}); !strings.Contains(body, "asked to forget both") {
+		t.Error("the sign-in page with two form cookies does not say so")
+	}
+	tb.mustLogin("vic@example.com")
 	// The same cookie twice is no conflict.
 	if r, _ := send("/x", "application/json", vicTok, vicTok); r.StatusCode != 200 {
 		t.Errorf("the same session cookie twice: status %d; want 200", r.StatusCode)
