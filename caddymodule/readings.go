@@ -80,6 +80,9 @@ const maxShortNames = 8
 // so neither which gates the app's reading would meet. Others
 // (HEAD~1, file~1.txt where no pattern names a FILE…) pass. One scan.
 func (s *pathReads) shortApart(p string) bool {
+	if strings.IndexByte(p, '~') < 0 {
+		return false // almost every path
+	}
 	seen := 0
 	for seg := range strings.SplitSeq(p, "/") {
 		// The name before ~ is one to six characters, ~ among them:
