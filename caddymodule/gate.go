@@ -299,7 +299,8 @@ var (
 	denyMFA     = &denial{status: http.StatusUnauthorized, reason: "mfa_required", detail: "a recent second factor is required", stepUp: true}
 	denyAMR     = &denial{status: http.StatusForbidden, reason: "amr", detail: "this sign-in method is not allowed here"}
 	denyGroup   = &denial{status: http.StatusForbidden, reason: "group", detail: "you are not in a group allowed here"}
-	// Signing in again would not help: the other cookie stays.
+	// Not a 401: signing in would not help while the other cookie
+	// stays, so the answer has the browser forget both (forgetCookies).
 	denyCookieConflict = &denial{status: http.StatusBadRequest, reason: "cookie_conflict",
 		detail: "the browser sent two different session cookies: another site on this host set one; both are forgotten (Set-Cookie): sign in again"}
 )

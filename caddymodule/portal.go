@@ -692,8 +692,8 @@ func (q *preq) logoutSubmit() error {
 	if p == nil && q.own.sessionConflict {
 		// As on the page: which of the two sessions the form was for is
 		// not for the portal to guess, and answering "signed out" while
-		// it goes on would be untrue. Nor is the cookie cleared: that
-		// would leave the other one, another site's, in its place.
+		// it goes on would be untrue. Clearing only our cookie would
+		// leave the other one, another site's, in its place: both go.
 		return q.cookieConflict()
 	}
 	if p == nil {
