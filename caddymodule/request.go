@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -172,15 +173,20 @@ func slashesKept(raw string) string {
 // starts with a segment that some server reads as "." or "..": dots,
 // then dots and spaces (Windows servers drop trailing ones, so "..." and
 // ".. " are ".." to them), up to the segment's end; control characters
-// count as spaces, and may come first too (Java's trim() drops them on
-// both sides: "\t..\t" is ".."). A ';' ends it too:
+// and what Unicode folds to a space count as spaces (space), and may
+// come first too (Java's trim() drops them on both sides: "\t..\t" is
+// ".."). A ';' ends it too:
 // ..;x is .. to servlet containers, even with ';' allowed. Characters
 // that Unicode folds (NFKC) to a dot or a slash count as those, for apps
 // that fold paths: "．．" and "..／" are dot segments there.
 func dotSegment(s string) bool {
 	lead := 0
-	for lead < len(s) && trimmedByte(s[lead]) {
-		lead++ // Java's trim() drops them before the dots, as after
+	for lead < len(s) {
+		n := space(s[lead:]) // Java's trim() drops them before the dots, as after
+		if n == 0 {
+			break
+		}
+		lead += n
 	}
 	i := foldedDot(s[lead:])
 	if i == 0 {
@@ -189,8 +195,8 @@ func dotSegment(s string) bool {
 	for i += lead; i < len(s); {
 		if n := foldedDot(s[i:]); n > 0 {
 			i += n
-		} else if trimmedByte(s[i]) {
-			i++
+		} else if n := space(s[i:]); n > 0 {
+			i += n
 		} else {
 			break
 		}
@@ -198,9 +204,28 @@ func dotSegment(s string) bool {
 	return i == len(s) || s[i] == '/' || s[i] == ';' || encodedSemicolon(s[i:]) || foldedSlash(s[i:]) > 0
 }
 
-// trimmedByte reports whether Java's trim() drops c, but for NUL, which
-// ends a C string and is refused as such.
-func trimmedByte(c byte) bool { return c <= ' ' && c != 0 }
+// space is the length of the space that s starts with, 0 when none: a
+// character Java's trim() drops (but for NUL, which ends a C string and
+// is refused as such), or one that Unicode folds (NFKC) to a space
+// (no-break, the typographic spaces, the ideographic space).
+func space(s string) int {
+	switch {
+	case s == "":
+		return 0
+	case s[0] <= ' ':
+		if s[0] == 0 {
+			return 0
+		}
+		return 1
+	case s[0] < 0xc2:
+		return 0
+	}
+	r, n := utf8.DecodeRuneInString(s)
+	if r == '\u00a0' || '\u2000' <= r && r <= '\u200a' || r == '\u202f' || r == '\u205f' || r == '\u3000' {
+		return n
+	}
+	return 0
+}
 
 // foldedDot is the length of the dot, or the character NFKC folds to
 // dots, that s starts with (0 when it does not): the fullwidth and small

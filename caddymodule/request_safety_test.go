@@ -292,6 +292,10 @@ func TestPathRefusal(t *testing.T) {
 		// sides of a segment.
 		"/a/ ../b": "a dot segment", "/a/\t../b": "a dot segment", "/a/..\t/b": "a dot segment",
 		"/a/\t\u2025/b": "a dot segment", "/a/\x1f.\x0b": "a dot segment", "/a/\t..x/b": "",
+		// So do spaces that Unicode folds from others, for apps that fold.
+		"/a/..\u00a0/b": "a dot segment", "/a/\u3000../b": "a dot segment", "/a/.\u00a0./b": "a dot segment",
+		"/a/\uff0e\u00a0\uff0e/b": "a dot segment", "/a/\u2025\u202f/b": "a dot segment", "/a/\u2000..\u205f": "a dot segment",
+		"/a/\u00a0x/b": "", "/a/..\u00a0x/b": "", "/a/\u00a0/b": "", "/a/\u00e9../b": "",
 		// NUL ends the path for apps that stop at it.
 		"/public/..\x00/admin": "a NUL character", "/a\x00": "a NUL character",
 		// Dots and slashes that Unicode folds (NFKC) to them, for apps
