@@ -1011,21 +1011,25 @@ func blockPatterns(h httpcaddyfile.Helper, dir string, line int) SiteScope {
 	for _, d := range caseBlind {
 		placementWarning(fmt.Sprintf("%s on line %d: the path_regexp of the %s on line %d compares the path with regard to case, unlike Caddy's path matcher and many apps (ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss the gates in it. Start the pattern with (?i)", dir, line, d.name, d.line))
 	}
-	warnLoosePatterns(dir, line, paths)
+	warnLoosePatterns(dir, line, paths, regexps)
 	return SiteScope{SitePaths: paths, SiteRegexps: regexps, SiteStrips: strips}
 }
 
-// warnLoosePatterns warns of the path patterns in lists, of the directive
-// dir on line, that some apps read as another spelling: the gates cannot
-// refuse the paths they match (they are the config's own), and a request
-// for the other spelling misses them while such an app serves it the
-// same page.
-func warnLoosePatterns(dir string, line int, lists ...[]string) {
-	for _, list := range lists {
-		for _, pattern := range list {
-			if read, loose := appReading(pattern); loose {
-				placementWarning(fmt.Sprintf("%s on line %d: the path pattern %s is a spelling that some apps read as %s (Windows servers drop a segment's trailing dots and spaces; apps that fold Unicode read ｶ as カ): a request spelled so misses the gates it picks, though such an app serves it the same page. Add that spelling to the patterns too", dir, line, pattern, read))
-			}
+// warnLoosePatterns warns of the path patterns and path regexps, of the
+// directive dir on line or the blocks around it, that spell a path some
+// apps read as another: the gates cannot refuse the paths they match
+// (they are the config's own), and a request for the other spelling
+// misses them while such an app serves it the same page.
+func warnLoosePatterns(dir string, line int, patterns, regexps []string) {
+	const why = "(Windows servers drop a segment's trailing dots and spaces; apps that fold Unicode read ｶ as カ): a request spelled so misses the gates it picks, though such an app serves it the same page. Add that spelling"
+	for _, pattern := range patterns {
+		if read, loose := appReading(pattern); loose {
+			placementWarning(fmt.Sprintf("%s on line %d: the path pattern %s is a spelling that some apps read as %s %s to the patterns too", dir, line, pattern, read, why))
+		}
+	}
+	for _, expr := range regexps {
+		if read, loose := appReading(expr); loose {
+			placementWarning(fmt.Sprintf("%s on line %d: the path_regexp %s spells paths that some apps read as %s %s to the regexp too", dir, line, expr, read, why))
 		}
 	}
 }
@@ -1163,7 +1167,7 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 		g.PathsKnown = true
 		_ = json.Unmarshal(matcherSet["path"], &g.Paths)
 		g.NotPaths, g.PathRegexps = pathsRead(matcherSet, false)
-		warnLoosePatterns("sigra_gate", line, g.Paths, g.NotPaths)
+		warnLoosePatterns("sigra_gate", line, slices.Concat(g.Paths, g.NotPaths), g.PathRegexps)
 		why := pathUnknown(matcherSet)
 		g.AddsOnly = why != ""
 		// One picked by a not alone is warned of above, with what to

@@ -548,6 +548,8 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 			"/admin/x": 401, "/x": 200, "/admin./x": 400, "/admin%20/x": 400, "/%EF%BD%81dmin/x": 400,
 			"/admin::$INDEX_ALLOCATION/x": 400, "/wiki/Washington,_D.C.": 200, "/caf%C3%A9/x": 200,
 			"//admin./x": 400, "//%EF%BD%81dmin/x": 400, "/ADMIN~1/x": 400, "/adm%C4%B1n/x": 400, "/~ann/x": 200,
+			// ASP.NET takes a cookieless session out of the path.
+			"/(S(x))/admin/x": 400, "/%28a%28x%29F%28y%29%29/admin/x": 400, "/(S(x))/y": 200, "/(x)/admin/x": 200,
 		},
 		// A stricter gate nested in an optional one.
 		"sigra_gate\n\tsigra_gate /docs/* {\n\t\toptional\n\t}\n\tsigra_gate /docs/internal/* {\n\t\tgroup staff\n\t}": {
@@ -622,6 +624,12 @@ func TestPathsAppsReadAsAnotherAreRefusedWhereGatesTellThemApart(t *testing.T) {
 			"/docs/internal-roadmap.pdf": 401, "/docs/INTERN~1/x": 400, "/docs/INTERN~1.PDF": 400, "/docs/INTERN~1.PDF%20": 400,
 			"/docs/INTERN~1.PDF::$DATA": 400, "/docs/IN3F2A~1.PDF": 400, "/docs/HEAD~1": 200, "/repo/blob/HEAD~1/x": 200,
 		},
+		// Patterns whose names are not known here (an escape, glob
+		// syntax), or not in ASCII: any short name is refused.
+		"sigra_gate {\n\t\toptional\n\t}\n\tsigra_gate /secret%20area/* {\n\t\tgroup staff\n\t}\n\thandle \"/reports/fin?ncials.pdf\" {\n\t\tsigra_gate {\n\t\t\tgroup staff\n\t\t}\n\t}\n\tsigra_gate /%C3%BCbersicht/* {\n\t\tgroup staff\n\t}": {
+			"/secret%20area/x": 401, "/SECRET~1/x": 400, "/reports/financials.pdf": 401, "/reports/FINANC~1.PDF": 400,
+			"/%C3%9CBERSI~1/x": 400, "/%C3%9CB3F2A~1/x": 400, "/x": 200,
+		},
 		// A site gated in part: the portal refuses what no gate meets.
 		"handle /nest/* {\n\t\troute /nest/in/* {\n\t\t\tsigra_gate\n\t\t}\n\t}": {
 			"/nest/x": 200, "/nest/in/x": 401, "/nest/in./x": 400,
@@ -664,6 +672,12 @@ func TestAppReading(t *testing.T) {
 		"/café/x":                     "", // NFKC already
 		"/ｃafé./x":                    "/café/x",
 		"/admın/x":                    "/admin/x",
+		"/(S(lit3py55))/admin/x":      "/admin/x",
+		"/(A(x)F(y))/a":               "/a",
+		"/(s(x))":                     "/",
+		"/(x)/a":                      "",
+		"/a(S(x))/b":                  "",
+		"/((S(x))/b":                  "",
 	} {
 		got, other := appReading(p)
 		if want == "" && (other || got != p) || want != "" && (!other || got != want) {
@@ -697,11 +711,36 @@ func TestShortNamesOfPatternedNames(t *testing.T) {
 	if p := strings.Repeat("/ZZZ~1", maxShortNames+1); !reads.shortApart(p) {
 		t.Errorf("shortApart of %d segments like ZZZ~1 = false; want true", maxShortNames+1)
 	}
-	// A regexp, or a suffix pattern, cannot be compared: any short name
-	// may stand for a name it matches.
-	var h gateReads
-	if reads, _ := h.add([][]string{{"/admin/*", "*.aspx"}}, nil, nil); !reads.shortApart("/repo/HEAD~1") {
-		t.Error("with a suffix pattern, shortApart(/repo/HEAD~1) = false; want true")
+	// A pattern that is a loose spelling itself is compared too.
+	var l gateReads
+	if reads, _ := l.add([][]string{{"/wiki/Washington,_D.C."}}, nil, nil); !reads.shortApart("/wiki/WASHIN~1.C") || reads.shortApart("/wiki/HEAD~1") {
+		t.Error("beside /wiki/Washington,_D.C., WASHIN~1.C is not refused, or HEAD~1 is")
+	}
+	// A regexp, a suffix pattern, a placeholder, an escape, glob syntax
+	// or a name out of ASCII cannot be compared: any short name may
+	// stand for a name it matches, one out of ASCII too.
+	for _, c := range []struct {
+		patterns, regexps []string
+	}{
+		{[]string{"/admin/*", "*.aspx"}, nil},
+		{[]string{"/admin/*"}, []string{"^/x"}},
+		{[]string{"/admin/*"}, []string{"^/ｶﾀﾛｸﾞ/"}},
+		{[]string{"/{env.DIR}/*"}, nil},
+		{[]string{"/secret%20area/*"}, nil},
+		{[]string{"/reports/fin?ncials.pdf"}, nil},
+		{[]string{"/reports/[fq]inancials.pdf"}, nil},
+		{[]string{"/übersicht/*"}, nil},
+	} {
+		var h gateReads
+		reads, err := h.add([][]string{c.patterns}, c.regexps, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{"/repo/HEAD~1", "/\u00dcBERSI~1/x", "/\u00fcbersi~1/x", "/\u00dcB3F2A~1/x", "/\u30ab\u30bf\u30ed~1/x"} {
+			if !reads.shortApart(p) {
+				t.Errorf("with %q %q, shortApart(%s) = false; want true", c.patterns, c.regexps, p)
+			}
+		}
 	}
 }
 

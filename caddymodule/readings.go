@@ -42,6 +42,8 @@ func appReading(p string) (read string, other bool) {
 			loose = true // a control character, which Java's trim() drops
 		case c == ':':
 			loose = loose || strings.HasPrefix(p[i:], ":$") || strings.HasPrefix(p[i:], "::$")
+		case c == '(':
+			loose = loose || i > 0 && p[i-1] == '/' && cookieless(p[i:])
 		}
 	}
 	if ascii && !loose {
@@ -54,6 +56,10 @@ func appReading(p string) (read string, other bool) {
 	}
 	segs := strings.Split(q, "/")
 	for i, s := range segs {
+		if cookieless(s) {
+			segs[i] = ""
+			continue
+		}
 		if strings.Contains(s, ":$") {
 			s = s[:strings.IndexByte(s, ':')] // name::$INDEX_ALLOCATION, name:stream:$DATA
 		}
@@ -63,6 +69,17 @@ func appReading(p string) (read string, other bool) {
 	}
 	read = mergeSlashes(strings.Join(segs, "/"))
 	return read, read != mergeSlashes(p)
+}
+
+// cookieless reports whether the segment that s starts with is one that
+// ASP.NET (on .NET Framework) takes out of the path before it routes it:
+// a cookieless session, (S(lit3py55t21z5v55vlm25s55)), or its kin,
+// (A(…)F(…)). /(S(x))/admin/x is /admin/x to it.
+func cookieless(s string) bool {
+	if end := strings.IndexByte(s, '/'); end >= 0 {
+		s = s[:end]
+	}
+	return len(s) >= 6 && s[0] == '(' && 'A' <= s[1]&^0x20 && s[1]&^0x20 <= 'Z' && s[2] == '(' && strings.HasSuffix(s, "))")
 }
 
 // trimmed reports whether Java's String.trim() drops r.
@@ -85,10 +102,15 @@ func (s *pathReads) shortApart(p string) bool {
 	}
 	seen := 0
 	for seg := range strings.SplitSeq(p, "/") {
-		// The name before ~ is one to six characters, ~ among them:
-		// a~b~cdef may be A~B~CD~1.
-		for i := 1; i <= 6 && i < len(seg); i++ {
-			if seg[i] != '~' || !shortTail(seg[i+1:]) {
+		// The name before ~ is one to six characters, ~ among them
+		// (a~b~cdef may be A~B~CD~1), which may be letters out of
+		// ASCII that the volume's code page has (ÜBERSI~1).
+		chars := 0
+		for i, c := range seg {
+			if chars++; chars > 7 {
+				break
+			}
+			if c != '~' || i == 0 || !shortTail(seg[i+1:]) {
 				continue
 			}
 			if seen++; seen > maxShortNames || s.mayStandFor(seg[:i]) {
@@ -157,8 +179,14 @@ type patternLiteral struct {
 }
 
 // addLiterals records the segments of pattern (lower case) that a short
-// name may stand for, or sets shortAll when one cannot be read so.
+// name may stand for, or sets shortAll when one cannot be read so: a
+// placeholder or an escape (the name is not known here), or glob syntax
+// (? and [a-z], which Caddy's path matcher reads in some patterns).
 func (s *pathReads) addLiterals(pattern string) {
+	if strings.ContainsAny(pattern, "{%?[\\") {
+		s.shortAll = true
+		return
+	}
 	for seg := range strings.SplitSeq(pattern, "/") {
 		lit, open := seg, false
 		if i := strings.IndexByte(seg, '*'); i >= 0 {
@@ -177,7 +205,7 @@ func (s *pathReads) addLiterals(pattern string) {
 				s.shortAll = true
 				return
 			case c == '.' || c == ' ':
-			case strings.IndexByte("+,;=[]", c) >= 0:
+			case strings.IndexByte("+,;=]", c) >= 0:
 				b.WriteByte('_')
 			case 'a' <= c && c <= 'z':
 				b.WriteByte(c - 'a' + 'A')
@@ -275,11 +303,14 @@ func (g *gateReads) add(lists [][]string, regexps, strips []string) (*pathReads,
 			// told apart from its reading, and refused.
 			if _, loose := appReading(pattern); !loose && !strings.ContainsAny(pattern, "{%") {
 				s.paths = append(s.paths, strings.ToLower(pattern))
-				s.addLiterals(strings.ToLower(pattern))
 			}
+			// Its short names are compared all the same: IIS serves
+			// WASHIN~1.C as /wiki/Washington,_D.C.
+			s.addLiterals(strings.ToLower(pattern))
 		}
 	}
 	for _, expr := range regexps {
+		s.shortAll = true // a regexp is not read for the names it spells
 		if _, loose := appReading(expr); loose {
 			continue // as a loose path pattern: ^/ｶﾀﾛｸﾞ/
 		}
@@ -288,7 +319,6 @@ func (g *gateReads) add(lists [][]string, regexps, strips []string) (*pathReads,
 			return nil, fmt.Errorf("path regexp %q: %v", expr, err)
 		}
 		s.res = append(s.res, re)
-		s.shortAll = true
 	}
 	return s, nil
 }
