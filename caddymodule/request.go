@@ -921,7 +921,7 @@ func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure b
 		return
 	}
 	domains := []string{""} // host-only
-	if host := authcore.NormalizeHost(requestHost(r)); net.ParseIP(host) == nil {
+	if host := authcore.NormalizeHost(requestHost(r)); net.ParseIP(host) == nil && cookieDomainName(host) {
 		for d := host; strings.Contains(d, ".") && len(domains) <= maxForgetDomains; _, d, _ = strings.Cut(d, ".") {
 			domains = append(domains, d)
 		}
@@ -931,6 +931,21 @@ func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure b
 			forget(d, path)
 		}
 	}
+}
+
+// cookieDomainName reports whether h is a DNS name that a cookie's
+// Domain may be: net/http drops (and logs) any other, and a Host header
+// may hold more than names do.
+func cookieDomainName(h string) bool {
+	if h == "" || h[0] == '.' || h[len(h)-1] == '.' || strings.Contains(h, "..") {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // cookiePaths are the cookie paths that a browser sends with a request
