@@ -19,8 +19,18 @@ func guardCookies(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 	if caddyhttp.GetVar(ctx, varCookieGuard) != nil {
 		return w
 	}
-	caddyhttp.SetVar(ctx, varCookieGuard, true)
-	return &cookieGuard{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	g := &cookieGuard{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	caddyhttp.SetVar(ctx, varCookieGuard, g)
+	return g
+}
+
+// passOwnAnswer lets the gateway's own answer to r through the cookie
+// guard that watches it: a gate's refusal, behind the portal's guard,
+// may set the gateway's cookies (forgetCookies) as the portal does.
+func passOwnAnswer(r *http.Request) {
+	if g, ok := caddyhttp.GetVar(r.Context(), varCookieGuard).(*cookieGuard); ok {
+		g.own = true
+	}
 }
 
 // cookieGuard drops the gateway's cookies (sigra_session, sigra_csrf, in
@@ -34,10 +44,11 @@ func guardCookies(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 type cookieGuard struct {
 	caddyhttp.ResponseWriterWrapper
 	sent bool // the final header is out
+	own  bool // the answer is the gateway's own (passOwnAnswer)
 }
 
 func (g *cookieGuard) scrub() {
-	if !g.sent {
+	if !g.sent && !g.own {
 		dropOwnSetCookies(g.ResponseWriter.Header())
 	}
 }

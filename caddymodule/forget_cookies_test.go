@@ -39,6 +39,15 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 	if n := len(w.Result().Cookies()); n > maxForgetPaths*(maxForgetDomains+1) {
 		t.Errorf("%d lines for %s; want at most %d", n, deep, maxForgetPaths*(maxForgetDomains+1))
 	}
+	if n := len(strings.Join(w.Result().Header["Set-Cookie"], "\r\nSet-Cookie: ")); n > maxForgetBytes {
+		t.Errorf("%d bytes of lines for %s; want at most %d", n, deep, maxForgetBytes)
+	}
+	long := "http://app.example.com/" + strings.Repeat("y", 3000) + "/z"
+	w = httptest.NewRecorder()
+	forgetCookies(w, httptest.NewRequest(http.MethodGet, long, nil), "sigra_session", false)
+	if n := len(strings.Join(w.Result().Header["Set-Cookie"], "\r\nSet-Cookie: ")); n > maxForgetBytes || n == 0 {
+		t.Errorf("%d bytes of lines for a path of 3 KB; want some, at most %d", n, maxForgetBytes)
+	}
 	// An address has no parent domains, nor has a host that is no DNS
 	// name (a catch-all site takes any Host): net/http would log each
 	// such Domain and drop it.
@@ -53,11 +62,30 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 			}
 		}
 	}
-	// On HTTPS the __Host- name lives at / on the host only.
+	// On HTTPS the __Host- name lives at / on the host only, and in a
+	// partition of its own if script set it so (CHIPS).
 	w = httptest.NewRecorder()
 	forgetCookies(w, httptest.NewRequest(http.MethodGet, "https://app.example.com/a/b", nil), "__Host-sigra_session", true)
-	if cs := w.Result().Cookies(); len(cs) != 1 || cs[0].Path != "/" || cs[0].Domain != "" || !cs[0].Secure || cs[0].MaxAge >= 0 {
-		t.Errorf("HTTPS lines %v; want one, Secure, at /, host-only, expired", cs)
+	cs := w.Result().Cookies()
+	if len(cs) != 2 || cs[0].Partitioned || !cs[1].Partitioned {
+		t.Errorf("HTTPS lines %v; want two, the second partitioned", cs)
+	}
+	for _, c := range cs {
+		if c.Path != "/" || c.Domain != "" || !c.Secure || c.MaxAge >= 0 {
+			t.Errorf("HTTPS line %v; want it Secure, at /, host-only, expired", c)
+		}
+	}
+
+	// A deep host name: the parents nearest the registrable domain,
+	// where a sibling site sets cookies, come first.
+	w = httptest.NewRecorder()
+	forgetCookies(w, httptest.NewRequest(http.MethodGet, "http://app.w.x.y.lan.test/", nil), "sigra_session", false)
+	var domains []string
+	for _, c := range w.Result().Cookies() {
+		domains = append(domains, c.Domain)
+	}
+	if got, want := strings.Join(domains, " "), " lan.test y.lan.test x.y.lan.test w.x.y.lan.test"; got != want {
+		t.Errorf("domains of the lines for app.w.x.y.lan.test: %q; want %q", got, want)
 	}
 }
 

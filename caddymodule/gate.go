@@ -714,6 +714,7 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 	msg := "You do not have access to this page: " + d.detail + "."
 	if d == denyCookieConflict {
 		msg = cookieConflictText
+		passOwnAnswer(r)
 		forgetCookies(w, r, sessionCookieName(isSecure(r)), isSecure(r))
 	}
 	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, msg)

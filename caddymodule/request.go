@@ -206,8 +206,10 @@ func dotSegment(s string) bool {
 
 // space is the length of the space that s starts with, 0 when none: a
 // character Java's trim() drops (but for NUL, which ends a C string and
-// is refused as such), or one that Unicode folds (NFKC) to a space
-// (no-break, the typographic spaces, the ideographic space).
+// is refused as such), one that Unicode folds (NFKC) to a space
+// (no-break, the typographic spaces, the ideographic space), or one that
+// .NET's String.Trim() drops as well (next line, the line and paragraph
+// separators, the Ogham space mark).
 func space(s string) int {
 	switch {
 	case s == "":
@@ -220,9 +222,14 @@ func space(s string) int {
 	case s[0] < 0xc2:
 		return 0
 	}
-	r, n := utf8.DecodeRuneInString(s)
-	if r == '\u00a0' || '\u2000' <= r && r <= '\u200a' || r == '\u202f' || r == '\u205f' || r == '\u3000' {
+	switch r, n := utf8.DecodeRuneInString(s); r {
+	case '\u00a0', '\u202f', '\u205f', '\u3000', // NFKC spaces
+		'\u0085', '\u1680', '\u2028', '\u2029': // and what .NET's Trim drops too
 		return n
+	default:
+		if '\u2000' <= r && r <= '\u200a' {
+			return n
+		}
 	}
 	return 0
 }
@@ -895,11 +902,13 @@ func isTooLarge(err error) bool {
 	return errors.As(err, &mbe)
 }
 
-// Bounds on the Set-Cookie lines of forgetCookies: a deep path
-// or a long host name costs that many at most.
+// Bounds on the Set-Cookie lines of forgetCookies: a deep path or a
+// long host name costs that many at most, and their bytes stay within
+// what a proxy in front takes for a whole header (nginx: 4 KB).
 const (
 	maxForgetPaths   = 12
 	maxForgetDomains = 4
+	maxForgetBytes   = 2048
 )
 
 // forgetCookies has the browser forget every cookie called name that it
@@ -912,23 +921,39 @@ const (
 // Domain=co.uk, is ignored by the browser.) On HTTPS a __Host- name can
 // only be set for the host, at /, so one line does.
 func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure bool) {
-	forget := func(domain, path string) {
+	// Lines as short as they can be (a browser matches name, domain and
+	// path): a proxy in front may take a few KB of header only.
+	forget := func(domain, path string, partitioned bool) {
 		http.SetCookie(w, &http.Cookie{Name: name, Value: "", Domain: domain, Path: path, MaxAge: -1,
-			HttpOnly: true, Secure: secure, SameSite: http.SameSiteLaxMode})
+			Secure: secure, Partitioned: partitioned})
 	}
 	if secure {
-		forget("", "/")
+		// A partitioned cookie (CHIPS), which script on the site can
+		// set, is kept apart and sent too: it takes a line of its own.
+		forget("", "/", false)
+		forget("", "/", true)
 		return
 	}
 	domains := []string{""} // host-only
 	if host := authcore.NormalizeHost(requestHost(r)); net.ParseIP(host) == nil && cookieDomainName(host) {
-		for d := host; strings.Contains(d, ".") && len(domains) <= maxForgetDomains; _, d, _ = strings.Cut(d, ".") {
-			domains = append(domains, d)
+		var names []string // host, then each parent, down to two labels
+		for d := host; strings.Contains(d, "."); _, d, _ = strings.Cut(d, ".") {
+			names = append(names, d)
 		}
+		// The registrable domain and those just under it first: where
+		// a sibling site sets a cookie for the whole family.
+		slices.Reverse(names)
+		domains = append(domains, names[:min(len(names), maxForgetDomains)]...)
 	}
+	// Shallow paths first: / and the app's top folders are where a
+	// cookie is set for many pages.
+	budget := maxForgetBytes
 	for _, path := range cookiePaths(originalURL(r).EscapedPath()) {
 		for _, d := range domains {
-			forget(d, path)
+			if budget -= len(name) + len(path) + len(d) + 48; budget < 0 {
+				return
+			}
+			forget(d, path, false)
 		}
 	}
 }

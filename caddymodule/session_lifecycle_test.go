@@ -390,6 +390,18 @@ func TestConflictingSessionCookiesOnPortalPagesSayWhy(t *testing.T) {
 	if r, _ := b.get("/.sigra/logout", html); r.StatusCode != http.StatusOK {
 		t.Errorf("the sign-out page after signing in again: status %d; want 200", r.StatusCode)
 	}
+	// At the gate, on an app path: its answer is the gateway's own, so
+	// the portal's guard lets its lines through, and signing in again
+	// ends the conflict.
+	b = tossedAt("/app")
+	r, body = b.get("/app/x", html)
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "asked to forget both") || len(r.Cookies()) == 0 {
+		t.Errorf("an app path: status %d, %d Set-Cookie lines; want 400 with lines forgetting both cookies", r.StatusCode, len(r.Cookies()))
+	}
+	b.mustLogin("vic@example.com")
+	if r, _ := b.get("/app/x", html); r.StatusCode != http.StatusOK {
+		t.Errorf("the app path after signing in again: status %d; want 200", r.StatusCode)
+	}
 	b = tossedAt("/.sigra/mfa")
 	if r, body := b.postForm("/.sigra/mfa", url.Values{"code": {"123456"}}, html); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "asked to forget both") {
 		t.Errorf("a code sent there: status %d (to %q); want 400 saying to clear the cookies", r.StatusCode, r.Header.Get("Location"))
