@@ -74,12 +74,12 @@ func appReading(p string) (read string, other bool) {
 // cookieless reports whether the segment that s starts with is one that
 // ASP.NET (on .NET Framework) takes out of the path before it routes it:
 // a cookieless session, (S(lit3py55t21z5v55vlm25s55)), or its kin,
-// (A(…)F(…)). /(S(x))/admin/x is /admin/x to it.
+// (A(…)F(…)), the shortest (S()). /(S(x))/admin/x is /admin/x to it.
 func cookieless(s string) bool {
 	if end := strings.IndexByte(s, '/'); end >= 0 {
 		s = s[:end]
 	}
-	return len(s) >= 6 && s[0] == '(' && 'A' <= s[1]&^0x20 && s[1]&^0x20 <= 'Z' && s[2] == '(' && strings.HasSuffix(s, "))")
+	return len(s) >= 5 && s[0] == '(' && 'A' <= s[1]&^0x20 && s[1]&^0x20 <= 'Z' && s[2] == '(' && strings.HasSuffix(s, "))")
 }
 
 // trimmed reports whether Java's String.trim() drops r.

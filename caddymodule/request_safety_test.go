@@ -296,6 +296,7 @@ func TestPathRefusal(t *testing.T) {
 		"/a/..\u00a0/b": "a dot segment", "/a/\u3000../b": "a dot segment", "/a/.\u00a0./b": "a dot segment",
 		"/a/\uff0e\u00a0\uff0e/b": "a dot segment", "/a/\u2025\u202f/b": "a dot segment", "/a/\u2000..\u205f": "a dot segment",
 		"/a/\u00a0x/b": "", "/a/..\u00a0x/b": "", "/a/\u00a0/b": "", "/a/\u00e9../b": "",
+		"/a/..\u2028/b": "a dot segment", "/a/\u0085../b": "a dot segment", "/a/.\u1680": "a dot segment",
 		// NUL ends the path for apps that stop at it.
 		"/public/..\x00/admin": "a NUL character", "/a\x00": "a NUL character",
 		// Dots and slashes that Unicode folds (NFKC) to them, for apps
