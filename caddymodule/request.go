@@ -919,7 +919,8 @@ const (
 // 5.1.4), and a cookie is forgotten only by a line naming the same
 // domain and path: one line for each. (A line for a public suffix,
 // Domain=co.uk, is ignored by the browser.) On HTTPS a __Host- name can
-// only be set for the host, at /, so one line does.
+// only be set for the host, at /: one line does, and one more for a
+// partitioned cookie of that name.
 func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure bool) {
 	// Lines as short as they can be (a browser matches name, domain and
 	// path): a proxy in front may take a few KB of header only.
