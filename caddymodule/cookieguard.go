@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -24,12 +25,13 @@ func guardCookies(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 	return g
 }
 
-// passOwnAnswer lets the gateway's own answer to r through the cookie
-// guard that watches it: a gate's refusal, behind the portal's guard,
-// may set the gateway's cookies (forgetCookies) as the portal does.
-func passOwnAnswer(r *http.Request) {
+// passOwnLines lets the Set-Cookie lines a gate's refusal sets (of the
+// gateway's cookies: forgetCookies) through the cookie guard that
+// watches r, and nothing else: whatever writes after it (an intercept's
+// handle_response proxying to the app, say) is scrubbed as ever.
+func passOwnLines(r *http.Request, lines []string) {
 	if g, ok := caddyhttp.GetVar(r.Context(), varCookieGuard).(*cookieGuard); ok {
-		g.own = true
+		g.own = append(g.own, lines...)
 	}
 }
 
@@ -43,14 +45,26 @@ func passOwnAnswer(r *http.Request) {
 // portal's own answers do not pass here.
 type cookieGuard struct {
 	caddyhttp.ResponseWriterWrapper
-	sent bool // the final header is out
-	own  bool // the answer is the gateway's own (passOwnAnswer)
+	sent bool     // the final header is out
+	own  []string // lines of the gateway's own that pass (passOwnLines)
 }
 
 func (g *cookieGuard) scrub() {
-	if !g.sent && !g.own {
-		dropOwnSetCookies(g.ResponseWriter.Header())
+	if g.sent {
+		return
 	}
+	if len(g.own) == 0 {
+		dropOwnSetCookies(g.ResponseWriter.Header())
+		return
+	}
+	left := slices.Clone(g.own) // each passes once
+	editHeaderLines(g.ResponseWriter.Header(), "Set-Cookie", func(line string) string {
+		if i := slices.Index(left, line); i >= 0 {
+			left = slices.Delete(left, i, i+1)
+			return line
+		}
+		return withoutOwnSetCookie(line)
+	})
 }
 
 // WriteHeader scrubs every header written, informational ones too.

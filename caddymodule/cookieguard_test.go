@@ -2,9 +2,11 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -84,5 +86,39 @@ func TestUpstreamCannotSetOwnCookiesBehindAGateAlone(t *testing.T) {
 	}
 	if got := resp.Header.Values("Set-Cookie"); !slices.Equal(got, []string{"app=1"}) {
 		t.Errorf("Set-Cookie %q; want the app's own cookie alone", got)
+	}
+}
+
+// A gate's refusal of a cookie conflict sets the gateway's cookies (to
+// forget them), and the portal's guard lets exactly those lines through:
+// an app that answers after it, here through intercept's
+// handle_response, still cannot set them.
+func TestGateForgetLinesPassTheGuardAloneAfterIntercept(t *testing.T) {
+	e := startCaddy(t, "", "")
+	up := e.up.Listener.Addr().String()
+	cf := e.caddyfile("", "")
+	site := fmt.Sprintf("\troute {\n\t\tsigra_portal\n\t\tintercept {\n\t\t\t@err status 400\n\t\t\thandle_response @err {\n"+
+		"\t\t\t\trewrite * /err?sc=sigra_session%%3Dattacker%%3B%%20Path%%3D%%2F&sc=app%%3D1\n\t\t\t\treverse_proxy %s\n\t\t\t}\n\t\t}\n"+
+		"\t\tsigra_gate\n\t\treverse_proxy %s\n\t}\n", up, up)
+	old := "\tsigra_portal\n\t\n\treverse_proxy " + up + "\n"
+	if !strings.Contains(cf, old) {
+		t.Fatalf("the harness's site changed:\n%s", cf)
+	}
+	if err := e.load(strings.Replace(cf, old, site, 1)); err != nil {
+		t.Fatal(err)
+	}
+	resp := e.do(http.MethodGet, "/x", map[string]string{"Cookie": "sigra_session=aaaa; sigra_session=bbbb"}, nil)
+	resp.Body.Close()
+	var ours int
+	for _, line := range resp.Header.Values("Set-Cookie") {
+		switch {
+		case strings.Contains(line, "attacker"):
+			t.Errorf("the app's line %q passed", line)
+		case strings.HasPrefix(line, "sigra_session=;") && strings.Contains(line, "Max-Age=0"):
+			ours++
+		}
+	}
+	if ours == 0 || !slices.Contains(resp.Header.Values("Set-Cookie"), "app=1") {
+		t.Errorf("Set-Cookie %q; want the gate's lines forgetting the cookies, and the app's own", resp.Header.Values("Set-Cookie"))
 	}
 }

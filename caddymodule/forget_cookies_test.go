@@ -32,6 +32,21 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 		t.Errorf("after the lines, the jar holds %v; want theme only", got)
 	}
 
+	// Script on a deep page sets the cookie at the page's own folder;
+	// a sibling site at the registrable domain's root.
+	const uuid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+	deepPage, _ := url.Parse("http://app.example.com/app/projects/" + uuid + "/documents/" + uuid + "/edit")
+	jar, _ = cookiejar.New(nil)
+	jar.SetCookies(deepPage, []*http.Cookie{{Name: "sigra_session", Value: "own", Path: "/"}})
+	jar.SetCookies(deepPage, []*http.Cookie{{Name: "sigra_session", Value: "script", Path: "/app/projects/" + uuid + "/documents/" + uuid}})
+	jar.SetCookies(deepPage, []*http.Cookie{{Name: "sigra_session", Value: "sibling", Domain: "example.com", Path: "/"}})
+	w = httptest.NewRecorder()
+	forgetCookies(w, httptest.NewRequest(http.MethodGet, deepPage.String(), nil), "sigra_session", false)
+	jar.SetCookies(deepPage, w.Result().Cookies())
+	if got := jar.Cookies(deepPage); len(got) != 0 {
+		t.Errorf("after the lines for a deep page, the jar holds %v; want none", got)
+	}
+
 	// Bounded, for a deep path and a long host name.
 	deep := "http://a.b.c.d.e.f.example.com/" + strings.Repeat("x/", 200)
 	w = httptest.NewRecorder()
@@ -84,7 +99,7 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 	for _, c := range w.Result().Cookies() {
 		domains = append(domains, c.Domain)
 	}
-	if got, want := strings.Join(domains, " "), " lan.test y.lan.test x.y.lan.test w.x.y.lan.test"; got != want {
+	if got, want := strings.Join(domains, " "), " lan.test y.lan.test x.y.lan.test app.w.x.y.lan.test"; got != want {
 		t.Errorf("domains of the lines for app.w.x.y.lan.test: %q; want %q", got, want)
 	}
 }
@@ -97,6 +112,9 @@ func TestCookiePaths(t *testing.T) {
 		"/a/b/c":  "/ /a /a/ /a/b /a/b/ /a/b/c",
 		"//a":     "/ // //a",
 		"/a%2Fb/": "/ /a%2Fb /a%2Fb/",
+		"a":       "/",
+		// Deeper than maxForgetPaths: the first folder's and the deepest.
+		"/1/2/3/4/5/6/7/8": "/ /1 /1/ /1/2/3/4 /1/2/3/4/ /1/2/3/4/5 /1/2/3/4/5/ /1/2/3/4/5/6 /1/2/3/4/5/6/ /1/2/3/4/5/6/7 /1/2/3/4/5/6/7/ /1/2/3/4/5/6/7/8",
 	} {
 		if got := strings.Join(cookiePaths(p), " "); got != want {
 			t.Errorf("cookiePaths(%q) = %q; want %q", p, got, want)

@@ -714,8 +714,9 @@ func (g *Gate) deny(w http.ResponseWriter, r *http.Request, gd *gateDecision, d 
 	msg := "You do not have access to this page: " + d.detail + "."
 	if d == denyCookieConflict {
 		msg = cookieConflictText
-		passOwnAnswer(r)
+		before := len(w.Header()["Set-Cookie"])
 		forgetCookies(w, r, sessionCookieName(isSecure(r)), isSecure(r))
+		passOwnLines(r, w.Header()["Set-Cookie"][before:])
 	}
 	return writeRefusal(w, r, prefix, d.status, d.reason, d.detail, msg)
 }

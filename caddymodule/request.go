@@ -941,17 +941,28 @@ func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure b
 		for d := host; strings.Contains(d, "."); _, d, _ = strings.Cut(d, ".") {
 			names = append(names, d)
 		}
-		// The registrable domain and those just under it first: where
-		// a sibling site sets a cookie for the whole family.
+		// The registrable domain and those just under it first, where a
+		// sibling site sets a cookie for the whole family, and the host
+		// itself (Domain=host is not host-only to every browser).
 		slices.Reverse(names)
-		domains = append(domains, names[:min(len(names), maxForgetDomains)]...)
+		if len(names) > maxForgetDomains {
+			names = append(names[:maxForgetDomains-1], host)
+		}
+		domains = append(domains, names...)
 	}
-	// Shallow paths first: / and the app's top folders are where a
-	// cookie is set for many pages.
+	// Host-only lines first, for every path: another port's app, or
+	// script on a page (document.cookie, at the page's own folder), sets
+	// those; then each domain's. The budget cuts the last.
+	paths := cookiePaths(originalURL(r).EscapedPath())
 	budget := maxForgetBytes
-	for _, path := range cookiePaths(originalURL(r).EscapedPath()) {
-		for _, d := range domains {
-			if budget -= len(name) + len(path) + len(d) + 48; budget < 0 {
+	for _, d := range domains {
+		for _, path := range paths {
+			// Set-Cookie: name=; Path=path[; Domain=d]; Max-Age=0 CRLF
+			n := 33 + len(name) + len(path)
+			if d != "" {
+				n += 9 + len(d)
+			}
+			if budget -= n; budget < 0 {
 				return
 			}
 			forget(d, path, false)
@@ -976,22 +987,32 @@ func cookieDomainName(h string) bool {
 
 // cookiePaths are the cookie paths that a browser sends with a request
 // for path p: "/", each prefix of p that ends before or at a "/", and p
-// itself, up to maxForgetPaths of them.
+// itself; of a deeper path, the first folder's and the deepest ones,
+// maxForgetPaths in all (script on a page sets its own folder's).
 func cookiePaths(p string) []string {
 	paths := []string{"/"}
+	if !strings.HasPrefix(p, "/") {
+		return paths
+	}
 	add := func(s string) {
-		if len(paths) < maxForgetPaths && s != paths[len(paths)-1] {
+		if s != paths[len(paths)-1] {
 			paths = append(paths, s)
 		}
 	}
-	for i := 1; i < len(p); i++ {
-		if p[i] == '/' {
-			add(p[:i])
-			add(p[:i+1])
+	first := strings.IndexByte(p[1:], '/') + 1 // the first folder's end; 0 if none
+	if first > 0 {
+		add(p[:first])
+		add(p[:first+1])
+	}
+	room := maxForgetPaths - len(paths)
+	deep := []string{p} // from the deepest up
+	for k := len(p) - 1; k > first && len(deep) < room; k-- {
+		if p[k] == '/' {
+			deep = append(deep, p[:k+1], p[:k])
 		}
 	}
-	if strings.HasPrefix(p, "/") {
-		add(p)
+	for i := min(len(deep), room) - 1; i >= 0; i-- {
+		add(deep[i])
 	}
 	return paths
 }
