@@ -47,6 +47,22 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 		t.Errorf("after the lines for a deep page, the jar holds %v; want none", got)
 	}
 
+	// A long path: the budget cuts what matters least, not the parent
+	// domain's / nor the page's own folder.
+	for _, n := range []int{150, 250, 600} {
+		long, _ := url.Parse("http://app.example.com/s/" + strings.Repeat("a", n) + "/p/q/r/s/t/edit")
+		jar, _ = cookiejar.New(nil)
+		jar.SetCookies(long, []*http.Cookie{{Name: "sigra_session", Value: "own", Path: "/"}})
+		jar.SetCookies(long, []*http.Cookie{{Name: "sigra_session", Value: "script", Path: defaultCookiePath(long.Path)}})
+		jar.SetCookies(long, []*http.Cookie{{Name: "sigra_session", Value: "sibling", Domain: "example.com", Path: "/"}})
+		w = httptest.NewRecorder()
+		forgetCookies(w, httptest.NewRequest(http.MethodGet, long.String(), nil), "sigra_session", false)
+		jar.SetCookies(long, w.Result().Cookies())
+		if got := jar.Cookies(long); len(got) != 0 {
+			t.Errorf("after the lines for a page %d bytes deep, the jar holds %v; want none", len(long.Path), got)
+		}
+	}
+
 	// Bounded, for a deep path and a long host name.
 	deep := "http://a.b.c.d.e.f.example.com/" + strings.Repeat("x/", 200)
 	w = httptest.NewRecorder()
@@ -106,15 +122,19 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 
 func TestCookiePaths(t *testing.T) {
 	for p, want := range map[string]string{
-		"/":       "/",
-		"/a":      "/ /a",
-		"/a/":     "/ /a /a/",
-		"/a/b/c":  "/ /a /a/ /a/b /a/b/ /a/b/c",
-		"//a":     "/ // //a",
-		"/a%2Fb/": "/ /a%2Fb /a%2Fb/",
-		"a":       "/",
+		"/":           "/",
+		"/a":          "/ /a",
+		"/a/":         "/ /a /a/",
+		"/a/b/c":      "/ /a /a/ /a/b /a/b/ /a/b/c",
+		"//a":         "/ // //a",
+		"/a%2Fb/":     "/ /a%2Fb /a%2Fb/",
+		"a":           "/",
+		"/m;x=1/page": "/", // no cookie Path holds a ;
 		// Deeper than maxForgetPaths: the first folder's and the deepest.
 		"/1/2/3/4/5/6/7/8": "/ /1 /1/ /1/2/3/4 /1/2/3/4/ /1/2/3/4/5 /1/2/3/4/5/ /1/2/3/4/5/6 /1/2/3/4/5/6/ /1/2/3/4/5/6/7 /1/2/3/4/5/6/7/ /1/2/3/4/5/6/7/8",
+		// Each once, however the path ends.
+		"/1/2/3/4/5/6/7/8/":  "/ /1 /1/ /1/2/3/4/ /1/2/3/4/5 /1/2/3/4/5/ /1/2/3/4/5/6 /1/2/3/4/5/6/ /1/2/3/4/5/6/7 /1/2/3/4/5/6/7/ /1/2/3/4/5/6/7/8 /1/2/3/4/5/6/7/8/",
+		"/1/2/3/4/5/6/7/8//": "/ /1 /1/ /1/2/3/4/5 /1/2/3/4/5/ /1/2/3/4/5/6 /1/2/3/4/5/6/ /1/2/3/4/5/6/7 /1/2/3/4/5/6/7/ /1/2/3/4/5/6/7/8 /1/2/3/4/5/6/7/8/ /1/2/3/4/5/6/7/8//",
 	} {
 		if got := strings.Join(cookiePaths(p), " "); got != want {
 			t.Errorf("cookiePaths(%q) = %q; want %q", p, got, want)

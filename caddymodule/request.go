@@ -950,24 +950,50 @@ func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure b
 		}
 		domains = append(domains, names...)
 	}
-	// Host-only lines first, for every path: another port's app, or
-	// script on a page (document.cookie, at the page's own folder), sets
-	// those; then each domain's. The budget cuts the last.
+	// In turn, each skipped if it does not fit: / for every domain; then
+	// host-only, the page's own folder first (where script on the page,
+	// document.cookie, sets one) and then from the deepest up; then each
+	// parent domain's, from the shallowest down.
 	paths := cookiePaths(originalURL(r).EscapedPath())
 	budget := maxForgetBytes
-	for _, d := range domains {
-		for _, path := range paths {
-			// Set-Cookie: name=; Path=path[; Domain=d]; Max-Age=0 CRLF
-			n := 33 + len(name) + len(path)
-			if d != "" {
-				n += 9 + len(d)
-			}
-			if budget -= n; budget < 0 {
-				return
-			}
+	line := func(d, path string) {
+		// Set-Cookie: name=; Path=path[; Domain=d]; Max-Age=0 CRLF
+		n := 33 + len(name) + len(path)
+		if d != "" {
+			n += 9 + len(d)
+		}
+		if n <= budget {
+			budget -= n
 			forget(d, path, false)
 		}
 	}
+	for _, d := range domains {
+		line(d, "/")
+	}
+	deep := slices.Clone(paths[1:])
+	slices.Reverse(deep)
+	if dp := defaultCookiePath(originalURL(r).EscapedPath()); dp != "/" {
+		if i := slices.Index(deep, dp); i > 0 {
+			deep = slices.Insert(slices.Delete(deep, i, i+1), 0, dp)
+		}
+	}
+	for _, path := range deep {
+		line("", path)
+	}
+	for _, d := range domains[1:] {
+		for _, path := range paths[1:] {
+			line(d, path)
+		}
+	}
+}
+
+// defaultCookiePath is the path a cookie set with none gets on a page
+// at p (RFC 6265 5.1.4): its folder, without the last slash.
+func defaultCookiePath(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i > 0 {
+		return p[:i]
+	}
+	return "/"
 }
 
 // cookieDomainName reports whether h is a DNS name that a cookie's
@@ -986,16 +1012,17 @@ func cookieDomainName(h string) bool {
 }
 
 // cookiePaths are the cookie paths that a browser sends with a request
-// for path p: "/", each prefix of p that ends before or at a "/", and p
-// itself; of a deeper path, the first folder's and the deepest ones,
-// maxForgetPaths in all (script on a page sets its own folder's).
+// for path p, shallow first: "/", each prefix of p that ends before or at
+// a "/", and p itself; of a deeper path, the first folder's and the
+// deepest ones, maxForgetPaths in all. A path with a ';', which no
+// cookie's Path can hold, is left out.
 func cookiePaths(p string) []string {
 	paths := []string{"/"}
 	if !strings.HasPrefix(p, "/") {
 		return paths
 	}
 	add := func(s string) {
-		if s != paths[len(paths)-1] {
+		if s != paths[len(paths)-1] && !strings.Contains(s, ";") {
 			paths = append(paths, s)
 		}
 	}
@@ -1005,13 +1032,18 @@ func cookiePaths(p string) []string {
 		add(p[:first+1])
 	}
 	room := maxForgetPaths - len(paths)
-	deep := []string{p} // from the deepest up
+	deep := []string{p} // from the deepest up, each once
 	for k := len(p) - 1; k > first && len(deep) < room; k-- {
-		if p[k] == '/' {
-			deep = append(deep, p[:k+1], p[:k])
+		if p[k] != '/' {
+			continue
+		}
+		for _, s := range [...]string{p[:k+1], p[:k]} {
+			if s != deep[len(deep)-1] && len(deep) < room {
+				deep = append(deep, s)
+			}
 		}
 	}
-	for i := min(len(deep), room) - 1; i >= 0; i-- {
+	for i := len(deep) - 1; i >= 0; i-- {
 		add(deep[i])
 	}
 	return paths
