@@ -42,7 +42,8 @@ func passOwnLines(r *http.Request, lines []string) {
 // would otherwise sign its users in as someone else, or break their
 // sign-in with two session cookies; over HTTPS the __Host- prefix stops
 // every other site from doing that, but not the site itself. The
-// portal's own answers do not pass here.
+// portal's own answers do not pass here; a gate's refusal does, and the
+// lines it sets to forget a conflict's cookies are let through alone.
 type cookieGuard struct {
 	caddyhttp.ResponseWriterWrapper
 	sent bool     // the final header is out
