@@ -86,8 +86,8 @@ func cookieless(s string) bool {
 func trimmed(r rune) bool { return r <= ' ' }
 
 // maxShortNames bounds the segments shaped like a short name that
-// shortApart compares with the patterns: beyond it, no path a person
-// writes, it refuses without comparing.
+// shortApart compares with the patterns: a path with more, which nobody
+// writes, is refused without comparing.
 const maxShortNames = 8
 
 // shortApart reports whether path p has a segment that may be a Windows
@@ -136,7 +136,8 @@ func shortTail(t string) bool {
 // name, upper case without its dots and spaces (as Windows makes the
 // short one), starts with name, or with its first characters where the
 // last four are hex (the hashed form). Where a pattern cannot be read
-// so (a regexp, *.pdf, a name not in ASCII), any may.
+// so (a regexp, *.pdf, a placeholder, an escape, glob syntax, a name not
+// in ASCII: shortAll), any may.
 func (s *pathReads) mayStandFor(name string) bool {
 	if s.shortAll {
 		return true
