@@ -47,19 +47,30 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 		t.Errorf("after the lines for a deep page, the jar holds %v; want none", got)
 	}
 
-	// A long path: the budget cuts what matters least, not the parent
-	// domain's / nor the page's own folder.
-	for _, n := range []int{150, 250, 600} {
-		long, _ := url.Parse("http://app.example.com/s/" + strings.Repeat("a", n) + "/p/q/r/s/t/edit")
+	// Long and odd paths, public suffixes of two labels: the budget
+	// cuts what matters least, not the parent domain's / or first
+	// folder, nor the page's own folder, where script sets a cookie
+	// (a cookie set with no Path lands there).
+	for _, page := range []string{
+		"http://app.example.com/s/" + strings.Repeat("a", 150) + "/p/q/r/s/t/edit",
+		"http://app.example.com/s/" + strings.Repeat("a", 250) + "/p/q/r/s/t/edit",
+		"http://app.example.com/s/" + strings.Repeat("a", 600) + "/p/q/r/s/t/edit",
+		"http://app.team.example.co.uk/s/abcdefg/abcdefg/abcdefg/abcdefg/edit",
+		"http://app.example.co.uk/s/" + strings.Repeat("abcdefg/", 12) + "edit",
+		"http://app.example.com/s;jsessionid=1/x/edit",
+	} {
+		u, _ := url.Parse(page)
+		reg := strings.TrimPrefix(strings.TrimPrefix(u.Hostname(), "app."), "team.")
 		jar, _ = cookiejar.New(nil)
-		jar.SetCookies(long, []*http.Cookie{{Name: "sigra_session", Value: "own", Path: "/"}})
-		jar.SetCookies(long, []*http.Cookie{{Name: "sigra_session", Value: "script", Path: defaultCookiePath(long.Path)}})
-		jar.SetCookies(long, []*http.Cookie{{Name: "sigra_session", Value: "sibling", Domain: "example.com", Path: "/"}})
+		jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: "own", Path: "/"}})
+		jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: "script"}})
+		jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: "sibling", Domain: reg, Path: "/"}})
+		jar.SetCookies(u, []*http.Cookie{{Name: "sigra_session", Value: "sibling-folder", Domain: reg, Path: "/s"}})
 		w = httptest.NewRecorder()
-		forgetCookies(w, httptest.NewRequest(http.MethodGet, long.String(), nil), "sigra_session", false)
-		jar.SetCookies(long, w.Result().Cookies())
-		if got := jar.Cookies(long); len(got) != 0 {
-			t.Errorf("after the lines for a page %d bytes deep, the jar holds %v; want none", len(long.Path), got)
+		forgetCookies(w, httptest.NewRequest(http.MethodGet, u.String(), nil), "sigra_session", false)
+		jar.SetCookies(u, w.Result().Cookies())
+		if got := jar.Cookies(u); len(got) != 0 {
+			t.Errorf("after the lines for %s, the jar holds %v; want none", page, got)
 		}
 	}
 
@@ -113,7 +124,9 @@ func TestForgetCookiesReachesTheOtherCookie(t *testing.T) {
 	forgetCookies(w, httptest.NewRequest(http.MethodGet, "http://app.w.x.y.lan.test/", nil), "sigra_session", false)
 	var domains []string
 	for _, c := range w.Result().Cookies() {
-		domains = append(domains, c.Domain)
+		if c.Path == "/" {
+			domains = append(domains, c.Domain)
+		}
 	}
 	if got, want := strings.Join(domains, " "), " lan.test y.lan.test x.y.lan.test app.w.x.y.lan.test"; got != want {
 		t.Errorf("domains of the lines for app.w.x.y.lan.test: %q; want %q", got, want)

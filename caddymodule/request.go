@@ -17,6 +17,7 @@ import (
 	"github.com/sigra-auth/caddy-sigra/authcore"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/publicsuffix"
 )
 
 // Identity headers sent upstream (DESIGN.md section 4).
@@ -937,32 +938,46 @@ func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure b
 	}
 	domains := []string{""} // host-only
 	if host := authcore.NormalizeHost(requestHost(r)); net.ParseIP(host) == nil && cookieDomainName(host) {
-		var names []string // host, then each parent, down to two labels
-		for d := host; strings.Contains(d, "."); _, d, _ = strings.Cut(d, ".") {
-			names = append(names, d)
+		// The registrable domain (not a public suffix: a browser takes
+		// no cookie for co.uk) and those under it, where a sibling site
+		// sets a cookie for the whole family, then the host itself
+		// (Domain=host is not host-only to every browser).
+		if top, err := publicsuffix.EffectiveTLDPlusOne(host); err == nil {
+			var names []string
+			for d := host; ; _, d, _ = strings.Cut(d, ".") {
+				names = append(names, d)
+				if d == top {
+					break
+				}
+			}
+			slices.Reverse(names)
+			if len(names) > maxForgetDomains {
+				names = append(names[:maxForgetDomains-1], host)
+			}
+			domains = append(domains, names...)
 		}
-		// The registrable domain and those just under it first, where a
-		// sibling site sets a cookie for the whole family, and the host
-		// itself (Domain=host is not host-only to every browser).
-		slices.Reverse(names)
-		if len(names) > maxForgetDomains {
-			names = append(names[:maxForgetDomains-1], host)
-		}
-		domains = append(domains, names...)
 	}
-	// In turn, each skipped if it does not fit: / for every domain; then
-	// host-only, the page's own folder first (where script on the page,
-	// document.cookie, sets one) and then from the deepest up; then each
-	// parent domain's, from the shallowest down.
+	// In turn, each line skipped if it does not fit:
+	//  1. / for every domain;
+	//  2. one line with no Path, which the browser gives the page's own
+	//     folder (as it does a cookie script sets, whatever its bytes);
+	//  3. the first folder's (/app, /app/) for every domain;
+	//  4. the deeper paths host-only, from the deepest up;
+	//  5. the parents' deeper paths, from the shallowest down.
+	// A Path longer than a browser keeps (1024 bytes) is left out.
 	paths := cookiePaths(originalURL(r).EscapedPath())
+	first := min(len(paths), 3)
 	budget := maxForgetBytes
 	line := func(d, path string) {
-		// Set-Cookie: name=; Path=path[; Domain=d]; Max-Age=0 CRLF
-		n := 33 + len(name) + len(path)
+		// Set-Cookie: name=[; Path=path][; Domain=d]; Max-Age=0 CRLF
+		n := 26 + len(name)
+		if path != "" {
+			n += 7 + len(path)
+		}
 		if d != "" {
 			n += 9 + len(d)
 		}
-		if n <= budget {
+		if n <= budget && len(path) <= 1024 {
 			budget -= n
 			forget(d, path, false)
 		}
@@ -970,30 +985,20 @@ func forgetCookies(w http.ResponseWriter, r *http.Request, name string, secure b
 	for _, d := range domains {
 		line(d, "/")
 	}
-	deep := slices.Clone(paths[1:])
-	slices.Reverse(deep)
-	if dp := defaultCookiePath(originalURL(r).EscapedPath()); dp != "/" {
-		if i := slices.Index(deep, dp); i > 0 {
-			deep = slices.Insert(slices.Delete(deep, i, i+1), 0, dp)
-		}
-	}
-	for _, path := range deep {
-		line("", path)
-	}
-	for _, d := range domains[1:] {
-		for _, path := range paths[1:] {
+	line("", "")
+	for _, d := range domains {
+		for _, path := range paths[1:first] {
 			line(d, path)
 		}
 	}
-}
-
-// defaultCookiePath is the path a cookie set with none gets on a page
-// at p (RFC 6265 5.1.4): its folder, without the last slash.
-func defaultCookiePath(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i > 0 {
-		return p[:i]
+	for i := len(paths) - 1; i >= first; i-- {
+		line("", paths[i])
 	}
-	return "/"
+	for _, d := range domains[1:] {
+		for _, path := range paths[first:] {
+			line(d, path)
+		}
+	}
 }
 
 // cookieDomainName reports whether h is a DNS name that a cookie's
