@@ -52,20 +52,20 @@ type gateDecision struct {
 	metBuf    [2]*Gate            // backing for met
 	sock      *socket             // set when p's request may outlive its handshake
 	answer    answerWriter        // the writer of p's answer otherwise
-	readOf    string              // the path read is appReading's of
-	read      string              // appReading(readOf), if readOther
-	readDone  bool                // readOf, read and readOther are set
-	readOther bool                // readOf reads as another path (read)
+	looseOf   string              // the path looseWhy is of
+	looseWhy  string              // looseRefusal(looseOf)
+	looseDone bool                // looseOf and looseWhy are set
 }
 
-// reading is appReading(p), worked out once for the request's gates
-// (again if a handler between them changed the path).
-func (d *gateDecision) reading(p string) (string, bool) {
-	if !d.readDone || d.readOf != p {
-		d.read, d.readOther = appReading(p)
-		d.readOf, d.readDone = p, true
+// loose is looseRefusal of path p, worked out once for the request's
+// gates (again if a handler between them changed the path): every gate
+// of a config reads the same patterns (gateReads).
+func (d *gateDecision) loose(reads *pathReads, p string) string {
+	if !d.looseDone || d.looseOf != p {
+		d.looseWhy = looseRefusal(reads, p)
+		d.looseOf, d.looseDone = p, true
 	}
-	return d.read, d.readOther
+	return d.looseWhy
 }
 
 // scopeRank is a scope that decided, and the most specific Rank that
@@ -427,7 +427,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// the gate strips right before it decides what goes upstream.
 		stripIdentity(r, g.app.remoteAliases)
 	}
-	if why := looseRefusal(g.reads, r.URL.Path, d.reading); why != "" {
+	if why := d.loose(g.reads, r.URL.Path); why != "" {
 		return g.refusePath(w, r, d, start, why)
 	}
 	if g.asWritten(r) {

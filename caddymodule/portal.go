@@ -126,7 +126,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if why := pathRefusal(r.URL.Path, p.app.pathParams); why != "" {
 		return refusePath(w, r, p.app.Prefix, why)
 	}
-	if why := looseRefusal(p.reads, r.URL.Path, appReading); why != "" {
+	if why := looseRefusal(p.reads, r.URL.Path); why != "" {
 		return refusePath(w, r, p.app.Prefix, why)
 	}
 	stripIdentity(r, p.app.remoteAliases)

@@ -326,14 +326,13 @@ func (g *gateReads) add(lists [][]string, regexps, strips []string) (*pathReads,
 
 // looseRefusal is why a request for path p is refused when the config's
 // patterns (reads) tell p apart from the path an app that reads paths
-// loosely takes it for ("" if not); reading is appReading, or a cache
-// of it. The path as it is after a prefix that the config strips is
-// checked too (strippedLoose).
-func looseRefusal(reads *pathReads, p string, reading func(string) (string, bool)) string {
+// loosely takes it for ("" if not). The path as it is after a prefix
+// that the config strips is checked too (strippedLoose).
+func looseRefusal(reads *pathReads, p string) string {
 	if !reads.any() {
 		return ""
 	}
-	read, other := reading(p)
+	read, other := appReading(p)
 	if why := reads.loose(p, read, other); why != "" {
 		return why
 	}
