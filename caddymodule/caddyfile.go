@@ -1004,15 +1004,15 @@ func parsePortal(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // blockPatterns are sitePatterns for the directive dir on line, with
 // what could not be read warned of.
 func blockPatterns(h httpcaddyfile.Helper, dir string, line int) SiteScope {
-	paths, regexps, strips, unread, caseBlind := sitePatterns(h)
+	scope, unread, caseBlind := sitePatterns(h)
 	for _, u := range unread {
 		placementWarning(fmt.Sprintf("%s on line %d: the matcher of the %s on line %d %s: a spelling of its paths that some apps read as another (/admin./x to IIS) is not refused; give the gates in it path patterns of their own", dir, line, u.d.name, u.d.line, u.why))
 	}
 	for _, d := range caseBlind {
 		placementWarning(fmt.Sprintf("%s on line %d: the path_regexp of the %s on line %d compares the path with regard to case, unlike Caddy's path matcher and many apps (ASP.NET, and apps on Windows or macOS files): /ADMIN/x would miss the gates in it. Start the pattern with (?i)", dir, line, d.name, d.line))
 	}
-	warnLoosePatterns(dir, line, paths, regexps)
-	return SiteScope{SitePaths: paths, SiteRegexps: regexps, SiteStrips: strips}
+	warnLoosePatterns(dir, line, scope.SitePaths, scope.SiteRegexps)
+	return scope
 }
 
 // warnLoosePatterns warns of the path patterns and path regexps, of the

@@ -1538,20 +1538,21 @@ func (c placement) matchedPaths(matched string) ([]string, matchKind) {
 	return paths, matchPaths
 }
 
-// sitePatterns are the path patterns and path regexps of the matchers
-// of the handle, handle_path and route blocks of the site (or named
-// route) that the directive h is at is written in: a named matcher's
-// whatever else it asks (they are ANDed), and under not. They are kept
-// as written, for the path the block sees; strips are the prefixes a
-// handle_path or a uri strip_prefix strips, which looseRefusal strips
-// from the request's path in turn.
+// sitePatterns is the SiteScope of the site (or named route) that the
+// directive h is at is written in: the path patterns and path regexps
+// of the matchers of its handle, handle_path and route blocks, a named
+// matcher's whatever else it asks (they are ANDed), and under not. They
+// are kept as written, for the path the block sees; the strips are the
+// prefixes a handle_path or a uri strip_prefix strips, which
+// looseRefusal strips from the request's path in turn.
 // unread are the blocks whose matcher could not be read so, each with
 // why; caseBlind the blocks around a gate whose path_regexp heeds case.
-func sitePatterns(h httpcaddyfile.Helper) (paths, regexps, strips []string, unread []unreadBlock, caseBlind []placedDirective) {
+func sitePatterns(h httpcaddyfile.Helper) (scope SiteScope, unread []unreadBlock, caseBlind []placedDirective) {
 	site, _ := placesOf(h)
 	if site == nil {
-		return nil, nil, nil, nil, nil
+		return SiteScope{}, nil, nil
 	}
+	var paths, regexps, strips []string
 	c := placement{h: h, site: site}
 	if nr := namedTop(h, site); nr != nil {
 		site = nr // the route's own directives, under its name
@@ -1589,7 +1590,7 @@ func sitePatterns(h httpcaddyfile.Helper) (paths, regexps, strips []string, unre
 	slices.Sort(paths)
 	slices.Sort(regexps)
 	slices.Sort(strips)
-	return slices.Compact(paths), slices.Compact(regexps), slices.Compact(strips), unread, caseBlind
+	return SiteScope{SitePaths: slices.Compact(paths), SiteRegexps: slices.Compact(regexps), SiteStrips: slices.Compact(strips)}, unread, caseBlind
 }
 
 // heedsCase reports whether a path regexp compares letters with regard
