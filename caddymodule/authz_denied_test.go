@@ -116,3 +116,25 @@ func TestAuthzDeniedPathUnderHandlePath(t *testing.T) {
 		t.Errorf("rows %+v; want one for /admin/secret", rows)
 	}
 }
+
+// A non-member is told so before being asked for a second factor that
+// would not make them one; a member is asked for it.
+func TestGroupIsCheckedBeforeTheSecondFactor(t *testing.T) {
+	useFakeClock(t)
+	e := startCaddy(t, "", `
+	sigra_gate
+	sigra_gate /admin/* {
+		group admins
+		mfa
+	}`)
+	e.addUser("mallory@example.com", "staff")
+	e.addUser("ada@example.com", "admins")
+	e.mustLogin("mallory@example.com")
+	if resp, body := e.get("/admin/x", jsonAccept); resp.StatusCode != http.StatusForbidden || problemReason(body) != "group" {
+		t.Errorf("password-only non-member: status %d, %s; want 403 group", resp.StatusCode, body)
+	}
+	e.mustLogin("ada@example.com")
+	if resp, body := e.get("/admin/x", jsonAccept); resp.StatusCode != http.StatusUnauthorized || problemReason(body) != "mfa_required" {
+		t.Errorf("password-only member: status %d, %s; want 401 mfa_required", resp.StatusCode, body)
+	}
+}

@@ -387,6 +387,11 @@ func (g *Gate) refusePath(w http.ResponseWriter, r *http.Request, d *gateDecisio
 
 // check applies the requirements to a signed-in principal.
 func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
+	// Groups first: no second factor makes a non-member one, so a
+	// browser is not sent to set one up only to be refused after it.
+	if len(g.Groups) > 0 && !slices.ContainsFunc(g.Groups, p.User.InGroup) {
+		return denyGroup
+	}
 	if g.MFA != nil {
 		s := p.Session
 		if !s.MFA() || (g.MFA.MaxAge > 0 && now.Sub(s.MFAAt) > time.Duration(g.MFA.MaxAge)) {
@@ -395,9 +400,6 @@ func (g *Gate) check(p *authcore.Principal, now time.Time) *denial {
 	}
 	if len(g.AMR) > 0 && !slices.ContainsFunc(g.AMR, p.Session.HasAMR) {
 		return denyAMR
-	}
-	if len(g.Groups) > 0 && !slices.ContainsFunc(g.Groups, p.User.InGroup) {
-		return denyGroup
 	}
 	return nil
 }
