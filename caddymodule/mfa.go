@@ -233,6 +233,10 @@ func (q *preq) mfaSubmit() error {
 func (q *preq) passSecondFactor(p *authcore.Principal, method, code, recovery string) (string, error) {
 	evs := []event{{action: "mfa.challenge.success", actor: p.User.ID, subject: p.User.ID, outcome: "success",
 		meta: map[string]string{"method": method}}}
+	if !p.Session.Pending {
+		// As the failures say: a step-up, and the session it was for.
+		evs[0].meta["step"], evs[0].meta["session"] = "step_up", p.SessionID
+	}
 	if recovery != "" {
 		// The count before the code is spent, less that one. Another
 		// form that changes the codes meanwhile (new codes, the app
@@ -537,13 +541,18 @@ func (q *preq) recoveryRegenerate() error {
 // the address as a wrong one does, so its rows are as bounded, and it
 // must take a wrong password's time, commit included); for one refused
 // unchecked (a ban of the address or of codes, or a quota in flight),
-// once a minute per refusing account or address and action (a refused
-// sign-in's row does not stand for a refused code's). Those cost the
+// once a minute per refusing account or address, action and ban (a
+// refused sign-in's row does not stand for a refused code's, nor one
+// ban's for the next after an unlock). Those cost the
 // sender nothing (it need not even wait for the answer), so a row for
 // each would let anyone grow the store as fast as they can send;
 // sigra_logins_total{result="locked"} still counts every one.
 func (q *preq) refusalDue(att *authcore.Attempt, action string) bool {
-	return att.Checked() || q.rt.denied.due(deniedKey{user: att.RefusedBy(), reason: "refused " + action}, q.rt.auth.Now())
+	if att.Checked() {
+		return true
+	}
+	ban := att.BannedUntil().UTC().Format(time.RFC3339Nano) // zero for a quota in flight
+	return q.rt.denied.due(deniedKey{user: att.RefusedBy(), reason: "refused " + action + " until " + ban}, q.rt.auth.Now())
 }
 
 // lockoutEvents is the auth.lockout row of a failure that started a ban

@@ -262,6 +262,7 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 			t.Errorf("API client: status %d WWW-Authenticate %q body %s; want 401 mfa_required, pointing at the MFA page", r.StatusCode, r.Header.Get("WWW-Authenticate"), body)
 		}
 		fake.Advance(30 * time.Second) // a new TOTP step
+		stepping := e.rt().mustPrincipal(t, e.sessionCookie()).SessionID
 		_, page := e.get(want, nil)
 		r, _ = e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}, "rd": {"/secure/report?q=1"}}, nil)
 		if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/secure/report?q=1" {
@@ -269,6 +270,10 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 		}
 		if r, _ := e.get("/secure/report?q=1", nil); r.StatusCode != 200 {
 			t.Errorf("after step-up: status %d; want 200", r.StatusCode)
+		}
+		rows := e.auditRows("mfa.challenge.success")
+		if len(rows) < 2 || rows[0].Metadata["step"] != "step_up" || rows[0].Metadata["session"] != stepping || rows[1].Metadata["step"] != "" {
+			t.Errorf("mfa.challenge.success rows %+v; want the step-up's naming the session it was for, the sign-ins' not", rows)
 		}
 	})
 	t.Run("amr requirement", func(t *testing.T) {
@@ -482,6 +487,48 @@ func TestMFABruteForce(t *testing.T) {
 // A right password clears the earlier wrong ones, for a user with a
 // second factor too (the codes are counted apart): the owner's typos
 // before a sign-in do not add up with one typo after it.
+// The rows of refusals while banned are written once a minute, but
+// once per ban: an unlock and a new ban within the minute have theirs.
+func TestEveryBanHasItsRefusedRow(t *testing.T) {
+	fake, e, _, _, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
+	fake.Advance(30 * time.Second)
+	e.client.Jar, _ = newJar()
+	e.login("wes@example.com", testPassword, "/")
+	_, page := e.get("/.sigra/mfa", nil)
+	post := func(code string) int {
+		r, _ := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {code}}, nil)
+		return r.StatusCode
+	}
+	refused := func() int {
+		n := 0
+		for _, row := range e.auditRows("mfa.challenge.failure") {
+			if row.Metadata["reason"] == "locked" {
+				n++
+			}
+		}
+		return n
+	}
+	for ban := 1; ban <= 2; ban++ {
+		for i := range 3 {
+			if got := post(fmt.Sprintf("%06d", 111111*(i+1))); got != http.StatusUnauthorized {
+				t.Fatalf("ban %d, wrong code %d: status %d; want 401", ban, i, got)
+			}
+		}
+		for range 2 {
+			if got := post("999999"); got != http.StatusTooManyRequests {
+				t.Fatalf("ban %d, a code while banned: status %d; want 429", ban, got)
+			}
+		}
+		if n := refused(); n != ban {
+			t.Errorf("after ban %d: %d rows of refusals; want %d (one per ban)", ban, n, ban)
+		}
+		if _, err := doUser(context.Background(), e.rt(), "admins", userRequest{Op: "unlock", User: "wes@example.com"}, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+		fake.Advance(time.Second)
+	}
+}
+
 func TestRightPasswordClearsTyposWithSecondFactor(t *testing.T) {
 	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "ann@example.com")
 	fake.Advance(time.Minute)
