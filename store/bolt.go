@@ -32,6 +32,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,9 +104,16 @@ type Bolt struct {
 	// is older than one starts again (PruneAudit). The file is this
 	// process's alone, so memory is enough.
 	replays atomic.Uint64
+	// replayMu is held by a replay across its transaction and by a prune
+	// while it reads replays, so the prune reads the count before a
+	// replay counted itself or after its commit: never between, when its
+	// scan of the outbox would miss the deliveries the count says it
+	// saw.
+	replayMu sync.Mutex
 	// pruneScanned, set by tests, runs between a prune's scan of the
-	// outbox and its deletions.
-	pruneScanned func()
+	// outbox and its deletions; replayCounted, within a replay's
+	// transaction once it counted itself.
+	pruneScanned, replayCounted func()
 
 	// mapped is the size in bytes of the store's file after its last
 	// commit, which the file must keep (writable); sizeFile is that

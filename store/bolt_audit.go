@@ -708,7 +708,9 @@ func (b *Bolt) PruneAudit(ctx context.Context, before time.Time) (int, error) {
 	var cut []byte
 	total := 0
 	for scans := 1; ; scans++ {
+		b.replayMu.Lock()
 		replays := b.replays.Load()
+		b.replayMu.Unlock()
 		cut = auditTime(before)
 		if held, err := b.auditOldestPending(ctx); err != nil {
 			return total, err
@@ -1250,6 +1252,8 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.
 		}
 	}
 	n := 0
+	b.replayMu.Lock()
+	defer b.replayMu.Unlock()
 	err := b.update(func(tx *bolt.Tx) error {
 		dead, outbox, rows := bucket(tx, bktAuditDead), bucket(tx, bktAuditPending), bucket(tx, bktAuditRows)
 		// Collect first: deleting under a cursor skips keys.
@@ -1299,6 +1303,9 @@ func (b *Bolt) AuditReplayDead(ctx context.Context, hookID, to string, now time.
 		n = len(keys)
 		if n > 0 {
 			b.replays.Add(1) // before the commit: see pruneAuditRows
+			if b.replayCounted != nil {
+				b.replayCounted()
+			}
 		}
 		return nil
 	})

@@ -1251,6 +1251,65 @@ func mustNext(b *testing.B, l *audit.Log, q audit.Query) string {
 // the prune must not then delete those rows (the sender would mark them
 // delivered without sending them). A dead delivery whose row retention
 // already deleted is dropped by a replay, not sent out empty.
+// A prune that starts while a replay is counted but not committed must
+// not scan the outbox without the replayed deliveries and then delete
+// their rows: it waits for the replay, or its count tells it to scan
+// again.
+func TestAuditBoltPruneDuringAReplaysCommitKeepsTheReplayedRows(t *testing.T) {
+	b := auditOpen(t, "")
+	ctx := context.Background()
+	hook := audit.WebhookConfig{URL: "https://hooks.example.com/"}.ID()
+	var es []audit.Entry
+	var ss []audit.Settlement
+	for i := range 10 {
+		r := audit.Row{Action: "auth.logout", ActorID: "u", OccurredAt: auditT0.Add(time.Duration(i) * time.Second)}
+		e := auditEntry(t, r, auditT0, hook)
+		es = append(es, e)
+		d := audit.Delivery{HookID: hook, RowID: e.Row.ID, OccurredAt: e.Row.OccurredAt, DueAt: e.DueAt, Attempts: 15}
+		ss = append(ss, audit.Settlement{Delivery: d, Verdict: audit.Dead})
+	}
+	if _, err := b.AppendAudit(ctx, es); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AuditSettle(ctx, ss); err != nil {
+		t.Fatal(err)
+	}
+	type pruned struct {
+		n   int
+		err error
+	}
+	done := make(chan pruned, 1)
+	scanned := make(chan struct{}, 1)
+	b.pruneScanned = func() {
+		select {
+		case scanned <- struct{}{}:
+		default:
+		}
+	}
+	b.replayCounted = func() {
+		go func() {
+			n, err := b.PruneAudit(ctx, auditT0.Add(time.Hour))
+			done <- pruned{n, err}
+		}()
+		// Give the prune the time to scan before this commit, as it
+		// could before the fix; it must wait instead.
+		select {
+		case <-scanned:
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	if n, err := b.AuditReplayDead(ctx, "", "", auditT0, 100); err != nil || n != len(es) {
+		t.Fatalf("AuditReplayDead = %d, %v; want %d", n, err, len(es))
+	}
+	p := <-done
+	if p.err != nil || p.n != 0 {
+		t.Errorf("PruneAudit during the replay's commit = %d, %v; want nothing deleted", p.n, p.err)
+	}
+	if got := auditKeys(t, b, bktAuditRows); got != len(es) {
+		t.Errorf("%d rows kept; want all %d, their deliveries pending again", got, len(es))
+	}
+}
+
 func TestAuditBoltPruneAfterAReplayKeepsTheReplayedRows(t *testing.T) {
 	b := auditOpen(t, "")
 	ctx := context.Background()
