@@ -176,7 +176,7 @@ func replayDead(ctx context.Context, rt *runtime, hook, to string, r *http.Reque
 		target = "all"
 	}
 	meta := map[string]string{"hook_id": target, "count": itoa(n)}
-	if to != "" {
+	if to != "" && to != hook { // to itself is a plain replay (ReplayDeadTo)
 		meta["to"] = to
 	}
 	outcome := "success"

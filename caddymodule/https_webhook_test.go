@@ -296,4 +296,12 @@ func TestAdminReplaysDeadWebhooks(t *testing.T) {
 	if rows := e.auditRows("admin.webhook.replay"); len(rows) != 2 || rows[0].Metadata["hook_id"] != old || rows[0].Metadata["to"] != renewed {
 		t.Errorf("admin.webhook.replay rows %+v; want a second, from %s to %s", rows, old, renewed)
 	}
+	// A replay to the webhook it is from is a plain replay, and its row
+	// says so.
+	if r, b := post("?hook="+renewed+"&to="+renewed, tok.CSRF); r.StatusCode != http.StatusOK {
+		t.Fatalf("replay to the same webhook: status %d body %s; want 200", r.StatusCode, b)
+	}
+	if rows := e.auditRows("admin.webhook.replay"); len(rows) != 3 || rows[0].Metadata["hook_id"] != renewed || rows[0].Metadata["to"] != "" {
+		t.Errorf("admin.webhook.replay rows %+v; want a third, of %s, naming no other webhook", rows, renewed)
+	}
 }
