@@ -113,7 +113,9 @@ func (q *preq) mfaSubmit() error {
 	// attempt is not a guess (it counts towards no ban, which would
 	// also hold back the owner's recovery code), and the page says what
 	// opens it. Such refusals cost nothing to send, so their row is
-	// written once a minute per user, and the answer waits.
+	// written once a minute per user, and per session for step-ups (the
+	// owner's, refused beside a thief's sign-in, has its own), and the
+	// answer waits.
 	failed := event{action: "mfa.challenge.failure", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
 		meta: map[string]string{"method": method}}
 	if stepUp {
@@ -124,7 +126,11 @@ func (q *preq) mfaSubmit() error {
 		if err := att.Abandon(q.ctx()); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
-		if q.rt.denied.due(deniedKey{user: p.User.ID, reason: "totp_locked"}, q.rt.auth.Now()) {
+		k := deniedKey{user: p.User.ID, reason: "totp_locked"}
+		if stepUp {
+			k.reason += " " + p.SessionID
+		}
+		if q.rt.denied.due(k, q.rt.auth.Now()) {
 			failed.meta["reason"] = "totp_locked"
 			if err := q.audit(failed); err != nil {
 				return err

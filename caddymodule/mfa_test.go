@@ -693,7 +693,8 @@ func TestBannedSignInStillChecksThePassword(t *testing.T) {
 func TestTOTPLockedAfterWrongCodesInARow(t *testing.T) {
 	// One pending sign-in lasts the whole test, which spaces its codes
 	// past the regulation window.
-	fake, e, u, secret, recovery := startEnrolled(t, "regulation {\n max_totp_failures 3\n }\n session {\n pending_lifetime 12h\n }", "pat@example.com")
+	fake, e, u, secret, recovery := startEnrolled(t, "regulation {\n max_totp_failures 3\n }\n session {\n pending_lifetime 12h\n idle 12h\n lifetime 12h\n }", "pat@example.com")
+	owner := e.client.Jar // the sign-in that set the app up
 	e.client.Jar, _ = newJar()
 	if r := e.login("pat@example.com", testPassword, "/"); !strings.HasPrefix(r.Header.Get("Location"), "/.sigra/mfa") {
 		t.Fatalf("sign-in went to %q; want the MFA page", r.Header.Get("Location"))
@@ -751,10 +752,22 @@ func TestTOTPLockedAfterWrongCodesInARow(t *testing.T) {
 	if n := len(e.auditRows("mfa.challenge.failure")); n != 4 {
 		t.Errorf("%d mfa.challenge.failure rows after more refusals within the minute; want still 4", n)
 	}
+	// The owner's step-up in their own sign-in is refused too, and is a
+	// row of its own, which a refusal of the other sign-in does not
+	// stand for.
+	pending := e.client.Jar
+	e.client.Jar = owner
+	if code, _ := post("code", refTOTP(t, secret, fake.Now())); code != http.StatusForbidden {
+		t.Fatalf("a step-up on a locked app: status %d; want 403", code)
+	}
+	e.client.Jar = pending
+	if fails := e.auditRows("mfa.challenge.failure"); len(fails) != 5 || fails[0].Metadata["step"] != "step_up" || fails[0].Metadata["reason"] != "totp_locked" {
+		t.Errorf("mfa.challenge.failure rows %+v; want a fifth, the step-up's, reason totp_locked", fails)
+	}
 	fake.Advance(time.Minute)
 	post("code", refTOTP(t, secret, fake.Now()))
-	if n := len(e.auditRows("mfa.challenge.failure")); n != 5 {
-		t.Errorf("%d mfa.challenge.failure rows a minute later; want 5", n)
+	if n := len(e.auditRows("mfa.challenge.failure")); n != 6 {
+		t.Errorf("%d mfa.challenge.failure rows a minute later; want 6", n)
 	}
 	// The refused right code was not a guess: it did not count towards a
 	// sign-in ban, so the recovery code below is let through at once.
