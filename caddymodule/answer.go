@@ -75,8 +75,8 @@ func (d *gateDecision) ended(l *zap.Logger, msg, why string, err error) {
 // rather than complete.
 var errAnswerCut = errors.New("sigra: the session of this answer ended, or would no longer pass its gates")
 
-// answerWriter is the writer of an answer let through with a session (other
-// than a socket's, which is watched): one that is still being written
+// answerWriter is the writer of an answer let through with a session (but
+// for a socket's once it opened, which is watched): one that is still being written
 // when its session ends, or would no longer pass the gates that let it
 // through, is cut off at its next write. That is a download, or a stream
 // read with fetch rather than EventSource, which no Accept header tells
@@ -140,6 +140,9 @@ type writeOnly struct{ io.Writer }
 func (a *answerWriter) still() error {
 	if a.cut {
 		return errAnswerCut
+	}
+	if s := a.d.sock; s != nil && s.started {
+		return nil // a socket, watched (socket.go)
 	}
 	now := a.g.app.clock.Now()
 	rt := a.g.app.runtimeNow()

@@ -28,13 +28,16 @@ func TestAnswerIsCutWhenItsSessionEnds(t *testing.T) {
 	before := counterValue(t, ended)
 	lines := sockettest.Read(t, e.base+"/ws/stream", tok, "")
 	events := sockettest.Read(t, e.base+"/ws/stream/events", tok, "*/*")
+	// An Upgrade the app does not take leaves an answer like any other.
+	upgrade := sockettest.ReadWith(t, e.base+"/ws/stream", tok, http.Header{"Upgrade": {"foo"}, "Connection": {"Upgrade"}})
 	theirs := sockettest.Read(t, e.base+"/ws/stream", other.sessionCookie(), "")
 
 	e.signOut()
 	lines.MustBeCut("signed out")
 	events.MustBeCut("signed out, an event stream asked for without saying so")
-	if got := counterValue(t, ended) - before; got != 2 {
-		t.Errorf("sigra_streams_closed_total{reason=session_ended} went up by %v; want 2", got)
+	upgrade.MustBeCut("signed out, an answer to an upgrade the app did not take")
+	if got := counterValue(t, ended) - before; got != 3 {
+		t.Errorf("sigra_streams_closed_total{reason=session_ended} went up by %v; want 3", got)
 	}
 	theirs.Event("another session's answer after the sign-out")
 

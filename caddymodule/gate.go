@@ -552,18 +552,18 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 		}
 		d.settle(m, c, d.spent, true)
 	}()
-	switch {
-	case d.p == nil:
-	case longLived(r):
-		// A WebSocket or an event stream outlives its handshake: it is
-		// closed when its session ends.
-		var cancel context.CancelFunc
-		w, r, cancel = g.watchSocket(w, r, d)
-		defer cancel()
-	default:
-		// Any other answer is cut off at its next write once its
-		// session ends: a download, a stream read with fetch.
+	if d.p != nil {
+		// Any answer is cut off at its next write once its session
+		// ends: a download, a stream read with fetch, and what the app
+		// answers to an upgrade it does not take (Upgrade: foo).
 		w = d.answer.wrap(w, r, g, d)
+		if longLived(r) {
+			// A WebSocket or an event stream outlives its handshake,
+			// and may not write: it is closed when its session ends.
+			var cancel context.CancelFunc
+			w, r, cancel = g.watchSocket(w, r, d)
+			defer cancel()
+		}
 	}
 	return next.ServeHTTP(guardCookies(w, r), r)
 }

@@ -122,13 +122,21 @@ func Events(t testing.TB, url, token string) *Stream {
 // the test unless the first event comes.
 func Read(t testing.TB, url, token, accept string) *Stream {
 	t.Helper()
+	h := http.Header{}
+	if accept != "" {
+		h.Set("Accept", accept)
+	}
+	return ReadWith(t, url, token, h)
+}
+
+// ReadWith is Read with the request's header h.
+func ReadWith(t testing.TB, url, token string, h http.Header) *Stream {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if accept != "" {
-		req.Header.Set("Accept", accept)
-	}
+	req.Header = h
 	req.AddCookie(&http.Cookie{Name: "sigra_session", Value: token})
 	resp, err := (&http.Transport{}).RoundTrip(req)
 	if err != nil {
