@@ -465,11 +465,13 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if p == nil {
 		if g.AllowPreflight && isPreflight(r) {
 			// A browser's preflight has no body, nor a method of its
-			// own to stand in for: neither goes to the app, for an app
-			// that serves every method alike or takes a method
-			// override from any request.
+			// own to stand in for, nor an upgrade: none goes to the
+			// app, for an app that serves every method alike, takes a
+			// method override from any request or upgrades any.
 			r.Body, r.ContentLength, r.TransferEncoding, r.Trailer = http.NoBody, 0, nil, nil
 			r.Header.Del("Content-Length")
+			r.Header.Del("Upgrade")
+			r.Header.Del("Connection")
 			for name := range r.Header {
 				if isMethodOverride(name) {
 					delete(r.Header, name)

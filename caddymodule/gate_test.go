@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -873,6 +874,17 @@ func TestGatePreflight(t *testing.T) {
 			t.Errorf("a preflight reached the app with %s: %s; want no method override", name, h[name])
 		}
 	}
+	// Nor an upgrade, which no browser asks for in one: an app that
+	// upgrades without looking at the method would open a connection
+	// to anyone.
+	upgrade := maps.Clone(preflight)
+	upgrade["Upgrade"], upgrade["Connection"] = "websocket", "Upgrade"
+	if code, body := do(http.MethodOptions, "/api/items", upgrade); code != http.StatusOK || body != "app:/api/items" {
+		t.Fatalf("preflight asking for an upgrade: status %d body %q; want the app's 200", code, body)
+	}
+	if h, _ := e.up.last(); h.Get("Upgrade") != "" {
+		t.Errorf("a preflight reached the app asking for an upgrade: Upgrade %q", h.Get("Upgrade"))
+	}
 	for _, c := range []struct {
 		name, method, path string
 		h                  map[string]string
@@ -902,7 +914,7 @@ func TestGatePreflight(t *testing.T) {
 			t.Errorf("a preflight with a body (chunked %v): status %d, the app read %d bytes; want 200 and none", chunked, resp.StatusCode, n)
 		}
 	}
-	if _, n := e.up.last(); n != 3 {
-		t.Errorf("the app saw %d requests; want only the three preflights", n)
+	if _, n := e.up.last(); n != 4 {
+		t.Errorf("the app saw %d requests; want only the four preflights", n)
 	}
 }
