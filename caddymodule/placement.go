@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -1436,9 +1437,11 @@ func (c placement) upstreams(d placedDirective) []string {
 	return out
 }
 
-// upstreamKey is an upstream address as compared: without a scheme,
-// loopback names as one, in lower case; a unix socket by its cleaned
-// path; "*" for a placeholder.
+// upstreamKey is an upstream address as compared: without a scheme, in
+// lower case, an IP address in its one form (an IPv4-mapped one as
+// IPv4), every loopback and unspecified address (which Linux dials as
+// loopback) and localhost as one, a name without its final dot; a unix
+// socket by its cleaned path; "*" for a placeholder.
 func upstreamKey(u string) string {
 	if strings.Contains(u, "{") {
 		return "*"
@@ -1464,11 +1467,18 @@ func upstreamKey(u string) string {
 	} else if p != "" {
 		port = p
 	}
-	switch host {
-	case "localhost", "::1", "[::1]", "127.0.0.1", "":
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		host = ip.String()
+		if ip.IsLoopback() || ip.IsUnspecified() {
+			host = ""
+		}
+	}
+	if host == "" || host == "localhost" {
 		host = "127.0.0.1"
 	}
-	return host + ":" + port
+	return net.JoinHostPort(host, port)
 }
 
 // upstreamsIn are the upstreams the directives of b, and of the blocks

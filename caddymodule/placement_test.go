@@ -517,6 +517,10 @@ func TestAdaptPlacement(t *testing.T) {
 			"handle_path on line 9 strips /panel"},
 		{"a handle_path to the same upstream spelt otherwise, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /app/* {\n\t\treverse_proxy http://localhost:9\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			"handle_path on line 6 strips /app"},
+		{"a handle_path to the same upstream as a mapped address, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /app/* {\n\t\treverse_proxy [::ffff:127.0.0.1]:9\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
+			"handle_path on line 6 strips /app"},
+		{"a handle_path to the same upstream as another loopback address, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /app/* {\n\t\treverse_proxy 127.0.0.2:9\n\t}\n\treverse_proxy [0:0::1]:9\n}\n",
+			"handle_path on line 6 strips /app"},
 		{"a handle_path to an upstream from a placeholder, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\thandle_path /app/* {\n\t\treverse_proxy {env.SIGRA_TEST_UPSTREAM}\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n",
 			"handle_path on line 6 strips /app"},
 		{"a rewrite from two paths, one gated alike, from a file", "http://127.0.0.1:9 {\n\tsigra_portal\n\tsigra_gate /legacy* {\n\t\tgroup admins\n\t}\n\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\t@old path /legacy/* /old/*\n\thandle @old {\n\t\trewrite * /admin{uri}\n\t\treverse_proxy 127.0.0.1:9\n\t}\n}\n",
@@ -970,5 +974,27 @@ func TestLoosePatternIsWarnedOf(t *testing.T) {
 				t.Errorf("warnings %q; want one with %q", loose, c.want)
 			}
 		})
+	}
+}
+
+// Upstreams are compared as Caddy would dial them: one spelling of a
+// host is not another app.
+func TestUpstreamKey(t *testing.T) {
+	for _, same := range [][]string{
+		{"127.0.0.1:9", "localhost:9", "http://localhost:9", "[::1]:9", "[0:0::1]:9", "[::ffff:127.0.0.1]:9", "127.0.0.2:9", "127.1.2.3:9", "0.0.0.0:9", "[::]:9", "LOCALHOST:9", "localhost.:9"},
+		{"10.0.0.5:80", "10.0.0.5", "http://10.0.0.5", "[::ffff:10.0.0.5]:80", "[::ffff:a00:5]:80"},
+		{"[2001:db8::1]:8080", "[2001:DB8:0::1]:8080", "h2c://[2001:db8:0:0::1]:8080"},
+		{"app.internal:443", "https://app.internal", "APP.internal:443", "app.internal.:443"},
+	} {
+		for _, u := range same[1:] {
+			if got, want := upstreamKey(u), upstreamKey(same[0]); got != want {
+				t.Errorf("upstreamKey(%q) = %q; want %q, as for %q", u, got, want, same[0])
+			}
+		}
+	}
+	for _, pair := range [][2]string{{"127.0.0.1:9", "127.0.0.1:10"}, {"10.0.0.5:80", "10.0.0.6:80"}, {"app.internal:80", "app.internal:443"}, {"10.0.0.5:443", "https://10.0.0.5:80"}} {
+		if upstreamKey(pair[0]) == upstreamKey(pair[1]) {
+			t.Errorf("upstreamKey(%q) = upstreamKey(%q); want them apart", pair[0], pair[1])
+		}
 	}
 }
