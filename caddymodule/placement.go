@@ -29,6 +29,12 @@ import (
 // known here.
 var answering = []string{"respond", "reverse_proxy", "php_fastcgi", "file_server", "acme_server", "metrics"}
 
+// failing are the directives that fail or drop every request they match:
+// nothing after them sees it, and an error goes on to handle_errors,
+// which may well proxy to the app. Without a matcher, one before a gate
+// or the portal leaves it nothing to see (answersAll).
+var failing = []string{"error", "abort"}
+
 // subroutes are the blocks that pass a request on when nothing in them
 // answers it: they answer what their contents answer.
 var subroutes = []string{"handle", "handle_path", "route"}
@@ -1950,7 +1956,7 @@ func (c placement) answersAll(d placedDirective) bool {
 		return c.named[d.lastArg()].answersAll
 	case d.name == "file_server" && d.block != nil && slices.ContainsFunc(d.block.dirs, func(o placedDirective) bool { return o.name == "pass_thru" }):
 		return false // a missing file goes on to what follows
-	case slices.Contains(answering, d.name):
+	case slices.Contains(answering, d.name), slices.Contains(failing, d.name):
 		return true
 	case slices.Contains(subroutes, d.name) && d.block != nil:
 		return slices.ContainsFunc(d.block.dirs, c.answersAll)
@@ -2478,7 +2484,7 @@ func jsonAnswers(handlers []any, invoked func(route string) bool, strict bool) b
 		if _, hr := m["handle_response"]; strict && (hr || m["pass_thru"] == true) {
 			continue
 		}
-		if slices.Contains(answeringHandlers, n) {
+		if slices.Contains(answeringHandlers, n) || !strict && n == "error" { // failing
 			return true
 		}
 		if route, _ := m["name"].(string); n == "invoke" && invoked(route) {
