@@ -186,7 +186,7 @@ func userRegulationKeys(ctx context.Context, st RegulationStore, userID string) 
 func (s *Service) AccountKey(ctx context.Context, identifier string) (string, error) {
 	norm, err := NormalizeEmail(identifier)
 	if err == nil {
-		u, err := s.store.UserByEmail(ctx, norm)
+		u, err := s.userByEmail(ctx, identifier)
 		if err == nil {
 			return UserAccountKey(u.ID), nil
 		}

@@ -174,10 +174,32 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.earlierForm(ctx, u.Email); err != nil {
+		return nil, err
+	}
 	if err := s.store.CreateUser(ctx, u); err != nil {
 		return nil, err
 	}
 	return u, nil
+}
+
+// earlierForm refuses, as ErrEmailTaken, an address a user holds under a
+// form stored before domains were mapped (emailForms): the store knows
+// only the normal one.
+func (s *Service) earlierForm(ctx context.Context, email string) error {
+	forms, err := emailForms(email)
+	if err != nil {
+		return err
+	}
+	for _, f := range forms[1:] {
+		switch _, err := s.store.UserByEmail(ctx, f); {
+		case err == nil:
+			return fmt.Errorf("%w: as %s", ErrEmailTaken, f)
+		case !errors.Is(err, ErrNotFound):
+			return err
+		}
+	}
+	return nil
 }
 
 // NewUserRecord is the user CreateUser would store for in, checked, with
@@ -231,6 +253,9 @@ func checkNewUser(in NewUser) (*User, error) {
 // CreateUserWith stores u, made by NewUserRecord, through commit (see
 // Commit).
 func (s *Service) CreateUserWith(u *User, commit Commit) error {
+	if err := s.earlierForm(context.Background(), u.Email); err != nil {
+		return err
+	}
 	return s.commitUserChange(u.ID, commit, func(cs ChangeStore) func(tx any) error { return cs.CreateUserIn(u) })
 }
 
@@ -491,11 +516,7 @@ func (s *Service) SetDisabled(ctx context.Context, id string, disabled bool) (*U
 // LookupUser finds a user by id, or by email when the argument contains '@'.
 func (s *Service) LookupUser(ctx context.Context, idOrEmail string) (*User, error) {
 	if strings.Contains(idOrEmail, "@") {
-		email, err := NormalizeEmail(idOrEmail)
-		if err != nil {
-			return nil, err
-		}
-		return s.store.UserByEmail(ctx, email)
+		return s.userByEmail(ctx, idOrEmail)
 	}
 	return s.store.UserByID(ctx, idOrEmail)
 }
@@ -545,12 +566,8 @@ func (s *Service) CheckPasswordFor(ctx context.Context, att *Attempt, email, pas
 // passwordOf returns the user of email and the hash to check against: the
 // fake hash when there is no such user or no password.
 func (s *Service) passwordOf(ctx context.Context, email string) (*User, string, error) {
-	email, err := NormalizeEmail(email)
-	if err != nil {
-		return nil, s.fakeHash, nil
-	}
-	u, err := s.store.UserByEmail(ctx, email)
-	if errors.Is(err, ErrNotFound) {
+	u, err := s.userByEmail(ctx, email)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidInput) {
 		return nil, s.fakeHash, nil
 	}
 	if err != nil {
@@ -1006,4 +1023,20 @@ func (c *sessionCache) forgetUser(userID string) {
 		sh.mu.Unlock()
 	}
 	c.watch.user(userID)
+}
+
+// userByEmail finds the user of a typed address under each of its forms
+// (emailForms): ErrInvalidInput for no address, ErrNotFound for nobody.
+func (s *Service) userByEmail(ctx context.Context, typed string) (*User, error) {
+	forms, err := emailForms(typed)
+	if err != nil {
+		return nil, err
+	}
+	for _, email := range forms {
+		u, err := s.store.UserByEmail(ctx, email)
+		if !errors.Is(err, ErrNotFound) {
+			return u, err
+		}
+	}
+	return nil, ErrNotFound
 }

@@ -284,3 +284,40 @@ func TestCreateUserNormalises(t *testing.T) {
 		t.Errorf("%d users stored; want 2", n)
 	}
 }
+
+// An address is one however its domain is written: a user added with
+// an internationalised domain signs in with the ASCII form browsers
+// send, and one stored in ASCII before domains were mapped still signs
+// in either way and keeps the address from a second user.
+func TestEmailDomainFormsAreOneAddress(t *testing.T) {
+	params := Argon2Params{Memory: 8, Time: 1, Threads: 1, KeyLen: 32, SaltLen: 16}
+	svc, st := newSvcForTest(t, params)
+	ctx := context.Background()
+	if _, err := svc.CreateUser(ctx, NewUser{Email: "ute@BÜCHER.example", Password: "correct horse battery"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, typed := range []string{"ute@bücher.example", "ute@xn--bcher-kva.example", "UTE@XN--BCHER-KVA.EXAMPLE"} {
+		if _, err := svc.CheckPassword(ctx, typed, "correct horse battery"); err != nil {
+			t.Errorf("CheckPassword(%q): %v; want the user", typed, err)
+		}
+	}
+	if _, err := svc.CreateUser(ctx, NewUser{Email: "ute@xn--bcher-kva.example"}); !errors.Is(err, ErrEmailTaken) {
+		t.Errorf("a second user at the ASCII form: %v; want ErrEmailTaken", err)
+	}
+
+	legacy := svcAddUser(t, st, params, "max@xn--mller-kva.example", "correct horse battery", false)
+	for _, typed := range []string{"max@xn--mller-kva.example", "max@müller.example"} {
+		if u, err := svc.CheckPassword(ctx, typed, "correct horse battery"); err != nil || u.ID != legacy.ID {
+			t.Errorf("CheckPassword(%q) of a user stored in ASCII: %v; want the user", typed, err)
+		}
+		if u, err := svc.LookupUser(ctx, typed); err != nil || u.ID != legacy.ID {
+			t.Errorf("LookupUser(%q) of a user stored in ASCII: %v; want the user", typed, err)
+		}
+	}
+	if _, err := svc.CreateUser(ctx, NewUser{Email: "max@müller.example"}); !errors.Is(err, ErrEmailTaken) {
+		t.Errorf("a second user at the Unicode form of an ASCII one: %v; want ErrEmailTaken", err)
+	}
+	if k1, _ := svc.AccountKey(ctx, "max@müller.example"); k1 != UserAccountKey(legacy.ID) {
+		t.Errorf("AccountKey of the Unicode form: %q; want the user's", k1)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // User is a person who can sign in.
@@ -44,9 +46,29 @@ func (u *User) Clone() *User {
 	return &c
 }
 
-// NormalizeEmail trims and lower-cases an address and checks that it is a
-// plain addr-spec (no display name, no angle brackets).
+// NormalizeEmail trims and lower-cases an address, checks that it is a
+// plain addr-spec (no display name, no angle brackets), and writes an
+// internationalised domain in Unicode, as IDNA maps it for lookup: a
+// browser sends ute@bücher.example typed into an email field as
+// ute@xn--bcher-kva.example, and both are one address, as is
+// a@ｅxample.com (full-width letters) with a@example.com. A domain IDNA
+// refuses (an address literal, an underscore) is kept as written.
 func NormalizeEmail(s string) (string, error) {
+	s, err := plainEmail(s)
+	if err != nil {
+		return "", err
+	}
+	at := strings.LastIndexByte(s, '@')
+	domain, err := idna.Lookup.ToUnicode(s[at+1:])
+	if err != nil || domain == s[at+1:] {
+		return s, nil
+	}
+	return plainEmail(s[:at+1] + domain)
+}
+
+// plainEmail is NormalizeEmail but for the domain's IDNA mapping, as
+// addresses were stored before it.
+func plainEmail(s string) (string, error) {
 	if !utf8.ValidString(s) { // before ToLower, which makes such bytes U+FFFD
 		return "", fmt.Errorf("%w: email %q is not text (UTF-8)", ErrInvalidInput, s)
 	}
@@ -59,6 +81,26 @@ func NormalizeEmail(s string) (string, error) {
 		return "", fmt.Errorf("%w: %q is not a valid email address", ErrInvalidInput, s)
 	}
 	return s, nil
+}
+
+// emailForms are the keys a typed address may be stored under: its
+// normal form first, then as stored before domains were mapped (the
+// address as typed, and its domain in ASCII), so that a user added so
+// still signs in however the browser sends the domain.
+func emailForms(typed string) ([]string, error) {
+	norm, err := NormalizeEmail(typed)
+	if err != nil {
+		return nil, err
+	}
+	forms := []string{norm}
+	if plain, err := plainEmail(typed); err == nil && plain != norm {
+		forms = append(forms, plain)
+	}
+	at := strings.LastIndexByte(norm, '@')
+	if ascii, err := idna.Lookup.ToASCII(norm[at+1:]); err == nil && ascii != norm[at+1:] && !slices.Contains(forms, norm[:at+1]+ascii) {
+		forms = append(forms, norm[:at+1]+ascii)
+	}
+	return forms, nil
 }
 
 // CheckGroupName refuses a group name that could not travel in the

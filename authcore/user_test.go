@@ -44,6 +44,13 @@ func TestNormalizeEmail(t *testing.T) {
 		{name: "right-to-left override", in: "a\u202eb@example.com", wantErr: true},
 		{name: "C1 next line", in: "a\u0085b@example.com", wantErr: true},
 		{name: "international", in: "zoë@例え.jp", want: "zoë@例え.jp"},
+		// Browsers send an internationalised domain in ASCII; it is the
+		// same address.
+		{name: "domain in punycode", in: "ute@xn--bcher-kva.example", want: "ute@bücher.example"},
+		{name: "domain in upper case", in: "UTE@BÜCHER.EXAMPLE", want: "ute@bücher.example"},
+		{name: "full-width domain", in: "a@ｅxample.com", want: "a@example.com"},
+		{name: "address literal kept", in: "a@[127.0.0.1]", want: "a@[127.0.0.1]"},
+		{name: "underscore domain kept", in: "a@foo_bar.example", want: "a@foo_bar.example"},
 		{name: "255 bytes", in: "a" + longest, wantErr: true},
 		{name: "far too long", in: strings.Repeat("a", 5000) + "@example.com", wantErr: true},
 	}

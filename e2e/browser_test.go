@@ -126,6 +126,30 @@ func TestBrowserSignInOnAPlainHTTPHost(t *testing.T) {
 	b.waitPrefix(base + "/.sigra/login")
 }
 
+// An address with a letter outside ASCII before the @, and a domain
+// typed in capitals or in the ASCII form browsers send for an email
+// field, signs in from a real Chromium's form as the user added.
+func TestBrowserSignInWithAnInternationalAddress(t *testing.T) {
+	t.Parallel()
+	b := startChrome(t)
+	g := newGateway(t, gatewayOptions{})
+	const email, password = "josé@bücher.example", "josé's browser password"
+	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	g.start()
+	for _, typed := range []string{email, "JOSÉ@BÜCHER.EXAMPLE", "josé@xn--bcher-kva.example"} {
+		b.signIn(g.base+"/x", typed, password)
+		b.waitAt(g.base + "/x")
+		if req, _ := g.up.last(); req == nil || req.Header.Get("X-Sigra-Email") != email {
+			t.Fatalf("signed in as %q: the app did not see %s", typed, email)
+		}
+		b.open(g.base + "/.sigra/logout")
+		b.click(`[data-sigra=logout-form] button[type=submit]`)
+		b.waitPrefix(g.base + "/.sigra/login")
+	}
+}
+
 // A real Chromium's WebSocket and EventSource, open on a signed-in page,
 // end when an operator signs the user out: the socket closes (code
 // 1006), and EventSource, trying again, is refused and gives up.
