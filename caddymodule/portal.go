@@ -711,6 +711,10 @@ func (q *preq) logoutSubmit() error {
 		return err
 	}
 	q.clearSessionCookie()
+	// The app's pages the browser keeps (Cache-Control: private) would
+	// show again on the back button, on a shared computer too: the
+	// browser drops them (on HTTPS and localhost; others ignore it).
+	q.w.Header().Set("Clear-Site-Data", `"cache"`)
 	redirect(q.w, portalURL(q.p.app.Prefix, "/login", q.rd()), http.StatusSeeOther)
 	return nil
 }

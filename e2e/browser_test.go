@@ -126,6 +126,39 @@ func TestBrowserSignInOnAPlainHTTPHost(t *testing.T) {
 	b.waitPrefix(base + "/.sigra/login")
 }
 
+// After signing out, the back button does not show the app's pages
+// from the browser's cache: the sign-out has the browser drop it
+// (Clear-Site-Data), so going back asks the gate again, which sends
+// the browser to sign in.
+func TestBrowserBackAfterSignOutShowsNoAppPage(t *testing.T) {
+	t.Parallel()
+	b := startChrome(t)
+	g := newGateway(t, gatewayOptions{})
+	const email, password = "nell@example.com", "nell's browser password"
+	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	g.start()
+	b.signIn(g.base+"/private", email, password)
+	b.waitAt(g.base + "/private")
+	if src := b.source(); !strings.Contains(src, "app:/private") {
+		t.Fatalf("signed in, /private shows:\n%s", src)
+	}
+	b.open(g.base + "/.sigra/logout")
+	b.click(`[data-sigra=logout-form] button[type=submit]`)
+	b.waitPrefix(g.base + "/.sigra/login")
+	_, seen := g.up.last()
+	b.back() // the sign-out page
+	b.back() // the app's page
+	b.waitPrefix(g.base + "/.sigra/login")
+	if src := b.source(); strings.Contains(src, "app:/private") {
+		t.Errorf("back after signing out shows the app's page:\n%s", src)
+	}
+	if _, n := g.up.last(); n != seen {
+		t.Errorf("the app saw %d requests after the sign-out; want none", n-seen)
+	}
+}
+
 // An address with a letter outside ASCII before the @, and a domain
 // typed in capitals or in the ASCII form browsers send for an email
 // field, signs in from a real Chromium's form as the user added.

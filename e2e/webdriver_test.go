@@ -152,6 +152,12 @@ func (c *chrome) refresh() {
 	c.must(http.MethodPost, "/refresh", map[string]any{}, nil)
 }
 
+// back goes back in the history, as the browser's back button does.
+func (c *chrome) back() {
+	c.t.Helper()
+	c.must(http.MethodPost, "/back", map[string]any{}, nil)
+}
+
 // url is the page's address now.
 func (c *chrome) url() string {
 	var u string
