@@ -91,16 +91,8 @@ func ParseKey(s string) ([]byte, error) {
 // LoadOrCreateKeyFile reads a base64 key from path, or creates the file
 // (mode 0600, parent directories 0700) with a new random key.
 func LoadOrCreateKeyFile(path string) ([]byte, error) {
-	data, err := keyfile.Read(path)
-	if err == nil {
-		k, perr := ParseKey(string(data))
-		if perr != nil {
-			return nil, fmt.Errorf("%s: %w", path, perr)
-		}
-		return k, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("reading encryption key: %w", err)
+	if k, err := readKeyFile(path); !errors.Is(err, os.ErrNotExist) {
+		return k, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating directory for encryption key: %w", err)
@@ -122,9 +114,34 @@ func LoadOrCreateKeyFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	if err := tmp.Link(path); errors.Is(err, os.ErrExist) {
-		return LoadOrCreateKeyFile(path) // another process won the race
+		// Another process won the race: its key. A name that is taken
+		// yet reads as missing is a link to nothing (a secrets mount
+		// not mounted yet, say): trying again would never end.
+		k, err := readKeyFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			to, _ := os.Readlink(path)
+			return nil, fmt.Errorf("the encryption key file %s is a link to %q, which does not exist: make that file (or mount what holds it), or remove the link for a new key", path, to)
+		}
+		return k, err
 	} else if err != nil {
 		return nil, fmt.Errorf("creating encryption key file: %w", err)
+	}
+	return k, nil
+}
+
+// readKeyFile reads and parses the key file at path; an error wrapping
+// os.ErrNotExist when there is none.
+func readKeyFile(path string) ([]byte, error) {
+	data, err := keyfile.Read(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading encryption key: %w", err)
+	}
+	k, err := ParseKey(string(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return k, nil
 }

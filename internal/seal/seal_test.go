@@ -304,3 +304,27 @@ func TestLoadOrCreateKeyFileOnDirectory(t *testing.T) {
 		t.Errorf("LoadOrCreateKeyFile(directory) = %x, nil; want an error", k)
 	}
 }
+
+// A key file that is a link to a missing file (a secrets mount not
+// mounted yet) is refused, naming both; it is not created through the
+// link, nor tried again without end.
+func TestLoadOrCreateKeyFileRefusesADanglingLink(t *testing.T) {
+	dir := t.TempDir()
+	path, target := filepath.Join(dir, "encryption.key"), filepath.Join(dir, "mnt", "secret.key")
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+	k, err := LoadOrCreateKeyFile(path)
+	if err == nil {
+		t.Fatalf("LoadOrCreateKeyFile = %x, nil; want an error", k)
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), target) {
+		t.Errorf("error %q; want it to name %s and %s", err, path, target)
+	}
+	if _, err := os.Stat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the link's target: %v; want it still missing", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".encryption-key-*")); len(left) != 0 {
+		t.Errorf("left beside it: %v", left)
+	}
+}
