@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/net/idna"
+	"golang.org/x/text/unicode/norm"
 )
 
 // User is a person who can sign in.
@@ -47,16 +48,22 @@ func (u *User) Clone() *User {
 }
 
 // NormalizeEmail trims and lower-cases an address, checks that it is a
-// plain addr-spec (no display name, no angle brackets), and writes an
+// plain addr-spec (no display name, no angle brackets), writes it in
+// Unicode's compatibility form (NFKC: å typed as a and a combining ring
+// is å, full-width ａｎｎ is ann, the ligature ﬀ is ff), and writes an
 // internationalised domain in Unicode, as IDNA maps it for lookup: a
 // browser sends ute@bücher.example typed into an email field as
-// ute@xn--bcher-kva.example, and both are one address, as is
-// a@ｅxample.com (full-width letters) with a@example.com. A domain IDNA
+// ute@xn--bcher-kva.example, and both are one address. A domain IDNA
 // refuses (an address literal, an underscore) is kept as written.
 func NormalizeEmail(s string) (string, error) {
 	s, err := plainEmail(s)
 	if err != nil {
 		return "", err
+	}
+	if !norm.NFKC.IsNormalString(s) {
+		if s, err = plainEmail(norm.NFKC.String(s)); err != nil {
+			return "", err
+		}
 	}
 	at := strings.LastIndexByte(s, '@')
 	domain, err := idna.Lookup.ToUnicode(s[at+1:])
@@ -66,8 +73,8 @@ func NormalizeEmail(s string) (string, error) {
 	return plainEmail(s[:at+1] + domain)
 }
 
-// plainEmail is NormalizeEmail but for the domain's IDNA mapping, as
-// addresses were stored before it.
+// plainEmail is NormalizeEmail but for NFKC and the domain's IDNA
+// mapping, as addresses were stored before them.
 func plainEmail(s string) (string, error) {
 	if !utf8.ValidString(s) { // before ToLower, which makes such bytes U+FFFD
 		return "", fmt.Errorf("%w: email %q is not text (UTF-8)", ErrInvalidInput, s)

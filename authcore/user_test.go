@@ -49,6 +49,12 @@ func TestNormalizeEmail(t *testing.T) {
 		{name: "domain in punycode", in: "ute@xn--bcher-kva.example", want: "ute@bücher.example"},
 		{name: "domain in upper case", in: "UTE@BÜCHER.EXAMPLE", want: "ute@bücher.example"},
 		{name: "full-width domain", in: "a@ｅxample.com", want: "a@example.com"},
+		// One address however Unicode spells it: composed or not,
+		// full-width, a ligature.
+		{name: "decomposed letter", in: "A\u030asa@x.com", want: "åsa@x.com"},
+		{name: "full-width local part", in: "ＡＮＮ@example.com", want: "ann@example.com"},
+		{name: "ligature", in: "\ufb00@x.com", want: "ff@x.com"},
+		{name: "full-width at sign", in: "a\uff20b@x.com", wantErr: true},
 		{name: "address literal kept", in: "a@[127.0.0.1]", want: "a@[127.0.0.1]"},
 		{name: "underscore domain kept", in: "a@foo_bar.example", want: "a@foo_bar.example"},
 		{name: "255 bytes", in: "a" + longest, wantErr: true},
