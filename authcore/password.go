@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Argon2Params are argon2id cost parameters. They are written into every
@@ -33,14 +34,17 @@ const MinPasswordLen = 10
 const MaxPasswordLen = 1024
 
 // HashPassword returns a PHC-format argon2id hash:
-// $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>.
+// $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>, of the password in
+// Unicode's compatibility form (NFKC, as NIST SP 800-63B asks): ü typed
+// as u and a combining diaeresis, as some keyboards and systems send it,
+// is the ü of the precomposed form.
 func (p Argon2Params) HashPassword(password string) (string, error) {
 	if len(password) > MaxPasswordLen {
 		return "", fmt.Errorf("%w: password longer than %d bytes", ErrInvalidInput, MaxPasswordLen)
 	}
 	salt := make([]byte, p.SaltLen)
 	_, _ = rand.Read(salt)
-	key := argon2.IDKey([]byte(password), salt, p.Time, p.Memory, p.Threads, p.KeyLen)
+	key := argon2.IDKey([]byte(norm.NFKC.String(password)), salt, p.Time, p.Memory, p.Threads, p.KeyLen)
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, p.Memory, p.Time, p.Threads,
 		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key)), nil
 }
@@ -48,7 +52,10 @@ func (p Argon2Params) HashPassword(password string) (string, error) {
 var errBadHash = errors.New("malformed argon2id hash")
 
 // VerifyPassword reports whether password matches a hash made by
-// HashPassword, comparing in constant time. A malformed hash never matches.
+// HashPassword, comparing in constant time. A malformed hash never
+// matches. A password not in NFKC is also checked as sent, against a
+// hash made before passwords were normalised: a second hashing that the
+// sender's own text decides, whoever the account is.
 func VerifyPassword(hash, password string) bool {
 	if len(password) > MaxPasswordLen {
 		return false
@@ -57,8 +64,12 @@ func VerifyPassword(hash, password string) bool {
 	if err != nil {
 		return false
 	}
-	got := argon2.IDKey([]byte(password), salt, p.Time, p.Memory, p.Threads, uint32(len(key)))
-	return subtle.ConstantTimeCompare(got, key) == 1
+	matches := func(pw string) bool {
+		got := argon2.IDKey([]byte(pw), salt, p.Time, p.Memory, p.Threads, uint32(len(key)))
+		return subtle.ConstantTimeCompare(got, key) == 1
+	}
+	normal := norm.NFKC.String(password)
+	return matches(normal) || normal != password && matches(password)
 }
 
 func decodeHash(hash string) (p Argon2Params, salt, key []byte, err error) {

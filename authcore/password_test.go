@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/argon2"
 )
 
 // cheapArgon2 keeps password tests fast; the parameters are written into
@@ -54,6 +56,34 @@ func TestVerifyPassword(t *testing.T) {
 				t.Errorf("VerifyPassword(hash, %q) = %t; want %t", tt.pw, got, tt.want)
 			}
 		})
+	}
+}
+
+// A password is one however Unicode spells it (NFKC): composed or with
+// a combining mark, full-width or not. A hash made before passwords were
+// normalised, of a password sent decomposed, still verifies as sent.
+func TestVerifyPasswordNormalises(t *testing.T) {
+	composed, decomposed := "pässwordpässword", "pa\u0308sswordpa\u0308ssword"
+	for _, set := range []string{composed, decomposed} {
+		h := mustHash(t, cheapArgon2, set)
+		for _, typed := range []string{composed, decomposed} {
+			if !VerifyPassword(h, typed) {
+				t.Errorf("set as %q, typed as %q: refused; want it to verify", set, typed)
+			}
+		}
+		if VerifyPassword(h, "passwordpassword") {
+			t.Errorf("set as %q: the password without its accents verifies", set)
+		}
+	}
+	if h := mustHash(t, cheapArgon2, "ｗｉｄｅ password"); !VerifyPassword(h, "wide password") {
+		t.Error("a full-width password does not verify as its ASCII")
+	}
+	// Before: the raw bytes were hashed.
+	salt := make([]byte, 16)
+	legacy := "$argon2id$v=19$m=64,t=1,p=1$" + base64.RawStdEncoding.EncodeToString(salt) + "$" +
+		base64.RawStdEncoding.EncodeToString(argon2.IDKey([]byte(decomposed), salt, 1, 64, 1, 32))
+	if !VerifyPassword(legacy, decomposed) {
+		t.Error("a hash of a decomposed password made before normalising does not verify as sent")
 	}
 }
 
