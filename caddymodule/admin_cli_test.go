@@ -888,6 +888,33 @@ func TestReadPasswordOneLine(t *testing.T) {
 	}
 }
 
+// endless is a stream of one byte without end, counting what was read.
+type endless struct{ n int }
+
+func (e *endless) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'a'
+	}
+	e.n += len(p)
+	return len(p), nil
+}
+
+// A first line longer than any password is refused once it is, not read
+// to its end (a file without a line end, /dev/zero).
+func TestReadPasswordStopsAtAPasswordsLength(t *testing.T) {
+	src := new(endless)
+	if _, err := readPassword(src); err == nil || !strings.Contains(err.Error(), "longer than a password may be") {
+		t.Errorf("readPassword(endless) error %v; want it refused as too long", err)
+	}
+	if src.n > 64<<10 {
+		t.Errorf("read %d bytes of a line without end; want about a password's length", src.n)
+	}
+	long := strings.Repeat("p", authcore.MaxPasswordLen) + "\r\n"
+	if got, err := readPassword(strings.NewReader(long)); err != nil || got != long[:authcore.MaxPasswordLen] {
+		t.Errorf("readPassword(the longest password) = %d bytes, %v; want it whole", len(got), err)
+	}
+}
+
 // From a pipe, readPassword takes what came with the first line and
 // does not wait for the pipe's end, which a parent holding it open (or
 // someone typing into docker exec -i) would never send; a second line

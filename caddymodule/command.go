@@ -647,10 +647,17 @@ func (cf *cliFlags) register(c *cobra.Command, needEmail bool) {
 
 // readPassword reads the password, the one line of r.
 func readPassword(r io.Reader) (string, error) {
-	br := bufio.NewReader(r)
+	// No more than a password's bytes, its line end and one to tell a
+	// longer one: a stream without a line end is not read into memory
+	// whole.
+	lr := &io.LimitedReader{R: r, N: authcore.MaxPasswordLen + 3}
+	br := bufio.NewReader(lr)
 	line, err := br.ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return "", err
+	}
+	if !strings.HasSuffix(line, "\n") && lr.N == 0 {
+		return "", fmt.Errorf("%w: the first line on stdin is longer than a password may be (%d bytes)", authcore.ErrInvalidInput, authcore.MaxPasswordLen)
 	}
 	pw := strings.TrimRight(line, "\r\n")
 	if pw == "" {
@@ -664,7 +671,7 @@ func readPassword(r io.Reader) (string, error) {
 	rest := make([]byte, br.Buffered())
 	_, _ = br.Read(rest)
 	if f, ok := r.(*os.File); !ok || isRegular(f) {
-		more, err := io.ReadAll(io.LimitReader(br, 1<<16))
+		more, err := io.ReadAll(io.LimitReader(io.MultiReader(br, r), 1<<16))
 		if err != nil {
 			return "", err
 		}
