@@ -565,6 +565,11 @@ func TestCLIRefusesAConfigWithoutSigra(t *testing.T) {
 	if _, err := loadAppConfig(plainJSON, ""); err == nil || !strings.Contains(err.Error(), "does not use Sigra") {
 		t.Errorf("a JSON config without Sigra: %v; want it refused", err)
 	}
+	// An empty file (one cut short, say) is no config that uses Sigra.
+	empty := write("empty.json", "")
+	if _, err := loadAppConfig(empty, ""); err == nil || !strings.Contains(err.Error(), empty+" is empty") {
+		t.Errorf("an empty JSON config: %v; want it refused, naming the file", err)
+	}
 	// As caddy adapt --pretty writes it: a .json file is read as written.
 	pretty := write("pretty.json", "{\n  \"apps\": {\n    \"http\": {\"servers\": {\"a\": {\"listen\": [\":9\"], \"routes\": [{\"handle\": [\n      {\"handler\": \"sigra_portal\"}]}]}}}\n  }\n}\n")
 	if _, err := loadAppConfig(pretty, ""); err != nil {

@@ -748,6 +748,8 @@ func loadAppConfig(configFile, adapter string) (*cliConfig, error) {
 		if err := json.Unmarshal(raw, a); err != nil {
 			return nil, fmt.Errorf("reading sigra config: %w", err)
 		}
+	} else if file != "" && len(bytes.TrimSpace(cfgJSON)) == 0 {
+		return nil, fmt.Errorf("%s is empty: give --config the file Caddy runs with", file)
 	} else if len(cfgJSON) > 0 && !usesSigra(cfgJSON) {
 		// Without sigra options the store is the default one; a config
 		// that does not use Sigra at all is the wrong file, and would
