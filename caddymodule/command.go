@@ -477,7 +477,28 @@ func otherStoreAtAdmin(cfg *cliConfig) error {
 	return nil
 }
 
-// otherStoreWait bounds otherStoreAtAdmin's question.
+// runsThisStore reports whether the Caddy at cfg's admin address, if one
+// answers within otherStoreWait, runs cfg's store path: asked when the
+// file there was not locked, so that Caddy holds another file under
+// that name (the store replaced or restored while it ran).
+func runsThisStore(cfg *cliConfig) bool {
+	answer := make(chan error, 1)
+	go func() {
+		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/keys", strings.NewReader(`{"op":"list"}`))
+		if err == nil {
+			resp.Body.Close()
+		}
+		answer <- err
+	}()
+	select {
+	case err := <-answer:
+		return err == nil
+	case <-time.After(otherStoreWait):
+		return false
+	}
+}
+
+// otherStoreWait bounds otherStoreAtAdmin's and runsThisStore's question.
 var otherStoreWait = 5 * time.Second
 
 // cliLockWait is how long a command waits for the store's lock before
@@ -548,6 +569,11 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		}
 	} else if err != nil {
 		return err
+	} else if !missing && runsThisStore(cfg) {
+		st.Close()
+		return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet the file there was not locked: "+
+			"it is not the file that Caddy has open (replaced or restored while it ran), and a change made to it now "+
+			"would not reach the running Caddy. Restart Caddy (it then opens this file), then run the command again; nothing was changed", abs)
 	}
 	if missing {
 		// Said on stderr: a store made where Caddy will not look is

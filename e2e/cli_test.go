@@ -360,6 +360,31 @@ func TestCLIOtherCaddysStore(t *testing.T) {
 	a.browser().mustLogin("bob@example.com", bobPassword, "/")
 }
 
+// A store file replaced under a running Caddy (a backup restored without
+// stopping it) is not locked, but it is not the file Caddy has open: a
+// command changing it would report success and change nothing Caddy
+// serves. It is refused, and nothing changes.
+func TestCLIRefusesAStoreReplacedUnderCaddy(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	if r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("users add\n%s", r)
+	}
+	g.start()
+	copy := filepath.Join(g.home.dir, "copy.db")
+	if r := runCaddy(t, g.home, "", "sigra", "backup", "--out", copy, "--config", g.caddyfile); r.code != 0 {
+		t.Fatalf("backup\n%s", r)
+	}
+	if err := os.Rename(copy, g.db); err != nil {
+		t.Fatal(err)
+	}
+	r := g.cli("", "disable", "--email", "bob@example.com")
+	if r.code == 0 || !strings.Contains(r.output(), "not the file that Caddy has open") {
+		t.Errorf("users disable on a store replaced under Caddy: want a non-zero exit saying so\n%s", r)
+	}
+	g.browser().mustLogin("bob@example.com", bobPassword, "/")
+}
+
 // evalSymlinks is path with symbolic links resolved, as the CLI sends it.
 func evalSymlinks(t *testing.T, path string) string {
 	t.Helper()
