@@ -82,7 +82,7 @@ func newNonce() string {
 
 // setPageHeaders sets the headers every portal response carries.
 func setPageHeaders(h http.Header, nonce string, formTargets []string) {
-	csp := "default-src 'none'; style-src 'nonce-" + nonce + "'; img-src 'self' data:; " +
+	csp := "default-src 'none'; style-src 'nonce-" + nonce + "'; script-src 'nonce-" + nonce + "'; img-src 'self' data:; " +
 		"form-action 'self'" + strings.Join(formTargets, "") + "; frame-ancestors 'none'; base-uri 'none'"
 	h.Set("Content-Security-Policy", csp)
 	h.Set("X-Frame-Options", "DENY")

@@ -159,6 +159,30 @@ func TestBrowserBackAfterSignOutShowsNoAppPage(t *testing.T) {
 	}
 }
 
+// A hurried double click sends a form once: signing in makes one
+// session, not a second that nobody holds.
+func TestBrowserDoubleClickSendsAFormOnce(t *testing.T) {
+	t.Parallel()
+	b := startChrome(t)
+	g := newGateway(t, gatewayOptions{})
+	const email, password = "hal@example.com", "hal's browser password"
+	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	g.start()
+	b.open(g.base + "/x")
+	b.waitPrefix(g.base + "/.sigra/login")
+	b.fill(`[data-sigra=login-form] input[name=email]`, email)
+	b.fill(`[data-sigra=login-form] input[name=password]`, password)
+	b.doubleClick(`[data-sigra=login-form] button[type=submit]`, 20*time.Millisecond)
+	b.waitAt(g.base + "/x")
+	b.open(g.base + "/.sigra/account")
+	b.find(`[data-sigra=session-list]`)
+	if n := strings.Count(b.source(), "<td>127.0.0.1"); n != 1 {
+		t.Errorf("after a double click on Sign in, the account page lists %d sessions; want 1\n%s", n, b.source())
+	}
+}
+
 // An address with a letter outside ASCII before the @, and a domain
 // typed in capitals or in the ASCII form browsers send for an email
 // field, signs in from a real Chromium's form as the user added.

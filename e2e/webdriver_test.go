@@ -152,6 +152,25 @@ func (c *chrome) refresh() {
 	c.must(http.MethodPost, "/refresh", map[string]any{}, nil)
 }
 
+// doubleClick clicks the element css selects twice, gap apart, as a
+// hurried user does: the second click comes while the first one's page
+// is on its way.
+func (c *chrome) doubleClick(css string, gap time.Duration) {
+	c.t.Helper()
+	el := c.find(css)
+	c.must(http.MethodPost, "/actions", map[string]any{"actions": []any{map[string]any{
+		"type": "pointer", "id": "mouse", "parameters": map[string]string{"pointerType": "mouse"},
+		"actions": []any{
+			map[string]any{"type": "pointerMove", "origin": map[string]string{elementKey: el}, "x": 0, "y": 0},
+			map[string]any{"type": "pointerDown", "button": 0},
+			map[string]any{"type": "pointerUp", "button": 0},
+			map[string]any{"type": "pause", "duration": gap.Milliseconds()},
+			map[string]any{"type": "pointerDown", "button": 0},
+			map[string]any{"type": "pointerUp", "button": 0},
+		},
+	}}}, nil)
+}
+
 // back goes back in the history, as the browser's back button does.
 func (c *chrome) back() {
 	c.t.Helper()
