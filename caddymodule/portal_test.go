@@ -767,3 +767,30 @@ func TestJWKSRevalidates(t *testing.T) {
 		t.Errorf("jwks after a rotation with the old ETag: status %d, ETag %q; want 200 and the new set", resp.StatusCode, resp.Header.Get("ETag"))
 	}
 }
+
+// The code fields' pattern lets a browser send what the server takes (six
+// digits, with spaces and hyphens anywhere: "123 456", "123-456"), and
+// holds back what it would refuse.
+func TestCodeFieldPatternMatchesTheServer(t *testing.T) {
+	attr := regexp.MustCompile(`name="code"[^>]*pattern="([^"]+)"`)
+	for _, page := range []string{"mfa.html", "totp.html"} {
+		src, err := templateFS.ReadFile("templates/" + page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := attr.FindSubmatch(src)
+		if m == nil {
+			t.Errorf("%s: no pattern on the code field", page)
+			continue
+		}
+		re := regexp.MustCompile(`^(?:` + string(m[1]) + `)$`)
+		for code, takes := range map[string]bool{
+			"123456": true, "123 456": true, "123-456": true, " 123456 ": true, "1 2 3 4 5 6": true,
+			"12345": false, "1234567": false, "12a456": false, "123_456": false, "": false,
+		} {
+			if got := re.MatchString(code); got != takes {
+				t.Errorf("%s: pattern %s on %q: %t; the server takes it: %t", page, m[1], code, got, takes)
+			}
+		}
+	}
+}
