@@ -312,7 +312,7 @@ func busyStatus(err error) int {
 // formPage returns the answer of a signed-in form page, the form again
 // with a message (none: "") and a status.
 func (q *preq) formPage(p *authcore.Principal, page, title string) func(status int, msg string) error {
-	d := pageData{Title: title, CSRF: q.rt.csrf.Token(sessionBinding(p)), MinPassword: authcore.MinPasswordLen}
+	d := pageData{Title: title, CSRF: q.rt.csrf.Token(sessionBinding(p)), MinPassword: authcore.MinPasswordLen, Email: p.User.Email}
 	return func(status int, msg string) error {
 		d.Error = msg
 		return q.page(status, page, d)

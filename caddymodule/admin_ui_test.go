@@ -522,6 +522,11 @@ func TestAdminPagesAudit(t *testing.T) {
 	if !regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$`).MatchString(stamped[0][2]) {
 		t.Errorf("datetime %q; want nine fractional digits, as occurred_at has", stamped[0][2])
 	}
+	// A row's metadata shows, so that an admin can tell why (a sign-in's
+	// method, a failure's reason).
+	if !strings.Contains(page, `<code>method=password</code>`) {
+		t.Errorf("the audit page shows no metadata of the sign-in rows:\n%s", page)
+	}
 
 	// The filter narrows to the action; pages go on from the cursor.
 	if _, err := e.rt().auth.CreateUser(context.Background(), authcore.NewUser{Email: "x@example.com", Password: testPassword}); err != nil {

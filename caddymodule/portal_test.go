@@ -794,3 +794,25 @@ func TestCodeFieldPatternMatchesTheServer(t *testing.T) {
 		}
 	}
 }
+
+// After a failed sign-in the form keeps the address and puts the cursor
+// in the password; the change-password form names the account for a
+// password manager (a hidden username field).
+func TestFormsHelpPasswordManagers(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("ann@example.com")
+	_, page := e.get("/.sigra/login", nil)
+	r, body := e.postForm("/.sigra/login", url.Values{"csrf_token": {csrfFrom(t, page)}, "email": {"ann@example.com"}, "password": {"wrong password!"}}, nil)
+	if r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("wrong password: status %d", r.StatusCode)
+	}
+	if !regexp.MustCompile(`name="email"[^>]*value="ann@example.com"`).MatchString(body) || regexp.MustCompile(`name="email"[^>]* autofocus`).MatchString(body) ||
+		!regexp.MustCompile(`name="password"[^>]* autofocus`).MatchString(body) {
+		t.Errorf("the sign-in page after a wrong password: want the address kept and the password field focused\n%s", body)
+	}
+	e.mustLogin("ann@example.com")
+	_, page = e.get("/.sigra/account/password", nil)
+	if !strings.Contains(page, `name="username" autocomplete="username" value="ann@example.com" hidden`) {
+		t.Errorf("the change-password page has no hidden username field for ann:\n%s", page)
+	}
+}
