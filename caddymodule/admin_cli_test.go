@@ -615,10 +615,17 @@ func TestCLIWaitsForAnotherOfflineCommand(t *testing.T) {
 		st.Close()
 		close(released)
 	}()
+	var said strings.Builder
+	old := cliStderr
+	cliStderr = &said
+	defer func() { cliStderr = old }()
 	res, err := runUserOp(context.Background(), cliFlags{config: cfg, adapter: "caddyfile"}, userRequest{Op: "list"})
 	<-released
 	if err != nil {
 		t.Fatalf("users list while another offline command held the store for 300 ms: %v", err)
+	}
+	if !strings.Contains(said.String(), "is locked by another process and no Caddy answers for it: waiting up to") {
+		t.Errorf("the command waited without a word; stderr: %q", said.String())
 	}
 	if len(res.Users) != 0 {
 		t.Errorf("users list on an empty store: %+v", res.Users)

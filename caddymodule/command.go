@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -560,6 +561,8 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		}
 		// No Caddy answers: another command, working offline, may hold
 		// the lock for a while (opening a large store takes seconds).
+		fmt.Fprintf(cliStderr, "%s is locked by another process and no Caddy answers for it: waiting up to %s for it "+
+			"(another caddy sigra command holds it while it runs)\n", abs, cliOfflineWait)
 		var again error
 		if st, again = store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: create == nil, LockTimeout: cliOfflineWait}); again != nil {
 			if errors.Is(again, store.ErrLocked) {
@@ -567,6 +570,8 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 			}
 			return again // freed, but then not a store to open (damaged, gone)
 		}
+	} else if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w: run caddy sigra as the user Caddy runs as (the store is that user's alone)", err)
 	} else if err != nil {
 		return err
 	} else if !missing && runsThisStore(cfg) {
