@@ -51,11 +51,16 @@ func (p Argon2Params) HashPassword(password string) (string, error) {
 
 var errBadHash = errors.New("malformed argon2id hash")
 
+// idKey is argon2.IDKey, which tests count.
+var idKey = argon2.IDKey
+
 // VerifyPassword reports whether password matches a hash made by
 // HashPassword, comparing in constant time. A malformed hash never
 // matches. A password not in NFKC is also checked as sent, against a
-// hash made before passwords were normalised: a second hashing that the
-// sender's own text decides, whoever the account is.
+// hash made before passwords were normalised: always both, right or
+// wrong, so that the work, and the time, is decided by the sender's own
+// text, never by whether it was right (a check at a banned or disabled
+// account must take a wrong password's time).
 func VerifyPassword(hash, password string) bool {
 	if len(password) > MaxPasswordLen {
 		return false
@@ -65,11 +70,15 @@ func VerifyPassword(hash, password string) bool {
 		return false
 	}
 	matches := func(pw string) bool {
-		got := argon2.IDKey([]byte(pw), salt, p.Time, p.Memory, p.Threads, uint32(len(key)))
+		got := idKey([]byte(pw), salt, p.Time, p.Memory, p.Threads, uint32(len(key)))
 		return subtle.ConstantTimeCompare(got, key) == 1
 	}
 	normal := norm.NFKC.String(password)
-	return matches(normal) || normal != password && matches(password)
+	ok := matches(normal)
+	if normal != password {
+		ok = matches(password) || ok // both, whatever the first said
+	}
+	return ok
 }
 
 func decodeHash(hash string) (p Argon2Params, salt, key []byte, err error) {
@@ -102,7 +111,7 @@ func decodeHash(hash string) (p Argon2Params, salt, key []byte, err error) {
 func CheckNewPassword(pw string) error {
 	// Characters, not bytes (as NIST SP 800-63B counts them): ten
 	// two-byte letters are ten, not twenty.
-	if utf8.RuneCountInString(pw) < MinPasswordLen {
+	if utf8.RuneCountInString(pw) < MinPasswordLen || utf8.RuneCountInString(norm.NFKC.String(pw)) < MinPasswordLen {
 		return fmt.Errorf("%w: password must be at least %d characters", ErrInvalidInput, MinPasswordLen)
 	}
 	if len(pw) > MaxPasswordLen {

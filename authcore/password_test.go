@@ -87,6 +87,33 @@ func TestVerifyPasswordNormalises(t *testing.T) {
 	}
 }
 
+// The work a check does is decided by the text sent, never by whether
+// it was right: a right password at a banned or disabled account must
+// take a wrong one's time.
+func TestVerifyPasswordWorkDoesNotTell(t *testing.T) {
+	set := "ginapass-1234567"
+	h := mustHash(t, cheapArgon2, set)
+	hashes := 0
+	t.Cleanup(func() { idKey = argon2.IDKey })
+	idKey = func(pw, salt []byte, time, memory uint32, threads uint8, keyLen uint32) []byte {
+		hashes++
+		return argon2.IDKey(pw, salt, time, memory, threads, keyLen)
+	}
+	for _, c := range []struct {
+		typed string
+		ok    bool
+		work  int
+	}{
+		{set, true, 1}, {"ginapass-7654321", false, 1},
+		{"ｇinapass-1234567", true, 2}, {"ｇinapass-7654321", false, 2},
+	} {
+		hashes = 0
+		if got := VerifyPassword(h, c.typed); got != c.ok || hashes != c.work {
+			t.Errorf("VerifyPassword(%q) = %t after %d hashes; want %t after %d", c.typed, got, hashes, c.ok, c.work)
+		}
+	}
+}
+
 func TestVerifyPasswordEmptyPasswordHash(t *testing.T) {
 	h := mustHash(t, cheapArgon2, "")
 	if !VerifyPassword(h, "") {
@@ -232,6 +259,9 @@ func TestCheckNewPassword(t *testing.T) {
 		{"nine letters in 18 bytes", "ééééééééé", true},
 		{"ten letters in 20 bytes", "éééééééééé", false},
 		{"ten letters in 40 bytes", "🔑🔑🔑🔑🔑🔑🔑🔑🔑🔑", false},
+		// Counted as compared (NFKC): ten jamo are four syllables.
+		{"ten jamo, four syllables", "\u1100\u1161\u11a8\u1100\u1161\u11a8\u1100\u1161\u11a8a", true},
+		{"ten decomposed accents, ten letters", strings.Repeat("e\u0301", 10), false},
 		{"passphrase", "correct horse battery staple", false},
 		{"longest", strings.Repeat("p", MaxPasswordLen), false},
 		{"one byte too long", strings.Repeat("p", MaxPasswordLen+1), true},
