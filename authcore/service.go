@@ -174,24 +174,24 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.earlierForm(ctx, u.Email); err != nil {
-		return nil, err
-	}
 	if err := s.store.CreateUser(ctx, u); err != nil {
 		return nil, err
 	}
 	return u, nil
 }
 
-// earlierForm refuses, as ErrEmailTaken, an address a user holds under a
-// form stored before domains were mapped (emailForms): the store knows
-// only the normal one.
-func (s *Service) earlierForm(ctx context.Context, email string) error {
-	forms, err := emailForms(email)
+// earlierForm refuses, as ErrEmailTaken, a typed address a user holds
+// under another form than its normal one, as stored before addresses
+// were mapped (emailForms): the store knows only the normal one.
+func (s *Service) earlierForm(ctx context.Context, typed string) error {
+	forms, norm, err := emailForms(typed)
 	if err != nil {
 		return err
 	}
-	for _, f := range forms[1:] {
+	for _, f := range forms {
+		if f == norm {
+			continue
+		}
 		switch _, err := s.store.UserByEmail(ctx, f); {
 		case err == nil:
 			return fmt.Errorf("%w: as %s", ErrEmailTaken, f)
@@ -207,6 +207,9 @@ func (s *Service) earlierForm(ctx context.Context, email string) error {
 func (s *Service) NewUserRecord(in NewUser) (*User, error) {
 	u, err := checkNewUser(in)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.earlierForm(context.Background(), in.Email); err != nil {
 		return nil, err
 	}
 	now := s.clock.Now().UTC()
@@ -253,9 +256,6 @@ func checkNewUser(in NewUser) (*User, error) {
 // CreateUserWith stores u, made by NewUserRecord, through commit (see
 // Commit).
 func (s *Service) CreateUserWith(u *User, commit Commit) error {
-	if err := s.earlierForm(context.Background(), u.Email); err != nil {
-		return err
-	}
 	return s.commitUserChange(u.ID, commit, func(cs ChangeStore) func(tx any) error { return cs.CreateUserIn(u) })
 }
 
@@ -1028,7 +1028,7 @@ func (c *sessionCache) forgetUser(userID string) {
 // userByEmail finds the user of a typed address under each of its forms
 // (emailForms): ErrInvalidInput for no address, ErrNotFound for nobody.
 func (s *Service) userByEmail(ctx context.Context, typed string) (*User, error) {
-	forms, err := emailForms(typed)
+	forms, _, err := emailForms(typed)
 	if err != nil {
 		return nil, err
 	}

@@ -320,4 +320,20 @@ func TestEmailDomainFormsAreOneAddress(t *testing.T) {
 	if k1, _ := svc.AccountKey(ctx, "max@müller.example"); k1 != UserAccountKey(legacy.ID) {
 		t.Errorf("AccountKey of the Unicode form: %q; want the user's", k1)
 	}
+
+	// Two users stored before, whose forms are now one address: each is
+	// found by what it was stored as (what users list shows), and the
+	// older spelling keeps its address from a new user.
+	wide := svcAddUser(t, st, params, "ｗｅｎ@example.com", "correct horse battery", false)
+	plain := svcAddUser(t, st, params, "wen@example.com", "another horse battery", false)
+	if u, err := svc.LookupUser(ctx, "ｗｅｎ@example.com"); err != nil || u != nil && u.Email != wide.Email {
+		t.Errorf("LookupUser of the full-width user as stored: %+v, %v; want %q", u, err, wide.Email)
+	}
+	if u, err := svc.LookupUser(ctx, "WEN@example.com"); err != nil || u != nil && u.Email != plain.Email {
+		t.Errorf("LookupUser of the plain user: %+v, %v; want %q", u, err, plain.Email)
+	}
+	svcAddUser(t, st, params, "ｂｏｂ@example.com", "", false)
+	if _, err := svc.CreateUser(ctx, NewUser{Email: "ｂｏｂ@example.com"}); !errors.Is(err, ErrEmailTaken) {
+		t.Errorf("a new user typed as an older one's full-width address: %v; want ErrEmailTaken", err)
+	}
 }

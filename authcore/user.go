@@ -90,24 +90,25 @@ func plainEmail(s string) (string, error) {
 	return s, nil
 }
 
-// emailForms are the keys a typed address may be stored under: its
-// normal form first, then as stored before domains were mapped (the
-// address as typed, and its domain in ASCII), so that a user added so
-// still signs in however the browser sends the domain.
-func emailForms(typed string) ([]string, error) {
-	norm, err := NormalizeEmail(typed)
-	if err != nil {
-		return nil, err
+// emailForms are the keys a typed address may be stored under, in the
+// order to look: as typed (lower case, trimmed: a user stored before
+// addresses were mapped, under exactly what the admin copies from users
+// list, is that one, even where its normal form is another user's), its
+// normal form (norm), then that with the domain in ASCII, as stored
+// before domains were mapped.
+func emailForms(typed string) (forms []string, norm string, err error) {
+	if norm, err = NormalizeEmail(typed); err != nil {
+		return nil, "", err
 	}
-	forms := []string{norm}
 	if plain, err := plainEmail(typed); err == nil && plain != norm {
 		forms = append(forms, plain)
 	}
+	forms = append(forms, norm)
 	at := strings.LastIndexByte(norm, '@')
 	if ascii, err := idna.Lookup.ToASCII(norm[at+1:]); err == nil && ascii != norm[at+1:] && !slices.Contains(forms, norm[:at+1]+ascii) {
 		forms = append(forms, norm[:at+1]+ascii)
 	}
-	return forms, nil
+	return forms, norm, nil
 }
 
 // CheckGroupName refuses a group name that could not travel in the
