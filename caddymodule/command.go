@@ -546,6 +546,13 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		if err := create(a); err != nil {
 			return err
 		}
+		if runsThisStore(cfg) {
+			// Removed or moved while that Caddy runs: a store made here
+			// would not be the one it has open.
+			return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet there is no file there: "+
+				"it was removed or moved while Caddy ran, and a store made now would not reach the running Caddy. "+
+				"Put the file back (or restart Caddy, which then makes a new one), then run the command again; nothing was changed", abs)
+		}
 		// A Caddy answering at the config's admin address that runs a
 		// store elsewhere (a relative path read from another directory,
 		// another HOME) would never read one made here: let it say so.

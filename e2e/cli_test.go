@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -383,6 +384,18 @@ func TestCLIRefusesAStoreReplacedUnderCaddy(t *testing.T) {
 		t.Errorf("users disable on a store replaced under Caddy: want a non-zero exit saying so\n%s", r)
 	}
 	g.browser().mustLogin("bob@example.com", bobPassword, "/")
+
+	// Nor does a user added where the store was removed make a new one.
+	if err := os.Remove(g.db); err != nil {
+		t.Fatal(err)
+	}
+	r = g.cli(bobPassword+"\n", "add", "--email", "dave@example.com", "--password-stdin")
+	if r.code == 0 || !strings.Contains(r.output(), "yet there is no file there") {
+		t.Errorf("users add where the store was removed under Caddy: want a non-zero exit saying so\n%s", r)
+	}
+	if _, err := os.Stat(g.db); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("users add made a store at %s: %v", g.db, err)
+	}
 }
 
 // evalSymlinks is path with symbolic links resolved, as the CLI sends it.
