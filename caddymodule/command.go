@@ -452,14 +452,15 @@ type errOtherStore struct{ msg string }
 
 func (e errOtherStore) Error() string { return e.msg }
 
-// otherStoreAtAdmin asks the Caddy at cfg's admin address, if one
-// answers, whether it runs another Sigra store than cfg's (which does
-// not exist yet): errOtherStore if so. The question is a keys list,
-// which carries nothing secret to whatever listens there; anything but
-// that answer within otherStoreWait (nothing listening, a Caddy without
-// Sigra, this very store made meanwhile) is nil, and the command makes
-// the store, as before a first start.
-func otherStoreAtAdmin(cfg *cliConfig) error {
+// storeAtAdmin asks the Caddy at cfg's admin address, if one answers
+// within otherStoreWait, which Sigra store it runs: same if cfg's path,
+// errOtherStore if another. The question is a keys list, which carries
+// nothing secret to whatever listens there; anything else (nothing
+// listening, a Caddy without Sigra) is neither. Asked where the file at
+// cfg's path is missing or was not locked: a Caddy running that path
+// then has another file open under it (removed, moved or replaced while
+// it ran), and one running another path would never read this one.
+func storeAtAdmin(cfg *cliConfig) (same bool, other error) {
 	answer := make(chan error, 1)
 	go func() {
 		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/keys", strings.NewReader(`{"op":"list"}`))
@@ -471,35 +472,15 @@ func otherStoreAtAdmin(cfg *cliConfig) error {
 	select {
 	case err := <-answer:
 		if errors.As(err, new(errOtherStore)) {
-			return err
+			return false, err
 		}
+		return err == nil, nil
 	case <-time.After(otherStoreWait):
-	}
-	return nil
-}
-
-// runsThisStore reports whether the Caddy at cfg's admin address, if one
-// answers within otherStoreWait, runs cfg's store path: asked when the
-// file there was not locked, so that Caddy holds another file under
-// that name (the store replaced or restored while it ran).
-func runsThisStore(cfg *cliConfig) bool {
-	answer := make(chan error, 1)
-	go func() {
-		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/keys", strings.NewReader(`{"op":"list"}`))
-		if err == nil {
-			resp.Body.Close()
-		}
-		answer <- err
-	}()
-	select {
-	case err := <-answer:
-		return err == nil
-	case <-time.After(otherStoreWait):
-		return false
+		return false, nil
 	}
 }
 
-// otherStoreWait bounds otherStoreAtAdmin's and runsThisStore's question.
+// otherStoreWait bounds storeAtAdmin's question.
 var otherStoreWait = 5 * time.Second
 
 // cliLockWait is how long a command waits for the store's lock before
@@ -546,18 +527,19 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		if err := create(a); err != nil {
 			return err
 		}
-		if runsThisStore(cfg) {
-			// Removed or moved while that Caddy runs: a store made here
-			// would not be the one it has open.
-			return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet there is no file there: "+
-				"it was removed or moved while Caddy ran, and a store made now would not reach the running Caddy. "+
-				"Put the file back (or restart Caddy, which then makes a new one), then run the command again; nothing was changed", abs)
-		}
 		// A Caddy answering at the config's admin address that runs a
 		// store elsewhere (a relative path read from another directory,
 		// another HOME) would never read one made here: let it say so.
-		if err := otherStoreAtAdmin(cfg); err != nil {
-			return err
+		// One running this path has its file open still, removed or moved
+		// while it ran (unless it made the file just now, starting).
+		same, other := storeAtAdmin(cfg)
+		if other != nil {
+			return other
+		}
+		if _, err := os.Stat(a.storagePath); same && errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet there is no file there: "+
+				"it was removed or moved while Caddy ran, and a store made now would not reach the running Caddy. "+
+				"Put the file back (or restart Caddy, which then makes a new one), then run the command again; nothing was changed", abs)
 		}
 		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{LockTimeout: cliLockWait})
 	}
@@ -581,11 +563,13 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		return fmt.Errorf("%w: run caddy sigra as the user Caddy runs as (the store is that user's alone)", err)
 	} else if err != nil {
 		return err
-	} else if !missing && runsThisStore(cfg) {
-		st.Close()
-		return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet the file there was not locked: "+
-			"it is not the file that Caddy has open (replaced or restored while it ran), and a change made to it now "+
-			"would not reach the running Caddy. Restart Caddy (it then opens this file), then run the command again; nothing was changed", abs)
+	} else if !missing {
+		if same, _ := storeAtAdmin(cfg); same {
+			st.Close()
+			return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet the file there was not locked: "+
+				"it is not the file that Caddy has open (replaced or restored while it ran), and a change made to it now "+
+				"would not reach the running Caddy. Restart Caddy (it then opens this file), then run the command again; nothing was changed", abs)
+		}
 	}
 	if missing {
 		// Said on stderr: a store made where Caddy will not look is
