@@ -56,11 +56,14 @@ func (u *User) Clone() *User {
 // ute@xn--bcher-kva.example, and both are one address. A domain IDNA
 // refuses (an address literal, an underscore) is kept as written.
 func NormalizeEmail(s string) (string, error) {
+	if utf8.ValidString(s) {
+		s = norm.NFKC.String(s) // before parsing: a full-width ＠ is an @
+	}
 	s, err := plainEmail(s)
 	if err != nil {
 		return "", err
 	}
-	if !norm.NFKC.IsNormalString(s) {
+	if !norm.NFKC.IsNormalString(s) { // lower case may undo it
 		if s, err = plainEmail(norm.NFKC.String(s)); err != nil {
 			return "", err
 		}

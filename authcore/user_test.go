@@ -54,7 +54,8 @@ func TestNormalizeEmail(t *testing.T) {
 		{name: "decomposed letter", in: "A\u030asa@x.com", want: "åsa@x.com"},
 		{name: "full-width local part", in: "ＡＮＮ@example.com", want: "ann@example.com"},
 		{name: "ligature", in: "\ufb00@x.com", want: "ff@x.com"},
-		{name: "full-width at sign", in: "a\uff20b@x.com", wantErr: true},
+		{name: "two at signs, one full-width", in: "a\uff20b@x.com", wantErr: true},
+		{name: "full-width at sign", in: "josé\uff20bücher.example", want: "josé@bücher.example"},
 		{name: "address literal kept", in: "a@[127.0.0.1]", want: "a@[127.0.0.1]"},
 		{name: "underscore domain kept", in: "a@foo_bar.example", want: "a@foo_bar.example"},
 		{name: "255 bytes", in: "a" + longest, wantErr: true},
@@ -214,5 +215,25 @@ func TestUserCloneIsDeep(t *testing.T) {
 	}
 	if c.ID != u.ID {
 		t.Errorf("clone ID = %q; want %q", c.ID, u.ID)
+	}
+}
+
+// Normalising twice is normalising once, so that a stored address looked
+// up again finds itself.
+func TestNormalizeEmailIsIdempotent(t *testing.T) {
+	parts := []string{"a", "A", "ß", "ẞ", "ς", "Σ", "ı", "İ", "\u0345", "ǅ", "ﬃ", "ｅ", "Ａ", "\u0301", "é", "K", "Ω", "ᏸ", "Ꮳ", "ｘｎ--", "．", "。", "\uff20"}
+	for _, l1 := range parts {
+		for _, l2 := range parts {
+			for _, d := range parts {
+				in := "x" + l1 + l2 + "@y" + d + ".example"
+				once, err := NormalizeEmail(in)
+				if err != nil {
+					continue
+				}
+				if twice, err := NormalizeEmail(once); err != nil || twice != once {
+					t.Errorf("NormalizeEmail(%q) = %q, then %q, %v", in, once, twice, err)
+				}
+			}
+		}
 	}
 }
