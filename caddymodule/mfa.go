@@ -310,7 +310,7 @@ func (q *preq) totpPage() error {
 // enrolledPage is the authenticator page of a user who has one: codes
 // left, and the forms to make new ones or turn it off.
 func (q *preq) enrolledPage(p *authcore.Principal, d pageData, status int) error {
-	d.Enrolled = true
+	d.Enrolled, d.Email = true, p.User.Email // Email: for password managers
 	left, digest, err := q.rt.auth.RecoveryCodeSet(q.ctx(), p.User.ID)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -349,6 +349,7 @@ func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
 	}
 	// The QR code is our own data: URI; html/template would blank it.
 	d.QR, d.Secret, d.URI = template.URL(enr.QRCode), enr.Secret, enr.URL
+	d.Email = p.User.Email // for password managers
 	return q.page(status, "totp", d)
 }
 

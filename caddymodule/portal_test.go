@@ -811,8 +811,10 @@ func TestFormsHelpPasswordManagers(t *testing.T) {
 		t.Errorf("the sign-in page after a wrong password: want the address kept and the password field focused\n%s", body)
 	}
 	e.mustLogin("ann@example.com")
-	_, page = e.get("/.sigra/account/password", nil)
-	if !strings.Contains(page, `name="username" autocomplete="username" value="ann@example.com" hidden`) {
-		t.Errorf("the change-password page has no hidden username field for ann:\n%s", page)
+	for _, path := range []string{"/.sigra/account/password", "/.sigra/account/delete", "/.sigra/account/totp"} {
+		_, page = e.get(path, nil)
+		if !strings.Contains(page, `name="username" autocomplete="username" value="ann@example.com" hidden`) {
+			t.Errorf("%s has no hidden username field for ann:\n%s", path, page)
+		}
 	}
 }

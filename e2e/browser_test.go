@@ -172,6 +172,13 @@ func TestBrowserDoubleClickSendsAFormOnce(t *testing.T) {
 	g.start()
 	b.open(g.base + "/x")
 	b.waitPrefix(g.base + "/.sigra/login")
+	// A form held back after a send that was stopped (Esc) goes again
+	// once a field changes.
+	if got := b.run(`const f = document.querySelector("[data-sigra=login-form]"); f.dataset.sent = "1";
+		f.querySelector("input[name=password]").dispatchEvent(new Event("input", {bubbles: true}));
+		return f.dataset.sent === undefined`); got != true {
+		t.Errorf("a held-back form after a field changed: let go %v; want true", got)
+	}
 	b.fill(`[data-sigra=login-form] input[name=email]`, email)
 	b.fill(`[data-sigra=login-form] input[name=password]`, password)
 	b.doubleClick(`[data-sigra=login-form] button[type=submit]`, 20*time.Millisecond)

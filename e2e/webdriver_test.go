@@ -171,6 +171,14 @@ func (c *chrome) doubleClick(css string, gap time.Duration) {
 	}}}, nil)
 }
 
+// run runs script in the page and returns what it returns.
+func (c *chrome) run(script string) any {
+	c.t.Helper()
+	var out any
+	c.must(http.MethodPost, "/execute/sync", map[string]any{"script": script, "args": []any{}}, &out)
+	return out
+}
+
 // back goes back in the history, as the browser's back button does.
 func (c *chrome) back() {
 	c.t.Helper()
