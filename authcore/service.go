@@ -202,7 +202,8 @@ func (s *Service) earlierForm(ctx context.Context, typed string) error {
 	return nil
 }
 
-// NewUserRecord is the user CreateUser would store for in, checked, with
+// NewUserRecord is the user CreateUser would store for in, checked (and
+// its address against older spellings in the store: earlierForm), with
 // its id and password hash, not stored: for CreateUserWith.
 func (s *Service) NewUserRecord(in NewUser) (*User, error) {
 	u, err := checkNewUser(in)
