@@ -131,6 +131,38 @@ func TestCrowdedAddressSignInIsAskedToRetry(t *testing.T) {
 	}
 }
 
+// So is a second-factor code: not checked, not counted, no row, and
+// not called a ban of the network.
+func TestCrowdedAddressCodeIsAskedToRetry(t *testing.T) {
+	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries_per_ip 3\n }", "nell@example.com")
+	fake.Advance(30 * time.Second)
+	e.client.Jar, _ = newJar()
+	e.login("nell@example.com", testPassword, "/")
+	ctx := context.Background()
+	var flying []*authcore.Attempt
+	for i := range 3 {
+		a, err := e.rt().reg.Begin(ctx, authcore.UserAccountKey(fmt.Sprintf("colleague%d", i)), "127.0.0.1")
+		if err != nil || !a.Allowed() {
+			t.Fatalf("colleague %d: %v", i, err)
+		}
+		flying = append(flying, a)
+	}
+	_, page := e.get("/.sigra/mfa", nil)
+	resp, body := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "try again in a few seconds") || strings.Contains(body, "from your network") {
+		t.Errorf("a code while the network's sign-ins fill its quota: status %d; want 429, try again\n%s", resp.StatusCode, body)
+	}
+	if rows := e.auditRows("mfa.challenge.failure"); len(rows) != 0 {
+		t.Errorf("mfa.challenge.failure rows %+v; want none: nothing was checked", rows)
+	}
+	if err := flying[0].Succeed(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("the same code once a colleague's sign-in ended: status %d; want 303 (it was not spent)", r.StatusCode)
+	}
+}
+
 // A sign-in refused by a banned account is answered as a wrong password
 // for a fresh account from the same address is: after the same delay,
 // and with its own row (its commit takes time too), so a prober cannot

@@ -103,6 +103,14 @@ func (q *preq) mfaSubmit() error {
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	if att.Crowded() {
+		// The address's sign-ins under way fill its quota, with no ban
+		// (an office behind one address): nothing was checked or
+		// counted, and the page says to try again, as a sign-in's does.
+		_ = att.Abandon(q.ctx())
+		q.w.Header().Set("Retry-After", "5")
+		return q.page(http.StatusTooManyRequests, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: busyMessage})
+	}
 	// While banned nothing is checked, so no TOTP step or recovery code
 	// is spent on an attempt that cannot succeed.
 	var token string
