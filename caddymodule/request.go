@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -694,6 +695,14 @@ func requestHost(r *http.Request) string {
 // and all); never a raw X-Forwarded-For.
 func clientIP(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	if len(ip) > 7 && strings.EqualFold(ip[:7], "::ffff:") {
+		// An IPv4 address carried in IPv6 (a dual-stack listener, a
+		// proxy's header) is that IPv4 address, as bans count it: the
+		// audit rows and session lists name it so too.
+		if a, err := netip.ParseAddr(ip); err == nil && a.Is4In6() {
+			return a.Unmap().String()
+		}
+	}
 	return ip
 }
 

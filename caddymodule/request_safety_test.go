@@ -9,10 +9,13 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // sendRaw sends a request whose headers may repeat, and returns its status
@@ -339,6 +342,21 @@ func TestOriginIsLowerCase(t *testing.T) {
 	} {
 		if got := c.originFor(tc.secure, tc.host); got != tc.want {
 			t.Errorf("originFor(%t, %q) = %q; want %q", tc.secure, tc.host, got, tc.want)
+		}
+	}
+}
+
+// An IPv4 address carried in IPv6 is named as the IPv4 address it is, as
+// bans count it, in the audit rows and session lists too.
+func TestClientIPUnmapsIPv4InIPv6(t *testing.T) {
+	for in, want := range map[string]string{
+		"::ffff:10.9.9.9": "10.9.9.9", "::FFFF:10.9.9.9": "10.9.9.9", "10.9.9.9": "10.9.9.9",
+		"2001:db8::1": "2001:db8::1", "::ffff:zz": "::ffff:zz", "": "",
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: in}))
+		if got := clientIP(r); got != want {
+			t.Errorf("clientIP(%q) = %q; want %q", in, got, want)
 		}
 	}
 }
