@@ -564,6 +564,7 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		}
 	}
 	warnLooseProxies(q.r, q.p.logger)
+	warnNoClientAddress(q.r, q.p.logger)
 	att, err := q.rt.reg.Begin(q.ctx(), key, clientIP(q.r))
 	if err != nil {
 		return nil, nil, caddyhttp.Error(http.StatusInternalServerError, err)

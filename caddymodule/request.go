@@ -732,6 +732,24 @@ func warnLooseProxies(r *http.Request, logger *zap.Logger) {
 		zap.Strings("listen", srv.Listen))
 }
 
+// noAddressWarned is set once warnNoClientAddress has warned.
+var noAddressWarned atomic.Bool
+
+// warnNoClientAddress warns, once per process, when a sign-in comes with
+// no client address: a Unix-socket listener gives none (Caddy's "@"),
+// unless trusted_proxies_unix takes it from the proxy's
+// X-Forwarded-For. Failures are then counted per account only: no
+// address is banned, and one client may try a few passwords at every
+// account.
+func warnNoClientAddress(r *http.Request, logger *zap.Logger) {
+	if ip := clientIP(r); ip != "" && ip != "@" || noAddressWarned.Load() || !noAddressWarned.CompareAndSwap(false, true) {
+		return
+	}
+	logger.Warn("a sign-in came with no client address (a Unix-socket listener: set trusted_proxies_unix in the servers "+
+		"global options, with trusted_proxies_strict, behind a proxy that sets X-Forwarded-For): failed sign-ins are "+
+		"counted per account only, and no address is banned", zap.String("remote_addr", r.RemoteAddr))
+}
+
 // originCache remembers the last origin string built, so the hot path
 // does not concatenate one per request.
 type originCache struct {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // sendRaw sends a request whose headers may repeat, and returns its status
@@ -358,5 +360,22 @@ func TestClientIPUnmapsIPv4InIPv6(t *testing.T) {
 		if got := clientIP(r); got != want {
 			t.Errorf("clientIP(%q) = %q; want %q", in, got, want)
 		}
+	}
+}
+
+// A sign-in with no client address (a Unix-socket listener) is warned of,
+// once: failures are then counted per account only.
+func TestNoClientAddressIsWarnedOfOnce(t *testing.T) {
+	noAddressWarned.Store(false)
+	t.Cleanup(func() { noAddressWarned.Store(false) })
+	core, logs := observer.New(zap.WarnLevel)
+	logger := zap.New(core)
+	for _, ip := range []string{"127.0.0.1", "", "@", ""} {
+		r := httptest.NewRequest(http.MethodPost, "/.sigra/login", nil)
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip}))
+		warnNoClientAddress(r, logger)
+	}
+	if n := logs.FilterMessageSnippet("trusted_proxies_unix").Len(); n != 1 {
+		t.Errorf("%d warnings for sign-ins without a client address; want 1", n)
 	}
 }
