@@ -9,7 +9,7 @@ demo: caddy ## the gateway on http://localhost:8080 in front of the demo app
 	@mkdir -p .demo && rm -f .demo/app.ready
 	$(GO) build -o .demo/demoapp ./examples/demoapp
 	@.demo/demoapp -listen 127.0.0.1:3000 -origin http://localhost:8080 -need-free :8080,localhost:2019 -ready .demo/app.ready & \
-	app=$$!; gw=; trap 'kill $$app $$gw 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	app=$$!; gw=; trap 'kill $$app $$gw 2>/dev/null' EXIT; trap 'exit 130' INT TERM; trap 'exit 129' HUP; \
 	while [ ! -e .demo/app.ready ]; do kill -0 $$app 2>/dev/null || exit 1; sleep 0.1; done; \
 	XDG_DATA_HOME=$(CURDIR)/.demo/data XDG_CONFIG_HOME=$(CURDIR)/.demo/config \
 	./caddy run --config Caddyfile.example --adapter caddyfile & gw=$$!; \
