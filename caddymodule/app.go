@@ -1081,8 +1081,13 @@ func (a *App) bootstrapAdmin(ctx context.Context, rt *runtime) error {
 		return nil
 	}
 	n, err := rt.store.CountUsers(ctx)
-	if err != nil || n > 0 {
+	if err != nil {
 		return err
+	}
+	if n > 0 {
+		a.logger.Info("the store has users, so no first admin is made: its password was printed at the first start "+
+			"(caddy sigra users passwd sets a new one)", zap.String("bootstrap_admin", a.BootstrapAdmin), zap.Int("users", n))
+		return nil
 	}
 	pw := authcore.RandomPassword()
 	u, err := rt.auth.NewUserRecord(authcore.NewUser{
@@ -1184,6 +1189,7 @@ func (a *App) Stop() error {
 		a.logger.Error("closing the audit log", zap.Error(err))
 	}
 	_, err := dbPool.Delete(a.poolKey)
+	a.logger.Info("sigra stopped", zap.String("storage", a.storagePath), zap.Error(err))
 	return err
 }
 

@@ -128,9 +128,15 @@ func TestLoginFlowAndRestart(t *testing.T) {
 	if code := first.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("caddy exited %d on SIGTERM; want 0\n%s", code, first.logs())
 	}
+	if !strings.Contains(first.out.String(), `"msg":"sigra stopped"`) {
+		t.Errorf("no sigra stopped line as Caddy stopped\n%s", first.logs())
+	}
 	second := g.start()
-	if out := second.out.String(); strings.Contains(out, "first admin") || strings.Contains(out, "password:") {
+	if out := second.out.String(); strings.Contains(out, "created the first admin") || strings.Contains(out, "password:") {
 		t.Errorf("restart on the same store printed a new first admin\n%s", second.logs())
+	}
+	if out := second.out.String(); !strings.Contains(out, "no first admin is made: its password was printed at the first start") {
+		t.Errorf("restart on the same store did not say why no first admin is printed\n%s", second.logs())
 	}
 
 	resp, body = b.get("/dashboard", nil)
