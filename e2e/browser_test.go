@@ -108,12 +108,8 @@ func TestBrowserForms(t *testing.T) {
 func TestBrowserSignInOnAPlainHTTPHost(t *testing.T) {
 	t.Parallel()
 	b := startChrome(t, "--host-resolver-rules=MAP lan.test 127.0.0.1")
-	g := newGateway(t, gatewayOptions{anyHost: true})
 	const email, password = "lena@example.com", "lena's browser password"
-	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
-		t.Fatalf("user add: %s", r)
-	}
-	g.start()
+	g := gatewayWithUser(t, gatewayOptions{anyHost: true}, email, password)
 	base := strings.Replace(g.base, "127.0.0.1", "lan.test", 1)
 	b.signIn(base+"/x", email, password)
 	b.waitAt(base + "/x")
@@ -133,12 +129,8 @@ func TestBrowserSignInOnAPlainHTTPHost(t *testing.T) {
 func TestBrowserBackAfterSignOutShowsNoAppPage(t *testing.T) {
 	t.Parallel()
 	b := startChrome(t)
-	g := newGateway(t, gatewayOptions{})
 	const email, password = "nell@example.com", "nell's browser password"
-	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
-		t.Fatalf("user add: %s", r)
-	}
-	g.start()
+	g := gatewayWithUser(t, gatewayOptions{}, email, password)
 	b.signIn(g.base+"/private", email, password)
 	b.waitAt(g.base + "/private")
 	if src := b.source(); !strings.Contains(src, "app:/private") {
@@ -164,12 +156,8 @@ func TestBrowserBackAfterSignOutShowsNoAppPage(t *testing.T) {
 func TestBrowserDoubleClickSendsAFormOnce(t *testing.T) {
 	t.Parallel()
 	b := startChrome(t)
-	g := newGateway(t, gatewayOptions{})
 	const email, password = "hal@example.com", "hal's browser password"
-	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
-		t.Fatalf("user add: %s", r)
-	}
-	g.start()
+	g := gatewayWithUser(t, gatewayOptions{}, email, password)
 	b.open(g.base + "/x")
 	b.waitPrefix(g.base + "/.sigra/login")
 	// A form held back after a send that was stopped (Esc) goes again
@@ -196,12 +184,8 @@ func TestBrowserDoubleClickSendsAFormOnce(t *testing.T) {
 func TestBrowserSignInWithAnInternationalAddress(t *testing.T) {
 	t.Parallel()
 	b := startChrome(t)
-	g := newGateway(t, gatewayOptions{})
 	const email, password = "josé@bücher.example", "josé's browser password"
-	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
-		t.Fatalf("user add: %s", r)
-	}
-	g.start()
+	g := gatewayWithUser(t, gatewayOptions{}, email, password)
 	for _, typed := range []string{email, "JOSÉ@BÜCHER.EXAMPLE", "josé@xn--bcher-kva.example"} {
 		b.signIn(g.base+"/x", typed, password)
 		b.waitAt(g.base + "/x")
@@ -220,12 +204,8 @@ func TestBrowserSignInWithAnInternationalAddress(t *testing.T) {
 func TestBrowserSocketsEndWithTheSession(t *testing.T) {
 	t.Parallel()
 	b := startChrome(t)
-	g := newGateway(t, gatewayOptions{backend: sockettest.Start(t)})
 	const email, password = "wes@example.com", "wes's browser password"
-	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
-		t.Fatalf("user add: %s", r)
-	}
-	g.start()
+	g := gatewayWithUser(t, gatewayOptions{backend: sockettest.Start(t)}, email, password)
 	b.signIn(g.base+"/page", email, password)
 	b.waitAt(g.base + "/page")
 	b.waitText("#ws", "open")
@@ -235,4 +215,16 @@ func TestBrowserSocketsEndWithTheSession(t *testing.T) {
 	}
 	b.waitText("#ws", "closed 1006")
 	b.waitText("#es", "closed")
+}
+
+// gatewayWithUser starts a gateway (opts) with one user added through the
+// CLI, for a browser to sign in as.
+func gatewayWithUser(t *testing.T, opts gatewayOptions, email, password string) *gateway {
+	t.Helper()
+	g := newGateway(t, opts)
+	if r := g.cli(password+"\n", "add", "--email", email, "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add: %s", r)
+	}
+	g.start()
+	return g
 }
