@@ -436,16 +436,24 @@ func TestBruteForceRegulation(t *testing.T) {
 	})
 }
 
-func TestMFABruteForce(t *testing.T) {
-	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
-	fake.Advance(30 * time.Second)
+// pendingCodeForm signs email in afresh (password only, a second factor
+// due) and returns a sender of codes to its second-factor form, which
+// answers with its status.
+func pendingCodeForm(t *testing.T, e *env, email string) func(code string) int {
+	t.Helper()
 	e.client.Jar, _ = newJar()
-	e.login("wes@example.com", testPassword, "/")
+	e.login(email, testPassword, "/")
 	_, page := e.get("/.sigra/mfa", nil)
-	post := func(code string) int {
+	return func(code string) int {
 		r, _ := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {code}}, nil)
 		return r.StatusCode
 	}
+}
+
+func TestMFABruteForce(t *testing.T) {
+	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
+	fake.Advance(30 * time.Second)
+	post := pendingCodeForm(t, e, "wes@example.com")
 	for i := range 3 {
 		if got := post(fmt.Sprintf("%06d", 111111*(i+1))); got != http.StatusUnauthorized {
 			t.Fatalf("wrong code %d: status %d; want 401", i, got)
@@ -453,6 +461,7 @@ func TestMFABruteForce(t *testing.T) {
 	}
 	// The right code during the ban is not checked, and the page says
 	// so rather than calling it wrong.
+	_, page := e.get("/.sigra/mfa", nil)
 	r, body := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
 	if r.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "codes cannot be checked for a few minutes") {
 		t.Fatalf("right code during the ban: status %d; want 429 and a page saying codes are held back\n%s", r.StatusCode, body)
@@ -492,13 +501,7 @@ func TestMFABruteForce(t *testing.T) {
 func TestEveryBanHasItsRefusedRow(t *testing.T) {
 	fake, e, _, _, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
 	fake.Advance(30 * time.Second)
-	e.client.Jar, _ = newJar()
-	e.login("wes@example.com", testPassword, "/")
-	_, page := e.get("/.sigra/mfa", nil)
-	post := func(code string) int {
-		r, _ := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {code}}, nil)
-		return r.StatusCode
-	}
+	post := pendingCodeForm(t, e, "wes@example.com")
 	refused := func() int {
 		n := 0
 		for _, row := range e.auditRows("mfa.challenge.failure") {
