@@ -7,6 +7,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -61,6 +62,9 @@ func (q *preq) mfaPage() error {
 	return q.page(http.StatusOK, "mfa", pageData{Title: "Two-step verification", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.rd()})
 }
 
+// blanks are what a code may carry beside its digits or letters.
+const blanks = " \t-"
+
 // mfaSubmit checks a TOTP or recovery code under regulation and, on
 // success, rotates the session into a multi-factor one.
 func (q *preq) mfaSubmit() error {
@@ -86,6 +90,12 @@ func (q *preq) mfaSubmit() error {
 		return nil
 	}
 	code, recovery := q.r.PostFormValue("code"), q.r.PostFormValue("recovery_code")
+	if strings.Trim(code, blanks) == "" && strings.Trim(recovery, blanks) == "" {
+		// Enter on an empty field (or one of the spaces and dashes codes
+		// may be typed with) guesses nothing: it is neither counted
+		// towards a ban nor written as a failure.
+		return q.page(http.StatusBadRequest, "mfa", pageData{Title: "Two-step verification", CSRF: csrf, RD: q.rd(), Error: "Enter the code from your authenticator app, or a recovery code."})
+	}
 	method := "totp"
 	if recovery != "" {
 		method = "recovery_code"

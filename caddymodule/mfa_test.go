@@ -450,6 +450,36 @@ func pendingCodeForm(t *testing.T, e *env, email string) func(code string) int {
 	}
 }
 
+// An empty code (Enter on an empty field) is no guess: it is not
+// counted towards a ban nor written as a failure, and the page asks for
+// a code. The fields say so to the browser first.
+func TestEmptyCodeIsNoGuess(t *testing.T) {
+	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 2\n }", "eva@example.com")
+	fake.Advance(30 * time.Second)
+	e.client.Jar, _ = newJar()
+	e.login("eva@example.com", testPassword, "/")
+	_, page := e.get("/.sigra/mfa", nil)
+	for _, id := range []string{"code", "recovery_code"} {
+		if !regexp.MustCompile(`<input id="` + id + `"[^>]* required[ >]`).MatchString(page) {
+			t.Errorf("the %s field is not required:\n%s", id, page)
+		}
+	}
+	for _, form := range []url.Values{{"code": {""}}, {"code": {" - "}}, {"recovery_code": {"  "}}, {"code": {""}, "recovery_code": {""}}} {
+		form.Set("csrf_token", csrfFrom(t, page))
+		r, body := e.postForm("/.sigra/mfa", form, nil)
+		if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Enter the code") {
+			t.Fatalf("empty code %v: status %d; want 400 asking for a code\n%s", form, r.StatusCode, body)
+		}
+	}
+	if rows := e.auditRows("mfa.challenge.failure"); len(rows) != 0 {
+		t.Errorf("mfa.challenge.failure rows after empty codes: %+v; want none", rows)
+	}
+	r, _ := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}, nil)
+	if r.StatusCode != http.StatusSeeOther {
+		t.Errorf("the right code after empty ones: status %d; want 303 (no ban)", r.StatusCode)
+	}
+}
+
 func TestMFABruteForce(t *testing.T) {
 	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
 	fake.Advance(30 * time.Second)
