@@ -447,8 +447,10 @@ func userErrorStatus(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, authcore.ErrNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, errNoLongerAdmin):
+		return http.StatusForbidden
 	case errors.Is(err, authcore.ErrEmailTaken), errors.Is(err, authcore.ErrLastAdmin), errors.Is(err, errNoAuthenticator),
-		errors.Is(err, errSelfDisable), errors.Is(err, errSelfDelete), errors.Is(err, errSelfMFAReset), errors.Is(err, errSelfSignout):
+		errors.Is(err, errSelfDisable), errors.Is(err, errSelfDelete), errors.Is(err, errSelfMFAReset), errors.Is(err, errSelfSignout), errors.Is(err, errSelfUnlock):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -104,3 +104,23 @@ func TestAdminAPIErrorsAreProblems(t *testing.T) {
 		}
 	}
 }
+
+// users/<id> takes an email too, on GET as the POSTs do: a script can
+// read the user it is about to change by the address it has.
+func TestAdminAPIGetsAUserByEmail(t *testing.T) {
+	e, _, target := startAdminUI(t)
+	for _, path := range []string{"/users/" + target.Email, "/users/" + strings.ToUpper(target.Email) + "/sessions"} {
+		if code, body := e.adminCall(http.MethodGet, path, nil); code != http.StatusOK || (!strings.Contains(body, target.ID) && !strings.Contains(body, `"sessions"`)) {
+			t.Errorf("GET %s: status %d; want 200 with the user\n%s", path, code, body)
+		}
+	}
+	if code, body := e.adminCall(http.MethodGet, "/users/"+target.Email, nil); !strings.Contains(body, `"id":"`+target.ID+`"`) {
+		t.Errorf("GET by email: status %d, not the user %s\n%s", code, target.ID, body)
+	}
+	if _, page := htmlGet(e, "/.sigra/admin/users/"+target.Email); !strings.Contains(page, target.ID) {
+		t.Errorf("the user's page by email does not show the user:\n%s", page)
+	}
+	if code, _ := e.adminCall(http.MethodGet, "/users/nobody@example.com", nil); code != http.StatusNotFound {
+		t.Errorf("GET an unknown email: status %d; want 404", code)
+	}
+}

@@ -410,6 +410,34 @@ func TestAdminCannotDisableThemselves(t *testing.T) {
 	}
 }
 
+// Nor lift their own bans and locks: whoever held the admin's session
+// could otherwise go on guessing the password its re-checks are banned
+// from. The page offers the form on other users' pages only.
+func TestAdminCannotUnlockThemselves(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	own := "/.sigra/admin/users/" + root.ID
+	_, page := htmlGet(e, own)
+	if strings.Contains(page, `data-sigra="admin-user-unlock"`) {
+		t.Errorf("the admin's own page offers to unlock it:\n%s", page)
+	}
+	if _, page := htmlGet(e, "/.sigra/admin/users/"+target.ID); !strings.Contains(page, `data-sigra="admin-user-unlock"`) {
+		t.Error("another user's page lost its unlock form")
+	}
+	r, body := e.postForm(own+"/unlock", url.Values{"csrf_token": {csrfFrom(t, page)}}, map[string]string{"Accept": "text/html"})
+	if r.StatusCode != http.StatusConflict || !strings.Contains(body, "cannot lift your own") {
+		t.Errorf("page: unlocking oneself: status %d; want 409 saying why\n%s", r.StatusCode, body)
+	}
+	if code, body := e.apiPost("/users/" + root.ID + "/unlock"); code != http.StatusConflict || !strings.Contains(body, "cannot lift your own") {
+		t.Errorf("API: unlocking oneself: status %d; want 409 saying why\n%s", code, body)
+	}
+	if rows := e.auditRows("admin.user.unlock"); len(rows) != 0 {
+		t.Errorf("a refused self-unlock wrote rows %+v", rows)
+	}
+	if code, body := e.apiPost("/users/" + target.ID + "/unlock"); code != http.StatusOK {
+		t.Errorf("API: unlocking another user: status %d\n%s", code, body)
+	}
+}
+
 func mustPage(t *testing.T, e *env, path string) string {
 	t.Helper()
 	r, page := htmlGet(e, path)

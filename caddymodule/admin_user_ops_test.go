@@ -10,9 +10,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -448,7 +450,9 @@ func TestLastAdminCannotBeDisabledOrDemoted(t *testing.T) {
 		for range 2 {
 			if err := <-errs; err == nil {
 				ok++
-			} else if !errors.Is(err, authcore.ErrLastAdmin) {
+			} else if !errors.Is(err, authcore.ErrLastAdmin) && !errors.Is(err, errNoLongerAdmin) {
+				// The one that waits finds itself disabled, or the
+				// other the only admin.
 				t.Fatal(err)
 			}
 		}
@@ -638,6 +642,61 @@ func TestAdminUserOpRaceLeavesFailureRow(t *testing.T) {
 		t.Errorf("the last admin was deleted: %v", err)
 	}
 	checkRaceRows(t, e, "account.deletion_execute", root.ID, target.ID, "last_admin")
+}
+
+// An admin's request is let in when it arrives; one that then waits
+// its turn behind the change that demotes or disables its author does
+// not run after it. The test holds the turn until the request waits for
+// it (its goroutine blocked in doUser), then demotes the admin.
+func TestAdminRequestQueuedBehindItsDemotionIsRefused(t *testing.T) {
+	e, root, target := startAdminUI(t)
+	ctx := context.Background()
+	for _, op := range []string{"disable", "signout"} {
+		if _, err := e.rt().auth.UpdateUser(ctx, root.ID, func(u *authcore.User) error { u.Groups = []string{"admins"}; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		adminChange.Lock()
+		type answer struct {
+			code int
+			body string
+		}
+		done := make(chan answer, 1)
+		go func() {
+			code, body := e.apiPost("/users/" + target.ID + "/" + op)
+			done <- answer{code, body}
+		}()
+		waitBlockedIn(t, "caddymodule.doUser")
+		if _, err := e.rt().auth.UpdateUser(ctx, root.ID, func(u *authcore.User) error { u.Groups = nil; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		adminChange.Unlock()
+		a := <-done
+		if a.code != http.StatusForbidden || !strings.Contains(a.body, "admin_required") {
+			t.Errorf("%s queued behind its author's demotion: status %d; want 403 admin_required\n%s", op, a.code, a.body)
+		}
+		if rows := e.auditRows(userChangeActions[op]); len(rows) != 0 {
+			t.Errorf("%s queued behind its author's demotion wrote rows %+v; want none", op, rows)
+		}
+	}
+	if u, err := e.rt().store.UserByID(ctx, target.ID); err != nil || u.Disabled {
+		t.Errorf("the target after a refused disable: %+v, %v; want enabled", u, err)
+	}
+}
+
+// waitBlockedIn waits until a goroutine waits on a mutex inside fn.
+func waitBlockedIn(t *testing.T, fn string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for range 500 {
+		n := goruntime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			if strings.Contains(g, "sync.(*Mutex).Lock") && strings.Contains(g, fn+"(") {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no goroutine waited on a mutex in %s", fn)
 }
 
 // checkRaceRows checks that action's rows are the admin's failure row

@@ -186,7 +186,8 @@ func (q *preq) adminRoute(path string) error {
 			NextCursor string     `json:"next_cursor,omitempty"` // none on the last page
 		}{res.Users, res.NextCursor})
 	case get && len(parts) == 2 && parts[0] == "users":
-		u, err := q.rt.store.UserByID(q.ctx(), parts[1])
+		// An id or an email, as the POSTs below take.
+		u, err := q.rt.auth.LookupUser(q.ctx(), parts[1])
 		if err != nil {
 			return q.adminError(err)
 		}
@@ -197,11 +198,11 @@ func (q *preq) adminRoute(path string) error {
 		return writeJSON(q.w, v)
 	case get && len(parts) == 3 && parts[0] == "users" && parts[2] == "sessions":
 		// No such user is 404, as for users/<id>, not an empty list.
-		u, err := q.rt.store.UserByID(q.ctx(), parts[1])
+		u, err := q.rt.auth.LookupUser(q.ctx(), parts[1])
 		if err != nil {
 			return q.adminError(err)
 		}
-		sessions, err := q.liveSessions(parts[1], authcore.SessionID{})
+		sessions, err := q.liveSessions(u.ID, authcore.SessionID{})
 		if err != nil {
 			return q.adminError(err)
 		}
@@ -299,6 +300,11 @@ func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionI
 	if err != nil {
 		return id, "", authcore.ErrNotFound
 	}
+	unlock, err := stillAdmin(q.ctx(), q.rt, q.p.app.AdminGroup, p.User.ID)
+	defer unlock()
+	if err != nil {
+		return id, "", err
+	}
 	s, err := q.rt.store.GetSession(q.ctx(), id)
 	if err != nil {
 		return id, "", err
@@ -324,7 +330,11 @@ func (q *preq) adminError(err error) error {
 	if status == http.StatusInternalServerError {
 		return caddyhttp.Error(status, err)
 	}
-	writeProblem(q.w, status, statusReason(status), err.Error())
+	reason := statusReason(status)
+	if errors.Is(err, errNoLongerAdmin) {
+		reason = "admin_required" // as when the request came in so
+	}
+	writeProblem(q.w, status, reason, err.Error())
 	return nil
 }
 

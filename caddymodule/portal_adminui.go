@@ -193,8 +193,8 @@ func (q *preq) adminUsers(p *authcore.Principal) error {
 }
 
 func (q *preq) adminUser(p *authcore.Principal, id string) error {
-	u, err := q.rt.store.UserByID(q.ctx(), id)
-	if errors.Is(err, authcore.ErrNotFound) {
+	u, err := q.rt.auth.LookupUser(q.ctx(), id)
+	if errors.Is(err, authcore.ErrNotFound) || errors.Is(err, authcore.ErrInvalidInput) {
 		return q.message(http.StatusNotFound, "Not found", "No such user.", q.p.app.Prefix+"/admin/users")
 	}
 	if err != nil {

@@ -99,6 +99,11 @@ var (
 	errSelfDelete   = errors.New("you cannot delete your own account here; use your account page, which asks for your password")
 	errSelfMFAReset = errors.New("you cannot reset your own second factor here; use your account page")
 	errSelfSignout  = errors.New("you cannot sign yourself out everywhere here; use Sign out all other sessions on your account page, which keeps this one")
+	// A ban or lock on one's own account is lifted by time, a recovery
+	// code, another admin or the CLI: lifted by the admin's own session,
+	// whoever held that session could go on guessing the password its
+	// re-checks are banned from.
+	errSelfUnlock = errors.New("you cannot lift your own bans or locks; they lift with time (a recovery code opens a locked app), or another administrator or the CLI (caddy sigra users unlock) can")
 )
 
 // errNoAuthenticator refuses a second-factor reset for a user who has
@@ -136,6 +141,26 @@ var userChangeActions = map[string]string{
 // keepGroup).
 var adminChange sync.Mutex
 
+// errNoLongerAdmin refuses an admin's request that waited its turn
+// behind a change that took the admin's rights away (HTTP 403).
+var errNoLongerAdmin = errors.New("you are no longer an administrator: your rights were taken away while this request waited")
+
+// stillAdmin takes adminChange and checks, under it, that actor is still
+// an enabled member of adminGroup: an admin request is let in when it
+// arrives, and one queued behind the change that disabled or demoted its
+// author must not run after it. Call the returned unlock, error or not.
+func stillAdmin(ctx context.Context, rt *runtime, adminGroup, actor string) (func(), error) {
+	adminChange.Lock()
+	u, err := rt.store.UserByID(ctx, actor)
+	switch {
+	case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrInvalidInput):
+		err = errNoLongerAdmin
+	case err == nil && (u.Disabled || !u.InGroup(adminGroup)):
+		err = errNoLongerAdmin
+	}
+	return adminChange.Unlock, err
+}
+
 // keepsAnAdmin refuses (ErrLastAdmin) req when it would leave no enabled
 // member of adminGroup: when it takes u out of the group, disables or
 // deletes u, and u is the only one. Call it holding adminChange.
@@ -167,9 +192,18 @@ func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userR
 // user id, or "" for the CLI, recorded as the system) and audits it.
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
 	var u *authcore.User // the user changed, when looked up here already
+	if actor != "" {
+		unlock, err := stillAdmin(ctx, rt, adminGroup, actor)
+		defer unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
 	if req.Op == "delete" || req.Op == "disable" || req.Op == "groups" {
-		adminChange.Lock()
-		defer adminChange.Unlock()
+		if actor == "" {
+			adminChange.Lock()
+			defer adminChange.Unlock()
+		}
 		// No such user is the operation's own to report, and so is an
 		// admin disabling or deleting their own account (refused with
 		// its own message further on).
@@ -259,6 +293,8 @@ func doUserChange(ctx context.Context, rt *runtime, adminGroup string, req userR
 		return nil, errSelfDisable
 	case req.Op == "signout" && actor == u.ID:
 		return nil, errSelfSignout
+	case req.Op == "unlock" && actor == u.ID:
+		return nil, errSelfUnlock
 	case req.Op == "mfa-reset":
 		has, err := rt.auth.HasTOTP(ctx, u.ID)
 		if err != nil {
