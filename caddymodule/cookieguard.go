@@ -15,15 +15,27 @@ const varCookieGuard = "sigra.cookie_guard"
 
 // guardCookies returns w wrapped so that nothing behind the gateway sets
 // its cookies (cookieGuard), unless an earlier sigra handler wrapped it.
-func guardCookies(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+// For a signed-in user's answer (signedIn) the guard also drops the
+// app's instructions to shared caches.
+func guardCookies(w http.ResponseWriter, r *http.Request, signedIn bool) http.ResponseWriter {
 	ctx := r.Context()
-	if caddyhttp.GetVar(ctx, varCookieGuard) != nil {
+	if g, ok := caddyhttp.GetVar(ctx, varCookieGuard).(*cookieGuard); ok {
+		g.signedIn = g.signedIn || signedIn
 		return w
 	}
-	g := &cookieGuard{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	g := &cookieGuard{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, signedIn: signedIn}
 	caddyhttp.SetVar(ctx, varCookieGuard, g)
 	return g
 }
+
+// sharedCacheHeaders are the headers by which CDNs and caching proxies
+// take their orders in preference to Cache-Control (RFC 9213's
+// CDN-Cache-Control, Cloudflare's, Fastly's Surrogate-Control, Akamai's
+// Edge-Control, nginx's X-Accel-Expires): an app from before it was
+// gated may send "public, max-age=600" there, and the cache would keep
+// a signed-in user's page for anyone, whatever Cache-Control says. Gone,
+// those caches follow Cache-Control, which is private.
+var sharedCacheHeaders = []string{"Cdn-Cache-Control", "Cloudflare-Cdn-Cache-Control", "Surrogate-Control", "Edge-Control", "X-Accel-Expires"}
 
 // passOwnLines lets the Set-Cookie lines a gate's refusal sets (of the
 // gateway's cookies: forgetCookies) through the cookie guard that
@@ -46,13 +58,20 @@ func passOwnLines(r *http.Request, lines []string) {
 // lines it sets to forget a conflict's cookies are let through alone.
 type cookieGuard struct {
 	caddyhttp.ResponseWriterWrapper
-	sent bool     // the final header is out
-	own  []string // lines of the gateway's own that pass (passOwnLines)
+	sent     bool     // the final header is out
+	signedIn bool     // a signed-in user's answer: sharedCacheHeaders go
+	own      []string // lines of the gateway's own that pass (passOwnLines)
 }
 
 func (g *cookieGuard) scrub() {
 	if g.sent {
 		return
+	}
+	if g.signedIn {
+		h := g.ResponseWriter.Header()
+		for _, k := range sharedCacheHeaders {
+			delete(h, k)
+		}
 	}
 	if len(g.own) == 0 {
 		dropOwnSetCookies(g.ResponseWriter.Header())

@@ -540,7 +540,8 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 	// anyone else: it depends on the cookie, and one for a signed-in
 	// user is theirs alone. Set before the app answers, so an app's own
 	// Cache-Control (public, from before it was gated) comes beside
-	// private, and caches keep to the stricter.
+	// private, and caches keep to the stricter; the guard drops the
+	// headers CDNs would follow instead (sharedCacheHeaders).
 	h := w.Header()
 	h.Add("Vary", "Cookie")
 	if d.p != nil {
@@ -567,7 +568,7 @@ func (g *Gate) pass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 			defer cancel()
 		}
 	}
-	return next.ServeHTTP(guardCookies(w, r), r)
+	return next.ServeHTTP(guardCookies(w, r, d.p != nil), r)
 }
 
 // settle counts the request's one decision in c, with a latency sample

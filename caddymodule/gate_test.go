@@ -782,8 +782,24 @@ func TestGatedAnswersAreNotForSharedCaches(t *testing.T) {
 			t.Errorf("%s: status %d, Cache-Control %q, Vary %q; want 200, %q, Cookie", tc.name, resp.StatusCode, resp.Header.Values("Cache-Control"), resp.Header.Values("Vary"), tc.cc)
 		}
 	}
+	// CDNs follow their own headers in preference to Cache-Control
+	// (RFC 9213; Cloudflare's, Fastly's, Akamai's, nginx's): an app's
+	// orders there go from a signed-in user's answer, and only from one.
+	cdn := "?cc=public&h=CDN-Cache-Control:+public&h=Cloudflare-CDN-Cache-Control:+max-age%3D60&h=Surrogate-Control:+max-age%3D60&h=Edge-Control:+cache-maxage%3D60s&h=X-Accel-Expires:+60&h=X-Other:+kept"
+	resp, _ := e.get("/page"+cdn, nil)
+	for _, k := range sharedCacheHeaders {
+		if v := resp.Header.Values(k); len(v) != 0 {
+			t.Errorf("signed in: the app's %s %q reached the client; want it dropped", k, v)
+		}
+	}
+	if resp.Header.Get("X-Other") != "kept" || resp.Header.Get("Cache-Control") != "private" {
+		t.Errorf("signed in: X-Other %q, Cache-Control %q; want the app's other headers, and private", resp.Header.Get("X-Other"), resp.Header.Values("Cache-Control"))
+	}
 	anon := e.browser()
-	resp, _ := anon.get("/open/x?cc=public", nil)
+	if resp, _ := anon.get("/open/x"+cdn, nil); resp.Header.Get("Cdn-Cache-Control") != "public" || resp.Header.Get("X-Accel-Expires") != "60" {
+		t.Errorf("anonymous on the optional route: the app's CDN headers %v; want them as the app sent them", resp.Header)
+	}
+	resp, _ = anon.get("/open/x?cc=public", nil)
 	if resp.StatusCode != http.StatusOK || !slices.Equal(resp.Header.Values("Cache-Control"), []string{"public"}) || resp.Header.Get("Vary") != "Cookie" {
 		t.Errorf("anonymous on the optional route: status %d, Cache-Control %q, Vary %q; want 200, the app's public, Vary Cookie", resp.StatusCode, resp.Header.Values("Cache-Control"), resp.Header.Values("Vary"))
 	}

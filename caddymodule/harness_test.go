@@ -77,6 +77,11 @@ func newUpstream(t *testing.T) *upstream {
 		for _, sc := range r.URL.Query()["sc"] { // an app's own cookies
 			w.Header().Add("Set-Cookie", sc)
 		}
+		for _, h := range r.URL.Query()["h"] { // any header of an app's: "Name: value"
+			if k, v, ok := strings.Cut(h, ":"); ok {
+				w.Header().Add(k, strings.TrimSpace(v))
+			}
+		}
 		io.WriteString(w, "app:"+r.URL.Path)
 	}))
 	t.Cleanup(u.Close)

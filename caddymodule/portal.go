@@ -134,7 +134,7 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	own := takeOwnCookies(r, secure)
 	sub, ok := portalPath(r.URL.Path, p.app.Prefix)
 	if !ok {
-		return next.ServeHTTP(guardCookies(w, r), r)
+		return next.ServeHTTP(guardCookies(w, r, false), r)
 	}
 	rt := p.app.runtime(r.Context())
 	if rt == nil {
