@@ -152,6 +152,21 @@ func NewService(log *slog.Logger, clk clock.Clock, st Store, box *seal.Box, cfg 
 // Config returns the effective configuration.
 func (s *Service) Config() Config { return s.cfg }
 
+// Bound cuts sess's end to the lifetimes in force now: a session keeps
+// the end it was given at sign-in, and one signed in under a longer
+// lifetime (before a reload or restart that shortened it, after an
+// incident, say) ends by the shorter one. A longer lifetime lengthens
+// none. A session stored pending is bound by PendingLifetime too.
+func (c Config) Bound(sess *Session) {
+	life := c.Lifetime
+	if sess.Pending {
+		life = min(life, c.PendingLifetime)
+	}
+	if end := sess.CreatedAt.Add(life); end.Before(sess.ExpiresAt) {
+		sess.ExpiresAt = end
+	}
+}
+
 // Store returns the backing store.
 func (s *Service) Store() Store { return s.store }
 
@@ -750,6 +765,7 @@ func (s *Service) load(ctx context.Context, id SessionID, old *Principal, now ti
 	if err != nil {
 		return nil, fmt.Errorf("reading session: %w", err)
 	}
+	s.cfg.Bound(sess)
 	u, err := s.store.UserByID(ctx, sess.UserID)
 	if errors.Is(err, ErrNotFound) || (err == nil && (u.Disabled || sess.UserEpoch != u.SessionEpoch)) {
 		s.cache.drop(id)

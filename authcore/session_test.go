@@ -267,3 +267,27 @@ func TestSessionOnSite(t *testing.T) {
 		}
 	}
 }
+
+// Bound cuts a session's end to the lifetimes in force, never lengthens
+// it, and bounds a session stored pending by PendingLifetime.
+func TestConfigBound(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	cfg := Config{Lifetime: time.Hour, PendingLifetime: 10 * time.Minute}
+	for _, tc := range []struct {
+		name    string
+		pending bool
+		stored  time.Duration // ExpiresAt − CreatedAt
+		want    time.Duration
+	}{
+		{"signed in under a longer lifetime", false, 12 * time.Hour, time.Hour},
+		{"signed in under a shorter lifetime", false, 30 * time.Minute, 30 * time.Minute},
+		{"pending under a longer pending lifetime", true, time.Hour, 10 * time.Minute},
+		{"pending under a shorter pending lifetime", true, 5 * time.Minute, 5 * time.Minute},
+	} {
+		s := &Session{CreatedAt: t0, ExpiresAt: t0.Add(tc.stored), Pending: tc.pending}
+		cfg.Bound(s)
+		if got := s.ExpiresAt.Sub(t0); got != tc.want {
+			t.Errorf("%s: ends %v after sign-in; want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -707,6 +707,7 @@ func (s *Service) secondFactorSession(ctx context.Context, id SessionID, method 
 		return "", nil, err
 	}
 	now := s.clock.Now().UTC()
+	s.cfg.Bound(old)
 	if !now.Before(old.End()) {
 		return "", nil, ErrNoSession
 	}

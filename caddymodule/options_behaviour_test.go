@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -252,6 +253,45 @@ func TestSigningKeyFileChangeIsARow(t *testing.T) {
 	}
 	if len(rows) != 2 || rows[0].Metadata["kid"] != third || rows[0].Metadata["previous_kid"] != after {
 		t.Errorf("admin.keys.rotate rows after a CLI run and a start %+v; want a second, kid %s, previous %s", rows, third, after)
+	}
+}
+
+// A session keeps the end it was given at sign-in, bounded by the
+// lifetime in force: cutting lifetime (after an incident) ends the
+// sessions signed in under the longer one, at the next request after a
+// reload; lengthening it lengthens none.
+func TestShorterLifetimeEndsOlderSessions(t *testing.T) {
+	fake := useFakeClock(t)
+	long := "session {\n\t\t\tlifetime 12h\n\t\t\tidle 3h\n\t\t}"
+	short := "session {\n\t\t\tlifetime 1h\n\t\t\tidle 1h\n\t\t}"
+	e := startCaddy(t, long, "sigra_gate")
+	u := e.addUser("lea@example.com")
+	_, old := mustSession(t, e, u)
+	get := func(tok string) int {
+		r := e.do(http.MethodGet, "/x", map[string]string{"Cookie": "sigra_session=" + tok, "Accept": "application/json"}, nil)
+		r.Body.Close()
+		return r.StatusCode
+	}
+	fake.Advance(2 * time.Hour)
+	if code := get(old); code != http.StatusOK {
+		t.Fatalf("a session 2h old under lifetime 12h: status %d; want 200", code)
+	}
+	if err := e.load(e.caddyfile(short, "sigra_gate")); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if code := get(old); code != http.StatusUnauthorized {
+		t.Errorf("a session 2h old after lifetime became 1h: status %d; want 401", code)
+	}
+	_, fresh := mustSession(t, e, u)
+	if code := get(fresh); code != http.StatusOK {
+		t.Fatalf("a new session under lifetime 1h: status %d; want 200", code)
+	}
+	if err := e.load(e.caddyfile(long, "sigra_gate")); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	fake.Advance(90 * time.Minute)
+	if code := get(fresh); code != http.StatusUnauthorized {
+		t.Errorf("a session signed in under lifetime 1h, 90m later under 12h: status %d; want 401 (not lengthened)", code)
 	}
 }
 

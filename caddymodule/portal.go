@@ -858,6 +858,7 @@ func (q *preq) liveSessions(user string, keep authcore.SessionID) ([]*authcore.S
 	}
 	cfg, now := q.rt.auth.Config(), q.rt.auth.Now()
 	return slices.DeleteFunc(sessions, func(s *authcore.Session) bool {
+		cfg.Bound(s)
 		return s.ID != keep && s.Expired(now, cfg.Idle+cfg.TouchInterval)
 	}), nil
 }
