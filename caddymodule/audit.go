@@ -49,8 +49,17 @@ func (c *AuditConfig) webhooks() ([]audit.WebhookConfig, error) {
 		if w == nil { // "webhooks": [null] in a JSON config
 			return nil, fmt.Errorf("audit: webhook %d is null: give it a url and a secret, or remove it", i+1)
 		}
-		secret := repl.ReplaceKnown(w.Secret, "")
+		// Every placeholder must come out set: a secret signed with part
+		// of itself missing (x{env.UNSET}yyy) or with a placeholder kept
+		// as text would make every delivery fail at the receiver.
+		secret, err := repl.ReplaceOrErr(w.Secret, false, true)
+		if err == nil && secret != "" {
+			_, err = repl.ReplaceOrErr(w.Secret, true, true)
+		}
 		switch {
+		case err != nil:
+			// The replacer's error would quote part of a literal secret.
+			return nil, fmt.Errorf("audit: webhook %d (%s): secret %s has a placeholder that is not set or not known: a secret takes environment variables ({env.NAME}) set for this process, and no other placeholder", i+1, audit.RedactURL(w.URL), placeholderName(w.Secret))
 		case secret == "" && strings.Contains(w.Secret, "{"):
 			return nil, fmt.Errorf("audit: webhook %d (%s): secret %s is empty: is the environment variable set for this process?", i+1, audit.RedactURL(w.URL), placeholderName(w.Secret))
 		case secret == "":

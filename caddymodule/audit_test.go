@@ -24,6 +24,11 @@ func TestAuditConfigErrorsRedactWebhookURL(t *testing.T) {
 	}{
 		{"missing secret", AuditWebhook{URL: url, Secret: "{env.SIGRA_TEST_UNSET_HOOK_SECRET}"}, "secret {env.SIGRA_TEST_UNSET_HOOK_SECRET} is empty"},
 		{"bad action pattern", AuditWebhook{URL: url, Secret: "0123456789abcdef", Actions: []string{"*.failure"}}, "pattern"},
+		// A part of the secret unset, or a placeholder no environment
+		// variable: not signed with what is left, nor with the text.
+		{"secret unset in part", AuditWebhook{URL: url, Secret: "x{env.SIGRA_TEST_UNSET_HOOK_SECRET}yyyyyyyyyyyyyyyyyyyy"}, "has a placeholder that is not set or not known"},
+		{"secret of a request placeholder", AuditWebhook{URL: url, Secret: "{http.request.host}"}, "secret {http.request.host} has a placeholder that is not set or not known"},
+		{"literal secret with braces", AuditWebhook{URL: url, Secret: "s3cr3t{pass}word0"}, "secret (the configured value) has a placeholder"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -33,7 +38,7 @@ func TestAuditConfigErrorsRedactWebhookURL(t *testing.T) {
 				t.Fatalf("validate() = %v; want an audit config error mentioning %q", err, tt.want)
 			}
 			msg := err.Error()
-			for _, secret := range []string{"s3cr3tpass", "t0ken", "hooks:"} {
+			for _, secret := range []string{"s3cr3tpass", "t0ken", "hooks:", "{pass}"} {
 				if strings.Contains(msg, secret) {
 					t.Errorf("validate() = %q; leaks %q from the URL", msg, secret)
 				}
