@@ -22,7 +22,10 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -577,17 +580,21 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 // When no process holds the file, it refuses what the start would
 // refuse, short of walking the whole tree (OpenBolt does): an empty
 // file, a bbolt file of another program, a store of a newer format
-// (checkUnheld). A missing or unreadable file passes: the start says
-// what is wrong with it.
+// (checkUnheld). A missing file passes when the start can make it
+// (checkMakeable); one unreadable passes: the start says what is wrong
+// with it. So does a directory, which the caller names.
 func CheckIsBolt(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil
+		return checkMakeable(path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
+	if err != nil || fi.IsDir() {
 		return nil
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("storage %s: %w: it is not a regular file (%v); check the storage path", path, ErrNotStore, fi.Mode().Type())
 	}
 	if fi.Size() == 0 {
 		return checkUnheld(f, path)
@@ -624,6 +631,40 @@ func CheckIsBolt(path string) error {
 		}
 	}
 	return fmt.Errorf("storage %s: %w: it is no bbolt file (no header page); check the storage path", path, ErrNotStore)
+}
+
+// checkMakeable refuses a store path that could not be opened (openErr)
+// and where no store can be made either: a symbolic link into a
+// directory that does not exist (one to a file still to be made, in a
+// directory that does, is where the start makes the store), or a path
+// under a file (/etc/passwd/sigra.db). Any other error is the start's to
+// report.
+func checkMakeable(path string, openErr error) error {
+	if !errors.Is(openErr, fs.ErrNotExist) && !errors.Is(openErr, syscall.ENOTDIR) {
+		return nil
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		target, err := os.Readlink(path)
+		if err != nil {
+			return nil
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(path), target)
+		}
+		if fi, err := os.Stat(filepath.Dir(target)); err != nil || !fi.IsDir() {
+			return fmt.Errorf("storage %s: a symbolic link to %s, whose directory does not exist; check the storage path", path, target)
+		}
+		return nil
+	}
+	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		switch {
+		case err == nil && !fi.IsDir():
+			return fmt.Errorf("storage %s: %s is not a directory, so no store can be made there; check the storage path", path, dir)
+		case err == nil, !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR), filepath.Dir(dir) == dir:
+			return nil // the start makes the missing directories
+		}
+	}
 }
 
 // checkUnheld checks f, the file at path, as a store the way the start

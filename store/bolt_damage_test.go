@@ -546,6 +546,33 @@ func TestCheckIsBolt(t *testing.T) {
 	if err := CheckIsBolt(filepath.Join(dir, "missing.db")); err != nil {
 		t.Errorf("CheckIsBolt(a missing file) = %v; want it left to the start", err)
 	}
+	if err := CheckIsBolt(filepath.Join(dir, "new", "dirs", "sigra.db")); err != nil {
+		t.Errorf("CheckIsBolt(a missing file in missing directories) = %v; want it left to the start, which makes them", err)
+	}
+	// Paths where the start could make no store are refused, saying why.
+	dangling := filepath.Join(dir, "dangling.db")
+	if err := os.Symlink(filepath.Join(dir, "gone", "sigra.db"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	// One to a file still to be made, in a directory that is there, is
+	// where the start makes the store.
+	ahead := filepath.Join(dir, "ahead.db")
+	if err := os.Symlink("made-at-start.db", ahead); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckIsBolt(ahead); err != nil {
+		t.Errorf("CheckIsBolt(a link to a store still to be made) = %v; want it left to the start", err)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{dangling, "a symbolic link to " + filepath.Join(dir, "gone", "sigra.db") + ", whose directory does not exist"},
+		{filepath.Join(text, "sigra.db"), text + " is not a directory"},
+		{filepath.Join(text, "a", "b", "sigra.db"), text + " is not a directory"},
+		{"/dev/null", "not a regular file"},
+	} {
+		if err := CheckIsBolt(tc.path); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
+			t.Errorf("CheckIsBolt(%s) = %v; want an error naming it: %s", tc.path, err, tc.want)
+		}
+	}
 	// A store cut short is a bbolt file, and refused as damaged.
 	data, err := os.ReadFile(goodStore(t))
 	if err != nil {
