@@ -82,13 +82,14 @@ func plainEmail(s string) (string, error) {
 	if !utf8.ValidString(s) { // before ToLower, which makes such bytes U+FFFD
 		return "", fmt.Errorf("%w: email %q is not text (UTF-8)", ErrInvalidInput, s)
 	}
-	s = strings.ToLower(strings.TrimSpace(s))
+	typed := strings.TrimSpace(s) // for the error: as written
+	s = strings.ToLower(typed)
 	if s == "" || len(s) > 254 {
 		return "", fmt.Errorf("%w: email must be 1 to 254 characters", ErrInvalidInput)
 	}
 	a, err := mail.ParseAddress(s)
 	if err != nil || a.Address != s || a.Name != "" || strings.ContainsFunc(s, isHidden) {
-		return "", fmt.Errorf("%w: %q is not a valid email address", ErrInvalidInput, s)
+		return "", fmt.Errorf("%w: %q is not a valid email address", ErrInvalidInput, typed)
 	}
 	return s, nil
 }

@@ -207,6 +207,8 @@ func TestParseGlobal(t *testing.T) {
 		{"redirect host wildcard", "sigra {\n allowed_redirect_hosts *.example.com\n}", nil, "is not a host name"},
 		{"redirect host URL", "sigra {\n allowed_redirect_hosts https://docs.example.com/path\n}", nil, "is not a host name"},
 		{"redirect host without value", "sigra {\n allowed_redirect_hosts\n}", nil, "wrong argument count"},
+		// The value as written, not lowered: {env.ADMIN_EMAIL}, not {env.admin_email}.
+		{"bootstrap admin placeholder", "sigra {\n bootstrap_admin {env.ADMIN_EMAIL}\n}", nil, `"{env.ADMIN_EMAIL}" is not a valid email address, at Testfile:2`},
 		{"webhook without secret", "sigra {\n audit {\n webhook https://h.example.com {\n actions *\n }\n }\n}", nil, "secret is required"},
 		// A typo would keep a security webhook quiet for ever.
 		{"webhook action typo", "sigra {\n audit {\n webhook https://h.example.com {\n secret {env.HOOK}\n actions auth.* auth.logn.*\n }\n }\n}", nil, `"auth.logn.*" selects no audit action, so a webhook would never fire for it (a whole name such as auth.login.success, or a family such as auth.*; the README lists the actions), at Testfile:5`},
