@@ -182,8 +182,9 @@ func TestAdminPagesUserList(t *testing.T) {
 		t.Errorf("%d pages, %d users; want 2 pages, 62 users", pages, len(seen))
 	}
 
-	// Search matches part of the email or name, any case, or the id.
-	for q, n := range map[string]int{"U0": 10, "list.example": adminPageSize, "TARGET@": 1, "nobody": 0} {
+	// Search matches part of the email or name, any case, in NFKC (as
+	// addresses are compared at sign-in: ｕ0 is u0), or the id.
+	for q, n := range map[string]int{"U0": 10, "list.example": adminPageSize, "TARGET@": 1, "nobody": 0, "ｕ0": 10, "Ｌｉｓｔｅｄ": adminPageSize} {
 		_, page := htmlGet(e, "/.sigra/admin/users?q="+url.QueryEscape(q))
 		if got := len(userRowIDs.FindAllStringSubmatch(page, -1)); got != n {
 			t.Errorf("search %q: %d users; want %d", q, got, n)

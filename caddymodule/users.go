@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/text/unicode/norm"
+
 	"github.com/sigra-auth/caddy-sigra/authcore"
 )
 
@@ -459,9 +461,10 @@ var searchScanMax = 20000
 
 // searchUsers returns a page of users in id order after the cursor: all
 // of them, or with query those whose id is the query or whose email or
-// name contains it (case-insensitively). next is empty on the last page.
+// name contains it (case-insensitively, and in NFKC: ｂob finds bob, as
+// it signs in as bob). next is empty on the last page.
 func searchUsers(ctx context.Context, st authcore.Store, after, query string, limit int) (users []*authcore.User, next string, err error) {
-	query = strings.ToLower(strings.TrimSpace(query))
+	query = searchFold(strings.TrimSpace(query))
 	if query != "" && after == "" {
 		// An id names one user: no need to read the others for it.
 		if u, err := st.UserByID(ctx, query); err == nil {
@@ -483,7 +486,7 @@ func searchUsers(ctx context.Context, st authcore.Store, after, query string, li
 		for _, u := range batch {
 			cursor = u.ID
 			scanned++
-			if query != "" && u.ID != query && !strings.Contains(strings.ToLower(u.Email), query) && !strings.Contains(strings.ToLower(u.Name), query) {
+			if query != "" && u.ID != query && !strings.Contains(searchFold(u.Email), query) && !strings.Contains(searchFold(u.Name), query) {
 				continue
 			}
 			if len(users) == limit {
@@ -508,6 +511,9 @@ func searchUsers(ctx context.Context, st authcore.Store, after, query string, li
 		}
 	}
 }
+
+// searchFold is s as a search compares it: NFKC, lower case.
+func searchFold(s string) string { return strings.ToLower(norm.NFKC.String(s)) }
 
 // groupsNotIn lists, comma-separated, the groups of gs that are not in of.
 func groupsNotIn(gs, of []string) string {
