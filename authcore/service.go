@@ -152,17 +152,15 @@ func NewService(log *slog.Logger, clk clock.Clock, st Store, box *seal.Box, cfg 
 // Config returns the effective configuration.
 func (s *Service) Config() Config { return s.cfg }
 
-// Bound cuts sess's end to the lifetimes in force now: a session keeps
+// Bound cuts sess's end to the lifetime in force now: a session keeps
 // the end it was given at sign-in, and one signed in under a longer
 // lifetime (before a reload or restart that shortened it, after an
 // incident, say) ends by the shorter one. A longer lifetime lengthens
-// none. A session stored pending is bound by PendingLifetime too.
+// none. PendingLifetime is not applied again: a session may have been
+// made pending long after its sign-in (PendUnprovenSessions), and a
+// pending one ends within minutes anyway.
 func (c Config) Bound(sess *Session) {
-	life := c.Lifetime
-	if sess.Pending {
-		life = min(life, c.PendingLifetime)
-	}
-	if end := sess.CreatedAt.Add(life); end.Before(sess.ExpiresAt) {
+	if end := sess.CreatedAt.Add(c.Lifetime); end.Before(sess.ExpiresAt) {
 		sess.ExpiresAt = end
 	}
 }
