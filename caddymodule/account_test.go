@@ -193,6 +193,29 @@ func TestChangePasswordAuditFailsClosed(t *testing.T) {
 	}
 }
 
+// Signing the other sessions out with a failing audit row ends none of
+// them, and says so with a 500: a user cutting off a thief must not be
+// told it worked. The session that sent it goes on as it was.
+func TestSignOutOthersAuditFailsClosed(t *testing.T) {
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("gus@example.com")
+	other := e.browser()
+	other.mustLogin("gus@example.com")
+	e.mustLogin("gus@example.com")
+	e.failAudit("session.revoked_others")
+	_, page := e.get("/.sigra/account", nil)
+	resp, body := e.postForm("/.sigra/account/sessions/revoke-others", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
+	if resp.StatusCode != http.StatusInternalServerError || strings.Contains(body, "signed out") {
+		t.Errorf("sign-out of the others with a failing audit row: status %d; want 500, not saying they are signed out\n%s", resp.StatusCode, body)
+	}
+	if code := e.statusAs(other.sessionCookie(), "/x"); code != http.StatusOK {
+		t.Errorf("the other session after the failed row: status %d; want it still signed in (nothing ended unrecorded)", code)
+	}
+	if code := e.statusAs(e.sessionCookie(), "/x"); code != http.StatusOK {
+		t.Errorf("the session that sent the form: status %d; want it kept", code)
+	}
+}
+
 // The session that goes on keeps its second factor, but not a fresher
 // one: the change proves the password, not the authenticator.
 func TestChangePasswordKeepsSecondFactorTime(t *testing.T) {

@@ -150,6 +150,44 @@ func TestPortalStripsOnUngatedPaths(t *testing.T) {
 	}
 }
 
+// A handler between the portal and a gate (a route block's
+// request_header) that sets an identity header again does not reach the
+// app through the gate: the gate strips before it decides, for an
+// anonymous request on an optional route and for a header the signed-in
+// user has no value for (X-Sigra-Name, for a user without a name).
+func TestGateStripsWhatWasSetAfterThePortal(t *testing.T) {
+	e := startCaddy(t, "header_aliases remote", "route {\n\t\trequest_header X-Sigra-User forged\n\t\trequest_header X-Sigra-Name forged\n\t\trequest_header Remote-User forged\n\t\tsigra_gate {\n\t\t\toptional\n\t\t}\n\t}")
+	check := func(who, wantUser string) {
+		t.Helper()
+		h, _ := e.up.last()
+		if h == nil {
+			t.Fatalf("%s: the app saw no request", who)
+		}
+		if got := h.Get(hdrUser); got != wantUser {
+			t.Errorf("%s: %s = %q upstream; want %q", who, hdrUser, got, wantUser)
+		}
+		if v := h.Values(hdrName); len(v) != 0 {
+			t.Errorf("%s: %s = %q upstream, set before the gate; want none", who, hdrName, v)
+		}
+		if v := h.Values("Remote-User"); !slices.Equal(v, map[bool][]string{true: nil, false: {wantUser}}[wantUser == ""]) {
+			t.Errorf("%s: Remote-User = %q upstream; want only the gate's (%q)", who, v, wantUser)
+		}
+	}
+	if resp, _ := e.get("/page", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("anonymous on the optional route: status %d", resp.StatusCode)
+	}
+	check("anonymous", "")
+	u, err := e.rt().auth.CreateUser(context.Background(), authcore.NewUser{Email: "noname@example.com", Password: testPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustLogin("noname@example.com")
+	if resp, _ := e.get("/page", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("signed in: status %d", resp.StatusCode)
+	}
+	check("signed in without a name", u.ID)
+}
+
 func TestGateSignedIn(t *testing.T) {
 	e := startCaddy(t, "", testSite)
 	u := e.addUser("alice@example.com", "staff")
