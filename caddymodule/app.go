@@ -615,7 +615,11 @@ func (a *App) Validate() error {
 	if a.storagePath != "" {
 		// A path to another file is refused here, by caddy validate too,
 		// not only when Caddy starts, and is not told to be chmodded.
-		if err := store.CheckIsBolt(a.storagePath); err != nil {
+		sealed, err := store.CheckStore(a.storagePath, secretCSRFKey)
+		if err != nil {
+			return err
+		}
+		if err := a.checkSealedWith(sealed); err != nil {
 			return err
 		}
 		// Made 0600 too; a copy restored with cp or a mounted volume may
@@ -988,10 +992,7 @@ func (a *App) encryptionBox(ctx context.Context, st authcore.Store) (*seal.Box, 
 		_, serr := st.GetSecret(ctx, secretCSRFKey)
 		switch {
 		case serr == nil:
-			return nil, fmt.Errorf("the encryption key file %s is missing, but the store %s holds secrets sealed with it: "+
-				"restore the file (from where you back up the store; it is not in the store's backups) and start again. "+
-				"No new key was made: it could not read them. Lost for good, it takes the signing keys and the "+
-				"authenticator apps with it: move the store aside to start a new one", path, a.storagePath)
+			return nil, a.keyFileMissing(path)
 		case !errors.Is(serr, authcore.ErrNotFound):
 			return nil, serr
 		}
@@ -1001,6 +1002,46 @@ func (a *App) encryptionBox(ctx context.Context, st authcore.Store) (*seal.Box, 
 		return nil, err
 	}
 	return seal.New(k) // Validate warned if the file is open to others
+}
+
+// keyFileMissing is the error for a store holding sealed secrets whose
+// generated key file (path) is gone.
+func (a *App) keyFileMissing(path string) error {
+	return fmt.Errorf("the encryption key file %s is missing, but the store %s holds secrets sealed with it: "+
+		"restore the file (from where you back up the store; it is not in the store's backups) and start again. "+
+		"No new key was made: it could not read them. Lost for good, it takes the signing keys and the "+
+		"authenticator apps with it: move the store aside to start a new one", path, a.storagePath)
+}
+
+// checkSealedWith is, for caddy validate, the start's check of the
+// encryption key against the store, made when no Caddy has the store
+// open (sealed, its CSRF key as stored, read by store.CheckStore; nil
+// otherwise): the key file must be there, and the key must open it.
+func (a *App) checkSealedWith(sealed []byte) error {
+	if sealed == nil {
+		return nil
+	}
+	var key []byte
+	var err error
+	if a.Keys.EncryptionKey != "" {
+		key, err = a.configuredEncryptionKey()
+	} else {
+		path := a.encryptionKeyFile()
+		if key, err = seal.ReadKeyFile(path); errors.Is(err, os.ErrNotExist) {
+			return a.keyFileMissing(path)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	box, err := seal.New(key)
+	if err != nil {
+		return err
+	}
+	if _, err := box.Open(sealed, []byte("sigra:"+secretCSRFKey)); err != nil {
+		return a.wrongKey(fmt.Errorf("secret %s: %w (encryption key id %s)", secretCSRFKey, err, box.ID()), box)
+	}
+	return nil
 }
 
 // wrongKey explains a secret of the store that the encryption key cannot

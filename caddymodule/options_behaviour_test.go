@@ -418,6 +418,67 @@ func TestMissingOrWrongEncryptionKey(t *testing.T) {
 	e.mustLogin("kim@example.com")
 }
 
+// caddy validate checks the encryption key against a store no Caddy has
+// open, as the start would: the generated key file must be there, and
+// the key (the file's, or keys { encryption_key }) must open its
+// secrets. A store a running Caddy holds is not read (its start checked).
+func TestValidateChecksTheEncryptionKey(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sigra.db")
+	if err := appOn(t, path).Stop(); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "encryption.key")
+	saved, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	validate := func(key string) error {
+		t.Helper()
+		a := &App{Storage: &StorageConfig{Path: path}, BootstrapAdmin: "off"}
+		if key != "" {
+			a.Keys = &KeysConfig{EncryptionKey: key}
+		}
+		if err := a.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		return a.Validate()
+	}
+	if err := validate(""); err != nil {
+		t.Fatalf("the store with its key file: %v", err)
+	}
+	if err := validate(strings.TrimSpace(string(saved))); err != nil {
+		t.Errorf("the store with its key configured: %v", err)
+	}
+	other := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	if err := validate(other); err == nil || !strings.Contains(err.Error(), "sealed with another encryption key") || strings.Contains(err.Error(), other) {
+		t.Errorf("another key configured: %v; want the store's key asked for, the key not shown", err)
+	}
+	if err := os.WriteFile(keyFile, []byte(other+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := validate(""); err == nil || !strings.Contains(err.Error(), "sealed with another encryption key") || !strings.Contains(err.Error(), keyFile) {
+		t.Errorf("another key file: %v; want the store's key asked for, naming the file", err)
+	}
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := validate(""); err == nil || !strings.Contains(err.Error(), keyFile+" is missing") {
+		t.Errorf("the key file gone: %v; want it named as missing", err)
+	}
+	if _, err := os.Stat(keyFile); !os.IsNotExist(err) {
+		t.Errorf("validate made a key file (stat: %v)", err)
+	}
+	if err := os.WriteFile(keyFile, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	running := appOn(t, path)
+	defer running.Stop()
+	if err := validate(other); err != nil {
+		t.Errorf("another key, the store held by a running app: %v; want it passed (not read)", err)
+	}
+}
+
 // A storage path from an unset variable is an error naming it, not the
 // default store in Caddy's data directory (a second, empty one).
 func TestStoragePathFromUnsetVariable(t *testing.T) {

@@ -584,6 +584,21 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 // (checkMakeable); one unreadable passes: the start says what is wrong
 // with it. So does a directory, which the caller names.
 func CheckIsBolt(path string) error {
+	_, err := CheckStore(path, "")
+	return err
+}
+
+// CheckStore is CheckIsBolt that also reads, when it read the store (no
+// process held it), the value of the secret named secret, as stored
+// (sealed): nil when the store has none, or was not read. caddy validate
+// checks with it that the configured encryption key opens the store.
+func CheckStore(path, secret string) ([]byte, error) {
+	var v []byte
+	err := checkIsBolt(path, secret, &v)
+	return v, err
+}
+
+func checkIsBolt(path, secret string, v *[]byte) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return checkMakeable(path, err)
@@ -597,7 +612,7 @@ func CheckIsBolt(path string) error {
 		return fmt.Errorf("storage %s: %w: it is not a regular file (%v); check the storage path", path, ErrNotStore, fi.Mode().Type())
 	}
 	if fi.Size() == 0 {
-		return checkUnheld(f, path)
+		return checkUnheld(f, path, secret, v)
 	}
 	var b [pageHeaderSize + 4]byte
 	for i := -1; i <= 14; i++ {
@@ -627,7 +642,7 @@ func CheckIsBolt(path string) error {
 				}
 				size = now.Size()
 			}
-			return checkUnheld(f, path)
+			return checkUnheld(f, path, secret, v)
 		}
 	}
 	return fmt.Errorf("storage %s: %w: it is no bbolt file (no header page); check the storage path", path, ErrNotStore)
@@ -675,7 +690,7 @@ func checkMakeable(path string, openErr error) error {
 // it was checked when it was opened, and its lock is not waited for. So
 // does one taken between the look and the read-only open, which waits
 // for it briefly.
-func checkUnheld(f *os.File, path string) error {
+func checkUnheld(f *os.File, path, secret string, v *[]byte) error {
 	if fi, err := f.Stat(); err != nil {
 		return nil
 	} else if fi.Size() == 0 {
@@ -708,7 +723,17 @@ func checkUnheld(f *os.File, path string) error {
 		return damaged(path, err)
 	}
 	ro, err := openGuarded(path, bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond}, func(db *bolt.DB) error {
-		return db.View(checkIsStore)
+		return db.View(func(tx *bolt.Tx) error {
+			if err := checkIsStore(tx); err != nil || secret == "" {
+				return err
+			}
+			if root := tx.Bucket(rootBucket); root != nil {
+				if bk := root.Bucket(bktSecrets); bk != nil {
+					*v = clone(bk.Get([]byte(secret)))
+				}
+			}
+			return nil
+		})
 	})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil

@@ -129,6 +129,10 @@ func LoadOrCreateKeyFile(path string) ([]byte, error) {
 	return k, nil
 }
 
+// ReadKeyFile reads and parses the key file at path, never making one;
+// an error wrapping os.ErrNotExist when there is none.
+func ReadKeyFile(path string) ([]byte, error) { return readKeyFile(path) }
+
 // readKeyFile reads and parses the key file at path; an error wrapping
 // os.ErrNotExist when there is none.
 func readKeyFile(path string) ([]byte, error) {
