@@ -50,6 +50,9 @@ func (e *env) hostRequest(token, host, path string, hdr map[string]string) *http
 	req.AddCookie(&http.Cookie{Name: "sigra_session", Value: token})
 	c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: e.client.CheckRedirect}
 	resp, err := c.Do(req)
+	if err != nil && closedByReload(req, err) {
+		resp, err = c.Do(req)
+	}
 	if err != nil {
 		e.t.Fatal(err)
 	}
