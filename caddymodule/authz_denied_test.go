@@ -138,3 +138,46 @@ func TestGroupIsCheckedBeforeTheSecondFactor(t *testing.T) {
 		t.Errorf("password-only member: status %d, %s; want 401 mfa_required", resp.StatusCode, body)
 	}
 }
+
+// A signed-in user outside admin_group refused by the admin API or pages
+// is an authz.denied row (reason admin_required), as a gate's refusal
+// is: one per user a minute, however many requests probe. Nobody signed
+// in, and an admin still to step up, write none.
+func TestAdminRefusalIsAuthzDenied(t *testing.T) {
+	fake := useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	root := e.addUser("root@example.com", "admins")
+	u := e.addUser("nia@example.com")
+	api := map[string]string{"Accept": "application/json"}
+	if r, _ := e.get("/.sigra/api/admin/users", api); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("signed out: status %d; want 401", r.StatusCode)
+	}
+	e.mustLogin("nia@example.com")
+	for _, path := range []string{"/.sigra/api/admin/users", "/.sigra/api/admin/audit", "/.sigra/admin"} {
+		if r, _ := e.get(path, api); r.StatusCode != http.StatusForbidden {
+			t.Fatalf("non-admin GET %s: status %d; want 403", path, r.StatusCode)
+		}
+	}
+	rows := e.auditRows("authz.denied")
+	if len(rows) != 1 || rows[0].ActorID != u.ID || rows[0].Outcome != "failure" || rows[0].Metadata["reason"] != "admin_required" ||
+		rows[0].Metadata["path"] != "/.sigra/api/admin/users" || rows[0].Metadata["method"] != "GET" || rows[0].Metadata["session"] == "" {
+		t.Fatalf("authz.denied rows %+v; want one by %s, reason admin_required, its path, method and session", rows, u.ID)
+	}
+	fake.Advance(time.Minute)
+	if r, _ := e.get("/.sigra/admin/users", nil); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("non-admin admin page: status %d; want 403", r.StatusCode)
+	}
+	if rows := e.auditRows("authz.denied"); len(rows) != 2 || rows[0].Metadata["path"] != "/.sigra/admin/users" {
+		t.Errorf("authz.denied rows a minute later %+v; want a second one, for the page", rows)
+	}
+	e.client.Jar, _ = newJar()
+	e.mustLogin("root@example.com")
+	if r, _ := e.get("/.sigra/api/admin/users", api); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("admin without a second factor: status %d; want 401", r.StatusCode)
+	}
+	for _, row := range e.auditRows("authz.denied") {
+		if row.ActorID == root.ID {
+			t.Errorf("an admin still to step up wrote %+v", row)
+		}
+	}
+}

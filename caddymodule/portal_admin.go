@@ -79,6 +79,7 @@ func (q *preq) adminRoute(path string) error {
 		writeProblem(q.w, http.StatusUnauthorized, "login_required", "sign in required")
 		return nil
 	case adminNeedGroup:
+		q.auditAdminDenied(p)
 		writeProblem(q.w, http.StatusForbidden, "admin_required", "this needs an administrator")
 		return nil
 	case adminNeedMFA:
@@ -264,6 +265,22 @@ func (q *preq) adminDenial(p *authcore.Principal) string {
 		return adminNeedMFA
 	}
 	return ""
+}
+
+// auditAdminDenied writes the authz.denied row of a signed-in user
+// outside admin_group refused by the admin pages or API (reason
+// admin_required), as a gate's refusal is written: at most once per user
+// a minute. The request is refused either way: a row that cannot be
+// written is logged.
+func (q *preq) auditAdminDenied(p *authcore.Principal) {
+	if !q.rt.denied.due(deniedKey{user: p.User.ID, reason: adminNeedGroup}, q.rt.auth.Now()) {
+		return
+	}
+	ev := event{action: "authz.denied", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
+		meta: map[string]string{"reason": adminNeedGroup, "method": q.r.Method, "path": audit.Truncate(originalURL(q.r).Path, 256), "session": p.SessionID}}
+	if err := q.rt.record(q.ctx(), rowFor(q.r, ev)); err != nil {
+		q.p.logger.Error("writing the authz.denied audit row", zap.String("user", p.User.ID), zap.Error(err))
+	}
 }
 
 // badTimelineQuery reports whether a Timeline error is the caller's (a

@@ -123,6 +123,7 @@ func (q *preq) adminAccess(back string) (*authcore.Principal, error) {
 	case "":
 		return p, nil
 	case adminNeedGroup:
+		q.auditAdminDenied(p)
 		return nil, q.message(http.StatusForbidden, "Administrators only", "This page is for administrators.", q.p.app.Prefix+"/account")
 	case adminNeedLogin:
 		if p == nil {
