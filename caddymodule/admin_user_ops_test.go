@@ -681,6 +681,30 @@ func TestAdminRequestQueuedBehindItsDemotionIsRefused(t *testing.T) {
 	if u, err := e.rt().store.UserByID(ctx, target.ID); err != nil || u.Disabled {
 		t.Errorf("the target after a refused disable: %+v, %v; want enabled", u, err)
 	}
+
+	// Nor after the change that signed its author out everywhere (a
+	// stolen admin session ended by another admin), the author still an
+	// admin.
+	if _, err := e.rt().auth.UpdateUser(ctx, root.ID, func(u *authcore.User) error { u.Groups = []string{"admins"}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	adminChange.Lock()
+	done := make(chan int, 1)
+	go func() {
+		code, _ := e.apiPost("/users/" + target.ID + "/disable")
+		done <- code
+	}()
+	waitBlockedIn(t, "caddymodule.doUser")
+	if _, err := e.rt().auth.RevokeUserSessions(ctx, root.ID); err != nil {
+		t.Fatal(err)
+	}
+	adminChange.Unlock()
+	if code := <-done; code != http.StatusForbidden {
+		t.Errorf("disable queued behind its author's sign-out everywhere: status %d; want 403", code)
+	}
+	if u, err := e.rt().store.UserByID(ctx, target.ID); err != nil || u.Disabled {
+		t.Errorf("the target after a disable from a session signed out meanwhile: %+v, %v; want enabled", u, err)
+	}
 }
 
 // waitBlockedIn waits until a goroutine waits on a mutex inside fn.

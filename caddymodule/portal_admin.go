@@ -213,7 +213,7 @@ func (q *preq) adminRoute(path string) error {
 		}
 		return writeJSON(q.w, map[string]any{"sessions": out})
 	case post && len(parts) == 3 && parts[0] == "users" && adminUserOps[parts[2]]:
-		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1]}, q.r, p.User.ID)
+		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1], Session: p.Session.ID}, q.r, p.User.ID)
 		if err != nil {
 			return q.adminError(err)
 		}
@@ -229,7 +229,7 @@ func (q *preq) adminRoute(path string) error {
 			writeProblem(q.w, http.StatusBadRequest, "bad_request", `the body must be {"groups": [...]}: every group the user is to have, [] for none (`+err.Error()+")")
 			return nil
 		}
-		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "groups", User: parts[1], Groups: *in.Groups}, q.r, p.User.ID)
+		res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "groups", User: parts[1], Groups: *in.Groups, Session: p.Session.ID}, q.r, p.User.ID)
 		if err != nil {
 			return q.adminError(err)
 		}
@@ -317,7 +317,7 @@ func (q *preq) adminRevoke(p *authcore.Principal, sid string) (authcore.SessionI
 	if err != nil {
 		return id, "", authcore.ErrNotFound
 	}
-	unlock, err := stillAdmin(q.ctx(), q.rt, q.p.app.AdminGroup, p.User.ID)
+	unlock, err := stillAdmin(q.ctx(), q.rt, q.p.app.AdminGroup, p.User.ID, p.Session.ID)
 	defer unlock()
 	if err != nil {
 		return id, "", err

@@ -40,7 +40,7 @@ func (q *preq) adminUI(path string) error {
 			if parts[2] == "delete" && q.r.PostFormValue("confirm") != "yes" {
 				return q.message(http.StatusBadRequest, "Not deleted", "Tick the box to confirm the deletion.", back)
 			}
-			_, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1]}, q.r, p.User.ID)
+			_, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: parts[2], User: parts[1], Session: p.Session.ID}, q.r, p.User.ID)
 			if err == nil && parts[2] == "delete" {
 				back = q.p.app.Prefix + "/admin/users" // the user's page is gone
 			}
@@ -53,7 +53,7 @@ func (q *preq) adminUI(path string) error {
 			if v := strings.TrimSpace(q.r.PostFormValue("groups")); v != "" {
 				groups = strings.Split(v, ",")
 			}
-			res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "groups", User: parts[1], Groups: groups}, q.r, p.User.ID)
+			res, err := doUser(q.ctx(), q.rt, q.p.app.AdminGroup, userRequest{Op: "groups", User: parts[1], Groups: groups, Session: p.Session.ID}, q.r, p.User.ID)
 			if err == nil && res.User.ID == p.User.ID && !slices.Contains(res.User.Groups, q.p.app.AdminGroup) {
 				back = q.p.app.Prefix + "/account" // no longer an administrator
 			}

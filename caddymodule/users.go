@@ -32,6 +32,10 @@ type userRequest struct {
 	After    string `json:"after,omitempty"` // list: cursor
 	Limit    int    `json:"limit,omitempty"` // list: page size
 	Query    string `json:"q,omitempty"`     // list: search (id, or part of email or name)
+	// Session is the session an admin's request came in (the portal's
+	// API and pages), which must still stand when its turn comes
+	// (stillAdmin). Never from JSON.
+	Session authcore.SessionID `json:"-"`
 }
 
 // userView is a user as shown to operators (never the password hash).
@@ -144,23 +148,39 @@ var userChangeActions = map[string]string{
 var adminChange sync.Mutex
 
 // errNoLongerAdmin refuses an admin's request that waited its turn
-// behind a change that took the admin's rights away (HTTP 403).
-var errNoLongerAdmin = errors.New("you are no longer an administrator: your rights were taken away while this request waited")
+// behind a change that took the admin's rights or session away (HTTP
+// 403).
+var errNoLongerAdmin = errors.New("you are no longer signed in as an administrator: your rights or your session ended while this request waited")
 
 // stillAdmin takes adminChange and checks, under it, that actor is still
-// an enabled member of adminGroup: an admin request is let in when it
-// arrives, and one queued behind the change that disabled or demoted its
-// author must not run after it. Call the returned unlock, error or not.
-func stillAdmin(ctx context.Context, rt *runtime, adminGroup, actor string) (func(), error) {
+// an enabled member of adminGroup and, when sid is set, that the session
+// the request came in still stands: an admin request is let in when it
+// arrives, and one queued behind the change that disabled, demoted or
+// signed out its author (a stolen admin session ended by another admin)
+// must not run after it. Call the returned unlock, error or not.
+func stillAdmin(ctx context.Context, rt *runtime, adminGroup, actor string, sid authcore.SessionID) (func(), error) {
 	adminChange.Lock()
 	u, err := rt.store.UserByID(ctx, actor)
 	switch {
 	case errors.Is(err, authcore.ErrNotFound), errors.Is(err, authcore.ErrInvalidInput):
-		err = errNoLongerAdmin
-	case err == nil && (u.Disabled || !u.InGroup(adminGroup)):
-		err = errNoLongerAdmin
+		return adminChange.Unlock, errNoLongerAdmin
+	case err != nil:
+		return adminChange.Unlock, err
+	case u.Disabled || !u.InGroup(adminGroup):
+		return adminChange.Unlock, errNoLongerAdmin
+	case sid == authcore.SessionID{}:
+		return adminChange.Unlock, nil
 	}
-	return adminChange.Unlock, err
+	s, err := rt.store.GetSession(ctx, sid)
+	switch {
+	case errors.Is(err, authcore.ErrNotFound):
+		return adminChange.Unlock, errNoLongerAdmin
+	case err != nil:
+		return adminChange.Unlock, err
+	case s.UserID != actor || s.UserEpoch != u.SessionEpoch:
+		return adminChange.Unlock, errNoLongerAdmin
+	}
+	return adminChange.Unlock, nil
 }
 
 // keepsAnAdmin refuses (ErrLastAdmin) req when it would leave no enabled
@@ -195,7 +215,7 @@ func keepsAnAdmin(ctx context.Context, rt *runtime, adminGroup string, req userR
 func doUser(ctx context.Context, rt *runtime, adminGroup string, req userRequest, r *http.Request, actor string) (*userResult, error) {
 	var u *authcore.User // the user changed, when looked up here already
 	if actor != "" {
-		unlock, err := stillAdmin(ctx, rt, adminGroup, actor)
+		unlock, err := stillAdmin(ctx, rt, adminGroup, actor, req.Session)
 		defer unlock()
 		if err != nil {
 			return nil, err
