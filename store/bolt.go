@@ -295,6 +295,11 @@ func checkFormat(root *bolt.Bucket) error {
 // damaged file makes it fault on. Between its Close and the writable open
 // another process may take the file; then that open fails with ErrLocked.
 func checkBoltFile(path string, lockTimeout time.Duration) error {
+	// Looked at before it is opened: opening a FIFO waits for a writer,
+	// and a start would hang there.
+	if fi, err := os.Stat(path); err == nil && !fi.IsDir() && !fi.Mode().IsRegular() {
+		return notRegular(path, fi)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil

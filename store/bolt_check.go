@@ -599,6 +599,10 @@ func CheckStore(path, secret string) ([]byte, error) {
 }
 
 func checkIsBolt(path, secret string, v *[]byte) error {
+	// Looked at before it is opened: opening a FIFO waits for a writer.
+	if fi, err := os.Stat(path); err == nil && !fi.IsDir() && !fi.Mode().IsRegular() {
+		return notRegular(path, fi)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return checkMakeable(path, err)
@@ -609,7 +613,7 @@ func checkIsBolt(path, secret string, v *[]byte) error {
 		return nil
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("storage %s: %w: it is not a regular file (%v); check the storage path", path, ErrNotStore, fi.Mode().Type())
+		return notRegular(path, fi)
 	}
 	if fi.Size() == 0 {
 		return checkUnheld(f, path, secret, v)
@@ -648,24 +652,29 @@ func checkIsBolt(path, secret string, v *[]byte) error {
 	return fmt.Errorf("storage %s: %w: it is no bbolt file (no header page); check the storage path", path, ErrNotStore)
 }
 
+func notRegular(path string, fi fs.FileInfo) error {
+	return fmt.Errorf("storage %s: %w: it is not a regular file (%v); check the storage path", path, ErrNotStore, fi.Mode().Type())
+}
+
+// notThere reports whether err says a path, or a directory on it, is
+// missing.
+func notThere(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
 // checkMakeable refuses a store path that could not be opened (openErr)
-// and where no store can be made either: a symbolic link into a
-// directory that does not exist (one to a file still to be made, in a
-// directory that does, is where the start makes the store), or a path
-// under a file (/etc/passwd/sigra.db). Any other error is the start's to
-// report.
+// and where the start could make no store either. The start makes the
+// missing directories of the path as written, then opens it, creating
+// the file, through any links: so a path that is a link (or a chain of
+// them) to a file still to be made needs that file's directory to be
+// there, and one that is not a link needs every directory on it that is
+// there to be a directory, not a file (/etc/passwd/sigra.db) nor a link
+// to nothing. Any other error is the start's to report.
 func checkMakeable(path string, openErr error) error {
-	if !errors.Is(openErr, fs.ErrNotExist) && !errors.Is(openErr, syscall.ENOTDIR) {
+	if !notThere(openErr) {
 		return nil
 	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-		target, err := os.Readlink(path)
-		if err != nil {
-			return nil
-		}
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(path), target)
-		}
+	if target, linked := linkEnd(path); linked {
 		if fi, err := os.Stat(filepath.Dir(target)); err != nil || !fi.IsDir() {
 			return fmt.Errorf("storage %s: a symbolic link to %s, whose directory does not exist; check the storage path", path, target)
 		}
@@ -676,10 +685,38 @@ func checkMakeable(path string, openErr error) error {
 		switch {
 		case err == nil && !fi.IsDir():
 			return fmt.Errorf("storage %s: %s is not a directory, so no store can be made there; check the storage path", path, dir)
-		case err == nil, !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR), filepath.Dir(dir) == dir:
-			return nil // the start makes the missing directories
+		case err == nil, !notThere(err):
+			return nil
+		}
+		if target, linked := linkEnd(dir); linked {
+			return fmt.Errorf("storage %s: %s is a symbolic link to %s, which does not exist; check the storage path", path, dir, target)
+		}
+		if filepath.Dir(dir) == dir {
+			return nil
 		}
 	}
+}
+
+// linkEnd follows path while it is a symbolic link, and returns where
+// the links end (a path that is not a link, or is missing), and whether
+// path was a link at all.
+func linkEnd(path string) (string, bool) {
+	linked := false
+	for range 40 { // the system's own bound on a chain is about as long
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			break
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			break
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(path), target)
+		}
+		path, linked = target, true
+	}
+	return path, linked
 }
 
 // checkUnheld checks f, the file at path, as a store the way the start

@@ -563,11 +563,46 @@ func TestCheckIsBolt(t *testing.T) {
 	if err := CheckIsBolt(ahead); err != nil {
 		t.Errorf("CheckIsBolt(a link to a store still to be made) = %v; want it left to the start", err)
 	}
+	// A FIFO is refused, not opened (which would wait for a writer); a
+	// chain of links is followed to its end; a directory on the path
+	// that is a link to nothing cannot be made.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	chain, link2 := filepath.Join(dir, "chain.db"), filepath.Join(dir, "link2.db")
+	if err := os.Symlink(link2, chain); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join("missing-dir", "x.db"), link2); err != nil {
+		t.Fatal(err)
+	}
+	dlink := filepath.Join(dir, "dlink")
+	if err := os.Symlink(filepath.Join(dir, "nowhere"), dlink); err != nil {
+		t.Fatal(err)
+	}
+	goodChain := filepath.Join(dir, "good-chain.db")
+	if err := os.Symlink(ahead, goodChain); err != nil {
+		t.Fatal(err)
+	}
+	// The start refuses a FIFO too, rather than wait for a writer.
+	if st, err := OpenBolt(fifo, BoltOptions{}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		if st != nil {
+			st.Close()
+		}
+		t.Errorf("OpenBolt(a FIFO) = %v; want it refused, not a regular file", err)
+	}
+	if err := CheckIsBolt(goodChain); err != nil {
+		t.Errorf("CheckIsBolt(a chain of links to a store still to be made) = %v; want it left to the start", err)
+	}
 	for _, tc := range []struct{ path, want string }{
 		{dangling, "a symbolic link to " + filepath.Join(dir, "gone", "sigra.db") + ", whose directory does not exist"},
 		{filepath.Join(text, "sigra.db"), text + " is not a directory"},
 		{filepath.Join(text, "a", "b", "sigra.db"), text + " is not a directory"},
 		{"/dev/null", "not a regular file"},
+		{fifo, "not a regular file"},
+		{chain, "a symbolic link to " + filepath.Join(dir, "missing-dir", "x.db") + ", whose directory does not exist"},
+		{filepath.Join(dlink, "new.db"), dlink + " is a symbolic link to " + filepath.Join(dir, "nowhere") + ", which does not exist"},
 	} {
 		if err := CheckIsBolt(tc.path); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
 			t.Errorf("CheckIsBolt(%s) = %v; want an error naming it: %s", tc.path, err, tc.want)
