@@ -90,7 +90,10 @@ func (q *preq) mfaSubmit() error {
 		return nil
 	}
 	code, recovery := q.r.PostFormValue("code"), q.r.PostFormValue("recovery_code")
-	if strings.Trim(code, blanks) == "" && strings.Trim(recovery, blanks) == "" {
+	if strings.Trim(recovery, blanks) == "" {
+		recovery = "" // blank beside a code: the code is what was sent
+	}
+	if strings.Trim(code, blanks) == "" && recovery == "" {
 		// Enter on an empty field (or one of the spaces and dashes codes
 		// may be typed with) guesses nothing: it is neither counted
 		// towards a ban nor written as a failure.
