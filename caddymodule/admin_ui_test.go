@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
-	"io"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -380,34 +379,14 @@ func TestAdminPagesUserActions(t *testing.T) {
 // admin row. Another admin, or the CLI, still can.
 func TestAdminCannotDisableThemselves(t *testing.T) {
 	e, root, target := startAdminUI(t)
-	own := "/.sigra/admin/users/" + root.ID
-	_, page := htmlGet(e, own)
-	if strings.Contains(page, `data-sigra="admin-user-disable"`) || !strings.Contains(page, "This is your account") {
-		t.Errorf("the admin's own page offers to disable it, or does not say why not:\n%s", page)
-	}
-	if _, page := htmlGet(e, "/.sigra/admin/users/"+target.ID); !strings.Contains(page, `data-sigra="admin-user-disable"`) {
-		t.Error("another user's page lost its disable form")
-	}
-
-	r, body := e.postForm(own+"/disable", url.Values{"csrf_token": {csrfFrom(t, page)}}, map[string]string{"Accept": "text/html"})
-	if r.StatusCode != http.StatusConflict || !strings.Contains(body, "cannot disable your own account") {
-		t.Errorf("page: disabling oneself: status %d; want 409 saying why\n%s", r.StatusCode, body)
-	}
-	hdr := map[string]string{"Accept": "application/json", "Origin": e.base, "X-CSRF-Token": e.adminCSRF()}
-	api := e.do(http.MethodPost, "/.sigra/api/admin/users/"+root.ID+"/disable", hdr, nil)
-	b, _ := io.ReadAll(api.Body)
-	api.Body.Close()
-	if api.StatusCode != http.StatusConflict || !strings.Contains(string(b), "cannot disable your own account") {
-		t.Errorf("API: disabling oneself: status %d; want 409 saying why\n%s", api.StatusCode, b)
+	if page := refusedOnSelf(t, e, root, target, "disable", "cannot disable your own account"); !strings.Contains(page, "This is your account") {
+		t.Errorf("the admin's own page does not say why it cannot be disabled:\n%s", page)
 	}
 	if u, _ := e.rt().store.UserByID(context.Background(), root.ID); u.Disabled {
 		t.Fatal("the admin disabled their own account")
 	}
 	if r, _ := htmlGet(e, "/.sigra/admin"); r.StatusCode != http.StatusOK {
 		t.Errorf("the admin's session after the refusals: status %d; want 200", r.StatusCode)
-	}
-	if rows := e.auditRows("admin.user.disable"); len(rows) != 0 {
-		t.Errorf("a refused self-disable wrote %d admin.user.disable rows", len(rows))
 	}
 }
 
@@ -416,27 +395,36 @@ func TestAdminCannotDisableThemselves(t *testing.T) {
 // from. The page offers the form on other users' pages only.
 func TestAdminCannotUnlockThemselves(t *testing.T) {
 	e, root, target := startAdminUI(t)
-	own := "/.sigra/admin/users/" + root.ID
-	_, page := htmlGet(e, own)
-	if strings.Contains(page, `data-sigra="admin-user-unlock"`) {
-		t.Errorf("the admin's own page offers to unlock it:\n%s", page)
-	}
-	if _, page := htmlGet(e, "/.sigra/admin/users/"+target.ID); !strings.Contains(page, `data-sigra="admin-user-unlock"`) {
-		t.Error("another user's page lost its unlock form")
-	}
-	r, body := e.postForm(own+"/unlock", url.Values{"csrf_token": {csrfFrom(t, page)}}, map[string]string{"Accept": "text/html"})
-	if r.StatusCode != http.StatusConflict || !strings.Contains(body, "cannot lift your own") {
-		t.Errorf("page: unlocking oneself: status %d; want 409 saying why\n%s", r.StatusCode, body)
-	}
-	if code, body := e.apiPost("/users/" + root.ID + "/unlock"); code != http.StatusConflict || !strings.Contains(body, "cannot lift your own") {
-		t.Errorf("API: unlocking oneself: status %d; want 409 saying why\n%s", code, body)
-	}
-	if rows := e.auditRows("admin.user.unlock"); len(rows) != 0 {
-		t.Errorf("a refused self-unlock wrote rows %+v", rows)
-	}
+	refusedOnSelf(t, e, root, target, "unlock", "cannot lift your own")
 	if code, body := e.apiPost("/users/" + target.ID + "/unlock"); code != http.StatusOK {
 		t.Errorf("API: unlocking another user: status %d\n%s", code, body)
 	}
+}
+
+// refusedOnSelf checks that the admin root's own page offers no form for
+// op while target's does, and that op on root is refused from the page
+// and the API (409, saying want) with no row; it returns root's page.
+func refusedOnSelf(t *testing.T, e *env, root, target *authcore.User, op, want string) string {
+	t.Helper()
+	own, form := "/.sigra/admin/users/"+root.ID, `data-sigra="admin-user-`+op+`"`
+	_, page := htmlGet(e, own)
+	if strings.Contains(page, form) {
+		t.Errorf("the admin's own page offers to %s it:\n%s", op, page)
+	}
+	if _, other := htmlGet(e, "/.sigra/admin/users/"+target.ID); !strings.Contains(other, form) {
+		t.Errorf("another user's page lost its %s form", op)
+	}
+	r, body := e.postForm(own+"/"+op, url.Values{"csrf_token": {csrfFrom(t, page)}}, map[string]string{"Accept": "text/html"})
+	if r.StatusCode != http.StatusConflict || !strings.Contains(body, want) {
+		t.Errorf("page: %s oneself: status %d; want 409 saying why\n%s", op, r.StatusCode, body)
+	}
+	if code, body := e.apiPost("/users/" + root.ID + "/" + op); code != http.StatusConflict || !strings.Contains(body, want) {
+		t.Errorf("API: %s oneself: status %d; want 409 saying why\n%s", op, code, body)
+	}
+	if rows := e.auditRows(userChangeActions[op]); len(rows) != 0 {
+		t.Errorf("a refused self-%s wrote rows %+v", op, rows)
+	}
+	return page
 }
 
 func mustPage(t *testing.T, e *env, path string) string {

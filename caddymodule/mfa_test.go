@@ -436,14 +436,22 @@ func TestBruteForceRegulation(t *testing.T) {
 	})
 }
 
+// pendingMFAPage signs email in afresh (a new cookie jar) with the
+// password, to the second-factor page, and returns that page.
+func pendingMFAPage(t *testing.T, e *env, email string) string {
+	t.Helper()
+	e.client.Jar, _ = newJar()
+	e.login(email, testPassword, "/")
+	_, page := e.get("/.sigra/mfa", nil)
+	return page
+}
+
 // pendingCodeForm signs email in afresh (password only, a second factor
 // due) and returns a sender of codes to its second-factor form, which
 // answers with its status.
 func pendingCodeForm(t *testing.T, e *env, email string) func(code string) int {
 	t.Helper()
-	e.client.Jar, _ = newJar()
-	e.login(email, testPassword, "/")
-	_, page := e.get("/.sigra/mfa", nil)
+	page := pendingMFAPage(t, e, email)
 	return func(code string) int {
 		r, _ := e.postForm("/.sigra/mfa", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {code}}, nil)
 		return r.StatusCode
@@ -456,9 +464,7 @@ func pendingCodeForm(t *testing.T, e *env, email string) func(code string) int {
 func TestEmptyCodeIsNoGuess(t *testing.T) {
 	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 2\n }", "eva@example.com")
 	fake.Advance(30 * time.Second)
-	e.client.Jar, _ = newJar()
-	e.login("eva@example.com", testPassword, "/")
-	_, page := e.get("/.sigra/mfa", nil)
+	page := pendingMFAPage(t, e, "eva@example.com")
 	for _, id := range []string{"code", "recovery_code"} {
 		if !regexp.MustCompile(`<input id="` + id + `"[^>]* required[ >]`).MatchString(page) {
 			t.Errorf("the %s field is not required:\n%s", id, page)
@@ -914,9 +920,7 @@ func TestAdminUserPageShowsLocks(t *testing.T) {
 func TestMFARefusedByTheAddressSaysSo(t *testing.T) {
 	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries_per_ip 3\n }", "ned@example.com")
 	fake.Advance(30 * time.Second)
-	e.client.Jar, _ = newJar()
-	e.login("ned@example.com", testPassword, "/")
-	_, page := e.get("/.sigra/mfa", nil)
+	page := pendingMFAPage(t, e, "ned@example.com")
 	e.failSignIns(3)
 	// A sign-in refused by the ban has its row (one a minute): the code
 	// refused in the same minute has its own.

@@ -363,9 +363,7 @@ func TestMFASubmitRefusesBadCSRF(t *testing.T) {
 	fake, e, u, secret, codes := startEnrolled(t, "", "lee@example.com")
 	fake.Advance(30 * time.Second)
 
-	e.client.Jar, _ = newJar()
-	e.login("lee@example.com", testPassword, "/")
-	_, page := e.get("/.sigra/mfa", nil)
+	page := pendingMFAPage(t, e, "lee@example.com")
 	good := csrfFrom(t, page)
 	tampered := []byte(good)
 	tampered[len(tampered)/2] ^= 1
