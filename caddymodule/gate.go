@@ -493,7 +493,7 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	if dn := g.check(p, now); dn != nil {
 		if dn.status == http.StatusForbidden {
-			g.auditDenied(rt, r, p, dn, now)
+			writeDenied(rt, r, p, deniedKey{user: p.User.ID, gate: g, reason: dn.reason}, now, g.logger)
 		}
 		return g.deny(w, r, d, dn, start)
 	}
@@ -636,18 +636,19 @@ const (
 	phUserEmail = "http.auth.user.email"
 )
 
-// auditDenied writes the authz.denied row of a signed-in user refused by
-// a requirement, at most once per user, gate and reason a minute. The
-// request is refused either way: a row that cannot be written is logged.
-func (g *Gate) auditDenied(rt *runtime, r *http.Request, p *authcore.Principal, d *denial, now time.Time) {
-	if !rt.denied.due(deniedKey{user: p.User.ID, gate: g, reason: d.reason}, now) {
+// writeDenied writes the authz.denied row of p, a signed-in user refused
+// at r for k.reason (by a gate's requirement, or by the admin pages), at
+// most once per user, gate and reason a minute (k). The request is
+// refused either way: a row that cannot be written is logged.
+func writeDenied(rt *runtime, r *http.Request, p *authcore.Principal, k deniedKey, now time.Time, log *zap.Logger) {
+	if !rt.denied.due(k, now) {
 		return
 	}
 	path := audit.Truncate(originalURL(r).Path, 256) // before handle_path or uri strip_prefix
 	ev := event{action: "authz.denied", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
-		meta: map[string]string{"reason": d.reason, "method": r.Method, "path": path, "session": p.SessionID}}
+		meta: map[string]string{"reason": k.reason, "method": r.Method, "path": path, "session": p.SessionID}}
 	if err := rt.record(r.Context(), rowFor(r, ev)); err != nil {
-		g.logger.Error("writing the authz.denied audit row", zap.String("user", p.User.ID), zap.Error(err))
+		log.Error("writing the authz.denied audit row", zap.String("user", p.User.ID), zap.Error(err))
 	}
 }
 

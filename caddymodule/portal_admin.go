@@ -269,18 +269,9 @@ func (q *preq) adminDenial(p *authcore.Principal) string {
 
 // auditAdminDenied writes the authz.denied row of a signed-in user
 // outside admin_group refused by the admin pages or API (reason
-// admin_required), as a gate's refusal is written: at most once per user
-// a minute. The request is refused either way: a row that cannot be
-// written is logged.
+// admin_required), as a gate's refusal is written.
 func (q *preq) auditAdminDenied(p *authcore.Principal) {
-	if !q.rt.denied.due(deniedKey{user: p.User.ID, reason: adminNeedGroup}, q.rt.auth.Now()) {
-		return
-	}
-	ev := event{action: "authz.denied", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
-		meta: map[string]string{"reason": adminNeedGroup, "method": q.r.Method, "path": audit.Truncate(originalURL(q.r).Path, 256), "session": p.SessionID}}
-	if err := q.rt.record(q.ctx(), rowFor(q.r, ev)); err != nil {
-		q.p.logger.Error("writing the authz.denied audit row", zap.String("user", p.User.ID), zap.Error(err))
-	}
+	writeDenied(q.rt, q.r, p, deniedKey{user: p.User.ID, reason: adminNeedGroup}, q.rt.auth.Now(), q.p.logger)
 }
 
 // badTimelineQuery reports whether a Timeline error is the caller's (a
