@@ -712,7 +712,14 @@ func linkEnd(path string) (string, bool) {
 			break
 		}
 		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(path), target)
+			// From the directory the link is really in: through a linked
+			// directory, the system reads "../" from there, not from the
+			// path as written.
+			dir := filepath.Dir(path)
+			if real, err := filepath.EvalSymlinks(dir); err == nil {
+				dir = real
+			}
+			target = filepath.Join(dir, target)
 		}
 		path, linked = target, true
 	}

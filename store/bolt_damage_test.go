@@ -592,6 +592,24 @@ func TestCheckIsBolt(t *testing.T) {
 		}
 		t.Errorf("OpenBolt(a FIFO) = %v; want it refused, not a regular file", err)
 	}
+	// A link's "../" is read from the directory it is really in: here
+	// p/L/s.db is p/real/x/s.db, a link to ../z/s.db, that is
+	// p/real/z/s.db, which can be made (p/z does not exist).
+	p := filepath.Join(dir, "p")
+	for _, d := range []string{"real/x", "real/z"} {
+		if err := os.MkdirAll(filepath.Join(p, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("real/x", filepath.Join(p, "L")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../z/s.db", filepath.Join(p, "real", "x", "s.db")); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckIsBolt(filepath.Join(p, "L", "s.db")); err != nil {
+		t.Errorf("CheckIsBolt(a link whose ../ is read from a linked directory) = %v; want it left to the start", err)
+	}
 	if err := CheckIsBolt(goodChain); err != nil {
 		t.Errorf("CheckIsBolt(a chain of links to a store still to be made) = %v; want it left to the start", err)
 	}
