@@ -73,16 +73,18 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 		t.Errorf("password sign-in with a failing audit row left %d sessions; want 0", n)
 	}
 	// A browser is told what happened, not given an empty page; an API
-	// client gets Caddy's answer, as before.
+	// client gets problem+json.
 	_, loginPage := e.get("/.sigra/login", map[string]string{"Accept": "text/html"})
 	form := url.Values{"email": {"una@example.com"}, "password": {testPassword}, "csrf_token": {csrfFrom(t, loginPage)}, "rd": {"/"}}
 	if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": "text/html"}); resp.StatusCode != http.StatusInternalServerError ||
 		!strings.Contains(body, "Something went wrong") || resp.Header.Get("Content-Security-Policy") == "" {
 		t.Errorf("a browser's sign-in with a failing audit row: status %d; want 500 and a page saying so\n%s", resp.StatusCode, body)
 	}
-	if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": "application/json"}); resp.StatusCode != http.StatusInternalServerError ||
-		strings.Contains(body, "Something went wrong") {
-		t.Errorf("an API client's sign-in with a failing audit row: status %d, %q; want Caddy's 500", resp.StatusCode, body)
+	for _, accept := range []string{"application/json", "*/*"} {
+		if resp, body := e.postForm("/.sigra/login", form, map[string]string{"Accept": accept}); resp.StatusCode != http.StatusInternalServerError ||
+			resp.Header.Get("Content-Type") != "application/problem+json" || problemReason(body) != "internal_server_error" || strings.Contains(body, "audit") {
+			t.Errorf("an API client's (Accept %s) sign-in with a failing audit row: status %d, %s %q; want 500, problem+json without the cause", accept, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
 	}
 
 	e.failAudit("")

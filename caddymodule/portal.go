@@ -156,11 +156,17 @@ func (p *Portal) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		r.Body = http.MaxBytesReader(tw, r.Body, maxFormBody)
 	}
 	err := q.serve(sub)
-	if status := serverErrorStatus(err); status != 0 && !tw.wrote && wantsHTML(r) && !hasErrorRoutes(r, err) {
-		// Caddy would answer a browser with an empty page: say what
-		// happened instead, and log the cause as Caddy would have.
+	if status := serverErrorStatus(err); status != 0 && !tw.wrote && !hasErrorRoutes(r, err) {
+		// Caddy would answer with an empty body, and log the cause under
+		// its own name: log it under Sigra's, where an operator watching
+		// sigra looks, and say what happened, a page to a browser and
+		// problem+json to a script, as the portal's other answers.
 		p.logger.Error("portal request failed", zap.Int("status", status), zap.String("method", r.Method),
 			zap.String("uri", r.RequestURI), zap.Error(err))
+		if !wantsHTML(r) {
+			writeProblem(tw, status, statusReason(status), "the server could not complete this request; the cause is in the server's log")
+			return nil
+		}
 		return q.message(status, "Something went wrong", "The server could not complete this request. Try again in a moment; if it goes on, tell the site's administrator.", "")
 	}
 	return err
