@@ -491,6 +491,26 @@ const cliLockWait = 100 * time.Millisecond
 // no Caddy answers for it: another command working offline holds it.
 const cliOfflineWait = 15 * time.Second
 
+// removedUnderCaddy refuses a command on a store that is not there when
+// a Caddy answering at the config's admin address runs a store elsewhere
+// (a relative path read from another directory, another HOME), which
+// would never read one made here; or runs this very path, whose file it
+// has open still, removed or moved while it ran (unless it made the file
+// just now, starting): a store made now would not reach it, and "make
+// one" is the wrong advice.
+func removedUnderCaddy(cfg *cliConfig) error {
+	same, other := storeAtAdmin(cfg)
+	if other != nil {
+		return other
+	}
+	if _, err := os.Stat(cfg.app.storagePath); same && errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet there is no file there: "+
+			"it was removed or moved while Caddy ran, and a store made now would not reach the running Caddy. "+
+			"Put the file back (or restart Caddy, which then makes a new one), then run the command again; nothing was changed", cfg.store)
+	}
+	return nil
+}
+
 // onStore runs direct on the store when no Caddy holds it, or viaAdmin
 // when a running Caddy does (its admin API then does the work). Unless
 // create is given, a store that does not exist is an error, not a new
@@ -510,6 +530,9 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 	st, err := store.OpenBolt(a.storagePath, store.BoltOptions{MustExist: true, LockTimeout: cliLockWait})
 	missing := errors.Is(err, store.ErrNoStore)
 	if missing && create == nil {
+		if err := removedUnderCaddy(cfg); err != nil {
+			return err
+		}
 		where := ""
 		switch {
 		case a.Storage.Path == "":
@@ -532,14 +555,8 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		// another HOME) would never read one made here: let it say so.
 		// One running this path has its file open still, removed or moved
 		// while it ran (unless it made the file just now, starting).
-		same, other := storeAtAdmin(cfg)
-		if other != nil {
-			return other
-		}
-		if _, err := os.Stat(a.storagePath); same && errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("a Caddy answering at the admin address runs the store %s, yet there is no file there: "+
-				"it was removed or moved while Caddy ran, and a store made now would not reach the running Caddy. "+
-				"Put the file back (or restart Caddy, which then makes a new one), then run the command again; nothing was changed", abs)
+		if err := removedUnderCaddy(cfg); err != nil {
+			return err
 		}
 		st, err = store.OpenBolt(a.storagePath, store.BoltOptions{LockTimeout: cliLockWait})
 	}

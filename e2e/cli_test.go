@@ -396,6 +396,12 @@ func TestCLIRefusesAStoreReplacedUnderCaddy(t *testing.T) {
 	if _, err := os.Stat(g.db); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("users add made a store at %s: %v", g.db, err)
 	}
+	// A command that needs the store says the same, not "users add makes
+	// one", which would not reach the running Caddy.
+	r = g.cli("", "list")
+	if r.code == 0 || !strings.Contains(r.output(), "yet there is no file there") || strings.Contains(r.output(), "so does users add") {
+		t.Errorf("users list where the store was removed under Caddy: want a non-zero exit saying so\n%s", r)
+	}
 }
 
 // evalSymlinks is path with symbolic links resolved, as the CLI sends it.
