@@ -550,11 +550,7 @@ func onStore(cf cliFlags, create func(a *App) error, viaAdmin func(cfg *cliConfi
 		if err := create(a); err != nil {
 			return err
 		}
-		// A Caddy answering at the config's admin address that runs a
-		// store elsewhere (a relative path read from another directory,
-		// another HOME) would never read one made here: let it say so.
-		// One running this path has its file open still, removed or moved
-		// while it ran (unless it made the file just now, starting).
+		// Nor is one made for a running Caddy that would never read it.
 		if err := removedUnderCaddy(cfg); err != nil {
 			return err
 		}
