@@ -569,7 +569,7 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 	return nil
 }
 
-// CheckIsBolt refuses, without waiting for a lock and without writing,
+// CheckStore refuses, without waiting for a lock and without writing,
 // a file at path that carries no bbolt magic number in any place a
 // header page could be: a store path that names another file
 // (/etc/passwd, a Caddyfile); and a bbolt file whose header pages say it
@@ -583,15 +583,11 @@ func (w *boltWalker) bucket(id uint64, depth, i int, value []byte) error {
 // (checkUnheld). A missing file passes when the start can make it
 // (checkMakeable); one unreadable passes: the start says what is wrong
 // with it. So does a directory, which the caller names.
-func CheckIsBolt(path string) error {
-	_, err := CheckStore(path, "")
-	return err
-}
-
-// CheckStore is CheckIsBolt that also reads, when it read the store (no
-// process held it), the value of the secret named secret, as stored
-// (sealed): nil when the store has none, or was not read. caddy validate
-// checks with it that the configured encryption key opens the store.
+//
+// When it read the store (no process held it), it also returns the value
+// of the secret named secret ("": none), as stored (sealed): nil when the
+// store has none, or was not read. caddy validate checks with it that the
+// configured encryption key opens the store.
 func CheckStore(path, secret string) ([]byte, error) {
 	var v []byte
 	err := checkIsBolt(path, secret, &v)

@@ -91,7 +91,7 @@ func ParseKey(s string) ([]byte, error) {
 // LoadOrCreateKeyFile reads a base64 key from path, or creates the file
 // (mode 0600, parent directories 0700) with a new random key.
 func LoadOrCreateKeyFile(path string) ([]byte, error) {
-	if k, err := readKeyFile(path); !errors.Is(err, os.ErrNotExist) {
+	if k, err := ReadKeyFile(path); !errors.Is(err, os.ErrNotExist) {
 		return k, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -117,7 +117,7 @@ func LoadOrCreateKeyFile(path string) ([]byte, error) {
 		// Another process won the race: its key. A name that is taken
 		// yet reads as missing is a link to nothing (a secrets mount
 		// not mounted yet, say): trying again would never end.
-		k, err := readKeyFile(path)
+		k, err := ReadKeyFile(path)
 		if errors.Is(err, os.ErrNotExist) {
 			to, _ := os.Readlink(path)
 			return nil, fmt.Errorf("the encryption key file %s is a link to %q, which does not exist: make that file (or mount what holds it), or remove the link for a new key", path, to)
@@ -131,11 +131,7 @@ func LoadOrCreateKeyFile(path string) ([]byte, error) {
 
 // ReadKeyFile reads and parses the key file at path, never making one;
 // an error wrapping os.ErrNotExist when there is none.
-func ReadKeyFile(path string) ([]byte, error) { return readKeyFile(path) }
-
-// readKeyFile reads and parses the key file at path; an error wrapping
-// os.ErrNotExist when there is none.
-func readKeyFile(path string) ([]byte, error) {
+func ReadKeyFile(path string) ([]byte, error) {
 	data, err := keyfile.Read(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, err
