@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -143,7 +142,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		bopts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			return openFile(name, flag&^os.O_CREATE, perm)
 		}
-	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	} else if err := os.MkdirAll(writtenDir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage %s: creating directory: %w", path, err)
 	} else if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		fresh = true

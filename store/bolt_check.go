@@ -660,7 +660,7 @@ func notThere(err error) bool {
 
 // checkMakeable refuses a store path that could not be opened (openErr)
 // and where the start could make no store either. The start makes the
-// missing directories of the path as written, then opens it, creating
+// missing directories of the path as written (writtenDir), then opens it, creating
 // the file, through any links: so a path that is a link (or a chain of
 // them) to a file still to be made needs that file's directory to be
 // there, and one that is not a link needs every directory on it that is
@@ -676,7 +676,7 @@ func checkMakeable(path string, openErr error) error {
 		}
 		return nil
 	}
-	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+	for dir := writtenDir(path); ; dir = writtenDir(dir) {
 		fi, err := os.Stat(dir)
 		switch {
 		case err == nil && !fi.IsDir():
@@ -687,10 +687,35 @@ func checkMakeable(path string, openErr error) error {
 		if target, linked := linkEnd(dir); linked {
 			return fmt.Errorf("storage %s: %s is a symbolic link to %s, which does not exist; check the storage path", path, dir, target)
 		}
-		if filepath.Dir(dir) == dir {
+		if writtenDir(dir) == dir {
 			return nil
 		}
 	}
+}
+
+// writtenDir is the directory of path as the system reads it: path
+// without its last element, not cleaned. filepath.Dir would read
+// "x/../data/sigra.db" as in "data", which the system reaches only
+// through an x that exists; the start makes the directories as written
+// (x, then data), and this check walks them the same way.
+func writtenDir(path string) string {
+	i := len(path) - 1
+	for i > 0 && os.IsPathSeparator(path[i]) {
+		i--
+	}
+	for i >= 0 && !os.IsPathSeparator(path[i]) {
+		i--
+	}
+	if i < 0 {
+		return "."
+	}
+	for i > 0 && os.IsPathSeparator(path[i-1]) {
+		i--
+	}
+	if i == 0 {
+		return path[:1]
+	}
+	return path[:i]
 }
 
 // linkEnd follows path while it is a symbolic link, and returns where

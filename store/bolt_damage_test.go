@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -1016,5 +1017,65 @@ func TestStoreReadPanicIsNotTakenForTheFile(t *testing.T) {
 	}
 	if _, err := st.ListUsers(context.Background(), "", 1); err != nil {
 		t.Errorf("after a read's panic: %v; want the store usable", err)
+	}
+}
+
+// A store path that goes up out of a directory ("x/../data/sigra.db") is
+// read as the system reads it: through x. The start makes x, then data,
+// and opens the store there; caddy validate passes it. Through a file
+// rather than a directory, both refuse it. The start had made data
+// alone, then failed to open the path.
+func TestStorePathUpOutOfADirectory(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/x/../data/sigra.db"
+	if err := CheckIsBolt(path); err != nil {
+		t.Errorf("CheckIsBolt(%s) = %v; want it left to the start", path, err)
+	}
+	st, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatalf("OpenBolt(%s) = %v; want the store made", path, err)
+	}
+	st.Close()
+	if fi, err := os.Stat(filepath.Join(dir, "data", "sigra.db")); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("after OpenBolt(%s): data/sigra.db: %v; want the store there", path, err)
+	}
+	if err := CheckIsBolt(path); err != nil {
+		t.Errorf("CheckIsBolt(%s), made = %v; want it passed", path, err)
+	}
+
+	text := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(text, []byte("root:x:0:0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	through := text + "/../other/sigra.db"
+	if err := CheckIsBolt(through); err == nil || !strings.Contains(err.Error(), text+" is not a directory") {
+		t.Errorf("CheckIsBolt(%s) = %v; want it refused, %s is not a directory", through, err, text)
+	}
+	if st, err := OpenBolt(through, BoltOptions{}); err == nil {
+		st.Close()
+		t.Errorf("OpenBolt(%s) made a store; want it refused", through)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "other")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after a refused OpenBolt(%s): other/: %v; want nothing made", through, err)
+	}
+}
+
+func TestWrittenDir(t *testing.T) {
+	for _, tc := range []struct{ path, want string }{
+		{"sigra.db", "."},
+		{"/sigra.db", "/"},
+		{"//sigra.db", "/"},
+		{"/", "/"},
+		{".", "."},
+		{"a/b", "a"},
+		{"a//b//", "a"},
+		{"./x/../data/sigra.db", "./x/../data"},
+		{"./x/..", "./x"},
+		{"../data/sigra.db", "../data"},
+		{"/var/lib/sigra/sigra.db", "/var/lib/sigra"},
+	} {
+		if got := writtenDir(tc.path); got != tc.want {
+			t.Errorf("writtenDir(%q) = %q; want %q", tc.path, got, tc.want)
+		}
 	}
 }
