@@ -224,4 +224,19 @@ func TestGeneratorSharedRoundNoBleed(t *testing.T) {
 	if out[0].Requests != share || out[0].Late == 0 {
 		t.Errorf("slow target: %d requests, %d late; want %d, some late", out[0].Requests, out[0].Late, share)
 	}
+	// A late request is timed from when it was due, not from when its
+	// worker got to send it (coordinated omission): besides the first
+	// request of each connection, held from the start, the ones due
+	// while it waited show the wait. Each connection sends one every
+	// 60 ms and waits about 400 ms, so about 4 of each connection's late
+	// requests were due 100 ms or more before they could go out.
+	long := 0
+	for _, d := range out[0].Samples {
+		if time.Duration(d) >= 100*time.Millisecond {
+			long++
+		}
+	}
+	if long < 3*3 {
+		t.Errorf("slow target: %d of %d samples ≥ 100 ms; want at least 9 (its 3 held requests, and the late ones timed from when they were due)", long, len(out[0].Samples))
+	}
 }
