@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -342,7 +343,9 @@ func describe(s siteConf) string {
 	}
 }
 
-// parseCounts parses "-sessions 1000,100000,1000000".
+// parseCounts parses "-sessions 1000,100000,1000000", smallest first
+// (the goal compares the largest store with the smallest) and each count
+// once (each has its own store directory).
 func parseCounts(list string) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(list, ",") {
@@ -355,7 +358,8 @@ func parseCounts(list string) ([]int, error) {
 		}
 		out = append(out, n)
 	}
-	return out, nil
+	slices.Sort(out)
+	return slices.Compact(out), nil
 }
 
 // humanCount writes 1000 as 1k and 1000000 as 1M.

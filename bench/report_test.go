@@ -321,6 +321,10 @@ func TestParseCounts(t *testing.T) {
 	if err != nil || len(got) != 3 || got[1] != 100000 {
 		t.Fatalf("got %v, %v", got, err)
 	}
+	// Given in any order, or twice: smallest first, once each.
+	if got, err := parseCounts("1000000,1000,1000"); err != nil || !slices.Equal(got, []int{1000, 1000000}) {
+		t.Errorf("parseCounts(1000000,1000,1000) = %v, %v; want [1000 1000000]", got, err)
+	}
 	for _, bad := range []string{"0", "x", "-5"} {
 		if _, err := parseCounts(bad); err == nil {
 			t.Errorf("parseCounts(%q): got no error", bad)
