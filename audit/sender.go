@@ -125,6 +125,10 @@ type lane struct {
 	// then: a failed probe looks like a receiver down, and would have it
 	// tried again at the next pass, spending two attempts each time.
 	failedRow string
+	// failedOwn is when failedRow's own backoff would have it attempted
+	// again (zero if it died): till then it sits out the passes that
+	// have another delivery to probe with.
+	failedOwn time.Time
 	// failedPasses counts the passes in a row that failed (the outbox
 	// unreadable, the outcome unrecorded); 0 after one that ran and did
 	// not (a lane held back runs no pass), and after a replay.
@@ -569,10 +573,26 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 	// before, until the retry schedule ends and every delivery is given
 	// up. They keep their own retry schedules, and die alone once their
 	// own attempts run out.
+	//
+	// Nor is that one attempted after the probe, in a pass with others,
+	// until its own backoff is over: alone, it was the probe, whose
+	// failure is taken for the receiver's, and was kept due; attempted
+	// again at once beside the next probe, an event the receiver turns
+	// away every time would spend two attempts per step of its schedule
+	// and die in half the time. Once the receiver has answered, it waits
+	// out its own backoff. Should the receiver have been down after all,
+	// it goes that much later than the others held back.
 	slices.SortStableFunc(ds, func(a, b Delivery) int { return b.Attempts - a.Attempts })
+	taken := len(ds)
 	ln.mu.Lock()
-	failedRow := ln.failedRow
+	failedRow, failedOwn := ln.failedRow, ln.failedOwn
 	ln.mu.Unlock()
+	var sitOut *Delivery
+	if i := slices.IndexFunc(ds, func(d Delivery) bool { return d.RowID == failedRow }); i >= 0 && len(ds) > 1 && now.Before(failedOwn) {
+		d := ds[i]
+		sitOut = &d
+		ds = slices.Delete(ds, i, i+1)
+	}
 	probe := len(ds) - 1
 	if probe > 0 && ds[probe].RowID == failedRow {
 		probe--
@@ -588,7 +608,8 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		ss          = make([]Settlement, 0, len(ds))
 		causes      = make([]error, 0, len(ds))
 		unavailable error
-		failed      string // the row of the delivery that said so
+		failed      string    // the row of the delivery that said so
+		failedNext  time.Time // when its own backoff would have it attempted
 		answered    bool
 		held        []heldBack
 	)
@@ -598,8 +619,9 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		}
 		st := s.verdict(d, results[i])
 		if receiverUnavailable(results[i]) {
-			unavailable, failed = results[i], d.RowID
+			unavailable, failed, failedNext = results[i], d.RowID, time.Time{}
 			if st.Verdict == Retry {
+				failedNext = st.Next
 				// It keeps its place in the queue: while the receiver is
 				// down, the webhook's backoff, not its due time, says
 				// when the next probe goes.
@@ -629,23 +651,28 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 		ln.reset()
 	}
 	if unavailable != nil {
-		s.laneDown(ln, unavailable, failed, len(ds)-len(ss))
+		s.laneDown(ln, unavailable, failed, failedNext, len(ds)-len(ss))
+	}
+	settle := ss
+	if answered && sitOut != nil {
+		// Its own backoff, with the attempt it made as the probe.
+		settle = append(ss[:len(ss):len(ss)], Settlement{Delivery: *sitOut, Verdict: Retry, Next: failedOwn})
 	}
 	// The pass is settled in one commit: one disk sync per pass, not one
 	// per delivery. Should the commit fail, the pass's deliveries stay
 	// pending as they were and are attempted again: delivery is at least
 	// once. Logs and counters follow the commit, so they never report
 	// verdicts that were not kept.
-	if err := s.l.st.AuditSettle(ctx, ss); err != nil {
-		return len(ds), fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
+	if err := s.l.st.AuditSettle(ctx, settle); err != nil {
+		return taken, fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
 	}
 	for i, st := range ss {
 		s.report(st, causes[i])
 	}
 	if err := s.giveUpIfDead(ctx, ln, now); err != nil {
-		return len(ds), err
+		return taken, err
 	}
-	return len(ds), nil
+	return taken, nil
 }
 
 // heldBack is a settlement (at index i) of a delivery that found the
@@ -659,7 +686,7 @@ type heldBack struct {
 // unavailable: as long as a delivery would be after that many failures,
 // from now, when the pass's attempts are over (a probe that timed out
 // may have taken longer than the first steps).
-func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
+func (s *sender) laneDown(ln *lane, cause error, row string, own time.Time, held int) {
 	now := s.l.clk.Now()
 	ln.mu.Lock()
 	if ln.down == 0 {
@@ -668,7 +695,7 @@ func (s *sender) laneDown(ln *lane, cause error, row string, held int) {
 	ln.down++
 	ln.until = now.Add(s.backoff(ln.down))
 	ln.lastErr = Truncate(cause.Error(), 512)
-	ln.failedRow = row
+	ln.failedRow, ln.failedOwn = row, own
 	down, since, until := ln.down, ln.downSince, ln.until
 	ln.mu.Unlock()
 	s.l.errLog.Warn("audit webhook receiver unavailable: its deliveries wait", "hook_id", ln.hook,

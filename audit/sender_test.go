@@ -530,6 +530,61 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 	}
 }
 
+// So it does when it comes due alone, as it does when the good events go
+// out as they come: alone, it is the probe, and its 503 looks like the
+// receiver down. It must not then be tried again beside the next good
+// event, before its own backoff is over: that spent two attempts per
+// step of its schedule, and gave it up in half the time.
+func TestWebhookPoisonedEventAloneKeepsItsSchedule(t *testing.T) {
+	ft := newFakeTime()
+	var (
+		mu  sync.Mutex
+		hit []time.Time
+	)
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("POISON")) {
+			mu.Lock()
+			hit = append(hit, ft.Now())
+			mu.Unlock()
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(rc.Close)
+	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
+	ctx := context.Background()
+	mustRecord(t, l, poisonRow())
+	// Ten minutes, a second at a time: what is due goes (the poisoned
+	// event alone, when its time has come), then a good event, which
+	// goes at once.
+	for range 600 {
+		if _, err := l.DeliverDue(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mustRecord(t, l, sampleRow("auth.logout"))
+		if _, err := l.DeliverDue(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ft.Advance(time.Second)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// After its n-th attempt it waits 2 s doubled n-1 times, jittered to
+	// between half and all of it: at least 1 s, 2 s, 4 s…, and so at most
+	// 10 attempts fit in ten minutes.
+	for i := 1; i < len(hit); i++ {
+		if gap, least := hit[i].Sub(hit[i-1]), opts.MinBackoff<<(i-1)/2; gap < least {
+			t.Errorf("attempt %d came %v after attempt %d; want at least %v, its own backoff", i+1, gap, i, least)
+		}
+	}
+	if len(hit) < 6 || len(hit) > 10 {
+		t.Errorf("the poisoned event was tried %d times in ten minutes; want its own schedule (6 to 10)", len(hit))
+	}
+	if s, _ := l.Stats(ctx); s.Dead != 0 || s.Pending != 1 || s.Delivered != 600 {
+		t.Errorf("Stats %+v; want the poisoned event still pending, the 600 others delivered", s)
+	}
+}
+
 // Events a client shapes, more of them than a delivery's attempts, all
 // turned away with a 500, and older than the good ones: the probe is the
 // least tried delivery, so a good one goes through at each pass, and
