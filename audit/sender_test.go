@@ -476,20 +476,16 @@ func TestWebhookPoisonedEventDiesAlone(t *testing.T) {
 	}
 }
 
-// That event keeps its own retry schedule meanwhile: the others' answers
-// end the webhook's backoff, but not its own, so it is not tried at every
-// pass (its attempts spent in seconds, a brief outage of one event at
-// the receiver enough to kill it).
-func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
-	ft := newFakeTime()
-	var poisonHits atomic.Int64
+// newPoisonTimesReceiver is a receiver that answers 503 to any event
+// whose user agent holds POISON (poisonRow), and takes the others; hits
+// gives the fake times of the poisoned event's attempts.
+func newPoisonTimesReceiver(t *testing.T, ft *fakeTime) (rc *httptest.Server, hits func() []time.Time) {
 	var (
 		mu  sync.Mutex
 		hit []time.Time
 	)
-	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	rc = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("POISON")) {
-			poisonHits.Add(1)
 			mu.Lock()
 			hit = append(hit, ft.Now())
 			mu.Unlock()
@@ -497,6 +493,20 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 		}
 	}))
 	t.Cleanup(rc.Close)
+	return rc, func() []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(hit)
+	}
+}
+
+// That event keeps its own retry schedule meanwhile: the others' answers
+// end the webhook's backoff, but not its own, so it is not tried at every
+// pass (its attempts spent in seconds, a brief outage of one event at
+// the receiver enough to kill it).
+func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
+	ft := newFakeTime()
+	rc, poisonHits := newPoisonTimesReceiver(t, ft)
 	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
 	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
 	ctx := context.Background()
@@ -511,15 +521,14 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 	}
 	// 2 s, 4 s, 8 s, 16 s, 32 s… (each jittered to between half and all
 	// of it): at most 7 attempts fit in a minute, not 30.
-	if n := poisonHits.Load(); n < 2 || n > 7 {
+	hit := poisonHits()
+	if n := len(hit); n < 2 || n > 7 {
 		t.Errorf("the poisoned event was tried %d times in a minute; want its own backoff (2 to 7)", n)
 	}
 	// Only its first failure, a probe, looks like the receiver down and
 	// has it tried again at the next pass; later, another delivery is the
 	// probe, and each of its retries waits its own backoff (at least 2 s
 	// after the second attempt), never a pass.
-	mu.Lock()
-	defer mu.Unlock()
 	for i := 2; i < len(hit); i++ {
 		if hit[i].Sub(hit[i-1]) <= 2*time.Second {
 			t.Errorf("the poisoned event was tried at %v, one pass after %v: it was the probe again", hit[i].Sub(hit[0]), hit[i-1].Sub(hit[0]))
@@ -537,19 +546,7 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 // step of its schedule, and gave it up in half the time.
 func TestWebhookPoisonedEventAloneKeepsItsSchedule(t *testing.T) {
 	ft := newFakeTime()
-	var (
-		mu  sync.Mutex
-		hit []time.Time
-	)
-	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte("POISON")) {
-			mu.Lock()
-			hit = append(hit, ft.Now())
-			mu.Unlock()
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-	}))
-	t.Cleanup(rc.Close)
+	rc, poisonHits := newPoisonTimesReceiver(t, ft)
 	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
 	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
 	ctx := context.Background()
@@ -567,8 +564,7 @@ func TestWebhookPoisonedEventAloneKeepsItsSchedule(t *testing.T) {
 		}
 		ft.Advance(time.Second)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	hit := poisonHits()
 	// After its n-th attempt it waits 2 s doubled n-1 times, jittered to
 	// between half and all of it: at least 1 s, 2 s, 4 s…, and so at most
 	// 10 attempts fit in ten minutes.
