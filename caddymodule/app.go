@@ -965,13 +965,21 @@ func (a *App) configuredEncryptionKey() ([]byte, error) {
 	return k, nil
 }
 
-// placeholderName shows a configured value in an error only when it is a
-// placeholder; a literal key stays out of logs.
+// placeholderName shows a configured value in an error only when it is
+// placeholders alone ({env.KEY}, {env.A}{env.B}); a literal key, or the
+// literal part of one ({env.A}text{env.B}), stays out of logs.
 func placeholderName(raw string) string {
-	if strings.HasPrefix(raw, "{") && strings.HasSuffix(raw, "}") {
-		return raw
+	for rest := raw; rest != ""; {
+		end := strings.IndexByte(rest, '}')
+		if !strings.HasPrefix(rest, "{") || end < 0 || strings.Contains(rest[1:end], "{") {
+			return "(the configured value)"
+		}
+		rest = rest[end+1:]
 	}
-	return "(the configured value)"
+	if raw == "" {
+		return "(the configured value)"
+	}
+	return raw
 }
 
 // encryptionBox builds the box that seals secrets at rest, from the

@@ -29,6 +29,8 @@ func TestAuditConfigErrorsRedactWebhookURL(t *testing.T) {
 		{"secret unset in part", AuditWebhook{URL: url, Secret: "x{env.SIGRA_TEST_UNSET_HOOK_SECRET}yyyyyyyyyyyyyyyyyyyy"}, "has a placeholder that is not set or not known"},
 		{"secret of a request placeholder", AuditWebhook{URL: url, Secret: "{http.request.host}"}, "secret {http.request.host} has a placeholder that is not set or not known"},
 		{"literal secret with braces", AuditWebhook{URL: url, Secret: "s3cr3t{pass}word0"}, "secret (the configured value) has a placeholder"},
+		{"literal between placeholders", AuditWebhook{URL: url, Secret: "{env.SIGRA_TEST_UNSET_HOOK_SECRET}s3cr3tpass{env.HOME}"}, "secret (the configured value) has a placeholder"},
+		{"two placeholders", AuditWebhook{URL: url, Secret: "{env.SIGRA_TEST_UNSET_HOOK_SECRET}{env.SIGRA_TEST_UNSET_HOOK_SECRET2}"}, "secret {env.SIGRA_TEST_UNSET_HOOK_SECRET}{env.SIGRA_TEST_UNSET_HOOK_SECRET2} is empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
