@@ -76,14 +76,14 @@ func TestDeniedLogIsBounded(t *testing.T) {
 	var l deniedLog
 	t0 := time.Unix(1_800_000_000, 0)
 	for i := range deniedLogMax {
-		if !l.due(deniedKey{user: fmt.Sprint(i), reason: "group"}, t0) {
+		if _, due := l.due(deniedKey{user: fmt.Sprint(i), reason: "group"}, t0); !due {
 			t.Fatalf("key %d not due the first time", i)
 		}
 	}
-	if l.due(deniedKey{user: "0", reason: "group"}, t0.Add(59*time.Second)) {
+	if _, due := l.due(deniedKey{user: "0", reason: "group"}, t0.Add(59*time.Second)); due {
 		t.Error("a key was due again within the minute")
 	}
-	if !l.due(deniedKey{user: "new", reason: "group"}, t0.Add(time.Minute)) {
+	if _, due := l.due(deniedKey{user: "new", reason: "group"}, t0.Add(time.Minute)); !due {
 		t.Error("a new key was not due")
 	}
 	if len(l.last) != 1 {
@@ -94,6 +94,60 @@ func TestDeniedLogIsBounded(t *testing.T) {
 	}
 	if len(l.last) > deniedLogMax {
 		t.Errorf("%d keys kept; want at most %d", len(l.last), deniedLogMax)
+	}
+}
+
+// A row that could not be written is due again at the next refusal, not
+// a minute later: the refusal stands, and its row is written then. An
+// undo that comes after the key was noted again takes nothing back.
+func TestDeniedLogUndo(t *testing.T) {
+	var l deniedLog
+	k := deniedKey{user: "u1", reason: "group"}
+	t0 := time.Unix(1_800_000_000, 0)
+	undo, due := l.due(k, t0)
+	if !due {
+		t.Fatal("a new key was not due")
+	}
+	undo()
+	if _, due := l.due(k, t0.Add(time.Second)); !due {
+		t.Fatal("a key whose row could not be written was not due again")
+	}
+	undo() // late: the key's note is the second one's now
+	if _, due := l.due(k, t0.Add(2*time.Second)); due {
+		t.Error("an earlier undo took back a later note")
+	}
+	// Not due: its undo does nothing.
+	undo3, due := l.due(k, t0.Add(3*time.Second))
+	if due {
+		t.Fatal("due twice within the minute")
+	}
+	undo3()
+	if _, due := l.due(k, t0.Add(4*time.Second)); due {
+		t.Error("the undo of a row that was not due took back the note")
+	}
+}
+
+// A gate's refusal whose authz.denied row could not be written is
+// refused all the same, and the next one writes the row.
+func TestAuthzDeniedRowAfterAFailedWrite(t *testing.T) {
+	useFakeClock(t)
+	e := startCaddy(t, "", `
+	sigra_gate
+	sigra_gate /admin/* {
+		group admins
+	}`)
+	e.addUser("mallory@example.com", "staff")
+	e.mustLogin("mallory@example.com")
+	e.failAudit("authz.denied")
+	if resp, _ := e.get("/admin/x", jsonAccept); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("with its row failing: status %d; want 403", resp.StatusCode)
+	}
+	e.failAudit("")
+	if resp, _ := e.get("/admin/x", jsonAccept); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("status %d; want 403", resp.StatusCode)
+	}
+	if rows := e.auditRows("authz.denied"); len(rows) != 1 {
+		t.Errorf("%d authz.denied rows after a refusal whose row failed and one more, within a second; want 1", len(rows))
 	}
 }
 

@@ -641,13 +641,15 @@ const (
 // most once per user, gate and reason a minute (k). The request is
 // refused either way: a row that cannot be written is logged.
 func writeDenied(rt *runtime, r *http.Request, p *authcore.Principal, k deniedKey, now time.Time, log *zap.Logger) {
-	if !rt.denied.due(k, now) {
+	undo, due := rt.denied.due(k, now)
+	if !due {
 		return
 	}
 	path := audit.Truncate(originalURL(r).Path, 256) // before handle_path or uri strip_prefix
 	ev := event{action: "authz.denied", actor: p.User.ID, subject: p.User.ID, outcome: "failure",
 		meta: map[string]string{"reason": k.reason, "method": r.Method, "path": path, "session": p.SessionID}}
 	if err := rt.record(r.Context(), rowFor(r, ev)); err != nil {
+		undo()
 		log.Error("writing the authz.denied audit row", zap.String("user", p.User.ID), zap.Error(err))
 	}
 }
@@ -671,12 +673,15 @@ type deniedKey struct {
 	reason string
 }
 
-// due reports whether a row for k is due at now, and if so notes it.
-func (l *deniedLog) due(k deniedKey, now time.Time) bool {
+// due reports whether a row for k is due at now, and if so notes it;
+// undo takes the note back, for a row that could not be written, so that
+// the next refusal writes it rather than none being written for a
+// minute.
+func (l *deniedLog) due(k deniedKey, now time.Time) (undo func(), due bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if t, ok := l.last[k]; ok && now.Sub(t) < time.Minute && !now.Before(t) {
-		return false
+		return noUndo, false
 	}
 	if l.last == nil {
 		l.last = make(map[deniedKey]time.Time)
@@ -692,8 +697,17 @@ func (l *deniedLog) due(k deniedKey, now time.Time) bool {
 		}
 	}
 	l.last[k] = now
-	return true
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.last[k] == now {
+			delete(l.last, k)
+		}
+	}, true
 }
+
+// noUndo is the undo of a row that was not due.
+func noUndo() {}
 
 // deny answers a request that did not pass: browsers get a redirect (to
 // sign in or step up) or a small page; other clients problem+json.

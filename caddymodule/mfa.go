@@ -151,9 +151,10 @@ func (q *preq) mfaSubmit() error {
 		if stepUp {
 			k.reason += " " + p.SessionID
 		}
-		if q.rt.denied.due(k, q.rt.auth.Now()) {
+		if undo, due := q.rt.denied.due(k, q.rt.auth.Now()); due {
 			failed.meta["reason"] = "totp_locked"
 			if err := q.audit(failed); err != nil {
+				undo()
 				return err
 			}
 		}
@@ -182,10 +183,12 @@ func (q *preq) mfaSubmit() error {
 		if !att.Allowed() {
 			failed.meta["reason"] = "locked" // refused unchecked
 		}
-		if q.refusalDue(att, failed.action) {
+		undo, due := q.refusalDue(att, failed.action)
+		if due {
 			evs = append(evs, failed)
 		}
 		if err := q.audit(evs...); err != nil {
+			undo()
 			return err
 		}
 		q.rt.login(method, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
@@ -574,10 +577,11 @@ func (q *preq) recoveryRegenerate() error {
 // ban's for the next after an unlock). Those cost the
 // sender nothing (it need not even wait for the answer), so a row for
 // each would let anyone grow the store as fast as they can send;
-// sigra_logins_total{result="locked"} still counts every one.
-func (q *preq) refusalDue(att *authcore.Attempt, action string) bool {
+// sigra_logins_total{result="locked"} still counts every one. undo is
+// deniedLog.due's, to call when the row could not be written.
+func (q *preq) refusalDue(att *authcore.Attempt, action string) (undo func(), due bool) {
 	if att.Checked() {
-		return true
+		return noUndo, true
 	}
 	ban := att.BannedUntil().UTC().Format(time.RFC3339Nano) // zero for a quota in flight
 	return q.rt.denied.due(deniedKey{user: att.RefusedBy(), reason: "refused " + action + " until " + ban}, q.rt.auth.Now())

@@ -530,9 +530,6 @@ func TestMFABruteForce(t *testing.T) {
 	}
 }
 
-// A right password clears the earlier wrong ones, for a user with a
-// second factor too (the codes are counted apart): the owner's typos
-// before a sign-in do not add up with one typo after it.
 // The rows of refusals while banned are written once a minute, but
 // once per ban: an unlock and a new ban within the minute have theirs.
 func TestEveryBanHasItsRefusedRow(t *testing.T) {
@@ -569,6 +566,40 @@ func TestEveryBanHasItsRefusedRow(t *testing.T) {
 	}
 }
 
+// A refusal while banned whose row could not be written is answered
+// with the error, and the next refusal writes the row, rather than none
+// being written for the rest of the minute.
+func TestRefusedRowAfterAFailedWrite(t *testing.T) {
+	fake, e, _, _, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
+	fake.Advance(30 * time.Second)
+	post := pendingCodeForm(t, e, "wes@example.com")
+	for i := range 3 {
+		if got := post(fmt.Sprintf("%06d", 111111*(i+1))); got != http.StatusUnauthorized {
+			t.Fatalf("wrong code %d: status %d; want 401", i, got)
+		}
+	}
+	e.failAudit("mfa.challenge.failure")
+	if got := post("999999"); got != http.StatusInternalServerError {
+		t.Fatalf("a code while banned, its row failing: status %d; want 500", got)
+	}
+	e.failAudit("")
+	if got := post("999999"); got != http.StatusTooManyRequests {
+		t.Fatalf("a code while banned: status %d; want 429", got)
+	}
+	n := 0
+	for _, row := range e.auditRows("mfa.challenge.failure") {
+		if row.Metadata["reason"] == "locked" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d rows of refusals while banned; want 1, the second refusal's", n)
+	}
+}
+
+// A right password clears the earlier wrong ones, for a user with a
+// second factor too (the codes are counted apart): the owner's typos
+// before a sign-in do not add up with one typo after it.
 func TestRightPasswordClearsTyposWithSecondFactor(t *testing.T) {
 	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "ann@example.com")
 	fake.Advance(time.Minute)

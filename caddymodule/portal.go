@@ -605,10 +605,12 @@ func (q *preq) checkPassword(email, password string, reauthOf *authcore.Principa
 		if reauthOf != nil {
 			meta["step"], meta["session"] = "reauth", reauthOf.SessionID
 		}
-		if q.refusalDue(att, "auth.login.failure") {
+		undo, due := q.refusalDue(att, "auth.login.failure")
+		if due {
 			evs = append(evs, event{action: "auth.login.failure", subject: subject, outcome: "failure", meta: meta})
 		}
 		if err := q.audit(evs...); err != nil {
+			undo()
 			return nil, nil, err
 		}
 		q.rt.login(counted, map[bool]string{true: "failure", false: "locked"}[att.Allowed()])
