@@ -583,7 +583,6 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 	// out its own backoff. Should the receiver have been down after all,
 	// it goes that much later than the others held back.
 	slices.SortStableFunc(ds, func(a, b Delivery) int { return b.Attempts - a.Attempts })
-	taken := len(ds)
 	ln.mu.Lock()
 	failedRow, failedOwn := ln.failedRow, ln.failedOwn
 	ln.mu.Unlock()
@@ -664,15 +663,15 @@ func (s *sender) pass(ctx context.Context, ln *lane) (int, error) {
 	// once. Logs and counters follow the commit, so they never report
 	// verdicts that were not kept.
 	if err := s.l.st.AuditSettle(ctx, settle); err != nil {
-		return taken, fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
+		return len(ds), fmt.Errorf("recording the outcome of %d deliveries (attempted again on the next pass): %w", len(ss), err)
 	}
 	for i, st := range ss {
 		s.report(st, causes[i])
 	}
 	if err := s.giveUpIfDead(ctx, ln, now); err != nil {
-		return taken, err
+		return len(ds), err
 	}
-	return taken, nil
+	return len(ds), nil
 }
 
 // heldBack is a settlement (at index i) of a delivery that found the
@@ -1038,6 +1037,9 @@ func (s *sender) replayed(hookID string) {
 	for _, ln := range lanes {
 		ln.reset()
 		ln.clearFailedPasses()
+		ln.mu.Lock()
+		ln.failedOwn = time.Time{} // what was replayed goes now
+		ln.mu.Unlock()
 		ln.poke()
 	}
 }

@@ -554,17 +554,24 @@ func TestWebhookPoisonedEventAloneKeepsItsSchedule(t *testing.T) {
 	// Ten minutes, a second at a time: what is due goes (the poisoned
 	// event alone, when its time has come), then a good event, which
 	// goes at once.
+	taken := 0 // what DeliverDue says it took: what it attempted
 	for range 600 {
-		if _, err := l.DeliverDue(ctx); err != nil {
+		n, err := l.DeliverDue(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
 		mustRecord(t, l, sampleRow("auth.logout"))
-		if _, err := l.DeliverDue(ctx); err != nil {
+		m, err := l.DeliverDue(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
+		taken += n + m
 		ft.Advance(time.Second)
 	}
 	hit := poisonHits()
+	if taken != 600+len(hit) {
+		t.Errorf("DeliverDue took %d deliveries in all; want the %d attempts made", taken, 600+len(hit))
+	}
 	// After its n-th attempt it waits 2 s doubled n-1 times, jittered to
 	// between half and all of it: at least 1 s, 2 s, 4 s…, and so at most
 	// 10 attempts fit in ten minutes.
