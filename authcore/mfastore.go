@@ -11,20 +11,6 @@ import (
 // a newer one was). The Service answers it as ErrInvalidCode.
 var ErrTOTPStepUsed = errors.New("TOTP time step already used")
 
-// PendingTOTP is a TOTP enrolment that was started but not confirmed yet.
-type PendingTOTP struct {
-	// Sealed is the base32 secret sealed with the Service's box, bound to
-	// the user id.
-	Sealed []byte `json:"sealed"`
-	// ExpiresAt is when the enrolment can no longer be confirmed.
-	ExpiresAt time.Time `json:"expires_at"`
-}
-
-// MaxPendingTOTP bounds the pending enrolments kept per user: each session
-// has its own, so that another session of the user (a stolen cookie) can
-// neither read nor replace it.
-const MaxPendingTOTP = 8
-
 // TOTPRecord is a user's confirmed TOTP authenticator.
 type TOTPRecord struct {
 	// Sealed is the base32 secret sealed with the Service's box, bound to
@@ -50,24 +36,14 @@ type TOTPRecord struct {
 // (bbolt: one Update; PostgreSQL: SELECT … FOR UPDATE), so that two
 // concurrent uses of one code cannot both succeed.
 type MFAStore interface {
-	// PutPendingTOTP stores the pending enrolment session sid began for
-	// the user, replacing that session's earlier one. In the same
-	// transaction it drops the user's enrolments that have expired (as
-	// of p.ExpiresAt − TOTPEnrolmentTTL) and, beyond MaxPendingTOTP, those
-	// that expire first.
-	PutPendingTOTP(ctx context.Context, userID string, sid SessionID, p *PendingTOTP) error
-	// PendingTOTP returns the pending enrolment session sid began for
-	// the user, or ErrNotFound.
-	PendingTOTP(ctx context.Context, userID string, sid SessionID) (*PendingTOTP, error)
-	// CompleteTOTPEnrolment atomically confirms an enrolment: if session
-	// sid's pending enrolment still holds exactly pendingSealed, it
-	// deletes all of the user's pending enrolments, stores rec as the
-	// user's TOTP (replacing an earlier one), replaces all recovery codes
-	// with recoveryHashes, and sets the user's SecondFactor flag
-	// (UpdatedAt = rec.EnrolledAt). It returns ErrNotFound, changing
-	// nothing, when that pending enrolment is gone or was replaced, or the
-	// user does not exist.
-	CompleteTOTPEnrolment(ctx context.Context, userID string, sid SessionID, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) error
+	// CompleteTOTPEnrolment atomically enrols the user's authenticator
+	// app: if the user has none, it stores rec as the user's TOTP,
+	// replaces all recovery codes with recoveryHashes, and sets the
+	// user's SecondFactor flag (UpdatedAt = rec.EnrolledAt). It returns
+	// ErrNotFound, changing nothing, when the user has one already (set
+	// up meanwhile: the same form sent twice, another tab) or does not
+	// exist.
+	CompleteTOTPEnrolment(ctx context.Context, userID string, rec *TOTPRecord, recoveryHashes [][]byte) error
 	// TOTP returns the user's confirmed TOTP, or ErrNotFound.
 	TOTP(ctx context.Context, userID string) (*TOTPRecord, error)
 	// AcceptTOTPStep atomically raises the user's LastStep to step and

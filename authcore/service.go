@@ -454,7 +454,7 @@ type ChangeStore interface {
 	PutSessionIn(s *Session) func(tx any) error
 	DeleteSessionIn(id SessionID) func(tx any) error
 	ReplaceSessionIn(old SessionID, s *Session) func(tx any) error
-	CompleteTOTPEnrolmentIn(userID string, sid SessionID, pendingSealed []byte, rec *TOTPRecord, recoveryHashes [][]byte) func(tx any) error
+	CompleteTOTPEnrolmentIn(userID string, rec *TOTPRecord, recoveryHashes [][]byte) func(tx any) error
 	AcceptTOTPStepIn(userID string, step uint64, maxFailures int) func(tx any) error
 	ClearTOTPFailuresIn(userID string) func(tx any) error
 	// ReplaceRecoveryCodesIn is ReplaceRecoveryCodes in tx, if shown

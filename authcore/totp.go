@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"image/png"
@@ -68,6 +69,9 @@ type TOTPEnrolment struct {
 	QRCode string
 	// ExpiresAt is when the enrolment can no longer be confirmed.
 	ExpiresAt time.Time
+	// Page is the enrolment, sealed, for the form that confirms it to
+	// send back (see totpPageAAD). It holds Secret: keep it as secret.
+	Page string
 }
 
 // String redacts the secret.
@@ -78,11 +82,10 @@ func (e *TOTPEnrolment) LogValue() slog.Value {
 	return slog.GroupValue(slog.Time("expires_at", e.ExpiresAt))
 }
 
-// Additional data binding sealed TOTP secrets to their user and state, so a
-// sealed value cannot be moved to another user or from pending to
-// confirmed.
-func totpPendingAAD(userID string) []byte { return []byte("sigra/totp-pending/v1\x00" + userID) }
-func totpAAD(userID string) []byte        { return []byte("sigra/totp/v1\x00" + userID) }
+// totpAAD binds a sealed TOTP secret to its user, so that a sealed value
+// cannot be moved to another user (nor a page's, totpPageAAD, stored as
+// an app).
+func totpAAD(userID string) []byte { return []byte("sigra/totp/v1\x00" + userID) }
 
 func (s *Service) mustBox() error {
 	if s.box == nil {
@@ -115,20 +118,54 @@ func totpAccount(u *User) string {
 	return u.Email
 }
 
+// An enrolment not yet confirmed is carried by the page that shows it,
+// sealed (TOTPEnrolment.Page), and stored nowhere: showing the page
+// changes no state, and a form sent back with it shows the same secret
+// again. It is bound to the user and the session: a copy of the session
+// cookie, stolen, is the same session, but the thief's own visit gets a
+// secret of its own, and cannot read the owner's page.
+func totpPageAAD(userID string, sid SessionID) []byte {
+	return append([]byte("sigra/totp-page/v1\x00"+userID+"\x00"), sid[:]...)
+}
+
+// maxTOTPPage bounds the page token that is opened: a sealed secret and
+// its end, base64url, are about 100 bytes.
+const maxTOTPPage = 256
+
+// sealTOTPPage seals an enrolment's secret and end into its page token.
+func (s *Service) sealTOTPPage(userID string, sid SessionID, secret string, exp time.Time) string {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(secret)), uint64(exp.UnixNano()))
+	return base64.RawURLEncoding.EncodeToString(s.box.Seal(append(b, secret...), totpPageAAD(userID, sid)))
+}
+
+// openTOTPPage returns the secret and end of the enrolment page carries,
+// if it is one of this user and session's.
+func (s *Service) openTOTPPage(userID string, sid SessionID, page string) (secret string, exp time.Time, ok bool) {
+	if page == "" || len(page) > maxTOTPPage {
+		return "", time.Time{}, false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(page)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	b, err := s.box.Open(raw, totpPageAAD(userID, sid))
+	if err != nil || len(b) <= 8 {
+		return "", time.Time{}, false
+	}
+	return string(b[8:]), time.Unix(0, int64(binary.BigEndian.Uint64(b))).UTC(), true
+}
+
 // BeginTOTP starts a TOTP enrolment for u in session sid: it generates a
-// secret and keeps it server-side, sealed, as the session's pending
-// enrolment (replacing its earlier one) for TOTPEnrolmentTTL. Nothing
-// changes for the user until ConfirmTOTP. issuer names the site in the
-// authenticator app (default "Sigra"); the account name is the user's
-// email.
+// secret, to be confirmed within TOTPEnrolmentTTL by ConfirmTOTP with the
+// enrolment's Page. Nothing is stored, and nothing changes for the user,
+// until then. issuer names the site in the authenticator app (default
+// "Sigra"); the account name is the user's email.
 //
-// The enrolment belongs to sid: another session of the same user, such as
-// a stolen cookie, is never shown its secret, cannot confirm it and cannot
-// replace it, so it cannot learn the authenticator the user is about to
-// scan, nor keep the user from enrolling.
-//
-// If the user already has TOTP, confirming replaces it: callers should then
-// require a fresh second factor first, as for RemoveTOTP.
+// The enrolment belongs to sid and to the page that shows it (see
+// totpPageAAD): another session of the same user, or another visit to the
+// page with a copy of this session's cookie, is never shown its secret
+// and cannot confirm it, so it cannot learn the authenticator the user is
+// about to scan.
 func (s *Service) BeginTOTP(ctx context.Context, u *User, sid SessionID, issuer string) (*TOTPEnrolment, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, err
@@ -142,33 +179,23 @@ func (s *Service) BeginTOTP(ctx context.Context, u *User, sid SessionID, issuer 
 		return nil, fmt.Errorf("generating TOTP secret: %w", err)
 	}
 	exp := s.clock.Now().UTC().Add(TOTPEnrolmentTTL)
-	p := &PendingTOTP{Sealed: s.box.Seal([]byte(key.Secret()), totpPendingAAD(u.ID)), ExpiresAt: exp}
-	if err := s.store.PutPendingTOTP(ctx, u.ID, sid, p); err != nil {
-		return nil, err
-	}
-	return enrolment(key, exp)
+	return enrolment(key, exp, s.sealTOTPPage(u.ID, sid, key.Secret(), exp))
 }
 
-// TOTPEnrolmentFor returns the pending enrolment session sid began while
-// it has at least a minute left, else begins a new one. Showing the
-// enrolment page again, or a failed confirmation, then keeps the secret
-// the user may already have scanned, and a cross-site page load cannot
-// replace it.
-func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, sid SessionID, issuer string) (*TOTPEnrolment, error) {
+// TOTPEnrolmentFor returns the enrolment that page (the token a form
+// sent back; "" for a new visit) carries, while it has at least a minute
+// left, else begins a new one. A failed confirmation then shows the
+// secret the user may already have scanned.
+func (s *Service) TOTPEnrolmentFor(ctx context.Context, u *User, sid SessionID, page, issuer string) (*TOTPEnrolment, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, err
 	}
-	p, err := s.store.PendingTOTP(ctx, u.ID, sid)
-	if err == nil && s.clock.Now().Before(p.ExpiresAt.Add(-time.Minute)) {
-		if secret, oerr := s.box.Open(p.Sealed, totpPendingAAD(u.ID)); oerr == nil {
-			key, kerr := otp.NewKeyFromURL(totpKeyURL(totpIssuer(issuer), totpAccount(u), string(secret)))
-			if kerr != nil {
-				return nil, fmt.Errorf("rebuilding TOTP key: %w", kerr)
-			}
-			return enrolment(key, p.ExpiresAt)
+	if secret, exp, ok := s.openTOTPPage(u.ID, sid, page); ok && s.clock.Now().Before(exp.Add(-time.Minute)) {
+		key, err := otp.NewKeyFromURL(totpKeyURL(totpIssuer(issuer), totpAccount(u), secret))
+		if err != nil {
+			return nil, fmt.Errorf("rebuilding TOTP key: %w", err)
 		}
-	} else if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
+		return enrolment(key, exp, page)
 	}
 	return s.BeginTOTP(ctx, u, sid, issuer)
 }
@@ -189,7 +216,7 @@ func totpKeyURL(issuer, account, secret string) string {
 }
 
 // enrolment renders a key for the enrolment page.
-func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
+func enrolment(key *otp.Key, exp time.Time, page string) (*TOTPEnrolment, error) {
 	img, err := key.Image(256, 256)
 	if err != nil {
 		// Not wrapped: the encoder's error quotes the URI, secret and all,
@@ -205,26 +232,30 @@ func enrolment(key *otp.Key, exp time.Time) (*TOTPEnrolment, error) {
 		URL:       key.URL(),
 		QRCode:    "data:image/png;base64," + base64.StdEncoding.EncodeToString(buf.Bytes()),
 		ExpiresAt: exp,
+		Page:      page,
 	}, nil
 }
 
-// ConfirmTOTP completes the user's pending enrolment, begun by session
-// sid, if code is valid for its secret. Then, in one store transaction,
-// the secret is stored sealed, the code's time step is spent (so the same
-// code cannot sign in right after), the user is marked as having a second
-// factor, and a new set of RecoveryCodeCount recovery codes replaces any
-// earlier set. The codes are returned in plain text this once; show them
-// and forget them.
+// ConfirmTOTP completes the enrolment that page carries (begun by
+// session sid), if code is valid for its secret and the user has no
+// authenticator app yet. Then, in one store transaction, the secret is
+// stored sealed, the code's time step is spent (so the same code cannot
+// sign in right after), the user is marked as having a second factor,
+// and a new set of RecoveryCodeCount recovery codes replaces any earlier
+// set. The codes are returned in plain text this once; show them and
+// forget them.
 //
-// Errors: ErrNoPendingEnrolment (none started in this session, expired,
-// or confirmed concurrently: start again), ErrInvalidCode (the pending
-// enrolment stays, so the user can retry).
-func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID, code string) ([]string, error) {
-	codes, done, err := s.checkEnrolment(ctx, userID, sid, code)
+// Errors: ErrNoPendingEnrolment (page is none of this session's, or
+// expired, or the user has an app already, set up meanwhile by this
+// page sent twice or another: start again, or see that one is on),
+// ErrInvalidCode (the page still carries the enrolment, so the user can
+// retry).
+func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID, page, code string) ([]string, error) {
+	codes, done, err := s.checkEnrolment(userID, sid, page, code)
 	if err != nil {
 		return nil, err
 	}
-	return codes, s.endEnrolment(userID, s.store.CompleteTOTPEnrolment(ctx, userID, sid, done.pendingSealed, done.rec, done.hashes))
+	return codes, s.endEnrolment(userID, s.store.CompleteTOTPEnrolment(ctx, userID, done.rec, done.hashes))
 }
 
 // ConfirmTOTPWith is ConfirmTOTP and CompleteSecondFactor (AMROTP) for
@@ -233,13 +264,13 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID string, sid SessionID,
 // or not at all, so no app is set up whose recovery codes nobody saw.
 // A session ended meanwhile is ErrNoSession, and nothing is set up.
 // secure is as for CompleteSecondFactor.
-func (s *Service) ConfirmTOTPWith(ctx context.Context, userID string, sid SessionID, code string, secure bool, commit Commit) (codes []string, token string, sess *Session, err error) {
-	codes, done, err := s.checkEnrolment(ctx, userID, sid, code)
+func (s *Service) ConfirmTOTPWith(ctx context.Context, userID string, sid SessionID, page, code string, secure bool, commit Commit) (codes []string, token string, sess *Session, err error) {
+	codes, done, err := s.checkEnrolment(userID, sid, page, code)
 	if err != nil {
 		return nil, "", nil, err
 	}
 	token, sess, err = s.passSecondFactorWith(ctx, sid, AMROTP, secure, commit, func(cs ChangeStore) func(tx any) error {
-		return cs.CompleteTOTPEnrolmentIn(userID, sid, done.pendingSealed, done.rec, done.hashes)
+		return cs.CompleteTOTPEnrolmentIn(userID, done.rec, done.hashes)
 	})
 	if err = s.endEnrolment(userID, err); err != nil {
 		return nil, "", nil, err
@@ -247,47 +278,36 @@ func (s *Service) ConfirmTOTPWith(ctx context.Context, userID string, sid Sessio
 	return codes, token, sess, nil
 }
 
-// checkedEnrolment is what a checked code completes: the pending enrolment it
-// was checked against, the app to store, and the new recovery codes'
-// hashes.
+// checkedEnrolment is what a checked code completes: the app to store,
+// and the new recovery codes' hashes.
 type checkedEnrolment struct {
-	pendingSealed []byte
-	rec           *TOTPRecord
-	hashes        [][]byte
+	rec    *TOTPRecord
+	hashes [][]byte
 }
 
-// checkEnrolment checks code against the user's pending enrolment of
-// session sid, and makes the app and recovery codes it completes.
-func (s *Service) checkEnrolment(ctx context.Context, userID string, sid SessionID, code string) ([]string, *checkedEnrolment, error) {
+// checkEnrolment checks code against the enrolment page carries, and
+// makes the app and recovery codes it completes.
+func (s *Service) checkEnrolment(userID string, sid SessionID, page, code string) ([]string, *checkedEnrolment, error) {
 	if err := s.mustBox(); err != nil {
 		return nil, nil, err
 	}
-	p, err := s.store.PendingTOTP(ctx, userID, sid)
-	if errors.Is(err, ErrNotFound) {
-		return nil, nil, ErrNoPendingEnrolment
-	}
-	if err != nil {
-		return nil, nil, err
-	}
+	secret, exp, ok := s.openTOTPPage(userID, sid, page)
 	now := s.clock.Now()
-	if !now.Before(p.ExpiresAt) {
+	if !ok || !now.Before(exp) {
 		return nil, nil, ErrNoPendingEnrolment
 	}
-	secret, err := s.box.Open(p.Sealed, totpPendingAAD(userID))
-	if err != nil {
-		return nil, nil, fmt.Errorf("opening pending TOTP secret: %w", err)
-	}
-	step, err := matchTOTP(string(secret), code, now)
+	step, err := matchTOTP(secret, code, now)
 	if err != nil {
 		return nil, nil, err
 	}
 	codes, hashes := newRecoveryCodes(userID)
-	rec := &TOTPRecord{Sealed: s.box.Seal(secret, totpAAD(userID)), LastStep: step, EnrolledAt: now.UTC()}
-	return codes, &checkedEnrolment{pendingSealed: p.Sealed, rec: rec, hashes: hashes}, nil
+	rec := &TOTPRecord{Sealed: s.box.Seal([]byte(secret), totpAAD(userID)), LastStep: step, EnrolledAt: now.UTC()}
+	return codes, &checkedEnrolment{rec: rec, hashes: hashes}, nil
 }
 
 // endEnrolment is the answer to an enrolment the store completed with
-// err: a pending one gone or replaced is ErrNoPendingEnrolment.
+// err: an app set up meanwhile (or the user gone) is
+// ErrNoPendingEnrolment.
 func (s *Service) endEnrolment(userID string, err error) error {
 	if errors.Is(err, ErrNotFound) {
 		return ErrNoPendingEnrolment

@@ -31,7 +31,7 @@ func enrolTOTPFor(t *testing.T, e *env, u *authcore.User) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.rt().auth.ConfirmTOTP(ctx, u.ID, s.ID, refTOTP(t, enr.Secret, e.rt().auth.Now())); err != nil {
+	if _, err := e.rt().auth.ConfirmTOTP(ctx, u.ID, s.ID, enr.Page, refTOTP(t, enr.Secret, e.rt().auth.Now())); err != nil {
 		t.Fatal(err)
 	}
 	tok, _, err := e.rt().auth.CompleteSecondFactor(ctx, s.ID, authcore.AMROTP, false)

@@ -96,7 +96,7 @@ func TestSignInAuditFailsClosed(t *testing.T) {
 	}
 	e.failAudit("mfa.totp.enrolled")
 	cookie := e.sessionCookie()
-	enrol := url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}}
+	enrol := enrolForm(t, page, refTOTP(t, m[1], fake.Now()), testPassword)
 	resp, _ = e.postForm("/.sigra/account/totp", enrol, nil)
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Errorf("TOTP enrolment with a failing audit row: status %d; want 500", resp.StatusCode)

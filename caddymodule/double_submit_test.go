@@ -230,7 +230,7 @@ func TestTOTPEnrolmentSentTwice(t *testing.T) {
 		// second's session is replaced by the first's commit, and its
 		// own commit refused.
 		attempted := e.holdFirstRow("mfa.totp.enrolled")
-		status, body := b.submitTwice("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, m[1], fake.Now())}, "password": {testPassword}})
+		status, body := b.submitTwice("/.sigra/account/totp", enrolForm(t, page, refTOTP(t, m[1], fake.Now()), testPassword))
 		e.rt().failRecord.Store(nil)
 		if n := attempted(); n != 2 {
 			t.Fatalf("try %d: %d submits reached the commit; want both (the race was not tested)", try, n)

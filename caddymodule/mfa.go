@@ -366,13 +366,17 @@ func (q *preq) totpReauth(p *authcore.Principal) (bool, error) {
 	return q.reauth(p, password, "That password is not right.", again)
 }
 
+// enrolPage shows the enrolment that the form sent back names (its
+// "enrolment" field), or a new one on a visit: each visit has its own
+// secret, so that a thief's visit with a copy of the session cookie does
+// not show the one the owner is scanning (authcore.PendingTOTPKey).
 func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
-	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, p.Session.ID, requestHost(q.r))
+	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, p.Session.ID, q.r.PostFormValue("enrolment"), requestHost(q.r))
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	// The QR code is our own data: URI; html/template would blank it.
-	d.QR, d.Secret, d.URI = template.URL(enr.QRCode), enr.Secret, enr.URL
+	d.QR, d.Secret, d.URI, d.Enrolment = template.URL(enr.QRCode), enr.Secret, enr.URL, enr.Page
 	d.Email = p.User.Email // for password managers
 	return q.page(status, "totp", d)
 }
@@ -424,7 +428,7 @@ func (q *preq) totpSubmit() error {
 	ev := event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
 	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		var err error
-		codes, token, _, err = q.rt.auth.ConfirmTOTPWith(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("code"), q.secure, commit)
+		codes, token, _, err = q.rt.auth.ConfirmTOTPWith(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("enrolment"), q.r.PostFormValue("code"), q.secure, commit)
 		return err
 	})
 	if aerr != nil {

@@ -124,7 +124,7 @@ func TestStolenSessionCannotLearnTheEnrolment(t *testing.T) {
 
 	// The victim confirms the secret they were shown, undisturbed.
 	e.client.Jar = victim
-	resp, _ := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, victimPage)}, "code": {refTOTP(t, shown[1], fake.Now())}, "password": {testPassword}}, nil)
+	resp, _ := e.postForm("/.sigra/account/totp", enrolForm(t, victimPage, refTOTP(t, shown[1], fake.Now()), testPassword), nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("the user confirming after a stolen session opened the page: status %d; want 200", resp.StatusCode)
 	}
@@ -141,6 +141,45 @@ func TestStolenSessionCannotLearnTheEnrolment(t *testing.T) {
 	}
 	if resp, _ := e.get("/app", jsonAccept); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("the stolen session after trying its secret: status %d; want 401", resp.StatusCode)
+	}
+}
+
+// A copy of the session cookie is the same session: it must not be
+// shown the secret the owner is enrolling either. Each visit to the page
+// gets a secret of its own, carried by its form, so the thief's visit
+// shows another, and the thief's form (or no form) confirms nothing with
+// the owner's code. The owner's enrolment goes through undisturbed.
+func TestCopiedCookieCannotLearnTheEnrolment(t *testing.T) {
+	fake, e, u, page, secret := startEnrolling(t, "kim@example.com")
+	thief := e.browser()
+	base, _ := url.Parse(e.base)
+	thief.client.Jar.SetCookies(base, []*http.Cookie{{Name: "sigra_session", Value: e.sessionCookie(), Path: "/"}})
+	for range 2 {
+		_, theirs := thief.get("/.sigra/account/totp", nil)
+		m := totpSecret.FindStringSubmatch(theirs)
+		if m == nil {
+			t.Fatalf("the copy's enrolment page shows no secret\n%s", theirs)
+		}
+		if m[1] == secret {
+			t.Fatal("a copy of the session cookie was shown the secret the owner is enrolling")
+		}
+		code := refTOTP(t, secret, fake.Now())
+		for name, form := range map[string]url.Values{
+			"its own page's form":   enrolForm(t, theirs, code, testPassword),
+			"a form with no page":   {"csrf_token": {csrfFrom(t, theirs)}, "code": {code}, "password": {testPassword}},
+			"a tampered page token": {"csrf_token": {csrfFrom(t, theirs)}, "enrolment": {"AAAA" + enrolmentField.FindStringSubmatch(page)[1][4:]}, "code": {code}, "password": {testPassword}},
+		} {
+			if r, body := thief.postForm("/.sigra/account/totp", form, nil); r.StatusCode == http.StatusOK || strings.Contains(body, `data-sigra="recovery-codes"`) {
+				t.Errorf("the copy sending %s with the owner's code: status %d; want it refused", name, r.StatusCode)
+			}
+		}
+	}
+	if has, _ := e.rt().auth.HasTOTP(context.Background(), u.ID); has {
+		t.Fatal("the copy enrolled the owner's secret")
+	}
+	fake.Advance(30 * time.Second)
+	if r, _ := e.postForm("/.sigra/account/totp", enrolForm(t, page, refTOTP(t, secret, fake.Now()), testPassword), nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("the owner enrolling after the copy's visits: status %d; want 200", r.StatusCode)
 	}
 }
 
@@ -167,12 +206,7 @@ func testEnrolmentNeedsThePassword(t *testing.T, age time.Duration) {
 	}
 	secret := totpSecret.FindStringSubmatch(page)[1]
 	enrol := func(password string) (*http.Response, string) {
-		_, page := e.get("/.sigra/account/totp", nil)
-		form := url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, fake.Now())}}
-		if password != "" {
-			form.Set("password", password)
-		}
-		return e.postForm("/.sigra/account/totp", form, nil)
+		return e.postForm("/.sigra/account/totp", enrolForm(t, page, refTOTP(t, secret, fake.Now()), password), nil)
 	}
 	enrolled := func() bool {
 		has, err := e.rt().auth.HasTOTP(context.Background(), u.ID)
@@ -249,8 +283,9 @@ func TestStepUpEnrolmentReturnsToThePage(t *testing.T) {
 		t.Fatalf("the enrol form does not carry rd\n%s", page)
 	}
 	secret := totpSecret.FindStringSubmatch(page)[1]
-	resp, done := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "rd": {"/reports/q3"},
-		"code": {refTOTP(t, secret, fake.Now())}, "password": {testPassword}}, html)
+	form := enrolForm(t, page, refTOTP(t, secret, fake.Now()), testPassword)
+	form.Set("rd", "/reports/q3")
+	resp, done := e.postForm("/.sigra/account/totp", form, html)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(done, `href="/reports/q3" data-sigra="totp-done"`) {
 		t.Fatalf("after enrolment: status %d; want the recovery codes and Done leading to /reports/q3\n%s", resp.StatusCode, done)
 	}

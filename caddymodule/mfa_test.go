@@ -56,6 +56,25 @@ var recoveryCodes = regexp.MustCompile(`(?s)data-sigra="recovery-codes">(.*?)</p
 
 var codeSetField = regexp.MustCompile(`name="code_set" value="([^"]+)"`)
 
+// enrolmentField is the enrolment form's field that carries the
+// enrolment shown.
+var enrolmentField = regexp.MustCompile(`name="enrolment" value="([^"]+)"`)
+
+// enrolForm is the form that confirms the enrolment page shows, with
+// code and password (none when "").
+func enrolForm(t *testing.T, page, code, password string) url.Values {
+	t.Helper()
+	m := enrolmentField.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no enrolment field in page:\n%s", page)
+	}
+	form := url.Values{"csrf_token": {csrfFrom(t, page)}, "enrolment": {m[1]}, "code": {code}}
+	if password != "" {
+		form.Set("password", password)
+	}
+	return form
+}
+
 // newCodesForm is the form for new recovery codes on page, the
 // authenticator page of an enrolled user, sent with password.
 func newCodesForm(t *testing.T, page, password string) url.Values {
@@ -116,17 +135,22 @@ func enrolTOTP(t *testing.T, e *env, now time.Time) (string, []string) {
 		t.Fatal("no secret on the enrol page")
 	}
 	secret := m[1]
-	bad, _ := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {"000000"}, "password": {testPassword}}, nil)
+	// Each visit shows a secret of its own: a thief's visit, with a copy
+	// of the session cookie, is not shown the one the owner scans.
+	_, other := e.get("/.sigra/account/totp", nil)
+	if again := totpSecret.FindStringSubmatch(other)[1]; again == secret {
+		t.Errorf("a second visit was shown the first's secret %s", secret)
+	}
+	// A failed confirmation shows the same secret again: the user may
+	// already have scanned it.
+	bad, page := e.postForm("/.sigra/account/totp", enrolForm(t, page, "000000", testPassword), nil)
 	if bad.StatusCode != http.StatusBadRequest {
 		t.Errorf("enrol with a wrong code: status %d; want 400", bad.StatusCode)
 	}
-	// The pending secret survives a failed confirmation and a reload of
-	// the page: the user may already have scanned it.
-	_, page = e.get("/.sigra/account/totp", nil)
-	if again := totpSecret.FindStringSubmatch(page)[1]; again != secret {
-		t.Errorf("secret changed from %s to %s on reload; want it kept", secret, again)
+	if again := totpSecret.FindStringSubmatch(page); again == nil || again[1] != secret {
+		t.Errorf("after a wrong code the page shows %v; want the secret %s kept", again, secret)
 	}
-	resp, done := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)}, "code": {refTOTP(t, secret, now)}, "password": {testPassword}}, nil)
+	resp, done := e.postForm("/.sigra/account/totp", enrolForm(t, page, refTOTP(t, secret, now), testPassword), nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("enrol with a right code: status %d", resp.StatusCode)
 	}

@@ -67,6 +67,7 @@ type pageData struct {
 	QR        template.URL
 	Secret    string
 	URI       string
+	Enrolment string // names the enrolment shown, for its form (authcore.TOTPEnrolment.Page)
 	// MinPassword is the shortest new password (authcore.MinPasswordLen).
 	MinPassword int
 	// Admin is what the admin pages show (adminData).

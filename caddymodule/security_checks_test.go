@@ -431,7 +431,7 @@ func TestTOTPSubmitRefusesBadCSRF(t *testing.T) {
 	if n := len(e.auditRows("mfa.totp.enrolled")); n != 0 {
 		t.Errorf("%d mfa.totp.enrolled rows; want 0", n)
 	}
-	r, body := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {good}, "code": {code}, "password": {testPassword}}, nil)
+	r, body := e.postForm("/.sigra/account/totp", enrolForm(t, page, code, testPassword), nil)
 	if r.StatusCode != 200 || !strings.Contains(body, `data-sigra="recovery-codes"`) {
 		t.Fatalf("the same code with the token: status %d; want 200 with recovery codes", r.StatusCode)
 	}

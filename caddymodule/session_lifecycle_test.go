@@ -142,8 +142,7 @@ func TestTOTPEnrolmentSessionEndedMeanwhile(t *testing.T) {
 	if err := e.rt().store.DeleteSession(context.Background(), p.Session.ID); err != nil {
 		t.Fatal(err)
 	}
-	r, body := e.postForm("/.sigra/account/totp", url.Values{"csrf_token": {csrfFrom(t, page)},
-		"code": {refTOTP(t, secret, fake.Now())}, "password": {testPassword}}, nil)
+	r, body := e.postForm("/.sigra/account/totp", enrolForm(t, page, refTOTP(t, secret, fake.Now()), testPassword), nil)
 	if r.StatusCode != http.StatusUnauthorized || strings.Contains(body, `data-sigra="recovery-codes"`) {
 		t.Fatalf("status %d; want 401 and no recovery codes\n%s", r.StatusCode, body)
 	}

@@ -13,6 +13,7 @@ import (
 
 var (
 	totpSecretRe = regexp.MustCompile(`data-sigra="totp-secret">([A-Z2-7]+)<`)
+	enrolmentRe  = regexp.MustCompile(`name="enrolment" value="([^"]+)"`)
 	userLinkRe   = regexp.MustCompile(`data-sigra="admin-user-row" data-user-id="([^"]+)">\s*<td><a href="[^"]+">dora@example.com<`)
 )
 
@@ -60,7 +61,11 @@ func TestAdminPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp := form("/.sigra/account/totp", url.Values{"csrf_token": {csrf(page)}, "code": {code}, "password": {password}}); resp.StatusCode != http.StatusOK {
+	enrolment := enrolmentRe.FindStringSubmatch(page)
+	if enrolment == nil {
+		t.Fatalf("no enrolment field on the enrolment page:\n%s", page)
+	}
+	if resp := form("/.sigra/account/totp", url.Values{"csrf_token": {csrf(page)}, "enrolment": {enrolment[1]}, "code": {code}, "password": {password}}); resp.StatusCode != http.StatusOK {
 		t.Fatalf("TOTP enrolment: status %d\n%s", resp.StatusCode, g.logs())
 	}
 

@@ -746,15 +746,14 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	u := authCreate(t, st, "alice@example.com")
 	at := authT0
 
-	if err := st.PutPendingTOTP(ctx, u.ID, authcore.SessionID{1}, &authcore.PendingTOTP{Sealed: []byte("pending-1"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
-		t.Fatal(err)
-	}
 	code := make([]byte, 32)
-	if err := st.CompleteTOTPEnrolment(ctx, u.ID, authcore.SessionID{1}, []byte("pending-1"),
-		&authcore.TOTPRecord{Sealed: []byte("sealed-secret"), EnrolledAt: at}, [][]byte{code}); err != nil {
+	if err := st.CompleteTOTPEnrolment(ctx, u.ID, &authcore.TOTPRecord{Sealed: []byte("sealed-secret"), EnrolledAt: at}, [][]byte{code}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.PutPendingTOTP(ctx, u.ID, authcore.SessionID{2}, &authcore.PendingTOTP{Sealed: []byte("pending-2"), ExpiresAt: at.Add(10 * time.Minute)}); err != nil {
+	// A pending enrolment an older version stored.
+	uk, _ := userKey(u.ID)
+	pending := append(clone(uk), make([]byte, 32)...)
+	if err := st.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktTOTPPending).Put(pending, []byte(`{"sealed":"eA=="}`)) }); err != nil {
 		t.Fatal(err)
 	}
 	// The password's, the codes', and a session's re-checks'; and
@@ -777,8 +776,13 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	if rec, err := st.TOTP(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("TOTP of a deleted user = %+v, %v; want ErrNotFound", rec, err)
 	}
-	if p, err := st.PendingTOTP(ctx, u.ID, authcore.SessionID{2}); !errors.Is(err, authcore.ErrNotFound) {
-		t.Errorf("PendingTOTP of a deleted user = %+v, %v; want ErrNotFound", p, err)
+	if err := st.db.View(func(tx *bolt.Tx) error {
+		if bucket(tx, bktTOTPPending).Get(pending) != nil {
+			t.Error("an old pending enrolment of a deleted user is still stored")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if n, _, err := st.RecoveryCodeSet(ctx, u.ID); err != nil || n != 0 {
 		t.Errorf("RecoveryCodeSet of a deleted user = %d, %v; want 0", n, err)

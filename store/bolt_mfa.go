@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -19,7 +18,7 @@ import (
 //
 //	sigra/v1/
 //	├── totp               user id (16)  → JSON authcore.TOTPRecord (secret sealed by authcore)
-//	├── totp_pending       user id (16) ‖ session id (32) → JSON authcore.PendingTOTP (secret sealed by authcore)
+//	├── totp_pending       user id (16) [‖ session id (32)] → pending enrolments of versions before 2026-12-07, no longer written (deleteUserPending)
 //	├── recovery_codes     user id (16)  → unused code hashes, 32 bytes each, concatenated
 //	└── regulation         key (text)    → JSON authcore.RegulationState
 //
@@ -67,112 +66,40 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 	return b.Put(key, data)
 }
 
-// pendingKey is the key of session sid's pending enrolment for a user.
-// Files from before enrolments belonged to sessions keyed them by the
-// user id alone; such an entry is never read, and goes with the user's
-// others.
-func pendingKey(uk []byte, sid authcore.SessionID) []byte {
-	return append(clone(uk), sid[:]...)
-}
-
-// pendingEntry is a stored pending enrolment: its key, and its expiry
-// (zero when the entry does not decode).
-type pendingEntry struct {
-	key     []byte
-	expires time.Time
-}
-
-// userPending lists a user's pending enrolments.
-func userPending(b *bolt.Bucket, uk []byte) []pendingEntry {
-	var es []pendingEntry
-	c := b.Cursor()
-	for k, v := c.Seek(uk); k != nil && bytes.HasPrefix(k, uk); k, v = c.Next() {
-		var p authcore.PendingTOTP
-		_ = json.Unmarshal(v, &p)
-		es = append(es, pendingEntry{clone(k), p.ExpiresAt})
+// deleteUserPending deletes a user's pending enrolments, which versions
+// before 2026-12-07 stored (user id, or user id ‖ session id → JSON):
+// enrolments are carried by their page now (authcore.BeginTOTP), and
+// such entries go with the user's app, or the user.
+func deleteUserPending(tx *bolt.Tx, uk []byte) error {
+	bk := bucket(tx, bktTOTPPending)
+	var keys [][]byte
+	c := bk.Cursor()
+	for k, _ := c.Seek(uk); k != nil && bytes.HasPrefix(k, uk); k, _ = c.Next() {
+		keys = append(keys, clone(k))
 	}
-	return es
-}
-
-func deletePending(b *bolt.Bucket, es []pendingEntry) error {
-	for _, e := range es {
-		if err := b.Delete(e.key); err != nil {
+	for _, k := range keys {
+		if err := bk.Delete(k); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// deleteUserPending deletes all of a user's pending enrolments.
-func deleteUserPending(tx *bolt.Tx, uk []byte) error {
-	bk := bucket(tx, bktTOTPPending)
-	return deletePending(bk, userPending(bk, uk))
-}
-
-// PutPendingTOTP implements authcore.MFAStore.
-func (b *Bolt) PutPendingTOTP(ctx context.Context, userID string, sid authcore.SessionID, p *authcore.PendingTOTP) error {
-	uk, err := mfaUserKey(userID)
-	if err != nil {
-		return err
-	}
-	key := pendingKey(uk, sid)
-	now := p.ExpiresAt.Add(-authcore.TOTPEnrolmentTTL)
-	return b.update(func(tx *bolt.Tx) error {
-		bk := bucket(tx, bktTOTPPending)
-		var drop, keep []pendingEntry
-		for _, e := range userPending(bk, uk) {
-			switch {
-			case bytes.Equal(e.key, key): // replaced below
-			case len(e.key) != len(key) || !e.expires.After(now):
-				drop = append(drop, e)
-			default:
-				keep = append(keep, e)
-			}
-		}
-		// Beyond the bound, those that expire first go.
-		slices.SortFunc(keep, func(a, b pendingEntry) int { return b.expires.Compare(a.expires) })
-		drop = append(drop, keep[min(len(keep), authcore.MaxPendingTOTP-1):]...)
-		if err := deletePending(bk, drop); err != nil {
-			return err
-		}
-		return putJSON(bk, key, p)
-	})
-}
-
-// PendingTOTP implements authcore.MFAStore.
-func (b *Bolt) PendingTOTP(ctx context.Context, userID string, sid authcore.SessionID) (*authcore.PendingTOTP, error) {
-	uk, ok := userKey(userID)
-	if !ok {
-		return nil, authcore.ErrNotFound
-	}
-	var p authcore.PendingTOTP
-	err := b.view(func(tx *bolt.Tx) error { return getJSON(bucket(tx, bktTOTPPending), pendingKey(uk, sid), &p) })
-	if err != nil {
-		return nil, err
-	}
-	return &p, nil
-}
-
 // CompleteTOTPEnrolment implements authcore.MFAStore.
-func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, sid authcore.SessionID, pendingSealed []byte, rec *authcore.TOTPRecord, recoveryHashes [][]byte) error {
-	return b.updateWith(b.CompleteTOTPEnrolmentIn(userID, sid, pendingSealed, rec, recoveryHashes))
+func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, rec *authcore.TOTPRecord, recoveryHashes [][]byte) error {
+	return b.updateWith(b.CompleteTOTPEnrolmentIn(userID, rec, recoveryHashes))
 }
 
 // CompleteTOTPEnrolmentIn implements authcore.ChangeStore:
 // CompleteTOTPEnrolment in tx.
-func (b *Bolt) CompleteTOTPEnrolmentIn(userID string, sid authcore.SessionID, pendingSealed []byte, rec *authcore.TOTPRecord, recoveryHashes [][]byte) func(tx any) error {
+func (b *Bolt) CompleteTOTPEnrolmentIn(userID string, rec *authcore.TOTPRecord, recoveryHashes [][]byte) func(tx any) error {
 	codes, err := joinHashes(recoveryHashes)
 	return b.changeIn(userID, func(tx *bolt.Tx, uk []byte) error {
 		if err != nil {
 			return err
 		}
-		pending := bucket(tx, bktTOTPPending)
-		var p authcore.PendingTOTP
-		if err := getJSON(pending, pendingKey(uk, sid), &p); err != nil {
-			return err
-		}
-		if !bytes.Equal(p.Sealed, pendingSealed) {
-			return authcore.ErrNotFound // replaced by a newer enrolment
+		if bucket(tx, bktTOTP).Get(uk) != nil {
+			return authcore.ErrNotFound // set up meanwhile
 		}
 		u, err := getUser(tx, uk)
 		if err != nil {
@@ -326,7 +253,7 @@ func (b *Bolt) DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time
 	})
 }
 
-// deleteTOTP deletes the user's app (and a pending enrolment), and
+// deleteTOTP deletes the user's app (and old pending enrolments), and
 // reports whether there was one.
 func deleteTOTP(tx *bolt.Tx, uk []byte, lastFactor, endSessions bool, at time.Time) (found bool, err error) {
 	if err := deleteUserPending(tx, uk); err != nil {

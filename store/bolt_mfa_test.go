@@ -91,17 +91,17 @@ func newMFAEnvWith(t *testing.T, st authcore.Store, cfg authcore.Config) *mfaEnv
 }
 
 // pendingSession enrols a new user email and signs them in with the
-// password alone: the session is pending.
-func (e *mfaEnv) pendingSession(t *testing.T, email string) (token string, s *authcore.Session) {
+// password alone: the session is pending. secret is the app's.
+func (e *mfaEnv) pendingSession(t *testing.T, email string) (token string, s *authcore.Session, secret string) {
 	t.Helper()
 	u := e.user(t, email)
-	e.enrol(t, u)
+	secret, _ = e.enrol(t, u)
 	u, _ = e.st.UserByID(e.ctx, u.ID)
 	token, s, err := e.svc.StartSession(e.ctx, u, []string{authcore.AMRPassword}, authcore.ClientMeta{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return token, s
+	return token, s, secret
 }
 
 func (e *mfaEnv) user(t *testing.T, email string) *authcore.User {
@@ -124,7 +124,7 @@ func (e *mfaEnv) enrol(t *testing.T, u *authcore.User) (secret string, codes []s
 	if err != nil {
 		t.Fatalf("BeginTOTP: %v", err)
 	}
-	codes, err = e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now()))
+	codes, err = e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, mfaRefTOTP(t, en.Secret, e.clk.Now()))
 	if err != nil {
 		t.Fatalf("ConfirmTOTP: %v", err)
 	}
@@ -175,7 +175,7 @@ func TestTOTPEnrolment(t *testing.T) {
 	if err := e.svc.VerifyTOTP(e.ctx, u.ID, mfaRefTOTP(t, en.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNotEnrolled) {
 		t.Errorf("VerifyTOTP before confirming = %v; want ErrNotEnrolled", err)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, "000000"); !errors.Is(err, authcore.ErrInvalidCode) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, "000000"); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("ConfirmTOTP with a wrong code = %v; want ErrInvalidCode", err)
 	}
 	if got, _ := e.st.UserByID(e.ctx, u.ID); got.SecondFactor {
@@ -183,7 +183,7 @@ func TestTOTPEnrolment(t *testing.T) {
 	}
 
 	code := mfaRefTOTP(t, en.Secret, e.clk.Now())
-	codes, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, code)
+	codes, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, code)
 	if err != nil {
 		t.Fatalf("ConfirmTOTP after a wrong try: %v", err)
 	}
@@ -203,7 +203,7 @@ func TestTOTPEnrolment(t *testing.T) {
 	if err := e.svc.VerifyTOTP(e.ctx, u.ID, code); !errors.Is(err, authcore.ErrInvalidCode) {
 		t.Errorf("VerifyTOTP with the confirming code = %v; want ErrInvalidCode", err)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, code); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, code); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
 		t.Errorf("second ConfirmTOTP = %v; want ErrNoPendingEnrolment", err)
 	}
 	// A new password sign-in of alice is now pending.
@@ -259,7 +259,7 @@ func TestTOTPSecretSealedAtRest(t *testing.T) {
 		}
 	}
 	check("pending")
-	codes, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now()))
+	codes, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, mfaRefTOTP(t, en.Secret, e.clk.Now()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,110 +310,136 @@ func TestConfirmTOTPExpires(t *testing.T) {
 		t.Errorf("ExpiresAt = %v; want start + %v", en.ExpiresAt, authcore.TOTPEnrolmentTTL)
 	}
 	e.clk.Advance(authcore.TOTPEnrolmentTTL)
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, mfaRefTOTP(t, en.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
 		t.Errorf("ConfirmTOTP after %v = %v; want ErrNoPendingEnrolment", authcore.TOTPEnrolmentTTL, err)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, e.user(t, "bob@example.com").ID, mfaSID, "123456"); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+	if _, err := e.svc.ConfirmTOTP(e.ctx, e.user(t, "bob@example.com").ID, mfaSID, en.Page, "123456"); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
 		t.Errorf("ConfirmTOTP without BeginTOTP = %v; want ErrNoPendingEnrolment", err)
 	}
 }
 
-func TestConfirmTOTPReplacedEnrolment(t *testing.T) {
+// Two visits to the page are two enrolments: each is confirmed with its
+// own secret's code, and the first confirmed ends the other.
+func TestConfirmTOTPOfItsPage(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
 	first, _ := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
 	second, _ := e.svc.BeginTOTP(e.ctx, u, mfaSID, "Example")
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, first.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrInvalidCode) {
-		t.Errorf("ConfirmTOTP with the replaced secret's code = %v; want ErrInvalidCode", err)
+	if first.Page == second.Page || first.Secret == second.Secret {
+		t.Fatal("two visits got the same enrolment")
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, second.Secret, e.clk.Now())); err != nil {
-		t.Errorf("ConfirmTOTP with the latest secret's code = %v; want nil", err)
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, first.Page, mfaRefTOTP(t, second.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrInvalidCode) {
+		t.Errorf("ConfirmTOTP of one page with the other's code = %v; want ErrInvalidCode", err)
+	}
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, second.Page, mfaRefTOTP(t, second.Secret, e.clk.Now())); err != nil {
+		t.Errorf("ConfirmTOTP with its own code = %v; want nil", err)
+	}
+	e.clk.Advance(30 * time.Second)
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, first.Page, mfaRefTOTP(t, first.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+		t.Errorf("ConfirmTOTP of the other page after an enrolment = %v; want ErrNoPendingEnrolment", err)
 	}
 }
 
-// A pending enrolment belongs to the session that began it: another
-// session of the same user (a stolen cookie) is shown a secret of its own,
-// cannot confirm the first session's, and does not replace it.
-func TestTOTPEnrolmentBelongsToItsSession(t *testing.T) {
+// A pending enrolment belongs to the session that began it and to the
+// page that showed it. A visit without that page's token, in another
+// session of the user or in this one (a stolen copy of its cookie), is
+// shown a secret of its own, cannot confirm the page's, and does not
+// replace it; the page's token alone is no use in another session.
+func TestTOTPEnrolmentBelongsToItsPage(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
 	other := authcore.SessionID{2}
-	mine, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "Example")
+	mine, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "", "Example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "Example")
-	if err != nil || again.Secret != mine.Secret {
-		t.Fatalf("the same session's page again: err %v, same secret %t; want the same secret", err, again.Secret == mine.Secret)
+	again, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, mine.Page, "Example")
+	if err != nil || again.Secret != mine.Secret || again.Page != mine.Page {
+		t.Fatalf("the page's form sent back: err %v, same secret %t; want the same enrolment", err, again.Secret == mine.Secret)
 	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, other, mfaRefTOTP(t, mine.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
-		t.Errorf("another session confirming = %v; want ErrNoPendingEnrolment", err)
+	for _, visit := range []struct {
+		name string
+		sid  authcore.SessionID
+		page string
+	}{
+		{"a visit of the same session (a stolen cookie)", mfaSID, ""},
+		{"a visit with a malformed token", mfaSID, "x"},
+		{"another session with the page's token", other, mine.Page},
+		{"another session", other, ""},
+	} {
+		theirs, err := e.svc.TOTPEnrolmentFor(e.ctx, u, visit.sid, visit.page, "Example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if theirs.Secret == mine.Secret || theirs.Page == mine.Page {
+			t.Errorf("%s was shown the page's pending secret", visit.name)
+		}
+		if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, visit.sid, visit.page, mfaRefTOTP(t, mine.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) && !errors.Is(err, authcore.ErrInvalidCode) {
+			t.Errorf("%s confirming the page's secret = %v; want it refused", visit.name, err)
+		}
 	}
-	theirs, err := e.svc.TOTPEnrolmentFor(e.ctx, u, other, "Example")
+	if again, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, mine.Page, "Example"); err != nil || again.Secret != mine.Secret {
+		t.Fatalf("the page after the other visits: err %v, same secret %t; want its own secret kept", err, again.Secret == mine.Secret)
+	}
+	theirs, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "", "Example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if theirs.Secret == mine.Secret {
-		t.Fatal("another session of the user was shown the pending secret")
-	}
-	if again, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "Example"); err != nil || again.Secret != mine.Secret {
-		t.Fatalf("the first session's page after another's: err %v, same secret %t; want its own secret kept", err, again.Secret == mine.Secret)
-	}
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, mine.Secret, e.clk.Now())); err != nil {
-		t.Fatalf("confirming with the first session after another opened the page: %v", err)
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mine.Page, mfaRefTOTP(t, mine.Secret, e.clk.Now())); err != nil {
+		t.Fatalf("confirming with the page after other visits: %v", err)
 	}
 	// Enrolling ends every pending enrolment of the user.
 	e.clk.Advance(30 * time.Second)
-	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, other, mfaRefTOTP(t, theirs.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
-		t.Errorf("the other session confirming after the enrolment = %v; want ErrNoPendingEnrolment", err)
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, theirs.Page, mfaRefTOTP(t, theirs.Secret, e.clk.Now())); !errors.Is(err, authcore.ErrNoPendingEnrolment) {
+		t.Errorf("another visit confirming after the enrolment = %v; want ErrNoPendingEnrolment", err)
 	}
 }
 
-// The pending enrolments of a user are bounded: expired ones go when a
-// new one is stored, and beyond MaxPendingTOTP those that expire first.
-func TestPendingTOTPBounded(t *testing.T) {
+// Showing the enrolment page stores nothing: the enrolment is carried by
+// the page. The pending enrolments older versions stored (under the user
+// id alone, or with a session id) are never read, and go when the user
+// enrols.
+func TestTOTPEnrolmentStoresNothing(t *testing.T) {
 	e := newMFAEnv(t)
 	u := e.user(t, "alice@example.com")
-	sid := func(i int) authcore.SessionID { return authcore.SessionID{byte(i + 1)} }
-	for i := range authcore.MaxPendingTOTP + 3 {
-		if _, err := e.svc.BeginTOTP(e.ctx, u, sid(i), "Example"); err != nil {
-			t.Fatal(err)
-		}
-		e.clk.Advance(time.Second)
-	}
-	for i := range authcore.MaxPendingTOTP + 3 {
-		_, err := e.st.PendingTOTP(e.ctx, u.ID, sid(i))
-		if kept := i >= 3; kept != (err == nil) {
-			t.Errorf("session %d's enrolment: err %v; want kept %t (the %d newest)", i, err, kept, authcore.MaxPendingTOTP)
-		}
-	}
-	e.clk.Advance(authcore.TOTPEnrolmentTTL)
-	if _, err := e.svc.BeginTOTP(e.ctx, u, sid(99), "Example"); err != nil {
-		t.Fatal(err)
-	}
-	for i := range authcore.MaxPendingTOTP + 3 {
-		if _, err := e.st.PendingTOTP(e.ctx, u.ID, sid(i)); !errors.Is(err, authcore.ErrNotFound) {
-			t.Errorf("session %d's expired enrolment: err %v; want it dropped", i, err)
-		}
-	}
-	if _, err := e.st.PendingTOTP(e.ctx, u.ID, sid(99)); err != nil {
-		t.Errorf("the newest enrolment: %v", err)
-	}
-
-	// A file from before enrolments belonged to sessions keeps one under
-	// the user id alone: never read, and dropped by the next enrolment.
 	uk, _ := userKey(u.ID)
+	old := [][]byte{clone(uk), append(clone(uk), make([]byte, 32)...)}
 	if err := e.st.db.Update(func(tx *bolt.Tx) error {
-		return putJSON(bucket(tx, bktTOTPPending), uk, &authcore.PendingTOTP{Sealed: []byte("old"), ExpiresAt: e.clk.Now().Add(time.Hour)})
+		for _, k := range old {
+			if err := bucket(tx, bktTOTPPending).Put(k, []byte(`{"sealed":"eA=="}`)); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.svc.BeginTOTP(e.ctx, u, sid(98), "Example"); err != nil {
+	lastTx := func() (id int) {
+		e.st.db.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil })
+		return id
+	}
+	before := lastTx()
+	var en *authcore.TOTPEnrolment
+	for range 3 {
+		var err error
+		if en, err = e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, "", "Example"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.svc.TOTPEnrolmentFor(e.ctx, u, mfaSID, en.Page, "Example"); err != nil {
+		t.Fatal(err)
+	}
+	if n := lastTx() - before; n != 0 {
+		t.Errorf("showing the enrolment page four times committed %d transactions; want none", n)
+	}
+	if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.st.db.View(func(tx *bolt.Tx) error {
-		if bucket(tx, bktTOTPPending).Get(uk) != nil {
-			t.Error("the old per-user enrolment is still stored")
+		for _, k := range old {
+			if bucket(tx, bktTOTPPending).Get(k) != nil {
+				t.Errorf("an old pending enrolment (%d-byte key) is still stored", len(k))
+			}
 		}
 		return nil
 	}); err != nil {
@@ -906,7 +932,7 @@ func TestCompleteSecondFactor(t *testing.T) {
 // busy, and cannot be completed after that.
 func TestPendingSessionEndsSoon(t *testing.T) {
 	e := newMFAEnv(t)
-	token, pending := e.pendingSession(t, "alice@example.com")
+	token, pending, _ := e.pendingSession(t, "alice@example.com")
 	// Used every minute (never idle) until just before the end.
 	for e.clk.Now().Before(pending.CreatedAt.Add(authcore.DefaultPendingLifetime - time.Minute)) {
 		e.clk.Advance(time.Minute)
@@ -936,7 +962,7 @@ func TestPendingSessionEndsSoon(t *testing.T) {
 // A Lifetime shorter than PendingLifetime bounds a pending session too.
 func TestPendingSessionWithinLifetime(t *testing.T) {
 	e := newMFAEnvWith(t, openAuthBolt(t), authcore.Config{Lifetime: 5 * time.Minute, PendingLifetime: time.Hour})
-	_, pending := e.pendingSession(t, "alice@example.com")
+	_, pending, _ := e.pendingSession(t, "alice@example.com")
 	if want := pending.CreatedAt.Add(5 * time.Minute); !pending.ExpiresAt.Equal(want) {
 		t.Errorf("pending session expires at %v; want %v (Lifetime, the shorter)", pending.ExpiresAt, want)
 	}
@@ -944,7 +970,7 @@ func TestPendingSessionWithinLifetime(t *testing.T) {
 
 func TestCompleteSecondFactorConcurrent(t *testing.T) {
 	e := newMFAEnv(t)
-	_, pending := e.pendingSession(t, "alice@example.com")
+	_, pending, _ := e.pendingSession(t, "alice@example.com")
 	const n = 8
 	var ok atomic.Int32
 	var wg sync.WaitGroup

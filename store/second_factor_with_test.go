@@ -104,8 +104,7 @@ func (e *mfaEnv) sessionExists(t *testing.T, id authcore.SessionID) bool {
 func TestVerifyTOTPWithItsRows(t *testing.T) {
 	e := newMFAEnv(t)
 	w := newWithRows(t, e)
-	_, s := e.pendingSession(t, "alice@example.com")
-	secret, _ := e.enrol(t, &authcore.User{ID: s.UserID})
+	_, s, secret := e.pendingSession(t, "alice@example.com")
 	e.clk.Advance(30 * time.Second)
 	code := mfaRefTOTP(t, secret, e.clk.Now())
 
@@ -202,7 +201,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 		t.Fatal(err)
 	}
 	code := mfaRefTOTP(t, en.Secret, e.clk.Now())
-	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, false, w.failing("mfa.totp.enrolled")); !errors.Is(err, errCommitFailed) {
+	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, en.Page, code, false, w.failing("mfa.totp.enrolled")); !errors.Is(err, errCommitFailed) {
 		t.Fatalf("ConfirmTOTPWith, the commit failing: %v; want its error", err)
 	}
 	if has, _ := e.svc.HasTOTP(e.ctx, u.ID); has {
@@ -211,7 +210,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 	if got, _ := e.st.UserByID(e.ctx, u.ID); got.SecondFactor || !e.sessionExists(t, s.ID) || w.rows() != 0 {
 		t.Fatalf("the commit failed: second factor %v, session kept %v, %d rows", got.SecondFactor, e.sessionExists(t, s.ID), w.rows())
 	}
-	codes, token, next, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, code, false, w.commit("mfa.totp.enrolled"))
+	codes, token, next, err := e.svc.ConfirmTOTPWith(e.ctx, u.ID, s.ID, en.Page, code, false, w.commit("mfa.totp.enrolled"))
 	if err != nil {
 		t.Fatalf("ConfirmTOTPWith after a failed commit: %v; want the pending enrolment kept", err)
 	}
@@ -231,7 +230,7 @@ func TestConfirmTOTPWithItsRow(t *testing.T) {
 	if _, err := e.svc.EndSession(e.ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, v.ID, s.ID, mfaRefTOTP(t, en.Secret, e.clk.Now()), false, w.commit("mfa.totp.enrolled")); !errors.Is(err, authcore.ErrNoSession) {
+	if _, _, _, err := e.svc.ConfirmTOTPWith(e.ctx, v.ID, s.ID, en.Page, mfaRefTOTP(t, en.Secret, e.clk.Now()), false, w.commit("mfa.totp.enrolled")); !errors.Is(err, authcore.ErrNoSession) {
 		t.Errorf("ConfirmTOTPWith for an ended session: %v; want ErrNoSession", err)
 	}
 	if has, _ := e.svc.HasTOTP(e.ctx, v.ID); has {

@@ -43,7 +43,7 @@ func TestSetPasswordKeepsConcurrentTOTPEnrolment(t *testing.T) {
 		t.Fatal(err)
 	}
 	is.between = func() {
-		if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
+		if _, err := e.svc.ConfirmTOTP(e.ctx, u.ID, mfaSID, en.Page, mfaRefTOTP(t, en.Secret, e.clk.Now())); err != nil {
 			t.Errorf("ConfirmTOTP: %v", err)
 		}
 	}
