@@ -482,6 +482,37 @@ func pendingCodeForm(t *testing.T, e *env, email string) func(code string) int {
 	}
 }
 
+// A form sent by a session still waiting for its code, or by none,
+// sends the browser to the code (or sign-in) page to come back to the
+// form's page, not to the form's address: that takes no GET, and the
+// browser would be told 405 once the code was in.
+func TestFormOfAPendingSessionComesBackToItsPage(t *testing.T) {
+	fake, e, _, _, _ := startEnrolled(t, "", "pia@example.com")
+	fake.Advance(30 * time.Second)
+	page := pendingMFAPage(t, e, "pia@example.com")
+	anon := e.browser()
+	for path, back := range map[string]string{
+		"/.sigra/account/sessions/revoke":        "/.sigra/account",
+		"/.sigra/account/sessions/revoke-others": "/.sigra/account",
+		"/.sigra/account/totp/remove":            "/.sigra/account/totp",
+		"/.sigra/account/recovery-codes":         "/.sigra/account/totp",
+		"/.sigra/account/password":               "/.sigra/account/password",
+		"/.sigra/account/delete":                 "/.sigra/account/delete",
+	} {
+		form := url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}
+		for who, c := range map[string]*env{"pending": e, "anonymous": anon} {
+			r, _ := c.postForm(path, form, map[string]string{"Accept": "text/html"})
+			want := "/.sigra/mfa?rd=" + url.QueryEscape(back)
+			if who == "anonymous" {
+				want = "/.sigra/login?rd=" + url.QueryEscape(back)
+			}
+			if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != want {
+				t.Errorf("%s POST %s: status %d, Location %q; want 303 to %s", who, path, r.StatusCode, r.Header.Get("Location"), want)
+			}
+		}
+	}
+}
+
 // An empty code (Enter on an empty field) is no guess: it is not
 // counted towards a ban nor written as a failure, and the page asks for
 // a code. The fields say so to the browser first.

@@ -729,17 +729,24 @@ func (q *preq) logoutSubmit() error {
 }
 
 // signedIn returns the fully signed-in principal, or sends the browser
-// to sign in (toLogin) or to its second factor and returns nil.
+// to sign in (toLogin) or to its second factor, to come back to this
+// page, and returns nil.
 func (q *preq) signedIn() (*authcore.Principal, error) {
+	return q.signedInBack(originalURI(q.r))
+}
+
+// signedInBack is signedIn for a form, whose address may take no GET:
+// the browser comes back to back, the form's page, once signed in.
+func (q *preq) signedInBack(back string) (*authcore.Principal, error) {
 	p, err := q.session()
 	if err != nil {
 		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	if p == nil {
-		return nil, q.toLogin(originalURI(q.r))
+		return nil, q.toLogin(back)
 	}
 	if p.Session.Pending {
-		q.toPortal("/mfa", originalURI(q.r))
+		q.toPortal("/mfa", back)
 		return nil, nil
 	}
 	return p, nil
@@ -830,7 +837,7 @@ func (q *preq) anySession() (*authcore.Principal, error) {
 // CSRF token is valid. Otherwise it has answered (a redirect to sign in,
 // or a refusal linking back) and returns nil.
 func (q *preq) formPrincipal(back string) (*authcore.Principal, error) {
-	p, err := q.signedIn()
+	p, err := q.signedInBack(back)
 	if p == nil || err != nil {
 		return nil, err
 	}
