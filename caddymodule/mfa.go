@@ -425,7 +425,10 @@ func (q *preq) totpSubmit() error {
 	// saw.
 	var codes []string
 	var token string
-	ev := event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success"}
+	// The session it was set up in, which goes on under a new id (as a
+	// step-up's row names its session).
+	ev := event{action: "mfa.totp.enrolled", actor: p.User.ID, subject: p.User.ID, outcome: "success",
+		meta: map[string]string{"session": p.SessionID}}
 	err, aerr := q.rt.changeWithRow(q.ctx(), rowFor(q.r, ev), func(commit authcore.Commit) error {
 		var err error
 		codes, token, _, err = q.rt.auth.ConfirmTOTPWith(q.ctx(), p.User.ID, p.Session.ID, q.r.PostFormValue("enrolment"), q.r.PostFormValue("code"), q.secure, commit)

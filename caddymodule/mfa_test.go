@@ -197,6 +197,8 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 		t.Fatalf("amr %q before enrolment; want pwd", got)
 	}
 	before := e.sessionCookie()
+	h, _ := e.up.last()
+	sid := h.Get(hdrSession)
 	secret, recovery := enrolTOTP(t, e, fake.Now())
 	if e.sessionCookie() == before {
 		t.Error("session id unchanged after the second factor passed")
@@ -204,8 +206,10 @@ func TestTOTPEnrolChallengeAndStepUp(t *testing.T) {
 	if got := e.amr(); got != "pwd,otp,mfa" {
 		t.Errorf("amr %q after enrolment; want pwd,otp,mfa", got)
 	}
-	if n := len(e.auditRows("mfa.totp.enrolled")); n != 1 {
-		t.Errorf("%d mfa.totp.enrolled rows; want 1", n)
+	// The row names the session it was set up in, which went on under a
+	// new id.
+	if rows := e.auditRows("mfa.totp.enrolled"); len(rows) != 1 || sid == "" || rows[0].Metadata["session"] != sid {
+		t.Errorf("mfa.totp.enrolled rows %+v; want 1 naming the session %q", rows, sid)
 	}
 	// Enrolment spent the current step; move two steps on (S+2), so the
 	// step before (S+1) is unspent and one step back.
