@@ -415,6 +415,26 @@ func TestMFAFailureWaitsOutsideTheLock(t *testing.T) {
 	}
 }
 
+// A form for new recovery codes without the set it was shown with (a
+// script's, a custom page's) is answered as incomplete, before the
+// password is checked, and changes nothing; it is not told that the
+// codes changed.
+func TestRecoveryCodesFormWithoutItsSet(t *testing.T) {
+	_, e, u, _, codes := startEnrolled(t, "", "ivo@example.com")
+	_, page := e.get("/.sigra/account/totp", nil)
+	checks := processCounts.passwordChecks.Load()
+	r, body := e.postForm("/.sigra/account/recovery-codes", url.Values{"csrf_token": {csrfFrom(t, page)}, "password": {testPassword}}, nil)
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Incomplete form") || recoveryCodes.MatchString(body) {
+		t.Errorf("new codes without code_set: status %d; want 400, incomplete, no codes\n%s", r.StatusCode, body)
+	}
+	if n := processCounts.passwordChecks.Load() - checks; n != 0 {
+		t.Errorf("the password was checked %d times; want none", n)
+	}
+	if err := e.rt().auth.UseRecoveryCode(context.Background(), u.ID, codes[0]); err != nil {
+		t.Errorf("an old code after the refused form: %v; want it good", err)
+	}
+}
+
 // New recovery codes sent twice make one set. A reload of the page that
 // lists them (or Back and send again) is refused, and the codes shown
 // are the ones that work; sent at once, the second waits for the first

@@ -492,8 +492,10 @@ func (q *preq) requireFresh(p *authcore.Principal, back string) bool {
 
 // totpChange is the signed-in user of a form that changes the second
 // factor (turning it off, new recovery codes): with a fresh second
-// factor and the password typed again. When nil, it has answered.
-func (q *preq) totpChange() (*authcore.Principal, error) {
+// factor, the fields the form must have (answered 400 without them,
+// before the password is checked), and the password typed again. When
+// nil, it has answered.
+func (q *preq) totpChange(required ...string) (*authcore.Principal, error) {
 	back := q.p.app.Prefix + "/account/totp"
 	p, err := q.formPrincipal(back)
 	if p == nil {
@@ -501,6 +503,11 @@ func (q *preq) totpChange() (*authcore.Principal, error) {
 	}
 	if !q.requireFresh(p, back) {
 		return nil, nil
+	}
+	for _, name := range required {
+		if q.r.PostFormValue(name) == "" {
+			return nil, q.message(http.StatusBadRequest, "Incomplete form", "This form was sent without all its fields, so nothing was changed. Reload the page and try again.", back)
+		}
 	}
 	if ok, err := q.totpReauth(p); !ok {
 		return nil, err
@@ -538,7 +545,7 @@ const recoveryCodesChangedText = "Your recovery codes changed after this page wa
 // recoveryRegenerate replaces the recovery codes (fresh second factor
 // and the password required) and shows the new ones once.
 func (q *preq) recoveryRegenerate() error {
-	p, err := q.totpChange()
+	p, err := q.totpChange("code_set")
 	if p == nil {
 		return err
 	}
