@@ -687,7 +687,7 @@ func (q *preq) logoutPage() error {
 		return q.message(http.StatusOK, "Signed out", "You are not signed in.", portalURL(q.p.app.Prefix, "/login", q.rd()))
 	}
 	if p == nil {
-		q.toPortal("/login", originalURI(q.r)) // 401, as every page to an API client
+		q.toPortal(denyLogin, originalURI(q.r)) // 401, as every page to an API client
 		return nil
 	}
 	return q.page(http.StatusOK, "logout", pageData{Title: "Sign out", CSRF: q.rt.csrf.Token(sessionBinding(p)), RD: q.rd(), Email: p.User.Email})
@@ -746,7 +746,7 @@ func (q *preq) signedInBack(back string) (*authcore.Principal, error) {
 		return nil, q.toLogin(back)
 	}
 	if p.Session.Pending {
-		q.toPortal("/mfa", back)
+		q.toPortal(denyPending, back)
 		return nil, nil
 	}
 	return p, nil
@@ -764,7 +764,7 @@ func repeatedParam(v url.Values) string {
 }
 
 // toLogin answers a page that needs a session when the request has
-// none: toPortal("/login"), unless it carried two different session
+// none: toPortal(denyLogin), unless it carried two different session
 // cookies (another site on this host set one for this path). The
 // sign-in page, on a path the other cookie is not sent to, would find
 // the session and send the browser back here, round and round with
@@ -774,7 +774,7 @@ func (q *preq) toLogin(back string) error {
 	if q.own.sessionConflict {
 		return q.cookieConflict()
 	}
-	q.toPortal("/login", back)
+	q.toPortal(denyLogin, back)
 	return nil
 }
 
@@ -805,15 +805,12 @@ func (q *preq) forgetConflicts() {
 	}
 }
 
-// toPortal answers a request that needs a sign-in (page "/login") or a
-// second factor ("/mfa") first: a browser goes there, back to back after;
-// a client that does not ask for HTML gets 401 problem+json, as from the
-// gate (DESIGN §3).
-func (q *preq) toPortal(page, back string) {
-	d := denyLogin
-	if page == "/mfa" {
-		d = denyMFA
-	}
+// toPortal answers a request that needs a sign-in (denyLogin) or a
+// second factor (denyPending: a sign-in's code still due; denyMFA: a
+// recent one) first: a browser goes to that page, back to back after; a
+// client that does not ask for HTML gets 401 problem+json with the
+// reason a gate gives (DESIGN §3).
+func (q *preq) toPortal(d *denial, back string) {
 	toSignIn(q.w, q.r, q.p.app.Prefix, d, back, http.StatusSeeOther)
 }
 

@@ -118,7 +118,7 @@ func (q *preq) adminAccess(back string) (*authcore.Principal, error) {
 	if err != nil {
 		return nil, caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	page := ""
+	d := denyMFA
 	switch q.adminDenial(p) {
 	case "":
 		return p, nil
@@ -129,11 +129,9 @@ func (q *preq) adminAccess(back string) (*authcore.Principal, error) {
 		if p == nil {
 			return nil, q.toLogin(back)
 		}
-		page = "/mfa"
-	case adminNeedMFA:
-		page = "/mfa"
+		d = denyPending // a sign-in whose code is still due
 	}
-	q.toPortal(page, back)
+	q.toPortal(d, back)
 	return nil, nil
 }
 
