@@ -963,3 +963,31 @@ func TestReadPasswordFromAnOpenPipe(t *testing.T) {
 		pr.Close()
 	}
 }
+
+// A flag given twice is refused before the command runs: the parser
+// would keep the last, and users delete --email a --email b deleted b.
+func TestCLIRefusesAFlagGivenTwice(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "Caddyfile")
+	for _, args := range [][]string{
+		{"users", "delete", "--config", missing, "--email", "a@example.com", "--email", "b@example.com"},
+		{"users", "groups", "--config", missing, "--email", "w@example.com", "--groups", "dev", "--groups", ""},
+		{"users", "add", "--config", missing, "--email", "d@example.com", "--admin", "--admin=false"},
+		{"audit", "replay", "-c", missing, "--config", missing},
+	} {
+		root := &cobra.Command{Use: "sigra", SilenceUsage: true, SilenceErrors: true}
+		buildSigraCommand(root)
+		root.SetArgs(args)
+		root.SetOut(io.Discard)
+		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "given more than once") {
+			t.Errorf("%q: %v; want it refused, a flag given more than once", args, err)
+		}
+	}
+	// Once each, the command runs (and finds no config).
+	root := &cobra.Command{Use: "sigra", SilenceUsage: true, SilenceErrors: true}
+	buildSigraCommand(root)
+	root.SetArgs([]string{"users", "delete", "--config", missing, "--email", "a@example.com"})
+	root.SetOut(io.Discard)
+	if err := root.Execute(); err == nil || strings.Contains(err.Error(), "more than once") || !strings.Contains(err.Error(), missing) {
+		t.Errorf("flags given once: %v; want the command run, refusing the missing config", err)
+	}
+}

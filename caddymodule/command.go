@@ -23,6 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -250,6 +251,33 @@ when Caddy next starts.`,
 	for _, group := range []*cobra.Command{cmd, user, auditCmd} {
 		commandGroup(group)
 	}
+	flagsOnce(cmd)
+}
+
+// flagsOnce makes every flag of c and its subcommands refuse to be given
+// twice. The flag parser keeps the last value, so users delete --email a
+// --email b deleted b, and a script that appends a default to its
+// arguments would change the wrong user; which was meant is not for the
+// command to guess (the portal refuses a repeated form field alike).
+func flagsOnce(c *cobra.Command) {
+	c.Flags().VisitAll(func(f *pflag.Flag) { f.Value = &onceValue{Value: f.Value} })
+	for _, sub := range c.Commands() {
+		flagsOnce(sub)
+	}
+}
+
+// onceValue is a flag's value that may be set once.
+type onceValue struct {
+	pflag.Value
+	set bool
+}
+
+func (o *onceValue) Set(v string) error {
+	if o.set {
+		return errors.New("given more than once: give it once")
+	}
+	o.set = true
+	return o.Value.Set(v)
 }
 
 // addKeysCommand adds `keys list` and `keys rotate`.
