@@ -14,8 +14,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -914,7 +916,12 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			"it is busy (a big backup or export), or stopped answering. Ctrl-C gives up; the command may or may not "+
 			"have been done then: check (users list, keys list, audit export) before running it again\n", addr)
 	})
+	stopCaution := func() {} // a GET changes nothing (backup has its own)
+	if method != http.MethodGet {
+		stopCaution = cautionOnInterrupt(addr)
+	}
 	resp, err := caddycmd.AdminAPIRequest(addr, method, u.String(), nil, body)
+	stopCaution()
 	notice.Stop()
 	if err != nil {
 		// AdminAPIRequest turns a 4xx/5xx answer into an error carrying
@@ -942,6 +949,32 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			"check (users list, keys list, audit export) before running it again", addr, err)
 	}
 	return resp, nil
+}
+
+// cautionOnInterrupt says, should Ctrl-C (or a TERM) end the command
+// while a change sent to the Caddy at addr has no answer yet, that it
+// may or may not have been done (that Caddy goes on with it), then ends
+// the command as the signal would have. It stops watching when called.
+func cautionOnInterrupt(addr string) (stop func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sig:
+			fmt.Fprintf(cliStderr, "interrupted while waiting for the Caddy at %s, which took the request: the command may or may not "+
+				"have been done; check (users list, keys list, audit export) before running it again\n", addr)
+			signal.Stop(sig)
+			if p, err := os.FindProcess(os.Getpid()); err != nil || p.Signal(s) != nil {
+				os.Exit(130)
+			}
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Stop(sig)
+		close(done)
+	}
 }
 
 // dialAdmin connects to the admin address and hangs up: an error is a

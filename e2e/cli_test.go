@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -474,4 +475,56 @@ func TestCLIRefusesBytesThatAreNotText(t *testing.T) {
 	try("offline")
 	g.start()
 	try("through the running Caddy")
+}
+
+// Ctrl-C while a change sent to a running Caddy has no answer yet (that
+// Caddy stopped with SIGSTOP here) says at once that it may or may not
+// have been done, and ends the command as Ctrl-C does; the Caddy, once
+// it goes on, does it.
+func TestCLIInterruptedWhileCaddyWaitsSaysSo(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	if r := g.cli(bobPassword+"\n", "add", "--email", "bob@example.com", "--password-stdin"); r.code != 0 {
+		t.Fatalf("user add\n%s", r)
+	}
+	p := g.start()
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			p.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	cmd := exec.Command(caddyBin, "sigra", "users", "disable", "--email", "bob@example.com", "--config", g.caddyfile)
+	cmd.Dir, cmd.Env = g.home.dir, g.home.env()
+	var stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the request sent, well within the 15 s before the notice
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("the interrupted command exited 0\n%s", stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("the command did not end on Ctrl-C\n%s", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "may or may not have been done") {
+		t.Errorf("Ctrl-C while Caddy had not answered: stderr %q; want the caution", stderr.String())
+	}
+	p.cmd.Process.Signal(syscall.SIGCONT)
+	stopped = false
+	if r := g.cli("", "list"); r.code != 0 || !strings.Contains(listRow(r.stdout, "bob@example.com"), "disabled") {
+		t.Errorf("after Caddy went on: want bob disabled, as that Caddy took the request\n%s", r)
+	}
 }
