@@ -95,7 +95,11 @@ func buildSigraCommand(cmd *cobra.Command) {
 			}
 			fmt.Fprintf(c.OutOrStdout(), "added %s (%s)\n", res.User.Email, res.User.ID)
 			if generated {
-				fmt.Fprintf(c.OutOrStdout(), "password: %s\n", req.Password)
+				// Printed once, and kept nowhere: a write that fails (a
+				// full disk under > creds.txt) leaves nobody the password.
+				if _, err := fmt.Fprintf(c.OutOrStdout(), "password: %s\n", req.Password); err != nil {
+					return fmt.Errorf("added %s, but its password could not be written out (%w), so nobody has it: set one with users passwd --email %s --password-stdin", res.User.Email, err, res.User.Email)
+				}
 			}
 			return nil
 		},

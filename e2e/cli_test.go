@@ -528,3 +528,29 @@ func TestCLIInterruptedWhileCaddyWaitsSaysSo(t *testing.T) {
 		t.Errorf("after Caddy went on: want bob disabled, as that Caddy took the request\n%s", r)
 	}
 }
+
+// users add prints a generated password once and keeps it nowhere: when
+// it cannot be written out (stdout on a full disk), the command fails,
+// saying the user was added and how to set a password.
+func TestCLIAddFailsWhenItsPasswordCannotBeWritten(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatalf("no /dev/full to write to: %v", err)
+	}
+	defer full.Close()
+	cmd := exec.Command(caddyBin, "sigra", "users", "add", "--email", "dan@example.com", "--config", g.caddyfile)
+	cmd.Dir, cmd.Env = g.home.dir, g.home.env()
+	var stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = full, &stderr
+	if err := cmd.Run(); err == nil {
+		t.Errorf("users add with its password unwritable exited 0\n%s", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "password could not be written out") || !strings.Contains(stderr.String(), "users passwd --email dan@example.com") {
+		t.Errorf("stderr %q; want it to say the password could not be written out, and how to set one", stderr.String())
+	}
+	if r := g.cli("", "list"); r.code != 0 || listRow(r.stdout, "dan@example.com") == "" {
+		t.Errorf("want dan added all the same\n%s", r)
+	}
+}
