@@ -26,6 +26,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/sigra-auth/caddy-sigra/audit"
 	"github.com/sigra-auth/caddy-sigra/authcore"
@@ -81,7 +82,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 			}
 			generated := false
 			if cf.passwordStdin {
-				pw, err := readPassword(c.InOrStdin())
+				pw, err := readPasswordFrom(c)
 				if err != nil {
 					return err
 				}
@@ -140,7 +141,7 @@ func buildSigraCommand(cmd *cobra.Command) {
 			if !cf.passwordStdin {
 				return errors.New("passwd needs --password-stdin (the new password on the first line of stdin)")
 			}
-			pw, err := readPassword(c.InOrStdin())
+			pw, err := readPasswordFrom(c)
 			if err != nil {
 				return err
 			}
@@ -712,6 +713,23 @@ func (cf *cliFlags) register(c *cobra.Command, needEmail bool) {
 		c.Flags().StringVar(&cf.email, "email", "", "the user's email (or, except for add, id)")
 		_ = c.MarkFlagRequired("email")
 	}
+}
+
+// readPasswordFrom reads the password for --password-stdin: the one
+// line of a pipe (readPassword), or, typed on a terminal, after a prompt
+// and without echo, so that it is not left on the screen and in its
+// scrollback.
+func readPasswordFrom(c *cobra.Command) (string, error) {
+	if f, ok := c.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(c.ErrOrStderr(), "Password (not shown as you type): ")
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(c.ErrOrStderr())
+		if err != nil {
+			return "", fmt.Errorf("reading the password from the terminal: %w", err)
+		}
+		return readPassword(bytes.NewReader(append(b, '\n')))
+	}
+	return readPassword(c.InOrStdin())
 }
 
 // readPassword reads the password, the one line of r.

@@ -554,3 +554,50 @@ func TestCLIAddFailsWhenItsPasswordCannotBeWritten(t *testing.T) {
 		t.Errorf("want dan added all the same\n%s", r)
 	}
 }
+
+// --password-stdin on a terminal prompts, and the password typed is not
+// echoed: on the screen and in its scrollback it stays unseen. script
+// (util-linux) runs the command on a pseudo-terminal.
+func TestCLIPasswordTypedOnATerminalIsNotShown(t *testing.T) {
+	t.Parallel()
+	scriptBin, err := exec.LookPath("script")
+	if err != nil {
+		t.Fatalf("script (util-linux, Debian's bsdutils) is needed to run a command on a terminal: %v", err)
+	}
+	g := newGateway(t, gatewayOptions{})
+	const typed = "typed on a terminal 123"
+	line := strings.Join([]string{caddyBin, "sigra", "users", "add", "--config", g.caddyfile, "--email", "tty@example.com", "--password-stdin"}, " ")
+	cmd := exec.Command(scriptBin, "-q", "-e", "-c", line, "/dev/null")
+	cmd.Dir, cmd.Env = g.home.dir, g.home.env()
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "Password (not shown"); time.Sleep(20 * time.Millisecond) { // polling, not timing
+		if time.Now().After(deadline) {
+			t.Fatalf("no password prompt on the terminal\n%s", out.String())
+		}
+	}
+	io.WriteString(in, typed+"\r")
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("users add on a terminal: %v\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), typed) || !strings.Contains(out.String(), "added tty@example.com") {
+		t.Errorf("the terminal shows %q; want the user added and the password never shown", out.String())
+	}
+	if r := runCaddy(t, g.home, "", "sigra", "users", "list", "--config", g.caddyfile); r.code != 0 || listRow(r.stdout, "tty@example.com") == "" {
+		t.Fatalf("users list\n%s", r)
+	}
+	// And it is the password: tty@ signs in with it.
+	g.start()
+	if resp, _ := g.browser().login("tty@example.com", typed, "/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("sign-in with the password typed on the terminal: status %d; want 303", resp.StatusCode)
+	}
+}
