@@ -323,8 +323,13 @@ func (q *preq) formPage(p *authcore.Principal, page, title string) func(status i
 // a sign-in (a failure is an auth.login.failure row with step reauth). It
 // reports whether password is p's user's; when not, it has answered with
 // again: 401 and wrong, 429 while the user's re-checks (or the address)
-// are banned, or 503 when too many password checks run at once.
+// are banned, or 503 when too many password checks run at once. An empty
+// password (a form sent without it) is asked for, 401, and counts for
+// nothing: it is no guess.
 func (q *preq) reauth(p *authcore.Principal, password, wrong string, again func(int, string) error) (bool, error) {
+	if password == "" {
+		return false, again(http.StatusUnauthorized, "Enter your password to do this.")
+	}
 	u, att, err := q.checkPassword(p.User.Email, password, p)
 	if errors.Is(err, authcore.ErrBusy) {
 		q.w.Header().Set("Retry-After", "5")

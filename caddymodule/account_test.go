@@ -617,3 +617,45 @@ func TestPasswordChangeRefusedInItsTransaction(t *testing.T) {
 		t.Errorf("sign-in with the old password: status %d; want 303", resp.StatusCode)
 	}
 }
+
+// A form sent without its password (a script's; browsers require the
+// field) is asked for it, 401, as the authenticator forms are: it is no
+// guess, so no failure is written or counted and nothing is checked.
+func TestAccountFormsAskForAMissingPassword(t *testing.T) {
+	useFakeClock(t)
+	e := startCaddy(t, "", "sigra_gate")
+	e.addUser("ned@example.com")
+	other := e.browser()
+	other.mustLogin("ned@example.com")
+	e.mustLogin("ned@example.com")
+	_, page := e.get("/.sigra/account", nil)
+	var otherID string
+	for _, m := range regexp.MustCompile(`data-session-id="([^"]+)"`).FindAllStringSubmatch(page, -1) {
+		if m[1] != e.rt().mustPrincipal(t, e.sessionCookie()).SessionID {
+			otherID = m[1]
+		}
+	}
+	if otherID == "" {
+		t.Fatalf("the account page lists no other session:\n%s", page)
+	}
+	checks := processCounts.passwordChecks.Load()
+	for path, form := range map[string]url.Values{
+		"/.sigra/account/sessions/revoke":        {"session": {otherID}},
+		"/.sigra/account/sessions/revoke-others": {},
+		"/.sigra/account/delete":                 {"confirm": {"yes"}},
+	} {
+		form.Set("csrf_token", csrfFrom(t, page))
+		if r, body := e.postForm(path, form, nil); r.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "Enter your password") {
+			t.Errorf("%s without a password: status %d; want 401 asking for it\n%s", path, r.StatusCode, body)
+		}
+	}
+	if rows := e.auditRows("auth.login.failure"); len(rows) != 0 {
+		t.Errorf("forms without a password wrote %d failure rows; want none", len(rows))
+	}
+	if n := processCounts.passwordChecks.Load() - checks; n != 0 {
+		t.Errorf("forms without a password checked %d passwords; want none", n)
+	}
+	if r, _ := other.get("/x", jsonAPI); r.StatusCode != http.StatusOK {
+		t.Errorf("the other session after the refused forms: status %d; want 200", r.StatusCode)
+	}
+}
