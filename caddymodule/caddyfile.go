@@ -134,6 +134,11 @@ func disjointPaths(ps, qs []string) bool {
 // matches paths): they are equally specific, so the one written first
 // would decide alone and the other's requirements would never apply.
 func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
+	// An argument first: sigra_gate *.css is a path without its slash,
+	// whatever gates stand beside it (the setup reads from the start).
+	if err := gateArgument(h); err != nil {
+		return err
+	}
 	pattern, onePrefix := gatePrefix(matcherSet) // "" unless one path prefix
 	if err := checkPlacement(h, "sigra_gate", slices.Concat(gatePaths(matcherSet), globPaths(matcherSet), scopePaths(matcherSet))...); err != nil {
 		return err
@@ -169,6 +174,19 @@ func gateMatcher(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) error {
 	}
 	sib.matched = append(sib.matched, g)
 	return nil
+}
+
+// gateArgument refuses an argument on the sigra_gate line, h at the
+// directive: requirements go in its block, and a path without its
+// leading slash is no matcher.
+func gateArgument(h httpcaddyfile.Helper) error {
+	if !h.NextArg() {
+		return nil
+	}
+	if v := h.Val(); strings.ContainsAny(v, "/*") && !strings.HasPrefix(v, "/") {
+		return h.Errf("sigra_gate: unexpected argument %q: a path matcher starts with /: write /%s", v, v)
+	}
+	return h.Errf("sigra_gate: unexpected argument %q (requirements go in a block)", h.Val())
 }
 
 // gatePrefix returns the path pattern of a matcher set that is one path
@@ -1064,11 +1082,8 @@ func parseGate(h httpcaddyfile.Helper, matcherSet caddy.ModuleMap) (caddyhttp.Mi
 			}
 		}
 	}
-	if h.NextArg() {
-		if v := h.Val(); strings.ContainsAny(v, "/*") && !strings.HasPrefix(v, "/") {
-			return nil, h.Errf("sigra_gate: unexpected argument %q: a path matcher starts with /: write /%s", v, v)
-		}
-		return nil, h.Errf("sigra_gate: unexpected argument %q (requirements go in a block)", h.Val())
+	if err := gateArgument(h); err != nil {
+		return nil, err
 	}
 	seen := map[string]int{}
 	for h.NextBlock(0) {

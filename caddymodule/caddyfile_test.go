@@ -410,6 +410,10 @@ func TestAdaptSiblingGateOrder(t *testing.T) {
 			"this gate and the one on line 8 match the same requests (both match /admin/*)"},
 		{"two bare gates", "\tsigra_gate {\n\t\toptional\n\t}\n\tsigra_gate {\n\t\tgroup admins\n\t}",
 			"this gate and the one on line 8 match the same requests (neither has a matcher)"},
+		// A path without its slash is an argument, not a matcher: said
+		// so, rather than taken for a second bare gate.
+		{"a path without its slash beside a bare gate", "\tsigra_gate\n\tsigra_gate *.css {\n\t\toptional\n\t}",
+			`unexpected argument "*.css": a path matcher starts with /`},
 		// Caddy matches paths without regard to case.
 		{"one path in two cases", "\tsigra_gate /admin* {\n\t\tgroup admins\n\t}\n\tsigra_gate /ADMIN* {\n\t\toptional\n\t}",
 			"this gate and the one on line 8 match the same requests (both match /ADMIN*)"},
