@@ -13,7 +13,6 @@
 //	├── sessions_by_seen   last_seen (8) ‖ session id (32)   → nil
 //	├── secrets            name                              → opaque bytes (sealed by the caller)
 //	├── totp               user id (16)                      → JSON TOTPRecord (secret sealed, aad = user id)
-//	├── totp_pending       no longer written (bolt_mfa.go: deleteUserPending)
 //	├── recovery_codes     user id (16)                      → concatenated 32-byte code hashes
 //	├── regulation         "user:<id>" | "email:<hash>" | "ip:<addr or /64>" → JSON RegulationState
 //	└── …                  the audit buckets (bolt_audit.go)
@@ -221,6 +220,9 @@ func initBolt(db *bolt.DB) error {
 					return fmt.Errorf("bucket %s: %w", name, err)
 				}
 			}
+		}
+		if err := dropOldPendingTOTP(root); err != nil {
+			return fmt.Errorf("bucket %s: %w", bktTOTPPending, err)
 		}
 		return ensureSessionIndexes(tx)
 	})

@@ -737,8 +737,8 @@ func TestBoltDeleteUserRemovesSessions(t *testing.T) {
 }
 
 // TestBoltDeleteUserRemovesSecondFactorData: deleting an account also
-// deletes what bolt_mfa.go keeps for it (sealed TOTP secret, pending
-// enrolment, recovery code hashes, regulation state under
+// deletes what bolt_mfa.go keeps for it (sealed TOTP secret, recovery
+// code hashes, regulation state under
 // UserRegulationKeys and UserReauthPrefix), in the same transaction.
 func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	st := openAuthBolt(t)
@@ -748,12 +748,6 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 
 	code := make([]byte, 32)
 	if err := st.CompleteTOTPEnrolment(ctx, u.ID, &authcore.TOTPRecord{Sealed: []byte("sealed-secret"), EnrolledAt: at}, [][]byte{code}); err != nil {
-		t.Fatal(err)
-	}
-	// A pending enrolment an older version stored.
-	uk, _ := userKey(u.ID)
-	pending := append(clone(uk), make([]byte, 32)...)
-	if err := st.db.Update(func(tx *bolt.Tx) error { return bucket(tx, bktTOTPPending).Put(pending, []byte(`{"sealed":"eA=="}`)) }); err != nil {
 		t.Fatal(err)
 	}
 	// The password's, the codes', and a session's re-checks'; and
@@ -775,14 +769,6 @@ func TestBoltDeleteUserRemovesSecondFactorData(t *testing.T) {
 	}
 	if rec, err := st.TOTP(ctx, u.ID); !errors.Is(err, authcore.ErrNotFound) {
 		t.Errorf("TOTP of a deleted user = %+v, %v; want ErrNotFound", rec, err)
-	}
-	if err := st.db.View(func(tx *bolt.Tx) error {
-		if bucket(tx, bktTOTPPending).Get(pending) != nil {
-			t.Error("an old pending enrolment of a deleted user is still stored")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
 	}
 	if n, _, err := st.RecoveryCodeSet(ctx, u.ID); err != nil || n != 0 {
 		t.Errorf("RecoveryCodeSet of a deleted user = %d, %v; want 0", n, err)

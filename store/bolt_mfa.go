@@ -18,7 +18,6 @@ import (
 //
 //	sigra/v1/
 //	├── totp               user id (16)  → JSON authcore.TOTPRecord (secret sealed by authcore)
-//	├── totp_pending       user id (16) [‖ session id (32)] → pending enrolments of versions before 2026-12-07, no longer written (deleteUserPending)
 //	├── recovery_codes     user id (16)  → unused code hashes, 32 bytes each, concatenated
 //	└── regulation         key (text)    → JSON authcore.RegulationState
 //
@@ -26,14 +25,26 @@ import (
 // (see authcore.Regulator).
 var (
 	bktTOTP          = []byte("totp")
-	bktTOTPPending   = []byte("totp_pending")
 	bktRecoveryCodes = []byte("recovery_codes")
 	bktRegulation    = []byte("regulation")
 )
 
 // mfaBuckets are created by OpenBolt; the MFA and regulation backend lives
 // in this file.
-var mfaBuckets = [][]byte{bktTOTP, bktTOTPPending, bktRecoveryCodes, bktRegulation}
+var mfaBuckets = [][]byte{bktTOTP, bktRecoveryCodes, bktRegulation}
+
+// bktTOTPPending held the enrolments begun and not confirmed, in versions
+// before 2026-12-07 (each with its secret, sealed): enrolments are carried
+// by their page now (authcore.BeginTOTP), and OpenBolt drops the bucket.
+var bktTOTPPending = []byte("totp_pending")
+
+// dropOldPendingTOTP deletes bktTOTPPending from root, if it is there.
+func dropOldPendingTOTP(root *bolt.Bucket) error {
+	if root.Bucket(bktTOTPPending) == nil {
+		return nil
+	}
+	return root.DeleteBucket(bktTOTPPending)
+}
 
 var _ authcore.MFAStore = (*Bolt)(nil)
 
@@ -66,25 +77,6 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 	return b.Put(key, data)
 }
 
-// deleteUserPending deletes a user's pending enrolments, which versions
-// before 2026-12-07 stored (user id, or user id ‖ session id → JSON):
-// enrolments are carried by their page now (authcore.BeginTOTP), and
-// such entries go with the user's app, or the user.
-func deleteUserPending(tx *bolt.Tx, uk []byte) error {
-	bk := bucket(tx, bktTOTPPending)
-	var keys [][]byte
-	c := bk.Cursor()
-	for k, _ := c.Seek(uk); k != nil && bytes.HasPrefix(k, uk); k, _ = c.Next() {
-		keys = append(keys, clone(k))
-	}
-	for _, k := range keys {
-		if err := bk.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // CompleteTOTPEnrolment implements authcore.MFAStore.
 func (b *Bolt) CompleteTOTPEnrolment(ctx context.Context, userID string, rec *authcore.TOTPRecord, recoveryHashes [][]byte) error {
 	return b.updateWith(b.CompleteTOTPEnrolmentIn(userID, rec, recoveryHashes))
@@ -103,9 +95,6 @@ func (b *Bolt) CompleteTOTPEnrolmentIn(userID string, rec *authcore.TOTPRecord, 
 		}
 		u, err := getUser(tx, uk)
 		if err != nil {
-			return err
-		}
-		if err := deleteUserPending(tx, uk); err != nil {
 			return err
 		}
 		if err := putJSON(bucket(tx, bktTOTP), uk, rec); err != nil {
@@ -253,12 +242,8 @@ func (b *Bolt) DeleteTOTPIn(userID string, lastFactor, endSessions bool, at time
 	})
 }
 
-// deleteTOTP deletes the user's app (and old pending enrolments), and
-// reports whether there was one.
+// deleteTOTP deletes the user's app, and reports whether there was one.
 func deleteTOTP(tx *bolt.Tx, uk []byte, lastFactor, endSessions bool, at time.Time) (found bool, err error) {
-	if err := deleteUserPending(tx, uk); err != nil {
-		return false, err
-	}
 	bk := bucket(tx, bktTOTP)
 	if bk.Get(uk) == nil {
 		return false, nil
@@ -591,9 +576,6 @@ func deleteUserMFA(tx *bolt.Tx, uk []byte, userID string) error {
 		if err := bucket(tx, name).Delete(uk); err != nil {
 			return err
 		}
-	}
-	if err := deleteUserPending(tx, uk); err != nil {
-		return err
 	}
 	return clearUserRegulation(tx, userID)
 }
