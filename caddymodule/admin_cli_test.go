@@ -737,7 +737,7 @@ func TestAdminRequestSaysItIsStillWaiting(t *testing.T) {
 	defer func() { adminWaitNotice, cliStderr = wait, stderr }()
 	done := make(chan error, 1)
 	go func() {
-		_, err := adminRequest(cfg, http.MethodPost, "/sigra/users", strings.NewReader(`{"op":"list"}`))
+		_, err := adminRequest(cfg, http.MethodPost, "/sigra/users", strings.NewReader(`{"op":"list"}`), false)
 		done <- err
 	}()
 	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "still waiting for the Caddy at "+ln.Addr().String()); time.Sleep(10 * time.Millisecond) {

@@ -153,7 +153,7 @@ func backupCommand(c *cobra.Command, cf cliFlags, out string) error {
 	}()
 	var n int64
 	err = onStore(cf, nil, func(cfg *cliConfig) error {
-		resp, err := adminRequest(cfg, http.MethodGet, "/sigra/backup", nil)
+		resp, err := adminRequest(cfg, http.MethodGet, "/sigra/backup", nil, false)
 		if err != nil {
 			return err
 		}

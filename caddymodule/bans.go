@@ -133,3 +133,6 @@ the store.`,
 	bans.AddCommand(list, lift)
 	commandGroup(bans)
 }
+
+// readOnly reports whether the request changes nothing (runOp).
+func (r bansRequest) readOnly() bool { return r.Op == "list" }

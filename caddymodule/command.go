@@ -89,6 +89,9 @@ func buildSigraCommand(cmd *cobra.Command) {
 				req.Password = pw
 			} else {
 				req.Password, generated = authcore.RandomPassword(), true
+				// Asked for, SIGPIPE no longer ends the command silently
+				// at its first line: the write fails, and says so.
+				signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 			}
 			res, err := runUserOp(c.Context(), cf, req)
 			if err != nil {
@@ -97,7 +100,8 @@ func buildSigraCommand(cmd *cobra.Command) {
 			fmt.Fprintf(c.OutOrStdout(), "added %s (%s)\n", res.User.Email, res.User.ID)
 			if generated {
 				// Printed once, and kept nowhere: a write that fails (a
-				// full disk under > creds.txt) leaves nobody the password.
+				// full disk under > creds.txt, a pipe closed early) leaves
+				// nobody the password.
 				if _, err := fmt.Fprintf(c.OutOrStdout(), "password: %s\n", req.Password); err != nil {
 					return fmt.Errorf("added %s, but its password could not be written out (%w), so nobody has it: set one with users passwd --email %s --password-stdin", res.User.Email, err, res.User.Email)
 				}
@@ -388,7 +392,11 @@ func runOp[Req, Res any](ctx context.Context, cf cliFlags, create func(a *App) e
 	var res *Res
 	err := onStore(cf, create, func(cfg *cliConfig) error {
 		body, _ := json.Marshal(req)
-		resp, err := adminRequest(cfg, http.MethodPost, uri, bytes.NewReader(body))
+		changes := true
+		if r, ok := any(req).(interface{ readOnly() bool }); ok {
+			changes = !r.readOnly()
+		}
+		resp, err := adminRequest(cfg, http.MethodPost, uri, bytes.NewReader(body), changes)
 		if err != nil {
 			return err
 		}
@@ -443,7 +451,7 @@ func statusText(u userView) string {
 // Caddy's admin API when it holds the store.
 func replayAudit(c *cobra.Command, cf cliFlags, hook, to string) error {
 	return onStore(cf, nil, func(cfg *cliConfig) error {
-		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}, "to": {to}}.Encode(), nil)
+		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/audit/replay?"+url.Values{"hook": {hook}, "to": {to}}.Encode(), nil, true)
 		if err != nil {
 			return err
 		}
@@ -498,7 +506,7 @@ func (e errOtherStore) Error() string { return e.msg }
 func storeAtAdmin(cfg *cliConfig) (same bool, other error) {
 	answer := make(chan error, 1)
 	go func() {
-		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/keys", strings.NewReader(`{"op":"list"}`))
+		resp, err := adminRequest(cfg, http.MethodPost, "/sigra/keys", strings.NewReader(`{"op":"list"}`), false)
 		if err == nil {
 			resp.Body.Close()
 		}
@@ -664,7 +672,7 @@ func exportAudit(c *cobra.Command, cf cliFlags, since, until string) error {
 		if !untilT.IsZero() {
 			q.Set("until", untilT.Format(time.RFC3339Nano))
 		}
-		resp, err := adminRequest(cfg, http.MethodGet, "/sigra/audit/export?"+q.Encode(), nil)
+		resp, err := adminRequest(cfg, http.MethodGet, "/sigra/audit/export?"+q.Encode(), nil, false)
 		if err != nil {
 			return err
 		}
@@ -721,8 +729,18 @@ func (cf *cliFlags) register(c *cobra.Command, needEmail bool) {
 // scrollback.
 func readPasswordFrom(c *cobra.Command) (string, error) {
 	if f, ok := c.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fd := int(f.Fd())
 		fmt.Fprint(c.ErrOrStderr(), "Password (not shown as you type): ")
-		b, err := term.ReadPassword(int(f.Fd()))
+		// Ctrl-C at the prompt: the terminal echoes again, as before.
+		stop := func() {}
+		if state, err := term.GetState(fd); err == nil {
+			stop = onInterrupt(func() {
+				_ = term.Restore(fd, state)
+				fmt.Fprintln(c.ErrOrStderr())
+			})
+		}
+		b, err := term.ReadPassword(fd)
+		stop()
 		fmt.Fprintln(c.ErrOrStderr())
 		if err != nil {
 			return "", fmt.Errorf("reading the password from the terminal: %w", err)
@@ -890,8 +908,9 @@ var (
 // adminRequest calls the admin API of the running Caddy that holds cfg's
 // store. Error answers come back as errors with Caddy's message. The
 // request names the store it means, and the Caddy answering refuses it if
-// that is not the store it runs.
-func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Response, error) {
+// that is not the store it runs. changes says whether it changes
+// anything: then Ctrl-C before the answer warns (cautionOnInterrupt).
+func adminRequest(cfg *cliConfig, method, uri string, body io.Reader, changes bool) (*http.Response, error) {
 	path := cfg.store
 	// With the admin endpoint off, nothing of ours listens: never send the
 	// request (a password, perhaps) to whatever holds the default address.
@@ -938,8 +957,8 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 			"it is busy (a big backup or export), or stopped answering. Ctrl-C gives up; the command may or may not "+
 			"have been done then: check (users list, keys list, audit export) before running it again\n", addr)
 	})
-	stopCaution := func() {} // a GET changes nothing (backup has its own)
-	if method != http.MethodGet {
+	stopCaution := func() {}
+	if changes {
 		stopCaution = cautionOnInterrupt(addr)
 	}
 	resp, err := caddycmd.AdminAPIRequest(addr, method, u.String(), nil, body)
@@ -978,14 +997,33 @@ func adminRequest(cfg *cliConfig, method, uri string, body io.Reader) (*http.Res
 // may or may not have been done (that Caddy goes on with it), then ends
 // the command as the signal would have. It stops watching when called.
 func cautionOnInterrupt(addr string) (stop func()) {
+	return onInterrupt(func() {
+		fmt.Fprintf(cliStderr, "interrupted while waiting for the Caddy at %s, which took the request: the command may or may not "+
+			"have been done; check (users list, keys list, audit export) before running it again\n", addr)
+	})
+}
+
+// onInterrupt runs last, should Ctrl-C or a TERM end the command before
+// stop is called, then ends the command as the signal would have. A
+// signal the command was started ignoring (a background job's SIGINT)
+// is left alone: it ends nothing.
+func onInterrupt(last func()) (stop func()) {
+	var sigs []os.Signal
+	for _, s := range []os.Signal{os.Interrupt, syscall.SIGTERM} {
+		if !signal.Ignored(s) {
+			sigs = append(sigs, s)
+		}
+	}
+	if len(sigs) == 0 {
+		return func() {}
+	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(sig, sigs...)
 	done := make(chan struct{})
 	go func() {
 		select {
 		case s := <-sig:
-			fmt.Fprintf(cliStderr, "interrupted while waiting for the Caddy at %s, which took the request: the command may or may not "+
-				"have been done; check (users list, keys list, audit export) before running it again\n", addr)
+			last()
 			signal.Stop(sig)
 			if p, err := os.FindProcess(os.Getpid()); err != nil || p.Signal(s) != nil {
 				os.Exit(130)

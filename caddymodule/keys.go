@@ -57,3 +57,6 @@ func doKeys(ctx context.Context, rt *runtime, req keysRequest, r *http.Request, 
 	}
 	return &keysResult{Keys: rt.keys.Keys()}, nil
 }
+
+// readOnly reports whether the request changes nothing (runOp).
+func (r keysRequest) readOnly() bool { return r.Op == "list" }

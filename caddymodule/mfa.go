@@ -369,7 +369,7 @@ func (q *preq) totpReauth(p *authcore.Principal) (bool, error) {
 // enrolPage shows the enrolment that the form sent back names (its
 // "enrolment" field), or a new one on a visit: each visit has its own
 // secret, so that a thief's visit with a copy of the session cookie does
-// not show the one the owner is scanning (authcore.PendingTOTPKey).
+// not show the one the owner is scanning (authcore.BeginTOTP).
 func (q *preq) enrolPage(p *authcore.Principal, d pageData, status int) error {
 	enr, err := q.rt.auth.TOTPEnrolmentFor(q.ctx(), p.User, p.Session.ID, q.r.PostFormValue("enrolment"), requestHost(q.r))
 	if err != nil {

@@ -545,3 +545,6 @@ func groupsNotIn(gs, of []string) string {
 	}
 	return strings.Join(out, ",")
 }
+
+// readOnly reports whether the request changes nothing (runOp).
+func (r userRequest) readOnly() bool { return r.Op == "list" }

@@ -522,6 +522,20 @@ func TestCLIInterruptedWhileCaddyWaitsSaysSo(t *testing.T) {
 	if !strings.Contains(stderr.String(), "may or may not have been done") {
 		t.Errorf("Ctrl-C while Caddy had not answered: stderr %q; want the caution", stderr.String())
 	}
+	// A command that changes nothing is not cautioned about.
+	list := exec.Command(caddyBin, "sigra", "users", "list", "--config", g.caddyfile)
+	list.Dir, list.Env = g.home.dir, g.home.env()
+	var listErr syncBuffer
+	list.Stdout, list.Stderr = io.Discard, &listErr
+	if err := list.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	list.Process.Signal(os.Interrupt)
+	list.Wait()
+	if strings.Contains(listErr.String(), "may or may not") {
+		t.Errorf("Ctrl-C during users list: stderr %q; want no caution, nothing was to be done", listErr.String())
+	}
 	p.cmd.Process.Signal(syscall.SIGCONT)
 	stopped = false
 	if r := g.cli("", "list"); r.code != 0 || !strings.Contains(listRow(r.stdout, "bob@example.com"), "disabled") {
@@ -552,6 +566,21 @@ func TestCLIAddFailsWhenItsPasswordCannotBeWritten(t *testing.T) {
 	}
 	if r := g.cli("", "list"); r.code != 0 || listRow(r.stdout, "dan@example.com") == "" {
 		t.Errorf("want dan added all the same\n%s", r)
+	}
+	// A pipe its reader closed (| head -0): not a silent SIGPIPE.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr.Close()
+	cmd = exec.Command(caddyBin, "sigra", "users", "add", "--email", "eva@example.com", "--config", g.caddyfile)
+	cmd.Dir, cmd.Env = g.home.dir, g.home.env()
+	var pipeErr syncBuffer
+	cmd.Stdout, cmd.Stderr = pw, &pipeErr
+	err = cmd.Run()
+	pw.Close()
+	if err == nil || !strings.Contains(pipeErr.String(), "password could not be written out") {
+		t.Errorf("users add into a closed pipe: %v, stderr %q; want it to fail saying so", err, pipeErr.String())
 	}
 }
 
@@ -599,5 +628,49 @@ func TestCLIPasswordTypedOnATerminalIsNotShown(t *testing.T) {
 	g.start()
 	if resp, _ := g.browser().login("tty@example.com", typed, "/"); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("sign-in with the password typed on the terminal: status %d; want 303", resp.StatusCode)
+	}
+}
+
+// Ctrl-C at the --password-stdin prompt leaves the terminal echoing, as
+// it was: the command ends as Ctrl-C ends it, and stty then shows echo
+// on.
+func TestCLIPasswordPromptInterruptedLeavesEcho(t *testing.T) {
+	t.Parallel()
+	scriptBin, err := exec.LookPath("script")
+	if err != nil {
+		t.Fatalf("script (util-linux, Debian's bsdutils) is needed to run a command on a terminal: %v", err)
+	}
+	g := newGateway(t, gatewayOptions{})
+	// The shell catches INT (its children get it back as default), runs
+	// the command, then prints the terminal's settings.
+	line := "trap : INT; " + strings.Join([]string{caddyBin, "sigra", "users", "add", "--config", g.caddyfile, "--email", "tty@example.com", "--password-stdin"}, " ") + "; echo rc=$?; stty -a"
+	cmd := exec.Command(scriptBin, "-q", "-e", "-c", "sh -c '"+line+"'", "/dev/null")
+	cmd.Dir, cmd.Env = g.home.dir, g.home.env()
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "Password (not shown"); time.Sleep(20 * time.Millisecond) { // polling, not timing
+		if time.Now().After(deadline) {
+			t.Fatalf("no password prompt on the terminal\n%s", out.String())
+		}
+	}
+	// Ctrl-C.
+	io.WriteString(in, "\x03")
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "speed"); time.Sleep(20 * time.Millisecond) { // polling, not timing
+		if time.Now().After(deadline) {
+			t.Fatalf("no stty output after Ctrl-C\n%s", out.String())
+		}
+	}
+	in.Close()
+	cmd.Wait()
+	if strings.Contains(out.String(), "rc=0") || !regexp.MustCompile(`(^|\s)echo(\s|$)`).MatchString(out.String()) {
+		t.Errorf("after Ctrl-C at the prompt: %q; want the command ended and the terminal echoing (echo, not -echo)", out.String())
 	}
 }
