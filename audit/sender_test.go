@@ -500,17 +500,26 @@ func newPoisonTimesReceiver(t *testing.T, ft *fakeTime) (rc *httptest.Server, hi
 	}
 }
 
+// withPoisonedEvent is a Log whose one webhook's receiver turns away the
+// poisoned event it holds (newPoisonTimesReceiver), retrying from 2 s up
+// to an hour, 15 attempts.
+func withPoisonedEvent(t *testing.T) (*fakeTime, *Log, DeliveryOptions, func() []time.Time) {
+	t.Helper()
+	ft := newFakeTime()
+	rc, hits := newPoisonTimesReceiver(t, ft)
+	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
+	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
+	mustRecord(t, l, poisonRow())
+	return ft, l, opts, hits
+}
+
 // That event keeps its own retry schedule meanwhile: the others' answers
 // end the webhook's backoff, but not its own, so it is not tried at every
 // pass (its attempts spent in seconds, a brief outage of one event at
 // the receiver enough to kill it).
 func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
-	ft := newFakeTime()
-	rc, poisonHits := newPoisonTimesReceiver(t, ft)
-	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
-	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
+	ft, l, _, poisonHits := withPoisonedEvent(t)
 	ctx := context.Background()
-	mustRecord(t, l, poisonRow())
 	// A minute of passes, one good row each, a pass every 2 s.
 	for range 30 {
 		mustRecord(t, l, sampleRow("auth.logout"))
@@ -545,12 +554,8 @@ func TestWebhookPoisonedEventKeepsItsSchedule(t *testing.T) {
 // event, before its own backoff is over: that spent two attempts per
 // step of its schedule, and gave it up in half the time.
 func TestWebhookPoisonedEventAloneKeepsItsSchedule(t *testing.T) {
-	ft := newFakeTime()
-	rc, poisonHits := newPoisonTimesReceiver(t, ft)
-	opts := DeliveryOptions{MinBackoff: 2 * time.Second, MaxBackoff: time.Hour, MaxAttempts: 15}
-	l := newTestLog(t, newMemStore(), ft, Options{Webhooks: []WebhookConfig{hookTo(rc.URL)}, Delivery: opts})
+	ft, l, opts, poisonHits := withPoisonedEvent(t)
 	ctx := context.Background()
-	mustRecord(t, l, poisonRow())
 	// Ten minutes, a second at a time: what is due goes (the poisoned
 	// event alone, when its time has come), then a good event, which
 	// goes at once.

@@ -546,15 +546,24 @@ func TestEmptyCodeIsNoGuess(t *testing.T) {
 	}
 }
 
-func TestMFABruteForce(t *testing.T) {
-	fake, e, _, secret, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
+// codesBanned enrols wes@example.com (max_retries 3), signs in with the
+// password and sends three wrong codes: the sign-in's codes are banned.
+// post sends the code form again.
+func codesBanned(t *testing.T) (fake *clock.Fake, e *env, secret string, post func(code string) int) {
+	t.Helper()
+	fake, e, _, secret, _ = startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
 	fake.Advance(30 * time.Second)
-	post := pendingCodeForm(t, e, "wes@example.com")
+	post = pendingCodeForm(t, e, "wes@example.com")
 	for i := range 3 {
 		if got := post(fmt.Sprintf("%06d", 111111*(i+1))); got != http.StatusUnauthorized {
 			t.Fatalf("wrong code %d: status %d; want 401", i, got)
 		}
 	}
+	return fake, e, secret, post
+}
+
+func TestMFABruteForce(t *testing.T) {
+	fake, e, secret, post := codesBanned(t)
 	// The right code during the ban is not checked, and the page says
 	// so rather than calling it wrong.
 	_, page := e.get("/.sigra/mfa", nil)
@@ -629,14 +638,7 @@ func TestEveryBanHasItsRefusedRow(t *testing.T) {
 // with the error, and the next refusal writes the row, rather than none
 // being written for the rest of the minute.
 func TestRefusedRowAfterAFailedWrite(t *testing.T) {
-	fake, e, _, _, _ := startEnrolled(t, "regulation {\n max_retries 3\n }", "wes@example.com")
-	fake.Advance(30 * time.Second)
-	post := pendingCodeForm(t, e, "wes@example.com")
-	for i := range 3 {
-		if got := post(fmt.Sprintf("%06d", 111111*(i+1))); got != http.StatusUnauthorized {
-			t.Fatalf("wrong code %d: status %d; want 401", i, got)
-		}
-	}
+	_, e, _, post := codesBanned(t)
 	e.failAudit("mfa.challenge.failure")
 	if got := post("999999"); got != http.StatusInternalServerError {
 		t.Fatalf("a code while banned, its row failing: status %d; want 500", got)

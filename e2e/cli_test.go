@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -584,35 +585,44 @@ func TestCLIAddFailsWhenItsPasswordCannotBeWritten(t *testing.T) {
 	}
 }
 
-// --password-stdin on a terminal prompts, and the password typed is not
-// echoed: on the screen and in its scrollback it stays unseen. script
-// (util-linux) runs the command on a pseudo-terminal.
-func TestCLIPasswordTypedOnATerminalIsNotShown(t *testing.T) {
-	t.Parallel()
+// addOnATerminal runs users add --password-stdin for tty@example.com on
+// a pseudo-terminal (script, from util-linux), within the shell line
+// shell (%s is the command), and waits for its password prompt.
+func addOnATerminal(t *testing.T, g *gateway, shell string) (*exec.Cmd, io.WriteCloser, *syncBuffer) {
+	t.Helper()
 	scriptBin, err := exec.LookPath("script")
 	if err != nil {
 		t.Fatalf("script (util-linux, Debian's bsdutils) is needed to run a command on a terminal: %v", err)
 	}
-	g := newGateway(t, gatewayOptions{})
-	const typed = "typed on a terminal 123"
-	line := strings.Join([]string{caddyBin, "sigra", "users", "add", "--config", g.caddyfile, "--email", "tty@example.com", "--password-stdin"}, " ")
-	cmd := exec.Command(scriptBin, "-q", "-e", "-c", line, "/dev/null")
+	add := strings.Join([]string{caddyBin, "sigra", "users", "add", "--config", g.caddyfile, "--email", "tty@example.com", "--password-stdin"}, " ")
+	cmd := exec.Command(scriptBin, "-q", "-e", "-c", fmt.Sprintf(shell, add), "/dev/null")
 	cmd.Dir, cmd.Env = g.home.dir, g.home.env()
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := new(syncBuffer)
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
+	t.Cleanup(func() { cmd.Process.Kill() })
 	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "Password (not shown"); time.Sleep(20 * time.Millisecond) { // polling, not timing
 		if time.Now().After(deadline) {
 			t.Fatalf("no password prompt on the terminal\n%s", out.String())
 		}
 	}
+	return cmd, in, out
+}
+
+// --password-stdin on a terminal prompts, and the password typed is not
+// echoed: on the screen and in its scrollback it stays unseen. script
+// (util-linux) runs the command on a pseudo-terminal.
+func TestCLIPasswordTypedOnATerminalIsNotShown(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, gatewayOptions{})
+	const typed = "typed on a terminal 123"
+	cmd, in, out := addOnATerminal(t, g, "%s")
 	io.WriteString(in, typed+"\r")
 	in.Close()
 	if err := cmd.Wait(); err != nil {
@@ -636,31 +646,10 @@ func TestCLIPasswordTypedOnATerminalIsNotShown(t *testing.T) {
 // on.
 func TestCLIPasswordPromptInterruptedLeavesEcho(t *testing.T) {
 	t.Parallel()
-	scriptBin, err := exec.LookPath("script")
-	if err != nil {
-		t.Fatalf("script (util-linux, Debian's bsdutils) is needed to run a command on a terminal: %v", err)
-	}
 	g := newGateway(t, gatewayOptions{})
 	// The shell catches INT (its children get it back as default), runs
 	// the command, then prints the terminal's settings.
-	line := "trap : INT; " + strings.Join([]string{caddyBin, "sigra", "users", "add", "--config", g.caddyfile, "--email", "tty@example.com", "--password-stdin"}, " ") + "; echo rc=$?; stty -a"
-	cmd := exec.Command(scriptBin, "-q", "-e", "-c", "sh -c '"+line+"'", "/dev/null")
-	cmd.Dir, cmd.Env = g.home.dir, g.home.env()
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "Password (not shown"); time.Sleep(20 * time.Millisecond) { // polling, not timing
-		if time.Now().After(deadline) {
-			t.Fatalf("no password prompt on the terminal\n%s", out.String())
-		}
-	}
+	cmd, in, out := addOnATerminal(t, g, "sh -c 'trap : INT; %s; echo rc=$?; stty -a'")
 	// Ctrl-C.
 	io.WriteString(in, "\x03")
 	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "speed"); time.Sleep(20 * time.Millisecond) { // polling, not timing
